@@ -1,0 +1,1 @@
+"""The coordinator: round state machine, aggregation, store and thin gRPC servicers."""

@@ -1,0 +1,72 @@
+"""The coordinator's domain facade: every job's runtime, found by id or name, behind plain method calls.
+
+gRPC servicers and the in-process simulation both drive this object; it never imports grpc.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from coordinator.aggregation import make_aggregator
+from coordinator.rounds import TERMINAL, JobRuntime, JobState
+from coordinator.store import Store
+from fedprompt.config import JobConfig, dump_toml, parse_toml
+from fedprompt.errors import NotFound
+from fedprompt.protocol import JobView, ParticipantView
+
+log = structlog.get_logger("coordinator.jobs")
+
+
+class JobManager:
+    """Creates jobs from validated TOML and routes each call to the job's round state machine."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, offline_after_s: float = 120.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.offline_after_s = offline_after_s
+        self.jobs: dict[str, JobRuntime] = {}
+
+    def create_job(self, config_toml: str) -> str:
+        """Validate a job config (naming any bad key) and register the job; returns its id."""
+        config = parse_toml(config_toml, JobConfig, "job config")
+        make_aggregator(config.job.aggregator)
+        job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
+        canonical = dump_toml(config)
+        self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
+        self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s)
+        log.info("job created", job_id=job_id, rounds=config.job.rounds, aggregator=config.job.aggregator)
+        return job_id
+
+    def job(self, ref: str) -> JobRuntime:
+        """A job by id, or by name (the newest job of that name that has not ended, else the newest)."""
+        if ref in self.jobs:
+            return self.jobs[ref]
+        named = [j for j in self.jobs.values() if j.config.job.name == ref]
+        live = [j for j in named if j.state not in TERMINAL]
+        chosen = (live or named)[-1:] if named else []
+        if not chosen:
+            raise NotFound(f"no job with id or name {ref!r}")
+        return chosen[0]
+
+    def tick(self) -> None:
+        for job in self.jobs.values():
+            job.tick()
+
+    def views(self) -> list[JobView]:
+        return [j.view() for j in self.jobs.values()]
+
+    def participants(self, job_ref: str = "") -> list[ParticipantView]:
+        jobs = [self.job(job_ref)] if job_ref else list(self.jobs.values())
+        out = []
+        for job in jobs:
+            counts = self.store.update_counts(job.job_id)
+            online = set(job.online())
+            for m in job.members.values():
+                state = m.state if m.participant_id in online else "offline"
+                out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
+                                           m.last_seen, counts.get(m.participant_id, 0)))
+        return out

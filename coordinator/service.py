@@ -1,0 +1,158 @@
+"""Thin gRPC servicers: decode, authenticate, call one domain method, encode. No business logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from coordinator.identity import Authenticator
+from coordinator.jobs import JobManager
+from coordinator.notifier import Notifier
+from fedprompt import serde
+from fedprompt.errors import InvalidUpdate, StaleRound
+from fedprompt.payload import ChunkAssembler
+from fedprompt.protocol import TaskKind
+from fedprompt.rpc import rpc_method, stream_method
+from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
+
+MAX_POLL_S = 30.0
+
+
+class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
+    def __init__(self, jobs: JobManager, auth: Authenticator, notifier: Notifier, upload_timeout_s: float) -> None:
+        self.jobs = jobs
+        self.auth = auth
+        self.notifier = notifier
+        self.upload_timeout_s = upload_timeout_s
+
+    @rpc_method("ParticipantService")
+    async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.participant(context)
+        return serde.description_to_pb(self.jobs.job(request.job).describe())
+
+    @rpc_method("ParticipantService")
+    async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.auth.participant(context)
+        info = self.jobs.job(request.job).join(identity, request.num_train_examples, request.num_test_examples,
+                                               request.vector_size)
+        self.notifier.notify()
+        return serde.join_to_pb(info)
+
+    @rpc_method("ParticipantService")
+    async def GetTask(self, request: participant_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.auth.participant(context)
+        job = self.jobs.job(request.job_id)
+        until = time.monotonic() + min(request.wait_ms / 1000.0, MAX_POLL_S)
+        while True:
+            task = job.next_task(identity)
+            remaining = until - time.monotonic()
+            if task.kind is not TaskKind.WAIT or remaining <= 0:
+                return serde.task_to_pb(task)
+            await self.notifier.wait(min(remaining, 1.0))
+
+    @stream_method("ParticipantService")
+    async def DownloadGlobal(self, request: participant_pb2.DownloadGlobalRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        identity = self.auth.participant(context)
+        payload = self.jobs.job(request.job_id).global_payload(identity, request.version)
+        for kind, part in serde.payload_parts(payload):
+            yield participant_pb2.DownloadGlobalResponse(**{kind: part})
+
+    @rpc_method("ParticipantService")
+    async def UploadUpdate(self, request_iterator: AsyncIterator[participant_pb2.UploadUpdateRequest],
+                           context: grpc.aio.ServicerContext) -> Any:
+        identity = self.auth.participant(context)
+        try:
+            return await asyncio.wait_for(self._receive(identity, request_iterator), self.upload_timeout_s)
+        except TimeoutError as exc:
+            raise StaleRound(f"upload not completed within {self.upload_timeout_s:.0f} s") from exc
+
+    async def _receive(self, identity: str, messages: AsyncIterator[participant_pb2.UploadUpdateRequest]) -> Any:
+        first = await anext(aiter(messages), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidUpdate("an upload must start with a header")
+        header = serde.header_from_pb(first.header)
+        job = self.jobs.job(header.job_id)
+        assembler = ChunkAssembler(header, job.check_header(identity, header))
+        async for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidUpdate("only chunks may follow the header")
+            assembler.add(message.chunk.index, message.chunk.data)
+        payload = assembler.finish()
+        job.submit(identity, payload)
+        self.notifier.notify()
+        return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(), bytes_received=len(payload.data))
+
+    @rpc_method("ParticipantService")
+    async def ReportMetrics(self, request: participant_pb2.ReportMetricsRequest,
+                            context: grpc.aio.ServicerContext) -> Any:
+        identity = self.auth.participant(context)
+        self.jobs.job(request.job_id).report_metrics(identity, request.version, dict(request.metrics),
+                                                     request.num_examples)
+        self.notifier.notify()
+        return participant_pb2.ReportMetricsResponse()
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, jobs: JobManager, auth: Authenticator, notifier: Notifier) -> None:
+        self.jobs = jobs
+        self.auth = auth
+        self.notifier = notifier
+
+    @rpc_method("AdminService")
+    async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        return admin_pb2.CreateJobResponse(job_id=self.jobs.create_job(request.config_toml))
+
+    @rpc_method("AdminService")
+    async def StartJob(self, request: admin_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        job = self.jobs.job(request.job_id)
+        state = job.start()
+        job.tick()
+        self.notifier.notify()
+        return admin_pb2.StartJobResponse(state=state.value)
+
+    @rpc_method("AdminService")
+    async def PauseJob(self, request: admin_pb2.PauseJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        return admin_pb2.PauseJobResponse(state=self.jobs.job(request.job_id).pause().value)
+
+    @rpc_method("AdminService")
+    async def CancelJob(self, request: admin_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        state = self.jobs.job(request.job_id).cancel()
+        self.notifier.notify()
+        return admin_pb2.CancelJobResponse(state=state.value)
+
+    @rpc_method("AdminService")
+    async def GetJobStatus(self, request: admin_pb2.GetJobStatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        return admin_pb2.GetJobStatusResponse(status=serde.job_to_pb(self.jobs.job(request.job_id).view()))
+
+    @rpc_method("AdminService")
+    async def ListJobs(self, request: admin_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        return admin_pb2.ListJobsResponse(jobs=[serde.job_to_pb(v) for v in self.jobs.views()])
+
+    @rpc_method("AdminService")
+    async def ListParticipants(self, request: admin_pb2.ListParticipantsRequest,
+                               context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        people = self.jobs.participants(request.job_id)
+        return admin_pb2.ListParticipantsResponse(participants=[serde.participant_to_pb(p) for p in people])
+
+    @stream_method("AdminService")
+    async def ExportPrompt(self, request: admin_pb2.ExportPromptRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self.auth.admin(context)
+        job = self.jobs.job(request.job_id)
+        version = request.version or job.latest_version() or 0
+        payload = job.global_payload(None, version)
+        for kind, part in serde.payload_parts(payload):
+            extra = {"job_config_toml": job.config_toml} if kind == "header" else {}
+            yield admin_pb2.ExportPromptResponse(**{kind: part}, **extra)

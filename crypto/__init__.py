@@ -1,0 +1,1 @@
+"""Cryptography: CKKS homomorphic encryption, sealing and PKI (the only home of key material)."""

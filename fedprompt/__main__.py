@@ -1,0 +1,7 @@
+"""``python -m fedprompt`` is the ``fedprompt`` command."""
+
+import sys
+
+from fedprompt.cli import main
+
+sys.exit(main())

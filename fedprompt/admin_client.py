@@ -1,0 +1,92 @@
+"""A blocking admin client over gRPC, used by the ``fedprompt admin`` CLI and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedprompt import serde
+from fedprompt.errors import FedPromptError, InvalidUpdate
+from fedprompt.payload import ChunkAssembler, decode_vector
+from fedprompt.protocol import JobView, ParticipantView
+from fedprompt.rpc import error_from_rpc
+from fedprompt.v1 import admin_pb2, admin_pb2_grpc
+
+
+class AdminClient:
+    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _unary(self, method: str, request: object) -> object:
+        try:
+            return getattr(self.stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    def create_job(self, config_toml: str) -> str:
+        return self._unary("CreateJob", admin_pb2.CreateJobRequest(config_toml=config_toml)).job_id  # type: ignore[attr-defined]
+
+    def start(self, job_id: str) -> str:
+        return self._unary("StartJob", admin_pb2.StartJobRequest(job_id=job_id)).state  # type: ignore[attr-defined]
+
+    def pause(self, job_id: str) -> str:
+        return self._unary("PauseJob", admin_pb2.PauseJobRequest(job_id=job_id)).state  # type: ignore[attr-defined]
+
+    def cancel(self, job_id: str) -> str:
+        return self._unary("CancelJob", admin_pb2.CancelJobRequest(job_id=job_id)).state  # type: ignore[attr-defined]
+
+    def status(self, job_id: str) -> JobView:
+        response = self._unary("GetJobStatus", admin_pb2.GetJobStatusRequest(job_id=job_id))
+        return serde.job_from_pb(response.status)  # type: ignore[attr-defined]
+
+    def jobs(self) -> list[JobView]:
+        response = self._unary("ListJobs", admin_pb2.ListJobsRequest())
+        return [serde.job_from_pb(j) for j in response.jobs]  # type: ignore[attr-defined]
+
+    def participants(self, job_id: str = "") -> list[ParticipantView]:
+        response = self._unary("ListParticipants", admin_pb2.ListParticipantsRequest(job_id=job_id))
+        return [serde.participant_from_pb(p) for p in response.participants]  # type: ignore[attr-defined]
+
+    def export(self, job_id: str, out: Path, version: int = 0) -> Path:
+        """Fetch a global prompt and save it with its job config as a safetensors file."""
+        try:
+            stream = self.stub.ExportPrompt(admin_pb2.ExportPromptRequest(job_id=job_id, version=version),
+                                            timeout=self.timeout_s)
+            first = next(stream)
+            if first.WhichOneof("part") != "header":
+                raise FedPromptError("export stream did not start with a header")
+            assembler = ChunkAssembler(serde.header_from_pb(first.header), 256 * 1024 * 1024)
+            for message in stream:
+                assembler.add(message.chunk.index, message.chunk.data)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        payload = assembler.finish()
+        vector = decode_vector(payload, payload.vector_size)
+        save_prompt(out, vector, first.job_config_toml, payload.round, job_id)
+        return out
+
+
+def save_prompt(path: Path, vector: np.ndarray, config_toml: str, version: int, job_id: str) -> None:
+    """A portable prompt file: the vector plus the job config needed to rebuild the model (no pickle)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"prompt_vector": vector}, str(path),
+              metadata={"job_config_toml": config_toml, "version": str(version), "job_id": job_id})
+
+
+def load_prompt(path: Path) -> tuple[np.ndarray, str]:
+    """Read a prompt file written by ``save_prompt``: (vector, job config TOML)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        metadata = fh.metadata() or {}
+    if "job_config_toml" not in metadata:
+        raise InvalidUpdate(f"{path} is not a fedprompt prompt file (no job config)")
+    return load_file(str(path))["prompt_vector"], metadata["job_config_toml"]

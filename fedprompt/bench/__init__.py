@@ -1,0 +1,13 @@
+"""``fedprompt bench NAME``: benchmarks that print a table and write a JSON report, measured in one run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = {"federated": "fedprompt.bench.federated"}
+
+
+def run_bench(name: str, args: argparse.Namespace) -> int:
+    module = importlib.import_module(BENCHES[name])
+    return int(module.main(args))

@@ -1,0 +1,1 @@
+"""Datasets, deterministic splits, partitioners and per-site data directories."""

@@ -1,0 +1,107 @@
+"""Per-site data directories: what ``fedprompt data prepare`` writes and what a participant reads.
+
+A site directory holds ``train.jsonl``, ``test.jsonl`` and optionally ``unlabelled.jsonl`` (lines of
+``{"text": ..., "label": ...}``), exactly what an institution would provide from its own records.  The
+global test split is dealt IID across sites, so the example-weighted mean of the sites' test accuracies is
+the accuracy on the whole test split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedprompt.data import partition
+from fedprompt.data.datasets import BUILTIN, Example, load_dataset, read_jsonl, train_test_split, write_jsonl
+from fedprompt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SiteData:
+    train: list[Example]
+    test: list[Example]
+    unlabelled: list[Example] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How to split: ``iid``, ``dirichlet`` (with ``alpha``) or ``fewshot`` (shots and the two skews)."""
+
+    scheme: str = "iid"
+    alpha: float = 0.5
+    shots: int = 32
+    quantity_alpha: float = 1.0
+    label_alpha: float = 1.0
+
+
+def split_sites(
+    train: list[Example], test: list[Example], label_names: tuple[str, ...], n_sites: int,
+    spec: PartitionSpec, seed: int,
+) -> list[SiteData]:
+    """Deal a train/test split across ``n_sites`` per ``spec``; pure, seeded, in memory."""
+    index = {name: i for i, name in enumerate(label_names)}
+    labels = [index[ex.label] for ex in train]
+    if spec.scheme == "iid":
+        shards = partition.iid(labels, n_sites, seed)
+    elif spec.scheme == "dirichlet":
+        shards = partition.dirichlet(labels, n_sites, spec.alpha, seed)
+    elif spec.scheme == "fewshot":
+        shards = partition.fewshot(labels, n_sites, spec.shots, spec.quantity_alpha, spec.label_alpha, seed)
+    else:
+        raise ConfigError(f"partition: unknown scheme {spec.scheme!r}; choose iid, dirichlet or fewshot")
+    test_shards = partition.iid([0] * len(test), n_sites, seed + 1)
+    return [
+        SiteData(
+            train=[train[i] for i in shard.labelled],
+            test=[test[i] for i in test_shard.labelled],
+            unlabelled=[Example(train[i].text, "") for i in shard.unlabelled],
+        )
+        for shard, test_shard in zip(shards, test_shards)
+    ]
+
+
+def load_split(
+    dataset: str, test_size: int, seed: int, label_names: tuple[str, ...] | None = None
+) -> tuple[list[Example], list[Example], tuple[str, ...]]:
+    """Load a dataset and split it deterministically; label names default to the built-in's or sorted labels."""
+    examples = load_dataset(dataset)
+    names = label_names or (BUILTIN[dataset].label_names if dataset in BUILTIN else tuple(sorted({e.label for e in examples})))
+    unknown = {e.label for e in examples} - set(names)
+    if unknown:
+        raise ConfigError(f"dataset {dataset}: labels {sorted(unknown)} are not among {list(names)}")
+    train, test = train_test_split(examples, test_size, seed)
+    return train, test, names
+
+
+def prepare(
+    dataset: str, out_dir: Path, n_sites: int, spec: PartitionSpec, test_size: int, seed: int
+) -> list[Path]:
+    """Write one directory per site plus ``meta.json`` and the global ``test.jsonl``; returns the site dirs."""
+    train, test, names = load_split(dataset, test_size, seed)
+    sites = split_sites(train, test, names, n_sites, spec, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "test.jsonl", test)
+    dirs = []
+    for k, site in enumerate(sites):
+        site_dir = out_dir / f"participant-{k}"
+        write_jsonl(site_dir / "train.jsonl", site.train)
+        write_jsonl(site_dir / "test.jsonl", site.test)
+        if site.unlabelled:
+            write_jsonl(site_dir / "unlabelled.jsonl", site.unlabelled)
+        dirs.append(site_dir)
+    meta = {
+        "dataset": dataset, "label_names": list(names), "seed": seed, "test_size": test_size,
+        "partition": spec.__dict__, "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test),
+                                                "unlabelled": len(s.unlabelled)} for d, s in zip(dirs, sites)],
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return dirs
+
+
+def load_site(site_dir: str | Path) -> SiteData:
+    """Read a site directory; ``train.jsonl`` is required, the rest optional."""
+    d = Path(site_dir)
+    if not (d / "train.jsonl").exists():
+        raise ConfigError(f"participant.data_dir: {d} has no train.jsonl")
+    return SiteData(read_jsonl(d / "train.jsonl"), read_jsonl(d / "test.jsonl"), read_jsonl(d / "unlabelled.jsonl"))

@@ -1,0 +1,17 @@
+"""Frozen backbones and the soft-prompt classifier built on them."""
+
+from __future__ import annotations
+
+from fedprompt.config import JobConfig
+from fedprompt.models.backbone import Backbone, load_backbone
+from fedprompt.models.classifier import PromptClassifier
+
+
+def build_classifier(config: JobConfig, backbone: Backbone | None = None) -> PromptClassifier:
+    """The job's classifier; pass ``backbone`` to share one loaded PLM between several participants."""
+    bb = backbone or load_backbone(config.model.path, config.model.kind)
+    return PromptClassifier(bb, config.task.label_words, config.model.prompt_length, config.model.max_length,
+                            config.task.template, seed=config.job.seed)
+
+
+__all__ = ["Backbone", "PromptClassifier", "build_classifier", "load_backbone"]

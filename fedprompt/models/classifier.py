@@ -1,0 +1,172 @@
+"""Soft-prompt classifiers over a frozen backbone: the only trainable (and exchanged) tensors are the prompt
+and, for encoders, a tiny label head.
+
+Prompt tuning follows Lester et al., "The Power of Scale for Parameter-Efficient Prompt Tuning" (2021): N
+virtual token embeddings are prepended to the input embeddings and learned while the PLM stays frozen.
+The prompt is an ``nn.Embedding`` indexed by ``arange(N)`` per example, a module Opacus already computes
+per-sample gradients for, so DP-SGD costs nothing for the frozen PLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.models.backbone import Backbone
+
+
+class SoftPrompt(nn.Module):
+    """``length`` trainable virtual-token embeddings, returned per batch row as ``(B, length, dim)``."""
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(init.shape[0], init.shape[1])
+        with torch.no_grad():
+            self.embedding.weight.copy_(init)
+        self.register_buffer("positions", torch.arange(init.shape[0]), persistent=False)
+
+    @property
+    def length(self) -> int:
+        return int(self.embedding.num_embeddings)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.embedding(self.positions.unsqueeze(0).expand(batch_size, -1))
+
+
+def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
+    """Initialise from embeddings of random in-vocabulary tokens, which Lester et al. found beats random init."""
+    table = backbone.model.get_input_embeddings().weight
+    generator = torch.Generator().manual_seed(seed)
+    low = min(1000, table.shape[0] // 2)
+    ids = torch.randint(low, table.shape[0], (length,), generator=generator)
+    return table[ids].detach().clone()
+
+
+class PromptClassifier(nn.Module):
+    """Classifies texts with a frozen backbone steered by a soft prompt.
+
+    ``encoder`` backbones mean-pool the last hidden states (prompt positions included, so the prompt acts
+    directly on the sentence embedding) and score labels with a cosine head initialised from the
+    embeddings of the label descriptions, so the untuned model is a genuine zero-shot classifier.
+    ``causal`` backbones score the first token of each label word at the next-token position (a verbalizer).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        label_words: Sequence[str],
+        prompt_length: int,
+        max_length: int = 64,
+        template: str = "{text}",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if prompt_length < 1:
+            raise ConfigError(f"model.prompt_length: must be >= 1, got {prompt_length}")
+        if len(label_words) < 2:
+            raise ConfigError("task.label_words: need at least two labels")
+        self.backbone = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.kind = backbone.kind
+        self.max_length = max_length
+        self.template = template
+        self.prompt = SoftPrompt(_vocab_init(backbone, prompt_length, seed))
+        self.head: nn.Linear | None = None
+        if self.kind == "encoder":
+            self.head = nn.Linear(self.prompt.embedding.embedding_dim, len(label_words))
+            with torch.no_grad():
+                anchors = F.normalize(self._pool_plain(list(label_words)), dim=-1)
+                self.head.weight.copy_(anchors * self.logit_scale)
+                self.head.bias.zero_()
+        else:
+            ids = [self.tokenizer(" " + w.strip(), add_special_tokens=False).input_ids for w in label_words]
+            first = [i[0] for i in ids]
+            if len(set(first)) != len(first):
+                raise ConfigError(f"task.label_words: {list(label_words)} share a first token; pick distinct words")
+            self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
+
+    logit_scale = 20.0  # cosine similarities lie in [-1, 1]; a fixed temperature gives usable logits
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.head.out_features if self.head is not None else self.label_token_ids.numel())
+
+    def exchanged_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors in a fixed order: the vector that crosses the network."""
+        params = list(self.prompt.parameters())
+        if self.head is not None:
+            params += list(self.head.parameters())
+        return params
+
+    def _pool_plain(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.backbone(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
+        self.tokenizer.padding_side = "right"
+        filled = [self.template.format(text=t) for t in texts]
+        enc = self.tokenizer(filled, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Return label logits of shape ``(B, num_labels)``."""
+        batch = input_ids.shape[0]
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        prompt = self.prompt(batch).to(embeds.dtype)
+        ones = torch.ones(batch, self.prompt.length, dtype=attention_mask.dtype)
+        if self.kind == "encoder":
+            # [CLS] <prompt> tokens [SEP]: keep [CLS] first, as the backbone was trained.
+            embeds = torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1)
+            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+            hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+            assert self.head is not None
+            return self.head(F.normalize(pooled, dim=-1))
+        embeds = torch.cat([prompt, embeds], dim=1)
+        mask = torch.cat([ones, attention_mask], dim=1)
+        logits = self.backbone(inputs_embeds=embeds, attention_mask=mask).logits
+        last = mask.sum(1) - 1
+        next_token = logits[torch.arange(batch), last]
+        return next_token[:, self.label_token_ids]
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for ``texts`` (eval mode, no gradients)."""
+        self.eval()
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[start : start + batch_size])
+            out.append(torch.softmax(self(**enc), dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.num_labels), dtype=np.float32)
+
+    def get_vector(self) -> np.ndarray:
+        """The exchanged parameters flattened to one float32 vector."""
+        return torch.cat([p.detach().reshape(-1) for p in self.exchanged_parameters()]).numpy().astype(np.float32)
+
+    def set_vector(self, vector: np.ndarray) -> None:
+        """Load a flat vector produced by ``get_vector`` (of this model's exact size)."""
+        if vector.shape != (self.vector_size,):
+            raise InvalidUpdate(f"prompt vector has shape {vector.shape}, expected ({self.vector_size},)")
+        offset = 0
+        with torch.no_grad():
+            for p in self.exchanged_parameters():
+                n = p.numel()
+                p.copy_(torch.from_numpy(vector[offset : offset + n].copy()).reshape(p.shape))
+                offset += n
+
+    @property
+    def vector_size(self) -> int:
+        return sum(p.numel() for p in self.exchanged_parameters())
+
+    @property
+    def plm_parameters(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters())

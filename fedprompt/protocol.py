@@ -1,0 +1,122 @@
+"""Plain domain types of the coordinator <-> participant protocol (no grpc, no protobuf).
+
+``fedprompt.serde`` is the only module that converts between these and the generated protobuf classes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+
+class TaskKind(enum.Enum):
+    WAIT = "wait"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a participant should do next. TRAIN starts from ``global_version`` and submits for ``round``."""
+
+    kind: TaskKind
+    round: int = 0
+    global_version: int = 0
+    deadline: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A prompt-sized vector (or its encryption) crossing the network: an update, a global version, an export.
+
+    ``round`` is the training round of an update (0 = the initial global prompt) or the version of a global.
+    """
+
+    job_id: str
+    round: int
+    encoding: str
+    vector_size: int
+    data: bytes
+    num_examples: int = 0
+
+    def header(self, chunk_bytes: int) -> PayloadHeader:
+        """The header announcing this payload as ``ceil(len / chunk_bytes)`` chunks (at least one)."""
+        return PayloadHeader(
+            job_id=self.job_id, round=self.round, encoding=self.encoding, vector_size=self.vector_size,
+            num_examples=self.num_examples, total_bytes=len(self.data),
+            num_chunks=max(1, -(-len(self.data) // chunk_bytes)), sha256=hashlib.sha256(self.data).digest(),
+        )
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    """Announces a payload that follows as chunks; checked in full before any chunk is accepted."""
+
+    job_id: str
+    round: int
+    encoding: str
+    vector_size: int
+    num_examples: int
+    total_bytes: int
+    num_chunks: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class JobDescription:
+    job_id: str
+    job_name: str
+    config_toml: str
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    job_id: str
+    participant_id: str
+    provide_initial_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class RoundView:
+    round: int
+    state: str
+    attempt: int
+    selected: tuple[str, ...]
+    reported: tuple[str, ...]
+    opened_at: float
+    closed_at: float
+    bytes_up: int
+    bytes_down: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    metric_reports: int = 0
+
+
+@dataclass(frozen=True)
+class JobView:
+    job_id: str
+    name: str
+    state: str
+    current_round: int
+    total_rounds: int
+    global_version: int
+    participants: int
+    aggregator: str
+    vector_size: int
+    config_toml: str
+    initial_metrics: dict[str, float] = field(default_factory=dict)
+    rounds: tuple[RoundView, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ParticipantView:
+    participant_id: str
+    job_id: str
+    state: str
+    num_train_examples: int
+    joined_at: float
+    last_seen: float
+    updates_accepted: int

@@ -1,0 +1,97 @@
+"""Run reports shared by ``demo``, ``simulate`` and benchmarks: JSON dict, console table, PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedprompt.protocol import JobView
+
+
+def round_rows(view: JobView) -> list[dict[str, Any]]:
+    """One dict per completed round: accuracy/loss of its global version, bytes and seconds."""
+    rows = []
+    for r in view.rounds:
+        if r.state != "done":
+            continue
+        rows.append({
+            "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
+            "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
+            "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
+        })
+    return rows
+
+
+def build_report(view: JobView, majority: float, exchanged: int, plm: int, **extra: Any) -> dict[str, Any]:
+    rows = round_rows(view)
+    final = rows[-1]["accuracy"] if rows else None
+    return {
+        "job_id": view.job_id, "state": view.state, "majority_accuracy": majority,
+        "zero_shot_accuracy": view.initial_metrics.get("accuracy"), "final_accuracy": final, "rounds": rows,
+        "exchanged_params": exchanged, "plm_params": plm,
+        "exchanged_over_plm": exchanged / plm if plm else None, **extra,
+    }
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def round_table(report: dict[str, Any]) -> str:
+    rows = [[r["round"], r["accuracy"], r["loss"], r["bytes_up"], r["bytes_down"], r["seconds"]]
+            for r in report["rounds"]]
+    return table(["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"], rows)
+
+
+def summary(report: dict[str, Any]) -> str:
+    return (f"majority {fmt(report['majority_accuracy'])} | zero-shot {fmt(report['zero_shot_accuracy'])} | "
+            f"final {fmt(report['final_accuracy'])} | exchanged {report['exchanged_params']:,} of "
+            f"{report['plm_params']:,} PLM parameters ({100 * (report['exchanged_over_plm'] or 0):.4f}%)")
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> None:
+    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [0] + [r["round"] for r in report["rounds"]]
+    acc = [report["zero_shot_accuracy"]] + [r["accuracy"] for r in report["rounds"]]
+    loss = [r["loss"] for r in report["rounds"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(rounds, acc, marker="o", label="global prompt")
+    ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
+    if report["zero_shot_accuracy"] is not None:
+        ax1.axhline(report["zero_shot_accuracy"], color="orange", linestyle=":", label="zero-shot")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("test accuracy")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(rounds[1:], loss, marker="o", color="tab:red")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("test loss")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""The only meeting point of protobuf messages and domain types (``fedprompt.protocol``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fedprompt.payload import CHUNK_BYTES, chunks
+from fedprompt.protocol import JobDescription, JobView, JoinInfo, ParticipantView, Payload, PayloadHeader, RoundView, Task, TaskKind
+from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2
+
+_TASK_TO_PB = {
+    TaskKind.WAIT: participant_pb2.TASK_KIND_WAIT,
+    TaskKind.TRAIN: participant_pb2.TASK_KIND_TRAIN,
+    TaskKind.EVALUATE: participant_pb2.TASK_KIND_EVALUATE,
+    TaskKind.DONE: participant_pb2.TASK_KIND_DONE,
+}
+_PB_TO_TASK = {v: k for k, v in _TASK_TO_PB.items()}
+
+
+def header_to_pb(h: PayloadHeader) -> common_pb2.PayloadHeader:
+    return common_pb2.PayloadHeader(job_id=h.job_id, round=h.round, encoding=h.encoding, total_bytes=h.total_bytes,
+                                    num_chunks=h.num_chunks, sha256=h.sha256, num_examples=h.num_examples,
+                                    vector_size=h.vector_size)
+
+
+def header_from_pb(pb: common_pb2.PayloadHeader) -> PayloadHeader:
+    return PayloadHeader(job_id=pb.job_id, round=pb.round, encoding=pb.encoding, vector_size=pb.vector_size,
+                         num_examples=pb.num_examples, total_bytes=pb.total_bytes, num_chunks=pb.num_chunks,
+                         sha256=bytes(pb.sha256))
+
+
+def payload_parts(payload: Payload, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, object]]:
+    """A payload as ("header", PayloadHeader pb) then ("chunk", PayloadChunk pb) pairs, for any stream message."""
+    yield "header", header_to_pb(payload.header(chunk_bytes))
+    for index, data in enumerate(chunks(payload.data, chunk_bytes)):
+        yield "chunk", common_pb2.PayloadChunk(index=index, data=data)
+
+
+def task_to_pb(task: Task) -> participant_pb2.GetTaskResponse:
+    return participant_pb2.GetTaskResponse(kind=_TASK_TO_PB[task.kind], round=task.round,
+                                           global_version=task.global_version, deadline_unix=task.deadline,
+                                           reason=task.reason)
+
+
+def task_from_pb(pb: participant_pb2.GetTaskResponse) -> Task:
+    return Task(_PB_TO_TASK.get(pb.kind, TaskKind.WAIT), pb.round, pb.global_version, pb.deadline_unix, pb.reason)
+
+
+def description_to_pb(d: JobDescription) -> participant_pb2.DescribeJobResponse:
+    return participant_pb2.DescribeJobResponse(job_id=d.job_id, job_name=d.job_name, job_config_toml=d.config_toml)
+
+
+def description_from_pb(pb: participant_pb2.DescribeJobResponse) -> JobDescription:
+    return JobDescription(pb.job_id, pb.job_name, pb.job_config_toml)
+
+
+def join_to_pb(info: JoinInfo) -> participant_pb2.JoinResponse:
+    return participant_pb2.JoinResponse(job_id=info.job_id, participant_id=info.participant_id,
+                                        provide_initial_prompt=info.provide_initial_prompt)
+
+
+def join_from_pb(pb: participant_pb2.JoinResponse) -> JoinInfo:
+    return JoinInfo(pb.job_id, pb.participant_id, pb.provide_initial_prompt)
+
+
+def round_to_pb(r: RoundView) -> admin_pb2.RoundStatus:
+    return admin_pb2.RoundStatus(round=r.round, state=r.state, attempt=r.attempt, selected=list(r.selected),
+                                 reported=list(r.reported), opened_at=r.opened_at, closed_at=r.closed_at,
+                                 bytes_up=r.bytes_up, bytes_down=r.bytes_down, metrics=r.metrics,
+                                 metric_reports=r.metric_reports)
+
+
+def round_from_pb(pb: admin_pb2.RoundStatus) -> RoundView:
+    return RoundView(pb.round, pb.state, pb.attempt, tuple(pb.selected), tuple(pb.reported), pb.opened_at,
+                     pb.closed_at, pb.bytes_up, pb.bytes_down, dict(pb.metrics), pb.metric_reports)
+
+
+def job_to_pb(v: JobView) -> admin_pb2.JobStatus:
+    return admin_pb2.JobStatus(job_id=v.job_id, name=v.name, state=v.state, current_round=v.current_round,
+                               total_rounds=v.total_rounds, global_version=v.global_version,
+                               participants=v.participants, aggregator=v.aggregator, vector_size=v.vector_size,
+                               initial_metrics=v.initial_metrics, rounds=[round_to_pb(r) for r in v.rounds],
+                               config_toml=v.config_toml, reason=v.reason)
+
+
+def job_from_pb(pb: admin_pb2.JobStatus) -> JobView:
+    return JobView(pb.job_id, pb.name, pb.state, pb.current_round, pb.total_rounds, pb.global_version,
+                   pb.participants, pb.aggregator, pb.vector_size, pb.config_toml, dict(pb.initial_metrics),
+                   tuple(round_from_pb(r) for r in pb.rounds), pb.reason)
+
+
+def participant_to_pb(p: ParticipantView) -> admin_pb2.ParticipantInfo:
+    return admin_pb2.ParticipantInfo(participant_id=p.participant_id, job_id=p.job_id, state=p.state,
+                                     num_train_examples=p.num_train_examples, joined_at=p.joined_at,
+                                     last_seen=p.last_seen, updates_accepted=p.updates_accepted)
+
+
+def participant_from_pb(pb: admin_pb2.ParticipantInfo) -> ParticipantView:
+    return ParticipantView(pb.participant_id, pb.job_id, pb.state, pb.num_train_examples, pb.joined_at,
+                           pb.last_seen, pb.updates_accepted)

@@ -1,0 +1,137 @@
+from fedprompt.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
+    TASK_KIND_WAIT: _ClassVar[TaskKind]
+    TASK_KIND_TRAIN: _ClassVar[TaskKind]
+    TASK_KIND_EVALUATE: _ClassVar[TaskKind]
+    TASK_KIND_DONE: _ClassVar[TaskKind]
+TASK_KIND_UNSPECIFIED: TaskKind
+TASK_KIND_WAIT: TaskKind
+TASK_KIND_TRAIN: TaskKind
+TASK_KIND_EVALUATE: TaskKind
+TASK_KIND_DONE: TaskKind
+
+class DescribeJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    def __init__(self, job: _Optional[str] = ...) -> None: ...
+
+class DescribeJobResponse(_message.Message):
+    __slots__ = ("job_id", "job_name", "job_config_toml")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    JOB_CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    job_name: str
+    job_config_toml: str
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job: str
+    num_train_examples: int
+    num_test_examples: int
+    vector_size: int
+    def __init__(self, job: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ..., vector_size: _Optional[int] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("job_id", "participant_id", "provide_initial_prompt")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDE_INITIAL_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    participant_id: str
+    provide_initial_prompt: bool
+    def __init__(self, job_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., provide_initial_prompt: _Optional[bool] = ...) -> None: ...
+
+class GetTaskRequest(_message.Message):
+    __slots__ = ("job_id", "wait_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    wait_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class GetTaskResponse(_message.Message):
+    __slots__ = ("kind", "round", "global_version", "deadline_unix", "reason")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kind: TaskKind
+    round: int
+    global_version: int
+    deadline_unix: float
+    reason: str
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., round: _Optional[int] = ..., global_version: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DownloadGlobalRequest(_message.Message):
+    __slots__ = ("job_id", "version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DownloadGlobalResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.PayloadHeader
+    chunk: _common_pb2.PayloadChunk
+    def __init__(self, header: _Optional[_Union[_common_pb2.PayloadHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.PayloadChunk, _Mapping]] = ...) -> None: ...
+
+class UploadUpdateRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: _common_pb2.PayloadHeader
+    chunk: _common_pb2.PayloadChunk
+    def __init__(self, header: _Optional[_Union[_common_pb2.PayloadHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.PayloadChunk, _Mapping]] = ...) -> None: ...
+
+class UploadUpdateResponse(_message.Message):
+    __slots__ = ("sha256_hex", "bytes_received")
+    SHA256_HEX_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    sha256_hex: str
+    bytes_received: int
+    def __init__(self, sha256_hex: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class ReportMetricsRequest(_message.Message):
+    __slots__ = ("job_id", "version", "metrics", "num_examples")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    metrics: _containers.ScalarMap[str, float]
+    num_examples: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_examples: _Optional[int] = ...) -> None: ...
+
+class ReportMetricsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

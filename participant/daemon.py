@@ -1,0 +1,54 @@
+"""The participant daemon: one institution's process, talking gRPC to the coordinator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+import torch
+from tqdm import tqdm
+
+from fedprompt.config import ParticipantSection
+from fedprompt.data.shards import load_site
+from fedprompt.models import build_classifier
+from participant.grpc_link import GrpcLink
+from participant.runtime import ParticipantRuntime
+from participant.train import ProgressFn
+
+log = structlog.get_logger("participant.daemon")
+
+
+def _progress_bar(show: bool):  # type: ignore[no-untyped-def]
+    def make(label: str) -> ProgressFn | None:
+        if not show:
+            return None
+        bar = tqdm(desc=label, unit="step", leave=False)
+
+        def update(step: int, total: int, loss: float) -> None:
+            bar.total = total
+            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update(1)
+            if step >= total:
+                bar.close()
+
+        return update
+
+    return make
+
+
+def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
+    """Join ``settings.job`` and work until it is done."""
+    torch.set_num_threads(settings.threads)
+    site = load_site(settings.data_dir)
+    identity = settings.name or Path(settings.data_dir).resolve().name
+    log.info("participant starting", identity=identity, coordinator=settings.coordinator, job=settings.job,
+             train=len(site.train), test=len(site.test))
+    link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
+                    settings.give_up_after_s)
+    try:
+        runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
+                                     Path(settings.state_dir) if settings.state_dir else None,
+                                     _progress_bar(progress))
+        runtime.run()
+    finally:
+        link.close()

@@ -1,0 +1,78 @@
+"""Local gradient training of the soft prompt (the PLM stays frozen) and local evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedprompt.config import TrainSection
+from fedprompt.data.datasets import Example
+from fedprompt.models.classifier import PromptClassifier
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    num_examples: int
+    loss: float
+
+
+def train_local(
+    model: PromptClassifier,
+    examples: list[Example],
+    labels: list[int],
+    config: TrainSection,
+    seed: int,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Adam on the exchanged parameters for ``local_epochs`` (capped at ``max_steps``); returns the mean loss.
+
+    Optimiser state starts fresh each round: only the prompt crosses the network, so momentum cannot be
+    shared, and starting fresh keeps every round a pure function of the global prompt and the local data.
+    """
+    if not examples:
+        return TrainResult(0, 0, float("nan"))
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(model.exchanged_parameters(), lr=config.lr)
+    per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = per_epoch * config.local_epochs
+    total = min(total, config.max_steps) if config.max_steps else total
+    y = torch.tensor(labels)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    while step < total:
+        order = torch.randperm(len(examples), generator=generator)
+        for start in range(0, len(examples), config.batch_size):
+            if step >= total:
+                break
+            idx = order[start : start + config.batch_size]
+            batch = model.tokenize([examples[int(i)].text for i in idx])
+            loss = F.cross_entropy(model(**batch), y[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if progress is not None:
+                progress(step, total, losses[-1])
+    model.eval()
+    used = min(len(examples), total * config.batch_size)
+    return TrainResult(step, used, float(np.mean(losses)))
+
+
+def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int], batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on labelled examples."""
+    if not examples:
+        return {}
+    probs = model.predict_proba([e.text for e in examples], batch_size)
+    y = np.asarray(labels)
+    nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
+    return {"accuracy": float((probs.argmax(1) == y).mean()), "loss": float(nll.mean())}
