@@ -19,11 +19,19 @@ class PayloadTooLarge(FedPromptError):
     """A message or upload exceeds the size limit for this job."""
 
 
-class StaleRound(FedPromptError):
+class PreconditionFailed(FedPromptError):
+    """The call does not fit the current state of the job or round (base of the two below)."""
+
+
+class StaleRound(PreconditionFailed):
     """A message names a round (or job stage) that is not the current one."""
 
 
-class NotSelected(FedPromptError):
+class PermissionDenied(FedPromptError):
+    """The caller is authenticated but may not do this (base of the refusals below)."""
+
+
+class NotSelected(PermissionDenied):
     """The caller is not among the participants selected for this round."""
 
 
@@ -35,17 +43,13 @@ class NotFound(FedPromptError):
     """An unknown job, round version or participant."""
 
 
-class NotEnrolled(FedPromptError):
+class NotEnrolled(PermissionDenied):
     """The caller has not joined the job, or may not join it."""
 
 
-class JobStateError(FedPromptError):
+class JobStateError(PreconditionFailed):
     """The requested job transition is not allowed from the job's current state."""
 
 
 class Unauthenticated(FedPromptError):
     """The caller's identity could not be established."""
-
-
-class PermissionDenied(FedPromptError):
-    """The caller is authenticated but lacks the role for this call."""

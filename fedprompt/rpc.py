@@ -13,21 +13,19 @@ from fedprompt import errors
 
 log = structlog.get_logger("fedprompt.rpc")
 
+# Server side: each domain error (or its nearest listed base class) aborts with this status.
 STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
-    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.StaleRound: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.JobStateError: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.NotSelected: grpc.StatusCode.PERMISSION_DENIED,
-    errors.NotEnrolled: grpc.StatusCode.PERMISSION_DENIED,
+    errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
-# Client side: the most specific domain error for a status (first listed wins).
+# Client side: a status becomes the error class that names exactly what the status means.
 FROM_STATUS: dict[grpc.StatusCode, type[errors.FedPromptError]] = {}
 for _exc, _code in STATUS.items():
     FROM_STATUS.setdefault(_code, _exc)

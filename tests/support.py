@@ -1,0 +1,148 @@
+"""Test support shared by every test package: tiny models, toy data, a live coordinator on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+from coordinator.server import CoordinatorServer
+from fedprompt.config import CoordinatorSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
+from fedprompt.data.datasets import Example
+from fedprompt.data.shards import SiteData
+from fedprompt.models.backbone import resolve_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+POSITIVE = ["good", "great", "wonderful", "superb", "fine", "lovely", "brilliant", "excellent"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "dull", "boring", "horrible", "weak"]
+
+
+def make_tiny_model(out: Path, kind: str = "encoder", seed: int = 0) -> Path:
+    """A randomly initialised 2-layer model with MiniLM's tokenizer, saved as a local HF directory."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:minilm"))
+    if kind == "encoder":
+        model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+        model.config.architectures = ["BertModel"]
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                             max_position_embeddings=128, pad_token_id=0))
+        model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_job(model_dir: Path, **job: object) -> JobConfig:
+    """A fast job on a tiny model: 4 prompt tokens, a couple of local steps per round."""
+    fields = {"name": "tiny", "rounds": 2, "participants_per_round": 3, "min_participants": 2,
+              "round_deadline_s": 60.0, **job}
+    return JobConfig(
+        job=JobSection(**fields),  # type: ignore[arg-type]
+        model=ModelSection(path=str(model_dir), prompt_length=4, max_length=16),
+        task=TaskSection(label_names=("neg", "pos"), label_words=("bad", "good")),
+        train=TrainSection(local_epochs=1, max_steps=2, batch_size=4, lr=0.05),
+    )
+
+
+def toy_examples(n: int, seed: int) -> list[Example]:
+    """Short synthetic sentences whose sentiment word decides the label."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        word = rng.choice(POSITIVE if positive else NEGATIVE)
+        out.append(Example(f"the film was {word} overall", "pos" if positive else "neg"))
+    return out
+
+
+def toy_sites(n_sites: int = 3, train: int = 12, test: int = 8, seed: int = 0) -> list[SiteData]:
+    return [SiteData(toy_examples(train + k, seed + k), toy_examples(test, seed + 100 + k)) for k in range(n_sites)]
+
+
+def write_site(site: SiteData, directory: Path) -> Path:
+    from fedprompt.data.datasets import write_jsonl
+
+    write_jsonl(directory / "train.jsonl", site.train)
+    write_jsonl(directory / "test.jsonl", site.test)
+    return directory
+
+
+class LiveCoordinator:
+    """A real ``CoordinatorServer`` on 127.0.0.1:0 in a background event loop, for component tests."""
+
+    def __init__(self, state_dir: Path, **settings: object) -> None:
+        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), insecure=True,
+                                           tick_s=0.05, **settings)  # type: ignore[arg-type]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: CoordinatorServer | None = None
+        self.port = 0
+
+    def call(self, fn):  # type: ignore[no-untyped-def]
+        """Run ``fn()`` on the server's event loop thread (domain objects are not thread-safe)."""
+        async def run():  # type: ignore[no-untyped-def]
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def __enter__(self) -> LiveCoordinator:
+        self.thread.start()
+        self.server = CoordinatorServer(self.settings)
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def fedprompt_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m fedprompt ARGS`` importing this checkout, output to ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "fedprompt", *args], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextmanager
+def stopping(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

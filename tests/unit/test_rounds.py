@@ -1,0 +1,166 @@
+"""The round state machine, driven directly (no network) with a controllable clock and a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.jobs import JobManager
+from coordinator.store import Store
+from fedprompt.config import dump_toml
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
+from fedprompt.payload import FLOAT32, decode_vector, encode_vector
+from fedprompt.protocol import Payload, TaskKind
+from tests.support import tiny_job
+
+SIZE = 6
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def update(job_id: str, round_: int, vector: np.ndarray, n: int = 10) -> Payload:
+    return Payload(job_id, round_, FLOAT32, vector.size, encode_vector(vector), n)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    store = Store(tmp_path / "state.sqlite")
+    jobs = JobManager(store, clock=clock)
+    job_id = jobs.create_job(dump_toml(tiny_job(tmp_path, rounds=2, participants_per_round=3, min_participants=2,
+                                                round_deadline_s=30.0)))
+    job = jobs.job(job_id)
+    for name in ("a", "b", "c"):
+        job.join(name, 10, 5, SIZE)
+    job.submit("a", update(job_id, 0, np.zeros(SIZE, np.float32)))
+    yield job, clock, store
+    store.close()
+
+
+def test_first_member_provides_initial_prompt_others_wait(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, _ = setup
+    assert job.latest_version() == 0
+    with pytest.raises(StaleRound):
+        job.submit("a", update(job.job_id, 0, np.ones(SIZE, np.float32)))
+
+
+def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, _ = setup
+    assert job.next_task("b").kind is TaskKind.EVALUATE
+    job.start()
+    job.tick()
+    assert job.open is not None and job.open.selected == ("a", "b", "c")
+    job.report_metrics("b", 0, {"accuracy": 0.5}, 5)
+    task = job.next_task("b")
+    assert (task.kind, task.round, task.global_version) == (TaskKind.TRAIN, 1, 0)
+
+
+def test_fedavg_is_example_weighted_mean_of_deltas(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, store = setup
+    job.start()
+    job.tick()
+    deltas = {"a": (np.full(SIZE, 1.0, np.float32), 10), "b": (np.full(SIZE, 4.0, np.float32), 5),
+              "c": (np.arange(SIZE, dtype=np.float32), 5)}
+    for name, (delta, n) in deltas.items():
+        job.submit(name, update(job.job_id, 1, delta, n))
+    assert job.latest_version() == 1 and job.open is None
+    encoding, data = store.prompt(job.job_id, 1)
+    got = decode_vector(Payload(job.job_id, 1, encoding, SIZE, data), SIZE)
+    expected = (10 * deltas["a"][0] + 5 * deltas["b"][0] + 5 * deltas["c"][0]) / 20
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_rejections_leave_the_round_intact(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, _ = setup
+    job.start()
+    job.tick()
+    good = np.ones(SIZE, np.float32)
+    with pytest.raises(InvalidUpdate):
+        job.submit("a", update(job.job_id, 1, np.ones(SIZE + 1, np.float32)))
+    bad = good.copy()
+    bad[2] = np.nan
+    with pytest.raises(InvalidUpdate):
+        job.submit("a", update(job.job_id, 1, bad))
+    with pytest.raises(StaleRound):
+        job.submit("a", update(job.job_id, 2, good))
+    with pytest.raises(NotEnrolled):
+        job.submit("mallory", update(job.job_id, 1, good))
+    job.submit("a", update(job.job_id, 1, good))
+    with pytest.raises(DuplicateUpdate):
+        job.submit("a", update(job.job_id, 1, good))
+    assert list(job.open.contributions) == ["a"]
+    job.submit("b", update(job.job_id, 1, good))
+    job.submit("c", update(job.job_id, 1, good))
+    assert job.latest_version() == 1
+
+
+def test_unselected_participant_is_refused(tmp_path: Path) -> None:
+    jobs = JobManager(Store(tmp_path / "s.sqlite"), clock=Clock())
+    job = jobs.job(jobs.create_job(dump_toml(tiny_job(tmp_path, participants_per_round=2, min_participants=2))))
+    for name in ("a", "b", "c"):
+        job.join(name, 10, 5, SIZE)
+    job.submit("a", update(job.job_id, 0, np.zeros(SIZE, np.float32)))
+    job.start()
+    job.tick()
+    outsider = next(p for p in ("a", "b", "c") if p not in job.open.selected)
+    with pytest.raises(NotSelected):
+        job.submit(outsider, update(job.job_id, 1, np.ones(SIZE, np.float32)))
+
+
+def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup) -> None:  # type: ignore[no-untyped-def]
+    job, clock, _ = setup
+    job.start()
+    job.tick()
+    job.submit("a", update(job.job_id, 1, np.ones(SIZE, np.float32)))
+    job.submit("b", update(job.job_id, 1, np.ones(SIZE, np.float32)))
+    clock.now += 31
+    job.tick()
+    assert job.latest_version() == 1  # 2 of 3 >= min_participants
+    assert job.open is not None and job.open.number == 2
+    for attempt in (1, 2, 3):
+        assert job.open is not None and job.open.attempt == attempt
+        job.submit("a", update(job.job_id, 2, np.ones(SIZE, np.float32)))
+        clock.now += 31
+        job.tick()
+    assert job.state.value == "paused" and "failed 3 times" in job.reason
+    assert job.latest_version() == 1
+
+
+def test_late_update_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    job, clock, _ = setup
+    job.start()
+    job.tick()
+    clock.now += 31
+    with pytest.raises(StaleRound):
+        job.submit("a", update(job.job_id, 1, np.ones(SIZE, np.float32)))
+
+
+def test_job_completes_and_reports_done(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, _ = setup
+    job.start()
+    for round_ in (1, 2):
+        job.tick()
+        for name in ("a", "b", "c"):
+            job.submit(name, update(job.job_id, round_, np.ones(SIZE, np.float32)))
+    assert job.state.value == "done"
+    for name in ("a", "b", "c"):
+        job.report_metrics(name, 2, {"accuracy": 1.0}, 5)
+        assert job.next_task(name).kind is TaskKind.DONE
+    view = job.view()
+    assert [r.round for r in view.rounds] == [1, 2] and view.rounds[-1].metrics["accuracy"] == 1.0
+    with pytest.raises(JobStateError):
+        job.start()
+
+
+def test_vector_size_mismatch_refused_at_join(setup) -> None:  # type: ignore[no-untyped-def]
+    job, _, _ = setup
+    with pytest.raises(InvalidUpdate, match="prompt parameters"):
+        job.join("d", 10, 5, SIZE + 1)
