@@ -27,8 +27,15 @@ import structlog
 from coordinator.aggregation import Contribution, make_aggregator
 from coordinator.store import MemberRow, RoundRow, Store
 from fedprompt.config import JobConfig
-from fedprompt.errors import (DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotFound, NotSelected,
-                              StaleRound)
+from fedprompt.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    JobStateError,
+    NotEnrolled,
+    NotFound,
+    NotSelected,
+    StaleRound,
+)
 from fedprompt.payload import FLOAT32, decode_vector
 from fedprompt.protocol import JobDescription, JobView, JoinInfo, Payload, PayloadHeader, RoundView, Task, TaskKind
 

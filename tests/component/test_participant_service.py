@@ -12,7 +12,7 @@ import pytest
 from fedprompt import serde
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import dump_toml
-from fedprompt.errors import (DuplicateUpdate, InvalidUpdate, PermissionDenied, PreconditionFailed, Unauthenticated)
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PermissionDenied, PreconditionFailed, Unauthenticated
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader, TaskKind
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc

@@ -1,0 +1,53 @@
+"""Soft-prompt classifiers on tiny random backbones: only the prompt (and head) train and cross the wire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprompt.config import TrainSection
+from fedprompt.data.datasets import label_indices
+from fedprompt.errors import InvalidUpdate
+from fedprompt.models import build_classifier
+from participant.train import evaluate, train_local
+from tests.support import tiny_job, toy_examples
+
+
+@pytest.mark.parametrize("kind", ["encoder", "causal"])
+def test_prompt_vector_round_trip_and_frozen_backbone(kind: str, tiny_encoder_dir: Path, tiny_causal_dir: Path) -> None:
+    model = build_classifier(tiny_job(tiny_encoder_dir if kind == "encoder" else tiny_causal_dir))
+    assert model.kind == kind
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == model.vector_size == model.get_vector().size
+    vector = np.random.default_rng(0).normal(size=model.vector_size).astype(np.float32)
+    model.set_vector(vector)
+    np.testing.assert_array_equal(model.get_vector(), vector)
+    with pytest.raises(InvalidUpdate):
+        model.set_vector(vector[:-1])
+    probs = model.predict_proba(["a good film", "a bad film"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_training_moves_only_the_prompt_and_learns_the_toy_task(tiny_encoder_dir: Path) -> None:
+    config = tiny_job(tiny_encoder_dir)
+    model = build_classifier(config)
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    train, test = toy_examples(64, 0), toy_examples(64, 1)
+    names = config.task.label_names
+    before = evaluate(model, test, label_indices(test, names))
+    start = model.get_vector()
+    train_local(model, train, label_indices(train, names), TrainSection(local_epochs=8, batch_size=8, lr=0.05), 0)
+    after = evaluate(model, test, label_indices(test, names))
+    assert not np.allclose(model.get_vector(), start)
+    assert all((frozen[k] == v).all() for k, v in model.backbone.state_dict().items())
+    assert after["loss"] < before["loss"]
+
+
+def test_exchanged_fraction_of_real_minilm_is_tiny() -> None:
+    from fedprompt.config import JobConfig
+
+    model = build_classifier(JobConfig())
+    assert model.vector_size / model.plm_parameters <= 0.0005
