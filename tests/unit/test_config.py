@@ -52,3 +52,12 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_toml(tmp_path / "absent.toml", JobConfig)
+
+
+def test_example_configs_load() -> None:
+    from fedprompt.config import CoordinatorConfig
+    from fedprompt.protogen import REPO
+
+    assert load_toml(REPO / "examples" / "job.toml", JobConfig).job.name == "rt-sentiment"
+    assert load_toml(REPO / "examples" / "participant.toml", ParticipantConfig).participant.threads == 1
+    assert load_toml(REPO / "examples" / "coordinator.toml", CoordinatorConfig).coordinator.listen == "0.0.0.0:50051"
