@@ -59,8 +59,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                              context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         identity = self.auth.participant(context)
         payload = self.jobs.job(request.job_id).global_payload(identity, request.version)
-        for kind, part in serde.payload_parts(payload):
-            yield participant_pb2.DownloadGlobalResponse(**{kind: part})
+        for message in serde.payload_messages(payload, participant_pb2.DownloadGlobalResponse):
+            yield message
 
     @rpc_method("ParticipantService")
     async def UploadUpdate(self, request_iterator: AsyncIterator[participant_pb2.UploadUpdateRequest],
@@ -153,6 +153,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         job = self.jobs.job(request.job_id)
         version = request.version or job.latest_version() or 0
         payload = job.global_payload(None, version)
-        for kind, part in serde.payload_parts(payload):
-            extra = {"job_config_toml": job.config_toml} if kind == "header" else {}
-            yield admin_pb2.ExportPromptResponse(**{kind: part}, **extra)
+        for message in serde.payload_messages(payload, admin_pb2.ExportPromptResponse):
+            if message.HasField("header"):
+                message.job_config_toml = job.config_toml
+            yield message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 from fedprompt.payload import CHUNK_BYTES, chunks
 from fedprompt.protocol import (
@@ -39,11 +40,21 @@ def header_from_pb(pb: common_pb2.PayloadHeader) -> PayloadHeader:
                          sha256=bytes(pb.sha256))
 
 
-def payload_parts(payload: Payload, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, object]]:
-    """A payload as ("header", PayloadHeader pb) then ("chunk", PayloadChunk pb) pairs, for any stream message."""
-    yield "header", header_to_pb(payload.header(chunk_bytes))
+class PayloadStreamMessage(Protocol):
+    """Any stream message with a ``oneof part { header, chunk }`` (uploads, downloads, exports)."""
+
+    def __init__(self, *, header: common_pb2.PayloadHeader | None = None,
+                 chunk: common_pb2.PayloadChunk | None = None) -> None: ...
+
+
+M = TypeVar("M", bound=PayloadStreamMessage)
+
+
+def payload_messages(payload: Payload, message: type[M], chunk_bytes: int = CHUNK_BYTES) -> Iterator[M]:
+    """A payload as stream messages of type ``message``: the header first, then its chunks in order."""
+    yield message(header=header_to_pb(payload.header(chunk_bytes)))
     for index, data in enumerate(chunks(payload.data, chunk_bytes)):
-        yield "chunk", common_pb2.PayloadChunk(index=index, data=data)
+        yield message(chunk=common_pb2.PayloadChunk(index=index, data=data))
 
 
 def task_to_pb(task: Task) -> participant_pb2.GetTaskResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
@@ -101,12 +101,11 @@ class GrpcLink:
         return payload
 
     def upload(self, payload: Payload) -> None:
-        def messages() -> Iterator[participant_pb2.UploadUpdateRequest]:
-            for kind, part in serde.payload_parts(payload):
-                yield participant_pb2.UploadUpdateRequest(**{kind: part})
+        def send() -> object:
+            messages = serde.payload_messages(payload, participant_pb2.UploadUpdateRequest)
+            return self.stub.UploadUpdate(messages, metadata=self.metadata, timeout=self.rpc_timeout_s)
 
-        self._call("UploadUpdate", lambda: self.stub.UploadUpdate(messages(), metadata=self.metadata,
-                                                                  timeout=self.rpc_timeout_s))
+        self._call("UploadUpdate", send)
         self.bytes_up += len(payload.data)
 
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:

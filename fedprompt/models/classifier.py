@@ -9,6 +9,7 @@ per-sample gradients for, so DP-SGD costs nothing for the frozen PLM.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ from fedprompt.models.backbone import Backbone
 
 class SoftPrompt(nn.Module):
     """``length`` trainable virtual-token embeddings, returned per batch row as ``(B, length, dim)``."""
+
+    positions: torch.Tensor
 
     def __init__(self, init: torch.Tensor) -> None:
         super().__init__()
@@ -40,10 +43,10 @@ class SoftPrompt(nn.Module):
 
 def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
     """Initialise from embeddings of random in-vocabulary tokens, which Lester et al. found beats random init."""
-    table = backbone.model.get_input_embeddings().weight
+    table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
     generator = torch.Generator().manual_seed(seed)
-    low = min(1000, table.shape[0] // 2)
-    ids = torch.randint(low, table.shape[0], (length,), generator=generator)
+    low = min(1000, int(table.shape[0]) // 2)
+    ids = torch.randint(low, int(table.shape[0]), (length,), generator=generator)
     return table[ids].detach().clone()
 
 
@@ -55,6 +58,8 @@ class PromptClassifier(nn.Module):
     embeddings of the label descriptions, so the untuned model is a genuine zero-shot classifier.
     ``causal`` backbones score the first token of each label word at the next-token position (a verbalizer).
     """
+
+    label_token_ids: torch.Tensor
 
     def __init__(
         self,
