@@ -37,7 +37,9 @@ def build_report(view: JobView, majority: float, exchanged: int, plm: int, **ext
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+    return str(value)
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
