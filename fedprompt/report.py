@@ -28,7 +28,8 @@ def build_report(view: JobView, majority: float, exchanged: int, plm: int, **ext
     final = rows[-1]["accuracy"] if rows else None
     return {
         "job_id": view.job_id, "state": view.state, "majority_accuracy": majority,
-        "zero_shot_accuracy": view.initial_metrics.get("accuracy"), "final_accuracy": final, "rounds": rows,
+        "zero_shot_accuracy": view.initial_metrics.get("accuracy"), "zero_shot_loss": view.initial_metrics.get("loss"),
+        "final_accuracy": final, "rounds": rows,
         "exchanged_params": exchanged, "plm_params": plm,
         "exchanged_over_plm": exchanged / plm if plm else None, **extra,
     }
@@ -75,10 +76,11 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [0] + [r["round"] for r in report["rounds"]]
     acc = [report["zero_shot_accuracy"]] + [r["accuracy"] for r in report["rounds"]]
-    loss = [r["loss"] for r in report["rounds"]]
+    loss = [report.get("zero_shot_loss")] + [r["loss"] for r in report["rounds"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(rounds, acc, marker="o", label="global prompt")
     ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
@@ -88,10 +90,12 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
     ax1.set_ylabel("test accuracy")
     ax1.legend()
     ax1.grid(alpha=0.3)
-    ax2.plot(rounds[1:], loss, marker="o", color="tab:red")
+    ax2.plot(rounds, loss, marker="o", color="tab:red")
     ax2.set_xlabel("round")
     ax2.set_ylabel("test loss")
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
