@@ -40,8 +40,12 @@ class CoordinatorServer:
         log.warning("coordinator running with --insecure: no TLS, identities are not verified")
         auth = InsecureAuthenticator()
         limit = self.settings.max_message_bytes
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                               ("grpc.max_send_message_length", limit)])
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+            # Accept the participants' keepalive pings (every 5 s) so dead links are noticed on both sides.
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ])
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantService(self.jobs, auth, self.notifier, self.settings.upload_timeout_s), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, auth, self.notifier), self.server)

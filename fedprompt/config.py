@@ -123,9 +123,11 @@ class ParticipantSection:
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
     give_up_after_s: float = 120.0
+    rpc_timeout_s: float = 60.0
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.job), f"{prefix}.job", "name the job to join")
+        _check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
         _check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
         _check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
         _check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")

@@ -44,7 +44,7 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
     log.info("participant starting", identity=identity, coordinator=settings.coordinator, job=settings.job,
              train=len(site.train), test=len(site.test))
     link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
-                    settings.give_up_after_s)
+                    settings.give_up_after_s, settings.rpc_timeout_s)
     try:
         runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
                                      Path(settings.state_dir) if settings.state_dir else None,

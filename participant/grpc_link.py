@@ -34,7 +34,12 @@ class GrpcLink:
     def __init__(self, target: str, identity: str, retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
                  give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
+            ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+        ])
         self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
         self.metadata = (("x-fedprompt-identity", identity),)
         self.retry_initial_s = retry_initial_s

@@ -19,7 +19,7 @@ import structlog
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
@@ -137,4 +137,8 @@ class ParticipantRuntime:
             if task.kind is TaskKind.DONE:
                 self.log.info("job finished", reason=task.reason)
                 return
-            self.handle(task)
+            try:
+                self.handle(task)
+            except (PreconditionFailed, PermissionDenied, DuplicateUpdate) as exc:
+                # The job moved on while we worked (deadline passed, round closed, deselected): not fatal.
+                self.log.warning("task abandoned", kind=task.kind.value, round=task.round, reason=str(exc))
