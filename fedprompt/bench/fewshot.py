@@ -31,11 +31,11 @@ from fedprompt.report import table, write_json
 from fedprompt.simulation import simulate
 
 SITES = 3
-ROUNDS = 4
-STEPS = 10
-BATCH = 16
+ROUNDS = 3
+STEPS = 8
+BATCH = 8
 WARMUP_ROUNDS = 1
-POOL_CAP = 200
+POOL_CAP = 150
 PARTITION = PartitionSpec("fewshot", shots=32, quantity_alpha=2.0, label_alpha=1.0)
 PSEUDO_KEYS = ("pseudo_labels", "pseudo_label_accuracy", "pseudo_label_pool_accuracy", "pseudo_label_seconds")
 
@@ -51,8 +51,8 @@ class DatasetSetup:
 
 
 DATASETS = {
-    "rotten_tomatoes": DatasetSetup(max_length=64, test_size=300, threshold=0.8, per_class_cap=64),
-    "bbc_news": DatasetSetup(max_length=128, test_size=200, threshold=0.7, per_class_cap=32),
+    "rotten_tomatoes": DatasetSetup(max_length=64, test_size=200, threshold=0.8, per_class_cap=48),
+    "bbc_news": DatasetSetup(max_length=128, test_size=150, threshold=0.7, per_class_cap=24),
 }
 
 
