@@ -55,7 +55,7 @@ def test_nothing_confident_keeps_nothing() -> None:
     assert chosen.indices.size == 0 and chosen.labels.size == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     raw=arrays(np.float64, st.tuples(st.integers(0, 40), st.integers(2, 5)), elements=st.floats(0.01, 1.0)),
     threshold=st.floats(0.05, 1.0),
