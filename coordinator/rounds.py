@@ -350,13 +350,18 @@ class JobRuntime:
         return self.store.latest_version(self.job_id)
 
     def weighted_metrics(self, version: int) -> tuple[dict[str, float], int]:
-        """Example-weighted mean of each metric reported on ``version``, and the number of reports."""
+        """Example-weighted mean of each metric reported on ``version``, and the number of reports.
+
+        Each metric is averaged over the reports that carry it (e.g. pseudo-labelling metrics come only from
+        the participants that trained in that round), never diluted by zeros from the others.
+        """
         rows = self.store.metrics(self.job_id, version)
-        total = sum(r.num_examples for r in rows)
-        if total == 0:
-            return {}, len(rows)
-        keys = sorted({k for r in rows for k in r.metrics})
-        means = {k: sum(r.metrics.get(k, 0.0) * r.num_examples for r in rows) / total for k in keys}
+        means = {}
+        for key in sorted({k for r in rows for k in r.metrics}):
+            having = [r for r in rows if key in r.metrics]
+            total = sum(r.num_examples for r in having)
+            if total:
+                means[key] = sum(r.metrics[key] * r.num_examples for r in having) / total
         return means, len(rows)
 
     def view(self) -> JobView:

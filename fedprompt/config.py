@@ -101,6 +101,31 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class AugmentSection:
+    """Pseudo-label augmentation of few-shot sites (AUG-FedPrompt; Cai et al. 2023). Off by default.
+
+    After ``warmup_rounds`` rounds on labelled data only, each participant labels its unlabelled pool (at
+    most ``max_unlabelled`` examples, 0 = all) with the current global prompt, keeps predictions whose
+    confidence is at least ``threshold``, at most ``per_class_cap`` per class (and, with ``balance``, no
+    more per class than the rarest confidently predicted class), and trains on labelled + pseudo-labelled
+    examples.  Pseudo-labels are recomputed every round.
+    """
+
+    enabled: bool = False
+    warmup_rounds: int = 1
+    threshold: float = 0.9
+    per_class_cap: int = 64
+    balance: bool = True
+    max_unlabelled: int = 0
+
+    def validate(self, prefix: str) -> None:
+        _check(0 <= self.warmup_rounds <= 100_000, f"{prefix}.warmup_rounds", "must be in [0, 100000]")
+        _check(0 < self.threshold <= 1, f"{prefix}.threshold", f"must be in (0, 1], got {self.threshold}")
+        _check(1 <= self.per_class_cap <= 1_000_000, f"{prefix}.per_class_cap", "must be in [1, 1000000]")
+        _check(self.max_unlabelled >= 0, f"{prefix}.max_unlabelled", "must be >= 0 (0 means the whole pool)")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything a job needs, shared verbatim by coordinator and participants."""
 
@@ -108,6 +133,15 @@ class JobConfig:
     model: ModelSection = field(default_factory=ModelSection)
     task: TaskSection = field(default_factory=TaskSection)
     train: TrainSection = field(default_factory=TrainSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+
+    def validate(self, prefix: str) -> None:
+        """Checks that span sections (each section validated itself already)."""
+        _check(
+            not self.augment.enabled or self.augment.warmup_rounds < self.job.rounds,
+            "augment.warmup_rounds",
+            f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
+        )
 
 
 @dataclass(frozen=True)

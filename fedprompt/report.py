@@ -10,7 +10,8 @@ from fedprompt.protocol import JobView
 
 
 def round_rows(view: JobView) -> list[dict[str, Any]]:
-    """One dict per completed round: accuracy/loss of its global version, bytes and seconds."""
+    """One dict per completed round: accuracy/loss of its global version, bytes and seconds, and the
+    round's pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on."""
     rows = []
     for r in view.rounds:
         if r.state != "done":
@@ -19,6 +20,7 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
+            **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label")},
         })
     return rows
 

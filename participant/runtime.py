@@ -1,8 +1,10 @@
 """A participant's work, independent of transport: join, then evaluate / train on each task it is given.
 
 Only the prompt-sized vector leaves the site: the initial prompt (first member only), one delta per round,
-and evaluation metrics.  Every submitted delta is also kept in the site's state directory, an audit trail of
-exactly what left the institution.
+and evaluation metrics (with ``[augment]`` on, also the count and time of the round's pseudo-labelling,
+reported with the evaluation of the version that round produced).  FedAvg weights stay the labelled
+counts: pseudo-labels add training signal, not weight.  Every submitted delta is also kept in the site's
+state directory, an audit trail of exactly what left the institution.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, 
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from participant.fewshot import PseudoLabeller
 from participant.link import CoordinatorLink
 from participant.train import ProgressFn, evaluate, train_local
 
@@ -53,6 +56,8 @@ class ParticipantRuntime:
         self.config: JobConfig | None = None
         self.model: PromptClassifier | None = None
         self._globals: dict[int, np.ndarray] = {}
+        self.augmenter: PseudoLabeller | None = None
+        self._train_metrics: dict[str, float] = {}
         self.log = log
 
     def join(self) -> JoinInfo:
@@ -65,6 +70,9 @@ class ParticipantRuntime:
         info = self.link.join(description.job_id, len(self.site.train), len(self.site.test), model.vector_size)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
+        if self.config.augment.enabled:
+            self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
+                                            f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
         if info.provide_initial_prompt:
             self.link.upload(Payload(info.job_id, 0, FLOAT32, model.vector_size, encode_vector(model.get_vector())))
             self.log.info("initial prompt provided", vector_size=model.vector_size)
@@ -104,6 +112,8 @@ class ParticipantRuntime:
         start = time.perf_counter()
         metrics = evaluate(model, self.site.test, self._labels("test"))
         metrics["eval_seconds"] = time.perf_counter() - start
+        metrics.update(self._train_metrics)  # the pseudo-labelling of the round that produced this version
+        self._train_metrics = {}
         self.link.report(self.info.job_id, version, metrics, len(self.site.test))
         self.log.info("evaluated", version=version, accuracy=round(metrics.get("accuracy", float("nan")), 4))
 
@@ -115,7 +125,11 @@ class ParticipantRuntime:
         seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
-        result = train_local(model, self.site.train, self._labels("train"), self.config.train, seed, bar)
+        examples, labels = self.site.train, self._labels("train")
+        if self.augmenter is not None and self.augmenter.active(task.round):
+            extra, extra_labels, self._train_metrics = self.augmenter.label(model)
+            examples, labels = examples + extra, labels + extra_labels
+        result = train_local(model, examples, labels, self.config.train, seed, bar)
         delta = model.get_vector() - start_vector
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"

@@ -1,7 +1,8 @@
 """Per-site data directories: what ``fedprompt data prepare`` writes and what a participant reads.
 
 A site directory holds ``train.jsonl``, ``test.jsonl`` and optionally ``unlabelled.jsonl`` (lines of
-``{"text": ..., "label": ...}``), exactly what an institution would provide from its own records.  The
+``{"text": ..., "label": ...}``, the label empty for the unlabelled pool), exactly what an institution would
+provide from its own records: the pool's hidden labels are never written there.  The
 global test split is dealt IID across sites, so the example-weighted mean of the sites' test accuracies is
 the accuracy on the whole test split.
 """
@@ -19,9 +20,18 @@ from fedprompt.errors import ConfigError
 
 @dataclass(frozen=True)
 class SiteData:
+    """One site's examples.
+
+    ``unlabelled`` texts carry an empty label.  ``unlabelled_gold`` holds their hidden true labels, in the
+    same order, only when a simulation generated the split: it exists to *measure* pseudo-label accuracy
+    and is never used for training (``participant.fewshot`` reads it in one place, its measurement).  Real
+    sites, and site directories written by ``prepare``, have none.
+    """
+
     train: list[Example]
     test: list[Example]
     unlabelled: list[Example] = field(default_factory=list)
+    unlabelled_gold: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ def split_sites(
             train=[train[i] for i in shard.labelled],
             test=[test[i] for i in test_shard.labelled],
             unlabelled=[Example(train[i].text, "") for i in shard.unlabelled],
+            unlabelled_gold=[train[i].label for i in shard.unlabelled],
         )
         for shard, test_shard in zip(shards, test_shards)
     ]
