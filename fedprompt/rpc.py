@@ -16,8 +16,10 @@ log = structlog.get_logger("fedprompt.rpc")
 # Server side: each domain error (or its nearest listed base class) aborts with this status.
 STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
     errors.InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
