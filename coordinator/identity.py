@@ -99,6 +99,7 @@ class CertificateAuthenticator:
                 self.on_revoked(identity)
 
     def _peer(self, context: grpc.aio.ServicerContext) -> CertInfo:
+        self.refresh()  # first, so that revocations it reports are not logged under this caller's name
         structlog.contextvars.bind_contextvars(peer=context.peer())
         pems = (context.auth_context() or {}).get(PEM_KEY) or []
         if not pems:
@@ -114,7 +115,6 @@ class CertificateAuthenticator:
                 self._parsed.clear()
             self._parsed[pem] = info
         structlog.contextvars.bind_contextvars(identity=str(info.identity), serial=f"{info.serial:x}")
-        self.refresh()
         if self.revocations.is_revoked(info.serial):
             raise CertificateRevoked(f"certificate {info.serial:x} of {info.identity} is revoked")
         if info.not_after < self.clock():
@@ -125,8 +125,7 @@ class CertificateAuthenticator:
     def _role(self, context: grpc.aio.ServicerContext, role: str) -> str:
         info = self._peer(context)
         if info.identity.role != role:
-            raise PermissionDenied(f"{info.identity} holds a {info.identity.role} certificate; "
-                                   f"this call needs a {role} certificate")
+            raise PermissionDenied(f"{info.identity} has the {info.identity.role} role; this call needs the {role} role")
         return str(info.identity)
 
     def participant(self, context: grpc.aio.ServicerContext) -> str:

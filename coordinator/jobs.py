@@ -78,7 +78,7 @@ class JobManager:
             counts = self.store.update_counts(job.job_id)
             online = set(job.online())
             for m in job.members.values():
-                state = m.state if m.participant_id in online else "offline"
+                state = "offline" if m.state == "active" and m.participant_id not in online else m.state
                 out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
                                            m.last_seen, counts.get(m.participant_id, 0)))
         return out

@@ -19,11 +19,15 @@ class InvalidUpdate(InvalidRequest):
     """A payload is malformed: wrong size or shape, non-finite values, bad digest, bad chunking."""
 
 
-class PayloadTooLarge(FedPromptError):
+class ResourceExhausted(FedPromptError):
+    """A size, rate or concurrency limit was hit (base of the two below)."""
+
+
+class PayloadTooLarge(ResourceExhausted):
     """A message or upload exceeds the size limit for this job."""
 
 
-class RateLimited(FedPromptError):
+class RateLimited(ResourceExhausted):
     """The caller exceeded its call rate or its concurrent uploads; it may retry later."""
 
 
