@@ -24,6 +24,7 @@ from coordinator.store import Store
 from crypto.pki import load_cert
 from fedprompt.config import CoordinatorSection
 from fedprompt.errors import ConfigError, PkiError, Unauthenticated
+from fedprompt.rpc import DecodeGuard
 from fedprompt.v1 import admin_pb2_grpc, participant_pb2_grpc
 
 log = structlog.get_logger("coordinator.server")
@@ -68,7 +69,8 @@ class CoordinatorServer:
     async def start(self) -> int:
         s = self.settings
         limit = s.max_message_bytes
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+        self.server = grpc.aio.server(interceptors=[DecodeGuard()],
+                                      options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", limit)])
         if s.insecure:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
