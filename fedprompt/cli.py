@@ -261,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed))
+                                test_size=args.test_size, seed=args.seed, insecure=args.insecure))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")
     demo.add_argument("--plot", default="reports/demo.png", help="PNG plot path (default reports/demo.png)")
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")
+    demo.add_argument("--insecure", action="store_true",
+                      help="plaintext, unverified identities (default: mTLS with a throwaway CA)")
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")
