@@ -216,7 +216,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = build_classifier(config)
     model.set_vector(vector)
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    for text, probs in zip(texts, model.predict_proba(texts)):
+    for text, probs in zip(texts, model.predict_proba(texts), strict=True):
         best = int(probs.argmax())
         print(json.dumps({"text": text, "label": config.task.label_names[best], "confidence": round(float(probs[best]), 4)}))
     return 0
