@@ -15,10 +15,12 @@ from coordinator.aggregation import make_aggregator
 from coordinator.rounds import TERMINAL, JobRuntime, JobState
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
-from fedprompt.errors import NotFound
+from fedprompt.errors import ConfigError, InvalidRequest, NotFound
 from fedprompt.protocol import JobView, ParticipantView
 
 log = structlog.get_logger("coordinator.jobs")
+
+MAX_REF = 200
 
 
 class JobManager:
@@ -33,6 +35,9 @@ class JobManager:
     def create_job(self, config_toml: str) -> str:
         """Validate a job config (naming any bad key) and register the job; returns its id."""
         config = parse_toml(config_toml, JobConfig, "job config")
+        if not config.job.allowed_participants:
+            raise ConfigError('job.allowed_participants: empty admits nobody; list the participant identities that '
+                              'may join (e.g. ["participant:hospital-a"]) or ["*"] for any certified participant')
         make_aggregator(config.job.aggregator)
         job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
         canonical = dump_toml(config)
@@ -43,14 +48,21 @@ class JobManager:
 
     def job(self, ref: str) -> JobRuntime:
         """A job by id, or by name (the newest job of that name that has not ended, else the newest)."""
+        if not 0 < len(ref) <= MAX_REF:
+            raise InvalidRequest(f"a job id or name has 1-{MAX_REF} characters, got {len(ref)}")
         if ref in self.jobs:
             return self.jobs[ref]
         named = [j for j in self.jobs.values() if j.config.job.name == ref]
         live = [j for j in named if j.state not in TERMINAL]
         chosen = (live or named)[-1:] if named else []
         if not chosen:
-            raise NotFound(f"no job with id or name {ref!r}")
+            raise NotFound(f"no job with id or name {ref[:80]!r}")
         return chosen[0]
+
+    def expel(self, participant_id: str, why: str) -> None:
+        """Remove a participant from every job (its certificate was revoked), discarding in-flight updates."""
+        for job in self.jobs.values():
+            job.expel(participant_id, why)
 
     def tick(self) -> None:
         for job in self.jobs.values():
@@ -66,7 +78,7 @@ class JobManager:
             counts = self.store.update_counts(job.job_id)
             online = set(job.online())
             for m in job.members.values():
-                state = m.state if m.participant_id in online else "offline"
+                state = "offline" if m.state == "active" and m.participant_id not in online else m.state
                 out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
                                            m.last_seen, counts.get(m.participant_id, 0)))
         return out

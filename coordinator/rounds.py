@@ -26,9 +26,10 @@ import structlog
 
 from coordinator.aggregation import Contribution, make_aggregator
 from coordinator.store import MemberRow, RoundRow, Store
-from fedprompt.config import JobConfig
+from fedprompt.config import JobConfig, dump_toml
 from fedprompt.errors import (
     DuplicateUpdate,
+    InvalidRequest,
     InvalidUpdate,
     JobStateError,
     NotEnrolled,
@@ -42,6 +43,9 @@ from fedprompt.protocol import JobDescription, JobView, JoinInfo, Payload, Paylo
 log = structlog.get_logger("coordinator.rounds")
 
 MAX_METRICS = 32
+MAX_METRIC_NAME = 64
+MAX_EXAMPLES = 1_000_000_000
+MAX_VECTOR_SIZE = 16 * 1024 * 1024
 
 
 class JobState(enum.Enum):
@@ -96,6 +100,9 @@ class JobRuntime:
         self.job_id = job_id
         self.config = config
         self.config_toml = config_toml
+        # What participants see: the job without its allow-list, so no member learns who else may join.
+        self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
+            config.job, allowed_participants=())))
         self.store = store
         self.clock = clock
         self.offline_after_s = offline_after_s
@@ -142,16 +149,26 @@ class JobRuntime:
         self.store.set_job_state(self.job_id, state.value, reason)
 
     # ---- participant calls -------------------------------------------------------------------------
-    def describe(self) -> JobDescription:
-        return JobDescription(self.job_id, self.config.job.name, self.config_toml)
+    def check_allowed(self, participant_id: str) -> None:
+        """Enrollment: only identities on the job's allow-list (or any, with ``"*"``) may see or join it."""
+        allowed = self.config.job.allowed_participants
+        if participant_id not in allowed and "*" not in allowed:
+            raise NotEnrolled(f"{participant_id} is not on the allow-list of job {self.job_id}")
+
+    def describe(self, participant_id: str) -> JobDescription:
+        self.check_allowed(participant_id)
+        return JobDescription(self.job_id, self.config.job.name, self.public_toml)
 
     def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int) -> JoinInfo:
+        self.check_allowed(participant_id)
         if self.state in TERMINAL:
             raise JobStateError(f"job {self.job_id} is {self.state.value}; it takes no new participants")
-        if num_train < 1:
-            raise InvalidUpdate("num_train_examples must be >= 1")
-        if vector_size < 1:
-            raise InvalidUpdate("vector_size must be >= 1")
+        if not 1 <= num_train <= MAX_EXAMPLES:
+            raise InvalidRequest(f"num_train_examples must be in [1, {MAX_EXAMPLES}]")
+        if not 0 <= num_test <= MAX_EXAMPLES:
+            raise InvalidRequest(f"num_test_examples must be in [0, {MAX_EXAMPLES}]")
+        if not 1 <= vector_size <= MAX_VECTOR_SIZE:
+            raise InvalidRequest(f"vector_size must be in [1, {MAX_VECTOR_SIZE}]")
         if self.vector_size == 0:
             self.vector_size = vector_size
             self.store.set_vector_size(self.job_id, vector_size)
@@ -173,7 +190,7 @@ class JobRuntime:
 
     def _member(self, participant_id: str) -> MemberRow:
         member = self.members.get(participant_id)
-        if member is None:
+        if member is None or member.state == "revoked":
             raise NotEnrolled(f"{participant_id} has not joined job {self.job_id}")
         self.members[participant_id] = dataclasses.replace(member, last_seen=self.clock())
         return member
@@ -209,9 +226,9 @@ class JobRuntime:
         """Validate an upload's header before any chunk is read; returns the byte limit for its payload."""
         self._member(participant_id)
         if header.job_id != self.job_id:
-            raise NotFound(f"header names job {header.job_id!r}, the stream is for {self.job_id}")
+            raise NotFound(f"header names job {header.job_id[:80]!r}, the stream is for {self.job_id}")
         if header.encoding != FLOAT32:
-            raise InvalidUpdate(f"encoding {header.encoding!r} is not accepted by this job (expects {FLOAT32!r})")
+            raise InvalidUpdate(f"encoding {header.encoding[:40]!r} is not accepted by this job (expects {FLOAT32!r})")
         if header.vector_size != self.vector_size:
             raise InvalidUpdate(f"update has {header.vector_size} parameters, expected {self.vector_size}")
         if header.round == 0:
@@ -258,6 +275,26 @@ class JobRuntime:
         if len(r.contributions) == len(r.selected):
             self._aggregate()
 
+    def expel(self, participant_id: str, why: str) -> None:
+        """Drop a member (e.g. its certificate was revoked): its in-flight update is discarded, it is no longer
+        selected, and it must join again (with a valid identity) to take part."""
+        member = self.members.get(participant_id)
+        if member is None:
+            return
+        self.members[participant_id] = dataclasses.replace(member, state="revoked")
+        self.store.upsert_member(self.members[participant_id])
+        r = self.open
+        if r is not None and participant_id in r.selected:
+            discarded = r.contributions.pop(participant_id, None)
+            r.selected = tuple(p for p in r.selected if p != participant_id)
+            self.store.save_round(r.row(self.job_id, RoundState.TRAINING))
+            self.log.warning("member expelled", participant=participant_id, round=r.number, reason=why,
+                             update_discarded=discarded is not None)
+            if r.selected and len(r.contributions) == len(r.selected):
+                self._aggregate()
+        else:
+            self.log.warning("member expelled", participant=participant_id, reason=why)
+
     def global_payload(self, participant_id: str | None, version: int) -> Payload:
         """A stored global version (``participant_id`` None for admin export); counts bytes down."""
         if participant_id is not None:
@@ -271,12 +308,19 @@ class JobRuntime:
         return Payload(self.job_id, version, encoding, self.vector_size, data)
 
     def report_metrics(self, participant_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
-        self._member(participant_id)
+        member = self._member(participant_id)
         latest = self.latest_version()
         if latest is None or not 0 <= version <= latest:
             raise NotFound(f"job {self.job_id} has no global version {version}")
+        if version in self.evaluated[participant_id]:
+            raise DuplicateUpdate(f"{participant_id} already reported metrics on version {version}")
         if len(metrics) > MAX_METRICS or not all(math.isfinite(v) for v in metrics.values()):
-            raise InvalidUpdate(f"metrics must be at most {MAX_METRICS} finite values")
+            raise InvalidRequest(f"metrics must be at most {MAX_METRICS} finite values")
+        if not all(0 < len(k) <= MAX_METRIC_NAME and k.isprintable() for k in metrics):
+            raise InvalidRequest(f"metric names must be 1-{MAX_METRIC_NAME} printable characters")
+        if not 0 <= num_examples <= member.num_test:
+            raise InvalidRequest(f"num_examples {num_examples} is outside [0, {member.num_test}] (test examples "
+                                 "declared at join)")
         self.store.save_metrics(self.job_id, version, participant_id, num_examples, metrics)
         self.evaluated[participant_id].add(version)
 

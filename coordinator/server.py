@@ -1,4 +1,10 @@
-"""Wires the coordinator: store -> job manager -> servicers -> grpc.aio server, plus the round ticker."""
+"""Wires the coordinator: store -> job manager -> servicers -> grpc.aio server, plus the round ticker.
+
+mTLS is the default: the server presents its certificate and requires a client certificate signed by the
+federation CA (root certificates are always passed with ``require_client_auth=True``: without them gRPC
+silently skips client authentication).  ``insecure`` serves plaintext for local development only and says
+so at every start.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +15,33 @@ from pathlib import Path
 import grpc
 import structlog
 
-from coordinator.identity import InsecureAuthenticator
+from coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from coordinator.jobs import JobManager
+from coordinator.limits import CallLimiter
 from coordinator.notifier import Notifier
 from coordinator.service import AdminService, ParticipantService
 from coordinator.store import Store
+from crypto.pki import load_cert
 from fedprompt.config import CoordinatorSection
-from fedprompt.errors import ConfigError
+from fedprompt.errors import ConfigError, PkiError, Unauthenticated
+from fedprompt.rpc import DecodeGuard
 from fedprompt.v1 import admin_pb2_grpc, participant_pb2_grpc
 
 log = structlog.get_logger("coordinator.server")
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"coordinator.{key}: cannot read {path}: {exc.strerror}") from exc
 
 
 class CoordinatorServer:
     """A running coordinator; ``start`` returns the bound port (``listen`` may use port 0)."""
 
     def __init__(self, settings: CoordinatorSection) -> None:
-        if not settings.insecure:
-            raise ConfigError("coordinator.insecure: certificate authentication is not available yet; "
-                              "pass --insecure for local development")
+        settings.validate("coordinator")
         self.settings = settings
         self.store = Store(Path(settings.state_dir) / "coordinator.sqlite")
         self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s)
@@ -35,31 +49,54 @@ class CoordinatorServer:
         self.server: grpc.aio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.port = 0
+        self.auth: Authenticator = InsecureAuthenticator()
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        s = self.settings
+        ca_pem = _read(s.ca_cert, "ca_cert")
+        try:
+            ca = load_cert(Path(s.ca_cert))
+            self.auth = CertificateAuthenticator(ca, Path(s.crl), self._revoked)
+        except PkiError as exc:
+            raise ConfigError(f"coordinator: {exc}") from exc
+        return grpc.ssl_server_credentials([(_read(s.key, "key"), _read(s.cert, "cert"))], root_certificates=ca_pem,
+                                           require_client_auth=True)
+
+    def _revoked(self, identity: str) -> None:
+        self.jobs.expel(identity, "certificate revoked")
+        self.notifier.notify()
 
     async def start(self) -> int:
-        log.warning("coordinator running with --insecure: no TLS, identities are not verified")
-        auth = InsecureAuthenticator()
-        limit = self.settings.max_message_bytes
-        self.server = grpc.aio.server(options=[
+        s = self.settings
+        limit = s.max_message_bytes
+        self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             # Accept the participants' keepalive pings (every 5 s) so dead links are noticed on both sides.
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 4000),
             ("grpc.http2.max_ping_strikes", 0),
         ])
+        if s.insecure:
+            log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
+                        "local development only")
+        credentials = None if s.insecure else self._credentials()
+        gate = Gate(self.auth, CallLimiter(s.rate_limit_per_s, s.rate_limit_burst, s.max_concurrent_uploads))
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantService(self.jobs, auth, self.notifier, self.settings.upload_timeout_s), self.server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, auth, self.notifier), self.server)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+            ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, gate, self.notifier), self.server)
+        self.port = (self.server.add_insecure_port(s.listen) if credentials is None
+                     else self.server.add_secure_port(s.listen, credentials))
         if self.port == 0:
-            raise ConfigError(f"coordinator.listen: cannot bind {self.settings.listen}")
+            raise ConfigError(f"coordinator.listen: cannot bind {s.listen}")
         await self.server.start()
         self._ticker = asyncio.create_task(self._tick_forever())
-        log.info("coordinator listening", address=self.settings.listen, port=self.port,
-                 state=str(Path(self.settings.state_dir).resolve()))
+        log.info("coordinator listening", address=s.listen, port=self.port, mtls=not s.insecure,
+                 state=str(Path(s.state_dir).resolve()))
         return self.port
 
     async def _tick_forever(self) -> None:
         while True:
+            with contextlib.suppress(Unauthenticated):  # an unusable CRL is logged once and refuses calls
+                self.auth.refresh()
             self.jobs.tick()
             self.notifier.notify()
             await asyncio.sleep(self.settings.tick_s)

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.identity import Authenticator
+from coordinator.identity import Gate
 from coordinator.jobs import JobManager
 from coordinator.notifier import Notifier
 from fedprompt import serde
@@ -23,20 +23,20 @@ MAX_POLL_S = 30.0
 
 
 class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
-    def __init__(self, jobs: JobManager, auth: Authenticator, notifier: Notifier, upload_timeout_s: float) -> None:
+    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, upload_timeout_s: float) -> None:
         self.jobs = jobs
-        self.auth = auth
+        self.gate = gate
         self.notifier = notifier
         self.upload_timeout_s = upload_timeout_s
 
     @rpc_method("ParticipantService")
     async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.participant(context)
-        return serde.description_to_pb(self.jobs.job(request.job).describe())
+        identity = self.gate.participant(context)
+        return serde.description_to_pb(self.jobs.job(request.job).describe(identity))
 
     @rpc_method("ParticipantService")
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
-        identity = self.auth.participant(context)
+        identity = self.gate.participant(context)
         info = self.jobs.job(request.job).join(identity, request.num_train_examples, request.num_test_examples,
                                                request.vector_size)
         self.notifier.notify()
@@ -44,7 +44,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
 
     @rpc_method("ParticipantService")
     async def GetTask(self, request: participant_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> Any:
-        identity = self.auth.participant(context)
+        identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
         until = time.monotonic() + min(request.wait_ms / 1000.0, MAX_POLL_S)
         while True:
@@ -57,7 +57,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @stream_method("ParticipantService")
     async def DownloadGlobal(self, request: participant_pb2.DownloadGlobalRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        identity = self.auth.participant(context)
+        identity = self.gate.participant(context)
         payload = self.jobs.job(request.job_id).global_payload(identity, request.version)
         for message in serde.payload_messages(payload, participant_pb2.DownloadGlobalResponse):
             yield message
@@ -65,13 +65,16 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def UploadUpdate(self, request_iterator: AsyncIterator[participant_pb2.UploadUpdateRequest],
                            context: grpc.aio.ServicerContext) -> Any:
-        identity = self.auth.participant(context)
-        try:
-            return await asyncio.wait_for(self._receive(identity, request_iterator), self.upload_timeout_s)
-        except TimeoutError as exc:
-            raise StaleRound(f"upload not completed within {self.upload_timeout_s:.0f} s") from exc
+        identity = self.gate.participant(context)
+        with self.gate.upload(identity):
+            try:
+                return await asyncio.wait_for(self._receive(identity, request_iterator, context),
+                                              self.upload_timeout_s)
+            except TimeoutError as exc:
+                raise StaleRound(f"upload not completed within {self.upload_timeout_s:.0f} s") from exc
 
-    async def _receive(self, identity: str, messages: AsyncIterator[participant_pb2.UploadUpdateRequest]) -> Any:
+    async def _receive(self, identity: str, messages: AsyncIterator[participant_pb2.UploadUpdateRequest],
+                       context: grpc.aio.ServicerContext) -> Any:
         first = await anext(aiter(messages), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidUpdate("an upload must start with a header")
@@ -83,6 +86,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                 raise InvalidUpdate("only chunks may follow the header")
             assembler.add(message.chunk.index, message.chunk.data)
         payload = assembler.finish()
+        self.gate.recheck(context)  # a certificate revoked while the stream ran: its update is discarded
         job.submit(identity, payload)
         self.notifier.notify()
         return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(), bytes_received=len(payload.data))
@@ -90,7 +94,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def ReportMetrics(self, request: participant_pb2.ReportMetricsRequest,
                             context: grpc.aio.ServicerContext) -> Any:
-        identity = self.auth.participant(context)
+        identity = self.gate.participant(context)
         self.jobs.job(request.job_id).report_metrics(identity, request.version, dict(request.metrics),
                                                      request.num_examples)
         self.notifier.notify()
@@ -98,19 +102,19 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, jobs: JobManager, auth: Authenticator, notifier: Notifier) -> None:
+    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier) -> None:
         self.jobs = jobs
-        self.auth = auth
+        self.gate = gate
         self.notifier = notifier
 
     @rpc_method("AdminService")
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         return admin_pb2.CreateJobResponse(job_id=self.jobs.create_job(request.config_toml))
 
     @rpc_method("AdminService")
     async def StartJob(self, request: admin_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         job = self.jobs.job(request.job_id)
         state = job.start()
         job.tick()
@@ -119,37 +123,37 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc_method("AdminService")
     async def PauseJob(self, request: admin_pb2.PauseJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         return admin_pb2.PauseJobResponse(state=self.jobs.job(request.job_id).pause().value)
 
     @rpc_method("AdminService")
     async def CancelJob(self, request: admin_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         state = self.jobs.job(request.job_id).cancel()
         self.notifier.notify()
         return admin_pb2.CancelJobResponse(state=state.value)
 
     @rpc_method("AdminService")
     async def GetJobStatus(self, request: admin_pb2.GetJobStatusRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         return admin_pb2.GetJobStatusResponse(status=serde.job_to_pb(self.jobs.job(request.job_id).view()))
 
     @rpc_method("AdminService")
     async def ListJobs(self, request: admin_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         return admin_pb2.ListJobsResponse(jobs=[serde.job_to_pb(v) for v in self.jobs.views()])
 
     @rpc_method("AdminService")
     async def ListParticipants(self, request: admin_pb2.ListParticipantsRequest,
                                context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         people = self.jobs.participants(request.job_id)
         return admin_pb2.ListParticipantsResponse(participants=[serde.participant_to_pb(p) for p in people])
 
     @stream_method("AdminService")
     async def ExportPrompt(self, request: admin_pb2.ExportPromptRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        self.auth.admin(context)
+        self.gate.admin(context)
         job = self.jobs.job(request.job_id)
         version = request.version or job.latest_version() or 0
         payload = job.global_payload(None, version)

@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedprompt import serde
+from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError, InvalidUpdate
 from fedprompt.payload import ChunkAssembler, decode_vector
 from fedprompt.protocol import JobView, ParticipantView
@@ -17,8 +18,10 @@ from fedprompt.v1 import admin_pb2, admin_pb2_grpc
 
 
 class AdminClient:
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    """Admin calls; ``tls`` is the admin's certificate (``None``: plaintext to an ``--insecure`` coordinator)."""
+
+    def __init__(self, target: str, tls: ClientTls | None = None, timeout_s: float = 30.0) -> None:
+        self.channel = open_channel(target, tls)
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.timeout_s = timeout_s
 

@@ -38,7 +38,7 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
     from fedprompt.config import CoordinatorConfig, load_toml, parse_toml
 
     overrides = _overrides(args.set)
-    for key in ("listen", "state_dir"):
+    for key in ("listen", "state_dir", "ca_cert", "cert", "key", "crl"):
         if getattr(args, key):
             overrides[f"coordinator.{key}"] = getattr(args, key)
     if args.insecure:
@@ -68,10 +68,13 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
     from participant.daemon import run_daemon
 
     overrides = _overrides(args.set)
-    for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads"):
+    for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
+                "server_name"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
+    if args.insecure:
+        overrides["participant.insecure"] = True
     config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
               else parse_toml("", ParticipantConfig, overrides=overrides))
     run_daemon(config.participant, progress=not args.no_progress)
@@ -81,8 +84,19 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 # ---- admin -------------------------------------------------------------------------------------------
 def _admin(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from fedprompt.admin_client import AdminClient
+    from fedprompt.channel import ClientTls
 
-    return AdminClient(args.coordinator)
+    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
+    if args.insecure:
+        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
+        if given:
+            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
+        return AdminClient(args.coordinator)
+    missing = [flag for flag, value in files.items() if not value]
+    if missing:
+        raise FedPromptError(f"admin calls use mTLS: give {', '.join(missing)} (or $FEDPROMPT_CA_CERT, "
+                             "$FEDPROMPT_CERT, $FEDPROMPT_KEY); --insecure only for a local --insecure coordinator")
+    return AdminClient(args.coordinator, ClientTls(args.ca_cert, args.cert, args.key, args.server_name or ""))
 
 
 def _print_status(view: Any) -> None:
@@ -136,6 +150,61 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- certificate authority (local files; no coordinator needed) --------------------------------------
+def cmd_ca(args: argparse.Namespace) -> int:
+    from crypto.pki import CertificateAuthority, cert_info, cert_pem, load_cert, write_key_and_csr
+    from fedprompt.errors import PkiError
+
+    if args.ca_cmd == "csr":
+        key, csr = write_key_and_csr(args.identity, Path(args.out), args.san)
+        print(f"private key {key} (keep it on this host)\ncertificate signing request {csr} (send it to the CA admin)")
+        return 0
+    if args.ca_cmd == "init":
+        ca = CertificateAuthority.init(Path(args.dir), args.name, args.days)
+        print(f"CA certificate {ca.ca_cert_path} (give it to every party)\nrevocation list {ca.crl_path} "
+              f"(the coordinator's --crl)\nCA key {Path(args.dir) / 'ca.key'} (keep it offline)")
+        return 0
+    ca = CertificateAuthority(Path(args.dir))
+    if args.ca_cmd == "issue":
+        key, cert = ca.issue(args.identity, Path(args.out), args.san, args.days)
+        print(f"certificate {cert} (serial {cert_info(load_cert(cert)).serial:x})\nprivate key {key}")
+    elif args.ca_cmd == "sign":
+        try:
+            csr = Path(args.csr).read_bytes()
+        except OSError as exc:
+            raise PkiError(f"cannot read {args.csr}: {exc.strerror}") from exc
+        cert = ca.sign(csr, args.days)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(cert_pem(cert))
+        info = cert_info(cert)
+        print(f"certificate {out} for {info.identity} (serial {info.serial:x}, valid until "
+              f"{info.not_after:%Y-%m-%d})")
+    elif args.ca_cmd == "revoke":
+        if args.serial:
+            try:
+                serials = [int(args.serial, 16)]
+            except ValueError as exc:
+                raise PkiError(f"--serial {args.serial[:40]!r} is not a hexadecimal serial number") from exc
+        elif args.revoke_cert:
+            serials = [cert_info(load_cert(Path(args.revoke_cert))).serial]
+        else:
+            serials = ca.serials_of(args.identity)
+        if not serials:
+            raise PkiError(f"this CA issued no certificate to {args.identity}")
+        added = ca.revoke(serials)
+        print(f"revoked {', '.join(f'{s:x}' for s in added) or 'nothing new'}; {ca.crl_path} updated "
+              "(a coordinator reading another copy needs this file)")
+    elif args.ca_cmd == "list":
+        from fedprompt.report import table
+
+        revoked = ca.revoked()
+        print(table(["serial", "identity", "not_after", "revoked"],
+                    [[row["serial"], row["identity"], row["not_after"][:19], int(row["serial"], 16) in revoked]
+                     for row in ca.issued()]))
+    return 0
+
+
 # ---- predict -----------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     from fedprompt.admin_client import load_prompt
@@ -147,7 +216,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = build_classifier(config)
     model.set_vector(vector)
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    for text, probs in zip(texts, model.predict_proba(texts)):
+    for text, probs in zip(texts, model.predict_proba(texts), strict=True):
         best = int(probs.argmax())
         print(json.dumps({"text": text, "label": config.task.label_names[best], "confidence": round(float(probs[best]), 4)}))
     return 0
@@ -192,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed))
+                                test_size=args.test_size, seed=args.seed, insecure=args.insecure))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -231,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="coordinator TOML ([coordinator] table)")
     serve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
     serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file")
-    serve.add_argument("--insecure", action="store_true", help="no TLS, identities unverified: local development only")
+    serve.add_argument("--insecure", action="store_true",
+                       help="no TLS, identities unverified: local development only (excludes the certificate flags)")
+    serve.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate: clients must present one it signed")
+    serve.add_argument("--cert", help="the coordinator's certificate (with the SANs it is reached by)")
+    serve.add_argument("--key", help="the coordinator's private key")
+    serve.add_argument("--crl", help="the CA's revocation list; re-read whenever the file changes")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     serve.set_defaults(fn=cmd_coordinator_serve)
@@ -245,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", dest="data_dir", help="directory with train.jsonl and test.jsonl")
     run.add_argument("--state-dir", dest="state_dir", help="directory for this site's state and update audit log")
     run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
+    run.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate (verifies the coordinator)")
+    run.add_argument("--cert", help="this site's certificate (its name is the site's identity)")
+    run.add_argument("--key", help="this site's private key")
+    run.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
+    run.add_argument("--insecure", action="store_true", help="plaintext, identity from --name: local development only")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)
@@ -252,7 +331,44 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="manage jobs on a running coordinator")
     admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
                        help="coordinator host:port (default $FEDPROMPT_COORDINATOR or 127.0.0.1:50051)")
+    admin.add_argument("--ca-cert", dest="ca_cert", default=os.environ.get("FEDPROMPT_CA_CERT"),
+                       help="federation CA certificate (default $FEDPROMPT_CA_CERT)")
+    admin.add_argument("--cert", default=os.environ.get("FEDPROMPT_CERT"),
+                       help="your admin certificate (default $FEDPROMPT_CERT)")
+    admin.add_argument("--key", default=os.environ.get("FEDPROMPT_KEY"), help="your private key (default $FEDPROMPT_KEY)")
+    admin.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
+    admin.add_argument("--insecure", action="store_true", help="plaintext to an --insecure coordinator (development)")
     asub = admin.add_subparsers(dest="admin_cmd", required=True)
+    ca = asub.add_parser("ca", help="the federation's certificate authority (works on local files)")
+    casub = ca.add_subparsers(dest="ca_cmd", required=True)
+    init = casub.add_parser("init", help="create a CA: ca.key, ca.crt, an empty crl.pem")
+    init.add_argument("--dir", required=True, help="CA directory (keep ca.key offline)")
+    init.add_argument("--name", default="fedprompt federation CA")
+    init.add_argument("--days", type=int, default=3650)
+    issue = casub.add_parser("issue", help="make a key and a certificate here (coordinator, admins; sites: use csr)")
+    issue.add_argument("--dir", required=True, help="CA directory")
+    csr = casub.add_parser("csr", help="at a site: make a private key and a signing request for the CA admin")
+    for p in (issue, csr):
+        p.add_argument("--identity", required=True,
+                       help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main")
+        p.add_argument("--san", action="append", default=[],
+                       help="coordinator only: a DNS name or IP address it is reached by (repeat)")
+        p.add_argument("--out", required=True, help="directory for the key (mode 0600) and certificate / CSR")
+    sign = casub.add_parser("sign", help="check and sign a CSR")
+    sign.add_argument("--dir", required=True, help="CA directory")
+    sign.add_argument("--csr", required=True)
+    sign.add_argument("--out", required=True, help="certificate file to write")
+    for p in (issue, sign):
+        p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    revoke = casub.add_parser("revoke", help="revoke certificates; the coordinator refuses them on their next call")
+    revoke.add_argument("--dir", required=True, help="CA directory")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", help="serial number (hex, as printed by issue/sign/list)")
+    which.add_argument("--cert", dest="revoke_cert", help="a certificate file")
+    which.add_argument("--identity", help="every certificate issued to this identity")
+    casub.add_parser("list", help="certificates issued and their revocation state").add_argument(
+        "--dir", required=True, help="CA directory")
+    ca.set_defaults(fn=cmd_ca)
     create = asub.add_parser("create", help="create a job from a job TOML; prints its id")
     create.add_argument("config")
     create.add_argument("--start", action="store_true", help="start it right away")
@@ -303,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")
     demo.add_argument("--plot", default="reports/demo.png", help="PNG plot path (default reports/demo.png)")
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")
+    demo.add_argument("--insecure", action="store_true",
+                      help="plaintext, unverified identities (default: mTLS with a throwaway CA)")
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")

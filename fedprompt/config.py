@@ -7,6 +7,7 @@ participants so both sides build the identical model and task.  A participant co
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +20,9 @@ import tomli_w
 from fedprompt.errors import ConfigError
 
 T = TypeVar("T")
+
+# A caller's identity: certificate names ("participant:hospital-a") or insecure-mode names ("site-0").
+IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -37,9 +41,16 @@ class JobSection:
     round_deadline_s: float = 600.0
     aggregator: str = "fedavg"
     seed: int = 0
+    # Who may join: participant identities (certificate names such as "participant:hospital-a"), or "*" for
+    # any participant the coordinator authenticates.  Empty (the default) admits nobody: the coordinator
+    # refuses to create such a job, so enrollment is always an explicit decision of the admin.
+    allowed_participants: tuple[str, ...] = ()
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name.strip()), f"{prefix}.name", "must not be empty")
+        for i, who in enumerate(self.allowed_participants):
+            _check(who == "*" or bool(IDENTITY.match(who)), f"{prefix}.allowed_participants[{i}]",
+                   f"{who[:40]!r} is neither '*' nor an identity (letters, digits and ._:@-, at most 128)")
         _check(1 <= self.rounds <= 100_000, f"{prefix}.rounds", f"must be in [1, 100000], got {self.rounds}")
         _check(self.participants_per_round >= 1, f"{prefix}.participants_per_round", "must be >= 1")
         _check(
@@ -158,8 +169,20 @@ class ParticipantSection:
     retry_max_s: float = 10.0
     give_up_after_s: float = 120.0
     rpc_timeout_s: float = 60.0
+    # mTLS: this site's certificate and key, and the federation CA that signed the coordinator's certificate.
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    # Connect to the coordinator by another name than its address (must be one of its certificate's SANs).
+    server_name: str = ""
+    # Plaintext, identity by ``name`` and unverified: local development only; excludes the certificate keys.
+    insecure: bool = False
 
     def validate(self, prefix: str) -> None:
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
+                   {"server_name": self.server_name})
+        _check(not self.name or self.insecure, f"{prefix}.name",
+               "is for --insecure only; with certificates the identity is the certificate's name")
         _check(bool(self.job), f"{prefix}.job", "name the job to join")
         _check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
         _check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
@@ -184,8 +207,22 @@ class CoordinatorSection:
     offline_after_s: float = 120.0
     upload_timeout_s: float = 120.0
     max_message_bytes: int = 4 * 1024 * 1024
+    # mTLS (required unless ``insecure``): the coordinator's certificate and key, the federation CA whose
+    # certificates clients must present, and the CA's revocation list (re-read whenever the file changes).
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    # Per-identity limits: sustained calls per second, burst, and concurrent uploads.
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 100
+    max_concurrent_uploads: int = 2
 
     def validate(self, prefix: str) -> None:
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
+        _check(self.rate_limit_per_s > 0, f"{prefix}.rate_limit_per_s", "must be > 0")
+        _check(self.rate_limit_burst >= 1, f"{prefix}.rate_limit_burst", "must be >= 1")
+        _check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
         _check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         _check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
         _check(self.offline_after_s > 0, f"{prefix}.offline_after_s", "must be > 0")
@@ -197,6 +234,16 @@ class CoordinatorSection:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     coordinator: CoordinatorSection = field(default_factory=CoordinatorSection)
+
+
+def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: dict[str, str] | None = None) -> None:
+    """Certificate keys are required with mTLS (the default) and all forbidden with ``insecure``."""
+    if insecure:
+        given = [f"{prefix}.{k}" for k, v in {**required, **(optional or {})}.items() if v]
+        _check(not given, f"{prefix}.insecure", f"cannot be combined with {', '.join(given)}")
+        return
+    for key, value in required.items():
+        _check(bool(value), f"{prefix}.{key}", "required for mTLS (or run with --insecure for local development only)")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

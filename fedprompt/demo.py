@@ -14,7 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from crypto.pki import CertificateAuthority, cert_pem, write_key_and_csr
 from fedprompt.admin_client import AdminClient
+from fedprompt.channel import ClientTls
 from fedprompt.config import JobConfig, JobSection, ModelSection, TaskSection, TrainSection, dump_toml
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import PartitionSpec, prepare
@@ -35,15 +37,22 @@ class DemoOptions:
     steps: int = 30
     test_size: int = 1000
     seed: int = 0
+    insecure: bool = False
+
+
+def site_identity(k: int, options: DemoOptions) -> str:
+    """Site k's identity: its certificate name with mTLS, a bare name with --insecure."""
+    return f"site-{k}" if options.insecure else f"participant:site-{k}"
 
 
 def demo_job(options: DemoOptions) -> JobConfig:
-    """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round."""
+    """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round (all enrolled)."""
     spec = BUILTIN[DATASET]
     causal = options.backbone == "causal"
     return JobConfig(
         job=JobSection(name="demo", rounds=options.rounds, participants_per_round=options.participants,
-                       min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed),
+                       min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed,
+                       allowed_participants=tuple(site_identity(k, options) for k in range(options.participants))),
         model=ModelSection(path="builtin:smollm2" if causal else "builtin:minilm", prompt_length=16 if not causal else 8,
                            max_length=64),
         task=TaskSection(label_names=spec.label_names,
@@ -83,6 +92,38 @@ def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: floa
     raise FedPromptError("coordinator did not start listening within 60 s")
 
 
+@dataclass(frozen=True)
+class DemoPki:
+    """A throwaway federation: the CA, the coordinator's and the admin's certificates, one per site (CSR flow)."""
+
+    ca: CertificateAuthority
+    coordinator: tuple[Path, Path]
+    admin: ClientTls
+    sites: list[ClientTls]
+
+    @classmethod
+    def create(cls, directory: Path, options: DemoOptions) -> DemoPki:
+        ca = CertificateAuthority.init(directory / "ca", "fedprompt demo CA", days=2)
+        coordinator = ca.issue("coordinator:demo", directory / "coordinator", ["localhost", "127.0.0.1"], days=2)
+        admin_key, admin_cert = ca.issue("admin:demo", directory / "admin", days=2)
+        sites = []
+        for k in range(options.participants):
+            key, csr = write_key_and_csr(site_identity(k, options), directory / f"site-{k}")  # made at the site
+            cert = csr.with_suffix(".crt")
+            cert.write_bytes(cert_pem(ca.sign(csr.read_bytes(), days=2)))  # signed by the admin
+            sites.append(ClientTls(str(ca.ca_cert_path), str(cert), str(key)))
+        return cls(ca, coordinator, ClientTls(str(ca.ca_cert_path), str(admin_cert), str(admin_key)), sites)
+
+    def coordinator_args(self) -> list[str]:
+        key, cert = self.coordinator
+        return ["--ca-cert", str(self.ca.ca_cert_path), "--cert", str(cert), "--key", str(key), "--crl",
+                str(self.ca.crl_path)]
+
+    def site_args(self, k: int) -> list[str]:
+        tls = self.sites[k]
+        return ["--ca-cert", tls.ca_cert, "--cert", tls.cert, "--key", tls.key]
+
+
 def run_demo(options: DemoOptions) -> int:
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -96,15 +137,19 @@ def run_demo(options: DemoOptions) -> int:
 
         port_file = work / "coordinator.port"
         port_file.unlink(missing_ok=True)
-        coordinator = _spawn(["coordinator", "serve", "--insecure", "--listen", "127.0.0.1:0", "--state-dir",
+        pki = None if options.insecure else DemoPki.create(work / "pki", options)
+        security = ["--insecure"] if pki is None else pki.coordinator_args()
+        coordinator = _spawn(["coordinator", "serve", *security, "--listen", "127.0.0.1:0", "--state-dir",
                               str(work / "coordinator"), "--port-file", str(port_file)], work / "coordinator.log", stack)
         target = f"127.0.0.1:{_wait_for_port(port_file, coordinator)}"
-        print(f"[demo] coordinator on {target} (pid {coordinator.pid})")
-        admin = AdminClient(target)
+        print(f"[demo] coordinator on {target} (pid {coordinator.pid}), "
+              f"{'INSECURE plaintext' if pki is None else 'mTLS with a throwaway CA in ' + str(work / 'pki')}")
+        admin = AdminClient(target, None if pki is None else pki.admin)
         stack.callback(admin.close)
         job_id = admin.create_job(dump_toml(config))
         procs = [
-            _spawn(["participant", "run", "--coordinator", target, "--job", job_id, "--name", f"site-{k}",
+            _spawn(["participant", "run", "--coordinator", target, "--job", job_id,
+                    *(["--insecure", "--name", site_identity(k, options)] if pki is None else pki.site_args(k)),
                     "--data-dir", str(site), "--state-dir", str(work / "state" / f"site-{k}"), "--threads", "1",
                     "--no-progress"], work / f"site-{k}.log", stack)
             for k, site in enumerate(sites)
@@ -115,7 +160,7 @@ def run_demo(options: DemoOptions) -> int:
         plm_params, vector_size = _model_sizes(config)
         report = build_report(view, majority_accuracy(test_labels), vector_size, plm_params,
                               seconds=round(time.perf_counter() - started, 1), participants=options.participants,
-                              backbone=config.model.path, dataset=DATASET, he=False, dp=False, mtls=False)
+                              backbone=config.model.path, dataset=DATASET, he=False, dp=False, mtls=pki is not None)
     print(round_table(report))
     print(summary(report))
     write_json(report, options.report)

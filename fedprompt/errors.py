@@ -11,12 +11,24 @@ class ConfigError(FedPromptError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
-class InvalidUpdate(FedPromptError):
+class InvalidRequest(FedPromptError):
+    """A request field is malformed or out of range (base of ``InvalidUpdate``)."""
+
+
+class InvalidUpdate(InvalidRequest):
     """A payload is malformed: wrong size or shape, non-finite values, bad digest, bad chunking."""
 
 
-class PayloadTooLarge(FedPromptError):
+class ResourceExhausted(FedPromptError):
+    """A size, rate or concurrency limit was hit (base of the two below)."""
+
+
+class PayloadTooLarge(ResourceExhausted):
     """A message or upload exceeds the size limit for this job."""
+
+
+class RateLimited(ResourceExhausted):
+    """The caller exceeded its call rate or its concurrent uploads; it may retry later."""
 
 
 class PreconditionFailed(FedPromptError):
@@ -53,3 +65,11 @@ class JobStateError(PreconditionFailed):
 
 class Unauthenticated(FedPromptError):
     """The caller's identity could not be established."""
+
+
+class CertificateRevoked(Unauthenticated):
+    """The caller's certificate is on the federation's revocation list."""
+
+
+class PkiError(FedPromptError):
+    """A certificate, CSR, key or CRL is missing, malformed, wrongly signed or not allowed."""

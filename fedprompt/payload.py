@@ -49,8 +49,9 @@ class ChunkAssembler:
     def __init__(self, header: PayloadHeader, max_bytes: int, max_chunks: int = 4096) -> None:
         if header.total_bytes > max_bytes:
             raise PayloadTooLarge(f"payload of {header.total_bytes} bytes exceeds the limit of {max_bytes}")
-        if not 1 <= header.num_chunks <= max_chunks:
-            raise InvalidUpdate(f"num_chunks {header.num_chunks} is outside [1, {max_chunks}]")
+        if not 1 <= header.num_chunks <= min(max_chunks, max(1, header.total_bytes)):
+            raise InvalidUpdate(f"num_chunks {header.num_chunks} is outside [1, {max_chunks}] or exceeds the "
+                                f"{header.total_bytes} bytes announced (chunks are never empty)")
         if len(header.sha256) != 32:
             raise InvalidUpdate("header lacks a 32-byte SHA-256 digest")
         self.header = header
@@ -64,6 +65,8 @@ class ChunkAssembler:
             raise InvalidUpdate(f"chunk {index} out of order (expected {len(self._parts)})")
         if index >= self.num_chunks:
             raise InvalidUpdate(f"more chunks than the {self.num_chunks} announced")
+        if not data and self.total_bytes > 0:
+            raise InvalidUpdate(f"chunk {index} is empty")
         self._received += len(data)
         if self._received > self.total_bytes:
             raise PayloadTooLarge(f"chunks exceed the announced {self.total_bytes} bytes")

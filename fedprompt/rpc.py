@@ -16,8 +16,9 @@ log = structlog.get_logger("fedprompt.rpc")
 # Server side: each domain error (or its nearest listed base class) aborts with this status.
 STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
     errors.InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
@@ -48,6 +49,76 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.FedPromptError:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+async def reject(context: grpc.aio.ServicerContext, name: str, exc: errors.FedPromptError) -> None:
+    """Abort the call with the error's status, logging the RPC, the reason and the caller (bound by the gate)."""
+    code = status_for(exc)
+    log.warning(f"{name} rejected", rpc=name.strip("[]"), status=code.name, reason=str(exc))
+    await context.abort(code, str(exc))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes do not parse, so the call can be refused like any bad input."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Requests that are not valid protobuf get INVALID_ARGUMENT and a log line (gRPC alone answers UNKNOWN
+    with a traceback): the deserializer returns a marker, the method refuses it before any servicer code runs."""
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        name = f"[{details.method.rsplit('/', 2)[-2].rsplit('.', 1)[-1]}.{details.method.rsplit('/', 1)[-1]}]"
+        decode = handler.request_deserializer
+
+        def safe(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception:  # protobuf raises DecodeError, and others on some malformed inputs
+                return UNDECODABLE
+
+        bad = errors.InvalidRequest("request is not a valid protobuf message")
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is UNDECODABLE:
+                    structlog.contextvars.clear_contextvars()
+                    await reject(context, name, bad)
+                return await inner(request, context)
+
+            return handler._replace(unary_unary=unary, request_deserializer=safe)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if request is UNDECODABLE:
+                    structlog.contextvars.clear_contextvars()
+                    await reject(context, name, bad)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return handler._replace(unary_stream=unary_stream, request_deserializer=safe)
+        if handler.stream_unary is not None:
+            inner_upload = handler.stream_unary
+
+            async def checked(requests: Any) -> Any:
+                async for request in requests:
+                    if request is UNDECODABLE:
+                        raise bad  # inside the servicer: its decorator refuses the call
+                    yield request
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await inner_upload(checked(requests), context)
+
+            return handler._replace(stream_unary=stream_unary, request_deserializer=safe)
+        return handler
+
+
 def rpc_method(service: str) -> Callable[[F], F]:
     """Decorate an async servicer method: domain errors abort with their status and a log line naming why."""
 
@@ -60,9 +131,7 @@ def rpc_method(service: str) -> Callable[[F], F]:
             try:
                 return await fn(self, request, context)
             except errors.FedPromptError as exc:
-                code = status_for(exc)
-                log.warning(f"{name} rejected", status=code.name, reason=str(exc))
-                await context.abort(code, str(exc))
+                await reject(context, name, exc)
 
         return wrapper  # type: ignore[return-value]
 
@@ -82,9 +151,7 @@ def stream_method(service: str) -> Callable[[Callable[..., Any]], Callable[..., 
                 async for item in fn(self, request, context):
                     yield item
             except errors.FedPromptError as exc:
-                code = status_for(exc)
-                log.warning(f"{name} rejected", status=code.name, reason=str(exc))
-                await context.abort(code, str(exc))
+                await reject(context, name, exc)
 
         return wrapper
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ class LocalLink:
         self.identity = identity
 
     def describe(self, job: str) -> JobDescription:
-        return self.jobs.job(job).describe()
+        return self.jobs.job(job).describe(self.identity)
 
     def join(self, job: str, num_train: int, num_test: int, vector_size: int) -> JoinInfo:
         return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size)
@@ -60,10 +61,12 @@ def simulate(
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
     jobs = JobManager(Store(":memory:"))
-    job_id = jobs.create_job(dump_toml(config))
+    names = [f"site-{k}" for k in range(len(sites))]
+    enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))
+    job_id = jobs.create_job(dump_toml(enrolled))
     job = jobs.job(job_id)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, f"site-{k}"), site, job_id,
-                                   lambda cfg: build_classifier(cfg, bb)) for k, site in enumerate(sites)]
+    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb))
+                for name, site in zip(names, sites, strict=True)]
     for runtime in runtimes:
         runtime.join()
     job.start()

@@ -8,6 +8,7 @@ import structlog
 import torch
 from tqdm import tqdm
 
+from fedprompt.channel import ClientTls
 from fedprompt.config import ParticipantSection
 from fedprompt.data.shards import load_site
 from fedprompt.models import build_classifier
@@ -40,11 +41,17 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
     """Join ``settings.job`` and work until it is done."""
     torch.set_num_threads(settings.threads)
     site = load_site(settings.data_dir)
-    identity = settings.name or Path(settings.data_dir).resolve().name
+    tls = None if settings.insecure else ClientTls(settings.ca_cert, settings.cert, settings.key,
+                                                   settings.server_name)
+    if tls is None:
+        identity = settings.name or Path(settings.data_dir).resolve().name
+        log.warning("participant running with --insecure: no TLS, the coordinator cannot verify who we are")
+    else:
+        identity = tls.identity()
     log.info("participant starting", identity=identity, coordinator=settings.coordinator, job=settings.job,
-             train=len(site.train), test=len(site.test))
+             mtls=tls is not None, train=len(site.train), test=len(site.test))
     link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
-                    settings.give_up_after_s, settings.rpc_timeout_s)
+                    settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
     try:
         runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
                                      Path(settings.state_dir) if settings.state_dir else None,

@@ -11,6 +11,7 @@ import grpc
 import structlog
 
 from fedprompt import serde
+from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler
 from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task
@@ -29,19 +30,20 @@ class CoordinatorUnreachable(FedPromptError):
 
 
 class GrpcLink:
-    """Talks to a coordinator; identity is carried by the transport (metadata in insecure mode)."""
+    """Talks to a coordinator; identity is carried by the transport: the client certificate in ``tls``, or (with
+    ``tls=None``, for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
 
-    def __init__(self, target: str, identity: str, retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
-                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0) -> None:
+    def __init__(self, target: str, identity: str = "", retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
+                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0, tls: ClientTls | None = None) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = open_channel(target, tls, [
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
             ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
         ])
         self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
-        self.metadata = (("x-fedprompt-identity", identity),)
+        self.metadata = () if tls is not None else (("x-fedprompt-identity", identity),)
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.give_up_after_s = give_up_after_s

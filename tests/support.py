@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import subprocess
@@ -17,6 +18,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from coordinator.server import CoordinatorServer
+from crypto.pki import CertificateAuthority
+from fedprompt.channel import ClientTls
 from fedprompt.config import CoordinatorSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.data.shards import SiteData
@@ -49,7 +52,7 @@ def make_tiny_model(out: Path, kind: str = "encoder", seed: int = 0) -> Path:
 def tiny_job(model_dir: Path, **job: object) -> JobConfig:
     """A fast job on a tiny model: 4 prompt tokens, a couple of local steps per round."""
     fields = {"name": "tiny", "rounds": 2, "participants_per_round": 3, "min_participants": 2,
-              "round_deadline_s": 60.0, **job}
+              "round_deadline_s": 60.0, "allowed_participants": ("*",), **job}
     return JobConfig(
         job=JobSection(**fields),  # type: ignore[arg-type]
         model=ModelSection(path=str(model_dir), prompt_length=4, max_length=16),
@@ -81,12 +84,36 @@ def write_site(site: SiteData, directory: Path) -> Path:
     return directory
 
 
-class LiveCoordinator:
-    """A real ``CoordinatorServer`` on 127.0.0.1:0 in a background event loop, for component tests."""
+class ThrowawayPki:
+    """A throwaway federation CA in a temporary directory, issuing real certificates on demand."""
 
-    def __init__(self, state_dir: Path, **settings: object) -> None:
-        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), insecure=True,
-                                           tick_s=0.05, **settings)  # type: ignore[arg-type]
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ca = CertificateAuthority.init(directory / "ca")
+        self.coordinator_key, self.coordinator_cert = self.ca.issue("coordinator:test", directory / "coordinator",
+                                                                    ["localhost", "127.0.0.1"])
+
+    def tls(self, identity: str, days: int = 1, not_before: dt.datetime | None = None) -> ClientTls:
+        """Client credentials for ``identity`` (a fresh key and certificate signed by this CA)."""
+        key, cert = self.ca.issue(identity, self.dir / "clients" / f"{identity.replace(':', '-')}-{days}", days=days,
+                                  not_before=not_before)
+        return ClientTls(str(self.ca.ca_cert_path), str(cert), str(key))
+
+    def coordinator_settings(self) -> dict[str, object]:
+        return {"insecure": False, "ca_cert": str(self.ca.ca_cert_path), "cert": str(self.coordinator_cert),
+                "key": str(self.coordinator_key), "crl": str(self.ca.crl_path)}
+
+
+class LiveCoordinator:
+    """A real ``CoordinatorServer`` on 127.0.0.1:0 in a background event loop, for component tests.
+
+    Plaintext (``--insecure``) unless ``pki`` is given, in which case it serves mTLS with that CA.
+    """
+
+    def __init__(self, state_dir: Path, pki: ThrowawayPki | None = None, **settings: object) -> None:
+        base: dict[str, object] = {"insecure": True} if pki is None else pki.coordinator_settings()
+        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), tick_s=0.05,
+                                           **{**base, **settings})  # type: ignore[arg-type]
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: CoordinatorServer | None = None

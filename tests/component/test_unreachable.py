@@ -33,7 +33,7 @@ def test_daemon_exits_with_a_clear_message(tmp_path: Path) -> None:
     data.mkdir()
     (data / "train.jsonl").write_text('{"text": "fine", "label": "pos"}\n')
     log = tmp_path / "p.log"
-    proc = fedprompt_process(["participant", "run", "--coordinator", f"127.0.0.1:{free_port()}", "--job", "j",
+    proc = fedprompt_process(["participant", "run", "--insecure", "--coordinator", f"127.0.0.1:{free_port()}", "--job", "j",
                               "--data-dir", str(data), "--no-progress", "--set", "participant.give_up_after_s=1.0",
                               "--set", "participant.retry_initial_s=0.1"], log)
     assert proc.wait(60) == 2

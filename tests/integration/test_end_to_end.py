@@ -25,7 +25,7 @@ def test_three_participants_two_rounds_aggregate_is_weighted_mean(tmp_path: Path
         admin = AdminClient(target)
         job_id = admin.create_job(dump_toml(tiny_job(tiny_encoder_dir, rounds=2)))
         sites = toy_sites(3, train=12)
-        procs = [fedprompt_process(["participant", "run", "--coordinator", target, "--job", job_id, "--name",
+        procs = [fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name",
                                     f"site-{k}", "--data-dir", str(write_site(site, tmp_path / f"data-{k}")),
                                     "--state-dir", str(tmp_path / f"state-{k}"), "--no-progress"],
                                    tmp_path / f"site-{k}.log") for k, site in enumerate(sites)]

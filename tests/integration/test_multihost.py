@@ -48,7 +48,7 @@ def test_link_cut_mid_round_then_rejoin(tmp_path: Path, tiny_encoder_dir: Path) 
             job = dataclasses.replace(job, train=dataclasses.replace(job.train, max_steps=200, local_epochs=20))
             job_id = admin.create_job(dump_toml(job))
             sites = toy_sites(3, train=40)
-            procs = [spawn(net[f"site-{k}"], ["participant", "run", "--coordinator", target, "--job", job_id,
+            procs = [spawn(net[f"site-{k}"], ["participant", "run", "--insecure", "--coordinator", target, "--job", job_id,
                                               "--name", f"site-{k}", "--data-dir",
                                               str(write_site(site, tmp_path / f"data-{k}")), "--no-progress",
                                               "--set", "participant.rpc_timeout_s=5.0",

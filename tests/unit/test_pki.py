@@ -1,0 +1,129 @@
+"""The federation PKI (real keys, CSRs, certificates and CRLs in a temporary directory) and the call limiter."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from coordinator.limits import CallLimiter
+from crypto.pki import (
+    CertificateAuthority,
+    RevocationList,
+    cert_info,
+    load_cert,
+    make_key_and_csr,
+    new_key,
+    parse_identity,
+    write_key_and_csr,
+)
+from fedprompt.errors import PkiError, RateLimited
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.init(tmp_path / "ca")
+
+
+def test_csr_flow_key_stays_at_site(tmp_path: Path, ca: CertificateAuthority) -> None:
+    key_path, csr_path = write_key_and_csr("participant:hospital-a", tmp_path / "site")
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert b"PRIVATE KEY" not in csr_path.read_bytes()
+    cert = ca.sign(csr_path.read_bytes())
+    info = cert_info(cert)
+    assert str(info.identity) == "participant:hospital-a" and info.identity.role == "participant"
+    cert.verify_directly_issued_by(ca.cert)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    assert ca.issued()[-1]["identity"] == "participant:hospital-a"
+
+
+def test_coordinator_certificate_carries_its_names(tmp_path: Path, ca: CertificateAuthority) -> None:
+    _, cert_path = ca.issue("coordinator:main", tmp_path, ["coord.example.org", "10.0.0.5"])
+    sans = load_cert(cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["coord.example.org"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+
+
+@pytest.mark.parametrize("identity, sans, message", [
+    ("coordinator:main", [], "needs the DNS names"),
+    ("participant:a", ["example.org"], "only coordinator certificates"),
+    ("admin:alice", ["10.0.0.1"], "only coordinator certificates"),
+])
+def test_sign_refuses_wrong_names(ca: CertificateAuthority, identity: str, sans: list[str], message: str) -> None:
+    _, csr = make_key_and_csr(identity, sans)
+    with pytest.raises(PkiError, match=message):
+        ca.sign(csr)
+
+
+@pytest.mark.parametrize("identity", ["hacker", "root:x", "participant:", "participant:a b", "admin:" + "x" * 101,
+                                      "participant:-a"])
+def test_bad_identities_refused(identity: str) -> None:
+    with pytest.raises(PkiError, match="ROLE:NAME"):
+        parse_identity(identity)
+
+
+def test_sign_refuses_forged_and_foreign_requests(ca: CertificateAuthority) -> None:
+    with pytest.raises(PkiError, match="not a PEM"):
+        ca.sign(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+    key = new_key()
+    odd = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superuser")])).sign(key, hashes.SHA256()))
+    with pytest.raises(PkiError, match="ROLE:NAME"):
+        ca.sign(odd.public_bytes(serialization.Encoding.PEM))
+    _, csr = make_key_and_csr("participant:a")
+    with pytest.raises(PkiError, match="validity"):
+        ca.sign(csr, days=10_000)
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path, ca: CertificateAuthority) -> None:
+    with pytest.raises(PkiError, match="refusing to overwrite"):
+        CertificateAuthority.init(ca.dir)
+
+
+def test_revocation_list_reloads_and_checks_signature(tmp_path: Path, ca: CertificateAuthority) -> None:
+    _, a = ca.issue("participant:a", tmp_path)
+    _, b = ca.issue("participant:b", tmp_path)
+    serial_a, serial_b = cert_info(load_cert(a)).serial, cert_info(load_cert(b)).serial
+    crl = RevocationList(ca.crl_path, ca.cert)
+    assert not crl.is_revoked(serial_a) and crl.refresh() == frozenset()
+    assert ca.revoke([serial_a]) == [serial_a]
+    assert crl.refresh() == {serial_a} and crl.is_revoked(serial_a) and not crl.is_revoked(serial_b)
+    assert ca.revoke([serial_a]) == []  # idempotent
+    with pytest.raises(PkiError, match="not issued by this CA"):
+        ca.revoke([12345])
+    other = CertificateAuthority.init(tmp_path / "other")
+    ca.crl_path.write_bytes(other.crl_path.read_bytes())
+    with pytest.raises(PkiError, match="federation"):
+        crl.refresh()
+    assert crl.is_revoked(serial_a)  # the last good list stays in force (and the coordinator refuses calls)
+    ca.crl_path.write_bytes(b"garbage")
+    with pytest.raises(PkiError, match="not a PEM CRL"):
+        crl.refresh()
+
+
+def test_call_limiter_token_bucket_and_uploads() -> None:
+    now = [0.0]
+    limiter = CallLimiter(rate=2.0, burst=3, max_uploads=1, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.take("a")
+    with pytest.raises(RateLimited):
+        limiter.take("a")
+    limiter.take("b")  # per identity
+    now[0] += 0.5  # one token back at 2 per second
+    limiter.take("a")
+    with pytest.raises(RateLimited):
+        limiter.take("a")
+    with limiter.upload("a"):
+        with pytest.raises(RateLimited, match="uploads in progress"):
+            with limiter.upload("a"):
+                pass
+        with limiter.upload("b"):
+            pass
+    with limiter.upload("a"):
+        pass
