@@ -157,11 +157,11 @@ def test_revoked_during_upload_stream(tmp_path: Path, pki: ThrowawayPki) -> None
         header_sent = threading.Event()
 
         def messages():  # type: ignore[no-untyped-def]
-            for kind, part in serde.payload_parts(update(job_id, 1.0)):
-                if kind == "chunk":
+            for message in serde.payload_messages(update(job_id, 1.0), participant_pb2.UploadUpdateRequest):
+                if message.HasField("chunk"):
                     header_sent.set()
                     released.wait(10)
-                yield participant_pb2.UploadUpdateRequest(**{kind: part})
+                yield message
 
         call = links["participant:a"].stub.UploadUpdate.future(messages(), timeout=20)
         assert header_sent.wait(10)

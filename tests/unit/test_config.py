@@ -42,7 +42,7 @@ def test_invalid_toml_names_the_source() -> None:
 
 def test_overrides_apply_before_validation(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
-    path.write_text("[participant]\njob = 'demo'\ndata_dir = 'x'\n")
+    path.write_text("[participant]\njob = 'demo'\ndata_dir = 'x'\ninsecure = true\n")
     config = load_toml(path, ParticipantConfig, {"participant.threads": 4})
     assert config.participant.threads == 4
     with pytest.raises(ConfigError, match="participant.threads"):

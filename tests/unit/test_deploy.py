@@ -55,7 +55,10 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 
 def test_shipped_configs_load() -> None:
     load_toml(DEPLOY / "compose" / "coordinator.toml", CoordinatorConfig)
-    load_toml(DEPLOY / "compose" / "participant.toml", ParticipantConfig)
+    # compose gives each site its own certificate on the command line, as these overrides do
+    load_toml(DEPLOY / "compose" / "participant.toml", ParticipantConfig,
+              {"participant.cert": "/etc/fedprompt/tls/participant-site-a.crt",
+               "participant.key": "/etc/fedprompt/tls/participant-site-a.key"})
     for unit in (DEPLOY / "systemd").glob("*.service"):
         text = unit.read_text()
         assert "NoNewPrivileges=yes" in text and "ProtectSystem=strict" in text and "User=fedprompt" in text

@@ -168,8 +168,8 @@ def test_vector_size_mismatch_refused_at_join(setup) -> None:  # type: ignore[no
 
 def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup) -> None:  # type: ignore[no-untyped-def]
     job, _, _ = setup
-    job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 5)
-    job.report_metrics("b", 0, {"accuracy": 0.0}, 15)
+    job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 1)
+    job.report_metrics("b", 0, {"accuracy": 0.0}, 3)
     means, reports = job.weighted_metrics(0)
     assert reports == 2
     assert means == {"accuracy": 0.25, "pseudo_labels": 8.0}
