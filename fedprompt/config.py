@@ -123,6 +123,7 @@ class ParticipantSection:
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
     give_up_after_s: float = 120.0
+    heartbeat_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.job), f"{prefix}.job", "name the job to join")
@@ -130,6 +131,7 @@ class ParticipantSection:
         _check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
         _check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")
         _check(self.give_up_after_s > 0, f"{prefix}.give_up_after_s", "must be > 0")
+        _check(0.1 <= self.heartbeat_s <= 3600, f"{prefix}.heartbeat_s", "must be in [0.1, 3600] seconds")
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,14 @@ class CoordinatorSection:
     offline_after_s: float = 120.0
     upload_timeout_s: float = 120.0
     max_message_bytes: int = 4 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         _check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
         _check(self.offline_after_s > 0, f"{prefix}.offline_after_s", "must be > 0")
         _check(self.upload_timeout_s > 0, f"{prefix}.upload_timeout_s", "must be > 0")
+        _check(0 <= self.shutdown_grace_s <= 600, f"{prefix}.shutdown_grace_s", "must be in [0, 600] seconds")
         _check(64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024, f"{prefix}.max_message_bytes",
                "must be in [65536, 67108864]")
 
