@@ -215,6 +215,8 @@ def _add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedprompt.bench import BENCHES
+
     parser = argparse.ArgumentParser(
         prog="fedprompt",
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
@@ -304,9 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")
-    bench.add_argument("name", choices=["federated"], help="which benchmark")
+    bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
+    bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
+    bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
     bench.set_defaults(fn=cmd_bench)
     return parser
 
