@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +28,13 @@ from coordinator.jobs import JobManager
 from coordinator.store import Store
 from fedprompt.admin_client import AdminClient, load_prompt
 from fedprompt.config import dump_toml
+from fedprompt.data.shards import SiteData
 from fedprompt.payload import decode_vector
 from fedprompt.simulation import LocalLink
 from participant.grpc_link import GrpcLink
 from participant.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
 from tests.faults import CoordinatorProcess, free_port, module_process, train_round
-from tests.support import stopping, tiny_job, wait_for
+from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +156,149 @@ def test_participant_killed_mid_upload_round_completes_with_the_others(tmp_path:
     deltas = [synthetic_delta(seed, n, 1, SIZE) for n in others]
     v0 = synthetic_initial(seed, SIZE)  # provided by the first member to join
     np.testing.assert_allclose(v1, v0 + sum(w * d for w, d in zip(weights, deltas)) / sum(weights), atol=1e-6)
+
+
+def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path):  # type: ignore[no-untyped-def]
+    """A real participant daemon (tiny model) that retries fast and beats every half second."""
+    return fedprompt_process(["participant", "run", "--coordinator", target, "--job", job_id, "--name", name,
+                              "--data-dir", str(data), "--state-dir", str(state), "--no-progress",
+                              "--set", "participant.retry_max_s=2.0", "--set", "participant.heartbeat_s=0.5"], log)
+
+
+def replay(v0: np.ndarray, rounds: int, updates: dict[str, tuple[int, list[np.ndarray]]]) -> np.ndarray:
+    """The global after ``rounds`` rounds of FedAvg over exactly one update per participant per round."""
+    vector = v0.astype(np.float32)
+    total = sum(w for w, _ in updates.values())
+    for r in range(rounds):
+        mean = sum(w * deltas[r].astype(np.float64) for w, deltas in updates.values()) / total
+        vector = (vector.astype(np.float64) + mean).astype(np.float32)
+    return vector
+
+
+def initial_prompt(workdir: Path, job_id: str) -> np.ndarray:
+    """Global version 0 as stored by the coordinator (admin export treats version 0 as "latest")."""
+    _, data = Store(workdir / "coordinator-state" / "coordinator.sqlite").prompt(job_id, 0)
+    return np.frombuffer(data, "<f4")
+
+
+def audit_trail(state: Path, rounds: int) -> list[np.ndarray]:
+    return [np.load(state / "updates" / f"round-{r:04d}.npy") for r in range(1, rounds + 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_participant_daemon_restarted_rejoins_without_double_counting(tmp_path: Path, tiny_encoder_dir: Path,
+                                                                       seed: int) -> None:
+    rounds, kill_round = 3, 1 + seed
+    coordinator = CoordinatorProcess(tmp_path, free_port()).start()
+    site = toy_sites(1, train=12, seed=seed)[0]
+    data = write_site(site, tmp_path / "data")
+    try:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(dump_toml(tiny_job(tiny_encoder_dir, rounds=rounds, participants_per_round=3,
+                                                     min_participants=3, round_deadline_s=120.0, seed=seed)))
+        first = daemon(coordinator.target, job_id, "c", data, tmp_path / "c-state", tmp_path / "c-1.log")
+        second = None
+        with stopping(first):
+            wait_for(lambda: admin.status(job_id).participants == 1, 120, what="daemon to join")
+            size = admin.status(job_id).vector_size
+            people = {n: SyntheticParticipant(GrpcLink(coordinator.target, n), n, job_id, size, seed) for n in "ab"}
+            for p in people.values():
+                p.join()
+            admin.start(job_id)
+            for round_ in range(1, rounds + 1):
+                train_round(people["a"], round_, timeout=60)
+                if round_ == kill_round:
+                    wait_for(lambda: "c" in admin.status(job_id).rounds[-1].reported, 60, what="c's update")
+                    first.send_signal(signal.SIGKILL)
+                    first.wait(10)
+                    second = daemon(coordinator.target, job_id, "c", data, tmp_path / "c-state", tmp_path / "c-2.log")
+                    wait_for(lambda: len(re.findall(r"participant joined.*participant=c\b", coordinator.log(1))) == 2,
+                             120, what="restarted daemon to rejoin")
+                train_round(people["b"], round_, timeout=60)
+            assert second is not None
+            with stopping(second):
+                assert second.wait(120) == 0, (tmp_path / "c-2.log").read_text()[-3000:]
+        status = admin.status(job_id)
+        final = exported(admin, job_id, rounds, tmp_path / "final.safetensors")
+        counts = {p.participant_id: p.updates_accepted for p in admin.participants(job_id)}
+        admin.close()
+    finally:
+        assert coordinator.stop() == 0
+    assert first.returncode == -signal.SIGKILL and status.state == "done"
+    assert counts == {"a": rounds, "b": rounds, "c": rounds}
+    assert [(r.round, r.attempt, r.metrics["updates"]) for r in status.rounds] == [(r, 1, 3.0) for r in (1, 2, 3)]
+    restarted_log = (tmp_path / "c-2.log").read_text()
+    assert not re.search(rf"update submitted.*\bround={kill_round}\b", restarted_log)  # no second update
+    assert re.search(rf"update submitted.*\bround={kill_round + 1}\b", restarted_log)  # works on the next round
+    updates = {n: (p.num_examples, [synthetic_delta(seed, n, r, size) for r in range(1, rounds + 1)])
+               for n, p in people.items()}
+    updates["c"] = (len(site.train), audit_trail(tmp_path / "c-state", rounds))
+    np.testing.assert_allclose(final, replay(initial_prompt(tmp_path, job_id), rounds, updates), rtol=0, atol=1e-6)
+
+
+@dataclass
+class Outage:
+    """One seed of the outage scenario: its coordinator, job and two daemons."""
+
+    seed: int
+    workdir: Path
+    coordinator: CoordinatorProcess
+    admin: AdminClient
+    job_id: str
+    sites: list[SiteData]
+    daemons: list[subprocess.Popen[bytes]]
+
+    def rounds_done(self) -> int:
+        return sum(r.state == "done" for r in self.admin.status(self.job_id).rounds)
+
+    def joined(self) -> bool:
+        return self.admin.status(self.job_id).participants == len(self.daemons)
+
+
+def outage(seed: int, workdir: Path, model_dir: Path, rounds: int) -> Outage:
+    workdir.mkdir()
+    coordinator = CoordinatorProcess(workdir, free_port()).start()
+    admin = AdminClient(coordinator.target)
+    job_id = admin.create_job(dump_toml(tiny_job(model_dir, rounds=rounds, participants_per_round=2,
+                                                 min_participants=2, seed=seed)))
+    sites = toy_sites(2, train=12, seed=seed)
+    daemons = [daemon(coordinator.target, job_id, f"site-{k}", write_site(site, workdir / f"data-{k}"),
+                      workdir / f"state-{k}", workdir / f"site-{k}.log") for k, site in enumerate(sites)]
+    return Outage(seed, workdir, coordinator, admin, job_id, sites, daemons)
+
+
+def test_coordinator_unreachable_30s_daemons_reconnect_by_themselves(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    """Three seeds side by side (they spend most of the time waiting): the coordinator is SIGKILLed once
+    ``seed`` rounds are done and comes back on the same address and state 30 s later."""
+    rounds, outage_s = 6, 30.0  # enough rounds that the job cannot finish between a poll and the kill
+    runs = [outage(seed, tmp_path / f"seed-{seed}", tiny_encoder_dir, rounds) for seed in (0, 1, 2)]
+    everything = [p for run in runs for p in run.daemons]
+    try:
+        with stopping(*everything):
+            for run in runs:
+                wait_for(run.joined, 180, what="daemons to join")
+            killed_at = []
+            for run in runs:
+                run.admin.start(run.job_id)
+                wait_for(lambda r=run: r.rounds_done() >= r.seed, 120, interval=0.05, what="rounds before the kill")
+                run.coordinator.kill()
+                killed_at.append(time.monotonic())
+            for run, t in zip(runs, killed_at):
+                time.sleep(max(0.0, t + outage_s - time.monotonic()))
+                assert all(p.poll() is None for p in run.daemons), "a daemon gave up while the coordinator was away"
+                run.coordinator.start()
+            for p in everything:
+                assert p.wait(180) == 0
+        for run in runs:
+            status = run.admin.status(run.job_id)
+            final = exported(run.admin, run.job_id, rounds, run.workdir / "final.safetensors")
+            run.admin.close()
+            assert run.coordinator.stop() == 0
+            assert status.state == "done" and "job resumed" in run.coordinator.log(2)
+            assert all("coordinator reachable again" in (run.workdir / f"site-{k}.log").read_text() for k in (0, 1))
+            updates = {f"site-{k}": (len(site.train), audit_trail(run.workdir / f"state-{k}", rounds))
+                       for k, site in enumerate(run.sites)}
+            np.testing.assert_allclose(final, replay(initial_prompt(run.workdir, run.job_id), rounds, updates), atol=1e-6)
+    finally:
+        for run in runs:
+            run.coordinator.stop()
