@@ -6,7 +6,8 @@
   partial upload counts for nothing;
 - a participant daemon is killed after submitting and restarted: it rejoins and works on the next round,
   and no update is counted twice;
-- the coordinator is unreachable for 30 s: participant daemons reconnect by themselves and finish the job.
+- the coordinator is unreachable for 30 s: participant processes (a real daemon and a synthetic one)
+  reconnect by themselves and finish the job.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from coordinator.store import Store
 from fedprompt.admin_client import AdminClient, load_prompt
 from fedprompt.config import dump_toml
 from fedprompt.data.shards import SiteData
+from fedprompt.models import build_classifier
 from fedprompt.payload import decode_vector
 from fedprompt.simulation import LocalLink
 from participant.grpc_link import GrpcLink
@@ -238,45 +240,49 @@ def test_participant_daemon_restarted_rejoins_without_double_counting(tmp_path: 
 
 @dataclass
 class Outage:
-    """One seed of the outage scenario: its coordinator, job and two daemons."""
+    """One seed of the outage scenario: its coordinator, job, a real daemon and a synthetic participant process."""
 
     seed: int
     workdir: Path
     coordinator: CoordinatorProcess
     admin: AdminClient
     job_id: str
-    sites: list[SiteData]
-    daemons: list[subprocess.Popen[bytes]]
+    site: SiteData
+    participants: list[subprocess.Popen[bytes]]
 
     def rounds_done(self) -> int:
         return sum(r.state == "done" for r in self.admin.status(self.job_id).rounds)
 
     def joined(self) -> bool:
-        return self.admin.status(self.job_id).participants == len(self.daemons)
+        return self.admin.status(self.job_id).participants == len(self.participants)
 
 
-def outage(seed: int, workdir: Path, model_dir: Path, rounds: int) -> Outage:
+def outage(seed: int, workdir: Path, model_dir: Path, rounds: int, vector_size: int) -> Outage:
     workdir.mkdir()
     coordinator = CoordinatorProcess(workdir, free_port()).start()
     admin = AdminClient(coordinator.target)
     job_id = admin.create_job(dump_toml(tiny_job(model_dir, rounds=rounds, participants_per_round=2,
                                                  min_participants=2, seed=seed)))
-    sites = toy_sites(2, train=12, seed=seed)
-    daemons = [daemon(coordinator.target, job_id, f"site-{k}", write_site(site, workdir / f"data-{k}"),
-                      workdir / f"state-{k}", workdir / f"site-{k}.log") for k, site in enumerate(sites)]
-    return Outage(seed, workdir, coordinator, admin, job_id, sites, daemons)
+    site = toy_sites(1, train=12, seed=seed)[0]
+    real = daemon(coordinator.target, job_id, "site", write_site(site, workdir / "data"), workdir / "state",
+                  workdir / "site.log")
+    synthetic = module_process("participant.synthetic", ["--coordinator", coordinator.target, "--job", job_id,
+                                                         "--prefix", "synthetic", "--vector-size", str(vector_size),
+                                                         "--seed", str(seed)], workdir / "synthetic.log")
+    return Outage(seed, workdir, coordinator, admin, job_id, site, [real, synthetic])
 
 
-def test_coordinator_unreachable_30s_daemons_reconnect_by_themselves(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+def test_coordinator_unreachable_30s_participants_reconnect_by_themselves(tmp_path: Path, tiny_encoder_dir: Path) -> None:
     """Three seeds side by side (they spend most of the time waiting): the coordinator is SIGKILLed once
     ``seed`` rounds are done and comes back on the same address and state 30 s later."""
     rounds, outage_s = 6, 30.0  # enough rounds that the job cannot finish between a poll and the kill
-    runs = [outage(seed, tmp_path / f"seed-{seed}", tiny_encoder_dir, rounds) for seed in (0, 1, 2)]
-    everything = [p for run in runs for p in run.daemons]
+    size = build_classifier(tiny_job(tiny_encoder_dir)).vector_size
+    runs = [outage(seed, tmp_path / f"seed-{seed}", tiny_encoder_dir, rounds, size) for seed in (0, 1, 2)]
+    everything = [p for run in runs for p in run.participants]
     try:
         with stopping(*everything):
             for run in runs:
-                wait_for(run.joined, 180, what="daemons to join")
+                wait_for(run.joined, 180, what="participants to join")
             killed_at = []
             for run in runs:
                 run.admin.start(run.job_id)
@@ -285,7 +291,7 @@ def test_coordinator_unreachable_30s_daemons_reconnect_by_themselves(tmp_path: P
                 killed_at.append(time.monotonic())
             for run, t in zip(runs, killed_at):
                 time.sleep(max(0.0, t + outage_s - time.monotonic()))
-                assert all(p.poll() is None for p in run.daemons), "a daemon gave up while the coordinator was away"
+                assert all(p.poll() is None for p in run.participants), "a participant gave up during the outage"
                 run.coordinator.start()
             for p in everything:
                 assert p.wait(180) == 0
@@ -295,9 +301,11 @@ def test_coordinator_unreachable_30s_daemons_reconnect_by_themselves(tmp_path: P
             run.admin.close()
             assert run.coordinator.stop() == 0
             assert status.state == "done" and "job resumed" in run.coordinator.log(2)
-            assert all("coordinator reachable again" in (run.workdir / f"site-{k}.log").read_text() for k in (0, 1))
-            updates = {f"site-{k}": (len(site.train), audit_trail(run.workdir / f"state-{k}", rounds))
-                       for k, site in enumerate(run.sites)}
+            assert "coordinator reachable again" in (run.workdir / "site.log").read_text()
+            updates = {"site": (len(run.site.train), audit_trail(run.workdir / "state", rounds)),
+                       "synthetic-0000": (synthetic_examples("synthetic-0000"),
+                                          [synthetic_delta(run.seed, "synthetic-0000", r, size)
+                                           for r in range(1, rounds + 1)])}
             np.testing.assert_allclose(final, replay(initial_prompt(run.workdir, run.job_id), rounds, updates), atol=1e-6)
     finally:
         for run in runs:
