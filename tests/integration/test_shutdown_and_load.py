@@ -14,7 +14,7 @@ from fedprompt.config import dump_toml
 from tests.component.test_lifecycle import health
 from tests.faults import CoordinatorProcess, free_port
 from tests.integration.test_faults import daemon
-from tests.support import stopping, tiny_job, toy_sites, wait_for, write_site
+from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +45,20 @@ def test_load_bench_small(tmp_path: Path) -> None:
                                 "coordinator_peak_rss_mb", "errors"]
     assert (report["participants"], report["rounds_completed"], report["errors"]) == (16, 2, 0)
     assert report["coordinator_peak_rss_mb"] > 0
+
+
+def test_backup_of_a_running_coordinator_restores_its_jobs(tmp_path: Path) -> None:
+    coordinator = CoordinatorProcess(tmp_path, free_port()).start()
+    admin = AdminClient(coordinator.target)
+    job_id = admin.create_job(dump_toml(tiny_job(tmp_path)))
+    backup = fedprompt_process(["coordinator", "backup", "--state-dir", str(tmp_path / "coordinator-state"),
+                                "--out", str(tmp_path / "restored" / "coordinator-state" / "coordinator.sqlite")],
+                               tmp_path / "backup.log")
+    assert backup.wait(60) == 0, (tmp_path / "backup.log").read_text()
+    admin.close()
+    assert coordinator.stop() == 0
+    restored = CoordinatorProcess(tmp_path / "restored", free_port()).start()
+    admin = AdminClient(restored.target)
+    assert admin.status(job_id).state == "created"
+    admin.close()
+    assert restored.stop() == 0
