@@ -8,6 +8,12 @@ import asyncio
 class Notifier:
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter now and make later waits return at once."""
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         """Wake every waiter; each re-checks its own condition."""
@@ -16,6 +22,8 @@ class Notifier:
 
     async def wait(self, timeout: float) -> None:
         """Return on the next notification or after ``timeout`` seconds, whichever comes first."""
+        if self.closed:
+            return
         event = self._event
         try:
             await asyncio.wait_for(event.wait(), timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import math
 import random
 import time
@@ -294,6 +295,33 @@ class JobRuntime:
                 self._aggregate()
         else:
             self.log.warning("member expelled", participant=participant_id, reason=why)
+
+    def already_received(self, participant_id: str, header: PayloadHeader) -> bool:
+        """True if this exact update (same digest) already counts for its round: a retry whose answer was lost.
+
+        Only the attempt that counts is consulted (the open one, or the one that completed), so an update
+        lost with a crashed attempt is taken again, and a *different* second update still gets DuplicateUpdate.
+        """
+        if header.job_id != self.job_id:
+            return False
+        if header.round == 0:
+            stored = self.store.prompt(self.job_id, 0)
+            return (participant_id == self.initialiser and stored is not None
+                    and hashlib.sha256(stored[1]).digest() == header.sha256)
+        digests = self.store.received_digests(self.job_id, header.round, participant_id)
+        if not digests:
+            return False
+        if self.open is not None and self.open.number == header.round:
+            counting = {self.open.attempt}
+        else:
+            counting = {r.attempt for r in self.store.rounds(self.job_id)
+                        if r.round == header.round and r.state == RoundState.DONE.value}
+        return any(digests.get(a) == header.sha256.hex() for a in counting)
+
+    def heartbeat(self, participant_id: str) -> JobState:
+        """A sign of life between calls (e.g. while training): keeps the caller online for selection."""
+        self._member(participant_id)
+        return self.state
 
     def global_payload(self, participant_id: str | None, version: int) -> Payload:
         """A stored global version (``participant_id`` None for admin export); counts bytes down."""

@@ -1,4 +1,5 @@
-"""Wires the coordinator: store -> job manager -> servicers -> grpc.aio server, plus the round ticker.
+"""Wires the coordinator: store -> job manager (resumed from the store) -> servicers -> grpc.aio server,
+plus the ticker (rounds, liveness, checkpoints) and the standard gRPC health service.
 
 mTLS is the default: the server presents its certificate and requires a client certificate signed by the
 federation CA (root certificates are always passed with ``require_client_auth=True``: without them gRPC
@@ -14,20 +15,27 @@ from pathlib import Path
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.checkpoint import Checkpointer
 from coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from coordinator.jobs import JobManager
 from coordinator.limits import CallLimiter
+from coordinator.liveness import LivenessWatch
 from coordinator.notifier import Notifier
+from coordinator.recovery import resume_jobs
 from coordinator.service import AdminService, ParticipantService
 from coordinator.store import Store
 from crypto.pki import load_cert
 from fedprompt.config import CoordinatorSection
 from fedprompt.errors import ConfigError, PkiError, Unauthenticated
 from fedprompt.rpc import DecodeGuard
-from fedprompt.v1 import admin_pb2_grpc, participant_pb2_grpc
+from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
 
 log = structlog.get_logger("coordinator.server")
+
+SERVICES = ("", participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
 
 
 def _read(path: str, key: str) -> bytes:
@@ -43,9 +51,14 @@ class CoordinatorServer:
     def __init__(self, settings: CoordinatorSection) -> None:
         settings.validate("coordinator")
         self.settings = settings
-        self.store = Store(Path(settings.state_dir) / "coordinator.sqlite")
+        state_dir = Path(settings.state_dir)
+        self.store = Store(state_dir / "coordinator.sqlite")
         self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s)
+        resume_jobs(self.jobs)
+        self.checkpoints = Checkpointer(state_dir / "checkpoints")
+        self.liveness = LivenessWatch()
         self.notifier = Notifier()
+        self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self.port = 0
@@ -83,13 +96,16 @@ class CoordinatorServer:
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, gate, self.notifier), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = (self.server.add_insecure_port(s.listen) if credentials is None
                      else self.server.add_secure_port(s.listen, credentials))
         if self.port == 0:
             raise ConfigError(f"coordinator.listen: cannot bind {s.listen}")
         await self.server.start()
         self._ticker = asyncio.create_task(self._tick_forever())
-        log.info("coordinator listening", address=s.listen, port=self.port, mtls=not s.insecure,
+        for service in SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("coordinator serving", address=s.listen, port=self.port, mtls=not s.insecure, health="SERVING",
                  state=str(Path(s.state_dir).resolve()))
         return self.port
 
@@ -98,16 +114,29 @@ class CoordinatorServer:
             with contextlib.suppress(Unauthenticated):  # an unusable CRL is logged once and refuses calls
                 self.auth.refresh()
             self.jobs.tick()
+            self.liveness.sweep(self.jobs)
+            self.checkpoints.sync(self.jobs)
             self.notifier.notify()
             await asyncio.sleep(self.settings.tick_s)
 
-    async def stop(self, grace: float = 2.0) -> None:
+    async def drain(self) -> None:
+        """First step of a graceful stop: report NOT_SERVING, answer pending long-polls, stop the ticker."""
+        await self.health.enter_graceful_shutdown()
+        log.info("coordinator draining", health="NOT_SERVING", grace_s=self.settings.shutdown_grace_s)
+        self.notifier.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+            self._ticker = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, write the last
+        checkpoints and close the store."""
+        await self.drain()
         if self.server is not None:
-            await self.server.stop(grace)
+            await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        self.checkpoints.sync(self.jobs)
         self.store.close()
         log.info("coordinator stopped")
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import structlog
 
 from coordinator.identity import Gate
 from coordinator.jobs import JobManager
@@ -20,6 +21,8 @@ from fedprompt.rpc import rpc_method, stream_method
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
 
 MAX_POLL_S = 30.0
+
+log = structlog.get_logger("coordinator.service")
 
 
 class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
@@ -50,7 +53,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         while True:
             task = job.next_task(identity)
             remaining = until - time.monotonic()
-            if task.kind is not TaskKind.WAIT or remaining <= 0:
+            if task.kind is not TaskKind.WAIT or remaining <= 0 or self.notifier.closed:
                 return serde.task_to_pb(task)
             await self.notifier.wait(min(remaining, 1.0))
 
@@ -80,6 +83,11 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
             raise InvalidUpdate("an upload must start with a header")
         header = serde.header_from_pb(first.header)
         job = self.jobs.job(header.job_id)
+        if job.already_received(identity, header):
+            log.info("[ParticipantService.UploadUpdate] retry of an update already counted: acknowledged",
+                     job_id=header.job_id, round=header.round)
+            return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(),
+                                                        bytes_received=header.total_bytes)
         assembler = ChunkAssembler(header, job.check_header(identity, header))
         async for message in messages:
             if message.WhichOneof("part") != "chunk":
@@ -99,6 +107,13 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                                                      request.num_examples)
         self.notifier.notify()
         return participant_pb2.ReportMetricsResponse()
+
+
+    @rpc_method("ParticipantService")
+    async def Heartbeat(self, request: participant_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        state = self.jobs.job(request.job_id).heartbeat(identity)
+        return participant_pb2.HeartbeatResponse(job_state=state.value)
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):

@@ -102,7 +102,8 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss, not only a crash
+        self._db.execute("PRAGMA busy_timeout=5000")  # an online backup (``Store.backup``) may hold a read lock
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -177,6 +178,12 @@ class Store:
             db.execute("INSERT INTO updates VALUES (?,?,?,?,?,?,?,?)",
                        (job_id, round_, attempt, participant_id, num_examples, num_bytes, sha256_hex, time.time()))
 
+    def received_digests(self, job_id: str, round_: int, participant_id: str) -> dict[int, str]:
+        """The SHA-256 (hex) of each update ``participant_id`` had accepted for ``round_``, by attempt."""
+        rows = self._all("SELECT attempt, sha256 FROM updates WHERE job_id=? AND round=? AND participant_id=?",
+                         (job_id, round_, participant_id))
+        return {int(r[0]): str(r[1]) for r in rows}  # type: ignore[call-overload]
+
     def update_counts(self, job_id: str) -> dict[str, int]:
         rows = self._all("SELECT participant_id, COUNT(*) FROM updates WHERE job_id=? GROUP BY participant_id", (job_id,))
         return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
@@ -201,7 +208,24 @@ class Store:
             db.execute("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)",
                        (job_id, version, participant_id, num_examples, json.dumps(metrics), time.time()))
 
+    def evaluated(self, job_id: str) -> dict[str, set[int]]:
+        """The global versions each participant has reported metrics on (rebuilt on resume)."""
+        out: dict[str, set[int]] = {}
+        for participant_id, version in self._all("SELECT participant_id, version FROM metrics WHERE job_id=?", (job_id,)):
+            out.setdefault(str(participant_id), set()).add(int(version))  # type: ignore[call-overload]
+        return out
+
     def metrics(self, job_id: str, version: int) -> list[MetricRow]:
         rows = self._all("SELECT participant_id, num_examples, metrics FROM metrics WHERE job_id=? AND version=? "
                          "ORDER BY participant_id", (job_id, version))
         return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]  # type: ignore[call-overload]
+
+    # backup
+    def backup(self, destination: str | Path) -> None:
+        """A consistent copy of the whole database while the coordinator keeps running (SQLite online backup)."""
+        target = sqlite3.connect(str(destination))
+        try:
+            with self._lock:
+                self._db.backup(target)
+        finally:
+            target.close()

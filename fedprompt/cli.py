@@ -62,6 +62,25 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coordinator_backup(args: argparse.Namespace) -> int:
+    from coordinator.store import Store
+
+    source = Path(args.state_dir) / "coordinator.sqlite"
+    if not source.exists():
+        raise FedPromptError(f"--state-dir {args.state_dir}: no coordinator.sqlite there")
+    out = Path(args.out)
+    if out.exists():
+        raise FedPromptError(f"--out {out}: already exists; choose a new file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(source)
+    try:
+        store.backup(out)
+    finally:
+        store.close()
+    print(f"wrote {out} (a consistent copy; restore by placing it as coordinator.sqlite in an empty state dir)")
+    return 0
+
+
 # ---- participant -------------------------------------------------------------------------------------
 def cmd_participant_run(args: argparse.Namespace) -> int:
     from fedprompt.config import ParticipantConfig, load_toml, parse_toml
@@ -309,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     serve.set_defaults(fn=cmd_coordinator_serve)
+    backup = coord.add_parser("backup", help="consistent copy of the coordinator's state while it runs")
+    backup.add_argument("--state-dir", dest="state_dir", required=True, help="the coordinator's state directory")
+    backup.add_argument("--out", required=True, help="new SQLite file to write")
+    backup.set_defaults(fn=cmd_coordinator_backup)
 
     part = sub.add_parser("participant", help="run a participant daemon").add_subparsers(dest="sub", required=True)
     run = part.add_parser("run", help="join a job and train on local data until it is done")
@@ -427,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
+    bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
+    bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
     bench.set_defaults(fn=cmd_bench)
     return parser
 

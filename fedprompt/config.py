@@ -177,6 +177,7 @@ class ParticipantSection:
     server_name: str = ""
     # Plaintext, identity by ``name`` and unverified: local development only; excludes the certificate keys.
     insecure: bool = False
+    heartbeat_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
@@ -189,6 +190,7 @@ class ParticipantSection:
         _check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
         _check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")
         _check(self.give_up_after_s > 0, f"{prefix}.give_up_after_s", "must be > 0")
+        _check(0.1 <= self.heartbeat_s <= 3600, f"{prefix}.heartbeat_s", "must be in [0.1, 3600] seconds")
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class CoordinatorSection:
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 100
     max_concurrent_uploads: int = 2
+    shutdown_grace_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
@@ -227,6 +230,7 @@ class CoordinatorSection:
         _check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
         _check(self.offline_after_s > 0, f"{prefix}.offline_after_s", "must be > 0")
         _check(self.upload_timeout_s > 0, f"{prefix}.upload_timeout_s", "must be > 0")
+        _check(0 <= self.shutdown_grace_s <= 600, f"{prefix}.shutdown_grace_s", "must be in [0, 600] seconds")
         _check(64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024, f"{prefix}.max_message_bytes",
                "must be in [65536, 67108864]")
 

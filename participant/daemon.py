@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 
 import structlog
 import torch
@@ -13,6 +15,7 @@ from fedprompt.config import ParticipantSection
 from fedprompt.data.shards import load_site
 from fedprompt.models import build_classifier
 from participant.grpc_link import GrpcLink
+from participant.heartbeat import Heartbeat
 from participant.runtime import ParticipantRuntime
 from participant.train import ProgressFn
 
@@ -37,8 +40,29 @@ def _progress_bar(show: bool):  # type: ignore[no-untyped-def]
     return make
 
 
+class Stopped(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT when no task is in hand (or on a second signal)."""
+
+
+def install_stop_handler(runtime: ParticipantRuntime) -> None:
+    """SIGTERM/SIGINT: idle -> stop at once; mid-task -> finish the task (its upload is idempotent), then stop;
+    a second signal stops at once."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if runtime.stop.is_set() or not runtime.busy:
+            stage = "a second signal, mid-task" if runtime.busy else "idle"
+            runtime.stop.set()
+            raise Stopped(f"{name} ({stage})")
+        runtime.stop.set()
+        log.info("stop requested: finishing the current task first", signal=name)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
 def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
-    """Join ``settings.job`` and work until it is done."""
+    """Join ``settings.job`` and work until it is done or the process is asked to stop."""
     torch.set_num_threads(settings.threads)
     site = load_site(settings.data_dir)
     tls = None if settings.insecure else ClientTls(settings.ca_cert, settings.cert, settings.key,
@@ -52,10 +76,17 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
              mtls=tls is not None, train=len(site.train), test=len(site.test))
     link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
                     settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
+    runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
+                                 Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress))
+    install_stop_handler(runtime)
     try:
-        runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
-                                     Path(settings.state_dir) if settings.state_dir else None,
-                                     _progress_bar(progress))
-        runtime.run()
+        info = runtime.join()
+        with Heartbeat(link, info.job_id, settings.heartbeat_s):
+            runtime.run()
+    except Stopped as exc:
+        log.info("participant stopped", identity=identity, signal=str(exc))
+    else:
+        if runtime.stop.is_set():
+            log.info("participant stopped", identity=identity, signal="after finishing its task")
     finally:
         link.close()

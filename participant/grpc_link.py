@@ -1,4 +1,9 @@
-"""``CoordinatorLink`` over gRPC, with retries (exponential backoff + jitter) while the coordinator is away."""
+"""``CoordinatorLink`` over gRPC, with retries (exponential backoff + jitter) while the coordinator is away.
+
+Every call is safe to repeat: reads are idempotent, ``Join`` is an upsert, and an upload is keyed by
+(job, round, participant) with its SHA-256, so a stream cut mid-way is simply sent again from the start and a
+retry of an upload that did arrive is acknowledged without being counted twice.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +41,13 @@ class GrpcLink:
     def __init__(self, target: str, identity: str = "", retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
                  give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0, tls: ClientTls | None = None) -> None:
         self.target = target
+        # gRPC's own reconnect backoff (up to 120 s by default) would keep a channel down long after the
+        # coordinator is back; cap it like the call retries below.
         self.channel = open_channel(target, tls, [
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.initial_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(retry_max_s * 1000)),
             # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
             ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
@@ -57,9 +67,10 @@ class GrpcLink:
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         delay = self.retry_initial_s
         started = time.monotonic()
+        failures = 0
         while True:
             try:
-                return fn()
+                result = fn()
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise error_from_rpc(exc) from exc
@@ -73,6 +84,12 @@ class GrpcLink:
                             status=exc.code().name, retry_in_s=round(pause, 2))
                 time.sleep(pause)
                 delay = min(delay * 2, self.retry_max_s)
+                failures += 1
+                continue
+            if failures:
+                log.info("coordinator reachable again", target=self.target, call=what, failed_attempts=failures,
+                         after_s=round(time.monotonic() - started, 1))
+            return result
 
     def describe(self, job: str) -> JobDescription:
         request = participant_pb2.DescribeJobRequest(job=job)
@@ -120,3 +137,11 @@ class GrpcLink:
                                                        num_examples=num_examples)
         self._call("ReportMetrics", lambda: self.stub.ReportMetrics(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def heartbeat(self, job_id: str, timeout_s: float) -> str:
+        """One sign of life, not retried (the next beat is the retry); returns the job's state."""
+        request = participant_pb2.HeartbeatRequest(job_id=job_id)
+        try:
+            return str(self.stub.Heartbeat(request, metadata=self.metadata, timeout=timeout_s).job_state)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc

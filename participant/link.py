@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from fedprompt.errors import DuplicateUpdate, PermissionDenied, PreconditionFailed
 from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task
+
+# What the coordinator answers to a task it no longer wants (round closed or restarted, not selected after
+# all, update already in): the participant drops the task and asks for the next one.
+ROUND_MOVED_ON = (PreconditionFailed, PermissionDenied, DuplicateUpdate)
 
 
 class CoordinatorLink(Protocol):

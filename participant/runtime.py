@@ -10,6 +10,7 @@ state directory, an audit trail of exactly what left the institution.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -21,12 +22,12 @@ import structlog
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
+from fedprompt.errors import FedPromptError, PermissionDenied
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
 from participant.fewshot import PseudoLabeller
-from participant.link import CoordinatorLink
+from participant.link import ROUND_MOVED_ON, CoordinatorLink
 from participant.train import ProgressFn, evaluate, train_local
 
 log = structlog.get_logger("participant.runtime")
@@ -59,6 +60,8 @@ class ParticipantRuntime:
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
         self.log = log
+        self.stop = threading.Event()  # set by the daemon's SIGTERM handler; checked between tasks
+        self.busy = False  # a task is in hand (a stop then waits for it to finish)
 
     def join(self) -> JoinInfo:
         """Learn the job's config, build its model, join, and provide the initial prompt if asked to."""
@@ -142,17 +145,38 @@ class ParticipantRuntime:
                       seconds=round(time.perf_counter() - began, 1))
 
     def run(self, poll_s: float = 10.0) -> None:
-        """Join, then work until the coordinator says the job is done."""
+        """Join, then work until the coordinator says the job is done or ``stop`` is set.
+
+        A task the coordinator no longer wants (the round closed, was restarted without us, or already has
+        our update) is dropped and the next task fetched: that is how a daemon resumes where the job is
+        after a coordinator restart.  A coordinator that does not know us (state restored from an older
+        backup) is joined again, once.
+        """
         if self.info is None:
             self.join()
         assert self.info is not None
-        while True:
-            task = self.link.get_task(self.info.job_id, poll_s)
+        rejoined = False
+        while not self.stop.is_set():
+            try:
+                task = self.link.get_task(self.info.job_id, poll_s)
+            except PermissionDenied:
+                if rejoined:
+                    raise
+                self.log.warning("coordinator does not know this member: joining again")
+                self.info = self.link.join(self.info.job_id, len(self.site.train), len(self.site.test),
+                                           self._model().vector_size)
+                rejoined = True
+                continue
+            rejoined = False
             if task.kind is TaskKind.DONE:
                 self.log.info("job finished", reason=task.reason)
                 return
+            self.busy = True
             try:
                 self.handle(task)
-            except (PreconditionFailed, PermissionDenied, DuplicateUpdate) as exc:
-                # The job moved on while we worked (deadline passed, round closed, deselected): not fatal.
-                self.log.warning("task abandoned", kind=task.kind.value, round=task.round, reason=str(exc))
+            except ROUND_MOVED_ON as exc:
+                self.log.warning("task dropped: the round moved on", task=task.kind.value, round=task.round,
+                                 reason=str(exc))
+            finally:
+                self.busy = False
+        self.log.info("participant stopped between tasks")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"federated": "fedprompt.bench.federated", "fewshot": "fedprompt.bench.fewshot"}
+BENCHES = {"federated": "fedprompt.bench.federated", "fewshot": "fedprompt.bench.fewshot", "load": "fedprompt.bench.load"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

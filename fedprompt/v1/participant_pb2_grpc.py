@@ -64,6 +64,11 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportMetricsRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportMetricsResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/Heartbeat',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -108,6 +113,13 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Sign of life while the participant works; members silent for offline_after_s are skipped in selection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +152,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.ReportMetrics,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportMetricsRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportMetricsResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +321,33 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/ReportMetrics',
             fedprompt_dot_v1_dot_participant__pb2.ReportMetricsRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.ReportMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/Heartbeat',
+            fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,79 @@
+"""Resume after a coordinator restart: rebuild every job's round state machine from the SQLite store.
+
+What is durable (one transaction per change, ``synchronous=FULL``): jobs and their state, memberships,
+every round attempt with its selection, the bookkeeping of received updates (who, weight, size, digest),
+every global prompt version, and the metrics reported on each version.
+
+What is not: the *payloads* of an open round's updates.  They are held in memory only, by design (the
+coordinator keeps no individual update at rest; with homomorphic encryption they are folded into a running
+ciphertext sum).  A round that was collecting when the coordinator died therefore cannot continue: it is
+marked failed (summary ``restarted = 1``) and restarted cleanly as the next attempt of the same round, from
+the same global version.  Participants resubmit; because local training is a pure function of the global
+prompt, the participant and the round number, their resubmitted updates equal the lost ones, so the job
+ends with the prompt an uninterrupted run would have produced.  A round whose aggregate had already been
+stored when the coordinator died is simply marked done: no completed round's global prompt is ever lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import structlog
+
+from coordinator.jobs import JobManager
+from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
+from coordinator.store import JobRow
+from fedprompt.config import JobConfig, parse_toml
+
+log = structlog.get_logger("coordinator.recovery")
+
+_IN_FLIGHT = (RoundState.TRAINING.value, RoundState.AGGREGATING.value)
+
+
+def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
+    """One job's ``JobRuntime`` as it stood at the last committed transaction, its open round closed."""
+    store = jobs.store
+    config = parse_toml(row.config_toml, JobConfig, f"stored config of job {row.job_id}")
+    job = JobRuntime(row.job_id, config, row.config_toml, store, jobs.clock, jobs.offline_after_s)
+    job.state = JobState(row.state)
+    job.reason = row.reason
+    job.vector_size = row.vector_size
+    now = jobs.clock()
+    members = store.members(row.job_id)
+    # Liveness is not persisted: every member gets one offline_after_s of grace from the restart, during
+    # which its daemon reconnects (GrpcLink retries) and its heartbeats take over.
+    job.members = {m.participant_id: dataclasses.replace(m, last_seen=max(m.last_seen, now)) for m in members}
+    job.initialiser = members[0].participant_id if members else None
+    job.evaluated = {m.participant_id: set() for m in members} | store.evaluated(row.job_id)
+    latest = store.latest_version(row.job_id)
+    for r in store.rounds(row.job_id):
+        if r.state not in _IN_FLIGHT:
+            continue
+        if latest is not None and latest >= r.round:
+            store.save_round(dataclasses.replace(r, state=RoundState.DONE.value, closed_at=now))
+            job.log.info("round completed before the crash", round=r.round, attempt=r.attempt)
+            continue
+        store.save_round(dataclasses.replace(r, state=RoundState.FAILED.value, closed_at=now,
+                                             summary={**r.summary, "restarted": 1.0}))
+        job.next_attempt = r.attempt + 1
+        job.log.warning(f"round {r.round} restarted cleanly: partial sum not recoverable", round=r.round,
+                        failed_attempt=r.attempt, next_attempt=job.next_attempt)
+    if job.state not in TERMINAL and latest is not None and latest >= config.job.rounds:
+        job._set_state(JobState.DONE, "all rounds completed")
+    job.log.info("job resumed", state=job.state.value, global_version=-1 if latest is None else latest,
+                 members=len(members), next_attempt=job.next_attempt)
+    return job
+
+
+def resume_jobs(jobs: JobManager) -> list[str]:
+    """Load every stored job into ``jobs`` (finished ones too, for status and export); returns the
+    ids of the unfinished ones, whose next round opens at once if enough members are online."""
+    unfinished = []
+    for row in jobs.store.jobs():
+        job = restore_job(jobs, row)
+        jobs.jobs[row.job_id] = job
+        if job.state not in TERMINAL:
+            unfinished.append(row.job_id)
+            job.tick()
+    log.info("coordinator state restored", jobs=len(jobs.jobs), unfinished=len(unfinished))
+    return unfinished

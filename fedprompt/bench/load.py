@@ -1,0 +1,122 @@
+"""Load: one real coordinator process serving N concurrent participants over real gRPC for several rounds.
+
+The participants are ``participant.synthetic`` clients (no model: prompt-sized deterministic deltas, one
+gRPC channel each) spread over a few client processes.  Every participant is selected every round and the
+round closes when all have reported, so a round's time (coordinator clock, opened -> aggregated) covers
+N downloads of the global, N metric reports and N uploads.  The coordinator's resident memory is sampled
+throughout; ``errors`` counts client failures, failed round attempts and non-zero exits, and must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from fedprompt.admin_client import AdminClient
+from fedprompt.config import JobConfig, JobSection, dump_toml
+from fedprompt.report import table, write_json
+
+VECTOR_SIZE = 16 * 384  # a 16-token prompt on MiniLM (hidden size 384)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=log.open("wb"), env=env)
+
+
+def _wait_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().strip():
+            return int(port_file.read_text())
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"coordinator did not start (exit {proc.poll()})")
+
+
+def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: int = 0) -> dict[str, object]:
+    """Run the load test in ``workdir`` and return the report (the issue's keys plus ``settings``)."""
+    port_file = workdir / "port"
+    coordinator = _spawn(["-m", "fedprompt", "--log-level", "warning", "coordinator", "serve", "--insecure",
+                          "--listen", "127.0.0.1:0", "--state-dir", str(workdir / "state"), "--port-file",
+                          str(port_file), "--set", "coordinator.tick_s=0.1"], workdir / "coordinator.log")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        target = f"127.0.0.1:{_wait_port(port_file, coordinator)}"
+        monitor = psutil.Process(coordinator.pid)
+        admin = AdminClient(target)
+        job = JobConfig(job=JobSection(name="load", rounds=rounds, participants_per_round=participants,
+                                       min_participants=max(1, participants // 2), round_deadline_s=300.0,
+                                       seed=seed))
+        job_id = admin.create_job(dump_toml(job))
+        share = -(-participants // clients)
+        for k in range(clients):
+            first, count = k * share, min(share, participants - k * share)
+            if count > 0:
+                procs.append(_spawn(["-m", "participant.synthetic", "--coordinator", target, "--job", job_id,
+                                     "--prefix", "load", "--first", str(first), "--count", str(count),
+                                     "--vector-size", str(VECTOR_SIZE), "--seed", str(seed)],
+                                    workdir / f"client-{k}.log"))
+        peak = 0.0
+        deadline = time.monotonic() + 600
+        while admin.status(job_id).participants < participants:
+            peak = max(peak, monitor.memory_info().rss)
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                raise RuntimeError("participants did not all join")
+            time.sleep(0.2)
+        admin.start(job_id)
+        began = time.perf_counter()
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            peak = max(peak, monitor.memory_info().rss)
+            time.sleep(0.2)
+        wall = time.perf_counter() - began
+        client_errors: list[str] = []
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            out = (p.communicate()[0] or b"").decode().strip().splitlines()
+            summary = json.loads(out[-1]) if out else {"errors": [f"client exited {p.returncode} without a summary"]}
+            client_errors += summary["errors"] + ([f"client exit code {p.returncode}"] if p.returncode else [])
+        status = admin.status(job_id)
+        admin.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        coordinator.terminate()
+        coordinator.wait(30)
+    done = [r for r in status.rounds if r.state == "done"]
+    failed = [r for r in status.rounds if r.state != "done"]
+    durations = [r.closed_at - r.opened_at for r in done]
+    return {
+        "participants": participants,
+        "rounds_completed": len(done),
+        "p50_round_s": float(np.percentile(durations, 50)) if durations else None,
+        "p95_round_s": float(np.percentile(durations, 95)) if durations else None,
+        "coordinator_peak_rss_mb": round(peak / 2**20, 1),
+        "errors": len(client_errors) + len(failed) + (rounds - len(done)),
+        "settings": {"rounds": rounds, "client_processes": len(procs), "vector_size": VECTOR_SIZE,
+                     "update_bytes": 4 * VECTOR_SIZE, "job_state": status.state, "wall_s": round(wall, 1),
+                     "round_s": [round(d, 3) for d in durations], "error_messages": client_errors[:20]},
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    participants = args.participants or 200
+    with tempfile.TemporaryDirectory(prefix="fedprompt-load-") as tmp:
+        report = run_load(participants, args.rounds or 5, args.clients or 4, Path(tmp), args.seed)
+    print(table(["participants", "rounds", "p50_round_s", "p95_round_s", "peak_rss_mb", "errors"],
+                [[report["participants"], report["rounds_completed"], report["p50_round_s"], report["p95_round_s"],
+                  report["coordinator_peak_rss_mb"], report["errors"]]]))
+    write_json(report, args.report or "reports/bench-load.json")
+    return 0 if report["errors"] == 0 else 1

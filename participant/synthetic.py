@@ -1,0 +1,140 @@
+"""A participant without a model: deterministic pseudo-random prompt-sized deltas over any ``CoordinatorLink``.
+
+For load benchmarks and fault-injection tests, where the protocol matters and the learning does not.  Each
+update is a pure function of (seed, participant, round), like a real participant's training is a function of
+(global prompt, site, round): a resubmitted update equals the one that was lost, and the global prompt an
+uninterrupted run would reach can be computed exactly.
+
+``python -m participant.synthetic --coordinator HOST:PORT --job JOB --prefix NAME --count N --vector-size D``
+runs N of them on threads in one process (one gRPC channel each) and prints a JSON summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import structlog
+
+from fedprompt.errors import FedPromptError
+from fedprompt.payload import FLOAT32, encode_vector
+from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from participant.link import ROUND_MOVED_ON, CoordinatorLink
+
+log = structlog.get_logger("participant.synthetic")
+
+
+def _rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(":".join(map(str, key)).encode()))
+
+
+def synthetic_delta(seed: int, participant: str, round_: int, size: int) -> np.ndarray:
+    """The update ``participant`` submits for ``round_``: small Gaussian noise, identical on every retry."""
+    return (_rng(seed, participant, round_).standard_normal(size) * 0.01).astype(np.float32)
+
+
+def synthetic_initial(seed: int, size: int) -> np.ndarray:
+    """The initial global prompt the first member provides."""
+    return (_rng(seed, "initial").standard_normal(size) * 0.1).astype(np.float32)
+
+
+def synthetic_examples(participant: str) -> int:
+    """The aggregation weight a participant declares (10-99, fixed per name)."""
+    return 10 + zlib.crc32(participant.encode()) % 90
+
+
+class SyntheticParticipant:
+    def __init__(self, link: CoordinatorLink, name: str, job: str, vector_size: int, seed: int = 0) -> None:
+        self.link = link
+        self.name = name
+        self.job = job
+        self.vector_size = vector_size
+        self.seed = seed
+        self.num_examples = synthetic_examples(name)
+        self.info: JoinInfo | None = None
+        self.updates = 0
+
+    def join(self) -> JoinInfo:
+        self.info = self.link.join(self.job, self.num_examples, 1, self.vector_size)
+        if self.info.provide_initial_prompt:
+            self.link.upload(Payload(self.info.job_id, 0, FLOAT32, self.vector_size,
+                                     encode_vector(synthetic_initial(self.seed, self.vector_size))))
+        return self.info
+
+    def update(self, round_: int) -> Payload:
+        assert self.info is not None
+        delta = synthetic_delta(self.seed, self.name, round_, self.vector_size)
+        return Payload(self.info.job_id, round_, FLOAT32, self.vector_size, encode_vector(delta), self.num_examples)
+
+    def step(self, wait_s: float = 5.0) -> Task:
+        """Fetch one task and carry it out (downloading the global as a real participant would)."""
+        assert self.info is not None
+        task = self.link.get_task(self.info.job_id, wait_s)
+        if task.kind is TaskKind.EVALUATE:
+            self.link.download(self.info.job_id, task.global_version)
+            self.link.report(self.info.job_id, task.global_version, {"loss": 0.0}, 1)
+        elif task.kind is TaskKind.TRAIN:
+            self.link.download(self.info.job_id, task.global_version)
+            self.link.upload(self.update(task.round))
+            self.updates += 1
+        return task
+
+    def run(self, wait_s: float = 10.0) -> None:
+        """Work until the job is done; a task the round no longer wants is dropped, as the daemon does."""
+        if self.info is None:
+            self.join()
+        while True:
+            try:
+                if self.step(wait_s).kind is TaskKind.DONE:
+                    return
+            except ROUND_MOVED_ON as exc:
+                log.warning("task dropped: the round moved on", participant=self.name, reason=str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fedprompt.logs import configure
+    from participant.grpc_link import GrpcLink
+
+    parser = argparse.ArgumentParser(prog="python -m participant.synthetic", description=__doc__)
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--prefix", default="synthetic")
+    parser.add_argument("--first", type=int, default=0, help="index of the first participant name")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--vector-size", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--give-up-after", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    configure("warning")
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        name = f"{args.prefix}-{index:04d}"
+        link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after)
+        try:
+            SyntheticParticipant(link, name, args.job, args.vector_size, args.seed).run()
+        except FedPromptError as exc:
+            with lock:
+                errors.append(f"{name}: {exc}")
+        finally:
+            link.close()
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(args.first, args.first + args.count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"participants": args.count, "errors": errors, "seconds": round(time.perf_counter() - began, 2)}),
+          flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

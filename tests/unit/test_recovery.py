@@ -1,0 +1,186 @@
+"""Resume from the SQLite store after a crash, idempotent retries, liveness and atomic checkpoints.
+
+A "crash" here is dropping every in-memory object and opening the same database file with a new store and
+job manager, exactly what a restarted coordinator process does (the real-process version, with SIGKILL, is
+in tests/integration/test_faults.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from coordinator.checkpoint import Checkpointer, atomic_write, read_checkpoint
+from coordinator.jobs import JobManager
+from coordinator.recovery import resume_jobs
+from coordinator.rounds import RoundState
+from coordinator.store import Store
+from fedprompt.config import dump_toml
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate
+from fedprompt.payload import FLOAT32, decode_vector
+from fedprompt.protocol import Payload, TaskKind
+from tests.support import tiny_job
+from tests.unit.test_rounds import SIZE, Clock, update
+
+DELTAS = {"a": (np.full(SIZE, 1.0, np.float32), 10), "b": (np.full(SIZE, 4.0, np.float32), 5),
+          "c": (np.arange(SIZE, dtype=np.float32), 5)}
+
+
+def fresh(tmp_path: Path, clock: Clock) -> JobManager:
+    """What a restarted coordinator process builds: a new store on the same file, every job resumed."""
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
+    resume_jobs(jobs)
+    return jobs
+
+
+@pytest.fixture
+def running(tmp_path: Path):  # type: ignore[no-untyped-def]
+    clock = Clock()
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
+    job_id = jobs.create_job(dump_toml(tiny_job(tmp_path, rounds=2, participants_per_round=3, min_participants=2,
+                                                round_deadline_s=30.0)))
+    job = jobs.job(job_id)
+    for name in ("a", "b", "c"):
+        job.join(name, 10, 5, SIZE)
+    job.submit("a", update(job_id, 0, np.zeros(SIZE, np.float32)))
+    job.report_metrics("b", 0, {"accuracy": 0.5}, 5)
+    job.start()
+    job.tick()
+    return jobs, job_id, clock
+
+
+def global_vector(jobs: JobManager, job_id: str, version: int) -> np.ndarray:
+    encoding, data = jobs.store.prompt(job_id, version)
+    return decode_vector(Payload(job_id, version, encoding, SIZE, data), SIZE)
+
+
+def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    old = jobs.job(job_id)
+    old.submit("a", update(job_id, 1, *DELTAS["a"]))
+    old.submit("b", update(job_id, 1, *DELTAS["b"]))
+    clock.now += 500  # down long enough that every member would count as offline without the resume grace
+    with capture_logs() as logs:
+        resumed = fresh(tmp_path, clock)
+    job = resumed.job(job_id)
+    restarted = [e for e in logs if e["event"] == "round 1 restarted cleanly: partial sum not recoverable"]
+    assert len(restarted) == 1 and restarted[0]["log_level"] == "warning" and restarted[0]["next_attempt"] == 2
+    assert job.state.value == "running" and job.vector_size == SIZE and job.initialiser == "a"
+    assert sorted(job.members) == ["a", "b", "c"] and job.online() == ["a", "b", "c"]
+    assert job.evaluated["b"] == {0} and job.evaluated["a"] == set()
+    assert job.open is not None and (job.open.number, job.open.attempt) == (1, 2) and not job.open.contributions
+    first = [r for r in resumed.store.rounds(job_id) if r.attempt == 1][0]
+    assert first.state == RoundState.FAILED.value and first.summary["restarted"] == 1.0
+    # the participants resubmit the same updates (training is a pure function of global, site and round)
+    for name, (delta, n) in DELTAS.items():
+        job.submit(name, update(job_id, 1, delta, n))
+    expected = (10 * DELTAS["a"][0] + 5 * DELTAS["b"][0] + 5 * DELTAS["c"][0]) / 20
+    np.testing.assert_array_equal(global_vector(resumed, job_id, 1), expected.astype(np.float32))
+    assert resumed.store.update_counts(job_id) == {"a": 2, "b": 2, "c": 1}  # bookkeeping keeps the lost attempt
+
+
+def test_aggregate_stored_before_crash_is_kept_and_round_marked_done(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    # the crash hit between storing version 1 and closing the round row
+    jobs.store.save_round(job.open.row(job_id, RoundState.AGGREGATING))
+    jobs.store.save_prompt(job_id, 1, FLOAT32, np.ones(SIZE, "<f4").tobytes())
+    resumed = fresh(tmp_path, clock).job(job_id)
+    assert [(r.round, r.state) for r in resumed.store.rounds(job_id)] == [(1, "done"), (2, "training")]
+    assert resumed.open is not None and (resumed.open.number, resumed.open.attempt) == (2, 1)
+    np.testing.assert_array_equal(global_vector(fresh(tmp_path, clock), job_id, 1), np.ones(SIZE, np.float32))
+
+
+def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    for round_ in (1, 2):
+        job.tick()
+        for name in ("a", "b", "c"):
+            job.submit(name, update(job_id, round_, np.ones(SIZE, np.float32)))
+    other = jobs.job(jobs.create_job(dump_toml(tiny_job(tmp_path, name="other"))))
+    other.start()
+    other.pause()
+    resumed = fresh(tmp_path, clock)
+    assert resumed.job(job_id).state.value == "done" and resumed.job(job_id).latest_version() == 2
+    assert resumed.job("other").state.value == "paused" and resumed.job("other").reason == "paused by admin"
+    assert resumed.job(job_id).next_task("a").kind is TaskKind.EVALUATE
+
+
+def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    sent = update(job_id, 1, *DELTAS["a"])
+    header = sent.header(1024)
+    assert not job.already_received("a", header)
+    job.submit("a", sent)
+    assert job.already_received("a", header)
+    other = update(job_id, 1, DELTAS["a"][0] + 1, 10)
+    assert not job.already_received("a", other.header(1024))
+    with pytest.raises(DuplicateUpdate):
+        job.submit("a", other)
+    assert not job.already_received("b", header)
+    job.submit("b", update(job_id, 1, *DELTAS["b"]))
+    job.submit("c", update(job_id, 1, *DELTAS["c"]))
+    job.tick()
+    assert job.open.number == 2 and job.already_received("a", header)  # round 1 done: its answer stays OK
+    assert job.already_received("a", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+    assert not job.already_received("b", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+
+
+def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    sent = update(job_id, 1, *DELTAS["a"])
+    jobs.job(job_id).submit("a", sent)
+    job = fresh(tmp_path, clock).job(job_id)
+    assert not job.already_received("a", sent.header(1024))  # the digest is on record, but for attempt 1 only
+    job.submit("a", sent)
+    assert list(job.open.contributions) == ["a"]
+
+
+def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    clock.now += 40
+    job.heartbeat("a")
+    job.heartbeat("b")
+    clock.now += 30
+    assert job.online() == ["a", "b"] and clock.now > job.open.deadline
+    job.tick()  # round 1 fails (nobody reported); attempt 2 selects among the online only
+    assert job.open is not None and job.open.attempt == 2 and job.open.selected == ("a", "b")
+
+
+def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, _ = running
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    checkpoints.sync(jobs)
+    payload, config_toml = read_checkpoint(checkpoints.path(job_id))
+    assert payload.round == 0 and payload.encoding == FLOAT32 and config_toml == jobs.job(job_id).config_toml
+    job = jobs.job(job_id)
+    for name, (delta, n) in DELTAS.items():
+        job.submit(name, update(job_id, 1, delta, n))
+    checkpoints.sync(jobs)
+    payload, _ = read_checkpoint(checkpoints.path(job_id))
+    np.testing.assert_array_equal(decode_vector(payload, SIZE), global_vector(jobs, job_id, 1))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"{job_id}.safetensors"]
+    path = checkpoints.path(job_id)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    atomic_write(path, bytes(raw))
+    with pytest.raises(InvalidUpdate, match="SHA-256"):
+        read_checkpoint(path)
+
+
+def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, _ = running
+    (tmp_path / "backup").mkdir()
+    jobs.store.backup(tmp_path / "backup" / "copy.sqlite")
+    copy = Store(tmp_path / "backup" / "copy.sqlite")
+    assert [j.job_id for j in copy.jobs()] == [job_id]
+    assert hashlib.sha256(copy.prompt(job_id, 0)[1]).digest() == hashlib.sha256(jobs.store.prompt(job_id, 0)[1]).digest()
+    assert dataclasses.astuple(copy.members(job_id)[0]) == dataclasses.astuple(jobs.store.members(job_id)[0])
