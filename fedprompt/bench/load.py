@@ -57,7 +57,7 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
         admin = AdminClient(target)
         job = JobConfig(job=JobSection(name="load", rounds=rounds, participants_per_round=participants,
                                        min_participants=max(1, participants // 2), round_deadline_s=300.0,
-                                       seed=seed))
+                                       seed=seed, allowed_participants=("*",)))
         job_id = admin.create_job(dump_toml(job))
         share = -(-participants // clients)
         for k in range(clients):

@@ -162,7 +162,7 @@ def test_participant_killed_mid_upload_round_completes_with_the_others(tmp_path:
 
 def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path):  # type: ignore[no-untyped-def]
     """A real participant daemon (tiny model) that retries fast and beats every half second."""
-    return fedprompt_process(["participant", "run", "--coordinator", target, "--job", job_id, "--name", name,
+    return fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name", name,
                               "--data-dir", str(data), "--state-dir", str(state), "--no-progress",
                               "--set", "participant.retry_max_s=2.0", "--set", "participant.heartbeat_s=0.5"], log)
 
