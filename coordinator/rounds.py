@@ -37,11 +37,28 @@ from coordinator.store import MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import EncryptedSum
 from fedprompt.config import JobConfig
-from fedprompt.errors import (DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotFound, NotSelected,
-                              PreconditionFailed, StaleRound)
+from fedprompt.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    JobStateError,
+    NotEnrolled,
+    NotFound,
+    NotSelected,
+    PreconditionFailed,
+    StaleRound,
+)
 from fedprompt.payload import FLOAT32, decode_vector
-from fedprompt.protocol import (JobDescription, JobView, JoinInfo, KeyState, Payload, PayloadHeader, RoundView, Task,
-                                TaskKind)
+from fedprompt.protocol import (
+    JobDescription,
+    JobView,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PayloadHeader,
+    RoundView,
+    Task,
+    TaskKind,
+)
 
 log = structlog.get_logger("coordinator.rounds")
 

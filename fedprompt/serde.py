@@ -5,8 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fedprompt.payload import CHUNK_BYTES, chunks
-from fedprompt.protocol import (JobDescription, JobView, JoinInfo, KeyState, ParticipantView, Payload, PayloadHeader,
-                                RoundView, Task, TaskKind)
+from fedprompt.protocol import (
+    JobDescription,
+    JobView,
+    JoinInfo,
+    KeyState,
+    ParticipantView,
+    Payload,
+    PayloadHeader,
+    RoundView,
+    Task,
+    TaskKind,
+)
 from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2
 
 _TASK_TO_PB = {

@@ -84,6 +84,7 @@ def simulate(
         for k, runtime in enumerate(runtimes):
             if k in finished or runtime.info is None:
                 continue
+            runtime.service_keys()
             task = runtime.link.get_task(runtime.info.job_id, 0)
             if task.kind is TaskKind.DONE:
                 finished.add(k)
