@@ -192,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed))
+                                test_size=args.test_size, seed=args.seed, he=not args.no_he))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -215,6 +215,8 @@ def _add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedprompt.bench import BENCHES
+
     parser = argparse.ArgumentParser(
         prog="fedprompt",
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
@@ -301,10 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")
     demo.add_argument("--plot", default="reports/demo.png", help="PNG plot path (default reports/demo.png)")
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")
+    demo.add_argument("--no-he", action="store_true",
+                      help="aggregate in plaintext (default: CKKS-encrypted aggregation, coordinator sees no update)")
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")
-    bench.add_argument("name", choices=["federated"], help="which benchmark")
+    bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(fn=cmd_bench)
