@@ -110,7 +110,7 @@ class HESection:
     enabled: bool = False
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (59, 16)
-    scale_bits: int = 34
+    scale_bits: int = 30
     max_summands: int = 1000
     dealer: str = ""
 

@@ -2,7 +2,7 @@
 encrypt / fold / decrypt time, aggregate error, coordinator memory over 1,000 folded updates, and the wall
 time of the same job's round with HE on versus off.
 
-The micro-benchmark uses updates of the demo's prompt size (16 x 384 = 6,144 floats) with prompt-scale
+The micro-benchmark uses updates of the demo's prompt size (the demo model's exchanged vector) with prompt-scale
 values and example-count weights; the round comparison runs the demo job (MiniLM, Rotten Tomatoes) in-process
 twice, HE off then on, with the same seed, sites and backbone.
 """
@@ -19,25 +19,25 @@ import psutil
 import torch
 
 from crypto.ckks import PublicContext, SecretContext
-from fedprompt.config import HESection
+from fedprompt.config import HESection, JobConfig
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
 from fedprompt.demo import DemoOptions, demo_job
-from fedprompt.models import load_backbone
+from fedprompt.models import Backbone, build_classifier, load_backbone
 from fedprompt.report import table, write_json
 from fedprompt.simulation import simulate
 
 UPDATES = 1000
-VECTOR = 16 * 384
 SITES = 3
-ROUNDS = 3
-STEPS = 10
+ROUNDS = 2
+STEPS = 4
+TEST_SIZE = 150
 MEMORY_AT = (1, 10, 100, 250, 500, 750, 1000)
 
 
-def _micro(seed: int) -> dict[str, Any]:
+def _micro(seed: int, size: int) -> dict[str, Any]:
     params = HESection(enabled=True).params()
     rng = np.random.default_rng(seed)
-    deltas = rng.normal(0.0, 0.02, (UPDATES, VECTOR))
+    deltas = rng.normal(0.0, 0.02, (UPDATES, size))
     weights = rng.integers(1, 200, UPDATES)
     secret = SecretContext.create(params)
     public = PublicContext(secret.public_bytes(), params, secret.key_id)
@@ -46,7 +46,7 @@ def _micro(seed: int) -> dict[str, Any]:
     encrypt_s = (time.perf_counter() - began) / UPDATES
 
     process = psutil.Process()
-    total = public.new_sum(VECTOR)
+    total = public.new_sum(size)
     rss: dict[int, int] = {}
     began = time.perf_counter()
     for k, data in enumerate(uploads, start=1):
@@ -57,12 +57,12 @@ def _micro(seed: int) -> dict[str, Any]:
     aggregate = total.to_bytes()
 
     began = time.perf_counter()
-    summed, weight = secret.decrypt(aggregate, VECTOR)
+    summed, weight = secret.decrypt(aggregate, size)
     decrypt_s = time.perf_counter() - began
     expected_sum = weights.astype(np.float64) @ deltas
     expected_mean = expected_sum / weights.sum()
     return {
-        "plain_bytes": 4 * VECTOR, "cipher_bytes": len(uploads[0]), "aggregate_bytes": len(aggregate),
+        "plain_bytes": 4 * size, "cipher_bytes": len(uploads[0]), "aggregate_bytes": len(aggregate),
         "security_bits": params.security_bits, "params": params.describe(), "encrypt_s": encrypt_s,
         "aggregate_s_per_update": aggregate_s, "decrypt_s": decrypt_s,
         "max_abs_error": float(np.abs(summed / weight - expected_mean).max()),
@@ -77,10 +77,8 @@ def _round_seconds(report: dict[str, Any]) -> float:
     return float(np.mean([r["seconds"] for r in report["rounds"]]))
 
 
-def _rounds(seed: int) -> dict[str, Any]:
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=seed))
-    backbone = load_backbone(base.model.path)
-    train, test, names = load_split("rotten_tomatoes", 300, seed, base.task.label_names)
+def _rounds(base: JobConfig, backbone: Backbone, seed: int) -> dict[str, Any]:
+    train, test, names = load_split("rotten_tomatoes", TEST_SIZE, seed, base.task.label_names)
     sites = split_sites(train, test, names, SITES, PartitionSpec("iid"), seed)
     plain = simulate(dataclasses.replace(base, he=HESection(enabled=False)), sites, backbone)
     secure = simulate(dataclasses.replace(base, he=HESection(enabled=True)), sites, backbone)
@@ -88,15 +86,18 @@ def _rounds(seed: int) -> dict[str, Any]:
             "plain_final_accuracy": plain["final_accuracy"], "secure_final_accuracy": secure["final_accuracy"],
             "plain_bytes_up_per_round": plain["rounds"][-1]["bytes_up"],
             "secure_bytes_up_per_round": secure["rounds"][-1]["bytes_up"],
-            "settings": {"sites": SITES, "rounds": ROUNDS, "steps": STEPS, "test_size": 300,
+            "settings": {"sites": SITES, "rounds": ROUNDS, "steps": STEPS, "test_size": TEST_SIZE,
                          "backbone": base.model.path}}
 
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
-    micro = _micro(args.seed)
-    print(f"[bench he] {UPDATES} updates of {VECTOR} floats encrypted and folded", flush=True)
-    rounds = _rounds(args.seed)
+    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed))
+    backbone = load_backbone(base.model.path)
+    size = build_classifier(base, backbone).vector_size
+    micro = _micro(args.seed, size)
+    print(f"[bench he] {UPDATES} updates of {size} floats encrypted and folded", flush=True)
+    rounds = _rounds(base, backbone, args.seed)
     out = {
         "plain_bytes": micro["plain_bytes"],
         "cipher_bytes": micro["cipher_bytes"],
