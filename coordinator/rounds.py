@@ -63,6 +63,8 @@ from fedprompt.protocol import (
 log = structlog.get_logger("coordinator.rounds")
 
 MAX_METRICS = 32
+#: Encrypted jobs: how long a newly joined member without the key holds back the next round (key relay in flight).
+KEY_GRACE_S = 30.0
 #: An encrypted round keeps who contributed and with what weight; the values live only in the encrypted sum.
 NO_PLAINTEXT = np.empty(0, dtype=np.float32)
 
@@ -373,7 +375,7 @@ class JobRuntime:
 
     def _open_round(self, number: int) -> None:
         eligible = [p for p in self.online() if self.keys is None or self.keys.holds(p)]
-        if len(eligible) < self.config.job.min_participants:
+        if len(eligible) < self.config.job.min_participants or self._awaiting_keys():
             return
         k = min(self.config.job.participants_per_round, len(eligible))
         rng = random.Random(f"{self.config.job.seed}:{number}:{self.next_attempt}")
@@ -383,6 +385,14 @@ class JobRuntime:
                               encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
+
+    def _awaiting_keys(self) -> bool:
+        """Encrypted jobs: an online member that joined within ``KEY_GRACE_S`` and still lacks the key holds the
+        round back, so a key relay in flight does not leave it out; after the grace the round goes on without it."""
+        if self.keys is None:
+            return False
+        now = self.clock()
+        return any(not self.keys.holds(p) and now - self.members[p].joined_at < KEY_GRACE_S for p in self.online())
 
     def _aggregate(self) -> None:
         r = self.open

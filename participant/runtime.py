@@ -188,7 +188,8 @@ class ParticipantRuntime:
         assert self.info is not None
         while True:
             self.service_keys()
-            task = self.link.get_task(self.info.job_id, poll_s)
+            waiting_for_key = self.keys is not None and self.keys.secret is None
+            task = self.link.get_task(self.info.job_id, 1.0 if waiting_for_key else poll_s)
             if task.kind is TaskKind.DONE:
                 self.log.info("job finished", reason=task.reason)
                 return
