@@ -9,6 +9,13 @@ at most ``max_attempts`` times, after which the job pauses with the reason in it
 Global version ``v`` is the prompt after ``v`` aggregated rounds; version 0 (the initial prompt) is
 supplied by the first participant to join, so the coordinator never needs the PLM.  Every member
 evaluates each new global version on its local test split and reports metrics.
+
+Encrypted jobs (``he.enabled``) keep the same machine with three differences: only members holding the job
+key (``coordinator.keys``) are selected; each update is validated under the job's public context and folded
+into the round's running encrypted sum on arrival (memory independent of the number of updates); and the
+stored global versions are encrypted: version 0 is the encrypted initial prompt and version ``v`` the
+encrypted aggregate (``sum n_i * delta_i`` and ``sum n_i``) of round ``v``.  Key holders rebuild the
+global prompt as ``prompt_0 + sum_v aggregate_v / weight_v``; the coordinator never sees it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import numpy as np
 import structlog
 
 from coordinator.aggregation import Contribution, make_aggregator
+from coordinator.keys import JobKeys
 from coordinator.store import MemberRow, RoundRow, Store
+from crypto.ckks import ENCODING as CKKS
+from crypto.ckks import EncryptedSum
 from fedprompt.config import JobConfig, dump_toml
 from fedprompt.errors import (
     DuplicateUpdate,
@@ -36,10 +46,21 @@ from fedprompt.errors import (
     NotEnrolled,
     NotFound,
     NotSelected,
+    PreconditionFailed,
     StaleRound,
 )
 from fedprompt.payload import FLOAT32, decode_vector
-from fedprompt.protocol import JobDescription, JobView, JoinInfo, Payload, PayloadHeader, RoundView, Task, TaskKind
+from fedprompt.protocol import (
+    JobDescription,
+    JobView,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PayloadHeader,
+    RoundView,
+    Task,
+    TaskKind,
+)
 
 log = structlog.get_logger("coordinator.rounds")
 
@@ -47,6 +68,10 @@ MAX_METRICS = 32
 MAX_METRIC_NAME = 64
 MAX_EXAMPLES = 1_000_000_000
 MAX_VECTOR_SIZE = 16 * 1024 * 1024
+#: Encrypted jobs: how long a newly joined member without the key holds back the next round (key relay in flight).
+KEY_GRACE_S = 30.0
+#: An encrypted round keeps who contributed and with what weight; the values live only in the encrypted sum.
+NO_PLAINTEXT = np.empty(0, dtype=np.float32)
 
 
 class JobState(enum.Enum):
@@ -76,6 +101,7 @@ class OpenRound:
     opened_at: float
     deadline: float
     contributions: dict[str, Contribution] = field(default_factory=dict)
+    encrypted: EncryptedSum | None = None
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -109,6 +135,8 @@ class JobRuntime:
         self.offline_after_s = offline_after_s
         self.max_attempts = max_attempts
         self.aggregator = make_aggregator(config.job.aggregator)
+        self.keys = JobKeys(job_id, config.he.params(), config.he.dealer, store) if config.he.enabled else None
+        self.encoding = CKKS if self.keys is not None else FLOAT32
         self.state = JobState.CREATED
         self.reason = ""
         self.vector_size = 0
@@ -125,6 +153,9 @@ class JobRuntime:
         if self.state not in (JobState.CREATED, JobState.PAUSED):
             raise JobStateError(f"job {self.job_id} is {self.state.value}; only created or paused jobs can start")
         self._set_state(JobState.RUNNING)
+        if self.keys is not None:
+            params = self.keys.params
+            self.log.info("encrypted aggregation", **params.describe())
         self.next_attempt = 1 if self.open is None else self.next_attempt
         return self.state
 
@@ -160,7 +191,8 @@ class JobRuntime:
         self.check_allowed(participant_id)
         return JobDescription(self.job_id, self.config.job.name, self.public_toml)
 
-    def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int) -> JoinInfo:
+    def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int,
+             exchange_public_key: bytes = b"") -> JoinInfo:
         self.check_allowed(participant_id)
         if self.state in TERMINAL:
             raise JobStateError(f"job {self.job_id} is {self.state.value}; it takes no new participants")
@@ -176,6 +208,7 @@ class JobRuntime:
         elif vector_size != self.vector_size:
             raise InvalidUpdate(f"your model yields {vector_size} prompt parameters, this job uses {self.vector_size}; "
                                 "check the model and prompt length")
+        deal = self.keys.register(participant_id, exchange_public_key) if self.keys is not None else False
         now = self.clock()
         previous = self.members.get(participant_id)
         row = MemberRow(self.job_id, participant_id, num_train, num_test, previous.joined_at if previous else now,
@@ -186,8 +219,27 @@ class JobRuntime:
         if self.initialiser is None:
             self.initialiser = participant_id
         provide = self.latest_version() is None and self.initialiser == participant_id
-        self.log.info("participant joined", participant=participant_id, num_train=num_train, provides_initial=provide)
-        return JoinInfo(self.job_id, participant_id, provide)
+        self.log.info("participant joined", participant=participant_id, num_train=num_train, provides_initial=provide,
+                      deals_keys=deal)
+        return JoinInfo(self.job_id, participant_id, provide, deal)
+
+    # ---- encrypted jobs: the key relay -------------------------------------------------------------
+    def _require_keys(self) -> JobKeys:
+        if self.keys is None:
+            raise PreconditionFailed(f"job {self.job_id} is not encrypted (he.enabled is false)")
+        return self.keys
+
+    def publish_context(self, participant_id: str, public_context: bytes, key_id: bytes) -> None:
+        self._member(participant_id)
+        self._require_keys().publish(participant_id, public_context, key_id)
+
+    def share_key(self, participant_id: str, recipient_id: str, sealed_key: bytes) -> None:
+        self._member(participant_id)
+        self._require_keys().share(participant_id, recipient_id, sealed_key)
+
+    def key_state(self, participant_id: str) -> KeyState:
+        self._member(participant_id)
+        return self._require_keys().state_for(participant_id, lambda p: p in self.online())
 
     def _member(self, participant_id: str) -> MemberRow:
         member = self.members.get(participant_id)
@@ -201,6 +253,8 @@ class JobRuntime:
         self._member(participant_id)
         if self.state in (JobState.CANCELLED, JobState.FAILED):
             return Task(TaskKind.DONE, reason=f"job {self.state.value}: {self.reason}")
+        if self.keys is not None and not self.keys.holds(participant_id):
+            return Task(TaskKind.WAIT, reason="waiting for a key holder to share the job key")
         latest = self.latest_version()
         if latest is None:
             return Task(TaskKind.WAIT, reason="waiting for the initial prompt")
@@ -228,8 +282,8 @@ class JobRuntime:
         self._member(participant_id)
         if header.job_id != self.job_id:
             raise NotFound(f"header names job {header.job_id[:80]!r}, the stream is for {self.job_id}")
-        if header.encoding != FLOAT32:
-            raise InvalidUpdate(f"encoding {header.encoding[:40]!r} is not accepted by this job (expects {FLOAT32!r})")
+        if header.encoding != self.encoding:
+            raise InvalidUpdate(f"encoding {header.encoding[:40]!r} is not accepted by this job (expects {self.encoding!r})")
         if header.vector_size != self.vector_size:
             raise InvalidUpdate(f"update has {header.vector_size} parameters, expected {self.vector_size}")
         if header.round == 0:
@@ -237,7 +291,7 @@ class JobRuntime:
                 raise StaleRound("the initial prompt was already provided")
             if participant_id != self.initialiser:
                 raise NotSelected(f"the initial prompt comes from {self.initialiser}, not {participant_id}")
-            return 4 * self.vector_size
+            return self._max_bytes()
         r = self.open
         if r is None or header.round != r.number:
             current = "none" if r is None else str(r.number)
@@ -253,19 +307,35 @@ class JobRuntime:
         if header.num_examples > self.members[participant_id].num_train:
             raise InvalidUpdate(f"num_examples {header.num_examples} exceeds the {self.members[participant_id].num_train} "
                                 "training examples declared at join")
-        return 4 * self.vector_size
+        return self._max_bytes()
+
+    def _max_bytes(self) -> int:
+        """The largest payload this job accepts: a float32 vector, or its encryption under the job's context."""
+        if self.keys is None:
+            return 4 * self.vector_size
+        return self.keys.require_context().expected_size(self.vector_size)
 
     def submit(self, participant_id: str, payload: Payload) -> None:
         """Accept a complete, digest-checked payload; aggregates at once when the last selected one arrives."""
         header = payload.header(max(1, len(payload.data)))
         self.check_header(participant_id, header)
-        vector = decode_vector(payload, self.vector_size)
+        r = self.open
+        if self.keys is not None:
+            # Validate completely (job key id, chunk count, parse under this job's context) before folding.
+            context = self.keys.require_context()
+            if payload.round == 0:
+                context.parse(payload.data, context.key_id, self.vector_size)
+            else:
+                assert r is not None and r.encrypted is not None  # check_header guarantees an open round
+                r.encrypted.add(r.encrypted.parse(payload.data))
+            vector = NO_PLAINTEXT
+        else:
+            vector = decode_vector(payload, self.vector_size)
         if payload.round == 0:
-            self.store.save_prompt(self.job_id, 0, FLOAT32, payload.data)
-            self.log.info("initial prompt stored", participant=participant_id)
+            self.store.save_prompt(self.job_id, 0, self.encoding, payload.data)
+            self.log.info("initial prompt stored", participant=participant_id, encoding=self.encoding)
             self.tick()
             return
-        r = self.open
         assert r is not None  # check_header guarantees an open round for round > 0
         r.contributions[participant_id] = Contribution(participant_id, payload.num_examples, vector)
         r.bytes_up += len(payload.data)
@@ -327,6 +397,9 @@ class JobRuntime:
         """A stored global version (``participant_id`` None for admin export); counts bytes down."""
         if participant_id is not None:
             self._member(participant_id)
+        elif self.keys is not None:
+            raise PreconditionFailed(f"job {self.job_id} is encrypted: the coordinator holds no decrypted prompt; "
+                                     "every key holder writes it to its state directory (prompt-latest.safetensors)")
         stored = self.store.prompt(self.job_id, version)
         if stored is None:
             raise NotFound(f"job {self.job_id} has no global version {version}")
@@ -373,32 +446,45 @@ class JobRuntime:
         return sorted(p for p, m in self.members.items() if m.state == "active" and m.last_seen >= cutoff)
 
     def _open_round(self, number: int) -> None:
-        eligible = self.online()
-        if len(eligible) < self.config.job.min_participants:
+        eligible = [p for p in self.online() if self.keys is None or self.keys.holds(p)]
+        if len(eligible) < self.config.job.min_participants or self._awaiting_keys():
             return
         k = min(self.config.job.participants_per_round, len(eligible))
         rng = random.Random(f"{self.config.job.seed}:{number}:{self.next_attempt}")
         selected = tuple(sorted(rng.sample(eligible, k)))
         now = self.clock()
-        self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s)
+        self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s,
+                              encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
+
+    def _awaiting_keys(self) -> bool:
+        """Encrypted jobs: an online member that joined within ``KEY_GRACE_S`` and still lacks the key holds the
+        round back, so a key relay in flight does not leave it out; after the grace the round goes on without it."""
+        if self.keys is None:
+            return False
+        now = self.clock()
+        return any(not self.keys.holds(p) and now - self.members[p].joined_at < KEY_GRACE_S for p in self.online())
 
     def _aggregate(self) -> None:
         r = self.open
         assert r is not None
         r.bytes_down = self.version_downloads.get(r.number - 1, 0)  # the global this round trained from
         self.store.save_round(r.row(self.job_id, RoundState.AGGREGATING))
-        previous = self.store.prompt(self.job_id, r.number - 1)
-        assert previous is not None
-        current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
-                                self.vector_size)
-        result = self.aggregator.aggregate(current, list(r.contributions.values()))
-        if not np.isfinite(result.vector).all():
-            self._fail_attempt("aggregate is not finite")
-            return
-        self.store.save_prompt(self.job_id, r.number, FLOAT32, result.vector.astype("<f4").tobytes())
-        summary = {**result.metrics, "updates": float(len(r.contributions)),
+        if r.encrypted is not None:
+            data, metrics = r.encrypted.to_bytes(), {}
+        else:
+            previous = self.store.prompt(self.job_id, r.number - 1)
+            assert previous is not None
+            current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
+                                    self.vector_size)
+            result = self.aggregator.aggregate(current, list(r.contributions.values()))
+            if not np.isfinite(result.vector).all():
+                self._fail_attempt("aggregate is not finite")
+                return
+            data, metrics = result.vector.astype("<f4").tobytes(), result.metrics
+        self.store.save_prompt(self.job_id, r.number, self.encoding, data)
+        summary = {**metrics, "updates": float(len(r.contributions)),
                    "examples": float(sum(c.num_examples for c in r.contributions.values()))}
         self.store.save_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary))
         self.log.info("round aggregated", round=r.number, updates=len(r.contributions), aggregator=self.aggregator.name)

@@ -41,7 +41,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         info = self.jobs.job(request.job).join(identity, request.num_train_examples, request.num_test_examples,
-                                               request.vector_size)
+                                               request.vector_size, bytes(request.exchange_public_key))
         self.notifier.notify()
         return serde.join_to_pb(info)
 
@@ -107,6 +107,26 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                                                      request.num_examples)
         self.notifier.notify()
         return participant_pb2.ReportMetricsResponse()
+
+    @rpc_method("ParticipantService")
+    async def PublishContext(self, request: participant_pb2.PublishContextRequest,
+                             context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        self.jobs.job(request.job_id).publish_context(identity, bytes(request.public_context), bytes(request.key_id))
+        self.notifier.notify()
+        return participant_pb2.PublishContextResponse()
+
+    @rpc_method("ParticipantService")
+    async def ShareKey(self, request: participant_pb2.ShareKeyRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        self.jobs.job(request.job_id).share_key(identity, request.recipient_id, bytes(request.sealed_key))
+        self.notifier.notify()
+        return participant_pb2.ShareKeyResponse()
+
+    @rpc_method("ParticipantService")
+    async def GetKeys(self, request: participant_pb2.GetKeysRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.keys_to_pb(self.jobs.job(request.job_id).key_state(identity))
 
 
     @rpc_method("ParticipantService")

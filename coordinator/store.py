@@ -1,7 +1,9 @@
 """Durable coordinator state in one SQLite file (WAL mode, one transaction per state change).
 
 Holds jobs, memberships, rounds, received-update bookkeeping (who, how big, digest; never the payload),
-global prompt versions (as the payload bytes the coordinator was given or computed), and reported metrics.
+global prompt versions (as the payload bytes the coordinator was given or computed: for encrypted jobs the
+encrypted initial prompt and each round's encrypted aggregate), reported metrics, and for encrypted jobs the
+key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open.
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
 
@@ -44,6 +46,17 @@ CREATE TABLE IF NOT EXISTS prompts (
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL, version INTEGER NOT NULL, participant_id TEXT NOT NULL, num_examples INTEGER NOT NULL,
     metrics TEXT NOT NULL, reported_at REAL NOT NULL, PRIMARY KEY (job_id, version, participant_id)
+);
+CREATE TABLE IF NOT EXISTS he_contexts (
+    job_id TEXT PRIMARY KEY, dealer TEXT NOT NULL, key_id BLOB NOT NULL, public_context BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exchange_keys (
+    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, public_key BLOB NOT NULL, PRIMARY KEY (job_id, participant_id)
+);
+CREATE TABLE IF NOT EXISTS sealed_keys (
+    job_id TEXT NOT NULL, recipient TEXT NOT NULL, sender TEXT NOT NULL, blob BLOB NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, recipient)
 );
 """
 
@@ -229,3 +242,17 @@ class Store:
                 self._db.backup(target)
         finally:
             target.close()
+
+    # encrypted jobs: the key relay (nothing here opens anything: public context, public keys, sealed blobs)
+    def save_he_context(self, job_id: str, dealer: str, key_id: bytes, public_context: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO he_contexts VALUES (?,?,?,?,?)", (job_id, dealer, key_id, public_context,
+                                                                     time.time()))
+
+    def save_exchange_key(self, job_id: str, participant_id: str, public_key: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO exchange_keys VALUES (?,?,?)", (job_id, participant_id, public_key))
+
+    def save_sealed_key(self, job_id: str, recipient: str, sender: str, blob: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO sealed_keys VALUES (?,?,?,?,?)", (job_id, recipient, sender, blob, time.time()))

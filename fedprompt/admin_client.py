@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import numpy as np
-from safetensors.numpy import load_file, save_file
 
 from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
-from fedprompt.errors import FedPromptError, InvalidUpdate
+from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler, decode_vector
+from fedprompt.promptfile import load_prompt, save_prompt
 from fedprompt.protocol import JobView, ParticipantView
 from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc
+
+__all__ = ["AdminClient", "load_prompt", "save_prompt"]
 
 
 class AdminClient:
@@ -76,20 +77,3 @@ class AdminClient:
         save_prompt(out, vector, first.job_config_toml, payload.round, job_id)
         return out
 
-
-def save_prompt(path: Path, vector: np.ndarray, config_toml: str, version: int, job_id: str) -> None:
-    """A portable prompt file: the vector plus the job config needed to rebuild the model (no pickle)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"prompt_vector": vector}, str(path),
-              metadata={"job_config_toml": config_toml, "version": str(version), "job_id": job_id})
-
-
-def load_prompt(path: Path) -> tuple[np.ndarray, str]:
-    """Read a prompt file written by ``save_prompt``: (vector, job config TOML)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as fh:
-        metadata = fh.metadata() or {}
-    if "job_config_toml" not in metadata:
-        raise InvalidUpdate(f"{path} is not a fedprompt prompt file (no job config)")
-    return load_file(str(path))["prompt_vector"], metadata["job_config_toml"]

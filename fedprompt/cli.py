@@ -280,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed, insecure=args.insecure))
+                                test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")
     demo.add_argument("--insecure", action="store_true",
                       help="plaintext, unverified identities (default: mTLS with a throwaway CA)")
+    demo.add_argument("--no-he", action="store_true",
+                      help="aggregate in plaintext (default: CKKS-encrypted aggregation, coordinator sees no update)")
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")

@@ -137,6 +137,30 @@ class AugmentSection:
 
 
 @dataclass(frozen=True)
+class HESection:
+    """Homomorphic-encrypted secure aggregation (CKKS): the coordinator only ever adds ciphertexts.
+
+    ``dealer`` names the participant that creates the job's keys (default: the first to join).
+    """
+
+    enabled: bool = False
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (59, 16)
+    scale_bits: int = 30
+    max_summands: int = 1000
+    dealer: str = ""
+
+    def validate(self, prefix: str) -> None:
+        self.params().check(prefix)
+
+    def params(self):  # type: ignore[no-untyped-def]
+        """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""
+        from crypto.ckks import CkksParams
+
+        return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything a job needs, shared verbatim by coordinator and participants."""
 
@@ -145,6 +169,7 @@ class JobConfig:
     task: TaskSection = field(default_factory=TaskSection)
     train: TrainSection = field(default_factory=TrainSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
+    he: HESection = field(default_factory=HESection)
 
     def validate(self, prefix: str) -> None:
         """Checks that span sections (each section validated itself already)."""
@@ -153,6 +178,11 @@ class JobConfig:
             "augment.warmup_rounds",
             f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
         )
+        if self.he.enabled:
+            _check(self.job.aggregator == "fedavg", "job.aggregator",
+                   f"encrypted aggregation (he.enabled) supports 'fedavg' only, got {self.job.aggregator!r}")
+            _check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
+                   f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
 
 
 @dataclass(frozen=True)

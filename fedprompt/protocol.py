@@ -77,6 +77,20 @@ class JoinInfo:
     job_id: str
     participant_id: str
     provide_initial_prompt: bool = False
+    deal_keys: bool = False
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """An encrypted job's key relay as one participant sees it (all of it is safe for the coordinator to hold)."""
+
+    public_context: bytes = b""
+    key_id: bytes = b""
+    dealer_id: str = ""
+    sealed_key: bytes = b""
+    sealer_id: str = ""
+    sealer_public_key: bytes = b""
+    needs_key: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from fedprompt.protocol import (
     JobDescription,
     JobView,
     JoinInfo,
+    KeyState,
     ParticipantView,
     Payload,
     PayloadHeader,
@@ -77,11 +78,24 @@ def description_from_pb(pb: participant_pb2.DescribeJobResponse) -> JobDescripti
 
 def join_to_pb(info: JoinInfo) -> participant_pb2.JoinResponse:
     return participant_pb2.JoinResponse(job_id=info.job_id, participant_id=info.participant_id,
-                                        provide_initial_prompt=info.provide_initial_prompt)
+                                        provide_initial_prompt=info.provide_initial_prompt, deal_keys=info.deal_keys)
 
 
 def join_from_pb(pb: participant_pb2.JoinResponse) -> JoinInfo:
-    return JoinInfo(pb.job_id, pb.participant_id, pb.provide_initial_prompt)
+    return JoinInfo(pb.job_id, pb.participant_id, pb.provide_initial_prompt, pb.deal_keys)
+
+
+def keys_to_pb(k: KeyState) -> participant_pb2.GetKeysResponse:
+    return participant_pb2.GetKeysResponse(
+        public_context=k.public_context, key_id=k.key_id, dealer_id=k.dealer_id, sealed_key=k.sealed_key,
+        sealer_id=k.sealer_id, sealer_public_key=k.sealer_public_key,
+        needs_key=[participant_pb2.KeyRecipient(participant_id=p, exchange_public_key=key) for p, key in k.needs_key])
+
+
+def keys_from_pb(pb: participant_pb2.GetKeysResponse) -> KeyState:
+    return KeyState(bytes(pb.public_context), bytes(pb.key_id), pb.dealer_id, bytes(pb.sealed_key), pb.sealer_id,
+                    bytes(pb.sealer_public_key),
+                    tuple((r.participant_id, bytes(r.exchange_public_key)) for r in pb.needs_key))
 
 
 def round_to_pb(r: RoundView) -> admin_pb2.RoundStatus:

@@ -16,7 +16,7 @@ from fedprompt.config import JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import SiteData
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task, TaskKind
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, Task, TaskKind
 from fedprompt.report import build_report
 from participant.runtime import ParticipantRuntime
 
@@ -33,8 +33,9 @@ class LocalLink:
     def describe(self, job: str) -> JobDescription:
         return self.jobs.job(job).describe(self.identity)
 
-    def join(self, job: str, num_train: int, num_test: int, vector_size: int) -> JoinInfo:
-        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size)
+    def join(self, job: str, num_train: int, num_test: int, vector_size: int,
+             exchange_public_key: bytes = b"") -> JoinInfo:
+        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size, exchange_public_key)
 
     def get_task(self, job_id: str, wait_s: float) -> Task:
         job = self.jobs.job(job_id)
@@ -49,6 +50,15 @@ class LocalLink:
 
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
         self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
+
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
+        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id)
+
+    def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
+        self.jobs.job(job_id).share_key(self.identity, recipient_id, sealed_key)
+
+    def keys(self, job_id: str) -> KeyState:
+        return self.jobs.job(job_id).key_state(self.identity)
 
 
 def simulate(
@@ -77,6 +87,7 @@ def simulate(
         for k, runtime in enumerate(runtimes):
             if k in finished or runtime.info is None:
                 continue
+            runtime.service_keys()
             task = runtime.link.get_task(runtime.info.job_id, 0)
             if task.kind is TaskKind.DONE:
                 finished.add(k)

@@ -19,7 +19,7 @@ from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler
-from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, Task
 from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 
@@ -96,9 +96,10 @@ class GrpcLink:
         return serde.description_from_pb(self._call("DescribeJob", lambda: self.stub.DescribeJob(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
 
-    def join(self, job: str, num_train: int, num_test: int, vector_size: int) -> JoinInfo:
+    def join(self, job: str, num_train: int, num_test: int, vector_size: int,
+             exchange_public_key: bytes = b"") -> JoinInfo:
         request = participant_pb2.JoinRequest(job=job, num_train_examples=num_train, num_test_examples=num_test,
-                                              vector_size=vector_size)
+                                              vector_size=vector_size, exchange_public_key=exchange_public_key)
         return serde.join_from_pb(self._call("Join", lambda: self.stub.Join(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
 
@@ -145,3 +146,17 @@ class GrpcLink:
             return str(self.stub.Heartbeat(request, metadata=self.metadata, timeout=timeout_s).job_state)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
+        request = participant_pb2.PublishContextRequest(job_id=job_id, public_context=public_context, key_id=key_id)
+        self._call("PublishContext", lambda: self.stub.PublishContext(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
+        request = participant_pb2.ShareKeyRequest(job_id=job_id, recipient_id=recipient_id, sealed_key=sealed_key)
+        self._call("ShareKey", lambda: self.stub.ShareKey(request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def keys(self, job_id: str) -> KeyState:
+        request = participant_pb2.GetKeysRequest(job_id=job_id)
+        return serde.keys_from_pb(self._call("GetKeys", lambda: self.stub.GetKeys(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s)))

@@ -5,6 +5,11 @@ and evaluation metrics (with ``[augment]`` on, also the count and time of the ro
 reported with the evaluation of the version that round produced).  FedAvg weights stay the labelled
 counts: pseudo-labels add training signal, not weight.  Every submitted delta is also kept in the site's
 state directory, an audit trail of exactly what left the institution.
+
+In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delta_i`` and of the weight
+``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
+aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
+(``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from crypto.ckks import ENCODING as CKKS
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import FedPromptError, PermissionDenied
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
+from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
 from participant.fewshot import PseudoLabeller
+from participant.keys import KeyHolder
 from participant.link import ROUND_MOVED_ON, CoordinatorLink
 from participant.train import ProgressFn, evaluate, train_local
 
@@ -55,10 +63,12 @@ class ParticipantRuntime:
         self.progress = progress
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
+        self.config_toml = ""
         self.model: PromptClassifier | None = None
         self._globals: dict[int, np.ndarray] = {}
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
+        self.keys: KeyHolder | None = None
         self.log = log
         self.stop = threading.Event()  # set by the daemon's SIGTERM handler; checked between tasks
         self.busy = False  # a task is in hand (a stop then waits for it to finish)
@@ -67,23 +77,33 @@ class ParticipantRuntime:
         """Learn the job's config, build its model, join, and provide the initial prompt if asked to."""
         description = self.link.describe(self.job_ref)
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
+        self.config_toml = description.config_toml
         model = self.model_factory(self.config)
         self.model = model
         self._labels("train")  # refuse to join with data whose labels the job does not know
-        info = self.link.join(description.job_id, len(self.site.train), len(self.site.test), model.vector_size)
+        if self.config.he.enabled:
+            self.keys = KeyHolder(self.link, self.config.he.params(), self.state_dir)
+        info = self._join_request(description.job_id)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
                                             f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
+        if self.keys is not None:
+            self.keys.joined(info.job_id, info.participant_id, info.deal_keys)
         if info.provide_initial_prompt:
-            self.link.upload(Payload(info.job_id, 0, FLOAT32, model.vector_size, encode_vector(model.get_vector())))
-            self.log.info("initial prompt provided", vector_size=model.vector_size)
+            self.link.upload(self._payload(0, model.get_vector(), 1))
+            self.log.info("initial prompt provided", vector_size=model.vector_size, encoding=self._encoding)
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "participant.json").write_text(json.dumps(
                 {"job_id": info.job_id, "participant_id": info.participant_id}), encoding="utf-8")
         return info
+
+    def _join_request(self, job_id: str) -> JoinInfo:
+        """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key."""
+        return self.link.join(job_id, len(self.site.train), len(self.site.test), self._model().vector_size,
+                              self.keys.public_key if self.keys is not None else b"")
 
     def _model(self) -> PromptClassifier:
         if self.model is None:
@@ -94,12 +114,52 @@ class ParticipantRuntime:
         assert self.config is not None
         return label_indices(getattr(self.site, which), self.config.task.label_names)
 
+    @property
+    def _encoding(self) -> str:
+        return CKKS if self.keys is not None else FLOAT32
+
+    def _payload(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
+        """What leaves the site: the plain vector, or the encryption of ``weight * vector`` and ``weight``."""
+        assert self.info is not None
+        size = self._model().vector_size
+        if self.keys is None:
+            return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
+                           num_examples=weight if round_ else 0)
+        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, weight)
+        return Payload(self.info.job_id, round_, CKKS, size, data, num_examples=weight if round_ else 0)
+
+    def service_keys(self) -> None:
+        """Encrypted jobs: pick up the job key when it arrives, and share it with members that lack it."""
+        if self.keys is not None and self.info is not None:
+            self.keys.refresh()
+
     def _global(self, version: int) -> np.ndarray:
         if version not in self._globals:
             assert self.info is not None
-            payload = self.link.download(self.info.job_id, version)
-            self._globals = {version: decode_vector(payload, self._model().vector_size)}
+            if self.keys is None:
+                payload = self.link.download(self.info.job_id, version)
+                self._globals = {version: decode_vector(payload, self._model().vector_size)}
+            else:
+                self._globals = {version: self._decrypted_global(version)}
         return self._globals[version]
+
+    def _decrypted_global(self, version: int) -> np.ndarray:
+        """Rebuild global ``version`` from the newest one known here plus the encrypted aggregates after it."""
+        assert self.info is not None and self.keys is not None and self.config is not None
+        secret = self.keys.require()
+        size = self._model().vector_size
+        known = [v for v in self._globals if v <= version]
+        current, vector = (known[0], self._globals[known[0]].astype(np.float64)) if known else (-1, np.zeros(size))
+        while current < version:
+            current += 1
+            total, weight = secret.decrypt(self.link.download(self.info.job_id, current).data, size)
+            vector = total / weight if current == 0 else vector + total / weight
+            if self.state_dir is not None:
+                (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
+                np.save(self.state_dir / "globals" / f"version-{current:04d}.npy", vector)
+                save_prompt(self.state_dir / "prompt-latest.safetensors", vector.astype(np.float32),
+                            self.config_toml, current, self.info.job_id)
+        return vector.astype(np.float32)
 
     def handle(self, task: Task) -> None:
         """Carry out one task."""
@@ -138,9 +198,7 @@ class ParticipantRuntime:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)
             np.save(outbox / f"round-{task.round:04d}.npy", delta)
-        payload = Payload(self.info.job_id, task.round, FLOAT32, model.vector_size, encode_vector(delta),
-                          num_examples=len(self.site.train))
-        self.link.upload(payload)
+        self.link.upload(self._payload(task.round, delta, len(self.site.train)))
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),
                       seconds=round(time.perf_counter() - began, 1))
 
@@ -157,14 +215,15 @@ class ParticipantRuntime:
         assert self.info is not None
         rejoined = False
         while not self.stop.is_set():
+            self.service_keys()
+            waiting_for_key = self.keys is not None and self.keys.secret is None
             try:
-                task = self.link.get_task(self.info.job_id, poll_s)
+                task = self.link.get_task(self.info.job_id, 1.0 if waiting_for_key else poll_s)
             except PermissionDenied:
                 if rejoined:
                     raise
                 self.log.warning("coordinator does not know this member: joining again")
-                self.info = self.link.join(self.info.job_id, len(self.site.train), len(self.site.test),
-                                           self._model().vector_size)
+                self.info = self._join_request(self.info.job_id)
                 rejoined = True
                 continue
             rejoined = False

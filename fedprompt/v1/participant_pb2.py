@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedprompt.v1 import common_pb2 as fedprompt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64prompt/v1/participant.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"!\n\x12\x44\x65scribeJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"P\n\x13\x44\x65scribeJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x17\n\x0fjob_config_toml\x18\x03 \x01(\t\"f\n\x0bJoinRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x02 \x01(\x04\x12\x19\n\x11num_test_examples\x18\x03 \x01(\x04\x12\x13\n\x0bvector_size\x18\x04 \x01(\r\"V\n\x0cJoinResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x1e\n\x16provide_initial_prompt\x18\x03 \x01(\x08\"1\n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\x85\x01\n\x0fGetTaskResponse\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.fedprompt.v1.TaskKind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x16\n\x0eglobal_version\x18\x03 \x01(\r\x12\x15\n\rdeadline_unix\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"8\n\x15\x44ownloadGlobalRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"|\n\x16\x44ownloadGlobalResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x42\x06\n\x04part\"y\n\x13UploadUpdateRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x42\x06\n\x04part\"B\n\x14UploadUpdateResponse\x12\x12\n\nsha256_hex\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"\xbf\x01\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12@\n\x07metrics\x18\x03 \x03(\x0b\x32/.fedprompt.v1.ReportMetricsRequest.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15ReportMetricsResponse\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x11HeartbeatResponse\x12\x11\n\tjob_state\x18\x01 \x01(\t*z\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x12\x12\n\x0eTASK_KIND_DONE\x10\x04\x32\xcf\x04\n\x12ParticipantService\x12R\n\x0b\x44\x65scribeJob\x12 .fedprompt.v1.DescribeJobRequest\x1a!.fedprompt.v1.DescribeJobResponse\x12=\n\x04Join\x12\x19.fedprompt.v1.JoinRequest\x1a\x1a.fedprompt.v1.JoinResponse\x12\x46\n\x07GetTask\x12\x1c.fedprompt.v1.GetTaskRequest\x1a\x1d.fedprompt.v1.GetTaskResponse\x12]\n\x0e\x44ownloadGlobal\x12#.fedprompt.v1.DownloadGlobalRequest\x1a$.fedprompt.v1.DownloadGlobalResponse0\x01\x12W\n\x0cUploadUpdate\x12!.fedprompt.v1.UploadUpdateRequest\x1a\".fedprompt.v1.UploadUpdateResponse(\x01\x12X\n\rReportMetrics\x12\".fedprompt.v1.ReportMetricsRequest\x1a#.fedprompt.v1.ReportMetricsResponse\x12L\n\tHeartbeat\x12\x1e.fedprompt.v1.HeartbeatRequest\x1a\x1f.fedprompt.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64prompt/v1/participant.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"!\n\x12\x44\x65scribeJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\"P\n\x13\x44\x65scribeJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x17\n\x0fjob_config_toml\x18\x03 \x01(\t\"\x83\x01\n\x0bJoinRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x02 \x01(\x04\x12\x19\n\x11num_test_examples\x18\x03 \x01(\x04\x12\x13\n\x0bvector_size\x18\x04 \x01(\r\x12\x1b\n\x13\x65xchange_public_key\x18\x05 \x01(\x0c\"i\n\x0cJoinResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x1e\n\x16provide_initial_prompt\x18\x03 \x01(\x08\x12\x11\n\tdeal_keys\x18\x04 \x01(\x08\"1\n\x0eGetTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\x85\x01\n\x0fGetTaskResponse\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.fedprompt.v1.TaskKind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x16\n\x0eglobal_version\x18\x03 \x01(\r\x12\x15\n\rdeadline_unix\x18\x04 \x01(\x01\x12\x0e\n\x06reason\x18\x05 \x01(\t\"8\n\x15\x44ownloadGlobalRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"|\n\x16\x44ownloadGlobalResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x42\x06\n\x04part\"y\n\x13UploadUpdateRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x42\x06\n\x04part\"B\n\x14UploadUpdateResponse\x12\x12\n\nsha256_hex\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"\xbf\x01\n\x14ReportMetricsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12@\n\x07metrics\x18\x03 \x03(\x0b\x32/.fedprompt.v1.ReportMetricsRequest.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15ReportMetricsResponse\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x11HeartbeatResponse\x12\x11\n\tjob_state\x18\x01 \x01(\t\"O\n\x15PublishContextRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_context\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\x0c\"\x18\n\x16PublishContextResponse\"K\n\x0fShareKeyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\x12\x12\n\nsealed_key\x18\x03 \x01(\x0c\"\x12\n\x10ShareKeyResponse\" \n\x0eGetKeysRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"C\n\x0cKeyRecipient\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x1b\n\x13\x65xchange_public_key\x18\x02 \x01(\x0c\"\xbd\x01\n\x0fGetKeysResponse\x12\x16\n\x0epublic_context\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\x12\x11\n\tdealer_id\x18\x03 \x01(\t\x12\x12\n\nsealed_key\x18\x04 \x01(\x0c\x12\x11\n\tsealer_id\x18\x05 \x01(\t\x12\x19\n\x11sealer_public_key\x18\x06 \x01(\x0c\x12-\n\tneeds_key\x18\x07 \x03(\x0b\x32\x1a.fedprompt.v1.KeyRecipient*z\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_WAIT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x03\x12\x12\n\x0eTASK_KIND_DONE\x10\x04\x32\xbf\x06\n\x12ParticipantService\x12R\n\x0b\x44\x65scribeJob\x12 .fedprompt.v1.DescribeJobRequest\x1a!.fedprompt.v1.DescribeJobResponse\x12=\n\x04Join\x12\x19.fedprompt.v1.JoinRequest\x1a\x1a.fedprompt.v1.JoinResponse\x12\x46\n\x07GetTask\x12\x1c.fedprompt.v1.GetTaskRequest\x1a\x1d.fedprompt.v1.GetTaskResponse\x12]\n\x0e\x44ownloadGlobal\x12#.fedprompt.v1.DownloadGlobalRequest\x1a$.fedprompt.v1.DownloadGlobalResponse0\x01\x12W\n\x0cUploadUpdate\x12!.fedprompt.v1.UploadUpdateRequest\x1a\".fedprompt.v1.UploadUpdateResponse(\x01\x12X\n\rReportMetrics\x12\".fedprompt.v1.ReportMetricsRequest\x1a#.fedprompt.v1.ReportMetricsResponse\x12L\n\tHeartbeat\x12\x1e.fedprompt.v1.HeartbeatRequest\x1a\x1f.fedprompt.v1.HeartbeatResponse\x12[\n\x0ePublishContext\x12#.fedprompt.v1.PublishContextRequest\x1a$.fedprompt.v1.PublishContextResponse\x12I\n\x08ShareKey\x12\x1d.fedprompt.v1.ShareKeyRequest\x1a\x1e.fedprompt.v1.ShareKeyResponse\x12\x46\n\x07GetKeys\x12\x1c.fedprompt.v1.GetKeysRequest\x1a\x1d.fedprompt.v1.GetKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +34,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1241
-  _globals['_TASKKIND']._serialized_end=1363
+  _globals['_TASKKIND']._serialized_start=1789
+  _globals['_TASKKIND']._serialized_end=1911
   _globals['_DESCRIBEJOBREQUEST']._serialized_start=75
   _globals['_DESCRIBEJOBREQUEST']._serialized_end=108
   _globals['_DESCRIBEJOBRESPONSE']._serialized_start=110
   _globals['_DESCRIBEJOBRESPONSE']._serialized_end=190
-  _globals['_JOINREQUEST']._serialized_start=192
-  _globals['_JOINREQUEST']._serialized_end=294
-  _globals['_JOINRESPONSE']._serialized_start=296
-  _globals['_JOINRESPONSE']._serialized_end=382
-  _globals['_GETTASKREQUEST']._serialized_start=384
-  _globals['_GETTASKREQUEST']._serialized_end=433
-  _globals['_GETTASKRESPONSE']._serialized_start=436
-  _globals['_GETTASKRESPONSE']._serialized_end=569
-  _globals['_DOWNLOADGLOBALREQUEST']._serialized_start=571
-  _globals['_DOWNLOADGLOBALREQUEST']._serialized_end=627
-  _globals['_DOWNLOADGLOBALRESPONSE']._serialized_start=629
-  _globals['_DOWNLOADGLOBALRESPONSE']._serialized_end=753
-  _globals['_UPLOADUPDATEREQUEST']._serialized_start=755
-  _globals['_UPLOADUPDATEREQUEST']._serialized_end=876
-  _globals['_UPLOADUPDATERESPONSE']._serialized_start=878
-  _globals['_UPLOADUPDATERESPONSE']._serialized_end=944
-  _globals['_REPORTMETRICSREQUEST']._serialized_start=947
-  _globals['_REPORTMETRICSREQUEST']._serialized_end=1138
-  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_start=1092
-  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_end=1138
-  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1140
-  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1163
-  _globals['_HEARTBEATREQUEST']._serialized_start=1165
-  _globals['_HEARTBEATREQUEST']._serialized_end=1199
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1201
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1239
-  _globals['_PARTICIPANTSERVICE']._serialized_start=1366
-  _globals['_PARTICIPANTSERVICE']._serialized_end=1957
+  _globals['_JOINREQUEST']._serialized_start=193
+  _globals['_JOINREQUEST']._serialized_end=324
+  _globals['_JOINRESPONSE']._serialized_start=326
+  _globals['_JOINRESPONSE']._serialized_end=431
+  _globals['_GETTASKREQUEST']._serialized_start=433
+  _globals['_GETTASKREQUEST']._serialized_end=482
+  _globals['_GETTASKRESPONSE']._serialized_start=485
+  _globals['_GETTASKRESPONSE']._serialized_end=618
+  _globals['_DOWNLOADGLOBALREQUEST']._serialized_start=620
+  _globals['_DOWNLOADGLOBALREQUEST']._serialized_end=676
+  _globals['_DOWNLOADGLOBALRESPONSE']._serialized_start=678
+  _globals['_DOWNLOADGLOBALRESPONSE']._serialized_end=802
+  _globals['_UPLOADUPDATEREQUEST']._serialized_start=804
+  _globals['_UPLOADUPDATEREQUEST']._serialized_end=925
+  _globals['_UPLOADUPDATERESPONSE']._serialized_start=927
+  _globals['_UPLOADUPDATERESPONSE']._serialized_end=993
+  _globals['_REPORTMETRICSREQUEST']._serialized_start=996
+  _globals['_REPORTMETRICSREQUEST']._serialized_end=1187
+  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_start=1141
+  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_end=1187
+  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1189
+  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1212
+  _globals['_HEARTBEATREQUEST']._serialized_start=1214
+  _globals['_HEARTBEATREQUEST']._serialized_end=1248
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1250
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1288
+  _globals['_PUBLISHCONTEXTREQUEST']._serialized_start=1290
+  _globals['_PUBLISHCONTEXTREQUEST']._serialized_end=1369
+  _globals['_PUBLISHCONTEXTRESPONSE']._serialized_start=1371
+  _globals['_PUBLISHCONTEXTRESPONSE']._serialized_end=1395
+  _globals['_SHAREKEYREQUEST']._serialized_start=1397
+  _globals['_SHAREKEYREQUEST']._serialized_end=1472
+  _globals['_SHAREKEYRESPONSE']._serialized_start=1474
+  _globals['_SHAREKEYRESPONSE']._serialized_end=1492
+  _globals['_GETKEYSREQUEST']._serialized_start=1494
+  _globals['_GETKEYSREQUEST']._serialized_end=1526
+  _globals['_KEYRECIPIENT']._serialized_start=1528
+  _globals['_KEYRECIPIENT']._serialized_end=1595
+  _globals['_GETKEYSRESPONSE']._serialized_start=1598
+  _globals['_GETKEYSRESPONSE']._serialized_end=1787
+  _globals['_PARTICIPANTSERVICE']._serialized_start=1914
+  _globals['_PARTICIPANTSERVICE']._serialized_end=2745
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -38,26 +38,30 @@ class DescribeJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size")
+    __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size", "exchange_public_key")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     job: str
     num_train_examples: int
     num_test_examples: int
     vector_size: int
-    def __init__(self, job: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ..., vector_size: _Optional[int] = ...) -> None: ...
+    exchange_public_key: bytes
+    def __init__(self, job: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ..., vector_size: _Optional[int] = ..., exchange_public_key: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("job_id", "participant_id", "provide_initial_prompt")
+    __slots__ = ("job_id", "participant_id", "provide_initial_prompt", "deal_keys")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDE_INITIAL_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    DEAL_KEYS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     participant_id: str
     provide_initial_prompt: bool
-    def __init__(self, job_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., provide_initial_prompt: _Optional[bool] = ...) -> None: ...
+    deal_keys: bool
+    def __init__(self, job_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., provide_initial_prompt: _Optional[bool] = ..., deal_keys: _Optional[bool] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("job_id", "wait_ms")
@@ -147,3 +151,63 @@ class HeartbeatResponse(_message.Message):
     JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     job_state: str
     def __init__(self, job_state: _Optional[str] = ...) -> None: ...
+
+class PublishContextRequest(_message.Message):
+    __slots__ = ("job_id", "public_context", "key_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    public_context: bytes
+    key_id: bytes
+    def __init__(self, job_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ...) -> None: ...
+
+class PublishContextResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShareKeyRequest(_message.Message):
+    __slots__ = ("job_id", "recipient_id", "sealed_key")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_KEY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    recipient_id: str
+    sealed_key: bytes
+    def __init__(self, job_id: _Optional[str] = ..., recipient_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ...) -> None: ...
+
+class ShareKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetKeysRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class KeyRecipient(_message.Message):
+    __slots__ = ("participant_id", "exchange_public_key")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    exchange_public_key: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., exchange_public_key: _Optional[bytes] = ...) -> None: ...
+
+class GetKeysResponse(_message.Message):
+    __slots__ = ("public_context", "key_id", "dealer_id", "sealed_key", "sealer_id", "sealer_public_key", "needs_key")
+    PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_KEY_FIELD_NUMBER: _ClassVar[int]
+    public_context: bytes
+    key_id: bytes
+    dealer_id: str
+    sealed_key: bytes
+    sealer_id: str
+    sealer_public_key: bytes
+    needs_key: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
+    def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,21 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.PublishContext = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/PublishContext',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishContextRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishContextResponse.FromString,
+                _registered_method=True)
+        self.ShareKey = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/ShareKey',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.ShareKeyRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ShareKeyResponse.FromString,
+                _registered_method=True)
+        self.GetKeys = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/GetKeys',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -120,6 +135,27 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishContext(self, request, context):
+        """Encrypted jobs: the key dealer publishes the public (key-less) CKKS context and the key id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareKey(self, request, context):
+        """Encrypted jobs: a key holder relays the job key, sealed for one recipient, through the coordinator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeys(self, request, context):
+        """Encrypted jobs: the public context, the caller's sealed key if any, and who still needs one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +193,21 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'PublishContext': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishContext,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishContextRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishContextResponse.SerializeToString,
+            ),
+            'ShareKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareKey,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ShareKeyRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.ShareKeyResponse.SerializeToString,
+            ),
+            'GetKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeys,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +399,87 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/Heartbeat',
             fedprompt_dot_v1_dot_participant__pb2.HeartbeatRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishContext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/PublishContext',
+            fedprompt_dot_v1_dot_participant__pb2.PublishContextRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.PublishContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/ShareKey',
+            fedprompt_dot_v1_dot_participant__pb2.ShareKeyRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.ShareKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/GetKeys',
+            fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from coordinator.jobs import JobManager
+from coordinator.rounds import KEY_GRACE_S
 from coordinator.store import Store
-from fedprompt.config import dump_toml
+from crypto.ckks import ENCODING, SecretContext
+from crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.config import HESection, dump_toml
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload, TaskKind
@@ -173,3 +177,26 @@ def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup)
     means, reports = job.weighted_metrics(0)
     assert reports == 2
     assert means == {"accuracy": 0.25, "pseudo_labels": 8.0}
+
+
+def test_encrypted_round_waits_briefly_for_a_key_in_flight(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(tmp_path / "he.sqlite")
+    jobs = JobManager(store, clock=clock)
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=2, min_participants=1),
+                                 he=HESection(enabled=True))
+    job = jobs.job(jobs.create_job(dump_toml(config)))
+    assert job.join("a", 10, 5, SIZE, public_bytes(new_exchange_key())).deal_keys
+    secret = SecretContext.create(config.he.params())
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    assert not job.join("b", 10, 5, SIZE, public_bytes(new_exchange_key())).deal_keys
+    assert job.next_task("b").kind is TaskKind.WAIT  # no key yet: no work
+    job.start()
+    job.tick()
+    assert job.open is None  # b's key may be on its way
+    clock.now += KEY_GRACE_S + 1
+    job.next_task("a")
+    job.tick()
+    assert job.open is not None and job.open.selected == ("a",)  # b never got a key: the round goes on
+    store.close()

@@ -1,0 +1,107 @@
+"""The key relay of one encrypted job: exchange keys, the public context, and sealed keys it cannot open.
+
+No trusted provisioner: the job's *key dealer* (``he.dealer``, default the first participant to join) creates
+the CKKS keys, publishes the key-less context here, and seals the secret context for each other member's
+registered X25519 key.  The coordinator only stores and relays; a member joining later is listed to the
+dealer (or, while the dealer is offline, to any key holder) as needing a key.  Only key holders are selected
+for encrypted rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from coordinator.store import Store
+from crypto.ckks import CkksParams, EncryptedSum, PublicContext
+from crypto.sealing import PUBLIC_KEY_BYTES
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, PayloadTooLarge, PreconditionFailed
+from fedprompt.protocol import KeyState
+
+log = structlog.get_logger("coordinator.keys")
+
+MAX_SEALED_BYTES = 1024 * 1024
+
+
+class JobKeys:
+    """Who may deal, who holds the key, and what to relay to whom, for one job."""
+
+    def __init__(self, job_id: str, params: CkksParams, dealer: str, store: Store) -> None:
+        self.job_id = job_id
+        self.params = params
+        self.preferred_dealer = dealer
+        self.store = store
+        self.exchange: dict[str, bytes] = {}
+        self.dealer: str | None = dealer or None
+        self.context: PublicContext | None = None
+        self.sealed: dict[str, tuple[str, bytes]] = {}
+        self.log = log.bind(job_id=job_id)
+
+    def register(self, participant_id: str, public_key: bytes) -> bool:
+        """Bind a member's X25519 public key at join; True if this member is to deal the job's keys."""
+        if len(public_key) != PUBLIC_KEY_BYTES:
+            raise InvalidUpdate(f"encrypted jobs need a {PUBLIC_KEY_BYTES}-byte X25519 exchange key at join, "
+                                f"got {len(public_key)} bytes")
+        known = self.exchange.get(participant_id)
+        if known is not None and known != public_key and self.holds(participant_id):
+            raise InvalidUpdate(f"{participant_id} already holds this job's key under another exchange key")
+        self.exchange[participant_id] = public_key
+        self.store.save_exchange_key(self.job_id, participant_id, public_key)
+        if self.dealer is None:
+            self.dealer = participant_id
+            self.log.info("key dealer chosen", dealer=participant_id)
+        return self.dealer == participant_id and self.context is None
+
+    def holds(self, participant_id: str) -> bool:
+        return participant_id == self.dealer and self.context is not None or participant_id in self.sealed
+
+    def publish(self, participant_id: str, public_context: bytes, key_id: bytes) -> None:
+        """The dealer's public context; refused from anyone else, twice, or when it carries a secret key."""
+        if participant_id != self.dealer:
+            raise NotEnrolled(f"{participant_id} is not the key dealer of job {self.job_id} ({self.dealer})")
+        if self.context is not None:
+            raise DuplicateUpdate(f"job {self.job_id} already has its public context")
+        context = PublicContext(public_context, self.params, key_id)
+        self.context = context
+        self.store.save_he_context(self.job_id, participant_id, key_id, context.data)
+        self.log.info("public context published", dealer=participant_id, bytes=len(context.data),
+                      **self.params.describe())
+
+    def share(self, sender: str, recipient: str, blob: bytes) -> None:
+        """Relay a sealed key from a key holder to a member that has none yet."""
+        if self.context is None:
+            raise PreconditionFailed(f"job {self.job_id} has no public context yet")
+        if not self.holds(sender):
+            raise NotEnrolled(f"{sender} holds no key of job {self.job_id} to share")
+        if recipient not in self.exchange:
+            raise InvalidUpdate(f"{recipient!r} has no registered exchange key in job {self.job_id}")
+        if self.holds(recipient):
+            raise DuplicateUpdate(f"{recipient} already has the key of job {self.job_id}")
+        if not blob or len(blob) > MAX_SEALED_BYTES:
+            raise PayloadTooLarge(f"a sealed key must be 1..{MAX_SEALED_BYTES} bytes, got {len(blob)}")
+        self.sealed[recipient] = (sender, blob)
+        self.store.save_sealed_key(self.job_id, recipient, sender, blob)
+        self.log.info("sealed key relayed", sender=sender, recipient=recipient)
+
+    def state_for(self, participant_id: str, online: Callable[[str], bool]) -> KeyState:
+        """What ``participant_id`` may see: the public context, its own sealed key, and whom it should serve.
+
+        Pending members are listed to the dealer while it is online, else to every online key holder (the
+        first share wins; later ones get ALREADY_EXISTS).
+        """
+        if self.context is None:
+            return KeyState(dealer_id=self.dealer or "")
+        sender, blob = self.sealed.get(participant_id, ("", b""))
+        serves = self.holds(participant_id) and (participant_id == self.dealer or not online(self.dealer or ""))
+        pending = tuple((p, key) for p, key in sorted(self.exchange.items()) if serves and not self.holds(p))
+        return KeyState(self.context.data, self.context.key_id, self.dealer or "", blob, sender,
+                        self.exchange.get(sender, b""), pending)
+
+    def require_context(self) -> PublicContext:
+        if self.context is None:
+            raise PreconditionFailed(f"job {self.job_id} waits for its key dealer to publish the public context")
+        return self.context
+
+    def new_sum(self, vector_size: int) -> EncryptedSum:
+        return self.require_context().new_sum(vector_size)

@@ -1,0 +1,90 @@
+"""A participant's side of an encrypted job's keys: its X25519 exchange key, the job's CKKS secret context,
+and relaying that context, sealed, to members that lack it.
+
+The key dealer creates the job's keys at join and publishes only the key-less context.  Every key holder
+the coordinator asks (the dealer while online, else any holder) seals the secret context for each listed
+member with ``crypto.sealing``; the recipient checks the sealer's registered key, opens the blob, and checks
+the key id against the one the dealer published.  The secret context is kept in the site's state directory
+(owner-only file) so the site can decrypt its prompt later; it never leaves the site unsealed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from crypto.ckks import CkksParams, SecretContext
+from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
+from fedprompt.errors import DuplicateUpdate, FedPromptError
+from participant.link import CoordinatorLink
+
+log = structlog.get_logger("participant.keys")
+
+KEY_FILE = "job-key.ckks"
+
+
+class KeyHolder:
+    """Holds (or waits for) one job's CKKS key on behalf of one participant."""
+
+    def __init__(self, link: CoordinatorLink, params: CkksParams, state_dir: Path | None = None) -> None:
+        self.link = link
+        self.params = params
+        self.state_dir = state_dir
+        self.exchange = new_exchange_key()
+        self.secret: SecretContext | None = None
+        self.job_id = ""
+        self.identity = ""
+
+    @property
+    def public_key(self) -> bytes:
+        return public_bytes(self.exchange)
+
+    def joined(self, job_id: str, identity: str, deal: bool) -> None:
+        """Remember who we are in which job; as the dealer, create the job's keys and publish the context."""
+        self.job_id, self.identity = job_id, identity
+        if deal:
+            secret = SecretContext.create(self.params)
+            self.link.publish_context(job_id, secret.public_bytes(), secret.key_id)
+            self._keep(secret)
+            log.info("job keys created and public context published", job_id=job_id, **self.params.describe())
+
+    def refresh(self) -> None:
+        """One look at the relay: pick up our sealed key if it arrived; share with whoever we are asked to."""
+        state = self.link.keys(self.job_id)
+        if self.secret is None and state.sealed_key:
+            opened = unseal(state.sealed_key, recipient=self.exchange, sender_public=state.sealer_public_key,
+                            job_id=self.job_id, sender_id=state.sealer_id, recipient_id=self.identity)
+            secret = SecretContext.from_secret_bytes(opened, self.params)
+            if secret.key_id != state.key_id:
+                raise FedPromptError(f"the key sealed by {state.sealer_id} is not the key the dealer published")
+            self._keep(secret)
+            log.info("job key received", job_id=self.job_id, sealer=state.sealer_id)
+        if self.secret is None:
+            return
+        for recipient, recipient_key in state.needs_key:
+            blob = seal(self.secret.secret_bytes(), sender=self.exchange, recipient_public=recipient_key,
+                        job_id=self.job_id, sender_id=self.identity, recipient_id=recipient)
+            try:
+                self.link.share_key(self.job_id, recipient, blob)
+                log.info("job key shared", job_id=self.job_id, recipient=recipient)
+            except DuplicateUpdate:
+                log.info("job key already shared by another holder", job_id=self.job_id, recipient=recipient)
+
+    def require(self) -> SecretContext:
+        """The job's secret context; the coordinator only gives work to holders, so it is here or on its way."""
+        if self.secret is None:
+            self.refresh()
+        if self.secret is None:
+            raise FedPromptError(f"no key for job {self.job_id} yet: no key holder has shared it")
+        return self.secret
+
+    def _keep(self, secret: SecretContext) -> None:
+        self.secret = secret
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path = self.state_dir / KEY_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secret.secret_bytes())

@@ -1,0 +1,48 @@
+"""Sealing job keys for one recipient: round trip and every way a blob must fail to open."""
+
+from __future__ import annotations
+
+import pytest
+
+from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
+from fedprompt.errors import InvalidUpdate
+
+
+def _pair():  # type: ignore[no-untyped-def]
+    sender, recipient = new_exchange_key(), new_exchange_key()
+    blob = seal(b"secret context", sender=sender, recipient_public=public_bytes(recipient), job_id="job-1",
+                sender_id="a", recipient_id="b")
+    return sender, recipient, blob
+
+
+def test_round_trip() -> None:
+    sender, recipient, blob = _pair()
+    assert b"secret context" not in blob
+    assert unseal(blob, recipient=recipient, sender_public=public_bytes(sender), job_id="job-1", sender_id="a",
+                  recipient_id="b") == b"secret context"
+
+
+@pytest.mark.parametrize("change", ["job", "recipient_id", "sender_id", "sender_key", "recipient_key", "tamper"])
+def test_blob_opens_only_for_its_job_recipient_and_sender(change: str) -> None:
+    sender, recipient, blob = _pair()
+    kwargs = {"recipient": recipient, "sender_public": public_bytes(sender), "job_id": "job-1", "sender_id": "a",
+              "recipient_id": "b"}
+    if change == "job":
+        kwargs["job_id"] = "job-2"
+    elif change == "recipient_id":
+        kwargs["recipient_id"] = "c"
+    elif change == "sender_id":
+        kwargs["sender_id"] = "mallory"
+    elif change == "sender_key":
+        kwargs["sender_public"] = public_bytes(new_exchange_key())
+    elif change == "recipient_key":
+        kwargs["recipient"] = new_exchange_key()
+    else:
+        blob = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(InvalidUpdate):
+        unseal(blob, **kwargs)  # type: ignore[arg-type]
+
+
+def test_malformed_keys_are_refused() -> None:
+    with pytest.raises(InvalidUpdate, match="32-byte"):
+        seal(b"x", sender=new_exchange_key(), recipient_public=b"short", job_id="j", sender_id="a", recipient_id="b")
