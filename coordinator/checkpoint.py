@@ -79,6 +79,6 @@ class Checkpointer:
             latest = job.latest_version()
             if latest is None or self.written.get(job.job_id) == latest:
                 continue
-            write_checkpoint(self.path(job.job_id), job.global_payload(None, latest), job.config_toml)
+            write_checkpoint(self.path(job.job_id), job.stored_payload(latest), job.config_toml)
             self.written[job.job_id] = latest
             log.info("checkpoint written", job_id=job.job_id, version=latest, path=str(self.path(job.job_id)))

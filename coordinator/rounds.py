@@ -400,12 +400,17 @@ class JobRuntime:
         elif self.keys is not None:
             raise PreconditionFailed(f"job {self.job_id} is encrypted: the coordinator holds no decrypted prompt; "
                                      "every key holder writes it to its state directory (prompt-latest.safetensors)")
+        payload = self.stored_payload(version)
+        if participant_id is not None:
+            self.version_downloads[version] = self.version_downloads.get(version, 0) + len(payload.data)
+        return payload
+
+    def stored_payload(self, version: int) -> Payload:
+        """A global version exactly as stored (ciphertexts for encrypted jobs), e.g. for checkpoints."""
         stored = self.store.prompt(self.job_id, version)
         if stored is None:
             raise NotFound(f"job {self.job_id} has no global version {version}")
         encoding, data = stored
-        if participant_id is not None:
-            self.version_downloads[version] = self.version_downloads.get(version, 0) + len(data)
         return Payload(self.job_id, version, encoding, self.vector_size, data)
 
     def report_metrics(self, participant_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
