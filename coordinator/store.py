@@ -1,7 +1,9 @@
 """Durable coordinator state in one SQLite file (WAL mode, one transaction per state change).
 
 Holds jobs, memberships, rounds, received-update bookkeeping (who, how big, digest; never the payload),
-global prompt versions (as the payload bytes the coordinator was given or computed), and reported metrics.
+global prompt versions (as the payload bytes the coordinator was given or computed), reported metrics, and
+privacy: the participant-level ledger (one Opacus accountant step per aggregated round) and the record-level
+epsilon each participant reports.
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
 
@@ -45,6 +47,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL, version INTEGER NOT NULL, participant_id TEXT NOT NULL, num_examples INTEGER NOT NULL,
     metrics TEXT NOT NULL, reported_at REAL NOT NULL, PRIMARY KEY (job_id, version, participant_id)
 );
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL,
+    epsilon REAL NOT NULL, delta REAL NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS record_privacy (
+    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
+    delta REAL NOT NULL, declined INTEGER NOT NULL, reason TEXT NOT NULL, reported_at REAL NOT NULL,
+    PRIMARY KEY (job_id, participant_id, round)
+);
 """
 
 
@@ -83,6 +94,29 @@ class RoundRow:
     bytes_up: int
     bytes_down: int
     summary: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One aggregated round's participant-level Gaussian mechanism, and epsilon after it."""
+
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class PrivacyRow:
+    """A participant's record-level privacy report for one round."""
+
+    participant_id: str
+    round: int
+    epsilon: float
+    delta: float
+    declined: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -205,3 +239,34 @@ class Store:
         rows = self._all("SELECT participant_id, num_examples, metrics FROM metrics WHERE job_id=? AND version=? "
                          "ORDER BY participant_id", (job_id, version))
         return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]  # type: ignore[call-overload]
+
+    # privacy
+    def add_ledger_entry(self, job_id: str, row: LedgerRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO privacy_ledger VALUES (?,?,?,?,?,?,?)", (job_id, row.round, row.noise_multiplier,
+                                                                            row.sample_rate, row.epsilon, row.delta,
+                                                                            time.time()))
+
+    def ledger(self, job_id: str) -> list[LedgerRow]:
+        rows = self._all("SELECT round, noise_multiplier, sample_rate, epsilon, delta FROM privacy_ledger "
+                         "WHERE job_id=? ORDER BY round", (job_id,))
+        return [LedgerRow(*r) for r in rows]  # type: ignore[arg-type]
+
+    def save_privacy_report(self, job_id: str, row: PrivacyRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO record_privacy VALUES (?,?,?,?,?,?,?,?)",
+                       (job_id, row.participant_id, row.round, row.epsilon, row.delta, int(row.declined), row.reason,
+                        time.time()))
+
+    def privacy_reports(self, job_id: str, round_: int | None = None) -> list[PrivacyRow]:
+        """Reports of one round, or (``round_`` None) each participant's latest report."""
+        if round_ is None:
+            sql = ("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy r WHERE job_id=? "
+                   "AND round = (SELECT MAX(round) FROM record_privacy WHERE job_id=r.job_id AND "
+                   "participant_id=r.participant_id) ORDER BY participant_id")
+            rows = self._all(sql, (job_id,))
+        else:
+            rows = self._all("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy "
+                             "WHERE job_id=? AND round=? ORDER BY participant_id", (job_id, round_))
+        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type]
+                for r in rows]

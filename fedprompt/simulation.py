@@ -15,7 +15,7 @@ from fedprompt.config import JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import SiteData
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task, TaskKind
+from fedprompt.protocol import JobDescription, JoinInfo, Payload, PrivacyReport, Task, TaskKind
 from fedprompt.report import build_report
 from participant.runtime import ParticipantRuntime
 
@@ -48,6 +48,9 @@ class LocalLink:
 
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
         self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
+
+    def report_privacy(self, report: PrivacyReport) -> None:
+        self.jobs.job(report.job_id).report_privacy(self.identity, report)
 
 
 def simulate(

@@ -13,7 +13,7 @@ import structlog
 from fedprompt import serde
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler
-from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task
+from fedprompt.protocol import JobDescription, JoinInfo, Payload, PrivacyReport, Task
 from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 
@@ -113,4 +113,9 @@ class GrpcLink:
         request = participant_pb2.ReportMetricsRequest(job_id=job_id, version=version, metrics=metrics,
                                                        num_examples=num_examples)
         self._call("ReportMetrics", lambda: self.stub.ReportMetrics(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def report_privacy(self, report: PrivacyReport) -> None:
+        request = serde.privacy_to_pb(report)
+        self._call("ReportPrivacy", lambda: self.stub.ReportPrivacy(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))

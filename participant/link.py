@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task
+from fedprompt.protocol import JobDescription, JoinInfo, Payload, PrivacyReport, Task
 
 
 class CoordinatorLink(Protocol):
@@ -20,3 +20,5 @@ class CoordinatorLink(Protocol):
     def upload(self, payload: Payload) -> None: ...
 
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None: ...
+
+    def report_privacy(self, report: PrivacyReport) -> None: ...

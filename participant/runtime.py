@@ -1,8 +1,9 @@
 """A participant's work, independent of transport: join, then evaluate / train on each task it is given.
 
 Only the prompt-sized vector leaves the site: the initial prompt (first member only), one delta per round,
-and evaluation metrics.  Every submitted delta is also kept in the site's state directory, an audit trail of
-exactly what left the institution.
+evaluation metrics and, with differential privacy on, the record-level epsilon spent.  Every submitted delta
+is also kept in the site's state directory, an audit trail of exactly what left the institution; the
+privacy accountant lives there too (``dp/<job_id>.json``), so a restart never resets epsilon.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fedprompt.errors import FedPromptError
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from participant.dp import SitePrivacy
 from participant.link import CoordinatorLink
 from participant.train import ProgressFn, evaluate, train_local
 
@@ -52,6 +54,7 @@ class ParticipantRuntime:
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
         self.model: PromptClassifier | None = None
+        self.privacy: SitePrivacy | None = None
         self._globals: dict[int, np.ndarray] = {}
         self.log = log
 
@@ -62,6 +65,9 @@ class ParticipantRuntime:
         model = self.model_factory(self.config)
         self.model = model
         self._labels("train")  # refuse to join with data whose labels the job does not know
+        if self.config.dp.enabled:
+            ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
+            self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
         info = self.link.join(description.job_id, len(self.site.train), len(self.site.test), model.vector_size)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
@@ -112,11 +118,20 @@ class ParticipantRuntime:
         model = self._model()
         start_vector = self._global(task.global_version)
         model.set_vector(start_vector)
-        seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
+        if self.privacy is not None and (refusal := self.privacy.refusal()):
+            self.link.report_privacy(self.privacy.report(self.info.job_id, task.round, refusal))
+            self.log.warning("declined to train", round=task.round, reason=refusal)
+            return
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
-        result = train_local(model, self.site.train, self._labels("train"), self.config.train, seed, bar)
-        delta = model.get_vector() - start_vector
+        if self.privacy is not None:
+            result = self.privacy.train(model, self.site.train, self._labels("train"), self.config.train, bar)
+            delta = self.privacy.share(model.get_vector() - start_vector)
+            self.link.report_privacy(self.privacy.report(self.info.job_id, task.round))
+        else:
+            seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
+            result = train_local(model, self.site.train, self._labels("train"), self.config.train, seed, bar)
+            delta = model.get_vector() - start_vector
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)
