@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"federated": "fedprompt.bench.federated"}
+BENCHES = {"federated": "fedprompt.bench.federated", "dp": "fedprompt.bench.dp"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:
