@@ -268,5 +268,5 @@ class Store:
         else:
             rows = self._all("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy "
                              "WHERE job_id=? AND round=? ORDER BY participant_id", (job_id, round_))
-        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type]
+        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type, call-overload]
                 for r in rows]
