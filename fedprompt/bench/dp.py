@@ -59,7 +59,7 @@ def step_cost(config: JobConfig, backbone: Backbone, site: SiteData) -> dict[str
 
 
 def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed, dp=False))
     backbone = load_backbone(base.model.path)
     train, test, names = load_split("rotten_tomatoes", 1000, args.seed, base.task.label_names)
