@@ -12,7 +12,7 @@ from collections.abc import Callable
 import structlog
 
 from coordinator.aggregation import make_aggregator
-from coordinator.rounds import TERMINAL, JobRuntime, JobState
+from coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
 from fedprompt.errors import ConfigError, InvalidRequest, NotFound
@@ -76,9 +76,13 @@ class JobManager:
         out = []
         for job in jobs:
             counts = self.store.update_counts(job.job_id)
+            privacy = {row.participant_id: row for row in self.store.privacy_reports(job.job_id)}
             online = set(job.online())
             for m in job.members.values():
-                state = "offline" if m.state == "active" and m.participant_id not in online else m.state
+                state = "offline" if m.state == ACTIVE and m.participant_id not in online else m.state
+                report = privacy.get(m.participant_id)
                 out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
-                                           m.last_seen, counts.get(m.participant_id, 0)))
+                                           m.last_seen, counts.get(m.participant_id, 0),
+                                           report.reason if report and report.declined else "",
+                                           report.epsilon if report else 0.0))
         return out

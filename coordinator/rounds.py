@@ -6,6 +6,12 @@ attempt), collects their updates, and aggregates when all selected reported, or 
 ``min_participants`` did.  Below the minimum at the deadline the round is retried with a fresh selection,
 at most ``max_attempts`` times, after which the job pauses with the reason in its status.
 
+With differential privacy on (``[dp]``), a participant whose record-level budget would be exceeded declines
+its round (``report_privacy``); it is dropped from the round and from every later selection, and the job
+ends when fewer than ``min_participants`` members have budget left.  With participant-level DP, updates
+count equally, a round aggregates only with at least ``min_participants`` noise shares, and the job ends
+before the participant-level ledger would pass its budget (``coordinator.privacy``).
+
 Global version ``v`` is the prompt after ``v`` aggregated rounds; version 0 (the initial prompt) is
 supplied by the first participant to join, so the coordinator never needs the PLM.  Every member
 evaluates each new global version on its local test split and reports metrics.
@@ -34,6 +40,7 @@ import structlog
 
 from coordinator.aggregation import Contribution, make_aggregator
 from coordinator.keys import JobKeys
+from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
 from coordinator.store import MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import EncryptedSum
@@ -57,6 +64,7 @@ from fedprompt.protocol import (
     KeyState,
     Payload,
     PayloadHeader,
+    PrivacyReport,
     RoundView,
     Task,
     TaskKind,
@@ -72,6 +80,8 @@ MAX_VECTOR_SIZE = 16 * 1024 * 1024
 KEY_GRACE_S = 30.0
 #: An encrypted round keeps who contributed and with what weight; the values live only in the encrypted sum.
 NO_PLAINTEXT = np.empty(0, dtype=np.float32)
+ACTIVE = "active"
+EXHAUSTED = "budget_exhausted"  # member state: declined to train, its record-level privacy budget is spent
 
 
 class JobState(enum.Enum):
@@ -100,6 +110,7 @@ class OpenRound:
     selected: tuple[str, ...]
     opened_at: float
     deadline: float
+    sample_rate: float = 1.0
     contributions: dict[str, Contribution] = field(default_factory=dict)
     encrypted: EncryptedSum | None = None
     bytes_up: int = 0
@@ -137,6 +148,9 @@ class JobRuntime:
         self.aggregator = make_aggregator(config.job.aggregator)
         self.keys = JobKeys(job_id, config.he.params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
+        if config.dp.participant_level:
+            self.aggregator = UniformWeights(self.aggregator, config.job.min_participants)
+        self.privacy = ParticipantLedger(job_id, config.dp, store)
         self.state = JobState.CREATED
         self.reason = ""
         self.vector_size = 0
@@ -211,8 +225,9 @@ class JobRuntime:
         deal = self.keys.register(participant_id, exchange_public_key) if self.keys is not None else False
         now = self.clock()
         previous = self.members.get(participant_id)
+        state = EXHAUSTED if previous is not None and previous.state == EXHAUSTED else ACTIVE  # budgets never reset
         row = MemberRow(self.job_id, participant_id, num_train, num_test, previous.joined_at if previous else now,
-                        now, "active")
+                        now, state)
         self.members[participant_id] = row
         self.store.upsert_member(row)
         self.evaluated.setdefault(participant_id, set())
@@ -430,6 +445,35 @@ class JobRuntime:
         self.store.save_metrics(self.job_id, version, participant_id, num_examples, metrics)
         self.evaluated[participant_id].add(version)
 
+    def report_privacy(self, participant_id: str, report: PrivacyReport) -> None:
+        """Store a record-level privacy report; a declining participant leaves the round and later selections."""
+        self._member(participant_id)
+        if report.job_id != self.job_id:
+            raise NotFound(f"report names job {report.job_id!r}, this is {self.job_id}")
+        if not self.config.dp.enabled:
+            raise InvalidUpdate(f"job {self.job_id} does not use differential privacy")
+        r = self.open
+        current = r.number if r is not None else (self.latest_version() or 0)
+        if not 1 <= report.round <= current:
+            raise StaleRound(f"privacy report for round {report.round}, the current round is {current}")
+        self.store.save_privacy_report(self.job_id, check_report(participant_id, report))
+        if not report.declined:
+            return
+        member = dataclasses.replace(self.members[participant_id], state=EXHAUSTED)
+        self.members[participant_id] = member
+        self.store.upsert_member(member)
+        self.log.warning("participant declined to train", participant=participant_id, round=report.round,
+                         reason=report.reason)
+        if r is None or participant_id not in r.selected or participant_id in r.contributions:
+            return
+        r.selected = tuple(p for p in r.selected if p != participant_id)
+        self.store.save_round(r.row(self.job_id, RoundState.TRAINING))
+        if len(r.selected) < self.config.job.min_participants:
+            self._fail_attempt(f"{participant_id} declined (privacy budget) leaving {len(r.selected)} selected, "
+                               f"minimum {self.config.job.min_participants}")
+        elif len(r.contributions) == len(r.selected):
+            self._aggregate()
+
     # ---- time-driven transitions -------------------------------------------------------------------
     def tick(self) -> None:
         """Open a round when one is due; close the open round at its deadline."""
@@ -448,17 +492,27 @@ class JobRuntime:
 
     def online(self) -> list[str]:
         cutoff = self.clock() - self.offline_after_s
-        return sorted(p for p, m in self.members.items() if m.state == "active" and m.last_seen >= cutoff)
+        return sorted(p for p, m in self.members.items() if m.state == ACTIVE and m.last_seen >= cutoff)
 
     def _open_round(self, number: int) -> None:
+        with_budget = sum(1 for m in self.members.values() if m.state == ACTIVE)
+        if with_budget < len(self.members) and with_budget < self.config.job.min_participants:
+            self._set_state(JobState.DONE, f"only {with_budget} participants have privacy budget left, minimum "
+                                           f"{self.config.job.min_participants}")
+            return
         eligible = [p for p in self.online() if self.keys is None or self.keys.holds(p)]
         if len(eligible) < self.config.job.min_participants or self._awaiting_keys():
             return
         k = min(self.config.job.participants_per_round, len(eligible))
+        refusal = self.privacy.refusal(k / len(eligible))
+        if refusal:
+            self._set_state(JobState.DONE, refusal)
+            return
         rng = random.Random(f"{self.config.job.seed}:{number}:{self.next_attempt}")
         selected = tuple(sorted(rng.sample(eligible, k)))
         now = self.clock()
         self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s,
+                              k / len(eligible),
                               encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
@@ -490,13 +544,26 @@ class JobRuntime:
             data, metrics = result.vector.astype("<f4").tobytes(), result.metrics
         self.store.save_prompt(self.job_id, r.number, self.encoding, data)
         summary = {**metrics, "updates": float(len(r.contributions)),
-                   "examples": float(sum(c.num_examples for c in r.contributions.values()))}
+                   "examples": float(sum(c.num_examples for c in r.contributions.values())),
+                   **self._privacy_summary(r)}
         self.store.save_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary))
         self.log.info("round aggregated", round=r.number, updates=len(r.contributions), aggregator=self.aggregator.name)
         self.open = None
         self.next_attempt = 1
         if r.number >= self.config.job.rounds:
             self._set_state(JobState.DONE, "all rounds completed")
+
+    def _privacy_summary(self, r: OpenRound) -> dict[str, float]:
+        """Record-level epsilon of this round's contributors (max, median) and participant-level epsilon."""
+        if not self.config.dp.enabled:
+            return {}
+        reports = [row for row in self.store.privacy_reports(self.job_id, r.number) if row.participant_id in
+                   r.contributions]
+        summary = record_summary(reports)
+        if self.privacy.enabled:
+            summary["participant_epsilon"] = self.privacy.record(r.number, r.sample_rate)
+            summary["participant_delta"] = self.config.dp.participant_delta
+        return summary
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open

@@ -135,6 +135,15 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         state = self.jobs.job(request.job_id).heartbeat(identity)
         return participant_pb2.HeartbeatResponse(job_state=state.value)
 
+    @rpc_method("ParticipantService")
+    async def ReportPrivacy(self, request: participant_pb2.ReportPrivacyRequest,
+                            context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        report = serde.privacy_from_pb(request)
+        self.jobs.job(report.job_id).report_privacy(identity, report)
+        self.notifier.notify()
+        return participant_pb2.ReportPrivacyResponse()
+
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier) -> None:

@@ -3,7 +3,9 @@
 Holds jobs, memberships, rounds, received-update bookkeeping (who, how big, digest; never the payload),
 global prompt versions (as the payload bytes the coordinator was given or computed: for encrypted jobs the
 encrypted initial prompt and each round's encrypted aggregate), reported metrics, and for encrypted jobs the
-key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open.
+key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open; and
+privacy: the participant-level ledger (one Opacus accountant step per aggregated round) and the record-level
+epsilon each participant reports.
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
 
@@ -58,6 +60,15 @@ CREATE TABLE IF NOT EXISTS sealed_keys (
     job_id TEXT NOT NULL, recipient TEXT NOT NULL, sender TEXT NOT NULL, blob BLOB NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (job_id, recipient)
 );
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL,
+    epsilon REAL NOT NULL, delta REAL NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS record_privacy (
+    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
+    delta REAL NOT NULL, declined INTEGER NOT NULL, reason TEXT NOT NULL, reported_at REAL NOT NULL,
+    PRIMARY KEY (job_id, participant_id, round)
+);
 """
 
 
@@ -96,6 +107,29 @@ class RoundRow:
     bytes_up: int
     bytes_down: int
     summary: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One aggregated round's participant-level Gaussian mechanism, and epsilon after it."""
+
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    epsilon: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class PrivacyRow:
+    """A participant's record-level privacy report for one round."""
+
+    participant_id: str
+    round: int
+    epsilon: float
+    delta: float
+    declined: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -256,3 +290,34 @@ class Store:
     def save_sealed_key(self, job_id: str, recipient: str, sender: str, blob: bytes) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO sealed_keys VALUES (?,?,?,?,?)", (job_id, recipient, sender, blob, time.time()))
+
+    # privacy
+    def add_ledger_entry(self, job_id: str, row: LedgerRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO privacy_ledger VALUES (?,?,?,?,?,?,?)", (job_id, row.round, row.noise_multiplier,
+                                                                            row.sample_rate, row.epsilon, row.delta,
+                                                                            time.time()))
+
+    def ledger(self, job_id: str) -> list[LedgerRow]:
+        rows = self._all("SELECT round, noise_multiplier, sample_rate, epsilon, delta FROM privacy_ledger "
+                         "WHERE job_id=? ORDER BY round", (job_id,))
+        return [LedgerRow(*r) for r in rows]  # type: ignore[arg-type]
+
+    def save_privacy_report(self, job_id: str, row: PrivacyRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO record_privacy VALUES (?,?,?,?,?,?,?,?)",
+                       (job_id, row.participant_id, row.round, row.epsilon, row.delta, int(row.declined), row.reason,
+                        time.time()))
+
+    def privacy_reports(self, job_id: str, round_: int | None = None) -> list[PrivacyRow]:
+        """Reports of one round, or (``round_`` None) each participant's latest report."""
+        if round_ is None:
+            sql = ("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy r WHERE job_id=? "
+                   "AND round = (SELECT MAX(round) FROM record_privacy WHERE job_id=r.job_id AND "
+                   "participant_id=r.participant_id) ORDER BY participant_id")
+            rows = self._all(sql, (job_id,))
+        else:
+            rows = self._all("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy "
+                             "WHERE job_id=? AND round=? ORDER BY participant_id", (job_id, round_))
+        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type, call-overload]
+                for r in rows]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedprompt.bench import BENCHES
 from fedprompt.errors import FedPromptError
 
 DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
@@ -118,8 +119,8 @@ def _admin(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return AdminClient(args.coordinator, ClientTls(args.ca_cert, args.cert, args.key, args.server_name or ""))
 
 
-def _print_status(view: Any) -> None:
-    from fedprompt.report import fmt, table
+def _print_status(view: Any, people: list[Any]) -> None:
+    from fedprompt.report import PRIVACY_HEADERS, PRIVACY_KEYS, fmt, table
 
     print(f"job {view.job_id} ({view.name}): {view.state} — round {view.current_round}/{view.total_rounds}, "
           f"global version {view.global_version}, {view.participants} participants, aggregator {view.aggregator}")
@@ -127,10 +128,14 @@ def _print_status(view: Any) -> None:
         print(f"  {view.reason}")
     print(f"  initial accuracy: {fmt(view.initial_metrics.get('accuracy'))}")
     rows = [[r.round, r.attempt, r.state, len(r.selected), r.metric_reports, r.metrics.get("accuracy"),
-             r.metrics.get("loss"), r.bytes_up, r.bytes_down] for r in view.rounds]
+             r.metrics.get("loss"), r.bytes_up, r.bytes_down, *(r.metrics.get(k) for k in PRIVACY_KEYS)]
+            for r in view.rounds]
     if rows:
-        print(table(["round", "attempt", "state", "selected", "reports", "accuracy", "loss", "bytes_up", "bytes_down"],
-                    rows))
+        print(table(["round", "attempt", "state", "selected", "reports", "accuracy", "loss", "bytes_up", "bytes_down",
+                     *PRIVACY_HEADERS], rows))
+    if people:
+        print(table(["participant", "state", "updates", "eps_record", "reason"],
+                    [[p.participant_id, p.state, p.updates_accepted, p.record_epsilon, p.reason] for p in people]))
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -150,7 +155,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(asdict(view), indent=2))
             else:
-                _print_status(view)
+                _print_status(view, client.participants(view.job_id))
         elif args.admin_cmd == "jobs":
             for view in client.jobs():
                 print(f"{view.job_id}\t{view.state}\tround {view.current_round}/{view.total_rounds}")
@@ -158,9 +163,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
             from fedprompt.report import table
 
             people = client.participants(args.job or "")
-            print(table(["participant", "job", "state", "train", "updates"],
-                        [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted]
-                         for p in people]))
+            print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
+                        [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted,
+                          p.record_epsilon, p.reason] for p in people]))
         elif args.admin_cmd == "export":
             out = client.export(args.job, Path(args.out), args.version)
             print(f"wrote {out}")
@@ -280,7 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he))
+                                test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
+                                dp=not args.no_dp, epsilon=args.epsilon))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -303,7 +309,6 @@ def _add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedprompt.bench import BENCHES
 
     parser = argparse.ArgumentParser(
         prog="fedprompt",
@@ -439,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="encoder = all-MiniLM-L6-v2 (default, fast); causal = SmolLM2-135M-Instruct")
     demo.add_argument("--test-size", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
+    demo.add_argument("--epsilon", type=float, default=8.0,
+                      help="record-level privacy budget per site for the whole job (default 8)")
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")
     demo.add_argument("--plot", default="reports/demo.png", help="PNG plot path (default reports/demo.png)")
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")

@@ -7,6 +7,7 @@ participants so both sides build the identical model and task.  A participant co
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -111,6 +112,59 @@ class TrainSection:
         _check(0 < self.lr <= 10, f"{prefix}.lr", f"must be in (0, 10], got {self.lr}")
 
 
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class DPSection:
+    """Differential privacy (off unless ``enabled``).
+
+    Record level: DP-SGD at every participant (Abadi et al., "Deep Learning with Differential Privacy", 2016)
+    with Poisson sampling, per-example clipping to ``max_grad_norm`` and Gaussian noise; ``noise_multiplier``
+    0 means "calibrate it so the planned rounds spend exactly ``epsilon``".  ``delta`` 0 means 1/(10 n) of
+    the site's n training examples.  A participant refuses to train once a round would exceed ``epsilon``.
+
+    Participant level (on when ``participant_noise_multiplier`` > 0): each update is clipped to
+    ``update_clip`` and carries a share of Gaussian noise so the sum over ``job.min_participants`` updates
+    holds N(0, sigma^2 C^2) (distributed DP, as in DP-FedAvg: McMahan et al., "Learning Differentially
+    Private Recurrent Language Models", 2018).  The job stops before exceeding ``participant_epsilon``.
+    """
+
+    enabled: bool = False
+    epsilon: float = 8.0
+    delta: float = 0.0
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    participant_noise_multiplier: float = 0.0
+    update_clip: float = 1.0
+    participant_epsilon: float = math.inf
+    participant_delta: float = 1e-3
+
+    @property
+    def participant_level(self) -> bool:
+        return self.enabled and self.participant_noise_multiplier > 0
+
+    def validate(self, prefix: str) -> None:
+        _check(self.epsilon > 0, f"{prefix}.epsilon", f"must be > 0 (inf allowed), got {self.epsilon}")
+        _check(0 <= self.delta < 1, f"{prefix}.delta", f"must be in [0, 1) (0 = 1/(10 n)), got {self.delta}")
+        _check(0 <= self.noise_multiplier < math.inf, f"{prefix}.noise_multiplier",
+               f"must be in [0, inf) (0 = calibrate from epsilon), got {self.noise_multiplier}")
+        _check(self.noise_multiplier > 0 or math.isfinite(self.epsilon), f"{prefix}.epsilon",
+               "must be finite when noise_multiplier = 0 (the noise is calibrated from it)")
+        _check(0 < self.max_grad_norm < math.inf, f"{prefix}.max_grad_norm",
+               f"must be in (0, inf), got {self.max_grad_norm}")
+        _check(self.accountant in ACCOUNTANTS, f"{prefix}.accountant",
+               f"must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
+        _check(0 <= self.participant_noise_multiplier < math.inf, f"{prefix}.participant_noise_multiplier",
+               f"must be in [0, inf) (0 = no participant-level noise), got {self.participant_noise_multiplier}")
+        _check(0 < self.update_clip < math.inf, f"{prefix}.update_clip", f"must be in (0, inf), got {self.update_clip}")
+        _check(self.participant_epsilon > 0, f"{prefix}.participant_epsilon",
+               f"must be > 0 (inf = no budget), got {self.participant_epsilon}")
+        _check(0 < self.participant_delta < 1, f"{prefix}.participant_delta",
+               f"must be in (0, 1), got {self.participant_delta}")
+
+
 @dataclass(frozen=True)
 class AugmentSection:
     """Pseudo-label augmentation of few-shot sites (AUG-FedPrompt; Cai et al. 2023). Off by default.
@@ -170,6 +224,7 @@ class JobConfig:
     train: TrainSection = field(default_factory=TrainSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     he: HESection = field(default_factory=HESection)
+    dp: DPSection = field(default_factory=DPSection)
 
     def validate(self, prefix: str) -> None:
         """Checks that span sections (each section validated itself already)."""

@@ -66,6 +66,19 @@ class PayloadHeader:
 
 
 @dataclass(frozen=True)
+class PrivacyReport:
+    """A participant's record-level privacy spent on a job so far (epsilon at its delta), sent after each
+    local training; ``declined`` says it refuses to train this round and later ones, ``reason`` says why."""
+
+    job_id: str
+    round: int
+    epsilon: float
+    delta: float
+    declined: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class JobDescription:
     job_id: str
     job_name: str
@@ -134,3 +147,5 @@ class ParticipantView:
     joined_at: float
     last_seen: float
     updates_accepted: int
+    reason: str = ""
+    record_epsilon: float = 0.0

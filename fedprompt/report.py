@@ -8,10 +8,14 @@ from typing import Any
 
 from fedprompt.protocol import JobView
 
+PRIVACY_KEYS = ("record_epsilon_max", "record_epsilon_median", "participant_epsilon")
+PRIVACY_HEADERS = ("eps_rec_max", "eps_rec_median", "eps_participant")
+
 
 def round_rows(view: JobView) -> list[dict[str, Any]]:
-    """One dict per completed round: accuracy/loss of its global version, bytes and seconds, and the
-    round's pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on."""
+    """One dict per completed round: accuracy/loss of its global version, bytes, seconds, the round's
+    pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on, and (with DP) the record-level
+    epsilon of its contributors (max, median) and the participant-level epsilon so far."""
     rows = []
     for r in view.rounds:
         if r.state != "done":
@@ -21,8 +25,18 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
             **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label")},
+            **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
         })
     return rows
+
+
+def privacy_spent(view: JobView) -> dict[str, Any]:
+    """The job's privacy guarantee after its last completed round: the largest record-level epsilon any
+    contributor reported (at the largest delta), and the participant-level epsilon (None where not used)."""
+    done = [r for r in view.rounds if r.state == "done"]
+    last = done[-1].metrics if done else {}
+    return {"epsilon": last.get("record_epsilon_max"), "delta": last.get("record_delta_max"),
+            "participant_epsilon": last.get("participant_epsilon"), "participant_delta": last.get("participant_delta")}
 
 
 def build_report(view: JobView, majority: float, exchanged: int, plm: int, **extra: Any) -> dict[str, Any]:
@@ -56,9 +70,9 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def round_table(report: dict[str, Any]) -> str:
-    rows = [[r["round"], r["accuracy"], r["loss"], r["bytes_up"], r["bytes_down"], r["seconds"]]
-            for r in report["rounds"]]
-    return table(["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds"], rows)
+    rows = [[r["round"], r["accuracy"], r["loss"], r["bytes_up"], r["bytes_down"], r["seconds"],
+             *(r.get(k) for k in PRIVACY_KEYS)] for r in report["rounds"]]
+    return table(["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", *PRIVACY_HEADERS], rows)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from fedprompt.protocol import (
     ParticipantView,
     Payload,
     PayloadHeader,
+    PrivacyReport,
     RoundView,
     Task,
     TaskKind,
@@ -127,9 +128,19 @@ def job_from_pb(pb: admin_pb2.JobStatus) -> JobView:
 def participant_to_pb(p: ParticipantView) -> admin_pb2.ParticipantInfo:
     return admin_pb2.ParticipantInfo(participant_id=p.participant_id, job_id=p.job_id, state=p.state,
                                      num_train_examples=p.num_train_examples, joined_at=p.joined_at,
-                                     last_seen=p.last_seen, updates_accepted=p.updates_accepted)
+                                     last_seen=p.last_seen, updates_accepted=p.updates_accepted, reason=p.reason,
+                                     record_epsilon=p.record_epsilon)
 
 
 def participant_from_pb(pb: admin_pb2.ParticipantInfo) -> ParticipantView:
     return ParticipantView(pb.participant_id, pb.job_id, pb.state, pb.num_train_examples, pb.joined_at,
-                           pb.last_seen, pb.updates_accepted)
+                           pb.last_seen, pb.updates_accepted, pb.reason, pb.record_epsilon)
+
+
+def privacy_to_pb(r: PrivacyReport) -> participant_pb2.ReportPrivacyRequest:
+    return participant_pb2.ReportPrivacyRequest(job_id=r.job_id, round=r.round, epsilon=r.epsilon, delta=r.delta,
+                                                declined=r.declined, reason=r.reason)
+
+
+def privacy_from_pb(pb: participant_pb2.ReportPrivacyRequest) -> PrivacyReport:
+    return PrivacyReport(pb.job_id, pb.round, pb.epsilon, pb.delta, pb.declined, pb.reason)

@@ -16,8 +16,8 @@ from fedprompt.config import JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import SiteData
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, Task, TaskKind
-from fedprompt.report import build_report
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
+from fedprompt.report import build_report, privacy_spent
 from participant.runtime import ParticipantRuntime
 
 log = structlog.get_logger("fedprompt.simulation")
@@ -59,6 +59,9 @@ class LocalLink:
 
     def keys(self, job_id: str) -> KeyState:
         return self.jobs.job(job_id).key_state(self.identity)
+
+    def report_privacy(self, report: PrivacyReport) -> None:
+        self.jobs.job(report.job_id).report_privacy(self.identity, report)
 
 
 def simulate(
@@ -103,5 +106,7 @@ def simulate(
     test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
     model = runtimes[0].model
     assert model is not None
-    return build_report(job.view(), majority_accuracy(test_labels), model.vector_size, model.plm_parameters,
-                        seconds=round(time.perf_counter() - started, 2), mode="simulation")
+    view = job.view()
+    return build_report(view, majority_accuracy(test_labels), model.vector_size, model.plm_parameters,
+                        seconds=round(time.perf_counter() - started, 2), mode="simulation", dp=config.dp.enabled,
+                        **privacy_spent(view))

@@ -19,7 +19,7 @@ from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, Task
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
 from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 
@@ -160,3 +160,8 @@ class GrpcLink:
         request = participant_pb2.GetKeysRequest(job_id=job_id)
         return serde.keys_from_pb(self._call("GetKeys", lambda: self.stub.GetKeys(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+    def report_privacy(self, report: PrivacyReport) -> None:
+        request = serde.privacy_to_pb(report)
+        self._call("ReportPrivacy", lambda: self.stub.ReportPrivacy(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from fedprompt.errors import DuplicateUpdate, PermissionDenied, PreconditionFailed
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, Task
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
 
 # What the coordinator answers to a task it no longer wants (round closed or restarted, not selected after
 # all, update already in): the participant drops the task and asks for the next one.
@@ -32,3 +32,5 @@ class CoordinatorLink(Protocol):
     def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None: ...
 
     def keys(self, job_id: str) -> KeyState: ...
+
+    def report_privacy(self, report: PrivacyReport) -> None: ...

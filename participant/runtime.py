@@ -1,10 +1,11 @@
 """A participant's work, independent of transport: join, then evaluate / train on each task it is given.
 
 Only the prompt-sized vector leaves the site: the initial prompt (first member only), one delta per round,
-and evaluation metrics (with ``[augment]`` on, also the count and time of the round's pseudo-labelling,
+evaluation metrics and, with differential privacy on, the record-level epsilon spent (with ``[augment]`` on, also the count and time of the round's pseudo-labelling,
 reported with the evaluation of the version that round produced).  FedAvg weights stay the labelled
 counts: pseudo-labels add training signal, not weight.  Every submitted delta is also kept in the site's
-state directory, an audit trail of exactly what left the institution.
+state directory, an audit trail of exactly what left the institution; the privacy accountant lives there
+too (``dp/<job_id>.json``), so a restart never resets epsilon.
 
 In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delta_i`` and of the weight
 ``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
@@ -33,6 +34,7 @@ from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from participant.dp import SitePrivacy
 from participant.fewshot import PseudoLabeller
 from participant.keys import KeyHolder
 from participant.link import ROUND_MOVED_ON, CoordinatorLink
@@ -65,6 +67,7 @@ class ParticipantRuntime:
         self.config: JobConfig | None = None
         self.config_toml = ""
         self.model: PromptClassifier | None = None
+        self.privacy: SitePrivacy | None = None
         self._globals: dict[int, np.ndarray] = {}
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
@@ -83,6 +86,9 @@ class ParticipantRuntime:
         self._labels("train")  # refuse to join with data whose labels the job does not know
         if self.config.he.enabled:
             self.keys = KeyHolder(self.link, self.config.he.params(), self.state_dir)
+        if self.config.dp.enabled:
+            ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
+            self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
         info = self._join_request(description.job_id)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
@@ -185,20 +191,32 @@ class ParticipantRuntime:
         model = self._model()
         start_vector = self._global(task.global_version)
         model.set_vector(start_vector)
-        seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
+        if self.privacy is not None and (refusal := self.privacy.refusal()):
+            self.link.report_privacy(self.privacy.report(self.info.job_id, task.round, refusal))
+            self.log.warning("declined to train", round=task.round, reason=refusal)
+            return
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
         examples, labels = self.site.train, self._labels("train")
         if self.augmenter is not None and self.augmenter.active(task.round):
             extra, extra_labels, self._train_metrics = self.augmenter.label(model)
             examples, labels = examples + extra, labels + extra_labels
-        result = train_local(model, examples, labels, self.config.train, seed, bar)
-        delta = model.get_vector() - start_vector
+        if self.privacy is not None:
+            result = self.privacy.train(model, examples, labels, self.config.train, bar)
+            delta = self.privacy.share(model.get_vector() - start_vector)
+            self.link.report_privacy(self.privacy.report(self.info.job_id, task.round))
+        else:
+            seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
+            result = train_local(model, examples, labels, self.config.train, seed, bar)
+            delta = model.get_vector() - start_vector
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)
             np.save(outbox / f"round-{task.round:04d}.npy", delta)
-        self.link.upload(self._payload(task.round, delta, len(self.site.train)))
+        # Participant-level DP needs every update to count once (sensitivity C); under HE the coordinator cannot
+        # re-weight ciphertexts, so the site itself sends weight 1.
+        weight = 1 if self.config.dp.participant_level else len(self.site.train)
+        self.link.upload(self._payload(task.round, delta, weight))
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),
                       seconds=round(time.perf_counter() - began, 1))
 

@@ -24,6 +24,12 @@ class TrainResult:
     loss: float
 
 
+def steps_per_round(num_examples: int, config: TrainSection) -> int:
+    """Local optimiser steps in one round: ``local_epochs`` passes over the data, capped at ``max_steps``."""
+    total = math.ceil(num_examples / config.batch_size) * config.local_epochs
+    return min(total, config.max_steps) if config.max_steps else total
+
+
 def train_local(
     model: PromptClassifier,
     examples: list[Example],
@@ -41,9 +47,7 @@ def train_local(
         return TrainResult(0, 0, float("nan"))
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.exchanged_parameters(), lr=config.lr)
-    per_epoch = math.ceil(len(examples) / config.batch_size)
-    total = per_epoch * config.local_epochs
-    total = min(total, config.max_steps) if config.max_steps else total
+    total = steps_per_round(len(examples), config)
     y = torch.tensor(labels)
     losses: list[float] = []
     step = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"federated": "fedprompt.bench.federated", "fewshot": "fedprompt.bench.fewshot", "he": "fedprompt.bench.he",
-           "load": "fedprompt.bench.load"}
+BENCHES = {"federated": "fedprompt.bench.federated", "dp": "fedprompt.bench.dp", "fewshot": "fedprompt.bench.fewshot",
+           "he": "fedprompt.bench.he", "load": "fedprompt.bench.load"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

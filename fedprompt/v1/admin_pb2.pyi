@@ -154,7 +154,7 @@ class ListParticipantsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ParticipantInfo(_message.Message):
-    __slots__ = ("participant_id", "job_id", "state", "num_train_examples", "joined_at", "last_seen", "updates_accepted")
+    __slots__ = ("participant_id", "job_id", "state", "num_train_examples", "joined_at", "last_seen", "updates_accepted", "reason", "record_epsilon")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class ParticipantInfo(_message.Message):
     JOINED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     UPDATES_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RECORD_EPSILON_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     job_id: str
     state: str
@@ -169,7 +171,9 @@ class ParticipantInfo(_message.Message):
     joined_at: float
     last_seen: float
     updates_accepted: int
-    def __init__(self, participant_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., joined_at: _Optional[float] = ..., last_seen: _Optional[float] = ..., updates_accepted: _Optional[int] = ...) -> None: ...
+    reason: str
+    record_epsilon: float
+    def __init__(self, participant_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., joined_at: _Optional[float] = ..., last_seen: _Optional[float] = ..., updates_accepted: _Optional[int] = ..., reason: _Optional[str] = ..., record_epsilon: _Optional[float] = ...) -> None: ...
 
 class ListParticipantsResponse(_message.Message):
     __slots__ = ("participants",)

@@ -211,3 +211,23 @@ class GetKeysResponse(_message.Message):
     sealer_public_key: bytes
     needs_key: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
     def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ...) -> None: ...
+
+class ReportPrivacyRequest(_message.Message):
+    __slots__ = ("job_id", "round", "epsilon", "delta", "declined", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    DECLINED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    epsilon: float
+    delta: float
+    declined: bool
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., declined: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportPrivacyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

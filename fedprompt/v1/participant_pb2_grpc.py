@@ -84,6 +84,11 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
                 _registered_method=True)
+        self.ReportPrivacy = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/ReportPrivacy',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -156,6 +161,14 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPrivacy(self, request, context):
+        """Record-level privacy spent so far, sent after each local training (before the upload); with
+        declined = true the caller refuses to train (its budget would be exceeded) and is dropped from selection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +221,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.GetKeys,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.SerializeToString,
+            ),
+            'ReportPrivacy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPrivacy,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +498,33 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/GetKeys',
             fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPrivacy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/ReportPrivacy',
+            fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.FromString,
             options,
             channel_credentials,
             insecure,

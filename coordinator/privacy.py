@@ -1,0 +1,125 @@
+"""The coordinator's privacy ledger: participant-level epsilon over rounds, and record-level reports.
+
+Participant level.  Each participant clips its update to C and adds a noise share N(0, sigma^2 C^2 / m),
+m = ``job.min_participants`` (``participant/dp.py``); the coordinator aggregates only with at least m
+updates, so every released aggregate carries at least N(0, sigma^2 C^2) noise on a sum whose sensitivity to
+one participant is C (updates are weighted equally, see ``UniformWeights``).  That is one step of the
+sampled Gaussian mechanism with noise multiplier sigma and sampling rate q = selected / eligible, accounted
+with an Opacus accountant (DP-FedAvg: McMahan et al., "Learning Differentially Private Recurrent Language
+Models", ICLR 2018).  The coordinator needs no plaintext for this: only sigma (from the job config) and q,
+so it works unchanged when updates are encrypted.  Counting sigma rather than sigma * sqrt(n / m) for n > m
+updates is conservative.  Selection samples a fixed number without replacement while the RDP analysis
+assumes Poisson sampling: the usual approximation, stated in the README.
+
+Each step is a row of the ``privacy_ledger`` table; the accountant is rebuilt by replaying them, so the
+ledger survives a coordinator restart.  A round that would take epsilon past ``dp.participant_epsilon`` is
+not opened and the job ends with the reason.
+
+Record level.  Participants report the epsilon their own accountant has spent (``PrivacyReport``); the
+coordinator checks and stores the reports and summarises them per round (max and median).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import structlog
+from opacus.accountants import create_accountant
+
+from coordinator.aggregation import AggregateResult, Aggregator, Contribution
+from coordinator.store import LedgerRow, PrivacyRow, Store
+from fedprompt.accounting import epsilon_after, epsilon_of
+from fedprompt.config import DPSection
+from fedprompt.errors import InvalidUpdate
+from fedprompt.protocol import PrivacyReport
+
+log = structlog.get_logger("coordinator.privacy")
+
+MAX_REASON = 500
+
+
+class ParticipantLedger:
+    """Participant-level (epsilon, delta) of one job's global prompt, persisted round by round."""
+
+    def __init__(self, job_id: str, dp: DPSection, store: Store) -> None:
+        self.job_id = job_id
+        self.dp = dp
+        self.store = store
+        self.accountant = create_accountant(dp.accountant)
+        for row in store.ledger(job_id):
+            self.accountant.step(noise_multiplier=row.noise_multiplier, sample_rate=row.sample_rate)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp.participant_level
+
+    def epsilon(self) -> float:
+        """Participant-level epsilon spent so far (inf when participant-level DP is off)."""
+        return epsilon_of(self.accountant, self.dp.participant_delta) if self.enabled else math.inf
+
+    def refusal(self, sample_rate: float) -> str:
+        """Why the job must not open another round at this sampling rate (empty: it may)."""
+        if not self.enabled or math.isinf(self.dp.participant_epsilon):
+            return ""
+        after = epsilon_after(self.accountant, 1, self.dp.participant_noise_multiplier, sample_rate,
+                              self.dp.participant_delta)
+        if after > self.dp.participant_epsilon:
+            return (f"participant-level privacy budget reached: another round would spend epsilon {after:.3f} > "
+                    f"budget {self.dp.participant_epsilon:g} at delta {self.dp.participant_delta:g} "
+                    f"(spent {self.epsilon():.3f})")
+        return ""
+
+    def record(self, round_: int, sample_rate: float) -> float:
+        """Account one aggregated round; returns epsilon after it."""
+        sigma = self.dp.participant_noise_multiplier
+        self.accountant.step(noise_multiplier=sigma, sample_rate=sample_rate)
+        epsilon = self.epsilon()
+        self.store.add_ledger_entry(self.job_id, LedgerRow(round_, sigma, sample_rate, epsilon,
+                                                           self.dp.participant_delta))
+        log.info("participant-level privacy accounted", job_id=self.job_id, round=round_,
+                 sample_rate=round(sample_rate, 4), epsilon=round(epsilon, 4))
+        return epsilon
+
+
+def check_report(participant_id: str, report: PrivacyReport) -> PrivacyRow:
+    """A record-level report as a storable row, or ``InvalidUpdate`` naming the bad field."""
+    if not (math.isfinite(report.epsilon) and report.epsilon >= 0):
+        raise InvalidUpdate(f"privacy report: epsilon must be finite and >= 0, got {report.epsilon}")
+    if not 0 < report.delta < 1:
+        raise InvalidUpdate(f"privacy report: delta must be in (0, 1), got {report.delta}")
+    if len(report.reason) > MAX_REASON:
+        raise InvalidUpdate(f"privacy report: reason longer than {MAX_REASON} characters")
+    if report.declined and not report.reason.strip():
+        raise InvalidUpdate("privacy report: a participant that declines must say why")
+    return PrivacyRow(participant_id, report.round, report.epsilon, report.delta, report.declined, report.reason)
+
+
+def record_summary(rows: Sequence[PrivacyRow]) -> dict[str, float]:
+    """Max and median record-level epsilon (and the largest delta) over one round's reports."""
+    if not rows:
+        return {}
+    eps = [r.epsilon for r in rows]
+    return {"record_epsilon_max": float(max(eps)), "record_epsilon_median": float(np.median(eps)),
+            "record_delta_max": float(max(r.delta for r in rows))}
+
+
+class UniformWeights(Aggregator):
+    """Wraps an aggregator so every update counts once, with at least ``min_updates`` of them (fail closed).
+
+    Participant-level sensitivity is the clip bound C only if no update is scaled up by a weight, and the
+    noise shares add up to the promised total only with at least ``min_updates`` shares.
+    """
+
+    def __init__(self, inner: Aggregator, min_updates: int) -> None:
+        self.inner = inner
+        self.min_updates = min_updates
+        self.name = inner.name
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        if len(contributions) < self.min_updates:
+            raise InvalidUpdate(f"participant-level DP needs at least {self.min_updates} updates, got "
+                                f"{len(contributions)}")
+        return self.inner.aggregate(global_vector, [dataclasses.replace(c, num_examples=1) for c in contributions])

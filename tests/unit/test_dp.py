@@ -1,0 +1,186 @@
+"""Record-level DP at a participant and the participant-level ledger: real Opacus, real files, real SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader, TensorDataset
+
+from coordinator.aggregation import Contribution, FedAvg
+from coordinator.privacy import ParticipantLedger, UniformWeights
+from coordinator.store import Store
+from fedprompt.config import DPSection, JobConfig, dump_toml, parse_toml
+from fedprompt.data.datasets import label_indices
+from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
+from fedprompt.models import build_classifier
+from participant.dp import RecordAccountant, SitePrivacy, noise_share, plan_record_dp, train_local_dp
+from tests.support import tiny_job, toy_examples
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
+              pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
+              pytest.mark.filterwarnings("ignore:Full backward hook is firing")]
+
+
+def dp_job(model_dir: Path, **dp: object) -> JobConfig:
+    return dataclasses.replace(tiny_job(model_dir, rounds=3), dp=DPSection(enabled=True, **dp))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("line, key", [
+    ("noise_multiplier = -0.5", "dp.noise_multiplier"),
+    ("delta = 1.0", "dp.delta"),
+    ("delta = -0.1", "dp.delta"),
+    ("epsilon = 0", "dp.epsilon"),
+    ("epsilon = -3", "dp.epsilon"),
+    ("max_grad_norm = 0", "dp.max_grad_norm"),
+    ("update_clip = -1.0", "dp.update_clip"),
+    ("participant_noise_multiplier = -1", "dp.participant_noise_multiplier"),
+    ("participant_epsilon = 0", "dp.participant_epsilon"),
+    ("participant_delta = 1", "dp.participant_delta"),
+    ("accountant = 'gdp2'", "dp.accountant"),
+    ("epsilon = inf", "dp.epsilon"),
+    ("budget = 3", "dp.budget"),
+])
+def test_bad_dp_config_fails_at_load_naming_the_key(line: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}: ") as info:
+        parse_toml(f"[dp]\nenabled = true\n{line}\n", JobConfig, "job.toml")
+    assert "must" in str(info.value) or "unknown key" in str(info.value)
+
+
+def test_dp_config_round_trips_through_toml() -> None:
+    config = JobConfig(dp=DPSection(enabled=True, epsilon=3.0, participant_noise_multiplier=1.1))
+    assert parse_toml(dump_toml(config), JobConfig) == config
+
+
+def test_dp_sgd_epsilon_equals_opacus_own_computation(tiny_encoder_dir: Path) -> None:
+    """Our accountant after real DP-SGD steps == Opacus's RDP analysis == a PrivacyEngine run of the same steps."""
+    config = dp_job(tiny_encoder_dir, noise_multiplier=1.1)
+    examples = toy_examples(40, seed=1)
+    labels = label_indices(examples, config.task.label_names)
+    model = build_classifier(config)
+    plan = plan_record_dp(config.dp, config.train, config.job.rounds, len(examples))
+    assert (plan.sample_rate, plan.delta, plan.noise_multiplier) == (0.1, 1 / 400, 1.1)
+    accountant = RecordAccountant("rdp", None)
+    before = model.get_vector()
+    for _ in range(3):
+        result = train_local_dp(model, examples, labels, config.train, plan, accountant)
+        assert result.steps == plan.steps_per_round == 2
+    assert not np.allclose(before, model.get_vector())
+    ours = accountant.epsilon(plan.delta)
+
+    steps = 3 * plan.steps_per_round
+    rdp = rdp_analysis.compute_rdp(q=0.1, noise_multiplier=1.1, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS)
+    analytic, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=plan.delta)
+    assert ours == pytest.approx(float(analytic), rel=1e-12)
+
+    engine = PrivacyEngine(accountant="rdp")
+    net = torch.nn.Linear(3, 2)
+    loader = DataLoader(TensorDataset(torch.randn(40, 3), torch.randint(0, 2, (40,))), batch_size=4)
+    net, optimiser, loader = engine.make_private(module=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                                                 data_loader=loader, noise_multiplier=1.1, max_grad_norm=1.0)
+    batches = iter(loader)
+    for _ in range(steps):
+        x, y = next(batches)
+        optimiser.zero_grad()
+        if len(x):
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+        else:
+            for p in net.parameters():
+                p.grad_sample = torch.zeros((0, *p.shape))
+        optimiser.step()
+    assert ours == pytest.approx(engine.get_epsilon(plan.delta), rel=1e-12)
+
+
+def test_calibrated_noise_is_opacus_and_spends_the_budget_over_the_planned_rounds(tiny_encoder_dir: Path) -> None:
+    config = dp_job(tiny_encoder_dir, epsilon=3.0)
+    plan = plan_record_dp(config.dp, config.train, config.job.rounds, 40)
+    assert plan.noise_multiplier == get_noise_multiplier(target_epsilon=3.0, target_delta=1 / 400, sample_rate=0.1,
+                                                         steps=6, accountant="rdp")
+    accountant = RecordAccountant("rdp", None)
+    for _ in range(6):
+        accountant.accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=0.1)
+    assert 2.9 < accountant.epsilon(plan.delta) <= 3.0
+
+
+def test_prv_accountant_epsilon_equals_opacus() -> None:
+    ours = RecordAccountant("prv", None)
+    reference = PRVAccountant()
+    for _ in range(6):
+        ours.accountant.step(noise_multiplier=1.0, sample_rate=0.1)
+        reference.step(noise_multiplier=1.0, sample_rate=0.1)
+    assert ours.epsilon(1e-3) == pytest.approx(reference.get_epsilon(1e-3, eps_error=0.01), rel=1e-12)
+    assert ours.epsilon(1e-3) > 0
+
+
+def test_accountant_state_survives_a_restart_and_refuses_past_the_budget(tiny_encoder_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    config = dp_job(tiny_encoder_dir, epsilon=3.0, noise_multiplier=1.0)
+    examples = toy_examples(8, seed=2)
+    labels = label_indices(examples, config.task.label_names)
+    ledger = tmp_path / "dp" / "job.json"
+    first = SitePrivacy(config, len(examples), ledger)
+    assert first.epsilon() == 0.0 and first.refusal() == ""
+    first.train(build_classifier(config), examples, labels, config.train)
+    spent = first.epsilon()
+    assert 2.0 < spent < 3.0 and json.loads(ledger.read_text())["history"] == [[1.0, 0.5, 2]]
+
+    restarted = SitePrivacy(config, len(examples), ledger)
+    assert restarted.epsilon() == spent
+    assert "record-level privacy budget" in restarted.refusal()
+    report = restarted.report("job", 2, restarted.refusal())
+    assert report.declined and report.epsilon == spent and report.delta == 1 / 80
+
+
+def test_unreadable_ledger_fails_closed(tmp_path: Path) -> None:
+    ledger = tmp_path / "job.json"
+    ledger.write_text('{"history": "garbage"}')
+    with pytest.raises(FedPromptError, match="refusing to train"):
+        RecordAccountant("rdp", ledger)
+
+
+def test_noise_share_clips_and_m_shares_sum_to_the_full_noise() -> None:
+    rng = np.random.default_rng(0)
+    big = np.full(1000, 3.0, np.float32)
+    clipped = noise_share(big, clip=2.0, noise_multiplier=0.0, shares=4, rng=rng)
+    assert np.linalg.norm(clipped) == pytest.approx(2.0, rel=1e-5)
+    small = np.full(1000, 1e-3, np.float32)
+    np.testing.assert_allclose(noise_share(small, 2.0, 0.0, 4, rng), small, rtol=1e-6)
+    total = sum(noise_share(np.zeros(200_000, np.float32), 2.0, 1.5, 4, rng) for _ in range(4))
+    assert np.std(total) == pytest.approx(1.5 * 2.0, rel=0.01)
+
+
+def test_participant_ledger_matches_opacus_and_persists(tmp_path: Path) -> None:
+    dp = DPSection(enabled=True, participant_noise_multiplier=1.2, participant_epsilon=10.0, participant_delta=1e-3)
+    store = Store(tmp_path / "state.sqlite")
+    ledger = ParticipantLedger("job", dp, store)
+    assert ledger.epsilon() == 0.0
+    rates = [0.5, 0.5, 0.25]
+    reference = RDPAccountant()
+    for round_, q in enumerate(rates, start=1):
+        ledger.record(round_, q)
+        reference.step(noise_multiplier=1.2, sample_rate=q)
+    assert ledger.epsilon() == pytest.approx(reference.get_epsilon(1e-3), rel=1e-12)
+    reloaded = ParticipantLedger("job", dp, store)
+    assert reloaded.epsilon() == ledger.epsilon()
+    assert [row.round for row in store.ledger("job")] == [1, 2, 3]
+    tight = dataclasses.replace(dp, participant_epsilon=ledger.epsilon() + 1e-6)
+    assert "participant-level privacy budget reached" in ParticipantLedger("job", tight, store).refusal(0.5)
+    assert ParticipantLedger("job", DPSection(enabled=True), store).epsilon() == float("inf")
+    store.close()
+
+
+def test_uniform_weights_count_each_update_once_and_need_the_minimum() -> None:
+    aggregator = UniformWeights(FedAvg(), min_updates=2)
+    contributions = [Contribution("a", 100, np.ones(4, np.float32)), Contribution("b", 1, np.zeros(4, np.float32))]
+    result = aggregator.aggregate(np.zeros(4, np.float32), contributions)
+    np.testing.assert_allclose(result.vector, np.full(4, 0.5))
+    with pytest.raises(InvalidUpdate, match="at least 2"):
+        aggregator.aggregate(np.zeros(4, np.float32), contributions[:1])
