@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
-from coordinator.aggregation import make_aggregator
+from coordinator.aggregation import job_aggregator
 from coordinator.rounds import TERMINAL, JobRuntime, JobState
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
@@ -33,7 +33,7 @@ class JobManager:
     def create_job(self, config_toml: str) -> str:
         """Validate a job config (naming any bad key) and register the job; returns its id."""
         config = parse_toml(config_toml, JobConfig, "job config")
-        make_aggregator(config.job.aggregator)
+        job_aggregator(config)
         job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
@@ -66,7 +66,7 @@ class JobManager:
             counts = self.store.update_counts(job.job_id)
             online = set(job.online())
             for m in job.members.values():
-                state = m.state if m.participant_id in online else "offline"
+                state = m.state if m.participant_id in online or m.state != "active" else "offline"
                 out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
                                            m.last_seen, counts.get(m.participant_id, 0)))
         return out

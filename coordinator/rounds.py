@@ -6,6 +6,10 @@ attempt), collects their updates, and aggregates when all selected reported, or 
 ``min_participants`` did.  Below the minimum at the deadline the round is retried with a fresh selection,
 at most ``max_attempts`` times, after which the job pauses with the reason in its status.
 
+With a robust aggregator every round's decision (who was kept, who rejected, each score) is stored; a
+participant rejected in ``robust.quarantine_after`` consecutive rounds it took part in is quarantined: it is
+skipped in selection until an admin releases it.
+
 Global version ``v`` is the prompt after ``v`` aggregated rounds; version 0 (the initial prompt) is
 supplied by the first participant to join, so the coordinator never needs the PLM.  Every member
 evaluates each new global version on its local test split and reports metrics.
@@ -24,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from coordinator.aggregation import Contribution, make_aggregator
-from coordinator.store import MemberRow, RoundRow, Store
+from coordinator.aggregation import AggregateResult, Contribution, job_aggregator
+from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
 from fedprompt.config import JobConfig
 from fedprompt.errors import (
     DuplicateUpdate,
@@ -34,14 +38,29 @@ from fedprompt.errors import (
     NotEnrolled,
     NotFound,
     NotSelected,
+    PreconditionFailed,
+    RobustAssumptionError,
     StaleRound,
 )
 from fedprompt.payload import FLOAT32, decode_vector
-from fedprompt.protocol import JobDescription, JobView, JoinInfo, Payload, PayloadHeader, RoundView, Task, TaskKind
+from fedprompt.protocol import (
+    FlagsView,
+    FlagView,
+    JobDescription,
+    JobView,
+    JoinInfo,
+    Payload,
+    PayloadHeader,
+    RoundView,
+    Task,
+    TaskKind,
+)
 
 log = structlog.get_logger("coordinator.rounds")
 
 MAX_METRICS = 32
+ACTIVE = "active"
+QUARANTINED = "quarantined"
 
 
 class JobState(enum.Enum):
@@ -100,7 +119,7 @@ class JobRuntime:
         self.clock = clock
         self.offline_after_s = offline_after_s
         self.max_attempts = max_attempts
-        self.aggregator = make_aggregator(config.job.aggregator)
+        self.aggregator = job_aggregator(config)
         self.state = JobState.CREATED
         self.reason = ""
         self.vector_size = 0
@@ -110,6 +129,7 @@ class JobRuntime:
         self.next_attempt = 1
         self.evaluated: dict[str, set[int]] = {}
         self.version_downloads: dict[int, int] = {}
+        self.streaks: dict[str, int] = {}
         self.log = log.bind(job_id=job_id)
 
     # ---- admin transitions -------------------------------------------------------------------------
@@ -160,8 +180,9 @@ class JobRuntime:
                                 "check the model and prompt length")
         now = self.clock()
         previous = self.members.get(participant_id)
+        state = QUARANTINED if previous is not None and previous.state == QUARANTINED else ACTIVE
         row = MemberRow(self.job_id, participant_id, num_train, num_test, previous.joined_at if previous else now,
-                        now, "active")
+                        now, state)
         self.members[participant_id] = row
         self.store.upsert_member(row)
         self.evaluated.setdefault(participant_id, set())
@@ -188,6 +209,8 @@ class JobRuntime:
             return Task(TaskKind.WAIT, reason="waiting for the initial prompt")
         if latest not in self.evaluated[participant_id]:
             return Task(TaskKind.EVALUATE, global_version=latest)
+        if self.members[participant_id].state == QUARANTINED and self.state is not JobState.DONE:
+            return Task(TaskKind.WAIT, reason="quarantined after repeated rejected updates; an admin must release it")
         r = self.open
         if r is not None and participant_id in r.selected and participant_id not in r.contributions:
             if self.clock() < r.deadline:
@@ -298,7 +321,7 @@ class JobRuntime:
 
     def online(self) -> list[str]:
         cutoff = self.clock() - self.offline_after_s
-        return sorted(p for p, m in self.members.items() if m.state == "active" and m.last_seen >= cutoff)
+        return sorted(p for p, m in self.members.items() if m.state == ACTIVE and m.last_seen >= cutoff)
 
     def _open_round(self, number: int) -> None:
         eligible = self.online()
@@ -321,11 +344,16 @@ class JobRuntime:
         assert previous is not None
         current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
                                 self.vector_size)
-        result = self.aggregator.aggregate(current, list(r.contributions.values()))
+        try:
+            result = self.aggregator.aggregate(current, list(r.contributions.values()))
+        except RobustAssumptionError as exc:
+            self._fail_attempt(f"{self.aggregator.name} refused: {exc}")
+            return
         if not np.isfinite(result.vector).all():
             self._fail_attempt("aggregate is not finite")
             return
         self.store.save_prompt(self.job_id, r.number, FLOAT32, result.vector.astype("<f4").tobytes())
+        self._record_decision(r, result)
         summary = {**result.metrics, "updates": float(len(r.contributions)),
                    "examples": float(sum(c.num_examples for c in r.contributions.values()))}
         self.store.save_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary))
@@ -334,6 +362,43 @@ class JobRuntime:
         self.next_attempt = 1
         if r.number >= self.config.job.rounds:
             self._set_state(JobState.DONE, "all rounds completed")
+
+    def _record_decision(self, r: OpenRound, result: AggregateResult) -> None:
+        """Store a robust aggregator's verdict and update rejection streaks; quarantine at the configured limit."""
+        decision = result.decision
+        if decision is None:
+            return
+        self.store.save_decisions([
+            DecisionRow(self.job_id, r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
+                        decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
+        limit = self.config.robust.quarantine_after
+        for pid in decision.accepted:
+            self.streaks[pid] = 0
+        for pid in decision.rejected:
+            self.streaks[pid] = self.streaks.get(pid, 0) + 1
+            if limit and self.streaks[pid] >= limit and self.members[pid].state == ACTIVE:
+                self._set_member_state(pid, QUARANTINED)
+                self.log.warning("participant quarantined", participant=pid, round=r.number,
+                                 consecutive_rejections=self.streaks[pid])
+        if decision.rejected:
+            self.log.info("updates rejected", round=r.number, defence=decision.defence, rejected=list(decision.rejected))
+
+    def _set_member_state(self, participant_id: str, state: str) -> None:
+        row = dataclasses.replace(self.members[participant_id], state=state)
+        self.members[participant_id] = row
+        self.store.upsert_member(row)
+
+    def release(self, participant_id: str) -> str:
+        """Admin: lift a quarantine; the participant is eligible for selection again with a fresh streak."""
+        member = self.members.get(participant_id)
+        if member is None:
+            raise NotFound(f"{participant_id} is not a member of job {self.job_id}")
+        if member.state != QUARANTINED:
+            raise PreconditionFailed(f"{participant_id} is not quarantined (state {member.state})")
+        self._set_member_state(participant_id, ACTIVE)
+        self.streaks[participant_id] = 0
+        self.log.info("participant released", participant=participant_id)
+        return ACTIVE
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open
@@ -359,14 +424,28 @@ class JobRuntime:
         means = {k: sum(r.metrics.get(k, 0.0) * r.num_examples for r in rows) / total for k in keys}
         return means, len(rows)
 
+    def quarantined(self) -> tuple[str, ...]:
+        return tuple(sorted(p for p, m in self.members.items() if m.state == QUARANTINED))
+
+    def flags(self) -> FlagsView:
+        """Every stored robust-aggregation verdict, the quarantined members and the current rejection streaks."""
+        flags = tuple(FlagView(d.round, d.attempt, d.participant_id, d.accepted, d.score, d.score_name, d.defence)
+                      for d in self.store.decisions(self.job_id))
+        return FlagsView(flags, self.quarantined(), dict(sorted(self.streaks.items())))
+
     def view(self) -> JobView:
+        rejected: dict[tuple[int, int], list[str]] = {}
+        for d in self.store.decisions(self.job_id):
+            if not d.accepted:
+                rejected.setdefault((d.round, d.attempt), []).append(d.participant_id)
         rounds = []
         for row in self.store.rounds(self.job_id):
             metrics, reports = self.weighted_metrics(row.round) if row.state == RoundState.DONE.value else ({}, 0)
             reported = tuple(sorted(self.open.contributions)) if (
                 self.open and self.open.number == row.round and self.open.attempt == row.attempt) else ()
             rounds.append(RoundView(row.round, row.state, row.attempt, row.selected, reported, row.opened_at,
-                                    row.closed_at, row.bytes_up, row.bytes_down, {**row.summary, **metrics}, reports))
+                                    row.closed_at, row.bytes_up, row.bytes_down, {**row.summary, **metrics}, reports,
+                                    tuple(rejected.get((row.round, row.attempt), ()))))
         initial, _ = self.weighted_metrics(0)
         latest = self.latest_version()
         return JobView(
@@ -375,4 +454,5 @@ class JobRuntime:
             global_version=latest if latest is not None else -1, participants=len(self.members),
             aggregator=self.aggregator.name, vector_size=self.vector_size, config_toml=self.config_toml,
             initial_metrics=initial, rounds=tuple(rounds), reason=self.reason or self.phase,
+            quarantined=self.quarantined(),
         )

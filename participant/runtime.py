@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 
 from fedprompt.config import JobConfig, parse_toml
-from fedprompt.data.datasets import label_indices
+from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import FedPromptError
 from fedprompt.models.classifier import PromptClassifier
@@ -31,6 +31,20 @@ log = structlog.get_logger("participant.runtime")
 ModelFactory = Callable[[JobConfig], PromptClassifier]
 
 
+class SiteBehaviour:
+    """What a site trains on and what it sends: honest (both identity) unless a simulation says otherwise.
+
+    The attack simulator (``participant.attacks``) overrides both hooks; only a simulation config can choose
+    it, never anything the coordinator sends.
+    """
+
+    def training_examples(self, examples: list[Example]) -> list[Example]:
+        return examples
+
+    def outgoing_delta(self, delta: np.ndarray, round_: int) -> np.ndarray:
+        return delta
+
+
 class ParticipantRuntime:
     """Runs one site's side of a job against any ``CoordinatorLink``."""
 
@@ -42,6 +56,7 @@ class ParticipantRuntime:
         model_factory: ModelFactory,
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
+        behaviour: SiteBehaviour | None = None,
     ) -> None:
         self.link = link
         self.site = site
@@ -49,6 +64,7 @@ class ParticipantRuntime:
         self.model_factory = model_factory
         self.state_dir = state_dir
         self.progress = progress
+        self.behaviour = behaviour or SiteBehaviour()
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
         self.model: PromptClassifier | None = None
@@ -115,8 +131,10 @@ class ParticipantRuntime:
         seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
-        result = train_local(model, self.site.train, self._labels("train"), self.config.train, seed, bar)
-        delta = model.get_vector() - start_vector
+        examples = self.behaviour.training_examples(self.site.train)
+        labels = label_indices(examples, self.config.task.label_names)
+        result = train_local(model, examples, labels, self.config.train, seed, bar)
+        delta = self.behaviour.outgoing_delta(model.get_vector() - start_vector, task.round)
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)
