@@ -90,6 +90,8 @@ class Aggregator(ABC):
     """Turns the current global vector and a round's contributions into the next global vector."""
 
     name: str
+    flags = False  # whether it judges participants (and so yields a RoundDecision)
+    quarantines = False  # whether its rejections count towards quarantine
 
     def __init__(self, robust: RobustSection | None = None) -> None:
         self.robust = robust or RobustSection()
@@ -122,6 +124,9 @@ class GramDefence(Aggregator):
     ``decide`` sees only ``G``, so an encrypted-update aggregator reuses it unchanged on decrypted Gram
     scalars; ``conclude`` turns a decision into the round's result for either path.
     """
+
+    flags = True
+    quarantines = True
 
     @abstractmethod
     def decide(self, g: np.ndarray) -> Decision:
@@ -157,9 +162,13 @@ class NormBound(GramDefence):
 
 
 class Krum(GramDefence):
-    """Krum (Blanchard et al. 2017): keep the single update closest to its n - f - 2 nearest neighbours."""
+    """Krum (Blanchard et al. 2017): keep the single update closest to its n - f - 2 nearest neighbours.
+
+    Its n - 1 "rejections" are non-selections, not accusations, so they do not count towards quarantine.
+    """
 
     name = "krum"
+    quarantines = False
 
     def minimum_updates(self) -> int:
         return 2 * self.robust.max_malicious + 3
@@ -173,6 +182,7 @@ class MultiKrum(Krum):
     (0 = n - f) and average them."""
 
     name = "multi_krum"
+    quarantines = True
 
     def minimum_updates(self) -> int:
         return max(super().minimum_updates(), self.robust.multi_krum_keep + self.robust.max_malicious)

@@ -371,7 +371,7 @@ class JobRuntime:
         self.store.save_decisions([
             DecisionRow(self.job_id, r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
                         decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
-        limit = self.config.robust.quarantine_after
+        limit = self.config.robust.quarantine_after if self.aggregator.quarantines else 0
         for pid in decision.accepted:
             self.streaks[pid] = 0
         for pid in decision.rejected:
