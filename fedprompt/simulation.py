@@ -28,6 +28,7 @@ from fedprompt.protocol import JobDescription, JobView, JoinInfo, Payload, Task,
 from fedprompt.report import build_report
 from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from participant.runtime import ParticipantRuntime
+from participant.train import Trainer, train_local
 
 log = structlog.get_logger("fedprompt.simulation")
 
@@ -150,13 +151,15 @@ def simulate(
     backbone: Backbone | None = None,
     on_round: Callable[[int], None] | None = None,
     attack: AttackSection | None = None,
+    trainer: Trainer = train_local,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
     With an ``attack`` (kind other than "none") the chosen sites behave maliciously and the report adds
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
     backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
-    of the aggregator's rejections, when it makes any).
+    of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
+    ``participant.train.memoized`` one shared by runs that replay the same rounds).
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -166,7 +169,8 @@ def simulate(
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
     runtimes = [ParticipantRuntime(LocalLink(jobs, f"site-{k}"), site, job_id, lambda cfg: build_classifier(cfg, bb),
-                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None)
+                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None,
+                                   trainer=trainer)
                 for k, site in enumerate(sites)]
     for runtime in runtimes:
         runtime.join()

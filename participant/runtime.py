@@ -24,7 +24,7 @@ from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
 from participant.link import CoordinatorLink
-from participant.train import ProgressFn, evaluate, train_local
+from participant.train import ProgressFn, Trainer, evaluate, train_local
 
 log = structlog.get_logger("participant.runtime")
 
@@ -57,6 +57,7 @@ class ParticipantRuntime:
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
         behaviour: SiteBehaviour | None = None,
+        trainer: Trainer = train_local,
     ) -> None:
         self.link = link
         self.site = site
@@ -65,6 +66,7 @@ class ParticipantRuntime:
         self.state_dir = state_dir
         self.progress = progress
         self.behaviour = behaviour or SiteBehaviour()
+        self.trainer = trainer
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
         self.model: PromptClassifier | None = None
@@ -133,7 +135,7 @@ class ParticipantRuntime:
         bar = self.progress(f"round {task.round}") if self.progress else None
         examples = self.behaviour.training_examples(self.site.train)
         labels = label_indices(examples, self.config.task.label_names)
-        result = train_local(model, examples, labels, self.config.train, seed, bar)
+        result = self.trainer(model, examples, labels, self.config.train, seed, bar)
         delta = self.behaviour.outgoing_delta(model.get_vector() - start_vector, task.round)
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"

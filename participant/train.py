@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ class TrainResult:
     steps: int
     num_examples: int
     loss: float
+
+
+Trainer = Callable[[PromptClassifier, list[Example], list[int], TrainSection, int, ProgressFn | None], TrainResult]
 
 
 def train_local(
@@ -66,6 +70,29 @@ def train_local(
     model.eval()
     used = min(len(examples), total * config.batch_size)
     return TrainResult(step, used, float(np.mean(losses)))
+
+
+def memoized(trainer: Trainer) -> Trainer:
+    """``trainer`` with results remembered by (start vector, examples, labels, config, seed).
+
+    Local training is a pure function of those inputs, so experiments that replay the same round from the
+    same global prompt (e.g. one scenario under several aggregators) can skip the repeat.
+    """
+    cache: dict[str, tuple[np.ndarray, TrainResult]] = {}
+
+    def run(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
+            progress: ProgressFn | None = None) -> TrainResult:
+        digest = hashlib.sha256(model.get_vector().tobytes())
+        digest.update(repr((seed, config, labels, [e.text for e in examples])).encode())
+        key = digest.hexdigest()
+        if key not in cache:
+            result = trainer(model, examples, labels, config, seed, progress)
+            cache[key] = (model.get_vector(), result)
+        vector, result = cache[key]
+        model.set_vector(vector)
+        return result
+
+    return run
 
 
 def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int], batch_size: int = 64) -> dict[str, float]:
