@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedprompt.admin_client import AdminClient
-from fedprompt.cli import main
+from fedprompt.cli import build_parser
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.errors import NotFound, PreconditionFailed
 from fedprompt.payload import FLOAT32, encode_vector
@@ -20,6 +20,12 @@ from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 8
 NAMES = ("a", "b", "c", "d")
+
+
+def cli(*argv: str) -> int:
+    """Run a ``fedprompt`` command in-process without reconfiguring logging (``main`` would)."""
+    args = build_parser().parse_args(list(argv))
+    return int(args.fn(args))
 
 
 def test_flags_quarantine_and_release_over_grpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,10 +54,10 @@ def test_flags_quarantine_and_release_over_grpc(tmp_path: Path, capsys: pytest.C
             assert all(f.defence == "norm_bound" and f.round == 1 for f in flags.flags)
             people = {p.participant_id: p.state for p in admin.participants(job_id)}
             assert people["d"] == "quarantined"
-            assert main(["admin", "--coordinator", coordinator.target, "flags", job_id]) == 0
+            assert cli("admin", "--coordinator", coordinator.target, "flags", job_id) == 0
             out = capsys.readouterr().out
             assert "REJECTED" in out and "quarantined: d" in out and "norm_over_median" in out
-            assert main(["admin", "--coordinator", coordinator.target, "status", job_id]) == 0
+            assert cli("admin", "--coordinator", coordinator.target, "status", job_id) == 0
             out = capsys.readouterr().out
             assert "rejected" in out and "quarantined: d" in out
 
@@ -61,7 +67,7 @@ def test_flags_quarantine_and_release_over_grpc(tmp_path: Path, capsys: pytest.C
                 admin.release(job_id, "nobody")
             with pytest.raises(NotFound):
                 admin.flags("no-such-job")
-            assert main(["admin", "--coordinator", coordinator.target, "release", job_id, "d"]) == 0
+            assert cli("admin", "--coordinator", coordinator.target, "release", job_id, "d") == 0
             assert capsys.readouterr().out.strip() == "active"
             assert admin.status(job_id).quarantined == ()
         finally:
