@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import pytest
+
+from fedprompt.cli import build_parser
 from fedprompt.config import RobustSection
+from fedprompt.data.datasets import write_jsonl
 from fedprompt.simulation import simulate
 from participant.attacks import AttackSection
 from participant.train import memoized, train_local
-from tests.support import tiny_job, toy_sites
+from tests.support import REPO, tiny_job, toy_examples, toy_sites
 
 
 def test_simulation_completes_every_round_with_reports(tiny_encoder_dir: Path) -> None:
@@ -50,3 +55,20 @@ def test_memoized_training_replays_identical_rounds_without_retraining(tiny_enco
     second = simulate(config, toy_sites(3), trainer=trainer)
     assert trained == 6 and len(calls) == trained
     assert [r["accuracy"] for r in first["rounds"]] == [r["accuracy"] for r in second["rounds"]]
+
+
+def test_simulate_command_runs_the_backdoor_example(tiny_encoder_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(data, toy_examples(160, 7))
+    argv = ["simulate", "--config", str(REPO / "examples" / "backdoor.toml"), "--dataset", str(data),
+            "--test-size", "40", "--report", str(tmp_path / "r.json"),
+            "--set", f'model.path="{tiny_encoder_dir}"', "--set", 'task.label_names=["neg", "pos"]',
+            "--set", 'task.label_words=["bad", "good"]', "--set", 'attack.target_label="pos"',
+            "--set", 'job.aggregator="norm_bound"', "--set", "train.max_steps=1"]
+    args = build_parser().parse_args(argv)
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert "attack backdoor by site-" in out and "ASR" in out and "detection precision" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["state"] == "done" and len(report["malicious"]) == 2 and report["detection"] is not None
