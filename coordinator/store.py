@@ -209,7 +209,7 @@ class Store:
     def decisions(self, job_id: str) -> list[DecisionRow]:
         rows = self._all("SELECT job_id,round,attempt,participant_id,accepted,score,score_name,defence FROM decisions "
                          "WHERE job_id=? ORDER BY round, attempt, participant_id", (job_id,))
-        return [DecisionRow(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bool(r[4]), float(r[5]),  # type: ignore[arg-type]
+        return [DecisionRow(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bool(r[4]), float(r[5]),  # type: ignore[call-overload, arg-type]
                             str(r[6]), str(r[7])) for r in rows]
 
     # global prompt versions
