@@ -3,6 +3,12 @@
 The maths lives in module-level pure functions that tests call directly; an ``Aggregator`` wraps one for
 the round machinery.  Participants submit prompt *deltas* (new local prompt minus the global they started
 from) with their example counts.
+
+Robust aggregators come in two kinds.  ``GramDefence`` subclasses decide which updates to keep from the
+Gram matrix of the deltas alone (``coordinator.robust``) and then average the kept ones; this split is the
+seam for encrypted updates: an HE aggregator computes the Gram matrix on ciphertexts, has key holders
+decrypt those scalars, calls the same ``decide`` and folds only the accepted ciphertexts.  Coordinate-wise
+defences (median, trimmed mean) need every coordinate and exist for plaintext jobs only.
 """
 
 from __future__ import annotations
@@ -13,6 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from coordinator.robust import (
+    Decision,
+    coordinate_median,
+    gram,
+    multi_krum,
+    norm_outliers,
+    similarity_filter,
+    trimmed_mean,
+)
+from fedprompt.config import JobConfig, RobustSection
 from fedprompt.errors import ConfigError, InvalidUpdate
 
 
@@ -26,10 +42,22 @@ class Contribution:
 
 
 @dataclass(frozen=True)
+class RoundDecision:
+    """A defence's verdict on one round, by participant: who was kept, who was rejected, and each score."""
+
+    defence: str
+    score_name: str
+    accepted: tuple[str, ...]
+    rejected: tuple[str, ...]
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
 class AggregateResult:
     vector: np.ndarray
     accepted: tuple[str, ...]
     metrics: dict[str, float] = field(default_factory=dict)
+    decision: RoundDecision | None = None
 
 
 def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -43,14 +71,39 @@ def weighted_mean(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np
     return (w @ stacked / w.sum()).astype(np.float32)
 
 
+def _stack(contributions: Sequence[Contribution]) -> np.ndarray:
+    if not contributions:
+        raise InvalidUpdate("no updates to aggregate")
+    return np.stack([np.asarray(c.delta, dtype=np.float64) for c in contributions])
+
+
+def _norm_metrics(contributions: Sequence[Contribution]) -> dict[str, float]:
+    norms = [float(np.linalg.norm(c.delta)) for c in contributions]
+    return {"update_norm_mean": float(np.mean(norms)), "update_norm_max": float(np.max(norms))}
+
+
+def _apply(global_vector: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    return (global_vector.astype(np.float64) + delta).astype(np.float32)
+
+
 class Aggregator(ABC):
     """Turns the current global vector and a round's contributions into the next global vector."""
 
     name: str
+    flags = False  # whether it judges participants (and so yields a RoundDecision)
+    quarantines = False  # whether its rejections count towards quarantine
+
+    def __init__(self, robust: RobustSection | None = None) -> None:
+        self.robust = robust or RobustSection()
+
+    def minimum_updates(self) -> int:
+        """The fewest updates this rule accepts to aggregate (its assumption); job configs are checked against it."""
+        return 1
 
     @abstractmethod
     def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
-        """Return the new global vector; raise ``InvalidUpdate`` if the contributions cannot be combined."""
+        """Return the new global vector; raise ``InvalidUpdate`` if the contributions cannot be combined, or
+        ``RobustAssumptionError`` if the rule's assumption does not hold for them."""
 
 
 class FedAvg(Aggregator):
@@ -61,19 +114,139 @@ class FedAvg(Aggregator):
 
     def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
         mean_delta = weighted_mean([c.delta for c in contributions], [c.num_examples for c in contributions])
-        norms = [float(np.linalg.norm(c.delta)) for c in contributions]
-        return AggregateResult(
-            vector=(global_vector.astype(np.float64) + mean_delta).astype(np.float32),
-            accepted=tuple(c.participant_id for c in contributions),
-            metrics={"update_norm_mean": float(np.mean(norms)), "update_norm_max": float(np.max(norms))},
-        )
+        return AggregateResult(_apply(global_vector, mean_delta), tuple(c.participant_id for c in contributions),
+                               _norm_metrics(contributions))
 
 
-AGGREGATORS: dict[str, type[Aggregator]] = {FedAvg.name: FedAvg}
+class GramDefence(Aggregator):
+    """Decide from the Gram matrix which updates to keep, then take the example-weighted mean of those.
+
+    ``decide`` sees only ``G``, so an encrypted-update aggregator reuses it unchanged on decrypted Gram
+    scalars; ``conclude`` turns a decision into the round's result for either path.
+    """
+
+    flags = True
+    quarantines = True
+
+    @abstractmethod
+    def decide(self, g: np.ndarray) -> Decision:
+        """The decision for a round whose deltas have Gram matrix ``g`` (rows in contribution order)."""
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        decision = self.decide(gram(_stack(contributions)))
+        kept = [contributions[i] for i in decision.accepted]
+        mean_delta = weighted_mean([c.delta for c in kept], [c.num_examples for c in kept])
+        return self.conclude(_apply(global_vector, mean_delta), contributions, decision)
+
+    def conclude(self, vector: np.ndarray, contributions: Sequence[Contribution], decision: Decision) -> AggregateResult:
+        """Package the new global ``vector`` with the decision expressed by participant id."""
+        ids = [c.participant_id for c in contributions]
+        verdict = RoundDecision(self.name, decision.score_name, tuple(ids[i] for i in decision.accepted),
+                                tuple(ids[i] for i in decision.rejected),
+                                {pid: decision.scores[i] for i, pid in enumerate(ids)})
+        metrics = {**_norm_metrics(contributions), "accepted": float(len(verdict.accepted)),
+                   "rejected": float(len(verdict.rejected))}
+        return AggregateResult(vector, verdict.accepted, metrics, verdict)
 
 
-def make_aggregator(name: str) -> Aggregator:
+class NormBound(GramDefence):
+    """Reject updates whose norm exceeds ``robust.norm_factor`` x the median norm (``robust.norm_outliers``)."""
+
+    name = "norm_bound"
+
+    def minimum_updates(self) -> int:
+        return 2 * self.robust.max_malicious + 1
+
+    def decide(self, g: np.ndarray) -> Decision:
+        return norm_outliers(g, self.robust.max_malicious, self.robust.norm_factor)
+
+
+class Krum(GramDefence):
+    """Krum (Blanchard et al. 2017): keep the single update closest to its n - f - 2 nearest neighbours.
+
+    Its n - 1 "rejections" are non-selections, not accusations, so they do not count towards quarantine.
+    """
+
+    name = "krum"
+    quarantines = False
+
+    def minimum_updates(self) -> int:
+        return 2 * self.robust.max_malicious + 3
+
+    def decide(self, g: np.ndarray) -> Decision:
+        return multi_krum(g, self.robust.max_malicious, 1)
+
+
+class MultiKrum(Krum):
+    """Multi-Krum (Blanchard et al. 2017): keep the ``robust.multi_krum_keep`` best-scored updates
+    (0 = n - f) and average them."""
+
+    name = "multi_krum"
+    quarantines = True
+
+    def minimum_updates(self) -> int:
+        return max(super().minimum_updates(), self.robust.multi_krum_keep + self.robust.max_malicious)
+
+    def decide(self, g: np.ndarray) -> Decision:
+        f = self.robust.max_malicious
+        return multi_krum(g, f, self.robust.multi_krum_keep or g.shape[0] - f)
+
+
+class FoolsGold(GramDefence):
+    """FoolsGold-like similarity defence (Fung et al. 2020): drop updates suspiciously similar to another."""
+
+    name = "foolsgold"
+
+    def minimum_updates(self) -> int:
+        return 3
+
+    def decide(self, g: np.ndarray) -> Decision:
+        return similarity_filter(g, self.robust.max_malicious)
+
+
+class CoordinateMedian(Aggregator):
+    """Coordinate-wise median of the deltas (Yin et al. 2018); plaintext-only, flags no participant."""
+
+    name = "median"
+
+    def minimum_updates(self) -> int:
+        return 2 * self.robust.max_malicious + 1
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        delta = coordinate_median(_stack(contributions), self.robust.max_malicious)
+        return AggregateResult(_apply(global_vector, delta), tuple(c.participant_id for c in contributions),
+                               _norm_metrics(contributions))
+
+
+class TrimmedMean(CoordinateMedian):
+    """Coordinate-wise trimmed mean, ``f`` trimmed at each end (Yin et al. 2018); plaintext-only."""
+
+    name = "trimmed_mean"
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        delta = trimmed_mean(_stack(contributions), self.robust.max_malicious)
+        return AggregateResult(_apply(global_vector, delta), tuple(c.participant_id for c in contributions),
+                               _norm_metrics(contributions))
+
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    cls.name: cls for cls in (FedAvg, NormBound, CoordinateMedian, TrimmedMean, Krum, MultiKrum, FoolsGold)
+}
+
+
+def make_aggregator(name: str, robust: RobustSection | None = None) -> Aggregator:
     """Build an aggregator from its registry name (the ``job.aggregator`` config key)."""
     if name not in AGGREGATORS:
         raise ConfigError(f"job.aggregator: unknown {name!r}; choose one of {sorted(AGGREGATORS)}")
-    return AGGREGATORS[name]()
+    return AGGREGATORS[name](robust)
+
+
+def job_aggregator(config: JobConfig) -> Aggregator:
+    """The job's aggregator, refusing a config under which it could be asked to run outside its assumption."""
+    aggregator = make_aggregator(config.job.aggregator, config.robust)
+    needed = aggregator.minimum_updates()
+    if config.job.min_participants < needed:
+        raise ConfigError(f"job.min_participants: {aggregator.name} with robust.max_malicious="
+                          f"{config.robust.max_malicious} needs at least {needed} updates per round, "
+                          f"got min_participants={config.job.min_participants}")
+    return aggregator

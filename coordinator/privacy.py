@@ -117,6 +117,11 @@ class UniformWeights(Aggregator):
         self.inner = inner
         self.min_updates = min_updates
         self.name = inner.name
+        self.flags = inner.flags
+        self.quarantines = inner.quarantines
+
+    def minimum_updates(self) -> int:
+        return max(self.min_updates, self.inner.minimum_updates())
 
     def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
         if len(contributions) < self.min_updates:

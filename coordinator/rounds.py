@@ -12,6 +12,10 @@ ends when fewer than ``min_participants`` members have budget left.  With partic
 count equally, a round aggregates only with at least ``min_participants`` noise shares, and the job ends
 before the participant-level ledger would pass its budget (``coordinator.privacy``).
 
+With a robust aggregator every round's decision (who was kept, who rejected, each score) is stored; a
+participant rejected in ``robust.quarantine_after`` consecutive rounds it took part in is quarantined: it is
+skipped in selection until an admin releases it.
+
 Global version ``v`` is the prompt after ``v`` aggregated rounds; version 0 (the initial prompt) is
 supplied by the first participant to join, so the coordinator never needs the PLM.  Every member
 evaluates each new global version on its local test split and reports metrics.
@@ -38,10 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from coordinator.aggregation import Contribution, make_aggregator
+from coordinator.aggregation import AggregateResult, Contribution, job_aggregator
 from coordinator.keys import JobKeys
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
-from coordinator.store import MemberRow, RoundRow, Store
+from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import EncryptedSum
 from fedprompt.config import JobConfig, dump_toml
@@ -54,10 +58,13 @@ from fedprompt.errors import (
     NotFound,
     NotSelected,
     PreconditionFailed,
+    RobustAssumptionError,
     StaleRound,
 )
 from fedprompt.payload import FLOAT32, decode_vector
 from fedprompt.protocol import (
+    FlagsView,
+    FlagView,
     JobDescription,
     JobView,
     JoinInfo,
@@ -82,6 +89,7 @@ KEY_GRACE_S = 30.0
 NO_PLAINTEXT = np.empty(0, dtype=np.float32)
 ACTIVE = "active"
 EXHAUSTED = "budget_exhausted"  # member state: declined to train, its record-level privacy budget is spent
+QUARANTINED = "quarantined"
 
 
 class JobState(enum.Enum):
@@ -145,7 +153,7 @@ class JobRuntime:
         self.clock = clock
         self.offline_after_s = offline_after_s
         self.max_attempts = max_attempts
-        self.aggregator = make_aggregator(config.job.aggregator)
+        self.aggregator = job_aggregator(config)
         self.keys = JobKeys(job_id, config.he.params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
         if config.dp.participant_level:
@@ -160,6 +168,7 @@ class JobRuntime:
         self.next_attempt = 1
         self.evaluated: dict[str, set[int]] = {}
         self.version_downloads: dict[int, int] = {}
+        self.streaks: dict[str, int] = {}
         self.log = log.bind(job_id=job_id)
 
     # ---- admin transitions -------------------------------------------------------------------------
@@ -225,7 +234,9 @@ class JobRuntime:
         deal = self.keys.register(participant_id, exchange_public_key) if self.keys is not None else False
         now = self.clock()
         previous = self.members.get(participant_id)
-        state = EXHAUSTED if previous is not None and previous.state == EXHAUSTED else ACTIVE  # budgets never reset
+        # budgets never reset, and a quarantine outlives a re-join
+        keep = (EXHAUSTED, QUARANTINED)
+        state = previous.state if previous is not None and previous.state in keep else ACTIVE
         row = MemberRow(self.job_id, participant_id, num_train, num_test, previous.joined_at if previous else now,
                         now, state)
         self.members[participant_id] = row
@@ -275,6 +286,8 @@ class JobRuntime:
             return Task(TaskKind.WAIT, reason="waiting for the initial prompt")
         if latest not in self.evaluated[participant_id]:
             return Task(TaskKind.EVALUATE, global_version=latest)
+        if self.members[participant_id].state == QUARANTINED and self.state is not JobState.DONE:
+            return Task(TaskKind.WAIT, reason="quarantined after repeated rejected updates; an admin must release it")
         r = self.open
         if r is not None and participant_id in r.selected and participant_id not in r.contributions:
             if self.clock() < r.deadline:
@@ -537,11 +550,16 @@ class JobRuntime:
             assert previous is not None
             current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
                                     self.vector_size)
-            result = self.aggregator.aggregate(current, list(r.contributions.values()))
+            try:
+                result = self.aggregator.aggregate(current, list(r.contributions.values()))
+            except RobustAssumptionError as exc:
+                self._fail_attempt(f"{self.aggregator.name} refused: {exc}")
+                return
             if not np.isfinite(result.vector).all():
                 self._fail_attempt("aggregate is not finite")
                 return
             data, metrics = result.vector.astype("<f4").tobytes(), result.metrics
+            self._record_decision(r, result)
         self.store.save_prompt(self.job_id, r.number, self.encoding, data)
         summary = {**metrics, "updates": float(len(r.contributions)),
                    "examples": float(sum(c.num_examples for c in r.contributions.values())),
@@ -564,6 +582,43 @@ class JobRuntime:
             summary["participant_epsilon"] = self.privacy.record(r.number, r.sample_rate)
             summary["participant_delta"] = self.config.dp.participant_delta
         return summary
+
+    def _record_decision(self, r: OpenRound, result: AggregateResult) -> None:
+        """Store a robust aggregator's verdict and update rejection streaks; quarantine at the configured limit."""
+        decision = result.decision
+        if decision is None:
+            return
+        self.store.save_decisions([
+            DecisionRow(self.job_id, r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
+                        decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
+        limit = self.config.robust.quarantine_after if self.aggregator.quarantines else 0
+        for pid in decision.accepted:
+            self.streaks[pid] = 0
+        for pid in decision.rejected:
+            self.streaks[pid] = self.streaks.get(pid, 0) + 1
+            if limit and self.streaks[pid] >= limit and self.members[pid].state == ACTIVE:
+                self._set_member_state(pid, QUARANTINED)
+                self.log.warning("participant quarantined", participant=pid, round=r.number,
+                                 consecutive_rejections=self.streaks[pid])
+        if decision.rejected:
+            self.log.info("updates rejected", round=r.number, defence=decision.defence, rejected=list(decision.rejected))
+
+    def _set_member_state(self, participant_id: str, state: str) -> None:
+        row = dataclasses.replace(self.members[participant_id], state=state)
+        self.members[participant_id] = row
+        self.store.upsert_member(row)
+
+    def release(self, participant_id: str) -> str:
+        """Admin: lift a quarantine; the participant is eligible for selection again with a fresh streak."""
+        member = self.members.get(participant_id)
+        if member is None:
+            raise NotFound(f"{participant_id} is not a member of job {self.job_id}")
+        if member.state != QUARANTINED:
+            raise PreconditionFailed(f"{participant_id} is not quarantined (state {member.state})")
+        self._set_member_state(participant_id, ACTIVE)
+        self.streaks[participant_id] = 0
+        self.log.info("participant released", participant=participant_id)
+        return ACTIVE
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open
@@ -594,14 +649,28 @@ class JobRuntime:
                 means[key] = sum(r.metrics[key] * r.num_examples for r in having) / total
         return means, len(rows)
 
+    def quarantined(self) -> tuple[str, ...]:
+        return tuple(sorted(p for p, m in self.members.items() if m.state == QUARANTINED))
+
+    def flags(self) -> FlagsView:
+        """Every stored robust-aggregation verdict, the quarantined members and the current rejection streaks."""
+        flags = tuple(FlagView(d.round, d.attempt, d.participant_id, d.accepted, d.score, d.score_name, d.defence)
+                      for d in self.store.decisions(self.job_id))
+        return FlagsView(flags, self.quarantined(), dict(sorted(self.streaks.items())))
+
     def view(self) -> JobView:
+        rejected: dict[tuple[int, int], list[str]] = {}
+        for d in self.store.decisions(self.job_id):
+            if not d.accepted:
+                rejected.setdefault((d.round, d.attempt), []).append(d.participant_id)
         rounds = []
         for row in self.store.rounds(self.job_id):
             metrics, reports = self.weighted_metrics(row.round) if row.state == RoundState.DONE.value else ({}, 0)
             reported = tuple(sorted(self.open.contributions)) if (
                 self.open and self.open.number == row.round and self.open.attempt == row.attempt) else ()
             rounds.append(RoundView(row.round, row.state, row.attempt, row.selected, reported, row.opened_at,
-                                    row.closed_at, row.bytes_up, row.bytes_down, {**row.summary, **metrics}, reports))
+                                    row.closed_at, row.bytes_up, row.bytes_down, {**row.summary, **metrics}, reports,
+                                    tuple(rejected.get((row.round, row.attempt), ()))))
         initial, _ = self.weighted_metrics(0)
         latest = self.latest_version()
         return JobView(
@@ -610,4 +679,5 @@ class JobRuntime:
             global_version=latest if latest is not None else -1, participants=len(self.members),
             aggregator=self.aggregator.name, vector_size=self.vector_size, config_toml=self.config_toml,
             initial_metrics=initial, rounds=tuple(rounds), reason=self.reason or self.phase,
+            quarantined=self.quarantined(),
         )

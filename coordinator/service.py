@@ -194,6 +194,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         people = self.jobs.participants(request.job_id)
         return admin_pb2.ListParticipantsResponse(participants=[serde.participant_to_pb(p) for p in people])
 
+    @rpc_method("AdminService")
+    async def ListFlags(self, request: admin_pb2.ListFlagsRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        return serde.flags_to_pb(self.jobs.job(request.job_id).flags())
+
+    @rpc_method("AdminService")
+    async def ReleaseParticipant(self, request: admin_pb2.ReleaseParticipantRequest,
+                                 context: grpc.aio.ServicerContext) -> Any:
+        self.auth.admin(context)
+        state = self.jobs.job(request.job_id).release(request.participant_id)
+        self.notifier.notify()
+        return admin_pb2.ReleaseParticipantResponse(state=state)
+
     @stream_method("AdminService")
     async def ExportPrompt(self, request: admin_pb2.ExportPromptRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -6,6 +6,7 @@ encrypted initial prompt and each round's encrypted aggregate), reported metrics
 key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open; and
 privacy: the participant-level ledger (one Opacus accountant step per aggregated round) and the record-level
 epsilon each participant reports.
+Also robust-aggregation decisions (accepted or rejected, with the defence's score).
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
 
@@ -44,6 +45,11 @@ CREATE TABLE IF NOT EXISTS updates (
 CREATE TABLE IF NOT EXISTS prompts (
     job_id TEXT NOT NULL, version INTEGER NOT NULL, encoding TEXT NOT NULL, data BLOB NOT NULL,
     created_at REAL NOT NULL, PRIMARY KEY (job_id, version)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    job_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL, participant_id TEXT NOT NULL,
+    accepted INTEGER NOT NULL, score REAL NOT NULL, score_name TEXT NOT NULL, defence TEXT NOT NULL,
+    decided_at REAL NOT NULL, PRIMARY KEY (job_id, round, attempt, participant_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL, version INTEGER NOT NULL, participant_id TEXT NOT NULL, num_examples INTEGER NOT NULL,
@@ -130,6 +136,18 @@ class PrivacyRow:
     delta: float
     declined: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    job_id: str
+    round: int
+    attempt: int
+    participant_id: str
+    accepted: bool
+    score: float
+    score_name: str
+    defence: str
 
 
 @dataclass(frozen=True)
@@ -234,6 +252,20 @@ class Store:
     def update_counts(self, job_id: str) -> dict[str, int]:
         rows = self._all("SELECT participant_id, COUNT(*) FROM updates WHERE job_id=? GROUP BY participant_id", (job_id,))
         return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
+
+    # robust-aggregation decisions
+    def save_decisions(self, rows: list[DecisionRow]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?)",
+                           [(r.job_id, r.round, r.attempt, r.participant_id, int(r.accepted), r.score, r.score_name,
+                             r.defence, now) for r in rows])
+
+    def decisions(self, job_id: str) -> list[DecisionRow]:
+        rows = self._all("SELECT job_id,round,attempt,participant_id,accepted,score,score_name,defence FROM decisions "
+                         "WHERE job_id=? ORDER BY round, attempt, participant_id", (job_id,))
+        return [DecisionRow(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bool(r[4]), float(r[5]),  # type: ignore[call-overload, arg-type]
+                            str(r[6]), str(r[7])) for r in rows]
 
     # global prompt versions
     def save_prompt(self, job_id: str, version: int, encoding: str, data: bytes) -> None:

@@ -11,7 +11,7 @@ from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler, decode_vector
 from fedprompt.promptfile import load_prompt, save_prompt
-from fedprompt.protocol import JobView, ParticipantView
+from fedprompt.protocol import FlagsView, JobView, ParticipantView
 from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc
 
@@ -58,6 +58,13 @@ class AdminClient:
     def participants(self, job_id: str = "") -> list[ParticipantView]:
         response = self._unary("ListParticipants", admin_pb2.ListParticipantsRequest(job_id=job_id))
         return [serde.participant_from_pb(p) for p in response.participants]  # type: ignore[attr-defined]
+
+    def flags(self, job_id: str) -> FlagsView:
+        return serde.flags_from_pb(self._unary("ListFlags", admin_pb2.ListFlagsRequest(job_id=job_id)))  # type: ignore[arg-type]
+
+    def release(self, job_id: str, participant_id: str) -> str:
+        request = admin_pb2.ReleaseParticipantRequest(job_id=job_id, participant_id=participant_id)
+        return self._unary("ReleaseParticipant", request).state  # type: ignore[attr-defined]
 
     def export(self, job_id: str, out: Path, version: int = 0) -> Path:
         """Fetch a global prompt and save it with its job config as a safetensors file."""

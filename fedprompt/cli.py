@@ -127,15 +127,33 @@ def _print_status(view: Any, people: list[Any]) -> None:
     if view.reason:
         print(f"  {view.reason}")
     print(f"  initial accuracy: {fmt(view.initial_metrics.get('accuracy'))}")
+    if view.quarantined:
+        print(f"  quarantined: {', '.join(view.quarantined)} (release with `fedprompt admin release`)")
     rows = [[r.round, r.attempt, r.state, len(r.selected), r.metric_reports, r.metrics.get("accuracy"),
-             r.metrics.get("loss"), r.bytes_up, r.bytes_down, *(r.metrics.get(k) for k in PRIVACY_KEYS)]
+             r.metrics.get("loss"), r.bytes_up, r.bytes_down, ",".join(r.rejected) or "-", *(r.metrics.get(k) for k in PRIVACY_KEYS)]
             for r in view.rounds]
     if rows:
         print(table(["round", "attempt", "state", "selected", "reports", "accuracy", "loss", "bytes_up", "bytes_down",
-                     *PRIVACY_HEADERS], rows))
+                     "rejected", *PRIVACY_HEADERS], rows))
     if people:
         print(table(["participant", "state", "updates", "eps_record", "reason"],
                     [[p.participant_id, p.state, p.updates_accepted, p.record_epsilon, p.reason] for p in people]))
+
+
+
+def _print_flags(flags: Any) -> None:
+    from fedprompt.report import table
+
+    if not flags.flags:
+        print("no robust-aggregation decisions (the job's aggregator judges no participant, or no round ended yet)")
+    else:
+        print(table(["round", "attempt", "participant", "decision", "score", "measure", "defence"],
+                    [[f.round, f.attempt, f.participant_id, "accepted" if f.accepted else "REJECTED", f.score,
+                      f.score_name, f.defence] for f in flags.flags]))
+    streaks = {p: n for p, n in flags.streaks.items() if n}
+    if streaks:
+        print("consecutive rejections: " + ", ".join(f"{p}={n}" for p, n in streaks.items()))
+    print(f"quarantined: {', '.join(flags.quarantined) or 'none'}")
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -166,6 +184,14 @@ def cmd_admin(args: argparse.Namespace) -> int:
             print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
                         [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted,
                           p.record_epsilon, p.reason] for p in people]))
+        elif args.admin_cmd == "flags":
+            flags = client.flags(args.job)
+            if args.json:
+                print(json.dumps(asdict(flags), indent=2))
+            else:
+                _print_flags(flags)
+        elif args.admin_cmd == "release":
+            print(client.release(args.job, args.participant))
         elif args.admin_cmd == "export":
             out = client.export(args.job, Path(args.out), args.version)
             print(f"wrote {out}")
@@ -262,19 +288,20 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 # ---- simulate / demo / bench -------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprompt.config import JobConfig, load_toml, parse_toml
-    from fedprompt.data.shards import PartitionSpec, load_split, split_sites
-    from fedprompt.report import round_table, summary, write_json
-    from fedprompt.simulation import simulate
+    from fedprompt.report import attack_summary, round_table, summary, write_json
+    from fedprompt.simulation import load_simulation, parse_simulation, simulate
 
     overrides = _overrides(args.set)
-    config = load_toml(args.config, JobConfig, overrides) if args.config else parse_toml("", JobConfig, overrides=overrides)
-    train, test, names = load_split(args.dataset, args.test_size, args.seed, config.task.label_names)
-    spec = PartitionSpec(args.partition, args.alpha, args.shots, args.quantity_alpha, args.label_alpha)
-    sites = split_sites(train, test, names, args.participants, spec, args.seed)
-    report = simulate(config, sites)
+    for key in ("dataset", "participants", "partition", "alpha", "shots", "quantity_alpha", "label_alpha", "test_size",
+                "seed"):
+        if getattr(args, key) is not None:
+            overrides[f"simulation.{key}"] = getattr(args, key)
+    sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
+    report = simulate(sim.job, sim.simulation.sites(sim.job.task.label_names), attack=sim.attack)
     print(round_table(report))
     print(summary(report))
+    if "attack" in report:
+        print(attack_summary(report))
     if args.report:
         write_json(report, args.report)
     return 0
@@ -296,16 +323,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------------
-def _add_partition_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--participants", type=int, default=3, help="number of sites (default 3)")
-    p.add_argument("--partition", choices=["iid", "dirichlet", "fewshot"], default="iid",
+def _add_partition_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Partition flags; ``defaults=False`` leaves unset flags as None so a config file's values stand."""
+    def d(value: Any) -> Any:
+        return value if defaults else None
+
+    p.add_argument("--participants", type=int, default=d(3), help="number of sites (default 3)")
+    p.add_argument("--partition", choices=["iid", "dirichlet", "fewshot"], default=d("iid"),
                    help="how training data is split across sites (default iid)")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew concentration (default 0.5)")
-    p.add_argument("--shots", type=int, default=32, help="few-shot: mean labelled examples per site (default 32)")
-    p.add_argument("--quantity-alpha", type=float, default=1.0, help="few-shot: Dirichlet skew of label counts")
-    p.add_argument("--label-alpha", type=float, default=1.0, help="few-shot: Dirichlet skew of label mix")
-    p.add_argument("--test-size", type=int, default=1000, help="examples held out as the test split (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split and partition (default 0)")
+    p.add_argument("--alpha", type=float, default=d(0.5), help="Dirichlet label-skew concentration (default 0.5)")
+    p.add_argument("--shots", type=int, default=d(32), help="few-shot: mean labelled examples per site (default 32)")
+    p.add_argument("--quantity-alpha", type=float, default=d(1.0), help="few-shot: Dirichlet skew of label counts")
+    p.add_argument("--label-alpha", type=float, default=d(1.0), help="few-shot: Dirichlet skew of label mix")
+    p.add_argument("--test-size", type=int, default=d(1000), help="examples held out as the test split (default 1000)")
+    p.add_argument("--seed", type=int, default=d(0), help="seed for the split and partition (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     asub.add_parser("jobs", help="list jobs")
     people = asub.add_parser("participants", help="list participants (of one job or all)")
     people.add_argument("job", nargs="?")
+    flags = asub.add_parser("flags", help="robust aggregation: each round's accepted/rejected updates and scores, "
+                                          "rejection streaks, quarantined participants")
+    flags.add_argument("job")
+    flags.add_argument("--json", action="store_true")
+    release = asub.add_parser("release", help="lift a participant's quarantine so it can be selected again")
+    release.add_argument("job")
+    release.add_argument("participant")
     export = asub.add_parser("export", help="save the global prompt to a file usable by `fedprompt predict`")
     export.add_argument("job")
     export.add_argument("--out", required=True)
@@ -428,12 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_partition_args(prep)
     prep.set_defaults(fn=cmd_data_prepare)
 
-    sim = sub.add_parser("simulate", help="run a job with many participants in one process (no sockets)")
-    sim.add_argument("--config", help="job TOML (default: built-in defaults)")
-    sim.add_argument("--dataset", default="rotten_tomatoes")
+    sim = sub.add_parser("simulate", help="run a job with many participants in one process (no sockets)",
+                         description="A simulation file is a job TOML plus optional [simulation] (data, sites, "
+                                     "partition) and [attack] (attack simulator) tables; flags override them.")
+    sim.add_argument("--config", help="simulation TOML, e.g. examples/backdoor.toml (default: built-in defaults)")
+    sim.add_argument("--dataset", help="rotten_tomatoes (default), bbc_news, or a CSV/JSONL path")
     sim.add_argument("--report", help="write the JSON report here")
-    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job config key")
-    _add_partition_args(sim)
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key, e.g. job.aggregator=\"multi_krum\" or attack.scale=1")
+    _add_partition_args(sim, defaults=False)
     sim.set_defaults(fn=cmd_simulate)
 
     demo = sub.add_parser("demo", help="coordinator + participant processes over loopback gRPC, end to end")

@@ -215,6 +215,27 @@ class HESection:
 
 
 @dataclass(frozen=True)
+class RobustSection:
+    """Robust aggregation: the assumed bound on malicious updates per round, defence knobs, and quarantine.
+
+    Used only by the robust aggregators (``job.aggregator`` = norm_bound, median, trimmed_mean, krum,
+    multi_krum, foolsgold); FedAvg ignores it.
+    """
+
+    max_malicious: int = 1
+    norm_factor: float = 2.0
+    multi_krum_keep: int = 0
+    quarantine_after: int = 3
+
+    def validate(self, prefix: str) -> None:
+        _check(self.max_malicious >= 0, f"{prefix}.max_malicious", f"must be >= 0, got {self.max_malicious}")
+        _check(1 < self.norm_factor <= 1000, f"{prefix}.norm_factor", f"must be in (1, 1000], got {self.norm_factor}")
+        _check(self.multi_krum_keep >= 0, f"{prefix}.multi_krum_keep", "must be >= 0 (0 keeps n - max_malicious)")
+        _check(self.quarantine_after >= 0, f"{prefix}.quarantine_after",
+               "must be >= 0 (consecutive rejected rounds before quarantine; 0 never quarantines)")
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything a job needs, shared verbatim by coordinator and participants."""
 
@@ -225,6 +246,7 @@ class JobConfig:
     augment: AugmentSection = field(default_factory=AugmentSection)
     he: HESection = field(default_factory=HESection)
     dp: DPSection = field(default_factory=DPSection)
+    robust: RobustSection = field(default_factory=RobustSection)
 
     def validate(self, prefix: str) -> None:
         """Checks that span sections (each section validated itself already)."""

@@ -32,11 +32,15 @@ class RateLimited(ResourceExhausted):
 
 
 class PreconditionFailed(FedPromptError):
-    """The call does not fit the current state of the job or round (base of the two below)."""
+    """The call does not fit the current state of the job or round (base of the three below)."""
 
 
 class StaleRound(PreconditionFailed):
     """A message names a round (or job stage) that is not the current one."""
+
+
+class RobustAssumptionError(PreconditionFailed):
+    """A robust aggregator's assumption does not hold (e.g. Krum with n <= 2f + 2); it refuses to run."""
 
 
 class PermissionDenied(FedPromptError):

@@ -119,6 +119,7 @@ class RoundView:
     bytes_down: int
     metrics: dict[str, float] = field(default_factory=dict)
     metric_reports: int = 0
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class JobView:
     initial_metrics: dict[str, float] = field(default_factory=dict)
     rounds: tuple[RoundView, ...] = ()
     reason: str = ""
+    quarantined: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,3 +151,25 @@ class ParticipantView:
     updates_accepted: int
     reason: str = ""
     record_epsilon: float = 0.0
+
+
+@dataclass(frozen=True)
+class FlagView:
+    """One participant's robust-aggregation verdict in one round attempt."""
+
+    round: int
+    attempt: int
+    participant_id: str
+    accepted: bool
+    score: float
+    score_name: str
+    defence: str
+
+
+@dataclass(frozen=True)
+class FlagsView:
+    """A job's robust-aggregation record: every verdict, who is quarantined, and current rejection streaks."""
+
+    flags: tuple[FlagView, ...]
+    quarantined: tuple[str, ...]
+    streaks: dict[str, int] = field(default_factory=dict)

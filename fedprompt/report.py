@@ -81,6 +81,14 @@ def summary(report: dict[str, Any]) -> str:
             f"{report['plm_params']:,} PLM parameters ({100 * (report['exchanged_over_plm'] or 0):.4f}%)")
 
 
+def attack_summary(report: dict[str, Any]) -> str:
+    """One line on an attacked simulation: who attacked, attack success rate, detection precision/recall."""
+    detection = report.get("detection") or {}
+    return (f"attack {report['attack']['kind']} by {', '.join(report['malicious']) or 'nobody'} | "
+            f"ASR {fmt(report.get('asr'))} | detection precision {fmt(detection.get('precision'))} "
+            f"recall {fmt(detection.get('recall'))}")
+
+
 def write_json(report: dict[str, Any], path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -7,6 +7,8 @@ from typing import Protocol, TypeVar
 
 from fedprompt.payload import CHUNK_BYTES, chunks
 from fedprompt.protocol import (
+    FlagsView,
+    FlagView,
     JobDescription,
     JobView,
     JoinInfo,
@@ -103,12 +105,13 @@ def round_to_pb(r: RoundView) -> admin_pb2.RoundStatus:
     return admin_pb2.RoundStatus(round=r.round, state=r.state, attempt=r.attempt, selected=list(r.selected),
                                  reported=list(r.reported), opened_at=r.opened_at, closed_at=r.closed_at,
                                  bytes_up=r.bytes_up, bytes_down=r.bytes_down, metrics=r.metrics,
-                                 metric_reports=r.metric_reports)
+                                 metric_reports=r.metric_reports, rejected=list(r.rejected))
 
 
 def round_from_pb(pb: admin_pb2.RoundStatus) -> RoundView:
     return RoundView(pb.round, pb.state, pb.attempt, tuple(pb.selected), tuple(pb.reported), pb.opened_at,
-                     pb.closed_at, pb.bytes_up, pb.bytes_down, dict(pb.metrics), pb.metric_reports)
+                     pb.closed_at, pb.bytes_up, pb.bytes_down, dict(pb.metrics), pb.metric_reports,
+                     tuple(pb.rejected))
 
 
 def job_to_pb(v: JobView) -> admin_pb2.JobStatus:
@@ -116,13 +119,13 @@ def job_to_pb(v: JobView) -> admin_pb2.JobStatus:
                                total_rounds=v.total_rounds, global_version=v.global_version,
                                participants=v.participants, aggregator=v.aggregator, vector_size=v.vector_size,
                                initial_metrics=v.initial_metrics, rounds=[round_to_pb(r) for r in v.rounds],
-                               config_toml=v.config_toml, reason=v.reason)
+                               config_toml=v.config_toml, reason=v.reason, quarantined=list(v.quarantined))
 
 
 def job_from_pb(pb: admin_pb2.JobStatus) -> JobView:
     return JobView(pb.job_id, pb.name, pb.state, pb.current_round, pb.total_rounds, pb.global_version,
                    pb.participants, pb.aggregator, pb.vector_size, pb.config_toml, dict(pb.initial_metrics),
-                   tuple(round_from_pb(r) for r in pb.rounds), pb.reason)
+                   tuple(round_from_pb(r) for r in pb.rounds), pb.reason, tuple(pb.quarantined))
 
 
 def participant_to_pb(p: ParticipantView) -> admin_pb2.ParticipantInfo:
@@ -144,3 +147,15 @@ def privacy_to_pb(r: PrivacyReport) -> participant_pb2.ReportPrivacyRequest:
 
 def privacy_from_pb(pb: participant_pb2.ReportPrivacyRequest) -> PrivacyReport:
     return PrivacyReport(pb.job_id, pb.round, pb.epsilon, pb.delta, pb.declined, pb.reason)
+
+
+def flags_to_pb(v: FlagsView) -> admin_pb2.ListFlagsResponse:
+    return admin_pb2.ListFlagsResponse(
+        flags=[admin_pb2.Flag(round=f.round, attempt=f.attempt, participant_id=f.participant_id, accepted=f.accepted,
+                              score=f.score, score_name=f.score_name, defence=f.defence) for f in v.flags],
+        quarantined=list(v.quarantined), streaks=v.streaks)
+
+
+def flags_from_pb(pb: admin_pb2.ListFlagsResponse) -> FlagsView:
+    return FlagsView(tuple(FlagView(f.round, f.attempt, f.participant_id, f.accepted, f.score, f.score_name, f.defence)
+                           for f in pb.flags), tuple(pb.quarantined), dict(pb.streaks))

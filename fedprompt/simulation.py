@@ -1,24 +1,35 @@
 """Many participants in one process, driving the real coordinator and participant domain code directly
-(no sockets): for experiments and benchmarks."""
+(no sockets): for experiments and benchmarks.
+
+A simulation file is a job config plus two tables that never reach the coordinator: ``[simulation]`` (data
+and how it is dealt to sites) and ``[attack]`` (the attack simulator, ``participant.attacks``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.store import Store
-from fedprompt.config import JobConfig, dump_toml
+from fedprompt.config import JobConfig, dump_toml, from_mapping, set_dotted
 from fedprompt.data.datasets import label_indices, majority_accuracy
-from fedprompt.data.shards import SiteData
+from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
+from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
+from fedprompt.payload import decode_vector
+from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
 from fedprompt.report import build_report, privacy_spent
+from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from participant.runtime import ParticipantRuntime
+from participant.train import Trainer, train_local
 
 log = structlog.get_logger("fedprompt.simulation")
 
@@ -64,13 +75,106 @@ class LocalLink:
         self.jobs.job(report.job_id).report_privacy(self.identity, report)
 
 
+@dataclass(frozen=True)
+class SimulationSection:
+    """The ``[simulation]`` table: which data, how many sites, and how it is dealt (see ``PartitionSpec``)."""
+
+    dataset: str = "rotten_tomatoes"
+    participants: int = 3
+    partition: str = "iid"
+    alpha: float = 0.5
+    shots: int = 32
+    quantity_alpha: float = 1.0
+    label_alpha: float = 1.0
+    test_size: int = 1000
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if not 1 <= self.participants <= 1000:
+            raise ConfigError(f"{prefix}.participants: must be in [1, 1000], got {self.participants}")
+        if self.partition not in ("iid", "dirichlet", "fewshot"):
+            raise ConfigError(f"{prefix}.partition: must be iid, dirichlet or fewshot, got {self.partition!r}")
+        if self.test_size < 1:
+            raise ConfigError(f"{prefix}.test_size: must be >= 1")
+
+    def sites(self, label_names: tuple[str, ...]) -> list[SiteData]:
+        """Load the dataset and deal it to ``participants`` sites."""
+        train, test, names = load_split(self.dataset, self.test_size, self.seed, label_names)
+        spec = PartitionSpec(self.partition, self.alpha, self.shots, self.quantity_alpha, self.label_alpha)
+        return split_sites(train, test, names, self.participants, spec, self.seed)
+
+
+@dataclass(frozen=True)
+class SimulationFile:
+    """A parsed simulation file: the job (what the coordinator sees) plus the simulation-only tables."""
+
+    job: JobConfig
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+    attack: AttackSection = field(default_factory=AttackSection)
+
+
+def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[str, Any] | None = None) -> SimulationFile:
+    """Parse a simulation TOML: ``[simulation]`` and ``[attack]`` are split off, the rest is the job config."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    simulation = from_mapping(SimulationSection, data.pop("simulation", {}), "simulation")
+    attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
+    job = from_mapping(JobConfig, data)
+    attack.target_index(job.task.label_names)
+    return SimulationFile(job, simulation, attack)
+
+
+def load_simulation(path: str | Path, overrides: dict[str, Any] | None = None) -> SimulationFile:
+    """Read and parse a simulation file; a bad key is named with the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read simulation config {path}: {exc.strerror}") from exc
+    return parse_simulation(text, str(path), overrides)
+
+
+def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
+    """Detection precision and recall of a robust aggregator, per round and pooled over rounds.
+
+    Per round: precision = rejected-and-malicious / rejected, recall = rejected-and-malicious / malicious
+    among the round's updates; ``None`` where the denominator is 0.
+    """
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    rounds = []
+    hits = flagged = present = 0
+    for r in view.rounds:
+        if r.state != "done":
+            continue
+        bad = malicious & set(r.selected)
+        tp = len(bad & set(r.rejected))
+        hits, flagged, present = hits + tp, flagged + len(r.rejected), present + len(bad)
+        rounds.append({"round": r.round, "rejected": list(r.rejected), "malicious": sorted(bad),
+                       "precision": ratio(tp, len(r.rejected)), "recall": ratio(tp, len(bad))})
+    return {"precision": ratio(hits, flagged), "recall": ratio(hits, present), "rounds": rounds}
+
+
 def simulate(
     config: JobConfig,
     sites: list[SiteData],
     backbone: Backbone | None = None,
     on_round: Callable[[int], None] | None = None,
+    attack: AttackSection | None = None,
+    trainer: Trainer = train_local,
 ) -> dict[str, Any]:
-    """Run a whole job in-process and return its report (the demo's keys plus ``seconds``)."""
+    """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
+
+    With an ``attack`` (kind other than "none") the chosen sites behave maliciously and the report adds
+    ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
+    backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
+    of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
+    ``participant.train.memoized`` one shared by runs that replay the same rounds).
+    """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
     jobs = JobManager(Store(":memory:"))
@@ -78,8 +182,12 @@ def simulate(
     enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))
     job_id = jobs.create_job(dump_toml(enrolled))
     job = jobs.job(job_id)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb))
-                for name, site in zip(names, sites, strict=True)]
+    attack = attack or AttackSection()
+    malicious = choose_malicious(len(sites), attack)
+    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb),
+                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None,
+                                   trainer=trainer)
+                for k, (name, site) in enumerate(zip(names, sites, strict=True))]
     for runtime in runtimes:
         runtime.join()
     job.start()
@@ -107,6 +215,16 @@ def simulate(
     model = runtimes[0].model
     assert model is not None
     view = job.view()
+    extra: dict[str, Any] = {}
+    if attack.kind != "none":
+        extra["attack"] = attack.__dict__
+        extra["malicious"] = [names[k] for k in malicious]
+        extra["detection"] = detection_scores(view, set(extra["malicious"])) if job.aggregator.flags else None
+    if attack.kind == "backdoor" and view.global_version >= 0:
+        final = job.global_payload(None, view.global_version)
+        model.set_vector(decode_vector(final, model.vector_size))
+        extra["asr"] = attack_success_rate(model, [ex for site in sites for ex in site.test], config.task.label_names,
+                                           attack)
     return build_report(view, majority_accuracy(test_labels), model.vector_size, model.plm_parameters,
                         seconds=round(time.perf_counter() - started, 2), mode="simulation", dp=config.dp.enabled,
-                        **privacy_spent(view))
+                        **privacy_spent(view), **extra)

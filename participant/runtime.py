@@ -27,7 +27,7 @@ import structlog
 
 from crypto.ckks import ENCODING as CKKS
 from fedprompt.config import JobConfig, parse_toml
-from fedprompt.data.datasets import label_indices
+from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import FedPromptError, PermissionDenied
 from fedprompt.models.classifier import PromptClassifier
@@ -38,11 +38,25 @@ from participant.dp import SitePrivacy
 from participant.fewshot import PseudoLabeller
 from participant.keys import KeyHolder
 from participant.link import ROUND_MOVED_ON, CoordinatorLink
-from participant.train import ProgressFn, evaluate, train_local
+from participant.train import ProgressFn, Trainer, evaluate, train_local
 
 log = structlog.get_logger("participant.runtime")
 
 ModelFactory = Callable[[JobConfig], PromptClassifier]
+
+
+class SiteBehaviour:
+    """What a site trains on and what it sends: honest (both identity) unless a simulation says otherwise.
+
+    The attack simulator (``participant.attacks``) overrides both hooks; only a simulation config can choose
+    it, never anything the coordinator sends.
+    """
+
+    def training_examples(self, examples: list[Example]) -> list[Example]:
+        return examples
+
+    def outgoing_delta(self, delta: np.ndarray, round_: int) -> np.ndarray:
+        return delta
 
 
 class ParticipantRuntime:
@@ -56,6 +70,8 @@ class ParticipantRuntime:
         model_factory: ModelFactory,
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
+        behaviour: SiteBehaviour | None = None,
+        trainer: Trainer = train_local,
     ) -> None:
         self.link = link
         self.site = site
@@ -63,6 +79,8 @@ class ParticipantRuntime:
         self.model_factory = model_factory
         self.state_dir = state_dir
         self.progress = progress
+        self.behaviour = behaviour or SiteBehaviour()
+        self.trainer = trainer
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
         self.config_toml = ""
@@ -197,18 +215,20 @@ class ParticipantRuntime:
             return
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
-        examples, labels = self.site.train, self._labels("train")
+        examples = self.behaviour.training_examples(self.site.train)  # identity unless simulating an attack
+        labels = label_indices(examples, self.config.task.label_names)
         if self.augmenter is not None and self.augmenter.active(task.round):
             extra, extra_labels, self._train_metrics = self.augmenter.label(model)
             examples, labels = examples + extra, labels + extra_labels
         if self.privacy is not None:
             result = self.privacy.train(model, examples, labels, self.config.train, bar)
-            delta = self.privacy.share(model.get_vector() - start_vector)
+            honest = self.privacy.share(model.get_vector() - start_vector)
             self.link.report_privacy(self.privacy.report(self.info.job_id, task.round))
         else:
             seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
-            result = train_local(model, examples, labels, self.config.train, seed, bar)
-            delta = model.get_vector() - start_vector
+            result = self.trainer(model, examples, labels, self.config.train, seed, bar)
+            honest = model.get_vector() - start_vector
+        delta = self.behaviour.outgoing_delta(honest, task.round)  # identity unless simulating an attack
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)

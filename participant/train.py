@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ def steps_per_round(num_examples: int, config: TrainSection) -> int:
     """Local optimiser steps in one round: ``local_epochs`` passes over the data, capped at ``max_steps``."""
     total = math.ceil(num_examples / config.batch_size) * config.local_epochs
     return min(total, config.max_steps) if config.max_steps else total
+
+
+Trainer = Callable[[PromptClassifier, list[Example], list[int], TrainSection, int, ProgressFn | None], TrainResult]
 
 
 def train_local(
@@ -70,6 +74,29 @@ def train_local(
     model.eval()
     used = min(len(examples), total * config.batch_size)
     return TrainResult(step, used, float(np.mean(losses)))
+
+
+def memoized(trainer: Trainer) -> Trainer:
+    """``trainer`` with results remembered by (start vector, examples, labels, config, seed).
+
+    Local training is a pure function of those inputs, so experiments that replay the same round from the
+    same global prompt (e.g. one scenario under several aggregators) can skip the repeat.
+    """
+    cache: dict[str, tuple[np.ndarray, TrainResult]] = {}
+
+    def run(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
+            progress: ProgressFn | None = None) -> TrainResult:
+        digest = hashlib.sha256(model.get_vector().tobytes())
+        digest.update(repr((seed, config, labels, [e.text for e in examples])).encode())
+        key = digest.hexdigest()
+        if key not in cache:
+            result = trainer(model, examples, labels, config, seed, progress)
+            cache[key] = (model.get_vector(), result)
+        vector, result = cache[key]
+        model.set_vector(vector)
+        return result
+
+    return run
 
 
 def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int], batch_size: int = 64) -> dict[str, float]:

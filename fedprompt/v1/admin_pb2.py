@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedprompt.v1 import common_pb2 as fedprompt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64prompt/v1/admin.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"\'\n\x10\x43reateJobRequest\x12\x13\n\x0b\x63onfig_toml\x18\x01 \x01(\t\"#\n\x11\x43reateJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x10StartJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"!\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x10PauseJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x11\x43\x61ncelJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xad\x02\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08selected\x18\x03 \x03(\t\x12\x10\n\x08reported\x18\x04 \x03(\t\x12\x11\n\topened_at\x18\x05 \x01(\x01\x12\x11\n\tclosed_at\x18\x06 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x07 \x01(\x04\x12\x12\n\nbytes_down\x18\x08 \x01(\x04\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.fedprompt.v1.RoundStatus.MetricsEntry\x12\x16\n\x0emetric_reports\x18\n \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\x16\n\x0eglobal_version\x18\x06 \x01(\x05\x12\x14\n\x0cparticipants\x18\x07 \x01(\r\x12\x12\n\naggregator\x18\x08 \x01(\t\x12\x13\n\x0bvector_size\x18\t \x01(\r\x12\x44\n\x0finitial_metrics\x18\n \x03(\x0b\x32+.fedprompt.v1.JobStatus.InitialMetricsEntry\x12)\n\x06rounds\x18\x0b \x03(\x0b\x32\x19.fedprompt.v1.RoundStatus\x12\x13\n\x0b\x63onfig_toml\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x1a\x35\n\x13InitialMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x14GetJobStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.fedprompt.v1.JobStatus\"\x11\n\x0fListJobsRequest\"9\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.fedprompt.v1.JobStatus\")\n\x17ListParticipantsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcc\x01\n\x0fParticipantInfo\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x04 \x01(\x04\x12\x11\n\tjoined_at\x18\x05 \x01(\x01\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x18\n\x10updates_accepted\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x16\n\x0erecord_epsilon\x18\t \x01(\x01\"O\n\x18ListParticipantsResponse\x12\x33\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1d.fedprompt.v1.ParticipantInfo\"6\n\x13\x45xportPromptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x93\x01\n\x14\x45xportPromptResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x12\x17\n\x0fjob_config_toml\x18\x03 \x01(\tB\x06\n\x04part2\x9e\x05\n\x0c\x41\x64minService\x12L\n\tCreateJob\x12\x1e.fedprompt.v1.CreateJobRequest\x1a\x1f.fedprompt.v1.CreateJobResponse\x12I\n\x08StartJob\x12\x1d.fedprompt.v1.StartJobRequest\x1a\x1e.fedprompt.v1.StartJobResponse\x12I\n\x08PauseJob\x12\x1d.fedprompt.v1.PauseJobRequest\x1a\x1e.fedprompt.v1.PauseJobResponse\x12L\n\tCancelJob\x12\x1e.fedprompt.v1.CancelJobRequest\x1a\x1f.fedprompt.v1.CancelJobResponse\x12U\n\x0cGetJobStatus\x12!.fedprompt.v1.GetJobStatusRequest\x1a\".fedprompt.v1.GetJobStatusResponse\x12I\n\x08ListJobs\x12\x1d.fedprompt.v1.ListJobsRequest\x1a\x1e.fedprompt.v1.ListJobsResponse\x12\x61\n\x10ListParticipants\x12%.fedprompt.v1.ListParticipantsRequest\x1a&.fedprompt.v1.ListParticipantsResponse\x12W\n\x0c\x45xportPrompt\x12!.fedprompt.v1.ExportPromptRequest\x1a\".fedprompt.v1.ExportPromptResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66\x65\x64prompt/v1/admin.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"\'\n\x10\x43reateJobRequest\x12\x13\n\x0b\x63onfig_toml\x18\x01 \x01(\t\"#\n\x11\x43reateJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x10StartJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"!\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x10PauseJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x11\x43\x61ncelJobResponse\x12\r\n\x05state\x18\x01 \x01(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xbf\x02\n\x0bRoundStatus\x12\r\n\x05round\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08selected\x18\x03 \x03(\t\x12\x10\n\x08reported\x18\x04 \x03(\t\x12\x11\n\topened_at\x18\x05 \x01(\x01\x12\x11\n\tclosed_at\x18\x06 \x01(\x01\x12\x10\n\x08\x62ytes_up\x18\x07 \x01(\x04\x12\x12\n\nbytes_down\x18\x08 \x01(\x04\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.fedprompt.v1.RoundStatus.MetricsEntry\x12\x16\n\x0emetric_reports\x18\n \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x12\x10\n\x08rejected\x18\x0c \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9e\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\x16\n\x0eglobal_version\x18\x06 \x01(\x05\x12\x14\n\x0cparticipants\x18\x07 \x01(\r\x12\x12\n\naggregator\x18\x08 \x01(\t\x12\x13\n\x0bvector_size\x18\t \x01(\r\x12\x44\n\x0finitial_metrics\x18\n \x03(\x0b\x32+.fedprompt.v1.JobStatus.InitialMetricsEntry\x12)\n\x06rounds\x18\x0b \x03(\x0b\x32\x19.fedprompt.v1.RoundStatus\x12\x13\n\x0b\x63onfig_toml\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x13\n\x0bquarantined\x18\x0e \x03(\t\x1a\x35\n\x13InitialMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x14GetJobStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.fedprompt.v1.JobStatus\"\x11\n\x0fListJobsRequest\"9\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.fedprompt.v1.JobStatus\")\n\x17ListParticipantsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcc\x01\n\x0fParticipantInfo\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x1a\n\x12num_train_examples\x18\x04 \x01(\x04\x12\x11\n\tjoined_at\x18\x05 \x01(\x01\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x18\n\x10updates_accepted\x18\x07 \x01(\r\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x16\n\x0erecord_epsilon\x18\t \x01(\x01\"O\n\x18ListParticipantsResponse\x12\x33\n\x0cparticipants\x18\x01 \x03(\x0b\x32\x1d.fedprompt.v1.ParticipantInfo\"6\n\x13\x45xportPromptRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x93\x01\n\x14\x45xportPromptResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.fedprompt.v1.PayloadChunkH\x00\x12\x17\n\x0fjob_config_toml\x18\x03 \x01(\tB\x06\n\x04part\"\"\n\x10ListFlagsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x84\x01\n\x04\x46lag\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x16\n\x0eparticipant_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x12\n\nscore_name\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x65nce\x18\x07 \x01(\t\"\xba\x01\n\x11ListFlagsResponse\x12!\n\x05\x66lags\x18\x01 \x03(\x0b\x32\x12.fedprompt.v1.Flag\x12\x13\n\x0bquarantined\x18\x02 \x03(\t\x12=\n\x07streaks\x18\x03 \x03(\x0b\x32,.fedprompt.v1.ListFlagsResponse.StreaksEntry\x1a.\n\x0cStreaksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"C\n\x19ReleaseParticipantRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\"+\n\x1aReleaseParticipantResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xd5\x06\n\x0c\x41\x64minService\x12L\n\tCreateJob\x12\x1e.fedprompt.v1.CreateJobRequest\x1a\x1f.fedprompt.v1.CreateJobResponse\x12I\n\x08StartJob\x12\x1d.fedprompt.v1.StartJobRequest\x1a\x1e.fedprompt.v1.StartJobResponse\x12I\n\x08PauseJob\x12\x1d.fedprompt.v1.PauseJobRequest\x1a\x1e.fedprompt.v1.PauseJobResponse\x12L\n\tCancelJob\x12\x1e.fedprompt.v1.CancelJobRequest\x1a\x1f.fedprompt.v1.CancelJobResponse\x12U\n\x0cGetJobStatus\x12!.fedprompt.v1.GetJobStatusRequest\x1a\".fedprompt.v1.GetJobStatusResponse\x12I\n\x08ListJobs\x12\x1d.fedprompt.v1.ListJobsRequest\x1a\x1e.fedprompt.v1.ListJobsResponse\x12\x61\n\x10ListParticipants\x12%.fedprompt.v1.ListParticipantsRequest\x1a&.fedprompt.v1.ListParticipantsResponse\x12W\n\x0c\x45xportPrompt\x12!.fedprompt.v1.ExportPromptRequest\x1a\".fedprompt.v1.ExportPromptResponse0\x01\x12L\n\tListFlags\x12\x1e.fedprompt.v1.ListFlagsRequest\x1a\x1f.fedprompt.v1.ListFlagsResponse\x12g\n\x12ReleaseParticipant\x12\'.fedprompt.v1.ReleaseParticipantRequest\x1a(.fedprompt.v1.ReleaseParticipantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSTATUS_INITIALMETRICSENTRY']._loaded_options = None
   _globals['_JOBSTATUS_INITIALMETRICSENTRY']._serialized_options = b'8\001'
+  _globals['_LISTFLAGSRESPONSE_STREAKSENTRY']._loaded_options = None
+  _globals['_LISTFLAGSRESPONSE_STREAKSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEJOBREQUEST']._serialized_start=69
   _globals['_CREATEJOBREQUEST']._serialized_end=108
   _globals['_CREATEJOBRESPONSE']._serialized_start=110
@@ -55,29 +57,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBSTATUSREQUEST']._serialized_start=359
   _globals['_GETJOBSTATUSREQUEST']._serialized_end=396
   _globals['_ROUNDSTATUS']._serialized_start=399
-  _globals['_ROUNDSTATUS']._serialized_end=700
-  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_start=654
-  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_end=700
-  _globals['_JOBSTATUS']._serialized_start=703
-  _globals['_JOBSTATUS']._serialized_end=1096
-  _globals['_JOBSTATUS_INITIALMETRICSENTRY']._serialized_start=1043
-  _globals['_JOBSTATUS_INITIALMETRICSENTRY']._serialized_end=1096
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=1098
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=1161
-  _globals['_LISTJOBSREQUEST']._serialized_start=1163
-  _globals['_LISTJOBSREQUEST']._serialized_end=1180
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1182
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1239
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=1241
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=1282
-  _globals['_PARTICIPANTINFO']._serialized_start=1285
-  _globals['_PARTICIPANTINFO']._serialized_end=1489
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=1491
-  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=1570
-  _globals['_EXPORTPROMPTREQUEST']._serialized_start=1572
-  _globals['_EXPORTPROMPTREQUEST']._serialized_end=1626
-  _globals['_EXPORTPROMPTRESPONSE']._serialized_start=1629
-  _globals['_EXPORTPROMPTRESPONSE']._serialized_end=1776
-  _globals['_ADMINSERVICE']._serialized_start=1779
-  _globals['_ADMINSERVICE']._serialized_end=2449
+  _globals['_ROUNDSTATUS']._serialized_end=718
+  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_start=672
+  _globals['_ROUNDSTATUS_METRICSENTRY']._serialized_end=718
+  _globals['_JOBSTATUS']._serialized_start=721
+  _globals['_JOBSTATUS']._serialized_end=1135
+  _globals['_JOBSTATUS_INITIALMETRICSENTRY']._serialized_start=1082
+  _globals['_JOBSTATUS_INITIALMETRICSENTRY']._serialized_end=1135
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=1137
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=1200
+  _globals['_LISTJOBSREQUEST']._serialized_start=1202
+  _globals['_LISTJOBSREQUEST']._serialized_end=1219
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1221
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1278
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=1280
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=1321
+  _globals['_PARTICIPANTINFO']._serialized_start=1324
+  _globals['_PARTICIPANTINFO']._serialized_end=1528
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_start=1530
+  _globals['_LISTPARTICIPANTSRESPONSE']._serialized_end=1609
+  _globals['_EXPORTPROMPTREQUEST']._serialized_start=1611
+  _globals['_EXPORTPROMPTREQUEST']._serialized_end=1665
+  _globals['_EXPORTPROMPTRESPONSE']._serialized_start=1668
+  _globals['_EXPORTPROMPTRESPONSE']._serialized_end=1815
+  _globals['_LISTFLAGSREQUEST']._serialized_start=1817
+  _globals['_LISTFLAGSREQUEST']._serialized_end=1851
+  _globals['_FLAG']._serialized_start=1854
+  _globals['_FLAG']._serialized_end=1986
+  _globals['_LISTFLAGSRESPONSE']._serialized_start=1989
+  _globals['_LISTFLAGSRESPONSE']._serialized_end=2175
+  _globals['_LISTFLAGSRESPONSE_STREAKSENTRY']._serialized_start=2129
+  _globals['_LISTFLAGSRESPONSE_STREAKSENTRY']._serialized_end=2175
+  _globals['_RELEASEPARTICIPANTREQUEST']._serialized_start=2177
+  _globals['_RELEASEPARTICIPANTREQUEST']._serialized_end=2244
+  _globals['_RELEASEPARTICIPANTRESPONSE']._serialized_start=2246
+  _globals['_RELEASEPARTICIPANTRESPONSE']._serialized_end=2289
+  _globals['_ADMINSERVICE']._serialized_start=2292
+  _globals['_ADMINSERVICE']._serialized_end=3145
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
-    __slots__ = ("round", "state", "selected", "reported", "opened_at", "closed_at", "bytes_up", "bytes_down", "metrics", "metric_reports", "attempt")
+    __slots__ = ("round", "state", "selected", "reported", "opened_at", "closed_at", "bytes_up", "bytes_down", "metrics", "metric_reports", "attempt", "rejected")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class RoundStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     METRIC_REPORTS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     round: int
     state: str
     selected: _containers.RepeatedScalarFieldContainer[str]
@@ -92,10 +93,11 @@ class RoundStatus(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     metric_reports: int
     attempt: int
-    def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., selected: _Optional[_Iterable[str]] = ..., reported: _Optional[_Iterable[str]] = ..., opened_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metric_reports: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    rejected: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., state: _Optional[str] = ..., selected: _Optional[_Iterable[str]] = ..., reported: _Optional[_Iterable[str]] = ..., opened_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., metric_reports: _Optional[int] = ..., attempt: _Optional[int] = ..., rejected: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "name", "state", "current_round", "total_rounds", "global_version", "participants", "aggregator", "vector_size", "initial_metrics", "rounds", "config_toml", "reason")
+    __slots__ = ("job_id", "name", "state", "current_round", "total_rounds", "global_version", "participants", "aggregator", "vector_size", "initial_metrics", "rounds", "config_toml", "reason", "quarantined")
     class InitialMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class JobStatus(_message.Message):
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     state: str
@@ -129,7 +132,8 @@ class JobStatus(_message.Message):
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
     config_toml: str
     reason: str
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., current_round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., global_version: _Optional[int] = ..., participants: _Optional[int] = ..., aggregator: _Optional[str] = ..., vector_size: _Optional[int] = ..., initial_metrics: _Optional[_Mapping[str, float]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., config_toml: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    quarantined: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., current_round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., global_version: _Optional[int] = ..., participants: _Optional[int] = ..., aggregator: _Optional[str] = ..., vector_size: _Optional[int] = ..., initial_metrics: _Optional[_Mapping[str, float]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., config_toml: _Optional[str] = ..., reason: _Optional[str] = ..., quarantined: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
     __slots__ = ("status",)
@@ -198,3 +202,58 @@ class ExportPromptResponse(_message.Message):
     chunk: _common_pb2.PayloadChunk
     job_config_toml: str
     def __init__(self, header: _Optional[_Union[_common_pb2.PayloadHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.PayloadChunk, _Mapping]] = ..., job_config_toml: _Optional[str] = ...) -> None: ...
+
+class ListFlagsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class Flag(_message.Message):
+    __slots__ = ("round", "attempt", "participant_id", "accepted", "score", "score_name", "defence")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEFENCE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    attempt: int
+    participant_id: str
+    accepted: bool
+    score: float
+    score_name: str
+    defence: str
+    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[int] = ..., participant_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., score: _Optional[float] = ..., score_name: _Optional[str] = ..., defence: _Optional[str] = ...) -> None: ...
+
+class ListFlagsResponse(_message.Message):
+    __slots__ = ("flags", "quarantined", "streaks")
+    class StreaksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    STREAKS_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[Flag]
+    quarantined: _containers.RepeatedScalarFieldContainer[str]
+    streaks: _containers.ScalarMap[str, int]
+    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., quarantined: _Optional[_Iterable[str]] = ..., streaks: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ReleaseParticipantRequest(_message.Message):
+    __slots__ = ("job_id", "participant_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    participant_id: str
+    def __init__(self, job_id: _Optional[str] = ..., participant_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseParticipantResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,16 @@ class AdminServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_admin__pb2.ExportPromptRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_admin__pb2.ExportPromptResponse.FromString,
                 _registered_method=True)
+        self.ListFlags = channel.unary_unary(
+                '/fedprompt.v1.AdminService/ListFlags',
+                request_serializer=fedprompt_dot_v1_dot_admin__pb2.ListFlagsRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_admin__pb2.ListFlagsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseParticipant = channel.unary_unary(
+                '/fedprompt.v1.AdminService/ReleaseParticipant',
+                request_serializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -127,6 +137,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFlags(self, request, context):
+        """Robust aggregation: every round's verdicts, and lifting a quarantine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +192,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportPrompt,
                     request_deserializer=fedprompt_dot_v1_dot_admin__pb2.ExportPromptRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_admin__pb2.ExportPromptResponse.SerializeToString,
+            ),
+            'ListFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlags,
+                    request_deserializer=fedprompt_dot_v1_dot_admin__pb2.ListFlagsRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_admin__pb2.ListFlagsResponse.SerializeToString,
+            ),
+            'ReleaseParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseParticipant,
+                    request_deserializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +420,60 @@ class AdminService:
             '/fedprompt.v1.AdminService/ExportPrompt',
             fedprompt_dot_v1_dot_admin__pb2.ExportPromptRequest.SerializeToString,
             fedprompt_dot_v1_dot_admin__pb2.ExportPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.AdminService/ListFlags',
+            fedprompt_dot_v1_dot_admin__pb2.ListFlagsRequest.SerializeToString,
+            fedprompt_dot_v1_dot_admin__pb2.ListFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.AdminService/ReleaseParticipant',
+            fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.SerializeToString,
+            fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.FromString,
             options,
             channel_credentials,
             insecure,

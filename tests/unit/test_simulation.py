@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+import pytest
+
+from fedprompt.cli import build_parser
+from fedprompt.config import RobustSection
+from fedprompt.data.datasets import write_jsonl
 from fedprompt.simulation import simulate
-from tests.support import tiny_job, toy_sites
+from participant.attacks import AttackSection
+from participant.train import memoized, train_local
+from tests.support import REPO, tiny_job, toy_examples, toy_sites
 
 
 def test_simulation_completes_every_round_with_reports(tiny_encoder_dir: Path) -> None:
@@ -15,3 +24,51 @@ def test_simulation_completes_every_round_with_reports(tiny_encoder_dir: Path) -
     assert all(r["metric_reports"] == 3 and r["accuracy"] is not None for r in report["rounds"])
     assert report["zero_shot_accuracy"] is not None and report["exchanged_params"] > 0
     assert all(r["bytes_up"] == 3 * 4 * report["exchanged_params"] for r in report["rounds"])
+
+
+def test_attacked_simulation_reports_asr_and_detection(tiny_encoder_dir: Path) -> None:
+    config = tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=10, min_participants=7,
+                      aggregator="multi_krum")
+    config = dataclasses.replace(config, robust=RobustSection(max_malicious=2, quarantine_after=5))
+    attack = AttackSection(kind="backdoor", malicious_fraction=0.2, scale=20.0, target_label="pos")
+    report = simulate(config, toy_sites(10), attack=attack)
+    assert report["state"] == "done" and len(report["malicious"]) == 2
+    assert report["asr"] is None or 0.0 <= report["asr"] <= 1.0
+    first = report["detection"]["rounds"][0]
+    assert sorted(first["rejected"]) == sorted(report["malicious"]) and first["precision"] == first["recall"] == 1.0
+    plain = simulate(dataclasses.replace(config, job=dataclasses.replace(config.job, aggregator="fedavg")),
+                     toy_sites(10), attack=attack)
+    assert plain["detection"] is None and "asr" in plain
+
+
+def test_memoized_training_replays_identical_rounds_without_retraining(tiny_encoder_dir: Path) -> None:
+    calls = []
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return train_local(*args, **kwargs)
+
+    trainer = memoized(counting)
+    config = tiny_job(tiny_encoder_dir, rounds=2)
+    first = simulate(config, toy_sites(3), trainer=trainer)
+    trained = len(calls)
+    second = simulate(config, toy_sites(3), trainer=trainer)
+    assert trained == 6 and len(calls) == trained
+    assert [r["accuracy"] for r in first["rounds"]] == [r["accuracy"] for r in second["rounds"]]
+
+
+def test_simulate_command_runs_the_backdoor_example(tiny_encoder_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(data, toy_examples(160, 7))
+    argv = ["simulate", "--config", str(REPO / "examples" / "backdoor.toml"), "--dataset", str(data),
+            "--test-size", "40", "--report", str(tmp_path / "r.json"),
+            "--set", f'model.path="{tiny_encoder_dir}"', "--set", 'task.label_names=["neg", "pos"]',
+            "--set", 'task.label_words=["bad", "good"]', "--set", 'attack.target_label="pos"',
+            "--set", 'job.aggregator="norm_bound"', "--set", "train.max_steps=1"]
+    args = build_parser().parse_args(argv)
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert "attack backdoor by site-" in out and "ASR" in out and "detection precision" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["state"] == "done" and len(report["malicious"]) == 2 and report["detection"] is not None

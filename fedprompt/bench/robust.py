@@ -1,0 +1,135 @@
+"""Backdoor robustness: the ``examples/backdoor.toml`` scenario under FedAvg and under every defence, one run.
+
+Runs, all in-process on one shared backbone with the same split and seeds:
+
+* ``no_attack`` -- the scenario with no malicious site (FedAvg): the clean-accuracy reference and the ASR
+  baseline (how often the bare trigger flips a correct prediction with no backdoor trained);
+* ``fedavg`` and one run per defence -- the scenario as written (2 of 10 sites, backdoor x scale);
+* ``fedprompt_reproduction`` -- the FedPrompt setting: plain data poisoning (scale 1), FedAvg, IID.
+
+Local training is memoized across runs: a site's round that starts from the same global prompt with the
+same data and seed gives the same delta, so e.g. round 1 is trained once for every attacked run.
+
+Rows are ``he: false``.  The Gram-based defences (norm_bound, krum, multi_krum, foolsgold) decide from the
+Gram matrix alone (``coordinator.robust``), so the encrypted variant only has to compute that matrix under
+CKKS and call the same ``GramDefence.decide``: its decisions equal these by construction.  Once the
+encrypted Gram step exists, ``HE_DEFENCES`` names what to rerun with HE on and ``gram_seconds`` gets its
+timings; until then it is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coordinator.aggregation import GramDefence, make_aggregator
+from coordinator.robust import gram
+from fedprompt.models import load_backbone
+from fedprompt.report import table, write_json
+from fedprompt.simulation import SimulationFile, load_simulation, simulate
+from participant.train import memoized, train_local
+
+SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "backdoor.toml"
+DEFENCES = ("norm_bound", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold")
+HE_DEFENCES: tuple[str, ...] = ()  # Gram-based defences to rerun with HE once the encrypted Gram matrix lands
+TIMING_SIZES = (10, 20)
+TARGETS = {"asr": 0.10, "accuracy_drop_points": 1.0, "recall": 0.9, "precision": 0.8}
+
+
+def _variant(sim: SimulationFile, aggregator: str, **attack: Any) -> SimulationFile:
+    job = dataclasses.replace(sim.job, job=dataclasses.replace(sim.job.job, aggregator=aggregator))
+    return dataclasses.replace(sim, job=job, attack=dataclasses.replace(sim.attack, **attack))
+
+
+def plain_defence_seconds(vector_size: int, sim: SimulationFile, repeats: int = 5) -> dict[str, float]:
+    """Seconds for the plaintext decision step (Gram matrix + every Gram-based decision) at n = 10 and 20."""
+    rng = np.random.default_rng(0)
+    defences = [make_aggregator(name, sim.job.robust) for name in DEFENCES]
+    deciders = [d for d in defences if isinstance(d, GramDefence)]
+    out = {}
+    for n in TIMING_SIZES:
+        deltas = rng.normal(0, 0.01, (n, vector_size)).astype(np.float32)
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            g = gram(deltas)
+            for decider in deciders:
+                decider.decide(g)
+            times.append(time.perf_counter() - began)
+        out[str(n)] = float(np.median(times))
+    return out
+
+
+def _row(defence: str, report: dict[str, Any]) -> dict[str, Any]:
+    detection = report.get("detection") or {}
+    return {"defence": defence, "he": False, "clean_accuracy": report["final_accuracy"], "asr": report.get("asr"),
+            "precision": detection.get("precision"), "recall": detection.get("recall")}
+
+
+def _best(rows: list[dict[str, Any]], no_attack_accuracy: float) -> dict[str, Any]:
+    """The defence with the lowest ASR (ties: higher accuracy), and whether it meets each target."""
+    best = min((r for r in rows if r["defence"] != "fedavg"), key=lambda r: (r["asr"], -r["clean_accuracy"]))
+    drop = 100 * (no_attack_accuracy - best["clean_accuracy"])
+    return {"defence": best["defence"], "accuracy_drop_points": drop,
+            "meets": {"asr": best["asr"] <= TARGETS["asr"], "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
+                      "recall": best["recall"] is not None and best["recall"] >= TARGETS["recall"],
+                      "precision": best["precision"] is not None and best["precision"] >= TARGETS["precision"]}}
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # shared 2-core machine: one thread wastes less than two oversubscribed ones
+    sim = load_simulation(SCENARIO, {"simulation.seed": args.seed})
+    backbone = load_backbone(sim.job.model.path, sim.job.model.kind)
+    sites = sim.simulation.sites(sim.job.task.label_names)
+    runs = {"no_attack": _variant(sim, "fedavg", malicious_fraction=0.0), "fedavg": _variant(sim, "fedavg")}
+    runs |= {name: _variant(sim, name) for name in DEFENCES}
+    runs["fedprompt_reproduction"] = _variant(sim, "fedavg", scale=1.0)
+    trainer = memoized(train_local)  # rounds that start from the same global prompt are trained once
+    reports: dict[str, dict[str, Any]] = {}
+    for name, variant in runs.items():
+        began = time.perf_counter()
+        reports[name] = simulate(variant.job, sites, backbone, attack=variant.attack, trainer=trainer)
+        r = reports[name]
+        print(f"[bench robust] {name}: accuracy {r['final_accuracy']:.4f}, ASR {r.get('asr')}, "
+              f"{time.perf_counter() - began:.0f} s", flush=True)
+    rows = [_row(name, reports[name]) for name in ("fedavg", *DEFENCES)]
+    no_attack = reports["no_attack"]
+    out: dict[str, Any] = {
+        "rows": rows,
+        "no_attack_accuracy": no_attack["final_accuracy"],
+        "no_attack_asr": no_attack.get("asr"),
+        "majority_accuracy": no_attack["majority_accuracy"],
+        "zero_shot_accuracy": no_attack["zero_shot_accuracy"],
+        "fedprompt_reproduction": {"asr_plain_poisoning": reports["fedprompt_reproduction"].get("asr"),
+                                   "clean_accuracy": reports["fedprompt_reproduction"]["final_accuracy"],
+                                   "asr_scaled": reports["fedavg"].get("asr"), "scale": sim.attack.scale,
+                                   "aggregator": "fedavg", "partition": sim.simulation.partition},
+        "plain_defence_seconds": plain_defence_seconds(no_attack["exchanged_params"], sim),
+        "gram_seconds": None,
+        "best": _best(rows, no_attack["final_accuracy"]),
+        "targets": TARGETS,
+        "detection_by_round": {name: reports[name]["detection"]["rounds"] for name in DEFENCES
+                               if reports[name].get("detection")},
+        "settings": {"scenario": str(SCENARIO.name), "participants": sim.simulation.participants,
+                     "malicious": reports["fedavg"]["malicious"], "attack": dataclasses.asdict(sim.attack),
+                     "rounds": sim.job.job.rounds, "steps": sim.job.train.max_steps,
+                     "test_size": sim.simulation.test_size, "max_malicious": sim.job.robust.max_malicious,
+                     "backbone": sim.job.model.path, "vector_size": no_attack["exchanged_params"]},
+        "seconds": {name: r["seconds"] for name, r in reports.items()},
+    }
+    print(table(["defence", "he", "clean_accuracy", "asr", "precision", "recall"],
+                [[r["defence"], r["he"], r["clean_accuracy"], r["asr"], r["precision"], r["recall"]] for r in rows]))
+    print(f"no attack: accuracy {out['no_attack_accuracy']:.4f}, ASR baseline {out['no_attack_asr']} | majority "
+          f"{out['majority_accuracy']:.4f} | FedPrompt reproduction (plain poisoning, FedAvg, IID): ASR "
+          f"{out['fedprompt_reproduction']['asr_plain_poisoning']} vs scaled x{sim.attack.scale:g}: "
+          f"{out['fedprompt_reproduction']['asr_scaled']}")
+    print(f"best defence {out['best']['defence']}: {out['best']['meets']} | plain defence seconds "
+          f"{out['plain_defence_seconds']}")
+    write_json(out, args.report or "reports/bench-robust.json")
+    return 0

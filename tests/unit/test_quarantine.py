@@ -1,0 +1,119 @@
+"""Robust rounds on the real state machine and SQLite: decisions stored, quarantine after K, admin release,
+refusal of a defence whose assumption fails (round attempt fails, state intact)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.jobs import JobManager
+from coordinator.store import Store
+from fedprompt.config import RobustSection, dump_toml
+from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
+from fedprompt.payload import FLOAT32, encode_vector
+from fedprompt.protocol import Payload, TaskKind
+from tests.support import tiny_job
+
+SIZE = 6
+NAMES = ("a", "b", "c", "d", "e")
+
+
+def robust_job(tmp_path: Path, aggregator: str, **robust: object) -> str:
+    config = tiny_job(tmp_path, rounds=4, participants_per_round=5, min_participants=3, round_deadline_s=30.0,
+                      aggregator=aggregator)
+    return dump_toml(dataclasses.replace(config, robust=RobustSection(**robust)))  # type: ignore[arg-type]
+
+
+def send(job, name: str, vector: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    job.submit(name, Payload(job.job_id, job.open.number, FLOAT32, SIZE, encode_vector(vector), 10))
+
+
+def play_round(job, attacker: np.ndarray, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+    job.tick()
+    for name in job.open.selected:
+        vector = attacker if name == "e" else (np.ones(SIZE) + rng.normal(0, 0.05, SIZE))
+        send(job, name, vector.astype(np.float32))
+
+
+@pytest.fixture
+def started(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def make(aggregator: str, **robust: object):  # type: ignore[no-untyped-def]
+        store = Store(tmp_path / f"{aggregator}.sqlite")
+        jobs = JobManager(store)
+        job = jobs.job(jobs.create_job(robust_job(tmp_path, aggregator, **robust)))
+        for name in NAMES:
+            job.join(name, 10, 5, SIZE)
+        job.submit("a", Payload(job.job_id, 0, FLOAT32, SIZE, encode_vector(np.zeros(SIZE, np.float32))))
+        job.start()
+        return job, store
+    return make
+
+
+def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(started) -> None:  # type: ignore[no-untyped-def]
+    job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
+    rng = np.random.default_rng(0)
+    play_round(job, 50 * np.ones(SIZE), rng)
+    view = job.view()
+    assert view.rounds[0].rejected == ("e",) and view.quarantined == ()
+    flags = job.flags()
+    assert {(f.participant_id, f.accepted) for f in flags.flags} == {(n, n != "e") for n in NAMES}
+    assert flags.streaks["e"] == 1 and all(f.score_name == "norm_over_median" for f in flags.flags)
+    assert next(f.score for f in flags.flags if f.participant_id == "e") > 2.0
+
+    play_round(job, 50 * np.ones(SIZE), rng)
+    assert job.view().quarantined == ("e",)
+    assert store.members(job.job_id)[-1].state == "quarantined"  # durable, not only in memory
+    job.join("e", 10, 5, SIZE)  # re-joining does not lift a quarantine
+    assert job.quarantined() == ("e",)
+    for name in NAMES:
+        job.report_metrics(name, 2, {"accuracy": 0.5}, 5)
+    job.tick()
+    assert "e" not in job.open.selected and len(job.open.selected) == 4
+    task = job.next_task("e")
+    assert task.kind is TaskKind.WAIT and "quarantined" in task.reason
+
+    with pytest.raises(PreconditionFailed, match="not quarantined"):
+        job.release("a")
+    with pytest.raises(NotFound):
+        job.release("zed")
+    assert job.release("e") == "active"
+    assert job.quarantined() == () and job.flags().streaks["e"] == 0
+
+
+def test_an_accepted_round_resets_the_streak(started) -> None:  # type: ignore[no-untyped-def]
+    job, _ = started("norm_bound", max_malicious=1, quarantine_after=2)
+    rng = np.random.default_rng(1)
+    play_round(job, 50 * np.ones(SIZE), rng)
+    play_round(job, np.ones(SIZE), rng)
+    assert job.flags().streaks["e"] == 0
+    play_round(job, 50 * np.ones(SIZE), rng)
+    assert job.quarantined() == ()
+
+
+def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started) -> None:  # type: ignore[no-untyped-def]
+    job, store = started("foolsgold", max_malicious=1)
+    job.tick()
+    for name in job.open.selected:
+        send(job, name, np.ones(SIZE, np.float32))  # all identical: every FoolsGold weight is 0
+    rounds = job.view().rounds
+    assert rounds[-1].state == "failed" and job.latest_version() == 0 and job.open is None
+    assert job.flags().flags == () and job.state.value == "running"
+    assert store.prompt(job.job_id, 1) is None
+
+
+def test_krum_non_selection_never_quarantines(started) -> None:  # type: ignore[no-untyped-def]
+    job, _ = started("krum", max_malicious=0, quarantine_after=1)
+    play_round(job, 50 * np.ones(SIZE), np.random.default_rng(2))
+    assert len(job.view().rounds[0].rejected) == 4 and job.quarantined() == ()
+
+
+def test_creating_a_job_below_the_defence_minimum_names_the_key(tmp_path: Path) -> None:
+    jobs = JobManager(Store(":memory:"))
+    config = tiny_job(tmp_path, participants_per_round=5, min_participants=3, aggregator="krum")
+    with pytest.raises(ConfigError, match="job.min_participants: krum .* needs at least 5"):
+        jobs.create_job(dump_toml(dataclasses.replace(config, robust=RobustSection(max_malicious=1))))
+    with pytest.raises(ConfigError, match="robust.max_malicious"):
+        jobs.create_job(dump_toml(config).replace("max_malicious = 1", "max_malicious = -1"))
