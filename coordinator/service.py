@@ -196,13 +196,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc_method("AdminService")
     async def ListFlags(self, request: admin_pb2.ListFlagsRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         return serde.flags_to_pb(self.jobs.job(request.job_id).flags())
 
     @rpc_method("AdminService")
     async def ReleaseParticipant(self, request: admin_pb2.ReleaseParticipantRequest,
                                  context: grpc.aio.ServicerContext) -> Any:
-        self.auth.admin(context)
+        self.gate.admin(context)
         state = self.jobs.job(request.job_id).release(request.participant_id)
         self.notifier.notify()
         return admin_pb2.ReleaseParticipantResponse(state=state)

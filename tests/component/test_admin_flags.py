@@ -54,10 +54,10 @@ def test_flags_quarantine_and_release_over_grpc(tmp_path: Path, capsys: pytest.C
             assert all(f.defence == "norm_bound" and f.round == 1 for f in flags.flags)
             people = {p.participant_id: p.state for p in admin.participants(job_id)}
             assert people["d"] == "quarantined"
-            assert cli("admin", "--coordinator", coordinator.target, "flags", job_id) == 0
+            assert cli("admin", "--insecure", "--coordinator", coordinator.target, "flags", job_id) == 0
             out = capsys.readouterr().out
             assert "REJECTED" in out and "quarantined: d" in out and "norm_over_median" in out
-            assert cli("admin", "--coordinator", coordinator.target, "status", job_id) == 0
+            assert cli("admin", "--insecure", "--coordinator", coordinator.target, "status", job_id) == 0
             out = capsys.readouterr().out
             assert "rejected" in out and "quarantined: d" in out
 
@@ -67,7 +67,7 @@ def test_flags_quarantine_and_release_over_grpc(tmp_path: Path, capsys: pytest.C
                 admin.release(job_id, "nobody")
             with pytest.raises(NotFound):
                 admin.flags("no-such-job")
-            assert cli("admin", "--coordinator", coordinator.target, "release", job_id, "d") == 0
+            assert cli("admin", "--insecure", "--coordinator", coordinator.target, "release", job_id, "d") == 0
             assert capsys.readouterr().out.strip() == "active"
             assert admin.status(job_id).quarantined == ()
         finally:
