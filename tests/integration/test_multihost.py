@@ -1,5 +1,6 @@
-"""A job across real network hosts (namespaces with their own addresses); one participant's link is cut
-mid-round and restored: the round completes without it and it rejoins later."""
+"""A job across real network hosts (namespaces with their own addresses), over mTLS with the hosts'
+addresses as certificate SANs; one participant's link is cut mid-round and restored: the round completes
+without it and it rejoins later."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import dump_toml
 from tests import netns
-from tests.support import REPO, stopping, tiny_job, toy_sites, wait_for, write_site
+from tests.support import REPO, ThrowawayPki, stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +34,18 @@ def test_link_cut_mid_round_then_rejoin(tmp_path: Path, tiny_encoder_dir: Path) 
     names = ["coordinator", "site-0", "site-1", "site-2"]
     with netns.hosts(names) as net:
         coord = net["coordinator"]
-        coordinator = spawn(coord, ["coordinator", "serve", "--insecure", "--listen", f"{coord.address}:50051",
-                                    "--state-dir", str(tmp_path / "coord")], tmp_path / "coord.log")
+        pki = ThrowawayPki(tmp_path / "pki")
+        key, cert = pki.ca.issue("coordinator:main", tmp_path / "pki" / "main", [coord.address])  # SAN = its address
+        coordinator = spawn(coord, ["coordinator", "serve", "--ca-cert", str(pki.ca.ca_cert_path), "--cert", str(cert),
+                                    "--key", str(key), "--crl", str(pki.ca.crl_path), "--listen",
+                                    f"{coord.address}:50051", "--state-dir", str(tmp_path / "coord")],
+                            tmp_path / "coord.log")
         with stopping(coordinator):
             target = f"{coord.address}:50051"
             # The test process (the admin) reaches the coordinator through the bridge: give it an address there.
             bridge = _bridge_of(net)
             netns._ip("addr", "add", "10.213.7.2/24", "dev", bridge)
-            admin = AdminClient(target)
+            admin = AdminClient(target, pki.tls("admin:operator"))
             wait_for(lambda: _reachable(admin), 60, what="coordinator on its namespace address")
             job = tiny_job(tiny_encoder_dir, rounds=3, participants_per_round=3, min_participants=2,
                            round_deadline_s=20.0)
@@ -48,12 +53,14 @@ def test_link_cut_mid_round_then_rejoin(tmp_path: Path, tiny_encoder_dir: Path) 
             job = dataclasses.replace(job, train=dataclasses.replace(job.train, max_steps=200, local_epochs=20))
             job_id = admin.create_job(dump_toml(job))
             sites = toy_sites(3, train=40)
-            procs = [spawn(net[f"site-{k}"], ["participant", "run", "--insecure", "--coordinator", target, "--job", job_id,
-                                              "--name", f"site-{k}", "--data-dir",
+            sites_tls = [pki.tls(f"participant:site-{k}") for k in range(3)]
+            procs = [spawn(net[f"site-{k}"], ["participant", "run", "--coordinator", target, "--job", job_id,
+                                              "--ca-cert", tls.ca_cert, "--cert", tls.cert, "--key", tls.key,
+                                              "--data-dir",
                                               str(write_site(site, tmp_path / f"data-{k}")), "--no-progress",
                                               "--set", "participant.rpc_timeout_s=5.0",
                                               "--set", "participant.retry_max_s=1.0"],
-                           tmp_path / f"site-{k}.log") for k, site in enumerate(sites)]
+                           tmp_path / f"site-{k}.log") for k, (site, tls) in enumerate(zip(sites, sites_tls))]
             with stopping(*procs):
                 wait_for(lambda: admin.status(job_id).participants == 3, 120, what="three joins")
                 admin.start(job_id)
