@@ -28,7 +28,7 @@ def test_budget_exhaustion_stops_one_participant_and_the_job_continues(tiny_enco
         for k, (name, size) in enumerate(sizes.items()):
             data = write_site(toy_sites(1, train=size, seed=10 * k)[0], tmp_path / name)
             procs.append(fedprompt_process(
-                ["--log-level", "warning", "participant", "run", "--coordinator", coordinator.target, "--job", job_id,
+                ["--log-level", "warning", "participant", "run", "--insecure", "--coordinator", coordinator.target, "--job", job_id,
                  "--name", name, "--data-dir", str(data), "--state-dir", str(tmp_path / "state" / name),
                  "--no-progress"], tmp_path / f"{name}.log"))
         with stopping(*procs):

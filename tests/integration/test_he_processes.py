@@ -50,7 +50,7 @@ def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) 
         target = f"127.0.0.1:{port_file.read_text().strip()}"
         admin = AdminClient(target)
         job_id = admin.create_job(dump_toml(config))
-        procs = [fedprompt_process(["participant", "run", "--coordinator", target, "--job", job_id, "--name",
+        procs = [fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name",
                                     f"site-{k}", "--data-dir", str(site), "--state-dir", str(tmp_path / f"state-{k}"),
                                     "--threads", "1", "--no-progress"], tmp_path / f"site-{k}.log")
                  for k, site in enumerate(sites)]
