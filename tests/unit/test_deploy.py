@@ -54,6 +54,10 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
+    from fedprompt.config import JobConfig
+
+    job = load_toml(DEPLOY / "compose" / "job.toml", JobConfig)
+    assert job.he.enabled and job.job.allowed_participants
     load_toml(DEPLOY / "compose" / "coordinator.toml", CoordinatorConfig)
     # compose gives each site its own certificate on the command line, as these overrides do
     load_toml(DEPLOY / "compose" / "participant.toml", ParticipantConfig,
