@@ -313,7 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                                 report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
                                 test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
-                                dp=not args.no_dp, epsilon=args.epsilon))
+                                dp=args.dp, epsilon=args.epsilon))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -485,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="encoder = all-MiniLM-L6-v2 (default, fast); causal = SmolLM2-135M-Instruct")
     demo.add_argument("--test-size", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
+    demo.add_argument("--dp", action="store_true",
+                      help="record-level DP-SGD at --epsilon (default off: it costs accuracy here, see README)")
     demo.add_argument("--epsilon", type=float, default=8.0,
                       help="record-level privacy budget per site for the whole job (default 8)")
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")

@@ -51,7 +51,7 @@ class DemoOptions:
     seed: int = 0
     insecure: bool = False
     he: bool = True
-    dp: bool = True
+    dp: bool = False
     epsilon: float = 8.0
 
 
@@ -62,7 +62,8 @@ def site_identity(k: int, options: DemoOptions) -> str:
 
 def demo_job(options: DemoOptions) -> JobConfig:
     """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round (all enrolled);
-    record-level DP-SGD at ``options.epsilon`` unless ``options.dp`` is off.  Participant-level noise stays off:
+    record-level DP-SGD at ``options.epsilon`` with ``options.dp`` (off by default: at epsilon 8 the demo's first
+    round measured at the majority baseline, below the foundation's accuracy bar).  Participant-level noise stays off:
     with three sites no noise level gives both a meaningful participant-level epsilon and a usable prompt."""
     spec = BUILTIN[DATASET]
     causal = options.backbone == "causal"
