@@ -101,7 +101,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-def _wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+def wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """The port a ``coordinator serve --port-file`` process bound, once it listens (or a clear error)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_file.exists() and port_file.read_text().strip():
@@ -163,7 +164,7 @@ def run_demo(options: DemoOptions) -> int:
         security = ["--insecure"] if pki is None else pki.coordinator_args()
         coordinator = _spawn(["coordinator", "serve", *security, "--listen", "127.0.0.1:0", "--state-dir",
                               str(work / "coordinator"), "--port-file", str(port_file)], work / "coordinator.log", stack)
-        target = f"127.0.0.1:{_wait_for_port(port_file, coordinator)}"
+        target = f"127.0.0.1:{wait_for_port(port_file, coordinator)}"
         print(f"[demo] coordinator on {target} (pid {coordinator.pid}), "
               f"{'INSECURE plaintext' if pki is None else 'mTLS with a throwaway CA in ' + str(work / 'pki')}")
         admin = AdminClient(target, None if pki is None else pki.admin)

@@ -23,6 +23,7 @@ import psutil
 
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import JobConfig, JobSection, dump_toml
+from fedprompt.demo import wait_for_port
 from fedprompt.report import table, write_json
 
 VECTOR_SIZE = 16 * 384  # a 16-token prompt on MiniLM (hidden size 384)
@@ -33,17 +34,6 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=log.open("wb"), env=env)
 
 
-def _wait_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text().strip():
-            return int(port_file.read_text())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"coordinator did not start (exit {proc.poll()})")
-
-
 def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: int = 0) -> dict[str, object]:
     """Run the load test in ``workdir`` and return the report (the issue's keys plus ``settings``)."""
     port_file = workdir / "port"
@@ -52,7 +42,7 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
                           str(port_file), "--set", "coordinator.tick_s=0.1"], workdir / "coordinator.log")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        target = f"127.0.0.1:{_wait_port(port_file, coordinator)}"
+        target = f"127.0.0.1:{wait_for_port(port_file, coordinator)}"
         monitor = psutil.Process(coordinator.pid)
         admin = AdminClient(target)
         job = JobConfig(job=JobSection(name="load", rounds=rounds, participants_per_round=participants,
