@@ -82,6 +82,28 @@ def cmd_coordinator_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coordinator_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the coordinator's gRPC health service answers SERVING (for probes and scripts)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fedprompt.channel import ClientTls, open_channel
+
+    tls = None if args.insecure else ClientTls(args.ca_cert, args.cert, args.key, args.server_name or "")
+    channel = open_channel(args.target, tls)
+    try:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                           timeout=args.timeout).status
+    except grpc.RpcError as exc:
+        print(f"{args.target}: {exc.code().name} ({exc.details()})", file=sys.stderr)
+        return 1
+    finally:
+        channel.close()
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(f"{args.target}: {name}")
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 # ---- participant -------------------------------------------------------------------------------------
 def cmd_participant_run(args: argparse.Namespace) -> int:
     from fedprompt.config import ParticipantConfig, load_toml, parse_toml
@@ -368,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--state-dir", dest="state_dir", required=True, help="the coordinator's state directory")
     backup.add_argument("--out", required=True, help="new SQLite file to write")
     backup.set_defaults(fn=cmd_coordinator_backup)
+    health = coord.add_parser("health", help="check the gRPC health service (exit 0 = SERVING); for probes")
+    health.add_argument("--target", default="127.0.0.1:50051", help="coordinator host:port")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--ca-cert", dest="ca_cert", default="", help="federation CA certificate")
+    health.add_argument("--cert", default="", help="a client certificate signed by the federation CA (e.g. admin:probe)")
+    health.add_argument("--key", default="", help="its private key")
+    health.add_argument("--server-name", dest="server_name", help="verify the server certificate for this name")
+    health.add_argument("--insecure", action="store_true", help="plaintext, for an --insecure coordinator")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.set_defaults(fn=cmd_coordinator_health)
 
     part = sub.add_parser("participant", help="run a participant daemon").add_subparsers(dest="sub", required=True)
     run = part.add_parser("run", help="join a job and train on local data until it is done")

@@ -122,3 +122,22 @@ def test_sigterm_stops_an_idle_daemon_at_once_and_a_busy_one_after_its_task() ->
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_health_command_over_mtls_with_a_probe_certificate(tmp_path: Path) -> None:
+    from fedprompt.cli import build_parser
+    from tests.support import ThrowawayPki
+
+    pki = ThrowawayPki(tmp_path / "pki")
+    probe = pki.tls("admin:probe")  # a client certificate; the coordinator's own is server-auth only
+
+    def check(target: str) -> int:
+        args = build_parser().parse_args(["coordinator", "health", "--target", target, "--ca-cert", probe.ca_cert,
+                                          "--cert", probe.cert, "--key", probe.key, "--server-name", "localhost",
+                                          "--timeout", "2"])
+        return int(args.fn(args))
+
+    with LiveCoordinator(tmp_path / "coord", pki) as live:
+        target = live.target
+        assert check(target) == 0
+    assert check(target) == 1
