@@ -249,6 +249,7 @@ class JobRuntime:
             return
         r = self.open
         assert r is not None  # check_header guarantees an open round for round > 0
+        self.aggregator.check(self._global_vector(r.number - 1), vector)
         r.contributions[participant_id] = Contribution(participant_id, payload.num_examples, vector)
         r.bytes_up += len(payload.data)
         self.store.record_update(self.job_id, r.number, r.attempt, participant_id, payload.num_examples,
@@ -317,10 +318,7 @@ class JobRuntime:
         assert r is not None
         r.bytes_down = self.version_downloads.get(r.number - 1, 0)  # the global this round trained from
         self.store.save_round(r.row(self.job_id, RoundState.AGGREGATING))
-        previous = self.store.prompt(self.job_id, r.number - 1)
-        assert previous is not None
-        current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
-                                self.vector_size)
+        current = self._global_vector(r.number - 1)
         result = self.aggregator.aggregate(current, list(r.contributions.values()))
         if not np.isfinite(result.vector).all():
             self._fail_attempt("aggregate is not finite")
@@ -334,6 +332,11 @@ class JobRuntime:
         self.next_attempt = 1
         if r.number >= self.config.job.rounds:
             self._set_state(JobState.DONE, "all rounds completed")
+
+    def _global_vector(self, version: int) -> np.ndarray:
+        stored = self.store.prompt(self.job_id, version)
+        assert stored is not None  # a round opens only once the global it trains from exists
+        return decode_vector(Payload(self.job_id, version, stored[0], self.vector_size, stored[1]), self.vector_size)
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open

@@ -1,4 +1,5 @@
-"""``fedprompt``: the one command-line entry point (coordinator, participant, admin, data, simulate, demo, bench)."""
+"""``fedprompt``: the one command-line entry point (coordinator, participant, model, admin, data, simulate, demo,
+bench)."""
 
 from __future__ import annotations
 
@@ -68,13 +69,48 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
     from participant.daemon import run_daemon
 
     overrides = _overrides(args.set)
-    for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads"):
+    for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "model_service"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
     config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
               else parse_toml("", ParticipantConfig, overrides=overrides))
     run_daemon(config.participant, progress=not args.no_progress)
+    return 0
+
+
+# ---- model service -----------------------------------------------------------------------------------
+def cmd_model_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedprompt.config import ModelServiceConfig, load_toml, parse_toml
+    from fedprompt.models import load_backbone
+    from participant.model_server import ModelServer
+    from participant.model_service import ModelHost
+
+    overrides = _overrides(args.set)
+    for key in ("listen", "model", "threads", "max_batch"):
+        if getattr(args, key) not in (None, ""):
+            overrides[f"model_service.{key}"] = getattr(args, key)
+    if args.insecure:
+        overrides["model_service.insecure"] = True
+    settings = (load_toml(args.config, ModelServiceConfig, overrides) if args.config
+                else parse_toml("", ModelServiceConfig, overrides=overrides)).model_service
+    torch.set_num_threads(settings.threads)
+
+    async def main() -> None:
+        server = ModelServer(settings, ModelHost(load_backbone(settings.model, settings.kind), settings))
+        port = await server.start()
+        if args.port_file:
+            Path(args.port_file).write_text(str(port), encoding="utf-8")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
     return 0
 
 
@@ -215,6 +251,8 @@ def _add_partition_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedprompt.bench import BENCHES
+
     parser = argparse.ArgumentParser(
         prog="fedprompt",
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
@@ -243,9 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", dest="data_dir", help="directory with train.jsonl and test.jsonl")
     run.add_argument("--state-dir", dest="state_dir", help="directory for this site's state and update audit log")
     run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
+    run.add_argument("--model-service", dest="model_service",
+                     help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)
+
+    model = sub.add_parser("model", help="run a query-only model service").add_subparsers(dest="sub", required=True)
+    mserve = model.add_parser("serve", help="host a frozen PLM that scores texts under a caller's soft prompt")
+    mserve.add_argument("--config", help="model service TOML ([model_service] table)")
+    mserve.add_argument("--model", help="backbone: builtin:minilm, builtin:smollm2 or a model directory")
+    mserve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
+    mserve.add_argument("--threads", type=int, help="torch threads (default 1)")
+    mserve.add_argument("--max-batch", dest="max_batch", type=int, help="most texts per query (default 64)")
+    mserve.add_argument("--insecure", action="store_true", help="no TLS, callers unverified: local development only")
+    mserve.add_argument("--port-file", help="write the bound port to this file once listening")
+    mserve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    mserve.set_defaults(fn=cmd_model_serve)
 
     admin = sub.add_parser("admin", help="manage jobs on a running coordinator")
     admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
@@ -304,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")
-    bench.add_argument("name", choices=["federated"], help="which benchmark")
+    bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(fn=cmd_bench)

@@ -53,3 +53,11 @@ class JobStateError(PreconditionFailed):
 
 class Unauthenticated(FedPromptError):
     """The caller's identity could not be established."""
+
+
+class InvalidQuery(FedPromptError):
+    """A model-service query is malformed: wrong prompt shape, non-finite values, unknown labels, empty texts."""
+
+
+class QueryTooLarge(PayloadTooLarge):
+    """A model-service query exceeds the service's limits (batch size, prompt tokens, text length)."""

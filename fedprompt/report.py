@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedprompt.config import JobConfig, parse_toml
 from fedprompt.protocol import JobView
 
 
@@ -19,19 +20,23 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
+            "model_queries": r.metrics.get("model_queries"), "peak_rss_mb": r.metrics.get("peak_rss_mb"),
         })
     return rows
 
 
 def build_report(view: JobView, majority: float, exchanged: int, plm: int, **extra: Any) -> dict[str, Any]:
+    """The run's report.  ``model_queries`` (black-box: texts scored by the model service) and
+    ``participant_peak_rss_mb`` are per-participant means of what members reported on the last version."""
     rows = round_rows(view)
-    final = rows[-1]["accuracy"] if rows else None
+    final = rows[-1] if rows else {}
     return {
-        "job_id": view.job_id, "state": view.state, "majority_accuracy": majority,
-        "zero_shot_accuracy": view.initial_metrics.get("accuracy"), "zero_shot_loss": view.initial_metrics.get("loss"),
-        "final_accuracy": final, "rounds": rows,
-        "exchanged_params": exchanged, "plm_params": plm,
-        "exchanged_over_plm": exchanged / plm if plm else None, **extra,
+        "job_id": view.job_id, "state": view.state, "mode": parse_toml(view.config_toml, JobConfig).mode,
+        "majority_accuracy": majority, "zero_shot_accuracy": view.initial_metrics.get("accuracy"),
+        "zero_shot_loss": view.initial_metrics.get("loss"), "final_accuracy": final.get("accuracy"), "rounds": rows,
+        "exchanged_params": exchanged, "exchanged_floats": exchanged, "plm_params": plm,
+        "exchanged_over_plm": exchanged / plm if plm else None,
+        "model_queries": final.get("model_queries"), "participant_peak_rss_mb": final.get("peak_rss_mb"), **extra,
     }
 
 

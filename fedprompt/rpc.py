@@ -17,6 +17,7 @@ log = structlog.get_logger("fedprompt.rpc")
 STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
     errors.InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidQuery: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -11,13 +11,17 @@ import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.store import Store
-from fedprompt.config import JobConfig, dump_toml
+from fedprompt.config import JobConfig, ModelServiceSection, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import SiteData
 from fedprompt.models import Backbone, build_classifier, load_backbone
 from fedprompt.protocol import JobDescription, JoinInfo, Payload, Task, TaskKind
 from fedprompt.report import build_report
+from participant.blackbox import BlackboxLearner
+from participant.learner import Learner
+from participant.model_service import ModelHost
 from participant.runtime import ParticipantRuntime
+from participant.train import GradientLearner
 
 log = structlog.get_logger("fedprompt.simulation")
 
@@ -50,6 +54,18 @@ class LocalLink:
         self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
 
 
+def local_learner(config: JobConfig, backbone: Backbone) -> Learner:
+    """A participant's learner on a shared in-process backbone; black-box learners query it through a
+    ``ModelHost`` (the model service's domain object), exactly as they would over gRPC."""
+    if config.blackbox.enabled:
+        host = ModelHost(backbone, ModelServiceSection(model=config.model.path, kind=config.model.kind,
+                                                       max_batch=max(64, config.blackbox.batch_size),
+                                                       max_prompt_tokens=config.model.prompt_length,
+                                                       max_length=config.model.max_length))
+        return BlackboxLearner(config, host)
+    return GradientLearner(build_classifier(config, backbone), config.train)
+
+
 def simulate(
     config: JobConfig,
     sites: list[SiteData],
@@ -62,8 +78,8 @@ def simulate(
     jobs = JobManager(Store(":memory:"))
     job_id = jobs.create_job(dump_toml(config))
     job = jobs.job(job_id)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, f"site-{k}"), site, job_id,
-                                   lambda cfg: build_classifier(cfg, bb)) for k, site in enumerate(sites)]
+    runtimes = [ParticipantRuntime(LocalLink(jobs, f"site-{k}"), site, job_id, lambda cfg: local_learner(cfg, bb))
+                for k, site in enumerate(sites)]
     for runtime in runtimes:
         runtime.join()
     job.start()
@@ -87,7 +103,7 @@ def simulate(
         if not progressed and len(finished) < len(runtimes) and job.open is None and job.state.value != "running":
             break
     test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
-    model = runtimes[0].model
-    assert model is not None
-    return build_report(job.view(), majority_accuracy(test_labels), model.vector_size, model.plm_parameters,
-                        seconds=round(time.perf_counter() - started, 2), mode="simulation")
+    learner = runtimes[0].learner
+    assert learner is not None
+    return build_report(job.view(), majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
+                        seconds=round(time.perf_counter() - started, 2), runner="simulation")

@@ -1,8 +1,10 @@
 """A participant's work, independent of transport: join, then evaluate / train on each task it is given.
 
-Only the prompt-sized vector leaves the site: the initial prompt (first member only), one delta per round,
+Only the exchanged vector leaves the site: the initial vector (first member only), one delta per round,
 and evaluation metrics.  Every submitted delta is also kept in the site's state directory, an audit trail of
-exactly what left the institution.
+exactly what left the institution.  How the vector is learned is the ``Learner``'s business: a local PLM
+copy with gradients, or a black-box search that only queries a model service (and then this process never
+imports torch).
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
-from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from participant.learner import Learner, ProgressFn, peak_rss_mb
 from participant.link import CoordinatorLink
-from participant.train import ProgressFn, evaluate, train_local
 
 log = structlog.get_logger("participant.runtime")
 
-ModelFactory = Callable[[JobConfig], PromptClassifier]
+LearnerFactory = Callable[[JobConfig], Learner]
 
 
 class ParticipantRuntime:
@@ -39,45 +40,46 @@ class ParticipantRuntime:
         link: CoordinatorLink,
         site: SiteData,
         job_ref: str,
-        model_factory: ModelFactory,
+        learner_factory: LearnerFactory,
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
     ) -> None:
         self.link = link
         self.site = site
         self.job_ref = job_ref
-        self.model_factory = model_factory
+        self.learner_factory = learner_factory
         self.state_dir = state_dir
         self.progress = progress
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
-        self.model: PromptClassifier | None = None
+        self.learner: Learner | None = None
         self._globals: dict[int, np.ndarray] = {}
         self.log = log
 
     def join(self) -> JoinInfo:
-        """Learn the job's config, build its model, join, and provide the initial prompt if asked to."""
+        """Learn the job's config, build its learner, join, and provide the initial vector if asked to."""
         description = self.link.describe(self.job_ref)
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
-        model = self.model_factory(self.config)
-        self.model = model
         self._labels("train")  # refuse to join with data whose labels the job does not know
-        info = self.link.join(description.job_id, len(self.site.train), len(self.site.test), model.vector_size)
+        learner = self.learner_factory(self.config)
+        self.learner = learner
+        info = self.link.join(description.job_id, len(self.site.train), len(self.site.test), learner.vector_size)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
         if info.provide_initial_prompt:
-            self.link.upload(Payload(info.job_id, 0, FLOAT32, model.vector_size, encode_vector(model.get_vector())))
-            self.log.info("initial prompt provided", vector_size=model.vector_size)
+            self.link.upload(Payload(info.job_id, 0, FLOAT32, learner.vector_size,
+                                     encode_vector(learner.initial_vector())))
+            self.log.info("initial vector provided", vector_size=learner.vector_size, mode=self.config.mode)
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "participant.json").write_text(json.dumps(
                 {"job_id": info.job_id, "participant_id": info.participant_id}), encoding="utf-8")
         return info
 
-    def _model(self) -> PromptClassifier:
-        if self.model is None:
+    def _learner(self) -> Learner:
+        if self.learner is None:
             raise FedPromptError("join the job before working on it")
-        return self.model
+        return self.learner
 
     def _labels(self, which: str) -> list[int]:
         assert self.config is not None
@@ -87,7 +89,7 @@ class ParticipantRuntime:
         if version not in self._globals:
             assert self.info is not None
             payload = self.link.download(self.info.job_id, version)
-            self._globals = {version: decode_vector(payload, self._model().vector_size)}
+            self._globals = {version: decode_vector(payload, self._learner().vector_size)}
         return self._globals[version]
 
     def handle(self, task: Task) -> None:
@@ -99,29 +101,29 @@ class ParticipantRuntime:
 
     def _evaluate(self, version: int) -> None:
         assert self.info is not None
-        model = self._model()
-        model.set_vector(self._global(version))
+        learner = self._learner()
         start = time.perf_counter()
-        metrics = evaluate(model, self.site.test, self._labels("test"))
+        metrics = learner.evaluate(self._global(version), self.site.test, self._labels("test"))
         metrics["eval_seconds"] = time.perf_counter() - start
+        metrics.update(learner.usage())
+        metrics["peak_rss_mb"] = peak_rss_mb()
         self.link.report(self.info.job_id, version, metrics, len(self.site.test))
         self.log.info("evaluated", version=version, accuracy=round(metrics.get("accuracy", float("nan")), 4))
 
     def _train(self, task: Task) -> None:
         assert self.info is not None and self.config is not None
-        model = self._model()
+        learner = self._learner()
         start_vector = self._global(task.global_version)
-        model.set_vector(start_vector)
         seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
-        result = train_local(model, self.site.train, self._labels("train"), self.config.train, seed, bar)
-        delta = model.get_vector() - start_vector
+        local, result = learner.train(start_vector, self.site.train, self._labels("train"), seed, bar)
+        delta = local - start_vector
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)
             np.save(outbox / f"round-{task.round:04d}.npy", delta)
-        payload = Payload(self.info.job_id, task.round, FLOAT32, model.vector_size, encode_vector(delta),
+        payload = Payload(self.info.job_id, task.round, FLOAT32, learner.vector_size, encode_vector(delta),
                           num_examples=len(self.site.train))
         self.link.upload(payload)
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,15 +11,7 @@ import torch.nn.functional as F
 from fedprompt.config import TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.models.classifier import PromptClassifier
-
-ProgressFn = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    num_examples: int
-    loss: float
+from participant.learner import ProgressFn, TrainResult, label_metrics
 
 
 def train_local(
@@ -73,6 +63,32 @@ def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int]
     if not examples:
         return {}
     probs = model.predict_proba([e.text for e in examples], batch_size)
-    y = np.asarray(labels)
-    nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
-    return {"accuracy": float((probs.argmax(1) == y).mean()), "loss": float(nll.mean())}
+    return label_metrics(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+
+
+class GradientLearner:
+    """The ``Learner`` of gradient prompt tuning: Adam on the exchanged parameters of a local PLM copy."""
+
+    def __init__(self, model: PromptClassifier, config: TrainSection) -> None:
+        self.model = model
+        self.config = config
+
+    @property
+    def vector_size(self) -> int:
+        return self.model.vector_size
+
+    def initial_vector(self) -> np.ndarray:
+        return self.model.get_vector()
+
+    def train(self, start: np.ndarray, examples: list[Example], labels: list[int], seed: int,
+              progress: ProgressFn | None = None) -> tuple[np.ndarray, TrainResult]:
+        self.model.set_vector(start)
+        result = train_local(self.model, examples, labels, self.config, seed, progress)
+        return self.model.get_vector(), result
+
+    def evaluate(self, vector: np.ndarray, examples: list[Example], labels: list[int]) -> dict[str, float]:
+        self.model.set_vector(vector)
+        return evaluate(self.model, examples, labels)
+
+    def usage(self) -> dict[str, float]:
+        return {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = {"federated": "fedprompt.bench.federated"}
+BENCHES = {"federated": "fedprompt.bench.federated", "blackbox": "fedprompt.bench.blackbox"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:
