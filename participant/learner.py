@@ -12,6 +12,7 @@ import resource
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -49,8 +50,17 @@ class Learner(Protocol):
         """Cumulative resource counters to report (e.g. model-service queries); empty if none."""
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set size of a process in MiB: Linux's ``VmHWM``, which starts afresh at ``exec``.
+
+    (``ru_maxrss`` does not: a child forked from a large parent, e.g. a test runner holding torch, inherits
+    the parent's peak.)  Elsewhere, this process's ``ru_maxrss``.
+    """
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
