@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.aggregation import (Contribution, FedAvg, FedBPTLinear, fedbpt_global_distribution,
-                                     make_aggregator)
+from coordinator.aggregation import Contribution, FedAvg, FedBPTLinear, fedbpt_global_distribution, make_aggregator
 from coordinator.rounds import JobRuntime
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
