@@ -10,6 +10,7 @@ servicer in ``participant.model_server`` maps the errors to status codes.
 
 from __future__ import annotations
 
+import typing
 from collections import OrderedDict
 
 import numpy as np
@@ -34,7 +35,7 @@ class ModelHost:
     def __init__(self, backbone: Backbone, settings: ModelServiceSection) -> None:
         self.backbone = backbone
         self.settings = settings
-        table = backbone.model.get_input_embeddings().weight
+        table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
         self.info = ModelInfo(model=settings.model, kind=backbone.kind, hidden_size=int(table.shape[1]),
                               embedding_std=float(table.detach().float().std()), max_batch=settings.max_batch,
                               max_prompt_tokens=settings.max_prompt_tokens, max_length=settings.max_length)
