@@ -174,16 +174,26 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 # ---- predict -----------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fedprompt.admin_client import load_prompt
     from fedprompt.config import JobConfig, parse_toml
-    from fedprompt.models import build_classifier
+    from fedprompt.models import build_classifier, load_backbone
 
     vector, config_toml = load_prompt(Path(args.prompt))
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
-    model = build_classifier(config)
-    model.set_vector(vector)
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    for text, probs in zip(texts, model.predict_proba(texts)):
+    if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
+        from fedprompt.simulation import local_learner
+
+        logits = local_learner(config, load_backbone(config.model.path, config.model.kind)).logits(vector, texts)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    else:
+        model = build_classifier(config)
+        model.set_vector(vector)
+        probabilities = model.predict_proba(texts)
+    for text, probs in zip(texts, probabilities):
         best = int(probs.argmax())
         print(json.dumps({"text": text, "label": config.task.label_names[best], "confidence": round(float(probs[best]), 4)}))
     return 0

@@ -136,14 +136,16 @@ class BlackboxLearner:
         used = min(len(examples), bb.local_iterations * size)
         return pack_search_state(es.mean, es.sigma), TrainResult(bb.local_iterations, used, float(np.mean(best)))
 
+    def logits(self, vector: np.ndarray, texts: list[str]) -> np.ndarray:
+        """Label logits of ``texts`` under the prompt of search mean ``vector[:-1]``, in service-sized batches."""
+        z, _ = self._state(vector)
+        step = self.info.max_batch
+        return np.concatenate([self._score(z, texts[i : i + step]).logits for i in range(0, len(texts), step)])
+
     def evaluate(self, vector: np.ndarray, examples: list[Example], labels: list[int]) -> dict[str, float]:
         if not examples:
             return {}
-        z, _ = self._state(vector)
-        step = self.info.max_batch
-        logits = [self._score(z, [e.text for e in examples[i : i + step]]).logits
-                  for i in range(0, len(examples), step)]
-        return label_metrics(np.concatenate(logits), labels)
+        return label_metrics(self.logits(vector, [e.text for e in examples]), labels)
 
     def usage(self) -> dict[str, float]:
         """Texts scored by the model service so far (one query = one text under one prompt)."""

@@ -72,4 +72,10 @@ def test_blackbox_participants_only_query_the_model_service(tmp_path: Path, tiny
         assert last.metric_reports == 2 and last.metrics["model_queries"] > 0
         assert 0 < last.metrics["peak_rss_mb"] < RSS_LIMIT_MB and last.metrics["sigma"] > 0
         assert all(r.bytes_up == 2 * 4 * 13 for r in status.rounds)
+        exported = admin.export(job_id, tmp_path / "state.safetensors", 2)
         admin.close()
+
+    predict = fedprompt_process(["predict", "--prompt", str(exported), "a good film"], tmp_path / "predict.log")
+    assert predict.wait(120) == 0, (tmp_path / "predict.log").read_text()[-2000:]
+    answer = json.loads((tmp_path / "predict.log").read_text().strip().splitlines()[-1])
+    assert answer["label"] in ("neg", "pos") and 0.5 <= answer["confidence"] <= 1.0
