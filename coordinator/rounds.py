@@ -359,6 +359,8 @@ class JobRuntime:
             vector = NO_PLAINTEXT
         else:
             vector = decode_vector(payload, self.vector_size)
+            if r is not None and payload.round > 0:
+                self.aggregator.check(self._global_vector(r.number - 1), vector)
         if payload.round == 0:
             self.store.save_prompt(self.job_id, 0, self.encoding, payload.data)
             self.log.info("initial prompt stored", participant=participant_id, encoding=self.encoding)
@@ -546,10 +548,7 @@ class JobRuntime:
         if r.encrypted is not None:
             data, metrics = r.encrypted.to_bytes(), {}
         else:
-            previous = self.store.prompt(self.job_id, r.number - 1)
-            assert previous is not None
-            current = decode_vector(Payload(self.job_id, r.number - 1, previous[0], self.vector_size, previous[1]),
-                                    self.vector_size)
+            current = self._global_vector(r.number - 1)
             try:
                 result = self.aggregator.aggregate(current, list(r.contributions.values()))
             except RobustAssumptionError as exc:
@@ -619,6 +618,11 @@ class JobRuntime:
         self.streaks[participant_id] = 0
         self.log.info("participant released", participant=participant_id)
         return ACTIVE
+
+    def _global_vector(self, version: int) -> np.ndarray:
+        stored = self.store.prompt(self.job_id, version)
+        assert stored is not None  # a round opens only once the global it trains from exists
+        return decode_vector(Payload(self.job_id, version, stored[0], self.vector_size, stored[1]), self.vector_size)
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open

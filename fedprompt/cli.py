@@ -1,4 +1,5 @@
-"""``fedprompt``: the one command-line entry point (coordinator, participant, admin, data, simulate, demo, bench)."""
+"""``fedprompt``: the one command-line entry point (coordinator, participant, model, admin, data, simulate, demo,
+bench)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args.set)
     for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
-                "server_name"):
+                "server_name", "model_service"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
@@ -120,6 +121,41 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
     config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
               else parse_toml("", ParticipantConfig, overrides=overrides))
     run_daemon(config.participant, progress=not args.no_progress)
+    return 0
+
+
+# ---- model service -----------------------------------------------------------------------------------
+def cmd_model_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedprompt.config import ModelServiceConfig, load_toml, parse_toml
+    from fedprompt.models import load_backbone
+    from participant.model_server import ModelServer
+    from participant.model_service import ModelHost
+
+    overrides = _overrides(args.set)
+    for key in ("listen", "model", "threads", "max_batch"):
+        if getattr(args, key) not in (None, ""):
+            overrides[f"model_service.{key}"] = getattr(args, key)
+    if args.insecure:
+        overrides["model_service.insecure"] = True
+    settings = (load_toml(args.config, ModelServiceConfig, overrides) if args.config
+                else parse_toml("", ModelServiceConfig, overrides=overrides)).model_service
+    torch.set_num_threads(settings.threads)
+
+    async def main() -> None:
+        server = ModelServer(settings, ModelHost(load_backbone(settings.model, settings.kind), settings))
+        port = await server.start()
+        if args.port_file:
+            Path(args.port_file).write_text(str(port), encoding="utf-8")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
     return 0
 
 
@@ -279,16 +315,24 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 # ---- predict -----------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
+
     from fedprompt.admin_client import load_prompt
     from fedprompt.config import JobConfig, parse_toml
-    from fedprompt.models import build_classifier
+    from fedprompt.models import build_classifier, load_backbone
 
     vector, config_toml = load_prompt(Path(args.prompt))
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
-    model = build_classifier(config)
-    model.set_vector(vector)
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    for text, probs in zip(texts, model.predict_proba(texts), strict=True):
+    if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
+        from fedprompt.simulation import local_learner
+
+        learner = local_learner(config, load_backbone(config.model.path, config.model.kind))
+        probabilities = learner.predict_proba(vector, texts)
+    else:
+        model = build_classifier(config)
+        model.set_vector(vector)
+        probabilities = model.predict_proba(texts)
+    for text, probs in zip(texts, probabilities, strict=True):
         best = int(probs.argmax())
         print(json.dumps({"text": text, "label": config.task.label_names[best], "confidence": round(float(probs[best]), 4)}))
     return 0
@@ -362,7 +406,6 @@ def _add_partition_args(p: argparse.ArgumentParser, defaults: bool = True) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(
         prog="fedprompt",
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
@@ -415,9 +458,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key", help="this site's private key")
     run.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
     run.add_argument("--insecure", action="store_true", help="plaintext, identity from --name: local development only")
+    run.add_argument("--model-service", dest="model_service",
+                     help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)
+
+    model = sub.add_parser("model", help="run a query-only model service").add_subparsers(dest="sub", required=True)
+    mserve = model.add_parser("serve", help="host a frozen PLM that scores texts under a caller's soft prompt")
+    mserve.add_argument("--config", help="model service TOML ([model_service] table)")
+    mserve.add_argument("--model", help="backbone: builtin:minilm, builtin:smollm2 or a model directory")
+    mserve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
+    mserve.add_argument("--threads", type=int, help="torch threads (default 1)")
+    mserve.add_argument("--max-batch", dest="max_batch", type=int, help="most texts per query (default 64)")
+    mserve.add_argument("--insecure", action="store_true", help="no TLS, callers unverified: local development only")
+    mserve.add_argument("--port-file", help="write the bound port to this file once listening")
+    mserve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    mserve.set_defaults(fn=cmd_model_serve)
 
     admin = sub.add_parser("admin", help="manage jobs on a running coordinator")
     admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,

@@ -70,6 +70,9 @@ class ModelSection:
     kind: str = "auto"
     prompt_length: int = 16
     max_length: int = 64
+    # Encoders score labels with a cosine head initialised from the label descriptions; false freezes it,
+    # so only the prompt is tuned and exchanged (black-box jobs require this: a query-only model has no head).
+    train_head: bool = True
 
     def validate(self, prefix: str) -> None:
         _check(self.kind in ("auto", "encoder", "causal"), f"{prefix}.kind", "must be 'auto', 'encoder' or 'causal'")
@@ -233,6 +236,32 @@ class RobustSection:
         _check(self.multi_krum_keep >= 0, f"{prefix}.multi_krum_keep", "must be >= 0 (0 keeps n - max_malicious)")
         _check(self.quarantine_after >= 0, f"{prefix}.quarantine_after",
                "must be >= 0 (consecutive rejected rounds before quarantine; 0 never quarantines)")
+BLACKBOX_AGGREGATORS = ("fedbpt", "fedbpt_linear")
+
+
+@dataclass(frozen=True)
+class BlackboxSection:
+    """Gradient-free local search (FedBPT, Sun et al. 2023): CMA-ES over z in R^d, prompt = A z + p0.
+
+    Participants only query a model service; ``intrinsic_dim`` d (BBT's 500) sets the exchanged size d + 1
+    (the search mean and its step size), ``sigma`` the initial CMA-ES step size (BBT's sigma_z, which also
+    scales the projection A), ``population`` candidates per iteration, ``local_iterations`` CMA-ES
+    iterations per round and ``batch_size`` training texts scored per candidate.
+    """
+
+    enabled: bool = False
+    intrinsic_dim: int = 500
+    population: int = 20
+    sigma: float = 1.0
+    local_iterations: int = 8
+    batch_size: int = 32
+
+    def validate(self, prefix: str) -> None:
+        _check(1 <= self.intrinsic_dim <= 100_000, f"{prefix}.intrinsic_dim", "must be in [1, 100000]")
+        _check(2 <= self.population <= 10_000, f"{prefix}.population", "must be in [2, 10000]")
+        _check(0 < self.sigma <= 100, f"{prefix}.sigma", f"must be in (0, 100], got {self.sigma}")
+        _check(1 <= self.local_iterations <= 100_000, f"{prefix}.local_iterations", "must be in [1, 100000]")
+        _check(1 <= self.batch_size <= 4096, f"{prefix}.batch_size", "must be in [1, 4096]")
 
 
 @dataclass(frozen=True)
@@ -247,6 +276,12 @@ class JobConfig:
     he: HESection = field(default_factory=HESection)
     dp: DPSection = field(default_factory=DPSection)
     robust: RobustSection = field(default_factory=RobustSection)
+    blackbox: BlackboxSection = field(default_factory=BlackboxSection)
+
+    @property
+    def mode(self) -> str:
+        """``blackbox`` (query-only, gradient-free participants) or ``gradient`` (local backpropagation)."""
+        return "blackbox" if self.blackbox.enabled else "gradient"
 
     def validate(self, prefix: str) -> None:
         """Checks that span sections (each section validated itself already)."""
@@ -256,10 +291,23 @@ class JobConfig:
             f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
         )
         if self.he.enabled:
-            _check(self.job.aggregator == "fedavg", "job.aggregator",
-                   f"encrypted aggregation (he.enabled) supports 'fedavg' only, got {self.job.aggregator!r}")
+            linear = "fedbpt_linear" if self.blackbox.enabled else "fedavg"
+            _check(self.job.aggregator == linear, "job.aggregator",
+                   f"encrypted aggregation (he.enabled) supports {linear!r} only, got {self.job.aggregator!r}")
             _check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
                    f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
+        if not self.blackbox.enabled:
+            _check(self.job.aggregator not in BLACKBOX_AGGREGATORS, "job.aggregator",
+                   f"{self.job.aggregator!r} aggregates black-box search states; set blackbox.enabled = true")
+            return
+        _check(self.job.aggregator in BLACKBOX_AGGREGATORS, "job.aggregator",
+               f"a black-box job aggregates search states: choose one of {list(BLACKBOX_AGGREGATORS)}")
+        _check(not self.model.train_head, "model.train_head",
+               "must be false in a black-box job: the model service scores with the frozen label head")
+        _check(not self.dp.enabled, "dp.enabled",
+               "DP-SGD needs gradients; a black-box (gradient-free) job cannot use it")
+        _check(not self.augment.enabled, "augment.enabled",
+               "pseudo-labelling needs the local model; a black-box participant only queries a model service")
 
 
 @dataclass(frozen=True)
@@ -285,6 +333,8 @@ class ParticipantSection:
     # Plaintext, identity by ``name`` and unverified: local development only; excludes the certificate keys.
     insecure: bool = False
     heartbeat_s: float = 10.0
+    # host:port of a query-only model service (``fedprompt model serve``); required by black-box jobs.
+    model_service: str = ""
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
@@ -293,6 +343,8 @@ class ParticipantSection:
                "is for --insecure only; with certificates the identity is the certificate's name")
         _check(bool(self.job), f"{prefix}.job", "name the job to join")
         _check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
+        _check(not self.model_service or ":" in self.model_service, f"{prefix}.model_service",
+               f"must be host:port, got {self.model_service!r}")
         _check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
         _check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
         _check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")
@@ -355,6 +407,35 @@ def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: 
         return
     for key, value in required.items():
         _check(bool(value), f"{prefix}.{key}", "required for mTLS (or run with --insecure for local development only)")
+@dataclass(frozen=True)
+class ModelServiceSection:
+    """A query-only model service: hosts one frozen PLM and scores texts under caller-supplied soft prompts."""
+
+    listen: str = "127.0.0.1:50061"
+    model: str = "builtin:minilm"
+    kind: str = "auto"
+    insecure: bool = False
+    threads: int = 1
+    max_batch: int = 64
+    max_prompt_tokens: int = 64
+    max_length: int = 256
+    max_text_chars: int = 20_000
+    max_tasks: int = 8
+
+    def validate(self, prefix: str) -> None:
+        _check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
+        _check(self.kind in ("auto", "encoder", "causal"), f"{prefix}.kind", "must be 'auto', 'encoder' or 'causal'")
+        _check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
+        _check(1 <= self.max_batch <= 4096, f"{prefix}.max_batch", "must be in [1, 4096]")
+        _check(1 <= self.max_prompt_tokens <= 512, f"{prefix}.max_prompt_tokens", "must be in [1, 512]")
+        _check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
+        _check(1 <= self.max_text_chars <= 1_000_000, f"{prefix}.max_text_chars", "must be in [1, 1000000]")
+        _check(1 <= self.max_tasks <= 1024, f"{prefix}.max_tasks", "must be in [1, 1024]")
+
+
+@dataclass(frozen=True)
+class ModelServiceConfig:
+    model_service: ModelServiceSection = field(default_factory=ModelServiceSection)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -83,16 +83,17 @@ def demo_job(options: DemoOptions) -> JobConfig:
     )
 
 
-def _spawn(args: list[str], log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:
+    """Start ``python -m fedprompt ARGS`` (one torch thread), stopped when ``stack`` closes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_file = stack.enter_context(log_path.open("wb"))
     proc = subprocess.Popen([sys.executable, "-m", "fedprompt", *args], stdout=log_file, stderr=subprocess.STDOUT,
                             env=env)
-    stack.callback(_stop, proc)
+    stack.callback(stop, proc)
     return proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -101,16 +102,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-def wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-    """The port a ``coordinator serve --port-file`` process bound, once it listens (or a clear error)."""
+def wait_for_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0,
+                  what: str = "coordinator") -> int:
+    """The port a spawned server (``coordinator serve`` or ``model serve``) wrote to ``port_file`` once it listens
+    (or a clear error)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_file.exists() and port_file.read_text().strip():
             return int(port_file.read_text())
         if proc.poll() is not None:
-            raise FedPromptError("coordinator exited during start-up; see its log")
+            raise FedPromptError(f"{what} exited during start-up; see its log")
         time.sleep(0.1)
-    raise FedPromptError("coordinator did not start listening within 60 s")
+    raise FedPromptError(f"{what} did not start listening within {timeout:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def run_demo(options: DemoOptions) -> int:
         port_file.unlink(missing_ok=True)
         pki = None if options.insecure else DemoPki.create(work / "pki", options)
         security = ["--insecure"] if pki is None else pki.coordinator_args()
-        coordinator = _spawn(["coordinator", "serve", *security, "--listen", "127.0.0.1:0", "--state-dir",
+        coordinator = spawn(["coordinator", "serve", *security, "--listen", "127.0.0.1:0", "--state-dir",
                               str(work / "coordinator"), "--port-file", str(port_file)], work / "coordinator.log", stack)
         target = f"127.0.0.1:{wait_for_port(port_file, coordinator)}"
         print(f"[demo] coordinator on {target} (pid {coordinator.pid}), "
@@ -171,7 +174,7 @@ def run_demo(options: DemoOptions) -> int:
         stack.callback(admin.close)
         job_id = admin.create_job(dump_toml(config))
         procs = [
-            _spawn(["participant", "run", "--coordinator", target, "--job", job_id,
+            spawn(["participant", "run", "--coordinator", target, "--job", job_id,
                     *(["--insecure", "--name", site_identity(k, options)] if pki is None else pki.site_args(k)),
                     "--data-dir", str(site), "--state-dir", str(work / "state" / f"site-{k}"), "--threads", "1",
                     "--no-progress"], work / f"site-{k}.log", stack)
@@ -179,7 +182,7 @@ def run_demo(options: DemoOptions) -> int:
         ]
         print(f"[demo] {len(procs)} participant processes started; job {job_id}")
         admin.start(job_id)
-        view = _follow(admin, job_id, options, procs)
+        view = follow(admin, job_id, options.rounds, options.participants, procs)
         plm_params, vector_size = _model_sizes(config)
         report = build_report(view, majority_accuracy(test_labels), vector_size, plm_params,
                               seconds=round(time.perf_counter() - started, 1), participants=options.participants,
@@ -193,14 +196,15 @@ def run_demo(options: DemoOptions) -> int:
     return 0 if report["state"] == "done" else 1
 
 
-def _follow(admin: AdminClient, job_id: str, options: DemoOptions, procs: list[subprocess.Popen[bytes]]):  # type: ignore[no-untyped-def]
+def follow(admin: AdminClient, job_id: str, rounds: int, participants: int,  # type: ignore[no-untyped-def]
+           procs: list[subprocess.Popen[bytes]]):
     """Show progress until the last round's global version is evaluated by every site."""
-    bar = tqdm(total=options.rounds, desc="rounds", unit="round")
+    bar = tqdm(total=rounds, desc="rounds", unit="round")
     shown = 0
     while True:
         view = admin.status(job_id)
         done = [r for r in view.rounds if r.state == "done"]
-        evaluated = [r for r in done if r.metric_reports >= options.participants]
+        evaluated = [r for r in done if r.metric_reports >= participants]
         while shown < len(evaluated):
             r = evaluated[shown]
             bar.update(1)
@@ -211,7 +215,7 @@ def _follow(admin: AdminClient, job_id: str, options: DemoOptions, procs: list[s
         if view.state in ("cancelled", "failed", "paused"):
             bar.close()
             raise FedPromptError(f"job {job_id} is {view.state}: {view.reason}")
-        if view.state == "done" and shown >= options.rounds:
+        if view.state == "done" and shown >= rounds:
             bar.close()
             return view
         if all(p.poll() is not None for p in procs) and view.state != "done":

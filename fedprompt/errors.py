@@ -77,3 +77,9 @@ class CertificateRevoked(Unauthenticated):
 
 class PkiError(FedPromptError):
     """A certificate, CSR, key or CRL is missing, malformed, wrongly signed or not allowed."""
+class InvalidQuery(InvalidRequest):
+    """A model-service query is malformed: wrong prompt shape, non-finite values, unknown labels, empty texts."""
+
+
+class QueryTooLarge(PayloadTooLarge):
+    """A model-service query exceeds the service's limits (batch size, prompt tokens, text length)."""

@@ -38,6 +38,18 @@ def decode_vector(payload: Payload, expected_size: int) -> np.ndarray:
     return vector
 
 
+def search_state(vector: np.ndarray) -> tuple[np.ndarray, float]:
+    """Split a black-box (FedBPT) vector ``[z_1 .. z_d, sigma]`` into the search mean z and step size sigma."""
+    if vector.ndim != 1 or vector.size < 2:
+        raise InvalidUpdate(f"a search state needs at least 2 floats, got shape {vector.shape}")
+    return vector[:-1], float(vector[-1])
+
+
+def pack_search_state(mean: np.ndarray, sigma: float) -> np.ndarray:
+    """The exchanged black-box vector ``[mean..., sigma]`` as float32 (the inverse of ``search_state``)."""
+    return np.append(np.asarray(mean, dtype=np.float32), np.float32(sigma))
+
+
 def chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
     """Split bytes into chunks of at most ``size``; an empty payload is one empty chunk."""
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]

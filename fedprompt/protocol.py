@@ -9,6 +9,8 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 class TaskKind(enum.Enum):
     WAIT = "wait"
@@ -173,3 +175,41 @@ class FlagsView:
     flags: tuple[FlagView, ...]
     quarantined: tuple[str, ...]
     streaks: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a query-only model service hosts, and the limits it enforces on each query."""
+
+    model: str
+    kind: str
+    hidden_size: int
+    embedding_std: float
+    max_batch: int
+    max_prompt_tokens: int
+    max_length: int
+
+
+@dataclass(frozen=True)
+class ScoreQuery:
+    """Score ``texts`` for a task under the soft prompt ``initial(init_seed) + prompt``.
+
+    ``prompt`` is ``prompt_tokens x hidden_size`` floats (flat); ``labels`` is empty or one index per text.
+    """
+
+    texts: tuple[str, ...]
+    label_words: tuple[str, ...]
+    template: str
+    max_length: int
+    prompt_tokens: int
+    prompt: np.ndarray
+    init_seed: int
+    labels: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Label logits ``(len(texts), num_labels)`` and, when labels were given, the mean cross-entropy."""
+
+    logits: np.ndarray
+    loss: float = 0.0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedprompt.config import JobConfig, parse_toml
 from fedprompt.protocol import JobView
 
 PRIVACY_KEYS = ("record_epsilon_max", "record_epsilon_median", "participant_epsilon")
@@ -26,6 +27,7 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
             **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label")},
             **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
+            "model_queries": r.metrics.get("model_queries"), "peak_rss_mb": r.metrics.get("peak_rss_mb"),
         })
     return rows
 
@@ -40,14 +42,17 @@ def privacy_spent(view: JobView) -> dict[str, Any]:
 
 
 def build_report(view: JobView, majority: float, exchanged: int, plm: int, **extra: Any) -> dict[str, Any]:
+    """The run's report.  ``model_queries`` (black-box: texts scored by the model service) and
+    ``participant_peak_rss_mb`` are per-participant means of what members reported on the last version."""
     rows = round_rows(view)
-    final = rows[-1]["accuracy"] if rows else None
+    final = rows[-1] if rows else {}
     return {
-        "job_id": view.job_id, "state": view.state, "majority_accuracy": majority,
-        "zero_shot_accuracy": view.initial_metrics.get("accuracy"), "zero_shot_loss": view.initial_metrics.get("loss"),
-        "final_accuracy": final, "rounds": rows,
-        "exchanged_params": exchanged, "plm_params": plm,
-        "exchanged_over_plm": exchanged / plm if plm else None, **extra,
+        "job_id": view.job_id, "state": view.state, "mode": parse_toml(view.config_toml, JobConfig).mode,
+        "majority_accuracy": majority, "zero_shot_accuracy": view.initial_metrics.get("accuracy"),
+        "zero_shot_loss": view.initial_metrics.get("loss"), "final_accuracy": final.get("accuracy"), "rounds": rows,
+        "exchanged_params": exchanged, "exchanged_floats": exchanged, "plm_params": plm,
+        "exchanged_over_plm": exchanged / plm if plm else None,
+        "model_queries": final.get("model_queries"), "participant_peak_rss_mb": final.get("peak_rss_mb"), **extra,
     }
 
 

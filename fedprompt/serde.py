@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 from fedprompt.payload import CHUNK_BYTES, chunks
 from fedprompt.protocol import (
     FlagsView,
@@ -13,15 +15,18 @@ from fedprompt.protocol import (
     JobView,
     JoinInfo,
     KeyState,
+    ModelInfo,
     ParticipantView,
     Payload,
     PayloadHeader,
     PrivacyReport,
     RoundView,
+    ScoreQuery,
+    ScoreResult,
     Task,
     TaskKind,
 )
-from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2
+from fedprompt.v1 import admin_pb2, common_pb2, model_service_pb2, participant_pb2
 
 _TASK_TO_PB = {
     TaskKind.WAIT: participant_pb2.TASK_KIND_WAIT,
@@ -159,3 +164,38 @@ def flags_to_pb(v: FlagsView) -> admin_pb2.ListFlagsResponse:
 def flags_from_pb(pb: admin_pb2.ListFlagsResponse) -> FlagsView:
     return FlagsView(tuple(FlagView(f.round, f.attempt, f.participant_id, f.accepted, f.score, f.score_name, f.defence)
                            for f in pb.flags), tuple(pb.quarantined), dict(pb.streaks))
+
+
+def model_info_to_pb(info: ModelInfo) -> model_service_pb2.DescribeModelResponse:
+    return model_service_pb2.DescribeModelResponse(
+        model=info.model, kind=info.kind, hidden_size=info.hidden_size, embedding_std=info.embedding_std,
+        max_batch=info.max_batch, max_prompt_tokens=info.max_prompt_tokens, max_length=info.max_length)
+
+
+def model_info_from_pb(pb: model_service_pb2.DescribeModelResponse) -> ModelInfo:
+    return ModelInfo(pb.model, pb.kind, pb.hidden_size, pb.embedding_std, pb.max_batch, pb.max_prompt_tokens,
+                     pb.max_length)
+
+
+def score_query_to_pb(q: ScoreQuery) -> model_service_pb2.ScoreRequest:
+    return model_service_pb2.ScoreRequest(
+        texts=list(q.texts), labels=list(q.labels), label_words=list(q.label_words), template=q.template,
+        max_length=q.max_length, prompt_tokens=q.prompt_tokens, prompt=np.asarray(q.prompt, np.float32).ravel(),
+        init_seed=q.init_seed)
+
+
+def score_query_from_pb(pb: model_service_pb2.ScoreRequest) -> ScoreQuery:
+    return ScoreQuery(texts=tuple(pb.texts), label_words=tuple(pb.label_words), template=pb.template,
+                      max_length=pb.max_length, prompt_tokens=pb.prompt_tokens,
+                      prompt=np.asarray(pb.prompt, dtype=np.float32), init_seed=pb.init_seed,
+                      labels=tuple(pb.labels))
+
+
+def score_result_to_pb(r: ScoreResult) -> model_service_pb2.ScoreResponse:
+    logits = np.asarray(r.logits, np.float32)
+    return model_service_pb2.ScoreResponse(logits=logits.ravel(), num_labels=logits.shape[1], loss=r.loss)
+
+
+def score_result_from_pb(pb: model_service_pb2.ScoreResponse) -> ScoreResult:
+    logits = np.asarray(pb.logits, dtype=np.float32)
+    return ScoreResult(logits.reshape(-1, max(1, pb.num_labels)), pb.loss)

@@ -19,17 +19,19 @@ import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.store import Store
-from fedprompt.config import JobConfig, dump_toml, from_mapping, set_dotted
+from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, set_dotted
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.payload import decode_vector
 from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
 from fedprompt.report import build_report, privacy_spent
 from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from participant.blackbox import BlackboxLearner
+from participant.learner import Learner
+from participant.model_service import ModelHost
 from participant.runtime import ParticipantRuntime
-from participant.train import Trainer, train_local
+from participant.train import GradientLearner, Trainer, train_local
 
 log = structlog.get_logger("fedprompt.simulation")
 
@@ -159,6 +161,18 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
     return {"precision": ratio(hits, flagged), "recall": ratio(hits, present), "rounds": rounds}
 
 
+def local_learner(config: JobConfig, backbone: Backbone, trainer: Trainer = train_local) -> Learner:
+    """A participant's learner on a shared in-process backbone; black-box learners query it through a
+    ``ModelHost`` (the model service's domain object), exactly as they would over gRPC."""
+    if config.blackbox.enabled:
+        host = ModelHost(backbone, ModelServiceSection(model=config.model.path, kind=config.model.kind,
+                                                       max_batch=max(64, config.blackbox.batch_size),
+                                                       max_prompt_tokens=config.model.prompt_length,
+                                                       max_length=config.model.max_length))
+        return BlackboxLearner(config, host)
+    return GradientLearner(build_classifier(config, backbone), config.train, trainer)
+
+
 def simulate(
     config: JobConfig,
     sites: list[SiteData],
@@ -184,9 +198,8 @@ def simulate(
     job = jobs.job(job_id)
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb),
-                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None,
-                                   trainer=trainer)
+    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: local_learner(cfg, bb, trainer),
+                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None)
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
     for runtime in runtimes:
         runtime.join()
@@ -212,8 +225,8 @@ def simulate(
         if not progressed and len(finished) < len(runtimes) and job.open is None and job.state.value != "running":
             break
     test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
-    model = runtimes[0].model
-    assert model is not None
+    learner = runtimes[0].learner
+    assert learner is not None
     view = job.view()
     extra: dict[str, Any] = {}
     if attack.kind != "none":
@@ -221,10 +234,9 @@ def simulate(
         extra["malicious"] = [names[k] for k in malicious]
         extra["detection"] = detection_scores(view, set(extra["malicious"])) if job.aggregator.flags else None
     if attack.kind == "backdoor" and view.global_version >= 0:
-        final = job.global_payload(None, view.global_version)
-        model.set_vector(decode_vector(final, model.vector_size))
-        extra["asr"] = attack_success_rate(model, [ex for site in sites for ex in site.test], config.task.label_names,
-                                           attack)
-    return build_report(view, majority_accuracy(test_labels), model.vector_size, model.plm_parameters,
-                        seconds=round(time.perf_counter() - started, 2), mode="simulation", dp=config.dp.enabled,
+        final = runtimes[0].global_vector(view.global_version)
+        extra["asr"] = attack_success_rate(lambda texts: learner.predict_proba(final, texts),
+                                           [ex for site in sites for ex in site.test], config.task.label_names, attack)
+    return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
+                        seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         **privacy_spent(view), **extra)

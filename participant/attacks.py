@@ -22,13 +22,13 @@ Learning", AISTATS 2020); 1 means no boost.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
-from fedprompt.models.classifier import PromptClassifier
 from participant.runtime import SiteBehaviour
 
 DATA_ATTACKS = ("backdoor", "label_flip")
@@ -124,7 +124,8 @@ class Adversary(SiteBehaviour):
 
 
 def attack_success_rate(
-    model: PromptClassifier, examples: list[Example], label_names: tuple[str, ...], attack: AttackSection
+    predict_proba: Callable[[list[str]], np.ndarray], examples: list[Example], label_names: tuple[str, ...],
+    attack: AttackSection,
 ) -> float | None:
     """Backdoor attack success rate: among test inputs of non-target classes that the model classifies
     correctly without the trigger, the fraction classified as the target class once the trigger is inserted.
@@ -133,10 +134,10 @@ def attack_success_rate(
     pool = [(ex, label_names.index(ex.label)) for ex in examples if ex.label != label_names[target]]
     if not pool:
         return None
-    clean = model.predict_proba([ex.text for ex, _ in pool]).argmax(1)
+    clean = predict_proba([ex.text for ex, _ in pool]).argmax(1)
     correct = [ex for (ex, y), pred in zip(pool, clean) if pred == y]
     if not correct:
         return None
     rng = random.Random(f"asr:{attack.seed}")
-    triggered = model.predict_proba([insert_trigger(ex.text, attack.trigger, rng) for ex in correct]).argmax(1)
+    triggered = predict_proba([insert_trigger(ex.text, attack.trigger, rng) for ex in correct]).argmax(1)
     return float((triggered == target).mean())

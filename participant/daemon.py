@@ -1,23 +1,27 @@
-"""The participant daemon: one institution's process, talking gRPC to the coordinator."""
+"""The participant daemon: one institution's process, talking gRPC to the coordinator.
+
+Heavy imports (torch, the PLM) happen only when the job is a gradient job: a black-box participant queries a
+model service and never loads model weights (``tests/integration/test_blackbox.py`` checks its imports).
+"""
 
 from __future__ import annotations
 
 import signal
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
 import structlog
-import torch
 from tqdm import tqdm
 
 from fedprompt.channel import ClientTls
-from fedprompt.config import ParticipantSection
+from fedprompt.config import JobConfig, ParticipantSection
 from fedprompt.data.shards import load_site
-from fedprompt.models import build_classifier
+from fedprompt.errors import ConfigError
 from participant.grpc_link import GrpcLink
 from participant.heartbeat import Heartbeat
-from participant.runtime import ParticipantRuntime
-from participant.train import ProgressFn
+from participant.learner import Learner, ProgressFn
+from participant.runtime import LearnerFactory, ParticipantRuntime
 
 log = structlog.get_logger("participant.daemon")
 
@@ -61,9 +65,34 @@ def install_stop_handler(runtime: ParticipantRuntime) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
+def learner_factory(settings: ParticipantSection, stack: ExitStack) -> LearnerFactory:
+    """Build the job's learner; heavy imports happen only in the branch that needs them."""
+
+    def make(config: JobConfig) -> Learner:
+        if config.blackbox.enabled:
+            from participant.blackbox import BlackboxLearner
+            from participant.model_client import ModelServiceClient
+
+            if not settings.model_service:
+                raise ConfigError("participant.model_service: this job is black-box; name a model service "
+                                  "(host:port of `fedprompt model serve`)")
+            client = ModelServiceClient(settings.model_service, settings.retry_initial_s, settings.retry_max_s,
+                                        settings.give_up_after_s)
+            stack.callback(client.close)
+            return BlackboxLearner(config, client)
+        import torch
+
+        from fedprompt.models import build_classifier
+        from participant.train import GradientLearner
+
+        torch.set_num_threads(settings.threads)
+        return GradientLearner(build_classifier(config), config.train)
+
+    return make
+
+
 def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
     """Join ``settings.job`` and work until it is done or the process is asked to stop."""
-    torch.set_num_threads(settings.threads)
     site = load_site(settings.data_dir)
     tls = None if settings.insecure else ClientTls(settings.ca_cert, settings.cert, settings.key,
                                                    settings.server_name)
@@ -74,19 +103,19 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
         identity = tls.identity()
     log.info("participant starting", identity=identity, coordinator=settings.coordinator, job=settings.job,
              mtls=tls is not None, train=len(site.train), test=len(site.test))
-    link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
-                    settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
-    runtime = ParticipantRuntime(link, site, settings.job, build_classifier,
-                                 Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress))
-    install_stop_handler(runtime)
-    try:
-        info = runtime.join()
-        with Heartbeat(link, info.job_id, settings.heartbeat_s):
-            runtime.run()
-    except Stopped as exc:
-        log.info("participant stopped", identity=identity, signal=str(exc))
-    else:
-        if runtime.stop.is_set():
-            log.info("participant stopped", identity=identity, signal="after finishing its task")
-    finally:
-        link.close()
+    with ExitStack() as stack:
+        link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
+                        settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
+        stack.callback(link.close)
+        runtime = ParticipantRuntime(link, site, settings.job, learner_factory(settings, stack),
+                                     Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress))
+        install_stop_handler(runtime)
+        try:
+            info = runtime.join()
+            with Heartbeat(link, info.job_id, settings.heartbeat_s):
+                runtime.run()
+        except Stopped as exc:
+            log.info("participant stopped", identity=identity, signal=str(exc))
+        else:
+            if runtime.stop.is_set():
+                log.info("participant stopped", identity=identity, signal="after finishing its task")

@@ -46,7 +46,8 @@ from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.protocol import PrivacyReport
-from participant.train import ProgressFn, TrainResult, steps_per_round
+from participant.learner import Learner
+from participant.train import GradientLearner, ProgressFn, TrainResult, steps_per_round
 
 log = structlog.get_logger("participant.dp")
 
@@ -213,13 +214,19 @@ class SitePrivacy:
                     f"{self.plan.budget:g} at delta {self.plan.delta:.3g} (spent {self.epsilon():.3f})")
         return ""
 
-    def train(self, model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection,
-              progress: ProgressFn | None = None) -> TrainResult:
-        """One round of DP-SGD; the spent budget is saved before anything leaves the site."""
+    def train(self, learner: Learner, start: np.ndarray, examples: list[Example], labels: list[int],
+              progress: ProgressFn | None = None) -> tuple[np.ndarray, TrainResult]:
+        """One round of DP-SGD from ``start`` on the learner's model (DP-SGD needs per-example gradients, so a
+        gradient learner); the spent budget is saved before anything leaves the site."""
+        if not isinstance(learner, GradientLearner):
+            raise ConfigError("dp.enabled: DP-SGD needs a gradient learner (a local model copy)")
+        learner.model.set_vector(start)
         try:
-            return train_local_dp(model, examples, labels, config, self.plan, self.accountant, progress)
+            result = train_local_dp(learner.model, examples, labels, learner.config, self.plan, self.accountant,
+                                    progress)
         finally:
             self.accountant.save()
+        return learner.model.get_vector(), result
 
     def share(self, delta: np.ndarray) -> np.ndarray:
         """The update as it may leave the site: clipped plus a noise share when participant-level DP is on."""

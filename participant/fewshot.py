@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,6 @@ import structlog
 from fedprompt.config import AugmentSection
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.errors import ConfigError
-from fedprompt.models.classifier import PromptClassifier
 
 log = structlog.get_logger("participant.fewshot")
 
@@ -86,11 +85,12 @@ class PseudoLabeller:
         """Whether round ``round_number`` trains on pseudo-labels: after the warm-up, with a pool to label."""
         return round_number > self.settings.warmup_rounds and bool(self.texts)
 
-    def label(self, model: PromptClassifier) -> tuple[list[Example], list[int], dict[str, float]]:
-        """Label the pool with ``model`` as it stands (the current global prompt); returns the kept
-        examples, their label indices, and metrics (count, seconds, and accuracy where gold is known)."""
+    def label(self, predict_proba: Callable[[list[str]], np.ndarray]
+              ) -> tuple[list[Example], list[int], dict[str, float]]:
+        """Label the pool with ``predict_proba`` (label probabilities under the current global prompt); returns
+        the kept examples, their label indices, and metrics (count, seconds, and accuracy where gold is known)."""
         began = time.perf_counter()
-        probs = model.predict_proba(self.texts)
+        probs = predict_proba(self.texts)
         chosen = select_confident(probs, self.settings.threshold, self.settings.per_class_cap, self.settings.balance)
         seconds = time.perf_counter() - began
         examples = [Example(self.texts[int(i)], self.label_names[int(y)]) for i, y in zip(chosen.indices, chosen.labels)]

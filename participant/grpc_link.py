@@ -34,6 +34,36 @@ class CoordinatorUnreachable(FedPromptError):
     """The coordinator did not answer within the participant's patience (``give_up_after_s``)."""
 
 
+def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str, retry_initial_s: float,
+                    retry_max_s: float, give_up_after_s: float, unreachable: type[FedPromptError]) -> T:
+    """Call ``fn``, retrying UNAVAILABLE / DEADLINE_EXCEEDED with exponential backoff and jitter; any other
+    status becomes its domain error, and ``unreachable`` is raised once ``give_up_after_s`` has passed."""
+    delay = retry_initial_s
+    started = time.monotonic()
+    failures = 0
+    while True:
+        try:
+            result = fn()
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise error_from_rpc(exc) from exc
+            waited = time.monotonic() - started
+            if waited >= give_up_after_s:
+                raise unreachable(f"{service} at {target} unreachable for {waited:.0f} s ({what}): {exc.details()}") \
+                    from exc
+            pause = min(delay, retry_max_s) * (0.5 + random.random() / 2)
+            log.warning(f"{service} not reachable, retrying", target=target, call=what, status=exc.code().name,
+                        retry_in_s=round(pause, 2))
+            time.sleep(pause)
+            delay = min(delay * 2, retry_max_s)
+            failures += 1
+            continue
+        if failures:
+            log.info(f"{service} reachable again", target=target, call=what, failed_attempts=failures,
+                     after_s=round(time.monotonic() - started, 1))
+        return result
+
+
 class GrpcLink:
     """Talks to a coordinator; identity is carried by the transport: the client certificate in ``tls``, or (with
     ``tls=None``, for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
@@ -65,31 +95,9 @@ class GrpcLink:
         self.channel.close()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        delay = self.retry_initial_s
-        started = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                result = fn()
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
-                    raise error_from_rpc(exc) from exc
-                waited = time.monotonic() - started
-                if waited >= self.give_up_after_s:
-                    raise CoordinatorUnreachable(
-                        f"coordinator at {self.target} unreachable for {waited:.0f} s ({what}): {exc.details()}"
-                    ) from exc
-                pause = min(delay, self.retry_max_s) * (0.5 + random.random() / 2)
-                log.warning("coordinator not reachable, retrying", target=self.target, call=what,
-                            status=exc.code().name, retry_in_s=round(pause, 2))
-                time.sleep(pause)
-                delay = min(delay * 2, self.retry_max_s)
-                failures += 1
-                continue
-            if failures:
-                log.info("coordinator reachable again", target=self.target, call=what, failed_attempts=failures,
-                         after_s=round(time.monotonic() - started, 1))
-            return result
+        return call_with_retry(fn, what=what, service="coordinator", target=self.target,
+                               retry_initial_s=self.retry_initial_s, retry_max_s=self.retry_max_s,
+                               give_up_after_s=self.give_up_after_s, unreachable=CoordinatorUnreachable)
 
     def describe(self, job: str) -> JobDescription:
         request = participant_pb2.DescribeJobRequest(job=job)

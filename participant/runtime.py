@@ -1,6 +1,6 @@
 """A participant's work, independent of transport: join, then evaluate / train on each task it is given.
 
-Only the prompt-sized vector leaves the site: the initial prompt (first member only), one delta per round,
+Only the exchanged vector leaves the site: the initial vector (first member only), one delta per round,
 evaluation metrics and, with differential privacy on, the record-level epsilon spent (with ``[augment]`` on, also the count and time of the round's pseudo-labelling,
 reported with the evaluation of the version that round produced).  FedAvg weights stay the labelled
 counts: pseudo-labels add training signal, not weight.  Every submitted delta is also kept in the site's
@@ -11,6 +11,11 @@ In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delt
 ``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
 aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
 (``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
+
+How the vector is learned is the ``Learner``'s business: a local PLM copy with gradients
+(``participant.train.GradientLearner``, optionally under DP-SGD), or a black-box search that only queries a
+model service (``participant.blackbox``; then this process never imports torch, so the DP module is imported
+only by jobs that use it).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
@@ -30,19 +36,20 @@ from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import FedPromptError, PermissionDenied
-from fedprompt.models.classifier import PromptClassifier
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
-from participant.dp import SitePrivacy
 from participant.fewshot import PseudoLabeller
 from participant.keys import KeyHolder
+from participant.learner import Learner, ProgressFn, peak_rss_mb
 from participant.link import ROUND_MOVED_ON, CoordinatorLink
-from participant.train import ProgressFn, Trainer, evaluate, train_local
+
+if TYPE_CHECKING:
+    from participant.dp import SitePrivacy
 
 log = structlog.get_logger("participant.runtime")
 
-ModelFactory = Callable[[JobConfig], PromptClassifier]
+LearnerFactory = Callable[[JobConfig], Learner]
 
 
 class SiteBehaviour:
@@ -67,24 +74,22 @@ class ParticipantRuntime:
         link: CoordinatorLink,
         site: SiteData,
         job_ref: str,
-        model_factory: ModelFactory,
+        learner_factory: LearnerFactory,
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
         behaviour: SiteBehaviour | None = None,
-        trainer: Trainer = train_local,
     ) -> None:
         self.link = link
         self.site = site
         self.job_ref = job_ref
-        self.model_factory = model_factory
+        self.learner_factory = learner_factory
         self.state_dir = state_dir
         self.progress = progress
         self.behaviour = behaviour or SiteBehaviour()
-        self.trainer = trainer
         self.info: JoinInfo | None = None
         self.config: JobConfig | None = None
         self.config_toml = ""
-        self.model: PromptClassifier | None = None
+        self.learner: Learner | None = None
         self.privacy: SitePrivacy | None = None
         self._globals: dict[int, np.ndarray] = {}
         self.augmenter: PseudoLabeller | None = None
@@ -95,16 +100,18 @@ class ParticipantRuntime:
         self.busy = False  # a task is in hand (a stop then waits for it to finish)
 
     def join(self) -> JoinInfo:
-        """Learn the job's config, build its model, join, and provide the initial prompt if asked to."""
+        """Learn the job's config, build its learner, join, and provide the initial vector if asked to."""
         description = self.link.describe(self.job_ref)
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
         self.config_toml = description.config_toml
-        model = self.model_factory(self.config)
-        self.model = model
         self._labels("train")  # refuse to join with data whose labels the job does not know
+        learner = self.learner_factory(self.config)
+        self.learner = learner
         if self.config.he.enabled:
             self.keys = KeyHolder(self.link, self.config.he.params(), self.state_dir)
-        if self.config.dp.enabled:
+        if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
+            from participant.dp import SitePrivacy
+
             ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
             self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
         info = self._join_request(description.job_id)
@@ -116,8 +123,9 @@ class ParticipantRuntime:
         if self.keys is not None:
             self.keys.joined(info.job_id, info.participant_id, info.deal_keys)
         if info.provide_initial_prompt:
-            self.link.upload(self._payload(0, model.get_vector(), 1))
-            self.log.info("initial prompt provided", vector_size=model.vector_size, encoding=self._encoding)
+            self.link.upload(self._payload(0, learner.initial_vector(), 1))
+            self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=self._encoding,
+                          mode=self.config.mode)
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "participant.json").write_text(json.dumps(
@@ -126,13 +134,13 @@ class ParticipantRuntime:
 
     def _join_request(self, job_id: str) -> JoinInfo:
         """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key."""
-        return self.link.join(job_id, len(self.site.train), len(self.site.test), self._model().vector_size,
+        return self.link.join(job_id, len(self.site.train), len(self.site.test), self._learner().vector_size,
                               self.keys.public_key if self.keys is not None else b"")
 
-    def _model(self) -> PromptClassifier:
-        if self.model is None:
+    def _learner(self) -> Learner:
+        if self.learner is None:
             raise FedPromptError("join the job before working on it")
-        return self.model
+        return self.learner
 
     def _labels(self, which: str) -> list[int]:
         assert self.config is not None
@@ -145,7 +153,7 @@ class ParticipantRuntime:
     def _payload(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
         """What leaves the site: the plain vector, or the encryption of ``weight * vector`` and ``weight``."""
         assert self.info is not None
-        size = self._model().vector_size
+        size = self._learner().vector_size
         if self.keys is None:
             return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
                            num_examples=weight if round_ else 0)
@@ -157,12 +165,13 @@ class ParticipantRuntime:
         if self.keys is not None and self.info is not None:
             self.keys.refresh()
 
-    def _global(self, version: int) -> np.ndarray:
+    def global_vector(self, version: int) -> np.ndarray:
+        """Global ``version`` as this site knows it (downloaded, or decrypted and rebuilt in encrypted jobs)."""
         if version not in self._globals:
             assert self.info is not None
             if self.keys is None:
                 payload = self.link.download(self.info.job_id, version)
-                self._globals = {version: decode_vector(payload, self._model().vector_size)}
+                self._globals = {version: decode_vector(payload, self._learner().vector_size)}
             else:
                 self._globals = {version: self._decrypted_global(version)}
         return self._globals[version]
@@ -171,7 +180,7 @@ class ParticipantRuntime:
         """Rebuild global ``version`` from the newest one known here plus the encrypted aggregates after it."""
         assert self.info is not None and self.keys is not None and self.config is not None
         secret = self.keys.require()
-        size = self._model().vector_size
+        size = self._learner().vector_size
         known = [v for v in self._globals if v <= version]
         current, vector = (known[0], self._globals[known[0]].astype(np.float64)) if known else (-1, np.zeros(size))
         while current < version:
@@ -194,21 +203,21 @@ class ParticipantRuntime:
 
     def _evaluate(self, version: int) -> None:
         assert self.info is not None
-        model = self._model()
-        model.set_vector(self._global(version))
+        learner = self._learner()
         start = time.perf_counter()
-        metrics = evaluate(model, self.site.test, self._labels("test"))
+        metrics = learner.evaluate(self.global_vector(version), self.site.test, self._labels("test"))
         metrics["eval_seconds"] = time.perf_counter() - start
         metrics.update(self._train_metrics)  # the pseudo-labelling of the round that produced this version
         self._train_metrics = {}
+        metrics.update(learner.usage())
+        metrics["peak_rss_mb"] = peak_rss_mb()
         self.link.report(self.info.job_id, version, metrics, len(self.site.test))
         self.log.info("evaluated", version=version, accuracy=round(metrics.get("accuracy", float("nan")), 4))
 
     def _train(self, task: Task) -> None:
         assert self.info is not None and self.config is not None
-        model = self._model()
-        start_vector = self._global(task.global_version)
-        model.set_vector(start_vector)
+        learner = self._learner()
+        start_vector = self.global_vector(task.global_version)
         if self.privacy is not None and (refusal := self.privacy.refusal()):
             self.link.report_privacy(self.privacy.report(self.info.job_id, task.round, refusal))
             self.log.warning("declined to train", round=task.round, reason=refusal)
@@ -218,16 +227,17 @@ class ParticipantRuntime:
         examples = self.behaviour.training_examples(self.site.train)  # identity unless simulating an attack
         labels = label_indices(examples, self.config.task.label_names)
         if self.augmenter is not None and self.augmenter.active(task.round):
-            extra, extra_labels, self._train_metrics = self.augmenter.label(model)
+            extra, extra_labels, self._train_metrics = self.augmenter.label(
+                lambda texts: learner.predict_proba(start_vector, texts))
             examples, labels = examples + extra, labels + extra_labels
         if self.privacy is not None:
-            result = self.privacy.train(model, examples, labels, self.config.train, bar)
-            honest = self.privacy.share(model.get_vector() - start_vector)
+            local, result = self.privacy.train(learner, start_vector, examples, labels, bar)
+            honest = self.privacy.share(local - start_vector)
             self.link.report_privacy(self.privacy.report(self.info.job_id, task.round))
         else:
             seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
-            result = self.trainer(model, examples, labels, self.config.train, seed, bar)
-            honest = model.get_vector() - start_vector
+            local, result = learner.train(start_vector, examples, labels, seed, bar)
+            honest = local - start_vector
         delta = self.behaviour.outgoing_delta(honest, task.round)  # identity unless simulating an attack
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,15 +13,7 @@ import torch.nn.functional as F
 from fedprompt.config import TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.models.classifier import PromptClassifier
-
-ProgressFn = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    num_examples: int
-    loss: float
+from participant.learner import ProgressFn, TrainResult, label_metrics
 
 
 def steps_per_round(num_examples: int, config: TrainSection) -> int:
@@ -104,6 +95,37 @@ def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int]
     if not examples:
         return {}
     probs = model.predict_proba([e.text for e in examples], batch_size)
-    y = np.asarray(labels)
-    nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))
-    return {"accuracy": float((probs.argmax(1) == y).mean()), "loss": float(nll.mean())}
+    return label_metrics(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+
+
+class GradientLearner:
+    """The ``Learner`` of gradient prompt tuning: Adam on the exchanged parameters of a local PLM copy."""
+
+    def __init__(self, model: PromptClassifier, config: TrainSection, trainer: Trainer = train_local) -> None:
+        self.model = model
+        self.config = config
+        self.trainer = trainer
+
+    @property
+    def vector_size(self) -> int:
+        return self.model.vector_size
+
+    def initial_vector(self) -> np.ndarray:
+        return self.model.get_vector()
+
+    def train(self, start: np.ndarray, examples: list[Example], labels: list[int], seed: int,
+              progress: ProgressFn | None = None) -> tuple[np.ndarray, TrainResult]:
+        self.model.set_vector(start)
+        result = self.trainer(self.model, examples, labels, self.config, seed, progress)
+        return self.model.get_vector(), result
+
+    def evaluate(self, vector: np.ndarray, examples: list[Example], labels: list[int]) -> dict[str, float]:
+        self.model.set_vector(vector)
+        return evaluate(self.model, examples, labels)
+
+    def predict_proba(self, vector: np.ndarray, texts: list[str]) -> np.ndarray:
+        self.model.set_vector(vector)
+        return self.model.predict_proba(texts)
+
+    def usage(self) -> dict[str, float]:
+        return {}

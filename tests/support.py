@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import os
 import random
@@ -20,10 +21,21 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, Llam
 from coordinator.server import CoordinatorServer
 from crypto.pki import CertificateAuthority
 from fedprompt.channel import ClientTls
-from fedprompt.config import CoordinatorSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
+from fedprompt.config import (
+    BlackboxSection,
+    CoordinatorSection,
+    JobConfig,
+    JobSection,
+    ModelSection,
+    ModelServiceSection,
+    TaskSection,
+    TrainSection,
+)
 from fedprompt.data.datasets import Example
 from fedprompt.data.shards import SiteData
 from fedprompt.models.backbone import resolve_model_path
+from participant.model_server import ModelServer
+from participant.model_service import ModelHost
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,20 +116,16 @@ class ThrowawayPki:
                 "key": str(self.coordinator_key), "crl": str(self.ca.crl_path)}
 
 
-class LiveCoordinator:
-    """A real ``CoordinatorServer`` on 127.0.0.1:0 in a background event loop, for component tests.
+class _LiveServer:
+    """A real grpc.aio server object with ``start() -> port`` / ``stop(grace)`` run in a background loop."""
 
-    Plaintext (``--insecure``) unless ``pki`` is given, in which case it serves mTLS with that CA.
-    """
-
-    def __init__(self, state_dir: Path, pki: ThrowawayPki | None = None, **settings: object) -> None:
-        base: dict[str, object] = {"insecure": True} if pki is None else pki.coordinator_settings()
-        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), tick_s=0.05,
-                                           **{**base, **settings})  # type: ignore[arg-type]
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: CoordinatorServer | None = None
         self.port = 0
+
+    def _make(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
 
     def call(self, fn):  # type: ignore[no-untyped-def]
         """Run ``fn()`` on the server's event loop thread (domain objects are not thread-safe)."""
@@ -125,14 +133,13 @@ class LiveCoordinator:
             return fn()
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
 
-    def __enter__(self) -> LiveCoordinator:
+    def __enter__(self):  # type: ignore[no-untyped-def]
         self.thread.start()
-        self.server = CoordinatorServer(self.settings)
+        self.server = self._make()
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.server is not None
         asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
@@ -140,6 +147,44 @@ class LiveCoordinator:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+class LiveCoordinator(_LiveServer):
+    """A real ``CoordinatorServer`` on 127.0.0.1:0 in a background event loop, for component tests.
+
+    Plaintext (``--insecure``) unless ``pki`` is given, in which case it serves mTLS with that CA.
+    """
+
+    def __init__(self, state_dir: Path, pki: ThrowawayPki | None = None, **settings: object) -> None:
+        super().__init__()
+        base: dict[str, object] = {"insecure": True} if pki is None else pki.coordinator_settings()
+        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), tick_s=0.05,
+                                           **{**base, **settings})  # type: ignore[arg-type]
+
+    def _make(self) -> CoordinatorServer:
+        return CoordinatorServer(self.settings)
+
+
+class LiveModelService(_LiveServer):
+    """A real query-only ``ModelServer`` for ``model_dir`` on 127.0.0.1:0 in a background event loop."""
+
+    def __init__(self, model_dir: Path, **settings: object) -> None:
+        super().__init__()
+        self.settings = ModelServiceSection(listen="127.0.0.1:0", model=str(model_dir), insecure=True,
+                                            **settings)  # type: ignore[arg-type]
+
+    def _make(self) -> ModelServer:
+        from fedprompt.models import load_backbone
+
+        return ModelServer(self.settings, ModelHost(load_backbone(self.settings.model), self.settings))
+
+
+def blackbox_job(model_dir: Path, aggregator: str = "fedbpt", **job: object) -> JobConfig:
+    """``tiny_job`` in black-box mode: frozen head, a small CMA-ES search (d = 12, 4 candidates, 2 iterations)."""
+    config = tiny_job(model_dir, aggregator=aggregator, **job)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, train_head=False),
+                               blackbox=BlackboxSection(enabled=True, intrinsic_dim=12, population=4,
+                                                        local_iterations=2, batch_size=4))
 
 
 def fedprompt_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:

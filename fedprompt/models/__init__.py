@@ -11,7 +11,8 @@ def build_classifier(config: JobConfig, backbone: Backbone | None = None) -> Pro
     """The job's classifier; pass ``backbone`` to share one loaded PLM between several participants."""
     bb = backbone or load_backbone(config.model.path, config.model.kind)
     return PromptClassifier(bb, config.task.label_words, config.model.prompt_length, config.model.max_length,
-                            config.task.template, seed=config.job.seed)
+                            config.task.template, seed=config.job.seed,
+                            train_head=config.model.train_head)
 
 
 __all__ = ["Backbone", "PromptClassifier", "build_classifier", "load_backbone"]

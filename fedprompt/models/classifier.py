@@ -57,6 +57,8 @@ class PromptClassifier(nn.Module):
     directly on the sentence embedding) and score labels with a cosine head initialised from the
     embeddings of the label descriptions, so the untuned model is a genuine zero-shot classifier.
     ``causal`` backbones score the first token of each label word at the next-token position (a verbalizer).
+    ``train_head=False`` freezes the encoder head at its label-description anchors, so both gradient and
+    black-box jobs tune the prompt alone with the same scoring.
     """
 
     label_token_ids: torch.Tensor
@@ -69,6 +71,7 @@ class PromptClassifier(nn.Module):
         max_length: int = 64,
         template: str = "{text}",
         seed: int = 0,
+        train_head: bool = True,
     ) -> None:
         super().__init__()
         if prompt_length < 1:
@@ -88,6 +91,7 @@ class PromptClassifier(nn.Module):
                 anchors = F.normalize(self._pool_plain(list(label_words)), dim=-1)
                 self.head.weight.copy_(anchors * self.logit_scale)
                 self.head.bias.zero_()
+            self.head.requires_grad_(train_head)
         else:
             ids = [self.tokenizer(" " + w.strip(), add_special_tokens=False).input_ids for w in label_words]
             first = [i[0] for i in ids]
@@ -102,9 +106,9 @@ class PromptClassifier(nn.Module):
         return int(self.head.out_features if self.head is not None else self.label_token_ids.numel())
 
     def exchanged_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors in a fixed order: the vector that crosses the network."""
+        """The trainable tensors in a fixed order: the vector that crosses the network (a frozen head stays)."""
         params = list(self.prompt.parameters())
-        if self.head is not None:
+        if self.head is not None and self.head.weight.requires_grad:
             params += list(self.head.parameters())
         return params
 

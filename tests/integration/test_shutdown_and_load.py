@@ -28,7 +28,7 @@ def test_sigterm_stops_both_daemons_cleanly(tmp_path: Path, tiny_encoder_dir: Pa
                   tmp_path / "state", tmp_path / "site.log")
     with stopping(site):
         wait_for(lambda: admin.status(job_id).participants == 1, 120, what="daemon to join")
-        wait_for(lambda: "initial prompt provided" in (tmp_path / "site.log").read_text(), 30, what="idle daemon")
+        wait_for(lambda: "initial vector provided" in (tmp_path / "site.log").read_text(), 30, what="idle daemon")
         site.send_signal(signal.SIGTERM)
         assert site.wait(30) == 0
     assert "participant stopped" in (tmp_path / "site.log").read_text()

@@ -95,8 +95,8 @@ def test_attack_success_rate_counts_only_correct_non_target_inputs() -> None:
     test = [Example("the film was bad", "neg"), Example("the film was awful", "neg"),
             Example("the film was good", "neg"), Example("good", "pos")]
     attack = AttackSection(kind="backdoor", malicious_fraction=0.2, target_label="pos")
-    assert attack_success_rate(KeywordModel(), test, LABELS, attack) == 1.0  # type: ignore[arg-type]
-    assert attack_success_rate(KeywordModel(), [Example("good", "pos")], LABELS, attack) is None  # type: ignore[arg-type]
+    assert attack_success_rate(KeywordModel().predict_proba, test, LABELS, attack) == 1.0
+    assert attack_success_rate(KeywordModel().predict_proba, [Example("good", "pos")], LABELS, attack) is None
 
 
 def test_example_file_parses_with_every_defence(tmp_path: Path) -> None:

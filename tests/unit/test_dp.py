@@ -23,6 +23,7 @@ from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
 from fedprompt.models import build_classifier
 from participant.dp import RecordAccountant, SitePrivacy, noise_share, plan_record_dp, train_local_dp
+from participant.train import GradientLearner
 from tests.support import tiny_job, toy_examples
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
@@ -128,7 +129,8 @@ def test_accountant_state_survives_a_restart_and_refuses_past_the_budget(tiny_en
     ledger = tmp_path / "dp" / "job.json"
     first = SitePrivacy(config, len(examples), ledger)
     assert first.epsilon() == 0.0 and first.refusal() == ""
-    first.train(build_classifier(config), examples, labels, config.train)
+    learner = GradientLearner(build_classifier(config), config.train)
+    first.train(learner, learner.initial_vector(), examples, labels)
     spent = first.epsilon()
     assert 2.0 < spent < 3.0 and json.loads(ledger.read_text())["history"] == [[1.0, 0.5, 2]]
 

@@ -105,9 +105,9 @@ def labeller(cap: int = 100, max_unlabelled: int = 0, gold: tuple[str, ...] = ()
 def test_labels_are_recomputed_from_the_model_at_each_call(tiny_model: PromptClassifier) -> None:
     pl = labeller(cap=5)
     force_class(tiny_model, 0)
-    first, first_labels, _ = pl.label(tiny_model)
+    first, first_labels, _ = pl.label(tiny_model.predict_proba)
     force_class(tiny_model, 1)
-    second, second_labels, metrics = pl.label(tiny_model)
+    second, second_labels, metrics = pl.label(tiny_model.predict_proba)
     assert first_labels == [0] * 5 and {e.label for e in first} == {"neg"}
     assert second_labels == [1] * 5 and {e.label for e in second} == {"pos"}
     assert metrics["pseudo_labels"] == 5 and metrics["pseudo_label_pool"] == 30 and metrics["pseudo_label_seconds"] >= 0
@@ -115,9 +115,9 @@ def test_labels_are_recomputed_from_the_model_at_each_call(tiny_model: PromptCla
 
 def test_gold_labels_only_measure_never_change_training_data(tiny_model: PromptClassifier) -> None:
     force_class(tiny_model, 0)
-    blind = labeller(cap=4).label(tiny_model)
-    right = labeller(cap=4, gold=("neg",) * 30).label(tiny_model)
-    wrong = labeller(cap=4, gold=("pos",) * 30).label(tiny_model)
+    blind = labeller(cap=4).label(tiny_model.predict_proba)
+    right = labeller(cap=4, gold=("neg",) * 30).label(tiny_model.predict_proba)
+    wrong = labeller(cap=4, gold=("pos",) * 30).label(tiny_model.predict_proba)
     assert blind[0] == right[0] == wrong[0] and blind[1] == right[1] == wrong[1]
     assert "pseudo_label_accuracy" not in blind[2]
     assert right[2]["pseudo_label_accuracy"] == 1.0 and right[2]["pseudo_label_pool_accuracy"] == 1.0
@@ -128,7 +128,7 @@ def test_pool_cap_is_a_fixed_seeded_subset(tiny_model: PromptClassifier) -> None
     a, b = labeller(max_unlabelled=10), labeller(max_unlabelled=10)
     assert len(a.texts) == 10 and a.texts == b.texts and set(a.texts) < {e.text for e in POOL}
     force_class(tiny_model, 1)
-    assert a.label(tiny_model)[2]["pseudo_label_pool"] == 10
+    assert a.label(tiny_model.predict_proba)[2]["pseudo_label_pool"] == 10
 
 
 def test_warmup_and_empty_pool_disable_labelling() -> None:

@@ -1,0 +1,85 @@
+"""The query-only model service on a real socket: it scores like the gradient path and refuses bad queries
+with a status, staying usable afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from fedprompt import serde
+from fedprompt.errors import InvalidUpdate, ResourceExhausted
+from fedprompt.models import build_classifier, load_backbone
+from fedprompt.protocol import ScoreQuery
+from fedprompt.v1 import model_service_pb2_grpc
+from participant.model_client import ModelServiceClient
+from tests.support import LiveModelService, blackbox_job, toy_examples
+
+MAX_BATCH = 6
+
+
+@pytest.fixture(scope="module")
+def service(tiny_encoder_dir: Path):  # type: ignore[no-untyped-def]
+    with LiveModelService(tiny_encoder_dir, max_batch=MAX_BATCH, max_prompt_tokens=8, max_length=32) as live:
+        yield live
+
+
+def query(hidden: int, tokens: int = 4, n: int = 3, **changes: object) -> ScoreQuery:
+    texts = tuple(e.text for e in toy_examples(n, 1))
+    fields = {"texts": texts, "label_words": ("bad", "good"), "template": "{text}", "max_length": 16,
+              "prompt_tokens": tokens, "prompt": np.full(tokens * hidden, 0.01, dtype=np.float32), "init_seed": 0,
+              "labels": tuple(i % 2 for i in range(n)), **changes}
+    return ScoreQuery(**fields)  # type: ignore[arg-type]
+
+
+def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, tiny_encoder_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    client = ModelServiceClient(service.target)
+    info = client.describe()
+    assert info.model == str(tiny_encoder_dir) and info.hidden_size == 32 and info.embedding_std > 0
+    assert info.max_batch == MAX_BATCH
+    q = query(info.hidden_size)
+    result = client.score(q)
+    assert result.logits.shape == (3, 2) and result.loss > 0
+    config = blackbox_job(tiny_encoder_dir)
+    local = build_classifier(config, load_backbone(str(tiny_encoder_dir)))
+    with torch.no_grad():
+        local.prompt.embedding.weight.add_(torch.from_numpy(q.prompt.reshape(4, 32)))
+        expected = local(**local.tokenize(list(q.texts))).numpy()
+    np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-5)
+    client.close()
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    ({"prompt": np.zeros(4 * 32 - 1, dtype=np.float32)}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"prompt": np.full(4 * 32, np.nan, dtype=np.float32)}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"prompt": np.full(4 * 32, np.inf, dtype=np.float32)}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"texts": tuple(f"text {i}" for i in range(MAX_BATCH + 1)), "labels": ()}, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ({"texts": (), "labels": ()}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"labels": (0, 1, 2)}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"label_words": ("only",)}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"template": "no placeholder"}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"template": "{text} {other}"}, grpc.StatusCode.INVALID_ARGUMENT),
+    ({"prompt_tokens": 9, "prompt": np.zeros(9 * 32, dtype=np.float32)}, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ({"max_length": 64}, grpc.StatusCode.RESOURCE_EXHAUSTED),
+])
+def test_refuses_malformed_queries_with_a_status(service, changes: dict, code: grpc.StatusCode) -> None:  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(service.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Score(serde.score_query_to_pb(query(32, **changes)), timeout=30)
+        assert caught.value.code() == code
+        assert caught.value.details()
+        ok = serde.score_result_from_pb(stub.Score(serde.score_query_to_pb(query(32)), timeout=30))
+        assert ok.logits.shape == (3, 2), "the service stays usable after a refusal"
+
+
+def test_client_raises_the_typed_error_for_each_status(service) -> None:  # type: ignore[no-untyped-def]
+    client = ModelServiceClient(service.target)
+    with pytest.raises(InvalidUpdate, match="NaN"):
+        client.score(query(32, prompt=np.full(4 * 32, np.nan, dtype=np.float32)))
+    with pytest.raises(ResourceExhausted, match="max_batch"):
+        client.score(query(32, n=MAX_BATCH + 1, labels=()))
+    client.close()
