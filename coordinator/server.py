@@ -27,6 +27,7 @@ from coordinator.recovery import resume_jobs
 from coordinator.service import AdminService, ParticipantService
 from coordinator.store import Store
 from crypto.pki import load_cert
+from fedprompt.channel import server_credentials
 from fedprompt.config import CoordinatorSection
 from fedprompt.errors import ConfigError, PkiError, Unauthenticated
 from fedprompt.rpc import DecodeGuard
@@ -36,13 +37,6 @@ log = structlog.get_logger("coordinator.server")
 
 SERVICES = ("", participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
-
-
-def _read(path: str, key: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"coordinator.{key}: cannot read {path}: {exc.strerror}") from exc
 
 
 class CoordinatorServer:
@@ -66,14 +60,13 @@ class CoordinatorServer:
 
     def _credentials(self) -> grpc.ServerCredentials:
         s = self.settings
-        ca_pem = _read(s.ca_cert, "ca_cert")
+        credentials = server_credentials("coordinator", s.ca_cert, s.cert, s.key)
         try:
             ca = load_cert(Path(s.ca_cert))
             self.auth = CertificateAuthenticator(ca, Path(s.crl), self._revoked)
         except PkiError as exc:
             raise ConfigError(f"coordinator: {exc}") from exc
-        return grpc.ssl_server_credentials([(_read(s.key, "key"), _read(s.cert, "cert"))], root_certificates=ca_pem,
-                                           require_client_auth=True)
+        return credentials
 
     def _revoked(self, identity: str) -> None:
         self.jobs.expel(identity, "certificate revoked")

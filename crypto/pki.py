@@ -28,7 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedprompt.errors import PkiError
 
-ROLES = ("coordinator", "participant", "admin")
+ROLES = ("coordinator", "participant", "admin", "model")  # model: a query-only model service (black-box jobs)
+#: Roles that run servers: their certificates name the addresses they are reached by and serve TLS.
+SERVER_ROLES = ("coordinator", "model")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 CA_KEY, CA_CERT, CRL, ISSUED = "ca.key", "ca.crt", "crl.pem", "issued.jsonl"
 CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -223,14 +225,15 @@ class CertificateAuthority:
             sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             sans = []
-        if ident.role == "coordinator" and not sans:
-            raise PkiError("a coordinator certificate needs the DNS names / IP addresses it is reached by (--san)")
-        if ident.role != "coordinator" and sans:
-            raise PkiError(f"only coordinator certificates carry subject alternative names, not {ident}")
+        if ident.role in SERVER_ROLES and not sans:
+            raise PkiError(f"a {ident.role} certificate needs the DNS names / IP addresses it is reached by (--san)")
+        if ident.role not in SERVER_ROLES and sans:
+            raise PkiError(f"only server ({', '.join(SERVER_ROLES)}) certificates carry subject alternative names, "
+                           f"not {ident}")
         if not 1 <= days <= 3650:
             raise PkiError(f"validity of {days} days is outside [1, 3650]")
         start = not_before or _now() - CLOCK_SKEW
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if ident.role == "coordinator" else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if ident.role in SERVER_ROLES else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(self.cert.subject)
                    .public_key(csr.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))

@@ -1,4 +1,6 @@
-"""Client channels to the coordinator: mTLS with this party's certificate by default, plaintext only on request."""
+"""gRPC transport security in one place: client channels (mTLS with this party's certificate by default,
+plaintext only on request) and the server credentials of the coordinator and the model service, which both
+demand a client certificate signed by the federation CA."""
 
 from __future__ import annotations
 
@@ -34,6 +36,19 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def server_credentials(prefix: str, ca_cert: str, cert: str, key: str) -> grpc.ServerCredentials:
+    """mTLS server credentials: this server's certificate and key; callers must present a certificate signed
+    by ``ca_cert``.  An unreadable file is a ``ConfigError`` naming the ``prefix.key`` setting."""
+    def read(path: str, name: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{prefix}.{name}: cannot read {path}: {exc.strerror}") from exc
+
+    return grpc.ssl_server_credentials([(read(key, "key"), read(cert, "cert"))],
+                                       root_certificates=read(ca_cert, "ca_cert"), require_client_auth=True)
 
 
 def open_channel(target: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

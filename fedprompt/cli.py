@@ -134,7 +134,7 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
     from participant.model_service import ModelHost
 
     overrides = _overrides(args.set)
-    for key in ("listen", "model", "threads", "max_batch"):
+    for key in ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"):
         if getattr(args, key) not in (None, ""):
             overrides[f"model_service.{key}"] = getattr(args, key)
     if args.insecure:
@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     mserve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
     mserve.add_argument("--threads", type=int, help="torch threads (default 1)")
     mserve.add_argument("--max-batch", dest="max_batch", type=int, help="most texts per query (default 64)")
+    mserve.add_argument("--ca-cert", dest="ca_cert", help="CA whose certificates callers must present (mTLS)")
+    mserve.add_argument("--cert", help="this service's certificate (its SANs must name the address callers use)")
+    mserve.add_argument("--key", help="this service's private key")
     mserve.add_argument("--insecure", action="store_true", help="no TLS, callers unverified: local development only")
     mserve.add_argument("--port-file", help="write the bound port to this file once listening")
     mserve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

@@ -409,11 +409,18 @@ def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: 
         _check(bool(value), f"{prefix}.{key}", "required for mTLS (or run with --insecure for local development only)")
 @dataclass(frozen=True)
 class ModelServiceSection:
-    """A query-only model service: hosts one frozen PLM and scores texts under caller-supplied soft prompts."""
+    """A query-only model service: hosts one frozen PLM and scores texts under caller-supplied soft prompts.
+
+    Callers send their institution's texts, so the service speaks mTLS by default: its own certificate and
+    key, and the CA whose certificates it accepts from callers (the federation CA, or the institution's own).
+    """
 
     listen: str = "127.0.0.1:50061"
     model: str = "builtin:minilm"
     kind: str = "auto"
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
     insecure: bool = False
     threads: int = 1
     max_batch: int = 64
@@ -431,6 +438,7 @@ class ModelServiceSection:
         _check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
         _check(1 <= self.max_text_chars <= 1_000_000, f"{prefix}.max_text_chars", "must be in [1, 1000000]")
         _check(1 <= self.max_tasks <= 1024, f"{prefix}.max_tasks", "must be in [1, 1024]")
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ model service and never loads model weights (``tests/integration/test_blackbox.p
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from contextlib import ExitStack
 from pathlib import Path
@@ -65,8 +66,9 @@ def install_stop_handler(runtime: ParticipantRuntime) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def learner_factory(settings: ParticipantSection, stack: ExitStack) -> LearnerFactory:
-    """Build the job's learner; heavy imports happen only in the branch that needs them."""
+def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: ExitStack) -> LearnerFactory:
+    """Build the job's learner; heavy imports happen only in the branch that needs them.  A black-box learner
+    reaches its model service with the site's own credentials ``tls`` (mTLS unless ``--insecure``)."""
 
     def make(config: JobConfig) -> Learner:
         if config.blackbox.enabled:
@@ -77,7 +79,8 @@ def learner_factory(settings: ParticipantSection, stack: ExitStack) -> LearnerFa
                 raise ConfigError("participant.model_service: this job is black-box; name a model service "
                                   "(host:port of `fedprompt model serve`)")
             client = ModelServiceClient(settings.model_service, settings.retry_initial_s, settings.retry_max_s,
-                                        settings.give_up_after_s)
+                                        settings.give_up_after_s,
+                                        tls=None if tls is None else dataclasses.replace(tls, server_name=""))
             stack.callback(client.close)
             return BlackboxLearner(config, client)
         import torch
@@ -107,7 +110,7 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
         link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
                         settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
         stack.callback(link.close)
-        runtime = ParticipantRuntime(link, site, settings.job, learner_factory(settings, stack),
+        runtime = ParticipantRuntime(link, site, settings.job, learner_factory(settings, tls, stack),
                                      Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress))
         install_stop_handler(runtime)
         try:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import grpc
-
 from fedprompt import serde
+from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
 from fedprompt.v1 import model_service_pb2, model_service_pb2_grpc
@@ -25,11 +24,10 @@ class ModelServiceClient:
     """Talks to one ``fedprompt model serve`` endpoint; never sees parameters, only logits and losses."""
 
     def __init__(self, target: str, retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
-                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 300.0) -> None:
+                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 300.0, tls: ClientTls | None = None) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
-            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)])
+        self.channel = open_channel(target, tls, [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+                                                  ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)])
         self.stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s

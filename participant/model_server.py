@@ -8,6 +8,7 @@ import grpc
 import structlog
 
 from fedprompt import serde
+from fedprompt.channel import server_credentials
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError
 from fedprompt.rpc import rpc_method
@@ -42,26 +43,28 @@ class ModelServer:
     """A running model service; ``start`` returns the bound port (``listen`` may use port 0)."""
 
     def __init__(self, settings: ModelServiceSection, host: ModelHost) -> None:
-        if not settings.insecure:
-            raise ConfigError("model_service.insecure: certificate authentication is not available yet; "
-                              "pass --insecure for local development")
+        settings.validate("model_service")
         self.settings = settings
         self.host = host
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self) -> int:
-        log.warning("model service running with --insecure: no TLS, callers are not verified")
+        s = self.settings
+        if s.insecure:
+            log.warning("model service running with --insecure: no TLS, callers are not verified")
         limit = message_limit(self.settings)
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", limit)])
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(self.host), self.server)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        self.port = (self.server.add_insecure_port(s.listen) if s.insecure else
+                     self.server.add_secure_port(s.listen, server_credentials("model_service", s.ca_cert, s.cert,
+                                                                              s.key)))
         if self.port == 0:
             raise ConfigError(f"model_service.listen: cannot bind {self.settings.listen}")
         await self.server.start()
         info = self.host.describe()
-        log.info("model service listening", address=self.settings.listen, port=self.port, model=info.model,
+        log.info("model service listening", address=s.listen, port=self.port, mtls=not s.insecure, model=info.model,
                  kind=info.kind, hidden_size=info.hidden_size)
         return self.port
 

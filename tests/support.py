@@ -166,12 +166,19 @@ class LiveCoordinator(_LiveServer):
 
 
 class LiveModelService(_LiveServer):
-    """A real query-only ``ModelServer`` for ``model_dir`` on 127.0.0.1:0 in a background event loop."""
+    """A real query-only ``ModelServer`` for ``model_dir`` on 127.0.0.1:0 in a background event loop.
 
-    def __init__(self, model_dir: Path, **settings: object) -> None:
+    Plaintext unless ``pki`` is given, in which case it serves mTLS with a certificate from that CA.
+    """
+
+    def __init__(self, model_dir: Path, pki: ThrowawayPki | None = None, **settings: object) -> None:
         super().__init__()
-        self.settings = ModelServiceSection(listen="127.0.0.1:0", model=str(model_dir), insecure=True,
-                                            **settings)  # type: ignore[arg-type]
+        tls: dict[str, object] = {"insecure": True}
+        if pki is not None:
+            key, cert = pki.ca.issue("model:service", pki.dir / "model-service", ["localhost", "127.0.0.1"])
+            tls = {"insecure": False, "ca_cert": str(pki.ca.ca_cert_path), "cert": str(cert), "key": str(key)}
+        self.settings = ModelServiceSection(listen="127.0.0.1:0", model=str(model_dir),
+                                            **{**tls, **settings})  # type: ignore[arg-type]
 
     def _make(self) -> ModelServer:
         from fedprompt.models import load_backbone

@@ -31,8 +31,8 @@ SITES = 3
 ROUNDS = 4
 STEPS = 30
 TEST_SIZE = 500
-BLACKBOX = BlackboxSection(enabled=True, intrinsic_dim=500, population=10, sigma=1.0, local_iterations=6,
-                           batch_size=16)
+BLACKBOX = BlackboxSection(enabled=True, intrinsic_dim=500, population=16, sigma=1.0, local_iterations=16,
+                           batch_size=32)
 #: (mode, aggregation, HE): FedBPT's server step needs the local means in the clear (plaintext with mTLS in
 #: production); its linear variant is the one CKKS can compute, so it runs encrypted.
 RUNS = (("gradient", "fedavg", False), ("blackbox", "fedbpt", False), ("blackbox", "fedbpt_linear", True))
@@ -71,7 +71,7 @@ def run_job(config: JobConfig, sites: list[Path], work: Path, majority: float) -
         admin = AdminClient(target)
         stack.callback(admin.close)
         job_id = admin.create_job(dump_toml(config))
-        procs = [spawn(["participant", "run", "--coordinator", target, "--job", job_id, "--name", f"site-{k}",
+        procs = [spawn(["participant", "run", "--coordinator", target, "--job", job_id, "--insecure", "--name", f"site-{k}",
                         "--data-dir", str(site), "--threads", "1", "--no-progress", *endpoints[k]],
                        work / f"{label}-site-{k}.log", stack) for k, site in enumerate(sites)]
         while admin.status(job_id).participants < len(sites):

@@ -83,3 +83,25 @@ def test_client_raises_the_typed_error_for_each_status(service) -> None:  # type
     with pytest.raises(ResourceExhausted, match="max_batch"):
         client.score(query(32, n=MAX_BATCH + 1, labels=()))
     client.close()
+
+
+def test_model_service_speaks_mtls_and_refuses_callers_without_a_certificate(tmp_path: Path,
+                                                                            tiny_encoder_dir: Path) -> None:
+    """Callers send their institution's texts, so by default the service demands a certificate from its CA."""
+    from fedprompt.errors import FedPromptError
+    from tests.support import ThrowawayPki
+
+    pki = ThrowawayPki(tmp_path)
+    with LiveModelService(tiny_encoder_dir, pki=pki, max_batch=MAX_BATCH) as live:
+        site = ModelServiceClient(live.target, tls=pki.tls("participant:site-a"))
+        assert site.describe().hidden_size > 0 and site.score(query(site.describe().hidden_size)).logits.shape == (3, 2)
+        site.close()
+        anonymous = ModelServiceClient(live.target, give_up_after_s=0.5)
+        with pytest.raises(FedPromptError):
+            anonymous.describe()
+        anonymous.close()
+        stranger = ModelServiceClient(live.target, give_up_after_s=0.5, tls=ThrowawayPki(tmp_path / "other").tls(
+            "participant:site-a"))
+        with pytest.raises(FedPromptError):
+            stranger.describe()
+        stranger.close()

@@ -52,8 +52,9 @@ def test_coordinator_certificate_carries_its_names(tmp_path: Path, ca: Certifica
 
 @pytest.mark.parametrize("identity, sans, message", [
     ("coordinator:main", [], "needs the DNS names"),
-    ("participant:a", ["example.org"], "only coordinator certificates"),
-    ("admin:alice", ["10.0.0.1"], "only coordinator certificates"),
+    ("model:gpu-host", [], "needs the DNS names"),
+    ("participant:a", ["example.org"], "only server"),
+    ("admin:alice", ["10.0.0.1"], "only server"),
 ])
 def test_sign_refuses_wrong_names(ca: CertificateAuthority, identity: str, sans: list[str], message: str) -> None:
     _, csr = make_key_and_csr(identity, sans)
