@@ -214,6 +214,10 @@ class HESection:
         return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)
 
 
+#: Defences that decide from the Gram matrix of the updates alone, and so also run on encrypted updates.
+GRAM_AGGREGATORS = ("norm_bound", "krum", "multi_krum", "foolsgold")
+
+
 @dataclass(frozen=True)
 class RobustSection:
     """Robust aggregation: the assumed bound on malicious updates per round, defence knobs, and quarantine.
@@ -256,10 +260,24 @@ class JobConfig:
             f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
         )
         if self.he.enabled:
-            _check(self.job.aggregator == "fedavg", "job.aggregator",
-                   f"encrypted aggregation (he.enabled) supports 'fedavg' only, got {self.job.aggregator!r}")
+            _check(self.job.aggregator in ("fedavg", *GRAM_AGGREGATORS), "job.aggregator",
+                   f"encrypted aggregation (he.enabled) supports 'fedavg' and the Gram defences "
+                   f"{', '.join(GRAM_AGGREGATORS)}, got {self.job.aggregator!r}")
             _check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
                    f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
+
+
+    @property
+    def encrypted_gram(self) -> bool:
+        """Encrypted job with a Gram defence: the coordinator decides on the encrypted Gram matrix."""
+        return self.he.enabled and self.job.aggregator in GRAM_AGGREGATORS
+
+    def he_params(self):  # type: ignore[no-untyped-def]
+        """The job's CKKS parameters: ``[he]``'s addition-only chain, or for a Gram defence the fixed
+        one-multiplication chain of ``crypto.gram.gram_params`` (``he.max_summands`` still applies)."""
+        from crypto.gram import gram_params
+
+        return gram_params(self.he.params()) if self.encrypted_gram else self.he.params()
 
 
 @dataclass(frozen=True)

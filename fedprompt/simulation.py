@@ -74,6 +74,12 @@ class LocalLink:
     def report_privacy(self, report: PrivacyReport) -> None:
         self.jobs.job(report.job_id).report_privacy(self.identity, report)
 
+    def gram(self, job_id: str, round_: int) -> Payload:
+        return self.jobs.job(job_id).gram_payload(self.identity, round_)
+
+    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
+        self.jobs.job(job_id).report_gram(self.identity, round_, scalars)
+
 
 @dataclass(frozen=True)
 class SimulationSection:
@@ -166,6 +172,7 @@ def simulate(
     on_round: Callable[[int], None] | None = None,
     attack: AttackSection | None = None,
     trainer: Trainer = train_local,
+    state_root: Path | None = None,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
@@ -173,7 +180,9 @@ def simulate(
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
     backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
-    ``participant.train.memoized`` one shared by runs that replay the same rounds).
+    ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
+    site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
+    ``state_root/<site name>``.
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -185,6 +194,7 @@ def simulate(
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
     runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb),
+                                   state_dir=state_root / name if state_root is not None else None,
                                    behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None,
                                    trainer=trainer)
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
@@ -221,8 +231,10 @@ def simulate(
         extra["malicious"] = [names[k] for k in malicious]
         extra["detection"] = detection_scores(view, set(extra["malicious"])) if job.aggregator.flags else None
     if attack.kind == "backdoor" and view.global_version >= 0:
-        final = job.global_payload(None, view.global_version)
-        model.set_vector(decode_vector(final, model.vector_size))
+        if config.he.enabled:  # the coordinator holds no decrypted prompt: a key holder rebuilds it
+            model.set_vector(runtimes[0].global_vector(view.global_version))
+        else:
+            model.set_vector(decode_vector(job.global_payload(None, view.global_version), model.vector_size))
         extra["asr"] = attack_success_rate(model, [ex for site in sites for ex in site.test], config.task.label_names,
                                            attack)
     return build_report(view, majority_accuracy(test_labels), model.vector_size, model.plm_parameters,

@@ -11,6 +11,9 @@ In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delt
 ``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
 aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
 (``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
+With a Gram defence the weight slot is encrypted as 0 (the coordinator adds the accepted weights, see
+``coordinator.hegram``), and a key holder may be given a DECRYPT task: decrypt the round's packed Gram
+ciphertext and return only its scalars (``crypto.gram.decrypt_gram``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import structlog
 
 from crypto.ckks import ENCODING as CKKS
+from crypto.gram import decrypt_gram
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
@@ -103,7 +107,7 @@ class ParticipantRuntime:
         self.model = model
         self._labels("train")  # refuse to join with data whose labels the job does not know
         if self.config.he.enabled:
-            self.keys = KeyHolder(self.link, self.config.he.params(), self.state_dir)
+            self.keys = KeyHolder(self.link, self.config.he_params(), self.state_dir)
         if self.config.dp.enabled:
             ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
             self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
@@ -149,7 +153,9 @@ class ParticipantRuntime:
         if self.keys is None:
             return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
                            num_examples=weight if round_ else 0)
-        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, weight)
+        assert self.config is not None
+        slot = 0 if round_ and self.config.encrypted_gram else weight  # Gram defence: the coordinator adds weights
+        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, slot)
         return Payload(self.info.job_id, round_, CKKS, size, data, num_examples=weight if round_ else 0)
 
     def service_keys(self) -> None:
@@ -191,6 +197,20 @@ class ParticipantRuntime:
             self._evaluate(task.global_version)
         elif task.kind is TaskKind.TRAIN:
             self._train(task)
+        elif task.kind is TaskKind.DECRYPT:
+            self._decrypt_gram(task)
+
+    def global_vector(self, version: int) -> np.ndarray:
+        """Global prompt ``version`` as this site sees it (decrypted and rebuilt in encrypted jobs)."""
+        return self._global(version)
+
+    def _decrypt_gram(self, task: Task) -> None:
+        """Decrypt the round's packed Gram ciphertext and return only the Gram scalars."""
+        assert self.info is not None and self.keys is not None
+        payload = self.link.gram(self.info.job_id, task.round)
+        scalars = decrypt_gram(self.keys.require(), payload.data, payload.vector_size)
+        self.link.report_gram(self.info.job_id, task.round, scalars.tolist())
+        self.log.info("Gram matrix decrypted", round=task.round, updates=payload.vector_size)
 
     def _evaluate(self, version: int) -> None:
         assert self.info is not None
