@@ -104,7 +104,7 @@ class GramRound:
     def agreed(self) -> np.ndarray:
         """The Gram matrix of the deltas, if both decryptors agree; ``DecryptorDisagreement`` otherwise."""
         first, second = (self.answers[p] for p in self.decryptors)
-        tolerance = agreement_tolerance(self.context, np.maximum(np.abs(first), np.abs(second)))
+        tolerance = agreement_tolerance(self.context, np.maximum(np.abs(first), np.abs(second)), len(self.order))
         gap = np.abs(first - second)
         if gap.max(initial=0.0) > tolerance:
             worst = pairs(len(self.order))[int(np.argmax(gap))]

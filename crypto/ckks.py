@@ -73,15 +73,15 @@ class CkksParams:
         n = self.poly_modulus_degree
         if n not in (4096, 8192, 16384, 32768):
             raise ConfigError(f"{prefix}.poly_modulus_degree: must be 4096, 8192, 16384 or 32768, got {n}")
-        if len(self.coeff_mod_bit_sizes) not in (2, 3) or not all(16 <= b <= 60 for b in self.coeff_mod_bit_sizes):
+        if len(self.coeff_mod_bit_sizes) not in (2, 4) or not all(16 <= b <= 60 for b in self.coeff_mod_bit_sizes):
             raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: need [data prime, key-switching prime] (an "
-                              "addition-only chain) or [data prime, rescaling prime, key-switching prime] (one "
+                              "addition-only chain) or [data prime, data prime, rescaling prime, key-switching prime] (one "
                               f"multiplication, for Gram defences), each 16..60 bits, got {list(self.coeff_mod_bit_sizes)}")
         if self.security_bits < 128:
             raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: {sum(self.coeff_mod_bit_sizes)} bits exceed the "
                               f"{seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)} allowed for 128-bit "
                               f"security at degree {n}")
-        if not 20 <= self.scale_bits <= self.data_bits - 12:
+        if not 20 <= self.scale_bits <= self.coeff_mod_bit_sizes[0] - 12:
             raise ConfigError(f"{prefix}.scale_bits: must be in [20, {self.data_bits - 12}] for a "
                               f"{self.data_bits}-bit data prime, got {self.scale_bits}")
         if not 1 <= self.max_summands <= 1_000_000:
@@ -95,7 +95,7 @@ class CkksParams:
     @property
     def multiplicative(self) -> bool:
         """True for a chain with a rescaling prime: one ciphertext multiplication (the encrypted Gram matrix)."""
-        return len(self.coeff_mod_bit_sizes) == 3
+        return len(self.coeff_mod_bit_sizes) == 4
 
     @property
     def security_bits(self) -> int:
@@ -188,16 +188,19 @@ class _Codec:
 
     def parse(self, data: bytes, key_id: bytes, vector_size: int) -> list[seal.Ciphertext]:
         """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidUpdate`` if not."""
-        size, blobs = self.unframe(data, key_id)
-        if size != vector_size:
-            raise InvalidUpdate(f"encrypted vector has {size} parameters, expected {vector_size}")
-        expected = self.params.num_ciphertexts(vector_size)
-        if len(blobs) != expected:
-            raise InvalidUpdate(f"payload has {len(blobs)} ciphertexts, a vector of {vector_size} needs {expected}")
+        def check(size: int, count: int) -> None:
+            if size != vector_size:
+                raise InvalidUpdate(f"encrypted vector has {size} parameters, expected {vector_size}")
+            expected = self.params.num_ciphertexts(vector_size)
+            if count != expected:
+                raise InvalidUpdate(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
+
+        blobs = self.unframe(data, key_id, check)
         return self.load(blobs, self.seal_context.first_parms_id(), 2.0 ** self.params.scale_bits, "fresh")
 
-    def unframe(self, data: bytes, key_id: bytes) -> tuple[int, list[bytes]]:
-        """The size field and the ciphertext blobs of a framed payload made under ``key_id``."""
+    def unframe(self, data: bytes, key_id: bytes, check: Callable[[int, int], None]) -> list[bytes]:
+        """The ciphertext blobs of a framed payload made under ``key_id``; ``check(size, count)`` vets the
+        header's size field and ciphertext count before any blob is read."""
         if len(data) < _HEADER.size:
             raise InvalidUpdate(f"encrypted payload of {len(data)} bytes is shorter than its header")
         magic, got_key, size, count = _HEADER.unpack_from(data)
@@ -205,6 +208,7 @@ class _Codec:
             raise InvalidUpdate(f"not a {ENCODING} payload (bad magic)")
         if got_key != key_id:
             raise InvalidUpdate("ciphertext was made under another key (key id differs from this job's)")
+        check(size, count)
         offset = _HEADER.size
         blobs = []
         for index in range(count):
@@ -218,7 +222,7 @@ class _Codec:
             offset += length
         if offset != len(data):
             raise InvalidUpdate(f"{len(data) - offset} unexpected bytes after the last ciphertext")
-        return size, blobs
+        return blobs
 
     def load(self, blobs: list[bytes], parms_id: list[int], scale: float, what: str) -> list[seal.Ciphertext]:
         """Parse ciphertext blobs, each required to be a 2-part NTT ciphertext at ``parms_id`` and ``scale``."""

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import struct
 from collections.abc import Sequence
 
@@ -60,13 +61,15 @@ from fedprompt.errors import InvalidUpdate
 GRAM_ENCODING = "ckks-gram-v1"
 EVALUATION_KEYS = "ckks-evalkeys-v1"
 GRAM_DEGREE = 8192
-GRAM_CHAIN = (60, 40, 60)
-GRAM_SCALE_BITS = 30
+GRAM_CHAIN = (60, 40, 40, 60)
+GRAM_SCALE_BITS = 40
 _KEYS_MAGIC = b"FPEK1"
 _KEYS_HEADER = struct.Struct("<5s32sII")
 #: Measured: the noise of a packed Gram ciphertext stays below 2^21 at the coefficient level (about 1 at
 #: scale 2^20 for 210 packed entries); flooding and rounding work in multiples of this bound.
 NOISE_BITS = 21
+#: Measured: the input-dependent part of that noise stays below 2^-24 * sqrt(G_uu).
+RELATIVE_NOISE_BITS = 24
 #: Flooding noise (and rounding grid) is 2^FLOOD_BITS times the noise bound.
 FLOOD_BITS = 6
 #: Largest evaluation-key upload accepted (the demo's keys are ~5.1 MB).
@@ -138,35 +141,38 @@ class GramEvaluator:
         if missing:
             raise InvalidUpdate(f"evaluation keys lack Galois keys for elements {missing}")
         self.size = len(keys)
+        self.monomials: dict[int, seal.Plaintext] = {}
 
     def gram(self, updates: Sequence[list[seal.Ciphertext]]) -> bytes:
         """Packed ciphertext(s) of ``2 <x_u, x_v>`` for every pair of ``pairs(len(updates))``, framed."""
         ctx = self.context
-        ev, degree = ctx.evaluator, ctx.params.poly_modulus_degree
-        conjugates = []
-        for cts in updates:
-            conj = []
-            for ct in cts:
-                out = seal.Ciphertext()
-                ev.complex_conjugate(ct, self.galois, out)
-                conj.append(out)
-            conjugates.append(conj)
+        ev, half = ctx.evaluator, ctx.params.poly_modulus_degree // 2
+        conjugates = [[self._conjugate(ct) for ct in cts] for cts in updates]
+        entries = pairs(len(updates))
         packed: list[seal.Ciphertext] = []
-        monomials: dict[int, seal.Plaintext] = {}
-        for index, (u, v) in enumerate(pairs(len(updates))):
-            entry = self._inner(updates[u], conjugates[v])
-            j = index % degree
-            if j not in monomials:
-                monomials[j] = _monomial(ctx.encoder, degree, j, entry.parms_id())
-            ev.multiply_plain_inplace(entry, monomials[j])
+        for start in range(0, len(entries), 2):
+            products = [self._product(updates[u], conjugates[v]) for u, v in entries[start : start + 2]]
+            both = self._sum_slots(self._real_parts(*products))
+            j = (start // 2) % half
             if j == 0:
-                packed.append(entry)
+                packed.append(both)
             else:
-                ev.add_inplace(packed[-1], entry)
+                ev.multiply_plain_inplace(both, self._monomial(j, both.parms_id()))
+                ev.add_inplace(packed[-1], both)
         return ctx.frame(ctx.key_id, len(updates), [_saved(ct.save) for ct in packed])
 
-    def _inner(self, left: list[seal.Ciphertext], right_conj: list[seal.Ciphertext]) -> seal.Ciphertext:
-        """A ciphertext whose every slot holds ``2 <x_u, x_v>`` (steps 1-3 of the module docstring)."""
+    def _conjugate(self, ct: seal.Ciphertext) -> seal.Ciphertext:
+        out = seal.Ciphertext()
+        self.context.evaluator.complex_conjugate(ct, self.galois, out)
+        return out
+
+    def _monomial(self, j: int, parms_id: list[int]) -> seal.Plaintext:
+        if j not in self.monomials:
+            self.monomials[j] = _monomial(self.context.encoder, self.context.params.poly_modulus_degree, j, parms_id)
+        return self.monomials[j]
+
+    def _product(self, left: list[seal.Ciphertext], right_conj: list[seal.Ciphertext]) -> seal.Ciphertext:
+        """Slot-wise ``z_u * conj(z_v)`` summed over the update's ciphertexts, relinearised and rescaled."""
         ev = self.context.evaluator
         total = None
         for a, b in zip(left, right_conj, strict=True):
@@ -179,27 +185,66 @@ class GramEvaluator:
         assert total is not None
         ev.relinearize_inplace(total, self.relin)
         ev.rescale_to_next_inplace(total)
-        step = 1
+        return total
+
+    def _real_parts(self, first: seal.Ciphertext, second: seal.Ciphertext | None = None) -> seal.Ciphertext:
+        """Slots ``a_k + i s_k b_k`` with ``a = 2 Re(p1)``, ``b = 2 Re(p2)``: ``(p1 + X p2) + conj(p1 - X p2)`` for
+        the exact monomial ``X = X^(N/2)``, one conjugation for two entries; the imaginary cross terms cancel.
+
+        ``X^(N/2)`` multiplies slot ``k`` (the root ``zeta^(3^k)``) by ``i^(3^k) = i s_k`` with ``s_k = +1`` for
+        even ``k`` and ``-1`` for odd ``k``; ``_sum_slots`` undoes the sign.
+        """
+        ev = self.context.evaluator
+        if second is None:
+            out = self._conjugate(first)
+            ev.add_inplace(out, first)
+            return out
+        ev.multiply_plain_inplace(second, self._monomial(self.context.params.poly_modulus_degree // 2,
+                                                          second.parms_id()))
+        plus, minus = seal.Ciphertext(), seal.Ciphertext()
+        ev.add(first, second, plus)
+        ev.sub(first, second, minus)
+        ev.add_inplace(plus, self._conjugate(minus))
+        return plus
+
+    def _sum_slots(self, ct: seal.Ciphertext) -> seal.Ciphertext:
+        """From slots ``a_k + i s_k b_k`` to every slot ``A + i s_k B`` (``A = sum a``, ``B = sum b``), which is
+        the polynomial ``A + B X^(N/2)``: rotate-and-sum within each parity (steps 2, 4, ..., N/4), then add
+        the conjugate of the other parity (rotation by 1, whose sign ``s`` is opposite)."""
+        ev = self.context.evaluator
+        step = 2
         while step < self.context.params.poly_modulus_degree // 2:
             rotated = seal.Ciphertext()
-            ev.rotate_vector(total, step, self.galois, rotated)
-            ev.add_inplace(total, rotated)
+            ev.rotate_vector(ct, step, self.galois, rotated)
+            ev.add_inplace(ct, rotated)
             step <<= 1
-        conj = seal.Ciphertext()
-        ev.complex_conjugate(total, self.galois, conj)
-        ev.add_inplace(total, conj)
-        return total
+        neighbour = seal.Ciphertext()
+        ev.rotate_vector(ct, 1, self.galois, neighbour)
+        ev.add_inplace(ct, self._conjugate(neighbour))
+        return ct
 
 
 def gram_scale(codec: _Codec) -> float:
     """The scale of a packed Gram ciphertext: ``scale^2 / q1`` exactly as SEAL's rescale leaves it."""
-    q1 = codec.seal_context.key_context_data().parms().coeff_modulus()[1].value()
-    return (2.0 ** codec.params.scale_bits) ** 2 / q1
+    rescaled_by = codec.seal_context.first_context_data().parms().coeff_modulus()[-1].value()
+    return (2.0 ** codec.params.scale_bits) ** 2 / rescaled_by
 
 
-def flood_grid(codec: _Codec) -> float:
-    """The flooding noise's standard deviation and rounding grid, in units of the Gram entries."""
-    return 2.0 ** (NOISE_BITS + FLOOD_BITS) / gram_scale(codec) / 2.0
+def gram_level(codec: _Codec) -> list[int]:
+    """The level packed Gram ciphertexts live at: one below fresh ciphertexts (after the rescale)."""
+    return codec.seal_context.first_context_data().next_context_data().parms_id()
+
+
+def flood_grid(codec: _Codec, largest_square: float) -> float:
+    """The flooding noise's standard deviation (and rounding grid) in units of the Gram entries, for a Gram
+    matrix whose largest diagonal entry is ``largest_square``: ``2^FLOOD_BITS`` times the noise bound.
+
+    Measured noise of a Gram entry: an absolute floor of ~1e-6 (key switching and rescaling, ``2^NOISE_BITS``
+    at the coefficient level) plus ~2^-26 times ``sqrt(G_uu)`` (the encryption noise of the inputs carried
+    through the product); the bound takes ``2^-RELATIVE_NOISE_BITS`` for the second.
+    """
+    bound = 2.0 ** NOISE_BITS / gram_scale(codec) + 2.0 ** -RELATIVE_NOISE_BITS * math.sqrt(max(largest_square, 0.0))
+    return 2.0 ** FLOOD_BITS * bound
 
 
 def coefficients(slots: np.ndarray, degree: int) -> np.ndarray:
@@ -220,35 +265,43 @@ def decrypt_gram(secret: SecretContext, data: bytes, n: int) -> np.ndarray:
     """A key holder's answer: the ``n (n + 1) / 2`` Gram scalars ``<x_u, x_v>`` in ``pairs(n)`` order,
     flooded and rounded (module docstring); refuses anything but packed Gram ciphertexts of ``n`` updates."""
     params = secret.params
-    size, blobs = secret.unframe(data, secret.key_id)
     entries = len(pairs(n))
-    if size != n or len(blobs) != -(-entries // params.poly_modulus_degree):
-        raise InvalidUpdate(f"a Gram payload for {n} updates must hold {entries} entries, got size {size} in "
-                            f"{len(blobs)} ciphertexts")
-    cts = secret.load(blobs, secret.seal_context.last_parms_id(), gram_scale(secret), "packed Gram")
+
+    def check(size: int, count: int) -> None:
+        if size != n or count != -(-entries // params.poly_modulus_degree):
+            raise InvalidUpdate(f"a Gram payload for {n} updates must hold {entries} entries, got size {size} in "
+                                f"{count} ciphertexts")
+
+    blobs = secret.unframe(data, secret.key_id, check)
+    cts = secret.load(blobs, gram_level(secret), gram_scale(secret), "packed Gram")
     values = []
+    half = params.poly_modulus_degree // 2
     for ct in cts:
         plain = seal.Plaintext()
         secret.decryptor.decrypt(ct, plain)
-        values.append(coefficients(np.asarray(secret.encoder.decode_complex(plain)), params.poly_modulus_degree))
+        coeffs = coefficients(np.asarray(secret.encoder.decode_complex(plain)), params.poly_modulus_degree)
+        values.append(np.stack([coeffs[:half], coeffs[half:]], axis=1).reshape(-1))  # entry pairs (2q, 2q + 1)
     raw = np.concatenate(values)[:entries] / 2.0
-    grid = flood_grid(secret)
+    grid = flood_grid(secret, float(np.abs(np.diag(to_matrix(raw, n))).max()))
     seed = hmac.new(secret.secret_bytes(), b"fedprompt-gram-flood\0" + hashlib.sha256(data).digest(),
                     hashlib.sha256).digest()
     rng = np.random.default_rng(int.from_bytes(seed, "big"))
     return np.round((raw + rng.normal(0.0, grid, entries)) / grid) * grid
 
 
-def agreement_tolerance(codec: _Codec, scalars: np.ndarray) -> float:
+def agreement_tolerance(codec: _Codec, scalars: np.ndarray, n: int) -> float:
     """How far two honest decryptors' answers may differ.
 
     Both apply the same deterministic function (SEAL decryption, an FFT, flooding seeded by the shared secret
-    key and the ciphertext, rounding to the flooding grid) to the same ciphertext, so they agree exactly on
-    one platform; across platforms the FFT may differ in the last bits (relative 1e-12), which the rounding
-    can turn into one grid step.  One grid step plus 1e-9 of the largest entry allows that and nothing a
-    decision could notice: the grid is the flooding noise already added, ~1e-5 of the demo's entries.
+    key and the ciphertext, rounding to the flooding grid) to the same ciphertext, so on one platform they
+    agree exactly.  Across platforms the FFT may differ in the last bits (relative ~1e-15), which can move
+    the grid (derived from the largest diagonal entry) by as much and push a value across a rounding
+    boundary: one grid step, doubled for the two grids, plus 1e-9 of the largest entry.  A lie smaller than
+    that is smaller than the flooding noise already in every entry (~1e-9 of the demo's entries, see
+    ``flood_grid``) and cannot move a decision that the CKKS noise itself would not.
     """
-    return flood_grid(codec) + 1e-9 * float(np.abs(scalars).max(initial=0.0))
+    grid = flood_grid(codec, float(np.abs(np.diag(to_matrix(scalars, n))).max()))
+    return 2.0 * grid + 1e-9 * float(np.abs(scalars).max(initial=0.0))
 
 
 def to_matrix(scalars: Sequence[float], n: int) -> np.ndarray:
