@@ -177,7 +177,7 @@ class _Codec:
 
     def expected_size(self, vector_size: int) -> int:
         """An upper bound on the wire size of an encrypted vector (unseeded ciphertexts, plus framing)."""
-        one = 2 * self.params.poly_modulus_degree * 8 + 1024
+        one = 2 * self.params.poly_modulus_degree * 8 * (len(self.params.coeff_mod_bit_sizes) - 1) + 1024
         return _HEADER.size + self.params.num_ciphertexts(vector_size) * (_LENGTH.size + one)
 
     def frame(self, key_id: bytes, vector_size: int, blobs: list[bytes]) -> bytes:
