@@ -6,34 +6,35 @@ need only the Gram matrix ``G_uv = <x_u, x_v>`` of the updates (``coordinator.ro
 coordinator computes ``G`` on the ciphertexts, two key holders decrypt only those scalars, and the ordinary
 decision functions run on them.
 
-Parameters (``gram_params``): ring degree 8192 with primes [60, 40, 60] (160 bits; the Homomorphic
+Parameters (``gram_params``): ring degree 8192 with primes [60, 40, 40, 60] (200 bits; the Homomorphic
 Encryption Standard allows 218 bits at 128-bit security for 8192, Albrecht et al. 2018).  Fresh ciphertexts
-live at the two data primes with scale 2^30; the product of two is at scale 2^60 and the rescale by the
-40-bit prime leaves the Gram entries at scale 2^20 over the 60-bit prime, so an entry decrypts without
-wrap-around while ``|G_uv| < 2^38`` (about 2.7e11) with an absolute error of about 1 (measured; relative
-error ~1e-7 on the demo's updates).  With complex packing (two reals per slot, ``crypto.ckks``) one
-ciphertext carries 8,192 reals, so the demo's 6,914-float prompt is one ciphertext.
+live at the three data primes with scale 2^40; the product of two is at scale 2^80 and the rescale by the
+last 40-bit prime leaves the Gram entries at scale 2^40 over 100 bits, so an entry decrypts without
+wrap-around while ``|G_uv| < 2^59``, with an absolute error of ~1e-6 plus ~2^-26 sqrt(G_uu) (measured).
+A smaller chain ([60, 40, 60], scale 2^30) was measured first: its absolute error of ~0.5 ruined small
+updates (e.g. weight-1 DP-clipped deltas).  With complex packing (two reals per slot, ``crypto.ckks``) one
+ciphertext carries 8,192 reals, so the demo's 6,914-float prompt is one ciphertext (163 KB seeded).
 
-Computation of one entry (Cheon et al. 2017 for the CKKS operations; packing below is ours):
+Computation (Cheon et al. 2017 for the CKKS operations; the packing is ours), for two entries at a time:
 
-1. ``P = ct_u * conj(ct_v)`` slot-wise (conjugation is the Galois automorphism ``X -> X^(2N-1)``),
-   relinearised and rescaled: slot ``k`` holds ``z_u,k * conj(z_v,k)``, whose real part is the inner product
-   of the two reals packed in the slot;
-2. rotate-and-sum over the ``N/2`` slots with the power-of-two rotations: every slot holds
-   ``sum_k z_u,k conj(z_v,k) = <x_u, x_v> + i * c`` where ``c`` is a cross term of real and imaginary halves
-   that reveals more than the inner product;
-3. add the conjugate: every slot holds ``2 <x_u, x_v>`` and the imaginary cross term is gone.  A ciphertext
-   whose slots are all the real constant ``a`` encrypts the constant polynomial ``a * scale``;
-4. multiply by the exact monomial ``X^j`` (a plaintext at scale 1, no noise, no level): entry ``j`` moves to
-   coefficient ``j``; all entries are summed into one ciphertext (up to ``N`` entries per ciphertext).
+1. ``p = ct_u * conj(ct_v)`` slot-wise (conjugation is the Galois automorphism ``X -> X^(2N-1)``),
+   relinearised and rescaled: ``Re(p_k)`` is the inner product of the two reals packed in slot ``k``,
+   ``Im(p_k)`` a cross term that must not be revealed;
+2. ``(p1 + X p2) + conj(p1 - X p2)`` with the exact monomial ``X = X^(N/2)`` keeps only the real parts, two
+   entries in one ciphertext for one conjugation (``_real_parts``);
+3. rotate-and-sum over the slots (``_sum_slots``): the ciphertext now encrypts the polynomial
+   ``2 <x_u, x_v> + 2 <x_u', x_v'> X^(N/2)``, every other coefficient zero;
+4. multiply by the exact monomial ``X^j`` (a plaintext at scale 1: no noise, no level) and add: pair ``j``
+   lands at coefficients ``j`` and ``j + N/2`` of one ciphertext holding up to ``N`` entries.
 
-The key holders thus receive one ciphertext per ``N`` entries, decrypt it, read the polynomial's first
-coefficients (inverting the canonical embedding, ``coefficients``), and return only those scalars.
+The key holders thus receive one ciphertext per ``N`` entries (235 KB; all 210 entries of 20 updates),
+decrypt it, read the polynomial's coefficients (inverting the canonical embedding, ``coefficients``), and
+return only the entries.
 
 Key material: the coordinator needs relinearisation keys and Galois keys for conjugation and the
 ``log2(N/2)`` power-of-two rotations, and nothing else (``evaluation_keys``, made by the key dealer; 13
 Galois keys instead of SEAL's default 25).  They are public evaluation keys: they let one compute on
-ciphertexts, never decrypt.  Serialised seeded they are about 5.1 MB, sent once per job.
+ciphertexts, never decrypt.  Serialised seeded they are about 9.7 MB, sent once per job.
 
 Decryption noise: Li and Micciancio ("On the Security of Homomorphic Encryption on Approximate Numbers",
 EUROCRYPT 2021) show that CKKS decryptions handed back to the party that chose the ciphertext can reveal the
@@ -65,14 +66,14 @@ GRAM_CHAIN = (60, 40, 40, 60)
 GRAM_SCALE_BITS = 40
 _KEYS_MAGIC = b"FPEK1"
 _KEYS_HEADER = struct.Struct("<5s32sII")
-#: Measured: the noise of a packed Gram ciphertext stays below 2^21 at the coefficient level (about 1 at
-#: scale 2^20 for 210 packed entries); flooding and rounding work in multiples of this bound.
+#: Measured: the input-independent noise of a packed Gram entry stays below 2^21 at the coefficient level
+#: (~1e-6 at scale 2^40, 210 packed entries); flooding and rounding work in multiples of the noise bound.
 NOISE_BITS = 21
 #: Measured: the input-dependent part of that noise stays below 2^-24 * sqrt(G_uu).
 RELATIVE_NOISE_BITS = 24
 #: Flooding noise (and rounding grid) is 2^FLOOD_BITS times the noise bound.
 FLOOD_BITS = 6
-#: Largest evaluation-key upload accepted (the demo's keys are ~5.1 MB).
+#: Largest evaluation-key upload accepted (the keys are ~9.7 MB).
 MAX_EVALUATION_KEY_BYTES = 32 * 1024 * 1024
 
 

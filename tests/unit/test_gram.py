@@ -112,3 +112,10 @@ def test_gram_answers_must_have_the_right_shape() -> None:
     with pytest.raises(InvalidUpdate, match="finite"):
         to_matrix([1.0, float("nan"), 2.0], 2)
     assert to_matrix([1.0, 2.0, 3.0], 2).tolist() == [[1.0, 2.0], [2.0, 3.0]]
+
+
+def test_gram_aggregators_are_exactly_the_gram_defences() -> None:
+    from coordinator.aggregation import AGGREGATORS, GramDefence
+    from fedprompt.config import GRAM_AGGREGATORS
+
+    assert {name for name, cls in AGGREGATORS.items() if issubclass(cls, GramDefence)} == set(GRAM_AGGREGATORS)
