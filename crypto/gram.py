@@ -305,7 +305,7 @@ def agreement_tolerance(codec: _Codec, scalars: np.ndarray, n: int) -> float:
     return 2.0 * grid + 1e-9 * float(np.abs(scalars).max(initial=0.0))
 
 
-def to_matrix(scalars: Sequence[float], n: int) -> np.ndarray:
+def to_matrix(scalars: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
     """The symmetric ``n x n`` matrix of scalars given in ``pairs(n)`` order."""
     values = np.asarray(scalars, dtype=np.float64)
     if values.shape != (len(pairs(n)),) or not np.isfinite(values).all():
