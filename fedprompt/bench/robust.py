@@ -122,7 +122,7 @@ def _row(defence: str, report: dict[str, Any], he: bool = False) -> dict[str, An
 def _best(rows: list[dict[str, Any]], no_attack_accuracy: float) -> dict[str, Any]:
     """The defence with the lowest ASR (ties: higher accuracy), and whether it meets each target."""
     best = min((r for r in rows if r["defence"] != "fedavg"), key=lambda r: (r["asr"], -r["clean_accuracy"]))
-    drop = 100 * (no_attack_accuracy - best["clean_accuracy"])
+    drop = round(100 * (no_attack_accuracy - best["clean_accuracy"]), 9)  # accuracies step by 1/test_size
     return {"defence": best["defence"], "accuracy_drop_points": drop,
             "meets": {"asr": best["asr"] <= TARGETS["asr"], "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
                       "recall": best["recall"] is not None and best["recall"] >= TARGETS["recall"],
