@@ -26,6 +26,7 @@ from coordinator.robust import (
     gram,
     multi_krum,
     norm_outliers,
+    norms_from_gram,
     similarity_filter,
     trimmed_mean,
 )
@@ -127,8 +128,8 @@ class FedAvg(Aggregator):
 class GramDefence(Aggregator):
     """Decide from the Gram matrix which updates to keep, then take the example-weighted mean of those.
 
-    ``decide`` sees only ``G``, so an encrypted-update aggregator reuses it unchanged on decrypted Gram
-    scalars; ``conclude`` turns a decision into the round's result for either path.
+    ``judge`` sees only the participant ids and ``G``, so the encrypted path (``coordinator.hegram``) calls
+    it unchanged on the decrypted Gram scalars and the two paths decide identically on the same updates.
     """
 
     flags = True
@@ -138,21 +139,22 @@ class GramDefence(Aggregator):
     def decide(self, g: np.ndarray) -> Decision:
         """The decision for a round whose deltas have Gram matrix ``g`` (rows in contribution order)."""
 
-    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
-        decision = self.decide(gram(_stack(contributions)))
-        kept = [contributions[i] for i in decision.accepted]
-        mean_delta = weighted_mean([c.delta for c in kept], [c.num_examples for c in kept])
-        return self.conclude(_apply(global_vector, mean_delta), contributions, decision)
-
-    def conclude(self, vector: np.ndarray, contributions: Sequence[Contribution], decision: Decision) -> AggregateResult:
-        """Package the new global ``vector`` with the decision expressed by participant id."""
-        ids = [c.participant_id for c in contributions]
+    def judge(self, ids: Sequence[str], g: np.ndarray) -> tuple[RoundDecision, dict[str, float]]:
+        """The round's verdict by participant id, and its metrics (update norms from ``sqrt(G_ii)``)."""
+        decision = self.decide(g)
         verdict = RoundDecision(self.name, decision.score_name, tuple(ids[i] for i in decision.accepted),
                                 tuple(ids[i] for i in decision.rejected),
                                 {pid: decision.scores[i] for i, pid in enumerate(ids)})
-        metrics = {**_norm_metrics(contributions), "accepted": float(len(verdict.accepted)),
-                   "rejected": float(len(verdict.rejected))}
-        return AggregateResult(vector, verdict.accepted, metrics, verdict)
+        norms = norms_from_gram(g)
+        metrics = {"update_norm_mean": float(np.mean(norms)), "update_norm_max": float(np.max(norms)),
+                   "accepted": float(len(verdict.accepted)), "rejected": float(len(verdict.rejected))}
+        return verdict, metrics
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        verdict, metrics = self.judge([c.participant_id for c in contributions], gram(_stack(contributions)))
+        kept = [c for c in contributions if c.participant_id in verdict.accepted]
+        mean_delta = weighted_mean([c.delta for c in kept], [c.num_examples for c in kept])
+        return AggregateResult(_apply(global_vector, mean_delta), verdict.accepted, metrics, verdict)
 
 
 class NormBound(GramDefence):

@@ -5,6 +5,10 @@ the CKKS keys, publishes the key-less context here, and seals the secret context
 registered X25519 key.  The coordinator only stores and relays; a member joining later is listed to the
 dealer (or, while the dealer is offline, to any key holder) as needing a key.  Only key holders are selected
 for encrypted rounds.
+
+Jobs with a Gram defence (``crypto.gram``) also need the dealer's public evaluation keys (relinearisation and
+Galois keys, ~5 MB, uploaded once as a payload of encoding ``ckks-evalkeys-v1``); their rounds open only once
+those are in.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from collections.abc import Callable
 
 import structlog
 
+from coordinator.hegram import GramRound
 from coordinator.store import Store
 from crypto.ckks import CkksParams, EncryptedSum, PublicContext
+from crypto.gram import MAX_EVALUATION_KEY_BYTES, GramEvaluator
 from crypto.sealing import PUBLIC_KEY_BYTES
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, PayloadTooLarge, PreconditionFailed
 from fedprompt.protocol import KeyState
@@ -36,6 +42,7 @@ class JobKeys:
         self.dealer: str | None = dealer or None
         self.context: PublicContext | None = None
         self.sealed: dict[str, tuple[str, bytes]] = {}
+        self.evaluator: GramEvaluator | None = None
         self.log = log.bind(job_id=job_id)
 
     def register(self, participant_id: str, public_key: bytes) -> bool:
@@ -67,6 +74,27 @@ class JobKeys:
         self.store.save_he_context(self.job_id, participant_id, key_id, context.data)
         self.log.info("public context published", dealer=participant_id, bytes=len(context.data),
                       **self.params.describe())
+
+    def check_evaluation_keys(self, participant_id: str) -> int:
+        """Before an evaluation-key upload is read: only the dealer, once, after its context; the byte limit."""
+        if not self.params.multiplicative:
+            raise PreconditionFailed(f"job {self.job_id} has no Gram defence: it takes no evaluation keys")
+        if participant_id != self.dealer:
+            raise NotEnrolled(f"{participant_id} is not the key dealer of job {self.job_id} ({self.dealer})")
+        self.require_context()
+        if self.evaluator is not None:
+            raise DuplicateUpdate(f"job {self.job_id} already has its evaluation keys")
+        return MAX_EVALUATION_KEY_BYTES
+
+    def publish_evaluation_keys(self, participant_id: str, keys: bytes) -> None:
+        """The dealer's relinearisation and Galois keys, checked against the job's context and key id."""
+        self.check_evaluation_keys(participant_id)
+        self.evaluator = GramEvaluator(self.require_context(), keys)
+        self.log.info("evaluation keys published", dealer=participant_id, bytes=len(keys))
+
+    def ready(self) -> bool:
+        """Whether encrypted rounds can run: the public context, and for a Gram defence the evaluation keys."""
+        return self.context is not None and (not self.params.multiplicative or self.evaluator is not None)
 
     def share(self, sender: str, recipient: str, blob: bytes) -> None:
         """Relay a sealed key from a key holder to a member that has none yet."""
@@ -105,3 +133,8 @@ class JobKeys:
 
     def new_sum(self, vector_size: int) -> EncryptedSum:
         return self.require_context().new_sum(vector_size)
+
+    def new_gram_round(self, vector_size: int) -> GramRound:
+        if self.evaluator is None:
+            raise PreconditionFailed(f"job {self.job_id} waits for its key dealer's evaluation keys")
+        return GramRound(self.require_context(), self.evaluator, vector_size)

@@ -26,6 +26,12 @@ into the round's running encrypted sum on arrival (memory independent of the num
 stored global versions are encrypted: version 0 is the encrypted initial prompt and version ``v`` the
 encrypted aggregate (``sum n_i * delta_i`` and ``sum n_i``) of round ``v``.  Key holders rebuild the
 global prompt as ``prompt_0 + sum_v aggregate_v / weight_v``; the coordinator never sees it.
+
+Encrypted jobs with a Gram defence (``job.aggregator`` in ``GRAM_AGGREGATORS``) keep each update's
+ciphertexts instead of folding them; when the round closes the coordinator computes their encrypted Gram
+matrix, gives two key holders a DECRYPT task, and decides once both answered alike (``coordinator.hegram``):
+the same ``GramDefence.judge`` as the plaintext path, then only the accepted ciphertexts are summed.  If the
+decryptors disagree, or do not answer before the deadline, the attempt fails without a decision.
 """
 
 from __future__ import annotations
@@ -42,14 +48,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from coordinator.aggregation import AggregateResult, Contribution, job_aggregator
+from coordinator.aggregation import AggregateResult, Contribution, GramDefence, job_aggregator
+from coordinator.hegram import DECRYPTORS, GramRound
 from coordinator.keys import JobKeys
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
 from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import EncryptedSum
+from crypto.gram import EVALUATION_KEYS, GRAM_ENCODING
 from fedprompt.config import JobConfig, dump_toml
 from fedprompt.errors import (
+    DecryptorDisagreement,
     DuplicateUpdate,
     InvalidRequest,
     InvalidUpdate,
@@ -121,6 +130,7 @@ class OpenRound:
     sample_rate: float = 1.0
     contributions: dict[str, Contribution] = field(default_factory=dict)
     encrypted: EncryptedSum | None = None
+    gram: GramRound | None = None
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -154,7 +164,7 @@ class JobRuntime:
         self.offline_after_s = offline_after_s
         self.max_attempts = max_attempts
         self.aggregator = job_aggregator(config)
-        self.keys = JobKeys(job_id, config.he.params(), config.he.dealer, store) if config.he.enabled else None
+        self.keys = JobKeys(job_id, config.he_params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
         if config.dp.participant_level:
             self.aggregator = UniformWeights(self.aggregator, config.job.min_participants)
@@ -281,6 +291,8 @@ class JobRuntime:
             return Task(TaskKind.DONE, reason=f"job {self.state.value}: {self.reason}")
         if self.keys is not None and not self.keys.holds(participant_id):
             return Task(TaskKind.WAIT, reason="waiting for a key holder to share the job key")
+        if self.open is not None and self.open.gram is not None and self.open.gram.awaiting(participant_id):
+            return Task(TaskKind.DECRYPT, round=self.open.number, deadline=self.open.deadline)
         latest = self.latest_version()
         if latest is None:
             return Task(TaskKind.WAIT, reason="waiting for the initial prompt")
@@ -303,6 +315,9 @@ class JobRuntime:
             return f"job {self.state.value}"
         if self.open is None:
             return f"waiting for {self.config.job.min_participants} online participants"
+        if self.open.gram is not None and self.open.gram.started:
+            waiting = [p for p in self.open.gram.decryptors if self.open.gram.awaiting(p)]
+            return f"round {self.open.number} deciding: Gram matrix with decryptors {', '.join(waiting)}"
         return f"round {self.open.number} training ({len(self.open.contributions)}/{len(self.open.selected)} reported)"
 
     def check_header(self, participant_id: str, header: PayloadHeader) -> int:
@@ -310,6 +325,8 @@ class JobRuntime:
         self._member(participant_id)
         if header.job_id != self.job_id:
             raise NotFound(f"header names job {header.job_id[:80]!r}, the stream is for {self.job_id}")
+        if header.encoding == EVALUATION_KEYS:
+            return self._require_keys().check_evaluation_keys(participant_id)
         if header.encoding != self.encoding:
             raise InvalidUpdate(f"encoding {header.encoding[:40]!r} is not accepted by this job (expects {self.encoding!r})")
         if header.vector_size != self.vector_size:
@@ -328,6 +345,8 @@ class JobRuntime:
             raise NotSelected(f"{participant_id} is not selected for round {r.number}")
         if participant_id in r.contributions:
             raise DuplicateUpdate(f"{participant_id} already submitted for round {r.number}")
+        if r.gram is not None and r.gram.started:
+            raise StaleRound(f"round {r.number} is deciding on its encrypted Gram matrix; it takes no more updates")
         if self.clock() > r.deadline:
             raise StaleRound(f"round {r.number} deadline has passed")
         if header.num_examples < 1:
@@ -347,12 +366,18 @@ class JobRuntime:
         """Accept a complete, digest-checked payload; aggregates at once when the last selected one arrives."""
         header = payload.header(max(1, len(payload.data)))
         self.check_header(participant_id, header)
+        if payload.encoding == EVALUATION_KEYS:
+            self._require_keys().publish_evaluation_keys(participant_id, payload.data)
+            self.tick()
+            return
         r = self.open
         if self.keys is not None:
             # Validate completely (job key id, chunk count, parse under this job's context) before folding.
             context = self.keys.require_context()
             if payload.round == 0:
                 context.parse(payload.data, context.key_id, self.vector_size)
+            elif r is not None and r.gram is not None:
+                r.gram.add(participant_id, r.gram.parse(payload.data), payload.num_examples)
             else:
                 assert r is not None and r.encrypted is not None  # check_header guarantees an open round
                 r.encrypted.add(r.encrypted.parse(payload.data))
@@ -387,6 +412,8 @@ class JobRuntime:
         r = self.open
         if r is not None and participant_id in r.selected:
             discarded = r.contributions.pop(participant_id, None)
+            if r.gram is not None and not r.gram.started:
+                r.gram.discard(participant_id)
             r.selected = tuple(p for p in r.selected if p != participant_id)
             self.store.save_round(r.row(self.job_id, RoundState.TRAINING))
             self.log.warning("member expelled", participant=participant_id, round=r.number, reason=why,
@@ -495,7 +522,10 @@ class JobRuntime:
         now = self.clock()
         r = self.open
         if r is not None and now >= r.deadline:
-            if len(r.contributions) >= self.config.job.min_participants:
+            if r.gram is not None and r.gram.started:
+                self._fail_attempt(f"Gram decryptors {', '.join(p for p in r.gram.decryptors if r.gram.awaiting(p))} "
+                                   "did not answer before the deadline")
+            elif len(r.contributions) >= self.config.job.min_participants:
                 self._aggregate()
             else:
                 self._fail_attempt(f"deadline passed with {len(r.contributions)} of {len(r.selected)} updates, "
@@ -516,7 +546,8 @@ class JobRuntime:
                                            f"{self.config.job.min_participants}")
             return
         eligible = [p for p in self.online() if self.keys is None or self.keys.holds(p)]
-        if len(eligible) < self.config.job.min_participants or self._awaiting_keys():
+        if (len(eligible) < self.config.job.min_participants or self._awaiting_keys()
+                or (self.keys is not None and not self.keys.ready())):
             return
         k = min(self.config.job.participants_per_round, len(eligible))
         refusal = self.privacy.refusal(k / len(eligible))
@@ -528,7 +559,10 @@ class JobRuntime:
         now = self.clock()
         self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s,
                               k / len(eligible),
-                              encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None else None)
+                              encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None and not
+                              self.config.encrypted_gram else None,
+                              gram=self.keys.new_gram_round(self.vector_size) if self.keys is not None and
+                              self.config.encrypted_gram else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
 
@@ -545,6 +579,10 @@ class JobRuntime:
         assert r is not None
         r.bytes_down = self.version_downloads.get(r.number - 1, 0)  # the global this round trained from
         self.store.save_round(r.row(self.job_id, RoundState.AGGREGATING))
+        if r.gram is not None:
+            if not r.gram.started:
+                self._begin_gram(r)
+            return
         if r.encrypted is not None:
             data, metrics = r.encrypted.to_bytes(), {}
         else:
@@ -559,6 +597,10 @@ class JobRuntime:
                 return
             data, metrics = result.vector.astype("<f4").tobytes(), result.metrics
             self._record_decision(r, result)
+        self._complete(r, data, metrics)
+
+    def _complete(self, r: OpenRound, data: bytes, metrics: dict[str, float]) -> None:
+        """Store round ``r``'s new global version and summary, and close the round."""
         self.store.save_prompt(self.job_id, r.number, self.encoding, data)
         summary = {**metrics, "updates": float(len(r.contributions)),
                    "examples": float(sum(c.num_examples for c in r.contributions.values())),
@@ -569,6 +611,63 @@ class JobRuntime:
         self.next_attempt = 1
         if r.number >= self.config.job.rounds:
             self._set_state(JobState.DONE, "all rounds completed")
+
+    # ---- encrypted jobs with a Gram defence: decide on the encrypted Gram matrix ------------------------
+    def _begin_gram(self, r: OpenRound) -> None:
+        """Compute the round's encrypted Gram matrix and hand it to two key holders to decrypt.
+
+        Decryptors are drawn (seeded by job seed, round and attempt) from online key holders that did not
+        contribute to the round, when two exist: a contributor that decrypts learns the inner products of
+        the others' updates with its own.
+        """
+        assert r.gram is not None
+        holders = [p for p in self.online() if self.keys is not None and self.keys.holds(p)]
+        outsiders = [p for p in holders if p not in r.contributions]
+        pool = outsiders if len(outsiders) >= DECRYPTORS else holders
+        if len(pool) < DECRYPTORS:
+            self._fail_attempt(f"an encrypted Gram matrix needs {DECRYPTORS} online key holders to decrypt it, "
+                               f"{len(pool)} online")
+            return
+        rng = random.Random(f"{self.config.job.seed}:{r.number}:{r.attempt}:decryptors")
+        r.gram.begin(sorted(rng.sample(pool, DECRYPTORS)))
+        r.deadline = self.clock() + self.config.job.round_deadline_s
+        self.log.info("encrypted Gram matrix computed", round=r.number, updates=len(r.gram.order),
+                      seconds=round(r.gram.gram_seconds, 3), bytes=len(r.gram.payload), decryptors=list(r.gram.decryptors))
+
+    def _gram_round(self, participant_id: str, round_: int) -> GramRound:
+        self._member(participant_id)
+        r = self.open
+        if r is None or r.number != round_ or r.gram is None or not r.gram.started:
+            current = "none" if r is None else str(r.number)
+            raise StaleRound(f"no encrypted Gram matrix awaits decryption for round {round_} (open round: {current})")
+        return r.gram
+
+    def gram_payload(self, participant_id: str, round_: int) -> Payload:
+        """The packed Gram ciphertext of round ``round_``, for its two decryptors only."""
+        gram = self._gram_round(participant_id, round_)
+        return Payload(self.job_id, round_, GRAM_ENCODING, len(gram.order), gram.request(participant_id))
+
+    def report_gram(self, participant_id: str, round_: int, scalars: list[float]) -> None:
+        """A decryptor's Gram scalars; with both in, decide (or refuse if they disagree) and fold."""
+        gram = self._gram_round(participant_id, round_)
+        if not gram.answer(participant_id, scalars):
+            return
+        r = self.open
+        assert r is not None and isinstance(self.aggregator, GramDefence)
+        try:
+            g = gram.agreed()
+        except DecryptorDisagreement as exc:
+            self.log.warning("robust decision refused: Gram decryptors disagree", round=r.number,
+                             decryptors=list(gram.decryptors), reason=str(exc))
+            self._fail_attempt(f"robust decision refused: {exc}")
+            return
+        try:
+            verdict, metrics = self.aggregator.judge(gram.order, g)
+        except RobustAssumptionError as exc:
+            self._fail_attempt(f"{self.aggregator.name} refused: {exc}")
+            return
+        self._record_decision(r, AggregateResult(NO_PLAINTEXT, verdict.accepted, metrics, verdict))
+        self._complete(r, gram.fold(verdict.accepted), {**metrics, "gram_seconds": gram.gram_seconds})
 
     def _privacy_summary(self, r: OpenRound) -> dict[str, float]:
         """Record-level epsilon of this round's contributors (max, median) and participant-level epsilon."""

@@ -130,6 +130,18 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
 
 
     @rpc_method("ParticipantService")
+    async def GetGram(self, request: participant_pb2.GetGramRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.gram_to_pb(self.jobs.job(request.job_id).gram_payload(identity, request.round))
+
+    @rpc_method("ParticipantService")
+    async def ReportGram(self, request: participant_pb2.ReportGramRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        self.jobs.job(request.job_id).report_gram(identity, request.round, list(request.scalars))
+        self.notifier.notify()
+        return participant_pb2.ReportGramResponse()
+
+    @rpc_method("ParticipantService")
     async def Heartbeat(self, request: participant_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         state = self.jobs.job(request.job_id).heartbeat(identity)

@@ -15,6 +15,10 @@ Wire size is kept small by three choices, each measured by ``fedprompt bench he`
   halving the upload.  (Folded sums are no longer seeded: downloads are twice the upload size.)
 * **one data prime**: a ciphertext at the single data prime costs ``2 * N * 8`` bytes unseeded.
 
+Jobs with a Gram defence use a one-multiplication chain instead (``crypto.gram``): the coordinator then also
+computes the encrypted Gram matrix of the updates with public evaluation keys, and participants encrypt 0 in
+the weight slot.
+
 The coordinator holds a :class:`PublicContext` (parameters only, no key of any kind) and refuses a context
 that carries a secret key.  Ciphertexts are bound to their job's key by a key id (a SHA-256 of the secret
 key's serialisation, which does not reveal the key); a ciphertext made under another key is refused by id,
@@ -73,14 +77,15 @@ class CkksParams:
         n = self.poly_modulus_degree
         if n not in (4096, 8192, 16384, 32768):
             raise ConfigError(f"{prefix}.poly_modulus_degree: must be 4096, 8192, 16384 or 32768, got {n}")
-        if len(self.coeff_mod_bit_sizes) != 2 or not all(16 <= b <= 60 for b in self.coeff_mod_bit_sizes):
-            raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: need [data prime, key-switching prime], each 16..60 "
-                              f"bits (an addition-only chain), got {list(self.coeff_mod_bit_sizes)}")
+        if len(self.coeff_mod_bit_sizes) not in (2, 4) or not all(16 <= b <= 60 for b in self.coeff_mod_bit_sizes):
+            raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: need [data prime, key-switching prime] (an "
+                              "addition-only chain) or [data prime, data prime, rescaling prime, key-switching prime] (one "
+                              f"multiplication, for Gram defences), each 16..60 bits, got {list(self.coeff_mod_bit_sizes)}")
         if self.security_bits < 128:
             raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: {sum(self.coeff_mod_bit_sizes)} bits exceed the "
                               f"{seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)} allowed for 128-bit "
                               f"security at degree {n}")
-        if not 20 <= self.scale_bits <= self.data_bits - 12:
+        if not 20 <= self.scale_bits <= self.coeff_mod_bit_sizes[0] - 12:
             raise ConfigError(f"{prefix}.scale_bits: must be in [20, {self.data_bits - 12}] for a "
                               f"{self.data_bits}-bit data prime, got {self.scale_bits}")
         if not 1 <= self.max_summands <= 1_000_000:
@@ -88,7 +93,13 @@ class CkksParams:
 
     @property
     def data_bits(self) -> int:
-        return self.coeff_mod_bit_sizes[0]
+        """Bits of the modulus fresh ciphertexts live at: every prime but the key-switching one."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
+
+    @property
+    def multiplicative(self) -> bool:
+        """True for a chain with a rescaling prime: one ciphertext multiplication (the encrypted Gram matrix)."""
+        return len(self.coeff_mod_bit_sizes) == 4
 
     @property
     def security_bits(self) -> int:
@@ -170,7 +181,7 @@ class _Codec:
 
     def expected_size(self, vector_size: int) -> int:
         """An upper bound on the wire size of an encrypted vector (unseeded ciphertexts, plus framing)."""
-        one = 2 * self.params.poly_modulus_degree * 8 + 1024
+        one = 2 * self.params.poly_modulus_degree * 8 * (len(self.params.coeff_mod_bit_sizes) - 1) + 1024
         return _HEADER.size + self.params.num_ciphertexts(vector_size) * (_LENGTH.size + one)
 
     def frame(self, key_id: bytes, vector_size: int, blobs: list[bytes]) -> bytes:
@@ -181,6 +192,19 @@ class _Codec:
 
     def parse(self, data: bytes, key_id: bytes, vector_size: int) -> list[seal.Ciphertext]:
         """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidUpdate`` if not."""
+        def check(size: int, count: int) -> None:
+            if size != vector_size:
+                raise InvalidUpdate(f"encrypted vector has {size} parameters, expected {vector_size}")
+            expected = self.params.num_ciphertexts(vector_size)
+            if count != expected:
+                raise InvalidUpdate(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
+
+        blobs = self.unframe(data, key_id, check)
+        return self.load(blobs, self.seal_context.first_parms_id(), 2.0 ** self.params.scale_bits, "fresh")
+
+    def unframe(self, data: bytes, key_id: bytes, check: Callable[[int, int], None]) -> list[bytes]:
+        """The ciphertext blobs of a framed payload made under ``key_id``; ``check(size, count)`` vets the
+        header's size field and ciphertext count before any blob is read."""
         if len(data) < _HEADER.size:
             raise InvalidUpdate(f"encrypted payload of {len(data)} bytes is shorter than its header")
         magic, got_key, size, count = _HEADER.unpack_from(data)
@@ -188,37 +212,39 @@ class _Codec:
             raise InvalidUpdate(f"not a {ENCODING} payload (bad magic)")
         if got_key != key_id:
             raise InvalidUpdate("ciphertext was made under another key (key id differs from this job's)")
-        if size != vector_size:
-            raise InvalidUpdate(f"encrypted vector has {size} parameters, expected {vector_size}")
-        expected = self.params.num_ciphertexts(vector_size)
-        if count != expected:
-            raise InvalidUpdate(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
+        check(size, count)
         offset = _HEADER.size
-        out = []
-        with _scratch() as path:
-            for index in range(count):
-                if offset + _LENGTH.size > len(data):
-                    raise InvalidUpdate(f"payload truncated before ciphertext {index}")
-                (length,) = _LENGTH.unpack_from(data, offset)
-                offset += _LENGTH.size
-                if offset + length > len(data):
-                    raise InvalidUpdate(f"ciphertext {index} truncated ({len(data) - offset} of {length} bytes)")
-                path.write_bytes(data[offset : offset + length])
-                offset += length
-                out.append(self._load(path, index))
+        blobs = []
+        for index in range(count):
+            if offset + _LENGTH.size > len(data):
+                raise InvalidUpdate(f"payload truncated before ciphertext {index}")
+            (length,) = _LENGTH.unpack_from(data, offset)
+            offset += _LENGTH.size
+            if offset + length > len(data):
+                raise InvalidUpdate(f"ciphertext {index} truncated ({len(data) - offset} of {length} bytes)")
+            blobs.append(data[offset : offset + length])
+            offset += length
         if offset != len(data):
             raise InvalidUpdate(f"{len(data) - offset} unexpected bytes after the last ciphertext")
+        return blobs
+
+    def load(self, blobs: list[bytes], parms_id: list[int], scale: float, what: str) -> list[seal.Ciphertext]:
+        """Parse ciphertext blobs, each required to be a 2-part NTT ciphertext at ``parms_id`` and ``scale``."""
+        out = []
+        with _scratch() as path:
+            for index, blob in enumerate(blobs):
+                path.write_bytes(blob)
+                out.append(self._load(path, index, parms_id, scale, what))
         return out
 
-    def _load(self, path: Path, index: int) -> seal.Ciphertext:
+    def _load(self, path: Path, index: int, parms_id: list[int], scale: float, what: str) -> seal.Ciphertext:
         ct = seal.Ciphertext()
         try:
             ct.load(self.seal_context, str(path))
         except Exception as exc:  # SEAL reports malformed or out-of-range data as generic C++ exceptions
             raise InvalidUpdate(f"ciphertext {index} does not parse under this job's context: {exc}") from exc
-        if (ct.parms_id() != self.seal_context.first_parms_id() or ct.size() != 2 or not ct.is_ntt_form()
-                or ct.scale != 2.0 ** self.params.scale_bits):
-            raise InvalidUpdate(f"ciphertext {index} is not a fresh ciphertext at this job's level and scale")
+        if ct.parms_id() != parms_id or ct.size() != 2 or not ct.is_ntt_form() or ct.scale != scale:
+            raise InvalidUpdate(f"ciphertext {index} is not a {what} ciphertext at this job's level and scale")
         return ct
 
 

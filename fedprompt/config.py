@@ -217,6 +217,10 @@ class HESection:
         return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)
 
 
+#: Defences that decide from the Gram matrix of the updates alone, and so also run on encrypted updates.
+GRAM_AGGREGATORS = ("norm_bound", "krum", "multi_krum", "foolsgold")
+
+
 @dataclass(frozen=True)
 class RobustSection:
     """Robust aggregation: the assumed bound on malicious updates per round, defence knobs, and quarantine.
@@ -291,9 +295,10 @@ class JobConfig:
             f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
         )
         if self.he.enabled:
-            linear = "fedbpt_linear" if self.blackbox.enabled else "fedavg"
-            _check(self.job.aggregator == linear, "job.aggregator",
-                   f"encrypted aggregation (he.enabled) supports {linear!r} only, got {self.job.aggregator!r}")
+            allowed = ("fedbpt_linear",) if self.blackbox.enabled else ("fedavg", *GRAM_AGGREGATORS)
+            _check(self.job.aggregator in allowed, "job.aggregator",
+                   f"encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
+                   f"{self.mode} job, got {self.job.aggregator!r}")
             _check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
                    f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
         if not self.blackbox.enabled:
@@ -308,6 +313,19 @@ class JobConfig:
                "DP-SGD needs gradients; a black-box (gradient-free) job cannot use it")
         _check(not self.augment.enabled, "augment.enabled",
                "pseudo-labelling needs the local model; a black-box participant only queries a model service")
+
+
+    @property
+    def encrypted_gram(self) -> bool:
+        """Encrypted job with a Gram defence: the coordinator decides on the encrypted Gram matrix."""
+        return self.he.enabled and self.job.aggregator in GRAM_AGGREGATORS
+
+    def he_params(self):  # type: ignore[no-untyped-def]
+        """The job's CKKS parameters: ``[he]``'s addition-only chain, or for a Gram defence the fixed
+        one-multiplication chain of ``crypto.gram.gram_params`` (``he.max_summands`` still applies)."""
+        from crypto.gram import gram_params
+
+        return gram_params(self.he.params()) if self.encrypted_gram else self.he.params()
 
 
 @dataclass(frozen=True)

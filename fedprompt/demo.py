@@ -157,7 +157,7 @@ def run_demo(options: DemoOptions) -> int:
         sites = prepare(DATASET, work / "data", options.participants, PartitionSpec("iid"), options.test_size,
                         options.seed)
         config = demo_job(options)
-        he_params = config.he.params().describe() if config.he.enabled else None
+        he_params = config.he_params().describe() if config.he.enabled else None
         print(f"[demo] encrypted aggregation: {he_params}" if he_params else "[demo] encrypted aggregation off")
         test_labels = label_indices(read_jsonl(work / "data" / "test.jsonl"), config.task.label_names)
 

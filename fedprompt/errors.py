@@ -43,6 +43,11 @@ class RobustAssumptionError(PreconditionFailed):
     """A robust aggregator's assumption does not hold (e.g. Krum with n <= 2f + 2); it refuses to run."""
 
 
+class DecryptorDisagreement(PreconditionFailed):
+    """Two key holders decrypted the same encrypted Gram matrix to different scalars: one of them lies or is
+    broken, so the round's robust decision is refused rather than made on either answer."""
+
+
 class PermissionDenied(FedPromptError):
     """The caller is authenticated but may not do this (base of the refusals below)."""
 

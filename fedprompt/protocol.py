@@ -17,6 +17,7 @@ class TaskKind(enum.Enum):
     TRAIN = "train"
     EVALUATE = "evaluate"
     DONE = "done"
+    DECRYPT = "decrypt"  # encrypted Gram defence: decrypt round ``round``'s Gram matrix (coordinator.hegram)
 
 
 @dataclass(frozen=True)

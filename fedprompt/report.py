@@ -25,7 +25,7 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
-            **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label")},
+            **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label") or k == "gram_seconds"},
             **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
             "model_queries": r.metrics.get("model_queries"), "peak_rss_mb": r.metrics.get("peak_rss_mb"),
         })

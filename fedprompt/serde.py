@@ -33,6 +33,7 @@ _TASK_TO_PB = {
     TaskKind.TRAIN: participant_pb2.TASK_KIND_TRAIN,
     TaskKind.EVALUATE: participant_pb2.TASK_KIND_EVALUATE,
     TaskKind.DONE: participant_pb2.TASK_KIND_DONE,
+    TaskKind.DECRYPT: participant_pb2.TASK_KIND_DECRYPT,
 }
 _PB_TO_TASK = {v: k for k, v in _TASK_TO_PB.items()}
 
@@ -143,6 +144,15 @@ def participant_to_pb(p: ParticipantView) -> admin_pb2.ParticipantInfo:
 def participant_from_pb(pb: admin_pb2.ParticipantInfo) -> ParticipantView:
     return ParticipantView(pb.participant_id, pb.job_id, pb.state, pb.num_train_examples, pb.joined_at,
                            pb.last_seen, pb.updates_accepted, pb.reason, pb.record_epsilon)
+
+
+def gram_to_pb(p: Payload) -> participant_pb2.GetGramResponse:
+    """A round's packed Gram ciphertext (``vector_size`` is the number of updates it covers)."""
+    return participant_pb2.GetGramResponse(updates=p.vector_size, ciphertexts=p.data)
+
+
+def gram_from_pb(job_id: str, round_: int, encoding: str, pb: participant_pb2.GetGramResponse) -> Payload:
+    return Payload(job_id, round_, encoding, pb.updates, bytes(pb.ciphertexts))
 
 
 def privacy_to_pb(r: PrivacyReport) -> participant_pb2.ReportPrivacyRequest:

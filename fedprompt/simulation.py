@@ -76,6 +76,12 @@ class LocalLink:
     def report_privacy(self, report: PrivacyReport) -> None:
         self.jobs.job(report.job_id).report_privacy(self.identity, report)
 
+    def gram(self, job_id: str, round_: int) -> Payload:
+        return self.jobs.job(job_id).gram_payload(self.identity, round_)
+
+    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
+        self.jobs.job(job_id).report_gram(self.identity, round_, scalars)
+
 
 @dataclass(frozen=True)
 class SimulationSection:
@@ -180,6 +186,7 @@ def simulate(
     on_round: Callable[[int], None] | None = None,
     attack: AttackSection | None = None,
     trainer: Trainer = train_local,
+    state_root: Path | None = None,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
@@ -187,7 +194,9 @@ def simulate(
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
     backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
-    ``participant.train.memoized`` one shared by runs that replay the same rounds).
+    ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
+    site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
+    ``state_root/<site name>``.
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -199,6 +208,7 @@ def simulate(
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
     runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: local_learner(cfg, bb, trainer),
+                                   state_dir=state_root / name if state_root is not None else None,
                                    behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None)
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
     for runtime in runtimes:

@@ -15,6 +15,7 @@ from typing import TypeVar
 import grpc
 import structlog
 
+from crypto.gram import GRAM_ENCODING
 from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
@@ -168,6 +169,19 @@ class GrpcLink:
         request = participant_pb2.GetKeysRequest(job_id=job_id)
         return serde.keys_from_pb(self._call("GetKeys", lambda: self.stub.GetKeys(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+    def gram(self, job_id: str, round_: int) -> Payload:
+        request = participant_pb2.GetGramRequest(job_id=job_id, round=round_)
+        response = self._call("GetGram", lambda: self.stub.GetGram(request, metadata=self.metadata,
+                                                                    timeout=self.rpc_timeout_s))
+        payload = serde.gram_from_pb(job_id, round_, GRAM_ENCODING, response)
+        self.bytes_down += len(payload.data)
+        return payload
+
+    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
+        request = participant_pb2.ReportGramRequest(job_id=job_id, round=round_, scalars=scalars)
+        self._call("ReportGram", lambda: self.stub.ReportGram(request, metadata=self.metadata,
+                                                              timeout=self.rpc_timeout_s))
 
     def report_privacy(self, report: PrivacyReport) -> None:
         request = serde.privacy_to_pb(report)

@@ -1,7 +1,8 @@
 """A participant's side of an encrypted job's keys: its X25519 exchange key, the job's CKKS secret context,
 and relaying that context, sealed, to members that lack it.
 
-The key dealer creates the job's keys at join and publishes only the key-less context.  Every key holder
+The key dealer creates the job's keys at join and publishes only the key-less context (and, for a Gram
+defence, the public evaluation keys).  Every key holder
 the coordinator asks (the dealer while online, else any holder) seals the secret context for each listed
 member with ``crypto.sealing``; the recipient checks the sealer's registered key, opens the blob, and checks
 the key id against the one the dealer published.  The secret context is kept in the site's state directory
@@ -16,8 +17,10 @@ from pathlib import Path
 import structlog
 
 from crypto.ckks import CkksParams, SecretContext
+from crypto.gram import EVALUATION_KEYS, evaluation_keys
 from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
 from fedprompt.errors import DuplicateUpdate, FedPromptError
+from fedprompt.protocol import Payload
 from participant.link import CoordinatorLink
 
 log = structlog.get_logger("participant.keys")
@@ -47,6 +50,8 @@ class KeyHolder:
         if deal:
             secret = SecretContext.create(self.params)
             self.link.publish_context(job_id, secret.public_bytes(), secret.key_id)
+            if self.params.multiplicative:  # a Gram defence: the coordinator needs public evaluation keys
+                self.link.upload(Payload(job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
             self._keep(secret)
             log.info("job keys created and public context published", job_id=job_id, **self.params.describe())
 

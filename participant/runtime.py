@@ -12,6 +12,10 @@ In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delt
 aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
 (``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
 
+With a Gram defence the weight slot is encrypted as 0 (the coordinator adds the accepted weights, see
+``coordinator.hegram``), and a key holder may be given a DECRYPT task: decrypt the round's packed Gram
+ciphertext and return only its scalars (``crypto.gram.decrypt_gram``).
+
 How the vector is learned is the ``Learner``'s business: a local PLM copy with gradients
 (``participant.train.GradientLearner``, optionally under DP-SGD), or a black-box search that only queries a
 model service (``participant.blackbox``; then this process never imports torch, so the DP module is imported
@@ -32,6 +36,7 @@ import numpy as np
 import structlog
 
 from crypto.ckks import ENCODING as CKKS
+from crypto.gram import decrypt_gram
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
@@ -108,7 +113,7 @@ class ParticipantRuntime:
         learner = self.learner_factory(self.config)
         self.learner = learner
         if self.config.he.enabled:
-            self.keys = KeyHolder(self.link, self.config.he.params(), self.state_dir)
+            self.keys = KeyHolder(self.link, self.config.he_params(), self.state_dir)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from participant.dp import SitePrivacy
 
@@ -157,7 +162,9 @@ class ParticipantRuntime:
         if self.keys is None:
             return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
                            num_examples=weight if round_ else 0)
-        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, weight)
+        assert self.config is not None
+        slot = 0 if round_ and self.config.encrypted_gram else weight  # Gram defence: the coordinator adds weights
+        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, slot)
         return Payload(self.info.job_id, round_, CKKS, size, data, num_examples=weight if round_ else 0)
 
     def service_keys(self) -> None:
@@ -200,6 +207,16 @@ class ParticipantRuntime:
             self._evaluate(task.global_version)
         elif task.kind is TaskKind.TRAIN:
             self._train(task)
+        elif task.kind is TaskKind.DECRYPT:
+            self._decrypt_gram(task)
+
+    def _decrypt_gram(self, task: Task) -> None:
+        """Decrypt the round's packed Gram ciphertext and return only the Gram scalars."""
+        assert self.info is not None and self.keys is not None
+        payload = self.link.gram(self.info.job_id, task.round)
+        scalars = decrypt_gram(self.keys.require(), payload.data, payload.vector_size)
+        self.link.report_gram(self.info.job_id, task.round, scalars.tolist())
+        self.log.info("Gram matrix decrypted", round=task.round, updates=payload.vector_size)
 
     def _evaluate(self, version: int) -> None:
         assert self.info is not None

@@ -15,11 +15,13 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_EVALUATE: _ClassVar[TaskKind]
     TASK_KIND_DONE: _ClassVar[TaskKind]
+    TASK_KIND_DECRYPT: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_DONE: TaskKind
+TASK_KIND_DECRYPT: TaskKind
 
 class DescribeJobRequest(_message.Message):
     __slots__ = ("job",)
@@ -229,5 +231,35 @@ class ReportPrivacyRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., declined: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportPrivacyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetGramRequest(_message.Message):
+    __slots__ = ("job_id", "round")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class GetGramResponse(_message.Message):
+    __slots__ = ("updates", "ciphertexts")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    updates: int
+    ciphertexts: bytes
+    def __init__(self, updates: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class ReportGramRequest(_message.Message):
+    __slots__ = ("job_id", "round", "scalars")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SCALARS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    scalars: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., scalars: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ReportGramResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

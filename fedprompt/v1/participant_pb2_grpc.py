@@ -89,6 +89,16 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.FromString,
                 _registered_method=True)
+        self.GetGram = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/GetGram',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetGramRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetGramResponse.FromString,
+                _registered_method=True)
+        self.ReportGram = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/ReportGram',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -121,7 +131,8 @@ class ParticipantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadUpdate(self, request_iterator, context):
-        """First message is the header, then num_chunks chunks in order.
+        """First message is the header, then num_chunks chunks in order.  Also carries, once per encrypted job with
+        a Gram defence, the key dealer's public evaluation keys (encoding "ckks-evalkeys-v1", round 0).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +175,21 @@ class ParticipantServiceServicer:
     def ReportPrivacy(self, request, context):
         """Record-level privacy spent so far, sent after each local training (before the upload); with
         declined = true the caller refuses to train (its budget would be exceeded) and is dropped from selection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGram(self, request, context):
+        """Encrypted jobs with a Gram defence: one of the round's two decryptors fetches the packed Gram ciphertext
+        (after a DECRYPT task) ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportGram(self, request, context):
+        """... and returns the decrypted Gram scalars; the coordinator decides only if both decryptors agree.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +252,16 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.ReportPrivacy,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.SerializeToString,
+            ),
+            'GetGram': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGram,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetGramRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetGramResponse.SerializeToString,
+            ),
+            'ReportGram': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportGram,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +561,60 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/ReportPrivacy',
             fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/GetGram',
+            fedprompt_dot_v1_dot_participant__pb2.GetGramRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.GetGramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportGram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/ReportGram',
+            fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,187 @@
+"""Encrypted Gram defences in the round state machine, on real ciphertexts and a real SQLite file: two
+decryptors must agree, a lying one makes the round refuse its decision, and every bad call leaves the
+round intact."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from coordinator.jobs import JobManager
+from coordinator.rounds import JobRuntime
+from coordinator.store import Store
+from crypto.ckks import ENCODING, SecretContext
+from crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
+from crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.config import HESection, RobustSection, dump_toml
+from fedprompt.errors import (
+    ConfigError,
+    DuplicateUpdate,
+    InvalidUpdate,
+    NotEnrolled,
+    NotSelected,
+    PreconditionFailed,
+    StaleRound,
+)
+from fedprompt.protocol import Payload, TaskKind
+from tests.support import tiny_job
+
+SIZE = 6
+DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
+          "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
+          "c": (np.array([2.0, -3.0, 1.5, 2.0, -1.0, 2.5]), 30)}  # scaled: rejected by norm bounding
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _job(tmp_path: Path, aggregator: str = "norm_bound") -> tuple[JobRuntime, Store, Clock]:
+    clock = Clock()
+    store = Store(tmp_path / "state.sqlite")
+    jobs = JobManager(store, clock=clock)
+    config = dataclasses.replace(
+        tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
+                 aggregator=aggregator), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+    return jobs.job(jobs.create_job(dump_toml(config))), store, clock
+
+
+@pytest.fixture
+def deciding(tmp_path: Path) -> Iterator[tuple[JobRuntime, SecretContext, Store, Clock]]:
+    """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors."""
+    with capture_logs():  # bind the job's logger under structlog's test configuration
+        job, store, clock = _job(tmp_path)
+    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    secret = SecretContext.create(job.config.he_params())
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.start()
+    job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
+    for name in ("b", "c"):
+        job.join(name, 40, 5, SIZE, public_bytes(new_exchange_key()))
+        job.share_key("a", name, b"sealed for " + name.encode())  # the coordinator relays blobs it cannot open
+    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.tick()
+    assert job.open is not None and job.open.gram is not None
+    for name, (delta, n) in DELTAS.items():
+        job.submit(name, Payload(job.job_id, 1, ENCODING, SIZE, secret.encrypt(delta * n, 0), n))
+    assert job.open.gram.started
+    yield job, secret, store, clock
+    store.close()
+
+
+def _answer(job: JobRuntime, secret: SecretContext, who: str) -> list[float]:
+    payload = job.gram_payload(who, 1)
+    return decrypt_gram(secret, payload.data, payload.vector_size).tolist()
+
+
+def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are_summed(deciding) -> None:  # type: ignore[no-untyped-def]
+    job, secret, store, _ = deciding
+    decryptors = job.open.gram.decryptors
+    assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in decryptors)
+    for d in decryptors:
+        job.report_gram(d, 1, _answer(job, secret, d))
+    assert job.open is None and job.latest_version() == 1
+    rows = {d.participant_id: d for d in store.decisions(job.job_id)}
+    assert not rows["c"].accepted and rows["a"].accepted and rows["b"].accepted
+    plain = job.aggregator.decide(np.stack([d for d, _ in DELTAS.values()]) @ np.stack([d for d, _ in DELTAS.values()]).T)
+    assert [rows[p].accepted for p in "abc"] == [i in plain.accepted for i in range(3)]
+    assert [rows[p].score for p in "abc"] == pytest.approx(list(plain.scores), rel=1e-4)
+    total, weight = secret.decrypt(job.stored_payload(1).data, SIZE)
+    assert weight == 30  # the coordinator's plaintext weight: a's 10 and b's 20, never c's 30
+    assert total / weight == pytest.approx((DELTAS["a"][0] * 10 + DELTAS["b"][0] * 20) / 30, abs=1e-6)
+
+
+def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None:  # type: ignore[no-untyped-def]
+    job, secret, store, _ = deciding
+    honest, liar = job.open.gram.decryptors
+    job.report_gram(honest, 1, _answer(job, secret, honest))
+    lie = _answer(job, secret, liar)
+    lie[-1] /= 100.0  # c's squared norm shrunk: the scaled update would pass norm bounding
+    with capture_logs() as logs:
+        job.report_gram(liar, 1, lie)
+    refused = [e for e in logs if e["event"] == "robust decision refused: Gram decryptors disagree"]
+    assert len(refused) == 1 and refused[0]["log_level"] == "warning" and "disagree on 1 of 6" in refused[0]["reason"]
+    assert job.open is None and job.latest_version() == 0  # no version, no decision: fail closed
+    assert store.decisions(job.job_id) == []
+    assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.next_attempt == 2
+
+
+def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:  # type: ignore[no-untyped-def]
+    job, secret, _, _ = deciding
+    gram = job.open.gram
+    first = gram.decryptors[0]
+    outsider = next(p for p in "abc" if p not in gram.decryptors)
+    with pytest.raises(NotSelected):
+        job.gram_payload(outsider, 1)
+    with pytest.raises(NotSelected):
+        job.report_gram(outsider, 1, [0.0] * 6)
+    with pytest.raises(StaleRound):
+        job.gram_payload(first, 2)
+    with pytest.raises(InvalidUpdate, match="6 finite numbers"):
+        job.report_gram(first, 1, [0.0] * 5)
+    with pytest.raises(InvalidUpdate, match="finite"):
+        job.report_gram(first, 1, [float("nan")] * 6)
+    assert gram.answers == {}
+    job.report_gram(first, 1, _answer(job, secret, first))
+    with pytest.raises(DuplicateUpdate):
+        job.report_gram(first, 1, _answer(job, secret, first))
+    assert job.open is not None and list(gram.answers) == [first]
+
+
+def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding) -> None:  # type: ignore[no-untyped-def]
+    job, _, store, clock = deciding
+    clock.now += 31
+    job.tick()
+    assert job.open is None or job.open.attempt == 2
+    failed = [r for r in store.rounds(job.job_id) if r.attempt == 1][0]
+    assert failed.state == "failed" and job.latest_version() == 0
+
+
+def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path: Path) -> None:
+    job, store, _ = _job(tmp_path)
+    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    job.join("b", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    secret = SecretContext.create(job.config.he_params())
+    keys = Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret))
+    with pytest.raises(PreconditionFailed, match="public context"):
+        job.submit("a", keys)
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.share_key("a", "b", b"sealed")
+    job.join("c", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    job.share_key("a", "c", b"sealed")
+    job.start()
+    job.tick()
+    assert job.open is None  # no evaluation keys yet: no encrypted Gram matrix could be computed
+    with pytest.raises(NotEnrolled):
+        job.submit("b", keys)
+    other = SecretContext.create(job.config.he_params())
+    with pytest.raises(InvalidUpdate, match="another key"):
+        job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(other)))
+    job.submit("a", keys)
+    assert job.open is not None and job.open.gram is not None
+    with pytest.raises(DuplicateUpdate):
+        job.submit("a", keys)
+    store.close()
+
+
+def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_refuse_he(tmp_path: Path) -> None:
+    job, store, _ = _job(tmp_path, aggregator="fedavg")
+    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    secret = SecretContext.create(job.config.he_params())
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    assert not job.config.he_params().multiplicative
+    with pytest.raises(PreconditionFailed, match="no Gram defence"):
+        job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, b"keys"))
+    store.close()
+    with pytest.raises(ConfigError, match="job.aggregator"):
+        _job(tmp_path / "median", aggregator="median")
