@@ -37,9 +37,19 @@ def train_local(
 
     Optimiser state starts fresh each round: only the prompt crosses the network, so momentum cannot be
     shared, and starting fresh keeps every round a pure function of the global prompt and the local data.
+    Dropout draws from torch's global generator, so it is forked and seeded for the round too: without that a
+    round would depend on whatever ran before it in the process (measured: identical plaintext runs, and
+    plaintext vs CKKS runs, drifted apart from round 1).
     """
     if not examples:
         return TrainResult(0, 0, float("nan"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _adam_steps(model, examples, labels, config, seed, progress)
+
+
+def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection,
+                seed: int, progress: ProgressFn | None) -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.exchanged_parameters(), lr=config.lr)
     total = steps_per_round(len(examples), config)
