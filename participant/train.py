@@ -42,7 +42,7 @@ def train_local(
     seed: int,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Adam on the exchanged parameters for ``local_epochs`` (capped at ``max_steps``); returns the mean loss.
+    """Adam on the trainable parameters (exchanged + personal) for ``local_epochs`` (capped at ``max_steps``); returns the mean loss.
 
     Optimiser state starts fresh each round: only the prompt crosses the network, so momentum cannot be
     shared, and starting fresh keeps every round a pure function of the global prompt and the local data.
@@ -50,7 +50,7 @@ def train_local(
     if not examples:
         return TrainResult(0, 0, float("nan"))
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.exchanged_parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
     total = steps_per_round(len(examples), config)
     y = torch.tensor(labels)
     losses: list[float] = []
