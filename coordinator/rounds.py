@@ -44,6 +44,7 @@ import structlog
 
 from coordinator.aggregation import AggregateResult, Contribution, job_aggregator
 from coordinator.keys import JobKeys
+from coordinator.levels import JobLevels
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
 from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
@@ -148,7 +149,7 @@ class JobRuntime:
         self.config_toml = config_toml
         # What participants see: the job without its allow-list, so no member learns who else may join.
         self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
-            config.job, allowed_participants=())))
+            config.job, allowed_participants=()), levels=dataclasses.replace(config.levels, cohorts=())))
         self.store = store
         self.clock = clock
         self.offline_after_s = offline_after_s
@@ -156,6 +157,10 @@ class JobRuntime:
         self.aggregator = job_aggregator(config)
         self.keys = JobKeys(job_id, config.he.params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
+        # Prompt levels (PLMM): updates and versions become level containers, aggregated level by level.
+        self.levels = JobLevels(job_id, config, store, self.keys) if config.levels.enabled else None
+        if self.levels is not None:
+            self.encoding = self.levels.encoding
         if config.dp.participant_level:
             self.aggregator = UniformWeights(self.aggregator, config.job.min_participants)
         self.privacy = ParticipantLedger(job_id, config.dp, store)
@@ -339,6 +344,8 @@ class JobRuntime:
 
     def _max_bytes(self) -> int:
         """The largest payload this job accepts: a float32 vector, or its encryption under the job's context."""
+        if self.levels is not None:
+            return self.levels.max_bytes(self.vector_size)
         if self.keys is None:
             return 4 * self.vector_size
         return self.keys.require_context().expected_size(self.vector_size)
@@ -348,7 +355,9 @@ class JobRuntime:
         header = payload.header(max(1, len(payload.data)))
         self.check_header(participant_id, header)
         r = self.open
-        if self.keys is not None:
+        if self.levels is not None:
+            vector = self.levels.accept(participant_id, payload, r)
+        elif self.keys is not None:
             # Validate completely (job key id, chunk count, parse under this job's context) before folding.
             context = self.keys.require_context()
             if payload.round == 0:
@@ -429,6 +438,8 @@ class JobRuntime:
             raise PreconditionFailed(f"job {self.job_id} is encrypted: the coordinator holds no decrypted prompt; "
                                      "every key holder writes it to its state directory (prompt-latest.safetensors)")
         payload = self.stored_payload(version)
+        if participant_id is not None and self.levels is not None:
+            payload = self.levels.view(participant_id, payload)  # the global part and the member's cohort's
         if participant_id is not None:
             self.version_downloads[version] = self.version_downloads.get(version, 0) + len(payload.data)
         return payload
@@ -526,7 +537,8 @@ class JobRuntime:
         now = self.clock()
         self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s,
                               k / len(eligible),
-                              encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None else None)
+                              encrypted=self.keys.new_sum(self.vector_size)
+                              if self.keys is not None and self.levels is None else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
 
@@ -543,7 +555,15 @@ class JobRuntime:
         assert r is not None
         r.bytes_down = self.version_downloads.get(r.number - 1, 0)  # the global this round trained from
         self.store.save_round(r.row(self.job_id, RoundState.AGGREGATING))
-        if r.encrypted is not None:
+        if self.levels is not None:
+            outcome = self.levels.aggregate(r, self.aggregator)
+            if outcome.refusal:
+                self._fail_attempt(outcome.refusal)
+                return
+            data, metrics = outcome.data, outcome.metrics
+            if outcome.result is not None:
+                self._record_decision(r, outcome.result)
+        elif r.encrypted is not None:
             data, metrics = r.encrypted.to_bytes(), {}
         else:
             previous = self.store.prompt(self.job_id, r.number - 1)

@@ -28,6 +28,7 @@ from fedprompt.payload import decode_vector
 from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
 from fedprompt.report import build_report, privacy_spent
 from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from participant.link import CoordinatorLink
 from participant.runtime import ParticipantRuntime
 from participant.train import Trainer, train_local
 
@@ -166,6 +167,7 @@ def simulate(
     on_round: Callable[[int], None] | None = None,
     attack: AttackSection | None = None,
     trainer: Trainer = train_local,
+    link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
@@ -173,7 +175,9 @@ def simulate(
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
     backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
-    ``participant.train.memoized`` one shared by runs that replay the same rounds).
+    ``participant.train.memoized`` one shared by runs that replay the same rounds); ``link`` builds each
+    site's ``CoordinatorLink`` (e.g. one that records every message a site sends).  The report's
+    ``final_by_participant`` holds each site's metrics on the final version (its own test split).
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -184,7 +188,7 @@ def simulate(
     job = jobs.job(job_id)
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb),
+    runtimes = [ParticipantRuntime(link(jobs, name), site, job_id, lambda cfg: build_classifier(cfg, bb),
                                    behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None,
                                    trainer=trainer)
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
@@ -215,7 +219,8 @@ def simulate(
     model = runtimes[0].model
     assert model is not None
     view = job.view()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"final_by_participant": {row.participant_id: row.metrics for row in
+                                                      jobs.store.metrics(job_id, view.global_version)}}
     if attack.kind != "none":
         extra["attack"] = attack.__dict__
         extra["malicious"] = [names[k] for k in malicious]
