@@ -177,7 +177,8 @@ def simulate(
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
     ``participant.train.memoized`` one shared by runs that replay the same rounds); ``link`` builds each
     site's ``CoordinatorLink`` (e.g. one that records every message a site sends).  The report's
-    ``final_by_participant`` holds each site's metrics on the final version (its own test split).
+    ``final_by_participant`` holds each site's metrics on the final version (its own test split); with
+    ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -221,6 +222,8 @@ def simulate(
     view = job.view()
     extra: dict[str, Any] = {"final_by_participant": {row.participant_id: row.metrics for row in
                                                       jobs.store.metrics(job_id, view.global_version)}}
+    if job.levels is not None:
+        extra["cohorts"] = dict(job.levels.plan.assigned)  # given by the admin or discovered
     if attack.kind != "none":
         extra["attack"] = attack.__dict__
         extra["malicious"] = [names[k] for k in malicious]

@@ -6,7 +6,8 @@ import argparse
 import importlib
 
 BENCHES = {"federated": "fedprompt.bench.federated", "dp": "fedprompt.bench.dp", "fewshot": "fedprompt.bench.fewshot",
-           "he": "fedprompt.bench.he", "load": "fedprompt.bench.load", "robust": "fedprompt.bench.robust"}
+           "he": "fedprompt.bench.he", "load": "fedprompt.bench.load", "robust": "fedprompt.bench.robust",
+           "personal": "fedprompt.bench.personal"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:
