@@ -437,6 +437,9 @@ class JobRuntime:
         elif self.keys is not None:
             raise PreconditionFailed(f"job {self.job_id} is encrypted: the coordinator holds no decrypted prompt; "
                                      "every key holder writes it to its state directory (prompt-latest.safetensors)")
+        elif self.levels is not None:
+            raise PreconditionFailed(f"job {self.job_id} uses prompt levels: there is no single prompt to export (each "
+                                     "member's adds its cohort's expert level and its own personal level)")
         payload = self.stored_payload(version)
         if participant_id is not None and self.levels is not None:
             payload = self.levels.view(participant_id, payload)  # the global part and the member's cohort's

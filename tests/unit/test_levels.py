@@ -18,7 +18,7 @@ from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import SecretContext
 from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import CohortSpec, DPSection, HESection, JobConfig, LevelsSection, ModelSection, dump_toml, parse_toml
-from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
 from fedprompt.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.models import build_classifier
 from fedprompt.payload import FLOAT32, encode_vector
@@ -179,6 +179,8 @@ def test_plaintext_levels_aggregate_global_over_all_and_expert_per_cohort(tmp_pa
     for member, cohort in (("a", "x"), ("c", "y")):
         view = unpack(job.global_payload(member, 1).data)
         assert list(view) == ["global", "expert"] and view["expert"] == stored[f"expert:{cohort}"]
+    with pytest.raises(PreconditionFailed, match="prompt levels"):  # no single prompt for an admin export
+        job.global_payload(None, 1)
 
 
 def test_discovered_cohorts_split_the_expert_level_and_survive_a_restart(tmp_path: Path) -> None:
