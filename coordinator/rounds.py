@@ -26,6 +26,10 @@ into the round's running encrypted sum on arrival (memory independent of the num
 stored global versions are encrypted: version 0 is the encrypted initial prompt and version ``v`` the
 encrypted aggregate (``sum n_i * delta_i`` and ``sum n_i``) of round ``v``.  Key holders rebuild the
 global prompt as ``prompt_0 + sum_v aggregate_v / weight_v``; the coordinator never sees it.
+
+Jobs with prompt levels (``[levels]``) hand updates, aggregation and downloads to ``coordinator.levels``:
+the global level is aggregated over everyone, the expert level per cohort, and each member downloads the
+global part with its own cohort's expert part.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delt
 ``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
 aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
 (``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
+
+With ``[levels]`` (``participant.levels``) the vector that leaves is the global and expert levels only, as a
+level container; the personal level is trained here and never sent.
 """
 
 from __future__ import annotations
