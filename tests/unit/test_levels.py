@@ -17,7 +17,15 @@ from coordinator.store import Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import SecretContext
 from crypto.sealing import new_exchange_key, public_bytes
-from fedprompt.config import CohortSpec, DPSection, HESection, JobConfig, LevelsSection, ModelSection, dump_toml, parse_toml
+from fedprompt.config import (
+    CohortSpec,
+    HESection,
+    JobConfig,
+    LevelsSection,
+    ModelSection,
+    dump_toml,
+    parse_toml,
+)
 from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
 from fedprompt.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.models import build_classifier
