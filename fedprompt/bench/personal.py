@@ -76,8 +76,8 @@ def cohort_sites(train: list[Example], test: list[Example], seed: int) -> tuple[
     rng = np.random.default_rng(seed)
     pools = {split: {label: [ex for ex in examples if ex.label == label] for label in BUILTIN[DATASET].label_names}
              for split, examples in (("train", train), ("test", test))}
-    for split in pools.values():
-        for examples in split.values():
+    for by_label in pools.values():
+        for examples in by_label.values():
             rng.shuffle(examples)  # type: ignore[arg-type]
     sites, mixes = [], []
     for topics in COHORTS.values():

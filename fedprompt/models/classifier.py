@@ -52,7 +52,7 @@ class LevelledPrompt(nn.Module):
 
     @property
     def length(self) -> int:
-        return sum(int(p.embedding.num_embeddings) for p in self.levels.values())  # type: ignore[union-attr]
+        return sum(typing.cast(SoftPrompt, p).length for p in self.levels.values())
 
     def forward(self, batch_size: int) -> torch.Tensor:
         return torch.cat([p(batch_size) for p in self.levels.values()], dim=1)
@@ -108,7 +108,7 @@ class PromptClassifier(nn.Module):
                 raise ConfigError(f"model.prompt_length: {prompt_length} differs from the levels' {level_tokens}")
             self.prompt = LevelledPrompt({name: _vocab_init(backbone, n, seed + i)
                                           for i, (name, n) in enumerate(level_tokens.items())})
-        dim = int(backbone.model.get_input_embeddings().weight.shape[1])
+        dim = int(typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight).shape[1])
         self.head: nn.Linear | None = None
         if self.kind == "encoder":
             self.head = nn.Linear(dim, len(label_words))
