@@ -82,18 +82,20 @@ def memoized(trainer: Trainer) -> Trainer:
     Local training is a pure function of those inputs, so experiments that replay the same round from the
     same global prompt (e.g. one scenario under several aggregators) can skip the repeat.
     """
-    cache: dict[str, tuple[np.ndarray, TrainResult]] = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray, TrainResult]] = {}
 
     def run(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
             progress: ProgressFn | None = None) -> TrainResult:
         digest = hashlib.sha256(model.get_vector().tobytes())
+        digest.update(model.personal_vector().tobytes())  # a personal prompt level is a start state too
         digest.update(repr((seed, config, labels, [e.text for e in examples])).encode())
         key = digest.hexdigest()
         if key not in cache:
             result = trainer(model, examples, labels, config, seed, progress)
-            cache[key] = (model.get_vector(), result)
-        vector, result = cache[key]
+            cache[key] = (model.get_vector(), model.personal_vector(), result)
+        vector, personal, result = cache[key]
         model.set_vector(vector)
+        model.set_personal_vector(personal)
         return result
 
     return run
