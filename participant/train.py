@@ -77,7 +77,7 @@ def train_local(
 
 
 def memoized(trainer: Trainer) -> Trainer:
-    """``trainer`` with results remembered by (start vector, examples, labels, config, seed).
+    """``trainer`` with results remembered by (start vector, personal level, examples, labels, config, seed).
 
     Local training is a pure function of those inputs, so experiments that replay the same round from the
     same global prompt (e.g. one scenario under several aggregators) can skip the repeat.
