@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 
 from coordinator.aggregation import job_aggregator
+from coordinator.levels import check_levels
 from coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
@@ -39,6 +40,7 @@ class JobManager:
             raise ConfigError('job.allowed_participants: empty admits nobody; list the participant identities that '
                               'may join (e.g. ["participant:hospital-a"]) or ["*"] for any certified participant')
         job_aggregator(config)
+        check_levels(config)
         job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)

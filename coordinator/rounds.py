@@ -32,6 +32,10 @@ ciphertexts instead of folding them; when the round closes the coordinator compu
 matrix, gives two key holders a DECRYPT task, and decides once both answered alike (``coordinator.hegram``):
 the same ``GramDefence.judge`` as the plaintext path, then only the accepted ciphertexts are summed.  If the
 decryptors disagree, or do not answer before the deadline, the attempt fails without a decision.
+
+Jobs with prompt levels (``[levels]``) hand updates, aggregation and downloads to ``coordinator.levels``:
+the global level is aggregated over everyone, the expert level per cohort, and each member downloads the
+global part with its own cohort's expert part.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import structlog
 from coordinator.aggregation import AggregateResult, Contribution, GramDefence, job_aggregator
 from coordinator.hegram import DECRYPTORS, GramRound
 from coordinator.keys import JobKeys
+from coordinator.levels import JobLevels
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
 from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
@@ -158,7 +163,7 @@ class JobRuntime:
         self.config_toml = config_toml
         # What participants see: the job without its allow-list, so no member learns who else may join.
         self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
-            config.job, allowed_participants=())))
+            config.job, allowed_participants=()), levels=dataclasses.replace(config.levels, cohorts=())))
         self.store = store
         self.clock = clock
         self.offline_after_s = offline_after_s
@@ -166,6 +171,10 @@ class JobRuntime:
         self.aggregator = job_aggregator(config)
         self.keys = JobKeys(job_id, config.he_params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
+        # Prompt levels (PLMM): updates and versions become level containers, aggregated level by level.
+        self.levels = JobLevels(job_id, config, store, self.keys) if config.levels.enabled else None
+        if self.levels is not None:
+            self.encoding = self.levels.encoding
         if config.dp.participant_level:
             self.aggregator = UniformWeights(self.aggregator, config.job.min_participants)
         self.privacy = ParticipantLedger(job_id, config.dp, store)
@@ -358,6 +367,8 @@ class JobRuntime:
 
     def _max_bytes(self) -> int:
         """The largest payload this job accepts: a float32 vector, or its encryption under the job's context."""
+        if self.levels is not None:
+            return self.levels.max_bytes(self.vector_size)
         if self.keys is None:
             return 4 * self.vector_size
         return self.keys.require_context().expected_size(self.vector_size)
@@ -371,7 +382,9 @@ class JobRuntime:
             self.tick()
             return
         r = self.open
-        if self.keys is not None:
+        if self.levels is not None:
+            vector = self.levels.accept(participant_id, payload, r)
+        elif self.keys is not None:
             # Validate completely (job key id, chunk count, parse under this job's context) before folding.
             context = self.keys.require_context()
             if payload.round == 0:
@@ -457,7 +470,12 @@ class JobRuntime:
         elif self.keys is not None:
             raise PreconditionFailed(f"job {self.job_id} is encrypted: the coordinator holds no decrypted prompt; "
                                      "every key holder writes it to its state directory (prompt-latest.safetensors)")
+        elif self.levels is not None:
+            raise PreconditionFailed(f"job {self.job_id} uses prompt levels: there is no single prompt to export (each "
+                                     "member's adds its cohort's expert level and its own personal level)")
         payload = self.stored_payload(version)
+        if participant_id is not None and self.levels is not None:
+            payload = self.levels.view(participant_id, payload)  # the global part and the member's cohort's
         if participant_id is not None:
             self.version_downloads[version] = self.version_downloads.get(version, 0) + len(payload.data)
         return payload
@@ -560,7 +578,7 @@ class JobRuntime:
         self.open = OpenRound(number, self.next_attempt, selected, now, now + self.config.job.round_deadline_s,
                               k / len(eligible),
                               encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None and not
-                              self.config.encrypted_gram else None,
+                              self.config.encrypted_gram and self.levels is None else None,
                               gram=self.keys.new_gram_round(self.vector_size) if self.keys is not None and
                               self.config.encrypted_gram else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
@@ -583,7 +601,15 @@ class JobRuntime:
             if not r.gram.started:
                 self._begin_gram(r)
             return
-        if r.encrypted is not None:
+        if self.levels is not None:
+            outcome = self.levels.aggregate(r, self.aggregator)
+            if outcome.refusal:
+                self._fail_attempt(outcome.refusal)
+                return
+            data, metrics = outcome.data, outcome.metrics
+            if outcome.result is not None:
+                self._record_decision(r, outcome.result)
+        elif r.encrypted is not None:
             data, metrics = r.encrypted.to_bytes(), {}
         else:
             current = self._global_vector(r.number - 1)

@@ -15,7 +15,8 @@ PRIVACY_HEADERS = ("eps_rec_max", "eps_rec_median", "eps_participant")
 
 def round_rows(view: JobView) -> list[dict[str, Any]]:
     """One dict per completed round: accuracy/loss of its global version, bytes, seconds, the round's
-    pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on, and (with DP) the record-level
+    pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on, the prompt levels' cohort counts
+    (``expert_cohorts_*``, ``cohorts_discovered``) when ``[levels]`` is on, and (with DP) the record-level
     epsilon of its contributors (max, median) and the participant-level epsilon so far."""
     rows = []
     for r in view.rounds:
@@ -25,7 +26,8 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
             "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
-            **{k: v for k, v in r.metrics.items() if k.startswith("pseudo_label") or k == "gram_seconds"},
+            **{k: v for k, v in r.metrics.items()
+               if k.startswith(("pseudo_label", "expert_cohorts", "cohorts_")) or k == "gram_seconds"},
             **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
             "model_queries": r.metrics.get("model_queries"), "peak_rss_mb": r.metrics.get("peak_rss_mb"),
         })

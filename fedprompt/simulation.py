@@ -29,6 +29,7 @@ from fedprompt.report import build_report, privacy_spent
 from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from participant.blackbox import BlackboxLearner
 from participant.learner import Learner
+from participant.link import CoordinatorLink
 from participant.model_service import ModelHost
 from participant.runtime import ParticipantRuntime
 from participant.train import GradientLearner, Trainer, train_local
@@ -187,6 +188,7 @@ def simulate(
     attack: AttackSection | None = None,
     trainer: Trainer = train_local,
     state_root: Path | None = None,
+    link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
@@ -196,7 +198,9 @@ def simulate(
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
     ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
     site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
-    ``state_root/<site name>``.
+    ``state_root/<site name>``; ``link`` builds each site's ``CoordinatorLink`` (e.g. one that records every
+    message a site sends).  The report's ``final_by_participant`` holds each site's metrics on the final
+    version (its own test split); with ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
     """
     started = time.perf_counter()
     bb = backbone or load_backbone(config.model.path, config.model.kind)
@@ -207,7 +211,7 @@ def simulate(
     job = jobs.job(job_id)
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
-    runtimes = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: local_learner(cfg, bb, trainer),
+    runtimes = [ParticipantRuntime(link(jobs, name), site, job_id, lambda cfg: local_learner(cfg, bb, trainer),
                                    state_dir=state_root / name if state_root is not None else None,
                                    behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None)
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
@@ -238,7 +242,10 @@ def simulate(
     learner = runtimes[0].learner
     assert learner is not None
     view = job.view()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"final_by_participant": {row.participant_id: row.metrics for row in
+                                                      jobs.store.metrics(job_id, view.global_version)}}
+    if job.levels is not None:
+        extra["cohorts"] = dict(job.levels.plan.assigned)  # given by the admin or discovered
     if attack.kind != "none":
         extra["attack"] = attack.__dict__
         extra["malicious"] = [names[k] for k in malicious]

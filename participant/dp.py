@@ -128,12 +128,12 @@ def train_local_dp(
     accountant: RecordAccountant,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """DP-SGD (with Adam as the base optimizer) on the exchanged parameters for ``plan.steps_per_round`` steps.
+    """DP-SGD (with Adam as the base optimizer) on the trainable parameters for ``plan.steps_per_round`` steps.
 
     Each step samples every example independently with probability ``plan.sample_rate``; an empty sample
     still takes a (noise-only) step, as the sampled Gaussian mechanism requires.
     """
-    params = model.exchanged_parameters()
+    params = model.trainable_parameters()
     wrapped = GradSampleModule(model, loss_reduction="mean")
     noise = torch.Generator().manual_seed(secrets.randbits(63))
     optimiser = DPOptimizer(torch.optim.Adam(params, lr=config.lr), noise_multiplier=plan.noise_multiplier,

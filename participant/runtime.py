@@ -20,6 +20,9 @@ How the vector is learned is the ``Learner``'s business: a local PLM copy with g
 (``participant.train.GradientLearner``, optionally under DP-SGD), or a black-box search that only queries a
 model service (``participant.blackbox``; then this process never imports torch, so the DP module is imported
 only by jobs that use it).
+
+With ``[levels]`` (``participant.levels``) the vector that leaves is the global and expert levels only, as a
+level container; the personal level is trained here and never sent.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
 from participant.fewshot import PseudoLabeller
 from participant.keys import KeyHolder
 from participant.learner import Learner, ProgressFn, peak_rss_mb
+from participant.levels import SiteLevels
 from participant.link import ROUND_MOVED_ON, CoordinatorLink
 
 if TYPE_CHECKING:
@@ -100,6 +104,7 @@ class ParticipantRuntime:
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
         self.keys: KeyHolder | None = None
+        self.levels: SiteLevels | None = None
         self.log = log
         self.stop = threading.Event()  # set by the daemon's SIGTERM handler; checked between tasks
         self.busy = False  # a task is in hand (a stop then waits for it to finish)
@@ -122,6 +127,9 @@ class ParticipantRuntime:
         info = self._join_request(description.job_id)
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
+        if self.config.levels.enabled:
+            self.levels = SiteLevels(learner, self.config.levels.expert_tokens, self.keys is not None, info.job_id,
+                                     self.state_dir)
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
                                             f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
@@ -158,6 +166,8 @@ class ParticipantRuntime:
     def _payload(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
         """What leaves the site: the plain vector, or the encryption of ``weight * vector`` and ``weight``."""
         assert self.info is not None
+        if self.levels is not None:
+            return self.levels.payload(round_, vector, weight, self.keys.require() if self.keys is not None else None)
         size = self._learner().vector_size
         if self.keys is None:
             return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
@@ -178,7 +188,8 @@ class ParticipantRuntime:
             assert self.info is not None
             if self.keys is None:
                 payload = self.link.download(self.info.job_id, version)
-                self._globals = {version: decode_vector(payload, self._learner().vector_size)}
+                self._globals = {version: self.levels.decode(payload) if self.levels is not None
+                                 else decode_vector(payload, self._learner().vector_size)}
             else:
                 self._globals = {version: self._decrypted_global(version)}
         return self._globals[version]
@@ -192,8 +203,12 @@ class ParticipantRuntime:
         current, vector = (known[0], self._globals[known[0]].astype(np.float64)) if known else (-1, np.zeros(size))
         while current < version:
             current += 1
-            total, weight = secret.decrypt(self.link.download(self.info.job_id, current).data, size)
-            vector = total / weight if current == 0 else vector + total / weight
+            payload = self.link.download(self.info.job_id, current)
+            if self.levels is not None:
+                vector = self.levels.decrypt(payload, secret, vector if current else None)
+            else:
+                total, weight = secret.decrypt(payload.data, size)
+                vector = total / weight if current == 0 else vector + total / weight
             if self.state_dir is not None:
                 (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
                 np.save(self.state_dir / "globals" / f"version-{current:04d}.npy", vector)
@@ -256,6 +271,8 @@ class ParticipantRuntime:
             local, result = learner.train(start_vector, examples, labels, seed, bar)
             honest = local - start_vector
         delta = self.behaviour.outgoing_delta(honest, task.round)  # identity unless simulating an attack
+        if self.levels is not None:
+            self.levels.keep_personal()  # the personal prompt stays here, in the model and the state directory
         if self.state_dir is not None:
             outbox = self.state_dir / "updates"
             outbox.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def train_local(
     seed: int,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Adam on the exchanged parameters for ``local_epochs`` (capped at ``max_steps``); returns the mean loss.
+    """Adam on the trainable parameters (exchanged + personal) for ``local_epochs`` (capped at ``max_steps``); returns the mean loss.
 
     Optimiser state starts fresh each round: only the prompt crosses the network, so momentum cannot be
     shared, and starting fresh keeps every round a pure function of the global prompt and the local data.
@@ -51,7 +51,7 @@ def train_local(
 def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection,
                 seed: int, progress: ProgressFn | None) -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.exchanged_parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
     total = steps_per_round(len(examples), config)
     y = torch.tensor(labels)
     losses: list[float] = []
@@ -78,23 +78,25 @@ def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[i
 
 
 def memoized(trainer: Trainer) -> Trainer:
-    """``trainer`` with results remembered by (start vector, examples, labels, config, seed).
+    """``trainer`` with results remembered by (start vector, personal level, examples, labels, config, seed).
 
     Local training is a pure function of those inputs, so experiments that replay the same round from the
     same global prompt (e.g. one scenario under several aggregators) can skip the repeat.
     """
-    cache: dict[str, tuple[np.ndarray, TrainResult]] = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray, TrainResult]] = {}
 
     def run(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
             progress: ProgressFn | None = None) -> TrainResult:
         digest = hashlib.sha256(model.get_vector().tobytes())
+        digest.update(model.personal_vector().tobytes())  # a personal prompt level is a start state too
         digest.update(repr((seed, config, labels, [e.text for e in examples])).encode())
         key = digest.hexdigest()
         if key not in cache:
             result = trainer(model, examples, labels, config, seed, progress)
-            cache[key] = (model.get_vector(), result)
-        vector, result = cache[key]
+            cache[key] = (model.get_vector(), model.personal_vector(), result)
+        vector, personal, result = cache[key]
         model.set_vector(vector)
+        model.set_personal_vector(personal)
         return result
 
     return run

@@ -7,7 +7,7 @@ import importlib
 
 BENCHES = {"federated": "fedprompt.bench.federated", "dp": "fedprompt.bench.dp", "fewshot": "fedprompt.bench.fewshot",
            "he": "fedprompt.bench.he", "load": "fedprompt.bench.load", "robust": "fedprompt.bench.robust",
-           "blackbox": "fedprompt.bench.blackbox"}
+           "blackbox": "fedprompt.bench.blackbox", "personal": "fedprompt.bench.personal"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.levels import GLOBAL, PERSONAL
 from fedprompt.models.backbone import Backbone
 
 
@@ -39,6 +40,22 @@ class SoftPrompt(nn.Module):
 
     def forward(self, batch_size: int) -> torch.Tensor:
         return self.embedding(self.positions.unsqueeze(0).expand(batch_size, -1))
+
+
+class LevelledPrompt(nn.Module):
+    """Prompt levels (``global | expert | personal``, see ``fedprompt.levels``), each its own ``SoftPrompt``
+    (so Opacus computes per-sample gradients for all), concatenated in level order; a 0-token level is absent."""
+
+    def __init__(self, inits: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.levels = nn.ModuleDict({name: SoftPrompt(init) for name, init in inits.items() if init.shape[0] > 0})
+
+    @property
+    def length(self) -> int:
+        return sum(typing.cast(SoftPrompt, p).length for p in self.levels.values())
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return torch.cat([p(batch_size) for p in self.levels.values()], dim=1)
 
 
 def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
@@ -72,7 +89,10 @@ class PromptClassifier(nn.Module):
         template: str = "{text}",
         seed: int = 0,
         train_head: bool = True,
+        level_tokens: dict[str, int] | None = None,
     ) -> None:
+        """``level_tokens`` (level name -> tokens, in ``fedprompt.levels.LEVELS`` order, summing to
+        ``prompt_length``) builds a levelled prompt; without it the prompt is one global level."""
         super().__init__()
         if prompt_length < 1:
             raise ConfigError(f"model.prompt_length: must be >= 1, got {prompt_length}")
@@ -83,10 +103,18 @@ class PromptClassifier(nn.Module):
         self.kind = backbone.kind
         self.max_length = max_length
         self.template = template
-        self.prompt = SoftPrompt(_vocab_init(backbone, prompt_length, seed))
+        self.prompt: SoftPrompt | LevelledPrompt
+        if level_tokens is None:
+            self.prompt = SoftPrompt(_vocab_init(backbone, prompt_length, seed))
+        else:
+            if sum(level_tokens.values()) != prompt_length:
+                raise ConfigError(f"model.prompt_length: {prompt_length} differs from the levels' {level_tokens}")
+            self.prompt = LevelledPrompt({name: _vocab_init(backbone, n, seed + i)
+                                          for i, (name, n) in enumerate(level_tokens.items())})
+        dim = int(typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight).shape[1])
         self.head: nn.Linear | None = None
         if self.kind == "encoder":
-            self.head = nn.Linear(self.prompt.embedding.embedding_dim, len(label_words))
+            self.head = nn.Linear(dim, len(label_words))
             with torch.no_grad():
                 anchors = F.normalize(self._pool_plain(list(label_words)), dim=-1)
                 self.head.weight.copy_(anchors * self.logit_scale)
@@ -105,12 +133,37 @@ class PromptClassifier(nn.Module):
     def num_labels(self) -> int:
         return int(self.head.out_features if self.head is not None else self.label_token_ids.numel())
 
+    def level_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable tensors by prompt level, in vector order.  The label head is shared by everyone, so it
+        belongs to the global level (right after the global prompt); without levels all is global."""
+        head = list(self.head.parameters()) if self.head is not None and self.head.weight.requires_grad else []
+        if isinstance(self.prompt, SoftPrompt):
+            return {GLOBAL: list(self.prompt.parameters()) + head}
+        levels = {name: list(p.parameters()) for name, p in self.prompt.levels.items()}
+        levels[GLOBAL] = levels[GLOBAL] + head
+        return levels
+
     def exchanged_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors in a fixed order: the vector that crosses the network (a frozen head stays)."""
-        params = list(self.prompt.parameters())
-        if self.head is not None and self.head.weight.requires_grad:
-            params += list(self.head.parameters())
-        return params
+        """The trainable tensors in a fixed order that cross the network: every level but the personal one (a
+        frozen head stays out)."""
+        return [p for name, params in self.level_parameters().items() if name != PERSONAL for p in params]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything local training updates: the exchanged tensors and the personal level."""
+        return [p for params in self.level_parameters().values() for p in params]
+
+    def level_sizes(self) -> dict[str, int]:
+        """Size of each exchanged level's slice of ``get_vector()``, in vector order."""
+        return {name: sum(p.numel() for p in params) for name, params in self.level_parameters().items()
+                if name != PERSONAL}
+
+    def personal_vector(self) -> np.ndarray:
+        """The personal level flattened (empty without one): it stays at the site."""
+        return _flatten(self.level_parameters().get(PERSONAL, []))
+
+    def set_personal_vector(self, vector: np.ndarray) -> None:
+        """Load a personal level saved by ``personal_vector`` (of this model's exact size)."""
+        _load(self.level_parameters().get(PERSONAL, []), vector, "personal prompt")
 
     def _pool_plain(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -159,18 +212,11 @@ class PromptClassifier(nn.Module):
 
     def get_vector(self) -> np.ndarray:
         """The exchanged parameters flattened to one float32 vector."""
-        return torch.cat([p.detach().reshape(-1) for p in self.exchanged_parameters()]).numpy().astype(np.float32)
+        return _flatten(self.exchanged_parameters())
 
     def set_vector(self, vector: np.ndarray) -> None:
         """Load a flat vector produced by ``get_vector`` (of this model's exact size)."""
-        if vector.shape != (self.vector_size,):
-            raise InvalidUpdate(f"prompt vector has shape {vector.shape}, expected ({self.vector_size},)")
-        offset = 0
-        with torch.no_grad():
-            for p in self.exchanged_parameters():
-                n = p.numel()
-                p.copy_(torch.from_numpy(vector[offset : offset + n].copy()).reshape(p.shape))
-                offset += n
+        _load(self.exchanged_parameters(), vector, "prompt vector")
 
     @property
     def vector_size(self) -> int:
@@ -179,3 +225,21 @@ class PromptClassifier(nn.Module):
     @property
     def plm_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
+
+
+def _flatten(params: list[nn.Parameter]) -> np.ndarray:
+    if not params:
+        return np.zeros(0, dtype=np.float32)
+    return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float32)
+
+
+def _load(params: list[nn.Parameter], vector: np.ndarray, what: str) -> None:
+    size = sum(p.numel() for p in params)
+    if vector.shape != (size,):
+        raise InvalidUpdate(f"{what} has shape {vector.shape}, expected ({size},)")
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(torch.from_numpy(vector[offset : offset + n].copy()).reshape(p.shape))
+            offset += n

@@ -4,9 +4,9 @@ rebuilt by every participant and evaluated."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from crypto.ckks import CkksParams
 from fedprompt.config import HESection

@@ -1,0 +1,199 @@
+"""Prompt levels (PLMM): global-only vs global+expert vs global+expert+personal prompts, one run.
+
+Non-IID BBC News where cohorts genuinely differ: two cohorts of three sites, each cohort sees a different
+subset of the five topics (a "finance desk": business, politics, tech; a "culture desk": entertainment,
+sport, tech), and within a cohort every site's label mix is drawn from Dirichlet(``ALPHA``) over its
+cohort's topics.  Each site's test split has its own training label mix, so accuracy is measured on each
+participant's own distribution; the table gives the mean and the worst participant.
+
+The three runs share the backbone (loaded once), the sites, the rounds, the local step budget and the
+total prompt length (``TOKENS`` = 16 virtual tokens), so only the split into levels differs:
+
+- ``global``: 16 global tokens (levels off: plain FedAvg prompt tuning);
+- ``global+expert``: 8 global + 8 expert tokens, the expert level averaged per admin-given cohort;
+- ``global+expert+personal``: 8 global + 4 expert + 4 personal tokens, the personal level never leaving
+  its site.
+
+A fourth run repeats the three-level setting with ``cohorts_from = "discover"`` (cohorts clustered from
+the Gram matrix of round 1's updates) and reports whether discovery recovered the planted cohorts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedprompt.config import (
+    CohortSpec,
+    JobConfig,
+    JobSection,
+    LevelsSection,
+    ModelSection,
+    TaskSection,
+    TrainSection,
+)
+from fedprompt.data.datasets import BUILTIN, Example
+from fedprompt.data.shards import SiteData, load_split
+from fedprompt.models import load_backbone
+from fedprompt.report import table, write_json
+from fedprompt.simulation import simulate
+
+DATASET = "bbc_news"
+COHORTS = {"finance-desk": ("business", "politics", "tech"), "culture-desk": ("entertainment", "sport", "tech")}
+SITES_PER_COHORT = 3
+TRAIN_PER_SITE = 48
+TEST_PER_SITE = 40
+TEST_SPLIT = 800  # the global test split the sites draw from (160 per topic; a topic shared by both cohorts is drawn by 6 sites)
+ALPHA = 0.5
+ROUNDS = 4
+STEPS = 8
+BATCH = 8
+TOKENS = 16
+MAX_LENGTH = 64
+SETTINGS = {  # levels -> (global, expert, personal) tokens; (TOKENS, 0, 0) means levels off
+    "global": (TOKENS, 0, 0),
+    "global+expert": (8, 8, 0),
+    "global+expert+personal": (8, 4, 4),
+}
+
+
+def site_names() -> dict[str, list[str]]:
+    """Cohort -> its sites, named as ``simulate`` names them (site-0, site-1, ...)."""
+    out, k = {}, 0
+    for cohort in COHORTS:
+        out[cohort] = [f"site-{k + i}" for i in range(SITES_PER_COHORT)]
+        k += SITES_PER_COHORT
+    return out
+
+
+def cohort_sites(train: list[Example], test: list[Example], seed: int) -> tuple[list[SiteData], list[dict[str, int]]]:
+    """Deal sites cohort by cohort: each site draws a label mix from Dirichlet(ALPHA) over its cohort's topics,
+    then takes ``TRAIN_PER_SITE`` training and ``TEST_PER_SITE`` test examples in that mix (disjoint)."""
+    rng = np.random.default_rng(seed)
+    pools = {split: {label: [ex for ex in examples if ex.label == label] for label in BUILTIN[DATASET].label_names}
+             for split, examples in (("train", train), ("test", test))}
+    for by_label in pools.values():
+        for examples in by_label.values():
+            rng.shuffle(examples)  # type: ignore[arg-type]
+    sites, mixes = [], []
+    for topics in COHORTS.values():
+        for _ in range(SITES_PER_COHORT):
+            mix = rng.dirichlet([ALPHA] * len(topics))
+            site: dict[str, list[Example]] = {}
+            for split, size in (("train", TRAIN_PER_SITE), ("test", TEST_PER_SITE)):
+                counts = np.floor(mix * size).astype(int)
+                counts[np.argmax(mix)] += size - counts.sum()
+                site[split] = [ex for label, n in zip(topics, counts, strict=True) for ex in
+                               [pools[split][label].pop() for _ in range(min(n, len(pools[split][label])))]]
+            mixes.append({label: int(n) for label, n in zip(topics, np.floor(mix * TRAIN_PER_SITE), strict=True)})
+            sites.append(SiteData(site["train"], site["test"]))
+    return sites, mixes
+
+
+def job_config(levels: str, seed: int, discover: bool = False) -> JobConfig:
+    """Every site in every round, ``STEPS`` local steps per round; the levels split ``TOKENS`` tokens."""
+    global_tokens, expert_tokens, personal_tokens = SETTINGS[levels]
+    spec = BUILTIN[DATASET]
+    n_sites = SITES_PER_COHORT * len(COHORTS)
+    cohorts = tuple(CohortSpec(name, tuple(members)) for name, members in site_names().items())
+    return JobConfig(
+        job=JobSection(name=f"personal-{levels}", rounds=ROUNDS, participants_per_round=n_sites,
+                       min_participants=n_sites, round_deadline_s=3600.0, seed=seed),
+        model=ModelSection(path="builtin:minilm", prompt_length=TOKENS, max_length=MAX_LENGTH),
+        task=TaskSection(label_names=spec.label_names, label_words=spec.label_words),
+        train=TrainSection(local_epochs=STEPS, max_steps=STEPS, batch_size=BATCH, lr=0.01),
+        levels=LevelsSection(enabled=levels != "global", global_tokens=global_tokens, expert_tokens=expert_tokens,
+                             personal_tokens=personal_tokens, cohorts_from="discover" if discover else "admin",
+                             cohorts=cohorts if expert_tokens and not discover else (), num_cohorts=len(COHORTS),
+                             discover_round=1),
+    )
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """Mean and worst per-participant accuracy on the final version, each on its own test split."""
+    accuracy = {pid: m["accuracy"] for pid, m in sorted(report["final_by_participant"].items())}
+    worst = min(accuracy, key=accuracy.__getitem__)
+    return {"mean_accuracy": float(np.mean(list(accuracy.values()))), "worst_accuracy": accuracy[worst],
+            "worst_participant": worst, "per_participant": accuracy,
+            "accuracy_per_round": [r["accuracy"] for r in report["rounds"]], "zero_shot": report["zero_shot_accuracy"]}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean and worst participant accuracy per levels setting, as grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x - 0.2, [r["mean_accuracy"] for r in rows], 0.4, label="mean participant")
+    ax.bar(x + 0.2, [r["worst_accuracy"] for r in rows], 0.4, label="worst participant")
+    ax.set_xticks(x, [r["levels"] for r in rows])
+    ax.set_ylabel("accuracy on own test split")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("BBC News, 2 cohorts x 3 sites: prompt levels")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(2)
+    backbone = load_backbone("builtin:minilm")
+    train, test, _ = load_split(DATASET, TEST_SPLIT, args.seed, BUILTIN[DATASET].label_names)
+    sites, mixes = cohort_sites(train, test, args.seed)
+    rows, details, seconds = [], {}, {}
+    for levels in SETTINGS:
+        began = time.perf_counter()
+        report = simulate(job_config(levels, args.seed), sites, backbone)
+        seconds[levels] = round(time.perf_counter() - began, 1)
+        details[levels] = summarise(report)
+        rows.append({"levels": levels, "mean_accuracy": details[levels]["mean_accuracy"],
+                     "worst_accuracy": details[levels]["worst_accuracy"]})
+        print(f"[bench personal] {levels}: mean {rows[-1]['mean_accuracy']:.4f}, worst "
+              f"{rows[-1]['worst_accuracy']:.4f} in {seconds[levels]:.0f} s", flush=True)
+    began = time.perf_counter()
+    found = simulate(job_config("global+expert+personal", args.seed, discover=True), sites, backbone)
+    seconds["discover"] = round(time.perf_counter() - began, 1)
+    planted = {site: cohort for cohort, members in site_names().items() for site in members}
+    discovered = discovered_cohorts(found, planted)
+    out = {
+        "rows": rows,
+        "details": details,
+        "discovered_cohorts": discovered,
+        "settings": {"dataset": DATASET, "cohorts": {c: list(t) for c, t in COHORTS.items()},
+                     "sites": site_names(), "train_label_mix": mixes, "alpha": ALPHA, "train_per_site": TRAIN_PER_SITE,
+                     "test_per_site": TEST_PER_SITE, "rounds": ROUNDS, "steps_per_site_round": STEPS,
+                     "batch_size": BATCH, "total_prompt_tokens": TOKENS,
+                     "tokens": {k: dict(zip(("global", "expert", "personal"), v, strict=True)) for k, v in SETTINGS.items()},
+                     "backbone": "builtin:minilm", "max_length": MAX_LENGTH, "seed": args.seed, "torch_threads": 2},
+        "seconds": seconds,
+    }
+    print(table(["levels", "mean_accuracy", "worst_accuracy", "worst_participant"],
+                [[r["levels"], r["mean_accuracy"], r["worst_accuracy"], details[r["levels"]]["worst_participant"]]
+                 for r in rows]))
+    print(f"discovered cohorts {discovered['assignment']} recover the planted ones: {discovered['recovered']}; "
+          f"that run: mean {discovered['mean_accuracy']:.4f}, worst {discovered['worst_accuracy']:.4f}")
+    report_path = Path(args.report or "reports/bench-personal.json")
+    write_json(out, report_path)
+    plot(rows, report_path.with_suffix(".png"))
+    return 0
+
+
+def discovered_cohorts(report: dict[str, Any], planted: dict[str, str]) -> dict[str, Any]:
+    """Which cohort discovery put each site in, whether that partition equals the planted one, and the run's
+    mean and worst participant accuracy."""
+    assignment = dict(report["cohorts"])
+    groups = {frozenset(s for s in assignment if assignment[s] == c) for c in assignment.values()}
+    truth = {frozenset(s for s in planted if planted[s] == c) for c in planted.values()}
+    summary = summarise(report)
+    return {"assignment": assignment, "recovered": groups == truth, "mean_accuracy": summary["mean_accuracy"],
+            "worst_accuracy": summary["worst_accuracy"], "per_participant": summary["per_participant"]}
