@@ -31,8 +31,8 @@ SITES = 3
 ROUNDS = 4
 STEPS = 30
 TEST_SIZE = 500
-BLACKBOX = BlackboxSection(enabled=True, intrinsic_dim=500, population=16, sigma=1.0, local_iterations=16,
-                           batch_size=32)
+BLACKBOX = BlackboxSection(enabled=True, intrinsic_dim=500, population=12, sigma=1.0, local_iterations=10,
+                           batch_size=16)
 #: (mode, aggregation, HE): FedBPT's server step needs the local means in the clear (plaintext with mTLS in
 #: production); its linear variant is the one CKKS can compute, so it runs encrypted.
 RUNS = (("gradient", "fedavg", False), ("blackbox", "fedbpt", False), ("blackbox", "fedbpt_linear", True))
