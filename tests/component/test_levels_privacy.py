@@ -24,6 +24,7 @@ from fedprompt.simulation import LocalLink, simulate
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from participant.grpc_link import GrpcLink
 from participant.levels import SiteLevels
+from participant.train import GradientLearner
 from participant.runtime import ParticipantRuntime
 from participant.train import ProgressFn, TrainResult, train_local
 from tests.support import LiveCoordinator, tiny_job, toy_sites
@@ -114,10 +115,10 @@ def test_personal_prompt_persists_in_the_state_directory_only(tiny_encoder_dir: 
         enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1, cohorts_from="discover"))
     model = build_classifier(config)
     model.set_personal_vector(np.arange(32, dtype=np.float32))
-    SiteLevels(model, 1, False, "job-1", tmp_path).keep_personal()
+    SiteLevels(GradientLearner(model, config.train), 1, False, "job-1", tmp_path).keep_personal()
     assert (tmp_path / "personal" / "job-1.npy").exists()
     fresh = build_classifier(config)
-    SiteLevels(fresh, 1, False, "job-1", tmp_path)
+    SiteLevels(GradientLearner(fresh, config.train), 1, False, "job-1", tmp_path)
     assert np.array_equal(fresh.personal_vector(), np.arange(32, dtype=np.float32))
 
 
@@ -175,8 +176,9 @@ def test_no_personal_value_leaves_over_grpc(tiny_encoder_dir: Path, tmp_path: Pa
             link = GrpcLink(coordinator.target, name, give_up_after_s=10)
             link.channel = grpc.intercept_channel(link.channel, recorder)
             link.stub = participant_pb2_grpc.ParticipantServiceStub(link.channel)
-            runtimes.append(ParticipantRuntime(link, site, job_id, build_classifier, state_dir=tmp_path / name,
-                                               trainer=observed))
+            runtimes.append(ParticipantRuntime(
+                link, site, job_id, lambda cfg: GradientLearner(build_classifier(cfg), cfg.train, observed),
+                state_dir=tmp_path / name))
         for runtime in runtimes:
             runtime.join()
         admin.start(job_id)
