@@ -24,9 +24,8 @@ from fedprompt.simulation import LocalLink, simulate
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from participant.grpc_link import GrpcLink
 from participant.levels import SiteLevels
-from participant.train import GradientLearner
 from participant.runtime import ParticipantRuntime
-from participant.train import ProgressFn, TrainResult, train_local
+from participant.train import GradientLearner, ProgressFn, TrainResult, train_local
 from tests.support import LiveCoordinator, tiny_job, toy_sites
 
 SITES = ("site-0", "site-1", "site-2", "site-3")
