@@ -34,25 +34,29 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-# ---- coordinator -------------------------------------------------------------------------------------
-def cmd_coordinator_serve(args: argparse.Namespace) -> int:
-    from coordinator.server import CoordinatorServer
-    from fedprompt.config import CoordinatorConfig, load_toml, parse_toml
+def _server_settings(args: argparse.Namespace, config_cls: type, section: str, keys: tuple[str, ...]) -> Any:
+    """A server's settings: its TOML file (``--config``) or the defaults, then ``--set`` pairs, then the named
+    command-line options that were given, then ``--insecure``; validated at load with the bad key named."""
+    from fedprompt.config import load_toml, parse_toml
 
     overrides = _overrides(args.set)
-    for key in ("listen", "state_dir", "ca_cert", "cert", "key", "crl"):
-        if getattr(args, key):
-            overrides[f"coordinator.{key}"] = getattr(args, key)
+    for key in keys:
+        if getattr(args, key) not in (None, ""):
+            overrides[f"{section}.{key}"] = getattr(args, key)
     if args.insecure:
-        overrides["coordinator.insecure"] = True
-    settings = (load_toml(args.config, CoordinatorConfig, overrides) if args.config
-                else parse_toml("", CoordinatorConfig, overrides=overrides)).coordinator
+        overrides[f"{section}.insecure"] = True
+    config = load_toml(args.config, config_cls, overrides) if args.config else parse_toml("", config_cls,
+                                                                                         overrides=overrides)
+    return getattr(config, section)
 
+
+def _serve_until_signalled(server: Any, port_file: str | None) -> None:
+    """Start ``server`` (a coordinator or model service), write its port to ``port_file``, and stop it
+    gracefully on SIGTERM or SIGINT."""
     async def main() -> None:
-        server = CoordinatorServer(settings)
         port = await server.start()
-        if args.port_file:
-            Path(args.port_file).write_text(str(port), encoding="utf-8")
+        if port_file:
+            Path(port_file).write_text(str(port), encoding="utf-8")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,6 +65,16 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
         await server.stop()
 
     asyncio.run(main())
+
+
+# ---- coordinator -------------------------------------------------------------------------------------
+def cmd_coordinator_serve(args: argparse.Namespace) -> int:
+    from coordinator.server import CoordinatorServer
+    from fedprompt.config import CoordinatorConfig
+
+    settings = _server_settings(args, CoordinatorConfig, "coordinator",
+                                ("listen", "state_dir", "ca_cert", "cert", "key", "crl"))
+    _serve_until_signalled(CoordinatorServer(settings), args.port_file)
     return 0
 
 
@@ -128,34 +142,16 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 def cmd_model_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from fedprompt.config import ModelServiceConfig, load_toml, parse_toml
+    from fedprompt.config import ModelServiceConfig
     from fedprompt.models import load_backbone
     from participant.model_server import ModelServer
     from participant.model_service import ModelHost
 
-    overrides = _overrides(args.set)
-    for key in ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"):
-        if getattr(args, key) not in (None, ""):
-            overrides[f"model_service.{key}"] = getattr(args, key)
-    if args.insecure:
-        overrides["model_service.insecure"] = True
-    settings = (load_toml(args.config, ModelServiceConfig, overrides) if args.config
-                else parse_toml("", ModelServiceConfig, overrides=overrides)).model_service
+    settings = _server_settings(args, ModelServiceConfig, "model_service",
+                                ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"))
     torch.set_num_threads(settings.threads)
-
-    async def main() -> None:
-        server = ModelServer(settings, ModelHost(load_backbone(settings.model, settings.kind), settings))
-        port = await server.start()
-        if args.port_file:
-            Path(args.port_file).write_text(str(port), encoding="utf-8")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await server.stop()
-
-    asyncio.run(main())
+    _serve_until_signalled(ModelServer(settings, ModelHost(load_backbone(settings.model, settings.kind), settings)),
+                           args.port_file)
     return 0
 
 
