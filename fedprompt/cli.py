@@ -45,8 +45,8 @@ def _server_settings(args: argparse.Namespace, config_cls: type, section: str, k
             overrides[f"{section}.{key}"] = getattr(args, key)
     if args.insecure:
         overrides[f"{section}.insecure"] = True
-    config = load_toml(args.config, config_cls, overrides) if args.config else parse_toml("", config_cls,
-                                                                                         overrides=overrides)
+    config: Any = (load_toml(args.config, config_cls, overrides) if args.config
+                   else parse_toml("", config_cls, overrides=overrides))
     return getattr(config, section)
 
 
@@ -274,14 +274,14 @@ def cmd_ca(args: argparse.Namespace) -> int:
         print(f"certificate {cert} (serial {cert_info(load_cert(cert)).serial:x})\nprivate key {key}")
     elif args.ca_cmd == "sign":
         try:
-            csr = Path(args.csr).read_bytes()
+            csr_pem = Path(args.csr).read_bytes()
         except OSError as exc:
             raise PkiError(f"cannot read {args.csr}: {exc.strerror}") from exc
-        cert = ca.sign(csr, args.days)
+        signed = ca.sign(csr_pem, args.days)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(cert_pem(cert))
-        info = cert_info(cert)
+        out.write_bytes(cert_pem(signed))
+        info = cert_info(signed)
         print(f"certificate {out} for {info.identity} (serial {info.serial:x}, valid until "
               f"{info.not_after:%Y-%m-%d})")
     elif args.ca_cmd == "revoke":

@@ -161,7 +161,7 @@ def train_local_dp(
                     used += len(indices)
                 else:
                     for p in params:
-                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
                 optimiser.step()
                 if progress is not None:
                     progress(step, plan.steps_per_round, losses[-1] if losses else float("nan"))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidQuery, QueryTooLarge
 from fedprompt.models.backbone import Backbone
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import PromptClassifier, SoftPrompt
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
 
 log = structlog.get_logger("participant.model_service")
@@ -86,6 +86,7 @@ class ModelHost:
             raise InvalidQuery(str(exc)) from exc
         model.requires_grad_(False)
         model.eval()
+        assert isinstance(model.prompt, SoftPrompt)  # no prompt levels: one soft prompt, offset as a whole
         base = model.prompt.embedding.weight.detach().clone()
         self._tasks[key] = (model, base)
         while len(self._tasks) > self.settings.max_tasks:
@@ -98,6 +99,7 @@ class ModelHost:
         self.check(q)
         model, base = self._task(q)
         offset = torch.from_numpy(q.prompt.astype(np.float32).reshape(q.prompt_tokens, self.info.hidden_size))
+        assert isinstance(model.prompt, SoftPrompt)
         with torch.no_grad():
             model.prompt.embedding.weight.copy_(base + offset)
             logits = model(**model.tokenize(list(q.texts))).float()
