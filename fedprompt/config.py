@@ -176,7 +176,9 @@ class AugmentSection:
     most ``max_unlabelled`` examples, 0 = all) with the current global prompt, keeps predictions whose
     confidence is at least ``threshold``, at most ``per_class_cap`` per class (and, with ``balance``, no
     more per class than the rarest confidently predicted class), and trains on labelled + pseudo-labelled
-    examples.  Pseudo-labels are recomputed every round.
+    examples.  Pseudo-labels are recomputed every round.  With ``gate`` (on by default) a site skips a
+    round's pseudo-labelling when the global prompt does not beat the majority class on the site's own
+    labelled examples: a prompt worse than that would only teach its errors back to itself.
     """
 
     enabled: bool = False
@@ -185,6 +187,7 @@ class AugmentSection:
     per_class_cap: int = 64
     balance: bool = True
     max_unlabelled: int = 0
+    gate: bool = True
 
     def validate(self, prefix: str) -> None:
         _check(0 <= self.warmup_rounds <= 100_000, f"{prefix}.warmup_rounds", "must be in [0, 100000]")

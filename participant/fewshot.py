@@ -85,10 +85,27 @@ class PseudoLabeller:
         """Whether round ``round_number`` trains on pseudo-labels: after the warm-up, with a pool to label."""
         return round_number > self.settings.warmup_rounds and bool(self.texts)
 
-    def label(self, predict_proba: Callable[[list[str]], np.ndarray]
-              ) -> tuple[list[Example], list[int], dict[str, float]]:
+    def gate(self, predict_proba: Callable[[list[str]], np.ndarray], labelled: Sequence[Example],
+             labels: Sequence[int]) -> dict[str, float]:
+        """Whether the current global prompt may pseudo-label (``settings.gate``): it must beat the majority
+        class on this site's labelled examples.  Returns the check's metrics; ``pseudo_label_gated`` 1 = skip."""
+        if not self.settings.gate or not labels:
+            return {}
+        y = np.asarray(labels)
+        accuracy = float((predict_proba([e.text for e in labelled]).argmax(axis=1) == y).mean())
+        majority = float(np.bincount(y).max() / len(y))
+        return {"pseudo_label_gate_accuracy": accuracy, "pseudo_label_gated": float(accuracy <= majority)}
+
+    def label(self, predict_proba: Callable[[list[str]], np.ndarray], labelled: Sequence[Example] = (),
+              labels: Sequence[int] = ()) -> tuple[list[Example], list[int], dict[str, float]]:
         """Label the pool with ``predict_proba`` (label probabilities under the current global prompt); returns
-        the kept examples, their label indices, and metrics (count, seconds, and accuracy where gold is known)."""
+        the kept examples, their label indices, and metrics (count, seconds, and accuracy where gold is known).
+        Nothing is labelled when the prompt fails the ``gate`` on the ``labelled`` examples."""
+        gate = self.gate(predict_proba, labelled, labels)
+        if gate.get("pseudo_label_gated"):
+            log.info("pseudo-labelling skipped: the global prompt does not beat the majority class on the "
+                     "labelled examples", accuracy=round(gate["pseudo_label_gate_accuracy"], 3))
+            return [], [], {"pseudo_labels": 0.0, "pseudo_label_pool": float(len(self.texts)), **gate}
         began = time.perf_counter()
         probs = predict_proba(self.texts)
         chosen = select_confident(probs, self.settings.threshold, self.settings.per_class_cap, self.settings.balance)
@@ -96,7 +113,7 @@ class PseudoLabeller:
         examples = [Example(self.texts[int(i)], self.label_names[int(y)]) for i, y in zip(chosen.indices, chosen.labels)]
         labels = [int(y) for y in chosen.labels]
         metrics = {"pseudo_labels": float(len(labels)), "pseudo_label_pool": float(len(self.texts)),
-                   "pseudo_label_seconds": seconds, **self._measure(probs, chosen)}
+                   "pseudo_label_seconds": seconds, **gate, **self._measure(probs, chosen)}
         log.info("pool pseudo-labelled", pool=len(self.texts), kept=len(labels), seconds=round(seconds, 2))
         return examples, labels, metrics
 

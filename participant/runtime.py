@@ -260,7 +260,7 @@ class ParticipantRuntime:
         labels = label_indices(examples, self.config.task.label_names)
         if self.augmenter is not None and self.augmenter.active(task.round):
             extra, extra_labels, self._train_metrics = self.augmenter.label(
-                lambda texts: learner.predict_proba(start_vector, texts))
+                lambda texts: learner.predict_proba(start_vector, texts), self.site.train, self._labels("train"))
             examples, labels = examples + extra, labels + extra_labels
         if self.privacy is not None:
             local, result = self.privacy.train(learner, start_vector, examples, labels, bar)

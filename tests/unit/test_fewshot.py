@@ -155,8 +155,8 @@ def sites_with_pools(n: int = 3) -> list[SiteData]:
 
 def test_augmented_simulation_labels_every_round_after_warmup(tiny_encoder_dir: Path) -> None:
     config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=3), augment=AugmentSection(
-        enabled=True, warmup_rounds=1, threshold=0.5, per_class_cap=6))
-    report = simulate(config, sites_with_pools())
+        enabled=True, warmup_rounds=1, threshold=0.5, per_class_cap=6, gate=False))  # a random tiny model
+    report = simulate(config, sites_with_pools())                                  # fails the gate (own test)
     rounds = {r["round"]: r for r in report["rounds"]}
     assert "pseudo_labels" not in rounds[1]
     for number in (2, 3):
@@ -211,3 +211,25 @@ def test_augment_config_round_trips_and_warmup_is_free_when_disabled() -> None:
     assert config.augment == AugmentSection(True, 2, 0.8, 16, False, 500)
     assert parse_toml(dump_toml(config), JobConfig) == config
     assert parse_toml("[job]\nrounds = 2\n[augment]\nwarmup_rounds = 9", JobConfig).augment.enabled is False
+
+
+def test_a_prompt_that_does_not_beat_the_majority_class_on_labelled_data_labels_nothing() -> None:
+    """The gate: pseudo-labels from a prompt worse than always answering the majority class would only feed its
+    errors back; one that beats it labels as before, and the gate's measurement is reported either way."""
+    labelled = [Example("good", "pos"), Example("fine", "pos"), Example("bad", "neg")]  # majority share 2/3
+
+    def confident(cls_of: dict[str, int]):  # type: ignore[no-untyped-def]
+        def predict(texts: list[str]) -> np.ndarray:
+            return np.array([[0.99, 0.01] if cls_of.get(t, 0) == 0 else [0.01, 0.99] for t in texts])
+        return predict
+
+    wrong = confident({"bad": 1})  # 0 of 3 labelled right, and says "neg" for every pool text
+    examples, labels, metrics = labeller(cap=5).label(wrong, labelled, [1, 1, 0])
+    assert examples == [] and labels == []
+    assert metrics["pseudo_label_gated"] == 1.0 and metrics["pseudo_label_gate_accuracy"] == 0.0
+    right = confident({"good": 1, "fine": 1})  # 3 of 3 > 2/3
+    examples, labels, metrics = labeller(cap=5).label(right, labelled, [1, 1, 0])
+    assert len(labels) == 5 and metrics["pseudo_label_gated"] == 0.0 and metrics["pseudo_label_gate_accuracy"] == 1.0
+    ungated = PseudoLabeller(AugmentSection(enabled=True, threshold=0.9, per_class_cap=5, gate=False), POOL, LABELS,
+                             "0:site-0")
+    assert len(ungated.label(wrong, labelled, [1, 1, 0])[1]) == 5
