@@ -187,6 +187,7 @@ class JobRuntime:
         self.next_attempt = 1
         self.evaluated: dict[str, set[int]] = {}
         self.version_downloads: dict[int, int] = {}
+        self._decoded_global: tuple[int, np.ndarray] | None = None
         self.streaks: dict[str, int] = {}
         self.log = log.bind(job_id=job_id)
 
@@ -745,9 +746,15 @@ class JobRuntime:
         return ACTIVE
 
     def _global_vector(self, version: int) -> np.ndarray:
-        stored = self.store.prompt(self.job_id, version)
-        assert stored is not None  # a round opens only once the global it trains from exists
-        return decode_vector(Payload(self.job_id, version, stored[0], self.vector_size, stored[1]), self.vector_size)
+        """Plaintext global ``version``, decoded once: every update of a round is checked against the same one
+        (``Aggregator.check``), and a stored version never changes."""
+        if self._decoded_global is None or self._decoded_global[0] != version:
+            stored = self.store.prompt(self.job_id, version)
+            assert stored is not None  # a round opens only once the global it trains from exists
+            vector = decode_vector(Payload(self.job_id, version, stored[0], self.vector_size, stored[1]),
+                                   self.vector_size)
+            self._decoded_global = (version, vector)
+        return self._decoded_global[1]
 
     def _fail_attempt(self, why: str) -> None:
         r = self.open
