@@ -47,7 +47,7 @@ from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.protocol import PrivacyReport
 from participant.learner import Learner
-from participant.train import GradientLearner, ProgressFn, TrainResult, steps_per_round
+from participant.train import ProgressFn, TrainResult, local_model, steps_per_round
 
 log = structlog.get_logger("participant.dp")
 
@@ -195,6 +195,7 @@ class SitePrivacy:
 
     def __init__(self, config: JobConfig, num_examples: int, ledger: Path | None) -> None:
         self.dp = config.dp
+        self.train_config = config.train
         self.min_shares = config.job.min_participants
         self.plan = plan_record_dp(config.dp, config.train, config.job.rounds, num_examples)
         self.accountant = RecordAccountant(config.dp.accountant, ledger)
@@ -218,15 +219,13 @@ class SitePrivacy:
               progress: ProgressFn | None = None) -> tuple[np.ndarray, TrainResult]:
         """One round of DP-SGD from ``start`` on the learner's model (DP-SGD needs per-example gradients, so a
         gradient learner); the spent budget is saved before anything leaves the site."""
-        if not isinstance(learner, GradientLearner):
-            raise ConfigError("dp.enabled: DP-SGD needs a gradient learner (a local model copy)")
-        learner.model.set_vector(start)
+        model = local_model(learner, "dp.enabled")
+        model.set_vector(start)
         try:
-            result = train_local_dp(learner.model, examples, labels, learner.config, self.plan, self.accountant,
-                                    progress)
+            result = train_local_dp(model, examples, labels, self.train_config, self.plan, self.accountant, progress)
         finally:
             self.accountant.save()
-        return learner.model.get_vector(), result
+        return model.get_vector(), result
 
     def share(self, delta: np.ndarray) -> np.ndarray:
         """The update as it may leave the site: clipped plus a noise share when participant-level DP is on."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import SecretContext
-from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.errors import InvalidUpdate
 from fedprompt.levels import encoding, pack, shared_levels, shared_parts
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload
@@ -29,11 +29,9 @@ class SiteLevels:
 
     def __init__(self, learner: Learner, expert_tokens: int, encrypted: bool, job_id: str,
                  state_dir: Path | None) -> None:
-        from participant.train import GradientLearner  # torch: only levelled (gradient) jobs get here
+        from participant.train import local_model  # torch: only levelled (gradient) jobs get here
 
-        if not isinstance(learner, GradientLearner):
-            raise ConfigError("levels.enabled: prompt levels need a gradient learner's levelled prompt")
-        model = learner.model
+        model = local_model(learner, "levels.enabled")
         self.model = model
         self.sizes = model.level_sizes()
         self.names = shared_levels(expert_tokens)

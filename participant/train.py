@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from fedprompt.config import TrainSection
 from fedprompt.data.datasets import Example
+from fedprompt.errors import ConfigError
 from fedprompt.models.classifier import PromptClassifier
-from participant.learner import ProgressFn, TrainResult, label_metrics
+from participant.learner import Learner, ProgressFn, TrainResult, label_metrics
 
 
 def steps_per_round(num_examples: int, config: TrainSection) -> int:
@@ -108,6 +109,14 @@ def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int]
         return {}
     probs = model.predict_proba([e.text for e in examples], batch_size)
     return label_metrics(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+
+
+def local_model(learner: Learner, feature: str) -> PromptClassifier:
+    """The local PLM copy behind ``learner``, for features that need one (DP-SGD, prompt levels); config
+    validation refuses them for black-box jobs, so reaching this with another learner is a config error."""
+    if not isinstance(learner, GradientLearner):
+        raise ConfigError(f"{feature}: needs a gradient learner (a local model copy), not {type(learner).__name__}")
+    return learner.model
 
 
 class GradientLearner:
