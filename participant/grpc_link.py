@@ -47,6 +47,9 @@ def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str
             result = fn()
         except grpc.RpcError as exc:
             if exc.code() not in RETRYABLE:
+                if failures:  # it answered, if with a refusal (e.g. a retried report it already had)
+                    log.info(f"{service} reachable again", target=target, call=what, failed_attempts=failures,
+                             after_s=round(time.monotonic() - started, 1), status=exc.code().name)
                 raise error_from_rpc(exc) from exc
             waited = time.monotonic() - started
             if waited >= give_up_after_s:
