@@ -140,18 +140,20 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
 # ---- model service -----------------------------------------------------------------------------------
 def cmd_model_serve(args: argparse.Namespace) -> int:
-    import torch
-
     from fedprompt.config import ModelServiceConfig
-    from fedprompt.models import load_backbone
     from participant.model_server import ModelServer
     from participant.model_service import ModelHost
 
     settings = _server_settings(args, ModelServiceConfig, "model_service",
                                 ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"))
-    torch.set_num_threads(settings.threads)
-    _serve_until_signalled(ModelServer(settings, ModelHost(load_backbone(settings.model, settings.kind), settings)),
-                           args.port_file)
+    _serve_until_signalled(ModelServer(settings, ModelHost.load(settings)), args.port_file)
+    return 0
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from participant.model_service import prepare_scorer
+
+    print(prepare_scorer(args.model, args.kind))
     return 0
 
 
@@ -461,11 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_participant_run)
 
     model = sub.add_parser("model", help="run a query-only model service").add_subparsers(dest="sub", required=True)
-    mserve = model.add_parser("serve", help="host a frozen PLM that scores texts under a caller's soft prompt")
+    mserve = model.add_parser("serve", help="host a frozen PLM that scores texts under a caller's soft prompt",
+                              description="Serve a frozen PLM's scoring graph with ONNX Runtime (no torch in this "
+                                          "process); the graph is exported once on first use, see `model export`.")
     mserve.add_argument("--config", help="model service TOML ([model_service] table)")
     mserve.add_argument("--model", help="backbone: builtin:minilm, builtin:smollm2 or a model directory")
     mserve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
-    mserve.add_argument("--threads", type=int, help="torch threads (default 1)")
+    mserve.add_argument("--threads", type=int, help="inference threads (default 1)")
     mserve.add_argument("--max-batch", dest="max_batch", type=int, help="most texts per query (default 64)")
     mserve.add_argument("--ca-cert", dest="ca_cert", help="CA whose certificates callers must present (mTLS)")
     mserve.add_argument("--cert", help="this service's certificate (its SANs must name the address callers use)")
@@ -474,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     mserve.add_argument("--port-file", help="write the bound port to this file once listening")
     mserve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     mserve.set_defaults(fn=cmd_model_serve)
+    mexport = model.add_parser("export", help="export a backbone's scoring graph for `model serve` ahead of time",
+                               description="Export the backbone's scoring graph to ONNX (checked against torch) "
+                                           "into the cache ($FEDPROMPT_CACHE/scorers) and print its directory. "
+                                           "`model serve` does this on first use; run it ahead to start fast.")
+    mexport.add_argument("--model", default="builtin:minilm", help="backbone: builtin:minilm, builtin:smollm2 or a "
+                                                                    "model directory (default builtin:minilm)")
+    mexport.add_argument("--kind", default="auto", choices=["auto", "encoder", "causal"],
+                         help="how labels are scored (default: detected from the model)")
+    mexport.set_defaults(fn=cmd_model_export)
 
     admin = sub.add_parser("admin", help="manage jobs on a running coordinator")
     admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,

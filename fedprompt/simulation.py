@@ -169,13 +169,13 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
 
 
 def local_learner(config: JobConfig, backbone: Backbone, trainer: Trainer = train_local) -> Learner:
-    """A participant's learner on a shared in-process backbone; black-box learners query it through a
-    ``ModelHost`` (the model service's domain object), exactly as they would over gRPC."""
+    """A participant's learner on a shared in-process backbone; black-box learners query a ``ModelHost`` (the
+    model service's domain object, serving the backbone's exported graph), exactly as they would over gRPC."""
     if config.blackbox.enabled:
-        host = ModelHost(backbone, ModelServiceSection(model=config.model.path, kind=config.model.kind,
-                                                       max_batch=max(64, config.blackbox.batch_size),
-                                                       max_prompt_tokens=config.model.prompt_length,
-                                                       max_length=config.model.max_length))
+        host = ModelHost.load(ModelServiceSection(model=config.model.path, kind=config.model.kind,
+                                                  max_batch=max(64, config.blackbox.batch_size),
+                                                  max_prompt_tokens=config.model.prompt_length,
+                                                  max_length=config.model.max_length))
         return BlackboxLearner(config, host)
     return GradientLearner(build_classifier(config, backbone), config.train, trainer)
 

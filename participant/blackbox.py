@@ -18,10 +18,12 @@ This module must stay importable without torch or transformers; a test checks ``
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 import zlib
+from types import ModuleType
 from typing import Protocol
 
-import cma
 import numpy as np
 import structlog
 
@@ -33,6 +35,32 @@ from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
 from participant.learner import ProgressFn, TrainResult, label_metrics, softmax
 
 log = structlog.get_logger("participant.blackbox")
+
+#: Optional imports of ``cma`` this participant never uses: matplotlib (``cma.plot``) and scipy.stats (a
+#: surrogate model's rank test, with a pure-Python fallback).  Installed for other parts of fedprompt, they
+#: would be ~100 MB of a black-box participant's ~170 MB (measured), so they are hidden while ``cma`` loads.
+CMA_OPTIONAL = ("matplotlib", "scipy")
+
+
+def _import_cma() -> ModuleType:
+    """``import cma`` with its optional plotting and statistics dependencies hidden (see ``CMA_OPTIONAL``);
+    ``cma`` falls back by itself when they are missing, and they stay importable afterwards."""
+    if "cma" in sys.modules or any(name in sys.modules for name in CMA_OPTIONAL):
+        import cma
+        return cma
+    blocked = dict.fromkeys(CMA_OPTIONAL)
+    sys.modules.update(blocked)  # type: ignore[arg-type]  # None makes `import name` raise ImportError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import cma
+    finally:
+        for name in CMA_OPTIONAL:
+            del sys.modules[name]
+    return cma
+
+
+cma = _import_cma()
 
 PROJECTION_TAG = "fedbpt-projection"
 

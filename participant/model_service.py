@@ -6,40 +6,87 @@ parameter or gradient leaves: the only model statistic exposed is the embedding 
 which BBT uses to scale its random projection.  Every query is checked at this boundary (batch size, prompt
 shape, finiteness, labels, lengths) and refused with a typed error.  This module never imports grpc; the
 servicer in ``participant.model_server`` maps the errors to status codes.
+
+The service runs forward passes only, so it needs neither torch nor transformers: the backbone's scoring
+graph is exported once to ONNX (``fedprompt.models.export``, in a child process, cached) and served by ONNX
+Runtime with the ``tokenizers`` library.  The graph is the same ``prompted_features`` the gradient path
+trains through, and a test checks both score alike.
 """
 
 from __future__ import annotations
 
-import typing
+import json
+import subprocess
+import sys
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import structlog
-import torch
-import torch.nn.functional as F
+import tokenizers
 
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidQuery, QueryTooLarge
-from fedprompt.models.backbone import Backbone
-from fedprompt.models.classifier import PromptClassifier, SoftPrompt
+from fedprompt.locations import GRAPH_FILE, META_FILE, TOKENIZER_FILE, scorer_dir
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
+from fedprompt.scoring import cosine_head, cross_entropy, prompt_init_ids, verbalizer_ids
 
 log = structlog.get_logger("participant.model_service")
 
 TaskKey = tuple[tuple[str, ...], str, int, int, int]
 
 
-class ModelHost:
-    """Scores queries with one loaded backbone; one frozen classifier per task, the last ``max_tasks`` kept."""
+def prepare_scorer(ref: str, kind: str) -> Path:
+    """The exported scoring graph of backbone ``ref``, exporting it first (once; cached by a fingerprint of
+    the source, see ``fedprompt.locations.scorer_dir``).  The export runs in a child process: it needs torch,
+    which this process must not load."""
+    target = scorer_dir(ref, kind)
+    if (target / META_FILE).exists():
+        return target
+    log.info("exporting the scoring graph once", model=ref, to=str(target))
+    done = subprocess.run([sys.executable, "-m", "fedprompt.models.export", ref, "--kind", kind, "--out", str(target)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"model_service.model: cannot export {ref!r} for serving: {reason}")
+    return target
 
-    def __init__(self, backbone: Backbone, settings: ModelServiceSection) -> None:
-        self.backbone = backbone
+
+@dataclass(frozen=True)
+class _Task:
+    """What one (labels, template, lengths, seed) task needs beyond the query: its label head and initial prompt."""
+
+    head: np.ndarray  # encoder: (labels, hidden) cosine head; causal: (labels,) verbalizer token ids
+    prompt_ids: np.ndarray
+
+
+class ModelHost:
+    """Scores queries with one exported backbone; one frozen label head per task, the last ``max_tasks`` kept."""
+
+    def __init__(self, scorer: Path, settings: ModelServiceSection) -> None:
         self.settings = settings
-        table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
-        self.info = ModelInfo(model=settings.model, kind=backbone.kind, hidden_size=int(table.shape[1]),
-                              embedding_std=float(table.detach().float().std()), max_batch=settings.max_batch,
+        meta = json.loads((scorer / META_FILE).read_text())
+        self.kind: str = meta["kind"]
+        self.vocab_size: int = meta["vocab_size"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.threads
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False  # a long-lived service should give activation memory back
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(scorer / GRAPH_FILE), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(scorer / TOKENIZER_FILE))
+        self.pad = (int(meta["pad_token_id"]), str(meta["pad_token"]))
+        self.info = ModelInfo(model=settings.model, kind=self.kind, hidden_size=int(meta["hidden_size"]),
+                              embedding_std=float(meta["embedding_std"]), max_batch=settings.max_batch,
                               max_prompt_tokens=settings.max_prompt_tokens, max_length=settings.max_length)
-        self._tasks: OrderedDict[TaskKey, tuple[PromptClassifier, torch.Tensor]] = OrderedDict()
+        self._tasks: OrderedDict[TaskKey, _Task] = OrderedDict()
+
+    @classmethod
+    def load(cls, settings: ModelServiceSection) -> ModelHost:
+        """The host for ``settings.model``, exported first if it never was."""
+        return cls(prepare_scorer(settings.model, settings.kind), settings)
 
     def describe(self) -> ModelInfo:
         return self.info
@@ -74,34 +121,46 @@ class ModelHost:
         if not np.isfinite(q.prompt).all():
             raise InvalidQuery("prompt contains NaN or Inf")
 
-    def _task(self, q: ScoreQuery) -> tuple[PromptClassifier, torch.Tensor]:
+    def _encode(self, texts: list[str], template: str, max_length: int) -> dict[str, np.ndarray]:
+        """Tokenise like ``PromptClassifier.tokenize``: template filled, truncated, right-padded to the longest."""
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(direction="right", pad_id=self.pad[0], pad_token=self.pad[1])
+        encodings = self.tokenizer.encode_batch([template.format(text=t) for t in texts])
+        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+
+    def _features(self, enc: dict[str, np.ndarray], prompt_ids: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        feeds = {**enc, "prompt_ids": prompt_ids, "prompt_offset": offset}
+        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+
+    def _task(self, q: ScoreQuery) -> _Task:
         key: TaskKey = (q.label_words, q.template, q.max_length, q.prompt_tokens, q.init_seed)
         if key in self._tasks:
             self._tasks.move_to_end(key)
             return self._tasks[key]
-        try:
-            model = PromptClassifier(self.backbone, q.label_words, q.prompt_tokens, q.max_length, q.template,
-                                     seed=q.init_seed, train_head=False)
-        except ConfigError as exc:
-            raise InvalidQuery(str(exc)) from exc
-        model.requires_grad_(False)
-        model.eval()
-        assert isinstance(model.prompt, SoftPrompt)  # no prompt levels: one soft prompt, offset as a whole
-        base = model.prompt.embedding.weight.detach().clone()
-        self._tasks[key] = (model, base)
+        if self.kind == "encoder":
+            words = self._encode(list(q.label_words), "{text}", q.max_length)
+            empty = np.zeros((0, self.info.hidden_size), dtype=np.float32)
+            head = cosine_head(self._features(words, np.zeros(0, dtype=np.int64), empty))
+        else:
+            def encode(text: str) -> list[int]:
+                return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+            try:
+                head = np.array(verbalizer_ids(encode, q.label_words), dtype=np.int64)
+            except ConfigError as exc:
+                raise InvalidQuery(str(exc)) from exc
+        task = _Task(head, prompt_init_ids(self.vocab_size, q.prompt_tokens, q.init_seed))
+        self._tasks[key] = task
         while len(self._tasks) > self.settings.max_tasks:
             self._tasks.popitem(last=False)
         log.info("task prepared", labels=len(q.label_words), prompt_tokens=q.prompt_tokens, cached=len(self._tasks))
-        return model, base
+        return task
 
     def score(self, q: ScoreQuery) -> ScoreResult:
         """Label logits for ``q.texts`` under ``initial(init_seed) + q.prompt`` (forward pass only)."""
         self.check(q)
-        model, base = self._task(q)
-        offset = torch.from_numpy(q.prompt.astype(np.float32).reshape(q.prompt_tokens, self.info.hidden_size))
-        assert isinstance(model.prompt, SoftPrompt)
-        with torch.no_grad():
-            model.prompt.embedding.weight.copy_(base + offset)
-            logits = model(**model.tokenize(list(q.texts))).float()
-            loss = float(F.cross_entropy(logits, torch.tensor(q.labels))) if q.labels else 0.0
-        return ScoreResult(logits.numpy(), loss)
+        task = self._task(q)
+        offset = q.prompt.astype(np.float32).reshape(q.prompt_tokens, self.info.hidden_size)
+        features = self._features(self._encode(list(q.texts), q.template, q.max_length), task.prompt_ids, offset)
+        logits = features @ task.head.T if self.kind == "encoder" else features[:, task.head]
+        return ScoreResult(logits, cross_entropy(logits, q.labels) if q.labels else 0.0)

@@ -181,9 +181,7 @@ class LiveModelService(_LiveServer):
                                             **{**tls, **settings})  # type: ignore[arg-type]
 
     def _make(self) -> ModelServer:
-        from fedprompt.models import load_backbone
-
-        return ModelServer(self.settings, ModelHost(load_backbone(self.settings.model), self.settings))
+        return ModelServer(self.settings, ModelHost.load(self.settings))
 
 
 def blackbox_job(model_dir: Path, aggregator: str = "fedbpt", **job: object) -> JobConfig:

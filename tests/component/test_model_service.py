@@ -3,6 +3,11 @@ with a status, staying usable afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -11,12 +16,14 @@ import pytest
 import torch
 
 from fedprompt import serde
-from fedprompt.errors import InvalidUpdate, ResourceExhausted
+from fedprompt.config import ModelServiceSection
+from fedprompt.errors import ConfigError, InvalidUpdate, ResourceExhausted
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.protocol import ScoreQuery
 from fedprompt.v1 import model_service_pb2_grpc
 from participant.model_client import ModelServiceClient
-from tests.support import LiveModelService, blackbox_job, toy_examples
+from participant.model_service import ModelHost
+from tests.support import REPO, LiveModelService, blackbox_job, toy_examples
 
 MAX_BATCH = 6
 
@@ -50,6 +57,59 @@ def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, 
         expected = local(**local.tokenize(list(q.texts))).numpy()
     np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-5)
     client.close()
+
+
+@pytest.mark.parametrize("kind", ["encoder", "causal"])
+def test_exported_graph_scores_like_the_torch_classifier(kind: str, tiny_encoder_dir: Path,
+                                                         tiny_causal_dir: Path) -> None:
+    """The service's ONNX graph and local training's ``PromptClassifier`` agree under a template, a seeded
+    initial prompt and an offset, for both scoring kinds."""
+    model_dir = tiny_encoder_dir if kind == "encoder" else tiny_causal_dir
+    host = ModelHost.load(ModelServiceSection(model=str(model_dir), max_prompt_tokens=8, max_length=32))
+    q = query(32, labels=(0, 1, 0), template="Review: {text}", init_seed=3, max_length=12,
+              prompt=np.random.default_rng(0).normal(0, 0.05, 4 * 32).astype(np.float32))
+    result = host.score(q)
+    base = blackbox_job(model_dir)
+    config = dataclasses.replace(base, job=dataclasses.replace(base.job, seed=3),
+                                 task=dataclasses.replace(base.task, template="Review: {text}"),
+                                 model=dataclasses.replace(base.model, max_length=12))
+    local = build_classifier(config, load_backbone(str(model_dir)))
+    with torch.no_grad():
+        local.prompt.embedding.weight.add_(torch.from_numpy(q.prompt.reshape(4, 32)))
+        expected = local(**local.tokenize(list(q.texts)))
+        loss = float(torch.nn.functional.cross_entropy(expected, torch.tensor(q.labels)))
+    np.testing.assert_allclose(result.logits, expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert result.loss == pytest.approx(loss, rel=1e-4)
+
+
+# The model service's process: load the host (the export runs in a child), score, report imports and memory.
+SERVICE = """
+import json, sys
+import numpy as np
+from fedprompt.config import ModelServiceSection
+from fedprompt.protocol import ScoreQuery
+from participant.model_service import ModelHost
+from participant.learner import peak_rss_mb
+host = ModelHost.load(ModelServiceSection(model=sys.argv[1]))
+host.score(ScoreQuery(texts=("a fine film",), label_words=("bad", "good"), template="{text}", max_length=16,
+                      prompt_tokens=2, prompt=np.zeros(64, dtype=np.float32), init_seed=0, labels=(1,)))
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "safetensors", "accelerate"})
+print(json.dumps({"heavy": heavy, "peak_rss_mb": peak_rss_mb()}))
+"""
+
+
+def test_the_model_service_process_never_loads_torch(tiny_encoder_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", SERVICE, str(tiny_encoder_dir)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["peak_rss_mb"] < 250, "torch alone would take ~250 MB"
+
+
+def test_an_export_that_is_not_a_model_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="cannot export"):
+        ModelHost.load(ModelServiceSection(model=str(tmp_path)))
 
 
 @pytest.mark.parametrize(("changes", "code"), [

@@ -16,7 +16,7 @@ from coordinator.rounds import JobRuntime
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
 from fedprompt.errors import ConfigError, InvalidUpdate
-from fedprompt.payload import FLOAT32, encode_vector, pack_search_state
+from fedprompt.payload import FLOAT32, encode_vector, pack_search_state, search_state
 from fedprompt.protocol import Payload
 from fedprompt.simulation import local_learner
 from participant.blackbox import projection
@@ -61,6 +61,18 @@ def test_fedbpt_merges_local_distributions_by_moment_matching() -> None:
         fedbpt_global_distribution(means, np.array([1.0, 0.0]), [1, 1])
 
 
+def test_fedbpt_step_size_never_grows_over_rounds() -> None:
+    glob = pack_search_state(np.zeros(2), 1.0)
+    apart = [pack_search_state(np.array([-3.0, 3.0]), 0.9), pack_search_state(np.array([3.0, -3.0]), 0.9)]
+    result = make_aggregator("fedbpt").aggregate(glob, [Contribution(f"p{i}", 1, v - glob) for i, v in enumerate(apart)])
+    assert result.metrics["sigma_matched"] > 1.0, "disagreeing participants widen the matched distribution"
+    assert search_state(result.vector)[1] == 1.0 and result.metrics["sigma"] == 1.0
+    close = [pack_search_state(np.array([0.1, 0.0]), 0.4), pack_search_state(np.array([0.0, 0.1]), 0.6)]
+    shrunk = make_aggregator("fedbpt").aggregate(glob, [Contribution(f"p{i}", 1, v - glob) for i, v in enumerate(close)])
+    assert shrunk.metrics["sigma_matched"] < 1.0
+    assert search_state(shrunk.vector)[1] == pytest.approx(shrunk.metrics["sigma_matched"])
+
+
 def test_linear_variant_is_the_weighted_average_of_means_and_step_sizes() -> None:
     glob = pack_search_state(np.zeros(3), 1.0)
     local = [pack_search_state(np.array([1.0, 2.0, 3.0]), 0.5), pack_search_state(np.array([3.0, 2.0, 1.0]), 1.5)]
@@ -96,7 +108,8 @@ def test_blackbox_learner_searches_through_the_model_host_only(tiny_encoder_dir:
     assert parse_toml(dump_toml(config), JobConfig).mode == "blackbox"
     from fedprompt.models import load_backbone
 
-    learner = local_learner(config, load_backbone(str(tiny_encoder_dir)))
+    backbone = load_backbone(str(tiny_encoder_dir))
+    learner = local_learner(config, backbone)
     start = learner.initial_vector()
     assert start.shape == (13,) and start[-1] == config.blackbox.sigma and not start[:-1].any()
     examples = toy_examples(10, 0)
@@ -105,7 +118,7 @@ def test_blackbox_learner_searches_through_the_model_host_only(tiny_encoder_dir:
     bb = config.blackbox
     assert local.shape == (13,) and local[-1] > 0 and np.isfinite(local).all() and result.steps == 2
     assert learner.usage()["model_queries"] == bb.local_iterations * bb.population * bb.batch_size
-    again, _ = local_learner(config, learner.endpoint.backbone).train(start, examples, labels, seed=3)
+    again, _ = local_learner(config, backbone).train(start, examples, labels, seed=3)
     np.testing.assert_array_equal(local, again)
     metrics = learner.evaluate(local, examples, labels)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0

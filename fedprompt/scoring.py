@@ -1,0 +1,48 @@
+"""How label scores come out of a frozen PLM, in the parts both scorers share: the gradient path's
+``PromptClassifier`` (torch) and the model service's exported graph (ONNX Runtime, no torch).
+
+Both must agree to the float on what a soft prompt scores, so the choices live here once: which vocabulary
+rows initialise the prompt, which token stands for a label word, and the cosine head's temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from fedprompt.errors import ConfigError
+
+#: Cosine similarities lie in [-1, 1]; a fixed temperature turns them into usable logits.
+LOGIT_SCALE = 20.0
+
+
+def prompt_init_ids(vocab_size: int, length: int, seed: int) -> np.ndarray:
+    """Vocabulary rows whose embeddings initialise a soft prompt: random in-vocabulary tokens, which Lester et
+    al. (2021) found beat random vectors.  The first rows (special and rare tokens in most vocabularies) are
+    skipped.  Seeded by the job, so the model service rebuilds a participant's initial prompt exactly."""
+    low = min(1000, vocab_size // 2)
+    return np.random.default_rng(seed).integers(low, vocab_size, length).astype(np.int64)
+
+
+def verbalizer_ids(encode: Callable[[str], list[int]], label_words: Sequence[str]) -> list[int]:
+    """The first token of each label word (with a leading space, as it follows other words), for causal LMs;
+    ``encode`` tokenises without special tokens.  Two labels sharing a first token could never be told apart."""
+    first = [encode(" " + w.strip())[0] for w in label_words]
+    if len(set(first)) != len(first):
+        raise ConfigError(f"task.label_words: {list(label_words)} share a first token; pick distinct words")
+    return first
+
+
+def cosine_head(anchors: np.ndarray) -> np.ndarray:
+    """The frozen encoder head: each label's row is its description's unit-length embedding times the
+    temperature, so untuned logits are scaled cosine similarities (a zero-shot classifier)."""
+    norms = np.maximum(np.linalg.norm(anchors, axis=-1, keepdims=True), 1e-12)
+    return (anchors / norms * LOGIT_SCALE).astype(np.float32)
+
+
+def cross_entropy(logits: np.ndarray, labels: Sequence[int]) -> float:
+    """Mean cross-entropy of integer labels under ``logits`` (numerically stable log-softmax)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), list(labels)].mean())
