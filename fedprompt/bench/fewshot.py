@@ -11,7 +11,9 @@ budget per site and round in every setting:
 - ``full``: each site's whole share is labelled (its few labels + the pool with its true labels).
 
 The pool's true labels reach training only in ``full``; in ``fewshot_aug`` they are used solely to
-measure pseudo-label accuracy (``SiteData.unlabelled_gold``).
+measure pseudo-label accuracy (``SiteData.unlabelled_gold``).  With ``--seeds N`` every setting runs on N
+seeds (split, partition, initial prompt and training all change) and rows report the mean accuracy with
+its standard deviation: on test splits of 150-200 examples one seed's differences are mostly noise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from statistics import mean, stdev
 from typing import Any
 
 import torch
@@ -26,7 +29,7 @@ import torch
 from fedprompt.config import AugmentSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
 from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
-from fedprompt.models import load_backbone
+from fedprompt.models import Backbone, load_backbone
 from fedprompt.report import table, write_json
 from fedprompt.simulation import simulate
 
@@ -37,6 +40,7 @@ BATCH = 8
 WARMUP_ROUNDS = 1
 POOL_CAP = 150
 PARTITION = PartitionSpec("fewshot", shots=32, quantity_alpha=2.0, label_alpha=1.0)
+SETTINGS = ("fewshot", "fewshot_aug", "full")
 PSEUDO_KEYS = ("pseudo_labels", "pseudo_label_accuracy", "pseudo_label_pool_accuracy", "pseudo_label_seconds")
 
 
@@ -82,52 +86,67 @@ def pseudo_rounds(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"round": r["round"], **{k: r.get(k) for k in PSEUDO_KEYS}} for r in report["rounds"]]
 
 
+def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone
+                ) -> tuple[list[SiteData], dict[str, dict[str, Any]], dict[str, float]]:
+    """The three settings on one dataset and seed: the sites, each setting's report and wall seconds."""
+    train, test, names = load_split(dataset, setup.test_size, seed, BUILTIN[dataset].label_names)
+    sites = split_sites(train, test, names, SITES, PARTITION, seed)
+    runs = {
+        "fewshot": (job_config(dataset, setup, False, seed), sites),
+        "fewshot_aug": (job_config(dataset, setup, True, seed), sites),
+        "full": (job_config(dataset, setup, False, seed), [fully_labelled(s) for s in sites]),
+    }
+    reports, seconds = {}, {}
+    for setting, (config, run_sites) in runs.items():
+        began = time.perf_counter()
+        reports[setting] = simulate(config, run_sites, backbone)
+        seconds[setting] = round(time.perf_counter() - began, 1)
+        print(f"[bench fewshot] {dataset} seed {seed} {setting}: accuracy {reports[setting]['final_accuracy']:.4f} "
+              f"in {seconds[setting]:.0f} s", flush=True)
+    return sites, reports, seconds
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
     backbone = load_backbone("builtin:minilm")
+    seeds = [args.seed + k for k in range(args.seeds)]
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     printed = []
     for dataset, setup in DATASETS.items():
-        train, test, names = load_split(dataset, setup.test_size, args.seed, BUILTIN[dataset].label_names)
-        sites = split_sites(train, test, names, SITES, PARTITION, args.seed)
-        runs = {
-            "fewshot": (job_config(dataset, setup, False, args.seed), sites),
-            "fewshot_aug": (job_config(dataset, setup, True, args.seed), sites),
-            "full": (job_config(dataset, setup, False, args.seed), [fully_labelled(s) for s in sites]),
-        }
-        reports = {}
-        for setting, (config, run_sites) in runs.items():
-            began = time.perf_counter()
-            report = simulate(config, run_sites, backbone)
-            seconds = time.perf_counter() - began
-            reports[setting] = report
-            rows.append({"dataset": dataset, "setting": setting, "accuracy": report["final_accuracy"],
-                         "seconds": round(seconds, 1)})
-            printed.append([dataset, setting, report["final_accuracy"], report["zero_shot_accuracy"],
-                            report["majority_accuracy"], round(seconds, 1)])
-            print(f"[bench fewshot] {dataset} {setting}: accuracy {report['final_accuracy']:.4f} in {seconds:.0f} s",
-                  flush=True)
-        acc = {k: v["final_accuracy"] for k, v in reports.items()}
-        secs = {r["setting"]: r["seconds"] for r in rows if r["dataset"] == dataset}
-        per_round = pseudo_rounds(reports["fewshot_aug"])
-        labelling = [r["pseudo_label_seconds"] for r in per_round if r["pseudo_label_seconds"] is not None]
+        runs = [run_dataset(dataset, setup, seed, backbone) for seed in seeds]
+        sites, reports, _ = runs[0]
+        accuracies = {k: [r[1][k]["final_accuracy"] for r in runs] for k in SETTINGS}
+        secs = {k: mean(r[2][k] for r in runs) for k in SETTINGS}
+        acc = {k: mean(v) for k, v in accuracies.items()}
+        for setting in SETTINGS:
+            sd = stdev(accuracies[setting]) if len(seeds) > 1 else 0.0
+            rows.append({"dataset": dataset, "setting": setting, "accuracy": acc[setting],
+                         "seconds": round(secs[setting], 1), "accuracy_sd": sd, "accuracies": accuracies[setting]})
+            printed.append([dataset, setting, acc[setting], sd, mean(r[1]["fewshot"]["zero_shot_accuracy"] for r in runs),
+                            reports["fewshot"]["majority_accuracy"], round(secs[setting], 1)])
+        per_round = [pseudo_rounds(r[1]["fewshot_aug"]) for r in runs]
+        labelling = [p["pseudo_label_seconds"] for rounds in per_round for p in rounds
+                     if p["pseudo_label_seconds"] is not None]
         gap = acc["full"] - acc["fewshot"]
         details[dataset] = {
             "majority_accuracy": reports["fewshot"]["majority_accuracy"],
-            "zero_shot_accuracy": reports["fewshot"]["zero_shot_accuracy"],
+            "zero_shot_accuracy": [r[1]["fewshot"]["zero_shot_accuracy"] for r in runs],
             "labelled_per_site": [len(s.train) for s in sites],
             "unlabelled_per_site": [len(s.unlabelled) for s in sites],
             "pool_labelled_per_site": [min(POOL_CAP, len(s.unlabelled)) for s in sites],
             "full_labelled_per_site": [len(s.train) + len(s.unlabelled) for s in sites],
             "max_length": setup.max_length, "test_size": setup.test_size,
             "threshold": setup.threshold, "per_class_cap": setup.per_class_cap,
-            "accuracy_per_round": {k: [r["accuracy"] for r in v["rounds"]] for k, v in reports.items()},
+            "accuracy_per_round": [{k: [r["accuracy"] for r in v["rounds"]] for k, v in r[1].items()} for r in runs],
             "pseudo_label_rounds": per_round,
             "gap_closed": (acc["fewshot_aug"] - acc["fewshot"]) / gap if gap > 0 else None,
+            "gap_closed_per_seed": [(r[1]["fewshot_aug"]["final_accuracy"] - r[1]["fewshot"]["final_accuracy"])
+                                    / g if (g := r[1]["full"]["final_accuracy"] - r[1]["fewshot"]["final_accuracy"]) > 0
+                                    else None for r in runs],
             "extra_compute": {
                 "labelling_seconds_per_site_round": sum(labelling) / len(labelling) if labelling else None,
-                "labelling_seconds_total": sum(labelling) * SITES,
+                "labelling_seconds_total": sum(labelling) * SITES / len(seeds),
                 "wall_seconds_over_fewshot": round(secs["fewshot_aug"] - secs["fewshot"], 1),
                 "wall_ratio_over_fewshot": round(secs["fewshot_aug"] / secs["fewshot"], 3),
             },
@@ -137,12 +156,12 @@ def main(args: argparse.Namespace) -> int:
         "datasets": details,
         "settings": {"sites": SITES, "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "steps_per_site_round": STEPS,
                      "batch_size": BATCH, "partition": PARTITION.__dict__, "pool_cap_per_site": POOL_CAP,
-                     "backbone": "builtin:minilm", "prompt_length": 16, "seed": args.seed, "torch_threads": 2},
+                     "backbone": "builtin:minilm", "prompt_length": 16, "seeds": seeds, "torch_threads": 2},
     }
-    print(table(["dataset", "setting", "accuracy", "zero_shot", "majority", "seconds"], printed))
+    print(table(["dataset", "setting", "accuracy", "sd", "zero_shot", "majority", "seconds"], printed))
     for dataset, d in details.items():
-        print(f"{dataset}: pseudo-label accuracy per round "
-              f"{[None if r['pseudo_label_accuracy'] is None else round(r['pseudo_label_accuracy'], 3) for r in d['pseudo_label_rounds']]}, "
-              f"labelling {d['extra_compute']['labelling_seconds_total']:.0f} s in total, gap closed {d['gap_closed']}")
+        print(f"{dataset}: pseudo-label accuracy per round (seed {seeds[0]}) "
+              f"{[None if r['pseudo_label_accuracy'] is None else round(r['pseudo_label_accuracy'], 3) for r in d['pseudo_label_rounds'][0]]}, "
+              f"labelling {d['extra_compute']['labelling_seconds_total']:.0f} s per run, gap closed {d['gap_closed']}")
     write_json(out, args.report or "reports/bench-fewshot.json")
     return 0
