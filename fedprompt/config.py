@@ -556,6 +556,8 @@ class ModelServiceSection:
     max_length: int = 256
     max_text_chars: int = 20_000
     max_tasks: int = 8
+    #: Texts per forward pass: a larger query is scored in chunks, so activation memory stays bounded.
+    forward_batch: int = 16
 
     def validate(self, prefix: str) -> None:
         _check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
@@ -566,6 +568,7 @@ class ModelServiceSection:
         _check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
         _check(1 <= self.max_text_chars <= 1_000_000, f"{prefix}.max_text_chars", "must be in [1, 1000000]")
         _check(1 <= self.max_tasks <= 1024, f"{prefix}.max_tasks", "must be in [1, 1024]")
+        _check(1 <= self.forward_batch <= 4096, f"{prefix}.forward_batch", "must be in [1, 4096]")
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key})
 
 

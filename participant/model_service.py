@@ -161,6 +161,8 @@ class ModelHost:
         self.check(q)
         task = self._task(q)
         offset = q.prompt.astype(np.float32).reshape(q.prompt_tokens, self.info.hidden_size)
-        features = self._features(self._encode(list(q.texts), q.template, q.max_length), task.prompt_ids, offset)
+        step = self.settings.forward_batch
+        features = np.concatenate([self._features(self._encode(list(q.texts[i : i + step]), q.template, q.max_length),
+                                                  task.prompt_ids, offset) for i in range(0, len(q.texts), step)])
         logits = features @ task.head.T if self.kind == "encoder" else features[:, task.head]
         return ScoreResult(logits, cross_entropy(logits, q.labels) if q.labels else 0.0)
