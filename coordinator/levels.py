@@ -127,10 +127,6 @@ class JobLevels:
         return (self.keys is not None and self.plan.discovers and number >= self.levels.discover_round
                 and not self.plan.assigned)
 
-    def too_few(self, updates: int) -> str:
-        """Why this round cannot discover cohorts from ``updates`` updates, or "" if it can."""
-        return self.plan.too_few(updates)
-
     def max_bytes(self, vector_size: int) -> int:
         """An upper bound on an update's container: one float32 vector, or one encryption per level (splitting
         a vector into levels costs at most one extra ciphertext per extra level)."""
@@ -265,7 +261,7 @@ class JobLevels:
 
     def _discover(self, r: OpenRound, ids: list[str], g: np.ndarray) -> dict[str, str]:
         """Cluster this round's updates (rows of their Gram matrix ``g``) into cohorts; {} if postponed."""
-        why = self.too_few(len(ids))
+        why = self.plan.too_few(len(ids))
         if why:
             self._postpone(r, why)
             return {}

@@ -545,7 +545,7 @@ class JobRuntime:
         if r is not None and now >= r.deadline:
             if r.gram is not None and r.gram.started:
                 self._gram_failed(r, f"Gram decryptors {', '.join(p for p in r.gram.decryptors if r.gram.awaiting(p))} "
-                                   "did not answer before the deadline")
+                                     "did not answer before the deadline")
             elif len(r.contributions) >= self.config.job.min_participants:
                 self._aggregate()
             else:
@@ -582,14 +582,13 @@ class JobRuntime:
                               k / len(eligible),
                               encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None and not
                               self.config.encrypted_gram and self.levels is None else None,
-                              gram=self.keys.new_gram_round(self.vector_size) if self._needs_gram(number) else None)
+                              gram=self.keys.new_gram_round(self.vector_size) if self.keys is not None and
+                              self._needs_gram(number) else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
 
     def _needs_gram(self, number: int) -> bool:
         """Encrypted rounds that compute a Gram matrix: all of a Gram defence's, a levelled job's discovery round."""
-        if self.keys is None:
-            return False
         return self.config.encrypted_gram or (self.levels is not None and self.levels.needs_gram(number))
 
     def _awaiting_keys(self) -> bool:
@@ -662,7 +661,7 @@ class JobRuntime:
         the others' updates with its own.
         """
         assert r.gram is not None
-        too_few = self.levels.too_few(len(r.gram.updates)) if self.levels is not None else ""
+        too_few = self.levels.plan.too_few(len(r.gram.updates)) if self.levels is not None else ""
         if too_few:
             self._gram_failed(r, too_few)
             return
