@@ -5,9 +5,8 @@ Discovery clusters participants by the similarity of their updates, as clustered
 under Privacy Constraints", IEEE TNNLS 2021, split participants by the cosine similarity of their updates).
 ``discover_cohorts`` sees only the Gram matrix ``G = [<d_i, d_j>]`` of the updates, the same input as the
 robust defences (``coordinator.robust``): in plaintext jobs the coordinator computes it from the deltas;
-once the encrypted Gram matrix exists (issue #5: Gram entries computed on CKKS ciphertexts, only those
-scalars decrypted by key holders) the same function clusters encrypted jobs unchanged.  Until then
-``levels.cohorts_from = "discover"`` is refused with ``he.enabled`` at config load.
+in encrypted jobs it computes it on the CKKS ciphertexts and two key holders decrypt only its scalars
+(``coordinator.hegram``, as for the encrypted Gram defences), and the same function clusters them unchanged.
 """
 
 from __future__ import annotations
@@ -77,6 +76,11 @@ class CohortPlan:
 
     def names(self) -> list[str]:
         return sorted({DEFAULT_COHORT, *self.assigned.values()})
+
+    def too_few(self, updates: int) -> str:
+        """Why discovery cannot run on a round with ``updates`` updates, or "" if it can."""
+        k = self.levels.num_cohorts
+        return f"too few updates ({updates}) for {k} cohorts" if updates < k else ""
 
     def discover(self, participant_ids: list[str], g: np.ndarray) -> dict[str, str]:
         """Assign ``participant_ids`` (rows of ``g``) to ``levels.num_cohorts`` discovered cohorts."""

@@ -6,9 +6,9 @@ registered X25519 key.  The coordinator only stores and relays; a member joining
 dealer (or, while the dealer is offline, to any key holder) as needing a key.  Only key holders are selected
 for encrypted rounds.
 
-Jobs with a Gram defence (``crypto.gram``) also need the dealer's public evaluation keys (relinearisation and
-Galois keys, ~5 MB, uploaded once as a payload of encoding ``ckks-evalkeys-v1``); their rounds open only once
-those are in.
+Jobs whose coordinator computes an encrypted Gram matrix (``crypto.gram``: a Gram defence, or cohort
+discovery in a levelled job) also need the dealer's public evaluation keys (relinearisation and Galois keys,
+~9.7 MB, uploaded once as a payload of encoding ``ckks-evalkeys-v1``); their rounds open only once those are in.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class JobKeys:
     def check_evaluation_keys(self, participant_id: str) -> int:
         """Before an evaluation-key upload is read: only the dealer, once, after its context; the byte limit."""
         if not self.params.multiplicative:
-            raise PreconditionFailed(f"job {self.job_id} has no Gram defence: it takes no evaluation keys")
+            raise PreconditionFailed(f"job {self.job_id} has no Gram defence nor encrypted cohort discovery: it "
+                                     "takes no evaluation keys")
         if participant_id != self.dealer:
             raise NotEnrolled(f"{participant_id} is not the key dealer of job {self.job_id} ({self.dealer})")
         self.require_context()
@@ -93,7 +94,7 @@ class JobKeys:
         self.log.info("evaluation keys published", dealer=participant_id, bytes=len(keys))
 
     def ready(self) -> bool:
-        """Whether encrypted rounds can run: the public context, and for a Gram defence the evaluation keys."""
+        """Whether encrypted rounds can run: the public context, and for an encrypted Gram matrix the evaluation keys."""
         return self.context is not None and (not self.params.multiplicative or self.evaluator is not None)
 
     def share(self, sender: str, recipient: str, blob: bytes) -> None:

@@ -15,12 +15,22 @@ as a whole prompt is without levels.  A cohort's encrypted sum is published only
 no key holder can decrypt an individual update.  Missing expert parts of an encrypted version mean
 "unchanged".
 
-Plaintext versions store every cohort's absolute expert prompt and the cohort assignment (``cohorts``
-part), so a coordinator restart recovers a discovered assignment from the newest version.  With
-``cohorts_from = "discover"`` the assignment is made when round ``levels.discover_round`` aggregates: that
-round's updates are clustered from their Gram matrix (``coordinator.cohorts.discover_cohorts``); every new
-cohort starts from the expert prompt everyone shared until then; members not in that round stay in the
-default cohort.
+Plaintext versions store every cohort's absolute expert prompt; every version of a job that discovers its
+cohorts stores the cohort assignment (``cohorts`` part, plaintext JSON, also in encrypted jobs), so a
+coordinator restart recovers a discovered assignment from the newest version.  With ``cohorts_from =
+"discover"`` the assignment is made when round ``levels.discover_round`` aggregates: that round's updates
+are clustered from their Gram matrix (``coordinator.cohorts.discover_cohorts``); every new cohort starts
+from the expert prompt everyone shared until then; members not in that round stay in the default cohort.
+
+Encrypted jobs discover on the encrypted Gram matrix of the whole exchanged updates (global and expert
+parts: the same ``G`` as the plaintext path, so both paths cluster alike): the discovery round keeps each
+update's ciphertexts in a ``coordinator.hegram.GramRound`` besides folding them, and the round machine
+(``coordinator.rounds``) has two key holders decrypt its Gram scalars before this module aggregates.  Each
+level part carries ``n_u`` in its weight slot, so entry ``(u, v)`` divided by ``n_u n_v`` is
+``<d_u, d_v>`` plus one per part, which is subtracted.  If the Gram matrix cannot be had or trusted
+(decryptors disagree or stay silent, fewer than two online) discovery is postponed to the next round and
+the round aggregates as before: never a wrong assignment.  A discovered cohort of one member never
+publishes an expert sum (``MIN_HE_COHORT``), so its expert prompt stays as discovery left it.
 """
 
 from __future__ import annotations
@@ -112,6 +122,11 @@ class JobLevels:
             self._sizes = {name: size for name, (size, _) in unpack(stored[1]).items()}
         return self._sizes
 
+    def needs_gram(self, number: int) -> bool:
+        """Whether round ``number`` of an encrypted job discovers cohorts (on an encrypted Gram matrix)."""
+        return (self.keys is not None and self.plan.discovers and number >= self.levels.discover_round
+                and not self.plan.assigned)
+
     def max_bytes(self, vector_size: int) -> int:
         """An upper bound on an update's container: one float32 vector, or one encryption per level (splitting
         a vector into levels costs at most one extra ciphertext per extra level)."""
@@ -150,22 +165,43 @@ class JobLevels:
             target = GLOBAL if name == GLOBAL else expert_key(self.plan.cohort_of(participant_id))
             total = self._sums.get(target) or context.new_sum(size)
             parsed.append((target, total, total.parse(data)))
+        # the discovery round keeps a second parse for its Gram matrix: a sum folds into its first term in place
+        kept = [ct for size, data in parts.values() for ct in context.parse(data, context.key_id, size)] \
+            if r.gram is not None else []
         for target, total, ciphertexts in parsed:
             total.add(ciphertexts)
             self._sums[target] = total
             self._counts[target] = self._counts.get(target, 0) + 1
+        if r.gram is not None:
+            r.gram.add(participant_id, kept, payload.num_examples)
         return _EMPTY
 
     # ---- aggregation ------------------------------------------------------------------------------
-    def aggregate(self, r: OpenRound, aggregator: Aggregator) -> LevelOutcome:
-        """The new global version of round ``r`` as a stored container."""
+    def aggregate(self, r: OpenRound, aggregator: Aggregator, gram: np.ndarray | None = None,
+                  postponed: str = "") -> LevelOutcome:
+        """The new global version of round ``r`` as a stored container.
+
+        An encrypted discovery round (``r.gram``) passes the agreed Gram matrix ``gram`` of ``r.gram.order``
+        (weighted deltas over ``n_u n_v``), or why it has none (``postponed``).
+        """
         if self.keys is not None:
-            return self._aggregate_encrypted(r)
+            return self._aggregate_encrypted(r, gram, postponed)
         return self._aggregate_plain(r, aggregator)
 
-    def _aggregate_encrypted(self, r: OpenRound) -> LevelOutcome:
+    def _aggregate_encrypted(self, r: OpenRound, gram: np.ndarray | None, postponed: str) -> LevelOutcome:
         if self._round != (r.number, r.attempt) or GLOBAL not in self._sums:
             return LevelOutcome(refusal="no encrypted update was folded in this attempt")
+        found: dict[str, str] = {}
+        metrics: dict[str, float] = {}
+        if r.gram is not None and gram is not None:
+            # every level part has n_u in its weight slot: one n_u n_v per part in entry (u, v)
+            found = self._discover(r, list(r.gram.order), gram - len(self.names))
+            if found:
+                metrics["cohorts_discovered"] = float(len(set(found.values())))
+        elif r.gram is not None:
+            self._postpone(r, postponed)
+        if r.gram is not None and r.gram.started:
+            metrics["gram_seconds"] = r.gram.gram_seconds
         sizes = self.sizes()
         parts = {GLOBAL: (sizes[GLOBAL], self._sums[GLOBAL].to_bytes())}
         withheld = []
@@ -178,8 +214,12 @@ class JobLevels:
             self.log.warning("expert sums withheld: too few updates to hide an individual one", round=r.number,
                              cohorts=[t.split(":", 1)[1] for t in withheld], minimum=MIN_HE_COHORT)
         self._round, self._sums, self._counts = None, {}, {}
-        return LevelOutcome(pack(parts), {"expert_cohorts_updated": float(len(parts) - 1),
-                                          "expert_cohorts_withheld": float(len(withheld))})
+        metrics.update(expert_cohorts_updated=float(len(parts) - 1), expert_cohorts_withheld=float(len(withheld)))
+        for cohort in sorted(set(found.values())):  # this round's shared expert sum (>= num_cohorts updates)
+            parts[expert_key(cohort)] = parts[expert_key(DEFAULT_COHORT)]
+        if self.plan.discovers:
+            parts[COHORTS_PART] = (0, self.plan.to_json())
+        return LevelOutcome(pack(parts), metrics)
 
     def _aggregate_plain(self, r: OpenRound, aggregator: Aggregator) -> LevelOutcome:
         stored = self.store.prompt(self.job_id, r.number - 1)
@@ -209,25 +249,29 @@ class JobLevels:
                 experts[cohort] = (experts[cohort].astype(np.float64) + mean).astype(np.float32)
             metrics["expert_cohorts_updated"] = float(len(by_cohort))
             if self.plan.discovers and r.number >= self.levels.discover_round and not self.plan.assigned:
-                metrics.update(self._discover(r, contributions, experts))
+                found = self._discover(r, [c.participant_id for c in contributions],
+                                       gram(np.stack([c.delta for c in contributions])))
+                for cohort in set(found.values()):  # each new cohort starts from the shared expert prompt
+                    experts[cohort] = experts[DEFAULT_COHORT].copy()
+                if found:
+                    metrics["cohorts_discovered"] = float(len(set(found.values())))
             parts.update({expert_key(c): (sizes[EXPERT], encode_vector(v)) for c, v in sorted(experts.items())})
             parts[COHORTS_PART] = (0, self.plan.to_json())
         return LevelOutcome(pack(parts), metrics, result)
 
-    def _discover(self, r: OpenRound, contributions: list[Contribution],
-                  experts: dict[str, np.ndarray]) -> dict[str, float]:
-        """Cluster this round's updates into cohorts; each new cohort starts from the shared expert prompt."""
-        if len(contributions) < self.levels.num_cohorts:
-            self.log.warning("cohort discovery postponed: too few updates", round=r.number,
-                             updates=len(contributions), cohorts=self.levels.num_cohorts)
+    def _discover(self, r: OpenRound, ids: list[str], g: np.ndarray) -> dict[str, str]:
+        """Cluster this round's updates (rows of their Gram matrix ``g``) into cohorts; {} if postponed."""
+        why = self.plan.too_few(len(ids))
+        if why:
+            self._postpone(r, why)
             return {}
-        ids = [c.participant_id for c in contributions]
-        found = self.plan.discover(ids, gram(np.stack([c.delta for c in contributions])))
-        for cohort in set(found.values()):
-            experts[cohort] = experts[DEFAULT_COHORT].copy()
+        found = self.plan.discover(ids, g)
         self.log.info("cohorts discovered", round=r.number, cohorts={c: sorted(p for p in found if found[p] == c)
                                                                      for c in sorted(set(found.values()))})
-        return {"cohorts_discovered": float(len(set(found.values())))}
+        return found
+
+    def _postpone(self, r: OpenRound, why: str) -> None:
+        self.log.warning("cohort discovery postponed", round=r.number, reason=why)
 
     def _cohorts(self, parts: dict[str, tuple[int, bytes]]) -> list[str]:
         stored = [name.split(":", 1)[1] for name in parts if name.startswith(EXPERT + ":")]

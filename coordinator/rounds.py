@@ -35,7 +35,9 @@ decryptors disagree, or do not answer before the deadline, the attempt fails wit
 
 Jobs with prompt levels (``[levels]``) hand updates, aggregation and downloads to ``coordinator.levels``:
 the global level is aggregated over everyone, the expert level per cohort, and each member downloads the
-global part with its own cohort's expert part.
+global part with its own cohort's expert part.  An encrypted levelled job that discovers its cohorts runs
+its discovery round through the same encrypted-Gram steps (two decryptors, agreement), then clusters; if
+the Gram matrix cannot be had or trusted, discovery is postponed and the round still aggregates.
 """
 
 from __future__ import annotations
@@ -542,8 +544,8 @@ class JobRuntime:
         r = self.open
         if r is not None and now >= r.deadline:
             if r.gram is not None and r.gram.started:
-                self._fail_attempt(f"Gram decryptors {', '.join(p for p in r.gram.decryptors if r.gram.awaiting(p))} "
-                                   "did not answer before the deadline")
+                self._gram_failed(r, f"Gram decryptors {', '.join(p for p in r.gram.decryptors if r.gram.awaiting(p))} "
+                                     "did not answer before the deadline")
             elif len(r.contributions) >= self.config.job.min_participants:
                 self._aggregate()
             else:
@@ -581,9 +583,13 @@ class JobRuntime:
                               encrypted=self.keys.new_sum(self.vector_size) if self.keys is not None and not
                               self.config.encrypted_gram and self.levels is None else None,
                               gram=self.keys.new_gram_round(self.vector_size) if self.keys is not None and
-                              self.config.encrypted_gram else None)
+                              self._needs_gram(number) else None)
         self.store.save_round(self.open.row(self.job_id, RoundState.TRAINING))
         self.log.info("round opened", round=number, attempt=self.next_attempt, selected=list(selected))
+
+    def _needs_gram(self, number: int) -> bool:
+        """Encrypted rounds that compute a Gram matrix: all of a Gram defence's, a levelled job's discovery round."""
+        return self.config.encrypted_gram or (self.levels is not None and self.levels.needs_gram(number))
 
     def _awaiting_keys(self) -> bool:
         """Encrypted jobs: an online member that joined within ``KEY_GRACE_S`` and still lacks the key holds the
@@ -603,14 +609,9 @@ class JobRuntime:
                 self._begin_gram(r)
             return
         if self.levels is not None:
-            outcome = self.levels.aggregate(r, self.aggregator)
-            if outcome.refusal:
-                self._fail_attempt(outcome.refusal)
-                return
-            data, metrics = outcome.data, outcome.metrics
-            if outcome.result is not None:
-                self._record_decision(r, outcome.result)
-        elif r.encrypted is not None:
+            self._aggregate_levels(r)
+            return
+        if r.encrypted is not None:
             data, metrics = r.encrypted.to_bytes(), {}
         else:
             current = self._global_vector(r.number - 1)
@@ -625,6 +626,18 @@ class JobRuntime:
             data, metrics = result.vector.astype("<f4").tobytes(), result.metrics
             self._record_decision(r, result)
         self._complete(r, data, metrics)
+
+    def _aggregate_levels(self, r: OpenRound, gram: np.ndarray | None = None, postponed: str = "") -> None:
+        """Aggregate a levelled round (``coordinator.levels``); an encrypted discovery round passes its agreed
+        Gram matrix or why it has none."""
+        assert self.levels is not None
+        outcome = self.levels.aggregate(r, self.aggregator, gram, postponed)
+        if outcome.refusal:
+            self._fail_attempt(outcome.refusal)
+            return
+        if outcome.result is not None:
+            self._record_decision(r, outcome.result)
+        self._complete(r, outcome.data, outcome.metrics)
 
     def _complete(self, r: OpenRound, data: bytes, metrics: dict[str, float]) -> None:
         """Store round ``r``'s new global version and summary, and close the round."""
@@ -648,18 +661,30 @@ class JobRuntime:
         the others' updates with its own.
         """
         assert r.gram is not None
+        too_few = self.levels.plan.too_few(len(r.gram.updates)) if self.levels is not None else ""
+        if too_few:
+            self._gram_failed(r, too_few)
+            return
         holders = [p for p in self.online() if self.keys is not None and self.keys.holds(p)]
         outsiders = [p for p in holders if p not in r.contributions]
         pool = outsiders if len(outsiders) >= DECRYPTORS else holders
         if len(pool) < DECRYPTORS:
-            self._fail_attempt(f"an encrypted Gram matrix needs {DECRYPTORS} online key holders to decrypt it, "
-                               f"{len(pool)} online")
+            self._gram_failed(r, f"an encrypted Gram matrix needs {DECRYPTORS} online key holders to decrypt it, "
+                                 f"{len(pool)} online")
             return
         rng = random.Random(f"{self.config.job.seed}:{r.number}:{r.attempt}:decryptors")
         r.gram.begin(sorted(rng.sample(pool, DECRYPTORS)))
         r.deadline = self.clock() + self.config.job.round_deadline_s
         self.log.info("encrypted Gram matrix computed", round=r.number, updates=len(r.gram.order),
                       seconds=round(r.gram.gram_seconds, 3), bytes=len(r.gram.payload), decryptors=list(r.gram.decryptors))
+
+    def _gram_failed(self, r: OpenRound, why: str) -> None:
+        """No usable Gram matrix: a robust decision fails closed (the attempt fails, no version); cohort
+        discovery is postponed to the next round and this round aggregates without it."""
+        if self.levels is not None:
+            self._aggregate_levels(r, postponed=why)
+        else:
+            self._fail_attempt(why)
 
     def _gram_round(self, participant_id: str, round_: int) -> GramRound:
         self._member(participant_id)
@@ -680,14 +705,21 @@ class JobRuntime:
         if not gram.answer(participant_id, scalars):
             return
         r = self.open
-        assert r is not None and isinstance(self.aggregator, GramDefence)
+        assert r is not None
         try:
             g = gram.agreed()
         except DecryptorDisagreement as exc:
+            if self.levels is not None:
+                self._gram_failed(r, str(exc))
+                return
             self.log.warning("robust decision refused: Gram decryptors disagree", round=r.number,
                              decryptors=list(gram.decryptors), reason=str(exc))
             self._fail_attempt(f"robust decision refused: {exc}")
             return
+        if self.levels is not None:  # the cohort-discovery round of a levelled job
+            self._aggregate_levels(r, g)
+            return
+        assert isinstance(self.aggregator, GramDefence)
         try:
             verdict, metrics = self.aggregator.judge(gram.order, g)
         except RobustAssumptionError as exc:

@@ -15,9 +15,9 @@ Wire size is kept small by three choices, each measured by ``fedprompt bench he`
   halving the upload.  (Folded sums are no longer seeded: downloads are twice the upload size.)
 * **one data prime**: a ciphertext at the single data prime costs ``2 * N * 8`` bytes unseeded.
 
-Jobs with a Gram defence use a one-multiplication chain instead (``crypto.gram``): the coordinator then also
-computes the encrypted Gram matrix of the updates with public evaluation keys, and participants encrypt 0 in
-the weight slot.
+Jobs with a Gram defence, and levelled jobs that discover their cohorts, use a one-multiplication chain
+instead (``crypto.gram``): the coordinator then also computes the encrypted Gram matrix of the updates with
+public evaluation keys; with a Gram defence participants encrypt 0 in the weight slot.
 
 The coordinator holds a :class:`PublicContext` (parameters only, no key of any kind) and refuses a context
 that carries a secret key.  Ciphertexts are bound to their job's key by a key id (a SHA-256 of the secret

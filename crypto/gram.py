@@ -78,7 +78,8 @@ MAX_EVALUATION_KEY_BYTES = 32 * 1024 * 1024
 
 
 def gram_params(base: CkksParams) -> CkksParams:
-    """The one-multiplication chain of a job with an encrypted Gram defence (``base`` gives ``max_summands``)."""
+    """The one-multiplication chain of a job with an encrypted Gram matrix (a Gram defence or cohort discovery;
+    ``base`` gives ``max_summands``)."""
     return CkksParams(GRAM_DEGREE, GRAM_CHAIN, GRAM_SCALE_BITS, base.max_summands)
 
 

@@ -302,7 +302,7 @@ class LevelsSection:
     With levels on, ``model.prompt_length`` must equal the three token counts' sum.  Cohorts come from the
     admin (``cohorts_from = "admin"`` and ``[[levels.cohorts]]`` tables) or are discovered by the coordinator
     (``"discover"``): after round ``discover_round`` it clusters that round's updates by similarity into
-    ``num_cohorts`` cohorts (plaintext jobs only until the encrypted Gram matrix exists).
+    ``num_cohorts`` cohorts; under HE from the encrypted Gram matrix (``JobConfig.encrypted_discovery``).
     """
 
     enabled: bool = False
@@ -356,9 +356,6 @@ class LevelsSection:
         if self.cohorts_from == "discover":
             _check(self.discover_round < config.job.rounds, "levels.discover_round",
                    f"must be < job.rounds={config.job.rounds}, or no round would use the discovered cohorts")
-            _check(not config.he.enabled, "levels.cohorts_from",
-                   '"discover" clusters the Gram matrix of plaintext updates; with he.enabled give the cohorts '
-                   "(cohorts_from = \"admin\") until the encrypted Gram matrix is available")
         allowed = config.job.allowed_participants
         for i, cohort in enumerate(self.cohorts):
             _check(not config.he.enabled or len(cohort.members) >= MIN_HE_COHORT, f"levels.cohorts[{i}].members",
@@ -430,12 +427,20 @@ class JobConfig:
         """Encrypted job with a Gram defence: the coordinator decides on the encrypted Gram matrix."""
         return self.he.enabled and self.job.aggregator in GRAM_AGGREGATORS
 
+    @property
+    def encrypted_discovery(self) -> bool:
+        """Encrypted levelled job discovering its cohorts: the coordinator clusters an encrypted Gram matrix."""
+        levels = self.levels
+        return self.he.enabled and levels.enabled and levels.expert_tokens > 0 and levels.cohorts_from == "discover"
+
     def he_params(self):  # type: ignore[no-untyped-def]
-        """The job's CKKS parameters: ``[he]``'s addition-only chain, or for a Gram defence the fixed
-        one-multiplication chain of ``crypto.gram.gram_params`` (``he.max_summands`` still applies)."""
+        """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
+        encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
+        ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""
         from crypto.gram import gram_params
 
-        return gram_params(self.he.params()) if self.encrypted_gram else self.he.params()
+        gram = self.encrypted_gram or self.encrypted_discovery
+        return gram_params(self.he.params()) if gram else self.he.params()
 
 
 @dataclass(frozen=True)

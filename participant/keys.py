@@ -50,7 +50,7 @@ class KeyHolder:
         if deal:
             secret = SecretContext.create(self.params)
             self.link.publish_context(job_id, secret.public_bytes(), secret.key_id)
-            if self.params.multiplicative:  # a Gram defence: the coordinator needs public evaluation keys
+            if self.params.multiplicative:  # an encrypted Gram matrix: the coordinator needs evaluation keys
                 self.link.upload(Payload(job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
             self._keep(secret)
             log.info("job keys created and public context published", job_id=job_id, **self.params.describe())

@@ -1,5 +1,5 @@
 """Whole levelled jobs in process: encrypted with admin cohorts (every participant rebuilds its own
-global + expert prompt from per-level ciphertext sums), and plaintext with discovered cohorts."""
+global + expert prompt from per-level ciphertext sums), and with discovered cohorts, plaintext and encrypted."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def test_plaintext_levelled_job_discovers_cohorts(tiny_encoder_dir: Path) -> Non
     assert report["state"] == "done" and set(report["cohorts"]) == {f"site-{k}" for k in range(4)}
     assert len(set(report["cohorts"].values())) == 2 and report["rounds"][0]["cohorts_discovered"] == 2
     assert report["rounds"][2]["expert_cohorts_updated"] == 2
+
+
+def test_encrypted_levelled_job_discovers_cohorts_like_plaintext(tiny_encoder_dir: Path) -> None:
+    """The dealer uploads evaluation keys, round 1's encrypted Gram matrix is decrypted by two key holders and
+    clustered: the same cohorts as the plaintext run of the same sites, seeds and rounds."""
+    plain = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=3, participants_per_round=4, min_participants=4),
+                                levels=_levels(cohorts_from="discover", num_cohorts=2, discover_round=1))
+    report = simulate(dataclasses.replace(plain, he=HESection(enabled=True)), toy_sites(4))
+    assert report["state"] == "done" and len(report["final_by_participant"]) == 4
+    assert report["cohorts"] == simulate(plain, toy_sites(4))["cohorts"]
+    assert len(set(report["cohorts"].values())) == 2
+    first = report["rounds"][0]
+    assert first["cohorts_discovered"] == 2 and first["gram_seconds"] > 0

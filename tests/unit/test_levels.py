@@ -66,7 +66,7 @@ def _parse(levels: str, extra: str = "") -> JobConfig:
     ("cohorts_from = 'magic'", "", "levels.cohorts_from"),
     ("cohorts_from = 'discover'\n[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "", "levels.cohorts:"),
     ("cohorts_from = 'discover'\ndiscover_round = 5", "[job]\nrounds = 5", "levels.discover_round"),
-    ("cohorts_from = 'discover'", "[he]\nenabled = true", "levels.cohorts_from"),
+    ("cohorts_from = 'discover'", "[he]\nenabled = true\n[job]\naggregator = 'norm_bound'", "job.aggregator"),
     ("[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "[he]\nenabled = true", "levels.cohorts[0].members"),
     ("", "[dp]\nenabled = true\nnoise_multiplier = 1.0\nparticipant_noise_multiplier = 1.0",
      "dp.participant_noise_multiplier"),
