@@ -272,7 +272,8 @@ class FedBPT(Aggregator):
     The merged step size is capped at the previous global one: moment matching alone adds the participants'
     disagreement every round, and with non-IID sites the search widened round after round while accuracy
     swung (measured: sigma 1.0 -> 1.6 over 4 rounds, accuracy 0.62-0.68).  FedBPT's reference implementation
-    (NVFlare ``research/fed-bpt``, ``GlobalES``) likewise never lets the global step size grow.
+    (NVFlare ``research/fed-bpt``, ``GlobalES``) likewise clamps the step size it hands back to the clients
+    instead of sending its raw estimate.
     """
 
     name = "fedbpt"
