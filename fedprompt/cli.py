@@ -337,11 +337,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---- data --------------------------------------------------------------------------------------------
-def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from fedprompt.data.shards import PartitionSpec, prepare
+def _plan_overrides(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The data-plan flags the user gave, as dotted ``DataPlan`` keys (unset flags leave the file's values)."""
+    return {prefix + key: getattr(args, flag) for flag, key in PLAN_FLAGS.items() if getattr(args, flag) is not None}
 
-    spec = PartitionSpec(args.partition, args.alpha, args.shots, args.quantity_alpha, args.label_alpha)
-    dirs = prepare(args.dataset, Path(args.out), args.participants, spec, args.test_size, args.seed)
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from fedprompt.config import from_mapping, set_dotted
+    from fedprompt.data.shards import DataPlan, prepare
+
+    mapping: dict[str, Any] = {}
+    for dotted, value in _plan_overrides(args).items():
+        set_dotted(mapping, dotted, value)
+    dirs = prepare(from_mapping(DataPlan, mapping), Path(args.out))
     meta = json.loads((Path(args.out) / "meta.json").read_text(encoding="utf-8"))
     for site in meta["sites"]:
         print(f"{Path(args.out) / site['dir']}: train {site['train']}, test {site['test']}, "
@@ -355,11 +363,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedprompt.report import attack_summary, round_table, summary, write_json
     from fedprompt.simulation import load_simulation, parse_simulation, simulate
 
-    overrides = _overrides(args.set)
-    for key in ("dataset", "participants", "partition", "alpha", "shots", "quantity_alpha", "label_alpha", "test_size",
-                "seed"):
-        if getattr(args, key) is not None:
-            overrides[f"simulation.{key}"] = getattr(args, key)
+    overrides = {**_overrides(args.set), **_plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
     report = simulate(sim.job, sim.simulation.sites(sim.job.task.label_names), attack=sim.attack)
     print(round_table(report))
@@ -387,20 +391,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---- parser ------------------------------------------------------------------------------------------
-def _add_partition_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """Partition flags; ``defaults=False`` leaves unset flags as None so a config file's values stand."""
-    def d(value: Any) -> Any:
-        return value if defaults else None
+#: Data-plan flag (argparse dest) -> dotted ``DataPlan`` key; ``data prepare`` and ``simulate`` share it.
+PLAN_FLAGS = {"dataset": "dataset", "participants": "participants", "partition": "partition.scheme",
+              "alpha": "partition.alpha", "shots": "partition.shots", "quantity_alpha": "partition.quantity_alpha",
+              "label_alpha": "partition.label_alpha", "test_size": "test_size", "seed": "seed"}
 
-    p.add_argument("--participants", type=int, default=d(3), help="number of sites (default 3)")
-    p.add_argument("--partition", choices=["iid", "dirichlet", "fewshot"], default=d("iid"),
-                   help="how training data is split across sites (default iid)")
-    p.add_argument("--alpha", type=float, default=d(0.5), help="Dirichlet label-skew concentration (default 0.5)")
-    p.add_argument("--shots", type=int, default=d(32), help="few-shot: mean labelled examples per site (default 32)")
-    p.add_argument("--quantity-alpha", type=float, default=d(1.0), help="few-shot: Dirichlet skew of label counts")
-    p.add_argument("--label-alpha", type=float, default=d(1.0), help="few-shot: Dirichlet skew of label mix")
-    p.add_argument("--test-size", type=int, default=d(1000), help="examples held out as the test split (default 1000)")
-    p.add_argument("--seed", type=int, default=d(0), help="seed for the split and partition (default 0)")
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    """The data-plan flags; unset ones stay None so ``DataPlan``'s defaults (or a config file's values) stand."""
+    from fedprompt.data.shards import SCHEMES, DataPlan
+
+    plan = DataPlan()
+    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/JSONL path with text,label columns "
+                                     f"(default {plan.dataset})")
+    p.add_argument("--participants", type=int, help=f"number of sites (default {plan.participants})")
+    p.add_argument("--partition", choices=SCHEMES,
+                   help=f"how training data is split across sites (default {plan.partition.scheme})")
+    p.add_argument("--alpha", type=float, help=f"Dirichlet label-skew concentration (default {plan.partition.alpha})")
+    p.add_argument("--shots", type=int,
+                   help=f"few-shot: mean labelled examples per site (default {plan.partition.shots})")
+    p.add_argument("--quantity-alpha", type=float,
+                   help=f"few-shot: Dirichlet skew of label counts (default {plan.partition.quantity_alpha})")
+    p.add_argument("--label-alpha", type=float,
+                   help=f"few-shot: Dirichlet skew of label mix (default {plan.partition.label_alpha})")
+    p.add_argument("--test-size", type=int,
+                   help=f"examples held out as the test split (default {plan.test_size})")
+    p.add_argument("--seed", type=int, help=f"seed for the split and partition (default {plan.seed})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,21 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare per-site data directories").add_subparsers(dest="sub", required=True)
     prep = data.add_parser("prepare", help="split a dataset into one directory per site")
-    prep.add_argument("--dataset", default="rotten_tomatoes",
-                      help="rotten_tomatoes, bbc_news, or a CSV/JSONL path with text,label columns")
-    prep.add_argument("--out", required=True)
-    _add_partition_args(prep)
+    prep.add_argument("--out", required=True, help="directory to write participant-K/ site directories into")
+    _add_plan_args(prep)
     prep.set_defaults(fn=cmd_data_prepare)
 
     sim = sub.add_parser("simulate", help="run a job with many participants in one process (no sockets)",
                          description="A simulation file is a job TOML plus optional [simulation] (data, sites, "
                                      "partition) and [attack] (attack simulator) tables; flags override them.")
     sim.add_argument("--config", help="simulation TOML, e.g. examples/backdoor.toml (default: built-in defaults)")
-    sim.add_argument("--dataset", help="rotten_tomatoes (default), bbc_news, or a CSV/JSONL path")
     sim.add_argument("--report", help="write the JSON report here")
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key, e.g. job.aggregator=\"multi_krum\" or attack.scale=1")
-    _add_partition_args(sim, defaults=False)
+    _add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)
 
     demo = sub.add_parser("demo", help="coordinator + participant processes over loopback gRPC, end to end")

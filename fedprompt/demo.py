@@ -31,7 +31,7 @@ from fedprompt.config import (
     dump_toml,
 )
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
-from fedprompt.data.shards import PartitionSpec, prepare
+from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.errors import FedPromptError
 from fedprompt.report import build_report, plot_rounds, privacy_spent, round_table, summary, write_json
 
@@ -154,8 +154,7 @@ def run_demo(options: DemoOptions) -> int:
         work = Path(options.workdir) if options.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         print(f"[demo] preparing {DATASET} for {options.participants} sites in {work}")
-        sites = prepare(DATASET, work / "data", options.participants, PartitionSpec("iid"), options.test_size,
-                        options.seed)
+        sites = prepare(DataPlan(DATASET, participants=options.participants, test_size=options.test_size, seed=options.seed), work / "data")
         config = demo_job(options)
         he_params = config.he_params().describe() if config.he.enabled else None
         print(f"[demo] encrypted aggregation: {he_params}" if he_params else "[demo] encrypted aggregation off")

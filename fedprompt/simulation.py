@@ -21,7 +21,7 @@ from coordinator.jobs import JobManager
 from coordinator.store import Store
 from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, set_dotted
 from fedprompt.data.datasets import label_indices, majority_accuracy
-from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
+from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, build_classifier, load_backbone
 from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
@@ -85,40 +85,11 @@ class LocalLink:
 
 
 @dataclass(frozen=True)
-class SimulationSection:
-    """The ``[simulation]`` table: which data, how many sites, and how it is dealt (see ``PartitionSpec``)."""
-
-    dataset: str = "rotten_tomatoes"
-    participants: int = 3
-    partition: str = "iid"
-    alpha: float = 0.5
-    shots: int = 32
-    quantity_alpha: float = 1.0
-    label_alpha: float = 1.0
-    test_size: int = 1000
-    seed: int = 0
-
-    def validate(self, prefix: str) -> None:
-        if not 1 <= self.participants <= 1000:
-            raise ConfigError(f"{prefix}.participants: must be in [1, 1000], got {self.participants}")
-        if self.partition not in ("iid", "dirichlet", "fewshot"):
-            raise ConfigError(f"{prefix}.partition: must be iid, dirichlet or fewshot, got {self.partition!r}")
-        if self.test_size < 1:
-            raise ConfigError(f"{prefix}.test_size: must be >= 1")
-
-    def sites(self, label_names: tuple[str, ...]) -> list[SiteData]:
-        """Load the dataset and deal it to ``participants`` sites."""
-        train, test, names = load_split(self.dataset, self.test_size, self.seed, label_names)
-        spec = PartitionSpec(self.partition, self.alpha, self.shots, self.quantity_alpha, self.label_alpha)
-        return split_sites(train, test, names, self.participants, spec, self.seed)
-
-
-@dataclass(frozen=True)
 class SimulationFile:
     """A parsed simulation file: the job (what the coordinator sees) plus the simulation-only tables."""
 
     job: JobConfig
-    simulation: SimulationSection = field(default_factory=SimulationSection)
+    simulation: DataPlan = field(default_factory=DataPlan)
     attack: AttackSection = field(default_factory=AttackSection)
 
 
@@ -130,7 +101,7 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    simulation = from_mapping(SimulationSection, data.pop("simulation", {}), "simulation")
+    simulation = from_mapping(DataPlan, data.pop("simulation", {}), "simulation")
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
     job = from_mapping(JobConfig, data)
     attack.target_index(job.task.label_names)

@@ -24,7 +24,7 @@ from typing import Any
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import BlackboxSection, JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy, read_jsonl
-from fedprompt.data.shards import PartitionSpec, prepare
+from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.demo import DATASET, DemoOptions, demo_job, follow, spawn, wait_for_port
 from fedprompt.report import build_report, table, write_json
 from participant.learner import peak_rss_mb
@@ -96,7 +96,7 @@ def run_job(config: JobConfig, sites: list[Path], work: Path, majority: float) -
 def main(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-blackbox-")))
-        sites = prepare(DATASET, work / "data", SITES, PartitionSpec("iid"), TEST_SIZE, args.seed)
+        sites = prepare(DataPlan(DATASET, participants=SITES, test_size=TEST_SIZE, seed=args.seed), work / "data")
         names = job_for("gradient", "fedavg", args.seed).task.label_names
         started = time.perf_counter()
         prepare_scorer(job_for("blackbox", "fedbpt", args.seed).model.path, "auto")

@@ -9,6 +9,7 @@ the accuracy on the whole test split.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,53 @@ class SiteData:
     unlabelled_gold: list[str] = field(default_factory=list)
 
 
+SCHEMES = ("iid", "dirichlet", "fewshot")
+
+
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How to split: ``iid``, ``dirichlet`` (with ``alpha``) or ``fewshot`` (shots and the two skews)."""
+    """How to split: ``iid``, ``dirichlet`` (label skew ``alpha``) or ``fewshot`` (AUG-FedPrompt's generator:
+    ``shots`` labelled examples per site on average, Dirichlet skews of the labelled *quantity* and of the
+    *label* mix, the rest an unlabelled pool)."""
 
     scheme: str = "iid"
     alpha: float = 0.5
     shots: int = 32
     quantity_alpha: float = 1.0
     label_alpha: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"{prefix}.scheme: must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        for key in ("alpha", "quantity_alpha", "label_alpha"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{prefix}.{key}: must be > 0, got {getattr(self, key)}")
+        if self.shots < 1:
+            raise ConfigError(f"{prefix}.shots: must be >= 1, got {self.shots}")
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Which data, how many sites and how it is dealt: the one definition behind ``fedprompt data prepare``'s
+    flags and a simulation file's ``[simulation]`` table (``[simulation.partition]`` for the split)."""
+
+    dataset: str = "rotten_tomatoes"
+    participants: int = 3
+    test_size: int = 1000
+    seed: int = 0
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+
+    def validate(self, prefix: str) -> None:
+        if not 1 <= self.participants <= 1000:
+            raise ConfigError(f"{prefix}.participants: must be in [1, 1000], got {self.participants}")
+        if self.test_size < 1:
+            raise ConfigError(f"{prefix}.test_size: must be >= 1, got {self.test_size}")
+        self.partition.validate(f"{prefix}.partition")
+
+    def sites(self, label_names: tuple[str, ...] | None = None) -> list[SiteData]:
+        """Load the dataset and deal it to ``participants`` sites, in memory."""
+        train, test, names = load_split(self.dataset, self.test_size, self.seed, label_names)
+        return split_sites(train, test, names, self.participants, self.partition, self.seed)
 
 
 def split_sites(
@@ -59,7 +98,7 @@ def split_sites(
     elif spec.scheme == "fewshot":
         shards = partition.fewshot(labels, n_sites, spec.shots, spec.quantity_alpha, spec.label_alpha, seed)
     else:
-        raise ConfigError(f"partition: unknown scheme {spec.scheme!r}; choose iid, dirichlet or fewshot")
+        raise ConfigError(f"partition.scheme: must be one of {', '.join(SCHEMES)}, got {spec.scheme!r}")
     test_shards = partition.iid([0] * len(test), n_sites, seed + 1)
     return [
         SiteData(
@@ -85,12 +124,10 @@ def load_split(
     return train, test, names
 
 
-def prepare(
-    dataset: str, out_dir: Path, n_sites: int, spec: PartitionSpec, test_size: int, seed: int
-) -> list[Path]:
+def prepare(plan: DataPlan, out_dir: Path) -> list[Path]:
     """Write one directory per site plus ``meta.json`` and the global ``test.jsonl``; returns the site dirs."""
-    train, test, names = load_split(dataset, test_size, seed)
-    sites = split_sites(train, test, names, n_sites, spec, seed)
+    train, test, names = load_split(plan.dataset, plan.test_size, plan.seed)
+    sites = split_sites(train, test, names, plan.participants, plan.partition, plan.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "test.jsonl", test)
     dirs = []
@@ -102,8 +139,8 @@ def prepare(
             write_jsonl(site_dir / "unlabelled.jsonl", site.unlabelled)
         dirs.append(site_dir)
     meta = {
-        "dataset": dataset, "label_names": list(names), "seed": seed, "test_size": test_size,
-        "partition": spec.__dict__, "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test),
+        "dataset": plan.dataset, "label_names": list(names), "seed": plan.seed, "test_size": plan.test_size,
+        "partition": dataclasses.asdict(plan.partition), "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test),
                                                 "unlabelled": len(s.unlabelled)} for d, s in zip(dirs, sites)],
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

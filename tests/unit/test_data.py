@@ -11,7 +11,7 @@ import pytest
 
 from fedprompt.data import partition
 from fedprompt.data.datasets import load_builtin, load_file, majority_accuracy, train_test_split
-from fedprompt.data.shards import PartitionSpec, load_site, prepare
+from fedprompt.data.shards import DataPlan, PartitionSpec, load_site, prepare
 from fedprompt.errors import ConfigError
 
 LABELS = [i % 4 for i in range(400)]
@@ -72,7 +72,8 @@ def test_builtin_datasets_are_real_and_split_deterministically() -> None:
 
 
 def test_prepare_writes_one_directory_per_site(tmp_path: Path) -> None:
-    dirs = prepare("rotten_tomatoes", tmp_path, 3, PartitionSpec("dirichlet", alpha=0.5), 300, seed=0)
+    dirs = prepare(DataPlan("rotten_tomatoes", participants=3, test_size=300,
+                             partition=PartitionSpec("dirichlet", alpha=0.5)), tmp_path)
     sites = [load_site(d) for d in dirs]
     assert sum(len(s.test) for s in sites) == 300
     assert json.loads((tmp_path / "meta.json").read_text())["partition"]["scheme"] == "dirichlet"
@@ -80,3 +81,34 @@ def test_prepare_writes_one_directory_per_site(tmp_path: Path) -> None:
 
 def test_majority_accuracy() -> None:
     assert majority_accuracy([0, 1, 1, 1]) == 0.75
+
+
+def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: Path) -> None:
+    from fedprompt.cli import _plan_overrides, build_parser, main
+    from fedprompt.simulation import parse_simulation
+
+    flags = ["--participants", "2", "--partition", "dirichlet", "--alpha", "0.3", "--test-size", "60", "--seed", "4"]
+    expected = DataPlan(participants=2, test_size=60, seed=4, partition=PartitionSpec("dirichlet", alpha=0.3))
+    from_flags = parse_simulation("", overrides=_plan_overrides(build_parser().parse_args(["simulate", *flags]),
+                                                                "simulation."))
+    from_table = parse_simulation('[simulation]\nparticipants = 2\ntest_size = 60\nseed = 4\n'
+                                  '[simulation.partition]\nscheme = "dirichlet"\nalpha = 0.3\n')
+    assert from_flags.simulation == from_table.simulation == expected
+    assert main(["data", "prepare", "--out", str(tmp_path), *flags]) == 0
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["partition"] == {**PartitionSpec().__dict__, "scheme": "dirichlet", "alpha": 0.3}
+    assert [s["test"] for s in meta["sites"]] == [len(s.test) for s in expected.sites()]
+
+
+@pytest.mark.parametrize("table, key", [
+    ('[simulation.partition]\nscheme = "stratified"', "simulation.partition.scheme"),
+    ("[simulation.partition]\nalpha = 0", "simulation.partition.alpha"),
+    ("[simulation.partition]\nshots = 0", "simulation.partition.shots"),
+    ("[simulation]\nparticipants = 0", "simulation.participants"),
+    ('[simulation]\npartition = "iid"', "simulation.partition"),
+])
+def test_a_bad_data_plan_is_refused_naming_its_key(table: str, key: str) -> None:
+    from fedprompt.simulation import parse_simulation
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_simulation(table)

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedprompt.config import AugmentSection, JobConfig, dump_toml, parse_toml
 from fedprompt.data.datasets import Example, read_jsonl, write_jsonl
-from fedprompt.data.shards import PartitionSpec, SiteData, prepare, split_sites
+from fedprompt.data.shards import DataPlan, PartitionSpec, SiteData, prepare, split_sites
 from fedprompt.errors import ConfigError
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.models.classifier import PromptClassifier
@@ -181,7 +181,7 @@ def test_split_keeps_gold_aside_and_prepare_never_writes_it(tmp_path: Path) -> N
         assert site.unlabelled_gold == [by_text[e.text] for e in site.unlabelled]
     data = tmp_path / "toy.jsonl"
     write_jsonl(data, examples)
-    dirs = prepare(str(data), tmp_path / "out", 2, PartitionSpec("fewshot", shots=8), 20, 0)
+    dirs = prepare(DataPlan(str(data), participants=2, test_size=20, partition=PartitionSpec("fewshot", shots=8)), tmp_path / "out")
     for site_dir in dirs:
         assert {e.label for e in read_jsonl(site_dir / "unlabelled.jsonl")} == {""}
         assert sorted(p.name for p in site_dir.iterdir()) == ["test.jsonl", "train.jsonl", "unlabelled.jsonl"]
