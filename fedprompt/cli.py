@@ -616,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--seeds", type=int, default=1,
-                       help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 1)")
+    bench.add_argument("--seeds", type=int, default=3,
+                       help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
     bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")

@@ -3,17 +3,26 @@
 Cai et al., "AUG-FedPrompt" (2022) / "Federated Few-Shot Learning for Mobile NLP" (2023) report that
 pseudo-labelling the sites' unlabelled data closes the gap between few-shot federated prompt tuning and
 full-set fine-tuning, at a significant system cost.  This benchmark measures both on Rotten Tomatoes and
-BBC News with the same backbone (loaded once), the same split, the same rounds and the same local step
-budget per site and round in every setting:
+BBC News with the same backbone (loaded once), the same split, the same rounds and the same local training
+rule in every setting: ``EPOCHS`` passes over the site's training set per round (labelled plus, when
+augmenting, pseudo-labelled), capped at ``MAX_STEPS`` steps.  As in AUG-FedPrompt, pseudo-labels add data
+*and* the compute to train on it: that is the system cost the paper reports, and the one measured here (a
+fixed step budget would instead make pseudo-labels displace labelled examples).  The settings:
 
-- ``fewshot``: each site trains on its few labelled examples only (quantity-skewed, 18-46 per site);
+- ``fewshot``: each site trains on its few labelled examples only (32 per site on average, quantity-skewed by
+  Dirichlet(2), label mix near-balanced by Dirichlet(10));
 - ``fewshot_aug``: the same, plus ``[augment]`` pseudo-labels of its (capped) unlabelled pool;
 - ``full``: each site's whole share is labelled (its few labels + the pool with its true labels).
 
 The pool's true labels reach training only in ``full``; in ``fewshot_aug`` they are used solely to
 measure pseudo-label accuracy (``SiteData.unlabelled_gold``).  With ``--seeds N`` every setting runs on N
 seeds (split, partition, initial prompt and training all change) and rows report the mean accuracy with
-its standard deviation: on test splits of 150-200 examples one seed's differences are mostly noise.
+its standard deviation: one seed's differences are mostly noise at these test sizes.
+
+The label mix is near-balanced on purpose.  With three sites, Dirichlet(1) label skew on a binary task makes
+the whole federation's labelled set lopsided in about a quarter of the draws (measured: 84 % "rotten" for
+seed 0, against 42 % in the test split), and the few-shot prompt then predicts one class for every round:
+that is label shift, which ``bench personal`` studies, not the few-shot setting measured here.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ from fedprompt.report import table, write_json
 from fedprompt.simulation import simulate
 
 SITES = 3
-ROUNDS = 3
-STEPS = 8
+ROUNDS = 6
+EPOCHS = 2
+MAX_STEPS = 32
 BATCH = 8
 WARMUP_ROUNDS = 1
 POOL_CAP = 150
-PARTITION = PartitionSpec("fewshot", shots=32, quantity_alpha=2.0, label_alpha=1.0)
+PARTITION = PartitionSpec("fewshot", shots=32, quantity_alpha=2.0, label_alpha=10.0)
 SETTINGS = ("fewshot", "fewshot_aug", "full")
 PSEUDO_KEYS = ("pseudo_labels", "pseudo_label_accuracy", "pseudo_label_pool_accuracy", "pseudo_label_seconds")
 
@@ -55,20 +65,20 @@ class DatasetSetup:
 
 
 DATASETS = {
-    "rotten_tomatoes": DatasetSetup(max_length=64, test_size=200, threshold=0.8, per_class_cap=48),
-    "bbc_news": DatasetSetup(max_length=128, test_size=150, threshold=0.7, per_class_cap=24),
+    "rotten_tomatoes": DatasetSetup(max_length=64, test_size=500, threshold=0.8, per_class_cap=48),
+    "bbc_news": DatasetSetup(max_length=128, test_size=300, threshold=0.7, per_class_cap=24),
 }
 
 
 def job_config(dataset: str, setup: DatasetSetup, augment: bool, seed: int) -> JobConfig:
-    """Every site in every round, ``STEPS`` local steps per round whatever the local data size."""
+    """Every site in every round, ``EPOCHS`` passes over its training set per round, at most ``MAX_STEPS``."""
     spec = BUILTIN[dataset]
     return JobConfig(
         job=JobSection(name=f"fewshot-{dataset}", rounds=ROUNDS, participants_per_round=SITES,
                        min_participants=SITES, round_deadline_s=3600.0, seed=seed),
         model=ModelSection(path="builtin:minilm", prompt_length=16, max_length=setup.max_length),
         task=TaskSection(label_names=spec.label_names, label_words=spec.label_words),
-        train=TrainSection(local_epochs=STEPS, max_steps=STEPS, batch_size=BATCH, lr=0.01),
+        train=TrainSection(local_epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=BATCH, lr=0.01),
         augment=AugmentSection(enabled=augment, warmup_rounds=WARMUP_ROUNDS, threshold=setup.threshold,
                                per_class_cap=setup.per_class_cap, balance=True, max_unlabelled=POOL_CAP),
     )
@@ -154,7 +164,8 @@ def main(args: argparse.Namespace) -> int:
     out = {
         "rows": rows,
         "datasets": details,
-        "settings": {"sites": SITES, "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "steps_per_site_round": STEPS,
+        "settings": {"sites": SITES, "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "local_epochs": EPOCHS,
+                     "max_steps": MAX_STEPS,
                      "batch_size": BATCH, "partition": PARTITION.__dict__, "pool_cap_per_site": POOL_CAP,
                      "backbone": "builtin:minilm", "prompt_length": 16, "seeds": seeds, "torch_threads": 2},
     }
