@@ -91,7 +91,29 @@ class JobKeys:
         """The dealer's relinearisation and Galois keys, checked against the job's context and key id."""
         self.check_evaluation_keys(participant_id)
         self.evaluator = GramEvaluator(self.require_context(), keys)
+        self.store.save_evaluation_keys(self.job_id, keys)
         self.log.info("evaluation keys published", dealer=participant_id, bytes=len(keys))
+
+    def restore(self) -> None:
+        """Reload the relay after a coordinator restart: exchange keys, the public context, the sealed keys and
+        (Gram jobs) the evaluation keys, each parsed and checked again as on upload.  Without them an encrypted
+        job could never open another round: its members hold their keys and would not deal or upload again.
+        A dealer chosen but not yet published is not stored; the first registered member (or ``he.dealer``)
+        deals again.  All or nothing: if any stored part fails its check, the relay is left as it was."""
+        exchange = self.store.exchange_keys(self.job_id)
+        dealer, context, evaluator = self.dealer, None, None
+        stored = self.store.he_context(self.job_id)
+        if stored is not None:
+            dealer, key_id, data = stored
+            context = PublicContext(data, self.params, key_id)
+            keys = self.store.evaluation_keys(self.job_id)
+            evaluator = GramEvaluator(context, keys) if keys is not None else None
+        elif dealer is None and exchange:
+            dealer = next(iter(exchange))
+        self.exchange, self.dealer, self.context, self.evaluator = exchange, dealer, context, evaluator
+        self.sealed = self.store.sealed_keys(self.job_id)
+        self.log.info("key relay restored", dealer=self.dealer, context=self.context is not None,
+                      holders=len(self.sealed) + (self.context is not None), evaluation_keys=self.evaluator is not None)
 
     def ready(self) -> bool:
         """Whether encrypted rounds can run: the public context, and for an encrypted Gram matrix the evaluation keys."""

@@ -2,7 +2,8 @@
 
 What is durable (one transaction per change, ``synchronous=FULL``): jobs and their state, memberships,
 every round attempt with its selection, the bookkeeping of received updates (who, weight, size, digest),
-every global prompt version, and the metrics reported on each version.
+every global prompt version, the metrics reported on each version, and an encrypted job's key relay (public
+context, exchange keys, sealed keys, evaluation keys: nothing that opens a ciphertext).
 
 What is not: the *payloads* of an open round's updates.  They are held in memory only, by design (the
 coordinator keeps no individual update at rest; with homomorphic encryption they are folded into a running
@@ -24,6 +25,7 @@ from coordinator.jobs import JobManager
 from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
 from coordinator.store import JobRow
 from fedprompt.config import JobConfig, parse_toml
+from fedprompt.errors import FedPromptError
 
 log = structlog.get_logger("coordinator.recovery")
 
@@ -38,6 +40,13 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     job.state = JobState(row.state)
     job.reason = row.reason
     job.vector_size = row.vector_size
+    if job.keys is not None:
+        try:
+            job.keys.restore()
+        except FedPromptError as exc:  # a stored key that fails its check again: never aggregate under it
+            job.log.error("key relay not restored", reason=str(exc))
+            if job.state not in TERMINAL:
+                job._set_state(JobState.PAUSED, f"key relay not restored: {exc}")
     now = jobs.clock()
     members = store.members(row.job_id)
     # Liveness is not persisted: every member gets one offline_after_s of grace from the restart, during

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS he_contexts (
 CREATE TABLE IF NOT EXISTS exchange_keys (
     job_id TEXT NOT NULL, participant_id TEXT NOT NULL, public_key BLOB NOT NULL, PRIMARY KEY (job_id, participant_id)
 );
+CREATE TABLE IF NOT EXISTS he_evaluation_keys (
+    job_id TEXT PRIMARY KEY, keys BLOB NOT NULL, created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sealed_keys (
     job_id TEXT NOT NULL, recipient TEXT NOT NULL, sender TEXT NOT NULL, blob BLOB NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (job_id, recipient)
@@ -322,6 +325,29 @@ class Store:
     def save_sealed_key(self, job_id: str, recipient: str, sender: str, blob: bytes) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO sealed_keys VALUES (?,?,?,?,?)", (job_id, recipient, sender, blob, time.time()))
+
+    def save_evaluation_keys(self, job_id: str, keys: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO he_evaluation_keys VALUES (?,?,?)", (job_id, keys, time.time()))
+
+    def he_context(self, job_id: str) -> tuple[str, bytes, bytes] | None:
+        """The job's dealer, key id and public context, if the dealer published them."""
+        rows = self._all("SELECT dealer, key_id, public_context FROM he_contexts WHERE job_id=?", (job_id,))
+        return (str(rows[0][0]), bytes(rows[0][1]), bytes(rows[0][2])) if rows else None  # type: ignore[call-overload]
+
+    def exchange_keys(self, job_id: str) -> dict[str, bytes]:
+        """Members' X25519 public keys, in the order they were registered."""
+        rows = self._all("SELECT participant_id, public_key FROM exchange_keys WHERE job_id=? ORDER BY rowid", (job_id,))
+        return {str(r[0]): bytes(r[1]) for r in rows}  # type: ignore[call-overload]
+
+    def sealed_keys(self, job_id: str) -> dict[str, tuple[str, bytes]]:
+        """Relayed sealed keys: recipient -> (sender, blob)."""
+        rows = self._all("SELECT recipient, sender, blob FROM sealed_keys WHERE job_id=?", (job_id,))
+        return {str(r[0]): (str(r[1]), bytes(r[2])) for r in rows}  # type: ignore[call-overload]
+
+    def evaluation_keys(self, job_id: str) -> bytes | None:
+        rows = self._all("SELECT keys FROM he_evaluation_keys WHERE job_id=?", (job_id,))
+        return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     # privacy
     def add_ledger_entry(self, job_id: str, row: LedgerRow) -> None:

@@ -1,0 +1,120 @@
+"""An encrypted job survives a coordinator restart: its key relay (public context, exchange keys, sealed keys
+and, for a Gram defence, evaluation keys) is reloaded from the SQLite file, so the restarted round opens and
+aggregates without any member dealing or uploading keys again, and a restored relay is checked as on upload."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from coordinator.jobs import JobManager
+from coordinator.recovery import resume_jobs
+from coordinator.rounds import JobRuntime
+from coordinator.store import Store
+from crypto.ckks import ENCODING, SecretContext
+from crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
+from crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
+from fedprompt.errors import DuplicateUpdate
+from fedprompt.protocol import Payload, TaskKind
+from tests.support import tiny_job
+from tests.unit.test_rounds import SIZE, Clock
+
+DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
+          "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
+          "c": (np.array([0.09, 0.21, -0.01, -0.11, 0.06, 0.02]), 30)}
+
+
+def encrypted_job(tmp_path: Path, config: JobConfig, clock: Clock) -> tuple[JobRuntime, SecretContext]:
+    """A running encrypted job: a dealt the keys, b and c got theirs sealed, version 0 is in, round 1 is open."""
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
+    job = jobs.job(jobs.create_job(dump_toml(config)))
+    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    secret = SecretContext.create(config.he_params())
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    if config.encrypted_gram:
+        job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
+    for name in ("b", "c"):
+        job.join(name, 40, 5, SIZE, public_bytes(new_exchange_key()))
+        job.share_key("a", name, b"sealed for " + name.encode())  # blobs the coordinator cannot open
+    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.start()
+    job.tick()
+    assert job.open is not None and job.open.number == 1
+    return job, secret
+
+
+def restarted(tmp_path: Path, clock: Clock, job_id: str) -> JobRuntime:
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
+    resume_jobs(jobs)
+    return jobs.job(job_id)
+
+
+def submit(job: JobRuntime, secret: SecretContext, name: str, weight_slot: bool = True) -> None:
+    delta, n = DELTAS[name]
+    job.submit(name, Payload(job.job_id, 1, ENCODING, SIZE, secret.encrypt(delta * n, n if weight_slot else 0), n))
+
+
+def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None:
+    clock = Clock()
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3,
+                                          round_deadline_s=30.0), he=HESection(enabled=True))
+    before, secret = encrypted_job(tmp_path, config, clock)
+    submit(before, secret, "a")  # in flight at the crash: lost with the process, resubmitted below
+    job = restarted(tmp_path, clock, before.job_id)
+    keys = job.keys
+    assert keys is not None and keys.context is not None and keys.dealer == "a"
+    assert keys.context.key_id == secret.key_id and keys.exchange == before.keys.exchange  # type: ignore[union-attr]
+    assert all(keys.holds(p) for p in "abc") and keys.ready()
+    assert job.key_state("b").sealed_key == b"sealed for b" and not job.key_state("a").needs_key
+    with pytest.raises(DuplicateUpdate):  # the dealer cannot publish a second context over the restored one
+        job.publish_context("a", secret.public_bytes(), secret.key_id)
+    assert job.open is not None and (job.open.number, job.open.attempt) == (1, 2)
+    assert job.open.selected == ("a", "b", "c") and job.next_task("b").kind is not TaskKind.WAIT
+    for name in DELTAS:
+        submit(job, secret, name)
+    assert job.open is None and job.state.value == "done"
+    encoding, data = job.store.prompt(job.job_id, 1)
+    assert encoding == ENCODING
+    summed, weight = secret.decrypt(data, SIZE)
+    assert weight == 60.0 and np.allclose(summed, sum(d * n for d, n in DELTAS.values()), atol=1e-4)
+
+
+def test_gram_defence_job_resumes_with_its_evaluation_keys(tmp_path: Path) -> None:
+    clock = Clock()
+    config = dataclasses.replace(
+        tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
+                 aggregator="norm_bound"), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+    before, secret = encrypted_job(tmp_path, config, clock)
+    job = restarted(tmp_path, clock, before.job_id)
+    assert job.keys is not None and job.keys.evaluator is not None and job.keys.ready()
+    with pytest.raises(DuplicateUpdate):
+        job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
+    assert job.open is not None and job.open.gram is not None
+    for name in DELTAS:
+        submit(job, secret, name, weight_slot=False)
+    assert job.open.gram.started  # the restored evaluation keys computed the encrypted Gram matrix
+    scalars = decrypt_gram(secret, job.gram_payload(job.open.gram.decryptors[0], 1).data, len(DELTAS))
+    assert np.isfinite(scalars).all()
+
+
+def test_a_tampered_stored_context_pauses_its_job_and_nothing_is_added_under_it(tmp_path: Path) -> None:
+    """What the store hands back is parsed and checked again: a context that now carries a secret key pauses
+    that job with the reason (the coordinator starts, other jobs go on), and no round opens under it."""
+    clock = Clock()
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3),
+                                 he=HESection(enabled=True))
+    before, secret = encrypted_job(tmp_path, config, clock)
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("UPDATE he_contexts SET public_context=? WHERE job_id=?", (secret.secret_bytes(), before.job_id))
+    with capture_logs() as logs:
+        job = restarted(tmp_path, clock, before.job_id)
+    assert job.state.value == "paused" and "key relay not restored" in job.reason and "secret key" in job.reason
+    assert any(e["event"] == "key relay not restored" and e["log_level"] == "error" for e in logs)
+    assert job.keys is not None and job.keys.context is None and job.open is None
+    assert [(r.state, r.reason) for r in job.store.jobs() if r.job_id == job.job_id] == [("paused", job.reason)]
