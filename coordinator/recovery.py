@@ -2,8 +2,9 @@
 
 What is durable (one transaction per change, ``synchronous=FULL``): jobs and their state, memberships,
 every round attempt with its selection, the bookkeeping of received updates (who, weight, size, digest),
-every global prompt version, the metrics reported on each version, and an encrypted job's key relay (public
-context, exchange keys, sealed keys, evaluation keys: nothing that opens a ciphertext).
+every global prompt version, the metrics reported on each version, robust verdicts (from which rejection
+streaks are replayed), and an encrypted job's key relay (public context, exchange keys, sealed keys,
+evaluation keys: nothing that opens a ciphertext).
 
 What is not: the *payloads* of an open round's updates.  They are held in memory only, by design (the
 coordinator keeps no individual update at rest; with homomorphic encryption they are folded into a running
@@ -18,18 +19,34 @@ stored when the coordinator died is simply marked done: no completed round's glo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
-from coordinator.store import JobRow
+from coordinator.store import DecisionRow, JobRow
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.errors import FedPromptError
 
 log = structlog.get_logger("coordinator.recovery")
 
 _IN_FLIGHT = (RoundState.TRAINING.value, RoundState.AGGREGATING.value)
+
+
+def rejection_streaks(decisions: Iterable[DecisionRow], limit: int) -> dict[str, int]:
+    """Each participant's consecutive robust rejections, replayed from the stored verdicts in round order.
+
+    A member whose streak reached ``limit`` was quarantined at that verdict, and a quarantined member is never
+    selected; so a later verdict about it means an admin released it in between, which resets the streak.
+    The replay is therefore exact, and a restart does not give a repeatedly rejected participant a clean slate.
+    """
+    streaks: dict[str, int] = {}
+    for d in decisions:
+        if limit and streaks.get(d.participant_id, 0) >= limit:
+            streaks[d.participant_id] = 0  # released since it was quarantined
+        streaks[d.participant_id] = 0 if d.accepted else streaks.get(d.participant_id, 0) + 1
+    return streaks
 
 
 def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
@@ -54,6 +71,7 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     job.members = {m.participant_id: dataclasses.replace(m, last_seen=max(m.last_seen, now)) for m in members}
     job.initialiser = members[0].participant_id if members else None
     job.evaluated = {m.participant_id: set() for m in members} | store.evaluated(row.job_id)
+    job.streaks = rejection_streaks(store.decisions(row.job_id), job.quarantine_limit)
     latest = store.latest_version(row.job_id)
     for r in store.rounds(row.job_id):
         if r.state not in _IN_FLIGHT:

@@ -740,6 +740,11 @@ class JobRuntime:
             summary["participant_delta"] = self.config.dp.participant_delta
         return summary
 
+    @property
+    def quarantine_limit(self) -> int:
+        """Consecutive rejections that quarantine a member; 0 when the job's aggregator never quarantines."""
+        return self.config.robust.quarantine_after if self.aggregator.quarantines else 0
+
     def _record_decision(self, r: OpenRound, result: AggregateResult) -> None:
         """Store a robust aggregator's verdict and update rejection streaks; quarantine at the configured limit."""
         decision = result.decision
@@ -748,7 +753,7 @@ class JobRuntime:
         self.store.save_decisions([
             DecisionRow(self.job_id, r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
                         decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
-        limit = self.config.robust.quarantine_after if self.aggregator.quarantines else 0
+        limit = self.quarantine_limit
         for pid in decision.accepted:
             self.streaks[pid] = 0
         for pid in decision.rejected:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from coordinator.jobs import JobManager
-from coordinator.store import Store
+from coordinator.recovery import rejection_streaks, resume_jobs
+from coordinator.store import DecisionRow, Store
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
 from fedprompt.payload import FLOAT32, encode_vector
@@ -117,3 +118,33 @@ def test_creating_a_job_below_the_defence_minimum_names_the_key(tmp_path: Path) 
         jobs.create_job(dump_toml(dataclasses.replace(config, robust=RobustSection(max_malicious=1))))
     with pytest.raises(ConfigError, match="robust.max_malicious"):
         jobs.create_job(dump_toml(config).replace("max_malicious = 1", "max_malicious = -1"))
+
+
+def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One rejection before the restart and one after quarantine at K = 2: a restart is no clean slate."""
+    job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
+    rng = np.random.default_rng(0)
+    play_round(job, 50 * np.ones(SIZE), rng)
+    before = job.flags().streaks
+    assert before["e"] == 1
+    store.close()
+    jobs = JobManager(Store(tmp_path / "norm_bound.sqlite"))
+    resume_jobs(jobs)
+    resumed = jobs.job(job.job_id)
+    assert resumed.flags().streaks == before
+    for name in NAMES:
+        resumed.report_metrics(name, 1, {"accuracy": 0.5}, 5)
+    play_round(resumed, 50 * np.ones(SIZE), rng)
+    assert resumed.quarantined() == ("e",)
+
+
+def row(pid: str, round_: int, accepted: bool) -> DecisionRow:
+    return DecisionRow("j", round_, 1, pid, accepted, 0.0, "score", "norm_bound")
+
+
+def test_streaks_replay_exactly_including_releases() -> None:
+    # e: rejected twice (quarantined at K = 2), released, rejected once more; a: rejected, accepted, rejected
+    decisions = [row("e", 1, False), row("a", 1, False), row("e", 2, False), row("a", 2, True), row("a", 3, False),
+                 row("e", 5, False)]
+    assert rejection_streaks(decisions, limit=2) == {"e": 1, "a": 1}
+    assert rejection_streaks(decisions, limit=0) == {"e": 3, "a": 1}  # no quarantine: nothing resets but acceptance
