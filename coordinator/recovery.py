@@ -10,7 +10,7 @@ What is not: the *payloads* of an open round's updates.  They are held in memory
 coordinator keeps no individual update at rest; with homomorphic encryption they are folded into a running
 ciphertext sum).  A round that was collecting when the coordinator died therefore cannot continue: it is
 marked failed (summary ``restarted = 1``) and restarted cleanly as the next attempt of the same round, from
-the same global version.  Participants resubmit; because local training is a pure function of the global
+the same global version; a restart does not count towards the round's ``max_attempts``.  Participants resubmit; because local training is a pure function of the global
 prompt, the participant and the round number, their resubmitted updates equal the lost ones, so the job
 ends with the prompt an uninterrupted run would have produced.  A round whose aggregate had already been
 stored when the coordinator died is simply marked done: no completed round's global prompt is ever lost.
@@ -25,7 +25,7 @@ import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
-from coordinator.store import DecisionRow, JobRow
+from coordinator.store import DecisionRow, JobRow, RoundRow
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.errors import FedPromptError
 
@@ -47,6 +47,18 @@ def rejection_streaks(decisions: Iterable[DecisionRow], limit: int) -> dict[str,
             streaks[d.participant_id] = 0  # released since it was quarantined
         streaks[d.participant_id] = 0 if d.accepted else streaks.get(d.participant_id, 0) + 1
     return streaks
+
+
+def attempts_of(rounds: Iterable[RoundRow], current: int, max_attempts: int, state: JobState) -> tuple[int, int]:
+    """The current round's next attempt number (after every stored one, so none is reused) and its counted
+    failures: a crash restart (``restarted``) is no failure of the round, and a job still running with a
+    count at the limit was started again by the admin after it paused, which starts the count afresh."""
+    attempts = sorted((r for r in rounds if r.round == current), key=lambda r: r.attempt)
+    failed = [r for r in attempts if r.state == RoundState.FAILED.value and "restarted" not in r.summary]
+    failures = int(failed[-1].summary.get("failures", 0)) if failed else 0
+    if state is JobState.RUNNING and failures >= max_attempts:
+        failures = 0
+    return (attempts[-1].attempt + 1 if attempts else 1), failures
 
 
 def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
@@ -82,9 +94,10 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
             continue
         store.save_round(dataclasses.replace(r, state=RoundState.FAILED.value, closed_at=now,
                                              summary={**r.summary, "restarted": 1.0}))
-        job.next_attempt = r.attempt + 1
         job.log.warning(f"round {r.round} restarted cleanly: partial sum not recoverable", round=r.round,
-                        failed_attempt=r.attempt, next_attempt=job.next_attempt)
+                        failed_attempt=r.attempt, next_attempt=r.attempt + 1)
+    job.next_attempt, job.failures = attempts_of(store.rounds(row.job_id), (latest or 0) + 1, job.max_attempts,
+                                                 job.state)
     if job.state not in TERMINAL and latest is not None and latest >= config.job.rounds:
         job._set_state(JobState.DONE, "all rounds completed")
     job.log.info("job resumed", state=job.state.value, global_version=-1 if latest is None else latest,

@@ -4,7 +4,9 @@ A round opens once the job runs, the previous global version exists and at least
 members are online; it selects up to ``participants_per_round`` of them (seeded by job seed, round and
 attempt), collects their updates, and aggregates when all selected reported, or at the deadline if at least
 ``min_participants`` did.  Below the minimum at the deadline the round is retried with a fresh selection,
-at most ``max_attempts`` times, after which the job pauses with the reason in its status.
+and after ``max_attempts`` such failures the job pauses with the reason in its status; starting it again
+gives the round ``max_attempts`` more.  A coordinator restart is no failure of the round (it does not count),
+and attempt numbers never repeat within a round, so each attempt draws a new selection and keeps its row.
 
 With differential privacy on (``[dp]``), a participant whose record-level budget would be exceeded declines
 its round (``report_privacy``); it is dropped from the round and from every later selection, and the job
@@ -187,6 +189,7 @@ class JobRuntime:
         self.initialiser: str | None = None
         self.open: OpenRound | None = None
         self.next_attempt = 1
+        self.failures = 0  # failed attempts of the current round since the job (re)started
         self.evaluated: dict[str, set[int]] = {}
         self.version_downloads: dict[int, int] = {}
         self._decoded_global: tuple[int, np.ndarray] | None = None
@@ -201,7 +204,7 @@ class JobRuntime:
         if self.keys is not None:
             params = self.keys.params
             self.log.info("encrypted aggregation", **params.describe())
-        self.next_attempt = 1 if self.open is None else self.next_attempt
+        self.failures = 0
         return self.state
 
     def pause(self) -> JobState:
@@ -648,7 +651,7 @@ class JobRuntime:
         self.store.save_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary))
         self.log.info("round aggregated", round=r.number, updates=len(r.contributions), aggregator=self.aggregator.name)
         self.open = None
-        self.next_attempt = 1
+        self.next_attempt, self.failures = 1, 0
         if r.number >= self.config.job.rounds:
             self._set_state(JobState.DONE, "all rounds completed")
 
@@ -796,12 +799,14 @@ class JobRuntime:
     def _fail_attempt(self, why: str) -> None:
         r = self.open
         assert r is not None
-        self.store.save_round(r.row(self.job_id, RoundState.FAILED, self.clock(), {"failed": 1.0}))
-        self.log.warning("round failed", round=r.number, attempt=r.attempt, reason=why)
+        self.failures += 1
+        self.store.save_round(r.row(self.job_id, RoundState.FAILED, self.clock(),
+                                    {"failed": 1.0, "failures": float(self.failures)}))
+        self.log.warning("round failed", round=r.number, attempt=r.attempt, failures=self.failures, reason=why)
         self.open = None
         self.next_attempt = r.attempt + 1
-        if self.next_attempt > self.max_attempts:
-            self._set_state(JobState.PAUSED, f"round {r.number} failed {self.max_attempts} times: {why}")
+        if self.failures >= self.max_attempts:
+            self._set_state(JobState.PAUSED, f"round {r.number} failed {self.failures} times: {why}")
 
     # ---- views -------------------------------------------------------------------------------------
     def latest_version(self) -> int | None:

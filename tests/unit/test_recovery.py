@@ -184,3 +184,48 @@ def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:  # type:
     assert [j.job_id for j in copy.jobs()] == [job_id]
     assert hashlib.sha256(copy.prompt(job_id, 0)[1]).digest() == hashlib.sha256(jobs.store.prompt(job_id, 0)[1]).digest()
     assert dataclasses.astuple(copy.members(job_id)[0]) == dataclasses.astuple(jobs.store.members(job_id)[0])
+
+
+def fail_attempt(job, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    """One attempt of the open round that ends below min_participants (2) at its deadline."""
+    job.tick()
+    assert job.open is not None
+    job.submit(job.open.selected[0], update(job.job_id, job.open.number, *DELTAS[job.open.selected[0]]))
+    clock.now += 31
+    for name in ("a", "b", "c"):
+        job.heartbeat(name)
+    job.tick()
+
+
+def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    fail_attempt(job, clock)
+    fail_attempt(job, clock)
+    assert job.failures == 2 and job.open is not None and job.open.attempt == 3
+    resumed = fresh(tmp_path, clock).job(job_id)  # crash while attempt 3 collects
+    assert resumed.failures == 2 and resumed.open is not None and resumed.open.attempt == 4
+    assert resumed.state.value == "running"
+    fail_attempt(resumed, clock)
+    assert resumed.state.value == "paused" and "round 1 failed 3 times" in resumed.reason
+    rows = [(r.attempt, r.state, r.summary.get("failures"), r.summary.get("restarted"))
+            for r in resumed.store.rounds(job_id)]
+    assert rows == [(1, "failed", 1.0, None), (2, "failed", 2.0, None), (3, "failed", None, 1.0),
+                    (4, "failed", 3.0, None)]
+
+
+def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    jobs, job_id, clock = running
+    job = jobs.job(job_id)
+    for _ in range(3):
+        fail_attempt(job, clock)
+    assert job.state.value == "paused"
+    job.start()
+    job.tick()
+    assert job.open is not None and job.open.attempt == 4 and job.failures == 0
+    rows = [(r.attempt, r.state, r.summary.get("failures")) for r in job.store.rounds(job_id)]
+    assert rows == [(1, "failed", 1.0), (2, "failed", 2.0), (3, "failed", 3.0), (4, "training", None)]  # none reused
+    resumed = fresh(tmp_path, clock).job(job_id)  # a crash right after: the count stays fresh, not 3
+    assert resumed.failures == 0 and resumed.open is not None and resumed.open.attempt == 5
+    fail_attempt(resumed, clock)
+    assert resumed.state.value == "running" and resumed.failures == 1
