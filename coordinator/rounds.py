@@ -469,8 +469,9 @@ class JobRuntime:
         self._member(participant_id)
         return self.state
 
-    def global_payload(self, participant_id: str | None, version: int) -> Payload:
-        """A stored global version (``participant_id`` None for admin export); counts bytes down."""
+    def global_payload(self, participant_id: str | None, version: int | None) -> Payload:
+        """A stored global version, ``None`` the latest (``participant_id`` None for admin export); counts
+        bytes down."""
         if participant_id is not None:
             self._member(participant_id)
         elif self.keys is not None:
@@ -479,6 +480,11 @@ class JobRuntime:
         elif self.levels is not None:
             raise PreconditionFailed(f"job {self.job_id} uses prompt levels: there is no single prompt to export (each "
                                      "member's adds its cohort's expert level and its own personal level)")
+        if version is None:
+            latest = self.latest_version()
+            if latest is None:
+                raise NotFound(f"job {self.job_id} has no global version yet")
+            version = latest
         payload = self.stored_payload(version)
         if participant_id is not None and self.levels is not None:
             payload = self.levels.view(participant_id, payload)  # the global part and the member's cohort's

@@ -224,8 +224,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         self.gate.admin(context)
         job = self.jobs.job(request.job_id)
-        version = request.version or job.latest_version() or 0
-        payload = job.global_payload(None, version)
+        payload = job.global_payload(None, request.version if request.HasField("version") else None)
         for message in serde.payload_messages(payload, admin_pb2.ExportPromptResponse):
             if message.HasField("header"):
                 message.job_config_toml = job.config_toml

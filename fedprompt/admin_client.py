@@ -66,8 +66,8 @@ class AdminClient:
         request = admin_pb2.ReleaseParticipantRequest(job_id=job_id, participant_id=participant_id)
         return self._unary("ReleaseParticipant", request).state  # type: ignore[attr-defined]
 
-    def export(self, job_id: str, out: Path, version: int = 0) -> Path:
-        """Fetch a global prompt and save it with its job config as a safetensors file."""
+    def export(self, job_id: str, out: Path, version: int | None = None) -> Path:
+        """Fetch a global prompt (``version`` None: the latest) and save it with its job config as safetensors."""
         try:
             stream = self.stub.ExportPrompt(admin_pb2.ExportPromptRequest(job_id=job_id, version=version),
                                             timeout=self.timeout_s)

@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = asub.add_parser("export", help="save the global prompt to a file usable by `fedprompt predict`")
     export.add_argument("job")
     export.add_argument("--out", required=True)
-    export.add_argument("--version", type=int, default=0, help="global version (default: latest)")
+    export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
     admin.set_defaults(fn=cmd_admin)
 
     predict = sub.add_parser("predict", help="classify texts with an exported prompt")

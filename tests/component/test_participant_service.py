@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from fedprompt import serde
-from fedprompt.admin_client import AdminClient
+from fedprompt.admin_client import AdminClient, load_prompt
 from fedprompt.config import dump_toml
-from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PermissionDenied, PreconditionFailed, Unauthenticated
+from fedprompt.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unauthenticated,
+)
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader, TaskKind
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
@@ -156,3 +163,16 @@ def test_tasks_flow_over_grpc(live) -> None:  # type: ignore[no-untyped-def]
     links["b"].report(job_id, 0, {"accuracy": 0.5}, 4)
     task = links["b"].get_task(job_id, 1)
     assert task.kind is TaskKind.TRAIN and task.round == 1
+
+
+def test_admin_exports_the_latest_the_initial_or_a_named_version(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, admin, job_id, links = live
+    for name, scale in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
+        links[name].upload(upd(job_id, np.full(SIZE, scale, np.float32), n=10))
+    assert admin.status(job_id).global_version == 1
+    latest, _ = load_prompt(admin.export(job_id, tmp_path / "latest.safetensors"))
+    initial, _ = load_prompt(admin.export(job_id, tmp_path / "v0.safetensors", 0))
+    np.testing.assert_array_equal(latest, np.full(SIZE, 2.0, np.float32))
+    np.testing.assert_array_equal(initial, np.zeros(SIZE, np.float32))  # version 0 is the initial prompt, not "latest"
+    with pytest.raises(NotFound, match="no global version 5"):
+        admin.export(job_id, tmp_path / "v5.safetensors", 5)
