@@ -5,8 +5,9 @@ The key dealer creates the job's keys at join and publishes only the key-less co
 defence, the public evaluation keys).  Every key holder
 the coordinator asks (the dealer while online, else any holder) seals the secret context for each listed
 member with ``crypto.sealing``; the recipient checks the sealer's registered key, opens the blob, and checks
-the key id against the one the dealer published.  The secret context is kept in the site's state directory
-(owner-only file) so the site can decrypt its prompt later; it never leaves the site unsealed.
+the key id against the one the dealer published.  The secret context and the exchange key are kept in the
+site's state directory (``keys/<job_id>/``, owner-only files) so the site can decrypt its prompt later and a
+restarted daemon rejoins as the same key holder; the secret never leaves the site unsealed.
 """
 
 from __future__ import annotations
@@ -18,27 +19,53 @@ import structlog
 
 from crypto.ckks import CkksParams, SecretContext
 from crypto.gram import EVALUATION_KEYS, evaluation_keys
-from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
+from crypto.sealing import load_private, new_exchange_key, private_bytes, public_bytes, seal, unseal
 from fedprompt.errors import DuplicateUpdate, FedPromptError
 from fedprompt.protocol import Payload
 from participant.link import CoordinatorLink
 
 log = structlog.get_logger("participant.keys")
 
-KEY_FILE = "job-key.ckks"
+SECRET_FILE = "secret.ckks"
+EXCHANGE_FILE = "exchange.x25519"
+
+
+def key_dir(state_dir: Path, job_id: str) -> Path:
+    """Where a site keeps one job's keys."""
+    return state_dir / "keys" / job_id
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 class KeyHolder:
-    """Holds (or waits for) one job's CKKS key on behalf of one participant."""
+    """Holds (or waits for) one job's CKKS key on behalf of one participant.
 
-    def __init__(self, link: CoordinatorLink, params: CkksParams, state_dir: Path | None = None) -> None:
+    With a state directory, the keys of a restarted daemon are the ones it had: its exchange key (so its
+    re-join matches the key the coordinator registered) and, once it held it, the job's secret context."""
+
+    def __init__(self, link: CoordinatorLink, params: CkksParams, state_dir: Path | None = None,
+                 job_id: str = "") -> None:
         self.link = link
         self.params = params
         self.state_dir = state_dir
-        self.exchange = new_exchange_key()
-        self.secret: SecretContext | None = None
-        self.job_id = ""
+        self.job_id = job_id
         self.identity = ""
+        self.secret: SecretContext | None = None
+        stored = key_dir(state_dir, job_id) if state_dir is not None and job_id else None
+        if stored is not None and (stored / EXCHANGE_FILE).exists():
+            self.exchange = load_private((stored / EXCHANGE_FILE).read_bytes())
+            if (stored / SECRET_FILE).exists():
+                self.secret = SecretContext.from_secret_bytes((stored / SECRET_FILE).read_bytes(), params)
+            log.info("job keys loaded from the state directory", job_id=job_id, holds_key=self.secret is not None)
+        else:
+            self.exchange = new_exchange_key()
+            if stored is not None:
+                _write_private(stored / EXCHANGE_FILE, private_bytes(self.exchange))
 
     @property
     def public_key(self) -> bytes:
@@ -49,15 +76,17 @@ class KeyHolder:
         self.job_id, self.identity = job_id, identity
         if deal:
             secret = SecretContext.create(self.params)
+            self._keep(secret)  # kept before it is published: a crash after publishing must not lose it
             self.link.publish_context(job_id, secret.public_bytes(), secret.key_id)
             if self.params.multiplicative:  # an encrypted Gram matrix: the coordinator needs evaluation keys
                 self.link.upload(Payload(job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
-            self._keep(secret)
             log.info("job keys created and public context published", job_id=job_id, **self.params.describe())
 
     def refresh(self) -> None:
         """One look at the relay: pick up our sealed key if it arrived; share with whoever we are asked to."""
         state = self.link.keys(self.job_id)
+        if self.secret is not None and state.key_id and state.key_id != self.secret.key_id:
+            raise FedPromptError(f"the key kept for job {self.job_id} is not the key its dealer published")
         if self.secret is None and state.sealed_key:
             opened = unseal(state.sealed_key, recipient=self.exchange, sender_public=state.sealer_public_key,
                             job_id=self.job_id, sender_id=state.sealer_id, recipient_id=self.identity)
@@ -88,8 +117,4 @@ class KeyHolder:
     def _keep(self, secret: SecretContext) -> None:
         self.secret = secret
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            path = self.state_dir / KEY_FILE
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secret.secret_bytes())
+            _write_private(key_dir(self.state_dir, self.job_id) / SECRET_FILE, secret.secret_bytes())

@@ -118,7 +118,7 @@ class ParticipantRuntime:
         learner = self.learner_factory(self.config)
         self.learner = learner
         if self.config.he.enabled:
-            self.keys = KeyHolder(self.link, self.config.he_params(), self.state_dir)
+            self.keys = KeyHolder(self.link, self.config.he_params(), self.state_dir, description.job_id)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from participant.dp import SitePrivacy
 

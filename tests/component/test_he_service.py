@@ -19,7 +19,7 @@ from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PermissionDenied, P
 from fedprompt.protocol import Payload
 from fedprompt.v1 import common_pb2, participant_pb2
 from participant.grpc_link import GrpcLink
-from participant.keys import KeyHolder
+from participant.keys import EXCHANGE_FILE, SECRET_FILE, KeyHolder, key_dir
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts (4096 reals each, weight slot included)
@@ -147,3 +147,35 @@ def test_key_relay_refusals(live, tmp_path: Path) -> None:  # type: ignore[no-un
     assert coordinator.call(lambda: coordinator.server.jobs.job(second).keys.context) is None
     digest = hashlib.sha256(private.secret_bytes()).hexdigest()
     assert digest not in (tmp_path / "coord" / "coordinator.sqlite").read_bytes().hex()
+
+
+def test_a_restarted_key_holder_rejoins_with_the_keys_it_kept(tmp_path: Path) -> None:
+    """A daemon restart rebuilds its KeyHolder: from its state directory it is the same holder (same exchange key,
+    the job's secret), so its re-join is accepted and it can decrypt at once; without the directory the
+    coordinator refuses a holder that comes back under a new exchange key."""
+    with LiveCoordinator(tmp_path / "coord") as coordinator:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(_job(tmp_path))
+        links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in WEIGHTS}
+        states = {n: tmp_path / f"state-{n}" for n in WEIGHTS}
+        holders = {n: KeyHolder(link, HE.params(), states[n], job_id) for n, link in links.items()}
+        for name, link in links.items():
+            holders[name].joined(job_id, name, link.join(job_id, 30, 4, SIZE, holders[name].public_key).deal_keys)
+        holders["a"].refresh()
+        holders["b"].refresh()
+        for name in ("a", "b"):
+            stored = key_dir(states[name], job_id)
+            assert {p.name: p.stat().st_mode & 0o777 for p in stored.iterdir()} == {EXCHANGE_FILE: 0o600,
+                                                                                    SECRET_FILE: 0o600}
+        restarted = KeyHolder(links["b"], HE.params(), states["b"], job_id)
+        assert restarted.public_key == holders["b"].public_key and restarted.secret is not None
+        info = links["b"].join(job_id, 30, 4, SIZE, restarted.public_key)
+        restarted.joined(job_id, "b", info.deal_keys)
+        assert not info.deal_keys and restarted.require().key_id == holders["a"].require().key_id
+        ciphertext = holders["a"].require().encrypt(np.ones(SIZE), 1)
+        np.testing.assert_allclose(restarted.require().decrypt(ciphertext, SIZE)[0], np.ones(SIZE), atol=1e-6)
+        with pytest.raises(InvalidUpdate, match="another exchange key"):
+            links["b"].join(job_id, 30, 4, SIZE, KeyHolder(links["b"], HE.params()).public_key)
+        for link in links.values():
+            link.close()
+        admin.close()

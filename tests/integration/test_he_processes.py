@@ -17,6 +17,7 @@ from crypto.ckks import SecretContext, _saved
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import HESection, dump_toml
 from fedprompt.data.shards import load_site
+from participant.keys import SECRET_FILE, key_dir
 from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 
 SITES = 3
@@ -81,7 +82,7 @@ def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) 
                 assert window not in stored
         for text in text_forms(vector):
             assert text not in log_text
-    secret_file = (tmp_path / "state-0" / "job-key.ckks").read_bytes()
+    secret_file = (key_dir(tmp_path / "state-0", job_id) / SECRET_FILE).read_bytes()
     secret = SecretContext.from_secret_bytes(secret_file, config.he.params())
     for material in (secret_file, _saved(secret.secret_key.save)):
         for window in windows(material[64:], 32):
