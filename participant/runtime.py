@@ -195,26 +195,31 @@ class ParticipantRuntime:
         return self._globals[version]
 
     def _decrypted_global(self, version: int) -> np.ndarray:
-        """Rebuild global ``version`` from the newest one known here plus the encrypted aggregates after it."""
+        """Rebuild global ``version`` from the newest one known here plus the encrypted aggregates after it.
+
+        Every version is rounded to float32 (what a plaintext job stores) before the next one is added to it, so
+        the global is the same bits at every site whatever versions it rebuilt in one go (e.g. after a restart).
+        """
         assert self.info is not None and self.keys is not None and self.config is not None
         secret = self.keys.require()
         size = self._learner().vector_size
         known = [v for v in self._globals if v <= version]
-        current, vector = (known[0], self._globals[known[0]].astype(np.float64)) if known else (-1, np.zeros(size))
+        current, vector = (known[0], self._globals[known[0]]) if known else (-1, np.zeros(size, np.float32))
         while current < version:
             current += 1
             payload = self.link.download(self.info.job_id, current)
             if self.levels is not None:
-                vector = self.levels.decrypt(payload, secret, vector if current else None)
+                vector = self.levels.decrypt(payload, secret, vector.astype(np.float64) if current else None)
             else:
                 total, weight = secret.decrypt(payload.data, size)
-                vector = total / weight if current == 0 else vector + total / weight
+                vector = total / weight if current == 0 else vector.astype(np.float64) + total / weight
+            vector = vector.astype(np.float32)
             if self.state_dir is not None:
                 (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
                 np.save(self.state_dir / "globals" / f"version-{current:04d}.npy", vector)
-                save_prompt(self.state_dir / "prompt-latest.safetensors", vector.astype(np.float32),
-                            self.config_toml, current, self.info.job_id)
-        return vector.astype(np.float32)
+                save_prompt(self.state_dir / "prompt-latest.safetensors", vector, self.config_toml, current,
+                            self.info.job_id)
+        return vector
 
     def handle(self, task: Task) -> None:
         """Carry out one task."""

@@ -7,11 +7,15 @@
 - a participant daemon is killed after submitting and restarted: it rejoins and works on the next round,
   and no update is counted twice;
 - the coordinator is unreachable for 30 s: participant processes (a real daemon and a synthetic one)
-  reconnect by themselves and finish the job.
+  reconnect by themselves and finish the job;
+- the coordinator of an encrypted job and one of its daemons are killed after a round and restarted: the
+  relay comes back from the store, the daemon rejoins as the same key holder from its state directory,
+  nobody deals again, and the job (which needs all three) finishes with every site decrypting one prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import signal
@@ -28,7 +32,7 @@ from coordinator.checkpoint import read_checkpoint
 from coordinator.jobs import JobManager
 from coordinator.store import Store
 from fedprompt.admin_client import AdminClient, load_prompt
-from fedprompt.config import dump_toml
+from fedprompt.config import HESection, dump_toml
 from fedprompt.data.shards import SiteData
 from fedprompt.models import build_classifier
 from fedprompt.payload import decode_vector
@@ -310,3 +314,43 @@ def test_coordinator_unreachable_30s_participants_reconnect_by_themselves(tmp_pa
     finally:
         for run in runs:
             run.coordinator.stop()
+
+
+def test_encrypted_job_survives_a_coordinator_and_a_daemon_kill(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    rounds = 3
+    config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=rounds, participants_per_round=3,
+                                          min_participants=3, round_deadline_s=120.0), he=HESection(enabled=True))
+    coordinator = CoordinatorProcess(tmp_path, free_port()).start()
+    try:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(dump_toml(config))
+        sites = [write_site(s, tmp_path / f"data-{k}") for k, s in enumerate(toy_sites(3))]
+        procs = [daemon(coordinator.target, job_id, f"site-{k}", site, tmp_path / f"state-{k}", tmp_path / f"site-{k}.log")
+                 for k, site in enumerate(sites)]
+        with stopping(*procs):
+            wait_for(lambda: admin.status(job_id).participants == 3, 120, what="daemons to join")
+            admin.start(job_id)
+            wait_for(lambda: any(r.round == 1 and r.state == "done" for r in admin.status(job_id).rounds), 180,
+                     what="round 1 aggregated")
+            procs[2].send_signal(signal.SIGKILL)
+            coordinator.kill()
+            procs[2].wait(10)
+            coordinator.start()
+            procs.append(daemon(coordinator.target, job_id, "site-2", sites[2], tmp_path / "state-2",
+                                tmp_path / "site-2-restarted.log"))
+            with stopping(procs[3]):
+                status = wait_for(lambda: (s := admin.status(job_id)).state == "done" and s, 300, interval=0.5,
+                                  what="job done after the restarts")
+                for proc in (*procs[:2], procs[3]):
+                    assert proc.wait(60) == 0
+        admin.close()
+    finally:
+        assert coordinator.stop() == 0, coordinator.log(coordinator.starts)
+    restarted = coordinator.log(2)
+    assert "key relay restored" in restarted and "context=True" in restarted and "holders=3" in restarted
+    assert "public context published" not in restarted  # nobody dealt again
+    assert [r.round for r in status.rounds if r.state == "done"] == [1, 2, 3]
+    assert all(r.metrics["updates"] == 3.0 for r in status.rounds if r.state == "done")
+    assert "job keys loaded from the state directory" in (tmp_path / "site-2-restarted.log").read_text()
+    finals = [np.load(tmp_path / f"state-{k}" / "globals" / f"version-{rounds:04d}.npy") for k in range(3)]
+    assert all(np.array_equal(finals[0], f) for f in finals[1:])  # every key holder decrypted the same prompt
