@@ -639,13 +639,18 @@ def parse_toml(
     text: str, cls: type[T], source: str = "<config>", overrides: dict[str, Any] | None = None
 ) -> T:
     """Parse TOML text into ``cls``, applying dotted ``overrides`` first; errors name the source or key."""
+    return from_mapping(cls, toml_mapping(text, source, overrides))
+
+
+def toml_mapping(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TOML text as a mapping with dotted ``overrides`` applied; a syntax error names the source."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return from_mapping(cls, data)
+    return data
 
 
 def load_toml(path: str | Path, cls: type[T], overrides: dict[str, Any] | None = None) -> T:

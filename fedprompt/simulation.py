@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.store import Store
-from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, set_dotted
+from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, toml_mapping
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.errors import ConfigError
@@ -95,12 +94,7 @@ class SimulationFile:
 
 def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[str, Any] | None = None) -> SimulationFile:
     """Parse a simulation TOML: ``[simulation]`` and ``[attack]`` are split off, the rest is the job config."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+    data = toml_mapping(text, source, overrides)
     simulation = from_mapping(DataPlan, data.pop("simulation", {}), "simulation")
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
     job = from_mapping(JobConfig, data)
