@@ -25,16 +25,17 @@ import structlog
 
 from coordinator.jobs import JobManager
 from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
-from coordinator.store import DecisionRow, JobRow, RoundRow
+from coordinator.store import JobRow, RoundRow
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.errors import FedPromptError
+from fedprompt.protocol import FlagView
 
 log = structlog.get_logger("coordinator.recovery")
 
 _IN_FLIGHT = (RoundState.TRAINING.value, RoundState.AGGREGATING.value)
 
 
-def rejection_streaks(decisions: Iterable[DecisionRow], limit: int) -> dict[str, int]:
+def rejection_streaks(decisions: Iterable[FlagView], limit: int) -> dict[str, int]:
     """Each participant's consecutive robust rejections, replayed from the stored verdicts in round order.
 
     A member whose streak reached ``limit`` was quarantined at that verdict, and a quarantined member is never

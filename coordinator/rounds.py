@@ -61,7 +61,7 @@ from coordinator.hegram import DECRYPTORS, GramRound
 from coordinator.keys import JobKeys
 from coordinator.levels import JobLevels
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
-from coordinator.store import DecisionRow, MemberRow, RoundRow, Store
+from coordinator.store import MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
 from crypto.ckks import EncryptedSum
 from crypto.gram import EVALUATION_KEYS, GRAM_ENCODING
@@ -759,9 +759,9 @@ class JobRuntime:
         decision = result.decision
         if decision is None:
             return
-        self.store.save_decisions([
-            DecisionRow(self.job_id, r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
-                        decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
+        self.store.save_decisions(self.job_id, [
+            FlagView(r.number, r.attempt, pid, pid in decision.accepted, decision.scores[pid],
+                     decision.score_name, decision.defence) for pid in (*decision.accepted, *decision.rejected)])
         limit = self.quarantine_limit
         for pid in decision.accepted:
             self.streaks[pid] = 0
@@ -838,9 +838,7 @@ class JobRuntime:
 
     def flags(self) -> FlagsView:
         """Every stored robust-aggregation verdict, the quarantined members and the current rejection streaks."""
-        flags = tuple(FlagView(d.round, d.attempt, d.participant_id, d.accepted, d.score, d.score_name, d.defence)
-                      for d in self.store.decisions(self.job_id))
-        return FlagsView(flags, self.quarantined(), dict(sorted(self.streaks.items())))
+        return FlagsView(tuple(self.store.decisions(self.job_id)), self.quarantined(), dict(sorted(self.streaks.items())))
 
     def view(self) -> JobView:
         rejected: dict[tuple[int, int], list[str]] = {}

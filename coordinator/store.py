@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedprompt.protocol import FlagView
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, name TEXT NOT NULL, config_toml TEXT NOT NULL, state TEXT NOT NULL,
@@ -142,18 +144,6 @@ class PrivacyRow:
 
 
 @dataclass(frozen=True)
-class DecisionRow:
-    job_id: str
-    round: int
-    attempt: int
-    participant_id: str
-    accepted: bool
-    score: float
-    score_name: str
-    defence: str
-
-
-@dataclass(frozen=True)
 class MetricRow:
     participant_id: str
     num_examples: int
@@ -257,18 +247,18 @@ class Store:
         return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
 
     # robust-aggregation decisions
-    def save_decisions(self, rows: list[DecisionRow]) -> None:
+    def save_decisions(self, job_id: str, rows: list[FlagView]) -> None:
         now = time.time()
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(r.job_id, r.round, r.attempt, r.participant_id, int(r.accepted), r.score, r.score_name,
+                           [(job_id, r.round, r.attempt, r.participant_id, int(r.accepted), r.score, r.score_name,
                              r.defence, now) for r in rows])
 
-    def decisions(self, job_id: str) -> list[DecisionRow]:
-        rows = self._all("SELECT job_id,round,attempt,participant_id,accepted,score,score_name,defence FROM decisions "
+    def decisions(self, job_id: str) -> list[FlagView]:
+        rows = self._all("SELECT round,attempt,participant_id,accepted,score,score_name,defence FROM decisions "
                          "WHERE job_id=? ORDER BY round, attempt, participant_id", (job_id,))
-        return [DecisionRow(str(r[0]), int(r[1]), int(r[2]), str(r[3]), bool(r[4]), float(r[5]),  # type: ignore[call-overload, arg-type]
-                            str(r[6]), str(r[7])) for r in rows]
+        return [FlagView(int(r[0]), int(r[1]), str(r[2]), bool(r[3]), float(r[4]),  # type: ignore[call-overload, arg-type]
+                         str(r[5]), str(r[6])) for r in rows]
 
     # global prompt versions
     def save_prompt(self, job_id: str, version: int, encoding: str, data: bytes) -> None:

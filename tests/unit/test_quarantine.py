@@ -11,11 +11,11 @@ import pytest
 
 from coordinator.jobs import JobManager
 from coordinator.recovery import rejection_streaks, resume_jobs
-from coordinator.store import DecisionRow, Store
+from coordinator.store import Store
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
 from fedprompt.payload import FLOAT32, encode_vector
-from fedprompt.protocol import Payload, TaskKind
+from fedprompt.protocol import FlagView, Payload, TaskKind
 from tests.support import tiny_job
 
 SIZE = 6
@@ -138,8 +138,8 @@ def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:  # 
     assert resumed.quarantined() == ("e",)
 
 
-def row(pid: str, round_: int, accepted: bool) -> DecisionRow:
-    return DecisionRow("j", round_, 1, pid, accepted, 0.0, "score", "norm_bound")
+def row(pid: str, round_: int, accepted: bool) -> FlagView:
+    return FlagView(round_, 1, pid, accepted, 0.0, "score", "norm_bound")
 
 
 def test_streaks_replay_exactly_including_releases() -> None:
