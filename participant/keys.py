@@ -48,15 +48,14 @@ class KeyHolder:
     With a state directory, the keys of a restarted daemon are the ones it had: its exchange key (so its
     re-join matches the key the coordinator registered) and, once it held it, the job's secret context."""
 
-    def __init__(self, link: CoordinatorLink, params: CkksParams, state_dir: Path | None = None,
-                 job_id: str = "") -> None:
+    def __init__(self, link: CoordinatorLink, params: CkksParams, job_id: str, state_dir: Path | None = None) -> None:
         self.link = link
         self.params = params
         self.state_dir = state_dir
         self.job_id = job_id
         self.identity = ""
         self.secret: SecretContext | None = None
-        stored = key_dir(state_dir, job_id) if state_dir is not None and job_id else None
+        stored = key_dir(state_dir, job_id) if state_dir is not None else None
         if stored is not None and (stored / EXCHANGE_FILE).exists():
             self.exchange = load_private((stored / EXCHANGE_FILE).read_bytes())
             if (stored / SECRET_FILE).exists():
@@ -71,16 +70,16 @@ class KeyHolder:
     def public_key(self) -> bytes:
         return public_bytes(self.exchange)
 
-    def joined(self, job_id: str, identity: str, deal: bool) -> None:
-        """Remember who we are in which job; as the dealer, create the job's keys and publish the context."""
-        self.job_id, self.identity = job_id, identity
+    def joined(self, identity: str, deal: bool) -> None:
+        """Remember who we are in the job; as the dealer, create the job's keys and publish the context."""
+        self.identity = identity
         if deal:
             secret = SecretContext.create(self.params)
             self._keep(secret)  # kept before it is published: a crash after publishing must not lose it
-            self.link.publish_context(job_id, secret.public_bytes(), secret.key_id)
+            self.link.publish_context(self.job_id, secret.public_bytes(), secret.key_id)
             if self.params.multiplicative:  # an encrypted Gram matrix: the coordinator needs evaluation keys
-                self.link.upload(Payload(job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
-            log.info("job keys created and public context published", job_id=job_id, **self.params.describe())
+                self.link.upload(Payload(self.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
+            log.info("job keys created and public context published", job_id=self.job_id, **self.params.describe())
 
     def refresh(self) -> None:
         """One look at the relay: pick up our sealed key if it arrived; share with whoever we are asked to."""

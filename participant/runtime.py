@@ -118,7 +118,7 @@ class ParticipantRuntime:
         learner = self.learner_factory(self.config)
         self.learner = learner
         if self.config.he.enabled:
-            self.keys = KeyHolder(self.link, self.config.he_params(), self.state_dir, description.job_id)
+            self.keys = KeyHolder(self.link, self.config.he_params(), description.job_id, self.state_dir)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from participant.dp import SitePrivacy
 
@@ -134,7 +134,7 @@ class ParticipantRuntime:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
                                             f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
         if self.keys is not None:
-            self.keys.joined(info.job_id, info.participant_id, info.deal_keys)
+            self.keys.joined(info.participant_id, info.deal_keys)
         if info.provide_initial_prompt:
             self.link.upload(self._payload(0, learner.initial_vector(), 1))
             self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=self._encoding,

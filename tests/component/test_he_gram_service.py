@@ -36,11 +36,11 @@ def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(config))
         links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in WEIGHTS}
-        holders = {n: KeyHolder(link, config.he_params()) for n, link in links.items()}
+        holders = {n: KeyHolder(link, config.he_params(), job_id) for n, link in links.items()}
         try:
             for name, link in links.items():
                 info = link.join(job_id, 30, 4, SIZE, holders[name].public_key)
-                holders[name].joined(job_id, name, info.deal_keys)  # the dealer also uploads evaluation keys
+                holders[name].joined(name, info.deal_keys)  # the dealer also uploads evaluation keys
             holders["a"].refresh()
             for name in ("b", "c"):
                 holders[name].refresh()

@@ -42,10 +42,10 @@ def live(tmp_path: Path):  # type: ignore[no-untyped-def]
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(_job(tmp_path))
         links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in WEIGHTS}
-        holders = {n: KeyHolder(link, HE.params()) for n, link in links.items()}
+        holders = {n: KeyHolder(link, HE.params(), job_id) for n, link in links.items()}
         for name, link in links.items():
             info = link.join(job_id, 30, 4, SIZE, holders[name].public_key)
-            holders[name].joined(job_id, name, info.deal_keys)
+            holders[name].joined(name, info.deal_keys)
             assert info.deal_keys == (name == "a")
         holders["a"].refresh()  # the dealer seals the key for b and c
         for name in ("b", "c"):
@@ -134,7 +134,7 @@ def test_key_relay_refusals(live, tmp_path: Path) -> None:  # type: ignore[no-un
     # A second job whose dealer tries to publish its private context: refused, nothing stored.
     admin = AdminClient(coordinator.target)
     second = admin.create_job(_job(tmp_path))
-    dealer = KeyHolder(links["c"], HE.params())
+    dealer = KeyHolder(links["c"], HE.params(), second)
     assert links["c"].join(second, 30, 4, SIZE, dealer.public_key).deal_keys
     private = SecretContext.create(HE.params())
     with pytest.raises(InvalidUpdate, match="secret key"):
@@ -158,24 +158,24 @@ def test_a_restarted_key_holder_rejoins_with_the_keys_it_kept(tmp_path: Path) ->
         job_id = admin.create_job(_job(tmp_path))
         links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in WEIGHTS}
         states = {n: tmp_path / f"state-{n}" for n in WEIGHTS}
-        holders = {n: KeyHolder(link, HE.params(), states[n], job_id) for n, link in links.items()}
+        holders = {n: KeyHolder(link, HE.params(), job_id, states[n]) for n, link in links.items()}
         for name, link in links.items():
-            holders[name].joined(job_id, name, link.join(job_id, 30, 4, SIZE, holders[name].public_key).deal_keys)
+            holders[name].joined(name, link.join(job_id, 30, 4, SIZE, holders[name].public_key).deal_keys)
         holders["a"].refresh()
         holders["b"].refresh()
         for name in ("a", "b"):
             stored = key_dir(states[name], job_id)
             assert {p.name: p.stat().st_mode & 0o777 for p in stored.iterdir()} == {EXCHANGE_FILE: 0o600,
                                                                                     SECRET_FILE: 0o600}
-        restarted = KeyHolder(links["b"], HE.params(), states["b"], job_id)
+        restarted = KeyHolder(links["b"], HE.params(), job_id, states["b"])
         assert restarted.public_key == holders["b"].public_key and restarted.secret is not None
         info = links["b"].join(job_id, 30, 4, SIZE, restarted.public_key)
-        restarted.joined(job_id, "b", info.deal_keys)
+        restarted.joined("b", info.deal_keys)
         assert not info.deal_keys and restarted.require().key_id == holders["a"].require().key_id
         ciphertext = holders["a"].require().encrypt(np.ones(SIZE), 1)
         np.testing.assert_allclose(restarted.require().decrypt(ciphertext, SIZE)[0], np.ones(SIZE), atol=1e-6)
         with pytest.raises(InvalidUpdate, match="another exchange key"):
-            links["b"].join(job_id, 30, 4, SIZE, KeyHolder(links["b"], HE.params()).public_key)
+            links["b"].join(job_id, 30, 4, SIZE, KeyHolder(links["b"], HE.params(), job_id).public_key)
         for link in links.values():
             link.close()
         admin.close()
