@@ -139,15 +139,18 @@ class JobKeys:
         """What ``participant_id`` may see: the public context, its own sealed key, and whom it should serve.
 
         Pending members are listed to the dealer while it is online, else to every online key holder (the
-        first share wins; later ones get ALREADY_EXISTS).
+        first share wins; later ones get ALREADY_EXISTS).  A dealer whose context is in but whose evaluation
+        keys are not (it stopped between the two uploads) is told it owes them: nothing else would ever ask,
+        and a Gram job cannot open a round without them.
         """
         if self.context is None:
             return KeyState(dealer_id=self.dealer or "")
         sender, blob = self.sealed.get(participant_id, ("", b""))
         serves = self.holds(participant_id) and (participant_id == self.dealer or not online(self.dealer or ""))
         pending = tuple((p, key) for p, key in sorted(self.exchange.items()) if serves and not self.holds(p))
+        owes = participant_id == self.dealer and self.params.multiplicative and self.evaluator is None
         return KeyState(self.context.data, self.context.key_id, self.dealer or "", blob, sender,
-                        self.exchange.get(sender, b""), pending)
+                        self.exchange.get(sender, b""), pending, owes)
 
     def require_context(self) -> PublicContext:
         if self.context is None:

@@ -107,6 +107,7 @@ class KeyState:
     sealer_id: str = ""
     sealer_public_key: bytes = b""
     needs_key: tuple[tuple[str, bytes], ...] = ()
+    owes_evaluation_keys: bool = False
 
 
 @dataclass(frozen=True)

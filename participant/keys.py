@@ -77,12 +77,17 @@ class KeyHolder:
             secret = SecretContext.create(self.params)
             self._keep(secret)  # kept before it is published: a crash after publishing must not lose it
             self.link.publish_context(self.job_id, secret.public_bytes(), secret.key_id)
-            if self.params.multiplicative:  # an encrypted Gram matrix: the coordinator needs evaluation keys
-                self.link.upload(Payload(self.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
             log.info("job keys created and public context published", job_id=self.job_id, **self.params.describe())
+            if self.params.multiplicative:  # an encrypted Gram matrix: the coordinator needs evaluation keys
+                self._upload_evaluation_keys(secret)
+
+    def _upload_evaluation_keys(self, secret: SecretContext) -> None:
+        self.link.upload(Payload(self.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
+        log.info("evaluation keys uploaded", job_id=self.job_id)
 
     def refresh(self) -> None:
-        """One look at the relay: pick up our sealed key if it arrived; share with whoever we are asked to."""
+        """One look at the relay: pick up our sealed key if it arrived; upload the evaluation keys if we dealt and
+        the coordinator lacks them; share with whoever we are asked to."""
         state = self.link.keys(self.job_id)
         if self.secret is not None and state.key_id and state.key_id != self.secret.key_id:
             raise FedPromptError(f"the key kept for job {self.job_id} is not the key its dealer published")
@@ -96,6 +101,8 @@ class KeyHolder:
             log.info("job key received", job_id=self.job_id, sealer=state.sealer_id)
         if self.secret is None:
             return
+        if state.owes_evaluation_keys:  # we dealt, and stopped before the evaluation keys reached the coordinator
+            self._upload_evaluation_keys(self.secret)
         for recipient, recipient_key in state.needs_key:
             blob = seal(self.secret.secret_bytes(), sender=self.exchange, recipient_public=recipient_key,
                         job_id=self.job_id, sender_id=self.identity, recipient_id=recipient)

@@ -197,7 +197,7 @@ class KeyRecipient(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., exchange_public_key: _Optional[bytes] = ...) -> None: ...
 
 class GetKeysResponse(_message.Message):
-    __slots__ = ("public_context", "key_id", "dealer_id", "sealed_key", "sealer_id", "sealer_public_key", "needs_key")
+    __slots__ = ("public_context", "key_id", "dealer_id", "sealed_key", "sealer_id", "sealer_public_key", "needs_key", "owes_evaluation_keys")
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DEALER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,7 @@ class GetKeysResponse(_message.Message):
     SEALER_ID_FIELD_NUMBER: _ClassVar[int]
     SEALER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NEEDS_KEY_FIELD_NUMBER: _ClassVar[int]
+    OWES_EVALUATION_KEYS_FIELD_NUMBER: _ClassVar[int]
     public_context: bytes
     key_id: bytes
     dealer_id: str
@@ -212,7 +213,8 @@ class GetKeysResponse(_message.Message):
     sealer_id: str
     sealer_public_key: bytes
     needs_key: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
-    def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ...) -> None: ...
+    owes_evaluation_keys: bool
+    def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., owes_evaluation_keys: _Optional[bool] = ...) -> None: ...
 
 class ReportPrivacyRequest(_message.Message):
     __slots__ = ("job_id", "round", "epsilon", "delta", "declined", "reason")

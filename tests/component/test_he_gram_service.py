@@ -71,3 +71,61 @@ def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
         finally:
             for link in links.values():
                 link.close()
+
+
+class ProcessStopped(Exception):
+    """Stands for the dealer's process dying mid-way."""
+
+
+class StopsAtUpload:
+    """A dealer's link that dies at its first upload, after the public context went through."""
+
+    def __init__(self, link: GrpcLink) -> None:
+        self.link = link
+
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
+        self.link.publish_context(job_id, public_context, key_id)
+
+    def upload(self, payload: Payload) -> None:
+        raise ProcessStopped
+
+
+def test_a_dealer_that_stopped_before_its_evaluation_keys_uploads_them_when_it_comes_back(tmp_path: Path) -> None:
+    """The dealer keeps its secret, publishes the public context, and stops before its evaluation keys reach the
+    coordinator.  Restarted from its state directory it is not asked to deal again (the context is in), so the
+    relay tells it, and only it, that it owes the evaluation keys; its next look at the relay uploads them and
+    the Gram job becomes ready."""
+    config = dataclasses.replace(
+        tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound"),
+        he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+    params = config.he_params()
+    with LiveCoordinator(tmp_path / "coord") as coordinator:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(dump_toml(config))
+        links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in ("a", "b")}
+        state = tmp_path / "state-a"
+        try:
+            before = KeyHolder(StopsAtUpload(links["a"]), params, job_id, state)  # type: ignore[arg-type]
+            assert links["a"].join(job_id, 30, 4, SIZE, before.public_key).deal_keys
+            with pytest.raises(ProcessStopped):
+                before.joined("a", deal=True)
+            assert before.secret is not None
+            secret = before.secret
+            holder_b = KeyHolder(links["b"], params, job_id)
+            holder_b.joined("b", links["b"].join(job_id, 30, 4, SIZE, holder_b.public_key).deal_keys)
+            keys = coordinator.call(lambda: coordinator.server.jobs.job(job_id).keys)
+            assert not coordinator.call(keys.ready)
+            assert not links["b"].keys(job_id).owes_evaluation_keys
+
+            restarted = KeyHolder(links["a"], params, job_id, state)
+            info = links["a"].join(job_id, 30, 4, SIZE, restarted.public_key)
+            restarted.joined("a", info.deal_keys)
+            assert not info.deal_keys and links["a"].keys(job_id).owes_evaluation_keys
+            restarted.refresh()
+            assert coordinator.call(keys.ready) and not links["a"].keys(job_id).owes_evaluation_keys
+            holder_b.refresh()
+            assert holder_b.require().key_id == secret.key_id
+        finally:
+            for link in links.values():
+                link.close()
+            admin.close()
