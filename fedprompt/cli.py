@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backbone", choices=["encoder", "causal"], default="encoder",
                       help="encoder = all-MiniLM-L6-v2 (default, fast); causal = SmolLM2-135M-Instruct")
     demo.add_argument("--test-size", type=int, default=1000)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed for the split, partition, initial prompt and training (default 0)")
     demo.add_argument("--dp", action="store_true",
                       help="record-level DP-SGD at --epsilon (default off: it costs accuracy here, see README)")
     demo.add_argument("--epsilon", type=float, default=8.0,
@@ -615,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: print a table and write a JSON report")
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0,
+                       help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
     bench.add_argument("--seeds", type=int, default=3,
                        help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
