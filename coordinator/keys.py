@@ -148,7 +148,7 @@ class JobKeys:
         sender, blob = self.sealed.get(participant_id, ("", b""))
         serves = self.holds(participant_id) and (participant_id == self.dealer or not online(self.dealer or ""))
         pending = tuple((p, key) for p, key in sorted(self.exchange.items()) if serves and not self.holds(p))
-        owes = participant_id == self.dealer and self.params.multiplicative and self.evaluator is None
+        owes = participant_id == self.dealer and not self.ready()  # the context is in: only evaluation keys lack
         return KeyState(self.context.data, self.context.key_id, self.dealer or "", blob, sender,
                         self.exchange.get(sender, b""), pending, owes)
 
