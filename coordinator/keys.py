@@ -56,9 +56,13 @@ class JobKeys:
         self.exchange[participant_id] = public_key
         self.store.save_exchange_key(self.job_id, participant_id, public_key)
         if self.dealer is None:
-            self.dealer = participant_id
-            self.log.info("key dealer chosen", dealer=participant_id)
+            self.dealer = self._default_dealer()
+            self.log.info("key dealer chosen", dealer=self.dealer)
         return self.dealer == participant_id and self.context is None
+
+    def _default_dealer(self) -> str | None:
+        """The dealer before anyone has published: ``he.dealer``, else the first member to register."""
+        return self.preferred_dealer or next(iter(self.exchange), None)
 
     def holds(self, participant_id: str) -> bool:
         return participant_id == self.dealer and self.context is not None or participant_id in self.sealed
@@ -101,16 +105,15 @@ class JobKeys:
         A dealer chosen but not yet published is not stored; the first registered member (or ``he.dealer``)
         deals again.  All or nothing: if any stored part fails its check, the relay is left as it was."""
         exchange = self.store.exchange_keys(self.job_id)
-        dealer, context, evaluator = self.dealer, None, None
+        dealer, context, evaluator = None, None, None
         stored = self.store.he_context(self.job_id)
         if stored is not None:
             dealer, key_id, data = stored
             context = PublicContext(data, self.params, key_id)
             keys = self.store.evaluation_keys(self.job_id)
             evaluator = GramEvaluator(context, keys) if keys is not None else None
-        elif dealer is None and exchange:
-            dealer = next(iter(exchange))
-        self.exchange, self.dealer, self.context, self.evaluator = exchange, dealer, context, evaluator
+        self.exchange, self.context, self.evaluator = exchange, context, evaluator
+        self.dealer = dealer or self._default_dealer()
         self.sealed = self.store.sealed_keys(self.job_id)
         self.log.info("key relay restored", dealer=self.dealer, context=self.context is not None,
                       holders=len(self.sealed) + (self.context is not None), evaluation_keys=self.evaluator is not None)
