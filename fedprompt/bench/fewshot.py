@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
@@ -127,6 +128,35 @@ def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone
     return sites, reports, seconds
 
 
+def plot(details: dict[str, Any], path: Path) -> None:
+    """Per dataset and round, the test accuracy of the prompt the round produced for each setting and, dashed, the
+    accuracy of the pseudo-labels it trained on (means over seeds): where augmentation starts to pay, and whether
+    its labels stay right while it does."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(details), figsize=(5.5 * len(details), 4), squeeze=False)
+    for ax, (dataset, d) in zip(axes[0], details.items()):
+        for setting in SETTINGS:
+            curves = [seed[setting] for seed in d["accuracy_per_round"]]
+            ax.plot(range(1, len(curves[0]) + 1), [mean(c) for c in zip(*curves)], marker="o", label=setting)
+        pseudo = [[p["pseudo_label_accuracy"] for p in seed] for seed in d["pseudo_label_rounds"]]
+        rounds = [r for r in range(len(pseudo[0])) if all(seed[r] is not None for seed in pseudo)]
+        ax.plot([r + 1 for r in rounds], [mean(seed[r] for seed in pseudo) for r in rounds], "k--", marker="x",
+                label="pseudo-label accuracy")
+        ax.set_title(f"{dataset}, {len(curves)} seed(s)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
     backbone = load_backbone("builtin:minilm")
@@ -185,5 +215,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"{dataset}: pseudo-label accuracy per round (seed {seeds[0]}) "
               f"{[None if r['pseudo_label_accuracy'] is None else round(r['pseudo_label_accuracy'], 3) for r in d['pseudo_label_rounds'][0]]}, "
               f"labelling {d['extra_compute']['labelling_seconds_total']:.0f} s per run, gap closed {d['gap_closed']}")
-    write_json(out, args.report or "reports/bench-fewshot.json")
+    report_path = Path(args.report or "reports/bench-fewshot.json")
+    write_json(out, report_path)
+    plot(details, report_path.with_suffix(".png"))
+    print(f"[bench fewshot] report {report_path}, plot {report_path.with_suffix('.png')}")
     return 0
