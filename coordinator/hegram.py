@@ -53,6 +53,12 @@ class GramRound:
 
     @property
     def started(self) -> bool:
+        """Decryptors are chosen and the updates frozen: the round takes no more."""
+        return bool(self.decryptors)
+
+    @property
+    def computed(self) -> bool:
+        """The packed Gram ciphertext exists, so the decryptors can fetch it."""
         return bool(self.payload)
 
     def parse(self, data: bytes) -> list[seal.Ciphertext]:
@@ -71,18 +77,23 @@ class GramRound:
         self.weights.pop(participant_id, None)
 
     def begin(self, decryptors: Sequence[str]) -> None:
-        """Compute the packed Gram ciphertext of the updates in hand and name who decrypts it."""
+        """Freeze the updates in hand and name who decrypts their Gram matrix; ``compute`` comes next."""
         if len(decryptors) != DECRYPTORS or len(set(decryptors)) != DECRYPTORS:
             raise PreconditionFailed(f"an encrypted Gram matrix needs {DECRYPTORS} distinct decryptors")
         self.order = tuple(self.updates)
-        began = time.perf_counter()
-        self.payload = self.evaluator.gram([self.updates[p] for p in self.order])
-        self.gram_seconds = time.perf_counter() - began
         self.decryptors = tuple(decryptors)
 
+    def compute(self) -> bytes:
+        """The packed Gram ciphertext of the frozen updates.  The costly step: it only reads what ``begin``
+        froze, so it may run on a worker thread (``coordinator.offload``) while the engine serves calls."""
+        began = time.perf_counter()
+        payload = self.evaluator.gram([self.updates[p] for p in self.order])
+        self.gram_seconds = time.perf_counter() - began
+        return payload
+
     def awaiting(self, participant_id: str) -> bool:
-        """Whether ``participant_id`` is a decryptor that has not answered yet."""
-        return self.started and participant_id in self.decryptors and participant_id not in self.answers
+        """Whether ``participant_id`` is a decryptor that has not answered the computed matrix yet."""
+        return self.computed and participant_id in self.decryptors and participant_id not in self.answers
 
     def request(self, participant_id: str) -> bytes:
         """The packed Gram ciphertext, for the chosen decryptors only."""

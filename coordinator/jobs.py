@@ -13,6 +13,7 @@ import structlog
 
 from coordinator.aggregation import job_aggregator
 from coordinator.levels import check_levels
+from coordinator.offload import Offload, inline
 from coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
 from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
@@ -27,10 +28,12 @@ MAX_REF = 200
 class JobManager:
     """Creates jobs from validated TOML and routes each call to the job's round state machine."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, offline_after_s: float = 120.0) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, offline_after_s: float = 120.0,
+                 offload: Offload = inline) -> None:
         self.store = store
         self.clock = clock
         self.offline_after_s = offline_after_s
+        self.offload = offload
         self.jobs: dict[str, JobRuntime] = {}
 
     def create_job(self, config_toml: str) -> str:
@@ -44,7 +47,8 @@ class JobManager:
         job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
-        self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s)
+        self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s,
+                                       offload=self.offload)
         log.info("job created", job_id=job_id, rounds=config.job.rounds, aggregator=config.job.aggregator)
         return job_id
 

@@ -66,7 +66,8 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     """One job's ``JobRuntime`` as it stood at the last committed transaction, its open round closed."""
     store = jobs.store
     config = parse_toml(row.config_toml, JobConfig, f"stored config of job {row.job_id}")
-    job = JobRuntime(row.job_id, config, row.config_toml, store, jobs.clock, jobs.offline_after_s)
+    job = JobRuntime(row.job_id, config, row.config_toml, store, jobs.clock, jobs.offline_after_s,
+                     offload=jobs.offload)
     job.state = JobState(row.state)
     job.reason = row.reason
     job.vector_size = row.vector_size

@@ -31,7 +31,8 @@ global prompt as ``prompt_0 + sum_v aggregate_v / weight_v``; the coordinator ne
 
 Encrypted jobs with a Gram defence (``job.aggregator`` in ``GRAM_AGGREGATORS``) keep each update's
 ciphertexts instead of folding them; when the round closes the coordinator computes their encrypted Gram
-matrix, gives two key holders a DECRYPT task, and decides once both answered alike (``coordinator.hegram``):
+matrix (on a worker thread in the server, ``coordinator.offload``, so the step does not stall other calls),
+gives two key holders a DECRYPT task, and decides once both answered alike (``coordinator.hegram``):
 the same ``GramDefence.judge`` as the plaintext path, then only the accepted ciphertexts are summed.  If the
 decryptors disagree, or do not answer before the deadline, the attempt fails without a decision.
 
@@ -60,6 +61,7 @@ from coordinator.aggregation import AggregateResult, Contribution, GramDefence, 
 from coordinator.hegram import DECRYPTORS, GramRound
 from coordinator.keys import JobKeys
 from coordinator.levels import JobLevels
+from coordinator.offload import Offload, inline
 from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
 from coordinator.store import MemberRow, RoundRow, Store
 from crypto.ckks import ENCODING as CKKS
@@ -161,7 +163,10 @@ class JobRuntime:
         clock: Callable[[], float] = time.time,
         offline_after_s: float = 120.0,
         max_attempts: int = 3,
+        offload: Offload = inline,
     ) -> None:
+        """``offload`` runs the round's costly homomorphic step (``coordinator.offload``): inline unless a
+        server passes its worker thread."""
         self.job_id = job_id
         self.config = config
         self.config_toml = config_toml
@@ -172,6 +177,7 @@ class JobRuntime:
         self.clock = clock
         self.offline_after_s = offline_after_s
         self.max_attempts = max_attempts
+        self.offload = offload
         self.aggregator = job_aggregator(config)
         self.keys = JobKeys(job_id, config.he_params(), config.he.dealer, store) if config.he.enabled else None
         self.encoding = CKKS if self.keys is not None else FLOAT32
@@ -330,6 +336,8 @@ class JobRuntime:
             return f"job {self.state.value}"
         if self.open is None:
             return f"waiting for {self.config.job.min_participants} online participants"
+        if self.open.gram is not None and self.open.gram.started and not self.open.gram.computed:
+            return f"round {self.open.number} computing its encrypted Gram matrix ({len(self.open.gram.order)} updates)"
         if self.open.gram is not None and self.open.gram.started:
             waiting = [p for p in self.open.gram.decryptors if self.open.gram.awaiting(p)]
             return f"round {self.open.number} deciding: Gram matrix with decryptors {', '.join(waiting)}"
@@ -552,7 +560,9 @@ class JobRuntime:
         now = self.clock()
         r = self.open
         if r is not None and now >= r.deadline:
-            if r.gram is not None and r.gram.started:
+            if r.gram is not None and r.gram.started and not r.gram.computed:
+                self._gram_failed(r, "the encrypted Gram matrix was not computed before the deadline")
+            elif r.gram is not None and r.gram.started:
                 self._gram_failed(r, f"Gram decryptors {', '.join(p for p in r.gram.decryptors if r.gram.awaiting(p))} "
                                      "did not answer before the deadline")
             elif len(r.contributions) >= self.config.job.min_participants:
@@ -684,8 +694,23 @@ class JobRuntime:
         rng = random.Random(f"{self.config.job.seed}:{r.number}:{r.attempt}:decryptors")
         r.gram.begin(sorted(rng.sample(pool, DECRYPTORS)))
         r.deadline = self.clock() + self.config.job.round_deadline_s
+        self.offload(r.gram.compute, lambda outcome: self._gram_computed(r, outcome))
+
+    def _gram_computed(self, r: OpenRound, outcome: bytes | Exception) -> None:
+        """The offloaded Gram step is back: hand the matrix to the decryptors, with a fresh deadline for them.
+        A round that closed meanwhile (deadline, cancel, expulsion) keeps its outcome; this result is dropped."""
+        assert r.gram is not None
+        if self.open is not r:
+            self.log.info("encrypted Gram matrix dropped: its round attempt closed while it was computed",
+                          round=r.number, attempt=r.attempt)
+            return
+        if isinstance(outcome, Exception):
+            self._gram_failed(r, f"the encrypted Gram matrix could not be computed: {outcome}")
+            return
+        r.gram.payload = outcome
+        r.deadline = self.clock() + self.config.job.round_deadline_s
         self.log.info("encrypted Gram matrix computed", round=r.number, updates=len(r.gram.order),
-                      seconds=round(r.gram.gram_seconds, 3), bytes=len(r.gram.payload), decryptors=list(r.gram.decryptors))
+                      seconds=round(r.gram.gram_seconds, 3), bytes=len(outcome), decryptors=list(r.gram.decryptors))
 
     def _gram_failed(self, r: OpenRound, why: str) -> None:
         """No usable Gram matrix: a robust decision fails closed (the attempt fails, no version); cohort
@@ -698,7 +723,7 @@ class JobRuntime:
     def _gram_round(self, participant_id: str, round_: int) -> GramRound:
         self._member(participant_id)
         r = self.open
-        if r is None or r.number != round_ or r.gram is None or not r.gram.started:
+        if r is None or r.number != round_ or r.gram is None or not r.gram.computed:
             current = "none" if r is None else str(r.number)
             raise StaleRound(f"no encrypted Gram matrix awaits decryption for round {round_} (open round: {current})")
         return r.gram

@@ -23,6 +23,7 @@ from coordinator.jobs import JobManager
 from coordinator.limits import CallLimiter
 from coordinator.liveness import LivenessWatch
 from coordinator.notifier import Notifier
+from coordinator.offload import WorkerThread
 from coordinator.recovery import resume_jobs
 from coordinator.service import AdminService, ParticipantService
 from coordinator.store import Store
@@ -47,11 +48,12 @@ class CoordinatorServer:
         self.settings = settings
         state_dir = Path(settings.state_dir)
         self.store = Store(state_dir / "coordinator.sqlite")
-        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s)
+        self.notifier = Notifier()
+        self.worker = WorkerThread(self.notifier.notify)
+        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker)
         resume_jobs(self.jobs)
         self.checkpoints = Checkpointer(state_dir / "checkpoints")
         self.liveness = LivenessWatch()
-        self.notifier = Notifier()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -117,6 +119,7 @@ class CoordinatorServer:
         await self.health.enter_graceful_shutdown()
         log.info("coordinator draining", health="NOT_SERVING", grace_s=self.settings.shutdown_grace_s)
         self.notifier.close()
+        self.worker.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

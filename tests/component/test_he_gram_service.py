@@ -51,6 +51,8 @@ def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
             wait_for(lambda: coordinator.call(lambda: job.open), 10, what="round 1")
             for name, n in WEIGHTS.items():
                 links[name].upload(Payload(job_id, 1, ENCODING, SIZE, secret.encrypt(delta(name) * n, 0), n))
+            wait_for(lambda: coordinator.call(lambda: job.open.gram.computed), 10,  # on the server's worker thread
+                     what="encrypted Gram matrix computed")
             tasks = {name: link.get_task(job_id, 0) for name, link in links.items()}
             decryptors = [name for name, task in tasks.items() if task.kind is TaskKind.DECRYPT]
             assert len(decryptors) == 2 and all(tasks[d].round == 1 for d in decryptors)

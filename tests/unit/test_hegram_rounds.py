@@ -5,14 +5,16 @@ round intact."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
 from coordinator.jobs import JobManager
+from coordinator.offload import Offload, inline
 from coordinator.rounds import JobRuntime
 from coordinator.store import Store
 from crypto.ckks import ENCODING, SecretContext
@@ -45,21 +47,34 @@ class Clock:
         return self.now
 
 
-def _job(tmp_path: Path, aggregator: str = "norm_bound") -> tuple[JobRuntime, Store, Clock]:
+class Deferred:
+    """An offload that keeps the Gram step for the test to finish when it chooses, as a worker thread would."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Callable[[Any], None]]] = []
+
+    def __call__(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+        self.pending.append((work, done))
+
+    def finish(self) -> None:
+        work, done = self.pending.pop()
+        done(work())
+
+
+def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inline) -> tuple[JobRuntime, Store, Clock]:
     clock = Clock()
     store = Store(tmp_path / "state.sqlite")
-    jobs = JobManager(store, clock=clock)
+    jobs = JobManager(store, clock=clock, offload=offload)
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
                  aggregator=aggregator), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
     return jobs.job(jobs.create_job(dump_toml(config))), store, clock
 
 
-@pytest.fixture
-def deciding(tmp_path: Path) -> Iterator[tuple[JobRuntime, SecretContext, Store, Clock]]:
-    """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors."""
+def _deciding(tmp_path: Path, offload: Offload = inline) -> tuple[JobRuntime, SecretContext, Store, Clock]:
+    """A job whose round 1 has all three encrypted updates: its Gram step handed to ``offload``."""
     with capture_logs():  # bind the job's logger under structlog's test configuration
-        job, store, clock = _job(tmp_path)
+        job, store, clock = _job(tmp_path, offload=offload)
     job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
     secret = SecretContext.create(job.config.he_params())
     job.publish_context("a", secret.public_bytes(), secret.key_id)
@@ -74,6 +89,13 @@ def deciding(tmp_path: Path) -> Iterator[tuple[JobRuntime, SecretContext, Store,
     for name, (delta, n) in DELTAS.items():
         job.submit(name, Payload(job.job_id, 1, ENCODING, SIZE, secret.encrypt(delta * n, 0), n))
     assert job.open.gram.started
+    return job, secret, store, clock
+
+
+@pytest.fixture
+def deciding(tmp_path: Path) -> Iterator[tuple[JobRuntime, SecretContext, Store, Clock]]:
+    """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors."""
+    job, secret, store, clock = _deciding(tmp_path)
     yield job, secret, store, clock
     store.close()
 
@@ -185,3 +207,52 @@ def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_ref
     store.close()
     with pytest.raises(ConfigError, match="job.aggregator"):
         _job(tmp_path / "median", aggregator="median")
+
+
+def test_while_the_gram_matrix_is_computed_the_round_waits_and_then_hands_it_to_the_decryptors(tmp_path: Path) -> None:
+    offload = Deferred()
+    job, secret, store, clock = _deciding(tmp_path, offload)
+    r = job.open
+    assert r is not None and r.gram is not None
+    gram = r.gram
+    assert gram.started and not gram.computed and len(offload.pending) == 1
+    assert "computing its encrypted Gram matrix (3 updates)" in job.phase
+    assert all(job.next_task(p).kind is not TaskKind.DECRYPT for p in "abc")
+    with pytest.raises(StaleRound, match="no encrypted Gram matrix awaits"):
+        job.gram_payload(gram.decryptors[0], 1)
+    clock.now += 20  # the step took 20 s of a 30 s deadline: the decryptors still get the full deadline
+    offload.finish()
+    assert gram.computed and r.deadline == clock.now + 30
+    assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in gram.decryptors)
+    for d in gram.decryptors:
+        job.report_gram(d, 1, _answer(job, secret, d))
+    assert job.latest_version() == 1
+    store.close()
+
+
+def test_a_round_that_closes_while_its_gram_matrix_is_computed_drops_the_late_result(tmp_path: Path) -> None:
+    offload = Deferred()
+    job, _, store, clock = _deciding(tmp_path, offload)
+    first = job.open
+    assert first is not None and first.gram is not None
+    clock.now += 31
+    with capture_logs() as logs:
+        job.tick()
+        offload.finish()
+    assert any(e["event"] == "round failed" and e["reason"] == "the encrypted Gram matrix was not computed before "
+               "the deadline" for e in logs)
+    assert job.open is not first and not first.gram.computed and job.latest_version() == 0  # result dropped
+    assert [r.state for r in store.rounds(job.job_id) if r.attempt == 1] == ["failed"]
+    store.close()
+
+
+def test_a_gram_step_that_raises_fails_the_attempt_with_its_reason(tmp_path: Path) -> None:
+    offload = Deferred()
+    job, _, store, _ = _deciding(tmp_path, offload)
+    _, done = offload.pending.pop()
+    with capture_logs() as logs:
+        done(ValueError("scale out of bounds"))
+    failed = [e for e in logs if e["event"] == "round failed"]
+    assert failed and failed[0]["reason"] == "the encrypted Gram matrix could not be computed: scale out of bounds"
+    assert job.latest_version() == 0 and [r.state for r in store.rounds(job.job_id)] == ["failed"]
+    store.close()
