@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.store import Store
 from crypto.ckks import SecretContext, _saved
 from fedprompt.admin_client import AdminClient
-from fedprompt.config import HESection, dump_toml
+from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
 from fedprompt.data.shards import load_site
 from participant.keys import SECRET_FILE, key_dir
 from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
@@ -36,10 +37,9 @@ def text_forms(vector: np.ndarray, count: int = 20) -> list[str]:
     return [f"{v:.7f}" for v in values] + [repr(v) for v in values]
 
 
-@pytest.mark.slow
-def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) -> None:
-    config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=ROUNDS, participants_per_round=SITES,
-                                          min_participants=SITES), he=HESection(enabled=True))
+def run_job(tmp_path: Path, config: JobConfig) -> tuple[list[Path], str]:
+    """A coordinator process (state in ``coord/``, log in ``coordinator.log``) and ``SITES`` participant
+    processes run ``config`` to the end; returns the sites' data directories and the job id."""
     sites = [write_site(s, tmp_path / f"data-{k}") for k, s in enumerate(toy_sites(SITES))]
     port_file = tmp_path / "port"
     coordinator_log = tmp_path / "coordinator.log"
@@ -61,7 +61,15 @@ def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) 
             wait_for(lambda: all(p.poll() is not None for p in procs), 60, what="participants exit")
         admin.close()
     assert all(p.returncode == 0 for p in procs)
+    return sites, job_id
 
+
+@pytest.mark.slow
+def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=ROUNDS, participants_per_round=SITES,
+                                          min_participants=SITES), he=HESection(enabled=True))
+    sites, job_id = run_job(tmp_path, config)
+    state, coordinator_log = tmp_path / "coord", tmp_path / "coordinator.log"
     weights = [len(load_site(site).train) for site in sites]
     globals_ = [[np.load(tmp_path / f"state-{k}" / "globals" / f"version-{v:04d}.npy") for v in range(ROUNDS + 1)]
                 for k in range(SITES)]
@@ -89,3 +97,21 @@ def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) 
             assert window not in stored
             assert window.hex() not in log_text
     assert "encrypted aggregation" in log_text and "security_bits=192" in log_text
+
+
+@pytest.mark.slow
+def test_encrypted_gram_defence_across_processes(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    """The Gram step on the server's worker thread, with daemons that poll for their DECRYPT tasks: every
+    round is decided on an agreed Gram matrix, one decision per update."""
+    config = dataclasses.replace(
+        tiny_job(tiny_encoder_dir, rounds=ROUNDS, participants_per_round=SITES, min_participants=SITES,
+                 aggregator="norm_bound"), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+    _, job_id = run_job(tmp_path, config)
+    log_text = (tmp_path / "coordinator.log").read_text(encoding="utf-8", errors="replace")
+    assert log_text.count("encrypted Gram matrix computed") == ROUNDS
+    store = Store(tmp_path / "coord" / "coordinator.sqlite")
+    decisions = store.decisions(job_id)
+    assert sorted((d.round, d.participant_id) for d in decisions) == sorted(
+        (r, f"site-{k}") for r in range(1, ROUNDS + 1) for k in range(SITES))
+    assert all(r.state == "done" for r in store.rounds(job_id))
+    store.close()
