@@ -59,14 +59,10 @@ class DatasetSetup:
     """Per-dataset knobs.
 
     BBC News articles are long, so a longer max_length and a smaller test split.  The pool a site labels
-    follows its teacher: on BBC News the warm-up prompt's confident predictions are ~98 % right, so each
-    site labels its whole share (~577 texts; over seeds 0-2 a 150-text pool with 24 per class closed 41 % of
-    the gap, the whole share with 48 per class 47 %, at 4.1x instead of 3.0x the few-shot wall time).  On
-    Rotten Tomatoes the prompt is right on only 63-75 % of the pool and its probabilities are flat, so a 0.8
-    threshold keeps 3-85 texts per site and round (seeds 0-2: 9 % of the gap closed; with those texts' *true*
-    labels, 0 %: too few).  Instead each site keeps the 48 most confident per class (threshold 0.5 on two
-    classes is no threshold) of a 600-text pool: 96 texts, 86-90 % right (seeds 0-2, measured: 0.681 against
-    0.671; the same 96 of a 150-text pool are 73-78 % right and score 0.664 on seed 0).
+    follows its teacher.  On BBC News the warm-up prompt's confident predictions are ~98 % right, so each site
+    labels its whole share with a 0.7 threshold.  On Rotten Tomatoes its probabilities are flat and a threshold
+    keeps too few texts, so each site keeps the 48 most confident per class (0.5 on two classes is no
+    threshold) of a 600-text pool.  The README's few-shot section has the measurements behind both choices.
     """
 
     max_length: int
