@@ -620,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
     bench.add_argument("--seeds", type=int, default=3,
                        help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3)")
+    bench.add_argument("--dataset", action="append", metavar="NAME",
+                       help="fewshot: only this dataset, rotten_tomatoes or bbc_news; repeatable (default both)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
     bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")

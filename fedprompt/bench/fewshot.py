@@ -39,6 +39,7 @@ import torch
 from fedprompt.config import AugmentSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
 from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
+from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, load_backbone
 from fedprompt.report import table, write_json
 from fedprompt.simulation import simulate
@@ -154,13 +155,18 @@ def plot(details: dict[str, Any], path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    chosen = args.dataset or list(DATASETS)
+    unknown = sorted(set(chosen) - set(DATASETS))
+    if unknown:
+        raise ConfigError(f"--dataset: unknown {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
     torch.set_num_threads(2)
     backbone = load_backbone("builtin:minilm")
     seeds = [args.seed + k for k in range(args.seeds)]
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     printed = []
-    for dataset, setup in DATASETS.items():
+    for dataset in chosen:
+        setup = DATASETS[dataset]
         runs = [run_dataset(dataset, setup, seed, backbone) for seed in seeds]
         sites, reports, _ = runs[0]
         accuracies = {k: [r[1][k]["final_accuracy"] for r in runs] for k in SETTINGS}
