@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,34 +103,46 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> None:
-    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines."""
+@contextlib.contextmanager
+def saved_figure(path: str | Path, ncols: int = 1,
+                 figsize: tuple[float, float] = (7, 4)) -> Iterator[tuple[Any, list[Any]]]:
+    """A headless (Agg) figure with ``ncols`` axes side by side, written to ``path`` as a PNG when the block
+    ends: one place for the backend, layout, resolution and clean-up that every report plot shares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
+    try:
+        yield fig, list(axes[0])
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> None:
+    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines."""
     from matplotlib.ticker import MaxNLocator
 
     rounds = [0] + [r["round"] for r in report["rounds"]]
     acc = [report["zero_shot_accuracy"]] + [r["accuracy"] for r in report["rounds"]]
     loss = [report.get("zero_shot_loss")] + [r["loss"] for r in report["rounds"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(rounds, acc, marker="o", label="global prompt")
-    ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
-    if report["zero_shot_accuracy"] is not None:
-        ax1.axhline(report["zero_shot_accuracy"], color="orange", linestyle=":", label="zero-shot")
-    ax1.set_xlabel("round")
-    ax1.set_ylabel("test accuracy")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.plot(rounds, loss, marker="o", color="tab:red")
-    ax2.set_xlabel("round")
-    ax2.set_ylabel("test loss")
-    ax2.grid(alpha=0.3)
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, 2, (10, 4)) as (fig, (ax1, ax2)):
+        ax1.plot(rounds, acc, marker="o", label="global prompt")
+        ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
+        if report["zero_shot_accuracy"] is not None:
+            ax1.axhline(report["zero_shot_accuracy"], color="orange", linestyle=":", label="zero-shot")
+        ax1.set_xlabel("round")
+        ax1.set_ylabel("test accuracy")
+        ax1.legend()
+        ax1.grid(alpha=0.3)
+        ax2.plot(rounds, loss, marker="o", color="tab:red")
+        ax2.set_xlabel("round")
+        ax2.set_ylabel("test loss")
+        ax2.grid(alpha=0.3)
+        for ax in (ax1, ax2):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(title)

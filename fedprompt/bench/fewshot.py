@@ -41,7 +41,7 @@ from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, load_backbone
-from fedprompt.report import table, write_json
+from fedprompt.report import saved_figure, table, write_json
 from fedprompt.simulation import simulate
 
 SITES = 3
@@ -129,29 +129,20 @@ def plot(details: dict[str, Any], path: Path) -> None:
     """Per dataset and round, the test accuracy of the prompt the round produced for each setting and, dashed, the
     accuracy of the pseudo-labels it trained on (means over seeds): where augmentation starts to pay, and whether
     its labels stay right while it does."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(details), figsize=(5.5 * len(details), 4), squeeze=False)
-    for ax, (dataset, d) in zip(axes[0], details.items()):
-        for setting in SETTINGS:
-            curves = [seed[setting] for seed in d["accuracy_per_round"]]
-            ax.plot(range(1, len(curves[0]) + 1), [mean(c) for c in zip(*curves)], marker="o", label=setting)
-        pseudo = [[p["pseudo_label_accuracy"] for p in seed] for seed in d["pseudo_label_rounds"]]
-        rounds = [r for r in range(len(pseudo[0])) if all(seed[r] is not None for seed in pseudo)]
-        ax.plot([r + 1 for r in rounds], [mean(seed[r] for seed in pseudo) for r in rounds], "k--", marker="x",
-                label="pseudo-label accuracy")
-        ax.set_title(f"{dataset}, {len(curves)} seed(s)")
-        ax.set_xlabel("round")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with saved_figure(path, len(details), (5.5 * len(details), 4)) as (_, axes):
+        for ax, (dataset, d) in zip(axes, details.items()):
+            for setting in SETTINGS:
+                curves = [seed[setting] for seed in d["accuracy_per_round"]]
+                ax.plot(range(1, len(curves[0]) + 1), [mean(c) for c in zip(*curves)], marker="o", label=setting)
+            pseudo = [[p["pseudo_label_accuracy"] for p in seed] for seed in d["pseudo_label_rounds"]]
+            rounds = [r for r in range(len(pseudo[0])) if all(seed[r] is not None for seed in pseudo)]
+            ax.plot([r + 1 for r in rounds], [mean(seed[r] for seed in pseudo) for r in rounds], "k--", marker="x",
+                    label="pseudo-label accuracy")
+            ax.set_title(f"{dataset}, {len(curves)} seed(s)")
+            ax.set_xlabel("round")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
 
 
 def main(args: argparse.Namespace) -> int:

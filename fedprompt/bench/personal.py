@@ -40,7 +40,7 @@ from fedprompt.config import (
 from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import SiteData, load_split
 from fedprompt.models import load_backbone
-from fedprompt.report import table, write_json
+from fedprompt.report import saved_figure, table, write_json
 from fedprompt.simulation import simulate
 
 DATASET = "bbc_news"
@@ -125,24 +125,16 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Mean and worst participant accuracy per levels setting, as grouped bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x - 0.2, [r["mean_accuracy"] for r in rows], 0.4, label="mean participant")
-    ax.bar(x + 0.2, [r["worst_accuracy"] for r in rows], 0.4, label="worst participant")
-    ax.set_xticks(x, [r["levels"] for r in rows])
-    ax.set_ylabel("accuracy on own test split")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title("BBC News, 2 cohorts x 3 sites: prompt levels")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with saved_figure(path) as (_, (ax,)):
+        ax.bar(x - 0.2, [r["mean_accuracy"] for r in rows], 0.4, label="mean participant")
+        ax.bar(x + 0.2, [r["worst_accuracy"] for r in rows], 0.4, label="worst participant")
+        ax.set_xticks(x, [r["levels"] for r in rows])
+        ax.set_ylabel("accuracy on own test split")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title("BBC News, 2 cohorts x 3 sites: prompt levels")
 
 
 def main(args: argparse.Namespace) -> int:
