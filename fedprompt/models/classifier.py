@@ -74,7 +74,9 @@ def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor
     ``encoder``: ``[CLS] <prompt> tokens [SEP]`` (``[CLS]`` stays first, as the backbone was trained), then the
     unit-length mean of the last hidden states, prompt positions included, so the prompt acts directly on
     the sentence embedding.  ``causal``: ``<prompt> tokens``, then the next-token logits after the last real
-    token (inputs are right-padded).  One function for ``PromptClassifier`` and the exported scoring graph
+    token (inputs are right-padded).  The LM head runs on that one position only: over every position it is a
+    fifth of a small model's compute (SmolLM2-135M: a 49k vocabulary on 576-wide states; the 300 reviews
+    above then take 32 s instead of 43 s, with identical logits).  One function for ``PromptClassifier`` and the exported scoring graph
     (``fedprompt.models.export``), so the model service scores exactly as local training does.
     """
     batch = input_ids.shape[0]
@@ -89,8 +91,8 @@ def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor
         return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
     embeds = torch.cat([prompt, embeds], dim=1)
     mask = torch.cat([ones, attention_mask], dim=1)
-    logits = model(inputs_embeds=embeds, attention_mask=mask).logits
-    return logits[torch.arange(batch), mask.sum(1) - 1]
+    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1])
 
 
 class PromptClassifier(nn.Module):
@@ -208,13 +210,20 @@ class PromptClassifier(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for ``texts`` (eval mode, no gradients)."""
+        """Class probabilities for ``texts`` (eval mode, no gradients).
+
+        Batches are formed in order of text length and the rows put back in the caller's order: a batch pads to
+        its longest text, so mixing short and long texts spends much of a forward pass on padding (300 Rotten
+        Tomatoes reviews on SmolLM2-135M: 58 s in arrival order, 43 s sorted).
+        """
         self.eval()
-        out = []
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenize(texts[start : start + batch_size])
-            out.append(torch.softmax(self(**enc), dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_labels), dtype=np.float32)
+            rows = order[start : start + batch_size]
+            enc = self.tokenize([texts[i] for i in rows])
+            out[rows] = torch.softmax(self(**enc), dim=-1).numpy()
+        return out
 
     def get_vector(self) -> np.ndarray:
         """The exchanged parameters flattened to one float32 vector."""
