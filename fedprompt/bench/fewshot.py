@@ -58,8 +58,9 @@ PSEUDO_KEYS = ("pseudo_labels", "pseudo_label_accuracy", "pseudo_label_pool_accu
 class DatasetSetup:
     """Per-dataset knobs.
 
-    Pseudo-labels are only as good as the teacher that makes them, so each dataset gets a backbone whose
-    prompt is a useful teacher after one few-shot round.  On BBC News that is MiniLM: its warm-up prompt's
+    Pseudo-labels are only as good as the teacher that makes them, and a bench with a weak teacher would
+    measure the teacher rather than the method, so each dataset gets a backbone whose prompt is a useful
+    teacher after one few-shot round.  On BBC News that is MiniLM: its warm-up prompt's
     confident predictions are ~98 % right, so each site labels its whole share with a 0.7 threshold.  On
     Rotten Tomatoes MiniLM's few-shot prompt is a 0.66 classifier whose most confident predictions are still
     10-18 % wrong, and training on them gained little; SmolLM2-135M, asked with a "Sentiment:" template
