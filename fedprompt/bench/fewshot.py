@@ -3,8 +3,9 @@
 Cai et al., "AUG-FedPrompt" (2022) / "Federated Few-Shot Learning for Mobile NLP" (2023) report that
 pseudo-labelling the sites' unlabelled data closes the gap between few-shot federated prompt tuning and
 full-set fine-tuning, at a significant system cost.  This benchmark measures both on Rotten Tomatoes and
-BBC News with, per dataset, the same backbone, split, rounds and local training rule in every setting: ``EPOCHS`` passes over the site's training set per round (labelled plus, when
-augmenting, pseudo-labelled), capped at ``MAX_STEPS`` steps.  As in AUG-FedPrompt, pseudo-labels add data
+BBC News with, per dataset, the same backbone, split, rounds and local training rule in every setting:
+``EPOCHS`` passes over the site's training set per round (labelled plus, when augmenting, pseudo-labelled),
+capped at ``MAX_STEPS`` steps.  As in AUG-FedPrompt, pseudo-labels add data
 *and* the compute to train on it: that is the system cost the paper reports, and the one measured here (a
 fixed step budget would instead make pseudo-labels displace labelled examples).  The settings:
 
@@ -60,8 +61,8 @@ class DatasetSetup:
 
     Pseudo-labels are only as good as the teacher that makes them, and a bench with a weak teacher would
     measure the teacher rather than the method, so each dataset gets a backbone whose prompt is a useful
-    teacher after one few-shot round.  On BBC News that is MiniLM: its warm-up prompt's
-    confident predictions are ~98 % right, so each site labels its whole share with a 0.7 threshold.  On
+    teacher after one few-shot round.  On BBC News that is MiniLM: its warm-up prompt's confident
+    predictions are ~98 % right, so each site labels its whole share with a 0.7 threshold.  On
     Rotten Tomatoes MiniLM's few-shot prompt is a 0.66 classifier whose most confident predictions are still
     10-18 % wrong, and training on them gained little; SmolLM2-135M, asked with a "Sentiment:" template
     for the next word, is already right 0.74 of the time before any training.  A sentiment probability is
