@@ -623,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "datasets takes ~100 min on 2 cores)")
     bench.add_argument("--dataset", action="append", metavar="NAME",
                        help="fewshot: only this dataset, rotten_tomatoes or bbc_news; repeatable (default both)")
+    bench.add_argument("--shots", type=int, default=32,
+                       help="fewshot: mean labelled examples per site, the rest of its share unlabelled (default 32)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
     bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")

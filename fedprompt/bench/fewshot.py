@@ -9,8 +9,8 @@ capped at ``MAX_STEPS`` steps.  As in AUG-FedPrompt, pseudo-labels add data
 *and* the compute to train on it: that is the system cost the paper reports, and the one measured here (a
 fixed step budget would instead make pseudo-labels displace labelled examples).  The settings:
 
-- ``fewshot``: each site trains on its few labelled examples only (32 per site on average, quantity-skewed by
-  Dirichlet(2), label mix near-balanced by Dirichlet(10));
+- ``fewshot``: each site trains on its few labelled examples only (``--shots``, default 32, per site on
+  average, quantity-skewed by Dirichlet(2), label mix near-balanced by Dirichlet(10));
 - ``fewshot_aug``: the same, plus ``[augment]`` pseudo-labels of its (capped) unlabelled pool;
 - ``full``: each site's whole share is labelled (its few labels + the pool with its true labels).
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -118,11 +118,11 @@ def pseudo_rounds(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"round": r["round"], **{k: r.get(k) for k in PSEUDO_KEYS}} for r in report["rounds"]]
 
 
-def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone
+def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone, partition: PartitionSpec = PARTITION
                 ) -> tuple[list[SiteData], dict[str, dict[str, Any]], dict[str, float]]:
     """The three settings on one dataset and seed: the sites, each setting's report and wall seconds."""
     train, test, names = load_split(dataset, setup.test_size, seed, BUILTIN[dataset].label_names)
-    sites = split_sites(train, test, names, SITES, PARTITION, seed)
+    sites = split_sites(train, test, names, SITES, partition, seed)
     runs = {
         "fewshot": (job_config(dataset, setup, False, seed), sites),
         "fewshot_aug": (job_config(dataset, setup, True, seed), sites),
@@ -163,6 +163,9 @@ def main(args: argparse.Namespace) -> int:
     unknown = sorted(set(chosen) - set(DATASETS))
     if unknown:
         raise ConfigError(f"--dataset: unknown {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    if args.shots < 1:
+        raise ConfigError(f"--shots: must be >= 1, got {args.shots}")
+    partition = replace(PARTITION, shots=args.shots)
     torch.set_num_threads(2)
     seeds = [args.seed + k for k in range(args.seeds)]
     rows: list[dict[str, Any]] = []
@@ -171,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     for dataset in chosen:
         setup = DATASETS[dataset]
         backbone = load_backbone(setup.backbone)
-        runs = [run_dataset(dataset, setup, seed, backbone) for seed in seeds]
+        runs = [run_dataset(dataset, setup, seed, backbone, partition) for seed in seeds]
         sites, reports, _ = runs[0]
         accuracies = {k: [r[1][k]["final_accuracy"] for r in runs] for k in SETTINGS}
         secs = {k: mean(r[2][k] for r in runs) for k in SETTINGS}
@@ -214,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         "datasets": details,
         "settings": {"sites": SITES, "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "local_epochs": EPOCHS,
                      "max_steps": MAX_STEPS,
-                     "batch_size": BATCH, "partition": PARTITION.__dict__,
+                     "batch_size": BATCH, "partition": partition.__dict__,
                      "prompt_length": 16, "seeds": seeds, "torch_threads": 2},
     }
     print(table(["dataset", "setting", "accuracy", "sd", "zero_shot", "majority", "seconds"], printed))
