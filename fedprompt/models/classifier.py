@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.levels import GLOBAL, PERSONAL
 from fedprompt.models.backbone import Backbone
-from fedprompt.scoring import cosine_head, prompt_init_ids, verbalizer_ids
+from fedprompt.scoring import cosine_head, length_batches, prompt_init_ids, verbalizer_ids
 
 
 class SoftPrompt(nn.Module):
@@ -211,17 +211,13 @@ class PromptClassifier(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for ``texts`` (eval mode, no gradients).
-
-        Batches are formed in order of text length and the rows put back in the caller's order: a batch pads to
-        its longest text, so mixing short and long texts spends much of a forward pass on padding (300 Rotten
-        Tomatoes reviews on SmolLM2-135M: 58 s in arrival order, 43 s sorted).
-        """
+        """Class probabilities for ``texts`` (eval mode, no gradients), in the caller's order, computed in
+        batches of similar token length (``length_batches``)."""
         self.eval()
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        filled = [self.template.format(text=t) for t in texts]
+        tokens = self.tokenizer(filled, truncation=True, max_length=self.max_length)["input_ids"]
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_batches([len(t) for t in tokens], batch_size):
             enc = self.tokenize([texts[i] for i in rows])
             out[rows] = torch.softmax(self(**enc), dim=-1).numpy()
         return out

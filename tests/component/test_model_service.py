@@ -64,11 +64,13 @@ def test_exported_graph_scores_like_the_torch_classifier(kind: str, tiny_encoder
                                                          tiny_causal_dir: Path) -> None:
     """The service's ONNX graph and local training's ``PromptClassifier`` agree under a template, a seeded
     initial prompt and an offset, for both scoring kinds, also when the service splits a query into forward
-    passes of ``forward_batch`` texts (here 2 + 1, padded apart)."""
+    passes of ``forward_batch`` texts (here 2 + 1, padded apart, batched by length: the shortest text comes
+    last and the longest first, so every row moves)."""
     model_dir = tiny_encoder_dir if kind == "encoder" else tiny_causal_dir
     host = ModelHost.load(ModelServiceSection(model=str(model_dir), max_prompt_tokens=8, max_length=32,
                                               forward_batch=2))
     q = query(32, labels=(0, 1, 0), template="Review: {text}", init_seed=3, max_length=12,
+              texts=("a long and rather winding review of a film", "a fine film", "ok"),
               prompt=np.random.default_rng(0).normal(0, 0.05, 4 * 32).astype(np.float32))
     result = host.score(q)
     base = blackbox_job(model_dir)

@@ -11,6 +11,7 @@ from fedprompt.config import TrainSection
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import InvalidUpdate
 from fedprompt.models import build_classifier
+from fedprompt.scoring import length_batches
 from participant.train import evaluate, train_local
 from tests.support import tiny_job, toy_examples
 
@@ -29,6 +30,23 @@ def test_prompt_vector_round_trip_and_frozen_backbone(kind: str, tiny_encoder_di
         model.set_vector(vector[:-1])
     probs = model.predict_proba(["a good film", "a bad film"])
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "causal"])
+def test_predict_proba_batches_by_token_length_and_answers_in_the_callers_order(
+        kind: str, tiny_encoder_dir: Path, tiny_causal_dir: Path) -> None:
+    """Inference sorts texts by token length into batches, yet each row is the text's own probabilities, as if
+    scored alone; the lengths here are in falling order, so sorting changes every batch."""
+    model = build_classifier(tiny_job(tiny_encoder_dir if kind == "encoder" else tiny_causal_dir))
+    texts = ["a long and rather winding review of a film that goes on", "a fine and good film", "bad", "good film"]
+    alone = np.concatenate([model.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(model.predict_proba(texts, batch_size=2), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_length_batches_cover_every_row_once_shortest_first() -> None:
+    batches = length_batches([5, 1, 3, 1, 9], 2)
+    assert [b.tolist() for b in batches] == [[1, 3], [2, 0], [4]]
+    assert length_batches([], 4) == []
 
 
 def test_training_moves_only_the_prompt_and_learns_the_toy_task(tiny_encoder_dir: Path) -> None:
