@@ -118,7 +118,7 @@ def pseudo_rounds(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"round": r["round"], **{k: r.get(k) for k in PSEUDO_KEYS}} for r in report["rounds"]]
 
 
-def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone, partition: PartitionSpec = PARTITION
+def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone, partition: PartitionSpec
                 ) -> tuple[list[SiteData], dict[str, dict[str, Any]], dict[str, float]]:
     """The three settings on one dataset and seed: the sites, each setting's report and wall seconds."""
     train, test, names = load_split(dataset, setup.test_size, seed, BUILTIN[dataset].label_names)
