@@ -376,12 +376,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedprompt.demo import DemoOptions, run_demo
+    from fedprompt.demo import options_from_args, run_demo
 
-    return run_demo(DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
-                                report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
-                                test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
-                                dp=args.dp, epsilon=args.epsilon))
+    return run_demo(options_from_args(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -604,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="record-level DP-SGD at --epsilon (default off: it costs accuracy here, see README)")
     demo.add_argument("--epsilon", type=float, default=8.0,
                       help="record-level privacy budget per site for the whole job (default 8)")
+    demo.add_argument("--batch-size", type=int,
+                      help="local batch (with --dp the expected Poisson batch; default 16, causal 8). With --dp, "
+                           "larger batches and fewer steps keep accuracy: see README, differential privacy")
+    demo.add_argument("--lr", type=float, help="local learning rate (default 0.01, causal 0.003)")
     demo.add_argument("--report", default="reports/demo.json", help="JSON report path (default reports/demo.json)")
     demo.add_argument("--plot", default="reports/demo.png", help="PNG plot path (default reports/demo.png)")
     demo.add_argument("--workdir", help="keep data, state and logs here (default: a temporary directory)")

@@ -6,6 +6,7 @@ CKKS ciphertexts, and the report's ``bytes_up`` / ``bytes_down`` are ciphertext 
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -53,6 +54,16 @@ class DemoOptions:
     he: bool = True
     dp: bool = False
     epsilon: float = 8.0
+    batch_size: int | None = None
+    lr: float | None = None
+
+
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    """``fedprompt demo``'s command line as options."""
+    return DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
+                       report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
+                       test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
+                       dp=args.dp, epsilon=args.epsilon, batch_size=args.batch_size, lr=args.lr)
 
 
 def site_identity(k: int, options: DemoOptions) -> str:
@@ -67,6 +78,10 @@ def demo_job(options: DemoOptions) -> JobConfig:
     with three sites no noise level gives both a meaningful participant-level epsilon and a usable prompt."""
     spec = BUILTIN[DATASET]
     causal = options.backbone == "causal"
+    train = TrainSection(local_epochs=1, max_steps=options.steps,
+                         batch_size=(8 if causal else 16) if options.batch_size is None else options.batch_size,
+                         lr=(0.003 if causal else 0.01) if options.lr is None else options.lr)
+    train.validate("train")
     return JobConfig(
         job=JobSection(name="demo", rounds=options.rounds, participants_per_round=options.participants,
                        min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed,
@@ -76,8 +91,7 @@ def demo_job(options: DemoOptions) -> JobConfig:
         task=TaskSection(label_names=spec.label_names,
                          label_words=("negative", "positive") if causal else spec.label_words,
                          template="Review: {text}\nSentiment:" if causal else "{text}"),
-        train=TrainSection(local_epochs=1, max_steps=options.steps, batch_size=16 if not causal else 8,
-                           lr=0.01 if not causal else 0.003),
+        train=train,
         he=HESection(enabled=options.he),
         dp=DPSection(enabled=options.dp, epsilon=options.epsilon),
     )
