@@ -167,9 +167,9 @@ def run_demo(options: DemoOptions) -> int:
     with ExitStack() as stack:
         work = Path(options.workdir) if options.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
+        config = demo_job(options)
         print(f"[demo] preparing {DATASET} for {options.participants} sites in {work}")
         sites = prepare(DataPlan(DATASET, participants=options.participants, test_size=options.test_size, seed=options.seed), work / "data")
-        config = demo_job(options)
         he_params = config.he_params().describe() if config.he.enabled else None
         print(f"[demo] encrypted aggregation: {he_params}" if he_params else "[demo] encrypted aggregation off")
         test_labels = label_indices(read_jsonl(work / "data" / "test.jsonl"), config.task.label_names)
