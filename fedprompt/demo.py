@@ -30,6 +30,7 @@ from fedprompt.config import (
     TaskSection,
     TrainSection,
     dump_toml,
+    parse_toml,
 )
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
@@ -75,14 +76,12 @@ def demo_job(options: DemoOptions) -> JobConfig:
     """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round (all enrolled);
     record-level DP-SGD at ``options.epsilon`` with ``options.dp`` (off by default: at epsilon 8 the demo's first
     round measured at the majority baseline, below the foundation's accuracy bar).  Participant-level noise stays off:
-    with three sites no noise level gives both a meaningful participant-level epsilon and a usable prompt."""
+    with three sites no noise level gives both a meaningful participant-level epsilon and a usable prompt.
+    The config goes through the same TOML parse the coordinator applies to it, so a bad option (``--batch-size
+    0``, ``--epsilon -1``) is named before any process starts."""
     spec = BUILTIN[DATASET]
     causal = options.backbone == "causal"
-    train = TrainSection(local_epochs=1, max_steps=options.steps,
-                         batch_size=(8 if causal else 16) if options.batch_size is None else options.batch_size,
-                         lr=(0.003 if causal else 0.01) if options.lr is None else options.lr)
-    train.validate("train")
-    return JobConfig(
+    config = JobConfig(
         job=JobSection(name="demo", rounds=options.rounds, participants_per_round=options.participants,
                        min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed,
                        allowed_participants=tuple(site_identity(k, options) for k in range(options.participants))),
@@ -91,10 +90,13 @@ def demo_job(options: DemoOptions) -> JobConfig:
         task=TaskSection(label_names=spec.label_names,
                          label_words=("negative", "positive") if causal else spec.label_words,
                          template="Review: {text}\nSentiment:" if causal else "{text}"),
-        train=train,
+        train=TrainSection(local_epochs=1, max_steps=options.steps,
+                           batch_size=(8 if causal else 16) if options.batch_size is None else options.batch_size,
+                           lr=(0.003 if causal else 0.01) if options.lr is None else options.lr),
         he=HESection(enabled=options.he),
         dp=DPSection(enabled=options.dp, epsilon=options.epsilon),
     )
+    return parse_toml(dump_toml(config), JobConfig, "fedprompt demo")
 
 
 def spawn(args: list[str], log_path: Path, stack: ExitStack) -> subprocess.Popen[bytes]:
@@ -164,10 +166,10 @@ class DemoPki:
 
 def run_demo(options: DemoOptions) -> int:
     started = time.perf_counter()
+    config = demo_job(options)
     with ExitStack() as stack:
         work = Path(options.workdir) if options.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
-        config = demo_job(options)
         print(f"[demo] preparing {DATASET} for {options.participants} sites in {work}")
         sites = prepare(DataPlan(DATASET, participants=options.participants, test_size=options.test_size, seed=options.seed), work / "data")
         he_params = config.he_params().describe() if config.he.enabled else None
