@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -19,10 +21,16 @@ log = structlog.get_logger("participant.model_server")
 
 
 class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """Decode, call the host, encode; the host's typed errors become status codes in ``rpc_method``."""
+    """Decode, call the host, encode; the host's typed errors become status codes in ``rpc_method``.
 
-    def __init__(self, host: ModelHost) -> None:
+    Forward passes run on one worker thread, off the event loop: a query takes seconds, and on the loop it
+    would stall every other caller's DescribeModel, keepalives and deadline handling until it finished.  One
+    worker, because the ONNX session already uses ``settings.threads`` and queries are answered in order.
+    """
+
+    def __init__(self, host: ModelHost, worker: ThreadPoolExecutor) -> None:
         self.host = host
+        self.worker = worker
 
     @rpc_method("ModelService")
     async def DescribeModel(self, request: model_service_pb2.DescribeModelRequest,
@@ -31,7 +39,9 @@ class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     @rpc_method("ModelService")
     async def Score(self, request: model_service_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> Any:
-        return serde.score_result_to_pb(self.host.score(serde.score_query_from_pb(request)))
+        query = serde.score_query_from_pb(request)
+        result = await asyncio.get_running_loop().run_in_executor(self.worker, self.host.score, query)
+        return serde.score_result_to_pb(result)
 
 
 def message_limit(settings: ModelServiceSection) -> int:
@@ -47,6 +57,7 @@ class ModelServer:
         self.settings = settings
         self.host = host
         self.server: grpc.aio.Server | None = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-score")
         self.port = 0
 
     async def start(self) -> int:
@@ -56,7 +67,8 @@ class ModelServer:
         limit = message_limit(self.settings)
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                ("grpc.max_send_message_length", limit)])
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(self.host), self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(self.host, self.worker),
+                                                                 self.server)
         self.port = (self.server.add_insecure_port(s.listen) if s.insecure else
                      self.server.add_secure_port(s.listen, server_credentials("model_service", s.ca_cert, s.cert,
                                                                               s.key)))
@@ -71,4 +83,5 @@ class ModelServer:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        self.worker.shutdown(wait=True)
         log.info("model service stopped")

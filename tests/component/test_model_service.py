@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -57,6 +59,35 @@ def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, 
         expected = local(**local.tokenize(list(q.texts))).numpy()
     np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-5)
     client.close()
+
+
+def test_describe_is_answered_while_a_query_is_being_scored(tiny_encoder_dir: Path) -> None:
+    """A forward pass runs off the event loop: while one caller's query is held mid-scoring, another caller's
+    DescribeModel still gets its answer (within a 10 s deadline), and the held query then completes."""
+    started, release = threading.Event(), threading.Event()
+    with LiveModelService(tiny_encoder_dir, max_batch=MAX_BATCH, max_prompt_tokens=8, max_length=32) as live:
+        host = live.server.host
+        score = host.score
+
+        def held(q: ScoreQuery):  # type: ignore[no-untyped-def]
+            started.set()
+            release.wait(60)
+            return score(q)
+
+        host.score = held
+        scorer, asker = ModelServiceClient(live.target), ModelServiceClient(live.target, rpc_timeout_s=10.0,
+                                                                            give_up_after_s=10.0)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(scorer.score, query(32))
+            try:
+                assert started.wait(30)
+                assert asker.describe().hidden_size == 32
+                assert not pending.done()
+            finally:
+                release.set()
+            assert pending.result(60).logits.shape == (3, 2)
+        scorer.close()
+        asker.close()
 
 
 @pytest.mark.parametrize("kind", ["encoder", "causal"])
