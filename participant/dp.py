@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import structlog
 import torch
-import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -47,7 +46,7 @@ from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.protocol import PrivacyReport
 from participant.learner import Learner
-from participant.train import ProgressFn, TrainResult, local_model, steps_per_round
+from participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
 
 log = structlog.get_logger("participant.dp")
 
@@ -134,7 +133,7 @@ def train_local_dp(
     still takes a (noise-only) step, as the sampled Gaussian mechanism requires.
     """
     params = model.trainable_parameters()
-    wrapped = GradSampleModule(model, loss_reduction="mean")
+    wrapped = GradSampleModule(model, loss_reduction="sum")  # summed losses: per-example gradients are exact per pass
     noise = torch.Generator().manual_seed(secrets.randbits(63))
     optimiser = DPOptimizer(torch.optim.Adam(params, lr=config.lr), noise_multiplier=plan.noise_multiplier,
                             max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
@@ -154,10 +153,12 @@ def train_local_dp(
             for step, indices in enumerate(sampler, start=1):
                 optimiser.zero_grad(set_to_none=True)
                 if indices:
-                    batch = model.tokenize([examples[i].text for i in indices])
-                    loss = F.cross_entropy(wrapped(**batch), y[indices])
-                    loss.backward()
-                    losses.append(float(loss.detach()))
+                    losses.append(backward_in_parts(model, wrapped, examples, y, indices, config.physical_batch_size,
+                                                    scale=1.0))
+                    for p in params:  # one Poisson batch in parts, not several batches: Opacus scales and
+                        parts = getattr(p, "grad_sample", None)  # accounts per stacked part, so stack them as one
+                        if isinstance(parts, list):
+                            p.grad_sample = torch.cat(parts)  # type: ignore[attr-defined]
                     used += len(indices)
                 else:
                     for p in params:

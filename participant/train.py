@@ -63,19 +63,33 @@ def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[i
         for start in range(0, len(examples), config.batch_size):
             if step >= total:
                 break
-            idx = order[start : start + config.batch_size]
-            batch = model.tokenize([examples[int(i)].text for i in idx])
-            loss = F.cross_entropy(model(**batch), y[idx])
+            idx = order[start : start + config.batch_size].tolist()
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.append(backward_in_parts(model, model, examples, y, idx, config.physical_batch_size,
+                                            scale=1.0 / len(idx)))
             optimiser.step()
-            losses.append(float(loss.detach()))
             step += 1
             if progress is not None:
                 progress(step, total, losses[-1])
     model.eval()
     used = min(len(examples), total * config.batch_size)
     return TrainResult(step, used, float(np.mean(losses)))
+
+
+def backward_in_parts(model: PromptClassifier, forward: Callable[..., torch.Tensor], examples: list[Example],
+                      y: torch.Tensor, indices: list[int], physical: int, scale: float) -> float:
+    """Backward of ``scale`` x the summed cross-entropy of ``examples[indices]`` through ``forward`` (the model,
+    or Opacus's wrapper of it), in passes of at most ``physical`` examples: one batch's gradient (and per-example
+    gradients, which Opacus stacks across passes) with the activation memory of a smaller one.  Returns the
+    batch's mean loss."""
+    total = 0.0
+    for start in range(0, len(indices), physical):
+        part = indices[start : start + physical]
+        batch = model.tokenize([examples[i].text for i in part])
+        loss = F.cross_entropy(forward(**batch), y[part], reduction="sum")
+        (loss * scale).backward()
+        total += float(loss.detach())
+    return total / len(indices)
 
 
 def memoized(trainer: Trainer) -> Trainer:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
@@ -23,7 +23,7 @@ from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
 from fedprompt.models import build_classifier
 from participant.dp import RecordAccountant, SitePrivacy, noise_share, plan_record_dp, train_local_dp
-from participant.train import GradientLearner
+from participant.train import GradientLearner, backward_in_parts
 from tests.support import tiny_job, toy_examples
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
@@ -61,9 +61,13 @@ def test_dp_config_round_trips_through_toml() -> None:
     assert parse_toml(dump_toml(config), JobConfig) == config
 
 
-def test_dp_sgd_epsilon_equals_opacus_own_computation(tiny_encoder_dir: Path) -> None:
-    """Our accountant after real DP-SGD steps == Opacus's RDP analysis == a PrivacyEngine run of the same steps."""
-    config = dp_job(tiny_encoder_dir, noise_multiplier=1.1)
+@pytest.mark.parametrize("physical", [32, 1])
+def test_dp_sgd_epsilon_equals_opacus_own_computation(tiny_encoder_dir: Path, physical: int) -> None:
+    """Our accountant after real DP-SGD steps == Opacus's RDP analysis == a PrivacyEngine run of the same steps,
+    also when each Poisson batch runs as one-example passes (``physical_batch_size`` 1): a batch computed in
+    parts is still one batch to the accountant, at the planned sample rate."""
+    base = dp_job(tiny_encoder_dir, noise_multiplier=1.1)
+    config = dataclasses.replace(base, train=dataclasses.replace(base.train, physical_batch_size=physical))
     examples = toy_examples(40, seed=1)
     labels = label_indices(examples, config.task.label_names)
     model = build_classifier(config)
@@ -75,6 +79,7 @@ def test_dp_sgd_epsilon_equals_opacus_own_computation(tiny_encoder_dir: Path) ->
         result = train_local_dp(model, examples, labels, config.train, plan, accountant)
         assert result.steps == plan.steps_per_round == 2
     assert not np.allclose(before, model.get_vector())
+    assert [(sigma, rate) for sigma, rate, _ in accountant.accountant.history] == [(1.1, 0.1)]
     ours = accountant.epsilon(plan.delta)
 
     steps = 3 * plan.steps_per_round
@@ -98,6 +103,46 @@ def test_dp_sgd_epsilon_equals_opacus_own_computation(tiny_encoder_dir: Path) ->
                 p.grad_sample = torch.zeros((0, *p.shape))
         optimiser.step()
     assert ours == pytest.approx(engine.get_epsilon(plan.delta), rel=1e-12)
+
+
+def test_physical_batches_give_the_batch_gradient_and_the_same_per_example_gradients(tiny_encoder_dir: Path) -> None:
+    """A batch of 10 in passes of 3 (3 + 3 + 3 + 1, each padded on its own) gives the same plain gradient as one
+    pass and, through Opacus, the same per-example gradients in the same order: ``train.physical_batch_size``
+    bounds memory and changes nothing else (dropout off, so both runs see the same function)."""
+    config = dp_job(tiny_encoder_dir)
+    examples = toy_examples(12, seed=2)
+    y = torch.tensor(label_indices(examples, config.task.label_names))
+    indices = [7, 0, 3, 11, 5, 2, 9, 1, 8, 4]
+
+    def plain(physical: int) -> tuple[list[torch.Tensor], float]:
+        model = build_classifier(config)
+        model.eval()
+        loss = backward_in_parts(model, model, examples, y, indices, physical, scale=1 / len(indices))
+        return [p.grad.clone() for p in model.trainable_parameters()], loss  # type: ignore[union-attr]
+
+    def per_example(physical: int) -> list[torch.Tensor]:
+        model = build_classifier(config)
+        wrapped = GradSampleModule(model, loss_reduction="sum")
+        wrapped.train()  # Opacus records activations in training mode only: dropout off instead
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        backward_in_parts(model, wrapped, examples, y, indices, physical, scale=1.0)
+        stacked = [torch.cat(p.grad_sample) if isinstance(p.grad_sample, list) else p.grad_sample  # type: ignore[attr-defined]
+                   for p in model.trainable_parameters()]
+        wrapped._close()
+        return stacked
+
+    (whole, whole_loss), (parts, parts_loss) = plain(64), plain(3)
+    assert parts_loss == pytest.approx(whole_loss, rel=1e-5)
+    for a, b in zip(whole, parts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    one, split = per_example(64), per_example(3)
+    assert all(g.shape[0] == len(indices) for g in split)
+    for a, b in zip(one, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for p_grad, g in zip(whole, one, strict=True):  # the per-example gradients add up to the batch's
+        torch.testing.assert_close(g.sum(0) / len(indices), p_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_calibrated_noise_is_opacus_and_spends_the_budget_over_the_planned_rounds(tiny_encoder_dir: Path) -> None:
