@@ -48,15 +48,39 @@ class DemoOptions:
     report: str = "reports/demo.json"
     plot: str = "reports/demo.png"
     workdir: str | None = None
-    steps: int = 30
     test_size: int = 1000
     seed: int = 0
     insecure: bool = False
     he: bool = True
-    dp: bool = False
+    dp: bool = True
     epsilon: float = 8.0
+    steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A site's local training per round: (expected) batch, steps, learning rate."""
+
+    batch_size: int
+    steps: int
+    lr: float
+
+
+PLAIN = Recipe(batch_size=16, steps=30, lr=0.01)
+PRIVATE = Recipe(batch_size=256, steps=4, lr=0.1)
+CAUSAL = Recipe(batch_size=8, steps=30, lr=0.003)
+
+
+def default_recipe(options: DemoOptions) -> Recipe:
+    """The demo's local training when no flag overrides it.  With DP-SGD, few steps of a large expected batch:
+    the noise is added once per step, so its share of the averaged gradient shrinks with the batch (Abadi et al.
+    2016; De et al. 2022) -- measured on the demo, 0.739 at epsilon 8 against 0.627 with the plain recipe.  The
+    causal backbone keeps one recipe, with or without DP (not measured with DP)."""
+    if options.backbone == "causal":
+        return CAUSAL
+    return PRIVATE if options.dp else PLAIN
 
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
@@ -74,13 +98,14 @@ def site_identity(k: int, options: DemoOptions) -> str:
 
 def demo_job(options: DemoOptions) -> JobConfig:
     """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round (all enrolled);
-    record-level DP-SGD at ``options.epsilon`` with ``options.dp`` (off by default: at epsilon 8 the demo's first
-    round measured at the majority baseline, below the foundation's accuracy bar).  Participant-level noise stays off:
+    record-level DP-SGD at ``options.epsilon`` with ``options.dp`` (on by default, with ``default_recipe``'s large
+    expected batch).  Participant-level noise stays off:
     with three sites no noise level gives both a meaningful participant-level epsilon and a usable prompt.
     The config goes through the same TOML parse the coordinator applies to it, so a bad option (``--batch-size
     0``, ``--epsilon -1``) is named before any process starts."""
     spec = BUILTIN[DATASET]
     causal = options.backbone == "causal"
+    recipe = default_recipe(options)
     config = JobConfig(
         job=JobSection(name="demo", rounds=options.rounds, participants_per_round=options.participants,
                        min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed,
@@ -90,9 +115,9 @@ def demo_job(options: DemoOptions) -> JobConfig:
         task=TaskSection(label_names=spec.label_names,
                          label_words=("negative", "positive") if causal else spec.label_words,
                          template="Review: {text}\nSentiment:" if causal else "{text}"),
-        train=TrainSection(local_epochs=1, max_steps=options.steps,
-                           batch_size=(8 if causal else 16) if options.batch_size is None else options.batch_size,
-                           lr=(0.003 if causal else 0.01) if options.lr is None else options.lr),
+        train=TrainSection(local_epochs=1, max_steps=recipe.steps if options.steps is None else options.steps,
+                           batch_size=recipe.batch_size if options.batch_size is None else options.batch_size,
+                           lr=recipe.lr if options.lr is None else options.lr),
         he=HESection(enabled=options.he),
         dp=DPSection(enabled=options.dp, epsilon=options.epsilon),
     )

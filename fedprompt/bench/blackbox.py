@@ -45,7 +45,8 @@ TARGETS = {"accuracy_ratio_min": 0.95, "peak_rss_ratio_max": 0.5, "bytes_per_rou
 def job_for(mode: str, aggregator: str, seed: int, he: bool = False) -> JobConfig:
     """The demo's MiniLM job with the head frozen, every site in every round, and the run's mode; loopback
     processes identified by name (``--insecure``), with CKKS secure aggregation when ``he``."""
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=seed, insecure=True, he=he))
+    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=seed, insecure=True, he=he,
+                                dp=False))
     job = dataclasses.replace(base.job, name=f"bench-{aggregator}", aggregator=aggregator,
                               min_participants=SITES, round_deadline_s=3600.0)
     model = dataclasses.replace(base.model, train_head=False)

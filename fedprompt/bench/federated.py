@@ -35,7 +35,7 @@ def _with(config: JobConfig, **changes: Any) -> JobConfig:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed))
+    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed, dp=False))
     backbone = load_backbone(base.model.path)
     train, test, names = load_split("rotten_tomatoes", 1000, args.seed, base.task.label_names)
     runs = {

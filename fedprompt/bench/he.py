@@ -92,7 +92,7 @@ def _rounds(base: JobConfig, backbone: Backbone, seed: int) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed))
+    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=args.seed, dp=False))
     backbone = load_backbone(base.model.path)
     size = build_classifier(base, backbone).vector_size
     micro = _micro(args.seed, size)

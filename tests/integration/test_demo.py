@@ -1,4 +1,5 @@
-"""`fedprompt demo` itself (real MiniLM, real processes), in small settings: the report has every key."""
+"""`fedprompt demo` itself (real MiniLM, real processes, DP-SGD on as by default), in small settings: the report
+has every key and the privacy spent stays within the budget."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     report, plot = tmp_path / "r.json", tmp_path / "r.png"
-    proc = fedprompt_process(["demo", "--rounds", "2", "--steps", "2", "--test-size", "60", "--report", str(report),
+    proc = fedprompt_process(["demo", "--rounds", "2", "--steps", "2", "--batch-size", "32", "--test-size", "60",
+                              "--report", str(report),
                               "--plot", str(plot), "--workdir", str(tmp_path / "work")], tmp_path / "demo.log")
     assert proc.wait(600) == 0, (tmp_path / "demo.log").read_text()[-3000:]
     data = json.loads(report.read_text())
@@ -26,3 +28,5 @@ def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in data["rounds"])
     assert data["exchanged_params"] / data["plm_params"] <= 0.0005
     assert plot.stat().st_size > 10_000
+    assert data["dp"] and data["mtls"] and data["he"]
+    assert 0 < data["epsilon"] <= 8.0 + 1e-6 and [r["record_epsilon_max"] > 0 for r in data["rounds"]] == [True, True]

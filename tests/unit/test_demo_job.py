@@ -1,4 +1,5 @@
-"""The demo's job config: defaults per backbone, and --batch-size / --lr reaching it (validated at once)."""
+"""The demo's job config: DP on by default with its large-batch recipe, the plain recipe with --no-dp, and
+--batch-size / --steps / --lr reaching it (validated at once)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,34 @@ from fedprompt.demo import DemoOptions, demo_job, options_from_args
 from fedprompt.errors import ConfigError
 
 
-def test_demo_job_defaults_per_backbone() -> None:
-    encoder, causal = demo_job(DemoOptions()), demo_job(DemoOptions(backbone="causal"))
-    assert (encoder.train.batch_size, encoder.train.lr) == (16, 0.01)
-    assert (causal.train.batch_size, causal.train.lr) == (8, 0.003)
+def job_from(argv: list[str]):  # type: ignore[no-untyped-def]
+    return demo_job(options_from_args(build_parser().parse_args(["demo", *argv])))
 
 
-def test_demo_batch_and_lr_flags_reach_the_job() -> None:
-    args = build_parser().parse_args(["demo", "--dp", "--batch-size", "256", "--steps", "4", "--lr", "0.1"])
-    config = demo_job(options_from_args(args))
+def test_demo_runs_dp_by_default_with_the_large_batch_recipe() -> None:
+    config = job_from([])
+    assert config.dp.enabled and config.dp.epsilon == 8.0
     assert (config.train.batch_size, config.train.max_steps, config.train.lr) == (256, 4, 0.1)
-    assert config.dp.enabled
+    assert config.he.enabled
+
+
+def test_no_dp_uses_the_plain_recipe_and_the_causal_backbone_its_own() -> None:
+    plain = job_from(["--no-dp"])
+    assert not plain.dp.enabled
+    assert (plain.train.batch_size, plain.train.max_steps, plain.train.lr) == (16, 30, 0.01)
+    causal = demo_job(DemoOptions(backbone="causal"))
+    assert (causal.train.batch_size, causal.train.max_steps, causal.train.lr) == (8, 30, 0.003)
+
+
+def test_demo_batch_steps_and_lr_flags_reach_the_job() -> None:
+    config = job_from(["--no-dp", "--batch-size", "64", "--steps", "5", "--lr", "0.05"])
+    assert (config.train.batch_size, config.train.max_steps, config.train.lr) == (64, 5, 0.05)
+    assert not config.dp.enabled
 
 
 @pytest.mark.parametrize(("options", "key"), [(DemoOptions(batch_size=0), "train.batch_size"),
-                                              (DemoOptions(lr=0.0), "train.lr")])
-def test_demo_refuses_a_bad_batch_or_lr_naming_it(options: DemoOptions, key: str) -> None:
+                                              (DemoOptions(lr=0.0), "train.lr"),
+                                              (DemoOptions(epsilon=-1.0), "dp.epsilon")])
+def test_demo_refuses_a_bad_option_naming_it(options: DemoOptions, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         demo_job(options)
