@@ -231,7 +231,9 @@ def run_demo(options: DemoOptions) -> int:
     print(round_table(report))
     print(summary(report))
     write_json(report, options.report)
-    plot_rounds(report, options.plot, f"fedprompt demo: {options.participants} sites, {DATASET}")
+    guards = ["mTLS" if pki is not None else "INSECURE", "CKKS" if config.he.enabled else "plaintext aggregation",
+              f"DP-SGD at epsilon {options.epsilon:g} per site" if options.dp else "no DP"]
+    plot_rounds(report, options.plot, f"fedprompt demo: {options.participants} sites, {DATASET} ({', '.join(guards)})")
     print(f"[demo] report {options.report}, plot {options.plot}, {report['seconds']} s")
     return 0 if report["state"] == "done" else 1
 

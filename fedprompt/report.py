@@ -124,13 +124,20 @@ def saved_figure(path: str | Path, ncols: int = 1,
 
 
 def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> None:
-    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines."""
+    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines; with DP, a third
+    panel shows the privacy spent after each round (record level per site, and participant level), so the
+    price of every point of accuracy is in the same picture."""
     from matplotlib.ticker import MaxNLocator
 
     rounds = [0] + [r["round"] for r in report["rounds"]]
     acc = [report["zero_shot_accuracy"]] + [r["accuracy"] for r in report["rounds"]]
     loss = [report.get("zero_shot_loss")] + [r["loss"] for r in report["rounds"]]
-    with saved_figure(path, 2, (10, 4)) as (fig, (ax1, ax2)):
+    privacy = {label: [0.0] + [r.get(key) for r in report["rounds"]]
+               for key, label in (("record_epsilon_max", "record level (max over sites)"),
+                                  ("participant_epsilon", "participant level"))
+               if any(r.get(key) is not None for r in report["rounds"])}
+    with saved_figure(path, 3 if privacy else 2, (15 if privacy else 10, 4)) as (fig, axes):
+        ax1, ax2 = axes[0], axes[1]
         ax1.plot(rounds, acc, marker="o", label="global prompt")
         ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
         if report["zero_shot_accuracy"] is not None:
@@ -143,6 +150,13 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
         ax2.set_xlabel("round")
         ax2.set_ylabel("test loss")
         ax2.grid(alpha=0.3)
-        for ax in (ax1, ax2):
+        for label, spent in privacy.items():
+            axes[2].plot(rounds, spent, marker="o", label=label)
+        if privacy:
+            axes[2].set_xlabel("round")
+            axes[2].set_ylabel("epsilon spent")
+            axes[2].legend()
+            axes[2].grid(alpha=0.3)
+        for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(title)
