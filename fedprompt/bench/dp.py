@@ -35,8 +35,6 @@ from participant.train import train_local
 
 SITES = 3
 ROUNDS = 3
-
-
 # The demo's two recipes, the plain one shortened to 20 steps to keep the bench modest.
 RECIPES = {"small": dataclasses.replace(PLAIN, steps=20), "large": PRIVATE}
 EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 8.0, None)
@@ -97,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
                             "noise_multiplier_max": max(sigmas), "seconds": round(seconds, 1),
                             "rounds": [r["accuracy"] for r in report["rounds"]]})
             rows.append([f"{recipe.batch_size} x {recipe.steps}, lr {recipe.lr}", "inf" if epsilon is None else epsilon,
-                         report["final_accuracy"], report["epsilon"], report["delta"], max(sigmas), round(seconds, 1)])
+                         report["final_accuracy"], report["epsilon"],
+                         "-" if report["delta"] is None else f"{report['delta']:.2g}", max(sigmas), round(seconds, 1)])
             print(f"[bench dp] {name} batch, epsilon {epsilon}: accuracy {report['final_accuracy']:.4f} "
                   f"in {seconds:.0f} s", flush=True)
     out = {
