@@ -90,10 +90,6 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     for r in store.rounds(row.job_id):
         if r.state not in _IN_FLIGHT:
             continue
-        if latest is not None and latest >= r.round:
-            store.save_round(dataclasses.replace(r, state=RoundState.DONE.value, closed_at=now))
-            job.log.info("round completed before the crash", round=r.round, attempt=r.attempt)
-            continue
         store.save_round(dataclasses.replace(r, state=RoundState.FAILED.value, closed_at=now,
                                              summary={**r.summary, "restarted": 1.0}))
         job.log.warning(f"round {r.round} restarted cleanly: partial sum not recoverable", round=r.round,

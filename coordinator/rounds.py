@@ -660,11 +660,10 @@ class JobRuntime:
 
     def _complete(self, r: OpenRound, data: bytes, metrics: dict[str, float]) -> None:
         """Store round ``r``'s new global version and summary, and close the round."""
-        self.store.save_prompt(self.job_id, r.number, self.encoding, data)
         summary = {**metrics, "updates": float(len(r.contributions)),
                    "examples": float(sum(c.num_examples for c in r.contributions.values())),
                    **self._privacy_summary(r)}
-        self.store.save_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary))
+        self.store.complete_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary), self.encoding, data)
         self.log.info("round aggregated", round=r.number, updates=len(r.contributions), aggregator=self.aggregator.name)
         self.open = None
         self.next_attempt, self.failures = 1, 0

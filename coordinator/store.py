@@ -217,11 +217,14 @@ class Store:
     # rounds
     def save_round(self, row: RoundRow) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (row.job_id, row.round, row.attempt, row.state, json.dumps(list(row.selected)), row.opened_at,
-                 row.deadline, row.closed_at, row.bytes_up, row.bytes_down, json.dumps(row.summary)),
-            )
+            _write_round(db, row)
+
+    def complete_round(self, row: RoundRow, encoding: str, data: bytes) -> None:
+        """The round's new global version and its closed row in one transaction: a crash between the two would
+        leave a version whose round still looks in flight, with no summary."""
+        with self._tx() as db:
+            _write_round(db, row)
+            _write_prompt(db, row.job_id, row.round, encoding, data)
 
     def rounds(self, job_id: str) -> list[RoundRow]:
         rows = self._all("SELECT job_id,round,attempt,state,selected,opened_at,deadline,closed_at,bytes_up,bytes_down,"
@@ -263,7 +266,7 @@ class Store:
     # global prompt versions
     def save_prompt(self, job_id: str, version: int, encoding: str, data: bytes) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO prompts VALUES (?,?,?,?,?)", (job_id, version, encoding, data, time.time()))
+            _write_prompt(db, job_id, version, encoding, data)
 
     def prompt(self, job_id: str, version: int) -> tuple[str, bytes] | None:
         rows = self._all("SELECT encoding, data FROM prompts WHERE job_id=? AND version=?", (job_id, version))
@@ -369,3 +372,13 @@ class Store:
                              "WHERE job_id=? AND round=? ORDER BY participant_id", (job_id, round_))
         return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type, call-overload]
                 for r in rows]
+
+
+def _write_round(db: sqlite3.Connection, row: RoundRow) -> None:
+    db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+               (row.job_id, row.round, row.attempt, row.state, json.dumps(list(row.selected)), row.opened_at,
+                row.deadline, row.closed_at, row.bytes_up, row.bytes_down, json.dumps(row.summary)))
+
+
+def _write_prompt(db: sqlite3.Connection, job_id: str, version: int, encoding: str, data: bytes) -> None:
+    db.execute("INSERT INTO prompts VALUES (?,?,?,?,?)", (job_id, version, encoding, data, time.time()))

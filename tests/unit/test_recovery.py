@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from coordinator.checkpoint import Checkpointer, atomic_write, read_checkpoint
 from coordinator.jobs import JobManager
 from coordinator.recovery import resume_jobs
 from coordinator.rounds import RoundState
-from coordinator.store import Store
+from coordinator.store import RoundRow, Store
 from fedprompt.config import dump_toml
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate
 from fedprompt.payload import FLOAT32, decode_vector
@@ -84,12 +85,12 @@ def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(ru
     assert resumed.store.update_counts(job_id) == {"a": 2, "b": 2, "c": 1}  # bookkeeping keeps the lost attempt
 
 
-def test_aggregate_stored_before_crash_is_kept_and_round_marked_done(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
     jobs, job_id, clock = running
     job = jobs.job(job_id)
-    # the crash hit between storing version 1 and closing the round row
-    jobs.store.save_round(job.open.row(job_id, RoundState.AGGREGATING))
-    jobs.store.save_prompt(job_id, 1, FLOAT32, np.ones(SIZE, "<f4").tobytes())
+    # the crash hit right after round 1's row and version 1 were stored (one transaction), before round 2 opened
+    jobs.store.complete_round(job.open.row(job_id, RoundState.DONE, clock(), {"updates": 3.0}), FLOAT32,
+                              np.ones(SIZE, "<f4").tobytes())
     resumed = fresh(tmp_path, clock).job(job_id)
     assert [(r.round, r.state) for r in resumed.store.rounds(job_id)] == [(1, "done"), (2, "training")]
     assert resumed.open is not None and (resumed.open.number, resumed.open.attempt) == (2, 1)
@@ -229,3 +230,20 @@ def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(runni
     assert resumed.failures == 0 and resumed.open is not None and resumed.open.attempt == 5
     fail_attempt(resumed, clock)
     assert resumed.state.value == "running" and resumed.failures == 1
+
+
+def test_a_round_and_its_global_version_are_stored_together_or_not_at_all(tmp_path: Path) -> None:
+    """Completing a round writes its closed row and its new global version in one transaction: when the version
+    cannot be written (here: it already exists), the round row is rolled back too, so a restart never finds a
+    version whose round still looks in flight (nor a closed round without its version)."""
+    store = Store(tmp_path / "state.sqlite")
+    store.add_job("j", "j", "", "running")
+    training = RoundRow("j", 1, 1, RoundState.TRAINING.value, ("a", "b"), 1.0, 61.0, 0.0, 0, 0, {})
+    store.save_round(training)
+    done = dataclasses.replace(training, state=RoundState.DONE.value, closed_at=5.0, summary={"updates": 2.0})
+    store.save_prompt("j", 1, "f32", b"\x00" * 8)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.complete_round(done, "f32", b"\x01" * 8)
+    assert store.rounds("j") == [training] and store.prompt("j", 1) == ("f32", b"\x00" * 8)
+    store.complete_round(dataclasses.replace(done, round=2), "f32", b"\x02" * 8)
+    assert store.rounds("j")[-1].summary == {"updates": 2.0} and store.latest_version("j") == 2
