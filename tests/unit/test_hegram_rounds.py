@@ -116,7 +116,9 @@ def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are
     assert not rows["c"].accepted and rows["a"].accepted and rows["b"].accepted
     plain = job.aggregator.decide(np.stack([d for d, _ in DELTAS.values()]) @ np.stack([d for d, _ in DELTAS.values()]).T)
     assert [rows[p].accepted for p in "abc"] == [i in plain.accepted for i in range(3)]
-    assert [rows[p].score for p in "abc"] == pytest.approx(list(plain.scores), rel=1e-4)
+    # CKKS noise is fresh every run: 1 run in 12 measured a relative error of 1.2e-4 on c's score (20.59), above
+    # the 1e-4 this test first allowed; the decisions, asserted above, must match exactly
+    assert [rows[p].score for p in "abc"] == pytest.approx(list(plain.scores), rel=1e-3)
     total, weight = secret.decrypt(job.stored_payload(1).data, SIZE)
     assert weight == 30  # the coordinator's plaintext weight: a's 10 and b's 20, never c's 30
     assert total / weight == pytest.approx((DELTAS["a"][0] * 10 + DELTAS["b"][0] * 20) / 30, abs=1e-6)
