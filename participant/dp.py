@@ -118,6 +118,15 @@ def plan_record_dp(dp: DPSection, train: TrainSection, rounds: int, num_examples
                       dp.epsilon, dp.accountant)
 
 
+def stack_grad_samples(params: list[torch.nn.Parameter]) -> None:
+    """One Poisson batch computed in parts is one batch: Opacus scales and accounts per stacked part, so the
+    parts' per-example gradients are concatenated into a single tensor per parameter."""
+    for p in params:
+        parts = getattr(p, "grad_sample", None)
+        if isinstance(parts, list):
+            p.grad_sample = torch.cat(parts)  # type: ignore[attr-defined]
+
+
 def train_local_dp(
     model: PromptClassifier,
     examples: list[Example],
@@ -155,10 +164,7 @@ def train_local_dp(
                 if indices:
                     losses.append(backward_in_parts(model, wrapped, examples, y, indices, config.physical_batch_size,
                                                     scale=1.0))
-                    for p in params:  # one Poisson batch in parts, not several batches: Opacus scales and
-                        parts = getattr(p, "grad_sample", None)  # accounts per stacked part, so stack them as one
-                        if isinstance(parts, list):
-                            p.grad_sample = torch.cat(parts)  # type: ignore[attr-defined]
+                    stack_grad_samples(params)
                     used += len(indices)
                 else:
                     for p in params:

@@ -22,7 +22,14 @@ from fedprompt.config import DPSection, JobConfig, dump_toml, parse_toml
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
 from fedprompt.models import build_classifier
-from participant.dp import RecordAccountant, SitePrivacy, noise_share, plan_record_dp, train_local_dp
+from participant.dp import (
+    RecordAccountant,
+    SitePrivacy,
+    noise_share,
+    plan_record_dp,
+    stack_grad_samples,
+    train_local_dp,
+)
 from participant.train import GradientLearner, backward_in_parts
 from tests.support import tiny_job, toy_examples
 
@@ -128,8 +135,8 @@ def test_physical_batches_give_the_batch_gradient_and_the_same_per_example_gradi
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         backward_in_parts(model, wrapped, examples, y, indices, physical, scale=1.0)
-        stacked = [torch.cat(p.grad_sample) if isinstance(p.grad_sample, list) else p.grad_sample  # type: ignore[attr-defined]
-                   for p in model.trainable_parameters()]
+        stack_grad_samples(model.trainable_parameters())
+        stacked = [p.grad_sample for p in model.trainable_parameters()]  # type: ignore[attr-defined]
         wrapped._close()
         return stacked
 
