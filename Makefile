@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy fedprompt coordinator participant crypto
+	$(BIN)/mypy fedprompt coordinator participant crypto tests
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -47,6 +47,7 @@ def make_tiny_model(out: Path, kind: str = "encoder", seed: int = 0) -> Path:
     """A randomly initialised 2-layer model with MiniLM's tokenizer, saved as a local HF directory."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:minilm"))
+    model: BertModel | LlamaForCausalLM
     if kind == "encoder":
         model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))

@@ -181,7 +181,7 @@ def test_fuzz_every_participant_rpc_then_round_completes(tmp_path: Path) -> None
         @FUZZ
         @given(st.data())
         def join(data: st.DataObject) -> None:
-            request = {"job": job_id, "num_train_examples": 30, "num_test_examples": 4, "vector_size": SIZE}
+            request: dict[str, Any] = {"job": job_id, "num_train_examples": 30, "num_test_examples": 4, "vector_size": SIZE}
             who = data.draw(st.sampled_from(MEMBERS))
             for kind in data.draw(st.sets(st.sampled_from(["job", "train", "test", "size", "outsider"]), min_size=1)):
                 if kind == "job":
@@ -207,7 +207,7 @@ def test_fuzz_every_participant_rpc_then_round_completes(tmp_path: Path) -> None
         @FUZZ
         @given(st.data())
         def download(data: st.DataObject) -> None:
-            request = {"job_id": job_id, "version": data.draw(st.integers(0, 1))}
+            request: dict[str, Any] = {"job_id": job_id, "version": data.draw(st.integers(0, 1))}
             who = data.draw(st.sampled_from(MEMBERS))
             kinds = data.draw(st.sets(st.sampled_from(["job", "version", "outsider"]), min_size=1))
             if "job" in kinds:

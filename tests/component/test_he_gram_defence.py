@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.aggregation import make_aggregator
+from coordinator.aggregation import GramDefence, make_aggregator
 from coordinator.robust import gram
 from fedprompt.config import HESection, RobustSection
 from fedprompt.simulation import simulate
@@ -34,6 +34,7 @@ def test_encrypted_gram_defence_rejects_scaled_attacker_like_plaintext(tiny_enco
     malicious = report["malicious"]
     assert len(malicious) == 1
     plain = make_aggregator(aggregator, robust)
+    assert isinstance(plain, GramDefence)
     for r in report["detection"]["rounds"]:
         assert malicious[0] in r["rejected"], r
         names = [f"site-{k}" for k in range(SITES)]

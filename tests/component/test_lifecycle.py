@@ -89,6 +89,7 @@ def test_retried_upload_after_a_lost_answer_is_acknowledged_once(tmp_path: Path)
         with pytest.raises(DuplicateUpdate, match="already submitted"):
             a.link.upload(tampered)
         for p in people:
+            assert isinstance(p.link, GrpcLink)
             p.link.close()
         admin.close()
 

@@ -21,6 +21,7 @@ from fedprompt import serde
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidUpdate, ResourceExhausted
 from fedprompt.models import build_classifier, load_backbone
+from fedprompt.models.classifier import SoftPrompt
 from fedprompt.protocol import ScoreQuery
 from fedprompt.v1 import model_service_pb2_grpc
 from participant.model_client import ModelServiceClient
@@ -54,6 +55,7 @@ def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, 
     assert result.logits.shape == (3, 2) and result.loss > 0
     config = blackbox_job(tiny_encoder_dir)
     local = build_classifier(config, load_backbone(str(tiny_encoder_dir)))
+    assert isinstance(local.prompt, SoftPrompt)  # a job without prompt levels
     with torch.no_grad():
         local.prompt.embedding.weight.add_(torch.from_numpy(q.prompt.reshape(4, 32)))
         expected = local(**local.tokenize(list(q.texts))).numpy()
@@ -109,6 +111,7 @@ def test_exported_graph_scores_like_the_torch_classifier(kind: str, tiny_encoder
                                  task=dataclasses.replace(base.task, template="Review: {text}"),
                                  model=dataclasses.replace(base.model, max_length=12))
     local = build_classifier(config, load_backbone(str(model_dir)))
+    assert isinstance(local.prompt, SoftPrompt)  # a job without prompt levels
     with torch.no_grad():
         local.prompt.embedding.weight.add_(torch.from_numpy(q.prompt.reshape(4, 32)))
         expected = local(**local.tokenize(list(q.texts)))

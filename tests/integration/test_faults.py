@@ -65,7 +65,9 @@ def uninterrupted_final(config_toml: str, seed: int, rounds: int) -> np.ndarray:
         job.tick()
         for p in people:
             p.link.upload(p.update(round_))
-    encoding, data = jobs.store.prompt(job.job_id, rounds)
+    prompt = jobs.store.prompt(job.job_id, rounds)
+    assert prompt is not None
+    encoding, data = prompt
     return np.frombuffer(data, dtype="<f4")
 
 
@@ -183,7 +185,9 @@ def replay(v0: np.ndarray, rounds: int, updates: dict[str, tuple[int, list[np.nd
 
 def initial_prompt(workdir: Path, job_id: str) -> np.ndarray:
     """Global version 0 as stored by the coordinator (admin export treats version 0 as "latest")."""
-    _, data = Store(workdir / "coordinator-state" / "coordinator.sqlite").prompt(job_id, 0)
+    prompt = Store(workdir / "coordinator-state" / "coordinator.sqlite").prompt(job_id, 0)
+    assert prompt is not None
+    _, data = prompt
     return np.frombuffer(data, "<f4")
 
 

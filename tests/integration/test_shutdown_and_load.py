@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import cast
 
 import pytest
 from grpc_health.v1 import health_pb2
@@ -33,6 +34,7 @@ def test_sigterm_stops_both_daemons_cleanly(tmp_path: Path, tiny_encoder_dir: Pa
         assert site.wait(30) == 0
     assert "participant stopped" in (tmp_path / "site.log").read_text()
     admin.close()
+    assert coordinator.proc is not None
     coordinator.proc.send_signal(signal.SIGTERM)
     assert coordinator.proc.wait(30) == 0
     log = coordinator.log(1)
@@ -44,7 +46,7 @@ def test_load_bench_small(tmp_path: Path) -> None:
     assert list(report)[:6] == ["participants", "rounds_completed", "p50_round_s", "p95_round_s",
                                 "coordinator_peak_rss_mb", "errors"]
     assert (report["participants"], report["rounds_completed"], report["errors"]) == (16, 2, 0)
-    assert report["coordinator_peak_rss_mb"] > 0
+    assert cast(float, report["coordinator_peak_rss_mb"]) > 0
 
 
 def test_backup_of_a_running_coordinator_restores_its_jobs(tmp_path: Path) -> None:

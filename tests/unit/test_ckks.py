@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -37,7 +39,7 @@ def test_default_parameters_meet_the_standard() -> None:
     ("scale_bits", 55, "he.scale_bits"),
     ("max_summands", 0, "he.max_summands"),
 ])
-def test_bad_parameters_name_their_key(field: str, value: object, key: str) -> None:
+def test_bad_parameters_name_their_key(field: str, value: Any, key: str) -> None:
     from dataclasses import replace
 
     with pytest.raises(ConfigError, match=key):
@@ -50,10 +52,10 @@ def test_decrypt_of_folded_sum_is_the_weighted_sum(secret: SecretContext, public
                                                    terms: list[tuple[int, int]]) -> None:
     total = public.new_sum(SIZE)
     expected = np.zeros(SIZE)
-    for weight, seed in terms:
+    for count, seed in terms:
         delta = np.random.default_rng(seed).normal(0, 0.5, SIZE)
-        total.add(total.parse(secret.encrypt(delta * weight, weight)))
-        expected += delta * weight
+        total.add(total.parse(secret.encrypt(delta * count, count)))
+        expected += delta * count
     vector, weight = secret.decrypt(total.to_bytes(), SIZE)
     assert weight == sum(w for w, _ in terms)
     assert np.abs(vector - expected).max() < 1e-4

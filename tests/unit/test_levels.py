@@ -208,7 +208,7 @@ def test_discovered_cohorts_split_the_expert_level_and_survive_a_restart(tmp_pat
     assert not np.allclose(_plain(unpack(job.global_payload("a", 2).data)["expert"]),
                            _plain(unpack(job.global_payload("c", 2).data)["expert"]))
     restored = restore_job(jobs, job.store.jobs()[0])
-    assert restored.levels.plan.assigned == job.levels.plan.assigned
+    assert restored.levels is not None and restored.levels.plan.assigned == job.levels.plan.assigned
 
 
 def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ def _plaintext_assignment(tmp_path: Path, deltas: dict[str, np.ndarray]) -> dict
     job.tick()
     for p, d in deltas.items():
         job.submit(p, plain(1, d, WEIGHTS[p]))
+    assert job.levels is not None
     return dict(job.levels.plan.assigned)
 
 
@@ -133,6 +134,7 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
                                                                                  tmp_path: Path) -> None:
     deltas = _deltas()
     job = encrypted.job
+    assert job.levels is not None
     assert job.open is not None and job.open.gram is not None  # the discovery round keeps ciphertexts
     encrypted.submit_round(1, deltas)
     gram = job.open.gram
@@ -171,7 +173,9 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
 def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted: EncryptedJob) -> None:
     deltas = _deltas()
     job = encrypted.job
+    assert job.levels is not None
     encrypted.submit_round(1, deltas)
+    assert job.open is not None and job.open.gram is not None
     honest, liar = job.open.gram.decryptors
     job.report_gram(honest, 1, encrypted.answer(honest, 1))
     lie = encrypted.answer(liar, 1)
@@ -182,7 +186,9 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
     assert len(postponed) == 1 and postponed[0]["log_level"] == "warning"
     assert f"decryptors {honest} and {liar} disagree on 1 of 21" in postponed[0]["reason"]
     assert job.levels.plan.assigned == {} and job.latest_version() == 1  # no assignment, the round completed
-    stored = unpack(job.store.prompt(job.job_id, 1)[1])
+    prompt = job.store.prompt(job.job_id, 1)
+    assert prompt is not None
+    stored = unpack(prompt[1])
     assert json.loads(stored[COHORTS_PART][1]) == {} and set(stored) >= {"global", f"expert:{DEFAULT_COHORT}"}
     assert encrypted.mean(stored["global"]) == pytest.approx(
         sum(deltas[p][:G] * WEIGHTS[p] for p in MEMBERS) / sum(WEIGHTS.values()), abs=1e-6)
@@ -198,7 +204,9 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
 
 def test_a_silent_decryptor_postpones_discovery_at_the_deadline(encrypted: EncryptedJob) -> None:
     job = encrypted.job
+    assert job.levels is not None
     encrypted.submit_round(1, _deltas())
+    assert job.open is not None and job.open.gram is not None
     first, silent = job.open.gram.decryptors
     job.report_gram(first, 1, encrypted.answer(first, 1))
     encrypted.clock.now = job.open.deadline + 1
@@ -215,6 +223,7 @@ def test_a_silent_decryptor_postpones_discovery_at_the_deadline(encrypted: Encry
 def test_too_few_updates_postpone_discovery_before_any_gram_matrix(tmp_path: Path) -> None:
     encrypted = EncryptedJob(tmp_path, num_cohorts=len(MEMBERS) + 1)
     job = encrypted.job
+    assert job.levels is not None
     with capture_logs() as logs:
         encrypted.submit_round(1, _deltas())
     events = [e["event"] for e in logs]

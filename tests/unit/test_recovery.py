@@ -56,7 +56,9 @@ def running(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def global_vector(jobs: JobManager, job_id: str, version: int) -> np.ndarray:
-    encoding, data = jobs.store.prompt(job_id, version)
+    prompt = jobs.store.prompt(job_id, version)
+    assert prompt is not None
+    encoding, data = prompt
     return decode_vector(Payload(job_id, version, encoding, SIZE, data), SIZE)
 
 
@@ -141,7 +143,7 @@ def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) ->
     job = fresh(tmp_path, clock).job(job_id)
     assert not job.already_received("a", sent.header(1024))  # the digest is on record, but for attempt 1 only
     job.submit("a", sent)
-    assert list(job.open.contributions) == ["a"]
+    assert job.open is not None and list(job.open.contributions) == ["a"]
 
 
 def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:  # type: ignore[no-untyped-def]
@@ -183,7 +185,9 @@ def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:  # type:
     jobs.store.backup(tmp_path / "backup" / "copy.sqlite")
     copy = Store(tmp_path / "backup" / "copy.sqlite")
     assert [j.job_id for j in copy.jobs()] == [job_id]
-    assert hashlib.sha256(copy.prompt(job_id, 0)[1]).digest() == hashlib.sha256(jobs.store.prompt(job_id, 0)[1]).digest()
+    copied, original = copy.prompt(job_id, 0), jobs.store.prompt(job_id, 0)
+    assert copied is not None and original is not None
+    assert hashlib.sha256(copied[1]).digest() == hashlib.sha256(original[1]).digest()
     assert dataclasses.astuple(copy.members(job_id)[0]) == dataclasses.astuple(jobs.store.members(job_id)[0])
 
 

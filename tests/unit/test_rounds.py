@@ -114,6 +114,7 @@ def test_unselected_participant_is_refused(tmp_path: Path) -> None:
     job.submit("a", update(job.job_id, 0, np.zeros(SIZE, np.float32)))
     job.start()
     job.tick()
+    assert job.open is not None
     outsider = next(p for p in ("a", "b", "c") if p not in job.open.selected)
     with pytest.raises(NotSelected):
         job.submit(outsider, update(job.job_id, 1, np.ones(SIZE, np.float32)))
