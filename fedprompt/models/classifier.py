@@ -192,10 +192,21 @@ class PromptClassifier(nn.Module):
         _load(self.level_parameters().get(PERSONAL, []), vector, "personal prompt")
 
     def _encode(self, texts: Sequence[str], template: str) -> dict[str, torch.Tensor]:
-        self.tokenizer.padding_side = "right"
+        return self._pad(self._token_ids(texts, template))
+
+    def _token_ids(self, texts: Sequence[str], template: str) -> list[list[int]]:
         filled = [template.format(text=t) for t in texts]
-        enc = self.tokenizer(filled, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return self.tokenizer(filled, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def _pad(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token ids into a batch (causal models gather the last real token)."""
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
@@ -214,11 +225,10 @@ class PromptClassifier(nn.Module):
         """Class probabilities for ``texts`` (eval mode, no gradients), in the caller's order, computed in
         batches of similar token length (``length_batches``)."""
         self.eval()
-        filled = [self.template.format(text=t) for t in texts]
-        tokens = self.tokenizer(filled, truncation=True, max_length=self.max_length)["input_ids"]
+        tokens = self._token_ids(texts, self.template)
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for rows in length_batches([len(t) for t in tokens], batch_size):
-            enc = self.tokenize([texts[i] for i in rows])
+            enc = self._pad([tokens[i] for i in rows])
             out[rows] = torch.softmax(self(**enc), dim=-1).numpy()
         return out
 
