@@ -10,10 +10,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedprompt.bench import BENCHES
 from fedprompt.errors import FedPromptError
+
+if TYPE_CHECKING:
+    from fedprompt.admin_client import AdminClient
 
 DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
 
@@ -158,7 +161,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 # ---- admin -------------------------------------------------------------------------------------------
-def _admin(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.admin_client import AdminClient
     from fedprompt.channel import ClientTls
 

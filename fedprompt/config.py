@@ -14,11 +14,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli_w
 
 from fedprompt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from crypto.ckks import CkksParams
 
 T = TypeVar("T")
 
@@ -220,7 +223,7 @@ class HESection:
     def validate(self, prefix: str) -> None:
         self.params().check(prefix)
 
-    def params(self):  # type: ignore[no-untyped-def]
+    def params(self) -> CkksParams:
         """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""
         from crypto.ckks import CkksParams
 
@@ -440,7 +443,7 @@ class JobConfig:
         levels = self.levels
         return self.he.enabled and levels.enabled and levels.expert_tokens > 0 and levels.cohorts_from == "discover"
 
-    def he_params(self):  # type: ignore[no-untyped-def]
+    def he_params(self) -> CkksParams:
         """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
         encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
         ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""

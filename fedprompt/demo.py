@@ -35,6 +35,7 @@ from fedprompt.config import (
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.errors import FedPromptError
+from fedprompt.protocol import JobView
 from fedprompt.report import build_report, plot_rounds, privacy_spent, round_table, summary, write_json
 
 DATASET = "rotten_tomatoes"
@@ -238,8 +239,8 @@ def run_demo(options: DemoOptions) -> int:
     return 0 if report["state"] == "done" else 1
 
 
-def follow(admin: AdminClient, job_id: str, rounds: int, participants: int,  # type: ignore[no-untyped-def]
-           procs: list[subprocess.Popen[bytes]]):
+def follow(admin: AdminClient, job_id: str, rounds: int, participants: int,
+           procs: list[subprocess.Popen[bytes]]) -> JobView:
     """Show progress until the last round's global version is evaluated by every site."""
     bar = tqdm(total=rounds, desc="rounds", unit="round")
     shown = 0

@@ -35,7 +35,7 @@ for _exc, _code in STATUS.items():
 def status_for(exc: errors.FedPromptError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
@@ -27,7 +28,7 @@ from participant.runtime import LearnerFactory, ParticipantRuntime
 log = structlog.get_logger("participant.daemon")
 
 
-def _progress_bar(show: bool):  # type: ignore[no-untyped-def]
+def _progress_bar(show: bool) -> Callable[[str], ProgressFn | None]:
     def make(label: str) -> ProgressFn | None:
         if not show:
             return None

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     messages = list(serde.payload_messages(payload, participant_pb2.UploadUpdateRequest,
                                            chunk_bytes=-(-len(payload.data) // 8)))
 
-    def stream():  # type: ignore[no-untyped-def]
+    def stream():
         yield from messages[: 1 + args.chunks]
         time.sleep(0.5)  # let gRPC put the sent part on the wire
         print("STALLED", flush=True)

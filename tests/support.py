@@ -125,16 +125,16 @@ class _LiveServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
 
-    def _make(self):  # type: ignore[no-untyped-def]
+    def _make(self):
         raise NotImplementedError
 
-    def call(self, fn):  # type: ignore[no-untyped-def]
+    def call(self, fn):
         """Run ``fn()`` on the server's event loop thread (domain objects are not thread-safe)."""
-        async def run():  # type: ignore[no-untyped-def]
+        async def run():
             return fn()
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self):
         self.thread.start()
         self.server = self._make()
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
@@ -200,7 +200,7 @@ def fedprompt_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value; fail the test with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -79,7 +79,7 @@ def cohort_sites(train: list[Example], test: list[Example], seed: int) -> tuple[
              for split, examples in (("train", train), ("test", test))}
     for by_label in pools.values():
         for examples in by_label.values():
-            rng.shuffle(examples)  # type: ignore[arg-type]
+            rng.shuffle(examples)
     sites, mixes = [], []
     for topics in COHORTS.values():
         for _ in range(SITES_PER_COHORT):

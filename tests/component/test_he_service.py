@@ -37,7 +37,7 @@ def delta(name: str) -> np.ndarray:
 
 
 @pytest.fixture
-def live(tmp_path: Path):  # type: ignore[no-untyped-def]
+def live(tmp_path: Path):
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(_job(tmp_path))
@@ -80,7 +80,7 @@ def raw_upload(link: GrpcLink, header: common_pb2.PayloadHeader, data: bytes) ->
     return grpc.StatusCode.OK
 
 
-def test_rejections_leave_the_encrypted_sum_intact(live) -> None:  # type: ignore[no-untyped-def]
+def test_rejections_leave_the_encrypted_sum_intact(live) -> None:
     coordinator, job_id, links, holders = live
     good = honest(holders, job_id, "a")
     ciphertext = good.data
@@ -122,7 +122,7 @@ def test_rejections_leave_the_encrypted_sum_intact(live) -> None:  # type: ignor
     assert np.abs(total / weight - expected / weight).max() < 1e-6
 
 
-def test_key_relay_refusals(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_key_relay_refusals(live, tmp_path: Path) -> None:
     coordinator, job_id, links, holders = live
     secret = holders["a"].require()
     with pytest.raises(PermissionDenied, match="not the key dealer"):

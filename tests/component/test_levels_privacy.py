@@ -170,9 +170,10 @@ def test_no_personal_value_leaves_over_grpc(tiny_encoder_dir: Path, tmp_path: Pa
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(config))
-        runtimes = []
+        runtimes, links = [], []
         for name, site in zip(("a", "b"), toy_sites(2), strict=True):
             link = GrpcLink(coordinator.target, name, give_up_after_s=10)
+            links.append(link)
             link.channel = grpc.intercept_channel(link.channel, recorder)
             link.stub = participant_pb2_grpc.ParticipantServiceStub(link.channel)
             runtimes.append(ParticipantRuntime(
@@ -188,8 +189,8 @@ def test_no_personal_value_leaves_over_grpc(tiny_encoder_dir: Path, tmp_path: Pa
             thread.join(60)
         assert admin.status(job_id).state == "done"
         admin.close()
-        for runtime in runtimes:
-            runtime.link.close()  # type: ignore[attr-defined]
+        for link in links:
+            link.close()
 
     model = build_classifier(config)
     sizes = model.level_sizes()

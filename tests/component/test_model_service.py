@@ -32,7 +32,7 @@ MAX_BATCH = 6
 
 
 @pytest.fixture(scope="module")
-def service(tiny_encoder_dir: Path):  # type: ignore[no-untyped-def]
+def service(tiny_encoder_dir: Path):
     with LiveModelService(tiny_encoder_dir, max_batch=MAX_BATCH, max_prompt_tokens=8, max_length=32) as live:
         yield live
 
@@ -45,7 +45,7 @@ def query(hidden: int, tokens: int = 4, n: int = 3, **changes: object) -> ScoreQ
     return ScoreQuery(**fields)  # type: ignore[arg-type]
 
 
-def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, tiny_encoder_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_scores_exactly_like_the_local_classifier_with_the_frozen_head(service, tiny_encoder_dir: Path) -> None:
     client = ModelServiceClient(service.target)
     info = client.describe()
     assert info.model == str(tiny_encoder_dir) and info.hidden_size == 32 and info.embedding_std > 0
@@ -71,7 +71,7 @@ def test_describe_is_answered_while_a_query_is_being_scored(tiny_encoder_dir: Pa
         host = live.server.host
         score = host.score
 
-        def held(q: ScoreQuery):  # type: ignore[no-untyped-def]
+        def held(q: ScoreQuery):
             started.set()
             release.wait(60)
             return score(q)
@@ -163,7 +163,7 @@ def test_an_export_that_is_not_a_model_is_refused_clearly(tmp_path: Path) -> Non
     ({"prompt_tokens": 9, "prompt": np.zeros(9 * 32, dtype=np.float32)}, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ({"max_length": 64}, grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
-def test_refuses_malformed_queries_with_a_status(service, changes: dict, code: grpc.StatusCode) -> None:  # type: ignore[no-untyped-def]
+def test_refuses_malformed_queries_with_a_status(service, changes: dict, code: grpc.StatusCode) -> None:
     with grpc.insecure_channel(service.target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
@@ -174,7 +174,7 @@ def test_refuses_malformed_queries_with_a_status(service, changes: dict, code: g
         assert ok.logits.shape == (3, 2), "the service stays usable after a refusal"
 
 
-def test_client_raises_the_typed_error_for_each_status(service) -> None:  # type: ignore[no-untyped-def]
+def test_client_raises_the_typed_error_for_each_status(service) -> None:
     client = ModelServiceClient(service.target)
     with pytest.raises(InvalidUpdate, match="NaN"):
         client.score(query(32, prompt=np.full(4 * 32, np.nan, dtype=np.float32)))

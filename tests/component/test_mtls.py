@@ -50,7 +50,7 @@ def describe(target: str, tls: ClientTls | None, job: str = "tiny") -> grpc.Stat
     return grpc.StatusCode.OK
 
 
-def start_job(coordinator: LiveCoordinator, pki: ThrowawayPki, tmp: Path, **job: object):  # type: ignore[no-untyped-def]
+def start_job(coordinator: LiveCoordinator, pki: ThrowawayPki, tmp: Path, **job: object):
     admin = AdminClient(coordinator.target, pki.tls("admin:alice"))
     job_id = admin.create_job(dump_toml(tiny_job(tmp, **{"allowed_participants": SITES, "rounds": 1, **job})))
     links = {name: GrpcLink(coordinator.target, tls=pki.tls(name), give_up_after_s=2) for name in SITES}
@@ -156,7 +156,7 @@ def test_revoked_during_upload_stream(tmp_path: Path, pki: ThrowawayPki) -> None
         released = threading.Event()
         header_sent = threading.Event()
 
-        def messages():  # type: ignore[no-untyped-def]
+        def messages():
             for message in serde.payload_messages(update(job_id, 1.0), participant_pb2.UploadUpdateRequest):
                 if message.HasField("chunk"):
                     header_sent.set()
@@ -196,7 +196,7 @@ def test_rate_limit_per_identity(tmp_path: Path, pki: ThrowawayPki) -> None:
         GrpcLink(coordinator.target, tls=pki.tls("participant:b"), give_up_after_s=2).describe(job_id)  # others fine
 
 
-def test_insecure_conflicts_with_certificates(tmp_path: Path, pki: ThrowawayPki, capfd) -> None:  # type: ignore[no-untyped-def]
+def test_insecure_conflicts_with_certificates(tmp_path: Path, pki: ThrowawayPki, capfd) -> None:
     with pytest.raises(ConfigError, match="coordinator.insecure: cannot be combined with coordinator.cert"):
         CoordinatorSection(insecure=True, cert="c.pem").validate("coordinator")
     with pytest.raises(ConfigError, match="coordinator.ca_cert: required for mTLS"):

@@ -30,7 +30,7 @@ SIZE = 8
 
 
 @pytest.fixture
-def live(tmp_path: Path):  # type: ignore[no-untyped-def]
+def live(tmp_path: Path):
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(tiny_job(tmp_path, rounds=1, participants_per_round=3,
@@ -50,7 +50,7 @@ def upd(job_id: str, vector: np.ndarray, round_: int = 1, n: int = 10) -> Payloa
     return Payload(job_id, round_, FLOAT32, vector.size, encode_vector(vector), n)
 
 
-def test_bad_updates_rejected_and_round_completes(live, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_bad_updates_rejected_and_round_completes(live, caplog) -> None:
     coordinator, admin, job_id, links = live
     ones = np.ones(SIZE, np.float32)
     with pytest.raises(InvalidUpdate, match="parameters"):
@@ -94,7 +94,7 @@ def test_unselected_participant_refused(tmp_path: Path) -> None:
         assert admin.status(job_id).global_version == 1
 
 
-def test_unknown_caller_and_missing_identity_refused(live) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_caller_and_missing_identity_refused(live) -> None:
     coordinator, _, job_id, _ = live
     stranger = GrpcLink(coordinator.target, "mallory", give_up_after_s=5)
     with pytest.raises(PermissionDenied, match="has not joined"):
@@ -126,7 +126,7 @@ def chunk_msg(i: int, data: bytes) -> participant_pb2.UploadUpdateRequest:
     return participant_pb2.UploadUpdateRequest(chunk=common_pb2.PayloadChunk(index=i, data=data))
 
 
-def test_malformed_streams_rejected(live) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_streams_rejected(live) -> None:
     _, admin, job_id, links = live
     data = encode_vector(np.ones(SIZE, np.float32))
     good = PayloadHeader(job_id, 1, FLOAT32, SIZE, 10, len(data), 1, hashlib.sha256(data).digest())
@@ -148,7 +148,7 @@ def test_malformed_streams_rejected(live) -> None:  # type: ignore[no-untyped-de
     assert admin.status(job_id).rounds[0].state == "training"
 
 
-def test_wrong_encoding_and_inflated_weight_refused(live) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_encoding_and_inflated_weight_refused(live) -> None:
     _, _, job_id, links = live
     with pytest.raises(InvalidUpdate):
         links["a"].upload(Payload(job_id, 1, "float64", SIZE, b"\0" * 8 * SIZE, 10))
@@ -156,7 +156,7 @@ def test_wrong_encoding_and_inflated_weight_refused(live) -> None:  # type: igno
         links["a"].upload(upd(job_id, np.ones(SIZE, np.float32), n=31))
 
 
-def test_tasks_flow_over_grpc(live) -> None:  # type: ignore[no-untyped-def]
+def test_tasks_flow_over_grpc(live) -> None:
     _, _, job_id, links = live
     task = links["b"].get_task(job_id, 1)
     assert task.kind is TaskKind.EVALUATE and task.global_version == 0
@@ -165,7 +165,7 @@ def test_tasks_flow_over_grpc(live) -> None:  # type: ignore[no-untyped-def]
     assert task.kind is TaskKind.TRAIN and task.round == 1
 
 
-def test_admin_exports_the_latest_the_initial_or_a_named_version(live, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_admin_exports_the_latest_the_initial_or_a_named_version(live, tmp_path: Path) -> None:
     _, admin, job_id, links = live
     for name, scale in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
         links[name].upload(upd(job_id, np.full(SIZE, scale, np.float32), n=10))

@@ -166,7 +166,7 @@ def test_participant_killed_mid_upload_round_completes_with_the_others(tmp_path:
     np.testing.assert_allclose(v1, v0 + sum(w * d for w, d in zip(weights, deltas)) / sum(weights), atol=1e-6)
 
 
-def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path):  # type: ignore[no-untyped-def]
+def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path):
     """A real participant daemon (tiny model) that retries fast and beats every half second."""
     return fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name", name,
                               "--data-dir", str(data), "--state-dir", str(state), "--no-progress",

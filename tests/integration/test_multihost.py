@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 WHY_NOT = netns.netns_unavailable()
 
 
-def spawn(host: netns.Host, args: list[str], log: Path):  # type: ignore[no-untyped-def]
+def spawn(host: netns.Host, args: list[str], log: Path):
     import subprocess
     import sys
 

@@ -47,7 +47,7 @@ def test_fewshot_respects_budget_and_leaves_an_unlabelled_pool() -> None:
     lambda: partition.dirichlet(LABELS, 3, 0.0, 0),
     lambda: partition.fewshot(LABELS, 4, 0, 1.0, 1.0, 0),
 ])
-def test_partitioners_refuse_impossible_requests(call) -> None:  # type: ignore[no-untyped-def]
+def test_partitioners_refuse_impossible_requests(call) -> None:
     with pytest.raises(ConfigError):
         call()
 

@@ -10,7 +10,7 @@ from fedprompt.demo import DemoOptions, demo_job, options_from_args
 from fedprompt.errors import ConfigError
 
 
-def job_from(argv: list[str]):  # type: ignore[no-untyped-def]
+def job_from(argv: list[str]):
     return demo_job(options_from_args(build_parser().parse_args(["demo", *argv])))
 
 

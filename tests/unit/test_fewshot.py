@@ -219,7 +219,7 @@ def test_a_prompt_that_does_not_beat_the_majority_class_on_labelled_data_labels_
     errors back; one that beats it labels as before, and the gate's measurement is reported either way."""
     labelled = [Example("good", "pos"), Example("fine", "pos"), Example("bad", "neg")]  # majority share 2/3
 
-    def confident(cls_of: dict[str, int]):  # type: ignore[no-untyped-def]
+    def confident(cls_of: dict[str, int]):
         def predict(texts: list[str]) -> np.ndarray:
             return np.array([[0.99, 0.01] if cls_of.get(t, 0) == 0 else [0.01, 0.99] for t in texts])
         return predict

@@ -42,7 +42,7 @@ def evaluator(public: PublicContext, keys: bytes) -> GramEvaluator:
     return GramEvaluator(public, keys)
 
 
-def encrypted(secret: SecretContext, public: PublicContext, x: np.ndarray) -> list:  # type: ignore[type-arg]
+def encrypted(secret: SecretContext, public: PublicContext, x: np.ndarray) -> list:
     return public.parse(secret.encrypt(x, 0), public.key_id, x.size)
 
 

@@ -105,7 +105,7 @@ def _answer(job: JobRuntime, secret: SecretContext, who: str) -> list[float]:
     return decrypt_gram(secret, payload.data, payload.vector_size).tolist()
 
 
-def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are_summed(deciding) -> None:  # type: ignore[no-untyped-def]
+def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are_summed(deciding) -> None:
     job, secret, store, _ = deciding
     decryptors = job.open.gram.decryptors
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in decryptors)
@@ -124,7 +124,7 @@ def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are
     assert total / weight == pytest.approx((DELTAS["a"][0] * 10 + DELTAS["b"][0] * 20) / 30, abs=1e-6)
 
 
-def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None:  # type: ignore[no-untyped-def]
+def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None:
     job, secret, store, _ = deciding
     honest, liar = job.open.gram.decryptors
     job.report_gram(honest, 1, _answer(job, secret, honest))
@@ -139,7 +139,7 @@ def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None
     assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.next_attempt == 2
 
 
-def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:  # type: ignore[no-untyped-def]
+def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:
     job, secret, _, _ = deciding
     gram = job.open.gram
     first = gram.decryptors[0]
@@ -161,7 +161,7 @@ def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:  # type: ignor
     assert job.open is not None and list(gram.answers) == [first]
 
 
-def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding) -> None:  # type: ignore[no-untyped-def]
+def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding) -> None:
     job, _, store, clock = deciding
     clock.now += 31
     job.tick()

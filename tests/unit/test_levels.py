@@ -152,7 +152,7 @@ def _plain(part: tuple[int, bytes]) -> np.ndarray:
     return np.frombuffer(part[1], dtype="<f4")
 
 
-def _job(tmp_path: Path, config: JobConfig, members: tuple[str, ...], clock: Clock | None = None):  # type: ignore[no-untyped-def]
+def _job(tmp_path: Path, config: JobConfig, members: tuple[str, ...], clock: Clock | None = None):
     store = Store(tmp_path / "levels.sqlite")
     jobs = JobManager(store, clock=clock or Clock())
     job = jobs.job(jobs.create_job(dump_toml(config)))

@@ -21,7 +21,7 @@ from tests.unit.test_rounds import SIZE, Clock, update
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
 
-def start_job(tmp_path: Path, members: tuple[str, ...] = ("a", "b", "c"), **dp: object):  # type: ignore[no-untyped-def]
+def start_job(tmp_path: Path, members: tuple[str, ...] = ("a", "b", "c"), **dp: object):
     config = dataclasses.replace(tiny_job(tmp_path, rounds=3, participants_per_round=3, min_participants=2),
                                  dp=DPSection(enabled=True, **dp))  # type: ignore[arg-type]
     store = Store(tmp_path / "state.sqlite")
@@ -39,7 +39,7 @@ def report(job_id: str, round_: int, epsilon: float, declined: str = "") -> Priv
     return PrivacyReport(job_id, round_, epsilon, 1e-3, bool(declined), declined)
 
 
-def train_round(job, names, epsilons) -> None:  # type: ignore[no-untyped-def]
+def train_round(job, names, epsilons) -> None:
     r = job.open.number
     for name, eps in zip(names, epsilons, strict=True):
         job.report_privacy(name, report(job.job_id, r, eps))

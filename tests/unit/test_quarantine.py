@@ -28,11 +28,11 @@ def robust_job(tmp_path: Path, aggregator: str, **robust: object) -> str:
     return dump_toml(dataclasses.replace(config, robust=RobustSection(**robust)))  # type: ignore[arg-type]
 
 
-def send(job, name: str, vector: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+def send(job, name: str, vector: np.ndarray) -> None:
     job.submit(name, Payload(job.job_id, job.open.number, FLOAT32, SIZE, encode_vector(vector), 10))
 
 
-def play_round(job, attacker: np.ndarray, rng: np.random.Generator) -> None:  # type: ignore[no-untyped-def]
+def play_round(job, attacker: np.ndarray, rng: np.random.Generator) -> None:
     job.tick()
     for name in job.open.selected:
         vector = attacker if name == "e" else (np.ones(SIZE) + rng.normal(0, 0.05, SIZE))
@@ -40,8 +40,8 @@ def play_round(job, attacker: np.ndarray, rng: np.random.Generator) -> None:  # 
 
 
 @pytest.fixture
-def started(tmp_path: Path):  # type: ignore[no-untyped-def]
-    def make(aggregator: str, **robust: object):  # type: ignore[no-untyped-def]
+def started(tmp_path: Path):
+    def make(aggregator: str, **robust: object):
         store = Store(tmp_path / f"{aggregator}.sqlite")
         jobs = JobManager(store)
         job = jobs.job(jobs.create_job(robust_job(tmp_path, aggregator, **robust)))
@@ -53,7 +53,7 @@ def started(tmp_path: Path):  # type: ignore[no-untyped-def]
     return make
 
 
-def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(started) -> None:  # type: ignore[no-untyped-def]
+def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(started) -> None:
     job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
     rng = np.random.default_rng(0)
     play_round(job, 50 * np.ones(SIZE), rng)
@@ -84,7 +84,7 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
     assert job.quarantined() == () and job.flags().streaks["e"] == 0
 
 
-def test_an_accepted_round_resets_the_streak(started) -> None:  # type: ignore[no-untyped-def]
+def test_an_accepted_round_resets_the_streak(started) -> None:
     job, _ = started("norm_bound", max_malicious=1, quarantine_after=2)
     rng = np.random.default_rng(1)
     play_round(job, 50 * np.ones(SIZE), rng)
@@ -94,7 +94,7 @@ def test_an_accepted_round_resets_the_streak(started) -> None:  # type: ignore[n
     assert job.quarantined() == ()
 
 
-def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started) -> None:  # type: ignore[no-untyped-def]
+def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started) -> None:
     job, store = started("foolsgold", max_malicious=1)
     job.tick()
     for name in job.open.selected:
@@ -105,7 +105,7 @@ def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(sta
     assert store.prompt(job.job_id, 1) is None
 
 
-def test_krum_non_selection_never_quarantines(started) -> None:  # type: ignore[no-untyped-def]
+def test_krum_non_selection_never_quarantines(started) -> None:
     job, _ = started("krum", max_malicious=0, quarantine_after=1)
     play_round(job, 50 * np.ones(SIZE), np.random.default_rng(2))
     assert len(job.view().rounds[0].rejected) == 4 and job.quarantined() == ()
@@ -120,7 +120,7 @@ def test_creating_a_job_below_the_defence_minimum_names_the_key(tmp_path: Path) 
         jobs.create_job(dump_toml(config).replace("max_malicious = 1", "max_malicious = -1"))
 
 
-def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:
     """One rejection before the restart and one after quarantine at K = 2: a restart is no clean slate."""
     job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
     rng = np.random.default_rng(0)

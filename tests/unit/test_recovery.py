@@ -40,7 +40,7 @@ def fresh(tmp_path: Path, clock: Clock) -> JobManager:
 
 
 @pytest.fixture
-def running(tmp_path: Path):  # type: ignore[no-untyped-def]
+def running(tmp_path: Path):
     clock = Clock()
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
     job_id = jobs.create_job(dump_toml(tiny_job(tmp_path, rounds=2, participants_per_round=3, min_participants=2,
@@ -62,7 +62,7 @@ def global_vector(jobs: JobManager, job_id: str, version: int) -> np.ndarray:
     return decode_vector(Payload(job_id, version, encoding, SIZE, data), SIZE)
 
 
-def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(running, tmp_path) -> None:
     jobs, job_id, clock = running
     old = jobs.job(job_id)
     old.submit("a", update(job_id, 1, *DELTAS["a"]))
@@ -87,7 +87,7 @@ def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(ru
     assert resumed.store.update_counts(job_id) == {"a": 2, "b": 2, "c": 1}  # bookkeeping keeps the lost attempt
 
 
-def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(running, tmp_path) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     # the crash hit right after round 1's row and version 1 were stored (one transaction), before round 2 opened
@@ -99,7 +99,7 @@ def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(ru
     np.testing.assert_array_equal(global_vector(fresh(tmp_path, clock), job_id, 1), np.ones(SIZE, np.float32))
 
 
-def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     for round_ in (1, 2):
@@ -115,7 +115,7 @@ def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> N
     assert resumed.job(job_id).next_task("a").kind is TaskKind.EVALUATE
 
 
-def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(running, tmp_path) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     sent = update(job_id, 1, *DELTAS["a"])
@@ -136,7 +136,7 @@ def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(runni
     assert not job.already_received("b", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
 
 
-def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) -> None:
     jobs, job_id, clock = running
     sent = update(job_id, 1, *DELTAS["a"])
     jobs.job(job_id).submit("a", sent)
@@ -146,7 +146,7 @@ def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) ->
     assert job.open is not None and list(job.open.contributions) == ["a"]
 
 
-def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:  # type: ignore[no-untyped-def]
+def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     clock.now += 40
@@ -158,7 +158,7 @@ def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) ->
     assert job.open is not None and job.open.attempt == 2 and job.open.selected == ("a", "b")
 
 
-def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:
     jobs, job_id, _ = running
     checkpoints = Checkpointer(tmp_path / "checkpoints")
     checkpoints.sync(jobs)
@@ -179,7 +179,7 @@ def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:  # typ
         read_checkpoint(path)
 
 
-def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:
     jobs, job_id, _ = running
     (tmp_path / "backup").mkdir()
     jobs.store.backup(tmp_path / "backup" / "copy.sqlite")
@@ -191,7 +191,7 @@ def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:  # type:
     assert dataclasses.astuple(copy.members(job_id)[0]) == dataclasses.astuple(jobs.store.members(job_id)[0])
 
 
-def fail_attempt(job, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+def fail_attempt(job, clock: Clock) -> None:
     """One attempt of the open round that ends below min_participants (2) at its deadline."""
     job.tick()
     assert job.open is not None
@@ -202,7 +202,7 @@ def fail_attempt(job, clock: Clock) -> None:  # type: ignore[no-untyped-def]
     job.tick()
 
 
-def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     fail_attempt(job, clock)
@@ -219,7 +219,7 @@ def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) 
                     (4, "failed", 3.0, None)]
 
 
-def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(running, tmp_path) -> None:
     jobs, job_id, clock = running
     job = jobs.job(job_id)
     for _ in range(3):

@@ -35,7 +35,7 @@ def update(job_id: str, round_: int, vector: np.ndarray, n: int = 10) -> Payload
 
 
 @pytest.fixture
-def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+def setup(tmp_path: Path):
     clock = Clock()
     store = Store(tmp_path / "state.sqlite")
     jobs = JobManager(store, clock=clock)
@@ -49,14 +49,14 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def test_first_member_provides_initial_prompt_others_wait(setup) -> None:  # type: ignore[no-untyped-def]
+def test_first_member_provides_initial_prompt_others_wait(setup) -> None:
     job, _, _ = setup
     assert job.latest_version() == 0
     with pytest.raises(StaleRound):
         job.submit("a", update(job.job_id, 0, np.ones(SIZE, np.float32)))
 
 
-def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:  # type: ignore[no-untyped-def]
+def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:
     job, _, _ = setup
     assert job.next_task("b").kind is TaskKind.EVALUATE
     job.start()
@@ -67,7 +67,7 @@ def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:  #
     assert (task.kind, task.round, task.global_version) == (TaskKind.TRAIN, 1, 0)
 
 
-def test_fedavg_is_example_weighted_mean_of_deltas(setup) -> None:  # type: ignore[no-untyped-def]
+def test_fedavg_is_example_weighted_mean_of_deltas(setup) -> None:
     job, _, store = setup
     job.start()
     job.tick()
@@ -82,7 +82,7 @@ def test_fedavg_is_example_weighted_mean_of_deltas(setup) -> None:  # type: igno
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_rejections_leave_the_round_intact(setup) -> None:  # type: ignore[no-untyped-def]
+def test_rejections_leave_the_round_intact(setup) -> None:
     job, _, _ = setup
     job.start()
     job.tick()
@@ -120,7 +120,7 @@ def test_unselected_participant_is_refused(tmp_path: Path) -> None:
         job.submit(outsider, update(job.job_id, 1, np.ones(SIZE, np.float32)))
 
 
-def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup) -> None:  # type: ignore[no-untyped-def]
+def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup) -> None:
     job, clock, _ = setup
     job.start()
     job.tick()
@@ -139,7 +139,7 @@ def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup) -> Non
     assert job.latest_version() == 1
 
 
-def test_late_update_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+def test_late_update_is_refused(setup) -> None:
     job, clock, _ = setup
     job.start()
     job.tick()
@@ -148,7 +148,7 @@ def test_late_update_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
         job.submit("a", update(job.job_id, 1, np.ones(SIZE, np.float32)))
 
 
-def test_job_completes_and_reports_done(setup) -> None:  # type: ignore[no-untyped-def]
+def test_job_completes_and_reports_done(setup) -> None:
     job, _, _ = setup
     job.start()
     for round_ in (1, 2):
@@ -165,13 +165,13 @@ def test_job_completes_and_reports_done(setup) -> None:  # type: ignore[no-untyp
         job.start()
 
 
-def test_vector_size_mismatch_refused_at_join(setup) -> None:  # type: ignore[no-untyped-def]
+def test_vector_size_mismatch_refused_at_join(setup) -> None:
     job, _, _ = setup
     with pytest.raises(InvalidUpdate, match="prompt parameters"):
         job.join("d", 10, 5, SIZE + 1)
 
 
-def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup) -> None:  # type: ignore[no-untyped-def]
+def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup) -> None:
     job, _, _ = setup
     job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 1)
     job.report_metrics("b", 0, {"accuracy": 0.0}, 3)

@@ -8,7 +8,7 @@ from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
 from fedprompt.errors import InvalidUpdate
 
 
-def _pair():  # type: ignore[no-untyped-def]
+def _pair():
     sender, recipient = new_exchange_key(), new_exchange_key()
     blob = seal(b"secret context", sender=sender, recipient_public=public_bytes(recipient), job_id="job-1",
                 sender_id="a", recipient_id="b")
@@ -40,7 +40,7 @@ def test_blob_opens_only_for_its_job_recipient_and_sender(change: str) -> None:
     else:
         blob = blob[:-1] + bytes([blob[-1] ^ 1])
     with pytest.raises(InvalidUpdate):
-        unseal(blob, **kwargs)  # type: ignore[arg-type]
+        unseal(blob, **kwargs)
 
 
 def test_malformed_keys_are_refused() -> None:

@@ -44,7 +44,7 @@ def test_attacked_simulation_reports_asr_and_detection(tiny_encoder_dir: Path) -
 def test_memoized_training_replays_identical_rounds_without_retraining(tiny_encoder_dir: Path) -> None:
     calls = []
 
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting(*args, **kwargs):
         calls.append(1)
         return train_local(*args, **kwargs)
 
