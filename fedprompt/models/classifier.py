@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
 from fedprompt.errors import ConfigError, InvalidUpdate
@@ -200,13 +201,9 @@ class PromptClassifier(nn.Module):
 
     def _pad(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token ids into a batch (causal models gather the last real token)."""
-        width = max(len(row) for row in ids)
-        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        rows = [torch.tensor(row, dtype=torch.long) for row in ids]
+        return {"input_ids": pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id),
+                "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)}
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
