@@ -22,7 +22,7 @@ from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.protocol import Payload, TaskKind
-from tests.support import tiny_job
+from tests.support import open_round, tiny_job
 from tests.unit.test_rounds import SIZE, Clock
 
 DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
@@ -78,8 +78,10 @@ def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None
     assert job.open.selected == ("a", "b", "c") and job.next_task("b").kind is not TaskKind.WAIT
     for name in DELTAS:
         submit(job, secret, name)
-    assert job.open is None and job.state.value == "done"
-    encoding, data = job.store.prompt(job.job_id, 1)
+    assert open_round(job) is None and job.state.value == "done"
+    prompt = job.store.prompt(job.job_id, 1)
+    assert prompt is not None
+    encoding, data = prompt
     assert encoding == ENCODING
     summed, weight = secret.decrypt(data, SIZE)
     assert weight == 60.0 and np.allclose(summed, sum(d * n for d, n in DELTAS.values()), atol=1e-4)

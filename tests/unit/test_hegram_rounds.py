@@ -31,7 +31,7 @@ from fedprompt.errors import (
     StaleRound,
 )
 from fedprompt.protocol import Payload, TaskKind
-from tests.support import tiny_job
+from tests.support import open_round, tiny_job
 
 SIZE = 6
 DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
@@ -185,7 +185,7 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
     job.share_key("a", "c", b"sealed")
     job.start()
     job.tick()
-    assert job.open is None  # no evaluation keys yet: no encrypted Gram matrix could be computed
+    assert open_round(job) is None  # no evaluation keys yet: no encrypted Gram matrix could be computed
     with pytest.raises(NotEnrolled):
         job.submit("b", keys)
     other = SecretContext.create(job.config.he_params())
@@ -217,7 +217,7 @@ def test_while_the_gram_matrix_is_computed_the_round_waits_and_then_hands_it_to_
     r = job.open
     assert r is not None and r.gram is not None
     gram = r.gram
-    assert gram.started and not gram.computed and len(offload.pending) == 1
+    assert (gram.started, gram.computed, len(offload.pending)) == (True, False, 1)
     assert "computing its encrypted Gram matrix (3 updates)" in job.phase
     assert all(job.next_task(p).kind is not TaskKind.DECRYPT for p in "abc")
     with pytest.raises(StaleRound, match="no encrypted Gram matrix awaits"):

@@ -26,7 +26,7 @@ from fedprompt.config import HESection, JobConfig, LevelsSection, dump_toml, par
 from fedprompt.levels import COHORTS_PART, encoding, pack, unpack
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, TaskKind
-from tests.support import tiny_job
+from tests.support import open_round, tiny_job
 
 G, E = 5, 3  # global and expert level sizes of the hand-made updates
 MEMBERS = ("a", "b", "c", "d", "e", "f")
@@ -53,6 +53,13 @@ def _deltas(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=0.02, size=(2, G + E))
     return {p: SCALES[p] * (centres[c] + rng.normal(scale=0.006, size=G + E)) for p, c in PLANTED.items()}
+
+
+def _stored(job: JobRuntime, version: int) -> dict[str, tuple[int, bytes]]:
+    """The parts of the global prompt stored as ``version``."""
+    prompt = job.store.prompt(job.job_id, version)
+    assert prompt is not None
+    return unpack(prompt[1])
 
 
 def _config(tmp_path: Path, he: bool, num_cohorts: int = 2) -> JobConfig:
@@ -142,12 +149,12 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in gram.decryptors)
     for d in gram.decryptors:
         job.report_gram(d, 1, encrypted.answer(d, 1))
-    assert job.open is None and job.latest_version() == 1
+    assert open_round(job) is None and job.latest_version() == 1
     expected = _plaintext_assignment(tmp_path, deltas)
     assert job.levels.plan.assigned == expected
     assert {frozenset(p for p in MEMBERS if expected[p] == c) for c in set(expected.values())} == {
         frozenset("acf"), frozenset("bde")}
-    stored = unpack(job.store.prompt(job.job_id, 1)[1])
+    stored = _stored(job, 1)
     assert json.loads(stored[COHORTS_PART][1]) == expected
     # every new cohort starts from this round's shared expert sum, as in plaintext
     shared = sum(deltas[p][G:] * WEIGHTS[p] for p in MEMBERS) / sum(WEIGHTS.values())
@@ -158,15 +165,16 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     assert summary["cohorts_discovered"] == 2.0 and summary["gram_seconds"] > 0
     # round 2 folds as usual, one expert sum per discovered cohort, no Gram matrix any more
     job.tick()
-    assert job.open is not None and job.open.gram is None
+    second = open_round(job)
+    assert second is not None and second.gram is None
     encrypted.submit_round(2, deltas)
-    stored = unpack(job.store.prompt(job.job_id, 2)[1])
+    stored = _stored(job, 2)
     assert {"expert:cohort-1", "expert:cohort-2"} <= set(stored) and f"expert:{DEFAULT_COHORT}" not in stored
     first = [p for p in MEMBERS if expected[p] == "cohort-1"]
     assert encrypted.mean(stored["expert:cohort-1"]) == pytest.approx(
         sum(deltas[p][G:] * WEIGHTS[p] for p in first) / sum(WEIGHTS[p] for p in first), abs=1e-6)
     restored = restore_job(encrypted.jobs, encrypted.store.jobs()[0])
-    assert restored.levels.plan.assigned == expected
+    assert restored.levels is not None and restored.levels.plan.assigned == expected
     encrypted.store.close()
 
 
@@ -186,9 +194,7 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
     assert len(postponed) == 1 and postponed[0]["log_level"] == "warning"
     assert f"decryptors {honest} and {liar} disagree on 1 of 21" in postponed[0]["reason"]
     assert job.levels.plan.assigned == {} and job.latest_version() == 1  # no assignment, the round completed
-    prompt = job.store.prompt(job.job_id, 1)
-    assert prompt is not None
-    stored = unpack(prompt[1])
+    stored = _stored(job, 1)
     assert json.loads(stored[COHORTS_PART][1]) == {} and set(stored) >= {"global", f"expert:{DEFAULT_COHORT}"}
     assert encrypted.mean(stored["global"]) == pytest.approx(
         sum(deltas[p][:G] * WEIGHTS[p] for p in MEMBERS) / sum(WEIGHTS.values()), abs=1e-6)
