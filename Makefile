@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy fedprompt coordinator participant crypto tests
+	$(BIN)/mypy fedprompt tests
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.robust import (
+from fedprompt.config import JobConfig, RobustSection
+from fedprompt.coordinator.robust import (
     Decision,
     coordinate_median,
     gram,
@@ -30,7 +31,6 @@ from coordinator.robust import (
     similarity_filter,
     trimmed_mean,
 )
-from fedprompt.config import JobConfig, RobustSection
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.payload import pack_search_state, search_state
 

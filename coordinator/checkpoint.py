@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 from safetensors.numpy import load, save
 
-from coordinator.jobs import JobManager
+from fedprompt.coordinator.jobs import JobManager
 from fedprompt.errors import InvalidUpdate
 from fedprompt.protocol import Payload
 

@@ -15,8 +15,8 @@ import json
 
 import numpy as np
 
-from coordinator.robust import cosine_similarities
 from fedprompt.config import LevelsSection
+from fedprompt.coordinator.robust import cosine_similarities
 from fedprompt.errors import ConfigError, InvalidUpdate
 
 #: Members not (yet) in any cohort share this one: everyone before discovery, and in admin mode anyone the

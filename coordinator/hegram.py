@@ -26,8 +26,8 @@ import numpy as np
 import structlog
 import tenseal.sealapi as seal
 
-from crypto.ckks import PublicContext
-from crypto.gram import GramEvaluator, add_weight, agreement_tolerance, pairs, to_matrix
+from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.gram import GramEvaluator, add_weight, agreement_tolerance, pairs, to_matrix
 from fedprompt.errors import DecryptorDisagreement, DuplicateUpdate, InvalidUpdate, NotSelected, PreconditionFailed
 
 log = structlog.get_logger("coordinator.hegram")

@@ -20,9 +20,9 @@ import grpc
 import structlog
 from cryptography import x509
 
-from coordinator.limits import CallLimiter
-from crypto.pki import CertInfo, RevocationList, cert_from_pem, cert_info
 from fedprompt.config import IDENTITY
+from fedprompt.coordinator.limits import CallLimiter
+from fedprompt.crypto.pki import CertInfo, RevocationList, cert_from_pem, cert_info
 from fedprompt.errors import CertificateRevoked, PermissionDenied, PkiError, Unauthenticated
 
 log = structlog.get_logger("coordinator.identity")

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import structlog
 
-from coordinator.aggregation import job_aggregator
-from coordinator.levels import check_levels
-from coordinator.offload import Offload, inline
-from coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
-from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
+from fedprompt.coordinator.aggregation import job_aggregator
+from fedprompt.coordinator.levels import check_levels
+from fedprompt.coordinator.offload import Offload, inline
+from fedprompt.coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
+from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, InvalidRequest, NotFound
 from fedprompt.protocol import JobView, ParticipantView
 

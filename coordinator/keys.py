@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import structlog
 
-from coordinator.hegram import GramRound
-from coordinator.store import Store
-from crypto.ckks import CkksParams, EncryptedSum, PublicContext
-from crypto.gram import MAX_EVALUATION_KEY_BYTES, GramEvaluator
-from crypto.sealing import PUBLIC_KEY_BYTES
+from fedprompt.coordinator.hegram import GramRound
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import CkksParams, EncryptedSum, PublicContext
+from fedprompt.crypto.gram import MAX_EVALUATION_KEY_BYTES, GramEvaluator
+from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, PayloadTooLarge, PreconditionFailed
 from fedprompt.protocol import KeyState
 

@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from coordinator.aggregation import AggregateResult, Aggregator, Contribution, weighted_mean
-from coordinator.cohorts import DEFAULT_COHORT, CohortPlan
-from coordinator.keys import JobKeys
-from coordinator.robust import gram
-from coordinator.store import Store
-from crypto.ckks import ENCODING as CKKS
-from crypto.ckks import EncryptedSum
 from fedprompt.config import MIN_HE_COHORT, JobConfig
+from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contribution, weighted_mean
+from fedprompt.coordinator.cohorts import DEFAULT_COHORT, CohortPlan
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.robust import gram
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import EncryptedSum
 from fedprompt.errors import InvalidUpdate, PreconditionFailed, RobustAssumptionError
 from fedprompt.levels import (
     COHORTS_PART,
@@ -65,7 +65,7 @@ from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload
 
 if typing.TYPE_CHECKING:
-    from coordinator.rounds import OpenRound
+    from fedprompt.coordinator.rounds import OpenRound
 
 log = structlog.get_logger("coordinator.levels")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import structlog
 
-from coordinator.jobs import JobManager
-from coordinator.rounds import TERMINAL
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.rounds import TERMINAL
 
 log = structlog.get_logger("coordinator.liveness")
 

@@ -29,10 +29,10 @@ import numpy as np
 import structlog
 from opacus.accountants import create_accountant
 
-from coordinator.aggregation import AggregateResult, Aggregator, Contribution
-from coordinator.store import LedgerRow, PrivacyRow, Store
 from fedprompt.accounting import epsilon_after, epsilon_of
 from fedprompt.config import DPSection
+from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contribution
+from fedprompt.coordinator.store import LedgerRow, PrivacyRow, Store
 from fedprompt.errors import InvalidUpdate
 from fedprompt.protocol import PrivacyReport
 

@@ -23,10 +23,10 @@ from collections.abc import Iterable
 
 import structlog
 
-from coordinator.jobs import JobManager
-from coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
-from coordinator.store import JobRow, RoundRow
 from fedprompt.config import JobConfig, parse_toml
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
+from fedprompt.coordinator.store import JobRow, RoundRow
 from fedprompt.errors import FedPromptError
 from fedprompt.protocol import FlagView
 

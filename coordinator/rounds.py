@@ -57,17 +57,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from coordinator.aggregation import AggregateResult, Contribution, GramDefence, job_aggregator
-from coordinator.hegram import DECRYPTORS, GramRound
-from coordinator.keys import JobKeys
-from coordinator.levels import JobLevels
-from coordinator.offload import Offload, inline
-from coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
-from coordinator.store import MemberRow, RoundRow, Store
-from crypto.ckks import ENCODING as CKKS
-from crypto.ckks import EncryptedSum
-from crypto.gram import EVALUATION_KEYS, GRAM_ENCODING
 from fedprompt.config import JobConfig, dump_toml
+from fedprompt.coordinator.aggregation import AggregateResult, Contribution, GramDefence, job_aggregator
+from fedprompt.coordinator.hegram import DECRYPTORS, GramRound
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.levels import JobLevels
+from fedprompt.coordinator.offload import Offload, inline
+from fedprompt.coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
+from fedprompt.coordinator.store import MemberRow, RoundRow, Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import EncryptedSum
+from fedprompt.crypto.gram import EVALUATION_KEYS, GRAM_ENCODING
 from fedprompt.errors import (
     DecryptorDisagreement,
     DuplicateUpdate,

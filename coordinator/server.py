@@ -17,19 +17,19 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.checkpoint import Checkpointer
-from coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
-from coordinator.jobs import JobManager
-from coordinator.limits import CallLimiter
-from coordinator.liveness import LivenessWatch
-from coordinator.notifier import Notifier
-from coordinator.offload import WorkerThread
-from coordinator.recovery import resume_jobs
-from coordinator.service import AdminService, ParticipantService
-from coordinator.store import Store
-from crypto.pki import load_cert
 from fedprompt.channel import server_credentials
 from fedprompt.config import CoordinatorSection
+from fedprompt.coordinator.checkpoint import Checkpointer
+from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.limits import CallLimiter
+from fedprompt.coordinator.liveness import LivenessWatch
+from fedprompt.coordinator.notifier import Notifier
+from fedprompt.coordinator.offload import WorkerThread
+from fedprompt.coordinator.recovery import resume_jobs
+from fedprompt.coordinator.service import AdminService, ParticipantService
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.pki import load_cert
 from fedprompt.errors import ConfigError, PkiError, Unauthenticated
 from fedprompt.rpc import DecodeGuard
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import structlog
 
-from coordinator.identity import Gate
-from coordinator.jobs import JobManager
-from coordinator.notifier import Notifier
 from fedprompt import serde
+from fedprompt.coordinator.identity import Gate
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.notifier import Notifier
 from fedprompt.errors import InvalidUpdate, StaleRound
 from fedprompt.payload import ChunkAssembler
 from fedprompt.protocol import TaskKind

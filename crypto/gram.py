@@ -56,7 +56,7 @@ from collections.abc import Sequence
 import numpy as np
 import tenseal.sealapi as seal
 
-from crypto.ckks import CkksParams, PublicContext, SecretContext, _Codec, _saved, _scratch
+from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext, _Codec, _saved, _scratch
 from fedprompt.errors import InvalidUpdate
 
 GRAM_ENCODING = "ckks-gram-v1"

@@ -26,7 +26,7 @@ class ClientTls:
 
     def identity(self) -> str:
         """The ``role:name`` this certificate authenticates as."""
-        from crypto.pki import cert_info, load_cert
+        from fedprompt.crypto.pki import cert_info, load_cert
 
         return str(cert_info(load_cert(Path(self.cert))).identity)
 

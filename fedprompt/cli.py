@@ -72,8 +72,8 @@ def _serve_until_signalled(server: Any, port_file: str | None) -> None:
 
 # ---- coordinator -------------------------------------------------------------------------------------
 def cmd_coordinator_serve(args: argparse.Namespace) -> int:
-    from coordinator.server import CoordinatorServer
     from fedprompt.config import CoordinatorConfig
+    from fedprompt.coordinator.server import CoordinatorServer
 
     settings = _server_settings(args, CoordinatorConfig, "coordinator",
                                 ("listen", "state_dir", "ca_cert", "cert", "key", "crl"))
@@ -82,7 +82,7 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_coordinator_backup(args: argparse.Namespace) -> int:
-    from coordinator.store import Store
+    from fedprompt.coordinator.store import Store
 
     source = Path(args.state_dir) / "coordinator.sqlite"
     if not source.exists():
@@ -125,7 +125,7 @@ def cmd_coordinator_health(args: argparse.Namespace) -> int:
 # ---- participant -------------------------------------------------------------------------------------
 def cmd_participant_run(args: argparse.Namespace) -> int:
     from fedprompt.config import ParticipantConfig, load_toml, parse_toml
-    from participant.daemon import run_daemon
+    from fedprompt.participant.daemon import run_daemon
 
     overrides = _overrides(args.set)
     for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
@@ -144,8 +144,8 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 # ---- model service -----------------------------------------------------------------------------------
 def cmd_model_serve(args: argparse.Namespace) -> int:
     from fedprompt.config import ModelServiceConfig
-    from participant.model_server import ModelServer
-    from participant.model_service import ModelHost
+    from fedprompt.participant.model_server import ModelServer
+    from fedprompt.participant.model_service import ModelHost
 
     settings = _server_settings(args, ModelServiceConfig, "model_service",
                                 ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"))
@@ -154,7 +154,7 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_model_export(args: argparse.Namespace) -> int:
-    from participant.model_service import prepare_scorer
+    from fedprompt.participant.model_service import prepare_scorer
 
     print(prepare_scorer(args.model, args.kind))
     return 0
@@ -261,7 +261,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 # ---- certificate authority (local files; no coordinator needed) --------------------------------------
 def cmd_ca(args: argparse.Namespace) -> int:
-    from crypto.pki import CertificateAuthority, cert_info, cert_pem, load_cert, write_key_and_csr
+    from fedprompt.crypto.pki import CertificateAuthority, cert_info, cert_pem, load_cert, write_key_and_csr
     from fedprompt.errors import PkiError
 
     if args.ca_cmd == "csr":

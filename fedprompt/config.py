@@ -21,7 +21,7 @@ import tomli_w
 from fedprompt.errors import ConfigError
 
 if TYPE_CHECKING:
-    from crypto.ckks import CkksParams
+    from fedprompt.crypto.ckks import CkksParams
 
 T = TypeVar("T")
 
@@ -225,7 +225,7 @@ class HESection:
 
     def params(self) -> CkksParams:
         """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""
-        from crypto.ckks import CkksParams
+        from fedprompt.crypto.ckks import CkksParams
 
         return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)
 
@@ -447,7 +447,7 @@ class JobConfig:
         """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
         encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
         ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""
-        from crypto.gram import gram_params
+        from fedprompt.crypto.gram import gram_params
 
         gram = self.encrypted_gram or self.encrypted_discovery
         return gram_params(self.he.params()) if gram else self.he.params()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from crypto.pki import CertificateAuthority, cert_pem, write_key_and_csr
 from fedprompt.admin_client import AdminClient
 from fedprompt.channel import ClientTls
 from fedprompt.config import (
@@ -32,6 +31,7 @@ from fedprompt.config import (
     dump_toml,
     parse_toml,
 )
+from fedprompt.crypto.pki import CertificateAuthority, cert_pem, write_key_and_csr
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.errors import FedPromptError

@@ -16,22 +16,22 @@ from typing import Any
 
 import structlog
 
-from coordinator.jobs import JobManager
-from coordinator.store import Store
 from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, toml_mapping
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, build_classifier, load_backbone
+from fedprompt.participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.participant.blackbox import BlackboxLearner
+from fedprompt.participant.learner import Learner
+from fedprompt.participant.link import CoordinatorLink
+from fedprompt.participant.model_service import ModelHost
+from fedprompt.participant.runtime import ParticipantRuntime
+from fedprompt.participant.train import GradientLearner, Trainer, train_local
 from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
 from fedprompt.report import build_report, privacy_spent
-from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
-from participant.blackbox import BlackboxLearner
-from participant.learner import Learner
-from participant.link import CoordinatorLink
-from participant.model_service import ModelHost
-from participant.runtime import ParticipantRuntime
-from participant.train import GradientLearner, Trainer, train_local
 
 log = structlog.get_logger("fedprompt.simulation")
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
-from participant.runtime import SiteBehaviour
+from fedprompt.participant.runtime import SiteBehaviour
 
 DATA_ATTACKS = ("backdoor", "label_flip")
 UPDATE_ATTACKS = ("sign_flip", "gaussian", "free_rider")

@@ -30,9 +30,9 @@ import structlog
 from fedprompt.config import JobConfig
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.participant.learner import ProgressFn, TrainResult, label_metrics, softmax
 from fedprompt.payload import pack_search_state, search_state
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
-from participant.learner import ProgressFn, TrainResult, label_metrics, softmax
 
 log = structlog.get_logger("participant.blackbox")
 

@@ -20,10 +20,10 @@ from fedprompt.channel import ClientTls
 from fedprompt.config import JobConfig, ParticipantSection
 from fedprompt.data.shards import load_site
 from fedprompt.errors import ConfigError
-from participant.grpc_link import GrpcLink
-from participant.heartbeat import Heartbeat
-from participant.learner import Learner, ProgressFn
-from participant.runtime import LearnerFactory, ParticipantRuntime
+from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.participant.heartbeat import Heartbeat
+from fedprompt.participant.learner import Learner, ProgressFn
+from fedprompt.participant.runtime import LearnerFactory, ParticipantRuntime
 
 log = structlog.get_logger("participant.daemon")
 
@@ -73,8 +73,8 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
 
     def make(config: JobConfig) -> Learner:
         if config.blackbox.enabled:
-            from participant.blackbox import BlackboxLearner
-            from participant.model_client import ModelServiceClient
+            from fedprompt.participant.blackbox import BlackboxLearner
+            from fedprompt.participant.model_client import ModelServiceClient
 
             if not settings.model_service:
                 raise ConfigError("participant.model_service: this job is black-box; name a model service "
@@ -87,7 +87,7 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
         import torch
 
         from fedprompt.models import build_classifier
-        from participant.train import GradientLearner
+        from fedprompt.participant.train import GradientLearner
 
         torch.set_num_threads(settings.threads)
         return GradientLearner(build_classifier(config), config.train)

@@ -44,9 +44,9 @@ from fedprompt.config import DPSection, JobConfig, TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.models.classifier import PromptClassifier
+from fedprompt.participant.learner import Learner
+from fedprompt.participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
 from fedprompt.protocol import PrivacyReport
-from participant.learner import Learner
-from participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
 
 log = structlog.get_logger("participant.dp")
 

@@ -15,9 +15,9 @@ from typing import TypeVar
 import grpc
 import structlog
 
-from crypto.gram import GRAM_ENCODING
 from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
+from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
 from fedprompt.payload import ChunkAssembler
 from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task

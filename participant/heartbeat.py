@@ -12,7 +12,7 @@ from types import TracebackType
 import structlog
 
 from fedprompt.errors import FedPromptError
-from participant.grpc_link import GrpcLink
+from fedprompt.participant.grpc_link import GrpcLink
 
 log = structlog.get_logger("participant.heartbeat")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from crypto.ckks import ENCODING as CKKS
-from crypto.ckks import SecretContext
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import InvalidUpdate
 from fedprompt.levels import encoding, pack, shared_levels, shared_parts
+from fedprompt.participant.learner import Learner
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload
-from participant.learner import Learner
 
 
 class SiteLevels:
@@ -29,7 +29,7 @@ class SiteLevels:
 
     def __init__(self, learner: Learner, expert_tokens: int, encrypted: bool, job_id: str,
                  state_dir: Path | None) -> None:
-        from participant.train import local_model  # torch: only levelled (gradient) jobs get here
+        from fedprompt.participant.train import local_model  # torch: only levelled (gradient) jobs get here
 
         model = local_model(learner, "levels.enabled")
         self.model = model

@@ -8,9 +8,9 @@ from typing import TypeVar
 from fedprompt import serde
 from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
+from fedprompt.participant.grpc_link import call_with_retry
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
 from fedprompt.v1 import model_service_pb2, model_service_pb2_grpc
-from participant.grpc_link import call_with_retry
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")

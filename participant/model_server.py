@@ -13,9 +13,9 @@ from fedprompt import serde
 from fedprompt.channel import server_credentials
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError
+from fedprompt.participant.model_service import ModelHost
 from fedprompt.rpc import rpc_method
 from fedprompt.v1 import model_service_pb2, model_service_pb2_grpc
-from participant.model_service import ModelHost
 
 log = structlog.get_logger("participant.model_server")
 

@@ -38,23 +38,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
-from crypto.ckks import ENCODING as CKKS
-from crypto.gram import decrypt_gram
 from fedprompt.config import JobConfig, parse_toml
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import FedPromptError, PermissionDenied
+from fedprompt.participant.fewshot import PseudoLabeller
+from fedprompt.participant.keys import KeyHolder
+from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
+from fedprompt.participant.levels import SiteLevels
+from fedprompt.participant.link import ROUND_MOVED_ON, CoordinatorLink
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
-from participant.fewshot import PseudoLabeller
-from participant.keys import KeyHolder
-from participant.learner import Learner, ProgressFn, peak_rss_mb
-from participant.levels import SiteLevels
-from participant.link import ROUND_MOVED_ON, CoordinatorLink
 
 if TYPE_CHECKING:
-    from participant.dp import SitePrivacy
+    from fedprompt.participant.dp import SitePrivacy
 
 log = structlog.get_logger("participant.runtime")
 
@@ -120,7 +120,7 @@ class ParticipantRuntime:
         if self.config.he.enabled:
             self.keys = KeyHolder(self.link, self.config.he_params(), description.job_id, self.state_dir)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
-            from participant.dp import SitePrivacy
+            from fedprompt.participant.dp import SitePrivacy
 
             ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
             self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)

@@ -22,11 +22,11 @@ import numpy as np
 import structlog
 
 from fedprompt.errors import FedPromptError
+from fedprompt.participant.link import ROUND_MOVED_ON, CoordinatorLink
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
-from participant.link import ROUND_MOVED_ON, CoordinatorLink
 
-log = structlog.get_logger("participant.synthetic")
+log = structlog.get_logger("fedprompt.participant.synthetic")
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -98,7 +98,7 @@ class SyntheticParticipant:
 
 def main(argv: list[str] | None = None) -> int:
     from fedprompt.logs import configure
-    from participant.grpc_link import GrpcLink
+    from fedprompt.participant.grpc_link import GrpcLink
 
     parser = argparse.ArgumentParser(prog="python -m participant.synthetic", description=__doc__)
     parser.add_argument("--coordinator", required=True)

@@ -14,7 +14,7 @@ from fedprompt.config import TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
 from fedprompt.models.classifier import PromptClassifier
-from participant.learner import Learner, ProgressFn, TrainResult, label_metrics
+from fedprompt.participant.learner import Learner, ProgressFn, TrainResult, label_metrics
 
 
 def steps_per_round(num_examples: int, config: TrainSection) -> int:

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedprompt.participant.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
-from participant.synthetic import SyntheticParticipant
 from tests.support import REPO, fedprompt_process, wait_for
 
 

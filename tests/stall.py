@@ -7,10 +7,10 @@ import argparse
 import time
 
 from fedprompt import serde
+from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.participant.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
 from fedprompt.v1 import participant_pb2
-from participant.grpc_link import GrpcLink
-from participant.synthetic import SyntheticParticipant
 
 
 def main(argv: list[str] | None = None) -> None:

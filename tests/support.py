@@ -18,9 +18,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from coordinator.rounds import JobRuntime, OpenRound
-from coordinator.server import CoordinatorServer
-from crypto.pki import CertificateAuthority
 from fedprompt.channel import ClientTls
 from fedprompt.config import (
     BlackboxSection,
@@ -32,11 +29,14 @@ from fedprompt.config import (
     TaskSection,
     TrainSection,
 )
+from fedprompt.coordinator.rounds import JobRuntime, OpenRound
+from fedprompt.coordinator.server import CoordinatorServer
+from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.data.datasets import Example
 from fedprompt.data.shards import SiteData
 from fedprompt.models.backbone import resolve_model_path
-from participant.model_server import ModelServer
-from participant.model_service import ModelHost
+from fedprompt.participant.model_server import ModelServer
+from fedprompt.participant.model_service import ModelHost
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,9 +26,9 @@ from fedprompt.config import BlackboxSection, JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.demo import DATASET, DemoOptions, demo_job, follow, spawn, wait_for_port
+from fedprompt.participant.learner import peak_rss_mb
+from fedprompt.participant.model_service import prepare_scorer
 from fedprompt.report import build_report, table, write_json
-from participant.learner import peak_rss_mb
-from participant.model_service import prepare_scorer
 
 SITES = 3
 ROUNDS = 4

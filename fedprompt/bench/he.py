@@ -18,8 +18,8 @@ import numpy as np
 import psutil
 import torch
 
-from crypto.ckks import PublicContext, SecretContext
 from fedprompt.config import HESection, JobConfig
+from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
 from fedprompt.demo import DemoOptions, demo_job
 from fedprompt.models import Backbone, build_classifier, load_backbone

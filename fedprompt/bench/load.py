@@ -53,7 +53,7 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
         for k in range(clients):
             first, count = k * share, min(share, participants - k * share)
             if count > 0:
-                procs.append(_spawn(["-m", "participant.synthetic", "--coordinator", target, "--job", job_id,
+                procs.append(_spawn(["-m", "fedprompt.participant.synthetic", "--coordinator", target, "--job", job_id,
                                      "--prefix", "load", "--first", str(first), "--count", str(count),
                                      "--vector-size", str(VECTOR_SIZE), "--seed", str(seed)],
                                     workdir / f"client-{k}.log"))

@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from coordinator.aggregation import GramDefence, make_aggregator
-from coordinator.robust import gram
-from crypto.ckks import PublicContext, SecretContext
-from crypto.gram import GramEvaluator, evaluation_keys
 from fedprompt.config import GRAM_AGGREGATORS
+from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.robust import gram
+from fedprompt.crypto.ckks import PublicContext, SecretContext
+from fedprompt.crypto.gram import GramEvaluator, evaluation_keys
 from fedprompt.models import load_backbone
+from fedprompt.participant.train import memoized, train_local
 from fedprompt.report import table, write_json
 from fedprompt.simulation import SimulationFile, load_simulation, simulate
-from participant.train import memoized, train_local
 
 SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "backdoor.toml"
 DEFENCES = ("norm_bound", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold")

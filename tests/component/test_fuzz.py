@@ -27,10 +27,10 @@ from fedprompt import serde
 from fedprompt.admin_client import AdminClient
 from fedprompt.channel import open_channel
 from fedprompt.config import dump_toml
+from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
-from participant.grpc_link import GrpcLink
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job
 
 SIZE = 8

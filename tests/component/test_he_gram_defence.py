@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.aggregation import GramDefence, make_aggregator
-from coordinator.robust import gram
 from fedprompt.config import HESection, RobustSection
+from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.robust import gram
+from fedprompt.participant.attacks import AttackSection
 from fedprompt.simulation import simulate
-from participant.attacks import AttackSection
 from tests.support import tiny_job, toy_sites
 
 SITES = 5

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crypto.ckks import ENCODING
-from crypto.gram import decrypt_gram
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import HESection, RobustSection, dump_toml
+from fedprompt.crypto.ckks import ENCODING
+from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.errors import PermissionDenied
+from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.participant.keys import KeyHolder
 from fedprompt.protocol import Payload, TaskKind
-from participant.grpc_link import GrpcLink
-from participant.keys import KeyHolder
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 300

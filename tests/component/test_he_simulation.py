@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crypto.ckks import CkksParams
 from fedprompt.config import HESection
+from fedprompt.crypto.ckks import CkksParams
 from fedprompt.simulation import simulate
 from tests.support import tiny_job, toy_sites
 

@@ -17,11 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import dump_toml
 from fedprompt.errors import DuplicateUpdate, PermissionDenied
+from fedprompt.participant.daemon import Stopped, install_stop_handler
+from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.participant.heartbeat import Heartbeat
+from fedprompt.participant.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
-from participant.daemon import Stopped, install_stop_handler
-from participant.grpc_link import GrpcLink
-from participant.heartbeat import Heartbeat
-from participant.synthetic import SyntheticParticipant
 from tests.support import LiveCoordinator, tiny_job
 
 

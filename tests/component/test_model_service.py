@@ -22,10 +22,10 @@ from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidUpdate, ResourceExhausted
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.models.classifier import SoftPrompt
+from fedprompt.participant.model_client import ModelServiceClient
+from fedprompt.participant.model_service import ModelHost
 from fedprompt.protocol import ScoreQuery
 from fedprompt.v1 import model_service_pb2_grpc
-from participant.model_client import ModelServiceClient
-from participant.model_service import ModelHost
 from tests.support import REPO, LiveModelService, blackbox_job, toy_examples
 
 MAX_BATCH = 6
@@ -126,8 +126,8 @@ import json, sys
 import numpy as np
 from fedprompt.config import ModelServiceSection
 from fedprompt.protocol import ScoreQuery
-from participant.model_service import ModelHost
-from participant.learner import peak_rss_mb
+from fedprompt.participant.model_service import ModelHost
+from fedprompt.participant.learner import peak_rss_mb
 host = ModelHost.load(ModelServiceSection(model=sys.argv[1]))
 host.score(ScoreQuery(texts=("a fine film",), label_words=("bad", "good"), template="{text}", max_length=16,
                       prompt_tokens=2, prompt=np.zeros(64, dtype=np.float32), init_seed=0, labels=(1,)))

@@ -20,10 +20,10 @@ from fedprompt.errors import (
     PreconditionFailed,
     Unauthenticated,
 )
+from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader, TaskKind
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
-from participant.grpc_link import GrpcLink
 from tests.support import LiveCoordinator, tiny_job
 
 SIZE = 8

@@ -13,9 +13,9 @@ import pytest
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import DPSection, dump_toml
 from fedprompt.errors import InvalidUpdate, PreconditionFailed
+from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PrivacyReport
-from participant.grpc_link import GrpcLink
 from tests.support import LiveCoordinator, tiny_job
 
 SIZE = 8

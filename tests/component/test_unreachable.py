@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from participant.grpc_link import CoordinatorUnreachable, GrpcLink
+from fedprompt.participant.grpc_link import CoordinatorUnreachable, GrpcLink
 from tests.support import fedprompt_process
 
 

@@ -22,7 +22,7 @@ PARTICIPANT = """
 import json, sys
 from fedprompt.cli import main
 code = main(sys.argv[1:])
-from participant.learner import peak_rss_mb
+from fedprompt.participant.learner import peak_rss_mb
 heavy = sorted({m.split(".")[0] for m in sys.modules}
                & {"torch", "transformers", "safetensors", "accelerate", "onnxruntime", "matplotlib", "scipy"})
 print(json.dumps({"code": code, "heavy": heavy, "peak_rss_mb": peak_rss_mb()}))

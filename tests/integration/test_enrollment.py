@@ -12,7 +12,7 @@ import pytest
 from fedprompt.channel import ClientTls
 from fedprompt.config import dump_toml
 from fedprompt.errors import Unauthenticated
-from participant.grpc_link import GrpcLink
+from fedprompt.participant.grpc_link import GrpcLink
 from tests.support import REPO, fedprompt_process, stopping, tiny_job, wait_for
 
 

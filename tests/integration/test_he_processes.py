@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.store import Store
-from crypto.ckks import SecretContext, _saved
 from fedprompt.admin_client import AdminClient
 from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import SecretContext, _saved
 from fedprompt.data.shards import load_site
-from participant.keys import SECRET_FILE, key_dir
+from fedprompt.participant.keys import SECRET_FILE, key_dir
 from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 
 SITES = 3

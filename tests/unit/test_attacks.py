@@ -11,9 +11,9 @@ import pytest
 from fedprompt.config import dump_toml
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
+from fedprompt.participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.participant.runtime import SiteBehaviour
 from fedprompt.simulation import load_simulation, parse_simulation
-from participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
-from participant.runtime import SiteBehaviour
 from tests.support import REPO, toy_examples
 
 LABELS = ("neg", "pos")

@@ -11,15 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.aggregation import Contribution, FedAvg, FedBPTLinear, fedbpt_global_distribution, make_aggregator
-from coordinator.rounds import JobRuntime
-from coordinator.store import Store
 from fedprompt.config import JobConfig, dump_toml, parse_toml
+from fedprompt.coordinator.aggregation import (
+    Contribution,
+    FedAvg,
+    FedBPTLinear,
+    fedbpt_global_distribution,
+    make_aggregator,
+)
+from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.participant.blackbox import projection
 from fedprompt.payload import FLOAT32, encode_vector, pack_search_state, search_state
 from fedprompt.protocol import Payload
 from fedprompt.simulation import local_learner
-from participant.blackbox import projection
 from tests.support import REPO, blackbox_job, toy_examples, toy_sites
 
 ARGS = (7, 40, 96, 0.05, 1.5)  # job seed, d, prompt floats, embedding std, sigma
@@ -30,7 +36,7 @@ def digest(a: np.ndarray) -> str:
 
 
 def test_projection_is_identical_across_processes_for_a_job() -> None:
-    code = ("import hashlib, numpy as np; from participant.blackbox import projection; "
+    code = ("import hashlib, numpy as np; from fedprompt.participant.blackbox import projection; "
             f"a = projection{ARGS}; print(hashlib.sha256(np.ascontiguousarray(a, dtype='<f4').tobytes()).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

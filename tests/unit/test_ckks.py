@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.ckks import CkksParams, PublicContext, SecretContext
+from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
 from fedprompt.errors import ConfigError, InvalidUpdate
 
 PARAMS = CkksParams()

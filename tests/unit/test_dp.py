@@ -15,14 +15,14 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
-from coordinator.aggregation import Contribution, FedAvg
-from coordinator.privacy import ParticipantLedger, UniformWeights
-from coordinator.store import Store
 from fedprompt.config import DPSection, JobConfig, dump_toml, parse_toml
+from fedprompt.coordinator.aggregation import Contribution, FedAvg
+from fedprompt.coordinator.privacy import ParticipantLedger, UniformWeights
+from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
 from fedprompt.models import build_classifier
-from participant.dp import (
+from fedprompt.participant.dp import (
     RecordAccountant,
     SitePrivacy,
     noise_share,
@@ -30,7 +30,7 @@ from participant.dp import (
     stack_grad_samples,
     train_local_dp,
 )
-from participant.train import GradientLearner, backward_in_parts
+from fedprompt.participant.train import GradientLearner, backward_in_parts
 from tests.support import tiny_job, toy_examples
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),

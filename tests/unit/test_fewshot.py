@@ -18,8 +18,8 @@ from fedprompt.data.shards import DataPlan, PartitionSpec, SiteData, prepare, sp
 from fedprompt.errors import ConfigError
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.models.classifier import PromptClassifier
+from fedprompt.participant.fewshot import PseudoLabeller, select_confident
 from fedprompt.simulation import simulate
-from participant.fewshot import PseudoLabeller, select_confident
 from tests.support import tiny_job, toy_examples, toy_sites
 
 PROBS = np.array([

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crypto.ckks import CkksParams, PublicContext, SecretContext
-from crypto.gram import (
+from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
+from fedprompt.crypto.gram import (
     GramEvaluator,
     agreement_tolerance,
     decrypt_gram,
@@ -115,7 +115,7 @@ def test_gram_answers_must_have_the_right_shape() -> None:
 
 
 def test_gram_aggregators_are_exactly_the_gram_defences() -> None:
-    from coordinator.aggregation import AGGREGATORS, GramDefence
     from fedprompt.config import GRAM_AGGREGATORS
+    from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence
 
     assert {name for name, cls in AGGREGATORS.items() if issubclass(cls, GramDefence)} == set(GRAM_AGGREGATORS)

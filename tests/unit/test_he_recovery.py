@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.jobs import JobManager
-from coordinator.recovery import resume_jobs
-from coordinator.rounds import JobRuntime
-from coordinator.store import Store
-from crypto.ckks import ENCODING, SecretContext
-from crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
-from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import resume_jobs
+from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING, SecretContext
+from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.protocol import Payload, TaskKind
 from tests.support import open_round, tiny_job

@@ -10,13 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.cohorts import DEFAULT_COHORT, discover_cohorts
-from coordinator.jobs import JobManager
-from coordinator.recovery import restore_job
-from coordinator.store import Store
-from crypto.ckks import ENCODING as CKKS
-from crypto.ckks import SecretContext
-from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import (
     CohortSpec,
     HESection,
@@ -26,12 +19,19 @@ from fedprompt.config import (
     dump_toml,
     parse_toml,
 )
+from fedprompt.coordinator.cohorts import DEFAULT_COHORT, discover_cohorts
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import restore_job
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import SecretContext
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
 from fedprompt.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.models import build_classifier
+from fedprompt.participant.train import train_local
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload
-from participant.train import train_local
 from tests.support import tiny_job, toy_examples
 
 G, E = 5, 3  # sizes of the global and expert levels in the hand-made updates

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.cohorts import DEFAULT_COHORT
-from coordinator.jobs import JobManager
-from coordinator.recovery import restore_job
-from coordinator.rounds import JobRuntime
-from coordinator.store import Store
-from crypto.ckks import ENCODING as CKKS
-from crypto.ckks import SecretContext
-from crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
-from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import HESection, JobConfig, LevelsSection, dump_toml, parse_toml
+from fedprompt.coordinator.cohorts import DEFAULT_COHORT
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import restore_job
+from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import SecretContext
+from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.levels import COHORTS_PART, encoding, pack, unpack
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, TaskKind

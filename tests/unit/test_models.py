@@ -11,8 +11,8 @@ from fedprompt.config import TrainSection
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import InvalidUpdate
 from fedprompt.models import build_classifier
+from fedprompt.participant.train import evaluate, train_local
 from fedprompt.scoring import length_batches
-from participant.train import evaluate, train_local
 from tests.support import tiny_job, toy_examples
 
 

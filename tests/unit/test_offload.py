@@ -7,7 +7,7 @@ import asyncio
 import threading
 from typing import Any
 
-from coordinator.offload import WorkerThread, inline
+from fedprompt.coordinator.offload import WorkerThread, inline
 
 
 async def _run(worker: WorkerThread, work: Any) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from coordinator.limits import CallLimiter
-from crypto.pki import (
+from fedprompt.coordinator.limits import CallLimiter
+from fedprompt.crypto.pki import (
     CertificateAuthority,
     RevocationList,
     cert_info,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.jobs import JobManager
-from coordinator.rounds import EXHAUSTED
-from coordinator.store import Store
 from fedprompt.config import DPSection, dump_toml
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.rounds import EXHAUSTED
+from fedprompt.coordinator.store import Store
 from fedprompt.errors import InvalidUpdate, NotSelected, StaleRound
 from fedprompt.protocol import PrivacyReport
 from tests.support import tiny_job

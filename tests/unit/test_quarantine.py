@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.jobs import JobManager
-from coordinator.recovery import rejection_streaks, resume_jobs
-from coordinator.store import Store
 from fedprompt.config import RobustSection, dump_toml
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import rejection_streaks, resume_jobs
+from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
 from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import FlagView, Payload, TaskKind

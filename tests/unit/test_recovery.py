@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from coordinator.checkpoint import Checkpointer, atomic_write, read_checkpoint
-from coordinator.jobs import JobManager
-from coordinator.recovery import resume_jobs
-from coordinator.rounds import RoundState
-from coordinator.store import RoundRow, Store
 from fedprompt.config import dump_toml
+from fedprompt.coordinator.checkpoint import Checkpointer, atomic_write, read_checkpoint
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import resume_jobs
+from fedprompt.coordinator.rounds import RoundState
+from fedprompt.coordinator.store import RoundRow, Store
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate
 from fedprompt.payload import FLOAT32, decode_vector
 from fedprompt.protocol import Payload, TaskKind

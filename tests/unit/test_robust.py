@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from coordinator.aggregation import AGGREGATORS, Contribution, GramDefence, job_aggregator, make_aggregator
-from coordinator.robust import (
+from fedprompt.config import JobConfig, RobustSection
+from fedprompt.coordinator.aggregation import AGGREGATORS, Contribution, GramDefence, job_aggregator, make_aggregator
+from fedprompt.coordinator.robust import (
     coordinate_median,
     cosine_similarities,
     foolsgold_weights,
@@ -25,7 +26,6 @@ from coordinator.robust import (
     squared_distances,
     trimmed_mean,
 )
-from fedprompt.config import JobConfig, RobustSection
 from fedprompt.errors import ConfigError, InvalidUpdate, RobustAssumptionError
 
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.jobs import JobManager
-from coordinator.rounds import KEY_GRACE_S
-from coordinator.store import Store
-from crypto.ckks import ENCODING, SecretContext
-from crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.config import HESection, dump_toml
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.rounds import KEY_GRACE_S
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING, SecretContext
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
 from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload, TaskKind

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crypto.sealing import new_exchange_key, public_bytes, seal, unseal
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes, seal, unseal
 from fedprompt.errors import InvalidUpdate
 
 

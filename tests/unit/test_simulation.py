@@ -11,9 +11,9 @@ import pytest
 from fedprompt.cli import build_parser
 from fedprompt.config import RobustSection
 from fedprompt.data.datasets import write_jsonl
+from fedprompt.participant.attacks import AttackSection
+from fedprompt.participant.train import memoized, train_local
 from fedprompt.simulation import simulate
-from participant.attacks import AttackSection
-from participant.train import memoized, train_local
 from tests.support import REPO, tiny_job, toy_examples, toy_sites
 
 

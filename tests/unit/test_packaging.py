@@ -1,0 +1,49 @@
+"""One import namespace: the built wheel installs ``fedprompt`` alone, and no code imports the design card's
+folders (``coordinator/``, ``participant/``, ``crypto/``) under their bare folder names."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.support import REPO
+
+#: Folders of the source tree that are installed as subpackages of ``fedprompt`` (links in ``fedprompt/``).
+SUBPACKAGES = ("coordinator", "participant", "crypto")
+
+
+def test_the_wheel_installs_only_the_fedprompt_import_name(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for name in ("fedprompt", *SUBPACKAGES):
+        shutil.copytree(REPO / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, cwd=source)
+    (wheel,) = (tmp_path / "dist").glob("fedprompt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert top == {"fedprompt"}
+    for name in SUBPACKAGES:  # the linked folders travel as real files under the one namespace
+        assert f"fedprompt/{name}/__init__.py" in names
+
+
+def _bare_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+        found += [f"{path.relative_to(REPO)}: {m}" for m in modules if m.split(".")[0] in SUBPACKAGES]
+    return found
+
+
+def test_no_module_imports_a_folder_by_its_bare_name() -> None:
+    """``import coordinator`` would load a second copy of modules that ``fedprompt.coordinator`` already loaded."""
+    roots = [REPO / "fedprompt", REPO / "tests", *(REPO / name for name in SUBPACKAGES)]
+    offenders = [line for root in roots for path in sorted(root.rglob("*.py")) if "v1" not in path.parts
+                 for line in _bare_imports(path)]
+    assert offenders == []
