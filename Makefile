@@ -32,10 +32,11 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 proto: setup
-	$(BIN)/python -m fedprompt.protogen
+	$(BIN)/python -m fedprompt.app.protogen
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy fedprompt tests

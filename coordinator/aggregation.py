@@ -32,7 +32,7 @@ from fedprompt.coordinator.robust import (
     trimmed_mean,
 )
 from fedprompt.errors import ConfigError, InvalidUpdate
-from fedprompt.payload import pack_search_state, search_state
+from fedprompt.wire.payload import pack_search_state, search_state
 
 
 @dataclass(frozen=True)

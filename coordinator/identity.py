@@ -22,8 +22,9 @@ from cryptography import x509
 
 from fedprompt.config import IDENTITY
 from fedprompt.coordinator.limits import CallLimiter
+from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import CertInfo, RevocationList, cert_from_pem, cert_info
-from fedprompt.errors import CertificateRevoked, PermissionDenied, PkiError, Unauthenticated
+from fedprompt.errors import CertificateRevoked, PermissionDenied, Unauthenticated
 
 log = structlog.get_logger("coordinator.identity")
 

@@ -1,4 +1,4 @@
-"""One job's prompt levels at the coordinator (PLMM; formats in ``fedprompt.levels``).
+"""One job's prompt levels at the coordinator (PLMM; formats in ``fedprompt.wire.levels``).
 
 Each update is a level container with a global part and (with an expert level) an expert part; the
 personal level never arrives.  Each level has its own aggregation:
@@ -50,7 +50,8 @@ from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum
 from fedprompt.errors import InvalidUpdate, PreconditionFailed, RobustAssumptionError
-from fedprompt.levels import (
+from fedprompt.protocol import Payload
+from fedprompt.wire.levels import (
     COHORTS_PART,
     EXPERT,
     GLOBAL,
@@ -61,8 +62,7 @@ from fedprompt.levels import (
     shared_parts,
     unpack,
 )
-from fedprompt.payload import FLOAT32, decode_vector, encode_vector
-from fedprompt.protocol import Payload
+from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 
 if typing.TYPE_CHECKING:
     from fedprompt.coordinator.rounds import OpenRound

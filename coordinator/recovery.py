@@ -27,7 +27,7 @@ from fedprompt.config import JobConfig, parse_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
 from fedprompt.coordinator.store import JobRow, RoundRow
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import ERRORS
 from fedprompt.protocol import FlagView
 
 log = structlog.get_logger("coordinator.recovery")
@@ -74,7 +74,7 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     if job.keys is not None:
         try:
             job.keys.restore()
-        except FedPromptError as exc:  # a stored key that fails its check again: never aggregate under it
+        except ERRORS as exc:  # a stored key that fails its check again: never aggregate under it
             job.log.error("key relay not restored", reason=str(exc))
             if job.state not in TERMINAL:
                 job._set_state(JobState.PAUSED, f"key relay not restored: {exc}")

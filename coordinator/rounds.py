@@ -81,7 +81,6 @@ from fedprompt.errors import (
     RobustAssumptionError,
     StaleRound,
 )
-from fedprompt.payload import FLOAT32, decode_vector
 from fedprompt.protocol import (
     FlagsView,
     FlagView,
@@ -96,6 +95,7 @@ from fedprompt.protocol import (
     Task,
     TaskKind,
 )
+from fedprompt.wire.payload import FLOAT32, decode_vector
 
 log = structlog.get_logger("coordinator.rounds")
 

@@ -17,7 +17,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedprompt.channel import server_credentials
 from fedprompt.config import CoordinatorSection
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
@@ -29,10 +28,12 @@ from fedprompt.coordinator.offload import WorkerThread
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.service import AdminService, ParticipantService
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import load_cert
-from fedprompt.errors import ConfigError, PkiError, Unauthenticated
-from fedprompt.rpc import DecodeGuard
+from fedprompt.errors import ConfigError, Unauthenticated
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fedprompt.wire.channel import server_credentials
+from fedprompt.wire.rpc import DecodeGuard
 
 log = structlog.get_logger("coordinator.server")
 

@@ -10,15 +10,15 @@ from typing import Any
 import grpc
 import structlog
 
-from fedprompt import serde
 from fedprompt.coordinator.identity import Gate
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.notifier import Notifier
 from fedprompt.errors import InvalidUpdate, StaleRound
-from fedprompt.payload import ChunkAssembler
 from fedprompt.protocol import TaskKind
-from fedprompt.rpc import rpc_method, stream_method
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.payload import ChunkAssembler
+from fedprompt.wire.rpc import rpc_method, stream_method
 
 MAX_POLL_S = 30.0
 

@@ -40,7 +40,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as seal
 
-from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
 
 ENCODING = "ckks-v1"
 MAGIC = b"FPCK1"
@@ -73,23 +73,23 @@ class CkksParams:
     max_summands: int = 1000
 
     def check(self, prefix: str = "he") -> None:
-        """Raise ``ConfigError`` naming the key if the parameters are unusable or below 128-bit security."""
+        """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
         n = self.poly_modulus_degree
         if n not in (4096, 8192, 16384, 32768):
-            raise ConfigError(f"{prefix}.poly_modulus_degree: must be 4096, 8192, 16384 or 32768, got {n}")
+            raise ParameterError(f"{prefix}.poly_modulus_degree: must be 4096, 8192, 16384 or 32768, got {n}")
         if len(self.coeff_mod_bit_sizes) not in (2, 4) or not all(16 <= b <= 60 for b in self.coeff_mod_bit_sizes):
-            raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: need [data prime, key-switching prime] (an "
-                              "addition-only chain) or [data prime, data prime, rescaling prime, key-switching prime] (one "
-                              f"multiplication, for Gram defences), each 16..60 bits, got {list(self.coeff_mod_bit_sizes)}")
+            raise ParameterError(f"{prefix}.coeff_mod_bit_sizes: need [data prime, key-switching prime] (an "
+                                 "addition-only chain) or [data prime, data prime, rescaling prime, key-switching prime] (one "
+                                 f"multiplication, for Gram defences), each 16..60 bits, got {list(self.coeff_mod_bit_sizes)}")
         if self.security_bits < 128:
-            raise ConfigError(f"{prefix}.coeff_mod_bit_sizes: {sum(self.coeff_mod_bit_sizes)} bits exceed the "
-                              f"{seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)} allowed for 128-bit "
-                              f"security at degree {n}")
+            raise ParameterError(f"{prefix}.coeff_mod_bit_sizes: {sum(self.coeff_mod_bit_sizes)} bits exceed the "
+                                 f"{seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)} allowed for 128-bit "
+                                 f"security at degree {n}")
         if not 20 <= self.scale_bits <= self.coeff_mod_bit_sizes[0] - 12:
-            raise ConfigError(f"{prefix}.scale_bits: must be in [20, {self.data_bits - 12}] for a "
-                              f"{self.data_bits}-bit data prime, got {self.scale_bits}")
+            raise ParameterError(f"{prefix}.scale_bits: must be in [20, {self.data_bits - 12}] for a "
+                                 f"{self.data_bits}-bit data prime, got {self.scale_bits}")
         if not 1 <= self.max_summands <= 1_000_000:
-            raise ConfigError(f"{prefix}.max_summands: must be in [1, 1000000], got {self.max_summands}")
+            raise ParameterError(f"{prefix}.max_summands: must be in [1, 1000000], got {self.max_summands}")
 
     @property
     def data_bits(self) -> int:
@@ -159,8 +159,8 @@ def _check_matches(ctx: ts.Context, params: CkksParams) -> None:
     data = ctx.seal_context().data.key_context_data().parms()
     bits = tuple(m.bit_count() for m in data.coeff_modulus())
     if data.poly_modulus_degree() != params.poly_modulus_degree or bits != params.coeff_mod_bit_sizes:
-        raise InvalidUpdate(f"context has degree {data.poly_modulus_degree()} and primes {list(bits)}, the job "
-                            f"uses {params.poly_modulus_degree} and {list(params.coeff_mod_bit_sizes)}")
+        raise InvalidCiphertext(f"context has degree {data.poly_modulus_degree()} and primes {list(bits)}, the job "
+                                f"uses {params.poly_modulus_degree} and {list(params.coeff_mod_bit_sizes)}")
 
 
 def _public_bytes(ctx: ts.Context) -> bytes:
@@ -191,13 +191,13 @@ class _Codec:
         return b"".join(parts)
 
     def parse(self, data: bytes, key_id: bytes, vector_size: int) -> list[seal.Ciphertext]:
-        """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidUpdate`` if not."""
+        """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidCiphertext`` if not."""
         def check(size: int, count: int) -> None:
             if size != vector_size:
-                raise InvalidUpdate(f"encrypted vector has {size} parameters, expected {vector_size}")
+                raise InvalidCiphertext(f"encrypted vector has {size} parameters, expected {vector_size}")
             expected = self.params.num_ciphertexts(vector_size)
             if count != expected:
-                raise InvalidUpdate(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
+                raise InvalidCiphertext(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
 
         blobs = self.unframe(data, key_id, check)
         return self.load(blobs, self.seal_context.first_parms_id(), 2.0 ** self.params.scale_bits, "fresh")
@@ -206,26 +206,26 @@ class _Codec:
         """The ciphertext blobs of a framed payload made under ``key_id``; ``check(size, count)`` vets the
         header's size field and ciphertext count before any blob is read."""
         if len(data) < _HEADER.size:
-            raise InvalidUpdate(f"encrypted payload of {len(data)} bytes is shorter than its header")
+            raise InvalidCiphertext(f"encrypted payload of {len(data)} bytes is shorter than its header")
         magic, got_key, size, count = _HEADER.unpack_from(data)
         if magic != MAGIC:
-            raise InvalidUpdate(f"not a {ENCODING} payload (bad magic)")
+            raise InvalidCiphertext(f"not a {ENCODING} payload (bad magic)")
         if got_key != key_id:
-            raise InvalidUpdate("ciphertext was made under another key (key id differs from this job's)")
+            raise InvalidCiphertext("ciphertext was made under another key (key id differs from this job's)")
         check(size, count)
         offset = _HEADER.size
         blobs = []
         for index in range(count):
             if offset + _LENGTH.size > len(data):
-                raise InvalidUpdate(f"payload truncated before ciphertext {index}")
+                raise InvalidCiphertext(f"payload truncated before ciphertext {index}")
             (length,) = _LENGTH.unpack_from(data, offset)
             offset += _LENGTH.size
             if offset + length > len(data):
-                raise InvalidUpdate(f"ciphertext {index} truncated ({len(data) - offset} of {length} bytes)")
+                raise InvalidCiphertext(f"ciphertext {index} truncated ({len(data) - offset} of {length} bytes)")
             blobs.append(data[offset : offset + length])
             offset += length
         if offset != len(data):
-            raise InvalidUpdate(f"{len(data) - offset} unexpected bytes after the last ciphertext")
+            raise InvalidCiphertext(f"{len(data) - offset} unexpected bytes after the last ciphertext")
         return blobs
 
     def load(self, blobs: list[bytes], parms_id: list[int], scale: float, what: str) -> list[seal.Ciphertext]:
@@ -242,9 +242,9 @@ class _Codec:
         try:
             ct.load(self.seal_context, str(path))
         except Exception as exc:  # SEAL reports malformed or out-of-range data as generic C++ exceptions
-            raise InvalidUpdate(f"ciphertext {index} does not parse under this job's context: {exc}") from exc
+            raise InvalidCiphertext(f"ciphertext {index} does not parse under this job's context: {exc}") from exc
         if ct.parms_id() != parms_id or ct.size() != 2 or not ct.is_ntt_form() or ct.scale != scale:
-            raise InvalidUpdate(f"ciphertext {index} is not a {what} ciphertext at this job's level and scale")
+            raise InvalidCiphertext(f"ciphertext {index} is not a {what} ciphertext at this job's level and scale")
         return ct
 
 
@@ -254,7 +254,7 @@ class SecretContext(_Codec):
 
     def __init__(self, ctx: ts.Context, params: CkksParams) -> None:
         if not ctx.is_private():
-            raise InvalidUpdate("a key holder's context must contain the secret key")
+            raise InvalidCiphertext("a key holder's context must contain the secret key")
         super().__init__(ctx, params)
         self.secret_key = ctx.secret_key().data
         self.encryptor = seal.Encryptor(self.seal_context, self.secret_key)
@@ -271,7 +271,7 @@ class SecretContext(_Codec):
         try:
             ctx = ts.context_from(data)
         except Exception as exc:
-            raise InvalidUpdate(f"secret context does not parse: {exc}") from exc
+            raise InvalidCiphertext(f"secret context does not parse: {exc}") from exc
         return cls(ctx, params)
 
     def secret_bytes(self) -> bytes:
@@ -287,11 +287,11 @@ class SecretContext(_Codec):
         """Encrypt ``vector`` and ``weight`` (in the slot after it) as the job's wire format."""
         reals = np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [float(weight)]])
         if not np.isfinite(reals).all():
-            raise InvalidUpdate("cannot encrypt NaN or Inf")
+            raise InvalidValue("cannot encrypt NaN or Inf")
         bound = self.params.value_bound
         if np.abs(reals).max() > bound:
-            raise InvalidUpdate(f"a value exceeds the encryptable range {bound:.4g} of these parameters "
-                                f"({self.params.max_summands} summands); lower the weight or clip the update")
+            raise InvalidValue(f"a value exceeds the encryptable range {bound:.4g} of these parameters "
+                               f"({self.params.max_summands} summands); lower the weight or clip the update")
         per = self.params.reals_per_ciphertext
         padded = np.zeros(self.params.num_ciphertexts(len(reals) - 1) * per)
         padded[: len(reals)] = reals
@@ -319,7 +319,7 @@ class SecretContext(_Codec):
         reals = np.concatenate(parts)
         weight = float(reals[vector_size])
         if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
-            raise InvalidUpdate("decrypted weight is not a positive whole number: wrong key or corrupted data")
+            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
         return reals[:vector_size], float(round(weight))
 
 
@@ -330,11 +330,11 @@ class PublicContext(_Codec):
         try:
             ctx = ts.context_from(data)
         except Exception as exc:
-            raise InvalidUpdate(f"public context does not parse: {exc}") from exc
+            raise InvalidCiphertext(f"public context does not parse: {exc}") from exc
         if ctx.is_private() or ctx.has_secret_key():
-            raise InvalidUpdate("refusing a context that contains a secret key: send the public context only")
+            raise InvalidCiphertext("refusing a context that contains a secret key: send the public context only")
         if len(key_id) != KEY_ID_BYTES:
-            raise InvalidUpdate(f"key id must be {KEY_ID_BYTES} bytes, got {len(key_id)}")
+            raise InvalidCiphertext(f"key id must be {KEY_ID_BYTES} bytes, got {len(key_id)}")
         super().__init__(ctx, params)
         self.key_id = key_id
         self.data = _public_bytes(ctx)
@@ -355,8 +355,8 @@ class EncryptedSum:
     def parse(self, data: bytes) -> list[seal.Ciphertext]:
         """Validate an encrypted vector for this sum without changing the sum."""
         if self.count >= self.context.params.max_summands:
-            raise InvalidUpdate(f"the sum already holds the {self.context.params.max_summands} terms these "
-                                "parameters allow")
+            raise InvalidValue(f"the sum already holds the {self.context.params.max_summands} terms these "
+                               "parameters allow")
         return self.context.parse(data, self.context.key_id, self.vector_size)
 
     def add(self, ciphertexts: list[seal.Ciphertext]) -> None:
@@ -370,6 +370,6 @@ class EncryptedSum:
 
     def to_bytes(self) -> bytes:
         if self.total is None:
-            raise InvalidUpdate("an empty sum has no ciphertext")
+            raise InvalidValue("an empty sum has no ciphertext")
         return self.context.frame(self.context.key_id, self.vector_size, [_saved(ct.save) for ct in self.total])
 

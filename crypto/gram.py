@@ -57,7 +57,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext, _Codec, _saved, _scratch
-from fedprompt.errors import InvalidUpdate
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 
 GRAM_ENCODING = "ckks-gram-v1"
 EVALUATION_KEYS = "ckks-evalkeys-v1"
@@ -98,7 +98,7 @@ def pairs(n: int) -> list[tuple[int, int]]:
 def evaluation_keys(secret: SecretContext) -> bytes:
     """Relinearisation and the needed Galois keys, seeded, framed with the key id; never the secret key."""
     if not secret.params.multiplicative:
-        raise InvalidUpdate("evaluation keys need a chain with a rescaling prime (gram_params)")
+        raise InvalidCiphertext("evaluation keys need a chain with a rescaling prime (gram_params)")
     keygen = seal.KeyGenerator(secret.seal_context, secret.secret_key)
     relin = _saved(keygen.create_relin_keys().save)
     galois = _saved(keygen.create_galois_keys(galois_elements(secret.params)).save)
@@ -119,14 +119,14 @@ class GramEvaluator:
 
     def __init__(self, context: PublicContext, keys: bytes) -> None:
         if not context.params.multiplicative:
-            raise InvalidUpdate("this job's context has no multiplication level for an encrypted Gram matrix")
+            raise InvalidCiphertext("this job's context has no multiplication level for an encrypted Gram matrix")
         if len(keys) < _KEYS_HEADER.size:
-            raise InvalidUpdate("evaluation keys are shorter than their header")
+            raise InvalidCiphertext("evaluation keys are shorter than their header")
         magic, key_id, relin_len, galois_len = _KEYS_HEADER.unpack_from(keys)
         if magic != _KEYS_MAGIC or len(keys) != _KEYS_HEADER.size + relin_len + galois_len:
-            raise InvalidUpdate("evaluation keys are malformed (bad magic or lengths)")
+            raise InvalidCiphertext("evaluation keys are malformed (bad magic or lengths)")
         if key_id != context.key_id:
-            raise InvalidUpdate("evaluation keys were made under another key than the job's public context")
+            raise InvalidCiphertext("evaluation keys were made under another key than the job's public context")
         self.context = context
         self.relin = seal.RelinKeys()
         self.galois = seal.GaloisKeys()
@@ -138,10 +138,10 @@ class GramEvaluator:
                 path.write_bytes(body[relin_len:])
                 self.galois.load(context.seal_context, str(path))
             except Exception as exc:  # SEAL reports malformed keys as generic C++ exceptions
-                raise InvalidUpdate(f"evaluation keys do not parse under this job's context: {exc}") from exc
+                raise InvalidCiphertext(f"evaluation keys do not parse under this job's context: {exc}") from exc
         missing = [g for g in galois_elements(context.params) if not self.galois.has_key(g)]
         if missing:
-            raise InvalidUpdate(f"evaluation keys lack Galois keys for elements {missing}")
+            raise InvalidCiphertext(f"evaluation keys lack Galois keys for elements {missing}")
         self.size = len(keys)
         self.monomials: dict[int, seal.Plaintext] = {}
 
@@ -271,8 +271,8 @@ def decrypt_gram(secret: SecretContext, data: bytes, n: int) -> np.ndarray:
 
     def check(size: int, count: int) -> None:
         if size != n or count != -(-entries // params.poly_modulus_degree):
-            raise InvalidUpdate(f"a Gram payload for {n} updates must hold {entries} entries, got size {size} in "
-                                f"{count} ciphertexts")
+            raise InvalidCiphertext(f"a Gram payload for {n} updates must hold {entries} entries, got size {size} in "
+                                    f"{count} ciphertexts")
 
     blobs = secret.unframe(data, secret.key_id, check)
     cts = secret.load(blobs, gram_level(secret), gram_scale(secret), "packed Gram")
@@ -310,7 +310,7 @@ def to_matrix(scalars: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
     """The symmetric ``n x n`` matrix of scalars given in ``pairs(n)`` order."""
     values = np.asarray(scalars, dtype=np.float64)
     if values.shape != (len(pairs(n)),) or not np.isfinite(values).all():
-        raise InvalidUpdate(f"a Gram answer for {n} updates must be {len(pairs(n))} finite numbers")
+        raise InvalidValue(f"a Gram answer for {n} updates must be {len(pairs(n))} finite numbers")
     g = np.zeros((n, n))
     for value, (u, v) in zip(values, pairs(n), strict=True):
         g[u, v] = g[v, u] = value

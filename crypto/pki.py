@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedprompt.errors import PkiError
+from fedprompt.crypto.errors import PkiError
 
 ROLES = ("coordinator", "participant", "admin", "model")  # model: a query-only model service (black-box jobs)
 #: Roles that run servers: their certificates name the addresses they are reached by and serve TLS.

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedprompt.errors import InvalidUpdate
+from fedprompt.crypto.errors import InvalidCiphertext
 
 MAGIC = b"FPS1"
 PUBLIC_KEY_BYTES = 32
@@ -47,7 +47,7 @@ def load_private(data: bytes) -> X25519PrivateKey:
 
 def _peer(data: bytes, what: str) -> X25519PublicKey:
     if len(data) != PUBLIC_KEY_BYTES:
-        raise InvalidUpdate(f"{what} must be a {PUBLIC_KEY_BYTES}-byte X25519 public key, got {len(data)} bytes")
+        raise InvalidCiphertext(f"{what} must be a {PUBLIC_KEY_BYTES}-byte X25519 public key, got {len(data)} bytes")
     return X25519PublicKey.from_public_bytes(data)
 
 
@@ -74,10 +74,10 @@ def seal(secret: bytes, *, sender: X25519PrivateKey, recipient_public: bytes, jo
 
 def unseal(blob: bytes, *, recipient: X25519PrivateKey, sender_public: bytes, job_id: str, sender_id: str,
            recipient_id: str) -> bytes:
-    """Open a sealed blob; ``InvalidUpdate`` if it was tampered with, or not sealed by ``sender_id`` for us."""
+    """Open a sealed blob; ``InvalidCiphertext`` if it was tampered with, or not sealed by ``sender_id`` for us."""
     head = len(MAGIC) + PUBLIC_KEY_BYTES + _NONCE
     if len(blob) <= head + 16 or not blob.startswith(MAGIC):
-        raise InvalidUpdate("sealed key blob is malformed")
+        raise InvalidCiphertext("sealed key blob is malformed")
     eph_public = blob[len(MAGIC) : len(MAGIC) + PUBLIC_KEY_BYTES]
     nonce = blob[len(MAGIC) + PUBLIC_KEY_BYTES : head]
     sender = _peer(sender_public, "sender key")
@@ -86,5 +86,5 @@ def unseal(blob: bytes, *, recipient: X25519PrivateKey, sender_public: bytes, jo
         return AESGCM(_key(shared, eph_public, public_bytes(recipient))).decrypt(
             nonce, blob[head:], _aad(job_id, sender_id, recipient_id))
     except InvalidTag as exc:
-        raise InvalidUpdate(f"sealed key from {sender_id} does not open: tampered, or not sealed for "
-                            f"{recipient_id} in job {job_id}") from exc
+        raise InvalidCiphertext(f"sealed key from {sender_id} does not open: tampered, or not sealed for "
+                                f"{recipient_id} in job {job_id}") from exc

@@ -2,6 +2,6 @@
 
 import sys
 
-from fedprompt.cli import main
+from fedprompt.app.cli import main
 
 sys.exit(main())

@@ -14,14 +14,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import tomli_w
 
+from fedprompt.crypto.ckks import CkksParams
+from fedprompt.crypto.errors import ParameterError
+from fedprompt.crypto.gram import gram_params
 from fedprompt.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fedprompt.crypto.ckks import CkksParams
 
 T = TypeVar("T")
 
@@ -221,12 +221,13 @@ class HESection:
     dealer: str = ""
 
     def validate(self, prefix: str) -> None:
-        self.params().check(prefix)
+        try:
+            self.params().check(prefix)
+        except ParameterError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def params(self) -> CkksParams:
         """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""
-        from fedprompt.crypto.ckks import CkksParams
-
         return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)
 
 
@@ -305,7 +306,7 @@ class CohortSpec:
 
 @dataclass(frozen=True)
 class LevelsSection:
-    """Three prompt levels (PLMM; see ``fedprompt.levels``): the prompt a participant uses is a **global**
+    """Three prompt levels (PLMM; see ``fedprompt.wire.levels``): the prompt a participant uses is a **global**
     prompt (aggregated over everyone), an **expert** prompt (aggregated within the participant's cohort) and
     a **personal** prompt (trained locally, never uploaded), concatenated in that order.  Off by default.
 
@@ -447,8 +448,6 @@ class JobConfig:
         """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
         encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
         ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""
-        from fedprompt.crypto.gram import gram_params
-
         gram = self.encrypted_gram or self.encrypted_discovery
         return gram_params(self.he.params()) if gram else self.he.params()
 

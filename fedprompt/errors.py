@@ -1,6 +1,12 @@
-"""Typed domain exceptions; ``fedprompt.rpc`` maps each to one gRPC status code, in one table."""
+"""Typed domain exceptions; ``fedprompt.wire.rpc`` maps each to one gRPC status code, in one table.
+
+The crypto layer below has its own (``fedprompt.crypto.errors``); ``ERRORS`` names both families for the
+places that refuse any deliberate error alike (servicers, the CLI, a daemon's loops).
+"""
 
 from __future__ import annotations
+
+from fedprompt.crypto.errors import CryptoError
 
 
 class FedPromptError(Exception):
@@ -80,11 +86,14 @@ class CertificateRevoked(Unauthenticated):
     """The caller's certificate is on the federation's revocation list."""
 
 
-class PkiError(FedPromptError):
-    """A certificate, CSR, key or CRL is missing, malformed, wrongly signed or not allowed."""
 class InvalidQuery(InvalidRequest):
     """A model-service query is malformed: wrong prompt shape, non-finite values, unknown labels, empty texts."""
 
 
 class QueryTooLarge(PayloadTooLarge):
     """A model-service query exceeds the service's limits (batch size, prompt tokens, text length)."""
+
+
+#: Every error raised on purpose, by this layer or the crypto layer: what a boundary refuses with a status or
+#: a one-line message instead of a traceback.
+ERRORS: tuple[type[Exception], ...] = (FedPromptError, CryptoError)

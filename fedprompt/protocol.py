@@ -1,6 +1,10 @@
-"""Plain domain types of the coordinator <-> participant protocol (no grpc, no protobuf).
+"""Plain domain types of the coordinator <-> participant protocol (no grpc, no protobuf), and the
+``CoordinatorLink`` interface through which a participant reaches its coordinator.
 
-``fedprompt.serde`` is the only module that converts between these and the generated protobuf classes.
+``fedprompt.wire.serde`` is the only module that converts between these and the generated protobuf classes.
+The link has two implementations that run the same participant code: the daemon's ``GrpcLink`` (over the
+network, ``fedprompt.participant.grpc_link``) and the simulation's ``LocalLink`` (direct calls into the
+coordinator's domain objects, ``fedprompt.app.local_link``).
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -215,3 +220,32 @@ class ScoreResult:
 
     logits: np.ndarray
     loss: float = 0.0
+
+
+class CoordinatorLink(Protocol):
+    """How a participant reaches its coordinator: one call per participant RPC, domain types in and out."""
+
+    def describe(self, job: str) -> JobDescription: ...
+
+    def join(self, job: str, num_train: int, num_test: int, vector_size: int,
+             exchange_public_key: bytes = b"") -> JoinInfo: ...
+
+    def get_task(self, job_id: str, wait_s: float) -> Task: ...
+
+    def download(self, job_id: str, version: int) -> Payload: ...
+
+    def upload(self, payload: Payload) -> None: ...
+
+    def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None: ...
+
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None: ...
+
+    def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None: ...
+
+    def keys(self, job_id: str) -> KeyState: ...
+
+    def report_privacy(self, report: PrivacyReport) -> None: ...
+
+    def gram(self, job_id: str, round_: int) -> Payload: ...
+
+    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None: ...

@@ -31,8 +31,8 @@ from fedprompt.config import JobConfig
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.participant.learner import ProgressFn, TrainResult, label_metrics, softmax
-from fedprompt.payload import pack_search_state, search_state
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
+from fedprompt.wire.payload import pack_search_state, search_state
 
 log = structlog.get_logger("participant.blackbox")
 

@@ -16,7 +16,6 @@ from types import FrameType
 import structlog
 from tqdm import tqdm
 
-from fedprompt.channel import ClientTls
 from fedprompt.config import JobConfig, ParticipantSection
 from fedprompt.data.shards import load_site
 from fedprompt.errors import ConfigError
@@ -24,6 +23,7 @@ from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.heartbeat import Heartbeat
 from fedprompt.participant.learner import Learner, ProgressFn
 from fedprompt.participant.runtime import LearnerFactory, ParticipantRuntime
+from fedprompt.wire.channel import ClientTls
 
 log = structlog.get_logger("participant.daemon")
 

@@ -15,14 +15,14 @@ from typing import TypeVar
 import grpc
 import structlog
 
-from fedprompt import serde
-from fedprompt.channel import ClientTls, open_channel
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
-from fedprompt.payload import ChunkAssembler
 from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
-from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import ClientTls, open_channel
+from fedprompt.wire.payload import ChunkAssembler
+from fedprompt.wire.rpc import error_from_rpc
 
 log = structlog.get_logger("participant.grpc_link")
 

@@ -21,8 +21,7 @@ from fedprompt.crypto.ckks import CkksParams, SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, evaluation_keys
 from fedprompt.crypto.sealing import load_private, new_exchange_key, private_bytes, public_bytes, seal, unseal
 from fedprompt.errors import DuplicateUpdate, FedPromptError
-from fedprompt.participant.link import CoordinatorLink
-from fedprompt.protocol import Payload
+from fedprompt.protocol import CoordinatorLink, Payload
 
 log = structlog.get_logger("participant.keys")
 

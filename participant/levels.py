@@ -1,4 +1,4 @@
-"""A participant's prompt levels (PLMM; formats in ``fedprompt.levels``): what it sends, what it rebuilds,
+"""A participant's prompt levels (PLMM; formats in ``fedprompt.wire.levels``): what it sends, what it rebuilds,
 and the personal prompt it keeps.
 
 The exchanged vector is ``global | expert`` (``PromptClassifier.level_sizes``); each update and each
@@ -18,10 +18,10 @@ import numpy as np
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import InvalidUpdate
-from fedprompt.levels import encoding, pack, shared_levels, shared_parts
 from fedprompt.participant.learner import Learner
-from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload
+from fedprompt.wire.levels import encoding, pack, shared_levels, shared_parts
+from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 
 
 class SiteLevels:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from fedprompt import serde
-from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
 from fedprompt.participant.grpc_link import call_with_retry
 from fedprompt.protocol import ModelInfo, ScoreQuery, ScoreResult
 from fedprompt.v1 import model_service_pb2, model_service_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import ClientTls, open_channel
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")

@@ -9,13 +9,13 @@ from typing import Any
 import grpc
 import structlog
 
-from fedprompt import serde
-from fedprompt.channel import server_credentials
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError
 from fedprompt.participant.model_service import ModelHost
-from fedprompt.rpc import rpc_method
 from fedprompt.v1 import model_service_pb2, model_service_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import server_credentials
+from fedprompt.wire.rpc import rpc_method
 
 log = structlog.get_logger("participant.model_server")
 

@@ -43,15 +43,14 @@ from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import FedPromptError, PermissionDenied
+from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
 from fedprompt.participant.fewshot import PseudoLabeller
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
-from fedprompt.participant.link import ROUND_MOVED_ON, CoordinatorLink
-from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.promptfile import save_prompt
-from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from fedprompt.protocol import CoordinatorLink, JoinInfo, Payload, Task, TaskKind
+from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -59,6 +58,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("participant.runtime")
 
 LearnerFactory = Callable[[JobConfig], Learner]
+
+# What the coordinator answers to a task it no longer wants (round closed or restarted, not selected after
+# all, update already in): the participant drops the task and asks for the next one.
+ROUND_MOVED_ON = (PreconditionFailed, PermissionDenied, DuplicateUpdate)
 
 
 class SiteBehaviour:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedprompt.participant.synthetic import SyntheticParticipant
+from fedprompt.app.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
 from tests.support import REPO, fedprompt_process, wait_for
 

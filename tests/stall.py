@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from fedprompt import serde
+from fedprompt.app.synthetic import SyntheticParticipant
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.participant.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
 from fedprompt.v1 import participant_pb2
+from fedprompt.wire import serde
 
 
 def main(argv: list[str] | None = None) -> None:

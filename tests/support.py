@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from fedprompt.channel import ClientTls
 from fedprompt.config import (
     BlackboxSection,
     CoordinatorSection,
@@ -37,6 +36,7 @@ from fedprompt.data.shards import SiteData
 from fedprompt.models.backbone import resolve_model_path
 from fedprompt.participant.model_server import ModelServer
 from fedprompt.participant.model_service import ModelHost
+from fedprompt.wire.channel import ClientTls
 
 REPO = Path(__file__).resolve().parent.parent
 

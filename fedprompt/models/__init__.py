@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fedprompt.config import JobConfig
-from fedprompt.levels import EXPERT, GLOBAL, PERSONAL
 from fedprompt.models.backbone import Backbone, load_backbone
 from fedprompt.models.classifier import PromptClassifier
+from fedprompt.wire.levels import EXPERT, GLOBAL, PERSONAL
 
 
 def build_classifier(config: JobConfig, backbone: Backbone | None = None) -> PromptClassifier:

@@ -20,9 +20,9 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
 from fedprompt.errors import ConfigError, InvalidUpdate
-from fedprompt.levels import GLOBAL, PERSONAL
 from fedprompt.models.backbone import Backbone
 from fedprompt.scoring import cosine_head, length_batches, prompt_init_ids, verbalizer_ids
+from fedprompt.wire.levels import GLOBAL, PERSONAL
 
 
 class SoftPrompt(nn.Module):
@@ -46,7 +46,7 @@ class SoftPrompt(nn.Module):
 
 
 class LevelledPrompt(nn.Module):
-    """Prompt levels (``global | expert | personal``, see ``fedprompt.levels``), each its own ``SoftPrompt``
+    """Prompt levels (``global | expert | personal``, see ``fedprompt.wire.levels``), each its own ``SoftPrompt``
     (so Opacus computes per-sample gradients for all), concatenated in level order; a 0-token level is absent."""
 
     def __init__(self, inits: dict[str, torch.Tensor]) -> None:
@@ -121,7 +121,7 @@ class PromptClassifier(nn.Module):
         train_head: bool = True,
         level_tokens: dict[str, int] | None = None,
     ) -> None:
-        """``level_tokens`` (level name -> tokens, in ``fedprompt.levels.LEVELS`` order, summing to
+        """``level_tokens`` (level name -> tokens, in ``fedprompt.wire.levels.LEVELS`` order, summing to
         ``prompt_length``) builds a levelled prompt; without it the prompt is one global level."""
         super().__init__()
         if prompt_length < 1:

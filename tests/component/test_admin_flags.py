@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient
-from fedprompt.cli import build_parser
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.cli import build_parser
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.errors import NotFound, PreconditionFailed
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 8

@@ -23,14 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedprompt import serde
-from fedprompt.admin_client import AdminClient
-from fedprompt.channel import open_channel
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import dump_toml
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import open_channel
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job
 
 SIZE = 8

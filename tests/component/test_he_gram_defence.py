@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedprompt.app.attacks import AttackSection
+from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection, RobustSection
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
-from fedprompt.participant.attacks import AttackSection
-from fedprompt.simulation import simulate
 from tests.support import tiny_job, toy_sites
 
 SITES = 5

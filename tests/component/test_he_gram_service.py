@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import HESection, RobustSection, dump_toml
 from fedprompt.crypto.ckks import ENCODING
 from fedprompt.crypto.gram import decrypt_gram

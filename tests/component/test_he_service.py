@@ -11,8 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fedprompt import serde
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import HESection, dump_toml
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PermissionDenied, PreconditionFailed
@@ -20,6 +19,7 @@ from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.keys import EXCHANGE_FILE, SECRET_FILE, KeyHolder, key_dir
 from fedprompt.protocol import Payload
 from fedprompt.v1 import common_pb2, participant_pb2
+from fedprompt.wire import serde
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts (4096 reals each, weight slot included)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection
 from fedprompt.crypto.ckks import CkksParams
-from fedprompt.simulation import simulate
 from tests.support import tiny_job, toy_sites
 
 

@@ -12,11 +12,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.local_link import LocalLink
+from fedprompt.app.simulate import simulate
 from fedprompt.config import CohortSpec, LevelsSection, ModelSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.data.datasets import Example
-from fedprompt.levels import unpack
 from fedprompt.models import build_classifier
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.participant.grpc_link import GrpcLink
@@ -24,8 +25,8 @@ from fedprompt.participant.levels import SiteLevels
 from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.participant.train import GradientLearner, ProgressFn, TrainResult, train_local
 from fedprompt.protocol import Payload
-from fedprompt.simulation import LocalLink, simulate
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
+from fedprompt.wire.levels import unpack
 from tests.support import LiveCoordinator, tiny_job, toy_sites
 
 SITES = ("site-0", "site-1", "site-2", "site-3")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from fedprompt.app.simulate import simulate
 from fedprompt.config import CohortSpec, HESection, LevelsSection
-from fedprompt.simulation import simulate
 from tests.support import tiny_job, toy_sites
 
 

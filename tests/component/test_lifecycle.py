@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.synthetic import SyntheticParticipant
 from fedprompt.config import dump_toml
 from fedprompt.errors import DuplicateUpdate, PermissionDenied
 from fedprompt.participant.daemon import Stopped, install_stop_handler
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.heartbeat import Heartbeat
-from fedprompt.participant.synthetic import SyntheticParticipant
 from fedprompt.protocol import TaskKind
 from tests.support import LiveCoordinator, tiny_job
 
@@ -126,7 +126,7 @@ def test_sigterm_stops_an_idle_daemon_at_once_and_a_busy_one_after_its_task() ->
 
 
 def test_health_command_over_mtls_with_a_probe_certificate(tmp_path: Path) -> None:
-    from fedprompt.cli import build_parser
+    from fedprompt.app.cli import build_parser
     from tests.support import ThrowawayPki
 
     pki = ThrowawayPki(tmp_path / "pki")

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedprompt import serde
 from fedprompt.config import ModelServiceSection
 from fedprompt.errors import ConfigError, InvalidUpdate, ResourceExhausted
 from fedprompt.models import build_classifier, load_backbone
@@ -26,6 +25,7 @@ from fedprompt.participant.model_client import ModelServiceClient
 from fedprompt.participant.model_service import ModelHost
 from fedprompt.protocol import ScoreQuery
 from fedprompt.v1 import model_service_pb2_grpc
+from fedprompt.wire import serde
 from tests.support import REPO, LiveModelService, blackbox_job, toy_examples
 
 MAX_BATCH = 6

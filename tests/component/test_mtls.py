@@ -15,17 +15,17 @@ import grpc
 import numpy as np
 import pytest
 
-from fedprompt import serde
-from fedprompt.admin_client import AdminClient
-from fedprompt.channel import ClientTls, open_channel
-from fedprompt.cli import main
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.cli import main
 from fedprompt.config import CoordinatorSection, ParticipantSection, dump_toml
 from fedprompt.errors import ConfigError, PermissionDenied, ResourceExhausted, Unauthenticated
 from fedprompt.logs import configure
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import ClientTls, open_channel
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, wait_for
 
 SIZE = 8

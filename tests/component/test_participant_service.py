@@ -9,8 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fedprompt import serde
-from fedprompt.admin_client import AdminClient, load_prompt
+from fedprompt.app.admin_client import AdminClient, load_prompt
 from fedprompt.config import dump_toml
 from fedprompt.errors import (
     DuplicateUpdate,
@@ -21,9 +20,10 @@ from fedprompt.errors import (
     Unauthenticated,
 )
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PayloadHeader, TaskKind
 from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import LiveCoordinator, tiny_job
 
 SIZE = 8

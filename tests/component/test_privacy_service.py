@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import DPSection, dump_toml
 from fedprompt.errors import InvalidUpdate, PreconditionFailed
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, PrivacyReport
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import LiveCoordinator, tiny_job
 
 SIZE = 8

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import dump_toml
 from tests.support import REPO, blackbox_job, fedprompt_process, stopping, toy_sites, wait_for, write_site
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # Runs the real CLI entry point, then reports what the process imported and its peak memory.
 PARTICIPANT = """
 import json, sys
-from fedprompt.cli import main
+from fedprompt.app.cli import main
 code = main(sys.argv[1:])
 from fedprompt.participant.learner import peak_rss_mb
 heavy = sorted({m.split(".")[0] for m in sys.modules}

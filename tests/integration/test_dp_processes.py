@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import DPSection, dump_toml
 from fedprompt.participant.dp import RecordAccountant
 from tests.support import LiveCoordinator, fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient, load_prompt
+from fedprompt.app.admin_client import AdminClient, load_prompt
 from fedprompt.config import dump_toml
 from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.channel import ClientTls
 from fedprompt.config import dump_toml
 from fedprompt.errors import Unauthenticated
 from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.wire.channel import ClientTls
 from tests.support import REPO, fedprompt_process, stopping, tiny_job, wait_for
 
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient, load_prompt
+from fedprompt.app.admin_client import AdminClient, load_prompt
+from fedprompt.app.local_link import LocalLink
+from fedprompt.app.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
 from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.checkpoint import read_checkpoint
 from fedprompt.coordinator.jobs import JobManager
@@ -36,9 +38,7 @@ from fedprompt.coordinator.store import Store
 from fedprompt.data.shards import SiteData
 from fedprompt.models import build_classifier
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.participant.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
-from fedprompt.payload import decode_vector
-from fedprompt.simulation import LocalLink
+from fedprompt.wire.payload import decode_vector
 from tests.faults import CoordinatorProcess, free_port, module_process, train_round
 from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
 
@@ -274,7 +274,7 @@ def outage(seed: int, workdir: Path, model_dir: Path, rounds: int, vector_size: 
     site = toy_sites(1, train=12, seed=seed)[0]
     real = daemon(coordinator.target, job_id, "site", write_site(site, workdir / "data"), workdir / "state",
                   workdir / "site.log")
-    synthetic = module_process("fedprompt.participant.synthetic", ["--coordinator", coordinator.target, "--job", job_id,
+    synthetic = module_process("fedprompt.app.synthetic", ["--coordinator", coordinator.target, "--job", job_id,
                                                          "--prefix", "synthetic", "--vector-size", str(vector_size),
                                                          "--seed", str(seed)], workdir / "synthetic.log")
     return Outage(seed, workdir, coordinator, admin, job_id, site, [real, synthetic])

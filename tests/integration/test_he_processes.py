@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import SecretContext, _saved

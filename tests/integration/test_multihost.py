@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import dump_toml
 from tests import netns
 from tests.support import REPO, ThrowawayPki, stopping, tiny_job, toy_sites, wait_for, write_site

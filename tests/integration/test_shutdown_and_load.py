@@ -9,8 +9,8 @@ from typing import cast
 import pytest
 from grpc_health.v1 import health_pb2
 
-from fedprompt.admin_client import AdminClient
-from fedprompt.bench.load import run_load
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.load import run_load
 from fedprompt.config import dump_toml
 from tests.component.test_lifecycle import health
 from tests.faults import CoordinatorProcess, free_port

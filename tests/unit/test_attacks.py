@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.app.simulate import load_simulation, parse_simulation
 from fedprompt.config import dump_toml
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
-from fedprompt.participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from fedprompt.participant.runtime import SiteBehaviour
-from fedprompt.simulation import load_simulation, parse_simulation
 from tests.support import REPO, toy_examples
 
 LABELS = ("neg", "pos")

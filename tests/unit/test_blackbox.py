@@ -23,9 +23,9 @@ from fedprompt.coordinator.rounds import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.participant.blackbox import projection
-from fedprompt.payload import FLOAT32, encode_vector, pack_search_state, search_state
+from fedprompt.participant.learners import local_learner
 from fedprompt.protocol import Payload
-from fedprompt.simulation import local_learner
+from fedprompt.wire.payload import FLOAT32, encode_vector, pack_search_state, search_state
 from tests.support import REPO, blackbox_job, toy_examples, toy_sites
 
 ARGS = (7, 40, 96, 0.05, 1.5)  # job seed, d, prompt floats, embedding std, sigma
@@ -155,8 +155,8 @@ def test_encrypted_linear_fedbpt_round_equals_the_plaintext_one(tiny_encoder_dir
     """FedBPT's HE-compatible variant through the real CKKS path: the sites decrypt a global search state that
     scores (accuracy and loss of version 1, evaluated by every site on its own copy) like the plaintext linear
     aggregation of the same, identically seeded local searches."""
+    from fedprompt.app.simulate import simulate
     from fedprompt.config import HESection
-    from fedprompt.simulation import simulate
 
     plain = blackbox_job(tiny_encoder_dir, aggregator="fedbpt_linear", rounds=1)
     encrypted = dataclasses.replace(plain, he=HESection(enabled=True))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
-from fedprompt.errors import ConfigError, InvalidUpdate
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
 
 PARAMS = CkksParams()
 SIZE = 5000  # two ciphertexts with the weight slot
@@ -42,7 +42,7 @@ def test_default_parameters_meet_the_standard() -> None:
 def test_bad_parameters_name_their_key(field: str, value: Any, key: str) -> None:
     from dataclasses import replace
 
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ParameterError, match=key):
         replace(PARAMS, **{field: value}).check()
 
 
@@ -63,7 +63,7 @@ def test_decrypt_of_folded_sum_is_the_weighted_sum(secret: SecretContext, public
 
 
 def test_public_context_refuses_a_secret_key(secret: SecretContext) -> None:
-    with pytest.raises(InvalidUpdate, match="secret key"):
+    with pytest.raises(InvalidCiphertext, match="secret key"):
         PublicContext(secret.secret_bytes(), PARAMS, secret.key_id)
 
 
@@ -80,31 +80,31 @@ def test_upload_is_small(secret: SecretContext) -> None:
 
 def test_other_key_is_refused(public: PublicContext) -> None:
     other = SecretContext.create(PARAMS)
-    with pytest.raises(InvalidUpdate, match="another key"):
+    with pytest.raises(InvalidCiphertext, match="another key"):
         public.new_sum(SIZE).parse(other.encrypt(np.zeros(SIZE), 1))
 
 
 def test_truncated_tampered_and_miscounted_are_refused(secret: SecretContext, public: PublicContext) -> None:
     good = secret.encrypt(np.ones(SIZE), 1)
     total = public.new_sum(SIZE)
-    with pytest.raises(InvalidUpdate, match="truncated"):
+    with pytest.raises(InvalidCiphertext, match="truncated"):
         total.parse(good[:-100])
-    with pytest.raises(InvalidUpdate, match="parameters"):
+    with pytest.raises(InvalidCiphertext, match="parameters"):
         public.new_sum(SIZE - 4096).parse(good)
     small = secret.encrypt(np.ones(100), 1)
-    with pytest.raises(InvalidUpdate, match="ciphertexts"):
+    with pytest.raises(InvalidCiphertext, match="ciphertexts"):
         public.new_sum(100).parse(small[:41] + (2).to_bytes(2, "little") + small[43:])
     tampered = bytearray(good)
     tampered[60:120] = b"\xff" * 60
-    with pytest.raises(InvalidUpdate, match="does not parse"):
+    with pytest.raises(InvalidCiphertext, match="does not parse"):
         total.parse(bytes(tampered))
     assert total.count == 0
 
 
 def test_out_of_range_values_are_refused_before_encryption(secret: SecretContext) -> None:
-    with pytest.raises(InvalidUpdate, match="range"):
+    with pytest.raises(InvalidValue, match="range"):
         secret.encrypt(np.full(10, PARAMS.value_bound * 2), 1)
-    with pytest.raises(InvalidUpdate, match="NaN"):
+    with pytest.raises(InvalidValue, match="NaN"):
         secret.encrypt(np.full(10, np.nan), 1)
 
 
@@ -112,5 +112,5 @@ def test_wrong_key_decryption_is_detected(public: PublicContext) -> None:
     a, b = SecretContext.create(PARAMS), SecretContext.create(PARAMS)
     data = a.encrypt(np.ones(10), 3)
     forged = data[:5] + b.key_id + data[37:]
-    with pytest.raises(InvalidUpdate):
+    with pytest.raises(InvalidCiphertext):
         b.decrypt(forged, 10)

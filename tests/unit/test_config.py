@@ -55,8 +55,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_example_configs_load() -> None:
+    from fedprompt.app.protogen import REPO
     from fedprompt.config import CoordinatorConfig
-    from fedprompt.protogen import REPO
 
     assert load_toml(REPO / "examples" / "job.toml", JobConfig).job.name == "rt-sentiment"
     assert load_toml(REPO / "examples" / "participant.toml", ParticipantConfig).participant.threads == 1

@@ -84,8 +84,8 @@ def test_majority_accuracy() -> None:
 
 
 def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: Path) -> None:
-    from fedprompt.cli import _plan_overrides, build_parser, main
-    from fedprompt.simulation import parse_simulation
+    from fedprompt.app.cli import _plan_overrides, build_parser, main
+    from fedprompt.app.simulate import parse_simulation
 
     flags = ["--participants", "2", "--partition", "dirichlet", "--alpha", "0.3", "--test-size", "60", "--seed", "4"]
     expected = DataPlan(participants=2, test_size=60, seed=4, partition=PartitionSpec("dirichlet", alpha=0.3))
@@ -108,7 +108,7 @@ def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: 
     ('[simulation]\npartition = "iid"', "simulation.partition"),
 ])
 def test_a_bad_data_plan_is_refused_naming_its_key(table: str, key: str) -> None:
-    from fedprompt.simulation import parse_simulation
+    from fedprompt.app.simulate import parse_simulation
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_simulation(table)

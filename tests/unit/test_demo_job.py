@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedprompt.cli import build_parser
-from fedprompt.demo import DemoOptions, demo_job, options_from_args
+from fedprompt.app.cli import build_parser
+from fedprompt.app.demo import DemoOptions, demo_job, options_from_args
 from fedprompt.errors import ConfigError
 
 

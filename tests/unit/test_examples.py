@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedprompt.app.simulate import load_simulation
 from fedprompt.config import CoordinatorConfig, JobConfig, ParticipantConfig, load_toml
-from fedprompt.simulation import load_simulation
 from tests.support import REPO
 
 EXAMPLES = REPO / "examples"

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fedprompt.app.simulate import simulate
 from fedprompt.config import AugmentSection, JobConfig, dump_toml, parse_toml
 from fedprompt.data.datasets import Example, read_jsonl, write_jsonl
 from fedprompt.data.shards import DataPlan, PartitionSpec, SiteData, prepare, split_sites
@@ -19,7 +20,6 @@ from fedprompt.errors import ConfigError
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.participant.fewshot import PseudoLabeller, select_confident
-from fedprompt.simulation import simulate
 from tests.support import tiny_job, toy_examples, toy_sites
 
 PROBS = np.array([
@@ -241,8 +241,8 @@ def test_bench_fewshot_reports_the_issue_rows_at_the_shots_asked(tiny_encoder_di
     """`fedprompt bench fewshot` end to end on a tiny model and real Rotten Tomatoes texts, shortened: the JSON has
     the issue's rows for all three settings, and ``--shots`` reaches the partition (3 sites, 8 labelled each on
     average), the pool is labelled only after the warm-up round, and the plot is written."""
-    from fedprompt.bench import fewshot
-    from fedprompt.cli import main
+    from fedprompt.app.bench import fewshot
+    from fedprompt.app.cli import main
 
     setup = fewshot.DatasetSetup(backbone=str(tiny_encoder_dir), label_words=("bad", "good"), template="{text}",
                                  max_length=16, test_size=40, threshold=0.5, per_class_cap=4, pool_cap=30)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.gram import (
     GramEvaluator,
     agreement_tolerance,
@@ -17,7 +18,6 @@ from fedprompt.crypto.gram import (
     pairs,
     to_matrix,
 )
-from fedprompt.errors import InvalidUpdate
 
 PARAMS = gram_params(CkksParams())
 
@@ -80,36 +80,36 @@ def test_decryptor_refuses_anything_but_a_packed_gram(secret: SecretContext, pub
                                                       evaluator: GramEvaluator) -> None:
     x = np.ones(10)
     update = secret.encrypt(np.ones(1), 0)  # framed like a Gram of one update, but a fresh ciphertext
-    with pytest.raises(InvalidUpdate, match="packed Gram"):
+    with pytest.raises(InvalidCiphertext, match="packed Gram"):
         decrypt_gram(secret, update, 1)
     packed = evaluator.gram([encrypted(secret, public, x)] * 2)
-    with pytest.raises(InvalidUpdate, match="Gram payload for 3 updates"):
+    with pytest.raises(InvalidCiphertext, match="Gram payload for 3 updates"):
         decrypt_gram(secret, packed, 3)
     other = SecretContext.create(PARAMS)
-    with pytest.raises(InvalidUpdate, match="another key"):
+    with pytest.raises(InvalidCiphertext, match="another key"):
         decrypt_gram(other, packed, 2)
 
 
 def test_evaluation_keys_are_bound_to_the_job_key(secret: SecretContext, public: PublicContext, keys: bytes) -> None:
     other = SecretContext.create(PARAMS)
-    with pytest.raises(InvalidUpdate, match="another key"):
+    with pytest.raises(InvalidCiphertext, match="another key"):
         GramEvaluator(public, evaluation_keys(other))
-    with pytest.raises(InvalidUpdate, match="malformed"):
+    with pytest.raises(InvalidCiphertext, match="malformed"):
         GramEvaluator(public, keys[:-10])
-    with pytest.raises(InvalidUpdate, match="shorter"):
+    with pytest.raises(InvalidCiphertext, match="shorter"):
         GramEvaluator(public, b"x")
     addition_only = SecretContext.create(CkksParams())
-    with pytest.raises(InvalidUpdate, match="rescaling prime"):
+    with pytest.raises(InvalidCiphertext, match="rescaling prime"):
         evaluation_keys(addition_only)
-    with pytest.raises(InvalidUpdate, match="no multiplication level"):
+    with pytest.raises(InvalidCiphertext, match="no multiplication level"):
         GramEvaluator(PublicContext(addition_only.public_bytes(), CkksParams(), addition_only.key_id), keys)
     assert len(keys) < 10 * 1024 * 1024
 
 
 def test_gram_answers_must_have_the_right_shape() -> None:
-    with pytest.raises(InvalidUpdate, match="3 finite numbers"):
+    with pytest.raises(InvalidValue, match="3 finite numbers"):
         to_matrix([1.0, 2.0], 2)
-    with pytest.raises(InvalidUpdate, match="finite"):
+    with pytest.raises(InvalidValue, match="finite"):
         to_matrix([1.0, float("nan"), 2.0], 2)
     assert to_matrix([1.0, 2.0, 3.0], 2).tolist() == [[1.0, 2.0], [2.0, 3.0]]
 

@@ -19,12 +19,12 @@ from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.rounds import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING, SecretContext
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import (
     ConfigError,
     DuplicateUpdate,
-    InvalidUpdate,
     NotEnrolled,
     NotSelected,
     PreconditionFailed,
@@ -150,9 +150,9 @@ def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:
         job.report_gram(outsider, 1, [0.0] * 6)
     with pytest.raises(StaleRound):
         job.gram_payload(first, 2)
-    with pytest.raises(InvalidUpdate, match="6 finite numbers"):
+    with pytest.raises(InvalidValue, match="6 finite numbers"):
         job.report_gram(first, 1, [0.0] * 5)
-    with pytest.raises(InvalidUpdate, match="finite"):
+    with pytest.raises(InvalidValue, match="finite"):
         job.report_gram(first, 1, [float("nan")] * 6)
     assert gram.answers == {}
     job.report_gram(first, 1, _answer(job, secret, first))
@@ -189,7 +189,7 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
     with pytest.raises(NotEnrolled):
         job.submit("b", keys)
     other = SecretContext.create(job.config.he_params())
-    with pytest.raises(InvalidUpdate, match="another key"):
+    with pytest.raises(InvalidCiphertext, match="another key"):
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(other)))
     job.submit("a", keys)
     assert job.open is not None and job.open.gram is not None

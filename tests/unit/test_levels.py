@@ -27,11 +27,11 @@ from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
-from fedprompt.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.models import build_classifier
 from fedprompt.participant.train import train_local
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload
+from fedprompt.wire.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import tiny_job, toy_examples
 
 G, E = 5, 3  # sizes of the global and expert levels in the hand-made updates

@@ -23,9 +23,9 @@ from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
-from fedprompt.levels import COHORTS_PART, encoding, pack, unpack
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import Payload, TaskKind
+from fedprompt.wire.levels import COHORTS_PART, encoding, pack, unpack
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import open_round, tiny_job
 
 G, E = 5, 3  # global and expert level sizes of the hand-made updates

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedprompt.errors import InvalidUpdate, PayloadTooLarge
-from fedprompt.payload import FLOAT32, ChunkAssembler, chunks, decode_vector, encode_vector
 from fedprompt.protocol import Payload
+from fedprompt.wire.payload import FLOAT32, ChunkAssembler, chunks, decode_vector, encode_vector
 
 
 def assemble(payload: Payload, size: int, max_bytes: int = 10**6) -> Payload:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from fedprompt.coordinator.limits import CallLimiter
+from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import (
     CertificateAuthority,
     RevocationList,
@@ -22,7 +23,7 @@ from fedprompt.crypto.pki import (
     parse_identity,
     write_key_and_csr,
 )
-from fedprompt.errors import PkiError, RateLimited
+from fedprompt.errors import RateLimited
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedprompt.protogen import REPO, generate
+from fedprompt.app.protogen import REPO, generate
 
 
 def test_generated_stubs_are_current(tmp_path: Path) -> None:

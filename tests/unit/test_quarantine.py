@@ -14,8 +14,8 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import rejection_streaks, resume_jobs
 from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
-from fedprompt.payload import FLOAT32, encode_vector
 from fedprompt.protocol import FlagView, Payload, TaskKind
+from fedprompt.wire.payload import FLOAT32, encode_vector
 from tests.support import tiny_job
 
 SIZE = 6

@@ -23,8 +23,8 @@ from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.rounds import RoundState
 from fedprompt.coordinator.store import RoundRow, Store
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate
-from fedprompt.payload import FLOAT32, decode_vector
 from fedprompt.protocol import Payload, TaskKind
+from fedprompt.wire.payload import FLOAT32, decode_vector
 from tests.support import tiny_job
 from tests.unit.test_rounds import SIZE, Clock, update
 

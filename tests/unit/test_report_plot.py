@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from fedprompt.report import plot_rounds
+from fedprompt.app.report import plot_rounds
 
 
 def rounds_report(epsilons: list[float | None]) -> dict[str, object]:

@@ -15,8 +15,8 @@ from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
-from fedprompt.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.protocol import Payload, TaskKind
+from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 from tests.support import open_round, tiny_job
 
 SIZE = 6

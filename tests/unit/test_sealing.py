@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes, seal, unseal
-from fedprompt.errors import InvalidUpdate
 
 
 def _pair():
@@ -39,10 +39,10 @@ def test_blob_opens_only_for_its_job_recipient_and_sender(change: str) -> None:
         kwargs["recipient"] = new_exchange_key()
     else:
         blob = blob[:-1] + bytes([blob[-1] ^ 1])
-    with pytest.raises(InvalidUpdate):
+    with pytest.raises(InvalidCiphertext):
         unseal(blob, **kwargs)
 
 
 def test_malformed_keys_are_refused() -> None:
-    with pytest.raises(InvalidUpdate, match="32-byte"):
+    with pytest.raises(InvalidCiphertext, match="32-byte"):
         seal(b"x", sender=new_exchange_key(), recipient_public=b"short", job_id="j", sender_id="a", recipient_id="b")

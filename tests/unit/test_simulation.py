@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.cli import build_parser
+from fedprompt.app.attacks import AttackSection
+from fedprompt.app.cli import build_parser
+from fedprompt.app.simulate import simulate
 from fedprompt.config import RobustSection
 from fedprompt.data.datasets import write_jsonl
-from fedprompt.participant.attacks import AttackSection
 from fedprompt.participant.train import memoized, train_local
-from fedprompt.simulation import simulate
 from tests.support import REPO, tiny_job, toy_examples, toy_sites
 
 

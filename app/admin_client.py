@@ -6,14 +6,14 @@ from pathlib import Path
 
 import grpc
 
-from fedprompt import serde
-from fedprompt.channel import ClientTls, open_channel
 from fedprompt.errors import FedPromptError
-from fedprompt.payload import ChunkAssembler, decode_vector
 from fedprompt.promptfile import load_prompt, save_prompt
 from fedprompt.protocol import FlagsView, JobView, ParticipantView
-from fedprompt.rpc import error_from_rpc
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc
+from fedprompt.wire import serde
+from fedprompt.wire.channel import ClientTls, open_channel
+from fedprompt.wire.payload import ChunkAssembler, decode_vector
+from fedprompt.wire.rpc import error_from_rpc
 
 __all__ = ["AdminClient", "load_prompt", "save_prompt"]
 

@@ -16,71 +16,26 @@ from typing import Any
 
 import structlog
 
-from fedprompt.config import JobConfig, ModelServiceSection, dump_toml, from_mapping, toml_mapping
+from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.app.local_link import LocalLink
+from fedprompt.app.report import build_report, privacy_spent
+from fedprompt.config import JobConfig, dump_toml, from_mapping, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.errors import ConfigError
-from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.participant.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
-from fedprompt.participant.blackbox import BlackboxLearner
-from fedprompt.participant.learner import Learner
-from fedprompt.participant.link import CoordinatorLink
-from fedprompt.participant.model_service import ModelHost
+from fedprompt.models import Backbone, load_backbone
+from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
-from fedprompt.participant.train import GradientLearner, Trainer, train_local
-from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task, TaskKind
-from fedprompt.report import build_report, privacy_spent
+from fedprompt.participant.train import Trainer, train_local
+from fedprompt.protocol import (
+    CoordinatorLink,
+    JobView,
+    TaskKind,
+)
 
-log = structlog.get_logger("fedprompt.simulation")
-
-
-class LocalLink:
-    """``CoordinatorLink`` by direct calls into a ``JobManager``: the same domain code the servicers call."""
-
-    def __init__(self, jobs: JobManager, identity: str) -> None:
-        self.jobs = jobs
-        self.identity = identity
-
-    def describe(self, job: str) -> JobDescription:
-        return self.jobs.job(job).describe(self.identity)
-
-    def join(self, job: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo:
-        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size, exchange_public_key)
-
-    def get_task(self, job_id: str, wait_s: float) -> Task:
-        job = self.jobs.job(job_id)
-        job.tick()
-        return job.next_task(self.identity)
-
-    def download(self, job_id: str, version: int) -> Payload:
-        return self.jobs.job(job_id).global_payload(self.identity, version)
-
-    def upload(self, payload: Payload) -> None:
-        self.jobs.job(payload.job_id).submit(self.identity, payload)
-
-    def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
-        self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
-
-    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
-        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id)
-
-    def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
-        self.jobs.job(job_id).share_key(self.identity, recipient_id, sealed_key)
-
-    def keys(self, job_id: str) -> KeyState:
-        return self.jobs.job(job_id).key_state(self.identity)
-
-    def report_privacy(self, report: PrivacyReport) -> None:
-        self.jobs.job(report.job_id).report_privacy(self.identity, report)
-
-    def gram(self, job_id: str, round_: int) -> Payload:
-        return self.jobs.job(job_id).gram_payload(self.identity, round_)
-
-    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
-        self.jobs.job(job_id).report_gram(self.identity, round_, scalars)
+log = structlog.get_logger("fedprompt.app.simulate")
 
 
 @dataclass(frozen=True)
@@ -131,18 +86,6 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
         rounds.append({"round": r.round, "rejected": list(r.rejected), "malicious": sorted(bad),
                        "precision": ratio(tp, len(r.rejected)), "recall": ratio(tp, len(bad))})
     return {"precision": ratio(hits, flagged), "recall": ratio(hits, present), "rounds": rounds}
-
-
-def local_learner(config: JobConfig, backbone: Backbone, trainer: Trainer = train_local) -> Learner:
-    """A participant's learner on a shared in-process backbone; black-box learners query a ``ModelHost`` (the
-    model service's domain object, serving the backbone's exported graph), exactly as they would over gRPC."""
-    if config.blackbox.enabled:
-        host = ModelHost.load(ModelServiceSection(model=config.model.path, kind=config.model.kind,
-                                                  max_batch=max(64, config.blackbox.batch_size),
-                                                  max_prompt_tokens=config.model.prompt_length,
-                                                  max_length=config.model.max_length))
-        return BlackboxLearner(config, host)
-    return GradientLearner(build_classifier(config, backbone), config.train, trainer)
 
 
 def simulate(

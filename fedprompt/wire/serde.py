@@ -7,7 +7,6 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from fedprompt.payload import CHUNK_BYTES, chunks
 from fedprompt.protocol import (
     FlagsView,
     FlagView,
@@ -27,6 +26,7 @@ from fedprompt.protocol import (
     TaskKind,
 )
 from fedprompt.v1 import admin_pb2, common_pb2, model_service_pb2, participant_pb2
+from fedprompt.wire.payload import CHUNK_BYTES, chunks
 
 _TASK_TO_PB = {
     TaskKind.WAIT: participant_pb2.TASK_KIND_WAIT,

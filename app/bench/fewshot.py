@@ -36,13 +36,13 @@ from typing import Any
 
 import torch
 
+from fedprompt.app.report import saved_figure, table, write_json
+from fedprompt.app.simulate import simulate
 from fedprompt.config import AugmentSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
 from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, load_backbone
-from fedprompt.report import saved_figure, table, write_json
-from fedprompt.simulation import simulate
 
 SITES = 3
 ROUNDS = 6

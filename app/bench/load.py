@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.demo import wait_for_port
+from fedprompt.app.report import table, write_json
 from fedprompt.config import JobConfig, JobSection, dump_toml
-from fedprompt.demo import wait_for_port
-from fedprompt.report import table, write_json
 
 VECTOR_SIZE = 16 * 384  # a 16-token prompt on MiniLM (hidden size 384)
 
@@ -53,7 +53,7 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
         for k in range(clients):
             first, count = k * share, min(share, participants - k * share)
             if count > 0:
-                procs.append(_spawn(["-m", "fedprompt.participant.synthetic", "--coordinator", target, "--job", job_id,
+                procs.append(_spawn(["-m", "fedprompt.app.synthetic", "--coordinator", target, "--job", job_id,
                                      "--prefix", "load", "--first", str(first), "--count", str(count),
                                      "--vector-size", str(VECTOR_SIZE), "--seed", str(seed)],
                                     workdir / f"client-{k}.log"))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fedprompt.admin_client import AdminClient
-from fedprompt.channel import ClientTls
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.report import build_report, plot_rounds, privacy_spent, round_table, summary, write_json
 from fedprompt.config import (
     DPSection,
     HESection,
@@ -36,7 +36,7 @@ from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, r
 from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.errors import FedPromptError
 from fedprompt.protocol import JobView
-from fedprompt.report import build_report, plot_rounds, privacy_spent, round_table, summary, write_json
+from fedprompt.wire.channel import ClientTls
 
 DATASET = "rotten_tomatoes"
 

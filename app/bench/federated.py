@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.report import table, write_json
+from fedprompt.app.simulate import simulate
 from fedprompt.config import JobConfig
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
-from fedprompt.demo import DemoOptions, demo_job
 from fedprompt.models import load_backbone
-from fedprompt.report import table, write_json
-from fedprompt.simulation import simulate
 
 SITES = 3
 ROUNDS = 5

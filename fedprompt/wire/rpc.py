@@ -10,11 +10,15 @@ import grpc
 import structlog
 
 from fedprompt import errors
+from fedprompt.crypto import errors as crypto_errors
 
-log = structlog.get_logger("fedprompt.rpc")
+log = structlog.get_logger("fedprompt.wire.rpc")
 
 # Server side: each domain error (or its nearest listed base class) aborts with this status.
-STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
+STATUS: dict[type[Exception], grpc.StatusCode] = {
+    crypto_errors.InvalidCiphertext: grpc.StatusCode.INVALID_ARGUMENT,
+    crypto_errors.InvalidValue: grpc.StatusCode.INVALID_ARGUMENT,
+    crypto_errors.ParameterError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidUpdate: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -29,10 +33,11 @@ STATUS: dict[type[errors.FedPromptError], grpc.StatusCode] = {
 # Client side: a status becomes the error class that names exactly what the status means.
 FROM_STATUS: dict[grpc.StatusCode, type[errors.FedPromptError]] = {}
 for _exc, _code in STATUS.items():
-    FROM_STATUS.setdefault(_code, _exc)
+    if issubclass(_exc, errors.FedPromptError):
+        FROM_STATUS.setdefault(_code, _exc)
 
 
-def status_for(exc: errors.FedPromptError) -> grpc.StatusCode:
+def status_for(exc: Exception) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]
@@ -49,7 +54,7 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.FedPromptError:
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-async def reject(context: grpc.aio.ServicerContext, name: str, exc: errors.FedPromptError) -> None:
+async def reject(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
     """Abort the call with the error's status, logging the RPC, the reason and the caller (bound by the gate)."""
     code = status_for(exc)
     log.warning(f"{name} rejected", rpc=name.strip("[]"), status=code.name, reason=str(exc))
@@ -130,7 +135,7 @@ def rpc_method(service: str) -> Callable[[F], F]:
             structlog.contextvars.clear_contextvars()
             try:
                 return await fn(self, request, context)
-            except errors.FedPromptError as exc:
+            except errors.ERRORS as exc:
                 await reject(context, name, exc)
 
         return wrapper  # type: ignore[return-value]
@@ -150,7 +155,7 @@ def stream_method(service: str) -> Callable[[Callable[..., Any]], Callable[..., 
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except errors.FedPromptError as exc:
+            except errors.ERRORS as exc:
                 await reject(context, name, exc)
 
         return wrapper

@@ -21,14 +21,14 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from fedprompt.admin_client import AdminClient
+from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.demo import DATASET, DemoOptions, demo_job, follow, spawn, wait_for_port
+from fedprompt.app.report import build_report, table, write_json
 from fedprompt.config import BlackboxSection, JobConfig, dump_toml
 from fedprompt.data.datasets import label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
-from fedprompt.demo import DATASET, DemoOptions, demo_job, follow, spawn, wait_for_port
 from fedprompt.participant.learner import peak_rss_mb
 from fedprompt.participant.model_service import prepare_scorer
-from fedprompt.report import build_report, table, write_json
 
 SITES = 3
 ROUNDS = 4

@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 
+from fedprompt.app.demo import PLAIN, PRIVATE, DemoOptions, demo_job
+from fedprompt.app.report import table, write_json
+from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, JobConfig
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
-from fedprompt.demo import PLAIN, PRIVATE, DemoOptions, demo_job
 from fedprompt.models import Backbone, build_classifier, load_backbone
 from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
 from fedprompt.participant.train import train_local
-from fedprompt.report import table, write_json
-from fedprompt.simulation import simulate
 
 SITES = 3
 ROUNDS = 3

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from fedprompt.crypto.pki import cert_info, load_cert
 from fedprompt.errors import ConfigError
 
 
@@ -26,8 +27,6 @@ class ClientTls:
 
     def identity(self) -> str:
         """The ``role:name`` this certificate authenticates as."""
-        from fedprompt.crypto.pki import cert_info, load_cert
-
         return str(cert_info(load_cert(Path(self.cert))).identity)
 
 

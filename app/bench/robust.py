@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedprompt.app.report import table, write_json
+from fedprompt.app.simulate import SimulationFile, load_simulation, simulate
 from fedprompt.config import GRAM_AGGREGATORS
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
@@ -40,8 +42,6 @@ from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.crypto.gram import GramEvaluator, evaluation_keys
 from fedprompt.models import load_backbone
 from fedprompt.participant.train import memoized, train_local
-from fedprompt.report import table, write_json
-from fedprompt.simulation import SimulationFile, load_simulation, simulate
 
 SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "backdoor.toml"
 DEFENCES = ("norm_bound", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold")

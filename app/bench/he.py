@@ -18,13 +18,13 @@ import numpy as np
 import psutil
 import torch
 
+from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.report import table, write_json
+from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection, JobConfig
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
-from fedprompt.demo import DemoOptions, demo_job
 from fedprompt.models import Backbone, build_classifier, load_backbone
-from fedprompt.report import table, write_json
-from fedprompt.simulation import simulate
 
 UPDATES = 1000
 SITES = 3

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedprompt.app.report import saved_figure, table, write_json
+from fedprompt.app.simulate import simulate
 from fedprompt.config import (
     CohortSpec,
     JobConfig,
@@ -40,8 +42,6 @@ from fedprompt.config import (
 from fedprompt.data.datasets import BUILTIN, Example
 from fedprompt.data.shards import SiteData, load_split
 from fedprompt.models import load_backbone
-from fedprompt.report import saved_figure, table, write_json
-from fedprompt.simulation import simulate
 
 DATASET = "bbc_news"
 COHORTS = {"finance-desk": ("business", "politics", "tech"), "culture-desk": ("entertainment", "sport", "tech")}

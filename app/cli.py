@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedprompt.bench import BENCHES
-from fedprompt.errors import FedPromptError
+from fedprompt.app.bench import BENCHES
+from fedprompt.errors import ERRORS, FedPromptError
 
 if TYPE_CHECKING:
-    from fedprompt.admin_client import AdminClient
+    from fedprompt.app.admin_client import AdminClient
 
 DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
 
@@ -105,7 +105,7 @@ def cmd_coordinator_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedprompt.channel import ClientTls, open_channel
+    from fedprompt.wire.channel import ClientTls, open_channel
 
     tls = None if args.insecure else ClientTls(args.ca_cert, args.cert, args.key, args.server_name or "")
     channel = open_channel(args.target, tls)
@@ -162,8 +162,8 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 # ---- admin -------------------------------------------------------------------------------------------
 def _admin(args: argparse.Namespace) -> AdminClient:
-    from fedprompt.admin_client import AdminClient
-    from fedprompt.channel import ClientTls
+    from fedprompt.app.admin_client import AdminClient
+    from fedprompt.wire.channel import ClientTls
 
     files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
     if args.insecure:
@@ -179,7 +179,7 @@ def _admin(args: argparse.Namespace) -> AdminClient:
 
 
 def _print_status(view: Any, people: list[Any]) -> None:
-    from fedprompt.report import PRIVACY_HEADERS, PRIVACY_KEYS, fmt, table
+    from fedprompt.app.report import PRIVACY_HEADERS, PRIVACY_KEYS, fmt, table
 
     print(f"job {view.job_id} ({view.name}): {view.state} — round {view.current_round}/{view.total_rounds}, "
           f"global version {view.global_version}, {view.participants} participants, aggregator {view.aggregator}")
@@ -201,7 +201,7 @@ def _print_status(view: Any, people: list[Any]) -> None:
 
 
 def _print_flags(flags: Any) -> None:
-    from fedprompt.report import table
+    from fedprompt.app.report import table
 
     if not flags.flags:
         print("no robust-aggregation decisions (the job's aggregator judges no participant, or no round ended yet)")
@@ -237,7 +237,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
             for view in client.jobs():
                 print(f"{view.job_id}\t{view.state}\tround {view.current_round}/{view.total_rounds}")
         elif args.admin_cmd == "participants":
-            from fedprompt.report import table
+            from fedprompt.app.report import table
 
             people = client.participants(args.job or "")
             print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
@@ -261,8 +261,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 # ---- certificate authority (local files; no coordinator needed) --------------------------------------
 def cmd_ca(args: argparse.Namespace) -> int:
+    from fedprompt.crypto.errors import PkiError
     from fedprompt.crypto.pki import CertificateAuthority, cert_info, cert_pem, load_cert, write_key_and_csr
-    from fedprompt.errors import PkiError
 
     if args.ca_cmd == "csr":
         key, csr = write_key_and_csr(args.identity, Path(args.out), args.san)
@@ -305,7 +305,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
         print(f"revoked {', '.join(f'{s:x}' for s in added) or 'nothing new'}; {ca.crl_path} updated "
               "(a coordinator reading another copy needs this file)")
     elif args.ca_cmd == "list":
-        from fedprompt.report import table
+        from fedprompt.app.report import table
 
         revoked = ca.revoked()
         print(table(["serial", "identity", "not_after", "revoked"],
@@ -317,7 +317,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
 # ---- predict -----------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
 
-    from fedprompt.admin_client import load_prompt
+    from fedprompt.app.admin_client import load_prompt
     from fedprompt.config import JobConfig, parse_toml
     from fedprompt.models import build_classifier, load_backbone
 
@@ -325,7 +325,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
     if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
-        from fedprompt.simulation import local_learner
+        from fedprompt.participant.learners import local_learner
 
         learner = local_learner(config, load_backbone(config.model.path, config.model.kind))
         probabilities = learner.predict_proba(vector, texts)
@@ -363,8 +363,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 # ---- simulate / demo / bench -------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprompt.report import attack_summary, round_table, summary, write_json
-    from fedprompt.simulation import load_simulation, parse_simulation, simulate
+    from fedprompt.app.report import attack_summary, round_table, summary, write_json
+    from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
 
     overrides = {**_overrides(args.set), **_plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
@@ -379,13 +379,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedprompt.demo import options_from_args, run_demo
+    from fedprompt.app.demo import options_from_args, run_demo
 
     return run_demo(options_from_args(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fedprompt.bench import run_bench
+    from fedprompt.app.bench import run_bench
 
     return run_bench(args.name, args)
 
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level, args.json_logs)
     try:
         return int(args.fn(args))
-    except FedPromptError as exc:
+    except ERRORS as exc:
         print(f"fedprompt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,12 +21,12 @@ import zlib
 import numpy as np
 import structlog
 
-from fedprompt.errors import FedPromptError
-from fedprompt.participant.link import ROUND_MOVED_ON, CoordinatorLink
-from fedprompt.payload import FLOAT32, encode_vector
-from fedprompt.protocol import JoinInfo, Payload, Task, TaskKind
+from fedprompt.errors import ERRORS
+from fedprompt.participant.runtime import ROUND_MOVED_ON
+from fedprompt.protocol import CoordinatorLink, JoinInfo, Payload, Task, TaskKind
+from fedprompt.wire.payload import FLOAT32, encode_vector
 
-log = structlog.get_logger("fedprompt.participant.synthetic")
+log = structlog.get_logger("fedprompt.app.synthetic")
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after)
         try:
             SyntheticParticipant(link, name, args.job, args.vector_size, args.seed).run()
-        except FedPromptError as exc:
+        except ERRORS as exc:
             with lock:
                 errors.append(f"{name}: {exc}")
         finally:

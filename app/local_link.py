@@ -1,0 +1,58 @@
+"""The in-process door into the coordinator: ``CoordinatorLink`` by direct calls into a ``JobManager``.
+
+The network door is the daemon's ``GrpcLink`` (``fedprompt.participant.grpc_link``); both implement the
+interface in ``fedprompt.protocol``, so ``fedprompt simulate`` and the benchmarks run the same participant
+code, and the same coordinator validation, selection and aggregation, as production.
+"""
+
+from __future__ import annotations
+
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
+
+
+class LocalLink:
+    """``CoordinatorLink`` by direct calls into a ``JobManager``: the same domain code the servicers call."""
+
+    def __init__(self, jobs: JobManager, identity: str) -> None:
+        self.jobs = jobs
+        self.identity = identity
+
+    def describe(self, job: str) -> JobDescription:
+        return self.jobs.job(job).describe(self.identity)
+
+    def join(self, job: str, num_train: int, num_test: int, vector_size: int,
+             exchange_public_key: bytes = b"") -> JoinInfo:
+        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size, exchange_public_key)
+
+    def get_task(self, job_id: str, wait_s: float) -> Task:
+        job = self.jobs.job(job_id)
+        job.tick()
+        return job.next_task(self.identity)
+
+    def download(self, job_id: str, version: int) -> Payload:
+        return self.jobs.job(job_id).global_payload(self.identity, version)
+
+    def upload(self, payload: Payload) -> None:
+        self.jobs.job(payload.job_id).submit(self.identity, payload)
+
+    def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
+        self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
+
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
+        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id)
+
+    def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
+        self.jobs.job(job_id).share_key(self.identity, recipient_id, sealed_key)
+
+    def keys(self, job_id: str) -> KeyState:
+        return self.jobs.job(job_id).key_state(self.identity)
+
+    def report_privacy(self, report: PrivacyReport) -> None:
+        self.jobs.job(report.job_id).report_privacy(self.identity, report)
+
+    def gram(self, job_id: str, round_: int) -> Payload:
+        return self.jobs.job(job_id).gram_payload(self.identity, round_)
+
+    def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
+        self.jobs.job(job_id).report_gram(self.identity, round_, scalars)
