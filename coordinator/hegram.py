@@ -1,7 +1,7 @@
 """Gram defences on encrypted updates: one round's kept ciphertexts, its encrypted Gram matrix, the two key
 holders that decrypt it, their agreement, and the sum of the accepted ciphertexts.
 
-Flow (driven by ``coordinator.rounds``): every update is parsed and kept (memory: one ciphertext set per
+Flow (driven by ``coordinator.runtime``): every update is parsed and kept (memory: one ciphertext set per
 update, ~128 KB each for the demo); when the round closes the coordinator computes the packed Gram ciphertext
 (``crypto.gram``), two key holders each decrypt it and return the ``n (n + 1) / 2`` scalars; only if both
 answers agree (``crypto.gram.agreement_tolerance``) is the Gram matrix of the *deltas* formed and handed to
@@ -19,8 +19,9 @@ docs/robustness.md).
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import structlog
@@ -36,6 +37,18 @@ log = structlog.get_logger("coordinator.hegram")
 DECRYPTORS = 2
 
 
+def choose_decryptors(holders: Sequence[str], contributors: Collection[str], seed: str) -> tuple[str, ...]:
+    """The two key holders that decrypt a round's Gram matrix, drawn (seeded) from the online ``holders`` that
+    did not contribute to the round when two exist: a contributor that decrypts learns the inner products of
+    the others' updates with its own.  ``PreconditionFailed`` when fewer than two holders are online."""
+    outsiders = [p for p in holders if p not in contributors]
+    pool = outsiders if len(outsiders) >= DECRYPTORS else list(holders)
+    if len(pool) < DECRYPTORS:
+        raise PreconditionFailed(f"an encrypted Gram matrix needs {DECRYPTORS} online key holders to decrypt it, "
+                                 f"{len(pool)} online")
+    return tuple(sorted(random.Random(seed).sample(pool, DECRYPTORS)))
+
+
 class GramRound:
     """The encrypted-Gram state of one round attempt."""
 
@@ -48,6 +61,7 @@ class GramRound:
         self.order: tuple[str, ...] = ()
         self.decryptors: tuple[str, ...] = ()
         self.payload = b""
+        self.failure = ""  # why the offloaded computation failed, for the round to close on
         self.answers: dict[str, np.ndarray] = {}
         self.gram_seconds = 0.0
 
@@ -62,7 +76,7 @@ class GramRound:
         return bool(self.payload)
 
     def parse(self, data: bytes) -> list[seal.Ciphertext]:
-        """Validate an encrypted update under the job's context (``InvalidUpdate`` if it does not parse)."""
+        """Validate an encrypted update under the job's context (``InvalidCiphertext`` if it does not parse)."""
         if len(self.updates) >= self.context.params.max_summands:
             raise InvalidUpdate(f"the round already holds the {self.context.params.max_summands} updates these "
                                 "parameters allow")
@@ -91,6 +105,11 @@ class GramRound:
         self.gram_seconds = time.perf_counter() - began
         return payload
 
+    @property
+    def answered(self) -> bool:
+        """Every decryptor answered: the round can read their agreed matrix (``agreed``)."""
+        return len(self.answers) == DECRYPTORS
+
     def awaiting(self, participant_id: str) -> bool:
         """Whether ``participant_id`` is a decryptor that has not answered the computed matrix yet."""
         return self.computed and participant_id in self.decryptors and participant_id not in self.answers
@@ -110,7 +129,7 @@ class GramRound:
         n = len(self.order)
         to_matrix(scalars, n)  # shape and finiteness, before the answer is kept
         self.answers[participant_id] = np.asarray(scalars, dtype=np.float64)
-        return len(self.answers) == DECRYPTORS
+        return self.answered
 
     def agreed(self) -> np.ndarray:
         """The Gram matrix of the deltas, if both decryptors agree; ``DecryptorDisagreement`` otherwise."""

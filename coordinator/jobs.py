@@ -13,10 +13,11 @@ import structlog
 
 from fedprompt.config import JobConfig, dump_toml, parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
-from fedprompt.coordinator.levels import check_levels
+from fedprompt.coordinator.cohorts import CohortPlan
 from fedprompt.coordinator.offload import Offload, inline
-from fedprompt.coordinator.rounds import ACTIVE, TERMINAL, JobRuntime, JobState
-from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.runtime import JobRuntime
+from fedprompt.coordinator.store import TERMINAL, JobState, Store
+from fedprompt.coordinator.views import participant_views
 from fedprompt.errors import ConfigError, InvalidRequest, NotFound
 from fedprompt.protocol import JobView, ParticipantView
 
@@ -43,7 +44,7 @@ class JobManager:
             raise ConfigError('job.allowed_participants: empty admits nobody; list the participant identities that '
                               'may join (e.g. ["participant:hospital-a"]) or ["*"] for any certified participant')
         job_aggregator(config)
-        check_levels(config)
+        CohortPlan.check(config.levels)
         job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
@@ -79,16 +80,4 @@ class JobManager:
 
     def participants(self, job_ref: str = "") -> list[ParticipantView]:
         jobs = [self.job(job_ref)] if job_ref else list(self.jobs.values())
-        out = []
-        for job in jobs:
-            counts = self.store.update_counts(job.job_id)
-            privacy = {row.participant_id: row for row in self.store.privacy_reports(job.job_id)}
-            online = set(job.online())
-            for m in job.members.values():
-                state = "offline" if m.state == ACTIVE and m.participant_id not in online else m.state
-                report = privacy.get(m.participant_id)
-                out.append(ParticipantView(m.participant_id, job.job_id, state, m.num_train, m.joined_at,
-                                           m.last_seen, counts.get(m.participant_id, 0),
-                                           report.reason if report and report.declined else "",
-                                           report.epsilon if report else 0.0))
-        return out
+        return [view for job in jobs for view in participant_views(job)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.coordinator.rounds import TERMINAL
+from fedprompt.coordinator.store import TERMINAL
 
 log = structlog.get_logger("coordinator.liveness")
 
@@ -28,7 +28,7 @@ class LivenessWatch:
             now_online = set(job.online())
             before = self._online.get(job.job_id, set())
             for participant in sorted(before - now_online):
-                member = job.members.get(participant)
+                member = job.roster.members.get(participant)
                 silent = job.clock() - member.last_seen if member else 0.0
                 log.warning("participant offline", job_id=job.job_id, participant=participant,
                             silent_s=round(silent, 1))

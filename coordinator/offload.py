@@ -58,3 +58,16 @@ class WorkerThread:
         """Stop taking work and drop results still to come: recovery closes their rounds at the next start."""
         self.closed = True
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def followed(offload: Offload, after: Callable[[], None]) -> Offload:
+    """``offload``, with ``after()`` called once each result is handed back (the job settles its rounds then:
+    a Gram step that failed closes its attempt at once, not at the next tick)."""
+    def run(work: Callable[[], T], done: Callable[[T | Exception], None]) -> None:
+        def finished(result: T | Exception) -> None:
+            done(result)
+            after()
+
+        offload(work, finished)
+
+    return run

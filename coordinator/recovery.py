@@ -25,14 +25,15 @@ import structlog
 
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.coordinator.rounds import TERMINAL, JobRuntime, JobState, RoundState
-from fedprompt.coordinator.store import JobRow, RoundRow
+from fedprompt.coordinator.rounds import IN_FLIGHT, RoundState
+from fedprompt.coordinator.runtime import JobRuntime
+from fedprompt.coordinator.store import TERMINAL, JobRow, JobState, RoundRow
 from fedprompt.errors import ERRORS
 from fedprompt.protocol import FlagView
 
 log = structlog.get_logger("coordinator.recovery")
 
-_IN_FLIGHT = (RoundState.TRAINING.value, RoundState.AGGREGATING.value)
+_IN_FLIGHT = tuple(state.value for state in IN_FLIGHT)
 
 
 def rejection_streaks(decisions: Iterable[FlagView], limit: int) -> dict[str, int]:
@@ -68,38 +69,31 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     config = parse_toml(row.config_toml, JobConfig, f"stored config of job {row.job_id}")
     job = JobRuntime(row.job_id, config, row.config_toml, store, jobs.clock, jobs.offline_after_s,
                      offload=jobs.offload)
-    job.state = JobState(row.state)
-    job.reason = row.reason
-    job.vector_size = row.vector_size
-    if job.keys is not None:
-        try:
-            job.keys.restore()
-        except ERRORS as exc:  # a stored key that fails its check again: never aggregate under it
-            job.log.error("key relay not restored", reason=str(exc))
-            if job.state not in TERMINAL:
-                job._set_state(JobState.PAUSED, f"key relay not restored: {exc}")
     now = jobs.clock()
-    members = store.members(row.job_id)
-    # Liveness is not persisted: every member gets one offline_after_s of grace from the restart, during
-    # which its daemon reconnects (GrpcLink retries) and its heartbeats take over.
-    job.members = {m.participant_id: dataclasses.replace(m, last_seen=max(m.last_seen, now)) for m in members}
-    job.initialiser = members[0].participant_id if members else None
-    job.evaluated = {m.participant_id: set() for m in members} | store.evaluated(row.job_id)
-    job.streaks = rejection_streaks(store.decisions(row.job_id), job.quarantine_limit)
     latest = store.latest_version(row.job_id)
     for r in store.rounds(row.job_id):
         if r.state not in _IN_FLIGHT:
             continue
         store.save_round(dataclasses.replace(r, state=RoundState.FAILED.value, closed_at=now,
                                              summary={**r.summary, "restarted": 1.0}))
-        job.log.warning(f"round {r.round} restarted cleanly: partial sum not recoverable", round=r.round,
-                        failed_attempt=r.attempt, next_attempt=r.attempt + 1)
-    job.next_attempt, job.failures = attempts_of(store.rounds(row.job_id), (latest or 0) + 1, job.max_attempts,
-                                                 job.state)
-    if job.state not in TERMINAL and latest is not None and latest >= config.job.rounds:
-        job._set_state(JobState.DONE, "all rounds completed")
+        log.warning(f"round {r.round} restarted cleanly: partial sum not recoverable", job_id=row.job_id,
+                    round=r.round, failed_attempt=r.attempt, next_attempt=r.attempt + 1)
+    state = JobState(row.state)
+    next_attempt, failures = attempts_of(store.rounds(row.job_id), (latest or 0) + 1, job.rounds.max_attempts, state)
+    # Liveness is not persisted: every member gets one offline_after_s of grace from the restart, during which
+    # its daemon reconnects (GrpcLink retries) and its heartbeats take over.
+    job.restore(state, row.reason, row.vector_size, store.members(row.job_id), store.evaluated(row.job_id),
+                rejection_streaks(store.decisions(row.job_id), job.roster.quarantine_after), next_attempt, failures)
+    if job.keys is not None:
+        try:
+            job.keys.restore()
+        except ERRORS as exc:  # a stored key that fails its check again: never aggregate under it
+            job.log.error("key relay not restored", reason=str(exc))
+            job.end(JobState.PAUSED, f"key relay not restored: {exc}")
+    if latest is not None and latest >= config.job.rounds:
+        job.end(JobState.DONE, "all rounds completed")
     job.log.info("job resumed", state=job.state.value, global_version=-1 if latest is None else latest,
-                 members=len(members), next_attempt=job.next_attempt)
+                 members=len(job.roster.members), next_attempt=next_attempt)
     return job
 
 

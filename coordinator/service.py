@@ -83,19 +83,20 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
             raise InvalidUpdate("an upload must start with a header")
         header = serde.header_from_pb(first.header)
         job = self.jobs.job(header.job_id)
-        if job.already_received(identity, header):
+        if job.uploads.already_received(identity, header):
             log.info("[ParticipantService.UploadUpdate] retry of an update already counted: acknowledged",
                      job_id=header.job_id, round=header.round)
             return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(),
                                                         bytes_received=header.total_bytes)
-        assembler = ChunkAssembler(header, job.check_header(identity, header))
+        admission = job.admit(identity, header)
+        assembler = ChunkAssembler(header, admission.max_bytes)
         async for message in messages:
             if message.WhichOneof("part") != "chunk":
                 raise InvalidUpdate("only chunks may follow the header")
             assembler.add(message.chunk.index, message.chunk.data)
         payload = assembler.finish()
         self.gate.recheck(context)  # a certificate revoked while the stream ran: its update is discarded
-        job.submit(identity, payload)
+        job.accept(admission, payload)
         self.notifier.notify()
         return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(), bytes_received=len(payload.data))
 

@@ -12,6 +12,7 @@ Also robust-aggregation decisions (accepted or rejected, with the defence's scor
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
@@ -94,6 +95,29 @@ class JobRow:
     created_at: float
 
 
+class JobState(enum.Enum):
+    """A job's lifecycle (``coordinator.runtime``), stored as its value."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+TERMINAL = (JobState.DONE, JobState.CANCELLED, JobState.FAILED)
+
+
+class MemberState(enum.Enum):
+    """A member's standing in its job (``coordinator.roster``), stored as its value."""
+
+    ACTIVE = "active"
+    EXHAUSTED = "budget_exhausted"  # declined to train: its record-level privacy budget is spent
+    QUARANTINED = "quarantined"
+    REVOKED = "revoked"
+
+
 @dataclass(frozen=True)
 class MemberRow:
     job_id: str
@@ -102,7 +126,7 @@ class MemberRow:
     num_test: int
     joined_at: float
     last_seen: float
-    state: str
+    state: MemberState
 
 
 @dataclass(frozen=True)
@@ -206,13 +230,14 @@ class Store:
                 "INSERT INTO members VALUES (?,?,?,?,?,?,?) ON CONFLICT(job_id, participant_id) DO UPDATE SET "
                 "num_train=excluded.num_train, num_test=excluded.num_test, last_seen=excluded.last_seen, "
                 "state=excluded.state",
-                (row.job_id, row.participant_id, row.num_train, row.num_test, row.joined_at, row.last_seen, row.state),
+                (row.job_id, row.participant_id, row.num_train, row.num_test, row.joined_at, row.last_seen, row.state.value),
             )
 
     def members(self, job_id: str) -> list[MemberRow]:
         rows = self._all("SELECT job_id,participant_id,num_train,num_test,joined_at,last_seen,state FROM members "
                          "WHERE job_id=? ORDER BY joined_at", (job_id,))
-        return [MemberRow(*r) for r in rows]  # type: ignore[arg-type]
+        return [MemberRow(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]),  # type: ignore[call-overload, arg-type]
+                          MemberState(r[6])) for r in rows]
 
     # rounds
     def save_round(self, row: RoundRow) -> None:

@@ -28,7 +28,8 @@ from fedprompt.config import (
     TaskSection,
     TrainSection,
 )
-from fedprompt.coordinator.rounds import JobRuntime, OpenRound
+from fedprompt.coordinator.rounds import OpenRound
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.server import CoordinatorServer
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.data.datasets import Example

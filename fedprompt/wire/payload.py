@@ -84,10 +84,6 @@ class ChunkAssembler:
             raise PayloadTooLarge(f"chunks exceed the announced {self.total_bytes} bytes")
         self._parts.append(data)
 
-    @property
-    def received_bytes(self) -> int:
-        return self._received
-
     def finish(self) -> Payload:
         """The assembled payload; fails on missing chunks, short data or a digest mismatch."""
         if len(self._parts) != self.num_chunks:

@@ -19,7 +19,7 @@ from fedprompt.coordinator.aggregation import (
     fedbpt_global_distribution,
     make_aggregator,
 )
-from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.participant.blackbox import projection
@@ -143,7 +143,7 @@ def test_round_refuses_a_search_state_with_non_positive_step_size(tiny_encoder_d
     bad = pack_search_state(np.full(12, 0.1), -1.5)  # delta: sigma 1.0 - 1.5 < 0
     with pytest.raises(InvalidUpdate, match="step size"):
         job.submit("a", Payload("j", 1, FLOAT32, 13, encode_vector(bad), num_examples=10))
-    assert job.open is not None and not job.open.contributions, "the refused update left the round intact"
+    assert job.open is not None and not job.open.reported, "the refused update left the round intact"
     good = pack_search_state(np.full(12, 0.1), -0.5)
     for p in ("a", "b"):
         job.submit(p, Payload("j", 1, FLOAT32, 13, encode_vector(good), num_examples=10))

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from fedprompt.config import HESection, JobConfig, RobustSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import resume_jobs
-from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from fedprompt.config import HESection, RobustSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.offload import Offload, inline
-from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
@@ -136,7 +136,7 @@ def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None
     assert len(refused) == 1 and refused[0]["log_level"] == "warning" and "disagree on 1 of 6" in refused[0]["reason"]
     assert job.open is None and job.latest_version() == 0  # no version, no decision: fail closed
     assert store.decisions(job.job_id) == []
-    assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.next_attempt == 2
+    assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.rounds.next_attempt == 2
 
 
 def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:

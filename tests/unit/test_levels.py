@@ -175,7 +175,7 @@ def test_plaintext_levels_aggregate_global_over_all_and_expert_per_cohort(tmp_pa
     with pytest.raises(InvalidUpdate):  # a wrong level size is refused, the round is unchanged
         job.submit("a", Payload(job.job_id, 1, encoding(FLOAT32), G + E, pack(
             {"global": (G + 1, encode_vector(np.zeros(G + 1))), "expert": (E - 1, encode_vector(np.zeros(E - 1)))}), 10))
-    assert not job.open.contributions
+    assert not job.open.reported
     for p, (g, e, n) in deltas.items():
         job.submit(p, _levels_update(job.job_id, 1, g, e, n))
     stored = unpack(job.store.prompt(job.job_id, 1)[1])

@@ -17,7 +17,7 @@ from fedprompt.config import HESection, JobConfig, LevelsSection, dump_toml, par
 from fedprompt.coordinator.cohorts import DEFAULT_COHORT
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
-from fedprompt.coordinator.rounds import JobRuntime
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext

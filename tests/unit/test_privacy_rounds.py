@@ -11,8 +11,7 @@ import pytest
 
 from fedprompt.config import DPSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.coordinator.rounds import EXHAUSTED
-from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.store import MemberState, Store
 from fedprompt.errors import InvalidUpdate, NotSelected, StaleRound
 from fedprompt.protocol import PrivacyReport
 from tests.support import tiny_job
@@ -65,9 +64,9 @@ def test_declining_participant_leaves_the_round_and_later_selections(tmp_path: P
     with pytest.raises(NotSelected):
         job.submit("c", update(job.job_id, 2, np.ones(SIZE, np.float32)))
     job.join("c", 10, 5, SIZE)  # a restarted participant does not get its budget back
-    assert job.members["c"].state == EXHAUSTED
+    assert job.roster.members["c"].state is MemberState.EXHAUSTED
     people = {p.participant_id: p for p in jobs.participants(job.job_id)}
-    assert people["c"].state == EXHAUSTED and "budget" in people["c"].reason and people["c"].record_epsilon == 2.5
+    assert people["c"].state == MemberState.EXHAUSTED.value and "budget" in people["c"].reason and people["c"].record_epsilon == 2.5
     assert people["a"].state == "active" and people["a"].reason == ""
     train_round(job, ("a", "b"), (1.5, 1.5))
     assert job.latest_version() == 2 and job.state.value == "running"
@@ -110,7 +109,7 @@ def test_bad_privacy_reports_are_refused_and_state_stays(tmp_path: Path, bad: Pr
         job.report_privacy("a", dataclasses.replace(bad, job_id=job.job_id))
     with pytest.raises(StaleRound):
         job.report_privacy("a", report(job.job_id, 2, 1.0))
-    assert store.privacy_reports(job.job_id) == [] and job.members["a"].state == "active"
+    assert store.privacy_reports(job.job_id) == [] and job.roster.members["a"].state is MemberState.ACTIVE
     store.close()
 
 

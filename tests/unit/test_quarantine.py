@@ -12,7 +12,7 @@ import pytest
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import rejection_streaks, resume_jobs
-from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.store import MemberState, Store
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
 from fedprompt.protocol import FlagView, Payload, TaskKind
 from fedprompt.wire.payload import FLOAT32, encode_vector
@@ -66,9 +66,9 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
 
     play_round(job, 50 * np.ones(SIZE), rng)
     assert job.view().quarantined == ("e",)
-    assert store.members(job.job_id)[-1].state == "quarantined"  # durable, not only in memory
+    assert store.members(job.job_id)[-1].state is MemberState.QUARANTINED  # durable, not only in memory
     job.join("e", 10, 5, SIZE)  # re-joining does not lift a quarantine
-    assert job.quarantined() == ("e",)
+    assert job.roster.quarantined() == ("e",)
     for name in NAMES:
         job.report_metrics(name, 2, {"accuracy": 0.5}, 5)
     job.tick()
@@ -81,7 +81,7 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
     with pytest.raises(NotFound):
         job.release("zed")
     assert job.release("e") == "active"
-    assert job.quarantined() == () and job.flags().streaks["e"] == 0
+    assert job.roster.quarantined() == () and job.flags().streaks["e"] == 0
 
 
 def test_an_accepted_round_resets_the_streak(started) -> None:
@@ -91,7 +91,7 @@ def test_an_accepted_round_resets_the_streak(started) -> None:
     play_round(job, np.ones(SIZE), rng)
     assert job.flags().streaks["e"] == 0
     play_round(job, 50 * np.ones(SIZE), rng)
-    assert job.quarantined() == ()
+    assert job.roster.quarantined() == ()
 
 
 def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started) -> None:
@@ -108,7 +108,7 @@ def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(sta
 def test_krum_non_selection_never_quarantines(started) -> None:
     job, _ = started("krum", max_malicious=0, quarantine_after=1)
     play_round(job, 50 * np.ones(SIZE), np.random.default_rng(2))
-    assert len(job.view().rounds[0].rejected) == 4 and job.quarantined() == ()
+    assert len(job.view().rounds[0].rejected) == 4 and job.roster.quarantined() == ()
 
 
 def test_creating_a_job_below_the_defence_minimum_names_the_key(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:
     for name in NAMES:
         resumed.report_metrics(name, 1, {"accuracy": 0.5}, 5)
     play_round(resumed, 50 * np.ones(SIZE), rng)
-    assert resumed.quarantined() == ("e",)
+    assert resumed.roster.quarantined() == ("e",)
 
 
 def row(pid: str, round_: int, accepted: bool) -> FlagView:

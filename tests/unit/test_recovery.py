@@ -73,10 +73,10 @@ def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(ru
     job = resumed.job(job_id)
     restarted = [e for e in logs if e["event"] == "round 1 restarted cleanly: partial sum not recoverable"]
     assert len(restarted) == 1 and restarted[0]["log_level"] == "warning" and restarted[0]["next_attempt"] == 2
-    assert job.state.value == "running" and job.vector_size == SIZE and job.initialiser == "a"
-    assert sorted(job.members) == ["a", "b", "c"] and job.online() == ["a", "b", "c"]
-    assert job.evaluated["b"] == {0} and job.evaluated["a"] == set()
-    assert job.open is not None and (job.open.number, job.open.attempt) == (1, 2) and not job.open.contributions
+    assert job.state.value == "running" and job.vector_size == SIZE and job.roster.initialiser == "a"
+    assert sorted(job.roster.members) == ["a", "b", "c"] and job.online() == ["a", "b", "c"]
+    assert job.roster.evaluated["b"] == {0} and job.roster.evaluated["a"] == set()
+    assert job.open is not None and (job.open.number, job.open.attempt) == (1, 2) and not job.open.reported
     first = [r for r in resumed.store.rounds(job_id) if r.attempt == 1][0]
     assert first.state == RoundState.FAILED.value and first.summary["restarted"] == 1.0
     # the participants resubmit the same updates (training is a pure function of global, site and round)
@@ -120,20 +120,20 @@ def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(runni
     job = jobs.job(job_id)
     sent = update(job_id, 1, *DELTAS["a"])
     header = sent.header(1024)
-    assert not job.already_received("a", header)
+    assert not job.uploads.already_received("a", header)
     job.submit("a", sent)
-    assert job.already_received("a", header)
+    assert job.uploads.already_received("a", header)
     other = update(job_id, 1, DELTAS["a"][0] + 1, 10)
-    assert not job.already_received("a", other.header(1024))
+    assert not job.uploads.already_received("a", other.header(1024))
     with pytest.raises(DuplicateUpdate):
         job.submit("a", other)
-    assert not job.already_received("b", header)
+    assert not job.uploads.already_received("b", header)
     job.submit("b", update(job_id, 1, *DELTAS["b"]))
     job.submit("c", update(job_id, 1, *DELTAS["c"]))
     job.tick()
-    assert job.open.number == 2 and job.already_received("a", header)  # round 1 done: its answer stays OK
-    assert job.already_received("a", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
-    assert not job.already_received("b", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+    assert job.open.number == 2 and job.uploads.already_received("a", header)  # round 1 done: its answer stays OK
+    assert job.uploads.already_received("a", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+    assert not job.uploads.already_received("b", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
 
 
 def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) -> None:
@@ -141,9 +141,9 @@ def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) ->
     sent = update(job_id, 1, *DELTAS["a"])
     jobs.job(job_id).submit("a", sent)
     job = fresh(tmp_path, clock).job(job_id)
-    assert not job.already_received("a", sent.header(1024))  # the digest is on record, but for attempt 1 only
+    assert not job.uploads.already_received("a", sent.header(1024))  # the digest is on record, but for attempt 1 only
     job.submit("a", sent)
-    assert job.open is not None and list(job.open.contributions) == ["a"]
+    assert job.open is not None and list(job.open.reported) == ["a"]
 
 
 def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:
@@ -207,9 +207,9 @@ def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) 
     job = jobs.job(job_id)
     fail_attempt(job, clock)
     fail_attempt(job, clock)
-    assert job.failures == 2 and job.open is not None and job.open.attempt == 3
+    assert job.rounds.failures == 2 and job.open is not None and job.open.attempt == 3
     resumed = fresh(tmp_path, clock).job(job_id)  # crash while attempt 3 collects
-    assert resumed.failures == 2 and resumed.open is not None and resumed.open.attempt == 4
+    assert resumed.rounds.failures == 2 and resumed.open is not None and resumed.open.attempt == 4
     assert resumed.state.value == "running"
     fail_attempt(resumed, clock)
     assert resumed.state.value == "paused" and "round 1 failed 3 times" in resumed.reason
@@ -227,13 +227,13 @@ def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(runni
     assert job.state.value == "paused"
     job.start()
     job.tick()
-    assert job.open is not None and job.open.attempt == 4 and job.failures == 0
+    assert job.open is not None and job.open.attempt == 4 and job.rounds.failures == 0
     rows = [(r.attempt, r.state, r.summary.get("failures")) for r in job.store.rounds(job_id)]
     assert rows == [(1, "failed", 1.0), (2, "failed", 2.0), (3, "failed", 3.0), (4, "training", None)]  # none reused
     resumed = fresh(tmp_path, clock).job(job_id)  # a crash right after: the count stays fresh, not 3
-    assert resumed.failures == 0 and resumed.open is not None and resumed.open.attempt == 5
+    assert resumed.rounds.failures == 0 and resumed.open is not None and resumed.open.attempt == 5
     fail_attempt(resumed, clock)
-    assert resumed.state.value == "running" and resumed.failures == 1
+    assert resumed.state.value == "running" and resumed.rounds.failures == 1
 
 
 def test_a_round_and_its_global_version_are_stored_together_or_not_at_all(tmp_path: Path) -> None:

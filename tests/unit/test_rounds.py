@@ -12,6 +12,7 @@ from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.rounds import KEY_GRACE_S
 from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.views import weighted_metrics
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
@@ -100,7 +101,7 @@ def test_rejections_leave_the_round_intact(setup) -> None:
     job.submit("a", update(job.job_id, 1, good))
     with pytest.raises(DuplicateUpdate):
         job.submit("a", update(job.job_id, 1, good))
-    assert list(job.open.contributions) == ["a"]
+    assert list(job.open.reported) == ["a"]
     job.submit("b", update(job.job_id, 1, good))
     job.submit("c", update(job.job_id, 1, good))
     assert job.latest_version() == 1
@@ -175,7 +176,7 @@ def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup)
     job, _, _ = setup
     job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 1)
     job.report_metrics("b", 0, {"accuracy": 0.0}, 3)
-    means, reports = job.weighted_metrics(0)
+    means, reports = weighted_metrics(job.store, job.job_id, 0)
     assert reports == 2
     assert means == {"accuracy": 0.25, "pseudo_labels": 8.0}
 

@@ -1,0 +1,258 @@
+"""How one job's updates are checked, combined and turned into its next global version: one ``Accumulator``
+chosen when the job is created, which opens a ``Fold`` for every round attempt.
+
+* **plain** (``PlainAccumulator``): each update is decoded and checked against the global it started from;
+  the job's aggregator combines the round's deltas when it closes.
+* **encrypted** (``EncryptedAccumulator``, ``he.enabled`` with a linear aggregator): each update is parsed
+  under the job's public context and folded into the round's running ciphertext sum on arrival, so memory
+  does not grow with the number of updates; the version stored is the encrypted aggregate
+  (``sum n_i * delta_i`` and ``sum n_i``), which key holders decrypt and apply.
+* **encrypted Gram** (``GramAccumulator``, ``he.enabled`` with a Gram defence): each update's ciphertexts
+  are kept (``coordinator.hegram.GramRound``); at the close the round *decides* on their encrypted Gram
+  matrix (two key holders decrypt its scalars), and only the accepted ciphertexts are summed.
+* **levelled** (``coordinator.levels``): one of the above per prompt level.
+
+The round machine (``coordinator.rounds``) and the job's wiring (``coordinator.runtime``) never ask which
+kind they hold: they add updates to the fold, hand it the agreed Gram matrix when it keeps a ``gram``, and
+store the ``Outcome``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+import tenseal.sealapi as seal
+
+from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contribution, GramDefence, RoundDecision
+from fedprompt.coordinator.hegram import GramRound
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import EncryptedSum
+from fedprompt.errors import DecryptorDisagreement, PreconditionFailed, RobustAssumptionError
+from fedprompt.protocol import Payload
+from fedprompt.wire.payload import FLOAT32, decode_vector
+
+log = structlog.get_logger("coordinator.accumulators")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A closed round attempt: the version to store with its summary metrics and the robust verdict, or why
+    the attempt fails instead (``refusal``)."""
+
+    data: bytes = b""
+    metrics: dict[str, float] = field(default_factory=dict)
+    decision: RoundDecision | None = None
+    refusal: str = ""
+
+
+class Fold(ABC):
+    """One round attempt's updates, combined (or kept) as they arrive."""
+
+    #: The kept ciphertexts of a round that decides on an encrypted Gram matrix; None for the others.
+    gram: GramRound | None = None
+
+    @abstractmethod
+    def add(self, participant_id: str, payload: Payload) -> None:
+        """Validate an update completely, then fold it in (``InvalidUpdate``/``InvalidCiphertext`` otherwise)."""
+
+    def discard(self, participant_id: str) -> None:  # noqa: B027 - optional hook
+        """Forget an update whose sender was expelled before the close.  A running ciphertext sum cannot give
+        one back, so folds without kept updates keep it (documented in docs/operations.md)."""
+
+    def gram_refusal(self) -> str:
+        """Why the kept updates cannot go to an encrypted Gram step at the close ("" when they can)."""
+        return ""
+
+    @abstractmethod
+    def close(self, postponed: str = "") -> Outcome:
+        """The attempt's result.  A fold with a ``gram`` reads its decryptors' agreed Gram matrix, unless
+        ``postponed`` says why there is none (too few decryptors, silent ones, or no matrix in time)."""
+
+
+class Accumulator(ABC):
+    """How a job's payloads are checked and combined; one per job, chosen by ``coordinator.runtime``."""
+
+    encoding: str
+
+    @abstractmethod
+    def max_bytes(self, vector_size: int) -> int:
+        """The largest update payload this job accepts."""
+
+    @abstractmethod
+    def check_initial(self, payload: Payload) -> None:
+        """Validate the initial prompt (version 0) before it is stored."""
+
+    @abstractmethod
+    def fold(self, number: int) -> Fold:
+        """A fold for an attempt of round ``number`` (which trains from version ``number - 1``)."""
+
+    def view(self, participant_id: str, payload: Payload) -> Payload:
+        """What ``participant_id`` downloads of a stored version (all of it, except for levelled jobs)."""
+        return payload
+
+    def export_refusal(self, job_id: str) -> str:
+        """Why an admin cannot export a global prompt of this job ("" if it can)."""
+        return ""
+
+
+def run_aggregator(aggregator: Aggregator, start: np.ndarray,
+                   contributions: list[Contribution]) -> AggregateResult | str:
+    """The aggregator's result, or why the attempt must fail instead: the rule's robustness assumption does
+    not hold for these updates, or the aggregate is not finite."""
+    try:
+        result = aggregator.aggregate(start, contributions)
+    except RobustAssumptionError as exc:
+        return f"{aggregator.name} refused: {exc}"
+    if not np.isfinite(result.vector).all():
+        return "aggregate is not finite"
+    return result
+
+
+class PlainFold(Fold):
+    def __init__(self, aggregator: Aggregator, start: np.ndarray) -> None:
+        self.aggregator = aggregator
+        self.start = start
+        self.contributions: dict[str, Contribution] = {}
+
+    def add(self, participant_id: str, payload: Payload) -> None:
+        vector = decode_vector(payload, self.start.size)
+        self.aggregator.check(self.start, vector)
+        self.contributions[participant_id] = Contribution(participant_id, payload.num_examples, vector)
+
+    def discard(self, participant_id: str) -> None:
+        self.contributions.pop(participant_id, None)
+
+    def close(self, postponed: str = "") -> Outcome:
+        result = run_aggregator(self.aggregator, self.start, list(self.contributions.values()))
+        if isinstance(result, str):
+            return Outcome(refusal=result)
+        return Outcome(result.vector.astype("<f4").tobytes(), result.metrics, result.decision)
+
+
+class PlainAccumulator(Accumulator):
+    """Plaintext float32 updates, combined by the job's aggregator at the close."""
+
+    encoding = FLOAT32
+
+    def __init__(self, aggregator: Aggregator, job_id: str, store: Store, vector_size: Callable[[], int]) -> None:
+        self.aggregator = aggregator
+        self.job_id = job_id
+        self.store = store
+        self.vector_size = vector_size
+        self._decoded: tuple[int, np.ndarray] | None = None
+
+    def global_vector(self, version: int) -> np.ndarray:
+        """Plaintext global ``version``, decoded once: every update of a round is checked against the same one
+        (``Aggregator.check``), and a stored version never changes."""
+        if self._decoded is None or self._decoded[0] != version:
+            stored = self.store.prompt(self.job_id, version)
+            if stored is None:
+                raise PreconditionFailed(f"job {self.job_id} has no global version {version} yet")
+            size = self.vector_size()
+            self._decoded = (version, decode_vector(Payload(self.job_id, version, stored[0], size, stored[1]), size))
+        return self._decoded[1]
+
+    def max_bytes(self, vector_size: int) -> int:
+        return 4 * vector_size
+
+    def check_initial(self, payload: Payload) -> None:
+        decode_vector(payload, payload.vector_size)
+
+    def fold(self, number: int) -> Fold:
+        return PlainFold(self.aggregator, self.global_vector(number - 1))
+
+
+class EncryptedFold(Fold):
+    """A running ciphertext sum and the number of updates in it."""
+
+    def __init__(self, total: EncryptedSum) -> None:
+        self.total = total
+        self.count = 0
+
+    def add(self, participant_id: str, payload: Payload) -> None:
+        self.take(self.total.parse(payload.data))
+
+    def take(self, ciphertexts: list[seal.Ciphertext]) -> None:
+        """Fold in one update's ciphertexts, parsed (and so checked) by ``self.total.parse``."""
+        self.total.add(ciphertexts)
+        self.count += 1
+
+    def close(self, postponed: str = "") -> Outcome:
+        return Outcome(self.total.to_bytes())
+
+
+class EncryptedAccumulator(Accumulator):
+    """CKKS updates folded on arrival into the round's running sum; the coordinator never decrypts."""
+
+    encoding = CKKS
+
+    def __init__(self, keys: JobKeys, vector_size: Callable[[], int]) -> None:
+        self.keys = keys
+        self.vector_size = vector_size
+
+    def max_bytes(self, vector_size: int) -> int:
+        return self.keys.require_context().expected_size(vector_size)
+
+    def check_initial(self, payload: Payload) -> None:
+        context = self.keys.require_context()
+        context.parse(payload.data, context.key_id, payload.vector_size)
+
+    def fold(self, number: int) -> Fold:
+        return EncryptedFold(self.keys.new_sum(self.vector_size()))
+
+    def export_refusal(self, job_id: str) -> str:
+        return (f"job {job_id} is encrypted: the coordinator holds no decrypted prompt; every key holder writes "
+                "it to its state directory (prompt-latest.safetensors)")
+
+
+class GramFold(Fold):
+    def __init__(self, gram: GramRound, defence: GramDefence, logger: structlog.typing.FilteringBoundLogger) -> None:
+        self.gram = gram
+        self.defence = defence
+        self.log = logger
+
+    def add(self, participant_id: str, payload: Payload) -> None:
+        assert self.gram is not None
+        self.gram.add(participant_id, self.gram.parse(payload.data), payload.num_examples)
+
+    def discard(self, participant_id: str) -> None:
+        assert self.gram is not None
+        if not self.gram.started:
+            self.gram.discard(participant_id)
+
+    def close(self, postponed: str = "") -> Outcome:
+        """Judge the agreed Gram matrix with the plaintext path's own ``GramDefence.judge``; sum the accepted
+        ciphertexts.  Without a matrix both decryptors agree on, the robust decision fails closed."""
+        kept = self.gram
+        assert kept is not None
+        if postponed:
+            return Outcome(refusal=postponed)
+        try:
+            gram = kept.agreed()
+        except DecryptorDisagreement as exc:
+            self.log.warning("robust decision refused: Gram decryptors disagree", decryptors=list(kept.decryptors),
+                             reason=str(exc))
+            return Outcome(refusal=f"robust decision refused: {exc}")
+        try:
+            verdict, metrics = self.defence.judge(kept.order, gram)
+        except RobustAssumptionError as exc:
+            return Outcome(refusal=f"{self.defence.name} refused: {exc}")
+        return Outcome(kept.fold(verdict.accepted), {**metrics, "gram_seconds": kept.gram_seconds}, verdict)
+
+
+class GramAccumulator(EncryptedAccumulator):
+    """CKKS updates kept whole, so the round can decide on their encrypted Gram matrix before summing."""
+
+    def __init__(self, keys: JobKeys, vector_size: Callable[[], int], defence: GramDefence) -> None:
+        super().__init__(keys, vector_size)
+        self.defence = defence
+
+    def fold(self, number: int) -> Fold:
+        return GramFold(self.keys.new_gram_round(self.vector_size()), self.defence,
+                        log.bind(job_id=self.keys.job_id, round=number))
