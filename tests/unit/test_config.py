@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
 
-from fedprompt.config import JobConfig, ParticipantConfig, dump_toml, load_toml, parse_toml
+from fedprompt.config import (
+    CoordinatorConfig,
+    JobConfig,
+    ModelServiceConfig,
+    ParticipantConfig,
+    dump_toml,
+    load_toml,
+    parse_toml,
+)
 from fedprompt.errors import ConfigError
 
 
@@ -56,8 +70,91 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_example_configs_load() -> None:
     from fedprompt.app.protogen import REPO
-    from fedprompt.config import CoordinatorConfig
 
     assert load_toml(REPO / "examples" / "job.toml", JobConfig).job.name == "rt-sentiment"
     assert load_toml(REPO / "examples" / "participant.toml", ParticipantConfig).participant.threads == 1
     assert load_toml(REPO / "examples" / "coordinator.toml", CoordinatorConfig).coordinator.listen == "0.0.0.0:50051"
+
+
+# Every key of every config file, walked from the dataclasses themselves, so a section added later is covered.
+CONFIGS: tuple[type[Any], ...] = (JobConfig, CoordinatorConfig, ParticipantConfig, ModelServiceConfig)
+#: For each scalar annotation, a near miss the loader must refuse (a bool is a Python int, an int is no bool).
+WRONG: dict[Any, tuple[Any, str]] = {
+    int: (True, "must be an integer"),
+    float: (False, "must be a number"),
+    bool: (1, "must be true or false"),
+    str: (3, "must be a string"),
+}
+KeyPath = tuple[str | int, ...]  # a key's path: table names, and 0 for the first element of an array of tables
+
+
+def _dotted(path: KeyPath) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _nest(path: KeyPath, value: Any) -> Any:
+    """The TOML mapping that sets ``path`` to ``value`` and nothing else."""
+    for part in reversed(path):
+        value = [value] if isinstance(part, int) else {part: value}
+    return value
+
+
+def _bad_values(cls: type[Any], path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, str]]:
+    """Each (path, value, message start) that must be refused: an unknown key in every table, and a value of the
+    wrong type for every key, tables and lists included."""
+    yield (*path, "bogus"), 1, "unknown key (allowed: "
+    for name, annotation in typing.get_type_hints(cls).items():
+        key = (*path, name)
+        if dataclasses.is_dataclass(annotation):
+            yield key, 3, "must be a table, got int"
+            yield from _bad_values(annotation, key)  # type: ignore[arg-type]
+        elif typing.get_origin(annotation) is tuple:
+            yield key, "a", "must be a list, got str"
+            (inner, _) = typing.get_args(annotation)
+            if dataclasses.is_dataclass(inner):
+                yield from _bad_values(inner, (*key, 0))  # type: ignore[arg-type]
+            else:
+                value, message = WRONG[inner]
+                yield (*key, 0), value, message
+        else:
+            value, message = WRONG[annotation]
+            yield key, value, message
+
+
+CASES = [pytest.param(cls, path, value, message, id=f"{cls.__name__}:{_dotted(path)}={value!r}")
+         for cls in CONFIGS for path, value, message in _bad_values(cls)]
+
+
+@pytest.mark.parametrize(("cls", "path", "value", "message"), CASES)
+def test_every_unknown_key_and_wrong_type_is_named_by_its_dotted_key(
+    cls: type[Any], path: KeyPath, value: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_toml(tomli_w.dumps(_nest(path, value)), cls)
+    assert str(info.value).startswith(f"{_dotted(path)}: {message}"), str(info.value)
+
+
+def test_the_walk_reaches_every_section_of_every_config() -> None:
+    sections = {_dotted(path[:-1]) for cls in CONFIGS for path, _, message in _bad_values(cls)
+                if message.startswith("unknown key")}
+    assert sections == {
+        "", "job", "model", "task", "train", "augment", "he", "dp", "robust", "blackbox", "levels",
+        "levels.cohorts[0]", "coordinator", "participant", "model_service",
+    }
+
+
+def test_the_package_facade_re_exports_every_public_name_of_its_modules() -> None:
+    """``from fedprompt.config import X`` stays the one import path, whichever module of the package defines X."""
+    import importlib
+    import pkgutil
+
+    import fedprompt.config as facade
+
+    internal = {"check", "T"}  # the codec's validation helper and type variable, used inside the package only
+    for info in pkgutil.iter_modules(facade.__path__):
+        module = importlib.import_module(f"fedprompt.config.{info.name}")
+        tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        for name in sorted(n for n in defined - internal if not n.startswith("_")):
+            assert name in facade.__all__ and getattr(facade, name) is getattr(module, name), f"{info.name}.{name}"

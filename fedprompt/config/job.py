@@ -1,0 +1,263 @@
+"""The job schema: ``JobConfig``, its run, model, task, training and aggregation sections, and the checks
+that span sections.
+
+A job config is written by an admin and sent to the coordinator; the coordinator hands the same text to
+participants so both sides build the identical model and task.  The privacy sections (``privacy.py``) and
+the prompt levels (``levels.py``) have modules of their own so that each stays short; the rules that span
+sections are here, in ``JobConfig.validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedprompt.config.codec import check
+from fedprompt.config.levels import LevelsSection
+from fedprompt.config.names import IDENTITY
+from fedprompt.config.privacy import DPSection, HESection
+from fedprompt.crypto.ckks import CkksParams
+from fedprompt.crypto.gram import gram_params
+
+#: Defences that decide from the Gram matrix of the updates alone, and so also run on encrypted updates.
+GRAM_AGGREGATORS = ("norm_bound", "krum", "multi_krum", "foolsgold")
+#: Aggregators of black-box search states: the only ones a black-box job may choose, and only it.
+BLACKBOX_AGGREGATORS = ("fedbpt", "fedbpt_linear")
+
+
+@dataclass(frozen=True)
+class JobSection:
+    """How the federation runs: rounds, selection and aggregation."""
+
+    name: str = "job"
+    rounds: int = 5
+    participants_per_round: int = 3
+    min_participants: int = 2
+    round_deadline_s: float = 600.0
+    aggregator: str = "fedavg"
+    seed: int = 0
+    # Who may join: participant identities (certificate names such as "participant:hospital-a"), or "*" for
+    # any participant the coordinator authenticates.  Empty (the default) admits nobody: the coordinator
+    # refuses to create such a job, so enrollment is always an explicit decision of the admin.
+    allowed_participants: tuple[str, ...] = ()
+
+    def validate(self, prefix: str) -> None:
+        check(bool(self.name.strip()), f"{prefix}.name", "must not be empty")
+        for i, who in enumerate(self.allowed_participants):
+            check(who == "*" or bool(IDENTITY.match(who)), f"{prefix}.allowed_participants[{i}]",
+                  f"{who[:40]!r} is neither '*' nor an identity (letters, digits and ._:@-, at most 128)")
+        check(1 <= self.rounds <= 100_000, f"{prefix}.rounds", f"must be in [1, 100000], got {self.rounds}")
+        check(self.participants_per_round >= 1, f"{prefix}.participants_per_round", "must be >= 1")
+        check(
+            1 <= self.min_participants <= self.participants_per_round,
+            f"{prefix}.min_participants",
+            f"must be in [1, participants_per_round={self.participants_per_round}], got {self.min_participants}",
+        )
+        check(self.round_deadline_s > 0, f"{prefix}.round_deadline_s", "must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which frozen backbone, and how big the soft prompt is."""
+
+    path: str = "builtin:minilm"
+    kind: str = "auto"
+    prompt_length: int = 16
+    max_length: int = 64
+    # Encoders score labels with a cosine head initialised from the label descriptions; false freezes it,
+    # so only the prompt is tuned and exchanged (black-box jobs require this: a query-only model has no head).
+    train_head: bool = True
+
+    def validate(self, prefix: str) -> None:
+        check(self.kind in ("auto", "encoder", "causal"), f"{prefix}.kind", "must be 'auto', 'encoder' or 'causal'")
+        check(1 <= self.prompt_length <= 512, f"{prefix}.prompt_length", "must be in [1, 512]")
+        check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """The classification task: label names as they appear in the data, and the words that describe them."""
+
+    label_names: tuple[str, ...] = ("rotten", "fresh")
+    label_words: tuple[str, ...] = ("a negative review", "a positive review")
+    template: str = "{text}"
+
+    def validate(self, prefix: str) -> None:
+        check(len(self.label_names) >= 2, f"{prefix}.label_names", "need at least two labels")
+        check(len(set(self.label_names)) == len(self.label_names), f"{prefix}.label_names", "must be distinct")
+        check(
+            len(self.label_words) == len(self.label_names),
+            f"{prefix}.label_words",
+            f"need one word per label ({len(self.label_names)}), got {len(self.label_words)}",
+        )
+        check("{text}" in self.template, f"{prefix}.template", "must contain the placeholder {text}")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Local training at each participant, per round.
+
+    ``physical_batch_size`` bounds memory only: a batch larger than it runs as several forward/backward
+    passes whose gradients add up to the batch's (measured: DP-SGD at an expected batch of 256 in one pass
+    peaked at 7.3 GB per MiniLM participant).  It changes no result beyond float rounding.
+    """
+
+    local_epochs: int = 1
+    max_steps: int = 0
+    batch_size: int = 16
+    lr: float = 0.01
+    physical_batch_size: int = 32
+
+    def validate(self, prefix: str) -> None:
+        check(1 <= self.local_epochs <= 1000, f"{prefix}.local_epochs", "must be in [1, 1000]")
+        check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0 (0 means no cap)")
+        check(1 <= self.batch_size <= 4096, f"{prefix}.batch_size", "must be in [1, 4096]")
+        check(1 <= self.physical_batch_size <= 4096, f"{prefix}.physical_batch_size", "must be in [1, 4096]")
+        check(0 < self.lr <= 10, f"{prefix}.lr", f"must be in (0, 10], got {self.lr}")
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    """Pseudo-label augmentation of few-shot sites (AUG-FedPrompt; Cai et al. 2023). Off by default.
+
+    After ``warmup_rounds`` rounds on labelled data only, each participant labels its unlabelled pool (at
+    most ``max_unlabelled`` examples, 0 = all) with the current global prompt, keeps predictions whose
+    confidence is at least ``threshold``, at most ``per_class_cap`` per class (and, with ``balance``, no
+    more per class than the rarest confidently predicted class), and trains on labelled + pseudo-labelled
+    examples.  Pseudo-labels are recomputed every round.  With ``gate`` (on by default) a site skips a
+    round's pseudo-labelling when the global prompt does not beat the majority class on the site's own
+    labelled examples: a prompt worse than that would only teach its errors back to itself.
+    """
+
+    enabled: bool = False
+    warmup_rounds: int = 1
+    threshold: float = 0.9
+    per_class_cap: int = 64
+    balance: bool = True
+    max_unlabelled: int = 0
+    gate: bool = True
+
+    def validate(self, prefix: str) -> None:
+        check(0 <= self.warmup_rounds <= 100_000, f"{prefix}.warmup_rounds", "must be in [0, 100000]")
+        check(0 < self.threshold <= 1, f"{prefix}.threshold", f"must be in (0, 1], got {self.threshold}")
+        check(1 <= self.per_class_cap <= 1_000_000, f"{prefix}.per_class_cap", "must be in [1, 1000000]")
+        check(self.max_unlabelled >= 0, f"{prefix}.max_unlabelled", "must be >= 0 (0 means the whole pool)")
+
+
+@dataclass(frozen=True)
+class RobustSection:
+    """Robust aggregation: the assumed bound on malicious updates per round, defence knobs, and quarantine.
+
+    Used only by the robust aggregators (``job.aggregator`` = norm_bound, median, trimmed_mean, krum,
+    multi_krum, foolsgold); FedAvg ignores it.
+    """
+
+    max_malicious: int = 1
+    norm_factor: float = 2.0
+    multi_krum_keep: int = 0
+    quarantine_after: int = 3
+
+    def validate(self, prefix: str) -> None:
+        check(self.max_malicious >= 0, f"{prefix}.max_malicious", f"must be >= 0, got {self.max_malicious}")
+        check(1 < self.norm_factor <= 1000, f"{prefix}.norm_factor", f"must be in (1, 1000], got {self.norm_factor}")
+        check(self.multi_krum_keep >= 0, f"{prefix}.multi_krum_keep", "must be >= 0 (0 keeps n - max_malicious)")
+        check(self.quarantine_after >= 0, f"{prefix}.quarantine_after",
+              "must be >= 0 (consecutive rejected rounds before quarantine; 0 never quarantines)")
+
+
+@dataclass(frozen=True)
+class BlackboxSection:
+    """Gradient-free local search (FedBPT, Sun et al. 2023): CMA-ES over z in R^d, prompt = A z + p0.
+
+    Participants only query a model service; ``intrinsic_dim`` d (BBT's 500) sets the exchanged size d + 1
+    (the search mean and its step size), ``sigma`` the initial CMA-ES step size (BBT's sigma_z, which also
+    scales the projection A), ``population`` candidates per iteration, ``local_iterations`` CMA-ES
+    iterations per round and ``batch_size`` training texts scored per candidate.
+    """
+
+    enabled: bool = False
+    intrinsic_dim: int = 500
+    population: int = 20
+    sigma: float = 1.0
+    local_iterations: int = 8
+    batch_size: int = 32
+
+    def validate(self, prefix: str) -> None:
+        check(1 <= self.intrinsic_dim <= 100_000, f"{prefix}.intrinsic_dim", "must be in [1, 100000]")
+        check(2 <= self.population <= 10_000, f"{prefix}.population", "must be in [2, 10000]")
+        check(0 < self.sigma <= 100, f"{prefix}.sigma", f"must be in (0, 100], got {self.sigma}")
+        check(1 <= self.local_iterations <= 100_000, f"{prefix}.local_iterations", "must be in [1, 100000]")
+        check(1 <= self.batch_size <= 4096, f"{prefix}.batch_size", "must be in [1, 4096]")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a job needs, shared verbatim by coordinator and participants."""
+
+    job: JobSection = field(default_factory=JobSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    he: HESection = field(default_factory=HESection)
+    dp: DPSection = field(default_factory=DPSection)
+    robust: RobustSection = field(default_factory=RobustSection)
+    blackbox: BlackboxSection = field(default_factory=BlackboxSection)
+    levels: LevelsSection = field(default_factory=LevelsSection)
+
+    @property
+    def mode(self) -> str:
+        """``blackbox`` (query-only, gradient-free participants) or ``gradient`` (local backpropagation)."""
+        return "blackbox" if self.blackbox.enabled else "gradient"
+
+    def validate(self, prefix: str) -> None:
+        """Checks that span sections (each section validated itself already)."""
+        if self.levels.enabled:
+            self.levels.check_job(self)
+            check(not self.encrypted_gram, "job.aggregator",
+                  "an encrypted Gram defence cannot yet judge levelled updates (one Gram per level is not "
+                  "built); with levels and he.enabled use 'fedavg'")
+        check(
+            not self.augment.enabled or self.augment.warmup_rounds < self.job.rounds,
+            "augment.warmup_rounds",
+            f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
+        )
+        if self.he.enabled:
+            allowed = ("fedbpt_linear",) if self.blackbox.enabled else ("fedavg", *GRAM_AGGREGATORS)
+            check(self.job.aggregator in allowed, "job.aggregator",
+                  f"encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
+                  f"{self.mode} job, got {self.job.aggregator!r}")
+            check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
+                  f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
+        if not self.blackbox.enabled:
+            check(self.job.aggregator not in BLACKBOX_AGGREGATORS, "job.aggregator",
+                  f"{self.job.aggregator!r} aggregates black-box search states; set blackbox.enabled = true")
+            return
+        check(self.job.aggregator in BLACKBOX_AGGREGATORS, "job.aggregator",
+              f"a black-box job aggregates search states: choose one of {list(BLACKBOX_AGGREGATORS)}")
+        check(not self.model.train_head, "model.train_head",
+              "must be false in a black-box job: the model service scores with the frozen label head")
+        check(not self.dp.enabled, "dp.enabled",
+              "DP-SGD needs gradients; a black-box (gradient-free) job cannot use it")
+        check(not self.levels.enabled, "levels.enabled",
+              "prompt levels split a gradient learner's prompt; a black-box job searches one projected vector")
+        check(not self.augment.enabled, "augment.enabled",
+              "pseudo-labelling needs the local model; a black-box participant only queries a model service")
+
+
+    @property
+    def encrypted_gram(self) -> bool:
+        """Encrypted job with a Gram defence: the coordinator decides on the encrypted Gram matrix."""
+        return self.he.enabled and self.job.aggregator in GRAM_AGGREGATORS
+
+    @property
+    def encrypted_discovery(self) -> bool:
+        """Encrypted levelled job discovering its cohorts: the coordinator clusters an encrypted Gram matrix."""
+        levels = self.levels
+        return self.he.enabled and levels.enabled and levels.expert_tokens > 0 and levels.cohorts_from == "discover"
+
+    def he_params(self) -> CkksParams:
+        """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
+        encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
+        ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""
+        gram = self.encrypted_gram or self.encrypted_discovery
+        return gram_params(self.he.params()) if gram else self.he.params()

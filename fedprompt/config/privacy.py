@@ -1,0 +1,94 @@
+"""The job's privacy sections: differential privacy (``[dp]``) and homomorphic-encrypted aggregation (``[he]``).
+
+Each section validates its own values; the rules they impose on the rest of a job (which aggregators an
+encrypted job may use, DP in a black-box job, participant-level noise with levels) live in
+``JobConfig.validate`` and ``LevelsSection.check_job``.  Split from ``job.py`` to keep each module short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedprompt.config.codec import check
+from fedprompt.crypto.ckks import CkksParams
+from fedprompt.crypto.errors import ParameterError
+from fedprompt.errors import ConfigError
+
+#: Privacy accountants ``dp.accountant`` may name.
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class DPSection:
+    """Differential privacy (off unless ``enabled``).
+
+    Record level: DP-SGD at every participant (Abadi et al., "Deep Learning with Differential Privacy", 2016)
+    with Poisson sampling, per-example clipping to ``max_grad_norm`` and Gaussian noise; ``noise_multiplier``
+    0 means "calibrate it so the planned rounds spend exactly ``epsilon``".  ``delta`` 0 means 1/(10 n) of
+    the site's n training examples.  A participant refuses to train once a round would exceed ``epsilon``.
+
+    Participant level (on when ``participant_noise_multiplier`` > 0): each update is clipped to
+    ``update_clip`` and carries a share of Gaussian noise so the sum over ``job.min_participants`` updates
+    holds N(0, sigma^2 C^2) (distributed DP, as in DP-FedAvg: McMahan et al., "Learning Differentially
+    Private Recurrent Language Models", 2018).  The job stops before exceeding ``participant_epsilon``.
+    """
+
+    enabled: bool = False
+    epsilon: float = 8.0
+    delta: float = 0.0
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    participant_noise_multiplier: float = 0.0
+    update_clip: float = 1.0
+    participant_epsilon: float = math.inf
+    participant_delta: float = 1e-3
+
+    @property
+    def participant_level(self) -> bool:
+        return self.enabled and self.participant_noise_multiplier > 0
+
+    def validate(self, prefix: str) -> None:
+        check(self.epsilon > 0, f"{prefix}.epsilon", f"must be > 0 (inf allowed), got {self.epsilon}")
+        check(0 <= self.delta < 1, f"{prefix}.delta", f"must be in [0, 1) (0 = 1/(10 n)), got {self.delta}")
+        check(0 <= self.noise_multiplier < math.inf, f"{prefix}.noise_multiplier",
+              f"must be in [0, inf) (0 = calibrate from epsilon), got {self.noise_multiplier}")
+        check(self.noise_multiplier > 0 or math.isfinite(self.epsilon), f"{prefix}.epsilon",
+              "must be finite when noise_multiplier = 0 (the noise is calibrated from it)")
+        check(0 < self.max_grad_norm < math.inf, f"{prefix}.max_grad_norm",
+              f"must be in (0, inf), got {self.max_grad_norm}")
+        check(self.accountant in ACCOUNTANTS, f"{prefix}.accountant",
+              f"must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
+        check(0 <= self.participant_noise_multiplier < math.inf, f"{prefix}.participant_noise_multiplier",
+              f"must be in [0, inf) (0 = no participant-level noise), got {self.participant_noise_multiplier}")
+        check(0 < self.update_clip < math.inf, f"{prefix}.update_clip", f"must be in (0, inf), got {self.update_clip}")
+        check(self.participant_epsilon > 0, f"{prefix}.participant_epsilon",
+              f"must be > 0 (inf = no budget), got {self.participant_epsilon}")
+        check(0 < self.participant_delta < 1, f"{prefix}.participant_delta",
+              f"must be in (0, 1), got {self.participant_delta}")
+
+
+@dataclass(frozen=True)
+class HESection:
+    """Homomorphic-encrypted secure aggregation (CKKS): the coordinator only ever adds ciphertexts.
+
+    ``dealer`` names the participant that creates the job's keys (default: the first to join).
+    """
+
+    enabled: bool = False
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (59, 16)
+    scale_bits: int = 30
+    max_summands: int = 1000
+    dealer: str = ""
+
+    def validate(self, prefix: str) -> None:
+        try:
+            self.params().check(prefix)
+        except ParameterError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def params(self) -> CkksParams:
+        """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""
+        return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.max_summands)

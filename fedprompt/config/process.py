@@ -1,0 +1,159 @@
+"""The three process configs: the coordinator's, a participant daemon's and a model service's.
+
+Each process loads its own TOML file at start-up (``fedprompt coordinator|participant|model serve``), unlike
+the job config, which travels between processes; a participant's config stays at its site.  They share
+``_check_tls``: certificate keys are required unless ``insecure``, and forbidden with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedprompt.config.codec import check
+
+
+def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: dict[str, str] | None = None) -> None:
+    """Certificate keys are required with mTLS (the default) and all forbidden with ``insecure``."""
+    if insecure:
+        given = [f"{prefix}.{k}" for k, v in {**required, **(optional or {})}.items() if v]
+        check(not given, f"{prefix}.insecure", f"cannot be combined with {', '.join(given)}")
+        return
+    for key, value in required.items():
+        check(bool(value), f"{prefix}.{key}", "required for mTLS (or run with --insecure for local development only)")
+
+
+@dataclass(frozen=True)
+class CoordinatorSection:
+    """The coordinator service: where it listens, where its state lives, its limits."""
+
+    listen: str = "127.0.0.1:50051"
+    state_dir: str = "coordinator-state"
+    insecure: bool = False
+    tick_s: float = 0.25
+    offline_after_s: float = 120.0
+    upload_timeout_s: float = 120.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    # mTLS (required unless ``insecure``): the coordinator's certificate and key, the federation CA whose
+    # certificates clients must present, and the CA's revocation list (re-read whenever the file changes).
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    crl: str = ""
+    # Per-identity limits: sustained calls per second, burst, and concurrent uploads.
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 100
+    max_concurrent_uploads: int = 2
+    shutdown_grace_s: float = 10.0
+
+    def validate(self, prefix: str) -> None:
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
+        check(self.rate_limit_per_s > 0, f"{prefix}.rate_limit_per_s", "must be > 0")
+        check(self.rate_limit_burst >= 1, f"{prefix}.rate_limit_burst", "must be >= 1")
+        check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
+        check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
+        check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
+        check(self.offline_after_s > 0, f"{prefix}.offline_after_s", "must be > 0")
+        check(self.upload_timeout_s > 0, f"{prefix}.upload_timeout_s", "must be > 0")
+        check(0 <= self.shutdown_grace_s <= 600, f"{prefix}.shutdown_grace_s", "must be in [0, 600] seconds")
+        check(64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024, f"{prefix}.max_message_bytes",
+              "must be in [65536, 67108864]")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """A coordinator's config file: one ``[coordinator]`` table."""
+
+    coordinator: CoordinatorSection = field(default_factory=CoordinatorSection)
+
+
+@dataclass(frozen=True)
+class ParticipantSection:
+    """One institution's daemon: where the coordinator is, where its own data and state live."""
+
+    coordinator: str = "127.0.0.1:50051"
+    job: str = ""
+    name: str = ""
+    data_dir: str = ""
+    state_dir: str = ""
+    threads: int = 1
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 10.0
+    give_up_after_s: float = 120.0
+    rpc_timeout_s: float = 60.0
+    # mTLS: this site's certificate and key, and the federation CA that signed the coordinator's certificate.
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    # Connect to the coordinator by another name than its address (must be one of its certificate's SANs).
+    server_name: str = ""
+    # Plaintext, identity by ``name`` and unverified: local development only; excludes the certificate keys.
+    insecure: bool = False
+    heartbeat_s: float = 10.0
+    # host:port of a query-only model service (``fedprompt model serve``); required by black-box jobs.
+    model_service: str = ""
+
+    def validate(self, prefix: str) -> None:
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
+                   {"server_name": self.server_name})
+        check(not self.name or self.insecure, f"{prefix}.name",
+              "is for --insecure only; with certificates the identity is the certificate's name")
+        check(bool(self.job), f"{prefix}.job", "name the job to join")
+        check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
+        check(not self.model_service or ":" in self.model_service, f"{prefix}.model_service",
+              f"must be host:port, got {self.model_service!r}")
+        check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
+        check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
+        check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")
+        check(self.give_up_after_s > 0, f"{prefix}.give_up_after_s", "must be > 0")
+        check(0.1 <= self.heartbeat_s <= 3600, f"{prefix}.heartbeat_s", "must be in [0.1, 3600] seconds")
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """A participant daemon's config file: one ``[participant]`` table."""
+
+    participant: ParticipantSection = field(default_factory=ParticipantSection)
+
+
+@dataclass(frozen=True)
+class ModelServiceSection:
+    """A query-only model service: hosts one frozen PLM and scores texts under caller-supplied soft prompts.
+
+    Callers send their institution's texts, so the service speaks mTLS by default: its own certificate and
+    key, and the CA whose certificates it accepts from callers (the federation CA, or the institution's own).
+    """
+
+    listen: str = "127.0.0.1:50061"
+    model: str = "builtin:minilm"
+    kind: str = "auto"
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    insecure: bool = False
+    threads: int = 1
+    max_batch: int = 64
+    max_prompt_tokens: int = 64
+    max_length: int = 256
+    max_text_chars: int = 20_000
+    max_tasks: int = 8
+    #: Texts per forward pass: a larger query is scored in chunks, so activation memory stays bounded.
+    forward_batch: int = 16
+
+    def validate(self, prefix: str) -> None:
+        check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
+        check(self.kind in ("auto", "encoder", "causal"), f"{prefix}.kind", "must be 'auto', 'encoder' or 'causal'")
+        check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
+        check(1 <= self.max_batch <= 4096, f"{prefix}.max_batch", "must be in [1, 4096]")
+        check(1 <= self.max_prompt_tokens <= 512, f"{prefix}.max_prompt_tokens", "must be in [1, 512]")
+        check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
+        check(1 <= self.max_text_chars <= 1_000_000, f"{prefix}.max_text_chars", "must be in [1, 1000000]")
+        check(1 <= self.max_tasks <= 1024, f"{prefix}.max_tasks", "must be in [1, 1024]")
+        check(1 <= self.forward_batch <= 4096, f"{prefix}.forward_batch", "must be in [1, 4096]")
+        _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key})
+
+
+@dataclass(frozen=True)
+class ModelServiceConfig:
+    """A model service's config file: one ``[model_service]`` table."""
+
+    model_service: ModelServiceSection = field(default_factory=ModelServiceSection)
