@@ -84,13 +84,14 @@ def test_majority_accuracy() -> None:
 
 
 def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: Path) -> None:
-    from fedprompt.app.cli import _plan_overrides, build_parser, main
+    from fedprompt.app.cli import build_parser, main
+    from fedprompt.app.cli.common import plan_overrides
     from fedprompt.app.simulate import parse_simulation
 
     flags = ["--participants", "2", "--partition", "dirichlet", "--alpha", "0.3", "--test-size", "60", "--seed", "4"]
     expected = DataPlan(participants=2, test_size=60, seed=4, partition=PartitionSpec("dirichlet", alpha=0.3))
-    from_flags = parse_simulation("", overrides=_plan_overrides(build_parser().parse_args(["simulate", *flags]),
-                                                                "simulation."))
+    from_flags = parse_simulation("", overrides=plan_overrides(build_parser().parse_args(["simulate", *flags]),
+                                                               "simulation."))
     from_table = parse_simulation('[simulation]\nparticipants = 2\ntest_size = 60\nseed = 4\n'
                                   '[simulation.partition]\nscheme = "dirichlet"\nalpha = 0.3\n')
     assert from_flags.simulation == from_table.simulation == expected

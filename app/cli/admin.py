@@ -1,0 +1,159 @@
+"""``fedprompt admin``: manage jobs on a running coordinator over its admin service (``admin ca`` is in
+:mod:`fedprompt.app.cli.ca`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedprompt.app.cli import ca
+from fedprompt.app.cli.common import group_parser
+from fedprompt.errors import FedPromptError
+
+if TYPE_CHECKING:
+    from fedprompt.app.admin_client import AdminClient
+    from fedprompt.app.cli.common import Subparsers
+
+DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    from fedprompt.app.admin_client import AdminClient
+    from fedprompt.wire.channel import ClientTls
+
+    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
+    if args.insecure:
+        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
+        if given:
+            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
+        return AdminClient(args.coordinator)
+    missing = [flag for flag, value in files.items() if not value]
+    if missing:
+        raise FedPromptError(f"admin calls use mTLS: give {', '.join(missing)} (or $FEDPROMPT_CA_CERT, "
+                             "$FEDPROMPT_CERT, $FEDPROMPT_KEY); --insecure only for a local --insecure coordinator")
+    return AdminClient(args.coordinator, ClientTls(args.ca_cert, args.cert, args.key, args.server_name or ""))
+
+
+def _print_status(view: Any, people: list[Any]) -> None:
+    from fedprompt.app.report import PRIVACY_HEADERS, PRIVACY_KEYS, fmt, table
+
+    print(f"job {view.job_id} ({view.name}): {view.state} — round {view.current_round}/{view.total_rounds}, "
+          f"global version {view.global_version}, {view.participants} participants, aggregator {view.aggregator}")
+    if view.reason:
+        print(f"  {view.reason}")
+    print(f"  initial accuracy: {fmt(view.initial_metrics.get('accuracy'))}")
+    if view.quarantined:
+        print(f"  quarantined: {', '.join(view.quarantined)} (release with `fedprompt admin release`)")
+    rows = [[r.round, r.attempt, r.state, len(r.selected), r.metric_reports, r.metrics.get("accuracy"),
+             r.metrics.get("loss"), r.bytes_up, r.bytes_down, ",".join(r.rejected) or "-", *(r.metrics.get(k) for k in PRIVACY_KEYS)]
+            for r in view.rounds]
+    if rows:
+        print(table(["round", "attempt", "state", "selected", "reports", "accuracy", "loss", "bytes_up", "bytes_down",
+                     "rejected", *PRIVACY_HEADERS], rows))
+    if people:
+        print(table(["participant", "state", "updates", "eps_record", "reason"],
+                    [[p.participant_id, p.state, p.updates_accepted, p.record_epsilon, p.reason] for p in people]))
+
+
+def _print_flags(flags: Any) -> None:
+    from fedprompt.app.report import table
+
+    if not flags.flags:
+        print("no robust-aggregation decisions (the job's aggregator judges no participant, or no round ended yet)")
+    else:
+        print(table(["round", "attempt", "participant", "decision", "score", "measure", "defence"],
+                    [[f.round, f.attempt, f.participant_id, "accepted" if f.accepted else "REJECTED", f.score,
+                      f.score_name, f.defence] for f in flags.flags]))
+    streaks = {p: n for p, n in flags.streaks.items() if n}
+    if streaks:
+        print("consecutive rejections: " + ", ".join(f"{p}={n}" for p, n in streaks.items()))
+    print(f"quarantined: {', '.join(flags.quarantined) or 'none'}")
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    client = _admin(args)
+    try:
+        if args.admin_cmd == "create":
+            job_id = client.create_job(Path(args.config).read_text(encoding="utf-8"))
+            print(job_id)
+            if args.start:
+                client.start(job_id)
+        elif args.admin_cmd in ("start", "pause", "cancel"):
+            print(getattr(client, args.admin_cmd)(args.job))
+        elif args.admin_cmd == "status":
+            view = client.status(args.job)
+            if args.json:
+                print(json.dumps(asdict(view), indent=2))
+            else:
+                _print_status(view, client.participants(view.job_id))
+        elif args.admin_cmd == "jobs":
+            for view in client.jobs():
+                print(f"{view.job_id}\t{view.state}\tround {view.current_round}/{view.total_rounds}")
+        elif args.admin_cmd == "participants":
+            from fedprompt.app.report import table
+
+            people = client.participants(args.job or "")
+            print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
+                        [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted,
+                          p.record_epsilon, p.reason] for p in people]))
+        elif args.admin_cmd == "flags":
+            flags = client.flags(args.job)
+            if args.json:
+                print(json.dumps(asdict(flags), indent=2))
+            else:
+                _print_flags(flags)
+        elif args.admin_cmd == "release":
+            print(client.release(args.job, args.participant))
+        elif args.admin_cmd == "export":
+            out = client.export(args.job, Path(args.out), args.version)
+            print(f"wrote {out}")
+    finally:
+        client.close()
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    """``admin`` with its connection options, ``admin ca ...``, then the job commands (create ... export)."""
+    admin = group_parser(sub, "admin", "manage jobs on a running coordinator",
+                         "fedprompt admin --ca-cert ca/ca.crt --cert alice/admin-alice.crt --key alice/admin-alice.key "
+                         "status rt-sentiment")
+    admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
+                       help="coordinator host:port (default $FEDPROMPT_COORDINATOR or 127.0.0.1:50051)")
+    admin.add_argument("--ca-cert", dest="ca_cert", default=os.environ.get("FEDPROMPT_CA_CERT"),
+                       help="federation CA certificate (default $FEDPROMPT_CA_CERT)")
+    admin.add_argument("--cert", default=os.environ.get("FEDPROMPT_CERT"),
+                       help="your admin certificate (default $FEDPROMPT_CERT)")
+    admin.add_argument("--key", default=os.environ.get("FEDPROMPT_KEY"), help="your private key (default $FEDPROMPT_KEY)")
+    admin.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
+    admin.add_argument("--insecure", action="store_true", help="plaintext to an --insecure coordinator (development)")
+    asub = admin.add_subparsers(dest="admin_cmd", required=True)
+    ca.register(asub)
+    create = asub.add_parser("create", help="create a job from a job TOML; prints its id")
+    create.add_argument("config")
+    create.add_argument("--start", action="store_true", help="start it right away")
+    for name, text in (("start", "start or resume a job"), ("pause", "pause after the current round"),
+                       ("cancel", "cancel a job")):
+        asub.add_parser(name, help=text).add_argument("job")
+    status = asub.add_parser("status", help="a job's rounds, participants and metrics")
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true")
+    asub.add_parser("jobs", help="list jobs")
+    people = asub.add_parser("participants", help="list participants (of one job or all)")
+    people.add_argument("job", nargs="?")
+    flags = asub.add_parser("flags", help="robust aggregation: each round's accepted/rejected updates and scores, "
+                                          "rejection streaks, quarantined participants")
+    flags.add_argument("job")
+    flags.add_argument("--json", action="store_true")
+    release = asub.add_parser("release", help="lift a participant's quarantine so it can be selected again")
+    release.add_argument("job")
+    release.add_argument("participant")
+    export = asub.add_parser("export", help="save the global prompt to a file usable by `fedprompt predict`")
+    export.add_argument("job")
+    export.add_argument("--out", required=True)
+    export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
+    admin.set_defaults(fn=cmd_admin)

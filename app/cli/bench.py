@@ -1,0 +1,39 @@
+"""``fedprompt bench NAME``: run a benchmark (the benchmarks themselves are in :mod:`fedprompt.app.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from fedprompt.app.bench import BENCHES
+from fedprompt.app.cli.common import group_parser
+
+if TYPE_CHECKING:
+    from fedprompt.app.cli.common import Subparsers
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fedprompt.app.bench import run_bench
+
+    return run_bench(args.name, args)
+
+
+def register(sub: Subparsers) -> None:
+    """``bench NAME``, with each benchmark's options."""
+    bench = group_parser(sub, "bench", "benchmarks: print a table and write a JSON report",
+                         "fedprompt bench federated --report reports/bench-federated.json")
+    bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
+    bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
+    bench.add_argument("--seeds", type=int, default=3,
+                       help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3; one seed of both "
+                            "datasets takes ~100 min on 2 cores)")
+    bench.add_argument("--dataset", action="append", metavar="NAME",
+                       help="fewshot: only this dataset, rotten_tomatoes or bbc_news; repeatable (default both)")
+    bench.add_argument("--shots", type=int, default=32,
+                       help="fewshot: mean labelled examples per site, the rest of its share unlabelled (default 32)")
+    bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
+    bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
+    bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
+    bench.set_defaults(fn=cmd_bench)

@@ -1,0 +1,40 @@
+"""``fedprompt data``: prepare per-site data directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedprompt.app.cli.common import add_plan_args, group_parser, plan_overrides
+
+if TYPE_CHECKING:
+    from fedprompt.app.cli.common import Subparsers
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from fedprompt.config import from_mapping, set_dotted
+    from fedprompt.data.shards import DataPlan, prepare
+
+    mapping: dict[str, Any] = {}
+    for dotted, value in plan_overrides(args).items():
+        set_dotted(mapping, dotted, value)
+    dirs = prepare(from_mapping(DataPlan, mapping), Path(args.out))
+    meta = json.loads((Path(args.out) / "meta.json").read_text(encoding="utf-8"))
+    for site in meta["sites"]:
+        print(f"{Path(args.out) / site['dir']}: train {site['train']}, test {site['test']}, "
+              f"unlabelled {site['unlabelled']}")
+    print(f"{len(dirs)} site directories and test.jsonl written to {args.out}")
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    """``data prepare``."""
+    data = group_parser(sub, "data", "prepare per-site data directories",
+                        "fedprompt data prepare --dataset rotten_tomatoes --out data --participants 3 "
+                        "--partition dirichlet --alpha 0.5").add_subparsers(dest="sub", required=True)
+    prep = data.add_parser("prepare", help="split a dataset into one directory per site")
+    prep.add_argument("--out", required=True, help="directory to write participant-K/ site directories into")
+    add_plan_args(prep)
+    prep.set_defaults(fn=cmd_data_prepare)

@@ -1,0 +1,54 @@
+"""``fedprompt participant``: run a participant daemon."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from fedprompt.app.cli.common import group_parser, parse_overrides
+
+if TYPE_CHECKING:
+    from fedprompt.app.cli.common import Subparsers
+
+
+def cmd_participant_run(args: argparse.Namespace) -> int:
+    from fedprompt.config import ParticipantConfig, load_toml, parse_toml
+    from fedprompt.participant.daemon import run_daemon
+
+    overrides = parse_overrides(args.set)
+    for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
+                "server_name", "model_service"):
+        value = getattr(args, key)
+        if value not in (None, ""):
+            overrides[f"participant.{key}"] = value
+    if args.insecure:
+        overrides["participant.insecure"] = True
+    config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
+              else parse_toml("", ParticipantConfig, overrides=overrides))
+    run_daemon(config.participant, progress=not args.no_progress)
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    """``participant run``."""
+    part = group_parser(sub, "participant", "run a participant daemon",
+                        "fedprompt participant run --config examples/participant.toml"
+                        ).add_subparsers(dest="sub", required=True)
+    run = part.add_parser("run", help="join a job and train on local data until it is done")
+    run.add_argument("--config", help="participant TOML ([participant] table)")
+    run.add_argument("--coordinator", help="coordinator host:port")
+    run.add_argument("--job", help="job name or id to join")
+    run.add_argument("--name", help="this site's identity (insecure mode only; certificates decide otherwise)")
+    run.add_argument("--data-dir", dest="data_dir", help="directory with train.jsonl and test.jsonl")
+    run.add_argument("--state-dir", dest="state_dir", help="directory for this site's state and update audit log")
+    run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
+    run.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate (verifies the coordinator)")
+    run.add_argument("--cert", help="this site's certificate (its name is the site's identity)")
+    run.add_argument("--key", help="this site's private key")
+    run.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
+    run.add_argument("--insecure", action="store_true", help="plaintext, identity from --name: local development only")
+    run.add_argument("--model-service", dest="model_service",
+                     help="host:port of a query-only model service (black-box jobs)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    run.set_defaults(fn=cmd_participant_run)
