@@ -7,22 +7,22 @@ counts: pseudo-labels add training signal, not weight.  Every submitted delta is
 state directory, an audit trail of exactly what left the institution; the privacy accountant lives there
 too (``dp/<job_id>.json``), so a restart never resets epsilon.
 
-In encrypted jobs (``he.enabled``) what leaves is the encryption of ``n_i * delta_i`` and of the weight
-``n_i``; the global prompt is rebuilt here from the encrypted initial prompt and each round's encrypted
-aggregate (``prompt_v = prompt_{v-1} + sum / weight``), and written to the state directory
-(``globals/version-NNNN.npy`` and ``prompt-latest.safetensors``), since the coordinator never holds it.
+What leaves and how global versions are read back is the job's codec (``participant.codec``), chosen once
+at join: plain float32, or in encrypted jobs (``he.enabled``) the encryption of ``n_i * delta_i`` and of
+the weight ``n_i``, with the global prompt rebuilt here from the encrypted initial prompt and each round's
+encrypted aggregate and written to the state directory (``globals/version-NNNN.npy`` and
+``prompt-latest.safetensors``), since the coordinator never holds it.
 
-With a Gram defence the weight slot is encrypted as 0 (the coordinator adds the accepted weights, see
-``coordinator.hegram``), and a key holder may be given a DECRYPT task: decrypt the round's packed Gram
-ciphertext and return only its scalars (``crypto.gram.decrypt_gram``).
+With a Gram defence a key holder may be given a DECRYPT task: decrypt the round's packed Gram ciphertext and
+return only its scalars (``crypto.gram.decrypt_gram``).
 
 How the vector is learned is the ``Learner``'s business: a local PLM copy with gradients
 (``participant.train.GradientLearner``, optionally under DP-SGD), or a black-box search that only queries a
 model service (``participant.blackbox``; then this process never imports torch, so the DP module is imported
 only by jobs that use it).
 
-With ``[levels]`` (``participant.levels``) the vector that leaves is the global and expert levels only, as a
-level container; the personal level is trained here and never sent.
+With ``[levels]`` the vector that leaves is the global and expert levels only, as a level container; the
+personal level is trained here and never sent (``participant.levels`` keeps it).
 """
 
 from __future__ import annotations
@@ -39,18 +39,17 @@ import numpy as np
 import structlog
 
 from fedprompt.config import JobConfig, parse_toml
-from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
+from fedprompt.participant.codec import PayloadCodec, job_codec
 from fedprompt.participant.fewshot import PseudoLabeller
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.promptfile import save_prompt
-from fedprompt.protocol import CoordinatorLink, JoinInfo, Payload, Task, TaskKind
-from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
+from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -103,11 +102,11 @@ class ParticipantRuntime:
         self.config_toml = ""
         self.learner: Learner | None = None
         self.privacy: SitePrivacy | None = None
-        self._globals: dict[int, np.ndarray] = {}
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
         self.keys: KeyHolder | None = None
         self.levels: SiteLevels | None = None
+        self.codec: PayloadCodec | None = None
         self.log = log
         self.stop = threading.Event()  # set by the daemon's SIGTERM handler; checked between tasks
         self.busy = False  # a task is in hand (a stop then waits for it to finish)
@@ -131,16 +130,19 @@ class ParticipantRuntime:
         self.info = info
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
         if self.config.levels.enabled:
-            self.levels = SiteLevels(learner, self.config.levels.expert_tokens, self.keys is not None, info.job_id,
-                                     self.state_dir)
+            self.levels = SiteLevels(learner, self.config.levels.expert_tokens, info.job_id, self.state_dir)
+        codec = job_codec(self.config, info.job_id, learner.vector_size, self.keys,
+                          self.levels.sizes if self.levels is not None else None,
+                          lambda version: self.link.download(info.job_id, version), self._keep_global)
+        self.codec = codec
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
                                             f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
         if self.keys is not None:
             self.keys.joined(info.participant_id, info.deal_keys)
         if info.provide_initial_prompt:
-            self.link.upload(self._payload(0, learner.initial_vector(), 1))
-            self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=self._encoding,
+            self.link.upload(codec.initial(learner.initial_vector()))
+            self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=codec.encoding,
                           mode=self.config.mode)
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -162,23 +164,10 @@ class ParticipantRuntime:
         assert self.config is not None
         return label_indices(getattr(self.site, which), self.config.task.label_names)
 
-    @property
-    def _encoding(self) -> str:
-        return CKKS if self.keys is not None else FLOAT32
-
-    def _payload(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
-        """What leaves the site: the plain vector, or the encryption of ``weight * vector`` and ``weight``."""
-        assert self.info is not None
-        if self.levels is not None:
-            return self.levels.payload(round_, vector, weight, self.keys.require() if self.keys is not None else None)
-        size = self._learner().vector_size
-        if self.keys is None:
-            return Payload(self.info.job_id, round_, FLOAT32, size, encode_vector(vector),
-                           num_examples=weight if round_ else 0)
-        assert self.config is not None
-        slot = 0 if round_ and self.config.encrypted_gram else weight  # Gram defence: the coordinator adds weights
-        data = self.keys.require().encrypt(np.asarray(vector, dtype=np.float64) * weight, slot)
-        return Payload(self.info.job_id, round_, CKKS, size, data, num_examples=weight if round_ else 0)
+    def _codec(self) -> PayloadCodec:
+        if self.codec is None:
+            raise FedPromptError("join the job before working on it")
+        return self.codec
 
     def service_keys(self) -> None:
         """Encrypted jobs: pick up the job key when it arrives, and share it with members that lack it."""
@@ -187,42 +176,16 @@ class ParticipantRuntime:
 
     def global_vector(self, version: int) -> np.ndarray:
         """Global ``version`` as this site knows it (downloaded, or decrypted and rebuilt in encrypted jobs)."""
-        if version not in self._globals:
+        return self._codec().global_vector(version)
+
+    def _keep_global(self, version: int, vector: np.ndarray) -> None:
+        """Keep a global version rebuilt here (encrypted jobs: the coordinator never holds it)."""
+        if self.state_dir is not None:
             assert self.info is not None
-            if self.keys is None:
-                payload = self.link.download(self.info.job_id, version)
-                self._globals = {version: self.levels.decode(payload) if self.levels is not None
-                                 else decode_vector(payload, self._learner().vector_size)}
-            else:
-                self._globals = {version: self._decrypted_global(version)}
-        return self._globals[version]
-
-    def _decrypted_global(self, version: int) -> np.ndarray:
-        """Rebuild global ``version`` from the newest one known here plus the encrypted aggregates after it.
-
-        Every version is rounded to float32 (what a plaintext job stores) before the next one is added to it, so
-        the global is the same bits at every site whatever versions it rebuilt in one go (e.g. after a restart).
-        """
-        assert self.info is not None and self.keys is not None and self.config is not None
-        secret = self.keys.require()
-        size = self._learner().vector_size
-        known = [v for v in self._globals if v <= version]
-        current, vector = (known[0], self._globals[known[0]]) if known else (-1, np.zeros(size, np.float32))
-        while current < version:
-            current += 1
-            payload = self.link.download(self.info.job_id, current)
-            if self.levels is not None:
-                vector = self.levels.decrypt(payload, secret, vector.astype(np.float64) if current else None)
-            else:
-                total, weight = secret.decrypt(payload.data, size)
-                vector = total / weight if current == 0 else vector.astype(np.float64) + total / weight
-            vector = vector.astype(np.float32)
-            if self.state_dir is not None:
-                (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
-                np.save(self.state_dir / "globals" / f"version-{current:04d}.npy", vector)
-                save_prompt(self.state_dir / "prompt-latest.safetensors", vector, self.config_toml, current,
-                            self.info.job_id)
-        return vector
+            (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
+            np.save(self.state_dir / "globals" / f"version-{version:04d}.npy", vector)
+            save_prompt(self.state_dir / "prompt-latest.safetensors", vector, self.config_toml, version,
+                        self.info.job_id)
 
     def handle(self, task: Task) -> None:
         """Carry out one task."""
@@ -288,7 +251,7 @@ class ParticipantRuntime:
         # Participant-level DP needs every update to count once (sensitivity C); under HE the coordinator cannot
         # re-weight ciphertexts, so the site itself sends weight 1.
         weight = 1 if self.config.dp.participant_level else len(self.site.train)
-        self.link.upload(self._payload(task.round, delta, weight))
+        self.link.upload(self._codec().encode_update(task.round, delta, weight))
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),
                       seconds=round(time.perf_counter() - began, 1))
 

@@ -115,10 +115,10 @@ def test_personal_prompt_persists_in_the_state_directory_only(tiny_encoder_dir: 
         enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1, cohorts_from="discover"))
     model = build_classifier(config)
     model.set_personal_vector(np.arange(32, dtype=np.float32))
-    SiteLevels(GradientLearner(model, config.train), 1, False, "job-1", tmp_path).keep_personal()
+    SiteLevels(GradientLearner(model, config.train), 1, "job-1", tmp_path).keep_personal()
     assert (tmp_path / "personal" / "job-1.npy").exists()
     fresh = build_classifier(config)
-    SiteLevels(GradientLearner(fresh, config.train), 1, False, "job-1", tmp_path)
+    SiteLevels(GradientLearner(fresh, config.train), 1, "job-1", tmp_path)
     assert np.array_equal(fresh.personal_vector(), np.arange(32, dtype=np.float32))
 
 

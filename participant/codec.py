@@ -1,0 +1,206 @@
+"""A participant's payload codec: how its vectors leave the site and how it reads global versions back.
+
+One codec is chosen when a site joins a job (``job_codec``), so the rest of the participant never asks
+which kind of job it is in.  Two layers:
+
+* a **part codec** carries one vector, a whole prompt or one level of it: ``PlainPart`` as float32 (a
+  served version is the whole vector), ``EncryptedPart`` as the CKKS encryption of ``weight * vector`` with
+  ``weight`` in the slot after it (a served version is the encrypted aggregate of one round, so versions
+  are rebuilt here: ``prompt_v = prompt_{v-1} + sum_v / weight_v``).  With a Gram defence a round update
+  encrypts 0 in the weight slot, since the coordinator adds the accepted weights itself
+  (``coordinator.hegram``); the initial prompt still encrypts its weight 1.
+* a **payload codec** frames the parts: ``VectorCodec`` sends the whole vector as one part,
+  ``LevelledCodec`` one part per shared level in a level container (``fedprompt.wire.levels``); in an
+  encrypted levelled version an empty part means that level did not change.
+
+Every rebuilt encrypted version is rounded to float32 (what a plaintext job stores) before the next one is
+added to it, so the global is the same bits at every site whatever versions it rebuilt in one go (e.g.
+after a restart), and is handed to ``keep`` (the coordinator never holds it in the clear).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+
+from fedprompt.config import JobConfig
+from fedprompt.crypto.ckks import ENCODING as CKKS
+from fedprompt.crypto.ckks import SecretContext
+from fedprompt.errors import InvalidUpdate
+from fedprompt.participant.keys import KeyHolder
+from fedprompt.protocol import Payload
+from fedprompt.wire.levels import encoding, pack, shared_parts
+from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
+
+#: Fetches global version ``v`` as the coordinator serves it to this site.
+Download = Callable[[int], Payload]
+#: Receives each global version rebuilt here from encrypted aggregates.
+Keep = Callable[[int, np.ndarray], None]
+
+
+class PartCodec(ABC):
+    """How one vector travels: its encoding, and how a served version of it becomes the vector."""
+
+    encoding: str
+    #: True when a served version holds the change since the version before it, not the whole vector.
+    cumulative: bool
+
+    @abstractmethod
+    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        """The bytes that carry ``vector`` from a site with ``weight`` (round 0: the initial prompt)."""
+
+    @abstractmethod
+    def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
+        """Version ``v`` of the vector from what is served for it and version ``v - 1`` (None for version 0)."""
+
+
+class PlainPart(PartCodec):
+    """Float32 vectors: the weight travels in the payload header, and each version is served whole."""
+
+    encoding = FLOAT32
+    cumulative = False
+
+    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        return encode_vector(vector)
+
+    def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
+        return decode_vector(payload, size)
+
+
+class EncryptedPart(PartCodec):
+    """CKKS vectors under the job's secret context (``secret`` fetches it: it may arrive after joining)."""
+
+    encoding = CKKS
+    cumulative = True
+
+    def __init__(self, secret: Callable[[], SecretContext], gram_defence: bool) -> None:
+        self.secret = secret
+        self.gram_defence = gram_defence
+
+    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        slot = 0 if round_ and self.gram_defence else weight  # Gram defence: the coordinator adds the weights
+        return self.secret().encrypt(np.asarray(vector, dtype=np.float64) * weight, slot)
+
+    def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
+        total, weight = self.secret().decrypt(payload.data, size)
+        return total / weight if previous is None else previous.astype(np.float64) + total / weight
+
+
+class PayloadCodec(ABC):
+    """One job's payloads at one site: updates and the initial prompt out, global versions in.
+
+    Keeps the newest global version it was asked for, so an encrypted job adds only the rounds after it.
+    """
+
+    def __init__(self, part: PartCodec, job_id: str, size: int, download: Download, keep: Keep) -> None:
+        self.part = part
+        self.job_id = job_id
+        self.size = size
+        self.download = download
+        self.keep = keep
+        self._globals: dict[int, np.ndarray] = {}
+
+    @property
+    @abstractmethod
+    def encoding(self) -> str:
+        """The payload encoding on the wire."""
+
+    @abstractmethod
+    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        """A payload's data for ``vector``."""
+
+    @abstractmethod
+    def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
+        """Version ``v`` from its served payload and version ``v - 1`` (None for version 0 or a plain job)."""
+
+    def initial(self, vector: np.ndarray) -> Payload:
+        """The initial prompt (version 0), with weight 1 and no example count."""
+        return self.encode_update(0, vector, 1)
+
+    def encode_update(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
+        """A round's update: the plain vector, or the encryption of ``weight * vector`` (and the weight slot)."""
+        return Payload(self.job_id, round_, self.encoding, self.size, self._data(round_, vector, weight),
+                       num_examples=weight if round_ else 0)
+
+    def global_vector(self, version: int) -> np.ndarray:
+        """Global ``version`` as this site knows it: downloaded, or rebuilt from encrypted aggregates."""
+        if version not in self._globals:
+            self._globals = {version: self._rebuild(version)}
+        return self._globals[version]
+
+    def _rebuild(self, version: int) -> np.ndarray:
+        if not self.part.cumulative:  # a plain version is the whole vector
+            return self._version(self.download(version), None)
+        known = [v for v in self._globals if v <= version]
+        current, vector = (known[0], self._globals[known[0]]) if known else (-1, np.zeros(self.size, np.float32))
+        while current < version:
+            current += 1
+            vector = self._version(self.download(current), vector if current else None).astype(np.float32)
+            self.keep(current, vector)
+        return vector
+
+
+class VectorCodec(PayloadCodec):
+    """The whole exchanged vector as one part."""
+
+    @property
+    def encoding(self) -> str:
+        return self.part.encoding
+
+    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        return self.part.encode(round_, vector, weight)
+
+    def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
+        return self.part.decode(payload, self.size, previous)
+
+
+class LevelledCodec(PayloadCodec):
+    """The shared levels (``sizes``: name -> parameters, in vector order) as one level container, each level
+    carried by the part codec; the personal level is never part of the vector."""
+
+    def __init__(self, part: PartCodec, job_id: str, sizes: dict[str, int], download: Download, keep: Keep) -> None:
+        super().__init__(part, job_id, sum(sizes.values()), download, keep)
+        self.sizes = sizes
+        self.names = tuple(sizes)
+
+    @property
+    def encoding(self) -> str:
+        return encoding(self.part.encoding)
+
+    def _split(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        out, offset = {}, 0
+        for name, size in self.sizes.items():
+            out[name] = vector[offset : offset + size]
+            offset += size
+        return out
+
+    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+        return pack({name: (len(v), self.part.encode(round_, v, weight)) for name, v in self._split(vector).items()})
+
+    def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
+        """Each level decoded on its own (global part and this member's cohort's expert part); in a cumulative
+        version an empty part means the level is unchanged."""
+        parts = shared_parts(payload.data, self.names, self.sizes)
+        befores = list(self._split(previous).values()) if previous is not None else [None] * len(parts)
+        levels = []
+        for (name, (size, data)), before in zip(parts.items(), befores, strict=True):
+            if not data and self.part.cumulative:
+                if before is None:
+                    raise InvalidUpdate(f"the initial prompt lacks its {name} level")
+                levels.append(before)
+                continue
+            part = Payload(payload.job_id, payload.round, self.part.encoding, size, data)
+            levels.append(self.part.decode(part, size, before))
+        return np.concatenate(levels)
+
+
+def job_codec(config: JobConfig, job_id: str, vector_size: int, keys: KeyHolder | None,
+              level_sizes: dict[str, int] | None, download: Download, keep: Keep) -> PayloadCodec:
+    """The codec of a job: encrypted parts when the site holds (or awaits) a key, plain otherwise; levelled
+    when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise."""
+    part: PartCodec = EncryptedPart(keys.require, config.encrypted_gram) if keys is not None else PlainPart()
+    if level_sizes is not None:
+        return LevelledCodec(part, job_id, level_sizes, download, keep)
+    return VectorCodec(part, job_id, vector_size, download, keep)
