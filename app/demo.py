@@ -31,6 +31,7 @@ from fedprompt.config import (
     dump_toml,
     parse_toml,
 )
+from fedprompt.coordinator.aggregation import job_aggregator
 from fedprompt.crypto.pki import CertificateAuthority, cert_pem, write_key_and_csr
 from fedprompt.data.datasets import BUILTIN, label_indices, majority_accuracy, read_jsonl
 from fedprompt.data.shards import DataPlan, prepare
@@ -199,7 +200,7 @@ def run_demo(options: DemoOptions) -> int:
         work.mkdir(parents=True, exist_ok=True)
         print(f"[demo] preparing {DATASET} for {options.participants} sites in {work}")
         sites = prepare(DataPlan(DATASET, participants=options.participants, test_size=options.test_size, seed=options.seed), work / "data")
-        he_params = config.he_params().describe() if config.he.enabled else None
+        he_params = config.he_params(job_aggregator(config).gram).describe() if config.he.enabled else None
         print(f"[demo] encrypted aggregation: {he_params}" if he_params else "[demo] encrypted aggregation off")
         test_labels = label_indices(read_jsonl(work / "data" / "test.jsonl"), config.task.label_names)
 

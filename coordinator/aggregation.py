@@ -4,11 +4,15 @@ The maths lives in module-level pure functions that tests call directly; an ``Ag
 the round machinery.  Participants submit *deltas* (new local vector minus the global they started from)
 with their example counts.  In black-box jobs the vector is a FedBPT search state ``[z_1 .. z_d, sigma]``.
 
-Robust aggregators come in two kinds.  ``GramDefence`` subclasses decide which updates to keep from the
-Gram matrix of the deltas alone (``coordinator.robust``) and then average the kept ones; this split is the
-seam for encrypted updates: an HE aggregator computes the Gram matrix on ciphertexts, has key holders
-decrypt those scalars, calls the same ``decide`` and folds only the accepted ciphertexts.  Coordinate-wise
-defences (median, trimmed mean) need every coordinate and exist for plaintext jobs only.
+Each class declares its kind, and what a job may combine it with follows from that alone
+(``job_aggregator``): a **linear** rule is one weighted sum, so the encrypted fold computes it
+(``coordinator.accumulators.EncryptedAccumulator``); a **Gram** defence (``GramDefence``) decides which
+updates to keep from the Gram matrix of the deltas alone (``coordinator.robust``) and then averages the kept
+ones, which is the seam for encrypted updates: the encrypted path (``coordinator.accumulators.GramFold``)
+computes the Gram matrix on ciphertexts, has two key holders decrypt its scalars, calls the same ``judge``
+and sums only the accepted ciphertexts; a **black-box** rule aggregates FedBPT search states and serves
+black-box jobs only.  Coordinate-wise defences (median, trimmed mean) are none of these: they need every
+coordinate and exist for plaintext gradient jobs only.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class Aggregator(ABC):
     name: str
     flags = False  # whether it judges participants (and so yields a RoundDecision)
     quarantines = False  # whether its rejections count towards quarantine
+    linear = False  # one weighted sum of the updates: an encrypted fold computes it
+    gram = False  # decides from the updates' Gram matrix alone: also under encryption
+    blackbox = False  # aggregates black-box (FedBPT) search states: black-box jobs only, and they only these
 
     def __init__(self, robust: RobustSection | None = None) -> None:
         self.robust = robust or RobustSection()
@@ -118,6 +125,7 @@ class FedAvg(Aggregator):
     Decentralized Data", 2017): global + the example-weighted mean of the deltas."""
 
     name = "fedavg"
+    linear = True
 
     def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
         mean_delta = weighted_mean([c.delta for c in contributions], [c.num_examples for c in contributions])
@@ -134,6 +142,7 @@ class GramDefence(Aggregator):
 
     flags = True
     quarantines = True
+    gram = True
 
     @abstractmethod
     def decide(self, g: np.ndarray) -> Decision:
@@ -277,6 +286,7 @@ class FedBPT(Aggregator):
     """
 
     name = "fedbpt"
+    blackbox = True
 
     def check(self, global_vector: np.ndarray, delta: np.ndarray) -> None:
         check_step_size(global_vector, delta)
@@ -303,6 +313,7 @@ class FedBPTLinear(FedAvg):
     fold can compute it without seeing any participant's state."""
 
     name = "fedbpt_linear"
+    blackbox = True
 
     def check(self, global_vector: np.ndarray, delta: np.ndarray) -> None:
         check_step_size(global_vector, delta)
@@ -322,8 +333,24 @@ def make_aggregator(name: str, robust: RobustSection | None = None) -> Aggregato
 
 
 def job_aggregator(config: JobConfig) -> Aggregator:
-    """The job's aggregator, refusing a config under which it could be asked to run outside its assumption."""
+    """The job's aggregator, refusing a config it cannot serve: a kind that does not fit the job (black-box
+    or not, encrypted or not, levelled), or a minimum of updates below the rule's assumption."""
     aggregator = make_aggregator(config.job.aggregator, config.robust)
+    blackbox = config.blackbox.enabled
+    kinds = sorted(name for name, cls in AGGREGATORS.items() if cls.blackbox)
+    if blackbox and not aggregator.blackbox:
+        raise ConfigError(f"job.aggregator: a black-box job aggregates search states: choose one of {kinds}")
+    if not blackbox and aggregator.blackbox:
+        raise ConfigError(f"job.aggregator: {aggregator.name!r} aggregates black-box search states; set "
+                          "blackbox.enabled = true")
+    if config.he.enabled:
+        allowed = [name for name, cls in AGGREGATORS.items() if cls.blackbox == blackbox and (cls.linear or cls.gram)]
+        if aggregator.name not in allowed:
+            raise ConfigError(f"job.aggregator: encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
+                              f"{config.mode} job, got {aggregator.name!r}")
+        if config.levels.enabled and aggregator.gram:
+            raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
+                              "per level is not built); with levels and he.enabled use 'fedavg'")
     needed = aggregator.minimum_updates()
     if config.job.min_participants < needed:
         raise ConfigError(f"job.min_participants: {aggregator.name} with robust.max_malicious="

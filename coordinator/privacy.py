@@ -117,8 +117,8 @@ class UniformWeights(Aggregator):
         self.inner = inner
         self.min_updates = min_updates
         self.name = inner.name
-        self.flags = inner.flags
-        self.quarantines = inner.quarantines
+        self.flags, self.quarantines = inner.flags, inner.quarantines
+        self.linear, self.gram, self.blackbox = inner.linear, inner.gram, inner.blackbox
 
     def minimum_updates(self) -> int:
         return max(self.min_updates, self.inner.minimum_updates())

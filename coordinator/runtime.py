@@ -88,7 +88,8 @@ class JobRuntime:
             config.job, allowed_participants=()), levels=dataclasses.replace(config.levels, cohorts=())))
         rule = job_aggregator(config)
         self.aggregator = UniformWeights(rule, config.job.min_participants) if config.dp.participant_level else rule
-        self.keys = JobKeys(job_id, config.he_params(), config.he.dealer, store) if config.he.enabled else None
+        self.gram_defence = rule.gram
+        self.keys = JobKeys(job_id, config.he_params(rule.gram), config.he.dealer, store) if config.he.enabled else None
         self.accumulator = choose_accumulator(job_id, config, store, self.keys, rule, self.aggregator,
                                               lambda: self.uploads.vector_size)
         self.roster = Roster(job_id, config.job.allowed_participants, store, offline_after_s,
@@ -158,7 +159,7 @@ class JobRuntime:
     # ---- participant calls -------------------------------------------------------------------------
     def describe(self, participant_id: str) -> JobDescription:
         self.roster.check_allowed(participant_id)
-        return JobDescription(self.job_id, self.config.job.name, self.public_toml)
+        return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.gram_defence)
 
     def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int,
              exchange_public_key: bytes = b"") -> JoinInfo:

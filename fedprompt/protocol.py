@@ -88,9 +88,15 @@ class PrivacyReport:
 
 @dataclass(frozen=True)
 class JobDescription:
+    """What a participant learns of a job before joining.  ``gram_defence``: the job's aggregator decides from
+    the Gram matrix of the updates; under HE the coordinator computes it on ciphertexts, so members use the
+    one-multiplication CKKS chain and encrypt 0 in each update's weight slot (the coordinator adds the
+    accepted weights)."""
+
     job_id: str
     job_name: str
     config_toml: str
+    gram_defence: bool = False
 
 
 @dataclass(frozen=True)

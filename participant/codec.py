@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedprompt.config import JobConfig
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import InvalidUpdate
@@ -196,11 +195,12 @@ class LevelledCodec(PayloadCodec):
         return np.concatenate(levels)
 
 
-def job_codec(config: JobConfig, job_id: str, vector_size: int, keys: KeyHolder | None,
+def job_codec(gram_defence: bool, job_id: str, vector_size: int, keys: KeyHolder | None,
               level_sizes: dict[str, int] | None, download: Download, keep: Keep) -> PayloadCodec:
     """The codec of a job: encrypted parts when the site holds (or awaits) a key, plain otherwise; levelled
-    when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise."""
-    part: PartCodec = EncryptedPart(keys.require, config.encrypted_gram) if keys is not None else PlainPart()
+    when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise.  Under a Gram defence
+    (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot."""
+    part: PartCodec = EncryptedPart(keys.require, gram_defence) if keys is not None else PlainPart()
     if level_sizes is not None:
         return LevelledCodec(part, job_id, level_sizes, download, keep)
     return VectorCodec(part, job_id, vector_size, download, keep)

@@ -120,7 +120,8 @@ class ParticipantRuntime:
         learner = self.learner_factory(self.config)
         self.learner = learner
         if self.config.he.enabled:
-            self.keys = KeyHolder(self.link, self.config.he_params(), description.job_id, self.state_dir)
+            self.keys = KeyHolder(self.link, self.config.he_params(description.gram_defence), description.job_id,
+                                  self.state_dir)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from fedprompt.participant.dp import SitePrivacy
 
@@ -131,7 +132,7 @@ class ParticipantRuntime:
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
         if self.config.levels.enabled:
             self.levels = SiteLevels(learner, self.config.levels.expert_tokens, info.job_id, self.state_dir)
-        codec = job_codec(self.config, info.job_id, learner.vector_size, self.keys,
+        codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
                           lambda version: self.link.download(info.job_id, version), self._keep_global)
         self.codec = codec

@@ -35,8 +35,7 @@ import torch
 
 from fedprompt.app.report import table, write_json
 from fedprompt.app.simulate import SimulationFile, load_simulation, simulate
-from fedprompt.config import GRAM_AGGREGATORS
-from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.crypto.gram import GramEvaluator, evaluation_keys
@@ -45,7 +44,8 @@ from fedprompt.participant.train import memoized, train_local
 
 SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "backdoor.toml"
 DEFENCES = ("norm_bound", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold")
-HE_DEFENCES = ("fedavg", *GRAM_AGGREGATORS)  # rerun with HE on: FedAvg and every Gram defence
+GRAM_DEFENCES = tuple(name for name, cls in AGGREGATORS.items() if cls.gram)
+HE_DEFENCES = ("fedavg", *GRAM_DEFENCES)  # rerun with HE on: FedAvg and every Gram defence
 TIMING_SIZES = (10, 20)
 TARGETS = {"asr": 0.10, "accuracy_drop_points": 1.0, "recall": 0.9, "precision": 0.8}
 
@@ -59,7 +59,7 @@ def _variant(sim: SimulationFile, aggregator: str, he: bool = False, **attack: A
 def gram_seconds(vector_size: int, sim: SimulationFile) -> dict[str, Any]:
     """Seconds of the coordinator's encrypted Gram step on ``n`` = 10 and 20 encrypted random updates, with
     the sizes an HE Gram job puts on the wire."""
-    params = _variant(sim, GRAM_AGGREGATORS[0], he=True).job.he_params()
+    params = _variant(sim, GRAM_DEFENCES[0], he=True).job.he_params(gram_defence=True)
     secret = SecretContext.create(params)
     keys = evaluation_keys(secret)
     public = PublicContext(secret.public_bytes(), params, secret.key_id)
@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-robust-") as state:
             reports[name] = simulate(variant.job, sites, backbone, attack=variant.attack, trainer=trainer,
                                      state_root=Path(state) if variant.job.he.enabled else None)
-            if variant.job.encrypted_gram:
+            if variant.job.he.enabled and AGGREGATORS[variant.job.job.aggregator].gram:
                 matches[name[3:]] = decisions_match(reports[name], Path(state), sim, name[3:])
         r = reports[name]
         print(f"[bench robust] {name}: accuracy {r['final_accuracy']:.4f}, ASR {r.get('asr')}, "
@@ -175,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
         "best_he": _best([r for r in rows if r["he"]], no_attack["final_accuracy"]),
         "targets": TARGETS,
         "detection_by_round": {name: reports[name]["detection"]["rounds"] for name in (
-            *DEFENCES, *(f"he_{d}" for d in GRAM_AGGREGATORS)) if reports[name].get("detection")},
+            *DEFENCES, *(f"he_{d}" for d in GRAM_DEFENCES)) if reports[name].get("detection")},
         "settings": {"scenario": str(SCENARIO.name), "participants": sim.simulation.participants,
                      "malicious": reports["fedavg"]["malicious"], "attack": dataclasses.asdict(sim.attack),
                      "rounds": sim.job.job.rounds, "steps": sim.job.train.max_steps,

@@ -6,8 +6,8 @@ the modules behind it are an implementation detail and may move.  What each hold
 - ``codec``: TOML <-> frozen dataclasses (``from_mapping``, ``parse_toml``, ``load_toml``, ``dump_toml``,
   dotted CLI overrides) and ``check``, the validation helper that names the bad key; knows no schema.
 - ``job``: the job schema shared verbatim by coordinator and participants (``JobConfig`` and its run,
-  model, task, training, augmentation, robustness and black-box sections; ``GRAM_AGGREGATORS`` and
-  ``BLACKBOX_AGGREGATORS``) with the checks that span sections.
+  model, task, training, augmentation, robustness and black-box sections) with the checks that span
+  sections; what depends on an aggregator's kind is checked by the coordinator's aggregator registry.
 - ``privacy``: the job's ``[dp]`` and ``[he]`` sections; ``levels``: ``[levels]`` and its cohorts;
   ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check.
 - ``process``: the coordinator's, a participant daemon's and a model service's own config files.
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from fedprompt.config.codec import dump_toml, from_mapping, load_toml, parse_toml, set_dotted, toml_mapping
 from fedprompt.config.job import (
-    BLACKBOX_AGGREGATORS,
-    GRAM_AGGREGATORS,
     AugmentSection,
     BlackboxSection,
     JobConfig,
@@ -42,10 +40,8 @@ from fedprompt.config.process import (
 
 __all__ = [
     "ACCOUNTANTS",
-    "BLACKBOX_AGGREGATORS",
     "COHORT_NAME",
     "COHORT_SOURCES",
-    "GRAM_AGGREGATORS",
     "IDENTITY",
     "MIN_HE_COHORT",
     "AugmentSection",

@@ -18,11 +18,6 @@ from fedprompt.config.privacy import DPSection, HESection
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.gram import gram_params
 
-#: Defences that decide from the Gram matrix of the updates alone, and so also run on encrypted updates.
-GRAM_AGGREGATORS = ("norm_bound", "krum", "multi_krum", "foolsgold")
-#: Aggregators of black-box search states: the only ones a black-box job may choose, and only it.
-BLACKBOX_AGGREGATORS = ("fedbpt", "fedbpt_linear")
-
 
 @dataclass(frozen=True)
 class JobSection:
@@ -210,30 +205,21 @@ class JobConfig:
         return "blackbox" if self.blackbox.enabled else "gradient"
 
     def validate(self, prefix: str) -> None:
-        """Checks that span sections (each section validated itself already)."""
+        """Checks that span sections (each section validated itself already).  What depends on the kind of
+        aggregator a job names (Gram defence, black-box, linear) is checked where the aggregator registry
+        lives, when the coordinator creates the job (``coordinator.aggregation.job_aggregator``)."""
         if self.levels.enabled:
             self.levels.check_job(self)
-            check(not self.encrypted_gram, "job.aggregator",
-                  "an encrypted Gram defence cannot yet judge levelled updates (one Gram per level is not "
-                  "built); with levels and he.enabled use 'fedavg'")
         check(
             not self.augment.enabled or self.augment.warmup_rounds < self.job.rounds,
             "augment.warmup_rounds",
             f"must be < job.rounds={self.job.rounds} when augment.enabled, or no round would use pseudo-labels",
         )
         if self.he.enabled:
-            allowed = ("fedbpt_linear",) if self.blackbox.enabled else ("fedavg", *GRAM_AGGREGATORS)
-            check(self.job.aggregator in allowed, "job.aggregator",
-                  f"encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
-                  f"{self.mode} job, got {self.job.aggregator!r}")
             check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
                   f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
         if not self.blackbox.enabled:
-            check(self.job.aggregator not in BLACKBOX_AGGREGATORS, "job.aggregator",
-                  f"{self.job.aggregator!r} aggregates black-box search states; set blackbox.enabled = true")
             return
-        check(self.job.aggregator in BLACKBOX_AGGREGATORS, "job.aggregator",
-              f"a black-box job aggregates search states: choose one of {list(BLACKBOX_AGGREGATORS)}")
         check(not self.model.train_head, "model.train_head",
               "must be false in a black-box job: the model service scores with the frozen label head")
         check(not self.dp.enabled, "dp.enabled",
@@ -243,21 +229,17 @@ class JobConfig:
         check(not self.augment.enabled, "augment.enabled",
               "pseudo-labelling needs the local model; a black-box participant only queries a model service")
 
-
-    @property
-    def encrypted_gram(self) -> bool:
-        """Encrypted job with a Gram defence: the coordinator decides on the encrypted Gram matrix."""
-        return self.he.enabled and self.job.aggregator in GRAM_AGGREGATORS
-
     @property
     def encrypted_discovery(self) -> bool:
         """Encrypted levelled job discovering its cohorts: the coordinator clusters an encrypted Gram matrix."""
         levels = self.levels
         return self.he.enabled and levels.enabled and levels.expert_tokens > 0 and levels.cohorts_from == "discover"
 
-    def he_params(self) -> CkksParams:
-        """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator needs an
-        encrypted Gram matrix (a Gram defence, or cohort discovery) the fixed one-multiplication chain of
-        ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its evaluation keys."""
-        gram = self.encrypted_gram or self.encrypted_discovery
+    def he_params(self, gram_defence: bool) -> CkksParams:
+        """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator computes an
+        encrypted Gram matrix (its aggregator is a Gram defence, or the job discovers cohorts) the fixed
+        one-multiplication chain of ``crypto.gram.gram_params`` (``he.max_summands`` still applies) with its
+        evaluation keys.  Whether the aggregator is a Gram defence is the registry's to say: the coordinator
+        tells participants (``JobDescription.gram_defence``)."""
+        gram = gram_defence or self.encrypted_discovery
         return gram_params(self.he.params()) if gram else self.he.params()

@@ -36,7 +36,7 @@ def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(config))
         links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in WEIGHTS}
-        holders = {n: KeyHolder(link, config.he_params(), job_id) for n, link in links.items()}
+        holders = {n: KeyHolder(link, config.he_params(gram_defence=True), job_id) for n, link in links.items()}
         try:
             for name, link in links.items():
                 info = link.join(job_id, 30, 4, SIZE, holders[name].public_key)
@@ -100,7 +100,7 @@ def test_a_dealer_that_stopped_before_its_evaluation_keys_uploads_them_when_it_c
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound"),
         he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
-    params = config.he_params()
+    params = config.he_params(gram_defence=True)
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(config))

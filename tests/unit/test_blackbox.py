@@ -17,6 +17,7 @@ from fedprompt.coordinator.aggregation import (
     FedAvg,
     FedBPTLinear,
     fedbpt_global_distribution,
+    job_aggregator,
     make_aggregator,
 )
 from fedprompt.coordinator.runtime import JobRuntime
@@ -91,7 +92,7 @@ def test_linear_variant_is_the_weighted_average_of_means_and_step_sizes() -> Non
 
 
 @pytest.mark.parametrize(("change", "key"), [
-    ({"blackbox": {"enabled": True}}, "job.aggregator"),
+    ({"blackbox": {"enabled": True}, "model": {"train_head": False}}, "job.aggregator"),
     ({"blackbox": {"enabled": True}, "job": {"aggregator": "fedbpt"}}, "model.train_head"),
     ({"job": {"aggregator": "fedbpt_linear"}}, "job.aggregator"),
     ({"blackbox": {"enabled": True}, "job": {"aggregator": "fedbpt"}, "model": {"train_head": False},
@@ -102,11 +103,13 @@ def test_linear_variant_is_the_weighted_average_of_means_and_step_sizes() -> Non
     ({"blackbox": {"sigma": 0}}, "blackbox.sigma"),
     ({"blackbox": {"local_iterations": 0}}, "blackbox.local_iterations"),
 ])
-def test_blackbox_config_is_validated_at_load_naming_the_key(change: dict, key: str) -> None:
+def test_blackbox_config_is_validated_naming_the_key(change: dict, key: str) -> None:
+    """Section checks at load, the aggregator's kind (black-box, linear under HE) when the coordinator
+    creates the job: either way the bad key is named."""
     import tomli_w
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        parse_toml(tomli_w.dumps(change), JobConfig)
+        job_aggregator(parse_toml(tomli_w.dumps(change), JobConfig))
 
 
 def test_blackbox_learner_searches_through_the_model_host_only(tiny_encoder_dir: Path) -> None:

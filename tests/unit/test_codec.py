@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprompt.config import JobConfig
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
 from fedprompt.crypto.errors import InvalidCiphertext
@@ -225,7 +224,7 @@ def test_levelled_initial_prompt_needs_every_level(secret: SecretContext) -> Non
 
 def test_job_codec_is_chosen_from_the_job() -> None:
     served = Served()
-    plain = job_codec(JobConfig(), JOB, SIZE, None, None, served.download, served.keep)
+    plain = job_codec(False, JOB, SIZE, None, None, served.download, served.keep)
     assert isinstance(plain, VectorCodec) and plain.encoding == FLOAT32 and plain.size == SIZE
-    levelled = job_codec(JobConfig(), JOB, 9, None, dict(LEVELS), served.download, served.keep)
+    levelled = job_codec(False, JOB, 9, None, dict(LEVELS), served.download, served.keep)
     assert isinstance(levelled, LevelledCodec) and levelled.encoding == encoding(FLOAT32) and levelled.size == 9

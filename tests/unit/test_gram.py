@@ -114,8 +114,12 @@ def test_gram_answers_must_have_the_right_shape() -> None:
     assert to_matrix([1.0, 2.0, 3.0], 2).tolist() == [[1.0, 2.0], [2.0, 3.0]]
 
 
-def test_gram_aggregators_are_exactly_the_gram_defences() -> None:
-    from fedprompt.config import GRAM_AGGREGATORS
-    from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence
+def test_the_registry_declares_each_kind_by_its_class() -> None:
+    """Gram defences are exactly the ``GramDefence`` rules; linear ones are FedAvg on vectors or search states;
+    black-box ones aggregate FedBPT search states; a rule is never both linear and a Gram defence."""
+    from fedprompt.coordinator.aggregation import AGGREGATORS, FedAvg, FedBPT, FedBPTLinear, GramDefence
 
-    assert {name for name, cls in AGGREGATORS.items() if issubclass(cls, GramDefence)} == set(GRAM_AGGREGATORS)
+    assert {n for n, c in AGGREGATORS.items() if c.gram} == {n for n, c in AGGREGATORS.items() if issubclass(c, GramDefence)}
+    assert {n for n, c in AGGREGATORS.items() if c.linear} == {n for n, c in AGGREGATORS.items() if issubclass(c, FedAvg)}
+    assert {n for n, c in AGGREGATORS.items() if c.blackbox} == {FedBPT.name, FedBPTLinear.name}
+    assert not any(c.linear and c.gram for c in AGGREGATORS.values())

@@ -19,6 +19,7 @@ from fedprompt.config import (
     dump_toml,
     parse_toml,
 )
+from fedprompt.coordinator.aggregation import job_aggregator
 from fedprompt.coordinator.cohorts import DEFAULT_COHORT, discover_cohorts
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
@@ -74,8 +75,9 @@ def _parse(levels: str, extra: str = "") -> JobConfig:
      "levels.cohorts[0].members"),
 ])
 def test_levels_config_names_the_bad_key(levels: str, extra: str, key: str) -> None:
+    """At load, or (the aggregator's kind) when the coordinator creates the job."""
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
-        _parse(levels, extra)
+        job_aggregator(_parse(levels, extra))
 
 
 def test_prompt_length_must_equal_the_levels_sum() -> None:

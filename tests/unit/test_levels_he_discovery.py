@@ -103,7 +103,7 @@ class EncryptedJob:
         job = self.job
         for p in MEMBERS:
             job.join(p, 100, 5, G + E, public_bytes(new_exchange_key()))
-        self.secret = SecretContext.create(self.config.he_params())
+        self.secret = SecretContext.create(self.config.he_params(gram_defence=False))
         job.publish_context("a", self.secret.public_bytes(), self.secret.key_id)
         job.start()
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(self.secret)))
@@ -244,8 +244,8 @@ def test_config_accepts_discovery_under_he_with_a_chain_for_evaluation_keys() ->
     text = ("[model]\nprompt_length = 4\n[he]\nenabled = true\n[levels]\nenabled = true\nglobal_tokens = 2\n"
             "expert_tokens = 1\npersonal_tokens = 1\ncohorts_from = 'discover'\n")
     config = parse_toml(text, JobConfig)
-    assert config.encrypted_discovery and not config.encrypted_gram
-    params = config.he_params()
+    assert config.encrypted_discovery
+    params = config.he_params(gram_defence=False)
     assert params.multiplicative and params.poly_modulus_degree == 8192  # relinearisation + Galois keys
     assert not parse_toml(text.replace("'discover'", "'admin'\n[[levels.cohorts]]\nname = 'x'\n"
-                                       "members = ['a', 'b']"), JobConfig).he_params().multiplicative
+                                       "members = ['a', 'b']"), JobConfig).he_params(gram_defence=False).multiplicative
