@@ -3,8 +3,8 @@
 Participant level.  Each participant clips its update to C and adds a noise share N(0, sigma^2 C^2 / m),
 m = ``job.min_participants`` (``participant/dp.py``); the coordinator aggregates only with at least m
 updates, so every released aggregate carries at least N(0, sigma^2 C^2) noise on a sum whose sensitivity to
-one participant is C (updates are weighted equally, see ``UniformWeights``).  That is one step of the
-sampled Gaussian mechanism with noise multiplier sigma and sampling rate q = selected / eligible, accounted
+one participant is C (updates are weighted equally, see ``aggregation.UniformWeights``).  That is one step
+of the sampled Gaussian mechanism with noise multiplier sigma and sampling rate q = selected / eligible, accounted
 with an Opacus accountant (DP-FedAvg: McMahan et al., "Learning Differentially Private Recurrent Language
 Models", ICLR 2018).  The coordinator needs no plaintext for this: only sigma (from the job config) and q,
 so it works unchanged when updates are encrypted.  Counting sigma rather than sigma * sqrt(n / m) for n > m
@@ -21,7 +21,6 @@ coordinator checks and stores the reports and summarises them per round (max and
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -31,7 +30,6 @@ from opacus.accountants import create_accountant
 
 from fedprompt.accounting import epsilon_after, epsilon_of
 from fedprompt.config import DPSection
-from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contribution
 from fedprompt.coordinator.store import LedgerRow, PrivacyRow, Store
 from fedprompt.errors import InvalidUpdate
 from fedprompt.protocol import PrivacyReport
@@ -104,27 +102,3 @@ def record_summary(rows: Sequence[PrivacyRow]) -> dict[str, float]:
     eps = [r.epsilon for r in rows]
     return {"record_epsilon_max": float(max(eps)), "record_epsilon_median": float(np.median(eps)),
             "record_delta_max": float(max(r.delta for r in rows))}
-
-
-class UniformWeights(Aggregator):
-    """Wraps an aggregator so every update counts once, with at least ``min_updates`` of them (fail closed).
-
-    Participant-level sensitivity is the clip bound C only if no update is scaled up by a weight, and the
-    noise shares add up to the promised total only with at least ``min_updates`` shares.
-    """
-
-    def __init__(self, inner: Aggregator, min_updates: int) -> None:
-        self.inner = inner
-        self.min_updates = min_updates
-        self.name = inner.name
-        self.flags = inner.flags
-        self.quarantines = inner.quarantines
-
-    def minimum_updates(self) -> int:
-        return max(self.min_updates, self.inner.minimum_updates())
-
-    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
-        if len(contributions) < self.min_updates:
-            raise InvalidUpdate(f"participant-level DP needs at least {self.min_updates} updates, got "
-                                f"{len(contributions)}")
-        return self.inner.aggregate(global_vector, [dataclasses.replace(c, num_examples=1) for c in contributions])

@@ -58,12 +58,12 @@ import numpy as np
 import structlog
 
 from fedprompt.config import JobConfig, dump_toml
-from fedprompt.coordinator.aggregation import AggregateResult, Contribution, GramDefence, job_aggregator
+from fedprompt.coordinator.aggregation import AggregateResult, Contribution, GramDefence, UniformWeights, job_aggregator
 from fedprompt.coordinator.hegram import DECRYPTORS, GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import JobLevels
 from fedprompt.coordinator.offload import Offload, inline
-from fedprompt.coordinator.privacy import ParticipantLedger, UniformWeights, check_report, record_summary
+from fedprompt.coordinator.privacy import ParticipantLedger, check_report, record_summary
 from fedprompt.coordinator.store import MemberRow, RoundRow, Store
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum

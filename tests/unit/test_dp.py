@@ -16,8 +16,8 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedprompt.config import DPSection, JobConfig, dump_toml, parse_toml
-from fedprompt.coordinator.aggregation import Contribution, FedAvg
-from fedprompt.coordinator.privacy import ParticipantLedger, UniformWeights
+from fedprompt.coordinator.aggregation import Contribution, FedAvg, UniformWeights
+from fedprompt.coordinator.privacy import ParticipantLedger
 from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
