@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import integrate, signal, special
+from scipy import integrate, special
 from scipy.fft import irfft, rfft
 
 from fedprompt.errors import ConfigError, FedPromptError
@@ -208,15 +208,30 @@ def _discretise(q: float, sigma: float, grid: np.ndarray, h: float) -> tuple[np.
     return pmf, shift
 
 
+def _discounted_tails(pmf: np.ndarray, h: float) -> np.ndarray:
+    """R[i] = sum_{j >= i} p_j e^(-(j - i) h), summed in blocks short enough that e^((j - i) h) stays finite
+    (a grid spans 2L, and e^(2L) overflows a double once L passes 354)."""
+    out = np.empty_like(pmf)
+    block = max(1, int(500 / h))
+    carry = 0.0
+    for end in range(len(pmf), 0, -block):
+        start = max(0, end - block)
+        k = np.arange(end - start) * h
+        out[start:end] = (np.cumsum((pmf[start:end] * np.exp(-k))[::-1])[::-1] * np.exp(k)
+                          + carry * np.exp(k - (end - start) * h))
+        carry = float(out[start])
+    return out
+
+
 def _discrete_epsilon(pmf: np.ndarray, values: np.ndarray, h: float, delta: float) -> float:
     """The exact epsilon at which a discrete PRV's delta(eps) = sum_j p_j (1 - e^(eps - t_j))_+ equals ``delta``,
     for values t_j spaced by ``h``.
 
-    With D[i] = sum_{j >= i} p_j and R[i] = sum_{j >= i} p_j e^(t_i - t_j) (so R[i] = p_i + e^-h R[i+1], which
-    never overflows), delta(t_i) = D[i] - R[i] decreases in i; for the first i with delta(t_i) <= delta, eps lies
-    in (t_(i-1), t_i], where delta(eps) = D[i] - e^(eps - t_i) R[i]."""
+    With D[i] = sum_{j >= i} p_j and R[i] = sum_{j >= i} p_j e^(t_i - t_j), delta(t_i) = D[i] - R[i] decreases
+    in i; for the first i with delta(t_i) <= delta, eps lies in (t_(i-1), t_i], where
+    delta(eps) = D[i] - e^(eps - t_i) R[i]."""
     tail = np.cumsum(pmf[::-1])[::-1]
-    discounted = signal.lfilter([1.0], [1.0, -math.exp(-h)], pmf[::-1])[::-1]
+    discounted = _discounted_tails(pmf, h)
     i = int(np.searchsorted(discounted - tail, -delta, side="left"))
     if i <= 0 or i >= len(pmf):
         raise FedPromptError(f"privacy accountant: delta {delta:g} is outside the PRV grid")

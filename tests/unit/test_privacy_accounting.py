@@ -78,15 +78,16 @@ def gaussian_epsilon(sigma: float, steps: int, delta: float) -> float:
     "Improving the Gaussian Mechanism for Differential Privacy", ICML 2018, Theorem 8)."""
     mu = math.sqrt(steps) / sigma
     return float(optimize.brentq(lambda eps: special.ndtr(mu / 2 - eps / mu) - math.exp(eps) * special.ndtr(
-        -mu / 2 - eps / mu) - delta, 0.0, 300.0, xtol=1e-13))
+        -mu / 2 - eps / mu) - delta, 0.0, 600.0, xtol=1e-13))
 
 
-@pytest.mark.parametrize(("sigma", "steps"), itertools.product([0.8, 2.0], [1, 10, 100]))
+@pytest.mark.parametrize(("sigma", "steps"), [*itertools.product([0.8, 2.0], [1, 10, 100]), (0.5, 100)])
 def test_both_bound_the_exact_epsilon_of_the_gaussian_mechanism_and_prv_within_its_error(sigma: float,
                                                                                          steps: int) -> None:
     """A reference that is not Opacus: with q = 1 the exact curve is known.  PRV reports its estimate at
     delta - delta_error plus eps_error, so it lies between the exact epsilon at delta and the exact epsilon at
-    delta - 2 delta_error plus 2 eps_error (Gopi et al. 2021); RDP is an upper bound, looser."""
+    delta - 2 delta_error plus 2 eps_error (Gopi et al. 2021); RDP is an upper bound, looser.  At sigma 0.5 the
+    grid is over 500 wide, so its tail sums run in more than one block."""
     for delta in (1e-3, 1e-6):
         exact = gaussian_epsilon(sigma, steps, delta)
         prv = with_history(PRVAccountant(), [(sigma, 1.0, steps)]).get_epsilon(delta)
