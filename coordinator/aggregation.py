@@ -17,6 +17,7 @@ coordinate and exist for plaintext gradient jobs only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -317,6 +318,34 @@ class FedBPTLinear(FedAvg):
 
     def check(self, global_vector: np.ndarray, delta: np.ndarray) -> None:
         check_step_size(global_vector, delta)
+
+
+class UniformWeights(Aggregator):
+    """Wraps an aggregator so every update counts once, with at least ``min_updates`` of them (fail closed);
+    participant-level DP wraps the job's rule in it, as Flower's DP strategies wrap a strategy.
+
+    Participant-level sensitivity is the clip bound C only if no update is scaled up by a weight, and the
+    noise shares add up to the promised total only with at least ``min_updates`` shares.
+    """
+
+    def __init__(self, inner: Aggregator, min_updates: int) -> None:
+        self.inner = inner
+        self.min_updates = min_updates
+        self.name = inner.name
+        self.flags, self.quarantines = inner.flags, inner.quarantines
+        self.linear, self.gram, self.blackbox = inner.linear, inner.gram, inner.blackbox
+
+    def minimum_updates(self) -> int:
+        return max(self.min_updates, self.inner.minimum_updates())
+
+    def check(self, global_vector: np.ndarray, delta: np.ndarray) -> None:
+        self.inner.check(global_vector, delta)
+
+    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
+        if len(contributions) < self.min_updates:
+            raise InvalidUpdate(f"participant-level DP needs at least {self.min_updates} updates, got "
+                                f"{len(contributions)}")
+        return self.inner.aggregate(global_vector, [dataclasses.replace(c, num_examples=1) for c in contributions])
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

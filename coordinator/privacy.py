@@ -3,17 +3,19 @@
 Participant level.  Each participant clips its update to C and adds a noise share N(0, sigma^2 C^2 / m),
 m = ``job.min_participants`` (``participant/dp.py``); the coordinator aggregates only with at least m
 updates, so every released aggregate carries at least N(0, sigma^2 C^2) noise on a sum whose sensitivity to
-one participant is C (updates are weighted equally, see ``UniformWeights``).  That is one step of the
-sampled Gaussian mechanism with noise multiplier sigma and sampling rate q = selected / eligible, accounted
-with an Opacus accountant (DP-FedAvg: McMahan et al., "Learning Differentially Private Recurrent Language
-Models", ICLR 2018).  The coordinator needs no plaintext for this: only sigma (from the job config) and q,
-so it works unchanged when updates are encrypted.  Counting sigma rather than sigma * sqrt(n / m) for n > m
-updates is conservative.  Selection samples a fixed number without replacement while the RDP analysis
-assumes Poisson sampling: the usual approximation, stated in the README.
+one participant is C (updates are weighted equally, see ``aggregation.UniformWeights``).  That is one step of
+the sampled Gaussian mechanism with noise multiplier sigma and sampling rate q = selected / eligible,
+accounted with the shared accountant of ``fedprompt.privacy`` (DP-FedAvg: McMahan et al., "Learning
+Differentially Private Recurrent Language Models", ICLR 2018).  The coordinator needs no plaintext for this:
+only sigma (from the job config) and q, so it works unchanged when updates are encrypted.  Counting sigma
+rather than sigma * sqrt(n / m) for n > m updates is conservative.  Selection samples a fixed number without
+replacement while the analysis assumes Poisson sampling: the usual approximation, stated in the README.
 
-Each step is a row of the ``privacy_ledger`` table; the accountant is rebuilt by replaying them, so the
-ledger survives a coordinator restart.  A round that would take epsilon past ``dp.participant_epsilon`` is
-not opened and the job ends with the reason.
+The accountant's ``state_dict`` is the job's row of the store's ``privacy_accountants`` table, rewritten after
+each accounted round, so the ledger survives a coordinator restart; one that cannot be read pauses its job
+(and ends it if started again) rather than restarting at epsilon 0.  A database from before that table holds one ``privacy_ledger`` row per
+round instead: the state is rebuilt from them once.  A round that would take epsilon past
+``dp.participant_epsilon`` is not opened and the job ends with the reason.
 
 Record level.  Participants report the epsilon their own accountant has spent (``PrivacyReport``); the
 coordinator checks and stores the reports and summarises them per round (max and median).
@@ -21,19 +23,16 @@ coordinator checks and stores the reports and summarises them per round (max and
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import structlog
-from opacus.accountants import create_accountant
 
-from fedprompt.accounting import epsilon_after, epsilon_of
 from fedprompt.config import DPSection
-from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contribution
-from fedprompt.coordinator.store import LedgerRow, PrivacyRow, Store
-from fedprompt.errors import InvalidUpdate
+from fedprompt.coordinator.store import PrivacyRow, Store
+from fedprompt.errors import FedPromptError, InvalidUpdate
+from fedprompt.privacy import create_accountant
 from fedprompt.protocol import PrivacyReport
 
 log = structlog.get_logger("coordinator.privacy")
@@ -49,8 +48,21 @@ class ParticipantLedger:
         self.dp = dp
         self.store = store
         self.accountant = create_accountant(dp.accountant)
-        for row in store.ledger(job_id):
-            self.accountant.step(noise_multiplier=row.noise_multiplier, sample_rate=row.sample_rate)
+        self.error = ""  # why the stored ledger could not be read: no round opens then (fail closed)
+        state = store.accountant_state(job_id)
+        if state is not None:
+            try:
+                self.accountant.load_json(state)
+            except FedPromptError as exc:
+                self.error = f"participant-level privacy ledger of job {job_id} is unreadable ({exc})"
+                log.error("privacy ledger unreadable: the job opens no round", job_id=job_id, reason=str(exc))
+            return
+        legacy = store.legacy_ledger(job_id)
+        for sigma, sample_rate in legacy:
+            self.accountant.step(noise_multiplier=sigma, sample_rate=sample_rate)
+        if legacy:
+            store.save_accountant_state(job_id, self.accountant.to_json())
+            log.info("participant-level ledger migrated from privacy_ledger rows", job_id=job_id, rounds=len(legacy))
 
     @property
     def enabled(self) -> bool:
@@ -58,14 +70,16 @@ class ParticipantLedger:
 
     def epsilon(self) -> float:
         """Participant-level epsilon spent so far (inf when participant-level DP is off)."""
-        return epsilon_of(self.accountant, self.dp.participant_delta) if self.enabled else math.inf
+        return self.accountant.get_epsilon(self.dp.participant_delta) if self.enabled else math.inf
 
     def refusal(self, sample_rate: float) -> str:
         """Why the job must not open another round at this sampling rate (empty: it may)."""
+        if self.error:
+            return self.error
         if not self.enabled or math.isinf(self.dp.participant_epsilon):
             return ""
-        after = epsilon_after(self.accountant, 1, self.dp.participant_noise_multiplier, sample_rate,
-                              self.dp.participant_delta)
+        after = self.accountant.epsilon_after(1, noise_multiplier=self.dp.participant_noise_multiplier,
+                                              sample_rate=sample_rate, delta=self.dp.participant_delta)
         if after > self.dp.participant_epsilon:
             return (f"participant-level privacy budget reached: another round would spend epsilon {after:.3f} > "
                     f"budget {self.dp.participant_epsilon:g} at delta {self.dp.participant_delta:g} "
@@ -73,12 +87,10 @@ class ParticipantLedger:
         return ""
 
     def record(self, round_: int, sample_rate: float) -> float:
-        """Account one aggregated round; returns epsilon after it."""
-        sigma = self.dp.participant_noise_multiplier
-        self.accountant.step(noise_multiplier=sigma, sample_rate=sample_rate)
+        """Account one aggregated round and persist the accountant; returns epsilon after it."""
+        self.accountant.step(noise_multiplier=self.dp.participant_noise_multiplier, sample_rate=sample_rate)
+        self.store.save_accountant_state(self.job_id, self.accountant.to_json())
         epsilon = self.epsilon()
-        self.store.add_ledger_entry(self.job_id, LedgerRow(round_, sigma, sample_rate, epsilon,
-                                                           self.dp.participant_delta))
         log.info("participant-level privacy accounted", job_id=self.job_id, round=round_,
                  sample_rate=round(sample_rate, 4), epsilon=round(epsilon, 4))
         return epsilon
@@ -104,27 +116,3 @@ def record_summary(rows: Sequence[PrivacyRow]) -> dict[str, float]:
     eps = [r.epsilon for r in rows]
     return {"record_epsilon_max": float(max(eps)), "record_epsilon_median": float(np.median(eps)),
             "record_delta_max": float(max(r.delta for r in rows))}
-
-
-class UniformWeights(Aggregator):
-    """Wraps an aggregator so every update counts once, with at least ``min_updates`` of them (fail closed).
-
-    Participant-level sensitivity is the clip bound C only if no update is scaled up by a weight, and the
-    noise shares add up to the promised total only with at least ``min_updates`` shares.
-    """
-
-    def __init__(self, inner: Aggregator, min_updates: int) -> None:
-        self.inner = inner
-        self.min_updates = min_updates
-        self.name = inner.name
-        self.flags, self.quarantines = inner.flags, inner.quarantines
-        self.linear, self.gram, self.blackbox = inner.linear, inner.gram, inner.blackbox
-
-    def minimum_updates(self) -> int:
-        return max(self.min_updates, self.inner.minimum_updates())
-
-    def aggregate(self, global_vector: np.ndarray, contributions: Sequence[Contribution]) -> AggregateResult:
-        if len(contributions) < self.min_updates:
-            raise InvalidUpdate(f"participant-level DP needs at least {self.min_updates} updates, got "
-                                f"{len(contributions)}")
-        return self.inner.aggregate(global_vector, [dataclasses.replace(c, num_examples=1) for c in contributions])

@@ -30,11 +30,11 @@ from fedprompt.coordinator.accumulators import (
     GramAccumulator,
     PlainAccumulator,
 )
-from fedprompt.coordinator.aggregation import Aggregator, GramDefence, job_aggregator
+from fedprompt.coordinator.aggregation import Aggregator, GramDefence, UniformWeights, job_aggregator
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import LevelledAccumulator
 from fedprompt.coordinator.offload import Offload, followed, inline
-from fedprompt.coordinator.privacy import ParticipantLedger, UniformWeights
+from fedprompt.coordinator.privacy import ParticipantLedger
 from fedprompt.coordinator.reports import Reports
 from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine

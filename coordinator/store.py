@@ -4,8 +4,8 @@ Holds jobs, memberships, rounds, received-update bookkeeping (who, how big, dige
 global prompt versions (as the payload bytes the coordinator was given or computed: for encrypted jobs the
 encrypted initial prompt and each round's encrypted aggregate), reported metrics, and for encrypted jobs the
 key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open; and
-privacy: the participant-level ledger (one Opacus accountant step per aggregated round) and the record-level
-epsilon each participant reports.
+privacy: the participant-level accountant's state (``fedprompt.privacy``, rewritten after each aggregated round)
+and the record-level epsilon each participant reports.
 Also robust-aggregation decisions (accepted or rejected, with the defence's score).
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
@@ -72,9 +72,8 @@ CREATE TABLE IF NOT EXISTS sealed_keys (
     job_id TEXT NOT NULL, recipient TEXT NOT NULL, sender TEXT NOT NULL, blob BLOB NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (job_id, recipient)
 );
-CREATE TABLE IF NOT EXISTS privacy_ledger (
-    job_id TEXT NOT NULL, round INTEGER NOT NULL, noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL,
-    epsilon REAL NOT NULL, delta REAL NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (job_id, round)
+CREATE TABLE IF NOT EXISTS privacy_accountants (
+    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS record_privacy (
     job_id TEXT NOT NULL, participant_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
@@ -142,17 +141,6 @@ class RoundRow:
     bytes_up: int
     bytes_down: int
     summary: dict[str, float]
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """One aggregated round's participant-level Gaussian mechanism, and epsilon after it."""
-
-    round: int
-    noise_multiplier: float
-    sample_rate: float
-    epsilon: float
-    delta: float
 
 
 @dataclass(frozen=True)
@@ -368,16 +356,23 @@ class Store:
         return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     # privacy
-    def add_ledger_entry(self, job_id: str, row: LedgerRow) -> None:
+    def save_accountant_state(self, job_id: str, state: str) -> None:
+        """The job's participant-level accountant (its ``state_dict`` as JSON), replacing the previous one."""
         with self._tx() as db:
-            db.execute("INSERT INTO privacy_ledger VALUES (?,?,?,?,?,?,?)", (job_id, row.round, row.noise_multiplier,
-                                                                            row.sample_rate, row.epsilon, row.delta,
-                                                                            time.time()))
+            db.execute("INSERT OR REPLACE INTO privacy_accountants VALUES (?,?,?)", (job_id, state, time.time()))
 
-    def ledger(self, job_id: str) -> list[LedgerRow]:
-        rows = self._all("SELECT round, noise_multiplier, sample_rate, epsilon, delta FROM privacy_ledger "
-                         "WHERE job_id=? ORDER BY round", (job_id,))
-        return [LedgerRow(*r) for r in rows]  # type: ignore[arg-type]
+    def accountant_state(self, job_id: str) -> str | None:
+        rows = self._all("SELECT state FROM privacy_accountants WHERE job_id=?", (job_id,))
+        return str(rows[0][0]) if rows else None
+
+    def legacy_ledger(self, job_id: str) -> list[tuple[float, float]]:
+        """(noise_multiplier, sample_rate) of each round an older coordinator accounted as a ``privacy_ledger``
+        row, in round order; empty when the database never had that table.  Read once, to migrate."""
+        if not self._all("SELECT 1 FROM sqlite_master WHERE type='table' AND name='privacy_ledger'"):
+            return []
+        rows = self._all("SELECT noise_multiplier, sample_rate FROM privacy_ledger WHERE job_id=? ORDER BY round",
+                         (job_id,))
+        return [(float(r[0]), float(r[1])) for r in rows]  # type: ignore[arg-type]
 
     def save_privacy_report(self, job_id: str, row: PrivacyRow) -> None:
         with self._tx() as db:

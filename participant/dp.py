@@ -3,11 +3,11 @@
 Record level (protects each training example of this site): DP-SGD (Abadi et al., "Deep Learning with
 Differential Privacy", CCS 2016) with Poisson sampling (Opacus's ``UniformWithReplacementSampler``),
 per-example gradients for the trainable prompt modules only (Opacus's ``GradSampleModule`` skips the frozen
-PLM, so it costs nothing there), clipping and Gaussian noise (Opacus's ``DPOptimizer``), and an Opacus
-accountant (RDP: Mironov, "Renyi Differential Privacy", 2017; or PRV: Gopi et al., 2021) attached to the
-optimizer exactly as ``PrivacyEngine`` does.  The accountant's history is written to the site's state
-directory after every round, before the update leaves the site, so epsilon survives restarts and a crash
-can only over-count.  A round that would take epsilon past the job's budget is refused.
+PLM, so it costs nothing there), clipping and Gaussian noise (Opacus's ``DPOptimizer``), and the shared
+accountant of ``fedprompt.privacy`` (RDP or PRV, ``dp.accountant``) stepped by a hook on the optimizer, as
+``PrivacyEngine`` attaches its own.  The accountant's ``state_dict`` is written to the site's state directory
+after every round, before the update leaves the site, so epsilon survives restarts and a crash can only
+over-count.  A round that would take epsilon past the job's budget is refused.
 
 Participant level (protects a whole site's contribution): the update is clipped to L2 norm C and carries a
 share N(0, sigma^2 C^2 / m) of Gaussian noise, m = ``job.min_participants``; the coordinator aggregates only
@@ -21,65 +21,54 @@ job seed: noise anyone can regenerate protects nothing.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import structlog
 import torch
 from opacus import GradSampleModule
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from fedprompt.accounting import accountant_kwargs, epsilon_after, epsilon_of
 from fedprompt.config import DPSection, JobConfig, TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.participant.learner import Learner
 from fedprompt.participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
+from fedprompt.privacy import calibrate_noise, create_accountant
 from fedprompt.protocol import PrivacyReport
 
 log = structlog.get_logger("participant.dp")
 
 class RecordAccountant:
-    """An Opacus accountant whose history lives in a JSON file (``None``: in memory only)."""
+    """A record-level accountant whose ``state_dict`` lives in a JSON file (``None``: in memory only)."""
 
     def __init__(self, mechanism: str, path: Path | None) -> None:
         self.path = path
         self.accountant = create_accountant(mechanism)
         if path is not None and path.exists():
             try:
-                state = json.loads(path.read_text(encoding="utf-8"))
-                state["history"] = [tuple(entry) for entry in state["history"]]
-                self.accountant.load_state_dict(state)
-            except (ValueError, KeyError, TypeError) as exc:
+                self.accountant.load_json(path.read_text(encoding="utf-8"))
+            except (FedPromptError, UnicodeDecodeError) as exc:
                 # Fail closed: an unreadable ledger must not silently restart at epsilon = 0.
                 raise FedPromptError(f"privacy ledger {path} is unreadable ({exc}); refusing to train") from exc
 
-    @property
-    def steps(self) -> int:
-        return sum(int(entry[2]) for entry in self.accountant.history)
-
     def epsilon(self, delta: float) -> float:
-        return epsilon_of(self.accountant, delta)
+        return self.accountant.get_epsilon(delta)
 
     def save(self) -> None:
-        """Write the history atomically (temp file + rename) so a crash never leaves a torn ledger."""
+        """Write the state atomically (temp file + rename) so a crash never leaves a torn ledger."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        state: dict[str, Any] = dict(self.accountant.state_dict())
-        tmp.write_text(json.dumps({"mechanism": state["mechanism"], "history": state["history"]}), encoding="utf-8")
+        tmp.write_text(self.accountant.to_json(), encoding="utf-8")
         os.replace(tmp, self.path)
 
 
@@ -98,8 +87,8 @@ class RecordPlan:
 
 
 def plan_record_dp(dp: DPSection, train: TrainSection, rounds: int, num_examples: int) -> RecordPlan:
-    """Sampling rate batch/n, delta (default 1/(10 n)), and the noise multiplier: given, or calibrated with
-    Opacus so that ``rounds`` rounds of local steps spend exactly the budget (a site selected in every round)."""
+    """Sampling rate batch/n, delta (default 1/(10 n)), and the noise multiplier: given, or calibrated so that
+    ``rounds`` rounds of local steps spend exactly the budget (a site selected in every round)."""
     if num_examples < 1:
         raise ConfigError("dp: a site needs at least one training example")
     sample_rate = min(1.0, train.batch_size / num_examples)
@@ -107,13 +96,8 @@ def plan_record_dp(dp: DPSection, train: TrainSection, rounds: int, num_examples
     steps = steps_per_round(num_examples, train)
     sigma = dp.noise_multiplier
     if sigma == 0:
-        try:
-            sigma = float(get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=delta, sample_rate=sample_rate,
-                                               steps=rounds * steps, accountant=dp.accountant,
-                                               **accountant_kwargs(dp.accountant)))
-        except ValueError as exc:
-            raise ConfigError(f"dp.epsilon: {dp.epsilon} is unreachable for {rounds * steps} steps at sample rate "
-                              f"{sample_rate:.4g}: {exc}") from exc
+        sigma = calibrate_noise(target_epsilon=dp.epsilon, target_delta=delta, sample_rate=sample_rate,
+                                steps=rounds * steps, mechanism=dp.accountant, key="dp.epsilon")
     return RecordPlan(sigma, dp.max_grad_norm, sample_rate, max(1, round(sample_rate * num_examples)), steps, delta,
                       dp.epsilon, dp.accountant)
 
@@ -215,8 +199,9 @@ class SitePrivacy:
 
     def refusal(self) -> str:
         """Why this site must not train another round (empty: it may)."""
-        after = epsilon_after(self.accountant.accountant, self.plan.steps_per_round, self.plan.noise_multiplier,
-                              self.plan.sample_rate, self.plan.delta)
+        after = self.accountant.accountant.epsilon_after(self.plan.steps_per_round,
+                                                         noise_multiplier=self.plan.noise_multiplier,
+                                                         sample_rate=self.plan.sample_rate, delta=self.plan.delta)
         if after > self.plan.budget:
             return (f"record-level privacy budget: another round would spend epsilon {after:.3f} > budget "
                     f"{self.plan.budget:g} at delta {self.plan.delta:.3g} (spent {self.epsilon():.3f})")

@@ -41,6 +41,7 @@ def test_the_import_contracts_hold() -> None:
     ("crypto/ckks.py", "from fedprompt import errors", "Layers point down"),  # crypto -> core
     ("coordinator/store.py", "from fedprompt.app import report", "Layers point down"),  # coordinator -> app
     ("participant/keys.py", "from fedprompt.coordinator import keys", "Layers point down"),  # the two sides
+    ("coordinator/store.py", "import torch", "The coordinator never loads the ML stack"),  # a coordinator never trains
 ])
 def test_an_import_that_points_up_breaks_a_contract(tmp_path: Path, module: str, line: str, broken: str) -> None:
     root = _copy_tree(tmp_path)

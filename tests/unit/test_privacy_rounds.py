@@ -13,6 +13,7 @@ from fedprompt.config import DPSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import MemberState, Store
 from fedprompt.errors import InvalidUpdate, NotSelected, StaleRound
+from fedprompt.privacy import create_accountant
 from fedprompt.protocol import PrivacyReport
 from tests.support import tiny_job
 from tests.unit.test_rounds import SIZE, Clock, update
@@ -92,7 +93,9 @@ def test_participant_level_budget_stops_the_job(tmp_path: Path) -> None:
     job.tick()
     assert job.state.value == "done" and "participant-level privacy budget reached" in job.reason
     assert job.latest_version() == 1 and job.open is None
-    assert [row.epsilon for row in store.ledger(job.job_id)] == [first]
+    persisted = create_accountant("rdp")  # the ledger as stored: exactly the one aggregated round
+    persisted.load_json(store.accountant_state(job.job_id) or "")
+    assert persisted.history == [(3.0, 1.0, 1)] and persisted.get_epsilon(1e-3) == first
     store.close()
 
 
