@@ -80,15 +80,13 @@ class JobRuntime:
     def __init__(self, job_id: str, config: JobConfig, config_toml: str, store: Store,
                  clock: Callable[[], float] = time.time, offline_after_s: float = 120.0, max_attempts: int = 3,
                  offload: Offload = inline) -> None:
-        """``offload`` runs the round's costly homomorphic step (``coordinator.offload``): inline unless a
-        server passes its worker thread."""
+        """``offload`` runs a round's costly homomorphic step (``coordinator.offload``): inline by default."""
         self.job_id, self.config, self.config_toml, self.store, self.clock = job_id, config, config_toml, store, clock
         # What participants see: the job without its allow-list, so no member learns who else may join.
         self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
             config.job, allowed_participants=()), levels=dataclasses.replace(config.levels, cohorts=())))
         rule = job_aggregator(config)
         self.aggregator = UniformWeights(rule, config.job.min_participants) if config.dp.participant_level else rule
-        self.gram_defence = rule.gram
         self.keys = JobKeys(job_id, config.he_params(rule.gram), config.he.dealer, store) if config.he.enabled else None
         self.accumulator = choose_accumulator(job_id, config, store, self.keys, rule, self.aggregator,
                                               lambda: self.uploads.vector_size)
@@ -159,7 +157,7 @@ class JobRuntime:
     # ---- participant calls -------------------------------------------------------------------------
     def describe(self, participant_id: str) -> JobDescription:
         self.roster.check_allowed(participant_id)
-        return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.gram_defence)
+        return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.aggregator.gram)
 
     def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int,
              exchange_public_key: bytes = b"") -> JoinInfo:
@@ -246,8 +244,7 @@ class JobRuntime:
 
     # ---- downloads and reports ----------------------------------------------------------------------
     def global_payload(self, participant_id: str | None, version: int | None) -> Payload:
-        """A stored global version, ``None`` the latest (``participant_id`` None for admin export); counts
-        bytes down."""
+        """A stored global version (``None``: the latest) for a member, or for an admin export (no member)."""
         if participant_id is not None:
             self.roster.touch(participant_id, self.clock())
         elif refusal := self.accumulator.export_refusal(self.job_id):

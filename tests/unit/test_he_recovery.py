@@ -35,9 +35,9 @@ def encrypted_job(tmp_path: Path, config: JobConfig, clock: Clock) -> tuple[JobR
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
     job = jobs.job(jobs.create_job(dump_toml(config)))
     job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
-    secret = SecretContext.create(config.he_params(job.gram_defence))
+    secret = SecretContext.create(config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
-    if job.gram_defence:
+    if job.aggregator.gram:
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
     for name in ("b", "c"):
         job.join(name, 40, 5, SIZE, public_bytes(new_exchange_key()))

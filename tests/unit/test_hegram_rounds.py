@@ -76,7 +76,7 @@ def _deciding(tmp_path: Path, offload: Offload = inline) -> tuple[JobRuntime, Se
     with capture_logs():  # bind the job's logger under structlog's test configuration
         job, store, clock = _job(tmp_path, offload=offload)
     job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
-    secret = SecretContext.create(job.config.he_params(job.gram_defence))
+    secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
     job.start()
     job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
@@ -174,7 +174,7 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
     job, store, _ = _job(tmp_path)
     job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
     job.join("b", 40, 5, SIZE, public_bytes(new_exchange_key()))
-    secret = SecretContext.create(job.config.he_params(job.gram_defence))
+    secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     keys = Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret))
     with pytest.raises(PreconditionFailed, match="public context"):
         job.submit("a", keys)
@@ -188,7 +188,7 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
     assert open_round(job) is None  # no evaluation keys yet: no encrypted Gram matrix could be computed
     with pytest.raises(NotEnrolled):
         job.submit("b", keys)
-    other = SecretContext.create(job.config.he_params(job.gram_defence))
+    other = SecretContext.create(job.config.he_params(job.aggregator.gram))
     with pytest.raises(InvalidCiphertext, match="another key"):
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(other)))
     job.submit("a", keys)
@@ -201,9 +201,9 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
 def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_refuse_he(tmp_path: Path) -> None:
     job, store, _ = _job(tmp_path, aggregator="fedavg")
     job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
-    secret = SecretContext.create(job.config.he_params(job.gram_defence))
+    secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
-    assert not job.config.he_params(job.gram_defence).multiplicative
+    assert not job.config.he_params(job.aggregator.gram).multiplicative
     with pytest.raises(PreconditionFailed, match="no Gram defence"):
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, b"keys"))
     store.close()

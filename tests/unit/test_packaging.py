@@ -1,5 +1,5 @@
 """One import namespace: the built wheel installs ``fedprompt`` alone, and no code imports the design card's
-folders (``coordinator/``, ``participant/``, ``crypto/``) under their bare folder names."""
+folders (``coordinator/``, ``participant/``, ``crypto/``, ``app/``) under their bare folder names."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.support import REPO
 
 #: Folders of the source tree that are installed as subpackages of ``fedprompt`` (links in ``fedprompt/``).
-SUBPACKAGES = ("coordinator", "participant", "crypto")
+SUBPACKAGES = ("coordinator", "participant", "crypto", "app")
 
 
 def test_the_wheel_installs_only_the_fedprompt_import_name(tmp_path: Path) -> None:
@@ -30,6 +30,9 @@ def test_the_wheel_installs_only_the_fedprompt_import_name(tmp_path: Path) -> No
     assert top == {"fedprompt"}
     for name in SUBPACKAGES:  # the linked folders travel as real files under the one namespace
         assert f"fedprompt/{name}/__init__.py" in names
+    assert "fedprompt/app/cli/__init__.py" in names  # the console script's package
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "fedprompt = fedprompt.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def _bare_imports(path: Path) -> list[str]:
