@@ -24,12 +24,7 @@ import structlog
 
 from fedprompt.config import JobConfig, dump_toml
 from fedprompt.coordinator import tasks, views
-from fedprompt.coordinator.accumulators import (
-    Accumulator,
-    EncryptedAccumulator,
-    GramAccumulator,
-    PlainAccumulator,
-)
+from fedprompt.coordinator.accumulators import Accumulator, EncryptedAccumulator, GramAccumulator, PlainAccumulator
 from fedprompt.coordinator.aggregation import Aggregator, GramDefence, UniformWeights, job_aggregator
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import LevelledAccumulator
@@ -41,11 +36,7 @@ from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine
 from fedprompt.coordinator.store import TERMINAL, JobState, MemberRow, MemberState, Store
 from fedprompt.coordinator.uploads import Admission, UploadGate, UploadKind
 from fedprompt.crypto.gram import GRAM_ENCODING
-from fedprompt.errors import (
-    JobStateError,
-    NotFound,
-    PreconditionFailed,
-)
+from fedprompt.errors import JobStateError, NotFound, PreconditionFailed
 from fedprompt.protocol import (
     FlagsView,
     JobDescription,
