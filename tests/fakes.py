@@ -1,6 +1,7 @@
 """Shared fakes for tests that drive the coordinator as plain objects: a clock the test moves by hand, an offload
-that holds the homomorphic step until the test finishes it, and synthetic update payloads (plaintext float32,
-CKKS-encrypted, and levelled containers of either) built the way participants build them.
+that holds the homomorphic step until the test finishes it, a key relay as an encrypted job's dealer leaves it,
+and synthetic update payloads (plaintext float32, CKKS-encrypted, and levelled containers of either) built the way
+participants build them.
 
 Torch-free, like every module the coordinator's tests import (``tests/unit/test_torch_free.py``).
 """
@@ -12,8 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
+from fedprompt.crypto.gram import evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import encoding, pack
@@ -23,6 +27,10 @@ from fedprompt.wire.payload import FLOAT32, encode_vector
 SIZE = 6
 #: Sizes of the global and expert levels in the hand-made levelled updates.
 G, E = 5, 3
+#: Deltas and example counts of a round with one scaled update: norm bounding (f = 1) keeps a and b, rejects c.
+OUTLIER_DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
+                  "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
+                  "c": (np.array([2.0, -3.0, 1.5, 2.0, -1.0, 2.5]), 30)}
 
 
 class Clock:
@@ -58,6 +66,22 @@ class Deferred:
 def exchange_key() -> bytes:
     """A fresh X25519 public key, as a member of an encrypted job registers at join."""
     return public_bytes(new_exchange_key())
+
+
+def dealt_keys(store: Store, job_id: str, secret: SecretContext, members: tuple[str, ...],
+               evaluation: bool = False) -> JobKeys:
+    """An encrypted job's key relay as its dealer (the first of ``members``) leaves it: every member's exchange
+    key registered, the public context of ``secret`` published, a sealed key (a blob the coordinator cannot open)
+    relayed to each other member, and with ``evaluation`` the dealer's evaluation keys for a Gram matrix."""
+    keys = JobKeys(job_id, secret.params, "", store)
+    for member in members:
+        keys.register(member, exchange_key())
+    keys.publish(members[0], secret.public_bytes(), secret.key_id)
+    if evaluation:
+        keys.publish_evaluation_keys(members[0], evaluation_keys(secret))
+    for member in members[1:]:
+        keys.share(members[0], member, b"sealed for " + member.encode())
+    return keys
 
 
 def plain_update(job_id: str, round_: int, vector: np.ndarray, n: int = 10) -> Payload:

@@ -32,12 +32,9 @@ from fedprompt.errors import (
     StaleRound,
 )
 from fedprompt.protocol import Payload, TaskKind
+from tests.fakes import OUTLIER_DELTAS as DELTAS
 from tests.fakes import SIZE, Clock, Deferred, encrypted_initial, encrypted_update, exchange_key
 from tests.support import open_round, tiny_job
-
-DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
-          "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
-          "c": (np.array([2.0, -3.0, 1.5, 2.0, -1.0, 2.5]), 30)}  # scaled: rejected by norm bounding
 
 
 @dataclass

@@ -34,7 +34,8 @@ NEEDS_TORCH = {
 
 #: Modules the torch-free rule must cover whatever ``NEEDS_TORCH`` says: maths, crypto and the coordinator.
 REQUIRED = ("test_robust", "test_gram", "test_ckks", "test_sealing", "test_payload", "test_rounds", "test_quarantine",
-            "test_recovery", "test_import_contracts", "test_packaging", "test_privacy_accounting")
+            "test_recovery", "test_import_contracts", "test_packaging", "test_privacy_accounting", "test_roster",
+            "test_round_machine", "test_uploads", "test_accumulators")
 
 UNIT = REPO / "tests" / "unit"
 TORCH_FREE = sorted(p.stem for p in UNIT.glob("test_*.py") if p.stem not in NEEDS_TORCH)
