@@ -1,19 +1,40 @@
-"""Shared fixtures: tiny models are built once per session from a config (no download)."""
+"""Shared fixtures: tiny models are built once per session from a config (no download).
+
+Nothing here imports torch at collection: tests of pure maths, crypto and the coordinator run without the ML
+stack (``tests/unit/test_torch_free.py``); the model fixtures import ``tests.models`` when first asked for.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedprompt.logs import configure
-from tests.support import make_tiny_model
 
-torch.set_num_threads(1)
 configure("warning")
+
+
+def _one_torch_thread() -> None:
+    """``torch.set_num_threads(1)`` if torch is loaded (the machine's cores are shared); never imports it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_session() -> None:
+    """Collection imported the test modules first: a session that loaded torch then runs it on one thread."""
+    _one_torch_thread()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> None:
+    """Torch imported by a test itself (a lazy import inside fedprompt) gets one thread before the next test."""
+    _one_torch_thread()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,9 +52,15 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.models import make_tiny_model
+
+    _one_torch_thread()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-encoder"), "encoder")
 
 
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.models import make_tiny_model
+
+    _one_torch_thread()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-causal"), "causal")

@@ -1,5 +1,6 @@
 """Fault-injection support: a coordinator process that can be SIGKILLed and restarted where participants
-expect it, and scripted participants stepped by the test (the stalling uploader is ``tests.stall``)."""
+expect it, real participant daemons, and scripted participants stepped by the test (the stalling uploader is
+``tests.stall``)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ class CoordinatorProcess:
 
     def log(self, start: int) -> str:
         return (self.workdir / f"coordinator-{start}.log").read_text(errors="replace")
+
+
+def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real participant daemon (tiny model) that retries fast and beats every half second."""
+    return fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name", name,
+                              "--data-dir", str(data), "--state-dir", str(state), "--no-progress",
+                              "--set", "participant.retry_max_s=2.0", "--set", "participant.heartbeat_s=0.5"], log)
 
 
 def module_process(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -1,4 +1,6 @@
-"""Test support shared by every test package: tiny models, toy data, a live coordinator on port 0."""
+"""Test support shared by every test package: job configs, toy data, live servers on port 0, processes.
+
+Imports no ML stack (torch, transformers): the tiny models are built by ``tests.models``."""
 
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedprompt.config import (
     BlackboxSection,
+    CohortSpec,
     CoordinatorSection,
     JobConfig,
     JobSection,
+    LevelsSection,
     ModelSection,
     ModelServiceSection,
     TaskSection,
@@ -34,10 +39,10 @@ from fedprompt.coordinator.server import CoordinatorServer
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.data.datasets import Example
 from fedprompt.data.shards import SiteData
-from fedprompt.models.backbone import resolve_model_path
 from fedprompt.participant.model_server import ModelServer
 from fedprompt.participant.model_service import ModelHost
 from fedprompt.wire.channel import ClientTls
+from fedprompt.wire.levels import unpack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,23 +56,17 @@ def open_round(job: JobRuntime) -> OpenRound | None:
     return job.open
 
 
-def make_tiny_model(out: Path, kind: str = "encoder", seed: int = 0) -> Path:
-    """A randomly initialised 2-layer model with MiniLM's tokenizer, saved as a local HF directory."""
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:minilm"))
-    model: BertModel | LlamaForCausalLM
-    if kind == "encoder":
-        model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
-        model.config.architectures = ["BertModel"]
-    else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                                             max_position_embeddings=128, pad_token_id=0))
-        model.config.architectures = ["LlamaForCausalLM"]
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+def stored_parts(job: JobRuntime, version: int) -> dict[str, tuple[int, bytes]]:
+    """The level parts (name -> (size, data)) of a levelled job's global ``version`` as stored."""
+    prompt = job.store.prompt(job.job_id, version)
+    assert prompt is not None, f"job {job.job_id} has no version {version}"
+    return unpack(prompt[1])
+
+
+def health(target: str, service: str = "") -> int:
+    """The gRPC health status (``health_pb2.HealthCheckResponse``) a plaintext server reports for ``service``."""
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def tiny_job(model_dir: Path, **job: object) -> JobConfig:
@@ -80,6 +79,25 @@ def tiny_job(model_dir: Path, **job: object) -> JobConfig:
         task=TaskSection(label_names=("neg", "pos"), label_words=("bad", "good")),
         train=TrainSection(local_epochs=1, max_steps=2, batch_size=4, lr=0.05),
     )
+
+
+def levelled(base: JobConfig, *cohorts: tuple[str, tuple[str, ...]], **levels: object) -> JobConfig:
+    """``base`` with prompt levels (2 global, 1 expert, 1 personal token) and the admin's ``cohorts``."""
+    section = LevelsSection(enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1,
+                            cohorts=tuple(CohortSpec(n, m) for n, m in cohorts), **levels)  # type: ignore[arg-type]
+    return dataclasses.replace(base, levels=section)
+
+
+#: A privacy accountant history of three different steps (noise multiplier, sample rate, count).
+MIXED_HISTORY = [(1.0, 0.1, 5), (1.2, 0.05, 7), (0.9, 0.2, 3)]
+
+A = TypeVar("A")
+
+
+def with_history(accountant: A, history: list[tuple[float, float, int]]) -> A:
+    """``accountant`` (ours or Opacus's) holding ``history``, as Opacus's own noise calibration sets it."""
+    accountant.history = list(history)  # type: ignore[attr-defined]
+    return accountant
 
 
 def toy_examples(n: int, seed: int) -> list[Example]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,8 +38,18 @@ def delta(name: str) -> np.ndarray:
     return np.random.default_rng(ord(name)).normal(0, 0.05, SIZE)
 
 
+@dataclass
+class Live:
+    """A live coordinator whose encrypted job has round 1 open: a dealt the key, b and c got it through the relay."""
+
+    coordinator: LiveCoordinator
+    job_id: str
+    links: dict[str, GrpcLink]
+    holders: dict[str, KeyHolder]
+
+
 @pytest.fixture
-def live(tmp_path: Path):
+def live(tmp_path: Path) -> Iterator[Live]:
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(_job(tmp_path))
@@ -55,7 +67,7 @@ def live(tmp_path: Path):
         links["a"].upload(Payload(job_id, 0, ENCODING, SIZE, initial))
         admin.start(job_id)
         wait_for(lambda: coordinator.call(lambda: coordinator.server.jobs.job(job_id).open), 10, what="round 1")
-        yield coordinator, job_id, links, holders
+        yield Live(coordinator, job_id, links, holders)
         for link in links.values():
             link.close()
         admin.close()
@@ -80,8 +92,8 @@ def raw_upload(link: GrpcLink, header: common_pb2.PayloadHeader, data: bytes) ->
     return grpc.StatusCode.OK
 
 
-def test_rejections_leave_the_encrypted_sum_intact(live) -> None:
-    coordinator, job_id, links, holders = live
+def test_rejections_leave_the_encrypted_sum_intact(live: Live) -> None:
+    coordinator, job_id, links, holders = live.coordinator, live.job_id, live.links, live.holders
     good = honest(holders, job_id, "a")
     ciphertext = good.data
     # 1. made under another job's key (a fresh key pair, as another job's dealer would have)
@@ -122,8 +134,8 @@ def test_rejections_leave_the_encrypted_sum_intact(live) -> None:
     assert np.abs(total / weight - expected / weight).max() < 1e-6
 
 
-def test_key_relay_refusals(live, tmp_path: Path) -> None:
-    coordinator, job_id, links, holders = live
+def test_key_relay_refusals(live: Live, tmp_path: Path) -> None:
+    coordinator, job_id, links, holders = live.coordinator, live.job_id, live.links, live.holders
     secret = holders["a"].require()
     with pytest.raises(PermissionDenied, match="not the key dealer"):
         links["b"].publish_context(job_id, secret.public_bytes(), secret.key_id)

@@ -9,10 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.synthetic import SyntheticParticipant
@@ -22,12 +21,7 @@ from fedprompt.participant.daemon import Stopped, install_stop_handler
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.heartbeat import Heartbeat
 from fedprompt.protocol import TaskKind
-from tests.support import LiveCoordinator, tiny_job
-
-
-def health(target: str, service: str = "") -> int:
-    with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+from tests.support import LiveCoordinator, health, tiny_job
 
 
 def test_health_serving_then_not_serving_and_long_polls_released_on_drain(tmp_path: Path) -> None:

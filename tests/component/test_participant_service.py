@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,8 +31,18 @@ from tests.support import LiveCoordinator, tiny_job
 SIZE = 8
 
 
+@dataclass
+class Live:
+    """A live coordinator whose plaintext job (a, b, c joined, a gave version 0) was started by ``admin``."""
+
+    coordinator: LiveCoordinator
+    admin: AdminClient
+    job_id: str
+    links: dict[str, GrpcLink]
+
+
 @pytest.fixture
-def live(tmp_path: Path):
+def live(tmp_path: Path) -> Iterator[Live]:
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(tiny_job(tmp_path, rounds=1, participants_per_round=3,
@@ -40,7 +52,7 @@ def live(tmp_path: Path):
             link.join(job_id, 30, 4, SIZE)
         links["a"].upload(Payload(job_id, 0, FLOAT32, SIZE, encode_vector(np.zeros(SIZE, np.float32))))
         admin.start(job_id)
-        yield coordinator, admin, job_id, links
+        yield Live(coordinator, admin, job_id, links)
         for link in links.values():
             link.close()
         admin.close()
@@ -50,8 +62,8 @@ def upd(job_id: str, vector: np.ndarray, round_: int = 1, n: int = 10) -> Payloa
     return Payload(job_id, round_, FLOAT32, vector.size, encode_vector(vector), n)
 
 
-def test_bad_updates_rejected_and_round_completes(live, caplog) -> None:
-    coordinator, admin, job_id, links = live
+def test_bad_updates_rejected_and_round_completes(live: Live) -> None:
+    admin, job_id, links = live.admin, live.job_id, live.links
     ones = np.ones(SIZE, np.float32)
     with pytest.raises(InvalidUpdate, match="parameters"):
         links["a"].upload(upd(job_id, np.ones(SIZE + 3, np.float32)))
@@ -94,8 +106,8 @@ def test_unselected_participant_refused(tmp_path: Path) -> None:
         assert admin.status(job_id).global_version == 1
 
 
-def test_unknown_caller_and_missing_identity_refused(live) -> None:
-    coordinator, _, job_id, _ = live
+def test_unknown_caller_and_missing_identity_refused(live: Live) -> None:
+    coordinator, job_id = live.coordinator, live.job_id
     stranger = GrpcLink(coordinator.target, "mallory", give_up_after_s=5)
     with pytest.raises(PermissionDenied, match="has not joined"):
         stranger.upload(upd(job_id, np.ones(SIZE, np.float32)))
@@ -126,8 +138,8 @@ def chunk_msg(i: int, data: bytes) -> participant_pb2.UploadUpdateRequest:
     return participant_pb2.UploadUpdateRequest(chunk=common_pb2.PayloadChunk(index=i, data=data))
 
 
-def test_malformed_streams_rejected(live) -> None:
-    _, admin, job_id, links = live
+def test_malformed_streams_rejected(live: Live) -> None:
+    admin, job_id, links = live.admin, live.job_id, live.links
     data = encode_vector(np.ones(SIZE, np.float32))
     good = PayloadHeader(job_id, 1, FLOAT32, SIZE, 10, len(data), 1, hashlib.sha256(data).digest())
     link = links["a"]
@@ -148,16 +160,16 @@ def test_malformed_streams_rejected(live) -> None:
     assert admin.status(job_id).rounds[0].state == "training"
 
 
-def test_wrong_encoding_and_inflated_weight_refused(live) -> None:
-    _, _, job_id, links = live
+def test_wrong_encoding_and_inflated_weight_refused(live: Live) -> None:
+    job_id, links = live.job_id, live.links
     with pytest.raises(InvalidUpdate):
         links["a"].upload(Payload(job_id, 1, "float64", SIZE, b"\0" * 8 * SIZE, 10))
     with pytest.raises(InvalidUpdate, match="exceeds"):
         links["a"].upload(upd(job_id, np.ones(SIZE, np.float32), n=31))
 
 
-def test_tasks_flow_over_grpc(live) -> None:
-    _, _, job_id, links = live
+def test_tasks_flow_over_grpc(live: Live) -> None:
+    job_id, links = live.job_id, live.links
     task = links["b"].get_task(job_id, 1)
     assert task.kind is TaskKind.EVALUATE and task.global_version == 0
     links["b"].report(job_id, 0, {"accuracy": 0.5}, 4)
@@ -165,8 +177,8 @@ def test_tasks_flow_over_grpc(live) -> None:
     assert task.kind is TaskKind.TRAIN and task.round == 1
 
 
-def test_admin_exports_the_latest_the_initial_or_a_named_version(live, tmp_path: Path) -> None:
-    _, admin, job_id, links = live
+def test_admin_exports_the_latest_the_initial_or_a_named_version(live: Live, tmp_path: Path) -> None:
+    admin, job_id, links = live.admin, live.job_id, live.links
     for name, scale in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
         links[name].upload(upd(job_id, np.full(SIZE, scale, np.float32), n=10))
     assert admin.status(job_id).global_version == 1

@@ -39,8 +39,8 @@ from fedprompt.data.shards import SiteData
 from fedprompt.models import build_classifier
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.wire.payload import decode_vector
-from tests.faults import CoordinatorProcess, free_port, module_process, train_round
-from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
+from tests.faults import CoordinatorProcess, daemon, free_port, module_process, train_round
+from tests.support import stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 
@@ -164,13 +164,6 @@ def test_participant_killed_mid_upload_round_completes_with_the_others(tmp_path:
     deltas = [synthetic_delta(seed, n, 1, SIZE) for n in others]
     v0 = synthetic_initial(seed, SIZE)  # provided by the first member to join
     np.testing.assert_allclose(v1, v0 + sum(w * d for w, d in zip(weights, deltas)) / sum(weights), atol=1e-6)
-
-
-def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path):
-    """A real participant daemon (tiny model) that retries fast and beats every half second."""
-    return fedprompt_process(["participant", "run", "--insecure", "--coordinator", target, "--job", job_id, "--name", name,
-                              "--data-dir", str(data), "--state-dir", str(state), "--no-progress",
-                              "--set", "participant.retry_max_s=2.0", "--set", "participant.heartbeat_s=0.5"], log)
 
 
 def replay(v0: np.ndarray, rounds: int, updates: dict[str, tuple[int, list[np.ndarray]]]) -> np.ndarray:

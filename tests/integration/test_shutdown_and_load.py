@@ -12,10 +12,8 @@ from grpc_health.v1 import health_pb2
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.bench.load import run_load
 from fedprompt.config import dump_toml
-from tests.component.test_lifecycle import health
-from tests.faults import CoordinatorProcess, free_port
-from tests.integration.test_faults import daemon
-from tests.support import fedprompt_process, stopping, tiny_job, toy_sites, wait_for, write_site
+from tests.faults import CoordinatorProcess, daemon, free_port
+from tests.support import fedprompt_process, health, stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 

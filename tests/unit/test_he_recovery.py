@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +20,41 @@ from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
-from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.protocol import Payload, TaskKind
+from tests.fakes import SIZE, Clock, encrypted_initial, encrypted_update, exchange_key
 from tests.support import open_round, tiny_job
-from tests.unit.test_rounds import SIZE, Clock
 
 DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
           "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
           "c": (np.array([0.09, 0.21, -0.01, -0.11, 0.06, 0.02]), 30)}
 
 
-def encrypted_job(tmp_path: Path, config: JobConfig, clock: Clock) -> tuple[JobRuntime, SecretContext]:
+@dataclass
+class Dealt:
+    """A running encrypted job and the key its dealer made (every key holder has it; the coordinator never)."""
+
+    job: JobRuntime
+    secret: SecretContext
+
+
+def encrypted_job(tmp_path: Path, config: JobConfig, clock: Clock) -> Dealt:
     """A running encrypted job: a dealt the keys, b and c got theirs sealed, version 0 is in, round 1 is open."""
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
     job = jobs.job(jobs.create_job(dump_toml(config)))
-    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
     if job.aggregator.gram:
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
     for name in ("b", "c"):
-        job.join(name, 40, 5, SIZE, public_bytes(new_exchange_key()))
+        job.join(name, 40, 5, SIZE, exchange_key())
         job.share_key("a", name, b"sealed for " + name.encode())  # blobs the coordinator cannot open
-    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.submit("a", encrypted_initial(secret, job.job_id))
     job.start()
     job.tick()
     assert job.open is not None and job.open.number == 1
-    return job, secret
+    return Dealt(job, secret)
 
 
 def restarted(tmp_path: Path, clock: Clock, job_id: str) -> JobRuntime:
@@ -57,14 +65,15 @@ def restarted(tmp_path: Path, clock: Clock, job_id: str) -> JobRuntime:
 
 def submit(job: JobRuntime, secret: SecretContext, name: str, weight_slot: bool = True) -> None:
     delta, n = DELTAS[name]
-    job.submit(name, Payload(job.job_id, 1, ENCODING, SIZE, secret.encrypt(delta * n, n if weight_slot else 0), n))
+    job.submit(name, encrypted_update(secret, job.job_id, 1, delta, n, weight_slot))
 
 
 def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None:
     clock = Clock()
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3,
                                           round_deadline_s=30.0), he=HESection(enabled=True))
-    before, secret = encrypted_job(tmp_path, config, clock)
+    dealt = encrypted_job(tmp_path, config, clock)
+    before, secret = dealt.job, dealt.secret
     submit(before, secret, "a")  # in flight at the crash: lost with the process, resubmitted below
     job = restarted(tmp_path, clock, before.job_id)
     keys = job.keys
@@ -92,7 +101,8 @@ def test_gram_defence_job_resumes_with_its_evaluation_keys(tmp_path: Path) -> No
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
                  aggregator="norm_bound"), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
-    before, secret = encrypted_job(tmp_path, config, clock)
+    dealt = encrypted_job(tmp_path, config, clock)
+    before, secret = dealt.job, dealt.secret
     job = restarted(tmp_path, clock, before.job_id)
     assert job.keys is not None and job.keys.evaluator is not None and job.keys.ready()
     with pytest.raises(DuplicateUpdate):
@@ -111,7 +121,8 @@ def test_a_tampered_stored_context_pauses_its_job_and_nothing_is_added_under_it(
     clock = Clock()
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3),
                                  he=HESection(enabled=True))
-    before, secret = encrypted_job(tmp_path, config, clock)
+    dealt = encrypted_job(tmp_path, config, clock)
+    before, secret = dealt.job, dealt.secret
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
         db.execute("UPDATE he_contexts SET public_context=? WHERE job_id=?", (secret.secret_bytes(), before.job_id))
     with capture_logs() as logs:

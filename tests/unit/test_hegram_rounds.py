@@ -5,23 +5,24 @@ round intact."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
 from fedprompt.config import HESection, RobustSection, dump_toml
+from fedprompt.coordinator.aggregation import GramDefence
+from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
-from fedprompt.crypto.ckks import ENCODING, SecretContext
+from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
-from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import (
     ConfigError,
     DuplicateUpdate,
@@ -31,73 +32,70 @@ from fedprompt.errors import (
     StaleRound,
 )
 from fedprompt.protocol import Payload, TaskKind
+from tests.fakes import OUTLIER_DELTAS as DELTAS
+from tests.fakes import SIZE, Clock, Deferred, encrypted_initial, encrypted_update, exchange_key
 from tests.support import open_round, tiny_job
 
-SIZE = 6
-DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
-          "b": (np.array([0.12, 0.18, 0.01, -0.08, 0.04, 0.01]), 20),
-          "c": (np.array([2.0, -3.0, 1.5, 2.0, -1.0, 2.5]), 30)}  # scaled: rejected by norm bounding
+
+@dataclass
+class GramJob:
+    """A created encrypted job with a norm-bounding Gram defence (one round, all three of a, b, c needed)."""
+
+    job: JobRuntime
+    store: Store
+    clock: Clock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+@dataclass
+class Deciding:
+    """A ``GramJob`` whose round 1 has all three encrypted updates and decides on their Gram matrix; ``secret`` is
+    the key every holder has (the coordinator never does), ``gram`` the round's encrypted-Gram state."""
 
-    def __call__(self) -> float:
-        return self.now
-
-
-class Deferred:
-    """An offload that keeps the Gram step for the test to finish when it chooses, as a worker thread would."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Callable[[], Any], Callable[[Any], None]]] = []
-
-    def __call__(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
-        self.pending.append((work, done))
-
-    def finish(self) -> None:
-        work, done = self.pending.pop()
-        done(work())
+    job: JobRuntime
+    secret: SecretContext
+    store: Store
+    clock: Clock
+    gram: GramRound
 
 
-def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inline) -> tuple[JobRuntime, Store, Clock]:
+def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inline) -> GramJob:
     clock = Clock()
     store = Store(tmp_path / "state.sqlite")
     jobs = JobManager(store, clock=clock, offload=offload)
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
                  aggregator=aggregator), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
-    return jobs.job(jobs.create_job(dump_toml(config))), store, clock
+    return GramJob(jobs.job(jobs.create_job(dump_toml(config))), store, clock)
 
 
-def _deciding(tmp_path: Path, offload: Offload = inline) -> tuple[JobRuntime, SecretContext, Store, Clock]:
+def _deciding(tmp_path: Path, offload: Offload = inline) -> Deciding:
     """A job whose round 1 has all three encrypted updates: its Gram step handed to ``offload``."""
     with capture_logs():  # bind the job's logger under structlog's test configuration
-        job, store, clock = _job(tmp_path, offload=offload)
-    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+        made = _job(tmp_path, offload=offload)
+    job = made.job
+    job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
     job.start()
     job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
     for name in ("b", "c"):
-        job.join(name, 40, 5, SIZE, public_bytes(new_exchange_key()))
+        job.join(name, 40, 5, SIZE, exchange_key())
         job.share_key("a", name, b"sealed for " + name.encode())  # the coordinator relays blobs it cannot open
-    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.submit("a", encrypted_initial(secret, job.job_id))
     job.tick()
     assert job.open is not None and job.open.gram is not None
     for name, (delta, n) in DELTAS.items():
-        job.submit(name, Payload(job.job_id, 1, ENCODING, SIZE, secret.encrypt(delta * n, 0), n))
+        job.submit(name, encrypted_update(secret, job.job_id, 1, delta, n, weight_slot=False))
     assert job.open.gram.started
-    return job, secret, store, clock
+    return Deciding(job, secret, made.store, made.clock, job.open.gram)
 
 
 @pytest.fixture
-def deciding(tmp_path: Path) -> Iterator[tuple[JobRuntime, SecretContext, Store, Clock]]:
+def deciding(tmp_path: Path) -> Iterator[Deciding]:
     """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors."""
-    job, secret, store, clock = _deciding(tmp_path)
-    yield job, secret, store, clock
-    store.close()
+    made = _deciding(tmp_path)
+    yield made
+    made.store.close()
 
 
 def _answer(job: JobRuntime, secret: SecretContext, who: str) -> list[float]:
@@ -105,15 +103,16 @@ def _answer(job: JobRuntime, secret: SecretContext, who: str) -> list[float]:
     return decrypt_gram(secret, payload.data, payload.vector_size).tolist()
 
 
-def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are_summed(deciding) -> None:
-    job, secret, store, _ = deciding
-    decryptors = job.open.gram.decryptors
+def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are_summed(deciding: Deciding) -> None:
+    job, secret, store = deciding.job, deciding.secret, deciding.store
+    decryptors = deciding.gram.decryptors
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in decryptors)
     for d in decryptors:
         job.report_gram(d, 1, _answer(job, secret, d))
     assert job.open is None and job.latest_version() == 1
     rows = {d.participant_id: d for d in store.decisions(job.job_id)}
     assert not rows["c"].accepted and rows["a"].accepted and rows["b"].accepted
+    assert isinstance(job.aggregator, GramDefence)
     plain = job.aggregator.decide(np.stack([d for d, _ in DELTAS.values()]) @ np.stack([d for d, _ in DELTAS.values()]).T)
     assert [rows[p].accepted for p in "abc"] == [i in plain.accepted for i in range(3)]
     # CKKS noise is fresh every run: 1 run in 12 measured a relative error of 1.2e-4 on c's score (20.59), above
@@ -124,9 +123,9 @@ def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are
     assert total / weight == pytest.approx((DELTAS["a"][0] * 10 + DELTAS["b"][0] * 20) / 30, abs=1e-6)
 
 
-def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None:
-    job, secret, store, _ = deciding
-    honest, liar = job.open.gram.decryptors
+def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding: Deciding) -> None:
+    job, secret, store = deciding.job, deciding.secret, deciding.store
+    honest, liar = deciding.gram.decryptors
     job.report_gram(honest, 1, _answer(job, secret, honest))
     lie = _answer(job, secret, liar)
     lie[-1] /= 100.0  # c's squared norm shrunk: the scaled update would pass norm bounding
@@ -139,9 +138,9 @@ def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding) -> None
     assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.rounds.next_attempt == 2
 
 
-def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:
-    job, secret, _, _ = deciding
-    gram = job.open.gram
+def test_bad_gram_calls_leave_the_round_intact(deciding: Deciding) -> None:
+    job, secret, gram = deciding.job, deciding.secret, deciding.gram
+    assert job.open is not None and job.open.gram is gram
     first = gram.decryptors[0]
     outsider = next(p for p in "abc" if p not in gram.decryptors)
     with pytest.raises(NotSelected):
@@ -161,8 +160,8 @@ def test_bad_gram_calls_leave_the_round_intact(deciding) -> None:
     assert job.open is not None and list(gram.answers) == [first]
 
 
-def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding) -> None:
-    job, _, store, clock = deciding
+def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding: Deciding) -> None:
+    job, store, clock = deciding.job, deciding.store, deciding.clock
     clock.now += 31
     job.tick()
     assert job.open is None or job.open.attempt == 2
@@ -171,17 +170,18 @@ def test_silent_decryptors_fail_the_attempt_at_the_deadline(deciding) -> None:
 
 
 def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path: Path) -> None:
-    job, store, _ = _job(tmp_path)
-    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
-    job.join("b", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    made = _job(tmp_path)
+    job, store = made.job, made.store
+    job.join("a", 40, 5, SIZE, exchange_key())
+    job.join("b", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     keys = Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret))
     with pytest.raises(PreconditionFailed, match="public context"):
         job.submit("a", keys)
     job.publish_context("a", secret.public_bytes(), secret.key_id)
-    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
+    job.submit("a", encrypted_initial(secret, job.job_id))
     job.share_key("a", "b", b"sealed")
-    job.join("c", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    job.join("c", 40, 5, SIZE, exchange_key())
     job.share_key("a", "c", b"sealed")
     job.start()
     job.tick()
@@ -199,8 +199,9 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
 
 
 def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_refuse_he(tmp_path: Path) -> None:
-    job, store, _ = _job(tmp_path, aggregator="fedavg")
-    job.join("a", 40, 5, SIZE, public_bytes(new_exchange_key()))
+    made = _job(tmp_path, aggregator="fedavg")
+    job, store = made.job, made.store
+    job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
     job.publish_context("a", secret.public_bytes(), secret.key_id)
     assert not job.config.he_params(job.aggregator.gram).multiplicative
@@ -213,7 +214,8 @@ def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_ref
 
 def test_while_the_gram_matrix_is_computed_the_round_waits_and_then_hands_it_to_the_decryptors(tmp_path: Path) -> None:
     offload = Deferred()
-    job, secret, store, clock = _deciding(tmp_path, offload)
+    made = _deciding(tmp_path, offload)
+    job, secret, store, clock = made.job, made.secret, made.store, made.clock
     r = job.open
     assert r is not None and r.gram is not None
     gram = r.gram
@@ -234,7 +236,8 @@ def test_while_the_gram_matrix_is_computed_the_round_waits_and_then_hands_it_to_
 
 def test_a_round_that_closes_while_its_gram_matrix_is_computed_drops_the_late_result(tmp_path: Path) -> None:
     offload = Deferred()
-    job, _, store, clock = _deciding(tmp_path, offload)
+    made = _deciding(tmp_path, offload)
+    job, store, clock = made.job, made.store, made.clock
     first = job.open
     assert first is not None and first.gram is not None
     clock.now += 31
@@ -250,7 +253,8 @@ def test_a_round_that_closes_while_its_gram_matrix_is_computed_drops_the_late_re
 
 def test_a_gram_step_that_raises_fails_the_attempt_with_its_reason(tmp_path: Path) -> None:
     offload = Deferred()
-    job, _, store, _ = _deciding(tmp_path, offload)
+    made = _deciding(tmp_path, offload)
+    job, store = made.job, made.store
     _, done = offload.pending.pop()
     with capture_logs() as logs:
         done(ValueError("scale out of bounds"))

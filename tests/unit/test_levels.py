@@ -1,55 +1,31 @@
-"""Prompt levels (PLMM): config validation, the level container, the levelled prompt, cohort discovery and
-per-cohort aggregation at the coordinator, in plaintext and with real CKKS ciphertexts."""
+"""Prompt levels (PLMM): config validation, the level container, cohort discovery and per-cohort aggregation at
+the coordinator, in plaintext and with real CKKS ciphertexts (the levelled prompt of a model is in
+``test_models``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedprompt.config import (
-    CohortSpec,
-    HESection,
-    JobConfig,
-    LevelsSection,
-    ModelSection,
-    dump_toml,
-    parse_toml,
-)
+from fedprompt.config import HESection, JobConfig, dump_toml, parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
 from fedprompt.coordinator.cohorts import DEFAULT_COHORT, discover_cohorts
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
-from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
-from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
-from fedprompt.models import build_classifier
-from fedprompt.participant.train import train_local
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import tiny_job, toy_examples
-
-G, E = 5, 3  # sizes of the global and expert levels in the hand-made updates
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def levelled(base: JobConfig, *cohorts: tuple[str, tuple[str, ...]], **levels: object) -> JobConfig:
-    section = LevelsSection(enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1,
-                            cohorts=tuple(CohortSpec(n, m) for n, m in cohorts), **levels)  # type: ignore[arg-type]
-    return dataclasses.replace(base, levels=section)
+from tests.fakes import Clock, E, G, encrypted_levels_update, exchange_key, levels_update
+from tests.support import levelled, open_round, stored_parts, tiny_job
 
 
 # ---- config -------------------------------------------------------------------------------------------
@@ -109,27 +85,6 @@ def test_container_round_trips_and_refuses_malformed_data() -> None:
         shared_parts(data, ("global", "expert"), {"global": 3, "expert": 1})
 
 
-# ---- the levelled prompt ------------------------------------------------------------------------------
-def test_levels_concatenate_in_the_prompt_and_split_the_vector(tiny_encoder_dir: Path) -> None:
-    config = levelled(tiny_job(tiny_encoder_dir), cohorts_from="discover")
-    config = dataclasses.replace(config, model=ModelSection(path=str(tiny_encoder_dir), prompt_length=4, max_length=16))
-    model = build_classifier(config)
-    dim = 32
-    head = dim * 2 + 2
-    assert model.prompt.length == 4 and model.prompt(3).shape == (3, 4, dim)
-    assert model.level_sizes() == {"global": 2 * dim + head, "expert": dim}
-    assert model.vector_size == 3 * dim + head and model.personal_vector().shape == (dim,)
-    personal = model.personal_vector().copy()
-    model.set_vector(np.zeros(model.vector_size, dtype=np.float32))  # the shared levels only
-    assert np.array_equal(model.personal_vector(), personal)
-    assert sum(p.numel() for p in model.trainable_parameters()) == model.vector_size + dim
-    examples = toy_examples(8, 0)
-    train_local(model, examples, [int(e.label == "pos") for e in examples], config.train, 0)
-    assert not np.array_equal(model.personal_vector(), personal)  # trained with the other levels
-    model.set_personal_vector(personal)
-    assert np.array_equal(model.personal_vector(), personal)
-
-
 # ---- cohort discovery ---------------------------------------------------------------------------------
 def test_clustering_recovers_planted_cohorts_from_a_gram_matrix() -> None:
     rng = np.random.default_rng(0)
@@ -145,29 +100,32 @@ def test_clustering_recovers_planted_cohorts_from_a_gram_matrix() -> None:
 
 
 # ---- per-cohort aggregation at the coordinator ----------------------------------------------------------
-def _levels_update(job_id: str, round_: int, g: np.ndarray, e: np.ndarray, n: int = 10) -> Payload:
-    return Payload(job_id, round_, encoding(FLOAT32), G + E, pack({"global": (G, encode_vector(g)),
-                                                                    "expert": (E, encode_vector(e))}), n)
-
-
 def _plain(part: tuple[int, bytes]) -> np.ndarray:
     return np.frombuffer(part[1], dtype="<f4")
 
 
-def _job(tmp_path: Path, config: JobConfig, members: tuple[str, ...], clock: Clock | None = None):
+@dataclass
+class Joined:
+    """A created levelled job that its members joined, in the coordinator ``jobs``."""
+
+    jobs: JobManager
+    job: JobRuntime
+
+
+def _job(tmp_path: Path, config: JobConfig, members: tuple[str, ...], clock: Clock | None = None) -> Joined:
     store = Store(tmp_path / "levels.sqlite")
     jobs = JobManager(store, clock=clock or Clock())
     job = jobs.job(jobs.create_job(dump_toml(config)))
     for p in members:
-        job.join(p, 100, 5, G + E, public_bytes(new_exchange_key()) if config.he.enabled else b"")
-    return jobs, job
+        job.join(p, 100, 5, G + E, exchange_key() if config.he.enabled else b"")
+    return Joined(jobs, job)
 
 
 def test_plaintext_levels_aggregate_global_over_all_and_expert_per_cohort(tmp_path: Path) -> None:
     config = levelled(tiny_job(tmp_path, rounds=2, participants_per_round=3, min_participants=3),
                       ("x", ("a", "b")), ("y", ("c",)))
-    _, job = _job(tmp_path, config, ("a", "b", "c"))
-    job.submit("a", _levels_update(job.job_id, 0, np.zeros(G), np.zeros(E), 0))
+    job = _job(tmp_path, config, ("a", "b", "c")).job
+    job.submit("a", levels_update(job.job_id, 0, np.zeros(G), np.zeros(E), 0))
     job.start()
     job.tick()
     with pytest.raises(InvalidUpdate):  # a plain vector is not a level container
@@ -177,10 +135,11 @@ def test_plaintext_levels_aggregate_global_over_all_and_expert_per_cohort(tmp_pa
     with pytest.raises(InvalidUpdate):  # a wrong level size is refused, the round is unchanged
         job.submit("a", Payload(job.job_id, 1, encoding(FLOAT32), G + E, pack(
             {"global": (G + 1, encode_vector(np.zeros(G + 1))), "expert": (E - 1, encode_vector(np.zeros(E - 1)))}), 10))
-    assert not job.open.reported
+    r = open_round(job)
+    assert r is not None and not r.reported
     for p, (g, e, n) in deltas.items():
-        job.submit(p, _levels_update(job.job_id, 1, g, e, n))
-    stored = unpack(job.store.prompt(job.job_id, 1)[1])
+        job.submit(p, levels_update(job.job_id, 1, g, e, n))
+    stored = stored_parts(job, 1)
     assert np.allclose(_plain(stored["global"]), (10 * 1 + 30 * 3 + 10 * 5) / 50)
     assert np.allclose(_plain(stored["expert:x"]), (10 * 1 + 30 * 3) / 40)
     assert np.allclose(_plain(stored["expert:y"]), -2.0)
@@ -196,17 +155,19 @@ def test_plaintext_levels_aggregate_global_over_all_and_expert_per_cohort(tmp_pa
 def test_discovered_cohorts_split_the_expert_level_and_survive_a_restart(tmp_path: Path) -> None:
     config = levelled(tiny_job(tmp_path, rounds=3, participants_per_round=4, min_participants=4),
                       cohorts_from="discover", num_cohorts=2, discover_round=1)
-    jobs, job = _job(tmp_path, config, ("a", "b", "c", "d"))
-    job.submit("a", _levels_update(job.job_id, 0, np.zeros(G), np.zeros(E), 0))
+    joined = _job(tmp_path, config, ("a", "b", "c", "d"))
+    jobs, job = joined.jobs, joined.job
+    assert job.levels is not None
+    job.submit("a", levels_update(job.job_id, 0, np.zeros(G), np.zeros(E), 0))
     job.start()
     job.tick()
     up, down = np.array([1.0, 0.1, 0, 0, 0, 1, 0, 0]), np.array([0, 0, 1.0, 0.1, 0, 0, 0, 1])
     for p, d in (("a", up), ("b", 1.1 * up), ("c", down), ("d", 0.9 * down)):
-        job.submit(p, _levels_update(job.job_id, 1, d[:G], d[G:]))
+        job.submit(p, levels_update(job.job_id, 1, d[:G], d[G:]))
     assert job.levels.plan.assigned == {"a": "cohort-1", "b": "cohort-1", "c": "cohort-2", "d": "cohort-2"}
     job.tick()
     for p, d in (("a", up), ("b", up), ("c", down), ("d", down)):
-        job.submit(p, _levels_update(job.job_id, 2, d[:G], d[G:]))
+        job.submit(p, levels_update(job.job_id, 2, d[:G], d[G:]))
     assert not np.allclose(_plain(unpack(job.global_payload("a", 2).data)["expert"]),
                            _plain(unpack(job.global_payload("c", 2).data)["expert"]))
     restored = restore_job(jobs, job.store.jobs()[0])
@@ -217,15 +178,14 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
     clock = Clock()
     config = dataclasses.replace(levelled(tiny_job(tmp_path, rounds=2, participants_per_round=4, min_participants=3),
                                           ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
-    _, job = _job(tmp_path, config, ("a", "b", "c", "d"), clock)
+    job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
     secret = SecretContext.create(config.he.params())  # every key holder has this key; the coordinator never does
     job.publish_context("a", secret.public_bytes(), secret.key_id)
     for p in ("b", "c", "d"):
         job.share_key("a", p, b"sealed for " + p.encode())
 
     def upload(round_: int, g: np.ndarray, e: np.ndarray, n: int) -> Payload:
-        parts = {"global": (G, secret.encrypt(g * n, n)), "expert": (E, secret.encrypt(e * n, n))}
-        return Payload(job.job_id, round_, encoding(CKKS), G + E, pack(parts), n if round_ else 0)
+        return encrypted_levels_update(secret, job.job_id, round_, g, e, n)
 
     job.submit("a", upload(0, np.zeros(G), np.zeros(E), 1))
     job.start()
@@ -234,7 +194,7 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
               "c": (np.full(G, 5.0), np.full(E, -2.0), 10), "d": (np.full(G, 7.0), np.full(E, 4.0), 20)}
     for p, (g, e, n) in deltas.items():
         job.submit(p, upload(1, g, e, n))
-    stored = unpack(job.store.prompt(job.job_id, 1)[1])
+    stored = stored_parts(job, 1)
     assert set(stored) == {"global", "expert:x", "expert:y"}
 
     def mean(part: tuple[int, bytes]) -> np.ndarray:
@@ -250,9 +210,11 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
     for p in ("a", "b", "c"):
         g, e, n = deltas[p]
         job.submit(p, upload(2, g, e, n))
-    clock.now = job.open.deadline + 1
+    r = open_round(job)
+    assert r is not None
+    clock.now = r.deadline + 1
     job.tick()
-    stored = unpack(job.store.prompt(job.job_id, 2)[1])
+    stored = stored_parts(job, 2)
     assert set(stored) == {"global", "expert:x"}
     assert unpack(job.global_payload("c", 2).data)["expert"] == (E, b"")  # "unchanged"
     assert job.view().rounds[-1].metrics["expert_cohorts_withheld"] == 1.0

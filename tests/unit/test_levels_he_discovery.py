@@ -19,27 +19,16 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
-from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
-from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.protocol import Payload, TaskKind
-from fedprompt.wire.levels import COHORTS_PART, encoding, pack, unpack
-from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import open_round, tiny_job
+from fedprompt.wire.levels import COHORTS_PART
+from tests.fakes import Clock, E, G, encrypted_levels_update, exchange_key, levels_update
+from tests.support import open_round, stored_parts, tiny_job
 
-G, E = 5, 3  # global and expert level sizes of the hand-made updates
 MEMBERS = ("a", "b", "c", "d", "e", "f")
 PLANTED = {"a": 0, "b": 1, "c": 0, "d": 1, "e": 1, "f": 0}
 WEIGHTS = {"a": 12, "b": 40, "c": 7, "d": 25, "e": 3, "f": 30}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 #: Cohort 0 mixes small and large updates, cohort 1 has only small ones: by angle (cosine) the cohorts are
@@ -53,13 +42,6 @@ def _deltas(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(scale=0.02, size=(2, G + E))
     return {p: SCALES[p] * (centres[c] + rng.normal(scale=0.006, size=G + E)) for p, c in PLANTED.items()}
-
-
-def _stored(job: JobRuntime, version: int) -> dict[str, tuple[int, bytes]]:
-    """The parts of the global prompt stored as ``version``."""
-    prompt = job.store.prompt(job.job_id, version)
-    assert prompt is not None
-    return unpack(prompt[1])
 
 
 def _config(tmp_path: Path, he: bool, num_cohorts: int = 2) -> JobConfig:
@@ -77,15 +59,11 @@ def _plaintext_assignment(tmp_path: Path, deltas: dict[str, np.ndarray]) -> dict
     for p in MEMBERS:
         job.join(p, 100, 5, G + E)
 
-    def plain(round_: int, d: np.ndarray, n: int) -> Payload:
-        return Payload(job.job_id, round_, encoding(FLOAT32), G + E,
-                       pack({"global": (G, encode_vector(d[:G])), "expert": (E, encode_vector(d[G:]))}), n)
-
-    job.submit("a", plain(0, np.zeros(G + E), 0))
+    job.submit("a", levels_update(job.job_id, 0, np.zeros(G), np.zeros(E), 0))
     job.start()
     job.tick()
     for p, d in deltas.items():
-        job.submit(p, plain(1, d, WEIGHTS[p]))
+        job.submit(p, levels_update(job.job_id, 1, d[:G], d[G:], WEIGHTS[p]))
     assert job.levels is not None
     return dict(job.levels.plan.assigned)
 
@@ -102,7 +80,7 @@ class EncryptedJob:
             self.job: JobRuntime = self.jobs.job(self.jobs.create_job(dump_toml(self.config)))
         job = self.job
         for p in MEMBERS:
-            job.join(p, 100, 5, G + E, public_bytes(new_exchange_key()))
+            job.join(p, 100, 5, G + E, exchange_key())
         self.secret = SecretContext.create(self.config.he_params(gram_defence=False))
         job.publish_context("a", self.secret.public_bytes(), self.secret.key_id)
         job.start()
@@ -114,9 +92,7 @@ class EncryptedJob:
 
     def upload(self, round_: int, delta: np.ndarray, n: int) -> Payload:
         """What a levelled site sends under HE: each part encrypted as ``n * part`` with ``n`` in its weight slot."""
-        parts = {"global": (G, self.secret.encrypt(delta[:G] * n, n)),
-                 "expert": (E, self.secret.encrypt(delta[G:] * n, n))}
-        return Payload(self.job.job_id, round_, encoding(CKKS), G + E, pack(parts), n if round_ else 0)
+        return encrypted_levels_update(self.secret, self.job.job_id, round_, delta[:G], delta[G:], n)
 
     def submit_round(self, round_: int, deltas: dict[str, np.ndarray]) -> None:
         assert self.job.open is not None and self.job.open.number == round_
@@ -154,7 +130,7 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     assert job.levels.plan.assigned == expected
     assert {frozenset(p for p in MEMBERS if expected[p] == c) for c in set(expected.values())} == {
         frozenset("acf"), frozenset("bde")}
-    stored = _stored(job, 1)
+    stored = stored_parts(job, 1)
     assert json.loads(stored[COHORTS_PART][1]) == expected
     # every new cohort starts from this round's shared expert sum, as in plaintext
     shared = sum(deltas[p][G:] * WEIGHTS[p] for p in MEMBERS) / sum(WEIGHTS.values())
@@ -168,7 +144,7 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     second = open_round(job)
     assert second is not None and second.gram is None
     encrypted.submit_round(2, deltas)
-    stored = _stored(job, 2)
+    stored = stored_parts(job, 2)
     assert {"expert:cohort-1", "expert:cohort-2"} <= set(stored) and f"expert:{DEFAULT_COHORT}" not in stored
     first = [p for p in MEMBERS if expected[p] == "cohort-1"]
     assert encrypted.mean(stored["expert:cohort-1"]) == pytest.approx(
@@ -194,7 +170,7 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
     assert len(postponed) == 1 and postponed[0]["log_level"] == "warning"
     assert f"decryptors {honest} and {liar} disagree on 1 of 21" in postponed[0]["reason"]
     assert job.levels.plan.assigned == {} and job.latest_version() == 1  # no assignment, the round completed
-    stored = _stored(job, 1)
+    stored = stored_parts(job, 1)
     assert json.loads(stored[COHORTS_PART][1]) == {} and set(stored) >= {"global", f"expert:{DEFAULT_COHORT}"}
     assert encrypted.mean(stored["global"]) == pytest.approx(
         sum(deltas[p][:G] * WEIGHTS[p] for p in MEMBERS) / sum(WEIGHTS.values()), abs=1e-6)

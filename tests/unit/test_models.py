@@ -1,19 +1,21 @@
-"""Soft-prompt classifiers on tiny random backbones: only the prompt (and head) train and cross the wire."""
+"""Soft-prompt classifiers on tiny random backbones: only the prompt (and head) train and cross the wire; a levelled
+prompt (PLMM) splits into its global, expert and personal levels."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedprompt.config import TrainSection
+from fedprompt.config import ModelSection, TrainSection
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import InvalidUpdate
 from fedprompt.models import build_classifier
 from fedprompt.participant.train import evaluate, train_local
 from fedprompt.scoring import length_batches
-from tests.support import tiny_job, toy_examples
+from tests.support import levelled, tiny_job, toy_examples
 
 
 @pytest.mark.parametrize("kind", ["encoder", "causal"])
@@ -69,3 +71,23 @@ def test_exchanged_fraction_of_real_minilm_is_tiny() -> None:
 
     model = build_classifier(JobConfig())
     assert model.vector_size / model.plm_parameters <= 0.0005
+
+
+def test_prompt_levels_concatenate_in_the_prompt_and_split_the_vector(tiny_encoder_dir: Path) -> None:
+    config = levelled(tiny_job(tiny_encoder_dir), cohorts_from="discover")
+    config = dataclasses.replace(config, model=ModelSection(path=str(tiny_encoder_dir), prompt_length=4, max_length=16))
+    model = build_classifier(config)
+    dim = 32
+    head = dim * 2 + 2
+    assert model.prompt.length == 4 and model.prompt(3).shape == (3, 4, dim)
+    assert model.level_sizes() == {"global": 2 * dim + head, "expert": dim}
+    assert model.vector_size == 3 * dim + head and model.personal_vector().shape == (dim,)
+    personal = model.personal_vector().copy()
+    model.set_vector(np.zeros(model.vector_size, dtype=np.float32))  # the shared levels only
+    assert np.array_equal(model.personal_vector(), personal)
+    assert sum(p.numel() for p in model.trainable_parameters()) == model.vector_size + dim
+    examples = toy_examples(8, 0)
+    train_local(model, examples, [int(e.label == "pos") for e in examples], config.train, 0)
+    assert not np.array_equal(model.personal_vector(), personal)  # trained with the other levels
+    model.set_personal_vector(personal)
+    assert np.array_equal(model.personal_vector(), personal)

@@ -4,6 +4,8 @@ refusal of a defence whose assumption fails (round attempt fails, state intact).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +14,13 @@ import pytest
 from fedprompt.config import RobustSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import rejection_streaks, resume_jobs
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import MemberState, Store
 from fedprompt.errors import ConfigError, NotFound, PreconditionFailed
-from fedprompt.protocol import FlagView, Payload, TaskKind
-from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import tiny_job
+from fedprompt.protocol import FlagView, TaskKind
+from tests.fakes import SIZE, plain_update
+from tests.support import open_round, tiny_job
 
-SIZE = 6
 NAMES = ("a", "b", "c", "d", "e")
 
 
@@ -28,33 +30,48 @@ def robust_job(tmp_path: Path, aggregator: str, **robust: object) -> str:
     return dump_toml(dataclasses.replace(config, robust=RobustSection(**robust)))  # type: ignore[arg-type]
 
 
-def send(job, name: str, vector: np.ndarray) -> None:
-    job.submit(name, Payload(job.job_id, job.open.number, FLOAT32, SIZE, encode_vector(vector), 10))
+def send(job: JobRuntime, name: str, vector: np.ndarray) -> None:
+    assert job.open is not None
+    job.submit(name, plain_update(job.job_id, job.open.number, vector))
 
 
-def play_round(job, attacker: np.ndarray, rng: np.random.Generator) -> None:
+def play_round(job: JobRuntime, attacker: np.ndarray, rng: np.random.Generator) -> None:
     job.tick()
+    assert job.open is not None
     for name in job.open.selected:
         vector = attacker if name == "e" else (np.ones(SIZE) + rng.normal(0, 0.05, SIZE))
         send(job, name, vector.astype(np.float32))
 
 
+@dataclass
+class Started:
+    """A started robust job (4 rounds, all five of a..e per round, 3 needed) on its own SQLite file."""
+
+    job: JobRuntime
+    store: Store
+
+
+StartJob = Callable[..., Started]
+
+
 @pytest.fixture
-def started(tmp_path: Path):
-    def make(aggregator: str, **robust: object):
+def started(tmp_path: Path) -> StartJob:
+    """Start a job of the named aggregator with the given ``robust`` settings."""
+    def make(aggregator: str, **robust: object) -> Started:
         store = Store(tmp_path / f"{aggregator}.sqlite")
         jobs = JobManager(store)
         job = jobs.job(jobs.create_job(robust_job(tmp_path, aggregator, **robust)))
         for name in NAMES:
             job.join(name, 10, 5, SIZE)
-        job.submit("a", Payload(job.job_id, 0, FLOAT32, SIZE, encode_vector(np.zeros(SIZE, np.float32))))
+        job.submit("a", plain_update(job.job_id, 0, np.zeros(SIZE, np.float32), 0))
         job.start()
-        return job, store
+        return Started(job, store)
     return make
 
 
-def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(started) -> None:
-    job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
+def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(started: StartJob) -> None:
+    made = started("norm_bound", max_malicious=1, quarantine_after=2)
+    job, store = made.job, made.store
     rng = np.random.default_rng(0)
     play_round(job, 50 * np.ones(SIZE), rng)
     view = job.view()
@@ -72,7 +89,7 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
     for name in NAMES:
         job.report_metrics(name, 2, {"accuracy": 0.5}, 5)
     job.tick()
-    assert "e" not in job.open.selected and len(job.open.selected) == 4
+    assert job.open is not None and "e" not in job.open.selected and len(job.open.selected) == 4
     task = job.next_task("e")
     assert task.kind is TaskKind.WAIT and "quarantined" in task.reason
 
@@ -84,8 +101,8 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
     assert job.roster.quarantined() == () and job.flags().streaks["e"] == 0
 
 
-def test_an_accepted_round_resets_the_streak(started) -> None:
-    job, _ = started("norm_bound", max_malicious=1, quarantine_after=2)
+def test_an_accepted_round_resets_the_streak(started: StartJob) -> None:
+    job = started("norm_bound", max_malicious=1, quarantine_after=2).job
     rng = np.random.default_rng(1)
     play_round(job, 50 * np.ones(SIZE), rng)
     play_round(job, np.ones(SIZE), rng)
@@ -94,10 +111,13 @@ def test_an_accepted_round_resets_the_streak(started) -> None:
     assert job.roster.quarantined() == ()
 
 
-def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started) -> None:
-    job, store = started("foolsgold", max_malicious=1)
+def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(started: StartJob) -> None:
+    made = started("foolsgold", max_malicious=1)
+    job, store = made.job, made.store
     job.tick()
-    for name in job.open.selected:
+    r = open_round(job)
+    assert r is not None
+    for name in r.selected:
         send(job, name, np.ones(SIZE, np.float32))  # all identical: every FoolsGold weight is 0
     rounds = job.view().rounds
     assert rounds[-1].state == "failed" and job.latest_version() == 0 and job.open is None
@@ -105,8 +125,8 @@ def test_a_defence_refusing_at_aggregation_fails_the_attempt_and_keeps_state(sta
     assert store.prompt(job.job_id, 1) is None
 
 
-def test_krum_non_selection_never_quarantines(started) -> None:
-    job, _ = started("krum", max_malicious=0, quarantine_after=1)
+def test_krum_non_selection_never_quarantines(started: StartJob) -> None:
+    job = started("krum", max_malicious=0, quarantine_after=1).job
     play_round(job, 50 * np.ones(SIZE), np.random.default_rng(2))
     assert len(job.view().rounds[0].rejected) == 4 and job.roster.quarantined() == ()
 
@@ -120,9 +140,10 @@ def test_creating_a_job_below_the_defence_minimum_names_the_key(tmp_path: Path) 
         jobs.create_job(dump_toml(config).replace("max_malicious = 1", "max_malicious = -1"))
 
 
-def test_a_restart_keeps_rejection_streaks(started, tmp_path: Path) -> None:
+def test_a_restart_keeps_rejection_streaks(started: StartJob, tmp_path: Path) -> None:
     """One rejection before the restart and one after quarantine at K = 2: a restart is no clean slate."""
-    job, store = started("norm_bound", max_malicious=1, quarantine_after=2)
+    made = started("norm_bound", max_malicious=1, quarantine_after=2)
+    job, store = made.job, made.store
     rng = np.random.default_rng(0)
     play_round(job, 50 * np.ones(SIZE), rng)
     before = job.flags().streaks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from fedprompt.coordinator.store import RoundRow, Store
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate
 from fedprompt.protocol import Payload, TaskKind
 from fedprompt.wire.payload import FLOAT32, decode_vector
+from tests.fakes import SIZE, Clock, plain_update
 from tests.support import tiny_job
-from tests.unit.test_rounds import SIZE, Clock, update
 
 DELTAS = {"a": (np.full(SIZE, 1.0, np.float32), 10), "b": (np.full(SIZE, 4.0, np.float32), 5),
           "c": (np.arange(SIZE, dtype=np.float32), 5)}
@@ -39,8 +40,18 @@ def fresh(tmp_path: Path, clock: Clock) -> JobManager:
     return jobs
 
 
+@dataclass
+class Running:
+    """A running job (2 rounds, 2 to 3 per round, 30 s deadline) of a, b and c whose round 1 is open; b evaluated
+    version 0.  ``jobs`` is the coordinator that holds it, on ``tmp_path / "state.sqlite"``."""
+
+    jobs: JobManager
+    job_id: str
+    clock: Clock
+
+
 @pytest.fixture
-def running(tmp_path: Path):
+def running(tmp_path: Path) -> Running:
     clock = Clock()
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=clock, offline_after_s=60.0)
     job_id = jobs.create_job(dump_toml(tiny_job(tmp_path, rounds=2, participants_per_round=3, min_participants=2,
@@ -48,11 +59,11 @@ def running(tmp_path: Path):
     job = jobs.job(job_id)
     for name in ("a", "b", "c"):
         job.join(name, 10, 5, SIZE)
-    job.submit("a", update(job_id, 0, np.zeros(SIZE, np.float32)))
+    job.submit("a", plain_update(job_id, 0, np.zeros(SIZE, np.float32)))
     job.report_metrics("b", 0, {"accuracy": 0.5}, 5)
     job.start()
     job.tick()
-    return jobs, job_id, clock
+    return Running(jobs, job_id, clock)
 
 
 def global_vector(jobs: JobManager, job_id: str, version: int) -> np.ndarray:
@@ -62,11 +73,11 @@ def global_vector(jobs: JobManager, job_id: str, version: int) -> np.ndarray:
     return decode_vector(Payload(job_id, version, encoding, SIZE, data), SIZE)
 
 
-def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     old = jobs.job(job_id)
-    old.submit("a", update(job_id, 1, *DELTAS["a"]))
-    old.submit("b", update(job_id, 1, *DELTAS["b"]))
+    old.submit("a", plain_update(job_id, 1, *DELTAS["a"]))
+    old.submit("b", plain_update(job_id, 1, *DELTAS["b"]))
     clock.now += 500  # down long enough that every member would count as offline without the resume grace
     with capture_logs() as logs:
         resumed = fresh(tmp_path, clock)
@@ -81,15 +92,16 @@ def test_round_collecting_at_crash_restarts_cleanly_and_ends_as_uninterrupted(ru
     assert first.state == RoundState.FAILED.value and first.summary["restarted"] == 1.0
     # the participants resubmit the same updates (training is a pure function of global, site and round)
     for name, (delta, n) in DELTAS.items():
-        job.submit(name, update(job_id, 1, delta, n))
+        job.submit(name, plain_update(job_id, 1, delta, n))
     expected = (10 * DELTAS["a"][0] + 5 * DELTAS["b"][0] + 5 * DELTAS["c"][0]) / 20
     np.testing.assert_array_equal(global_vector(resumed, job_id, 1), expected.astype(np.float32))
     assert resumed.store.update_counts(job_id) == {"a": 2, "b": 2, "c": 1}  # bookkeeping keeps the lost attempt
 
 
-def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     job = jobs.job(job_id)
+    assert job.open is not None
     # the crash hit right after round 1's row and version 1 were stored (one transaction), before round 2 opened
     jobs.store.complete_round(job.open.row(job_id, RoundState.DONE, clock(), {"updates": 3.0}), FLOAT32,
                               np.ones(SIZE, "<f4").tobytes())
@@ -99,13 +111,13 @@ def test_round_completed_just_before_the_crash_is_kept_and_the_next_one_opens(ru
     np.testing.assert_array_equal(global_vector(fresh(tmp_path, clock), job_id, 1), np.ones(SIZE, np.float32))
 
 
-def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_finished_and_paused_jobs_come_back_as_they_were(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     job = jobs.job(job_id)
     for round_ in (1, 2):
         job.tick()
         for name in ("a", "b", "c"):
-            job.submit(name, update(job_id, round_, np.ones(SIZE, np.float32)))
+            job.submit(name, plain_update(job_id, round_, np.ones(SIZE, np.float32)))
     other = jobs.job(jobs.create_job(dump_toml(tiny_job(tmp_path, name="other"))))
     other.start()
     other.pause()
@@ -115,30 +127,30 @@ def test_finished_and_paused_jobs_come_back_as_they_were(running, tmp_path) -> N
     assert resumed.job(job_id).next_task("a").kind is TaskKind.EVALUATE
 
 
-def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_retry_of_a_counted_update_is_acknowledged_a_different_one_refused(running: Running, tmp_path: Path) -> None:
+    jobs, job_id = running.jobs, running.job_id
     job = jobs.job(job_id)
-    sent = update(job_id, 1, *DELTAS["a"])
+    sent = plain_update(job_id, 1, *DELTAS["a"])
     header = sent.header(1024)
     assert not job.uploads.already_received("a", header)
     job.submit("a", sent)
     assert job.uploads.already_received("a", header)
-    other = update(job_id, 1, DELTAS["a"][0] + 1, 10)
+    other = plain_update(job_id, 1, DELTAS["a"][0] + 1, 10)
     assert not job.uploads.already_received("a", other.header(1024))
     with pytest.raises(DuplicateUpdate):
         job.submit("a", other)
     assert not job.uploads.already_received("b", header)
-    job.submit("b", update(job_id, 1, *DELTAS["b"]))
-    job.submit("c", update(job_id, 1, *DELTAS["c"]))
+    job.submit("b", plain_update(job_id, 1, *DELTAS["b"]))
+    job.submit("c", plain_update(job_id, 1, *DELTAS["c"]))
     job.tick()
-    assert job.open.number == 2 and job.uploads.already_received("a", header)  # round 1 done: its answer stays OK
-    assert job.uploads.already_received("a", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
-    assert not job.uploads.already_received("b", update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+    assert job.open is not None and job.open.number == 2 and job.uploads.already_received("a", header)  # round 1 done: its answer stays OK
+    assert job.uploads.already_received("a", plain_update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
+    assert not job.uploads.already_received("b", plain_update(job_id, 0, np.zeros(SIZE, np.float32)).header(1024))
 
 
-def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) -> None:
-    jobs, job_id, clock = running
-    sent = update(job_id, 1, *DELTAS["a"])
+def test_update_lost_with_a_crashed_attempt_is_taken_again(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
+    sent = plain_update(job_id, 1, *DELTAS["a"])
     jobs.job(job_id).submit("a", sent)
     job = fresh(tmp_path, clock).job(job_id)
     assert not job.uploads.already_received("a", sent.header(1024))  # the digest is on record, but for attempt 1 only
@@ -146,27 +158,27 @@ def test_update_lost_with_a_crashed_attempt_is_taken_again(running, tmp_path) ->
     assert job.open is not None and list(job.open.reported) == ["a"]
 
 
-def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running) -> None:
-    jobs, job_id, clock = running
+def test_heartbeat_keeps_a_member_online_and_silent_ones_are_skipped(running: Running) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     job = jobs.job(job_id)
     clock.now += 40
     job.heartbeat("a")
     job.heartbeat("b")
     clock.now += 30
-    assert job.online() == ["a", "b"] and clock.now > job.open.deadline
+    assert job.open is not None and job.online() == ["a", "b"] and clock.now > job.open.deadline
     job.tick()  # round 1 fails (nobody reported); attempt 2 selects among the online only
     assert job.open is not None and job.open.attempt == 2 and job.open.selected == ("a", "b")
 
 
-def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:
-    jobs, job_id, _ = running
+def test_checkpoint_is_atomic_and_round_trips(running: Running, tmp_path: Path) -> None:
+    jobs, job_id = running.jobs, running.job_id
     checkpoints = Checkpointer(tmp_path / "checkpoints")
     checkpoints.sync(jobs)
     payload, config_toml = read_checkpoint(checkpoints.path(job_id))
     assert payload.round == 0 and payload.encoding == FLOAT32 and config_toml == jobs.job(job_id).config_toml
     job = jobs.job(job_id)
     for name, (delta, n) in DELTAS.items():
-        job.submit(name, update(job_id, 1, delta, n))
+        job.submit(name, plain_update(job_id, 1, delta, n))
     checkpoints.sync(jobs)
     payload, _ = read_checkpoint(checkpoints.path(job_id))
     np.testing.assert_array_equal(decode_vector(payload, SIZE), global_vector(jobs, job_id, 1))
@@ -179,8 +191,8 @@ def test_checkpoint_is_atomic_and_round_trips(running, tmp_path) -> None:
         read_checkpoint(path)
 
 
-def test_online_backup_is_a_consistent_copy(running, tmp_path) -> None:
-    jobs, job_id, _ = running
+def test_online_backup_is_a_consistent_copy(running: Running, tmp_path: Path) -> None:
+    jobs, job_id = running.jobs, running.job_id
     (tmp_path / "backup").mkdir()
     jobs.store.backup(tmp_path / "backup" / "copy.sqlite")
     copy = Store(tmp_path / "backup" / "copy.sqlite")
@@ -195,15 +207,15 @@ def fail_attempt(job, clock: Clock) -> None:
     """One attempt of the open round that ends below min_participants (2) at its deadline."""
     job.tick()
     assert job.open is not None
-    job.submit(job.open.selected[0], update(job.job_id, job.open.number, *DELTAS[job.open.selected[0]]))
+    job.submit(job.open.selected[0], plain_update(job.job_id, job.open.number, *DELTAS[job.open.selected[0]]))
     clock.now += 31
     for name in ("a", "b", "c"):
         job.heartbeat(name)
     job.tick()
 
 
-def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_a_crash_restart_does_not_count_towards_max_attempts(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     job = jobs.job(job_id)
     fail_attempt(job, clock)
     fail_attempt(job, clock)
@@ -219,8 +231,8 @@ def test_a_crash_restart_does_not_count_towards_max_attempts(running, tmp_path) 
                     (4, "failed", 3.0, None)]
 
 
-def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(running, tmp_path) -> None:
-    jobs, job_id, clock = running
+def test_starting_a_paused_job_again_gives_fresh_attempts_with_new_numbers(running: Running, tmp_path: Path) -> None:
+    jobs, job_id, clock = running.jobs, running.job_id, running.clock
     job = jobs.job(job_id)
     for _ in range(3):
         fail_attempt(job, clock)

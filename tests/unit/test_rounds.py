@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +13,28 @@ import pytest
 from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.rounds import KEY_GRACE_S
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.views import weighted_metrics
-from fedprompt.crypto.ckks import ENCODING, SecretContext
-from fedprompt.crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
 from fedprompt.protocol import Payload, TaskKind
-from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
+from fedprompt.wire.payload import decode_vector
+from tests.fakes import SIZE, Clock, encrypted_initial, exchange_key, plain_update
 from tests.support import open_round, tiny_job
 
-SIZE = 6
 
+@dataclass
+class ThreeMembers:
+    """A created job (2 rounds, 2 to 3 per round, 30 s deadline) that a, b and c joined; a gave version 0."""
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def update(job_id: str, round_: int, vector: np.ndarray, n: int = 10) -> Payload:
-    return Payload(job_id, round_, FLOAT32, vector.size, encode_vector(vector), n)
+    job: JobRuntime
+    clock: Clock
+    store: Store
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
+def setup(tmp_path: Path) -> Iterator[ThreeMembers]:
     clock = Clock()
     store = Store(tmp_path / "state.sqlite")
     jobs = JobManager(store, clock=clock)
@@ -45,20 +43,20 @@ def setup(tmp_path: Path):
     job = jobs.job(job_id)
     for name in ("a", "b", "c"):
         job.join(name, 10, 5, SIZE)
-    job.submit("a", update(job_id, 0, np.zeros(SIZE, np.float32)))
-    yield job, clock, store
+    job.submit("a", plain_update(job_id, 0, np.zeros(SIZE, np.float32)))
+    yield ThreeMembers(job, clock, store)
     store.close()
 
 
-def test_first_member_provides_initial_prompt_others_wait(setup) -> None:
-    job, _, _ = setup
+def test_first_member_provides_initial_prompt_others_wait(setup: ThreeMembers) -> None:
+    job = setup.job
     assert job.latest_version() == 0
     with pytest.raises(StaleRound):
-        job.submit("a", update(job.job_id, 0, np.ones(SIZE, np.float32)))
+        job.submit("a", plain_update(job.job_id, 0, np.ones(SIZE, np.float32)))
 
 
-def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:
-    job, _, _ = setup
+def test_round_opens_on_start_and_tasks_evaluate_before_train(setup: ThreeMembers) -> None:
+    job = setup.job
     assert job.next_task("b").kind is TaskKind.EVALUATE
     job.start()
     job.tick()
@@ -68,42 +66,45 @@ def test_round_opens_on_start_and_tasks_evaluate_before_train(setup) -> None:
     assert (task.kind, task.round, task.global_version) == (TaskKind.TRAIN, 1, 0)
 
 
-def test_fedavg_is_example_weighted_mean_of_deltas(setup) -> None:
-    job, _, store = setup
+def test_fedavg_is_example_weighted_mean_of_deltas(setup: ThreeMembers) -> None:
+    job, store = setup.job, setup.store
     job.start()
     job.tick()
     deltas = {"a": (np.full(SIZE, 1.0, np.float32), 10), "b": (np.full(SIZE, 4.0, np.float32), 5),
               "c": (np.arange(SIZE, dtype=np.float32), 5)}
     for name, (delta, n) in deltas.items():
-        job.submit(name, update(job.job_id, 1, delta, n))
+        job.submit(name, plain_update(job.job_id, 1, delta, n))
     assert job.latest_version() == 1 and job.open is None
-    encoding, data = store.prompt(job.job_id, 1)
+    stored = store.prompt(job.job_id, 1)
+    assert stored is not None
+    encoding, data = stored
     got = decode_vector(Payload(job.job_id, 1, encoding, SIZE, data), SIZE)
     expected = (10 * deltas["a"][0] + 5 * deltas["b"][0] + 5 * deltas["c"][0]) / 20
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_rejections_leave_the_round_intact(setup) -> None:
-    job, _, _ = setup
+def test_rejections_leave_the_round_intact(setup: ThreeMembers) -> None:
+    job = setup.job
     job.start()
     job.tick()
     good = np.ones(SIZE, np.float32)
     with pytest.raises(InvalidUpdate):
-        job.submit("a", update(job.job_id, 1, np.ones(SIZE + 1, np.float32)))
+        job.submit("a", plain_update(job.job_id, 1, np.ones(SIZE + 1, np.float32)))
     bad = good.copy()
     bad[2] = np.nan
     with pytest.raises(InvalidUpdate):
-        job.submit("a", update(job.job_id, 1, bad))
+        job.submit("a", plain_update(job.job_id, 1, bad))
     with pytest.raises(StaleRound):
-        job.submit("a", update(job.job_id, 2, good))
+        job.submit("a", plain_update(job.job_id, 2, good))
     with pytest.raises(NotEnrolled):
-        job.submit("mallory", update(job.job_id, 1, good))
-    job.submit("a", update(job.job_id, 1, good))
+        job.submit("mallory", plain_update(job.job_id, 1, good))
+    job.submit("a", plain_update(job.job_id, 1, good))
     with pytest.raises(DuplicateUpdate):
-        job.submit("a", update(job.job_id, 1, good))
-    assert list(job.open.reported) == ["a"]
-    job.submit("b", update(job.job_id, 1, good))
-    job.submit("c", update(job.job_id, 1, good))
+        job.submit("a", plain_update(job.job_id, 1, good))
+    r = open_round(job)
+    assert r is not None and list(r.reported) == ["a"]
+    job.submit("b", plain_update(job.job_id, 1, good))
+    job.submit("c", plain_update(job.job_id, 1, good))
     assert job.latest_version() == 1
 
 
@@ -112,50 +113,50 @@ def test_unselected_participant_is_refused(tmp_path: Path) -> None:
     job = jobs.job(jobs.create_job(dump_toml(tiny_job(tmp_path, participants_per_round=2, min_participants=2))))
     for name in ("a", "b", "c"):
         job.join(name, 10, 5, SIZE)
-    job.submit("a", update(job.job_id, 0, np.zeros(SIZE, np.float32)))
+    job.submit("a", plain_update(job.job_id, 0, np.zeros(SIZE, np.float32)))
     job.start()
     job.tick()
     assert job.open is not None
     outsider = next(p for p in ("a", "b", "c") if p not in job.open.selected)
     with pytest.raises(NotSelected):
-        job.submit(outsider, update(job.job_id, 1, np.ones(SIZE, np.float32)))
+        job.submit(outsider, plain_update(job.job_id, 1, np.ones(SIZE, np.float32)))
 
 
-def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup) -> None:
-    job, clock, _ = setup
+def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup: ThreeMembers) -> None:
+    job, clock = setup.job, setup.clock
     job.start()
     job.tick()
-    job.submit("a", update(job.job_id, 1, np.ones(SIZE, np.float32)))
-    job.submit("b", update(job.job_id, 1, np.ones(SIZE, np.float32)))
+    job.submit("a", plain_update(job.job_id, 1, np.ones(SIZE, np.float32)))
+    job.submit("b", plain_update(job.job_id, 1, np.ones(SIZE, np.float32)))
     clock.now += 31
     job.tick()
     assert job.latest_version() == 1  # 2 of 3 >= min_participants
     assert job.open is not None and job.open.number == 2
     for attempt in (1, 2, 3):
         assert job.open is not None and job.open.attempt == attempt
-        job.submit("a", update(job.job_id, 2, np.ones(SIZE, np.float32)))
+        job.submit("a", plain_update(job.job_id, 2, np.ones(SIZE, np.float32)))
         clock.now += 31
         job.tick()
     assert job.state.value == "paused" and "failed 3 times" in job.reason
     assert job.latest_version() == 1
 
 
-def test_late_update_is_refused(setup) -> None:
-    job, clock, _ = setup
+def test_late_update_is_refused(setup: ThreeMembers) -> None:
+    job, clock = setup.job, setup.clock
     job.start()
     job.tick()
     clock.now += 31
     with pytest.raises(StaleRound):
-        job.submit("a", update(job.job_id, 1, np.ones(SIZE, np.float32)))
+        job.submit("a", plain_update(job.job_id, 1, np.ones(SIZE, np.float32)))
 
 
-def test_job_completes_and_reports_done(setup) -> None:
-    job, _, _ = setup
+def test_job_completes_and_reports_done(setup: ThreeMembers) -> None:
+    job = setup.job
     job.start()
     for round_ in (1, 2):
         job.tick()
         for name in ("a", "b", "c"):
-            job.submit(name, update(job.job_id, round_, np.ones(SIZE, np.float32)))
+            job.submit(name, plain_update(job.job_id, round_, np.ones(SIZE, np.float32)))
     assert job.state.value == "done"
     for name in ("a", "b", "c"):
         job.report_metrics(name, 2, {"accuracy": 1.0}, 5)
@@ -166,14 +167,14 @@ def test_job_completes_and_reports_done(setup) -> None:
         job.start()
 
 
-def test_vector_size_mismatch_refused_at_join(setup) -> None:
-    job, _, _ = setup
+def test_vector_size_mismatch_refused_at_join(setup: ThreeMembers) -> None:
+    job = setup.job
     with pytest.raises(InvalidUpdate, match="prompt parameters"):
         job.join("d", 10, 5, SIZE + 1)
 
 
-def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup) -> None:
-    job, _, _ = setup
+def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup: ThreeMembers) -> None:
+    job = setup.job
     job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 1)
     job.report_metrics("b", 0, {"accuracy": 0.0}, 3)
     means, reports = weighted_metrics(job.store, job.job_id, 0)
@@ -188,11 +189,11 @@ def test_encrypted_round_waits_briefly_for_a_key_in_flight(tmp_path: Path) -> No
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=2, min_participants=1),
                                  he=HESection(enabled=True))
     job = jobs.job(jobs.create_job(dump_toml(config)))
-    assert job.join("a", 10, 5, SIZE, public_bytes(new_exchange_key())).deal_keys
+    assert job.join("a", 10, 5, SIZE, exchange_key()).deal_keys
     secret = SecretContext.create(config.he.params())
     job.publish_context("a", secret.public_bytes(), secret.key_id)
-    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, secret.encrypt(np.zeros(SIZE), 1)))
-    assert not job.join("b", 10, 5, SIZE, public_bytes(new_exchange_key())).deal_keys
+    job.submit("a", encrypted_initial(secret, job.job_id))
+    assert not job.join("b", 10, 5, SIZE, exchange_key()).deal_keys
     assert job.next_task("b").kind is TaskKind.WAIT  # no key yet: no work
     job.start()
     job.tick()
