@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,15 +25,17 @@ from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.errors import ConfigError
-from fedprompt.models import Backbone, load_backbone
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
-from fedprompt.participant.train import Trainer, train_local
 from fedprompt.protocol import (
     CoordinatorLink,
     JobView,
     TaskKind,
 )
+
+if TYPE_CHECKING:
+    from fedprompt.models import Backbone
+    from fedprompt.participant.train import Trainer
 
 log = structlog.get_logger("fedprompt.app.simulate")
 
@@ -94,7 +96,7 @@ def simulate(
     backbone: Backbone | None = None,
     on_round: Callable[[int], None] | None = None,
     attack: AttackSection | None = None,
-    trainer: Trainer = train_local,
+    trainer: Trainer | None = None,
     state_root: Path | None = None,
     link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
 ) -> dict[str, Any]:
@@ -111,7 +113,11 @@ def simulate(
     version (its own test split); with ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
     """
     started = time.perf_counter()
-    bb = backbone or load_backbone(config.model.path, config.model.kind)
+    if backbone is None:
+        from fedprompt.models import load_backbone  # torch: parsing a simulation file needs none
+
+        backbone = load_backbone(config.model.path, config.model.kind)
+    bb = backbone
     jobs = JobManager(Store(":memory:"))
     names = [f"site-{k}" for k in range(len(sites))]
     enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))

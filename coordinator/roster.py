@@ -74,16 +74,18 @@ class Roster:
         member = self.members.get(participant_id)
         if member is None or member.state is MemberState.REVOKED:
             raise NotEnrolled(f"{participant_id} has not joined job {self.job_id}")
-        self.members[participant_id] = dataclasses.replace(member, last_seen=now)
-        return member
+        self.members[participant_id] = seen = dataclasses.replace(member, last_seen=now)
+        return seen
 
     def online(self, now: float) -> list[str]:
         """Active members seen within ``offline_after_s``, sorted."""
         cutoff = now - self.offline_after_s
         return sorted(p for p, m in self.members.items() if m.state is MemberState.ACTIVE and m.last_seen >= cutoff)
 
-    def active(self) -> int:
-        return sum(1 for m in self.members.values() if m.state is MemberState.ACTIVE)
+    def with_budget(self) -> int:
+        """Members whose record-level privacy budget is not spent (a quarantine or a revocation is no end of
+        budget: the job waits for eligible members instead)."""
+        return sum(1 for m in self.members.values() if m.state is not MemberState.EXHAUSTED)
 
     def set_state(self, participant_id: str, state: MemberState) -> None:
         self._write(dataclasses.replace(self.members[participant_id], state=state))

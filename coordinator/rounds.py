@@ -267,7 +267,7 @@ class RoundMachine:
         """Open an attempt of round ``number`` when enough eligible members are online: a seeded selection of up
         to ``job.participants_per_round`` of them (job seed, round, attempt)."""
         settings = self.config.job
-        with_budget = self.roster.active()
+        with_budget = self.roster.with_budget()
         if with_budget < len(self.roster.members) and with_budget < settings.min_participants:
             return JobEnd(JobState.DONE, f"only {with_budget} participants have privacy budget left, minimum "
                                          f"{settings.min_participants}")

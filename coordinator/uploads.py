@@ -132,7 +132,7 @@ class UploadGate:
             raise DuplicateUpdate(f"{pid} already submitted for round {r.number}")
         if r.state is not RoundState.TRAINING:
             raise StaleRound(f"round {r.number} is deciding on its encrypted Gram matrix; it takes no more updates")
-        if self.rounds.clock() > r.deadline:
+        if self.rounds.clock() >= r.deadline:
             raise StaleRound(f"round {r.number} deadline has passed")
 
     def already_received(self, participant_id: str, header: PayloadHeader) -> bool:

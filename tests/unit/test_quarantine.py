@@ -101,6 +101,30 @@ def test_rejections_are_stored_and_k_consecutive_quarantine_until_release(starte
     assert job.roster.quarantined() == () and job.flags().streaks["e"] == 0
 
 
+def test_quarantines_that_leave_too_few_eligible_make_the_job_wait_not_end(tmp_path: Path) -> None:
+    """A quarantine is no spent privacy budget: with fewer eligible members than the minimum the job waits
+    (no round opens) and goes on once an admin releases one, instead of ending for good."""
+    store = Store(tmp_path / "state.sqlite")
+    jobs = JobManager(store)
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=3, participants_per_round=3, min_participants=3),
+                                 robust=RobustSection(max_malicious=1, quarantine_after=1))
+    job = jobs.job(jobs.create_job(dump_toml(dataclasses.replace(
+        config, job=dataclasses.replace(config.job, aggregator="norm_bound")))))
+    for name in ("a", "b", "c"):
+        job.join(name, 10, 5, SIZE)
+    job.submit("a", plain_update(job.job_id, 0, np.zeros(SIZE, np.float32), 0))
+    job.start()
+    job.roster.record_verdict(accepted=("a", "b"), rejected=("c",))
+    assert job.roster.quarantined() == ("c",)
+    job.tick()
+    assert job.state.value == "running" and open_round(job) is None and "waiting for 3" in job.phase
+    job.release("c")
+    job.tick()
+    opened = open_round(job)
+    assert opened is not None and opened.selected == ("a", "b", "c")
+    store.close()
+
+
 def test_an_accepted_round_resets_the_streak(started: StartJob) -> None:
     job = started("norm_bound", max_malicious=1, quarantine_after=2).job
     rng = np.random.default_rng(1)

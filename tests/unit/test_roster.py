@@ -62,7 +62,7 @@ def test_join_writes_through_and_the_first_member_is_the_initialiser(store: Stor
     assert (first.num_train, first.num_test, first.joined_at, first.last_seen, first.state) == (
         10, 5, 100.0, 100.0, MemberState.ACTIVE)
     assert store.members(JOB) == [members.members["a"], members.members["b"]]
-    assert members.evaluated == {"a": set(), "b": set()} and members.active() == 2
+    assert members.evaluated == {"a": set(), "b": set()} and members.with_budget() == 2
 
 
 def test_a_rejoin_updates_the_counts_and_keeps_the_join_time_and_the_evaluations(store: Store) -> None:
@@ -118,7 +118,7 @@ def test_online_is_the_active_members_seen_within_the_cutoff_inclusive_and_sorte
     assert members.online(90.0 + OFFLINE_AFTER_S) == ["a", "b", "c"]  # b seen exactly offline_after_s ago
     assert members.online(90.0 + OFFLINE_AFTER_S + 0.001) == ["a", "c"]
     assert members.online(100.0 + OFFLINE_AFTER_S + 0.001) == []
-    assert members.active() == 3
+    assert members.with_budget() == 4  # a quarantine is no end of budget; x's budget is spent
 
 
 def test_rejections_build_a_streak_that_an_acceptance_resets(store: Store) -> None:

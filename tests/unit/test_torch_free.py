@@ -28,8 +28,6 @@ NEEDS_TORCH = {
     "test_models": "the soft-prompt classifiers themselves",
     "test_privacy_opacus": "Opacus, the reference accountant, imports torch",
     "test_simulation": "simulations train tiny models",
-    "test_attacks": "fedprompt.app.simulate (its simulation-config parser) imports fedprompt.models at module level",
-    "test_examples": "fedprompt.app.simulate (its simulation-config parser) imports fedprompt.models at module level",
 }
 
 #: Modules the torch-free rule must cover whatever ``NEEDS_TORCH`` says: maths, crypto and the coordinator.
