@@ -38,7 +38,8 @@ KINDS = ("none", *DATA_ATTACKS, *UPDATE_ATTACKS)
 
 @dataclass(frozen=True)
 class AttackSection:
-    """The ``[attack]`` table of a simulation file."""
+    """The ``[attack]`` table of a simulation file.  ``noise_std`` is in (0, 1e6] and ``seed`` in [0, 2**63 - 1]
+    (NumPy generators take no negative seed)."""
 
     kind: str = "none"
     malicious_fraction: float = 0.0
@@ -56,7 +57,8 @@ class AttackSection:
             (0.0 < self.poison_rate <= 1.0, "poison_rate", "must be in (0, 1]"),
             (bool(self.trigger.strip()), "trigger", "must not be empty"),
             (0.0 < self.scale <= 1e6, "scale", "must be in (0, 1e6]"),
-            (self.noise_std > 0, "noise_std", "must be > 0"),
+            (0.0 < self.noise_std <= 1e6, "noise_std", "must be in (0, 1e6]"),
+            (0 <= self.seed <= 2**63 - 1, "seed", f"must be in [0, {2**63 - 1}]"),
         )
         for ok, key, message in checks:
             if not ok:

@@ -19,12 +19,11 @@ import structlog
 from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from fedprompt.app.local_link import LocalLink
 from fedprompt.app.report import build_report, privacy_spent
-from fedprompt.config import JobConfig, dump_toml, from_mapping, toml_mapping
+from fedprompt.config import JobConfig, dump_toml, from_mapping, read_toml_text, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
-from fedprompt.errors import ConfigError
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.protocol import (
@@ -61,11 +60,7 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
 
 def load_simulation(path: str | Path, overrides: dict[str, Any] | None = None) -> SimulationFile:
     """Read and parse a simulation file; a bad key is named with the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read simulation config {path}: {exc.strerror}") from exc
-    return parse_simulation(text, str(path), overrides)
+    return parse_simulation(read_toml_text(path, "simulation config"), str(path), overrides)
 
 
 def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:

@@ -4,19 +4,35 @@ A package facade: import every name from ``fedprompt.config`` (``from fedprompt.
 the modules behind it are an implementation detail and may move.  What each holds:
 
 - ``codec``: TOML <-> frozen dataclasses (``from_mapping``, ``parse_toml``, ``load_toml``, ``dump_toml``,
-  dotted CLI overrides) and ``check``, the validation helper that names the bad key; knows no schema.
+  dotted CLI overrides, ``read_toml_text`` for a file read within ``MAX_TOML_BYTES``) and ``check`` /
+  ``check_range``, the validation helpers that name the bad key; knows no schema.
 - ``job``: the job schema shared verbatim by coordinator and participants (``JobConfig`` and its run,
   model, task, training, augmentation, robustness and black-box sections) with the checks that span
   sections; what depends on an aggregator's kind is checked by the coordinator's aggregator registry.
 - ``privacy``: the job's ``[dp]`` and ``[he]`` sections; ``levels``: ``[levels]`` and its cohorts;
-  ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check.
+  ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check, and
+  ``job_name_problem``, the rule for a job's name.
 - ``process``: the coordinator's, a participant daemon's and a model service's own config files.
 """
 
 from __future__ import annotations
 
-from fedprompt.config.codec import dump_toml, from_mapping, load_toml, parse_toml, set_dotted, toml_mapping
+from fedprompt.config.codec import (
+    INF_ALLOWED,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_TOML_BYTES,
+    dump_toml,
+    from_mapping,
+    load_toml,
+    parse_toml,
+    read_toml_text,
+    set_dotted,
+    toml_mapping,
+)
 from fedprompt.config.job import (
+    MAX_DEADLINE_S,
+    MAX_PER_ROUND,
     AugmentSection,
     BlackboxSection,
     JobConfig,
@@ -27,8 +43,8 @@ from fedprompt.config.job import (
     TrainSection,
 )
 from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, CohortSpec, LevelsSection
-from fedprompt.config.names import IDENTITY
-from fedprompt.config.privacy import ACCOUNTANTS, DPSection, HESection
+from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
+from fedprompt.config.privacy import ACCOUNTANTS, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
 from fedprompt.config.process import (
     CoordinatorConfig,
     CoordinatorSection,
@@ -43,6 +59,17 @@ __all__ = [
     "COHORT_NAME",
     "COHORT_SOURCES",
     "IDENTITY",
+    "INF_ALLOWED",
+    "INT64_MAX",
+    "INT64_MIN",
+    "JOB_NAME_MAX_BYTES",
+    "JOB_NAME_SEPARATORS",
+    "MAX_CLIP",
+    "MAX_DEADLINE_S",
+    "MAX_EPSILON",
+    "MAX_NOISE",
+    "MAX_PER_ROUND",
+    "MAX_TOML_BYTES",
     "MIN_HE_COHORT",
     "AugmentSection",
     "BlackboxSection",
@@ -64,8 +91,10 @@ __all__ = [
     "TrainSection",
     "dump_toml",
     "from_mapping",
+    "job_name_problem",
     "load_toml",
     "parse_toml",
+    "read_toml_text",
     "set_dotted",
     "toml_mapping",
 ]

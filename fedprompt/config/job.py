@@ -11,17 +11,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedprompt.config.codec import check
+from fedprompt.config.codec import INT64_MAX, check, check_range
 from fedprompt.config.levels import LevelsSection
-from fedprompt.config.names import IDENTITY
+from fedprompt.config.names import IDENTITY, job_name_problem
 from fedprompt.config.privacy import DPSection, HESection
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.gram import gram_params
 
+#: The most participants a round may select (a cross-silo federation has tens; the load benchmark thousands).
+MAX_PER_ROUND = 100_000
+#: The longest round deadline: a week, in seconds.
+MAX_DEADLINE_S = 7 * 24 * 3600.0
+
 
 @dataclass(frozen=True)
 class JobSection:
-    """How the federation runs: rounds, selection and aggregation."""
+    """How the federation runs: rounds, selection and aggregation.
+
+    ``name`` is what admins look a job up by and logs print: 1-128 bytes of UTF-8, letters and digits of any
+    script, combining marks and the separators space ``._-+``, starting with a letter or digit (the full rule,
+    which keeps path separators, ``..`` and control characters out, is ``config.names.job_name_problem``).
+    ``rounds`` is in [1, 100000], ``participants_per_round`` in [1, 100000] (and ``min_participants`` in
+    [1, participants_per_round]), ``round_deadline_s`` in (0, 604800] (a week), and ``seed`` in
+    [0, 2**63 - 1]: it seeds NumPy generators (no negative seeds) and travels as a uint64 to model services.
+    """
 
     name: str = "job"
     rounds: int = 5
@@ -36,18 +49,21 @@ class JobSection:
     allowed_participants: tuple[str, ...] = ()
 
     def validate(self, prefix: str) -> None:
-        check(bool(self.name.strip()), f"{prefix}.name", "must not be empty")
+        problem = job_name_problem(self.name)
+        check(problem is None, f"{prefix}.name", f"{problem}")
         for i, who in enumerate(self.allowed_participants):
             check(who == "*" or bool(IDENTITY.match(who)), f"{prefix}.allowed_participants[{i}]",
                   f"{who[:40]!r} is neither '*' nor an identity (letters, digits and ._:@-, at most 128)")
         check(1 <= self.rounds <= 100_000, f"{prefix}.rounds", f"must be in [1, 100000], got {self.rounds}")
-        check(self.participants_per_round >= 1, f"{prefix}.participants_per_round", "must be >= 1")
+        check_range(self.participants_per_round, f"{prefix}.participants_per_round", 1, MAX_PER_ROUND)
         check(
             1 <= self.min_participants <= self.participants_per_round,
             f"{prefix}.min_participants",
             f"must be in [1, participants_per_round={self.participants_per_round}], got {self.min_participants}",
         )
-        check(self.round_deadline_s > 0, f"{prefix}.round_deadline_s", "must be > 0 seconds")
+        check_range(self.round_deadline_s, f"{prefix}.round_deadline_s", 0.0, MAX_DEADLINE_S, open_low=True,
+                    note="seconds")
+        check_range(self.seed, f"{prefix}.seed", 0, INT64_MAX)
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,8 @@ class TrainSection:
 
     ``physical_batch_size`` bounds memory only: a batch larger than it runs as several forward/backward
     passes whose gradients add up to the batch's (measured: DP-SGD at an expected batch of 256 in one pass
-    peaked at 7.3 GB per MiniLM participant).  It changes no result beyond float rounding.
+    peaked at 7.3 GB per MiniLM participant).  It changes no result beyond float rounding.  ``max_steps`` caps
+    the steps of a round, in [0, 1000000] (0: no cap beyond ``local_epochs``).
     """
 
     local_epochs: int = 1
@@ -104,7 +121,7 @@ class TrainSection:
 
     def validate(self, prefix: str) -> None:
         check(1 <= self.local_epochs <= 1000, f"{prefix}.local_epochs", "must be in [1, 1000]")
-        check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0 (0 means no cap)")
+        check_range(self.max_steps, f"{prefix}.max_steps", 0, 1_000_000, note="0 means no cap")
         check(1 <= self.batch_size <= 4096, f"{prefix}.batch_size", "must be in [1, 4096]")
         check(1 <= self.physical_batch_size <= 4096, f"{prefix}.physical_batch_size", "must be in [1, 4096]")
         check(0 < self.lr <= 10, f"{prefix}.lr", f"must be in (0, 10], got {self.lr}")
@@ -121,6 +138,7 @@ class AugmentSection:
     examples.  Pseudo-labels are recomputed every round.  With ``gate`` (on by default) a site skips a
     round's pseudo-labelling when the global prompt does not beat the majority class on the site's own
     labelled examples: a prompt worse than that would only teach its errors back to itself.
+    ``max_unlabelled`` is in [0, 10000000].
     """
 
     enabled: bool = False
@@ -135,7 +153,7 @@ class AugmentSection:
         check(0 <= self.warmup_rounds <= 100_000, f"{prefix}.warmup_rounds", "must be in [0, 100000]")
         check(0 < self.threshold <= 1, f"{prefix}.threshold", f"must be in (0, 1], got {self.threshold}")
         check(1 <= self.per_class_cap <= 1_000_000, f"{prefix}.per_class_cap", "must be in [1, 1000000]")
-        check(self.max_unlabelled >= 0, f"{prefix}.max_unlabelled", "must be >= 0 (0 means the whole pool)")
+        check_range(self.max_unlabelled, f"{prefix}.max_unlabelled", 0, 10_000_000, note="0 means the whole pool")
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,9 @@ class RobustSection:
     """Robust aggregation: the assumed bound on malicious updates per round, defence knobs, and quarantine.
 
     Used only by the robust aggregators (``job.aggregator`` = norm_bound, median, trimmed_mean, krum,
-    multi_krum, foolsgold); FedAvg ignores it.
+    multi_krum, foolsgold); FedAvg ignores it.  ``max_malicious`` and ``multi_krum_keep`` are counts of one
+    round's updates, in [0, 100000] like ``job.participants_per_round``; ``quarantine_after`` counts rounds, in
+    [0, 100000] like ``job.rounds``.
     """
 
     max_malicious: int = 1
@@ -152,11 +172,12 @@ class RobustSection:
     quarantine_after: int = 3
 
     def validate(self, prefix: str) -> None:
-        check(self.max_malicious >= 0, f"{prefix}.max_malicious", f"must be >= 0, got {self.max_malicious}")
+        check_range(self.max_malicious, f"{prefix}.max_malicious", 0, MAX_PER_ROUND)
         check(1 < self.norm_factor <= 1000, f"{prefix}.norm_factor", f"must be in (1, 1000], got {self.norm_factor}")
-        check(self.multi_krum_keep >= 0, f"{prefix}.multi_krum_keep", "must be >= 0 (0 keeps n - max_malicious)")
-        check(self.quarantine_after >= 0, f"{prefix}.quarantine_after",
-              "must be >= 0 (consecutive rejected rounds before quarantine; 0 never quarantines)")
+        check_range(self.multi_krum_keep, f"{prefix}.multi_krum_keep", 0, MAX_PER_ROUND,
+                    note="0 keeps n - max_malicious")
+        check_range(self.quarantine_after, f"{prefix}.quarantine_after", 0, 100_000,
+                    note="consecutive rejected rounds before quarantine; 0 never quarantines")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedprompt.config.codec import check
+from fedprompt.config.codec import check, check_range
 from fedprompt.config.names import IDENTITY
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class LevelsSection:
     admin (``cohorts_from = "admin"`` and ``[[levels.cohorts]]`` tables) or are discovered by the coordinator
     (``"discover"``): after round ``discover_round`` it clusters that round's updates by similarity into
     ``num_cohorts`` cohorts; under HE from the encrypted Gram matrix (``JobConfig.encrypted_discovery``).
+    Every count is checked whether or not it is used: token counts in [0, 512] (global [1, 512]),
+    ``num_cohorts`` in [2, 64], ``discover_round`` in [1, 100000] (a round number, as ``job.rounds``).
     """
 
     enabled: bool = False
@@ -73,13 +75,13 @@ class LevelsSection:
         check(self.total_tokens <= 512, f"{prefix}.personal_tokens", "the three levels together exceed 512 tokens")
         check(self.cohorts_from in COHORT_SOURCES, f"{prefix}.cohorts_from",
               f"must be one of {', '.join(COHORT_SOURCES)}, got {self.cohorts_from!r}")
+        check(2 <= self.num_cohorts <= 64, f"{prefix}.num_cohorts", f"must be in [2, 64], got {self.num_cohorts}")
+        check_range(self.discover_round, f"{prefix}.discover_round", 1, 100_000)
         if self.expert_tokens == 0:
             check(not self.cohorts, f"{prefix}.cohorts", "cohorts need an expert level (expert_tokens > 0)")
             return
         if self.cohorts_from == "discover":
             check(not self.cohorts, f"{prefix}.cohorts", 'must be empty with cohorts_from = "discover"')
-            check(2 <= self.num_cohorts <= 64, f"{prefix}.num_cohorts", f"must be in [2, 64], got {self.num_cohorts}")
-            check(self.discover_round >= 1, f"{prefix}.discover_round", f"must be >= 1, got {self.discover_round}")
         names = [c.name for c in self.cohorts]
         check(len(set(names)) == len(names), f"{prefix}.cohorts", "cohort names must be distinct")
         seen: dict[str, str] = {}

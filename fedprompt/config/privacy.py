@@ -8,15 +8,22 @@ encrypted job may use, DP in a black-box job, participant-level noise with level
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fedprompt.config.codec import check
+from fedprompt.config.codec import INF_ALLOWED, check, check_range
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.errors import ParameterError
 from fedprompt.errors import ConfigError
 
 #: Privacy accountants ``dp.accountant`` may name.
 ACCOUNTANTS = ("rdp", "prv")
+#: The largest finite privacy budget: an epsilon above it protects nothing, and calibrating noise for a target
+#: near 1e15 never ends (its bisection asks for an absolute precision no float has).  ``inf`` stays allowed.
+MAX_EPSILON = 1000.0
+#: The largest noise multiplier: a sigma of 1000 times the clip norm already drowns any update.
+MAX_NOISE = 1000.0
+#: The largest clip norm (per-example gradient or whole update); prompt updates have norms of order 1.
+MAX_CLIP = 1e6
 
 
 @dataclass(frozen=True)
@@ -32,17 +39,22 @@ class DPSection:
     ``update_clip`` and carries a share of Gaussian noise so the sum over ``job.min_participants`` updates
     holds N(0, sigma^2 C^2) (distributed DP, as in DP-FedAvg: McMahan et al., "Learning Differentially
     Private Recurrent Language Models", 2018).  The job stops before exceeding ``participant_epsilon``.
+
+    Ranges: ``epsilon`` and ``participant_epsilon`` in (0, 1000] or ``inf`` (no budget: the only two floats of
+    a job that take ``inf``; ``epsilon`` only with a set ``noise_multiplier``); both noise multipliers in
+    [0, 1000]; ``max_grad_norm`` and ``update_clip`` in (0, 1e6]; ``delta`` in [0, 1), ``participant_delta``
+    in (0, 1).
     """
 
     enabled: bool = False
-    epsilon: float = 8.0
+    epsilon: float = field(default=8.0, metadata=INF_ALLOWED)
     delta: float = 0.0
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     participant_noise_multiplier: float = 0.0
     update_clip: float = 1.0
-    participant_epsilon: float = math.inf
+    participant_epsilon: float = field(default=math.inf, metadata=INF_ALLOWED)
     participant_delta: float = 1e-3
 
     @property
@@ -50,21 +62,22 @@ class DPSection:
         return self.enabled and self.participant_noise_multiplier > 0
 
     def validate(self, prefix: str) -> None:
-        check(self.epsilon > 0, f"{prefix}.epsilon", f"must be > 0 (inf allowed), got {self.epsilon}")
+        check(0 < self.epsilon <= MAX_EPSILON or self.epsilon == math.inf, f"{prefix}.epsilon",
+              f"must be in (0, {MAX_EPSILON:g}] or inf, got {self.epsilon}")
         check(0 <= self.delta < 1, f"{prefix}.delta", f"must be in [0, 1) (0 = 1/(10 n)), got {self.delta}")
-        check(0 <= self.noise_multiplier < math.inf, f"{prefix}.noise_multiplier",
-              f"must be in [0, inf) (0 = calibrate from epsilon), got {self.noise_multiplier}")
+        check_range(self.noise_multiplier, f"{prefix}.noise_multiplier", 0.0, MAX_NOISE,
+                    note="0 = calibrate from epsilon")
         check(self.noise_multiplier > 0 or math.isfinite(self.epsilon), f"{prefix}.epsilon",
               "must be finite when noise_multiplier = 0 (the noise is calibrated from it)")
-        check(0 < self.max_grad_norm < math.inf, f"{prefix}.max_grad_norm",
-              f"must be in (0, inf), got {self.max_grad_norm}")
+        check_range(self.max_grad_norm, f"{prefix}.max_grad_norm", 0.0, MAX_CLIP, open_low=True)
         check(self.accountant in ACCOUNTANTS, f"{prefix}.accountant",
               f"must be one of {', '.join(ACCOUNTANTS)}, got {self.accountant!r}")
-        check(0 <= self.participant_noise_multiplier < math.inf, f"{prefix}.participant_noise_multiplier",
-              f"must be in [0, inf) (0 = no participant-level noise), got {self.participant_noise_multiplier}")
-        check(0 < self.update_clip < math.inf, f"{prefix}.update_clip", f"must be in (0, inf), got {self.update_clip}")
-        check(self.participant_epsilon > 0, f"{prefix}.participant_epsilon",
-              f"must be > 0 (inf = no budget), got {self.participant_epsilon}")
+        check_range(self.participant_noise_multiplier, f"{prefix}.participant_noise_multiplier", 0.0, MAX_NOISE,
+                    note="0 = no participant-level noise")
+        check_range(self.update_clip, f"{prefix}.update_clip", 0.0, MAX_CLIP, open_low=True)
+        check(0 < self.participant_epsilon <= MAX_EPSILON or self.participant_epsilon == math.inf,
+              f"{prefix}.participant_epsilon", f"must be in (0, {MAX_EPSILON:g}] or inf (no budget), "
+              f"got {self.participant_epsilon}")
         check(0 < self.participant_delta < 1, f"{prefix}.participant_delta",
               f"must be in (0, 1), got {self.participant_delta}")
 
@@ -73,7 +86,9 @@ class DPSection:
 class HESection:
     """Homomorphic-encrypted secure aggregation (CKKS): the coordinator only ever adds ciphertexts.
 
-    ``dealer`` names the participant that creates the job's keys (default: the first to join).
+    ``dealer`` names the participant that creates the job's keys (default: the first to join).  The numbers'
+    ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits within
+    128-bit security, ``scale_bits`` in [20, data prime - 12], ``max_summands`` in [1, 1000000].
     """
 
     enabled: bool = False

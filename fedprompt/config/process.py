@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedprompt.config.codec import check
+from fedprompt.config.codec import check, check_range
 
 
 def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: dict[str, str] | None = None) -> None:
@@ -24,7 +24,13 @@ def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: 
 
 @dataclass(frozen=True)
 class CoordinatorSection:
-    """The coordinator service: where it listens, where its state lives, its limits."""
+    """The coordinator service: where it listens, where its state lives, its limits.
+
+    Ranges: ``tick_s`` in [0.01, 10]; ``offline_after_s`` in (0, 86400] (a day without a heartbeat);
+    ``upload_timeout_s`` in (0, 3600]; ``max_message_bytes`` in [64 KiB, 64 MiB]; ``rate_limit_per_s`` in
+    (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
+    tests do); ``max_concurrent_uploads`` in [1, 64]; ``shutdown_grace_s`` in [0, 600].
+    """
 
     listen: str = "127.0.0.1:50051"
     state_dir: str = "coordinator-state"
@@ -47,13 +53,13 @@ class CoordinatorSection:
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
-        check(self.rate_limit_per_s > 0, f"{prefix}.rate_limit_per_s", "must be > 0")
-        check(self.rate_limit_burst >= 1, f"{prefix}.rate_limit_burst", "must be >= 1")
+        check_range(self.rate_limit_per_s, f"{prefix}.rate_limit_per_s", 0.0, 1e6, open_low=True)
+        check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
         check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
         check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
-        check(self.offline_after_s > 0, f"{prefix}.offline_after_s", "must be > 0")
-        check(self.upload_timeout_s > 0, f"{prefix}.upload_timeout_s", "must be > 0")
+        check_range(self.offline_after_s, f"{prefix}.offline_after_s", 0.0, 86400.0, open_low=True, note="seconds")
+        check_range(self.upload_timeout_s, f"{prefix}.upload_timeout_s", 0.0, 3600.0, open_low=True, note="seconds")
         check(0 <= self.shutdown_grace_s <= 600, f"{prefix}.shutdown_grace_s", "must be in [0, 600] seconds")
         check(64 * 1024 <= self.max_message_bytes <= 64 * 1024 * 1024, f"{prefix}.max_message_bytes",
               "must be in [65536, 67108864]")
@@ -68,7 +74,12 @@ class CoordinatorConfig:
 
 @dataclass(frozen=True)
 class ParticipantSection:
-    """One institution's daemon: where the coordinator is, where its own data and state live."""
+    """One institution's daemon: where the coordinator is, where its own data and state live.
+
+    Ranges: ``threads`` in [1, 256]; ``retry_initial_s`` in (0, ``retry_max_s``] and ``retry_max_s`` in
+    (0, 3600]; ``give_up_after_s`` in (0, 604800] (a week of an unreachable coordinator); ``rpc_timeout_s`` in
+    (0, 3600]; ``heartbeat_s`` in [0.1, 3600].
+    """
 
     coordinator: str = "127.0.0.1:50051"
     job: str = ""
@@ -103,8 +114,10 @@ class ParticipantSection:
               f"must be host:port, got {self.model_service!r}")
         check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
         check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
+        check_range(self.retry_max_s, f"{prefix}.retry_max_s", 0.0, 3600.0, open_low=True, note="seconds")
         check(0 < self.retry_initial_s <= self.retry_max_s, f"{prefix}.retry_initial_s", "must be in (0, retry_max_s]")
-        check(self.give_up_after_s > 0, f"{prefix}.give_up_after_s", "must be > 0")
+        check_range(self.give_up_after_s, f"{prefix}.give_up_after_s", 0.0, 7 * 24 * 3600.0, open_low=True,
+                    note="seconds")
         check(0.1 <= self.heartbeat_s <= 3600, f"{prefix}.heartbeat_s", "must be in [0.1, 3600] seconds")
 
 
@@ -121,6 +134,8 @@ class ModelServiceSection:
 
     Callers send their institution's texts, so the service speaks mTLS by default: its own certificate and
     key, and the CA whose certificates it accepts from callers (the federation CA, or the institution's own).
+    Every count is bounded in its ``validate`` (e.g. ``max_batch`` in [1, 4096], ``max_text_chars`` in
+    [1, 1000000]).
     """
 
     listen: str = "127.0.0.1:50061"

@@ -42,7 +42,8 @@ SCHEMES = ("iid", "dirichlet", "fewshot")
 class PartitionSpec:
     """How to split: ``iid``, ``dirichlet`` (label skew ``alpha``) or ``fewshot`` (AUG-FedPrompt's generator:
     ``shots`` labelled examples per site on average, Dirichlet skews of the labelled *quantity* and of the
-    *label* mix, the rest an unlabelled pool)."""
+    *label* mix, the rest an unlabelled pool).  Each alpha is in (0, 1e6] (beyond, a Dirichlet split is IID in
+    all but name) and ``shots`` in [1, 1000000]."""
 
     scheme: str = "iid"
     alpha: float = 0.5
@@ -54,16 +55,18 @@ class PartitionSpec:
         if self.scheme not in SCHEMES:
             raise ConfigError(f"{prefix}.scheme: must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         for key in ("alpha", "quantity_alpha", "label_alpha"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{prefix}.{key}: must be > 0, got {getattr(self, key)}")
-        if self.shots < 1:
-            raise ConfigError(f"{prefix}.shots: must be >= 1, got {self.shots}")
+            if not 0 < getattr(self, key) <= 1e6:
+                raise ConfigError(f"{prefix}.{key}: must be in (0, 1e+06], got {getattr(self, key)}")
+        if not 1 <= self.shots <= 1_000_000:
+            raise ConfigError(f"{prefix}.shots: must be in [1, 1000000], got {self.shots}")
 
 
 @dataclass(frozen=True)
 class DataPlan:
     """Which data, how many sites and how it is dealt: the one definition behind ``fedprompt data prepare``'s
-    flags and a simulation file's ``[simulation]`` table (``[simulation.partition]`` for the split)."""
+    flags and a simulation file's ``[simulation]`` table (``[simulation.partition]`` for the split).
+    ``participants`` is in [1, 1000], ``test_size`` in [1, 10000000] and ``seed`` in [0, 2**63 - 1] (it seeds
+    NumPy generators, which take no negative seed)."""
 
     dataset: str = "rotten_tomatoes"
     participants: int = 3
@@ -74,8 +77,10 @@ class DataPlan:
     def validate(self, prefix: str) -> None:
         if not 1 <= self.participants <= 1000:
             raise ConfigError(f"{prefix}.participants: must be in [1, 1000], got {self.participants}")
-        if self.test_size < 1:
-            raise ConfigError(f"{prefix}.test_size: must be >= 1, got {self.test_size}")
+        if not 1 <= self.test_size <= 10_000_000:
+            raise ConfigError(f"{prefix}.test_size: must be in [1, 10000000], got {self.test_size}")
+        if not 0 <= self.seed <= 2**63 - 1:
+            raise ConfigError(f"{prefix}.seed: must be in [0, {2**63 - 1}], got {self.seed}")
         self.partition.validate(f"{prefix}.partition")
 
     def sites(self, label_names: tuple[str, ...] | None = None) -> list[SiteData]:
