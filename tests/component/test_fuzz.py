@@ -3,9 +3,11 @@
 Each generated request is a valid request with at least one invalidating mutation (a wrong job, round,
 version, size, weight, digest, encoding, chunk order or count, a missing or repeated header, an oversized
 message, a non-finite value, a caller who is not enrolled...), or raw bytes that are not a valid message.
+The admin's ``CreateJob`` gets valid job configs with one hostile mutation (a name with a forbidden
+character, a number out of its range, deep nesting, a control character, a duplicated key).
 Property: the coordinator answers every one with a refusal status from the domain table (never OK, never
 UNKNOWN, which would mean an unexpected exception), and afterwards the open round completes with exactly
-the weighted average of the honest updates.
+the weighted average of the honest updates, and no job was created beside the fuzzed one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,15 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedprompt.app.admin_client import AdminClient
-from fedprompt.config import dump_toml
+from fedprompt.config import dump_toml, job_name_problem
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.protocol import Payload, PayloadHeader
-from fedprompt.v1 import common_pb2, participant_pb2, participant_pb2_grpc
+from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import open_channel
 from fedprompt.wire.payload import FLOAT32, encode_vector
@@ -73,6 +77,43 @@ class Fuzzer:
     def close(self) -> None:
         for channel in self.channels.values():
             channel.close()
+
+
+#: Job names that must be refused: anything the name rule refuses, and the log-injection classes by hand.
+hostile_names = (st.text(min_size=1, max_size=70).filter(lambda s: job_name_problem(s) is not None)
+                 | st.sampled_from(["evil\nINFO fake log line", "\x1b[31mred", "ding\x07", "../x", "a/b", "a..b", "é" * 65]))
+finite = st.floats(allow_nan=False, allow_infinity=False)
+non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+#: For a number of each section, values outside its range (non-finite, negative, or beyond its cap).
+bad_numbers: dict[tuple[str, str], st.SearchStrategy[Any]] = {
+    ("job", "rounds"): st.integers(-(2**63), 0) | st.integers(100_001, 2**63 - 1),
+    ("job", "participants_per_round"): st.integers(-(2**63), 0) | st.integers(100_001, 2**63 - 1),
+    ("job", "seed"): st.integers(-(2**63), -1) | st.integers(2**63, 2**80),
+    ("job", "round_deadline_s"): non_finite | finite.filter(lambda x: not 0 < x <= 604_800),
+    ("train", "max_steps"): st.integers(-(2**63), -1) | st.integers(1_000_001, 2**63 - 1),
+    ("train", "lr"): non_finite | finite.filter(lambda x: not 0 < x <= 10),
+    ("dp", "epsilon"): st.just(math.nan) | finite.filter(lambda x: not 0 < x <= 1000),
+    ("dp", "noise_multiplier"): non_finite | finite.filter(lambda x: not 0 <= x <= 1000),
+    ("robust", "max_malicious"): st.integers(-(2**63), -1) | st.integers(100_001, 2**63 - 1),
+    ("levels", "discover_round"): st.integers(-(2**63), 0) | st.integers(100_001, 2**63 - 1),
+}
+
+
+def hostile_config(data: st.DataObject, valid: str) -> tuple[str, str]:
+    """``valid`` job TOML with one hostile mutation, and how the coordinator's refusal must start."""
+    kind = data.draw(st.sampled_from(["name", "number", "nesting", "control", "duplicate"]))
+    if kind in ("name", "number"):
+        mapping = tomllib.loads(valid)
+        section, key = (("job", "name") if kind == "name" else data.draw(st.sampled_from(sorted(bad_numbers))))
+        mapping[section][key] = data.draw(hostile_names if kind == "name" else bad_numbers[(section, key)])
+        return tomli_w.dumps(mapping), f"{section}.{key}: "
+    if kind == "nesting":
+        depth = data.draw(st.integers(1000, 5000))
+        return valid + "x = " + data.draw(st.sampled_from(["[", "{a = "])) * depth, "job config: invalid TOML: "
+    if kind == "control":  # a control character is illegal anywhere in TOML, strings and comments included
+        at = data.draw(st.integers(0, len(valid)))
+        return valid[:at] + data.draw(st.sampled_from("\x00\x01\x07\x1b\x7f\x0b")) + valid[at:], "job config: invalid TOML: "
+    return valid.replace("[job]\n", "[job]\nrounds = 7\n"), "job config: invalid TOML: Cannot overwrite a value"
 
 
 def other_job(job_id: str) -> st.SearchStrategy[str]:
@@ -263,7 +304,24 @@ def test_fuzz_every_participant_rpc_then_round_completes(tmp_path: Path) -> None
             else:
                 fuzz.refused(lambda: channel.unary_unary(SERVICE + method)(blobs[0], timeout=10), 1)
 
-        for run in (describe, join, get_task, download, report, upload, raw_bytes):
+        valid = dump_toml(tiny_job(tmp_path, name="fuzz-admin", allowed_participants=MEMBERS))
+
+        @FUZZ
+        @given(st.data())
+        def create_job(data: st.DataObject) -> None:
+            text, reason = hostile_config(data, valid)
+            fuzz.messages += 1
+            try:
+                admin.stub.CreateJob(admin_pb2.CreateJobRequest(config_toml=text), timeout=10)
+            except grpc.RpcError as exc:
+                details = exc.details() or ""
+                fuzz.codes[exc.code().name] = fuzz.codes.get(exc.code().name, 0) + 1
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{exc.code().name}: {details}"
+                assert details.startswith(reason) and details.isprintable(), details  # one line, key or source first
+                return
+            raise AssertionError("a hostile job config was accepted")
+
+        for run in (describe, join, get_task, download, report, upload, raw_bytes, create_job):
             run()
         # a stream that stalls after its header is cut off by the upload timeout
         stalled = upload_messages_stalling(job_id)
@@ -273,7 +331,8 @@ def test_fuzz_every_participant_rpc_then_round_completes(tmp_path: Path) -> None
         print(f"fuzz: {fuzz.messages} messages in {fuzzed_s:.1f} s, refusals {fuzz.codes}")
         assert fuzz.messages >= 1000
 
-        # nothing was accepted and no member's enrollment changed
+        # nothing was accepted, no job created and no member's enrollment changed
+        assert [j.job_id for j in admin.jobs()] == [job_id]
         view = admin.status(job_id)
         assert view.state == "running" and view.rounds[0].reported == () and view.global_version == 0
         assert {p.participant_id: p.num_train_examples for p in admin.participants(job_id)} == dict.fromkeys(MEMBERS, 30)
