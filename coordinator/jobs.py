@@ -76,18 +76,18 @@ class JobManager:
         return chosen[0]
 
     def expel(self, participant_id: str, why: str) -> None:
-        """Remove a participant from every job (its certificate was revoked), discarding in-flight updates."""
-        for job in self.jobs.values():
-            job.expel(participant_id, why)
+        """Remove a participant from every job (its certificate was revoked), discarding in-flight updates; each job
+        on its own (``each``): the revocation is reported once, so one job's failure must not spare the others."""
+        self.each("expel", lambda job: job.expel(participant_id, why))
 
     def tick(self) -> None:
         """Time passes for every job (``JobRuntime.tick``: deadlines, settling, opening rounds), each on its own."""
         self.each("rounds", JobRuntime.tick)
 
     def each(self, step: str, action: Callable[[JobRuntime], None]) -> None:
-        """Run one of the ticker's per-job steps (``rounds``, ``liveness``, ``checkpoint``) for every job, so that
-        no job's failure reaches another: one job whose step raised used to end the ticker, and with it the
-        deadlines of every job.
+        """Run one per-job step (the ticker's ``rounds``, ``liveness`` and ``checkpoint``; ``expel`` on a revocation)
+        for every job, so that no job's failure reaches another: one job whose step raised used to end the ticker,
+        and with it the deadlines of every job.
 
         Whatever ``action`` raises (a file name the disk refuses, a store write that fails, a bug) is logged once
         with the job's id and pauses that job with the reason, which ``admin status`` shows; an admin may start it

@@ -159,6 +159,15 @@ def test_liveness_and_checkpoints_of_the_other_jobs_go_on_when_one_jobs_checkpoi
     assert read_checkpoint(checkpoints.path(broken.job_id))[0].round == 0 and broken.state is JobState.PAUSED
 
 
+def test_a_revocation_expels_the_member_from_every_job_even_when_one_jobs_store_write_fails(two: Two) -> None:
+    jobs, broken, canary = two.jobs, two.broken, two.canary
+    refuse(two.path, "refuse_members", "members", broken.job_id)
+    jobs.expel("b", "certificate revoked")  # reported once by the CRL: every job must act on it now
+    assert broken.state is JobState.PAUSED and broken.reason.startswith("expel step failed: IntegrityError")
+    assert canary.roster.members["b"].state.value == "revoked" and canary.state is JobState.RUNNING
+    assert [m.state.value for m in jobs.store.members(canary.job_id)] == ["active", "revoked"]
+
+
 def test_a_restart_whose_first_round_fails_for_one_job_pauses_it_and_resumes_the_others(tmp_path: Path) -> None:
     path = tmp_path / "coordinator.sqlite"
     jobs = JobManager(Store(path))
