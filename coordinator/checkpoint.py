@@ -5,10 +5,15 @@ an operator backs up or ships elsewhere, valid at every instant: it is written t
 same directory, fsynced, renamed over the old one and the directory fsynced, so a crash leaves either the
 previous checkpoint or the new one, never a torn file.  The payload bytes are stored as given (float32 now,
 ciphertexts once encryption is on) with their encoding and SHA-256, plus the job config to rebuild the model.
+
+The file is named after the job's id alone, checked against ``fedprompt.protocol.JOB_ID`` (never its name,
+whatever text that is), so it stays inside ``checkpoints/``.  A job whose checkpoint cannot be written is
+paused with the reason (``JobManager.each``); the others' checkpoints and rounds go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -18,21 +23,28 @@ import structlog
 from safetensors.numpy import load, save
 
 from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.errors import InvalidUpdate
-from fedprompt.protocol import Payload
+from fedprompt.protocol import Payload, checked_job_id
 
 log = structlog.get_logger("coordinator.checkpoint")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers and crashes only ever see the old or the new file."""
+    """Replace ``path`` with ``data`` so that readers and crashes only ever see the old or the new file; a write
+    the file system refuses leaves the old file and no temporary one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -71,14 +83,20 @@ class Checkpointer:
         self.written: dict[str, int] = {}
 
     def path(self, job_id: str) -> Path:
-        return self.directory / f"{job_id}.safetensors"
+        """The job's checkpoint file, refused (``InvalidRequest``) for an id that is not one safe name."""
+        return self.directory / f"{checked_job_id(job_id, 'checkpoint')}.safetensors"
 
     def sync(self, jobs: JobManager) -> None:
-        """Write a checkpoint for every job whose latest version is newer than its file (cheap when none is)."""
-        for job in jobs.jobs.values():
-            latest = job.latest_version()
-            if latest is None or self.written.get(job.job_id) == latest:
-                continue
-            write_checkpoint(self.path(job.job_id), job.stored_payload(latest), job.config_toml)
-            self.written[job.job_id] = latest
-            log.info("checkpoint written", job_id=job.job_id, version=latest, path=str(self.path(job.job_id)))
+        """Write a checkpoint for every job whose latest version is newer than its file (cheap when none is);
+        each job on its own (``JobManager.each``): one that cannot be written pauses that job only."""
+        jobs.each("checkpoint", self.write)
+
+    def write(self, job: JobRuntime) -> None:
+        """Write ``job``'s checkpoint if its latest version is newer than the one written."""
+        latest = job.latest_version()
+        if latest is None or self.written.get(job.job_id) == latest:
+            return
+        path = self.path(job.job_id)
+        write_checkpoint(path, job.stored_payload(latest), job.config_toml)
+        self.written[job.job_id] = latest
+        log.info("checkpoint written", job_id=job.job_id, version=latest, path=str(path))

@@ -1,12 +1,14 @@
 """The coordinator's domain facade: every job's runtime, found by id or name, behind plain method calls.
 
-gRPC servicers and the in-process simulation both drive this object; it never imports grpc.
+gRPC servicers and the in-process simulation both drive this object; it never imports grpc.  Job ids are
+opaque (``fedprompt.protocol.new_job_id``): a name is whatever text the admin chose, so it never names a file.
+The ticker's per-job steps run through ``each``, the one place where a job's failure is kept from the others.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
+import traceback
 from collections.abc import Callable
 
 import structlog
@@ -19,11 +21,13 @@ from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
 from fedprompt.coordinator.views import participant_views
 from fedprompt.errors import ConfigError, InvalidRequest, NotFound
-from fedprompt.protocol import JobView, ParticipantView
+from fedprompt.protocol import JobView, ParticipantView, new_job_id
 
 log = structlog.get_logger("coordinator.jobs")
 
 MAX_REF = 200
+#: How much of an exception's text (which may quote a job's name or a path) a log line or a job's reason holds.
+MAX_ERROR = 200
 
 
 class JobManager:
@@ -36,6 +40,8 @@ class JobManager:
         self.offline_after_s = offline_after_s
         self.offload = offload
         self.jobs: dict[str, JobRuntime] = {}
+        self._failing: dict[tuple[str, str], str] = {}  # (job id, step) -> the failure already logged and handled
+        self._unrecorded: set[str] = set()  # jobs paused in memory whose pause the store refused to record
 
     def create_job(self, config_toml: str) -> str:
         """Validate a job config (naming any bad key) and register the job; returns its id."""
@@ -45,12 +51,15 @@ class JobManager:
                               'may join (e.g. ["participant:hospital-a"]) or ["*"] for any certified participant')
         job_aggregator(config)
         CohortPlan.check(config.levels)
-        job_id = f"{config.job.name}-{uuid.uuid4().hex[:8]}"
+        job_id = new_job_id()
+        while job_id in self.jobs:
+            job_id = new_job_id()
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
         self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s,
                                        offload=self.offload)
-        log.info("job created", job_id=job_id, rounds=config.job.rounds, aggregator=config.job.aggregator)
+        log.info("job created", job_id=job_id, name=config.job.name[:80], rounds=config.job.rounds,
+                 aggregator=config.job.aggregator)
         return job_id
 
     def job(self, ref: str) -> JobRuntime:
@@ -67,13 +76,60 @@ class JobManager:
         return chosen[0]
 
     def expel(self, participant_id: str, why: str) -> None:
-        """Remove a participant from every job (its certificate was revoked), discarding in-flight updates."""
-        for job in self.jobs.values():
-            job.expel(participant_id, why)
+        """Remove a participant from every job (its certificate was revoked), discarding in-flight updates; each job
+        on its own (``each``): the revocation is reported once, so one job's failure must not spare the others."""
+        self.each("expel", lambda job: job.expel(participant_id, why))
 
     def tick(self) -> None:
-        for job in self.jobs.values():
-            job.tick()
+        """Time passes for every job (``JobRuntime.tick``: deadlines, settling, opening rounds), each on its own."""
+        self.each("rounds", JobRuntime.tick)
+
+    def each(self, step: str, action: Callable[[JobRuntime], None]) -> None:
+        """Run one per-job step (the ticker's ``rounds``, ``liveness`` and ``checkpoint``; ``expel`` on a revocation)
+        for every job, so that no job's failure reaches another: one job whose step raised used to end the ticker,
+        and with it the deadlines of every job.
+
+        Whatever ``action`` raises (a file name the disk refuses, a store write that fails, a bug) is logged once
+        with the job's id and pauses that job with the reason, which ``admin status`` shows; an admin may start it
+        again.  The other jobs' steps run as if nothing happened.  A pause the store refuses to record is still
+        in force (the job's state is in memory) and is written again before the job's next step, at every tick
+        until the store takes it.
+        """
+        for job in list(self.jobs.values()):
+            if job.job_id in self._unrecorded:
+                self._record_state(job)
+            try:
+                action(job)
+            except Exception as exc:  # any exception on purpose: it is this job's, and the loop must go on
+                self._failed(job, step, exc)
+            else:
+                self._failing.pop((job.job_id, step), None)
+
+    def _failed(self, job: JobRuntime, step: str, exc: Exception) -> None:
+        """Log one job's failed step (once while it keeps failing alike) and pause the job with the reason."""
+        reason = f"{step} step failed: {type(exc).__name__}: {str(exc)[:MAX_ERROR]}"
+        if self._failing.get((job.job_id, step)) == reason and job.state is not JobState.RUNNING:
+            return  # handled at an earlier tick; an admin's start of the job makes it news again
+        self._failing[(job.job_id, step)] = reason
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
+        log.error("job step failed", job_id=job.job_id, step=step, error=type(exc).__name__,
+                  reason=str(exc)[:MAX_ERROR], at=f"{where.filename}:{where.lineno}" if where else "",
+                  pauses=job.state not in TERMINAL)
+        try:
+            job.end(JobState.PAUSED, reason)
+        except Exception as again:  # the store refused the pause too: in force in memory, recorded later
+            self._unrecorded.add(job.job_id)
+            log.error("job pause not recorded: retried at the next tick", job_id=job.job_id,
+                      error=type(again).__name__, reason=str(again)[:MAX_ERROR])
+
+    def _record_state(self, job: JobRuntime) -> None:
+        """Write a job's state and reason as they are in memory (a pause the store refused at an earlier tick)."""
+        try:
+            self.store.set_job_state(job.job_id, job.state.value, job.reason)
+        except Exception:  # still refused: the next tick tries again; the failure was logged when it began
+            return
+        self._unrecorded.discard(job.job_id)
+        log.info("job state recorded", job_id=job.job_id, state=job.state.value)
 
     def views(self) -> list[JobView]:
         return [j.view() for j in self.jobs.values()]

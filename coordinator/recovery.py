@@ -108,6 +108,11 @@ def resume_jobs(jobs: JobManager) -> list[str]:
         jobs.jobs[row.job_id] = job
         if job.state not in TERMINAL:
             unfinished.append(row.job_id)
+
+    def first_tick(job: JobRuntime) -> None:
+        if job.job_id in unfinished:
             job.tick()
+
+    jobs.each("rounds", first_tick)  # one job's failing first round pauses that job, not the coordinator's start
     log.info("coordinator state restored", jobs=len(jobs.jobs), unfinished=len(unfinished))
     return unfinished

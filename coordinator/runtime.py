@@ -141,7 +141,7 @@ class JobRuntime:
         self.rounds.restore(next_attempt, failures)
 
     def end(self, state: JobState, reason: str) -> None:
-        """Stop an unfinished job for good or for now (recovery: every round done, or key relay unusable)."""
+        """Stop an unfinished job for good or for now (recovery: rounds done, key relay unusable; a failed tick)."""
         if self.state not in TERMINAL:
             self._set_state(state, reason)
 

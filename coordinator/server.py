@@ -1,6 +1,10 @@
 """Wires the coordinator: store -> job manager (resumed from the store) -> servicers -> grpc.aio server,
 plus the ticker (rounds, liveness, checkpoints) and the standard gRPC health service.
 
+The ticker is what handles every job's deadlines, so nothing but a stop ends it: a job whose step fails is
+paused on its own (``JobManager.each``), and a whole step that fails (the CRL refresh, say) is logged and run
+again at the next tick.
+
 mTLS is the default: the server presents its certificate and requires a client certificate signed by the
 federation CA (root certificates are always passed with ``require_client_auth=True``: without them gRPC
 silently skips client authentication).  ``insecure`` serves plaintext for local development only and says
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedprompt.config import CoordinatorSection
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
-from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.coordinator.liveness import LivenessWatch
 from fedprompt.coordinator.notifier import Notifier
@@ -58,6 +63,7 @@ class CoordinatorServer:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._tick_errors: dict[str, str] = {}  # step -> its failure, logged once while it repeats
         self.port = 0
         self.auth: Authenticator = InsecureAuthenticator()
 
@@ -106,14 +112,33 @@ class CoordinatorServer:
         return self.port
 
     async def _tick_forever(self) -> None:
+        """Every ``tick_s``: reread the CRL, let time pass for every job, log liveness, write checkpoints and wake
+        long-polls; until cancelled, whatever fails."""
         while True:
-            with contextlib.suppress(Unauthenticated):  # an unusable CRL is logged once and refuses calls
-                self.auth.refresh()
-            self.jobs.tick()
-            self.liveness.sweep(self.jobs)
-            self.checkpoints.sync(self.jobs)
-            self.notifier.notify()
+            self._step("crl", self._refresh_crl)
+            self._step("rounds", self.jobs.tick)
+            self._step("liveness", lambda: self.liveness.sweep(self.jobs))
+            self._step("checkpoints", lambda: self.checkpoints.sync(self.jobs))
+            self._step("notify", self.notifier.notify)
             await asyncio.sleep(self.settings.tick_s)
+
+    def _refresh_crl(self) -> None:
+        with contextlib.suppress(Unauthenticated):  # an unusable CRL is logged once and refuses calls
+            self.auth.refresh()
+
+    def _step(self, name: str, step: Callable[[], None]) -> None:
+        """Run one of the ticker's steps; a failure is logged (once while it repeats) and the ticker goes on.
+        Per-job failures never get here: ``JobManager.each`` keeps them with their job."""
+        try:
+            step()
+        except Exception as exc:  # any exception on purpose: the ticker is every job's clock
+            reason = f"{type(exc).__name__}: {str(exc)[:MAX_ERROR]}"
+            if self._tick_errors.get(name) != reason:
+                log.error("tick step failed: tried again at the next tick", step=name, error=type(exc).__name__,
+                          reason=str(exc)[:MAX_ERROR])
+            self._tick_errors[name] = reason
+        else:
+            self._tick_errors.pop(name, None)
 
     async def drain(self) -> None:
         """First step of a graceful stop: report NOT_SERVING, answer pending long-polls, stop the ticker."""

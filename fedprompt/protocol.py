@@ -11,10 +11,37 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from fedprompt.errors import InvalidRequest
+
+#: What a job id may be.  Both sides name files with it (the coordinator ``checkpoints/<job_id>.safetensors``; a
+#: site ``keys/<job_id>/``, ``dp/<job_id>.json``, ``personal/<job_id>.npy``), so it must be one harmless path
+#: component wherever it came from: ASCII letters, digits, ``.``, ``_`` and ``-``, a letter or digit first (no
+#: ``..``, no hidden file, no separator, no control character) and at most 128 bytes (far below the 255 a file
+#: name may have, with the checkpoint's ``.tmp`` twin).  New ids are opaque (``new_job_id``); the pattern also
+#: admits the ``<name>-<hex>`` ids of older stores whose names were plain.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def new_job_id() -> str:
+    """A fresh opaque job id, ``job-`` and 16 random hex digits.  A job's name (any text its config accepts)
+    never becomes part of an id, hence of a file name: jobs are found by name through ``JobManager.job``."""
+    return f"job-{secrets.token_hex(8)}"
+
+
+def checked_job_id(job_id: str, source: str) -> str:
+    """``job_id`` if it matches ``JOB_ID``; otherwise ``InvalidRequest`` naming ``source`` (who sent it or what
+    needed it), before anything is named after it.  A participant checks every id its coordinator sends."""
+    if not JOB_ID.fullmatch(job_id):
+        raise InvalidRequest(f"{source}: job id {job_id[:80]!r} is not a safe file name component "
+                             f"(letters, digits, '.', '_', '-', a letter or digit first, at most 128)")
+    return job_id
 
 
 class TaskKind(enum.Enum):

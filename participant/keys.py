@@ -21,7 +21,7 @@ from fedprompt.crypto.ckks import CkksParams, SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, evaluation_keys
 from fedprompt.crypto.sealing import load_private, new_exchange_key, private_bytes, public_bytes, seal, unseal
 from fedprompt.errors import DuplicateUpdate, FedPromptError
-from fedprompt.protocol import CoordinatorLink, Payload
+from fedprompt.protocol import CoordinatorLink, Payload, checked_job_id
 
 log = structlog.get_logger("participant.keys")
 
@@ -30,8 +30,8 @@ EXCHANGE_FILE = "exchange.x25519"
 
 
 def key_dir(state_dir: Path, job_id: str) -> Path:
-    """Where a site keeps one job's keys."""
-    return state_dir / "keys" / job_id
+    """Where a site keeps one job's keys: ``keys/<job_id>``, for a job id that is one safe file name only."""
+    return state_dir / "keys" / checked_job_id(job_id, "job keys")
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from fedprompt.errors import InvalidUpdate
 from fedprompt.participant.learner import Learner
+from fedprompt.protocol import checked_job_id
 from fedprompt.wire.levels import shared_levels
 
 
@@ -31,7 +32,8 @@ class SiteLevels:
         names = shared_levels(expert_tokens)
         if tuple(self.sizes) != names:
             raise InvalidUpdate(f"model levels {list(self.sizes)} differ from the job's {list(names)}")
-        self.personal_file = state_dir / "personal" / f"{job_id}.npy" if state_dir is not None else None
+        self.personal_file = (state_dir / "personal" / f"{checked_job_id(job_id, 'personal prompt')}.npy"
+                              if state_dir is not None else None)
         if self.personal_file is not None and self.personal_file.exists():
             model.set_personal_vector(np.load(self.personal_file))
 

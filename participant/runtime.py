@@ -5,7 +5,9 @@ evaluation metrics and, with differential privacy on, the record-level epsilon s
 reported with the evaluation of the version that round produced).  FedAvg weights stay the labelled
 counts: pseudo-labels add training signal, not weight.  Every submitted delta is also kept in the site's
 state directory, an audit trail of exactly what left the institution; the privacy accountant lives there
-too (``dp/<job_id>.json``), so a restart never resets epsilon.
+too (``dp/<job_id>.json``), so a restart never resets epsilon.  Since the coordinator chooses that id, a site
+checks it (``fedprompt.protocol.checked_job_id``) before anything is written, and refuses a job whose id could
+name a file outside its state directory.
 
 What leaves and how global versions are read back is the job's codec (``participant.codec``), chosen once
 at join: plain float32, or in encrypted jobs (``he.enabled``) the encryption of ``n_i * delta_i`` and of
@@ -42,14 +44,14 @@ from fedprompt.config import JobConfig, parse_toml
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import DuplicateUpdate, FedPromptError, PermissionDenied, PreconditionFailed
+from fedprompt.errors import DuplicateUpdate, FedPromptError, InvalidRequest, PermissionDenied, PreconditionFailed
 from fedprompt.participant.codec import PayloadCodec, job_codec
 from fedprompt.participant.fewshot import PseudoLabeller
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.promptfile import save_prompt
-from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind
+from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind, checked_job_id
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -112,8 +114,12 @@ class ParticipantRuntime:
         self.busy = False  # a task is in hand (a stop then waits for it to finish)
 
     def join(self) -> JoinInfo:
-        """Learn the job's config, build its learner, join, and provide the initial vector if asked to."""
+        """Learn the job's config, build its learner, join, and provide the initial vector if asked to.
+
+        The job id the coordinator gives names files in the state directory, so a hostile one is refused here,
+        before the site writes anything."""
         description = self.link.describe(self.job_ref)
+        checked_job_id(description.job_id, "job id from the coordinator")
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
         self.config_toml = description.config_toml
         self._labels("train")  # refuse to join with data whose labels the job does not know
@@ -125,7 +131,8 @@ class ParticipantRuntime:
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from fedprompt.participant.dp import SitePrivacy
 
-            ledger = self.state_dir / "dp" / f"{description.job_id}.json" if self.state_dir is not None else None
+            ledger = (self.state_dir / "dp" / f"{checked_job_id(description.job_id, 'privacy ledger')}.json"
+                      if self.state_dir is not None else None)
             self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
         info = self._join_request(description.job_id)
         self.info = info
@@ -152,9 +159,13 @@ class ParticipantRuntime:
         return info
 
     def _join_request(self, job_id: str) -> JoinInfo:
-        """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key."""
-        return self.link.join(job_id, len(self.site.train), len(self.site.test), self._learner().vector_size,
+        """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key; the
+        answer must be about the job asked for (its id is the one checked at ``join``)."""
+        info = self.link.join(job_id, len(self.site.train), len(self.site.test), self._learner().vector_size,
                               self.keys.public_key if self.keys is not None else b"")
+        if info.job_id != job_id:
+            raise InvalidRequest(f"coordinator: asked to join job {job_id!r}, answered for job {info.job_id[:80]!r}")
+        return info
 
     def _learner(self) -> Learner:
         if self.learner is None:

@@ -8,12 +8,17 @@ character, a number out of its range, deep nesting, a control character, a dupli
 Property: the coordinator answers every one with a refusal status from the domain table (never OK, never
 UNKNOWN, which would mean an unexpected exception), and afterwards the open round completes with exactly
 the weighted average of the honest updates, and no job was created beside the fuzzed one.
+
+Hostile job names (admin input: parent references, absolute paths, separators, control characters, long UTF-8):
+whatever name the config accepts, the coordinator writes nothing outside its state directory, before or after a
+restart, and names its files after opaque job ids only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -29,13 +34,14 @@ from hypothesis import strategies as st
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import dump_toml, job_name_problem
+from fedprompt.errors import InvalidRequest
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.protocol import Payload, PayloadHeader
 from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import open_channel
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import LiveCoordinator, ThrowawayPki, tiny_job
+from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, wait_for
 
 SIZE = 8
 MEMBERS = ("participant:a", "participant:b", "participant:c")
@@ -356,3 +362,64 @@ def upload_messages_stalling(job_id: str) -> Iterator[participant_pb2.UploadUpda
         Payload(job_id, 1, FLOAT32, SIZE, data, 10).header(len(data))))
     time.sleep(3.0)  # longer than the coordinator's 2 s upload timeout
     yield participant_pb2.UploadUpdateRequest(chunk=common_pb2.PayloadChunk(index=0, data=data))
+
+
+#: Pieces of hostile job names: parent references, separators, control characters, long UTF-8, look-alikes.
+NAME_PARTS = st.sampled_from(["..", ".", "", "escape", "dotdot", "\\", "~", "$HOME", "%2e%2e", "\x00", "\x01",
+                              "\x1f", "\x7f", "\t", "\n", "\r", " ", "é" * 60, "é" * 130, "\u202e", "\ufeff",
+                              "\u2215", "con", "nul.txt"]) | st.text(max_size=12)
+
+
+def paths_under(root: Path, skip: Path) -> set[str]:
+    """Every path under ``root`` outside ``skip``, relative to ``root``."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_relative_to(skip)}
+
+
+def test_no_job_name_makes_the_coordinator_write_outside_its_state_directory(tmp_path: Path) -> None:
+    pki = ThrowawayPki(tmp_path / "pki")
+    member = "participant:a"
+    tls = pki.tls(member)
+    # Deep enough that up to five ".." parts from the checkpoints directory stay inside tmp_path (were a name to
+    # escape, the file would land where the comparison below sees it), and absolute names are rooted there too.
+    state = tmp_path.joinpath(*"abcdefg", "state")
+    rooted = tmp_path.joinpath(*"hijklmn")
+    names = (st.lists(NAME_PARTS, min_size=1, max_size=5).map("/".join)
+             | st.lists(NAME_PARTS, max_size=4).map(lambda parts: "/".join([str(rooted), *parts]))
+             | st.integers(1, 200).map(lambda n: "é" * n)
+             | st.text(min_size=1, max_size=300))
+    admin_tls = pki.tls("admin:alice")
+    created: dict[str, str] = {}
+    refused = 0
+    with LiveCoordinator(state, pki) as live:
+        before = paths_under(tmp_path, state)  # the PKI and the state directory's own parents
+        admin = AdminClient(live.target, admin_tls)
+        link = GrpcLink(live.target, tls=tls, give_up_after_s=5)
+
+        @settings(FUZZ, max_examples=100)
+        @given(names)
+        def create(name: str) -> None:
+            nonlocal refused
+            try:
+                job_id = admin.create_job(dump_toml(tiny_job(tmp_path, name=name, allowed_participants=(member,))))
+            except InvalidRequest:  # a name the config refuses: nothing to write
+                refused += 1
+                return
+            assert re.fullmatch(r"job-[0-9a-f]{16}", job_id), job_id
+            created[job_id] = name
+            link.join(job_id, 30, 4, SIZE)
+            link.upload(Payload(job_id, 0, FLOAT32, SIZE, encode_vector(np.zeros(SIZE, np.float32))))
+            wait_for(lambda: (state / "checkpoints" / f"{job_id}.safetensors").is_file(), 10, interval=0.02,
+                     what="the checkpoint of version 0")
+            if len(name) <= 200:
+                assert admin.status(name).job_id == job_id  # still found by its name
+            assert paths_under(tmp_path, state) == before
+
+        create()
+        link.close()
+        admin.close()
+    with LiveCoordinator(state, pki):  # a restart resumes every job and checkpoints each one again
+        time.sleep(0.3)
+    print(f"hostile names: {len(created)} jobs created, {refused} names refused by the config")
+    assert created and paths_under(tmp_path, state) == before
+    assert {str(p.relative_to(state)) for p in state.rglob("*") if p.is_file() and p.parent != state} == {
+        f"checkpoints/{job_id}.safetensors" for job_id in created}

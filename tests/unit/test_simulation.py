@@ -10,8 +10,11 @@ import pytest
 
 from fedprompt.app.attacks import AttackSection
 from fedprompt.app.cli import build_parser
+from fedprompt.app.local_link import LocalLink
 from fedprompt.app.simulate import simulate
 from fedprompt.config import RobustSection
+from fedprompt.coordinator.checkpoint import Checkpointer, read_checkpoint
+from fedprompt.coordinator.jobs import JobManager
 from fedprompt.data.datasets import write_jsonl
 from fedprompt.participant.train import memoized, train_local
 from tests.support import REPO, tiny_job, toy_examples, toy_sites
@@ -24,6 +27,27 @@ def test_simulation_completes_every_round_with_reports(tiny_encoder_dir: Path) -
     assert all(r["metric_reports"] == 3 and r["accuracy"] is not None for r in report["rounds"])
     assert report["zero_shot_accuracy"] is not None and report["exchanged_params"] > 0
     assert all(r["bytes_up"] == 3 * 4 * report["exchanged_params"] for r in report["rounds"])
+
+
+def test_a_long_utf8_job_name_runs_end_to_end_and_names_no_file(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """60 x "é" is 120 bytes of UTF-8: a valid name; files on both sides are named after the opaque job id."""
+    name = "é" * 60
+    managers: list[JobManager] = []
+
+    def link(jobs: JobManager, identity: str) -> LocalLink:
+        managers.append(jobs)
+        return LocalLink(jobs, identity)
+
+    report = simulate(tiny_job(tiny_encoder_dir, name=name, rounds=1), toy_sites(3), state_root=tmp_path / "sites",
+                      link=link)
+    assert report["state"] == "done" and [r["round"] for r in report["rounds"]] == [1]
+    job = managers[0].job(name)
+    assert job.job_id == report["job_id"] and name not in job.job_id
+    Checkpointer(tmp_path / "checkpoints").sync(managers[0])
+    assert read_checkpoint(tmp_path / "checkpoints" / f"{job.job_id}.safetensors")[0].round == 1
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert "sites/site-0/updates/round-0001.npy" in files and not any("é" in f for f in files)
+    assert json.loads((tmp_path / "sites" / "site-2" / "participant.json").read_text())["job_id"] == job.job_id
 
 
 def test_attacked_simulation_reports_asr_and_detection(tiny_encoder_dir: Path) -> None:
