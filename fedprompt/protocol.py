@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fedprompt.crypto.audit import Verdict
+
 
 class TaskKind(enum.Enum):
     WAIT = "wait"
@@ -23,6 +25,7 @@ class TaskKind(enum.Enum):
     EVALUATE = "evaluate"
     DONE = "done"
     DECRYPT = "decrypt"  # encrypted Gram defence: decrypt round ``round``'s Gram matrix (coordinator.hegram)
+    CHECK = "check"  # encrypted jobs: check round ``round``'s candidate aggregate or masked updates (crypto.audit)
 
 
 @dataclass(frozen=True)
@@ -255,3 +258,7 @@ class CoordinatorLink(Protocol):
     def gram(self, job_id: str, round_: int) -> Payload: ...
 
     def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None: ...
+
+    def check_bundle(self, job_id: str, round_: int) -> Payload: ...
+
+    def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None: ...

@@ -24,7 +24,7 @@ from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.fakes import Clock, E, G, encrypted_levels_update, exchange_key, levels_update
+from tests.fakes import Clock, E, G, answer_checks, encrypted_levels_update, exchange_key, levels_update
 from tests.support import levelled, open_round, stored_parts, tiny_job
 
 
@@ -194,6 +194,7 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
               "c": (np.full(G, 5.0), np.full(E, -2.0), 10), "d": (np.full(G, 7.0), np.full(E, 4.0), 20)}
     for p, (g, e, n) in deltas.items():
         job.submit(p, upload(1, g, e, n))
+    assert answer_checks(job, secret) == 1
     stored = stored_parts(job, 1)
     assert set(stored) == {"global", "expert:x", "expert:y"}
 
@@ -214,6 +215,7 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
     assert r is not None
     clock.now = r.deadline + 1
     job.tick()
+    assert answer_checks(job, secret) == 1
     stored = stored_parts(job, 2)
     assert set(stored) == {"global", "expert:x"}
     assert unpack(job.global_payload("c", 2).data)["expert"] == (E, b"")  # "unchanged"
