@@ -18,8 +18,8 @@ from fedprompt.coordinator.rounds import RoundState
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.audit import check
+from fedprompt.crypto.ckks import _HEADER, SecretContext
 from fedprompt.crypto.ckks import ENCODING as CKKS
-from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.participant.codec import job_codec
@@ -160,3 +160,10 @@ def check_over_links(links: Mapping[str, CoordinatorLink], secrets: Mapping[str,
         parts = unpack_bundle(links[name].check_bundle(job_id, round_).data)
         links[name].report_check(job_id, round_, [check(secrets[name], data, size, masked) for masked, data in parts])
     return checkers
+
+
+def relabelled(data: bytes, key_id: bytes) -> bytes:
+    """An encrypted vector made under another key, its header rewritten to name ``key_id``: what a poisoning
+    member sends, and what a coordinator without the key cannot tell apart from an honest ciphertext."""
+    magic, _, size, count = _HEADER.unpack_from(data)
+    return _HEADER.pack(magic, key_id, size, count) + data[_HEADER.size:]

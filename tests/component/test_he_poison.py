@@ -20,12 +20,12 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import MemberState, Store
 from fedprompt.crypto.audit import Verdict, check, mask_bound
-from fedprompt.crypto.ckks import _HEADER, ENCODING, SecretContext
+from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.protocol import Payload
 from fedprompt.wire.bundle import unpack_bundle
-from tests.fakes import answer_checks, check_over_links, encrypted_initial, encrypted_update, exchange_key
+from tests.fakes import answer_checks, check_over_links, encrypted_initial, encrypted_update, exchange_key, relabelled
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts: a poisoner may spoil either
@@ -39,9 +39,7 @@ def delta(name: str) -> np.ndarray:
 
 def poisoned(job_key: SecretContext, n: int) -> bytes:
     """``m``'s update under a fresh key with the job's parameters, relabelled with the job's key id."""
-    data = SecretContext.create(HE.params()).encrypt(delta("m") * n, n)
-    magic, _, size, count = _HEADER.unpack_from(data)
-    return _HEADER.pack(magic, job_key.key_id, size, count) + data[_HEADER.size:]
+    return relabelled(SecretContext.create(HE.params()).encrypt(delta("m") * n, n), job_key.key_id)
 
 
 def test_a_poisoned_ciphertext_never_becomes_a_version_and_its_sender_is_found_and_quarantined(

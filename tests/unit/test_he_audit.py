@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from fedprompt.crypto.audit import Verdict, check, mask, mask_bound
-from fedprompt.crypto.ckks import _HEADER, CkksParams, PublicContext, SecretContext
+from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
 from fedprompt.crypto.errors import InvalidCiphertext
+from tests.fakes import relabelled
 
 PARAMS = CkksParams()
 SIZE = 5000  # two ciphertexts: the weight slot in the second
@@ -23,13 +24,6 @@ def secret() -> SecretContext:
 @pytest.fixture(scope="module")
 def public(secret: SecretContext) -> PublicContext:
     return PublicContext(secret.public_bytes(), PARAMS, secret.key_id)
-
-
-def relabelled(foreign: SecretContext, job: SecretContext, vector: np.ndarray, weight: float) -> bytes:
-    """An update encrypted under ``foreign`` whose header names ``job``'s key id: it parses for the job."""
-    data = foreign.encrypt(vector, weight)
-    magic, _, size, count = _HEADER.unpack_from(data)
-    return _HEADER.pack(magic, job.key_id, size, count) + data[_HEADER.size:]
 
 
 def update(seed: int) -> np.ndarray:
@@ -48,7 +42,7 @@ def test_an_honest_update_passes_masked_and_shows_only_its_weight(secret: Secret
 
 def test_an_update_under_another_key_fails_masked_and_spoils_the_aggregate(secret: SecretContext,
                                                                           public: PublicContext) -> None:
-    foreign = relabelled(SecretContext.create(PARAMS), secret, update(1), 20)
+    foreign = relabelled(SecretContext.create(PARAMS).encrypt(update(1), 20), secret.key_id)
     assert check(secret, mask(public, foreign, SIZE), SIZE, masked=True).valid is False
     total = public.new_sum(SIZE)
     for data in (secret.encrypt(update(2), 20), foreign):
