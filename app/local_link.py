@@ -8,6 +8,7 @@ code, and the same coordinator validation, selection and aggregation, as product
 from __future__ import annotations
 
 from fedprompt.coordinator.jobs import JobManager
+from fedprompt.crypto.audit import Verdict
 from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
 
 
@@ -56,3 +57,9 @@ class LocalLink:
 
     def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None:
         self.jobs.job(job_id).report_gram(self.identity, round_, scalars)
+
+    def check_bundle(self, job_id: str, round_: int) -> Payload:
+        return self.jobs.job(job_id).check_bundle(self.identity, round_)
+
+    def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None:
+        self.jobs.job(job_id).report_check(self.identity, round_, verdicts)

@@ -20,8 +20,9 @@ store the ``Outcome``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import structlog
@@ -31,6 +32,7 @@ from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contr
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.audit import mask
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum
 from fedprompt.errors import DecryptorDisagreement, PreconditionFailed, RobustAssumptionError
@@ -43,12 +45,14 @@ log = structlog.get_logger("coordinator.accumulators")
 @dataclass(frozen=True)
 class Outcome:
     """A closed round attempt: the version to store with its summary metrics and the robust verdict, or why
-    the attempt fails instead (``refusal``)."""
+    the attempt fails instead (``refusal``).  ``weight``: the total weight an encrypted aggregate must show
+    when key holders check it (``coordinator.checks``)."""
 
     data: bytes = b""
     metrics: dict[str, float] = field(default_factory=dict)
     decision: RoundDecision | None = None
     refusal: str = ""
+    weight: float = 0.0
 
 
 class Fold(ABC):
@@ -56,6 +60,8 @@ class Fold(ABC):
 
     #: The kept ciphertexts of a round that decides on an encrypted Gram matrix; None for the others.
     gram: GramRound | None = None
+    #: Each update's payload, kept (in audit mode) so the updates can be checked one by one, masked.
+    kept: Mapping[str, bytes] = MappingProxyType({})
 
     @abstractmethod
     def add(self, participant_id: str, payload: Payload) -> None:
@@ -79,6 +85,10 @@ class Accumulator(ABC):
     """How a job's payloads are checked and combined; one per job, chosen by ``coordinator.runtime``."""
 
     encoding: str
+    #: Encrypted jobs: key holders check every aggregate before it is stored (``coordinator.checks``).
+    verifies = False
+    #: Set once an aggregate failed its check: every later attempt keeps its updates, to find the culprit.
+    audit = False
 
     @abstractmethod
     def max_bytes(self, vector_size: int) -> int:
@@ -99,6 +109,14 @@ class Accumulator(ABC):
     def export_refusal(self, job_id: str) -> str:
         """Why an admin cannot export a global prompt of this job ("" if it can)."""
         return ""
+
+    def masked(self, data: bytes) -> bytes:
+        """One kept update with a fresh mask on every value but its weight (``crypto.audit.mask``)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps nothing to mask")
+
+    def expected_weight(self, num_examples: int) -> float:
+        """The weight a kept update must show when checked: the example count its header declared."""
+        return float(num_examples)
 
 
 def run_aggregator(aggregator: Aggregator, start: np.ndarray,
@@ -169,22 +187,28 @@ class PlainAccumulator(Accumulator):
 
 
 class EncryptedFold(Fold):
-    """A running ciphertext sum and the number of updates in it."""
+    """A running ciphertext sum, the number of updates and the weight in it, and (``keep``) each update."""
 
-    def __init__(self, total: EncryptedSum) -> None:
+    def __init__(self, total: EncryptedSum, keep: bool = False) -> None:
         self.total = total
         self.count = 0
+        self.weight = 0.0
+        self.keep = keep
+        self.kept: dict[str, bytes] = {}
 
     def add(self, participant_id: str, payload: Payload) -> None:
-        self.take(self.total.parse(payload.data))
+        self.take(self.total.parse(payload.data), payload.num_examples)
+        if self.keep:
+            self.kept[participant_id] = payload.data
 
-    def take(self, ciphertexts: list[seal.Ciphertext]) -> None:
+    def take(self, ciphertexts: list[seal.Ciphertext], weight: int) -> None:
         """Fold in one update's ciphertexts, parsed (and so checked) by ``self.total.parse``."""
         self.total.add(ciphertexts)
         self.count += 1
+        self.weight += weight
 
     def close(self, postponed: str = "") -> Outcome:
-        return Outcome(self.total.to_bytes())
+        return Outcome(self.total.to_bytes(), weight=self.weight)
 
 
 class EncryptedAccumulator(Accumulator):
@@ -203,8 +227,13 @@ class EncryptedAccumulator(Accumulator):
         context = self.keys.require_context()
         context.parse(payload.data, context.key_id, payload.vector_size)
 
+    verifies = True
+
     def fold(self, number: int) -> Fold:
-        return EncryptedFold(self.keys.new_sum(self.vector_size()))
+        return EncryptedFold(self.keys.new_sum(self.vector_size()), keep=self.audit)
+
+    def masked(self, data: bytes) -> bytes:
+        return mask(self.keys.require_context(), data, self.vector_size())
 
     def export_refusal(self, job_id: str) -> str:
         return (f"job {job_id} is encrypted: the coordinator holds no decrypted prompt; every key holder writes "
@@ -212,14 +241,19 @@ class EncryptedAccumulator(Accumulator):
 
 
 class GramFold(Fold):
-    def __init__(self, gram: GramRound, defence: GramDefence, logger: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, gram: GramRound, defence: GramDefence, logger: structlog.typing.FilteringBoundLogger,
+                 keep: bool = False) -> None:
         self.gram = gram
         self.defence = defence
         self.log = logger
+        self.keep = keep
+        self.kept: dict[str, bytes] = {}
 
     def add(self, participant_id: str, payload: Payload) -> None:
         assert self.gram is not None
         self.gram.add(participant_id, self.gram.parse(payload.data), payload.num_examples)
+        if self.keep:
+            self.kept[participant_id] = payload.data
 
     def discard(self, participant_id: str) -> None:
         assert self.gram is not None
@@ -243,7 +277,8 @@ class GramFold(Fold):
             verdict, metrics = self.defence.judge(kept.order, gram)
         except RobustAssumptionError as exc:
             return Outcome(refusal=f"{self.defence.name} refused: {exc}")
-        return Outcome(kept.fold(verdict.accepted), {**metrics, "gram_seconds": kept.gram_seconds}, verdict)
+        return Outcome(kept.fold(verdict.accepted), {**metrics, "gram_seconds": kept.gram_seconds}, verdict,
+                       weight=float(sum(kept.weights[p] for p in verdict.accepted)))
 
 
 class GramAccumulator(EncryptedAccumulator):
@@ -255,4 +290,7 @@ class GramAccumulator(EncryptedAccumulator):
 
     def fold(self, number: int) -> Fold:
         return GramFold(self.keys.new_gram_round(self.vector_size()), self.defence,
-                        log.bind(job_id=self.keys.job_id, round=number))
+                        log.bind(job_id=self.keys.job_id, round=number), keep=self.audit)
+
+    def expected_weight(self, num_examples: int) -> float:
+        return 0.0  # members encrypt 0 in the weight slot; the coordinator adds the accepted weights

@@ -116,7 +116,7 @@ class JobManager:
                   reason=str(exc)[:MAX_ERROR], at=f"{where.filename}:{where.lineno}" if where else "",
                   pauses=job.state not in TERMINAL)
         try:
-            job.end(JobState.PAUSED, reason)
+            job.lifecycle.end(JobState.PAUSED, reason)
         except Exception as again:  # the store refused the pause too: in force in memory, recorded later
             self._unrecorded.add(job.job_id)
             log.error("job pause not recorded: retried at the next tick", job_id=job.job_id,
@@ -125,7 +125,7 @@ class JobManager:
     def _record_state(self, job: JobRuntime) -> None:
         """Write a job's state and reason as they are in memory (a pause the store refused at an earlier tick)."""
         try:
-            self.store.set_job_state(job.job_id, job.state.value, job.reason)
+            self.store.set_job_state(job.job_id, job.state.value, job.lifecycle.reason)
         except Exception:  # still refused: the next tick tries again; the failure was logged when it began
             return
         self._unrecorded.discard(job.job_id)

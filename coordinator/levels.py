@@ -48,6 +48,7 @@ from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.audit import mask
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.errors import DecryptorDisagreement, InvalidUpdate, PreconditionFailed
 from fedprompt.protocol import Payload
@@ -85,6 +86,7 @@ class LevelledAccumulator(Accumulator):
         self.keys = keys
         self.aggregator = aggregator
         self.encoding = encoding(CKKS if keys is not None else FLOAT32)
+        self.verifies = keys is not None
         self._sizes: dict[str, int] | None = None
         self.log = log.bind(job_id=job_id)
         latest = store.latest_version(job_id)
@@ -133,7 +135,14 @@ class LevelledAccumulator(Accumulator):
         if self.keys is None:
             return PlainLevelsFold(self, number)
         kept = self.keys.new_gram_round(sum(self.sizes().values())) if self.discovers_in(number) else None
-        return EncryptedLevelsFold(self, number, kept)
+        return EncryptedLevelsFold(self, number, kept, keep=self.audit)
+
+    def masked(self, data: bytes) -> bytes:
+        """A kept update container with each level part masked on its own (its weight slot kept)."""
+        assert self.keys is not None
+        context = self.keys.require_context()
+        return pack({name: (size, mask(context, part, size))
+                     for name, (size, part) in shared_parts(data, self.names, self.sizes()).items()})
 
     def view(self, participant_id: str, payload: Payload) -> Payload:
         """What a member downloads of a stored version: the global part and its own cohort's expert part."""
@@ -240,10 +249,12 @@ class EncryptedLevelsFold(Fold):
     """Encrypted levelled updates folded per level target on arrival (``global``, ``expert:<cohort>``); the
     discovery round also keeps each update's ciphertexts for its encrypted Gram matrix."""
 
-    def __init__(self, levels: LevelledAccumulator, number: int, kept: GramRound | None) -> None:
+    def __init__(self, levels: LevelledAccumulator, number: int, kept: GramRound | None, keep: bool = False) -> None:
         self.levels = levels
         self.number = number
         self.gram = kept
+        self.keep = keep
+        self.kept: dict[str, bytes] = {}
         self.sums: dict[str, EncryptedFold] = {}
 
     def add(self, participant_id: str, payload: Payload) -> None:
@@ -260,10 +271,12 @@ class EncryptedLevelsFold(Fold):
         kept = [ct for size, data in parts.values() for ct in context.parse(data, context.key_id, size)] \
             if self.gram is not None else []
         for target, fold, ciphertexts in parsed:
-            fold.take(ciphertexts)
+            fold.take(ciphertexts, payload.num_examples)
             self.sums[target] = fold
         if self.gram is not None:
             self.gram.add(participant_id, kept, payload.num_examples)
+        if self.keep:
+            self.kept[participant_id] = payload.data
 
     def discard(self, participant_id: str) -> None:
         if self.gram is not None and not self.gram.started:
@@ -300,7 +313,7 @@ class EncryptedLevelsFold(Fold):
             parts[expert_key(cohort)] = parts[expert_key(DEFAULT_COHORT)]
         if levels.plan.discovers:
             parts[COHORTS_PART] = (0, levels.plan.to_json())
-        return Outcome(pack(parts), metrics)
+        return Outcome(pack(parts), metrics, weight=self.sums[GLOBAL].weight)
 
     def _discover(self, kept: GramRound, postponed: str) -> dict[str, str]:
         """Cohorts from the decryptors' agreed Gram matrix, or {} with the reason logged (postponed)."""

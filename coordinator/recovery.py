@@ -89,11 +89,11 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
             job.keys.restore()
         except ERRORS as exc:  # a stored key that fails its check again: never aggregate under it
             job.log.error("key relay not restored", reason=str(exc))
-            job.end(JobState.PAUSED, f"key relay not restored: {exc}")
+            job.lifecycle.end(JobState.PAUSED, f"key relay not restored: {exc}")
     if job.privacy.error:
-        job.end(JobState.PAUSED, job.privacy.error)
+        job.lifecycle.end(JobState.PAUSED, job.privacy.error)
     if latest is not None and latest >= config.job.rounds:
-        job.end(JobState.DONE, "all rounds completed")
+        job.lifecycle.end(JobState.DONE, "all rounds completed")
     job.log.info("job resumed", state=job.state.value, global_version=-1 if latest is None else latest,
                  members=len(job.roster.members), next_attempt=next_attempt)
     return job

@@ -21,22 +21,24 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from fedprompt.config import JobConfig
-from fedprompt.coordinator.accumulators import Accumulator, Fold
+from fedprompt.coordinator.accumulators import Accumulator, Fold, Outcome
 from fedprompt.coordinator.aggregation import RoundDecision
+from fedprompt.coordinator.checks import CheckRound, Stage
 from fedprompt.coordinator.hegram import GramRound, choose_decryptors
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.offload import Offload
 from fedprompt.coordinator.privacy import ParticipantLedger, record_summary
 from fedprompt.coordinator.roster import Roster
-from fedprompt.coordinator.store import JobState, RoundRow, Store
-from fedprompt.errors import PreconditionFailed, StaleRound
+from fedprompt.coordinator.store import JobState, MemberState, RoundRow, Store
+from fedprompt.errors import DecryptorDisagreement, PreconditionFailed, StaleRound
 from fedprompt.protocol import FlagView
+from fedprompt.wire.bundle import pack_bundle
 
 log = structlog.get_logger("coordinator.rounds")
 
@@ -47,13 +49,14 @@ KEY_GRACE_S = 30.0
 class RoundState(enum.Enum):
     TRAINING = "training"
     DECIDING = "deciding"
+    CHECKING = "checking"
     AGGREGATING = "aggregating"
     DONE = "done"
     FAILED = "failed"
 
 
 #: States of an attempt that a coordinator restart interrupts (its updates were held in memory only).
-IN_FLIGHT = (RoundState.TRAINING, RoundState.DECIDING, RoundState.AGGREGATING)
+IN_FLIGHT = (RoundState.TRAINING, RoundState.DECIDING, RoundState.CHECKING, RoundState.AGGREGATING)
 
 
 @dataclass
@@ -68,6 +71,8 @@ class OpenRound:
     sample_rate: float
     fold: Fold
     state: RoundState = RoundState.TRAINING
+    check: CheckRound | None = None  # the key holders' check of an encrypted attempt (state CHECKING)
+    candidate: Outcome | None = None  # the encrypted aggregate awaiting that check
     reported: dict[str, int] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -147,6 +152,14 @@ class RoundMachine:
             raise StaleRound(f"no encrypted Gram matrix awaits decryption for round {round_} (open round: {current})")
         return r.gram
 
+    def checking(self, round_: int) -> CheckRound:
+        """The open attempt's check, awaiting its key holders (``StaleRound`` otherwise)."""
+        r = self.open
+        if r is None or r.number != round_ or r.check is None or r.state is not RoundState.CHECKING:
+            current = "none" if r is None else str(r.number)
+            raise StaleRound(f"nothing awaits a check for round {round_} (open round: {current})")
+        return r.check
+
     def served(self, version: int, num_bytes: int) -> None:
         """A member downloaded ``num_bytes`` of global ``version`` (the bytes down of the round trained from it)."""
         self.downloads[version] = self.downloads.get(version, 0) + num_bytes
@@ -180,6 +193,13 @@ class RoundMachine:
                 return self._close(r)
             why = self._decide(r)
             return self._close(r, why) if why else None
+        if r.state is RoundState.CHECKING and r.check is not None:
+            if r.check.answered:
+                return self._checked(r, r.check)
+            if now < r.deadline:
+                return None
+            silent = ", ".join(p for p in r.check.checkers if r.check.awaiting(p))
+            return self._fail(f"checkers {silent} did not answer before the deadline")
         gram = r.gram
         if r.state is not RoundState.DECIDING or gram is None:
             return None
@@ -234,11 +254,71 @@ class RoundMachine:
         self.store.save_round(r.row(self.job_id))
 
     def _close(self, r: OpenRound, postponed: str = "") -> JobEnd | None:
-        """Close the attempt through its fold: store the new version with its summary and verdict (one
-        transaction for the version and the closed row), or fail the attempt."""
+        """Close the attempt through its fold: an encrypted aggregate goes to two key holders' check first
+        (``coordinator.checks``); a usable one is stored, or the attempt fails."""
         outcome = r.fold.close(postponed)
         if outcome.refusal:
             return self._fail(outcome.refusal)
+        if not self.accumulator.verifies:
+            return self._complete(r, outcome)
+        r.candidate = outcome
+        return self._start_check(r, Stage.AGGREGATE, [(False, outcome.data)], [outcome.weight])
+
+    def _start_check(self, r: OpenRound, stage: Stage, parts: list[tuple[bool, bytes]], expected: list[float],
+                     owners: Sequence[str] = ()) -> JobEnd | None:
+        """Hand ``parts`` to two online key holders (non-contributors first) to check, under a fresh deadline."""
+        assert self.keys is not None
+        holders = [p for p in self.roster.online(self.clock()) if self.keys.holds(p)]
+        try:
+            checkers = choose_decryptors(holders, r.reported, f"{self.config.job.seed}:{r.number}:{r.attempt}:check")
+        except PreconditionFailed as exc:
+            return self._fail(f"the encrypted aggregate cannot be checked: {exc}")
+        r.check = CheckRound(stage, pack_bundle(parts), expected, checkers, owners)
+        r.state = RoundState.CHECKING
+        self._renew_deadline(r)
+        self.log.info("round checking", round=r.number, stage=stage.value, parts=len(parts), checkers=list(checkers))
+        return None
+
+    def _checked(self, r: OpenRound, check: CheckRound) -> JobEnd | None:
+        """Both checkers answered: store the usable aggregate; else check each kept update, masked (or keep
+        them from the next attempt on); exclude and quarantine the members whose update fails alone."""
+        try:
+            failed = check.failed()
+        except DecryptorDisagreement as exc:
+            self.log.warning("check refused: checkers disagree", round=r.number, reason=str(exc))
+            return self._fail(f"check refused: {exc}")
+        if check.stage is Stage.AGGREGATE and not failed:
+            assert r.candidate is not None
+            return self._complete(r, r.candidate)
+        if check.stage is Stage.AGGREGATE:
+            self.log.warning("aggregate refused by its checkers: it does not decrypt as a sum of usable updates",
+                             round=r.number, checkers=list(check.checkers), audit=bool(r.fold.kept))
+            if not r.fold.kept:
+                self.accumulator.audit = True
+                return self._fail("the aggregate does not decrypt under the job key (an update under another key, "
+                                  "or with values beyond the encryptable range): the next attempts keep every "
+                                  "update to find it", {"invalid_aggregate": 1.0})
+            owners = list(r.fold.kept)
+            return self._start_check(r, Stage.AUDIT, [(True, self.accumulator.masked(r.fold.kept[p])) for p in owners],
+                                     [self.accumulator.expected_weight(r.reported.get(p, 0)) for p in owners], owners)
+        culprits = tuple(check.owners[i] for i in failed)
+        if not culprits:
+            return self._fail("the aggregate failed its check but every update passes alone")
+        self._record(r, RoundDecision("he_check", "usable_under_job_key", tuple(
+            p for p in check.owners if p not in culprits), culprits,
+            {p: float(p not in culprits) for p in check.owners}))
+        for pid in culprits:
+            if self.roster.members[pid].state is MemberState.ACTIVE:
+                self.roster.set_state(pid, MemberState.QUARANTINED)
+            self.log.warning("participant quarantined: its update fails the key holders' check", participant=pid,
+                             round=r.number)
+        return self._fail(f"the updates of {', '.join(culprits)} fail the key holders' check (another key, or "
+                          "values beyond the encryptable range): quarantined, the round is retried without them",
+                          {"excluded": float(len(culprits))}, counted=False)
+
+    def _complete(self, r: OpenRound, outcome: Outcome) -> JobEnd | None:
+        """Store the attempt's new version with its summary and verdict (one transaction for the version and
+        the closed row) and close it."""
         if outcome.decision is not None:
             self._record(r, outcome.decision)
         summary = {**outcome.metrics, "updates": float(len(r.reported)), "examples": float(sum(r.reported.values())),
@@ -250,12 +330,13 @@ class RoundMachine:
         self.next_attempt, self.failures = 1, 0
         return JobEnd(JobState.DONE, "all rounds completed") if r.number >= self.config.job.rounds else None
 
-    def _fail(self, why: str) -> JobEnd | None:
-        """Close the attempt as failed; the job pauses at the round's ``max_attempts``-th failure."""
+    def _fail(self, why: str, summary: dict[str, float] | None = None, counted: bool = True) -> JobEnd | None:
+        """Close the attempt as failed; the job pauses at the round's ``max_attempts``-th counted failure (an
+        attempt that found and excluded its culprits does not count)."""
         r = self.require()
-        self.failures += 1
+        self.failures += counted
         self.store.save_round(r.row(self.job_id, RoundState.FAILED, self.clock(),
-                                    {"failed": 1.0, "failures": float(self.failures)}))
+                                    {"failed": 1.0, "failures": float(self.failures), **(summary or {})}))
         self.log.warning("round failed", round=r.number, attempt=r.attempt, failures=self.failures, reason=why)
         self.open = None
         self.next_attempt = r.attempt + 1

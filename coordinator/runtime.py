@@ -28,6 +28,7 @@ from fedprompt.coordinator.accumulators import Accumulator, EncryptedAccumulator
 from fedprompt.coordinator.aggregation import Aggregator, GramDefence, UniformWeights, job_aggregator
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import LevelledAccumulator
+from fedprompt.coordinator.lifecycle import Lifecycle
 from fedprompt.coordinator.offload import Offload, followed, inline
 from fedprompt.coordinator.privacy import ParticipantLedger
 from fedprompt.coordinator.reports import Reports
@@ -35,6 +36,7 @@ from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine
 from fedprompt.coordinator.store import TERMINAL, JobState, MemberRow, MemberState, Store
 from fedprompt.coordinator.uploads import Admission, UploadGate, UploadKind
+from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import JobStateError, NotFound, PreconditionFailed
 from fedprompt.protocol import (
@@ -48,6 +50,7 @@ from fedprompt.protocol import (
     PrivacyReport,
     Task,
 )
+from fedprompt.wire.bundle import ENCODING as BUNDLE
 
 log = structlog.get_logger("coordinator.runtime")
 
@@ -89,8 +92,8 @@ class JobRuntime:
                                    max_attempts)
         self.uploads = UploadGate(job_id, self.roster, self.rounds, self.accumulator, self.keys, store)
         self.reports = Reports(job_id, store, self.roster, config.dp)
-        self.state, self.reason = JobState.CREATED, ""
         self.log = log.bind(job_id=job_id)
+        self.lifecycle = Lifecycle(job_id, store, self.log)
 
     @property
     def open(self) -> OpenRound | None:
@@ -106,44 +109,31 @@ class JobRuntime:
         return self.accumulator if isinstance(self.accumulator, LevelledAccumulator) else None
 
     # ---- admin transitions -------------------------------------------------------------------------
+    @property
+    def state(self) -> JobState:
+        return self.lifecycle.state
+
     def start(self) -> JobState:
-        if self.state not in (JobState.CREATED, JobState.PAUSED):
-            raise JobStateError(f"job {self.job_id} is {self.state.value}; only created or paused jobs can start")
-        self._set_state(JobState.RUNNING)
+        state = self.lifecycle.start()
         if self.keys is not None:
             self.log.info("encrypted aggregation", **self.keys.params.describe())
         self.rounds.restart_counting()
-        return self.state
+        return state
 
     def pause(self) -> JobState:
-        if self.state is not JobState.RUNNING:
-            raise JobStateError(f"job {self.job_id} is {self.state.value}; only running jobs can pause")
-        self._set_state(JobState.PAUSED, "paused by admin")
-        return self.state
+        return self.lifecycle.pause()
 
     def cancel(self) -> JobState:
-        if self.state in TERMINAL:
-            raise JobStateError(f"job {self.job_id} is already {self.state.value}")
+        state = self.lifecycle.cancel()
         self.rounds.cancel()
-        self._set_state(JobState.CANCELLED, "cancelled by admin")
-        return self.state
-
-    def _set_state(self, state: JobState, reason: str = "") -> None:
-        self.log.info("job state", old=self.state.value, new=state.value, reason=reason)
-        self.state, self.reason = state, reason
-        self.store.set_job_state(self.job_id, state.value, reason)
+        return state
 
     def restore(self, state: JobState, reason: str, vector_size: int, members: list[MemberRow],
                 evaluated: dict[str, set[int]], streaks: dict[str, int], next_attempt: int, failures: int) -> None:
         """Resume from the store after a coordinator restart (``coordinator.recovery``), no attempt open."""
-        self.state, self.reason, self.uploads.vector_size = state, reason, vector_size
+        self.lifecycle.state, self.lifecycle.reason, self.uploads.vector_size = state, reason, vector_size
         self.roster.restore(members, evaluated, streaks, self.clock())
         self.rounds.restore(next_attempt, failures)
-
-    def end(self, state: JobState, reason: str) -> None:
-        """Stop an unfinished job for good or for now (recovery: rounds done, key relay unusable; a failed tick)."""
-        if self.state not in TERMINAL:
-            self._set_state(state, reason)
 
     # ---- participant calls -------------------------------------------------------------------------
     def describe(self, participant_id: str) -> JobDescription:
@@ -283,6 +273,17 @@ class JobRuntime:
         self.rounds.decrypting(round_).answer(participant_id, scalars)
         self._apply(self.rounds.settle())
 
+    def check_bundle(self, participant_id: str, round_: int) -> Payload:
+        """What round ``round_``'s two checkers must check (``coordinator.checks``), for them only."""
+        self.roster.touch(participant_id, self.clock())
+        return Payload(self.job_id, round_, BUNDLE, 0, self.rounds.checking(round_).request(participant_id))
+
+    def report_check(self, participant_id: str, round_: int, verdicts: list[Verdict]) -> None:
+        """A checker's verdicts; once both are in, the round stores its aggregate or finds the culprits."""
+        self.roster.touch(participant_id, self.clock())
+        self.rounds.checking(round_).answer(participant_id, verdicts)
+        self._apply(self.rounds.settle())
+
     # ---- time -------------------------------------------------------------------------------------
     def tick(self) -> None:
         """Time passes: the rounds settle the open attempt and open the next one when due."""
@@ -290,7 +291,7 @@ class JobRuntime:
 
     def _apply(self, end: JobEnd | None) -> None:
         if end is not None:
-            self._set_state(end.state, end.reason)
+            self.lifecycle.set(end.state, end.reason)
 
     # ---- state and views ----------------------------------------------------------------------------
     def online(self) -> list[str]:

@@ -142,6 +142,22 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         self.notifier.notify()
         return participant_pb2.ReportGramResponse()
 
+    @stream_method("ParticipantService")
+    async def DownloadCheck(self, request: participant_pb2.DownloadCheckRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        identity = self.gate.participant(context)
+        payload = self.jobs.job(request.job_id).check_bundle(identity, request.round)
+        for message in serde.payload_messages(payload, participant_pb2.DownloadGlobalResponse):
+            yield message
+
+    @rpc_method("ParticipantService")
+    async def ReportCheck(self, request: participant_pb2.ReportCheckRequest,
+                          context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        self.jobs.job(request.job_id).report_check(identity, request.round, serde.verdicts_from_pb(request))
+        self.notifier.notify()
+        return participant_pb2.ReportCheckResponse()
+
     @rpc_method("ParticipantService")
     async def Heartbeat(self, request: participant_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)

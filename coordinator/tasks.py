@@ -21,12 +21,14 @@ def next_task(job: JobRuntime, participant_id: str) -> Task:
     """The caller's next task: decrypt a Gram matrix if asked, evaluate the newest version, then train."""
     job.roster.touch(participant_id, job.clock())
     if job.state in (JobState.CANCELLED, JobState.FAILED):
-        return Task(TaskKind.DONE, reason=f"job {job.state.value}: {job.reason}")
+        return Task(TaskKind.DONE, reason=f"job {job.state.value}: {job.lifecycle.reason}")
     if job.keys is not None and not job.keys.holds(participant_id):
         return Task(TaskKind.WAIT, reason="waiting for a key holder to share the job key")
     r = job.rounds.open
     if r is not None and r.gram is not None and r.gram.awaiting(participant_id):
         return Task(TaskKind.DECRYPT, round=r.number, deadline=r.deadline)
+    if r is not None and r.check is not None and r.state is RoundState.CHECKING and r.check.awaiting(participant_id):
+        return Task(TaskKind.CHECK, round=r.number, deadline=r.deadline)
     latest = job.latest_version()
     if latest is None:
         return Task(TaskKind.WAIT, reason="waiting for the initial prompt")
@@ -55,4 +57,7 @@ def phase(job: JobRuntime) -> str:
     if r.state is RoundState.DECIDING and r.gram is not None:
         waiting = [p for p in r.gram.decryptors if r.gram.awaiting(p)]
         return f"round {r.number} deciding: Gram matrix with decryptors {', '.join(waiting)}"
+    if r.state is RoundState.CHECKING and r.check is not None:
+        waiting = [p for p in r.check.checkers if r.check.awaiting(p)]
+        return f"round {r.number} checking its {r.check.stage.value}: key holders {', '.join(waiting)}"
     return f"round {r.number} training ({len(r.reported)}/{len(r.selected)} reported)"

@@ -58,7 +58,7 @@ def job_view(job: JobRuntime) -> JobView:
         current_round=r.number if r else (latest or 0), total_rounds=job.config.job.rounds,
         global_version=latest if latest is not None else -1, participants=len(job.roster.members),
         aggregator=job.aggregator.name, vector_size=job.vector_size, config_toml=job.config_toml,
-        initial_metrics=initial, rounds=tuple(rounds), reason=job.reason or job.phase,
+        initial_metrics=initial, rounds=tuple(rounds), reason=job.lifecycle.reason or job.phase,
         quarantined=job.roster.quarantined(),
     )
 

@@ -116,9 +116,14 @@ class CkksParams:
         return self.poly_modulus_degree
 
     @property
+    def sum_bound(self) -> float:
+        """Largest magnitude a decrypted sum may have without wrapping around: beyond it lies garbage."""
+        return 2.0 ** (self.data_bits - self.scale_bits - _HEADROOM_BITS)
+
+    @property
     def value_bound(self) -> float:
         """Largest magnitude one summand may encrypt so that ``max_summands`` of them never wrap around."""
-        return 2.0 ** (self.data_bits - self.scale_bits - _HEADROOM_BITS) / self.max_summands
+        return self.sum_bound / self.max_summands
 
     def num_ciphertexts(self, vector_size: int) -> int:
         """Ciphertexts for a vector plus its weight slot."""
@@ -307,20 +312,27 @@ class SecretContext(_Codec):
     def decrypt(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
         """(vector, weight) of an encrypted vector or of a folded sum of them.
 
-        The weight slot holds a sum of integer example counts; one that decrypts far from an integer means a
-        wrong key or a corrupted sum, and is refused rather than silently used to divide.
+        The weight slot holds a sum of integer example counts; one that decrypts far from an integer, or values
+        beyond what a sum can hold without wrapping around, mean a wrong key or a corrupted sum, and are
+        refused rather than silently used.
         """
+        reals = self.decrypt_reals(data, vector_size)
+        weight = float(reals[vector_size])
+        if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
+            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
+        if not np.all(np.abs(reals) <= self.params.sum_bound):
+            raise InvalidCiphertext("decrypted values exceed what a sum can hold: wrong key or corrupted data")
+        return reals[:vector_size], float(round(weight))
+
+    def decrypt_reals(self, data: bytes, vector_size: int) -> np.ndarray:
+        """Every decrypted real of an encrypted vector (the vector, its weight slot and the padding), unchecked."""
         parts = []
         for ct in self.parse(data, self.key_id, vector_size):
             plain = seal.Plaintext()
             self.decryptor.decrypt(ct, plain)
             slots = np.asarray(self.encoder.decode_complex(plain))
             parts.append(np.stack([slots.real, slots.imag], axis=1).reshape(-1))
-        reals = np.concatenate(parts)
-        weight = float(reals[vector_size])
-        if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
-            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
-        return reals[:vector_size], float(round(weight))
+        return np.concatenate(parts)
 
 
 class PublicContext(_Codec):

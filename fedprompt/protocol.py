@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedprompt.crypto.audit import Verdict
 from fedprompt.errors import InvalidRequest
 
 #: What a job id may be.  Both sides name files with it (the coordinator ``checkpoints/<job_id>.safetensors``; a
@@ -50,6 +51,7 @@ class TaskKind(enum.Enum):
     EVALUATE = "evaluate"
     DONE = "done"
     DECRYPT = "decrypt"  # encrypted Gram defence: decrypt round ``round``'s Gram matrix (coordinator.hegram)
+    CHECK = "check"  # encrypted jobs: check round ``round``'s candidate aggregate or masked updates (crypto.audit)
 
 
 @dataclass(frozen=True)
@@ -282,3 +284,7 @@ class CoordinatorLink(Protocol):
     def gram(self, job_id: str, round_: int) -> Payload: ...
 
     def report_gram(self, job_id: str, round_: int, scalars: list[float]) -> None: ...
+
+    def check_bundle(self, job_id: str, round_: int) -> Payload: ...
+
+    def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None: ...

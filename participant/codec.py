@@ -25,12 +25,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedprompt.crypto.audit import Verdict, check
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import InvalidUpdate
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.protocol import Payload
-from fedprompt.wire.levels import encoding, pack, shared_parts
+from fedprompt.wire.levels import COHORTS_PART, EXPERT, GLOBAL, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 
 #: Fetches global version ``v`` as the coordinator serves it to this site.
@@ -53,6 +54,10 @@ class PartCodec(ABC):
     @abstractmethod
     def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
         """Version ``v`` of the vector from what is served for it and version ``v - 1`` (None for version 0)."""
+
+    def check(self, data: bytes, size: int, masked: bool) -> Verdict:
+        """A key holder's verdict on an encrypted aggregate or masked update (``fedprompt.crypto.audit``)."""
+        raise InvalidUpdate(f"{self.encoding} vectors are not checked by key holders")
 
 
 class PlainPart(PartCodec):
@@ -86,6 +91,9 @@ class EncryptedPart(PartCodec):
         total, weight = self.secret().decrypt(payload.data, size)
         return total / weight if previous is None else previous.astype(np.float64) + total / weight
 
+    def check(self, data: bytes, size: int, masked: bool) -> Verdict:
+        return check(self.secret(), data, size, masked)
+
 
 class PayloadCodec(ABC):
     """One job's payloads at one site: updates and the initial prompt out, global versions in.
@@ -113,6 +121,11 @@ class PayloadCodec(ABC):
     @abstractmethod
     def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
         """Version ``v`` from its served payload and version ``v - 1`` (None for version 0 or a plain job)."""
+
+    @abstractmethod
+    def check(self, data: bytes, masked: bool) -> Verdict:
+        """A key holder's verdict on one part of a check bundle: the candidate aggregate as the coordinator
+        would store it, or one masked update (``coordinator.checks``)."""
 
     def initial(self, vector: np.ndarray) -> Payload:
         """The initial prompt (version 0), with weight 1 and no example count."""
@@ -154,6 +167,9 @@ class VectorCodec(PayloadCodec):
     def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
         return self.part.decode(payload, self.size, previous)
 
+    def check(self, data: bytes, masked: bool) -> Verdict:
+        return self.part.check(data, self.size, masked)
+
 
 class LevelledCodec(PayloadCodec):
     """The shared levels (``sizes``: name -> parameters, in vector order) as one level container, each level
@@ -193,6 +209,24 @@ class LevelledCodec(PayloadCodec):
             part = Payload(payload.job_id, payload.round, self.part.encoding, size, data)
             levels.append(self.part.decode(part, size, before))
         return np.concatenate(levels)
+
+    def check(self, data: bytes, masked: bool) -> Verdict:
+        """Every encrypted level of the container: an update's shared levels, or a candidate version's global
+        part and every cohort's expert sum (an empty one is an unchanged cohort; the cohorts list is plain).
+        Usable only if every level is; the weight is the global level's."""
+        verdicts = {}
+        for name, (size, part) in unpack(data).items():
+            if name == COHORTS_PART or not part:
+                continue
+            level = GLOBAL if name == GLOBAL else EXPERT if name.split(":", 1)[0] == EXPERT else ""
+            if level not in self.sizes or size != self.sizes[level]:
+                raise InvalidUpdate(f"a checked container part {name[:40]!r} of {size} parameters is not a level "
+                                    "of this job")
+            verdicts[name] = self.part.check(part, size, masked)
+        if GLOBAL not in verdicts:
+            raise InvalidUpdate("a checked container lacks its global level")
+        valid = all(v.valid for v in verdicts.values())
+        return Verdict(valid, verdicts[GLOBAL].weight if valid else 0.0)
 
 
 def job_codec(gram_defence: bool, job_id: str, vector_size: int, keys: KeyHolder | None,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
 import structlog
 
+from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
 from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
@@ -122,18 +123,32 @@ class GrpcLink:
 
     def download(self, job_id: str, version: int) -> Payload:
         request = participant_pb2.DownloadGlobalRequest(job_id=job_id, version=version)
+        return self._stream("DownloadGlobal", lambda: self.stub.DownloadGlobal(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
+    def check_bundle(self, job_id: str, round_: int) -> Payload:
+        request = participant_pb2.DownloadCheckRequest(job_id=job_id, round=round_)
+        return self._stream("DownloadCheck", lambda: self.stub.DownloadCheck(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None:
+        request = serde.verdicts_to_pb(job_id, round_, verdicts)
+        self._call("ReportCheck", lambda: self.stub.ReportCheck(request, metadata=self.metadata,
+                                                                timeout=self.rpc_timeout_s))
+
+    def _stream(self, rpc: str, call: Callable[[], Iterator[participant_pb2.DownloadGlobalResponse]]) -> Payload:
+        """A payload streamed as a header and its chunks, assembled with every check of an upload."""
         def fetch() -> Payload:
-            stream = self.stub.DownloadGlobal(request, metadata=self.metadata, timeout=self.rpc_timeout_s)
+            stream = call()
             first = next(stream)
             if first.WhichOneof("part") != "header":
-                raise FedPromptError("coordinator sent a download without a header")
+                raise FedPromptError(f"coordinator sent a {rpc} stream without a header")
             assembler = ChunkAssembler(serde.header_from_pb(first.header), MAX_DOWNLOAD_BYTES)
             for message in stream:
                 assembler.add(message.chunk.index, message.chunk.data)
             return assembler.finish()
 
-        payload = self._call("DownloadGlobal", fetch)
+        payload = self._call(rpc, fetch)
         self.bytes_down += len(payload.data)
         return payload
 

@@ -52,6 +52,7 @@ from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind, checked_job_id
+from fedprompt.wire.bundle import unpack_bundle
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -207,6 +208,8 @@ class ParticipantRuntime:
             self._train(task)
         elif task.kind is TaskKind.DECRYPT:
             self._decrypt_gram(task)
+        elif task.kind is TaskKind.CHECK:
+            self._check(task)
 
     def _decrypt_gram(self, task: Task) -> None:
         """Decrypt the round's packed Gram ciphertext and return only the Gram scalars."""
@@ -215,6 +218,15 @@ class ParticipantRuntime:
         scalars = decrypt_gram(self.keys.require(), payload.data, payload.vector_size)
         self.link.report_gram(self.info.job_id, task.round, scalars.tolist())
         self.log.info("Gram matrix decrypted", round=task.round, updates=payload.vector_size)
+
+    def _check(self, task: Task) -> None:
+        """Check a candidate aggregate, or every update of the attempt masked, and report only the verdicts."""
+        assert self.info is not None
+        bundle = self.link.check_bundle(self.info.job_id, task.round)
+        verdicts = [self._codec().check(data, masked) for masked, data in unpack_bundle(bundle.data)]
+        self.link.report_check(self.info.job_id, task.round, verdicts)
+        self.log.info("round checked", round=task.round, parts=len(verdicts),
+                      usable=sum(v.valid for v in verdicts))
 
     def _evaluate(self, version: int) -> None:
         assert self.info is not None

@@ -8,18 +8,23 @@ Torch-free, like every module the coordinator's tests import (``tests/unit/test_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.rounds import RoundState
+from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.audit import check
+from fedprompt.crypto.ckks import _HEADER, SecretContext
 from fedprompt.crypto.ckks import ENCODING as CKKS
-from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
-from fedprompt.protocol import Payload
+from fedprompt.participant.codec import job_codec
+from fedprompt.protocol import CoordinatorLink, Payload, TaskKind
+from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.levels import encoding, pack
 from fedprompt.wire.payload import FLOAT32, encode_vector
 
@@ -113,3 +118,52 @@ def encrypted_levels_update(secret: SecretContext, job_id: str, round_: int, g: 
     (the initial prompt) declares no examples."""
     parts = {"global": (g.size, secret.encrypt(g * n, n)), "expert": (e.size, secret.encrypt(e * n, n))}
     return Payload(job_id, round_, encoding(CKKS), g.size + e.size, pack(parts), n if round_ else 0)
+
+
+class _Holder:
+    """What a participant codec needs of a key holder: the secret context (``KeyHolder.require``)."""
+
+    def __init__(self, secret: SecretContext) -> None:
+        self.secret = secret
+
+    def require(self) -> SecretContext:
+        return self.secret
+
+
+def answer_checks(job: JobRuntime, secret: SecretContext) -> int:
+    """Play an encrypted round's two checkers (``coordinator.checks``) with the job's ``secret``: each downloads
+    the check bundle and reports what a participant's own codec says of every part (the aggregate, or each
+    update masked), until no check awaits.  Returns how many checks were answered."""
+    levels = job.levels
+    codec = job_codec(job.aggregator.gram, job.job_id, job.vector_size, _Holder(secret),  # type: ignore[arg-type]
+                      levels.sizes() if levels is not None else None, _no_download, lambda v, x: None)
+    answered = 0
+    while (r := job.open) is not None and r.state is RoundState.CHECKING and r.check is not None:
+        check = r.check
+        for pid in check.checkers:
+            parts = unpack_bundle(job.check_bundle(pid, r.number).data)
+            job.report_check(pid, r.number, [codec.check(data, masked) for masked, data in parts])
+        answered += 1
+    return answered
+
+
+def _no_download(version: int) -> Payload:
+    raise AssertionError("checking a bundle downloads no version")
+
+
+def check_over_links(links: Mapping[str, CoordinatorLink], secrets: Mapping[str, SecretContext], job_id: str,
+                     round_: int, size: int) -> list[str]:
+    """The members told to CHECK round ``round_`` download their bundle over their own link and report a verdict
+    per part (plain ``ckks-v1`` vectors of ``size``); returns who checked, in order."""
+    checkers = [name for name, link in links.items() if link.get_task(job_id, 0).kind is TaskKind.CHECK]
+    for name in checkers:
+        parts = unpack_bundle(links[name].check_bundle(job_id, round_).data)
+        links[name].report_check(job_id, round_, [check(secrets[name], data, size, masked) for masked, data in parts])
+    return checkers
+
+
+def relabelled(data: bytes, key_id: bytes) -> bytes:
+    """An encrypted vector made under another key, its header rewritten to name ``key_id``: what a poisoning
+    member sends, and what a coordinator without the key cannot tell apart from an honest ciphertext."""
+    magic, _, size, count = _HEADER.unpack_from(data)
+    return _HEADER.pack(magic, key_id, size, count) + data[_HEADER.size:]

@@ -16,12 +16,14 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_EVALUATE: _ClassVar[TaskKind]
     TASK_KIND_DONE: _ClassVar[TaskKind]
     TASK_KIND_DECRYPT: _ClassVar[TaskKind]
+    TASK_KIND_CHECK: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_DONE: TaskKind
 TASK_KIND_DECRYPT: TaskKind
+TASK_KIND_CHECK: TaskKind
 
 class DescribeJobRequest(_message.Message):
     __slots__ = ("job",)
@@ -265,5 +267,35 @@ class ReportGramRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., scalars: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReportGramResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DownloadCheckRequest(_message.Message):
+    __slots__ = ("job_id", "round")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class CheckVerdict(_message.Message):
+    __slots__ = ("valid", "weight")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    weight: float
+    def __init__(self, valid: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class ReportCheckRequest(_message.Message):
+    __slots__ = ("job_id", "round", "verdicts")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    verdicts: _containers.RepeatedCompositeFieldContainer[CheckVerdict]
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[CheckVerdict, _Mapping]]] = ...) -> None: ...
+
+class ReportCheckResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

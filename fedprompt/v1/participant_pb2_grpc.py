@@ -99,6 +99,16 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.FromString,
                 _registered_method=True)
+        self.DownloadCheck = channel.unary_stream(
+                '/fedprompt.v1.ParticipantService/DownloadCheck',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.DownloadCheckRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.FromString,
+                _registered_method=True)
+        self.ReportCheck = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/ReportCheck',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -195,6 +205,22 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadCheck(self, request, context):
+        """Encrypted jobs: one of a round's two checkers fetches what to check (after a CHECK task): the candidate
+        aggregate, or every update of the attempt masked (encoding "check-bundle-v1": one part per vector) ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportCheck(self, request, context):
+        """... and returns one verdict per part (usable under the job key, and its weight); the coordinator stores
+        the aggregate, or excludes the updates that fail, only if both checkers agree.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +288,16 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.ReportGram,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.SerializeToString,
+            ),
+            'DownloadCheck': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCheck,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.DownloadCheckRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.SerializeToString,
+            ),
+            'ReportCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCheck,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +651,60 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/ReportGram',
             fedprompt_dot_v1_dot_participant__pb2.ReportGramRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.ReportGramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/DownloadCheck',
+            fedprompt_dot_v1_dot_participant__pb2.DownloadCheckRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/ReportCheck',
+            fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from fedprompt.crypto.audit import Verdict
 from fedprompt.protocol import (
     FlagsView,
     FlagView,
@@ -34,6 +35,7 @@ _TASK_TO_PB = {
     TaskKind.EVALUATE: participant_pb2.TASK_KIND_EVALUATE,
     TaskKind.DONE: participant_pb2.TASK_KIND_DONE,
     TaskKind.DECRYPT: participant_pb2.TASK_KIND_DECRYPT,
+    TaskKind.CHECK: participant_pb2.TASK_KIND_CHECK,
 }
 _PB_TO_TASK = {v: k for k, v in _TASK_TO_PB.items()}
 
@@ -211,3 +213,12 @@ def score_result_to_pb(r: ScoreResult) -> model_service_pb2.ScoreResponse:
 def score_result_from_pb(pb: model_service_pb2.ScoreResponse) -> ScoreResult:
     logits = np.asarray(pb.logits, dtype=np.float32)
     return ScoreResult(logits.reshape(-1, max(1, pb.num_labels)), pb.loss)
+
+
+def verdicts_to_pb(job_id: str, round_: int, verdicts: list[Verdict]) -> participant_pb2.ReportCheckRequest:
+    return participant_pb2.ReportCheckRequest(job_id=job_id, round=round_, verdicts=[
+        participant_pb2.CheckVerdict(valid=v.valid, weight=v.weight) for v in verdicts])
+
+
+def verdicts_from_pb(pb: participant_pb2.ReportCheckRequest) -> list[Verdict]:
+    return [Verdict(v.valid, v.weight) for v in pb.verdicts]

@@ -17,6 +17,7 @@ from fedprompt.errors import PermissionDenied
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.protocol import Payload, TaskKind
+from tests.fakes import check_over_links
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 300
@@ -63,6 +64,8 @@ def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
                 payload = links[name].gram(job_id, 1)
                 assert payload.vector_size == 3
                 links[name].report_gram(job_id, 1, decrypt_gram(holders[name].require(), payload.data, 3).tolist())
+            secrets = {name: holder.require() for name, holder in holders.items()}
+            assert len(check_over_links(links, secrets, job_id, 1, SIZE)) == 2  # the accepted sum, before storing
             wait_for(lambda: coordinator.call(lambda: job.latest_version()) == 1, 10, what="round 1 aggregated")
             flags = admin.flags(job_id)
             assert {f.participant_id for f in flags.flags if not f.accepted} == {"c"}

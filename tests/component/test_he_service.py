@@ -22,6 +22,7 @@ from fedprompt.participant.keys import EXCHANGE_FILE, SECRET_FILE, KeyHolder, ke
 from fedprompt.protocol import Payload
 from fedprompt.v1 import common_pb2, participant_pb2
 from fedprompt.wire import serde
+from tests.fakes import check_over_links
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts (4096 reals each, weight slot included)
@@ -126,6 +127,8 @@ def test_rejections_leave_the_encrypted_sum_intact(live: Live) -> None:
         links["a"].upload(honest(holders, job_id, "a"))
     links["b"].upload(honest(holders, job_id, "b"))
     links["c"].upload(honest(holders, job_id, "c"))
+    secrets = {name: holder.require() for name, holder in holders.items()}
+    assert len(check_over_links(links, secrets, job_id, 1, SIZE)) == 2  # the sum is checked before it is stored
     wait_for(lambda: coordinator.call(lambda: coordinator.server.jobs.job(job_id).latest_version()) == 1, 10,
              what="aggregation")
     total, weight = holders["b"].require().decrypt(links["b"].download(job_id, 1).data, SIZE)

@@ -290,7 +290,7 @@ def test_a_restart_with_an_unreadable_ledger_pauses_that_job_only(tmp_path: Path
     store.save_accountant_state(private, "{not json")
     resumed = JobManager(store)
     assert sorted(resume_jobs(resumed)) == sorted([private, other])
-    assert resumed.job(private).state.value == "paused" and "unreadable" in resumed.job(private).reason
+    assert resumed.job(private).state.value == "paused" and "unreadable" in resumed.job(private).lifecycle.reason
     assert resumed.job(other).state.value == "running"
     store.close()
 

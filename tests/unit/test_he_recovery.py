@@ -22,7 +22,7 @@ from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.protocol import Payload, TaskKind
-from tests.fakes import SIZE, Clock, encrypted_initial, encrypted_update, exchange_key
+from tests.fakes import SIZE, Clock, answer_checks, encrypted_initial, encrypted_update, exchange_key
 from tests.support import open_round, tiny_job
 
 DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
@@ -87,6 +87,7 @@ def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None
     assert job.open.selected == ("a", "b", "c") and job.next_task("b").kind is not TaskKind.WAIT
     for name in DELTAS:
         submit(job, secret, name)
+    assert job.latest_version() == 0 and answer_checks(job, secret) == 1  # two key holders check it first
     assert open_round(job) is None and job.state.value == "done"
     prompt = job.store.prompt(job.job_id, 1)
     assert prompt is not None
@@ -127,7 +128,7 @@ def test_a_tampered_stored_context_pauses_its_job_and_nothing_is_added_under_it(
         db.execute("UPDATE he_contexts SET public_context=? WHERE job_id=?", (secret.secret_bytes(), before.job_id))
     with capture_logs() as logs:
         job = restarted(tmp_path, clock, before.job_id)
-    assert job.state.value == "paused" and "key relay not restored" in job.reason and "secret key" in job.reason
+    assert job.state.value == "paused" and "key relay not restored" in job.lifecycle.reason and "secret key" in job.lifecycle.reason
     assert any(e["event"] == "key relay not restored" and e["log_level"] == "error" for e in logs)
     assert job.keys is not None and job.keys.context is None and job.open is None
-    assert [(r.state, r.reason) for r in job.store.jobs() if r.job_id == job.job_id] == [("paused", job.reason)]
+    assert [(r.state, r.reason) for r in job.store.jobs() if r.job_id == job.job_id] == [("paused", job.lifecycle.reason)]

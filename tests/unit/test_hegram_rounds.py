@@ -33,7 +33,7 @@ from fedprompt.errors import (
 )
 from fedprompt.protocol import Payload, TaskKind
 from tests.fakes import OUTLIER_DELTAS as DELTAS
-from tests.fakes import SIZE, Clock, Deferred, encrypted_initial, encrypted_update, exchange_key
+from tests.fakes import SIZE, Clock, Deferred, answer_checks, encrypted_initial, encrypted_update, exchange_key
 from tests.support import open_round, tiny_job
 
 
@@ -109,6 +109,7 @@ def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in decryptors)
     for d in decryptors:
         job.report_gram(d, 1, _answer(job, secret, d))
+    assert job.latest_version() == 0 and answer_checks(job, secret) == 1  # the accepted sum is checked first
     assert job.open is None and job.latest_version() == 1
     rows = {d.participant_id: d for d in store.decisions(job.job_id)}
     assert not rows["c"].accepted and rows["a"].accepted and rows["b"].accepted
@@ -230,7 +231,7 @@ def test_while_the_gram_matrix_is_computed_the_round_waits_and_then_hands_it_to_
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in gram.decryptors)
     for d in gram.decryptors:
         job.report_gram(d, 1, _answer(job, secret, d))
-    assert job.latest_version() == 1
+    assert answer_checks(job, secret) == 1 and job.latest_version() == 1
     store.close()
 
 

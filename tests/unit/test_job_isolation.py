@@ -103,10 +103,10 @@ def test_a_store_write_refused_for_one_job_pauses_it_and_the_other_jobs_deadline
     with capture_logs() as logs:
         jobs.tick()
         jobs.tick()
-    assert broken.state is JobState.PAUSED and "rounds step failed" in broken.reason
-    assert "disk I/O error (injected for one job)" in broken.reason
-    assert jobs.store.jobs()[0].state == "paused" and jobs.store.jobs()[0].reason == broken.reason
-    assert broken.view().state == "paused" and broken.view().reason == broken.reason  # what `admin status` shows
+    assert broken.state is JobState.PAUSED and "rounds step failed" in broken.lifecycle.reason
+    assert "disk I/O error (injected for one job)" in broken.lifecycle.reason
+    assert jobs.store.jobs()[0].state == "paused" and jobs.store.jobs()[0].reason == broken.lifecycle.reason
+    assert broken.view().state == "paused" and broken.view().reason == broken.lifecycle.reason  # what `admin status` shows
     failed = [e for e in logs if e["event"] == "job step failed"]
     assert len(failed) == 1 and failed[0]["job_id"] == broken.job_id and failed[0]["log_level"] == "error"
     assert failed[0]["step"] == "rounds" and re.search(r"coordinator/store\.py:\d+$", failed[0]["at"])
@@ -128,14 +128,14 @@ def test_a_pause_the_store_refuses_is_in_force_and_recorded_at_a_later_tick(two:
     with capture_logs() as logs:
         for _ in range(3):
             jobs.tick()
-    assert broken.state is JobState.PAUSED and broken.view().reason == broken.reason  # in force, in memory
+    assert broken.state is JobState.PAUSED and broken.view().reason == broken.lifecycle.reason  # in force, in memory
     assert [j.state for j in jobs.store.jobs()] == ["running", "running"]  # the store still refuses
     assert [e["event"] for e in logs if e.get("job_id") == broken.job_id and e["log_level"] == "error"] == [
         "job step failed", "job pause not recorded: retried at the next tick"]
     assert canary.open is not None and canary.open.attempt == 2  # the others' deadlines go on meanwhile
     allow(two.path, "refuse_state")
     jobs.tick()
-    assert [(j.state, j.reason) for j in jobs.store.jobs()][0] == ("paused", broken.reason)
+    assert [(j.state, j.reason) for j in jobs.store.jobs()][0] == ("paused", broken.lifecycle.reason)
 
 
 def test_liveness_and_checkpoints_of_the_other_jobs_go_on_when_one_jobs_checkpoint_fails(two: Two,
@@ -150,7 +150,7 @@ def test_liveness_and_checkpoints_of_the_other_jobs_go_on_when_one_jobs_checkpoi
         two.clock.advance(200)  # every member falls silent: the watch logs it for both jobs
         watch.sweep(jobs)
         checkpoints.sync(jobs)
-    assert broken.state is JobState.PAUSED and broken.reason.startswith("checkpoint step failed: IsADirectoryError")
+    assert broken.state is JobState.PAUSED and broken.lifecycle.reason.startswith("checkpoint step failed: IsADirectoryError")
     assert read_checkpoint(checkpoints.path(canary.job_id))[0].round == 0 and canary.state is JobState.RUNNING
     assert len([e for e in logs if e["event"] == "job step failed"]) == 1
     assert {e["job_id"] for e in logs if e["event"] == "participant offline"} == {broken.job_id, canary.job_id}
@@ -163,7 +163,7 @@ def test_a_revocation_expels_the_member_from_every_job_even_when_one_jobs_store_
     jobs, broken, canary = two.jobs, two.broken, two.canary
     refuse(two.path, "refuse_members", "members", broken.job_id)
     jobs.expel("b", "certificate revoked")  # reported once by the CRL: every job must act on it now
-    assert broken.state is JobState.PAUSED and broken.reason.startswith("expel step failed: IntegrityError")
+    assert broken.state is JobState.PAUSED and broken.lifecycle.reason.startswith("expel step failed: IntegrityError")
     assert canary.roster.members["b"].state.value == "revoked" and canary.state is JobState.RUNNING
     assert [m.state.value for m in jobs.store.members(canary.job_id)] == ["active", "revoked"]
 
@@ -176,7 +176,7 @@ def test_a_restart_whose_first_round_fails_for_one_job_pauses_it_and_resumes_the
     refuse(path, "refuse_rounds", "rounds", broken.job_id)
     resumed = JobManager(Store(path))
     assert sorted(resume_jobs(resumed)) == sorted([broken.job_id, canary.job_id])
-    assert resumed.job("broken").state is JobState.PAUSED and "rounds step failed" in resumed.job("broken").reason
+    assert resumed.job("broken").state is JobState.PAUSED and "rounds step failed" in resumed.job("broken").lifecycle.reason
     assert resumed.job("canary").open is not None and resumed.job("canary").state is JobState.RUNNING
     resumed.store.close()
 
@@ -195,7 +195,7 @@ def test_a_stored_job_whose_id_is_no_safe_name_is_paused_at_its_checkpoint_after
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     Checkpointer(state / "checkpoints").sync(jobs)
     hostile, plain = jobs.job("../../escape/dotdot-1a2b3c4d"), jobs.job("plain-1a2b3c4d")
-    assert hostile.state is JobState.PAUSED and "is not a safe file name component" in hostile.reason
+    assert hostile.state is JobState.PAUSED and "is not a safe file name component" in hostile.lifecycle.reason
     assert plain.state is JobState.RUNNING
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert set(after) - set(before) == {"state/checkpoints", "state/checkpoints/plain-1a2b3c4d.safetensors"}

@@ -19,12 +19,12 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
-from fedprompt.crypto.ckks import SecretContext
+from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.errors import ConfigError, InvalidUpdate, PreconditionFailed
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import COHORTS_PART, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.fakes import Clock, E, G, encrypted_levels_update, exchange_key, levels_update
+from tests.fakes import Clock, E, G, answer_checks, encrypted_levels_update, exchange_key, levels_update, relabelled
 from tests.support import levelled, open_round, stored_parts, tiny_job
 
 
@@ -174,6 +174,42 @@ def test_discovered_cohorts_split_the_expert_level_and_survive_a_restart(tmp_pat
     assert restored.levels is not None and restored.levels.plan.assigned == job.levels.plan.assigned
 
 
+def test_a_poisoned_expert_part_never_becomes_a_version_and_its_sender_is_quarantined(tmp_path: Path) -> None:
+    """d's global part is honest, its expert part is under another key relabelled with the job's: cohort y's
+    sum decrypts to garbage.  The checkers refuse the whole candidate version; on the retry every update's
+    parts are checked alone, masked, and d is quarantined; the round then completes without it."""
+    clock = Clock()
+    config = dataclasses.replace(levelled(tiny_job(tmp_path, rounds=1, participants_per_round=4, min_participants=3),
+                                          ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
+    job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
+    secret = SecretContext.create(config.he.params())
+    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    for p in ("b", "c", "d"):
+        job.share_key("a", p, b"sealed for " + p.encode())
+    job.submit("a", encrypted_levels_update(secret, job.job_id, 0, np.zeros(G), np.zeros(E), 1))
+    job.start()
+    job.tick()
+    foreign = SecretContext.create(config.he.params())
+
+    def poisoned(n: int) -> Payload:
+        e = relabelled(foreign.encrypt(np.full(E, 2.0 * n), n), secret.key_id)
+        parts = {"global": (G, secret.encrypt(np.full(G, 1.0 * n), n)), "expert": (E, e)}
+        return Payload(job.job_id, 1, encoding(ENCODING), G + E, pack(parts), n)
+
+    for attempt in (1, 2, 3):
+        r = open_round(job)
+        assert r is not None and r.attempt == attempt
+        for p in r.selected:
+            job.submit(p, poisoned(20) if p == "d" else
+                       encrypted_levels_update(secret, job.job_id, 1, np.ones(G), np.ones(E), 10))
+        assert answer_checks(job, secret) == (2 if attempt == 2 else 1)
+        assert job.latest_version() == (1 if attempt == 3 else 0)
+        job.tick()
+    assert job.roster.quarantined() == ("d",) and job.state.value == "done"
+    total, weight = secret.decrypt(unpack(job.stored_payload(1).data)["global"][1], G)
+    assert weight == 30 and np.allclose(total / weight, 1.0, atol=1e-6)
+
+
 def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_path: Path) -> None:
     clock = Clock()
     config = dataclasses.replace(levelled(tiny_job(tmp_path, rounds=2, participants_per_round=4, min_participants=3),
@@ -194,6 +230,7 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
               "c": (np.full(G, 5.0), np.full(E, -2.0), 10), "d": (np.full(G, 7.0), np.full(E, 4.0), 20)}
     for p, (g, e, n) in deltas.items():
         job.submit(p, upload(1, g, e, n))
+    assert answer_checks(job, secret) == 1
     stored = stored_parts(job, 1)
     assert set(stored) == {"global", "expert:x", "expert:y"}
 
@@ -214,6 +251,7 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
     assert r is not None
     clock.now = r.deadline + 1
     job.tick()
+    assert answer_checks(job, secret) == 1
     stored = stored_parts(job, 2)
     assert set(stored) == {"global", "expert:x"}
     assert unpack(job.global_payload("c", 2).data)["expert"] == (E, b"")  # "unchanged"

@@ -23,7 +23,7 @@ from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
 from fedprompt.protocol import Payload, TaskKind
 from fedprompt.wire.levels import COHORTS_PART
-from tests.fakes import Clock, E, G, encrypted_levels_update, exchange_key, levels_update
+from tests.fakes import Clock, E, G, answer_checks, encrypted_levels_update, exchange_key, levels_update
 from tests.support import open_round, stored_parts, tiny_job
 
 MEMBERS = ("a", "b", "c", "d", "e", "f")
@@ -103,6 +103,10 @@ class EncryptedJob:
         payload = self.job.gram_payload(who, round_)
         return decrypt_gram(self.secret, payload.data, payload.vector_size).tolist()
 
+    def check(self) -> int:
+        """Play the two key holders that check each aggregate before it becomes a version."""
+        return answer_checks(self.job, self.secret)
+
     def mean(self, part: tuple[int, bytes]) -> np.ndarray:
         total, weight = self.secret.decrypt(part[1], part[0])
         return total / weight
@@ -125,6 +129,7 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     assert all(job.next_task(d).kind is TaskKind.DECRYPT for d in gram.decryptors)
     for d in gram.decryptors:
         job.report_gram(d, 1, encrypted.answer(d, 1))
+    assert job.latest_version() == 0 and encrypted.check() == 1
     assert open_round(job) is None and job.latest_version() == 1
     expected = _plaintext_assignment(tmp_path, deltas)
     assert job.levels.plan.assigned == expected
@@ -144,6 +149,7 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
     second = open_round(job)
     assert second is not None and second.gram is None
     encrypted.submit_round(2, deltas)
+    assert encrypted.check() == 1
     stored = stored_parts(job, 2)
     assert {"expert:cohort-1", "expert:cohort-2"} <= set(stored) and f"expert:{DEFAULT_COHORT}" not in stored
     first = [p for p in MEMBERS if expected[p] == "cohort-1"]
@@ -169,6 +175,7 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
     postponed = [e for e in logs if e["event"] == "cohort discovery postponed"]
     assert len(postponed) == 1 and postponed[0]["log_level"] == "warning"
     assert f"decryptors {honest} and {liar} disagree on 1 of 21" in postponed[0]["reason"]
+    assert encrypted.check() == 1
     assert job.levels.plan.assigned == {} and job.latest_version() == 1  # no assignment, the round completed
     stored = stored_parts(job, 1)
     assert json.loads(stored[COHORTS_PART][1]) == {} and set(stored) >= {"global", f"expert:{DEFAULT_COHORT}"}
@@ -180,6 +187,7 @@ def test_a_lying_decryptor_postpones_discovery_and_the_round_completes(encrypted
     encrypted.submit_round(2, deltas)
     for d in job.open.gram.decryptors:
         job.report_gram(d, 2, encrypted.answer(d, 2))
+    assert encrypted.check() == 1
     assert len(set(job.levels.plan.assigned.values())) == 2 and job.latest_version() == 2
     encrypted.store.close()
 
@@ -196,6 +204,8 @@ def test_a_silent_decryptor_postpones_discovery_at_the_deadline(encrypted: Encry
         job.tick()
     postponed = [e for e in logs if e["event"] == "cohort discovery postponed"]
     assert len(postponed) == 1 and f"Gram decryptors {silent} did not answer" in postponed[0]["reason"]
+    assert encrypted.check() == 1
+    job.tick()
     rounds = encrypted.store.rounds(job.job_id)
     assert [(r.round, r.state) for r in rounds][:1] == [(1, "done")] and job.levels.plan.assigned == {}
     assert job.open is not None and job.open.number == 2 and job.open.gram is not None  # tried again
@@ -212,6 +222,7 @@ def test_too_few_updates_postpone_discovery_before_any_gram_matrix(tmp_path: Pat
     assert "encrypted Gram matrix computed" not in events  # the decryptors learn nothing for nothing
     postponed = [e for e in logs if e["event"] == "cohort discovery postponed"]
     assert [e["reason"] for e in postponed] == ["too few updates (6) for 7 cohorts"]
+    assert encrypted.check() == 1
     assert job.latest_version() == 1 and job.levels.plan.assigned == {}
     encrypted.store.close()
 

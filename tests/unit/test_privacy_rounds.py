@@ -95,7 +95,7 @@ def test_decline_below_minimum_retries_then_job_ends_without_enough_budget(tmp_p
     job.report_privacy("b", report(job.job_id, 1, 2.9, "budget"))
     assert job.open is None, "fewer than min_participants left selected: the attempt fails at once"
     job.tick()
-    assert job.state.value == "done" and "privacy budget left" in job.reason
+    assert job.state.value == "done" and "privacy budget left" in job.lifecycle.reason
     store.close()
 
 
@@ -106,7 +106,7 @@ def test_participant_level_budget_stops_the_job(tmp_path: Path) -> None:
     first = job.view().rounds[0].metrics["participant_epsilon"]
     assert 0 < first <= 1.2
     job.tick()
-    assert job.state.value == "done" and "participant-level privacy budget reached" in job.reason
+    assert job.state.value == "done" and "participant-level privacy budget reached" in job.lifecycle.reason
     assert job.latest_version() == 1 and job.open is None
     persisted = create_accountant("rdp")  # the ledger as stored: exactly the one aggregated round
     persisted.load_json(store.accountant_state(job.job_id) or "")

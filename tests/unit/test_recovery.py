@@ -123,7 +123,7 @@ def test_finished_and_paused_jobs_come_back_as_they_were(running: Running, tmp_p
     other.pause()
     resumed = fresh(tmp_path, clock)
     assert resumed.job(job_id).state.value == "done" and resumed.job(job_id).latest_version() == 2
-    assert resumed.job("other").state.value == "paused" and resumed.job("other").reason == "paused by admin"
+    assert resumed.job("other").state.value == "paused" and resumed.job("other").lifecycle.reason == "paused by admin"
     assert resumed.job(job_id).next_task("a").kind is TaskKind.EVALUATE
 
 
@@ -224,7 +224,7 @@ def test_a_crash_restart_does_not_count_towards_max_attempts(running: Running, t
     assert resumed.rounds.failures == 2 and resumed.open is not None and resumed.open.attempt == 4
     assert resumed.state.value == "running"
     fail_attempt(resumed, clock)
-    assert resumed.state.value == "paused" and "round 1 failed 3 times" in resumed.reason
+    assert resumed.state.value == "paused" and "round 1 failed 3 times" in resumed.lifecycle.reason
     rows = [(r.attempt, r.state, r.summary.get("failures"), r.summary.get("restarted"))
             for r in resumed.store.rounds(job_id)]
     assert rows == [(1, "failed", 1.0, None), (2, "failed", 2.0, None), (3, "failed", None, 1.0),

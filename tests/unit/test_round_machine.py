@@ -21,11 +21,13 @@ from fedprompt.coordinator.privacy import ParticipantLedger
 from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine, RoundState
 from fedprompt.coordinator.store import JobState, MemberState, Store
+from fedprompt.crypto.audit import check
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.errors import StaleRound
 from fedprompt.protocol import Payload
+from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 from tests.fakes import OUTLIER_DELTAS as DELTAS
 from tests.fakes import (
@@ -386,6 +388,12 @@ def test_agreeing_decryptors_close_the_round_and_the_verdict_reaches_the_roster(
     assert r.gram is not None
     for decryptor in r.gram.decryptors:
         r.gram.answer(decryptor, answer(m, decryptor))
+    assert m.rounds.settle() is None and r.state is RoundState.CHECKING  # the accepted sum is checked first
+    assert r.check is not None and m.secret is not None
+    secret = m.secret
+    for checker in r.check.checkers:
+        r.check.answer(checker, [check(secret, data, SIZE, masked) for masked, data in unpack_bundle(
+            r.check.request(checker))])
     assert m.rounds.settle() == JobEnd(JobState.DONE, "all rounds completed")
     assert {(d.participant_id, d.accepted, d.attempt) for d in m.store.decisions(JOB)} == {
         ("a", True, 1), ("b", True, 1), ("c", False, 1)}

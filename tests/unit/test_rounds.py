@@ -137,7 +137,7 @@ def test_deadline_aggregates_with_minimum_else_retries_then_pauses(setup: ThreeM
         job.submit("a", plain_update(job.job_id, 2, np.ones(SIZE, np.float32)))
         clock.now += 31
         job.tick()
-    assert job.state.value == "paused" and "failed 3 times" in job.reason
+    assert job.state.value == "paused" and "failed 3 times" in job.lifecycle.reason
     assert job.latest_version() == 1
 
 
