@@ -24,7 +24,7 @@ from fedprompt.config import IDENTITY
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import CertInfo, RevocationList, cert_from_pem, cert_info
-from fedprompt.errors import CertificateRevoked, PermissionDenied, Unauthenticated
+from fedprompt.errors import CertificateRevoked, PermissionDenied, Unauthenticated, quoted
 
 log = structlog.get_logger("coordinator.identity")
 
@@ -35,7 +35,7 @@ PEM_KEY = "x509_pem_cert"
 def check_identity(value: str) -> str:
     """An identity is 1-128 characters of letters, digits and ``._:@-``; anything else is refused."""
     if not IDENTITY.match(value):
-        raise Unauthenticated(f"identity {value[:40]!r} is not a valid participant name")
+        raise Unauthenticated(f"identity {quoted(value)} is not a valid participant name")
     return value
 
 
