@@ -4,6 +4,8 @@
 that the TLS handshake verified against the federation CA (``participant:hospital-a``, ``admin:alice``),
 checks its role for the service called, refuses expired and revoked certificates on every call (the CRL is
 re-read when its file changes), and reports newly revoked identities so their in-flight work is dropped.
+Only ``participant:`` and ``admin:`` certificates pass a role check; a ``probe:`` certificate (health checks)
+reaches the gRPC health service, which needs no role, and is refused everything else.
 ``InsecureAuthenticator`` (``--insecure``, local development only) trusts the ``x-fedprompt-identity``
 metadata header.  ``Gate`` puts the per-identity call limits behind either.
 """

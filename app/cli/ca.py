@@ -80,7 +80,8 @@ def register(asub: Subparsers) -> None:
     csr = casub.add_parser("csr", help="at a site: make a private key and a signing request for the CA admin")
     for p in (issue, csr):
         p.add_argument("--identity", required=True,
-                       help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main")
+                       help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main, "
+                            "probe:k8s (health checks only)")
         p.add_argument("--san", action="append", default=[],
                        help="coordinator only: a DNS name or IP address it is reached by (repeat)")
         p.add_argument("--out", required=True, help="directory for the key (mode 0600) and certificate / CSR")
