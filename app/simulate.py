@@ -24,7 +24,7 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
-from fedprompt.errors import ConfigError
+from fedprompt.files import read_text
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.protocol import (
@@ -61,11 +61,7 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
 
 def load_simulation(path: str | Path, overrides: dict[str, Any] | None = None) -> SimulationFile:
     """Read and parse a simulation file; a bad key is named with the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read simulation config {path}: {exc.strerror}") from exc
-    return parse_simulation(text, str(path), overrides)
+    return parse_simulation(read_text(path, "simulation config"), str(path), overrides)
 
 
 def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:

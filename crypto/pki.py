@@ -99,12 +99,17 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    return key_from_pem(_read(path, "private key"), str(path))
+
+
+def key_from_pem(pem: bytes, where: str = "private key") -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM EC private key; anything else (binary data, an encrypted key) is a ``PkiError``."""
     try:
-        key = serialization.load_pem_private_key(_read(path, "private key"), password=None)
-    except ValueError as exc:
-        raise PkiError(f"{path} is not a PEM private key") from exc
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
+        raise PkiError(f"{where} is not a PEM private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{path}: only EC keys are used in this federation")
+        raise PkiError(f"{where}: only EC keys are used in this federation")
     return key
 
 

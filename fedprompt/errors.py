@@ -21,6 +21,11 @@ class ConfigError(FedPromptError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
 
 
+class FileError(ConfigError):
+    """A file a command was given is missing, unreadable, not UTF-8 text or not in its format, or an output
+    path cannot be written; the message names the file (``fedprompt.files`` raises it)."""
+
+
 class InvalidRequest(FedPromptError):
     """A request field is malformed or out of range (base of ``InvalidUpdate``)."""
 

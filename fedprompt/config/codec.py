@@ -107,6 +107,9 @@ def load_toml(path: str | Path, cls: type[T], overrides: dict[str, Any] | None =
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # a binary or Latin-1 file: TOML is UTF-8
+        raise ConfigError(f"config {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "TOML files are UTF-8") from exc
     return parse_toml(text, cls, str(p), overrides)
 
 
