@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from fedprompt.config import JobConfig, parse_toml
+from fedprompt.errors import FileError
+from fedprompt.files import writable
 from fedprompt.protocol import JobView
 
 PRIVACY_KEYS = ("record_epsilon_max", "record_epsilon_median", "participant_epsilon")
@@ -99,8 +101,12 @@ def attack_summary(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    """Write a run report; a path that cannot be written is a ``FileError`` naming it."""
+    try:
+        writable(path, "report").parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise FileError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager

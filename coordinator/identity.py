@@ -4,6 +4,8 @@
 that the TLS handshake verified against the federation CA (``participant:hospital-a``, ``admin:alice``),
 checks its role for the service called, refuses expired and revoked certificates on every call (the CRL is
 re-read when its file changes), and reports newly revoked identities so their in-flight work is dropped.
+Only ``participant:`` and ``admin:`` certificates pass a role check; a ``probe:`` certificate (health checks)
+reaches the gRPC health service, which needs no role, and is refused everything else.
 ``InsecureAuthenticator`` (``--insecure``, local development only) trusts the ``x-fedprompt-identity``
 metadata header.  ``Gate`` puts the per-identity call limits behind either.
 """
@@ -24,7 +26,7 @@ from fedprompt.config import IDENTITY
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import CertInfo, RevocationList, cert_from_pem, cert_info
-from fedprompt.errors import CertificateRevoked, PermissionDenied, Unauthenticated
+from fedprompt.errors import CertificateRevoked, PermissionDenied, Unauthenticated, quoted
 
 log = structlog.get_logger("coordinator.identity")
 
@@ -35,7 +37,7 @@ PEM_KEY = "x509_pem_cert"
 def check_identity(value: str) -> str:
     """An identity is 1-128 characters of letters, digits and ``._:@-``; anything else is refused."""
     if not IDENTITY.match(value):
-        raise Unauthenticated(f"identity {value[:40]!r} is not a valid participant name")
+        raise Unauthenticated(f"identity {quoted(value)} is not a valid participant name")
     return value
 
 

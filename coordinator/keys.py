@@ -22,7 +22,14 @@ from fedprompt.coordinator.store import Store
 from fedprompt.crypto.ckks import CkksParams, EncryptedSum, PublicContext
 from fedprompt.crypto.gram import MAX_EVALUATION_KEY_BYTES, GramEvaluator
 from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
-from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, PayloadTooLarge, PreconditionFailed
+from fedprompt.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    NotEnrolled,
+    PayloadTooLarge,
+    PreconditionFailed,
+    quoted,
+)
 from fedprompt.protocol import KeyState
 
 log = structlog.get_logger("coordinator.keys")
@@ -129,7 +136,7 @@ class JobKeys:
         if not self.holds(sender):
             raise NotEnrolled(f"{sender} holds no key of job {self.job_id} to share")
         if recipient not in self.exchange:
-            raise InvalidUpdate(f"{recipient!r} has no registered exchange key in job {self.job_id}")
+            raise InvalidUpdate(f"{quoted(recipient)} has no registered exchange key in job {self.job_id}")
         if self.holds(recipient):
             raise DuplicateUpdate(f"{recipient} already has the key of job {self.job_id}")
         if not blob or len(blob) > MAX_SEALED_BYTES:

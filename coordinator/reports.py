@@ -14,7 +14,7 @@ from fedprompt.config import DPSection
 from fedprompt.coordinator.privacy import check_report
 from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.store import MemberState, Store
-from fedprompt.errors import DuplicateUpdate, InvalidRequest, InvalidUpdate, NotFound, StaleRound
+from fedprompt.errors import DuplicateUpdate, InvalidRequest, InvalidUpdate, NotFound, StaleRound, quoted
 from fedprompt.protocol import PrivacyReport
 
 MAX_METRICS = 32
@@ -54,7 +54,7 @@ class Reports:
         takes it out of every later selection."""
         self.roster.touch(participant_id, now)
         if report.job_id != self.job_id:
-            raise NotFound(f"report names job {report.job_id!r}, this is {self.job_id}")
+            raise NotFound(f"report names job {quoted(report.job_id)}, this is {self.job_id}")
         if not self.dp.enabled:
             raise InvalidUpdate(f"job {self.job_id} does not use differential privacy")
         if not 1 <= report.round <= current_round:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import structlog
 
 from fedprompt.coordinator.store import MemberRow, MemberState, Store
-from fedprompt.errors import InvalidRequest, NotEnrolled, NotFound, PreconditionFailed
+from fedprompt.errors import InvalidRequest, NotEnrolled, NotFound, PreconditionFailed, quoted
 
 log = structlog.get_logger("coordinator.roster")
 
@@ -113,7 +113,7 @@ class Roster:
         """Admin: lift a quarantine; the participant is eligible for selection again with a fresh streak."""
         member = self.members.get(participant_id)
         if member is None:
-            raise NotFound(f"{participant_id} is not a member of job {self.job_id}")
+            raise NotFound(f"{quoted(participant_id)} is not a member of job {self.job_id}")
         if member.state is not MemberState.QUARANTINED:
             raise PreconditionFailed(f"{participant_id} is not quarantined (state {member.state.value})")
         self.set_state(participant_id, MemberState.ACTIVE)

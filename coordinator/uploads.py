@@ -30,6 +30,7 @@ from fedprompt.errors import (
     NotSelected,
     PreconditionFailed,
     StaleRound,
+    quoted,
 )
 from fedprompt.protocol import PayloadHeader
 
@@ -81,14 +82,14 @@ class UploadGate:
         """Check an upload's header before any chunk is read."""
         self.roster.touch(participant_id, self.rounds.clock())
         if header.job_id != self.job_id:
-            raise NotFound(f"header names job {header.job_id[:80]!r}, the stream is for {self.job_id}")
+            raise NotFound(f"header names job {quoted(header.job_id)}, the stream is for {self.job_id}")
         if header.encoding == EVALUATION_KEYS:
             if self.keys is None:
                 raise PreconditionFailed(f"job {self.job_id} is not encrypted (he.enabled is false)")
             return Admission(participant_id, header, UploadKind.EVALUATION_KEYS,
                              self.keys.check_evaluation_keys(participant_id))
         if header.encoding != self.accumulator.encoding:
-            raise InvalidUpdate(f"encoding {header.encoding[:40]!r} is not accepted by this job (expects "
+            raise InvalidUpdate(f"encoding {quoted(header.encoding)} is not accepted by this job (expects "
                                 f"{self.accumulator.encoding!r})")
         if header.vector_size != self.vector_size:
             raise InvalidUpdate(f"update has {header.vector_size} parameters, expected {self.vector_size}")

@@ -1,7 +1,7 @@
 """The federation's public-key infrastructure: a CA, certificate signing requests, certificates, and a CRL.
 
-Every party is known by the common name of its certificate, ``role:name`` with role ``coordinator``,
-``participant`` or ``admin`` (e.g. ``participant:hospital-a``).  Private keys are made where they are used
+Every party is known by the common name of its certificate, ``role:name`` with a role of ``ROLES``
+(``coordinator``, ``participant``, ``admin``, ``model``, ``probe``; e.g. ``participant:hospital-a``).  Private keys are made where they are used
 (``make_key_and_csr`` at the site) and only the CSR travels to the CA holder, who checks and signs it
 (``CertificateAuthority.sign``).  Revocation is a signed CRL file (RFC 5280 §5) that the coordinator
 re-reads whenever it changes (``RevocationList``), so a revoked certificate is refused without a restart.
@@ -28,7 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedprompt.crypto.errors import PkiError
 
-ROLES = ("coordinator", "participant", "admin", "model")  # model: a query-only model service (black-box jobs)
+#: model: a query-only model service (black-box jobs); probe: a health checker (Kubernetes probes), which the
+#: coordinator lets call its gRPC health service and no other.
+ROLES = ("coordinator", "participant", "admin", "model", "probe")
 #: Roles that run servers: their certificates name the addresses they are reached by and serve TLS.
 SERVER_ROLES = ("coordinator", "model")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
@@ -97,12 +99,17 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    return key_from_pem(_read(path, "private key"), str(path))
+
+
+def key_from_pem(pem: bytes, where: str = "private key") -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM EC private key; anything else (binary data, an encrypted key) is a ``PkiError``."""
     try:
-        key = serialization.load_pem_private_key(_read(path, "private key"), password=None)
-    except ValueError as exc:
-        raise PkiError(f"{path} is not a PEM private key") from exc
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
+        raise PkiError(f"{where} is not a PEM private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{path}: only EC keys are used in this federation")
+        raise PkiError(f"{where}: only EC keys are used in this federation")
     return key
 
 

@@ -2,6 +2,10 @@
 
 The crypto layer below has its own (``fedprompt.crypto.errors``); ``ERRORS`` names both families for the
 places that refuse any deliberate error alike (servicers, the CLI, a daemon's loops).
+
+A caller's value goes into an error message only through ``quoted`` (its first characters, and its length),
+and ``clip`` bounds a whole message by bytes: a status message and a log line must stay small whatever a
+caller sends (gRPC drops a call whose status metadata exceeds its hard limit, and a log line is not storage).
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ class FedPromptError(Exception):
 
 class ConfigError(FedPromptError):
     """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+class FileError(ConfigError):
+    """A file a command was given is missing, unreadable, not UTF-8 text or not in its format, or an output
+    path cannot be written; the message names the file (``fedprompt.files`` raises it)."""
 
 
 class InvalidRequest(FedPromptError):
@@ -92,6 +101,33 @@ class InvalidQuery(InvalidRequest):
 
 class QueryTooLarge(PayloadTooLarge):
     """A model-service query exceeds the service's limits (batch size, prompt tokens, text length)."""
+
+
+#: How many characters of a caller's value ``quoted`` shows.
+QUOTE_CHARS = 64
+
+
+def quoted(value: str, limit: int = QUOTE_CHARS) -> str:
+    """``value`` as an error message or log line quotes it: its ``repr``, cut after ``limit`` characters with its
+    length said.  Every caller-controlled string quoted in a status or a log goes through here, so a 1 MB id
+    costs the message about 70 characters, not a megabyte."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (and never inside a character), saying how long it was.
+
+    The last bound on a message: ``wire.rpc.reject`` clips every status message and logged reason, so a message
+    that quotes something unbounded (now or in a future change) still fits gRPC's metadata limit."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    marker = f"... [cut: {len(data)} bytes]"
+    if len(marker) >= limit:
+        return data[: max(0, limit)].decode("utf-8", "ignore")
+    return data[: limit - len(marker)].decode("utf-8", "ignore") + marker
 
 
 #: Every error raised on purpose, by this layer or the crypto layer: what a boundary refuses with a status or

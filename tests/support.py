@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedprompt.config import (
@@ -41,6 +43,7 @@ from fedprompt.data.datasets import Example
 from fedprompt.data.shards import SiteData
 from fedprompt.participant.model_server import ModelServer
 from fedprompt.participant.model_service import ModelHost
+from fedprompt.v1 import admin_pb2, participant_pb2
 from fedprompt.wire.channel import ClientTls
 from fedprompt.wire.levels import unpack
 
@@ -67,6 +70,64 @@ def health(target: str, service: str = "") -> int:
     """The gRPC health status (``health_pb2.HealthCheckResponse``) a plaintext server reports for ``service``."""
     with grpc.insecure_channel(target) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+M = TypeVar("M", bound=Message)
+
+#: Every method of the coordinator's participant and admin services, as protobuf method descriptors.
+COORDINATOR_METHODS: list[MethodDescriptor] = [
+    method for service in (participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"],
+                           admin_pb2.DESCRIPTOR.services_by_name["AdminService"]) for method in service.methods]
+
+
+def string_fields(message: Descriptor, path: str = "") -> list[tuple[str, str]]:
+    """(dotted path, field name) of every string ``message`` can carry: nested messages' fields by their path
+    (``header.job_id``), a map's string keys as ``metrics key``."""
+    out = []
+    for field in message.fields:
+        name = f"{path}{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            out.append((name, field.name))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                out.extend((f"{name} {k}", field.name) for k in ("key", "value")
+                           if entry.fields_by_name[k].type == FieldDescriptor.TYPE_STRING)
+            else:
+                out.extend(string_fields(entry, f"{name}."))
+    return out
+
+
+def with_string(request: M, path: str, value: str) -> M:
+    """``request`` with the string at ``path`` (as ``string_fields`` names it) set to ``value``."""
+    target: Any = request
+    *heads, name = path.split(".")
+    for head in heads:
+        target = getattr(target, head)
+    if name.endswith(" key"):
+        getattr(target, name.split()[0])[value] = 0.0  # the only string-keyed map in a request holds doubles
+    else:
+        setattr(target, name, value)
+    return request
+
+
+def call_method(channel: grpc.Channel, method: MethodDescriptor, request: Message,
+                timeout: float = 10) -> tuple[grpc.StatusCode, str]:
+    """One call of ``method`` with ``request`` (sent as the only message of a client stream, responses read to
+    the end of a server stream): the status it ends with and its details."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    encode = type(request).SerializeToString
+    try:
+        if method.client_streaming:
+            channel.stream_unary(path, request_serializer=encode)(iter([request]), timeout=timeout)
+        elif method.server_streaming:
+            for _ in channel.unary_stream(path, request_serializer=encode)(request, timeout=timeout):
+                pass
+        else:
+            channel.unary_unary(path, request_serializer=encode)(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 def tiny_job(model_dir: Path, **job: object) -> JobConfig:

@@ -76,10 +76,17 @@ def _print_flags(flags: Any) -> None:
 def cmd_admin(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from fedprompt.files import read_text, writable
+
+    # local files first: a missing or binary job file, or an --out that cannot be written, is refused by name
+    # before any call is made
+    config_toml = read_text(args.config, "job config") if args.admin_cmd == "create" else ""
+    if args.admin_cmd == "export":
+        writable(args.out, "--out")
     client = _admin(args)
     try:
         if args.admin_cmd == "create":
-            job_id = client.create_job(Path(args.config).read_text(encoding="utf-8"))
+            job_id = client.create_job(config_toml)
             print(job_id)
             if args.start:
                 client.start(job_id)

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from fedprompt.app.bench import run_bench
+    from fedprompt.files import writable
 
+    if args.report:
+        writable(args.report, "--report")  # before the benchmark, not after it
     return run_bench(args.name, args)
 
 

@@ -30,12 +30,14 @@ def cmd_ca(args: argparse.Namespace) -> int:
         key, cert = ca.issue(args.identity, Path(args.out), args.san, args.days)
         print(f"certificate {cert} (serial {cert_info(load_cert(cert)).serial:x})\nprivate key {key}")
     elif args.ca_cmd == "sign":
+        from fedprompt.files import read_bytes, writable
+
+        csr_pem = read_bytes(args.csr, "certificate signing request")
+        out = writable(args.out, "--out")
         try:
-            csr_pem = Path(args.csr).read_bytes()
-        except OSError as exc:
-            raise PkiError(f"cannot read {args.csr}: {exc.strerror}") from exc
-        signed = ca.sign(csr_pem, args.days)
-        out = Path(args.out)
+            signed = ca.sign(csr_pem, args.days)
+        except PkiError as exc:
+            raise PkiError(f"--csr {args.csr}: {exc}") from exc
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(cert_pem(signed))
         info = cert_info(signed)
@@ -80,7 +82,8 @@ def register(asub: Subparsers) -> None:
     csr = casub.add_parser("csr", help="at a site: make a private key and a signing request for the CA admin")
     for p in (issue, csr):
         p.add_argument("--identity", required=True,
-                       help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main")
+                       help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main, "
+                            "probe:k8s (health checks only)")
         p.add_argument("--san", action="append", default=[],
                        help="coordinator only: a DNS name or IP address it is reached by (repeat)")
         p.add_argument("--out", required=True, help="directory for the key (mode 0600) and certificate / CSR")

@@ -91,7 +91,7 @@ def register(sub: Subparsers) -> None:
     health.add_argument("--target", default="127.0.0.1:50051", help="coordinator host:port")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--ca-cert", dest="ca_cert", default="", help="federation CA certificate")
-    health.add_argument("--cert", default="", help="a client certificate signed by the federation CA (e.g. admin:probe)")
+    health.add_argument("--cert", default="", help="a client certificate signed by the federation CA (e.g. probe:k8s)")
     health.add_argument("--key", default="", help="its private key")
     health.add_argument("--server-name", dest="server_name", help="verify the server certificate for this name")
     health.add_argument("--insecure", action="store_true", help="plaintext, for an --insecure coordinator")

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from fedprompt.config import from_mapping, set_dotted
     from fedprompt.data.shards import DataPlan, prepare
+    from fedprompt.files import writable
 
     mapping: dict[str, Any] = {}
     for dotted, value in plan_overrides(args).items():
         set_dotted(mapping, dotted, value)
+    writable(args.out, "--out", directory=True)
     dirs = prepare(from_mapping(DataPlan, mapping), Path(args.out))
     meta = json.loads((Path(args.out) / "meta.json").read_text(encoding="utf-8"))
     for site in meta["sites"]:

@@ -9,19 +9,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedprompt.app.cli.common import group_parser
+from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
 
 
+def _texts(args: argparse.Namespace) -> list[str]:
+    """The texts to classify: the arguments, else the lines of ``--texts`` FILE, else of standard input; a file
+    or input that is not UTF-8 text is refused by name."""
+    from fedprompt.files import decode_text, read_text
+
+    if args.text:
+        return list(args.text)
+    if args.texts:
+        text = read_text(args.texts, "--texts file")
+    else:
+        text = decode_text(sys.stdin.buffer.read(), "<stdin>", "standard input")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from fedprompt.app.admin_client import load_prompt
     from fedprompt.config import JobConfig, parse_toml
+
+    if args.text and args.texts:
+        raise FedPromptError("give texts as arguments or with --texts FILE, not both")
+    vector, config_toml = load_prompt(Path(args.prompt))  # the inputs first: torch loads only for a valid call
+    config = parse_toml(config_toml, JobConfig, str(args.prompt))
+    texts = _texts(args)
+
     from fedprompt.models import build_classifier, load_backbone
 
-    vector, config_toml = load_prompt(Path(args.prompt))
-    config = parse_toml(config_toml, JobConfig, str(args.prompt))
-    texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
     if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
         from fedprompt.participant.learners import local_learner
 
@@ -42,5 +61,6 @@ def register(sub: Subparsers) -> None:
     predict = group_parser(sub, "predict", "classify texts with an exported prompt",
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
-    predict.add_argument("text", nargs="*", help="texts to classify (default: one per line on stdin)")
+    predict.add_argument("--texts", help="a UTF-8 file of texts to classify, one per line")
+    predict.add_argument("text", nargs="*", help="texts to classify (default: one per line of --texts or stdin)")
     predict.set_defaults(fn=cmd_predict)

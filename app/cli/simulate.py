@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fedprompt.app.report import attack_summary, round_table, summary, write_json
     from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
+    from fedprompt.files import writable
 
+    if args.report:
+        writable(args.report, "--report")  # before the run, not after it
     overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
     report = simulate(sim.job, sim.simulation.sites(sim.job.task.label_names), attack=sim.attack)

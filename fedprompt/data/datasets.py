@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import bz2
 import csv
+import io
 import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedprompt.errors import ConfigError
+from fedprompt.errors import ConfigError, FileError
+from fedprompt.files import read_text
 from fedprompt.locations import package_dir
 
 
@@ -83,28 +85,36 @@ def load_builtin(name: str) -> list[Example]:
 
 
 def load_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[Example]:
-    """Load a CSV or JSONL file with a text and a label column (names configurable)."""
+    """Load a CSV or JSONL file with a text and a label column (names configurable).
+
+    The file is decoded as a whole, so text that is not UTF-8 (a Latin-1 export) is refused with its line, and
+    anything else that is not such a table (binary data, a JSON line that is not an object, a row without the
+    columns) is a ``ConfigError`` naming the file and the record."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"dataset file {p} does not exist")
+        raise FileError(f"dataset file {p} does not exist")
+    if p.suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise FileError(f"dataset file {p}: unsupported format {p.suffix!r} (use .csv, .tsv or .jsonl)")
+    text = read_text(p, "dataset file")
+    records: list[object] = []
     if p.suffix in (".jsonl", ".json"):
-        records = []
-        with p.open(encoding="utf-8", newline="\n") as fh:  # only \n ends a record; texts may hold U+2028
-            for number, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{p}:{number}: invalid JSON ({exc.msg})") from exc
-    elif p.suffix in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", newline="") as fh:
-            records = list(csv.DictReader(fh, delimiter="\t" if p.suffix == ".tsv" else ","))
+        for number, line in enumerate(text.split("\n"), 1):  # only \n ends a record; texts may hold U+2028
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise FileError(f"{p}:{number}: invalid JSON ({exc.msg})") from exc
     else:
-        raise ConfigError(f"dataset file {p}: unsupported format {p.suffix!r} (use .csv, .tsv or .jsonl)")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix == ".tsv" else ",")
+        try:
+            records.extend(reader)
+        except csv.Error as exc:
+            raise FileError(f"{p}: not a {p.suffix[1:].upper()} table after line {reader.line_num} ({exc})") from exc
     out = []
     for number, record in enumerate(records, 1):
-        if text_column not in record or label_column not in record:
-            raise ConfigError(f"{p}: record {number} lacks column {text_column!r} or {label_column!r}")
+        if not isinstance(record, dict) or not isinstance(record.get(text_column), str | int | float) \
+                or not isinstance(record.get(label_column), str | int | float):
+            raise FileError(f"{p}: record {number} lacks column {text_column!r} or {label_column!r}, or a value in it")
         out.append(Example(str(record[text_column]).strip(), str(record[label_column])))
     return out
 

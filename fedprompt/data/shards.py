@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedprompt.data import partition
 from fedprompt.data.datasets import BUILTIN, Example, load_dataset, read_jsonl, train_test_split, write_jsonl
-from fedprompt.errors import ConfigError
+from fedprompt.errors import ConfigError, FileError
 
 
 @dataclass(frozen=True)
@@ -133,22 +133,23 @@ def prepare(plan: DataPlan, out_dir: Path) -> list[Path]:
     """Write one directory per site plus ``meta.json`` and the global ``test.jsonl``; returns the site dirs."""
     train, test, names = load_split(plan.dataset, plan.test_size, plan.seed)
     sites = split_sites(train, test, names, plan.participants, plan.partition, plan.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / "test.jsonl", test)
-    dirs = []
-    for k, site in enumerate(sites):
-        site_dir = out_dir / f"participant-{k}"
-        write_jsonl(site_dir / "train.jsonl", site.train)
-        write_jsonl(site_dir / "test.jsonl", site.test)
-        if site.unlabelled:
-            write_jsonl(site_dir / "unlabelled.jsonl", site.unlabelled)
-        dirs.append(site_dir)
+    dirs = [out_dir / f"participant-{k}" for k in range(len(sites))]
     meta = {
         "dataset": plan.dataset, "label_names": list(names), "seed": plan.seed, "test_size": plan.test_size,
         "partition": dataclasses.asdict(plan.partition), "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test),
                                                 "unlabelled": len(s.unlabelled)} for d, s in zip(dirs, sites)],
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out_dir / "test.jsonl", test)
+        for site_dir, site in zip(dirs, sites, strict=True):
+            write_jsonl(site_dir / "train.jsonl", site.train)
+            write_jsonl(site_dir / "test.jsonl", site.test)
+            if site.unlabelled:
+                write_jsonl(site_dir / "unlabelled.jsonl", site.unlabelled)
+        (out_dir / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise FileError(f"cannot write the site directories under {out_dir}: {exc}") from exc
     return dirs
 
 

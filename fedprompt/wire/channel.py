@@ -11,7 +11,8 @@ from typing import Any
 
 import grpc
 
-from fedprompt.crypto.pki import cert_info, load_cert
+from fedprompt.crypto.errors import PkiError
+from fedprompt.crypto.pki import cert_from_pem, cert_info, key_from_pem, load_cert
 from fedprompt.errors import ConfigError
 
 
@@ -30,32 +31,34 @@ class ClientTls:
         return str(cert_info(load_cert(Path(self.cert))).identity)
 
 
-def _read(path: str, what: str) -> bytes:
+def _pem(path: str, what: str, kind: str) -> bytes:
+    """The PEM bytes of a certificate (``kind`` "cert") or private key ("key") file, checked here: gRPC given
+    anything else fails later and obscurely (a bind error, a handshake that never starts)."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
+        check = cert_from_pem if kind == "cert" else key_from_pem
+        check(data, path)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    except PkiError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+    return data
 
 
 def server_credentials(prefix: str, ca_cert: str, cert: str, key: str) -> grpc.ServerCredentials:
     """mTLS server credentials: this server's certificate and key; callers must present a certificate signed
-    by ``ca_cert``.  An unreadable file is a ``ConfigError`` naming the ``prefix.key`` setting."""
-    def read(path: str, name: str) -> bytes:
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{prefix}.{name}: cannot read {path}: {exc.strerror}") from exc
-
-    return grpc.ssl_server_credentials([(read(key, "key"), read(cert, "cert"))],
-                                       root_certificates=read(ca_cert, "ca_cert"), require_client_auth=True)
+    by ``ca_cert``.  A file that is unreadable or not PEM is a ``ConfigError`` naming the ``prefix.key`` setting."""
+    return grpc.ssl_server_credentials([(_pem(key, f"{prefix}.key", "key"), _pem(cert, f"{prefix}.cert", "cert"))],
+                                       root_certificates=_pem(ca_cert, f"{prefix}.ca_cert", "cert"),
+                                       require_client_auth=True)
 
 
 def open_channel(target: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A blocking channel; ``tls=None`` is plaintext and only reaches a coordinator run with ``--insecure``."""
     if tls is None:
         return grpc.insecure_channel(target, options=list(options))
-    credentials = grpc.ssl_channel_credentials(root_certificates=_read(tls.ca_cert, "CA certificate"),
-                                               private_key=_read(tls.key, "private key"),
-                                               certificate_chain=_read(tls.cert, "certificate"))
+    credentials = grpc.ssl_channel_credentials(root_certificates=_pem(tls.ca_cert, "CA certificate", "cert"),
+                                               private_key=_pem(tls.key, "private key", "key"),
+                                               certificate_chain=_pem(tls.cert, "certificate", "cert"))
     extra = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
     return grpc.secure_channel(target, credentials, options=[*options, *extra])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from fedprompt.errors import InvalidUpdate
+from fedprompt.errors import InvalidUpdate, quoted
 
 GLOBAL = "global"
 EXPERT = "expert"
@@ -81,7 +81,7 @@ def unpack(data: bytes) -> dict[str, tuple[int, bytes]]:
             raise InvalidUpdate(f"level container part {index} has a name that is not UTF-8") from exc
         offset += name_len
         if name in parts:
-            raise InvalidUpdate(f"level container repeats part {name!r}")
+            raise InvalidUpdate(f"level container repeats part {quoted(name)}")
         parts[name] = (size, data[offset : offset + length])
         offset += length
     if offset != len(data):
@@ -100,8 +100,8 @@ def shared_parts(data: bytes, names: tuple[str, ...], sizes: dict[str, int] | No
     parts = unpack(data)
     expected = list(names)
     if list(parts) != expected:
-        raise InvalidUpdate(f"level container has parts {list(parts)[:4]}, expected {expected}")
+        raise InvalidUpdate(f"level container has parts {[quoted(n) for n in list(parts)[:4]]}, expected {expected}")
     for name, (size, _) in parts.items():
         if sizes is not None and size != sizes[name]:
-            raise InvalidUpdate(f"level {name!r} has {size} parameters, this job's has {sizes[name]}")
+            raise InvalidUpdate(f"level {quoted(name)} has {size} parameters, this job's has {sizes[name]}")
     return parts

@@ -11,7 +11,7 @@ import hmac
 
 import numpy as np
 
-from fedprompt.errors import InvalidUpdate, PayloadTooLarge
+from fedprompt.errors import InvalidUpdate, PayloadTooLarge, quoted
 from fedprompt.protocol import Payload, PayloadHeader
 
 FLOAT32 = "float32-le"
@@ -27,7 +27,7 @@ def encode_vector(vector: np.ndarray) -> bytes:
 def decode_vector(payload: Payload, expected_size: int) -> np.ndarray:
     """Decode a plaintext payload, refusing a wrong encoding, a wrong size and non-finite values."""
     if payload.encoding != FLOAT32:
-        raise InvalidUpdate(f"encoding {payload.encoding!r} is not {FLOAT32!r}")
+        raise InvalidUpdate(f"encoding {quoted(payload.encoding)} is not {FLOAT32!r}")
     if payload.vector_size != expected_size or len(payload.data) != 4 * expected_size:
         raise InvalidUpdate(
             f"vector has {len(payload.data) // 4} floats (header says {payload.vector_size}), expected {expected_size}"

@@ -1,4 +1,8 @@
-"""Domain exceptions <-> gRPC status codes, in one table used by servers (to abort) and clients (to raise)."""
+"""Domain exceptions <-> gRPC status codes, in one table used by servers (to abort) and clients (to raise).
+
+Also the server's first line: ``DecodeGuard`` refuses requests that do not parse or carry an oversized string
+(``wire.bounds``) before any servicer code runs, and ``reject`` bounds every status message it sends.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import structlog
 
 from fedprompt import errors
 from fedprompt.crypto import errors as crypto_errors
+from fedprompt.wire import bounds
 
 log = structlog.get_logger("fedprompt.wire.rpc")
 
@@ -53,24 +58,36 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.FedPromptError:
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+#: The most UTF-8 bytes of a status message and of a logged reason.  gRPC sends the message percent-encoded
+#: in a header (up to 3 bytes per byte) and drops the call with RESOURCE_EXHAUSTED above its metadata limit
+#: (8 KiB by default): 1 KiB keeps every refusal readable by the caller whatever the error quotes.
+MAX_STATUS_BYTES = 1024
+
 
 async def reject(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
-    """Abort the call with the error's status, logging the RPC, the reason and the caller (bound by the gate)."""
+    """Abort the call with the error's status, logging the RPC, the reason and the caller (bound by the gate).
+    The reason is clipped to ``MAX_STATUS_BYTES`` in both places."""
     code = status_for(exc)
-    log.warning(f"{name} rejected", rpc=name.strip("[]"), status=code.name, reason=str(exc))
-    await context.abort(code, str(exc))
+    reason = errors.clip(str(exc), MAX_STATUS_BYTES)
+    log.warning(f"{name} rejected", rpc=name.strip("[]"), status=code.name, reason=reason)
+    await context.abort(code, reason)
 
 
-class _Undecodable:
-    """Stands in for a request whose bytes do not parse, so the call can be refused like any bad input."""
+class _Refused:
+    """Stands in for a request refused while it was decoded (bytes that do not parse, an oversized string),
+    so the call can be refused like any bad input once the method runs."""
+
+    def __init__(self, error: errors.InvalidRequest) -> None:
+        self.error = error
 
 
-UNDECODABLE = _Undecodable()
+UNDECODABLE = errors.InvalidRequest("request is not a valid protobuf message")
 
 
 class DecodeGuard(grpc.aio.ServerInterceptor):
-    """Requests that are not valid protobuf get INVALID_ARGUMENT and a log line (gRPC alone answers UNKNOWN
-    with a traceback): the deserializer returns a marker, the method refuses it before any servicer code runs."""
+    """Requests that are not valid protobuf, or hold a string over its field's limit (``bounds.check``), get
+    INVALID_ARGUMENT and a log line (gRPC alone answers UNKNOWN with a traceback to the first): the deserializer
+    returns a marker, the method refuses it before any servicer code runs."""
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
@@ -82,18 +99,26 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
 
         def safe(data: bytes) -> Any:
             try:
-                return decode(data)
+                message = decode(data)
             except Exception:  # protobuf raises DecodeError, and others on some malformed inputs
-                return UNDECODABLE
+                return _Refused(UNDECODABLE)
+            try:
+                bounds.check(message)
+            except errors.InvalidRequest as exc:
+                return _Refused(exc)
+            return message
 
-        bad = errors.InvalidRequest("request is not a valid protobuf message")
+        async def refuse(request: _Refused, context: grpc.aio.ServicerContext) -> None:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(peer=context.peer())
+            await reject(context, name, request.error)
+
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if request is UNDECODABLE:
-                    structlog.contextvars.clear_contextvars()
-                    await reject(context, name, bad)
+                if isinstance(request, _Refused):
+                    await refuse(request, context)
                 return await inner(request, context)
 
             return handler._replace(unary_unary=unary, request_deserializer=safe)
@@ -101,9 +126,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if request is UNDECODABLE:
-                    structlog.contextvars.clear_contextvars()
-                    await reject(context, name, bad)
+                if isinstance(request, _Refused):
+                    await refuse(request, context)
                 async for item in inner_stream(request, context):
                     yield item
 
@@ -113,8 +137,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
 
             async def checked(requests: Any) -> Any:
                 async for request in requests:
-                    if request is UNDECODABLE:
-                        raise bad  # inside the servicer: its decorator refuses the call
+                    if isinstance(request, _Refused):
+                        raise request.error  # inside the servicer: its decorator refuses the call
                     yield request
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -12,6 +12,10 @@ the weighted average of the honest updates, and no job was created beside the fu
 Hostile job names (admin input: parent references, absolute paths, separators, control characters, long UTF-8):
 whatever name the config accepts, the coordinator writes nothing outside its state directory, before or after a
 restart, and names its files after opaque job ids only.
+
+One class is checked more strictly: a string over its field's limit (``wire.bounds``) in any field of any
+participant request gets INVALID_ARGUMENT naming that field (never RESOURCE_EXHAUSTED, which is what a value
+echoed into the status used to cause), and its rejection's log line stays short.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import dump_toml, job_name_problem
@@ -38,10 +44,20 @@ from fedprompt.errors import InvalidRequest
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.protocol import Payload, PayloadHeader
 from fedprompt.v1 import admin_pb2, common_pb2, participant_pb2, participant_pb2_grpc
-from fedprompt.wire import serde
+from fedprompt.wire import bounds, serde
 from fedprompt.wire.channel import open_channel
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, wait_for
+from fedprompt.wire.rpc import MAX_STATUS_BYTES
+from tests.support import (
+    COORDINATOR_METHODS,
+    LiveCoordinator,
+    ThrowawayPki,
+    call_method,
+    string_fields,
+    tiny_job,
+    wait_for,
+    with_string,
+)
 
 SIZE = 8
 MEMBERS = ("participant:a", "participant:b", "participant:c")
@@ -55,6 +71,9 @@ SERVICE = "/fedprompt.v1.ParticipantService/"
 texts = st.text(max_size=300) | st.binary(max_size=40).map(lambda b: b.hex())
 uint32 = st.integers(0, 2**32 - 1)
 uint64 = st.integers(0, 2**64 - 1)
+#: Every string of every participant request: (method, dotted path, field name).
+STRING_FIELDS = [(m, path, field) for m in COORDINATOR_METHODS if m.containing_service.name == "ParticipantService"
+                 for path, field in string_fields(m.input_type)]
 
 
 class Fuzzer:
@@ -327,8 +346,31 @@ def test_fuzz_every_participant_rpc_then_round_completes(tmp_path: Path) -> None
                 return
             raise AssertionError("a hostile job config was accepted")
 
+        @settings(FUZZ, max_examples=60)
+        @given(st.sampled_from(STRING_FIELDS), st.data())
+        def strings(target: tuple[Any, str, str], data: st.DataObject) -> None:
+            method, path, field = target
+            limit = bounds.LIMITS[field]
+            # up to 4 bytes a character, and below the 64 KiB message limit (a larger message is refused whole)
+            value = data.draw(st.text(st.sampled_from("a\u00e9\u20ac\U0001f600\x00%"), min_size=limit + 1,
+                                      max_size=min(4 * limit, 15_000)))
+            request = participant_pb2.UploadUpdateRequest() if method.name == "UploadUpdate" else \
+                getattr(participant_pb2, method.input_type.name)(**{
+                    k: job_id for k in ("job", "job_id") if k in method.input_type.fields_by_name})
+            who = data.draw(st.sampled_from([*MEMBERS, OUTSIDER]))
+            code, details = call_method(fuzz.channels[who], method, with_string(request, path, value))
+            fuzz.messages += 1
+            fuzz.codes[code.name] = fuzz.codes.get(code.name, 0) + 1
+            assert code is grpc.StatusCode.INVALID_ARGUMENT, f"{method.name}.{path}: {code.name} {details[:200]}"
+            assert details == f"{method.input_type.name}.{path}: {len(value)} characters, at most {limit} allowed"
+
         for run in (describe, join, get_task, download, report, upload, raw_bytes, create_job):
             run()
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            strings()
+        rejected = [entry for entry in logs if str(entry["event"]).endswith(" rejected")]
+        assert len(rejected) >= 60 and {entry["status"] for entry in rejected} == {"INVALID_ARGUMENT"}
+        assert max(len(repr(entry).encode()) for entry in rejected) < MAX_STATUS_BYTES
         # a stream that stalls after its header is cut off by the upload timeout
         stalled = upload_messages_stalling(job_id)
         fuzz.refused(lambda: s["participant:a"].UploadUpdate(stalled, timeout=10), 1)

@@ -124,7 +124,7 @@ def test_health_command_over_mtls_with_a_probe_certificate(tmp_path: Path) -> No
     from tests.support import ThrowawayPki
 
     pki = ThrowawayPki(tmp_path / "pki")
-    probe = pki.tls("admin:probe")  # a client certificate; the coordinator's own is server-auth only
+    probe = pki.tls("probe:k8s")  # the probe role: health checks only (the coordinator's own is server-auth)
 
     def check(target: str) -> int:
         args = build_parser().parse_args(["coordinator", "health", "--target", target, "--ca-cert", probe.ca_cert,

@@ -14,10 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.cli import main
 from fedprompt.config import CoordinatorSection, ParticipantSection, dump_toml
+from fedprompt.coordinator.server import SERVICES
 from fedprompt.errors import ConfigError, PermissionDenied, ResourceExhausted, Unauthenticated
 from fedprompt.logs import configure
 from fedprompt.participant.grpc_link import GrpcLink
@@ -26,7 +29,7 @@ from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, wait_for
+from tests.support import COORDINATOR_METHODS, LiveCoordinator, ThrowawayPki, call_method, tiny_job, wait_for
 
 SIZE = 8
 SITES = ("participant:a", "participant:b", "participant:c")
@@ -118,6 +121,47 @@ def test_roles_and_allow_list(tmp_path: Path, pki: ThrowawayPki) -> None:
                       metadata=(("x-fedprompt-identity", "participant:a"),), timeout=10)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert sorted(p.participant_id for p in admin.participants(job_id)) == list(SITES)
+
+
+def test_probe_certificate_reaches_health_and_nothing_else(tmp_path: Path, pki: ThrowawayPki, capfd) -> None:
+    """``admin ca issue --identity probe:k8s`` makes the certificate the Kubernetes probes use: the health service
+    answers it SERVING (for the whole server and each service), every participant and admin method refuses it."""
+    try:
+        assert main(["admin", "ca", "issue", "--dir", str(pki.ca.dir), "--identity", "probe:k8s",
+                     "--out", str(tmp_path / "tls")]) == 0
+        assert "probe-k8s.crt" in capfd.readouterr().out
+    finally:
+        with capfd.disabled():
+            configure("warning")  # main() pointed logging at the captured stderr
+    probe = ClientTls(str(pki.ca.ca_cert_path), str(tmp_path / "tls" / "probe-k8s.crt"),
+                      str(tmp_path / "tls" / "probe-k8s.key"))
+    with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
+        job_id = AdminClient(coordinator.target, pki.tls("admin:alice")).create_job(
+            dump_toml(tiny_job(tmp_path, allowed_participants=("*",))))
+        channel = open_channel(coordinator.target, probe)
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in SERVICES:
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert len(COORDINATOR_METHODS) == 23
+            for method in COORDINATOR_METHODS:
+                request = GetMessageClass(method.input_type)()
+                for name in ("job", "job_id"):  # a real job, so only the role can be the reason
+                    if name in request.DESCRIPTOR.fields_by_name:
+                        setattr(request, name, job_id)
+                code, details = call_method(channel, method, request)
+                assert code is grpc.StatusCode.PERMISSION_DENIED, f"{method.name}: {code.name} {details}"
+                assert "probe:k8s has the probe role" in details
+        finally:
+            channel.close()
+        cli = ["coordinator", "health", "--target", coordinator.target, "--ca-cert", probe.ca_cert, "--cert",
+               probe.cert, "--key", probe.key, "--server-name", "localhost"]
+        try:
+            assert main(cli) == 0 and "SERVING" in capfd.readouterr().out
+        finally:
+            with capfd.disabled():
+                configure("warning")
 
 
 def test_empty_allow_list_refused(tmp_path: Path, pki: ThrowawayPki) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.crypto.errors import PkiError
@@ -56,11 +56,22 @@ def test_coordinator_certificate_carries_its_names(tmp_path: Path, ca: Certifica
     ("model:gpu-host", [], "needs the DNS names"),
     ("participant:a", ["example.org"], "only server"),
     ("admin:alice", ["10.0.0.1"], "only server"),
+    ("probe:k8s", ["fedprompt-coordinator"], "only server"),
 ])
 def test_sign_refuses_wrong_names(ca: CertificateAuthority, identity: str, sans: list[str], message: str) -> None:
     _, csr = make_key_and_csr(identity, sans)
     with pytest.raises(PkiError, match=message):
         ca.sign(csr)
+
+
+def test_probe_role_is_a_client_certificate_of_its_own(tmp_path: Path, ca: CertificateAuthority) -> None:
+    """Health checks get the ``probe`` role: a client certificate (no SANs) that names no admin or participant."""
+    _, cert_path = ca.issue("probe:k8s", tmp_path)
+    assert cert_path.name == "probe-k8s.crt"
+    cert = load_cert(cert_path)
+    assert cert_info(cert).identity.role == "probe"
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 @pytest.mark.parametrize("identity", ["hacker", "root:x", "participant:", "participant:a b", "admin:" + "x" * 101,

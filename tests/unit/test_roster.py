@@ -161,7 +161,7 @@ def test_release_lifts_a_quarantine_with_a_fresh_streak(store: Store) -> None:
     members.join("a", 10, 5, now=100.0)
     members.join("b", 10, 5, now=100.0)
     assert members.record_verdict(accepted=["b"], rejected=["a"]) == ["a"]
-    with pytest.raises(NotFound, match="ghost is not a member of job job-1"):
+    with pytest.raises(NotFound, match="'ghost' is not a member of job job-1"):
         members.release("ghost")
     with pytest.raises(PreconditionFailed, match="b is not quarantined \\(state active\\)"):
         members.release("b")

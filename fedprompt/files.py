@@ -1,0 +1,51 @@
+"""The files a user names on the command line or in a config: read and checked with ``FileError`` naming the file.
+
+A missing file, a directory where a file belongs, bytes that are not UTF-8 (a Latin-1 CSV, a binary given by
+mistake) and an output path under a regular file each become one typed error saying which file and what is
+wrong, so the CLI prints one line instead of a traceback, and a daemon refuses its input by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedprompt.errors import FileError
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    """The bytes of ``path``; ``what`` names it in the error ("job config", "dataset file")."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise FileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def decode_text(data: bytes, path: str | Path, what: str) -> str:
+    """``data`` (read from ``path``) as UTF-8 text; otherwise the error gives the line and byte that are not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FileError(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                        "save it as UTF-8") from exc
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path``, or ``FileError`` naming it (missing, unreadable, not UTF-8)."""
+    return decode_text(read_bytes(path, what), path, what)
+
+
+def writable(path: str | Path, what: str, directory: bool = False) -> Path:
+    """Check, before any work is done, that ``path`` can be created: no regular file stands where it or one of
+    its parent directories must be (``directory``: ``path`` itself is a directory to write into)."""
+    target = Path(path)
+    if directory and target.exists() and not target.is_dir():
+        raise FileError(f"{what} {target}: exists and is not a directory")
+    if not directory and target.is_dir():
+        raise FileError(f"{what} {target}: is a directory; give a file name")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileError(f"{what} {target}: {parent} is not a directory")
+            break
+    return target
