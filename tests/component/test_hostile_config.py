@@ -24,8 +24,11 @@ VALID = "[job]\nname = 'hostile'\nallowed_participants = ['*']\n"
 HOSTILE = [
     ("nested-arrays", "x = " + "[" * 5000 + "]" * 5000, "job config: invalid TOML: arrays or inline tables nested"),
     ("nested-tables", VALID + "x = " + "{a = " * 3000 + "1" + "}" * 3000, "job config: invalid TOML: arrays or"),
-    ("over-cap", VALID + "# " + "x" * MAX_TOML_BYTES, "job config: TOML text of"),
-    ("3.9MB", VALID + "# padding\n" * 390_000, "job config: TOML text of 39"),
+    # refused at the boundary by the request's length bound (wire.bounds), before any parsing
+    ("over-cap", VALID + "# " + "x" * MAX_TOML_BYTES, "CreateJobRequest.config_toml: 1048630 characters"),
+    ("3.9MB", VALID + "# padding\n" * 390_000, "CreateJobRequest.config_toml: 3900052 characters"),
+    # within the bound in characters, over the codec's cap in UTF-8 bytes
+    ("multibyte-over-cap", VALID + "# " + "\u00e9" * 600_000, "job config: TOML text of"),
     ("truncated", VALID + "[train]\nlr =", "job config: invalid TOML: Invalid value (at end of document)"),
     ("binary", "\x00\x01\x02\xff\xfe", "job config: invalid TOML: Invalid statement (at line 1, column 1)"),
     ("duplicate-key", VALID + "[model]\nmax_length = 8\nmax_length = 9\n", "job config: invalid TOML: Cannot overwrite"),
