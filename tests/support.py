@@ -26,12 +26,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedprompt.config import (
     BlackboxSection,
     CohortSpec,
+    CoordinatorConfig,
     CoordinatorSection,
     JobConfig,
     JobSection,
     LevelsSection,
     ModelSection,
+    ModelServiceConfig,
     ModelServiceSection,
+    ParticipantConfig,
     TaskSection,
     TrainSection,
 )
@@ -311,3 +314,20 @@ def stopping(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+#: Every config class a TOML file is loaded into, walked by the config tests key by key.
+CONFIGS: tuple[type[Any], ...] = (JobConfig, CoordinatorConfig, ParticipantConfig, ModelServiceConfig)
+KeyPath = tuple[str | int, ...]  # a key's path: table names, and 0 for the first element of an array of tables
+
+
+def dotted_key(path: KeyPath) -> str:
+    """A key path as the loader names it in errors: ``levels.cohorts[0].members``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def nested(path: KeyPath, value: Any) -> Any:
+    """The TOML mapping that sets ``path`` to ``value`` and nothing else."""
+    for part in reversed(path):
+        value = [value] if isinstance(part, int) else {part: value}
+    return value

@@ -144,7 +144,7 @@ def test_probe_certificate_reaches_health_and_nothing_else(tmp_path: Path, pki: 
             for service in SERVICES:
                 answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
                 assert answer.status == health_pb2.HealthCheckResponse.SERVING
-            assert len(COORDINATOR_METHODS) == 23
+            assert {m.containing_service.name for m in COORDINATOR_METHODS} == {"ParticipantService", "AdminService"}
             for method in COORDINATOR_METHODS:
                 request = GetMessageClass(method.input_type)()
                 for name in ("job", "job_id"):  # a real job, so only the role can be the reason

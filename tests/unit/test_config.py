@@ -15,13 +15,13 @@ import tomli_w
 from fedprompt.config import (
     CoordinatorConfig,
     JobConfig,
-    ModelServiceConfig,
     ParticipantConfig,
     dump_toml,
     load_toml,
     parse_toml,
 )
 from fedprompt.errors import ConfigError
+from tests.support import CONFIGS, KeyPath, dotted_key, nested
 
 
 def test_defaults_round_trip_through_toml() -> None:
@@ -77,7 +77,6 @@ def test_example_configs_load() -> None:
 
 
 # Every key of every config file, walked from the dataclasses themselves, so a section added later is covered.
-CONFIGS: tuple[type[Any], ...] = (JobConfig, CoordinatorConfig, ParticipantConfig, ModelServiceConfig)
 #: For each scalar annotation, a near miss the loader must refuse (a bool is a Python int, an int is no bool).
 WRONG: dict[Any, tuple[Any, str]] = {
     int: (True, "must be an integer"),
@@ -85,18 +84,6 @@ WRONG: dict[Any, tuple[Any, str]] = {
     bool: (1, "must be true or false"),
     str: (3, "must be a string"),
 }
-KeyPath = tuple[str | int, ...]  # a key's path: table names, and 0 for the first element of an array of tables
-
-
-def _dotted(path: KeyPath) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-
-
-def _nest(path: KeyPath, value: Any) -> Any:
-    """The TOML mapping that sets ``path`` to ``value`` and nothing else."""
-    for part in reversed(path):
-        value = [value] if isinstance(part, int) else {part: value}
-    return value
 
 
 def _bad_values(cls: type[Any], path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any, str]]:
@@ -121,7 +108,7 @@ def _bad_values(cls: type[Any], path: KeyPath = ()) -> Iterator[tuple[KeyPath, A
             yield key, value, message
 
 
-CASES = [pytest.param(cls, path, value, message, id=f"{cls.__name__}:{_dotted(path)}={value!r}")
+CASES = [pytest.param(cls, path, value, message, id=f"{cls.__name__}:{dotted_key(path)}={value!r}")
          for cls in CONFIGS for path, value, message in _bad_values(cls)]
 
 
@@ -130,12 +117,12 @@ def test_every_unknown_key_and_wrong_type_is_named_by_its_dotted_key(
     cls: type[Any], path: KeyPath, value: Any, message: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_toml(tomli_w.dumps(_nest(path, value)), cls)
-    assert str(info.value).startswith(f"{_dotted(path)}: {message}"), str(info.value)
+        parse_toml(tomli_w.dumps(nested(path, value)), cls)
+    assert str(info.value).startswith(f"{dotted_key(path)}: {message}"), str(info.value)
 
 
 def test_the_walk_reaches_every_section_of_every_config() -> None:
-    sections = {_dotted(path[:-1]) for cls in CONFIGS for path, _, message in _bad_values(cls)
+    sections = {dotted_key(path[:-1]) for cls in CONFIGS for path, _, message in _bad_values(cls)
                 if message.startswith("unknown key")}
     assert sections == {
         "", "job", "model", "task", "train", "augment", "he", "dp", "robust", "blackbox", "levels",

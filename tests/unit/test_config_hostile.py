@@ -35,7 +35,7 @@ from fedprompt.config import (
 )
 from fedprompt.data.shards import DataPlan
 from fedprompt.errors import ConfigError
-from tests.unit.test_config import CONFIGS, KeyPath, _dotted, _nest
+from tests.support import CONFIGS, KeyPath, dotted_key, nested
 
 #: The simulation file's own tables, loaded by the same codec (``app.simulate.parse_simulation``).
 SIMULATION: dict[str, type[Any]] = {"simulation": DataPlan, "attack": AttackSection}
@@ -68,8 +68,8 @@ def _cases() -> Iterator[Any]:
     for cls in CONFIGS:
         for path, annotation, inf_allowed in _numbers(cls):
             for value in FLOATS if annotation is float else INTS:
-                accepted = (inf_allowed and value == float("inf")) or (_dotted(path) in SEEDS and value == INT64_MAX)
-                yield pytest.param(cls, path, value, accepted, id=f"{cls.__name__}:{_dotted(path)}={value!r}")
+                accepted = (inf_allowed and value == float("inf")) or (dotted_key(path) in SEEDS and value == INT64_MAX)
+                yield pytest.param(cls, path, value, accepted, id=f"{cls.__name__}:{dotted_key(path)}={value!r}")
 
 
 #: What each config needs besides the key under test to be valid: process configs check their TLS keys first.
@@ -81,7 +81,7 @@ BASE: dict[str, dict[str, Any]] = {
 
 
 def _parse(cls: type[Any], path: KeyPath, value: Any, extra: dict[str, Any] | None = None) -> Any:
-    data = _nest(path, value)
+    data = nested(path, value)
     table = data[path[0]]
     if isinstance(table, dict):
         data[path[0]] = {**BASE.get(str(path[0]), {}), **(extra or {}), **table}
@@ -92,7 +92,7 @@ def _parse(cls: type[Any], path: KeyPath, value: Any, extra: dict[str, Any] | No
 def test_every_number_refuses_nan_infinities_and_huge_values_naming_its_key(
     cls: type[Any], path: KeyPath, value: Any, accepted: bool
 ) -> None:
-    key = _dotted(path)
+    key = dotted_key(path)
     if accepted:
         config = _parse(cls, path, value, INF_CONTEXT.get(key))
         assert dataclasses.asdict(config)[str(path[0])][str(path[1])] == value
@@ -100,12 +100,12 @@ def test_every_number_refuses_nan_infinities_and_huge_values_naming_its_key(
     with pytest.raises(ConfigError) as info:
         _parse(cls, path, value)
     message = str(info.value)
-    named = key if not isinstance(path[-1], int) else _dotted(path[:-1])  # a list element: the list, or its entry
+    named = key if not isinstance(path[-1], int) else dotted_key(path[:-1])  # a list element: the list, or its entry
     assert message.startswith(f"{named}") and "\n" not in message and len(message) < 300, message
 
 
 def test_the_numeric_walk_finds_every_number_and_exactly_two_that_take_inf() -> None:
-    found = {f"{cls.__name__}:{_dotted(path)}": inf for cls in CONFIGS for path, _, inf in _numbers(cls)}
+    found = {f"{cls.__name__}:{dotted_key(path)}": inf for cls in CONFIGS for path, _, inf in _numbers(cls)}
     assert len(found) >= 60, sorted(found)
     assert {k for k, inf in found.items() if inf} == {"JobConfig:dp.epsilon", "JobConfig:dp.participant_epsilon"}
     assert {"JobConfig:job.seed", "JobConfig:job.round_deadline_s", "JobConfig:he.coeff_mod_bit_sizes[0]",
@@ -117,16 +117,16 @@ def test_the_numeric_walk_finds_every_number_and_exactly_two_that_take_inf() -> 
 
 
 @pytest.mark.parametrize(("table", "path", "value"), [
-    pytest.param(table, path, value, id=f"{table}.{_dotted(path)}={value!r}")
+    pytest.param(table, path, value, id=f"{table}.{dotted_key(path)}={value!r}")
     for table, cls in SIMULATION.items() for path, annotation, _ in _numbers(cls)
     for value in (FLOATS if annotation is float else INTS)])
 def test_the_simulation_tables_refuse_them_too(table: str, path: KeyPath, value: Any) -> None:
-    if f"{table}.{_dotted(path)}" in SEEDS and value == INT64_MAX:
-        assert from_mapping(SIMULATION[table], _nest(path, value), table).seed == INT64_MAX
+    if f"{table}.{dotted_key(path)}" in SEEDS and value == INT64_MAX:
+        assert from_mapping(SIMULATION[table], nested(path, value), table).seed == INT64_MAX
         return
     with pytest.raises(ConfigError) as info:
-        from_mapping(SIMULATION[table], _nest(path, value), table)
-    assert str(info.value).startswith(f"{table}.{_dotted(path)}: "), str(info.value)
+        from_mapping(SIMULATION[table], nested(path, value), table)
+    assert str(info.value).startswith(f"{table}.{dotted_key(path)}: "), str(info.value)
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -22,7 +22,7 @@ from fedprompt.coordinator.liveness import LivenessWatch
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import JobState, Store
-from fedprompt.errors import InvalidRequest
+from fedprompt.errors import ConfigError, InvalidRequest
 from fedprompt.protocol import JOB_ID, checked_job_id
 from tests.fakes import SIZE, Clock, plain_update
 from tests.support import tiny_job
@@ -80,9 +80,16 @@ def allow(path: Path, name: str) -> None:
         db.execute(f"DROP TRIGGER {name}")
 
 
+#: Names the config accepts that would still make poor file names: long UTF-8, spaces, dots, the longest allowed.
+ODD_NAMES = ["é" * 60, "hospital a", "Zürich.study-2", "x" * 128]
+
+
 def test_job_ids_are_opaque_safe_names_and_jobs_are_still_found_by_name(tmp_path: Path) -> None:
     jobs = JobManager(Store(tmp_path / "coordinator.sqlite"))
-    made = {name: jobs.create_job(dump_toml(tiny_job(tmp_path, name=name))) for name in HOSTILE if name.strip()}
+    for name in HOSTILE:  # refused at creation, naming the key (the config's name rule)
+        with pytest.raises(ConfigError, match="job.name"):
+            jobs.create_job(dump_toml(tiny_job(tmp_path, name=name)))
+    made = {name: jobs.create_job(dump_toml(tiny_job(tmp_path, name=name))) for name in ODD_NAMES}
     for name, job_id in made.items():
         assert JOB_ID.fullmatch(job_id) and job_id.startswith("job-") and name not in job_id
         assert checked_job_id(job_id, "test") == job_id
