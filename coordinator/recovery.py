@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import structlog
 
 from fedprompt.config import JobConfig, parse_toml
-from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
 from fedprompt.coordinator.rounds import IN_FLIGHT, RoundState
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobRow, JobState, RoundRow
@@ -101,10 +101,18 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
 
 def resume_jobs(jobs: JobManager) -> list[str]:
     """Load every stored job into ``jobs`` (finished ones too, for status and export); returns the
-    ids of the unfinished ones, whose next round opens at once if enough members are online."""
+    ids of the unfinished ones, whose next round opens at once if enough members are online.  A job that cannot
+    be restored (its stored config refused by today's validation, say) is logged and left out, untouched."""
     unfinished = []
     for row in jobs.store.jobs():
-        job = restore_job(jobs, row)
+        try:
+            job = restore_job(jobs, row)
+        except Exception as exc:  # any exception on purpose: one stored job must not stop the coordinator's start
+            # e.g. a config stored before a rule that now refuses it; its rows stay as they are, for a later
+            # release or an operator to read, and the other jobs go on
+            log.error("job not restored: left as stored", job_id=row.job_id, state=row.state,
+                      error=type(exc).__name__, reason=str(exc)[:MAX_ERROR])
+            continue
         jobs.jobs[row.job_id] = job
         if job.state not in TERMINAL:
             unfinished.append(row.job_id)

@@ -12,12 +12,17 @@ from pathlib import Path
 from fedprompt.errors import FileError
 
 
-def read_bytes(path: str | Path, what: str) -> bytes:
-    """The bytes of ``path``; ``what`` names it in the error ("job config", "dataset file")."""
+def read_bytes(path: str | Path, what: str, limit: int | None = None) -> bytes:
+    """The bytes of ``path``; ``what`` names it in the error ("job config", "dataset file"). With ``limit``, a
+    file larger than that many bytes is refused after reading no more than one byte past it."""
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            data = f.read(-1 if limit is None else limit + 1)
     except OSError as exc:
         raise FileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if limit is not None and len(data) > limit:
+        raise FileError(f"{what} {path}: larger than the limit of {limit} bytes")
+    return data
 
 
 def decode_text(data: bytes, path: str | Path, what: str) -> str:
@@ -30,9 +35,10 @@ def decode_text(data: bytes, path: str | Path, what: str) -> str:
                         "save it as UTF-8") from exc
 
 
-def read_text(path: str | Path, what: str) -> str:
-    """The UTF-8 text of ``path``, or ``FileError`` naming it (missing, unreadable, not UTF-8)."""
-    return decode_text(read_bytes(path, what), path, what)
+def read_text(path: str | Path, what: str, limit: int | None = None) -> str:
+    """The UTF-8 text of ``path``, or ``FileError`` naming it (missing, unreadable, over ``limit`` bytes, not
+    UTF-8)."""
+    return decode_text(read_bytes(path, what, limit), path, what)
 
 
 def writable(path: str | Path, what: str, directory: bool = False) -> Path:

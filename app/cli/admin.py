@@ -76,11 +76,12 @@ def _print_flags(flags: Any) -> None:
 def cmd_admin(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from fedprompt.files import read_text, writable
+    from fedprompt.config import read_toml_text
+    from fedprompt.files import writable
 
     # local files first: a missing or binary job file, or an --out that cannot be written, is refused by name
     # before any call is made
-    config_toml = read_text(args.config, "job config") if args.admin_cmd == "create" else ""
+    config_toml = read_toml_text(args.config, "job config") if args.admin_cmd == "create" else ""
     if args.admin_cmd == "export":
         writable(args.out, "--out")
     client = _admin(args)

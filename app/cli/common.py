@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import ConfigError, FedPromptError, quoted
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -22,17 +22,18 @@ def group_parser(sub: Subparsers, name: str, help: str, example: str) -> argpars
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set a.b=value`` pairs; values parse as TOML scalars (numbers, booleans, quoted strings, lists)."""
-    import tomllib
+    """``--set a.b=value`` pairs; values parse as TOML scalars (numbers, booleans, quoted strings, lists), and
+    a value that is not TOML (``--set job.name=demo``) is taken as the string it is, for validation to judge."""
+    from fedprompt.config import toml_mapping
 
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise FedPromptError(f"--set {pair!r}: expected key=value")
+            raise FedPromptError(f"--set {quoted(pair)}: expected key=value")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            out[key.strip()] = toml_mapping(f"v = {raw}", "--set")["v"]
+        except ConfigError:
             out[key.strip()] = raw
     return out
 

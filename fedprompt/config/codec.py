@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import tomli_w
 
 from fedprompt.errors import ConfigError
+from fedprompt.files import read_text
 
 T = TypeVar("T")
 
@@ -182,19 +183,9 @@ def load_toml(path: str | Path, cls: type[T], overrides: dict[str, Any] | None =
 
 
 def read_toml_text(path: str | Path, what: str = "config") -> str:
-    """A TOML file's text, read no further than ``MAX_TOML_BYTES`` and decoded as UTF-8; else ``ConfigError``."""
-    p = Path(path)
-    try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_TOML_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {p}: {exc.strerror}") from exc
-    check(len(raw) <= MAX_TOML_BYTES, str(p), f"larger than the limit of {MAX_TOML_BYTES} bytes for TOML")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{p}: not UTF-8 text (line {line} holds byte 0x{raw[exc.start]:02x})") from None
+    """A TOML file's text, read no further than ``MAX_TOML_BYTES`` and decoded as UTF-8; else ``FileError`` (a
+    ``ConfigError``) naming the file."""
+    return read_text(path, what, MAX_TOML_BYTES)
 
 
 def dump_toml(config: Any) -> str:

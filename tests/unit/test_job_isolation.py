@@ -207,3 +207,26 @@ def test_a_stored_job_whose_id_is_no_safe_name_is_paused_at_its_checkpoint_after
     after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert set(after) - set(before) == {"state/checkpoints", "state/checkpoints/plain-1a2b3c4d.safetensors"}
     jobs.store.close()
+
+
+def test_a_stored_job_that_no_longer_validates_is_left_out_and_the_others_resume(tmp_path: Path) -> None:
+    """A store written before today's rules may hold a config they refuse (a name with ``..``, a deadline of
+    inf): the coordinator starts, resumes the others, and leaves that job's rows as they were."""
+    path = tmp_path / "coordinator.sqlite"
+    store = Store(path)
+    good = dump_toml(tiny_job(tmp_path, name="good"))
+    store.add_job("job-00000000000000aa", "good", good, "running")
+    for job_id, bad in (("job-00000000000000bb", good.replace('name = "good"', 'name = "../../escape"')),
+                        ("job-00000000000000cc", good + "\n[unknown_section]\nx = 1\n")):
+        store.add_job(job_id, "old", bad, "running")
+    store.close()
+    jobs = JobManager(Store(path))
+    with capture_logs() as logs:
+        assert resume_jobs(jobs) == ["job-00000000000000aa"]
+    assert sorted(jobs.jobs) == ["job-00000000000000aa"]
+    refused = [e for e in logs if e["event"] == "job not restored: left as stored"]
+    assert [e["job_id"] for e in refused] == ["job-00000000000000bb", "job-00000000000000cc"]
+    assert all(e["error"] == "ConfigError" for e in refused)
+    assert {r.job_id: r.state for r in jobs.store.jobs()} == {
+        "job-00000000000000aa": "running", "job-00000000000000bb": "running", "job-00000000000000cc": "running"}
+    jobs.store.close()
