@@ -41,3 +41,19 @@ def test_every_module_has_its_line_in_the_architecture_map() -> None:
 def test_the_map_names_the_real_folders() -> None:
     assert all((REPO / folder).is_dir() for folder in SECTIONS.values())
     assert all((REPO / "fedprompt" / name).is_symlink() for name in LINKED)
+
+
+def test_every_test_the_security_table_cites_exists() -> None:
+    """``docs/security.md`` proves each hostile-input class by naming its test: a renamed or deleted test must
+    not leave the table citing nothing (``::name`` cells continue the file named before them)."""
+    doc = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    cited, missing, current = 0, [], ""
+    for path, name, continued in re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`|`::(\w+)`", doc):
+        current = path or current
+        assert (REPO / current).is_file(), current
+        test = name or continued
+        if test:
+            cited += 1
+            if not re.search(rf"^(async )?def {test}\(", (REPO / current).read_text(encoding="utf-8"), re.M):
+                missing.append(f"{current}::{test}")
+    assert cited >= 20 and missing == []
