@@ -10,10 +10,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fedprompt.logs import configure
+
+if TYPE_CHECKING:
+    from fedprompt.crypto.ckks import PublicContext, SecretContext
 
 configure("warning")
 
@@ -64,3 +68,19 @@ def tiny_causal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     _one_torch_thread()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-causal"), "causal")
+
+
+@pytest.fixture(scope="session")
+def secret() -> SecretContext:
+    """A key holder's CKKS context under the default parameters (key generation takes a second: made once)."""
+    from fedprompt.crypto.ckks import CkksParams, SecretContext
+
+    return SecretContext.create(CkksParams())
+
+
+@pytest.fixture(scope="session")
+def public(secret: SecretContext) -> PublicContext:
+    """The public half of ``secret``, as the coordinator and the other members hold it."""
+    from fedprompt.crypto.ckks import PublicContext
+
+    return PublicContext(secret.public_bytes(), secret.params, secret.key_id)

@@ -16,16 +16,6 @@ PARAMS = CkksParams()
 SIZE = 5000  # two ciphertexts with the weight slot
 
 
-@pytest.fixture(scope="module")
-def secret() -> SecretContext:
-    return SecretContext.create(PARAMS)
-
-
-@pytest.fixture(scope="module")
-def public(secret: SecretContext) -> PublicContext:
-    return PublicContext(secret.public_bytes(), PARAMS, secret.key_id)
-
-
 def test_default_parameters_meet_the_standard() -> None:
     PARAMS.check()
     assert PARAMS.security_bits >= 128

@@ -29,16 +29,6 @@ SIZE = 10
 LEVELS = {GLOBAL: 6, EXPERT: 3}
 
 
-@pytest.fixture(scope="module")
-def secret() -> SecretContext:
-    return SecretContext.create(PARAMS)
-
-
-@pytest.fixture(scope="module")
-def public(secret: SecretContext) -> PublicContext:
-    return PublicContext(secret.public_bytes(), PARAMS, secret.key_id)
-
-
 class Served:
     """What the coordinator serves: one payload per global version; records downloads and kept versions."""
 

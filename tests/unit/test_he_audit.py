@@ -16,16 +16,6 @@ PARAMS = CkksParams()
 SIZE = 5000  # two ciphertexts: the weight slot in the second
 
 
-@pytest.fixture(scope="module")
-def secret() -> SecretContext:
-    return SecretContext.create(PARAMS)
-
-
-@pytest.fixture(scope="module")
-def public(secret: SecretContext) -> PublicContext:
-    return PublicContext(secret.public_bytes(), PARAMS, secret.key_id)
-
-
 def update(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 0.5, SIZE) * 20
 
