@@ -110,6 +110,9 @@ class Accumulator(ABC):
         """Why an admin cannot export a global prompt of this job ("" if it can)."""
         return ""
 
+    def committed(self, data: bytes) -> None:  # noqa: B027 - optional hook
+        """A version made of this job's aggregate ``data`` was stored (a levelled job's cohort plan follows it)."""
+
     def masked(self, data: bytes) -> bytes:
         """One kept update with a fresh mask on every value but its weight (``crypto.audit.mask``)."""
         raise NotImplementedError(f"{type(self).__name__} keeps nothing to mask")

@@ -12,6 +12,7 @@ in encrypted jobs it computes it on the CKKS ciphertexts and two key holders dec
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -83,17 +84,18 @@ class CohortPlan:
         return f"too few updates ({updates}) for {k} cohorts" if updates < k else ""
 
     def discover(self, participant_ids: list[str], g: np.ndarray) -> dict[str, str]:
-        """Assign ``participant_ids`` (rows of ``g``) to ``levels.num_cohorts`` discovered cohorts."""
+        """Assign ``participant_ids`` (rows of ``g``) to ``levels.num_cohorts`` discovered cohorts: a proposal,
+        in force once the version carrying it is stored (``load_json``), so that an attempt refused after its
+        close (an encrypted aggregate failing its check) leaves the plan as it was and the retry discovers."""
         labels = discover_cohorts(g, self.levels.num_cohorts)
-        found = {pid: f"cohort-{label + 1}" for pid, label in zip(participant_ids, labels, strict=True)}
-        self.assigned.update(found)
-        return found
+        return {pid: f"cohort-{label + 1}" for pid, label in zip(participant_ids, labels, strict=True)}
 
-    def to_json(self) -> bytes:
-        return json.dumps(self.assigned, sort_keys=True).encode()
+    def to_json(self, found: Mapping[str, str] | None = None) -> bytes:
+        """The assignment with ``found`` (this attempt's discovery) on top, as the attempt's version stores it."""
+        return json.dumps({**self.assigned, **(found or {})}, sort_keys=True).encode()
 
     def load_json(self, data: bytes) -> None:
-        """Restore a discovered assignment saved with a global version (after a coordinator restart)."""
+        """Take the assignment a stored global version carries (when it is stored, and after a restart)."""
         try:
             assigned = json.loads(data)
         except ValueError as exc:

@@ -91,7 +91,12 @@ class LevelledAccumulator(Accumulator):
         self.log = log.bind(job_id=job_id)
         latest = store.latest_version(job_id)
         stored = store.prompt(job_id, latest) if latest is not None else None
-        if stored is not None and self.plan.discovers and COHORTS_PART in (parts := unpack(stored[1])):
+        if stored is not None:
+            self.committed(stored[1])
+
+    def committed(self, data: bytes) -> None:
+        """A version was stored: the cohort assignment it carries is the plan from now on."""
+        if self.plan.discovers and COHORTS_PART in (parts := unpack(data)):
             self.plan.load_json(parts[COHORTS_PART][1])
 
     def sizes(self) -> dict[str, int]:
@@ -233,6 +238,7 @@ class PlainLevelsFold(Fold):
                 mean = weighted_mean([c.delta[split:] for c in members], [c.num_examples for c in members])
                 experts[cohort] = (experts[cohort].astype(np.float64) + mean).astype(np.float32)
             metrics["expert_cohorts_updated"] = float(len(by_cohort))
+            found: dict[str, str] = {}
             if levels.discovers_in(self.number):
                 found = levels.discover(self.number, [c.participant_id for c in contributions],
                                         gram(np.stack([c.delta for c in contributions])))
@@ -241,7 +247,7 @@ class PlainLevelsFold(Fold):
                 if found:
                     metrics["cohorts_discovered"] = float(len(set(found.values())))
             parts.update({expert_key(c): (sizes[EXPERT], encode_vector(v)) for c, v in sorted(experts.items())})
-            parts[COHORTS_PART] = (0, levels.plan.to_json())
+            parts[COHORTS_PART] = (0, levels.plan.to_json(found))
         return Outcome(pack(parts), metrics, result.decision)
 
 
@@ -312,7 +318,7 @@ class EncryptedLevelsFold(Fold):
         for cohort in sorted(set(found.values())):  # this round's shared expert sum (>= num_cohorts updates)
             parts[expert_key(cohort)] = parts[expert_key(DEFAULT_COHORT)]
         if levels.plan.discovers:
-            parts[COHORTS_PART] = (0, levels.plan.to_json())
+            parts[COHORTS_PART] = (0, levels.plan.to_json(found))
         return Outcome(pack(parts), metrics, weight=self.sums[GLOBAL].weight)
 
     def _discover(self, kept: GramRound, postponed: str) -> dict[str, str]:

@@ -325,6 +325,7 @@ class RoundMachine:
                    **self._privacy_summary(r)}
         self.store.complete_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary),
                                   self.accumulator.encoding, outcome.data)
+        self.accumulator.committed(outcome.data)
         self.log.info("round aggregated", round=r.number, updates=len(r.reported))
         self.open = None
         self.next_attempt, self.failures = 1, 0

@@ -10,8 +10,8 @@ independent uniform values in ``[-A, A]`` (``mask``), except in the weight slot,
 already knows from the upload header.
 
 Why this shows a key holder nothing useful of an update (see docs/he.md): it decrypts ``x_i + r_i`` per
-value, with ``r_i`` uniform on ``[-A, A]`` and ``A = (sum_bound - value_bound) / 2`` (6.7e7 with the default
-parameters); for an honest value the decrypted value's distribution is within statistical distance
+value, with ``r_i`` uniform on ``[-A, A]`` and ``A = min((sum_bound - value_bound) / 2, 2^32)`` (6.7e7 with the
+default parameters, 2^32 on the Gram chain); for an honest value the decrypted value's distribution is within statistical distance
 ``|x_i| / (2A)`` of one independent of ``x_i`` (7.5e-8 for a value of 10), and it learns the update's
 weight.  The check accepts ``|x_i + r_i| <= A + value_bound``: every honest value passes, and any value
 beyond ``sum_bound`` (what would make a sum wrap around) fails whatever the mask.  A ciphertext under another
@@ -44,10 +44,18 @@ class Verdict:
     weight: float
 
 
+#: The largest mask, 2^32: encoding works in float64 (53-bit mantissa), so a mask of magnitude ``M`` blurs the
+#: other slots of its ciphertext, the weight slot included, by about ``M * 2^-52`` (measured: a 2^97 mask, what
+#: ``(sum_bound - value_bound) / 2`` is on the Gram chain, left weights off by 1e13).  2^32 keeps the weight
+#: within 1e-6 of its whole number and still hides a value of 1,000 within 1.2e-7 (``|x| / 2A``).
+MAX_MASK = 2.0**32
+
+
 def mask_bound(params: CkksParams) -> float:
     """``A``: the mask's range, chosen so that a value beyond ``sum_bound`` fails the masked check for certain
-    (``|x| > 2A + value_bound``) while every honest value passes."""
-    return (params.sum_bound - params.value_bound) / 2
+    (``|x| > 2A + value_bound``) while every honest value passes, and no larger than ``MAX_MASK``, so that the
+    weight slot is still read exactly next to the masked values."""
+    return min((params.sum_bound - params.value_bound) / 2, MAX_MASK)
 
 
 def mask(context: PublicContext, data: bytes, vector_size: int) -> bytes:

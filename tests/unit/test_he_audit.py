@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprompt.crypto.audit import Verdict, check, mask, mask_bound
+from fedprompt.crypto.audit import MAX_MASK, Verdict, check, mask, mask_bound
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext
 from fedprompt.crypto.errors import InvalidCiphertext
+from fedprompt.crypto.gram import gram_params
 from tests.fakes import relabelled
 
 PARAMS = CkksParams()
@@ -28,6 +29,22 @@ def test_an_honest_update_passes_masked_and_shows_only_its_weight(secret: Secret
     seen = secret.decrypt_reals(masked, SIZE)[:SIZE]
     assert np.abs(seen - update(0)).mean() > mask_bound(PARAMS) / 4  # the values are hidden under the mask
     assert not np.array_equal(mask(public, data, SIZE), masked)  # a fresh mask every time
+
+
+@pytest.mark.parametrize("weight", [0, 1, 20, 1000])
+def test_on_the_gram_chain_a_masked_update_still_shows_its_exact_weight(weight: int) -> None:
+    """The one-multiplication chain (a Gram defence, cohort discovery) allows sums up to 2^98: a mask that
+    large would blur the weight slot by 1e13 and quarantine every honest member.  The capped mask keeps it
+    exact (a Gram defence's updates carry 0 there) while a foreign ciphertext still fails."""
+    params = gram_params(PARAMS)
+    secret = SecretContext.create(params)
+    public = PublicContext(secret.public_bytes(), params, secret.key_id)
+    assert mask_bound(params) == MAX_MASK < (params.sum_bound - params.value_bound) / 2
+    data = secret.encrypt(update(6) * max(weight, 1), weight)
+    for _ in range(3):
+        assert check(secret, mask(public, data, SIZE), SIZE, masked=True) == Verdict(True, float(weight))
+    foreign = relabelled(SecretContext.create(params).encrypt(update(7), weight), secret.key_id)
+    assert check(secret, mask(public, foreign, SIZE), SIZE, masked=True).valid is False
 
 
 def test_an_update_under_another_key_fails_masked_and_spoils_the_aggregate(secret: SecretContext,

@@ -19,11 +19,21 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import restore_job
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
 from fedprompt.protocol import Payload, TaskKind
-from fedprompt.wire.levels import COHORTS_PART
-from tests.fakes import Clock, E, G, answer_checks, encrypted_levels_update, exchange_key, levels_update
+from fedprompt.wire.levels import COHORTS_PART, encoding, pack
+from tests.fakes import (
+    Clock,
+    E,
+    G,
+    answer_checks,
+    encrypted_levels_update,
+    exchange_key,
+    levels_update,
+    relabelled,
+)
 from tests.support import open_round, stored_parts, tiny_job
 
 MEMBERS = ("a", "b", "c", "d", "e", "f")
@@ -44,8 +54,8 @@ def _deltas(seed: int = 0) -> dict[str, np.ndarray]:
     return {p: SCALES[p] * (centres[c] + rng.normal(scale=0.006, size=G + E)) for p, c in PLANTED.items()}
 
 
-def _config(tmp_path: Path, he: bool, num_cohorts: int = 2) -> JobConfig:
-    base = tiny_job(tmp_path, rounds=3, participants_per_round=len(MEMBERS), min_participants=len(MEMBERS),
+def _config(tmp_path: Path, he: bool, num_cohorts: int = 2, min_participants: int = len(MEMBERS)) -> JobConfig:
+    base = tiny_job(tmp_path, rounds=3, participants_per_round=len(MEMBERS), min_participants=min_participants,
                     round_deadline_s=30.0)
     levels = LevelsSection(enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1,
                            cohorts_from="discover", num_cohorts=num_cohorts, discover_round=1)
@@ -71,11 +81,11 @@ def _plaintext_assignment(tmp_path: Path, deltas: dict[str, np.ndarray]) -> dict
 class EncryptedJob:
     """An encrypted levelled discover job with six key holders; ``secret`` is the key every holder has."""
 
-    def __init__(self, tmp_path: Path, num_cohorts: int = 2) -> None:
+    def __init__(self, tmp_path: Path, num_cohorts: int = 2, min_participants: int = len(MEMBERS)) -> None:
         self.clock = Clock()
         self.store = Store(tmp_path / "state.sqlite")
         self.jobs = JobManager(self.store, clock=self.clock)
-        self.config = _config(tmp_path, he=True, num_cohorts=num_cohorts)
+        self.config = _config(tmp_path, he=True, num_cohorts=num_cohorts, min_participants=min_participants)
         with capture_logs():  # bind the job's logger under structlog's test configuration
             self.job: JobRuntime = self.jobs.job(self.jobs.create_job(dump_toml(self.config)))
         job = self.job
@@ -157,6 +167,42 @@ def test_encrypted_discovery_finds_the_plaintext_cohorts_and_survives_a_restart(
         sum(deltas[p][G:] * WEIGHTS[p] for p in first) / sum(WEIGHTS[p] for p in first), abs=1e-6)
     restored = restore_job(encrypted.jobs, encrypted.store.jobs()[0])
     assert restored.levels is not None and restored.levels.plan.assigned == expected
+    encrypted.store.close()
+
+
+def test_a_discovery_round_refused_by_its_check_assigns_nothing_and_its_retry_discovers(tmp_path: Path) -> None:
+    """f's update is under another key relabelled with the job's: the discovery attempt clusters a Gram matrix
+    with f's garbage in it, and its aggregate fails the key holders' check.  That attempt's assignment must not
+    take effect (it would steer every later round); the audit attempt finds f, and the attempt after it
+    discovers among the five honest members."""
+    encrypted = EncryptedJob(tmp_path, min_participants=len(MEMBERS) - 1)
+    deltas = _deltas()
+    job = encrypted.job
+    assert job.levels is not None
+    foreign = SecretContext.create(encrypted.config.he_params(gram_defence=False))
+    key_id = encrypted.secret.key_id
+
+    def poisoned(round_: int) -> Payload:
+        d, n = deltas["f"], WEIGHTS["f"]
+        parts = {"global": (G, relabelled(foreign.encrypt(d[:G] * n, n), key_id)),
+                 "expert": (E, relabelled(foreign.encrypt(d[G:] * n, n), key_id))}
+        return Payload(job.job_id, round_, encoding(CKKS), G + E, pack(parts), n)
+
+    for attempt in (1, 2, 3):
+        r = open_round(job)
+        assert r is not None and r.attempt == attempt and r.gram is not None
+        for p in r.selected:
+            job.submit(p, poisoned(1) if p == "f" else encrypted.upload(1, deltas[p], WEIGHTS[p]))
+        for d in r.gram.decryptors:
+            job.report_gram(d, 1, encrypted.answer(d, 1))
+        assert encrypted.check() == (2 if attempt == 2 else 1)
+        if attempt < 3:
+            assert job.latest_version() == 0 and job.levels.plan.assigned == {}
+        job.tick()
+    assert job.roster.quarantined() == ("f",) and job.latest_version() == 1
+    assigned = job.levels.plan.assigned
+    assert sorted(assigned) == ["a", "b", "c", "d", "e"] and len(set(assigned.values())) == 2
+    assert json.loads(stored_parts(job, 1)[COHORTS_PART][1]) == assigned
     encrypted.store.close()
 
 
