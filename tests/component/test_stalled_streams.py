@@ -6,16 +6,12 @@ job completes a round; the stalled streams are cut off at ``upload_timeout_s`` w
 upload slots and buffered chunks are gone, the idle connections are closed at ``connection_idle_s``, and streams
 beyond the upload caps (per identity, and coordinator-wide) are refused with RESOURCE_EXHAUSTED.  The bounds checked
 here are structural (slots, assemblers alive, connections held); the memory they bound is measured by
-``fedprompt bench stalls``.
+``fedprompt bench stalls``, whose ``StalledUploads`` and ``IdleConnections`` these tests open in-process.
 """
 
 from __future__ import annotations
 
 import gc
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,13 +20,11 @@ import psutil
 import pytest
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.stalls import IdleConnections, StalledUploads, held_connections
 from fedprompt.config import dump_toml
 from fedprompt.errors import ResourceExhausted
 from fedprompt.participant.grpc_link import GrpcLink
-from fedprompt.protocol import Payload
-from fedprompt.v1 import participant_pb2, participant_pb2_grpc
-from fedprompt.wire import serde
-from fedprompt.wire.channel import ClientTls, open_channel
+from fedprompt.protocol import Payload, PayloadHeader
 from fedprompt.wire.payload import FLOAT32, ChunkAssembler, encode_vector
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, wait_for
 
@@ -44,8 +38,6 @@ SLOTS = 2
 #: Stalled streams and idle connections opened in each scenario, spread evenly over its identities.
 STREAMS = 24
 HONEST = ("participant:a", "participant:b", "participant:c")
-#: Each stream and idle connection on a TCP connection of its own (gRPC would otherwise share one per target).
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def vector(job_id: str, round_: int, value: float) -> Payload:
@@ -66,87 +58,15 @@ def started_job(coordinator: LiveCoordinator, pki: ThrowawayPki, admin: AdminCli
     return job_id, links
 
 
-@dataclass
-class Outcome:
-    """How one stalled stream ended: its status, the coordinator's reason, and when (from before it was opened)."""
-
-    code: grpc.StatusCode
-    details: str
-    after_s: float
-
-
-class Stalls:
-    """Upload streams that each send a valid header (round 1 of their job) on a connection of their own, then
-    nothing until ``release``."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.release = threading.Event()
-        self.channels: list[grpc.Channel] = []
-        self.calls: list[grpc.Future] = []
-        self.ended: dict[int, float] = {}
-        self.started = time.monotonic()
-
-    def _messages(self, job_id: str) -> Iterator[participant_pb2.UploadUpdateRequest]:
-        payload = vector(job_id, 1, 1.0)
-        yield participant_pb2.UploadUpdateRequest(header=serde.header_to_pb(payload.header(len(payload.data))))
-        self.release.wait()
-
-    def open(self, tls: ClientTls, job_id: str, count: int) -> None:
-        for _ in range(count):
-            channel = open_channel(self.target, tls, OWN_CONNECTION)
-            call = participant_pb2_grpc.ParticipantServiceStub(channel).UploadUpdate.future(
-                self._messages(job_id), timeout=60)
-            number = len(self.calls)
-            call.add_done_callback(lambda _, n=number: self.ended.setdefault(n, time.monotonic()))
-            self.channels.append(channel)
-            self.calls.append(call)
-
-    def ended_so_far(self) -> int:
-        """How many streams have ended so far."""
-        return len(self.ended)
-
-    def outcomes(self) -> list[Outcome]:
-        """Every stream's outcome, once all have ended (none is ever accepted: none sends its chunks)."""
-        out = []
-        for number, call in enumerate(self.calls):
-            error = call.exception(timeout=60)
-            assert isinstance(error, grpc.RpcError), f"stalled stream {number} ended with {error!r}"
-            wait_for(lambda n=number: n in self.ended, 5, what="the stream's end to be recorded")
-            out.append(Outcome(error.code(), error.details() or "", self.ended[number] - self.started))
-        return out
-
-    def close(self) -> None:
-        self.release.set()
-        for channel in self.channels:
-            channel.close()
-
-
-class Idle:
-    """TLS connections that are made (handshake completed) and then carry no call."""
-
-    def __init__(self, target: str, tls: ClientTls, count: int) -> None:
-        self.channels = [open_channel(target, tls, OWN_CONNECTION) for _ in range(count)]
-        for ready in [grpc.channel_ready_future(channel) for channel in self.channels]:
-            ready.result(timeout=10)
-        self.states: dict[int, list[grpc.ChannelConnectivity]] = {n: [] for n in range(count)}
-        for number, channel in enumerate(self.channels):  # after connecting: a watcher first would delay it
-            channel.subscribe(self.states[number].append)
-
-    def closed(self) -> bool:
-        """Whether every connection was seen ready and then closed (the channel left READY without a call)."""
-        return all(grpc.ChannelConnectivity.READY in seen and seen[-1] is not grpc.ChannelConnectivity.READY
-                   for seen in self.states.values())
-
-    def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-
-
 def server_connections(port: int) -> int:
     """TCP connections the coordinator, served from this process, holds on its port."""
-    return sum(1 for c in psutil.Process().net_connections("tcp")
-               if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+    return held_connections(psutil.Process(), port)
+
+
+def stalled_header(job_id: str) -> PayloadHeader:
+    """A valid header of an update for round 1 of ``job_id``, sent by every stalled stream."""
+    payload = vector(job_id, 1, 1.0)
+    return payload.header(len(payload.data))
 
 
 def assemblers_alive() -> int:
@@ -170,12 +90,12 @@ def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_complete
         honest_job, honest = started_job(coordinator, pki, admin, tmp_path, "honest", HONEST)
         target_job, own = started_job(coordinator, pki, admin, tmp_path, "target", stallers)
         credentials = {who: pki.tls(who) for who in stallers}
-        stalls = Stalls(coordinator.target)
-        idle: list[Idle] = []
+        stalls = StalledUploads(coordinator.target)
+        idle: list[IdleConnections] = []
         try:
             for who in stallers:
-                stalls.open(credentials[who], target_job, per)
-            idle = [Idle(coordinator.target, credentials[who], per) for who in stallers]
+                stalls.open(credentials[who], stalled_header(target_job), per)
+            idle = [IdleConnections(coordinator.target, credentials[who], per) for who in stallers]
             wait_for(lambda: in_progress() == held and stalls.ended_so_far() == STREAMS - held, 10,
                      what=f"{held} streams to hold their slots and the other {STREAMS - held} to be refused")
             assert all(in_progress(who) == min(SLOTS, per) for who in stallers)
@@ -192,7 +112,7 @@ def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_complete
             wait_for(lambda: all(i.closed() for i in idle), IDLE_S + 10, what="idle connections to close")
             assert in_progress() == held, "the round and the idle closures must happen while the streams stall"
 
-            outcomes = stalls.outcomes()
+            outcomes = stalls.outcomes(60)
             cut = [o for o in outcomes if o.code is grpc.StatusCode.FAILED_PRECONDITION]
             refused = [o for o in outcomes if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED]
             assert (len(cut), len(refused)) == (held, STREAMS - held)
@@ -231,17 +151,17 @@ def test_uploads_beyond_the_coordinator_wide_cap_are_refused_until_the_stalls_ar
         admin = AdminClient(coordinator.target, pki.tls("admin:alice"))
         honest_job, honest = started_job(coordinator, pki, admin, tmp_path, "honest", HONEST)
         target_job, own = started_job(coordinator, pki, admin, tmp_path, "target", stallers)
-        stalls = Stalls(coordinator.target)
+        stalls = StalledUploads(coordinator.target)
         try:
             for who in stallers:
-                stalls.open(pki.tls(who), target_job, SLOTS)
+                stalls.open(pki.tls(who), stalled_header(target_job), SLOTS)
             wait_for(lambda: in_progress() == cap and stalls.ended_so_far() == 2 * len(stallers) - cap, 10,
                      what="the cap to be held and the streams beyond it refused")
             assert admin.status(honest_job).state == "running"
             with pytest.raises(ResourceExhausted, match=f"at most {cap} at once"):
                 honest[HONEST[0]].upload(vector(honest_job, 1, 1.0))
 
-            outcomes = stalls.outcomes()
+            outcomes = stalls.outcomes(60)
             assert sorted(o.code.name for o in outcomes) == ["FAILED_PRECONDITION"] * cap + \
                 ["RESOURCE_EXHAUSTED"] * (2 * len(stallers) - cap)
             assert {o.details for o in outcomes if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED} == {
