@@ -45,7 +45,7 @@ from fedprompt.wire.payload import FLOAT32, encode_vector
 #: The coordinator's ``upload_timeout_s`` in the benchmark; idle connections are closed after twice that, so the
 #: peak holds both the stalled streams and the idle connections.
 TIMEOUT_S = 10.0
-#: Times the attack is repeated, each on a fresh round.
+#: Times the attack is repeated by default, each on a fresh round.
 WAVES = 2
 HONEST = ("participant:honest-0", "participant:honest-1", "participant:honest-2")
 #: Each stream and idle connection on a TCP connection of its own (gRPC would otherwise share one per target).
@@ -317,7 +317,7 @@ def run_stalls(stalled: int, identities: int, idle: int, workdir: Path, timeout_
     later wave's peak near the first's shows the memory is reused, not leaked, whatever the allocator keeps."""
     if not 1 <= identities <= stalled or -(-stalled // identities) > 64 or idle < 0 or waves < 1:
         raise ConfigError("bench stalls: --identities must be in [1, --stalled], with at most 64 streams each "
-                          "(the range of max_concurrent_uploads), --idle at least 0, and at least one wave")
+                          "(the range of max_concurrent_uploads), --idle at least 0, --waves at least 1")
     slots = -(-stalled // identities)
     idle_s = 2 * timeout_s
     fed = _Federation(workdir / "pki")
@@ -389,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fedprompt-stalls-") as tmp:
         report = run_stalls(200 if args.stalled is None else args.stalled,
                             20 if args.identities is None else args.identities,
-                            200 if args.idle is None else args.idle, Path(tmp), TIMEOUT_S, WAVES)
+                            200 if args.idle is None else args.idle, Path(tmp), TIMEOUT_S,
+                            WAVES if args.waves is None else args.waves)
     print(table(["stalled", "idle", "ids", "waves", "rss_before_mb", "rss_peak_mb", "rss_after_mb", "status_p50_s",
                  "status_max_s", "closed_by_timeout", "round_completed", "errors"],
                 [[report["stalled_streams"], report["idle_connections"], report["identities"], report["waves"],

@@ -43,4 +43,7 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--identities", type=int,
                        help="stalls: certificates the stalled streams and idle connections come from (default 20)")
     bench.add_argument("--idle", type=int, help="stalls: TLS connections that make no call (default 200)")
+    bench.add_argument("--waves", type=int,
+                       help="stalls: times the attack is repeated, each on a fresh round (default 2; more show whether "
+                            "the memory after a wave keeps growing)")
     bench.set_defaults(fn=cmd_bench)

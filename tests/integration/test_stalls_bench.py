@@ -27,8 +27,8 @@ def test_bench_stalls_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     try:
         assert main(["bench", "stalls", "--stalled", "6", "--identities", "2", "--idle", "4",
                      "--report", str(report)]) == 0
-        assert main(["bench", "stalls", "--stalled", "6", "--identities", "0", "--report",
-                     str(tmp_path / "no.json")]) == 2
+        for bad in (["--identities", "0"], ["--waves", "0"]):
+            assert main(["bench", "stalls", "--stalled", "6", *bad, "--report", str(tmp_path / "no.json")]) == 2
     finally:
         configure("warning")  # main() set the log level of the command line
     assert not (tmp_path / "no.json").exists()
