@@ -69,10 +69,12 @@ def stalled_header(job_id: str) -> PayloadHeader:
     return payload.header(len(payload.data))
 
 
-def assemblers_alive() -> int:
-    """Upload buffers alive in this process: one per stream whose header was admitted and whose stream is open."""
+def assemblers_alive(job_id: str) -> int:
+    """Upload buffers for ``job_id`` alive in this process: one per stream whose header was admitted and whose
+    stream is open (by job, since an earlier test's objects may still be referenced, e.g. by a kept traceback)."""
     gc.collect()
-    return sum(isinstance(o, ChunkAssembler) for o in gc.get_objects())
+    return sum(isinstance(o, ChunkAssembler) and getattr(o, "header", None) is not None and o.header.job_id == job_id
+               for o in gc.get_objects())
 
 
 @pytest.mark.parametrize("identities", [1, 8], ids=["one-identity", "eight-identities"])
@@ -99,7 +101,7 @@ def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_complete
             wait_for(lambda: in_progress() == held and stalls.ended_so_far() == STREAMS - held, 10,
                      what=f"{held} streams to hold their slots and the other {STREAMS - held} to be refused")
             assert all(in_progress(who) == min(SLOTS, per) for who in stallers)
-            assert assemblers_alive() == held  # the stalled streams' buffers: a header each, no chunk
+            assert assemblers_alive(target_job) == held  # the stalled streams' buffers: a header each, no chunk
             assert server_connections(coordinator.port) >= 2 * STREAMS  # a connection per stream and idle channel
 
             # meanwhile the coordinator answers its admin and an honest round completes
@@ -119,7 +121,7 @@ def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_complete
             assert {o.details for o in cut} == {f"upload not completed within {TIMEOUT_S:g} s"}
             assert all(o.after_s >= TIMEOUT_S for o in cut)
             assert {o.details for o in refused} == {f"already {SLOTS} uploads in progress (at most {SLOTS})"}
-            assert in_progress() == 0 and assemblers_alive() == 0
+            assert in_progress() == 0 and assemblers_alive(target_job) == 0
 
             # the slots are free again: each stalling identity's real update is admitted, and its round completes
             for who in stallers:
@@ -166,7 +168,7 @@ def test_uploads_beyond_the_coordinator_wide_cap_are_refused_until_the_stalls_ar
                 ["RESOURCE_EXHAUSTED"] * (2 * len(stallers) - cap)
             assert {o.details for o in outcomes if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED} == {
                 f"the coordinator already receives {cap} uploads (at most {cap} at once); retry later"}
-            assert in_progress() == 0 and assemblers_alive() == 0
+            assert in_progress() == 0 and assemblers_alive(target_job) == 0
 
             for who, link in (*honest.items(), *own.items()):
                 link.upload(vector(honest_job if who in honest else target_job, 1, 1.0))
