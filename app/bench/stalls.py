@@ -279,13 +279,12 @@ def _wave(bench: _Bench, round_: int, stalled: int, idle: int, timeout_s: float,
         worker.join(60)
         outcomes = stalls.outcomes(60)
         round_completed = admin.status(bench.honest_job).global_version == round_
-        freed = 0
-        for link in bench.own.values():
+        refused_after: list[str] = []  # a stalling identity's real update, refused after its stalls were cut off
+        for who, link in bench.own.items():
             try:
                 link.upload(update(bench.target_job, round_, 2.0))
-                freed += 1
-            except ERRORS:
-                pass
+            except ERRORS as exc:
+                refused_after.append(f"{who} could not upload after its stalls: {exc}")
         target_done = admin.status(bench.target_job).global_version == round_
         stalls.close()
         deadline = time.monotonic() + idle_s + 30
@@ -303,12 +302,12 @@ def _wave(bench: _Bench, round_: int, stalled: int, idle: int, timeout_s: float,
     errors = [*([f"honest round {round_}: {honest_done['error']}"] if "error" in honest_done else []),
               *([] if round_completed else [f"the honest round {round_} did not complete"]),
               *([] if len(cut) == stalled else [f"{stalled - len(cut)} streams did not end at the upload timeout"]),
-              *([] if freed == len(bench.own) and target_done else ["a stalling identity could not upload after"]),
+              *refused_after, *([] if target_done else [f"the stalling identities' round {round_} did not complete"]),
               *([] if after == 0 else [f"{after} connections still open after the idle timeout"])]
     return _Wave(rss_before, rss_peak, rss_after, latencies, round_completed,
                  isinstance(completed_at, float) and bool(cut) and completed_at - stalls.started < min(cut), cut,
                  sum(o.code is grpc.StatusCode.RESOURCE_EXHAUSTED for o in outcomes),
-                 freed == len(bench.own) and target_done, connections_peak, after, errors)
+                 not refused_after and target_done, connections_peak, after, errors)
 
 
 def run_stalls(stalled: int, identities: int, idle: int, workdir: Path, timeout_s: float = TIMEOUT_S,
