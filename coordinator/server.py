@@ -66,6 +66,8 @@ class CoordinatorServer:
         self._tick_errors: dict[str, str] = {}  # step -> its failure, logged once while it repeats
         self.port = 0
         self.auth: Authenticator = InsecureAuthenticator()
+        self.limiter = CallLimiter(settings.rate_limit_per_s, settings.rate_limit_burst,
+                                   settings.max_concurrent_uploads, settings.max_uploads_total)
 
     def _credentials(self) -> grpc.ServerCredentials:
         s = self.settings
@@ -89,12 +91,16 @@ class CoordinatorServer:
             # Accept the participants' keepalive pings (every 5 s) so dead links are noticed on both sides.
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 4000),
             ("grpc.http2.max_ping_strikes", 0),
+            # Close connections that carry no call (idle TLS connections cost memory and a descriptor each).  Only
+            # a connection without a call in progress counts as idle, so long-polls and uploads are never cut, and
+            # the pings above do not keep one open: a participant's channel reconnects at its next call.
+            ("grpc.max_connection_idle_ms", int(s.connection_idle_s * 1000)),
         ])
         if s.insecure:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
                         "local development only")
         credentials = None if s.insecure else self._credentials()
-        gate = Gate(self.auth, CallLimiter(s.rate_limit_per_s, s.rate_limit_burst, s.max_concurrent_uploads))
+        gate = Gate(self.auth, self.limiter)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, gate, self.notifier), self.server)

@@ -74,7 +74,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                 return await asyncio.wait_for(self._receive(identity, request_iterator, context),
                                               self.upload_timeout_s)
             except TimeoutError as exc:
-                raise StaleRound(f"upload not completed within {self.upload_timeout_s:.0f} s") from exc
+                raise StaleRound(f"upload not completed within {self.upload_timeout_s:g} s") from exc
 
     async def _receive(self, identity: str, messages: AsyncIterator[participant_pb2.UploadUpdateRequest],
                        context: grpc.aio.ServicerContext) -> Any:

@@ -29,7 +29,8 @@ from fedprompt.config import JobConfig, JobSection, dump_toml
 VECTOR_SIZE = 16 * 384  # a 16-token prompt on MiniLM (hidden size 384)
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_python(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python ARGS`` on one BLAS thread, its stdout piped (a client's summary) and its stderr (logs) to ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=log.open("wb"), env=env)
 
@@ -37,7 +38,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: int = 0) -> dict[str, object]:
     """Run the load test in ``workdir`` and return the report (the issue's keys plus ``settings``)."""
     port_file = workdir / "port"
-    coordinator = _spawn(["-m", "fedprompt", "--log-level", "warning", "coordinator", "serve", "--insecure",
+    coordinator = start_python(["-m", "fedprompt", "--log-level", "warning", "coordinator", "serve", "--insecure",
                           "--listen", "127.0.0.1:0", "--state-dir", str(workdir / "state"), "--port-file",
                           str(port_file), "--set", "coordinator.tick_s=0.1"], workdir / "coordinator.log")
     procs: list[subprocess.Popen[bytes]] = []
@@ -53,7 +54,7 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
         for k in range(clients):
             first, count = k * share, min(share, participants - k * share)
             if count > 0:
-                procs.append(_spawn(["-m", "fedprompt.app.synthetic", "--coordinator", target, "--job", job_id,
+                procs.append(start_python(["-m", "fedprompt.app.synthetic", "--coordinator", target, "--job", job_id,
                                      "--prefix", "load", "--first", str(first), "--count", str(count),
                                      "--vector-size", str(VECTOR_SIZE), "--seed", str(seed)],
                                     workdir / f"client-{k}.log"))

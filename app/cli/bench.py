@@ -39,4 +39,11 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
     bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
+    bench.add_argument("--stalled", type=int, help="stalls: upload streams that send a header and stall (default 200)")
+    bench.add_argument("--identities", type=int,
+                       help="stalls: certificates the stalled streams and idle connections come from (default 20)")
+    bench.add_argument("--idle", type=int, help="stalls: TLS connections that make no call (default 200)")
+    bench.add_argument("--waves", type=int,
+                       help="stalls: times the attack is repeated, each on a fresh round (default 2; more show whether "
+                            "the memory after a wave keeps growing)")
     bench.set_defaults(fn=cmd_bench)

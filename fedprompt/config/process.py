@@ -29,7 +29,8 @@ class CoordinatorSection:
     Ranges: ``tick_s`` in [0.01, 10]; ``offline_after_s`` in (0, 86400] (a day without a heartbeat);
     ``upload_timeout_s`` in (0, 3600]; ``max_message_bytes`` in [64 KiB, 64 MiB]; ``rate_limit_per_s`` in
     (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
-    tests do); ``max_concurrent_uploads`` in [1, 64]; ``shutdown_grace_s`` in [0, 600].
+    tests do); ``max_concurrent_uploads`` in [1, 64]; ``max_uploads_total`` in [1, 100000];
+    ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600].
     """
 
     listen: str = "127.0.0.1:50051"
@@ -49,6 +50,12 @@ class CoordinatorSection:
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 100
     max_concurrent_uploads: int = 2
+    # Uploads in progress across all identities: each holds its payload's chunks until the stream ends, so this
+    # bounds that memory however many certificates a stalling client holds.
+    max_uploads_total: int = 1024
+    # A connection with no call in progress for this long is closed (HTTP/2 GOAWAY); a participant's channel
+    # reconnects at its next call.  Keepalive pings are not calls: they do not keep an idle connection open.
+    connection_idle_s: float = 300.0
     shutdown_grace_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
@@ -56,6 +63,8 @@ class CoordinatorSection:
         check_range(self.rate_limit_per_s, f"{prefix}.rate_limit_per_s", 0.0, 1e6, open_low=True)
         check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
         check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
+        check_range(self.max_uploads_total, f"{prefix}.max_uploads_total", 1, 100_000)
+        check_range(self.connection_idle_s, f"{prefix}.connection_idle_s", 1.0, 86400.0, note="seconds")
         check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")
         check_range(self.offline_after_s, f"{prefix}.offline_after_s", 0.0, 86400.0, open_low=True, note="seconds")

@@ -122,7 +122,7 @@ def test_revocation_list_reloads_and_checks_signature(tmp_path: Path, ca: Certif
 
 def test_call_limiter_token_bucket_and_uploads() -> None:
     now = [0.0]
-    limiter = CallLimiter(rate=2.0, burst=3, max_uploads=1, clock=lambda: now[0])
+    limiter = CallLimiter(rate=2.0, burst=3, max_uploads=1, max_uploads_total=64, clock=lambda: now[0])
     for _ in range(3):
         limiter.take("a")
     with pytest.raises(RateLimited):
@@ -140,3 +140,23 @@ def test_call_limiter_token_bucket_and_uploads() -> None:
             pass
     with limiter.upload("a"):
         pass
+
+
+def test_call_limiter_caps_uploads_across_identities_and_frees_every_slot() -> None:
+    """Each identity within its own slots can still meet the shared cap; a stream that ends in an error (the upload
+    timeout, a refused header) gives both slots back, so nothing is held once the streams are gone."""
+    limiter = CallLimiter(rate=100.0, burst=100, max_uploads=2, max_uploads_total=3)
+    with limiter.upload("a"), limiter.upload("a"), limiter.upload("b"):
+        assert (limiter.uploads_in_progress(), limiter.uploads_in_progress("a")) == (3, 2)
+        with pytest.raises(RateLimited, match="receives 3 uploads \\(at most 3 at once\\)"):
+            with limiter.upload("c"):
+                pass
+        with pytest.raises(RateLimited, match="already 2 uploads in progress"):  # its own cap is named first
+            with limiter.upload("a"):
+                pass
+    assert limiter.uploads_in_progress() == 0
+    with pytest.raises(TimeoutError):
+        with limiter.upload("c"):
+            assert limiter.uploads_in_progress("c") == 1
+            raise TimeoutError
+    assert (limiter.uploads_in_progress(), limiter.uploads_in_progress("c")) == (0, 0)
