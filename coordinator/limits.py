@@ -52,7 +52,8 @@ class CallLimiter:
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
         if bucket.tokens < 1.0:
-            raise RateLimited(f"more than {self.rate:g} calls per second (burst {self.burst}); retry later")
+            raise RateLimited(f"more than {self.rate:g} calls per second (burst {self.burst}); retry later",
+                              retry_after_s=(1.0 - bucket.tokens) / self.rate)
         bucket.tokens -= 1.0
 
     @contextmanager

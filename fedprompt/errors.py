@@ -43,7 +43,13 @@ class PayloadTooLarge(ResourceExhausted):
 
 
 class RateLimited(ResourceExhausted):
-    """The caller exceeded its call rate or its concurrent uploads; it may retry later."""
+    """The caller exceeded its call rate or its concurrent uploads, or the coordinator its uploads in all; it may
+    retry after ``retry_after_s`` (sent with the status, so a client tells it from a deterministic refusal such
+    as ``PayloadTooLarge``, which shares its status code)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PreconditionFailed(FedPromptError):

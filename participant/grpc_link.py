@@ -23,7 +23,7 @@ from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
 from fedprompt.wire.payload import ChunkAssembler
-from fedprompt.wire.rpc import error_from_rpc
+from fedprompt.wire.rpc import error_from_rpc, retry_after
 
 log = structlog.get_logger("participant.grpc_link")
 
@@ -38,8 +38,10 @@ class CoordinatorUnreachable(FedPromptError):
 
 def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str, retry_initial_s: float,
                     retry_max_s: float, give_up_after_s: float, unreachable: type[FedPromptError]) -> T:
-    """Call ``fn``, retrying UNAVAILABLE / DEADLINE_EXCEEDED with exponential backoff and jitter; any other
-    status becomes its domain error, and ``unreachable`` is raised once ``give_up_after_s`` has passed."""
+    """Call ``fn``, retrying UNAVAILABLE / DEADLINE_EXCEEDED with exponential backoff and jitter, and a refusal
+    that says when to retry (a rate or upload limit: ``rpc.retry_after``) no sooner than it says; any other
+    status becomes its domain error, and ``unreachable`` is raised once ``give_up_after_s`` has passed (the
+    limit's own error, if a busy coordinator kept refusing)."""
     delay = retry_initial_s
     started = time.monotonic()
     failures = 0
@@ -47,18 +49,21 @@ def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str
         try:
             result = fn()
         except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE:
+            busy = retry_after(exc)
+            if exc.code() not in RETRYABLE and busy is None:
                 if failures:  # it answered, if with a refusal (e.g. a retried report it already had)
                     log.info(f"{service} reachable again", target=target, call=what, failed_attempts=failures,
                              after_s=round(time.monotonic() - started, 1), status=exc.code().name)
                 raise error_from_rpc(exc) from exc
             waited = time.monotonic() - started
+            if busy is not None and waited + busy > give_up_after_s:  # asked to wait longer than its patience
+                raise error_from_rpc(exc) from exc
             if waited >= give_up_after_s:
                 raise unreachable(f"{service} at {target} unreachable for {waited:.0f} s ({what}): {exc.details()}") \
                     from exc
-            pause = min(delay, retry_max_s) * (0.5 + random.random() / 2)
-            log.warning(f"{service} not reachable, retrying", target=target, call=what, status=exc.code().name,
-                        retry_in_s=round(pause, 2))
+            pause = max(busy or 0.0, min(delay, retry_max_s) * (0.5 + random.random() / 2))
+            log.warning(f"{service} busy, retrying" if busy is not None else f"{service} not reachable, retrying",
+                        target=target, call=what, status=exc.code().name, retry_in_s=round(pause, 2))
             time.sleep(pause)
             delay = min(delay * 2, retry_max_s)
             failures += 1

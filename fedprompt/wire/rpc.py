@@ -63,14 +63,32 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 #: (8 KiB by default): 1 KiB keeps every refusal readable by the caller whatever the error quotes.
 MAX_STATUS_BYTES = 1024
 
+#: Trailing metadata of a refusal the caller may retry (``errors.RateLimited``): milliseconds to wait first.
+#: RESOURCE_EXHAUSTED alone does not say it: an oversized payload gets it too, and retrying that is futile.
+RETRY_AFTER = "x-fedprompt-retry-after-ms"
+
 
 async def reject(context: grpc.aio.ServicerContext, name: str, exc: Exception) -> None:
     """Abort the call with the error's status, logging the RPC, the reason and the caller (bound by the gate).
-    The reason is clipped to ``MAX_STATUS_BYTES`` in both places."""
+    The reason is clipped to ``MAX_STATUS_BYTES`` in both places; a retryable refusal says when to retry."""
     code = status_for(exc)
     reason = errors.clip(str(exc), MAX_STATUS_BYTES)
     log.warning(f"{name} rejected", rpc=name.strip("[]"), status=code.name, reason=reason)
-    await context.abort(code, reason)
+    hint = ((RETRY_AFTER, str(max(1, round(exc.retry_after_s * 1000)))),) \
+        if isinstance(exc, errors.RateLimited) else ()
+    await context.abort(code, reason, trailing_metadata=hint)
+
+
+def retry_after(exc: grpc.RpcError) -> float | None:
+    """Seconds a refused call asks its caller to wait before retrying, or None if retrying it cannot help."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_AFTER:
+            try:
+                return min(float(value) / 1000, 60.0)
+            except ValueError:
+                return None
+    return None
 
 
 class _Refused:
