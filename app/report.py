@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import enum
 import json
-from collections.abc import Iterator
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +108,59 @@ def attack_summary(report: dict[str, Any]) -> str:
             f"recall {fmt(detection.get('recall'))}")
 
 
-def write_json(report: dict[str, Any], path: str | Path) -> None:
-    """Write a run report; a path that cannot be written is a ``FileError`` naming it."""
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: the one conversion every report writer uses for the settings it was given
+    (config dataclasses such as ``PartitionSpec``, enums, paths, NumPy scalars and arrays, tuples and sets), so
+    no report dies at its last step on an object ``json`` does not know."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(jsonable(v) for v in value)
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # NumPy scalars and arrays, torch tensors
+        return jsonable(value.tolist())
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"a report cannot hold a {type(value).__name__}")
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """Where a report's figures come from: the command (default: this process's ``fedprompt`` arguments), the
+    commit of the source tree it ran from (``null`` outside a git checkout; ``dirty`` when the tree had
+    uncommitted changes), the UTC date and the machine, so a README table can name all three."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": command or shlex.join(["fedprompt", *sys.argv[1:]]),
+        "commit": _git("rev-parse", "--short=7", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    }
+
+
+def write_json(report: dict[str, Any], path: str | Path, command: str | None = None) -> None:
+    """Write a run report through :func:`jsonable`, with its :func:`provenance` under ``provenance`` (unless the
+    report brings its own); a path that cannot be written is a ``FileError`` naming it."""
+    data = jsonable({**report, "provenance": report.get("provenance") or provenance(command)})
     try:
         writable(path, "report").parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
     except OSError as exc:
         raise FileError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 

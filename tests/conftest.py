@@ -1,7 +1,8 @@
 """Shared fixtures: tiny models are built once per session from a config (no download).
 
 Nothing here imports torch at collection: tests of pure maths, crypto and the coordinator run without the ML
-stack (``tests/unit/test_torch_free.py``); the model fixtures import ``tests.models`` when first asked for.
+stack (``tests/unit/test_torch_free.py``); the model fixtures import ``fedprompt.app.bench.smoke`` (whose tiny
+models every bench's smoke mode uses too) when first asked for.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.models import make_tiny_model
+    from fedprompt.app.bench.smoke import make_tiny_model
 
     _one_torch_thread()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-encoder"), "encoder")
@@ -64,7 +65,7 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.models import make_tiny_model
+    from fedprompt.app.bench.smoke import make_tiny_model
 
     _one_torch_thread()
     return make_tiny_model(tmp_path_factory.mktemp("tiny-causal"), "causal")

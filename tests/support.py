@@ -1,6 +1,6 @@
 """Test support shared by every test package: job configs, toy data, live servers on port 0, processes.
 
-Imports no ML stack (torch, transformers): the tiny models are built by ``tests.models``."""
+Imports no ML stack (torch, transformers): the tiny models are built by ``fedprompt.app.bench.smoke``."""
 
 from __future__ import annotations
 

@@ -27,6 +27,9 @@ def register(sub: Subparsers) -> None:
                          "fedprompt bench federated --report reports/bench-federated.json")
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
+    bench.add_argument("--smoke", action="store_true",
+                       help="run the bench's code path on a tiny random model and a few examples in seconds: its "
+                            "figures mean nothing, its report has every key (the test suite runs each bench so)")
     bench.add_argument("--seed", type=int, default=0,
                        help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
     bench.add_argument("--seeds", type=int, default=3,

@@ -1,5 +1,5 @@
 """The test suite's own layout: no test module imports another (shared helpers live in ``tests/fakes.py``,
-``tests/support.py``, ``tests/models.py`` and ``tests/faults.py``), and the controllable clock is defined once."""
+``tests/support.py`` and ``tests/faults.py``), and the controllable clock is defined once."""
 
 from __future__ import annotations
 

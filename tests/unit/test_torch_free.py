@@ -1,6 +1,6 @@
 """Tests whose subject needs no model do not load the ML stack: the shared ``conftest`` and the unit-test modules
 that need no model, imported in a fresh interpreter, leave torch and transformers out of ``sys.modules`` (the tiny
-models live in ``tests.models``, imported only by the fixtures that build them).
+models are built by ``fedprompt.app.bench.smoke``, imported only by the fixtures that build them).
 
 Every module of ``tests/unit`` is checked unless ``NEEDS_TORCH`` names it with the reason, so a new test module
 is torch-free until someone says why it cannot be.  One interpreter imports them one after the other and checks

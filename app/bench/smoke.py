@@ -1,0 +1,50 @@
+"""Smoke mode (``fedprompt bench NAME --smoke``): a bench's own code path on a tiny random model and a handful
+of examples, so the test suite runs every bench in seconds and a bench that crashes or loses a report key
+fails CI (issue 29).  Its figures mean nothing; its report's keys and shapes are the real ones.
+
+The tiny models are built here, from a config, with MiniLM's tokenizer (installed by ``make setup``): the
+offline rule forbids downloading one, and the unit tests' model fixtures build theirs with the same function.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+_BUILT: dict[str, Path] = {}
+
+
+def make_tiny_model(out: Path, kind: str = "encoder", seed: int = 0) -> Path:
+    """A randomly initialised 2-layer model (a BERT encoder, or a Llama decoder for ``kind="causal"``) with
+    MiniLM's tokenizer, saved as a local Hugging Face directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    from fedprompt.models.backbone import resolve_model_path
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:minilm"))
+    model: BertModel | LlamaForCausalLM
+    if kind == "encoder":
+        model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+        model.config.architectures = ["BertModel"]
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                                             max_position_embeddings=128, pad_token_id=0))
+        model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_model(kind: str = "encoder") -> str:
+    """The path of a tiny model of ``kind``, built once per process into a directory removed at exit."""
+    if kind not in _BUILT:
+        root = Path(tempfile.mkdtemp(prefix=f"fedprompt-smoke-{kind}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _BUILT[kind] = make_tiny_model(root, kind)
+    return str(_BUILT[kind])

@@ -1,0 +1,71 @@
+"""Every benchmark's smoke mode, run as a user runs it (``python -m fedprompt bench NAME --smoke --report F``):
+it exits 0 in seconds and writes a report holding every key the README and the issues name, with its
+provenance.  A bench that crashes or loses a key fails here, in ``make test``, instead of after a long run.
+
+Key paths: ``a.b`` is key ``b`` of the dict under ``a``; ``rows[].x`` is key ``x`` of every element of the list
+``rows`` (which must not be empty)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedprompt.app.bench import BENCHES
+
+PROVENANCE = ("provenance.command", "provenance.commit", "provenance.dirty", "provenance.date", "provenance.machine")
+
+REPORT_KEYS: dict[str, tuple[str, ...]] = {
+    # issue 29's Must show, the README's robustness table and its notes
+    "robust": ("rows[].defence", "rows[].he", "rows[].clean_accuracy_mean", "rows[].clean_accuracy_sd",
+               "rows[].asr_mean", "rows[].asr_sd", "rows[].precision", "rows[].recall", "rows[].triggered_examples",
+               "rows[].rejected_by_round", "no_attack_asr_mean", "no_attack_accuracy_mean", "no_attack_asr_sd",
+               "no_attack_accuracy_sd", "seeds", "fedprompt_reproduction", "gram_seconds",
+               "plain_defence_seconds", "he_gram.upload_bytes", "he_gram.evaluation_key_bytes",
+               "he_decisions_equal_plaintext", "best", "best_he", "targets", "settings.test_size",
+               "settings.partition"),
+}
+
+
+def lookup(report: Any, path: str) -> list[Any]:
+    """The values at ``path`` (see the module docstring); raises ``KeyError`` naming the missing part."""
+    values = [report]
+    for part in path.split("."):
+        each = part.endswith("[]")
+        key = part[:-2] if each else part
+        found = []
+        for value in values:
+            if not isinstance(value, dict) or key not in value:
+                raise KeyError(f"{path}: no {key!r}")
+            found.append(value[key])
+        if each:
+            if not all(isinstance(v, list) and v for v in found):
+                raise KeyError(f"{path}: {key!r} is not a non-empty list")
+            found = [item for v in found for item in v]
+        values = found
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(BENCHES))
+def test_bench_smoke_writes_every_named_key(name: str, tmp_path: Path) -> None:
+    report = tmp_path / f"{name}.json"
+    env = {**os.environ, "FEDPROMPT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "fedprompt", "bench", name, "--smoke", "--report", str(report)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    data = json.loads(report.read_text(encoding="utf-8"))
+    missing = []
+    for path in (*REPORT_KEYS[name], *PROVENANCE):
+        try:
+            lookup(data, path)
+        except KeyError as exc:
+            missing.append(str(exc))
+    assert not missing, missing
+    assert data["smoke"] is True
+    assert data["provenance"]["command"] == f"fedprompt bench {name} --smoke --report {report}"
