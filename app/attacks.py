@@ -125,21 +125,32 @@ class Adversary(SiteBehaviour):
         return (self.attack.scale * np.asarray(delta, dtype=np.float64)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SuccessRate:
+    """A backdoor's attack success rate and the number of triggered inputs it was measured on (a rate on a
+    dozen inputs moves by 8 points per input, so every report gives both)."""
+
+    rate: float | None
+    triggered: int
+
+
 def attack_success_rate(
     predict_proba: Callable[[list[str]], np.ndarray], examples: list[Example], label_names: tuple[str, ...],
     attack: AttackSection,
-) -> float | None:
+) -> SuccessRate:
     """Backdoor attack success rate: among test inputs of non-target classes that the model classifies
-    correctly without the trigger, the fraction classified as the target class once the trigger is inserted.
-    ``None`` when no such input exists."""
+    correctly without the trigger, the fraction classified as the target class once the trigger is inserted
+    (the usual conditional definition, e.g. Bagdasaryan et al. 2020, so that plain errors do not count as the
+    attack's success).  The trigger goes into held-out texts only.  ``rate`` is ``None`` when no such input
+    exists."""
     target = attack.target_index(label_names)
     pool = [(ex, label_names.index(ex.label)) for ex in examples if ex.label != label_names[target]]
     if not pool:
-        return None
+        return SuccessRate(None, 0)
     clean = predict_proba([ex.text for ex, _ in pool]).argmax(1)
     correct = [ex for (ex, y), pred in zip(pool, clean) if pred == y]
     if not correct:
-        return None
+        return SuccessRate(None, 0)
     rng = random.Random(f"asr:{attack.seed}")
     triggered = predict_proba([insert_trigger(ex.text, attack.trigger, rng) for ex in correct]).argmax(1)
-    return float((triggered == target).mean())
+    return SuccessRate(float((triggered == target).mean()), len(correct))

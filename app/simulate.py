@@ -67,7 +67,8 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
     """Detection precision and recall of a robust aggregator, per round and pooled over rounds.
 
     Per round: precision = rejected-and-malicious / rejected, recall = rejected-and-malicious / malicious
-    among the round's updates; ``None`` where the denominator is 0.
+    among the round's updates (``None`` where the denominator is 0), and ``accepted_malicious``: the
+    malicious updates that got into the aggregate.
     """
     def ratio(a: int, b: int) -> float | None:
         return a / b if b else None
@@ -81,6 +82,7 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
         tp = len(bad & set(r.rejected))
         hits, flagged, present = hits + tp, flagged + len(r.rejected), present + len(bad)
         rounds.append({"round": r.round, "rejected": list(r.rejected), "malicious": sorted(bad),
+                       "accepted_malicious": sorted(bad - set(r.rejected)),
                        "precision": ratio(tp, len(r.rejected)), "recall": ratio(tp, len(bad))})
     return {"precision": ratio(hits, flagged), "recall": ratio(hits, present), "rounds": rounds}
 
@@ -99,7 +101,8 @@ def simulate(
 
     With an ``attack`` (kind other than "none") the chosen sites behave maliciously and the report adds
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
-    backdoor, also meaningful with no malicious site as the baseline) and ``detection`` (precision/recall
+    backdoor, also meaningful with no malicious site as the baseline), ``asr_triggered`` (the triggered inputs
+    it was measured on) and ``detection`` (precision/recall
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
     ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
     site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
@@ -161,8 +164,9 @@ def simulate(
         extra["detection"] = detection_scores(view, set(extra["malicious"])) if job.aggregator.flags else None
     if attack.kind == "backdoor" and view.global_version >= 0:
         final = runtimes[0].global_vector(view.global_version)
-        extra["asr"] = attack_success_rate(lambda texts: learner.predict_proba(final, texts),
-                                           [ex for site in sites for ex in site.test], config.task.label_names, attack)
+        success = attack_success_rate(lambda texts: learner.predict_proba(final, texts),
+                                      [ex for site in sites for ex in site.test], config.task.label_names, attack)
+        extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
                         seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         **privacy_spent(view), **extra)

@@ -1,53 +1,80 @@
-"""Backdoor robustness: the ``examples/backdoor.toml`` scenario under FedAvg and under every defence, one run.
+"""Backdoor robustness: the ``examples/backdoor.toml`` scenario under FedAvg and under every defence, over
+several seeds in one run, with test sets large enough that a difference means something.
 
-Runs, all in-process on one shared backbone with the same split and seeds:
+Each seed (``--seeds``, default 3; the split, the malicious sites, the prompt and the trigger's placement all
+follow it) runs, in-process on one shared backbone:
 
 * ``no_attack`` -- the scenario with no malicious site (FedAvg): the clean-accuracy reference and the ASR
   baseline (how often the bare trigger flips a correct prediction with no backdoor trained);
 * ``fedavg`` and one run per defence -- the scenario as written (2 of 10 sites, backdoor x scale);
-* ``fedprompt_reproduction`` -- the FedPrompt setting: plain data poisoning (scale 1), FedAvg, IID.
-
-Local training is memoized across runs: a site's round that starts from the same global prompt with the
-same data and seed gives the same delta, so e.g. round 1 is trained once for every attacked run.
-
+* ``fedprompt_reproduction`` -- the FedPrompt setting: plain data poisoning (scale 1), FedAvg, IID;
 * with HE on (``he: true`` rows): FedAvg and every Gram defence (norm_bound, krum, multi_krum, foolsgold),
   deciding on the encrypted Gram matrix decrypted by two key holders (``coordinator.hegram``).  Median and
   trimmed mean need every coordinate and have no HE row.  Each HE site keeps the plaintext deltas it
   encrypted, and every round's encrypted decision is checked against the plaintext defence's decision on
   those very deltas (``he_decisions_equal_plaintext``).
 
+The test split has ``TEST_SIZE`` = 1,800 held-out examples: clean accuracy is measured on all of them and the
+attack success rate on every non-target one the model gets right (``triggered_examples``, at least 500 in
+practice), the trigger inserted into held-out texts only.  A row gives mean and sample sd over seeds, the
+pooled detection precision and recall, and per seed and round who was rejected and which malicious updates
+were accepted (``rejected_by_round``), so a reader sees whether a poisoned update ever got in.
+
+Local training is memoized within a seed: a site's round that starts from the same global prompt with the
+same data and seed gives the same delta, so e.g. round 1 is trained once for every attacked run.  HE runs
+train anew (their global prompts carry CKKS noise, so the memoized rounds do not match).
+
 ``gram_seconds`` times the encrypted Gram step alone (the coordinator's computation on the ciphertexts of
-10 and 20 random updates of the demo's prompt size), next to ``plain_defence_seconds``.  HE runs train
-anew (their global prompts carry CKKS noise, so the memoized rounds do not match).
+10 and 20 random updates of the scenario's prompt size), next to ``plain_defence_seconds``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedprompt.app.report import table, write_json
+from fedprompt.app.bench.smoke import tiny_model
+from fedprompt.app.report import saved_figure, table, write_json
 from fedprompt.app.simulate import SimulationFile, load_simulation, simulate
 from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.crypto.gram import GramEvaluator, evaluation_keys
-from fedprompt.models import load_backbone
+from fedprompt.models import Backbone, load_backbone
 from fedprompt.participant.train import memoized, train_local
 
 SCENARIO = Path(__file__).resolve().parents[2] / "examples" / "backdoor.toml"
 DEFENCES = ("norm_bound", "median", "trimmed_mean", "krum", "multi_krum", "foolsgold")
 GRAM_DEFENCES = tuple(name for name, cls in AGGREGATORS.items() if cls.gram)
 HE_DEFENCES = ("fedavg", *GRAM_DEFENCES)  # rerun with HE on: FedAvg and every Gram defence
-TIMING_SIZES = (10, 20)
-TARGETS = {"asr": 0.10, "accuracy_drop_points": 1.0, "recall": 0.9, "precision": 0.8}
+TARGETS = {"asr_over_no_attack": 0.05, "accuracy_drop_points": 1.0, "recall": 0.9, "precision": 0.8,
+           "gram_seconds_20": 10.0}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big a run is: the measured one, or the smoke one (``--smoke``: a tiny random model, a small test
+    split, one round, one seed, the Gram step timed on 7 and 10 updates, the fewest norm bounding and Krum
+    accept with f = 2)."""
+
+    test_size: int
+    timing: tuple[int, ...]
+    rounds: int | None = None  # None: the scenario's
+    seeds: int | None = None  # None: --seeds
+
+
+FULL = Sizes(test_size=1800, timing=(10, 20))
+SMOKE = Sizes(test_size=60, timing=(7, 10), rounds=1, seeds=1)
 
 
 def _variant(sim: SimulationFile, aggregator: str, he: bool = False, **attack: Any) -> SimulationFile:
@@ -56,25 +83,25 @@ def _variant(sim: SimulationFile, aggregator: str, he: bool = False, **attack: A
     return dataclasses.replace(sim, job=job, attack=dataclasses.replace(sim.attack, **attack))
 
 
-def gram_seconds(vector_size: int, sim: SimulationFile) -> dict[str, Any]:
-    """Seconds of the coordinator's encrypted Gram step on ``n`` = 10 and 20 encrypted random updates, with
-    the sizes an HE Gram job puts on the wire."""
+def gram_seconds(vector_size: int, sim: SimulationFile, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Seconds of the coordinator's encrypted Gram step on ``n`` in ``sizes`` (10 and 20) encrypted random
+    updates, with the sizes an HE Gram job puts on the wire."""
     params = _variant(sim, GRAM_DEFENCES[0], he=True).job.he_params(gram_defence=True)
     secret = SecretContext.create(params)
     keys = evaluation_keys(secret)
     public = PublicContext(secret.public_bytes(), params, secret.key_id)
     evaluator = GramEvaluator(public, keys)
     rng = np.random.default_rng(0)
-    uploads = [secret.encrypt(rng.normal(0, 0.01, vector_size) * 850, 0) for _ in range(max(TIMING_SIZES))]
+    uploads = [secret.encrypt(rng.normal(0, 0.01, vector_size) * 850, 0) for _ in range(max(sizes))]
     parsed = [public.parse(u, public.key_id, vector_size) for u in uploads]
     out: dict[str, Any] = {}
     packed = b""
-    for n in TIMING_SIZES:
+    for n in sizes:
         began = time.perf_counter()
         packed = evaluator.gram(parsed[:n])
         out[str(n)] = time.perf_counter() - began
     sizes = {"upload_bytes": len(uploads[0]), "evaluation_key_bytes": len(keys),
-             f"gram_ciphertext_bytes_{max(TIMING_SIZES)}": len(packed), "params": params.describe()}
+             f"gram_ciphertext_bytes_{max(sizes)}": len(packed), "params": params.describe()}
     return {"seconds": out, "sizes": sizes}
 
 
@@ -94,13 +121,15 @@ def decisions_match(report: dict[str, Any], state_root: Path, sim: SimulationFil
     return out
 
 
-def plain_defence_seconds(vector_size: int, sim: SimulationFile, repeats: int = 5) -> dict[str, float]:
-    """Seconds for the plaintext decision step (Gram matrix + every Gram-based decision) at n = 10 and 20."""
+def plain_defence_seconds(vector_size: int, sim: SimulationFile, sizes: tuple[int, ...],
+                          repeats: int = 5) -> dict[str, float]:
+    """Seconds for the plaintext decision step (Gram matrix + every Gram-based decision) at ``n`` in
+    ``sizes``."""
     rng = np.random.default_rng(0)
     defences = [make_aggregator(name, sim.job.robust) for name in DEFENCES]
     deciders = [d for d in defences if isinstance(d, GramDefence)]
     out = {}
-    for n in TIMING_SIZES:
+    for n in sizes:
         deltas = rng.normal(0, 0.01, (n, vector_size)).astype(np.float32)
         times = []
         for _ in range(repeats):
@@ -113,32 +142,18 @@ def plain_defence_seconds(vector_size: int, sim: SimulationFile, repeats: int = 
     return out
 
 
-def _row(defence: str, report: dict[str, Any], he: bool = False) -> dict[str, Any]:
-    detection = report.get("detection") or {}
-    return {"defence": defence, "he": he, "clean_accuracy": report["final_accuracy"], "asr": report.get("asr"),
-            "precision": detection.get("precision"), "recall": detection.get("recall")}
 
 
-def _best(rows: list[dict[str, Any]], no_attack_accuracy: float) -> dict[str, Any]:
-    """The defence with the lowest ASR (ties: higher accuracy), and whether it meets each target."""
-    best = min((r for r in rows if r["defence"] != "fedavg"), key=lambda r: (r["asr"], -r["clean_accuracy"]))
-    drop = round(100 * (no_attack_accuracy - best["clean_accuracy"]), 9)  # accuracies step by 1/test_size
-    return {"defence": best["defence"], "accuracy_drop_points": drop,
-            "meets": {"asr": best["asr"] <= TARGETS["asr"], "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
-                      "recall": best["recall"] is not None and best["recall"] >= TARGETS["recall"],
-                      "precision": best["precision"] is not None and best["precision"] >= TARGETS["precision"]}}
-
-
-def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)  # shared 2-core machine: one thread wastes less than two oversubscribed ones
-    sim = load_simulation(SCENARIO, {"simulation.seed": args.seed})
-    backbone = load_backbone(sim.job.model.path, sim.job.model.kind)
+def run_seed(sim: SimulationFile, backbone: Backbone, log: str) -> tuple[dict[str, dict[str, Any]],
+                                                                         dict[str, list[dict[str, Any]]]]:
+    """Every run of one seed: name -> simulation report, and per HE Gram defence its rounds' comparison of
+    the encrypted decision with the plaintext one."""
     sites = sim.simulation.sites(sim.job.task.label_names)
     runs = {"no_attack": _variant(sim, "fedavg", malicious_fraction=0.0), "fedavg": _variant(sim, "fedavg")}
     runs |= {name: _variant(sim, name) for name in DEFENCES}
     runs["fedprompt_reproduction"] = _variant(sim, "fedavg", scale=1.0)
-    trainer = memoized(train_local)  # rounds that start from the same global prompt are trained once
     runs |= {f"he_{name}": _variant(sim, name, he=True) for name in HE_DEFENCES}
+    trainer = memoized(train_local)  # rounds that start from the same global prompt are trained once
     reports: dict[str, dict[str, Any]] = {}
     matches: dict[str, list[dict[str, Any]]] = {}
     for name, variant in runs.items():
@@ -149,50 +164,145 @@ def main(args: argparse.Namespace) -> int:
             if variant.job.he.enabled and AGGREGATORS[variant.job.job.aggregator].gram:
                 matches[name[3:]] = decisions_match(reports[name], Path(state), sim, name[3:])
         r = reports[name]
-        print(f"[bench robust] {name}: accuracy {r['final_accuracy']:.4f}, ASR {r.get('asr')}, "
-              f"{time.perf_counter() - began:.0f} s", flush=True)
-    rows = [_row(name, reports[name]) for name in ("fedavg", *DEFENCES)]
-    rows += [_row(name, reports[f"he_{name}"], he=True) for name in HE_DEFENCES]
-    he_equal = all(m["equal"] for rounds in matches.values() for m in rounds)
-    no_attack = reports["no_attack"]
-    timing = gram_seconds(no_attack["exchanged_params"], sim)
+        print(f"[bench robust] {log} {name}: accuracy {r['final_accuracy']:.4f}, ASR {r.get('asr')} on "
+              f"{r.get('asr_triggered')} triggered, {time.perf_counter() - began:.0f} s", flush=True)
+    return reports, matches
+
+
+def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that exist (sd ``None`` below two of them)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def row(defence: str, he: bool, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One table row over seeds: clean accuracy and ASR as mean and sd, precision and recall pooled over every
+    round of every seed, the smallest triggered set any seed measured on, and who was rejected when."""
+    accuracy = _mean_sd([r["final_accuracy"] for r in per_seed.values()])
+    asr = _mean_sd([r.get("asr") for r in per_seed.values()])
+    rounds = [{"seed": seed, **{k: v for k, v in rnd.items() if k in ("round", "rejected", "malicious",
+                                                                        "accepted_malicious")}}
+              for seed, r in per_seed.items() for rnd in ((r.get("detection") or {}).get("rounds") or [])]
+    flags = any(r.get("detection") for r in per_seed.values())
+    hits = sum(len(set(x["rejected"]) & set(x["malicious"])) for x in rounds)
+    return {
+        "defence": defence, "he": he,
+        "clean_accuracy_mean": accuracy[0], "clean_accuracy_sd": accuracy[1], "asr_mean": asr[0], "asr_sd": asr[1],
+        "precision": _ratio(hits, sum(len(x["rejected"]) for x in rounds)) if flags else None,
+        "recall": _ratio(hits, sum(len(x["malicious"]) for x in rounds)) if flags else None,
+        "poisoned_updates_accepted": sum(len(x["accepted_malicious"]) for x in rounds) if flags else None,
+        "triggered_examples": min(r.get("asr_triggered", 0) for r in per_seed.values()),
+        "per_seed": [{"seed": seed, "clean_accuracy": r["final_accuracy"], "asr": r.get("asr"),
+                      "triggered_examples": r.get("asr_triggered"), "malicious": r.get("malicious")}
+                     for seed, r in per_seed.items()],
+        "rejected_by_round": rounds,
+    }
+
+
+def best(rows: list[dict[str, Any]], no_attack_accuracy: float, no_attack_asr: float | None) -> dict[str, Any]:
+    """The defence with the lowest mean ASR (ties: higher accuracy), and whether it meets each target."""
+    found = min((r for r in rows if r["defence"] != "fedavg" and r["asr_mean"] is not None),
+                key=lambda r: (r["asr_mean"], -r["clean_accuracy_mean"]), default=None)
+    if found is None:
+        return {"defence": None, "meets": None}
+    drop = 100 * (no_attack_accuracy - found["clean_accuracy_mean"])
+    ceiling = None if no_attack_asr is None else no_attack_asr + TARGETS["asr_over_no_attack"]
+    return {"defence": found["defence"], "accuracy_drop_points": drop, "asr_ceiling": ceiling,
+            "meets": {"asr": ceiling is not None and found["asr_mean"] <= ceiling,
+                      "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
+                      "recall": found["recall"] is not None and found["recall"] >= TARGETS["recall"],
+                      "precision": found["precision"] is not None and found["precision"] >= TARGETS["precision"]}}
+
+
+def plot(rows: list[dict[str, Any]], no_attack: dict[str, Any], path: Path) -> None:
+    """ASR and clean accuracy per row, mean with a bar of one sd, the no-attack run drawn as a line."""
+    labels = [f"{r['defence']}{' (HE)' if r['he'] else ''}" for r in rows]
+    with saved_figure(path, 2, (13, 4.5)) as (fig, axes):
+        for ax, key, ref, title in ((axes[0], "asr", no_attack["asr_mean"], "attack success rate"),
+                                    (axes[1], "clean_accuracy", no_attack["accuracy_mean"], "clean accuracy")):
+            ax.bar(range(len(rows)), [r[f"{key}_mean"] or 0.0 for r in rows],
+                   yerr=[r[f"{key}_sd"] or 0.0 for r in rows], capsize=3, color="tab:blue")
+            if ref is not None:
+                ax.axhline(ref, color="grey", linestyle="--", label="no attack")
+                ax.legend()
+            ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
+            ax.set_title(title)
+            ax.grid(alpha=0.3, axis="y")
+        fig.suptitle("backdoor: 10 sites, 2 malicious (mean and sd over seeds)")
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)  # shared 2-core machine: one thread wastes less than two oversubscribed ones
+    sizes = SMOKE if args.smoke else FULL
+    seeds = list(range(args.seed, args.seed + max(1, sizes.seeds or args.seeds)))
+    smoke = {"model.path": tiny_model("encoder"), "job.rounds": sizes.rounds} if args.smoke else {}
+    sims = {seed: load_simulation(SCENARIO, {"simulation.seed": seed, "job.seed": seed, "attack.seed": seed,
+                                             "simulation.test_size": sizes.test_size, **smoke})
+            for seed in seeds}
+    sim = sims[seeds[0]]
+    backbone = load_backbone(sim.job.model.path, sim.job.model.kind)
+    reports: dict[int, dict[str, dict[str, Any]]] = {}
+    matches: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for k, seed in enumerate(seeds):
+        reports[seed], matches[seed] = run_seed(sims[seed], backbone, f"seed {seed} ({k + 1}/{len(seeds)})")
+    by_run = {name: {seed: reports[seed][name] for seed in seeds} for name in reports[seeds[0]]}
+    rows = [row(name, False, by_run[name]) for name in ("fedavg", *DEFENCES)]
+    rows += [row(name, True, by_run[f"he_{name}"]) for name in HE_DEFENCES]
+    he_equal = all(m["equal"] for per_seed in matches.values() for rounds in per_seed.values() for m in rounds)
+    no_attack = row("no_attack", False, by_run["no_attack"])
+    reproduction = row("fedprompt_reproduction", False, by_run["fedprompt_reproduction"])
+    vector_size = reports[seeds[0]]["no_attack"]["exchanged_params"]
+    timing = gram_seconds(vector_size, sim, sizes.timing)
+    no_attack_summary = {"accuracy_mean": no_attack["clean_accuracy_mean"], "asr_mean": no_attack["asr_mean"]}
+    report_path = Path(args.report or "reports/bench-robust.json")
     out: dict[str, Any] = {
+        "smoke": bool(args.smoke),
+        "seeds": seeds,
         "rows": rows,
-        "no_attack_accuracy": no_attack["final_accuracy"],
-        "no_attack_asr": no_attack.get("asr"),
-        "majority_accuracy": no_attack["majority_accuracy"],
-        "zero_shot_accuracy": no_attack["zero_shot_accuracy"],
-        "fedprompt_reproduction": {"asr_plain_poisoning": reports["fedprompt_reproduction"].get("asr"),
-                                   "clean_accuracy": reports["fedprompt_reproduction"]["final_accuracy"],
-                                   "asr_scaled": reports["fedavg"].get("asr"), "scale": sim.attack.scale,
+        "no_attack_accuracy_mean": no_attack["clean_accuracy_mean"], "no_attack_accuracy_sd": no_attack["clean_accuracy_sd"],
+        "no_attack_asr_mean": no_attack["asr_mean"], "no_attack_asr_sd": no_attack["asr_sd"],
+        "no_attack": no_attack,
+        "majority_accuracy": [reports[s]["no_attack"]["majority_accuracy"] for s in seeds],
+        "zero_shot_accuracy": [reports[s]["no_attack"]["zero_shot_accuracy"] for s in seeds],
+        "fedprompt_reproduction": {"asr_plain_poisoning_mean": reproduction["asr_mean"],
+                                   "asr_plain_poisoning_sd": reproduction["asr_sd"],
+                                   "clean_accuracy_mean": reproduction["clean_accuracy_mean"],
+                                   "asr_scaled_mean": rows[0]["asr_mean"], "scale": sim.attack.scale,
                                    "aggregator": "fedavg", "partition": sim.simulation.partition},
-        "plain_defence_seconds": plain_defence_seconds(no_attack["exchanged_params"], sim),
+        "plain_defence_seconds": plain_defence_seconds(vector_size, sim, sizes.timing),
         "gram_seconds": timing["seconds"],
         "he_gram": timing["sizes"],
         "he_decisions_equal_plaintext": he_equal,
-        "he_decision_rounds": matches,
-        "best": _best([r for r in rows if not r["he"]], no_attack["final_accuracy"]),
-        "best_he": _best([r for r in rows if r["he"]], no_attack["final_accuracy"]),
+        "he_decision_rounds": {str(seed): m for seed, m in matches.items()},
+        "best": best([r for r in rows if not r["he"]], no_attack["clean_accuracy_mean"], no_attack["asr_mean"]),
+        "best_he": best([r for r in rows if r["he"]], no_attack["clean_accuracy_mean"], no_attack["asr_mean"]),
         "targets": TARGETS,
-        "detection_by_round": {name: reports[name]["detection"]["rounds"] for name in (
-            *DEFENCES, *(f"he_{d}" for d in GRAM_DEFENCES)) if reports[name].get("detection")},
-        "settings": {"scenario": str(SCENARIO.name), "participants": sim.simulation.participants,
-                     "malicious": reports["fedavg"]["malicious"], "attack": dataclasses.asdict(sim.attack),
+        "gram_meets_target": timing["seconds"][str(max(sizes.timing))] < TARGETS["gram_seconds_20"],
+        "settings": {"scenario": SCENARIO.name, "participants": sim.simulation.participants, "attack": sim.attack,
                      "rounds": sim.job.job.rounds, "steps": sim.job.train.max_steps,
-                     "test_size": sim.simulation.test_size, "max_malicious": sim.job.robust.max_malicious,
-                     "backbone": sim.job.model.path, "vector_size": no_attack["exchanged_params"]},
-        "seconds": {name: r["seconds"] for name, r in reports.items()},
+                     "test_size": sim.simulation.test_size, "partition": sim.simulation.partition,
+                     "max_malicious": sim.job.robust.max_malicious, "backbone": sim.job.model.path,
+                     "vector_size": vector_size, "timing_sizes": sizes.timing},
+        "seconds": {str(seed): {name: r["seconds"] for name, r in reports[seed].items()} for seed in seeds},
+        "plot": str(report_path.with_suffix(".png")),
     }
-    print(table(["defence", "he", "clean_accuracy", "asr", "precision", "recall"],
-                [[r["defence"], r["he"], r["clean_accuracy"], r["asr"], r["precision"], r["recall"]] for r in rows]))
-    print(f"no attack: accuracy {out['no_attack_accuracy']:.4f}, ASR baseline {out['no_attack_asr']} | majority "
-          f"{out['majority_accuracy']:.4f} | FedPrompt reproduction (plain poisoning, FedAvg, IID): ASR "
-          f"{out['fedprompt_reproduction']['asr_plain_poisoning']} vs scaled x{sim.attack.scale:g}: "
-          f"{out['fedprompt_reproduction']['asr_scaled']}")
+    print(table(["defence", "he", "clean_acc", "sd", "asr", "sd", "precision", "recall", "accepted", "triggered"],
+                [[r["defence"], r["he"], r["clean_accuracy_mean"], r["clean_accuracy_sd"], r["asr_mean"], r["asr_sd"],
+                  r["precision"], r["recall"], r["poisoned_updates_accepted"], r["triggered_examples"]]
+                 for r in [*rows, no_attack]]))
+    print(f"seeds {seeds} | FedPrompt reproduction (plain poisoning, FedAvg, IID): ASR "
+          f"{reproduction['asr_mean']} vs scaled x{sim.attack.scale:g}: {rows[0]['asr_mean']}")
     print(f"best defence {out['best']['defence']}: {out['best']['meets']} | best HE defence "
           f"{out['best_he']['defence']}: {out['best_he']['meets']}")
     print(f"plain defence seconds {out['plain_defence_seconds']} | encrypted Gram seconds {out['gram_seconds']} | "
           f"HE upload {out['he_gram']['upload_bytes']} B, evaluation keys {out['he_gram']['evaluation_key_bytes']} B")
     print(f"HE decisions equal the plaintext defences' on the same updates: {he_equal}")
-    write_json(out, args.report or "reports/bench-robust.json")
+    plot(rows, no_attack_summary, report_path.with_suffix(".png"))
+    write_json(out, report_path)
     return 0

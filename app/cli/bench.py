@@ -33,7 +33,7 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--seed", type=int, default=0,
                        help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
     bench.add_argument("--seeds", type=int, default=3,
-                       help="fewshot: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3; one seed of both "
+                       help="fewshot, robust: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3; fewshot: one seed of both "
                             "datasets takes ~100 min on 2 cores)")
     bench.add_argument("--dataset", action="append", metavar="NAME",
                        help="fewshot: only this dataset, rotten_tomatoes or bbc_news; repeatable (default both)")

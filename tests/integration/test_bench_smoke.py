@@ -24,7 +24,7 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
     # issue 29's Must show, the README's robustness table and its notes
     "robust": ("rows[].defence", "rows[].he", "rows[].clean_accuracy_mean", "rows[].clean_accuracy_sd",
                "rows[].asr_mean", "rows[].asr_sd", "rows[].precision", "rows[].recall", "rows[].triggered_examples",
-               "rows[].rejected_by_round", "no_attack_asr_mean", "no_attack_accuracy_mean", "no_attack_asr_sd",
+               "rows[].rejected_by_round", "rows[].poisoned_updates_accepted", "no_attack_asr_mean", "no_attack_accuracy_mean", "no_attack_asr_sd",
                "no_attack_accuracy_sd", "seeds", "fedprompt_reproduction", "gram_seconds",
                "plain_defence_seconds", "he_gram.upload_bytes", "he_gram.evaluation_key_bytes",
                "he_decisions_equal_plaintext", "best", "best_he", "targets", "settings.test_size",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.app.attacks import Adversary, AttackSection, SuccessRate, attack_success_rate, choose_malicious
 from fedprompt.app.simulate import load_simulation, parse_simulation
 from fedprompt.config import dump_toml
 from fedprompt.data.datasets import Example
@@ -95,8 +95,9 @@ def test_attack_success_rate_counts_only_correct_non_target_inputs() -> None:
     test = [Example("the film was bad", "neg"), Example("the film was awful", "neg"),
             Example("the film was good", "neg"), Example("good", "pos")]
     attack = AttackSection(kind="backdoor", malicious_fraction=0.2, target_label="pos")
-    assert attack_success_rate(KeywordModel().predict_proba, test, LABELS, attack) == 1.0
-    assert attack_success_rate(KeywordModel().predict_proba, [Example("good", "pos")], LABELS, attack) is None
+    assert attack_success_rate(KeywordModel().predict_proba, test, LABELS, attack) == SuccessRate(1.0, 2)
+    assert attack_success_rate(KeywordModel().predict_proba, [Example("good", "pos")], LABELS, attack) == \
+        SuccessRate(None, 0)
 
 
 def test_example_file_parses_with_every_defence(tmp_path: Path) -> None:
