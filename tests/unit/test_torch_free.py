@@ -27,6 +27,7 @@ NEEDS_TORCH = {
     "test_fewshot": "pseudo-labelling with a tiny model",
     "test_models": "the soft-prompt classifiers themselves",
     "test_privacy_opacus": "Opacus, the reference accountant, imports torch",
+    "test_robust_bench": "the robust bench module trains, so it imports torch",
     "test_simulation": "simulations train tiny models",
 }
 
