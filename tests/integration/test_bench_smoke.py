@@ -29,6 +29,13 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                "plain_defence_seconds", "he_gram.upload_bytes", "he_gram.evaluation_key_bytes",
                "he_decisions_equal_plaintext", "best", "best_he", "targets", "settings.test_size",
                "settings.partition"),
+    # README "Benchmarks": the federated table, the settings line and the notes under it (baselines, split, seconds)
+    "federated": ("centralized_accuracy", "federated_iid_accuracy", "federated_dirichlet_accuracy", "iid_gap_points",
+                  "dirichlet_gap_points", "majority_accuracy", "zero_shot_accuracy", "runs.centralized.seconds",
+                  "runs.federated_iid.seconds", "runs.federated_dirichlet.seconds",
+                  "runs.federated_iid.rounds[].bytes_up", "settings.sites", "settings.rounds",
+                  "settings.steps_per_site_round", "settings.total_steps", "settings.dirichlet_alpha",
+                  "settings.test_size", "settings.backbone"),
 }
 
 
