@@ -36,6 +36,12 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                   "runs.federated_iid.rounds[].bytes_up", "settings.sites", "settings.rounds",
                   "settings.steps_per_site_round", "settings.total_steps", "settings.dirichlet_alpha",
                   "settings.test_size", "settings.backbone"),
+    # README "Differential privacy": the recipe x epsilon table, its setting line and the bullets under it
+    "dp": ("dp_step_over_plain_step", "step_cost.plain_step_s", "step_cost.dp_step_s", "step_cost.plain_batch",
+           "utility[].recipe", "utility[].batch_size", "utility[].steps", "utility[].lr", "utility[].epsilon",
+           "utility[].accuracy", "utility[].delta", "utility[].noise_multiplier_max", "utility[].seconds",
+           "majority_accuracy", "zero_shot_accuracy", "settings.sites", "settings.rounds", "settings.recipes.small",
+           "settings.recipes.large", "settings.test_size", "settings.seed"),
 }
 
 
