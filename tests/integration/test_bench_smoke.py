@@ -42,6 +42,12 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
            "utility[].accuracy", "utility[].delta", "utility[].noise_multiplier_max", "utility[].seconds",
            "majority_accuracy", "zero_shot_accuracy", "settings.sites", "settings.rounds", "settings.recipes.small",
            "settings.recipes.large", "settings.test_size", "settings.seed"),
+    # README "Secure aggregation" and docs/he.md "Measured": the table's keys and the notes under them
+    "he": ("plain_bytes", "cipher_bytes", "expansion_ratio", "security_bits", "encrypt_s", "aggregate_s_per_update",
+           "decrypt_s", "max_abs_error", "secure_round_over_plain_round", "aggregation_1000.aggregate_bytes",
+           "aggregation_1000.max_abs_error_of_sum", "aggregation_1000.rss_bytes_after_updates",
+           "aggregation_1000.peak_memory_growth_bytes", "he_params", "rounds.plain_round_s", "rounds.secure_round_s",
+           "rounds.settings.sites", "rounds.settings.steps"),
 }
 
 
