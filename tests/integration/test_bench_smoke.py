@@ -48,6 +48,17 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
            "aggregation_1000.max_abs_error_of_sum", "aggregation_1000.rss_bytes_after_updates",
            "aggregation_1000.peak_memory_growth_bytes", "he_params", "rounds.plain_round_s", "rounds.secure_round_s",
            "rounds.settings.sites", "rounds.settings.steps"),
+    # README "Prompt levels" and docs/levels.md "What it buys": the levels table, zero-shot, worst site, discovery
+    "personal": ("rows[].levels", "rows[].mean_accuracy", "rows[].worst_accuracy", "details.global.zero_shot",
+                 "details.global+expert.zero_shot", "details.global+expert+personal.zero_shot",
+                 "details.global.worst_participant", "details.global+expert.worst_participant",
+                 "details.global+expert+personal.worst_participant", "discovered_cohorts.assignment",
+                 "discovered_cohorts.recovered", "discovered_cohorts.mean_accuracy",
+                 "discovered_cohorts.worst_accuracy", "seconds.global", "seconds.global+expert",
+                 "seconds.global+expert+personal", "seconds.discover", "settings.cohorts", "settings.alpha",
+                 "settings.train_label_mix", "settings.train_per_site", "settings.test_per_site", "settings.rounds",
+                 "settings.steps_per_site_round", "settings.batch_size", "settings.total_prompt_tokens",
+                 "settings.tokens", "settings.backbone"),
 }
 
 
