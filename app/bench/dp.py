@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from fedprompt.app.demo import PLAIN, PRIVATE, DemoOptions, demo_job
+from fedprompt.app.bench.smoke import on_tiny_model
+from fedprompt.app.demo import PLAIN, PRIVATE, DemoOptions, Recipe, demo_job
 from fedprompt.app.report import table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, JobConfig
@@ -33,25 +34,39 @@ from fedprompt.models import Backbone, build_classifier, load_backbone
 from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
 from fedprompt.participant.train import train_local
 
-SITES = 3
-ROUNDS = 3
-# The demo's two recipes, the plain one shortened to 20 steps to keep the bench modest.
-RECIPES = {"small": dataclasses.replace(PLAIN, steps=20), "large": PRIVATE}
-EPSILONS: tuple[float | None, ...] = (1.0, 3.0, 8.0, None)
-TIMED_STEPS = 8
-REPEATS = 2
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How big a run is: the measured one, or ``--smoke``'s, which takes the same path in seconds."""
+
+    sites: int
+    rounds: int
+    recipes: dict[str, Recipe]  # "small" and "large": the plain recipe and the one to use with DP
+    epsilons: tuple[float | None, ...]  # None: without DP
+    test_size: int
+    timed_steps: int  # per repetition of step_cost
+    repeats: int
 
 
-def step_cost(config: JobConfig, backbone: Backbone, site: SiteData) -> dict[str, float]:
-    """Mean seconds per plain and per DP-SGD step on one site's data, alternating ``REPEATS`` times."""
+# The demo's two recipes, the plain one shortened to 20 steps to keep the bench modest.  The smoke's large batch
+# still runs as several passes of the physical batch (default 32), as the demo's 256 does.
+FULL = Size(sites=3, rounds=3, recipes={"small": dataclasses.replace(PLAIN, steps=20), "large": PRIVATE},
+            epsilons=(1.0, 3.0, 8.0, None), test_size=1000, timed_steps=8, repeats=2)
+SMOKE = Size(sites=2, rounds=1, recipes={"small": Recipe(batch_size=4, steps=2, lr=0.01),
+                                         "large": Recipe(batch_size=48, steps=1, lr=0.1)},
+             epsilons=(8.0, None), test_size=40, timed_steps=2, repeats=1)
+
+
+def step_cost(config: JobConfig, backbone: Backbone, site: SiteData, size: Size) -> dict[str, float]:
+    """Mean seconds per plain and per DP-SGD step on one site's data, alternating ``size.repeats`` times."""
     model = build_classifier(config, backbone)
     labels = label_indices(site.train, config.task.label_names)
-    train = dataclasses.replace(config.train, max_steps=TIMED_STEPS)
-    plan = dataclasses.replace(plan_record_dp(DPSection(enabled=True), train, ROUNDS, len(site.train)),
-                               steps_per_round=TIMED_STEPS)
+    train = dataclasses.replace(config.train, max_steps=size.timed_steps)
+    plan = dataclasses.replace(plan_record_dp(DPSection(enabled=True), train, size.rounds, len(site.train)),
+                               steps_per_round=size.timed_steps)
     plain = private = 0.0
     examples = 0
-    for repeat in range(REPEATS):
+    for repeat in range(size.repeats):
         began = time.perf_counter()
         train_local(model, site.train, labels, train, seed=repeat)
         plain += time.perf_counter() - began
@@ -59,32 +74,35 @@ def step_cost(config: JobConfig, backbone: Backbone, site: SiteData) -> dict[str
         result = train_local_dp(model, site.train, labels, train, plan, RecordAccountant("rdp", None))
         private += time.perf_counter() - began
         examples += result.num_examples
-    steps = TIMED_STEPS * REPEATS
+    steps = size.timed_steps * size.repeats
     return {"plain_step_s": plain / steps, "dp_step_s": private / steps, "dp_mean_batch": examples / steps,
             "plain_batch": float(config.train.batch_size)}
 
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    small = RECIPES["small"]
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=small.steps, seed=args.seed, dp=False,
-                                batch_size=small.batch_size, lr=small.lr))
+    size = SMOKE if args.smoke else FULL
+    small = size.recipes["small"]
+    base = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, steps=small.steps, seed=args.seed,
+                                dp=False, batch_size=small.batch_size, lr=small.lr))
+    if args.smoke:
+        base = on_tiny_model(base)
     backbone = load_backbone(base.model.path)
-    train, test, names = load_split("rotten_tomatoes", 1000, args.seed, base.task.label_names)
-    sites = split_sites(train, test, names, SITES, PartitionSpec("iid"), args.seed)
-    cost = step_cost(base, backbone, sites[0])
+    train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
+    sites = split_sites(train, test, names, size.sites, PartitionSpec("iid"), args.seed)
+    cost = step_cost(base, backbone, sites[0], size)
     ratio = cost["dp_step_s"] / cost["plain_step_s"]
     print(f"[bench dp] plain step {cost['plain_step_s']:.3f} s, DP step {cost['dp_step_s']:.3f} s "
           f"(mean Poisson batch {cost['dp_mean_batch']:.1f}): ratio {ratio:.3f} (target <= 1.5)", flush=True)
     utility: list[dict[str, Any]] = []
     rows = []
-    for name, recipe in RECIPES.items():
+    for name, recipe in size.recipes.items():
         train_section = dataclasses.replace(base.train, batch_size=recipe.batch_size, max_steps=recipe.steps,
                                             lr=recipe.lr)
-        for epsilon in EPSILONS:
+        for epsilon in size.epsilons:
             dp = DPSection(enabled=epsilon is not None, epsilon=epsilon or DPSection.epsilon)
             config = dataclasses.replace(base, train=train_section, dp=dp)
-            sigmas = [plan_record_dp(dp, config.train, ROUNDS, len(s.train)).noise_multiplier for s in sites] \
+            sigmas = [plan_record_dp(dp, config.train, size.rounds, len(s.train)).noise_multiplier for s in sites] \
                 if dp.enabled else [0.0]
             began = time.perf_counter()
             report = simulate(config, sites, backbone)
@@ -105,10 +123,11 @@ def main(args: argparse.Namespace) -> int:
         "step_cost": cost,
         "majority_accuracy": report["majority_accuracy"],
         "zero_shot_accuracy": report["zero_shot_accuracy"],
-        "settings": {"sites": SITES, "rounds": ROUNDS, "recipes": {k: dataclasses.asdict(r) for k, r in RECIPES.items()},
+        "settings": {"sites": size.sites, "rounds": size.rounds, "recipes": size.recipes,
                      "step_cost_batch_size": base.train.batch_size, "max_grad_norm": DPSection.max_grad_norm,
-                     "accountant": DPSection.accountant, "delta": "1/(10 n) per site", "backbone": base.model.path,
-                     "seed": args.seed, "timed_steps": TIMED_STEPS * REPEATS},
+                     "accountant": DPSection.accountant, "delta": "1/(10 n) per site", "test_size": size.test_size,
+                     "backbone": base.model.path, "seed": args.seed, "timed_steps": size.timed_steps * size.repeats},
+        "smoke": bool(args.smoke),
     }
     print(table(["batch x steps", "epsilon", "accuracy", "eps_spent", "delta", "sigma_max", "seconds"], rows))
     print(f"majority {out['majority_accuracy']:.4f} | zero-shot {out['zero_shot_accuracy']:.4f} | "

@@ -21,6 +21,7 @@ the Gram matrix of round 1's updates) and reports whether discovery recovered th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedprompt.app.bench.smoke import tiny_model
 from fedprompt.app.report import saved_figure, table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import (
@@ -45,14 +47,7 @@ from fedprompt.models import load_backbone
 
 DATASET = "bbc_news"
 COHORTS = {"finance-desk": ("business", "politics", "tech"), "culture-desk": ("entertainment", "sport", "tech")}
-SITES_PER_COHORT = 3
-TRAIN_PER_SITE = 48
-TEST_PER_SITE = 40
-TEST_SPLIT = 800  # the global test split the sites draw from (160 per topic; a topic shared by both cohorts is drawn by 6 sites)
 ALPHA = 0.5
-ROUNDS = 4
-STEPS = 8
-BATCH = 8
 TOKENS = 16
 MAX_LENGTH = 64
 SETTINGS = {  # levels -> (global, expert, personal) tokens; (TOKENS, 0, 0) means levels off
@@ -62,18 +57,41 @@ SETTINGS = {  # levels -> (global, expert, personal) tokens; (TOKENS, 0, 0) mean
 }
 
 
-def site_names() -> dict[str, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How big a run is: the measured one, or ``--smoke``'s, which takes the same path in seconds."""
+
+    sites_per_cohort: int
+    train_per_site: int
+    test_per_site: int
+    test_split: int  # the global test split the sites draw from
+    rounds: int
+    steps: int  # per site and round
+    batch: int
+    threads: int
+
+
+# FULL's test split holds 160 per topic; a topic shared by both cohorts is drawn by 6 sites.  SMOKE keeps 2 sites
+# per cohort (an admin cohort needs at least two members) and 2 rounds (round 2 runs on the discovered cohorts).
+FULL = Size(sites_per_cohort=3, train_per_site=48, test_per_site=40, test_split=800, rounds=4, steps=8, batch=8,
+            threads=2)
+SMOKE = Size(sites_per_cohort=2, train_per_site=8, test_per_site=5, test_split=100, rounds=2, steps=2, batch=4,
+             threads=1)
+
+
+def site_names(size: Size) -> dict[str, list[str]]:
     """Cohort -> its sites, named as ``simulate`` names them (site-0, site-1, ...)."""
     out, k = {}, 0
     for cohort in COHORTS:
-        out[cohort] = [f"site-{k + i}" for i in range(SITES_PER_COHORT)]
-        k += SITES_PER_COHORT
+        out[cohort] = [f"site-{k + i}" for i in range(size.sites_per_cohort)]
+        k += size.sites_per_cohort
     return out
 
 
-def cohort_sites(train: list[Example], test: list[Example], seed: int) -> tuple[list[SiteData], list[dict[str, int]]]:
+def cohort_sites(train: list[Example], test: list[Example], seed: int,
+                 size: Size) -> tuple[list[SiteData], list[dict[str, int]]]:
     """Deal sites cohort by cohort: each site draws a label mix from Dirichlet(ALPHA) over its cohort's topics,
-    then takes ``TRAIN_PER_SITE`` training and ``TEST_PER_SITE`` test examples in that mix (disjoint)."""
+    then takes ``size.train_per_site`` training and ``size.test_per_site`` test examples in that mix (disjoint)."""
     rng = np.random.default_rng(seed)
     pools = {split: {label: [ex for ex in examples if ex.label == label] for label in BUILTIN[DATASET].label_names}
              for split, examples in (("train", train), ("test", test))}
@@ -82,31 +100,31 @@ def cohort_sites(train: list[Example], test: list[Example], seed: int) -> tuple[
             rng.shuffle(examples)
     sites, mixes = [], []
     for topics in COHORTS.values():
-        for _ in range(SITES_PER_COHORT):
+        for _ in range(size.sites_per_cohort):
             mix = rng.dirichlet([ALPHA] * len(topics))
             site: dict[str, list[Example]] = {}
-            for split, size in (("train", TRAIN_PER_SITE), ("test", TEST_PER_SITE)):
-                counts = np.floor(mix * size).astype(int)
-                counts[np.argmax(mix)] += size - counts.sum()
+            for split, n_examples in (("train", size.train_per_site), ("test", size.test_per_site)):
+                counts = np.floor(mix * n_examples).astype(int)
+                counts[np.argmax(mix)] += n_examples - counts.sum()
                 site[split] = [ex for label, n in zip(topics, counts, strict=True) for ex in
                                [pools[split][label].pop() for _ in range(min(n, len(pools[split][label])))]]
-            mixes.append({label: int(n) for label, n in zip(topics, np.floor(mix * TRAIN_PER_SITE), strict=True)})
+            mixes.append({label: int(n) for label, n in zip(topics, np.floor(mix * size.train_per_site), strict=True)})
             sites.append(SiteData(site["train"], site["test"]))
     return sites, mixes
 
 
-def job_config(levels: str, seed: int, discover: bool = False) -> JobConfig:
-    """Every site in every round, ``STEPS`` local steps per round; the levels split ``TOKENS`` tokens."""
+def job_config(levels: str, seed: int, size: Size, backbone: str, discover: bool = False) -> JobConfig:
+    """Every site in every round, ``size.steps`` local steps per round; the levels split ``TOKENS`` tokens."""
     global_tokens, expert_tokens, personal_tokens = SETTINGS[levels]
     spec = BUILTIN[DATASET]
-    n_sites = SITES_PER_COHORT * len(COHORTS)
-    cohorts = tuple(CohortSpec(name, tuple(members)) for name, members in site_names().items())
+    n_sites = size.sites_per_cohort * len(COHORTS)
+    cohorts = tuple(CohortSpec(name, tuple(members)) for name, members in site_names(size).items())
     return JobConfig(
-        job=JobSection(name=f"personal-{levels}", rounds=ROUNDS, participants_per_round=n_sites,
+        job=JobSection(name=f"personal-{levels}", rounds=size.rounds, participants_per_round=n_sites,
                        min_participants=n_sites, round_deadline_s=3600.0, seed=seed),
-        model=ModelSection(path="builtin:minilm", prompt_length=TOKENS, max_length=MAX_LENGTH),
+        model=ModelSection(path=backbone, prompt_length=TOKENS, max_length=MAX_LENGTH),
         task=TaskSection(label_names=spec.label_names, label_words=spec.label_words),
-        train=TrainSection(local_epochs=STEPS, max_steps=STEPS, batch_size=BATCH, lr=0.01),
+        train=TrainSection(local_epochs=size.steps, max_steps=size.steps, batch_size=size.batch, lr=0.01),
         levels=LevelsSection(enabled=levels != "global", global_tokens=global_tokens, expert_tokens=expert_tokens,
                              personal_tokens=personal_tokens, cohorts_from="discover" if discover else "admin",
                              cohorts=cohorts if expert_tokens and not discover else (), num_cohorts=len(COHORTS),
@@ -138,14 +156,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(2)
-    backbone = load_backbone("builtin:minilm")
-    train, test, _ = load_split(DATASET, TEST_SPLIT, args.seed, BUILTIN[DATASET].label_names)
-    sites, mixes = cohort_sites(train, test, args.seed)
+    size = SMOKE if args.smoke else FULL
+    torch.set_num_threads(size.threads)
+    backbone_path = tiny_model() if args.smoke else "builtin:minilm"
+    backbone = load_backbone(backbone_path)
+    train, test, _ = load_split(DATASET, size.test_split, args.seed, BUILTIN[DATASET].label_names)
+    sites, mixes = cohort_sites(train, test, args.seed, size)
     rows, details, seconds = [], {}, {}
     for levels in SETTINGS:
         began = time.perf_counter()
-        report = simulate(job_config(levels, args.seed), sites, backbone)
+        report = simulate(job_config(levels, args.seed, size, backbone_path), sites, backbone)
         seconds[levels] = round(time.perf_counter() - began, 1)
         details[levels] = summarise(report)
         rows.append({"levels": levels, "mean_accuracy": details[levels]["mean_accuracy"],
@@ -153,21 +173,25 @@ def main(args: argparse.Namespace) -> int:
         print(f"[bench personal] {levels}: mean {rows[-1]['mean_accuracy']:.4f}, worst "
               f"{rows[-1]['worst_accuracy']:.4f} in {seconds[levels]:.0f} s", flush=True)
     began = time.perf_counter()
-    found = simulate(job_config("global+expert+personal", args.seed, discover=True), sites, backbone)
+    found = simulate(job_config("global+expert+personal", args.seed, size, backbone_path, discover=True), sites,
+                     backbone)
     seconds["discover"] = round(time.perf_counter() - began, 1)
-    planted = {site: cohort for cohort, members in site_names().items() for site in members}
+    planted = {site: cohort for cohort, members in site_names(size).items() for site in members}
     discovered = discovered_cohorts(found, planted)
     out = {
         "rows": rows,
         "details": details,
         "discovered_cohorts": discovered,
         "settings": {"dataset": DATASET, "cohorts": {c: list(t) for c, t in COHORTS.items()},
-                     "sites": site_names(), "train_label_mix": mixes, "alpha": ALPHA, "train_per_site": TRAIN_PER_SITE,
-                     "test_per_site": TEST_PER_SITE, "rounds": ROUNDS, "steps_per_site_round": STEPS,
-                     "batch_size": BATCH, "total_prompt_tokens": TOKENS,
+                     "sites": site_names(size), "train_label_mix": mixes, "alpha": ALPHA,
+                     "train_per_site": size.train_per_site, "test_per_site": size.test_per_site,
+                     "rounds": size.rounds, "steps_per_site_round": size.steps, "batch_size": size.batch,
+                     "total_prompt_tokens": TOKENS,
                      "tokens": {k: dict(zip(("global", "expert", "personal"), v, strict=True)) for k, v in SETTINGS.items()},
-                     "backbone": "builtin:minilm", "max_length": MAX_LENGTH, "seed": args.seed, "torch_threads": 2},
+                     "backbone": backbone_path, "max_length": MAX_LENGTH, "seed": args.seed,
+                     "torch_threads": size.threads},
         "seconds": seconds,
+        "smoke": bool(args.smoke),
     }
     print(table(["levels", "mean_accuracy", "worst_accuracy", "worst_participant"],
                 [[r["levels"], r["mean_accuracy"], r["worst_accuracy"], details[r["levels"]]["worst_participant"]]

@@ -9,9 +9,14 @@ offline rule forbids downloading one, and the unit tests' model fixtures build t
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedprompt.config import JobConfig
 
 _BUILT: dict[str, Path] = {}
 
@@ -48,3 +53,9 @@ def tiny_model(kind: str = "encoder") -> str:
         atexit.register(shutil.rmtree, root, True)
         _BUILT[kind] = make_tiny_model(root, kind)
     return str(_BUILT[kind])
+
+
+def on_tiny_model(config: JobConfig, kind: str = "encoder") -> JobConfig:
+    """``config`` with its backbone replaced by the tiny model of ``kind`` and every other setting (prompt, task,
+    HE, DP, levels) kept, so that a bench's smoke run goes through the job it measures, only faster."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, path=tiny_model(kind)))

@@ -29,6 +29,36 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                "plain_defence_seconds", "he_gram.upload_bytes", "he_gram.evaluation_key_bytes",
                "he_decisions_equal_plaintext", "best", "best_he", "targets", "settings.test_size",
                "settings.partition"),
+    # README "Benchmarks": the federated table, the settings line and the notes under it (baselines, split, seconds)
+    "federated": ("centralized_accuracy", "federated_iid_accuracy", "federated_dirichlet_accuracy", "iid_gap_points",
+                  "dirichlet_gap_points", "majority_accuracy", "zero_shot_accuracy", "runs.centralized.seconds",
+                  "runs.federated_iid.seconds", "runs.federated_dirichlet.seconds",
+                  "runs.federated_iid.rounds[].bytes_up", "settings.sites", "settings.rounds",
+                  "settings.steps_per_site_round", "settings.total_steps", "settings.dirichlet_alpha",
+                  "settings.test_size", "settings.backbone"),
+    # README "Differential privacy": the recipe x epsilon table, its setting line and the bullets under it
+    "dp": ("dp_step_over_plain_step", "step_cost.plain_step_s", "step_cost.dp_step_s", "step_cost.plain_batch",
+           "utility[].recipe", "utility[].batch_size", "utility[].steps", "utility[].lr", "utility[].epsilon",
+           "utility[].accuracy", "utility[].delta", "utility[].noise_multiplier_max", "utility[].seconds",
+           "majority_accuracy", "zero_shot_accuracy", "settings.sites", "settings.rounds", "settings.recipes.small",
+           "settings.recipes.large", "settings.test_size", "settings.seed"),
+    # README "Secure aggregation" and docs/he.md "Measured": the table's keys and the notes under them
+    "he": ("plain_bytes", "cipher_bytes", "expansion_ratio", "security_bits", "encrypt_s", "aggregate_s_per_update",
+           "decrypt_s", "max_abs_error", "secure_round_over_plain_round", "aggregation_1000.aggregate_bytes",
+           "aggregation_1000.max_abs_error_of_sum", "aggregation_1000.rss_bytes_after_updates",
+           "aggregation_1000.peak_memory_growth_bytes", "he_params", "rounds.plain_round_s", "rounds.secure_round_s",
+           "rounds.settings.sites", "rounds.settings.steps"),
+    # README "Prompt levels" and docs/levels.md "What it buys": the levels table, zero-shot, worst site, discovery
+    "personal": ("rows[].levels", "rows[].mean_accuracy", "rows[].worst_accuracy", "details.global.zero_shot",
+                 "details.global+expert.zero_shot", "details.global+expert+personal.zero_shot",
+                 "details.global.worst_participant", "details.global+expert.worst_participant",
+                 "details.global+expert+personal.worst_participant", "discovered_cohorts.assignment",
+                 "discovered_cohorts.recovered", "discovered_cohorts.mean_accuracy",
+                 "discovered_cohorts.worst_accuracy", "seconds.global", "seconds.global+expert",
+                 "seconds.global+expert+personal", "seconds.discover", "settings.cohorts", "settings.alpha",
+                 "settings.train_label_mix", "settings.train_per_site", "settings.test_per_site", "settings.rounds",
+                 "settings.steps_per_site_round", "settings.batch_size", "settings.total_prompt_tokens",
+                 "settings.tokens", "settings.backbone"),
 }
 
 
