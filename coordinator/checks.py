@@ -22,11 +22,8 @@ import enum
 import math
 from collections.abc import Sequence
 
-from fedprompt.crypto.audit import Verdict
+from fedprompt.crypto.audit import CHECKERS, Verdict
 from fedprompt.errors import DecryptorDisagreement, DuplicateUpdate, InvalidRequest, NotSelected
-
-#: Two independent key holders check every encrypted aggregate.
-CHECKERS = 2
 
 
 class Stage(enum.Enum):

@@ -31,6 +31,9 @@ import tenseal.sealapi as seal
 
 from fedprompt.crypto.ckks import CkksParams, PublicContext, SecretContext, _saved
 
+#: Two independent key holders check every encrypted aggregate, so an encrypted job needs two members.
+CHECKERS = 2
+
 #: Relative slack on the bounds (CKKS decryption is approximate).
 _SLACK = 1e-6
 

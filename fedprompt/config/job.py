@@ -15,6 +15,7 @@ from fedprompt.config.codec import INT64_MAX, check, check_range
 from fedprompt.config.levels import LevelsSection
 from fedprompt.config.names import IDENTITY, job_name_problem
 from fedprompt.config.privacy import DPSection, HESection
+from fedprompt.crypto.audit import CHECKERS
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.gram import gram_params
 
@@ -239,6 +240,10 @@ class JobConfig:
         if self.he.enabled:
             check(self.job.participants_per_round <= self.he.max_summands, "job.participants_per_round",
                   f"must be <= he.max_summands ({self.he.max_summands}) when he.enabled")
+            allowed = set(self.job.allowed_participants)
+            check("*" in allowed or not allowed or len(allowed) >= CHECKERS, "job.allowed_participants",
+                  f"names {len(allowed)} participant(s); with he.enabled a job needs at least {CHECKERS}, since "
+                  f"{CHECKERS} key holders check every encrypted aggregate before it is stored")
         if not self.blackbox.enabled:
             return
         check(not self.model.train_head, "model.train_head",

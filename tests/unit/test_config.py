@@ -41,12 +41,19 @@ def test_defaults_round_trip_through_toml() -> None:
         ("[task]\nlabel_names = ['a', 'b']\nlabel_words = ['x']", "task.label_words"),
         ("[task]\ntemplate = 'no placeholder'", "task.template"),
         ("[mystery]\nx = 1", "mystery"),
+        ("[job]\nallowed_participants = ['participant:a']\n[he]\nenabled = true", "job.allowed_participants"),
         ("job = 3", "job"),
     ],
 )
 def test_bad_values_name_their_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_toml(text, JobConfig)
+
+
+def test_an_encrypted_job_open_to_two_or_to_any_participants_loads() -> None:
+    for allowed in ("['participant:a', 'participant:b']", "['*']"):
+        config = parse_toml(f"[job]\nallowed_participants = {allowed}\n[he]\nenabled = true", JobConfig)
+        assert config.he.enabled
 
 
 def test_invalid_toml_names_the_source() -> None:
