@@ -8,10 +8,18 @@ offline rule forbids downloading one, and the unit tests' model fixtures build t
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+SizeT = TypeVar("SizeT", bound="DataclassInstance")
 
 _BUILT: dict[str, Path] = {}
 
@@ -48,3 +56,11 @@ def tiny_model(kind: str = "encoder") -> str:
         atexit.register(shutil.rmtree, root, True)
         _BUILT[kind] = make_tiny_model(root, kind)
     return str(_BUILT[kind])
+
+
+def run_size(args: argparse.Namespace, full: SizeT, smoke: SizeT, *options: str) -> SizeT:
+    """A bench's run size (a frozen dataclass of its sizes): ``smoke`` with ``--smoke``, else ``full``, with each
+    field named in ``options`` replaced by the command line's value where it gave one.  So ``--smoke --waves 2`` is
+    the smoke run with two waves, and a bench's full defaults sit in one place, beside its smoke ones."""
+    given = {name: value for name in options if (value := getattr(args, name)) is not None}
+    return dataclasses.replace(smoke if args.smoke else full, **given)

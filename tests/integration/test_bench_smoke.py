@@ -29,6 +29,9 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                "plain_defence_seconds", "he_gram.upload_bytes", "he_gram.evaluation_key_bytes",
                "he_decisions_equal_plaintext", "best", "best_he", "targets", "settings.test_size",
                "settings.partition"),
+    # load: the README's and docs/operations.md's load figures, and the bench docstring's issue keys plus settings
+    "load": ("participants", "rounds_completed", "p50_round_s", "p95_round_s", "coordinator_peak_rss_mb", "errors",
+             "settings.rounds", "settings.client_processes", "settings.vector_size", "settings.update_bytes"),
 }
 
 
