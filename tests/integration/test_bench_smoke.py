@@ -32,6 +32,15 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
     # load: the README's and docs/operations.md's load figures, and the bench docstring's issue keys plus settings
     "load": ("participants", "rounds_completed", "p50_round_s", "p95_round_s", "coordinator_peak_rss_mb", "errors",
              "settings.rounds", "settings.client_processes", "settings.vector_size", "settings.update_bytes"),
+    # stalls: the bench docstring's measurements, the README's and docs/security.md's figures and limits
+    "stalls": ("stalled_streams", "idle_connections", "identities", "waves", "rss_mb_before", "rss_mb_peak",
+               "rss_mb_after", "rss_kib_per_connection", "status_p50_s", "status_p95_s", "status_max_s", "status_calls",
+               "round_completed", "round_completed_while_stalled", "streams_closed_by_timeout", "streams_refused",
+               "close_after_s_min", "close_after_s_max", "slots_freed", "connections_peak", "connections_after",
+               "per_wave[].rss_mb_before", "per_wave[].rss_mb_peak", "per_wave[].rss_mb_after",
+               "per_wave[].streams_closed_by_timeout", "per_wave[].status_max_s", "errors",
+               "settings.upload_timeout_s", "settings.connection_idle_s", "settings.max_concurrent_uploads",
+               "settings.mtls", "settings.error_messages"),
 }
 
 
