@@ -41,6 +41,16 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                "per_wave[].streams_closed_by_timeout", "per_wave[].status_max_s", "errors",
                "settings.upload_timeout_s", "settings.connection_idle_s", "settings.max_concurrent_uploads",
                "settings.mtls", "settings.error_messages"),
+    # blackbox: the README's black-box table and notes (memory, queries, accuracy per round, targets, export time)
+    "blackbox": ("runs[].mode", "runs[].aggregation", "runs[].he", "runs[].accuracy", "runs[].bytes_per_round",
+                 "runs[].peak_rss_mb", "runs[].seconds", "majority_accuracy", "zero_shot_accuracy",
+                 "memory[].mode", "memory[].aggregation", "memory[].participant_mb", "memory[].model_service_mb",
+                 "model_queries_per_participant", "accuracy_by_round[].mode", "accuracy_by_round[].aggregation",
+                 "accuracy_by_round[].accuracy", "scorer_export_seconds", "targets.accuracy_ratio_min",
+                 "targets.peak_rss_ratio_max", "targets.bytes_per_round_max", "settings.sites", "settings.rounds",
+                 "settings.test_size", "settings.gradient_steps", "settings.blackbox.intrinsic_dim",
+                 "settings.blackbox.population", "settings.blackbox.local_iterations", "settings.blackbox.batch_size",
+                 "settings.backbone", "settings.dataset", "settings.head"),
 }
 
 
