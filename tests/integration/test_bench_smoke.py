@@ -3,7 +3,7 @@ it exits 0 in seconds and writes a report holding every key the README and the i
 provenance.  A bench that crashes or loses a key fails here, in ``make test``, instead of after a long run.
 
 Key paths: ``a.b`` is key ``b`` of the dict under ``a``; ``rows[].x`` is key ``x`` of every element of the list
-``rows`` (which must not be empty)."""
+``rows`` (which must not be empty); ``runs[][].x`` the same, one list deeper."""
 
 from __future__ import annotations
 
@@ -51,6 +51,21 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                  "settings.test_size", "settings.gradient_steps", "settings.blackbox.intrinsic_dim",
                  "settings.blackbox.population", "settings.blackbox.local_iterations", "settings.blackbox.batch_size",
                  "settings.backbone", "settings.dataset", "settings.head"),
+    # fewshot: the README's few-shot settings, results table and notes, per dataset; the docstring's mean and sd
+    "fewshot": ("rows[].dataset", "rows[].setting", "rows[].accuracy", "rows[].accuracy_sd", "rows[].accuracies",
+                "rows[].seconds",
+                *(f"datasets.{name}.{key}" for name in ("rotten_tomatoes", "bbc_news") for key in (
+                    "backbone", "label_words", "template", "majority_accuracy", "zero_shot_accuracy",
+                    "labelled_per_site", "pool_labelled_per_site", "full_labelled_per_site", "max_length", "test_size",
+                    "threshold", "per_class_cap", "pool_cap", "accuracy_per_round[].fewshot",
+                    "accuracy_per_round[].fewshot_aug", "accuracy_per_round[].full",
+                    "pseudo_label_rounds[][].pseudo_labels", "pseudo_label_rounds[][].pseudo_label_accuracy",
+                    "pseudo_label_rounds[][].pseudo_label_seconds", "gap_closed", "gap_closed_per_seed",
+                    "extra_compute.labelling_seconds_per_site_round", "extra_compute.labelling_seconds_total",
+                    "extra_compute.wall_seconds_over_fewshot", "extra_compute.wall_ratio_over_fewshot")),
+                "settings.sites", "settings.rounds", "settings.warmup_rounds", "settings.local_epochs",
+                "settings.max_steps", "settings.batch_size", "settings.partition.shots",
+                "settings.partition.quantity_alpha", "settings.partition.label_alpha", "settings.seeds"),
 }
 
 
@@ -58,14 +73,15 @@ def lookup(report: Any, path: str) -> list[Any]:
     """The values at ``path`` (see the module docstring); raises ``KeyError`` naming the missing part."""
     values = [report]
     for part in path.split("."):
-        each = part.endswith("[]")
-        key = part[:-2] if each else part
+        key, depth = part, 0
+        while key.endswith("[]"):
+            key, depth = key[:-2], depth + 1
         found = []
         for value in values:
             if not isinstance(value, dict) or key not in value:
                 raise KeyError(f"{path}: no {key!r}")
             found.append(value[key])
-        if each:
+        for _ in range(depth):
             if not all(isinstance(v, list) and v for v in found):
                 raise KeyError(f"{path}: {key!r} is not a non-empty list")
             found = [item for v in found for item in v]
