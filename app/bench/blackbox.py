@@ -7,13 +7,15 @@ plus one upload), the peak RSS of what computes for one participant (gradient: t
 black-box: the participant process plus its model service), and wall time.  Every process gets one compute
 thread; run the benchmark under ``nice`` on a shared machine.  The model service serves the backbone's
 exported ONNX graph (no torch in its process); the one-time export runs before the clock starts and is
-reported apart (``scorer_export_seconds``), as an operator would run ``fedprompt model export`` ahead.
+reported apart (``scorer_export_seconds``), as an operator would run ``fedprompt model export`` ahead.  With
+``--smoke`` the same three runs take a tiny random encoder, two sites, one round and a few steps and candidates.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import tempfile
 import time
 from contextlib import ExitStack
@@ -22,6 +24,7 @@ from statistics import mean
 from typing import Any
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.smoke import run_size, tiny_model
 from fedprompt.app.demo import DATASET, DemoOptions, demo_job, follow, spawn, wait_for_port
 from fedprompt.app.report import build_report, table, write_json
 from fedprompt.config import BlackboxSection, JobConfig, dump_toml
@@ -30,27 +33,42 @@ from fedprompt.data.shards import DataPlan, prepare
 from fedprompt.participant.learner import peak_rss_mb
 from fedprompt.participant.model_service import prepare_scorer
 
-SITES = 3
-ROUNDS = 4
-STEPS = 30
-TEST_SIZE = 500
-BLACKBOX = BlackboxSection(enabled=True, intrinsic_dim=500, population=12, sigma=1.0, local_iterations=10,
-                           batch_size=16)
+BACKBONE = "builtin:minilm"
+
+
+@dataclasses.dataclass(frozen=True)
+class BlackboxSize:
+    """The federation (sites, rounds, test split) and each mode's work per round: ``steps`` gradient steps, or
+    ``blackbox``'s CMA-ES iterations."""
+
+    sites: int
+    rounds: int
+    steps: int
+    test_size: int
+    blackbox: BlackboxSection
+
+
+FULL = BlackboxSize(sites=3, rounds=4, steps=30, test_size=500,
+                    blackbox=BlackboxSection(enabled=True, intrinsic_dim=500, population=12, sigma=1.0,
+                                             local_iterations=10, batch_size=16))
+SMOKE = BlackboxSize(sites=2, rounds=1, steps=2, test_size=20,
+                     blackbox=BlackboxSection(enabled=True, intrinsic_dim=8, population=4, sigma=1.0,
+                                              local_iterations=1, batch_size=4))
 #: (mode, aggregation, HE): FedBPT's server step needs the local means in the clear (plaintext with mTLS in
 #: production); its linear variant is the one CKKS can compute, so it runs encrypted.
 RUNS = (("gradient", "fedavg", False), ("blackbox", "fedbpt", False), ("blackbox", "fedbpt_linear", True))
 TARGETS = {"accuracy_ratio_min": 0.95, "peak_rss_ratio_max": 0.5, "bytes_per_round_max": 4096}
 
 
-def job_for(mode: str, aggregator: str, seed: int, he: bool = False) -> JobConfig:
-    """The demo's MiniLM job with the head frozen, every site in every round, and the run's mode; loopback
-    processes identified by name (``--insecure``), with CKKS secure aggregation when ``he``."""
-    base = demo_job(DemoOptions(participants=SITES, rounds=ROUNDS, steps=STEPS, seed=seed, insecure=True, he=he,
-                                dp=False))
+def job_for(mode: str, aggregator: str, seed: int, size: BlackboxSize, backbone: str, he: bool = False) -> JobConfig:
+    """The demo's job on ``backbone`` with the head frozen, every site in every round, and the run's mode;
+    loopback processes identified by name (``--insecure``), with CKKS secure aggregation when ``he``."""
+    base = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, steps=size.steps, seed=seed,
+                                insecure=True, he=he, dp=False))
     job = dataclasses.replace(base.job, name=f"bench-{aggregator}", aggregator=aggregator,
-                              min_participants=SITES, round_deadline_s=3600.0)
-    model = dataclasses.replace(base.model, train_head=False)
-    blackbox = BLACKBOX if mode == "blackbox" else dataclasses.replace(BLACKBOX, enabled=False)
+                              min_participants=size.sites, round_deadline_s=3600.0)
+    model = dataclasses.replace(base.model, path=backbone, train_head=False)
+    blackbox = size.blackbox if mode == "blackbox" else dataclasses.replace(size.blackbox, enabled=False)
     return dataclasses.replace(base, job=job, model=model, blackbox=blackbox)
 
 
@@ -95,19 +113,24 @@ def run_job(config: JobConfig, sites: list[Path], work: Path, majority: float) -
 
 
 def main(args: argparse.Namespace) -> int:
+    size = run_size(args, FULL, SMOKE)
+    backbone = tiny_model("encoder") if args.smoke else BACKBONE
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-blackbox-")))
-        sites = prepare(DataPlan(DATASET, participants=SITES, test_size=TEST_SIZE, seed=args.seed), work / "data")
-        names = job_for("gradient", "fedavg", args.seed).task.label_names
+        sites = prepare(DataPlan(DATASET, participants=size.sites, test_size=size.test_size, seed=args.seed),
+                        work / "data")
+        names = job_for("gradient", "fedavg", args.seed, size, backbone).task.label_names
         started = time.perf_counter()
-        prepare_scorer(job_for("blackbox", "fedbpt", args.seed).model.path, "auto")
+        scorer = prepare_scorer(backbone, "auto")
         export_seconds = round(time.perf_counter() - started, 1)
+        if args.smoke:  # cached under the tiny model's temporary path, which no later run will have
+            stack.callback(shutil.rmtree, scorer, True)
         majority = majority_accuracy(label_indices(read_jsonl(work / "data" / "test.jsonl"), names))
         runs, reports = [], []
         for mode, aggregator, he in RUNS:
-            print(f"[bench blackbox] {mode} / {aggregator}{' / HE' if he else ''}: {SITES} sites, {ROUNDS} rounds",
-                  flush=True)
-            report = run_job(job_for(mode, aggregator, args.seed, he), sites, work, majority)
+            print(f"[bench blackbox] {mode} / {aggregator}{' / HE' if he else ''}: {size.sites} sites, "
+                  f"{size.rounds} rounds", flush=True)
+            report = run_job(job_for(mode, aggregator, args.seed, size, backbone, he), sites, work, majority)
             reports.append(report)
             runs.append({"mode": report["mode"], "aggregation": aggregator, "he": he,
                          "accuracy": report["final_accuracy"],
@@ -134,9 +157,10 @@ def main(args: argparse.Namespace) -> int:
                               for r, a in zip(reports, runs, strict=True)],
         "scorer_export_seconds": export_seconds,
         "targets": TARGETS,
-        "settings": {"sites": SITES, "rounds": ROUNDS, "test_size": TEST_SIZE, "gradient_steps": STEPS,
-                     "blackbox": dataclasses.asdict(BLACKBOX), "backbone": "builtin:minilm", "dataset": DATASET,
-                     "seed": args.seed, "head": "frozen label-description anchors"},
+        "settings": {"sites": size.sites, "rounds": size.rounds, "test_size": size.test_size,
+                     "gradient_steps": size.steps, "blackbox": size.blackbox, "backbone": backbone,
+                     "dataset": DATASET, "seed": args.seed, "head": "frozen label-description anchors"},
+        "smoke": bool(args.smoke),
     }
     write_json(out, args.report or "reports/bench-blackbox.json")
     return 0

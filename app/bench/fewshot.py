@@ -5,7 +5,7 @@ pseudo-labelling the sites' unlabelled data closes the gap between few-shot fede
 full-set fine-tuning, at a significant system cost.  This benchmark measures both on Rotten Tomatoes and
 BBC News with, per dataset, the same backbone, split, rounds and local training rule in every setting:
 ``EPOCHS`` passes over the site's training set per round (labelled plus, when augmenting, pseudo-labelled),
-capped at ``MAX_STEPS`` steps.  As in AUG-FedPrompt, pseudo-labels add data
+capped at ``FULL.max_steps`` steps.  As in AUG-FedPrompt, pseudo-labels add data
 *and* the compute to train on it: that is the system cost the paper reports, and the one measured here (a
 fixed step budget would instead make pseudo-labels displace labelled examples).  The settings:
 
@@ -23,6 +23,9 @@ The label mix is near-balanced on purpose.  With three sites, Dirichlet(1) label
 the whole federation's labelled set lopsided in about a quarter of the draws (measured: 84 % "rotten" for
 seed 0, against 42 % in the test split), and the few-shot prompt then predicts one class for every round:
 that is label shift, which ``bench personal`` studies, not the few-shot setting measured here.
+
+``--smoke`` runs the same settings, simulations and plot on tiny random models of each backbone's kind, two
+sites, a warm-up round and one augmented round, and a short test split and pool (``SMOKE``, ``smoke_setup``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 
 import torch
 
+from fedprompt.app.bench.smoke import run_size, tiny_model
 from fedprompt.app.report import saved_figure, table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import AugmentSection, JobConfig, JobSection, ModelSection, TaskSection, TrainSection
@@ -44,15 +48,30 @@ from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sit
 from fedprompt.errors import ConfigError
 from fedprompt.models import Backbone, load_backbone
 
-SITES = 3
-ROUNDS = 6
 EPOCHS = 2
-MAX_STEPS = 32
 BATCH = 8
 WARMUP_ROUNDS = 1
 PARTITION = PartitionSpec("fewshot", shots=32, quantity_alpha=2.0, label_alpha=10.0)
 SETTINGS = ("fewshot", "fewshot_aug", "full")
 PSEUDO_KEYS = ("pseudo_labels", "pseudo_label_accuracy", "pseudo_label_pool_accuracy", "pseudo_label_seconds")
+
+
+@dataclass(frozen=True)
+class FewshotSize:
+    """Sites, rounds, the step cap per round, seeds and torch threads.  ``--shots`` is not a size: it changes the
+    labelled share only, and the step cap bounds what training costs."""
+
+    sites: int
+    rounds: int
+    max_steps: int
+    seeds: int | None  # None: --seeds
+    threads: int
+
+
+FULL = FewshotSize(sites=3, rounds=6, max_steps=32, seeds=None, threads=2)
+#: ``--smoke``: the warm-up round and one more, so the pool is pseudo-labelled and trained on; one seed; one thread,
+#: as the test suite shares the machine.
+SMOKE = FewshotSize(sites=2, rounds=2, max_steps=2, seeds=1, threads=1)
 
 
 @dataclass(frozen=True)
@@ -93,15 +112,22 @@ DATASETS = {
 }
 
 
-def job_config(dataset: str, setup: DatasetSetup, augment: bool, seed: int) -> JobConfig:
-    """Every site in every round, ``EPOCHS`` passes over its training set per round, at most ``MAX_STEPS``."""
+def smoke_setup(setup: DatasetSetup) -> DatasetSetup:
+    """``setup`` for ``--smoke``: a tiny random model of its backbone's kind (a decoder for SmolLM2, so Rotten
+    Tomatoes is still scored by the next word; an encoder for MiniLM), short texts and a short test split and pool."""
+    kind = "causal" if setup.backbone == "builtin:smollm2" else "encoder"
+    return replace(setup, backbone=tiny_model(kind), max_length=32, test_size=20, per_class_cap=4, pool_cap=16)
+
+
+def job_config(dataset: str, setup: DatasetSetup, augment: bool, seed: int, size: FewshotSize) -> JobConfig:
+    """Every site in every round, ``EPOCHS`` passes over its training set per round, at most ``size.max_steps``."""
     spec = BUILTIN[dataset]
     return JobConfig(
-        job=JobSection(name=f"fewshot-{dataset}", rounds=ROUNDS, participants_per_round=SITES,
-                       min_participants=SITES, round_deadline_s=3600.0, seed=seed),
+        job=JobSection(name=f"fewshot-{dataset}", rounds=size.rounds, participants_per_round=size.sites,
+                       min_participants=size.sites, round_deadline_s=3600.0, seed=seed),
         model=ModelSection(path=setup.backbone, prompt_length=16, max_length=setup.max_length),
         task=TaskSection(label_names=spec.label_names, label_words=setup.label_words, template=setup.template),
-        train=TrainSection(local_epochs=EPOCHS, max_steps=MAX_STEPS, batch_size=BATCH, lr=0.01),
+        train=TrainSection(local_epochs=EPOCHS, max_steps=size.max_steps, batch_size=BATCH, lr=0.01),
         augment=AugmentSection(enabled=augment, warmup_rounds=WARMUP_ROUNDS, threshold=setup.threshold,
                                per_class_cap=setup.per_class_cap, balance=True, max_unlabelled=setup.pool_cap),
     )
@@ -119,15 +145,15 @@ def pseudo_rounds(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"round": r["round"], **{k: r.get(k) for k in PSEUDO_KEYS}} for r in report["rounds"]]
 
 
-def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone, partition: PartitionSpec
-                ) -> tuple[list[SiteData], dict[str, dict[str, Any]], dict[str, float]]:
+def run_dataset(dataset: str, setup: DatasetSetup, seed: int, backbone: Backbone, partition: PartitionSpec,
+                size: FewshotSize) -> tuple[list[SiteData], dict[str, dict[str, Any]], dict[str, float]]:
     """The three settings on one dataset and seed: the sites, each setting's report and wall seconds."""
     train, test, names = load_split(dataset, setup.test_size, seed, BUILTIN[dataset].label_names)
-    sites = split_sites(train, test, names, SITES, partition, seed)
+    sites = split_sites(train, test, names, size.sites, partition, seed)
     runs = {
-        "fewshot": (job_config(dataset, setup, False, seed), sites),
-        "fewshot_aug": (job_config(dataset, setup, True, seed), sites),
-        "full": (job_config(dataset, setup, False, seed), [fully_labelled(s) for s in sites]),
+        "fewshot": (job_config(dataset, setup, False, seed, size), sites),
+        "fewshot_aug": (job_config(dataset, setup, True, seed, size), sites),
+        "full": (job_config(dataset, setup, False, seed, size), [fully_labelled(s) for s in sites]),
     }
     reports, seconds = {}, {}
     for setting, (config, run_sites) in runs.items():
@@ -166,16 +192,17 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dataset: unknown {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
     if args.shots < 1:
         raise ConfigError(f"--shots: must be >= 1, got {args.shots}")
+    size = run_size(args, FULL, SMOKE)
     partition = replace(PARTITION, shots=args.shots)
-    torch.set_num_threads(2)
-    seeds = [args.seed + k for k in range(args.seeds)]
+    torch.set_num_threads(size.threads)
+    seeds = [args.seed + k for k in range(size.seeds or args.seeds)]
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     printed = []
     for dataset in chosen:
-        setup = DATASETS[dataset]
+        setup = smoke_setup(DATASETS[dataset]) if args.smoke else DATASETS[dataset]
         backbone = load_backbone(setup.backbone)
-        runs = [run_dataset(dataset, setup, seed, backbone, partition) for seed in seeds]
+        runs = [run_dataset(dataset, setup, seed, backbone, partition, size) for seed in seeds]
         sites, reports, _ = runs[0]
         accuracies = {k: [r[1][k]["final_accuracy"] for r in runs] for k in SETTINGS}
         secs = {k: mean(r[2][k] for r in runs) for k in SETTINGS}
@@ -208,18 +235,18 @@ def main(args: argparse.Namespace) -> int:
                                     else None for r in runs],
             "extra_compute": {
                 "labelling_seconds_per_site_round": sum(labelling) / len(labelling) if labelling else None,
-                "labelling_seconds_total": sum(labelling) * SITES / len(seeds),
+                "labelling_seconds_total": sum(labelling) * size.sites / len(seeds),
                 "wall_seconds_over_fewshot": round(secs["fewshot_aug"] - secs["fewshot"], 1),
-                "wall_ratio_over_fewshot": round(secs["fewshot_aug"] / secs["fewshot"], 3),
+                "wall_ratio_over_fewshot": round(secs["fewshot_aug"] / secs["fewshot"], 3) if secs["fewshot"] else None,
             },
         }
     out = {
         "rows": rows,
         "datasets": details,
-        "settings": {"sites": SITES, "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "local_epochs": EPOCHS,
-                     "max_steps": MAX_STEPS,
-                     "batch_size": BATCH, "partition": partition.__dict__,
-                     "prompt_length": 16, "seeds": seeds, "torch_threads": 2},
+        "settings": {"sites": size.sites, "rounds": size.rounds, "warmup_rounds": WARMUP_ROUNDS,
+                     "local_epochs": EPOCHS, "max_steps": size.max_steps, "batch_size": BATCH, "partition": partition,
+                     "prompt_length": 16, "seeds": seeds, "torch_threads": size.threads},
+        "smoke": bool(args.smoke),
     }
     print(table(["dataset", "setting", "accuracy", "sd", "zero_shot", "majority", "seconds"], printed))
     for dataset, d in details.items():

@@ -16,17 +16,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.smoke import run_size
 from fedprompt.app.demo import wait_for_port
 from fedprompt.app.report import table, write_json
 from fedprompt.config import JobConfig, JobSection, dump_toml
 
 VECTOR_SIZE = 16 * 384  # a 16-token prompt on MiniLM (hidden size 384)
+
+
+@dataclass(frozen=True)
+class LoadSize:
+    """How many participants, rounds and client processes (``--participants``, ``--rounds``, ``--clients``)."""
+
+    participants: int
+    rounds: int
+    clients: int
+
+
+FULL = LoadSize(participants=200, rounds=5, clients=4)
+#: ``--smoke``: still several client processes, so the participants are spread as in the full run.
+SMOKE = LoadSize(participants=4, rounds=1, clients=2)
 
 
 def start_python(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -103,9 +119,10 @@ def run_load(participants: int, rounds: int, clients: int, workdir: Path, seed: 
 
 
 def main(args: argparse.Namespace) -> int:
-    participants = args.participants or 200
+    size = run_size(args, FULL, SMOKE, "participants", "rounds", "clients")
     with tempfile.TemporaryDirectory(prefix="fedprompt-load-") as tmp:
-        report = run_load(participants, args.rounds or 5, args.clients or 4, Path(tmp), args.seed)
+        report = {**run_load(size.participants, size.rounds, size.clients, Path(tmp), args.seed),
+                  "smoke": bool(args.smoke)}
     print(table(["participants", "rounds", "p50_round_s", "p95_round_s", "peak_rss_mb", "errors"],
                 [[report["participants"], report["rounds_completed"], report["p50_round_s"], report["p95_round_s"],
                   report["coordinator_peak_rss_mb"], report["errors"]]]))

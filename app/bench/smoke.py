@@ -8,15 +8,20 @@ offline rule forbids downloading one, and the unit tests' model fixtures build t
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from fedprompt.config import JobConfig
+
+SizeT = TypeVar("SizeT", bound="DataclassInstance")
 
 _BUILT: dict[str, Path] = {}
 
@@ -59,3 +64,11 @@ def on_tiny_model(config: JobConfig, kind: str = "encoder") -> JobConfig:
     """``config`` with its backbone replaced by the tiny model of ``kind`` and every other setting (prompt, task,
     HE, DP, levels) kept, so that a bench's smoke run goes through the job it measures, only faster."""
     return dataclasses.replace(config, model=dataclasses.replace(config.model, path=tiny_model(kind)))
+
+
+def run_size(args: argparse.Namespace, full: SizeT, smoke: SizeT, *options: str) -> SizeT:
+    """A bench's run size (a frozen dataclass of its sizes): ``smoke`` with ``--smoke``, else ``full``, with each
+    field named in ``options`` replaced by the command line's value where it gave one.  So ``--smoke --waves 2`` is
+    the smoke run with two waves, and a bench's full defaults sit in one place, beside its smoke ones."""
+    given = {name: value for name in options if (value := getattr(args, name)) is not None}
+    return dataclasses.replace(smoke if args.smoke else full, **given)

@@ -30,6 +30,7 @@ import psutil
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.bench.load import VECTOR_SIZE, start_python
+from fedprompt.app.bench.smoke import run_size
 from fedprompt.app.demo import wait_for_port
 from fedprompt.app.report import table, write_json
 from fedprompt.config import JobConfig, JobSection, dump_toml
@@ -42,14 +43,28 @@ from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
 from fedprompt.wire.payload import FLOAT32, encode_vector
 
-#: The coordinator's ``upload_timeout_s`` in the benchmark; idle connections are closed after twice that, so the
-#: peak holds both the stalled streams and the idle connections.
-TIMEOUT_S = 10.0
-#: Times the attack is repeated by default, each on a fresh round.
-WAVES = 2
 HONEST = ("participant:honest-0", "participant:honest-1", "participant:honest-2")
 #: Each stream and idle connection on a TCP connection of its own (gRPC would otherwise share one per target).
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+@dataclass(frozen=True)
+class StallsSize:
+    """How many stalled streams, stalling identities, idle connections and waves (``--stalled``, ``--identities``,
+    ``--idle``, ``--waves``; each wave on a fresh round), and the coordinator's ``upload_timeout_s``: idle connections
+    are closed after twice that, so the peak holds both the stalled streams and the idle connections."""
+
+    stalled: int
+    identities: int
+    idle: int
+    waves: int
+    timeout_s: float
+
+
+FULL = StallsSize(stalled=200, identities=20, idle=200, waves=2, timeout_s=10.0)
+#: ``--smoke``: several streams per identity (so ``max_concurrent_uploads`` is raised as in the full run), and a
+#: short timeout, since every wave waits for its streams to be cut off and its connections to be closed.
+SMOKE = StallsSize(stalled=6, identities=2, idle=4, waves=1, timeout_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -310,8 +325,8 @@ def _wave(bench: _Bench, round_: int, stalled: int, idle: int, timeout_s: float,
                  not refused_after and target_done, connections_peak, after, errors)
 
 
-def run_stalls(stalled: int, identities: int, idle: int, workdir: Path, timeout_s: float = TIMEOUT_S,
-               waves: int = WAVES) -> dict[str, object]:
+def run_stalls(stalled: int, identities: int, idle: int, workdir: Path, timeout_s: float = FULL.timeout_s,
+               waves: int = FULL.waves) -> dict[str, object]:
     """Run the benchmark in ``workdir`` and return its report.  Each wave repeats the attack on a fresh round: a
     later wave's peak near the first's shows the memory is reused, not leaked, whatever the allocator keeps."""
     if not 1 <= identities <= stalled or -(-stalled // identities) > 64 or idle < 0 or waves < 1:
@@ -385,11 +400,10 @@ def _mb(value: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    size = run_size(args, FULL, SMOKE, "stalled", "identities", "idle", "waves")
     with tempfile.TemporaryDirectory(prefix="fedprompt-stalls-") as tmp:
-        report = run_stalls(200 if args.stalled is None else args.stalled,
-                            20 if args.identities is None else args.identities,
-                            200 if args.idle is None else args.idle, Path(tmp), TIMEOUT_S,
-                            WAVES if args.waves is None else args.waves)
+        report = {**run_stalls(size.stalled, size.identities, size.idle, Path(tmp), size.timeout_s, size.waves),
+                  "smoke": bool(args.smoke)}
     print(table(["stalled", "idle", "ids", "waves", "rss_before_mb", "rss_peak_mb", "rss_after_mb", "status_p50_s",
                  "status_max_s", "closed_by_timeout", "round_completed", "errors"],
                 [[report["stalled_streams"], report["idle_connections"], report["identities"], report["waves"],

@@ -3,7 +3,7 @@ it exits 0 in seconds and writes a report holding every key the README and the i
 provenance.  A bench that crashes or loses a key fails here, in ``make test``, instead of after a long run.
 
 Key paths: ``a.b`` is key ``b`` of the dict under ``a``; ``rows[].x`` is key ``x`` of every element of the list
-``rows`` (which must not be empty)."""
+``rows`` (which must not be empty); ``runs[][].x`` the same, one list deeper."""
 
 from __future__ import annotations
 
@@ -59,6 +59,43 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                  "settings.train_label_mix", "settings.train_per_site", "settings.test_per_site", "settings.rounds",
                  "settings.steps_per_site_round", "settings.batch_size", "settings.total_prompt_tokens",
                  "settings.tokens", "settings.backbone"),
+    # load: the README's and docs/operations.md's load figures, and the bench docstring's issue keys plus settings
+    "load": ("participants", "rounds_completed", "p50_round_s", "p95_round_s", "coordinator_peak_rss_mb", "errors",
+             "settings.rounds", "settings.client_processes", "settings.vector_size", "settings.update_bytes"),
+    # stalls: the bench docstring's measurements, the README's and docs/security.md's figures and limits
+    "stalls": ("stalled_streams", "idle_connections", "identities", "waves", "rss_mb_before", "rss_mb_peak",
+               "rss_mb_after", "rss_kib_per_connection", "status_p50_s", "status_p95_s", "status_max_s", "status_calls",
+               "round_completed", "round_completed_while_stalled", "streams_closed_by_timeout", "streams_refused",
+               "close_after_s_min", "close_after_s_max", "slots_freed", "connections_peak", "connections_after",
+               "per_wave[].rss_mb_before", "per_wave[].rss_mb_peak", "per_wave[].rss_mb_after",
+               "per_wave[].streams_closed_by_timeout", "per_wave[].status_max_s", "errors",
+               "settings.upload_timeout_s", "settings.connection_idle_s", "settings.max_concurrent_uploads",
+               "settings.mtls", "settings.error_messages"),
+    # blackbox: the README's black-box table and notes (memory, queries, accuracy per round, targets, export time)
+    "blackbox": ("runs[].mode", "runs[].aggregation", "runs[].he", "runs[].accuracy", "runs[].bytes_per_round",
+                 "runs[].peak_rss_mb", "runs[].seconds", "majority_accuracy", "zero_shot_accuracy",
+                 "memory[].mode", "memory[].aggregation", "memory[].participant_mb", "memory[].model_service_mb",
+                 "model_queries_per_participant", "accuracy_by_round[].mode", "accuracy_by_round[].aggregation",
+                 "accuracy_by_round[].accuracy", "scorer_export_seconds", "targets.accuracy_ratio_min",
+                 "targets.peak_rss_ratio_max", "targets.bytes_per_round_max", "settings.sites", "settings.rounds",
+                 "settings.test_size", "settings.gradient_steps", "settings.blackbox.intrinsic_dim",
+                 "settings.blackbox.population", "settings.blackbox.local_iterations", "settings.blackbox.batch_size",
+                 "settings.backbone", "settings.dataset", "settings.head"),
+    # fewshot: the README's few-shot settings, results table and notes, per dataset; the docstring's mean and sd
+    "fewshot": ("rows[].dataset", "rows[].setting", "rows[].accuracy", "rows[].accuracy_sd", "rows[].accuracies",
+                "rows[].seconds",
+                *(f"datasets.{name}.{key}" for name in ("rotten_tomatoes", "bbc_news") for key in (
+                    "backbone", "label_words", "template", "majority_accuracy", "zero_shot_accuracy",
+                    "labelled_per_site", "pool_labelled_per_site", "full_labelled_per_site", "max_length", "test_size",
+                    "threshold", "per_class_cap", "pool_cap", "accuracy_per_round[].fewshot",
+                    "accuracy_per_round[].fewshot_aug", "accuracy_per_round[].full",
+                    "pseudo_label_rounds[][].pseudo_labels", "pseudo_label_rounds[][].pseudo_label_accuracy",
+                    "pseudo_label_rounds[][].pseudo_label_seconds", "gap_closed", "gap_closed_per_seed",
+                    "extra_compute.labelling_seconds_per_site_round", "extra_compute.labelling_seconds_total",
+                    "extra_compute.wall_seconds_over_fewshot", "extra_compute.wall_ratio_over_fewshot")),
+                "settings.sites", "settings.rounds", "settings.warmup_rounds", "settings.local_epochs",
+                "settings.max_steps", "settings.batch_size", "settings.partition.shots",
+                "settings.partition.quantity_alpha", "settings.partition.label_alpha", "settings.seeds"),
 }
 
 
@@ -66,14 +103,15 @@ def lookup(report: Any, path: str) -> list[Any]:
     """The values at ``path`` (see the module docstring); raises ``KeyError`` naming the missing part."""
     values = [report]
     for part in path.split("."):
-        each = part.endswith("[]")
-        key = part[:-2] if each else part
+        key, depth = part, 0
+        while key.endswith("[]"):
+            key, depth = key[:-2], depth + 1
         found = []
         for value in values:
             if not isinstance(value, dict) or key not in value:
                 raise KeyError(f"{path}: no {key!r}")
             found.append(value[key])
-        if each:
+        for _ in range(depth):
             if not all(isinstance(v, list) and v for v in found):
                 raise KeyError(f"{path}: {key!r} is not a non-empty list")
             found = [item for v in found for item in v]

@@ -236,28 +236,24 @@ def test_a_prompt_that_does_not_beat_the_majority_class_on_labelled_data_labels_
     assert len(ungated.label(wrong, labelled, [1, 1, 0])[1]) == 5
 
 
-def test_bench_fewshot_reports_the_issue_rows_at_the_shots_asked(tiny_encoder_dir: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """`fedprompt bench fewshot` end to end on a tiny model and real Rotten Tomatoes texts, shortened: the JSON has
-    the issue's rows for all three settings, and ``--shots`` reaches the partition (3 sites, 8 labelled each on
-    average), the pool is labelled only after the warm-up round, and the plot is written."""
+def test_bench_fewshot_reports_the_issue_rows_at_the_shots_asked(tmp_path: Path) -> None:
+    """`fedprompt bench fewshot --smoke` on real Rotten Tomatoes texts (a tiny random decoder, a warm-up round and
+    one more): the JSON has the issue's rows for all three settings, ``--shots`` reaches the partition (8 labelled
+    per site on average), the pool is labelled only after the warm-up round, and the plot is written.  The smoke
+    test checks every key; this one what they hold."""
     from fedprompt.app.bench import fewshot
     from fedprompt.app.cli import main
 
-    setup = fewshot.DatasetSetup(backbone=str(tiny_encoder_dir), label_words=("bad", "good"), template="{text}",
-                                 max_length=16, test_size=40, threshold=0.5, per_class_cap=4, pool_cap=30)
-    monkeypatch.setattr(fewshot, "DATASETS", {"rotten_tomatoes": setup})
-    monkeypatch.setattr(fewshot, "ROUNDS", 2)
-    monkeypatch.setattr(fewshot, "MAX_STEPS", 2)
     report = tmp_path / "fs.json"
-    assert main(["bench", "fewshot", "--shots", "8", "--seeds", "1", "--report", str(report)]) == 0
+    assert main(["bench", "fewshot", "--smoke", "--dataset", "rotten_tomatoes", "--shots", "8",
+                 "--report", str(report)]) == 0
     out = json.loads(report.read_text())
     assert [(r["dataset"], r["setting"]) for r in out["rows"]] == [("rotten_tomatoes", s) for s in fewshot.SETTINGS]
     for row in out["rows"]:
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] >= 0
     assert out["settings"]["partition"]["shots"] == 8
     details = out["datasets"]["rotten_tomatoes"]
-    assert sum(details["labelled_per_site"]) == 3 * 8
+    assert sum(details["labelled_per_site"]) == out["settings"]["sites"] * 8
     kept = [r["pseudo_labels"] for r in details["pseudo_label_rounds"][0]]
     assert kept[0] is None and kept[1] is not None  # a random tiny prompt may keep none: the gate decides
     assert report.with_suffix(".png").stat().st_size > 0
