@@ -22,7 +22,7 @@ from fedprompt.app.report import build_report, privacy_spent
 from fedprompt.config import JobConfig, dump_toml, from_mapping, read_toml_text, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
-from fedprompt.data.datasets import label_indices, majority_accuracy
+from fedprompt.data.datasets import Example, label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
@@ -96,13 +96,15 @@ def simulate(
     trainer: Trainer | None = None,
     state_root: Path | None = None,
     link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
+    asr_examples: list[Example] | None = None,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
     With an ``attack`` (kind other than "none") the chosen sites behave maliciously and the report adds
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
     backdoor, also meaningful with no malicious site as the baseline), ``asr_triggered`` (the triggered inputs
-    it was measured on) and ``detection`` (precision/recall
+    it was measured on, among ``asr_examples``: held-out examples, by default every site's test split) and
+    ``detection`` (precision/recall
     of the aggregator's rejections, when it makes any).  ``trainer`` replaces local training (e.g. a
     ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
     site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
@@ -165,7 +167,8 @@ def simulate(
     if attack.kind == "backdoor" and view.global_version >= 0:
         final = runtimes[0].global_vector(view.global_version)
         success = attack_success_rate(lambda texts: learner.predict_proba(final, texts),
-                                      [ex for site in sites for ex in site.test], config.task.label_names, attack)
+                                      asr_examples or [ex for site in sites for ex in site.test],
+                                      config.task.label_names, attack)
         extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
                         seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,

@@ -64,11 +64,11 @@ class FewshotSize:
     sites: int
     rounds: int
     max_steps: int
-    seeds: int | None  # None: --seeds
+    seeds: int
     threads: int
 
 
-FULL = FewshotSize(sites=3, rounds=6, max_steps=32, seeds=None, threads=2)
+FULL = FewshotSize(sites=3, rounds=6, max_steps=32, seeds=3, threads=2)
 #: ``--smoke``: the warm-up round and one more, so the pool is pseudo-labelled and trained on; one seed; one thread,
 #: as the test suite shares the machine.
 SMOKE = FewshotSize(sites=2, rounds=2, max_steps=2, seeds=1, threads=1)
@@ -192,10 +192,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dataset: unknown {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
     if args.shots < 1:
         raise ConfigError(f"--shots: must be >= 1, got {args.shots}")
-    size = run_size(args, FULL, SMOKE)
+    size = run_size(args, FULL, SMOKE, "seeds")
     partition = replace(PARTITION, shots=args.shots)
     torch.set_num_threads(size.threads)
-    seeds = [args.seed + k for k in range(size.seeds or args.seeds)]
+    seeds = [args.seed + k for k in range(size.seeds)]
     rows: list[dict[str, Any]] = []
     details: dict[str, Any] = {}
     printed = []

@@ -14,9 +14,9 @@ follow it) runs, in-process on one shared backbone:
   encrypted, and every round's encrypted decision is checked against the plaintext defence's decision on
   those very deltas (``he_decisions_equal_plaintext``).
 
-The test split has ``TEST_SIZE`` = 1,800 held-out examples: clean accuracy is measured on all of them and the
-attack success rate on every non-target one the model gets right (``triggered_examples``, at least 500 in
-practice), the trigger inserted into held-out texts only.  A row gives mean and sample sd over seeds, the
+Clean accuracy is measured on 1,000 held-out examples (the sites' test splits) and the attack success rate on
+every non-target example the model gets right among those and 2,000 more held out for it alone
+(``triggered_examples``, over 500 in practice), the trigger inserted into held-out texts only.  A row gives mean and sample sd over seeds, the
 pooled detection precision and recall, and per seed and round who was rejected and which malicious updates
 were accepted (``rejected_by_round``), so a reader sees whether a poisoned update ever got in.
 
@@ -43,13 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedprompt.app.bench.smoke import tiny_model
+from fedprompt.app.bench.smoke import run_size, tiny_model
 from fedprompt.app.report import saved_figure, table, write_json
 from fedprompt.app.simulate import SimulationFile, load_simulation, simulate
 from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.crypto.gram import GramEvaluator, evaluation_keys
+from fedprompt.data.datasets import Example
+from fedprompt.data.shards import SiteData, load_split, split_sites
 from fedprompt.models import Backbone, load_backbone
 from fedprompt.participant.train import memoized, train_local
 
@@ -62,19 +64,22 @@ TARGETS = {"asr_over_no_attack": 0.05, "accuracy_drop_points": 1.0, "recall": 0.
 
 
 @dataclass(frozen=True)
-class Sizes:
-    """How big a run is: the measured one, or the smoke one (``--smoke``: a tiny random model, a small test
-    split, one round, one seed, the Gram step timed on 7 and 10 updates, the fewest norm bounding and Krum
-    accept with f = 2)."""
+class RobustSize:
+    """How big a run is: the measured one, or the smoke one (``--smoke``: a tiny random model, small held-out
+    sets, one round, one seed, the Gram step timed on 7 and 10 updates, the fewest norm bounding and Krum
+    accept with f = 2).  ``test_size`` examples are dealt to the sites as their test splits (clean accuracy);
+    ``asr_extra`` more are held out for the backdoor alone, whose success rate is measured on every non-target
+    example of both."""
 
     test_size: int
+    asr_extra: int
     timing: tuple[int, ...]
+    seeds: int
     rounds: int | None = None  # None: the scenario's
-    seeds: int | None = None  # None: --seeds
 
 
-FULL = Sizes(test_size=1800, timing=(10, 20))
-SMOKE = Sizes(test_size=60, timing=(7, 10), rounds=1, seeds=1)
+FULL = RobustSize(test_size=1000, asr_extra=2000, timing=(10, 20), seeds=3)
+SMOKE = RobustSize(test_size=60, asr_extra=40, timing=(7, 10), seeds=1, rounds=1)
 
 
 def _variant(sim: SimulationFile, aggregator: str, he: bool = False, **attack: Any) -> SimulationFile:
@@ -100,9 +105,9 @@ def gram_seconds(vector_size: int, sim: SimulationFile, sizes: tuple[int, ...]) 
         began = time.perf_counter()
         packed = evaluator.gram(parsed[:n])
         out[str(n)] = time.perf_counter() - began
-    sizes = {"upload_bytes": len(uploads[0]), "evaluation_key_bytes": len(keys),
-             f"gram_ciphertext_bytes_{max(sizes)}": len(packed), "params": params.describe()}
-    return {"seconds": out, "sizes": sizes}
+    wire = {"upload_bytes": len(uploads[0]), "evaluation_key_bytes": len(keys),
+            f"gram_ciphertext_bytes_{max(sizes)}": len(packed), "params": params.describe()}
+    return {"seconds": out, "sizes": wire}
 
 
 def decisions_match(report: dict[str, Any], state_root: Path, sim: SimulationFile, defence: str) -> list[dict[str, Any]]:
@@ -144,11 +149,22 @@ def plain_defence_seconds(vector_size: int, sim: SimulationFile, sizes: tuple[in
 
 
 
-def run_seed(sim: SimulationFile, backbone: Backbone, log: str) -> tuple[dict[str, dict[str, Any]],
-                                                                         dict[str, list[dict[str, Any]]]]:
+def held_out(sim: SimulationFile, size: RobustSize) -> tuple[list[SiteData], list[Example]]:
+    """The scenario's sites, with ``size.test_size`` held-out examples dealt as their test splits, and the
+    backdoor's measuring set: every non-target example among those and ``size.asr_extra`` more held out (a
+    trigger is only ever inserted into these, never into an honest site's training data)."""
+    plan = sim.simulation
+    train, test, names = load_split(plan.dataset, size.test_size + size.asr_extra, plan.seed, sim.job.task.label_names)
+    sites = split_sites(train, test[:size.test_size], names, plan.participants, plan.partition, plan.seed)
+    target = names[sim.attack.target_index(names)]
+    return sites, [ex for ex in test if ex.label != target]
+
+
+def run_seed(sim: SimulationFile, size: RobustSize, backbone: Backbone,
+             log: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Every run of one seed: name -> simulation report, and per HE Gram defence its rounds' comparison of
     the encrypted decision with the plaintext one."""
-    sites = sim.simulation.sites(sim.job.task.label_names)
+    sites, asr_examples = held_out(sim, size)
     runs = {"no_attack": _variant(sim, "fedavg", malicious_fraction=0.0), "fedavg": _variant(sim, "fedavg")}
     runs |= {name: _variant(sim, name) for name in DEFENCES}
     runs["fedprompt_reproduction"] = _variant(sim, "fedavg", scale=1.0)
@@ -160,7 +176,8 @@ def run_seed(sim: SimulationFile, backbone: Backbone, log: str) -> tuple[dict[st
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="bench-robust-") as state:
             reports[name] = simulate(variant.job, sites, backbone, attack=variant.attack, trainer=trainer,
-                                     state_root=Path(state) if variant.job.he.enabled else None)
+                                     state_root=Path(state) if variant.job.he.enabled else None,
+                                     asr_examples=asr_examples)
             if variant.job.he.enabled and AGGREGATORS[variant.job.job.aggregator].gram:
                 matches[name[3:]] = decisions_match(reports[name], Path(state), sim, name[3:])
         r = reports[name]
@@ -239,18 +256,18 @@ def plot(rows: list[dict[str, Any]], no_attack: dict[str, Any], path: Path) -> N
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # shared 2-core machine: one thread wastes less than two oversubscribed ones
-    sizes = SMOKE if args.smoke else FULL
-    seeds = list(range(args.seed, args.seed + max(1, sizes.seeds or args.seeds)))
-    smoke = {"model.path": tiny_model("encoder"), "job.rounds": sizes.rounds} if args.smoke else {}
+    size = run_size(args, FULL, SMOKE, "seeds")
+    seeds = list(range(args.seed, args.seed + size.seeds))
+    smoke = {"model.path": tiny_model("encoder"), "job.rounds": size.rounds} if args.smoke else {}
     sims = {seed: load_simulation(SCENARIO, {"simulation.seed": seed, "job.seed": seed, "attack.seed": seed,
-                                             "simulation.test_size": sizes.test_size, **smoke})
+                                             "simulation.test_size": size.test_size, **smoke})
             for seed in seeds}
     sim = sims[seeds[0]]
     backbone = load_backbone(sim.job.model.path, sim.job.model.kind)
     reports: dict[int, dict[str, dict[str, Any]]] = {}
     matches: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for k, seed in enumerate(seeds):
-        reports[seed], matches[seed] = run_seed(sims[seed], backbone, f"seed {seed} ({k + 1}/{len(seeds)})")
+        reports[seed], matches[seed] = run_seed(sims[seed], size, backbone, f"seed {seed} ({k + 1}/{len(seeds)})")
     by_run = {name: {seed: reports[seed][name] for seed in seeds} for name in reports[seeds[0]]}
     rows = [row(name, False, by_run[name]) for name in ("fedavg", *DEFENCES)]
     rows += [row(name, True, by_run[f"he_{name}"]) for name in HE_DEFENCES]
@@ -258,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
     no_attack = row("no_attack", False, by_run["no_attack"])
     reproduction = row("fedprompt_reproduction", False, by_run["fedprompt_reproduction"])
     vector_size = reports[seeds[0]]["no_attack"]["exchanged_params"]
-    timing = gram_seconds(vector_size, sim, sizes.timing)
+    timing = gram_seconds(vector_size, sim, size.timing)
     no_attack_summary = {"accuracy_mean": no_attack["clean_accuracy_mean"], "asr_mean": no_attack["asr_mean"]}
     report_path = Path(args.report or "reports/bench-robust.json")
     out: dict[str, Any] = {
@@ -275,7 +292,7 @@ def main(args: argparse.Namespace) -> int:
                                    "clean_accuracy_mean": reproduction["clean_accuracy_mean"],
                                    "asr_scaled_mean": rows[0]["asr_mean"], "scale": sim.attack.scale,
                                    "aggregator": "fedavg", "partition": sim.simulation.partition},
-        "plain_defence_seconds": plain_defence_seconds(vector_size, sim, sizes.timing),
+        "plain_defence_seconds": plain_defence_seconds(vector_size, sim, size.timing),
         "gram_seconds": timing["seconds"],
         "he_gram": timing["sizes"],
         "he_decisions_equal_plaintext": he_equal,
@@ -283,12 +300,13 @@ def main(args: argparse.Namespace) -> int:
         "best": best([r for r in rows if not r["he"]], no_attack["clean_accuracy_mean"], no_attack["asr_mean"]),
         "best_he": best([r for r in rows if r["he"]], no_attack["clean_accuracy_mean"], no_attack["asr_mean"]),
         "targets": TARGETS,
-        "gram_meets_target": timing["seconds"][str(max(sizes.timing))] < TARGETS["gram_seconds_20"],
+        "gram_meets_target": timing["seconds"][str(max(size.timing))] < TARGETS["gram_seconds_20"],
         "settings": {"scenario": SCENARIO.name, "participants": sim.simulation.participants, "attack": sim.attack,
                      "rounds": sim.job.job.rounds, "steps": sim.job.train.max_steps,
-                     "test_size": sim.simulation.test_size, "partition": sim.simulation.partition,
+                     "test_size": size.test_size, "asr_extra": size.asr_extra,
+                     "partition": sim.simulation.partition,
                      "max_malicious": sim.job.robust.max_malicious, "backbone": sim.job.model.path,
-                     "vector_size": vector_size, "timing_sizes": sizes.timing},
+                     "vector_size": vector_size, "timing_sizes": size.timing},
         "seconds": {str(seed): {name: r["seconds"] for name, r in reports[seed].items()} for seed in seeds},
         "plot": str(report_path.with_suffix(".png")),
     }

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from fedprompt.errors import ConfigError
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -69,6 +71,10 @@ def on_tiny_model(config: JobConfig, kind: str = "encoder") -> JobConfig:
 def run_size(args: argparse.Namespace, full: SizeT, smoke: SizeT, *options: str) -> SizeT:
     """A bench's run size (a frozen dataclass of its sizes): ``smoke`` with ``--smoke``, else ``full``, with each
     field named in ``options`` replaced by the command line's value where it gave one.  So ``--smoke --waves 2`` is
-    the smoke run with two waves, and a bench's full defaults sit in one place, beside its smoke ones."""
+    the smoke run with two waves, and a bench's full defaults sit in one place, beside its smoke ones.  Every
+    such option is a count, so one below 1 is a ``ConfigError`` naming it."""
     given = {name: value for name in options if (value := getattr(args, name)) is not None}
+    for name, value in given.items():
+        if value < 1:
+            raise ConfigError(f"--{name}: must be >= 1, got {value}")
     return dataclasses.replace(smoke if args.smoke else full, **given)

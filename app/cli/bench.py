@@ -32,9 +32,9 @@ def register(sub: Subparsers) -> None:
                             "figures mean nothing, its report has every key (the test suite runs each bench so)")
     bench.add_argument("--seed", type=int, default=0,
                        help="seed for splits, partitions, prompts and training (fewshot: the first seed) (default 0)")
-    bench.add_argument("--seeds", type=int, default=3,
-                       help="fewshot, robust: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3; fewshot: one seed of both "
-                            "datasets takes ~100 min on 2 cores)")
+    bench.add_argument("--seeds", type=int,
+                       help="fewshot, robust: repeat on seeds SEED..SEED+N-1, report mean and sd (default 3, with "
+                            "--smoke 1; fewshot: one seed of both datasets takes ~100 min on 2 cores)")
     bench.add_argument("--dataset", action="append", metavar="NAME",
                        help="fewshot: only this dataset, rotten_tomatoes or bbc_news; repeatable (default both)")
     bench.add_argument("--shots", type=int, default=32,
