@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from fedprompt.app.cli import admin, bench, coordinator, data, demo, model, participant, predict, simulate
+from fedprompt.app.cli.common import Parser, add_logging_flags, commands
 from fedprompt.errors import ERRORS
 
 #: The command groups in ``fedprompt --help`` order; each has ``register(sub)``.
@@ -15,17 +16,18 @@ GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fedprompt`` parser: global logging options, then every group's subcommands."""
-    parser = argparse.ArgumentParser(
+    """The ``fedprompt`` parser: every group's commands, each taking the logging flags wherever they are typed."""
+    parser = Parser(
         prog="fedprompt",
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
                     "without pooling data; only prompt-sized vectors cross the network.",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
-    parser.add_argument("--json-logs", action="store_true", help="structured JSON log lines on stderr")
+    add_logging_flags(parser, first=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
+    for command in commands(parser)[1:]:
+        add_logging_flags(command, first=False)
     return parser
 
 

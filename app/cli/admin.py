@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedprompt.app.cli import ca
-from fedprompt.app.cli.common import group_parser
+from fedprompt.app.cli.common import DEFAULT_COORDINATOR, add_connection_flags, coordinator_default, group_parser
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
     from fedprompt.app.admin_client import AdminClient
     from fedprompt.app.cli.common import Subparsers
-
-DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
-
 
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
@@ -130,15 +127,10 @@ def register(sub: Subparsers) -> None:
     admin = group_parser(sub, "admin", "manage jobs on a running coordinator",
                          "fedprompt admin --ca-cert ca/ca.crt --cert alice/admin-alice.crt --key alice/admin-alice.key "
                          "status rt-sentiment")
-    admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
-                       help="coordinator host:port (default $FEDPROMPT_COORDINATOR or 127.0.0.1:50051)")
-    admin.add_argument("--ca-cert", dest="ca_cert", default=os.environ.get("FEDPROMPT_CA_CERT"),
-                       help="federation CA certificate (default $FEDPROMPT_CA_CERT)")
-    admin.add_argument("--cert", default=os.environ.get("FEDPROMPT_CERT"),
-                       help="your admin certificate (default $FEDPROMPT_CERT)")
-    admin.add_argument("--key", default=os.environ.get("FEDPROMPT_KEY"), help="your private key (default $FEDPROMPT_KEY)")
-    admin.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
-    admin.add_argument("--insecure", action="store_true", help="plaintext to an --insecure coordinator (development)")
+    add_connection_flags(admin, {"coordinator": coordinator_default() or DEFAULT_COORDINATOR,
+                                 "ca_cert": os.environ.get("FEDPROMPT_CA_CERT"),
+                                 "cert": os.environ.get("FEDPROMPT_CERT"), "key": os.environ.get("FEDPROMPT_KEY")},
+                         "admin")
     asub = admin.add_subparsers(dest="admin_cmd", required=True)
     ca.register(asub)
     create = asub.add_parser("create", help="create a job from a job TOML; prints its id")
@@ -164,4 +156,7 @@ def register(sub: Subparsers) -> None:
     export.add_argument("job")
     export.add_argument("--out", required=True)
     export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
+    for name, command in asub.choices.items():
+        if name != "ca":
+            add_connection_flags(command, None, "admin")
     admin.set_defaults(fn=cmd_admin)

@@ -1,18 +1,94 @@
-"""What several command groups share: ``--set`` parsing, server settings, serving until a signal, the data-plan
+"""What several command groups share: the flags every command takes (logging) and every client of the
+coordinator takes (connection), ``--set`` parsing, server settings, serving until a signal, the data-plan
 flags, and the group parser with its example."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedprompt.errors import ConfigError, FedPromptError, quoted
+from fedprompt.logs import LEVELS
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+#: The default of a flag's copy on a subcommand: the flag sets its value only when typed there, so a value typed
+#: earlier on the command line (or the first copy's default) stands (``fedprompt --json-logs simulate`` and
+#: ``fedprompt simulate --json-logs`` mean the same).
+UNSET = argparse.SUPPRESS
+
+
+def add_logging_flags(parser: argparse.ArgumentParser, first: bool) -> None:
+    """``--log-level`` and ``--json-logs``, on the top-level parser (``first``: with their defaults) and on every
+    command below it (without), so they work wherever they are typed."""
+    parser.add_argument("--log-level", choices=LEVELS, default="info" if first else UNSET,
+                        help="log lines at this level and above, on stderr (default info)")
+    parser.add_argument("--json-logs", action="store_true", default=False if first else UNSET,
+                        help="structured JSON log lines on stderr")
+
+
+#: Where a client command finds the coordinator when neither ``--coordinator`` nor ``$FEDPROMPT_COORDINATOR`` says.
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def coordinator_default() -> str | None:
+    """``$FEDPROMPT_COORDINATOR``, read when the parser is built: the one variable that names the coordinator for
+    every client command (admin, participant run, coordinator health), as the default of ``--coordinator``."""
+    return os.environ.get("FEDPROMPT_COORDINATOR") or None
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None, role: str,
+                         config_file: bool = False) -> None:
+    """How a client command reaches the coordinator: ``--coordinator``, the mTLS files, or ``--insecure``.
+
+    ``defaults`` (by dest; absent means None) go on the first copy; ``None`` makes a command's copy below it
+    (``admin``'s job commands), so a flag works on either side of the command's name.  ``role``: the role of the
+    caller's certificate, for the help; ``config_file``: a ``--config`` file's value comes before the fallback."""
+    def default(dest: str) -> Any:
+        return UNSET if defaults is None else defaults.get(dest, False if dest == "insecure" else None)
+
+    def env(dest: str, variable: str) -> str:
+        return f" (default ${variable})" if defaults and dest in defaults else ""
+
+    parser.add_argument("--coordinator", default=default("coordinator"),
+                        help="coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
+                             + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+    parser.add_argument("--ca-cert", dest="ca_cert", default=default("ca_cert"),
+                        help="federation CA certificate: verifies the coordinator" + env("ca_cert", "FEDPROMPT_CA_CERT"))
+    parser.add_argument("--cert", default=default("cert"),
+                        help=f"your {role}: certificate, signed by the federation CA" + env("cert", "FEDPROMPT_CERT"))
+    parser.add_argument("--key", default=default("key"), help="its private key" + env("key", "FEDPROMPT_KEY"))
+    parser.add_argument("--server-name", dest="server_name", default=default("server_name"),
+                        help="verify the coordinator's certificate for this name (one of its SANs), not its address")
+    parser.add_argument("--insecure", action="store_true", default=default("insecure"),
+                        help="plaintext to an --insecure coordinator: local development only (excludes the "
+                             "certificate flags)")
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``fedprompt`` parser and, through ``add_subparsers``, every command's: a usage error is one line,
+    ``fedprompt: error: COMMAND: ...``, exit 2, like every other refusal of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fedprompt").strip()
+        self.exit(2, f"fedprompt: error: {command + ': ' if command else ''}{message} "
+                     f"(`{self.prog} --help` lists the options)\n")
+
+
+def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every command below it, depth first: the parser tree that global flags are added to and
+    tests walk."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(commands(child))
+    return found
 
 
 def group_parser(sub: Subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """The CLI package: every command group module registers its commands (one per group resolves to that module's
-function), each group's ``--help`` example parses, and building the parser loads no ML stack."""
+function), each group's ``--help`` example parses, building the parser loads no ML stack, and the global flags
+work wherever they are typed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from collections.abc import Callable
 import pytest
 
 from fedprompt.app import cli
-from fedprompt.app.cli import build_parser
+from fedprompt.app.cli import build_parser, main
+from fedprompt.app.cli.common import commands
+from fedprompt.errors import ConfigError
+from fedprompt.logs import configure
 from tests.support import REPO
 
 COMMANDS: list[tuple[list[str], Callable[[argparse.Namespace], int]]] = [
@@ -62,3 +66,49 @@ def test_help_loads_no_ml_stack() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnxruntime', 'grpc'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _flags(argv: str) -> dict[str, object]:
+    args = build_parser().parse_args(argv.split())
+    return {key: getattr(args, key) for key in ("log_level", "json_logs", "insecure", "coordinator") if hasattr(args, key)}
+
+
+@pytest.mark.parametrize("argv", ["--json-logs --log-level debug simulate", "simulate --json-logs --log-level debug",
+                                  "--json-logs admin --log-level debug jobs", "admin jobs --json-logs --log-level debug",
+                                  "admin ca list --dir ca --json-logs --log-level debug",
+                                  "coordinator serve --json-logs --log-level debug"])
+def test_logging_flags_work_wherever_they_are_typed(argv: str) -> None:
+    flags = _flags(argv)
+    assert flags["log_level"] == "debug" and flags["json_logs"] is True
+
+
+@pytest.mark.parametrize("argv", ["admin --insecure --coordinator h:1 jobs", "admin jobs --insecure --coordinator h:1",
+                                  "admin --insecure status job --coordinator h:1"])
+def test_admin_connection_flags_work_on_either_side_of_the_command(argv: str) -> None:
+    assert _flags(argv) == {"log_level": "info", "json_logs": False, "insecure": True, "coordinator": "h:1"}
+
+
+def test_a_flag_typed_before_the_command_stands_unless_repeated_after_it() -> None:
+    assert _flags("--log-level error admin --coordinator a:1 jobs")["log_level"] == "error"
+    assert _flags("--log-level error admin --coordinator a:1 jobs")["coordinator"] == "a:1"
+    assert _flags("--log-level error admin --coordinator a:1 jobs --log-level warning --coordinator b:2") == {
+        "log_level": "warning", "json_logs": False, "insecure": False, "coordinator": "b:2"}
+
+
+def test_every_command_takes_the_logging_flags() -> None:
+    for command in commands(build_parser()):
+        assert {"--log-level", "--json-logs"} <= set(command._option_string_actions), command.prog
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "verbose", "simulate"], ["admin", "jobs", "--log-level", "verbose"]])
+def test_an_unknown_log_level_is_refused_in_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("fedprompt: error: ")
+    assert "invalid choice: 'verbose'" in lines[0] and "'debug'" in lines[0]
+
+
+def test_configure_refuses_an_unknown_level() -> None:
+    with pytest.raises(ConfigError, match="log level 'verbose'"):
+        configure("verbose")
