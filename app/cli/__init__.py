@@ -15,6 +15,17 @@ from fedprompt.errors import ERRORS
 GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo, bench)
 
 
+def installed_version() -> str:
+    """The version of the installed ``fedprompt`` distribution (what a bug report should quote), or a note that
+    this checkout runs without being installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedprompt")
+    except PackageNotFoundError:
+        return "(not installed: running from a source checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedprompt`` parser: every group's commands, each taking the logging flags wherever they are typed."""
     parser = Parser(
@@ -22,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
                     "without pooling data; only prompt-sized vectors cross the network.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
+                        help="print the installed fedprompt version and exit")
     add_logging_flags(parser, first=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:

@@ -112,3 +112,11 @@ def test_an_unknown_log_level_is_refused_in_one_line(argv: list[str], capsys: py
 def test_configure_refuses_an_unknown_level() -> None:
     with pytest.raises(ConfigError, match="log level 'verbose'"):
         configure("verbose")
+
+
+def test_version_prints_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "fedprompt", "--version"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == f"fedprompt {version('fedprompt')}"
