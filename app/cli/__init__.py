@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from fedprompt.app.cli import admin, bench, coordinator, data, demo, model, participant, predict, simulate
 from fedprompt.app.cli.common import Parser, add_logging_flags, commands
@@ -30,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fedprompt`` parser: every group's commands, each taking the logging flags wherever they are typed."""
     parser = Parser(
         prog="fedprompt",
-        description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
-                    "without pooling data; only prompt-sized vectors cross the network.",
+        description=textwrap.fill("Federated soft-prompt tuning of a frozen language model: institutions tune a shared "
+                                  "prompt without pooling data; only prompt-sized vectors cross the network.", 100),
+        epilog="example:\n  fedprompt --json-logs coordinator serve --insecure --listen 127.0.0.1:50051 "
+               "--state-dir coord-state",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
                         help="print the installed fedprompt version and exit")

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedprompt.app.cli import ca
-from fedprompt.app.cli.common import DEFAULT_COORDINATOR, add_connection_flags, coordinator_default, group_parser
+from fedprompt.app.cli.common import DEFAULT_COORDINATOR, add_command, add_connection_flags, coordinator_default
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
     from fedprompt.app.admin_client import AdminClient
     from fedprompt.app.cli.common import Subparsers
+
+#: What a job argument takes.
+JOB_HELP = "the job's id, or its name"
 
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
@@ -124,39 +127,45 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``admin`` with its connection options, ``admin ca ...``, then the job commands (create ... export)."""
-    admin = group_parser(sub, "admin", "manage jobs on a running coordinator",
+    admin = add_command(sub, "admin", "manage jobs on a running coordinator",
                          "fedprompt admin --ca-cert ca/ca.crt --cert alice/admin-alice.crt --key alice/admin-alice.key "
                          "status rt-sentiment")
     add_connection_flags(admin, {"coordinator": coordinator_default() or DEFAULT_COORDINATOR,
                                  "ca_cert": os.environ.get("FEDPROMPT_CA_CERT"),
                                  "cert": os.environ.get("FEDPROMPT_CERT"), "key": os.environ.get("FEDPROMPT_KEY")},
-                         "admin")
+                         "admin", env_files=True)
     asub = admin.add_subparsers(dest="admin_cmd", required=True)
     ca.register(asub)
-    create = asub.add_parser("create", help="create a job from a job TOML; prints its id")
-    create.add_argument("config")
+    create = add_command(asub, "create", "create a job from a job TOML; prints its id",
+                         "fedprompt admin create examples/job.toml --start")
+    create.add_argument("config", help="the job's TOML file, e.g. examples/job.toml")
     create.add_argument("--start", action="store_true", help="start it right away")
     for name, text in (("start", "start or resume a job"), ("pause", "pause after the current round"),
                        ("cancel", "cancel a job")):
-        asub.add_parser(name, help=text).add_argument("job")
-    status = asub.add_parser("status", help="a job's rounds, participants and metrics")
-    status.add_argument("job")
-    status.add_argument("--json", action="store_true")
-    asub.add_parser("jobs", help="list jobs")
-    people = asub.add_parser("participants", help="list participants (of one job or all)")
-    people.add_argument("job", nargs="?")
-    flags = asub.add_parser("flags", help="robust aggregation: each round's accepted/rejected updates and scores, "
-                                          "rejection streaks, quarantined participants")
-    flags.add_argument("job")
-    flags.add_argument("--json", action="store_true")
-    release = asub.add_parser("release", help="lift a participant's quarantine so it can be selected again")
-    release.add_argument("job")
-    release.add_argument("participant")
-    export = asub.add_parser("export", help="save the global prompt to a file usable by `fedprompt predict`")
-    export.add_argument("job")
-    export.add_argument("--out", required=True)
+        add_command(asub, name, text, f"fedprompt admin {name} rt-sentiment").add_argument("job", help=JOB_HELP)
+    status = add_command(asub, "status", "a job's rounds, participants and metrics",
+                         "fedprompt admin status rt-sentiment --json")
+    status.add_argument("job", help=JOB_HELP)
+    status.add_argument("--json", action="store_true", help="print the status as JSON instead of tables")
+    add_command(asub, "jobs", "list jobs", "fedprompt admin jobs")
+    people = add_command(asub, "participants", "list participants (of one job or all)",
+                         "fedprompt admin participants rt-sentiment")
+    people.add_argument("job", nargs="?", help=JOB_HELP + " (default: every job's participants)")
+    flags = add_command(asub, "flags", "robust aggregation: each round's accepted/rejected updates and scores, "
+                                       "rejection streaks, quarantined participants",
+                        "fedprompt admin flags rt-sentiment")
+    flags.add_argument("job", help=JOB_HELP)
+    flags.add_argument("--json", action="store_true", help="print the decisions as JSON instead of a table")
+    release = add_command(asub, "release", "lift a participant's quarantine so it can be selected again",
+                          "fedprompt admin release rt-sentiment participant:bank-c")
+    release.add_argument("job", help=JOB_HELP)
+    release.add_argument("participant", help="the quarantined participant's identity, e.g. participant:bank-c")
+    export = add_command(asub, "export", "save the global prompt to a file usable by `fedprompt predict`",
+                         "fedprompt admin export rt-sentiment --out prompt.safetensors")
+    export.add_argument("job", help=JOB_HELP)
+    export.add_argument("--out", required=True, help="file to write: the prompt and the job's config (safetensors)")
     export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
     for name, command in asub.choices.items():
         if name != "ca":
-            add_connection_flags(command, None, "admin")
+            add_connection_flags(command, None, "admin", env_files=True)
     admin.set_defaults(fn=cmd_admin)

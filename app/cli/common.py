@@ -1,6 +1,6 @@
 """What several command groups share: the flags every command takes (logging) and every client of the
 coordinator takes (connection), ``--set`` parsing, server settings, serving until a signal, the data-plan
-flags, and the group parser with its example."""
+flags, and a command's parser with its example."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import os
 import signal
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -43,26 +44,28 @@ def coordinator_default() -> str | None:
 
 
 def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None, role: str,
-                         config_file: bool = False) -> None:
+                         env_files: bool = False, config_file: bool = False) -> None:
     """How a client command reaches the coordinator: ``--coordinator``, the mTLS files, or ``--insecure``.
 
     ``defaults`` (by dest; absent means None) go on the first copy; ``None`` makes a command's copy below it
-    (``admin``'s job commands), so a flag works on either side of the command's name.  ``role``: the role of the
-    caller's certificate, for the help; ``config_file``: a ``--config`` file's value comes before the fallback."""
+    (``admin``'s job commands), so a flag works on either side of the command's name.  For the help: ``role``,
+    that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
+    ``$FEDPROMPT_CERT`` and ``$FEDPROMPT_KEY``; ``config_file``, a ``--config`` file's address comes before the
+    fallback."""
     def default(dest: str) -> Any:
         return UNSET if defaults is None else defaults.get(dest, False if dest == "insecure" else None)
 
-    def env(dest: str, variable: str) -> str:
-        return f" (default ${variable})" if defaults and dest in defaults else ""
+    def env(variable: str) -> str:
+        return f" (default ${variable})" if env_files else ""
 
     parser.add_argument("--coordinator", default=default("coordinator"),
                         help="coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
                              + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
     parser.add_argument("--ca-cert", dest="ca_cert", default=default("ca_cert"),
-                        help="federation CA certificate: verifies the coordinator" + env("ca_cert", "FEDPROMPT_CA_CERT"))
+                        help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))
     parser.add_argument("--cert", default=default("cert"),
-                        help=f"your {role}: certificate, signed by the federation CA" + env("cert", "FEDPROMPT_CERT"))
-    parser.add_argument("--key", default=default("key"), help="its private key" + env("key", "FEDPROMPT_KEY"))
+                        help=f"your certificate (role {role}:), signed by the federation CA" + env("FEDPROMPT_CERT"))
+    parser.add_argument("--key", default=default("key"), help="its private key" + env("FEDPROMPT_KEY"))
     parser.add_argument("--server-name", dest="server_name", default=default("server_name"),
                         help="verify the coordinator's certificate for this name (one of its SANs), not its address")
     parser.add_argument("--insecure", action="store_true", default=default("insecure"),
@@ -91,10 +94,11 @@ def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return found
 
 
-def group_parser(sub: Subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    """A command group's parser (``fedprompt NAME``), its ``--help`` ending with one example."""
-    return sub.add_parser(name, help=help, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_command(sub: Subparsers, name: str, help: str, example: str, description: str = "") -> argparse.ArgumentParser:
+    """A command's parser (``fedprompt ... NAME``): its ``--help`` says what it does (``description``, else
+    ``help``) and ends with one example, kept on one line so that it can be pasted."""
+    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 100),
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

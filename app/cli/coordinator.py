@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, serve_until_signalled, server_settings
+from fedprompt.app.cli.common import add_command, serve_until_signalled, server_settings
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
@@ -67,10 +67,12 @@ def cmd_coordinator_health(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``coordinator serve``, ``coordinator backup`` and ``coordinator health``."""
-    coord = group_parser(sub, "coordinator", "run the coordinator service",
+    coord = add_command(sub, "coordinator", "run the coordinator service",
                          "fedprompt coordinator serve --insecure --listen 127.0.0.1:50051 --state-dir coord-state"
                          ).add_subparsers(dest="sub", required=True)
-    serve = coord.add_parser("serve", help="serve the participant and admin gRPC services")
+    serve = add_command(coord, "serve", "serve the participant and admin gRPC services",
+                        "fedprompt coordinator serve --ca-cert ca/ca.crt --cert coord/coordinator-main.crt "
+                        "--key coord/coordinator-main.key --crl ca/crl.pem --state-dir coord-state")
     serve.add_argument("--config", help="coordinator TOML ([coordinator] table)")
     serve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
     serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file")
@@ -83,11 +85,14 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     serve.set_defaults(fn=cmd_coordinator_serve)
-    backup = coord.add_parser("backup", help="consistent copy of the coordinator's state while it runs")
+    backup = add_command(coord, "backup", "consistent copy of the coordinator's state while it runs",
+                         "fedprompt coordinator backup --state-dir coord-state --out backups/coordinator.sqlite")
     backup.add_argument("--state-dir", dest="state_dir", required=True, help="the coordinator's state directory")
     backup.add_argument("--out", required=True, help="new SQLite file to write")
     backup.set_defaults(fn=cmd_coordinator_backup)
-    health = coord.add_parser("health", help="check the gRPC health service (exit 0 = SERVING); for probes")
+    health = add_command(coord, "health", "check the gRPC health service (exit 0 = SERVING); for probes",
+                         "fedprompt coordinator health --ca-cert tls/ca.crt --cert tls/probe-k8s.crt "
+                         "--key tls/probe-k8s.key --server-name coord.example.org")
     health.add_argument("--target", default="127.0.0.1:50051", help="coordinator host:port")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--ca-cert", dest="ca_cert", default="", help="federation CA certificate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, parse_overrides
+from fedprompt.app.cli.common import add_command, parse_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -31,10 +31,12 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``participant run``."""
-    part = group_parser(sub, "participant", "run a participant daemon",
+    part = add_command(sub, "participant", "run a participant daemon",
                         "fedprompt participant run --config examples/participant.toml"
                         ).add_subparsers(dest="sub", required=True)
-    run = part.add_parser("run", help="join a job and train on local data until it is done")
+    run = add_command(part, "run", "join a job and train on local data until it is done",
+                      "fedprompt participant run --insecure --name participant:hospital-a --job rt-sentiment "
+                      "--data-dir data/participant-0 --state-dir state/hospital-a")
     run.add_argument("--config", help="participant TOML ([participant] table)")
     run.add_argument("--coordinator", help="coordinator host:port")
     run.add_argument("--job", help="job name or id to join")

@@ -1,6 +1,6 @@
 """The CLI package: every command group module registers its commands (one per group resolves to that module's
-function), each group's ``--help`` example parses, building the parser loads no ML stack, and the global flags
-work wherever they are typed."""
+function), every argument has help and every command's ``--help`` ends with an example that parses, building the
+parser loads no ML stack, and the global flags work wherever they are typed."""
 
 from __future__ import annotations
 
@@ -45,20 +45,23 @@ def test_every_group_module_is_covered() -> None:
     assert {fn.__module__ for _, fn in COMMANDS} == {group.__name__ for group in (*cli.GROUPS, cli.ca)}
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next((dict(action.choices) for action in parser._actions
-                 if isinstance(action, argparse._SubParsersAction)), {})
+def test_every_argument_has_help() -> None:
+    missing = [f"{command.prog} {'/'.join(action.option_strings) or action.dest}"
+               for command in commands(build_parser()) for action in command._actions
+               if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert missing == []
 
 
-def test_each_help_example_parses() -> None:
+def test_every_command_help_ends_with_an_example_that_parses() -> None:
     root = build_parser()
-    groups = _subparsers(root)
-    parsers = [*groups.values(), _subparsers(groups["admin"])["ca"]]
-    examples = [p.epilog.partition("example:\n")[2].strip() for p in parsers if p.epilog]
-    assert len(examples) >= 8
-    for example in examples:
-        program, *argv = shlex.split(example)
-        assert program == "fedprompt" and callable(root.parse_args(argv).fn), example
+    every = commands(root)
+    assert len(every) >= 30
+    for command in every:
+        assert command.epilog and command.epilog.startswith("example:\n  "), command.prog
+        program, *argv = shlex.split(command.epilog.partition("example:\n")[2])
+        assert program == "fedprompt" and " ".join(argv).startswith(command.prog.removeprefix("fedprompt").strip())
+        assert callable(root.parse_args(argv).fn), command.prog
+        assert command.format_help().rstrip().endswith(command.epilog.rstrip()), command.prog
 
 
 def test_help_loads_no_ml_stack() -> None:
