@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedprompt.app.cli import ca
-from fedprompt.app.cli.common import DEFAULT_COORDINATOR, add_command, add_connection_flags, coordinator_default
-from fedprompt.errors import FedPromptError
+from fedprompt.app.cli.common import (
+    DEFAULT_COORDINATOR,
+    add_command,
+    add_connection_flags,
+    client_tls,
+    coordinator_default,
+)
 
 if TYPE_CHECKING:
     from fedprompt.app.admin_client import AdminClient
@@ -22,19 +27,8 @@ JOB_HELP = "the job's id, or its name"
 
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
-    from fedprompt.wire.channel import ClientTls
 
-    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
-    if args.insecure:
-        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
-        if given:
-            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
-        return AdminClient(args.coordinator)
-    missing = [flag for flag, value in files.items() if not value]
-    if missing:
-        raise FedPromptError(f"admin calls use mTLS: give {', '.join(missing)} (or $FEDPROMPT_CA_CERT, "
-                             "$FEDPROMPT_CERT, $FEDPROMPT_KEY); --insecure only for a local --insecure coordinator")
-    return AdminClient(args.coordinator, ClientTls(args.ca_cert, args.cert, args.key, args.server_name or ""))
+    return AdminClient(args.coordinator, client_tls(args, " (or $FEDPROMPT_CA_CERT, $FEDPROMPT_CERT, $FEDPROMPT_KEY)"))
 
 
 def _print_status(view: Any, people: list[Any]) -> None:

@@ -16,6 +16,8 @@ from fedprompt.errors import ConfigError, FedPromptError, quoted
 from fedprompt.logs import LEVELS
 
 if TYPE_CHECKING:
+    from fedprompt.wire.channel import ClientTls
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 #: The default of a flag's copy on a subcommand: the flag sets its value only when typed there, so a value typed
@@ -71,6 +73,25 @@ def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, An
     parser.add_argument("--insecure", action="store_true", default=default("insecure"),
                         help="plaintext to an --insecure coordinator: local development only (excludes the "
                              "certificate flags)")
+
+
+def client_tls(args: argparse.Namespace, hint: str = "") -> ClientTls | None:
+    """A client command's transport from its connection flags: None (plaintext) with ``--insecure``, which may not
+    be combined with a certificate flag, else mTLS, which needs all three files (``hint`` says where else they
+    may come from)."""
+    from fedprompt.wire.channel import ClientTls
+
+    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
+    if args.insecure:
+        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
+        if given:
+            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
+        return None
+    missing = [flag for flag, value in files.items() if not value]
+    if missing:
+        raise FedPromptError(f"calls to the coordinator use mTLS: give {', '.join(missing)}{hint}; --insecure only "
+                             "for a local --insecure coordinator")
+    return ClientTls(args.ca_cert, args.cert, args.key, args.server_name or "")
 
 
 class Parser(argparse.ArgumentParser):

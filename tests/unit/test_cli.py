@@ -123,3 +123,22 @@ def test_version_prints_the_installed_distribution_version() -> None:
     out = subprocess.run([sys.executable, "-m", "fedprompt", "--version"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == f"fedprompt {version('fedprompt')}"
+
+
+CLIENTS = ["admin jobs", "coordinator health", "participant run"]
+
+
+@pytest.mark.parametrize("argv", CLIENTS)
+def test_every_client_names_the_coordinator_one_way(argv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDPROMPT_COORDINATOR", "from-env:7")
+    assert build_parser().parse_args([*argv.split(), "--coordinator", "flag:8"]).coordinator == "flag:8"
+    assert build_parser().parse_args(argv.split()).coordinator == "from-env:7"
+    monkeypatch.delenv("FEDPROMPT_COORDINATOR")
+    # participant run leaves the address to its config file when neither the flag nor the variable names it
+    assert build_parser().parse_args(argv.split()).coordinator == (None if argv == "participant run" else
+                                                                   "127.0.0.1:50051")
+
+
+def test_no_command_calls_the_coordinator_address_anything_else() -> None:
+    for command in commands(build_parser()):
+        assert "--target" not in command._option_string_actions, command.prog
