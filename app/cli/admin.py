@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
 
 #: What a job argument takes.
-JOB_HELP = "the job's id, or its name"
+JOB_HELP = "the job's id, or its name if no other job has it"
 
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
