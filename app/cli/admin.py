@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +14,10 @@ from fedprompt.app.cli.common import (
     DEFAULT_COORDINATOR,
     add_command,
     add_connection_flags,
+    add_format_flag,
     client_tls,
     coordinator_default,
+    print_json,
 )
 
 if TYPE_CHECKING:
@@ -67,9 +69,37 @@ def _print_flags(flags: Any) -> None:
     print(f"quarantined: {', '.join(flags.quarantined) or 'none'}")
 
 
-def cmd_admin(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+def _print_jobs(views: list[Any]) -> None:
+    from fedprompt.app.report import table
 
+    if not views:
+        print("no jobs (create one with `fedprompt admin create JOB.toml`)")
+        return
+    print(table(["job", "name", "state", "round", "participants", "aggregator"],
+                [[v.job_id, v.name, v.state, f"{v.current_round}/{v.total_rounds}", v.participants, v.aggregator]
+                 for v in views]))
+
+
+def _print_participants(people: list[Any], job: str | None) -> None:
+    from fedprompt.app.report import table
+
+    if not people:
+        print(f"no participants have joined {'job ' + job if job else 'any job'}")
+        return
+    print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
+                [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted, p.record_epsilon,
+                  p.reason] for p in people]))
+
+
+def _show(args: argparse.Namespace, found: Any, as_table: Callable[[Any], None]) -> None:
+    """A listing as ``--format`` asks: JSON for scripts, else ``as_table``."""
+    if args.format == "json":
+        print_json(found)
+    else:
+        as_table(found)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
     from fedprompt.config import read_toml_text
     from fedprompt.files import writable
 
@@ -88,27 +118,13 @@ def cmd_admin(args: argparse.Namespace) -> int:
         elif args.admin_cmd in ("start", "pause", "cancel"):
             print(getattr(client, args.admin_cmd)(args.job))
         elif args.admin_cmd == "status":
-            view = client.status(args.job)
-            if args.json:
-                print(json.dumps(asdict(view), indent=2))
-            else:
-                _print_status(view, client.participants(view.job_id))
+            _show(args, client.status(args.job), lambda view: _print_status(view, client.participants(view.job_id)))
         elif args.admin_cmd == "jobs":
-            for view in client.jobs():
-                print(f"{view.job_id}\t{view.state}\tround {view.current_round}/{view.total_rounds}")
+            _show(args, client.jobs(), _print_jobs)
         elif args.admin_cmd == "participants":
-            from fedprompt.app.report import table
-
-            people = client.participants(args.job or "")
-            print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
-                        [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted,
-                          p.record_epsilon, p.reason] for p in people]))
+            _show(args, client.participants(args.job or ""), lambda people: _print_participants(people, args.job))
         elif args.admin_cmd == "flags":
-            flags = client.flags(args.job)
-            if args.json:
-                print(json.dumps(asdict(flags), indent=2))
-            else:
-                _print_flags(flags)
+            _show(args, client.flags(args.job), _print_flags)
         elif args.admin_cmd == "release":
             print(client.release(args.job, args.participant))
         elif args.admin_cmd == "export":
@@ -138,18 +154,19 @@ def register(sub: Subparsers) -> None:
                        ("cancel", "cancel a job")):
         add_command(asub, name, text, f"fedprompt admin {name} rt-sentiment").add_argument("job", help=JOB_HELP)
     status = add_command(asub, "status", "a job's rounds, participants and metrics",
-                         "fedprompt admin status rt-sentiment --json")
+                         "fedprompt admin status rt-sentiment --format json")
     status.add_argument("job", help=JOB_HELP)
-    status.add_argument("--json", action="store_true", help="print the status as JSON instead of tables")
-    add_command(asub, "jobs", "list jobs", "fedprompt admin jobs")
+    add_format_flag(status, json_alias=True)
+    add_format_flag(add_command(asub, "jobs", "list jobs", "fedprompt admin jobs --format json"))
     people = add_command(asub, "participants", "list participants (of one job or all)",
                          "fedprompt admin participants rt-sentiment")
     people.add_argument("job", nargs="?", help=JOB_HELP + " (default: every job's participants)")
+    add_format_flag(people)
     flags = add_command(asub, "flags", "robust aggregation: each round's accepted/rejected updates and scores, "
                                        "rejection streaks, quarantined participants",
                         "fedprompt admin flags rt-sentiment")
     flags.add_argument("job", help=JOB_HELP)
-    flags.add_argument("--json", action="store_true", help="print the decisions as JSON instead of a table")
+    add_format_flag(flags, json_alias=True)
     release = add_command(asub, "release", "lift a participant's quarantine so it can be selected again",
                           "fedprompt admin release rt-sentiment participant:bank-c")
     release.add_argument("job", help=JOB_HELP)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command
+from fedprompt.app.cli.common import add_command, add_format_flag, print_json
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -62,9 +62,14 @@ def cmd_ca(args: argparse.Namespace) -> int:
         from fedprompt.app.report import table
 
         revoked = ca.revoked()
-        print(table(["serial", "identity", "not_after", "revoked"],
-                    [[row["serial"], row["identity"], row["not_after"][:19], int(row["serial"], 16) in revoked]
-                     for row in ca.issued()]))
+        issued = [{"serial": row["serial"], "identity": row["identity"], "not_after": row["not_after"][:19],
+                   "revoked": int(row["serial"], 16) in revoked} for row in ca.issued()]
+        if args.format == "json":
+            print_json(issued)
+        elif not issued:
+            print(f"this CA has issued no certificate yet (`fedprompt admin ca issue --dir {args.dir} ...`)")
+        else:
+            print(table(["serial", "identity", "not_after", "revoked"], [list(row.values()) for row in issued]))
     return 0
 
 
@@ -106,6 +111,8 @@ def register(asub: Subparsers) -> None:
     which.add_argument("--serial", help="serial number (hex, as printed by issue/sign/list)")
     which.add_argument("--cert", dest="revoke_cert", help="a certificate file")
     which.add_argument("--identity", help="every certificate issued to this identity")
-    add_command(casub, "list", "certificates issued and their revocation state", "fedprompt admin ca list --dir ca"
-                ).add_argument("--dir", required=True, help="CA directory")
+    listing = add_command(casub, "list", "certificates issued and their revocation state",
+                          "fedprompt admin ca list --dir ca --format json")
+    listing.add_argument("--dir", required=True, help="CA directory")
+    add_format_flag(listing)
     ca.set_defaults(fn=cmd_ca)

@@ -75,6 +75,27 @@ def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, An
                              "certificate flags)")
 
 
+def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -> None:
+    """A listing command's ``--format``: ``table`` (headers, and a sentence when there is nothing to list) or
+    ``json`` (for scripts).  ``json_alias``: ``--json`` too, the flag ``status`` and ``flags`` had first."""
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table: aligned columns under headers (default); json: for scripts")
+    if json_alias:
+        parser.add_argument("--json", dest="format", action="store_const", const="json", default=UNSET,
+                            help="same as --format json")
+
+
+def print_json(value: Any) -> None:
+    """A listing as ``--format json`` prints it: dataclasses as objects, indented."""
+    import dataclasses
+    import json
+
+    def plain(item: Any) -> Any:
+        return dataclasses.asdict(item) if dataclasses.is_dataclass(item) and not isinstance(item, type) else item
+
+    print(json.dumps([plain(v) for v in value] if isinstance(value, list) else plain(value), indent=2))
+
+
 def client_tls(args: argparse.Namespace, hint: str = "") -> ClientTls | None:
     """A client command's transport from its connection flags: None (plaintext) with ``--insecure``, which may not
     be combined with a certificate flag, else mTLS, which needs all three files (``hint`` says where else they

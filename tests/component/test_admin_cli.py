@@ -1,8 +1,10 @@
 """The ``fedprompt admin`` command line against a real coordinator (plaintext, on 127.0.0.1:0): a name that
-several jobs share is refused with their ids, whatever the command, and nothing is done to any of them."""
+several jobs share is refused with their ids, whatever the command, and nothing is done to any of them; the
+listings have headers, say so when they are empty, and print JSON with ``--format json``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,36 @@ def test_the_refusal_lists_at_most_a_few_candidates(tmp_path: Path) -> None:
             assert [i for i in ids if i in message] == ids[3:]  # the newest ten
         finally:
             admin.close()
+
+
+def test_listings_have_headers_say_when_empty_and_print_json_on_request(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    with LiveCoordinator(tmp_path / "coord") as coordinator:
+        target = coordinator.target
+        assert fedprompt(capfd, target, "jobs")[1].startswith("no jobs")
+        assert json.loads(fedprompt(capfd, target, "jobs", "--format", "json")[1]) == []
+        assert fedprompt(capfd, target, "participants")[1].startswith("no participants have joined any job")
+        assert json.loads(fedprompt(capfd, target, "participants", "--format", "json")[1]) == []
+
+        code, out, _ = fedprompt(capfd, target, "create", str(write_job(tmp_path)))
+        job_id = out.strip()
+        code, out, _ = fedprompt(capfd, target, "jobs")
+        header, rule, row = out.strip().splitlines()
+        assert code == 0 and header.split() == ["job", "name", "state", "round", "participants", "aggregator"]
+        assert set(rule) == {"-"} and row.split() == [job_id, "rt-sentiment", "created", "0/2", "0", "fedavg"]
+        listed = json.loads(fedprompt(capfd, target, "jobs", "--format", "json")[1])
+        assert [(v["job_id"], v["name"], v["state"]) for v in listed] == [(job_id, "rt-sentiment", "created")]
+        assert fedprompt(capfd, target, "participants", job_id)[1].startswith(f"no participants have joined job {job_id}")
+
+        status = fedprompt(capfd, target, "status", "rt-sentiment", "--format", "json")[1]
+        assert json.loads(status)["job_id"] == job_id
+        assert fedprompt(capfd, target, "status", "rt-sentiment", "--json")[1] == status  # the older spelling
+        flags = json.loads(fedprompt(capfd, target, "flags", job_id, "--format", "json")[1])
+        assert flags["flags"] == [] and flags["quarantined"] == []
+
+
+def write_job(tmp_path: Path) -> Path:
+    """A job file named rt-sentiment, as an admin writes one."""
+    path = tmp_path / "job.toml"
+    path.write_text(dump_toml(tiny_job(tmp_path, name="rt-sentiment")), encoding="utf-8")
+    return path

@@ -5,16 +5,19 @@ parser loads no ML stack, and the global flags work wherever they are typed."""
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from fedprompt.app import cli
 from fedprompt.app.cli import build_parser, main
 from fedprompt.app.cli.common import commands
+from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.errors import ConfigError
 from fedprompt.logs import configure
 from tests.support import REPO
@@ -142,3 +145,30 @@ def test_every_client_names_the_coordinator_one_way(argv: str, monkeypatch: pyte
 def test_no_command_calls_the_coordinator_address_anything_else() -> None:
     for command in commands(build_parser()):
         assert "--target" not in command._option_string_actions, command.prog
+
+
+def test_every_listing_command_takes_format_json() -> None:
+    listings = {"fedprompt admin status", "fedprompt admin jobs", "fedprompt admin participants",
+                "fedprompt admin flags", "fedprompt admin ca list"}
+    taking = {command.prog for command in commands(build_parser()) if "--format" in command._option_string_actions}
+    assert taking == listings
+    for prog in listings:
+        argv = [*prog.split()[1:], *(["job"] if prog.endswith(("status", "flags")) else []),
+                *(["--dir", "ca"] if prog.endswith("list") else []), "--format", "json"]
+        assert build_parser().parse_args(argv).format == "json"
+
+
+def test_ca_list_has_headers_says_when_empty_and_prints_json(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    ca = CertificateAuthority.init(tmp_path / "ca")
+
+    def listing(*flags: str) -> str:
+        args = build_parser().parse_args(["admin", "ca", "list", "--dir", str(ca.dir), *flags])
+        assert args.fn(args) == 0
+        return capsys.readouterr().out
+
+    assert listing().startswith("this CA has issued no certificate yet") and json.loads(listing("--format", "json")) == []
+    ca.issue("admin:alice", tmp_path / "alice")
+    assert listing().splitlines()[0].split() == ["serial", "identity", "not_after", "revoked"]
+    [row] = json.loads(listing("--format", "json"))
+    assert row["identity"] == "admin:alice" and row["revoked"] is False
