@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from fedprompt.app.cli import admin, bench, coordinator, data, demo, model, participant, predict, simulate
-from fedprompt.app.cli.common import Parser, add_logging_flags, commands
+from fedprompt.app.cli.common import Parser, add_logging_flags, ask_for_a_command, commands
 from fedprompt.errors import ERRORS
 
 #: The command groups in ``fedprompt --help`` order; each has ``register(sub)``.
@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
-    for command in commands(parser)[1:]:
-        add_logging_flags(command, first=False)
+    for command in commands(parser):
+        if command is not parser:
+            add_logging_flags(command, first=False)
+        ask_for_a_command(command)
     return parser
 
 

@@ -179,4 +179,4 @@ def register(sub: Subparsers) -> None:
     for name, command in asub.choices.items():
         if name != "ca":
             add_connection_flags(command, None, "admin", env_files=True)
-    admin.set_defaults(fn=cmd_admin)
+            command.set_defaults(fn=cmd_admin)

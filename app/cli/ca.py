@@ -115,4 +115,5 @@ def register(asub: Subparsers) -> None:
                           "fedprompt admin ca list --dir ca --format json")
     listing.add_argument("--dir", required=True, help="CA directory")
     add_format_flag(listing)
-    ca.set_defaults(fn=cmd_ca)
+    for command in casub.choices.values():
+        command.set_defaults(fn=cmd_ca)

@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -122,7 +123,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("fedprompt").strip()
         self.exit(2, f"fedprompt: error: {command + ': ' if command else ''}{message} "
-                     f"(`{self.prog} --help` lists the options)\n")
+                     f"(`{self.prog} --help` says more)\n")
 
 
 def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -134,6 +135,23 @@ def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
             for child in dict.fromkeys(action.choices.values()):
                 found.extend(commands(child))
     return found
+
+
+def ask_for_a_command(parser: argparse.ArgumentParser) -> None:
+    """A command with commands below it (``fedprompt coordinator``), typed alone, is refused naming them (argparse
+    said "required: sub"): its commands become optional, and its own action is that refusal, which any command
+    typed below it replaces."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.required = False
+            parser.set_defaults(fn=_refusal(parser, ", ".join(action.choices)))
+
+
+def _refusal(parser: argparse.ArgumentParser, names: str) -> Callable[[argparse.Namespace], int]:
+    def refuse(args: argparse.Namespace) -> int:
+        parser.error(f"choose a command: {names}")
+
+    return refuse
 
 
 def add_command(sub: Subparsers, name: str, help: str, example: str, description: str = "") -> argparse.ArgumentParser:

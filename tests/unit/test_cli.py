@@ -172,3 +172,18 @@ def test_ca_list_has_headers_says_when_empty_and_prints_json(tmp_path: Path,
     assert listing().splitlines()[0].split() == ["serial", "identity", "not_after", "revoked"]
     [row] = json.loads(listing("--format", "json"))
     assert row["identity"] == "admin:alice" and row["revoked"] is False
+
+
+def test_a_command_typed_without_its_subcommand_names_them(capsys: pytest.CaptureFixture[str]) -> None:
+    groups = [(command, action) for command in commands(build_parser()) for action in command._actions
+              if isinstance(action, argparse._SubParsersAction)]
+    assert {command.prog for command, _ in groups} == {
+        "fedprompt", "fedprompt coordinator", "fedprompt participant", "fedprompt model", "fedprompt admin",
+        "fedprompt admin ca", "fedprompt data"}
+    for command, action in groups:
+        args = build_parser().parse_args(command.prog.split()[1:])
+        with pytest.raises(SystemExit) as exit_:
+            args.fn(args)
+        [line] = capsys.readouterr().err.splitlines()
+        assert exit_.value.code == 2 and line.startswith("fedprompt: error: "), line
+        assert f"choose a command: {', '.join(action.choices)} (" in line
