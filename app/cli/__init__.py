@@ -1,5 +1,5 @@
 """``fedprompt``: the one command-line entry point.  This module assembles the parser from one module per command
-group (coordinator, participant, model, admin with admin ca, predict, data, simulate, demo, bench) and holds
+group (coordinator, participant, model, admin with admin ca, predict, data, simulate, demo, bench, completion) and holds
 ``main``; each group module registers its subcommands and imports what they need only when they run."""
 
 from __future__ import annotations
@@ -8,12 +8,23 @@ import argparse
 import sys
 import textwrap
 
-from fedprompt.app.cli import admin, bench, coordinator, data, demo, model, participant, predict, simulate
+from fedprompt.app.cli import (
+    admin,
+    bench,
+    completion,
+    coordinator,
+    data,
+    demo,
+    model,
+    participant,
+    predict,
+    simulate,
+)
 from fedprompt.app.cli.common import Parser, add_logging_flags, ask_for_a_command, commands
 from fedprompt.errors import ERRORS
 
 #: The command groups in ``fedprompt --help`` order; each has ``register(sub)``.
-GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo, bench)
+GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo, bench, completion)
 
 
 def installed_version() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,6 +37,7 @@ COMMANDS: list[tuple[list[str], Callable[[argparse.Namespace], int]]] = [
     (["simulate"], cli.simulate.cmd_simulate),
     (["demo"], cli.demo.cmd_demo),
     (["bench", "dp"], cli.bench.cmd_bench),
+    (["completion", "bash"], cli.completion.cmd_completion),
 ]
 
 
@@ -187,3 +189,31 @@ def test_a_command_typed_without_its_subcommand_names_them(capsys: pytest.Captur
         [line] = capsys.readouterr().err.splitlines()
         assert exit_.value.code == 2 and line.startswith("fedprompt: error: "), line
         assert f"choose a command: {', '.join(action.choices)} (" in line
+
+
+@pytest.fixture(scope="module")
+def completion_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("completion") / "fedprompt.bash"
+    path.write_text(subprocess.run([sys.executable, "-m", "fedprompt", "completion", "bash"], cwd=REPO,
+                                   capture_output=True, text=True, check=True).stdout, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("typed", "offered"), [
+    ("fedprompt ad", "admin"),
+    ("fedprompt admin --insecure j", "jobs"),
+    ("fedprompt admin jobs --fo", "--format"),
+    ("fedprompt admin jobs --format ", "table json"),
+    ("fedprompt simulate --log-level ", "debug info warning error"),
+    ("fedprompt admin ca ", "-h --help init issue csr sign revoke list --log-level --json-logs"),
+    ("fedprompt bench f", "federated fewshot"),
+    ("fedprompt admin export job --out ", ""),  # a file name: bash's own completion takes over
+])
+def test_bash_completion_offers_what_the_parser_takes(completion_script: Path, typed: str, offered: str) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    words = typed.split() + ([""] if typed.endswith(" ") else [])
+    code = (f"source {shlex.quote(str(completion_script))}; COMP_WORDS=({' '.join(map(shlex.quote, words))}); "
+            "COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _fedprompt; echo \"${COMPREPLY[*]}\"")
+    out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == "" and out.stdout.strip() == offered
