@@ -1,4 +1,4 @@
-"""The coordinator's domain facade: every job's runtime, found by id or name, behind plain method calls.
+"""The coordinator's domain facade: every job's runtime, found by id or unique name, behind plain method calls.
 
 gRPC servicers and the in-process simulation both drive this object; it never imports grpc.  Job ids are
 opaque (``fedprompt.protocol.new_job_id``): a name is whatever text the admin chose, so it never names a file.
@@ -20,12 +20,14 @@ from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
 from fedprompt.coordinator.views import participant_views
-from fedprompt.errors import ConfigError, InvalidRequest, NotFound
+from fedprompt.errors import AmbiguousName, ConfigError, InvalidRequest, NotFound, quoted
 from fedprompt.protocol import JobView, ParticipantView, new_job_id
 
 log = structlog.get_logger("coordinator.jobs")
 
 MAX_REF = 200
+#: How many of the jobs sharing a name a refusal lists (each id with its state; the status message stays small).
+MAX_CANDIDATES = 10
 #: How much of an exception's text (which may quote a job's name or a path) a log line or a job's reason holds.
 MAX_ERROR = 200
 
@@ -63,17 +65,22 @@ class JobManager:
         return job_id
 
     def job(self, ref: str) -> JobRuntime:
-        """A job by id, or by name (the newest job of that name that has not ended, else the newest)."""
+        """A job by id, or by a name that no other job has.  A name several jobs share is refused with their ids:
+        choosing one for the caller (the newest, once) let ``admin cancel NAME`` end a job its admin never meant."""
         if not 0 < len(ref) <= MAX_REF:
             raise InvalidRequest(f"a job id or name has 1-{MAX_REF} characters, got {len(ref)}")
         if ref in self.jobs:
             return self.jobs[ref]
         named = [j for j in self.jobs.values() if j.config.job.name == ref]
-        live = [j for j in named if j.state not in TERMINAL]
-        chosen = (live or named)[-1:] if named else []
-        if not chosen:
+        if not named:
             raise NotFound(f"no job with id or name {ref[:80]!r}")
-        return chosen[0]
+        if len(named) > 1:
+            newest = [f"{j.job_id} ({j.state.value})" for j in reversed(named)]
+            shown = ", ".join(newest[:MAX_CANDIDATES]) + (f" and {len(newest) - MAX_CANDIDATES} more"
+                                                          if len(newest) > MAX_CANDIDATES else "")
+            raise AmbiguousName(f"{len(named)} jobs are named {quoted(ref)}: {shown} (newest first); name one by "
+                                "its id")
+        return named[0]
 
     def expel(self, participant_id: str, why: str) -> None:
         """Remove a participant from every job (its certificate was revoked), discarding in-flight updates; each job

@@ -69,6 +69,11 @@ class DecryptorDisagreement(PreconditionFailed):
     broken, so the round's robust decision is refused rather than made on either answer."""
 
 
+class AmbiguousName(PreconditionFailed):
+    """A job name that several jobs share, where one job must be meant: the caller names it by id (the message
+    lists the candidates)."""
+
+
 class PermissionDenied(FedPromptError):
     """The caller is authenticated but may not do this (base of the refusals below)."""
 

@@ -1,31 +1,63 @@
 """``fedprompt``: the one command-line entry point.  This module assembles the parser from one module per command
-group (coordinator, participant, model, admin with admin ca, predict, data, simulate, demo, bench) and holds
+group (coordinator, participant, model, admin with admin ca, predict, data, simulate, demo, bench, completion) and holds
 ``main``; each group module registers its subcommands and imports what they need only when they run."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
-from fedprompt.app.cli import admin, bench, coordinator, data, demo, model, participant, predict, simulate
+from fedprompt.app.cli import (
+    admin,
+    bench,
+    completion,
+    coordinator,
+    data,
+    demo,
+    model,
+    participant,
+    predict,
+    simulate,
+)
+from fedprompt.app.cli.common import Parser, add_logging_flags, ask_for_a_command, commands
 from fedprompt.errors import ERRORS
 
 #: The command groups in ``fedprompt --help`` order; each has ``register(sub)``.
-GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo, bench)
+GROUPS = (coordinator, participant, model, admin, predict, data, simulate, demo, bench, completion)
+
+
+def installed_version() -> str:
+    """The version of the installed ``fedprompt`` distribution (what a bug report should quote), or a note that
+    this checkout runs without being installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedprompt")
+    except PackageNotFoundError:
+        return "(not installed: running from a source checkout)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fedprompt`` parser: global logging options, then every group's subcommands."""
-    parser = argparse.ArgumentParser(
+    """The ``fedprompt`` parser: every group's commands, each taking the logging flags wherever they are typed."""
+    parser = Parser(
         prog="fedprompt",
-        description="Federated soft-prompt tuning of a frozen language model: institutions tune a shared prompt "
-                    "without pooling data; only prompt-sized vectors cross the network.",
+        description=textwrap.fill("Federated soft-prompt tuning of a frozen language model: institutions tune a shared "
+                                  "prompt without pooling data; only prompt-sized vectors cross the network.", 100),
+        epilog="example:\n  fedprompt --json-logs coordinator serve --insecure --listen 127.0.0.1:50051 "
+               "--state-dir coord-state",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
-    parser.add_argument("--json-logs", action="store_true", help="structured JSON log lines on stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
+                        help="print the installed fedprompt version and exit")
+    add_logging_flags(parser, first=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(sub)
+    for command in commands(parser):
+        if command is not parser:
+            add_logging_flags(command, first=False)
+        ask_for_a_command(command)
     return parser
 
 

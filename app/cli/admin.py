@@ -4,37 +4,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedprompt.app.cli import ca
-from fedprompt.app.cli.common import group_parser
-from fedprompt.errors import FedPromptError
+from fedprompt.app.cli.common import (
+    DEFAULT_COORDINATOR,
+    add_command,
+    add_connection_flags,
+    add_format_flag,
+    client_tls,
+    coordinator_default,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from fedprompt.app.admin_client import AdminClient
     from fedprompt.app.cli.common import Subparsers
 
-DEFAULT_COORDINATOR = os.environ.get("FEDPROMPT_COORDINATOR", "127.0.0.1:50051")
-
+#: What a job argument takes.
+JOB_HELP = "the job's id, or its name if no other job has it"
 
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
-    from fedprompt.wire.channel import ClientTls
 
-    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
-    if args.insecure:
-        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
-        if given:
-            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
-        return AdminClient(args.coordinator)
-    missing = [flag for flag, value in files.items() if not value]
-    if missing:
-        raise FedPromptError(f"admin calls use mTLS: give {', '.join(missing)} (or $FEDPROMPT_CA_CERT, "
-                             "$FEDPROMPT_CERT, $FEDPROMPT_KEY); --insecure only for a local --insecure coordinator")
-    return AdminClient(args.coordinator, ClientTls(args.ca_cert, args.cert, args.key, args.server_name or ""))
+    return AdminClient(args.coordinator, client_tls(args, " (or $FEDPROMPT_CA_CERT, $FEDPROMPT_CERT, $FEDPROMPT_KEY)"))
 
 
 def _print_status(view: Any, people: list[Any]) -> None:
@@ -73,9 +69,37 @@ def _print_flags(flags: Any) -> None:
     print(f"quarantined: {', '.join(flags.quarantined) or 'none'}")
 
 
-def cmd_admin(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+def _print_jobs(views: list[Any]) -> None:
+    from fedprompt.app.report import table
 
+    if not views:
+        print("no jobs (create one with `fedprompt admin create JOB.toml`)")
+        return
+    print(table(["job", "name", "state", "round", "participants", "aggregator"],
+                [[v.job_id, v.name, v.state, f"{v.current_round}/{v.total_rounds}", v.participants, v.aggregator]
+                 for v in views]))
+
+
+def _print_participants(people: list[Any], job: str | None) -> None:
+    from fedprompt.app.report import table
+
+    if not people:
+        print(f"no participants have joined {'job ' + job if job else 'any job'}")
+        return
+    print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
+                [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted, p.record_epsilon,
+                  p.reason] for p in people]))
+
+
+def _show(args: argparse.Namespace, found: Any, as_table: Callable[[Any], None]) -> None:
+    """A listing as ``--format`` asks: JSON for scripts, else ``as_table``."""
+    if args.format == "json":
+        print_json(found)
+    else:
+        as_table(found)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
     from fedprompt.config import read_toml_text
     from fedprompt.files import writable
 
@@ -94,27 +118,13 @@ def cmd_admin(args: argparse.Namespace) -> int:
         elif args.admin_cmd in ("start", "pause", "cancel"):
             print(getattr(client, args.admin_cmd)(args.job))
         elif args.admin_cmd == "status":
-            view = client.status(args.job)
-            if args.json:
-                print(json.dumps(asdict(view), indent=2))
-            else:
-                _print_status(view, client.participants(view.job_id))
+            _show(args, client.status(args.job), lambda view: _print_status(view, client.participants(view.job_id)))
         elif args.admin_cmd == "jobs":
-            for view in client.jobs():
-                print(f"{view.job_id}\t{view.state}\tround {view.current_round}/{view.total_rounds}")
+            _show(args, client.jobs(), _print_jobs)
         elif args.admin_cmd == "participants":
-            from fedprompt.app.report import table
-
-            people = client.participants(args.job or "")
-            print(table(["participant", "job", "state", "train", "updates", "eps_record", "reason"],
-                        [[p.participant_id, p.job_id, p.state, p.num_train_examples, p.updates_accepted,
-                          p.record_epsilon, p.reason] for p in people]))
+            _show(args, client.participants(args.job or ""), lambda people: _print_participants(people, args.job))
         elif args.admin_cmd == "flags":
-            flags = client.flags(args.job)
-            if args.json:
-                print(json.dumps(asdict(flags), indent=2))
-            else:
-                _print_flags(flags)
+            _show(args, client.flags(args.job), _print_flags)
         elif args.admin_cmd == "release":
             print(client.release(args.job, args.participant))
         elif args.admin_cmd == "export":
@@ -127,41 +137,46 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``admin`` with its connection options, ``admin ca ...``, then the job commands (create ... export)."""
-    admin = group_parser(sub, "admin", "manage jobs on a running coordinator",
+    admin = add_command(sub, "admin", "manage jobs on a running coordinator",
                          "fedprompt admin --ca-cert ca/ca.crt --cert alice/admin-alice.crt --key alice/admin-alice.key "
                          "status rt-sentiment")
-    admin.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
-                       help="coordinator host:port (default $FEDPROMPT_COORDINATOR or 127.0.0.1:50051)")
-    admin.add_argument("--ca-cert", dest="ca_cert", default=os.environ.get("FEDPROMPT_CA_CERT"),
-                       help="federation CA certificate (default $FEDPROMPT_CA_CERT)")
-    admin.add_argument("--cert", default=os.environ.get("FEDPROMPT_CERT"),
-                       help="your admin certificate (default $FEDPROMPT_CERT)")
-    admin.add_argument("--key", default=os.environ.get("FEDPROMPT_KEY"), help="your private key (default $FEDPROMPT_KEY)")
-    admin.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
-    admin.add_argument("--insecure", action="store_true", help="plaintext to an --insecure coordinator (development)")
+    add_connection_flags(admin, {"coordinator": coordinator_default() or DEFAULT_COORDINATOR,
+                                 "ca_cert": os.environ.get("FEDPROMPT_CA_CERT"),
+                                 "cert": os.environ.get("FEDPROMPT_CERT"), "key": os.environ.get("FEDPROMPT_KEY")},
+                         "admin", env_files=True)
     asub = admin.add_subparsers(dest="admin_cmd", required=True)
     ca.register(asub)
-    create = asub.add_parser("create", help="create a job from a job TOML; prints its id")
-    create.add_argument("config")
+    create = add_command(asub, "create", "create a job from a job TOML; prints its id",
+                         "fedprompt admin create examples/job.toml --start")
+    create.add_argument("config", help="the job's TOML file, e.g. examples/job.toml")
     create.add_argument("--start", action="store_true", help="start it right away")
     for name, text in (("start", "start or resume a job"), ("pause", "pause after the current round"),
                        ("cancel", "cancel a job")):
-        asub.add_parser(name, help=text).add_argument("job")
-    status = asub.add_parser("status", help="a job's rounds, participants and metrics")
-    status.add_argument("job")
-    status.add_argument("--json", action="store_true")
-    asub.add_parser("jobs", help="list jobs")
-    people = asub.add_parser("participants", help="list participants (of one job or all)")
-    people.add_argument("job", nargs="?")
-    flags = asub.add_parser("flags", help="robust aggregation: each round's accepted/rejected updates and scores, "
-                                          "rejection streaks, quarantined participants")
-    flags.add_argument("job")
-    flags.add_argument("--json", action="store_true")
-    release = asub.add_parser("release", help="lift a participant's quarantine so it can be selected again")
-    release.add_argument("job")
-    release.add_argument("participant")
-    export = asub.add_parser("export", help="save the global prompt to a file usable by `fedprompt predict`")
-    export.add_argument("job")
-    export.add_argument("--out", required=True)
+        add_command(asub, name, text, f"fedprompt admin {name} rt-sentiment").add_argument("job", help=JOB_HELP)
+    status = add_command(asub, "status", "a job's rounds, participants and metrics",
+                         "fedprompt admin status rt-sentiment --format json")
+    status.add_argument("job", help=JOB_HELP)
+    add_format_flag(status, json_alias=True)
+    add_format_flag(add_command(asub, "jobs", "list jobs", "fedprompt admin jobs --format json"))
+    people = add_command(asub, "participants", "list participants (of one job or all)",
+                         "fedprompt admin participants rt-sentiment")
+    people.add_argument("job", nargs="?", help=JOB_HELP + " (default: every job's participants)")
+    add_format_flag(people)
+    flags = add_command(asub, "flags", "robust aggregation: each round's accepted/rejected updates and scores, "
+                                       "rejection streaks, quarantined participants",
+                        "fedprompt admin flags rt-sentiment")
+    flags.add_argument("job", help=JOB_HELP)
+    add_format_flag(flags, json_alias=True)
+    release = add_command(asub, "release", "lift a participant's quarantine so it can be selected again",
+                          "fedprompt admin release rt-sentiment participant:bank-c")
+    release.add_argument("job", help=JOB_HELP)
+    release.add_argument("participant", help="the quarantined participant's identity, e.g. participant:bank-c")
+    export = add_command(asub, "export", "save the global prompt to a file usable by `fedprompt predict`",
+                         "fedprompt admin export rt-sentiment --out prompt.safetensors")
+    export.add_argument("job", help=JOB_HELP)
+    export.add_argument("--out", required=True, help="file to write: the prompt and the job's config (safetensors)")
     export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
-    admin.set_defaults(fn=cmd_admin)
+    for name, command in asub.choices.items():
+        if name != "ca":
+            add_connection_flags(command, None, "admin", env_files=True)
+            command.set_defaults(fn=cmd_admin)

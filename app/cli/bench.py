@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from fedprompt.app.bench import BENCHES
-from fedprompt.app.cli.common import group_parser
+from fedprompt.app.cli.common import add_command
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -23,7 +23,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``bench NAME``, with each benchmark's options."""
-    bench = group_parser(sub, "bench", "benchmarks: print a table and write a JSON report",
+    bench = add_command(sub, "bench", "benchmarks: print a table and write a JSON report",
                          "fedprompt bench federated --report reports/bench-federated.json")
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
     bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser
+from fedprompt.app.cli.common import add_command, add_format_flag, print_json
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -62,24 +62,33 @@ def cmd_ca(args: argparse.Namespace) -> int:
         from fedprompt.app.report import table
 
         revoked = ca.revoked()
-        print(table(["serial", "identity", "not_after", "revoked"],
-                    [[row["serial"], row["identity"], row["not_after"][:19], int(row["serial"], 16) in revoked]
-                     for row in ca.issued()]))
+        issued = [{"serial": row["serial"], "identity": row["identity"], "not_after": row["not_after"][:19],
+                   "revoked": int(row["serial"], 16) in revoked} for row in ca.issued()]
+        if args.format == "json":
+            print_json(issued)
+        elif not issued:
+            print(f"this CA has issued no certificate yet (`fedprompt admin ca issue --dir {args.dir} ...`)")
+        else:
+            print(table(["serial", "identity", "not_after", "revoked"], [list(row.values()) for row in issued]))
     return 0
 
 
 def register(asub: Subparsers) -> None:
     """``admin ca init|issue|csr|sign|revoke|list``, under ``admin``'s subcommands ``asub``."""
-    ca = group_parser(asub, "ca", "the federation's certificate authority (works on local files)",
+    ca = add_command(asub, "ca", "the federation's certificate authority (works on local files)",
                       "fedprompt admin ca issue --dir ca --identity admin:alice --out alice")
     casub = ca.add_subparsers(dest="ca_cmd", required=True)
-    init = casub.add_parser("init", help="create a CA: ca.key, ca.crt, an empty crl.pem")
+    init = add_command(casub, "init", "create a CA: ca.key, ca.crt, an empty crl.pem", "fedprompt admin ca init --dir ca")
     init.add_argument("--dir", required=True, help="CA directory (keep ca.key offline)")
-    init.add_argument("--name", default="fedprompt federation CA")
-    init.add_argument("--days", type=int, default=3650)
-    issue = casub.add_parser("issue", help="make a key and a certificate here (coordinator, admins; sites: use csr)")
+    init.add_argument("--name", default="fedprompt federation CA",
+                      help="the CA certificate's common name (default 'fedprompt federation CA')")
+    init.add_argument("--days", type=int, default=3650, help="validity of the CA certificate in days (default 3650)")
+    issue = add_command(casub, "issue", "make a key and a certificate here (coordinator, admins; sites: use csr)",
+                        "fedprompt admin ca issue --dir ca --identity coordinator:main --san coord.example.org "
+                        "--san 10.0.0.5 --out coord")
     issue.add_argument("--dir", required=True, help="CA directory")
-    csr = casub.add_parser("csr", help="at a site: make a private key and a signing request for the CA admin")
+    csr = add_command(casub, "csr", "at a site: make a private key and a signing request for the CA admin",
+                      "fedprompt admin ca csr --identity participant:hospital-a --out site")
     for p in (issue, csr):
         p.add_argument("--identity", required=True,
                        help="ROLE:NAME, e.g. participant:hospital-a, admin:alice, coordinator:main, "
@@ -87,18 +96,24 @@ def register(asub: Subparsers) -> None:
         p.add_argument("--san", action="append", default=[],
                        help="coordinator only: a DNS name or IP address it is reached by (repeat)")
         p.add_argument("--out", required=True, help="directory for the key (mode 0600) and certificate / CSR")
-    sign = casub.add_parser("sign", help="check and sign a CSR")
+    sign = add_command(casub, "sign", "check and sign a CSR",
+                       "fedprompt admin ca sign --dir ca --csr participant-hospital-a.csr "
+                       "--out participant-hospital-a.crt")
     sign.add_argument("--dir", required=True, help="CA directory")
-    sign.add_argument("--csr", required=True)
+    sign.add_argument("--csr", required=True, help="the certificate signing request a site made with `admin ca csr`")
     sign.add_argument("--out", required=True, help="certificate file to write")
     for p in (issue, sign):
         p.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    revoke = casub.add_parser("revoke", help="revoke certificates; the coordinator refuses them on their next call")
+    revoke = add_command(casub, "revoke", "revoke certificates; the coordinator refuses them on their next call",
+                         "fedprompt admin ca revoke --dir ca --identity participant:hospital-a")
     revoke.add_argument("--dir", required=True, help="CA directory")
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--serial", help="serial number (hex, as printed by issue/sign/list)")
     which.add_argument("--cert", dest="revoke_cert", help="a certificate file")
     which.add_argument("--identity", help="every certificate issued to this identity")
-    casub.add_parser("list", help="certificates issued and their revocation state").add_argument(
-        "--dir", required=True, help="CA directory")
-    ca.set_defaults(fn=cmd_ca)
+    listing = add_command(casub, "list", "certificates issued and their revocation state",
+                          "fedprompt admin ca list --dir ca --format json")
+    listing.add_argument("--dir", required=True, help="CA directory")
+    add_format_flag(listing)
+    for command in casub.choices.values():
+        command.set_defaults(fn=cmd_ca)

@@ -1,24 +1,164 @@
-"""What several command groups share: ``--set`` parsing, server settings, serving until a signal, the data-plan
-flags, and the group parser with its example."""
+"""What several command groups share: the flags every command takes (logging) and every client of the
+coordinator takes (connection), ``--set`` parsing, server settings, serving until a signal, the data-plan
+flags, and a command's parser with its example."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedprompt.errors import ConfigError, FedPromptError, quoted
+from fedprompt.logs import LEVELS
 
 if TYPE_CHECKING:
+    from fedprompt.wire.channel import ClientTls
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
+#: The default of a flag's copy on a subcommand: the flag sets its value only when typed there, so a value typed
+#: earlier on the command line (or the first copy's default) stands (``fedprompt --json-logs simulate`` and
+#: ``fedprompt simulate --json-logs`` mean the same).
+UNSET = argparse.SUPPRESS
 
-def group_parser(sub: Subparsers, name: str, help: str, example: str) -> argparse.ArgumentParser:
-    """A command group's parser (``fedprompt NAME``), its ``--help`` ending with one example."""
-    return sub.add_parser(name, help=help, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_logging_flags(parser: argparse.ArgumentParser, first: bool) -> None:
+    """``--log-level`` and ``--json-logs``, on the top-level parser (``first``: with their defaults) and on every
+    command below it (without), so they work wherever they are typed."""
+    parser.add_argument("--log-level", choices=LEVELS, default="info" if first else UNSET,
+                        help="log lines at this level and above, on stderr (default info)")
+    parser.add_argument("--json-logs", action="store_true", default=False if first else UNSET,
+                        help="structured JSON log lines on stderr")
+
+
+#: Where a client command finds the coordinator when neither ``--coordinator`` nor ``$FEDPROMPT_COORDINATOR`` says.
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def coordinator_default() -> str | None:
+    """``$FEDPROMPT_COORDINATOR``, read when the parser is built: the one variable that names the coordinator for
+    every client command (admin, participant run, coordinator health), as the default of ``--coordinator``."""
+    return os.environ.get("FEDPROMPT_COORDINATOR") or None
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None, role: str,
+                         env_files: bool = False, config_file: bool = False) -> None:
+    """How a client command reaches the coordinator: ``--coordinator``, the mTLS files, or ``--insecure``.
+
+    ``defaults`` (by dest; absent means None) go on the first copy; ``None`` makes a command's copy below it
+    (``admin``'s job commands), so a flag works on either side of the command's name.  For the help: ``role``,
+    that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
+    ``$FEDPROMPT_CERT`` and ``$FEDPROMPT_KEY``; ``config_file``, a ``--config`` file's address comes before the
+    fallback."""
+    def default(dest: str) -> Any:
+        return UNSET if defaults is None else defaults.get(dest, False if dest == "insecure" else None)
+
+    def env(variable: str) -> str:
+        return f" (default ${variable})" if env_files else ""
+
+    parser.add_argument("--coordinator", default=default("coordinator"),
+                        help="coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
+                             + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+    parser.add_argument("--ca-cert", dest="ca_cert", default=default("ca_cert"),
+                        help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))
+    parser.add_argument("--cert", default=default("cert"),
+                        help=f"your certificate (role {role}:), signed by the federation CA" + env("FEDPROMPT_CERT"))
+    parser.add_argument("--key", default=default("key"), help="its private key" + env("FEDPROMPT_KEY"))
+    parser.add_argument("--server-name", dest="server_name", default=default("server_name"),
+                        help="verify the coordinator's certificate for this name (one of its SANs), not its address")
+    parser.add_argument("--insecure", action="store_true", default=default("insecure"),
+                        help="plaintext to an --insecure coordinator: local development only (excludes the "
+                             "certificate flags)")
+
+
+def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -> None:
+    """A listing command's ``--format``: ``table`` (headers, and a sentence when there is nothing to list) or
+    ``json`` (for scripts).  ``json_alias``: ``--json`` too, the flag ``status`` and ``flags`` had first."""
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table: aligned columns under headers (default); json: for scripts")
+    if json_alias:
+        parser.add_argument("--json", dest="format", action="store_const", const="json", default=UNSET,
+                            help="same as --format json")
+
+
+def print_json(value: Any) -> None:
+    """A listing as ``--format json`` prints it: dataclasses as objects, indented."""
+    import dataclasses
+    import json
+
+    def plain(item: Any) -> Any:
+        return dataclasses.asdict(item) if dataclasses.is_dataclass(item) and not isinstance(item, type) else item
+
+    print(json.dumps([plain(v) for v in value] if isinstance(value, list) else plain(value), indent=2))
+
+
+def client_tls(args: argparse.Namespace, hint: str = "") -> ClientTls | None:
+    """A client command's transport from its connection flags: None (plaintext) with ``--insecure``, which may not
+    be combined with a certificate flag, else mTLS, which needs all three files (``hint`` says where else they
+    may come from)."""
+    from fedprompt.wire.channel import ClientTls
+
+    files = {"--ca-cert": args.ca_cert, "--cert": args.cert, "--key": args.key}
+    if args.insecure:
+        given = [flag for flag, value in {**files, "--server-name": args.server_name}.items() if value]
+        if given:
+            raise FedPromptError(f"--insecure cannot be combined with {', '.join(given)}")
+        return None
+    missing = [flag for flag, value in files.items() if not value]
+    if missing:
+        raise FedPromptError(f"calls to the coordinator use mTLS: give {', '.join(missing)}{hint}; --insecure only "
+                             "for a local --insecure coordinator")
+    return ClientTls(args.ca_cert, args.cert, args.key, args.server_name or "")
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``fedprompt`` parser and, through ``add_subparsers``, every command's: a usage error is one line,
+    ``fedprompt: error: COMMAND: ...``, exit 2, like every other refusal of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("fedprompt").strip()
+        self.exit(2, f"fedprompt: error: {command + ': ' if command else ''}{message} "
+                     f"(`{self.prog} --help` says more)\n")
+
+
+def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every command below it, depth first: the parser tree that global flags are added to and
+    tests walk."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.extend(commands(child))
+    return found
+
+
+def ask_for_a_command(parser: argparse.ArgumentParser) -> None:
+    """A command with commands below it (``fedprompt coordinator``), typed alone, is refused naming them (argparse
+    said "required: sub"): its commands become optional, and its own action is that refusal, which any command
+    typed below it replaces."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.required = False
+            parser.set_defaults(fn=_refusal(parser, ", ".join(action.choices)))
+
+
+def _refusal(parser: argparse.ArgumentParser, names: str) -> Callable[[argparse.Namespace], int]:
+    def refuse(args: argparse.Namespace) -> int:
+        parser.error(f"choose a command: {names}")
+
+    return refuse
+
+
+def add_command(sub: Subparsers, name: str, help: str, example: str, description: str = "") -> argparse.ArgumentParser:
+    """A command's parser (``fedprompt ... NAME``): its ``--help`` says what it does (``description``, else
+    ``help``) and ends with one example, kept on one line so that it can be pasted."""
+    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 100),
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, serve_until_signalled, server_settings
+from fedprompt.app.cli.common import (
+    DEFAULT_COORDINATOR,
+    add_command,
+    add_connection_flags,
+    client_tls,
+    coordinator_default,
+    serve_until_signalled,
+    server_settings,
+)
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
@@ -48,29 +56,30 @@ def cmd_coordinator_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedprompt.wire.channel import ClientTls, open_channel
+    from fedprompt.wire.channel import open_channel
 
-    tls = None if args.insecure else ClientTls(args.ca_cert, args.cert, args.key, args.server_name or "")
-    channel = open_channel(args.target, tls)
+    channel = open_channel(args.coordinator, client_tls(args))
     try:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
                                                            timeout=args.timeout).status
     except grpc.RpcError as exc:
-        print(f"{args.target}: {exc.code().name} ({exc.details()})", file=sys.stderr)
+        print(f"{args.coordinator}: {exc.code().name} ({exc.details()})", file=sys.stderr)
         return 1
     finally:
         channel.close()
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-    print(f"{args.target}: {name}")
+    print(f"{args.coordinator}: {name}")
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def register(sub: Subparsers) -> None:
     """``coordinator serve``, ``coordinator backup`` and ``coordinator health``."""
-    coord = group_parser(sub, "coordinator", "run the coordinator service",
+    coord = add_command(sub, "coordinator", "run the coordinator service",
                          "fedprompt coordinator serve --insecure --listen 127.0.0.1:50051 --state-dir coord-state"
                          ).add_subparsers(dest="sub", required=True)
-    serve = coord.add_parser("serve", help="serve the participant and admin gRPC services")
+    serve = add_command(coord, "serve", "serve the participant and admin gRPC services",
+                        "fedprompt coordinator serve --ca-cert ca/ca.crt --cert coord/coordinator-main.crt "
+                        "--key coord/coordinator-main.key --crl ca/crl.pem --state-dir coord-state")
     serve.add_argument("--config", help="coordinator TOML ([coordinator] table)")
     serve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
     serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file")
@@ -83,17 +92,15 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     serve.set_defaults(fn=cmd_coordinator_serve)
-    backup = coord.add_parser("backup", help="consistent copy of the coordinator's state while it runs")
+    backup = add_command(coord, "backup", "consistent copy of the coordinator's state while it runs",
+                         "fedprompt coordinator backup --state-dir coord-state --out backups/coordinator.sqlite")
     backup.add_argument("--state-dir", dest="state_dir", required=True, help="the coordinator's state directory")
     backup.add_argument("--out", required=True, help="new SQLite file to write")
     backup.set_defaults(fn=cmd_coordinator_backup)
-    health = coord.add_parser("health", help="check the gRPC health service (exit 0 = SERVING); for probes")
-    health.add_argument("--target", default="127.0.0.1:50051", help="coordinator host:port")
+    health = add_command(coord, "health", "check the gRPC health service (exit 0 = SERVING); for probes",
+                         "fedprompt coordinator health --ca-cert tls/ca.crt --cert tls/probe-k8s.crt "
+                         "--key tls/probe-k8s.key --server-name coord.example.org")
+    add_connection_flags(health, {"coordinator": coordinator_default() or DEFAULT_COORDINATOR}, "probe")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
-    health.add_argument("--ca-cert", dest="ca_cert", default="", help="federation CA certificate")
-    health.add_argument("--cert", default="", help="a client certificate signed by the federation CA (e.g. probe:k8s)")
-    health.add_argument("--key", default="", help="its private key")
-    health.add_argument("--server-name", dest="server_name", help="verify the server certificate for this name")
-    health.add_argument("--insecure", action="store_true", help="plaintext, for an --insecure coordinator")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     health.set_defaults(fn=cmd_coordinator_health)

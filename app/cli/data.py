@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedprompt.app.cli.common import add_plan_args, group_parser, plan_overrides
+from fedprompt.app.cli.common import add_command, add_plan_args, plan_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -33,10 +33,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``data prepare``."""
-    data = group_parser(sub, "data", "prepare per-site data directories",
+    data = add_command(sub, "data", "prepare per-site data directories",
                         "fedprompt data prepare --dataset rotten_tomatoes --out data --participants 3 "
                         "--partition dirichlet --alpha 0.5").add_subparsers(dest="sub", required=True)
-    prep = data.add_parser("prepare", help="split a dataset into one directory per site")
+    prep = add_command(data, "prepare", "split a dataset into one directory per site",
+                       "fedprompt data prepare --dataset bbc_news --out data --participants 4 --partition iid")
     prep.add_argument("--out", required=True, help="directory to write participant-K/ site directories into")
     add_plan_args(prep)
     prep.set_defaults(fn=cmd_data_prepare)

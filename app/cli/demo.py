@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser
+from fedprompt.app.cli.common import add_command
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -19,15 +19,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``demo``."""
-    demo = group_parser(sub, "demo", "coordinator + participant processes over loopback gRPC, end to end",
+    demo = add_command(sub, "demo", "coordinator + participant processes over loopback gRPC, end to end",
                         "fedprompt demo --no-dp --rounds 3 --workdir demo-run")
-    demo.add_argument("--participants", type=int, default=3)
-    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--participants", type=int, default=3, help="participant processes (default 3)")
+    demo.add_argument("--rounds", type=int, default=5, help="aggregation rounds (default 5)")
     demo.add_argument("--steps", type=int,
                       help="local training steps per participant per round (default 4 with DP, 30 without; causal 30)")
     demo.add_argument("--backbone", choices=["encoder", "causal"], default="encoder",
                       help="encoder = all-MiniLM-L6-v2 (default, fast); causal = SmolLM2-135M-Instruct")
-    demo.add_argument("--test-size", type=int, default=1000)
+    demo.add_argument("--test-size", type=int, default=1000,
+                      help="examples held out as the test split (default 1000)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed for the split, partition, initial prompt and training (default 0)")
     demo.add_argument("--dp", action=argparse.BooleanOptionalAction, default=True,

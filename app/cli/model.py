@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, serve_until_signalled, server_settings
+from fedprompt.app.cli.common import add_command, serve_until_signalled, server_settings
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -31,11 +31,13 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``model serve`` and ``model export``."""
-    model = group_parser(sub, "model", "run a query-only model service",
+    model = add_command(sub, "model", "run a query-only model service",
                          "fedprompt model serve --model builtin:minilm --insecure --listen 127.0.0.1:50061"
                          ).add_subparsers(dest="sub", required=True)
-    mserve = model.add_parser("serve", help="host a frozen PLM that scores texts under a caller's soft prompt",
-                              description="Serve a frozen PLM's scoring graph with ONNX Runtime (no torch in this "
+    mserve = add_command(model, "serve", "host a frozen PLM that scores texts under a caller's soft prompt",
+                         "fedprompt model serve --model builtin:minilm --listen 0.0.0.0:50061 --ca-cert ca/ca.crt "
+                         "--cert gpu-1/model-gpu-1.crt --key gpu-1/model-gpu-1.key",
+                         description="Serve a frozen PLM's scoring graph with ONNX Runtime (no torch in this "
                                           "process); the graph is exported once on first use, see `model export`.")
     mserve.add_argument("--config", help="model service TOML ([model_service] table)")
     mserve.add_argument("--model", help="backbone: builtin:minilm, builtin:smollm2 or a model directory")
@@ -49,8 +51,9 @@ def register(sub: Subparsers) -> None:
     mserve.add_argument("--port-file", help="write the bound port to this file once listening")
     mserve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     mserve.set_defaults(fn=cmd_model_serve)
-    mexport = model.add_parser("export", help="export a backbone's scoring graph for `model serve` ahead of time",
-                               description="Export the backbone's scoring graph to ONNX (checked against torch) "
+    mexport = add_command(model, "export", "export a backbone's scoring graph for `model serve` ahead of time",
+                          "fedprompt model export --model builtin:smollm2",
+                          description="Export the backbone's scoring graph to ONNX (checked against torch) "
                                            "into the cache ($FEDPROMPT_CACHE/scorers) and print its directory. "
                                            "`model serve` does this on first use; run it ahead to start fast.")
     mexport.add_argument("--model", default="builtin:minilm", help="backbone: builtin:minilm, builtin:smollm2 or a "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, parse_overrides
+from fedprompt.app.cli.common import add_command, add_connection_flags, coordinator_default, parse_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -31,22 +31,19 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``participant run``."""
-    part = group_parser(sub, "participant", "run a participant daemon",
+    part = add_command(sub, "participant", "run a participant daemon",
                         "fedprompt participant run --config examples/participant.toml"
                         ).add_subparsers(dest="sub", required=True)
-    run = part.add_parser("run", help="join a job and train on local data until it is done")
+    run = add_command(part, "run", "join a job and train on local data until it is done",
+                      "fedprompt participant run --insecure --name participant:hospital-a --job rt-sentiment "
+                      "--data-dir data/participant-0 --state-dir state/hospital-a")
     run.add_argument("--config", help="participant TOML ([participant] table)")
-    run.add_argument("--coordinator", help="coordinator host:port")
+    add_connection_flags(run, {"coordinator": coordinator_default()}, "participant", config_file=True)
     run.add_argument("--job", help="job name or id to join")
     run.add_argument("--name", help="this site's identity (insecure mode only; certificates decide otherwise)")
     run.add_argument("--data-dir", dest="data_dir", help="directory with train.jsonl and test.jsonl")
     run.add_argument("--state-dir", dest="state_dir", help="directory for this site's state and update audit log")
     run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
-    run.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate (verifies the coordinator)")
-    run.add_argument("--cert", help="this site's certificate (its name is the site's identity)")
-    run.add_argument("--key", help="this site's private key")
-    run.add_argument("--server-name", dest="server_name", help="verify the coordinator's certificate for this name")
-    run.add_argument("--insecure", action="store_true", help="plaintext, identity from --name: local development only")
     run.add_argument("--model-service", dest="model_service",
                      help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

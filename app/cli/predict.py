@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser
+from fedprompt.app.cli.common import add_command
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``predict``."""
-    predict = group_parser(sub, "predict", "classify texts with an exported prompt",
+    predict = add_command(sub, "predict", "classify texts with an exported prompt",
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
     predict.add_argument("--texts", help="a UTF-8 file of texts to classify, one per line")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_plan_args, parse_overrides, plan_overrides
+from fedprompt.app.cli.common import add_command, add_plan_args, parse_overrides, plan_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -31,9 +31,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    """``simulate`` (its ``--config`` help carries the example)."""
-    sim = sub.add_parser("simulate", help="run a job with many participants in one process (no sockets)",
-                         description="A simulation file is a job TOML plus optional [simulation] (data, sites, "
+    """``simulate``."""
+    sim = add_command(sub, "simulate", "run a job with many participants in one process (no sockets)",
+                      "fedprompt simulate --config examples/backdoor.toml --report reports/backdoor.json",
+                      description="A simulation file is a job TOML plus optional [simulation] (data, sites, "
                                      "partition) and [attack] (attack simulator) tables; flags override them.")
     sim.add_argument("--config", help="simulation TOML, e.g. examples/backdoor.toml (default: built-in defaults)")
     sim.add_argument("--report", help="write the JSON report here")

@@ -127,7 +127,7 @@ def test_health_command_over_mtls_with_a_probe_certificate(tmp_path: Path) -> No
     probe = pki.tls("probe:k8s")  # the probe role: health checks only (the coordinator's own is server-auth)
 
     def check(target: str) -> int:
-        args = build_parser().parse_args(["coordinator", "health", "--target", target, "--ca-cert", probe.ca_cert,
+        args = build_parser().parse_args(["coordinator", "health", "--coordinator", target, "--ca-cert", probe.ca_cert,
                                           "--cert", probe.cert, "--key", probe.key, "--server-name", "localhost",
                                           "--timeout", "2"])
         return int(args.fn(args))

@@ -155,7 +155,7 @@ def test_probe_certificate_reaches_health_and_nothing_else(tmp_path: Path, pki: 
                 assert "probe:k8s has the probe role" in details
         finally:
             channel.close()
-        cli = ["coordinator", "health", "--target", coordinator.target, "--ca-cert", probe.ca_cert, "--cert",
+        cli = ["coordinator", "health", "--coordinator", coordinator.target, "--ca-cert", probe.ca_cert, "--cert",
                probe.cert, "--key", probe.key, "--server-name", "localhost"]
         try:
             assert main(cli) == 0 and "SERVING" in capfd.readouterr().out
@@ -254,7 +254,7 @@ def test_insecure_conflicts_with_certificates(tmp_path: Path, pki: ThrowawayPki,
         assert "cannot be combined with coordinator.cert" in capfd.readouterr().err
         assert main(["admin", "--insecure", "--cert", "c.pem", "jobs"]) == 2
         assert main(["admin", "jobs"]) == 2
-        assert "admin calls use mTLS" in capfd.readouterr().err
+        assert "calls to the coordinator use mTLS" in capfd.readouterr().err
     finally:
         with capfd.disabled():
             configure("warning")  # main() pointed logging at the captured stderr

@@ -1,18 +1,26 @@
 """The CLI package: every command group module registers its commands (one per group resolves to that module's
-function), each group's ``--help`` example parses, and building the parser loads no ML stack."""
+function), every argument has help and every command's ``--help`` ends with an example that parses, building the
+parser loads no ML stack, and the global flags work wherever they are typed."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from fedprompt.app import cli
-from fedprompt.app.cli import build_parser
+from fedprompt.app.cli import build_parser, main
+from fedprompt.app.cli.common import commands
+from fedprompt.crypto.pki import CertificateAuthority
+from fedprompt.errors import ConfigError
+from fedprompt.logs import configure
 from tests.support import REPO
 
 COMMANDS: list[tuple[list[str], Callable[[argparse.Namespace], int]]] = [
@@ -29,6 +37,7 @@ COMMANDS: list[tuple[list[str], Callable[[argparse.Namespace], int]]] = [
     (["simulate"], cli.simulate.cmd_simulate),
     (["demo"], cli.demo.cmd_demo),
     (["bench", "dp"], cli.bench.cmd_bench),
+    (["completion", "bash"], cli.completion.cmd_completion),
 ]
 
 
@@ -41,20 +50,23 @@ def test_every_group_module_is_covered() -> None:
     assert {fn.__module__ for _, fn in COMMANDS} == {group.__name__ for group in (*cli.GROUPS, cli.ca)}
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next((dict(action.choices) for action in parser._actions
-                 if isinstance(action, argparse._SubParsersAction)), {})
+def test_every_argument_has_help() -> None:
+    missing = [f"{command.prog} {'/'.join(action.option_strings) or action.dest}"
+               for command in commands(build_parser()) for action in command._actions
+               if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert missing == []
 
 
-def test_each_help_example_parses() -> None:
+def test_every_command_help_ends_with_an_example_that_parses() -> None:
     root = build_parser()
-    groups = _subparsers(root)
-    parsers = [*groups.values(), _subparsers(groups["admin"])["ca"]]
-    examples = [p.epilog.partition("example:\n")[2].strip() for p in parsers if p.epilog]
-    assert len(examples) >= 8
-    for example in examples:
-        program, *argv = shlex.split(example)
-        assert program == "fedprompt" and callable(root.parse_args(argv).fn), example
+    every = commands(root)
+    assert len(every) >= 30
+    for command in every:
+        assert command.epilog and command.epilog.startswith("example:\n  "), command.prog
+        program, *argv = shlex.split(command.epilog.partition("example:\n")[2])
+        assert program == "fedprompt" and " ".join(argv).startswith(command.prog.removeprefix("fedprompt").strip())
+        assert callable(root.parse_args(argv).fn), command.prog
+        assert command.format_help().rstrip().endswith(command.epilog.rstrip()), command.prog
 
 
 def test_help_loads_no_ml_stack() -> None:
@@ -62,3 +74,146 @@ def test_help_loads_no_ml_stack() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnxruntime', 'grpc'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _flags(argv: str) -> dict[str, object]:
+    args = build_parser().parse_args(argv.split())
+    return {key: getattr(args, key) for key in ("log_level", "json_logs", "insecure", "coordinator") if hasattr(args, key)}
+
+
+@pytest.mark.parametrize("argv", ["--json-logs --log-level debug simulate", "simulate --json-logs --log-level debug",
+                                  "--json-logs admin --log-level debug jobs", "admin jobs --json-logs --log-level debug",
+                                  "admin ca list --dir ca --json-logs --log-level debug",
+                                  "coordinator serve --json-logs --log-level debug"])
+def test_logging_flags_work_wherever_they_are_typed(argv: str) -> None:
+    flags = _flags(argv)
+    assert flags["log_level"] == "debug" and flags["json_logs"] is True
+
+
+@pytest.mark.parametrize("argv", ["admin --insecure --coordinator h:1 jobs", "admin jobs --insecure --coordinator h:1",
+                                  "admin --insecure status job --coordinator h:1"])
+def test_admin_connection_flags_work_on_either_side_of_the_command(argv: str) -> None:
+    assert _flags(argv) == {"log_level": "info", "json_logs": False, "insecure": True, "coordinator": "h:1"}
+
+
+def test_a_flag_typed_before_the_command_stands_unless_repeated_after_it() -> None:
+    assert _flags("--log-level error admin --coordinator a:1 jobs")["log_level"] == "error"
+    assert _flags("--log-level error admin --coordinator a:1 jobs")["coordinator"] == "a:1"
+    assert _flags("--log-level error admin --coordinator a:1 jobs --log-level warning --coordinator b:2") == {
+        "log_level": "warning", "json_logs": False, "insecure": False, "coordinator": "b:2"}
+
+
+def test_every_command_takes_the_logging_flags() -> None:
+    for command in commands(build_parser()):
+        assert {"--log-level", "--json-logs"} <= set(command._option_string_actions), command.prog
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "verbose", "simulate"], ["admin", "jobs", "--log-level", "verbose"]])
+def test_an_unknown_log_level_is_refused_in_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("fedprompt: error: ")
+    assert "invalid choice: 'verbose'" in lines[0] and "'debug'" in lines[0]
+
+
+def test_configure_refuses_an_unknown_level() -> None:
+    with pytest.raises(ConfigError, match="log level 'verbose'"):
+        configure("verbose")
+
+
+def test_version_prints_the_installed_distribution_version() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "fedprompt", "--version"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == f"fedprompt {version('fedprompt')}"
+
+
+CLIENTS = ["admin jobs", "coordinator health", "participant run"]
+
+
+@pytest.mark.parametrize("argv", CLIENTS)
+def test_every_client_names_the_coordinator_one_way(argv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDPROMPT_COORDINATOR", "from-env:7")
+    assert build_parser().parse_args([*argv.split(), "--coordinator", "flag:8"]).coordinator == "flag:8"
+    assert build_parser().parse_args(argv.split()).coordinator == "from-env:7"
+    monkeypatch.delenv("FEDPROMPT_COORDINATOR")
+    # participant run leaves the address to its config file when neither the flag nor the variable names it
+    assert build_parser().parse_args(argv.split()).coordinator == (None if argv == "participant run" else
+                                                                   "127.0.0.1:50051")
+
+
+def test_no_command_calls_the_coordinator_address_anything_else() -> None:
+    for command in commands(build_parser()):
+        assert "--target" not in command._option_string_actions, command.prog
+
+
+def test_every_listing_command_takes_format_json() -> None:
+    listings = {"fedprompt admin status", "fedprompt admin jobs", "fedprompt admin participants",
+                "fedprompt admin flags", "fedprompt admin ca list"}
+    taking = {command.prog for command in commands(build_parser()) if "--format" in command._option_string_actions}
+    assert taking == listings
+    for prog in listings:
+        argv = [*prog.split()[1:], *(["job"] if prog.endswith(("status", "flags")) else []),
+                *(["--dir", "ca"] if prog.endswith("list") else []), "--format", "json"]
+        assert build_parser().parse_args(argv).format == "json"
+
+
+def test_ca_list_has_headers_says_when_empty_and_prints_json(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    ca = CertificateAuthority.init(tmp_path / "ca")
+
+    def listing(*flags: str) -> str:
+        args = build_parser().parse_args(["admin", "ca", "list", "--dir", str(ca.dir), *flags])
+        assert args.fn(args) == 0
+        return capsys.readouterr().out
+
+    assert listing().startswith("this CA has issued no certificate yet") and json.loads(listing("--format", "json")) == []
+    ca.issue("admin:alice", tmp_path / "alice")
+    assert listing().splitlines()[0].split() == ["serial", "identity", "not_after", "revoked"]
+    [row] = json.loads(listing("--format", "json"))
+    assert row["identity"] == "admin:alice" and row["revoked"] is False
+
+
+def test_a_command_typed_without_its_subcommand_names_them(capsys: pytest.CaptureFixture[str]) -> None:
+    groups = [(command, action) for command in commands(build_parser()) for action in command._actions
+              if isinstance(action, argparse._SubParsersAction)]
+    assert {command.prog for command, _ in groups} == {
+        "fedprompt", "fedprompt coordinator", "fedprompt participant", "fedprompt model", "fedprompt admin",
+        "fedprompt admin ca", "fedprompt data"}
+    for command, action in groups:
+        args = build_parser().parse_args(command.prog.split()[1:])
+        with pytest.raises(SystemExit) as exit_:
+            args.fn(args)
+        [line] = capsys.readouterr().err.splitlines()
+        assert exit_.value.code == 2 and line.startswith("fedprompt: error: "), line
+        assert f"choose a command: {', '.join(action.choices)} (" in line
+
+
+@pytest.fixture(scope="module")
+def completion_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("completion") / "fedprompt.bash"
+    path.write_text(subprocess.run([sys.executable, "-m", "fedprompt", "completion", "bash"], cwd=REPO,
+                                   capture_output=True, text=True, check=True).stdout, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("typed", "offered"), [
+    ("fedprompt ad", "admin"),
+    ("fedprompt admin --insecure j", "jobs"),
+    ("fedprompt admin jobs --fo", "--format"),
+    ("fedprompt admin jobs --format ", "table json"),
+    ("fedprompt simulate --log-level ", "debug info warning error"),
+    ("fedprompt admin ca ", "-h --help init issue csr sign revoke list --log-level --json-logs"),
+    ("fedprompt bench f", "federated fewshot"),
+    ("fedprompt admin export job --out ", ""),  # a file name: bash's own completion takes over
+])
+def test_bash_completion_offers_what_the_parser_takes(completion_script: Path, typed: str, offered: str) -> None:
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    words = typed.split() + ([""] if typed.endswith(" ") else [])
+    code = (f"source {shlex.quote(str(completion_script))}; COMP_WORDS=({' '.join(map(shlex.quote, words))}); "
+            "COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _fedprompt; echo \"${COMPREPLY[*]}\"")
+    out = subprocess.run(["bash", "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == "" and out.stdout.strip() == offered
