@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import group_parser, parse_overrides
+from fedprompt.app.cli.common import FORMAT_FLAGS, add_format_args, group_parser, parse_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -21,6 +21,9 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
+    for flag, key in FORMAT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[f"participant.format.{key}"] = getattr(args, flag)
     if args.insecure:
         overrides["participant.insecure"] = True
     config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
@@ -49,6 +52,7 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--insecure", action="store_true", help="plaintext, identity from --name: local development only")
     run.add_argument("--model-service", dest="model_service",
                      help="host:port of a query-only model service (black-box jobs)")
+    add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)

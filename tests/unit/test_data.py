@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedprompt.data import partition
-from fedprompt.data.datasets import load_builtin, load_file, majority_accuracy, train_test_split
+from fedprompt.data.datasets import DataFormat, load_builtin, load_file, majority_accuracy, train_test_split
 from fedprompt.data.shards import DataPlan, PartitionSpec, load_site, prepare
 from fedprompt.errors import ConfigError
 
@@ -55,9 +55,10 @@ def test_partitioners_refuse_impossible_requests(call) -> None:
 def test_generic_loader_reads_csv_and_jsonl_with_configurable_columns(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("body,tag\nhello,a\nworld,b\n")
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x\u2028y", "tag": "a"}) + "\n")
-    assert [e.label for e in load_file(tmp_path / "d.csv", "body", "tag")] == ["a", "b"]
-    assert load_file(tmp_path / "d.jsonl", "body", "tag")[0].text == "x\u2028y"
-    with pytest.raises(ConfigError, match="lacks column"):
+    columns = DataFormat(text_column="body", label_column="tag")
+    assert [e.label for e in load_file(tmp_path / "d.csv", columns).examples] == ["a", "b"]
+    assert load_file(tmp_path / "d.jsonl", columns).examples[0].text == "x\u2028y"
+    with pytest.raises(ConfigError, match=r"no column 'text' or 'label' in its header \('body', 'tag'\)"):
         load_file(tmp_path / "d.csv")
 
 
