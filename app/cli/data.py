@@ -50,11 +50,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def load_summary(dataset: str, load: dict[str, Any]) -> str:
     """One line: rows read, and each kind of row dropped (``LoadReport`` as ``meta.json`` holds it)."""
     kept = load["rows"] - load["bad_rows"] - load["empty"] - load["duplicates"] - load["conflict_rows"]
-    lines = ", ".join(map(str, load["bad_lines"])) + (", ..." if load["bad_rows"] > len(load["bad_lines"]) else "")
-    return (f"{dataset}: {load['rows']} rows read; dropped {load['bad_rows']} without a valid label"
-            f"{f' (lines {lines})' if load['bad_rows'] else ''}, {load['empty']} empty texts, {load['duplicates']} "
-            f"repeated texts (the first kept), {load['conflict_rows']} rows of {load['conflicts']} texts given "
-            f"different labels (none kept); {kept} examples kept")
+    where = ""
+    if load["bad_rows"]:
+        more = ", ..." if load["bad_rows"] > len(load["bad_lines"]) else ""
+        where = f" (line{'s' if load['bad_rows'] > 1 else ''} {', '.join(map(str, load['bad_lines']))}{more})"
+    return (f"{dataset}: {load['rows']} rows read; dropped {load['bad_rows']} without a valid label{where}, "
+            f"{load['empty']} empty texts, {load['duplicates']} repeated texts (the first kept), "
+            f"{load['conflict_rows']} rows of {load['conflicts']} texts given different labels (none kept); "
+            f"{kept} examples kept")
 
 
 def _names(names: list[str]) -> str:

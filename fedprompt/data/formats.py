@@ -111,12 +111,16 @@ def load_file(path: str | Path, fmt: DataFormat | None = None, *, dedupe: bool =
     p = Path(path)
     records = _records(p, fmt)
     bad = [r.line for r in records if r.text is None or not r.label]
+    if bad and len(bad) == len(records):
+        raise FileError(f"dataset file {p}: no row has a valid label in column {quoted(fmt.label_column)}; name the "
+                        "label column (--label-column)")
     if bad and not fmt.skip_bad_rows:
         lines = ", ".join(str(n) for n in bad[:SHOWN_LINES]) + (", ..." if len(bad) > SHOWN_LINES else "")
         raise FileError(
             f"dataset file {p}: {len(bad)} of {len(records)} rows have no valid label in column "
-            f"{quoted(fmt.label_column)} (lines {lines}); a line break or carriage return inside an unquoted "
-            "text splits its row, so quote such texts, or pass --skip-bad-rows to drop these rows")
+            f"{quoted(fmt.label_column)} (line{'s' if len(bad) > 1 else ''} {lines}); a line break or carriage "
+            "return inside an unquoted text splits its row, so quote such texts, or pass --skip-bad-rows to drop "
+            "these rows")
     good = [Example(r.text.strip(), r.label) for r in records if r.text is not None and r.label]
     if dedupe:
         examples, dropped = clean(good)

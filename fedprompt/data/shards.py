@@ -136,7 +136,7 @@ def split_examples(
     found = sorted({e.label for e in examples})
     names = label_names or (BUILTIN[dataset].label_names if dataset in BUILTIN else tuple(found))
     if len(names) < 2:
-        raise ConfigError(f"dataset {dataset}: only the label {list(names)} found; a classifier needs two or more")
+        raise ConfigError(f"dataset {dataset}: labels {list(names)} found; a classifier needs two or more")
     unknown = set(found) - set(names)
     if unknown:
         raise ConfigError(f"dataset {dataset}: labels {sorted(unknown)[:10]} are not among the job's task.label_names "

@@ -50,10 +50,10 @@ def test_a_bare_carriage_return_that_splits_a_row_is_refused_with_its_line(tmp_p
     data.write_bytes(b"text,label\ngood film,pos\nbroken\rrow,neg\nbad film,neg\nnice film,pos\n")
     line = refused(data)
     assert line == (f"fedprompt: error: dataset file {data}: 1 of 5 rows have no valid label in column 'label' "
-                    "(lines 3); a line break or carriage return inside an unquoted text splits its row, so quote "
+                    "(line 3); a line break or carriage return inside an unquoted text splits its row, so quote "
                     "such texts, or pass --skip-bad-rows to drop these rows")
     out = prepared(data, "--skip-bad-rows")
-    assert "export.csv: 5 rows read; dropped 1 without a valid label (lines 3), 0 empty texts" in out
+    assert "export.csv: 5 rows read; dropped 1 without a valid label (line 3), 0 empty texts" in out
     assert "labels (2): neg, pos" in out and "None" not in out
 
 
@@ -124,3 +124,16 @@ def test_a_written_job_runs_in_simulate_without_edits(tmp_path: Path, tiny_encod
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["state"] == "done" and sorted(report["final_by_participant"]) == ["site-0", "site-1"]
+
+
+def test_a_participant_refuses_its_own_bad_data_by_its_format_flags(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"tweet": "fine", "sentiment": "pos"}\n{"tweet": "no label"}\n',
+                                      encoding="utf-8")
+    result = run_fedprompt(["participant", "run", "--insecure", "--job", "j", "--coordinator", "127.0.0.1:9",
+                            "--data-dir", str(site), "--text-column", "tweet", "--label-column", "sentiment"])
+    assert result.returncode == 2
+    assert refused_in_one_line(result, "train.jsonl").endswith(
+        "1 of 2 rows have no valid label in column 'sentiment' (line 2); a line break or carriage return inside an "
+        "unquoted text splits its row, so quote such texts, or pass --skip-bad-rows to drop these rows")

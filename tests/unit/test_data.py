@@ -62,6 +62,17 @@ def test_generic_loader_reads_csv_and_jsonl_with_configurable_columns(tmp_path: 
         load_file(tmp_path / "d.csv")
 
 
+def test_a_site_directory_is_read_in_its_format_and_keeps_its_repeated_records(tmp_path: Path) -> None:
+    rows = [{"body": "same", "tag": "a"}, {"body": "same", "tag": "a"}, {"body": " ", "tag": "b"}, {"body": "x", "tag": "b"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "unlabelled.jsonl").write_text('{"body": "pool", "tag": ""}\n{"body": ""}\n')
+    site = load_site(tmp_path, DataFormat(text_column="body", label_column="tag"))
+    assert [(e.text, e.label) for e in site.train] == [("same", "a"), ("same", "a"), ("x", "b")]
+    assert site.test == [] and [(e.text, e.label) for e in site.unlabelled] == [("pool", "")]
+    with pytest.raises(ConfigError, match=r"train\.jsonl: no record has a text in column 'text'"):
+        load_site(tmp_path)
+
+
 def test_builtin_datasets_are_real_and_split_deterministically() -> None:
     rt = load_builtin("rotten_tomatoes")
     assert len(rt) > 12000 and {e.label for e in rt} == {"fresh", "rotten"}

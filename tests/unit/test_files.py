@@ -43,11 +43,11 @@ def test_writable_refuses_an_output_under_a_regular_file(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("name", "data", "message"), [
-    ("a.jsonl", b'{"text": "ok", "label": "pos"}\n[1, 2]\n', r"1 of 2 rows have no valid label in column 'label' \(lines 2\)"),
+    ("a.jsonl", b'{"text": "ok", "label": "pos"}\n[1, 2]\n', r"1 of 2 rows have no valid label in column 'label' \(line 2\)"),
     ("b.jsonl", b'{"text": {"nested": 1}, "label": "pos"}\n', r"no record has a text in column 'text'"),
     ("c.jsonl", b'{"text": "ok", "label": "pos"}\n{oops\n', r"c\.jsonl:2: invalid JSON"),
     ("d.csv", b"text,label\n" + b"x" * 200_000 + b",pos\n", r"d\.csv: not a CSV table at line 2 \(field larger than"),
-    ("e.csv", b"text,label\nno label here\n", r"1 of 1 rows have no valid label .*\(lines 2\)"),
+    ("e.csv", b"text,label\nno label here\n", r"e\.csv: no row has a valid label in column 'label'; name the label column"),
     ("f.tsv", b"text\tlabel\nt\xe9l\xe9\tpos\n", r"f\.tsv is not UTF-8 text \(byte 0xe9 on line 2, at offset 12\)"),
     ("g.txt", b"text,label\n", r"g\.txt: unsupported format '\.txt'"),
 ])
