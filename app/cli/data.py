@@ -61,7 +61,7 @@ def load_summary(dataset: str, load: dict[str, Any]) -> str:
 
 
 def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:SHOWN_LABELS])
+    shown = ", ".join(name if len(name) <= 40 else f"{name[:40]}..." for name in names[:SHOWN_LABELS])
     return shown + (f", ... ({len(names)} in all)" if len(names) > SHOWN_LABELS else "")
 
 
@@ -92,8 +92,9 @@ def write_job(path: Path, job: JobConfig, plan: DataPlan) -> None:
     dataset = plan.dataset if plan.dataset in BUILTIN else str(Path(plan.dataset).resolve())
     text = simulation_text(job, dataclasses.replace(plan, dataset=dataset))
     try:
-        path.write_text(f"# Written by fedprompt data prepare: fedprompt simulate --config {path}\n{text}",
-                        encoding="utf-8")
+        path.write_text(f"# Written by fedprompt data prepare; run: fedprompt simulate --config {path}\n"
+                        "# task.label_words are the label names: words that describe each label give a better start.\n"
+                        f"{text}", encoding="utf-8")
     except OSError as exc:
         raise FileError(f"cannot write --write-job {path}: {exc.strerror or exc}") from exc
 

@@ -165,8 +165,10 @@ def _records(p: Path, fmt: DataFormat) -> list[_Record]:
     data = read_bytes(p, "dataset file")
     if codecs.lookup(fmt.encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
-    text = decode_text(data, p, "dataset file", fmt.encoding,
-                       "save it as UTF-8 or name its encoding (--encoding, e.g. latin-1)")
+    hint = "save it as UTF-8 or name its encoding (--encoding, e.g. latin-1)"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        hint = "it starts with a UTF-16 byte-order mark, so name that encoding (--encoding utf-16)"
+    text = decode_text(data, p, "dataset file", fmt.encoding, hint)
     if p.suffix in DELIMITERS:
         return _table(text, p, fmt)
     return _json_lines(text, p, fmt)

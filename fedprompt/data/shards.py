@@ -18,7 +18,7 @@ from pathlib import Path
 from fedprompt.data import partition
 from fedprompt.data.datasets import BUILTIN, Example, load_dataset, read_jsonl, train_test_split, write_jsonl
 from fedprompt.data.formats import DataFormat, load_unlabelled
-from fedprompt.errors import ConfigError, FileError
+from fedprompt.errors import ConfigError, FileError, quoted
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,12 @@ def split_examples(
     names = label_names or (BUILTIN[dataset].label_names if dataset in BUILTIN else tuple(found))
     if len(names) < 2:
         raise ConfigError(f"dataset {dataset}: labels {list(names)} found; a classifier needs two or more")
-    unknown = set(found) - set(names)
+    unknown = sorted(set(found) - set(names))
     if unknown:
-        raise ConfigError(f"dataset {dataset}: labels {sorted(unknown)[:10]} are not among the job's task.label_names "
-                          f"{list(names)} (fedprompt data prepare --write-job writes a job with the file's labels)")
+        shown = ", ".join(quoted(label, 40) for label in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise ConfigError(f"dataset {dataset}: {len(unknown)} labels ({shown}) are not among the job's "
+                          f"task.label_names {list(names)} (fedprompt data prepare --write-job writes a job with "
+                          "the file's labels)")
     train, test = train_test_split(examples, test_size, seed)
     return train, test, names
 

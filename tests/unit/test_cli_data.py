@@ -89,6 +89,11 @@ def test_latin1_is_refused_with_its_offset_or_read_when_named(tmp_path: Path) ->
     prepared(data, "--encoding", "latin-1")
     texts = {row["text"] for row in written(data) + written(data, "test.jsonl")}
     assert texts == {"un film tr\u00e8s r\u00e9ussi", "rat\u00e9"}
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes("text,label\nna\u00efve,pos\ncr\u00e8me,neg\n".encode("utf-16"))
+    assert refused(wide).endswith("wide.csv is not UTF-8 text (byte 0xff on line 1, at offset 0); it starts with a "
+                                  "UTF-16 byte-order mark, so name that encoding (--encoding utf-16)")
+    assert "2 examples kept" in prepared(wide, "--encoding", "utf-16")
     assert refused(data, "--encoding", "klingon", naming="format.encoding").endswith(
         "'klingon' is not a text encoding (e.g. utf-8, latin-1, cp1252, utf-16)")
 
