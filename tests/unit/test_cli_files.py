@@ -40,6 +40,7 @@ CASES = [
 WRITERS = [
     ("admin export --out", "admin --insecure export job --out {f}/prompt.safetensors"),
     ("data prepare --out", "data prepare --out {f} --dataset rotten_tomatoes"),
+    ("data prepare --write-job", "data prepare --out {tmp}/data --dataset rotten_tomatoes --write-job {f}/job.toml"),
     ("simulate --report", "simulate --report {f}/report.json"),
     ("bench --report", "bench dp --report {f}/report.json"),
 ]
@@ -73,7 +74,7 @@ def test_each_writing_command_refuses_an_output_under_a_regular_file_before_any_
         workdir: Path, tmp_path: Path, argv: str) -> None:
     path = tmp_path / "binary.dat"
     path.write_bytes(BINARY)
-    refused_in_one_line(fedprompt(argv.format(f=path)), path.name)
+    refused_in_one_line(fedprompt(argv.format(f=path, tmp=tmp_path)), path.name)
 
 
 def test_a_latin1_csv_and_binary_stdin_name_what_is_not_utf8(workdir: Path, tmp_path: Path) -> None:

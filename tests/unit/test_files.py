@@ -50,6 +50,7 @@ def test_writable_refuses_an_output_under_a_regular_file(tmp_path: Path) -> None
     ("e.csv", b"text,label\nno label here\n", r"e\.csv: no row has a valid label in column 'label'; name the label column"),
     ("f.tsv", b"text\tlabel\nt\xe9l\xe9\tpos\n", r"f\.tsv is not UTF-8 text \(byte 0xe9 on line 2, at offset 12\)"),
     ("g.txt", b"text,label\n", r"g\.txt: unsupported format '\.txt'"),
+    ("h.csv", b'text,label\n"multi\nline",pos\n"x\r\ny",neg\nno label\nok,neg\n', r"1 of 4 rows .* \(line 6\)"),
 ])
 def test_a_dataset_that_is_not_a_table_is_refused_by_name(tmp_path: Path, name: str, data: bytes, message: str) -> None:
     (tmp_path / name).write_bytes(data)
