@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from fedprompt.errors import ConfigError, FedPromptError, quoted
 
 if TYPE_CHECKING:
+    from fedprompt.data.formats import LoadReport
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
@@ -120,3 +122,15 @@ def add_format_args(p: argparse.ArgumentParser) -> None:
 def plan_overrides(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     """The data-plan flags the user gave, as dotted ``DataPlan`` keys (unset flags leave the file's values)."""
     return {prefix + key: getattr(args, flag) for flag, key in PLAN_FLAGS.items() if getattr(args, flag) is not None}
+
+
+def load_summary(dataset: str, load: LoadReport) -> str:
+    """One line for ``data prepare`` and ``simulate``: rows read, each kind of row dropped, examples kept."""
+    kept = load.rows - load.bad_rows - load.empty - load.duplicates - load.conflict_rows
+    where = ""
+    if load.bad_rows:
+        more = ", ..." if load.bad_rows > len(load.bad_lines) else ""
+        where = f" (line{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
+    return (f"{dataset}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
+            f"{load.empty} empty texts, {load.duplicates} repeated texts (the first kept), {load.conflict_rows} rows "
+            f"of {load.conflicts} texts given different labels (none kept); {kept} examples kept")

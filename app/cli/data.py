@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedprompt.app.cli.common import add_plan_args, group_parser, plan_overrides
+from fedprompt.app.cli.common import add_plan_args, group_parser, load_summary, plan_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -21,6 +21,7 @@ SHOWN_LABELS = 12
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from fedprompt.config import from_mapping, set_dotted
+    from fedprompt.data.formats import LoadReport
     from fedprompt.data.shards import DataPlan, prepare
     from fedprompt.files import writable
 
@@ -35,7 +36,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     dirs = prepare(plan, out)
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     names = meta["label_names"]
-    print(load_summary(plan.dataset, meta["load"]))
+    print(load_summary(plan.dataset, LoadReport(**{**meta["load"], "bad_lines": tuple(meta["load"]["bad_lines"])})))
     print(f"labels ({len(names)}): {_names(names)}")
     for site in meta["sites"]:
         print(f"{out / site['dir']}: train {site['train']} ({_counts(site['train_labels'])}), "
@@ -45,19 +46,6 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         write_job(Path(args.write_job), job_for(plan, tuple(names), args.model), plan)
         print(f"job written to {args.write_job}; run it with: fedprompt simulate --config {args.write_job}")
     return 0
-
-
-def load_summary(dataset: str, load: dict[str, Any]) -> str:
-    """One line: rows read, and each kind of row dropped (``LoadReport`` as ``meta.json`` holds it)."""
-    kept = load["rows"] - load["bad_rows"] - load["empty"] - load["duplicates"] - load["conflict_rows"]
-    where = ""
-    if load["bad_rows"]:
-        more = ", ..." if load["bad_rows"] > len(load["bad_lines"]) else ""
-        where = f" (line{'s' if load['bad_rows'] > 1 else ''} {', '.join(map(str, load['bad_lines']))}{more})"
-    return (f"{dataset}: {load['rows']} rows read; dropped {load['bad_rows']} without a valid label{where}, "
-            f"{load['empty']} empty texts, {load['duplicates']} repeated texts (the first kept), "
-            f"{load['conflict_rows']} rows of {load['conflicts']} texts given different labels (none kept); "
-            f"{kept} examples kept")
 
 
 def _names(names: list[str]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedprompt.data import partition
 from fedprompt.data.datasets import BUILTIN, Example, load_dataset, read_jsonl, train_test_split, write_jsonl
-from fedprompt.data.formats import DataFormat, load_unlabelled
+from fedprompt.data.formats import DataFormat, LoadReport, load_unlabelled
 from fedprompt.errors import ConfigError, FileError, quoted
 
 
@@ -89,10 +89,12 @@ class DataPlan:
         if self.dataset in BUILTIN and self.format != DataFormat():
             raise ConfigError(f"{prefix}.format: is for a file of your own; the built-in {self.dataset} is read as it is")
 
-    def sites(self, label_names: tuple[str, ...] | None = None) -> list[SiteData]:
-        """Load the dataset and deal it to ``participants`` sites, in memory."""
-        train, test, names = load_split(self.dataset, self.test_size, self.seed, label_names, self.format)
-        return split_sites(train, test, names, self.participants, self.partition, self.seed)
+    def deal(self, label_names: tuple[str, ...] | None = None) -> tuple[list[SiteData], LoadReport]:
+        """Load the dataset and deal it to ``participants`` sites, in memory; with the report of what reading it
+        dropped, for the caller to show."""
+        loaded = load_dataset(self.dataset, self.format)
+        train, test, names = split_examples(loaded.examples, self.dataset, self.test_size, self.seed, label_names)
+        return split_sites(train, test, names, self.participants, self.partition, self.seed), loaded.report
 
 
 def split_sites(

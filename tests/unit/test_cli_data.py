@@ -127,6 +127,7 @@ def test_a_written_job_runs_in_simulate_without_edits(tmp_path: Path, tiny_encod
     assert f"job written to {job}; run it with: fedprompt simulate --config {job}" in out
     result = run_fedprompt(["simulate", "--config", str(job), "--report", str(tmp_path / "report.json")], timeout=600)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{data}: 60 rows read; dropped 0 without a valid label" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["state"] == "done" and sorted(report["final_by_participant"]) == ["site-0", "site-1"]
 

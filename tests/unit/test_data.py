@@ -110,7 +110,7 @@ def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: 
     assert main(["data", "prepare", "--out", str(tmp_path), *flags]) == 0
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["partition"] == {**PartitionSpec().__dict__, "scheme": "dirichlet", "alpha": 0.3}
-    assert [s["test"] for s in meta["sites"]] == [len(s.test) for s in expected.sites()]
+    assert [s["test"] for s in meta["sites"]] == [len(s.test) for s in expected.deal()[0]]
 
 
 @pytest.mark.parametrize("table, key", [
