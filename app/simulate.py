@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+import tomli_w
 
 from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
 from fedprompt.app.local_link import LocalLink
@@ -56,6 +57,12 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
     job = from_mapping(JobConfig, data)
     attack.target_index(job.task.label_names)
     return SimulationFile(job, simulation, attack)
+
+
+def simulation_text(job: JobConfig, plan: DataPlan) -> str:
+    """The TOML of a simulation file without an attack, which ``parse_simulation`` reads back to ``job`` and
+    ``plan``: ``data prepare --write-job`` writes one, so the next command runs without editing."""
+    return dump_toml(job) + "\n" + tomli_w.dumps({"simulation": dataclasses.asdict(plan)})
 
 
 def load_simulation(path: str | Path, overrides: dict[str, Any] | None = None) -> SimulationFile:

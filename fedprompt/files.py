@@ -25,14 +25,17 @@ def read_bytes(path: str | Path, what: str, limit: int | None = None) -> bytes:
     return data
 
 
-def decode_text(data: bytes, path: str | Path, what: str) -> str:
-    """``data`` (read from ``path``) as UTF-8 text; otherwise the error gives the line and byte that are not."""
+def decode_text(data: bytes, path: str | Path, what: str, encoding: str = "utf-8",
+                hint: str = "save it as UTF-8") -> str:
+    """``data`` (read from ``path``) as text in ``encoding``; otherwise the error gives the byte, its offset and
+    its line, and ``hint`` (what the user can do)."""
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise FileError(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                        "save it as UTF-8") from exc
+        name = "UTF-8" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+        raise FileError(f"{what} {path} is not {name} text (byte 0x{data[exc.start]:02x} on line {line}, "
+                        f"at offset {exc.start}); {hint}") from exc
 
 
 def read_text(path: str | Path, what: str, limit: int | None = None) -> str:

@@ -97,7 +97,7 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
 
 def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
     """Join ``settings.job`` and work until it is done or the process is asked to stop."""
-    site = load_site(settings.data_dir)
+    site = load_site(settings.data_dir, settings.format)
     tls = None if settings.insecure else ClientTls(settings.ca_cert, settings.cert, settings.key,
                                                    settings.server_name)
     if tls is None:

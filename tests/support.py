@@ -175,6 +175,15 @@ def toy_examples(n: int, seed: int) -> list[Example]:
     return out
 
 
+def write_toy_dataset(path: Path, n: int, seed: int) -> Path:
+    """``n`` toy examples as a user's JSONL dataset, each text numbered: a dataset is deduplicated when loaded,
+    and ``toy_examples`` repeats its few sentences."""
+    from fedprompt.data.datasets import write_jsonl
+
+    write_jsonl(path, [Example(f"{ex.text} {i}", ex.label) for i, ex in enumerate(toy_examples(n, seed))])
+    return path
+
+
 def toy_sites(n_sites: int = 3, train: int = 12, test: int = 8, seed: int = 0) -> list[SiteData]:
     return [SiteData(toy_examples(train + k, seed + k), toy_examples(test, seed + 100 + k)) for k in range(n_sites)]
 
@@ -288,6 +297,24 @@ def fedprompt_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-m", "fedprompt", *args], stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def run_fedprompt(args: list[str], stdin: bytes = b"", env: dict[str, str] | None = None,
+                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m fedprompt ARGS`` from this checkout to its end; output decoded as Latin-1, so any bytes
+    a command prints can be checked."""
+    full = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fedprompt", *args], input=stdin.decode("latin-1"),
+                          capture_output=True, text=True, cwd=REPO, env=full, timeout=timeout, encoding="latin-1")
+
+
+def refused_in_one_line(result: subprocess.CompletedProcess[str], name: str) -> str:
+    """The one ``fedprompt: error: ...`` line a refused command printed (exit 2, no traceback), naming ``name``."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("fedprompt: error: "), result.stderr[-2000:]
+    assert name in lines[0], lines[0]
+    return lines[0]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):

@@ -154,7 +154,8 @@ def held_out(sim: SimulationFile, size: RobustSize) -> tuple[list[SiteData], lis
     backdoor's measuring set: every non-target example among those and ``size.asr_extra`` more held out (a
     trigger is only ever inserted into these, never into an honest site's training data)."""
     plan = sim.simulation
-    train, test, names = load_split(plan.dataset, size.test_size + size.asr_extra, plan.seed, sim.job.task.label_names)
+    train, test, names = load_split(plan.dataset, size.test_size + size.asr_extra, plan.seed, sim.job.task.label_names,
+                                    plan.format)
     sites = split_sites(train, test[:size.test_size], names, plan.participants, plan.partition, plan.seed)
     target = names[sim.attack.target_index(names)]
     return sites, [ex for ex in test if ex.label != target]

@@ -17,6 +17,7 @@ from fedprompt.errors import ConfigError, FedPromptError, quoted
 from fedprompt.logs import LEVELS
 
 if TYPE_CHECKING:
+    from fedprompt.data.formats import LoadReport
     from fedprompt.wire.channel import ClientTls
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -211,10 +212,14 @@ def serve_until_signalled(server: Any, port_file: str | None) -> None:
     asyncio.run(main())
 
 
+#: Data-format flag (argparse dest) -> ``DataFormat`` key; the data plan's flags and ``participant run`` share it.
+FORMAT_FLAGS = {"text_column": "text_column", "label_column": "label_column", "encoding": "encoding",
+                "skip_bad_rows": "skip_bad_rows"}
 #: Data-plan flag (argparse dest) -> dotted ``DataPlan`` key; ``data prepare`` and ``simulate`` share it.
 PLAN_FLAGS = {"dataset": "dataset", "participants": "participants", "partition": "partition.scheme",
               "alpha": "partition.alpha", "shots": "partition.shots", "quantity_alpha": "partition.quantity_alpha",
-              "label_alpha": "partition.label_alpha", "test_size": "test_size", "seed": "seed"}
+              "label_alpha": "partition.label_alpha", "test_size": "test_size", "seed": "seed",
+              **{flag: f"format.{key}" for flag, key in FORMAT_FLAGS.items()}}
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -222,8 +227,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     from fedprompt.data.shards import SCHEMES, DataPlan
 
     plan = DataPlan()
-    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/JSONL path with text,label columns "
-                                     f"(default {plan.dataset})")
+    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/TSV/JSONL path with a text and a label "
+                                     f"column (default {plan.dataset})")
     p.add_argument("--participants", type=int, help=f"number of sites (default {plan.participants})")
     p.add_argument("--partition", choices=SCHEMES,
                    help=f"how training data is split across sites (default {plan.partition.scheme})")
@@ -237,8 +242,34 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=int,
                    help=f"examples held out as the test split (default {plan.test_size})")
     p.add_argument("--seed", type=int, help=f"seed for the split and partition (default {plan.seed})")
+    add_format_args(p)
+
+
+def add_format_args(p: argparse.ArgumentParser) -> None:
+    """The data-format flags (``DataFormat``); unset ones stay None so the defaults or a config file's values
+    stand."""
+    from fedprompt.data.formats import DataFormat
+
+    fmt = DataFormat()
+    p.add_argument("--text-column", help=f"a data file's column holding the text (default {fmt.text_column})")
+    p.add_argument("--label-column", help=f"a data file's column holding the label (default {fmt.label_column})")
+    p.add_argument("--encoding", help=f"a data file's text encoding, e.g. latin-1 or cp1252 (default {fmt.encoding})")
+    p.add_argument("--skip-bad-rows", action="store_true", default=None,
+                   help="drop a data file's rows without a valid label (and say how many) instead of refusing it")
 
 
 def plan_overrides(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     """The data-plan flags the user gave, as dotted ``DataPlan`` keys (unset flags leave the file's values)."""
     return {prefix + key: getattr(args, flag) for flag, key in PLAN_FLAGS.items() if getattr(args, flag) is not None}
+
+
+def load_summary(dataset: str, load: LoadReport) -> str:
+    """One line for ``data prepare`` and ``simulate``: rows read, each kind of row dropped, examples kept."""
+    kept = load.rows - load.bad_rows - load.empty - load.duplicates - load.conflict_rows
+    where = ""
+    if load.bad_rows:
+        more = ", ..." if load.bad_rows > len(load.bad_lines) else ""
+        where = f" (line{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
+    return (f"{dataset}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
+            f"{load.empty} empty texts, {load.duplicates} repeated texts (the first kept), {load.conflict_rows} rows "
+            f"of {load.conflicts} texts given different labels (none kept); {kept} examples kept")

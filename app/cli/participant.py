@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command, add_connection_flags, coordinator_default, parse_overrides
+from fedprompt.app.cli.common import (
+    FORMAT_FLAGS,
+    add_command,
+    add_connection_flags,
+    add_format_args,
+    coordinator_default,
+    parse_overrides,
+)
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -21,6 +28,9 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
+    for flag, key in FORMAT_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[f"participant.format.{key}"] = getattr(args, flag)
     if args.insecure:
         overrides["participant.insecure"] = True
     config = (load_toml(args.config, ParticipantConfig, overrides) if args.config
@@ -46,6 +56,7 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
     run.add_argument("--model-service", dest="model_service",
                      help="host:port of a query-only model service (black-box jobs)")
+    add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command, add_plan_args, parse_overrides, plan_overrides
+from fedprompt.app.cli.common import add_command, add_plan_args, load_summary, parse_overrides, plan_overrides
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -20,7 +20,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         writable(args.report, "--report")  # before the run, not after it
     overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
-    report = simulate(sim.job, sim.simulation.sites(sim.job.task.label_names), attack=sim.attack)
+    sites, read = sim.simulation.deal(sim.job.task.label_names)
+    print(load_summary(sim.simulation.dataset, read))
+    report = simulate(sim.job, sites, attack=sim.attack)
     print(round_table(report))
     print(summary(report))
     if "attack" in report:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedprompt.config.codec import check, check_range
+from fedprompt.data.formats import DataFormat
 
 
 def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: dict[str, str] | None = None) -> None:
@@ -111,6 +112,8 @@ class ParticipantSection:
     heartbeat_s: float = 10.0
     # host:port of a query-only model service (``fedprompt model serve``); required by black-box jobs.
     model_service: str = ""
+    # How the site's files are read: columns, encoding, bad rows (``[participant.format]``).
+    format: DataFormat = field(default_factory=DataFormat)
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
@@ -128,6 +131,7 @@ class ParticipantSection:
         check_range(self.give_up_after_s, f"{prefix}.give_up_after_s", 0.0, 7 * 24 * 3600.0, open_low=True,
                     note="seconds")
         check(0.1 <= self.heartbeat_s <= 3600, f"{prefix}.heartbeat_s", "must be in [0.1, 3600] seconds")
+        self.format.validate(f"{prefix}.format")
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Datasets, deterministic splits, partitioners and per-site data directories."""
+"""Datasets, the format of a user's own data file, deterministic splits, partitioners and per-site data directories."""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedprompt.data import partition
 from fedprompt.data.datasets import BUILTIN, Example, load_dataset, read_jsonl, train_test_split, write_jsonl
-from fedprompt.errors import ConfigError, FileError
+from fedprompt.data.formats import DataFormat, LoadReport, load_unlabelled
+from fedprompt.errors import ConfigError, FileError, quoted
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,8 @@ class PartitionSpec:
 @dataclass(frozen=True)
 class DataPlan:
     """Which data, how many sites and how it is dealt: the one definition behind ``fedprompt data prepare``'s
-    flags and a simulation file's ``[simulation]`` table (``[simulation.partition]`` for the split).
-    ``participants`` is in [1, 1000], ``test_size`` in [1, 10000000] and ``seed`` in [0, 2**63 - 1] (it seeds
+    flags and a simulation file's ``[simulation]`` table (``[simulation.partition]`` for the split,
+    ``[simulation.format]`` for how a file of the user's own is read).  ``participants`` is in [1, 1000], ``test_size`` in [1, 10000000] and ``seed`` in [0, 2**63 - 1] (it seeds
     NumPy generators, which take no negative seed)."""
 
     dataset: str = "rotten_tomatoes"
@@ -73,6 +75,7 @@ class DataPlan:
     test_size: int = 1000
     seed: int = 0
     partition: PartitionSpec = field(default_factory=PartitionSpec)
+    format: DataFormat = field(default_factory=DataFormat)
 
     def validate(self, prefix: str) -> None:
         if not 1 <= self.participants <= 1000:
@@ -82,11 +85,16 @@ class DataPlan:
         if not 0 <= self.seed <= 2**63 - 1:
             raise ConfigError(f"{prefix}.seed: must be in [0, {2**63 - 1}], got {self.seed}")
         self.partition.validate(f"{prefix}.partition")
+        self.format.validate(f"{prefix}.format")
+        if self.dataset in BUILTIN and self.format != DataFormat():
+            raise ConfigError(f"{prefix}.format: is for a file of your own; the built-in {self.dataset} is read as it is")
 
-    def sites(self, label_names: tuple[str, ...] | None = None) -> list[SiteData]:
-        """Load the dataset and deal it to ``participants`` sites, in memory."""
-        train, test, names = load_split(self.dataset, self.test_size, self.seed, label_names)
-        return split_sites(train, test, names, self.participants, self.partition, self.seed)
+    def deal(self, label_names: tuple[str, ...] | None = None) -> tuple[list[SiteData], LoadReport]:
+        """Load the dataset and deal it to ``participants`` sites, in memory; with the report of what reading it
+        dropped, for the caller to show."""
+        loaded = load_dataset(self.dataset, self.format)
+        train, test, names = split_examples(loaded.examples, self.dataset, self.test_size, self.seed, label_names)
+        return split_sites(train, test, names, self.participants, self.partition, self.seed), loaded.report
 
 
 def split_sites(
@@ -117,27 +125,48 @@ def split_sites(
 
 
 def load_split(
-    dataset: str, test_size: int, seed: int, label_names: tuple[str, ...] | None = None
+    dataset: str, test_size: int, seed: int, label_names: tuple[str, ...] | None = None,
+    fmt: DataFormat | None = None,
 ) -> tuple[list[Example], list[Example], tuple[str, ...]]:
-    """Load a dataset and split it deterministically; label names default to the built-in's or sorted labels."""
-    examples = load_dataset(dataset)
-    names = label_names or (BUILTIN[dataset].label_names if dataset in BUILTIN else tuple(sorted({e.label for e in examples})))
-    unknown = {e.label for e in examples} - set(names)
+    """Load a dataset (a file read per ``fmt``) and split it deterministically (``split_examples``)."""
+    return split_examples(load_dataset(dataset, fmt).examples, dataset, test_size, seed, label_names)
+
+
+def split_examples(
+    examples: list[Example], dataset: str, test_size: int, seed: int, label_names: tuple[str, ...] | None = None
+) -> tuple[list[Example], list[Example], tuple[str, ...]]:
+    """Split ``dataset``'s examples deterministically; label names default to the built-in's or the sorted labels
+    found, and a label outside the names given is refused rather than dropped."""
+    found = sorted({e.label for e in examples})
+    names = label_names or (BUILTIN[dataset].label_names if dataset in BUILTIN else tuple(found))
+    if len(names) < 2:
+        raise ConfigError(f"dataset {dataset}: labels {list(names)} found; a classifier needs two or more")
+    unknown = sorted(set(found) - set(names))
     if unknown:
-        raise ConfigError(f"dataset {dataset}: labels {sorted(unknown)} are not among {list(names)}")
+        shown = ", ".join(quoted(label, 40) for label in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise ConfigError(f"dataset {dataset}: {len(unknown)} labels ({shown}) are not among the job's "
+                          f"task.label_names {list(names)} (fedprompt data prepare --write-job writes a job with "
+                          "the file's labels)")
     train, test = train_test_split(examples, test_size, seed)
     return train, test, names
 
 
 def prepare(plan: DataPlan, out_dir: Path) -> list[Path]:
-    """Write one directory per site plus ``meta.json`` and the global ``test.jsonl``; returns the site dirs."""
-    train, test, names = load_split(plan.dataset, plan.test_size, plan.seed)
+    """Write one directory per site plus ``meta.json`` and the global ``test.jsonl``; returns the site dirs.
+
+    ``meta.json`` records what reading the dataset dropped (``load``) and each site's examples per label, so
+    what was written can be checked before any training."""
+    loaded = load_dataset(plan.dataset, plan.format)
+    train, test, names = split_examples(loaded.examples, plan.dataset, plan.test_size, plan.seed)
     sites = split_sites(train, test, names, plan.participants, plan.partition, plan.seed)
     dirs = [out_dir / f"participant-{k}" for k in range(len(sites))]
     meta = {
         "dataset": plan.dataset, "label_names": list(names), "seed": plan.seed, "test_size": plan.test_size,
-        "partition": dataclasses.asdict(plan.partition), "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test),
-                                                "unlabelled": len(s.unlabelled)} for d, s in zip(dirs, sites)],
+        "partition": dataclasses.asdict(plan.partition), "format": dataclasses.asdict(plan.format),
+        "load": dataclasses.asdict(loaded.report),
+        "sites": [{"dir": d.name, "train": len(s.train), "test": len(s.test), "unlabelled": len(s.unlabelled),
+                   "train_labels": _per_label(s.train, names), "test_labels": _per_label(s.test, names)}
+                  for d, s in zip(dirs, sites)],
     }
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,9 +182,17 @@ def prepare(plan: DataPlan, out_dir: Path) -> list[Path]:
     return dirs
 
 
-def load_site(site_dir: str | Path) -> SiteData:
-    """Read a site directory; ``train.jsonl`` is required, the rest optional."""
+def _per_label(examples: list[Example], names: tuple[str, ...]) -> dict[str, int]:
+    counts = Counter(ex.label for ex in examples)
+    return {name: counts[name] for name in names}
+
+
+def load_site(site_dir: str | Path, fmt: DataFormat | None = None) -> SiteData:
+    """Read a site directory, each file checked as a user's own (``fmt``); ``train.jsonl`` is required, the
+    rest optional."""
     d = Path(site_dir)
     if not (d / "train.jsonl").exists():
         raise ConfigError(f"participant.data_dir: {d} has no train.jsonl")
-    return SiteData(read_jsonl(d / "train.jsonl"), read_jsonl(d / "test.jsonl"), read_jsonl(d / "unlabelled.jsonl"))
+    pool = d / "unlabelled.jsonl"
+    return SiteData(read_jsonl(d / "train.jsonl", fmt), read_jsonl(d / "test.jsonl", fmt),
+                    load_unlabelled(pool, fmt) if pool.exists() else [])

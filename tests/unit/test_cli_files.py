@@ -5,9 +5,7 @@ typed errors), not from a catch-all in ``main``."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 from fedprompt.config import dump_toml
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.promptfile import save_prompt
-from tests.support import REPO, tiny_job
+from tests.support import refused_in_one_line, run_fedprompt, tiny_job
 
 #: Bytes that are not UTF-8 (0xff never is) and not any format the commands read.
 BINARY = b"\xff\xfe\x00" + bytes(range(256)) * 4
@@ -42,6 +40,7 @@ CASES = [
 WRITERS = [
     ("admin export --out", "admin --insecure export job --out {f}/prompt.safetensors"),
     ("data prepare --out", "data prepare --out {f} --dataset rotten_tomatoes"),
+    ("data prepare --write-job", "data prepare --out {tmp}/data --dataset rotten_tomatoes --write-job {f}/job.toml"),
     ("simulate --report", "simulate --report {f}/report.json"),
     ("bench --report", "bench dp --report {f}/report.json"),
 ]
@@ -57,17 +56,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fedprompt(argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
     """``python -m fedprompt ARGV`` from this checkout, with nothing listening where a coordinator could be."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FEDPROMPT_COORDINATOR": "127.0.0.1:9"}
-    return subprocess.run([sys.executable, "-m", "fedprompt", *argv.split()], input=stdin.decode("latin-1"),
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120, encoding="latin-1")
-
-
-def refused_in_one_line(result: subprocess.CompletedProcess[str], name: str) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("fedprompt: error: "), result.stderr[-2000:]
-    assert name in lines[0], lines[0]
-    return lines[0]
+    return run_fedprompt(argv.split(), stdin, {"FEDPROMPT_COORDINATOR": "127.0.0.1:9"})
 
 
 @pytest.mark.parametrize(("argv", "suffix"), [(a, s) for _, a, s in CASES], ids=[i for i, _, _ in CASES])
@@ -85,14 +74,14 @@ def test_each_writing_command_refuses_an_output_under_a_regular_file_before_any_
         workdir: Path, tmp_path: Path, argv: str) -> None:
     path = tmp_path / "binary.dat"
     path.write_bytes(BINARY)
-    refused_in_one_line(fedprompt(argv.format(f=path)), path.name)
+    refused_in_one_line(fedprompt(argv.format(f=path, tmp=tmp_path)), path.name)
 
 
 def test_a_latin1_csv_and_binary_stdin_name_what_is_not_utf8(workdir: Path, tmp_path: Path) -> None:
     latin1 = tmp_path / "export.csv"
     latin1.write_bytes("text,label\nun film tr\u00e8s r\u00e9ussi,pos\nbad,neg\n".encode("latin-1"))
     line = refused_in_one_line(fedprompt(f"data prepare --out {tmp_path}/data --dataset {latin1}"), "export.csv")
-    assert "is not UTF-8 text (byte 0xe8 on line 2)" in line
+    assert "is not UTF-8 text (byte 0xe8 on line 2, at offset 21); save it as UTF-8 or name its encoding" in line
     line = refused_in_one_line(fedprompt(f"predict --prompt {workdir}/prompt.safetensors", stdin=BINARY),
                                "standard input")
     assert "not UTF-8" in line

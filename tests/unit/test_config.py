@@ -133,7 +133,7 @@ def test_the_walk_reaches_every_section_of_every_config() -> None:
                 if message.startswith("unknown key")}
     assert sections == {
         "", "job", "model", "task", "train", "augment", "he", "dp", "robust", "blackbox", "levels",
-        "levels.cohorts[0]", "coordinator", "participant", "model_service",
+        "levels.cohorts[0]", "coordinator", "participant", "participant.format", "model_service",
     }
 
 

@@ -200,7 +200,7 @@ def test_a_binary_file_names_its_line(tmp_path: Path) -> None:
     path.write_bytes(b"[job]\nrounds = 3\nname = \"\xff\xfe\"\n")
     with pytest.raises(ConfigError) as info:
         load_toml(path, JobConfig)
-    assert str(info.value) == f"config {path} is not UTF-8 text (byte 0xff on line 3); save it as UTF-8"
+    assert str(info.value) == f"config {path} is not UTF-8 text (byte 0xff on line 3, at offset 25); save it as UTF-8"
 
 
 def test_what_is_dumped_loads_again() -> None:

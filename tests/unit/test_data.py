@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedprompt.data import partition
-from fedprompt.data.datasets import load_builtin, load_file, majority_accuracy, train_test_split
+from fedprompt.data.datasets import DataFormat, load_builtin, load_file, majority_accuracy, train_test_split
 from fedprompt.data.shards import DataPlan, PartitionSpec, load_site, prepare
 from fedprompt.errors import ConfigError
 
@@ -55,10 +55,22 @@ def test_partitioners_refuse_impossible_requests(call) -> None:
 def test_generic_loader_reads_csv_and_jsonl_with_configurable_columns(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("body,tag\nhello,a\nworld,b\n")
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x\u2028y", "tag": "a"}) + "\n")
-    assert [e.label for e in load_file(tmp_path / "d.csv", "body", "tag")] == ["a", "b"]
-    assert load_file(tmp_path / "d.jsonl", "body", "tag")[0].text == "x\u2028y"
-    with pytest.raises(ConfigError, match="lacks column"):
+    columns = DataFormat(text_column="body", label_column="tag")
+    assert [e.label for e in load_file(tmp_path / "d.csv", columns).examples] == ["a", "b"]
+    assert load_file(tmp_path / "d.jsonl", columns).examples[0].text == "x\u2028y"
+    with pytest.raises(ConfigError, match=r"no column 'text' or 'label' in its header \('body', 'tag'\)"):
         load_file(tmp_path / "d.csv")
+
+
+def test_a_site_directory_is_read_in_its_format_and_keeps_its_repeated_records(tmp_path: Path) -> None:
+    rows = [{"body": "same", "tag": "a"}, {"body": "same", "tag": "a"}, {"body": " ", "tag": "b"}, {"body": "x", "tag": "b"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "unlabelled.jsonl").write_text('{"body": "pool", "tag": ""}\n{"body": ""}\n')
+    site = load_site(tmp_path, DataFormat(text_column="body", label_column="tag"))
+    assert [(e.text, e.label) for e in site.train] == [("same", "a"), ("same", "a"), ("x", "b")]
+    assert site.test == [] and [(e.text, e.label) for e in site.unlabelled] == [("pool", "")]
+    with pytest.raises(ConfigError, match=r"train\.jsonl: no record has a text in column 'text'"):
+        load_site(tmp_path)
 
 
 def test_builtin_datasets_are_real_and_split_deterministically() -> None:
@@ -98,7 +110,7 @@ def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: 
     assert main(["data", "prepare", "--out", str(tmp_path), *flags]) == 0
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["partition"] == {**PartitionSpec().__dict__, "scheme": "dirichlet", "alpha": 0.3}
-    assert [s["test"] for s in meta["sites"]] == [len(s.test) for s in expected.sites()]
+    assert [s["test"] for s in meta["sites"]] == [len(s.test) for s in expected.deal()[0]]
 
 
 @pytest.mark.parametrize("table, key", [
@@ -106,6 +118,9 @@ def test_data_plan_flags_and_the_simulation_table_build_the_same_plan(tmp_path: 
     ("[simulation.partition]\nalpha = 0", "simulation.partition.alpha"),
     ("[simulation.partition]\nshots = 0", "simulation.partition.shots"),
     ("[simulation]\nparticipants = 0", "simulation.participants"),
+    ('[simulation.format]\nencoding = "ebcdic-9"', "simulation.format.encoding"),
+    ('[simulation.format]\ntext_column = ""', "simulation.format.text_column"),
+    ('[simulation.format]\ntext_column = "tweet"', "simulation.format"),
     ('[simulation]\npartition = "iid"', "simulation.partition"),
 ])
 def test_a_bad_data_plan_is_refused_naming_its_key(table: str, key: str) -> None:

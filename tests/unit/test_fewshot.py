@@ -14,13 +14,13 @@ from hypothesis.extra.numpy import arrays
 
 from fedprompt.app.simulate import simulate
 from fedprompt.config import AugmentSection, JobConfig, dump_toml, parse_toml
-from fedprompt.data.datasets import Example, read_jsonl, write_jsonl
+from fedprompt.data.datasets import Example
 from fedprompt.data.shards import DataPlan, PartitionSpec, SiteData, prepare, split_sites
 from fedprompt.errors import ConfigError
 from fedprompt.models import build_classifier, load_backbone
 from fedprompt.models.classifier import PromptClassifier
 from fedprompt.participant.fewshot import PseudoLabeller, select_confident
-from tests.support import tiny_job, toy_examples, toy_sites
+from tests.support import tiny_job, toy_examples, toy_sites, write_toy_dataset
 
 PROBS = np.array([
     [0.95, 0.05],  # 0: class 0, confident
@@ -180,11 +180,11 @@ def test_split_keeps_gold_aside_and_prepare_never_writes_it(tmp_path: Path) -> N
     for site in sites:
         assert site.unlabelled and all(e.label == "" for e in site.unlabelled)
         assert site.unlabelled_gold == [by_text[e.text] for e in site.unlabelled]
-    data = tmp_path / "toy.jsonl"
-    write_jsonl(data, examples)
+    data = write_toy_dataset(tmp_path / "toy.jsonl", 120, 7)
     dirs = prepare(DataPlan(str(data), participants=2, test_size=20, partition=PartitionSpec("fewshot", shots=8)), tmp_path / "out")
     for site_dir in dirs:
-        assert {e.label for e in read_jsonl(site_dir / "unlabelled.jsonl")} == {""}
+        pool = (site_dir / "unlabelled.jsonl").read_text(encoding="utf-8").splitlines()
+        assert {json.loads(line)["label"] for line in pool} == {""}
         assert sorted(p.name for p in site_dir.iterdir()) == ["test.jsonl", "train.jsonl", "unlabelled.jsonl"]
 
 

@@ -26,7 +26,7 @@ def test_read_text_names_the_file_and_where_it_is_not_utf8(tmp_path: Path) -> No
     with pytest.raises(FileError, match=r"cannot read job config .*: Is a directory"):
         read_text(tmp_path, "job config")
     (tmp_path / "latin1.toml").write_bytes(b'[job]\nname = "caf\xe9"\n')
-    with pytest.raises(FileError, match=r"latin1\.toml is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"):
+    with pytest.raises(FileError, match=r"latin1\.toml is not UTF-8 text \(byte 0xe9 on line 2, at offset 17\); save it as UTF-8"):
         read_text(tmp_path / "latin1.toml", "job config")
 
 
@@ -43,12 +43,14 @@ def test_writable_refuses_an_output_under_a_regular_file(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("name", "data", "message"), [
-    ("a.jsonl", b'{"text": "ok", "label": "pos"}\n[1, 2]\n', r"record 2 lacks column 'text' or 'label'"),
-    ("b.jsonl", b'{"text": {"nested": 1}, "label": "pos"}\n', r"record 1 lacks column"),
+    ("a.jsonl", b'{"text": "ok", "label": "pos"}\n[1, 2]\n', r"1 of 2 rows have no valid label in column 'label' \(line 2\)"),
+    ("b.jsonl", b'{"text": {"nested": 1}, "label": "pos"}\n', r"no record has a text in column 'text'"),
     ("c.jsonl", b'{"text": "ok", "label": "pos"}\n{oops\n', r"c\.jsonl:2: invalid JSON"),
-    ("d.csv", b"text,label\n" + b"x" * 200_000 + b",pos\n", r"d\.csv: not a CSV table after line 1 \(field larger than"),
-    ("e.csv", b"text,label\nno label here\n", r"record 1 lacks column"),
-    ("f.tsv", b"text\tlabel\nt\xe9l\xe9\tpos\n", r"f\.tsv is not UTF-8 text \(byte 0xe9 on line 2\)"),
+    ("d.csv", b"text,label\n" + b"x" * 200_000 + b",pos\n", r"d\.csv: not a CSV table at line 2 \(field larger than"),
+    ("e.csv", b"text,label\nno label here\n", r"e\.csv: no row has a valid label in column 'label'; name the label column"),
+    ("f.tsv", b"text\tlabel\nt\xe9l\xe9\tpos\n", r"f\.tsv is not UTF-8 text \(byte 0xe9 on line 2, at offset 12\)"),
+    ("g.txt", b"text,label\n", r"g\.txt: unsupported format '\.txt'"),
+    ("h.csv", b'text,label\n"multi\nline",pos\n"x\r\ny",neg\nno label\nok,neg\n', r"1 of 4 rows .* \(line 6\)"),
 ])
 def test_a_dataset_that_is_not_a_table_is_refused_by_name(tmp_path: Path, name: str, data: bytes, message: str) -> None:
     (tmp_path / name).write_bytes(data)
@@ -59,8 +61,8 @@ def test_a_dataset_that_is_not_a_table_is_refused_by_name(tmp_path: Path, name: 
 def test_a_dataset_in_utf8_still_loads_with_separators_inside_texts(tmp_path: Path) -> None:
     (tmp_path / "ok.jsonl").write_text('{"text": "a\\u2028b\u2028c", "label": "pos"}\n\n', encoding="utf-8")
     (tmp_path / "ok.csv").write_text('text,label\n"x, y\nz",neg\n', encoding="utf-8")
-    assert [(e.text, e.label) for e in load_file(tmp_path / "ok.jsonl")] == [("a\u2028b\u2028c", "pos")]
-    assert [(e.text, e.label) for e in load_file(tmp_path / "ok.csv")] == [("x, y\nz", "neg")]
+    assert [(e.text, e.label) for e in load_file(tmp_path / "ok.jsonl").examples] == [("a\u2028b\u2028c", "pos")]
+    assert [(e.text, e.label) for e in load_file(tmp_path / "ok.csv").examples] == [("x, y\nz", "neg")]
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ from fedprompt.app.simulate import simulate
 from fedprompt.config import RobustSection
 from fedprompt.coordinator.checkpoint import Checkpointer, read_checkpoint
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.data.datasets import write_jsonl
 from fedprompt.participant.train import memoized, train_local
-from tests.support import REPO, tiny_job, toy_examples, toy_sites
+from tests.support import REPO, tiny_job, toy_sites, write_toy_dataset
 
 
 def test_simulation_completes_every_round_with_reports(tiny_encoder_dir: Path) -> None:
@@ -83,8 +82,7 @@ def test_memoized_training_replays_identical_rounds_without_retraining(tiny_enco
 
 def test_simulate_command_runs_the_backdoor_example(tiny_encoder_dir: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "toy.jsonl"
-    write_jsonl(data, toy_examples(160, 7))
+    data = write_toy_dataset(tmp_path / "toy.jsonl", 160, 7)
     argv = ["simulate", "--config", str(REPO / "examples" / "backdoor.toml"), "--dataset", str(data),
             "--test-size", "40", "--report", str(tmp_path / "r.json"),
             "--set", f'model.path="{tiny_encoder_dir}"', "--set", 'task.label_names=["neg", "pos"]',
