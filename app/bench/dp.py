@@ -21,16 +21,14 @@ import dataclasses
 import time
 from typing import Any
 
-import torch
-
-from fedprompt.app.bench.smoke import on_tiny_model
-from fedprompt.app.demo import PLAIN, PRIVATE, DemoOptions, Recipe, demo_job
+from fedprompt.app.bench.smoke import demo_bench_job, run_size
+from fedprompt.app.demo import PLAIN, PRIVATE, DemoOptions, Recipe
 from fedprompt.app.report import table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, JobConfig
 from fedprompt.data.datasets import label_indices
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
-from fedprompt.models import Backbone, build_classifier, load_backbone
+from fedprompt.models import Backbone, build_classifier
 from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
 from fedprompt.participant.train import train_local
 
@@ -80,14 +78,11 @@ def step_cost(config: JobConfig, backbone: Backbone, site: SiteData, size: Size)
 
 
 def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)
-    size = SMOKE if args.smoke else FULL
+    size = run_size(args, FULL, SMOKE)
     small = size.recipes["small"]
-    base = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, steps=small.steps, seed=args.seed,
-                                dp=False, batch_size=small.batch_size, lr=small.lr))
-    if args.smoke:
-        base = on_tiny_model(base)
-    backbone = load_backbone(base.model.path)
+    base, backbone = demo_bench_job(args, DemoOptions(participants=size.sites, rounds=size.rounds, steps=small.steps,
+                                                      seed=args.seed, dp=False, batch_size=small.batch_size,
+                                                      lr=small.lr), threads=1)
     train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
     sites = split_sites(train, test, names, size.sites, PartitionSpec("iid"), args.seed)
     cost = step_cost(base, backbone, sites[0], size)

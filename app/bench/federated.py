@@ -12,15 +12,12 @@ import dataclasses
 import time
 from typing import Any
 
-import torch
-
-from fedprompt.app.bench.smoke import on_tiny_model
-from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.bench.smoke import demo_bench_job, run_size
+from fedprompt.app.demo import DemoOptions
 from fedprompt.app.report import table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection, JobConfig
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
-from fedprompt.models import load_backbone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +43,9 @@ def centralized(config: JobConfig, steps: int) -> JobConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    size = SMOKE if args.smoke else FULL
-    torch.set_num_threads(size.threads)
-    base = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, steps=size.steps, seed=args.seed,
-                                dp=False))
-    if args.smoke:
-        base = on_tiny_model(base)
-    backbone = load_backbone(base.model.path)
+    size = run_size(args, FULL, SMOKE)
+    base, backbone = demo_bench_job(args, DemoOptions(participants=size.sites, rounds=size.rounds, steps=size.steps,
+                                                      seed=args.seed, dp=False), size.threads)
     train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
     runs = {
         "centralized": (centralized(base, size.sites * size.steps),

@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
 
-from fedprompt.app.bench.smoke import on_tiny_model
-from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.bench.smoke import demo_bench_job, run_size
+from fedprompt.app.demo import DemoOptions
 from fedprompt.app.report import table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection, JobConfig
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.data.shards import PartitionSpec, load_split, split_sites
-from fedprompt.models import Backbone, build_classifier, load_backbone
+from fedprompt.models import Backbone, build_classifier
 
 MEMORY_AT = (1, 10, 100, 250, 500, 750, 1000)  # coordinator memory is read after these many folded updates
 
@@ -103,13 +102,9 @@ def _rounds(base: JobConfig, backbone: Backbone, seed: int, size: Size) -> dict[
 
 
 def main(args: argparse.Namespace) -> int:
-    size = SMOKE if args.smoke else FULL
-    torch.set_num_threads(size.threads)
-    base = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, steps=size.steps, seed=args.seed,
-                                dp=False))
-    if args.smoke:
-        base = on_tiny_model(base)
-    backbone = load_backbone(base.model.path)
+    size = run_size(args, FULL, SMOKE)
+    base, backbone = demo_bench_job(args, DemoOptions(participants=size.sites, rounds=size.rounds, steps=size.steps,
+                                                      seed=args.seed, dp=False), size.threads)
     vector_size = build_classifier(base, backbone).vector_size
     micro = _micro(args.seed, vector_size, size.updates)
     print(f"[bench he] {size.updates} updates of {vector_size} floats encrypted and folded", flush=True)

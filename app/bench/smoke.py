@@ -21,7 +21,9 @@ from fedprompt.errors import ConfigError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from fedprompt.app.demo import DemoOptions
     from fedprompt.config import JobConfig
+    from fedprompt.models import Backbone
 
 SizeT = TypeVar("SizeT", bound="DataclassInstance")
 
@@ -66,6 +68,22 @@ def on_tiny_model(config: JobConfig, kind: str = "encoder") -> JobConfig:
     """``config`` with its backbone replaced by the tiny model of ``kind`` and every other setting (prompt, task,
     HE, DP, levels) kept, so that a bench's smoke run goes through the job it measures, only faster."""
     return dataclasses.replace(config, model=dataclasses.replace(config.model, path=tiny_model(kind)))
+
+
+def demo_bench_job(args: argparse.Namespace, options: DemoOptions, threads: int) -> tuple[JobConfig, Backbone]:
+    """The demo's job as ``options`` shape it (on the tiny model with ``--smoke``) and its backbone, loaded once
+    for every run of the bench; torch on ``threads`` threads.  The benches that measure the demo's own job
+    (federated, dp, he) start here."""
+    import torch
+
+    from fedprompt.app.demo import demo_job
+    from fedprompt.models import load_backbone
+
+    torch.set_num_threads(threads)
+    base = demo_job(options)
+    if args.smoke:
+        base = on_tiny_model(base)
+    return base, load_backbone(base.model.path)
 
 
 def run_size(args: argparse.Namespace, full: SizeT, smoke: SizeT, *options: str) -> SizeT:
