@@ -223,19 +223,29 @@ def row(defence: str, he: bool, per_seed: dict[int, dict[str, Any]]) -> dict[str
     }
 
 
-def best(rows: list[dict[str, Any]], no_attack_accuracy: float, no_attack_asr: float | None) -> dict[str, Any]:
-    """The defence with the lowest mean ASR (ties: higher accuracy), and whether it meets each target."""
-    found = min((r for r in rows if r["defence"] != "fedavg" and r["asr_mean"] is not None),
-                key=lambda r: (r["asr_mean"], -r["clean_accuracy_mean"]), default=None)
-    if found is None:
-        return {"defence": None, "meets": None}
-    drop = 100 * (no_attack_accuracy - found["clean_accuracy_mean"])
+def meets(row: dict[str, Any], no_attack_accuracy: float, no_attack_asr: float | None) -> dict[str, bool]:
+    """Which of the targets a row meets: ASR mean at most the no-attack ASR + 0.05, clean accuracy within a
+    point of the no-attack run, recall and precision of its rejections."""
+    drop = 100 * (no_attack_accuracy - row["clean_accuracy_mean"])
     ceiling = None if no_attack_asr is None else no_attack_asr + TARGETS["asr_over_no_attack"]
-    return {"defence": found["defence"], "accuracy_drop_points": drop, "asr_ceiling": ceiling,
-            "meets": {"asr": ceiling is not None and found["asr_mean"] <= ceiling,
-                      "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
-                      "recall": found["recall"] is not None and found["recall"] >= TARGETS["recall"],
-                      "precision": found["precision"] is not None and found["precision"] >= TARGETS["precision"]}}
+    return {"asr": ceiling is not None and row["asr_mean"] is not None and row["asr_mean"] <= ceiling,
+            "accuracy_drop": drop <= TARGETS["accuracy_drop_points"],
+            "recall": row["recall"] is not None and row["recall"] >= TARGETS["recall"],
+            "precision": row["precision"] is not None and row["precision"] >= TARGETS["precision"]}
+
+
+def best(rows: list[dict[str, Any]], no_attack_accuracy: float, no_attack_asr: float | None) -> dict[str, Any]:
+    """The defence that meets the most targets (all of them, where some defence does), then the lowest mean
+    ASR, then the higher accuracy; with what it meets and every defence that meets all.  The lowest ASR alone
+    would crown Krum, which buys it by rejecting seven honest updates a round."""
+    judged = [(r, meets(r, no_attack_accuracy, no_attack_asr)) for r in rows
+              if r["defence"] != "fedavg" and r["asr_mean"] is not None]
+    if not judged:
+        return {"defence": None, "meets": None, "meeting_all": []}
+    found, met = max(judged, key=lambda j: (sum(j[1].values()), -j[0]["asr_mean"], j[0]["clean_accuracy_mean"]))
+    return {"defence": found["defence"], "accuracy_drop_points": 100 * (no_attack_accuracy - found["clean_accuracy_mean"]),
+            "asr_ceiling": None if no_attack_asr is None else no_attack_asr + TARGETS["asr_over_no_attack"],
+            "meets": met, "meeting_all": [r["defence"] for r, m in judged if all(m.values())]}
 
 
 def plot(rows: list[dict[str, Any]], no_attack: dict[str, Any], path: Path) -> None:

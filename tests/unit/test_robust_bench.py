@@ -39,13 +39,16 @@ def test_one_seed_has_no_sd_and_a_defence_that_flags_nobody_has_no_precision() -
     assert out["precision"] is None and out["recall"] is None and out["poisoned_updates_accepted"] is None
 
 
-def test_the_best_defence_is_judged_against_the_no_attack_asr_plus_the_margin() -> None:
+def test_the_best_defence_meets_the_most_targets_judged_against_the_no_attack_run() -> None:
     rows = [row("fedavg", True, {0: _report(0.70, 0.0, 600, [])}),
             row("norm_bound", True, {0: _report(0.715, 0.12, 600, [(["m1", "m2"], ["m1", "m2"])])}),
-            row("krum", True, {0: _report(0.60, 0.30, 600, [(["m1", "h1"], ["m1", "m2"])])})]
+            row("krum", True, {0: _report(0.60, 0.05, 600, [(["m1", "h1", "h2"], ["m1", "m2"])])})]
     judged = best(rows, no_attack_accuracy=0.72, no_attack_asr=0.08)
-    assert judged["defence"] == "norm_bound"  # fedavg is never the best defence, whatever its ASR
+    # fedavg is never the best defence, and krum's lower ASR does not beat a defence that meets every target
+    assert judged["defence"] == "norm_bound" and judged["meeting_all"] == ["norm_bound"]
     assert judged["asr_ceiling"] == pytest.approx(0.08 + TARGETS["asr_over_no_attack"])
     assert judged["meets"] == {"asr": True, "accuracy_drop": True, "recall": True, "precision": True}
-    assert best(rows, no_attack_accuracy=0.74, no_attack_asr=0.05)["meets"]["asr"] is False
-    assert best(rows, no_attack_accuracy=0.74, no_attack_asr=0.05)["meets"]["accuracy_drop"] is False
+    stricter = best(rows, no_attack_accuracy=0.74, no_attack_asr=0.05)
+    assert stricter["meeting_all"] == []
+    assert stricter["defence"] == "norm_bound"  # recall and precision met; krum meets ASR and recall, less accurate
+    assert stricter["meets"] == {"asr": False, "accuracy_drop": False, "recall": True, "precision": True}
