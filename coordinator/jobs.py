@@ -16,6 +16,7 @@ import structlog
 from fedprompt.config import JobConfig, dump_toml, parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
 from fedprompt.coordinator.cohorts import CohortPlan
+from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
@@ -36,8 +37,10 @@ class JobManager:
     """Creates jobs from validated TOML and routes each call to the job's round state machine."""
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, offline_after_s: float = 120.0,
-                 offload: Offload = inline) -> None:
+                 offload: Offload = inline, events: RoundEvents | None = None) -> None:
+        """``events`` hears every job's rounds (``coordinator.events``): the server's metrics, or nothing."""
         self.store = store
+        self.events = events or RoundEvents()
         self.clock = clock
         self.offline_after_s = offline_after_s
         self.offload = offload
@@ -59,7 +62,7 @@ class JobManager:
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
         self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s,
-                                       offload=self.offload)
+                                       offload=self.offload, events=self.events)
         log.info("job created", job_id=job_id, name=config.job.name[:80], rounds=config.job.rounds,
                  aggregator=config.job.aggregator)
         return job_id

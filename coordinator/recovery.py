@@ -68,7 +68,7 @@ def restore_job(jobs: JobManager, row: JobRow) -> JobRuntime:
     store = jobs.store
     config = parse_toml(row.config_toml, JobConfig, f"stored config of job {row.job_id}")
     job = JobRuntime(row.job_id, config, row.config_toml, store, jobs.clock, jobs.offline_after_s,
-                     offload=jobs.offload)
+                     offload=jobs.offload, events=jobs.events)
     now = jobs.clock()
     latest = store.latest_version(row.job_id)
     for r in store.rounds(row.job_id):

@@ -30,6 +30,7 @@ from fedprompt.config import JobConfig
 from fedprompt.coordinator.accumulators import Accumulator, Fold, Outcome
 from fedprompt.coordinator.aggregation import RoundDecision
 from fedprompt.coordinator.checks import CheckRound, Stage
+from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.hegram import GramRound, choose_decryptors
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.offload import Offload
@@ -110,8 +111,9 @@ class RoundMachine:
 
     def __init__(self, job_id: str, config: JobConfig, store: Store, clock: Callable[[], float], roster: Roster,
                  accumulator: Accumulator, keys: JobKeys | None, privacy: ParticipantLedger, offload: Offload,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, events: RoundEvents | None = None) -> None:
         self.job_id = job_id
+        self.events = events or RoundEvents()
         self.config = config
         self.store = store
         self.clock = clock
@@ -132,6 +134,7 @@ class RoundMachine:
         r = self.require()
         r.reported[participant_id] = num_examples
         r.bytes_up += num_bytes
+        self.events.update_accepted(self.job_id, num_bytes)
 
     def withdraw(self, participant_id: str) -> bool:
         """Take a member out of the open attempt's selection (it declined or was expelled); True if it was in."""
@@ -163,6 +166,7 @@ class RoundMachine:
     def served(self, version: int, num_bytes: int) -> None:
         """A member downloaded ``num_bytes`` of global ``version`` (the bytes down of the round trained from it)."""
         self.downloads[version] = self.downloads.get(version, 0) + num_bytes
+        self.events.served(self.job_id, num_bytes)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def tick(self, running: bool) -> JobEnd | None:
@@ -245,6 +249,7 @@ class RoundMachine:
         else:
             r.gram.payload = outcome
             self._renew_deadline(r)
+            self.events.gram_computed(self.job_id, r.gram.gram_seconds)
             self.log.info("encrypted Gram matrix computed", round=r.number, updates=len(r.gram.order),
                           seconds=round(r.gram.gram_seconds, 3), bytes=len(outcome), decryptors=list(r.gram.decryptors))
 
@@ -327,6 +332,7 @@ class RoundMachine:
                                   self.accumulator.encoding, outcome.data)
         self.accumulator.committed(outcome.data)
         self.log.info("round aggregated", round=r.number, updates=len(r.reported))
+        self.events.round_completed(self.job_id, self.clock() - r.opened_at)
         self.open = None
         self.next_attempt, self.failures = 1, 0
         return JobEnd(JobState.DONE, "all rounds completed") if r.number >= self.config.job.rounds else None
@@ -339,6 +345,7 @@ class RoundMachine:
         self.store.save_round(r.row(self.job_id, RoundState.FAILED, self.clock(),
                                     {"failed": 1.0, "failures": float(self.failures), **(summary or {})}))
         self.log.warning("round failed", round=r.number, attempt=r.attempt, failures=self.failures, reason=why)
+        self.events.round_failed(self.job_id)
         self.open = None
         self.next_attempt = r.attempt + 1
         if self.failures >= self.max_attempts:
@@ -388,6 +395,7 @@ class RoundMachine:
                              consecutive_rejections=self.roster.streaks[pid])
         if decision.rejected:
             self.log.info("updates rejected", round=r.number, defence=decision.defence, rejected=list(decision.rejected))
+            self.events.updates_rejected(self.job_id, decision.defence, len(decision.rejected))
 
     def _privacy_summary(self, r: OpenRound) -> dict[str, float]:
         """Record-level epsilon of this round's contributors (max, median) and participant-level epsilon."""

@@ -26,6 +26,7 @@ from fedprompt.config import JobConfig, dump_toml
 from fedprompt.coordinator import tasks, views
 from fedprompt.coordinator.accumulators import Accumulator, EncryptedAccumulator, GramAccumulator, PlainAccumulator
 from fedprompt.coordinator.aggregation import Aggregator, GramDefence, UniformWeights, job_aggregator
+from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import LevelledAccumulator
 from fedprompt.coordinator.lifecycle import Lifecycle
@@ -73,8 +74,9 @@ class JobRuntime:
 
     def __init__(self, job_id: str, config: JobConfig, config_toml: str, store: Store,
                  clock: Callable[[], float] = time.time, offline_after_s: float = 120.0, max_attempts: int = 3,
-                 offload: Offload = inline) -> None:
-        """``offload`` runs a round's costly homomorphic step (``coordinator.offload``): inline by default."""
+                 offload: Offload = inline, events: RoundEvents | None = None) -> None:
+        """``offload`` runs a round's costly homomorphic step (``coordinator.offload``): inline by default;
+        ``events`` hears what the rounds do (``coordinator.events``, e.g. for metrics)."""
         self.job_id, self.config, self.config_toml, self.store, self.clock = job_id, config, config_toml, store, clock
         # What participants see: the job without its allow-list, so no member learns who else may join.
         self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
@@ -89,7 +91,7 @@ class JobRuntime:
         self.privacy = ParticipantLedger(job_id, config.dp, store)
         self.rounds = RoundMachine(job_id, config, store, clock, self.roster, self.accumulator, self.keys,
                                    self.privacy, followed(offload, lambda: self._apply(self.rounds.settle())),
-                                   max_attempts)
+                                   max_attempts, events)
         self.uploads = UploadGate(job_id, self.roster, self.rounds, self.accumulator, self.keys, store)
         self.reports = Reports(job_id, store, self.roster, config.dp)
         self.log = log.bind(job_id=job_id)
@@ -180,7 +182,8 @@ class JobRuntime:
     # ---- uploads ------------------------------------------------------------------------------------
     def admit(self, participant_id: str, header: PayloadHeader) -> Admission:
         """Check an upload's header before any chunk is read (``coordinator.uploads``)."""
-        return self.uploads.admit(participant_id, header)
+        with self.rounds.events.refusing(self.job_id):
+            return self.uploads.admit(participant_id, header)
 
     def submit(self, participant_id: str, payload: Payload) -> None:
         """The in-process door for a whole payload: admit its header, then accept it."""
@@ -188,7 +191,8 @@ class JobRuntime:
 
     def accept(self, admission: Admission, payload: Payload) -> None:
         """Take a complete, digest-checked payload admitted earlier; an attempt whose last update arrived closes."""
-        self.uploads.recheck(admission)
+        with self.rounds.events.refusing(self.job_id):
+            self.uploads.recheck(admission)
         pid = admission.participant_id
         if admission.kind is UploadKind.EVALUATION_KEYS:
             assert self.keys is not None
@@ -199,7 +203,8 @@ class JobRuntime:
             self.log.info("initial prompt stored", participant=pid, encoding=self.accumulator.encoding)
         else:
             r = self.rounds.require()
-            r.fold.add(pid, payload)
+            with self.rounds.events.refusing(self.job_id):
+                r.fold.add(pid, payload)
             self.rounds.report(pid, payload.num_examples, len(payload.data))
             self.store.record_update(self.job_id, r.number, r.attempt, pid, payload.num_examples, len(payload.data),
                                      admission.header.sha256.hex())

@@ -28,6 +28,7 @@ from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticat
 from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.coordinator.liveness import LivenessWatch
+from fedprompt.coordinator.metrics import CoordinatorMetrics
 from fedprompt.coordinator.notifier import Notifier
 from fedprompt.coordinator.offload import WorkerThread
 from fedprompt.coordinator.recovery import resume_jobs
@@ -56,7 +57,10 @@ class CoordinatorServer:
         self.store = Store(state_dir / "coordinator.sqlite")
         self.notifier = Notifier()
         self.worker = WorkerThread(self.notifier.notify)
-        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker)
+        self.metrics = CoordinatorMetrics()
+        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker,
+                               events=self.metrics)
+        self.metrics.watch(self.jobs)
         resume_jobs(self.jobs)
         self.checkpoints = Checkpointer(state_dir / "checkpoints")
         self.liveness = LivenessWatch()
@@ -65,6 +69,7 @@ class CoordinatorServer:
         self._ticker: asyncio.Task[None] | None = None
         self._tick_errors: dict[str, str] = {}  # step -> its failure, logged once while it repeats
         self.port = 0
+        self.metrics_port = 0  # where ``/metrics`` is served, once started with ``metrics_listen``
         self.auth: Authenticator = InsecureAuthenticator()
         self.limiter = CallLimiter(settings.rate_limit_per_s, settings.rate_limit_burst,
                                    settings.max_concurrent_uploads, settings.max_uploads_total)
@@ -110,6 +115,9 @@ class CoordinatorServer:
         if self.port == 0:
             raise ConfigError(f"coordinator.listen: cannot bind {s.listen}")
         await self.server.start()
+        if s.metrics_listen:
+            self.metrics_port = self.metrics.serve(s.metrics_listen)
+            log.info("metrics serving", address=s.metrics_listen, port=self.metrics_port, path="/metrics")
         self._ticker = asyncio.create_task(self._tick_forever())
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -165,6 +173,7 @@ class CoordinatorServer:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         self.checkpoints.sync(self.jobs)
+        self.metrics.close()
         self.store.close()
         log.info("coordinator stopped")
 

@@ -27,7 +27,7 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
     from fedprompt.coordinator.server import CoordinatorServer
 
     settings = server_settings(args, CoordinatorConfig, "coordinator",
-                               ("listen", "state_dir", "ca_cert", "cert", "key", "crl"))
+                               ("listen", "state_dir", "ca_cert", "cert", "key", "crl", "metrics_listen"))
     serve_until_signalled(CoordinatorServer(settings), args.port_file)
     return 0
 
@@ -90,6 +90,8 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--key", help="the coordinator's private key")
     serve.add_argument("--crl", help="the CA's revocation list; re-read whenever the file changes")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
+    serve.add_argument("--metrics-listen", dest="metrics_listen",
+                       help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     serve.set_defaults(fn=cmd_coordinator_serve)
     backup = add_command(coord, "backup", "consistent copy of the coordinator's state while it runs",

@@ -23,6 +23,14 @@ def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: 
         check(bool(value), f"{prefix}.{key}", "required for mTLS (or run with --insecure for local development only)")
 
 
+def _check_metrics_listen(address: str, key: str) -> None:
+    """A metrics endpoint is off (empty) or host:port with a port in [0, 65535] (0 picks a free one)."""
+    if address:
+        port = address.rpartition(":")[2]
+        check(":" in address and port.isdigit() and int(port) <= 65535, key,
+              f"must be host:port with a port in [0, 65535], or empty for none; got {address!r}")
+
+
 @dataclass(frozen=True)
 class CoordinatorSection:
     """The coordinator service: where it listens, where its state lives, its limits.
@@ -31,7 +39,7 @@ class CoordinatorSection:
     ``upload_timeout_s`` in (0, 3600]; ``max_message_bytes`` in [64 KiB, 64 MiB]; ``rate_limit_per_s`` in
     (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
     tests do); ``max_concurrent_uploads`` in [1, 64]; ``max_uploads_total`` in [1, 100000];
-    ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600].
+    ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600]; ``metrics_listen`` empty or host:port.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -58,9 +66,13 @@ class CoordinatorSection:
     # reconnects at its next call.  Keepalive pings are not calls: they do not keep an idle connection open.
     connection_idle_s: float = 300.0
     shutdown_grace_s: float = 10.0
+    # host:port of the Prometheus endpoint (``/metrics``, plain HTTP: bind it where only the scraper reaches it);
+    # empty serves none.
+    metrics_listen: str = ""
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
+        _check_metrics_listen(self.metrics_listen, f"{prefix}.metrics_listen")
         check_range(self.rate_limit_per_s, f"{prefix}.rate_limit_per_s", 0.0, 1e6, open_low=True)
         check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
         check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
