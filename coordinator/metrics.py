@@ -7,18 +7,16 @@ rejection reasons (an error type, or a defence's name)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import JobState
-from fedprompt.errors import ConfigError
+from fedprompt.exporter import MetricsEndpoint
 
 #: Round durations run from seconds (a small plaintext job) to the round deadline (hours at most).
 ROUND_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -71,8 +69,7 @@ class CoordinatorMetrics(RoundEvents):
                                  registry=r)
         self.gram_seconds = Histogram("fedprompt_gram_step_seconds", "Seconds to compute an encrypted Gram matrix.",
                                       buckets=GRAM_BUCKETS, registry=r)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.endpoint = MetricsEndpoint(r)
 
     def watch(self, jobs: JobManager) -> None:
         """Read the per-job gauges from ``jobs`` at each scrape."""
@@ -97,22 +94,3 @@ class CoordinatorMetrics(RoundEvents):
 
     def gram_computed(self, job_id: str, seconds: float) -> None:
         self.gram_seconds.observe(seconds)
-
-    def serve(self, address: str) -> int:
-        """Serve ``/metrics`` on ``address`` (host:port; port 0 picks one) from a thread; returns the bound port."""
-        host, _, port = address.rpartition(":")
-        try:
-            self._server, self._thread = start_http_server(int(port), host.strip("[]"), registry=self.registry)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"coordinator.metrics_listen: cannot serve metrics on {address}: {exc}") from exc
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        """Stop serving (a no-op when not serving)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None

@@ -116,7 +116,7 @@ class CoordinatorServer:
             raise ConfigError(f"coordinator.listen: cannot bind {s.listen}")
         await self.server.start()
         if s.metrics_listen:
-            self.metrics_port = self.metrics.serve(s.metrics_listen)
+            self.metrics_port = self.metrics.endpoint.serve(s.metrics_listen, "coordinator.metrics_listen")
             log.info("metrics serving", address=s.metrics_listen, port=self.metrics_port, path="/metrics")
         self._ticker = asyncio.create_task(self._tick_forever())
         for service in SERVICES:
@@ -173,7 +173,7 @@ class CoordinatorServer:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         self.checkpoints.sync(self.jobs)
-        self.metrics.close()
+        self.metrics.endpoint.close()
         self.store.close()
         log.info("coordinator stopped")
 

@@ -22,6 +22,7 @@ from fedprompt.errors import ConfigError
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.heartbeat import Heartbeat
 from fedprompt.participant.learner import Learner, ProgressFn
+from fedprompt.participant.metrics import ParticipantMetrics
 from fedprompt.participant.runtime import LearnerFactory, ParticipantRuntime
 from fedprompt.wire.channel import ClientTls
 
@@ -111,8 +112,14 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
         link = GrpcLink(settings.coordinator, identity, settings.retry_initial_s, settings.retry_max_s,
                         settings.give_up_after_s, settings.rpc_timeout_s, tls=tls)
         stack.callback(link.close)
+        metrics = ParticipantMetrics()
+        if settings.metrics_listen:
+            port = metrics.endpoint.serve(settings.metrics_listen, "participant.metrics_listen")
+            stack.callback(metrics.endpoint.close)
+            log.info("metrics serving", address=settings.metrics_listen, port=port, path="/metrics")
         runtime = ParticipantRuntime(link, site, settings.job, learner_factory(settings, tls, stack),
-                                     Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress))
+                                     Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress),
+                                     events=metrics)
         install_stop_handler(runtime)
         try:
             info = runtime.join()

@@ -80,6 +80,16 @@ class SiteBehaviour:
         return delta
 
 
+class TrainingEvents:
+    """What a site's rounds tell an observer (``participant.metrics`` for the daemon's endpoint); ignored here."""
+
+    def trained(self, seconds: float, epsilon: float | None) -> None:
+        """A round's local training took ``seconds``; ``epsilon``: record-level spent so far (None without DP)."""
+
+    def sent(self, num_bytes: int) -> None:
+        """An update of ``num_bytes`` reached the coordinator."""
+
+
 class ParticipantRuntime:
     """Runs one site's side of a job against any ``CoordinatorLink``."""
 
@@ -92,8 +102,10 @@ class ParticipantRuntime:
         state_dir: Path | None = None,
         progress: Callable[[str], ProgressFn | None] | None = None,
         behaviour: SiteBehaviour | None = None,
+        events: TrainingEvents | None = None,
     ) -> None:
         self.link = link
+        self.events = events or TrainingEvents()
         self.site = site
         self.job_ref = job_ref
         self.learner_factory = learner_factory
@@ -257,15 +269,19 @@ class ParticipantRuntime:
             extra, extra_labels, self._train_metrics = self.augmenter.label(
                 lambda texts: learner.predict_proba(start_vector, texts), self.site.train, self._labels("train"))
             examples, labels = examples + extra, labels + extra_labels
+        epsilon: float | None = None
         if self.privacy is not None:
             local, result = self.privacy.train(learner, start_vector, examples, labels, bar)
             honest = self.privacy.share(local - start_vector)
-            self.link.report_privacy(self.privacy.report(self.info.job_id, task.round))
+            report = self.privacy.report(self.info.job_id, task.round)
+            self.link.report_privacy(report)
+            epsilon = report.epsilon
         else:
             seed = zlib.crc32(f"{self.config.job.seed}:{self.info.participant_id}:{task.round}".encode())
             local, result = learner.train(start_vector, examples, labels, seed, bar)
             honest = local - start_vector
         delta = self.behaviour.outgoing_delta(honest, task.round)  # identity unless simulating an attack
+        self.events.trained(time.perf_counter() - began, epsilon)
         if self.levels is not None:
             self.levels.keep_personal()  # the personal prompt stays here, in the model and the state directory
         if self.state_dir is not None:
@@ -275,7 +291,9 @@ class ParticipantRuntime:
         # Participant-level DP needs every update to count once (sensitivity C); under HE the coordinator cannot
         # re-weight ciphertexts, so the site itself sends weight 1.
         weight = 1 if self.config.dp.participant_level else len(self.site.train)
-        self.link.upload(self._codec().encode_update(task.round, delta, weight))
+        update = self._codec().encode_update(task.round, delta, weight)
+        self.link.upload(update)
+        self.events.sent(len(update.data))
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),
                       seconds=round(time.perf_counter() - began, 1))
 

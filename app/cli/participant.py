@@ -24,7 +24,7 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
-                "server_name", "model_service"):
+                "server_name", "model_service", "metrics_listen"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
@@ -56,6 +56,8 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--threads", type=int, help="torch threads for this process (default 1)")
     run.add_argument("--model-service", dest="model_service",
                      help="host:port of a query-only model service (black-box jobs)")
+    run.add_argument("--metrics-listen", dest="metrics_listen",
+                     help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")
     add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

@@ -124,6 +124,8 @@ class ParticipantSection:
     heartbeat_s: float = 10.0
     # host:port of a query-only model service (``fedprompt model serve``); required by black-box jobs.
     model_service: str = ""
+    # host:port of this daemon's Prometheus endpoint (``/metrics``, plain HTTP); empty serves none.
+    metrics_listen: str = ""
     # How the site's files are read: columns, encoding, bad rows (``[participant.format]``).
     format: DataFormat = field(default_factory=DataFormat)
 
@@ -136,6 +138,7 @@ class ParticipantSection:
         check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
         check(not self.model_service or ":" in self.model_service, f"{prefix}.model_service",
               f"must be host:port, got {self.model_service!r}")
+        _check_metrics_listen(self.metrics_listen, f"{prefix}.metrics_listen")
         check(bool(self.data_dir), f"{prefix}.data_dir", "name the directory holding train.jsonl and test.jsonl")
         check(1 <= self.threads <= 256, f"{prefix}.threads", "must be in [1, 256]")
         check_range(self.retry_max_s, f"{prefix}.retry_max_s", 0.0, 3600.0, open_low=True, note="seconds")
