@@ -78,9 +78,11 @@ class Roster:
         return seen
 
     def online(self, now: float) -> list[str]:
-        """Active members seen within ``offline_after_s``, sorted."""
+        """Active members seen within ``offline_after_s``, sorted; read from a copy of the members, since the metrics
+        endpoint counts them from its own thread while the event loop may add one."""
         cutoff = now - self.offline_after_s
-        return sorted(p for p, m in self.members.items() if m.state is MemberState.ACTIVE and m.last_seen >= cutoff)
+        return sorted(p for p, m in list(self.members.items())
+                      if m.state is MemberState.ACTIVE and m.last_seen >= cutoff)
 
     def with_budget(self) -> int:
         """Members whose record-level privacy budget is not spent (a quarantine or a revocation is no end of

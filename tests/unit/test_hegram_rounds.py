@@ -1,6 +1,6 @@
 """Encrypted Gram defences in the round state machine, on real ciphertexts and a real SQLite file: two
 decryptors must agree, a lying one makes the round refuse its decision, and every bad call leaves the
-round intact."""
+round intact; the coordinator's metrics count the Gram step, the defence's rejections and the round's end."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from structlog.testing import capture_logs
 
 from fedprompt.config import HESection, RobustSection, dump_toml
 from fedprompt.coordinator.aggregation import GramDefence
+from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.metrics import CoordinatorMetrics
 from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
@@ -58,20 +60,21 @@ class Deciding:
     gram: GramRound
 
 
-def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inline) -> GramJob:
+def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inline,
+         events: RoundEvents | None = None) -> GramJob:
     clock = Clock()
     store = Store(tmp_path / "state.sqlite")
-    jobs = JobManager(store, clock=clock, offload=offload)
+    jobs = JobManager(store, clock=clock, offload=offload, events=events)
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
                  aggregator=aggregator), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
     return GramJob(jobs.job(jobs.create_job(dump_toml(config))), store, clock)
 
 
-def _deciding(tmp_path: Path, offload: Offload = inline) -> Deciding:
+def _deciding(tmp_path: Path, offload: Offload = inline, events: RoundEvents | None = None) -> Deciding:
     """A job whose round 1 has all three encrypted updates: its Gram step handed to ``offload``."""
     with capture_logs():  # bind the job's logger under structlog's test configuration
-        made = _job(tmp_path, offload=offload)
+        made = _job(tmp_path, offload=offload, events=events)
     job = made.job
     job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
@@ -92,8 +95,9 @@ def _deciding(tmp_path: Path, offload: Offload = inline) -> Deciding:
 
 @pytest.fixture
 def deciding(tmp_path: Path) -> Iterator[Deciding]:
-    """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors."""
-    made = _deciding(tmp_path)
+    """A job whose round 1 has all three encrypted updates and waits for its two Gram decryptors, counted by the
+    coordinator's metrics."""
+    made = _deciding(tmp_path, events=CoordinatorMetrics())
     yield made
     made.store.close()
 
@@ -124,6 +128,24 @@ def test_agreeing_decryptors_decide_like_plaintext_and_only_accepted_updates_are
     assert total / weight == pytest.approx((DELTAS["a"][0] * 10 + DELTAS["b"][0] * 20) / 30, abs=1e-6)
 
 
+def test_metrics_count_the_gram_step_the_defence_rejection_and_the_round(tmp_path: Path) -> None:
+    metrics = CoordinatorMetrics()
+    made = _deciding(tmp_path, events=metrics)
+    job, secret = made.job, made.secret
+    value = metrics.registry.get_sample_value
+    assert value("fedprompt_gram_step_seconds_count") == 1 and (value("fedprompt_gram_step_seconds_sum") or 0) > 0
+    assert value("fedprompt_updates_accepted_total", {"job_id": job.job_id}) == 3
+    for d in made.gram.decryptors:
+        job.report_gram(d, 1, _answer(job, secret, d))
+    answer_checks(job, secret)
+    assert job.latest_version() == 1
+    assert value("fedprompt_updates_rejected_total", {"reason": "norm_bound"}) == 1  # c, the outlier
+    assert value("fedprompt_rounds_completed_total", {"job_id": job.job_id}) == 1
+    assert value("fedprompt_round_duration_seconds_count") == 1
+    assert value("fedprompt_rounds_failed_total", {"job_id": job.job_id}) is None
+    made.store.close()
+
+
 def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding: Deciding) -> None:
     job, secret, store = deciding.job, deciding.secret, deciding.store
     honest, liar = deciding.gram.decryptors
@@ -137,6 +159,9 @@ def test_a_lying_decryptor_makes_the_round_refuse_its_decision(deciding: Decidin
     assert job.open is None and job.latest_version() == 0  # no version, no decision: fail closed
     assert store.decisions(job.job_id) == []
     assert [r.state for r in store.rounds(job.job_id)] == ["failed"] and job.rounds.next_attempt == 2
+    metrics = job.rounds.events
+    assert isinstance(metrics, CoordinatorMetrics)
+    assert metrics.registry.get_sample_value("fedprompt_rounds_failed_total", {"job_id": job.job_id}) == 1
 
 
 def test_bad_gram_calls_leave_the_round_intact(deciding: Deciding) -> None:
