@@ -90,13 +90,14 @@ def version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, path: str) -> int:
-    """Bring ``db`` (autocommit connection to ``path``) to ``LATEST``; returns the version it had."""
-    found = version(db)
-    if found > LATEST:
-        raise SchemaTooNew(f"{path}: store schema version {found} is newer than this coordinator's {LATEST}; "
+def migrate(db: sqlite3.Connection, path: str,
+            migrations: tuple[tuple[int, str], ...] = MIGRATIONS) -> int:
+    """Bring ``db`` (autocommit connection to ``path``) to the last of ``migrations``; returns the version it had."""
+    found, latest = version(db), migrations[-1][0]
+    if found > latest:
+        raise SchemaTooNew(f"{path}: store schema version {found} is newer than this coordinator's {latest}; "
                            "run the fedprompt release that wrote it, or restore a backup")
-    for number, script in MIGRATIONS:
+    for number, script in migrations:
         if number > found:
             try:
                 db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")

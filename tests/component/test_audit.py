@@ -18,19 +18,24 @@ from fedprompt.participant.grpc_link import GrpcLink
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job
 
 
-def audit_cli(capfd: pytest.CaptureFixture[str], target: str, pki: ThrowawayPki, *argv: str) -> list[dict[str, object]]:
-    """``fedprompt admin audit ARGV --format json`` as admin:alice, through ``main``."""
+def audit_cli(capfd: pytest.CaptureFixture[str], target: str, pki: ThrowawayPki, *argv: str) -> str:
+    """What ``fedprompt admin audit ARGV`` prints as admin:alice, through ``main``."""
     tls = pki.tls("admin:alice")
     capfd.readouterr()
     try:
-        code = main(["--log-level", "error", "admin", "audit", *argv, "--format", "json", "--coordinator", target,
+        code = main(["--log-level", "error", "admin", "audit", *argv, "--coordinator", target,
                      "--ca-cert", tls.ca_cert, "--cert", tls.cert, "--key", tls.key, "--server-name", "localhost"])
         out, err = capfd.readouterr()
     finally:
         with capfd.disabled():
             configure("warning")  # main() pointed logging at the captured stderr
     assert code == 0, err
-    entries: list[dict[str, object]] = json.loads(out)
+    return out
+
+
+def audit_json(capfd: pytest.CaptureFixture[str], target: str, pki: ThrowawayPki,
+               *argv: str) -> list[dict[str, object]]:
+    entries: list[dict[str, object]] = json.loads(audit_cli(capfd, target, pki, *argv, "--format", "json"))
     return entries
 
 
@@ -60,7 +65,8 @@ def test_admin_actions_done_and_refused_are_listed_in_order_and_survive_a_restar
         finally:
             link.close()
             admin.close()
-        listed = audit_cli(capfd, coordinator.target, pki)
+        listed = audit_json(capfd, coordinator.target, pki)
+        table = audit_cli(capfd, coordinator.target, pki).splitlines()
     expected = [("create", job_id, "ok"), ("start", job_id, "ok"), ("pause", job_id, "ok"), ("start", job_id, "ok"),
                 ("export", job_id, "ok"), ("cancel", job_id, "JobStateError"),
                 ("export", job_id, "NotFound"), ("start", "no-such-job", "NotFound")]
@@ -71,7 +77,9 @@ def test_admin_actions_done_and_refused_are_listed_in_order_and_survive_a_restar
     assert seqs == sorted(seqs) and times == sorted(times)
     assert listed[0]["arguments"] == {"config_toml": config[:200]}
     assert [e["arguments"] for e in listed if e["action"] == "export"] == [{"version": None}, {"version": 99}]
+    assert table[0].split()[:3] == ["seq", "time", "(UTC)"] and len(table) == 2 + len(expected)
+    assert "admin:alice" in table[-1] and "no-such-job" in table[-1] and "NotFound" in table[-1]
 
     with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
-        assert audit_cli(capfd, coordinator.target, pki) == listed
-        assert audit_cli(capfd, coordinator.target, pki, "--job", job_id, "--limit", "2") == listed[5:7]
+        assert audit_json(capfd, coordinator.target, pki) == listed
+        assert audit_json(capfd, coordinator.target, pki, "--job", job_id, "--limit", "2") == listed[5:7]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedprompt.app.cli import main
-from fedprompt.coordinator.schema import LATEST, V1
+from fedprompt.coordinator.schema import LATEST, V1, migrate
 from fedprompt.coordinator.store import Store
 from fedprompt.errors import SchemaTooNew
 
@@ -61,6 +61,22 @@ def test_a_new_file_starts_at_the_latest_version_and_reopening_changes_nothing(t
     finally:
         store.close()
     assert _user_version(path) == LATEST
+
+
+def test_a_migration_that_fails_leaves_the_file_at_the_last_whole_version(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.sqlite"
+    _v1_file(path)
+    broken = ((1, V1), (2, "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"))
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+            migrate(db, str(path), broken)
+        assert not db.in_transaction
+        assert db.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchall() == []
+        assert db.execute("SELECT job_id FROM jobs").fetchall() == [("job-1",)]
+    finally:
+        db.close()
+    assert _user_version(path) == 1
 
 
 def test_a_file_from_a_newer_release_is_refused_naming_the_file_and_both_versions(tmp_path: Path) -> None:
