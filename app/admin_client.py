@@ -8,7 +8,7 @@ import grpc
 
 from fedprompt.errors import FedPromptError
 from fedprompt.promptfile import load_prompt, save_prompt
-from fedprompt.protocol import FlagsView, JobView, ParticipantView
+from fedprompt.protocol import AuditView, FlagsView, JobView, ParticipantView
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
@@ -65,6 +65,11 @@ class AdminClient:
     def release(self, job_id: str, participant_id: str) -> str:
         request = admin_pb2.ReleaseParticipantRequest(job_id=job_id, participant_id=participant_id)
         return self._unary("ReleaseParticipant", request).state  # type: ignore[attr-defined]
+
+    def audit(self, job_id: str = "", limit: int = 0) -> list[AuditView]:
+        """Admin actions oldest first: the latest ``limit`` (0: the coordinator's maximum) on one job or all."""
+        response = self._unary("ListAudit", admin_pb2.ListAuditRequest(job_id=job_id, limit=limit))
+        return [serde.audit_from_pb(e) for e in response.entries]  # type: ignore[attr-defined]
 
     def export(self, job_id: str, out: Path, version: int | None = None) -> Path:
         """Fetch a global prompt (``version`` None: the latest) and save it with its job config as safetensors."""

@@ -23,6 +23,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedprompt.config import CoordinatorSection
+from fedprompt.coordinator.audit import AuditTrail
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
@@ -108,7 +109,8 @@ class CoordinatorServer:
         gate = Gate(self.auth, self.limiter)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.jobs, gate, self.notifier), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.jobs, gate, self.notifier, AuditTrail(self.store)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = (self.server.add_insecure_port(s.listen) if credentials is None
                      else self.server.add_secure_port(s.listen, credentials))

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import structlog
 
+from fedprompt.coordinator.audit import AuditTrail
 from fedprompt.coordinator.identity import Gate
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.notifier import Notifier
@@ -175,34 +176,48 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier) -> None:
+    """Admin calls; each one that changes or exports a job is recorded in the audit trail, refused or not."""
+
+    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, audit: AuditTrail) -> None:
         self.jobs = jobs
         self.gate = gate
         self.notifier = notifier
+        self.audit = audit
 
     @rpc_method("AdminService")
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.gate.admin(context)
-        return admin_pb2.CreateJobResponse(job_id=self.jobs.create_job(request.config_toml))
+        identity = self.gate.admin(context)
+        with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
+            entry.job_id = self.jobs.create_job(request.config_toml)
+        return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 
     @rpc_method("AdminService")
     async def StartJob(self, request: admin_pb2.StartJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.gate.admin(context)
-        job = self.jobs.job(request.job_id)
-        state = job.start()
+        identity = self.gate.admin(context)
+        with self.audit.action(identity, "start", request.job_id) as entry:
+            job = self.jobs.job(request.job_id)
+            entry.job_id = job.job_id
+            state = job.start()
         job.tick()
         self.notifier.notify()
         return admin_pb2.StartJobResponse(state=state.value)
 
     @rpc_method("AdminService")
     async def PauseJob(self, request: admin_pb2.PauseJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.gate.admin(context)
-        return admin_pb2.PauseJobResponse(state=self.jobs.job(request.job_id).pause().value)
+        identity = self.gate.admin(context)
+        with self.audit.action(identity, "pause", request.job_id) as entry:
+            job = self.jobs.job(request.job_id)
+            entry.job_id = job.job_id
+            state = job.pause()
+        return admin_pb2.PauseJobResponse(state=state.value)
 
     @rpc_method("AdminService")
     async def CancelJob(self, request: admin_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> Any:
-        self.gate.admin(context)
-        state = self.jobs.job(request.job_id).cancel()
+        identity = self.gate.admin(context)
+        with self.audit.action(identity, "cancel", request.job_id) as entry:
+            job = self.jobs.job(request.job_id)
+            entry.job_id = job.job_id
+            state = job.cancel()
         self.notifier.notify()
         return admin_pb2.CancelJobResponse(state=state.value)
 
@@ -229,19 +244,32 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return serde.flags_to_pb(self.jobs.job(request.job_id).flags())
 
     @rpc_method("AdminService")
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.gate.admin(context)
+        job_id = self.jobs.job(request.job_id).job_id if request.job_id else ""
+        return admin_pb2.ListAuditResponse(entries=[serde.audit_to_pb(a) for a in self.audit.entries(job_id,
+                                                                                                    request.limit)])
+
+    @rpc_method("AdminService")
     async def ReleaseParticipant(self, request: admin_pb2.ReleaseParticipantRequest,
                                  context: grpc.aio.ServicerContext) -> Any:
-        self.gate.admin(context)
-        state = self.jobs.job(request.job_id).release(request.participant_id)
+        identity = self.gate.admin(context)
+        with self.audit.action(identity, "release", request.job_id, participant_id=request.participant_id) as entry:
+            job = self.jobs.job(request.job_id)
+            entry.job_id = job.job_id
+            state = job.release(request.participant_id)
         self.notifier.notify()
         return admin_pb2.ReleaseParticipantResponse(state=state)
 
     @stream_method("AdminService")
     async def ExportPrompt(self, request: admin_pb2.ExportPromptRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        self.gate.admin(context)
-        job = self.jobs.job(request.job_id)
-        payload = job.global_payload(None, request.version if request.HasField("version") else None)
+        identity = self.gate.admin(context)
+        version = request.version if request.HasField("version") else None
+        with self.audit.action(identity, "export", request.job_id, version=version) as entry:
+            job = self.jobs.job(request.job_id)
+            entry.job_id = job.job_id
+            payload = job.global_payload(None, version)
         for message in serde.payload_messages(payload, admin_pb2.ExportPromptResponse):
             if message.HasField("header"):
                 message.job_config_toml = job.config_toml

@@ -6,7 +6,8 @@ encrypted initial prompt and each round's encrypted aggregate), reported metrics
 key relay: public contexts, participants' X25519 public keys and sealed keys the coordinator cannot open; and
 privacy: the participant-level accountant's state (``fedprompt.privacy``, rewritten after each aggregated round)
 and the record-level epsilon each participant reports.
-Also robust-aggregation decisions (accepted or rejected, with the defence's score).
+Also robust-aggregation decisions (accepted or rejected, with the defence's score), and the admin audit trail
+(``coordinator.audit``).  The tables and their versioned migrations are in ``coordinator.schema``.
 ``":memory:"`` gives the same store without a file, for quick experiments.
 """
 
@@ -22,65 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedprompt.protocol import FlagView
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, name TEXT NOT NULL, config_toml TEXT NOT NULL, state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '', vector_size INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS members (
-    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, num_train INTEGER NOT NULL, num_test INTEGER NOT NULL,
-    joined_at REAL NOT NULL, last_seen REAL NOT NULL, state TEXT NOT NULL DEFAULT 'active',
-    PRIMARY KEY (job_id, participant_id)
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    job_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL, state TEXT NOT NULL,
-    selected TEXT NOT NULL, opened_at REAL NOT NULL, deadline REAL NOT NULL, closed_at REAL NOT NULL DEFAULT 0,
-    bytes_up INTEGER NOT NULL DEFAULT 0, bytes_down INTEGER NOT NULL DEFAULT 0, summary TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (job_id, round, attempt)
-);
-CREATE TABLE IF NOT EXISTS updates (
-    job_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL, participant_id TEXT NOT NULL,
-    num_examples INTEGER NOT NULL, num_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, received_at REAL NOT NULL,
-    PRIMARY KEY (job_id, round, attempt, participant_id)
-);
-CREATE TABLE IF NOT EXISTS prompts (
-    job_id TEXT NOT NULL, version INTEGER NOT NULL, encoding TEXT NOT NULL, data BLOB NOT NULL,
-    created_at REAL NOT NULL, PRIMARY KEY (job_id, version)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    job_id TEXT NOT NULL, round INTEGER NOT NULL, attempt INTEGER NOT NULL, participant_id TEXT NOT NULL,
-    accepted INTEGER NOT NULL, score REAL NOT NULL, score_name TEXT NOT NULL, defence TEXT NOT NULL,
-    decided_at REAL NOT NULL, PRIMARY KEY (job_id, round, attempt, participant_id)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    job_id TEXT NOT NULL, version INTEGER NOT NULL, participant_id TEXT NOT NULL, num_examples INTEGER NOT NULL,
-    metrics TEXT NOT NULL, reported_at REAL NOT NULL, PRIMARY KEY (job_id, version, participant_id)
-);
-CREATE TABLE IF NOT EXISTS he_contexts (
-    job_id TEXT PRIMARY KEY, dealer TEXT NOT NULL, key_id BLOB NOT NULL, public_context BLOB NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS exchange_keys (
-    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, public_key BLOB NOT NULL, PRIMARY KEY (job_id, participant_id)
-);
-CREATE TABLE IF NOT EXISTS he_evaluation_keys (
-    job_id TEXT PRIMARY KEY, keys BLOB NOT NULL, created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sealed_keys (
-    job_id TEXT NOT NULL, recipient TEXT NOT NULL, sender TEXT NOT NULL, blob BLOB NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (job_id, recipient)
-);
-CREATE TABLE IF NOT EXISTS privacy_accountants (
-    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS record_privacy (
-    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
-    delta REAL NOT NULL, declined INTEGER NOT NULL, reason TEXT NOT NULL, reported_at REAL NOT NULL,
-    PRIMARY KEY (job_id, participant_id, round)
-);
-"""
+from fedprompt.coordinator.schema import migrate
+from fedprompt.protocol import AuditView, FlagView
 
 
 @dataclass(frozen=True)
@@ -174,7 +118,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss, not only a crash
         self._db.execute("PRAGMA busy_timeout=5000")  # an online backup (``Store.backup``) may hold a read lock
-        self._db.executescript(SCHEMA)
+        with self._lock:
+            migrate(self._db, self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -307,6 +252,20 @@ class Store:
         rows = self._all("SELECT participant_id, num_examples, metrics FROM metrics WHERE job_id=? AND version=? "
                          "ORDER BY participant_id", (job_id, version))
         return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]  # type: ignore[call-overload]
+
+    # audit trail (``coordinator.audit``)
+    def record_audit(self, identity: str, action: str, job_id: str, arguments: str, outcome: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (at, identity, action, job_id, arguments, outcome) VALUES (?,?,?,?,?,?)",
+                       (time.time(), identity, action, job_id, arguments, outcome))
+
+    def audit(self, job_id: str = "", limit: int = 0) -> list[AuditView]:
+        """Admin actions oldest first: of one job (``job_id`` empty: all), the latest ``limit`` (0: all)."""
+        where, args = ("WHERE job_id=?", (job_id,)) if job_id else ("", ())
+        rows = self._all(f"SELECT seq, at, identity, action, job_id, arguments, outcome FROM audit {where} "
+                         "ORDER BY seq DESC LIMIT ?", (*args, limit or -1))
+        return [AuditView(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), json.loads(str(r[5])),  # type: ignore[call-overload, arg-type]
+                          str(r[6])) for r in reversed(rows)]
 
     # backup
     def backup(self, destination: str | Path) -> None:

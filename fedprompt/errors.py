@@ -26,6 +26,11 @@ class FileError(ConfigError):
     path cannot be written; the message names the file (``fedprompt.files`` raises it)."""
 
 
+class SchemaTooNew(ConfigError):
+    """The coordinator's store was written by a newer release (its schema version is above the code's); the
+    message names the file and both versions, so the operator runs that release or restores a backup."""
+
+
 class InvalidRequest(FedPromptError):
     """A request field is malformed or out of range (base of ``InvalidUpdate``)."""
 

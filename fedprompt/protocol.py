@@ -198,6 +198,19 @@ class ParticipantView:
 
 
 @dataclass(frozen=True)
+class AuditView:
+    """One admin action as the coordinator recorded it: ``outcome`` is ``ok`` or the refusing error's class."""
+
+    seq: int
+    at: float
+    identity: str
+    action: str
+    job_id: str
+    arguments: dict[str, object]
+    outcome: str
+
+
+@dataclass(frozen=True)
 class FlagView:
     """One participant's robust-aggregation verdict in one round attempt."""
 

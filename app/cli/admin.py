@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 #: What a job argument takes.
 JOB_HELP = "the job's id, or its name if no other job has it"
 
+
+def _count(text: str) -> int:
+    """A ``--limit``: a whole number, 0 or more (the wire field is unsigned)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text[:40]!r}")
+    return value
+
+
 def _admin(args: argparse.Namespace) -> AdminClient:
     from fedprompt.app.admin_client import AdminClient
 
@@ -91,6 +103,20 @@ def _print_participants(people: list[Any], job: str | None) -> None:
                   p.reason] for p in people]))
 
 
+def _print_audit(entries: list[Any]) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from fedprompt.app.report import table
+
+    if not entries:
+        print("no admin actions recorded")
+        return
+    print(table(["seq", "time (UTC)", "identity", "action", "job", "outcome", "arguments"],
+                [[e.seq, datetime.fromtimestamp(e.at, UTC).strftime("%Y-%m-%d %H:%M:%S"), e.identity, e.action,
+                  e.job_id or "-", e.outcome, json.dumps(e.arguments, sort_keys=True)[:80]] for e in entries]))
+
+
 def _show(args: argparse.Namespace, found: Any, as_table: Callable[[Any], None]) -> None:
     """A listing as ``--format`` asks: JSON for scripts, else ``as_table``."""
     if args.format == "json":
@@ -125,6 +151,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
             _show(args, client.participants(args.job or ""), lambda people: _print_participants(people, args.job))
         elif args.admin_cmd == "flags":
             _show(args, client.flags(args.job), _print_flags)
+        elif args.admin_cmd == "audit":
+            _show(args, client.audit(args.job or "", args.limit), _print_audit)
         elif args.admin_cmd == "release":
             print(client.release(args.job, args.participant))
         elif args.admin_cmd == "export":
@@ -176,6 +204,11 @@ def register(sub: Subparsers) -> None:
     export.add_argument("job", help=JOB_HELP)
     export.add_argument("--out", required=True, help="file to write: the prompt and the job's config (safetensors)")
     export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
+    audit = add_command(asub, "audit", "the admin actions recorded (who, when, what, and whether it was refused), "
+                                       "oldest first", "fedprompt admin audit --job rt-sentiment --limit 20")
+    audit.add_argument("--job", help=JOB_HELP + " (default: every job's actions)")
+    audit.add_argument("--limit", type=_count, default=0, help="only the latest N actions (default: all, up to 10,000)")
+    add_format_flag(audit)
     for name, command in asub.choices.items():
         if name != "ca":
             add_connection_flags(command, None, "admin", env_files=True)

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/fedprompt.v1.AdminService/ListAudit',
+                request_serializer=fedprompt_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -150,6 +155,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit trail: every admin action (create, start, pause, cancel, release, export), refused ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +214,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReleaseParticipant,
                     request_deserializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=fedprompt_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +491,33 @@ class AdminService:
             '/fedprompt.v1.AdminService/ReleaseParticipant',
             fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantRequest.SerializeToString,
             fedprompt_dot_v1_dot_admin__pb2.ReleaseParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.AdminService/ListAudit',
+            fedprompt_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            fedprompt_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from fedprompt.crypto.audit import Verdict
 from fedprompt.protocol import (
+    AuditView,
     FlagsView,
     FlagView,
     JobDescription,
@@ -178,6 +180,16 @@ def flags_to_pb(v: FlagsView) -> admin_pb2.ListFlagsResponse:
 def flags_from_pb(pb: admin_pb2.ListFlagsResponse) -> FlagsView:
     return FlagsView(tuple(FlagView(f.round, f.attempt, f.participant_id, f.accepted, f.score, f.score_name, f.defence)
                            for f in pb.flags), tuple(pb.quarantined), dict(pb.streaks))
+
+
+def audit_to_pb(v: AuditView) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(seq=v.seq, at=v.at, identity=v.identity, action=v.action, job_id=v.job_id,
+                                arguments_json=json.dumps(v.arguments, sort_keys=True), outcome=v.outcome)
+
+
+def audit_from_pb(pb: admin_pb2.AuditEntry) -> AuditView:
+    return AuditView(pb.seq, pb.at, pb.identity, pb.action, pb.job_id, json.loads(pb.arguments_json or "{}"),
+                     pb.outcome)
 
 
 def model_info_to_pb(info: ModelInfo) -> model_service_pb2.DescribeModelResponse:

@@ -151,7 +151,7 @@ def test_no_command_calls_the_coordinator_address_anything_else() -> None:
 
 def test_every_listing_command_takes_format_json() -> None:
     listings = {"fedprompt admin status", "fedprompt admin jobs", "fedprompt admin participants",
-                "fedprompt admin flags", "fedprompt admin ca list"}
+                "fedprompt admin flags", "fedprompt admin audit", "fedprompt admin ca list"}
     taking = {command.prog for command in commands(build_parser()) if "--format" in command._option_string_actions}
     assert taking == listings
     for prog in listings:
