@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fedprompt.app.cli import main
 from fedprompt.coordinator.schema import LATEST, V1, migrate
 from fedprompt.coordinator.store import Store
 from fedprompt.errors import SchemaTooNew
+from tests.support import refused_in_one_line, run_fedprompt
 
 
 def _v1_file(path: Path) -> None:
@@ -92,14 +92,13 @@ def test_a_file_from_a_newer_release_is_refused_naming_the_file_and_both_version
     assert _user_version(path) == LATEST + 1  # left as it was
 
 
-def test_the_coordinator_refuses_a_newer_file_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_coordinator_refuses_a_newer_file_in_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     _v1_file(state / "coordinator.sqlite")
     db = sqlite3.connect(state / "coordinator.sqlite")
     db.execute(f"PRAGMA user_version = {LATEST + 1}")
     db.close()
-    code = main(["coordinator", "serve", "--insecure", "--listen", "127.0.0.1:0", "--state-dir", str(state)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("fedprompt: error: ") and "newer than this coordinator" in err[0]
+    result = run_fedprompt(["coordinator", "serve", "--insecure", "--listen", "127.0.0.1:0", "--state-dir", str(state)])
+    assert result.returncode == 2
+    assert "newer than this coordinator" in refused_in_one_line(result, "coordinator.sqlite")

@@ -26,6 +26,7 @@ NEEDS_TORCH = {
     "test_dp": "DP-SGD on a tiny model, with Opacus's own engine as the reference",
     "test_fewshot": "pseudo-labelling with a tiny model",
     "test_models": "the soft-prompt classifiers themselves",
+    "test_participant_metrics": "a participant runtime trains one round on a tiny model",
     "test_privacy_opacus": "Opacus, the reference accountant, imports torch",
     "test_robust_bench": "the robust bench module trains, so it imports torch",
     "test_simulation": "simulations train tiny models",
