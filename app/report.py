@@ -140,7 +140,7 @@ def majority_warning(report: dict[str, Any]) -> str | None:
         return None
     return (f"warning: final accuracy {fmt(report['final_accuracy'], 2)} is not above the majority class "
             f"{fmt(report['majority_accuracy'], 2)}: check task.label_words and task.template against the "
-            f"backbone, or raise train.lr or train.steps (see the README's models section)")
+            f"backbone, or raise train.lr, train.local_epochs or train.max_steps (see the README's models section)")
 
 
 def attack_summary(report: dict[str, Any]) -> str:

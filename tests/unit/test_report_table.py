@@ -54,7 +54,7 @@ def test_a_final_accuracy_at_or_below_the_majority_class_is_flagged_everywhere()
         warning = majority_warning(below)
         assert warning is not None
         assert warning.startswith(f"warning: final accuracy {accuracy:.2f} is not above the majority class 0.60: ")
-        assert "task.label_words" in warning and "train.lr" in warning and "README" in warning
+        assert "task.label_words" in warning and "train.lr" in warning and "train.max_steps" in warning and "README" in warning
 
 
 def test_a_table_with_no_round_below_the_majority_class_has_no_footnote() -> None:
