@@ -19,7 +19,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedprompt.app.admin_client import AdminClient
-from fedprompt.app.report import build_report, plot_rounds, privacy_spent, round_table, summary, write_json
+from fedprompt.app.report import (
+    build_report,
+    majority_warning,
+    plot_rounds,
+    privacy_spent,
+    round_table,
+    summary,
+    write_json,
+)
 from fedprompt.config import (
     DPSection,
     HESection,
@@ -228,11 +236,13 @@ def run_demo(options: DemoOptions) -> int:
         view = follow(admin, job_id, options.rounds, options.participants, procs)
         plm_params, vector_size = _model_sizes(config)
         report = build_report(view, majority_accuracy(test_labels), vector_size, plm_params,
-                              seconds=round(time.perf_counter() - started, 1), participants=options.participants,
+                              test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 1), participants=options.participants,
                               backbone=config.model.path, dataset=DATASET, he=config.he.enabled,
                               he_params=he_params, dp=options.dp, mtls=pki is not None, **privacy_spent(view))
     print(round_table(report))
     print(summary(report))
+    if warning := majority_warning(report):
+        print(warning)
     write_json(report, options.report)
     guards = ["mTLS" if pki is not None else "INSECURE", "CKKS" if config.he.enabled else "plaintext aggregation",
               f"DP-SGD at epsilon {options.epsilon:g} per site" if options.dp else "no DP"]

@@ -26,7 +26,9 @@ PRIVACY_HEADERS = ("eps_rec_max", "eps_rec_median", "eps_participant")
 
 
 def round_rows(view: JobView) -> list[dict[str, Any]]:
-    """One dict per completed round: accuracy/loss of its global version, bytes, seconds, the round's
+    """One dict per completed round: accuracy/loss of its global version, bytes, seconds, how many updates it
+    received (``updates``) and folded in (``aggregated``: received less those a defence rejected) of the
+    ``selected`` members, so a round that went on without a member says so, the round's
     pseudo-labelling metrics (``pseudo_label*``) when ``[augment]`` is on, the prompt levels' cohort counts
     (``expert_cohorts_*``, ``cohorts_discovered``) when ``[levels]`` is on, and (with DP) the record-level
     epsilon of its contributors (max, median) and the participant-level epsilon so far."""
@@ -37,7 +39,9 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
         rows.append({
             "round": r.round, "accuracy": r.metrics.get("accuracy"), "loss": r.metrics.get("loss"),
             "bytes_up": r.bytes_up, "bytes_down": r.bytes_down, "seconds": round(r.closed_at - r.opened_at, 3),
-            "updates": int(r.metrics.get("updates", 0)), "metric_reports": r.metric_reports,
+            "updates": int(r.metrics.get("updates", 0)),
+            "aggregated": int(r.metrics.get("updates", 0)) - len(r.rejected), "selected": len(r.selected),
+            "metric_reports": r.metric_reports,
             **{k: v for k, v in r.metrics.items()
                if k.startswith(("pseudo_label", "expert_cohorts", "cohorts_")) or k == "gram_seconds"},
             **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
@@ -55,15 +59,26 @@ def privacy_spent(view: JobView) -> dict[str, Any]:
             "participant_epsilon": last.get("participant_epsilon"), "participant_delta": last.get("participant_delta")}
 
 
-def build_report(view: JobView, majority: float, exchanged: int, plm: int, **extra: Any) -> dict[str, Any]:
+def above_majority(accuracy: float | None, majority: float) -> bool | None:
+    """Whether ``accuracy`` beats always answering the majority class (None without an accuracy): a prompt
+    that does not has learnt nothing a constant answer would not give, whatever the curve looks like."""
+    return None if accuracy is None else accuracy > majority
+
+
+def build_report(view: JobView, majority: float, exchanged: int, plm: int, *, test_examples: int | None = None,
+                 **extra: Any) -> dict[str, Any]:
     """The run's report.  ``model_queries`` (black-box: texts scored by the model service) and
-    ``participant_peak_rss_mb`` are per-participant means of what members reported on the last version."""
+    ``participant_peak_rss_mb`` are per-participant means of what members reported on the last version;
+    ``test_examples`` (the test split's size) tells a reader how far apart two accuracies must be to differ, and
+    ``above_majority`` flags a final accuracy no better than the majority class."""
     rows = round_rows(view)
     final = rows[-1] if rows else {}
     return {
         "job_id": view.job_id, "state": view.state, "mode": parse_toml(view.config_toml, JobConfig).mode,
         "majority_accuracy": majority, "zero_shot_accuracy": view.initial_metrics.get("accuracy"),
-        "zero_shot_loss": view.initial_metrics.get("loss"), "final_accuracy": final.get("accuracy"), "rounds": rows,
+        "zero_shot_loss": view.initial_metrics.get("loss"), "final_accuracy": final.get("accuracy"),
+        "above_majority": above_majority(final.get("accuracy"), majority), "test_examples": test_examples,
+        "rounds": rows,
         "exchanged_params": exchanged, "exchanged_floats": exchanged, "plm_params": plm,
         "exchanged_over_plm": exchanged / plm if plm else None,
         "model_queries": final.get("model_queries"), "participant_peak_rss_mb": final.get("peak_rss_mb"), **extra,
@@ -88,16 +103,44 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
+#: Marks, in the round table and the summary, an accuracy that is not above the majority class.
+BELOW_MAJORITY_MARK = "!"
+
+
+def _accuracy_cell(accuracy: float | None, majority: float) -> str:
+    return fmt(accuracy) + (f" {BELOW_MAJORITY_MARK}" if above_majority(accuracy, majority) is False else "")
+
+
 def round_table(report: dict[str, Any]) -> str:
-    rows = [[r["round"], r["accuracy"], r["loss"], r["bytes_up"], r["bytes_down"], r["seconds"],
-             *(r.get(k) for k in PRIVACY_KEYS)] for r in report["rounds"]]
-    return table(["round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", *PRIVACY_HEADERS], rows)
+    """One line a round; ``aggregated`` reads "updates folded in / members selected", and an accuracy that is not
+    above the majority class carries :data:`BELOW_MAJORITY_MARK`, explained under the table."""
+    majority = report["majority_accuracy"]
+    rows = [[r["round"], _accuracy_cell(r["accuracy"], majority), r["loss"],
+             f"{r['aggregated']}/{r['selected']}", r["bytes_up"], r["bytes_down"],
+             r["seconds"], *(r.get(k) for k in PRIVACY_KEYS)] for r in report["rounds"]]
+    text = table(["round", "accuracy", "loss", "aggregated", "bytes_up", "bytes_down", "seconds", *PRIVACY_HEADERS],
+                 rows)
+    if any(above_majority(r["accuracy"], majority) is False for r in report["rounds"]):
+        text += f"\n{BELOW_MAJORITY_MARK} accuracy not above the majority class ({fmt(majority)})"
+    return text
 
 
 def summary(report: dict[str, Any]) -> str:
+    test = f" on {report['test_examples']:,} test examples" if report.get("test_examples") else ""
     return (f"majority {fmt(report['majority_accuracy'])} | zero-shot {fmt(report['zero_shot_accuracy'])} | "
-            f"final {fmt(report['final_accuracy'])} | exchanged {report['exchanged_params']:,} of "
-            f"{report['plm_params']:,} PLM parameters ({100 * (report['exchanged_over_plm'] or 0):.4f}%)")
+            f"final {_accuracy_cell(report['final_accuracy'], report['majority_accuracy'])}{test} | exchanged "
+            f"{report['exchanged_params']:,} of {report['plm_params']:,} PLM parameters "
+            f"({100 * (report['exchanged_over_plm'] or 0):.4f}%)")
+
+
+def majority_warning(report: dict[str, Any]) -> str | None:
+    """The one warning line ``demo`` and ``simulate`` print when the final accuracy is not above the majority
+    class (None otherwise), with where to look: such a run is usually a task/model mismatch, not bad luck."""
+    if above_majority(report["final_accuracy"], report["majority_accuracy"]) is not False:
+        return None
+    return (f"warning: final accuracy {fmt(report['final_accuracy'], 2)} is not above the majority class "
+            f"{fmt(report['majority_accuracy'], 2)}: check task.label_words and task.template against the "
+            f"backbone, or raise train.lr, train.local_epochs or train.max_steps (see the README's models section)")
 
 
 def attack_summary(report: dict[str, Any]) -> str:
@@ -185,10 +228,20 @@ def saved_figure(path: str | Path, ncols: int = 1,
         plt.close(fig)
 
 
-def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> None:
-    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines; with DP, a third
-    panel shows the privacy spent after each round (record level per site, and participant level), so the
-    price of every point of accuracy is in the same picture."""
+def accuracy_limits(report: dict[str, Any], margin: float = 0.02) -> tuple[float, float]:
+    """The accuracy axis' range: from at or below the majority line (so a curve under it is seen to be under
+    it, not cropped into looking like progress) to just above the best accuracy, within [0, 1]."""
+    values = [v for v in (report["majority_accuracy"], report.get("zero_shot_accuracy"),
+                          *(r["accuracy"] for r in report["rounds"])) if v is not None]
+    return max(0.0, min(values) - margin), min(1.0, max(values) + margin)
+
+
+def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedprompt") -> tuple[float, float]:
+    """Accuracy and loss per round, with the majority and zero-shot baselines drawn as lines under the markers;
+    the accuracy axis starts at or below the majority line and names the test-set size, so a reader can judge
+    both the gain and its noise.  With DP, a third panel shows the privacy spent after each round (record
+    level per site, and participant level), so the price of every point of accuracy is in the same picture.
+    Returns the accuracy axis' limits as drawn."""
     from matplotlib.ticker import MaxNLocator
 
     rounds = [0] + [r["round"] for r in report["rounds"]]
@@ -198,14 +251,16 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
                for key, label in (("record_epsilon_max", "record level (max over sites)"),
                                   ("participant_epsilon", "participant level"))
                if any(r.get(key) is not None for r in report["rounds"])}
+    test = report.get("test_examples")
     with saved_figure(path, 3 if privacy else 2, (15 if privacy else 10, 4)) as (fig, axes):
         ax1, ax2 = axes[0], axes[1]
-        ax1.plot(rounds, acc, marker="o", label="global prompt")
-        ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class")
+        ax1.plot(rounds, acc, marker="o", label="global prompt", zorder=3)
+        ax1.axhline(report["majority_accuracy"], color="grey", linestyle="--", label="majority class", zorder=1)
         if report["zero_shot_accuracy"] is not None:
-            ax1.axhline(report["zero_shot_accuracy"], color="orange", linestyle=":", label="zero-shot")
+            ax1.axhline(report["zero_shot_accuracy"], color="orange", linestyle=":", label="zero-shot", zorder=1)
+        ax1.set_ylim(*accuracy_limits(report))
         ax1.set_xlabel("round")
-        ax1.set_ylabel("test accuracy")
+        ax1.set_ylabel(f"test accuracy (n = {test:,})" if test else "test accuracy")
         ax1.legend()
         ax1.grid(alpha=0.3)
         ax2.plot(rounds, loss, marker="o", color="tab:red")
@@ -222,3 +277,5 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
         for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(title)
+        low, high = ax1.get_ylim()
+    return float(low), float(high)

@@ -178,5 +178,5 @@ def simulate(
                                       config.task.label_names, attack)
         extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
-                        seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
+                        test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         **privacy_spent(view), **extra)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprompt.app.report import attack_summary, round_table, summary, write_json
+    from fedprompt.app.report import attack_summary, majority_warning, round_table, summary, write_json
     from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
     from fedprompt.files import writable
 
@@ -25,6 +25,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report = simulate(sim.job, sites, attack=sim.attack)
     print(round_table(report))
     print(summary(report))
+    if warning := majority_warning(report):
+        print(warning)
     if "attack" in report:
         print(attack_summary(report))
     if args.report:

@@ -26,6 +26,8 @@ def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     assert all({"accuracy", "bytes_up", "bytes_down", "seconds"} <= set(r) for r in data["rounds"])
     assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 for r in data["rounds"])
+    assert all(0 < r["aggregated"] <= r["selected"] for r in data["rounds"])
+    assert data["test_examples"] > 0 and data["above_majority"] == (data["final_accuracy"] > data["majority_accuracy"])
     assert data["exchanged_params"] / data["plm_params"] <= 0.0005
     assert plot.stat().st_size > 10_000
     assert data["dp"] and data["mtls"] and data["he"]

@@ -72,3 +72,5 @@ def test_dockerfiles_pin_torch_and_run_unprivileged() -> None:
     for dockerfile in (DEPLOY / "docker").glob("Dockerfile.*"):
         text = dockerfile.read_text()
         assert "torch==2.13.0" in text and "USER fedprompt" in text and "HEALTHCHECK" in text
+        assert "COPY pyproject.toml README.md constraints.txt ./" in text  # the tested versions, as `make setup`
+        assert "RUN pip install -c constraints.txt ." in text

@@ -1,16 +1,26 @@
 """One import namespace: the built wheel installs ``fedprompt`` alone, and no code imports the design card's
-folders (``coordinator/``, ``participant/``, ``crypto/``, ``app/``) under their bare folder names."""
+folders (``coordinator/``, ``participant/``, ``crypto/``, ``app/``) under their bare folder names.  The package
+asks for version ranges, so it installs beside other federated-learning stacks, while ``make setup`` installs
+the tested versions from ``constraints.txt``."""
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from tests.support import REPO
+
+#: Requirements of ``[project].dependencies`` allowed an exact ``==`` pin, each with the test that shows a range
+#: breaks.  None is: every dependency is a range.
+EXACT_PINS: dict[str, str] = {}
 
 #: Folders of the source tree that are installed as subpackages of ``fedprompt`` (links in ``fedprompt/``).
 SUBPACKAGES = ("coordinator", "participant", "crypto", "app")
@@ -50,3 +60,30 @@ def test_no_module_imports_a_folder_by_its_bare_name() -> None:
     offenders = [line for root in roots for path in sorted(root.rglob("*.py")) if "v1" not in path.parts
                  for line in _bare_imports(path)]
     assert offenders == []
+
+
+def _name(requirement: str) -> str:
+    """The requirement's project name, normalised as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]).lower()
+
+
+def test_the_package_pins_no_dependency_exactly_without_a_reason() -> None:
+    """An ``==`` pin makes fedprompt uninstallable beside any stack that needs another version of that package."""
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    pinned = {_name(r) for r in dependencies if "==" in r or "===" in r}
+    assert pinned == set(EXACT_PINS)
+    assert {"torch", "grpcio", "protobuf", "onnxruntime", "tenseal", "opacus"} <= {_name(r) for r in dependencies}
+
+
+def test_make_setup_installs_the_tested_versions_from_the_constraints_file() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    installs = [line for line in makefile.splitlines() if re.search(r"pip install .*(torch==|-e )", line)]
+    assert len(installs) == 2 and all("-c constraints.txt" in line for line in installs)
+    assert "$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0" in installs[0]
+    constraints = {_name(line): line.split("==")[1]
+                   for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines()
+                   if line and not line.startswith("#")}
+    assert constraints["torch"] == "2.13.0"
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    for requirement in map(Requirement, dependencies):  # every requirement admits its tested version
+        assert requirement.specifier.contains(constraints[_name(requirement.name)], prereleases=True), requirement
