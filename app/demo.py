@@ -16,8 +16,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.report import (
     build_report,
@@ -25,6 +23,7 @@ from fedprompt.app.report import (
     plot_rounds,
     privacy_spent,
     round_table,
+    rounds_bar,
     summary,
     write_json,
 )
@@ -254,7 +253,7 @@ def run_demo(options: DemoOptions) -> int:
 def follow(admin: AdminClient, job_id: str, rounds: int, participants: int,
            procs: list[subprocess.Popen[bytes]]) -> JobView:
     """Show progress until the last round's global version is evaluated by every site."""
-    bar = tqdm(total=rounds, desc="rounds", unit="round")
+    bar = rounds_bar(rounds)
     shown = 0
     while True:
         view = admin.status(job_id)

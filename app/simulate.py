@@ -27,6 +27,7 @@ from fedprompt.data.datasets import Example, label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
+from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import (
     CoordinatorLink,
     JobView,
@@ -104,6 +105,7 @@ def simulate(
     state_root: Path | None = None,
     link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
     asr_examples: list[Example] | None = None,
+    export: Path | None = None,
 ) -> dict[str, Any]:
     """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
 
@@ -118,6 +120,9 @@ def simulate(
     ``state_root/<site name>``; ``link`` builds each site's ``CoordinatorLink`` (e.g. one that records every
     message a site sends).  The report's ``final_by_participant`` holds each site's metrics on the final
     version (its own test split); with ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
+    With ``export`` the final global prompt (as the first site holds it, so also in encrypted jobs) is written
+    there as a prompt file, as ``admin export`` writes one (``predict --prompt`` reads it), and the report's
+    ``exported`` names it.
     """
     started = time.perf_counter()
     if backbone is None:
@@ -177,6 +182,10 @@ def simulate(
                                       asr_examples or [ex for site in sites for ex in site.test],
                                       config.task.label_names, attack)
         extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
+    if export is not None and view.global_version >= 0:
+        save_prompt(export, runtimes[0].global_vector(view.global_version), dump_toml(enrolled),
+                    view.global_version, job_id)
+        extra["exported"] = str(export)
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
                         test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         **privacy_spent(view), **extra)

@@ -308,6 +308,22 @@ def run_fedprompt(args: list[str], stdin: bytes = b"", env: dict[str, str] | Non
                           capture_output=True, text=True, cwd=REPO, env=full, timeout=timeout, encoding="latin-1")
 
 
+def toy_job(tmp_path: Path, model: Path) -> tuple[Path, Path, str]:
+    """A toy sentiment CSV (60 rows, columns ``tweet`` and ``sentiment``) prepared for 2 sites by ``data prepare
+    --write-job`` on ``model`` (e.g. the ``tiny_encoder_dir`` fixture): (the CSV, the job file, prepare's output)."""
+    words = {"pos": ("good", "great", "lovely"), "neg": ("bad", "awful", "dull")}
+    labels = ["pos" if k % 2 else "neg" for k in range(60)]
+    data = tmp_path / "my.csv"
+    data.write_text("tweet,sentiment\n" + "".join(f"film {k} was {words[y][k % 3]},{y}\n" for k, y in enumerate(labels)),
+                    encoding="utf-8")
+    job = tmp_path / "job.toml"
+    result = run_fedprompt(["data", "prepare", "--dataset", str(data), "--out", str(tmp_path / "out"),
+                            "--text-column", "tweet", "--label-column", "sentiment", "--participants", "2",
+                            "--test-size", "12", "--write-job", str(job), "--model", str(model)])
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    return data, job, result.stdout
+
+
 def refused_in_one_line(result: subprocess.CompletedProcess[str], name: str) -> str:
     """The one ``fedprompt: error: ...`` line a refused command printed (exit 2, no traceback), naming ``name``."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedprompt.app.cli.common import add_command, add_plan_args, load_summary, parse_overrides, plan_overrides
@@ -12,17 +13,32 @@ if TYPE_CHECKING:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprompt.app.report import attack_summary, majority_warning, round_table, summary, write_json
+    from fedprompt.app.report import attack_summary, majority_warning, round_table, rounds_bar, summary, write_json
     from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
+    from fedprompt.errors import ConfigError
     from fedprompt.files import writable
 
-    if args.report:
-        writable(args.report, "--report")  # before the run, not after it
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    for path, flag in ((args.report, "--report"), (args.export, "--export")):
+        if path:
+            writable(path, flag)  # before the run, not after it
     overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
+    if args.export and sim.job.levels.enabled:
+        raise ConfigError("--export: with levels.enabled a site's prompt is its global, expert and personal "
+                          "prompts together, so no single global prompt can be exported; turn levels off to export")
     sites, read = sim.simulation.deal(sim.job.task.label_names)
     print(load_summary(sim.simulation.dataset, read))
-    report = simulate(sim.job, sites, attack=sim.attack)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bar = rounds_bar(sim.job.job.rounds, show=not args.no_progress)
+    try:
+        report = simulate(sim.job, sites, attack=sim.attack, on_round=lambda done: bar.update(done - bar.n),
+                          export=Path(args.export) if args.export else None)
+    finally:
+        bar.close()
     print(round_table(report))
     print(summary(report))
     if warning := majority_warning(report):
@@ -31,6 +47,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(attack_summary(report))
     if args.report:
         write_json(report, args.report)
+    if args.export:
+        print(f"final prompt written to {args.export}; try it with: fedprompt predict --prompt {args.export} TEXT"
+              if report.get("exported") else f"--export: no round finished, so nothing was written to {args.export}")
     return 0
 
 
@@ -44,5 +63,9 @@ def register(sub: Subparsers) -> None:
     sim.add_argument("--report", help="write the JSON report here")
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key, e.g. job.aggregator=\"multi_krum\" or attack.scale=1")
+    sim.add_argument("--export", metavar="FILE.safetensors",
+                     help="write the final global prompt here, as admin export does (for predict --prompt)")
+    sim.add_argument("--threads", type=int, default=1, help="torch threads for this process (default 1)")
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar over the rounds")
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)

@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.support import refused_in_one_line, run_fedprompt
+from tests.support import refused_in_one_line, run_fedprompt, toy_job
 
 
 def prepare(data: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -116,14 +116,7 @@ def test_duplicates_conflicts_and_empty_texts_are_dropped_and_counted(tmp_path: 
 
 
 def test_a_written_job_runs_in_simulate_without_edits(tmp_path: Path, tiny_encoder_dir: Path) -> None:
-    words = {"pos": ("good", "great", "lovely"), "neg": ("bad", "awful", "dull")}
-    labels = ["pos" if k % 2 else "neg" for k in range(60)]
-    data = tmp_path / "my.csv"
-    data.write_text("tweet,sentiment\n" + "".join(f"film {k} was {words[y][k % 3]},{y}\n" for k, y in enumerate(labels)),
-                    encoding="utf-8")
-    job = tmp_path / "job.toml"
-    out = prepared(data, "--text-column", "tweet", "--label-column", "sentiment", "--participants", "2",
-                   "--test-size", "12", "--write-job", str(job), "--model", str(tiny_encoder_dir))
+    data, job, out = toy_job(tmp_path, tiny_encoder_dir)
     assert f"job written to {job}; run it with: fedprompt simulate --config {job}" in out
     result = run_fedprompt(["simulate", "--config", str(job), "--report", str(tmp_path / "report.json")], timeout=600)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,41 @@
+"""``fedprompt simulate`` as a user runs it on their own data: a progress bar over the rounds (``--no-progress``
+turns it off), ``--threads``, and ``--export`` writing the final prompt that ``predict --prompt`` reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support import refused_in_one_line, run_fedprompt, toy_job
+
+
+def test_an_exported_simulation_prompt_classifies_texts(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
+    out = tmp_path / "prompts" / "out.safetensors"
+    result = run_fedprompt(["simulate", "--config", str(job), "--export", str(out), "--threads", "1",
+                            "--set", "job.rounds=1"], timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "rounds: 100%" in result.stderr and "1/1" in result.stderr  # the bar, on stderr
+    assert f"final prompt written to {out}; try it with: fedprompt predict --prompt {out} TEXT" in result.stdout
+    predict = run_fedprompt(["predict", "--prompt", str(out), "a lovely film"])
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    answer = json.loads(predict.stdout.strip().splitlines()[-1])
+    assert answer["text"] == "a lovely film" and answer["label"] in ("neg", "pos")
+
+
+def test_no_progress_hides_the_bar(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
+    result = run_fedprompt(["simulate", "--config", str(job), "--no-progress", "--set", "job.rounds=1"], timeout=600)
+    assert result.returncode == 0 and "rounds:" not in result.stderr, result.stderr[-3000:]
+
+
+def test_threads_below_one_are_refused_in_one_line() -> None:
+    result = run_fedprompt(["simulate", "--threads", "0"])
+    assert refused_in_one_line(result, "--threads").endswith("--threads must be at least 1, got 0")
+
+
+def test_export_with_levels_is_refused_before_the_run(tmp_path: Path) -> None:
+    result = run_fedprompt(["simulate", "--export", str(tmp_path / "out.safetensors"), "--set", "levels.enabled=true",
+                            "--set", "model.prompt_length=16"])
+    line = refused_in_one_line(result, "--export")
+    assert "levels.enabled" in line and not (tmp_path / "out.safetensors").exists()
