@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedprompt.app.simulate import simulate
-from fedprompt.config import HESection
+from fedprompt.config import HESection, JobConfig, parse_toml
 from fedprompt.crypto.ckks import CkksParams
+from fedprompt.promptfile import load_prompt
 from tests.support import tiny_job, toy_sites
 
 
@@ -35,3 +36,14 @@ def test_encrypted_fedavg_follows_the_plaintext_trajectory(tiny_encoder_dir: Pat
     assert [r["accuracy"] for r in h] == [r["accuracy"] for r in p]
     for a, b in zip(h, p, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_an_encrypted_simulation_exports_the_global_its_sites_rebuilt(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """The coordinator never holds an encrypted job's global: ``export`` writes the one the first site rebuilt,
+    in the file ``predict --prompt`` reads."""
+    config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=1), he=HESection(enabled=True))
+    out = tmp_path / "he.safetensors"
+    report = simulate(config, toy_sites(), export=out)
+    vector, config_toml = load_prompt(out)
+    assert report["exported"] == str(out) and vector.size == report["exchanged_params"]
+    assert parse_toml(config_toml, JobConfig).he.enabled
