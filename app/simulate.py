@@ -71,6 +71,18 @@ def load_simulation(path: str | Path, overrides: dict[str, Any] | None = None) -
     return parse_simulation(read_toml_text(path, "simulation config"), str(path), overrides)
 
 
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def pooled_detection(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Precision and recall pooled over rounds, each with its ``rejected`` and ``malicious`` members: one
+    rule for a run's rounds (``detection_scores``) and for the rounds of several seeds (``bench robust``)."""
+    hits = sum(len(set(r["rejected"]) & set(r["malicious"])) for r in rounds)
+    return {"precision": _ratio(hits, sum(len(r["rejected"]) for r in rounds)),
+            "recall": _ratio(hits, sum(len(r["malicious"]) for r in rounds))}
+
+
 def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
     """Detection precision and recall of a robust aggregator, per round and pooled over rounds.
 
@@ -78,21 +90,16 @@ def detection_scores(view: JobView, malicious: set[str]) -> dict[str, Any]:
     among the round's updates (``None`` where the denominator is 0), and ``accepted_malicious``: the
     malicious updates that got into the aggregate.
     """
-    def ratio(a: int, b: int) -> float | None:
-        return a / b if b else None
-
     rounds = []
-    hits = flagged = present = 0
     for r in view.rounds:
         if r.state != "done":
             continue
         bad = malicious & set(r.selected)
         tp = len(bad & set(r.rejected))
-        hits, flagged, present = hits + tp, flagged + len(r.rejected), present + len(bad)
         rounds.append({"round": r.round, "rejected": list(r.rejected), "malicious": sorted(bad),
                        "accepted_malicious": sorted(bad - set(r.rejected)),
-                       "precision": ratio(tp, len(r.rejected)), "recall": ratio(tp, len(bad))})
-    return {"precision": ratio(hits, flagged), "recall": ratio(hits, present), "rounds": rounds}
+                       "precision": _ratio(tp, len(r.rejected)), "recall": _ratio(tp, len(bad))})
+    return {**pooled_detection(rounds), "rounds": rounds}
 
 
 def simulate(

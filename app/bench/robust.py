@@ -45,7 +45,7 @@ import torch
 
 from fedprompt.app.bench.smoke import run_size, tiny_model
 from fedprompt.app.report import saved_figure, table, write_json
-from fedprompt.app.simulate import SimulationFile, load_simulation, simulate
+from fedprompt.app.simulate import SimulationFile, load_simulation, pooled_detection, simulate
 from fedprompt.coordinator.aggregation import AGGREGATORS, GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.crypto.ckks import PublicContext, SecretContext
@@ -195,10 +195,6 @@ def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
 
 
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
-
-
 def row(defence: str, he: bool, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One table row over seeds: clean accuracy and ASR as mean and sd, precision and recall pooled over every
     round of every seed, the smallest triggered set any seed measured on, and who was rejected when."""
@@ -208,12 +204,11 @@ def row(defence: str, he: bool, per_seed: dict[int, dict[str, Any]]) -> dict[str
                                                                         "accepted_malicious")}}
               for seed, r in per_seed.items() for rnd in ((r.get("detection") or {}).get("rounds") or [])]
     flags = any(r.get("detection") for r in per_seed.values())
-    hits = sum(len(set(x["rejected"]) & set(x["malicious"])) for x in rounds)
+    pooled = pooled_detection(rounds) if flags else {"precision": None, "recall": None}
     return {
         "defence": defence, "he": he,
         "clean_accuracy_mean": accuracy[0], "clean_accuracy_sd": accuracy[1], "asr_mean": asr[0], "asr_sd": asr[1],
-        "precision": _ratio(hits, sum(len(x["rejected"]) for x in rounds)) if flags else None,
-        "recall": _ratio(hits, sum(len(x["malicious"]) for x in rounds)) if flags else None,
+        **pooled,
         "poisoned_updates_accepted": sum(len(x["accepted_malicious"]) for x in rounds) if flags else None,
         "triggered_examples": min(r.get("asr_triggered", 0) for r in per_seed.values()),
         "per_seed": [{"seed": seed, "clean_accuracy": r["final_accuracy"], "asr": r.get("asr"),
