@@ -7,24 +7,31 @@ code, and the same coordinator validation, selection and aggregation, as product
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.crypto.audit import Verdict
+from fedprompt.crypto.pki import RevocationList
 from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
 
 
 class LocalLink:
-    """``CoordinatorLink`` by direct calls into a ``JobManager``: the same domain code the servicers call."""
+    """``CoordinatorLink`` by direct calls into a ``JobManager``: the same domain code the servicers call.
 
-    def __init__(self, jobs: JobManager, identity: str) -> None:
+    ``revocations``: the federation CRL to relay with the keys, as the gRPC door relays its own (none: no CRL)."""
+
+    def __init__(self, jobs: JobManager, identity: str, revocations: RevocationList | None = None) -> None:
         self.jobs = jobs
         self.identity = identity
+        self.revocations = revocations
 
     def describe(self, job: str) -> JobDescription:
         return self.jobs.job(job).describe(self.identity)
 
     def join(self, job: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo:
-        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size, exchange_public_key)
+             exchange_public_key: bytes = b"", exchange_attestation: bytes = b"") -> JoinInfo:
+        return self.jobs.job(job).join(self.identity, num_train, num_test, vector_size, exchange_public_key,
+                                       exchange_attestation)
 
     def get_task(self, job_id: str, wait_s: float) -> Task:
         job = self.jobs.job(job_id)
@@ -40,14 +47,21 @@ class LocalLink:
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None:
         self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
 
-    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
-        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id)
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id, attestation)
 
     def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
         self.jobs.job(job_id).share_key(self.identity, recipient_id, sealed_key)
 
     def keys(self, job_id: str) -> KeyState:
-        return self.jobs.job(job_id).key_state(self.identity)
+        state = self.jobs.job(job_id).key_state(self.identity)
+        if self.revocations is None:
+            return state
+        self.revocations.refresh()
+        return dataclasses.replace(state, crl=self.revocations.pem)
+
+    def report_key_fault(self, job_id: str, reason: str) -> None:
+        self.jobs.refuse_keys(job_id, self.identity, reason)
 
     def report_privacy(self, report: PrivacyReport) -> None:
         self.jobs.job(report.job_id).report_privacy(self.identity, report)

@@ -51,6 +51,9 @@ class Authenticator(Protocol):
     def refresh(self) -> None:
         """Pick up revocations (called on every tick as well as on every call)."""
 
+    def crl(self) -> bytes:
+        """The federation CRL as signed by the CA (PEM), relayed to members checking key attestations; b"" if none."""
+
 
 class InsecureAuthenticator:
     """Trusts the identity header: for loopback development and tests without certificates."""
@@ -70,6 +73,9 @@ class InsecureAuthenticator:
 
     def refresh(self) -> None:
         return None
+
+    def crl(self) -> bytes:
+        return b""
 
 
 class CertificateAuthenticator:
@@ -100,6 +106,9 @@ class CertificateAuthenticator:
             log.warning("certificate revoked", serial=f"{serial:x}", identity=identity or "never seen")
             if identity is not None:
                 self.on_revoked(identity)
+
+    def crl(self) -> bytes:
+        return self.revocations.pem
 
     def _peer(self, context: grpc.aio.ServicerContext) -> CertInfo:
         self.refresh()  # first, so that revocations it reports are not logged under this caller's name
@@ -158,6 +167,9 @@ class Gate:
     def recheck(self, context: grpc.aio.ServicerContext) -> str:
         """Authenticate again without spending a call (before accepting a long upload's result)."""
         return self.auth.participant(context)
+
+    def crl(self) -> bytes:
+        return self.auth.crl()
 
     def upload(self, identity: str) -> AbstractContextManager[None]:
         return self.limiter.upload(identity)

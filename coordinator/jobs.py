@@ -21,7 +21,7 @@ from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
 from fedprompt.coordinator.views import participant_views
-from fedprompt.errors import AmbiguousName, ConfigError, InvalidRequest, NotFound, quoted
+from fedprompt.errors import AmbiguousName, ConfigError, InvalidRequest, NotFound, PreconditionFailed, quoted
 from fedprompt.protocol import JobView, ParticipantView, new_job_id
 
 log = structlog.get_logger("coordinator.jobs")
@@ -84,6 +84,15 @@ class JobManager:
             raise AmbiguousName(f"{len(named)} jobs are named {quoted(ref)}: {shown} (newest first); name one by "
                                 "its id")
         return named[0]
+
+    def refuse_keys(self, job_ref: str, participant_id: str, reason: str) -> None:
+        """A member refused the key material relayed to it (an attestation that does not verify,
+        ``coordinator.keys.JobKeys.refused``): the job pauses, its status naming who refused what, since a
+        relay that swaps or forges keys must not run on.  An admin starts it again once the cause is found."""
+        job = self.job(job_ref)
+        if job.keys is None:
+            raise PreconditionFailed(f"job {job.job_id} is not encrypted (he.enabled is false)")
+        job.lifecycle.end(JobState.PAUSED, job.keys.refused(participant_id, reason))
 
     def expel(self, participant_id: str, why: str) -> None:
         """Remove a participant from every job (its certificate was revoked), discarding in-flight updates; each job

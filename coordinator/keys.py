@@ -9,6 +9,12 @@ for encrypted rounds.
 Jobs whose coordinator computes an encrypted Gram matrix (``crypto.gram``: a Gram defence, or cohort
 discovery in a levelled job) also need the dealer's public evaluation keys (relinearisation and Galois keys,
 ~9.7 MB, uploaded once as a payload of encoding ``ckks-evalkeys-v1``); their rounds open only once those are in.
+
+Every key arrives with its owner's signed attestation (``crypto.attest``) and is relayed with it, exactly as
+signed: members verify the signature against the federation CA before they seal to a key or accept one, so a
+relay that swaps, injects or replays a key is refused by them, and their report (``refused``) pauses the job.
+The coordinator checks only that a statement is about the key, the job and the caller it came with (a
+mistake is refused at upload); it takes no trust decision for the members, who do not trust it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import structlog
 
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.attest import Attestation, digest
 from fedprompt.crypto.ckks import CkksParams, EncryptedSum, PublicContext
 from fedprompt.crypto.gram import MAX_EVALUATION_KEY_BYTES, GramEvaluator
 from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
@@ -28,6 +35,7 @@ from fedprompt.errors import (
     NotEnrolled,
     PayloadTooLarge,
     PreconditionFailed,
+    clip,
     quoted,
 )
 from fedprompt.protocol import KeyState
@@ -35,6 +43,7 @@ from fedprompt.protocol import KeyState
 log = structlog.get_logger("coordinator.keys")
 
 MAX_SEALED_BYTES = 1024 * 1024
+MAX_FAULT_CHARS = 400
 
 
 class JobKeys:
@@ -46,26 +55,45 @@ class JobKeys:
         self.preferred_dealer = dealer
         self.store = store
         self.exchange: dict[str, bytes] = {}
+        self.attestations: dict[str, bytes] = {}  # member -> its exchange key's attestation (b"" unsigned)
+        self.dealer_attestation = b""
         self.dealer: str | None = dealer or None
         self.context: PublicContext | None = None
         self.sealed: dict[str, tuple[str, bytes]] = {}
         self.evaluator: GramEvaluator | None = None
         self.log = log.bind(job_id=job_id)
 
-    def register(self, participant_id: str, public_key: bytes) -> bool:
-        """Bind a member's X25519 public key at join; True if this member is to deal the job's keys."""
+    def register(self, participant_id: str, public_key: bytes, attestation: bytes = b"") -> bool:
+        """Bind a member's X25519 public key, with its attestation, at join; True if this member is to deal."""
         if len(public_key) != PUBLIC_KEY_BYTES:
             raise InvalidUpdate(f"encrypted jobs need a {PUBLIC_KEY_BYTES}-byte X25519 exchange key at join, "
                                 f"got {len(public_key)} bytes")
+        self._check(attestation, participant_id, "exchange", (digest(public_key),))
         known = self.exchange.get(participant_id)
         if known is not None and known != public_key and self.holds(participant_id):
             raise InvalidUpdate(f"{participant_id} already holds this job's key under another exchange key")
         self.exchange[participant_id] = public_key
+        self.attestations[participant_id] = attestation
         self.store.save_exchange_key(self.job_id, participant_id, public_key)
+        self.store.save_attestation(self.job_id, participant_id, "exchange", attestation)
         if self.dealer is None:
             self.dealer = self._default_dealer()
             self.log.info("key dealer chosen", dealer=self.dealer)
         return self.dealer == participant_id and self.context is None
+
+    def _check(self, attestation: bytes, participant_id: str, purpose: str, digests: tuple[bytes, ...]) -> None:
+        """A statement, if the member signs (without certificates none does), must be about what it came with."""
+        if attestation:
+            Attestation.from_bytes(attestation).check_claims(job_id=self.job_id, identity=participant_id,
+                                                             purpose=purpose, digests=digests)
+
+    def refused(self, participant_id: str, reason: str) -> str:
+        """A member's report that it refused relayed key material; the reason the job pauses with."""
+        if participant_id not in self.exchange:
+            raise NotEnrolled(f"{participant_id} has not joined job {self.job_id}")
+        why = clip(reason, MAX_FAULT_CHARS)
+        self.log.warning("key material refused by a member: pausing the job", participant=participant_id, reason=why)
+        return f"key material refused by {participant_id}: {why}"
 
     def _default_dealer(self) -> str | None:
         """The dealer before anyone has published: ``he.dealer``, else the first member to register."""
@@ -74,14 +102,17 @@ class JobKeys:
     def holds(self, participant_id: str) -> bool:
         return participant_id == self.dealer and self.context is not None or participant_id in self.sealed
 
-    def publish(self, participant_id: str, public_context: bytes, key_id: bytes) -> None:
-        """The dealer's public context; refused from anyone else, twice, or when it carries a secret key."""
+    def publish(self, participant_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        """The dealer's public context and its attestation; refused from anyone else, twice, or when it carries a
+        secret key."""
         if participant_id != self.dealer:
             raise NotEnrolled(f"{participant_id} is not the key dealer of job {self.job_id} ({self.dealer})")
         if self.context is not None:
             raise DuplicateUpdate(f"job {self.job_id} already has its public context")
         context = PublicContext(public_context, self.params, key_id)
-        self.context = context
+        self._check(attestation, participant_id, "dealer", (key_id, digest(context.data)))
+        self.context, self.dealer_attestation = context, attestation
+        self.store.save_attestation(self.job_id, participant_id, "dealer", attestation)
         self.store.save_he_context(self.job_id, participant_id, key_id, context.data)
         self.log.info("public context published", dealer=participant_id, bytes=len(context.data),
                       **self.params.describe())
@@ -120,6 +151,8 @@ class JobKeys:
             keys = self.store.evaluation_keys(self.job_id)
             evaluator = GramEvaluator(context, keys) if keys is not None else None
         self.exchange, self.context, self.evaluator = exchange, context, evaluator
+        self.attestations = {p: a for p, a in self.store.attestations(self.job_id, "exchange").items() if p in exchange}
+        self.dealer_attestation = self.store.attestations(self.job_id, "dealer").get(dealer or "", b"")
         self.dealer = dealer or self._default_dealer()
         self.sealed = self.store.sealed_keys(self.job_id)
         self.log.info("key relay restored", dealer=self.dealer, context=self.context is not None,
@@ -157,10 +190,12 @@ class JobKeys:
             return KeyState(dealer_id=self.dealer or "")
         sender, blob = self.sealed.get(participant_id, ("", b""))
         serves = self.holds(participant_id) and (participant_id == self.dealer or not online(self.dealer or ""))
-        pending = tuple((p, key) for p, key in sorted(self.exchange.items()) if serves and not self.holds(p))
+        pending = tuple((p, key, self.attestations.get(p, b"")) for p, key in sorted(self.exchange.items())
+                        if serves and not self.holds(p))
         owes = participant_id == self.dealer and not self.ready()  # the context is in: only evaluation keys lack
         return KeyState(self.context.data, self.context.key_id, self.dealer or "", blob, sender,
-                        self.exchange.get(sender, b""), pending, owes)
+                        self.exchange.get(sender, b""), pending, owes, self.dealer_attestation,
+                        self.attestations.get(sender, b""))
 
     def require_context(self) -> PublicContext:
         if self.context is None:

@@ -143,13 +143,13 @@ class JobRuntime:
         return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.aggregator.gram)
 
     def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo:
+             exchange_public_key: bytes = b"", attestation: bytes = b"") -> JoinInfo:
         self.roster.check_allowed(participant_id)
         if self.state in TERMINAL:
             raise JobStateError(f"job {self.job_id} is {self.state.value}; it takes no new participants")
         self.roster.check_counts(num_train, num_test)
         self.uploads.agree_size(vector_size)
-        deal = self.keys.register(participant_id, exchange_public_key) if self.keys is not None else False
+        deal = self.keys.register(participant_id, exchange_public_key, attestation) if self.keys else False
         self.roster.join(participant_id, num_train, num_test, self.clock())
         provide = self.latest_version() is None and self.roster.initialiser == participant_id
         self.log.info("participant joined", participant=participant_id, num_train=num_train, provides_initial=provide,
@@ -162,8 +162,8 @@ class JobRuntime:
             raise PreconditionFailed(f"job {self.job_id} is not encrypted (he.enabled is false)")
         return self.keys
 
-    def publish_context(self, participant_id: str, public_context: bytes, key_id: bytes) -> None:
-        self._keys(participant_id).publish(participant_id, public_context, key_id)
+    def publish_context(self, participant_id: str, context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        self._keys(participant_id).publish(participant_id, context, key_id, attestation)
 
     def share_key(self, participant_id: str, recipient_id: str, sealed_key: bytes) -> None:
         self._keys(participant_id).share(participant_id, recipient_id, sealed_key)

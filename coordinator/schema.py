@@ -80,8 +80,17 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_job ON audit (job_id, seq);
 """
 
+#: Key attestations (``crypto.attest``): each member's signed word for its exchange key, the dealer's for the
+#: key id and context, relayed as signed so members can check them.
+V3 = """
+CREATE TABLE IF NOT EXISTS key_attestations (
+    job_id TEXT NOT NULL, participant_id TEXT NOT NULL, purpose TEXT NOT NULL, attestation BLOB NOT NULL,
+    PRIMARY KEY (job_id, participant_id, purpose)
+);
+"""
+
 #: (version, SQL) in order; a file at version ``v`` gets every script whose version is above ``v``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3))
 LATEST = MIGRATIONS[-1][0]
 
 

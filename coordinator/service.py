@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,7 +43,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         info = self.jobs.job(request.job).join(identity, request.num_train_examples, request.num_test_examples,
-                                               request.vector_size, bytes(request.exchange_public_key))
+                                               request.vector_size, bytes(request.exchange_public_key),
+                                               bytes(request.exchange_attestation))
         self.notifier.notify()
         return serde.join_to_pb(info)
 
@@ -114,7 +116,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def PublishContext(self, request: participant_pb2.PublishContextRequest,
                              context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).publish_context(identity, bytes(request.public_context), bytes(request.key_id))
+        self.jobs.job(request.job_id).publish_context(identity, bytes(request.public_context), bytes(request.key_id),
+                                                      bytes(request.attestation))
         self.notifier.notify()
         return participant_pb2.PublishContextResponse()
 
@@ -128,7 +131,16 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def GetKeys(self, request: participant_pb2.GetKeysRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.keys_to_pb(self.jobs.job(request.job_id).key_state(identity))
+        state = self.jobs.job(request.job_id).key_state(identity)
+        return serde.keys_to_pb(dataclasses.replace(state, crl=self.gate.crl()))
+
+    @rpc_method("ParticipantService")
+    async def ReportKeyFault(self, request: participant_pb2.ReportKeyFaultRequest,
+                             context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        self.jobs.refuse_keys(request.job_id, identity, request.reason)
+        self.notifier.notify()
+        return participant_pb2.ReportKeyFaultResponse()
 
 
     @rpc_method("ParticipantService")

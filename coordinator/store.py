@@ -295,6 +295,17 @@ class Store:
         with self._tx() as db:
             db.execute("INSERT INTO he_evaluation_keys VALUES (?,?,?)", (job_id, keys, time.time()))
 
+    def save_attestation(self, job_id: str, participant_id: str, purpose: str, attestation: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO key_attestations VALUES (?,?,?,?)",
+                       (job_id, participant_id, purpose, attestation))
+
+    def attestations(self, job_id: str, purpose: str) -> dict[str, bytes]:
+        """The signed key statements of one purpose (``crypto.attest.PURPOSES``): participant -> attestation."""
+        rows = self._all("SELECT participant_id, attestation FROM key_attestations WHERE job_id=? AND purpose=?",
+                         (job_id, purpose))
+        return {str(r[0]): bytes(r[1]) for r in rows}  # type: ignore[call-overload]
+
     def he_context(self, job_id: str) -> tuple[str, bytes, bytes] | None:
         """The job's dealer, key id and public context, if the dealer published them."""
         rows = self._all("SELECT dealer, key_id, public_context FROM he_contexts WHERE job_id=?", (job_id,))

@@ -25,3 +25,8 @@ class InvalidValue(CryptoError):
 
 class PkiError(CryptoError):
     """A certificate, CSR, key or CRL is missing, malformed, wrongly signed or not allowed."""
+
+
+class AttestationError(CryptoError):
+    """Key material whose signed attestation is missing, malformed, for another job, key, member or purpose,
+    replayed, or signed under a certificate the federation CA did not issue (or revoked)."""

@@ -312,19 +312,24 @@ class CertificateAuthority:
 
 def load_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
     """Read a CRL and check it was signed by ``ca_cert``; anything else is a ``PkiError``."""
+    return crl_from_pem(_read(path, "revocation list"), ca_cert, str(path))
+
+
+def crl_from_pem(pem: bytes, ca_cert: x509.Certificate, where: str) -> x509.CertificateRevocationList:
+    """A PEM CRL checked to be signed by ``ca_cert`` (a file, or one relayed to a participant); else ``PkiError``."""
     try:
-        crl = x509.load_pem_x509_crl(_read(path, "revocation list"))
+        crl = x509.load_pem_x509_crl(pem)
     except ValueError as exc:
-        raise PkiError(f"{path} is not a PEM CRL") from exc
+        raise PkiError(f"{where} is not a PEM CRL") from exc
     public = ca_cert.public_key()
     if crl.issuer != ca_cert.subject or not isinstance(public, ec.EllipticCurvePublicKey):
-        raise PkiError(f"{path} was not issued by this federation's CA")
+        raise PkiError(f"{where} was not issued by this federation's CA")
     try:
         valid = crl.is_signature_valid(public)
     except InvalidSignature:
         valid = False
     if not valid:
-        raise PkiError(f"{path}: CRL signature does not verify against the federation CA")
+        raise PkiError(f"{where}: CRL signature does not verify against the federation CA")
     return crl
 
 
@@ -335,6 +340,7 @@ class RevocationList:
         self.path = Path(path)
         self.ca_cert = ca_cert
         self.serials: frozenset[int] = frozenset()
+        self.pem = b""  # the file as last loaded, relayed to participants (``crypto.attest.KeyTrust``)
         self._stamp: tuple[int, int, int] | None = None
         self.refresh()
 
@@ -347,9 +353,10 @@ class RevocationList:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp == self._stamp:
             return frozenset()
-        serials = frozenset(r.serial_number for r in load_crl(self.path, self.ca_cert))
+        pem = _read(self.path, "revocation list")
+        serials = frozenset(r.serial_number for r in crl_from_pem(pem, self.ca_cert, str(self.path)))
         added = serials - self.serials
-        self.serials, self._stamp = serials, stamp
+        self.serials, self.pem, self._stamp = serials, pem, stamp
         return added
 
     def is_revoked(self, serial: int) -> bool:

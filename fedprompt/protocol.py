@@ -138,7 +138,10 @@ class JoinInfo:
 
 @dataclass(frozen=True)
 class KeyState:
-    """An encrypted job's key relay as one participant sees it (all of it is safe for the coordinator to hold)."""
+    """An encrypted job's key relay as one participant sees it (all of it is safe for the coordinator to hold).
+
+    Each relayed key travels with its owner's signed attestation (``crypto.attest``): ``needs_key`` is
+    (member, exchange key, attestation); ``crl`` is the federation's signed revocation list, if the door has one."""
 
     public_context: bytes = b""
     key_id: bytes = b""
@@ -146,8 +149,11 @@ class KeyState:
     sealed_key: bytes = b""
     sealer_id: str = ""
     sealer_public_key: bytes = b""
-    needs_key: tuple[tuple[str, bytes], ...] = ()
+    needs_key: tuple[tuple[str, bytes, bytes], ...] = ()
     owes_evaluation_keys: bool = False
+    dealer_attestation: bytes = b""
+    sealer_attestation: bytes = b""
+    crl: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -276,7 +282,7 @@ class CoordinatorLink(Protocol):
     def describe(self, job: str) -> JobDescription: ...
 
     def join(self, job: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo: ...
+             exchange_public_key: bytes = b"", exchange_attestation: bytes = b"") -> JoinInfo: ...
 
     def get_task(self, job_id: str, wait_s: float) -> Task: ...
 
@@ -286,11 +292,14 @@ class CoordinatorLink(Protocol):
 
     def report(self, job_id: str, version: int, metrics: dict[str, float], num_examples: int) -> None: ...
 
-    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None: ...
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes,
+                        attestation: bytes = b"") -> None: ...
 
     def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None: ...
 
     def keys(self, job_id: str) -> KeyState: ...
+
+    def report_key_fault(self, job_id: str, reason: str) -> None: ...
 
     def report_privacy(self, report: PrivacyReport) -> None: ...
 

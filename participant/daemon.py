@@ -17,6 +17,7 @@ import structlog
 from tqdm import tqdm
 
 from fedprompt.config import JobConfig, ParticipantSection
+from fedprompt.crypto.attest import KeyCredentials
 from fedprompt.data.shards import load_site
 from fedprompt.errors import ConfigError
 from fedprompt.participant.grpc_link import GrpcLink
@@ -106,6 +107,8 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
         log.warning("participant running with --insecure: no TLS, the coordinator cannot verify who we are")
     else:
         identity = tls.identity()
+    # the same certificate signs this site's encrypted-job keys, and the same CA checks the others' (crypto.attest)
+    credentials = None if tls is None else KeyCredentials.from_files(Path(tls.ca_cert), Path(tls.cert), Path(tls.key))
     log.info("participant starting", identity=identity, coordinator=settings.coordinator, job=settings.job,
              mtls=tls is not None, train=len(site.train), test=len(site.test))
     with ExitStack() as stack:
@@ -119,7 +122,7 @@ def run_daemon(settings: ParticipantSection, progress: bool = True) -> None:
             log.info("metrics serving", address=settings.metrics_listen, port=port, path="/metrics")
         runtime = ParticipantRuntime(link, site, settings.job, learner_factory(settings, tls, stack),
                                      Path(settings.state_dir) if settings.state_dir else None, _progress_bar(progress),
-                                     events=metrics)
+                                     events=metrics, credentials=credentials)
         install_stop_handler(runtime)
         try:
             info = runtime.join()

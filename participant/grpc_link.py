@@ -115,9 +115,10 @@ class GrpcLink:
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
 
     def join(self, job: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo:
+             exchange_public_key: bytes = b"", exchange_attestation: bytes = b"") -> JoinInfo:
         request = participant_pb2.JoinRequest(job=job, num_train_examples=num_train, num_test_examples=num_test,
-                                              vector_size=vector_size, exchange_public_key=exchange_public_key)
+                                              vector_size=vector_size, exchange_public_key=exchange_public_key,
+                                              exchange_attestation=exchange_attestation)
         return serde.join_from_pb(self._call("Join", lambda: self.stub.Join(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
 
@@ -179,8 +180,9 @@ class GrpcLink:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
 
-    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
-        request = participant_pb2.PublishContextRequest(job_id=job_id, public_context=public_context, key_id=key_id)
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        request = participant_pb2.PublishContextRequest(job_id=job_id, public_context=public_context, key_id=key_id,
+                                                        attestation=attestation)
         self._call("PublishContext", lambda: self.stub.PublishContext(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
@@ -192,6 +194,11 @@ class GrpcLink:
         request = participant_pb2.GetKeysRequest(job_id=job_id)
         return serde.keys_from_pb(self._call("GetKeys", lambda: self.stub.GetKeys(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+    def report_key_fault(self, job_id: str, reason: str) -> None:
+        request = participant_pb2.ReportKeyFaultRequest(job_id=job_id, reason=reason)
+        self._call("ReportKeyFault", lambda: self.stub.ReportKeyFault(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
     def gram(self, job_id: str, round_: int) -> Payload:
         request = participant_pb2.GetGramRequest(job_id=job_id, round=round_)

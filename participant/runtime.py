@@ -41,6 +41,7 @@ import numpy as np
 import structlog
 
 from fedprompt.config import JobConfig, parse_toml
+from fedprompt.crypto.attest import KeyCredentials
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
@@ -103,8 +104,11 @@ class ParticipantRuntime:
         progress: Callable[[str], ProgressFn | None] | None = None,
         behaviour: SiteBehaviour | None = None,
         events: TrainingEvents | None = None,
+        credentials: KeyCredentials | None = None,
     ) -> None:
+        """``credentials``: the site's mTLS identity, to attest and verify encrypted jobs' keys (``participant.keys``)."""
         self.link = link
+        self.credentials = credentials
         self.events = events or TrainingEvents()
         self.site = site
         self.job_ref = job_ref
@@ -140,7 +144,7 @@ class ParticipantRuntime:
         self.learner = learner
         if self.config.he.enabled:
             self.keys = KeyHolder(self.link, self.config.he_params(description.gram_defence), description.job_id,
-                                  self.state_dir)
+                                  self.state_dir, self.credentials)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
             from fedprompt.participant.dp import SitePrivacy
 
@@ -175,7 +179,8 @@ class ParticipantRuntime:
         """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key; the
         answer must be about the job asked for (its id is the one checked at ``join``)."""
         info = self.link.join(job_id, len(self.site.train), len(self.site.test), self._learner().vector_size,
-                              self.keys.public_key if self.keys is not None else b"")
+                              self.keys.public_key if self.keys is not None else b"",
+                              self.keys.attestation() if self.keys is not None else b"")
         if info.job_id != job_id:
             raise InvalidRequest(f"coordinator: asked to join job {job_id!r}, answered for job {info.job_id[:80]!r}")
         return info

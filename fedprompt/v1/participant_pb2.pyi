@@ -44,18 +44,20 @@ class DescribeJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ..., gram_defence: _Optional[bool] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size", "exchange_public_key")
+    __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size", "exchange_public_key", "exchange_attestation")
     JOB_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     VECTOR_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     job: str
     num_train_examples: int
     num_test_examples: int
     vector_size: int
     exchange_public_key: bytes
-    def __init__(self, job: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ..., vector_size: _Optional[int] = ..., exchange_public_key: _Optional[bytes] = ...) -> None: ...
+    exchange_attestation: bytes
+    def __init__(self, job: _Optional[str] = ..., num_train_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ..., vector_size: _Optional[int] = ..., exchange_public_key: _Optional[bytes] = ..., exchange_attestation: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("job_id", "participant_id", "provide_initial_prompt", "deal_keys")
@@ -159,14 +161,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, job_state: _Optional[str] = ...) -> None: ...
 
 class PublishContextRequest(_message.Message):
-    __slots__ = ("job_id", "public_context", "key_id")
+    __slots__ = ("job_id", "public_context", "key_id", "attestation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     public_context: bytes
     key_id: bytes
-    def __init__(self, job_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ...) -> None: ...
+    attestation: bytes
+    def __init__(self, job_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., attestation: _Optional[bytes] = ...) -> None: ...
 
 class PublishContextResponse(_message.Message):
     __slots__ = ()
@@ -193,15 +197,17 @@ class GetKeysRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class KeyRecipient(_message.Message):
-    __slots__ = ("participant_id", "exchange_public_key")
+    __slots__ = ("participant_id", "exchange_public_key", "attestation")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     EXCHANGE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     exchange_public_key: bytes
-    def __init__(self, participant_id: _Optional[str] = ..., exchange_public_key: _Optional[bytes] = ...) -> None: ...
+    attestation: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., exchange_public_key: _Optional[bytes] = ..., attestation: _Optional[bytes] = ...) -> None: ...
 
 class GetKeysResponse(_message.Message):
-    __slots__ = ("public_context", "key_id", "dealer_id", "sealed_key", "sealer_id", "sealer_public_key", "needs_key", "owes_evaluation_keys")
+    __slots__ = ("public_context", "key_id", "dealer_id", "sealed_key", "sealer_id", "sealer_public_key", "needs_key", "owes_evaluation_keys", "dealer_attestation", "sealer_attestation", "crl")
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DEALER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +216,9 @@ class GetKeysResponse(_message.Message):
     SEALER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NEEDS_KEY_FIELD_NUMBER: _ClassVar[int]
     OWES_EVALUATION_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DEALER_ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    SEALER_ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     public_context: bytes
     key_id: bytes
     dealer_id: str
@@ -218,7 +227,22 @@ class GetKeysResponse(_message.Message):
     sealer_public_key: bytes
     needs_key: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
     owes_evaluation_keys: bool
-    def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., owes_evaluation_keys: _Optional[bool] = ...) -> None: ...
+    dealer_attestation: bytes
+    sealer_attestation: bytes
+    crl: bytes
+    def __init__(self, public_context: _Optional[bytes] = ..., key_id: _Optional[bytes] = ..., dealer_id: _Optional[str] = ..., sealed_key: _Optional[bytes] = ..., sealer_id: _Optional[str] = ..., sealer_public_key: _Optional[bytes] = ..., needs_key: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., owes_evaluation_keys: _Optional[bool] = ..., dealer_attestation: _Optional[bytes] = ..., sealer_attestation: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
+
+class ReportKeyFaultRequest(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReportKeyFaultResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ReportPrivacyRequest(_message.Message):
     __slots__ = ("job_id", "round", "epsilon", "delta", "declined", "reason")

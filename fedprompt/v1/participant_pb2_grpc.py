@@ -84,6 +84,11 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
                 _registered_method=True)
+        self.ReportKeyFault = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/ReportKeyFault',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultResponse.FromString,
+                _registered_method=True)
         self.ReportPrivacy = channel.unary_unary(
                 '/fedprompt.v1.ParticipantService/ReportPrivacy',
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportPrivacyRequest.SerializeToString,
@@ -182,6 +187,14 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportKeyFault(self, request, context):
+        """Encrypted jobs: the caller refused relayed key material (an attestation that does not verify); the
+        coordinator pauses the job with the reason, since a relay that swaps keys must not go on unnoticed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportPrivacy(self, request, context):
         """Record-level privacy spent so far, sent after each local training (before the upload); with
         declined = true the caller refuses to train (its budget would be exceeded) and is dropped from selection.
@@ -273,6 +286,11 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.GetKeys,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.SerializeToString,
+            ),
+            'ReportKeyFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportKeyFault,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultResponse.SerializeToString,
             ),
             'ReportPrivacy': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportPrivacy,
@@ -570,6 +588,33 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/GetKeys',
             fedprompt_dot_v1_dot_participant__pb2.GetKeysRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.GetKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportKeyFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/ReportKeyFault',
+            fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.ReportKeyFaultResponse.FromString,
             options,
             channel_credentials,
             insecure,

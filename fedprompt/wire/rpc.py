@@ -21,6 +21,7 @@ log = structlog.get_logger("fedprompt.wire.rpc")
 
 # Server side: each domain error (or its nearest listed base class) aborts with this status.
 STATUS: dict[type[Exception], grpc.StatusCode] = {
+    crypto_errors.AttestationError: grpc.StatusCode.INVALID_ARGUMENT,
     crypto_errors.InvalidCiphertext: grpc.StatusCode.INVALID_ARGUMENT,
     crypto_errors.InvalidValue: grpc.StatusCode.INVALID_ARGUMENT,
     crypto_errors.ParameterError: grpc.StatusCode.INVALID_ARGUMENT,

@@ -103,14 +103,17 @@ def keys_to_pb(k: KeyState) -> participant_pb2.GetKeysResponse:
     return participant_pb2.GetKeysResponse(
         public_context=k.public_context, key_id=k.key_id, dealer_id=k.dealer_id, sealed_key=k.sealed_key,
         sealer_id=k.sealer_id, sealer_public_key=k.sealer_public_key,
-        needs_key=[participant_pb2.KeyRecipient(participant_id=p, exchange_public_key=key) for p, key in k.needs_key],
-        owes_evaluation_keys=k.owes_evaluation_keys)
+        needs_key=[participant_pb2.KeyRecipient(participant_id=p, exchange_public_key=key, attestation=att)
+                   for p, key, att in k.needs_key],
+        owes_evaluation_keys=k.owes_evaluation_keys, dealer_attestation=k.dealer_attestation,
+        sealer_attestation=k.sealer_attestation, crl=k.crl)
 
 
 def keys_from_pb(pb: participant_pb2.GetKeysResponse) -> KeyState:
     return KeyState(bytes(pb.public_context), bytes(pb.key_id), pb.dealer_id, bytes(pb.sealed_key), pb.sealer_id,
                     bytes(pb.sealer_public_key),
-                    tuple((r.participant_id, bytes(r.exchange_public_key)) for r in pb.needs_key), pb.owes_evaluation_keys)
+                    tuple((r.participant_id, bytes(r.exchange_public_key), bytes(r.attestation)) for r in pb.needs_key),
+                    pb.owes_evaluation_keys, bytes(pb.dealer_attestation), bytes(pb.sealer_attestation), bytes(pb.crl))
 
 
 def round_to_pb(r: RoundView) -> admin_pb2.RoundStatus:

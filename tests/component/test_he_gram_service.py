@@ -88,8 +88,8 @@ class StopsAtUpload:
     def __init__(self, link: GrpcLink) -> None:
         self.link = link
 
-    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes) -> None:
-        self.link.publish_context(job_id, public_context, key_id)
+    def publish_context(self, job_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        self.link.publish_context(job_id, public_context, key_id, attestation)
 
     def upload(self, payload: Payload) -> None:
         raise ProcessStopped

@@ -128,8 +128,8 @@ class AnswersForAnotherJob(LocalLink):
         self.answer = answer
 
     def join(self, job: str, num_train: int, num_test: int, vector_size: int,
-             exchange_public_key: bytes = b"") -> JoinInfo:
-        info = super().join(job, num_train, num_test, vector_size, exchange_public_key)
+             exchange_public_key: bytes = b"", exchange_attestation: bytes = b"") -> JoinInfo:
+        info = super().join(job, num_train, num_test, vector_size, exchange_public_key, exchange_attestation)
         return dataclasses.replace(info, job_id=self.answer)
 
 

@@ -18,8 +18,11 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto.attest import KeyCredentials, KeyTrust, digest
 from fedprompt.crypto.ckks import ENCODING, SecretContext
+from fedprompt.crypto.errors import AttestationError
 from fedprompt.crypto.gram import EVALUATION_KEYS, decrypt_gram, evaluation_keys
+from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.protocol import Payload, TaskKind
 from tests.fakes import SIZE, Clock, answer_checks, encrypted_initial, encrypted_update, exchange_key
@@ -132,3 +135,44 @@ def test_a_tampered_stored_context_pauses_its_job_and_nothing_is_added_under_it(
     assert any(e["event"] == "key relay not restored" and e["log_level"] == "error" for e in logs)
     assert job.keys is not None and job.keys.context is None and job.open is None
     assert [(r.state, r.reason) for r in job.store.jobs() if r.job_id == job.job_id] == [("paused", job.lifecycle.reason)]
+
+
+def test_key_attestations_are_relayed_as_signed_after_a_restart(tmp_path: Path) -> None:
+    """Members keep verifying keys after a coordinator restart: every statement is reloaded byte for byte, and
+    one that no longer verifies (here: for another job) would be refused by them, not by a blind relay."""
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    creds = {n: KeyCredentials.from_files(ca.ca_cert_path, *reversed(ca.issue(n, tmp_path / "sites")))
+             for n in ("participant:a", "participant:b")}
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=1), he=HESection(enabled=True))
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=Clock(), offline_after_s=60.0)
+    job = jobs.job(jobs.create_job(dump_toml(config)))
+    keys = {n: exchange_key() for n in creds}
+    for name, cred in creds.items():
+        job.join(name, 40, 5, SIZE, keys[name], cred.signer.sign(job.job_id, "exchange", (digest(keys[name]),)))
+    secret = SecretContext.create(config.he_params(False))
+    dealt = creds["participant:a"].signer.sign(job.job_id, "dealer", (secret.key_id, digest(secret.public_bytes())))
+    job.publish_context("participant:a", secret.public_bytes(), secret.key_id, dealt)
+    before = job.key_state("participant:a"), job.key_state("participant:b")
+    job = restarted(tmp_path, Clock(), job.job_id)
+    after = job.key_state("participant:a"), job.key_state("participant:b")
+    assert after == before and after[0].needs_key[0][2] and after[1].dealer_attestation == dealt
+    trust = KeyTrust(ca.cert)
+    trust.verify(after[0].needs_key[0][2], job_id=job.job_id, identity="participant:b", purpose="exchange",
+                 digests=(digest(keys["participant:b"]),))
+
+
+def test_the_relay_refuses_a_statement_about_another_key_or_caller(tmp_path: Path) -> None:
+    """The coordinator cannot judge a certificate for the members, but refuses a statement that is not about the
+    key, job and caller it came with, so an honest member's mistake is named at upload, not by its peers."""
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    signer = KeyCredentials.from_files(ca.ca_cert_path, *reversed(ca.issue("participant:a", tmp_path))).signer
+    jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=Clock(), offline_after_s=60.0)
+    job = jobs.job(jobs.create_job(dump_toml(dataclasses.replace(tiny_job(tmp_path), he=HESection(enabled=True)))))
+    key = exchange_key()
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        job.join("participant:a", 40, 5, SIZE, key, signer.sign(job.job_id, "exchange", (digest(exchange_key()),)))
+    with pytest.raises(AttestationError, match="is attested by 'participant:a'"):
+        job.join("participant:b", 40, 5, SIZE, key, signer.sign(job.job_id, "exchange", (digest(key),)))
+    with pytest.raises(AttestationError, match="signed for another job"):
+        job.join("participant:a", 40, 5, SIZE, key, signer.sign("job-other", "exchange", (digest(key),)))
+    assert job.keys is not None and job.keys.exchange == {}

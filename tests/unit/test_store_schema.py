@@ -45,7 +45,7 @@ def test_a_file_from_before_versioning_is_migrated_with_its_data_intact(tmp_path
         assert [a.action for a in store.audit("job-1")] == ["start"]
     finally:
         store.close()
-    assert _user_version(path) == LATEST == 2
+    assert _user_version(path) == LATEST == 3
 
 
 def test_a_new_file_starts_at_the_latest_version_and_reopening_changes_nothing(tmp_path: Path) -> None:
