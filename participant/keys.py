@@ -127,7 +127,10 @@ class KeyHolder:
             reason = clip(str(exc), MAX_FAULT_BYTES)
             log.error("relayed key material refused: reporting it, nothing sealed to or accepted from it",
                       job_id=self.job_id, reason=reason)
-            self.link.report_key_fault(self.job_id, reason)
+            try:
+                self.link.report_key_fault(self.job_id, reason)
+            except FedPromptError as failed:  # the refusal stands, reported or not
+                log.error("the refusal could not be reported", job_id=self.job_id, error=clip(str(failed), 300))
             raise
 
     def _serve(self, state: KeyState) -> None:

@@ -26,7 +26,7 @@ from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.errors import AttestationError
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes, seal
-from fedprompt.errors import InvalidRequest, PermissionDenied, PreconditionFailed
+from fedprompt.errors import InvalidRequest, PermissionDenied, PreconditionFailed, Unauthenticated
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.keys import KeyHolder
 from fedprompt.protocol import KeyState
@@ -213,3 +213,20 @@ def test_a_join_whose_statement_is_about_another_key_is_refused_with_a_status(fe
     holder = KeyHolder(fed.links[A], HE.params(), job_id, credentials=fed.creds[A])
     with pytest.raises(InvalidRequest, match="not the key it signed"):
         fed.links[A].join(job_id, 30, 4, SIZE, public_bytes(new_exchange_key()), holder.attestation())
+
+
+def test_a_relay_that_also_drops_the_report_still_gets_nothing_sealed(fed: Federation) -> None:
+    """The pause is what an honest coordinator does with a report; the refusal does not depend on it."""
+    job_id = fed.new_job("dropped")
+    holders = fed.join(job_id, A, B)
+    attacker = public_bytes(new_exchange_key())
+    relay = fed.links[A]
+    relay.tamper = lambda s: dataclasses.replace(s, needs_key=tuple((p, attacker, att) for p, _, att in s.needs_key))
+
+    def dropped(job_id: str, reason: str) -> None:
+        raise Unauthenticated("UNAVAILABLE: the relay swallowed the report")
+
+    relay.report_key_fault = dropped  # type: ignore[method-assign]
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        holders[A].refresh()
+    assert fed.sealed_to(job_id) == set() and fed.job(job_id).state is JobState.CREATED
