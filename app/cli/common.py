@@ -47,34 +47,65 @@ def coordinator_default() -> str | None:
     return os.environ.get("FEDPROMPT_COORDINATOR") or None
 
 
+#: The connection flags' argparse dests.
+CONNECTION_DESTS = ("coordinator", "ca_cert", "cert", "key", "server_name", "insecure")
+#: Where ``fedprompt`` itself keeps a connection flag typed before the command's name (``fedprompt --coordinator X
+#: admin jobs``) until ``settle_connection`` hands it to the command.
+GLOBAL = "global_"
+
+
 def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None, role: str,
-                         env_files: bool = False, config_file: bool = False) -> None:
+                         env_files: bool = False, config_file: bool = False, top: bool = False) -> None:
     """How a client command reaches the coordinator: ``--coordinator``, the mTLS files, or ``--insecure``.
 
-    ``defaults`` (by dest; absent means None) go on the first copy; ``None`` makes a command's copy below it
-    (``admin``'s job commands), so a flag works on either side of the command's name.  For the help: ``role``,
-    that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
+    ``defaults`` (by dest; absent means None) are the command's, applied by ``settle_connection`` to the flags
+    typed nowhere; ``None`` makes a copy below such a command (``admin``'s job commands), so a flag works on
+    either side of the command's name.  ``top``: ``fedprompt``'s own copy, typed before any command.  For the
+    help: ``role``, that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
     ``$FEDPROMPT_CERT`` and ``$FEDPROMPT_KEY``; ``config_file``, a ``--config`` file's address comes before the
     fallback."""
-    def default(dest: str) -> Any:
-        return UNSET if defaults is None else defaults.get(dest, False if dest == "insecure" else None)
+    if defaults is not None:
+        parser.set_defaults(connection_defaults=defaults)
+    prefix = GLOBAL if top else ""
 
     def env(variable: str) -> str:
         return f" (default ${variable})" if env_files else ""
 
-    parser.add_argument("--coordinator", default=default("coordinator"),
-                        help="coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
-                             + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
-    parser.add_argument("--ca-cert", dest="ca_cert", default=default("ca_cert"),
+    coordinator = ("coordinator host:port, for the commands that reach one (admin, participant run, coordinator "
+                   "health)" if top else "coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
+                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+    parser.add_argument("--coordinator", dest=prefix + "coordinator", default=UNSET, help=coordinator)
+    parser.add_argument("--ca-cert", dest=prefix + "ca_cert", default=UNSET,
                         help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))
-    parser.add_argument("--cert", default=default("cert"),
+    parser.add_argument("--cert", dest=prefix + "cert", default=UNSET,
                         help=f"your certificate (role {role}:), signed by the federation CA" + env("FEDPROMPT_CERT"))
-    parser.add_argument("--key", default=default("key"), help="its private key" + env("FEDPROMPT_KEY"))
-    parser.add_argument("--server-name", dest="server_name", default=default("server_name"),
+    parser.add_argument("--key", dest=prefix + "key", default=UNSET, help="its private key" + env("FEDPROMPT_KEY"))
+    parser.add_argument("--server-name", dest=prefix + "server_name", default=UNSET,
                         help="verify the coordinator's certificate for this name (one of its SANs), not its address")
-    parser.add_argument("--insecure", action="store_true", default=default("insecure"),
+    parser.add_argument("--insecure", dest=prefix + "insecure", action="store_true", default=UNSET,
                         help="plaintext to an --insecure coordinator: local development only (excludes the "
                              "certificate flags)")
+
+
+def settle_connection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Give a client command its connection flags: typed after its name, else before it (``fedprompt
+    --coordinator X admin jobs``), else its defaults.  One typed before a command that reaches no coordinator
+    is refused, not ignored (``fedprompt --insecure coordinator serve`` would otherwise serve with TLS or fail
+    on a certificate the user thought unneeded)."""
+    typed = {dest: getattr(args, GLOBAL + dest) for dest in CONNECTION_DESTS if hasattr(args, GLOBAL + dest)}
+    for dest in typed:
+        delattr(args, GLOBAL + dest)
+    defaults = getattr(args, "connection_defaults", None)
+    if defaults is None:
+        if typed:
+            flag = "--" + next(iter(typed)).replace("_", "-")
+            parser.error(f"{flag} before the command applies only to commands that reach a coordinator (admin, "
+                         "participant run, coordinator health)")
+        return
+    del args.connection_defaults
+    for dest in CONNECTION_DESTS:
+        if not hasattr(args, dest):
+            setattr(args, dest, typed.get(dest, defaults.get(dest, False if dest == "insecure" else None)))
 
 
 def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -> None:
@@ -125,6 +156,16 @@ class Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("fedprompt").strip()
         self.exit(2, f"fedprompt: error: {command + ': ' if command else ''}{message} "
                      f"(`{self.prog} --help` says more)\n")
+
+
+class RootParser(Parser):
+    """``fedprompt``'s own parser: after parsing, a connection flag typed before the command reaches it
+    (``settle_connection``)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        settle_connection(self, parsed)
+        return parsed, rest
 
 
 def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
