@@ -162,7 +162,7 @@ class RootParser(Parser):
     """``fedprompt``'s own parser: after parsing, a connection flag typed before the command reaches it
     (``settle_connection``)."""
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # argparse types it by overloads
         parsed, rest = super().parse_known_args(args, namespace)
         settle_connection(self, parsed)
         return parsed, rest
