@@ -118,6 +118,14 @@ def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -
                             help="same as --format json")
 
 
+def add_track_flag(parser: argparse.ArgumentParser) -> None:
+    """``--track SINK:TARGET`` (``fedprompt.app.tracking``), repeatable, for the commands that run a job or a bench."""
+    parser.add_argument("--track", action="append", default=[], metavar="SINK:DIR",
+                        help="also send parameters, per-round metrics, epsilon, the report and the plot to an "
+                             "experiment tracker: mlflow:DIR (or mlflow:URI) or tensorboard:DIR; repeatable (needs "
+                             "the tracking extra; default: none)")
+
+
 def print_json(value: Any) -> None:
     """A listing as ``--format json`` prints it: dataclasses as objects, indented."""
     import dataclasses
