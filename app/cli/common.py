@@ -276,8 +276,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     from fedprompt.data.shards import SCHEMES, DataPlan
 
     plan = DataPlan()
-    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/TSV/JSONL path with a text and a label "
-                                     f"column (default {plan.dataset})")
+    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/TSV/JSONL/Parquet file or a datasets "
+                                     f"save_to_disk directory with a text and a label column (default {plan.dataset})")
     p.add_argument("--participants", type=int, help=f"number of sites (default {plan.participants})")
     p.add_argument("--partition", choices=SCHEMES,
                    help=f"how training data is split across sites (default {plan.partition.scheme})")
@@ -302,7 +302,8 @@ def add_format_args(p: argparse.ArgumentParser) -> None:
     fmt = DataFormat()
     p.add_argument("--text-column", help=f"a data file's column holding the text (default {fmt.text_column})")
     p.add_argument("--label-column", help=f"a data file's column holding the label (default {fmt.label_column})")
-    p.add_argument("--encoding", help=f"a data file's text encoding, e.g. latin-1 or cp1252 (default {fmt.encoding})")
+    p.add_argument("--encoding", help=f"a text data file's encoding, e.g. latin-1 or cp1252 (default {fmt.encoding}: "
+                                      "the encoding a byte-order mark names, else UTF-8)")
     p.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="drop a data file's rows without a valid label (and say how many) instead of refusing it")
 
@@ -318,7 +319,8 @@ def load_summary(dataset: str, load: LoadReport) -> str:
     where = ""
     if load.bad_rows:
         more = ", ..." if load.bad_rows > len(load.bad_lines) else ""
-        where = f" (line{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
-    return (f"{dataset}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
+        where = f" ({load.numbered}{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
+    how = f" (read as {load.encoding})" if load.encoding else ""
+    return (f"{dataset}{how}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
             f"{load.empty} empty texts, {load.duplicates} repeated texts (the first kept), {load.conflict_rows} rows "
             f"of {load.conflicts} texts given different labels (none kept); {kept} examples kept")
