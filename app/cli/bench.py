@@ -22,7 +22,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     args.report = args.report or f"reports/bench-{args.name}.json"  # each bench's default, named here for --track
     writable(args.report, "--report")  # before the benchmark, not after it
-    options = {k: v for k, v in vars(args).items() if k not in ("fn", "track") and v is not None}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("fn", "track", "command", "log_level", "json_logs") and v is not None}
     with tracking(args.track, f"bench-{args.name}", flat_params(options)) as track:
         started = time.time()
         code = run_bench(args.name, args)

@@ -81,3 +81,23 @@ def test_a_sink_whose_package_is_missing_is_refused_naming_the_extra(tmp_path: P
     result = run_fedprompt(["simulate", "--track", spec], env=without_packages(tmp_path / "site", package))
     line = refused_in_one_line(result, f"the {package} package is not installed")
     assert line.endswith("install the tracking extra: pip install 'fedprompt[tracking]'")
+
+
+def test_a_bench_sends_its_options_its_reports_scalars_and_the_report(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    report = tmp_path / "bench.json"
+    result = run_fedprompt(["bench", "federated", "--smoke", "--report", str(report), "--track",
+                            f"mlflow:{tmp_path / 'mlruns'}"], env={"FEDPROMPT_CACHE": str(tmp_path / "cache")},
+                           timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    written = json.loads(report.read_text())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("fedprompt").experiment_id])  # type: ignore[union-attr]
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("bench-federated-")
+    assert run.data.params["name"] == "federated" and run.data.params["smoke"] == "True"
+    assert "log_level" not in run.data.params
+    assert run.data.metrics["final/centralized_accuracy"] == pytest.approx(written["centralized_accuracy"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
