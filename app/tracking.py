@@ -22,12 +22,16 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedprompt.errors import ConfigError, FileError, quoted
+import structlog
+
+from fedprompt.errors import ConfigError, FedPromptError, FileError, clip, quoted
+
+log = structlog.get_logger("tracking")
 
 #: The sinks ``--track`` may name, and the package each one needs.
 SINKS = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
@@ -146,7 +150,8 @@ class TensorBoardSink(Sink):
 
 
 class Tracking:
-    """The run's sinks (none: tracking off), each sent the same rows."""
+    """The run's sinks (none: tracking off), each sent the same rows.  A sink that fails during the run (a
+    tracking server gone, a full disk) is dropped with one warning: the run and its report go on."""
 
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
@@ -154,16 +159,23 @@ class Tracking:
     def round(self, row: Mapping[str, Any]) -> None:
         """A round's row (``report.round_rows``), its round number as the step."""
         metrics = scalars({k: v for k, v in row.items() if k != "round"})
-        for sink in self.sinks:
-            sink.round(int(row["round"]), metrics)
+        self._each(lambda sink: sink.round(int(row["round"]), metrics))
 
     def finish(self, report: Mapping[str, Any], files: list[str | Path | None], failed: bool = False) -> None:
         """The report (its per-round list left out: the rounds were sent as they finished) and the files that
         exist among ``files``."""
         summary = {k: v for k, v in report.items() if k != "rounds"}
         present = [Path(f) for f in files if f is not None and Path(f).is_file()]
-        for sink in self.sinks:
-            sink.finish(summary, present, failed)
+        self._each(lambda sink: sink.finish(summary, present, failed))
+
+    def _each(self, send: Callable[[Sink], None]) -> None:
+        for sink in list(self.sinks):
+            try:
+                send(sink)
+            except Exception as exc:  # any: a tracker library's failure must not end the run it tracks
+                log.warning("experiment tracking failed; the run goes on without it", sink=type(sink).__name__,
+                            reason=clip(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 300))
+                self.sinks.remove(sink)
 
 
 def check_track(specs: list[str]) -> list[tuple[str, str]]:
@@ -192,8 +204,16 @@ def tracking(specs: list[str], command: str, params: dict[str, str]) -> Iterator
     """The sinks ``specs`` name, opened for one run of ``command`` (the run's name: the command and the UTC
     time); a run that raises is finished as failed with what it had sent."""
     run_name = f"{command}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}"
-    opened = Tracking([(MlflowSink if name == "mlflow" else TensorBoardSink)(target, run_name, params)
-                       for name, target in check_track(specs)])
+    sinks: list[Sink] = []
+    for name, target in check_track(specs):
+        try:
+            sinks.append((MlflowSink if name == "mlflow" else TensorBoardSink)(target, run_name, params))
+        except FedPromptError:
+            raise
+        except Exception as exc:  # any: the library's own (an unsupported URI, a server that does not answer)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--track {quoted(f'{name}:{target}')}: {clip(first, 300)}") from exc
+    opened = Tracking(sinks)
     try:
         yield opened
     except BaseException:

@@ -101,3 +101,8 @@ def test_a_bench_sends_its_options_its_reports_scalars_and_the_report(tmp_path: 
     assert "log_level" not in run.data.params
     assert run.data.metrics["final/centralized_accuracy"] == pytest.approx(written["centralized_accuracy"])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line() -> None:
+    result = run_fedprompt(["simulate", "--track", "mlflow:nosuch://tracker", "--set", "job.rounds=1"], timeout=300)
+    assert "--track 'mlflow:nosuch://tracker': " in refused_in_one_line(result, "nosuch://tracker")
