@@ -110,3 +110,21 @@ def test_without_pyarrow_a_parquet_file_is_refused_naming_the_extra(tmp_path: Pa
     assert code == 2 and err.strip().splitlines() == [
         f"fedprompt: error: dataset {data}: reading Parquet and datasets directories needs pyarrow, which is not "
         "installed; install the formats extra: pip install 'fedprompt[formats]'"]
+
+
+def test_a_job_written_from_a_datasets_directory_runs_in_simulate(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    words = {"pos": ("good", "great", "lovely"), "neg": ("bad", "awful", "dull")}
+    labels = [k % 2 for k in range(40)]
+    Dataset.from_dict({"tweet": [f"film {k} was {words[('neg', 'pos')[y]][k % 3]}" for k, y in enumerate(labels)],
+                       "sentiment": labels},
+                      features=Features({"tweet": Value("string"), "sentiment": ClassLabel(names=["neg", "pos"])})
+                      ).save_to_disk(str(tmp_path / "tweets"))
+    code, out, err = prepare(tmp_path / "tweets", "--participants", "2", "--test-size", "8", "--write-job",
+                             str(tmp_path / "job.toml"), "--model", str(tiny_encoder_dir))
+    assert code == 0 and err == "", err
+    result = run_fedprompt(["simulate", "--config", str(tmp_path / "job.toml"), "--no-progress", "--set",
+                            "job.rounds=1"], timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{tmp_path / 'tweets'}: 40 rows read" in result.stdout and "round 1: accuracy " in result.stdout
