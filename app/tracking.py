@@ -85,6 +85,8 @@ class Sink(abc.ABC):
 
 
 class MlflowSink(Sink):
+    """A run in MLflow's experiment ``fedprompt`` (through ``MlflowClient``, no global MLflow state)."""
+
     def __init__(self, target: str, run_name: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param, RunStatus
         from mlflow.tracking import MlflowClient
@@ -121,6 +123,8 @@ class MlflowSink(Sink):
 
 
 class TensorBoardSink(Sink):
+    """One TensorBoard event file under ``DIR/RUN_NAME``."""
+
     def __init__(self, target: str, run_name: str, params: dict[str, str]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
