@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.progress import RoundFeed
 from fedprompt.app.report import (
     build_report,
     majority_warning,
     plot_rounds,
     privacy_spent,
     round_table,
-    rounds_bar,
     summary,
     write_json,
 )
+from fedprompt.app.tracking import Tracking, job_params, tracking
 from fedprompt.config import (
     DPSection,
     HESection,
@@ -66,6 +67,7 @@ class DemoOptions:
     steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    track: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     return DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
                        report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
                        test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
-                       dp=args.dp, epsilon=args.epsilon, batch_size=args.batch_size, lr=args.lr)
+                       dp=args.dp, epsilon=args.epsilon, batch_size=args.batch_size, lr=args.lr,
+                       track=tuple(args.track))
 
 
 def site_identity(k: int, options: DemoOptions) -> str:
@@ -200,8 +203,14 @@ class DemoPki:
 
 
 def run_demo(options: DemoOptions) -> int:
-    started = time.perf_counter()
+    """Run the demo; with ``options.track`` its parameters, rounds, report and plot go to the trackers too."""
     config = demo_job(options)
+    with tracking(list(options.track), "demo", job_params(dump_toml(config))) as track:
+        return _run(options, config, track)
+
+
+def _run(options: DemoOptions, config: JobConfig, track: Tracking) -> int:
+    started = time.perf_counter()
     with ExitStack() as stack:
         work = Path(options.workdir) if options.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
@@ -232,7 +241,7 @@ def run_demo(options: DemoOptions) -> int:
         ]
         print(f"[demo] {len(procs)} participant processes started; job {job_id}")
         admin.start(job_id)
-        view = follow(admin, job_id, options.rounds, options.participants, procs)
+        view = follow(admin, job_id, options.rounds, options.participants, procs, track)
         plm_params, vector_size = _model_sizes(config)
         report = build_report(view, majority_accuracy(test_labels), vector_size, plm_params,
                               test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 1), participants=options.participants,
@@ -247,35 +256,28 @@ def run_demo(options: DemoOptions) -> int:
               f"DP-SGD at epsilon {options.epsilon:g} per site" if options.dp else "no DP"]
     plot_rounds(report, options.plot, f"fedprompt demo: {options.participants} sites, {DATASET} ({', '.join(guards)})")
     print(f"[demo] report {options.report}, plot {options.plot}, {report['seconds']} s")
+    track.finish(report, [options.report, options.plot], failed=report["state"] != "done")
     return 0 if report["state"] == "done" else 1
 
 
-def follow(admin: AdminClient, job_id: str, rounds: int, participants: int,
-           procs: list[subprocess.Popen[bytes]]) -> JobView:
-    """Show progress until the last round's global version is evaluated by every site."""
-    bar = rounds_bar(rounds)
-    shown = 0
-    while True:
-        view = admin.status(job_id)
-        done = [r for r in view.rounds if r.state == "done"]
-        evaluated = [r for r in done if r.metric_reports >= participants]
-        while shown < len(evaluated):
-            r = evaluated[shown]
-            bar.update(1)
-            bar.write(f"round {r.round}: accuracy {r.metrics.get('accuracy', float('nan')):.4f}, "
-                      f"loss {r.metrics.get('loss', float('nan')):.4f}, up {r.bytes_up} B, down {r.bytes_down} B, "
-                      f"{r.closed_at - r.opened_at:.1f} s")
-            shown += 1
-        if view.state in ("cancelled", "failed", "paused"):
-            bar.close()
-            raise FedPromptError(f"job {job_id} is {view.state}: {view.reason}")
-        if view.state == "done" and shown >= rounds:
-            bar.close()
-            return view
-        if all(p.poll() is not None for p in procs) and view.state != "done":
-            bar.close()
-            raise FedPromptError("every participant process exited before the job finished; see the site logs")
-        time.sleep(0.5)
+def follow(admin: AdminClient, job_id: str, rounds: int, participants: int, procs: list[subprocess.Popen[bytes]],
+           track: Tracking | None = None) -> JobView:
+    """Show each round (``progress.RoundFeed``, and to ``track``) once every site has evaluated its global version,
+    until the last one is."""
+    feed = RoundFeed(rounds, participants, tracking=track)
+    try:
+        while True:
+            view = admin.status(job_id)
+            feed.update(view)
+            if view.state in ("cancelled", "failed", "paused"):
+                raise FedPromptError(f"job {job_id} is {view.state}: {view.reason}")
+            if view.state == "done" and feed.shown >= rounds:
+                return view
+            if all(p.poll() is not None for p in procs) and view.state != "done":
+                raise FedPromptError("every participant process exited before the job finished; see the site logs")
+            time.sleep(0.5)
+    finally:
+        feed.close()
 
 
 def _model_sizes(config: JobConfig) -> tuple[int, int]:

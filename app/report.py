@@ -14,13 +14,10 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.errors import FileError
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 from fedprompt.files import writable
 from fedprompt.protocol import JobView
 
@@ -282,11 +279,3 @@ def plot_rounds(report: dict[str, Any], path: str | Path, title: str = "fedpromp
         fig.suptitle(title)
         low, high = ax1.get_ylim()
     return float(low), float(high)
-
-
-def rounds_bar(total: int, show: bool = True) -> tqdm:
-    """The progress bar over a job's rounds (on stderr) that ``demo`` and ``simulate`` show; ``show=False``
-    (``--no-progress``) makes it silent."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="rounds", unit="round", disable=not show)

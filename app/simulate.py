@@ -106,7 +106,7 @@ def simulate(
     config: JobConfig,
     sites: list[SiteData],
     backbone: Backbone | None = None,
-    on_round: Callable[[int], None] | None = None,
+    on_round: Callable[[JobView], None] | None = None,
     attack: AttackSection | None = None,
     trainer: Trainer | None = None,
     state_root: Path | None = None,
@@ -152,7 +152,6 @@ def simulate(
         runtime.join()
     job.start()
     finished: set[int] = set()
-    seen_rounds = 0
     while len(finished) < len(runtimes):
         progressed = False
         for k, runtime in enumerate(runtimes):
@@ -165,10 +164,8 @@ def simulate(
             elif task.kind is not TaskKind.WAIT:
                 runtime.handle(task)
                 progressed = True
-        done_rounds = sum(1 for r in job.view().rounds if r.state == "done")
-        if on_round is not None and done_rounds > seen_rounds:
-            on_round(done_rounds)
-        seen_rounds = done_rounds
+        if on_round is not None:
+            on_round(job.view())  # after every pass: a round shows once its version is evaluated
         if not progressed and len(finished) < len(runtimes) and job.open is None and job.state.value != "running":
             break
     test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]

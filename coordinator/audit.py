@@ -3,6 +3,8 @@
 An operator reviewing a job needs to see attempts as well as changes, so a refused action is recorded with
 the refusing error's class as its outcome, and the error still reaches the caller.  Arguments are stored as
 JSON with each string cut to ``MAX_ARGUMENT`` characters: a job's whole TOML does not belong in every row.
+A revocation is recorded too, as action ``revoke`` by ``REVOKER`` on every job (an empty job id), when the
+coordinator notices it in its revocation list (at the next call after ``admin ca revoke`` rewrote the file).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from fedprompt.coordinator.store import Store
 from fedprompt.errors import ERRORS
 from fedprompt.protocol import AuditView
 
+#: The identity a revocation is recorded under: the federation CA signs the revocation list, and the coordinator,
+#: which only sees the list change, cannot name the operator who ran ``admin ca revoke``.
+REVOKER = "ca"
 #: Characters kept of each string argument.
 MAX_ARGUMENT = 200
 #: The most rows one listing returns (``ListAudit`` with no limit, or a larger one).

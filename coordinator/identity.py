@@ -3,7 +3,8 @@
 ``CertificateAuthenticator`` (the default) names the caller by the common name of the client certificate
 that the TLS handshake verified against the federation CA (``participant:hospital-a``, ``admin:alice``),
 checks its role for the service called, refuses expired and revoked certificates on every call (the CRL is
-re-read when its file changes), and reports newly revoked identities so their in-flight work is dropped.
+re-read when its file changes), and reports each newly revoked serial, with the identity it was seen under, so
+the revocation is audited and that identity's in-flight work is dropped.
 Only ``participant:`` and ``admin:`` certificates pass a role check; a ``probe:`` certificate (health checks)
 reaches the gRPC health service, which needs no role, and is refused everything else.
 ``InsecureAuthenticator`` (``--insecure``, local development only) trusts the ``x-fedprompt-identity``
@@ -81,7 +82,7 @@ class InsecureAuthenticator:
 class CertificateAuthenticator:
     """Identity and role from the verified client certificate; revocation from the federation CRL."""
 
-    def __init__(self, ca_cert: x509.Certificate, crl_path: Path, on_revoked: Callable[[str], None],
+    def __init__(self, ca_cert: x509.Certificate, crl_path: Path, on_revoked: Callable[[int, str | None], None],
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.revocations = RevocationList(crl_path, ca_cert)
         self.on_revoked = on_revoked
@@ -104,8 +105,7 @@ class CertificateAuthenticator:
         for serial in sorted(added):
             identity = self._seen.get(serial)
             log.warning("certificate revoked", serial=f"{serial:x}", identity=identity or "never seen")
-            if identity is not None:
-                self.on_revoked(identity)
+            self.on_revoked(serial, identity)
 
     def crl(self) -> bytes:
         return self.revocations.pem

@@ -23,7 +23,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedprompt.config import CoordinatorSection
-from fedprompt.coordinator.audit import AuditTrail
+from fedprompt.coordinator.audit import REVOKER, AuditTrail
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
@@ -59,6 +59,7 @@ class CoordinatorServer:
         self.notifier = Notifier()
         self.worker = WorkerThread(self.notifier.notify)
         self.metrics = CoordinatorMetrics()
+        self.audit = AuditTrail(self.store)
         self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker,
                                events=self.metrics)
         self.metrics.watch(self.jobs)
@@ -85,9 +86,15 @@ class CoordinatorServer:
             raise ConfigError(f"coordinator: {exc}") from exc
         return credentials
 
-    def _revoked(self, identity: str) -> None:
-        self.jobs.expel(identity, "certificate revoked")
-        self.notifier.notify()
+    def _revoked(self, serial: int, identity: str | None) -> None:
+        """A revocation the coordinator noticed in the CRL: recorded in the audit trail as the CA's action
+        (whoever signed the CRL; the coordinator cannot name the operator), and the identity, if it was seen,
+        expelled from every job."""
+        with self.audit.action(REVOKER, "revoke", "", serial=f"{serial:x}", revoked=identity or "never seen",
+                               crl=self.settings.crl):
+            if identity is not None:
+                self.jobs.expel(identity, "certificate revoked")
+                self.notifier.notify()
 
     async def start(self) -> int:
         s = self.settings
@@ -110,7 +117,7 @@ class CoordinatorServer:
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
             ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(self.jobs, gate, self.notifier, AuditTrail(self.store)), self.server)
+            AdminService(self.jobs, gate, self.notifier, self.audit), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = (self.server.add_insecure_port(s.listen) if credentials is None
                      else self.server.add_secure_port(s.listen, credentials))

@@ -308,6 +308,15 @@ def run_fedprompt(args: list[str], stdin: bytes = b"", env: dict[str, str] | Non
                           capture_output=True, text=True, cwd=REPO, env=full, timeout=timeout, encoding="latin-1")
 
 
+def without_packages(directory: Path, *names: str) -> dict[str, str]:
+    """The environment for ``run_fedprompt`` in which ``names`` are not installed: each is shadowed, first on the
+    path, by a package whose import fails as a missing one's does (an optional extra left out)."""
+    for name in names:
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        (directory / name / "__init__.py").write_text(f'raise ModuleNotFoundError("No module named {name!r}")\n')
+    return {"PYTHONPATH": os.pathsep.join([str(directory), str(REPO)])}
+
+
 def toy_job(tmp_path: Path, model: Path) -> tuple[Path, Path, str]:
     """A toy sentiment CSV (60 rows, columns ``tweet`` and ``sentiment``) prepared for 2 sites by ``data prepare
     --write-job`` on ``model`` (e.g. the ``tiny_encoder_dir`` fixture): (the CSV, the job file, prepare's output)."""

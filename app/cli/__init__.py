@@ -20,7 +20,14 @@ from fedprompt.app.cli import (
     predict,
     simulate,
 )
-from fedprompt.app.cli.common import Parser, add_logging_flags, ask_for_a_command, commands
+from fedprompt.app.cli.common import (
+    Parser,
+    RootParser,
+    add_connection_flags,
+    add_logging_flags,
+    ask_for_a_command,
+    commands,
+)
 from fedprompt.errors import ERRORS
 
 #: The command groups in ``fedprompt --help`` order; each has ``register(sub)``.
@@ -40,7 +47,7 @@ def installed_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedprompt`` parser: every group's commands, each taking the logging flags wherever they are typed."""
-    parser = Parser(
+    parser = RootParser(
         prog="fedprompt",
         description=textwrap.fill("Federated soft-prompt tuning of a frozen language model: institutions tune a shared "
                                   "prompt without pooling data; only prompt-sized vectors cross the network.", 100),
@@ -51,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}",
                         help="print the installed fedprompt version and exit")
     add_logging_flags(parser, first=True)
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_connection_flags(parser, None, "admin, participant or probe", top=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for group in GROUPS:
         group.register(sub)
     for command in commands(parser):

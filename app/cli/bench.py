@@ -6,19 +6,32 @@ import argparse
 from typing import TYPE_CHECKING
 
 from fedprompt.app.bench import BENCHES
-from fedprompt.app.cli.common import add_command
+from fedprompt.app.cli.common import add_command, add_track_flag
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
     from fedprompt.app.bench import run_bench
+    from fedprompt.app.tracking import flat_params, load_report, tracking
     from fedprompt.files import writable
 
-    if args.report:
-        writable(args.report, "--report")  # before the benchmark, not after it
-    return run_bench(args.name, args)
+    args.report = args.report or f"reports/bench-{args.name}.json"  # each bench's default, named here for --track
+    writable(args.report, "--report")  # before the benchmark, not after it
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("fn", "track", "command", "log_level", "json_logs") and v is not None}
+    with tracking(args.track, f"bench-{args.name}", flat_params(options)) as track:
+        started = time.time()
+        code = run_bench(args.name, args)
+        if track.sinks:
+            plot = Path(args.report).with_suffix(".png")  # the benches that plot write it beside the report
+            this_run = plot if plot.is_file() and plot.stat().st_mtime >= started else None  # not an older run's
+            track.finish(load_report(args.report), [args.report, this_run], failed=code != 0)
+    return code
 
 
 def register(sub: Subparsers) -> None:
@@ -49,4 +62,5 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--waves", type=int,
                        help="stalls: times the attack is repeated, each on a fresh round (default 2; more show whether "
                             "the memory after a wave keeps growing)")
+    add_track_flag(bench)
     bench.set_defaults(fn=cmd_bench)

@@ -47,34 +47,65 @@ def coordinator_default() -> str | None:
     return os.environ.get("FEDPROMPT_COORDINATOR") or None
 
 
+#: The connection flags' argparse dests.
+CONNECTION_DESTS = ("coordinator", "ca_cert", "cert", "key", "server_name", "insecure")
+#: Where ``fedprompt`` itself keeps a connection flag typed before the command's name (``fedprompt --coordinator X
+#: admin jobs``) until ``settle_connection`` hands it to the command.
+GLOBAL = "global_"
+
+
 def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None, role: str,
-                         env_files: bool = False, config_file: bool = False) -> None:
+                         env_files: bool = False, config_file: bool = False, top: bool = False) -> None:
     """How a client command reaches the coordinator: ``--coordinator``, the mTLS files, or ``--insecure``.
 
-    ``defaults`` (by dest; absent means None) go on the first copy; ``None`` makes a command's copy below it
-    (``admin``'s job commands), so a flag works on either side of the command's name.  For the help: ``role``,
-    that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
+    ``defaults`` (by dest; absent means None) are the command's, applied by ``settle_connection`` to the flags
+    typed nowhere; ``None`` makes a copy below such a command (``admin``'s job commands), so a flag works on
+    either side of the command's name.  ``top``: ``fedprompt``'s own copy, typed before any command.  For the
+    help: ``role``, that of the caller's certificate; ``env_files``, the files default to ``$FEDPROMPT_CA_CERT``,
     ``$FEDPROMPT_CERT`` and ``$FEDPROMPT_KEY``; ``config_file``, a ``--config`` file's address comes before the
     fallback."""
-    def default(dest: str) -> Any:
-        return UNSET if defaults is None else defaults.get(dest, False if dest == "insecure" else None)
+    if defaults is not None:
+        parser.set_defaults(connection_defaults=defaults)
+    prefix = GLOBAL if top else ""
 
     def env(variable: str) -> str:
         return f" (default ${variable})" if env_files else ""
 
-    parser.add_argument("--coordinator", default=default("coordinator"),
-                        help="coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
-                             + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
-    parser.add_argument("--ca-cert", dest="ca_cert", default=default("ca_cert"),
+    coordinator = ("coordinator host:port, for the commands that reach one (admin, participant run, coordinator "
+                   "health)" if top else "coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
+                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+    parser.add_argument("--coordinator", dest=prefix + "coordinator", default=UNSET, help=coordinator)
+    parser.add_argument("--ca-cert", dest=prefix + "ca_cert", default=UNSET,
                         help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))
-    parser.add_argument("--cert", default=default("cert"),
+    parser.add_argument("--cert", dest=prefix + "cert", default=UNSET,
                         help=f"your certificate (role {role}:), signed by the federation CA" + env("FEDPROMPT_CERT"))
-    parser.add_argument("--key", default=default("key"), help="its private key" + env("FEDPROMPT_KEY"))
-    parser.add_argument("--server-name", dest="server_name", default=default("server_name"),
+    parser.add_argument("--key", dest=prefix + "key", default=UNSET, help="its private key" + env("FEDPROMPT_KEY"))
+    parser.add_argument("--server-name", dest=prefix + "server_name", default=UNSET,
                         help="verify the coordinator's certificate for this name (one of its SANs), not its address")
-    parser.add_argument("--insecure", action="store_true", default=default("insecure"),
+    parser.add_argument("--insecure", dest=prefix + "insecure", action="store_true", default=UNSET,
                         help="plaintext to an --insecure coordinator: local development only (excludes the "
                              "certificate flags)")
+
+
+def settle_connection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Give a client command its connection flags: typed after its name, else before it (``fedprompt
+    --coordinator X admin jobs``), else its defaults.  One typed before a command that reaches no coordinator
+    is refused, not ignored (``fedprompt --insecure coordinator serve`` would otherwise serve with TLS or fail
+    on a certificate the user thought unneeded)."""
+    typed = {dest: getattr(args, GLOBAL + dest) for dest in CONNECTION_DESTS if hasattr(args, GLOBAL + dest)}
+    for dest in typed:
+        delattr(args, GLOBAL + dest)
+    defaults = getattr(args, "connection_defaults", None)
+    if defaults is None:
+        if typed:
+            flag = "--" + next(iter(typed)).replace("_", "-")
+            parser.error(f"{flag} before the command applies only to commands that reach a coordinator (admin, "
+                         "participant run, coordinator health)")
+        return
+    del args.connection_defaults
+    for dest in CONNECTION_DESTS:
+        if not hasattr(args, dest):
+            setattr(args, dest, typed.get(dest, defaults.get(dest, False if dest == "insecure" else None)))
 
 
 def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -> None:
@@ -85,6 +116,14 @@ def add_format_flag(parser: argparse.ArgumentParser, json_alias: bool = False) -
     if json_alias:
         parser.add_argument("--json", dest="format", action="store_const", const="json", default=UNSET,
                             help="same as --format json")
+
+
+def add_track_flag(parser: argparse.ArgumentParser) -> None:
+    """``--track SINK:TARGET`` (``fedprompt.app.tracking``), repeatable, for the commands that run a job or a bench."""
+    parser.add_argument("--track", action="append", default=[], metavar="SINK:DIR",
+                        help="also send parameters, per-round metrics, epsilon, the report and the plot to an "
+                             "experiment tracker: mlflow:DIR (or mlflow:URI) or tensorboard:DIR; repeatable (needs "
+                             "the tracking extra; default: none)")
 
 
 def print_json(value: Any) -> None:
@@ -125,6 +164,16 @@ class Parser(argparse.ArgumentParser):
         command = self.prog.removeprefix("fedprompt").strip()
         self.exit(2, f"fedprompt: error: {command + ': ' if command else ''}{message} "
                      f"(`{self.prog} --help` says more)\n")
+
+
+class RootParser(Parser):
+    """``fedprompt``'s own parser: after parsing, a connection flag typed before the command reaches it
+    (``settle_connection``)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # argparse types it by overloads
+        parsed, rest = super().parse_known_args(args, namespace)
+        settle_connection(self, parsed)
+        return parsed, rest
 
 
 def commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -227,8 +276,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     from fedprompt.data.shards import SCHEMES, DataPlan
 
     plan = DataPlan()
-    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/TSV/JSONL path with a text and a label "
-                                     f"column (default {plan.dataset})")
+    p.add_argument("--dataset", help=f"rotten_tomatoes, bbc_news, or a CSV/TSV/JSONL/Parquet file or a datasets "
+                                     f"save_to_disk directory with a text and a label column (default {plan.dataset})")
     p.add_argument("--participants", type=int, help=f"number of sites (default {plan.participants})")
     p.add_argument("--partition", choices=SCHEMES,
                    help=f"how training data is split across sites (default {plan.partition.scheme})")
@@ -253,7 +302,8 @@ def add_format_args(p: argparse.ArgumentParser) -> None:
     fmt = DataFormat()
     p.add_argument("--text-column", help=f"a data file's column holding the text (default {fmt.text_column})")
     p.add_argument("--label-column", help=f"a data file's column holding the label (default {fmt.label_column})")
-    p.add_argument("--encoding", help=f"a data file's text encoding, e.g. latin-1 or cp1252 (default {fmt.encoding})")
+    p.add_argument("--encoding", help=f"a text data file's encoding, e.g. latin-1 or cp1252 (default {fmt.encoding}: "
+                                      "the encoding a byte-order mark names, else UTF-8)")
     p.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="drop a data file's rows without a valid label (and say how many) instead of refusing it")
 
@@ -269,7 +319,8 @@ def load_summary(dataset: str, load: LoadReport) -> str:
     where = ""
     if load.bad_rows:
         more = ", ..." if load.bad_rows > len(load.bad_lines) else ""
-        where = f" (line{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
-    return (f"{dataset}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
+        where = f" ({load.numbered}{'s' if load.bad_rows > 1 else ''} {', '.join(map(str, load.bad_lines))}{more})"
+    how = f" (read as {load.encoding})" if load.encoding else ""
+    return (f"{dataset}{how}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
             f"{load.empty} empty texts, {load.duplicates} repeated texts (the first kept), {load.conflict_rows} rows "
             f"of {load.conflicts} texts given different labels (none kept); {kept} examples kept")

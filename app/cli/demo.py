@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command
+from fedprompt.app.cli.common import add_command, add_track_flag
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -47,4 +47,5 @@ def register(sub: Subparsers) -> None:
                       help="plaintext, unverified identities (default: mTLS with a throwaway CA)")
     demo.add_argument("--no-he", action="store_true",
                       help="aggregate in plaintext (default: CKKS-encrypted aggregation, coordinator sees no update)")
+    add_track_flag(demo)
     demo.set_defaults(fn=cmd_demo)

@@ -6,23 +6,41 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command, add_plan_args, load_summary, parse_overrides, plan_overrides
+from fedprompt.app.cli.common import (
+    add_command,
+    add_plan_args,
+    add_track_flag,
+    load_summary,
+    parse_overrides,
+    plan_overrides,
+)
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedprompt.app.report import attack_summary, majority_warning, round_table, rounds_bar, summary, write_json
+    from fedprompt.app.progress import RoundFeed
+    from fedprompt.app.report import (
+        attack_summary,
+        majority_warning,
+        plot_rounds,
+        round_table,
+        summary,
+        write_json,
+    )
     from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
+    from fedprompt.app.tracking import check_track, job_params, tracking
+    from fedprompt.config import dump_toml
     from fedprompt.errors import ConfigError
     from fedprompt.files import writable
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    for path, flag in ((args.report, "--report"), (args.export, "--export")):
+    for path, flag in ((args.report, "--report"), (args.export, "--export"), (args.plot, "--plot")):
         if path:
             writable(path, flag)  # before the run, not after it
+    check_track(args.track)
     overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
     if args.export and sim.job.levels.enabled:
@@ -33,20 +51,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    bar = rounds_bar(sim.job.job.rounds, show=not args.no_progress)
-    try:
-        report = simulate(sim.job, sites, attack=sim.attack, on_round=lambda done: bar.update(done - bar.n),
-                          export=Path(args.export) if args.export else None)
-    finally:
-        bar.close()
-    print(round_table(report))
-    print(summary(report))
-    if warning := majority_warning(report):
-        print(warning)
-    if "attack" in report:
-        print(attack_summary(report))
-    if args.report:
-        write_json(report, args.report)
+    with tracking(args.track, "simulate", job_params(dump_toml(sim.job))) as track:
+        feed = RoundFeed(sim.job.job.rounds, len(sites), show=not args.no_progress, tracking=track)
+        try:
+            report = simulate(sim.job, sites, attack=sim.attack, on_round=feed.update,
+                              export=Path(args.export) if args.export else None)
+        except BaseException:
+            feed.close()
+            raise
+        feed.finish(report["rounds"])
+        print(round_table(report))
+        print(summary(report))
+        if warning := majority_warning(report):
+            print(warning)
+        if "attack" in report:
+            print(attack_summary(report))
+        if args.report:
+            write_json(report, args.report)
+        if args.plot:
+            plot_rounds(report, args.plot, f"fedprompt simulate: {len(sites)} sites, {sim.simulation.dataset}")
+        track.finish(report, [args.report, args.plot])
     if args.export:
         print(f"final prompt written to {args.export}; try it with: fedprompt predict --prompt {args.export} TEXT"
               if report.get("exported") else f"--export: no round finished, so nothing was written to {args.export}")
@@ -61,11 +85,14 @@ def register(sub: Subparsers) -> None:
                                      "partition) and [attack] (attack simulator) tables; flags override them.")
     sim.add_argument("--config", help="simulation TOML, e.g. examples/backdoor.toml (default: built-in defaults)")
     sim.add_argument("--report", help="write the JSON report here")
+    sim.add_argument("--plot", metavar="FILE.png", help="plot accuracy and loss by round here, as the demo does")
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key, e.g. job.aggregator=\"multi_krum\" or attack.scale=1")
     sim.add_argument("--export", metavar="FILE.safetensors",
                      help="write the final global prompt here, as admin export does (for predict --prompt)")
     sim.add_argument("--threads", type=int, default=1, help="torch threads for this process (default 1)")
-    sim.add_argument("--no-progress", action="store_true", help="no progress bar over the rounds")
+    sim.add_argument("--no-progress", action="store_true",
+                     help="no progress bar over the rounds (the line each round prints stays)")
+    add_track_flag(sim)
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)

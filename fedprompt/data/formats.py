@@ -1,12 +1,15 @@
 """A site's own data file: how it is read (``DataFormat``: columns, encoding, bad rows) and what reading it does.
 
-A user's CSV, TSV or JSONL export is untrusted input: it is decoded in the encoding it is said to be in (one
-error naming the byte otherwise), parsed by a real CSV reader (quoted fields may hold commas, newlines and
+A user's CSV, TSV or JSONL export is untrusted input: it is decoded in the encoding it is said to be in, by
+default ``auto`` (the encoding a byte-order mark names, else strict UTF-8: no guess among the 8-bit encodings,
+whose detectors read a short Latin-1 file as cp1250; one error naming the byte and ``--encoding`` otherwise),
+parsed by a real CSV reader (quoted fields may hold commas, newlines and
 carriage returns), and every record is checked.  A record without a valid label is refused, with the count
 and the first line numbers, unless ``skip_bad_rows`` says to drop it; empty texts are dropped; exact text
 duplicates keep their first record, and a text given two different labels is a conflict that keeps neither.
 ``LoadReport`` counts each of these, so ``fedprompt data prepare`` can say what it did instead of silently
-writing a class nobody meant.
+writing a class nobody meant.  A Parquet file or a ``datasets`` directory (``save_to_disk``) goes the same way
+through ``arrow.read_rows`` (the ``[formats]`` extra): the same columns, bad rows, duplicates and report.
 """
 
 from __future__ import annotations
@@ -19,14 +22,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedprompt.data import arrow
 from fedprompt.errors import ConfigError, FileError, quoted
 from fedprompt.files import decode_text, read_bytes
 
-#: The suffixes a site's own data file may have, and the delimiter of the tabular ones.
+#: The suffixes a site's own data file may have (or a ``datasets`` directory), and the delimiter of the tabular
+#: text ones.
 DELIMITERS = {".csv": ",", ".tsv": "\t"}
-SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+#: The default encoding: what a byte-order mark says, else UTF-8.
+AUTO = "auto"
+#: Byte-order marks and the codec that reads (and drops) each; UTF-32's before UTF-16's, which begin them.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 #: How many line numbers of bad rows an error message lists.
 SHOWN_LINES = 5
+#: What a bad row of a CSV or TSV file may come from.
+QUOTE_HINT = ("a line break or carriage return inside an unquoted text splits its row, so quote such texts, or ")
 #: The longest column name accepted, in characters.
 MAX_COLUMN = 256
 
@@ -41,15 +53,16 @@ class Example:
 
 @dataclass(frozen=True)
 class DataFormat:
-    """How a site's own CSV/TSV/JSONL file is read: one definition behind ``--text-column``,
+    """How a site's own data file is read: one definition behind ``--text-column``,
     ``--label-column``, ``--encoding`` and ``--skip-bad-rows``, a simulation file's ``[simulation.format]`` and a
-    participant's ``[participant.format]``.  Column names are 1-256 characters and differ; ``encoding`` is any
+    participant's ``[participant.format]``.  Column names are 1-256 characters and differ; ``encoding`` (of the
+    text formats; Parquet and Arrow hold UTF-8) is ``auto`` (a byte-order mark's encoding, else UTF-8) or any
     text encoding Python knows (``utf-8``, ``latin-1``, ``cp1252``, ``utf-16``).  ``skip_bad_rows`` drops
     records without a valid label (and says how many) instead of refusing the file."""
 
     text_column: str = "text"
     label_column: str = "label"
-    encoding: str = "utf-8"
+    encoding: str = AUTO
     skip_bad_rows: bool = False
 
     def validate(self, prefix: str) -> None:
@@ -59,6 +72,8 @@ class DataFormat:
                 raise ConfigError(f"{prefix}.{key}: must be 1 to {MAX_COLUMN} characters, got {quoted(value)}")
         if self.text_column == self.label_column:
             raise ConfigError(f"{prefix}.label_column: must differ from text_column, both are {quoted(self.text_column)}")
+        if self.encoding == AUTO:
+            return
         try:
             b"a".decode(self.encoding)  # an unknown name, or a codec that is not bytes to text ("hex", "rot13")
         except UnicodeDecodeError:
@@ -81,6 +96,10 @@ class LoadReport:
     duplicates: int = 0
     conflicts: int = 0
     conflict_rows: int = 0
+    #: How the text was decoded, when not plain UTF-8 (``utf-16 (byte-order mark)``, a named ``latin-1``).
+    encoding: str = ""
+    #: What ``bad_lines`` count: a text file's lines, or a Parquet file's or ``datasets`` directory's rows.
+    numbered: str = "line"
 
 
 @dataclass(frozen=True)
@@ -109,7 +128,8 @@ def load_file(path: str | Path, fmt: DataFormat | None = None, *, dedupe: bool =
     update by them."""
     fmt = fmt or DataFormat()
     p = Path(path)
-    records = _records(p, fmt)
+    records, encoding = _records(p, fmt)
+    numbered = "row" if p.is_dir() or p.suffix == ".parquet" else "line"
     bad = [r.line for r in records if r.text is None or not r.label]
     if bad and len(bad) == len(records):
         raise FileError(f"dataset file {p}: no row has a valid label in column {quoted(fmt.label_column)}; name the "
@@ -118,22 +138,21 @@ def load_file(path: str | Path, fmt: DataFormat | None = None, *, dedupe: bool =
         lines = ", ".join(str(n) for n in bad[:SHOWN_LINES]) + (", ..." if len(bad) > SHOWN_LINES else "")
         raise FileError(
             f"dataset file {p}: {len(bad)} of {len(records)} rows have no valid label in column "
-            f"{quoted(fmt.label_column)} (line{'s' if len(bad) > 1 else ''} {lines}); a line break or carriage "
-            "return inside an unquoted text splits its row, so quote such texts, or pass --skip-bad-rows to drop "
-            "these rows")
+            f"{quoted(fmt.label_column)} ({numbered}{'s' if len(bad) > 1 else ''} "
+            f"{lines}); {QUOTE_HINT if p.suffix in DELIMITERS else ''}pass --skip-bad-rows to drop these rows")
     good = [Example(r.text.strip(), r.label) for r in records if r.text is not None and r.label]
     if dedupe:
         examples, dropped = clean(good)
     else:
         examples = [ex for ex in good if ex.text]
         dropped = (len(good) - len(examples), 0, 0, 0)
-    return Loaded(examples, LoadReport(len(records), len(bad), tuple(bad[:SHOWN_LINES]), *dropped))
+    return Loaded(examples, LoadReport(len(records), len(bad), tuple(bad[:SHOWN_LINES]), *dropped, encoding, numbered))
 
 
 def load_unlabelled(path: str | Path, fmt: DataFormat | None = None) -> list[Example]:
     """A site's pool of unlabelled texts (``unlabelled.jsonl``): any label is ignored and empty texts are
     dropped; the examples carry an empty label."""
-    records = _records(Path(path), fmt or DataFormat())
+    records, _ = _records(Path(path), fmt or DataFormat())
     return [Example(r.text.strip(), "") for r in records if r.text is not None and r.text.strip()]
 
 
@@ -159,19 +178,37 @@ def clean(examples: Iterable[Example]) -> tuple[list[Example], tuple[int, int, i
     return kept, (empty, len(rows) - len(kept) - empty - conflict_rows, len(conflicted), conflict_rows)
 
 
-def _records(p: Path, fmt: DataFormat) -> list[_Record]:
+def _records(p: Path, fmt: DataFormat) -> tuple[list[_Record], str]:
+    """The file's records, and how its text was decoded when not plain UTF-8."""
+    if arrow.is_datasets_dir(p) or p.suffix == ".parquet":
+        return _objects(arrow.read_rows(p, fmt.text_column, fmt.label_column), p, fmt), ""
+    if p.is_dir():
+        raise FileError(f"dataset {p} is a directory but not a datasets one (no {arrow.STATE} or {arrow.INFO}); "
+                        "give a .csv, .tsv, .jsonl or .parquet file, or a datasets save_to_disk directory")
     if p.suffix not in SUFFIXES:
-        raise FileError(f"dataset file {p}: unsupported format {quoted(p.suffix)} (use .csv, .tsv or .jsonl)")
-    data = read_bytes(p, "dataset file")
-    if codecs.lookup(fmt.encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    hint = "save it as UTF-8 or name its encoding (--encoding, e.g. latin-1)"
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        hint = "it starts with a UTF-16 byte-order mark, so name that encoding (--encoding utf-16)"
-    text = decode_text(data, p, "dataset file", fmt.encoding, hint)
+        raise FileError(f"dataset file {p}: unsupported format {quoted(p.suffix)} (use .csv, .tsv, .jsonl or "
+                        ".parquet, or a datasets save_to_disk directory)")
+    text, encoding = _decode(read_bytes(p, "dataset file"), p, fmt.encoding)
     if p.suffix in DELIMITERS:
-        return _table(text, p, fmt)
-    return _json_lines(text, p, fmt)
+        return _table(text, p, fmt), encoding
+    return _json_lines(text, p, fmt), encoding
+
+
+def _decode(data: bytes, p: Path, encoding: str) -> tuple[str, str]:
+    """``data`` as text: with ``auto``, in the encoding a byte-order mark names, else UTF-8; with a named encoding,
+    in that one (a UTF-8 byte-order mark dropped).  Returns the text and how it was decoded, when not UTF-8."""
+    hint = "save it as UTF-8 or name its encoding (--encoding, e.g. latin-1)"
+    if encoding == AUTO:
+        for bom, codec in BOMS:
+            if data.startswith(bom):
+                return decode_text(data, p, "dataset file", codec, hint), f"{codec.removesuffix('-sig')} (byte-order mark)"
+        return decode_text(data, p, "dataset file", "utf-8", hint), ""
+    if codecs.lookup(encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        hint = "it starts with a UTF-16 byte-order mark, so name that encoding (--encoding utf-16, or auto)"
+    text = decode_text(data, p, "dataset file", encoding, hint)
+    return text, "" if codecs.lookup(encoding).name == "utf-8" else encoding
 
 
 def _value(value: object) -> str | None:
@@ -184,18 +221,30 @@ def _value(value: object) -> str | None:
 
 
 def _json_lines(text: str, p: Path, fmt: DataFormat) -> list[_Record]:
-    records: list[_Record] = []
+    objects: list[tuple[int, object]] = []
     for number, line in enumerate(text.split("\n"), 1):  # only \n ends a record; texts may hold U+2028
         if line.strip():
             try:
-                obj = json.loads(line)
+                objects.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise FileError(f"{p}:{number}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                records.append(_Record(number, None, None))
-            else:
-                label = _value(obj.get(fmt.label_column))
-                records.append(_Record(number, _value(obj.get(fmt.text_column)), label.strip() if label else None))
+    return _checked(objects, p, fmt)
+
+
+def _objects(rows: list[dict[str, object]], p: Path, fmt: DataFormat) -> list[_Record]:
+    """A Parquet file's or ``datasets`` directory's rows, numbered from 1, checked as JSON lines are."""
+    return _checked(list(enumerate(rows, 1)), p, fmt)
+
+
+def _checked(objects: list[tuple[int, object]], p: Path, fmt: DataFormat) -> list[_Record]:
+    """Numbered records (a mapping each, else a bad row) as ``_Record``s; none with a text is an error."""
+    records: list[_Record] = []
+    for number, obj in objects:
+        if not isinstance(obj, dict):
+            records.append(_Record(number, None, None))
+        else:
+            label = _value(obj.get(fmt.label_column))
+            records.append(_Record(number, _value(obj.get(fmt.text_column)), label.strip() if label else None))
     if records and all(r.text is None for r in records):
         raise FileError(f"dataset file {p}: no record has a text in column {quoted(fmt.text_column)}; name the "
                         "text and label columns (--text-column, --label-column)")

@@ -83,3 +83,34 @@ def test_admin_actions_done_and_refused_are_listed_in_order_and_survive_a_restar
     with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
         assert audit_json(capfd, coordinator.target, pki) == listed
         assert audit_json(capfd, coordinator.target, pki, "--job", job_id, "--limit", "2") == listed[5:7]
+
+
+def test_a_revocation_by_admin_ca_revoke_is_audited_with_the_identity_it_was_seen_under(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    pki = ThrowawayPki(tmp_path / "pki")
+    config = dump_toml(tiny_job(tmp_path, rounds=2, participants_per_round=1, min_participants=1,
+                                allowed_participants=("*",)))
+    with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
+        admin = AdminClient(coordinator.target, pki.tls("admin:alice"))
+        link = GrpcLink(coordinator.target, give_up_after_s=5, tls=pki.tls("participant:a"))
+        try:
+            job_id = admin.create_job(config)
+            SyntheticParticipant(link, "a", job_id, 8).join()  # the coordinator has seen participant:a
+            serial = pki.ca.serials_of("participant:a")[0]
+            assert main(["--log-level", "error", "admin", "ca", "revoke", "--dir", str(pki.ca.dir),
+                         "--identity", "participant:a"]) == 0
+            pki.tls("participant:never")  # issued, never seen by the coordinator
+            never = pki.ca.serials_of("participant:never")[0]
+            assert main(["--log-level", "error", "admin", "ca", "revoke", "--dir", str(pki.ca.dir),
+                         "--serial", f"{never:x}"]) == 0
+        finally:
+            link.close()
+            admin.close()
+        listed = audit_json(capfd, coordinator.target, pki)  # this call makes the coordinator re-read the list
+    revocations = [e for e in listed if e["action"] == "revoke"]
+    crl = str(pki.coordinator_settings()["crl"])
+    assert [(e["identity"], e["job_id"], e["outcome"], e["arguments"]) for e in revocations] == sorted([
+        ("ca", "", "ok", {"serial": f"{serial:x}", "revoked": "participant:a", "crl": crl}),
+        ("ca", "", "ok", {"serial": f"{never:x}", "revoked": "never seen", "crl": crl})],
+        key=lambda row: int(str(row[3]["serial"]), 16))  # both seen at one re-read of the list: by serial
+    assert float(str(revocations[0]["at"])) >= float(str(listed[0]["at"]))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.support import fedprompt_process
 
@@ -17,7 +18,8 @@ def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     report, plot = tmp_path / "r.json", tmp_path / "r.png"
     proc = fedprompt_process(["demo", "--rounds", "2", "--steps", "2", "--batch-size", "32", "--test-size", "60",
                               "--report", str(report),
-                              "--plot", str(plot), "--workdir", str(tmp_path / "work")], tmp_path / "demo.log")
+                              "--plot", str(plot), "--workdir", str(tmp_path / "work"),
+                              "--track", f"tensorboard:{tmp_path / 'tb'}"], tmp_path / "demo.log")
     assert proc.wait(600) == 0, (tmp_path / "demo.log").read_text()[-3000:]
     data = json.loads(report.read_text())
     for key in ("majority_accuracy", "zero_shot_accuracy", "final_accuracy", "rounds", "exchanged_params",
@@ -32,3 +34,11 @@ def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
     assert data["dp"] and data["mtls"] and data["he"]
     assert 0 < data["epsilon"] <= 8.0 + 1e-6 and [r["record_epsilon_max"] > 0 for r in data["rounds"]] == [True, True]
+    log = (tmp_path / "demo.log").read_text()
+    assert all(f"round {r['round']}: accuracy {r['accuracy']:.4f}" in log for r in data["rounds"])  # as they finished
+    [run] = list((tmp_path / "tb").iterdir())  # --track: the rounds, epsilon, report and plot, read back
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("record_epsilon_max")] == [
+        (r["round"], round(r["record_epsilon_max"], 5)) for r in data["rounds"]]
+    assert events.Tags()["images"] == [plot.stem] and "r.json/text_summary" in events.Tags()["tensors"]

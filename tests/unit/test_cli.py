@@ -91,9 +91,32 @@ def test_logging_flags_work_wherever_they_are_typed(argv: str) -> None:
 
 
 @pytest.mark.parametrize("argv", ["admin --insecure --coordinator h:1 jobs", "admin jobs --insecure --coordinator h:1",
-                                  "admin --insecure status job --coordinator h:1"])
-def test_admin_connection_flags_work_on_either_side_of_the_command(argv: str) -> None:
+                                  "admin --insecure status job --coordinator h:1",
+                                  "--insecure --coordinator h:1 admin jobs", "--coordinator h:1 admin --insecure jobs",
+                                  "--coordinator h:1 --insecure coordinator health"])
+def test_connection_flags_work_before_the_group_and_on_either_side_of_the_command(argv: str) -> None:
     assert _flags(argv) == {"log_level": "info", "json_logs": False, "insecure": True, "coordinator": "h:1"}
+
+
+def test_connection_flags_typed_after_the_command_win_over_those_before_it() -> None:
+    assert _flags("--coordinator a:1 admin --coordinator b:2 jobs")["coordinator"] == "b:2"
+    assert _flags("--coordinator a:1 admin jobs")["coordinator"] == "a:1"
+
+
+def test_a_command_keeps_its_own_connection_defaults_when_no_flag_is_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDPROMPT_COORDINATOR", raising=False)
+    assert _flags("admin jobs")["coordinator"] == "127.0.0.1:50051"
+    assert _flags("participant run")["coordinator"] is None  # the --config file's address comes first
+
+
+@pytest.mark.parametrize("argv", ["--insecure coordinator serve", "--coordinator h:1 simulate"])
+def test_a_connection_flag_before_a_command_that_reaches_no_coordinator_is_refused(
+        argv: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv.split())
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1
+    assert f"{argv.split()[0]} before the command applies only to commands that reach a coordinator" in lines[0]
 
 
 def test_a_flag_typed_before_the_command_stands_unless_repeated_after_it() -> None:

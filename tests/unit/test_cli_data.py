@@ -9,6 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support import refused_in_one_line, run_fedprompt, toy_job
 
 
@@ -86,14 +88,37 @@ def test_latin1_is_refused_with_its_offset_or_read_when_named(tmp_path: Path) ->
     data.write_bytes("text,label\nun film tr\u00e8s r\u00e9ussi,pos\nrat\u00e9,neg\n".encode("latin-1"))
     assert refused(data).endswith("latin1.csv is not UTF-8 text (byte 0xe8 on line 2, at offset 21); save it as "
                                   "UTF-8 or name its encoding (--encoding, e.g. latin-1)")
-    prepared(data, "--encoding", "latin-1")
+    assert f"{data} (read as latin-1): 2 rows read" in prepared(data, "--encoding", "latin-1")
     texts = {row["text"] for row in written(data) + written(data, "test.jsonl")}
     assert texts == {"un film tr\u00e8s r\u00e9ussi", "rat\u00e9"}
     wide = tmp_path / "wide.csv"
     wide.write_bytes("text,label\nna\u00efve,pos\ncr\u00e8me,neg\n".encode("utf-16"))
-    assert refused(wide).endswith("wide.csv is not UTF-8 text (byte 0xff on line 1, at offset 0); it starts with a "
-                                  "UTF-16 byte-order mark, so name that encoding (--encoding utf-16)")
+    assert refused(wide, "--encoding", "utf-8").endswith(
+        "wide.csv is not UTF-8 text (byte 0xff on line 1, at offset 0); it starts with a UTF-16 byte-order mark, so "
+        "name that encoding (--encoding utf-16, or auto)")
     assert "2 examples kept" in prepared(wide, "--encoding", "utf-16")
+
+
+@pytest.mark.parametrize(("codec", "named"), [("utf-16-le", "utf-16"), ("utf-16-be", "utf-16"),
+                                              ("utf-32-le", "utf-32"), ("utf-8", "utf-8")])
+def test_auto_reads_what_a_byte_order_mark_names(tmp_path: Path, codec: str, named: str) -> None:
+    data = tmp_path / "marked.csv"
+    text = "text,label\nna\u00efve,pos\ncr\u00e8me,neg\n"
+    data.write_bytes("\ufeff".encode(codec) + text.encode(codec))
+    summary = prepared(data)  # --encoding auto, the default
+    assert f"{data} (read as {named} (byte-order mark)): 2 rows read" in summary
+    assert {row["text"] for row in written(data) + written(data, "test.jsonl")} == {"na\u00efve", "cr\u00e8me"}
+
+
+def test_a_binary_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "photo.csv"
+    data.write_bytes(bytes(range(256)) * 4)
+    assert "photo.csv is not UTF-8 text (byte 0x80 on line 2, at offset 128)" in refused(data)
+
+
+def test_the_encoding_must_be_one_python_knows(tmp_path: Path) -> None:
+    data = tmp_path / "latin1.csv"
+    data.write_bytes("text,label\nrat\u00e9,neg\n".encode("latin-1"))
     assert refused(data, "--encoding", "klingon", naming="format.encoding").endswith(
         "'klingon' is not a text encoding (e.g. utf-8, latin-1, cp1252, utf-16)")
 
@@ -134,5 +159,4 @@ def test_a_participant_refuses_its_own_bad_data_by_its_format_flags(tmp_path: Pa
                             "--data-dir", str(site), "--text-column", "tweet", "--label-column", "sentiment"])
     assert result.returncode == 2
     assert refused_in_one_line(result, "train.jsonl").endswith(
-        "1 of 2 rows have no valid label in column 'sentiment' (line 2); a line break or carriage return inside an "
-        "unquoted text splits its row, so quote such texts, or pass --skip-bad-rows to drop these rows")
+        "1 of 2 rows have no valid label in column 'sentiment' (line 2); pass --skip-bad-rows to drop these rows")

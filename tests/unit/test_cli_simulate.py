@@ -39,3 +39,14 @@ def test_export_with_levels_is_refused_before_the_run(tmp_path: Path) -> None:
                             "--set", "model.prompt_length=16"])
     line = refused_in_one_line(result, "--export")
     assert "levels.enabled" in line and not (tmp_path / "out.safetensors").exists()
+
+
+def test_each_round_prints_a_line_as_it_finishes_before_the_table(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
+    result = run_fedprompt(["simulate", "--config", str(job), "--no-progress", "--set", "job.rounds=2"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    live = [k for k, line in enumerate(lines) if line.startswith("round ") and ":" in line]
+    header = next(k for k, line in enumerate(lines) if line.split()[:2] == ["round", "accuracy"])
+    assert [lines[k].split(":")[0] for k in live] == ["round 1", "round 2"] and live[-1] < header
+    assert all(", aggregated 2/2, " in lines[k] and " accuracy 0." in lines[k] for k in live), lines
