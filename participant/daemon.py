@@ -87,11 +87,13 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
             return BlackboxLearner(config, client)
         import torch
 
-        from fedprompt.models import build_classifier
+        from fedprompt.models import build_classifier, resolve_placement
         from fedprompt.participant.train import GradientLearner
 
         torch.set_num_threads(settings.threads)
-        return GradientLearner(build_classifier(config), config.train)
+        placement = resolve_placement(settings.device, settings.dtype, "participant")
+        log.info("backbone placement", model=config.model.path, placement=placement.label)
+        return GradientLearner(build_classifier(config, placement=placement), config.train)
 
     return make
 

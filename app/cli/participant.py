@@ -24,7 +24,7 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
-                "server_name", "model_service", "metrics_listen"):
+                "server_name", "model_service", "metrics_listen", "device", "dtype"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
@@ -58,6 +58,10 @@ def register(sub: Subparsers) -> None:
                      help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--metrics-listen", dest="metrics_listen",
                      help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N: where the frozen PLM runs (default auto: a GPU if "
+                                      "torch sees one, else the CPU)")
+    run.add_argument("--dtype", help="auto | float32 | bfloat16 | float16: the frozen PLM's precision (default auto: "
+                                     "bfloat16 on a GPU that has it, else float32); trainable tensors stay float32")
     add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

@@ -44,6 +44,7 @@ from fedprompt.config.job import (
 )
 from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, CohortSpec, LevelsSection
 from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
+from fedprompt.config.placement import DTYPES, check_placement, placement_key
 from fedprompt.config.privacy import ACCOUNTANTS, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
 from fedprompt.config.process import (
     CoordinatorConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "ACCOUNTANTS",
     "COHORT_NAME",
     "COHORT_SOURCES",
+    "DTYPES",
     "IDENTITY",
     "INF_ALLOWED",
     "INT64_MAX",
@@ -89,11 +91,13 @@ __all__ = [
     "RobustSection",
     "TaskSection",
     "TrainSection",
+    "check_placement",
     "dump_toml",
     "from_mapping",
     "job_name_problem",
     "load_toml",
     "parse_toml",
+    "placement_key",
     "read_toml_text",
     "set_dotted",
     "toml_mapping",

@@ -5,12 +5,15 @@ from __future__ import annotations
 from fedprompt.config import JobConfig
 from fedprompt.models.backbone import Backbone, load_backbone
 from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.placement import CPU_FLOAT32, Placement, resolve_placement
 from fedprompt.wire.levels import EXPERT, GLOBAL, PERSONAL
 
 
-def build_classifier(config: JobConfig, backbone: Backbone | None = None) -> PromptClassifier:
-    """The job's classifier; pass ``backbone`` to share one loaded PLM between several participants."""
-    bb = backbone or load_backbone(config.model.path, config.model.kind)
+def build_classifier(config: JobConfig, backbone: Backbone | None = None,
+                     placement: Placement = CPU_FLOAT32) -> PromptClassifier:
+    """The job's classifier; pass ``backbone`` to share one loaded PLM between several participants, else one
+    is loaded where ``placement`` says."""
+    bb = backbone or load_backbone(config.model.path, config.model.kind, placement=placement)
     levels = config.levels
     tokens = {GLOBAL: levels.global_tokens, EXPERT: levels.expert_tokens, PERSONAL: levels.personal_tokens}
     return PromptClassifier(bb, config.task.label_words, config.model.prompt_length, config.model.max_length,
@@ -18,4 +21,5 @@ def build_classifier(config: JobConfig, backbone: Backbone | None = None) -> Pro
                             level_tokens=tokens if levels.enabled else None)
 
 
-__all__ = ["Backbone", "PromptClassifier", "build_classifier", "load_backbone"]
+__all__ = ["CPU_FLOAT32", "Backbone", "Placement", "PromptClassifier", "build_classifier", "load_backbone",
+           "resolve_placement"]

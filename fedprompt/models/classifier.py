@@ -65,7 +65,7 @@ def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
     """The embeddings of ``fedprompt.scoring.prompt_init_ids``: the same rows the model service starts from."""
     table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
     ids = torch.from_numpy(prompt_init_ids(int(table.shape[0]), length, seed))
-    return table[ids].detach().clone()
+    return table[ids.to(table.device)].detach().float()
 
 
 def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -79,22 +79,23 @@ def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor
     fifth of a small model's compute (SmolLM2-135M: a 49k vocabulary on 576-wide states; 300 Rotten Tomatoes
     reviews take 32 s instead of 43 s, with identical logits).  One function for ``PromptClassifier`` and the
     exported scoring graph (``fedprompt.models.export``), so the model service scores exactly as local
-    training does.
+    training does.  The prompt is cast to the backbone's dtype where it enters, and the features come back in
+    float32, so a low-precision backbone (``fedprompt.models.placement``) feeds a float32 head and loss.
     """
     batch = input_ids.shape[0]
     embeds = model.get_input_embeddings()(input_ids)
     prompt = prompt.to(embeds.dtype)
-    ones = torch.ones(batch, prompt.shape[1], dtype=attention_mask.dtype)
+    ones = torch.ones(batch, prompt.shape[1], dtype=attention_mask.dtype, device=attention_mask.device)
     if kind == "encoder":
         embeds = torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1)
         mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
         hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+        return F.normalize((hidden * weights).sum(1).float() / weights.sum(1).float(), dim=-1)
     embeds = torch.cat([prompt, embeds], dim=1)
     mask = torch.cat([ones, attention_mask], dim=1)
     hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1])
+    return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1]).float()
 
 
 class PromptClassifier(nn.Module):
@@ -147,14 +148,21 @@ class PromptClassifier(nn.Module):
             self.head = nn.Linear(dim, len(label_words))
             with torch.no_grad():
                 enc = self._encode(list(label_words), template="{text}")
-                anchors = prompted_features(self.backbone, "encoder", **enc, prompt=torch.zeros(len(label_words), 0, dim))
-                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.numpy())))
+                enc = {k: v.to(backbone.device) for k, v in enc.items()}
+                anchors = prompted_features(self.backbone, "encoder", **enc,
+                                            prompt=torch.zeros(len(label_words), 0, dim, device=backbone.device))
+                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.cpu().numpy())))
                 self.head.bias.zero_()
             self.head.requires_grad_(train_head)
         else:
             first = verbalizer_ids(lambda s: list(self.tokenizer(s, add_special_tokens=False).input_ids),
                                    label_words)
             self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
+        self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.label_token_ids.device if self.head is None else self.head.weight.device
 
     @property
     def num_labels(self) -> int:
@@ -210,7 +218,8 @@ class PromptClassifier(nn.Module):
         return self._encode(texts, self.template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Return label logits of shape ``(B, num_labels)``."""
+        """Return float32 label logits of shape ``(B, num_labels)`` (on the backbone's device)."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         features = prompted_features(self.backbone, self.kind, input_ids, attention_mask,
                                      self.prompt(input_ids.shape[0]))
         if self.head is not None:
@@ -226,7 +235,7 @@ class PromptClassifier(nn.Module):
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for rows in length_batches([len(t) for t in tokens], batch_size):
             enc = self._pad([tokens[i] for i in rows])
-            out[rows] = torch.softmax(self(**enc), dim=-1).numpy()
+            out[rows] = torch.softmax(self(**enc), dim=-1).cpu().numpy()
         return out
 
     def get_vector(self) -> np.ndarray:
@@ -249,7 +258,7 @@ class PromptClassifier(nn.Module):
 def _flatten(params: list[nn.Parameter]) -> np.ndarray:
     if not params:
         return np.zeros(0, dtype=np.float32)
-    return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float32)
+    return torch.cat([p.detach().reshape(-1) for p in params]).cpu().numpy().astype(np.float32)
 
 
 def _load(params: list[nn.Parameter], vector: np.ndarray, what: str) -> None:
