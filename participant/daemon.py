@@ -92,8 +92,11 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
 
         torch.set_num_threads(settings.threads)
         placement = resolve_placement(settings.device, settings.dtype, "participant")
-        log.info("backbone placement", model=config.model.path, placement=placement.label)
-        return GradientLearner(build_classifier(config, placement=placement), config.train)
+        model = build_classifier(config, placement=placement)
+        log.info("tuning", model=config.model.path, placement=placement.label, method=config.peft.method,
+                 exchanged_floats=model.vector_size, plm_params=model.plm_parameters,
+                 exchanged_over_plm=model.vector_size / model.plm_parameters)
+        return GradientLearner(model, config.train)
 
     return make
 

@@ -27,7 +27,7 @@ class PeftSection:
     """The method a job tunes and exchanges; ``prompt`` (the default) is the shallow prompt of ``[model]``.
 
     ``prefix`` and ``prompt`` take their length from ``model.prompt_length`` (virtual tokens).  LoRA knobs:
-    ``lora_rank`` r in [1, 1024], ``lora_alpha`` in (0, 10000] (updates are scaled by alpha / r),
+    ``lora_rank`` r in [1, 1024], ``lora_alpha`` in [1, 10000] (updates are scaled by alpha / r),
     ``lora_dropout`` in [0, 1) on the adapter's input, and ``lora_target_modules``: names (or name suffixes) of
     the linear layers to adapt; empty takes peft's default for the architecture (e.g. ``query``/``value`` for
     BERT, ``q_proj``/``v_proj`` for Llama).  Every knob is checked whichever method is chosen.
@@ -35,7 +35,7 @@ class PeftSection:
 
     method: str = "prompt"
     lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ()
 
@@ -43,7 +43,7 @@ class PeftSection:
         check(self.method in PEFT_METHODS, f"{prefix}.method",
               f"must be one of {', '.join(repr(m) for m in PEFT_METHODS)}, got {self.method[:40]!r}")
         check_range(self.lora_rank, f"{prefix}.lora_rank", 1, 1024)
-        check_range(self.lora_alpha, f"{prefix}.lora_alpha", 0, 10_000, open_low=True)
+        check_range(self.lora_alpha, f"{prefix}.lora_alpha", 1, 10_000)
         check(0 <= self.lora_dropout < 1, f"{prefix}.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         for i, name in enumerate(self.lora_target_modules):
             check(bool(_MODULE_NAME.fullmatch(name)), f"{prefix}.lora_target_modules[{i}]",

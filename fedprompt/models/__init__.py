@@ -18,7 +18,7 @@ def build_classifier(config: JobConfig, backbone: Backbone | None = None,
     tokens = {GLOBAL: levels.global_tokens, EXPERT: levels.expert_tokens, PERSONAL: levels.personal_tokens}
     return PromptClassifier(bb, config.task.label_words, config.model.prompt_length, config.model.max_length,
                             config.task.template, seed=config.job.seed, train_head=config.model.train_head,
-                            level_tokens=tokens if levels.enabled else None)
+                            level_tokens=tokens if levels.enabled else None, peft=config.peft)
 
 
 __all__ = ["CPU_FLOAT32", "Backbone", "Placement", "PromptClassifier", "build_classifier", "load_backbone",

@@ -8,8 +8,9 @@ refuses ``save_pretrained``, so the model is rebuilt from its config and the sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -33,10 +34,13 @@ class Backbone:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     kind: str  # "encoder" (mean-pooled + label head) or "causal" (verbalizer next-token logits)
+    # The peft adapter attached to this loaded model, by its config (``fedprompt.models.adapters.attach``).
+    adapters: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """The frozen PLM's parameters (a LoRA adapter injected into its layers is not counted)."""
+        return sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
 
     @property
     def device(self) -> torch.device:
