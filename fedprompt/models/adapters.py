@@ -6,6 +6,10 @@ indexed per batch row, for which Opacus computes per-example gradients like the 
 low-rank updates ``B A`` beside chosen linear layers (Hu et al., "LoRA", ICLR 2022), peft's ``lora.Linear``
 whose trainable parts are two plain ``nn.Linear`` modules, which Opacus's linear grad sampler covers.  Both are
 peft's own modules, so the trained state is a standard peft state dict (``get_peft_model_state_dict``).
+The shallow prompt (``method = "prompt"``) stays fedprompt's own ``SoftPrompt``: peft's prompt tuning prepends
+the virtual tokens before ``[CLS]``, where fedprompt places them after it (the pooled sentence embedding the
+cosine head reads), and a prompt initialised from vocabulary rows is what the model service and black-box
+search project from (``fedprompt.scoring.prompt_init_ids``).
 
 The frozen PLM keeps its dtype; peft keeps adapter weights in float32 (``autocast_adapter_dtype``) and casts at
 the boundary (LoRA casts its input to float32 and its output back; a prefix is cast to the backbone's dtype).

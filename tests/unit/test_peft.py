@@ -141,6 +141,8 @@ def test_opacus_per_example_gradients_of_adapters_are_each_examples_own(
     per-example gradient of every trainable tensor equals that example's gradient computed alone."""
     config = adapter_job(model_dir(kind, tiny_encoder_dir, tiny_causal_dir), method)
     model = build_classifier(config)
+    # away from the initial point (LoRA's B = 0 there, so A's gradients vanish and would compare trivially)
+    model.set_vector(np.random.default_rng(1).normal(scale=0.2, size=model.vector_size).astype(np.float32))
     for module in model.modules():  # Opacus records in training mode: dropout off so both see one function
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -156,6 +158,7 @@ def test_opacus_per_example_gradients_of_adapters_are_each_examples_own(
         model.zero_grad(set_to_none=True)
         backward_in_parts(model, model, examples, y, [i], 1, scale=1.0)
         for p, sample in zip(params, samples, strict=True):
+            assert p.grad is not None and bool(p.grad.abs().sum() > 0)
             torch.testing.assert_close(sample[i], p.grad, rtol=1e-4, atol=1e-6)
 
 
