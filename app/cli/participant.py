@@ -10,6 +10,7 @@ from fedprompt.app.cli.common import (
     add_command,
     add_connection_flags,
     add_format_args,
+    add_placement_args,
     coordinator_default,
     parse_overrides,
 )
@@ -58,10 +59,7 @@ def register(sub: Subparsers) -> None:
                      help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--metrics-listen", dest="metrics_listen",
                      help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")
-    run.add_argument("--device", help="auto | cpu | cuda | cuda:N: where the frozen PLM runs (default auto: a GPU if "
-                                      "torch sees one, else the CPU)")
-    run.add_argument("--dtype", help="auto | float32 | bfloat16 | float16: the frozen PLM's precision (default auto: "
-                                     "bfloat16 on a GPU that has it, else float32); trainable tensors stay float32")
+    add_placement_args(run, default=None)
     add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

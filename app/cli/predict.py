@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command
+from fedprompt.app.cli.common import add_command, add_placement_args
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
@@ -64,10 +64,6 @@ def register(sub: Subparsers) -> None:
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
     predict.add_argument("--texts", help="a UTF-8 file of texts to classify, one per line")
-    predict.add_argument("--device", default="auto",
-                         help="auto | cpu | cuda | cuda:N: where the backbone runs (default auto: a GPU if torch sees one)")
-    predict.add_argument("--dtype", default="auto",
-                         help="auto | float32 | bfloat16 | float16: the backbone's precision (default auto: bfloat16 on "
-                              "a GPU that has it, else float32); a black-box export is scored by the float32 ONNX graph")
+    add_placement_args(predict)
     predict.add_argument("text", nargs="*", help="texts to classify (default: one per line of --texts or stdin)")
     predict.set_defaults(fn=cmd_predict)

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command, add_plan_args, load_summary, parse_overrides, plan_overrides
+from fedprompt.app.cli.common import (
+    add_command,
+    add_placement_args,
+    add_plan_args,
+    load_summary,
+    parse_overrides,
+    plan_overrides,
+)
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -28,14 +35,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.export and sim.job.levels.enabled:
         raise ConfigError("--export: with levels.enabled a site's prompt is its global, expert and personal "
                           "prompts together, so no single global prompt can be exported; turn levels off to export")
-    sites, read = sim.simulation.deal(sim.job.task.label_names)
-    print(load_summary(sim.simulation.dataset, read))
     import torch
 
+    from fedprompt.models import load_backbone, resolve_placement
+
+    placement = resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
+    sites, read = sim.simulation.deal(sim.job.task.label_names)
+    print(load_summary(sim.simulation.dataset, read))
     torch.set_num_threads(args.threads)
+    backbone = load_backbone(sim.job.model.path, sim.job.model.kind, placement=placement)
     bar = rounds_bar(sim.job.job.rounds, show=not args.no_progress)
     try:
-        report = simulate(sim.job, sites, attack=sim.attack, on_round=lambda done: bar.update(done - bar.n),
+        report = simulate(sim.job, sites, backbone, attack=sim.attack, on_round=lambda done: bar.update(done - bar.n),
                           export=Path(args.export) if args.export else None)
     finally:
         bar.close()
@@ -67,5 +78,6 @@ def register(sub: Subparsers) -> None:
                      help="write the final global prompt here, as admin export does (for predict --prompt)")
     sim.add_argument("--threads", type=int, default=1, help="torch threads for this process (default 1)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar over the rounds")
+    add_placement_args(sim)
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)

@@ -65,3 +65,10 @@ def _cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def test_an_absent_gpu_is_refused_before_the_run() -> None:
+    result = run_fedprompt(["simulate", "--device", "cuda:99"])
+    assert refused_in_one_line(result, "--device").endswith("--device: 'cuda:99' is not available here "
+                                                            f"(torch sees {_cuda_count()} CUDA device(s))")
+    assert refused_in_one_line(run_fedprompt(["simulate", "--dtype", "half"]), "--dtype")
