@@ -127,10 +127,11 @@ def round_table(report: dict[str, Any]) -> str:
 
 def summary(report: dict[str, Any]) -> str:
     test = f" on {report['test_examples']:,} test examples" if report.get("test_examples") else ""
+    method = f", {report['peft_method']}" if report.get("peft_method") else ""
     return (f"majority {fmt(report['majority_accuracy'])} | zero-shot {fmt(report['zero_shot_accuracy'])} | "
             f"final {_accuracy_cell(report['final_accuracy'], report['majority_accuracy'])}{test} | exchanged "
             f"{report['exchanged_params']:,} of {report['plm_params']:,} PLM parameters "
-            f"({100 * (report['exchanged_over_plm'] or 0):.4f}%)")
+            f"({100 * (report['exchanged_over_plm'] or 0):.4f}%{method})")
 
 
 def majority_warning(report: dict[str, Any]) -> str | None:

@@ -150,6 +150,9 @@ def simulate(
                 for k, (name, site) in enumerate(zip(names, sites, strict=True))]
     for runtime in runtimes:
         runtime.join()
+    exchanged = runtimes[0].learner.vector_size if runtimes[0].learner is not None else 0
+    log.info("tuning", method=config.peft.method, exchanged_floats=exchanged, plm_params=bb.num_parameters,
+             exchanged_over_plm=exchanged / bb.num_parameters)
     job.start()
     finished: set[int] = set()
     while len(finished) < len(runtimes):
@@ -192,4 +195,5 @@ def simulate(
         extra["exported"] = str(export)
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
                         test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
+                        peft_method=config.peft.method,
                         **privacy_spent(view), **extra)

@@ -127,7 +127,7 @@ def train_local_dp(
     """
     params = model.trainable_parameters()
     wrapped = GradSampleModule(model, loss_reduction="sum")  # summed losses: per-example gradients are exact per pass
-    noise = torch.Generator().manual_seed(secrets.randbits(63))
+    noise = torch.Generator(device=model.device).manual_seed(secrets.randbits(63))  # noise is drawn beside the params
     optimiser = DPOptimizer(torch.optim.Adam(params, lr=config.lr), noise_multiplier=plan.noise_multiplier,
                             max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
                             generator=noise)
@@ -152,7 +152,7 @@ def train_local_dp(
                     used += len(indices)
                 else:
                     for p in params:
-                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
                 optimiser.step()
                 if progress is not None:
                     progress(step, plan.steps_per_round, losses[-1] if losses else float("nan"))

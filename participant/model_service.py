@@ -55,6 +55,20 @@ def prepare_scorer(ref: str, kind: str) -> Path:
     return target
 
 
+def ort_providers(device: str, available: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """onnxruntime execution providers for ``model_service.device``: ``auto`` takes CUDA where this onnxruntime
+    build has it, ``cuda[:N]`` insists on it (refused by name otherwise), ``cpu`` never uses it.  The graph is
+    float32 whatever the device (``fedprompt.models.export`` traces it on the CPU in float32)."""
+    cuda = "CUDAExecutionProvider" in available
+    if device == "cpu" or (device == "auto" and not cuda):
+        return ["CPUExecutionProvider"]
+    if not cuda:
+        raise ConfigError(f"model_service.device: {device!r} needs onnxruntime's CUDAExecutionProvider, which this "
+                          f"onnxruntime does not have (it has {', '.join(available)}); install onnxruntime-gpu or use 'cpu'")
+    index = device.partition(":")[2] or "0"
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 @dataclass(frozen=True)
 class _Task:
     """What one (labels, template, lengths, seed) task needs beyond the query: its label head and initial prompt."""
@@ -76,7 +90,8 @@ class ModelHost:
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False  # a long-lived service should give activation memory back
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(scorer / GRAPH_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(scorer / GRAPH_FILE), options,
+                                            providers=ort_providers(settings.device, ort.get_available_providers()))
         self.tokenizer = tokenizers.Tokenizer.from_file(str(scorer / TOKENIZER_FILE))
         self.pad_id = int(meta["pad_token_id"])
         self.info = ModelInfo(model=settings.model, kind=self.kind, hidden_size=int(meta["hidden_size"]),

@@ -86,7 +86,8 @@ def backward_in_parts(model: PromptClassifier, forward: Callable[..., torch.Tens
     for start in range(0, len(indices), physical):
         part = indices[start : start + physical]
         batch = model.tokenize([examples[i].text for i in part])
-        loss = F.cross_entropy(forward(**batch), y[part], reduction="sum")
+        logits = forward(**batch)  # float32 whatever the backbone's dtype: the loss is computed in float32
+        loss = F.cross_entropy(logits, y[part].to(logits.device), reduction="sum")
         (loss * scale).backward()
         total += float(loss.detach())
     return total / len(indices)

@@ -324,3 +324,14 @@ def load_summary(dataset: str, load: LoadReport) -> str:
     return (f"{dataset}{how}: {load.rows} rows read; dropped {load.bad_rows} without a valid label{where}, "
             f"{load.empty} empty texts, {load.duplicates} repeated texts (the first kept), {load.conflict_rows} rows "
             f"of {load.conflicts} texts given different labels (none kept); {kept} examples kept")
+
+
+def add_placement_args(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` and ``--dtype``: where a frozen PLM runs and in which precision (``fedprompt.models.placement``);
+    ``default`` None leaves them to a config file."""
+    parser.add_argument("--device", default=default,
+                        help="auto | cpu | cuda | cuda:N: where the frozen PLM runs (default auto: a GPU if torch "
+                             "sees one, else the CPU)")
+    parser.add_argument("--dtype", default=default,
+                        help="auto | float32 | bfloat16 | float16: the frozen PLM's precision (default auto: bfloat16 "
+                             "on a GPU that has it, else float32); trainable tensors stay float32")

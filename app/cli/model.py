@@ -17,7 +17,7 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
     from fedprompt.participant.model_service import ModelHost
 
     settings = server_settings(args, ModelServiceConfig, "model_service",
-                               ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key"))
+                               ("listen", "model", "threads", "max_batch", "ca_cert", "cert", "key", "device", "dtype"))
     serve_until_signalled(ModelServer(settings, ModelHost.load(settings)), args.port_file)
     return 0
 
@@ -44,6 +44,9 @@ def register(sub: Subparsers) -> None:
     mserve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
     mserve.add_argument("--threads", type=int, help="inference threads (default 1)")
     mserve.add_argument("--max-batch", dest="max_batch", type=int, help="most texts per query (default 64)")
+    mserve.add_argument("--device", help="auto | cpu | cuda | cuda:N: onnxruntime's provider (default auto: CUDA "
+                                         "where this onnxruntime has it); the exported graph is float32")
+    mserve.add_argument("--dtype", help="auto | float32: the graph's precision (exported in float32 only)")
     mserve.add_argument("--ca-cert", dest="ca_cert", help="CA whose certificates callers must present (mTLS)")
     mserve.add_argument("--cert", help="this service's certificate (its SANs must name the address callers use)")
     mserve.add_argument("--key", help="this service's private key")

@@ -10,6 +10,7 @@ from fedprompt.app.cli.common import (
     add_command,
     add_connection_flags,
     add_format_args,
+    add_placement_args,
     coordinator_default,
     parse_overrides,
 )
@@ -24,7 +25,7 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     for key in ("coordinator", "job", "name", "data_dir", "state_dir", "threads", "ca_cert", "cert", "key",
-                "server_name", "model_service", "metrics_listen"):
+                "server_name", "model_service", "metrics_listen", "device", "dtype"):
         value = getattr(args, key)
         if value not in (None, ""):
             overrides[f"participant.{key}"] = value
@@ -58,6 +59,7 @@ def register(sub: Subparsers) -> None:
                      help="host:port of a query-only model service (black-box jobs)")
     run.add_argument("--metrics-listen", dest="metrics_listen",
                      help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")
+    add_placement_args(run, default=None)
     add_format_args(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedprompt.app.cli.common import add_command
+from fedprompt.app.cli.common import add_command, add_placement_args
 from fedprompt.errors import FedPromptError
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
     texts = _texts(args)
 
-    from fedprompt.models import build_classifier, load_backbone
+    from fedprompt.models import build_classifier, load_backbone, resolve_placement
+
+    placement = resolve_placement(args.device, args.dtype, "")
 
     if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
         from fedprompt.participant.learners import local_learner
@@ -47,7 +49,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         learner = local_learner(config, load_backbone(config.model.path, config.model.kind))
         probabilities = learner.predict_proba(vector, texts)
     else:
-        model = build_classifier(config)
+        model = build_classifier(config, placement=placement)
         model.set_vector(vector)
         probabilities = model.predict_proba(texts)
     for text, probs in zip(texts, probabilities, strict=True):
@@ -62,5 +64,6 @@ def register(sub: Subparsers) -> None:
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
     predict.add_argument("--texts", help="a UTF-8 file of texts to classify, one per line")
+    add_placement_args(predict)
     predict.add_argument("text", nargs="*", help="texts to classify (default: one per line of --texts or stdin)")
     predict.set_defaults(fn=cmd_predict)

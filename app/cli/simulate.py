@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from fedprompt.app.cli.common import (
     add_command,
+    add_placement_args,
     add_plan_args,
     add_track_flag,
     load_summary,
@@ -46,15 +47,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.export and sim.job.levels.enabled:
         raise ConfigError("--export: with levels.enabled a site's prompt is its global, expert and personal "
                           "prompts together, so no single global prompt can be exported; turn levels off to export")
-    sites, read = sim.simulation.deal(sim.job.task.label_names)
-    print(load_summary(sim.simulation.dataset, read))
     import torch
 
+    from fedprompt.models import load_backbone, resolve_placement
+
+    placement = resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
+    sites, read = sim.simulation.deal(sim.job.task.label_names)
+    print(load_summary(sim.simulation.dataset, read))
     torch.set_num_threads(args.threads)
+    backbone = load_backbone(sim.job.model.path, sim.job.model.kind, placement=placement)
     with tracking(args.track, "simulate", job_params(dump_toml(sim.job))) as track:
         feed = RoundFeed(sim.job.job.rounds, len(sites), show=not args.no_progress, tracking=track)
         try:
-            report = simulate(sim.job, sites, attack=sim.attack, on_round=feed.update,
+            report = simulate(sim.job, sites, backbone, attack=sim.attack, on_round=feed.update,
                               export=Path(args.export) if args.export else None)
         except BaseException:
             feed.close()
@@ -94,5 +99,6 @@ def register(sub: Subparsers) -> None:
     sim.add_argument("--no-progress", action="store_true",
                      help="no progress bar over the rounds (the line each round prints stays)")
     add_track_flag(sim)
+    add_placement_args(sim)
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)

@@ -44,6 +44,8 @@ from fedprompt.config.job import (
 )
 from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, CohortSpec, LevelsSection
 from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
+from fedprompt.config.peft import PEFT_METHODS, PeftSection
+from fedprompt.config.placement import DTYPES, check_placement, placement_key
 from fedprompt.config.privacy import ACCOUNTANTS, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
 from fedprompt.config.process import (
     CoordinatorConfig,
@@ -58,6 +60,7 @@ __all__ = [
     "ACCOUNTANTS",
     "COHORT_NAME",
     "COHORT_SOURCES",
+    "DTYPES",
     "IDENTITY",
     "INF_ALLOWED",
     "INT64_MAX",
@@ -71,6 +74,7 @@ __all__ = [
     "MAX_PER_ROUND",
     "MAX_TOML_BYTES",
     "MIN_HE_COHORT",
+    "PEFT_METHODS",
     "AugmentSection",
     "BlackboxSection",
     "CohortSpec",
@@ -86,14 +90,17 @@ __all__ = [
     "ModelServiceSection",
     "ParticipantConfig",
     "ParticipantSection",
+    "PeftSection",
     "RobustSection",
     "TaskSection",
     "TrainSection",
+    "check_placement",
     "dump_toml",
     "from_mapping",
     "job_name_problem",
     "load_toml",
     "parse_toml",
+    "placement_key",
     "read_toml_text",
     "set_dotted",
     "toml_mapping",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fedprompt.config.codec import INT64_MAX, check, check_range
 from fedprompt.config.levels import LevelsSection
 from fedprompt.config.names import IDENTITY, job_name_problem
+from fedprompt.config.peft import PeftSection
 from fedprompt.config.privacy import DPSection, HESection
 from fedprompt.crypto.audit import CHECKERS
 from fedprompt.crypto.ckks import CkksParams
@@ -220,6 +221,7 @@ class JobConfig:
     robust: RobustSection = field(default_factory=RobustSection)
     blackbox: BlackboxSection = field(default_factory=BlackboxSection)
     levels: LevelsSection = field(default_factory=LevelsSection)
+    peft: PeftSection = field(default_factory=PeftSection)
 
     @property
     def mode(self) -> str:
@@ -230,6 +232,7 @@ class JobConfig:
         """Checks that span sections (each section validated itself already).  What depends on the kind of
         aggregator a job names (Gram defence, black-box, linear) is checked where the aggregator registry
         lives, when the coordinator creates the job (``coordinator.aggregation.job_aggregator``)."""
+        self.peft.check_job(self)
         if self.levels.enabled:
             self.levels.check_job(self)
         check(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedprompt.config.codec import check, check_range
+from fedprompt.config.placement import check_placement
 from fedprompt.data.formats import DataFormat
 
 
@@ -128,6 +129,10 @@ class ParticipantSection:
     metrics_listen: str = ""
     # How the site's files are read: columns, encoding, bad rows (``[participant.format]``).
     format: DataFormat = field(default_factory=DataFormat)
+    # Where the frozen PLM runs: auto | cpu | cuda | cuda:N, and its precision: auto | float32 | bfloat16 |
+    # float16 (auto: the GPU in bfloat16 when there is one, else the CPU in float32; trainable tensors stay float32).
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key},
@@ -135,6 +140,7 @@ class ParticipantSection:
         check(not self.name or self.insecure, f"{prefix}.name",
               "is for --insecure only; with certificates the identity is the certificate's name")
         check(bool(self.job), f"{prefix}.job", "name the job to join")
+        check_placement(prefix, self.device, self.dtype)
         check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
         check(not self.model_service or ":" in self.model_service, f"{prefix}.model_service",
               f"must be host:port, got {self.model_service!r}")
@@ -181,6 +187,10 @@ class ModelServiceSection:
     max_tasks: int = 8
     #: Texts per forward pass: a larger query is scored in chunks, so activation memory stays bounded.
     forward_batch: int = 16
+    # Where the exported graph runs (onnxruntime's CUDA provider for cuda[:N], when installed); the graph is
+    # exported in float32, so ``dtype`` is auto or float32.
+    device: str = "auto"
+    dtype: str = "auto"
 
     def validate(self, prefix: str) -> None:
         check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
@@ -192,6 +202,9 @@ class ModelServiceSection:
         check(1 <= self.max_text_chars <= 1_000_000, f"{prefix}.max_text_chars", "must be in [1, 1000000]")
         check(1 <= self.max_tasks <= 1024, f"{prefix}.max_tasks", "must be in [1, 1024]")
         check(1 <= self.forward_batch <= 4096, f"{prefix}.forward_batch", "must be in [1, 4096]")
+        check_placement(prefix, self.device, self.dtype)
+        check(self.dtype in ("auto", "float32"), f"{prefix}.dtype",
+              f"the model service runs an ONNX graph exported in float32; use 'auto' or 'float32', got {self.dtype!r}")
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key})
 
 

@@ -8,8 +8,9 @@ refuses ``save_pretrained``, so the model is rebuilt from its config and the sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -23,6 +24,7 @@ from transformers import (
 
 from fedprompt.errors import ConfigError
 from fedprompt.locations import builtin_source, cache_dir
+from fedprompt.models.placement import CPU_FLOAT32, Placement
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,21 @@ class Backbone:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     kind: str  # "encoder" (mean-pooled + label head) or "causal" (verbalizer next-token logits)
+    # The peft adapter attached to this loaded model, by its config (``fedprompt.models.adapters.attach``).
+    adapters: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """The frozen PLM's parameters (a LoRA adapter injected into its layers is not counted)."""
+        return sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
 
 def _smollm2_dir(gguf_path: Path) -> Path:
@@ -72,16 +85,23 @@ def detect_kind(path: Path) -> str:
     return "causal" if any(a.endswith("ForCausalLM") for a in architectures) else "encoder"
 
 
-def load_backbone(ref: str, kind: str = "auto", attention: str | None = None) -> Backbone:
+def load_backbone(ref: str, kind: str = "auto", attention: str | None = None,
+                  placement: Placement = CPU_FLOAT32) -> Backbone:
     """Load a frozen backbone in eval mode; every parameter has ``requires_grad=False``.  ``attention`` picks
-    the attention implementation (transformers' ``attn_implementation``; default: the library's choice)."""
+    the attention implementation (transformers' ``attn_implementation``; default: the library's choice).
+
+    ``placement`` (``fedprompt.models.placement``) says where and in which precision: the weights are read in
+    that dtype and placed on that device as they load (transformers 5 always initialises on the meta device,
+    so a large model is never materialised twice, nor first in float32 on the CPU)."""
     path = resolve_model_path(ref)
     kind = detect_kind(path) if kind == "auto" else kind
     if kind not in ("encoder", "causal"):
         raise ConfigError(f"model.kind: {kind!r} is not one of 'auto', 'encoder', 'causal'")
     tokenizer = AutoTokenizer.from_pretrained(path)
     loader = AutoModelForCausalLM if kind == "causal" else AutoModel
-    model = loader.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
+    on_gpu = placement.device.type != "cpu"
+    model = loader.from_pretrained(path, dtype=placement.dtype, attn_implementation=attention,
+                                   device_map=str(placement.device) if on_gpu else None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

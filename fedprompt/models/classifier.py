@@ -9,8 +9,11 @@ per-sample gradients for, so DP-SGD costs nothing for the frozen PLM.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import typing
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,10 +22,14 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
+from fedprompt.config import PeftSection
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.models.backbone import Backbone
 from fedprompt.scoring import cosine_head, length_batches, prompt_init_ids, verbalizer_ids
 from fedprompt.wire.levels import GLOBAL, PERSONAL
+
+if TYPE_CHECKING:  # peft loads only for the methods that use it
+    from peft import PeftModel
 
 
 class SoftPrompt(nn.Module):
@@ -65,11 +72,17 @@ def _vocab_init(backbone: Backbone, length: int, seed: int) -> torch.Tensor:
     """The embeddings of ``fedprompt.scoring.prompt_init_ids``: the same rows the model service starts from."""
     table = typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight)
     ids = torch.from_numpy(prompt_init_ids(int(table.shape[0]), length, seed))
-    return table[ids].detach().clone()
+    return table[ids.to(table.device)].detach().float()
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The name a transformers model takes its key/value cache by: ``cache`` in recent transformers 5 releases,
+    ``past_key_values`` before (deprecated there, removed in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      prompt: torch.Tensor) -> torch.Tensor:
+                      prompt: torch.Tensor, prefix: tuple[Any, int] | None = None) -> torch.Tensor:
     """What a label head reads from the frozen PLM given a batch's ``(B, P, dim)`` soft prompt (P may be 0).
 
     ``encoder``: ``[CLS] <prompt> tokens [SEP]`` (``[CLS]`` stays first, as the backbone was trained), then the
@@ -79,26 +92,36 @@ def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor
     fifth of a small model's compute (SmolLM2-135M: a 49k vocabulary on 576-wide states; 300 Rotten Tomatoes
     reviews take 32 s instead of 43 s, with identical logits).  One function for ``PromptClassifier`` and the
     exported scoring graph (``fedprompt.models.export``), so the model service scores exactly as local
-    training does.
+    training does.  The prompt is cast to the backbone's dtype where it enters, and the features come back in
+    float32, so a low-precision backbone (``fedprompt.models.placement``) feeds a float32 head and loss.
+    ``prefix`` (a key/value cache holding a deep prompt and its length, ``fedprompt.models.adapters``) is
+    attended to by every layer: its positions lead the attention mask, but hold no hidden state to pool or read.
     """
     batch = input_ids.shape[0]
     embeds = model.get_input_embeddings()(input_ids)
     prompt = prompt.to(embeds.dtype)
-    ones = torch.ones(batch, prompt.shape[1], dtype=attention_mask.dtype)
+    ones = torch.ones(batch, prompt.shape[1], dtype=attention_mask.dtype, device=attention_mask.device)
+    core = model if kind == "encoder" else model.base_model
+    past: dict[str, Any] = {}
+    lead = attention_mask[:, :0]
+    if prefix is not None:
+        past = {cache_keyword(core): prefix[0]}
+        lead = torch.ones(batch, prefix[1], dtype=attention_mask.dtype, device=attention_mask.device)
     if kind == "encoder":
         embeds = torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1)
         mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
-        hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = core(inputs_embeds=embeds, attention_mask=torch.cat([lead, mask], dim=1), **past).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+        return F.normalize((hidden * weights).sum(1).float() / weights.sum(1).float(), dim=-1)
     embeds = torch.cat([prompt, embeds], dim=1)
     mask = torch.cat([ones, attention_mask], dim=1)
-    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1])
+    hidden = core(inputs_embeds=embeds, attention_mask=torch.cat([lead, mask], dim=1), **past).last_hidden_state
+    return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1]).float()
 
 
 class PromptClassifier(nn.Module):
-    """Classifies texts with a frozen backbone steered by a soft prompt.
+    """Classifies texts with a frozen backbone steered by a soft prompt, or by a peft adapter (``peft.method``:
+    ``prefix`` or ``lora``, ``fedprompt.models.adapters``) in its place; the scoring is the same for all three.
 
     ``encoder`` backbones score the mean-pooled sentence embedding (``prompted_features``) with a cosine head
     initialised from the embeddings of the label descriptions (``fedprompt.scoring.cosine_head``), so the
@@ -120,9 +143,11 @@ class PromptClassifier(nn.Module):
         seed: int = 0,
         train_head: bool = True,
         level_tokens: dict[str, int] | None = None,
+        peft: PeftSection | None = None,
     ) -> None:
         """``level_tokens`` (level name -> tokens, in ``fedprompt.wire.levels.LEVELS`` order, summing to
-        ``prompt_length``) builds a levelled prompt; without it the prompt is one global level."""
+        ``prompt_length``) builds a levelled prompt; without it the prompt is one global level.  ``peft`` picks
+        the method (default: the shallow prompt); a prefix is ``prompt_length`` virtual tokens long."""
         super().__init__()
         if prompt_length < 1:
             raise ConfigError(f"model.prompt_length: must be >= 1, got {prompt_length}")
@@ -133,8 +158,12 @@ class PromptClassifier(nn.Module):
         self.kind = backbone.kind
         self.max_length = max_length
         self.template = template
-        self.prompt: SoftPrompt | LevelledPrompt
-        if level_tokens is None:
+        self.method = peft.method if peft is not None else "prompt"
+        self.prompt: SoftPrompt | LevelledPrompt | None = None
+        if self.method != "prompt":
+            if level_tokens is not None:
+                raise ConfigError(f"levels.enabled: prompt levels need peft.method = 'prompt', not {self.method!r}")
+        elif level_tokens is None:
             self.prompt = SoftPrompt(_vocab_init(backbone, prompt_length, seed))
         else:
             if sum(level_tokens.values()) != prompt_length:
@@ -142,19 +171,39 @@ class PromptClassifier(nn.Module):
             self.prompt = LevelledPrompt({name: _vocab_init(backbone, n, seed + i)
                                           for i, (name, n) in enumerate(level_tokens.items())})
         dim = int(typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight).shape[1])
+        self.dim = dim
         self.head: nn.Linear | None = None
         if self.kind == "encoder":
             self.head = nn.Linear(dim, len(label_words))
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.ExitStack() as plain:  # anchors come from the PLM alone
+                for attached in backbone.adapters.values():  # a prefix is outside the PLM already (and peft
+                    if not attached.active_peft_config.is_prompt_learning:  # cannot disable one here)
+                        plain.enter_context(attached.disable_adapter())
                 enc = self._encode(list(label_words), template="{text}")
-                anchors = prompted_features(self.backbone, "encoder", **enc, prompt=torch.zeros(len(label_words), 0, dim))
-                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.numpy())))
+                enc = {k: v.to(backbone.device) for k, v in enc.items()}
+                anchors = prompted_features(self.backbone, "encoder", enc["input_ids"], enc["attention_mask"],
+                                            torch.zeros(len(label_words), 0, dim, device=backbone.device))
+                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.cpu().numpy())))
                 self.head.bias.zero_()
             self.head.requires_grad_(train_head)
         else:
             first = verbalizer_ids(lambda s: list(self.tokenizer(s, add_special_tokens=False).input_ids),
                                    label_words)
             self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
+        # The peft model is held outside the module tree (a tuple): its LoRA layers already live in the backbone,
+        # and a prefix encoder is registered below, so nothing is listed twice.
+        self._peft: tuple[PeftModel, ...] = ()
+        if peft is not None and self.method != "prompt":
+            from fedprompt.models.adapters import attach, peft_config
+
+            self._peft = (attach(backbone, peft_config(peft, self.kind, prompt_length), seed),)
+            if self.method == "prefix":
+                self.prefix_encoder = self._peft[0].prompt_encoder
+        self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.label_token_ids.device if self.head is None else self.head.weight.device
 
     @property
     def num_labels(self) -> int:
@@ -164,9 +213,13 @@ class PromptClassifier(nn.Module):
         """The trainable tensors by prompt level, in vector order.  The label head is shared by everyone, so it
         belongs to the global level (right after the global prompt); without levels all is global."""
         head = list(self.head.parameters()) if self.head is not None and self.head.weight.requires_grad else []
+        if self._peft:
+            from fedprompt.models.adapters import adapter_parameters
+
+            return {GLOBAL: adapter_parameters(self._peft[0]) + head}
         if isinstance(self.prompt, SoftPrompt):
             return {GLOBAL: list(self.prompt.parameters()) + head}
-        levels = {name: list(p.parameters()) for name, p in self.prompt.levels.items()}
+        levels = {name: list(p.parameters()) for name, p in typing.cast(LevelledPrompt, self.prompt).levels.items()}
         levels[GLOBAL] = levels[GLOBAL] + head
         return levels
 
@@ -210,9 +263,16 @@ class PromptClassifier(nn.Module):
         return self._encode(texts, self.template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Return label logits of shape ``(B, num_labels)``."""
-        features = prompted_features(self.backbone, self.kind, input_ids, attention_mask,
-                                     self.prompt(input_ids.shape[0]))
+        """Return float32 label logits of shape ``(B, num_labels)`` (on the backbone's device)."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        batch = input_ids.shape[0]
+        prompt = self.prompt(batch) if self.prompt is not None else torch.zeros(batch, 0, self.dim, device=self.device)
+        prefix = None
+        if self.method == "prefix":
+            from fedprompt.models.adapters import prefix_cache
+
+            prefix = prefix_cache(self._peft[0], batch)
+        features = prompted_features(self.backbone, self.kind, input_ids, attention_mask, prompt, prefix)
         if self.head is not None:
             return self.head(features)
         return features[:, self.label_token_ids]
@@ -226,7 +286,7 @@ class PromptClassifier(nn.Module):
         out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
         for rows in length_batches([len(t) for t in tokens], batch_size):
             enc = self._pad([tokens[i] for i in rows])
-            out[rows] = torch.softmax(self(**enc), dim=-1).numpy()
+            out[rows] = torch.softmax(self(**enc), dim=-1).cpu().numpy()
         return out
 
     def get_vector(self) -> np.ndarray:
@@ -243,13 +303,22 @@ class PromptClassifier(nn.Module):
 
     @property
     def plm_parameters(self) -> int:
-        return sum(p.numel() for p in self.backbone.parameters())
+        """The frozen PLM's parameters (LoRA's, injected into its layers, are not)."""
+        return sum(p.numel() for p in self.backbone.parameters() if not p.requires_grad)
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter's trained state as peft saves it (``get_peft_model_state_dict``); empty for a shallow prompt."""
+        if not self._peft:
+            return {}
+        from peft import get_peft_model_state_dict
+
+        return typing.cast(dict[str, torch.Tensor], get_peft_model_state_dict(self._peft[0]))
 
 
 def _flatten(params: list[nn.Parameter]) -> np.ndarray:
     if not params:
         return np.zeros(0, dtype=np.float32)
-    return torch.cat([p.detach().reshape(-1) for p in params]).numpy().astype(np.float32)
+    return torch.cat([p.detach().reshape(-1) for p in params]).cpu().numpy().astype(np.float32)
 
 
 def _load(params: list[nn.Parameter], vector: np.ndarray, what: str) -> None:

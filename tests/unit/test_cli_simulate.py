@@ -50,3 +50,36 @@ def test_each_round_prints_a_line_as_it_finishes_before_the_table(tmp_path: Path
     header = next(k for k, line in enumerate(lines) if line.split()[:2] == ["round", "accuracy"])
     assert [lines[k].split(":")[0] for k in live] == ["round 1", "round 2"] and live[-1] < header
     assert all(", aggregated 2/2, " in lines[k] and " accuracy 0." in lines[k] for k in live), lines
+
+
+def test_a_lora_simulation_reports_its_method_and_predict_runs_it_on_a_bfloat16_plm(
+        tmp_path: Path, tiny_causal_dir: Path) -> None:
+    """``[peft]`` travels in the exported prompt file: ``predict`` rebuilds the LoRA adapter, here on a bfloat16
+    PLM (``--dtype``); a GPU that is not there is refused in one line naming ``--device``."""
+    _, job, _ = toy_job(tmp_path, tiny_causal_dir)
+    out = tmp_path / "lora.safetensors"
+    result = run_fedprompt(["simulate", "--config", str(job), "--export", str(out), "--no-progress",
+                            "--set", "job.rounds=1", "--set", "peft.method=lora", "--set", "peft.lora_rank=2",
+                            "--set", "task.label_words=[\"bad\", \"good\"]"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "%, lora)" in result.stdout  # exchanged floats, their share of the PLM, and the method
+    predict = run_fedprompt(["predict", "--prompt", str(out), "--device", "cpu", "--dtype", "bfloat16", "a lovely film"])
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    answer = json.loads(predict.stdout.strip().splitlines()[-1])
+    assert answer["label"] in ("neg", "pos") and 0.5 <= answer["confidence"] <= 1
+    refused = run_fedprompt(["predict", "--prompt", str(out), "--device", "cuda:99", "a lovely film"])
+    assert refused_in_one_line(refused, "--device").endswith("--device: 'cuda:99' is not available here "
+                                                             f"(torch sees {_cuda_count()} CUDA device(s))")
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def test_an_absent_gpu_is_refused_before_the_run() -> None:
+    result = run_fedprompt(["simulate", "--device", "cuda:99"])
+    assert refused_in_one_line(result, "--device").endswith("--device: 'cuda:99' is not available here "
+                                                            f"(torch sees {_cuda_count()} CUDA device(s))")
+    assert refused_in_one_line(run_fedprompt(["simulate", "--dtype", "half"]), "--dtype")

@@ -132,7 +132,7 @@ def test_the_walk_reaches_every_section_of_every_config() -> None:
     sections = {dotted_key(path[:-1]) for cls in CONFIGS for path, _, message in _bad_values(cls)
                 if message.startswith("unknown key")}
     assert sections == {
-        "", "job", "model", "task", "train", "augment", "he", "dp", "robust", "blackbox", "levels",
+        "", "job", "model", "task", "train", "augment", "he", "dp", "robust", "blackbox", "levels", "peft",
         "levels.cohorts[0]", "coordinator", "participant", "participant.format", "model_service",
     }
 
