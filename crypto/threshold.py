@@ -1,0 +1,306 @@
+"""Threshold (multiparty) CKKS: a collective public key, Shamir-shared secret, flooded t-of-n decryption.
+
+No party ever holds the secret key ``s = sum_i s_i``.  The protocol is the multiparty RLWE scheme of Mouchet,
+Troncoso-Pastoriza, Bossuat and Hubaux ("Multiparty Homomorphic Encryption from Ring-Learning-with-Errors",
+PETS 2021; its collective key generation is Asharov et al., EUROCRYPT 2012), with the t-out-of-n extension
+by Shamir sharing of the key (Asharov et al. 2012; Mouchet et al. 2022, "Efficient threshold MHE"):
+
+1. **Common reference polynomial** ``a``: SHAKE-256 of the job seed, uniform mod every prime (:func:`crp`).
+2. **Key generation.** Member ``i`` draws its own ternary secret ``s_i`` with SEAL's key generator and
+   publishes ``p_i = -a s_i + e_i`` (``e_i`` a rounded Gaussian of SEAL's width 3.2, clipped at 6 sigma).
+   Anyone sums the shares into the collective public key ``(sum p_i, a)`` (:meth:`ThresholdContext.
+   set_public_key`), a
+   standard SEAL ``PublicKey``: participants encrypt with SEAL's own encryptor, and ciphertexts stay
+   standard, so the coordinator's key-less folding (``crypto.ckks.EncryptedSum``) is unchanged.
+3. **Dealing.** Member ``i`` Shamir-shares ``s_i`` among the n members (:meth:`Member.deal`; each share is
+   sealed for its recipient with ``crypto.sealing``); member ``j``'s key share is ``sigma_j = sum_i f_i(j)``,
+   a Shamir share of ``s`` (:class:`KeyShare`).  ``t - 1`` key shares are independent of ``s``.
+4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, picked among members online), member
+   ``j`` publishes ``d_j = c1 * lambda_j^T * sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.
+   decryption_share`); anyone adds ``c0 + sum d_j = Delta m + e + sum e_j`` and decodes (:func:`combine`).
+   A dropped member is replaced by picking another set: nothing stalls while t members answer.
+
+The smudging (noise flooding) width answers Li and Micciancio ("On the security of homomorphic encryption on
+approximate numbers", EUROCRYPT 2021): a decryption that reveals the ciphertext noise ``e`` exactly reveals
+the key.  ``e_j`` must hide ``e`` even when every other decryptor colludes, so each share carries it whole.
+:attr:`ThresholdParams.smudging_sigma` is sized by the Renyi-divergence argument (Bai, Langlois, Lepoint,
+Stehle, Steinfeld, JoC 2018; applied to CKKS by Li, Micciancio, Schultz, Sorrell, CRYPTO 2022): with
+``sigma = sqrt(alpha Q / 2) B`` for ``Q`` decryptions of noise of l2 norm at most ``B``, the Renyi divergence
+of order ``alpha`` between the real and the noise-free view is at most ``e``, so a key-recovery attack with
+probability ``p`` on the noise-free view has probability at most ``(e p)^((alpha - 1) / alpha)`` on the
+real one: with ``alpha = 128`` a 2^-128 attack stays below 2^-125.  ``docs/he.md`` ("Threshold CKKS") gives
+the bounds, the parameters and what the tests prove.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as seal
+
+from fedprompt.crypto import shamir
+from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
+from fedprompt.crypto.rns import Poly, Ring, shake_stream
+
+KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
+_RENYI_ORDER = 128
+_DEALT = struct.Struct("<5sHHHHH")
+_SHARE = struct.Struct("<5sHH32sH")
+_DEALT_MAGIC, _SHARE_MAGIC = b"FPTK1", b"FPTD1"
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    """A threshold job: n members, any ``threshold`` of whom decrypt, on an addition-only CKKS chain.
+
+    Defaults: N = 4096 with primes of 60 + 49 bits (109 bits: exactly the Homomorphic Encryption Standard's
+    128-bit bound at N = 4096, ``CoeffModulus.MaxBitCount(4096, tc128)``); the 49-bit special prime divides
+    the public-key encryption noise down.  Scale 2^45: the smudging noise of the t decryption shares must stay
+    far below the scale, and the 60-bit data prime then leaves sums of magnitude up to 2^13 = 8192 (the
+    weight slot included).  ``threshold`` 0 means a majority of the members.  ``max_decryptions`` bounds the
+    chunk decryptions one key serves (the ``Q`` of the smudging argument).
+    """
+
+    members: int
+    threshold: int = 0
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
+    scale_bits: int = 45
+    max_decryptions: int = 4096
+
+    @property
+    def t(self) -> int:
+        return self.threshold or self.members // 2 + 1
+
+    @property
+    def ckks(self) -> CkksParams:
+        """The ring, scale and summand bound (one update per member) as ``crypto.ckks`` parameters."""
+        return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.members)
+
+    @property
+    def fresh_noise_sigma(self) -> float:
+        """Coefficient noise of a fresh public-key encryption under the collective key: after SEAL divides by
+        the special prime, the rounding of ``c0`` and ``c1 * s`` dominates, ``s`` having variance 2n/3."""
+        return math.sqrt((1 + self.poly_modulus_degree * 2 * self.members / 3) / 12 + KEY_SIGMA**2)
+
+    @property
+    def noise_bound(self) -> float:
+        """l2 bound on the noise of an aggregate of ``members`` fresh ciphertexts (twice its expectation)."""
+        return 2 * math.sqrt(self.poly_modulus_degree * self.members) * self.fresh_noise_sigma
+
+    @property
+    def smudging_sigma(self) -> float:
+        """Each decryption share's flooding width: ``sqrt(alpha * Q / 2) * noise_bound`` (module docstring)."""
+        return math.sqrt(_RENYI_ORDER * self.max_decryptions / 2) * self.noise_bound
+
+    @property
+    def error_estimate(self) -> float:
+        """Expected largest error of one decrypted real of a sum: 5 standard deviations of t shares' flooding
+        through the decoding (each real sums N/2 coefficients' noise)."""
+        return 5 * math.sqrt(self.t * self.poly_modulus_degree / 2) * self.smudging_sigma / 2.0**self.scale_bits
+
+    def check(self, prefix: str = "threshold") -> None:
+        """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
+        self.ckks.check(prefix)
+        if not 2 <= self.members <= 1000:
+            raise ParameterError(f"{prefix}.members: must be in [2, 1000], got {self.members}")
+        if not (self.threshold == 0 or 1 <= self.threshold <= self.members):
+            raise ParameterError(f"{prefix}.threshold: must be in [1, {self.members}] (0: a majority), got "
+                                 f"{self.threshold}")
+        if not 1 <= self.max_decryptions <= 2**20:
+            raise ParameterError(f"{prefix}.max_decryptions: must be in [1, 1048576], got {self.max_decryptions}")
+        if self.error_estimate > 2.0**-10:
+            raise ParameterError(f"{prefix}.scale_bits: smudging noise for {self.members} members would err by "
+                                 f"~{self.error_estimate:.2g} per value; raise the scale or lower max_decryptions")
+
+    def describe(self) -> dict[str, object]:
+        return {**self.ckks.describe(), "encryption": "public key (collective)", "members": self.members,
+                "threshold": self.t, "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1),
+                "max_decryptions": self.max_decryptions}
+
+
+def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
+    """The common reference polynomial: uniform over every prime, the same for everyone holding the seed."""
+    return ring.uniform(len(ring.moduli), shake_stream(b"fedprompt-crp-v1\0" + label + b"\0" + job_seed))
+
+
+def _digest(*polys: Poly) -> bytes:
+    h = hashlib.sha256(b"fedprompt-threshold-v1")
+    for poly in polys:
+        h.update(np.asarray(poly, dtype=np.uint64).tobytes())
+    return h.digest()
+
+
+def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list[Poly]:
+    size = count * limbs * ring.n * 8
+    if len(data) != offset + size:
+        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, "
+                                f"expected {size}")
+    values = np.frombuffer(data, dtype=np.uint64, offset=offset).astype(object).reshape(count, limbs, ring.n)
+    if not np.all(values < ring.q(limbs)):
+        raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
+    return list(values)
+
+
+class Member:
+    """A member's own secret ``s_i``: it makes the public-key share and deals Shamir shares, then can go."""
+
+    def __init__(self, params: ThresholdParams, ring: Ring, index: int) -> None:
+        params.check()
+        if not 1 <= index <= params.members:
+            raise ParameterError(f"member index must be in [1, {params.members}], got {index}")
+        self.params, self.ring, self.index = params, ring, index
+        secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
+        self._secret = ring.read_plaintext(secret.data(), len(ring.moduli))
+
+    def public_share(self, a: Poly) -> Poly:
+        """``p_i = -a s_i + e_i`` over every prime."""
+        limbs = len(self.ring.moduli)
+        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
+        return (noise - a * self._secret) % self.ring.q(limbs)
+
+    def deal(self) -> dict[int, bytes]:
+        """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
+        recipient (``crypto.sealing.seal``) before it leaves."""
+        shares = shamir.share(self.ring, self._secret, self.params.t, range(1, self.params.members + 1))
+        limbs = len(self.ring.moduli)
+        return {j: _DEALT.pack(_DEALT_MAGIC, self.index, j, self.params.t, self.params.members, limbs)
+                + np.asarray(poly, dtype=np.uint64).tobytes() for j, poly in shares.items()}
+
+
+class KeyShare:
+    """Member ``index``'s Shamir share of the collective secret, from the n dealt shares it received."""
+
+    def __init__(self, params: ThresholdParams, ring: Ring, index: int, dealt: Mapping[int, bytes]) -> None:
+        self.params, self.ring, self.index = params, ring, index
+        if sorted(dealt) != list(range(1, params.members + 1)):
+            raise InvalidValue(f"a key share needs one dealt share from each of the {params.members} members, got "
+                               f"them from {sorted(dealt)}")
+        limbs = len(ring.moduli)
+        total = np.zeros((limbs, ring.n), dtype=object)
+        for dealer, data in dealt.items():
+            if len(data) < _DEALT.size:
+                raise InvalidCiphertext(f"dealt share from member {dealer} is truncated")
+            magic, got_dealer, recipient, t, n, got_limbs = _DEALT.unpack_from(data)
+            if (magic, got_dealer, recipient, t, n, got_limbs) != (_DEALT_MAGIC, dealer, index, params.t,
+                                                                   params.members, limbs):
+                raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
+                                        f"{params.t}-of-{params.members} job")
+            total = total + _polys(data, _DEALT.size, 1, limbs, ring)[0]
+        self._share = total % ring.q(limbs)
+
+    def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
+        """``c1 * lambda * sigma + e`` per ciphertext, for the decryptor set ``decryptors``, bound to the
+        ciphertexts by a digest; fresh smudging noise each time."""
+        members = sorted(set(decryptors))
+        if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
+            raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
+                               f"members, this one ({self.index}) among them")
+        if members[0] < 1 or members[-1] > self.params.members:
+            raise InvalidValue(f"decryptor set {members} names a member outside 1..{self.params.members}")
+        polys = [self.ring.read_ciphertext(ct) for ct in ciphertexts]
+        limbs = polys[0][0].shape[0]
+        q = self.ring.q(limbs)
+        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * self._share[:limbs] % q
+        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for _, c1 in polys]
+        header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), _digest(*[c1 for _, c1 in polys]), limbs)
+        return (header + struct.pack(f"<{len(members)}H", *members)
+                + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
+
+
+def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
+            shares: Sequence[bytes]) -> list[seal.Plaintext]:
+    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set.
+
+    Refused (typed, nothing decrypted): fewer shares than the set or than t, shares for other ciphertexts or
+    another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
+    yields garbage, which :meth:`ThresholdContext.combine` refuses by the sum's weight slot.
+    """
+    polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
+    limbs = polys[0][0].shape[0]
+    digest = _digest(*[c1 for _, c1 in polys])
+    parsed: dict[int, list[Poly]] = {}
+    decryptors: set[tuple[int, ...]] = set()
+    for data in shares:
+        if len(data) < _SHARE.size:
+            raise InvalidCiphertext("decryption share is truncated")
+        magic, index, count, got_digest, got_limbs = _SHARE.unpack_from(data)
+        members_end = _SHARE.size + 2 * count
+        if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
+            raise InvalidCiphertext("not a decryption share of this job's format")
+        if got_digest != digest:
+            raise InvalidCiphertext(f"decryption share of member {index} was made for other ciphertexts")
+        if index in parsed:
+            raise InvalidCiphertext(f"two decryption shares from member {index}")
+        decryptors.add(struct.unpack_from(f"<{count}H", data, _SHARE.size))
+        parsed[index] = _polys(data, members_end, len(polys), limbs, ring)
+    if len(decryptors) != 1:
+        raise InvalidCiphertext("decryption shares were made for different decryptor sets")
+    (members,) = decryptors
+    if len(members) < params.t or sorted(parsed) != list(members):
+        raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
+                           f"{params.t}), got {sorted(parsed)}")
+    q = ring.q(limbs)
+    out = []
+    for k, (c0, _) in enumerate(polys):
+        total = (c0 + sum(parsed[j][k] for j in members)) % q
+        out.append(ring.plaintext(total, list(ciphertexts[k].parms_id()), ciphertexts[k].scale))
+    return out
+
+
+class ThresholdContext(_Codec):
+    """What every member holds after key generation: the parameters, the ring and the collective public key.
+
+    Encrypts like ``SecretContext`` (same framing, so the coordinator's ``PublicContext``/``EncryptedSum``
+    fold these ciphertexts unchanged) and decrypts only through ``t`` decryption shares.
+    """
+
+    def __init__(self, params: ThresholdParams) -> None:
+        params.check()
+        super().__init__(ts.context_from(_public_bytes(_make_context(params.ckks))), params.ckks)
+        self.threshold = params
+        self.ring = Ring(self.seal_context)
+        self.key_id = b""
+
+    def set_public_key(self, a: Poly, shares: Sequence[Poly]) -> None:
+        """The collective public key ``(sum p_i, a)`` (Mouchet et al. 2021, protocol CKG) from every member's
+        public-key share: SEAL's public key for ``s = sum s_i``.  Its key id binds ciphertexts to it."""
+        if len(shares) != self.threshold.members:
+            raise InvalidValue(f"the collective key needs the public-key shares of all {self.threshold.members} "
+                               f"members, got {len(shares)}")
+        p0 = sum(shares, np.zeros_like(a)) % self.ring.q(len(self.ring.moduli))
+        self.public_key = self.ring.public_key(p0, a)
+        self.encryptor = seal.Encryptor(self.seal_context, self.public_key)
+        self.key_id = hashlib.sha256(b"fedprompt-ckks-key-id\0" + _digest(p0, a)).digest()
+
+    def public_bytes(self) -> bytes:
+        """Parameters only, for the coordinator's ``PublicContext``."""
+        return _public_bytes(self.ctx)
+
+    def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
+        if not self.key_id:
+            raise InvalidValue("no collective public key yet: key generation has not finished")
+        blobs = []
+        for plain in self.encode(vector, weight):
+            ct = seal.Ciphertext()
+            self.encryptor.encrypt(plain, ct)
+            blobs.append(_saved(ct.save))
+        return self.frame(self.key_id, int(np.asarray(vector).size), blobs)
+
+    def decryption_share(self, key: KeyShare, data: bytes, vector_size: int, decryptors: Sequence[int]) -> bytes:
+        return key.decryption_share(self.parse_sum(data, vector_size), decryptors)
+
+    def combine(self, data: bytes, vector_size: int, shares: Sequence[bytes]) -> tuple[np.ndarray, float]:
+        """(vector, weight) of an encrypted sum from its decryption shares; garbage (a wrong share) refused."""
+        plains = combine(self.ring, self.threshold, self.parse_sum(data, vector_size), shares)
+        return self.checked(self.decode(plains), vector_size)
+
+    def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
+        return self.parse(data, self.key_id, vector_size)
