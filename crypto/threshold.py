@@ -51,6 +51,8 @@ from fedprompt.crypto.rns import Poly, Ring, shake_stream
 
 KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
 _RENYI_ORDER = 128
+#: Largest expected error of a decrypted sum's value that parameters may have: beyond it, flooding swamps updates.
+_MAX_ERROR = 1e-2
 _DEALT = struct.Struct("<5sHHHHH")
 _SHARE = struct.Struct("<5sHH32sH")
 _DEALT_MAGIC, _SHARE_MAGIC = b"FPTK1", b"FPTD1"
@@ -116,7 +118,7 @@ class ThresholdParams:
                                  f"{self.threshold}")
         if not 1 <= self.max_decryptions <= 2**20:
             raise ParameterError(f"{prefix}.max_decryptions: must be in [1, 1048576], got {self.max_decryptions}")
-        if self.error_estimate > 2.0**-10:
+        if self.error_estimate > _MAX_ERROR:
             raise ParameterError(f"{prefix}.scale_bits: smudging noise for {self.members} members would err by "
                                  f"~{self.error_estimate:.2g} per value; raise the scale or lower max_decryptions")
 

@@ -208,3 +208,13 @@ def test_a_decryption_share_is_flooded_with_smudging_noise() -> None:
     noise = np.array(ring.from_ntt(((flood - exact) % ring.q(1)).reshape(1, -1)), dtype=np.float64)
     assert abs(noise.mean()) < 0.1 * j.params.smudging_sigma
     assert noise.std() == pytest.approx(j.params.smudging_sigma, rel=0.05)
+
+
+def test_cost_measurement_runs_the_whole_path() -> None:
+    from fedprompt.crypto.threshold_costs import measure
+
+    figures = measure(3, 300)
+    assert figures["threshold"] == 2 and figures["security_bits"] >= 128
+    assert figures["max_abs_error_sum"] <= 1e-4
+    assert figures["upload_bytes"] == figures["aggregate_bytes"] > 300 * 4
+    assert all(figures[key] > 0 for key in ("encrypt_s", "partial_decrypt_s", "combine_s"))
