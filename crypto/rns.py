@@ -175,10 +175,17 @@ class Ring:
         return self._load(seal.Plaintext(), self._plaintext_bytes(parms_id, poly, scale))
 
     def public_key(self, p0: Poly, p1: Poly) -> seal.PublicKey:
-        flat = np.concatenate([p0.reshape(-1), p1.reshape(-1)])
-        body = (struct.pack("<4Q", *self.key_parms_id) + b"\x01"
-                + struct.pack("<QQQdQ", 2, self.n, len(self.moduli), 1.0, 1) + self._dynarray(flat))
-        return self._load(seal.PublicKey(), self._framed(body))
+        return self._load(seal.PublicKey(), self._ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
+
+    def ciphertext(self, c0: Poly, c1: Poly, parms_id: list[int], scale: float) -> seal.Ciphertext:
+        """A two-part NTT-form ciphertext at ``parms_id``."""
+        return self._load(seal.Ciphertext(), self._ciphertext_bytes(parms_id, c0, c1, scale))
+
+    def _ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
+        flat = np.concatenate([c0.reshape(-1), c1.reshape(-1)])
+        body = (struct.pack("<4Q", *parms_id) + b"\x01"
+                + struct.pack("<QQQdQ", 2, self.n, c0.shape[0], scale, 1) + self._dynarray(flat))
+        return self._framed(body)
 
     def _plaintext_bytes(self, parms_id: list[int], poly: Poly, scale: float) -> bytes:
         flat = np.asarray(poly).reshape(-1)
@@ -200,6 +207,21 @@ class Ring:
             except Exception as exc:  # SEAL reports out-of-range values as generic C++ exceptions
                 raise InvalidCiphertext(f"polynomial does not load as a SEAL {type(obj).__name__}: {exc}") from exc
         return obj
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Integers below ``2**bits`` (``bits`` <= 64), each in exactly ``bits`` bits, big-endian, concatenated."""
+    words = np.asarray(values, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
+    return np.packbits(np.unpackbits(words, axis=1)[:, 64 - bits :].reshape(-1)).tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """The inverse of :func:`pack_bits` for ``count`` integers, as Python ints (``dtype=object``)."""
+    if len(data) != -(-count * bits // 8):
+        raise InvalidCiphertext(f"packed polynomial has {len(data)} bytes, expected {-(-count * bits // 8)}")
+    full = np.zeros((count, 64), dtype=np.uint8)
+    full[:, 64 - bits :] = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
+    return np.packbits(full, axis=1).view(">u8").reshape(count).astype(np.uint64).astype(object)
 
 
 def shake_stream(seed: bytes) -> Callable[[int], bytes]:

@@ -47,7 +47,7 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import shamir
 from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
-from fedprompt.crypto.rns import Poly, Ring, shake_stream
+from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
 
 KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
 _RENYI_ORDER = 128
@@ -55,7 +55,8 @@ _RENYI_ORDER = 128
 _MAX_ERROR = 1e-2
 _DEALT = struct.Struct("<5sHHHHH")
 _SHARE = struct.Struct("<5sHH32sH")
-_DEALT_MAGIC, _SHARE_MAGIC = b"FPTK1", b"FPTD1"
+_COMPRESSED = struct.Struct("<5s32sIHBB")
+_DEALT_MAGIC, _SHARE_MAGIC, _COMPRESSED_MAGIC = b"FPTK1", b"FPTD1", b"FPTC1"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,17 @@ class ThresholdParams:
         """Expected largest error of one decrypted real of a sum: 5 standard deviations of t shares' flooding
         through the decoding (each real sums N/2 coefficients' noise)."""
         return 5 * math.sqrt(self.t * self.poly_modulus_degree / 2) * self.smudging_sigma / 2.0**self.scale_bits
+
+    @property
+    def download_bits(self) -> tuple[int, int]:
+        """Bits kept of each ``c0`` and ``c1`` coefficient when the coordinator compresses an aggregate: rounding
+        then adds at most half the decryption shares' flooding (std ``q 2^-k / sqrt 12``, for ``c1`` times
+        ``||s||_2 = sqrt(N 2n/3)``), so the compressed download errs by at most ~12 % more."""
+        allowed = math.sqrt(self.t) * self.smudging_sigma / 2 * math.sqrt(12)
+        amplification = math.sqrt(self.poly_modulus_degree * 2 * self.members / 3)
+        top = self.coeff_mod_bit_sizes[0]
+        return (min(top, math.ceil(top - math.log2(allowed))),
+                min(top, math.ceil(top - math.log2(allowed / amplification))))
 
     def check(self, prefix: str = "threshold") -> None:
         """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
@@ -264,12 +276,14 @@ class ThresholdContext(_Codec):
     fold these ciphertexts unchanged) and decrypts only through ``t`` decryption shares.
     """
 
-    def __init__(self, params: ThresholdParams) -> None:
+    def __init__(self, params: ThresholdParams, key_id: bytes = b"") -> None:
+        """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members
+        get theirs from :meth:`set_public_key`."""
         params.check()
         super().__init__(ts.context_from(_public_bytes(_make_context(params.ckks))), params.ckks)
         self.threshold = params
         self.ring = Ring(self.seal_context)
-        self.key_id = b""
+        self.key_id = key_id
 
     def set_public_key(self, a: Poly, shares: Sequence[Poly]) -> None:
         """The collective public key ``(sum p_i, a)`` (Mouchet et al. 2021, protocol CKG) from every member's
@@ -306,3 +320,47 @@ class ThresholdContext(_Codec):
 
     def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
         return self.parse(data, self.key_id, vector_size)
+
+    def compress(self, data: bytes, vector_size: int) -> bytes:
+        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient.
+
+        Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
+        without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
+        k0, k1 = self.threshold.download_bits
+        parts = []
+        cts = self.parse_sum(data, vector_size)
+        for ct in cts:
+            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1), strict=True):
+                coeffs = self.ring.from_ntt(poly) % self.ring.moduli[0]
+                parts.append(pack_bits(((coeffs << bits) + self.ring.moduli[0] // 2) // self.ring.moduli[0]
+                                       % (1 << bits), bits))
+        header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
+        return header + b"".join(parts)
+
+    def expand(self, blob: bytes, vector_size: int) -> bytes:
+        """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
+        back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect."""
+        k0, k1 = self.threshold.download_bits
+        q = self.ring.moduli[0]
+        if len(blob) < _COMPRESSED.size:
+            raise InvalidCiphertext("compressed aggregate is shorter than its header")
+        magic, key_id, size, count, got0, got1 = _COMPRESSED.unpack_from(blob)
+        if (magic, key_id, got0, got1) != (_COMPRESSED_MAGIC, self.key_id, k0, k1):
+            raise InvalidCiphertext("not a compressed aggregate under this job's key and parameters")
+        if size != vector_size or count != self.params.num_ciphertexts(vector_size):
+            raise InvalidCiphertext(f"compressed aggregate holds {size} values in {count} ciphertexts, expected "
+                                    f"{vector_size}")
+        lengths = [-(-self.ring.n * bits // 8) for bits in (k0, k1)]
+        if len(blob) != _COMPRESSED.size + count * sum(lengths):
+            raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
+        offset, blobs = _COMPRESSED.size, []
+        for _ in range(count):
+            polys = []
+            for bits, length in zip((k0, k1), lengths, strict=True):
+                rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
+                offset += length
+                polys.append(self.ring.to_ntt((rounded * q + (1 << (bits - 1))) >> bits, 1))
+            ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),
+                                      2.0**self.params.scale_bits)
+            blobs.append(_saved(ct.save))
+        return self.frame(self.key_id, vector_size, blobs)

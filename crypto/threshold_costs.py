@@ -1,8 +1,8 @@
 """What threshold CKKS costs for n members and a vector size: seconds, bytes and error of one aggregate.
 
 The crypto-level measurement behind ``fedprompt bench threshold``: every member encrypts an update under the
-collective key, the coordinator folds the ciphertexts, ``t`` members make decryption shares and one member
-combines them.  Timings are wall-clock on this machine; the figures are per member unless named otherwise.
+collective key, the coordinator folds the ciphertexts and compresses the sum for download, ``t`` members make
+decryption shares of the expanded download and one member combines them (errors are of that path).  Timings are wall-clock on this machine; the figures are per member unless named otherwise.
 """
 
 from __future__ import annotations
@@ -46,13 +46,19 @@ def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0) -
         fold_s += time.perf_counter() - start
         expected, weight = expected + update * w, weight + w
     aggregate = total.to_bytes()
+    start = time.perf_counter()
+    download = ThresholdContext(params, key_id=context.key_id).compress(aggregate, vector_size)
+    compress_s = time.perf_counter() - start
+    start = time.perf_counter()
+    expanded = context.expand(download, vector_size)
+    expand_s = time.perf_counter() - start
 
     decryptors = list(range(1, params.t + 1))
     start = time.perf_counter()
-    shares = [context.decryption_share(keys[j], aggregate, vector_size, decryptors) for j in decryptors]
+    shares = [context.decryption_share(keys[j], expanded, vector_size, decryptors) for j in decryptors]
     partial_decrypt_s = (time.perf_counter() - start) / len(decryptors)
     start = time.perf_counter()
-    vector, got_weight = context.combine(aggregate, vector_size, shares)
+    vector, got_weight = context.combine(expanded, vector_size, shares)
     combine_s = time.perf_counter() - start
     plain = vector_size * FLOAT32_BYTES
     return {
@@ -62,6 +68,8 @@ def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0) -
         "partial_decrypt_s": partial_decrypt_s, "combine_s": combine_s,
         "upload_bytes": len(upload), "upload_x_float32": len(upload) / plain,
         "aggregate_bytes": len(aggregate), "aggregate_x_float32": len(aggregate) / plain,
+        "compress_s": compress_s, "expand_s": expand_s,
+        "download_bytes": len(download), "download_x_float32": len(download) / plain,
         "decryption_share_bytes": len(shares[0]), "public_key_share_bytes": public_shares[0].size * 8,
         "dealt_share_bytes": len(dealt[1][1]),
         "max_abs_error_sum": float(np.abs(vector - expected).max()),

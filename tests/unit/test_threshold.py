@@ -210,11 +210,31 @@ def test_a_decryption_share_is_flooded_with_smudging_noise() -> None:
     assert noise.std() == pytest.approx(j.params.smudging_sigma, rel=0.05)
 
 
+@pytest.mark.parametrize("members", [3, 5])
+def test_coordinator_compresses_the_aggregate_without_a_key_and_it_still_decrypts(members: int) -> None:
+    j = job(members)
+    data, expected, weight = aggregate(j, seed=4)
+    coordinator = ThresholdContext(j.params, key_id=j.public.key_id)
+    download = coordinator.compress(data, SIZE)
+    assert len(download) < 0.66 * len(data)
+    full = j.context.expand(download, SIZE)
+    decryptors = list(range(1, j.params.t + 1))
+    vector, got_weight = j.context.combine(full, SIZE, shares_of(j, full, decryptors))
+    assert got_weight == weight
+    assert np.abs(vector - expected).max() <= 1e-4
+    with pytest.raises(InvalidCiphertext, match="truncated"):
+        j.context.expand(download[:-1], SIZE)
+    with pytest.raises(InvalidCiphertext, match="under this job's key"):
+        ThresholdContext(j.params, key_id=bytes(32)).expand(download, SIZE)
+    with pytest.raises(InvalidCiphertext, match="expected 10"):
+        j.context.expand(download, 10)
+
+
 def test_cost_measurement_runs_the_whole_path() -> None:
     from fedprompt.crypto.threshold_costs import measure
 
     figures = measure(3, 300)
     assert figures["threshold"] == 2 and figures["security_bits"] >= 128
     assert figures["max_abs_error_sum"] <= 1e-4
-    assert figures["upload_bytes"] == figures["aggregate_bytes"] > 300 * 4
+    assert figures["upload_bytes"] == figures["aggregate_bytes"] > figures["download_bytes"] > 300 * 4
     assert all(figures[key] > 0 for key in ("encrypt_s", "partial_decrypt_s", "combine_s"))
