@@ -95,8 +95,9 @@ class ThresholdParams:
 
     @property
     def noise_bound(self) -> float:
-        """l2 bound on the noise of an aggregate of ``members`` fresh ciphertexts (twice its expectation)."""
-        return 2 * math.sqrt(self.poly_modulus_degree * self.members) * self.fresh_noise_sigma
+        """l2 bound on the noise of an aggregate of ``members`` fresh ciphertexts and one re-randomisation
+        (twice its expectation)."""
+        return 2 * math.sqrt(self.poly_modulus_degree * (self.members + 1)) * self.fresh_noise_sigma
 
     @property
     def smudging_sigma(self) -> float:
@@ -209,10 +210,17 @@ class KeyShare:
                                         f"{params.t}-of-{params.members} job")
             total = total + _polys(data, _DEALT.size, 1, limbs, ring)[0]
         self._share = total % ring.q(limbs)
+        self._issued: set[bytes] = set()
 
     def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
         """``c1 * lambda * sigma + e`` per ciphertext, for the decryptor set ``decryptors``, bound to the
-        ciphertexts by a digest; fresh smudging noise each time."""
+        ciphertexts by a digest; fresh smudging noise each time.
+
+        At most one share per ciphertext: two shares of the same ``c1`` under different sets differ by known
+        scalars ``lambda``, and a two-dimensional lattice reduction then strips the flooding and reveals
+        ``sigma``.  A retry after a dropout therefore decrypts a re-randomised sum (:meth:`ThresholdContext.
+        rerandomise`), whose ``c1`` differs by a uniform polynomial.  (The record lives as long as this object;
+        a member's persistent state must keep it too.)"""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -220,11 +228,16 @@ class KeyShare:
         if members[0] < 1 or members[-1] > self.params.members:
             raise InvalidValue(f"decryptor set {members} names a member outside 1..{self.params.members}")
         polys = [self.ring.read_ciphertext(ct) for ct in ciphertexts]
+        digest = _digest(*[c1 for _, c1 in polys])
+        if digest in self._issued:
+            raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
+                               "re-randomised sum (ThresholdContext.rerandomise)")
+        self._issued.add(digest)
         limbs = polys[0][0].shape[0]
         q = self.ring.q(limbs)
         weighted = shamir.lagrange(self.ring, members, self.index, limbs) * self._share[:limbs] % q
         out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for _, c1 in polys]
-        header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), _digest(*[c1 for _, c1 in polys]), limbs)
+        header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
 
@@ -295,6 +308,21 @@ class ThresholdContext(_Codec):
         self.public_key = self.ring.public_key(p0, a)
         self.encryptor = seal.Encryptor(self.seal_context, self.public_key)
         self.key_id = hashlib.sha256(b"fedprompt-ckks-key-id\0" + _digest(p0, a)).digest()
+
+    def rerandomise(self, data: bytes, vector_size: int) -> bytes:
+        """The sum plus a fresh encryption of zero under the collective key: the same plaintext, a ``c1`` no
+        decryption share was made for.  Applied to the original sum before each retry, so the noise is that of
+        ``members + 1`` fresh ciphertexts, which :attr:`ThresholdParams.noise_bound` allows for."""
+        if not self.key_id:
+            raise InvalidValue("no collective public key yet: key generation has not finished")
+        cts = self.parse_sum(data, vector_size)
+        zeros = self.encode(np.zeros(self.params.num_ciphertexts(vector_size) * self.params.reals_per_ciphertext
+                                     - 1), 0.0)
+        for ct, zero in zip(cts, zeros, strict=True):
+            fresh = seal.Ciphertext()
+            self.encryptor.encrypt(zero, fresh)
+            self.evaluator.add_inplace(ct, fresh)
+        return self.frame(self.key_id, vector_size, [_saved(ct.save) for ct in cts])
 
     def public_bytes(self) -> bytes:
         """Parameters only, for the coordinator's ``PublicContext``."""

@@ -104,12 +104,28 @@ def test_any_t_members_decrypt_the_aggregate_with_the_others_dropped(members: in
     assert np.abs(vector - expected).max() <= 1e-4
 
 
+def test_a_retry_after_a_dropout_decrypts_a_rerandomised_sum_and_never_the_same_one_twice() -> None:
+    """Member 3 of the set {1, 2, 3} drops after 1 and 2 answered; the coordinator retries with {1, 2, 4}."""
+    j = job(5)
+    data, expected, weight = aggregate(j, seed=5)
+    first = [j.context.decryption_share(j.keys[d], data, SIZE, [1, 2, 3]) for d in (1, 2)]
+    assert len(first) == 2
+    with pytest.raises(InvalidValue, match="already made a decryption share"):
+        j.context.decryption_share(j.keys[1], data, SIZE, [1, 2, 4])
+    retry = j.context.rerandomise(data, SIZE)
+    (before,), (after,) = j.context.parse_sum(data, SIZE), j.context.parse_sum(retry, SIZE)
+    assert not np.array_equal(j.context.ring.read_ciphertext(before)[1], j.context.ring.read_ciphertext(after)[1])
+    vector, got_weight = j.context.combine(retry, SIZE, shares_of(j, retry, [1, 2, 4]))
+    assert got_weight == weight
+    assert np.abs(vector - expected).max() <= 1e-4
+
+
 def test_fewer_than_t_members_cannot_ask_or_combine() -> None:
     j = job(5)
     data, _, _ = aggregate(j)
     with pytest.raises(InvalidValue, match="3 or more"):
         j.context.decryption_share(j.keys[1], data, SIZE, [1, 2])
-    shares = shares_of(j, data, [1, 2, 3])
+    shares = shares_of(j, data, [2, 3, 4])
     with pytest.raises(InvalidValue, match="every member of the set"):
         j.context.combine(data, SIZE, shares[:2])
 
@@ -124,7 +140,7 @@ def test_wrong_duplicate_or_foreign_shares_are_refused() -> None:
     with pytest.raises(InvalidCiphertext, match="two decryption shares"):
         j.context.combine(data, SIZE, [good[0], good[0]])
     with pytest.raises(InvalidCiphertext, match="different decryptor sets"):
-        j.context.combine(data, SIZE, [good[0], shares_of(j, data, [1, 2, 3])[1]])
+        j.context.combine(data, SIZE, [good[0], j.context.decryption_share(j.keys[3], data, SIZE, [1, 3])])
     with pytest.raises(InvalidCiphertext, match="bytes of polynomials"):
         j.context.combine(data, SIZE, [good[0], good[1][:-8]])
     forged = bytearray(good[1])
