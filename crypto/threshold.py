@@ -126,9 +126,9 @@ class ThresholdParams:
         self.ckks.check(prefix)
         if not 2 <= self.members <= 1000:
             raise ParameterError(f"{prefix}.members: must be in [2, 1000], got {self.members}")
-        if not (self.threshold == 0 or 1 <= self.threshold <= self.members):
-            raise ParameterError(f"{prefix}.threshold: must be in [1, {self.members}] (0: a majority), got "
-                                 f"{self.threshold}")
+        if not (self.threshold == 0 or 2 <= self.threshold <= self.members):
+            raise ParameterError(f"{prefix}.threshold: must be in [2, {self.members}] (0: a majority; 1 would let "
+                                 f"any member decrypt alone), got {self.threshold}")
         if not 1 <= self.max_decryptions <= 2**20:
             raise ParameterError(f"{prefix}.max_decryptions: must be in [1, 1048576], got {self.max_decryptions}")
         if self.error_estimate > _MAX_ERROR:

@@ -84,6 +84,7 @@ def test_default_parameters_meet_the_standard_with_a_majority_threshold() -> Non
 
 @pytest.mark.parametrize("change,key", [
     ({"threshold": 6}, "threshold.threshold"),
+    ({"threshold": 1}, "threshold.threshold"),
     ({"members": 1}, "threshold.members"),
     ({"max_decryptions": 0}, "threshold.max_decryptions"),
     ({"scale_bits": 30}, "threshold.scale_bits"),
