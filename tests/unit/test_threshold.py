@@ -8,6 +8,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+import tenseal.sealapi as seal
 
 from fedprompt.crypto import sealing, shamir
 from fedprompt.crypto.ckks import PublicContext
@@ -211,6 +212,30 @@ def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_hon
         corr[name] = _corr(j.context.decode([plain])[:SIZE], honest)
     assert corr.pop("collective secret (control)") > 0.999
     assert all(abs(c) < 0.06 for c in corr.values()), corr
+
+
+@pytest.mark.parametrize("members", [3, 5])
+def test_the_noise_the_smudging_hides_is_within_its_bound(members: int) -> None:
+    """The smudging width rests on ``noise_bound``: the l2 norm of a real aggregate's noise, measured with the
+    collective secret, lies below it and within a factor 4 of it (the bound is neither wrong nor loose)."""
+    j = job(members)
+    ring, q1 = j.context.ring, j.context.ring.q(1)
+    total, plains = None, np.zeros((1, ring.n), dtype=object)
+    rng = np.random.default_rng(6)
+    for _ in j.members:
+        (plain,) = j.context.encode(rng.normal(0, 1, SIZE), 1.0)
+        ct = seal.Ciphertext()
+        j.context.encryptor.encrypt(plain, ct)
+        plains = plains + ring.read_plaintext(plain, 1)
+        if total is None:
+            total = ct
+        else:
+            j.context.evaluator.add_inplace(total, ct)
+    assert total is not None
+    c0, c1 = ring.read_ciphertext(total)
+    noise = np.array(ring.from_ntt((c0 + c1 * j.secret(list(range(1, members + 1)))[:1] - plains) % q1),
+                     dtype=np.float64)
+    assert j.params.noise_bound / 4 < np.linalg.norm(noise) < j.params.noise_bound
 
 
 def test_a_decryption_share_is_flooded_with_smudging_noise() -> None:
