@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
+from fedprompt.crypto import shamir
 from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.rns import Ring, shake_stream
 from fedprompt.crypto.threshold import ThresholdContext, ThresholdParams, crp
@@ -59,3 +60,18 @@ def test_common_reference_polynomial_is_deterministic_uniform_and_seed_bound(rin
     top = np.array(a[0], dtype=np.float64) / ring.moduli[0]
     assert abs(top.mean() - 0.5) < 0.03 and abs(top.std() - 12**-0.5) < 0.02
     assert shake_stream(b"x")(16) != shake_stream(b"y")(16)
+
+
+def test_vectorised_shamir_dealing_equals_python_integer_evaluation(ring: Ring) -> None:
+    """The uint64 Horner evaluation is exact: the same residues as Python integers, edge residues included."""
+    rng = np.random.default_rng(3)
+    degree, width = 25, 64
+    coefficients = np.stack([np.stack([rng.integers(0, q, width, dtype=np.uint64) for q in ring.moduli])
+                             for _ in range(degree + 1)])
+    coefficients[:, :, :2] = np.array(ring.moduli, dtype=np.uint64).reshape(-1, 1) - np.array([1, 2], dtype=np.uint64)
+    indices = [1, 2, 7, 50, 999, shamir.MAX_INDEX - 1]
+    got = shamir.evaluate(coefficients, ring.moduli, indices)
+    for x in indices:
+        for limb, q in enumerate(ring.moduli):
+            expected = [sum(int(coefficients[k, limb, i]) * x**k for k in range(degree + 1)) % q for i in range(width)]
+            assert got[x][limb].tolist() == expected
