@@ -38,6 +38,8 @@ _SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.Public
 _HEADER = struct.Struct("<HBBBBHQ")
 _SEAL_MAGIC = 0xA15E
 _UNCOMPRESSED = 0
+_SHAKE256 = 2  # SEAL's prng_type::shake256
+SEED_BYTES = 64  # SEAL's prng_seed_byte_count
 
 
 def _bitrev(n: int) -> np.ndarray:
@@ -181,11 +183,27 @@ class Ring:
         """A two-part NTT-form ciphertext at ``parms_id``."""
         return self._load(seal.Ciphertext(), self._ciphertext_bytes(parms_id, c0, c1, scale))
 
+    def seeded_ciphertext_bytes(self, parms_id: list[int], c0: Poly, seed: bytes, scale: float) -> bytes:
+        """SEAL's serialisation of a seeded ciphertext: ``c0`` and the 64-byte seed from which SEAL's loader
+        expands ``c1`` with SHAKE-256 (``Ciphertext::save_members`` for a ciphertext with a seed marker: half
+        the ``DynArray``, then a ``UniformRandomGeneratorInfo``).  Its size is one polynomial and 81 bytes."""
+        if len(seed) != SEED_BYTES:
+            raise InvalidCiphertext(f"a SEAL seed has {SEED_BYTES} bytes, got {len(seed)}")
+        members = self._ciphertext_members(parms_id, c0.shape[0], scale)
+        return self._framed(members + self._dynarray(c0.reshape(-1)) + self._framed(bytes([_SHAKE256]) + seed))
+
+    def expand_seed(self, parms_id: list[int], seed: bytes, limbs: int) -> Poly:
+        """The ``c1`` SEAL expands from ``seed`` at ``parms_id`` (uniform over the first ``limbs`` primes)."""
+        zero = np.zeros((limbs, self.n), dtype=object)
+        return self.read_ciphertext(self._load(seal.Ciphertext(), self.seeded_ciphertext_bytes(parms_id, zero, seed,
+                                                                                               1.0)))[1]
+
+    def _ciphertext_members(self, parms_id: list[int], limbs: int, scale: float) -> bytes:
+        return struct.pack("<4Q", *parms_id) + b"\x01" + struct.pack("<QQQdQ", 2, self.n, limbs, scale, 1)
+
     def _ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
         flat = np.concatenate([c0.reshape(-1), c1.reshape(-1)])
-        body = (struct.pack("<4Q", *parms_id) + b"\x01"
-                + struct.pack("<QQQdQ", 2, self.n, c0.shape[0], scale, 1) + self._dynarray(flat))
-        return self._framed(body)
+        return self._framed(self._ciphertext_members(parms_id, c0.shape[0], scale) + self._dynarray(flat))
 
     def _plaintext_bytes(self, parms_id: list[int], poly: Poly, scale: float) -> bytes:
         flat = np.asarray(poly).reshape(-1)

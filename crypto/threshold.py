@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +68,9 @@ class ThresholdParams:
     the public-key encryption noise down.  Scale 2^45: the smudging noise of the t decryption shares must stay
     far below the scale, and the 60-bit data prime then leaves sums of magnitude up to 2^13 = 8192 (the
     weight slot included).  ``threshold`` 0 means a majority of the members.  ``max_decryptions`` bounds the
-    chunk decryptions one key serves (the ``Q`` of the smudging argument).
+    chunk decryptions one key serves (the ``Q`` of the smudging argument).  ``seeded_uploads``: members
+    encrypt under their own secrets on per-round seeds (``crypto.threshold_seeded``, half the upload, 9.5-34x
+    less noise); False: under the collective public key (what a ciphertext product, the Gram defence, needs).
     """
 
     members: int
@@ -77,6 +79,7 @@ class ThresholdParams:
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
     scale_bits: int = 45
     max_decryptions: int = 4096
+    seeded_uploads: bool = True
 
     @property
     def t(self) -> int:
@@ -89,15 +92,19 @@ class ThresholdParams:
 
     @property
     def fresh_noise_sigma(self) -> float:
-        """Coefficient noise of a fresh public-key encryption under the collective key: after SEAL divides by
-        the special prime, the rounding of ``c0`` and ``c1 * s`` dominates, ``s`` having variance 2n/3."""
+        """Coefficient noise of a fresh upload.  Seeded: the member's own Gaussian ``e_i``.  Public key: after
+        SEAL divides by the special prime, the rounding of ``c0`` and ``c1 * s`` dominates, ``s`` having
+        variance 2n/3."""
+        if self.seeded_uploads:
+            return KEY_SIGMA
         return math.sqrt((1 + self.poly_modulus_degree * 2 * self.members / 3) / 12 + KEY_SIGMA**2)
 
     @property
     def noise_bound(self) -> float:
-        """l2 bound on the noise of an aggregate of ``members`` fresh ciphertexts and one re-randomisation
-        (twice its expectation)."""
-        return 2 * math.sqrt(self.poly_modulus_degree * (self.members + 1)) * self.fresh_noise_sigma
+        """l2 bound (twice the expectation) on the noise of an aggregate: seeded, at most ``members`` uploads
+        (a retry is a fresh upload round); public key, ``members`` ciphertexts and one re-randomisation."""
+        summands = self.members if self.seeded_uploads else self.members + 1
+        return 2 * math.sqrt(self.poly_modulus_degree * summands) * self.fresh_noise_sigma
 
     @property
     def smudging_sigma(self) -> float:
@@ -114,12 +121,13 @@ class ThresholdParams:
     def download_bits(self) -> tuple[int, int]:
         """Bits kept of each ``c0`` and ``c1`` coefficient when the coordinator compresses an aggregate: rounding
         then adds at most half the decryption shares' flooding (std ``q 2^-k / sqrt 12``, for ``c1`` times
-        ``||s||_2 = sqrt(N 2n/3)``), so the compressed download errs by at most ~12 % more."""
+        ``||s||_2 = sqrt(N 2n/3)``), so the compressed download errs by at most ~12 % more.  Seeded sums send
+        no ``c1`` (0 bits): it is ``|U| a_r``, rebuilt from the round's seed."""
         allowed = math.sqrt(self.t) * self.smudging_sigma / 2 * math.sqrt(12)
         amplification = math.sqrt(self.poly_modulus_degree * 2 * self.members / 3)
         top = self.coeff_mod_bit_sizes[0]
-        return (min(top, math.ceil(top - math.log2(allowed))),
-                min(top, math.ceil(top - math.log2(allowed / amplification))))
+        c1_bits = 0 if self.seeded_uploads else min(top, math.ceil(top - math.log2(allowed / amplification)))
+        return min(top, math.ceil(top - math.log2(allowed))), c1_bits
 
     def check(self, prefix: str = "threshold") -> None:
         """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
@@ -136,7 +144,9 @@ class ThresholdParams:
                                  f"~{self.error_estimate:.2g} per value; raise the scale or lower max_decryptions")
 
     def describe(self) -> dict[str, object]:
-        return {**self.ckks.describe(), "encryption": "public key (collective)", "members": self.members,
+        encryption = ("symmetric under each member's own secret, seeded per round" if self.seeded_uploads
+                      else "public key (collective)")
+        return {**self.ckks.describe(), "encryption": encryption, "members": self.members,
                 "threshold": self.t, "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1),
                 "max_decryptions": self.max_decryptions}
 
@@ -174,12 +184,23 @@ class Member:
         self.params, self.ring, self.index = params, ring, index
         secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
         self._secret = ring.read_plaintext(secret.data(), len(ring.moduli))
+        self._sampled: set[bytes] = set()
 
     def public_share(self, a: Poly) -> Poly:
         """``p_i = -a s_i + e_i`` over every prime."""
-        limbs = len(self.ring.moduli)
+        return self.rlwe_sample(a, b"public-key")
+
+    def rlwe_sample(self, a: Poly, label: bytes) -> Poly:
+        """``-a s_i + e_i`` over the primes of ``a``, at most once per ``label``: two samples on one ``a`` would
+        differ by small noise alone, and a ``c0`` built on one would give its plaintext away.  (A member's
+        persistent state must keep the record too.)"""
+        if label in self._sampled:
+            raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
+                               "reusing it would reveal what it encrypts")
+        self._sampled.add(label)
+        limbs = a.shape[0]
         noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
-        return (noise - a * self._secret) % self.ring.q(limbs)
+        return (noise - a * self._secret[:limbs]) % self.ring.q(limbs)
 
     def deal(self) -> dict[int, bytes]:
         """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
@@ -199,7 +220,7 @@ class KeyShare:
             raise InvalidValue(f"a key share needs one dealt share from each of the {params.members} members, got "
                                f"them from {sorted(dealt)}")
         limbs = len(ring.moduli)
-        total = np.zeros((limbs, ring.n), dtype=object)
+        self._dealt: dict[int, Poly] = {}
         for dealer, data in dealt.items():
             if len(data) < _DEALT.size:
                 raise InvalidCiphertext(f"dealt share from member {dealer} is truncated")
@@ -208,43 +229,59 @@ class KeyShare:
                                                                    params.members, limbs):
                 raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
                                         f"{params.t}-of-{params.members} job")
-            total = total + _polys(data, _DEALT.size, 1, limbs, ring)[0]
-        self._share = total % ring.q(limbs)
+            self._dealt[dealer] = _polys(data, _DEALT.size, 1, limbs, ring)[0]
+        self._share = self.share_of(range(1, params.members + 1))
         self._issued: set[bytes] = set()
 
+    def share_of(self, dealers: Iterable[int]) -> Poly:
+        """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
+        dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
+        limbs = len(self.ring.moduli)
+        return sum((self._dealt[i] for i in dealers), np.zeros((limbs, self.ring.n), dtype=object)) % self.ring.q(limbs)
+
     def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
-        """``c1 * lambda * sigma + e`` per ciphertext, for the decryptor set ``decryptors``, bound to the
-        ciphertexts by a digest; fresh smudging noise each time.
+        """``c1 * lambda * sigma + e`` per ciphertext (a sum of public-key uploads), for the decryptor set
+        ``decryptors``, bound to the ciphertexts by a digest; fresh smudging noise each time.
 
         At most one share per ciphertext: two shares of the same ``c1`` under different sets differ by known
         scalars ``lambda``, and a two-dimensional lattice reduction then strips the flooding and reveals
         ``sigma``.  A retry after a dropout therefore decrypts a re-randomised sum (:meth:`ThresholdContext.
         rerandomise`), whose ``c1`` differs by a uniform polynomial.  (The record lives as long as this object;
-        a member's persistent state must keep it too.)"""
+        a member's persistent state must keep it too.)  Refused in a seeded job: its smudging is sized for the
+        smaller noise of seeded sums (``crypto.threshold_seeded``)."""
+        if self.params.seeded_uploads:
+            raise InvalidValue("this job's uploads are seeded: decrypt through crypto.threshold_seeded")
+        c1s = [self.ring.read_ciphertext(ct)[1] for ct in ciphertexts]
+        digest = _digest(*c1s)
+        return self.flooded(c1s, self._share, decryptors, digest, digest)
+
+    def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
+                record: bytes) -> bytes:
+        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of the key that decrypts
+        them), framed with ``digest`` for :func:`combine`; refused if a share was made for ``record`` before."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
                                f"members, this one ({self.index}) among them")
         if members[0] < 1 or members[-1] > self.params.members:
             raise InvalidValue(f"decryptor set {members} names a member outside 1..{self.params.members}")
-        polys = [self.ring.read_ciphertext(ct) for ct in ciphertexts]
-        digest = _digest(*[c1 for _, c1 in polys])
-        if digest in self._issued:
+        if record in self._issued:
             raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
-                               "re-randomised sum (ThresholdContext.rerandomise)")
-        self._issued.add(digest)
-        limbs = polys[0][0].shape[0]
+                               "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
+        self._issued.add(record)
+        limbs = c1s[0].shape[0]
         q = self.ring.q(limbs)
-        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * self._share[:limbs] % q
-        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for _, c1 in polys]
+        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
+        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for c1 in c1s]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
 
 
 def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
-            shares: Sequence[bytes]) -> list[seal.Plaintext]:
-    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set.
+            shares: Sequence[bytes], digest: bytes | None = None) -> list[seal.Plaintext]:
+    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set;
+    ``digest``: what the shares must be bound to (default: the ``c1``s, as for public-key sums).
 
     Refused (typed, nothing decrypted): fewer shares than the set or than t, shares for other ciphertexts or
     another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
@@ -252,7 +289,7 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
     """
     polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
     limbs = polys[0][0].shape[0]
-    digest = _digest(*[c1 for _, c1 in polys])
+    digest = digest or _digest(*[c1 for _, c1 in polys])
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
     for data in shares:
@@ -313,8 +350,7 @@ class ThresholdContext(_Codec):
         """The sum plus a fresh encryption of zero under the collective key: the same plaintext, a ``c1`` no
         decryption share was made for.  Applied to the original sum before each retry, so the noise is that of
         ``members + 1`` fresh ciphertexts, which :attr:`ThresholdParams.noise_bound` allows for."""
-        if not self.key_id:
-            raise InvalidValue("no collective public key yet: key generation has not finished")
+        self._public_key_uploads()
         cts = self.parse_sum(data, vector_size)
         zeros = self.encode(np.zeros(self.params.num_ciphertexts(vector_size) * self.params.reals_per_ciphertext
                                      - 1), 0.0)
@@ -328,9 +364,16 @@ class ThresholdContext(_Codec):
         """Parameters only, for the coordinator's ``PublicContext``."""
         return _public_bytes(self.ctx)
 
-    def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
+    def _public_key_uploads(self) -> None:
+        if self.threshold.seeded_uploads:
+            raise InvalidValue("this job's uploads are seeded (crypto.threshold_seeded): its smudging is too narrow "
+                               "for public-key ciphertexts")
         if not self.key_id:
             raise InvalidValue("no collective public key yet: key generation has not finished")
+
+    def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
+        """A public-key upload under the collective key (jobs without ``seeded_uploads``)."""
+        self._public_key_uploads()
         blobs = []
         for plain in self.encode(vector, weight):
             ct = seal.Ciphertext()
@@ -358,16 +401,17 @@ class ThresholdContext(_Codec):
         parts = []
         cts = self.parse_sum(data, vector_size)
         for ct in cts:
-            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1), strict=True):
+            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1)[: 1 + bool(k1)], strict=False):
                 coeffs = self.ring.from_ntt(poly) % self.ring.moduli[0]
                 parts.append(pack_bits(((coeffs << bits) + self.ring.moduli[0] // 2) // self.ring.moduli[0]
                                        % (1 << bits), bits))
         header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
         return header + b"".join(parts)
 
-    def expand(self, blob: bytes, vector_size: int) -> bytes:
+    def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
-        back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect."""
+        back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect.  A seeded sum's ``c1``s
+        were not sent: ``c1s`` gives them (``crypto.threshold_seeded.expand``)."""
         k0, k1 = self.threshold.download_bits
         q = self.ring.moduli[0]
         if len(blob) < _COMPRESSED.size:
@@ -378,16 +422,21 @@ class ThresholdContext(_Codec):
         if size != vector_size or count != self.params.num_ciphertexts(vector_size):
             raise InvalidCiphertext(f"compressed aggregate holds {size} values in {count} ciphertexts, expected "
                                     f"{vector_size}")
-        lengths = [-(-self.ring.n * bits // 8) for bits in (k0, k1)]
+        if not k1 and len(c1s) != count:
+            raise InvalidValue(f"a seeded download needs its {count} c1 polynomials rebuilt from the round's seeds")
+        sent = (k0, k1)[: 1 + bool(k1)]
+        lengths = [-(-self.ring.n * bits // 8) for bits in sent]
         if len(blob) != _COMPRESSED.size + count * sum(lengths):
             raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
         offset, blobs = _COMPRESSED.size, []
-        for _ in range(count):
+        for index in range(count):
             polys = []
-            for bits, length in zip((k0, k1), lengths, strict=True):
+            for bits, length in zip(sent, lengths, strict=True):
                 rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
                 offset += length
                 polys.append(self.ring.to_ntt((rounded * q + (1 << (bits - 1))) >> bits, 1))
+            if not k1:
+                polys.append(c1s[index])
             ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),
                                       2.0**self.params.scale_bits)
             blobs.append(_saved(ct.save))

@@ -37,10 +37,11 @@ class Job:
 
 
 @cache
-def job(members: int) -> Job:
+def job(members: int, seeded: bool = False) -> Job:
     """Key generation as members run it: public-key shares on the job's CRP, and Shamir shares of each
-    secret sealed for each recipient with ``crypto.sealing`` (X25519 + AES-GCM), opened by the recipient."""
-    params = ThresholdParams(members=members)
+    secret sealed for each recipient with ``crypto.sealing`` (X25519 + AES-GCM), opened by the recipient.
+    ``seeded``: a job whose uploads are seeded (``test_threshold_seeded``); here, public-key uploads."""
+    params = ThresholdParams(members=members, seeded_uploads=seeded)
     context = ThresholdContext(params)
     a = crp(context.ring, b"job-seed")
     parties = [Member(params, context.ring, i) for i in range(1, members + 1)]
@@ -165,7 +166,7 @@ def test_dealt_shares_are_checked_for_recipient_and_completeness() -> None:
 
 def test_no_encryption_before_the_collective_key() -> None:
     with pytest.raises(InvalidValue, match="no collective public key"):
-        ThresholdContext(ThresholdParams(members=3)).encrypt(np.zeros(4), 1.0)
+        ThresholdContext(ThresholdParams(members=3, seeded_uploads=False)).encrypt(np.zeros(4), 1.0)
     with pytest.raises(InvalidValue, match="all 3 members"):
         ThresholdContext(ThresholdParams(members=3)).set_public_key(job(3).members[0]._secret, [])
 
@@ -278,5 +279,5 @@ def test_cost_measurement_runs_the_whole_path() -> None:
     figures = measure(3, 300)
     assert figures["threshold"] == 2 and figures["security_bits"] >= 128
     assert figures["max_abs_error_sum"] <= 1e-4
-    assert figures["upload_bytes"] == figures["aggregate_bytes"] > figures["download_bytes"] > 300 * 4
+    assert figures["aggregate_bytes"] > figures["upload_bytes"] > figures["download_bytes"] > 300 * 4
     assert all(figures[key] > 0 for key in ("encrypt_s", "partial_decrypt_s", "combine_s"))
