@@ -34,7 +34,7 @@ from fedprompt.crypto.ckks import _scratch
 from fedprompt.crypto.errors import InvalidCiphertext
 
 Poly = np.ndarray
-_SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.PublicKey, seal.Ciphertext)
+_SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.PublicKey, seal.Ciphertext, seal.RelinKeys)
 _HEADER = struct.Struct("<HBBBBHQ")
 _SEAL_MAGIC = 0xA15E
 _UNCOMPRESSED = 0
@@ -178,6 +178,13 @@ class Ring:
 
     def public_key(self, p0: Poly, p1: Poly) -> seal.PublicKey:
         return self._load(seal.PublicKey(), self._ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
+
+    def relin_keys(self, keys: list[tuple[Poly, Poly]]) -> seal.RelinKeys:
+        """SEAL's relinearisation keys for ``s^2`` from one key-level pair per decomposition prime
+        (``KSwitchKeys::save_members``: parms id, one key vector, its length, each ``PublicKey`` framed)."""
+        body = struct.pack("<4QQQ", *self.key_parms_id, 1, len(keys)) + b"".join(
+            self._ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in keys)
+        return self._load(seal.RelinKeys(), self._framed(body))
 
     def ciphertext(self, c0: Poly, c1: Poly, parms_id: list[int], scale: float) -> seal.Ciphertext:
         """A two-part NTT-form ciphertext at ``parms_id``."""
