@@ -9,12 +9,13 @@ by Shamir sharing of the key (Asharov et al. 2012; Mouchet et al. 2022, "Efficie
 2. **Key generation.** Member ``i`` draws its own ternary secret ``s_i`` with SEAL's key generator and
    publishes ``p_i = -a s_i + e_i`` (``e_i`` a rounded Gaussian of SEAL's width 3.2, clipped at 6 sigma).
    Anyone sums the shares into the collective public key ``(sum p_i, a)`` (:meth:`ThresholdContext.
-   set_public_key`), a
-   standard SEAL ``PublicKey``: participants encrypt with SEAL's own encryptor, and ciphertexts stay
+   set_public_key`), a standard SEAL ``PublicKey``.  Uploads are seeded under each ``s_i`` by default
+   (``crypto.threshold_seeded``), or made with SEAL's encryptor under this key; either way ciphertexts stay
    standard, so the coordinator's key-less folding (``crypto.ckks.EncryptedSum``) is unchanged.
 3. **Dealing.** Member ``i`` Shamir-shares ``s_i`` among the n members (:meth:`Member.deal`; each share is
    sealed for its recipient with ``crypto.sealing``); member ``j``'s key share is ``sigma_j = sum_i f_i(j)``,
-   a Shamir share of ``s`` (:class:`KeyShare`).  ``t - 1`` key shares are independent of ``s``.
+   a Shamir share of ``s`` (:class:`KeyShare`, which keeps each ``f_i(j)`` for seeded sums over any subset);
+   ``t - 1`` key shares are independent of ``s``.
 4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, picked among members online), member
    ``j`` publishes ``d_j = c1 * lambda_j^T * sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.
    decryption_share`); anyone adds ``c0 + sum d_j = Delta m + e + sum e_j`` and decodes (:func:`combine`).

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tenseal.sealapi as seal
 
 from fedprompt.crypto import threshold
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
@@ -98,10 +99,9 @@ def _members(context: ThresholdContext, uploaders: Sequence[int]) -> list[int]:
     return members
 
 
-def _bases(context: ThresholdContext, data: bytes, vector_size: int, upload: UploadRound,
+def _bases(context: ThresholdContext, cts: Sequence[seal.Ciphertext], upload: UploadRound,
            uploaders: Sequence[int]) -> list[Poly]:
     """``a_r`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these uploaders' uploads."""
-    cts = context.parse_sum(data, vector_size)
     bases = reference_polys(context, upload, len(cts))
     q = context.ring.q(1)
     for ct, a in zip(cts, bases, strict=True):
@@ -121,7 +121,7 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
     members = _members(context, uploaders)
-    bases = _bases(context, data, vector_size, upload, members)
+    bases = _bases(context, context.parse_sum(data, vector_size), upload, members)
     return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
 
 
@@ -129,9 +129,9 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Se
             uploaders: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a seeded sum from its decryption shares (refusals as ``threshold.combine``)."""
     members = _members(context, uploaders)
-    _bases(context, data, vector_size, upload, members)
-    plains = threshold.combine(context.ring, context.threshold, context.parse_sum(data, vector_size), shares,
-                               _digest(upload, members))
+    cts = context.parse_sum(data, vector_size)
+    _bases(context, cts, upload, members)
+    plains = threshold.combine(context.ring, context.threshold, cts, shares, _digest(upload, members))
     return context.checked(context.decode(plains), vector_size)
 
 
