@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from fedprompt.crypto import threshold, threshold_relin
+from fedprompt.crypto import threshold, threshold_evalkeys
 from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
 
@@ -28,11 +28,11 @@ def keys() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], seal.Re
     context.set_public_key(a, [m.public_share(a) for m in members])
     dealt = {m.index: m.deal() for m in members}
     shares = {j: KeyShare(PARAMS, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
-    parties = [threshold_relin.RelinParty(m) for m in members]
-    crps = threshold_relin.reference_polys(ring, SEED)
-    first = threshold_relin.aggregate(ring, [p.round1(crps) for p in parties], PARAMS.members)
-    second = threshold_relin.aggregate(ring, [p.round2(first) for p in parties], PARAMS.members)
-    return context, members, shares, threshold_relin.relin_keys(ring, first, second)
+    parties = [threshold_evalkeys.RelinParty(m) for m in members]
+    crps = threshold_evalkeys.reference_polys(ring, SEED)
+    first = threshold_evalkeys.aggregate(ring, [p.round1(crps) for p in parties], PARAMS.members)
+    second = threshold_evalkeys.aggregate(ring, [p.round2(first) for p in parties], PARAMS.members)
+    return context, members, shares, threshold_evalkeys.relin_keys(ring, first, second)
 
 
 def product(context: ThresholdContext, relin: seal.RelinKeys, x: np.ndarray, y: np.ndarray) -> seal.Ciphertext:
@@ -82,8 +82,36 @@ def test_relinearisation_with_another_key_gives_garbage() -> None:
 def test_every_member_answers_each_round_once() -> None:
     context, members, _, _ = keys()
     ring = context.ring
-    party = threshold_relin.RelinParty(members[0])
+    party = threshold_evalkeys.RelinParty(members[0])
     with pytest.raises(InvalidValue, match="already used"):
-        party.round1(threshold_relin.reference_polys(ring, SEED))
+        party.round1(threshold_evalkeys.reference_polys(ring, SEED))
     with pytest.raises(InvalidValue, match="each of the 3 members"):
-        threshold_relin.aggregate(ring, [], PARAMS.members)
+        threshold_evalkeys.aggregate(ring, [], PARAMS.members)
+
+
+def test_rotation_and_conjugation_with_collective_galois_keys_decrypt_through_t_members() -> None:
+    """What the Gram computation needs of Galois keys: conjugation and slot rotations (``crypto.gram``)."""
+    context, members, shares, _ = keys()
+    ring = context.ring
+    conjugation, rotation = 2 * PARAMS.poly_modulus_degree - 1, 3  # SEAL's elements for conj and a left step of 1
+    crps = {g: threshold_evalkeys.galois_reference_polys(ring, SEED, g) for g in (conjugation, rotation)}
+    answers = {g: [threshold_evalkeys.galois_share(m, crps[g], g) for m in members] for g in crps}
+    galois = threshold_evalkeys.galois_keys(ring, crps, answers, PARAMS.members)
+    assert galois.has_key(conjugation) and galois.has_key(rotation) and not galois.has_key(5)
+    size = PARAMS.poly_modulus_degree - 1
+    x = np.random.default_rng(13).normal(0, 1, size)
+    (plain,) = context.encode(x, 2.0)
+    ct = seal.Ciphertext()
+    context.encryptor.encrypt(plain, ct)
+    slots = np.append(x, 2.0)
+    z = slots[0::2] + 1j * slots[1::2]
+    for operation, expected in (("rotate", np.roll(z, -1)), ("conjugate", np.conj(z))):
+        out = seal.Ciphertext()
+        if operation == "rotate":
+            context.evaluator.rotate_vector(ct, 1, galois, out)
+        else:
+            context.evaluator.complex_conjugate(ct, galois, out)
+        reals = threshold_decrypt(context, shares, out, [1, 2] if operation == "rotate" else [2, 3])
+        assert np.abs(reals[0::2] + 1j * reals[1::2] - expected).max() < 1e-2, operation
+    with pytest.raises(InvalidValue, match="each of the 3 members"):
+        threshold_evalkeys.galois_keys(ring, crps, {rotation: answers[rotation][:2]}, PARAMS.members)

@@ -1,4 +1,4 @@
-"""Collective relinearisation keys: SEAL ``RelinKeys`` for ``s^2``, ``s = sum s_i``, without anyone holding ``s``.
+"""Collective evaluation keys: SEAL ``RelinKeys`` and ``GaloisKeys`` for ``s = sum s_i``, without anyone holding ``s``.
 
 The two-round protocol RKG of Mouchet, Troncoso-Pastoriza, Bossuat and Hubaux ("Multiparty Homomorphic
 Encryption from Ring-Learning-with-Errors", PETS 2021, Protocol 2; lattigo's ``mhe`` package implements the
@@ -13,6 +13,11 @@ prime and ``w_j`` is 1 mod ``q_j`` and 0 mod every other prime (``KeyGenerator::
   ``k_j[0] + h1[j] s = P w_j s^2 + s e0 + (u - s) e1 + e2 + e3 + s e1``: small noise, divided by ``P`` when
   SEAL switches keys.
 
+Galois keys (protocol RTG of the same paper, one round): SEAL's key for the element ``g`` switches from
+``s(X^g)`` to ``s``, ``k_j = (-a_j s + P w_j s(X^g) + e, a_j)``, and the automorphism is linear, so member
+``i`` sends ``-a_j s_i + sigma_g(P w_j s_i + e)`` and the sum over the members is the key.  In SEAL's NTT order
+``sigma_g`` is a permutation of the slots (``rns.Ring.galois_permutation``).
+
 Every message is an RLWE sample in ``s_i`` (or ``u_i``) made through :meth:`threshold.Member.rlwe_sample`, whose
 one-use labels keep a member from answering a round twice.  The key is public evaluation material, like SEAL's.
 A product of ciphertexts carries far more noise than a sum, so its threshold decryption needs a smudging width
@@ -21,7 +26,7 @@ sized on that noise: ``ThresholdParams`` sizes it for sums only (``docs/he.md``)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -68,6 +73,38 @@ class RelinParty:
         return [(self.member.rlwe_sample(-h0 % q, b"relin-h0'-%d" % j),
                  (self.member.rlwe_sample(h1, b"relin-h1'-%d" % j) + self._u * h1) % q)
                 for j, (h0, h1) in enumerate(round1)]
+
+
+def galois_reference_polys(ring: Ring, job_seed: bytes, element: int) -> list[Poly]:
+    """``a_j`` of the Galois element ``element``, one per data prime, over the key-level primes."""
+    return [crp(ring, job_seed, b"galois-%d-%d" % (element, j)) for j in range(ring.data_limbs)]
+
+
+def galois_share(member: Member, crps: Sequence[Poly], element: int) -> list[Poly]:
+    """``member``'s RTG share for the Galois element ``element``: ``h_i[j]`` per data prime, on the CRPs of
+    :func:`galois_reference_polys`."""
+    ring = member.ring
+    q = ring.q(len(ring.moduli))
+    permutation = ring.galois_permutation(element)
+    out = []
+    for j, a in enumerate(crps):
+        gadget = np.broadcast_to(_gadget(ring, j), a.shape)
+        rotated = member.rlwe_sample(-gadget % q, b"galois-%d-w-%d" % (element, j))[:, permutation]
+        out.append((member.rlwe_sample(a, b"galois-%d-a-%d" % (element, j)) + rotated) % q)
+    return out
+
+
+def galois_keys(ring: Ring, crps: Mapping[int, list[Poly]], shares: Mapping[int, Sequence[list[Poly]]],
+                members: int) -> seal.GaloisKeys:
+    """SEAL's ``GaloisKeys``: per element, ``(sum_i h_i[j], a_j)`` per data prime; every member must answer."""
+    q = ring.q(len(ring.moduli))
+    keys = {}
+    for element, answers in shares.items():
+        if len(answers) != members or any(len(h) != ring.data_limbs for h in answers):
+            raise InvalidValue(f"Galois key {element} needs {ring.data_limbs} shares from each of the {members} "
+                               f"members, got {len(answers)} answers")
+        keys[element] = [(sum(h[j] for h in answers) % q, crps[element][j]) for j in range(ring.data_limbs)]
+    return ring.galois_keys(keys)
 
 
 def aggregate(ring: Ring, shares: Sequence[Pairs], members: int) -> Pairs:
