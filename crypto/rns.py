@@ -16,7 +16,8 @@ plaintext's coefficients but not a ciphertext's, and can write neither, so this 
 Polynomials are ``(limbs, N)`` arrays of Python ints (``dtype=object``): products of 60-bit residues overflow
 ``uint64``, and at N = 4096 the object arithmetic costs milliseconds.  The NTT, with its ``N log N`` products,
 runs in ``uint64`` instead (``_mulmod``: 2x faster than object arithmetic at N = 8192, 4 primes).
-Randomness for secrets and noise comes from the operating system's CSPRNG (``os.urandom``), public randomness from SHAKE-256 of a public seed.
+Randomness for secrets and noise comes from the operating system's CSPRNG (``os.urandom``), public randomness
+from SHAKE-256 of a public seed.
 """
 
 from __future__ import annotations
