@@ -141,7 +141,9 @@ class CkksParams:
 def _scratch() -> Iterator[Path]:
     """A private scratch file: SEAL's Python bindings (de)serialise through file paths only.
 
-    Only ciphertexts and key-less parameters pass through it; secret keys are serialised by TenSEAL in memory.
+    Ciphertexts, key-less parameters, public keys and (in ``crypto.rns``) decrypted aggregates and the trivial
+    reader keys 0 and 1 pass through it, in a directory only this user can read; secret keys are serialised by
+    TenSEAL in memory.
     """
     with tempfile.TemporaryDirectory(prefix="fedprompt-ckks-") as directory:
         yield Path(directory) / "obj"
@@ -183,6 +185,50 @@ class _Codec:
         self.seal_context = ctx.seal_context().data
         self.encoder = seal.CKKSEncoder(self.seal_context)
         self.evaluator = seal.Evaluator(self.seal_context)
+
+    def encode(self, vector: np.ndarray, weight: float) -> list[seal.Plaintext]:
+        """``vector`` and ``weight`` (in the slot after it) as plaintexts, two reals per complex slot; values
+        beyond what ``max_summands`` of them can sum to without wrapping around are refused."""
+        reals = np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [float(weight)]])
+        if not np.isfinite(reals).all():
+            raise InvalidValue("cannot encrypt NaN or Inf")
+        bound = self.params.value_bound
+        if np.abs(reals).max() > bound:
+            raise InvalidValue(f"a value exceeds the encryptable range {bound:.4g} of these parameters "
+                               f"({self.params.max_summands} summands); lower the weight or clip the update")
+        per = self.params.reals_per_ciphertext
+        padded = np.zeros(self.params.num_ciphertexts(len(reals) - 1) * per)
+        padded[: len(reals)] = reals
+        scale = 2.0 ** self.params.scale_bits
+        plains = []
+        for start in range(0, len(padded), per):
+            chunk = padded[start : start + per]
+            plain = seal.Plaintext()
+            self.encoder.encode((chunk[0::2] + 1j * chunk[1::2]).tolist(), scale, plain)
+            plains.append(plain)
+        return plains
+
+    def decode(self, plains: list[seal.Plaintext]) -> np.ndarray:
+        """The reals of decrypted plaintexts (real and imaginary part of each slot), in order."""
+        parts = []
+        for plain in plains:
+            slots = np.asarray(self.encoder.decode_complex(plain))
+            parts.append(np.stack([slots.real, slots.imag], axis=1).reshape(-1))
+        return np.concatenate(parts)
+
+    def checked(self, reals: np.ndarray, vector_size: int) -> tuple[np.ndarray, float]:
+        """(vector, weight) of the decrypted reals of a sum.
+
+        The weight slot holds a sum of integer example counts; one that decrypts far from an integer, or values
+        beyond what a sum can hold without wrapping around, mean a wrong key (or decryption share) or a
+        corrupted sum, and are refused rather than silently used.
+        """
+        weight = float(reals[vector_size])
+        if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
+            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
+        if not np.all(np.abs(reals) <= self.params.sum_bound):
+            raise InvalidCiphertext("decrypted values exceed what a sum can hold: wrong key or corrupted data")
+        return reals[:vector_size], float(round(weight))
 
     def expected_size(self, vector_size: int) -> int:
         """An upper bound on the wire size of an encrypted vector (unseeded ciphertexts, plus framing)."""
@@ -290,39 +336,12 @@ class SecretContext(_Codec):
 
     def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
         """Encrypt ``vector`` and ``weight`` (in the slot after it) as the job's wire format."""
-        reals = np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [float(weight)]])
-        if not np.isfinite(reals).all():
-            raise InvalidValue("cannot encrypt NaN or Inf")
-        bound = self.params.value_bound
-        if np.abs(reals).max() > bound:
-            raise InvalidValue(f"a value exceeds the encryptable range {bound:.4g} of these parameters "
-                               f"({self.params.max_summands} summands); lower the weight or clip the update")
-        per = self.params.reals_per_ciphertext
-        padded = np.zeros(self.params.num_ciphertexts(len(reals) - 1) * per)
-        padded[: len(reals)] = reals
-        scale = 2.0 ** self.params.scale_bits
-        blobs = []
-        for start in range(0, len(padded), per):
-            chunk = padded[start : start + per]
-            plain = seal.Plaintext()
-            self.encoder.encode((chunk[0::2] + 1j * chunk[1::2]).tolist(), scale, plain)
-            blobs.append(_saved(self.encryptor.encrypt_symmetric(plain).save))
-        return self.frame(self.key_id, len(reals) - 1, blobs)
+        blobs = [_saved(self.encryptor.encrypt_symmetric(plain).save) for plain in self.encode(vector, weight)]
+        return self.frame(self.key_id, int(np.asarray(vector).size), blobs)
 
     def decrypt(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
-        """(vector, weight) of an encrypted vector or of a folded sum of them.
-
-        The weight slot holds a sum of integer example counts; one that decrypts far from an integer, or values
-        beyond what a sum can hold without wrapping around, mean a wrong key or a corrupted sum, and are
-        refused rather than silently used.
-        """
-        reals = self.decrypt_reals(data, vector_size)
-        weight = float(reals[vector_size])
-        if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
-            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
-        if not np.all(np.abs(reals) <= self.params.sum_bound):
-            raise InvalidCiphertext("decrypted values exceed what a sum can hold: wrong key or corrupted data")
-        return reals[:vector_size], float(round(weight))
+        """(vector, weight) of an encrypted vector or of a folded sum of them (see :meth:`_Codec.checked`)."""
+        return self.checked(self.decrypt_reals(data, vector_size), vector_size)
 
     def decrypt_reals(self, data: bytes, vector_size: int) -> np.ndarray:
         """Every decrypted real of an encrypted vector (the vector, its weight slot and the padding), unchecked."""
@@ -330,9 +349,8 @@ class SecretContext(_Codec):
         for ct in self.parse(data, self.key_id, vector_size):
             plain = seal.Plaintext()
             self.decryptor.decrypt(ct, plain)
-            slots = np.asarray(self.encoder.decode_complex(plain))
-            parts.append(np.stack([slots.real, slots.imag], axis=1).reshape(-1))
-        return np.concatenate(parts)
+            parts.append(plain)
+        return self.decode(parts)
 
 
 class PublicContext(_Codec):

@@ -1,0 +1,444 @@
+"""Threshold (multiparty) CKKS: a collective public key, Shamir-shared secret, flooded t-of-n decryption.
+
+No party ever holds the secret key ``s = sum_i s_i``.  The protocol is the multiparty RLWE scheme of Mouchet,
+Troncoso-Pastoriza, Bossuat and Hubaux ("Multiparty Homomorphic Encryption from Ring-Learning-with-Errors",
+PETS 2021; its collective key generation is Asharov et al., EUROCRYPT 2012), with the t-out-of-n extension
+by Shamir sharing of the key (Asharov et al. 2012; Mouchet et al. 2022, "Efficient threshold MHE"):
+
+1. **Common reference polynomial** ``a``: SHAKE-256 of the job seed, uniform mod every prime (:func:`crp`).
+2. **Key generation.** Member ``i`` draws its own ternary secret ``s_i`` with SEAL's key generator and
+   publishes ``p_i = -a s_i + e_i`` (``e_i`` a rounded Gaussian of SEAL's width 3.2, clipped at 6 sigma).
+   Anyone sums the shares into the collective public key ``(sum p_i, a)`` (:meth:`ThresholdContext.
+   set_public_key`), a standard SEAL ``PublicKey``.  Uploads are seeded under each ``s_i`` by default
+   (``crypto.threshold_seeded``), or made with SEAL's encryptor under this key; either way ciphertexts stay
+   standard, so the coordinator's key-less folding (``crypto.ckks.EncryptedSum``) is unchanged.
+3. **Dealing.** Member ``i`` Shamir-shares ``s_i`` among the n members (:meth:`Member.deal`; each share is
+   sealed for its recipient with ``crypto.sealing``); member ``j``'s key share is ``sigma_j = sum_i f_i(j)``,
+   a Shamir share of ``s`` (:class:`KeyShare`, which keeps each ``f_i(j)`` for seeded sums over any subset);
+   ``t - 1`` key shares are independent of ``s``.
+4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, picked among members online), member
+   ``j`` publishes ``d_j = c1 * lambda_j^T * sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.
+   decryption_share`); anyone adds ``c0 + sum d_j = Delta m + e + sum e_j`` and decodes (:func:`combine`).
+   A dropped member is replaced by picking another set: nothing stalls while t members answer.
+
+The smudging (noise flooding) width answers Li and Micciancio ("On the security of homomorphic encryption on
+approximate numbers", EUROCRYPT 2021): a decryption that reveals the ciphertext noise ``e`` exactly reveals
+the key.  ``e_j`` must hide ``e`` even when every other decryptor colludes, so each share carries it whole.
+:attr:`ThresholdParams.smudging_sigma` is sized by the Renyi-divergence argument (Bai, Langlois, Lepoint,
+Stehle, Steinfeld, JoC 2018; applied to CKKS by Li, Micciancio, Schultz, Sorrell, CRYPTO 2022): with
+``sigma = sqrt(alpha Q / 2) B`` for ``Q`` decryptions of noise of l2 norm at most ``B``, the Renyi divergence
+of order ``alpha`` between the real and the noise-free view is at most ``e``, so a key-recovery attack with
+probability ``p`` on the noise-free view has probability at most ``(e p)^((alpha - 1) / alpha)`` on the
+real one: with ``alpha = 128`` a 2^-128 attack stays below 2^-125.  ``docs/he.md`` ("Threshold CKKS") gives
+the bounds, the parameters and what the tests prove.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+import tenseal.sealapi as seal
+
+from fedprompt.crypto import shamir
+from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
+from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
+
+KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
+_RENYI_ORDER = 128
+#: Largest expected error of a decrypted sum's value that parameters may have: beyond it, flooding swamps updates.
+_MAX_ERROR = 1e-2
+_DEALT = struct.Struct("<5sHHHHH")
+_SHARE = struct.Struct("<5sHH32sH")
+_COMPRESSED = struct.Struct("<5s32sIHBB")
+_DEALT_MAGIC, _SHARE_MAGIC, _COMPRESSED_MAGIC = b"FPTK1", b"FPTD1", b"FPTC1"
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    """A threshold job: n members, any ``threshold`` of whom decrypt, on an addition-only CKKS chain.
+
+    Defaults: N = 4096 with primes of 60 + 49 bits (109 bits: exactly the Homomorphic Encryption Standard's
+    128-bit bound at N = 4096, ``CoeffModulus.MaxBitCount(4096, tc128)``); the 49-bit special prime divides
+    the public-key encryption noise down.  Scale 2^45: the smudging noise of the t decryption shares must stay
+    far below the scale, and the 60-bit data prime then leaves sums of magnitude up to 2^13 = 8192 (the
+    weight slot included).  ``threshold`` 0 means a majority of the members.  ``max_decryptions`` bounds the
+    chunk decryptions one key serves (the ``Q`` of the smudging argument).  ``seeded_uploads``: members
+    encrypt under their own secrets on per-round seeds (``crypto.threshold_seeded``, half the upload, 9.5-34x
+    less noise); False: under the collective public key (what a ciphertext product, the Gram defence, needs).
+    """
+
+    members: int
+    threshold: int = 0
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
+    scale_bits: int = 45
+    max_decryptions: int = 4096
+    seeded_uploads: bool = True
+
+    @property
+    def t(self) -> int:
+        return self.threshold or self.members // 2 + 1
+
+    @property
+    def ckks(self) -> CkksParams:
+        """The ring, scale and summand bound (one update per member) as ``crypto.ckks`` parameters."""
+        return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.members)
+
+    @property
+    def fresh_noise_sigma(self) -> float:
+        """Coefficient noise of a fresh upload.  Seeded: the member's own Gaussian ``e_i``.  Public key: after
+        SEAL divides by the special prime, the rounding of ``c0`` and ``c1 * s`` dominates, ``s`` having
+        variance 2n/3."""
+        if self.seeded_uploads:
+            return KEY_SIGMA
+        return math.sqrt((1 + self.poly_modulus_degree * 2 * self.members / 3) / 12 + KEY_SIGMA**2)
+
+    @property
+    def noise_bound(self) -> float:
+        """l2 bound (twice the expectation) on the noise of an aggregate: seeded, at most ``members`` uploads
+        (a retry is a fresh upload round); public key, ``members`` ciphertexts and one re-randomisation."""
+        summands = self.members if self.seeded_uploads else self.members + 1
+        return 2 * math.sqrt(self.poly_modulus_degree * summands) * self.fresh_noise_sigma
+
+    @property
+    def smudging_sigma(self) -> float:
+        """Each decryption share's flooding width: ``sqrt(alpha * Q / 2) * noise_bound`` (module docstring)."""
+        return math.sqrt(_RENYI_ORDER * self.max_decryptions / 2) * self.noise_bound
+
+    @property
+    def error_estimate(self) -> float:
+        """Expected largest error of one decrypted real of a sum: 5 standard deviations of t shares' flooding
+        through the decoding (each real sums N/2 coefficients' noise)."""
+        return 5 * math.sqrt(self.t * self.poly_modulus_degree / 2) * self.smudging_sigma / 2.0**self.scale_bits
+
+    @property
+    def download_bits(self) -> tuple[int, int]:
+        """Bits kept of each ``c0`` and ``c1`` coefficient when the coordinator compresses an aggregate: rounding
+        then adds at most half the decryption shares' flooding (std ``q 2^-k / sqrt 12``, for ``c1`` times
+        ``||s||_2 = sqrt(N 2n/3)``), so the compressed download errs by at most ~12 % more.  Seeded sums send
+        no ``c1`` (0 bits): it is ``|U| a_r``, rebuilt from the round's seed."""
+        allowed = math.sqrt(self.t) * self.smudging_sigma / 2 * math.sqrt(12)
+        amplification = math.sqrt(self.poly_modulus_degree * 2 * self.members / 3)
+        top = self.coeff_mod_bit_sizes[0]
+        c1_bits = 0 if self.seeded_uploads else min(top, math.ceil(top - math.log2(allowed / amplification)))
+        return min(top, math.ceil(top - math.log2(allowed))), c1_bits
+
+    def check(self, prefix: str = "threshold") -> None:
+        """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
+        self.ckks.check(prefix)
+        if not 2 <= self.members <= 1000:
+            raise ParameterError(f"{prefix}.members: must be in [2, 1000], got {self.members}")
+        if not (self.threshold == 0 or 2 <= self.threshold <= self.members):
+            raise ParameterError(f"{prefix}.threshold: must be in [2, {self.members}] (0: a majority; 1 would let "
+                                 f"any member decrypt alone), got {self.threshold}")
+        if not 1 <= self.max_decryptions <= 2**20:
+            raise ParameterError(f"{prefix}.max_decryptions: must be in [1, 1048576], got {self.max_decryptions}")
+        if self.error_estimate > _MAX_ERROR:
+            raise ParameterError(f"{prefix}.scale_bits: smudging noise for {self.members} members would err by "
+                                 f"~{self.error_estimate:.2g} per value; raise the scale or lower max_decryptions")
+
+    def describe(self) -> dict[str, object]:
+        encryption = ("symmetric under each member's own secret, seeded per round" if self.seeded_uploads
+                      else "public key (collective)")
+        return {**self.ckks.describe(), "encryption": encryption, "members": self.members,
+                "threshold": self.t, "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1),
+                "max_decryptions": self.max_decryptions}
+
+
+def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
+    """The common reference polynomial: uniform over every prime, the same for everyone holding the seed."""
+    return ring.uniform(len(ring.moduli), shake_stream(b"fedprompt-crp-v1\0" + label + b"\0" + job_seed))
+
+
+def _digest(*polys: Poly) -> bytes:
+    h = hashlib.sha256(b"fedprompt-threshold-v1")
+    for poly in polys:
+        h.update(np.asarray(poly, dtype=np.uint64).tobytes())
+    return h.digest()
+
+
+def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list[Poly]:
+    size = count * limbs * ring.n * 8
+    if len(data) != offset + size:
+        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, "
+                                f"expected {size}")
+    values = np.frombuffer(data, dtype=np.uint64, offset=offset).astype(object).reshape(count, limbs, ring.n)
+    if not np.all(values < ring.q(limbs)):
+        raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
+    return list(values)
+
+
+class Member:
+    """A member's own secret ``s_i``: it makes the public-key share and deals Shamir shares, then can go."""
+
+    def __init__(self, params: ThresholdParams, ring: Ring, index: int) -> None:
+        params.check()
+        if not 1 <= index <= params.members:
+            raise ParameterError(f"member index must be in [1, {params.members}], got {index}")
+        self.params, self.ring, self.index = params, ring, index
+        secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
+        self._secret = ring.read_plaintext(secret.data(), len(ring.moduli))
+        self._sampled: set[bytes] = set()
+
+    def public_share(self, a: Poly) -> Poly:
+        """``p_i = -a s_i + e_i`` over every prime."""
+        return self.rlwe_sample(a, b"public-key")
+
+    def rlwe_sample(self, a: Poly, label: bytes) -> Poly:
+        """``-a s_i + e_i`` over the primes of ``a``, at most once per ``label``: two samples on one ``a`` would
+        differ by small noise alone, and a ``c0`` built on one would give its plaintext away.  (A member's
+        persistent state must keep the record too.)"""
+        if label in self._sampled:
+            raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
+                               "reusing it would reveal what it encrypts")
+        self._sampled.add(label)
+        limbs = a.shape[0]
+        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
+        return (noise - a * self._secret[:limbs]) % self.ring.q(limbs)
+
+    def deal(self) -> dict[int, bytes]:
+        """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
+        recipient (``crypto.sealing.seal``) before it leaves."""
+        shares = shamir.share(self.ring, self._secret, self.params.t, range(1, self.params.members + 1))
+        limbs = len(self.ring.moduli)
+        return {j: _DEALT.pack(_DEALT_MAGIC, self.index, j, self.params.t, self.params.members, limbs)
+                + np.asarray(poly, dtype=np.uint64).tobytes() for j, poly in shares.items()}
+
+
+class KeyShare:
+    """Member ``index``'s Shamir share of the collective secret, from the n dealt shares it received."""
+
+    def __init__(self, params: ThresholdParams, ring: Ring, index: int, dealt: Mapping[int, bytes]) -> None:
+        self.params, self.ring, self.index = params, ring, index
+        if sorted(dealt) != list(range(1, params.members + 1)):
+            raise InvalidValue(f"a key share needs one dealt share from each of the {params.members} members, got "
+                               f"them from {sorted(dealt)}")
+        limbs = len(ring.moduli)
+        self._dealt: dict[int, Poly] = {}
+        for dealer, data in dealt.items():
+            if len(data) < _DEALT.size:
+                raise InvalidCiphertext(f"dealt share from member {dealer} is truncated")
+            magic, got_dealer, recipient, t, n, got_limbs = _DEALT.unpack_from(data)
+            if (magic, got_dealer, recipient, t, n, got_limbs) != (_DEALT_MAGIC, dealer, index, params.t,
+                                                                   params.members, limbs):
+                raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
+                                        f"{params.t}-of-{params.members} job")
+            self._dealt[dealer] = _polys(data, _DEALT.size, 1, limbs, ring)[0]
+        self._share = self.share_of(range(1, params.members + 1))
+        self._issued: set[bytes] = set()
+
+    def share_of(self, dealers: Iterable[int]) -> Poly:
+        """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
+        dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
+        limbs = len(self.ring.moduli)
+        return sum((self._dealt[i] for i in dealers), np.zeros((limbs, self.ring.n), dtype=object)) % self.ring.q(limbs)
+
+    def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
+        """``c1 * lambda * sigma + e`` per ciphertext (a sum of public-key uploads), for the decryptor set
+        ``decryptors``, bound to the ciphertexts by a digest; fresh smudging noise each time.
+
+        At most one share per ciphertext: two shares of the same ``c1`` under different sets differ by known
+        scalars ``lambda``, and a two-dimensional lattice reduction then strips the flooding and reveals
+        ``sigma``.  A retry after a dropout therefore decrypts a re-randomised sum (:meth:`ThresholdContext.
+        rerandomise`), whose ``c1`` differs by a uniform polynomial.  (The record lives as long as this object;
+        a member's persistent state must keep it too.)  Refused in a seeded job: its smudging is sized for the
+        smaller noise of seeded sums (``crypto.threshold_seeded``)."""
+        if self.params.seeded_uploads:
+            raise InvalidValue("this job's uploads are seeded: decrypt through crypto.threshold_seeded")
+        c1s = [self.ring.read_ciphertext(ct)[1] for ct in ciphertexts]
+        digest = _digest(*c1s)
+        return self.flooded(c1s, self._share, decryptors, digest, digest)
+
+    def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
+                record: bytes) -> bytes:
+        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of the key that decrypts
+        them), framed with ``digest`` for :func:`combine`; refused if a share was made for ``record`` before."""
+        members = sorted(set(decryptors))
+        if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
+            raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
+                               f"members, this one ({self.index}) among them")
+        if members[0] < 1 or members[-1] > self.params.members:
+            raise InvalidValue(f"decryptor set {members} names a member outside 1..{self.params.members}")
+        if record in self._issued:
+            raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
+                               "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
+        self._issued.add(record)
+        limbs = c1s[0].shape[0]
+        q = self.ring.q(limbs)
+        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
+        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for c1 in c1s]
+        header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
+        return (header + struct.pack(f"<{len(members)}H", *members)
+                + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
+
+
+def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
+            shares: Sequence[bytes], digest: bytes | None = None) -> list[seal.Plaintext]:
+    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set;
+    ``digest``: what the shares must be bound to (default: the ``c1``s, as for public-key sums).
+
+    Refused (typed, nothing decrypted): fewer shares than the set or than t, shares for other ciphertexts or
+    another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
+    yields garbage, which :meth:`ThresholdContext.combine` refuses by the sum's weight slot.
+    """
+    polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
+    limbs = polys[0][0].shape[0]
+    digest = digest or _digest(*[c1 for _, c1 in polys])
+    parsed: dict[int, list[Poly]] = {}
+    decryptors: set[tuple[int, ...]] = set()
+    for data in shares:
+        if len(data) < _SHARE.size:
+            raise InvalidCiphertext("decryption share is truncated")
+        magic, index, count, got_digest, got_limbs = _SHARE.unpack_from(data)
+        members_end = _SHARE.size + 2 * count
+        if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
+            raise InvalidCiphertext("not a decryption share of this job's format")
+        if got_digest != digest:
+            raise InvalidCiphertext(f"decryption share of member {index} was made for other ciphertexts")
+        if index in parsed:
+            raise InvalidCiphertext(f"two decryption shares from member {index}")
+        decryptors.add(struct.unpack_from(f"<{count}H", data, _SHARE.size))
+        parsed[index] = _polys(data, members_end, len(polys), limbs, ring)
+    if len(decryptors) != 1:
+        raise InvalidCiphertext("decryption shares were made for different decryptor sets")
+    (members,) = decryptors
+    if len(members) < params.t or sorted(parsed) != list(members):
+        raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
+                           f"{params.t}), got {sorted(parsed)}")
+    q = ring.q(limbs)
+    out = []
+    for k, (c0, _) in enumerate(polys):
+        total = (c0 + sum(parsed[j][k] for j in members)) % q
+        out.append(ring.plaintext(total, list(ciphertexts[k].parms_id()), ciphertexts[k].scale))
+    return out
+
+
+class ThresholdContext(_Codec):
+    """What every member holds after key generation: the parameters, the ring and the collective public key.
+
+    Encrypts like ``SecretContext`` (same framing, so the coordinator's ``PublicContext``/``EncryptedSum``
+    fold these ciphertexts unchanged) and decrypts only through ``t`` decryption shares.
+    """
+
+    def __init__(self, params: ThresholdParams, key_id: bytes = b"") -> None:
+        """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members
+        get theirs from :meth:`set_public_key`."""
+        params.check()
+        super().__init__(ts.context_from(_public_bytes(_make_context(params.ckks))), params.ckks)
+        self.threshold = params
+        self.ring = Ring(self.seal_context)
+        self.key_id = key_id
+
+    def set_public_key(self, a: Poly, shares: Sequence[Poly]) -> None:
+        """The collective public key ``(sum p_i, a)`` (Mouchet et al. 2021, protocol CKG) from every member's
+        public-key share: SEAL's public key for ``s = sum s_i``.  Its key id binds ciphertexts to it."""
+        if len(shares) != self.threshold.members:
+            raise InvalidValue(f"the collective key needs the public-key shares of all {self.threshold.members} "
+                               f"members, got {len(shares)}")
+        p0 = sum(shares, np.zeros_like(a)) % self.ring.q(len(self.ring.moduli))
+        self.public_key = self.ring.public_key(p0, a)
+        self.encryptor = seal.Encryptor(self.seal_context, self.public_key)
+        self.key_id = hashlib.sha256(b"fedprompt-ckks-key-id\0" + _digest(p0, a)).digest()
+
+    def rerandomise(self, data: bytes, vector_size: int) -> bytes:
+        """The sum plus a fresh encryption of zero under the collective key: the same plaintext, a ``c1`` no
+        decryption share was made for.  Applied to the original sum before each retry, so the noise is that of
+        ``members + 1`` fresh ciphertexts, which :attr:`ThresholdParams.noise_bound` allows for."""
+        self._public_key_uploads()
+        cts = self.parse_sum(data, vector_size)
+        zeros = self.encode(np.zeros(self.params.num_ciphertexts(vector_size) * self.params.reals_per_ciphertext
+                                     - 1), 0.0)
+        for ct, zero in zip(cts, zeros, strict=True):
+            fresh = seal.Ciphertext()
+            self.encryptor.encrypt(zero, fresh)
+            self.evaluator.add_inplace(ct, fresh)
+        return self.frame(self.key_id, vector_size, [_saved(ct.save) for ct in cts])
+
+    def public_bytes(self) -> bytes:
+        """Parameters only, for the coordinator's ``PublicContext``."""
+        return _public_bytes(self.ctx)
+
+    def _public_key_uploads(self) -> None:
+        if self.threshold.seeded_uploads:
+            raise InvalidValue("this job's uploads are seeded (crypto.threshold_seeded): its smudging is too narrow "
+                               "for public-key ciphertexts")
+        if not self.key_id:
+            raise InvalidValue("no collective public key yet: key generation has not finished")
+
+    def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
+        """A public-key upload under the collective key (jobs without ``seeded_uploads``)."""
+        self._public_key_uploads()
+        blobs = []
+        for plain in self.encode(vector, weight):
+            ct = seal.Ciphertext()
+            self.encryptor.encrypt(plain, ct)
+            blobs.append(_saved(ct.save))
+        return self.frame(self.key_id, int(np.asarray(vector).size), blobs)
+
+    def decryption_share(self, key: KeyShare, data: bytes, vector_size: int, decryptors: Sequence[int]) -> bytes:
+        return key.decryption_share(self.parse_sum(data, vector_size), decryptors)
+
+    def combine(self, data: bytes, vector_size: int, shares: Sequence[bytes]) -> tuple[np.ndarray, float]:
+        """(vector, weight) of an encrypted sum from its decryption shares; garbage (a wrong share) refused."""
+        plains = combine(self.ring, self.threshold, self.parse_sum(data, vector_size), shares)
+        return self.checked(self.decode(plains), vector_size)
+
+    def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
+        return self.parse(data, self.key_id, vector_size)
+
+    def compress(self, data: bytes, vector_size: int) -> bytes:
+        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient.
+
+        Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
+        without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
+        k0, k1 = self.threshold.download_bits
+        parts = []
+        cts = self.parse_sum(data, vector_size)
+        for ct in cts:
+            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1)[: 1 + bool(k1)], strict=False):
+                coeffs = self.ring.from_ntt(poly) % self.ring.moduli[0]
+                parts.append(pack_bits(((coeffs << bits) + self.ring.moduli[0] // 2) // self.ring.moduli[0]
+                                       % (1 << bits), bits))
+        header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
+        return header + b"".join(parts)
+
+    def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
+        """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
+        back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect.  A seeded sum's ``c1``s
+        were not sent: ``c1s`` gives them (``crypto.threshold_seeded.expand``)."""
+        k0, k1 = self.threshold.download_bits
+        q = self.ring.moduli[0]
+        if len(blob) < _COMPRESSED.size:
+            raise InvalidCiphertext("compressed aggregate is shorter than its header")
+        magic, key_id, size, count, got0, got1 = _COMPRESSED.unpack_from(blob)
+        if (magic, key_id, got0, got1) != (_COMPRESSED_MAGIC, self.key_id, k0, k1):
+            raise InvalidCiphertext("not a compressed aggregate under this job's key and parameters")
+        if size != vector_size or count != self.params.num_ciphertexts(vector_size):
+            raise InvalidCiphertext(f"compressed aggregate holds {size} values in {count} ciphertexts, expected "
+                                    f"{vector_size}")
+        if not k1 and len(c1s) != count:
+            raise InvalidValue(f"a seeded download needs its {count} c1 polynomials rebuilt from the round's seeds")
+        sent = (k0, k1)[: 1 + bool(k1)]
+        lengths = [-(-self.ring.n * bits // 8) for bits in sent]
+        if len(blob) != _COMPRESSED.size + count * sum(lengths):
+            raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
+        offset, blobs = _COMPRESSED.size, []
+        for index in range(count):
+            polys = []
+            for bits, length in zip(sent, lengths, strict=True):
+                rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
+                offset += length
+                polys.append(self.ring.to_ntt((rounded * q + (1 << (bits - 1))) >> bits, 1))
+            if not k1:
+                polys.append(c1s[index])
+            ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),
+                                      2.0**self.params.scale_bits)
+            blobs.append(_saved(ct.save))
+        return self.frame(self.key_id, vector_size, blobs)

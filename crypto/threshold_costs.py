@@ -1,0 +1,89 @@
+"""What threshold CKKS costs for n members and a vector size: seconds, bytes and error of one aggregate.
+
+The crypto-level measurement behind ``fedprompt bench threshold``: every member encrypts an update (seeded,
+under its own secret, or under the collective public key), the coordinator folds the ciphertexts and compresses
+the sum for download, ``t`` members make decryption shares of the expanded download and one member combines
+them (errors are of that path).  Timings are wall-clock on this machine; the figures are per member unless named otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from fedprompt.crypto import threshold_seeded
+from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+
+FLOAT32_BYTES = 4
+
+
+def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
+            seeded: bool = True) -> dict[str, float]:
+    """One aggregate of ``members`` random updates (weights 1..20) through the whole threshold path."""
+    params = ThresholdParams(members=members, threshold=threshold, seeded_uploads=seeded)
+    context = ThresholdContext(params)
+    ring = context.ring
+    start = time.perf_counter()
+    job_seed = os.urandom(32)
+    a = crp(ring, job_seed)
+    parties = [Member(params, ring, i) for i in range(1, members + 1)]
+    public_shares = [m.public_share(a) for m in parties]
+    context.set_public_key(a, public_shares)
+    dealt = {m.index: m.deal() for m in parties}
+    keys = {j: KeyShare(params, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
+    keygen_s = time.perf_counter() - start
+
+    public = PublicContext(context.public_bytes(), params.ckks, context.key_id)
+    rng = np.random.default_rng(seed)
+    upload_round = threshold_seeded.UploadRound(job_seed, 0)
+    uploaders = [m.index for m in parties]
+    total, expected, weight = public.new_sum(vector_size), np.zeros(vector_size), 0.0
+    encrypt_s = fold_s = 0.0
+    for member in parties:
+        update, w = rng.normal(0, 0.1, vector_size), float(rng.integers(1, 21))
+        start = time.perf_counter()
+        upload = (threshold_seeded.encrypt(context, member, update * w, w, upload_round) if seeded
+                  else context.encrypt(update * w, w))
+        encrypt_s += time.perf_counter() - start
+        start = time.perf_counter()
+        total.add(total.parse(upload))
+        fold_s += time.perf_counter() - start
+        expected, weight = expected + update * w, weight + w
+    aggregate = total.to_bytes()
+    start = time.perf_counter()
+    download = ThresholdContext(params, key_id=context.key_id).compress(aggregate, vector_size)
+    compress_s = time.perf_counter() - start
+    start = time.perf_counter()
+    expanded = (threshold_seeded.expand(context, download, vector_size, upload_round, uploaders) if seeded
+                else context.expand(download, vector_size))
+    expand_s = time.perf_counter() - start
+
+    decryptors = list(range(1, params.t + 1))
+    start = time.perf_counter()
+    shares = [threshold_seeded.decryption_share(context, keys[j], expanded, vector_size, upload_round, uploaders,
+                                                decryptors) if seeded
+              else context.decryption_share(keys[j], expanded, vector_size, decryptors) for j in decryptors]
+    partial_decrypt_s = (time.perf_counter() - start) / len(decryptors)
+    start = time.perf_counter()
+    vector, got_weight = (threshold_seeded.combine(context, expanded, vector_size, shares, upload_round, uploaders)
+                          if seeded else context.combine(expanded, vector_size, shares))
+    combine_s = time.perf_counter() - start
+    plain = vector_size * FLOAT32_BYTES
+    return {
+        "members": members, "threshold": params.t, "seeded": seeded, "vector_size": vector_size,
+        "security_bits": params.ckks.security_bits, "smudging_sigma_bits": float(np.log2(params.smudging_sigma)),
+        "keygen_s_all_members": keygen_s, "encrypt_s": encrypt_s / members, "fold_s": fold_s / members,
+        "partial_decrypt_s": partial_decrypt_s, "combine_s": combine_s,
+        "upload_bytes": len(upload), "upload_x_float32": len(upload) / plain,
+        "aggregate_bytes": len(aggregate), "aggregate_x_float32": len(aggregate) / plain,
+        "compress_s": compress_s, "expand_s": expand_s,
+        "download_bytes": len(download), "download_x_float32": len(download) / plain,
+        "decryption_share_bytes": len(shares[0]), "public_key_share_bytes": public_shares[0].size * 8,
+        "dealt_share_bytes": len(dealt[1][1]),
+        "max_abs_error_sum": float(np.abs(vector - expected).max()),
+        "max_abs_error_mean": float(np.abs(vector / got_weight - expected / weight).max()),
+        "error_estimate": params.error_estimate,
+    }
