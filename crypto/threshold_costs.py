@@ -10,35 +10,63 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedprompt.crypto import threshold_seeded
 from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
 
 FLOAT32_BYTES = 4
 
 
-def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
-            seeded: bool = True) -> dict[str, float]:
-    """One aggregate of ``members`` random updates (weights 1..20) through the whole threshold path."""
-    params = ThresholdParams(members=members, threshold=threshold, seeded_uploads=seeded)
+@dataclass
+class Keyed:
+    """A threshold job after key generation, as every party holds it, in one process: the members (each with its
+    own secret), their public-key shares, the shares each dealt and the key shares each assembled."""
+
+    params: ThresholdParams
+    context: ThresholdContext
+    job_seed: bytes
+    members: list[Member]
+    public_shares: list[Poly]
+    dealt: dict[int, dict[int, bytes]]  # dealer -> recipient -> dealt share (sealed for the recipient on the wire)
+    keys: dict[int, KeyShare]
+    keygen_s: float  # every member's key generation, one after another
+
+
+def keygen(params: ThresholdParams) -> Keyed:
+    """Collective key generation for ``params``: CRP, secrets and public-key shares, dealing, key shares."""
     context = ThresholdContext(params)
     ring = context.ring
     start = time.perf_counter()
     job_seed = os.urandom(32)
     a = crp(ring, job_seed)
-    parties = [Member(params, ring, i) for i in range(1, members + 1)]
+    parties = [Member(params, ring, i) for i in range(1, params.members + 1)]
     public_shares = [m.public_share(a) for m in parties]
     context.set_public_key(a, public_shares)
     dealt = {m.index: m.deal() for m in parties}
     keys = {j: KeyShare(params, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
-    keygen_s = time.perf_counter() - start
+    return Keyed(params, context, job_seed, parties, public_shares, dealt, keys, time.perf_counter() - start)
 
+
+def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
+            seeded: bool = True) -> dict[str, float]:
+    """One aggregate of ``members`` random updates (weights 1..20) through the whole threshold path."""
+    return aggregate(keygen(ThresholdParams(members=members, threshold=threshold, seeded_uploads=seeded)),
+                     vector_size, seed)
+
+
+def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> dict[str, float]:
+    """One aggregate of every member's random update (weights 1..20, drawn from ``seed``) in upload round
+    ``round`` (seeded jobs: once per round and key), encrypted, folded, compressed, t-decrypted and combined."""
+    params, context, parties, keys = keyed.params, keyed.context, keyed.members, keyed.keys
+    members, seeded = params.members, params.seeded_uploads
     public = PublicContext(context.public_bytes(), params.ckks, context.key_id)
     rng = np.random.default_rng(seed)
-    upload_round = threshold_seeded.UploadRound(job_seed, 0)
+    upload_round = threshold_seeded.UploadRound(keyed.job_seed, round)
     uploaders = [m.index for m in parties]
     total, expected, weight = public.new_sum(vector_size), np.zeros(vector_size), 0.0
     encrypt_s = fold_s = 0.0
@@ -52,9 +80,9 @@ def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
         total.add(total.parse(upload))
         fold_s += time.perf_counter() - start
         expected, weight = expected + update * w, weight + w
-    aggregate = total.to_bytes()
+    summed = total.to_bytes()
     start = time.perf_counter()
-    download = ThresholdContext(params, key_id=context.key_id).compress(aggregate, vector_size)
+    download = ThresholdContext(params, key_id=context.key_id).compress(summed, vector_size)
     compress_s = time.perf_counter() - start
     start = time.perf_counter()
     expanded = (threshold_seeded.expand(context, download, vector_size, upload_round, uploaders) if seeded
@@ -75,14 +103,14 @@ def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
     return {
         "members": members, "threshold": params.t, "seeded": seeded, "vector_size": vector_size,
         "security_bits": params.ckks.security_bits, "smudging_sigma_bits": float(np.log2(params.smudging_sigma)),
-        "keygen_s_all_members": keygen_s, "encrypt_s": encrypt_s / members, "fold_s": fold_s / members,
+        "keygen_s_all_members": keyed.keygen_s, "encrypt_s": encrypt_s / members, "fold_s": fold_s / members,
         "partial_decrypt_s": partial_decrypt_s, "combine_s": combine_s,
         "upload_bytes": len(upload), "upload_x_float32": len(upload) / plain,
-        "aggregate_bytes": len(aggregate), "aggregate_x_float32": len(aggregate) / plain,
+        "aggregate_bytes": len(summed), "aggregate_x_float32": len(summed) / plain,
         "compress_s": compress_s, "expand_s": expand_s,
         "download_bytes": len(download), "download_x_float32": len(download) / plain,
-        "decryption_share_bytes": len(shares[0]), "public_key_share_bytes": public_shares[0].size * 8,
-        "dealt_share_bytes": len(dealt[1][1]),
+        "decryption_share_bytes": len(shares[0]), "public_key_share_bytes": keyed.public_shares[0].size * 8,
+        "dealt_share_bytes": len(keyed.dealt[1][1]),
         "max_abs_error_sum": float(np.abs(vector - expected).max()),
         "max_abs_error_mean": float(np.abs(vector / got_weight - expected / weight).max()),
         "error_estimate": params.error_estimate,

@@ -96,6 +96,17 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                 "settings.sites", "settings.rounds", "settings.warmup_rounds", "settings.local_epochs",
                 "settings.max_steps", "settings.batch_size", "settings.partition.shots",
                 "settings.partition.quantity_alpha", "settings.partition.label_alpha", "settings.seeds"),
+    # threshold: issue 30's Must show (rows, collusion, dropout, key substitution, round ratio, targets), README's
+    # and docs/he.md's threshold tables
+    "threshold": ("rows[].n", "rows[].t", "rows[].vector_size", "rows[].mode", "rows[].upload_bytes",
+                  "rows[].download_bytes", "rows[].keygen_bytes_per_participant", "rows[].encrypt_s",
+                  "rows[].aggregate_s", "rows[].partial_decrypt_s", "rows[].combine_s", "rows[].max_abs_error",
+                  "rows[].round_s", "collusion.single_key", "collusion.threshold", "collusion.control_t_sites",
+                  "collusion.aggregate_floor", "dropout.dropped", "dropout.completed", "key_substitution_refused",
+                  "threshold_round_over_single_key_round", "security_bits.single_key", "security_bits.threshold",
+                  "he_params.threshold", "targets.threshold_round_over_single_key_round.met",
+                  "targets.max_abs_error.met", "targets.upload_bytes.met", "targets.download_x_float32.met",
+                  "targets.security_bits.met", "settings.members", "settings.vector_sizes"),
 }
 
 
