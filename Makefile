@@ -33,7 +33,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The benchmarks that take minutes, not hours, re-run into reports/ (each JSON names its command, commit and date).
-QUICK_BENCHES := he load stalls
+QUICK_BENCHES := he load stalls threshold
 figures: setup
 	@for b in $(QUICK_BENCHES); do \
 	  echo "== fedprompt bench $$b"; \
