@@ -186,13 +186,12 @@ def main(args: argparse.Namespace) -> int:
                         "round_s_samples": samples},
         "security_bits": {"single_key": params["single_key"]["security_bits"], "threshold": security},
         "he_params": params,
-        "targets": {},
+        "targets": _targets(rows, ratio, security, size.vector_sizes[0]),
         "settings": {"members": size.members, "vector_sizes": size.vector_sizes, "ratio_members": size.ratio_members,
                      "round_s": "the crypto protocol's round in one process, not a networked one",
                      "updates": "N(0, 0.1) per value, weights 1..20, the same in both modes"},
         "smoke": bool(args.smoke),
     }
-    out["targets"] = _targets(rows, ratio, security, size.vector_sizes[0])
     headers = ["n", "t", "floats", "mode", "upload B", "download B", "keygen B", "encrypt s", "aggregate s",
                "partial dec. s", "combine s", "max abs err", "round s"]
     print(table(headers, [[r["n"], r["t"], r["vector_size"], r["mode"], r["upload_bytes"], r["download_bytes"],
