@@ -80,8 +80,14 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_job ON audit (job_id, seq);
 """
 
+#: A member's updates of a round, found by an index (``Store.received_digests``, asked on every upload): through
+#: the primary key, whose attempt comes before the member, each lookup read every update of the round, N^2 a round.
+V3 = """
+CREATE INDEX IF NOT EXISTS updates_member ON updates (job_id, round, participant_id);
+"""
+
 #: (version, SQL) in order; a file at version ``v`` gets every script whose version is above ``v``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3))
 LATEST = MIGRATIONS[-1][0]
 
 

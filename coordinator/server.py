@@ -107,8 +107,8 @@ class CoordinatorServer:
                         "local development only")
         credentials = None if s.insecure else self._credentials()
         gate = Gate(self.auth, self.limiter)
-        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
+        participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s)
+        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(participants, self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.jobs, gate, self.notifier, AuditTrail(self.store)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -120,22 +120,22 @@ class CoordinatorServer:
         if s.metrics_listen:
             self.metrics_port = self.metrics.endpoint.serve(s.metrics_listen, "coordinator.metrics_listen")
             log.info("metrics serving", address=s.metrics_listen, port=self.metrics_port, path="/metrics")
-        self._ticker = asyncio.create_task(self._tick_forever())
+        self._ticker = asyncio.create_task(self._tick_forever(participants))
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving", address=s.listen, port=self.port, mtls=not s.insecure, health="SERVING",
                  state=str(Path(s.state_dir).resolve()))
         return self.port
 
-    async def _tick_forever(self) -> None:
+    async def _tick_forever(self, participants: ParticipantService) -> None:
         """Every ``tick_s``: reread the CRL, let time pass for every job, log liveness, write checkpoints and wake
-        long-polls; until cancelled, whatever fails."""
+        the long-polls whose tasks changed; until cancelled, whatever fails."""
         while True:
             self._step("crl", self._refresh_crl)
             self._step("rounds", self.jobs.tick)
             self._step("liveness", lambda: self.liveness.sweep(self.jobs))
             self._step("checkpoints", lambda: self.checkpoints.sync(self.jobs))
-            self._step("notify", self.notifier.notify)
+            self._step("notify", lambda: self.jobs.each("notify", participants.announce))
             await asyncio.sleep(self.settings.tick_s)
 
     def _refresh_crl(self) -> None:
