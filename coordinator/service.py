@@ -64,7 +64,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
             remaining = until - time.monotonic()
             if task.kind is not TaskKind.WAIT or remaining <= 0 or self.notifier.closed:
                 return serde.task_to_pb(task)
-            await self.notifier.wait(job.job_id, min(remaining, 1.0))
+            await self.notifier.wait(job.job_id, remaining)
 
     @stream_method("ParticipantService")
     async def DownloadGlobal(self, request: participant_pb2.DownloadGlobalRequest,
