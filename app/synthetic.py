@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 
 from fedprompt.errors import ERRORS
+from fedprompt.participant.grpc_link import channel_options
 from fedprompt.participant.runtime import ROUND_MOVED_ON
 from fedprompt.protocol import CoordinatorLink, JoinInfo, Payload, Task, TaskKind
 from fedprompt.v1 import participant_pb2_grpc
@@ -75,7 +76,7 @@ class LoopStub:
         self.thread.start()
 
         async def connect() -> grpc.aio.Channel:
-            return grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+            return grpc.aio.insecure_channel(target, options=channel_options())
 
         self.channel = self._run(connect())
         self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)

@@ -74,6 +74,22 @@ def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str
         return result
 
 
+def channel_options(retry_initial_s: float = 0.5, retry_max_s: float = 10.0) -> list[tuple[str, int]]:
+    """A participant's channel to the coordinator: reconnects as often as its calls retry, pings to notice a dead
+    path."""
+    return [
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        # gRPC's own reconnect backoff (up to 120 s by default) would keep a channel down long after the
+        # coordinator is back; cap it like the call retries.
+        ("grpc.initial_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(retry_max_s * 1000)),
+        # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
+        ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class GrpcLink:
     """Talks to a coordinator; identity is carried by the transport: the client certificate in ``tls``, or (with
     ``tls=None``, for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
@@ -100,17 +116,7 @@ class GrpcLink:
     @staticmethod
     def _connect(target: str, tls: ClientTls | None, retry_initial_s: float,
                  retry_max_s: float) -> tuple[grpc.Channel, participant_pb2_grpc.ParticipantServiceStub]:
-        # gRPC's own reconnect backoff (up to 120 s by default) would keep a channel down long after the
-        # coordinator is back; cap it like the call retries.
-        channel = open_channel(target, tls, [
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.initial_reconnect_backoff_ms", int(retry_initial_s * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(retry_initial_s * 1000)),
-            ("grpc.max_reconnect_backoff_ms", int(retry_max_s * 1000)),
-            # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
-            ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
-            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-        ])
+        channel = open_channel(target, tls, channel_options(retry_initial_s, retry_max_s))
         return channel, participant_pb2_grpc.ParticipantServiceStub(channel)
 
     def close(self) -> None:
