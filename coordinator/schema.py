@@ -80,9 +80,15 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_job ON audit (job_id, seq);
 """
 
+#: A member's updates of a round, found by an index (``Store.received_digests``, asked on every upload): through
+#: the primary key, whose attempt comes before the member, each lookup read every update of the round, N^2 a round.
+V3 = """
+CREATE INDEX IF NOT EXISTS updates_member ON updates (job_id, round, participant_id);
+"""
+
 #: Key attestations (``crypto.attest``): each member's signed word for its exchange key, the dealer's for the
 #: key id and context, relayed as signed so members can check them.
-V3 = """
+V4 = """
 CREATE TABLE IF NOT EXISTS key_attestations (
     job_id TEXT NOT NULL, participant_id TEXT NOT NULL, purpose TEXT NOT NULL, attestation BLOB NOT NULL,
     PRIMARY KEY (job_id, participant_id, purpose)
@@ -90,7 +96,7 @@ CREATE TABLE IF NOT EXISTS key_attestations (
 """
 
 #: (version, SQL) in order; a file at version ``v`` gets every script whose version is above ``v``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3), (4, V4))
 LATEST = MIGRATIONS[-1][0]
 
 

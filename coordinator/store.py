@@ -253,6 +253,20 @@ class Store:
                          "ORDER BY participant_id", (job_id, version))
         return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]  # type: ignore[call-overload]
 
+    def metric_means(self, job_id: str, version: int) -> tuple[dict[str, float], int]:
+        """The example-weighted mean of each metric reported on ``version``, and the number of reports.
+
+        Each metric is averaged over the reports that carry it (e.g. pseudo-labelling metrics come only from the
+        participants that trained in that round), never diluted by zeros from the others.  SQLite sums them
+        (``json_each``): an admin's status asks this of every version, and decoding each report in Python cost
+        the coordinator ~40 ms a version at 3,000 participants.
+        """
+        [(count,)] = self._all("SELECT COUNT(*) FROM metrics WHERE job_id=? AND version=?", (job_id, version))
+        rows = self._all("SELECT j.key, SUM(j.value * m.num_examples), SUM(m.num_examples) FROM metrics AS m, "
+                         "json_each(m.metrics) AS j WHERE m.job_id=? AND m.version=? GROUP BY j.key ORDER BY j.key",
+                         (job_id, version))
+        return {str(k): float(s) / int(t) for k, s, t in rows if t}, int(count)  # type: ignore[call-overload, arg-type]
+
     # audit trail (``coordinator.audit``)
     def record_audit(self, identity: str, action: str, job_id: str, arguments: str, outcome: str) -> None:
         with self._tx() as db:

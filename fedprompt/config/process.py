@@ -40,7 +40,7 @@ class CoordinatorSection:
     ``upload_timeout_s`` in (0, 3600]; ``max_message_bytes`` in [64 KiB, 64 MiB]; ``rate_limit_per_s`` in
     (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
     tests do); ``max_concurrent_uploads`` in [1, 64]; ``max_uploads_total`` in [1, 100000];
-    ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600]; ``metrics_listen`` empty or host:port.
+    ``max_pending_calls`` in [100, 1000000]; ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600]; ``metrics_listen`` empty or host:port.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -63,6 +63,11 @@ class CoordinatorSection:
     # Uploads in progress across all identities: each holds its payload's chunks until the stream ends, so this
     # bounds that memory however many certificates a stalling client holds.
     max_uploads_total: int = 1024
+    # Calls arrived but not yet taken up by the server (gRPC's pending-request queue): beyond this many, and
+    # beyond three times as many at once, gRPC cancels new calls (CANCELLED).  gRPC's own default, 1000, is
+    # kept; a federation of more members meets bursts of about its size whenever a round opens or a version
+    # is published (every waiting member's next call at once), so raise it to about the number of members.
+    max_pending_calls: int = 1000
     # A connection with no call in progress for this long is closed (HTTP/2 GOAWAY); a participant's channel
     # reconnects at its next call.  Keepalive pings are not calls: they do not keep an idle connection open.
     connection_idle_s: float = 300.0
@@ -78,6 +83,7 @@ class CoordinatorSection:
         check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
         check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
         check_range(self.max_uploads_total, f"{prefix}.max_uploads_total", 1, 100_000)
+        check_range(self.max_pending_calls, f"{prefix}.max_pending_calls", 100, 1_000_000)
         check_range(self.connection_idle_s, f"{prefix}.connection_idle_s", 1.0, 86400.0, note="seconds")
         check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")

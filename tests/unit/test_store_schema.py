@@ -45,7 +45,7 @@ def test_a_file_from_before_versioning_is_migrated_with_its_data_intact(tmp_path
         assert [a.action for a in store.audit("job-1")] == ["start"]
     finally:
         store.close()
-    assert _user_version(path) == LATEST == 3
+    assert _user_version(path) == LATEST == 4
 
 
 def test_a_new_file_starts_at_the_latest_version_and_reopening_changes_nothing(tmp_path: Path) -> None:
@@ -102,3 +102,16 @@ def test_the_coordinator_refuses_a_newer_file_in_one_line(tmp_path: Path) -> Non
     result = run_fedprompt(["coordinator", "serve", "--insecure", "--listen", "127.0.0.1:0", "--state-dir", str(state)])
     assert result.returncode == 2
     assert "newer than this coordinator" in refused_in_one_line(result, "coordinator.sqlite")
+
+
+def test_a_members_updates_of_a_round_are_found_by_index_not_by_reading_the_round(tmp_path: Path) -> None:
+    # Asked on every upload (``Store.received_digests``): a scan of the round's updates made a round N^2.
+    path = tmp_path / "coordinator.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    try:
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT attempt, sha256 FROM updates WHERE job_id=? AND round=? AND "
+                          "participant_id=?", ("job-1", 1, "a")).fetchall()
+    finally:
+        db.close()
+    assert "USING INDEX updates_member (job_id=? AND round=? AND participant_id=?)" in str(plan)
