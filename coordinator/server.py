@@ -1,5 +1,6 @@
-"""Wires the coordinator: store -> job manager (resumed from the store) -> servicers -> grpc.aio server,
-plus the ticker (rounds, liveness, checkpoints) and the standard gRPC health service.
+"""Wires the coordinator: store (the SQLite file or PostgreSQL database its ``store`` URL names) -> job manager
+(resumed from the store) -> servicers -> grpc.aio server, plus the ticker (rounds, liveness, checkpoints) and
+the standard gRPC health service.
 
 The ticker is what handles every job's deadlines, so nothing but a stop ends it: a job whose step fails is
 paused on its own (``JobManager.each``), and a whole step that fails (the CRL refresh, say) is logged and run
@@ -55,7 +56,7 @@ class CoordinatorServer:
         settings.validate("coordinator")
         self.settings = settings
         state_dir = Path(settings.state_dir)
-        self.store = Store(state_dir / "coordinator.sqlite")
+        self.store = Store(settings.store_url)
         self.notifier = Notifier()
         self.worker = WorkerThread(self.notifier.notify)
         self.metrics = CoordinatorMetrics()
@@ -124,7 +125,7 @@ class CoordinatorServer:
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving", address=s.listen, port=self.port, mtls=not s.insecure, health="SERVING",
-                 state=str(Path(s.state_dir).resolve()))
+                 state=str(Path(s.state_dir).resolve()), store=self.store.location)
         return self.port
 
     async def _tick_forever(self) -> None:

@@ -27,7 +27,7 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
     from fedprompt.coordinator.server import CoordinatorServer
 
     settings = server_settings(args, CoordinatorConfig, "coordinator",
-                               ("listen", "state_dir", "ca_cert", "cert", "key", "crl", "metrics_listen"))
+                               ("listen", "state_dir", "store", "ca_cert", "cert", "key", "crl", "metrics_listen"))
     serve_until_signalled(CoordinatorServer(settings), args.port_file)
     return 0
 
@@ -82,7 +82,9 @@ def register(sub: Subparsers) -> None:
                         "--key coord/coordinator-main.key --crl ca/crl.pem --state-dir coord-state")
     serve.add_argument("--config", help="coordinator TOML ([coordinator] table)")
     serve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
-    serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file")
+    serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file and checkpoints")
+    serve.add_argument("--store", help="where the state is kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+                                       "(default: coordinator.sqlite in --state-dir)")
     serve.add_argument("--insecure", action="store_true",
                        help="no TLS, identities unverified: local development only (excludes the certificate flags)")
     serve.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate: clients must present one it signed")
