@@ -93,6 +93,15 @@ V3 = """
 ALTER TABLE exchange_keys ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
 """
 
+#: Which of several coordinator replicas sharing one database is active (``coordinator.lease``): one row, the
+#: holder, its fencing token (raised by one at every takeover) and when the lease lapses, in the database's clock.
+V4 = """
+CREATE TABLE IF NOT EXISTS coordinator_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
+);
+INSERT INTO coordinator_lease VALUES (1, '', 0, 0) ON CONFLICT DO NOTHING;
+"""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -107,7 +116,7 @@ class Migration:
 
 #: In order; a database at version ``v`` gets every migration whose number is above ``v``.
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, V1), Migration(2, V2),
-                                     Migration(3, V3, "UPDATE exchange_keys SET seq = rowid;"))
+                                     Migration(3, V3, "UPDATE exchange_keys SET seq = rowid;"), Migration(4, V4))
 LATEST = MIGRATIONS[-1].number
 
 

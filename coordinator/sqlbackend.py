@@ -3,7 +3,7 @@
 ``coordinator.store`` writes each statement once, in SQL both accept (``?`` placeholders, ``INSERT ... ON
 CONFLICT ... DO UPDATE``); what differs lives here, once per database: connecting, starting a transaction,
 placeholder style, the column types of the migrations in ``coordinator.schema``, where the schema version is
-kept, whether a table exists, and online backup.  psycopg is imported only when a PostgreSQL store is opened,
+kept, whether a table exists, the database's clock, and online backup.  psycopg is imported only when a PostgreSQL store is opened,
 so a SQLite coordinator runs without the ``postgres`` extra.
 """
 
@@ -29,10 +29,19 @@ if TYPE_CHECKING:
 Row = tuple[Any, ...]
 
 
+class Cursor(Protocol):
+    """A statement's result: rows changed, and the rows of a ``RETURNING`` clause."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+
 class Writer(Protocol):
     """What a transaction offers the store: statements with ``?`` placeholders."""
 
-    def execute(self, sql: str, args: Sequence[object] = ..., /) -> object: ...
+    def execute(self, sql: str, args: Sequence[object] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]], /) -> object: ...
 
@@ -42,6 +51,7 @@ class Backend(abc.ABC):
 
     location: str  # the file, or the URL without its password: what messages and logs show
     integrity_error: type[Exception]  # what a broken key or constraint raises
+    now: str  # SQL for the database's clock, in seconds since the epoch: the one clock every replica shares
 
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[Writer]:
@@ -72,6 +82,7 @@ class SqliteBackend(Backend):
     """One SQLite file in WAL mode, ``synchronous=FULL``; ``":memory:"`` for none.  Version: ``user_version``."""
 
     integrity_error = sqlite3.IntegrityError
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: str) -> None:
         self.location = path
@@ -155,7 +166,7 @@ class _PgWriter:
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
 
-    def execute(self, sql: str, args: Sequence[object] = (), /) -> object:
+    def execute(self, sql: str, args: Sequence[object] = (), /) -> Cursor:
         return self._cursor.execute(pg_statement(sql), args)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[object]], /) -> object:
@@ -174,6 +185,8 @@ def without_password(url: str) -> str:
 class PostgresBackend(Backend):
     """One connection to a PostgreSQL server (autocommit outside ``transaction``); a connection the server
     dropped is opened again at the next call.  Version: the one-row table ``schema_version``."""
+
+    now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
     def __init__(self, url: str) -> None:
         self.location = without_password(url)

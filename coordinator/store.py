@@ -17,12 +17,14 @@ from __future__ import annotations
 import enum
 import json
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedprompt.coordinator.schema import migrate
 from fedprompt.coordinator.sqlbackend import Backend, Row, Writer, connect
+from fedprompt.errors import Deposed
 from fedprompt.protocol import AuditView, FlagView
 
 
@@ -114,6 +116,7 @@ class Store:
         self._sql: Backend = connect(location)
         self.location = self._sql.location
         self.integrity_error = self._sql.integrity_error
+        self.token: int | None = None  # the fencing token every write checks (``fence``); None: no lease
         try:
             migrate(self._sql)
         except BaseException:
@@ -123,11 +126,49 @@ class Store:
     def close(self) -> None:
         self._sql.close()
 
-    def _tx(self) -> AbstractContextManager[Writer]:
-        return self._sql.transaction()
+    @contextmanager
+    def _tx(self) -> Iterator[Writer]:
+        """A write transaction; once ``fence`` is set, it first checks that token is still the lease's and holds
+        the lease row until it commits, so a takeover waits for it, and a deposed replica writes nothing."""
+        with self._sql.transaction() as tx:
+            if self.token is not None and tx.execute("UPDATE coordinator_lease SET token = token WHERE id = 1 AND "
+                                                     "token = ?", (self.token,)).rowcount != 1:
+                raise Deposed(f"{self.location}: this coordinator's lease (token {self.token}) was taken over; "
+                              "it writes nothing more")
+            yield tx
 
     def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
         return self._sql.rows(sql, args)
+
+    # the replicas' lease (``coordinator.lease``), timed by the database's clock
+    def acquire_lease(self, holder: str, ttl_s: float) -> int | None:
+        """Take the lease if it has lapsed (or was released) and return the new fencing token; None while
+        another holder's lease runs."""
+        now = self._sql.now
+        with self._sql.transaction() as tx:
+            row = tx.execute(f"UPDATE coordinator_lease SET holder = ?, token = token + 1, expires_at = {now} + ? "
+                             f"WHERE id = 1 AND expires_at < {now} RETURNING token", (holder, ttl_s)).fetchone()
+        return None if row is None else int(row[0])
+
+    def renew_lease(self, token: int, ttl_s: float) -> bool:
+        """Extend the lease ``token`` holds; False when another replica has taken it since."""
+        with self._sql.transaction() as tx:
+            return tx.execute(f"UPDATE coordinator_lease SET expires_at = {self._sql.now} + ? WHERE id = 1 AND "
+                              "token = ?", (ttl_s, token)).rowcount == 1
+
+    def release_lease(self, token: int) -> None:
+        """Let the lease lapse now (a graceful stop), so a standby takes over without waiting for it."""
+        with self._sql.transaction() as tx:
+            tx.execute("UPDATE coordinator_lease SET expires_at = 0 WHERE id = 1 AND token = ?", (token,))
+
+    def lease(self) -> tuple[str, int, float]:
+        """The holder, its token and the seconds until its lease lapses (negative: lapsed)."""
+        holder, token, left = self._all(f"SELECT holder, token, expires_at - {self._sql.now} FROM coordinator_lease")[0]
+        return str(holder), int(token), float(left)
+
+    def fence(self, token: int) -> None:
+        """From now on every write checks that ``token`` is still the lease's (``Deposed`` when not)."""
+        self.token = token
 
     # jobs
     def add_job(self, job_id: str, name: str, config_toml: str, state: str) -> None:

@@ -60,7 +60,7 @@ class CoordinatorSection:
     (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
     tests do); ``max_concurrent_uploads`` in [1, 64]; ``max_uploads_total`` in [1, 100000];
     ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600]; ``metrics_listen`` empty or host:port;
-    ``store`` empty or a URL that ``store_target`` reads.
+    ``store`` empty or a URL that ``store_target`` reads; ``lease_ttl_s`` 0 (no lease) or in [1, 600].
     """
 
     listen: str = "127.0.0.1:50051"
@@ -69,6 +69,11 @@ class CoordinatorSection:
     # ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` (needs ``fedprompt[postgres]``).
     # Checkpoints stay in ``state_dir`` either way.
     store: str = ""
+    # Failover: several replicas on one store, one active (``coordinator.lease``).  0 runs without a lease (one
+    # coordinator); else the lease's time to live: a standby takes over this long after the active one stops
+    # renewing.  ``replica`` names this one in the lease and the logs (empty: host:pid).
+    lease_ttl_s: float = 0.0
+    replica: str = ""
     insecure: bool = False
     tick_s: float = 0.25
     offline_after_s: float = 120.0
@@ -104,6 +109,8 @@ class CoordinatorSection:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
         if self.store:
             store_target(self.store, f"{prefix}.store")
+        check(self.lease_ttl_s == 0 or 1 <= self.lease_ttl_s <= 600, f"{prefix}.lease_ttl_s",
+              f"must be 0 (no lease: a single coordinator) or in [1, 600] seconds, got {self.lease_ttl_s}")
         _check_metrics_listen(self.metrics_listen, f"{prefix}.metrics_listen")
         check_range(self.rate_limit_per_s, f"{prefix}.rate_limit_per_s", 0.0, 1e6, open_low=True)
         check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
