@@ -48,11 +48,11 @@ class Lease:
             if token is not None:
                 self.token, self._renewed = token, time.monotonic()
                 self.store.fence(token)
-                log.info("lease taken: this replica is active", holder=self.holder, token=token, ttl_s=self.ttl_s)
+                log.info("lease taken: this replica is active", replica=self.holder, token=token, ttl_s=self.ttl_s)
                 return token
             if not announced:
                 holder, token, left = self.store.lease()
-                log.info("standing by: another replica holds the lease", holder=self.holder, active=holder,
+                log.info("standing by: another replica holds the lease", replica=self.holder, active=holder,
                          token=token, lapses_in_s=round(left, 1))
                 announced = True
             sleep(self.renew_s)
@@ -72,4 +72,4 @@ class Lease:
         """Give the lease up on a graceful stop, so a standby takes over at once."""
         if self.token is not None:
             self.store.release_lease(self.token)
-            log.info("lease released", holder=self.holder, token=self.token)
+            log.info("lease released", replica=self.holder, token=self.token)

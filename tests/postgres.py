@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.faults import free_port
 
 USER = "fedprompt"  # the cluster's superuser
 SEARCH = ("/usr/lib/postgresql",)  # Debian keeps each major version's server binaries under <root>/<version>/bin
@@ -31,12 +32,6 @@ def binaries() -> Path | None:
     versions = sorted((p for root in SEARCH for p in Path(root).glob("*/bin") if (p / "pg_ctl").exists()),
                       key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
     return versions[-1] if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -114,7 +109,7 @@ def start() -> PostgresServer | str:
     root = Path(tempfile.mkdtemp(prefix="fedprompt-pg-"))
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
-    server = PostgresServer(bin_dir, root, _free_port(), account)
+    server = PostgresServer(bin_dir, root, free_port(), account)
     try:
         server.start()  # binaries that are there but do not start a server fail the tests: no skip hides that
     except BaseException:

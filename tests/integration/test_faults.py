@@ -29,52 +29,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.app.admin_client import AdminClient, load_prompt
-from fedprompt.app.local_link import LocalLink
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
 from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.checkpoint import read_checkpoint
-from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
 from fedprompt.data.shards import SiteData
 from fedprompt.models import build_classifier
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.wire.payload import decode_vector
-from tests.faults import CoordinatorProcess, daemon, free_port, module_process, train_round
+from tests.faults import (
+    NAMES,
+    SIZE,
+    CoordinatorProcess,
+    daemon,
+    exported,
+    free_port,
+    module_process,
+    scripted,
+    train_round,
+    uninterrupted_final,
+)
 from tests.support import stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
-
-SIZE = 64
-NAMES = ("a", "b", "c")
-
-
-def scripted(target: str, job_id: str, seed: int, names: tuple[str, ...] = NAMES) -> dict[str, SyntheticParticipant]:
-    links = {n: GrpcLink(target, n, retry_initial_s=0.1, retry_max_s=0.5, give_up_after_s=60) for n in names}
-    return {n: SyntheticParticipant(links[n], n, job_id, SIZE, seed) for n in names}
-
-
-def uninterrupted_final(config_toml: str, seed: int, rounds: int) -> np.ndarray:
-    """The final prompt of the same job with the same updates and no fault, on the real round machinery."""
-    jobs = JobManager(Store(":memory:"))
-    job = jobs.job(jobs.create_job(config_toml))
-    people = [SyntheticParticipant(LocalLink(jobs, n), n, job.job_id, SIZE, seed) for n in NAMES]
-    for p in people:
-        p.join()
-    job.start()
-    for round_ in range(1, rounds + 1):
-        job.tick()
-        for p in people:
-            p.link.upload(p.update(round_))
-    prompt = jobs.store.prompt(job.job_id, rounds)
-    assert prompt is not None
-    encoding, data = prompt
-    return np.frombuffer(data, dtype="<f4")
-
-
-def exported(admin: AdminClient, job_id: str, version: int, out: Path) -> np.ndarray:
-    return load_prompt(admin.export(job_id, out, version))[0]
-
 
 @pytest.mark.parametrize(("seed", "store"), [(0, "sqlite"), (1, "sqlite"), (2, "sqlite"), (0, "postgresql")])
 def test_coordinator_killed_while_collecting_resumes_and_ends_as_uninterrupted(tmp_path: Path, seed: int, store: str,
