@@ -41,10 +41,18 @@ class Lease:
 
     def wait(self, stopped: Callable[[], bool] = lambda: False, sleep: Callable[[float], None] = time.sleep) -> int | None:
         """Stand by until the lease is free, take it and fence the store with its token (returned); None when
-        ``stopped`` says so first."""
-        announced = False
+        ``stopped`` says so first.  A store that cannot be reached meanwhile is logged and tried again."""
+        announced, unreachable = False, ""
         while not stopped():
-            token = self.store.acquire_lease(self.holder, self.ttl_s)
+            try:
+                token = self.store.acquire_lease(self.holder, self.ttl_s)
+            except self.store.unavailable_error as exc:  # the database is down or restarting: keep standing by
+                if str(exc) != unreachable:
+                    log.warning("standing by: the store is unreachable, trying again", replica=self.holder,
+                                reason=str(exc).strip()[:200])
+                unreachable = str(exc)
+                sleep(self.renew_s)
+                continue
             if token is not None:
                 self.token, self._renewed = token, time.monotonic()
                 self.store.fence(token)

@@ -51,6 +51,7 @@ class Backend(abc.ABC):
 
     location: str  # the file, or the URL without its password: what messages and logs show
     integrity_error: type[Exception]  # what a broken key or constraint raises
+    unavailable_error: type[Exception]  # what a lost connection or a locked database raises: worth a retry
     now: str  # SQL for the database's clock, in seconds since the epoch: the one clock every replica shares
 
     @abc.abstractmethod
@@ -82,6 +83,7 @@ class SqliteBackend(Backend):
     """One SQLite file in WAL mode, ``synchronous=FULL``; ``":memory:"`` for none.  Version: ``user_version``."""
 
     integrity_error = sqlite3.IntegrityError
+    unavailable_error = sqlite3.OperationalError
     now = "((julianday('now') - 2440587.5) * 86400.0)"
 
     def __init__(self, path: str) -> None:
@@ -197,6 +199,7 @@ class PostgresBackend(Backend):
                               "pip install 'fedprompt[postgres]'") from exc
         self._psycopg = psycopg
         self.integrity_error = psycopg.IntegrityError
+        self.unavailable_error = psycopg.OperationalError
         self._url = url
         self._lock = threading.RLock()
         try:

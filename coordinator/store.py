@@ -116,6 +116,7 @@ class Store:
         self._sql: Backend = connect(location)
         self.location = self._sql.location
         self.integrity_error = self._sql.integrity_error
+        self.unavailable_error = self._sql.unavailable_error
         self.token: int | None = None  # the fencing token every write checks (``fence``); None: no lease
         try:
             migrate(self._sql)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from fedprompt.config import dump_toml
 from fedprompt.coordinator.jobs import JobManager
@@ -122,3 +123,25 @@ def test_a_standby_rebuilds_the_jobs_and_the_deposed_one_aggregates_nothing(stor
     version = standby.store.prompt(job_id, 1)
     assert version is not None and standby.store.latest_version(job_id) == 1
     np.testing.assert_array_equal(np.frombuffer(version[1], "<f4"), np.full(SIZE, 2.0, np.float32))
+
+
+def test_a_standby_keeps_standing_by_through_a_lost_connection(postgres_url: str) -> None:
+    import psycopg
+
+    Lease(Store(postgres_url), "a", TTL).wait()
+    standby = Lease(Store(postgres_url), "b", TTL)
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        if not naps:  # the server drops every coordinator connection (a restart, a failover of the database)
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND application_name = 'fedprompt-coordinator'")
+        naps.append(seconds)
+        time.sleep(seconds)
+
+    with capture_logs() as logs:
+        assert standby.wait(sleep=nap) == 2  # a never renews: b takes over once a's lease lapses
+    warned = [e for e in logs if e["event"] == "standing by: the store is unreachable, trying again"]
+    assert len(warned) == 1 and warned[0]["replica"] == "b" and len(naps) >= 3
+    assert standby.store.lease()[:2] == ("b", 2)
