@@ -1,5 +1,7 @@
-"""Wires the coordinator: store -> job manager (resumed from the store) -> servicers -> grpc.aio server,
-plus the ticker (rounds, liveness, checkpoints) and the standard gRPC health service.
+"""Wires the coordinator: store (the SQLite file or PostgreSQL database its ``store`` URL names) -> job manager
+(resumed from the store) -> servicers -> grpc.aio server, plus the ticker (rounds, liveness, checkpoints) and
+the standard gRPC health service.  With ``lease_ttl_s`` the replica first stands by until it holds the lease,
+renews it at every tick, and ends (``ended``) when another replica has taken it over.
 
 The ticker is what handles every job's deadlines, so nothing but a stop ends it: a job whose step fails is
 paused on its own (``JobManager.each``), and a whole step that fails (the CRL refresh, say) is logged and run
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from fedprompt.coordinator.audit import REVOKER, AuditTrail
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
+from fedprompt.coordinator.lease import Lease
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.coordinator.liveness import LivenessWatch
 from fedprompt.coordinator.metrics import CoordinatorMetrics
@@ -37,7 +42,7 @@ from fedprompt.coordinator.service import AdminService, ParticipantService
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import load_cert
-from fedprompt.errors import ConfigError, Unauthenticated
+from fedprompt.errors import ConfigError, Deposed, Unauthenticated
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
 from fedprompt.wire.channel import server_credentials
 from fedprompt.wire.rpc import DecodeGuard
@@ -58,7 +63,13 @@ class CoordinatorServer:
         settings.validate("coordinator")
         self.settings = settings
         state_dir = Path(settings.state_dir)
-        self.store = Store(state_dir / "coordinator.sqlite")
+        self.store = Store(settings.store_url)
+        self.lease: Lease | None = None
+        self.ended = asyncio.Event()  # set when this replica was deposed: it stops serving (``coordinator.lease``)
+        if settings.lease_ttl_s:  # a standby waits here, before it reads any job, until the lease is its own
+            self.lease = Lease(self.store, settings.replica or f"{socket.gethostname()}:{os.getpid()}",
+                               settings.lease_ttl_s)
+            self.lease.wait()
         self.notifier = Notifier()
         self.worker = WorkerThread(self.notifier.notify)
         self.metrics = CoordinatorMetrics()
@@ -141,13 +152,15 @@ class CoordinatorServer:
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving", address=s.listen, port=self.port, mtls=not s.insecure, health="SERVING",
-                 state=str(Path(s.state_dir).resolve()))
+                 state=str(Path(s.state_dir).resolve()), store=self.store.location)
         return self.port
 
     async def _tick_forever(self, participants: ParticipantService) -> None:
         """Every ``tick_s``: reread the CRL, let time pass for every job, log liveness, write checkpoints and wake
         the long-polls whose tasks changed; until cancelled, whatever fails."""
         while True:
+            if self.lease is not None:
+                self._step("lease", self.lease.renew)
             self._step("crl", self._refresh_crl)
             self._step("rounds", self.jobs.tick)
             self._step("liveness", lambda: self.liveness.sweep(self.jobs))
@@ -164,6 +177,10 @@ class CoordinatorServer:
         Per-job failures never get here: ``JobManager.each`` keeps them with their job."""
         try:
             step()
+        except Deposed as exc:
+            if not self.ended.is_set():
+                log.error("deposed: another replica holds the lease; this one stops", reason=str(exc)[:MAX_ERROR])
+            self.ended.set()
         except Exception as exc:  # any exception on purpose: the ticker is every job's clock
             reason = f"{type(exc).__name__}: {str(exc)[:MAX_ERROR]}"
             if self._tick_errors.get(name) != reason:
@@ -193,6 +210,8 @@ class CoordinatorServer:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         self.checkpoints.sync(self.jobs)
         self.metrics.endpoint.close()
+        if self.lease is not None and not self.ended.is_set():
+            self._step("lease", self.lease.release)
         self.store.close()
         log.info("coordinator stopped")
 

@@ -12,7 +12,8 @@ the modules behind it are an implementation detail and may move.  What each hold
 - ``privacy``: the job's ``[dp]`` and ``[he]`` sections; ``levels``: ``[levels]`` and its cohorts;
   ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check, and
   ``job_name_problem``, the rule for a job's name.
-- ``process``: the coordinator's, a participant daemon's and a model service's own config files.
+- ``process``: the coordinator's, a participant daemon's and a model service's own config files, and
+  ``store_target``, how the coordinator's ``store`` URL is read (SQLite file or PostgreSQL server).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from fedprompt.config.process import (
     ModelServiceSection,
     ParticipantConfig,
     ParticipantSection,
+    store_target,
 )
 
 __all__ = [
@@ -103,5 +105,6 @@ __all__ = [
     "placement_key",
     "read_toml_text",
     "set_dotted",
+    "store_target",
     "toml_mapping",
 ]
