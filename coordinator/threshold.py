@@ -35,6 +35,7 @@ from fedprompt.errors import (
     quoted,
 )
 from fedprompt.protocol import ThresholdKeyState
+from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
 log = structlog.get_logger("coordinator.threshold")
 
@@ -167,6 +168,15 @@ class Decryption:
     @property
     def missing(self) -> tuple[str, ...]:
         return tuple(m for m in self.decryptors if m not in self.shares)
+
+    def version(self) -> bytes:
+        """The global version to store once every share is in (``fedprompt.wire.threshold``): members combine it."""
+        if not self.complete:
+            raise PreconditionFailed(f"round {self.round} attempt {self.attempt} still waits for "
+                                     f"{', '.join(self.missing)}")
+        return pack_version(ThresholdVersion(self.round, self.attempt, self.uploaders, self.decryptors,
+                                             self.declared_weight, self.aggregate,
+                                             tuple(self.shares[m] for m in self.decryptors)))
 
 
 class ThresholdRound:

@@ -47,6 +47,7 @@ from fedprompt.crypto.threshold_seeded import UploadRound, job_seed
 from fedprompt.errors import FedPromptError
 from fedprompt.participant.keys import key_dir, write_private
 from fedprompt.protocol import ThresholdKeyState, ThresholdLink
+from fedprompt.wire.threshold import unpack_version
 
 log = structlog.get_logger("participant.threshold_keys")
 
@@ -254,3 +255,9 @@ class ThresholdKeys:
             raise InvalidValue(f"the aggregate of round {round_} weighs {weight:.3f}, not the {declared_weight:g} "
                                "examples its uploaders declared: a wrong sum or a forged decryption share")
         return vector, weight
+
+    def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
+        """(sum, weight) of a stored global version (``fedprompt.wire.threshold``), combined here."""
+        v = unpack_version(data)
+        return self.combine(v.aggregate, vector_size, v.round, v.attempt, v.uploaders, v.sealed_shares(),
+                            v.declared_weight)

@@ -5,6 +5,7 @@ restart with their one-use records intact.  Real certificates, real SEAL ciphert
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound, pick_decryptors
-from fedprompt.crypto.attest import KeyCredentials
+from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, open_for_group, public_bytes
@@ -22,6 +23,7 @@ from fedprompt.errors import InvalidUpdate, NotSelected
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import ThresholdKeyState
+from fedprompt.wire.threshold import pack_version, unpack_version
 
 JOB = "job-th"
 MEMBERS = ("participant:a", "participant:b", "participant:c")
@@ -67,16 +69,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[ThresholdRelay
         key, cert = ca.issue(who, root / "certs" / who.split(":")[1])
         sites[who] = Site(who, root, KeyCredentials.from_files(ca.ca_cert_path, cert, key))
         exchange = public_bytes(sites[who].exchange)
-        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (_digest(exchange),)))
+        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for _ in range(3):
         done = [site.keys.refresh(Door(relay, who)) for who, site in sites.items()]
     assert all(done) and relay.ready
     return relay, sites
-
-
-def _digest(data: bytes) -> bytes:
-    from fedprompt.crypto.attest import digest
-    return digest(data)
 
 
 def _round(relay: ThresholdRelay, sites: dict[str, Site], round_: int, uploaders: tuple[str, ...],
@@ -121,11 +118,13 @@ def test_a_round_completes_with_one_member_dropped_after_uploading_and_only_memb
         decryption.submit(who, sites[who].keys.decryption_share(
             decryption.aggregate, SIZE, 1, 0, decryption.uploaders, decryption.decryptors))
     assert decryption.complete
+    stored = decryption.version()  # the global version every member downloads and combines itself
     for who in MEMBERS:
-        total, got = sites[who].keys.combine(decryption.aggregate, SIZE, 1, 0, decryption.uploaders,
-                                             decryption.shares, decryption.declared_weight)
+        total, got = sites[who].keys.open_version(stored, SIZE)
         assert got == pytest.approx(weight, abs=1e-3)
         assert np.abs(total - expected).max() <= 1e-4
+    with pytest.raises(InvalidUpdate, match="shares do not match"):
+        unpack_version(pack_version(dataclasses.replace(unpack_version(stored), decryptors=MEMBERS)))
     # the coordinator holds the aggregate and t shares, but the shares are sealed under the members' group key
     with pytest.raises(InvalidCiphertext, match="does not open"):
         open_for_group(decryption.shares["participant:a"], bytes(32), JOB, "1", "0", "participant:a")
@@ -199,7 +198,7 @@ def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path:
         key, cert = ca.issue(who, tmp_path / who.split(":")[1])
         sites[who] = Site(who, tmp_path, KeyCredentials.from_files(ca.ca_cert_path, cert, key))
         exchange = public_bytes(sites[who].exchange)
-        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (_digest(exchange),)))
+        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for who in MEMBERS[1:]:
         sites[who].keys.refresh(Door(relay, who))
     forged = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key())
