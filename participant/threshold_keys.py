@@ -236,6 +236,12 @@ class ThresholdKeys:
         key = self._require()
         upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
         data = seeded.expand(self.context, aggregate, vector_size, upload, users)
+        chunks = self.params.ckks.num_ciphertexts(vector_size)
+        spent = chunks * sum(label.startswith("share:") for label in self._used)
+        if spent + chunks > self.params.max_decryptions:
+            raise InvalidValue(f"member {self.identity} has made {spent} chunk decryptions with this key; "
+                               f"{chunks} more would pass max_decryptions = {self.params.max_decryptions}, the "
+                               "count its smudging noise is sized for: the job needs new keys")
         self._record(f"share:{round_}:{attempt}")
         share = seeded.decryption_share(self.context, key, data, vector_size, upload, users,
                                         self._indices(decryptors))

@@ -19,7 +19,7 @@ from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, Invalid
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, open_for_group, public_bytes
 from fedprompt.crypto.threshold import ThresholdParams
-from fedprompt.errors import InvalidUpdate, NotSelected
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, NotSelected, PreconditionFailed
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import ThresholdKeyState
@@ -215,3 +215,48 @@ def test_decryptors_are_t_online_members_rotating_with_the_round() -> None:
     assert pick_decryptors(members, _online("a", "b"), 3, 0) == ("c", "d", "e")
     assert pick_decryptors(members, _online(), 3, 0, avoid=("a",)) == ("b", "c", "d")
     assert pick_decryptors(members, _online("a", "b", "c"), 3, 0) is None
+
+
+def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    relay, sites = federation
+    share, attestation = relay.shares[MEMBERS[0]]
+    with pytest.raises(NotEnrolled):
+        relay.publish_share("participant:z", share)
+    with pytest.raises(DuplicateUpdate):
+        relay.publish_share(MEMBERS[0], share, attestation)
+    with pytest.raises(InvalidUpdate, match="bytes"):
+        relay.publish_share(MEMBERS[0], share[:-8])
+    fresh = ThresholdRelay("job-other", MEMBERS, PARAMS)
+    with pytest.raises(InvalidUpdate, match="each of the 2 other members"):
+        fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})
+    with pytest.raises(PreconditionFailed, match="key setup"):
+        ThresholdRound(fresh, 1, SIZE)
+
+
+def test_a_member_stops_decrypting_before_its_smudging_budget_is_spent(tmp_path: Path) -> None:
+    """``max_decryptions`` (the Q of the smudging bound) counts chunk decryptions per member, across restarts."""
+    params = ThresholdParams(members=3, max_decryptions=2)
+    relay = ThresholdRelay(JOB, MEMBERS, params)
+    keys = {}
+    for who in MEMBERS:
+        exchange = new_exchange_key()
+        keys[who] = ThresholdKeys(JOB, MEMBERS, who, params, exchange, tmp_path / who.split(":")[1])
+        relay.register(who, public_bytes(exchange))
+    for _ in range(2):
+        for who in MEMBERS:
+            keys[who].refresh(Door(relay, who))
+    pair, first = MEMBERS[:2], MEMBERS[0]
+    for round_ in (1, 2, 3):
+        machine = ThresholdRound(relay, round_, SIZE)
+        for who in MEMBERS:
+            machine.add(who, 0, keys[who].encrypt(np.ones(SIZE), 1.0, round_, 0), 1.0)
+        decryption = machine.close(_online())
+        assert decryption is not None
+        if round_ == 3:
+            keys[first] = ThresholdKeys(JOB, MEMBERS, first, params, new_exchange_key(),
+                                        tmp_path / first.split(":")[1])  # restarted: the count survives
+            with pytest.raises(InvalidValue, match="max_decryptions = 2"):
+                keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
+        else:
+            keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
