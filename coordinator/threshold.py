@@ -57,7 +57,7 @@ class ThresholdRelay:
         self.public: PublicContext | None = None
         self.log = log.bind(job_id=job_id)
 
-    def _member(self, who: str) -> None:
+    def check_member(self, who: str) -> None:
         if who not in self.members:
             raise NotEnrolled(f"{quoted(who)} is not one of the {len(self.members)} members of threshold job "
                               f"{self.job_id}")
@@ -70,7 +70,7 @@ class ThresholdRelay:
 
     def register(self, who: str, key: bytes, attestation: bytes = b"") -> None:
         """A member's X25519 exchange key (at join); a different one after it dealt is refused."""
-        self._member(who)
+        self.check_member(who)
         if len(key) != PUBLIC_KEY_BYTES:
             raise InvalidUpdate(f"a threshold job needs a {PUBLIC_KEY_BYTES}-byte exchange key, got {len(key)}")
         self._check(attestation, who, "exchange", key)
@@ -80,7 +80,7 @@ class ThresholdRelay:
 
     def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
         """A member's public key share, once; with the last of the n, the collective key."""
-        self._member(who)
+        self.check_member(who)
         if len(share) != self.share_bytes:
             raise InvalidUpdate(f"a public key share has {self.share_bytes} bytes, got {len(share)}")
         self._check(attestation, who, "key-share", share)
@@ -98,7 +98,7 @@ class ThresholdRelay:
 
     def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
         """A member's sealed sub-shares, one for every other member, all at once and once."""
-        self._member(dealer)
+        self.check_member(dealer)
         if dealer in self.dealt:
             raise DuplicateUpdate(f"{dealer} already dealt its sub-shares in job {self.job_id}")
         others = sorted(m for m in self.members if m != dealer)
@@ -110,7 +110,7 @@ class ThresholdRelay:
         self.log.info("key sub-shares relayed", dealer=dealer)
 
     def state_for(self, who: str, crl: bytes = b"") -> ThresholdKeyState:
-        self._member(who)
+        self.check_member(who)
         return ThresholdKeyState(
             tuple((m, key, att) for m, (key, att) in sorted(self.exchange.items())),
             tuple((m, share, att) for m, (share, att) in sorted(self.shares.items())),
@@ -196,7 +196,7 @@ class ThresholdRound:
 
     def add(self, who: str, attempt: int, ciphertext: bytes, num_examples: float) -> None:
         """Fold one member's upload of this attempt (parsed under the collective key first)."""
-        self.relay._member(who)
+        self.relay.check_member(who)
         if attempt != self.attempt or self.decryption is not None:
             raise PreconditionFailed(f"round {self.round} takes uploads of attempt {self.attempt} only, before "
                                      "its decryption")
