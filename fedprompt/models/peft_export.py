@@ -10,7 +10,8 @@ their label head in ``fedprompt_head.safetensors``.  The scoring is ``prompted_f
 - causal: the next-token logits after the text's last token, at ``label_token_ids`` (the first token of each
   label word, ``fedprompt.scoring.verbalizer_ids``).
 
-``prefix`` and ``lora`` are peft's own modules and are saved by peft.  The shallow prompt is saved as peft
+``prefix`` and ``lora`` are peft's own modules, saved as peft's ``save_pretrained`` saves them (their config
+and ``get_peft_model_state_dict``).  The shallow prompt is saved as peft
 ``PROMPT_TUNING`` (``prompt_embeddings``: the whole prompt, every level in vector order).  For causal models
 peft's forward places it exactly where fedprompt does (before the text).  For encoders fedprompt keeps
 ``[CLS]`` first and puts the prompt after it (``"prompt_position": "after_first_token"``), since the backbone
@@ -22,6 +23,7 @@ goes and the README's loader builds the input from peft's loaded prompt (``PeftM
 
 from __future__ import annotations
 
+import copy
 import json
 import typing
 from pathlib import Path
@@ -47,7 +49,7 @@ def _prompt_tuning_config(model: PromptClassifier, base: str, length: int) -> An
         task_type=TaskType.CAUSAL_LM if model.kind == "causal" else TaskType.FEATURE_EXTRACTION,
         num_virtual_tokens=length, token_dim=model.dim, num_transformer_submodules=1,
         num_attention_heads=int(config.num_attention_heads), num_layers=int(config.num_hidden_layers),
-        base_model_name_or_path=base)
+        base_model_name_or_path=base, inference_mode=True)
 
 
 @torch.no_grad()
@@ -58,17 +60,15 @@ def save_adapter(model: PromptClassifier, out: Path, base: str, label_names: typ
     ``base_model_name_or_path``.  Returns the task file's content."""
     if model.method == "prompt":
         shallow = typing.cast(torch.nn.Module, model.prompt)  # every level, as predict scores with them
-        prompt = shallow(1)[0].detach().float().cpu().contiguous()
-        _prompt_tuning_config(model, base, int(prompt.shape[0])).save_pretrained(str(out))
-        save_file({"prompt_embeddings": prompt}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    else:
-        wrapped = model.peft_model
-        previous = wrapped.peft_config["default"].base_model_name_or_path
-        wrapped.peft_config["default"].base_model_name_or_path = base
-        try:
-            wrapped.save_pretrained(str(out))
-        finally:
-            wrapped.peft_config["default"].base_model_name_or_path = previous
+        state = {"prompt_embeddings": shallow(1)[0]}
+        config = _prompt_tuning_config(model, base, int(state["prompt_embeddings"].shape[0]))
+    else:  # what peft's save_pretrained writes, without its progress bar and generic card
+        state = model.peft_state_dict()
+        config = copy.copy(model.peft_model.peft_config["default"])
+        config.base_model_name_or_path, config.inference_mode = base, True
+    config.save_pretrained(str(out))
+    save_file({name: t.detach().float().cpu().contiguous() for name, t in state.items()},
+              str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     task: dict[str, Any] = {
         "format": FORMAT, "kind": model.kind, "method": model.method, "template": model.template,
         "max_length": model.max_length, "label_names": list(label_names), "label_words": list(label_words),

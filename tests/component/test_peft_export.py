@@ -175,6 +175,16 @@ def test_admin_exports_a_plaintext_jobs_global_as_a_peft_adapter(tiny_encoder_di
             code, out, err = fedprompt(capfd, *admin_cli, "--format", "peft", "--out", str(adapter))
             assert (code, out) == (0, f"wrote {adapter}\n"), err
             assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, adapter) <= TOLERANCE
+            code, out, err = fedprompt(capfd, "predict", "--prompt", str(tmp_path / "v1.safetensors"), "--device",
+                                       "cpu", *TEXTS)
+            assert code == 0, err
+            predicted = [json.loads(line) for line in out.splitlines()]
+            loader = readme_loader(tiny_encoder_dir, adapter)
+            loaded = loader["load_exported"](str(tiny_encoder_dir), str(adapter))
+            for text, line in zip(TEXTS, predicted, strict=True):
+                scores = torch.softmax(loader["label_logits"](*loaded, text), -1)
+                assert line["label"] == ["neg", "pos"][int(scores.argmax())]
+                assert abs(line["confidence"] - float(scores.max())) <= 5e-5  # predict prints 4 decimals
             rows = card_rows(adapter)
             assert rows["base model"] == f"`{tiny_encoder_dir.name}` (`{tiny_encoder_dir}`)"
             assert rows["base weights SHA-256"] == f"`{weights_digest(tiny_encoder_dir)}`"
