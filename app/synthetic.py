@@ -6,27 +6,35 @@ update is a pure function of (seed, participant, round), like a real participant
 uninterrupted run would reach can be computed exactly.
 
 ``python -m participant.synthetic --coordinator HOST:PORT --job JOB --prefix NAME --count N --vector-size D``
-runs N of them on threads in one process (one gRPC channel each) and prints a JSON summary line.
+runs N of them on threads in one process and prints a JSON summary line.  Their calls share one asyncio
+loop and ``grpc.aio`` channel (``LoopStub``), so a process can hold thousands of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import structlog
 
 from fedprompt.errors import ERRORS
+from fedprompt.participant.grpc_link import channel_options
 from fedprompt.participant.runtime import ROUND_MOVED_ON
 from fedprompt.protocol import CoordinatorLink, JoinInfo, Payload, Task, TaskKind
+from fedprompt.v1 import participant_pb2_grpc
 from fedprompt.wire.payload import FLOAT32, encode_vector
 
 log = structlog.get_logger("fedprompt.app.synthetic")
+T = TypeVar("T")
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -46,6 +54,53 @@ def synthetic_initial(seed: int, size: int) -> np.ndarray:
 def synthetic_examples(participant: str) -> int:
     """The aggregation weight a participant declares (10-99, fixed per name)."""
     return 10 + zlib.crc32(participant.encode()) % 90
+
+
+class LoopStub:
+    """A blocking ``ParticipantService`` stub whose calls run on one asyncio loop over one ``grpc.aio`` channel.
+
+    A thread blocked in a call of gRPC's blocking stub wakes 10 times a second to check for interrupts, so 250
+    participant threads per process were the most that did not starve each other of the GIL (10,000 of them,
+    in 40 processes, put the machine's load average past 100).  Here a calling thread waits on a plain future
+    and the one loop thread does the work.  Errors are ``grpc.aio.AioRpcError``s, ``grpc.RpcError``s like the
+    blocking stub's, so ``GrpcLink``'s retries treat them alike.  Only for an ``--insecure`` coordinator: every
+    call names its caller in its metadata, over the one connection.
+    """
+
+    #: The server-streaming methods: their messages are collected and handed back as an iterator.
+    STREAMS = frozenset({"DownloadGlobal", "DownloadCheck"})
+
+    def __init__(self, target: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio-loop", daemon=True)
+        self.thread.start()
+
+        async def connect() -> grpc.aio.Channel:
+            return grpc.aio.insecure_channel(target, options=channel_options())
+
+        self.channel = self._run(connect())
+        self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.stub, name)
+
+        async def collect(request: Any, **options: Any) -> list[Any]:
+            return [message async for message in method(request, **options)]
+
+        async def once(request: Any, **options: Any) -> Any:
+            return await method(request, **options)
+
+        if name in self.STREAMS:
+            return lambda request, **options: iter(self._run(collect(request, **options)))
+        return lambda request, **options: self._run(once(request, **options))
+
+    def close(self) -> None:
+        self._run(self.channel.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 class SyntheticParticipant:
@@ -113,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     configure("warning")
     errors: list[str] = []
     lock = threading.Lock()
+    stub = LoopStub(args.coordinator)
 
     def work(index: int) -> None:
         name = f"{args.prefix}-{index:04d}"
-        link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after)
+        link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after, stub=stub)
         try:
             SyntheticParticipant(link, name, args.job, args.vector_size, args.seed).run()
         except ERRORS as exc:
+            log.warning("participant failed", participant=name, error=type(exc).__name__, reason=str(exc))
             with lock:
                 errors.append(f"{name}: {exc}")
         finally:
@@ -131,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         thread.start()
     for thread in threads:
         thread.join()
+    stub.close()
     print(json.dumps({"participants": args.count, "errors": errors, "seconds": round(time.perf_counter() - began, 2)}),
           flush=True)
     return 1 if errors else 0

@@ -21,7 +21,7 @@ from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
 from fedprompt.coordinator.views import participant_views
-from fedprompt.errors import AmbiguousName, ConfigError, InvalidRequest, NotFound, PreconditionFailed, quoted
+from fedprompt.errors import AmbiguousName, ConfigError, Deposed, InvalidRequest, NotFound, PreconditionFailed, quoted
 from fedprompt.protocol import JobView, ParticipantView, new_job_id
 
 log = structlog.get_logger("coordinator.jobs")
@@ -119,6 +119,8 @@ class JobManager:
                 self._record_state(job)
             try:
                 action(job)
+            except Deposed:
+                raise  # not this job's failure: the whole replica was deposed and stops (``coordinator.lease``)
             except Exception as exc:  # any exception on purpose: it is this job's, and the loop must go on
                 self._failed(job, step, exc)
             else:

@@ -78,6 +78,19 @@ class OpenRound:
     bytes_up: int = 0
     bytes_down: int = 0
 
+    def __post_init__(self) -> None:
+        self._chosen = frozenset(self.selected)
+
+    def selects(self, participant_id: str) -> bool:
+        """Whether ``participant_id`` is in the selection: a set lookup, since every call of every member asks
+        (a scan of the selection made a round of N members cost N^2)."""
+        return participant_id in self._chosen
+
+    def deselect(self, participant_id: str) -> None:
+        """Take a member out of the selection (it declined or was expelled)."""
+        self.selected = tuple(p for p in self.selected if p != participant_id)
+        self._chosen = frozenset(self.selected)
+
     @property
     def gram(self) -> GramRound | None:
         """The kept ciphertexts of a round that decides on an encrypted Gram matrix."""
@@ -139,11 +152,11 @@ class RoundMachine:
     def withdraw(self, participant_id: str) -> bool:
         """Take a member out of the open attempt's selection (it declined or was expelled); True if it was in."""
         r = self.open
-        if r is None or participant_id not in r.selected:
+        if r is None or not r.selects(participant_id):
             return False
         r.reported.pop(participant_id, None)
         r.fold.discard(participant_id)
-        r.selected = tuple(p for p in r.selected if p != participant_id)
+        r.deselect(participant_id)
         self.store.save_round(r.row(self.job_id))
         return True
 

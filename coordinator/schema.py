@@ -1,17 +1,24 @@
-"""The coordinator store's schema as ordered migrations, and the code that brings a file up to date.
+"""The coordinator store's schema as ordered migrations, and the code that brings a database up to date.
 
-A file records its schema version in ``PRAGMA user_version``.  Opening one applies, in order, each migration
-above that version, each in its own transaction together with the version bump, so a crash mid-upgrade leaves
-the file at the last complete version.  Files written before versioning existed have version 0 and version 1's
-tables; version 1 only creates missing tables, so it serves them and a new empty file alike.  A file from a
-newer coordinator is refused rather than written by code that does not know its tables.
+One list serves both databases (``coordinator.sqlbackend``): the scripts are written for SQLite and the
+PostgreSQL backend translates their column types.  A SQLite file records its schema version in
+``PRAGMA user_version``, a PostgreSQL database in the one-row table ``schema_version``.  Opening one applies,
+in order, each migration above that version, each in its own transaction together with the version bump, so a
+crash mid-upgrade leaves the database at the last complete version.  Files written before versioning existed
+have version 0 and version 1's tables; version 1 only creates missing tables, so it serves them and a new empty
+database alike.  A database from a newer coordinator is refused rather than written by code that does not know
+its tables.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedprompt.errors import SchemaTooNew
+
+if TYPE_CHECKING:
+    from fedprompt.coordinator.sqlbackend import Backend
 
 V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -80,38 +87,62 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_job ON audit (job_id, seq);
 """
 
+#: A member's updates of a round, found by an index (``Store.received_digests``, asked on every upload): through
+#: the primary key, whose attempt comes before the member, each lookup read every update of the round, N^2 a round.
+V3 = """
+CREATE INDEX IF NOT EXISTS updates_member ON updates (job_id, round, participant_id);
+"""
+
 #: Key attestations (``crypto.attest``): each member's signed word for its exchange key, the dealer's for the
 #: key id and context, relayed as signed so members can check them.
-V3 = """
+V4 = """
 CREATE TABLE IF NOT EXISTS key_attestations (
     job_id TEXT NOT NULL, participant_id TEXT NOT NULL, purpose TEXT NOT NULL, attestation BLOB NOT NULL,
     PRIMARY KEY (job_id, participant_id, purpose)
 );
 """
 
-#: (version, SQL) in order; a file at version ``v`` gets every script whose version is above ``v``.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3))
-LATEST = MIGRATIONS[-1][0]
+#: Exchange keys in the order they were first registered (the first is the default key dealer), as a column
+#: both databases have: SQLite's ``rowid`` order moved a member that registered again to the end.
+V5 = """
+ALTER TABLE exchange_keys ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+"""
+
+#: Which of several coordinator replicas sharing one database is active (``coordinator.lease``): one row, the
+#: holder, its fencing token (raised by one at every takeover) and when the lease lapses, in the database's clock.
+V6 = """
+CREATE TABLE IF NOT EXISTS coordinator_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
+);
+INSERT INTO coordinator_lease VALUES (1, '', 0, 0) ON CONFLICT DO NOTHING;
+"""
 
 
-def version(db: sqlite3.Connection) -> int:
-    """The schema version the file records (0: made before versioning, or empty)."""
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: its script, and what only a SQLite file needs (rows written before the migration,
+    rewritten with SQLite's own columns).  A PostgreSQL database never holds such rows: the first release that
+    writes one is at version 5, so its migrations run on empty tables."""
+
+    number: int
+    script: str
+    sqlite_only: str = ""
 
 
-def migrate(db: sqlite3.Connection, path: str,
-            migrations: tuple[tuple[int, str], ...] = MIGRATIONS) -> int:
-    """Bring ``db`` (autocommit connection to ``path``) to the last of ``migrations``; returns the version it had."""
-    found, latest = version(db), migrations[-1][0]
+#: In order; a database at version ``v`` gets every migration whose number is above ``v``.
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, V1), Migration(2, V2),
+                                     Migration(3, V3), Migration(4, V4),
+                                     Migration(5, V5, "UPDATE exchange_keys SET seq = rowid;"), Migration(6, V6))
+LATEST = MIGRATIONS[-1].number
+
+
+def migrate(backend: Backend, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Bring ``backend``'s database to the last of ``migrations``; returns the version it had."""
+    found, latest = backend.schema_version(), migrations[-1].number
     if found > latest:
-        raise SchemaTooNew(f"{path}: store schema version {found} is newer than this coordinator's {latest}; "
-                           "run the fedprompt release that wrote it, or restore a backup")
-    for number, script in migrations:
-        if number > found:
-            try:
-                db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        raise SchemaTooNew(f"{backend.location}: store schema version {found} is newer than this coordinator's "
+                           f"{latest}; run the fedprompt release that wrote it, or restore a backup")
+    for migration in migrations:
+        if migration.number > found:
+            backend.apply(migration)
     return found

@@ -1,5 +1,7 @@
-"""Wires the coordinator: store -> job manager (resumed from the store) -> servicers -> grpc.aio server,
-plus the ticker (rounds, liveness, checkpoints) and the standard gRPC health service.
+"""Wires the coordinator: store (the SQLite file or PostgreSQL database its ``store`` URL names) -> job manager
+(resumed from the store) -> servicers -> grpc.aio server, plus the ticker (rounds, liveness, checkpoints) and
+the standard gRPC health service.  With ``lease_ttl_s`` the replica first stands by until it holds the lease,
+renews it at every tick, and ends (``ended``) when another replica has taken it over.
 
 The ticker is what handles every job's deadlines, so nothing but a stop ends it: a job whose step fails is
 paused on its own (``JobManager.each``), and a whole step that fails (the CRL refresh, say) is logged and run
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from fedprompt.coordinator.audit import REVOKER, AuditTrail
 from fedprompt.coordinator.checkpoint import Checkpointer
 from fedprompt.coordinator.identity import Authenticator, CertificateAuthenticator, Gate, InsecureAuthenticator
 from fedprompt.coordinator.jobs import MAX_ERROR, JobManager
+from fedprompt.coordinator.lease import Lease
 from fedprompt.coordinator.limits import CallLimiter
 from fedprompt.coordinator.liveness import LivenessWatch
 from fedprompt.coordinator.metrics import CoordinatorMetrics
@@ -37,12 +42,15 @@ from fedprompt.coordinator.service import AdminService, ParticipantService
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import load_cert
-from fedprompt.errors import ConfigError, Unauthenticated
+from fedprompt.errors import ConfigError, Deposed, Unauthenticated
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
 from fedprompt.wire.channel import server_credentials
 from fedprompt.wire.rpc import DecodeGuard
 
 log = structlog.get_logger("coordinator.server")
+
+#: Seconds a call may wait to be taken up before gRPC cancels it: past every deadline participants set.
+UNREQUESTED_S = 600
 
 SERVICES = ("", participant_pb2.DESCRIPTOR.services_by_name["ParticipantService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name)
@@ -55,7 +63,13 @@ class CoordinatorServer:
         settings.validate("coordinator")
         self.settings = settings
         state_dir = Path(settings.state_dir)
-        self.store = Store(state_dir / "coordinator.sqlite")
+        self.store = Store(settings.store_url)
+        self.lease: Lease | None = None
+        self.ended = asyncio.Event()  # set when this replica was deposed: it stops serving (``coordinator.lease``)
+        if settings.lease_ttl_s:  # a standby waits here, before it reads any job, until the lease is its own
+            self.lease = Lease(self.store, settings.replica or f"{socket.gethostname()}:{os.getpid()}",
+                               settings.lease_ttl_s)
+            self.lease.wait()
         self.notifier = Notifier()
         self.worker = WorkerThread(self.notifier.notify)
         self.metrics = CoordinatorMetrics()
@@ -108,14 +122,21 @@ class CoordinatorServer:
             # a connection without a call in progress counts as idle, so long-polls and uploads are never cut, and
             # the pings above do not keep one open: a participant's channel reconnects at its next call.
             ("grpc.max_connection_idle_ms", int(s.connection_idle_s * 1000)),
+            # Calls not yet taken up (``max_pending_calls``): gRPC cancels calls beyond them; with its default
+            # (1000, hard limit 3000) a burst of 10,000 members' calls lost 6,000 of them, CANCELLED.  It also
+            # cancels a call not taken up within 30 s, which a busy round opening reached: a participant takes
+            # CANCELLED as final, so a waiting call is bounded by its own deadline instead, whose expiry it retries.
+            ("grpc.server.max_pending_requests", s.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", 3 * s.max_pending_calls),
+            ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_S),
         ])
         if s.insecure:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
                         "local development only")
         credentials = None if s.insecure else self._credentials()
         gate = Gate(self.auth, self.limiter)
-        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(
-            ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s), self.server)
+        participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s)
+        participant_pb2_grpc.add_ParticipantServiceServicer_to_server(participants, self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.jobs, gate, self.notifier, self.audit), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -127,22 +148,24 @@ class CoordinatorServer:
         if s.metrics_listen:
             self.metrics_port = self.metrics.endpoint.serve(s.metrics_listen, "coordinator.metrics_listen")
             log.info("metrics serving", address=s.metrics_listen, port=self.metrics_port, path="/metrics")
-        self._ticker = asyncio.create_task(self._tick_forever())
+        self._ticker = asyncio.create_task(self._tick_forever(participants))
         for service in SERVICES:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("coordinator serving", address=s.listen, port=self.port, mtls=not s.insecure, health="SERVING",
-                 state=str(Path(s.state_dir).resolve()))
+                 state=str(Path(s.state_dir).resolve()), store=self.store.location)
         return self.port
 
-    async def _tick_forever(self) -> None:
+    async def _tick_forever(self, participants: ParticipantService) -> None:
         """Every ``tick_s``: reread the CRL, let time pass for every job, log liveness, write checkpoints and wake
-        long-polls; until cancelled, whatever fails."""
+        the long-polls whose tasks changed; until cancelled, whatever fails."""
         while True:
+            if self.lease is not None:
+                self._step("lease", self.lease.renew)
             self._step("crl", self._refresh_crl)
             self._step("rounds", self.jobs.tick)
             self._step("liveness", lambda: self.liveness.sweep(self.jobs))
             self._step("checkpoints", lambda: self.checkpoints.sync(self.jobs))
-            self._step("notify", self.notifier.notify)
+            self._step("notify", lambda: self.jobs.each("notify", participants.announce))
             await asyncio.sleep(self.settings.tick_s)
 
     def _refresh_crl(self) -> None:
@@ -154,6 +177,10 @@ class CoordinatorServer:
         Per-job failures never get here: ``JobManager.each`` keeps them with their job."""
         try:
             step()
+        except Deposed as exc:
+            if not self.ended.is_set():
+                log.error("deposed: another replica holds the lease; this one stops", reason=str(exc)[:MAX_ERROR])
+            self.ended.set()
         except Exception as exc:  # any exception on purpose: the ticker is every job's clock
             reason = f"{type(exc).__name__}: {str(exc)[:MAX_ERROR]}"
             if self._tick_errors.get(name) != reason:
@@ -183,6 +210,8 @@ class CoordinatorServer:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         self.checkpoints.sync(self.jobs)
         self.metrics.endpoint.close()
+        if self.lease is not None and not self.ended.is_set():
+            self._step("lease", self.lease.release)
         self.store.close()
         log.info("coordinator stopped")
 

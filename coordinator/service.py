@@ -15,6 +15,8 @@ from fedprompt.coordinator.audit import AuditTrail
 from fedprompt.coordinator.identity import Gate
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.notifier import Notifier
+from fedprompt.coordinator.runtime import JobRuntime
+from fedprompt.coordinator.tasks import dispatch_state
 from fedprompt.errors import InvalidUpdate, StaleRound
 from fedprompt.protocol import TaskKind
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
@@ -34,6 +36,11 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         self.notifier = notifier
         self.upload_timeout_s = upload_timeout_s
 
+    def announce(self, job: JobRuntime) -> None:
+        """After a participant's call, and on every tick: wake the job's long-polls if their tasks may have changed
+        (``coordinator.tasks.dispatch_state``)."""
+        self.notifier.changed(job.job_id, dispatch_state(job))
+
     @rpc_method("ParticipantService")
     async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
@@ -42,10 +49,10 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        info = self.jobs.job(request.job).join(identity, request.num_train_examples, request.num_test_examples,
-                                               request.vector_size, bytes(request.exchange_public_key),
-                                               bytes(request.exchange_attestation))
-        self.notifier.notify()
+        job = self.jobs.job(request.job)
+        info = job.join(identity, request.num_train_examples, request.num_test_examples, request.vector_size,
+                        bytes(request.exchange_public_key), bytes(request.exchange_attestation))
+        self.announce(job)
         return serde.join_to_pb(info)
 
     @rpc_method("ParticipantService")
@@ -58,7 +65,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
             remaining = until - time.monotonic()
             if task.kind is not TaskKind.WAIT or remaining <= 0 or self.notifier.closed:
                 return serde.task_to_pb(task)
-            await self.notifier.wait(min(remaining, 1.0))
+            await self.notifier.wait(job.job_id, remaining)
 
     @stream_method("ParticipantService")
     async def DownloadGlobal(self, request: participant_pb2.DownloadGlobalRequest,
@@ -100,32 +107,33 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         payload = assembler.finish()
         self.gate.recheck(context)  # a certificate revoked while the stream ran: its update is discarded
         job.accept(admission, payload)
-        self.notifier.notify()
+        self.announce(job)
         return participant_pb2.UploadUpdateResponse(sha256_hex=header.sha256.hex(), bytes_received=len(payload.data))
 
     @rpc_method("ParticipantService")
     async def ReportMetrics(self, request: participant_pb2.ReportMetricsRequest,
                             context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).report_metrics(identity, request.version, dict(request.metrics),
-                                                     request.num_examples)
-        self.notifier.notify()
+        job = self.jobs.job(request.job_id)
+        job.report_metrics(identity, request.version, dict(request.metrics), request.num_examples)
+        self.announce(job)
         return participant_pb2.ReportMetricsResponse()
 
     @rpc_method("ParticipantService")
     async def PublishContext(self, request: participant_pb2.PublishContextRequest,
                              context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).publish_context(identity, bytes(request.public_context), bytes(request.key_id),
-                                                      bytes(request.attestation))
-        self.notifier.notify()
+        job = self.jobs.job(request.job_id)
+        job.publish_context(identity, bytes(request.public_context), bytes(request.key_id), bytes(request.attestation))
+        self.announce(job)
         return participant_pb2.PublishContextResponse()
 
     @rpc_method("ParticipantService")
     async def ShareKey(self, request: participant_pb2.ShareKeyRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).share_key(identity, request.recipient_id, bytes(request.sealed_key))
-        self.notifier.notify()
+        job = self.jobs.job(request.job_id)
+        job.share_key(identity, request.recipient_id, bytes(request.sealed_key))
+        self.announce(job)
         return participant_pb2.ShareKeyResponse()
 
     @rpc_method("ParticipantService")
@@ -151,8 +159,9 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def ReportGram(self, request: participant_pb2.ReportGramRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).report_gram(identity, request.round, list(request.scalars))
-        self.notifier.notify()
+        job = self.jobs.job(request.job_id)
+        job.report_gram(identity, request.round, list(request.scalars))
+        self.announce(job)
         return participant_pb2.ReportGramResponse()
 
     @stream_method("ParticipantService")
@@ -167,8 +176,9 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def ReportCheck(self, request: participant_pb2.ReportCheckRequest,
                           context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        self.jobs.job(request.job_id).report_check(identity, request.round, serde.verdicts_from_pb(request))
-        self.notifier.notify()
+        job = self.jobs.job(request.job_id)
+        job.report_check(identity, request.round, serde.verdicts_from_pb(request))
+        self.announce(job)
         return participant_pb2.ReportCheckResponse()
 
     @rpc_method("ParticipantService")
@@ -182,8 +192,9 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                             context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         report = serde.privacy_from_pb(request)
-        self.jobs.job(report.job_id).report_privacy(identity, report)
-        self.notifier.notify()
+        job = self.jobs.job(report.job_id)
+        job.report_privacy(identity, report)
+        self.announce(job)
         return participant_pb2.ReportPrivacyResponse()
 
 

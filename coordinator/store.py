@@ -1,4 +1,4 @@
-"""Durable coordinator state in one SQLite file (WAL mode, one transaction per state change).
+"""Durable coordinator state in one SQLite file or PostgreSQL database (one transaction per state change).
 
 Holds jobs, memberships, rounds, received-update bookkeeping (who, how big, digest; never the payload),
 global prompt versions (as the payload bytes the coordinator was given or computed: for encrypted jobs the
@@ -7,16 +7,15 @@ key relay: public contexts, participants' X25519 public keys and sealed keys the
 privacy: the participant-level accountant's state (``fedprompt.privacy``, rewritten after each aggregated round)
 and the record-level epsilon each participant reports.
 Also robust-aggregation decisions (accepted or rejected, with the defence's score), and the admin audit trail
-(``coordinator.audit``).  The tables and their versioned migrations are in ``coordinator.schema``.
-``":memory:"`` gives the same store without a file, for quick experiments.
+(``coordinator.audit``).  The tables and their versioned migrations are in ``coordinator.schema``; what
+differs between the two databases is in ``coordinator.sqlbackend``.  ``":memory:"`` gives the same store
+without a file, for quick experiments.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedprompt.coordinator.schema import migrate
+from fedprompt.coordinator.sqlbackend import Backend, Row, Writer, connect
+from fedprompt.errors import Deposed
 from fedprompt.protocol import AuditView, FlagView
 
 
@@ -109,35 +110,66 @@ class MetricRow:
 class Store:
     """All coordinator persistence. Every public write is one transaction."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed transaction survives power loss, not only a crash
-        self._db.execute("PRAGMA busy_timeout=5000")  # an online backup (``Store.backup``) may hold a read lock
-        with self._lock:
-            migrate(self._db, self.path)
+    def __init__(self, location: str | Path) -> None:
+        """``location``: a SQLite file's path (``":memory:"`` for none), ``sqlite:///PATH`` or
+        ``postgresql://…``; the database is migrated to the current schema on open."""
+        self._sql: Backend = connect(location)
+        self.location = self._sql.location
+        self.integrity_error = self._sql.integrity_error
+        self.unavailable_error = self._sql.unavailable_error
+        self.token: int | None = None  # the fencing token every write checks (``fence``); None: no lease
+        try:
+            migrate(self._sql)
+        except BaseException:
+            self._sql.close()
+            raise
 
     def close(self) -> None:
-        self._db.close()
+        self._sql.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> Iterator[Writer]:
+        """A write transaction; once ``fence`` is set, it first checks that token is still the lease's and holds
+        the lease row until it commits, so a takeover waits for it, and a deposed replica writes nothing."""
+        with self._sql.transaction() as tx:
+            if self.token is not None and tx.execute("UPDATE coordinator_lease SET token = token WHERE id = 1 AND "
+                                                     "token = ?", (self.token,)).rowcount != 1:
+                raise Deposed(f"{self.location}: this coordinator's lease (token {self.token}) was taken over; "
+                              "it writes nothing more")
+            yield tx
 
-    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
+        return self._sql.rows(sql, args)
+
+    # the replicas' lease (``coordinator.lease``), timed by the database's clock
+    def acquire_lease(self, holder: str, ttl_s: float) -> int | None:
+        """Take the lease if it has lapsed (or was released) and return the new fencing token; None while
+        another holder's lease runs."""
+        now = self._sql.now
+        with self._sql.transaction() as tx:
+            row = tx.execute(f"UPDATE coordinator_lease SET holder = ?, token = token + 1, expires_at = {now} + ? "
+                             f"WHERE id = 1 AND expires_at < {now} RETURNING token", (holder, ttl_s)).fetchone()
+        return None if row is None else int(row[0])
+
+    def renew_lease(self, token: int, ttl_s: float) -> bool:
+        """Extend the lease ``token`` holds; False when another replica has taken it since."""
+        with self._sql.transaction() as tx:
+            return tx.execute(f"UPDATE coordinator_lease SET expires_at = {self._sql.now} + ? WHERE id = 1 AND "
+                              "token = ?", (ttl_s, token)).rowcount == 1
+
+    def release_lease(self, token: int) -> None:
+        """Let the lease lapse now (a graceful stop), so a standby takes over without waiting for it."""
+        with self._sql.transaction() as tx:
+            tx.execute("UPDATE coordinator_lease SET expires_at = 0 WHERE id = 1 AND token = ?", (token,))
+
+    def lease(self) -> tuple[str, int, float]:
+        """The holder, its token and the seconds until its lease lapses (negative: lapsed)."""
+        holder, token, left = self._all(f"SELECT holder, token, expires_at - {self._sql.now} FROM coordinator_lease")[0]
+        return str(holder), int(token), float(left)
+
+    def fence(self, token: int) -> None:
+        """From now on every write checks that ``token`` is still the lease's (``Deposed`` when not)."""
+        self.token = token
 
     # jobs
     def add_job(self, job_id: str, name: str, config_toml: str, state: str) -> None:
@@ -154,7 +186,7 @@ class Store:
 
     def jobs(self) -> list[JobRow]:
         rows = self._all("SELECT job_id,name,config_toml,state,reason,vector_size,created_at FROM jobs ORDER BY created_at")
-        return [JobRow(*r) for r in rows]  # type: ignore[arg-type]
+        return [JobRow(*r) for r in rows]
 
     # members
     def upsert_member(self, row: MemberRow) -> None:
@@ -169,7 +201,7 @@ class Store:
     def members(self, job_id: str) -> list[MemberRow]:
         rows = self._all("SELECT job_id,participant_id,num_train,num_test,joined_at,last_seen,state FROM members "
                          "WHERE job_id=? ORDER BY joined_at", (job_id,))
-        return [MemberRow(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]),  # type: ignore[call-overload, arg-type]
+        return [MemberRow(str(r[0]), str(r[1]), int(r[2]), int(r[3]), float(r[4]), float(r[5]),
                           MemberState(r[6])) for r in rows]
 
     # rounds
@@ -187,8 +219,8 @@ class Store:
     def rounds(self, job_id: str) -> list[RoundRow]:
         rows = self._all("SELECT job_id,round,attempt,state,selected,opened_at,deadline,closed_at,bytes_up,bytes_down,"
                          "summary FROM rounds WHERE job_id=? ORDER BY round, attempt", (job_id,))
-        return [RoundRow(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7], r[8], r[9],  # type: ignore[arg-type]
-                         json.loads(r[10])) for r in rows]  # type: ignore[arg-type]
+        return [RoundRow(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], r[7], r[8], r[9],
+                         json.loads(r[10])) for r in rows]
 
     # updates (bookkeeping only: the payload itself is never stored)
     def record_update(self, job_id: str, round_: int, attempt: int, participant_id: str, num_examples: int,
@@ -201,24 +233,24 @@ class Store:
         """The SHA-256 (hex) of each update ``participant_id`` had accepted for ``round_``, by attempt."""
         rows = self._all("SELECT attempt, sha256 FROM updates WHERE job_id=? AND round=? AND participant_id=?",
                          (job_id, round_, participant_id))
-        return {int(r[0]): str(r[1]) for r in rows}  # type: ignore[call-overload]
+        return {int(r[0]): str(r[1]) for r in rows}
 
     def update_counts(self, job_id: str) -> dict[str, int]:
         rows = self._all("SELECT participant_id, COUNT(*) FROM updates WHERE job_id=? GROUP BY participant_id", (job_id,))
-        return {str(r[0]): int(r[1]) for r in rows}  # type: ignore[call-overload]
+        return {str(r[0]): int(r[1]) for r in rows}
 
     # robust-aggregation decisions
     def save_decisions(self, job_id: str, rows: list[FlagView]) -> None:
         now = time.time()
         with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?,?,?,?,?,?,?)",
+            db.executemany(_DECISION,
                            [(job_id, r.round, r.attempt, r.participant_id, int(r.accepted), r.score, r.score_name,
                              r.defence, now) for r in rows])
 
     def decisions(self, job_id: str) -> list[FlagView]:
         rows = self._all("SELECT round,attempt,participant_id,accepted,score,score_name,defence FROM decisions "
                          "WHERE job_id=? ORDER BY round, attempt, participant_id", (job_id,))
-        return [FlagView(int(r[0]), int(r[1]), str(r[2]), bool(r[3]), float(r[4]),  # type: ignore[call-overload, arg-type]
+        return [FlagView(int(r[0]), int(r[1]), str(r[2]), bool(r[3]), float(r[4]),
                          str(r[5]), str(r[6])) for r in rows]
 
     # global prompt versions
@@ -228,30 +260,45 @@ class Store:
 
     def prompt(self, job_id: str, version: int) -> tuple[str, bytes] | None:
         rows = self._all("SELECT encoding, data FROM prompts WHERE job_id=? AND version=?", (job_id, version))
-        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None  # type: ignore[call-overload]
+        return (str(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def latest_version(self, job_id: str) -> int | None:
         rows = self._all("SELECT MAX(version) FROM prompts WHERE job_id=?", (job_id,))
-        return None if rows[0][0] is None else int(rows[0][0])  # type: ignore[call-overload]
+        return None if rows[0][0] is None else int(rows[0][0])
 
     # metrics
     def save_metrics(self, job_id: str, version: int, participant_id: str, num_examples: int,
                      metrics: dict[str, float]) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?,?)",
+            db.execute(_METRICS,
                        (job_id, version, participant_id, num_examples, json.dumps(metrics), time.time()))
 
     def evaluated(self, job_id: str) -> dict[str, set[int]]:
         """The global versions each participant has reported metrics on (rebuilt on resume)."""
         out: dict[str, set[int]] = {}
         for participant_id, version in self._all("SELECT participant_id, version FROM metrics WHERE job_id=?", (job_id,)):
-            out.setdefault(str(participant_id), set()).add(int(version))  # type: ignore[call-overload]
+            out.setdefault(str(participant_id), set()).add(int(version))
         return out
 
     def metrics(self, job_id: str, version: int) -> list[MetricRow]:
         rows = self._all("SELECT participant_id, num_examples, metrics FROM metrics WHERE job_id=? AND version=? "
                          "ORDER BY participant_id", (job_id, version))
-        return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]  # type: ignore[call-overload]
+        return [MetricRow(str(r[0]), int(r[1]), json.loads(str(r[2]))) for r in rows]
+
+    def metric_means(self, job_id: str, version: int) -> tuple[dict[str, float], int]:
+        """The example-weighted mean of each metric reported on ``version``, and the number of reports.
+
+        Each metric is averaged over the reports that carry it (e.g. pseudo-labelling metrics come only from the
+        participants that trained in that round), never diluted by zeros from the others.  The database sums them
+        (``Backend.json_pairs``): an admin's status asks this of every version, and decoding each report in Python cost
+        the coordinator ~40 ms a version at 3,000 participants.
+        """
+        [(count,)] = self._all("SELECT COUNT(*) FROM metrics WHERE job_id=? AND version=?", (job_id, version))
+        pairs = self._sql.json_pairs.format(column="m.metrics")
+        rows = self._all("SELECT j.key, SUM(CAST(j.value AS DOUBLE PRECISION) * m.num_examples), SUM(m.num_examples) "
+                         f"FROM metrics AS m, {pairs} AS j WHERE m.job_id=? AND m.version=? GROUP BY j.key "
+                         "ORDER BY j.key", (job_id, version))
+        return {str(k): float(s) / int(t) for k, s, t in rows if t}, int(count)
 
     # audit trail (``coordinator.audit``)
     def record_audit(self, identity: str, action: str, job_id: str, arguments: str, outcome: str) -> None:
@@ -263,19 +310,15 @@ class Store:
         """Admin actions oldest first: of one job (``job_id`` empty: all), the latest ``limit`` (0: all)."""
         where, args = ("WHERE job_id=?", (job_id,)) if job_id else ("", ())
         rows = self._all(f"SELECT seq, at, identity, action, job_id, arguments, outcome FROM audit {where} "
-                         "ORDER BY seq DESC LIMIT ?", (*args, limit or -1))
-        return [AuditView(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), json.loads(str(r[5])),  # type: ignore[call-overload, arg-type]
+                         f"ORDER BY seq DESC{' LIMIT ?' if limit else ''}", (*args, limit) if limit else args)
+        return [AuditView(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), json.loads(str(r[5])),
                           str(r[6])) for r in reversed(rows)]
 
     # backup
     def backup(self, destination: str | Path) -> None:
-        """A consistent copy of the whole database while the coordinator keeps running (SQLite online backup)."""
-        target = sqlite3.connect(str(destination))
-        try:
-            with self._lock:
-                self._db.backup(target)
-        finally:
-            target.close()
+        """A consistent copy of the whole database while the coordinator keeps running (SQLite online backup; a
+        PostgreSQL store refuses, naming pg_dump)."""
+        self._sql.backup(destination)
 
     # encrypted jobs: the key relay (nothing here opens anything: public context, public keys, sealed blobs)
     def save_he_context(self, job_id: str, dealer: str, key_id: bytes, public_context: bytes) -> None:
@@ -285,7 +328,10 @@ class Store:
 
     def save_exchange_key(self, job_id: str, participant_id: str, public_key: bytes) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO exchange_keys VALUES (?,?,?)", (job_id, participant_id, public_key))
+            db.execute("INSERT INTO exchange_keys (job_id, participant_id, public_key, seq) VALUES (?,?,?, (SELECT "
+                       "COALESCE(MAX(seq), 0) + 1 FROM exchange_keys WHERE job_id=?)) ON CONFLICT (job_id, "
+                       "participant_id) DO UPDATE SET public_key=excluded.public_key",
+                       (job_id, participant_id, public_key, job_id))
 
     def save_sealed_key(self, job_id: str, recipient: str, sender: str, blob: bytes) -> None:
         with self._tx() as db:
@@ -297,39 +343,39 @@ class Store:
 
     def save_attestation(self, job_id: str, participant_id: str, purpose: str, attestation: bytes) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO key_attestations VALUES (?,?,?,?)",
-                       (job_id, participant_id, purpose, attestation))
+            db.execute(_ATTESTATION, (job_id, participant_id, purpose, attestation))
 
     def attestations(self, job_id: str, purpose: str) -> dict[str, bytes]:
         """The signed key statements of one purpose (``crypto.attest.PURPOSES``): participant -> attestation."""
         rows = self._all("SELECT participant_id, attestation FROM key_attestations WHERE job_id=? AND purpose=?",
                          (job_id, purpose))
-        return {str(r[0]): bytes(r[1]) for r in rows}  # type: ignore[call-overload]
+        return {str(r[0]): bytes(r[1]) for r in rows}
 
     def he_context(self, job_id: str) -> tuple[str, bytes, bytes] | None:
         """The job's dealer, key id and public context, if the dealer published them."""
         rows = self._all("SELECT dealer, key_id, public_context FROM he_contexts WHERE job_id=?", (job_id,))
-        return (str(rows[0][0]), bytes(rows[0][1]), bytes(rows[0][2])) if rows else None  # type: ignore[call-overload]
+        return (str(rows[0][0]), bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
 
     def exchange_keys(self, job_id: str) -> dict[str, bytes]:
-        """Members' X25519 public keys, in the order they were registered."""
-        rows = self._all("SELECT participant_id, public_key FROM exchange_keys WHERE job_id=? ORDER BY rowid", (job_id,))
-        return {str(r[0]): bytes(r[1]) for r in rows}  # type: ignore[call-overload]
+        """Members' X25519 public keys, in the order they were first registered."""
+        rows = self._all("SELECT participant_id, public_key FROM exchange_keys WHERE job_id=? ORDER BY seq, "
+                         "participant_id", (job_id,))
+        return {str(r[0]): bytes(r[1]) for r in rows}
 
     def sealed_keys(self, job_id: str) -> dict[str, tuple[str, bytes]]:
         """Relayed sealed keys: recipient -> (sender, blob)."""
         rows = self._all("SELECT recipient, sender, blob FROM sealed_keys WHERE job_id=?", (job_id,))
-        return {str(r[0]): (str(r[1]), bytes(r[2])) for r in rows}  # type: ignore[call-overload]
+        return {str(r[0]): (str(r[1]), bytes(r[2])) for r in rows}
 
     def evaluation_keys(self, job_id: str) -> bytes | None:
         rows = self._all("SELECT keys FROM he_evaluation_keys WHERE job_id=?", (job_id,))
-        return bytes(rows[0][0]) if rows else None  # type: ignore[call-overload]
+        return bytes(rows[0][0]) if rows else None
 
     # privacy
     def save_accountant_state(self, job_id: str, state: str) -> None:
         """The job's participant-level accountant (its ``state_dict`` as JSON), replacing the previous one."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO privacy_accountants VALUES (?,?,?)", (job_id, state, time.time()))
+            db.execute(_ACCOUNTANT, (job_id, state, time.time()))
 
     def accountant_state(self, job_id: str) -> str | None:
         rows = self._all("SELECT state FROM privacy_accountants WHERE job_id=?", (job_id,))
@@ -338,15 +384,15 @@ class Store:
     def legacy_ledger(self, job_id: str) -> list[tuple[float, float]]:
         """(noise_multiplier, sample_rate) of each round an older coordinator accounted as a ``privacy_ledger``
         row, in round order; empty when the database never had that table.  Read once, to migrate."""
-        if not self._all("SELECT 1 FROM sqlite_master WHERE type='table' AND name='privacy_ledger'"):
+        if not self._sql.has_table("privacy_ledger"):
             return []
         rows = self._all("SELECT noise_multiplier, sample_rate FROM privacy_ledger WHERE job_id=? ORDER BY round",
                          (job_id,))
-        return [(float(r[0]), float(r[1])) for r in rows]  # type: ignore[arg-type]
+        return [(float(r[0]), float(r[1])) for r in rows]
 
     def save_privacy_report(self, job_id: str, row: PrivacyRow) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO record_privacy VALUES (?,?,?,?,?,?,?,?)",
+            db.execute(_PRIVACY_REPORT,
                        (job_id, row.participant_id, row.round, row.epsilon, row.delta, int(row.declined), row.reason,
                         time.time()))
 
@@ -360,15 +406,37 @@ class Store:
         else:
             rows = self._all("SELECT participant_id, round, epsilon, delta, declined, reason FROM record_privacy "
                              "WHERE job_id=? AND round=? ORDER BY participant_id", (job_id, round_))
-        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))  # type: ignore[arg-type, call-overload]
+        return [PrivacyRow(str(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4]), str(r[5]))
                 for r in rows]
 
 
-def _write_round(db: sqlite3.Connection, row: RoundRow) -> None:
-    db.execute("INSERT OR REPLACE INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+def _write_round(db: Writer, row: RoundRow) -> None:
+    db.execute(_ROUND,
                (row.job_id, row.round, row.attempt, row.state, json.dumps(list(row.selected)), row.opened_at,
                 row.deadline, row.closed_at, row.bytes_up, row.bytes_down, json.dumps(row.summary)))
 
 
-def _write_prompt(db: sqlite3.Connection, job_id: str, version: int, encoding: str, data: bytes) -> None:
+def _write_prompt(db: Writer, job_id: str, version: int, encoding: str, data: bytes) -> None:
     db.execute("INSERT INTO prompts VALUES (?,?,?,?,?)", (job_id, version, encoding, data, time.time()))
+
+
+def _upsert(table: str, columns: str, key: str) -> str:
+    """Insert a row, or overwrite the one with the same ``key`` columns: SQLite's ``INSERT OR REPLACE``, spelt as
+    both databases take it."""
+    names = columns.split(", ")
+    sets = ", ".join(f"{c}=excluded.{c}" for c in names if c not in key.split(", "))
+    return (f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {sets}")
+
+
+_ROUND = _upsert("rounds", "job_id, round, attempt, state, selected, opened_at, deadline, closed_at, bytes_up, "
+                 "bytes_down, summary", "job_id, round, attempt")
+_DECISION = _upsert("decisions", "job_id, round, attempt, participant_id, accepted, score, score_name, defence, "
+                    "decided_at", "job_id, round, attempt, participant_id")
+_METRICS = _upsert("metrics", "job_id, version, participant_id, num_examples, metrics, reported_at",
+                   "job_id, version, participant_id")
+_ACCOUNTANT = _upsert("privacy_accountants", "job_id, state, updated_at", "job_id")
+_ATTESTATION = _upsert("key_attestations", "job_id, participant_id, purpose, attestation",
+                       "job_id, participant_id, purpose")
+_PRIVACY_REPORT = _upsert("record_privacy", "job_id, participant_id, round, epsilon, delta, declined, reason, "
+                          "reported_at", "job_id, participant_id, round")

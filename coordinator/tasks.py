@@ -7,6 +7,7 @@ before anything else, since the round waits on it.  Otherwise it waits, and is t
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.rounds import RoundState
@@ -37,12 +38,25 @@ def next_task(job: JobRuntime, participant_id: str) -> Task:
     member = job.roster.members[participant_id]
     if member.state is MemberState.QUARANTINED and job.state is not JobState.DONE:
         return Task(TaskKind.WAIT, reason="quarantined after repeated rejected updates; an admin must release it")
-    if (r is not None and r.state is RoundState.TRAINING and participant_id in r.selected
+    if (r is not None and r.state is RoundState.TRAINING and r.selects(participant_id)
             and participant_id not in r.reported and job.clock() < r.deadline):
         return Task(TaskKind.TRAIN, round=r.number, global_version=r.number - 1, deadline=r.deadline)
     if job.state is JobState.DONE:
         return Task(TaskKind.DONE, reason="all rounds completed")
     return Task(TaskKind.WAIT, reason=phase(job))
+
+
+def dispatch_state(job: JobRuntime) -> Hashable:
+    """All that can turn a waiting member's next task into work, as one comparable value: the job's state, the
+    newest version, the open attempt and its step, and the key relay's progress (``coordinator.notifier`` wakes
+    long-polls when it changes).  A member's own progress (its update, its reports) is left out: only its own
+    calls change it.  What only admin calls, key relay and revocations change (a release, a member expelled) is
+    left out too: those wake every long-poll themselves."""
+    r = job.rounds.open
+    attempt = None if r is None else (r.number, r.attempt, r.state, r.gram is not None and r.gram.computed,
+                                      None if r.check is None else r.check.stage)
+    keys = None if job.keys is None else (job.keys.dealer, job.keys.context is not None, len(job.keys.sealed))
+    return job.state, job.latest_version(), attempt, keys
 
 
 def phase(job: JobRuntime) -> str:

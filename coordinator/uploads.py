@@ -127,7 +127,7 @@ class UploadGate:
         if r is None or header.round != r.number or r.attempt != admission.attempt:
             current = "none" if r is None else str(r.number)
             raise StaleRound(f"update for round {header.round}, the open round is {current}")
-        if pid not in r.selected:
+        if not r.selects(pid):
             raise NotSelected(f"{pid} is not selected for round {r.number}")
         if pid in r.reported:
             raise DuplicateUpdate(f"{pid} already submitted for round {r.number}")

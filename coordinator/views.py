@@ -6,27 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.rounds import RoundState
-from fedprompt.coordinator.store import MemberState, Store
+from fedprompt.coordinator.store import MemberState
 from fedprompt.protocol import FlagsView, JobView, ParticipantView, RoundView
 
 if TYPE_CHECKING:
     from fedprompt.coordinator.runtime import JobRuntime
-
-
-def weighted_metrics(store: Store, job_id: str, version: int) -> tuple[dict[str, float], int]:
-    """Example-weighted mean of each metric reported on ``version``, and the number of reports.
-
-    Each metric is averaged over the reports that carry it (e.g. pseudo-labelling metrics come only from
-    the participants that trained in that round), never diluted by zeros from the others.
-    """
-    rows = store.metrics(job_id, version)
-    means = {}
-    for key in sorted({k for r in rows for k in r.metrics}):
-        having = [r for r in rows if key in r.metrics]
-        total = sum(r.num_examples for r in having)
-        if total:
-            means[key] = sum(r.metrics[key] * r.num_examples for r in having) / total
-    return means, len(rows)
 
 
 def flags(job: JobRuntime) -> FlagsView:
@@ -46,12 +30,12 @@ def job_view(job: JobRuntime) -> JobView:
     r = job.rounds.open
     rounds = []
     for row in store.rounds(job_id):
-        metrics, reports = weighted_metrics(store, job_id, row.round) if row.state == RoundState.DONE.value else ({}, 0)
+        metrics, reports = store.metric_means(job_id, row.round) if row.state == RoundState.DONE.value else ({}, 0)
         reported = tuple(sorted(r.reported)) if r and r.number == row.round and r.attempt == row.attempt else ()
         rounds.append(RoundView(row.round, row.state, row.attempt, row.selected, reported, row.opened_at,
                                 row.closed_at, row.bytes_up, row.bytes_down, {**row.summary, **metrics}, reports,
                                 tuple(rejected.get((row.round, row.attempt), ()))))
-    initial, _ = weighted_metrics(store, job_id, 0)
+    initial, _ = store.metric_means(job_id, 0)
     latest = job.latest_version()
     return JobView(
         job_id=job_id, name=job.config.job.name, state=job.state.value,

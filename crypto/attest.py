@@ -5,8 +5,9 @@ actively malicious relay could list a member of its own making, swap a member's 
 own, or hand out a dealer's key id and context of its own making, and be sealed the job's secret key.  Each
 participant therefore signs what it publishes with the private key of its own mTLS certificate (ECDSA P-256,
 SHA-256, as ``crypto.pki`` issues), over a canonical transcript that binds a domain-separation tag, the job
-id, its ``role:name`` identity, the purpose of the key (``exchange`` or ``dealer``), an epoch (a counter that
-only grows, so an older statement replayed after a newer one is refused) and the SHA-256 digests of the keys.
+id, its ``role:name`` identity, the purpose of the key (``exchange``, ``dealer`` or ``key-share``), an epoch (a
+counter that only grows, so an older statement replayed after a newer one is refused) and the SHA-256 digests of
+the keys.
 The attestation carries the signer's certificate: only the federation CA can make one, so the relay can
 neither forge nor alter a statement.  A recipient (``KeyTrust.verify``) checks the claims against what it
 was about to use, the certificate's chain to the CA, its validity window, the CRL, and that the certificate
@@ -35,8 +36,9 @@ from fedprompt.crypto.errors import AttestationError, PkiError
 from fedprompt.crypto.pki import CLOCK_SKEW, cert_from_pem, cert_info, cert_pem, crl_from_pem, load_cert, load_key
 
 TAG = b"fedprompt-key-attestation-v1"
-#: What a key is for: a member's X25519 exchange key, or the dealer's key id and public context.
-PURPOSES = ("exchange", "dealer")
+#: What a key is for: a member's X25519 exchange key, the dealer's key id and public context (single-key jobs),
+#: or a member's public share of a threshold job's collective key (``crypto.threshold``).
+PURPOSES = ("exchange", "dealer", "key-share")
 MAX_ATTESTATION_BYTES = 8192
 
 

@@ -6,10 +6,15 @@ registered key (``DH(e, R) || DH(S, R)``, as in the Noise "K" pattern), so only 
 the recipient knows which registered participant sealed it.  The job id, sender id and recipient id are the
 AES-GCM associated data: a blob cannot be replayed into another job or to another participant.  The
 coordinator relays blobs it cannot open.
+
+A threshold job's members also share a *group key* the relay never sees (``group_key``: each member's random
+contribution travels inside its sealed Shamir dealing), under which decryption shares travel, so only members
+can combine them into the aggregate (``docs/he.md``, "Threshold CKKS: the round path").
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -24,6 +29,8 @@ MAGIC = b"FPS1"
 PUBLIC_KEY_BYTES = 32
 _NONCE = 12
 _INFO = b"fedprompt job-key seal v1"
+GROUP_MAGIC = b"FPG1"
+GROUP_CONTRIBUTION_BYTES = 32
 
 
 def new_exchange_key() -> X25519PrivateKey:
@@ -88,3 +95,29 @@ def unseal(blob: bytes, *, recipient: X25519PrivateKey, sender_public: bytes, jo
     except InvalidTag as exc:
         raise InvalidCiphertext(f"sealed key from {sender_id} does not open: tampered, or not sealed for "
                                 f"{recipient_id} in job {job_id}") from exc
+
+
+def group_key(job_id: str, contributions: list[bytes]) -> bytes:
+    """The members' shared key of a threshold job: SHA-256 over every member's 32 random bytes, each of which
+    reached the others sealed (``seal``), in member order.  The relay sees none of them; any member knows it."""
+    if any(len(c) != GROUP_CONTRIBUTION_BYTES for c in contributions):
+        raise InvalidCiphertext(f"a group-key contribution must be {GROUP_CONTRIBUTION_BYTES} bytes")
+    return hashlib.sha256(b"\0".join([b"fedprompt-group-key-v1", job_id.encode(), *contributions])).digest()
+
+
+def seal_for_group(data: bytes, key: bytes, *aad: str) -> bytes:
+    """AES-256-GCM under the members' ``group_key``, bound to ``aad`` (job, round, attempt, sender)."""
+    nonce = os.urandom(_NONCE)
+    return GROUP_MAGIC + nonce + AESGCM(key).encrypt(nonce, data, "\0".join(aad).encode())
+
+
+def open_for_group(blob: bytes, key: bytes, *aad: str) -> bytes:
+    """Open ``seal_for_group``'s blob; ``InvalidCiphertext`` if tampered with or bound to other labels."""
+    head = len(GROUP_MAGIC) + _NONCE
+    if len(blob) <= head + 16 or not blob.startswith(GROUP_MAGIC):
+        raise InvalidCiphertext("group-sealed blob is malformed")
+    try:
+        return AESGCM(key).decrypt(blob[len(GROUP_MAGIC) : head], blob[head:], "\0".join(aad).encode())
+    except InvalidTag as exc:
+        raise InvalidCiphertext(f"group-sealed blob for {aad[-1][:60]!r} does not open: tampered, or made for "
+                                "another job, round or sender") from exc

@@ -178,14 +178,20 @@ def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list
 class Member:
     """A member's own secret ``s_i``: it makes the public-key share and deals Shamir shares, then can go."""
 
-    def __init__(self, params: ThresholdParams, ring: Ring, index: int) -> None:
+    def __init__(self, params: ThresholdParams, ring: Ring, index: int, stored: bytes = b"") -> None:
+        """A fresh secret, or ``stored`` (:meth:`secret_bytes`, reloaded; the caller then guards used labels)."""
         params.check()
         if not 1 <= index <= params.members:
             raise ParameterError(f"member index must be in [1, {params.members}], got {index}")
         self.params, self.ring, self.index = params, ring, index
         secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
-        self._secret = ring.read_plaintext(secret.data(), len(ring.moduli))
+        self._secret = (_polys(stored, 0, 1, len(ring.moduli), ring)[0] if stored
+                        else ring.read_plaintext(secret.data(), len(ring.moduli)))
         self._sampled: set[bytes] = set()
+
+    def secret_bytes(self) -> bytes:
+        """``s_i`` for the member's own state directory (owner-only); never sent."""
+        return np.asarray(self._secret, dtype=np.uint64).tobytes()
 
     def public_share(self, a: Poly) -> Poly:
         """``p_i = -a s_i + e_i`` over every prime."""
@@ -361,8 +367,7 @@ class ThresholdContext(_Codec):
             self.evaluator.add_inplace(ct, fresh)
         return self.frame(self.key_id, vector_size, [_saved(ct.save) for ct in cts])
 
-    def public_bytes(self) -> bytes:
-        """Parameters only, for the coordinator's ``PublicContext``."""
+    def public_bytes(self) -> bytes:  # parameters only, for the coordinator's ``PublicContext``
         return _public_bytes(self.ctx)
 
     def _public_key_uploads(self) -> None:

@@ -45,6 +45,13 @@ _DOMAIN = b"fedprompt-upload-crp-v1\0"
 _COUNTER = struct.Struct("<I")
 
 
+def job_seed(job_id: str, members: Sequence[str]) -> bytes:
+    """The seed of a job's reference polynomials (the key's CRP, every round's ``a_r``): the job id and its n
+    members, so members and coordinator agree on n and on the members' order (index = position + 1)."""
+    return hashlib.sha256(b"\0".join([b"fedprompt-threshold-job-v1", job_id.encode(),
+                                      *(m.encode() for m in sorted(members))])).digest()
+
+
 @dataclass(frozen=True)
 class UploadRound:
     """Which public polynomials ``a_r`` a round's uploads use: one per chunk, from the job seed, the round and

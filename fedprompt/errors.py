@@ -99,6 +99,11 @@ class NotEnrolled(PermissionDenied):
     """The caller has not joined the job, or may not join it."""
 
 
+class Deposed(FedPromptError):
+    """This coordinator replica's lease was taken over by another (its fencing token is no longer current): it
+    must not write, and stops (``coordinator.lease``)."""
+
+
 class JobStateError(PreconditionFailed):
     """The requested job transition is not allowed from the job's current state."""
 

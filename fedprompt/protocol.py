@@ -157,6 +157,20 @@ class KeyState:
 
 
 @dataclass(frozen=True)
+class ThresholdKeyState:
+    """A threshold job's key relay as one member sees it (``coordinator.threshold``; all safe to relay): every
+    member's exchange key and public key share published so far, each as (member, key, attestation); the
+    Shamir sub-shares dealt to this member as (dealer, sealed blob), which only it opens; whether this member
+    has dealt; the federation's signed revocation list."""
+
+    exchange: tuple[tuple[str, bytes, bytes], ...] = ()
+    shares: tuple[tuple[str, bytes, bytes], ...] = ()
+    dealt: tuple[tuple[str, bytes], ...] = ()
+    dealt_by_caller: bool = False
+    crl: bytes = b""
+
+
+@dataclass(frozen=True)
 class RoundView:
     round: int
     state: str
@@ -310,3 +324,13 @@ class CoordinatorLink(Protocol):
     def check_bundle(self, job_id: str, round_: int) -> Payload: ...
 
     def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None: ...
+
+
+class ThresholdLink(Protocol):
+    """A member's calls to the key relay of a threshold job (``coordinator.threshold.ThresholdRelay``)."""
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState: ...
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None: ...
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -74,25 +74,37 @@ def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str
         return result
 
 
+def channel_options(retry_initial_s: float = 0.5, retry_max_s: float = 10.0) -> list[tuple[str, int]]:
+    """A participant's channel to the coordinator: reconnects as often as its calls retry, pings to notice a dead
+    path."""
+    return [
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        # gRPC's own reconnect backoff (up to 120 s by default) would keep a channel down long after the
+        # coordinator is back; cap it like the call retries.
+        ("grpc.initial_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", int(retry_initial_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(retry_max_s * 1000)),
+        # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
+        ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class GrpcLink:
     """Talks to a coordinator; identity is carried by the transport: the client certificate in ``tls``, or (with
     ``tls=None``, for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
 
     def __init__(self, target: str, identity: str = "", retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
-                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0, tls: ClientTls | None = None) -> None:
+                 give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0, tls: ClientTls | None = None,
+                 stub: Any = None) -> None:
+        """``stub``: blocking ``ParticipantService`` calls to make instead of over a channel of its own (the load
+        client ``app.synthetic`` shares one among thousands of links); the link then opens no channel."""
         self.target = target
-        # gRPC's own reconnect backoff (up to 120 s by default) would keep a channel down long after the
-        # coordinator is back; cap it like the call retries below.
-        self.channel = open_channel(target, tls, [
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.initial_reconnect_backoff_ms", int(retry_initial_s * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(retry_initial_s * 1000)),
-            ("grpc.max_reconnect_backoff_ms", int(retry_max_s * 1000)),
-            # Notice a dead path (cut link, crashed host) within seconds instead of waiting for TCP.
-            ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 5000),
-            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-        ])
-        self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
+        self.channel: grpc.Channel | None = None
+        if stub is not None:
+            self.stub = stub
+        else:
+            self.channel, self.stub = self._connect(target, tls, retry_initial_s, retry_max_s)
         self.metadata = () if tls is not None else (("x-fedprompt-identity", identity),)
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -101,8 +113,15 @@ class GrpcLink:
         self.bytes_up = 0
         self.bytes_down = 0
 
+    @staticmethod
+    def _connect(target: str, tls: ClientTls | None, retry_initial_s: float,
+                 retry_max_s: float) -> tuple[grpc.Channel, participant_pb2_grpc.ParticipantServiceStub]:
+        channel = open_channel(target, tls, channel_options(retry_initial_s, retry_max_s))
+        return channel, participant_pb2_grpc.ParticipantServiceStub(channel)
+
     def close(self) -> None:
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return call_with_retry(fn, what=what, service="coordinator", target=self.target,

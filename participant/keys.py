@@ -46,7 +46,7 @@ def key_dir(state_dir: Path, job_id: str) -> Path:
     return state_dir / "keys" / checked_job_id(job_id, "job keys")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -78,7 +78,7 @@ class KeyHolder:
         else:
             self.exchange = new_exchange_key()
             if stored is not None:
-                _write_private(stored / EXCHANGE_FILE, private_bytes(self.exchange))
+                write_private(stored / EXCHANGE_FILE, private_bytes(self.exchange))
 
         if credentials is None:
             log.warning("encrypted job keys are unattested: without certificates (--insecure) an actively "
@@ -175,4 +175,4 @@ class KeyHolder:
     def _keep(self, secret: SecretContext) -> None:
         self.secret = secret
         if self.state_dir is not None:
-            _write_private(key_dir(self.state_dir, self.job_id) / SECRET_FILE, secret.secret_bytes())
+            write_private(key_dir(self.state_dir, self.job_id) / SECRET_FILE, secret.secret_bytes())

@@ -19,6 +19,7 @@ from fedprompt.logs import configure
 
 if TYPE_CHECKING:
     from fedprompt.crypto.ckks import PublicContext, SecretContext
+    from tests.postgres import PostgresServer
 
 configure("warning")
 
@@ -85,3 +86,41 @@ def public(secret: SecretContext) -> PublicContext:
     from fedprompt.crypto.ckks import PublicContext
 
     return PublicContext(secret.public_bytes(), secret.params, secret.key_id)
+
+
+_POSTGRES_SKIPPED: list[str] = []  # why the PostgreSQL server could not be started, printed after the run
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server started from Debian's package for this session (``tests/postgres.py``); the tests
+    that need it are skipped, with the reason printed, where its binaries or psycopg are missing."""
+    from tests import postgres
+
+    server = postgres.start()
+    if isinstance(server, str):
+        _POSTGRES_SKIPPED.append(server)
+        pytest.skip(f"PostgreSQL: {server}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database of the session's server, dropped after the test."""
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's coordinator store lives, once per backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.sqlite")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _POSTGRES_SKIPPED:
+        terminalreporter.write_line(f"PostgreSQL store tests skipped: {_POSTGRES_SKIPPED[0]}", yellow=True)

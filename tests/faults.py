@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from fedprompt.app.admin_client import AdminClient, load_prompt
+from fedprompt.app.local_link import LocalLink
 from fedprompt.app.synthetic import SyntheticParticipant
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.store import Store
+from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.protocol import TaskKind
 from tests.support import REPO, fedprompt_process, wait_for
 
@@ -39,14 +46,26 @@ class CoordinatorProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> CoordinatorProcess:
+        return self.launch().listening()
+
+    def launch(self) -> CoordinatorProcess:
+        """Start the process without waiting for it to listen (a standby replica listens once it is active)."""
         self.starts += 1
-        port_file = self.workdir / f"port-{self.starts}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
         sets = [arg for s in self.settings for arg in ("--set", s)]
         self.proc = fedprompt_process(["coordinator", "serve", "--insecure", "--listen", self.target, "--state-dir",
-                                       str(self.workdir / "coordinator-state"), "--port-file", str(port_file),
+                                       str(self.workdir / "coordinator-state"), "--port-file", str(self._port_file),
                                        "--set", "coordinator.tick_s=0.05", *sets],
                                       self.workdir / f"coordinator-{self.starts}.log")
-        wait_for(lambda: port_file.exists() or self.proc.poll() is not None, 60, what="coordinator to listen")
+        return self
+
+    @property
+    def _port_file(self) -> Path:
+        return self.workdir / f"port-{self.starts}"
+
+    def listening(self, timeout: float = 60) -> CoordinatorProcess:
+        assert self.proc is not None
+        wait_for(lambda: self._port_file.exists() or self.proc.poll() is not None, timeout, what="coordinator to listen")
         assert self.proc.poll() is None, self.log(self.starts)
         return self
 
@@ -63,6 +82,37 @@ class CoordinatorProcess:
 
     def log(self, start: int) -> str:
         return (self.workdir / f"coordinator-{start}.log").read_text(errors="replace")
+
+
+SIZE = 64
+NAMES = ("a", "b", "c")
+
+
+def scripted(target: str, job_id: str, seed: int, names: tuple[str, ...] = NAMES) -> dict[str, SyntheticParticipant]:
+    links = {n: GrpcLink(target, n, retry_initial_s=0.1, retry_max_s=0.5, give_up_after_s=60) for n in names}
+    return {n: SyntheticParticipant(links[n], n, job_id, SIZE, seed) for n in names}
+
+
+def uninterrupted_final(config_toml: str, seed: int, rounds: int) -> np.ndarray:
+    """The final prompt of the same job with the same updates and no fault, on the real round machinery."""
+    jobs = JobManager(Store(":memory:"))
+    job = jobs.job(jobs.create_job(config_toml))
+    people = [SyntheticParticipant(LocalLink(jobs, n), n, job.job_id, SIZE, seed) for n in NAMES]
+    for p in people:
+        p.join()
+    job.start()
+    for round_ in range(1, rounds + 1):
+        job.tick()
+        for p in people:
+            p.link.upload(p.update(round_))
+    prompt = jobs.store.prompt(job.job_id, rounds)
+    assert prompt is not None
+    encoding, data = prompt
+    return np.frombuffer(data, dtype="<f4")
+
+
+def exported(admin: AdminClient, job_id: str, version: int, out: Path) -> np.ndarray:
+    return load_prompt(admin.export(job_id, out, version))[0]
 
 
 def daemon(target: str, job_id: str, name: str, data: Path, state: Path, log: Path) -> subprocess.Popen[bytes]:

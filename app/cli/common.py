@@ -246,7 +246,7 @@ def server_settings(args: argparse.Namespace, config_cls: type, section: str, ke
 
 def serve_until_signalled(server: Any, port_file: str | None) -> None:
     """Start ``server`` (a coordinator or model service), write its port to ``port_file``, and stop it
-    gracefully on SIGTERM or SIGINT."""
+    gracefully on SIGTERM or SIGINT, or when the server sets its ``ended`` event (a deposed coordinator)."""
     async def main() -> None:
         port = await server.start()
         if port_file:
@@ -255,7 +255,9 @@ def serve_until_signalled(server: Any, port_file: str | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        ended = getattr(server, "ended", None) or asyncio.Event()
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ended.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
         await server.stop()
 
     asyncio.run(main())

@@ -27,8 +27,13 @@ def cmd_coordinator_serve(args: argparse.Namespace) -> int:
     from fedprompt.coordinator.server import CoordinatorServer
 
     settings = server_settings(args, CoordinatorConfig, "coordinator",
-                               ("listen", "state_dir", "ca_cert", "cert", "key", "crl", "metrics_listen"))
-    serve_until_signalled(CoordinatorServer(settings), args.port_file)
+                               ("listen", "state_dir", "store", "lease_ttl_s", "replica", "ca_cert", "cert", "key", "crl",
+                                "metrics_listen"))
+    server = CoordinatorServer(settings)
+    serve_until_signalled(server, args.port_file)
+    if server.ended.is_set():
+        raise FedPromptError(f"replica {server.lease.holder if server.lease else ''}: deposed: another replica took "
+                             "the lease over; start this one again to stand by")
     return 0
 
 
@@ -82,13 +87,19 @@ def register(sub: Subparsers) -> None:
                         "--key coord/coordinator-main.key --crl ca/crl.pem --state-dir coord-state")
     serve.add_argument("--config", help="coordinator TOML ([coordinator] table)")
     serve.add_argument("--listen", help="host:port to bind (port 0 picks a free port)")
-    serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file")
+    serve.add_argument("--state-dir", dest="state_dir", help="directory for the SQLite state file and checkpoints")
+    serve.add_argument("--store", help="where the state is kept: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+                                       "(default: coordinator.sqlite in --state-dir)")
     serve.add_argument("--insecure", action="store_true",
                        help="no TLS, identities unverified: local development only (excludes the certificate flags)")
     serve.add_argument("--ca-cert", dest="ca_cert", help="federation CA certificate: clients must present one it signed")
     serve.add_argument("--cert", help="the coordinator's certificate (with the SANs it is reached by)")
     serve.add_argument("--key", help="the coordinator's private key")
     serve.add_argument("--crl", help="the CA's revocation list; re-read whenever the file changes")
+    serve.add_argument("--lease-ttl-s", dest="lease_ttl_s", type=float,
+                       help="run as one of several replicas on one store: the active one holds a lease this many "
+                            "seconds, renewed; the others stand by and take over when it lapses (default 0: none)")
+    serve.add_argument("--replica", help="this replica's name in the lease and logs (default host:pid)")
     serve.add_argument("--port-file", help="write the bound port to this file once listening")
     serve.add_argument("--metrics-listen", dest="metrics_listen",
                        help="host:port of a plain-HTTP Prometheus endpoint, /metrics (default: none)")

@@ -12,7 +12,8 @@ the modules behind it are an implementation detail and may move.  What each hold
 - ``privacy``: the job's ``[dp]`` and ``[he]`` sections; ``levels``: ``[levels]`` and its cohorts;
   ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check, and
   ``job_name_problem``, the rule for a job's name.
-- ``process``: the coordinator's, a participant daemon's and a model service's own config files.
+- ``process``: the coordinator's, a participant daemon's and a model service's own config files, and
+  ``store_target``, how the coordinator's ``store`` URL is read (SQLite file or PostgreSQL server).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, 
 from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
 from fedprompt.config.peft import PEFT_METHODS, PeftSection
 from fedprompt.config.placement import DTYPES, check_placement, placement_key
-from fedprompt.config.privacy import ACCOUNTANTS, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
+from fedprompt.config.privacy import ACCOUNTANTS, HE_MODES, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
 from fedprompt.config.process import (
     CoordinatorConfig,
     CoordinatorSection,
@@ -54,6 +55,7 @@ from fedprompt.config.process import (
     ModelServiceSection,
     ParticipantConfig,
     ParticipantSection,
+    store_target,
 )
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "COHORT_NAME",
     "COHORT_SOURCES",
     "DTYPES",
+    "HE_MODES",
     "IDENTITY",
     "INF_ALLOWED",
     "INT64_MAX",
@@ -103,5 +106,6 @@ __all__ = [
     "placement_key",
     "read_toml_text",
     "set_dotted",
+    "store_target",
     "toml_mapping",
 ]

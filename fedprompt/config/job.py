@@ -18,7 +18,9 @@ from fedprompt.config.peft import PeftSection
 from fedprompt.config.privacy import DPSection, HESection
 from fedprompt.crypto.audit import CHECKERS
 from fedprompt.crypto.ckks import CkksParams
+from fedprompt.crypto.errors import ParameterError
 from fedprompt.crypto.gram import gram_params
+from fedprompt.errors import ConfigError
 
 #: The most participants a round may select (a cross-silo federation has tens; the load benchmark thousands).
 MAX_PER_ROUND = 100_000
@@ -247,6 +249,8 @@ class JobConfig:
             check("*" in allowed or not allowed or len(allowed) >= CHECKERS, "job.allowed_participants",
                   f"names {len(allowed)} participant(s); with he.enabled a job needs at least {CHECKERS}, since "
                   f"{CHECKERS} key holders check every encrypted aggregate before it is stored")
+            if self.he.threshold_mode:
+                self._check_threshold(allowed)
         if not self.blackbox.enabled:
             return
         check(not self.model.train_head, "model.train_head",
@@ -257,6 +261,25 @@ class JobConfig:
               "prompt levels split a gradient learner's prompt; a black-box job searches one projected vector")
         check(not self.augment.enabled, "augment.enabled",
               "pseudo-labelling needs the local model; a black-box participant only queries a model service")
+
+    def _check_threshold(self, allowed: set[str]) -> None:
+        """A threshold job deals key shares to a known set of n members and refuses what needs evaluation keys:
+        ``crypto.threshold_evalkeys`` builds collective relinearisation and Galois keys, but no round uses them
+        yet, so the Gram defences and levels (whose cohort discovery and per-level sums are not wired) wait."""
+        check(bool(allowed) and "*" not in allowed, "job.allowed_participants",
+              'must name the enrolled members when he.mode = "threshold": the key is shared among exactly them '
+              '(n), and t of n decrypt; use he.mode = "single_key" for a job open to any participant')
+        n = len(allowed)
+        check(self.he.threshold <= n, "he.threshold",
+              f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
+        check(not self.levels.enabled, "levels.enabled",
+              'prompt levels (per-level sums, encrypted cohort discovery) are not wired for he.mode = "threshold" '
+              'yet: the collective evaluation keys exist in crypto.threshold_evalkeys but no round uses them; '
+              'use he.mode = "single_key"')
+        try:
+            self.he.threshold_params(n).check("he")
+        except ParameterError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def encrypted_discovery(self) -> bool:

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from fedprompt.config.codec import INF_ALLOWED, check, check_range
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.errors import ParameterError
+from fedprompt.crypto.threshold import ThresholdParams
 from fedprompt.errors import ConfigError
 
 #: Privacy accountants ``dp.accountant`` may name.
 ACCOUNTANTS = ("rdp", "prv")
+#: How an encrypted job keys its CKKS: ``threshold`` (no party holds the whole secret; t of the n members
+#: decrypt) or ``single_key`` (every member holds the one key: for trusted consortia only).
+HE_MODES = ("threshold", "single_key")
 #: The largest finite privacy budget: an epsilon above it protects nothing, and calibrating noise for a target
 #: near 1e15 never ends (its bisection asks for an absolute precision no float has).  ``inf`` stays allowed.
 MAX_EPSILON = 1000.0
@@ -86,12 +90,21 @@ class DPSection:
 class HESection:
     """Homomorphic-encrypted secure aggregation (CKKS): the coordinator only ever adds ciphertexts.
 
-    ``dealer`` names the participant that creates the job's keys (default: the first to join).  The numbers'
-    ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits within
-    128-bit security, ``scale_bits`` in [20, data prime - 12], ``max_summands`` in [1, 1000000].
+    ``mode``: ``threshold`` (multiparty keys, ``crypto.threshold``: each member holds a share, any ``threshold``
+    of the n = ``job.allowed_participants`` decrypt an aggregate, fewer learn nothing; ``threshold`` 0 means a
+    majority, n // 2 + 1, and otherwise must lie in [2, n]) or ``single_key`` (one key, created by the dealer
+    and held by every member: a coordinator colluding with any one member decrypts every update, so only for
+    consortia whose members trust each other).  Threshold jobs use the fixed parameters of
+    ``crypto.threshold.ThresholdParams``; the ring numbers below are the single-key chain's.
+
+    ``dealer`` names the participant that creates a single-key job's keys (default: the first to join).  The
+    numbers' ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits
+    within 128-bit security, ``scale_bits`` in [20, data prime - 12], ``max_summands`` in [1, 1000000].
     """
 
     enabled: bool = False
+    mode: str = "single_key"
+    threshold: int = 0
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (59, 16)
     scale_bits: int = 30
@@ -99,10 +112,23 @@ class HESection:
     dealer: str = ""
 
     def validate(self, prefix: str) -> None:
+        check(self.mode in HE_MODES, f"{prefix}.mode", f"must be one of {list(HE_MODES)}, got {self.mode!r}")
+        check(self.threshold == 0 or 2 <= self.threshold <= 1000, f"{prefix}.threshold",
+              f"must be 0 (a majority of the members) or in [2, 1000] (1 would let any member decrypt alone), "
+              f"got {self.threshold}")
         try:
             self.params().check(prefix)
         except ParameterError as exc:
             raise ConfigError(str(exc)) from exc
+
+    @property
+    def threshold_mode(self) -> bool:
+        """An encrypted job whose key is shared among its members (``mode = "threshold"``)."""
+        return self.enabled and self.mode == "threshold"
+
+    def threshold_params(self, members: int) -> ThresholdParams:
+        """The threshold parameters for ``members`` enrolled members (``crypto.threshold.ThresholdParams``)."""
+        return ThresholdParams(members=members, threshold=self.threshold)
 
     def params(self) -> CkksParams:
         """The CKKS parameters these settings describe (``crypto.ckks.CkksParams``)."""

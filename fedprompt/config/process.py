@@ -8,10 +8,30 @@ the job config, which travels between processes; a participant's config stays at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fedprompt.config.codec import check, check_range
 from fedprompt.config.placement import check_placement
 from fedprompt.data.formats import DataFormat
+from fedprompt.errors import ConfigError
+
+#: URL schemes of the coordinator's store, and the backend each selects.
+_STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def store_target(url: str, key: str = "coordinator.store") -> tuple[str, str]:
+    """A store URL as (backend, target): ``sqlite:///PATH`` gives ("sqlite", PATH) as SQLAlchemy reads it (a
+    relative path after three slashes, an absolute one after four; ``:memory:`` for no file), and
+    ``postgresql://…`` (or ``postgres://…``) gives ("postgresql", the URL, for libpq to read)."""
+    scheme, sep, rest = url.partition("://")
+    backend = _STORE_SCHEMES.get(scheme) if sep else None
+    if backend == "postgresql":
+        return backend, url
+    if backend == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        return backend, rest[1:]
+    shown = f"scheme {scheme!r}" if sep and backend is None else "no file path" if sep else "no scheme"
+    raise ConfigError(f"{key}: must be sqlite:///PATH or postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE "
+                      f"(empty: coordinator.sqlite in state_dir); got {shown}")
 
 
 def _check_tls(prefix: str, insecure: bool, required: dict[str, str], optional: dict[str, str] | None = None) -> None:
@@ -40,11 +60,22 @@ class CoordinatorSection:
     ``upload_timeout_s`` in (0, 3600]; ``max_message_bytes`` in [64 KiB, 64 MiB]; ``rate_limit_per_s`` in
     (0, 1e6] and ``rate_limit_burst`` in [1, 1000000] (their tops effectively switch the limit off, as load
     tests do); ``max_concurrent_uploads`` in [1, 64]; ``max_uploads_total`` in [1, 100000];
-    ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600]; ``metrics_listen`` empty or host:port.
+    ``max_pending_calls`` in [100, 1000000]; ``connection_idle_s`` in [1, 86400]; ``shutdown_grace_s`` in [0, 600];
+    ``metrics_listen`` empty or host:port; ``store`` empty or a URL that ``store_target`` reads; ``lease_ttl_s`` 0
+    (no lease) or in [1, 600].
     """
 
     listen: str = "127.0.0.1:50051"
     state_dir: str = "coordinator-state"
+    # Where jobs, rounds and global versions are kept: empty for ``coordinator.sqlite`` in ``state_dir``, else
+    # ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` (needs ``fedprompt[postgres]``).
+    # Checkpoints stay in ``state_dir`` either way.
+    store: str = ""
+    # Failover: several replicas on one store, one active (``coordinator.lease``).  0 runs without a lease (one
+    # coordinator); else the lease's time to live: a standby takes over this long after the active one stops
+    # renewing.  ``replica`` names this one in the lease and the logs (empty: host:pid).
+    lease_ttl_s: float = 0.0
+    replica: str = ""
     insecure: bool = False
     tick_s: float = 0.25
     offline_after_s: float = 120.0
@@ -63,6 +94,11 @@ class CoordinatorSection:
     # Uploads in progress across all identities: each holds its payload's chunks until the stream ends, so this
     # bounds that memory however many certificates a stalling client holds.
     max_uploads_total: int = 1024
+    # Calls arrived but not yet taken up by the server (gRPC's pending-request queue): beyond this many, and
+    # beyond three times as many at once, gRPC cancels new calls (CANCELLED).  gRPC's own default, 1000, is
+    # kept; a federation of more members meets bursts of about its size whenever a round opens or a version
+    # is published (every waiting member's next call at once), so raise it to about the number of members.
+    max_pending_calls: int = 1000
     # A connection with no call in progress for this long is closed (HTTP/2 GOAWAY); a participant's channel
     # reconnects at its next call.  Keepalive pings are not calls: they do not keep an idle connection open.
     connection_idle_s: float = 300.0
@@ -71,13 +107,23 @@ class CoordinatorSection:
     # empty serves none.
     metrics_listen: str = ""
 
+    @property
+    def store_url(self) -> str:
+        """The store's URL, with the default spelled out."""
+        return self.store or f"sqlite:///{Path(self.state_dir) / 'coordinator.sqlite'}"
+
     def validate(self, prefix: str) -> None:
         _check_tls(prefix, self.insecure, {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key, "crl": self.crl})
+        if self.store:
+            store_target(self.store, f"{prefix}.store")
+        check(self.lease_ttl_s == 0 or 1 <= self.lease_ttl_s <= 600, f"{prefix}.lease_ttl_s",
+              f"must be 0 (no lease: a single coordinator) or in [1, 600] seconds, got {self.lease_ttl_s}")
         _check_metrics_listen(self.metrics_listen, f"{prefix}.metrics_listen")
         check_range(self.rate_limit_per_s, f"{prefix}.rate_limit_per_s", 0.0, 1e6, open_low=True)
         check_range(self.rate_limit_burst, f"{prefix}.rate_limit_burst", 1, 1_000_000)
         check(1 <= self.max_concurrent_uploads <= 64, f"{prefix}.max_concurrent_uploads", "must be in [1, 64]")
         check_range(self.max_uploads_total, f"{prefix}.max_uploads_total", 1, 100_000)
+        check_range(self.max_pending_calls, f"{prefix}.max_pending_calls", 100, 1_000_000)
         check_range(self.connection_idle_s, f"{prefix}.connection_idle_s", 1.0, 86400.0, note="seconds")
         check(":" in self.listen, f"{prefix}.listen", f"must be host:port, got {self.listen!r}")
         check(0.01 <= self.tick_s <= 10, f"{prefix}.tick_s", "must be in [0.01, 10]")

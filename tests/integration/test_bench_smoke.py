@@ -60,8 +60,9 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                  "settings.steps_per_site_round", "settings.batch_size", "settings.total_prompt_tokens",
                  "settings.tokens", "settings.backbone"),
     # load: the README's and docs/operations.md's load figures, and the bench docstring's issue keys plus settings
-    "load": ("participants", "rounds_completed", "p50_round_s", "p95_round_s", "coordinator_peak_rss_mb", "errors",
-             "settings.rounds", "settings.client_processes", "settings.vector_size", "settings.update_bytes"),
+    "load": ("participants", "rounds_completed", "p50_round_s", "p95_round_s", "seconds_per_participant",
+             "coordinator_peak_rss_mb", "errors", "settings.rounds", "settings.client_processes",
+             "settings.vector_size", "settings.update_bytes"),
     # stalls: the bench docstring's measurements, the README's and docs/security.md's figures and limits
     "stalls": ("stalled_streams", "idle_connections", "identities", "waves", "rss_mb_before", "rss_mb_peak",
                "rss_mb_after", "rss_kib_per_connection", "status_p50_s", "status_p95_s", "status_max_s", "status_calls",

@@ -1,7 +1,8 @@
 """Fault injection with real processes and SIGKILL, each scenario over several seeds.
 
-- the coordinator is killed while a round is collecting, restarted on the same state: the round restarts
-  cleanly, the job completes with the prompt an uninterrupted run reaches from the same updates;
+- the coordinator is killed while a round is collecting, restarted on the same state (a SQLite file, or a
+  PostgreSQL database once): the round restarts cleanly, the job completes with the prompt an uninterrupted
+  run reaches from the same updates;
 - a participant is killed in the middle of an upload stream: the round completes with the others and the
   partial upload counts for nothing;
 - a participant daemon is killed after submitting and restarted: it rejoins and works on the next round,
@@ -28,61 +29,41 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.app.admin_client import AdminClient, load_prompt
-from fedprompt.app.local_link import LocalLink
+from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
 from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.checkpoint import read_checkpoint
-from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
 from fedprompt.data.shards import SiteData
 from fedprompt.models import build_classifier
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.wire.payload import decode_vector
-from tests.faults import CoordinatorProcess, daemon, free_port, module_process, train_round
+from tests.faults import (
+    NAMES,
+    SIZE,
+    CoordinatorProcess,
+    daemon,
+    exported,
+    free_port,
+    module_process,
+    scripted,
+    train_round,
+    uninterrupted_final,
+)
 from tests.support import stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-NAMES = ("a", "b", "c")
-
-
-def scripted(target: str, job_id: str, seed: int, names: tuple[str, ...] = NAMES) -> dict[str, SyntheticParticipant]:
-    links = {n: GrpcLink(target, n, retry_initial_s=0.1, retry_max_s=0.5, give_up_after_s=60) for n in names}
-    return {n: SyntheticParticipant(links[n], n, job_id, SIZE, seed) for n in names}
-
-
-def uninterrupted_final(config_toml: str, seed: int, rounds: int) -> np.ndarray:
-    """The final prompt of the same job with the same updates and no fault, on the real round machinery."""
-    jobs = JobManager(Store(":memory:"))
-    job = jobs.job(jobs.create_job(config_toml))
-    people = [SyntheticParticipant(LocalLink(jobs, n), n, job.job_id, SIZE, seed) for n in NAMES]
-    for p in people:
-        p.join()
-    job.start()
-    for round_ in range(1, rounds + 1):
-        job.tick()
-        for p in people:
-            p.link.upload(p.update(round_))
-    prompt = jobs.store.prompt(job.job_id, rounds)
-    assert prompt is not None
-    encoding, data = prompt
-    return np.frombuffer(data, dtype="<f4")
-
-
-def exported(admin: AdminClient, job_id: str, version: int, out: Path) -> np.ndarray:
-    return load_prompt(admin.export(job_id, out, version))[0]
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_coordinator_killed_while_collecting_resumes_and_ends_as_uninterrupted(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "store"), [(0, "sqlite"), (1, "sqlite"), (2, "sqlite"), (0, "postgresql")])
+def test_coordinator_killed_while_collecting_resumes_and_ends_as_uninterrupted(tmp_path: Path, seed: int, store: str,
+                                                                               request: pytest.FixtureRequest) -> None:
     rng = random.Random(seed)
     rounds, crash_round = 3, rng.randint(1, 3)
     reporters = sorted(rng.sample(NAMES, rng.randint(1, 2)))  # updates in memory when the coordinator dies
     config_toml = dump_toml(tiny_job(tmp_path, rounds=rounds, participants_per_round=3, min_participants=3,
                                      round_deadline_s=60.0, seed=seed))
-    coordinator = CoordinatorProcess(tmp_path, free_port()).start()
+    on_postgres = [f"coordinator.store={request.getfixturevalue('postgres_url')}"] if store == "postgresql" else []
+    coordinator = CoordinatorProcess(tmp_path, free_port(), *on_postgres).start()
     try:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(config_toml)
@@ -124,6 +105,9 @@ def test_coordinator_killed_while_collecting_resumes_and_ends_as_uninterrupted(t
     checkpoint, _ = read_checkpoint(tmp_path / "coordinator-state" / "checkpoints" / f"{job_id}.safetensors")
     assert checkpoint.round == rounds
     np.testing.assert_array_equal(decode_vector(checkpoint, SIZE), final)
+    assert (tmp_path / "coordinator-state" / "coordinator.sqlite").exists() == (store == "sqlite")
+    assert Store(on_postgres[0].partition("=")[2] if on_postgres else
+                 str(tmp_path / "coordinator-state" / "coordinator.sqlite")).latest_version(job_id) == rounds
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

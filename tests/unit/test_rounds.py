@@ -15,7 +15,6 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.rounds import KEY_GRACE_S
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.views import weighted_metrics
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, JobStateError, NotEnrolled, NotSelected, StaleRound
 from fedprompt.protocol import Payload, TaskKind
@@ -177,7 +176,7 @@ def test_weighted_metrics_average_each_key_over_the_reports_that_carry_it(setup:
     job = setup.job
     job.report_metrics("a", 0, {"accuracy": 1.0, "pseudo_labels": 8.0}, 1)
     job.report_metrics("b", 0, {"accuracy": 0.0}, 3)
-    means, reports = weighted_metrics(job.store, job.job_id, 0)
+    means, reports = job.store.metric_means(job.job_id, 0)
     assert reports == 2
     assert means == {"accuracy": 0.25, "pseudo_labels": 8.0}
 

@@ -3,60 +3,17 @@ harness (the coordinator's ciphertexts plus t - 1 members' secrets against one h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cache
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from fedprompt.crypto import sealing, shamir
-from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto import shamir
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
 from fedprompt.crypto.rns import Poly
-from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
-
-SIZE = 4000  # one ciphertext: a few thousand floats
-
-
-@dataclass
-class Job:
-    params: ThresholdParams
-    context: ThresholdContext
-    members: list[Member]
-    keys: dict[int, KeyShare]
-    public: PublicContext
-
-    @property
-    def q(self) -> np.ndarray:
-        return self.context.ring.q(len(self.context.ring.moduli))
-
-    def secret(self, indices: list[int]) -> Poly:
-        """The sum of some members' own secrets (the collective secret when all of them)."""
-        return sum((m._secret for m in self.members if m.index in indices), np.zeros_like(self.members[0]._secret)) % self.q
-
-
-@cache
-def job(members: int, seeded: bool = False) -> Job:
-    """Key generation as members run it: public-key shares on the job's CRP, and Shamir shares of each
-    secret sealed for each recipient with ``crypto.sealing`` (X25519 + AES-GCM), opened by the recipient.
-    ``seeded``: a job whose uploads are seeded (``test_threshold_seeded``); here, public-key uploads."""
-    params = ThresholdParams(members=members, seeded_uploads=seeded)
-    context = ThresholdContext(params)
-    a = crp(context.ring, b"job-seed")
-    parties = [Member(params, context.ring, i) for i in range(1, members + 1)]
-    context.set_public_key(a, [m.public_share(a) for m in parties])
-    exchange = {m.index: sealing.new_exchange_key() for m in parties}
-    dealt: dict[int, dict[int, bytes]] = {j: {} for j in exchange}
-    for m in parties:
-        for j, share in m.deal().items():
-            ids = {"job_id": "job-1", "sender_id": f"p{m.index}", "recipient_id": f"p{j}"}
-            blob = sealing.seal(share, sender=exchange[m.index],
-                                recipient_public=sealing.public_bytes(exchange[j]), **ids)
-            dealt[j][m.index] = sealing.unseal(blob, recipient=exchange[j],
-                                               sender_public=sealing.public_bytes(exchange[m.index]), **ids)
-    keys = {j: KeyShare(params, context.ring, j, dealt[j]) for j in exchange}
-    return Job(params, context, parties, keys, PublicContext(context.public_bytes(), params.ckks, context.key_id))
+from fedprompt.crypto.threshold import KeyShare, ThresholdContext, ThresholdParams
+from tests.thresholds import SIZE, Job, job
 
 
 def aggregate(j: Job, seed: int = 0) -> tuple[bytes, np.ndarray, float]:
@@ -186,10 +143,6 @@ def test_t_shares_rebuild_the_collective_secret_and_t_minus_1_do_not() -> None:
         shamir.lagrange(ring, [1, 1, 2], 1, limbs)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_honest_update() -> None:
     """Coordinator: every ciphertext.  Colluders 1..t-1: their own secrets, their key shares and every dealt
     share they received.  Target: member 5's update.  Each attack decrypts member 5's ciphertext with the best
@@ -210,7 +163,7 @@ def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_hon
     corr = {}
     for name, key in guesses.items():
         plain = ring.plaintext((c0 + c1 * key[:1]) % q1, list(ct.parms_id()), ct.scale)
-        corr[name] = _corr(j.context.decode([plain])[:SIZE], honest)
+        corr[name] = corr(j.context.decode([plain])[:SIZE], honest)
     assert corr.pop("collective secret (control)") > 0.999
     assert all(abs(c) < 0.06 for c in corr.values()), corr
 

@@ -1,0 +1,234 @@
+"""A threshold-CKKS job on the coordinator (``he.mode = "threshold"``): the key-setup relay, the choice of
+decryptors, and the collection of their sealed decryption shares, with a new upload attempt when one is late.
+
+The coordinator holds no key and never a share of one.  It relays what members publish (exchange keys, public
+key shares, each with its owner's attestation, and Shamir sub-shares sealed to one recipient) and computes the
+collective public key from the public shares, as any member does, to frame and check ciphertexts and to
+compress aggregates (``ThresholdContext.compress``: ``c0`` only, key-less).  Decryption shares reach it sealed
+under the members' group key (``crypto.sealing.group_key``), which it never sees: it relays t of them and the
+compressed aggregate to the members, who combine; the coordinator cannot, since t shares in the clear decrypt
+the aggregate.  A member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
+attempt (a fresh ``a_r``, re-uploaded by the members online), as ``crypto.threshold_seeded`` requires, since a
+member makes one decryption share per round attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from fedprompt.crypto.attest import Attestation, digest
+from fedprompt.crypto.ckks import EncryptedSum, PublicContext
+from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
+from fedprompt.crypto.threshold import ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold_seeded import UploadRound, job_seed, reference_polys
+from fedprompt.errors import (
+    DuplicateUpdate,
+    InvalidUpdate,
+    NotEnrolled,
+    NotSelected,
+    PayloadTooLarge,
+    PreconditionFailed,
+    quoted,
+)
+from fedprompt.protocol import ThresholdKeyState
+from fedprompt.wire.threshold import ThresholdVersion, pack_version
+
+log = structlog.get_logger("coordinator.threshold")
+
+#: The largest sealed sub-share or decryption share relayed (a share of 100,000 floats is ~800 KB).
+MAX_SHARE_BYTES = 4 * 1024 * 1024
+
+
+class ThresholdRelay:
+    """The key relay of one threshold job: who published what, and the collective key once all n did."""
+
+    def __init__(self, job_id: str, members: Sequence[str], params: ThresholdParams) -> None:
+        self.job_id, self.members, self.params = job_id, sorted(members), params
+        self.context = ThresholdContext(params)
+        self.seed = job_seed(job_id, self.members)
+        self.share_bytes = len(self.context.ring.moduli) * self.context.ring.n * 8
+        self.exchange: dict[str, tuple[bytes, bytes]] = {}
+        self.shares: dict[str, tuple[bytes, bytes]] = {}
+        self.dealt: dict[str, dict[str, bytes]] = {}
+        self.public: PublicContext | None = None
+        self.log = log.bind(job_id=job_id)
+
+    def check_member(self, who: str) -> None:
+        if who not in self.members:
+            raise NotEnrolled(f"{quoted(who)} is not one of the {len(self.members)} members of threshold job "
+                              f"{self.job_id}")
+
+    def _check(self, attestation: bytes, who: str, purpose: str, key: bytes) -> None:
+        """A statement, if the member signs, must be about what it came with (members verify the signature)."""
+        if attestation:
+            Attestation.from_bytes(attestation).check_claims(job_id=self.job_id, identity=who, purpose=purpose,
+                                                             digests=(digest(key),))
+
+    def register(self, who: str, key: bytes, attestation: bytes = b"") -> None:
+        """A member's X25519 exchange key (at join); a different one after it dealt is refused."""
+        self.check_member(who)
+        if len(key) != PUBLIC_KEY_BYTES:
+            raise InvalidUpdate(f"a threshold job needs a {PUBLIC_KEY_BYTES}-byte exchange key, got {len(key)}")
+        self._check(attestation, who, "exchange", key)
+        if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or self.public):
+            raise InvalidUpdate(f"{who} already dealt in job {self.job_id} under another exchange key")
+        self.exchange[who] = (key, attestation)
+
+    def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
+        """A member's public key share, once; with the last of the n, the collective key."""
+        self.check_member(who)
+        if len(share) != self.share_bytes:
+            raise InvalidUpdate(f"a public key share has {self.share_bytes} bytes, got {len(share)}")
+        self._check(attestation, who, "key-share", share)
+        if who in self.shares:
+            raise DuplicateUpdate(f"{who} already published its key share of job {self.job_id}")
+        self.shares[who] = (share, attestation)
+        if len(self.shares) == len(self.members):
+            ring = self.context.ring
+            polys = [np.frombuffer(self.shares[m][0], dtype=np.uint64).astype(object).reshape(-1, ring.n)
+                     for m in self.members]
+            self.context.set_public_key(crp(ring, self.seed), polys)
+            self.public = PublicContext(self.context.public_bytes(), self.params.ckks, self.context.key_id)
+            self.log.info("collective public key formed",
+                          key_id=self.context.key_id.hex()[:16], **self.params.describe())
+
+    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
+        """A member's sealed sub-shares, one for every other member, all at once and once."""
+        self.check_member(dealer)
+        if dealer in self.dealt:
+            raise DuplicateUpdate(f"{dealer} already dealt its sub-shares in job {self.job_id}")
+        others = sorted(m for m in self.members if m != dealer)
+        if sorted(sealed) != others:
+            raise InvalidUpdate(f"a dealing seals one sub-share for each of the {len(others)} other members")
+        if any(not blob or len(blob) > MAX_SHARE_BYTES for blob in sealed.values()):
+            raise PayloadTooLarge(f"a sealed sub-share must be 1..{MAX_SHARE_BYTES} bytes")
+        self.dealt[dealer] = dict(sealed)
+        self.log.info("key sub-shares relayed", dealer=dealer)
+
+    def state_for(self, who: str, crl: bytes = b"") -> ThresholdKeyState:
+        self.check_member(who)
+        return ThresholdKeyState(
+            tuple((m, key, att) for m, (key, att) in sorted(self.exchange.items())),
+            tuple((m, share, att) for m, (share, att) in sorted(self.shares.items())),
+            tuple((d, blobs[who]) for d, blobs in sorted(self.dealt.items()) if who in blobs),
+            who in self.dealt, crl)
+
+    @property
+    def ready(self) -> bool:
+        """Rounds may open: the collective key is formed and every member has dealt."""
+        return self.public is not None and len(self.dealt) == len(self.members)
+
+    def require(self) -> PublicContext:
+        if not self.ready or self.public is None:
+            raise PreconditionFailed(f"threshold job {self.job_id} waits for its members' key setup")
+        return self.public
+
+
+def pick_decryptors(members: Sequence[str], online: Callable[[str], bool], t: int, round_: int,
+                    avoid: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """t online members to decrypt round ``round_``: those that did not miss the last attempt first, rotating
+    with the round so no member answers every round; None while fewer than t are online."""
+    ordered = sorted(members)
+    start = round_ % len(ordered)
+    rotated = [m for m in ordered[start:] + ordered[:start] if online(m)]
+    chosen = [m for m in rotated if m not in avoid][:t]
+    chosen += [m for m in rotated if m in avoid][: t - len(chosen)]
+    return tuple(sorted(chosen)) if len(chosen) == t else None
+
+
+@dataclass
+class Decryption:
+    """One round attempt's aggregate waiting for its decryptors' sealed shares."""
+
+    round: int
+    attempt: int
+    uploaders: tuple[str, ...]
+    declared_weight: float
+    aggregate: bytes
+    decryptors: tuple[str, ...]
+    shares: dict[str, bytes] = field(default_factory=dict)
+
+    def submit(self, who: str, sealed: bytes) -> None:
+        if who not in self.decryptors:
+            raise NotSelected(f"{quoted(who)} is not a decryptor of round {self.round} attempt {self.attempt}")
+        if who in self.shares:
+            raise DuplicateUpdate(f"{who} already sent its decryption share of round {self.round}")
+        if not sealed or len(sealed) > MAX_SHARE_BYTES:
+            raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(sealed)}")
+        self.shares[who] = sealed
+
+    @property
+    def complete(self) -> bool:
+        return len(self.shares) == len(self.decryptors)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(m for m in self.decryptors if m not in self.shares)
+
+    def version(self) -> bytes:
+        """The global version to store once every share is in (``fedprompt.wire.threshold``): members combine it."""
+        if not self.complete:
+            raise PreconditionFailed(f"round {self.round} attempt {self.attempt} still waits for "
+                                     f"{', '.join(self.missing)}")
+        return pack_version(ThresholdVersion(self.round, self.attempt, self.uploaders, self.decryptors,
+                                             self.declared_weight, self.aggregate,
+                                             tuple(self.shares[m] for m in self.decryptors)))
+
+
+class ThresholdRound:
+    """One round of a threshold job: the attempt's key-less fold, then its decryption; a decryptor that does not
+    answer before the deadline makes the next attempt (fresh ``a_r``, the members online upload again)."""
+
+    def __init__(self, relay: ThresholdRelay, round_: int, vector_size: int) -> None:
+        self.relay, self.round, self.vector_size = relay, round_, vector_size
+        self.attempt = 0
+        self.missed: tuple[str, ...] = ()
+        self._open()
+
+    def _open(self) -> None:
+        self.sum: EncryptedSum = self.relay.require().new_sum(self.vector_size)
+        self.weights: dict[str, float] = {}
+        self.decryption: Decryption | None = None
+
+    def add(self, who: str, attempt: int, ciphertext: bytes, num_examples: float) -> None:
+        """Fold one member's upload of this attempt (parsed under the collective key first)."""
+        self.relay.check_member(who)
+        if attempt != self.attempt or self.decryption is not None:
+            raise PreconditionFailed(f"round {self.round} takes uploads of attempt {self.attempt} only, before "
+                                     "its decryption")
+        if who in self.weights:
+            raise DuplicateUpdate(f"{who} already uploaded to round {self.round} attempt {attempt}")
+        parsed = self.sum.parse(ciphertext)
+        ring = self.relay.context.ring
+        bases = reference_polys(self.relay.context, UploadRound(self.relay.seed, self.round, attempt), len(parsed))
+        if any(not np.array_equal(ring.read_ciphertext(ct)[1], a) for ct, a in zip(parsed, bases, strict=True)):
+            raise InvalidUpdate(f"the upload of {who} is not seeded for round {self.round} attempt {attempt}")
+        self.sum.add(parsed)
+        self.weights[who] = float(num_examples)
+
+    def close(self, online: Callable[[str], bool]) -> Decryption | None:
+        """Compress the fold and name t online decryptors; None while fewer than t are online."""
+        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, self.missed)
+        if decryptors is None or not self.weights:
+            return None
+        aggregate = self.relay.context.compress(self.sum.to_bytes(), self.vector_size)
+        self.decryption = Decryption(self.round, self.attempt, tuple(sorted(self.weights)),
+                                     sum(self.weights.values()), aggregate, decryptors)
+        self.relay.log.info("aggregate sent for threshold decryption", round=self.round, attempt=self.attempt,
+                            uploaders=len(self.weights), decryptors=list(decryptors))
+        return self.decryption
+
+    def expire(self) -> int:
+        """The deadline passed with shares missing: the next attempt, whose uploads start afresh."""
+        if self.decryption is None or self.decryption.complete:
+            raise PreconditionFailed(f"round {self.round} attempt {self.attempt} is not waiting for shares")
+        self.missed = self.decryption.missing
+        self.relay.log.warning("decryptors missed the deadline: new upload attempt", round=self.round,
+                               attempt=self.attempt + 1, missing=list(self.missed))
+        self.attempt += 1
+        self._open()
+        return self.attempt

@@ -1,0 +1,269 @@
+"""A member's side of a threshold-CKKS job (``he.mode = "threshold"``): its own secret share, key setup through
+the relay, seeded uploads and flooded decryption shares, each one-use record kept on disk.
+
+Key setup (Mouchet et al., PETS 2021, CKG with Shamir t-of-n; ``crypto.threshold``): the member draws its own
+secret ``s_i`` and publishes its public share ``p_i`` on the job's reference polynomial, signed with its
+certificate (``crypto.attest``, purpose ``key-share``).  It deals Shamir sub-shares of ``s_i`` sealed to each
+other member's exchange key, once every one of those keys verified, with 32 random bytes of the members'
+group key inside each (``crypto.sealing.group_key``).  Once all n public shares verified and every member's
+dealing opened, it holds the collective key, its key id, its ``KeyShare`` and the group key.
+
+Everything a restarted daemon must reuse is written before it leaves the site, owner-only, under
+``keys/<job_id>/``: the secret, the public share (one RLWE sample on the CRP: publishing another would be a
+second one), the dealing (a second, different dealing would leave members with inconsistent shares), the
+received sub-shares, and the one-use records: a member encrypts once per round attempt (two ``c0`` on one
+``a_r`` give the difference of two updates away) and makes one decryption share per round attempt (more on
+one ``a_r`` let a lattice reduction strip the flooding).  A record is written, flushed and synced before the
+upload or the share is returned.
+
+Decryption shares travel sealed under the group key, so only members combine them: the coordinator holds the
+aggregate and relays the shares, but t shares in the clear would let it decrypt the aggregate.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from fedprompt.crypto import threshold_seeded as seeded
+from fedprompt.crypto.attest import KeyCredentials, digest
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.sealing import (
+    GROUP_CONTRIBUTION_BYTES,
+    group_key,
+    open_for_group,
+    seal,
+    seal_for_group,
+    unseal,
+)
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold_seeded import UploadRound, job_seed
+from fedprompt.errors import FedPromptError
+from fedprompt.participant.keys import key_dir, write_private
+from fedprompt.protocol import ThresholdKeyState, ThresholdLink
+from fedprompt.wire.threshold import unpack_version
+
+log = structlog.get_logger("participant.threshold_keys")
+
+SECRET, PUBLIC, SHARES, DEALING, RECEIVED, USED = ("threshold.secret", "threshold.public", "threshold.shares",
+                                                   "threshold.dealing", "threshold.received", "threshold.used")
+_PART = struct.Struct("<HI")
+#: How far the combined weight slot may stray from the declared example counts (the flooding errs by ~1e-5).
+WEIGHT_TOLERANCE = 0.01
+
+
+def _frame(parts: Mapping[int, bytes]) -> bytes:
+    return b"".join(_PART.pack(k, len(v)) + v for k, v in sorted(parts.items()))
+
+
+def _unframe(data: bytes) -> dict[int, bytes]:
+    parts, offset = {}, 0
+    while offset < len(data):
+        key, size = _PART.unpack_from(data, offset)
+        offset += _PART.size
+        parts[key] = data[offset : offset + size]
+        offset += size
+    return parts
+
+
+class ThresholdKeys:
+    """One member's key material of one threshold job, and the one-use operations on it."""
+
+    def __init__(self, job_id: str, members: Sequence[str], identity: str, params: ThresholdParams,
+                 exchange: X25519PrivateKey, state_dir: Path | None = None,
+                 credentials: KeyCredentials | None = None) -> None:
+        self.members = sorted(members)
+        if identity not in self.members or len(self.members) != params.members:
+            raise FedPromptError(f"{identity} is not one of the {params.members} members of threshold job {job_id}")
+        self.job_id, self.identity, self.params = job_id, identity, params
+        self.index = self.members.index(identity) + 1
+        self.exchange, self.credentials = exchange, credentials
+        self.seed = job_seed(job_id, self.members)
+        self.context = ThresholdContext(params)
+        self.dir = key_dir(state_dir, job_id) if state_dir is not None else None
+        stored = self._read(SECRET)
+        self.member = Member(params, self.context.ring, self.index, stored)
+        if not stored:
+            self._write(SECRET, self.member.secret_bytes())
+        self.public = self._read(PUBLIC) or self._keep(PUBLIC, np.asarray(
+            self.member.public_share(crp(self.context.ring, self.seed)), dtype=np.uint64).tobytes())
+        dealing = self._read(DEALING) or self._keep(DEALING, _frame(
+            {0: os.urandom(GROUP_CONTRIBUTION_BYTES), **self.member.deal()}))
+        self._dealing = _unframe(dealing)
+        self._used = set(self._read(USED).decode().split())
+        self.key: KeyShare | None = None
+        self.group = b""
+        received = self._read(RECEIVED)
+        if received:
+            self._complete({d: (p[:GROUP_CONTRIBUTION_BYTES], p[GROUP_CONTRIBUTION_BYTES:])
+                            for d, p in _unframe(received).items()}, self._shares_file())
+            log.info("threshold key share reloaded", job_id=job_id, member=self.index)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def _read(self, name: str) -> bytes:
+        path = self.dir / name if self.dir is not None else None
+        return path.read_bytes() if path is not None and path.exists() else b""
+
+    def _write(self, name: str, data: bytes) -> None:
+        if self.dir is not None:
+            write_private(self.dir / name, data)
+
+    def _keep(self, name: str, data: bytes) -> bytes:
+        self._write(name, data)
+        return data
+
+    def _record(self, label: str) -> None:
+        """One-use record, on disk before what it guards leaves the site; refused if it was used before."""
+        if label in self._used:
+            raise InvalidValue(f"member {self.identity} already used {label[:40]}: a second upload or decryption "
+                               "share for one round attempt would reveal what it protects")
+        self._used.add(label)
+        if self.dir is not None:
+            fd = os.open(self.dir / USED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, label.encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _shares_file(self) -> list[bytes]:
+        data = _unframe(self._read(SHARES))
+        return [data[i] for i in range(1, self.params.members + 1)]
+
+    # -- key setup ---------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.key is not None
+
+    def _sign(self, purpose: str, digests: tuple[bytes, ...]) -> bytes:
+        return self.credentials.signer.sign(self.job_id, purpose, digests) if self.credentials is not None else b""
+
+    def _verify(self, blob: bytes, identity: str, purpose: str, key: bytes) -> None:
+        if self.credentials is not None:
+            self.credentials.trust.verify(blob, job_id=self.job_id, identity=identity, purpose=purpose,
+                                          digests=(digest(key),))
+
+    def attestation(self) -> bytes:
+        """The signed statement that the public share is ours (b"" without credentials)."""
+        return self._sign("key-share", (digest(self.public),))
+
+    def refresh(self, link: ThresholdLink) -> bool:
+        """One look at the relay: publish our share, deal once every exchange key verified, and complete the key
+        once every share and dealing is in.  True when the key is ready.  ``AttestationError``: a relayed key
+        did not verify, nothing was sealed to or accepted from it (the caller reports it)."""
+        state = link.threshold_keys(self.job_id)
+        if self.credentials is not None:
+            self.credentials.trust.update_crl(state.crl)
+        if not any(who == self.identity for who, _, _ in state.shares):
+            link.publish_share(self.job_id, self.public, self.attestation())
+        exchange = self._exchange(state)
+        if not state.dealt_by_caller and exchange is not None:
+            link.deal(self.job_id, {who: seal(self._dealing[0] + self._dealing[self.members.index(who) + 1],
+                                              sender=self.exchange, recipient_public=key, job_id=self.job_id,
+                                              sender_id=self.identity, recipient_id=who)
+                                    for who, key in exchange.items()})
+            log.info("key sub-shares dealt", job_id=self.job_id, member=self.index, recipients=len(exchange))
+        if self.key is None and exchange is not None:
+            self._accept(state, exchange)
+        return self.ready
+
+    def _exchange(self, state: ThresholdKeyState) -> dict[str, bytes] | None:
+        """Every other member's exchange key, each verified; None while one is missing."""
+        keys = {who: (key, att) for who, key, att in state.exchange if who in self.members and who != self.identity}
+        if len(keys) != len(self.members) - 1:
+            return None
+        for who, (key, att) in keys.items():
+            self._verify(att, who, "exchange", key)
+        return {who: key for who, (key, _) in keys.items()}
+
+    def _accept(self, state: ThresholdKeyState, exchange: Mapping[str, bytes]) -> None:
+        shares = {who: (share, att) for who, share, att in state.shares if who in self.members}
+        size = len(self.public)
+        for who, (share, att) in shares.items():  # each as it arrives: a swapped share is refused at once
+            if len(share) != size:
+                raise InvalidCiphertext(f"the public key share relayed for {who[:60]!r} has {len(share)} bytes, "
+                                        f"not {size}")
+            self._verify(att, who, "key-share", share)
+        dealt = {who: blob for who, blob in state.dealt if who in exchange}
+        if len(shares) != len(self.members) or len(dealt) != len(exchange):
+            return
+        opened = {self.index: (self._dealing[0], self._dealing[self.index])}
+        for who, blob in dealt.items():
+            plain = unseal(blob, recipient=self.exchange, sender_public=exchange[who], job_id=self.job_id,
+                           sender_id=who, recipient_id=self.identity)
+            opened[self.members.index(who) + 1] = (plain[:GROUP_CONTRIBUTION_BYTES], plain[GROUP_CONTRIBUTION_BYTES:])
+        ordered = [shares[who][0] for who in self.members]
+        self._complete(opened, ordered)
+        self._write(SHARES, _frame(dict(enumerate(ordered, start=1))))
+        self._write(RECEIVED, _frame({d: g + s for d, (g, s) in opened.items()}))
+        log.info("threshold key ready", job_id=self.job_id, member=self.index, key_id=self.context.key_id.hex()[:16])
+
+    def _complete(self, opened: Mapping[int, tuple[bytes, bytes]], shares: Sequence[bytes]) -> None:
+        ring = self.context.ring
+        limbs = len(ring.moduli)
+        polys = [np.frombuffer(s, dtype=np.uint64).astype(object).reshape(limbs, ring.n) for s in shares]
+        self.key = KeyShare(self.params, ring, self.index, {d: s for d, (_, s) in opened.items()})
+        self.context.set_public_key(crp(ring, self.seed), polys)
+        self.group = group_key(self.job_id, [opened[d][0] for d in sorted(opened)])
+
+    # -- rounds ------------------------------------------------------------------------------------------------
+    def _indices(self, who: Sequence[str]) -> list[int]:
+        unknown = sorted(set(who) - set(self.members))
+        if unknown:
+            raise InvalidValue(f"{unknown[0][:60]!r} is not a member of threshold job {self.job_id}")
+        return sorted(self.members.index(w) + 1 for w in who)
+
+    def _require(self) -> KeyShare:
+        if self.key is None:
+            raise FedPromptError(f"threshold job {self.job_id}: key setup has not finished")
+        return self.key
+
+    def encrypt(self, vector: np.ndarray, weight: float, round_: int, attempt: int) -> bytes:
+        """Our seeded upload for one round attempt (once)."""
+        self._require()
+        self._record(f"upload:{round_}:{attempt}")
+        return seeded.encrypt(self.context, self.member, vector, weight, UploadRound(self.seed, round_, attempt))
+
+    def decryption_share(self, aggregate: bytes, vector_size: int, round_: int, attempt: int,
+                         uploaders: Sequence[str], decryptors: Sequence[str]) -> bytes:
+        """Our flooded share of a round attempt's compressed aggregate (once), sealed for the members."""
+        key = self._require()
+        upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
+        data = seeded.expand(self.context, aggregate, vector_size, upload, users)
+        chunks = self.params.ckks.num_ciphertexts(vector_size)
+        spent = chunks * sum(label.startswith("share:") for label in self._used)
+        if spent + chunks > self.params.max_decryptions:
+            raise InvalidValue(f"member {self.identity} has made {spent} chunk decryptions with this key; "
+                               f"{chunks} more would pass max_decryptions = {self.params.max_decryptions}, the "
+                               "count its smudging noise is sized for: the job needs new keys")
+        self._record(f"share:{round_}:{attempt}")
+        share = seeded.decryption_share(self.context, key, data, vector_size, upload, users,
+                                        self._indices(decryptors))
+        return seal_for_group(share, self.group, self.job_id, str(round_), str(attempt), self.identity)
+
+    def combine(self, aggregate: bytes, vector_size: int, round_: int, attempt: int, uploaders: Sequence[str],
+                shares: Mapping[str, bytes], declared_weight: float) -> tuple[np.ndarray, float]:
+        """(sum, weight) of a round attempt from its compressed aggregate and the decryptors' sealed shares; the
+        weight slot must equal the uploaders' declared example counts (a forged share or sum fails it)."""
+        self._require()
+        upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
+        data = seeded.expand(self.context, aggregate, vector_size, upload, users)
+        opened = [open_for_group(blob, self.group, self.job_id, str(round_), str(attempt), who)
+                  for who, blob in sorted(shares.items())]
+        vector, weight = seeded.combine(self.context, data, vector_size, opened, upload, users)
+        if abs(weight - declared_weight) > WEIGHT_TOLERANCE:
+            raise InvalidValue(f"the aggregate of round {round_} weighs {weight:.3f}, not the {declared_weight:g} "
+                               "examples its uploaders declared: a wrong sum or a forged decryption share")
+        return vector, weight
+
+    def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
+        """(sum, weight) of a stored global version (``fedprompt.wire.threshold``), combined here."""
+        v = unpack_version(data)
+        return self.combine(v.aggregate, vector_size, v.round, v.attempt, v.uploaders, v.sealed_shares(),
+                            v.declared_weight)

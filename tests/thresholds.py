@@ -1,0 +1,61 @@
+"""A threshold CKKS job as its members set it up, shared by the threshold tests: real SEAL keys, Shamir shares
+dealt and sealed member to member with ``crypto.sealing``, and the collective public context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from fedprompt.crypto import sealing
+from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.rns import Poly
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+
+SIZE = 4000  # one ciphertext: a few thousand floats
+
+
+@dataclass
+class Job:
+    params: ThresholdParams
+    context: ThresholdContext
+    members: list[Member]
+    keys: dict[int, KeyShare]
+    public: PublicContext
+
+    @property
+    def q(self) -> np.ndarray:
+        return self.context.ring.q(len(self.context.ring.moduli))
+
+    def secret(self, indices: list[int]) -> Poly:
+        """The sum of some members' own secrets (the collective secret when all of them)."""
+        return sum((m._secret for m in self.members if m.index in indices), np.zeros_like(self.members[0]._secret)) % self.q
+
+
+@cache
+def job(members: int, seeded: bool = False) -> Job:
+    """Key generation as members run it: public-key shares on the job's CRP, and Shamir shares of each
+    secret sealed for each recipient with ``crypto.sealing`` (X25519 + AES-GCM), opened by the recipient.
+    ``seeded``: a job whose uploads are seeded (``test_threshold_seeded``); here, public-key uploads."""
+    params = ThresholdParams(members=members, seeded_uploads=seeded)
+    context = ThresholdContext(params)
+    a = crp(context.ring, b"job-seed")
+    parties = [Member(params, context.ring, i) for i in range(1, members + 1)]
+    context.set_public_key(a, [m.public_share(a) for m in parties])
+    exchange = {m.index: sealing.new_exchange_key() for m in parties}
+    dealt: dict[int, dict[int, bytes]] = {j: {} for j in exchange}
+    for m in parties:
+        for j, share in m.deal().items():
+            ids = {"job_id": "job-1", "sender_id": f"p{m.index}", "recipient_id": f"p{j}"}
+            blob = sealing.seal(share, sender=exchange[m.index],
+                                recipient_public=sealing.public_bytes(exchange[j]), **ids)
+            dealt[j][m.index] = sealing.unseal(blob, recipient=exchange[j],
+                                               sender_public=sealing.public_bytes(exchange[m.index]), **ids)
+    keys = {j: KeyShare(params, context.ring, j, dealt[j]) for j in exchange}
+    return Job(params, context, parties, keys, PublicContext(context.public_bytes(), params.ckks, context.key_id))
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation: how much of ``b`` an attacker's guess ``a`` recovers."""
+    return float(np.corrcoef(a, b)[0, 1])

@@ -1,0 +1,55 @@
+"""``[he] mode`` and ``threshold``: validated at load with the bad key named, a majority by default, and the
+job kinds threshold keys cannot serve yet refused by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedprompt.config import JobConfig
+from fedprompt.config.codec import parse_toml
+from fedprompt.coordinator.aggregation import job_aggregator
+from fedprompt.errors import ConfigError
+
+THREE = "allowed_participants = ['participant:a', 'participant:b', 'participant:c']"
+
+
+def _load(job: str = THREE, he: str = "") -> JobConfig:
+    return parse_toml(f"[job]\n{job}\n[he]\nenabled = true\nmode = 'threshold'\n{he}", JobConfig)
+
+
+def test_threshold_defaults_to_a_majority_of_the_enrolled_members() -> None:
+    config = _load()
+    assert config.he.threshold_mode
+    assert config.he.threshold_params(3).t == 2
+    five = _load("allowed_participants = ['participant:a', 'participant:b', 'participant:c', 'participant:d', "
+                 "'participant:e']", "threshold = 5")
+    assert five.he.threshold_params(5).t == 5
+
+
+@pytest.mark.parametrize(("job", "he", "key"), [
+    (THREE, "mode = 'both'", "he.mode"),
+    (THREE, "threshold = 1", "he.threshold"),
+    (THREE, "threshold = 4", "he.threshold"),
+    ("allowed_participants = ['*']", "", "job.allowed_participants"),
+    ("", "", "job.allowed_participants"),
+])
+def test_bad_threshold_settings_name_their_key(job: str, he: str, key: str) -> None:
+    text = f"[job]\n{job}\n[he]\nenabled = true\nmode = 'threshold'\n{he}".replace("mode = 'threshold'\nmode",
+                                                                                    "mode")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_toml(text, JobConfig)
+
+
+def test_single_key_mode_keeps_jobs_open_to_any_participant() -> None:
+    config = parse_toml("[job]\nallowed_participants = ['*']\n[he]\nenabled = true\nmode = 'single_key'", JobConfig)
+    assert config.he.enabled and not config.he.threshold_mode
+
+
+def test_levels_and_gram_defences_are_refused_with_threshold_keys_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"levels\.enabled.*not wired"):
+        parse_toml(f"[job]\n{THREE}\n[he]\nenabled = true\nmode = 'threshold'\n[levels]\nenabled = true\n"
+                   "global_tokens = 4\nexpert_tokens = 0\npersonal_tokens = 4\n[model]\nprompt_length = 8",
+                   JobConfig)
+    gram = _load(THREE + "\naggregator = 'multi_krum'\nmin_participants = 3\nparticipants_per_round = 3")
+    with pytest.raises(ConfigError, match=r"he\.mode: 'multi_krum' is a Gram defence.*evaluation keys"):
+        job_aggregator(gram)

@@ -1,0 +1,262 @@
+"""Threshold-CKKS jobs as domain objects, no network: three members (t = 2) set their keys up through the
+coordinator's relay with attested shares, run rounds with seeded uploads whose decryption shares only members
+can open, survive a member dropped after uploading and a decryptor that never answers, and reload after a
+restart with their one-use records intact.  Real certificates, real SEAL ciphertexts."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound, pick_decryptors
+from fedprompt.crypto.attest import KeyCredentials, digest
+from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
+from fedprompt.crypto.pki import CertificateAuthority
+from fedprompt.crypto.sealing import new_exchange_key, open_for_group, public_bytes
+from fedprompt.crypto.threshold import ThresholdParams
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, NotSelected, PreconditionFailed
+from fedprompt.participant.keys import key_dir
+from fedprompt.participant.threshold_keys import ThresholdKeys
+from fedprompt.protocol import ThresholdKeyState
+from fedprompt.wire.threshold import pack_version, unpack_version
+
+JOB = "job-th"
+MEMBERS = ("participant:a", "participant:b", "participant:c")
+SIZE = 300
+PARAMS = ThresholdParams(members=3)
+
+
+class Door:
+    """One member's calls to the relay, with its identity, as the coordinator's servicer would make them."""
+
+    def __init__(self, relay: ThresholdRelay, who: str) -> None:
+        self.relay, self.who = relay, who
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        return self.relay.state_for(self.who)
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        self.relay.publish_share(self.who, share, attestation)
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        self.relay.deal(self.who, sealed)
+
+
+class Site:
+    def __init__(self, who: str, root: Path, credentials: KeyCredentials) -> None:
+        self.who, self.state, self.credentials = who, root / who.split(":")[1], credentials
+        self.exchange = new_exchange_key()
+        self.keys = self.start()
+
+    def start(self) -> ThresholdKeys:
+        return ThresholdKeys(JOB, MEMBERS, self.who, PARAMS, self.exchange, self.state, self.credentials)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[ThresholdRelay, dict[str, Site]]:
+    """Key setup through the relay: every member registers its attested exchange key, then each looks at the
+    relay until its key is ready (publish its share, deal once all exchange keys verified, accept)."""
+    root = tmp_path_factory.mktemp("threshold")
+    ca = CertificateAuthority.init(root / "ca")
+    relay = ThresholdRelay(JOB, MEMBERS, PARAMS)
+    sites = {}
+    for who in MEMBERS:
+        key, cert = ca.issue(who, root / "certs" / who.split(":")[1])
+        sites[who] = Site(who, root, KeyCredentials.from_files(ca.ca_cert_path, cert, key))
+        exchange = public_bytes(sites[who].exchange)
+        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
+    for _ in range(3):
+        done = [site.keys.refresh(Door(relay, who)) for who, site in sites.items()]
+    assert all(done) and relay.ready
+    return relay, sites
+
+
+def _round(relay: ThresholdRelay, sites: dict[str, Site], round_: int, uploaders: tuple[str, ...],
+           rng: np.random.Generator, attempt_round: ThresholdRound | None = None
+           ) -> tuple[ThresholdRound, np.ndarray, float]:
+    machine = attempt_round or ThresholdRound(relay, round_, SIZE)
+    expected, weight = np.zeros(SIZE), 0.0
+    for who in uploaders:
+        update, examples = rng.normal(0, 0.1, SIZE), float(rng.integers(5, 40))
+        machine.add(who, machine.attempt, sites[who].keys.encrypt(update * examples, examples, round_,
+                                                                  machine.attempt), examples)
+        expected, weight = expected + update * examples, weight + examples
+    return machine, expected, weight
+
+
+def _online(*dropped: str) -> Callable[[str], bool]:
+    return lambda who: who not in dropped
+
+
+def test_key_setup_gives_every_member_the_same_collective_key_and_keeps_its_share_private(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    relay, sites = federation
+    assert {site.keys.context.key_id for site in sites.values()} == {relay.context.key_id}
+    assert len({site.keys.group for site in sites.values()}) == 1
+    for site in sites.values():
+        files = sorted(key_dir(site.state, JOB).iterdir())
+        assert {f.name for f in files} >= {"threshold.secret", "threshold.dealing", "threshold.received"}
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    # what the relay holds: public shares, attestations and sealed blobs, never a group-key contribution
+    state = relay.state_for(MEMBERS[0])
+    assert all(sites[MEMBERS[0]].keys._dealing[0] not in blob for _, blob in state.dealt)
+
+
+def test_a_round_completes_with_one_member_dropped_after_uploading_and_only_members_combine(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """n = 3, t = 2: all three upload, c drops; a and b decrypt; every member (c on return too) combines."""
+    relay, sites = federation
+    machine, expected, weight = _round(relay, sites, 1, MEMBERS, np.random.default_rng(1))
+    decryption = machine.close(_online("participant:c"))
+    assert decryption is not None and decryption.decryptors == ("participant:a", "participant:b")
+    for who in decryption.decryptors:
+        decryption.submit(who, sites[who].keys.decryption_share(
+            decryption.aggregate, SIZE, 1, 0, decryption.uploaders, decryption.decryptors))
+    assert decryption.complete
+    stored = decryption.version()  # the global version every member downloads and combines itself
+    for who in MEMBERS:
+        total, got = sites[who].keys.open_version(stored, SIZE)
+        assert got == pytest.approx(weight, abs=1e-3)
+        assert np.abs(total - expected).max() <= 1e-4
+    with pytest.raises(InvalidUpdate, match="shares do not match"):
+        unpack_version(pack_version(dataclasses.replace(unpack_version(stored), decryptors=MEMBERS)))
+    # the coordinator holds the aggregate and t shares, but the shares are sealed under the members' group key
+    with pytest.raises(InvalidCiphertext, match="does not open"):
+        open_for_group(decryption.shares["participant:a"], bytes(32), JOB, "1", "0", "participant:a")
+    with pytest.raises(NotSelected):
+        decryption.submit("participant:c", b"x")
+
+
+def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    relay, sites = federation
+    rng = np.random.default_rng(2)
+    machine, _, _ = _round(relay, sites, 2, MEMBERS, rng)
+    first = machine.close(_online())
+    assert first is not None
+    late = first.missing[-1]
+    for who in first.decryptors:
+        if who != late:
+            first.submit(who, sites[who].keys.decryption_share(first.aggregate, SIZE, 2, 0, first.uploaders,
+                                                               first.decryptors))
+    assert machine.expire() == 1
+    with pytest.raises(InvalidValue, match="already used"):  # one upload per member and round attempt...
+        sites[MEMBERS[0]].keys.encrypt(np.zeros(SIZE), 1.0, 2, 0)
+    back = tuple(m for m in MEMBERS if m != late)
+    with pytest.raises(InvalidUpdate, match="not seeded for round 2 attempt 1"):  # a stale upload is refused
+        machine.add(back[0], 1, sites[back[0]].keys.encrypt(np.zeros(SIZE), 1.0, 2, 5), 1.0)
+    machine, expected, weight = _round(relay, sites, 2, back, rng, machine)  # ...so the retry uploads afresh
+    retry = machine.close(_online(late))
+    assert retry is not None and late not in retry.decryptors and retry.attempt == 1
+    for who in retry.decryptors:
+        retry.submit(who, sites[who].keys.decryption_share(retry.aggregate, SIZE, 2, 1, retry.uploaders,
+                                                           retry.decryptors))
+    total, got = sites[back[0]].keys.combine(retry.aggregate, SIZE, 2, 1, retry.uploaders, retry.shares,
+                                             retry.declared_weight)
+    assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+
+
+def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    relay, sites = federation
+    machine, expected, weight = _round(relay, sites, 3, MEMBERS, np.random.default_rng(3))
+    decryption = machine.close(_online())
+    assert decryption is not None
+    first = decryption.decryptors[0]
+    decryption.submit(first, sites[first].keys.decryption_share(decryption.aggregate, SIZE, 3, 0,
+                                                                decryption.uploaders, decryption.decryptors))
+    for site in sites.values():
+        site.keys = site.start()  # a daemon restart: everything from the state directory
+        assert site.keys.ready and site.keys.context.key_id == relay.context.key_id
+    with pytest.raises(InvalidValue, match="already used"):  # the record of the share survived the restart
+        sites[first].keys.decryption_share(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
+                                           decryption.decryptors)
+    with pytest.raises(InvalidValue, match="already used"):
+        sites[first].keys.encrypt(np.zeros(SIZE), 1.0, 3, 0)
+    for who in decryption.missing:
+        decryption.submit(who, sites[who].keys.decryption_share(decryption.aggregate, SIZE, 3, 0,
+                                                                decryption.uploaders, decryption.decryptors))
+    total, got = sites[MEMBERS[2]].keys.combine(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
+                                                decryption.shares, decryption.declared_weight)
+    assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+    with pytest.raises(InvalidValue, match="examples its uploaders declared"):  # the weight-slot check
+        sites[MEMBERS[2]].keys.combine(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
+                                       decryption.shares, decryption.declared_weight + 7)
+
+
+def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path: Path) -> None:
+    """An active relay that hands out a key share of its own making for a member: its signature fails."""
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    relay = ThresholdRelay(JOB, MEMBERS, PARAMS)
+    sites = {}
+    for who in MEMBERS:
+        key, cert = ca.issue(who, tmp_path / who.split(":")[1])
+        sites[who] = Site(who, tmp_path, KeyCredentials.from_files(ca.ca_cert_path, cert, key))
+        exchange = public_bytes(sites[who].exchange)
+        relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
+    for who in MEMBERS[1:]:
+        sites[who].keys.refresh(Door(relay, who))
+    forged = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key())
+    relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        sites[MEMBERS[1]].keys.refresh(Door(relay, MEMBERS[1]))
+    assert not sites[MEMBERS[1]].keys.ready
+
+
+def test_decryptors_are_t_online_members_rotating_with_the_round() -> None:
+    members = ("a", "b", "c", "d", "e")
+    assert pick_decryptors(members, _online(), 3, 0) == ("a", "b", "c")
+    assert pick_decryptors(members, _online(), 3, 2) == ("c", "d", "e")
+    assert pick_decryptors(members, _online("a", "b"), 3, 0) == ("c", "d", "e")
+    assert pick_decryptors(members, _online(), 3, 0, avoid=("a",)) == ("b", "c", "d")
+    assert pick_decryptors(members, _online("a", "b", "c"), 3, 0) is None
+
+
+def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    relay, sites = federation
+    share, attestation = relay.shares[MEMBERS[0]]
+    with pytest.raises(NotEnrolled):
+        relay.publish_share("participant:z", share)
+    with pytest.raises(DuplicateUpdate):
+        relay.publish_share(MEMBERS[0], share, attestation)
+    with pytest.raises(InvalidUpdate, match="bytes"):
+        relay.publish_share(MEMBERS[0], share[:-8])
+    fresh = ThresholdRelay("job-other", MEMBERS, PARAMS)
+    with pytest.raises(InvalidUpdate, match="each of the 2 other members"):
+        fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})
+    with pytest.raises(PreconditionFailed, match="key setup"):
+        ThresholdRound(fresh, 1, SIZE)
+
+
+def test_a_member_stops_decrypting_before_its_smudging_budget_is_spent(tmp_path: Path) -> None:
+    """``max_decryptions`` (the Q of the smudging bound) counts chunk decryptions per member, across restarts."""
+    params = ThresholdParams(members=3, max_decryptions=2)
+    relay = ThresholdRelay(JOB, MEMBERS, params)
+    keys = {}
+    for who in MEMBERS:
+        exchange = new_exchange_key()
+        keys[who] = ThresholdKeys(JOB, MEMBERS, who, params, exchange, tmp_path / who.split(":")[1])
+        relay.register(who, public_bytes(exchange))
+    for _ in range(2):
+        for who in MEMBERS:
+            keys[who].refresh(Door(relay, who))
+    pair, first = MEMBERS[:2], MEMBERS[0]
+    for round_ in (1, 2, 3):
+        machine = ThresholdRound(relay, round_, SIZE)
+        for who in MEMBERS:
+            machine.add(who, 0, keys[who].encrypt(np.ones(SIZE), 1.0, round_, 0), 1.0)
+        decryption = machine.close(_online())
+        assert decryption is not None
+        if round_ == 3:
+            keys[first] = ThresholdKeys(JOB, MEMBERS, first, params, new_exchange_key(),
+                                        tmp_path / first.split(":")[1])  # restarted: the count survives
+            with pytest.raises(InvalidValue, match="max_decryptions = 2"):
+                keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
+        else:
+            keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
