@@ -111,8 +111,14 @@ def model_card(config: JobConfig, facts: CardFacts, task: dict[str, Any], base: 
              "prefix": f"{config.model.prompt_length} virtual tokens at every layer (prefix tuning, no projection)",
              "lora": f"rank {peft.lora_rank}, alpha {peft.lora_alpha}, dropout {peft.lora_dropout}, target modules "
                      f"{', '.join(peft.lora_target_modules) or 'peft default'}"}[peft.method]
-    he = (f"CKKS (TenSEAL), polynomial degree {config.he.poly_modulus_degree}; the coordinator holds no key"
-          if config.he.enabled else "off (plaintext aggregation)")
+    he = "off (plaintext aggregation)"
+    if config.he.threshold_mode:
+        params = config.he.threshold_params(len(config.job.allowed_participants))
+        he = (f"threshold CKKS: any {params.t} of the {params.members} members decrypt, fewer learn nothing; "
+              "the coordinator holds no key share")
+    elif config.he.enabled:
+        he = (f"single-key CKKS (TenSEAL), polynomial degree {config.he.poly_modulus_degree}, one key held by "
+              "every member; the coordinator holds no key")
     privacy = facts.privacy
     unknown = "not known here"
     record = (f"ε = {_fmt(privacy.get('epsilon'))}, δ = {_fmt(privacy.get('delta'))} spent (budget ε = "

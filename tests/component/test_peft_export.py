@@ -126,6 +126,12 @@ def test_the_card_reports_privacy_spent_at_both_levels(tiny_causal_dir: Path, tm
     assert rows["record-level DP"] == "ε = 2.5, δ = 1e-05 spent (budget ε = 8)"
     assert rows["participant-level DP"] == "ε = 11.25, δ = 0.001 spent"
     assert rows["rounds completed"] == "4 of 2" and rows["participants"] == "5"
+    assert rows["homomorphic encryption"] == "off (plaintext aggregation)"
+    members = ("site-0", "site-1", "site-2", "site-3", "site-4")
+    threshold = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=members),
+                                    he=HESection(enabled=True, mode="threshold", threshold=3))
+    rows = card_rows(export_peft(trained_like(config), dump_toml(threshold), tmp_path / "t", facts, "9.9.9"))
+    assert rows["homomorphic encryption"].startswith("threshold CKKS: any 3 of the 5 members decrypt")
     assert rows["label words"] == "bad, good" and rows["backbone kind"] == "causal"
     assert rows["fedprompt version"] == "9.9.9"
 
@@ -228,7 +234,7 @@ def test_a_key_holder_exports_the_encrypted_jobs_global_it_decrypted(tiny_causal
     assert (code, out) == (0, f"wrote {adapter}\n"), err
     assert max_diff_to_fedprompt(vector, config, tiny_causal_dir, adapter) <= TOLERANCE
     rows = card_rows(adapter)
-    assert rows["homomorphic encryption"].startswith("CKKS (TenSEAL)")
+    assert rows["homomorphic encryption"].startswith("single-key CKKS (TenSEAL)")
     epsilon = float(rows["record-level DP"].split("ε = ", 1)[1].split(",", 1)[0])
     assert 0 < epsilon <= 50 and "δ = 1e-05 spent" in rows["record-level DP"]
     assert rows["rounds completed"] == "1 of 1" and rows["participants"] == "not known here"
