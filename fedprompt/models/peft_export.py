@@ -19,6 +19,11 @@ was trained with ``[CLS]`` at position 0; peft's forward would put it before ``[
 position and scores differently (0.602 against 0.644 in issue 31).  Moving fedprompt's placement would change
 what every trained encoder prompt means and the demo's accuracy, so the export instead says where the prompt
 goes and the README's loader builds the input from peft's loaded prompt (``PeftModel.get_prompt``).
+
+Task types: ``CAUSAL_LM`` on causal models (labels are next-token logits of label words), ``FEATURE_EXTRACTION``
+on encoders rather than ``SEQ_CLS``: the cosine head reads the normalised mean of all hidden states, which no
+transformers sequence-classification head computes (they read ``[CLS]`` or the pooler through a plain linear
+layer), so the head ships beside the adapter instead of being mapped onto one.
 """
 
 from __future__ import annotations
