@@ -240,6 +240,12 @@ def test_a_key_holder_exports_the_encrypted_jobs_global_it_decrypted(tiny_causal
     assert rows["rounds completed"] == "1 of 1" and rows["participants"] == "not known here"
     assert "the state of " in (adapter / "README.md").read_text()
 
+    copy = tmp_path / "copy.safetensors"
+    code, out, err = fedprompt(capfd, "participant", "export", "--state-dir", str(state), "--format", "prompt",
+                               "--out", str(copy))
+    assert (code, out) == (0, f"wrote {copy}\n"), err
+    np.testing.assert_array_equal(load_prompt(copy)[0], vector)
+
     nothing = tmp_path / "fresh-state"
     nothing.mkdir()
     code, out, err = fedprompt(capfd, "participant", "export", "--state-dir", str(nothing), "--out",
