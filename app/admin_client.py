@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from fedprompt.errors import FedPromptError
 from fedprompt.promptfile import load_prompt, save_prompt
@@ -73,6 +74,12 @@ class AdminClient:
 
     def export(self, job_id: str, out: Path, version: int | None = None) -> Path:
         """Fetch a global prompt (``version`` None: the latest) and save it with its job config as safetensors."""
+        vector, config_toml, stored = self.fetch_global(job_id, version)
+        save_prompt(out, vector, config_toml, stored, job_id)
+        return out
+
+    def fetch_global(self, job_id: str, version: int | None = None) -> tuple[np.ndarray, str, int]:
+        """A plaintext job's global vector (``version`` None: the latest), its job config and its version."""
         try:
             stream = self.stub.ExportPrompt(admin_pb2.ExportPromptRequest(job_id=job_id, version=version),
                                             timeout=self.timeout_s)
@@ -85,7 +92,5 @@ class AdminClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         payload = assembler.finish()
-        vector = decode_vector(payload, payload.vector_size)
-        save_prompt(out, vector, first.job_config_toml, payload.round, job_id)
-        return out
+        return decode_vector(payload, payload.vector_size), first.job_config_toml, payload.round
 

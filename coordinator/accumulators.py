@@ -240,7 +240,8 @@ class EncryptedAccumulator(Accumulator):
 
     def export_refusal(self, job_id: str) -> str:
         return (f"job {job_id} is encrypted: the coordinator holds no decrypted prompt; every key holder writes "
-                "it to its state directory (prompt-latest.safetensors)")
+                "it to its state directory (prompt-latest.safetensors); export it there with `fedprompt participant "
+                "export --state-dir DIR --format peft --out DIR`")
 
 
 class GramFold(Fold):

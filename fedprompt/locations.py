@@ -23,6 +23,9 @@ BUILTIN_MODELS = {
 SCORER_FORMAT = 1
 #: The files of an exported scoring graph's directory (see ``fedprompt.models.export``).
 GRAPH_FILE, TOKENIZER_FILE, META_FILE = "scorer.onnx", "tokenizer.json", "scorer.json"
+#: A participant's latest global version (in encrypted jobs: the one it decrypted), a prompt file in its
+#: state directory, read by ``fedprompt participant export``.
+LATEST_PROMPT = "prompt-latest.safetensors"
 
 
 def package_dir(package: str, what: str = "package") -> Path:

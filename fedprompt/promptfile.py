@@ -30,6 +30,12 @@ def save_prompt(path: Path, vector: np.ndarray, config_toml: str, version: int, 
 def load_prompt(path: Path) -> tuple[np.ndarray, str]:
     """Read a prompt file written by ``save_prompt``: (vector, job config TOML).  A missing file, a file that is
     not safetensors, or one without a finite 1-D float prompt and its job config is a ``FileError`` naming it."""
+    vector, config_toml, _ = read_prompt(path)
+    return vector, config_toml
+
+
+def read_prompt(path: Path) -> tuple[np.ndarray, str, dict[str, str]]:
+    """``load_prompt`` with the file's metadata (``version``, ``job_id``)."""
     from safetensors import SafetensorError, safe_open
 
     if not Path(path).is_file():
@@ -48,4 +54,4 @@ def load_prompt(path: Path) -> tuple[np.ndarray, str]:
     if vector.ndim != 1 or vector.dtype != np.float32 or not np.isfinite(vector).all():
         raise FileError(f"{path}: prompt_vector must be a finite 1-D float32 vector, got {vector.dtype} "
                         f"{list(vector.shape)}")
-    return vector, metadata["job_config_toml"]
+    return vector, metadata["job_config_toml"], metadata

@@ -42,9 +42,14 @@ from fedprompt.models.classifier import PromptClassifier
 from fedprompt.participant.learner import Learner
 from fedprompt.participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
 from fedprompt.privacy import calibrate_noise, create_accountant
-from fedprompt.protocol import PrivacyReport
+from fedprompt.protocol import PrivacyReport, checked_job_id
 
 log = structlog.get_logger("participant.dp")
+
+def ledger_path(state_dir: Path, job_id: str) -> Path:
+    """Where a site keeps a job's record-level accountant (its privacy ledger) in its state directory."""
+    return state_dir / "dp" / f"{checked_job_id(job_id, 'privacy ledger')}.json"
+
 
 class RecordAccountant:
     """A record-level accountant whose ``state_dict`` lives in a JSON file (``None``: in memory only)."""

@@ -46,6 +46,7 @@ from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, label_indices
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import DuplicateUpdate, FedPromptError, InvalidRequest, PermissionDenied, PreconditionFailed
+from fedprompt.locations import LATEST_PROMPT
 from fedprompt.participant.codec import PayloadCodec, job_codec
 from fedprompt.participant.fewshot import PseudoLabeller
 from fedprompt.participant.keys import KeyHolder
@@ -146,10 +147,9 @@ class ParticipantRuntime:
             self.keys = KeyHolder(self.link, self.config.he_params(description.gram_defence), description.job_id,
                                   self.state_dir, self.credentials)
         if self.config.dp.enabled:  # config validation keeps DP to gradient jobs
-            from fedprompt.participant.dp import SitePrivacy
+            from fedprompt.participant.dp import SitePrivacy, ledger_path
 
-            ledger = (self.state_dir / "dp" / f"{checked_job_id(description.job_id, 'privacy ledger')}.json"
-                      if self.state_dir is not None else None)
+            ledger = ledger_path(self.state_dir, description.job_id) if self.state_dir is not None else None
             self.privacy = SitePrivacy(self.config, len(self.site.train), ledger)
         info = self._join_request(description.job_id)
         self.info = info
@@ -214,7 +214,7 @@ class ParticipantRuntime:
             assert self.info is not None
             (self.state_dir / "globals").mkdir(parents=True, exist_ok=True)
             np.save(self.state_dir / "globals" / f"version-{version:04d}.npy", vector)
-            save_prompt(self.state_dir / "prompt-latest.safetensors", vector, self.config_toml, version,
+            save_prompt(self.state_dir / LATEST_PROMPT, vector, self.config_toml, version,
                         self.info.job_id)
 
     def handle(self, task: Task) -> None:

@@ -56,6 +56,6 @@ def job(members: int, seeded: bool = False) -> Job:
     return Job(params, context, parties, keys, PublicContext(context.public_bytes(), params.ckks, context.key_id))
 
 
-def corr(a: np.ndarray, b: np.ndarray) -> float:
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation: how much of ``b`` an attacker's guess ``a`` recovers."""
     return float(np.corrcoef(a, b)[0, 1])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedprompt.app.adapter_export import FORMATS
 from fedprompt.app.cli import ca
 from fedprompt.app.cli.common import (
     DEFAULT_COORDINATOR,
@@ -125,6 +126,20 @@ def _show(args: argparse.Namespace, found: Any, as_table: Callable[[Any], None])
         as_table(found)
 
 
+def _export_peft(client: AdminClient, args: argparse.Namespace) -> Path:
+    """A plaintext job's global as a peft adapter directory with its model card (``fedprompt.app.adapter_export``)."""
+    from fedprompt.app.adapter_export import CardFacts, export_peft
+    from fedprompt.app.cli import installed_version
+    from fedprompt.app.report import privacy_spent
+
+    vector, config_toml, version = client.fetch_global(args.job, args.version)
+    view = client.status(args.job)
+    facts = CardFacts(job_id=view.job_id, version=version, source="the coordinator (`fedprompt admin export`)",
+                      rounds_completed=len({r.round for r in view.rounds if r.state == "done"}),
+                      participants=view.participants, privacy=privacy_spent(view))
+    return export_peft(vector, config_toml, Path(args.out), facts, installed_version())
+
+
 def cmd_admin(args: argparse.Namespace) -> int:
     from fedprompt.config import read_toml_text
     from fedprompt.files import writable
@@ -133,7 +148,12 @@ def cmd_admin(args: argparse.Namespace) -> int:
     # before any call is made
     config_toml = read_toml_text(args.config, "job config") if args.admin_cmd == "create" else ""
     if args.admin_cmd == "export":
-        writable(args.out, "--out")
+        from fedprompt.app.adapter_export import out_directory
+
+        if args.format == "peft":
+            out_directory(args.out)
+        else:
+            writable(args.out, "--out")
     client = _admin(args)
     try:
         if args.admin_cmd == "create":
@@ -156,7 +176,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
         elif args.admin_cmd == "release":
             print(client.release(args.job, args.participant))
         elif args.admin_cmd == "export":
-            out = client.export(args.job, Path(args.out), args.version)
+            out = (_export_peft(client, args) if args.format == "peft"
+                   else client.export(args.job, Path(args.out), args.version))
             print(f"wrote {out}")
     finally:
         client.close()
@@ -199,10 +220,15 @@ def register(sub: Subparsers) -> None:
                           "fedprompt admin release rt-sentiment participant:bank-c")
     release.add_argument("job", help=JOB_HELP)
     release.add_argument("participant", help="the quarantined participant's identity, e.g. participant:bank-c")
-    export = add_command(asub, "export", "save the global prompt to a file usable by `fedprompt predict`",
-                         "fedprompt admin export rt-sentiment --out prompt.safetensors")
+    export = add_command(asub, "export", "save a plaintext job's global prompt or adapter: a file for `fedprompt "
+                                         "predict`, or a peft adapter directory any Hugging Face user can load",
+                         "fedprompt admin export rt-sentiment --format peft --out rt-adapter")
     export.add_argument("job", help=JOB_HELP)
-    export.add_argument("--out", required=True, help="file to write: the prompt and the job's config (safetensors)")
+    export.add_argument("--out", required=True, help="--format prompt: the file to write (safetensors: the prompt and "
+                                                     "the job's config); peft: a new or empty directory")
+    export.add_argument("--format", choices=FORMATS, default="prompt",
+                        help="prompt (default): fedprompt's prompt file; peft: adapter_config.json, "
+                             "adapter_model.safetensors, fedprompt_task.json (+ the head) and a model card README.md")
     export.add_argument("--version", type=int, help="global version, 0 = the initial prompt (default: the latest)")
     audit = add_command(asub, "audit", "the admin actions recorded (who, when, what, and whether it was refused), "
                                        "oldest first", "fedprompt admin audit --job rt-sentiment --limit 20")

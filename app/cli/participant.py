@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedprompt.app.adapter_export import FORMATS
 from fedprompt.app.cli.common import (
     FORMAT_FLAGS,
     add_command,
@@ -14,6 +16,8 @@ from fedprompt.app.cli.common import (
     coordinator_default,
     parse_overrides,
 )
+from fedprompt.errors import FileError
+from fedprompt.locations import LATEST_PROMPT
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -40,8 +44,33 @@ def cmd_participant_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_participant_export(args: argparse.Namespace) -> int:
+    """The latest global this site holds (decrypted, in encrypted jobs) as a prompt file or a peft adapter."""
+    from fedprompt.app.adapter_export import export_peft, out_directory, site_facts
+    from fedprompt.app.cli import installed_version
+    from fedprompt.files import writable
+    from fedprompt.promptfile import read_prompt, save_prompt
+
+    if args.format == "peft":
+        out_directory(args.out)
+    else:
+        writable(args.out, "--out")
+    latest = Path(args.state_dir) / LATEST_PROMPT
+    if not latest.exists():
+        raise FileError(f"--state-dir {args.state_dir}: holds no global version yet ({LATEST_PROMPT} is written "
+                        "when this site first downloads or decrypts one)")
+    vector, config_toml, meta = read_prompt(latest)
+    if args.format == "peft":
+        export_peft(vector, config_toml, Path(args.out), site_facts(Path(args.state_dir), config_toml, meta),
+                    installed_version())
+    else:
+        save_prompt(Path(args.out), vector, config_toml, int(meta.get("version", 0)), meta.get("job_id", ""))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def register(sub: Subparsers) -> None:
-    """``participant run``."""
+    """``participant run`` and ``participant export``."""
     part = add_command(sub, "participant", "run a participant daemon",
                         "fedprompt participant run --config examples/participant.toml"
                         ).add_subparsers(dest="sub", required=True)
@@ -64,3 +93,13 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.set_defaults(fn=cmd_participant_run)
+    export = add_command(part, "export", "save the latest global this site holds (in encrypted jobs: the one it "
+                                         "decrypted) as a prompt file or a peft adapter directory",
+                         "fedprompt participant export --state-dir state/hospital-a --format peft --out rt-adapter")
+    export.add_argument("--state-dir", dest="state_dir", required=True, help="the site's --state-dir")
+    export.add_argument("--out", required=True, help="--format prompt: the file to write; peft: a new or empty "
+                                                     "directory")
+    export.add_argument("--format", choices=FORMATS, default="peft",
+                        help="peft (default): a peft adapter directory with a model card; prompt: fedprompt's "
+                             "prompt file for `fedprompt predict`")
+    export.set_defaults(fn=cmd_participant_export)

@@ -306,6 +306,13 @@ class PromptClassifier(nn.Module):
         """The frozen PLM's parameters (LoRA's, injected into its layers, are not)."""
         return sum(p.numel() for p in self.backbone.parameters() if not p.requires_grad)
 
+    @property
+    def peft_model(self) -> PeftModel:
+        """The peft wrapper of a ``prefix`` or ``lora`` adapter (what peft saves); a shallow prompt has none."""
+        if not self._peft:
+            raise ConfigError(f"peft.method = {self.method!r} is fedprompt's own prompt, not a peft model")
+        return self._peft[0]
+
     def peft_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter's trained state as peft saves it (``get_peft_model_state_dict``); empty for a shallow prompt."""
         if not self._peft:

@@ -176,7 +176,11 @@ def test_every_listing_command_takes_format_json() -> None:
     listings = {"fedprompt admin status", "fedprompt admin jobs", "fedprompt admin participants",
                 "fedprompt admin flags", "fedprompt admin audit", "fedprompt admin ca list"}
     taking = {command.prog for command in commands(build_parser()) if "--format" in command._option_string_actions}
-    assert taking == listings
+    exports = {"fedprompt admin export", "fedprompt participant export"}  # their --format is the file's: prompt|peft
+    assert taking == listings | exports
+    for command in commands(build_parser()):
+        if command.prog in exports:
+            assert command._option_string_actions["--format"].choices == ("prompt", "peft")
     for prog in listings:
         argv = [*prog.split()[1:], *(["job"] if prog.endswith(("status", "flags")) else []),
                 *(["--dir", "ca"] if prog.endswith("list") else []), "--format", "json"]

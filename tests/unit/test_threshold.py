@@ -13,7 +13,7 @@ from fedprompt.crypto import shamir
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, ThresholdContext, ThresholdParams
-from tests.thresholds import SIZE, Job, job
+from tests.thresholds import SIZE, Job, correlation, job
 
 
 def aggregate(j: Job, seed: int = 0) -> tuple[bytes, np.ndarray, float]:
@@ -163,7 +163,7 @@ def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_hon
     corr = {}
     for name, key in guesses.items():
         plain = ring.plaintext((c0 + c1 * key[:1]) % q1, list(ct.parms_id()), ct.scale)
-        corr[name] = corr(j.context.decode([plain])[:SIZE], honest)
+        corr[name] = correlation(j.context.decode([plain])[:SIZE], honest)
     assert corr.pop("collective secret (control)") > 0.999
     assert all(abs(c) < 0.06 for c in corr.values()), corr
 

@@ -13,7 +13,7 @@ from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.threshold import ThresholdContext
 from fedprompt.crypto.threshold_seeded import UploadRound
-from tests.thresholds import SIZE, Job, job
+from tests.thresholds import SIZE, Job, correlation, job
 
 SEED = b"job-seed"
 
@@ -145,7 +145,7 @@ def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_hon
     corr = {}
     for name, key in guesses.items():
         plain = ring.plaintext((c0 + a * key[:1]) % q1, list(ct.parms_id()), ct.scale)
-        corr[name] = corr(j.context.decode([plain])[:SIZE], honest)
+        corr[name] = correlation(j.context.decode([plain])[:SIZE], honest)
     assert corr.pop("honest member's secret (control)") > 0.999
     assert all(abs(c) < 0.06 for c in corr.values()), corr
 
