@@ -124,15 +124,15 @@ def collusion_and_dropout(keyed: Keyed, vector_size: int, round: int, seed: int 
 
 
 def key_substitution(keyed: Keyed) -> dict[str, bool]:
-    """A relay swaps member 1's signed exchange key and public-key share for its own, five ways; each must be
-    refused by ``crypto.attest`` under real certificates of a real federation CA (made in a temporary directory),
-    while the member's genuine statement verifies (the control)."""
-    exchange = sealing.public_bytes(sealing.new_exchange_key())
-    relay_key = sealing.public_bytes(sealing.new_exchange_key())
-    share = np.asarray(keyed.public_shares[0], dtype=np.uint64).tobytes()
-    relay_share = np.asarray(keyed.public_shares[1], dtype=np.uint64).tobytes()
-    genuine, swapped = (digest(exchange), digest(share)), (digest(relay_key), digest(relay_share))
+    """A relay puts its own X25519 exchange key and public-key share in place of member 1's, each signed by the
+    member as the round path signs them (``participant.threshold_keys``: purposes ``exchange`` and ``key-share``),
+    in five ways per key; every one must be refused by ``crypto.attest`` under real certificates of a real
+    federation CA (made in a temporary directory), while the member's genuine statements verify (the control)."""
+    keys = {"exchange": (sealing.public_bytes(sealing.new_exchange_key()),
+                         sealing.public_bytes(sealing.new_exchange_key())),
+            "key-share": tuple(np.asarray(share, dtype=np.uint64).tobytes() for share in keyed.public_shares[:2])}
     job, member = "bench-threshold", "participant:site-1"
+    out: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="fedprompt-bench-ca-") as tmp:
         ca = CertificateAuthority.init(Path(tmp) / "ca")
 
@@ -143,26 +143,30 @@ def key_substitution(keyed: Keyed) -> dict[str, bool]:
         site, other = credentials(member), credentials("participant:site-2")
         relay = credentials("coordinator:relay", sans=["localhost"])
         trust = KeyTrust(load_cert(ca.ca_cert_path))
-        older = site.signer.sign(job, "exchange", genuine)
-        statement = site.signer.sign(job, "exchange", genuine)
-        relay_statement = relay.signer.sign(job, "exchange", swapped).replace(b"coordinator:relay", member.encode())
-        attempts = {
-            "the member's statement with the relay's keys": (statement, swapped),
-            "the member's statement with its digests rewritten to the relay's keys":
-                (statement.replace(genuine[0].hex().encode(), swapped[0].hex().encode()), (swapped[0], genuine[1])),
-            "the relay's own statement relabelled as the member's": (relay_statement, swapped),
-            "another site's statement for the relay's keys": (other.signer.sign(job, "exchange", swapped), swapped),
-            "the member's older statement replayed after its newer one": (older, genuine),
-        }
-        out = {"genuine statement verifies": _verifies(trust, statement, job, member, genuine)}
-        out.update({f"refused: {name}": not _verifies(trust, blob, job, member, keys)
-                    for name, (blob, keys) in attempts.items()})
+        for purpose, (own, relays) in keys.items():
+            genuine, swapped = (digest(own),), (digest(relays),)
+            older = site.signer.sign(job, purpose, genuine)
+            statement = site.signer.sign(job, purpose, genuine)
+            attempts = {
+                "the member's statement with the relay's key": (statement, swapped),
+                "the member's statement with its digest rewritten to the relay's key":
+                    (statement.replace(genuine[0].hex().encode(), swapped[0].hex().encode()), swapped),
+                "the relay's own statement relabelled as the member's":
+                    (relay.signer.sign(job, purpose, swapped).replace(b"coordinator:relay", member.encode()),
+                     swapped),
+                "another site's statement for the relay's key": (other.signer.sign(job, purpose, swapped), swapped),
+                "the member's older statement replayed after its newer one": (older, genuine),
+            }
+            out[f"{purpose}: the genuine statement verifies"] = _verifies(trust, statement, job, member, purpose,
+                                                                          genuine)
+            out.update({f"{purpose}: refused: {name}": not _verifies(trust, blob, job, member, purpose, digests)
+                        for name, (blob, digests) in attempts.items()})
     return out
 
 
-def _verifies(trust: KeyTrust, blob: bytes, job: str, identity: str, keys: tuple[bytes, ...]) -> bool:
+def _verifies(trust: KeyTrust, blob: bytes, job: str, identity: str, purpose: str, keys: tuple[bytes, ...]) -> bool:
     try:
-        trust.verify(blob, job_id=job, identity=identity, purpose="exchange", digests=keys)
+        trust.verify(blob, job_id=job, identity=identity, purpose=purpose, digests=keys)
     except AttestationError:
         return False
     return True
