@@ -1,4 +1,4 @@
-"""``fedprompt simulate``: run a job with many participants in one process (no sockets)."""
+"""``fedprompt simulate``: run a job with many participants without sockets, in this process or on Ray."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedprompt.app.cli.common import add_command, add_plan_args, load_summary, parse_overrides, plan_overrides
+from fedprompt.app.engines import ENGINES
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -23,8 +24,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for path, flag in ((args.report, "--report"), (args.export, "--export")):
         if path:
             writable(path, flag)  # before the run, not after it
-    overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
+    overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation."), **engine_overrides(args)}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
+    if args.address and sim.engine.engine != "ray":
+        raise ConfigError("--address: names the Ray cluster of the ray engine; add --engine ray")
     if args.export and sim.job.levels.enabled:
         raise ConfigError("--export: with levels.enabled a site's prompt is its global, expert and personal "
                           "prompts together, so no single global prompt can be exported; turn levels off to export")
@@ -36,7 +39,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     bar = rounds_bar(sim.job.job.rounds, show=not args.no_progress)
     try:
         report = simulate(sim.job, sites, attack=sim.attack, on_round=lambda done: bar.update(done - bar.n),
-                          export=Path(args.export) if args.export else None)
+                          export=Path(args.export) if args.export else None, engine=sim.engine)
     finally:
         bar.close()
     print(round_table(report))
@@ -53,6 +56,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--engine`` and ``--address`` as the ``[simulation]`` keys they override."""
+    flags = {"simulation.engine": args.engine, "simulation.ray.address": args.address}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
 def register(sub: Subparsers) -> None:
     """``simulate``."""
     sim = add_command(sub, "simulate", "run a job with many participants in one process (no sockets)",
@@ -67,5 +76,10 @@ def register(sub: Subparsers) -> None:
                      help="write the final global prompt here, as admin export does (for predict --prompt)")
     sim.add_argument("--threads", type=int, default=1, help="torch threads for this process (default 1)")
     sim.add_argument("--no-progress", action="store_true", help="no progress bar over the rounds")
+    sim.add_argument("--engine", choices=ENGINES,
+                     help="where the sites run: inprocess (default) or ray (pip install 'fedprompt[ray]'; a local "
+                          "Ray for the run, or --address); [simulation.ray] sizes its workers")
+    sim.add_argument("--address", metavar="ADDR",
+                     help="with --engine ray: an existing Ray cluster, e.g. auto or ray://head:10001")
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)
