@@ -4,18 +4,21 @@ against the in-process engine on the same job and seed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from fedprompt.app.cli import build_parser
 from fedprompt.app.engines import EngineSection, RaySection
-from fedprompt.app.simulate import simulate
-from fedprompt.config import DPSection, JobConfig
+from fedprompt.app.simulate import simulate, simulation_text
+from fedprompt.config import DPSection, HESection, JobConfig
+from fedprompt.data.shards import DataPlan
 from fedprompt.errors import ConfigError
 from fedprompt.promptfile import load_prompt
-from tests.support import tiny_job, toy_sites
+from tests.support import tiny_job, toy_sites, write_toy_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
@@ -80,6 +83,21 @@ def test_ray_spends_the_in_process_privacy_on_a_dp_job(tiny_encoder_dir: Path, t
     assert sorted(ray["final_by_participant"]) == sorted(inprocess["final_by_participant"])
 
 
+def test_ray_runs_an_encrypted_job_to_the_in_process_result_within_ckks_noise(tiny_encoder_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """The key relay crosses workers (site 0 deals the key, the sites on the other worker receive it sealed), the
+    coordinator folds ciphertexts it cannot read, and each site rebuilds the global.  Encryption draws fresh
+    randomness, so the global equals the in-process one to CKKS precision, not to the bit."""
+    config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=3),
+                                 he=HESection(enabled=True))
+    inprocess, ray = _both(config, tmp_path)
+    assert ray["state"] == inprocess["state"] == "done"
+    assert _updates_sent(tmp_path / "ray") == _updates_sent(tmp_path / "inprocess") != []
+    assert [r["accuracy"] for r in ray["rounds"]] == [r["accuracy"] for r in inprocess["rounds"]]
+    assert np.allclose(load_prompt(tmp_path / "ray.safetensors")[0], load_prompt(tmp_path / "inprocess.safetensors")[0],
+                       rtol=0.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("ray, key", [
     (RaySection(gpus_per_worker=1.0), "simulation.ray.gpus_per_worker"),  # the test cluster has no GPU
     (RaySection(workers=3), "simulation.ray.workers"),  # 3 workers of 1 CPU on 2 CPUs would wait forever
@@ -88,3 +106,16 @@ def test_resources_the_cluster_cannot_give_are_refused_naming_the_key(tiny_encod
                                                                        key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         simulate(tiny_job(tiny_encoder_dir, rounds=1), toy_sites(3), engine=EngineSection("ray", ray))
+
+
+def test_the_simulate_command_runs_the_engine_its_file_names(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy.jsonl", 60, 5)
+    text = simulation_text(tiny_job(tiny_encoder_dir, rounds=1), DataPlan(str(data), 3, 15))
+    sim = tmp_path / "sim.toml"  # what `data prepare --write-job` writes, with the engine chosen in the file
+    sim.write_text(text.replace("[simulation]\n", '[simulation]\nengine = "ray"\n', 1)
+                   + "\n[simulation.ray]\nworkers = 2\n", encoding="utf-8")
+    args = build_parser().parse_args(["simulate", "--config", str(sim), "--no-progress", "--report",
+                                      str(tmp_path / "r.json")])
+    assert args.fn(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert (report["engine"], report["ray_workers"], report["state"]) == ("ray", 2, "done")
