@@ -53,7 +53,7 @@ class SimulationFile:
 def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[str, Any] | None = None) -> SimulationFile:
     """Parse a simulation TOML: ``[simulation]`` and ``[attack]`` are split off, the rest is the job config."""
     data = toml_mapping(text, source, overrides)
-    engine_keys, plan_keys = split_engine(data.pop("simulation", {}))
+    engine_keys, plan_keys = split_engine(data.pop("simulation", {}), DataPlan)
     engine = from_mapping(EngineSection, engine_keys, "simulation")
     simulation = from_mapping(DataPlan, plan_keys, "simulation")
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")

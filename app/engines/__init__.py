@@ -11,6 +11,7 @@ Both run the same domain code: a ``SimCoordinator`` (``engines.coordinator``) ov
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from fedprompt.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
+    from _typeshed import DataclassInstance
 
     from fedprompt.app.engines.coordinator import Outcome
     from fedprompt.app.engines.sites import SitePlan
@@ -77,10 +79,14 @@ class EngineSection:
         check(self.engine in ENGINES, f"{prefix}.engine", f"must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
-def split_engine(table: Any) -> tuple[dict[str, Any], Any]:
-    """A ``[simulation]`` table split into its engine keys and the rest (the data plan's, checked by it)."""
+def split_engine(table: Any, plan: type[DataclassInstance]) -> tuple[dict[str, Any], Any]:
+    """A ``[simulation]`` table split into its engine keys and the rest (the data ``plan``'s, checked by it); a
+    key of neither is named with every key the table takes."""
     if not isinstance(table, dict):
         return {}, table
+    allowed = {f.name for f in dataclasses.fields(plan)} | set(ENGINE_KEYS)
+    for key in table:
+        check(key in allowed, f"simulation.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
     return ({k: v for k, v in table.items() if k in ENGINE_KEYS},
             {k: v for k, v in table.items() if k not in ENGINE_KEYS})
 
