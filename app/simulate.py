@@ -1,8 +1,9 @@
-"""Many participants in one process, driving the real coordinator and participant domain code directly
-(no sockets): for experiments and benchmarks.
+"""Many participants without sockets, driving the real coordinator and participant domain code directly: for
+experiments and benchmarks.  Where they run (this process, or a Ray cluster) is the engine's business
+(``app.engines``).
 
 A simulation file is a job config plus two tables that never reach the coordinator: ``[simulation]`` (data
-and how it is dealt to sites) and ``[attack]`` (the attack simulator, ``participant.attacks``).
+and how it is dealt to sites, and the engine) and ``[attack]`` (the attack simulator, ``participant.attacks``).
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import tomli_w
 
-from fedprompt.app.attacks import Adversary, AttackSection, attack_success_rate, choose_malicious
+from fedprompt.app.attacks import AttackSection, attack_success_rate, choose_malicious
+from fedprompt.app.engines import EngineSection, open_engine, split_engine
+from fedprompt.app.engines.sites import SitePlan, site_name
 from fedprompt.app.local_link import LocalLink
 from fedprompt.app.report import build_report, privacy_spent
 from fedprompt.config import JobConfig, dump_toml, from_mapping, read_toml_text, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.coordinator.store import Store
 from fedprompt.data.datasets import Example, label_indices, majority_accuracy
 from fedprompt.data.shards import DataPlan, SiteData
-from fedprompt.participant.learners import local_learner
-from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import (
     CoordinatorLink,
     JobView,
-    TaskKind,
 )
 
 if TYPE_CHECKING:
@@ -48,16 +47,19 @@ class SimulationFile:
     job: JobConfig
     simulation: DataPlan = field(default_factory=DataPlan)
     attack: AttackSection = field(default_factory=AttackSection)
+    engine: EngineSection = field(default_factory=EngineSection)
 
 
 def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[str, Any] | None = None) -> SimulationFile:
     """Parse a simulation TOML: ``[simulation]`` and ``[attack]`` are split off, the rest is the job config."""
     data = toml_mapping(text, source, overrides)
-    simulation = from_mapping(DataPlan, data.pop("simulation", {}), "simulation")
+    engine_keys, plan_keys = split_engine(data.pop("simulation", {}), DataPlan)
+    engine = from_mapping(EngineSection, engine_keys, "simulation")
+    simulation = from_mapping(DataPlan, plan_keys, "simulation")
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
     job = from_mapping(JobConfig, data)
     attack.target_index(job.task.label_names)
-    return SimulationFile(job, simulation, attack)
+    return SimulationFile(job, simulation, attack, engine)
 
 
 def simulation_text(job: JobConfig, plan: DataPlan) -> str:
@@ -113,8 +115,10 @@ def simulate(
     link: Callable[[JobManager, str], CoordinatorLink] = LocalLink,
     asr_examples: list[Example] | None = None,
     export: Path | None = None,
+    engine: EngineSection | None = None,
 ) -> dict[str, Any]:
-    """Run a whole job in-process and return its report (the demo's keys plus ``seconds``).
+    """Run a whole job on ``engine`` (default: in-process) and return its report (the demo's keys plus
+    ``seconds`` and the engine's ``details``).
 
     With an ``attack`` (kind other than "none") the chosen sites behave maliciously and the report adds
     ``malicious``, ``asr`` (attack success rate of the final global prompt on every site's test split; for a
@@ -125,75 +129,51 @@ def simulate(
     ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
     site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
     ``state_root/<site name>``; ``link`` builds each site's ``CoordinatorLink`` (e.g. one that records every
-    message a site sends).  The report's ``final_by_participant`` holds each site's metrics on the final
+    message a site sends); ``trainer`` and ``link`` are for the in-process engine only.  The report's ``final_by_participant`` holds each site's metrics on the final
     version (its own test split); with ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
     With ``export`` the final global prompt (as the first site holds it, so also in encrypted jobs) is written
     there as a prompt file, as ``admin export`` writes one (``predict --prompt`` reads it), and the report's
     ``exported`` names it.
     """
     started = time.perf_counter()
-    if backbone is None:
-        from fedprompt.models import load_backbone  # torch: parsing a simulation file needs none
-
-        backbone = load_backbone(config.model.path, config.model.kind)
-    bb = backbone
-    jobs = JobManager(Store(":memory:"))
-    names = [f"site-{k}" for k in range(len(sites))]
+    names = [site_name(k) for k in range(len(sites))]
     enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))
-    job_id = jobs.create_job(dump_toml(enrolled))
-    job = jobs.job(job_id)
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
-    runtimes = [ParticipantRuntime(link(jobs, name), site, job_id, lambda cfg: local_learner(cfg, bb, trainer),
-                                   state_dir=state_root / name if state_root is not None else None,
-                                   behaviour=Adversary(attack, config.task.label_names, k) if k in malicious else None)
-                for k, (name, site) in enumerate(zip(names, sites, strict=True))]
-    for runtime in runtimes:
-        runtime.join()
-    exchanged = runtimes[0].learner.vector_size if runtimes[0].learner is not None else 0
-    log.info("tuning", method=config.peft.method, exchanged_floats=exchanged, plm_params=bb.num_parameters,
-             exchanged_over_plm=exchanged / bb.num_parameters)
-    job.start()
-    finished: set[int] = set()
-    while len(finished) < len(runtimes):
-        progressed = False
-        for k, runtime in enumerate(runtimes):
-            if k in finished or runtime.info is None:
-                continue
-            runtime.service_keys()
-            task = runtime.link.get_task(runtime.info.job_id, 0)
-            if task.kind is TaskKind.DONE:
-                finished.add(k)
-            elif task.kind is not TaskKind.WAIT:
-                runtime.handle(task)
-                progressed = True
-        if on_round is not None:
-            on_round(job.view())  # after every pass: a round shows once its version is evaluated
-        if not progressed and len(finished) < len(runtimes) and job.open is None and job.state.value != "running":
-            break
-    test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
-    learner = runtimes[0].learner
-    assert learner is not None
-    view = job.view()
-    extra: dict[str, Any] = {"final_by_participant": {row.participant_id: row.metrics for row in
-                                                      jobs.store.metrics(job_id, view.global_version)}}
-    if job.levels is not None:
-        extra["cohorts"] = dict(job.levels.plan.assigned)  # given by the admin or discovered
-    if attack.kind != "none":
-        extra["attack"] = attack.__dict__
-        extra["malicious"] = [names[k] for k in malicious]
-        extra["detection"] = detection_scores(view, set(extra["malicious"])) if job.aggregator.flags else None
-    if attack.kind == "backdoor" and view.global_version >= 0:
-        final = runtimes[0].global_vector(view.global_version)
-        success = attack_success_rate(lambda texts: learner.predict_proba(final, texts),
-                                      asr_examples or [ex for site in sites for ex in site.test],
-                                      config.task.label_names, attack)
-        extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
-    if export is not None and view.global_version >= 0:
-        save_prompt(export, runtimes[0].global_vector(view.global_version), dump_toml(enrolled),
-                    view.global_version, job_id)
-        extra["exported"] = str(export)
-    return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
+    plan = SitePlan(enrolled, attack, frozenset(malicious), state_root)
+    with open_engine(engine or EngineSection(), plan, sites, backbone, trainer, link) as run:
+        run.join()
+        exchanged, plm_params = run.vector_size(), run.plm_params()
+        log.info("tuning", method=config.peft.method, exchanged_floats=exchanged, plm_params=plm_params,
+                 exchanged_over_plm=exchanged / plm_params)
+        finished = False
+        while not finished:
+            progressed, finished = run.sweep()
+            if on_round is not None:
+                on_round(run.view())  # after every pass: a round shows once its version is evaluated
+            if not progressed and not finished and run.stalled():
+                break
+        outcome = run.outcome()
+        view = outcome.view
+        test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
+        extra: dict[str, Any] = {"final_by_participant": outcome.final_by_participant, **run.details}
+        if outcome.cohorts is not None:
+            extra["cohorts"] = outcome.cohorts
+        if attack.kind != "none":
+            extra["attack"] = attack.__dict__
+            extra["malicious"] = [names[k] for k in malicious]
+            extra["detection"] = detection_scores(view, set(extra["malicious"])) if outcome.flags else None
+        if attack.kind == "backdoor" and view.global_version >= 0:
+            final = run.global_vector(view.global_version)
+            success = attack_success_rate(lambda texts: run.predict_proba(final, texts),
+                                          asr_examples or [ex for site in sites for ex in site.test],
+                                          config.task.label_names, attack)
+            extra["asr"], extra["asr_triggered"] = success.rate, success.triggered
+        if export is not None and view.global_version >= 0:
+            save_prompt(export, run.global_vector(view.global_version), dump_toml(enrolled),
+                        view.global_version, view.job_id)
+            extra["exported"] = str(export)
+    return build_report(view, majority_accuracy(test_labels), exchanged, plm_params,
                         test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         peft_method=config.peft.method,
                         **privacy_spent(view), **extra)

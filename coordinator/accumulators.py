@@ -2,7 +2,9 @@
 chosen when the job is created, which opens a ``Fold`` for every round attempt.
 
 * **plain** (``PlainAccumulator``): each update is decoded and checked against the global it started from;
-  the job's aggregator combines the round's deltas when it closes.
+  the job's aggregator combines the round's deltas when it closes, in participant-id order (so the same
+  updates give the same float result whatever order they arrived in).  The encrypted sums below are
+  order-independent as they are: ciphertext addition is exact modular arithmetic.
 * **encrypted** (``EncryptedAccumulator``, ``he.enabled`` with a linear aggregator): each update is parsed
   under the job's public context and folded into the round's running ciphertext sum on arrival, so memory
   does not grow with the number of updates; the version stored is the encrypted aggregate
@@ -150,7 +152,10 @@ class PlainFold(Fold):
         self.contributions.pop(participant_id, None)
 
     def close(self, postponed: str = "") -> Outcome:
-        result = run_aggregator(self.aggregator, self.start, list(self.contributions.values()))
+        """Aggregate in participant-id order, not arrival order: float sums depend on their order, and a round's
+        updates arrive in whatever order the sites finish (several processes in ``simulate --engine ray``)."""
+        ordered = [self.contributions[p] for p in sorted(self.contributions)]
+        result = run_aggregator(self.aggregator, self.start, ordered)
         if isinstance(result, str):
             return Outcome(refusal=result)
         return Outcome(result.vector.astype("<f4").tobytes(), result.metrics, result.decision)

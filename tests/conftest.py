@@ -73,6 +73,17 @@ def tiny_causal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_cluster(model_cache: Path) -> Iterator[None]:
+    """One local Ray of 2 CPUs for every test of the Ray engine (``simulate`` uses a Ray this process started and
+    leaves it running); its workers inherit this session's environment, the model cache included."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def secret() -> SecretContext:
     """A key holder's CKKS context under the default parameters (key generation takes a second: made once)."""
     from fedprompt.crypto.ckks import CkksParams, SecretContext

@@ -8,7 +8,8 @@ import importlib
 BENCHES = {"federated": "fedprompt.app.bench.federated", "dp": "fedprompt.app.bench.dp", "fewshot": "fedprompt.app.bench.fewshot",
            "he": "fedprompt.app.bench.he", "load": "fedprompt.app.bench.load", "robust": "fedprompt.app.bench.robust",
            "blackbox": "fedprompt.app.bench.blackbox", "personal": "fedprompt.app.bench.personal",
-           "stalls": "fedprompt.app.bench.stalls", "threshold": "fedprompt.app.bench.threshold"}
+           "stalls": "fedprompt.app.bench.stalls", "threshold": "fedprompt.app.bench.threshold",
+           "simulate-scale": "fedprompt.app.bench.simulate_scale"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

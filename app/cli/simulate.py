@@ -1,4 +1,4 @@
-"""``fedprompt simulate``: run a job with many participants in one process (no sockets)."""
+"""``fedprompt simulate``: run a job with many participants without sockets, in this process or on Ray."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from fedprompt.app.cli.common import (
     parse_overrides,
     plan_overrides,
 )
+from fedprompt.app.engines import ENGINES
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -42,8 +43,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if path:
             writable(path, flag)  # before the run, not after it
     check_track(args.track)
-    overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation.")}
+    overrides = {**parse_overrides(args.set), **plan_overrides(args, "simulation."), **engine_overrides(args)}
     sim = load_simulation(args.config, overrides) if args.config else parse_simulation("", overrides=overrides)
+    if args.address and sim.engine.engine != "ray":
+        raise ConfigError("--address: names the Ray cluster of the ray engine; add --engine ray")
     if args.export and sim.job.levels.enabled:
         raise ConfigError("--export: with levels.enabled a site's prompt is its global, expert and personal "
                           "prompts together, so no single global prompt can be exported; turn levels off to export")
@@ -60,7 +63,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         feed = RoundFeed(sim.job.job.rounds, len(sites), show=not args.no_progress, tracking=track)
         try:
             report = simulate(sim.job, sites, backbone, attack=sim.attack, on_round=feed.update,
-                              export=Path(args.export) if args.export else None)
+                              export=Path(args.export) if args.export else None, engine=sim.engine)
         except BaseException:
             feed.close()
             raise
@@ -82,6 +85,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--engine`` and ``--address`` as the ``[simulation]`` keys they override."""
+    flags = {"simulation.engine": args.engine, "simulation.ray.address": args.address}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
 def register(sub: Subparsers) -> None:
     """``simulate``."""
     sim = add_command(sub, "simulate", "run a job with many participants in one process (no sockets)",
@@ -100,5 +109,10 @@ def register(sub: Subparsers) -> None:
                      help="no progress bar over the rounds (the line each round prints stays)")
     add_track_flag(sim)
     add_placement_args(sim)
+    sim.add_argument("--engine", choices=ENGINES,
+                     help="where the sites run: inprocess (default) or ray (pip install 'fedprompt[ray]'; a local "
+                          "Ray for the run, or --address); [simulation.ray] sizes its workers")
+    sim.add_argument("--address", metavar="ADDR",
+                     help="with --engine ray: an existing Ray cluster, e.g. auto or ray://head:10001")
     add_plan_args(sim)
     sim.set_defaults(fn=cmd_simulate)

@@ -21,6 +21,11 @@ from fedprompt.app.bench import BENCHES
 PROVENANCE = ("provenance.command", "provenance.commit", "provenance.dirty", "provenance.date", "provenance.machine")
 
 REPORT_KEYS: dict[str, tuple[str, ...]] = {
+    # issue 33's Must show: both engines on the same jobs, wall time, rounds, equal final metrics, Ray's speed-up
+    "simulate-scale": ("runs[].name", "runs[].participants", "runs[].per_round", "runs[].rounds",
+                       "runs[].inprocess_seconds", "runs[].ray_seconds", "runs[].ray_speedup", "runs[].ray_workers",
+                       "runs[].final_accuracy", "runs[].equal_final_metrics", "runs[].equal_final_global", "cpus",
+                       "settings.participants", "settings.synthetic_participants"),
     # issue 29's Must show, the README's robustness table and its notes
     "robust": ("rows[].defence", "rows[].he", "rows[].clean_accuracy_mean", "rows[].clean_accuracy_sd",
                "rows[].asr_mean", "rows[].asr_sd", "rows[].precision", "rows[].recall", "rows[].triggered_examples",

@@ -88,3 +88,11 @@ def test_make_setup_installs_the_tested_versions_from_the_constraints_file() -> 
     extras = [r for group in project["optional-dependencies"].values() for r in group if not r.startswith("fedprompt[")]
     for requirement in map(Requirement, [*project["dependencies"], *extras]):  # each admits its tested version
         assert requirement.specifier.contains(constraints[_name(requirement.name)], prereleases=True), requirement
+
+
+def test_make_setup_installs_the_ray_extra_so_the_tests_run_the_ray_engine() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    (editable,) = re.findall(r"pip install .*-e '\.\[([a-z,]+)\]'", makefile)
+    assert "ray" in editable.split(",")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert [_name(r) for r in extras["ray"]] == ["ray"]
