@@ -116,6 +116,7 @@ def simulate(
     asr_examples: list[Example] | None = None,
     export: Path | None = None,
     engine: EngineSection | None = None,
+    placement: tuple[str, str] = ("auto", "auto"),
 ) -> dict[str, Any]:
     """Run a whole job on ``engine`` (default: in-process) and return its report (the demo's keys plus
     ``seconds`` and the engine's ``details``).
@@ -129,7 +130,8 @@ def simulate(
     ``participant.train.memoized`` one shared by runs that replay the same rounds).  With ``state_root`` each
     site keeps its state directory (e.g. the updates it sent, ``updates/round-NNNN.npy``) under
     ``state_root/<site name>``; ``link`` builds each site's ``CoordinatorLink`` (e.g. one that records every
-    message a site sends); ``trainer`` and ``link`` are for the in-process engine only.  The report's ``final_by_participant`` holds each site's metrics on the final
+    message a site sends); ``trainer`` and ``link`` are for the in-process engine only; ``placement``
+    is the (device, dtype) the sites load the frozen PLM with where no ``backbone`` is given.  The report's ``final_by_participant`` holds each site's metrics on the final
     version (its own test split); with ``[levels]``, ``cohorts`` maps sites to their expert-level cohorts.
     With ``export`` the final global prompt (as the first site holds it, so also in encrypted jobs) is written
     there as a prompt file, as ``admin export`` writes one (``predict --prompt`` reads it), and the report's
@@ -140,7 +142,7 @@ def simulate(
     enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))
     attack = attack or AttackSection()
     malicious = choose_malicious(len(sites), attack)
-    plan = SitePlan(enrolled, attack, frozenset(malicious), state_root)
+    plan = SitePlan(enrolled, attack, frozenset(malicious), state_root, *placement)
     with open_engine(engine or EngineSection(), plan, sites, backbone, trainer, link) as run:
         run.join()
         exchanged, plm_params = run.vector_size(), run.plm_params()

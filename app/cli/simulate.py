@@ -52,18 +52,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "prompts together, so no single global prompt can be exported; turn levels off to export")
     import torch
 
-    from fedprompt.models import load_backbone, resolve_placement
+    from fedprompt.models import resolve_placement
 
-    placement = resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
+    resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
     sites, read = sim.simulation.deal(sim.job.task.label_names)
     print(load_summary(sim.simulation.dataset, read))
     torch.set_num_threads(args.threads)
-    backbone = load_backbone(sim.job.model.path, sim.job.model.kind, placement=placement)
     with tracking(args.track, "simulate", job_params(dump_toml(sim.job))) as track:
         feed = RoundFeed(sim.job.job.rounds, len(sites), show=not args.no_progress, tracking=track)
         try:
-            report = simulate(sim.job, sites, backbone, attack=sim.attack, on_round=feed.update,
-                              export=Path(args.export) if args.export else None, engine=sim.engine)
+            report = simulate(sim.job, sites, attack=sim.attack, on_round=feed.update,
+                              export=Path(args.export) if args.export else None, engine=sim.engine,
+                              placement=(args.device, args.dtype))
         except BaseException:
             feed.close()
             raise

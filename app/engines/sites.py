@@ -31,12 +31,15 @@ def site_name(k: int) -> str:
 @dataclass(frozen=True)
 class SitePlan:
     """What every site of a simulation shares: the job (as enrolled, naming the sites), the attack and which
-    sites it makes malicious, and the root of the sites' state directories (None: no state kept)."""
+    sites it makes malicious, the root of the sites' state directories (None: no state kept), and where the
+    sites' frozen PLM runs in which precision (``--device``/``--dtype``) wherever they load it."""
 
     config: JobConfig
     attack: AttackSection
     malicious: frozenset[int]
     state_root: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 class SiteGroup:
@@ -49,9 +52,10 @@ class SiteGroup:
                  link: Callable[[str], CoordinatorLink], backbone: Backbone | None = None,
                  trainer: Trainer | None = None) -> None:
         if backbone is None:
-            from fedprompt.models import load_backbone  # torch: only where sites run
+            from fedprompt.models import load_backbone, resolve_placement  # torch: only where sites run
 
-            backbone = load_backbone(plan.config.model.path, plan.config.model.kind)
+            backbone = load_backbone(plan.config.model.path, plan.config.model.kind,
+                                     placement=resolve_placement(plan.device, plan.dtype, ""))
         self.backbone = bb = backbone
         labels = plan.config.task.label_names
         self.runtimes = {
