@@ -8,7 +8,7 @@ import importlib
 BENCHES = {"federated": "fedprompt.app.bench.federated", "dp": "fedprompt.app.bench.dp", "fewshot": "fedprompt.app.bench.fewshot",
            "he": "fedprompt.app.bench.he", "load": "fedprompt.app.bench.load", "robust": "fedprompt.app.bench.robust",
            "blackbox": "fedprompt.app.bench.blackbox", "personal": "fedprompt.app.bench.personal",
-           "stalls": "fedprompt.app.bench.stalls"}
+           "stalls": "fedprompt.app.bench.stalls", "failover": "fedprompt.app.bench.failover"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

@@ -73,7 +73,9 @@ def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, An
 
     coordinator = ("coordinator host:port, for the commands that reach one (admin, participant run, coordinator "
                    "health)" if top else "coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
-                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})"
+                   + ("; several, comma-separated, for failover replicas: the next is tried when one is unavailable"
+                      if config_file and not top else ""))
     parser.add_argument("--coordinator", dest=prefix + "coordinator", default=UNSET, help=coordinator)
     parser.add_argument("--ca-cert", dest=prefix + "ca_cert", default=UNSET,
                         help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))

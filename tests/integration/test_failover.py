@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.pgserver import free_port
 from fedprompt.app.synthetic import synthetic_examples
 from fedprompt.config import dump_toml
 from fedprompt.coordinator.store import Store
-from tests.faults import NAMES, CoordinatorProcess, exported, free_port, scripted, train_round, uninterrupted_final
+from tests.faults import NAMES, CoordinatorProcess, exported, scripted, train_round, uninterrupted_final
 from tests.support import tiny_job, wait_for
 
 pytestmark = pytest.mark.slow
