@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class CoordinatorServer:
         self.store = Store(settings.store_url)
         self.lease: Lease | None = None
         self.ended = asyncio.Event()  # set when this replica was deposed: it stops serving (``coordinator.lease``)
+        self._resigned = threading.Event()  # a stop while standing by (``resign``)
         if settings.lease_ttl_s:  # a standby waits in ``start``, before it reads any job, until the lease is its own
             self.lease = Lease(self.store, settings.replica or f"{socket.gethostname()}:{os.getpid()}",
                                settings.lease_ttl_s)
@@ -138,8 +140,18 @@ class CoordinatorServer:
             ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_S),
         ]
 
+    def resign(self) -> None:
+        """A stop asked for while standing by: stop waiting for the lease (``start`` then returns 0)."""
+        self._resigned.set()
+
+    @property
+    def active(self) -> bool:
+        """Whether this replica serves its jobs (no lease, or the lease is its own)."""
+        return self.lease is None or self.lease.token is not None
+
     async def _stand_by(self, lease: Lease, credentials: grpc.ServerCredentials | None) -> None:
-        """Serve health NOT_SERVING on the replica's address while waiting for the lease, then open the jobs."""
+        """Serve health NOT_SERVING on the replica's address while waiting for the lease, then open the jobs
+        (unless ``resign`` came first)."""
         standby = StandbyServer(lease.holder, SERVICES)
         port = await standby.start(self.settings.listen, credentials, self._options())
         if port == 0:
@@ -147,10 +159,11 @@ class CoordinatorServer:
         log.info("standby serving health", address=self.settings.listen, port=port, health="NOT_SERVING",
                  replica=lease.holder)
         try:
-            await asyncio.to_thread(lease.wait)
+            await asyncio.to_thread(lease.wait, self._resigned.is_set)
         finally:
             await standby.stop()
-        self._open()
+        if self.active:
+            self._open()
 
     async def start(self) -> int:
         """Serve (a replica first stands by until it holds the lease); the bound port."""
@@ -159,8 +172,12 @@ class CoordinatorServer:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
                         "local development only")
         credentials = None if s.insecure else self._credentials()
-        if self.lease is not None and self.lease.token is None:
+        if not self.active:
+            assert self.lease is not None
             await self._stand_by(self.lease, credentials)
+            if not self.active:
+                log.info("standby stopped before taking the lease", replica=self.lease.holder)
+                return 0
         self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=self._options())
         gate = Gate(self.auth, self.limiter)
         participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s)
@@ -233,6 +250,9 @@ class CoordinatorServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, write the last
         checkpoints and close the store."""
+        if not self.active:  # stopped while standing by: nothing was opened
+            self.store.close()
+            return
         await self.drain()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)

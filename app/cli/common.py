@@ -248,18 +248,25 @@ def server_settings(args: argparse.Namespace, config_cls: type, section: str, ke
 
 def serve_until_signalled(server: Any, port_file: str | None) -> None:
     """Start ``server`` (a coordinator or model service), write its port to ``port_file``, and stop it
-    gracefully on SIGTERM or SIGINT, or when the server sets its ``ended`` event (a deposed coordinator)."""
+    gracefully on SIGTERM or SIGINT, or when the server sets its ``ended`` event (a deposed coordinator).  A
+    signal while it starts (a coordinator replica standing by for its lease) asks it to ``resign``: it stops
+    waiting and exits cleanly without having served."""
     async def main() -> None:
-        port = await server.start()
-        if port_file:
-            Path(port_file).write_text(str(port), encoding="utf-8")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(server.start())
+        await asyncio.wait([starting, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done() and hasattr(server, "resign"):
+            server.resign()
+        port = await starting
+        if port and port_file:
+            Path(port_file).write_text(str(port), encoding="utf-8")
         ended = getattr(server, "ended", None) or asyncio.Event()
-        await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ended.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        if port:
+            await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ended.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
         await server.stop()
 
     asyncio.run(main())

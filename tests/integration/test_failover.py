@@ -6,7 +6,7 @@ with the prompt an uninterrupted run reaches, every completed round counted once
 
 While it stands by, a replica serves gRPC health NOT_SERVING on its address (a liveness probe sees it alive, a
 readiness probe sends it no traffic) and refuses every other call UNAVAILABLE, so a participant given both
-addresses moves on to the active one.
+addresses moves on to the active one; SIGTERM ends its wait cleanly.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_a_standby_takes_over_a_hung_coordinator_which_wakes_up_deposed(tmp_path
     assert [(r.round, r.attempt) for r in store.rounds(job_id)] == [(1, 1), (2, 1), (2, 2), (3, 1)]
 
 
-def test_a_standby_serves_health_not_serving_refuses_calls_unavailable_and_serves_once_active(
+def test_a_standby_serves_health_not_serving_refuses_calls_unavailable_stops_cleanly_and_serves_once_active(
         tmp_path: Path, postgres_url: str) -> None:
     shared = (f"coordinator.store={postgres_url}", f"coordinator.lease_ttl_s={TTL}")
     first = CoordinatorProcess(tmp_path / "a", free_port(), *shared, "coordinator.replica=a").start()
@@ -117,6 +117,11 @@ def test_a_standby_serves_health_not_serving_refuses_calls_unavailable_and_serve
         participant = SyntheticParticipant(link, "a", job_id, 64)
         assert participant.join().job_id == job_id  # refused by the standby, answered by the active replica
         assert link.current == 1
+        third = CoordinatorProcess(tmp_path / "c", free_port(), *shared, "coordinator.replica=c").launch()
+        wait_for(lambda: "standing by" in third.log(1), 60, what="replica c standing by")
+        assert third.stop() == 0  # SIGTERM while standing by: a clean exit, the lease untouched
+        assert "standby stopped before taking the lease" in third.log(1) and "Traceback" not in third.log(1)
+        assert Store(postgres_url).lease()[:2] == ("a", 1)
         assert first.stop() == 0  # a graceful stop releases the lease: b takes it over at once
         standby.listening(timeout=30)
         wait_for(lambda: health(standby.target) == health_pb2.HealthCheckResponse.SERVING, 30, what="b SERVING")
