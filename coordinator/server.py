@@ -172,11 +172,11 @@ class CoordinatorServer:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
                         "local development only")
         credentials = None if s.insecure else self._credentials()
-        if not self.active:
-            assert self.lease is not None
-            await self._stand_by(self.lease, credentials)
+        lease = self.lease
+        if lease is not None and lease.token is None:
+            await self._stand_by(lease, credentials)
             if not self.active:
-                log.info("standby stopped before taking the lease", replica=self.lease.holder)
+                log.info("standby stopped before taking the lease", replica=lease.holder)
                 return 0
         self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=self._options())
         gate = Gate(self.auth, self.limiter)
