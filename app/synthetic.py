@@ -7,7 +7,8 @@ uninterrupted run would reach can be computed exactly.
 
 ``python -m participant.synthetic --coordinator HOST:PORT --job JOB --prefix NAME --count N --vector-size D``
 runs N of them on threads in one process and prints a JSON summary line.  Their calls share one asyncio
-loop and ``grpc.aio`` channel (``LoopStub``), so a process can hold thousands of them.
+loop and ``grpc.aio`` channel per coordinator address (``LoopStub``), so a process can hold thousands of them;
+``--coordinator`` may list several addresses (a failover pair's replicas), which the links fail over between.
 """
 
 from __future__ import annotations
@@ -104,12 +105,15 @@ class LoopStub:
 
 
 class SyntheticParticipant:
-    def __init__(self, link: CoordinatorLink, name: str, job: str, vector_size: int, seed: int = 0) -> None:
+    def __init__(self, link: CoordinatorLink, name: str, job: str, vector_size: int, seed: int = 0,
+                 train_s: float = 0.0) -> None:
+        """``train_s``: seconds each update takes to make, standing in for training (0: none)."""
         self.link = link
         self.name = name
         self.job = job
         self.vector_size = vector_size
         self.seed = seed
+        self.train_s = train_s
         self.num_examples = synthetic_examples(name)
         self.info: JoinInfo | None = None
         self.updates = 0
@@ -135,6 +139,7 @@ class SyntheticParticipant:
             self.link.report(self.info.job_id, task.global_version, {"loss": 0.0}, 1)
         elif task.kind is TaskKind.TRAIN:
             self.link.download(self.info.job_id, task.global_version)
+            time.sleep(self.train_s)
             self.link.upload(self.update(task.round))
             self.updates += 1
         return task
@@ -153,7 +158,7 @@ class SyntheticParticipant:
 
 def main(argv: list[str] | None = None) -> int:
     from fedprompt.logs import configure
-    from fedprompt.participant.grpc_link import GrpcLink
+    from fedprompt.participant.grpc_link import GrpcLink, coordinator_addresses
 
     parser = argparse.ArgumentParser(prog="python -m participant.synthetic", description=__doc__)
     parser.add_argument("--coordinator", required=True)
@@ -164,17 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vector-size", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--give-up-after", type=float, default=120.0)
+    parser.add_argument("--train-s", type=float, default=0.0, help="seconds each update takes (default 0)")
     args = parser.parse_args(argv)
     configure("warning")
     errors: list[str] = []
     lock = threading.Lock()
-    stub = LoopStub(args.coordinator)
+    stubs = [LoopStub(address) for address in coordinator_addresses(args.coordinator)]
 
     def work(index: int) -> None:
         name = f"{args.prefix}-{index:04d}"
-        link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after, stub=stub)
+        link = GrpcLink(args.coordinator, name, give_up_after_s=args.give_up_after, stubs=stubs)
         try:
-            SyntheticParticipant(link, name, args.job, args.vector_size, args.seed).run()
+            SyntheticParticipant(link, name, args.job, args.vector_size, args.seed, args.train_s).run()
         except ERRORS as exc:
             log.warning("participant failed", participant=name, error=type(exc).__name__, reason=str(exc))
             with lock:
@@ -188,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         thread.start()
     for thread in threads:
         thread.join()
-    stub.close()
+    for stub in stubs:
+        stub.close()
     print(json.dumps({"participants": args.count, "errors": errors, "seconds": round(time.perf_counter() - began, 2)}),
           flush=True)
     return 1 if errors else 0

@@ -1,7 +1,9 @@
 """Wires the coordinator: store (the SQLite file or PostgreSQL database its ``store`` URL names) -> job manager
 (resumed from the store) -> servicers -> grpc.aio server, plus the ticker (rounds, liveness, checkpoints) and
-the standard gRPC health service.  With ``lease_ttl_s`` the replica first stands by until it holds the lease,
-renews it at every tick, and ends (``ended``) when another replica has taken it over.
+the standard gRPC health service.  With ``lease_ttl_s`` the replica first stands by until it holds the lease
+(serving health NOT_SERVING and refusing every other call UNAVAILABLE meanwhile: ``coordinator.standby``), then
+opens its jobs from the store, renews the lease at every tick, and ends (``ended``) when another replica has
+taken it over.
 
 The ticker is what handles every job's deadlines, so nothing but a stop ends it: a job whose step fails is
 paused on its own (``JobManager.each``), and a whole step that fails (the CRL refresh, say) is logged and run
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from fedprompt.coordinator.notifier import Notifier
 from fedprompt.coordinator.offload import WorkerThread
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.service import AdminService, ParticipantService
+from fedprompt.coordinator.standby import StandbyServer
 from fedprompt.coordinator.store import Store
 from fedprompt.crypto.errors import PkiError
 from fedprompt.crypto.pki import load_cert
@@ -62,24 +66,13 @@ class CoordinatorServer:
     def __init__(self, settings: CoordinatorSection) -> None:
         settings.validate("coordinator")
         self.settings = settings
-        state_dir = Path(settings.state_dir)
         self.store = Store(settings.store_url)
         self.lease: Lease | None = None
         self.ended = asyncio.Event()  # set when this replica was deposed: it stops serving (``coordinator.lease``)
-        if settings.lease_ttl_s:  # a standby waits here, before it reads any job, until the lease is its own
+        self._resigned = threading.Event()  # a stop while standing by (``resign``)
+        if settings.lease_ttl_s:  # a standby waits in ``start``, before it reads any job, until the lease is its own
             self.lease = Lease(self.store, settings.replica or f"{socket.gethostname()}:{os.getpid()}",
                                settings.lease_ttl_s)
-            self.lease.wait()
-        self.notifier = Notifier()
-        self.worker = WorkerThread(self.notifier.notify)
-        self.metrics = CoordinatorMetrics()
-        self.audit = AuditTrail(self.store)
-        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker,
-                               events=self.metrics)
-        self.metrics.watch(self.jobs)
-        resume_jobs(self.jobs)
-        self.checkpoints = Checkpointer(state_dir / "checkpoints")
-        self.liveness = LivenessWatch()
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -89,6 +82,22 @@ class CoordinatorServer:
         self.auth: Authenticator = InsecureAuthenticator()
         self.limiter = CallLimiter(settings.rate_limit_per_s, settings.rate_limit_burst,
                                    settings.max_concurrent_uploads, settings.max_uploads_total)
+        if self.lease is None:
+            self._open()
+
+    def _open(self) -> None:
+        """Open the jobs from the store, as a restart does (``coordinator.recovery``), and what serves them."""
+        settings = self.settings
+        self.notifier = Notifier()
+        self.worker = WorkerThread(self.notifier.notify)
+        self.metrics = CoordinatorMetrics()
+        self.audit = AuditTrail(self.store)
+        self.jobs = JobManager(self.store, offline_after_s=settings.offline_after_s, offload=self.worker,
+                               events=self.metrics)
+        self.metrics.watch(self.jobs)
+        resume_jobs(self.jobs)
+        self.checkpoints = Checkpointer(Path(settings.state_dir) / "checkpoints")
+        self.liveness = LivenessWatch()
 
     def _credentials(self) -> grpc.ServerCredentials:
         s = self.settings
@@ -110,10 +119,10 @@ class CoordinatorServer:
                 self.jobs.expel(identity, "certificate revoked")
                 self.notifier.notify()
 
-    async def start(self) -> int:
+    def _options(self) -> list[tuple[str, int]]:
         s = self.settings
         limit = s.max_message_bytes
-        self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=[
+        return [
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             # Accept the participants' keepalive pings (every 5 s) so dead links are noticed on both sides.
             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 4000),
@@ -129,11 +138,47 @@ class CoordinatorServer:
             ("grpc.server.max_pending_requests", s.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", 3 * s.max_pending_calls),
             ("grpc.server_max_unrequested_time_in_server", UNREQUESTED_S),
-        ])
+        ]
+
+    def resign(self) -> None:
+        """A stop asked for while standing by: stop waiting for the lease (``start`` then returns 0)."""
+        self._resigned.set()
+
+    @property
+    def active(self) -> bool:
+        """Whether this replica serves its jobs (no lease, or the lease is its own)."""
+        return self.lease is None or self.lease.token is not None
+
+    async def _stand_by(self, lease: Lease, credentials: grpc.ServerCredentials | None) -> None:
+        """Serve health NOT_SERVING on the replica's address while waiting for the lease, then open the jobs
+        (unless ``resign`` came first)."""
+        standby = StandbyServer(lease.holder, SERVICES)
+        port = await standby.start(self.settings.listen, credentials, self._options())
+        if port == 0:
+            raise ConfigError(f"coordinator.listen: cannot bind {self.settings.listen}")
+        log.info("standby serving health", address=self.settings.listen, port=port, health="NOT_SERVING",
+                 replica=lease.holder)
+        try:
+            await asyncio.to_thread(lease.wait, self._resigned.is_set)
+        finally:
+            await standby.stop()
+        if self.active:
+            self._open()
+
+    async def start(self) -> int:
+        """Serve (a replica first stands by until it holds the lease); the bound port."""
+        s = self.settings
         if s.insecure:
             log.warning("coordinator running with --insecure: no TLS, identities are not verified; "
                         "local development only")
         credentials = None if s.insecure else self._credentials()
+        lease = self.lease
+        if lease is not None and lease.token is None:
+            await self._stand_by(lease, credentials)
+            if not self.active:
+                log.info("standby stopped before taking the lease", replica=lease.holder)
+                return 0
+        self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=self._options())
         gate = Gate(self.auth, self.limiter)
         participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(participants, self.server)
@@ -205,6 +250,9 @@ class CoordinatorServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, write the last
         checkpoints and close the store."""
+        if not self.active:  # stopped while standing by: nothing was opened
+            self.store.close()
+            return
         await self.drain()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)

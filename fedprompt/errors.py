@@ -99,9 +99,14 @@ class NotEnrolled(PermissionDenied):
     """The caller has not joined the job, or may not join it."""
 
 
-class Deposed(FedPromptError):
+class NotActive(FedPromptError):
+    """This coordinator replica does not hold the lease (it stands by, or was deposed): the caller should try
+    another coordinator address (UNAVAILABLE, which a participant's link retries at its next address)."""
+
+
+class Deposed(NotActive):
     """This coordinator replica's lease was taken over by another (its fencing token is no longer current): it
-    must not write, and stops (``coordinator.lease``)."""
+    must not write, and stops (``coordinator.lease``); a call that reaches it meanwhile is refused UNAVAILABLE."""
 
 
 class JobStateError(PreconditionFailed):

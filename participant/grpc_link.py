@@ -3,6 +3,12 @@
 Every call is safe to repeat: reads are idempotent, ``Join`` is an upsert, and an upload is keyed by
 (job, round, participant) with its SHA-256, so a stream cut mid-way is simply sent again from the start and a
 retry of an upload that did arrive is acknowledged without being counted twice.
+
+A link may be given several coordinator addresses (``"host-a:50051,host-b:50051"``: the replicas of a failover
+pair, ``coordinator.lease``): it talks to one at a time and moves to the next whenever a call finds the one it
+uses UNAVAILABLE (down, a standby that does not serve yet, or a deposed replica), so the retries above walk
+the addresses round-robin until the active replica answers.  Safe for the same reason as a retry: every call
+may be repeated, on whichever replica is active.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 
 class CoordinatorUnreachable(FedPromptError):
     """The coordinator did not answer within the participant's patience (``give_up_after_s``)."""
+
+
+def coordinator_addresses(target: str) -> list[str]:
+    """The addresses in a ``coordinator`` setting: one ``host:port``, or several separated by commas."""
+    return [address.strip() for address in target.split(",") if address.strip()]
 
 
 def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str, retry_initial_s: float,
@@ -91,20 +102,30 @@ def channel_options(retry_initial_s: float = 0.5, retry_max_s: float = 10.0) -> 
 
 
 class GrpcLink:
-    """Talks to a coordinator; identity is carried by the transport: the client certificate in ``tls``, or (with
-    ``tls=None``, for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
+    """Talks to a coordinator (at one of the comma-separated addresses of ``target``, moving to the next on
+    UNAVAILABLE); identity is carried by the transport: the client certificate in ``tls``, or (with ``tls=None``,
+    for an ``--insecure`` coordinator only) the ``identity`` metadata header."""
 
     def __init__(self, target: str, identity: str = "", retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
                  give_up_after_s: float = 120.0, rpc_timeout_s: float = 60.0, tls: ClientTls | None = None,
-                 stub: Any = None) -> None:
-        """``stub``: blocking ``ParticipantService`` calls to make instead of over a channel of its own (the load
-        client ``app.synthetic`` shares one among thousands of links); the link then opens no channel."""
+                 stubs: list[Any] | None = None) -> None:
+        """``stubs``: blocking ``ParticipantService`` calls to make instead of over channels of its own, one per
+        address of ``target`` (the load client ``app.synthetic`` shares them among thousands of links); the link
+        then opens no channel."""
+        self.addresses = coordinator_addresses(target)
+        if not self.addresses:
+            raise FedPromptError(f"no coordinator address in {target!r}")
         self.target = target
-        self.channel: grpc.Channel | None = None
-        if stub is not None:
-            self.stub = stub
+        self.channels: list[grpc.Channel] = []
+        if stubs is not None:
+            if len(stubs) != len(self.addresses):
+                raise FedPromptError(f"{len(stubs)} stubs for the {len(self.addresses)} addresses of {target!r}")
+            self.stubs = stubs
         else:
-            self.channel, self.stub = self._connect(target, tls, retry_initial_s, retry_max_s)
+            connected = [self._connect(address, tls, retry_initial_s, retry_max_s) for address in self.addresses]
+            self.channels = [channel for channel, _ in connected]
+            self.stubs = [stub for _, stub in connected]
+        self.current = 0  # the address in use: the last one that answered, or the next to try
         self.metadata = () if tls is not None else (("x-fedprompt-identity", identity),)
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -119,12 +140,32 @@ class GrpcLink:
         channel = open_channel(target, tls, channel_options(retry_initial_s, retry_max_s))
         return channel, participant_pb2_grpc.ParticipantServiceStub(channel)
 
+    @property
+    def stub(self) -> Any:
+        """The stub of the address in use."""
+        return self.stubs[self.current]
+
     def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        for channel in self.channels:
+            channel.close()
+
+    def _failover(self, exc: grpc.RpcError) -> None:
+        """After an UNAVAILABLE, use the next address (with a single address, nothing changes)."""
+        if len(self.addresses) > 1 and exc.code() is grpc.StatusCode.UNAVAILABLE:
+            left = self.addresses[self.current]
+            self.current = (self.current + 1) % len(self.addresses)
+            log.info("coordinator unavailable: trying the next address", left=left,
+                     next=self.addresses[self.current])
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retry(fn, what=what, service="coordinator", target=self.target,
+        def attempt() -> T:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                self._failover(exc)
+                raise
+
+        return call_with_retry(attempt, what=what, service="coordinator", target=self.target,
                                retry_initial_s=self.retry_initial_s, retry_max_s=self.retry_max_s,
                                give_up_after_s=self.give_up_after_s, unreachable=CoordinatorUnreachable)
 
@@ -197,6 +238,7 @@ class GrpcLink:
         try:
             return str(self.stub.Heartbeat(request, metadata=self.metadata, timeout=timeout_s).job_state)
         except grpc.RpcError as exc:
+            self._failover(exc)
             raise error_from_rpc(exc) from exc
 
     def publish_context(self, job_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:

@@ -18,8 +18,8 @@ import pytest
 from fedprompt.logs import configure
 
 if TYPE_CHECKING:
+    from fedprompt.app.bench.pgserver import PostgresServer
     from fedprompt.crypto.ckks import PublicContext, SecretContext
-    from tests.postgres import PostgresServer
 
 configure("warning")
 
@@ -104,11 +104,11 @@ _POSTGRES_SKIPPED: list[str] = []  # why the PostgreSQL server could not be star
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server started from Debian's package for this session (``tests/postgres.py``); the tests
+    """A PostgreSQL server started from Debian's package for this session (``app/bench/pgserver.py``); the tests
     that need it are skipped, with the reason printed, where its binaries or psycopg are missing."""
-    from tests import postgres
+    from fedprompt.app.bench import pgserver
 
-    server = postgres.start()
+    server = pgserver.start()
     if isinstance(server, str):
         _POSTGRES_SKIPPED.append(server)
         pytest.skip(f"PostgreSQL: {server}")

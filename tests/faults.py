@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +21,6 @@ from fedprompt.coordinator.store import Store
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.protocol import TaskKind
 from tests.support import REPO, fedprompt_process, wait_for
-
-
-def free_port() -> int:
-    """A port free right now (picked by the kernel), so a restarted coordinator can bind the same one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CoordinatorProcess:

@@ -258,8 +258,8 @@ class LiveCoordinator(_LiveServer):
     def __init__(self, state_dir: Path, pki: ThrowawayPki | None = None, **settings: object) -> None:
         super().__init__()
         base: dict[str, object] = {"insecure": True} if pki is None else pki.coordinator_settings()
-        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir), tick_s=0.05,
-                                           **{**base, **settings})  # type: ignore[arg-type]
+        self.settings = CoordinatorSection(listen="127.0.0.1:0", state_dir=str(state_dir),
+                                           **{"tick_s": 0.05, **base, **settings})  # type: ignore[arg-type]
 
     def _make(self) -> CoordinatorServer:
         return CoordinatorServer(self.settings)

@@ -53,7 +53,9 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--shots", type=int, default=32,
                        help="fewshot: mean labelled examples per site, the rest of its share unlabelled (default 32)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
-    bench.add_argument("--rounds", type=int, help="load: rounds (default 5)")
+    bench.add_argument("--rounds", type=int, help="load: rounds (default 5); failover: rounds per job (default 8)")
+    bench.add_argument("--trials", type=int,
+                       help="failover: jobs, each with its active coordinator SIGKILLed mid-round (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
     bench.add_argument("--stalled", type=int, help="stalls: upload streams that send a header and stall (default 200)")
     bench.add_argument("--identities", type=int,

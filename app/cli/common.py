@@ -73,7 +73,9 @@ def add_connection_flags(parser: argparse.ArgumentParser, defaults: dict[str, An
 
     coordinator = ("coordinator host:port, for the commands that reach one (admin, participant run, coordinator "
                    "health)" if top else "coordinator host:port (default $FEDPROMPT_COORDINATOR, else "
-                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})")
+                   + ("the --config file's, else " if config_file else "") + f"{DEFAULT_COORDINATOR})"
+                   + ("; several, comma-separated, for failover replicas: the next is tried when one is unavailable"
+                      if config_file and not top else ""))
     parser.add_argument("--coordinator", dest=prefix + "coordinator", default=UNSET, help=coordinator)
     parser.add_argument("--ca-cert", dest=prefix + "ca_cert", default=UNSET,
                         help="federation CA certificate: verifies the coordinator" + env("FEDPROMPT_CA_CERT"))
@@ -246,18 +248,25 @@ def server_settings(args: argparse.Namespace, config_cls: type, section: str, ke
 
 def serve_until_signalled(server: Any, port_file: str | None) -> None:
     """Start ``server`` (a coordinator or model service), write its port to ``port_file``, and stop it
-    gracefully on SIGTERM or SIGINT, or when the server sets its ``ended`` event (a deposed coordinator)."""
+    gracefully on SIGTERM or SIGINT, or when the server sets its ``ended`` event (a deposed coordinator).  A
+    signal while it starts (a coordinator replica standing by for its lease) asks it to ``resign``: it stops
+    waiting and exits cleanly without having served."""
     async def main() -> None:
-        port = await server.start()
-        if port_file:
-            Path(port_file).write_text(str(port), encoding="utf-8")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(server.start())
+        await asyncio.wait([starting, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done() and hasattr(server, "resign"):
+            server.resign()
+        port = await starting
+        if port and port_file:
+            Path(port_file).write_text(str(port), encoding="utf-8")
         ended = getattr(server, "ended", None) or asyncio.Event()
-        await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ended.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)
+        if port:
+            await asyncio.wait([asyncio.ensure_future(stop.wait()), asyncio.ensure_future(ended.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
         await server.stop()
 
     asyncio.run(main())

@@ -150,6 +150,8 @@ class ParticipantSection:
     (0, 3600]; ``heartbeat_s`` in [0.1, 3600].
     """
 
+    # host:port, or several separated by commas (the replicas of a failover pair): the daemon uses one at a time
+    # and moves to the next when it finds it UNAVAILABLE (``participant.grpc_link``).
     coordinator: str = "127.0.0.1:50051"
     job: str = ""
     name: str = ""
@@ -186,6 +188,9 @@ class ParticipantSection:
         check(not self.name or self.insecure, f"{prefix}.name",
               "is for --insecure only; with certificates the identity is the certificate's name")
         check(bool(self.job), f"{prefix}.job", "name the job to join")
+        addresses = [a.strip() for a in self.coordinator.split(",")]
+        check(all(":" in a for a in addresses), f"{prefix}.coordinator",
+              f"must be host:port, or several separated by commas, got {self.coordinator[:200]!r}")
         check_placement(prefix, self.device, self.dtype)
         check(0 < self.rpc_timeout_s <= 3600, f"{prefix}.rpc_timeout_s", "must be in (0, 3600]")
         check(not self.model_service or ":" in self.model_service, f"{prefix}.model_service",

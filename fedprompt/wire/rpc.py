@@ -34,12 +34,15 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     errors.DuplicateUpdate: grpc.StatusCode.ALREADY_EXISTS,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    # A standby or deposed replica: the caller tries another coordinator address (``participant.grpc_link``).
+    errors.NotActive: grpc.StatusCode.UNAVAILABLE,
 }
 
-# Client side: a status becomes the error class that names exactly what the status means.
+# Client side: a status becomes the error class that names exactly what the status means.  Not UNAVAILABLE: the
+# transport says it too (a coordinator down), so it stays a plain error naming the status.
 FROM_STATUS: dict[grpc.StatusCode, type[errors.FedPromptError]] = {}
 for _exc, _code in STATUS.items():
-    if issubclass(_exc, errors.FedPromptError):
+    if issubclass(_exc, errors.FedPromptError) and _code is not grpc.StatusCode.UNAVAILABLE:
         FROM_STATUS.setdefault(_code, _exc)
 
 

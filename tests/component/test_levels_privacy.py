@@ -175,8 +175,8 @@ def test_no_personal_value_leaves_over_grpc(tiny_encoder_dir: Path, tmp_path: Pa
         for name, site in zip(("a", "b"), toy_sites(2), strict=True):
             link = GrpcLink(coordinator.target, name, give_up_after_s=10)
             links.append(link)
-            link.channel = grpc.intercept_channel(link.channel, recorder)
-            link.stub = participant_pb2_grpc.ParticipantServiceStub(link.channel)
+            link.stubs = [participant_pb2_grpc.ParticipantServiceStub(grpc.intercept_channel(link.channels[0],
+                                                                                              recorder))]
             runtimes.append(ParticipantRuntime(
                 link, site, job_id, lambda cfg: GradientLearner(build_classifier(cfg), cfg.train, observed),
                 state_dir=tmp_path / name))

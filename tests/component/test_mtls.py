@@ -115,7 +115,7 @@ def test_roles_and_allow_list(tmp_path: Path, pki: ThrowawayPki) -> None:
         assert "participant:b" not in links[SITES[0]].describe(job_id).config_toml
         assert "participant:b" in admin.status(job_id).config_toml
         # identity comes from the certificate: a forged header changes nothing
-        stub = participant_pb2_grpc.ParticipantServiceStub(outsider.channel)
+        stub = participant_pb2_grpc.ParticipantServiceStub(outsider.channels[0])
         with pytest.raises(grpc.RpcError) as info:
             stub.Join(participant_pb2.JoinRequest(job=job_id, num_train_examples=30, vector_size=SIZE),
                       metadata=(("x-fedprompt-identity", "participant:a"),), timeout=10)

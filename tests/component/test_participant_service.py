@@ -113,7 +113,7 @@ def test_unknown_caller_and_missing_identity_refused(live: Live) -> None:
         stranger.upload(upd(job_id, np.ones(SIZE, np.float32)))
     with pytest.raises(PermissionDenied, match="has not joined"):
         stranger.get_task(job_id, 0)
-    stub = participant_pb2_grpc.ParticipantServiceStub(stranger.channel)
+    stub = participant_pb2_grpc.ParticipantServiceStub(stranger.channels[0])
     with pytest.raises(grpc.RpcError) as info:
         stub.GetTask(participant_pb2.GetTaskRequest(job_id=job_id))
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from fedprompt.app.admin_client import AdminClient
+from fedprompt.app.bench.pgserver import free_port
 from fedprompt.app.synthetic import SyntheticParticipant, synthetic_delta, synthetic_examples, synthetic_initial
 from fedprompt.config import HESection, dump_toml
 from fedprompt.coordinator.checkpoint import read_checkpoint
@@ -44,7 +45,6 @@ from tests.faults import (
     CoordinatorProcess,
     daemon,
     exported,
-    free_port,
     module_process,
     scripted,
     train_round,

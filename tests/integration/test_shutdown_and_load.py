@@ -11,8 +11,9 @@ from grpc_health.v1 import health_pb2
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.bench.load import run_load
+from fedprompt.app.bench.pgserver import free_port
 from fedprompt.config import dump_toml
-from tests.faults import CoordinatorProcess, daemon, free_port
+from tests.faults import CoordinatorProcess, daemon
 from tests.support import fedprompt_process, health, stopping, tiny_job, toy_sites, wait_for, write_site
 
 pytestmark = pytest.mark.slow

@@ -233,7 +233,7 @@ def completion_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("fedprompt admin jobs --format ", "table json"),
     ("fedprompt simulate --log-level ", "debug info warning error"),
     ("fedprompt admin ca ", "-h --help init issue csr sign revoke list --log-level --json-logs"),
-    ("fedprompt bench f", "federated fewshot"),
+    ("fedprompt bench f", "failover federated fewshot"),
     ("fedprompt admin export job --out ", ""),  # a file name: bash's own completion takes over
 ])
 def test_bash_completion_offers_what_the_parser_takes(completion_script: Path, typed: str, offered: str) -> None:

@@ -33,6 +33,43 @@ def test_compose_file_validates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_compose_failover_file_validates_with_two_replicas_on_one_store() -> None:
+    """``docker-compose.ha.yml`` over the base file: two coordinators on the postgres profile's store, each with a
+    lease and its own replica name, and participants given both addresses."""
+    tool = _tool("docker-compose")
+    yaml = pytest.importorskip("yaml", reason="PyYAML (kubernetes-validate's dependency) reads the resolved file")
+    result = subprocess.run([tool, "-f", str(DEPLOY / "compose" / "docker-compose.yml"), "-f",
+                             str(DEPLOY / "compose" / "docker-compose.ha.yml"), "--profile", "postgres", "config"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    replicas = {name: services[name]["command"] for name in ("coordinator", "coordinator-b")}
+    stores = {command[command.index("--store") + 1] for command in replicas.values()}
+    assert len(stores) == 1 and stores.pop().startswith("postgresql://") and "postgres" in services
+    assert {command[command.index("--replica") + 1] for command in replicas.values()} == {"a", "b"}
+    assert all(float(command[command.index("--lease-ttl-s") + 1]) > 0 for command in replicas.values())
+    for site in ("participant-a", "participant-b", "participant-c"):
+        assert services[site]["environment"]["FEDPROMPT_COORDINATOR"] == "coordinator:50051,coordinator-b:50051"
+
+
+def test_kubernetes_failover_manifest_runs_two_replicas_ready_only_when_serving() -> None:
+    """``coordinator-ha.yaml``: a Deployment of 2 replicas on a PostgreSQL store with a lease, behind a Service;
+    ready = ``coordinator health`` (SERVING: the active replica), alive = the port listens (a standby too)."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML (kubernetes-validate's dependency) reads the manifest")
+    from fedprompt.config import parse_toml
+
+    documents = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "coordinator-ha.yaml").read_text())}
+    deployment, service = documents["Deployment"], documents["Service"]
+    assert deployment["spec"]["replicas"] == 2
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["exec"]["command"][:3] == ["fedprompt", "coordinator", "health"]
+    assert "tcpSocket" in container["livenessProbe"]
+    assert container["args"][container["args"].index("--replica") + 1] == "$(POD_NAME)"
+    config = parse_toml(documents["Secret"]["stringData"]["coordinator.toml"], CoordinatorConfig).coordinator
+    assert config.store.startswith("postgresql://") and config.lease_ttl_s > 0
+
+
 def test_kubernetes_manifests_validate() -> None:
     tool = _tool("kubernetes-validate")
     manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from fedprompt.app.bench.pgserver import free_port
 from fedprompt.config import CoordinatorConfig, parse_toml, store_target
 from fedprompt.coordinator.schema import LATEST
 from fedprompt.coordinator.sqlbackend import PostgresBackend, SqliteBackend, connect, pg_script, without_password
 from fedprompt.coordinator.store import RoundRow, Store
 from fedprompt.errors import ConfigError
-from tests.faults import free_port
 from tests.support import REPO
 
 

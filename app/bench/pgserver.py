@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL server for the store's tests, started from the binaries of Debian's ``postgresql``
-package (``initdb``, ``pg_ctl``) in a temporary directory, on a free port of 127.0.0.1, with trust
-authentication for its one superuser; each test gets its own database.
+"""A throwaway PostgreSQL server, started from the binaries of Debian's ``postgresql`` package (``initdb``,
+``pg_ctl``) in a temporary directory, on a free port of 127.0.0.1, with trust authentication for its one
+superuser; each user of it (a store test, a failover bench trial) gets its own database.  One implementation
+for the test fixture (``tests/conftest.py``) and ``fedprompt bench failover``.
 
 PostgreSQL refuses to run as root, so under root the server runs as the package's ``postgres`` user (else
-``nobody``), in a directory that user owns.  Where the binaries or psycopg are missing, ``start`` returns why,
-and the tests that need the server are skipped with that reason (``tests/conftest.py`` prints it).
+``nobody``), in a directory that user owns.  Where the binaries or psycopg are missing, ``start`` returns why:
+the tests that need the server are skipped with that reason (``tests/conftest.py`` prints it), and the bench
+says it in one line.
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.faults import free_port
-
 USER = "fedprompt"  # the cluster's superuser
 SEARCH = ("/usr/lib/postgresql",)  # Debian keeps each major version's server binaries under <root>/<version>/bin
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free right now (picked by the kernel)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def binaries() -> Path | None:
@@ -86,8 +94,8 @@ class PostgresServer:
             db.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
-def start() -> PostgresServer | str:
-    """A started server, or why there can be none (no binaries, no psycopg)."""
+def _prerequisites() -> tuple[Path, pwd.struct_passwd | None] | str:
+    """The server binaries and the account to run them as, or why there can be none (no binaries, no psycopg)."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -96,16 +104,28 @@ def start() -> PostgresServer | str:
     if bin_dir is None:
         return ("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH nor under /usr/lib/postgresql: "
                 "install Debian's postgresql package (make setup does where it runs as root with apt)")
-    account = None
-    if os.geteuid() == 0:  # initdb and postgres refuse root
-        for name in ("postgres", "nobody"):
-            try:
-                account = pwd.getpwnam(name)
-                break
-            except KeyError:
-                continue
-        if account is None:
-            return "running as root and no unprivileged user (postgres, nobody) to run PostgreSQL as"
+    if os.geteuid() != 0:
+        return bin_dir, None
+    for name in ("postgres", "nobody"):  # initdb and postgres refuse root
+        try:
+            return bin_dir, pwd.getpwnam(name)
+        except KeyError:
+            continue
+    return "running as root and no unprivileged user (postgres, nobody) to run PostgreSQL as"
+
+
+def unavailable() -> str | None:
+    """Why no server can be started here, or None when one can (the bench smoke test skips with the reason)."""
+    found = _prerequisites()
+    return found if isinstance(found, str) else None
+
+
+def start() -> PostgresServer | str:
+    """A started server, or why there can be none (no binaries, no psycopg)."""
+    found = _prerequisites()
+    if isinstance(found, str):
+        return found
+    bin_dir, account = found
     root = Path(tempfile.mkdtemp(prefix="fedprompt-pg-"))
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
