@@ -23,7 +23,7 @@ from fedprompt.app.report import build_report, privacy_spent
 from fedprompt.config import JobConfig, dump_toml, from_mapping, read_toml_text, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.store import Store
-from fedprompt.data.datasets import Example, label_indices, majority_accuracy
+from fedprompt.data.datasets import Example, majority_accuracy, task_labels
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
@@ -171,7 +171,7 @@ def simulate(
             on_round(job.view())  # after every pass: a round shows once its version is evaluated
         if not progressed and len(finished) < len(runtimes) and job.open is None and job.state.value != "running":
             break
-    test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
+    test_labels = [y for site in sites for y in task_labels(site.test, config.task)]
     learner = runtimes[0].learner
     assert learner is not None
     view = job.view()
@@ -194,6 +194,6 @@ def simulate(
                     view.global_version, job_id)
         extra["exported"] = str(export)
     return build_report(view, majority_accuracy(test_labels), learner.vector_size, bb.num_parameters,
-                        test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
+                        test_examples=sum(len(site.test) for site in sites), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         peft_method=config.peft.method,
                         **privacy_spent(view), **extra)

@@ -79,7 +79,7 @@ def test_prompt_levels_concatenate_in_the_prompt_and_split_the_vector(tiny_encod
     model = build_classifier(config)
     dim = 32
     head = dim * 2 + 2
-    assert model.prompt.length == 4 and model.prompt(3).shape == (3, 4, dim)
+    assert model.prompt is not None and model.prompt.length == 4 and model.prompt(3).shape == (3, 4, dim)
     assert model.level_sizes() == {"global": 2 * dim + head, "expert": dim}
     assert model.vector_size == 3 * dim + head and model.personal_vector().shape == (dim,)
     personal = model.personal_vector().copy()

@@ -1,0 +1,144 @@
+"""Generation tasks (``task.kind = "generation"``) on a tiny random causal model: the loss covers completion
+tokens only (checked by hand), exact match and ROUGE-L against known strings, a federated run that lowers the
+per-token loss on a memorisable toy set, DP-SGD through Opacus, config refusals, and the BBC headline loader on
+the installed files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedprompt.app.report import round_table, summary
+from fedprompt.app.simulate import simulate
+from fedprompt.config import DPSection, JobConfig, ModelSection, PeftSection, TaskSection, dump_toml, parse_toml
+from fedprompt.data.datasets import BUILTIN, load_dataset
+from fedprompt.data.formats import Example
+from fedprompt.data.shards import SiteData
+from fedprompt.errors import ConfigError
+from fedprompt.models import build_model, load_backbone
+from fedprompt.models.generator import IGNORE, PromptGenerator, text_metrics
+from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
+from tests.support import tiny_job
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
+              pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
+              pytest.mark.filterwarnings("ignore:Full backward hook is firing")]
+
+PAIRS = [("colour of the sky", "blue"), ("colour of grass", "green"), ("colour of snow", "white"),
+         ("colour of coal", "black")]
+
+
+def generation_job(model_dir: Path, method: str = "prompt") -> JobConfig:
+    base = tiny_job(model_dir)
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, max_length=24),
+        task=TaskSection(kind="generation", template="{text} is", max_new_tokens=4),
+        peft=PeftSection(method=method, lora_rank=4),
+        train=dataclasses.replace(base.train, local_epochs=4, max_steps=4, batch_size=4,
+                                  lr=0.01 if method == "lora" else 0.1))
+
+
+def toy() -> list[Example]:
+    return [Example(p, c) for p, c in PAIRS]
+
+
+def test_the_loss_covers_completion_tokens_only(tiny_causal_dir: Path) -> None:
+    model = build_model(generation_job(tiny_causal_dir))
+    assert isinstance(model, PromptGenerator)
+    ex = Example("colour of the sky", "blue")
+    batch = model.encode([ex])
+    prompt = model.prompt_ids(ex.text)
+    completion = model.completion_ids(prompt, ex.label)
+    assert batch["input_ids"][0].tolist() == prompt + completion
+    assert batch["labels"][0].tolist() == [IGNORE] * len(prompt) + completion
+    # By hand: the logits at position t predict token t + 1; only completion tokens count, averaged.
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"])[0]
+        expected = np.mean([float(-F.log_softmax(logits[t - 1], -1)[tok])
+                            for t, tok in enumerate(prompt + completion) if t >= len(prompt)])
+        loss = model.summed_loss(model, [ex], torch.tensor([]), [0])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # Changing the prompt's tokens as labels would not change the loss: they are ignored.
+    assert (batch["labels"][0][: len(prompt)] == IGNORE).all()
+
+
+def test_exact_match_and_rouge_l_against_known_strings() -> None:
+    metrics = text_metrics(["The cat sat", "a dog ran home", "nothing"], ["the  cat sat", "a dog went home", "x"])
+    assert metrics["exact_match"] == pytest.approx(1 / 3)
+    # ROUGE-L F1 of "a dog ran home" vs "a dog went home": LCS 3 of 4 and 4 tokens, so 0.75; then 1 and 0.
+    assert metrics["rouge_l"] == pytest.approx((1 + 0.75 + 0) / 3)
+
+
+@pytest.mark.parametrize("method", ["prompt", "lora"])
+def test_a_federated_generation_job_lowers_the_per_token_loss(method: str, tiny_causal_dir: Path) -> None:
+    config = generation_job(tiny_causal_dir, method)
+    sites = [SiteData(toy(), toy()) for _ in range(3)]  # memorisable: the test split is the training data
+    report = simulate(config, sites)
+    assert report["state"] == "done" and report["task"] == "generation"
+    first, last = report["zero_shot_loss"], report["rounds"][-1]["loss"]
+    assert last < first
+    assert all(0 <= r["rouge_l"] <= 1 and 0 <= r["exact_match"] <= 1 for r in report["rounds"])
+    assert report["final_rouge_l"] == report["rounds"][-1]["rouge_l"]
+    assert "rouge_l" in round_table(report) and "accuracy" not in round_table(report)
+    assert summary(report).startswith("exact_match ")
+
+
+def test_dp_sgd_trains_a_generator(tiny_causal_dir: Path) -> None:
+    config = dataclasses.replace(generation_job(tiny_causal_dir, "lora"),
+                                 dp=DPSection(enabled=True, noise_multiplier=1.0))
+    model = build_model(config)
+    examples = toy() * 5
+    plan = plan_record_dp(config.dp, config.train, config.job.rounds, len(examples))
+    accountant = RecordAccountant("rdp", None)
+    start = model.get_vector()
+    result = train_local_dp(model, examples, [], config.train, plan, accountant)
+    assert result.steps == plan.steps_per_round and np.isfinite(result.loss)
+    assert not np.allclose(start, model.get_vector())
+    assert accountant.epsilon(plan.delta) > 0
+
+
+def test_greedy_generation_writes_at_most_max_new_tokens(tiny_causal_dir: Path) -> None:
+    model = build_model(generation_job(tiny_causal_dir))
+    assert isinstance(model, PromptGenerator)
+    out = model.generate(["colour of the sky", "colour of coal"])
+    assert len(out) == 2
+    assert all(len(model.tokenizer(o, add_special_tokens=False)["input_ids"]) <= 4 + 1 for o in out)
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("[task]\nkind = 'translation'\n", "task.kind"),
+    ("[task]\nkind = 'generation'\nmax_new_tokens = 0\n", "task.max_new_tokens"),
+    ("[model]\nkind = 'encoder'\n[task]\nkind = 'generation'\n", "task.kind"),
+    ("[task]\nkind = 'generation'\n[blackbox]\nenabled = true\n[model]\ntrain_head = false\n", "task.kind"),
+    ("[task]\nkind = 'generation'\n[levels]\nenabled = true\nglobal_tokens = 4\n", "levels.enabled"),
+])
+def test_generation_config_refusals_name_the_key(extra: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_toml(extra, JobConfig)
+
+
+def test_an_encoder_backbone_cannot_generate(tiny_encoder_dir: Path) -> None:
+    config = dataclasses.replace(generation_job(tiny_encoder_dir), model=ModelSection(path=str(tiny_encoder_dir)))
+    with pytest.raises(ConfigError, match="task.kind"):
+        build_model(config, load_backbone(str(tiny_encoder_dir)))
+
+
+def test_a_generation_job_round_trips_its_config(tiny_causal_dir: Path) -> None:
+    config = generation_job(tiny_causal_dir)
+    assert parse_toml(dump_toml(config), JobConfig) == config
+
+
+def test_the_bbc_headline_loader_reads_the_installed_articles() -> None:
+    loaded = load_dataset("bbc_headlines")
+    assert BUILTIN["bbc_headlines"].kind == "generation"
+    assert loaded.report.rows == 2225  # the BBC News corpus's article count
+    assert len(loaded.examples) == loaded.report.rows - loaded.report.duplicates - loaded.report.conflict_rows
+    assert all(ex.text and ex.label for ex in loaded.examples)
+    assert all("\n" not in ex.label and len(ex.label) < len(ex.text) for ex in loaded.examples)
+    first = {ex.label: ex.text for ex in loaded.examples}
+    assert first["Ad sales boost Time Warner profit"].startswith("Quarterly profits at US media giant TimeWarner")
