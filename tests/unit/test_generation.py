@@ -6,6 +6,7 @@ the installed files."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedprompt.app import cli
+from fedprompt.app.admin_client import load_prompt
 from fedprompt.app.report import round_table, summary
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, JobConfig, ModelSection, PeftSection, TaskSection, dump_toml, parse_toml
@@ -86,6 +89,24 @@ def test_a_federated_generation_job_lowers_the_per_token_loss(method: str, tiny_
     assert report["final_rouge_l"] == report["rounds"][-1]["rouge_l"]
     assert "rouge_l" in round_table(report) and "accuracy" not in round_table(report)
     assert summary(report).startswith("exact_match ")
+
+
+def test_predict_prints_the_exported_generators_completions(tmp_path: Path, tiny_causal_dir: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = dataclasses.replace(generation_job(tiny_causal_dir, "lora"),
+                                 job=dataclasses.replace(generation_job(tiny_causal_dir).job, rounds=1))
+    out = tmp_path / "generator.safetensors"
+    simulate(config, [SiteData(toy(), toy()) for _ in range(3)], export=out)
+    capsys.readouterr()
+    assert cli.main(["predict", "--prompt", str(out), "colour of snow", "colour of coal"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    vector, _ = load_prompt(out)
+    model = build_model(config)
+    model.set_vector(vector)
+    assert isinstance(model, PromptGenerator)
+    assert lines == [{"text": t, "completion": c} for t, c in
+                     zip(["colour of snow", "colour of coal"], model.generate(["colour of snow", "colour of coal"]),
+                         strict=True)]
 
 
 def test_dp_sgd_trains_a_generator(tiny_causal_dir: Path) -> None:
