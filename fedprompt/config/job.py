@@ -95,15 +95,20 @@ class TaskSection:
     """The task.  ``kind = "classification"``: label names as they appear in the data, and the words that describe
     them.  ``kind = "generation"``: each example's text is a prompt and its label the completion, learned with
     the causal-LM loss on the completion's tokens and generated greedily, at most ``max_new_tokens`` (in
-    [1, 1024]) of them (``fedprompt.models.generator``); the label names and words are unused."""
+    [1, 1024]) of them (``fedprompt.models.generator``); the label names and words are unused.  ``chat``: the
+    prompts are chat messages (data rows with ``messages``), rendered by the tokenizer's chat template in
+    place of ``template``."""
 
     kind: str = "classification"
     label_names: tuple[str, ...] = ("rotten", "fresh")
     label_words: tuple[str, ...] = ("a negative review", "a positive review")
     template: str = "{text}"
     max_new_tokens: int = 32
+    chat: bool = False
 
     def validate(self, prefix: str) -> None:
+        check(not self.chat or self.kind == "generation", f"{prefix}.chat",
+              "chat messages are prompts of a generation job; set kind = 'generation'")
         check(self.kind in TASK_KINDS, f"{prefix}.kind",
               f"must be one of {', '.join(repr(k) for k in TASK_KINDS)}, got {self.kind[:40]!r}")
         check_range(self.max_new_tokens, f"{prefix}.max_new_tokens", 1, 1024)

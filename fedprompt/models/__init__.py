@@ -30,7 +30,8 @@ def build_model(config: JobConfig, backbone: Backbone | None = None,
 
     bb = backbone or load_backbone(config.model.path, config.model.kind, placement=placement)
     return PromptGenerator(bb, config.model.prompt_length, config.model.max_length, config.task.template,
-                           seed=config.job.seed, peft=config.peft, max_new_tokens=config.task.max_new_tokens)
+                           seed=config.job.seed, peft=config.peft, max_new_tokens=config.task.max_new_tokens,
+                           chat=config.task.chat)
 
 
 __all__ = ["CPU_FLOAT32", "AdaptedModel", "Backbone", "Placement", "PromptClassifier", "build_classifier", "build_model", "load_backbone",

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from fedprompt.config import PeftSection
-from fedprompt.data.formats import Example
-from fedprompt.errors import ConfigError
+from fedprompt.data.formats import Example, chat_messages
+from fedprompt.errors import ConfigError, clip
 from fedprompt.models.backbone import Backbone
 from fedprompt.models.classifier import AdaptedModel, cache_keyword
 
@@ -54,20 +54,37 @@ class PromptGenerator(AdaptedModel):
     """Writes a completion of a prompt with a frozen causal LM and a soft prompt, prefix or LoRA adapter."""
 
     def __init__(self, backbone: Backbone, prompt_length: int, max_length: int = 256, template: str = "{text}",
-                 seed: int = 0, peft: PeftSection | None = None, max_new_tokens: int = 32) -> None:
+                 seed: int = 0, peft: PeftSection | None = None, max_new_tokens: int = 32, chat: bool = False) -> None:
+        """``chat``: prompts are chat messages (``fedprompt.data.formats.chat_messages``), rendered by the
+        tokenizer's chat template with the assistant's turn opened, in place of ``template``."""
         if backbone.kind != "causal":
             raise ConfigError(f"task.kind: 'generation' needs a causal (decoder) backbone, not {backbone.kind!r}")
+        if chat and not getattr(backbone.tokenizer, "chat_template", None):
+            raise ConfigError("task.chat: the tokenizer of model.path has no chat template to render messages with")
         super().__init__(backbone, prompt_length, max_length, template, seed, None, peft)
         self.max_new_tokens = max_new_tokens
+        self.chat = chat
         self.eos: list[int] = [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
         self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The filled template's tokens, the prompt's text cut so that the whole fits ``max_length`` (the
-        template's own words, e.g. a trailing question, always survive)."""
-        frame = len(self.tokenizer(self.template.format(text=""))["input_ids"])
-        text = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][: max(1, self.max_length - frame)]
-        return list(self.tokenizer(self.template.format(text=self.tokenizer.decode(text)))["input_ids"])
+        """The filled template's tokens (or the rendered chat), the prompt's text (the last message's) cut so that
+        the whole fits ``max_length``: the template's own words, e.g. a trailing question, always survive."""
+        messages = chat_messages(prompt)
+        if self.chat != (messages is not None):
+            raise ConfigError("task.chat: must be true exactly when the data's prompts are chat messages "
+                              f"(this job's is {str(self.chat).lower()}, a prompt reads {clip(prompt, 40)!r})")
+        text = prompt if messages is None else messages[-1]["content"]
+        frame = len(self._fill(messages, ""))
+        cut = self.tokenizer(text, add_special_tokens=False)["input_ids"][: max(1, self.max_length - frame)]
+        return self._fill(messages, str(self.tokenizer.decode(cut)))
+
+    def _fill(self, messages: list[dict[str, str]] | None, text: str) -> list[int]:
+        if messages is None:
+            return list(self.tokenizer(self.template.format(text=text))["input_ids"])
+        rendered = self.tokenizer.apply_chat_template([*messages[:-1], {**messages[-1], "content": text}],
+                                                      tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(str(rendered), add_special_tokens=False)["input_ids"])
 
     def completion_ids(self, prompt_ids: list[int], completion: str) -> list[int]:
         """The completion's tokens (at most ``max_new_tokens``) and end-of-sequence, after the delimiter."""

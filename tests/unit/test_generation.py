@@ -20,9 +20,9 @@ from fedprompt.app.report import round_table, summary
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, JobConfig, ModelSection, PeftSection, TaskSection, dump_toml, parse_toml
 from fedprompt.data.datasets import BUILTIN, load_dataset
-from fedprompt.data.formats import Example
+from fedprompt.data.formats import DataFormat, Example, chat_messages, load_file
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import ConfigError
+from fedprompt.errors import ConfigError, FileError
 from fedprompt.models import build_model, load_backbone
 from fedprompt.models.generator import IGNORE, PromptGenerator, text_metrics
 from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
@@ -163,3 +163,47 @@ def test_the_bbc_headline_loader_reads_the_installed_articles() -> None:
     assert all("\n" not in ex.label and len(ex.label) < len(ex.text) for ex in loaded.examples)
     first = {ex.label: ex.text for ex in loaded.examples}
     assert first["Ad sales boost Time Warner profit"].startswith("Quarterly profits at US media giant TimeWarner")
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_chat_rows_become_prompt_messages_and_bad_ones_are_counted(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"},
+                          {"role": "assistant", "content": " blue "}]},
+            {"messages": [{"role": "user", "content": "Grass?"}, {"role": "user", "content": "green"}]},
+            {"messages": "not a list"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    with pytest.raises(FileError, match="2 of 3 rows"):
+        load_file(path)
+    loaded = load_file(path, DataFormat(skip_bad_rows=True))
+    assert loaded.report.bad_rows == 2 and len(loaded.examples) == 1
+    ex = loaded.examples[0]
+    assert ex.label == "blue"
+    assert chat_messages(ex.text) == rows[0]["messages"][:2]  # type: ignore[index]
+
+
+def test_a_chat_job_renders_the_tokenizers_chat_template(tiny_causal_dir: Path) -> None:
+    config = generation_job(tiny_causal_dir)
+    config = dataclasses.replace(config, task=dataclasses.replace(config.task, chat=True))
+    backbone = load_backbone(str(tiny_causal_dir))
+    with pytest.raises(ConfigError, match="task.chat"):
+        build_model(config, backbone)  # the tiny tokenizer has no chat template
+    backbone.tokenizer.chat_template = CHAT_TEMPLATE
+    model = build_model(config, backbone)
+    assert isinstance(model, PromptGenerator)
+    messages = [{"role": "user", "content": "colour of the sky"}]
+    rendered = backbone.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<user>colour of the sky\n<assistant>"
+    ids = model.prompt_ids(json.dumps(messages))
+    assert ids == backbone.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert len(model.generate([json.dumps(messages)])) == 1
+    with pytest.raises(ConfigError, match="task.chat"):
+        model.prompt_ids("a plain prompt in a chat job")
+
+
+def test_chat_is_for_generation_jobs() -> None:
+    with pytest.raises(ConfigError, match="task.chat"):
+        parse_toml("[task]\nchat = true\n", JobConfig)
