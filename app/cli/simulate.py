@@ -52,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedprompt.models import load_backbone, resolve_placement
 
     placement = resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
-    sites, read = sim.simulation.deal(sim.job.task.label_names)
+    sites, read = sim.simulation.deal(sim.job.task.label_names, sim.job.task.kind)
     print(load_summary(sim.simulation.dataset, read))
     torch.set_num_threads(args.threads)
     backbone = load_backbone(sim.job.model.path, sim.job.model.kind, placement=placement)

@@ -207,3 +207,17 @@ def test_a_chat_job_renders_the_tokenizers_chat_template(tiny_causal_dir: Path) 
 def test_chat_is_for_generation_jobs() -> None:
     with pytest.raises(ConfigError, match="task.chat"):
         parse_toml("[task]\nchat = true\n", JobConfig)
+
+
+def test_simulate_deals_the_bbc_headlines_to_sites_and_prints_generation_metrics(
+        tiny_causal_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [f"model.path='{tiny_causal_dir}'", "model.kind='causal'", "model.max_length=32", "job.rounds=1",
+            "task.kind='generation'", "task.template='{text} Headline:'", "task.max_new_tokens=3",
+            "train.max_steps=1", "train.batch_size=2", "simulation.dataset='bbc_headlines'",
+            "simulation.participants=2", "simulation.test_size=4"]
+    args = ["simulate", "--no-progress", "--threads", "1", *(a for s in sets for a in ("--set", s))]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "exact_match" in out and "rouge_l" in out and "accuracy" not in out
+    assert cli.main([*args, "--set", "simulation.partition.scheme='dirichlet'"]) == 2
+    assert "simulation.partition.scheme" in capsys.readouterr().err
