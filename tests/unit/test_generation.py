@@ -123,12 +123,25 @@ def test_dp_sgd_trains_a_generator(tiny_causal_dir: Path) -> None:
     assert accountant.epsilon(plan.delta) > 0
 
 
-def test_greedy_generation_writes_at_most_max_new_tokens(tiny_causal_dir: Path) -> None:
-    model = build_model(generation_job(tiny_causal_dir))
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_greedy_generation_is_the_argmax_of_the_training_forward(method: str, tiny_causal_dir: Path) -> None:
+    """Decoding with the key/value cache writes, token by token, what the full forward (the one training uses,
+    soft prompt or prefix included) ranks first, and stops after max_new_tokens."""
+    model = build_model(generation_job(tiny_causal_dir, method))
     assert isinstance(model, PromptGenerator)
-    out = model.generate(["colour of the sky", "colour of coal"])
-    assert len(out) == 2
-    assert all(len(model.tokenizer(o, add_special_tokens=False)["input_ids"]) <= 4 + 1 for o in out)
+    prompt = "colour of the sky"
+    [written] = model.generate([prompt])
+    ids = model.prompt_ids(prompt)
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(model.max_new_tokens):
+            row = torch.tensor([ids + expected])
+            token = int(model(row, torch.ones_like(row))[0, -1].argmax())
+            if token in model.eos:
+                break
+            expected.append(token)
+    assert written == str(model.tokenizer.decode(expected, skip_special_tokens=True)).strip()
+    assert len(expected) <= model.max_new_tokens
 
 
 @pytest.mark.parametrize("extra, key", [
