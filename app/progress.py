@@ -23,7 +23,8 @@ def rounds_bar(total: int, show: bool = True) -> tqdm:
 
 
 def round_line(row: dict[str, Any]) -> str:
-    """One finished round (a ``report.round_rows`` row) in a line: accuracy and loss of its global version,
+    """One finished round (a ``report.round_rows`` row) in a line: accuracy (a generation job's exact match and
+    ROUGE-L) and loss of its global version,
     updates folded in of the members selected, the record-level epsilon of its contributors (max) and the
     participant-level one where DP is on, bytes and seconds."""
     privacy = ""
@@ -31,7 +32,9 @@ def round_line(row: dict[str, Any]) -> str:
         privacy += f", epsilon {fmt(row['record_epsilon_max'], 2)}"
     if row.get("participant_epsilon") is not None:
         privacy += f", participant epsilon {fmt(row['participant_epsilon'], 2)}"
-    return (f"round {row['round']}: accuracy {fmt(row['accuracy'])}, loss {fmt(row['loss'])}, aggregated "
+    quality = (f"exact_match {fmt(row['exact_match'])}, rouge_l {fmt(row['rouge_l'])}" if "rouge_l" in row
+               else f"accuracy {fmt(row['accuracy'])}")
+    return (f"round {row['round']}: {quality}, loss {fmt(row['loss'])}, aggregated "
             f"{row['aggregated']}/{row['selected']}{privacy}, up {row['bytes_up']} B, down {row['bytes_down']} B, "
             f"{fmt(row['seconds'], 1)} s")
 

@@ -25,6 +25,10 @@ PRIVACY_KEYS = ("record_epsilon_max", "record_epsilon_median", "participant_epsi
 PRIVACY_HEADERS = ("eps_rec_max", "eps_rec_median", "eps_participant")
 
 
+#: What a generation job reports in place of accuracy (``fedprompt.models.generator.text_metrics``).
+TEXT_METRICS = ("exact_match", "rouge_l")
+
+
 def round_rows(view: JobView) -> list[dict[str, Any]]:
     """One dict per completed round: accuracy/loss of its global version, bytes, seconds, how many updates it
     received (``updates``) and folded in (``aggregated``: received less those a defence rejected) of the
@@ -43,7 +47,7 @@ def round_rows(view: JobView) -> list[dict[str, Any]]:
             "aggregated": int(r.metrics.get("updates", 0)) - len(r.rejected), "selected": len(r.selected),
             "metric_reports": r.metric_reports,
             **{k: v for k, v in r.metrics.items()
-               if k.startswith(("pseudo_label", "expert_cohorts", "cohorts_")) or k == "gram_seconds"},
+               if k.startswith(("pseudo_label", "expert_cohorts", "cohorts_")) or k in ("gram_seconds", *TEXT_METRICS)},
             **{k: r.metrics.get(k) for k in PRIVACY_KEYS},
             "model_queries": r.metrics.get("model_queries"), "peak_rss_mb": r.metrics.get("peak_rss_mb"),
         })
@@ -73,7 +77,11 @@ def build_report(view: JobView, majority: float, exchanged: int, plm: int, *, te
     ``above_majority`` flags a final accuracy no better than the majority class."""
     rows = round_rows(view)
     final = rows[-1] if rows else {}
+    task = parse_toml(view.config_toml, JobConfig).task.kind
+    text = {f"{when}_{k}": m.get(k) for k in TEXT_METRICS for when, m in (("zero_shot", view.initial_metrics),
+                                                                            ("final", final))}
     return {
+        "task": task, **(text if task == "generation" else {}),
         "job_id": view.job_id, "state": view.state, "mode": parse_toml(view.config_toml, JobConfig).mode,
         "majority_accuracy": majority, "zero_shot_accuracy": view.initial_metrics.get("accuracy"),
         "zero_shot_loss": view.initial_metrics.get("loss"), "final_accuracy": final.get("accuracy"),
@@ -114,6 +122,12 @@ def _accuracy_cell(accuracy: float | None, majority: float) -> str:
 def round_table(report: dict[str, Any]) -> str:
     """One line a round; ``aggregated`` reads "updates folded in / members selected", and an accuracy that is not
     above the majority class carries :data:`BELOW_MAJORITY_MARK`, explained under the table."""
+    if report.get("task") == "generation":
+        return table(["round", *TEXT_METRICS, "loss", "aggregated", "bytes_up", "bytes_down", "seconds",
+                      *PRIVACY_HEADERS],
+                     [[r["round"], *(r.get(k) for k in TEXT_METRICS), r["loss"], f"{r['aggregated']}/{r['selected']}",
+                       r["bytes_up"], r["bytes_down"], r["seconds"], *(r.get(k) for k in PRIVACY_KEYS)]
+                      for r in report["rounds"]])
     majority = report["majority_accuracy"]
     rows = [[r["round"], _accuracy_cell(r["accuracy"], majority), r["loss"],
              f"{r['aggregated']}/{r['selected']}", r["bytes_up"], r["bytes_down"],
@@ -128,10 +142,14 @@ def round_table(report: dict[str, Any]) -> str:
 def summary(report: dict[str, Any]) -> str:
     test = f" on {report['test_examples']:,} test examples" if report.get("test_examples") else ""
     method = f", {report['peft_method']}" if report.get("peft_method") else ""
+    exchanged = (f"exchanged {report['exchanged_params']:,} of {report['plm_params']:,} PLM parameters "
+                 f"({100 * (report['exchanged_over_plm'] or 0):.4f}%{method})")
+    if report.get("task") == "generation":
+        return " | ".join([*(f"{k} {fmt(report[f'zero_shot_{k}'])} -> {fmt(report[f'final_{k}'])}"
+                             for k in TEXT_METRICS), f"loss {fmt(report['zero_shot_loss'])} -> "
+                           f"{fmt(report['rounds'][-1]['loss'] if report['rounds'] else None)}{test}", exchanged])
     return (f"majority {fmt(report['majority_accuracy'])} | zero-shot {fmt(report['zero_shot_accuracy'])} | "
-            f"final {_accuracy_cell(report['final_accuracy'], report['majority_accuracy'])}{test} | exchanged "
-            f"{report['exchanged_params']:,} of {report['plm_params']:,} PLM parameters "
-            f"({100 * (report['exchanged_over_plm'] or 0):.4f}%{method})")
+            f"final {_accuracy_cell(report['final_accuracy'], report['majority_accuracy'])}{test} | {exchanged}")
 
 
 def majority_warning(report: dict[str, Any]) -> str | None:

@@ -25,7 +25,7 @@ from fedprompt.app.local_link import LocalLink
 from fedprompt.app.report import build_report, privacy_spent
 from fedprompt.config import JobConfig, dump_toml, from_mapping, read_toml_text, toml_mapping
 from fedprompt.coordinator.jobs import JobManager
-from fedprompt.data.datasets import Example, label_indices, majority_accuracy
+from fedprompt.data.datasets import Example, majority_accuracy, task_labels
 from fedprompt.data.shards import DataPlan, SiteData
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import (
@@ -157,7 +157,7 @@ def simulate(
                 break
         outcome = run.outcome()
         view = outcome.view
-        test_labels = [y for site in sites for y in label_indices(site.test, config.task.label_names)]
+        test_labels = [y for site in sites for y in task_labels(site.test, config.task)]
         extra: dict[str, Any] = {"final_by_participant": outcome.final_by_participant, **run.details}
         if outcome.cohorts is not None:
             extra["cohorts"] = outcome.cohorts
@@ -176,6 +176,6 @@ def simulate(
                         view.global_version, view.job_id)
             extra["exported"] = str(export)
     return build_report(view, majority_accuracy(test_labels), exchanged, plm_params,
-                        test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
+                        test_examples=sum(len(site.test) for site in sites), seconds=round(time.perf_counter() - started, 2), runner="simulation", dp=config.dp.enabled,
                         peft_method=config.peft.method,
                         **privacy_spent(view), **extra)

@@ -88,12 +88,12 @@ def learner_factory(settings: ParticipantSection, tls: ClientTls | None, stack: 
             return BlackboxLearner(config, client)
         import torch
 
-        from fedprompt.models import build_classifier, resolve_placement
+        from fedprompt.models import build_model, resolve_placement
         from fedprompt.participant.train import GradientLearner
 
         torch.set_num_threads(settings.threads)
         placement = resolve_placement(settings.device, settings.dtype, "participant")
-        model = build_classifier(config, placement=placement)
+        model = build_model(config, placement=placement)
         log.info("tuning", model=config.model.path, placement=placement.label, method=config.peft.method,
                  exchanged_floats=model.vector_size, plm_params=model.plm_parameters,
                  exchanged_over_plm=model.vector_size / model.plm_parameters)

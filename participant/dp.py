@@ -38,7 +38,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from fedprompt.config import DPSection, JobConfig, TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError, FedPromptError
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import AdaptedModel
 from fedprompt.participant.learner import Learner
 from fedprompt.participant.train import ProgressFn, TrainResult, backward_in_parts, local_model, steps_per_round
 from fedprompt.privacy import calibrate_noise, create_accountant
@@ -117,7 +117,7 @@ def stack_grad_samples(params: list[torch.nn.Parameter]) -> None:
 
 
 def train_local_dp(
-    model: PromptClassifier,
+    model: AdaptedModel,
     examples: list[Example],
     labels: list[int],
     config: TrainSection,

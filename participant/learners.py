@@ -27,7 +27,7 @@ def local_learner(config: JobConfig, backbone: Backbone, trainer: Trainer | None
                                                   max_prompt_tokens=config.model.prompt_length,
                                                   max_length=config.model.max_length))
         return BlackboxLearner(config, host)
-    from fedprompt.models import build_classifier
+    from fedprompt.models import build_model
     from fedprompt.participant.train import GradientLearner, train_local
 
-    return GradientLearner(build_classifier(config, backbone), config.train, trainer or train_local)
+    return GradientLearner(build_model(config, backbone), config.train, trainer or train_local)

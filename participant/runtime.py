@@ -43,7 +43,7 @@ import structlog
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.crypto.attest import KeyCredentials
 from fedprompt.crypto.gram import decrypt_gram
-from fedprompt.data.datasets import Example, label_indices
+from fedprompt.data.datasets import Example, task_labels
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import DuplicateUpdate, FedPromptError, InvalidRequest, PermissionDenied, PreconditionFailed
 from fedprompt.locations import LATEST_PROMPT
@@ -58,6 +58,9 @@ from fedprompt.wire.bundle import unpack_bundle
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
+
+#: What the evaluation log line shows: a classification job's accuracy, a generation job's ROUGE-L, and the loss.
+SHOWN_METRICS = ("accuracy", "rouge_l", "loss")
 
 log = structlog.get_logger("participant.runtime")
 
@@ -192,7 +195,7 @@ class ParticipantRuntime:
 
     def _labels(self, which: str) -> list[int]:
         assert self.config is not None
-        return label_indices(getattr(self.site, which), self.config.task.label_names)
+        return task_labels(getattr(self.site, which), self.config.task)
 
     def _codec(self) -> PayloadCodec:
         if self.codec is None:
@@ -256,7 +259,7 @@ class ParticipantRuntime:
         metrics.update(learner.usage())
         metrics["peak_rss_mb"] = peak_rss_mb()
         self.link.report(self.info.job_id, version, metrics, len(self.site.test))
-        self.log.info("evaluated", version=version, accuracy=round(metrics.get("accuracy", float("nan")), 4))
+        self.log.info("evaluated", version=version, **{k: round(metrics[k], 4) for k in SHOWN_METRICS if k in metrics})
 
     def _train(self, task: Task) -> None:
         assert self.info is not None and self.config is not None
@@ -269,7 +272,7 @@ class ParticipantRuntime:
         began = time.perf_counter()
         bar = self.progress(f"round {task.round}") if self.progress else None
         examples = self.behaviour.training_examples(self.site.train)  # identity unless simulating an attack
-        labels = label_indices(examples, self.config.task.label_names)
+        labels = task_labels(examples, self.config.task)
         if self.augmenter is not None and self.augmenter.active(task.round):
             extra, extra_labels, self._train_metrics = self.augmenter.label(
                 lambda texts: learner.predict_proba(start_vector, texts), self.site.train, self._labels("train"))

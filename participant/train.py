@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedprompt.config import TrainSection
 from fedprompt.data.datasets import Example
 from fedprompt.errors import ConfigError
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import AdaptedModel, PromptClassifier
+from fedprompt.models.generator import PromptGenerator
 from fedprompt.participant.learner import Learner, ProgressFn, TrainResult, label_metrics
 
 
@@ -23,11 +23,11 @@ def steps_per_round(num_examples: int, config: TrainSection) -> int:
     return min(total, config.max_steps) if config.max_steps else total
 
 
-Trainer = Callable[[PromptClassifier, list[Example], list[int], TrainSection, int, ProgressFn | None], TrainResult]
+Trainer = Callable[[AdaptedModel, list[Example], list[int], TrainSection, int, ProgressFn | None], TrainResult]
 
 
 def train_local(
-    model: PromptClassifier,
+    model: AdaptedModel,
     examples: list[Example],
     labels: list[int],
     config: TrainSection,
@@ -49,7 +49,7 @@ def train_local(
         return _adam_steps(model, examples, labels, config, seed, progress)
 
 
-def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection,
+def _adam_steps(model: AdaptedModel, examples: list[Example], labels: list[int], config: TrainSection,
                 seed: int, progress: ProgressFn | None) -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
@@ -76,18 +76,17 @@ def _adam_steps(model: PromptClassifier, examples: list[Example], labels: list[i
     return TrainResult(step, used, float(np.mean(losses)))
 
 
-def backward_in_parts(model: PromptClassifier, forward: Callable[..., torch.Tensor], examples: list[Example],
+def backward_in_parts(model: AdaptedModel, forward: Callable[..., torch.Tensor], examples: list[Example],
                       y: torch.Tensor, indices: list[int], physical: int, scale: float) -> float:
-    """Backward of ``scale`` x the summed cross-entropy of ``examples[indices]`` through ``forward`` (the model,
+    """Backward of ``scale`` x the summed loss (``summed_loss``: a classifier's cross-entropy, a generator's
+    per-example completion loss) of ``examples[indices]`` through ``forward`` (the model,
     or Opacus's wrapper of it), in passes of at most ``physical`` examples: one batch's gradient (and per-example
     gradients, which Opacus stacks across passes) with the activation memory of a smaller one.  Returns the
     batch's mean loss."""
     total = 0.0
     for start in range(0, len(indices), physical):
         part = indices[start : start + physical]
-        batch = model.tokenize([examples[i].text for i in part])
-        logits = forward(**batch)  # float32 whatever the backbone's dtype: the loss is computed in float32
-        loss = F.cross_entropy(logits, y[part].to(logits.device), reduction="sum")
+        loss = model.summed_loss(forward, examples, y, part)
         (loss * scale).backward()
         total += float(loss.detach())
     return total / len(indices)
@@ -101,7 +100,7 @@ def memoized(trainer: Trainer) -> Trainer:
     """
     cache: dict[str, tuple[np.ndarray, np.ndarray, TrainResult]] = {}
 
-    def run(model: PromptClassifier, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
+    def run(model: AdaptedModel, examples: list[Example], labels: list[int], config: TrainSection, seed: int,
             progress: ProgressFn | None = None) -> TrainResult:
         digest = hashlib.sha256(model.get_vector().tobytes())
         digest.update(model.personal_vector().tobytes())  # a personal prompt level is a start state too
@@ -118,15 +117,18 @@ def memoized(trainer: Trainer) -> Trainer:
     return run
 
 
-def evaluate(model: PromptClassifier, examples: list[Example], labels: list[int], batch_size: int = 64) -> dict[str, float]:
-    """Accuracy and mean cross-entropy on labelled examples."""
+def evaluate(model: AdaptedModel, examples: list[Example], labels: list[int], batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on labelled examples; a generator's per-token loss, exact match and ROUGE-L."""
     if not examples:
         return {}
+    if isinstance(model, PromptGenerator):
+        return model.evaluate(examples)
+    assert isinstance(model, PromptClassifier)
     probs = model.predict_proba([e.text for e in examples], batch_size)
     return label_metrics(np.log(np.clip(probs, 1e-12, 1.0)), labels)
 
 
-def local_model(learner: Learner, feature: str) -> PromptClassifier:
+def local_model(learner: Learner, feature: str) -> AdaptedModel:
     """The local PLM copy behind ``learner``, for features that need one (DP-SGD, prompt levels); config
     validation refuses them for black-box jobs, so reaching this with another learner is a config error."""
     if not isinstance(learner, GradientLearner):
@@ -137,7 +139,7 @@ def local_model(learner: Learner, feature: str) -> PromptClassifier:
 class GradientLearner:
     """The ``Learner`` of gradient prompt tuning: Adam on the exchanged parameters of a local PLM copy."""
 
-    def __init__(self, model: PromptClassifier, config: TrainSection, trainer: Trainer = train_local) -> None:
+    def __init__(self, model: AdaptedModel, config: TrainSection, trainer: Trainer = train_local) -> None:
         self.model = model
         self.config = config
         self.trainer = trainer
@@ -160,6 +162,8 @@ class GradientLearner:
         return evaluate(self.model, examples, labels)
 
     def predict_proba(self, vector: np.ndarray, texts: list[str]) -> np.ndarray:
+        if not isinstance(self.model, PromptClassifier):
+            raise ConfigError("task.kind: a generation job writes completions; it has no label probabilities")
         self.model.set_vector(vector)
         return self.model.predict_proba(texts)
 

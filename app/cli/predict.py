@@ -1,4 +1,4 @@
-"""``fedprompt predict``: classify texts with an exported prompt."""
+"""``fedprompt predict``: classify texts with an exported prompt, or complete them for a generation job."""
 
 from __future__ import annotations
 
@@ -39,10 +39,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
     texts = _texts(args)
 
-    from fedprompt.models import build_classifier, load_backbone, resolve_placement
+    from fedprompt.models import build_classifier, build_model, load_backbone, resolve_placement
 
     placement = resolve_placement(args.device, args.dtype, "")
 
+    if config.task.kind == "generation":
+        from fedprompt.models.generator import PromptGenerator
+
+        generator = build_model(config, placement=placement)
+        assert isinstance(generator, PromptGenerator)
+        generator.set_vector(vector)
+        for text, completion in zip(texts, generator.generate(texts), strict=True):
+            print(json.dumps({"text": text, "completion": completion}))
+        return 0
     if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
         from fedprompt.participant.learners import local_learner
 
@@ -60,10 +69,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """``predict``."""
-    predict = add_command(sub, "predict", "classify texts with an exported prompt",
+    predict = add_command(sub, "predict", "classify texts (or complete prompts of a generation job) with an exported prompt",
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
-    predict.add_argument("--texts", help="a UTF-8 file of texts to classify, one per line")
+    predict.add_argument("--texts", help="a UTF-8 file of texts to classify (or prompts to complete), one per line")
     add_placement_args(predict)
     predict.add_argument("text", nargs="*", help="texts to classify (default: one per line of --texts or stdin)")
     predict.set_defaults(fn=cmd_predict)

@@ -55,7 +55,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedprompt.models import resolve_placement
 
     resolve_placement(args.device, args.dtype, "")  # an absent GPU is refused before any work
-    sites, read = sim.simulation.deal(sim.job.task.label_names)
+    sites, read = sim.simulation.deal(sim.job.task.label_names, sim.job.task.kind)
     print(load_summary(sim.simulation.dataset, read))
     torch.set_num_threads(args.threads)
     with tracking(args.track, "simulate", job_params(dump_toml(sim.job))) as track:

@@ -34,6 +34,7 @@ from fedprompt.config.codec import (
 from fedprompt.config.job import (
     MAX_DEADLINE_S,
     MAX_PER_ROUND,
+    TASK_KINDS,
     AugmentSection,
     BlackboxSection,
     JobConfig,
@@ -78,6 +79,7 @@ __all__ = [
     "MAX_TOML_BYTES",
     "MIN_HE_COHORT",
     "PEFT_METHODS",
+    "TASK_KINDS",
     "AugmentSection",
     "BlackboxSection",
     "CohortSpec",

@@ -88,15 +88,32 @@ class ModelSection:
         check(8 <= self.max_length <= 4096, f"{prefix}.max_length", "must be in [8, 4096]")
 
 
+#: What a job learns: to pick one of its labels, or to write a completion.
+TASK_KINDS = ("classification", "generation")
+
+
 @dataclass(frozen=True)
 class TaskSection:
-    """The classification task: label names as they appear in the data, and the words that describe them."""
+    """The task.  ``kind = "classification"``: label names as they appear in the data, and the words that describe
+    them.  ``kind = "generation"``: each example's text is a prompt and its label the completion, learned with
+    the causal-LM loss on the completion's tokens and generated greedily, at most ``max_new_tokens`` (in
+    [1, 1024]) of them (``fedprompt.models.generator``); the label names and words are unused.  ``chat``: the
+    prompts are chat messages (data rows with ``messages``), rendered by the tokenizer's chat template in
+    place of ``template``."""
 
+    kind: str = "classification"
     label_names: tuple[str, ...] = ("rotten", "fresh")
     label_words: tuple[str, ...] = ("a negative review", "a positive review")
     template: str = "{text}"
+    max_new_tokens: int = 32
+    chat: bool = False
 
     def validate(self, prefix: str) -> None:
+        check(not self.chat or self.kind == "generation", f"{prefix}.chat",
+              "chat messages are prompts of a generation job; set kind = 'generation'")
+        check(self.kind in TASK_KINDS, f"{prefix}.kind",
+              f"must be one of {', '.join(repr(k) for k in TASK_KINDS)}, got {self.kind[:40]!r}")
+        check_range(self.max_new_tokens, f"{prefix}.max_new_tokens", 1, 1024)
         check(len(self.label_names) >= 2, f"{prefix}.label_names", "need at least two labels")
         check(len(set(self.label_names)) == len(self.label_names), f"{prefix}.label_names", "must be distinct")
         check(
@@ -235,6 +252,8 @@ class JobConfig:
         aggregator a job names (Gram defence, black-box, linear) is checked where the aggregator registry
         lives, when the coordinator creates the job (``coordinator.aggregation.job_aggregator``)."""
         self.peft.check_job(self)
+        if self.task.kind == "generation":
+            self._check_generation()
         if self.levels.enabled:
             self.levels.check_job(self)
         check(
@@ -280,6 +299,17 @@ class JobConfig:
             self.he.threshold_params(n).check("he")
         except ParameterError as exc:
             raise ConfigError(str(exc)) from exc
+
+    def _check_generation(self) -> None:
+        """A generation job writes text with a causal LM's head, which only a gradient learner holds."""
+        check(self.model.kind != "encoder", "task.kind",
+              "'generation' needs a causal (decoder) backbone, and model.kind is 'encoder'")
+        check(not self.blackbox.enabled, "task.kind",
+              "'generation' needs a local model's gradients; a black-box job scores labels through a model service")
+        check(not self.levels.enabled, "levels.enabled",
+              "prompt levels are built for classification jobs, and task.kind is 'generation'")
+        check(not self.augment.enabled, "augment.enabled",
+              "pseudo-labelling assigns labels, and task.kind = 'generation' has none")
 
     @property
     def encrypted_discovery(self) -> bool:

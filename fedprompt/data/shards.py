@@ -89,11 +89,20 @@ class DataPlan:
         if self.dataset in BUILTIN and self.format != DataFormat():
             raise ConfigError(f"{prefix}.format: is for a file of your own; the built-in {self.dataset} is read as it is")
 
-    def deal(self, label_names: tuple[str, ...] | None = None) -> tuple[list[SiteData], LoadReport]:
+    def deal(self, label_names: tuple[str, ...] | None = None,
+             kind: str = "classification") -> tuple[list[SiteData], LoadReport]:
         """Load the dataset and deal it to ``participants`` sites, in memory; with the report of what reading it
-        dropped, for the caller to show."""
+        dropped, for the caller to show.  A generation job's (``kind``) examples are prompts and completions, not
+        labels: they are dealt IID, and a label-skewed partition is refused."""
         loaded = load_dataset(self.dataset, self.format)
-        train, test, names = split_examples(loaded.examples, self.dataset, self.test_size, self.seed, label_names)
+        if kind == "generation":
+            if self.partition.scheme != "iid":
+                raise ConfigError(f"simulation.partition.scheme: a generation job's examples have no labels to skew; "
+                                  f"use 'iid', not {self.partition.scheme!r}")
+            train, test = train_test_split(loaded.examples, self.test_size, self.seed)
+            names: tuple[str, ...] = ()
+        else:
+            train, test, names = split_examples(loaded.examples, self.dataset, self.test_size, self.seed, label_names)
         return split_sites(train, test, names, self.participants, self.partition, self.seed), loaded.report
 
 
@@ -101,9 +110,10 @@ def split_sites(
     train: list[Example], test: list[Example], label_names: tuple[str, ...], n_sites: int,
     spec: PartitionSpec, seed: int,
 ) -> list[SiteData]:
-    """Deal a train/test split across ``n_sites`` per ``spec``; pure, seeded, in memory."""
+    """Deal a train/test split across ``n_sites`` per ``spec``; pure, seeded, in memory.  Without
+    ``label_names`` (a generation task) every example counts as one class."""
     index = {name: i for i, name in enumerate(label_names)}
-    labels = [index[ex.label] for ex in train]
+    labels = [index[ex.label] for ex in train] if label_names else [0] * len(train)
     if spec.scheme == "iid":
         shards = partition.iid(labels, n_sites, seed)
     elif spec.scheme == "dirichlet":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedprompt.config import JobConfig
 from fedprompt.models.backbone import Backbone, load_backbone
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import AdaptedModel, PromptClassifier
 from fedprompt.models.placement import CPU_FLOAT32, Placement, resolve_placement
 from fedprompt.wire.levels import EXPERT, GLOBAL, PERSONAL
 
@@ -21,5 +21,18 @@ def build_classifier(config: JobConfig, backbone: Backbone | None = None,
                             level_tokens=tokens if levels.enabled else None, peft=config.peft)
 
 
-__all__ = ["CPU_FLOAT32", "Backbone", "Placement", "PromptClassifier", "build_classifier", "load_backbone",
+def build_model(config: JobConfig, backbone: Backbone | None = None,
+                placement: Placement = CPU_FLOAT32) -> AdaptedModel:
+    """The job's trainable model: its classifier, or for ``task.kind = "generation"`` its generator."""
+    if config.task.kind != "generation":
+        return build_classifier(config, backbone, placement)
+    from fedprompt.models.generator import PromptGenerator
+
+    bb = backbone or load_backbone(config.model.path, config.model.kind, placement=placement)
+    return PromptGenerator(bb, config.model.prompt_length, config.model.max_length, config.task.template,
+                           seed=config.job.seed, peft=config.peft, max_new_tokens=config.task.max_new_tokens,
+                           chat=config.task.chat)
+
+
+__all__ = ["CPU_FLOAT32", "AdaptedModel", "Backbone", "Placement", "PromptClassifier", "build_classifier", "build_model", "load_backbone",
            "resolve_placement"]

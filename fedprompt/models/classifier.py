@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
 from fedprompt.config import PeftSection
+from fedprompt.data.formats import Example
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.models.backbone import Backbone
 from fedprompt.scoring import cosine_head, length_batches, prompt_init_ids, verbalizer_ids
@@ -119,40 +120,20 @@ def prompted_features(model: PreTrainedModel, kind: str, input_ids: torch.Tensor
     return model.get_output_embeddings()(hidden[torch.arange(batch), mask.sum(1) - 1]).float()
 
 
-class PromptClassifier(nn.Module):
-    """Classifies texts with a frozen backbone steered by a soft prompt, or by a peft adapter (``peft.method``:
-    ``prefix`` or ``lora``, ``fedprompt.models.adapters``) in its place; the scoring is the same for all three.
+class AdaptedModel(nn.Module):
+    """A frozen backbone steered by a soft prompt, or by a peft adapter (``peft.method``: ``prefix`` or ``lora``,
+    ``fedprompt.models.adapters``) in its place, with the flat vector of trainable tensors the federation
+    exchanges; ``PromptClassifier`` and ``fedprompt.models.generator.PromptGenerator`` read different outputs
+    from the same machinery, so a generation job exchanges the same adapter state a classification job does."""
 
-    ``encoder`` backbones score the mean-pooled sentence embedding (``prompted_features``) with a cosine head
-    initialised from the embeddings of the label descriptions (``fedprompt.scoring.cosine_head``), so the
-    untuned model is a genuine zero-shot classifier.  ``causal`` backbones score the first token of each
-    label word at the next-token position (a verbalizer, ``fedprompt.scoring.verbalizer_ids``).
-    ``train_head=False`` freezes the encoder head at its label-description anchors, so both gradient and
-    black-box jobs tune the prompt alone with the same scoring.
-    """
-
-    label_token_ids: torch.Tensor
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        label_words: Sequence[str],
-        prompt_length: int,
-        max_length: int = 64,
-        template: str = "{text}",
-        seed: int = 0,
-        train_head: bool = True,
-        level_tokens: dict[str, int] | None = None,
-        peft: PeftSection | None = None,
-    ) -> None:
+    def __init__(self, backbone: Backbone, prompt_length: int, max_length: int, template: str, seed: int,
+                 level_tokens: dict[str, int] | None, peft: PeftSection | None) -> None:
         """``level_tokens`` (level name -> tokens, in ``fedprompt.wire.levels.LEVELS`` order, summing to
         ``prompt_length``) builds a levelled prompt; without it the prompt is one global level.  ``peft`` picks
         the method (default: the shallow prompt); a prefix is ``prompt_length`` virtual tokens long."""
         super().__init__()
         if prompt_length < 1:
             raise ConfigError(f"model.prompt_length: must be >= 1, got {prompt_length}")
-        if len(label_words) < 2:
-            raise ConfigError("task.label_words: need at least two labels")
         self.backbone = backbone.model
         self.tokenizer = backbone.tokenizer
         self.kind = backbone.kind
@@ -170,26 +151,8 @@ class PromptClassifier(nn.Module):
                 raise ConfigError(f"model.prompt_length: {prompt_length} differs from the levels' {level_tokens}")
             self.prompt = LevelledPrompt({name: _vocab_init(backbone, n, seed + i)
                                           for i, (name, n) in enumerate(level_tokens.items())})
-        dim = int(typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight).shape[1])
-        self.dim = dim
+        self.dim = int(typing.cast(torch.Tensor, backbone.model.get_input_embeddings().weight).shape[1])
         self.head: nn.Linear | None = None
-        if self.kind == "encoder":
-            self.head = nn.Linear(dim, len(label_words))
-            with torch.no_grad(), contextlib.ExitStack() as plain:  # anchors come from the PLM alone
-                for attached in backbone.adapters.values():  # a prefix is outside the PLM already (and peft
-                    if not attached.active_peft_config.is_prompt_learning:  # cannot disable one here)
-                        plain.enter_context(attached.disable_adapter())
-                enc = self._encode(list(label_words), template="{text}")
-                enc = {k: v.to(backbone.device) for k, v in enc.items()}
-                anchors = prompted_features(self.backbone, "encoder", enc["input_ids"], enc["attention_mask"],
-                                            torch.zeros(len(label_words), 0, dim, device=backbone.device))
-                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.cpu().numpy())))
-                self.head.bias.zero_()
-            self.head.requires_grad_(train_head)
-        else:
-            first = verbalizer_ids(lambda s: list(self.tokenizer(s, add_special_tokens=False).input_ids),
-                                   label_words)
-            self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
         # The peft model is held outside the module tree (a tuple): its LoRA layers already live in the backbone,
         # and a prefix encoder is registered below, so nothing is listed twice.
         self._peft: tuple[PeftModel, ...] = ()
@@ -199,15 +162,27 @@ class PromptClassifier(nn.Module):
             self._peft = (attach(backbone, peft_config(peft, self.kind, prompt_length), seed),)
             if self.method == "prefix":
                 self.prefix_encoder = self._peft[0].prompt_encoder
-        self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
 
     @property
     def device(self) -> torch.device:
-        return self.label_token_ids.device if self.head is None else self.head.weight.device
+        return self.backbone.device
 
-    @property
-    def num_labels(self) -> int:
-        return int(self.head.out_features if self.head is not None else self.label_token_ids.numel())
+    def steering(self, batch: int) -> tuple[torch.Tensor, tuple[Any, int] | None]:
+        """A batch's ``(B, P, dim)`` soft prompt (P = 0 under a peft adapter) and, for a prefix, its key/value
+        cache and length: what ``prompted_features`` and the generator feed the frozen PLM."""
+        prompt = self.prompt(batch) if self.prompt is not None else torch.zeros(batch, 0, self.dim, device=self.device)
+        prefix = None
+        if self.method == "prefix":
+            from fedprompt.models.adapters import prefix_cache
+
+            prefix = prefix_cache(self._peft[0], batch)
+        return prompt, prefix
+
+    def summed_loss(self, forward: Callable[..., torch.Tensor], examples: Sequence[Example], y: torch.Tensor,
+                    part: list[int]) -> torch.Tensor:
+        """The training loss of ``examples[part]`` summed over examples (so Opacus's per-example gradients are
+        each example's own), through ``forward``: this model or Opacus's wrapper of it."""
+        raise NotImplementedError
 
     def level_parameters(self) -> dict[str, list[nn.Parameter]]:
         """The trainable tensors by prompt level, in vector order.  The label head is shared by everyone, so it
@@ -245,50 +220,6 @@ class PromptClassifier(nn.Module):
         """Load a personal level saved by ``personal_vector`` (of this model's exact size)."""
         _load(self.level_parameters().get(PERSONAL, []), vector, "personal prompt")
 
-    def _encode(self, texts: Sequence[str], template: str) -> dict[str, torch.Tensor]:
-        return self._pad(self._token_ids(texts, template))
-
-    def _token_ids(self, texts: Sequence[str], template: str) -> list[list[int]]:
-        filled = [template.format(text=t) for t in texts]
-        return self.tokenizer(filled, truncation=True, max_length=self.max_length)["input_ids"]
-
-    def _pad(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        """Right-pad token ids into a batch (causal models gather the last real token)."""
-        rows = [torch.tensor(row, dtype=torch.long) for row in ids]
-        return {"input_ids": pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id),
-                "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)}
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
-        return self._encode(texts, self.template)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Return float32 label logits of shape ``(B, num_labels)`` (on the backbone's device)."""
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        batch = input_ids.shape[0]
-        prompt = self.prompt(batch) if self.prompt is not None else torch.zeros(batch, 0, self.dim, device=self.device)
-        prefix = None
-        if self.method == "prefix":
-            from fedprompt.models.adapters import prefix_cache
-
-            prefix = prefix_cache(self._peft[0], batch)
-        features = prompted_features(self.backbone, self.kind, input_ids, attention_mask, prompt, prefix)
-        if self.head is not None:
-            return self.head(features)
-        return features[:, self.label_token_ids]
-
-    @torch.no_grad()
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for ``texts`` (eval mode, no gradients), in the caller's order, computed in
-        batches of similar token length (``length_batches``)."""
-        self.eval()
-        tokens = self._token_ids(texts, self.template)
-        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        for rows in length_batches([len(t) for t in tokens], batch_size):
-            enc = self._pad([tokens[i] for i in rows])
-            out[rows] = torch.softmax(self(**enc), dim=-1).cpu().numpy()
-        return out
-
     def get_vector(self) -> np.ndarray:
         """The exchanged parameters flattened to one float32 vector."""
         return _flatten(self.exchanged_parameters())
@@ -320,6 +251,105 @@ class PromptClassifier(nn.Module):
         from peft import get_peft_model_state_dict
 
         return typing.cast(dict[str, torch.Tensor], get_peft_model_state_dict(self._peft[0]))
+
+
+class PromptClassifier(AdaptedModel):
+    """Classifies texts with a frozen backbone steered by a soft prompt or a peft adapter (``AdaptedModel``);
+    the scoring is the same for all three methods.
+
+    ``encoder`` backbones score the mean-pooled sentence embedding (``prompted_features``) with a cosine head
+    initialised from the embeddings of the label descriptions (``fedprompt.scoring.cosine_head``), so the
+    untuned model is a genuine zero-shot classifier.  ``causal`` backbones score the first token of each
+    label word at the next-token position (a verbalizer, ``fedprompt.scoring.verbalizer_ids``).
+    ``train_head=False`` freezes the encoder head at its label-description anchors, so both gradient and
+    black-box jobs tune the prompt alone with the same scoring.
+    """
+
+    label_token_ids: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        label_words: Sequence[str],
+        prompt_length: int,
+        max_length: int = 64,
+        template: str = "{text}",
+        seed: int = 0,
+        train_head: bool = True,
+        level_tokens: dict[str, int] | None = None,
+        peft: PeftSection | None = None,
+    ) -> None:
+        if len(label_words) < 2:
+            raise ConfigError("task.label_words: need at least two labels")
+        super().__init__(backbone, prompt_length, max_length, template, seed, level_tokens, peft)
+        if self.kind == "encoder":
+            self.head = nn.Linear(self.dim, len(label_words))
+            with torch.no_grad(), contextlib.ExitStack() as plain:  # anchors come from the PLM alone
+                for attached in backbone.adapters.values():  # a prefix is outside the PLM already (and peft
+                    if not attached.active_peft_config.is_prompt_learning:  # cannot disable one here)
+                        plain.enter_context(attached.disable_adapter())
+                enc = self._encode(list(label_words), template="{text}")
+                enc = {k: v.to(backbone.device) for k, v in enc.items()}
+                anchors = prompted_features(self.backbone, "encoder", enc["input_ids"], enc["attention_mask"],
+                                            torch.zeros(len(label_words), 0, self.dim, device=backbone.device))
+                self.head.weight.copy_(torch.from_numpy(cosine_head(anchors.cpu().numpy())))
+                self.head.bias.zero_()
+            self.head.requires_grad_(train_head)
+        else:
+            first = verbalizer_ids(lambda s: list(self.tokenizer(s, add_special_tokens=False).input_ids),
+                                   label_words)
+            self.register_buffer("label_token_ids", torch.tensor(first), persistent=False)
+        self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.head.out_features if self.head is not None else self.label_token_ids.numel())
+
+    def _encode(self, texts: Sequence[str], template: str) -> dict[str, torch.Tensor]:
+        return self._pad(self._token_ids(texts, template))
+
+    def _token_ids(self, texts: Sequence[str], template: str) -> list[list[int]]:
+        filled = [template.format(text=t) for t in texts]
+        return self.tokenizer(filled, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def _pad(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token ids into a batch (causal models gather the last real token)."""
+        rows = [torch.tensor(row, dtype=torch.long) for row in ids]
+        return {"input_ids": pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id),
+                "attention_mask": pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)}
+
+    def summed_loss(self, forward: Callable[..., torch.Tensor], examples: Sequence[Example], y: torch.Tensor,
+                    part: list[int]) -> torch.Tensor:
+        """The summed cross-entropy of ``examples[part]`` against label indices ``y[part]`` through ``forward`` (this
+        model, or Opacus's wrapper of it); logits are float32 whatever the backbone's dtype."""
+        logits = forward(**self.tokenize([examples[i].text for i in part]))
+        return F.cross_entropy(logits, y[part].to(logits.device), reduction="sum")
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise texts with the task template; right padding (causal models gather the last real token)."""
+        return self._encode(texts, self.template)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Return float32 label logits of shape ``(B, num_labels)`` (on the backbone's device)."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        prompt, prefix = self.steering(input_ids.shape[0])
+        features = prompted_features(self.backbone, self.kind, input_ids, attention_mask, prompt, prefix)
+        if self.head is not None:
+            return self.head(features)
+        return features[:, self.label_token_ids]
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for ``texts`` (eval mode, no gradients), in the caller's order, computed in
+        batches of similar token length (``length_batches``)."""
+        self.eval()
+        tokens = self._token_ids(texts, self.template)
+        out = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        for rows in length_batches([len(t) for t in tokens], batch_size):
+            enc = self._pad([tokens[i] for i in rows])
+            out[rows] = torch.softmax(self(**enc), dim=-1).cpu().numpy()
+        return out
+
 
 
 def _flatten(params: list[nn.Parameter]) -> np.ndarray:

@@ -19,7 +19,7 @@ from fedprompt.config import CohortSpec, LevelsSection, ModelSection, dump_toml
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.data.datasets import Example
 from fedprompt.models import build_classifier
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import AdaptedModel
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.participant.runtime import ParticipantRuntime
@@ -68,7 +68,7 @@ def test_no_personal_value_or_size_is_ever_sent(tiny_encoder_dir: Path) -> None:
     sent: list[tuple[str, str, tuple[Any, ...]]] = []
     personal: list[np.ndarray] = []
 
-    def observed(model: PromptClassifier, examples: list[Example], labels: list[int], train: Any, seed: int,
+    def observed(model: AdaptedModel, examples: list[Example], labels: list[int], train: Any, seed: int,
                  progress: ProgressFn | None = None) -> TrainResult:
         before = model.personal_vector()
         result = train_local(model, examples, labels, train, seed, progress)
@@ -161,7 +161,7 @@ def test_no_personal_value_leaves_over_grpc(tiny_encoder_dir: Path, tmp_path: Pa
                                                       cohorts=(CohortSpec("x", ("a", "b")),)))
     personal: list[np.ndarray] = []
 
-    def observed(model: PromptClassifier, examples: list[Example], labels: list[int], train: Any, seed: int,
+    def observed(model: AdaptedModel, examples: list[Example], labels: list[int], train: Any, seed: int,
                  progress: ProgressFn | None = None) -> TrainResult:
         result = train_local(model, examples, labels, train, seed, progress)
         personal.append(model.personal_vector())
