@@ -124,7 +124,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                              context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.publish_context(identity, bytes(request.public_context), bytes(request.key_id), bytes(request.attestation))
+        job.relay.publish_context(identity, bytes(request.public_context), bytes(request.key_id), bytes(request.attestation))
         self.announce(job)
         return participant_pb2.PublishContextResponse()
 
@@ -132,14 +132,14 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def ShareKey(self, request: participant_pb2.ShareKeyRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.share_key(identity, request.recipient_id, bytes(request.sealed_key))
+        job.relay.share_key(identity, request.recipient_id, bytes(request.sealed_key))
         self.announce(job)
         return participant_pb2.ShareKeyResponse()
 
     @rpc_method("ParticipantService")
     async def GetKeys(self, request: participant_pb2.GetKeysRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        state = self.jobs.job(request.job_id).key_state(identity)
+        state = self.jobs.job(request.job_id).relay.key_state(identity)
         return serde.keys_to_pb(dataclasses.replace(state, crl=self.gate.crl()))
 
     @rpc_method("ParticipantService")

@@ -13,7 +13,7 @@ from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.threshold import ThresholdContext
 from fedprompt.crypto.threshold_seeded import UploadRound
-from tests.thresholds import SIZE, Job, job
+from tests.thresholds import SIZE, Job, corr, job
 
 SEED = b"job-seed"
 
@@ -142,12 +142,12 @@ def test_collusion_of_coordinator_and_t_minus_1_members_learns_nothing_of_an_hon
         "colluders' key shares as if t": sum(shamir.lagrange(ring, colluders, i, limbs) * j.keys[i].share_of(
             range(1, 6)) for i in colluders) % j.q,
     }
-    corr = {}
+    recovered = {}
     for name, key in guesses.items():
         plain = ring.plaintext((c0 + a * key[:1]) % q1, list(ct.parms_id()), ct.scale)
-        corr[name] = corr(j.context.decode([plain])[:SIZE], honest)
-    assert corr.pop("honest member's secret (control)") > 0.999
-    assert all(abs(c) < 0.06 for c in corr.values()), corr
+        recovered[name] = corr(j.context.decode([plain])[:SIZE], honest)
+    assert recovered.pop("honest member's secret (control)") > 0.999
+    assert all(abs(c) < 0.06 for c in recovered.values()), recovered
 
 
 @pytest.mark.parametrize("members", [3, 5])
