@@ -150,6 +150,44 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         self.notifier.notify()
         return participant_pb2.ReportKeyFaultResponse()
 
+    @rpc_method("ParticipantService")
+    async def GetThresholdKeys(self, request: participant_pb2.GetThresholdKeysRequest,
+                               context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(identity,
+                                                                                           self.gate.crl()))
+
+    @rpc_method("ParticipantService")
+    async def PublishShare(self, request: participant_pb2.PublishShareRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.publish_share(identity, bytes(request.share), bytes(request.attestation))
+        self.announce(job)
+        return participant_pb2.PublishShareResponse()
+
+    @rpc_method("ParticipantService")
+    async def DealShares(self, request: participant_pb2.DealSharesRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.deal(identity, serde.dealing_from_pb(request))
+        self.announce(job)
+        return participant_pb2.DealSharesResponse()
+
+    @stream_method("ParticipantService")
+    async def DownloadDecryption(self, request: participant_pb2.DownloadDecryptionRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        identity = self.gate.participant(context)
+        payload = self.jobs.job(request.job_id).relay.decryption(identity, request.round)
+        for message in serde.payload_messages(payload, participant_pb2.DownloadGlobalResponse):
+            yield message
+
+    @rpc_method("ParticipantService")
+    async def SubmitShare(self, request: participant_pb2.SubmitShareRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.sealed_share))
+        self.announce(job)
+        return participant_pb2.SubmitShareResponse()
 
     @rpc_method("ParticipantService")
     async def GetGram(self, request: participant_pb2.GetGramRequest, context: grpc.aio.ServicerContext) -> Any:

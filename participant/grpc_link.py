@@ -237,22 +237,27 @@ class GrpcLink:
         self._call("ReportPrivacy", lambda: self.stub.ReportPrivacy(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
-    # Threshold jobs (``he.mode = "threshold"``) run in-process only so far (``app.local_link``): their relay and
-    # decryption-share RPCs are not in the proto yet, and the coordinator's door describes no members to them.
-    def _no_threshold(self) -> FedPromptError:
-        return FedPromptError("threshold-key jobs are not served over gRPC yet: use he.mode = 'single_key'")
-
     def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        raise self._no_threshold()
+        request = participant_pb2.GetThresholdKeysRequest(job_id=job_id)
+        return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
 
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
-        raise self._no_threshold()
+        request = participant_pb2.PublishShareRequest(job_id=job_id, share=share, attestation=attestation)
+        self._call("PublishShare", lambda: self.stub.PublishShare(request, metadata=self.metadata,
+                                                                  timeout=self.rpc_timeout_s))
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        raise self._no_threshold()
+        request = serde.dealing_to_pb(job_id, sealed)
+        self._call("DealShares", lambda: self.stub.DealShares(request, metadata=self.metadata,
+                                                              timeout=self.rpc_timeout_s))
 
     def decryption(self, job_id: str, round_: int) -> Payload:
-        raise self._no_threshold()
+        request = participant_pb2.DownloadDecryptionRequest(job_id=job_id, round=round_)
+        return self._stream("DownloadDecryption", lambda: self.stub.DownloadDecryption(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
     def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        raise self._no_threshold()
+        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=sealed)
+        self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
+                                                                timeout=self.rpc_timeout_s))
