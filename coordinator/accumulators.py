@@ -37,7 +37,7 @@ from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contr
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound
+from fedprompt.coordinator.threshold import ThresholdKeyRelay, ThresholdRound
 from fedprompt.crypto.audit import mask
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum
@@ -336,13 +336,13 @@ class ThresholdAccumulator(Accumulator):
 
     encoding = THRESHOLD
 
-    def __init__(self, relay: ThresholdRelay, vector_size: Callable[[], int]) -> None:
-        self.relay = relay
+    def __init__(self, keys: ThresholdKeyRelay, vector_size: Callable[[], int]) -> None:
+        self.keys = keys  # its relay is replaced when a restarted coordinator restores it
         self.vector_size = vector_size
         self.missed: tuple[str, ...] = ()
 
     def max_bytes(self, vector_size: int) -> int:
-        return max(self.relay.require().expected_size(vector_size), 4 * vector_size + 1024)
+        return max(self.keys.require_context().expected_size(vector_size), 4 * vector_size + 1024)
 
     def check_initial(self, payload: Payload) -> None:
         """Sealed under the members' group key, which the coordinator lacks: only its size is checked."""
@@ -351,7 +351,7 @@ class ThresholdAccumulator(Accumulator):
                                 f"for the members, not {len(payload.data)} bytes")
 
     def fold(self, number: int, attempt: int = 1) -> Fold:
-        return ThresholdFold(ThresholdRound(self.relay, number, self.vector_size(), attempt, self.missed),
+        return ThresholdFold(ThresholdRound(self.keys.relay, number, self.vector_size(), attempt, self.missed),
                              self._missed)
 
     def _missed(self, who: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.keys import JobKeys
-from fedprompt.coordinator.threshold import ThresholdKeyRelay, ThresholdRelay
+from fedprompt.coordinator.threshold import ThresholdKeyRelay
 from fedprompt.errors import NotSelected, PreconditionFailed
 from fedprompt.protocol import KeyState, Payload, ThresholdKeyState
 from fedprompt.wire.threshold import ENCODING as THRESHOLD
@@ -33,11 +33,11 @@ class KeyDoor:
             raise PreconditionFailed(f"job {job.job_id} is not encrypted (he.enabled is false)")
         return job.keys
 
-    def _threshold(self, participant_id: str) -> ThresholdRelay:
+    def _threshold(self, participant_id: str) -> ThresholdKeyRelay:
         keys = self._keys(participant_id)
         if not isinstance(keys, ThresholdKeyRelay):
             raise PreconditionFailed(f"job {self.job.job_id} is not a threshold job (he.mode is 'single_key')")
-        return keys.relay
+        return keys
 
     # ---- single key -------------------------------------------------------------------------------
     def publish_context(self, participant_id: str, context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
@@ -51,7 +51,7 @@ class KeyDoor:
 
     # ---- threshold keys ---------------------------------------------------------------------------
     def threshold_keys(self, participant_id: str, crl: bytes = b"") -> ThresholdKeyState:
-        return self._threshold(participant_id).state_for(participant_id, crl)
+        return self._threshold(participant_id).relay.state_for(participant_id, crl)
 
     def publish_share(self, participant_id: str, share: bytes, attestation: bytes = b"") -> None:
         self._threshold(participant_id).publish_share(participant_id, share, attestation)

@@ -261,6 +261,37 @@ class ThresholdKeyRelay(JobKeys):
         self.store.save_attestation(self.job_id, participant_id, "exchange", attestation)
         return False
 
+    def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
+        """``ThresholdRelay.publish_share``, then stored (with its attestation) for a restart."""
+        self.relay.publish_share(who, share, attestation)
+        self.store.save_relayed(self.job_id, "share", who, "", share)
+        self.store.save_attestation(self.job_id, who, "key-share", attestation)
+
+    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
+        """``ThresholdRelay.deal``, then stored for a restart."""
+        self.relay.deal(dealer, sealed)
+        for recipient, blob in sorted(sealed.items()):
+            self.store.save_relayed(self.job_id, "dealt", dealer, recipient, blob)
+
+    def restore(self) -> None:
+        """Reload the relay after a coordinator restart: exchange keys, public shares and dealings replayed, each
+        checked again as on arrival, into a fresh relay that replaces this one only once all of it passed."""
+        fresh = ThresholdRelay(self.job_id, self.relay.members, self.relay.params)
+        signed = {purpose: self.store.attestations(self.job_id, purpose) for purpose in ("exchange", "key-share")}
+        for who, key in self.store.exchange_keys(self.job_id).items():
+            fresh.register(who, key, signed["exchange"].get(who, b""))
+        for who, _, share in self.store.relayed(self.job_id, "share"):
+            fresh.publish_share(who, share, signed["key-share"].get(who, b""))
+        dealings: dict[str, dict[str, bytes]] = {}
+        for dealer, recipient, blob in self.store.relayed(self.job_id, "dealt"):
+            dealings.setdefault(dealer, {})[recipient] = blob
+        for dealer, sealed in dealings.items():
+            fresh.deal(dealer, sealed)
+        self.relay = fresh
+        self.exchange = dict(self.store.exchange_keys(self.job_id))
+        self.log.info("threshold key relay restored", exchange_keys=len(fresh.exchange), shares=len(fresh.shares),
+                      dealt=len(fresh.dealt), ready=fresh.ready)
+
     def holds(self, participant_id: str) -> bool:
         return self.relay.ready and participant_id in self.relay.members
 
