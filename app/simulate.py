@@ -54,10 +54,19 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
     """Parse a simulation TOML: ``[simulation]`` and ``[attack]`` are split off, the rest is the job config."""
     data = toml_mapping(text, source, overrides)
     simulation = from_mapping(DataPlan, data.pop("simulation", {}), "simulation")
+    job_table = data.setdefault("job", {})
+    if isinstance(job_table, dict) and not job_table.get("allowed_participants"):
+        # a simulation enrols exactly its sites (``simulate``): a threshold job deals its key among them
+        job_table["allowed_participants"] = site_names(simulation.participants)
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
     job = from_mapping(JobConfig, data)
     attack.target_index(job.task.label_names)
     return SimulationFile(job, simulation, attack)
+
+
+def site_names(n: int) -> list[str]:
+    """The identities of a simulation's ``n`` sites, which it enrols as the job's members."""
+    return [f"site-{k}" for k in range(n)]
 
 
 def simulation_text(job: JobConfig, plan: DataPlan) -> str:
@@ -138,7 +147,7 @@ def simulate(
         backbone = load_backbone(config.model.path, config.model.kind)
     bb = backbone
     jobs = JobManager(Store(":memory:"))
-    names = [f"site-{k}" for k in range(len(sites))]
+    names = site_names(len(sites))
     enrolled = dataclasses.replace(config, job=dataclasses.replace(config.job, allowed_participants=tuple(names)))
     job_id = jobs.create_job(dump_toml(enrolled))
     job = jobs.job(job_id)
