@@ -248,6 +248,10 @@ class ParticipantRuntime:
             raise
 
     def _threshold(self) -> ThresholdKeys:
+        """This member's threshold keys, completed first if the relay is ready before we looked again (the
+        coordinator hands out work once every member published and dealt, which may be before our next look)."""
+        if self.threshold is not None and not self.threshold.ready:
+            self._threshold_refresh(self.threshold)
         if self.threshold is None or not self.threshold.ready:
             raise FedPromptError("the job's threshold key setup has not finished")
         return self.threshold

@@ -117,3 +117,21 @@ def test_a_decryptor_dropped_after_uploading_does_not_stall_the_job(tiny_encoder
     finals = [site.global_vector(2) for site in left]
     assert np.array_equal(finals[0], finals[1]) and np.isfinite(finals[0]).all()
     assert (tmp_path / left[0].info.participant_id / "prompt-latest.safetensors").exists()  # type: ignore[union-attr]
+
+
+def test_a_member_given_work_before_its_next_look_at_the_relay_completes_its_key_first(
+        tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """The coordinator hands out tasks once every member published and dealt, which can be before a member's
+    next look at the relay (a daemon polls between tasks): the member completes its key when the task needs it,
+    instead of failing the task."""
+    fed = Federation(tiny_encoder_dir, tmp_path)
+    late = fed.sites["site-2"]  # not the member that provides version 0
+    late.service_keys()  # publishes and deals, but the others have not dealt yet: no key
+    assert late.threshold is not None and not late.threshold.ready
+    fed.dropped.add("site-2")
+    fed.run_until(lambda: fed.job.latest_version() == 0)  # the others complete their keys; version 0 is in
+    assert not late.threshold.ready and fed.job.keys is not None and fed.job.keys.ready()
+    task = late.link.get_task(fed.job_id, 0)
+    assert task.kind is TaskKind.EVALUATE
+    late.handle(task)  # evaluating version 0 needs the group key: completed here
+    assert late.threshold.ready
