@@ -12,7 +12,7 @@ import dataclasses
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.pki import RevocationList
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, ThresholdKeyState
 
 
 class LocalLink:
@@ -48,13 +48,13 @@ class LocalLink:
         self.jobs.job(job_id).report_metrics(self.identity, version, metrics, num_examples)
 
     def publish_context(self, job_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
-        self.jobs.job(job_id).publish_context(self.identity, public_context, key_id, attestation)
+        self.jobs.job(job_id).relay.publish_context(self.identity, public_context, key_id, attestation)
 
     def share_key(self, job_id: str, recipient_id: str, sealed_key: bytes) -> None:
-        self.jobs.job(job_id).share_key(self.identity, recipient_id, sealed_key)
+        self.jobs.job(job_id).relay.share_key(self.identity, recipient_id, sealed_key)
 
     def keys(self, job_id: str) -> KeyState:
-        state = self.jobs.job(job_id).key_state(self.identity)
+        state = self.jobs.job(job_id).relay.key_state(self.identity)
         if self.revocations is None:
             return state
         self.revocations.refresh()
@@ -77,3 +77,22 @@ class LocalLink:
 
     def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None:
         self.jobs.job(job_id).report_check(self.identity, round_, verdicts)
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        crl = b""
+        if self.revocations is not None:
+            self.revocations.refresh()
+            crl = self.revocations.pem
+        return self.jobs.job(job_id).relay.threshold_keys(self.identity, crl)
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        self.jobs.job(job_id).relay.publish_share(self.identity, share, attestation)
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        self.jobs.job(job_id).relay.deal(self.identity, sealed)
+
+    def decryption(self, job_id: str, round_: int) -> Payload:
+        return self.jobs.job(job_id).relay.decryption(self.identity, round_)
+
+    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
+        self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, sealed)

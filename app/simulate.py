@@ -56,6 +56,10 @@ def parse_simulation(text: str, source: str = "<simulation>", overrides: dict[st
     engine_keys, plan_keys = split_engine(data.pop("simulation", {}), DataPlan)
     engine = from_mapping(EngineSection, engine_keys, "simulation")
     simulation = from_mapping(DataPlan, plan_keys, "simulation")
+    job_table = data.setdefault("job", {})
+    if isinstance(job_table, dict) and not job_table.get("allowed_participants"):
+        # a simulation enrols exactly its sites (``simulate``): a threshold job deals its key among them
+        job_table["allowed_participants"] = [site_name(k) for k in range(simulation.participants)]
     attack = from_mapping(AttackSection, data.pop("attack", {}), "attack")
     job = from_mapping(JobConfig, data)
     attack.target_index(job.task.label_names)

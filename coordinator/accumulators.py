@@ -12,6 +12,11 @@ chosen when the job is created, which opens a ``Fold`` for every round attempt.
 * **encrypted Gram** (``GramAccumulator``, ``he.enabled`` with a Gram defence): each update's ciphertexts
   are kept (``coordinator.hegram.GramRound``); at the close the round *decides* on their encrypted Gram
   matrix (two key holders decrypt its scalars), and only the accepted ciphertexts are summed.
+* **threshold** (``ThresholdAccumulator``, ``he.mode = "threshold"``): each seeded upload is checked against
+  its round attempt and folded key-less (``coordinator.threshold.ThresholdRound``); at the close t members
+  make decryption shares sealed for the members, and the version stored is the compressed aggregate with
+  them (``fedprompt.wire.threshold``), which members combine.  The initial prompt is sealed under the members'
+  group key.
 * **levelled** (``coordinator.levels``): one of the above per prompt level.
 
 The round machine (``coordinator.rounds``) and the job's wiring (``coordinator.runtime``) never ask which
@@ -34,12 +39,14 @@ from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contr
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.threshold import ThresholdKeyRelay, ThresholdRound
 from fedprompt.crypto.audit import mask
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum
-from fedprompt.errors import DecryptorDisagreement, PreconditionFailed, RobustAssumptionError
+from fedprompt.errors import DecryptorDisagreement, InvalidUpdate, PreconditionFailed, RobustAssumptionError
 from fedprompt.protocol import Payload
 from fedprompt.wire.payload import FLOAT32, decode_vector
+from fedprompt.wire.threshold import ENCODING as THRESHOLD
 
 log = structlog.get_logger("coordinator.accumulators")
 
@@ -64,6 +71,8 @@ class Fold(ABC):
     gram: GramRound | None = None
     #: Each update's payload, kept (in audit mode) so the updates can be checked one by one, masked.
     kept: Mapping[str, bytes] = MappingProxyType({})
+    #: A threshold job's attempt: its key-less fold, then its members' decryption shares; None for the others.
+    threshold: ThresholdRound | None = None
 
     @abstractmethod
     def add(self, participant_id: str, payload: Payload) -> None:
@@ -101,8 +110,8 @@ class Accumulator(ABC):
         """Validate the initial prompt (version 0) before it is stored."""
 
     @abstractmethod
-    def fold(self, number: int) -> Fold:
-        """A fold for an attempt of round ``number`` (which trains from version ``number - 1``)."""
+    def fold(self, number: int, attempt: int = 1) -> Fold:
+        """A fold for attempt ``attempt`` of round ``number`` (which trains from version ``number - 1``)."""
 
     def view(self, participant_id: str, payload: Payload) -> Payload:
         """What ``participant_id`` downloads of a stored version (all of it, except for levelled jobs)."""
@@ -190,7 +199,7 @@ class PlainAccumulator(Accumulator):
     def check_initial(self, payload: Payload) -> None:
         decode_vector(payload, payload.vector_size)
 
-    def fold(self, number: int) -> Fold:
+    def fold(self, number: int, attempt: int = 1) -> Fold:
         return PlainFold(self.aggregator, self.global_vector(number - 1))
 
 
@@ -237,7 +246,7 @@ class EncryptedAccumulator(Accumulator):
 
     verifies = True
 
-    def fold(self, number: int) -> Fold:
+    def fold(self, number: int, attempt: int = 1) -> Fold:
         return EncryptedFold(self.keys.new_sum(self.vector_size()), keep=self.audit)
 
     def masked(self, data: bytes) -> bytes:
@@ -297,9 +306,66 @@ class GramAccumulator(EncryptedAccumulator):
         super().__init__(keys, vector_size)
         self.defence = defence
 
-    def fold(self, number: int) -> Fold:
+    def fold(self, number: int, attempt: int = 1) -> Fold:
         return GramFold(self.keys.new_gram_round(self.vector_size()), self.defence,
                         log.bind(job_id=self.keys.job_id, round=number), keep=self.audit)
 
     def expected_weight(self, num_examples: int) -> float:
         return 0.0  # members encrypt 0 in the weight slot; the coordinator adds the accepted weights
+
+
+class ThresholdFold(Fold):
+    """One threshold attempt: seeded uploads folded key-less, then (``threshold.decryption``) t sealed shares."""
+
+    def __init__(self, machine: ThresholdRound, missed: Callable[[tuple[str, ...]], None]) -> None:
+        self.threshold = machine
+        self.missed = missed
+
+    def add(self, participant_id: str, payload: Payload) -> None:
+        assert self.threshold is not None
+        self.threshold.add(participant_id, self.threshold.attempt, payload.data, payload.num_examples)
+
+    def close(self, postponed: str = "") -> Outcome:
+        """The stored version once every decryptor answered; ``postponed``: the deadline passed without them
+        (they are asked last in the next attempt)."""
+        decryption = self.threshold.decryption if self.threshold is not None else None
+        if decryption is None:
+            return Outcome(refusal=postponed or "the aggregate was never sent for decryption")
+        if postponed:
+            self.missed(decryption.missing)
+            return Outcome(refusal=postponed)
+        return Outcome(decryption.version(), weight=decryption.declared_weight)
+
+
+class ThresholdAccumulator(Accumulator):
+    """Seeded threshold-CKKS uploads (``coordinator.threshold``): no key anywhere at the coordinator."""
+
+    encoding = THRESHOLD
+
+    def __init__(self, keys: ThresholdKeyRelay, vector_size: Callable[[], int]) -> None:
+        self.keys = keys  # its relay is replaced when a restarted coordinator restores it
+        self.vector_size = vector_size
+        self.missed: tuple[str, ...] = ()
+
+    def max_bytes(self, vector_size: int) -> int:
+        return max(self.keys.require_context().expected_size(vector_size), 4 * vector_size + 1024)
+
+    def check_initial(self, payload: Payload) -> None:
+        """Sealed under the members' group key, which the coordinator lacks: only its size is checked."""
+        if not 4 * payload.vector_size < len(payload.data) <= 4 * payload.vector_size + 1024:
+            raise InvalidUpdate(f"a threshold job's initial prompt is {payload.vector_size} float32 values sealed "
+                                f"for the members, not {len(payload.data)} bytes")
+
+    def fold(self, number: int, attempt: int = 1) -> Fold:
+        return ThresholdFold(ThresholdRound(self.keys.relay, number, self.vector_size(), attempt, self.missed),
+                             self._missed)
+
+    def _missed(self, who: tuple[str, ...]) -> None:
+        self.missed = who
+
+    def committed(self, data: bytes) -> None:
+        self.missed = ()
+
+    def export_refusal(self, job_id: str) -> str:
+        return (f"job {job_id} uses threshold keys: the coordinator holds no decrypted prompt; every member writes "
+                "it to its state directory (prompt-latest.safetensors)")

@@ -381,9 +381,6 @@ def job_aggregator(config: JobConfig) -> Aggregator:
             raise ConfigError(f"he.mode: {aggregator.name!r} is a Gram defence, whose encrypted inner products "
                               "need collective evaluation keys: built in crypto.threshold_evalkeys but not wired "
                               "into rounds yet; use a linear aggregator or he.mode = 'single_key'")
-        if config.he.threshold_mode:
-            raise ConfigError("he.mode: threshold keys are validated but not wired into the coordinator's rounds "
-                              "yet (issue 30, item 2); set he.mode = 'single_key' for an encrypted job today")
         if config.levels.enabled and aggregator.gram:
             raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
                               "per level is not built); with levels and he.enabled use 'fedavg'")

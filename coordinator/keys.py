@@ -158,6 +158,10 @@ class JobKeys:
         self.log.info("key relay restored", dealer=self.dealer, context=self.context is not None,
                       holders=len(self.sealed) + (self.context is not None), evaluation_keys=self.evaluator is not None)
 
+    def progress(self) -> tuple[object, ...]:
+        """How far the relay got, as one comparable value (``coordinator.tasks.dispatch_state``)."""
+        return self.dealer, self.context is not None, len(self.sealed)
+
     def ready(self) -> bool:
         """Whether encrypted rounds can run: the public context, and for an encrypted Gram matrix the evaluation keys."""
         return self.context is not None and (not self.params.multiplicative or self.evaluator is not None)

@@ -136,7 +136,7 @@ class LevelledAccumulator(Accumulator):
                 context.parse(data, context.key_id, size)
         self._sizes = {name: size for name, (size, _) in parts.items()}
 
-    def fold(self, number: int) -> Fold:
+    def fold(self, number: int, attempt: int = 1) -> Fold:
         if self.keys is None:
             return PlainLevelsFold(self, number)
         kept = self.keys.new_gram_round(sum(self.sizes().values())) if self.discovers_in(number) else None

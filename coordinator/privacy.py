@@ -24,7 +24,7 @@ coordinator checks and stores the reports and summarises them per round (max and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import structlog
@@ -85,6 +85,18 @@ class ParticipantLedger:
                     f"budget {self.dp.participant_epsilon:g} at delta {self.dp.participant_delta:g} "
                     f"(spent {self.epsilon():.3f})")
         return ""
+
+    def summary(self, round_: int, contributors: Collection[str], sample_rate: float) -> dict[str, float]:
+        """Record-level epsilon of a round's contributors (max, median) and, recorded now, participant-level
+        epsilon; empty without DP."""
+        if not self.dp.enabled:
+            return {}
+        summary = record_summary([row for row in self.store.privacy_reports(self.job_id, round_)
+                                  if row.participant_id in contributors])
+        if self.enabled:
+            summary["participant_epsilon"] = self.record(round_, sample_rate)
+            summary["participant_delta"] = self.dp.participant_delta
+        return summary
 
     def record(self, round_: int, sample_rate: float) -> float:
         """Account one aggregated round and persist the accountant; returns epsilon after it."""

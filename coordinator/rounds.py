@@ -34,9 +34,10 @@ from fedprompt.coordinator.events import RoundEvents
 from fedprompt.coordinator.hegram import GramRound, choose_decryptors
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.offload import Offload
-from fedprompt.coordinator.privacy import ParticipantLedger, record_summary
+from fedprompt.coordinator.privacy import ParticipantLedger
 from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.store import JobState, MemberState, RoundRow, Store
+from fedprompt.coordinator.threshold import Decryption
 from fedprompt.errors import DecryptorDisagreement, PreconditionFailed, StaleRound
 from fedprompt.protocol import FlagView
 from fedprompt.wire.bundle import pack_bundle
@@ -51,13 +52,15 @@ class RoundState(enum.Enum):
     TRAINING = "training"
     DECIDING = "deciding"
     CHECKING = "checking"
+    DECRYPTING = "decrypting"  # a threshold job's aggregate awaits t members' decryption shares
     AGGREGATING = "aggregating"
     DONE = "done"
     FAILED = "failed"
 
 
 #: States of an attempt that a coordinator restart interrupts (its updates were held in memory only).
-IN_FLIGHT = (RoundState.TRAINING, RoundState.DECIDING, RoundState.CHECKING, RoundState.AGGREGATING)
+IN_FLIGHT = (RoundState.TRAINING, RoundState.DECIDING, RoundState.CHECKING, RoundState.DECRYPTING,
+             RoundState.AGGREGATING)
 
 
 @dataclass
@@ -107,7 +110,6 @@ class OpenRound:
                         self.opened_at, self.deadline, closed_at, self.bytes_up, self.bytes_down, summary or {})
 
 
-
 @dataclass(frozen=True)
 class JobEnd:
     """What the rounds ask of the job: to end (``DONE``: every round aggregated, or no budget left) or to
@@ -125,17 +127,9 @@ class RoundMachine:
     def __init__(self, job_id: str, config: JobConfig, store: Store, clock: Callable[[], float], roster: Roster,
                  accumulator: Accumulator, keys: JobKeys | None, privacy: ParticipantLedger, offload: Offload,
                  max_attempts: int = 3, events: RoundEvents | None = None) -> None:
-        self.job_id = job_id
-        self.events = events or RoundEvents()
-        self.config = config
-        self.store = store
-        self.clock = clock
-        self.roster = roster
-        self.accumulator = accumulator
-        self.keys = keys
-        self.privacy = privacy
-        self.offload = offload
-        self.max_attempts = max_attempts
+        self.job_id, self.events, self.config, self.store, self.clock = job_id, events or RoundEvents(), config, store, clock
+        self.roster, self.accumulator, self.keys, self.privacy = roster, accumulator, keys, privacy
+        self.offload, self.max_attempts = offload, max_attempts
         self.open: OpenRound | None = None
         self.next_attempt = 1
         self.failures = 0  # failed attempts of the current round since the job (re)started
@@ -167,6 +161,14 @@ class RoundMachine:
             current = "none" if r is None else str(r.number)
             raise StaleRound(f"no encrypted Gram matrix awaits decryption for round {round_} (open round: {current})")
         return r.gram
+
+    def decryption(self, round_: int) -> Decryption:
+        """The open attempt's threshold decryption, awaiting its members' shares (``StaleRound`` otherwise)."""
+        r = self.open
+        machine = r.fold.threshold if r is not None and r.number == round_ else None
+        if r is None or machine is None or machine.decryption is None or r.state is not RoundState.DECRYPTING:
+            raise StaleRound(f"nothing awaits decryption shares for round {round_}")
+        return machine.decryption
 
     def checking(self, round_: int) -> CheckRound:
         """The open attempt's check, awaiting its key holders (``StaleRound`` otherwise)."""
@@ -217,6 +219,10 @@ class RoundMachine:
                 return None
             silent = ", ".join(p for p in r.check.checkers if r.check.awaiting(p))
             return self._fail(f"checkers {silent} did not answer before the deadline")
+        decryption = r.fold.threshold.decryption if r.fold.threshold is not None else None
+        if r.state is RoundState.DECRYPTING and decryption is not None and (decryption.complete or now >= r.deadline):
+            late = "" if decryption.complete else ", ".join(decryption.missing)
+            return self._close(r, late and f"decryptors {late} did not answer before the deadline: a new attempt")
         gram = r.gram
         if r.state is not RoundState.DECIDING or gram is None:
             return None
@@ -273,7 +279,15 @@ class RoundMachine:
 
     def _close(self, r: OpenRound, postponed: str = "") -> JobEnd | None:
         """Close the attempt through its fold: an encrypted aggregate goes to two key holders' check first
-        (``coordinator.checks``); a usable one is stored, or the attempt fails."""
+        (``coordinator.checks``); a usable one is stored, or the attempt fails.  A threshold job's fold goes to
+        t online members for their decryption shares first (``coordinator.threshold``)."""
+        if r.fold.threshold is not None and r.state is RoundState.TRAINING:
+            online = set(self.roster.online(self.clock()))
+            if r.fold.threshold.close(online.__contains__) is None:
+                return self._fail(f"fewer than t = {r.fold.threshold.relay.params.t} members online to decrypt")
+            r.state = RoundState.DECRYPTING
+            self._renew_deadline(r)
+            return None
         outcome = r.fold.close(postponed)
         if outcome.refusal:
             return self._fail(outcome.refusal)
@@ -340,7 +354,7 @@ class RoundMachine:
         if outcome.decision is not None:
             self._record(r, outcome.decision)
         summary = {**outcome.metrics, "updates": float(len(r.reported)), "examples": float(sum(r.reported.values())),
-                   **self._privacy_summary(r)}
+                   **self.privacy.summary(r.number, r.reported, r.sample_rate)}
         self.store.complete_round(r.row(self.job_id, RoundState.DONE, self.clock(), summary),
                                   self.accumulator.encoding, outcome.data)
         self.accumulator.committed(outcome.data)
@@ -384,7 +398,7 @@ class RoundMachine:
         rng = random.Random(f"{settings.seed}:{number}:{self.next_attempt}")
         now = self.clock()
         self.open = OpenRound(number, self.next_attempt, tuple(sorted(rng.sample(eligible, k))), now,
-                              now + settings.round_deadline_s, k / len(eligible), self.accumulator.fold(number))
+                              now + settings.round_deadline_s, k / len(eligible), self.accumulator.fold(number, self.next_attempt))
         self.store.save_round(self.open.row(self.job_id))
         self.log.info("round opened", round=number, attempt=self.open.attempt, selected=list(self.open.selected))
         return None
@@ -409,17 +423,6 @@ class RoundMachine:
         if decision.rejected:
             self.log.info("updates rejected", round=r.number, defence=decision.defence, rejected=list(decision.rejected))
             self.events.updates_rejected(self.job_id, decision.defence, len(decision.rejected))
-
-    def _privacy_summary(self, r: OpenRound) -> dict[str, float]:
-        """Record-level epsilon of this round's contributors (max, median) and participant-level epsilon."""
-        if not self.config.dp.enabled:
-            return {}
-        summary = record_summary([row for row in self.store.privacy_reports(self.job_id, r.number)
-                                  if row.participant_id in r.reported])
-        if self.privacy.enabled:
-            summary["participant_epsilon"] = self.privacy.record(r.number, r.sample_rate)
-            summary["participant_delta"] = self.config.dp.participant_delta
-        return summary
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def cancel(self) -> None:

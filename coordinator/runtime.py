@@ -24,9 +24,16 @@ import structlog
 
 from fedprompt.config import JobConfig, dump_toml
 from fedprompt.coordinator import tasks, views
-from fedprompt.coordinator.accumulators import Accumulator, EncryptedAccumulator, GramAccumulator, PlainAccumulator
+from fedprompt.coordinator.accumulators import (
+    Accumulator,
+    EncryptedAccumulator,
+    GramAccumulator,
+    PlainAccumulator,
+    ThresholdAccumulator,
+)
 from fedprompt.coordinator.aggregation import Aggregator, GramDefence, UniformWeights, job_aggregator
 from fedprompt.coordinator.events import RoundEvents
+from fedprompt.coordinator.keydoor import KeyDoor
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.levels import LevelledAccumulator
 from fedprompt.coordinator.lifecycle import Lifecycle
@@ -36,6 +43,7 @@ from fedprompt.coordinator.reports import Reports
 from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine
 from fedprompt.coordinator.store import TERMINAL, JobState, MemberRow, MemberState, Store
+from fedprompt.coordinator.threshold import ThresholdKeyRelay, ThresholdRelay
 from fedprompt.coordinator.uploads import Admission, UploadGate, UploadKind
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
@@ -45,7 +53,6 @@ from fedprompt.protocol import (
     JobDescription,
     JobView,
     JoinInfo,
-    KeyState,
     Payload,
     PayloadHeader,
     PrivacyReport,
@@ -60,6 +67,8 @@ def choose_accumulator(job_id: str, config: JobConfig, store: Store, keys: JobKe
                        aggregator: Aggregator, vector_size: Callable[[], int]) -> Accumulator:
     """The one way a job's updates are combined: levelled, plain, encrypted, or encrypted with a decision on
     their Gram matrix (``rule`` is the job's aggregator before any DP wrapper, ``aggregator`` after it)."""
+    if isinstance(keys, ThresholdKeyRelay):
+        return ThresholdAccumulator(keys, vector_size)
     if config.levels.enabled:
         return LevelledAccumulator(job_id, config, store, keys, aggregator)
     if keys is None:
@@ -67,6 +76,15 @@ def choose_accumulator(job_id: str, config: JobConfig, store: Store, keys: JobKe
     if isinstance(rule, GramDefence):
         return GramAccumulator(keys, vector_size, rule)
     return EncryptedAccumulator(keys, vector_size)
+
+
+def job_keys(job_id: str, config: JobConfig, store: Store, gram: bool) -> JobKeys | None:
+    """An encrypted job's key relay: threshold (the n enrolled members' shared key) or single-key."""
+    if config.he.threshold_mode:
+        members = config.job.allowed_participants
+        return ThresholdKeyRelay(job_id, ThresholdRelay(job_id, members, config.he.threshold_params(len(members))),
+                                 store)
+    return JobKeys(job_id, config.he_params(gram), config.he.dealer, store) if config.he.enabled else None
 
 
 class JobRuntime:
@@ -78,14 +96,17 @@ class JobRuntime:
         """``offload`` runs a round's costly homomorphic step (``coordinator.offload``): inline by default;
         ``events`` hears what the rounds do (``coordinator.events``, e.g. for metrics)."""
         self.job_id, self.config, self.config_toml, self.store, self.clock = job_id, config, config_toml, store, clock
-        # What participants see: the job without its allow-list, so no member learns who else may join.
+        # What participants see: the job without its allow-list, so no member learns who else may join; a
+        # threshold job's members must know each other (they deal key shares to exactly them), so it keeps it.
+        listed = config.job.allowed_participants if config.he.threshold_mode else ()
         self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
-            config.job, allowed_participants=()), levels=dataclasses.replace(config.levels, cohorts=())))
+            config.job, allowed_participants=listed), levels=dataclasses.replace(config.levels, cohorts=())))
         rule = job_aggregator(config)
         self.aggregator = UniformWeights(rule, config.job.min_participants) if config.dp.participant_level else rule
-        self.keys = JobKeys(job_id, config.he_params(rule.gram), config.he.dealer, store) if config.he.enabled else None
+        self.keys = job_keys(job_id, config, store, rule.gram)
         self.accumulator = choose_accumulator(job_id, config, store, self.keys, rule, self.aggregator,
                                               lambda: self.uploads.vector_size)
+        self.relay = KeyDoor(self)
         self.roster = Roster(job_id, config.job.allowed_participants, store, offline_after_s,
                              config.robust.quarantine_after if self.aggregator.quarantines else 0)
         self.privacy = ParticipantLedger(job_id, config.dp, store)
@@ -155,21 +176,6 @@ class JobRuntime:
         self.log.info("participant joined", participant=participant_id, num_train=num_train, provides_initial=provide,
                       deals_keys=deal)
         return JoinInfo(self.job_id, participant_id, provide, deal)
-
-    def _keys(self, participant_id: str) -> JobKeys:
-        self.roster.touch(participant_id, self.clock())
-        if self.keys is None:
-            raise PreconditionFailed(f"job {self.job_id} is not encrypted (he.enabled is false)")
-        return self.keys
-
-    def publish_context(self, participant_id: str, context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
-        self._keys(participant_id).publish(participant_id, context, key_id, attestation)
-
-    def share_key(self, participant_id: str, recipient_id: str, sealed_key: bytes) -> None:
-        self._keys(participant_id).share(participant_id, recipient_id, sealed_key)
-
-    def key_state(self, participant_id: str) -> KeyState:
-        return self._keys(participant_id).state_for(participant_id, lambda p: p in self.online())
 
     def next_task(self, participant_id: str) -> Task:
         return tasks.next_task(self, participant_id)

@@ -117,6 +117,15 @@ CREATE TABLE IF NOT EXISTS coordinator_lease (
 INSERT INTO coordinator_lease VALUES (1, '', 0, 0) ON CONFLICT DO NOTHING;
 """
 
+#: A threshold job's relayed key material (``coordinator.threshold``): each member's public key share ("share")
+#: and each sub-share sealed from a dealer to one recipient ("dealt"), so a restarted coordinator relays them again.
+V7 = """
+CREATE TABLE IF NOT EXISTS threshold_relay (
+    job_id TEXT NOT NULL, kind TEXT NOT NULL, owner TEXT NOT NULL, recipient TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (job_id, kind, owner, recipient)
+);
+"""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -132,7 +141,8 @@ class Migration:
 #: In order; a database at version ``v`` gets every migration whose number is above ``v``.
 MIGRATIONS: tuple[Migration, ...] = (Migration(1, V1), Migration(2, V2),
                                      Migration(3, V3), Migration(4, V4),
-                                     Migration(5, V5, "UPDATE exchange_keys SET seq = rowid;"), Migration(6, V6))
+                                     Migration(5, V5, "UPDATE exchange_keys SET seq = rowid;"), Migration(6, V6),
+                                     Migration(7, V7))
 LATEST = MIGRATIONS[-1].number
 
 

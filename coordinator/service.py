@@ -124,7 +124,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
                              context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.publish_context(identity, bytes(request.public_context), bytes(request.key_id), bytes(request.attestation))
+        job.relay.publish_context(identity, bytes(request.public_context), bytes(request.key_id), bytes(request.attestation))
         self.announce(job)
         return participant_pb2.PublishContextResponse()
 
@@ -132,14 +132,14 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def ShareKey(self, request: participant_pb2.ShareKeyRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.share_key(identity, request.recipient_id, bytes(request.sealed_key))
+        job.relay.share_key(identity, request.recipient_id, bytes(request.sealed_key))
         self.announce(job)
         return participant_pb2.ShareKeyResponse()
 
     @rpc_method("ParticipantService")
     async def GetKeys(self, request: participant_pb2.GetKeysRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        state = self.jobs.job(request.job_id).key_state(identity)
+        state = self.jobs.job(request.job_id).relay.key_state(identity)
         return serde.keys_to_pb(dataclasses.replace(state, crl=self.gate.crl()))
 
     @rpc_method("ParticipantService")
@@ -150,6 +150,44 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         self.notifier.notify()
         return participant_pb2.ReportKeyFaultResponse()
 
+    @rpc_method("ParticipantService")
+    async def GetThresholdKeys(self, request: participant_pb2.GetThresholdKeysRequest,
+                               context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(identity,
+                                                                                           self.gate.crl()))
+
+    @rpc_method("ParticipantService")
+    async def PublishShare(self, request: participant_pb2.PublishShareRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.publish_share(identity, bytes(request.share), bytes(request.attestation))
+        self.announce(job)
+        return participant_pb2.PublishShareResponse()
+
+    @rpc_method("ParticipantService")
+    async def DealShares(self, request: participant_pb2.DealSharesRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.deal(identity, serde.dealing_from_pb(request))
+        self.announce(job)
+        return participant_pb2.DealSharesResponse()
+
+    @stream_method("ParticipantService")
+    async def DownloadDecryption(self, request: participant_pb2.DownloadDecryptionRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        identity = self.gate.participant(context)
+        payload = self.jobs.job(request.job_id).relay.decryption(identity, request.round)
+        for message in serde.payload_messages(payload, participant_pb2.DownloadGlobalResponse):
+            yield message
+
+    @rpc_method("ParticipantService")
+    async def SubmitShare(self, request: participant_pb2.SubmitShareRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.sealed_share))
+        self.announce(job)
+        return participant_pb2.SubmitShareResponse()
 
     @rpc_method("ParticipantService")
     async def GetGram(self, request: participant_pb2.GetGramRequest, context: grpc.aio.ServicerContext) -> Any:

@@ -270,3 +270,12 @@ def connect(location: str | Path) -> Backend:
         return SqliteBackend(str(location))
     kind, target = store_target(location)
     return PostgresBackend(target) if kind == "postgresql" else SqliteBackend(target)
+
+
+def upsert(table: str, columns: str, key: str) -> str:
+    """Insert a row, or overwrite the one with the same ``key`` columns: SQLite's ``INSERT OR REPLACE``, spelt as
+    both databases take it."""
+    names = columns.split(", ")
+    sets = ", ".join(f"{c}=excluded.{c}" for c in names if c not in key.split(", "))
+    return (f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {sets}")

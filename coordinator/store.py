@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedprompt.coordinator.keystore import KeyStore
 from fedprompt.coordinator.schema import migrate
-from fedprompt.coordinator.sqlbackend import Backend, Row, Writer, connect
+from fedprompt.coordinator.sqlbackend import Backend, Row, Writer, connect, upsert
 from fedprompt.errors import Deposed
 from fedprompt.protocol import AuditView, FlagView
 
@@ -107,7 +108,7 @@ class MetricRow:
     metrics: dict[str, float]
 
 
-class Store:
+class Store(KeyStore):
     """All coordinator persistence. Every public write is one transaction."""
 
     def __init__(self, location: str | Path) -> None:
@@ -320,57 +321,6 @@ class Store:
         PostgreSQL store refuses, naming pg_dump)."""
         self._sql.backup(destination)
 
-    # encrypted jobs: the key relay (nothing here opens anything: public context, public keys, sealed blobs)
-    def save_he_context(self, job_id: str, dealer: str, key_id: bytes, public_context: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO he_contexts VALUES (?,?,?,?,?)", (job_id, dealer, key_id, public_context,
-                                                                     time.time()))
-
-    def save_exchange_key(self, job_id: str, participant_id: str, public_key: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO exchange_keys (job_id, participant_id, public_key, seq) VALUES (?,?,?, (SELECT "
-                       "COALESCE(MAX(seq), 0) + 1 FROM exchange_keys WHERE job_id=?)) ON CONFLICT (job_id, "
-                       "participant_id) DO UPDATE SET public_key=excluded.public_key",
-                       (job_id, participant_id, public_key, job_id))
-
-    def save_sealed_key(self, job_id: str, recipient: str, sender: str, blob: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO sealed_keys VALUES (?,?,?,?,?)", (job_id, recipient, sender, blob, time.time()))
-
-    def save_evaluation_keys(self, job_id: str, keys: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO he_evaluation_keys VALUES (?,?,?)", (job_id, keys, time.time()))
-
-    def save_attestation(self, job_id: str, participant_id: str, purpose: str, attestation: bytes) -> None:
-        with self._tx() as db:
-            db.execute(_ATTESTATION, (job_id, participant_id, purpose, attestation))
-
-    def attestations(self, job_id: str, purpose: str) -> dict[str, bytes]:
-        """The signed key statements of one purpose (``crypto.attest.PURPOSES``): participant -> attestation."""
-        rows = self._all("SELECT participant_id, attestation FROM key_attestations WHERE job_id=? AND purpose=?",
-                         (job_id, purpose))
-        return {str(r[0]): bytes(r[1]) for r in rows}
-
-    def he_context(self, job_id: str) -> tuple[str, bytes, bytes] | None:
-        """The job's dealer, key id and public context, if the dealer published them."""
-        rows = self._all("SELECT dealer, key_id, public_context FROM he_contexts WHERE job_id=?", (job_id,))
-        return (str(rows[0][0]), bytes(rows[0][1]), bytes(rows[0][2])) if rows else None
-
-    def exchange_keys(self, job_id: str) -> dict[str, bytes]:
-        """Members' X25519 public keys, in the order they were first registered."""
-        rows = self._all("SELECT participant_id, public_key FROM exchange_keys WHERE job_id=? ORDER BY seq, "
-                         "participant_id", (job_id,))
-        return {str(r[0]): bytes(r[1]) for r in rows}
-
-    def sealed_keys(self, job_id: str) -> dict[str, tuple[str, bytes]]:
-        """Relayed sealed keys: recipient -> (sender, blob)."""
-        rows = self._all("SELECT recipient, sender, blob FROM sealed_keys WHERE job_id=?", (job_id,))
-        return {str(r[0]): (str(r[1]), bytes(r[2])) for r in rows}
-
-    def evaluation_keys(self, job_id: str) -> bytes | None:
-        rows = self._all("SELECT keys FROM he_evaluation_keys WHERE job_id=?", (job_id,))
-        return bytes(rows[0][0]) if rows else None
-
     # privacy
     def save_accountant_state(self, job_id: str, state: str) -> None:
         """The job's participant-level accountant (its ``state_dict`` as JSON), replacing the previous one."""
@@ -420,23 +370,12 @@ def _write_prompt(db: Writer, job_id: str, version: int, encoding: str, data: by
     db.execute("INSERT INTO prompts VALUES (?,?,?,?,?)", (job_id, version, encoding, data, time.time()))
 
 
-def _upsert(table: str, columns: str, key: str) -> str:
-    """Insert a row, or overwrite the one with the same ``key`` columns: SQLite's ``INSERT OR REPLACE``, spelt as
-    both databases take it."""
-    names = columns.split(", ")
-    sets = ", ".join(f"{c}=excluded.{c}" for c in names if c not in key.split(", "))
-    return (f"INSERT INTO {table} ({columns}) VALUES ({','.join('?' * len(names))}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {sets}")
-
-
-_ROUND = _upsert("rounds", "job_id, round, attempt, state, selected, opened_at, deadline, closed_at, bytes_up, "
+_ROUND = upsert("rounds", "job_id, round, attempt, state, selected, opened_at, deadline, closed_at, bytes_up, "
                  "bytes_down, summary", "job_id, round, attempt")
-_DECISION = _upsert("decisions", "job_id, round, attempt, participant_id, accepted, score, score_name, defence, "
+_DECISION = upsert("decisions", "job_id, round, attempt, participant_id, accepted, score, score_name, defence, "
                     "decided_at", "job_id, round, attempt, participant_id")
-_METRICS = _upsert("metrics", "job_id, version, participant_id, num_examples, metrics, reported_at",
+_METRICS = upsert("metrics", "job_id, version, participant_id, num_examples, metrics, reported_at",
                    "job_id, version, participant_id")
-_ACCOUNTANT = _upsert("privacy_accountants", "job_id, state, updated_at", "job_id")
-_ATTESTATION = _upsert("key_attestations", "job_id, participant_id, purpose, attestation",
-                       "job_id, participant_id, purpose")
-_PRIVACY_REPORT = _upsert("record_privacy", "job_id, participant_id, round, epsilon, delta, declined, reason, "
+_ACCOUNTANT = upsert("privacy_accountants", "job_id, state, updated_at", "job_id")
+_PRIVACY_REPORT = upsert("record_privacy", "job_id, participant_id, round, epsilon, delta, declined, reason, "
                           "reported_at", "job_id, participant_id, round")

@@ -1,8 +1,8 @@
 """Task dispatch: what a member of a job should do next, and where the job stands, in words for its status.
 
 A member evaluates each new global version first (its metrics are the job's progress report), then trains
-when it is selected for the open round; a key holder chosen to decrypt a round's Gram matrix does that
-before anything else, since the round waits on it.  Otherwise it waits, and is told why.
+when it is selected for the open round; a key holder chosen to decrypt a round's Gram matrix, or a threshold
+job's member named to make a decryption share, does that before anything else, since the round waits on it.  Otherwise it waits, and is told why.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ def next_task(job: JobRuntime, participant_id: str) -> Task:
     if job.state in (JobState.CANCELLED, JobState.FAILED):
         return Task(TaskKind.DONE, reason=f"job {job.state.value}: {job.lifecycle.reason}")
     if job.keys is not None and not job.keys.holds(participant_id):
-        return Task(TaskKind.WAIT, reason="waiting for a key holder to share the job key")
+        return Task(TaskKind.WAIT, reason="waiting for the members' threshold key setup" if job.config.he.threshold_mode
+                    else "waiting for a key holder to share the job key")
     r = job.rounds.open
+    decryption = r.fold.threshold.decryption if r is not None and r.fold.threshold is not None else None
+    if r is not None and r.state is RoundState.DECRYPTING and decryption and decryption.awaiting(participant_id):
+        return Task(TaskKind.SHARE, round=r.number, deadline=r.deadline, attempt=r.attempt)
     if r is not None and r.gram is not None and r.gram.awaiting(participant_id):
         return Task(TaskKind.DECRYPT, round=r.number, deadline=r.deadline)
     if r is not None and r.check is not None and r.state is RoundState.CHECKING and r.check.awaiting(participant_id):
@@ -40,7 +44,8 @@ def next_task(job: JobRuntime, participant_id: str) -> Task:
         return Task(TaskKind.WAIT, reason="quarantined after repeated rejected updates; an admin must release it")
     if (r is not None and r.state is RoundState.TRAINING and r.selects(participant_id)
             and participant_id not in r.reported and job.clock() < r.deadline):
-        return Task(TaskKind.TRAIN, round=r.number, global_version=r.number - 1, deadline=r.deadline)
+        return Task(TaskKind.TRAIN, round=r.number, global_version=r.number - 1, deadline=r.deadline,
+                    attempt=r.attempt)
     if job.state is JobState.DONE:
         return Task(TaskKind.DONE, reason="all rounds completed")
     return Task(TaskKind.WAIT, reason=phase(job))
@@ -55,7 +60,7 @@ def dispatch_state(job: JobRuntime) -> Hashable:
     r = job.rounds.open
     attempt = None if r is None else (r.number, r.attempt, r.state, r.gram is not None and r.gram.computed,
                                       None if r.check is None else r.check.stage)
-    keys = None if job.keys is None else (job.keys.dealer, job.keys.context is not None, len(job.keys.sealed))
+    keys = None if job.keys is None else job.keys.progress()
     return job.state, job.latest_version(), attempt, keys
 
 
@@ -71,6 +76,8 @@ def phase(job: JobRuntime) -> str:
     if r.state is RoundState.DECIDING and r.gram is not None:
         waiting = [p for p in r.gram.decryptors if r.gram.awaiting(p)]
         return f"round {r.number} deciding: Gram matrix with decryptors {', '.join(waiting)}"
+    if r.state is RoundState.DECRYPTING and r.fold.threshold is not None and r.fold.threshold.decryption:
+        return f"round {r.number} decrypting: shares from {', '.join(r.fold.threshold.decryption.missing)}"
     if r.state is RoundState.CHECKING and r.check is not None:
         waiting = [p for p in r.check.checkers if r.check.awaiting(p)]
         return f"round {r.number} checking its {r.check.stage.value}: key holders {', '.join(waiting)}"

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.store import Store
 from fedprompt.crypto.attest import Attestation, digest
 from fedprompt.crypto.ckks import EncryptedSum, PublicContext
 from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
@@ -34,7 +36,7 @@ from fedprompt.errors import (
     PreconditionFailed,
     quoted,
 )
-from fedprompt.protocol import ThresholdKeyState
+from fedprompt.protocol import KeyState, ThresholdKeyState
 from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
 log = structlog.get_logger("coordinator.threshold")
@@ -161,6 +163,10 @@ class Decryption:
             raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(sealed)}")
         self.shares[who] = sealed
 
+    def awaiting(self, who: str) -> bool:
+        """Whether ``who`` is named to decrypt and has not answered yet."""
+        return who in self.decryptors and who not in self.shares
+
     @property
     def complete(self) -> bool:
         return len(self.shares) == len(self.decryptors)
@@ -183,10 +189,13 @@ class ThresholdRound:
     """One round of a threshold job: the attempt's key-less fold, then its decryption; a decryptor that does not
     answer before the deadline makes the next attempt (fresh ``a_r``, the members online upload again)."""
 
-    def __init__(self, relay: ThresholdRelay, round_: int, vector_size: int) -> None:
+    def __init__(self, relay: ThresholdRelay, round_: int, vector_size: int, attempt: int = 0,
+                 missed: Sequence[str] = ()) -> None:
+        """``attempt``: the round machine's attempt number (never repeated within a round); ``missed``: the
+        decryptors that did not answer the last attempt, asked last."""
         self.relay, self.round, self.vector_size = relay, round_, vector_size
-        self.attempt = 0
-        self.missed: tuple[str, ...] = ()
+        self.attempt = attempt
+        self.missed: tuple[str, ...] = tuple(missed)
         self._open()
 
     def _open(self) -> None:
@@ -232,3 +241,81 @@ class ThresholdRound:
         self.attempt += 1
         self._open()
         return self.attempt
+
+
+class ThresholdKeyRelay(JobKeys):
+    """A threshold job's keys as the rest of the job sees them (``JobKeys``'s interface over a
+    ``ThresholdRelay``): no dealer and no sealed secret context; every member holds its share once the key
+    setup is complete, and the single-key relay calls are refused."""
+
+    def __init__(self, job_id: str, relay: ThresholdRelay, store: Store) -> None:
+        super().__init__(job_id, relay.params.ckks, "", store)
+        self.relay = relay
+        self.dealer = None
+
+    def register(self, participant_id: str, public_key: bytes, attestation: bytes = b"") -> bool:
+        self.relay.register(participant_id, public_key, attestation)
+        self.exchange[participant_id] = public_key
+        self.attestations[participant_id] = attestation
+        self.store.save_exchange_key(self.job_id, participant_id, public_key)
+        self.store.save_attestation(self.job_id, participant_id, "exchange", attestation)
+        return False
+
+    def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
+        """``ThresholdRelay.publish_share``, then stored (with its attestation) for a restart."""
+        self.relay.publish_share(who, share, attestation)
+        self.store.save_relayed(self.job_id, "share", who, "", share)
+        self.store.save_attestation(self.job_id, who, "key-share", attestation)
+
+    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
+        """``ThresholdRelay.deal``, then stored for a restart."""
+        self.relay.deal(dealer, sealed)
+        for recipient, blob in sorted(sealed.items()):
+            self.store.save_relayed(self.job_id, "dealt", dealer, recipient, blob)
+
+    def restore(self) -> None:
+        """Reload the relay after a coordinator restart: exchange keys, public shares and dealings replayed, each
+        checked again as on arrival, into a fresh relay that replaces this one only once all of it passed."""
+        fresh = ThresholdRelay(self.job_id, self.relay.members, self.relay.params)
+        signed = {purpose: self.store.attestations(self.job_id, purpose) for purpose in ("exchange", "key-share")}
+        for who, key in self.store.exchange_keys(self.job_id).items():
+            fresh.register(who, key, signed["exchange"].get(who, b""))
+        for who, _, share in self.store.relayed(self.job_id, "share"):
+            fresh.publish_share(who, share, signed["key-share"].get(who, b""))
+        dealings: dict[str, dict[str, bytes]] = {}
+        for dealer, recipient, blob in self.store.relayed(self.job_id, "dealt"):
+            dealings.setdefault(dealer, {})[recipient] = blob
+        for dealer, sealed in dealings.items():
+            fresh.deal(dealer, sealed)
+        self.relay = fresh
+        self.exchange = dict(self.store.exchange_keys(self.job_id))
+        self.log.info("threshold key relay restored", exchange_keys=len(fresh.exchange), shares=len(fresh.shares),
+                      dealt=len(fresh.dealt), ready=fresh.ready)
+
+    def holds(self, participant_id: str) -> bool:
+        return self.relay.ready and participant_id in self.relay.members
+
+    def ready(self) -> bool:
+        return self.relay.ready
+
+    def progress(self) -> tuple[object, ...]:
+        return len(self.relay.exchange), len(self.relay.shares), len(self.relay.dealt)
+
+    def _single_key(self) -> PreconditionFailed:
+        return PreconditionFailed(f"job {self.job_id} uses threshold keys (he.mode = 'threshold'): it has no key "
+                                  "dealer and no single key to relay")
+
+    def publish(self, participant_id: str, public_context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        raise self._single_key()
+
+    def share(self, sender: str, recipient: str, blob: bytes) -> None:
+        raise self._single_key()
+
+    def check_evaluation_keys(self, participant_id: str) -> int:
+        raise self._single_key()
+
+    def state_for(self, participant_id: str, online: Callable[[str], bool]) -> KeyState:
+        raise self._single_key()
+
+    def require_context(self) -> PublicContext:
+        return self.relay.require()

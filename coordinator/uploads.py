@@ -132,7 +132,7 @@ class UploadGate:
         if pid in r.reported:
             raise DuplicateUpdate(f"{pid} already submitted for round {r.number}")
         if r.state is not RoundState.TRAINING:
-            raise StaleRound(f"round {r.number} is deciding on its encrypted Gram matrix; it takes no more updates")
+            raise StaleRound(f"round {r.number} is {r.state.value} (training is over); it takes no more updates")
         if self.rounds.clock() >= r.deadline:
             raise StaleRound(f"round {r.number} deadline has passed")
 

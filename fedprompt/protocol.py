@@ -52,17 +52,20 @@ class TaskKind(enum.Enum):
     DONE = "done"
     DECRYPT = "decrypt"  # encrypted Gram defence: decrypt round ``round``'s Gram matrix (coordinator.hegram)
     CHECK = "check"  # encrypted jobs: check round ``round``'s candidate aggregate or masked updates (crypto.audit)
+    SHARE = "share"  # threshold jobs: make a decryption share of round ``round``'s aggregate (coordinator.threshold)
 
 
 @dataclass(frozen=True)
 class Task:
-    """What a participant should do next. TRAIN starts from ``global_version`` and submits for ``round``."""
+    """What a participant should do next. TRAIN starts from ``global_version`` and submits for ``round``;
+    ``attempt`` names the round attempt a threshold job's upload or decryption share is for."""
 
     kind: TaskKind
     round: int = 0
     global_version: int = 0
     deadline: float = 0.0
     reason: str = ""
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,16 @@ class CoordinatorLink(Protocol):
     def check_bundle(self, job_id: str, round_: int) -> Payload: ...
 
     def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None: ...
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState: ...
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None: ...
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None: ...
+
+    def decryption(self, job_id: str, round_: int) -> Payload: ...
+
+    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None: ...
 
 
 class ThresholdLink(Protocol):

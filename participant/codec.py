@@ -9,6 +9,7 @@ which kind of job it is in.  Two layers:
   are rebuilt here: ``prompt_v = prompt_{v-1} + sum_v / weight_v``).  With a Gram defence a round update
   encrypts 0 in the weight slot, since the coordinator adds the accepted weights itself
   (``coordinator.hegram``); the initial prompt still encrypts its weight 1.
+  ``ThresholdPart`` carries a threshold job's seeded uploads and combines its members' decryption shares.
 * a **payload codec** frames the parts: ``VectorCodec`` sends the whole vector as one part,
   ``LevelledCodec`` one part per shared level in a level container (``fedprompt.wire.levels``); in an
   encrypted levelled version an empty part means that level did not change.
@@ -28,11 +29,14 @@ import numpy as np
 from fedprompt.crypto.audit import Verdict, check
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import SecretContext
+from fedprompt.crypto.sealing import open_for_group, seal_for_group
 from fedprompt.errors import InvalidUpdate
 from fedprompt.participant.keys import KeyHolder
+from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import COHORTS_PART, EXPERT, GLOBAL, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
+from fedprompt.wire.threshold import ENCODING as THRESHOLD
 
 #: Fetches global version ``v`` as the coordinator serves it to this site.
 Download = Callable[[int], Payload]
@@ -48,8 +52,9 @@ class PartCodec(ABC):
     cumulative: bool
 
     @abstractmethod
-    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
-        """The bytes that carry ``vector`` from a site with ``weight`` (round 0: the initial prompt)."""
+    def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
+        """The bytes that carry ``vector`` from a site with ``weight`` (round 0: the initial prompt) for round
+        attempt ``attempt`` (threshold jobs seed their uploads with it)."""
 
     @abstractmethod
     def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
@@ -66,7 +71,7 @@ class PlainPart(PartCodec):
     encoding = FLOAT32
     cumulative = False
 
-    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+    def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
         return encode_vector(vector)
 
     def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
@@ -83,7 +88,7 @@ class EncryptedPart(PartCodec):
         self.secret = secret
         self.gram_defence = gram_defence
 
-    def encode(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+    def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
         slot = 0 if round_ and self.gram_defence else weight  # Gram defence: the coordinator adds the weights
         return self.secret().encrypt(np.asarray(vector, dtype=np.float64) * weight, slot)
 
@@ -93,6 +98,33 @@ class EncryptedPart(PartCodec):
 
     def check(self, data: bytes, size: int, masked: bool) -> Verdict:
         return check(self.secret(), data, size, masked)
+
+
+class ThresholdPart(PartCodec):
+    """Threshold-CKKS vectors (``participant.threshold_keys``): a round's update is this member's seeded upload
+    of ``weight * vector`` for the task's attempt; a served version is the compressed aggregate with t sealed
+    decryption shares, combined here.  The initial prompt is sealed under the members' group key (AES-GCM),
+    which the coordinator never holds, so no decryption share is spent on it."""
+
+    encoding = THRESHOLD
+    cumulative = True
+
+    def __init__(self, keys: Callable[[], ThresholdKeys]) -> None:
+        self.keys = keys
+
+    def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
+        keys = self.keys()
+        if round_ == 0:
+            return seal_for_group(encode_vector(vector), keys.group, keys.job_id, "initial")
+        return keys.encrypt(np.asarray(vector, dtype=np.float64) * weight, weight, round_, attempt)
+
+    def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
+        keys = self.keys()
+        if previous is None:
+            opened = open_for_group(payload.data, keys.group, keys.job_id, "initial")
+            return decode_vector(Payload(payload.job_id, 0, FLOAT32, size, opened), size)
+        total, weight = keys.open_version(payload.data, size)
+        return previous.astype(np.float64) + total / weight
 
 
 class PayloadCodec(ABC):
@@ -115,7 +147,7 @@ class PayloadCodec(ABC):
         """The payload encoding on the wire."""
 
     @abstractmethod
-    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
+    def _data(self, round_: int, vector: np.ndarray, weight: int, attempt: int) -> bytes:
         """A payload's data for ``vector``."""
 
     @abstractmethod
@@ -131,9 +163,9 @@ class PayloadCodec(ABC):
         """The initial prompt (version 0), with weight 1 and no example count."""
         return self.encode_update(0, vector, 1)
 
-    def encode_update(self, round_: int, vector: np.ndarray, weight: int) -> Payload:
+    def encode_update(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> Payload:
         """A round's update: the plain vector, or the encryption of ``weight * vector`` (and the weight slot)."""
-        return Payload(self.job_id, round_, self.encoding, self.size, self._data(round_, vector, weight),
+        return Payload(self.job_id, round_, self.encoding, self.size, self._data(round_, vector, weight, attempt),
                        num_examples=weight if round_ else 0)
 
     def global_vector(self, version: int) -> np.ndarray:
@@ -161,8 +193,8 @@ class VectorCodec(PayloadCodec):
     def encoding(self) -> str:
         return self.part.encoding
 
-    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
-        return self.part.encode(round_, vector, weight)
+    def _data(self, round_: int, vector: np.ndarray, weight: int, attempt: int) -> bytes:
+        return self.part.encode(round_, vector, weight, attempt)
 
     def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
         return self.part.decode(payload, self.size, previous)
@@ -191,8 +223,8 @@ class LevelledCodec(PayloadCodec):
             offset += size
         return out
 
-    def _data(self, round_: int, vector: np.ndarray, weight: int) -> bytes:
-        return pack({name: (len(v), self.part.encode(round_, v, weight)) for name, v in self._split(vector).items()})
+    def _data(self, round_: int, vector: np.ndarray, weight: int, attempt: int) -> bytes:
+        return pack({name: (len(v), self.part.encode(round_, v, weight, attempt)) for name, v in self._split(vector).items()})
 
     def _version(self, payload: Payload, previous: np.ndarray | None) -> np.ndarray:
         """Each level decoded on its own (global part and this member's cohort's expert part); in a cumulative
@@ -230,11 +262,14 @@ class LevelledCodec(PayloadCodec):
 
 
 def job_codec(gram_defence: bool, job_id: str, vector_size: int, keys: KeyHolder | None,
-              level_sizes: dict[str, int] | None, download: Download, keep: Keep) -> PayloadCodec:
-    """The codec of a job: encrypted parts when the site holds (or awaits) a key, plain otherwise; levelled
-    when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise.  Under a Gram defence
-    (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot."""
-    part: PartCodec = EncryptedPart(keys.require, gram_defence) if keys is not None else PlainPart()
+              level_sizes: dict[str, int] | None, download: Download, keep: Keep,
+              threshold: Callable[[], ThresholdKeys] | None = None) -> PayloadCodec:
+    """The codec of a job: threshold parts when the job shares its key among its members (``threshold``
+    fetches this member's keys), encrypted parts when the site holds (or awaits) a key, plain otherwise;
+    levelled when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise.  Under a Gram
+    defence (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot."""
+    part: PartCodec = (ThresholdPart(threshold) if threshold is not None
+                       else EncryptedPart(keys.require, gram_defence) if keys is not None else PlainPart())
     if level_sizes is not None:
         return LevelledCodec(part, job_id, level_sizes, download, keep)
     return VectorCodec(part, job_id, vector_size, download, keep)

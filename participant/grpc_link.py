@@ -24,7 +24,7 @@ import structlog
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task
+from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, ThresholdKeyState
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
@@ -278,3 +278,28 @@ class GrpcLink:
         request = serde.privacy_to_pb(report)
         self._call("ReportPrivacy", lambda: self.stub.ReportPrivacy(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        request = participant_pb2.GetThresholdKeysRequest(job_id=job_id)
+        return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        request = participant_pb2.PublishShareRequest(job_id=job_id, share=share, attestation=attestation)
+        self._call("PublishShare", lambda: self.stub.PublishShare(request, metadata=self.metadata,
+                                                                  timeout=self.rpc_timeout_s))
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        request = serde.dealing_to_pb(job_id, sealed)
+        self._call("DealShares", lambda: self.stub.DealShares(request, metadata=self.metadata,
+                                                              timeout=self.rpc_timeout_s))
+
+    def decryption(self, job_id: str, round_: int) -> Payload:
+        request = participant_pb2.DownloadDecryptionRequest(job_id=job_id, round=round_)
+        return self._stream("DownloadDecryption", lambda: self.stub.DownloadDecryption(
+            request, metadata=self.metadata, timeout=self.rpc_timeout_s))
+
+    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
+        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=sealed)
+        self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
+                                                                timeout=self.rpc_timeout_s))

@@ -15,6 +15,10 @@ the weight ``n_i``, with the global prompt rebuilt here from the encrypted initi
 encrypted aggregate and written to the state directory (``globals/version-NNNN.npy`` and
 ``prompt-latest.safetensors``), since the coordinator never holds it.
 
+In a threshold job (``he.mode = "threshold"``) the site holds a share of the key (``participant.threshold_keys``),
+sets it up with the other members through the coordinator's relay, uploads for the task's round attempt, and
+answers SHARE tasks with a decryption share; it provides the initial vector once the key setup is done.
+
 With a Gram defence a key holder may be given a DECRYPT task: decrypt the round's packed Gram ciphertext and
 return only its scalars (``crypto.gram.decrypt_gram``).
 
@@ -42,19 +46,29 @@ import structlog
 
 from fedprompt.config import JobConfig, parse_toml
 from fedprompt.crypto.attest import KeyCredentials
+from fedprompt.crypto.errors import AttestationError
 from fedprompt.crypto.gram import decrypt_gram
 from fedprompt.data.datasets import Example, task_labels
 from fedprompt.data.shards import SiteData
-from fedprompt.errors import DuplicateUpdate, FedPromptError, InvalidRequest, PermissionDenied, PreconditionFailed
+from fedprompt.errors import (
+    DuplicateUpdate,
+    FedPromptError,
+    InvalidRequest,
+    PermissionDenied,
+    PreconditionFailed,
+    clip,
+)
 from fedprompt.locations import LATEST_PROMPT
 from fedprompt.participant.codec import PayloadCodec, job_codec
 from fedprompt.participant.fewshot import PseudoLabeller
-from fedprompt.participant.keys import KeyHolder
+from fedprompt.participant.keys import MAX_FAULT_BYTES, KeyHolder
 from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
+from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind, checked_job_id
 from fedprompt.wire.bundle import unpack_bundle
+from fedprompt.wire.threshold import unpack_version
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -128,6 +142,8 @@ class ParticipantRuntime:
         self.augmenter: PseudoLabeller | None = None
         self._train_metrics: dict[str, float] = {}
         self.keys: KeyHolder | None = None
+        self.threshold: ThresholdKeys | None = None  # a threshold job's key share (``participant.threshold_keys``)
+        self._initial_due = False
         self.levels: SiteLevels | None = None
         self.codec: PayloadCodec | None = None
         self.log = log
@@ -159,19 +175,23 @@ class ParticipantRuntime:
         self.log = log.bind(job_id=info.job_id, participant=info.participant_id)
         if self.config.levels.enabled:
             self.levels = SiteLevels(learner, self.config.levels.expert_tokens, info.job_id, self.state_dir)
+        if self.config.he.threshold_mode and self.keys is not None:
+            members = self.config.job.allowed_participants  # a threshold job names them (config validation)
+            self.threshold = ThresholdKeys(info.job_id, members, info.participant_id,
+                                           self.config.he.threshold_params(len(members)),
+                                           self.keys.exchange, self.state_dir, self.credentials)
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
-                          lambda version: self.link.download(info.job_id, version), self._keep_global)
+                          lambda version: self.link.download(info.job_id, version), self._keep_global,
+                          self._threshold if self.threshold is not None else None)
         self.codec = codec
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
                                             f"{self.config.job.seed}:{info.participant_id}", self.site.unlabelled_gold)
         if self.keys is not None:
             self.keys.joined(info.participant_id, info.deal_keys)
-        if info.provide_initial_prompt:
-            self.link.upload(codec.initial(learner.initial_vector()))
-            self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=codec.encoding,
-                          mode=self.config.mode)
+        self._initial_due = info.provide_initial_prompt
+        self._provide_initial()
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             (self.state_dir / "participant.json").write_text(json.dumps(
@@ -203,9 +223,41 @@ class ParticipantRuntime:
         return self.codec
 
     def service_keys(self) -> None:
-        """Encrypted jobs: pick up the job key when it arrives, and share it with members that lack it."""
-        if self.keys is not None and self.info is not None:
+        """Encrypted jobs: pick up the job key when it arrives, and share it with members that lack it (threshold
+        jobs: one step of the members' key setup); then provide the initial vector if asked and able to."""
+        if self.threshold is not None:
+            if not self.threshold.ready:
+                self._threshold_refresh(self.threshold)
+        elif self.keys is not None and self.info is not None:
             self.keys.refresh()
+        self._provide_initial()
+
+    def _provide_initial(self) -> None:
+        """Upload the initial vector if this site was asked to; a threshold job's waits for the key setup."""
+        if self._initial_due and (self.threshold is None or self.threshold.ready):
+            codec, learner = self._codec(), self._learner()
+            self.link.upload(codec.initial(learner.initial_vector()))
+            self._initial_due = False
+            self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=codec.encoding)
+
+    def _threshold_refresh(self, keys: ThresholdKeys) -> None:
+        """One look at the threshold relay; a relayed key that does not verify is reported, then raised."""
+        try:
+            keys.refresh(self.link)
+        except AttestationError as exc:
+            reason = clip(str(exc), MAX_FAULT_BYTES)
+            self.log.error("relayed threshold key material refused: reporting it", reason=reason)
+            self.link.report_key_fault(keys.job_id, reason)
+            raise
+
+    def _threshold(self) -> ThresholdKeys:
+        """This member's threshold keys, completed first if the relay is ready before we looked again (the
+        coordinator hands out work once every member published and dealt, which may be before our next look)."""
+        if self.threshold is not None and not self.threshold.ready:
+            self._threshold_refresh(self.threshold)
+        if self.threshold is None or not self.threshold.ready:
+            raise FedPromptError("the job's threshold key setup has not finished")
+        return self.threshold
 
     def global_vector(self, version: int) -> np.ndarray:
         """Global ``version`` as this site knows it (downloaded, or decrypted and rebuilt in encrypted jobs)."""
@@ -230,6 +282,18 @@ class ParticipantRuntime:
             self._decrypt_gram(task)
         elif task.kind is TaskKind.CHECK:
             self._check(task)
+        elif task.kind is TaskKind.SHARE:
+            self._share(task)
+
+    def _share(self, task: Task) -> None:
+        """Threshold jobs: our flooded decryption share of the round attempt's aggregate, sealed for the members
+        (once per attempt: ``ThresholdKeys`` refuses a second)."""
+        assert self.info is not None
+        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, with_shares=False)
+        sealed = self._threshold().decryption_share(request.aggregate, self._learner().vector_size, request.round,
+                                                    request.attempt, request.uploaders, request.decryptors)
+        self.link.submit_share(self.info.job_id, request.round, request.attempt, sealed)
+        self.log.info("decryption share sent", round=request.round, attempt=request.attempt)
 
     def _decrypt_gram(self, task: Task) -> None:
         """Decrypt the round's packed Gram ciphertext and return only the Gram scalars."""
@@ -299,7 +363,7 @@ class ParticipantRuntime:
         # Participant-level DP needs every update to count once (sensitivity C); under HE the coordinator cannot
         # re-weight ciphertexts, so the site itself sends weight 1.
         weight = 1 if self.config.dp.participant_level else len(self.site.train)
-        update = self._codec().encode_update(task.round, delta, weight)
+        update = self._codec().encode_update(task.round, delta, weight, task.attempt)
         self.link.upload(update)
         self.events.sent(len(update.data))
         self.log.info("update submitted", round=task.round, steps=result.steps, loss=round(result.loss, 4),
@@ -319,7 +383,8 @@ class ParticipantRuntime:
         rejoined = False
         while not self.stop.is_set():
             self.service_keys()
-            waiting_for_key = self.keys is not None and self.keys.secret is None
+            waiting_for_key = (not self.threshold.ready if self.threshold is not None
+                               else self.keys is not None and self.keys.secret is None)
             try:
                 task = self.link.get_task(self.info.job_id, 1.0 if waiting_for_key else poll_s)
             except PermissionDenied:

@@ -43,6 +43,16 @@ def one_torch_thread() -> None:
     _one_torch_thread()
 
 
+@pytest.fixture
+def cli_logs() -> Iterator[None]:
+    """``main`` run in this process points the logs at the stderr it finds (pytest's capture, closed after the
+    test): back to the real one once the capture is over (set up before ``capsys``, so torn down after it)."""
+    yield
+    from fedprompt.logs import configure
+
+    configure("warning")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A session-private cache (exported scoring graphs of the tiny models), also for child processes."""

@@ -102,11 +102,14 @@ def string_fields(message: Descriptor, path: str = "") -> list[tuple[str, str]]:
 
 
 def with_string(request: M, path: str, value: str) -> M:
-    """``request`` with the string at ``path`` (as ``string_fields`` names it) set to ``value``."""
+    """``request`` with the string at ``path`` (as ``string_fields`` names it) set to ``value`` (in a repeated
+    message field, on a new element)."""
     target: Any = request
     *heads, name = path.split(".")
     for head in heads:
         target = getattr(target, head)
+        if not isinstance(target, Message):  # a repeated message field: the string goes into one new element
+            target = target.add()
     if name.endswith(" key"):
         getattr(target, name.split()[0])[value] = 0.0  # the only string-keyed map in a request holds doubles
     else:

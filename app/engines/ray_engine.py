@@ -48,7 +48,16 @@ from fedprompt.config import dump_toml
 from fedprompt.crypto.audit import Verdict
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import ConfigError, FedPromptError, clip, quoted
-from fedprompt.protocol import JobDescription, JobView, JoinInfo, KeyState, Payload, PrivacyReport, Task
+from fedprompt.protocol import (
+    JobDescription,
+    JobView,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PrivacyReport,
+    Task,
+    ThresholdKeyState,
+)
 
 RAY_MISSING = "the Ray engine needs Ray, an optional extra: pip install 'fedprompt[ray]'"
 PREFIX = "simulation.ray"
@@ -131,6 +140,21 @@ class RayLink:
 
     def report_check(self, job_id: str, round_: int, verdicts: list[Verdict]) -> None:
         self._call("report_check", job_id, round_, verdicts)
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        return self._call("threshold_keys", job_id)
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        self._call("publish_share", job_id, share, attestation)
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        self._call("deal", job_id, sealed)
+
+    def decryption(self, job_id: str, round_: int) -> Payload:
+        return self._call("decryption", job_id, round_)
+
+    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
+        self._call("submit_share", job_id, round_, attempt, sealed)
 
 
 class SiteWorker:

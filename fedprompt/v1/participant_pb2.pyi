@@ -17,6 +17,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_DONE: _ClassVar[TaskKind]
     TASK_KIND_DECRYPT: _ClassVar[TaskKind]
     TASK_KIND_CHECK: _ClassVar[TaskKind]
+    TASK_KIND_SHARE: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_WAIT: TaskKind
 TASK_KIND_TRAIN: TaskKind
@@ -24,6 +25,7 @@ TASK_KIND_EVALUATE: TaskKind
 TASK_KIND_DONE: TaskKind
 TASK_KIND_DECRYPT: TaskKind
 TASK_KIND_CHECK: TaskKind
+TASK_KIND_SHARE: TaskKind
 
 class DescribeJobRequest(_message.Message):
     __slots__ = ("job",)
@@ -80,18 +82,20 @@ class GetTaskRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class GetTaskResponse(_message.Message):
-    __slots__ = ("kind", "round", "global_version", "deadline_unix", "reason")
+    __slots__ = ("kind", "round", "global_version", "deadline_unix", "reason", "attempt")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     round: int
     global_version: int
     deadline_unix: float
     reason: str
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., round: _Optional[int] = ..., global_version: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    attempt: int
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., round: _Optional[int] = ..., global_version: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class DownloadGlobalRequest(_message.Message):
     __slots__ = ("job_id", "version")
@@ -321,5 +325,83 @@ class ReportCheckRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[CheckVerdict, _Mapping]]] = ...) -> None: ...
 
 class ReportCheckResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetThresholdKeysRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DealtShare(_message.Message):
+    __slots__ = ("participant_id", "sealed")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    sealed: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class GetThresholdKeysResponse(_message.Message):
+    __slots__ = ("exchange", "shares", "dealt", "dealt_by_caller", "crl")
+    EXCHANGE_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    DEALT_FIELD_NUMBER: _ClassVar[int]
+    DEALT_BY_CALLER_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
+    exchange: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
+    shares: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
+    dealt: _containers.RepeatedCompositeFieldContainer[DealtShare]
+    dealt_by_caller: bool
+    crl: bytes
+    def __init__(self, exchange: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., shares: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., dealt: _Optional[_Iterable[_Union[DealtShare, _Mapping]]] = ..., dealt_by_caller: _Optional[bool] = ..., crl: _Optional[bytes] = ...) -> None: ...
+
+class PublishShareRequest(_message.Message):
+    __slots__ = ("job_id", "share", "attestation")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    share: bytes
+    attestation: bytes
+    def __init__(self, job_id: _Optional[str] = ..., share: _Optional[bytes] = ..., attestation: _Optional[bytes] = ...) -> None: ...
+
+class PublishShareResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DealSharesRequest(_message.Message):
+    __slots__ = ("job_id", "sealed")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    sealed: _containers.RepeatedCompositeFieldContainer[DealtShare]
+    def __init__(self, job_id: _Optional[str] = ..., sealed: _Optional[_Iterable[_Union[DealtShare, _Mapping]]] = ...) -> None: ...
+
+class DealSharesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DownloadDecryptionRequest(_message.Message):
+    __slots__ = ("job_id", "round")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class SubmitShareRequest(_message.Message):
+    __slots__ = ("job_id", "round", "attempt", "sealed_share")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    attempt: int
+    sealed_share: bytes
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., sealed_share: _Optional[bytes] = ...) -> None: ...
+
+class SubmitShareResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -114,6 +114,31 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.FromString,
                 _registered_method=True)
+        self.GetThresholdKeys = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/GetThresholdKeys',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysResponse.FromString,
+                _registered_method=True)
+        self.PublishShare = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/PublishShare',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishShareRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishShareResponse.FromString,
+                _registered_method=True)
+        self.DealShares = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/DealShares',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.DealSharesRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.DealSharesResponse.FromString,
+                _registered_method=True)
+        self.DownloadDecryption = channel.unary_stream(
+                '/fedprompt.v1.ParticipantService/DownloadDecryption',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.DownloadDecryptionRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.FromString,
+                _registered_method=True)
+        self.SubmitShare = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/SubmitShare',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -234,6 +259,45 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetThresholdKeys(self, request, context):
+        """Threshold jobs (he.mode = "threshold"): the key setup relay as the caller sees it: every member's attested
+        exchange key and public key share so far, the sub-shares dealt to the caller (sealed to it), and the CRL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishShare(self, request, context):
+        """Threshold jobs: the caller's public key share with its attestation (purpose "key-share"), once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DealShares(self, request, context):
+        """Threshold jobs: the caller's Shamir sub-shares, one sealed to each other member, all at once and once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadDecryption(self, request, context):
+        """Threshold jobs: a named decryptor fetches round `round`'s aggregate to make its share of (after a SHARE
+        task; encoding "ckks-threshold-v1" without shares: the compressed aggregate, round attempt, uploaders and
+        decryptors) ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitShare(self, request, context):
+        """... and sends its flooded decryption share, sealed under the members' group key; with the last share of
+        the t the round attempt's version is stored, and every member combines it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +380,31 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.ReportCheck,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.SerializeToString,
+            ),
+            'GetThresholdKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThresholdKeys,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysResponse.SerializeToString,
+            ),
+            'PublishShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishShare,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishShareRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishShareResponse.SerializeToString,
+            ),
+            'DealShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.DealShares,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.DealSharesRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.DealSharesResponse.SerializeToString,
+            ),
+            'DownloadDecryption': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadDecryption,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.DownloadDecryptionRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.SerializeToString,
+            ),
+            'SubmitShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitShare,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -750,6 +839,141 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/ReportCheck',
             fedprompt_dot_v1_dot_participant__pb2.ReportCheckRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.ReportCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThresholdKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/GetThresholdKeys',
+            fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.GetThresholdKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/PublishShare',
+            fedprompt_dot_v1_dot_participant__pb2.PublishShareRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.PublishShareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DealShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/DealShares',
+            fedprompt_dot_v1_dot_participant__pb2.DealSharesRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.DealSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadDecryption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/DownloadDecryption',
+            fedprompt_dot_v1_dot_participant__pb2.DownloadDecryptionRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.DownloadGlobalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/SubmitShare',
+            fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.FromString,
             options,
             channel_credentials,
             insecure,

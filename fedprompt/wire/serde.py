@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
 import numpy as np
 
 from fedprompt.crypto.audit import Verdict
+from fedprompt.errors import InvalidRequest
 from fedprompt.protocol import (
     AuditView,
     FlagsView,
@@ -27,6 +28,7 @@ from fedprompt.protocol import (
     ScoreResult,
     Task,
     TaskKind,
+    ThresholdKeyState,
 )
 from fedprompt.v1 import admin_pb2, common_pb2, model_service_pb2, participant_pb2
 from fedprompt.wire.payload import CHUNK_BYTES, chunks
@@ -38,6 +40,7 @@ _TASK_TO_PB = {
     TaskKind.DONE: participant_pb2.TASK_KIND_DONE,
     TaskKind.DECRYPT: participant_pb2.TASK_KIND_DECRYPT,
     TaskKind.CHECK: participant_pb2.TASK_KIND_CHECK,
+    TaskKind.SHARE: participant_pb2.TASK_KIND_SHARE,
 }
 _PB_TO_TASK = {v: k for k, v in _TASK_TO_PB.items()}
 
@@ -74,11 +77,12 @@ def payload_messages(payload: Payload, message: type[M], chunk_bytes: int = CHUN
 def task_to_pb(task: Task) -> participant_pb2.GetTaskResponse:
     return participant_pb2.GetTaskResponse(kind=_TASK_TO_PB[task.kind], round=task.round,
                                            global_version=task.global_version, deadline_unix=task.deadline,
-                                           reason=task.reason)
+                                           reason=task.reason, attempt=task.attempt)
 
 
 def task_from_pb(pb: participant_pb2.GetTaskResponse) -> Task:
-    return Task(_PB_TO_TASK.get(pb.kind, TaskKind.WAIT), pb.round, pb.global_version, pb.deadline_unix, pb.reason)
+    return Task(_PB_TO_TASK.get(pb.kind, TaskKind.WAIT), pb.round, pb.global_version, pb.deadline_unix, pb.reason,
+                pb.attempt)
 
 
 def description_to_pb(d: JobDescription) -> participant_pb2.DescribeJobResponse:
@@ -103,8 +107,7 @@ def keys_to_pb(k: KeyState) -> participant_pb2.GetKeysResponse:
     return participant_pb2.GetKeysResponse(
         public_context=k.public_context, key_id=k.key_id, dealer_id=k.dealer_id, sealed_key=k.sealed_key,
         sealer_id=k.sealer_id, sealer_public_key=k.sealer_public_key,
-        needs_key=[participant_pb2.KeyRecipient(participant_id=p, exchange_public_key=key, attestation=att)
-                   for p, key, att in k.needs_key],
+        needs_key=_recipients(k.needs_key),
         owes_evaluation_keys=k.owes_evaluation_keys, dealer_attestation=k.dealer_attestation,
         sealer_attestation=k.sealer_attestation, crl=k.crl)
 
@@ -112,8 +115,43 @@ def keys_to_pb(k: KeyState) -> participant_pb2.GetKeysResponse:
 def keys_from_pb(pb: participant_pb2.GetKeysResponse) -> KeyState:
     return KeyState(bytes(pb.public_context), bytes(pb.key_id), pb.dealer_id, bytes(pb.sealed_key), pb.sealer_id,
                     bytes(pb.sealer_public_key),
-                    tuple((r.participant_id, bytes(r.exchange_public_key), bytes(r.attestation)) for r in pb.needs_key),
+                    _from_recipients(pb.needs_key),
                     pb.owes_evaluation_keys, bytes(pb.dealer_attestation), bytes(pb.sealer_attestation), bytes(pb.crl))
+
+
+def _recipients(keys: tuple[tuple[str, bytes, bytes], ...]) -> list[participant_pb2.KeyRecipient]:
+    return [participant_pb2.KeyRecipient(participant_id=p, exchange_public_key=key, attestation=att)
+            for p, key, att in keys]
+
+
+def _from_recipients(pb: Iterable[participant_pb2.KeyRecipient]) -> tuple[tuple[str, bytes, bytes], ...]:
+    return tuple((r.participant_id, bytes(r.exchange_public_key), bytes(r.attestation)) for r in pb)
+
+
+def threshold_keys_to_pb(k: ThresholdKeyState) -> participant_pb2.GetThresholdKeysResponse:
+    return participant_pb2.GetThresholdKeysResponse(
+        exchange=_recipients(k.exchange), shares=_recipients(k.shares),
+        dealt=[participant_pb2.DealtShare(participant_id=d, sealed=blob) for d, blob in k.dealt],
+        dealt_by_caller=k.dealt_by_caller, crl=k.crl)
+
+
+def threshold_keys_from_pb(pb: participant_pb2.GetThresholdKeysResponse) -> ThresholdKeyState:
+    return ThresholdKeyState(_from_recipients(pb.exchange), _from_recipients(pb.shares),
+                             tuple((d.participant_id, bytes(d.sealed)) for d in pb.dealt), pb.dealt_by_caller,
+                             bytes(pb.crl))
+
+
+def dealing_to_pb(job_id: str, sealed: dict[str, bytes]) -> participant_pb2.DealSharesRequest:
+    return participant_pb2.DealSharesRequest(job_id=job_id, sealed=[
+        participant_pb2.DealtShare(participant_id=who, sealed=blob) for who, blob in sorted(sealed.items())])
+
+
+def dealing_from_pb(pb: participant_pb2.DealSharesRequest) -> dict[str, bytes]:
+    """The sealed sub-shares by recipient; a recipient named twice is refused (the relay checks the rest)."""
+    sealed = {d.participant_id: bytes(d.sealed) for d in pb.sealed}
+    if len(sealed) != len(pb.sealed):
+        raise InvalidRequest("DealSharesRequest.sealed names a recipient twice")
+    return sealed
 
 
 def round_to_pb(r: RoundView) -> admin_pb2.RoundStatus:

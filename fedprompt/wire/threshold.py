@@ -44,9 +44,10 @@ def pack_version(version: ThresholdVersion) -> bytes:
     return pack(parts)
 
 
-def unpack_version(data: bytes) -> ThresholdVersion:
+def unpack_version(data: bytes, with_shares: bool = True) -> ThresholdVersion:
     """The version's parts, checked for shape; ``InvalidUpdate`` on anything else (the shares' and the
-    aggregate's contents are checked by the member that combines them)."""
+    aggregate's contents are checked by the member that combines them).  ``with_shares`` False: a decryptor's
+    request, the same parts without shares."""
     parts = unpack(data)
     try:
         meta = json.loads(parts[_META][1])
@@ -58,10 +59,10 @@ def unpack_version(data: bytes) -> ThresholdVersion:
     ok = (all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (round_, attempt))
           and all(isinstance(x, list) and x and all(isinstance(m, str) for m in x) for x in (uploaders, decryptors))
           and isinstance(weight, (int, float)) and math.isfinite(weight))
-    if not ok or len(parts) != 2 + len(decryptors):
+    if not ok or len(parts) != 2 + len(decryptors) * with_shares:
         raise InvalidUpdate("a threshold version's meta is malformed or its shares do not match its decryptors")
     try:
-        shares = tuple(parts[f"{_SHARE}{i}"][1] for i in range(len(decryptors)))
+        shares = tuple(parts[f"{_SHARE}{i}"][1] for i in range(len(decryptors) * with_shares))
     except KeyError as exc:
         raise InvalidUpdate("a threshold version lacks a decryptor's share") from exc
     return ThresholdVersion(round_, attempt, tuple(uploaders), tuple(decryptors), float(weight), aggregate, shares)

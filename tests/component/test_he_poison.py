@@ -125,9 +125,9 @@ def _in_process_job(tmp_path: Path) -> tuple[JobRuntime, SecretContext]:
     for name in WEIGHTS:
         job.join(name, 30, 4, SIZE, exchange_key())
     secret = SecretContext.create(HE.params())
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     for name in ("b", "c", "m"):
-        job.share_key("a", name, b"sealed for " + name.encode())
+        job.relay.share_key("a", name, b"sealed for " + name.encode())
     job.submit("a", encrypted_initial(secret, job.job_id, SIZE))
     job.start()
     job.tick()

@@ -29,6 +29,19 @@ def test_no_progress_hides_the_bar(tmp_path: Path, tiny_encoder_dir: Path) -> No
     assert result.returncode == 0 and "rounds:" not in result.stderr, result.stderr[-3000:]
 
 
+def test_a_threshold_simulation_enrols_its_sites_and_runs_from_the_command_line(
+        tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    """A prepared job file names no members; ``simulate`` enrols its sites, so a threshold job (whose key is
+    shared among named members) runs as written, with every round aggregated by both sites."""
+    _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
+    report = tmp_path / "report.json"
+    result = run_fedprompt(["simulate", "--config", str(job), "--no-progress", "--report", str(report), "--set",
+                            "job.rounds=2", "--set", "he.enabled=true", "--set", 'he.mode="threshold"'], timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    rounds = json.loads(report.read_text(encoding="utf-8"))["rounds"]
+    assert [(r["round"], r["updates"]) for r in rounds] == [(1, 2), (2, 2)]
+
+
 def test_threads_below_one_are_refused_in_one_line() -> None:
     result = run_fedprompt(["simulate", "--threads", "0"])
     assert refused_in_one_line(result, "--threads").endswith("--threads must be at least 1, got 0")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from fedprompt.app.simulate import parse_simulation
 from fedprompt.config import dump_toml
 from fedprompt.data.shards import DataPlan
 from fedprompt.errors import ConfigError
-from fedprompt.logs import configure
 from tests.support import REPO, tiny_job, toy_sites, write_toy_dataset
 
 
@@ -50,14 +48,6 @@ def test_the_engine_keys_are_read_beside_the_data_plan() -> None:
 def test_a_bad_engine_key_is_named_at_load(table: str, key: str) -> None:
     with pytest.raises(ConfigError, match="^" + re.escape(key)):
         parse_simulation("[simulation]\n" + table + "\n", "sim.toml")
-
-
-@pytest.fixture
-def cli_logs() -> Iterator[None]:
-    """``main`` points the logs at the stderr it finds (pytest's capture, closed after the test): back to the real
-    one once the capture is over (this fixture is set up before ``capsys``, so it is torn down after it)."""
-    yield
-    configure("warning")
 
 
 def _simulate(tmp_path: Path, *flags: str) -> list[str]:

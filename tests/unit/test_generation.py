@@ -91,7 +91,7 @@ def test_a_federated_generation_job_lowers_the_per_token_loss(method: str, tiny_
     assert summary(report).startswith("exact_match ")
 
 
-def test_predict_prints_the_exported_generators_completions(tmp_path: Path, tiny_causal_dir: Path,
+def test_predict_prints_the_exported_generators_completions(tmp_path: Path, tiny_causal_dir: Path, cli_logs: None,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     config = dataclasses.replace(generation_job(tiny_causal_dir, "lora"),
                                  job=dataclasses.replace(generation_job(tiny_causal_dir).job, rounds=1))
@@ -223,7 +223,7 @@ def test_chat_is_for_generation_jobs() -> None:
 
 
 def test_simulate_deals_the_bbc_headlines_to_sites_and_prints_generation_metrics(
-        tiny_causal_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_causal_dir: Path, cli_logs: None, capsys: pytest.CaptureFixture[str]) -> None:
     sets = [f"model.path='{tiny_causal_dir}'", "model.kind='causal'", "model.max_length=32", "job.rounds=1",
             "task.kind='generation'", "task.template='{text} Headline:'", "task.max_new_tokens=3",
             "train.max_steps=1", "train.batch_size=2", "simulation.dataset='bbc_headlines'",

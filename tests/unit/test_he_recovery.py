@@ -47,12 +47,12 @@ def encrypted_job(tmp_path: Path, config: JobConfig, clock: Clock) -> Dealt:
     job = jobs.job(jobs.create_job(dump_toml(config)))
     job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(config.he_params(job.aggregator.gram))
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     if job.aggregator.gram:
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
     for name in ("b", "c"):
         job.join(name, 40, 5, SIZE, exchange_key())
-        job.share_key("a", name, b"sealed for " + name.encode())  # blobs the coordinator cannot open
+        job.relay.share_key("a", name, b"sealed for " + name.encode())  # blobs the coordinator cannot open
     job.submit("a", encrypted_initial(secret, job.job_id))
     job.start()
     job.tick()
@@ -83,9 +83,9 @@ def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None
     assert keys is not None and keys.context is not None and keys.dealer == "a"
     assert keys.context.key_id == secret.key_id and keys.exchange == before.keys.exchange  # type: ignore[union-attr]
     assert all(keys.holds(p) for p in "abc") and keys.ready()
-    assert job.key_state("b").sealed_key == b"sealed for b" and not job.key_state("a").needs_key
+    assert job.relay.key_state("b").sealed_key == b"sealed for b" and not job.relay.key_state("a").needs_key
     with pytest.raises(DuplicateUpdate):  # the dealer cannot publish a second context over the restored one
-        job.publish_context("a", secret.public_bytes(), secret.key_id)
+        job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     assert job.open is not None and (job.open.number, job.open.attempt) == (1, 2)
     assert job.open.selected == ("a", "b", "c") and job.next_task("b").kind is not TaskKind.WAIT
     for name in DELTAS:
@@ -151,10 +151,10 @@ def test_key_attestations_are_relayed_as_signed_after_a_restart(tmp_path: Path) 
         job.join(name, 40, 5, SIZE, keys[name], cred.signer.sign(job.job_id, "exchange", (digest(keys[name]),)))
     secret = SecretContext.create(config.he_params(False))
     dealt = creds["participant:a"].signer.sign(job.job_id, "dealer", (secret.key_id, digest(secret.public_bytes())))
-    job.publish_context("participant:a", secret.public_bytes(), secret.key_id, dealt)
-    before = job.key_state("participant:a"), job.key_state("participant:b")
+    job.relay.publish_context("participant:a", secret.public_bytes(), secret.key_id, dealt)
+    before = job.relay.key_state("participant:a"), job.relay.key_state("participant:b")
     job = restarted(tmp_path, Clock(), job.job_id)
-    after = job.key_state("participant:a"), job.key_state("participant:b")
+    after = job.relay.key_state("participant:a"), job.relay.key_state("participant:b")
     assert after == before and after[0].needs_key[0][2] and after[1].dealer_attestation == dealt
     trust = KeyTrust(ca.cert)
     trust.verify(after[0].needs_key[0][2], job_id=job.job_id, identity="participant:b", purpose="exchange",

@@ -78,12 +78,12 @@ def _deciding(tmp_path: Path, offload: Offload = inline, events: RoundEvents | N
     job = made.job
     job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     job.start()
     job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret)))
     for name in ("b", "c"):
         job.join(name, 40, 5, SIZE, exchange_key())
-        job.share_key("a", name, b"sealed for " + name.encode())  # the coordinator relays blobs it cannot open
+        job.relay.share_key("a", name, b"sealed for " + name.encode())  # the coordinator relays blobs it cannot open
     job.submit("a", encrypted_initial(secret, job.job_id))
     job.tick()
     assert job.open is not None and job.open.gram is not None
@@ -204,11 +204,11 @@ def test_evaluation_keys_come_once_from_the_dealer_and_gate_the_rounds(tmp_path:
     keys = Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(secret))
     with pytest.raises(PreconditionFailed, match="public context"):
         job.submit("a", keys)
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     job.submit("a", encrypted_initial(secret, job.job_id))
-    job.share_key("a", "b", b"sealed")
+    job.relay.share_key("a", "b", b"sealed")
     job.join("c", 40, 5, SIZE, exchange_key())
-    job.share_key("a", "c", b"sealed")
+    job.relay.share_key("a", "c", b"sealed")
     job.start()
     job.tick()
     assert open_round(job) is None  # no evaluation keys yet: no encrypted Gram matrix could be computed
@@ -229,7 +229,7 @@ def test_fedavg_he_jobs_take_no_evaluation_keys_and_coordinate_wise_defences_ref
     job, store = made.job, made.store
     job.join("a", 40, 5, SIZE, exchange_key())
     secret = SecretContext.create(job.config.he_params(job.aggregator.gram))
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     assert not job.config.he_params(job.aggregator.gram).multiplicative
     with pytest.raises(PreconditionFailed, match="no Gram defence"):
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, b"keys"))

@@ -183,9 +183,9 @@ def test_a_poisoned_expert_part_never_becomes_a_version_and_its_sender_is_quaran
                                           ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
     job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
     secret = SecretContext.create(config.he.params())
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     for p in ("b", "c", "d"):
-        job.share_key("a", p, b"sealed for " + p.encode())
+        job.relay.share_key("a", p, b"sealed for " + p.encode())
     job.submit("a", encrypted_levels_update(secret, job.job_id, 0, np.zeros(G), np.zeros(E), 1))
     job.start()
     job.tick()
@@ -216,9 +216,9 @@ def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_p
                                           ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
     job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
     secret = SecretContext.create(config.he.params())  # every key holder has this key; the coordinator never does
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     for p in ("b", "c", "d"):
-        job.share_key("a", p, b"sealed for " + p.encode())
+        job.relay.share_key("a", p, b"sealed for " + p.encode())
 
     def upload(round_: int, g: np.ndarray, e: np.ndarray, n: int) -> Payload:
         return encrypted_levels_update(secret, job.job_id, round_, g, e, n)

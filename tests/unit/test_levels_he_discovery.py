@@ -92,11 +92,11 @@ class EncryptedJob:
         for p in MEMBERS:
             job.join(p, 100, 5, G + E, exchange_key())
         self.secret = SecretContext.create(self.config.he_params(gram_defence=False))
-        job.publish_context("a", self.secret.public_bytes(), self.secret.key_id)
+        job.relay.publish_context("a", self.secret.public_bytes(), self.secret.key_id)
         job.start()
         job.submit("a", Payload(job.job_id, 0, EVALUATION_KEYS, 0, evaluation_keys(self.secret)))
         for p in MEMBERS[1:]:
-            job.share_key("a", p, b"sealed for " + p.encode())  # blobs the coordinator cannot open
+            job.relay.share_key("a", p, b"sealed for " + p.encode())  # blobs the coordinator cannot open
         job.submit("a", self.upload(0, np.zeros(G + E), 1))
         job.tick()
 

@@ -190,7 +190,7 @@ def test_encrypted_round_waits_briefly_for_a_key_in_flight(tmp_path: Path) -> No
     job = jobs.job(jobs.create_job(dump_toml(config)))
     assert job.join("a", 10, 5, SIZE, exchange_key()).deal_keys
     secret = SecretContext.create(config.he.params())
-    job.publish_context("a", secret.public_bytes(), secret.key_id)
+    job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
     job.submit("a", encrypted_initial(secret, job.job_id))
     assert not job.join("b", 10, 5, SIZE, exchange_key()).deal_keys
     assert job.next_task("b").kind is TaskKind.WAIT  # no key yet: no work

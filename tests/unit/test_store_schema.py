@@ -56,7 +56,7 @@ def test_a_file_from_before_versioning_is_migrated_with_its_data_intact(tmp_path
         assert [a.action for a in store.audit("job-1")] == ["start"]
     finally:
         store.close()
-    assert _user_version(path) == LATEST == 6
+    assert _user_version(path) == LATEST == 7
 
 
 def test_exchange_keys_written_before_version_3_keep_their_registration_order(tmp_path: Path) -> None:

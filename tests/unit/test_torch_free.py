@@ -25,6 +25,7 @@ NEEDS_TORCH = {
     "test_blackbox": "black-box learners score candidates on a tiny model",
     "test_dp": "DP-SGD on a tiny model, with Opacus's own engine as the reference",
     "test_fewshot": "pseudo-labelling with a tiny model",
+    "test_generation": "generators trained, decoded and scored on a tiny causal model",
     "test_models": "the soft-prompt classifiers themselves",
     "test_peft": "LoRA and prefixes through peft on tiny models, with Opacus's per-example gradients",
     "test_participant_metrics": "a participant runtime trains one round on a tiny model",

@@ -1,0 +1,82 @@
+"""A job's key calls, as members make them: the single-key relay (``coordinator.keys``), the threshold key
+setup (``coordinator.threshold.ThresholdRelay``) and the threshold decryption shares of a round attempt.
+
+Kept apart from ``JobRuntime`` so the job's wiring stays thin; every method is one participant call, the
+caller's identity first, and each is checked by the domain object it reaches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedprompt.coordinator.keys import JobKeys
+from fedprompt.coordinator.threshold import ThresholdKeyRelay
+from fedprompt.errors import NotSelected, PreconditionFailed
+from fedprompt.protocol import KeyState, Payload, ThresholdKeyState
+from fedprompt.wire.threshold import ENCODING as THRESHOLD
+from fedprompt.wire.threshold import ThresholdVersion, pack_version
+
+if TYPE_CHECKING:
+    from fedprompt.coordinator.runtime import JobRuntime
+
+
+class KeyDoor:
+    """The key calls of one job (``JobRuntime.relay``)."""
+
+    def __init__(self, job: JobRuntime) -> None:
+        self.job = job
+
+    def _keys(self, participant_id: str) -> JobKeys:
+        job = self.job
+        job.roster.touch(participant_id, job.clock())
+        if job.keys is None:
+            raise PreconditionFailed(f"job {job.job_id} is not encrypted (he.enabled is false)")
+        return job.keys
+
+    def _threshold(self, participant_id: str) -> ThresholdKeyRelay:
+        keys = self._keys(participant_id)
+        if not isinstance(keys, ThresholdKeyRelay):
+            raise PreconditionFailed(f"job {self.job.job_id} is not a threshold job (he.mode is 'single_key')")
+        return keys
+
+    # ---- single key -------------------------------------------------------------------------------
+    def publish_context(self, participant_id: str, context: bytes, key_id: bytes, attestation: bytes = b"") -> None:
+        self._keys(participant_id).publish(participant_id, context, key_id, attestation)
+
+    def share_key(self, participant_id: str, recipient_id: str, sealed_key: bytes) -> None:
+        self._keys(participant_id).share(participant_id, recipient_id, sealed_key)
+
+    def key_state(self, participant_id: str) -> KeyState:
+        return self._keys(participant_id).state_for(participant_id, lambda p: p in self.job.online())
+
+    # ---- threshold keys ---------------------------------------------------------------------------
+    def threshold_keys(self, participant_id: str, crl: bytes = b"") -> ThresholdKeyState:
+        return self._threshold(participant_id).relay.state_for(participant_id, crl)
+
+    def publish_share(self, participant_id: str, share: bytes, attestation: bytes = b"") -> None:
+        self._threshold(participant_id).publish_share(participant_id, share, attestation)
+        self.job.tick()
+
+    def deal(self, participant_id: str, sealed: dict[str, bytes]) -> None:
+        self._threshold(participant_id).deal(participant_id, sealed)
+        self.job.tick()
+
+    # ---- threshold decryption ---------------------------------------------------------------------
+    def decryption(self, participant_id: str, round_: int) -> Payload:
+        """What a decryptor of round ``round_`` makes its share of: the compressed aggregate, the round attempt,
+        its uploaders and decryptors (a ``wire.threshold`` version without shares)."""
+        self._threshold(participant_id)
+        d = self.job.rounds.decryption(round_)
+        if participant_id not in d.decryptors:
+            raise NotSelected(f"{participant_id} is not a decryptor of round {round_}")
+        request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight, d.aggregate, ())
+        return Payload(self.job.job_id, round_, THRESHOLD, self.job.vector_size, pack_version(request))
+
+    def submit_share(self, participant_id: str, round_: int, attempt: int, sealed: bytes) -> None:
+        """A decryptor's sealed share of round ``round_``'s attempt ``attempt``; with the last, the version."""
+        self._threshold(participant_id)
+        d = self.job.rounds.decryption(round_)
+        if attempt != d.attempt:
+            raise PreconditionFailed(f"round {round_} decrypts attempt {d.attempt}, not {attempt}")
+        d.submit(participant_id, sealed)
+        self.job.tick()
