@@ -9,7 +9,8 @@ BENCHES = {"federated": "fedprompt.app.bench.federated", "dp": "fedprompt.app.be
            "he": "fedprompt.app.bench.he", "load": "fedprompt.app.bench.load", "robust": "fedprompt.app.bench.robust",
            "blackbox": "fedprompt.app.bench.blackbox", "personal": "fedprompt.app.bench.personal",
            "stalls": "fedprompt.app.bench.stalls", "threshold": "fedprompt.app.bench.threshold",
-           "simulate-scale": "fedprompt.app.bench.simulate_scale", "failover": "fedprompt.app.bench.failover"}
+           "simulate-scale": "fedprompt.app.bench.simulate_scale", "failover": "fedprompt.app.bench.failover",
+           "peft": "fedprompt.app.bench.peft"}
 
 
 def run_bench(name: str, args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from fedprompt.app.bench import BENCHES
-from fedprompt.app.cli.common import add_command, add_track_flag
+from fedprompt.app.cli.common import add_command, add_placement_args, add_track_flag
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -53,7 +53,7 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--shots", type=int, default=32,
                        help="fewshot: mean labelled examples per site, the rest of its share unlabelled (default 32)")
     bench.add_argument("--participants", type=int, help="load: concurrent participants (default 200)")
-    bench.add_argument("--rounds", type=int, help="load: rounds (default 5); failover: rounds per job (default 8)")
+    bench.add_argument("--rounds", type=int, help="load: rounds (default 5); failover: rounds per job (default 8); peft: rounds (default 5)")
     bench.add_argument("--trials", type=int,
                        help="failover: jobs, each with its active coordinator SIGKILLed mid-round (default 5)")
     bench.add_argument("--clients", type=int, help="load: client processes simulating them (default 4)")
@@ -64,5 +64,18 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--waves", type=int,
                        help="stalls: times the attack is repeated, each on a fresh round (default 2; more show whether "
                             "the memory after a wave keeps growing)")
+    bench.add_argument("--steps", type=int,
+                       help="peft: local steps per site and round, every method (default 30).  `bench peft --report peft.json` "
+                            "at its defaults: sized to finish in under an hour on one GPU; on 2 CPU cores an estimated 3-15 h "
+                            "(an estimate from 3 timed steps per method, not a measured run)")
+    bench.add_argument("--sites", type=int, help="peft: IID sites (default 3)")
+    bench.add_argument("--train-size", type=int,
+                       help="peft: Rotten Tomatoes training examples dealt to the sites (default 3000)")
+    bench.add_argument("--test-size", type=int, help="peft: held-out test examples (default 1000)")
+    bench.add_argument("--methods", help="peft: comma-separated subset of prompt,prefix,lora (default all)")
+    bench.add_argument("--backbones", help="peft: comma-separated subset of smollm2,minilm (default both)")
+    bench.add_argument("--skip-generation", action="store_true",
+                       help="peft: leave out the generation row (bbc_headlines on SmolLM2)")
+    add_placement_args(bench)
     add_track_flag(bench)
     bench.set_defaults(fn=cmd_bench)

@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import torch
 from fedprompt.app.adapter_export import CardFacts, export_peft
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.cli import main
+from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt, readme_loader
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, dump_toml
 from fedprompt.locations import LATEST_PROMPT
@@ -30,7 +30,7 @@ from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.promptfile import load_prompt
 from fedprompt.protocol import Payload
 from fedprompt.wire.payload import FLOAT32, encode_vector
-from tests.support import REPO, LiveCoordinator, levelled, tiny_job, toy_sites
+from tests.support import LiveCoordinator, levelled, tiny_job, toy_sites
 
 TEXTS = ["A moving, beautifully shot film.", "dull", "Neither good nor bad, and far too long to sit through."]
 TOLERANCE = 1e-4
@@ -38,32 +38,6 @@ TOLERANCE = 1e-4
 pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha"),
               pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
               pytest.mark.filterwarnings("ignore:Full backward hook is firing")]
-
-
-def readme_loader(base: Path, adapter: Path) -> dict[str, Any]:
-    """The README's "Loading an exported adapter" block, run as pasted with its two paths filled in; returns
-    its namespace (``load_exported``, ``label_logits``, and what the block's last lines computed)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### Loading an exported adapter"):]
-    block = section.split("```python\n", 1)[1].split("```", 1)[0]
-    assert block.count("path/to/base-model") == 1 and block.count("path/to/adapter") == 1
-    namespace: dict[str, Any] = {}
-    exec(block.replace("path/to/base-model", str(base)).replace("path/to/adapter", str(adapter)), namespace)
-    return namespace
-
-
-def max_diff_to_fedprompt(vector: np.ndarray, config: JobConfig, base: Path, adapter: Path) -> float:
-    """Largest |difference| between fedprompt's label logits (``predict``'s model with ``vector`` loaded) and
-    those of the README's plain transformers + peft loader on the exported ``adapter``."""
-    model = build_classifier(config)
-    model.set_vector(vector)
-    with torch.no_grad():
-        ours = model(**model.tokenize(TEXTS)).numpy()
-    loader = readme_loader(base, adapter)
-    loaded = loader["load_exported"](str(base), str(adapter))
-    theirs = np.stack([loader["label_logits"](*loaded, text).numpy() for text in TEXTS])
-    assert theirs.shape == ours.shape == (len(TEXTS), 2)
-    return float(np.abs(ours - theirs).max())
 
 
 def trained_like(config: JobConfig) -> np.ndarray:
@@ -88,7 +62,7 @@ def test_peft_loads_the_export_and_scores_as_fedprompt(kind: str, method: str, t
     assert adapter["base_model_name_or_path"] == str(base)
     if method != "lora":
         assert adapter["task_type"] == ("CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
-    diff = max_diff_to_fedprompt(vector, config, base, out)
+    diff = max_diff_to_fedprompt(vector, config, base, out, TEXTS)
     assert diff <= TOLERANCE, f"{kind}/{method}: {diff}"
 
 
@@ -99,7 +73,7 @@ def test_a_levelled_prompt_exports_every_level(tiny_encoder_dir: Path, tmp_path:
     vector = trained_like(config)
     out = export_peft(vector, dump_toml(config), tmp_path / "adapter", CardFacts("job-1", 1, "a test"), "0.0-test")
     assert json.loads((out / "adapter_config.json").read_text())["num_virtual_tokens"] == 4
-    assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, out) <= TOLERANCE
+    assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, out, TEXTS) <= TOLERANCE
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -180,7 +154,7 @@ def test_admin_exports_a_plaintext_jobs_global_as_a_peft_adapter(tiny_encoder_di
             adapter = tmp_path / "adapter"
             code, out, err = fedprompt(capfd, *admin_cli, "--format", "peft", "--out", str(adapter))
             assert (code, out) == (0, f"wrote {adapter}\n"), err
-            assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, adapter) <= TOLERANCE
+            assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, adapter, TEXTS) <= TOLERANCE
             code, out, err = fedprompt(capfd, "predict", "--prompt", str(tmp_path / "v1.safetensors"), "--device",
                                        "cpu", *TEXTS)
             assert code == 0, err
@@ -232,7 +206,7 @@ def test_a_key_holder_exports_the_encrypted_jobs_global_it_decrypted(tiny_causal
     adapter = tmp_path / "adapter"
     code, out, err = fedprompt(capfd, "participant", "export", "--state-dir", str(state), "--out", str(adapter))
     assert (code, out) == (0, f"wrote {adapter}\n"), err
-    assert max_diff_to_fedprompt(vector, config, tiny_causal_dir, adapter) <= TOLERANCE
+    assert max_diff_to_fedprompt(vector, config, tiny_causal_dir, adapter, TEXTS) <= TOLERANCE
     rows = card_rows(adapter)
     assert rows["homomorphic encryption"].startswith("single-key CKKS (TenSEAL)")
     epsilon = float(rows["record-level DP"].split("ε = ", 1)[1].split(",", 1)[0])

@@ -21,6 +21,17 @@ from fedprompt.app.bench import BENCHES, pgserver
 PROVENANCE = ("provenance.command", "provenance.commit", "provenance.dirty", "provenance.date", "provenance.machine")
 
 REPORT_KEYS: dict[str, tuple[str, ...]] = {
+    # issue 31's Must show: one row per method and backbone (and the best at epsilon 8) and a generation row, all
+    # with one schema (null where a key is the other task's), the round trip and the targets
+    "peft": (*(f"rows[].{key}" for key in (
+                 "backbone", "method", "task", "accuracy", "majority_accuracy", "zero_shot_accuracy",
+                 "exchanged_floats", "exchanged_over_plm", "upload_bytes_he", "seconds_per_round",
+                 "participant_peak_rss_mb", "dp_epsilon", "exact_match_before", "exact_match_after",
+                 "rouge_l_before", "rouge_l_after", "loss_before", "loss_after")), "peft_roundtrip_max_abs_diff",
+             "targets.best_smollm2_accuracy.met", "targets.best_smollm2_accuracy_dp_eps8.met",
+             "targets.deep_or_lora_over_prompt_points.met", "targets.generation_rouge_l_gain.met",
+             "targets.peft_roundtrip_max_abs_diff.met", "settings.sites", "settings.rounds",
+             "settings.steps_per_site_round", "settings.train_size", "settings.test_size"),
     # issue 33's Must show: both engines on the same jobs, wall time, rounds, equal final metrics, Ray's speed-up
     "simulate-scale": ("runs[].name", "runs[].participants", "runs[].per_round", "runs[].rounds",
                        "runs[].inprocess_seconds", "runs[].ray_seconds", "runs[].ray_speedup", "runs[].ray_workers",

@@ -1,0 +1,270 @@
+"""The parameter-efficient methods side by side (issue 31): a shallow soft prompt (Lester et al. 2021), deep
+prompts in every layer (prefix tuning, Li & Liang 2021; P-tuning v2, Liu et al. 2022) and LoRA (Hu et al.
+2022), each tuned federatedly on Rotten Tomatoes by IID sites with the same rounds, local steps and batch, on
+SmolLM2-135M and on MiniLM, measured in one run.
+
+Each ``rows`` entry is one job: final test accuracy beside the majority class and the untuned model's, the
+floats a site exchanges per round (and their share of the PLM's parameters), the CKKS upload those floats
+would make (``upload_bytes_he``: one vector encrypted under the default ``[he]`` parameters and its length
+taken, as ``bench he`` measures a ciphertext, without running an HE job), mean seconds per round and the
+participants' peak RSS.  The sites run in this process, so ``participant_peak_rss_mb`` is the process's
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the row: a high-water mark over the process's life, so a
+row's figure bounds its own peak from above (the rows run in order, the larger backbone last).  The best
+method of each backbone runs again with record-level DP-SGD at epsilon 8.
+
+One generation row per backbone that can generate (a causal one): the best method on ``bbc_headlines``
+(``[task] kind = "generation"``); "before" is the untuned model as the job's initial adapter scores it (a
+random shallow/deep prompt, or for LoRA the identity, i.e. the bare model), "after" the final global adapter.
+
+``peft_roundtrip_max_abs_diff``: every classification row's final adapter exported with ``admin export
+--format peft``'s code and loaded by the README's transformers + peft block; the largest |difference|
+between its label logits and fedprompt's on a few texts (``fedprompt.app.peft_roundtrip``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedprompt.app.adapter_export import CardFacts, export_peft
+from fedprompt.app.bench.smoke import on_tiny_model, run_size
+from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt
+from fedprompt.app.report import fmt, table, write_json
+from fedprompt.app.simulate import simulate
+from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection
+from fedprompt.crypto.ckks import SecretContext
+from fedprompt.data.datasets import load_dataset, train_test_split
+from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
+from fedprompt.errors import ConfigError
+from fedprompt.models import Backbone, load_backbone, resolve_placement
+from fedprompt.models.backbone import resolve_model_path
+from fedprompt.models.placement import Placement
+from fedprompt.promptfile import load_prompt
+
+METHODS = ("prompt", "prefix", "lora")
+BACKBONES = {"smollm2": "causal", "minilm": "encoder"}
+# A starting learning rate per method (not tuned here): a prompt's few vectors move far per step, LoRA's
+# low-rank product moves every layer's output at once.
+LR = {"prompt": 0.03, "prefix": 0.01, "lora": 0.002}
+DP_EPSILON = 8.0
+TEXTS = ["A moving, beautifully shot film.", "dull", "Neither good nor bad, and far too long to sit through."]
+ROW_KEYS = ("backbone", "method", "task", "accuracy", "majority_accuracy", "zero_shot_accuracy", "exchanged_floats",
+            "exchanged_over_plm", "upload_bytes_he", "seconds_per_round", "participant_peak_rss_mb", "dp_epsilon")
+GENERATION_KEYS = ("exact_match_before", "exact_match_after", "rouge_l_before", "rouge_l_after", "loss_before",
+                   "loss_after", "before_is")
+TARGETS = {"best_smollm2": 0.86, "best_smollm2_dp": 0.84, "deep_over_shallow_points": 2.0,
+           "deep_exchanged_over_plm": 0.01, "roundtrip": 1e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How big a run is: the measured one, or ``--smoke``'s, which takes the same path in seconds."""
+
+    sites: int
+    rounds: int
+    steps: int  # local steps per site and round, every method
+    batch_size: int
+    train_size: int  # Rotten Tomatoes training examples dealt to the sites
+    test_size: int
+    gen_train_size: int
+    gen_test_size: int
+    max_new_tokens: int
+    methods: tuple[str, ...] = METHODS
+    backbones: tuple[str, ...] = tuple(BACKBONES)
+
+
+FULL = Size(sites=3, rounds=5, steps=30, batch_size=16, train_size=3000, test_size=1000, gen_train_size=600,
+            gen_test_size=100, max_new_tokens=16)
+SMOKE = Size(sites=2, rounds=1, steps=2, batch_size=4, train_size=24, test_size=12, gen_train_size=12,
+             gen_test_size=4, max_new_tokens=3)
+
+
+def parse_list(value: str | None, allowed: tuple[str, ...], flag: str) -> tuple[str, ...] | None:
+    """``--methods a,b`` as a tuple, every name checked (a ``ConfigError`` naming the first unknown one)."""
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(f"--{flag}: {name!r} is not one of {', '.join(allowed)}")
+    if not names:
+        raise ConfigError(f"--{flag}: name at least one of {', '.join(allowed)}")
+    return names
+
+
+def bench_size(args: argparse.Namespace) -> Size:
+    size = run_size(args, FULL, SMOKE, "sites", "rounds", "steps", "train_size", "test_size")
+    methods = parse_list(args.methods, METHODS, "methods") or size.methods
+    backbones = parse_list(args.backbones, tuple(BACKBONES), "backbones") or size.backbones
+    return dataclasses.replace(size, methods=methods, backbones=backbones)
+
+
+def base_job(name: str, size: Size, args: argparse.Namespace) -> JobConfig:
+    """The demo's job on backbone ``name`` (the tiny random one of its kind with ``--smoke``), plaintext, sized."""
+    kind = BACKBONES[name]
+    config = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, seed=args.seed, he=False, dp=False,
+                                  backbone=kind, steps=size.steps, batch_size=size.batch_size))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, kind=kind))
+    return on_tiny_model(config, kind) if args.smoke else config
+
+
+def with_method(config: JobConfig, method: str, epsilon: float | None) -> JobConfig:
+    return dataclasses.replace(config, peft=PeftSection(method=method),
+                               train=dataclasses.replace(config.train, lr=LR[method]),
+                               dp=DPSection(enabled=epsilon is not None, epsilon=epsilon or DPSection.epsilon))
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS so far (``ru_maxrss``: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def roundtrip(report: dict[str, Any], config: JobConfig, work: Path) -> float:
+    """Export the job's final global adapter (the prompt file ``simulate`` wrote) as a PEFT adapter and compare
+    the README loader's label logits with fedprompt's."""
+    vector, config_toml = load_prompt(Path(report["exported"]))
+    facts = CardFacts(job_id=report["job_id"], version=len(report["rounds"]) - 1, source="fedprompt bench peft")
+    out = export_peft(vector, config_toml, work / f"adapter-{report['job_id']}", facts, "bench")
+    return max_diff_to_fedprompt(vector, config, Path(resolve_model_path(config.model.path)), out, TEXTS)
+
+
+def fresh(config: JobConfig, placement: Placement) -> Backbone:
+    """The job's frozen PLM loaded anew: LoRA wraps the loaded model's layers, so no two jobs share one."""
+    return load_backbone(config.model.path, config.model.kind, placement=placement)
+
+
+def run_row(name: str, config: JobConfig, sites: list[SiteData], placement: Placement, work: Path,
+            secret: SecretContext, epsilon: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    job = with_method(config, config.peft.method, epsilon)
+    export = work / f"{name}-{job.peft.method}-{epsilon}.safetensors"
+    report = simulate(job, sites, fresh(job, placement), export=export)
+    seconds = [r["seconds"] for r in report["rounds"]]
+    vector = np.zeros(report["exchanged_floats"], dtype=np.float32)
+    row = {"backbone": name, "method": job.peft.method, "task": "classification",
+           "accuracy": report["final_accuracy"], "majority_accuracy": report["majority_accuracy"],
+           "zero_shot_accuracy": report["zero_shot_accuracy"], "exchanged_floats": report["exchanged_floats"],
+           "exchanged_over_plm": report["exchanged_over_plm"], "upload_bytes_he": len(secret.encrypt(vector, 1)),
+           "seconds_per_round": sum(seconds) / len(seconds) if seconds else None,
+           "participant_peak_rss_mb": peak_rss_mb(), "dp_epsilon": epsilon, "epsilon_spent": report["epsilon"]}
+    print(f"[bench peft] {name}/{job.peft.method} eps {epsilon}: accuracy {fmt(row['accuracy'])} "
+          f"({row['exchanged_floats']} floats) in {report['seconds']:.0f} s", flush=True)
+    return row, report
+
+
+def generation_sites(size: Size, seed: int) -> list[SiteData]:
+    train, test = train_test_split(load_dataset("bbc_headlines").examples, size.gen_test_size, seed)
+    return split_sites(train[:size.gen_train_size], test, (), size.sites, PartitionSpec("iid"), seed)
+
+
+def generation_row(name: str, config: JobConfig, method: str, size: Size, placement: Placement,
+                   seed: int) -> dict[str, Any]:
+    job = with_method(dataclasses.replace(config, task=TaskSection(
+        kind="generation", template="{text}\nHeadline:", max_new_tokens=size.max_new_tokens)), method, None)
+    report = simulate(job, generation_sites(size, seed), fresh(job, placement))
+    final = report["rounds"][-1] if report["rounds"] else {}
+    row = {"backbone": name, "method": method, "task": "generation",
+           "exact_match_before": report["zero_shot_exact_match"], "exact_match_after": report["final_exact_match"],
+           "rouge_l_before": report["zero_shot_rouge_l"], "rouge_l_after": report["final_rouge_l"],
+           "loss_before": report["zero_shot_loss"], "loss_after": final.get("loss"),
+           "before_is": "the bare model (LoRA's initial adapter is the identity)" if method == "lora"
+           else f"the initial (random) {method} adapter"}
+    print(f"[bench peft] {name}/{method} generation: ROUGE-L {fmt(row['rouge_l_before'])} -> "
+          f"{fmt(row['rouge_l_after'])}", flush=True)
+    return row
+
+
+def best(rows: list[dict[str, Any]], backbone: str) -> dict[str, Any] | None:
+    plain = [r for r in rows if r["backbone"] == backbone and r["dp_epsilon"] is None and r["accuracy"] is not None]
+    return max(plain, key=lambda r: r["accuracy"]) if plain else None
+
+
+def targets(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diff: float | None) -> dict[str, Any]:
+    """Issue 31's targets, each with the measured figure and ``met`` (None where the run did not measure it)."""
+    top = best(rows, "smollm2")
+    dp = [r for r in rows if r["backbone"] == "smollm2" and r["dp_epsilon"] == DP_EPSILON]
+    margins = []
+    for name in {r["backbone"] for r in rows}:
+        plain = {r["method"]: r for r in rows if r["backbone"] == name and r["dp_epsilon"] is None}
+        if "prompt" in plain and plain["prompt"]["accuracy"] is not None:
+            margins += [100 * (r["accuracy"] - plain["prompt"]["accuracy"]) for m, r in plain.items()
+                        if m != "prompt" and r["accuracy"] is not None
+                        and r["exchanged_over_plm"] <= TARGETS["deep_exchanged_over_plm"]]
+    gain = [r["rouge_l_after"] - r["rouge_l_before"] for r in generation
+            if r["rouge_l_after"] is not None and r["rouge_l_before"] is not None]
+
+    def target(value: float | None, goal: float, test: Any = float.__ge__) -> dict[str, Any]:
+        return {"value": value, "target": goal, "met": None if value is None else bool(test(float(value), goal))}
+
+    return {"best_smollm2_accuracy": target(top["accuracy"] if top else None, TARGETS["best_smollm2"]),
+            "best_smollm2_accuracy_dp_eps8": target(dp[0]["accuracy"] if dp else None, TARGETS["best_smollm2_dp"]),
+            "deep_or_lora_over_prompt_points": target(max(margins) if margins else None,
+                                                      TARGETS["deep_over_shallow_points"]),
+            "generation_rouge_l_gain": target(max(gain) if gain else None, 0.0, float.__gt__),
+            "peft_roundtrip_max_abs_diff": target(diff, TARGETS["roundtrip"], float.__le__)}
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    size = bench_size(args)
+    placement = resolve_placement(args.device, args.dtype, "")
+    if args.smoke:
+        torch.set_num_threads(1)  # the test suite's budget; a measured run keeps torch's own thread count
+    secret = SecretContext.create(HESection(enabled=True).params())
+    rows: list[dict[str, Any]] = []
+    generation: list[dict[str, Any]] = []
+    diffs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fedprompt-bench-peft-") as tmp:
+        work = Path(tmp)
+        for name in size.backbones:
+            base = base_job(name, size, args)
+            train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
+            sites = split_sites(train[:size.train_size], test, names, size.sites, PartitionSpec("iid"), args.seed)
+            for method in size.methods:
+                config = with_method(base, method, None)
+                row, report = run_row(name, config, sites, placement, work, secret, None)
+                rows.append(row)
+                diffs[f"{name}/{method}"] = roundtrip(report, config, work)
+            top = best(rows, name)
+            if top is not None:
+                rows.append(run_row(name, with_method(base, top["method"], DP_EPSILON), sites, placement, work,
+                                    secret, DP_EPSILON)[0])
+                if BACKBONES[name] == "causal" and not args.skip_generation:
+                    generation.append(generation_row(name, base, top["method"], size, placement, args.seed))
+    diff = max(diffs.values()) if diffs else None
+    # one schema for every row: a classification row's generation keys and a generation row's are null
+    table_rows = [{k: r.get(k) for k in (*ROW_KEYS, "epsilon_spent", *GENERATION_KEYS)} for r in rows + generation]
+    goals = targets(rows, generation, diff)
+    out: dict[str, Any] = {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": diffs,
+           "targets": goals,
+           "settings": {"sites": size.sites, "rounds": size.rounds, "steps_per_site_round": size.steps,
+                        "batch_size": size.batch_size, "lr": LR, "train_size": size.train_size,
+                        "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
+                        "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
+                        "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
+                        "dp_epsilon": DP_EPSILON, "he_params": HESection(enabled=True).params().describe(),
+                        "placement": str(placement), "seed": args.seed,
+                        "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
+                        "roundtrip_texts": TEXTS},
+           "smoke": bool(args.smoke)}
+    print(table(["backbone", "method", "eps", "accuracy", "majority", "zero-shot", "floats", "over PLM", "HE bytes",
+                 "s/round", "rss MB"],
+                [[r["backbone"], r["method"], r["dp_epsilon"], r["accuracy"], r["majority_accuracy"],
+                  r["zero_shot_accuracy"], r["exchanged_floats"], r["exchanged_over_plm"], r["upload_bytes_he"],
+                  r["seconds_per_round"], r["participant_peak_rss_mb"]] for r in rows]))
+    for r in generation:
+        print(f"generation {r['backbone']}/{r['method']}: exact match {fmt(r['exact_match_before'])} -> "
+              f"{fmt(r['exact_match_after'])}, ROUGE-L {fmt(r['rouge_l_before'])} -> {fmt(r['rouge_l_after'])}, "
+              f"loss {fmt(r['loss_before'])} -> {fmt(r['loss_after'])}")
+    print(f"peft round trip max |diff| {fmt(diff, 8)}; targets: "
+          + ", ".join(f"{k} {'met' if t['met'] else 'not met' if t['met'] is False else '-'}"
+                      for k, t in goals.items()))
+    write_json(out, args.report or "reports/bench-peft.json")
+    return 0
