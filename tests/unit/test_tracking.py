@@ -88,18 +88,18 @@ def test_a_bench_sends_its_options_its_reports_scalars_and_the_report(tmp_path: 
     from mlflow.tracking import MlflowClient
 
     report = tmp_path / "bench.json"
-    result = run_fedprompt(["bench", "federated", "--smoke", "--report", str(report), "--track",
-                            f"mlflow:{tmp_path / 'mlruns'}"], env={"FEDPROMPT_CACHE": str(tmp_path / "cache")},
-                           timeout=600)
+    result = run_fedprompt(["bench", "threshold", "--smoke", "--report", str(report), "--track",
+                            f"mlflow:{tmp_path / 'mlruns'}"], timeout=600)  # the quickest bench: crypto only
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     written = json.loads(report.read_text())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
     [run] = client.search_runs([client.get_experiment_by_name("fedprompt").experiment_id])  # type: ignore[union-attr]
-    assert run.info.status == "FINISHED" and run.info.run_name.startswith("bench-federated-")
-    assert run.data.params["name"] == "federated" and run.data.params["smoke"] == "True"
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("bench-threshold-")
+    assert run.data.params["name"] == "threshold" and run.data.params["smoke"] == "True"
     assert "log_level" not in run.data.params
-    assert run.data.metrics["final/centralized_accuracy"] == pytest.approx(written["centralized_accuracy"])
+    assert run.data.metrics["final/threshold_round_over_single_key_round"] == pytest.approx(
+        written["threshold_round_over_single_key_round"])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["bench.json"]
 
 
