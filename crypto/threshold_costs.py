@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedprompt.crypto import threshold_seeded
-from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.ckks import EncryptedSum, PublicContext
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
 
@@ -59,6 +60,37 @@ def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
                      vector_size, seed)
 
 
+@dataclass
+class Folded:
+    """Members' random uploads folded by the coordinator: the running sum, the plain weighted sum and weight it
+    must decrypt to, the last upload (for its size) and the seconds spent encrypting (all members) and folding."""
+
+    total: EncryptedSum
+    expected: np.ndarray
+    weight: float
+    upload: bytes
+    encrypt_s: float
+    fold_s: float
+
+
+def fold(public: PublicContext, vector_size: int, rng: np.random.Generator,
+         encryptors: list[Callable[[np.ndarray, float], bytes]]) -> Folded:
+    """Each member's random update (N(0, 0.1), weight 1..20 from ``rng``) encrypted by its ``encryptors`` entry
+    and folded key-less into one running sum: the round's upload path, the same draws for either scheme."""
+    total, expected, weight = public.new_sum(vector_size), np.zeros(vector_size), 0.0
+    upload, encrypt_s, fold_s = b"", 0.0, 0.0
+    for encrypt in encryptors:
+        update, w = rng.normal(0, 0.1, vector_size), float(rng.integers(1, 21))
+        start = time.perf_counter()
+        upload = encrypt(update * w, w)
+        encrypt_s += time.perf_counter() - start
+        start = time.perf_counter()
+        total.add(total.parse(upload))
+        fold_s += time.perf_counter() - start
+        expected, weight = expected + update * w, weight + w
+    return Folded(total, expected, weight, upload, encrypt_s, fold_s)
+
+
 def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> dict[str, float]:
     """One aggregate of every member's random update (weights 1..20, drawn from ``seed``) in upload round
     ``round`` (seeded jobs: once per round and key), encrypted, folded, compressed, t-decrypted and combined."""
@@ -68,19 +100,13 @@ def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> 
     rng = np.random.default_rng(seed)
     upload_round = threshold_seeded.UploadRound(keyed.job_seed, round)
     uploaders = [m.index for m in parties]
-    total, expected, weight = public.new_sum(vector_size), np.zeros(vector_size), 0.0
-    encrypt_s = fold_s = 0.0
-    for member in parties:
-        update, w = rng.normal(0, 0.1, vector_size), float(rng.integers(1, 21))
-        start = time.perf_counter()
-        upload = (threshold_seeded.encrypt(context, member, update * w, w, upload_round) if seeded
-                  else context.encrypt(update * w, w))
-        encrypt_s += time.perf_counter() - start
-        start = time.perf_counter()
-        total.add(total.parse(upload))
-        fold_s += time.perf_counter() - start
-        expected, weight = expected + update * w, weight + w
-    summed = total.to_bytes()
+    def seeded_by(member: Member) -> Callable[[np.ndarray, float], bytes]:
+        return lambda vector, w: threshold_seeded.encrypt(context, member, vector, w, upload_round)
+
+    folded = fold(public, vector_size, rng, [seeded_by(m) if seeded else context.encrypt for m in parties])
+    upload, encrypt_s, fold_s, expected, weight = (folded.upload, folded.encrypt_s, folded.fold_s,
+                                                   folded.expected, folded.weight)
+    summed = folded.total.to_bytes()
     start = time.perf_counter()
     download = ThresholdContext(params, key_id=context.key_id).compress(summed, vector_size)
     compress_s = time.perf_counter() - start

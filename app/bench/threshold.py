@@ -33,7 +33,7 @@ from fedprompt.config import HESection
 from fedprompt.crypto import sealing
 from fedprompt.crypto.ckks import PublicContext, SecretContext
 from fedprompt.crypto.threshold import ThresholdParams
-from fedprompt.crypto.threshold_costs import FLOAT32_BYTES, Keyed, aggregate, keygen
+from fedprompt.crypto.threshold_costs import FLOAT32_BYTES, Keyed, aggregate, fold, keygen
 
 #: The demo job's exchanged vector (MiniLM's prompt and head: ``bench he`` measures it from the model).
 DEMO_VECTOR = 6914
@@ -71,18 +71,10 @@ def single_key_row(members: int, vector_size: int, seed: int) -> dict[str, Any]:
     keygen_s = time.perf_counter() - start
     public = PublicContext(secret.public_bytes(), params, secret.key_id)
     rng = np.random.default_rng(seed)
-    total, expected, weight = public.new_sum(vector_size), np.zeros(vector_size), 0.0
-    encrypt_s = aggregate_s = 0.0
-    for _ in range(members):
-        update, w = rng.normal(0, 0.1, vector_size), float(rng.integers(1, 21))
-        start = time.perf_counter()
-        upload = secret.encrypt(update * w, w)
-        encrypt_s += time.perf_counter() - start
-        start = time.perf_counter()
-        total.add(total.parse(upload))
-        aggregate_s += time.perf_counter() - start
-        expected, weight = expected + update * w, weight + w
-    download = total.to_bytes()
+    folded = fold(public, vector_size, rng, [secret.encrypt] * members)
+    upload, encrypt_s, aggregate_s = folded.upload, folded.encrypt_s, folded.fold_s
+    expected, weight = folded.expected, folded.weight
+    download = folded.total.to_bytes()
     start = time.perf_counter()
     vector, got_weight = secret.decrypt(download, vector_size)
     decrypt_s = time.perf_counter() - start
