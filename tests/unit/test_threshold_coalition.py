@@ -15,6 +15,7 @@ The correlation of a guess that knows nothing of an update of d values is about 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from fedprompt.crypto.threshold_costs import Keyed
 from fedprompt.participant.keys import KeyHolder, key_dir
 from fedprompt.participant.threshold_keys import SECRET, ThresholdKeys
 from fedprompt.protocol import KeyState
+from tests.support import REPO
 from tests.thresholds import RelayDoor
 
 JOB = "job-coalition"
@@ -251,3 +253,14 @@ def _fold(coordinator: Coordinator, uploads: Sequence[bytes]) -> bytes:
     for upload in uploads:
         total.add(total.parse(upload))
     return total.to_bytes()
+
+
+def test_every_test_the_readme_threat_model_cites_exists() -> None:
+    """The threat model's rows stay backed: each ``tests/...py::name`` it cites is a test function in that file."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("**Threat model**"):readme.index("## Secure aggregation")]
+    cited = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
+    assert len(cited) >= 10
+    missing = [f"{path}::{name}" for path, name in cited
+               if not re.search(rf"^def {name}\(", (REPO / path).read_text(encoding="utf-8"), re.MULTILINE)]
+    assert missing == []
