@@ -264,3 +264,16 @@ def test_every_test_the_readme_threat_model_cites_exists() -> None:
     missing = [f"{path}::{name}" for path, name in cited
                if not re.search(rf"^def {name}\(", (REPO / path).read_text(encoding="utf-8"), re.MULTILINE)]
     assert missing == []
+
+
+def test_the_threshold_parameters_in_docs_he_are_the_codes() -> None:
+    """docs/he.md's table of smudging widths by n is what ``ThresholdParams`` computes for its defaults."""
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \| ([\d.e+-]+) \| (\d+) \|$",
+                      (REPO / "docs" / "he.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert [int(row[0]) for row in rows] == [3, 5, 10, 50]
+    for n, t, bound, sigma, bits, error, kept in rows:
+        params = ThresholdParams(members=int(n))
+        assert (params.t, round(params.noise_bound), round(params.smudging_sigma)) == (
+            int(t), int(bound.replace(",", "")), int(sigma.replace(",", "")))
+        assert round(math.log2(params.smudging_sigma), 1) == float(bits)
+        assert f"{params.error_estimate:.1e}" == error and params.download_bits[0] == int(kept)
