@@ -53,7 +53,6 @@ HONEST = "participant:e"
 
 @dataclass
 class Site:
-    who: str
     state: Path
     keys: ThresholdKeys
 
@@ -81,8 +80,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Coordinator, d
         credentials = KeyCredentials.from_files(ca.ca_cert_path, cert, key)
         exchange = new_exchange_key()
         state = root / who.split(":")[1]
-        sites[who] = Site(who, state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state,
-                                                              credentials))
+        sites[who] = Site(state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state, credentials))
         relay.register(who, public_bytes(exchange), credentials.signer.sign(JOB, "exchange",
                                                                            (digest(public_bytes(exchange)),)))
     for _ in range(3):
