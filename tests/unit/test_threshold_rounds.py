@@ -22,29 +22,13 @@ from fedprompt.crypto.threshold import ThresholdParams
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, NotSelected, PreconditionFailed
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_keys import ThresholdKeys
-from fedprompt.protocol import ThresholdKeyState
 from fedprompt.wire.threshold import pack_version, unpack_version
+from tests.thresholds import RelayDoor
 
 JOB = "job-th"
 MEMBERS = ("participant:a", "participant:b", "participant:c")
 SIZE = 300
 PARAMS = ThresholdParams(members=3)
-
-
-class Door:
-    """One member's calls to the relay, with its identity, as the coordinator's servicer would make them."""
-
-    def __init__(self, relay: ThresholdRelay, who: str) -> None:
-        self.relay, self.who = relay, who
-
-    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        return self.relay.state_for(self.who)
-
-    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
-        self.relay.publish_share(self.who, share, attestation)
-
-    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        self.relay.deal(self.who, sealed)
 
 
 class Site:
@@ -71,7 +55,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[ThresholdRelay
         exchange = public_bytes(sites[who].exchange)
         relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for _ in range(3):
-        done = [site.keys.refresh(Door(relay, who)) for who, site in sites.items()]
+        done = [site.keys.refresh(RelayDoor(relay, who)) for who, site in sites.items()]
     assert all(done) and relay.ready
     return relay, sites
 
@@ -200,11 +184,11 @@ def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path:
         exchange = public_bytes(sites[who].exchange)
         relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for who in MEMBERS[1:]:
-        sites[who].keys.refresh(Door(relay, who))
+        sites[who].keys.refresh(RelayDoor(relay, who))
     forged = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key())
     relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())
     with pytest.raises(AttestationError, match="not the key it signed"):
-        sites[MEMBERS[1]].keys.refresh(Door(relay, MEMBERS[1]))
+        sites[MEMBERS[1]].keys.refresh(RelayDoor(relay, MEMBERS[1]))
     assert not sites[MEMBERS[1]].keys.ready
 
 
@@ -245,7 +229,7 @@ def test_a_member_stops_decrypting_before_its_smudging_budget_is_spent(tmp_path:
         relay.register(who, public_bytes(exchange))
     for _ in range(2):
         for who in MEMBERS:
-            keys[who].refresh(Door(relay, who))
+            keys[who].refresh(RelayDoor(relay, who))
     pair, first = MEMBERS[:2], MEMBERS[0]
     for round_ in (1, 2, 3):
         machine = ThresholdRound(relay, round_, SIZE)
