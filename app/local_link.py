@@ -94,5 +94,5 @@ class LocalLink:
     def decryption(self, job_id: str, round_: int) -> Payload:
         return self.jobs.job(job_id).relay.decryption(self.identity, round_)
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, sealed)
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
+        self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, share)

@@ -63,20 +63,20 @@ class KeyDoor:
 
     # ---- threshold decryption ---------------------------------------------------------------------
     def decryption(self, participant_id: str, round_: int) -> Payload:
-        """What a decryptor of round ``round_`` makes its share of: the compressed aggregate, the round attempt,
-        its uploaders and decryptors (a ``wire.threshold`` version without shares)."""
+        """What a decryptor of round ``round_`` makes its share of: the round attempt, its uploaders and
+        decryptors (a ``wire.threshold`` request: a share needs the attempt's seeds, not the sum)."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if participant_id not in d.decryptors:
             raise NotSelected(f"{participant_id} is not a decryptor of round {round_}")
-        request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight, d.aggregate, ())
+        request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight)
         return Payload(self.job.job_id, round_, THRESHOLD, self.job.vector_size, pack_version(request))
 
-    def submit_share(self, participant_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        """A decryptor's sealed share of round ``round_``'s attempt ``attempt``; with the last, the version."""
+    def submit_share(self, participant_id: str, round_: int, attempt: int, masked: bytes) -> None:
+        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if attempt != d.attempt:
             raise PreconditionFailed(f"round {round_} decrypts attempt {d.attempt}, not {attempt}")
-        d.submit(participant_id, sealed)
+        d.submit(participant_id, masked)
         self.job.tick()

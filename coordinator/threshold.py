@@ -3,11 +3,11 @@ decryptors, and the collection of their sealed decryption shares, with a new upl
 
 The coordinator holds no key and never a share of one.  It relays what members publish (exchange keys, public
 key shares, each with its owner's attestation, and Shamir sub-shares sealed to one recipient) and computes the
-collective public key from the public shares, as any member does, to frame and check ciphertexts and to
-compress aggregates (``ThresholdContext.compress``: ``c0`` only, key-less).  Decryption shares reach it sealed
-under the members' group key (``crypto.sealing.group_key``), which it never sees: it relays t of them and the
-compressed aggregate to the members, who combine; the coordinator cannot, since t shares in the clear decrypt
-the aggregate.  A member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
+collective public key from the public shares, as any member does, to frame and check ciphertexts.  Decryption
+shares reach it masked under the members' group key (``crypto.sealing.group_key``), which it never sees: it adds
+the t masked shares to the sum's ``c0`` and compresses the result key-less (``crypto.threshold_masked``), one
+small polynomial per chunk that only members can unmask; t shares in the clear would decrypt the aggregate.  A
+member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
 attempt (a fresh ``a_r``, re-uploaded by the members online), as ``crypto.threshold_seeded`` requires, since a
 member makes one decryption share per round attempt.
 """
@@ -22,8 +22,10 @@ import structlog
 
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.attest import Attestation, digest
 from fedprompt.crypto.ckks import EncryptedSum, PublicContext
+from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
 from fedprompt.crypto.threshold import ThresholdContext, ThresholdParams, crp
 from fedprompt.crypto.threshold_seeded import UploadRound, job_seed, reference_polys
@@ -41,7 +43,7 @@ from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
 log = structlog.get_logger("coordinator.threshold")
 
-#: The largest sealed sub-share or decryption share relayed (a share of 100,000 floats is ~800 KB).
+#: The largest sealed sub-share or masked decryption share relayed (a share of 100,000 floats is ~800 KB).
 MAX_SHARE_BYTES = 4 * 1024 * 1024
 
 
@@ -63,6 +65,11 @@ class ThresholdRelay:
         if who not in self.members:
             raise NotEnrolled(f"{quoted(who)} is not one of the {len(self.members)} members of threshold job "
                               f"{self.job_id}")
+
+    def index(self, who: str) -> int:
+        """A member's Shamir index: its place among the sorted members, from 1."""
+        self.check_member(who)
+        return self.members.index(who) + 1
 
     def _check(self, attestation: bytes, who: str, purpose: str, key: bytes) -> None:
         """A statement, if the member signs, must be about what it came with (members verify the signature)."""
@@ -144,24 +151,32 @@ def pick_decryptors(members: Sequence[str], online: Callable[[str], bool], t: in
 
 @dataclass
 class Decryption:
-    """One round attempt's aggregate waiting for its decryptors' sealed shares."""
+    """One round attempt's folded sum waiting for its decryptors' masked shares."""
 
     round: int
     attempt: int
     uploaders: tuple[str, ...]
     declared_weight: float
-    aggregate: bytes
+    total: bytes
     decryptors: tuple[str, ...]
+    relay: ThresholdRelay
+    vector_size: int
     shares: dict[str, bytes] = field(default_factory=dict)
 
-    def submit(self, who: str, sealed: bytes) -> None:
+    def submit(self, who: str, masked: bytes) -> None:
+        """A decryptor's masked share, checked for its member, size and residues before it is kept."""
         if who not in self.decryptors:
             raise NotSelected(f"{quoted(who)} is not a decryptor of round {self.round} attempt {self.attempt}")
         if who in self.shares:
             raise DuplicateUpdate(f"{who} already sent its decryption share of round {self.round}")
-        if not sealed or len(sealed) > MAX_SHARE_BYTES:
-            raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(sealed)}")
-        self.shares[who] = sealed
+        if not masked or len(masked) > MAX_SHARE_BYTES:
+            raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(masked)}")
+        try:
+            threshold_masked.parse_share(self.relay.context, masked, self.relay.index(who),
+                                         self.relay.params.ckks.num_ciphertexts(self.vector_size))
+        except InvalidCiphertext as exc:
+            raise InvalidUpdate(f"the decryption share of {who} is refused: {exc}") from exc
+        self.shares[who] = masked
 
     def awaiting(self, who: str) -> bool:
         """Whether ``who`` is named to decrypt and has not answered yet."""
@@ -176,13 +191,15 @@ class Decryption:
         return tuple(m for m in self.decryptors if m not in self.shares)
 
     def version(self) -> bytes:
-        """The global version to store once every share is in (``fedprompt.wire.threshold``): members combine it."""
+        """The global version to store once every share is in (``fedprompt.wire.threshold``): the sum's ``c0``
+        and the masked shares added and compressed, key-less; members unmask and decode it."""
         if not self.complete:
             raise PreconditionFailed(f"round {self.round} attempt {self.attempt} still waits for "
                                      f"{', '.join(self.missing)}")
+        combined = threshold_masked.combine(self.relay.context, self.total, self.vector_size,
+                                            {self.relay.index(m): self.shares[m] for m in self.decryptors})
         return pack_version(ThresholdVersion(self.round, self.attempt, self.uploaders, self.decryptors,
-                                             self.declared_weight, self.aggregate,
-                                             tuple(self.shares[m] for m in self.decryptors)))
+                                             self.declared_weight, combined))
 
 
 class ThresholdRound:
@@ -220,13 +237,13 @@ class ThresholdRound:
         self.weights[who] = float(num_examples)
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
-        """Compress the fold and name t online decryptors; None while fewer than t are online."""
+        """Close the fold and name t online decryptors; None while fewer than t are online."""
         decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, self.missed)
         if decryptors is None or not self.weights:
             return None
-        aggregate = self.relay.context.compress(self.sum.to_bytes(), self.vector_size)
         self.decryption = Decryption(self.round, self.attempt, tuple(sorted(self.weights)),
-                                     sum(self.weights.values()), aggregate, decryptors)
+                                     sum(self.weights.values()), self.sum.to_bytes(), decryptors, self.relay,
+                                     self.vector_size)
         self.relay.log.info("aggregate sent for threshold decryption", round=self.round, attempt=self.attempt,
                             uploaders=len(self.weights), decryptors=list(decryptors))
         return self.decryption

@@ -299,7 +299,7 @@ class GrpcLink:
         return self._stream("DownloadDecryption", lambda: self.stub.DownloadDecryption(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=sealed)
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
+        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=share)
         self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
                                                                 timeout=self.rpc_timeout_s))
