@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.keys import JobKeys
-from fedprompt.coordinator.threshold import ThresholdKeyRelay
+from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdKeyRelay
 from fedprompt.errors import NotSelected, PreconditionFailed
 from fedprompt.protocol import KeyState, Payload, ThresholdKeyState
 from fedprompt.wire.threshold import ENCODING as THRESHOLD
@@ -50,8 +50,10 @@ class KeyDoor:
         return self._keys(participant_id).state_for(participant_id, lambda p: p in self.job.online())
 
     # ---- threshold keys ---------------------------------------------------------------------------
-    def threshold_keys(self, participant_id: str, crl: bytes = b"") -> ThresholdKeyState:
-        return self._threshold(participant_id).relay.state_for(participant_id, crl)
+    def threshold_keys(self, participant_id: str, crl: bytes = b"", page: int = 0,
+                       page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:
+        """Page ``page`` of the key relay as ``participant_id`` sees it (``ThresholdRelay.state_for``)."""
+        return self._threshold(participant_id).relay.state_for(participant_id, crl, page, page_bytes)
 
     def publish_share(self, participant_id: str, share: bytes, attestation: bytes = b"") -> None:
         self._threshold(participant_id).publish_share(participant_id, share, attestation)

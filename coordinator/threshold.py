@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
@@ -43,6 +44,9 @@ from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
 log = structlog.get_logger("coordinator.threshold")
 
+#: Key material per page of the key relay (``ThresholdRelay.state_for``): half the default 4 MiB gRPC message.
+PAGE_BYTES = 2 * 1024 * 1024
+_ITEM_OVERHEAD = 16  # protobuf framing of one relayed item, beyond its fields' bytes
 #: The largest sealed sub-share or masked decryption share relayed (a share of 100,000 floats is ~800 KB).
 MAX_SHARE_BYTES = 4 * 1024 * 1024
 
@@ -58,6 +62,7 @@ class ThresholdRelay:
         self.exchange: dict[str, tuple[bytes, bytes]] = {}
         self.shares: dict[str, tuple[bytes, bytes]] = {}
         self.dealt: dict[str, dict[str, bytes]] = {}
+        self.arrivals: list[tuple[str, str]] = []  # (kind, member) of each item as it first came: pages' order
         self.public: PublicContext | None = None
         self.log = log.bind(job_id=job_id)
 
@@ -85,6 +90,8 @@ class ThresholdRelay:
         self._check(attestation, who, "exchange", key)
         if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or self.public):
             raise InvalidUpdate(f"{who} already dealt in job {self.job_id} under another exchange key")
+        if who not in self.exchange:
+            self.arrivals.append(("exchange", who))
         self.exchange[who] = (key, attestation)
 
     def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
@@ -96,6 +103,7 @@ class ThresholdRelay:
         if who in self.shares:
             raise DuplicateUpdate(f"{who} already published its key share of job {self.job_id}")
         self.shares[who] = (share, attestation)
+        self.arrivals.append(("share", who))
         if len(self.shares) == len(self.members):
             ring = self.context.ring
             polys = [np.frombuffer(self.shares[m][0], dtype=np.uint64).astype(object).reshape(-1, ring.n)
@@ -116,15 +124,29 @@ class ThresholdRelay:
         if any(not blob or len(blob) > MAX_SHARE_BYTES for blob in sealed.values()):
             raise PayloadTooLarge(f"a sealed sub-share must be 1..{MAX_SHARE_BYTES} bytes")
         self.dealt[dealer] = dict(sealed)
+        self.arrivals.append(("dealt", dealer))
         self.log.info("key sub-shares relayed", dealer=dealer)
 
-    def state_for(self, who: str, crl: bytes = b"") -> ThresholdKeyState:
+    def state_for(self, who: str, crl: bytes = b"", page: int = 0, page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:
+        """Page ``page`` of what ``who`` sees (``protocol.all_pages`` joins them): exchange keys, public key shares
+        and the sub-shares dealt to ``who`` in the order they came, cut into pages of at most ``page_bytes`` of key
+        material (one item at least); the CRL rides on page 0.  A new item comes last, so pages already cut keep
+        their items."""
         self.check_member(who)
-        return ThresholdKeyState(
-            tuple((m, key, att) for m, (key, att) in sorted(self.exchange.items())),
-            tuple((m, share, att) for m, (share, att) in sorted(self.shares.items())),
-            tuple((d, blobs[who]) for d, blobs in sorted(self.dealt.items()) if who in blobs),
-            who in self.dealt, crl)
+        items: dict[str, Mapping[str, tuple[bytes, ...]]] = {"exchange": self.exchange, "share": self.shares,
+                 "dealt": {d: (blobs[who],) for d, blobs in self.dealt.items() if who in blobs}}
+        order = [(kind, m) for kind, m in self.arrivals if m in items[kind]]
+        cuts = _cuts([len(m) + sum(map(len, items[kind][m])) + _ITEM_OVERHEAD for kind, m in order], page_bytes)
+        if not 0 <= page < len(cuts) - 1:
+            raise InvalidUpdate(f"the key relay of job {self.job_id} has {len(cuts) - 1} pages for {quoted(who)}, "
+                                f"not page {page}")
+        chosen = order[cuts[page] : cuts[page + 1]]
+
+        def part(kind: str) -> tuple[Any, ...]:
+            return tuple((m, *items[kind][m]) for k, m in chosen if k == kind)
+
+        return ThresholdKeyState(part("exchange"), part("share"), part("dealt"), who in self.dealt,
+                                 crl if page == 0 else b"", page + 1 if page + 2 < len(cuts) else 0)
 
     @property
     def ready(self) -> bool:
@@ -135,6 +157,18 @@ class ThresholdRelay:
         if not self.ready or self.public is None:
             raise PreconditionFailed(f"threshold job {self.job_id} waits for its members' key setup")
         return self.public
+
+
+def _cuts(sizes: Sequence[int], budget: int) -> list[int]:
+    """Page boundaries over items of ``sizes``: greedy, a page closes before the item that would pass ``budget``
+    (an item larger than the budget has a page of its own); ``[0, ..., len(sizes)]``."""
+    cuts, used = [0], 0
+    for k, size in enumerate(sizes):
+        if used and used + size > budget:
+            cuts.append(k)
+            used = 0
+        used += size
+    return [*cuts, len(sizes)]
 
 
 def pick_decryptors(members: Sequence[str], online: Callable[[str], bool], t: int, round_: int,

@@ -24,7 +24,16 @@ import structlog
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, ThresholdKeyState
+from fedprompt.protocol import (
+    JobDescription,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PrivacyReport,
+    Task,
+    ThresholdKeyState,
+    all_pages,
+)
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
@@ -280,9 +289,12 @@ class GrpcLink:
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
     def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        request = participant_pb2.GetThresholdKeysRequest(job_id=job_id)
-        return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
-            request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+        def page(k: int) -> ThresholdKeyState:
+            request = participant_pb2.GetThresholdKeysRequest(job_id=job_id, page=k)
+            return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
+                request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+        return all_pages(page)
 
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
         request = participant_pb2.PublishShareRequest(job_id=job_id, share=share, attestation=attestation)
@@ -300,6 +312,6 @@ class GrpcLink:
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
     def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
-        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=share)
+        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, masked_share=share)
         self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
                                                                 timeout=self.rpc_timeout_s))

@@ -236,7 +236,8 @@ def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path:
     for who in MEMBERS[1:]:
         sites[who].keys.refresh(Door(relay, who))
     forged = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key())
-    relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())
+    relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())  # served as if published
+    relay.arrivals.append(("share", MEMBERS[0]))
     with pytest.raises(AttestationError, match="not the key it signed"):
         sites[MEMBERS[1]].keys.refresh(Door(relay, MEMBERS[1]))
     assert not sites[MEMBERS[1]].keys.ready
