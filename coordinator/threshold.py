@@ -62,6 +62,7 @@ class ThresholdRelay:
         self.exchange: dict[str, tuple[bytes, bytes]] = {}
         self.shares: dict[str, tuple[bytes, bytes]] = {}
         self.dealt: dict[str, dict[str, bytes]] = {}
+        self.pending: dict[str, dict[str, bytes]] = {}  # dealings still coming in batches
         self.arrivals: list[tuple[str, str]] = []  # (kind, member) of each item as it first came: pages' order
         self.public: PublicContext | None = None
         self.log = log.bind(job_id=job_id)
@@ -88,7 +89,7 @@ class ThresholdRelay:
         if len(key) != PUBLIC_KEY_BYTES:
             raise InvalidUpdate(f"a threshold job needs a {PUBLIC_KEY_BYTES}-byte exchange key, got {len(key)}")
         self._check(attestation, who, "exchange", key)
-        if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or self.public):
+        if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or who in self.pending or self.public):
             raise InvalidUpdate(f"{who} already dealt in job {self.job_id} under another exchange key")
         if who not in self.exchange:
             self.arrivals.append(("exchange", who))
@@ -113,19 +114,27 @@ class ThresholdRelay:
             self.log.info("collective public key formed",
                           key_id=self.context.key_id.hex()[:16], **self.params.describe())
 
-    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
-        """A member's sealed sub-shares, one for every other member, all at once and once."""
+    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> dict[str, bytes]:
+        """A member's sealed sub-shares for the other members, at once or in batches (a dealing at n = 100 is
+        6.5 MB, beyond a gRPC message); the dealing counts once every other member has one.  A recipient already
+        dealt to keeps its first blob (a restarted member seals its stored dealing afresh); a complete dealing is
+        refused.  Returns the blobs newly kept."""
         self.check_member(dealer)
         if dealer in self.dealt:
             raise DuplicateUpdate(f"{dealer} already dealt its sub-shares in job {self.job_id}")
-        others = sorted(m for m in self.members if m != dealer)
-        if sorted(sealed) != others:
-            raise InvalidUpdate(f"a dealing seals one sub-share for each of the {len(others)} other members")
+        others = {m for m in self.members if m != dealer}
+        if not sealed or not set(sealed) <= others:
+            raise InvalidUpdate(f"a dealing seals sub-shares for the {len(others)} other members only")
         if any(not blob or len(blob) > MAX_SHARE_BYTES for blob in sealed.values()):
             raise PayloadTooLarge(f"a sealed sub-share must be 1..{MAX_SHARE_BYTES} bytes")
-        self.dealt[dealer] = dict(sealed)
-        self.arrivals.append(("dealt", dealer))
-        self.log.info("key sub-shares relayed", dealer=dealer)
+        pending = self.pending.setdefault(dealer, {})
+        new = {who: blob for who, blob in sealed.items() if who not in pending}
+        pending.update(new)
+        if len(pending) == len(others):
+            self.dealt[dealer] = self.pending.pop(dealer)
+            self.arrivals.append(("dealt", dealer))
+            self.log.info("key sub-shares relayed", dealer=dealer)
+        return new
 
     def state_for(self, who: str, crl: bytes = b"", page: int = 0, page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:
         """Page ``page`` of what ``who`` sees (``protocol.all_pages`` joins them): exchange keys, public key shares
@@ -319,9 +328,8 @@ class ThresholdKeyRelay(JobKeys):
         self.store.save_attestation(self.job_id, who, "key-share", attestation)
 
     def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
-        """``ThresholdRelay.deal``, then stored for a restart."""
-        self.relay.deal(dealer, sealed)
-        for recipient, blob in sorted(sealed.items()):
+        """``ThresholdRelay.deal``, then what it kept stored for a restart."""
+        for recipient, blob in sorted(self.relay.deal(dealer, sealed).items()):
             self.store.save_relayed(self.job_id, "dealt", dealer, recipient, blob)
 
     def restore(self) -> None:

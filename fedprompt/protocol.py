@@ -178,6 +178,19 @@ class ThresholdKeyState:
 
 #: The most pages one look at a threshold job's key relay follows (a relay that never ends is refused).
 MAX_KEY_PAGES = 10_000
+#: Sealed sub-shares per ``DealShares`` call: half the default 4 MiB gRPC message (64 KB each at N = 4096).
+DEAL_BATCH_BYTES = 2 * 1024 * 1024
+
+
+def deal_batches(sealed: dict[str, bytes], budget: int = DEAL_BATCH_BYTES) -> list[dict[str, bytes]]:
+    """A dealing cut into batches of at most ``budget`` bytes of sealed blobs (one blob at least), by recipient:
+    the relay takes a dealing in batches and counts it once every other member has its blob."""
+    batches: list[dict[str, bytes]] = [{}]
+    for who, blob in sorted(sealed.items()):
+        if batches[-1] and sum(map(len, batches[-1].values())) + len(blob) > budget:
+            batches.append({})
+        batches[-1][who] = blob
+    return batches
 
 
 def all_pages(page: Callable[[int], ThresholdKeyState]) -> ThresholdKeyState:

@@ -13,6 +13,7 @@ may be repeated, on whichever replica is active.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from fedprompt.protocol import (
     Task,
     ThresholdKeyState,
     all_pages,
+    deal_batches,
 )
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
@@ -302,9 +304,12 @@ class GrpcLink:
                                                                   timeout=self.rpc_timeout_s))
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        request = serde.dealing_to_pb(job_id, sealed)
-        self._call("DealShares", lambda: self.stub.DealShares(request, metadata=self.metadata,
-                                                              timeout=self.rpc_timeout_s))
+        """The dealing in batches that each fit a message (``protocol.deal_batches``); a batch resent after a lost
+        answer changes nothing (the relay keeps a recipient's first blob)."""
+        for batch in deal_batches(sealed):
+            request = serde.dealing_to_pb(job_id, batch)
+            self._call("DealShares", functools.partial(self.stub.DealShares, request, metadata=self.metadata,
+                                                       timeout=self.rpc_timeout_s))
 
     def decryption(self, job_id: str, round_: int) -> Payload:
         request = participant_pb2.DownloadDecryptionRequest(job_id=job_id, round=round_)

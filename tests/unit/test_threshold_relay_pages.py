@@ -1,7 +1,8 @@
 """The threshold key relay in pages: at n = 50 and 100 its state for one member (64 KB per public key share and
 per sealed sub-share, 6.5 MB and 13 MB) is served as ``GetThresholdKeys`` responses each under the 4 MiB gRPC
-message limit, and the pages join into the whole state.  Real public key shares of real member secrets, real
-attestations under a throwaway CA, sub-shares sealed for the member with X25519 + AES-GCM."""
+message limit, and the pages join into the whole state; a member's dealing (6.5 MB at n = 100) goes in batches
+that each fit one.  Real public key shares of real member secrets, real attestations under a throwaway CA,
+sub-shares sealed for the member with X25519 + AES-GCM."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import GROUP_CONTRIBUTION_BYTES, new_exchange_key, public_bytes, seal
 from fedprompt.crypto.threshold import Member, ThresholdParams, crp
-from fedprompt.errors import InvalidUpdate
-from fedprompt.protocol import ThresholdKeyState, all_pages
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate
+from fedprompt.protocol import ThresholdKeyState, all_pages, deal_batches
 from fedprompt.wire import serde
 
 JOB = "job-pages"
@@ -87,3 +88,28 @@ def test_an_item_published_between_two_pages_comes_last_and_pages_already_cut_ke
     assert [m for m, _, _ in relay.state_for(names[1], page=2, page_bytes=1).exchange] == [names[1]]
     assert all_pages(lambda k: relay.state_for(names[1], page=k, page_bytes=1)).exchange == tuple(
         (m, keys[m], b"") for m in (names[2], names[0], names[1]))
+
+
+def test_a_dealing_at_n_100_goes_in_batches_that_each_fit_a_grpc_message() -> None:
+    """99 sealed sub-shares (6.5 MB) in ``DealShares`` requests under the limit; the dealing counts once complete,
+    a batch sent again keeps the first blobs, and a complete dealing is refused."""
+    names = [f"participant:m{k:03d}" for k in range(100)]
+    relay = ThresholdRelay(JOB, names, ThresholdParams(members=100))
+    dealer, keys = new_exchange_key(), {who: new_exchange_key() for who in names[1:]}
+    dealt = bytes(GROUP_CONTRIBUTION_BYTES + 15 + relay.share_bytes)
+    sealed = {who: seal(dealt, sender=dealer, recipient_public=public_bytes(key), job_id=JOB, sender_id=names[0],
+                        recipient_id=who) for who, key in keys.items()}
+    batches = deal_batches(sealed)
+    requests = [serde.dealing_to_pb(JOB, batch) for batch in batches]
+    assert len(batches) > 1 and max(r.ByteSize() for r in requests) < GRPC_LIMIT
+    for request in requests[:-1]:
+        relay.deal(names[0], serde.dealing_from_pb(request))
+    assert not relay.state_for(names[0]).dealt_by_caller
+    again = {who: b"resealed" for who in batches[0]}
+    assert relay.deal(names[0], again) == {} and relay.pending[names[0]] == {
+        who: blob for batch in batches[:-1] for who, blob in batch.items()}
+    relay.deal(names[0], serde.dealing_from_pb(requests[-1]))
+    assert relay.state_for(names[0]).dealt_by_caller and relay.dealt[names[0]] == sealed
+    assert relay.state_for(names[1]).dealt == ((names[0], sealed[names[1]]),)
+    with pytest.raises(DuplicateUpdate):
+        relay.deal(names[0], batches[0])

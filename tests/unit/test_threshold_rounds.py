@@ -252,7 +252,7 @@ def test_decryptors_are_t_online_members_rotating_with_the_round() -> None:
     assert pick_decryptors(members, _online("a", "b", "c"), 3, 0) is None
 
 
-def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
+def test_the_relay_refuses_strangers_repeats_and_waits_for_whole_dealings(
         federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
     relay, sites = federation
     share, attestation = relay.shares[MEMBERS[0]]
@@ -263,8 +263,13 @@ def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
     with pytest.raises(InvalidUpdate, match="bytes"):
         relay.publish_share(MEMBERS[0], share[:-8])
     fresh = ThresholdRelay("job-other", MEMBERS, PARAMS)
-    with pytest.raises(InvalidUpdate, match="each of the 2 other members"):
-        fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})
+    with pytest.raises(InvalidUpdate, match="the 2 other members only"):
+        fresh.deal(MEMBERS[0], {MEMBERS[0]: b"sealed", MEMBERS[1]: b"sealed"})
+    fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})  # a batch: the dealing is not complete yet
+    assert MEMBERS[0] not in fresh.dealt and not fresh.state_for(MEMBERS[0]).dealt_by_caller
+    fresh.register(MEMBERS[0], bytes(32))
+    with pytest.raises(InvalidUpdate, match="another exchange key"):  # no new exchange key mid-dealing
+        fresh.register(MEMBERS[0], bytes(range(32)))
     with pytest.raises(PreconditionFailed, match="key setup"):
         ThresholdRound(fresh, 1, SIZE)
 
