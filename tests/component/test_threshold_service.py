@@ -1,7 +1,7 @@
 """Threshold-CKKS jobs over real gRPC with mTLS: three participant runtimes (the daemon's task loop, each on its
 own ``GrpcLink`` with a certificate of a throwaway federation CA) set their keys up through the coordinator's
-relay with attested shares, run two rounds with seeded uploads and sealed decryption shares, and each combines
-the same global itself; the coordinator stores only compressed aggregates and shares it cannot open."""
+relay with attested shares (read in pages), run two rounds with seeded uploads and masked decryption shares,
+and each unmasks the same global itself; the coordinator stores only combined downloads it cannot unmask."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.protocol import TaskKind
+from fedprompt.v1 import participant_pb2
 from fedprompt.wire.threshold import ENCODING, unpack_version
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, toy_sites, wait_for
 
@@ -34,7 +35,8 @@ def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_globa
     pki = ThrowawayPki(tmp_path / "federation")
     config = tiny_job(tiny_encoder_dir, rounds=2, allowed_participants=NAMES)
     config = dataclasses.replace(config, he=HESection(enabled=True, mode="threshold"))
-    with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
+    # a 512 KiB message limit: the key relay (~330 KB for three members) then comes in pages of 256 KiB
+    with LiveCoordinator(tmp_path / "coord", pki, max_message_bytes=512 * 1024) as coordinator:
         admin = AdminClient(coordinator.target, pki.tls("admin:alice"))
         job_id = admin.create_job(dump_toml(config))
         links: dict[str, GrpcLink] = {}
@@ -81,6 +83,12 @@ def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_globa
         with pytest.raises((NotSelected, PreconditionFailed)):
             links[NAMES[0]].submit_share(job_id, 2, 1, b"x")
         assert links[NAMES[0]].get_task(job_id, 0).kind is TaskKind.DONE
+        # the key relay came in pages, each within the message limit, joined by the link
+        first = links[NAMES[0]].stub.GetThresholdKeys(participant_pb2.GetThresholdKeysRequest(job_id=job_id),
+                                                      metadata=links[NAMES[0]].metadata)
+        assert first.next_page == 1 and first.ByteSize() < 512 * 1024
+        state = links[NAMES[0]].threshold_keys(job_id)
+        assert len(state.exchange) == len(state.shares) == 3 and len(state.dealt) == 2 and state.dealt_by_caller
         for link in links.values():
             link.close()
         admin.close()
