@@ -1,0 +1,188 @@
+"""The encrypted-Gram defence under threshold keys (``crypto.threshold_gram``): the members' collective evaluation
+keys let the coordinator's unchanged ``GramEvaluator`` compute the packed Gram ciphertext, and t members' flooded
+shares decrypt its scalars to the plaintext inner products; the flooding is sized on a noise bound that real
+Gram ciphertexts stay within."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from functools import cache
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from fedprompt.crypto import gram, threshold_gram
+from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+
+PARAMS = threshold_gram.gram_threshold_params(members=3)  # t = 2
+SEED = b"gram-job"
+SIZE = 6914  # the demo's prompt
+NORM_BOUND = 1000.0
+
+
+@cache
+def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.GramEvaluator]:
+    """Key setup as the members run it: key shares, then the evaluation keys' two rounds through bytes."""
+    context = ThresholdContext(PARAMS)
+    ring = context.ring
+    members = [Member(PARAMS, ring, i) for i in range(1, PARAMS.members + 1)]
+    a = crp(ring, SEED)
+    context.set_public_key(a, [m.public_share(a) for m in members])
+    dealt = {m.index: m.deal() for m in members}
+    shares = {j: KeyShare(PARAMS, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
+    parties = {m.index: threshold_gram.EvaluationKeyParty(context, m, SEED) for m in members}
+    first = {i: p.round1() for i, p in parties.items()}
+    summed = threshold_gram.sum_round1(context, first)
+    second = {i: p.round2(summed) for i, p in parties.items()}
+    keys = threshold_gram.evaluation_keys(context, SEED, first, second)
+    coordinator = PublicContext(context.public_bytes(), PARAMS.ckks, context.key_id)  # no key of any kind
+    return context, members, shares, gram.GramEvaluator(coordinator, keys)
+
+
+def updates(rng: np.random.Generator) -> list[np.ndarray]:
+    """Two honest weighted updates pointing one way and a poisoned one, flipped and scaled up."""
+    direction = rng.normal(0, 1, SIZE)
+    honest = [100 * (direction + rng.normal(0, 0.5, SIZE)) / np.sqrt(SIZE) for _ in range(2)]
+    return [*honest, -8 * honest[0]]
+
+
+def packed(xs: list[np.ndarray], norm_bound: float = NORM_BOUND) -> bytes:
+    context, _, _, evaluator = job()
+    uploads = [threshold_gram.encrypt(context, x, norm_bound) for x in xs]
+    return evaluator.gram([evaluator.context.parse(u, context.key_id, SIZE) for u in uploads])
+
+
+def decrypt(payload: bytes, n: int, decryptors: list[int], norm_bound: float = NORM_BOUND) -> np.ndarray:
+    context, _, shares, _ = job()
+    parts = [threshold_gram.decryption_share(context, shares[j], payload, n, decryptors, norm_bound)
+             for j in decryptors]
+    return threshold_gram.combine(context, payload, n, parts)
+
+
+def inner_products(xs: list[np.ndarray]) -> np.ndarray:
+    return np.array([xs[u] @ xs[v] for u, v in gram.pairs(len(xs))])
+
+
+def test_parameters_are_the_gram_chain_at_128_bit_security_with_public_key_uploads() -> None:
+    assert PARAMS.ckks.multiplicative and PARAMS.ckks.security_bits == 128 and not PARAMS.seeded_uploads
+    PARAMS.check()
+    threshold_gram.check(PARAMS, 3, NORM_BOUND)
+    with pytest.raises(ParameterError, match="gram_threshold_params"):
+        threshold_gram.check(ThresholdParams(members=3), 3, NORM_BOUND)
+    with pytest.raises(InvalidValue, match="1 to 3 updates"):
+        threshold_gram.check(PARAMS, 4, NORM_BOUND)
+    with pytest.raises(ParameterError, match="norm bound"):
+        threshold_gram.check(PARAMS, 3, 0.0)
+
+
+def test_t_members_decrypt_the_coordinators_gram_to_the_plaintext_inner_products() -> None:
+    xs = updates(np.random.default_rng(1))
+    expected = inner_products(xs)
+    error = threshold_gram.gram_error(PARAMS, len(xs), NORM_BOUND)
+    assert error < 1e-4 * np.abs(expected).min()  # precise enough to rank distances
+    for decryptors in ([1, 2], [2, 3]):
+        scalars = decrypt(packed(xs), len(xs), decryptors)  # a fresh Gram ciphertext per decryptor set
+        assert np.abs(scalars - expected).max() < error
+        g = gram.to_matrix(scalars, len(xs))
+        distances = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+        assert distances[0, 1] < distances[0, 2] / 10  # the poisoned update stands apart, as in single-key mode
+        assert threshold_gram.over_bound(scalars, len(xs), NORM_BOUND) == []
+
+
+def gram_noise(context: ThresholdContext, decryptor: seal.Decryptor, payload: bytes, xs: list[np.ndarray]) -> float:
+    """The l2 norm of a packed Gram ciphertext's noise, exactly: its decryption's integer coefficients (inverse NTT
+    per prime, CRT) less ``2 <x_u, x_v>`` at the Gram scale ``2^96 / q``, for integer-valued updates."""
+    ring = context.ring
+    (ct,) = gram.load_gram(context, payload, len(xs), context.key_id)
+    plain = seal.Plaintext()
+    decryptor.decrypt(ct, plain)
+    limbs = ct.coeff_modulus_size()
+    residues = ring.read_plaintext(plain, limbs)
+    modulus = int(np.prod(np.array(ring.moduli[:limbs], dtype=object)))
+    coeffs = np.zeros(ring.n, dtype=object)
+    for i, q in enumerate(ring.moduli[:limbs]):
+        basis = modulus // q * pow(modulus // q, -1, q)
+        coeffs = (coeffs + ring._limbs[i].inverse(residues[i]) * basis) % modulus
+    coeffs = np.where(coeffs > modulus // 2, coeffs - modulus, coeffs)
+    scale = Fraction(2 ** (2 * PARAMS.scale_bits), ring.moduli[limbs])  # the prime the product was rescaled by
+    for k, (u, v) in enumerate(gram.pairs(len(xs))):
+        exact = 2 * int(sum(int(a) * int(b) for a, b in zip(xs[u], xs[v], strict=True)))
+        coeffs[k // 2 + (k % 2) * ring.n // 2] -= round(exact * scale)
+    return math.sqrt(sum(int(c) ** 2 for c in coeffs))
+
+
+def shaped(rng: np.random.Generator, used: int, shared: bool, norm: float, count: int = 3) -> list[np.ndarray]:
+    """``count`` integer-valued updates of norm at most ``norm`` on ``used`` values each, the same ones if ``shared``."""
+    where = rng.choice(SIZE, used, replace=False)
+    xs = []
+    for _ in range(count):
+        x = np.zeros(SIZE)
+        x[where if shared else rng.choice(SIZE, used, replace=False)] = rng.normal(0, 1, used)
+        xs.append(np.trunc(x * norm / np.linalg.norm(x)))  # toward zero: within the norm
+    return xs
+
+
+def test_the_gram_noise_stays_within_the_bound_its_flooding_is_sized_on() -> None:
+    """The exact noise of real packed Gram ciphertexts, measured with the collective secret rebuilt from the
+    members' own secrets, for spread, one-hot and concentrated updates at two norm bounds.  It dwarfs a sum's
+    noise, so the sums' flooding would not do."""
+    context, members, _, _ = job()
+    ring = context.ring
+    secret = sum(np.frombuffer(m.secret_bytes(), dtype=np.uint64).astype(object).reshape(len(ring.moduli), ring.n)
+                 for m in members) % ring.q(len(ring.moduli))
+    decryptor = seal.Decryptor(ring.context, ring.secret_key(secret))
+    rng = np.random.default_rng(2)
+    worst = 0.0
+    for norm_bound in (NORM_BOUND, 10 * NORM_BOUND):
+        bound = threshold_gram.gram_noise_bound(PARAMS, 3, norm_bound)
+        for used, shared in ((SIZE, True), (1, False), (3, False), (3, True)):
+            xs = shaped(rng, used, shared, norm_bound)
+            noise = gram_noise(context, decryptor, packed(xs, norm_bound), xs)
+            assert noise < bound, (norm_bound, used, shared)
+            worst = max(worst, noise)
+    assert worst > 2**10 * PARAMS.noise_bound
+
+
+def test_one_share_per_gram_ciphertext_and_t_shares_needed() -> None:
+    context, _, shares, _ = job()
+    xs = updates(np.random.default_rng(3))
+    payload = packed(xs)
+    share = threshold_gram.decryption_share(context, shares[1], payload, 3, [1, 3], NORM_BOUND)
+    with pytest.raises(InvalidValue, match="already made a decryption share"):
+        threshold_gram.decryption_share(context, shares[1], payload, 3, [1, 2], NORM_BOUND)
+    with pytest.raises(InvalidValue, match="every member of the set"):
+        threshold_gram.combine(context, payload, 3, [share])
+    with pytest.raises(InvalidValue, match="2 or more distinct"):
+        threshold_gram.decryption_share(context, shares[2], packed(xs), 3, [2], NORM_BOUND)
+    with pytest.raises(InvalidCiphertext, match="Gram payload for 2 updates"):
+        threshold_gram.decryption_share(context, shares[2], payload, 2, [2, 3], NORM_BOUND)
+    with pytest.raises(InvalidCiphertext, match="Gram payload for 3 updates"):  # an upload, not a Gram payload
+        threshold_gram.decryption_share(context, shares[2], context.encrypt(xs[0], 0.0), 3, [2, 3], NORM_BOUND)
+
+
+def test_an_update_beyond_the_norm_bound_is_refused_and_a_breach_is_named() -> None:
+    context, _, _, evaluator = job()
+    xs = updates(np.random.default_rng(4))
+    with pytest.raises(InvalidValue, match="exceeds the job's Gram norm bound"):
+        threshold_gram.encrypt(context, 2 * NORM_BOUND * xs[0] / np.linalg.norm(xs[0]), NORM_BOUND)
+    # A malicious uploader skips the check; the decrypted diagonal shows it (its noise was not covered).
+    big = 1.5 * NORM_BOUND * xs[2] / np.linalg.norm(xs[2])
+    uploads = [threshold_gram.encrypt(context, x, NORM_BOUND) for x in xs[:2]] + [context.encrypt(big, 0.0)]
+    payload = evaluator.gram([evaluator.context.parse(u, context.key_id, SIZE) for u in uploads])
+    assert threshold_gram.over_bound(decrypt(payload, 3, [1, 3]), 3, NORM_BOUND) == [2]
+
+
+def test_evaluation_key_messages_are_checked() -> None:
+    context, _, _, _ = job()
+    party = threshold_gram.EvaluationKeyParty(context, Member(PARAMS, context.ring, 1), SEED)
+    first = party.round1()
+    with pytest.raises(InvalidValue, match=r"from each of members \[1, 2, 3\]"):
+        threshold_gram.sum_round1(context, {1: first})
+    with pytest.raises(InvalidCiphertext, match="member 2"):
+        threshold_gram.sum_round1(context, {1: first, 2: first, 3: first})
+    with pytest.raises(InvalidValue, match="already used"):  # one answer per round: a second would leak
+        party.round1()
