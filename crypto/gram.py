@@ -284,16 +284,22 @@ def load_gram(codec: _Codec, data: bytes, n: int, key_id: bytes) -> list[seal.Ci
     return codec.load(blobs, gram_level(codec), gram_scale(codec), "packed Gram")
 
 
-def unpack_scalars(codec: _Codec, plains: Sequence[seal.Plaintext], n: int) -> np.ndarray:
-    """The ``n (n + 1) / 2`` raw Gram scalars ``<x_u, x_v>`` (``pairs(n)`` order) of decrypted packed plaintexts:
-    each polynomial's coefficients ``j`` and ``j + N/2`` hold twice two entries (``GramEvaluator.gram``)."""
+def packed_values(codec: _Codec, plains: Sequence[seal.Plaintext]) -> np.ndarray:
+    """Every coefficient of decrypted packed plaintexts in entry order: twice the Gram scalars of ``pairs(n)``
+    first (coefficients ``j`` and ``j + N/2`` hold entries ``2j`` and ``2j + 1``, ``GramEvaluator.gram``), then
+    the positions no entry uses, which hold noise alone."""
     degree = codec.params.poly_modulus_degree
     half = degree // 2
     values = []
     for plain in plains:
         coeffs = coefficients(np.asarray(codec.encoder.decode_complex(plain)), degree)
-        values.append(np.stack([coeffs[:half], coeffs[half:]], axis=1).reshape(-1))  # entry pairs (2q, 2q + 1)
-    return np.concatenate(values)[: len(pairs(n))] / 2.0
+        values.append(np.stack([coeffs[:half], coeffs[half:]], axis=1).reshape(-1))
+    return np.concatenate(values)
+
+
+def unpack_scalars(codec: _Codec, plains: Sequence[seal.Plaintext], n: int) -> np.ndarray:
+    """The ``n (n + 1) / 2`` raw Gram scalars ``<x_u, x_v>`` (``pairs(n)`` order) of decrypted packed plaintexts."""
+    return packed_values(codec, plains)[: len(pairs(n))] / 2.0
 
 
 def decrypt_gram(secret: SecretContext, data: bytes, n: int) -> np.ndarray:

@@ -222,13 +222,25 @@ def decryption_share(context: ThresholdContext, key: KeyShare, payload: bytes, u
                        sigma=gram_smudging_sigma(context.threshold, updates, norm_bound))
 
 
-def combine(context: ThresholdContext, payload: bytes, updates: int, shares: Sequence[bytes]) -> np.ndarray:
+def combine(context: ThresholdContext, payload: bytes, updates: int, shares: Sequence[bytes],
+            norm_bound: float) -> np.ndarray:
     """The ``n (n + 1) / 2`` Gram scalars ``<x_u, x_v>`` in ``crypto.gram.pairs`` order from the shares of one
-    decryptor set (``threshold.combine`` refuses missing, foreign or duplicate shares)."""
-    cts = load_gram(context, payload, updates, context.key_id)
-    plains = threshold.combine(context.ring, context.threshold, cts, shares)
-    scalars = gram.unpack_scalars(context, plains, updates)
-    if not np.isfinite(scalars).all():
-        raise InvalidCiphertext("the Gram scalars do not decode: wrong shares or a corrupted payload")
-    return scalars
+    decryptor set (``threshold.combine`` refuses missing, foreign or duplicate shares).
 
+    A wrong share (a dishonest or broken decryptor) is refused when it shows: the packed polynomial's positions
+    that hold no entry must decrypt to noise within 8 standard deviations of the shares' flooding (plus 2^-30 of
+    the largest entry for the floating-point decoding).  A share shifted at the entry positions alone does not
+    show; ``docs/he.md`` states that limit."""
+    params = context.threshold
+    check(params, updates, norm_bound)
+    cts = load_gram(context, payload, updates, context.key_id)
+    values = gram.packed_values(context, threshold.combine(context.ring, params, cts, shares))
+    entries = len(pairs(updates))
+    if not np.isfinite(values).all():
+        raise InvalidCiphertext("the Gram scalars do not decode: wrong shares or a corrupted payload")
+    flooding = 8 * math.sqrt(len(shares)) * gram_smudging_sigma(params, updates, norm_bound) / gram.gram_scale(context)
+    tolerance = flooding + 2.0**-30 * float(np.abs(values[:entries]).max())
+    if np.abs(values[entries:]).max(initial=0.0) > tolerance:
+        raise InvalidCiphertext("the combined Gram polynomial is not noise outside its entries: a wrong decryption "
+                                "share or a corrupted payload")
+    return values[:entries] / 2.0

@@ -6,6 +6,7 @@ Gram ciphertexts stay within."""
 from __future__ import annotations
 
 import math
+import os
 from fractions import Fraction
 from functools import cache
 
@@ -60,7 +61,7 @@ def decrypt(payload: bytes, n: int, decryptors: list[int], norm_bound: float = N
     context, _, shares, _ = job()
     parts = [threshold_gram.decryption_share(context, shares[j], payload, n, decryptors, norm_bound)
              for j in decryptors]
-    return threshold_gram.combine(context, payload, n, parts)
+    return threshold_gram.combine(context, payload, n, parts, norm_bound)
 
 
 def inner_products(xs: list[np.ndarray]) -> np.ndarray:
@@ -147,7 +148,7 @@ def test_the_gram_noise_stays_within_the_bound_its_flooding_is_sized_on() -> Non
     assert worst > 2**10 * PARAMS.noise_bound
 
 
-def test_one_share_per_gram_ciphertext_and_t_shares_needed() -> None:
+def test_one_share_per_gram_ciphertext_t_shares_needed_and_a_forged_share_refused() -> None:
     context, _, shares, _ = job()
     xs = updates(np.random.default_rng(3))
     payload = packed(xs)
@@ -155,7 +156,14 @@ def test_one_share_per_gram_ciphertext_and_t_shares_needed() -> None:
     with pytest.raises(InvalidValue, match="already made a decryption share"):
         threshold_gram.decryption_share(context, shares[1], payload, 3, [1, 2], NORM_BOUND)
     with pytest.raises(InvalidValue, match="every member of the set"):
-        threshold_gram.combine(context, payload, 3, [share])
+        threshold_gram.combine(context, payload, 3, [share], NORM_BOUND)
+    other = threshold_gram.decryption_share(context, shares[3], payload, 3, [1, 3], NORM_BOUND)
+    polys = 2 * context.ring.n * 8  # the share's polynomial: two primes at the Gram level
+    forged = share[:-polys] + np.asarray(context.ring.uniform(2, os.urandom), dtype=np.uint64).tobytes()
+    with pytest.raises(InvalidCiphertext, match="not noise outside its entries"):  # a dishonest decryptor
+        threshold_gram.combine(context, payload, 3, [forged, other], NORM_BOUND)
+    assert np.abs(threshold_gram.combine(context, payload, 3, [share, other], NORM_BOUND)
+                  - inner_products(xs)).max() < threshold_gram.gram_error(PARAMS, 3, NORM_BOUND)
     with pytest.raises(InvalidValue, match="2 or more distinct"):
         threshold_gram.decryption_share(context, shares[2], packed(xs), 3, [2], NORM_BOUND)
     with pytest.raises(InvalidCiphertext, match="Gram payload for 2 updates"):
