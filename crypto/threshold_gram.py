@@ -16,9 +16,10 @@ Gram ciphertext.  Under threshold keys nobody holds the secret ``s = sum s_i``, 
    rotations the Gram computation uses (``crypto.gram.galois_elements``).  Anyone sums the messages into
    SEAL's ``RelinKeys`` and ``GaloisKeys``, framed with the collective key id as ``crypto.gram`` frames a
    dealer's keys, so the coordinator's ``GramEvaluator`` computes the packed Gram ciphertext unchanged.
-3. **Decryption** (:func:`decryption_share`, :func:`combine`): ``t`` members each make a share of the packed
-   Gram ciphertext (``threshold.KeyShare.flooded``, one share per ``c1`` whatever the purpose) and anyone
-   with the shares reads the ``n (n + 1) / 2`` scalars off the combined polynomial's coefficients.
+3. **Decryption** (:func:`decryption_share`, :func:`combine`): ``t`` members each recompute the packed Gram
+   ciphertext of the round's uploads and make a share of it (``threshold.KeyShare.flooded``, one share per
+   ``c1`` whatever the purpose); anyone with the shares and the coordinator's identical payload reads the
+   ``n (n + 1) / 2`` scalars off the combined polynomial's coefficients.
 
 **Smudging.**  The Renyi-divergence sizing of ``crypto.threshold`` (``sigma = sqrt(alpha Q / 2) B``) needs an
 l2 bound ``B`` on the packed Gram ciphertext's noise, which, unlike a sum's, grows with the updates: the
@@ -210,12 +211,20 @@ def _c1s(context: ThresholdContext, payload: bytes, updates: int) -> list[Poly]:
     return [context.ring.read_ciphertext(ct)[1] for ct in load_gram(context, payload, updates, context.key_id)]
 
 
-def decryption_share(context: ThresholdContext, key: KeyShare, payload: bytes, updates: int,
-                     decryptors: Sequence[int], norm_bound: float) -> bytes:
-    """Member ``key.index``'s flooded share of a packed Gram payload of ``updates`` updates, for ``decryptors``:
-    ``crypto.threshold``'s share with the flooding sized on the Gram noise; one share per ``c1`` (the record
-    the sums' shares keep too)."""
+def decryption_share(context: ThresholdContext, key: KeyShare, evaluator: gram.GramEvaluator, uploads: Sequence[bytes],
+                     vector_size: int, decryptors: Sequence[int], norm_bound: float) -> bytes:
+    """Member ``key.index``'s flooded share of the packed Gram ciphertext of ``uploads`` (the round's uploads, in
+    the coordinator's order), for ``decryptors``; the flooding is sized on the Gram noise, and one share per
+    ``c1`` is the record the sums' shares keep too.
+
+    The member computes the Gram ciphertext itself with the collective evaluation keys (``evaluator``): it never
+    shares on a ciphertext another party made, so a coordinator cannot have one upload, or another quadratic
+    function of the uploads, decrypted in its place.  SEAL's evaluation is deterministic, so the coordinator's
+    payload of the same uploads has the same ``c1`` and :func:`combine` accepts the shares for it; a payload of
+    other uploads is refused there."""
+    updates = len(uploads)
     check(context.threshold, updates, norm_bound)
+    payload = evaluator.gram([evaluator.context.parse(u, context.key_id, vector_size) for u in uploads])
     c1s = _c1s(context, payload, updates)
     digest = threshold._digest(*c1s)
     return key.flooded(c1s, key.share_of(range(1, context.threshold.members + 1)), decryptors, digest, digest,

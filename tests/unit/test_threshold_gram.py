@@ -26,8 +26,9 @@ NORM_BOUND = 1000.0
 
 
 @cache
-def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.GramEvaluator]:
-    """Key setup as the members run it: key shares, then the evaluation keys' two rounds through bytes."""
+def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.GramEvaluator, gram.GramEvaluator]:
+    """Key setup as the members run it: key shares, then the evaluation keys' two rounds through bytes; the
+    coordinator's Gram evaluator and the members' own one, each from the assembled keys and no secret."""
     context = ThresholdContext(PARAMS)
     ring = context.ring
     members = [Member(PARAMS, ring, i) for i in range(1, PARAMS.members + 1)]
@@ -40,8 +41,9 @@ def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.Gra
     summed = threshold_gram.sum_round1(context, first)
     second = {i: p.round2(summed) for i, p in parties.items()}
     keys = threshold_gram.evaluation_keys(context, SEED, first, second)
-    coordinator = PublicContext(context.public_bytes(), PARAMS.ckks, context.key_id)  # no key of any kind
-    return context, members, shares, gram.GramEvaluator(coordinator, keys)
+    coordinator, member = (gram.GramEvaluator(PublicContext(context.public_bytes(), PARAMS.ckks, context.key_id), keys)
+                           for _ in range(2))
+    return context, members, shares, coordinator, member
 
 
 def updates(rng: np.random.Generator) -> list[np.ndarray]:
@@ -51,17 +53,26 @@ def updates(rng: np.random.Generator) -> list[np.ndarray]:
     return [*honest, -8 * honest[0]]
 
 
-def packed(xs: list[np.ndarray], norm_bound: float = NORM_BOUND) -> bytes:
-    context, _, _, evaluator = job()
-    uploads = [threshold_gram.encrypt(context, x, norm_bound) for x in xs]
-    return evaluator.gram([evaluator.context.parse(u, context.key_id, SIZE) for u in uploads])
+def upload(xs: list[np.ndarray], norm_bound: float = NORM_BOUND) -> list[bytes]:
+    context = job()[0]
+    return [threshold_gram.encrypt(context, x, norm_bound) for x in xs]
 
 
-def decrypt(payload: bytes, n: int, decryptors: list[int], norm_bound: float = NORM_BOUND) -> np.ndarray:
-    context, _, shares, _ = job()
-    parts = [threshold_gram.decryption_share(context, shares[j], payload, n, decryptors, norm_bound)
-             for j in decryptors]
-    return threshold_gram.combine(context, payload, n, parts, norm_bound)
+def packed(uploads: list[bytes]) -> bytes:
+    """The coordinator's packed Gram ciphertext of the uploads."""
+    context, _, _, coordinator, _ = job()
+    return coordinator.gram([coordinator.context.parse(u, context.key_id, SIZE) for u in uploads])
+
+
+def share(j: int, uploads: list[bytes], decryptors: list[int], norm_bound: float = NORM_BOUND) -> bytes:
+    """Member j's share: it recomputes the Gram of the uploads with its own evaluator."""
+    context, _, shares, _, member = job()
+    return threshold_gram.decryption_share(context, shares[j], member, uploads, SIZE, decryptors, norm_bound)
+
+
+def decrypt(uploads: list[bytes], decryptors: list[int], norm_bound: float = NORM_BOUND) -> np.ndarray:
+    parts = [share(j, uploads, decryptors, norm_bound) for j in decryptors]
+    return threshold_gram.combine(job()[0], packed(uploads), len(uploads), parts, norm_bound)
 
 
 def inner_products(xs: list[np.ndarray]) -> np.ndarray:
@@ -86,7 +97,7 @@ def test_t_members_decrypt_the_coordinators_gram_to_the_plaintext_inner_products
     error = threshold_gram.gram_error(PARAMS, len(xs), NORM_BOUND)
     assert error < 1e-4 * np.abs(expected).min()  # precise enough to rank distances
     for decryptors in ([1, 2], [2, 3]):
-        scalars = decrypt(packed(xs), len(xs), decryptors)  # a fresh Gram ciphertext per decryptor set
+        scalars = decrypt(upload(xs), decryptors)  # fresh uploads per decryptor set: one share per ciphertext
         assert np.abs(scalars - expected).max() < error
         g = gram.to_matrix(scalars, len(xs))
         distances = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
@@ -131,7 +142,7 @@ def test_the_gram_noise_stays_within_the_bound_its_flooding_is_sized_on() -> Non
     """The exact noise of real packed Gram ciphertexts, measured with the collective secret rebuilt from the
     members' own secrets, for spread, one-hot and concentrated updates at two norm bounds.  It dwarfs a sum's
     noise, so the sums' flooding would not do."""
-    context, members, _, _ = job()
+    context, members, _, _, _ = job()
     ring = context.ring
     secret = sum(np.frombuffer(m.secret_bytes(), dtype=np.uint64).astype(object).reshape(len(ring.moduli), ring.n)
                  for m in members) % ring.q(len(ring.moduli))
@@ -142,50 +153,55 @@ def test_the_gram_noise_stays_within_the_bound_its_flooding_is_sized_on() -> Non
         bound = threshold_gram.gram_noise_bound(PARAMS, 3, norm_bound)
         for used, shared in ((SIZE, True), (1, False), (3, False), (3, True)):
             xs = shaped(rng, used, shared, norm_bound)
-            noise = gram_noise(context, decryptor, packed(xs, norm_bound), xs)
+            noise = gram_noise(context, decryptor, packed(upload(xs, norm_bound)), xs)
             assert noise < bound, (norm_bound, used, shared)
             worst = max(worst, noise)
     assert worst > 2**10 * PARAMS.noise_bound
 
 
 def test_one_share_per_gram_ciphertext_t_shares_needed_and_a_forged_share_refused() -> None:
-    context, _, shares, _ = job()
+    context = job()[0]
     xs = updates(np.random.default_rng(3))
-    payload = packed(xs)
-    share = threshold_gram.decryption_share(context, shares[1], payload, 3, [1, 3], NORM_BOUND)
+    ups = upload(xs)
+    payload = packed(ups)
+    first = share(1, ups, [1, 3])
     with pytest.raises(InvalidValue, match="already made a decryption share"):
-        threshold_gram.decryption_share(context, shares[1], payload, 3, [1, 2], NORM_BOUND)
+        share(1, ups, [1, 2])
     with pytest.raises(InvalidValue, match="every member of the set"):
-        threshold_gram.combine(context, payload, 3, [share], NORM_BOUND)
-    other = threshold_gram.decryption_share(context, shares[3], payload, 3, [1, 3], NORM_BOUND)
+        threshold_gram.combine(context, payload, 3, [first], NORM_BOUND)
+    other = share(3, ups, [1, 3])
     polys = 2 * context.ring.n * 8  # the share's polynomial: two primes at the Gram level
-    forged = share[:-polys] + np.asarray(context.ring.uniform(2, os.urandom), dtype=np.uint64).tobytes()
+    forged = first[:-polys] + np.asarray(context.ring.uniform(2, os.urandom), dtype=np.uint64).tobytes()
     with pytest.raises(InvalidCiphertext, match="not noise outside its entries"):  # a dishonest decryptor
         threshold_gram.combine(context, payload, 3, [forged, other], NORM_BOUND)
-    assert np.abs(threshold_gram.combine(context, payload, 3, [share, other], NORM_BOUND)
+    assert np.abs(threshold_gram.combine(context, payload, 3, [first, other], NORM_BOUND)
                   - inner_products(xs)).max() < threshold_gram.gram_error(PARAMS, 3, NORM_BOUND)
     with pytest.raises(InvalidValue, match="2 or more distinct"):
-        threshold_gram.decryption_share(context, shares[2], packed(xs), 3, [2], NORM_BOUND)
+        share(2, upload(xs), [2])
+    # The shares are bound to the Gram the decryptors computed: a coordinator that swaps an upload for one of its
+    # own (anyone can encrypt under the collective key) cannot have its payload decrypted with them.
+    swapped = packed([*ups[:2], threshold_gram.encrypt(context, np.eye(1, SIZE)[0], NORM_BOUND)])
+    with pytest.raises(InvalidCiphertext, match="made for other ciphertexts"):
+        threshold_gram.combine(context, swapped, 3, [first, other], NORM_BOUND)
     with pytest.raises(InvalidCiphertext, match="Gram payload for 2 updates"):
-        threshold_gram.decryption_share(context, shares[2], payload, 2, [2, 3], NORM_BOUND)
+        threshold_gram.combine(context, payload, 2, [first, other], NORM_BOUND)
     with pytest.raises(InvalidCiphertext, match="Gram payload for 3 updates"):  # an upload, not a Gram payload
-        threshold_gram.decryption_share(context, shares[2], context.encrypt(xs[0], 0.0), 3, [2, 3], NORM_BOUND)
+        threshold_gram.combine(context, ups[0], 3, [first, other], NORM_BOUND)
 
 
 def test_an_update_beyond_the_norm_bound_is_refused_and_a_breach_is_named() -> None:
-    context, _, _, evaluator = job()
+    context = job()[0]
     xs = updates(np.random.default_rng(4))
     with pytest.raises(InvalidValue, match="exceeds the job's Gram norm bound"):
         threshold_gram.encrypt(context, 2 * NORM_BOUND * xs[0] / np.linalg.norm(xs[0]), NORM_BOUND)
     # A malicious uploader skips the check; the decrypted diagonal shows it (its noise was not covered).
     big = 1.5 * NORM_BOUND * xs[2] / np.linalg.norm(xs[2])
-    uploads = [threshold_gram.encrypt(context, x, NORM_BOUND) for x in xs[:2]] + [context.encrypt(big, 0.0)]
-    payload = evaluator.gram([evaluator.context.parse(u, context.key_id, SIZE) for u in uploads])
-    assert threshold_gram.over_bound(decrypt(payload, 3, [1, 3]), 3, NORM_BOUND) == [2]
+    ups = [*upload(xs[:2]), context.encrypt(big, 0.0)]
+    assert threshold_gram.over_bound(decrypt(ups, [1, 3]), 3, NORM_BOUND) == [2]
 
 
 def test_evaluation_key_messages_are_checked() -> None:
-    context, _, _, _ = job()
+    context = job()[0]
     party = threshold_gram.EvaluationKeyParty(context, Member(PARAMS, context.ring, 1), SEED)
     first = party.round1()
     with pytest.raises(InvalidValue, match=r"from each of members \[1, 2, 3\]"):
