@@ -11,8 +11,8 @@ Gram ciphertext.  Under threshold keys nobody holds the secret ``s = sum s_i``, 
    chain (40-bit primes, scale 2^40) would leave the public-key sums' flooding above 1e-2 per value from
    n = 10 members (``ThresholdParams.check`` refuses it); 2^8 more scale brings n = 50 to 6e-4.
 2. **Evaluation keys** (:class:`EvaluationKeyParty`, :func:`sum_round1`, :func:`evaluation_keys`): every member
-   answers the two rounds of the relinearisation-key protocol RKG and the one round of the Galois-key
-   protocol RTG (Mouchet et al., PETS 2021; ``crypto.threshold_evalkeys``) for conjugation and the power-of-two
+   answers the two rounds of the relinearisation-key protocol RKG and, one message per element, the one round
+   of the Galois-key protocol RTG (Mouchet et al., PETS 2021; ``crypto.threshold_evalkeys``) for conjugation and the power-of-two
    rotations the Gram computation uses (``crypto.gram.galois_elements``).  Anyone sums the messages into
    SEAL's ``RelinKeys`` and ``GaloisKeys``, framed with the collective key id as ``crypto.gram`` frames a
    dealer's keys, so the coordinator's ``GramEvaluator`` computes the packed Gram ciphertext unchanged.
@@ -58,8 +58,8 @@ CHAIN = (60, 48, 48, 60)
 SCALE_BITS = 48
 #: Largest norm bound: the entries ``2 R^2`` at scale 2^48 stay far below the Gram level's 108-bit modulus.
 MAX_NORM_BOUND = 2.0**26
-_MESSAGE = struct.Struct("<5sHI")
-_ROUND1, _SUM1, _ROUND2 = b"FPEG1", b"FPES1", b"FPEG2"
+_MESSAGE = struct.Struct("<5sHII")  # magic, member index, Galois element (0: none), polynomials
+_RELIN1, _SUM1, _RELIN2, _GALOIS = b"FPER1", b"FPES1", b"FPER2", b"FPEG1"
 
 
 def gram_threshold_params(members: int, threshold: int = 0, max_decryptions: int = 4096) -> ThresholdParams:
@@ -116,28 +116,26 @@ def over_bound(scalars: np.ndarray, updates: int, norm_bound: float) -> list[int
 
 
 # -- collective evaluation keys -------------------------------------------------------------------------------
-def _pack(magic: bytes, index: int, polys: Sequence[Poly]) -> bytes:
-    return _MESSAGE.pack(magic, index, len(polys)) + b"".join(np.asarray(p, dtype=np.uint64).tobytes() for p in polys)
+def _pack(magic: bytes, index: int, element: int, polys: Sequence[Poly]) -> bytes:
+    return _MESSAGE.pack(magic, index, element, len(polys)) + b"".join(np.asarray(p, dtype=np.uint64).tobytes()
+                                                                       for p in polys)
 
 
-def _unpack(context: ThresholdContext, magic: bytes, index: int, data: bytes, count: int) -> list[Poly]:
+def _unpack(context: ThresholdContext, magic: bytes, index: int, element: int, data: bytes) -> list[Poly]:
     ring = context.ring
-    if len(data) < _MESSAGE.size or _MESSAGE.unpack_from(data) != (magic, index, count):
+    count = ring.data_limbs * (1 if magic == _GALOIS else 2)
+    if len(data) < _MESSAGE.size or _MESSAGE.unpack_from(data) != (magic, index, element, count):
         raise InvalidCiphertext(f"evaluation-key message of member {index} is not the expected {magic!r} message "
                                 f"of {count} polynomials")
     return threshold._polys(data, _MESSAGE.size, count, len(ring.moduli), ring)
 
 
-def _relin_count(context: ThresholdContext) -> int:
-    return 2 * context.ring.data_limbs
-
-
-def _round1_count(context: ThresholdContext) -> int:
-    return _relin_count(context) + len(galois_elements(context.params)) * context.ring.data_limbs
-
-
 def _pairs_of(polys: Sequence[Poly]) -> threshold_evalkeys.Pairs:
     return [(polys[k], polys[k + 1]) for k in range(0, len(polys), 2)]
+
+
+def _flat(pairs_: threshold_evalkeys.Pairs) -> list[Poly]:
+    return [poly for pair in pairs_ for poly in pair]
 
 
 def _members(context: ThresholdContext, messages: Mapping[int, bytes], what: str) -> None:
@@ -148,62 +146,68 @@ def _members(context: ThresholdContext, messages: Mapping[int, bytes], what: str
 
 
 class EvaluationKeyParty:
-    """A member's part in the collective evaluation keys; it holds RKG's ephemeral secret between the rounds."""
+    """A member's part in the collective evaluation keys.  Each message fits a 4 MiB gRPC message: RKG's first
+    round (1.6 MB at N = 8192), one RTG share per Galois element (0.8 MB), RKG's second round (1.6 MB)."""
 
-    def __init__(self, context: ThresholdContext, member: Member, job_seed: bytes) -> None:
+    def __init__(self, context: ThresholdContext, member: Member, job_seed: bytes, stored: bytes = b"") -> None:
+        """``stored``: RKG's ephemeral secret kept across a restart between the rounds (:meth:`ephemeral_bytes`)."""
         self.context, self.member, self.job_seed = context, member, job_seed
-        self._relin = threshold_evalkeys.RelinParty(member)
+        self._relin = threshold_evalkeys.RelinParty(member, stored)
 
-    def round1(self) -> bytes:
-        """RKG's first round and every RTG share, one message (what the member publishes, signed, at key setup)."""
-        ring = self.context.ring
-        relin = self._relin.round1(threshold_evalkeys.reference_polys(ring, self.job_seed))
-        polys = [poly for pair in relin for poly in pair]
-        for element in galois_elements(self.context.params):
-            crps = threshold_evalkeys.galois_reference_polys(ring, self.job_seed, element)
-            polys += threshold_evalkeys.galois_share(self.member, crps, element)
-        return _pack(_ROUND1, self.member.index, polys)
+    def ephemeral_bytes(self) -> bytes:
+        return self._relin.ephemeral_bytes()
+
+    def relin_round1(self) -> bytes:
+        """RKG's first round, one pair per data prime."""
+        crps = threshold_evalkeys.reference_polys(self.context.ring, self.job_seed)
+        return _pack(_RELIN1, self.member.index, 0, _flat(self._relin.round1(crps)))
+
+    def galois_share(self, element: int) -> bytes:
+        """The RTG share for one of the Gram computation's Galois elements (``crypto.gram.galois_elements``)."""
+        if element not in galois_elements(self.context.params):
+            raise InvalidValue(f"Galois element {element} is not one the encrypted Gram matrix uses")
+        crps = threshold_evalkeys.galois_reference_polys(self.context.ring, self.job_seed, element)
+        return _pack(_GALOIS, self.member.index, element,
+                     threshold_evalkeys.galois_share(self.member, crps, element))
 
     def round2(self, summed: bytes) -> bytes:
-        """RKG's second round on the members' summed first round (:func:`sum_round1`)."""
-        first = _pairs_of(_unpack(self.context, _SUM1, 0, summed, _relin_count(self.context)))
-        polys = [poly for pair in self._relin.round2(first) for poly in pair]
-        return _pack(_ROUND2, self.member.index, polys)
+        """RKG's second round on the members' summed first round (:func:`sum_round1`, which a member computes
+        itself from the n attested first-round messages: round 2 on a polynomial of the relay's choosing would
+        be an RLWE sample the relay designed)."""
+        first = _pairs_of(_unpack(self.context, _SUM1, 0, 0, summed))
+        return _pack(_RELIN2, self.member.index, 0, _flat(self._relin.round2(first)))
 
 
-def _summed_relin(context: ThresholdContext, round1: Mapping[int, bytes]) -> threshold_evalkeys.Pairs:
-    _members(context, round1, "a first-round message")
-    relin = _relin_count(context)
-    answers = [_pairs_of(_unpack(context, _ROUND1, i, data, _round1_count(context))[:relin])
-               for i, data in sorted(round1.items())]
+def _summed(context: ThresholdContext, magic: bytes, messages: Mapping[int, bytes], what: str
+            ) -> threshold_evalkeys.Pairs:
+    _members(context, messages, what)
+    answers = [_pairs_of(_unpack(context, magic, i, 0, data)) for i, data in sorted(messages.items())]
     return threshold_evalkeys.aggregate(context.ring, answers, context.threshold.members)
 
 
-def sum_round1(context: ThresholdContext, round1: Mapping[int, bytes]) -> bytes:
-    """The sum of every member's first RKG round (by index), which each member needs for its second round."""
-    return _pack(_SUM1, 0, [poly for pair in _summed_relin(context, round1) for poly in pair])
+def sum_round1(context: ThresholdContext, relin1: Mapping[int, bytes]) -> bytes:
+    """The sum of every member's first RKG round (by member index), which each member needs for its second."""
+    return _pack(_SUM1, 0, 0, _flat(_summed(context, _RELIN1, relin1, "a first-round message")))
 
 
-def evaluation_keys(context: ThresholdContext, job_seed: bytes, round1: Mapping[int, bytes],
-                    round2: Mapping[int, bytes]) -> bytes:
+def evaluation_keys(context: ThresholdContext, job_seed: bytes, relin1: Mapping[int, bytes],
+                    galois: Mapping[int, Mapping[int, bytes]], relin2: Mapping[int, bytes]) -> bytes:
     """The collective relinearisation and Galois keys in ``crypto.gram``'s framing under the collective key id,
-    from every member's two messages (by index): public evaluation material, computed by anyone."""
+    from every member's messages (``galois``: element -> member index -> share): public evaluation material,
+    computed by anyone."""
     ring, members = context.ring, context.threshold.members
-    _members(context, round2, "a second-round message")
-    first = _summed_relin(context, round1)
-    second = threshold_evalkeys.aggregate(
-        ring, [_pairs_of(_unpack(context, _ROUND2, i, data, _relin_count(context))) for i, data in
-               sorted(round2.items())], members)
     elements = galois_elements(context.params)
-    crps = {g: threshold_evalkeys.galois_reference_polys(ring, job_seed, g) for g in elements}
-    relin, limbs = _relin_count(context), ring.data_limbs
-    shares: dict[int, list[list[Poly]]] = {g: [] for g in elements}
-    for i in sorted(round1):
-        polys = _unpack(context, _ROUND1, i, round1[i], _round1_count(context))[relin:]
-        for k, element in enumerate(elements):
-            shares[element].append(polys[k * limbs : (k + 1) * limbs])
-    galois = threshold_evalkeys.galois_keys(ring, crps, shares, members)
-    return gram.frame_evaluation_keys(context.key_id, threshold_evalkeys.relin_keys(ring, first, second), galois)
+    if sorted(galois) != sorted(elements):
+        raise InvalidValue(f"the Galois keys need shares for the elements {sorted(elements)}, got {sorted(galois)}")
+    first = _summed(context, _RELIN1, relin1, "a first-round message")
+    second = _summed(context, _RELIN2, relin2, "a second-round message")
+    crps, shares = {}, {}
+    for element in elements:
+        _members(context, galois[element], f"a share for Galois element {element}")
+        crps[element] = threshold_evalkeys.galois_reference_polys(ring, job_seed, element)
+        shares[element] = [_unpack(context, _GALOIS, i, element, data) for i, data in sorted(galois[element].items())]
+    keys = threshold_evalkeys.galois_keys(ring, crps, shares, members)
+    return gram.frame_evaluation_keys(context.key_id, threshold_evalkeys.relin_keys(ring, first, second), keys)
 
 
 # -- threshold decryption of the Gram scalars ------------------------------------------------------------------

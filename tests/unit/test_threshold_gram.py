@@ -37,10 +37,15 @@ def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.Gra
     dealt = {m.index: m.deal() for m in members}
     shares = {j: KeyShare(PARAMS, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
     parties = {m.index: threshold_gram.EvaluationKeyParty(context, m, SEED) for m in members}
-    first = {i: p.round1() for i, p in parties.items()}
+    first = {i: p.relin_round1() for i, p in parties.items()}
+    galois = {g: {i: p.galois_share(g) for i, p in parties.items()} for g in gram.galois_elements(PARAMS.ckks)}
+    assert max(len(m) for m in [*first.values(), *galois[3].values()]) < 4 * 2**20  # each fits a gRPC message
+    # Member 1 restarts between the rounds: its secret and RKG's ephemeral secret come back from its state.
+    restored = Member(PARAMS, ring, 1, members[0].secret_bytes())
+    parties[1] = threshold_gram.EvaluationKeyParty(context, restored, SEED, parties[1].ephemeral_bytes())
     summed = threshold_gram.sum_round1(context, first)
     second = {i: p.round2(summed) for i, p in parties.items()}
-    keys = threshold_gram.evaluation_keys(context, SEED, first, second)
+    keys = threshold_gram.evaluation_keys(context, SEED, first, galois, second)
     coordinator, member = (gram.GramEvaluator(PublicContext(context.public_bytes(), PARAMS.ckks, context.key_id), keys)
                            for _ in range(2))
     return context, members, shares, coordinator, member
@@ -203,10 +208,14 @@ def test_an_update_beyond_the_norm_bound_is_refused_and_a_breach_is_named() -> N
 def test_evaluation_key_messages_are_checked() -> None:
     context = job()[0]
     party = threshold_gram.EvaluationKeyParty(context, Member(PARAMS, context.ring, 1), SEED)
-    first = party.round1()
+    first = party.relin_round1()
     with pytest.raises(InvalidValue, match=r"from each of members \[1, 2, 3\]"):
         threshold_gram.sum_round1(context, {1: first})
     with pytest.raises(InvalidCiphertext, match="member 2"):
         threshold_gram.sum_round1(context, {1: first, 2: first, 3: first})
     with pytest.raises(InvalidValue, match="already used"):  # one answer per round: a second would leak
-        party.round1()
+        party.relin_round1()
+    with pytest.raises(InvalidValue, match="not one the encrypted Gram matrix uses"):
+        party.galois_share(5)
+    with pytest.raises(InvalidValue, match="shares for the elements"):
+        threshold_gram.evaluation_keys(context, SEED, {}, {}, {})
