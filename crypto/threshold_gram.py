@@ -58,6 +58,8 @@ CHAIN = (60, 48, 48, 60)
 SCALE_BITS = 48
 #: Largest norm bound: the entries ``2 R^2`` at scale 2^48 stay far below the Gram level's 108-bit modulus.
 MAX_NORM_BOUND = 2.0**26
+#: Widest flooding a Gram share may carry: 64-bit Gaussian samples, and far below the Gram level's modulus.
+MAX_SIGMA = 2.0**56
 _MESSAGE = struct.Struct("<5sHII")  # magic, member index, Galois element (0: none), polynomials
 _RELIN1, _SUM1, _RELIN2, _GALOIS = b"FPER1", b"FPES1", b"FPER2", b"FPEG1"
 
@@ -96,6 +98,11 @@ def check(params: ThresholdParams, updates: int, norm_bound: float) -> None:
         raise InvalidValue(f"a Gram matrix covers 1 to {params.members} updates (one per member), got {updates}")
     if not 0 < norm_bound <= MAX_NORM_BOUND:
         raise ParameterError(f"the Gram norm bound must be in (0, {MAX_NORM_BOUND:.0f}], got {norm_bound:g}")
+    sigma = gram_smudging_sigma(params, updates, norm_bound)
+    if sigma > MAX_SIGMA:
+        raise ParameterError(f"the Gram norm bound {norm_bound:g} with {updates} updates of {params.members} members "
+                             f"needs flooding of 2^{math.log2(sigma):.1f}, beyond 2^{math.log2(MAX_SIGMA):.0f}; lower "
+                             "the norm bound")
 
 
 def encrypt(context: ThresholdContext, vector: np.ndarray, norm_bound: float) -> bytes:
@@ -108,11 +115,12 @@ def encrypt(context: ThresholdContext, vector: np.ndarray, norm_bound: float) ->
     return context.encrypt(vector, 0.0)
 
 
-def over_bound(scalars: np.ndarray, updates: int, norm_bound: float) -> list[int]:
-    """Positions of the updates whose decrypted squared norm ``G_uu`` exceeds ``norm_bound^2``: an uploader that
-    broke the bound the flooding was sized on (a small margin allows for the decryption error)."""
+def over_bound(params: ThresholdParams, scalars: np.ndarray, updates: int, norm_bound: float) -> list[int]:
+    """Positions of the updates whose decrypted squared norm ``G_uu`` exceeds ``norm_bound^2`` by more than the
+    decryption error (:func:`gram_error`): an uploader that broke the bound the flooding was sized on."""
+    limit = norm_bound**2 + gram_error(params, updates, norm_bound)
     diagonal = [scalars[k] for k, (u, v) in enumerate(pairs(updates)) if u == v]
-    return [u for u, value in enumerate(diagonal) if value > norm_bound**2 * (1 + 1e-3)]
+    return [u for u, value in enumerate(diagonal) if value > limit]
 
 
 # -- collective evaluation keys -------------------------------------------------------------------------------

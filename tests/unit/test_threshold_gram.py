@@ -94,6 +94,10 @@ def test_parameters_are_the_gram_chain_at_128_bit_security_with_public_key_uploa
         threshold_gram.check(PARAMS, 4, NORM_BOUND)
     with pytest.raises(ParameterError, match="norm bound"):
         threshold_gram.check(PARAMS, 3, 0.0)
+    large = threshold_gram.gram_threshold_params(members=1000)
+    threshold_gram.check(large, 1000, 1.0)
+    with pytest.raises(ParameterError, match="lower the norm bound"):  # flooding beyond 64-bit samples
+        threshold_gram.check(large, 1000, threshold_gram.MAX_NORM_BOUND)
 
 
 def test_t_members_decrypt_the_coordinators_gram_to_the_plaintext_inner_products() -> None:
@@ -107,7 +111,7 @@ def test_t_members_decrypt_the_coordinators_gram_to_the_plaintext_inner_products
         g = gram.to_matrix(scalars, len(xs))
         distances = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
         assert distances[0, 1] < distances[0, 2] / 10  # the poisoned update stands apart, as in single-key mode
-        assert threshold_gram.over_bound(scalars, len(xs), NORM_BOUND) == []
+        assert threshold_gram.over_bound(PARAMS, scalars, len(xs), NORM_BOUND) == []
 
 
 def gram_noise(context: ThresholdContext, decryptor: seal.Decryptor, payload: bytes, xs: list[np.ndarray]) -> float:
@@ -202,7 +206,7 @@ def test_an_update_beyond_the_norm_bound_is_refused_and_a_breach_is_named() -> N
     # A malicious uploader skips the check; the decrypted diagonal shows it (its noise was not covered).
     big = 1.5 * NORM_BOUND * xs[2] / np.linalg.norm(xs[2])
     ups = [*upload(xs[:2]), context.encrypt(big, 0.0)]
-    assert threshold_gram.over_bound(decrypt(ups, [1, 3]), 3, NORM_BOUND) == [2]
+    assert threshold_gram.over_bound(PARAMS, decrypt(ups, [1, 3]), 3, NORM_BOUND) == [2]
 
 
 def test_evaluation_key_messages_are_checked() -> None:
