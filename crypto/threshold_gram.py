@@ -65,7 +65,8 @@ _RELIN1, _SUM1, _RELIN2, _GALOIS = b"FPER1", b"FPES1", b"FPER2", b"FPEG1"
 
 
 def gram_threshold_params(members: int, threshold: int = 0, max_decryptions: int = 4096) -> ThresholdParams:
-    """A threshold job with an encrypted Gram matrix: ``crypto.gram``'s chain, public-key uploads."""
+    """A threshold job with an encrypted Gram matrix: N = 8192, :data:`CHAIN` at scale 2^:data:`SCALE_BITS`,
+    public-key uploads (module docstring)."""
     return ThresholdParams(members, threshold, GRAM_DEGREE, CHAIN, SCALE_BITS, max_decryptions, seeded_uploads=False)
 
 
@@ -229,8 +230,9 @@ def decryption_share(context: ThresholdContext, key: KeyShare, evaluator: gram.G
     the coordinator's order), for ``decryptors``; the flooding is sized on the Gram noise, and one share per
     ``c1`` is the record the sums' shares keep too.
 
-    The member computes the Gram ciphertext itself with the collective evaluation keys (``evaluator``): it never
-    shares on a ciphertext another party made, so a coordinator cannot have one upload, or another quadratic
+    The member computes the Gram ciphertext itself with the collective evaluation keys (``evaluator``, built from
+    keys it assembled itself with :func:`evaluation_keys`: keys a relay chose could steer the result's ``c1``,
+    ``docs/he.md``): it never shares on a ciphertext another party made, so a coordinator cannot have one upload, or another quadratic
     function of the uploads, decrypted in its place.  SEAL's evaluation is deterministic, so the coordinator's
     payload of the same uploads has the same ``c1`` and :func:`combine` accepts the shares for it; a payload of
     other uploads is refused there."""
