@@ -261,9 +261,9 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes) -> bytes:
-        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of the key that decrypts
-        them), framed with ``digest`` for :func:`combine`; refused if a share was made for ``record`` before."""
+                record: bytes, sigma: float = 0.0) -> bytes:
+        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -277,7 +277,7 @@ class KeyShare:
         limbs = c1s[0].shape[0]
         q = self.ring.q(limbs)
         weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
-        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for c1 in c1s]
+        out = [(c1 * weighted + self.ring.gaussian(sigma or self.params.smudging_sigma, limbs)) % q for c1 in c1s]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
