@@ -56,6 +56,7 @@ from fedprompt.errors import (
     InvalidRequest,
     PermissionDenied,
     PreconditionFailed,
+    RelayRefused,
     clip,
 )
 from fedprompt.locations import LATEST_PROMPT
@@ -179,7 +180,8 @@ class ParticipantRuntime:
             members = self.config.job.allowed_participants  # a threshold job names them (config validation)
             self.threshold = ThresholdKeys(info.job_id, members, info.participant_id,
                                            self.config.he.threshold_params(len(members)),
-                                           self.keys.exchange, self.state_dir, self.credentials)
+                                           self.keys.exchange, self.state_dir, self.credentials,
+                                           self.config.job.min_participants)
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
                           lambda version: self.link.download(info.job_id, version), self._keep_global,
@@ -245,10 +247,17 @@ class ParticipantRuntime:
         try:
             keys.refresh(self.link)
         except AttestationError as exc:
-            reason = clip(str(exc), MAX_FAULT_BYTES)
-            self.log.error("relayed threshold key material refused: reporting it", reason=reason)
-            self.link.report_key_fault(keys.job_id, reason)
+            self._report_refusal(keys.job_id, "relayed threshold key material", exc)
             raise
+
+    def _report_refusal(self, job_id: str, what: str, exc: Exception) -> None:
+        """Report a refusal of what the coordinator relayed (the job pauses with the reason); the caller raises."""
+        reason = clip(str(exc), MAX_FAULT_BYTES)
+        self.log.error(f"{what} refused: reporting it", reason=reason)
+        try:
+            self.link.report_key_fault(job_id, reason)
+        except FedPromptError as failed:  # the refusal stands, reported or not
+            self.log.error("the refusal could not be reported", error=clip(str(failed), 300))
 
     def _threshold(self) -> ThresholdKeys:
         """This member's threshold keys, completed first if the relay is ready before we looked again (the
@@ -290,8 +299,13 @@ class ParticipantRuntime:
         (once per attempt: ``ThresholdKeys`` refuses a second)."""
         assert self.info is not None
         request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, with_shares=False)
-        sealed = self._threshold().decryption_share(request.aggregate, self._learner().vector_size, request.round,
-                                                    request.attempt, request.uploaders, request.decryptors)
+        try:
+            sealed = self._threshold().decryption_share(request.aggregate, self._learner().vector_size,
+                                                        request.round, request.attempt, request.uploaders,
+                                                        request.decryptors)
+        except RelayRefused as exc:
+            self._report_refusal(self.info.job_id, "a decryption request", exc)
+            raise
         self.link.submit_share(self.info.job_id, request.round, request.attempt, sealed)
         self.log.info("decryption share sent", round=request.round, attempt=request.attempt)
 

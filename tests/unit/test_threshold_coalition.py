@@ -36,6 +36,7 @@ from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.threshold import ThresholdParams
 from fedprompt.crypto.threshold_costs import Keyed
+from fedprompt.errors import RelayRefused
 from fedprompt.participant.keys import KeyHolder, key_dir
 from fedprompt.participant.threshold_keys import SECRET, ThresholdKeys
 from fedprompt.protocol import KeyState
@@ -49,6 +50,7 @@ PARAMS = ThresholdParams(members=5)  # t = 3
 SIZE = 4000  # one ciphertext
 BOUND = 5 / math.sqrt(SIZE)  # 0.079
 HONEST = "participant:e"
+MINIMUM = 3  # job.min_participants: the fewest distinct uploaders a member makes a decryption share for
 
 
 @dataclass
@@ -80,7 +82,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Coordinator, d
         credentials = KeyCredentials.from_files(ca.ca_cert_path, cert, key)
         exchange = new_exchange_key()
         state = root / who.split(":")[1]
-        sites[who] = Site(state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state, credentials))
+        sites[who] = Site(state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state, credentials,
+                                                      MINIMUM))
         relay.register(who, public_bytes(exchange), credentials.signer.sign(JOB, "exchange",
                                                                            (digest(public_bytes(exchange)),)))
     for _ in range(3):
@@ -145,15 +148,18 @@ def test_coordinator_and_t_minus_1_sites_learn_nothing_of_an_honest_update_beyon
     attacks = {name: correlation(decrypt_with(keyed, upload, SIZE, key), truth) for name, key in guesses.items()}
     assert len(attacks) == 5 and all(abs(c) < BOUND for c in attacks.values()), attacks
 
-    # a decryption of e's upload alone: the coalition's two shares are fewer than t, and the honest decryptors
-    # already made their one share of round 1 attempt 0 (for the sum)
+    # a decryption of e's upload alone: the coalition's two shares are fewer than t, an honest decryptor refuses
+    # a set of one uploader, and it already made its one share of round 1 attempt 0 (for the sum)
     alone = coordinator.relay.context.compress(_fold(coordinator, [upload]), SIZE)
     upload_round = seeded.UploadRound(coordinator.relay.seed, 1)
     data = seeded.expand(keyed.context, alone, SIZE, upload_round, [_index(HONEST)])
     with pytest.raises(InvalidValue, match="3 or more"):
         seeded.decryption_share(keyed.context, keyed.keys[1], data, SIZE, upload_round, [_index(HONEST)], [1, 2])
-    with pytest.raises(InvalidValue, match="already used"):
+    with pytest.raises(RelayRefused, match="fewer than the job's minimum"):
         sites["participant:c"].keys.decryption_share(alone, SIZE, 1, 0, (HONEST,), ("participant:a",
+                                                     "participant:b", "participant:c"))
+    with pytest.raises(InvalidValue, match="already used"):
+        sites["participant:c"].keys.decryption_share(alone, SIZE, 1, 0, MEMBERS, ("participant:a",
                                                      "participant:b", "participant:c"))
 
     # the aggregate: the coalition holds the group key, so it opens the stored shares like any member
@@ -183,12 +189,13 @@ def test_coordinator_and_t_sites_decrypt_every_other_members_uploads(
         assert np.abs(recovered - coordinator.updates[1, victim] * EXAMPLES[victim]).max() <= 1e-3
 
 
-def test_limit_an_active_coordinator_and_one_site_get_one_upload_decrypted_by_naming_it_alone(
+def test_an_active_coordinator_naming_one_uploader_gets_no_decryption_share(
         federation: tuple[Coordinator, dict[str, Site]]) -> None:
-    """A known limit, asserted so the README's row stays true: the decryptors cannot tell which uploads a
-    compressed aggregate holds.  A coordinator that sends member e's upload alone as round 2's aggregate, naming
-    e as its only uploader, gets three honest members' shares of it; any one colluding member (a) opens them
-    with the group key and reads e's update.  (The round then needs a new attempt, with fresh uploads.)"""
+    """The decryptors cannot tell which uploads a compressed aggregate holds, only the uploader set it names.  A
+    coordinator that sends member e's upload alone as round 2's aggregate, naming e as its only uploader (or e
+    twice, or e and a stranger), gets no share from any honest decryptor: each refuses a set of fewer than
+    ``MINIMUM`` distinct members or naming a non-member (``RelayRefused``, which the runtime reports), and the
+    refusal spends nothing, so the honest round's shares are still made."""
     coordinator, sites = federation
     rng = np.random.default_rng(2)
     machine = ThresholdRound(coordinator.relay, 2, SIZE)
@@ -197,15 +204,48 @@ def test_limit_an_active_coordinator_and_one_site_get_one_upload_decrypted_by_na
         coordinator.uploads[2, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 2, 0)
         coordinator.updates[2, who] = update
         machine.add(who, 0, coordinator.uploads[2, who], EXAMPLES[who])
-    forged = Decryption(2, 0, (HONEST,), EXAMPLES[HONEST],
-                        coordinator.relay.context.compress(_fold(coordinator, [coordinator.uploads[2, HONEST]]),
-                                                           SIZE), ("participant:c", "participant:d", HONEST))
-    for who in forged.decryptors:
-        forged.submit(who, sites[who].keys.decryption_share(forged.aggregate, SIZE, 2, 0, forged.uploaders,
-                                                            forged.decryptors))
-    total, weight = sites["participant:a"].keys.open_version(forged.version(), SIZE)
-    assert weight == pytest.approx(EXAMPLES[HONEST], abs=1e-2)
-    assert correlation(total, coordinator.updates[2, HONEST]) > 0.999
+    alone = coordinator.relay.context.compress(_fold(coordinator, [coordinator.uploads[2, HONEST]]), SIZE)
+    decryptors = ("participant:c", "participant:d", HONEST)
+    for uploaders, why in (((HONEST,), "fewer than the job's minimum of 3"),
+                           ((HONEST, HONEST, HONEST), "fewer than the job's minimum of 3"),
+                           ((HONEST, "participant:c", "participant:mallory"), "not a member")):
+        for who in decryptors:
+            with pytest.raises(RelayRefused, match=why):
+                sites[who].keys.decryption_share(alone, SIZE, 2, 0, uploaders, decryptors)
+    honest = machine.close(lambda who: True)
+    assert honest is not None and len(honest.uploaders) == len(MEMBERS)
+    for who in honest.decryptors:
+        honest.submit(who, sites[who].keys.decryption_share(honest.aggregate, SIZE, 2, 0, honest.uploaders,
+                                                            honest.decryptors))
+    total, weight = sites["participant:a"].keys.open_version(honest.version(), SIZE)
+    assert weight == pytest.approx(sum(EXAMPLES.values()), abs=1e-2)
+
+
+def test_coordinator_and_k_sites_naming_a_minimum_uploader_set_learn_only_the_others_sum(
+        federation: tuple[Coordinator, dict[str, Site]]) -> None:
+    """The residual: the coordinator may still name any ``MINIMUM``-sized subset of the uploads.  With colluding
+    member a in the set {a, d, e} of round 3, the honest decryptors' shares give the coalition the set's sum;
+    minus a's own update that is the sum of d's and e's weighted updates, no more: e's update stays hidden
+    (correlation < 0.8) unless the coalition holds ``MINIMUM - 1`` members of the set."""
+    coordinator, sites = federation
+    rng = np.random.default_rng(3)
+    chosen = ("participant:a", "participant:d", HONEST)
+    for who in chosen:
+        update = rng.normal(0, 0.1, SIZE)
+        coordinator.uploads[3, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 3, 0)
+        coordinator.updates[3, who] = update
+    subset = Decryption(3, 0, chosen, sum(EXAMPLES[who] for who in chosen), coordinator.relay.context.compress(
+        _fold(coordinator, [coordinator.uploads[3, who] for who in chosen]), SIZE),
+        ("participant:c", "participant:d", HONEST))
+    for who in subset.decryptors:
+        subset.submit(who, sites[who].keys.decryption_share(subset.aggregate, SIZE, 3, 0, subset.uploaders,
+                                                            subset.decryptors))
+    total, weight = sites["participant:a"].keys.open_version(subset.version(), SIZE)
+    assert weight == pytest.approx(sum(EXAMPLES[who] for who in chosen), abs=1e-2)
+    weighted = {who: coordinator.updates[3, who] * EXAMPLES[who] for who in chosen}
+    residue = total - weighted["participant:a"]
+    assert np.abs(residue - weighted["participant:d"] - weighted[HONEST]).max() <= 1e-3
+    assert correlation(residue, coordinator.updates[3, HONEST]) < 0.8
 
 
 def test_single_key_coordinator_and_one_site_decrypt_every_individual_update(tmp_path: Path) -> None:
