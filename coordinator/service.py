@@ -249,7 +249,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.admin(context)
         with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
-            entry.job_id = self.jobs.create_job(request.config_toml)
+            entry.job_id = self.jobs.create_job(request.config_toml, request.config_signature)
         return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 
     @rpc_method("AdminService")

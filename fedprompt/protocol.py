@@ -129,6 +129,7 @@ class JobDescription:
     job_name: str
     config_toml: str
     gram_defence: bool = False
+    config_signature: bytes = b""  # the admin's signed statement of ``config_toml`` (``config.signed``), if any
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
-from fedprompt.config import JobConfig, parse_toml
+from fedprompt.config import JobConfig, check_job_config, parse_toml
 from fedprompt.crypto.attest import KeyCredentials
 from fedprompt.crypto.errors import AttestationError
 from fedprompt.crypto.gram import decrypt_gram
@@ -67,7 +67,7 @@ from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.promptfile import save_prompt
-from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind, checked_job_id
+from fedprompt.protocol import CoordinatorLink, JobDescription, JoinInfo, Task, TaskKind, checked_job_id
 from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.threshold import unpack_version
 
@@ -160,6 +160,7 @@ class ParticipantRuntime:
         checked_job_id(description.job_id, "job id from the coordinator")
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
         self.config_toml = description.config_toml
+        self._check_signed(description)
         self._labels("train")  # refuse to join with data whose labels the job does not know
         learner = self.learner_factory(self.config)
         self.learner = learner
@@ -199,6 +200,15 @@ class ParticipantRuntime:
             (self.state_dir / "participant.json").write_text(json.dumps(
                 {"job_id": info.job_id, "participant_id": info.participant_id}), encoding="utf-8")
         return info
+
+    def _check_signed(self, description: JobDescription) -> None:
+        """Trust the relayed config only as its admin signed it (``config.signed``; ``RelayRefused``, naming why,
+        if not: the site does not join, and its daemon exits with that one line)."""
+        assert self.config is not None
+        trust = self.credentials.trust if self.credentials is not None else None
+        admin = check_job_config(trust, description.config_signature, description.config_toml, self.config)
+        if admin:
+            self.log.info("job config signed by its admin", job_id=description.job_id, admin=admin)
 
     def _join_request(self, job_id: str) -> JoinInfo:
         """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key; the
