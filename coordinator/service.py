@@ -44,7 +44,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.description_to_pb(self.jobs.job(request.job).describe(identity))
+        description = self.jobs.job(request.job).describe(identity)
+        return serde.description_to_pb(dataclasses.replace(description, crl=self.gate.crl()))
 
     @rpc_method("ParticipantService")
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:

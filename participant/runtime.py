@@ -206,7 +206,8 @@ class ParticipantRuntime:
         if not: the site does not join, and its daemon exits with that one line)."""
         assert self.config is not None
         trust = self.credentials.trust if self.credentials is not None else None
-        admin = check_job_config(trust, description.config_signature, description.config_toml, self.config)
+        admin = check_job_config(trust, description.config_signature, description.config_toml, self.config,
+                                 description.crl)
         if admin:
             self.log.info("job config signed by its admin", job_id=description.job_id, admin=admin)
 

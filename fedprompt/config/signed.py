@@ -60,19 +60,25 @@ def check_submitted(signature: bytes, config: JobConfig) -> None:
                      digests=(digest(member_toml(config).encode()),))
 
 
-def check_job_config(trust: KeyTrust | None, signature: bytes, config_toml: str, config: JobConfig) -> str:
-    """A member's check of a relayed config (``config`` parsed from ``config_toml``): the signing admin's
-    identity, or "" with no ``trust`` to check with.  ``RelayRefused`` naming why when the signature is missing,
-    forged, by a non-admin or revoked certificate, or for another config."""
+def check_job_config(trust: KeyTrust | None, signature: bytes, config_toml: str, config: JobConfig,
+                     crl: bytes = b"") -> str:
+    """A member's check of a relayed config (``config`` parsed from ``config_toml``; ``crl``: the relayed CRL,
+    taken if the CA signed it and it is newer): the signing admin's identity, or "" with no ``trust`` to check
+    with.  ``RelayRefused`` naming why when the signature is missing, forged, by a non-admin or revoked
+    certificate, or for another config.  Jobs may share a name, so a config statement supersedes no other: it is
+    checked without ``trust``'s replay bookkeeping."""
     if trust is None:
         return ""
     if not signature:
         raise RelayRefused(f"the config of job {config.job.name[:60]!r} is not signed by an admin: its mode, member "
                            "list and t cannot be trusted (a job created by an earlier release: create it again)")
     try:
+        trust.update_crl(crl)
         att = Attestation.from_bytes(signature)
-        trust.verify(signature, job_id=config.job.name, identity=att.identity, purpose=SIGNED_CONFIG,
-                     digests=(digest(config_toml.encode()),))
+        once = KeyTrust(trust.ca)
+        once.crl = trust.crl
+        once.verify(signature, job_id=config.job.name, identity=att.identity, purpose=SIGNED_CONFIG,
+                    digests=(digest(config_toml.encode()),))
     except AttestationError as exc:
         raise RelayRefused(f"the config of job {config.job.name[:60]!r} is refused: {clip(str(exc), 300)}") from exc
     return att.identity

@@ -66,7 +66,8 @@ def test_a_member_joins_only_the_config_its_admin_signed(
     credentials = KeyCredentials.from_files(Path(tls.ca_cert), Path(tls.cert), Path(tls.key))
     relay = Relay(coordinator.target, tls)
     try:
-        honest = relay.describe(job_id)  # relayed as the admin signed it
+        honest = relay.describe(job_id)  # relayed as the admin signed it, with the federation CRL
+        assert honest.config_signature and honest.crl.startswith(b"-----BEGIN X509 CRL-----")
         shown = parse_toml(honest.config_toml, JobConfig)
         assert check_job_config(credentials.trust, honest.config_signature, honest.config_toml, shown) == "admin:alice"
 

@@ -95,13 +95,26 @@ def test_a_forged_signature_is_refused(ca: CertificateAuthority, admin: KeyCrede
             check_job_config(_trust(ca), forged, text, shown)
 
 
-def test_a_revoked_admins_signature_is_refused(ca: CertificateAuthority, admin: KeyCredentials) -> None:
+def test_a_revoked_admins_signature_is_refused_by_the_crl_relayed_with_the_config(
+        ca: CertificateAuthority, admin: KeyCredentials, tmp_path: Path) -> None:
+    """The CRL comes with the job description; one the CA did not sign is refused, not taken."""
     signature = sign_config(admin.signer, dump_toml(_config()))
     ca.revoke(ca.serials_of("admin:alice"))
-    trust = _trust(ca)
-    trust.update_crl(ca.crl_path.read_bytes())
     with pytest.raises(RelayRefused, match="is revoked"):
-        check_job_config(trust, signature, *_relayed(_config()))
+        check_job_config(_trust(ca), signature, *_relayed(_config()), ca.crl_path.read_bytes())
+    forged = CertificateAuthority.init(tmp_path / "other-ca").crl_path.read_bytes()
+    with pytest.raises(RelayRefused, match="not signed by the federation CA"):
+        check_job_config(_trust(ca), signature, *_relayed(_config()), forged)
+
+
+def test_jobs_sharing_a_name_are_each_accepted_in_any_order(ca: CertificateAuthority, admin: KeyCredentials) -> None:
+    """A config statement supersedes no other: an older job's config of the same name still verifies after a
+    newer one (key statements, by contrast, are refused as replays)."""
+    older, newer = _config(), _config(members=COLLUDERS)
+    signatures = [sign_config(admin.signer, dump_toml(config)) for config in (older, newer)]
+    trust = _trust(ca)
+    assert check_job_config(trust, signatures[1], *_relayed(newer)) == "admin:alice"
+    assert check_job_config(trust, signatures[0], *_relayed(older)) == "admin:alice"
 
 
 def test_a_statement_of_another_job_is_refused(ca: CertificateAuthority, admin: KeyCredentials) -> None:
