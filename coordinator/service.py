@@ -30,11 +30,13 @@ log = structlog.get_logger("coordinator.service")
 
 
 class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
-    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, upload_timeout_s: float) -> None:
+    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, upload_timeout_s: float,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.jobs = jobs
         self.gate = gate
         self.notifier = notifier
         self.upload_timeout_s = upload_timeout_s
+        self.page_bytes = max_message_bytes // 2  # key material per GetThresholdKeys page, framing aside
 
     def announce(self, job: JobRuntime) -> None:
         """After a participant's call, and on every tick: wake the job's long-polls if their tasks may have changed
@@ -155,8 +157,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def GetThresholdKeys(self, request: participant_pb2.GetThresholdKeysRequest,
                                context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(identity,
-                                                                                           self.gate.crl()))
+        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(
+            identity, self.gate.crl(), request.page, self.page_bytes))
 
     @rpc_method("ParticipantService")
     async def PublishShare(self, request: participant_pb2.PublishShareRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -186,7 +188,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def SubmitShare(self, request: participant_pb2.SubmitShareRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.sealed_share))
+        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.masked_share))
         self.announce(job)
         return participant_pb2.SubmitShareResponse()
 

@@ -16,10 +16,9 @@ by Shamir sharing of the key (Asharov et al. 2012; Mouchet et al. 2022, "Efficie
    sealed for its recipient with ``crypto.sealing``); member ``j``'s key share is ``sigma_j = sum_i f_i(j)``,
    a Shamir share of ``s`` (:class:`KeyShare`, which keeps each ``f_i(j)`` for seeded sums over any subset);
    ``t - 1`` key shares are independent of ``s``.
-4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, picked among members online), member
-   ``j`` publishes ``d_j = c1 * lambda_j^T * sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.
-   decryption_share`); anyone adds ``c0 + sum d_j = Delta m + e + sum e_j`` and decodes (:func:`combine`).
-   A dropped member is replaced by picking another set: nothing stalls while t members answer.
+4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, members online), member ``j`` makes
+   ``d_j = c1 lambda_j^T sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.flooded`); ``c0 + sum d_j
+   = Delta m + e + sum e_j`` decodes (:func:`combine`).  Another set replaces a dropped member: nothing stalls.
 
 The smudging (noise flooding) width answers Li and Micciancio ("On the security of homomorphic encryption on
 approximate numbers", EUROCRYPT 2021): a decryption that reveals the ciphertext noise ``e`` exactly reveals
@@ -167,8 +166,7 @@ def _digest(*polys: Poly) -> bytes:
 def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list[Poly]:
     size = count * limbs * ring.n * 8
     if len(data) != offset + size:
-        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, "
-                                f"expected {size}")
+        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, not {size}")
     values = np.frombuffer(data, dtype=np.uint64, offset=offset).astype(object).reshape(count, limbs, ring.n)
     if not np.all(values < ring.q(limbs)):
         raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
@@ -263,9 +261,9 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes) -> bytes:
-        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of the key that decrypts
-        them), framed with ``digest`` for :func:`combine`; refused if a share was made for ``record`` before."""
+                record: bytes, sigma: float = 0.0) -> bytes:
+        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -279,39 +277,43 @@ class KeyShare:
         limbs = c1s[0].shape[0]
         q = self.ring.q(limbs)
         weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
-        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for c1 in c1s]
+        out = [(c1 * weighted + self.ring.gaussian(sigma or self.params.smudging_sigma, limbs)) % q for c1 in c1s]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
 
 
+def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, tuple[int, ...], bytes, list[Poly]]:
+    """A share's (member index, decryptor set, digest, ``count`` polynomials) from :meth:`KeyShare.flooded`."""
+    if len(data) < _SHARE.size:
+        raise InvalidCiphertext("decryption share is truncated")
+    magic, index, members, digest, got_limbs = _SHARE.unpack_from(data)
+    members_end = _SHARE.size + 2 * members
+    if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
+        raise InvalidCiphertext("not a decryption share of this job's format")
+    return (index, struct.unpack_from(f"<{members}H", data, _SHARE.size), digest,
+            _polys(data, members_end, count, limbs, ring))
+
+
 def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
             shares: Sequence[bytes], digest: bytes | None = None) -> list[seal.Plaintext]:
-    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set;
-    ``digest``: what the shares must be bound to (default: the ``c1``s, as for public-key sums).
-
-    Refused (typed, nothing decrypted): fewer shares than the set or than t, shares for other ciphertexts or
-    another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
-    yields garbage, which :meth:`ThresholdContext.combine` refuses by the sum's weight slot.
-    """
+    """``c0 + sum d_j`` per ciphertext as NTT plaintexts from one decryptor set's shares, bound to ``digest``
+    (default: the ``c1``s, as for public-key sums).  Refused (typed, nothing decrypted): fewer shares than the
+    set or than t, shares for other ciphertexts or another set, duplicates, malformed polynomials.  A well-formed
+    but wrong share (a dishonest decryptor) yields garbage, which the sum's weight-slot check refuses."""
     polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
     limbs = polys[0][0].shape[0]
     digest = digest or _digest(*[c1 for _, c1 in polys])
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
     for data in shares:
-        if len(data) < _SHARE.size:
-            raise InvalidCiphertext("decryption share is truncated")
-        magic, index, count, got_digest, got_limbs = _SHARE.unpack_from(data)
-        members_end = _SHARE.size + 2 * count
-        if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
-            raise InvalidCiphertext("not a decryption share of this job's format")
+        index, members, got_digest, share = share_polys(ring, data, len(polys), limbs)
         if got_digest != digest:
             raise InvalidCiphertext(f"decryption share of member {index} was made for other ciphertexts")
         if index in parsed:
             raise InvalidCiphertext(f"two decryption shares from member {index}")
-        decryptors.add(struct.unpack_from(f"<{count}H", data, _SHARE.size))
-        parsed[index] = _polys(data, members_end, len(polys), limbs, ring)
+        decryptors.add(members)
+        parsed[index] = share
     if len(decryptors) != 1:
         raise InvalidCiphertext("decryption shares were made for different decryptor sets")
     (members,) = decryptors
@@ -399,10 +401,9 @@ class ThresholdContext(_Codec):
         return self.parse(data, self.key_id, vector_size)
 
     def compress(self, data: bytes, vector_size: int) -> bytes:
-        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient.
-
-        Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
-        without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
+        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient: modulus
+        switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator without a
+        key, ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
         k0, k1 = self.threshold.download_bits
         parts = []
         cts = self.parse_sum(data, vector_size)

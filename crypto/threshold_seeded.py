@@ -127,8 +127,14 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
                      uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
+    bases = _bases(context, context.parse_sum(data, vector_size), upload, _members(context, uploaders))
+    return round_share(context, key, bases, upload, uploaders, decryptors)
+
+
+def round_share(context: ThresholdContext, key: KeyShare, bases: Sequence[Poly], upload: UploadRound,
+                uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
+    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it."""
     members = _members(context, uploaders)
-    bases = _bases(context, context.parse_sum(data, vector_size), upload, members)
     return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
 
 

@@ -306,18 +306,17 @@ class ParticipantRuntime:
             self._share(task)
 
     def _share(self, task: Task) -> None:
-        """Threshold jobs: our flooded decryption share of the round attempt's aggregate, sealed for the members
-        (once per attempt: ``ThresholdKeys`` refuses a second)."""
+        """Threshold jobs: our flooded decryption share of the round attempt's sum, masked for the members (once
+        per attempt: ``ThresholdKeys`` refuses a second)."""
         assert self.info is not None
-        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, with_shares=False)
+        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, request=True)
         try:
-            sealed = self._threshold().decryption_share(request.aggregate, self._learner().vector_size,
-                                                        request.round, request.attempt, request.uploaders,
-                                                        request.decryptors)
+            share = self._threshold().decryption_share(self._learner().vector_size, request.round, request.attempt,
+                                                       request.uploaders, request.decryptors)
         except RelayRefused as exc:
             self._report_refusal(self.info.job_id, "a decryption request", exc)
             raise
-        self.link.submit_share(self.info.job_id, request.round, request.attempt, sealed)
+        self.link.submit_share(self.info.job_id, request.round, request.attempt, share)
         self.log.info("decryption share sent", round=request.round, attempt=request.attempt)
 
     def _decrypt_gram(self, task: Task) -> None:

@@ -4,6 +4,7 @@ door to the coordinator's key relay (``coordinator.threshold.ThresholdRelay``) w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -11,9 +12,11 @@ import numpy as np
 
 from fedprompt.coordinator.threshold import ThresholdRelay
 from fedprompt.crypto import sealing
+from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.ckks import PublicContext
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.protocol import ThresholdKeyState
 
 SIZE = 4000  # one ciphertext: a few thousand floats
@@ -78,3 +81,13 @@ class RelayDoor:
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
         self.relay.deal(self.who, sealed)
+def uploads(j: Job, upload: UploadRound, uploaders: Sequence[int], seed: int = 0) -> tuple[bytes, np.ndarray, float]:
+    """The named members upload ``w_i * x_i`` and ``w_i`` for ``upload`` (seeded); the coordinator folds key-less."""
+    rng = np.random.default_rng(seed)
+    total, expected, weight = j.public.new_sum(SIZE), np.zeros(SIZE), 0.0
+    for member in j.members:
+        update, w = rng.normal(0, 0.1, SIZE), float(rng.integers(1, 20))
+        if member.index in uploaders:
+            total.add(total.parse(seeded.encrypt(j.context, member, update * w, w, upload)))
+            expected, weight = expected + update * w, weight + w
+    return total.to_bytes(), expected, weight

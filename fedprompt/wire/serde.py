@@ -133,13 +133,13 @@ def threshold_keys_to_pb(k: ThresholdKeyState) -> participant_pb2.GetThresholdKe
     return participant_pb2.GetThresholdKeysResponse(
         exchange=_recipients(k.exchange), shares=_recipients(k.shares),
         dealt=[participant_pb2.DealtShare(participant_id=d, sealed=blob) for d, blob in k.dealt],
-        dealt_by_caller=k.dealt_by_caller, crl=k.crl)
+        dealt_by_caller=k.dealt_by_caller, crl=k.crl, next_page=k.next_page)
 
 
 def threshold_keys_from_pb(pb: participant_pb2.GetThresholdKeysResponse) -> ThresholdKeyState:
     return ThresholdKeyState(_from_recipients(pb.exchange), _from_recipients(pb.shares),
                              tuple((d.participant_id, bytes(d.sealed)) for d in pb.dealt), pb.dealt_by_caller,
-                             bytes(pb.crl))
+                             bytes(pb.crl), pb.next_page)
 
 
 def dealing_to_pb(job_id: str, sealed: dict[str, bytes]) -> participant_pb2.DealSharesRequest:

@@ -1,7 +1,7 @@
 """Threshold-CKKS jobs over real gRPC with mTLS: three participant runtimes (the daemon's task loop, each on its
 own ``GrpcLink`` with a certificate of a throwaway federation CA) set their keys up through the coordinator's
-relay with attested shares, run two rounds with seeded uploads and sealed decryption shares, and each combines
-the same global itself; the coordinator stores only compressed aggregates and shares it cannot open."""
+relay with attested shares (read in pages), run two rounds with seeded uploads and masked decryption shares,
+and each unmasks the same global itself; the coordinator stores only combined downloads it cannot unmask."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.protocol import Payload, TaskKind
+from fedprompt.v1 import participant_pb2
 from fedprompt.wire.threshold import ENCODING, pack_version, unpack_version
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job, toy_sites, wait_for
 
@@ -36,7 +37,7 @@ class OneUploaderRelay(GrpcLink):
 
     def decryption(self, job_id: str, round_: int) -> Payload:
         payload = super().decryption(job_id, round_)
-        request = unpack_version(payload.data, with_shares=False)
+        request = unpack_version(payload.data, request=True)
         forged = dataclasses.replace(request, uploaders=request.uploaders[:1])
         return dataclasses.replace(payload, data=pack_version(forged))
 
@@ -86,7 +87,8 @@ def _run_job(tiny_encoder_dir: Path, tmp_path: Path, coordinator: LiveCoordinato
 def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_global(
         tiny_encoder_dir: Path, tmp_path: Path) -> None:
     pki = ThrowawayPki(tmp_path / "federation")
-    with LiveCoordinator(tmp_path / "coord", pki) as coordinator:
+    # a 512 KiB message limit: the key relay (~330 KB for three members) then comes in pages of 256 KiB
+    with LiveCoordinator(tmp_path / "coord", pki, max_message_bytes=512 * 1024) as coordinator:
         job_id, links, errors, admin = _run_job(tiny_encoder_dir, tmp_path, coordinator, pki, GrpcLink,
                                                 lambda state: state is JobState.DONE)
         job = coordinator.call(lambda: coordinator.server.jobs.job(job_id))
@@ -104,6 +106,12 @@ def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_globa
         with pytest.raises((NotSelected, PreconditionFailed)):
             links[NAMES[0]].submit_share(job_id, 2, 1, b"x")
         assert links[NAMES[0]].get_task(job_id, 0).kind is TaskKind.DONE
+        # the key relay came in pages, each within the message limit, joined by the link
+        first = links[NAMES[0]].stub.GetThresholdKeys(participant_pb2.GetThresholdKeysRequest(job_id=job_id),
+                                                      metadata=links[NAMES[0]].metadata)
+        assert first.next_page == 1 and first.ByteSize() < 512 * 1024
+        state = links[NAMES[0]].threshold_keys(job_id)
+        assert len(state.exchange) == len(state.shares) == 3 and len(state.dealt) == 2 and state.dealt_by_caller
         for link in links.values():
             link.close()
         admin.close()

@@ -3,10 +3,12 @@
 Threshold jobs: five members (t = 3) set their keys up through the coordinator's ``ThresholdRelay`` with attested
 shares, upload through ``ThresholdRound`` and decrypt with ``ThresholdKeys``, as ``JobRuntime`` and the participant
 runtime drive them.  The coalition holds everything the coordinator stores (every exchange key, public share,
-sealed dealing and attestation it relayed, every upload it folded, the aggregate and the sealed decryption shares)
-plus, of each colluding site, what its state directory holds: its own secret, its exchange key (which opens what
-was dealt to it), its key share and the members' group key.  Its key guesses are those of ``bench threshold``
-(``app.bench.coalition``).  Single-key jobs: the coordinator's ``JobKeys`` relay and the sites' ``KeyHolder``.
+sealed dealing and attestation it relayed, every upload it folded, each round's folded sum, the masked decryption
+shares and the compressed version it made of them) plus, of each colluding site, what its state directory holds:
+its own secret, its exchange key (which opens what was dealt to it), its key share and the members' group key,
+with which it strips the masks of every share (``crypto.threshold_masked``).  Its key guesses are those of
+``bench threshold`` (``app.bench.coalition``).  Single-key jobs: the coordinator's ``JobKeys`` relay and the
+sites' ``KeyHolder``.
 
 The correlation of a guess that knows nothing of an update of d values is about N(0, 1/d): the bound
 ``5 / sqrt(d)`` fails an honest run with probability below 1e-6 per guess.
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tenseal.sealapi as seal
 
 from fedprompt.app.bench.coalition import correlation, decrypt_with, key_guesses
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import Decryption, ThresholdRelay, ThresholdRound
+from fedprompt.crypto import threshold_masked as masked
 from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.ckks import CkksParams
@@ -34,7 +38,8 @@ from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
-from fedprompt.crypto.threshold import ThresholdParams
+from fedprompt.crypto.shamir import lagrange
+from fedprompt.crypto.threshold import KeyShare, ThresholdParams
 from fedprompt.crypto.threshold_costs import Keyed
 from fedprompt.errors import RelayRefused
 from fedprompt.participant.keys import KeyHolder, key_dir
@@ -66,7 +71,9 @@ class Coordinator:
     relay: ThresholdRelay
     uploads: dict[tuple[int, str], bytes] = field(default_factory=dict)  # (round, member) -> its ciphertext
     updates: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # the truth, to score the attacks
-    versions: dict[int, bytes] = field(default_factory=dict)  # stored global versions, sealed shares included
+    totals: dict[int, bytes] = field(default_factory=dict)  # each round's folded sum
+    shares: dict[int, dict[str, bytes]] = field(default_factory=dict)  # each round's masked decryption shares
+    versions: dict[int, bytes] = field(default_factory=dict)  # stored global versions: the compressed combination
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Coordinator, d
     decryption = _upload_round(coordinator, sites, 1, np.random.default_rng(1))
     assert decryption.decryptors == ("participant:b", "participant:c", "participant:d")
     for who in decryption.decryptors:
-        decryption.submit(who, sites[who].keys.decryption_share(decryption.aggregate, SIZE, 1, 0,
-                                                                decryption.uploaders, decryption.decryptors))
+        decryption.submit(who, sites[who].keys.decryption_share(SIZE, 1, 0, decryption.uploaders,
+                                                                decryption.decryptors))
+    coordinator.totals[1], coordinator.shares[1] = decryption.total, dict(decryption.shares)
     coordinator.versions[1] = decryption.version()
     return coordinator, sites
 
@@ -134,38 +142,101 @@ def _index(who: str) -> int:
     return MEMBERS.index(who) + 1
 
 
+def _group_key(sites: dict[str, Site], colluders: Sequence[str]) -> bytes:
+    """The members' group key, as each colluding site holds it (from the dealings it opened)."""
+    keys = {sites[who].keys.group for who in colluders}
+    assert len(keys) == 1 and b"" not in keys
+    return keys.pop()
+
+
+def _unmasked(keyed: Keyed, group: bytes, upload_round: seeded.UploadRound,
+              shares: dict[str, bytes]) -> dict[str, Poly]:
+    """Each masked share the coordinator kept, its mask stripped with the group key: the decryptor's flooded share
+    ``d_j = a_r lambda_j sigma_{U,j} + e_j`` (one chunk)."""
+    context, q = keyed.context, keyed.context.ring.q(1)
+    out = {}
+    for who, blob in shares.items():
+        (share,) = masked.parse_share(context, blob, _index(who), 1)
+        (mask,) = masked.masks(context, group, upload_round, _index(who), 1)
+        out[who] = (share - mask) % q
+    return out
+
+
+def _key(sites: dict[str, Site], who: str) -> KeyShare:
+    key = sites[who].keys.key
+    assert key is not None
+    return key
+
+
+def _decode(keyed: Keyed, ct: seal.Ciphertext, term: Poly) -> np.ndarray:
+    """The reals of ``c0 + term`` of the one-chunk ciphertext ``ct``: its plaintext when ``term`` is ``c1`` times
+    its key (up to flooding noise), garbage otherwise."""
+    ring = keyed.context.ring
+    c0, _ = ring.read_ciphertext(ct)
+    return keyed.context.decode([ring.plaintext((c0 + term) % ring.q(1), list(ct.parms_id()), ct.scale)])
+
+
 def test_coordinator_and_t_minus_1_sites_learn_nothing_of_an_honest_update_beyond_the_aggregate(
         federation: tuple[Coordinator, dict[str, Site]]) -> None:
-    """k = t - 1 = 2 sites (a, b; b decrypted the round): no key they can form decrypts member e's upload
-    (|correlation| < 5/sqrt(d)); no honest member makes a share of it alone; and what the stored version gives
-    them, minus their own updates, is the sum of the three honest members' updates, no more."""
+    """k = t - 1 = 2 sites (a, b; b decrypted the round).  No key they can form decrypts member e's upload, and
+    neither do the round's masked shares once the group key strips their masks (each honest share alone, and
+    their sum less every part the coalition knows: its own secrets and b's sub-shares of c's and d's), while the
+    same unmasked shares on the sum's ``c0`` give the aggregate, and the last attack with the honest sites'
+    sub-shares it lacks gives e's update (the controls): 9 attacks, each |correlation| < 5/sqrt(d).  No honest
+    member makes a share of e's upload alone, and the coalition's two key shares are too few.  What the stored
+    version gives them, minus their own updates, is the sum of the three honest members' updates, no more."""
     coordinator, sites = federation
     colluders = ["participant:a", "participant:b"]
     keyed = _coalition(coordinator, sites, colluders)
+    ring, q = keyed.context.ring, keyed.context.ring.q(1)
     upload, truth = coordinator.uploads[1, HONEST], coordinator.updates[1, HONEST]
+    weighted = {who: coordinator.updates[1, who] * EXAMPLES[who] for who in MEMBERS}
+    own = _own_secrets(keyed, sites, colluders)
     guesses = {**key_guesses(keyed, _index(HONEST), [_index(who) for who in colluders]),
-               "the colluders' own secrets": _own_secrets(keyed, sites, colluders)}
+               "the colluders' own secrets": own}
     attacks = {name: correlation(decrypt_with(keyed, upload, SIZE, key), truth) for name, key in guesses.items()}
-    assert len(attacks) == 5 and all(abs(c) < BOUND for c in attacks.values()), attacks
 
-    # a decryption of e's upload alone: the coalition's two shares are fewer than t, an honest decryptor refuses
-    # a set of one uploader, and it already made its one share of round 1 attempt 0 (for the sum)
-    alone = coordinator.relay.context.compress(_fold(coordinator, [upload]), SIZE)
-    upload_round = seeded.UploadRound(coordinator.relay.seed, 1)
-    data = seeded.expand(keyed.context, alone, SIZE, upload_round, [_index(HONEST)])
+    # the masked shares the coordinator kept, unmasked with the group key the colluders hold
+    group, upload_round = _group_key(sites, colluders), seeded.UploadRound(coordinator.relay.seed, 1)
+    shares = _unmasked(keyed, group, upload_round, coordinator.shares[1])
+    assert sorted(shares) == ["participant:b", "participant:c", "participant:d"]
+    (summed,) = keyed.context.parse_sum(coordinator.totals[1], SIZE)
+    unmasked = sum(shares.values(), np.zeros((1, ring.n), dtype=object))
+    vector, weight = keyed.context.checked(_decode(keyed, summed, unmasked), SIZE)
+    assert weight == pytest.approx(sum(EXAMPLES.values()), abs=1e-2)
+    assert np.abs(vector - sum(weighted.values())).max() <= 1e-3  # the unmasking is right: the aggregate
+    (honest,) = keyed.context.parse(upload, keyed.context.key_id, SIZE)
+    a_r = ring.read_ciphertext(honest)[1]
+    b, decryptors = _index("participant:b"), sorted(_index(who) for who in shares)
+    others = [_index("participant:c"), _index("participant:d")]  # the honest decryptors
+    rest = (unmasked - a_r * own[:1]) % q  # a_r (s_c + s_d + s_e) + flooding
+    known = lagrange(ring, decryptors, b, 1) * keyed.keys[b].share_of(others)[:1]
+    terms = {"member c's unmasked share": shares["participant:c"],
+             "member d's unmasked share": shares["participant:d"],
+             "the unmasked shares less a_r times the colluders' own secrets": rest,
+             "the same less b's Lagrange-weighted sub-shares of c's and d's secrets": rest - a_r * known}
+    attacks.update({name: correlation(_decode(keyed, honest, term)[:SIZE], truth) for name, term in terms.items()})
+    assert len(attacks) == 9 and all(abs(c) < BOUND for c in attacks.values()), attacks
+    # the control of the last attack: what it misses is c's and d's own sub-shares of c's and d's secrets, which
+    # the coalition lacks; given them, it decrypts e's upload
+    hidden = sum((lagrange(ring, decryptors, j, 1) * _key(sites, MEMBERS[j - 1]).share_of(others)[:1]
+                  for j in others), np.zeros((1, ring.n), dtype=object))
+    assert correlation(_decode(keyed, honest, rest - a_r * (known + hidden))[:SIZE], truth) > 0.999
+
+    # a decryption of e's upload alone: the coalition's two key shares are fewer than t, an honest decryptor
+    # refuses a set of one uploader, and it already made its one share of round 1 attempt 0 (for the sum)
     with pytest.raises(InvalidValue, match="3 or more"):
-        seeded.decryption_share(keyed.context, keyed.keys[1], data, SIZE, upload_round, [_index(HONEST)], [1, 2])
+        masked.masked_share(keyed.context, keyed.keys[1], group, SIZE, upload_round, [_index(HONEST)], [1, 2])
     with pytest.raises(RelayRefused, match="fewer than the job's minimum"):
-        sites["participant:c"].keys.decryption_share(alone, SIZE, 1, 0, (HONEST,), ("participant:a",
-                                                     "participant:b", "participant:c"))
+        sites["participant:c"].keys.decryption_share(SIZE, 1, 0, (HONEST,), ("participant:a", "participant:b",
+                                                                            "participant:c"))
     with pytest.raises(InvalidValue, match="already used"):
-        sites["participant:c"].keys.decryption_share(alone, SIZE, 1, 0, MEMBERS, ("participant:a",
-                                                     "participant:b", "participant:c"))
+        sites["participant:c"].keys.decryption_share(SIZE, 1, 0, MEMBERS, ("participant:a", "participant:b",
+                                                                          "participant:c"))
 
-    # the aggregate: the coalition holds the group key, so it opens the stored shares like any member
+    # the aggregate: the coalition holds the group key, so it opens the stored version like any member
     total, weight = sites["participant:a"].keys.open_version(coordinator.versions[1], SIZE)
     assert weight == pytest.approx(sum(EXAMPLES.values()), abs=1e-2)
-    weighted = {who: coordinator.updates[1, who] * EXAMPLES[who] for who in MEMBERS}
     residue = total - sum(weighted[who] for who in colluders)
     honest_sum = np.sum([weighted[who] for who in MEMBERS if who not in colluders], axis=0)
     assert np.abs(residue - honest_sum).max() <= 1e-3
@@ -191,11 +262,12 @@ def test_coordinator_and_t_sites_decrypt_every_other_members_uploads(
 
 def test_an_active_coordinator_naming_one_uploader_gets_no_decryption_share(
         federation: tuple[Coordinator, dict[str, Site]]) -> None:
-    """The decryptors cannot tell which uploads a compressed aggregate holds, only the uploader set it names.  A
-    coordinator that sends member e's upload alone as round 2's aggregate, naming e as its only uploader (or e
-    twice, or e and a stranger), gets no share from any honest decryptor: each refuses a set of fewer than
-    ``MINIMUM`` distinct members or naming a non-member (``RelayRefused``, which the runtime reports), and the
-    refusal spends nothing, so the honest round's shares are still made."""
+    """A decryption request carries no aggregate (a share needs only the round attempt's ``a_r``), so the
+    decryptors cannot tell which uploads the coordinator adds their shares to, only the uploader set it names.  A
+    coordinator that names member e as round 2's only uploader (or e three times, or e and a stranger) gets no
+    share from any honest decryptor: each refuses a set of fewer than ``MINIMUM`` distinct members or naming a
+    non-member (``RelayRefused``, which the runtime reports), and the refusal spends nothing, so the honest
+    round's shares are still made."""
     coordinator, sites = federation
     rng = np.random.default_rng(2)
     machine = ThresholdRound(coordinator.relay, 2, SIZE)
@@ -204,19 +276,17 @@ def test_an_active_coordinator_naming_one_uploader_gets_no_decryption_share(
         coordinator.uploads[2, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 2, 0)
         coordinator.updates[2, who] = update
         machine.add(who, 0, coordinator.uploads[2, who], EXAMPLES[who])
-    alone = coordinator.relay.context.compress(_fold(coordinator, [coordinator.uploads[2, HONEST]]), SIZE)
     decryptors = ("participant:c", "participant:d", HONEST)
     for uploaders, why in (((HONEST,), "fewer than the job's minimum of 3"),
                            ((HONEST, HONEST, HONEST), "fewer than the job's minimum of 3"),
                            ((HONEST, "participant:c", "participant:mallory"), "not a member")):
         for who in decryptors:
             with pytest.raises(RelayRefused, match=why):
-                sites[who].keys.decryption_share(alone, SIZE, 2, 0, uploaders, decryptors)
+                sites[who].keys.decryption_share(SIZE, 2, 0, uploaders, decryptors)
     honest = machine.close(lambda who: True)
     assert honest is not None and len(honest.uploaders) == len(MEMBERS)
     for who in honest.decryptors:
-        honest.submit(who, sites[who].keys.decryption_share(honest.aggregate, SIZE, 2, 0, honest.uploaders,
-                                                            honest.decryptors))
+        honest.submit(who, sites[who].keys.decryption_share(SIZE, 2, 0, honest.uploaders, honest.decryptors))
     total, weight = sites["participant:a"].keys.open_version(honest.version(), SIZE)
     assert weight == pytest.approx(sum(EXAMPLES.values()), abs=1e-2)
 
@@ -234,12 +304,11 @@ def test_coordinator_and_k_sites_naming_a_minimum_uploader_set_learn_only_the_ot
         update = rng.normal(0, 0.1, SIZE)
         coordinator.uploads[3, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 3, 0)
         coordinator.updates[3, who] = update
-    subset = Decryption(3, 0, chosen, sum(EXAMPLES[who] for who in chosen), coordinator.relay.context.compress(
-        _fold(coordinator, [coordinator.uploads[3, who] for who in chosen]), SIZE),
-        ("participant:c", "participant:d", HONEST))
+    subset = Decryption(3, 0, chosen, sum(EXAMPLES[who] for who in chosen),
+                        _fold(coordinator, [coordinator.uploads[3, who] for who in chosen]),
+                        ("participant:c", "participant:d", HONEST), coordinator.relay, SIZE)
     for who in subset.decryptors:
-        subset.submit(who, sites[who].keys.decryption_share(subset.aggregate, SIZE, 3, 0, subset.uploaders,
-                                                            subset.decryptors))
+        subset.submit(who, sites[who].keys.decryption_share(SIZE, 3, 0, subset.uploaders, subset.decryptors))
     total, weight = sites["participant:a"].keys.open_version(subset.version(), SIZE)
     assert weight == pytest.approx(sum(EXAMPLES[who] for who in chosen), abs=1e-2)
     weighted = {who: coordinator.updates[3, who] * EXAMPLES[who] for who in chosen}
