@@ -46,7 +46,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.description_to_pb(self.jobs.job(request.job).describe(identity))
+        description = self.jobs.job(request.job).describe(identity)
+        return serde.description_to_pb(dataclasses.replace(description, crl=self.gate.crl()))
 
     @rpc_method("ParticipantService")
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -251,7 +252,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.admin(context)
         with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
-            entry.job_id = self.jobs.create_job(request.config_toml)
+            entry.job_id = self.jobs.create_job(request.config_toml, request.config_signature)
         return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 
     @rpc_method("AdminService")

@@ -130,6 +130,8 @@ class JobDescription:
     job_name: str
     config_toml: str
     gram_defence: bool = False
+    config_signature: bytes = b""  # the admin's signed statement of ``config_toml`` (``config.signed``), if any
+    crl: bytes = b""  # the federation CRL the coordinator holds, as the CA signed it
 
 
 @dataclass(frozen=True)

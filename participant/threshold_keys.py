@@ -16,6 +16,12 @@ received sub-shares, and the one-use records: a member encrypts once per round a
 one ``a_r`` let a lattice reduction strip the flooding).  A record is written, flushed and synced before the
 upload or the share is returned.
 
+A share is of the named uploaders' summed seeded ``c1``, and the coordinator adds it to a ``c0`` of its making;
+a coordinator that names one member as a round's only uploader would get that upload decrypted.  So, as secure
+aggregation requires a minimum surviving set (Bonawitz et al., CCS 2017), a member makes no share for a set
+of fewer than ``min_uploaders`` distinct members (``job.min_participants``, the coordinator's own rule for
+closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).
+
 Decryption shares travel masked under the group key (``crypto.threshold_masked``): the coordinator adds them
 to the sum's ``c0`` and compresses the result, which only members can unmask; t shares in the clear would let
 it decrypt the aggregate.
@@ -38,7 +44,7 @@ from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.sealing import GROUP_CONTRIBUTION_BYTES, group_key, seal, unseal
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
 from fedprompt.crypto.threshold_seeded import UploadRound, job_seed
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, RelayRefused
 from fedprompt.participant.keys import key_dir, write_private
 from fedprompt.protocol import ThresholdKeyState, ThresholdLink
 from fedprompt.wire.threshold import unpack_version
@@ -71,8 +77,9 @@ class ThresholdKeys:
 
     def __init__(self, job_id: str, members: Sequence[str], identity: str, params: ThresholdParams,
                  exchange: X25519PrivateKey, state_dir: Path | None = None,
-                 credentials: KeyCredentials | None = None) -> None:
+                 credentials: KeyCredentials | None = None, min_uploaders: int = 2) -> None:
         self.members = sorted(members)
+        self.min_uploaders = max(2, min_uploaders)
         if identity not in self.members or len(self.members) != params.members:
             raise FedPromptError(f"{identity} is not one of the {params.members} members of threshold job {job_id}")
         self.job_id, self.identity, self.params = job_id, identity, params
@@ -213,6 +220,17 @@ class ThresholdKeys:
             raise InvalidValue(f"{unknown[0][:60]!r} is not a member of threshold job {self.job_id}")
         return sorted(self.members.index(w) + 1 for w in who)
 
+    def _check_uploaders(self, round_: int, uploaders: Sequence[str]) -> None:
+        """``RelayRefused`` unless the named uploaders are ``min_uploaders`` or more distinct members."""
+        strangers = sorted(set(uploaders) - set(self.members))
+        if strangers:
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {strangers[0][:60]!r} as an "
+                               "uploader, and it is not a member: no decryption share made")
+        if len(set(uploaders)) != len(uploaders) or len(uploaders) < self.min_uploaders:
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {len(set(uploaders))} distinct "
+                               f"uploader(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
+                               "share of it could reveal a single member's update; none made")
+
     def _require(self) -> KeyShare:
         if self.key is None:
             raise FedPromptError(f"threshold job {self.job_id}: key setup has not finished")
@@ -229,6 +247,7 @@ class ThresholdKeys:
                          decryptors: Sequence[str]) -> bytes:
         """Our flooded share of the uploaders' sum in a round attempt (once), masked under the group key."""
         key = self._require()
+        self._check_uploaders(round_, uploaders)
         chunks = self.params.ckks.num_ciphertexts(vector_size)
         spent = chunks * sum(label.startswith("share:") for label in self._used)
         if spent + chunks > self.params.max_decryptions:

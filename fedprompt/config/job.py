@@ -290,6 +290,9 @@ class JobConfig:
               'must name the enrolled members when he.mode = "threshold": the key is shared among exactly them '
               '(n), and t of n decrypt; use he.mode = "single_key" for a job open to any participant')
         n = len(allowed)
+        check(self.job.min_participants >= 2, "job.min_participants",
+              'must be >= 2 when he.mode = "threshold": members make no decryption share for fewer uploaders, '
+              "since a sum of one upload is that member's update")
         check(self.he.threshold <= n, "he.threshold",
               f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
         check(not self.levels.enabled, "levels.enabled",

@@ -34,16 +34,20 @@ class DescribeJobRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class DescribeJobResponse(_message.Message):
-    __slots__ = ("job_id", "job_name", "job_config_toml", "gram_defence")
+    __slots__ = ("job_id", "job_name", "job_config_toml", "gram_defence", "config_signature", "crl")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     JOB_CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     GRAM_DEFENCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     job_config_toml: str
     gram_defence: bool
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ..., gram_defence: _Optional[bool] = ...) -> None: ...
+    config_signature: bytes
+    crl: bytes
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ..., gram_defence: _Optional[bool] = ..., config_signature: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size", "exchange_public_key", "exchange_attestation")

@@ -87,11 +87,12 @@ def task_from_pb(pb: participant_pb2.GetTaskResponse) -> Task:
 
 def description_to_pb(d: JobDescription) -> participant_pb2.DescribeJobResponse:
     return participant_pb2.DescribeJobResponse(job_id=d.job_id, job_name=d.job_name, job_config_toml=d.config_toml,
-                                               gram_defence=d.gram_defence)
+                                               gram_defence=d.gram_defence, config_signature=d.config_signature,
+                                               crl=d.crl)
 
 
 def description_from_pb(pb: participant_pb2.DescribeJobResponse) -> JobDescription:
-    return JobDescription(pb.job_id, pb.job_name, pb.job_config_toml, pb.gram_defence)
+    return JobDescription(pb.job_id, pb.job_name, pb.job_config_toml, pb.gram_defence, pb.config_signature, pb.crl)
 
 
 def join_to_pb(info: JoinInfo) -> participant_pb2.JoinResponse:

@@ -34,17 +34,17 @@ from fedprompt.crypto import threshold_masked as masked
 from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.ckks import CkksParams
-from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.shamir import lagrange
 from fedprompt.crypto.threshold import KeyShare, ThresholdParams
 from fedprompt.crypto.threshold_costs import Keyed
+from fedprompt.errors import RelayRefused
 from fedprompt.participant.keys import KeyHolder, key_dir
 from fedprompt.participant.threshold_keys import SECRET, ThresholdKeys
 from fedprompt.protocol import KeyState
-from fedprompt.wire.threshold import unpack_version
 from tests.support import REPO
 from tests.thresholds import RelayDoor
 
@@ -55,6 +55,7 @@ PARAMS = ThresholdParams(members=5)  # t = 3
 SIZE = 4000  # one ciphertext
 BOUND = 5 / math.sqrt(SIZE)  # 0.079
 HONEST = "participant:e"
+MINIMUM = 3  # job.min_participants: the fewest distinct uploaders a member makes a decryption share for
 
 
 @dataclass
@@ -88,7 +89,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Coordinator, d
         credentials = KeyCredentials.from_files(ca.ca_cert_path, cert, key)
         exchange = new_exchange_key()
         state = root / who.split(":")[1]
-        sites[who] = Site(state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state, credentials))
+        sites[who] = Site(state, ThresholdKeys(JOB, MEMBERS, who, PARAMS, exchange, state, credentials,
+                                                      MINIMUM))
         relay.register(who, public_bytes(exchange), credentials.signer.sign(JOB, "exchange",
                                                                            (digest(public_bytes(exchange)),)))
     for _ in range(3):
@@ -221,13 +223,16 @@ def test_coordinator_and_t_minus_1_sites_learn_nothing_of_an_honest_update_beyon
                   for j in others), np.zeros((1, ring.n), dtype=object))
     assert correlation(_decode(keyed, honest, rest - a_r * (known + hidden))[:SIZE], truth) > 0.999
 
-    # a decryption of e's upload alone: the coalition's two key shares are fewer than t, and the honest
-    # decryptors already made their one share of round 1 attempt 0 (for the sum)
+    # a decryption of e's upload alone: the coalition's two key shares are fewer than t, an honest decryptor
+    # refuses a set of one uploader, and it already made its one share of round 1 attempt 0 (for the sum)
     with pytest.raises(InvalidValue, match="3 or more"):
         masked.masked_share(keyed.context, keyed.keys[1], group, SIZE, upload_round, [_index(HONEST)], [1, 2])
-    with pytest.raises(InvalidValue, match="already used"):
+    with pytest.raises(RelayRefused, match="fewer than the job's minimum"):
         sites["participant:c"].keys.decryption_share(SIZE, 1, 0, (HONEST,), ("participant:a", "participant:b",
                                                                             "participant:c"))
+    with pytest.raises(InvalidValue, match="already used"):
+        sites["participant:c"].keys.decryption_share(SIZE, 1, 0, MEMBERS, ("participant:a", "participant:b",
+                                                                          "participant:c"))
 
     # the aggregate: the coalition holds the group key, so it opens the stored version like any member
     total, weight = sites["participant:a"].keys.open_version(coordinator.versions[1], SIZE)
@@ -255,14 +260,14 @@ def test_coordinator_and_t_sites_decrypt_every_other_members_uploads(
         assert np.abs(recovered - coordinator.updates[1, victim] * EXAMPLES[victim]).max() <= 1e-3
 
 
-def test_limit_an_active_coordinator_and_one_site_get_one_upload_decrypted_by_naming_it_alone(
+def test_an_active_coordinator_naming_one_uploader_gets_no_decryption_share(
         federation: tuple[Coordinator, dict[str, Site]]) -> None:
-    """A known limit, asserted so the README's row stays true: a decryption request carries no aggregate (a share
-    needs only the round attempt's ``a_r``), so the decryptors cannot tell which uploads the coordinator adds
-    their shares to.  A coordinator that names member e as round 2's only uploader gets three honest members'
-    masked shares of e's secret alone and adds them to e's upload; it cannot unmask the result itself, but any one
-    colluding member (a) opens it with the group key and reads e's update.  (The round then needs a new attempt,
-    with fresh uploads.)"""
+    """A decryption request carries no aggregate (a share needs only the round attempt's ``a_r``), so the
+    decryptors cannot tell which uploads the coordinator adds their shares to, only the uploader set it names.  A
+    coordinator that names member e as round 2's only uploader (or e three times, or e and a stranger) gets no
+    share from any honest decryptor: each refuses a set of fewer than ``MINIMUM`` distinct members or naming a
+    non-member (``RelayRefused``, which the runtime reports), and the refusal spends nothing, so the honest
+    round's shares are still made."""
     coordinator, sites = federation
     rng = np.random.default_rng(2)
     machine = ThresholdRound(coordinator.relay, 2, SIZE)
@@ -271,19 +276,45 @@ def test_limit_an_active_coordinator_and_one_site_get_one_upload_decrypted_by_na
         coordinator.uploads[2, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 2, 0)
         coordinator.updates[2, who] = update
         machine.add(who, 0, coordinator.uploads[2, who], EXAMPLES[who])
-    forged = Decryption(2, 0, (HONEST,), EXAMPLES[HONEST], _fold(coordinator, [coordinator.uploads[2, HONEST]]),
+    decryptors = ("participant:c", "participant:d", HONEST)
+    for uploaders, why in (((HONEST,), "fewer than the job's minimum of 3"),
+                           ((HONEST, HONEST, HONEST), "fewer than the job's minimum of 3"),
+                           ((HONEST, "participant:c", "participant:mallory"), "not a member")):
+        for who in decryptors:
+            with pytest.raises(RelayRefused, match=why):
+                sites[who].keys.decryption_share(SIZE, 2, 0, uploaders, decryptors)
+    honest = machine.close(lambda who: True)
+    assert honest is not None and len(honest.uploaders) == len(MEMBERS)
+    for who in honest.decryptors:
+        honest.submit(who, sites[who].keys.decryption_share(SIZE, 2, 0, honest.uploaders, honest.decryptors))
+    total, weight = sites["participant:a"].keys.open_version(honest.version(), SIZE)
+    assert weight == pytest.approx(sum(EXAMPLES.values()), abs=1e-2)
+
+
+def test_coordinator_and_k_sites_naming_a_minimum_uploader_set_learn_only_the_others_sum(
+        federation: tuple[Coordinator, dict[str, Site]]) -> None:
+    """The residual: the coordinator may still name any ``MINIMUM``-sized subset of the uploads.  With colluding
+    member a in the set {a, d, e} of round 3, the honest decryptors' shares give the coalition the set's sum;
+    minus a's own update that is the sum of d's and e's weighted updates, no more: e's update stays hidden
+    (correlation < 0.8) unless the coalition holds ``MINIMUM - 1`` members of the set."""
+    coordinator, sites = federation
+    rng = np.random.default_rng(3)
+    chosen = ("participant:a", "participant:d", HONEST)
+    for who in chosen:
+        update = rng.normal(0, 0.1, SIZE)
+        coordinator.uploads[3, who] = sites[who].keys.encrypt(update * EXAMPLES[who], EXAMPLES[who], 3, 0)
+        coordinator.updates[3, who] = update
+    subset = Decryption(3, 0, chosen, sum(EXAMPLES[who] for who in chosen),
+                        _fold(coordinator, [coordinator.uploads[3, who] for who in chosen]),
                         ("participant:c", "participant:d", HONEST), coordinator.relay, SIZE)
-    for who in forged.decryptors:
-        forged.submit(who, sites[who].keys.decryption_share(SIZE, 2, 0, forged.uploaders, forged.decryptors))
-    coordinator.totals[2], coordinator.shares[2] = forged.total, dict(forged.shares)
-    coordinator.versions[2] = forged.version()
-    with pytest.raises(InvalidCiphertext, match="weight"):  # the coordinator alone: a guessed group key
-        masked.open_sum(coordinator.relay.context, unpack_version(coordinator.versions[2]).combined, SIZE,
-                        bytes(32), seeded.UploadRound(coordinator.relay.seed, 2),
-                        [_index(who) for who in forged.decryptors])
-    total, weight = sites["participant:a"].keys.open_version(coordinator.versions[2], SIZE)
-    assert weight == pytest.approx(EXAMPLES[HONEST], abs=1e-2)
-    assert correlation(total, coordinator.updates[2, HONEST]) > 0.999
+    for who in subset.decryptors:
+        subset.submit(who, sites[who].keys.decryption_share(SIZE, 3, 0, subset.uploaders, subset.decryptors))
+    total, weight = sites["participant:a"].keys.open_version(subset.version(), SIZE)
+    assert weight == pytest.approx(sum(EXAMPLES[who] for who in chosen), abs=1e-2)
+    weighted = {who: coordinator.updates[3, who] * EXAMPLES[who] for who in chosen}
+    residue = total - weighted["participant:a"]
+    assert np.abs(residue - weighted["participant:d"] - weighted[HONEST]).max() <= 1e-3
+    assert correlation(residue, coordinator.updates[3, HONEST]) < 0.8
 
 
 def test_single_key_coordinator_and_one_site_decrypt_every_individual_update(tmp_path: Path) -> None:
