@@ -194,6 +194,26 @@ def _summed(context: ThresholdContext, magic: bytes, messages: Mapping[int, byte
     return threshold_evalkeys.aggregate(context.ring, answers, context.threshold.members)
 
 
+def round1_elements(params: ThresholdParams) -> tuple[int, ...]:
+    """A member's first-round messages in the order its attestation lists their digests: RKG's first round
+    (element 0), then one RTG share per Galois element of the Gram computation."""
+    return (0, *galois_elements(params.ckks))
+
+
+def check_message(context: ThresholdContext, round_: int, index: int, element: int, data: bytes) -> None:
+    """Refuse a relayed message that is not member ``index``'s well-formed message of round ``round_`` (1 or 2)
+    for ``element`` (:func:`round1_elements`; 0 in round 2): header, size and residues."""
+    magic = _RELIN2 if round_ == 2 else _GALOIS if element else _RELIN1
+    _unpack(context, magic, index, element, data)
+
+
+def assemble(context: ThresholdContext, job_seed: bytes, round1: Mapping[int, Mapping[int, bytes]],
+             round2: Mapping[int, bytes]) -> bytes:
+    """:func:`evaluation_keys` from each member's first round (member index -> element -> message) and second."""
+    galois = {g: {i: parts[g] for i, parts in round1.items()} for g in round1_elements(context.threshold)[1:]}
+    return evaluation_keys(context, job_seed, {i: parts[0] for i, parts in round1.items()}, galois, round2)
+
+
 def sum_round1(context: ThresholdContext, relin1: Mapping[int, bytes]) -> bytes:
     """The sum of every member's first RKG round (by member index), which each member needs for its second."""
     return _pack(_SUM1, 0, 0, _flat(_summed(context, _RELIN1, relin1, "a first-round message")))

@@ -382,3 +382,21 @@ class ThresholdLink(Protocol):
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None: ...
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GramKeyState:
+    """A threshold job's relayed Gram evaluation-key messages (``coordinator.threshold_gramkeys``): ``round1`` as
+    (member, element, message, attestation), ``round2`` as (member, message, attestation), in member and element
+    order.  Not paged yet: n x 11.8 MB in all."""
+
+    round1: tuple[tuple[str, int, bytes, bytes], ...] = ()
+    round2: tuple[tuple[str, bytes, bytes], ...] = ()
+
+
+class GramKeyLink(Protocol):
+    """A member's calls to the Gram evaluation-key relay of a threshold job."""
+
+    def gram_keys(self, job_id: str) -> GramKeyState: ...
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None: ...

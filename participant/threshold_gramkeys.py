@@ -1,0 +1,146 @@
+"""A member's part in a threshold job's collective Gram evaluation keys (``crypto.threshold_gram``; ``docs/he.md``,
+"The encrypted-Gram defence under threshold keys", round path step 2), once its key share is ready.
+
+1. It publishes its first round (RKG's first round and one RTG share per Galois element), one message at a time,
+   each with its one attestation of the round (``crypto.attest``, purpose ``eval-key-round1``, the digests of
+   every message of the round in element order).
+2. Once every member's first round is relayed it verifies each attestation, sums the first rounds **itself**
+   (round 2 on a relay-chosen sum would be an RLWE sample on a polynomial of the relay's choosing) and publishes
+   its answer (``eval-key-round2``).
+3. Once every second round is relayed it verifies them and assembles its **own** evaluator from the attested
+   messages, never the coordinator's keys: relay-chosen keys could steer the ``c1`` it recomputes when it
+   decrypts Gram scalars.
+
+Restarts: RKG's ephemeral ``u_i`` is written (owner-only, ``keys/<job_id>/gram.ephemeral``) before the first
+message leaves, each round's messages and attestation before they are published (a second, different answer
+would be a second RLWE sample on one reference polynomial), and ``u_i`` is deleted once round 2 is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from fedprompt.crypto import threshold_gram
+from fedprompt.crypto.attest import digest
+from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.gram import GramEvaluator
+from fedprompt.crypto.threshold_gram import EvaluationKeyParty
+from fedprompt.errors import FedPromptError
+from fedprompt.participant.keys import write_private
+from fedprompt.participant.threshold_keys import ThresholdKeys
+from fedprompt.protocol import GramKeyLink, GramKeyState
+
+log = structlog.get_logger("participant.threshold_gramkeys")
+
+PURPOSES = {1: "eval-key-round1", 2: "eval-key-round2"}
+EPHEMERAL = "gram.ephemeral"
+
+
+class GramKeys:
+    """One member's Gram evaluation-key setup of one threshold job (``keys``: its ready key material)."""
+
+    def __init__(self, keys: ThresholdKeys) -> None:
+        self.keys = keys
+        self.elements = threshold_gram.round1_elements(keys.params)
+        self.evaluator: GramEvaluator | None = None
+        self._party: EvaluationKeyParty | None = None
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def _file(self, name: str) -> bytes:
+        path = self.keys.dir / name if self.keys.dir is not None else None
+        return path.read_bytes() if path is not None and path.exists() else b""
+
+    def _save(self, name: str, data: bytes) -> None:
+        if self.keys.dir is not None:
+            write_private(self.keys.dir / name, data)
+
+    def _sent(self, round_: int) -> tuple[list[bytes], bytes]:
+        """This member's stored messages of a round (element order) and their attestation; empty if not made."""
+        count = len(self.elements) if round_ == 1 else 1
+        messages = [self._file(f"gram.round{round_}.{k}") for k in range(count)]
+        return (messages, self._file(f"gram.round{round_}.att")) if all(messages) else ([], b"")
+
+    def _store(self, round_: int, messages: Sequence[bytes]) -> tuple[list[bytes], bytes]:
+        attestation = self.keys._sign(PURPOSES[round_], tuple(digest(m) for m in messages))
+        for k, message in enumerate(messages):
+            self._save(f"gram.round{round_}.{k}", message)
+        self._save(f"gram.round{round_}.att", attestation)
+        return list(messages), attestation
+
+    def _relin(self) -> EvaluationKeyParty:
+        if self._party is None:
+            keys = self.keys
+            stored = self._file(EPHEMERAL)
+            self._party = EvaluationKeyParty(keys.context, keys.member, keys.seed, stored)
+            if not stored:
+                self._save(EPHEMERAL, self._party.ephemeral_bytes())
+        return self._party
+
+    # -- the rounds -----------------------------------------------------------------------------------------
+    def _round1(self) -> tuple[list[bytes], bytes]:
+        sent = self._sent(1)
+        if sent[0]:
+            return sent
+        party = self._relin()
+        return self._store(1, [party.relin_round1(), *(party.galois_share(g) for g in self.elements[1:])])
+
+    def _verified(self, round_: int, state: GramKeyState) -> dict[int, dict[int, bytes]] | None:
+        """Every member's messages of a round by member index and element, each attestation verified; None while
+        one is missing.  ``AttestationError``: a message the relay swapped, dropped from an attested set or
+        replayed."""
+        rows = ([(who, g, msg, att) for who, g, msg, att in state.round1] if round_ == 1
+                else [(who, 0, msg, att) for who, msg, att in state.round2])
+        expected = self.elements if round_ == 1 else (0,)
+        held: dict[str, dict[int, tuple[bytes, bytes]]] = {}
+        for who, element, message, att in rows:
+            if who in self.keys.members and element in expected:
+                held.setdefault(who, {})[element] = (message, att)
+        if sorted(held) != self.keys.members or any(len(parts) != len(expected) for parts in held.values()):
+            return None
+        out = {}
+        for who, parts in held.items():
+            for _, att in parts.values():
+                if self.keys.credentials is not None:
+                    self.keys.credentials.trust.verify(att, job_id=self.keys.job_id, identity=who,
+                                                       purpose=PURPOSES[round_],
+                                                       digests=tuple(digest(parts[g][0]) for g in expected))
+            out[self.keys.members.index(who) + 1] = {g: parts[g][0] for g in expected}
+        return out
+
+    def refresh(self, link: GramKeyLink) -> bool:
+        """One look at the Gram key relay: publish what is due, assemble the keys once all is in.  True when this
+        member holds its own evaluator."""
+        if self.evaluator is not None:
+            return True
+        if not self.keys.ready:
+            raise FedPromptError(f"threshold job {self.keys.job_id}: the Gram keys follow the key setup")
+        job_id, me = self.keys.job_id, self.keys.identity
+        state = link.gram_keys(job_id)
+        if sum(who == me for who, *_ in state.round1) < len(self.elements):
+            messages, att = self._round1()
+            for element, message in zip(self.elements, messages, strict=True):
+                link.publish_gram_key(job_id, 1, element, message, att)
+            state = link.gram_keys(job_id)
+        first = self._verified(1, state)
+        if first is None:
+            return False
+        if not any(who == me for who, *_ in state.round2):
+            sent = self._sent(2)
+            if not sent[0]:
+                summed = threshold_gram.sum_round1(self.keys.context, {i: parts[0] for i, parts in first.items()})
+                sent = self._store(2, [self._relin().round2(summed)])
+                if self.keys.dir is not None:
+                    (self.keys.dir / EPHEMERAL).unlink(missing_ok=True)
+            link.publish_gram_key(job_id, 2, 0, sent[0][0], sent[1])
+            state = link.gram_keys(job_id)
+        second = self._verified(2, state)
+        if second is None:
+            return False
+        context = self.keys.context
+        keys = threshold_gram.assemble(context, self.keys.seed, first, {i: parts[0] for i, parts in second.items()})
+        self.evaluator = GramEvaluator(PublicContext(context.public_bytes(), self.keys.params.ckks, context.key_id),
+                                       keys)
+        log.info("collective Gram evaluation keys assembled", job_id=job_id, member=self.keys.index)
+        return True

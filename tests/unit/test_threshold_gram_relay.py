@@ -1,0 +1,171 @@
+"""The collective Gram evaluation keys of a threshold job through the coordinator's relay, as domain objects (no
+network): three members (t = 2) with real certificates publish their attested messages
+(``participant.threshold_gramkeys``), each sums the first rounds and assembles its own keys, the coordinator
+assembles its copy (``coordinator.threshold_gramkeys``), and the keys compute Gram ciphertexts whose threshold
+decryption gives the inner products.  A swapped or foreign message is refused, a member restarted between the
+rounds keeps its ephemeral secret, and a restarted coordinator replays what it stored.  Real SEAL ciphertexts."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.threshold import ThresholdRelay
+from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
+from fedprompt.crypto import threshold_gram
+from fedprompt.crypto.attest import KeyCredentials, digest
+from fedprompt.crypto.errors import AttestationError
+from fedprompt.crypto.pki import CertificateAuthority
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
+from fedprompt.participant.keys import key_dir
+from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
+from fedprompt.participant.threshold_keys import ThresholdKeys
+from fedprompt.protocol import GramKeyState
+from tests.thresholds import RelayDoor
+
+JOB = "job-gram"
+MEMBERS = ("participant:a", "participant:b", "participant:c")
+PARAMS = threshold_gram.gram_threshold_params(members=3)
+SIZE = 2000
+NORM_BOUND = 1000.0
+
+
+class GramDoor:
+    """One member's calls to the Gram key relay, with its identity; ``served`` may alter what it reads."""
+
+    def __init__(self, relay: GramKeyRelay, who: str,
+                 served: Callable[[GramKeyState], GramKeyState] = lambda state: state) -> None:
+        self.relay, self.who, self.served = relay, who, served
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        return self.served(self.relay.state())
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
+        self.relay.publish(self.who, round_, element, message, attestation)
+
+
+class Federation:
+    def __init__(self, root: Path) -> None:
+        ca = CertificateAuthority.init(root / "ca")
+        self.root, self.relay = root, ThresholdRelay(JOB, MEMBERS, PARAMS)
+        self.store = Store(":memory:")
+        self.grams = GramKeyRelay(self.relay, self.store)
+        self.credentials, self.exchange, self.keys = {}, {}, {}
+        for who in MEMBERS:
+            key, cert = ca.issue(who, root / "certs" / who.split(":")[1])
+            self.credentials[who] = KeyCredentials.from_files(ca.ca_cert_path, cert, key)
+            self.exchange[who] = new_exchange_key()
+            self.keys[who] = self.start(who)
+            exchange = public_bytes(self.exchange[who])
+            self.relay.register(who, exchange, self.credentials[who].signer.sign(JOB, "exchange", (digest(exchange),)))
+        for _ in range(3):
+            done = [keys.refresh(RelayDoor(self.relay, who)) for who, keys in self.keys.items()]
+        assert all(done) and self.relay.ready
+        self.gram = {who: GramKeys(keys) for who, keys in self.keys.items()}
+
+    def start(self, who: str) -> ThresholdKeys:
+        """A member's key material, from its state directory when it has one (a restart)."""
+        return ThresholdKeys(JOB, MEMBERS, who, PARAMS, self.exchange[who], self.root / who.split(":")[1],
+                             self.credentials[who])
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    """Gram key setup through the relay: round 1 of every member, member a restarted before round 2 (its
+    ephemeral secret reloaded from its state directory), then round 2 and the assembly."""
+    fed = Federation(tmp_path_factory.mktemp("gram"))
+    a = MEMBERS[0]
+    with pytest.raises(PreconditionFailed, match="every first round"):
+        fed.grams.publish(a, 2, 0, b"x", b"x")
+    assert not fed.gram[a].refresh(GramDoor(fed.grams, a))  # round 1 sent, the others' not in yet
+    assert (key_dir(fed.root / "a", JOB) / EPHEMERAL).exists()
+    fed.keys[a] = fed.start(a)
+    fed.gram[a] = GramKeys(fed.keys[a])
+    for _ in range(3):
+        done = [gram.refresh(GramDoor(fed.grams, who)) for who, gram in fed.gram.items()]
+    assert all(done) and fed.grams.ready
+    return fed
+
+
+def _updates(rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.normal(0, 1, SIZE) * 10 for _ in MEMBERS]
+
+
+def test_members_assemble_their_own_gram_keys_and_t_of_them_decrypt_the_coordinators_gram(fed: Federation) -> None:
+    """Every member's own evaluator and the coordinator's compute the same packed Gram ciphertext (deterministic
+    SEAL evaluation on identical keys); two members' shares on their own recomputation combine on the
+    coordinator's payload into the inner products."""
+    xs = _updates(np.random.default_rng(0))
+    context = fed.keys[MEMBERS[1]].context
+    uploads = [threshold_gram.encrypt(context, x, NORM_BOUND) for x in xs]
+    evaluators = [fed.grams.require(), *(g.evaluator for g in fed.gram.values())]
+    payloads = {e.gram([e.context.parse(u, context.key_id, SIZE) for u in uploads]) for e in evaluators if e}
+    assert len(evaluators) == 4 and len(payloads) == 1
+    decryptors = [1, 2]
+    shares = []
+    for j in decryptors:
+        who = MEMBERS[j - 1]
+        key, own = fed.keys[who].key, fed.gram[who].evaluator
+        assert key is not None and own is not None
+        shares.append(threshold_gram.decryption_share(fed.keys[who].context, key, own, uploads, SIZE, decryptors,
+                                                      NORM_BOUND))
+    scalars = threshold_gram.combine(context, payloads.pop(), len(uploads), shares, NORM_BOUND)
+    expected = [float(xs[u] @ xs[v]) for u, v in threshold_gram.pairs(len(xs))]
+    error = threshold_gram.gram_error(PARAMS, len(xs), NORM_BOUND)
+    assert np.abs(scalars - expected).max() <= error
+
+
+def test_member_state_is_owner_only_and_the_ephemeral_secret_is_gone_after_round_2(fed: Federation) -> None:
+    for who in MEMBERS:
+        folder = key_dir(fed.root / who.split(":")[1], JOB)
+        names = {f.name for f in folder.iterdir()}
+        assert EPHEMERAL not in names and {"gram.round1.att", "gram.round2.0"} <= names
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in folder.iterdir())
+
+
+def test_the_relay_refuses_foreign_and_altered_messages_and_takes_an_identical_resend(fed: Federation) -> None:
+    a, b = MEMBERS[0], MEMBERS[1]
+    rows = {(who, g): (msg, att) for who, g, msg, att in fed.grams.state().round1}
+    message, attestation = rows[(a, 0)]
+    fed.grams.publish(a, 1, 0, message, attestation)  # a restarted member resends what it stored: a no-op
+    with pytest.raises(DuplicateUpdate):
+        fed.grams.publish(a, 1, 0, rows[(b, 0)][0], attestation)
+    relay = GramKeyRelay(fed.relay)  # a fresh relay: nothing held yet
+    with pytest.raises(InvalidUpdate, match="refused"):  # b's message sent as a's: wrong member index
+        relay.publish(a, 1, 0, rows[(b, 0)][0], attestation)
+    with pytest.raises(InvalidUpdate, match="attested by"):  # a's message with b's attestation
+        relay.publish(a, 1, 0, message, rows[(b, 0)][1])
+    with pytest.raises(InvalidUpdate, match="not the one it signed"):  # signed by a, but over other digests
+        relay.publish(a, 1, 0, message, _swapped_attestation(fed, a))
+    with pytest.raises(InvalidUpdate, match="no Gram"):
+        relay.publish(a, 1, 12345, message, attestation)
+
+
+def _swapped_attestation(fed: Federation, who: str) -> bytes:
+    """``who``'s round-1 attestation over its messages with the first two digests swapped (signed by it)."""
+    rows = [(g, msg) for m, g, msg, _ in fed.grams.state().round1 if m == who]
+    digests = [digest(msg) for _, msg in rows]
+    digests[0], digests[1] = digests[1], digests[0]
+    return fed.credentials[who].signer.sign(JOB, "eval-key-round1", tuple(digests))
+
+
+def test_a_member_refuses_a_swapped_message_and_a_restarted_coordinator_replays_the_keys(fed: Federation) -> None:
+    """The relay serves b's first-round message in c's place: a member assembling its keys refuses it
+    (c's attestation does not cover it).  A coordinator restarted from its store reassembles the same keys."""
+    b, c = MEMBERS[1], MEMBERS[2]
+
+    def swap(state: GramKeyState) -> GramKeyState:
+        b_msg = {g: msg for who, g, msg, _ in state.round1 if who == b}
+        return GramKeyState(tuple((who, g, b_msg[g] if who == c else msg, att) for who, g, msg, att in state.round1),
+                            state.round2)
+
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        GramKeys(fed.keys[MEMBERS[0]]).refresh(GramDoor(fed.grams, MEMBERS[0], swap))
+    restored = GramKeyRelay.restore(fed.relay, fed.store)
+    assert restored.ready and restored.state() == fed.grams.state()
