@@ -38,8 +38,9 @@ from fedprompt.crypto.pki import CLOCK_SKEW, cert_from_pem, cert_info, cert_pem,
 TAG = b"fedprompt-key-attestation-v1"
 #: What a key is for: a member's X25519 exchange key, the dealer's key id and public context (single-key jobs),
 #: a member's public share of a threshold job's collective key (``crypto.threshold``), or its messages of the
-#: collective Gram evaluation keys, one statement per round over every message's digest (``crypto.threshold_gram``).
-PURPOSES = ("exchange", "dealer", "key-share", "eval-key-round1", "eval-key-round2")
+#: collective Gram evaluation keys, one statement per round over every message's digest, or its upload to a
+#: threshold Gram job (``crypto.threshold_gram``).
+PURPOSES = ("exchange", "dealer", "key-share", "eval-key-round1", "eval-key-round2", "gram-upload")
 MAX_ATTESTATION_BYTES = 8192
 
 

@@ -37,6 +37,7 @@ unit test measures real Gram ciphertexts' noise with the rebuilt secret against 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,14 @@ def encrypt(context: ThresholdContext, vector: np.ndarray, norm_bound: float) ->
         raise InvalidValue(f"the update's l2 norm {norm:.4g} exceeds the job's Gram norm bound {norm_bound:g}; clip "
                            "it or lower the weight")
     return context.encrypt(vector, 0.0)
+
+
+def upload_digests(upload: bytes, round_: int, attempt: int) -> tuple[bytes, bytes]:
+    """What an uploader's attestation of a Gram job's upload lists (``crypto.attest``, purpose ``gram-upload``):
+    the upload's digest and its round attempt's.  Anyone can encrypt under the collective key, the coordinator
+    included: without the signature it could put a ciphertext of its own (a basis vector) among the uploads and
+    read coordinates of an honest update off the Gram scalars."""
+    return hashlib.sha256(upload).digest(), hashlib.sha256(b"gram-upload:%d:%d" % (round_, attempt)).digest()
 
 
 def over_bound(params: ThresholdParams, scalars: np.ndarray, updates: int, norm_bound: float) -> list[int]:

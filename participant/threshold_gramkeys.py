@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import structlog
 
 from fedprompt.crypto import threshold_gram
 from fedprompt.crypto.attest import digest
 from fedprompt.crypto.ckks import PublicContext
+from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.gram import GramEvaluator
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.errors import FedPromptError
@@ -35,6 +37,7 @@ from fedprompt.protocol import GramKeyLink, GramKeyState
 log = structlog.get_logger("participant.threshold_gramkeys")
 
 PURPOSES = {1: "eval-key-round1", 2: "eval-key-round2"}
+UPLOAD_PURPOSE = "gram-upload"
 EPHEMERAL = "gram.ephemeral"
 
 
@@ -144,3 +147,31 @@ class GramKeys:
                                        keys)
         log.info("collective Gram evaluation keys assembled", job_id=job_id, member=self.keys.index)
         return True
+
+    # -- rounds ---------------------------------------------------------------------------------------------
+    def encrypt(self, vector: np.ndarray, round_: int, attempt: int, norm_bound: float) -> tuple[bytes, bytes]:
+        """Our upload to a Gram job's round attempt (``weight * delta``, at most ``norm_bound`` in l2) under the
+        collective key, and our attestation of it over its round attempt."""
+        upload = threshold_gram.encrypt(self.keys.context, vector, norm_bound)
+        return upload, self.keys._sign(UPLOAD_PURPOSE, threshold_gram.upload_digests(upload, round_, attempt))
+
+    def decryption_share(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]],
+                         vector_size: int, decryptors: Sequence[str], norm_bound: float) -> bytes:
+        """Our flooded share of the Gram matrix of ``uploads`` ((uploader, upload, attestation) in the Gram's
+        order), recomputed here with our own keys, once per round attempt: every upload must be a distinct
+        member's, attested by it for this round attempt (a coordinator's own ciphertext among them would read
+        coordinates of an honest update off the scalars)."""
+        if self.evaluator is None:
+            raise FedPromptError(f"threshold job {self.keys.job_id}: the Gram keys are not assembled yet")
+        key = self.keys._require()
+        uploaders = [who for who, _, _ in uploads]
+        self.keys._indices(uploaders)
+        if len(set(uploaders)) != len(uploaders):
+            raise InvalidValue(f"a Gram matrix of round {round_} names an uploader twice")
+        if self.keys.credentials is not None:
+            for who, upload, att in uploads:
+                self.keys.credentials.trust.verify(att, job_id=self.keys.job_id, identity=who, purpose=UPLOAD_PURPOSE,
+                                                   digests=threshold_gram.upload_digests(upload, round_, attempt))
+        self.keys._record(f"gram-share:{round_}:{attempt}")
+        return threshold_gram.decryption_share(self.keys.context, key, self.evaluator, [u for _, u, _ in uploads],
+                                               vector_size, self.keys._indices(decryptors), norm_bound)

@@ -1,9 +1,11 @@
-"""The collective Gram evaluation keys of a threshold job through the coordinator's relay, as domain objects (no
-network): three members (t = 2) with real certificates publish their attested messages
-(``participant.threshold_gramkeys``), each sums the first rounds and assembles its own keys, the coordinator
-assembles its copy (``coordinator.threshold_gramkeys``), and the keys compute Gram ciphertexts whose threshold
-decryption gives the inner products.  A swapped or foreign message is refused, a member restarted between the
-rounds keeps its ephemeral secret, and a restarted coordinator replays what it stored.  Real SEAL ciphertexts."""
+"""The Gram defence of a threshold job as domain objects (no network): three members (t = 2) with real
+certificates set up the collective Gram evaluation keys through the coordinator's relay
+(``coordinator.threshold_gramkeys``, ``participant.threshold_gramkeys``): attested messages, each member summing
+the first rounds and assembling its own keys, the coordinator its copy.  Then rounds
+(``coordinator.threshold_gramround``): attested public-key uploads, t members each recomputing the Gram and
+sharing on it, a poisoned update rejected on the decrypted scalars as in plaintext, the accepted sum decrypted
+through the threshold path.  Swapped or foreign messages and uploads are refused, a member restarted between
+the key rounds keeps its ephemeral secret, and a restarted coordinator replays what it stored.  Real SEAL."""
 
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedprompt.config import RobustSection
+from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import ThresholdRelay
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
+from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_gram
 from fedprompt.crypto.attest import KeyCredentials, digest
-from fedprompt.crypto.errors import AttestationError
+from fedprompt.crypto.errors import AttestationError, InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
@@ -169,3 +175,87 @@ def test_a_member_refuses_a_swapped_message_and_a_restarted_coordinator_replays_
         GramKeys(fed.keys[MEMBERS[0]]).refresh(GramDoor(fed.grams, MEMBERS[0], swap))
     restored = GramKeyRelay.restore(fed.relay, fed.store)
     assert restored.ready and restored.state() == fed.grams.state()
+
+
+
+def _attempt(fed: Federation, round_: int, uploads: dict[str, tuple[np.ndarray, float]]) -> ThresholdGramRound:
+    """A round attempt to which members upload ``weight * delta`` with their attestations, closed all online."""
+    machine = ThresholdGramRound(fed.grams, round_, SIZE, NORM_BOUND)
+    for who, (delta, weight) in uploads.items():
+        upload, attestation = fed.gram[who].encrypt(delta * weight, round_, 0, NORM_BOUND)
+        machine.add(who, 0, upload, weight, attestation)
+    assert machine.close(lambda who: True) is not None
+    return machine
+
+
+def _decrypt(fed: Federation, machine: ThresholdGramRound) -> None:
+    for who in machine.decryptors:
+        machine.submit(who, fed.gram[who].decryption_share(machine.round, machine.attempt, machine.request(who), SIZE,
+                                                           machine.decryptors, NORM_BOUND))
+
+
+def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in_plaintext(fed: Federation) -> None:
+    """Two honest members and a scaled, flipped attacker: t members decrypt the Gram scalars of the attested
+    uploads, the norm-bound rule rejects the attacker as the plaintext rule does on the same deltas, and the sum
+    of the accepted uploads, with their weights added by the coordinator, decrypts through the threshold path."""
+    rng = np.random.default_rng(3)
+    direction = rng.normal(0, 1, SIZE) / np.sqrt(SIZE)
+    a, b, c = MEMBERS
+    deltas = {a: direction + rng.normal(0, 0.3, SIZE) / np.sqrt(SIZE),
+              b: direction + rng.normal(0, 0.3, SIZE) / np.sqrt(SIZE)}
+    deltas[c] = -20 * deltas[a]
+    weights = {a: 10.0, b: 20.0, c: 15.0}
+    machine = _attempt(fed, 1, {who: (deltas[who], weights[who]) for who in MEMBERS})
+    _decrypt(fed, machine)
+    robust = RobustSection(max_malicious=1, norm_factor=2.0)
+    defence = make_aggregator("norm_bound", robust)
+    assert isinstance(defence, GramDefence)
+    verdict, metrics, breached = machine.judge(defence)
+    expected = defence.decide(gram(np.stack([deltas[who] for who in machine.order])))
+    assert breached == () and verdict.rejected == (c,) == tuple(machine.order[i] for i in expected.rejected)
+    assert sorted(verdict.accepted) == [a, b] and metrics["rejected"] == 1.0
+    total = machine.fold(verdict.accepted)
+    context = fed.keys[a].context
+    shares = []
+    for who in (a, b):
+        key = fed.keys[who].key
+        assert key is not None
+        shares.append(context.decryption_share(key, total, SIZE, [1, 2]))
+    vector, weight = context.combine(total, SIZE, shares)
+    assert weight == pytest.approx(30.0, abs=1e-3)
+    assert np.abs(vector - (10 * deltas[a] + 20 * deltas[b])).max() <= 1e-3
+
+
+def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_second_share(fed: Federation) -> None:
+    """The coordinator can encrypt under the collective key but not sign for a member: a relayed upload swapped
+    for its own is refused by the relay's claim check and by every decryptor; so is an uploader named twice and
+    a second share of one round attempt.  An uploader past the norm bound is named and rejected."""
+    a, b, c = MEMBERS
+    rng = np.random.default_rng(4)
+    machine = _attempt(fed, 2, {who: (rng.normal(0, 1, SIZE), 1.0) for who in (a, b)})
+    forged = threshold_gram.encrypt(fed.keys[a].context, np.eye(1, SIZE, 7).ravel(), NORM_BOUND)
+    with pytest.raises(InvalidUpdate, match="not the key it signed"):
+        ThresholdGramRound(fed.grams, 2, SIZE, NORM_BOUND).add(a, 0, forged, 1.0, machine.uploads[a][1])
+    decryptor = machine.decryptors[0]
+    request = machine.request(decryptor)
+    swapped = [(request[0][0], forged, request[0][2]), request[1]]
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        fed.gram[decryptor].decryption_share(2, 0, swapped, SIZE, machine.decryptors, NORM_BOUND)
+    with pytest.raises(InvalidValue, match="twice"):
+        fed.gram[decryptor].decryption_share(2, 0, [request[0], request[0]], SIZE, machine.decryptors, NORM_BOUND)
+    _decrypt(fed, machine)
+    with pytest.raises(InvalidValue, match="already used"):
+        fed.gram[decryptor].decryption_share(2, 0, request, SIZE, machine.decryptors, NORM_BOUND)
+    # an uploader that bypasses the bound (encrypting directly) is named by its decrypted diagonal
+    over = ThresholdGramRound(fed.grams, 3, SIZE, NORM_BOUND)
+    for who in (a, b):
+        upload, attestation = fed.gram[who].encrypt(rng.normal(0, 1, SIZE), 3, 0, NORM_BOUND)
+        over.add(who, 0, upload, 1.0, attestation)
+    big = fed.keys[c].context.encrypt(np.full(SIZE, 2 * NORM_BOUND / np.sqrt(SIZE)), 0.0)
+    over.add(c, 0, big, 1.0, fed.keys[c]._sign("gram-upload", threshold_gram.upload_digests(big, 3, 0)))
+    assert over.close(lambda who: True) is not None
+    _decrypt(fed, over)
+    defence = make_aggregator("multi_krum", RobustSection(max_malicious=0))
+    assert isinstance(defence, GramDefence)
+    verdict, _, breached = over.judge(defence)
+    assert breached == (c,) and c in verdict.rejected
