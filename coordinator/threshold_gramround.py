@@ -14,13 +14,14 @@ defence under threshold keys", round path steps 3 to 5), as a domain object: not
    uploader whose diagonal broke the norm bound (``threshold_gram.over_bound``) and hands the rest to the very
    ``GramDefence.judge`` of the plaintext path.
 5. :meth:`ThresholdGramRound.fold` sums the accepted uploads and adds their weights as a plaintext
-   (``crypto.gram.add_weight``): the sum to decrypt through the threshold path.
+   (``crypto.gram.add_weight``); t decryptors return masked shares of it and :meth:`ThresholdGramRound.download`
+   adds them to its ``c0`` key-less (``threshold_masked.combine_sum``): a download only members can open.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -28,7 +29,7 @@ import tenseal.sealapi as seal
 from fedprompt.coordinator.aggregation import GramDefence, RoundDecision
 from fedprompt.coordinator.threshold import pick_decryptors
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
-from fedprompt.crypto import threshold_gram
+from fedprompt.crypto import threshold_gram, threshold_masked
 from fedprompt.crypto.attest import Attestation
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext
 from fedprompt.crypto.gram import add_weight, to_matrix
@@ -135,3 +136,14 @@ class ThresholdGramRound:
             raise InvalidUpdate(f"round {self.round} has no accepted upload to sum")
         add_weight(public, total.total, self.vector_size, float(sum(self.weights[w] for w in accepted)))
         return total.to_bytes()
+
+    def download(self, total: bytes, shares: Mapping[str, bytes]) -> bytes:
+        """The accepted sum's download: its ``c0`` plus the decryptors' masked shares (by member), key-less
+        (``threshold_masked.combine_sum``); only members, holding the group key, can open it."""
+        if sorted(shares) != sorted(self.decryptors):
+            raise PreconditionFailed(f"round {self.round}'s sum needs masked shares of {', '.join(self.decryptors)}")
+        try:
+            return threshold_masked.combine_sum(self.relay.context, total, self.vector_size,
+                                                {self.relay.index(m): blob for m, blob in shares.items()})
+        except InvalidCiphertext as exc:
+            raise InvalidUpdate(f"a masked share of round {self.round}'s sum is refused: {exc}") from exc

@@ -23,12 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 import structlog
 
-from fedprompt.crypto import threshold_gram
+from fedprompt.crypto import threshold_gram, threshold_masked
 from fedprompt.crypto.attest import digest
 from fedprompt.crypto.ckks import PublicContext
 from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.gram import GramEvaluator
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
+from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import FedPromptError
 from fedprompt.participant.keys import write_private
 from fedprompt.participant.threshold_keys import ThresholdKeys
@@ -175,3 +176,20 @@ class GramKeys:
         self.keys._record(f"gram-share:{round_}:{attempt}")
         return threshold_gram.decryption_share(self.keys.context, key, self.evaluator, [u for _, u, _ in uploads],
                                                vector_size, self.keys._indices(decryptors), norm_bound)
+
+    def sum_share(self, round_: int, attempt: int, total: bytes, vector_size: int, decryptors: Sequence[str]) -> bytes:
+        """Our flooded share of a round attempt's accepted sum (public-key uploads), masked under the group key
+        (``threshold_masked.masked_sum_share``): the coordinator combines the t masked shares into a download
+        only members can open (:meth:`open_sum`); once per round attempt."""
+        key = self.keys._require()
+        self.keys._record(f"gram-sum:{round_}:{attempt}")
+        return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total, vector_size,
+                                                 UploadRound(self.keys.seed, round_, attempt),
+                                                 self.keys._indices(decryptors))
+
+    def open_sum(self, round_: int, attempt: int, combined: bytes, vector_size: int, decryptors: Sequence[str]
+                 ) -> tuple[np.ndarray, float]:
+        """(sum, weight) of a round attempt's combined download (``threshold_masked.combine_sum``)."""
+        return threshold_masked.open_combined_sum(self.keys.context, combined, vector_size, self.keys.group,
+                                                  UploadRound(self.keys.seed, round_, attempt),
+                                                  self.keys._indices(decryptors))

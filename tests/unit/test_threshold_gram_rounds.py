@@ -23,11 +23,12 @@ from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import ThresholdRelay
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
-from fedprompt.crypto import threshold_gram
+from fedprompt.crypto import threshold_gram, threshold_masked
 from fedprompt.crypto.attest import KeyCredentials, digest
-from fedprompt.crypto.errors import AttestationError, InvalidValue
+from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
@@ -215,15 +216,17 @@ def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in
     assert breached == () and verdict.rejected == (c,) == tuple(machine.order[i] for i in expected.rejected)
     assert sorted(verdict.accepted) == [a, b] and metrics["rejected"] == 1.0
     total = machine.fold(verdict.accepted)
-    context = fed.keys[a].context
-    shares = []
-    for who in (a, b):
-        key = fed.keys[who].key
-        assert key is not None
-        shares.append(context.decryption_share(key, total, SIZE, [1, 2]))
-    vector, weight = context.combine(total, SIZE, shares)
-    assert weight == pytest.approx(30.0, abs=1e-3)
-    assert np.abs(vector - (10 * deltas[a] + 20 * deltas[b])).max() <= 1e-3
+    masked = {who: fed.gram[who].sum_share(1, 0, total, SIZE, machine.decryptors) for who in machine.decryptors}
+    combined = machine.download(total, masked)
+    for who in MEMBERS:  # every member opens the download; the coordinator, without the group key, cannot
+        vector, weight = fed.gram[who].open_sum(1, 0, combined, SIZE, machine.decryptors)
+        assert weight == pytest.approx(30.0, abs=1e-3)
+        assert np.abs(vector - (10 * deltas[a] + 20 * deltas[b])).max() <= 1e-3
+    with pytest.raises(InvalidCiphertext):
+        threshold_masked.open_combined_sum(fed.relay.context, combined, SIZE, bytes(32),
+                                           UploadRound(fed.relay.seed, 1, 0), [1, 2])
+    with pytest.raises(InvalidValue, match="already used"):
+        fed.gram[machine.decryptors[0]].sum_share(1, 0, total, SIZE, machine.decryptors)
 
 
 def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_second_share(fed: Federation) -> None:
