@@ -150,6 +150,23 @@ class GramKeys:
         return True
 
     # -- rounds ---------------------------------------------------------------------------------------------
+    @property
+    def spent(self) -> int:
+        """Ciphertext decryptions this member made shares of in this job's Gram rounds (its one-use records on
+        disk): the ``Q`` its flooding is sized for counts them all, Gram matrices and sums."""
+        return sum(int(label.rsplit(":", 1)[1]) for label in self.keys._used if label.startswith("gram-"))
+
+    def _spend(self, label: str, ciphertexts: int) -> None:
+        """Record a share of ``ciphertexts`` decryptions under ``label`` once, within ``max_decryptions``."""
+        if any(used.startswith(label + ":") for used in self.keys._used):
+            raise InvalidValue(f"member {self.keys.identity} already used {label[:40]}: one share per round attempt")
+        limit = self.keys.params.max_decryptions
+        if self.spent + ciphertexts > limit:
+            raise InvalidValue(f"member {self.keys.identity} has made {self.spent} decryptions with this key; "
+                               f"{ciphertexts} more would pass max_decryptions = {limit}, the count its smudging "
+                               "noise is sized for: the job needs new keys")
+        self.keys._record(f"{label}:{ciphertexts}")
+
     def encrypt(self, vector: np.ndarray, round_: int, attempt: int, norm_bound: float) -> tuple[bytes, bytes]:
         """Our upload to a Gram job's round attempt (``weight * delta``, at most ``norm_bound`` in l2) under the
         collective key, and our attestation of it over its round attempt."""
@@ -173,7 +190,8 @@ class GramKeys:
             for who, upload, att in uploads:
                 self.keys.credentials.trust.verify(att, job_id=self.keys.job_id, identity=who, purpose=UPLOAD_PURPOSE,
                                                    digests=threshold_gram.upload_digests(upload, round_, attempt))
-        self.keys._record(f"gram-share:{round_}:{attempt}")
+        self._spend(f"gram-share:{round_}:{attempt}", -(-len(threshold_gram.pairs(len(uploads)))
+                                                        // self.keys.params.poly_modulus_degree))
         return threshold_gram.decryption_share(self.keys.context, key, self.evaluator, [u for _, u, _ in uploads],
                                                vector_size, self.keys._indices(decryptors), norm_bound)
 
@@ -182,7 +200,7 @@ class GramKeys:
         (``threshold_masked.masked_sum_share``): the coordinator combines the t masked shares into a download
         only members can open (:meth:`open_sum`); once per round attempt."""
         key = self.keys._require()
-        self.keys._record(f"gram-sum:{round_}:{attempt}")
+        self._spend(f"gram-sum:{round_}:{attempt}", self.keys.params.ckks.num_ciphertexts(vector_size))
         return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total, vector_size,
                                                  UploadRound(self.keys.seed, round_, attempt),
                                                  self.keys._indices(decryptors))

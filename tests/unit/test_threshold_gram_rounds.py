@@ -38,7 +38,7 @@ from tests.thresholds import RelayDoor
 
 JOB = "job-gram"
 MEMBERS = ("participant:a", "participant:b", "participant:c")
-PARAMS = threshold_gram.gram_threshold_params(members=3)
+PARAMS = threshold_gram.gram_threshold_params(members=3, max_decryptions=8)  # small Q: the budget test reaches it
 SIZE = 2000
 NORM_BOUND = 1000.0
 
@@ -262,3 +262,21 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
     assert isinstance(defence, GramDefence)
     verdict, _, breached = over.judge(defence)
     assert breached == (c,) and c in verdict.rejected
+
+
+def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
+    """Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
+    on disk: a restarted member counts the same, and the share that would pass ``Q`` is refused by name."""
+    c = MEMBERS[2]
+    context = fed.keys[c].context
+    round_ = 100
+    while fed.gram[c].spent < PARAMS.max_decryptions:
+        before = fed.gram[c].spent
+        total = context.encrypt(np.zeros(SIZE), 1.0)
+        fed.gram[c].sum_share(round_, 0, total, SIZE, MEMBERS[1:])
+        assert fed.gram[c].spent == before + 1
+        round_ += 1
+    restarted = GramKeys(fed.start(c))
+    assert restarted.spent == PARAMS.max_decryptions
+    with pytest.raises(InvalidValue, match="max_decryptions = 8"):
+        restarted.sum_share(round_, 0, context.encrypt(np.zeros(SIZE), 1.0), SIZE, MEMBERS[1:])
