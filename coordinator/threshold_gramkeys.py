@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import ThresholdRelay
+from fedprompt.coordinator.threshold import _ITEM_OVERHEAD, PAGE_BYTES, ThresholdRelay, _cuts
 from fedprompt.crypto import threshold_gram
 from fedprompt.crypto.attest import Attestation, digest
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext
@@ -38,6 +38,7 @@ class GramKeyRelay:
         self.round1: dict[str, dict[int, tuple[bytes, bytes]]] = {}
         self.round2: dict[str, tuple[bytes, bytes]] = {}
         self.evaluator: GramEvaluator | None = None
+        self.arrivals: list[tuple[int, str, int]] = []  # (round, member, element) as each came: pages' order
 
     def _expected(self, round_: int) -> int:
         return len(self.elements) if round_ == 1 else 1
@@ -79,6 +80,7 @@ class GramKeyRelay:
             self.round1.setdefault(who, {})[element] = (message, attestation)
         else:
             self.round2[who] = (message, attestation)
+        self.arrivals.append((round_, who, element))
         if self.store is not None:
             self.store.save_relayed(self.relay.job_id, f"gram-{round_}", who, str(element), message)
             self.store.save_attestation(self.relay.job_id, who, PURPOSES[round_], attestation)
@@ -98,10 +100,21 @@ class GramKeyRelay:
     def ready(self) -> bool:
         return self.evaluator is not None
 
-    def state(self) -> GramKeyState:
-        return GramKeyState(
-            tuple((m, g, msg, att) for m in sorted(self.round1) for g, (msg, att) in sorted(self.round1[m].items())),
-            tuple((m, msg, att) for m, (msg, att) in sorted(self.round2.items())))
+    def state(self, page: int = 0, page_bytes: int = PAGE_BYTES) -> GramKeyState:
+        """Page ``page`` of the messages (``protocol.all_gram_pages`` joins them), in order of arrival, cut into
+        pages of at most ``page_bytes`` (one message at least); a new message comes last, so pages already cut
+        keep their messages."""
+        def item(round_: int, who: str, element: int) -> tuple[bytes, bytes]:
+            return self.round1[who][element] if round_ == 1 else self.round2[who]
+
+        cuts = _cuts([len(a[1]) + sum(map(len, item(*a))) + _ITEM_OVERHEAD for a in self.arrivals], page_bytes)
+        if not 0 <= page < len(cuts) - 1:
+            raise InvalidUpdate(f"the Gram key relay of job {self.relay.job_id} has {len(cuts) - 1} pages, not "
+                                f"page {page}")
+        chosen = self.arrivals[cuts[page] : cuts[page + 1]]
+        return GramKeyState(tuple((who, g, *item(r, who, g)) for r, who, g in chosen if r == 1),
+                            tuple((who, *item(r, who, g)) for r, who, g in chosen if r == 2),
+                            page + 1 if page + 2 < len(cuts) else 0)
 
     def require(self) -> GramEvaluator:
         if self.evaluator is None:

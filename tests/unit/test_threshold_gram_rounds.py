@@ -20,7 +20,7 @@ from fedprompt.config import RobustSection
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import ThresholdRelay
+from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdRelay
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_gram, threshold_masked
@@ -33,7 +33,7 @@ from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
-from fedprompt.protocol import GramKeyState
+from fedprompt.protocol import GramKeyState, all_gram_pages
 from tests.thresholds import RelayDoor
 
 JOB = "job-gram"
@@ -51,7 +51,7 @@ class GramDoor:
         self.relay, self.who, self.served = relay, who, served
 
     def gram_keys(self, job_id: str) -> GramKeyState:
-        return self.served(self.relay.state())
+        return self.served(all_gram_pages(self.relay.state))
 
     def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
         self.relay.publish(self.who, round_, element, message, attestation)
@@ -138,7 +138,7 @@ def test_member_state_is_owner_only_and_the_ephemeral_secret_is_gone_after_round
 
 def test_the_relay_refuses_foreign_and_altered_messages_and_takes_an_identical_resend(fed: Federation) -> None:
     a, b = MEMBERS[0], MEMBERS[1]
-    rows = {(who, g): (msg, att) for who, g, msg, att in fed.grams.state().round1}
+    rows = {(who, g): (msg, att) for who, g, msg, att in all_gram_pages(fed.grams.state).round1}
     message, attestation = rows[(a, 0)]
     fed.grams.publish(a, 1, 0, message, attestation)  # a restarted member resends what it stored: a no-op
     with pytest.raises(DuplicateUpdate):
@@ -156,7 +156,7 @@ def test_the_relay_refuses_foreign_and_altered_messages_and_takes_an_identical_r
 
 def _swapped_attestation(fed: Federation, who: str) -> bytes:
     """``who``'s round-1 attestation over its messages with the first two digests swapped (signed by it)."""
-    rows = [(g, msg) for m, g, msg, _ in fed.grams.state().round1 if m == who]
+    rows = [(g, msg) for m, g, msg, _ in all_gram_pages(fed.grams.state).round1 if m == who]
     digests = [digest(msg) for _, msg in rows]
     digests[0], digests[1] = digests[1], digests[0]
     return fed.credentials[who].signer.sign(JOB, "eval-key-round1", tuple(digests))
@@ -175,7 +175,27 @@ def test_a_member_refuses_a_swapped_message_and_a_restarted_coordinator_replays_
     with pytest.raises(AttestationError, match="not the key it signed"):
         GramKeys(fed.keys[MEMBERS[0]]).refresh(GramDoor(fed.grams, MEMBERS[0], swap))
     restored = GramKeyRelay.restore(fed.relay, fed.store)
-    assert restored.ready and restored.state() == fed.grams.state()
+    whole = [all_gram_pages(relay.state) for relay in (restored, fed.grams)]
+    assert restored.ready and [sorted(w.round1) for w in whole] == [sorted(whole[1].round1)] * 2
+    assert [sorted(w.round2) for w in whole] == [sorted(whole[1].round2)] * 2
+
+
+def test_the_gram_key_relay_is_served_in_pages_under_the_message_limit(fed: Federation) -> None:
+    """45 messages of 0.8 to 1.6 MB at n = 3: pages of at most 2 MiB of key material (a larger message alone),
+    joined into the whole relay; a page past the last is refused."""
+    relay = fed.grams
+    pages: list[GramKeyState] = []
+    while not pages or pages[-1].next_page:
+        pages.append(relay.state(len(pages)))
+    for page in pages:
+        sizes = [len(w) + len(m) + len(a) for w, _, m, a in page.round1] + [len(w) + len(m) + len(a)
+                                                                             for w, m, a in page.round2]
+        assert sum(sizes) <= PAGE_BYTES or len(sizes) == 1
+    whole = all_gram_pages(relay.state)
+    assert len(pages) > 1 and len(whole.round1) == 3 * len(threshold_gram.round1_elements(PARAMS))
+    assert len(whole.round2) == 3 and whole.next_page == 0
+    with pytest.raises(InvalidUpdate, match="pages"):
+        relay.state(len(pages))
 
 
 
