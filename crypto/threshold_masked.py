@@ -43,13 +43,15 @@ from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, roun
 _MASKED = struct.Struct("<5sHI")
 _MAGIC = b"FPTM1"
 _DOMAIN = b"fedprompt-share-mask-v1\0"
+_SUM_PURPOSE = b"public-key-sum\0"
 
 
 def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: int, chunks: int,
-          limbs: int = 1) -> list[Poly]:
+          limbs: int = 1, purpose: bytes = b"") -> list[Poly]:
     """``r_j`` of member ``member`` for each chunk of ``upload``: uniform mod each of the first ``limbs`` data
-    primes (one for a seeded sum), keyed by ``group``."""
-    key = hmac.new(group, _DOMAIN + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
+    primes (one for a seeded sum), keyed by ``group``; ``purpose`` separates a public-key sum's masks
+    (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
+    key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
     stream = shake_stream(key)
     return [context.ring.uniform(limbs, stream) for _ in range(chunks)]
 
@@ -83,11 +85,11 @@ def _pack(member: int, polys: Sequence[Poly]) -> bytes:
 
 
 def _mask(context: ThresholdContext, polys: Sequence[Poly], group: bytes, upload: UploadRound, member: int,
-          sign: int) -> list[Poly]:
+          sign: int, purpose: bytes = b"") -> list[Poly]:
     limbs = polys[0].shape[0]
     q = context.ring.q(limbs)
-    return [(p + sign * r) % q for p, r in zip(polys, masks(context, group, upload, member, len(polys), limbs),
-                                               strict=True)]
+    pads = masks(context, group, upload, member, len(polys), limbs, purpose)
+    return [(p + sign * r) % q for p, r in zip(polys, pads, strict=True)]
 
 
 # -- a public-key sum (a Gram-defended job's accepted uploads, ``crypto.threshold_gram``) ---------------------
@@ -99,7 +101,7 @@ def masked_sum_share(context: ThresholdContext, key: KeyShare, group: bytes, tot
     cts = context.parse_sum(total, vector_size)
     share = key.decryption_share(cts, decryptors)
     _, _, _, polys = share_polys(context.ring, share, len(cts), context.ring.read_ciphertext(cts[0])[1].shape[0])
-    return _pack(key.index, _mask(context, polys, group, upload, key.index, 1))
+    return _pack(key.index, _mask(context, polys, group, upload, key.index, 1, _SUM_PURPOSE))
 
 
 def combine_sum(context: ThresholdContext, total: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:
@@ -123,7 +125,7 @@ def open_combined_sum(context: ThresholdContext, data: bytes, vector_size: int, 
     ring = context.ring
     mask = [ring.read_ciphertext(ct)[0] for ct in cts]
     for member in sorted(set(decryptors)):
-        mask = _mask(context, mask, group, upload, member, -1)
+        mask = _mask(context, mask, group, upload, member, -1, _SUM_PURPOSE)
     plains = [ring.plaintext(m, list(ct.parms_id()), ct.scale) for m, ct in zip(mask, cts, strict=True)]
     return context.checked(context.decode(plains), vector_size)
 
