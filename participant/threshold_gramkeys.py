@@ -18,7 +18,7 @@ would be a second RLWE sample on one reference polynomial), and ``u_i`` is delet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import structlog
@@ -27,7 +27,7 @@ from fedprompt.crypto import threshold_gram, threshold_masked
 from fedprompt.crypto.attest import digest
 from fedprompt.crypto.ckks import PublicContext
 from fedprompt.crypto.errors import InvalidValue
-from fedprompt.crypto.gram import GramEvaluator
+from fedprompt.crypto.gram import GramEvaluator, add_weight
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import FedPromptError
@@ -173,15 +173,12 @@ class GramKeys:
         upload = threshold_gram.encrypt(self.keys.context, vector, norm_bound)
         return upload, self.keys._sign(UPLOAD_PURPOSE, threshold_gram.upload_digests(upload, round_, attempt))
 
-    def decryption_share(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]],
-                         vector_size: int, decryptors: Sequence[str], norm_bound: float) -> bytes:
-        """Our flooded share of the Gram matrix of ``uploads`` ((uploader, upload, attestation) in the Gram's
-        order), recomputed here with our own keys, once per round attempt: every upload must be a distinct
-        member's, attested by it for this round attempt (a coordinator's own ciphertext among them would read
-        coordinates of an honest update off the scalars)."""
+    def _attested(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]]) -> GramEvaluator:
+        """Our evaluator, once every upload is checked to be a distinct member's, attested by it for this round
+        attempt (a coordinator's own ciphertext among them would read coordinates of an honest update off the
+        scalars, or be decrypted as the sum)."""
         if self.evaluator is None:
             raise FedPromptError(f"threshold job {self.keys.job_id}: the Gram keys are not assembled yet")
-        key = self.keys._require()
         uploaders = [who for who, _, _ in uploads]
         self.keys._indices(uploaders)
         if len(set(uploaders)) != len(uploaders):
@@ -190,19 +187,39 @@ class GramKeys:
             for who, upload, att in uploads:
                 self.keys.credentials.trust.verify(att, job_id=self.keys.job_id, identity=who, purpose=UPLOAD_PURPOSE,
                                                    digests=threshold_gram.upload_digests(upload, round_, attempt))
+        return self.evaluator
+
+    def decryption_share(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]],
+                         vector_size: int, decryptors: Sequence[str], norm_bound: float) -> bytes:
+        """Our flooded share of the Gram matrix of ``uploads`` ((uploader, upload, attestation) in the Gram's
+        order), recomputed here with our own keys from the attested uploads, once per round attempt."""
+        evaluator, key = self._attested(round_, attempt, uploads), self.keys._require()
         self._spend(f"gram-share:{round_}:{attempt}", -(-len(threshold_gram.pairs(len(uploads)))
                                                         // self.keys.params.poly_modulus_degree))
-        return threshold_gram.decryption_share(self.keys.context, key, self.evaluator, [u for _, u, _ in uploads],
+        return threshold_gram.decryption_share(self.keys.context, key, evaluator, [u for _, u, _ in uploads],
                                                vector_size, self.keys._indices(decryptors), norm_bound)
 
-    def sum_share(self, round_: int, attempt: int, total: bytes, vector_size: int, decryptors: Sequence[str]) -> bytes:
-        """Our flooded share of a round attempt's accepted sum (public-key uploads), masked under the group key
-        (``threshold_masked.masked_sum_share``): the coordinator combines the t masked shares into a download
-        only members can open (:meth:`open_sum`); once per round attempt."""
-        key = self.keys._require()
+    def sum_share(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]],
+                  accepted: Mapping[str, float], vector_size: int, decryptors: Sequence[str]) -> bytes:
+        """Our flooded share of the round attempt's accepted sum, masked under the group key
+        (``threshold_masked.masked_sum_share``), once per round attempt.  The sum is recomputed here from the
+        attested ``uploads`` the coordinator accepted (uploader -> example count, added as a plaintext as the
+        coordinator does), so only a sum of this round attempt's uploads is ever decrypted, never a ciphertext
+        of the coordinator's making; SEAL's additions are exact, so it is the coordinator's fold and the t
+        masked shares combine on it (``threshold_masked.combine_sum``) into a download only members open."""
+        public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
+        held = {who: upload for who, upload, _ in uploads}
+        if not accepted or not set(accepted) <= set(held):
+            raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")
+        total = public.new_sum(vector_size)
+        for who in accepted:
+            total.add(public.parse(held[who], self.keys.context.key_id, vector_size))
+        if total.total is None:
+            raise InvalidValue(f"round {round_} has no accepted upload to sum")
+        add_weight(public, total.total, vector_size, float(sum(accepted.values())))
         self._spend(f"gram-sum:{round_}:{attempt}", self.keys.params.ckks.num_ciphertexts(vector_size))
-        return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total, vector_size,
-                                                 UploadRound(self.keys.seed, round_, attempt),
+        return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total.to_bytes(),
+                                                 vector_size, UploadRound(self.keys.seed, round_, attempt),
                                                  self.keys._indices(decryptors))
 
     def open_sum(self, round_: int, attempt: int, combined: bytes, vector_size: int, decryptors: Sequence[str]

@@ -236,7 +236,9 @@ def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in
     assert breached == () and verdict.rejected == (c,) == tuple(machine.order[i] for i in expected.rejected)
     assert sorted(verdict.accepted) == [a, b] and metrics["rejected"] == 1.0
     total = machine.fold(verdict.accepted)
-    masked = {who: fed.gram[who].sum_share(1, 0, total, SIZE, machine.decryptors) for who in machine.decryptors}
+    accepted = {who: machine.weights[who] for who in verdict.accepted}
+    masked = {who: fed.gram[who].sum_share(1, 0, machine.request(who), accepted, SIZE, machine.decryptors)
+              for who in machine.decryptors}
     combined = machine.download(total, masked)
     for who in MEMBERS:  # every member opens the download; the coordinator, without the group key, cannot
         vector, weight = fed.gram[who].open_sum(1, 0, combined, SIZE, machine.decryptors)
@@ -245,8 +247,11 @@ def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in
     with pytest.raises(InvalidCiphertext):
         threshold_masked.open_combined_sum(fed.relay.context, combined, SIZE, bytes(32),
                                            UploadRound(fed.relay.seed, 1, 0), [1, 2])
+    first = machine.decryptors[0]
     with pytest.raises(InvalidValue, match="already used"):
-        fed.gram[machine.decryptors[0]].sum_share(1, 0, total, SIZE, machine.decryptors)
+        fed.gram[first].sum_share(1, 0, machine.request(first), accepted, SIZE, machine.decryptors)
+    with pytest.raises(InvalidValue, match="some of its attested uploads"):  # a name the Gram did not cover
+        fed.gram[first].sum_share(1, 0, machine.request(first)[:1], accepted, SIZE, machine.decryptors)
 
 
 def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_second_share(fed: Federation) -> None:
@@ -286,17 +291,20 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
 
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
     """Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
-    on disk: a restarted member counts the same, and the share that would pass ``Q`` is refused by name."""
+    on disk: a restarted member (its keys reassembled from the relay) counts the same, and the share that would
+    pass ``Q`` is refused by name."""
     c = MEMBERS[2]
-    context = fed.keys[c].context
     round_ = 100
+    def own(round_: int) -> list[tuple[str, bytes, bytes]]:
+        return [(c, *fed.gram[c].encrypt(np.zeros(SIZE), round_, 0, NORM_BOUND))]
+
     while fed.gram[c].spent < PARAMS.max_decryptions:
         before = fed.gram[c].spent
-        total = context.encrypt(np.zeros(SIZE), 1.0)
-        fed.gram[c].sum_share(round_, 0, total, SIZE, MEMBERS[1:])
+        fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
         assert fed.gram[c].spent == before + 1
         round_ += 1
     restarted = GramKeys(fed.start(c))
+    assert restarted.refresh(GramDoor(fed.grams, c))  # reassembles its keys from its stored, relayed messages
     assert restarted.spent == PARAMS.max_decryptions
     with pytest.raises(InvalidValue, match="max_decryptions = 8"):
-        restarted.sum_share(round_, 0, context.encrypt(np.zeros(SIZE), 1.0), SIZE, MEMBERS[1:])
+        restarted.sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
