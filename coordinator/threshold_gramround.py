@@ -92,6 +92,11 @@ class ThresholdGramRound:
             raise NotSelected(f"{who} is not a decryptor of round {self.round} attempt {self.attempt}'s Gram matrix")
         if who in self.shares:
             raise DuplicateUpdate(f"{who} already sent its Gram decryption share of round {self.round}")
+        try:
+            threshold_gram.check_share(self.relay.context, self.payload, len(self.order), share, self.relay.index(who),
+                                       [self.relay.index(m) for m in self.decryptors])
+        except InvalidCiphertext as exc:
+            raise InvalidUpdate(f"the Gram decryption share of {who} is refused: {exc}") from exc
         self.shares[who] = share
 
     @property

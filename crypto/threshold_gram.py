@@ -274,6 +274,17 @@ def decryption_share(context: ThresholdContext, key: KeyShare, evaluator: gram.G
                        sigma=gram_smudging_sigma(context.threshold, updates, norm_bound))
 
 
+def check_share(context: ThresholdContext, payload: bytes, updates: int, share: bytes, member: int,
+                decryptors: Sequence[int]) -> None:
+    """Refuse on arrival what is not member ``member``'s share for ``decryptors`` on this payload's ``c1``s, so a
+    foreign, stale or misattributed share is named before :func:`combine` (which checks the set as a whole)."""
+    c1s = _c1s(context, payload, updates)
+    index, members, digest, _ = threshold.share_polys(context.ring, share, len(c1s), c1s[0].shape[0])
+    if index != member or list(members) != sorted(decryptors) or digest != threshold._digest(*c1s):
+        raise InvalidCiphertext(f"not member {member}'s Gram decryption share for the decryptors "
+                                f"{sorted(decryptors)} on this payload")
+
+
 def combine(context: ThresholdContext, payload: bytes, updates: int, shares: Sequence[bytes],
             norm_bound: float) -> np.ndarray:
     """The ``n (n + 1) / 2`` Gram scalars ``<x_u, x_v>`` in ``crypto.gram.pairs`` order from the shares of one

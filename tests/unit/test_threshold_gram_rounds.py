@@ -271,9 +271,16 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
         fed.gram[decryptor].decryption_share(2, 0, swapped, SIZE, machine.decryptors, NORM_BOUND)
     with pytest.raises(InvalidValue, match="twice"):
         fed.gram[decryptor].decryption_share(2, 0, [request[0], request[0]], SIZE, machine.decryptors, NORM_BOUND)
-    _decrypt(fed, machine)
+    share = fed.gram[decryptor].decryption_share(2, 0, request, SIZE, machine.decryptors, NORM_BOUND)
+    other = machine.decryptors[1]
+    with pytest.raises(InvalidUpdate, match=f"share of {other} is refused"):  # sent under another member's name
+        machine.submit(other, share)
+    machine.submit(decryptor, share)
     with pytest.raises(InvalidValue, match="already used"):
         fed.gram[decryptor].decryption_share(2, 0, request, SIZE, machine.decryptors, NORM_BOUND)
+    machine.submit(other, fed.gram[other].decryption_share(2, 0, machine.request(other), SIZE, machine.decryptors,
+                                                           NORM_BOUND))
+    assert machine.complete and len(machine.scalars()) == 3
     # an uploader that bypasses the bound (encrypting directly) is named by its decrypted diagonal
     over = ThresholdGramRound(fed.grams, 3, SIZE, NORM_BOUND)
     for who in (a, b):
