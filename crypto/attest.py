@@ -37,9 +37,11 @@ from fedprompt.crypto.pki import CLOCK_SKEW, cert_from_pem, cert_info, cert_pem,
 
 TAG = b"fedprompt-key-attestation-v1"
 #: What a key is for: a member's X25519 exchange key, the dealer's key id and public context (single-key jobs),
-#: or a member's public share of a threshold job's collective key (``crypto.threshold``); and an admin's job config
-#: (``config.signed``), whose job field is the job's name.
-PURPOSES = ("exchange", "dealer", "key-share", "job-config")
+#: a member's public share of a threshold job's collective key (``crypto.threshold``), its messages of the
+#: collective Gram evaluation keys (one statement per round over every message's digest) or its upload to a
+#: threshold Gram job (``crypto.threshold_gram``); and an admin's job config (``config.signed``), whose job field
+#: is the job's name.
+PURPOSES = ("exchange", "dealer", "key-share", "eval-key-round1", "eval-key-round2", "gram-upload", "job-config")
 #: Who may sign for a purpose: participants their keys, admins job configs.
 SIGNER_ROLE = {"job-config": "admin"}
 MAX_ATTESTATION_BYTES = 8192

@@ -37,6 +37,7 @@ unit test measures real Gram ciphertexts' noise with the rebuilt secret against 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -114,6 +115,14 @@ def encrypt(context: ThresholdContext, vector: np.ndarray, norm_bound: float) ->
         raise InvalidValue(f"the update's l2 norm {norm:.4g} exceeds the job's Gram norm bound {norm_bound:g}; clip "
                            "it or lower the weight")
     return context.encrypt(vector, 0.0)
+
+
+def upload_digests(upload: bytes, round_: int, attempt: int) -> tuple[bytes, bytes]:
+    """What an uploader's attestation of a Gram job's upload lists (``crypto.attest``, purpose ``gram-upload``):
+    the upload's digest and its round attempt's.  Anyone can encrypt under the collective key, the coordinator
+    included: without the signature it could put a ciphertext of its own (a basis vector) among the uploads and
+    read coordinates of an honest update off the Gram scalars."""
+    return hashlib.sha256(upload).digest(), hashlib.sha256(b"gram-upload:%d:%d" % (round_, attempt)).digest()
 
 
 def over_bound(params: ThresholdParams, scalars: np.ndarray, updates: int, norm_bound: float) -> list[int]:
@@ -194,6 +203,26 @@ def _summed(context: ThresholdContext, magic: bytes, messages: Mapping[int, byte
     return threshold_evalkeys.aggregate(context.ring, answers, context.threshold.members)
 
 
+def round1_elements(params: ThresholdParams) -> tuple[int, ...]:
+    """A member's first-round messages in the order its attestation lists their digests: RKG's first round
+    (element 0), then one RTG share per Galois element of the Gram computation."""
+    return (0, *galois_elements(params.ckks))
+
+
+def check_message(context: ThresholdContext, round_: int, index: int, element: int, data: bytes) -> None:
+    """Refuse a relayed message that is not member ``index``'s well-formed message of round ``round_`` (1 or 2)
+    for ``element`` (:func:`round1_elements`; 0 in round 2): header, size and residues."""
+    magic = _RELIN2 if round_ == 2 else _GALOIS if element else _RELIN1
+    _unpack(context, magic, index, element, data)
+
+
+def assemble(context: ThresholdContext, job_seed: bytes, round1: Mapping[int, Mapping[int, bytes]],
+             round2: Mapping[int, bytes]) -> bytes:
+    """:func:`evaluation_keys` from each member's first round (member index -> element -> message) and second."""
+    galois = {g: {i: parts[g] for i, parts in round1.items()} for g in round1_elements(context.threshold)[1:]}
+    return evaluation_keys(context, job_seed, {i: parts[0] for i, parts in round1.items()}, galois, round2)
+
+
 def sum_round1(context: ThresholdContext, relin1: Mapping[int, bytes]) -> bytes:
     """The sum of every member's first RKG round (by member index), which each member needs for its second."""
     return _pack(_SUM1, 0, 0, _flat(_summed(context, _RELIN1, relin1, "a first-round message")))
@@ -243,6 +272,17 @@ def decryption_share(context: ThresholdContext, key: KeyShare, evaluator: gram.G
     digest = threshold._digest(*c1s)
     return key.flooded(c1s, key.share_of(range(1, context.threshold.members + 1)), decryptors, digest, digest,
                        sigma=gram_smudging_sigma(context.threshold, updates, norm_bound))
+
+
+def check_share(context: ThresholdContext, payload: bytes, updates: int, share: bytes, member: int,
+                decryptors: Sequence[int]) -> None:
+    """Refuse on arrival what is not member ``member``'s share for ``decryptors`` on this payload's ``c1``s, so a
+    foreign, stale or misattributed share is named before :func:`combine` (which checks the set as a whole)."""
+    c1s = _c1s(context, payload, updates)
+    index, members, digest, _ = threshold.share_polys(context.ring, share, len(c1s), c1s[0].shape[0])
+    if index != member or list(members) != sorted(decryptors) or digest != threshold._digest(*c1s):
+        raise InvalidCiphertext(f"not member {member}'s Gram decryption share for the decryptors "
+                                f"{sorted(decryptors)} on this payload")
 
 
 def combine(context: ThresholdContext, payload: bytes, updates: int, shares: Sequence[bytes],

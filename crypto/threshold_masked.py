@@ -43,13 +43,17 @@ from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, roun
 _MASKED = struct.Struct("<5sHI")
 _MAGIC = b"FPTM1"
 _DOMAIN = b"fedprompt-share-mask-v1\0"
+_SUM_PURPOSE = b"public-key-sum\0"
 
 
-def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: int, chunks: int) -> list[Poly]:
-    """``r_j`` of member ``member`` for each chunk of ``upload``: uniform mod the data prime, keyed by ``group``."""
-    key = hmac.new(group, _DOMAIN + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
+def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: int, chunks: int,
+          limbs: int = 1, purpose: bytes = b"") -> list[Poly]:
+    """``r_j`` of member ``member`` for each chunk of ``upload``: uniform mod each of the first ``limbs`` data
+    primes (one for a seeded sum), keyed by ``group``; ``purpose`` separates a public-key sum's masks
+    (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
+    key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
     stream = shake_stream(key)
-    return [context.ring.uniform(1, stream) for _ in range(chunks)]
+    return [context.ring.uniform(limbs, stream) for _ in range(chunks)]
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
@@ -59,24 +63,71 @@ def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_
     chunks = context.params.num_ciphertexts(vector_size)
     share = round_share(context, key, reference_polys(context, upload, chunks), upload, uploaders, decryptors)
     _, _, _, polys = share_polys(context.ring, share, chunks, 1)
-    q = context.ring.q(1)
-    masked = [(d + r) % q for d, r in zip(polys, masks(context, group, upload, key.index, chunks), strict=True)]
-    return _MASKED.pack(_MAGIC, key.index, chunks) + b"".join(np.asarray(m, dtype=np.uint64).tobytes()
-                                                              for m in masked)
+    return _pack(key.index, _mask(context, polys, group, upload, key.index, 1))
 
 
-def parse_share(context: ThresholdContext, blob: bytes, member: int, chunks: int) -> list[Poly]:
-    """A masked share's polynomials, checked for its member, its size and every residue below the prime."""
+def parse_share(context: ThresholdContext, blob: bytes, member: int, chunks: int, limbs: int = 1) -> list[Poly]:
+    """A masked share's polynomials, checked for its member, its size and every residue below its prime."""
     if len(blob) < _MASKED.size or _MASKED.unpack_from(blob) != (_MAGIC, member, chunks):
         raise InvalidCiphertext(f"not a masked decryption share of member {member} for {chunks} chunks")
     ring = context.ring
-    if len(blob) != _MASKED.size + chunks * ring.n * 8:
-        raise InvalidCiphertext(f"a masked decryption share of {chunks} chunks has {chunks * ring.n * 8 + _MASKED.size}"
-                                f" bytes, got {len(blob)}")
-    values = np.frombuffer(blob, dtype=np.uint64, offset=_MASKED.size).reshape(chunks, 1, ring.n)
-    if not np.all(values < np.uint64(ring.moduli[0])):
+    expected = _MASKED.size + chunks * limbs * ring.n * 8
+    if len(blob) != expected:
+        raise InvalidCiphertext(f"a masked decryption share of {chunks} chunks has {expected} bytes, got {len(blob)}")
+    values = np.frombuffer(blob, dtype=np.uint64, offset=_MASKED.size).reshape(chunks, limbs, ring.n)
+    if not np.all(values < np.array(ring.moduli[:limbs], dtype=np.uint64).reshape(-1, 1)):
         raise InvalidCiphertext("a masked decryption share holds a residue beyond its prime")
     return list(values.astype(object))
+
+
+def _pack(member: int, polys: Sequence[Poly]) -> bytes:
+    return _MASKED.pack(_MAGIC, member, len(polys)) + b"".join(np.asarray(p, dtype=np.uint64).tobytes() for p in polys)
+
+
+def _mask(context: ThresholdContext, polys: Sequence[Poly], group: bytes, upload: UploadRound, member: int,
+          sign: int, purpose: bytes = b"") -> list[Poly]:
+    limbs = polys[0].shape[0]
+    q = context.ring.q(limbs)
+    pads = masks(context, group, upload, member, len(polys), limbs, purpose)
+    return [(p + sign * r) % q for p, r in zip(polys, pads, strict=True)]
+
+
+# -- a public-key sum (a Gram-defended job's accepted uploads, ``crypto.threshold_gram``) ---------------------
+def masked_sum_share(context: ThresholdContext, key: KeyShare, group: bytes, total: bytes, vector_size: int,
+                     upload: UploadRound, decryptors: Sequence[int]) -> bytes:
+    """``d_j + r_j`` per chunk of a public-key sum ``total`` at its level (every data prime: it is not seeded, so
+    there is no ``a_r`` to rebuild and no single-prime download), masked for the relay; ``upload`` labels the
+    masks (its round attempt), one share per ``c1`` as ``KeyShare.decryption_share`` enforces."""
+    cts = context.parse_sum(total, vector_size)
+    share = key.decryption_share(cts, decryptors)
+    _, _, _, polys = share_polys(context.ring, share, len(cts), context.ring.read_ciphertext(cts[0])[1].shape[0])
+    return _pack(key.index, _mask(context, polys, group, upload, key.index, 1, _SUM_PURPOSE))
+
+
+def combine_sum(context: ThresholdContext, total: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:
+    """The relay's download of a public-key sum, key-less: ``c0`` plus every masked share, framed as a sum whose
+    ``c1`` is zero (not compressed: the Gram chain's sums span three primes).  Only members can read it."""
+    cts = context.parse_sum(total, vector_size)
+    ring, parms = context.ring, list(cts[0].parms_id())
+    limbs = ring.read_ciphertext(cts[0])[0].shape[0]
+    out = [ring.read_ciphertext(ct)[0] for ct in cts]
+    for member, blob in sorted(shares.items()):
+        out = [c + p for c, p in zip(out, parse_share(context, blob, member, len(cts), limbs), strict=True)]
+    q, zero = ring.q(limbs), np.zeros((limbs, ring.n), dtype=object)
+    blobs = [_saved(ring.ciphertext(c % q, zero, parms, ct.scale).save) for c, ct in zip(out, cts, strict=True)]
+    return context.frame(context.key_id, vector_size, blobs)
+
+
+def open_combined_sum(context: ThresholdContext, data: bytes, vector_size: int, group: bytes, upload: UploadRound,
+                      decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
+    """(vector, weight) of :func:`combine_sum`'s download: its masks removed, decoded, the weight slot checked."""
+    cts = context.parse_sum(data, vector_size)
+    ring = context.ring
+    mask = [ring.read_ciphertext(ct)[0] for ct in cts]
+    for member in sorted(set(decryptors)):
+        mask = _mask(context, mask, group, upload, member, -1, _SUM_PURPOSE)
+    plains = [ring.plaintext(m, list(ct.parms_id()), ct.scale) for m, ct in zip(mask, cts, strict=True)]
+    return context.checked(context.decode(plains), vector_size)
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -195,17 +195,32 @@ def deal_batches(sealed: dict[str, bytes], budget: int = DEAL_BATCH_BYTES) -> li
     return batches
 
 
-def all_pages(page: Callable[[int], ThresholdKeyState]) -> ThresholdKeyState:
-    """The whole relay state from its pages (``page(k)`` fetches page ``k``), for every link: the lists joined,
-    the CRL of page 0, whether the caller dealt as the last page says.  Pages are cut from the relay's state at
-    each call, so an item published meanwhile may come twice (members key everything by member) or only at the
-    next look."""
+class _Page(Protocol):
+    @property
+    def next_page(self) -> int: ...
+
+
+Paged = TypeVar("Paged", bound=_Page)
+
+
+def _pages(page: Callable[[int], Paged]) -> list[Paged]:
+    """Every page from page 0 on, each naming the next (0 after the last); a relay that skips or never ends is
+    refused."""
     pages = [page(0)]
     while pages[-1].next_page:
         if pages[-1].next_page != len(pages) or len(pages) >= MAX_KEY_PAGES:
             raise FedPromptError(f"the key relay's page {len(pages) - 1} names page {pages[-1].next_page} next, "
                                  f"not {len(pages)} (at most {MAX_KEY_PAGES} pages)")
         pages.append(page(len(pages)))
+    return pages
+
+
+def all_pages(page: Callable[[int], ThresholdKeyState]) -> ThresholdKeyState:
+    """The whole relay state from its pages (``page(k)`` fetches page ``k``), for every link: the lists joined,
+    the CRL of page 0, whether the caller dealt as the last page says.  Pages are cut from the relay's state at
+    each call, so an item published meanwhile may come twice (members key everything by member) or only at the
+    next look."""
+    pages = _pages(page)
     return ThresholdKeyState(tuple(x for p in pages for x in p.exchange), tuple(x for p in pages for x in p.shares),
                              tuple(x for p in pages for x in p.dealt), pages[-1].dealt_by_caller, pages[0].crl)
 
@@ -384,3 +399,28 @@ class ThresholdLink(Protocol):
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None: ...
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GramKeyState:
+    """A threshold job's relayed Gram evaluation-key messages (``coordinator.threshold_gramkeys``): ``round1`` as
+    (member, element, message, attestation), ``round2`` as (member, message, attestation), in order of arrival,
+    served in pages (n x 11.8 MB in all); ``next_page`` names the next one, 0 after the last."""
+
+    round1: tuple[tuple[str, int, bytes, bytes], ...] = ()
+    round2: tuple[tuple[str, bytes, bytes], ...] = ()
+    next_page: int = 0
+
+
+def all_gram_pages(page: Callable[[int], GramKeyState]) -> GramKeyState:
+    """The whole Gram key relay from its pages (``coordinator.threshold_gramkeys``: a message is 0.8 to 1.6 MB)."""
+    pages = _pages(page)
+    return GramKeyState(tuple(x for p in pages for x in p.round1), tuple(x for p in pages for x in p.round2))
+
+
+class GramKeyLink(Protocol):
+    """A member's calls to the Gram evaluation-key relay of a threshold job."""
+
+    def gram_keys(self, job_id: str) -> GramKeyState: ...
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None: ...
