@@ -49,6 +49,15 @@ class KeyDoor:
     def key_state(self, participant_id: str) -> KeyState:
         return self._keys(participant_id).state_for(participant_id, lambda p: p in self.job.online())
 
+    def has_members_to_seal_for(self, participant_id: str) -> bool:
+        """Whether a single-key holder is to seal the job key for members now: its own task stays WAIT meanwhile,
+        so a waiting long-poll returns at once for it (``coordinator.service``) rather than at its timeout
+        (10 s of a daemon's default poll, once per member that joins after the dealer)."""
+        keys = self.job.keys
+        if keys is None or isinstance(keys, ThresholdKeyRelay):
+            return False
+        return bool(keys.state_for(participant_id, lambda p: p in self.job.online()).needs_key)
+
     # ---- threshold keys ---------------------------------------------------------------------------
     def threshold_keys(self, participant_id: str, crl: bytes = b"", page: int = 0,
                        page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:

@@ -160,7 +160,7 @@ class JobKeys:
 
     def progress(self) -> tuple[object, ...]:
         """How far the relay got, as one comparable value (``coordinator.tasks.dispatch_state``)."""
-        return self.dealer, self.context is not None, len(self.sealed)
+        return self.dealer, self.context is not None, len(self.sealed), len(self.exchange)
 
     def ready(self) -> bool:
         """Whether encrypted rounds can run: the public context, and for an encrypted Gram matrix the evaluation keys."""

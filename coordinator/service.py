@@ -66,7 +66,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         while True:
             task = job.next_task(identity)
             remaining = until - time.monotonic()
-            if task.kind is not TaskKind.WAIT or remaining <= 0 or self.notifier.closed:
+            if (task.kind is not TaskKind.WAIT or remaining <= 0 or self.notifier.closed
+                    or job.relay.has_members_to_seal_for(identity)):
                 return serde.task_to_pb(task)
             await self.notifier.wait(job.job_id, remaining)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from fedprompt.crypto.ckks import ENCODING, SecretContext
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PermissionDenied, PreconditionFailed
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.participant.keys import EXCHANGE_FILE, SECRET_FILE, KeyHolder, key_dir
-from fedprompt.protocol import Payload
+from fedprompt.protocol import Payload, TaskKind
 from fedprompt.v1 import common_pb2, participant_pb2
 from fedprompt.wire import serde
 from tests.fakes import check_over_links
@@ -191,6 +193,33 @@ def test_a_restarted_key_holder_rejoins_with_the_keys_it_kept(tmp_path: Path) ->
         np.testing.assert_allclose(restarted.require().decrypt(ciphertext, SIZE)[0], np.ones(SIZE), atol=1e-6)
         with pytest.raises(InvalidUpdate, match="another exchange key"):
             links["b"].join(job_id, 30, 4, SIZE, KeyHolder(links["b"], HE.params(), job_id).public_key)
+        for link in links.values():
+            link.close()
+        admin.close()
+
+
+def test_a_key_holders_long_poll_returns_when_a_member_needs_the_key(tmp_path: Path) -> None:
+    """The dealer's own task stays WAIT while members join, so its long-poll must return when one of them
+    registers an exchange key (to seal the job key for it), not at the poll's timeout."""
+    wait_s = 60.0
+    with LiveCoordinator(tmp_path / "coord") as coordinator:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(_job(tmp_path))
+        links = {n: GrpcLink(coordinator.target, n, give_up_after_s=5) for n in ("a", "b")}
+        holders = {n: KeyHolder(link, HE.params(), job_id) for n, link in links.items()}
+        holders["a"].joined("a", links["a"].join(job_id, 30, 4, SIZE, holders["a"].public_key).deal_keys)
+        holders["a"].refresh()
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            poll = pool.submit(links["a"].get_task, job_id, wait_s)
+            time.sleep(0.5)  # the poll is waiting on the coordinator
+            assert not poll.done()
+            holders["b"].joined("b", links["b"].join(job_id, 30, 4, SIZE, holders["b"].public_key).deal_keys)
+            task = poll.result()
+            assert task.kind is TaskKind.WAIT and time.monotonic() - started < wait_s / 2
+        holders["a"].refresh()  # seals the key for b
+        holders["b"].refresh()
+        assert holders["b"].require().key_id == holders["a"].require().key_id
         for link in links.values():
             link.close()
         admin.close()
