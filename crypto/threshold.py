@@ -35,6 +35,7 @@ the bounds, the parameters and what the tests prove.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -48,6 +49,7 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import shamir
 from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
+from fedprompt.crypto.modarith import addmod, mulmod, submod, switch_down, switch_up
 from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
 
 KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
@@ -164,17 +166,6 @@ def _digest(*polys: Poly) -> bytes:
     return h.digest()
 
 
-def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list[Poly]:
-    size = count * limbs * ring.n * 8
-    if len(data) != offset + size:
-        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, "
-                                f"expected {size}")
-    values = np.frombuffer(data, dtype=np.uint64, offset=offset).astype(object).reshape(count, limbs, ring.n)
-    if not np.all(values < ring.q(limbs)):
-        raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
-    return list(values)
-
-
 class Member:
     """A member's own secret ``s_i``: it makes the public-key share and deals Shamir shares, then can go."""
 
@@ -185,8 +176,9 @@ class Member:
             raise ParameterError(f"member index must be in [1, {params.members}], got {index}")
         self.params, self.ring, self.index = params, ring, index
         secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
-        self._secret = (_polys(stored, 0, 1, len(ring.moduli), ring)[0] if stored
+        self._secret = (ring.parse_residues(stored, 0, 1, len(ring.moduli))[0].astype(object) if stored
                         else ring.read_plaintext(secret.data(), len(ring.moduli)))
+        self._residues = np.asarray(self._secret, dtype=np.uint64)
         self._sampled: set[bytes] = set()
 
     def secret_bytes(self) -> bytes:
@@ -207,7 +199,7 @@ class Member:
         self._sampled.add(label)
         limbs = a.shape[0]
         noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
-        return (noise - a * self._secret[:limbs]) % self.ring.q(limbs)
+        return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
 
     def deal(self) -> dict[int, bytes]:
         """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
@@ -236,7 +228,7 @@ class KeyShare:
                                                                    params.members, limbs):
                 raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
                                         f"{params.t}-of-{params.members} job")
-            self._dealt[dealer] = _polys(data, _DEALT.size, 1, limbs, ring)[0]
+            self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
         self._share = self.share_of(range(1, params.members + 1))
         self._issued: set[bytes] = set()
 
@@ -244,7 +236,9 @@ class KeyShare:
         """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
         dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
         limbs = len(self.ring.moduli)
-        return sum((self._dealt[i] for i in dealers), np.zeros((limbs, self.ring.n), dtype=object)) % self.ring.q(limbs)
+        q = self.ring.q64(limbs)
+        return functools.reduce(lambda total, i: addmod(total, self._dealt[i], q), dealers,
+                                np.zeros((limbs, self.ring.n), dtype=np.uint64))
 
     def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
         """``c1 * lambda * sigma + e`` per ciphertext (a sum of public-key uploads), for the decryptor set
@@ -258,7 +252,7 @@ class KeyShare:
         smaller noise of seeded sums (``crypto.threshold_seeded``)."""
         if self.params.seeded_uploads:
             raise InvalidValue("this job's uploads are seeded: decrypt through crypto.threshold_seeded")
-        c1s = [self.ring.read_ciphertext(ct)[1] for ct in ciphertexts]
+        c1s = [self.ring.read_parts(ct, 2)[1] for ct in ciphertexts]
         digest = _digest(*c1s)
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
@@ -277,9 +271,10 @@ class KeyShare:
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
         limbs = c1s[0].shape[0]
-        q = self.ring.q(limbs)
-        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
-        out = [(c1 * weighted + self.ring.gaussian(self.params.smudging_sigma, limbs)) % q for c1 in c1s]
+        moduli = self.ring.moduli[:limbs]
+        weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
+        out = [addmod(mulmod(c1, weighted, moduli), self.ring.gaussian(self.params.smudging_sigma, limbs),
+                      self.ring.q64(limbs)) for c1 in c1s]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
@@ -294,9 +289,15 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
     another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
     yields garbage, which :meth:`ThresholdContext.combine` refuses by the sum's weight slot.
     """
-    polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
-    limbs = polys[0][0].shape[0]
-    digest = digest or _digest(*[c1 for _, c1 in polys])
+    polys = [ring.read_parts(ct, 1 if digest else 2) for ct in ciphertexts]
+    digest = digest or _digest(*[parts[1] for parts in polys])
+    return combine_parts(ring, params, ciphertexts, [parts[0] for parts in polys], shares, digest)
+
+
+def combine_parts(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext], c0s: Sequence[Poly],
+                  shares: Sequence[bytes], digest: bytes) -> list[seal.Plaintext]:
+    """:func:`combine` for ciphertexts whose ``c0`` (``uint64`` residues) the caller has read already."""
+    limbs = c0s[0].shape[0]
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
     for data in shares:
@@ -311,19 +312,16 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
         if index in parsed:
             raise InvalidCiphertext(f"two decryption shares from member {index}")
         decryptors.add(struct.unpack_from(f"<{count}H", data, _SHARE.size))
-        parsed[index] = _polys(data, members_end, len(polys), limbs, ring)
+        parsed[index] = ring.parse_residues(data, members_end, len(c0s), limbs)
     if len(decryptors) != 1:
         raise InvalidCiphertext("decryption shares were made for different decryptor sets")
     (members,) = decryptors
     if len(members) < params.t or sorted(parsed) != list(members):
         raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
                            f"{params.t}), got {sorted(parsed)}")
-    q = ring.q(limbs)
-    out = []
-    for k, (c0, _) in enumerate(polys):
-        total = (c0 + sum(parsed[j][k] for j in members)) % q
-        out.append(ring.plaintext(total, list(ciphertexts[k].parms_id()), ciphertexts[k].scale))
-    return out
+    q = ring.q64(limbs)
+    totals = [functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0) for k, c0 in enumerate(c0s)]
+    return [ring.plaintext(total, list(ct.parms_id()), ct.scale) for total, ct in zip(totals, ciphertexts, strict=True)]
 
 
 class ThresholdContext(_Codec):
@@ -404,13 +402,10 @@ class ThresholdContext(_Codec):
         Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
         without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
         k0, k1 = self.threshold.download_bits
-        parts = []
-        cts = self.parse_sum(data, vector_size)
+        parts, cts, sent, q = [], self.parse_sum(data, vector_size), (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
         for ct in cts:
-            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1)[: 1 + bool(k1)], strict=False):
-                coeffs = self.ring.from_ntt(poly) % self.ring.moduli[0]
-                parts.append(pack_bits(((coeffs << bits) + self.ring.moduli[0] // 2) // self.ring.moduli[0]
-                                       % (1 << bits), bits))
+            for poly, bits in zip(self.ring.read_parts(ct, len(sent)), sent, strict=True):
+                parts.append(pack_bits(switch_down(self.ring.from_ntt_residues(poly), q, bits), bits))
         header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
         return header + b"".join(parts)
 
@@ -440,7 +435,7 @@ class ThresholdContext(_Codec):
             for bits, length in zip(sent, lengths, strict=True):
                 rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
                 offset += length
-                polys.append(self.ring.to_ntt((rounded * q + (1 << (bits - 1))) >> bits, 1))
+                polys.append(self.ring.to_ntt_residues(switch_up(rounded, q, bits).astype(np.int64), 1))
             if not k1:
                 polys.append(c1s[index])
             ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),

@@ -38,6 +38,7 @@ import tenseal.sealapi as seal
 
 from fedprompt.crypto import threshold
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.modarith import addmod, mulmod
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext
 
@@ -76,9 +77,8 @@ class UploadRound:
 
 
 def reference_polys(context: ThresholdContext, upload: UploadRound, count: int) -> list[Poly]:
-    """``a_r`` of each of ``count`` chunks, as SEAL expands it when loading an upload."""
-    parms_id = list(context.seal_context.first_parms_id())
-    return [context.ring.expand_seed(parms_id, upload.seed(k), 1) for k in range(count)]
+    """``a_r`` of each of ``count`` chunks (``uint64`` residues), as SEAL expands it when loading an upload."""
+    return [context.ring.expand_seed(upload.seed(k), 1) for k in range(count)]
 
 
 def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weight: float,
@@ -93,7 +93,8 @@ def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weigh
     blobs = []
     for k, (plain, a) in enumerate(zip(context.encode(vector, weight), reference_polys(
             context, upload, context.params.num_ciphertexts(int(np.asarray(vector).size))), strict=True)):
-        c0 = (member.rlwe_sample(a, upload.label + _COUNTER.pack(k)) + ring.read_plaintext(plain, 1)) % ring.q(1)
+        c0 = addmod(member.rlwe_sample(a, upload.label + _COUNTER.pack(k)), ring.read_plaintext_residues(plain, 1),
+                    ring.q64(1))
         blobs.append(ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale))
     return context.frame(context.key_id, int(np.asarray(vector).size), blobs)
 
@@ -107,15 +108,18 @@ def _members(context: ThresholdContext, uploaders: Sequence[int]) -> list[int]:
 
 
 def _bases(context: ThresholdContext, cts: Sequence[seal.Ciphertext], upload: UploadRound,
-           uploaders: Sequence[int]) -> list[Poly]:
-    """``a_r`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these uploaders' uploads."""
+           uploaders: Sequence[int]) -> tuple[list[Poly], list[Poly]]:
+    """``a_r`` and the sum's ``c0`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these
+    uploaders' uploads."""
     bases = reference_polys(context, upload, len(cts))
-    q = context.ring.q(1)
+    c0s = []
     for ct, a in zip(cts, bases, strict=True):
-        if not np.array_equal(context.ring.read_ciphertext(ct)[1], a * len(uploaders) % q):
+        c0, c1 = context.ring.read_parts(ct, 2)
+        if not np.array_equal(c1, mulmod(a, np.uint64(len(uploaders)), context.ring.moduli[:1])):
             raise InvalidCiphertext(f"not a sum of {len(uploaders)} uploads of round {upload.round} attempt "
                                     f"{upload.attempt}")
-    return bases
+        c0s.append(c0)
+    return bases, c0s
 
 
 def _digest(upload: UploadRound, uploaders: Sequence[int]) -> bytes:
@@ -128,7 +132,7 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
     members = _members(context, uploaders)
-    bases = _bases(context, context.parse_sum(data, vector_size), upload, members)
+    bases, _ = _bases(context, context.parse_sum(data, vector_size), upload, members)
     return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
 
 
@@ -137,8 +141,8 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Se
     """(vector, weight) of a seeded sum from its decryption shares (refusals as ``threshold.combine``)."""
     members = _members(context, uploaders)
     cts = context.parse_sum(data, vector_size)
-    _bases(context, cts, upload, members)
-    plains = threshold.combine(context.ring, context.threshold, cts, shares, _digest(upload, members))
+    _, c0s = _bases(context, cts, upload, members)
+    plains = threshold.combine_parts(context.ring, context.threshold, cts, c0s, shares, _digest(upload, members))
     return context.checked(context.decode(plains), vector_size)
 
 
@@ -147,6 +151,6 @@ def expand(context: ThresholdContext, blob: bytes, vector_size: int, upload: Upl
     """The sum of a compressed seeded download (``ThresholdContext.compress`` sends ``c0`` only): its
     ``c1 = |U| a_r`` rebuilt from the round's seeds."""
     members = _members(context, uploaders)
-    q = context.ring.q(1)
     bases = reference_polys(context, upload, context.params.num_ciphertexts(vector_size))
-    return context.expand(blob, vector_size, [a * len(members) % q for a in bases])
+    return context.expand(blob, vector_size, [mulmod(a, np.uint64(len(members)), context.ring.moduli[:1])
+                                              for a in bases])
