@@ -272,6 +272,11 @@ class _Codec:
 
     def parse(self, data: bytes, key_id: bytes, vector_size: int) -> list[seal.Ciphertext]:
         """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidCiphertext`` if not."""
+        return self.load(self.blobs(data, key_id, vector_size), self.seal_context.first_parms_id(),
+                         2.0 ** self.params.scale_bits, "fresh")
+
+    def blobs(self, data: bytes, key_id: bytes, vector_size: int) -> list[bytes]:
+        """The serialised ciphertexts of an encrypted vector of ``vector_size`` values under ``key_id``."""
         def check(size: int, count: int) -> None:
             if size != vector_size:
                 raise InvalidCiphertext(f"encrypted vector has {size} parameters, expected {vector_size}")
@@ -279,8 +284,7 @@ class _Codec:
             if count != expected:
                 raise InvalidCiphertext(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
 
-        blobs = self.unframe(data, key_id, check)
-        return self.load(blobs, self.seal_context.first_parms_id(), 2.0 ** self.params.scale_bits, "fresh")
+        return self.unframe(data, key_id, check)
 
     def unframe(self, data: bytes, key_id: bytes, check: Callable[[int, int], None]) -> list[bytes]:
         """The ciphertext blobs of a framed payload made under ``key_id``; ``check(size, count)`` vets the

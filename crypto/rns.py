@@ -166,13 +166,13 @@ class Ring:
         return self._load(seal.Plaintext(), self._plaintext_bytes(parms_id, poly, scale))
 
     def public_key(self, p0: Poly, p1: Poly) -> seal.PublicKey:
-        return self._load(seal.PublicKey(), self._ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
+        return self._load(seal.PublicKey(), self.ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
 
     def relin_keys(self, keys: list[tuple[Poly, Poly]]) -> seal.RelinKeys:
         """SEAL's relinearisation keys for ``s^2`` from one key-level pair per decomposition prime
         (``KSwitchKeys::save_members``: parms id, one key vector, its length, each ``PublicKey`` framed)."""
         body = struct.pack("<4QQQ", *self.key_parms_id, 1, len(keys)) + b"".join(
-            self._ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in keys)
+            self.ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in keys)
         return self._load(seal.RelinKeys(), self._framed(body))
 
     def galois_keys(self, keys: dict[int, list[tuple[Poly, Poly]]]) -> seal.GaloisKeys:
@@ -182,7 +182,7 @@ class Ring:
         slots = {(element - 1) >> 1: pairs for element, pairs in keys.items()}
         body = struct.pack("<4QQ", *self.key_parms_id, self.n) + b"".join(
             struct.pack("<Q", len(slots.get(k, ()))) + b"".join(
-                self._ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in slots.get(k, ()))
+                self.ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in slots.get(k, ()))
             for k in range(self.n))
         return self._load(seal.GaloisKeys(), self._framed(body))
 
@@ -193,10 +193,6 @@ class Ring:
         slot_of = np.empty(2 * self.n, dtype=np.int64)
         slot_of[exponents] = np.arange(self.n)
         return slot_of[exponents * element % (2 * self.n)]
-
-    def ciphertext(self, c0: Poly, c1: Poly, parms_id: list[int], scale: float) -> seal.Ciphertext:
-        """A two-part NTT-form ciphertext at ``parms_id``."""
-        return self._load(seal.Ciphertext(), self._ciphertext_bytes(parms_id, c0, c1, scale))
 
     def seeded_ciphertext_bytes(self, parms_id: list[int], c0: Poly, seed: bytes, scale: float) -> bytes:
         """SEAL's serialisation of a seeded ciphertext: ``c0`` and the 64-byte seed from which SEAL's loader
@@ -219,10 +215,27 @@ class Ring:
             stream.replace_rejected(words[limb], np.uint64(2**64 - 1 - (2**64 - 1) % q - 1))
         return words % self.q64(limbs)
 
+    def parse_ciphertext(self, blob: bytes, parms_id: list[int], scale: float, limbs: int) -> list[np.ndarray] | None:
+        """``[c0, c1]`` (``uint64``) of a serialised two-part NTT-form ciphertext at ``parms_id`` and ``scale``
+        when ``blob`` is exactly SEAL's uncompressed form of one (every byte before the residues as
+        :meth:`ciphertext_bytes` writes them, every residue below its prime); None for any other blob, which
+        then needs SEAL's loader (compressed, or not such a ciphertext)."""
+        size = 2 * limbs * self.n * 8
+        zero = np.zeros((limbs, self.n), dtype=np.uint64)
+        prefix = self.ciphertext_bytes(parms_id, zero, zero, scale)[:-size]
+        if len(blob) != len(prefix) + size or not blob.startswith(prefix):
+            return None
+        values = np.frombuffer(blob, dtype=np.uint64, offset=len(prefix)).reshape(2, limbs, self.n)
+        if not np.all(values < self.q64(limbs)):
+            raise InvalidCiphertext("ciphertext holds a residue beyond its prime")
+        return [values[0], values[1]]
+
     def _ciphertext_members(self, parms_id: list[int], limbs: int, scale: float) -> bytes:
         return struct.pack("<4Q", *parms_id) + b"\x01" + struct.pack("<QQQdQ", 2, self.n, limbs, scale, 1)
 
-    def _ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
+    def ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
+        """SEAL's uncompressed serialisation of the two-part NTT-form ciphertext ``(c0, c1)`` at ``parms_id``
+        (what SEAL's ``Ciphertext.load`` reads)."""
         flat = np.concatenate([c0.reshape(-1), c1.reshape(-1)])
         return self._framed(self._ciphertext_members(parms_id, c0.shape[0], scale) + self._dynarray(flat))
 

@@ -297,12 +297,13 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
     """
     polys = [ring.read_parts(ct, 1 if digest else 2) for ct in ciphertexts]
     digest = digest or _digest(*[parts[1] for parts in polys])
-    return combine_parts(ring, params, ciphertexts, [parts[0] for parts in polys], shares, digest)
+    return combine_parts(ring, params, [parts[0] for parts in polys], shares, digest,
+                         list(ciphertexts[0].parms_id()), ciphertexts[0].scale)
 
 
-def combine_parts(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext], c0s: Sequence[Poly],
-                  shares: Sequence[bytes], digest: bytes) -> list[seal.Plaintext]:
-    """:func:`combine` for ciphertexts whose ``c0`` (``uint64`` residues) the caller has read already."""
+def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shares: Sequence[bytes], digest: bytes,
+                  parms_id: list[int], scale: float) -> list[seal.Plaintext]:
+    """:func:`combine` for ciphertexts at ``parms_id`` and ``scale`` whose ``c0`` (``uint64``) is read already."""
     limbs = c0s[0].shape[0]
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
@@ -327,7 +328,7 @@ def combine_parts(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[sea
                            f"{params.t}), got {sorted(parsed)}")
     q = ring.q64(limbs)
     totals = [functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0) for k, c0 in enumerate(c0s)]
-    return [ring.plaintext(total, list(ct.parms_id()), ct.scale) for total, ct in zip(totals, ciphertexts, strict=True)]
+    return [ring.plaintext(total, parms_id, scale) for total in totals]
 
 
 class ThresholdContext(_Codec):
@@ -444,7 +445,6 @@ class ThresholdContext(_Codec):
                 polys.append(self.ring.to_ntt_residues(switch_up(rounded, q, bits).astype(np.int64), 1))
             if not k1:
                 polys.append(c1s[index])
-            ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),
-                                      2.0**self.params.scale_bits)
-            blobs.append(_saved(ct.save))
+            blobs.append(self.ring.ciphertext_bytes(list(self.seal_context.first_parms_id()), polys[0], polys[1],
+                                                    2.0**self.params.scale_bits))
         return self.frame(self.key_id, vector_size, blobs)
