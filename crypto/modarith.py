@@ -175,24 +175,24 @@ class Ntt:
         return out
 
     def _cyclic(self, x: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Cyclic transform: bit-reversed input, natural-order output, butterflies ``(u + w v, u - w v)``."""
-        x, q = x[self.order], self.q
+        """Cyclic transforms of the rows of ``x`` (``(..., N)``, all at once): bit-reversed input, natural-order
+        output, butterflies ``(u + w v, u - w v)``."""
+        x, q, lead = x[..., self.order], self.q, x.shape[:-1]
         for w, w_shoup in stages:
-            m = len(w)
-            blocks = x.reshape(-1, 2, m)
-            u, v = blocks[:, 0], mulmod_shoup(blocks[:, 1], w, w_shoup, q)
+            blocks = x.reshape(*lead, -1, 2, len(w))
+            u, v = blocks[..., 0, :], mulmod_shoup(blocks[..., 1, :], w, w_shoup, q)
             out = np.empty_like(blocks)
-            out[:, 0], out[:, 1] = addmod(u, v, q), submod(u, v, q)
-            x = out.reshape(self.n)
+            out[..., 0, :], out[..., 1, :] = addmod(u, v, q), submod(u, v, q)
+            x = out.reshape(*lead, self.n)
         return x
 
     def forward(self, coeffs: np.ndarray) -> np.ndarray:
-        """Coefficients (``uint64`` residues) to SEAL's NTT order."""
-        return self._cyclic(mulmod_shoup(coeffs, *self.twist, self.q), self.stages)[self.order]
+        """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order."""
+        return self._cyclic(mulmod_shoup(coeffs, *self.twist, self.q), self.stages)[..., self.order]
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
-        """SEAL's NTT order back to coefficients (``uint64`` residues)."""
-        return mulmod_shoup(self._cyclic(values[self.order], self.inverse_stages), *self.untwist, self.q)
+        """SEAL's NTT order back to coefficients (``uint64`` residues, rows of ``(..., N)``)."""
+        return mulmod_shoup(self._cyclic(values[..., self.order], self.inverse_stages), *self.untwist, self.q)
 
 
 @functools.lru_cache(maxsize=16)

@@ -80,10 +80,11 @@ class Ring:
         return self.to_ntt_residues(coeffs, limbs).astype(object)
 
     def to_ntt_residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
-        """:meth:`to_ntt` as ``uint64`` residues (coefficients of magnitude below 2^63)."""
-        signed = np.asarray(coeffs, dtype=np.int64)
+        """:meth:`to_ntt` as ``uint64`` residues (coefficients of magnitude below 2^63), for each row of
+        ``(..., N)`` coefficients at once: ``(..., limbs, N)``."""
+        signed = np.asarray(coeffs, dtype=np.int64)[..., None, :]
         residues = np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
-        return np.stack([self._ntts[i].forward(residues[i]) for i in range(limbs)])
+        return np.stack([self._ntts[i].forward(residues[..., i, :]) for i in range(limbs)], axis=-2)
 
     def from_ntt(self, poly: Poly) -> np.ndarray:
         """The centred coefficients (in ``(-q/2, q/2]``, ``int64``) of a polynomial given in NTT form over one
@@ -93,8 +94,9 @@ class Ring:
         return np.where(coeffs > q // 2, coeffs - q, coeffs)
 
     def from_ntt_residues(self, poly: Poly) -> np.ndarray:
-        """The coefficients (``uint64`` residues) of a polynomial given in NTT form over the first prime."""
-        return self._ntts[0].inverse(np.asarray(poly[0], dtype=np.uint64))
+        """The coefficients (``uint64`` residues) over the first prime of a polynomial given in NTT form
+        (``(limbs, N)``, or ``(..., limbs, N)`` for several at once: ``(..., N)``)."""
+        return self._ntts[0].inverse(np.asarray(poly, dtype=np.uint64)[..., 0, :])
 
     def uniform(self, limbs: int, stream: Callable[[int], bytes]) -> Poly:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
@@ -107,12 +109,12 @@ class Ring:
             rows.append(got[: self.n].astype(object))
         return np.stack(rows)
 
-    def gaussian(self, sigma: float, limbs: int, clip: float | None = None) -> np.ndarray:
-        """A rounded Gaussian polynomial (CSPRNG Box-Muller), optionally clipped at ``clip``, in NTT form
-        (``uint64`` residues)."""
-        words = np.frombuffer(os.urandom(16 * self.n), dtype=np.uint64) >> np.uint64(11)
-        u1 = (words[: self.n].astype(np.float64) + 1.0) / 2.0**53
-        u2 = words[self.n :].astype(np.float64) / 2.0**53
+    def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1) -> np.ndarray:
+        """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller), optionally clipped at ``clip``, in NTT
+        form (``uint64`` residues, ``(count, limbs, N)``), transformed together."""
+        words = np.frombuffer(os.urandom(16 * self.n * count), dtype=np.uint64).reshape(2, count, self.n)
+        u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
+        u2 = (words[1] >> np.uint64(11)).astype(np.float64) / 2.0**53
         values = sigma * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
         if clip is not None:
             values = np.clip(values, -clip, clip)

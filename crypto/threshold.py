@@ -199,12 +199,17 @@ class Member:
         """``-a s_i + e_i`` over the primes of ``a``, at most once per ``label``: two samples on one ``a`` would
         differ by small noise alone, and a ``c0`` built on one would give its plaintext away.  (A member's
         persistent state must keep the record too.)"""
-        if label in self._sampled:
-            raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
-                               "reusing it would reveal what it encrypts")
-        self._sampled.add(label)
-        limbs = a.shape[0]
-        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
+        return self.rlwe_samples(np.asarray(a)[None], [label])[0]
+
+    def rlwe_samples(self, a: np.ndarray, labels: Sequence[bytes]) -> np.ndarray:
+        """:meth:`rlwe_sample` of each ``(limbs, N)`` row of ``a``, one distinct label each, noise made together."""
+        for label in labels:
+            if label in self._sampled or labels.count(label) > 1:
+                raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
+                                   "reusing it would reveal what it encrypts")
+        self._sampled.update(labels)
+        limbs = a.shape[1]
+        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels))
         return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
 
     def deal(self) -> dict[int, bytes]:
@@ -276,11 +281,10 @@ class KeyShare:
             raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
-        limbs = c1s[0].shape[0]
-        moduli = self.ring.moduli[:limbs]
+        limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
         weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        out = [addmod(mulmod(c1, weighted, moduli), self.ring.gaussian(self.params.smudging_sigma, limbs),
-                      self.ring.q64(limbs)) for c1 in c1s]
+        noise = self.ring.gaussian(self.params.smudging_sigma, limbs, count=len(c1s))
+        out = [addmod(mulmod(c1, weighted, moduli), e, self.ring.q64(limbs)) for c1, e in zip(c1s, noise, strict=True)]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
@@ -327,7 +331,8 @@ def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shar
         raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
                            f"{params.t}), got {sorted(parsed)}")
     q = ring.q64(limbs)
-    totals = [functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0) for k, c0 in enumerate(c0s)]
+    totals = [functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0)
+              for k, c0 in enumerate(c0s)]
     return [ring.plaintext(total, parms_id, scale) for total in totals]
 
 
@@ -409,10 +414,10 @@ class ThresholdContext(_Codec):
         Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
         without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
         k0, k1 = self.threshold.download_bits
-        parts, cts, sent, q = [], self.parse_sum(data, vector_size), (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
-        for ct in cts:
-            for poly, bits in zip(self.ring.read_parts(ct, len(sent)), sent, strict=True):
-                parts.append(pack_bits(switch_down(self.ring.from_ntt_residues(poly), q, bits), bits))
+        cts, sent, q = self.parse_sum(data, vector_size), (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
+        coeffs = self.ring.from_ntt_residues(np.stack([np.stack(self.ring.read_parts(ct, len(sent))) for ct in cts]))
+        parts = [pack_bits(switch_down(c, q, bits), bits) for chunk in coeffs
+                 for c, bits in zip(chunk, sent, strict=True)]
         header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
         return header + b"".join(parts)
 
@@ -420,8 +425,7 @@ class ThresholdContext(_Codec):
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
         back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect.  A seeded sum's ``c1``s
         were not sent: ``c1s`` gives them (``crypto.threshold_seeded.expand``)."""
-        k0, k1 = self.threshold.download_bits
-        q = self.ring.moduli[0]
+        (k0, k1), q = self.threshold.download_bits, self.ring.moduli[0]
         if len(blob) < _COMPRESSED.size:
             raise InvalidCiphertext("compressed aggregate is shorter than its header")
         magic, key_id, size, count, got0, got1 = _COMPRESSED.unpack_from(blob)
@@ -436,15 +440,11 @@ class ThresholdContext(_Codec):
         lengths = [-(-self.ring.n * bits // 8) for bits in sent]
         if len(blob) != _COMPRESSED.size + count * sum(lengths):
             raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
-        offset, blobs = _COMPRESSED.size, []
-        for index in range(count):
-            polys = []
-            for bits, length in zip(sent, lengths, strict=True):
-                rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
-                offset += length
-                polys.append(self.ring.to_ntt_residues(switch_up(rounded, q, bits).astype(np.int64), 1))
-            if not k1:
-                polys.append(c1s[index])
-            blobs.append(self.ring.ciphertext_bytes(list(self.seal_context.first_parms_id()), polys[0], polys[1],
-                                                    2.0**self.params.scale_bits))
+        offsets = np.cumsum([_COMPRESSED.size] + lengths * count)
+        lifted = [switch_up(unpack_bits(blob[start:end], bits, self.ring.n), q, bits)
+                  for start, end, bits in zip(offsets[:-1], offsets[1:], sent * count, strict=True)]
+        polys = self.ring.to_ntt_residues(np.stack(lifted).astype(np.int64), 1).reshape(count, len(sent), 1, -1)
+        parms_id, scale = list(self.seal_context.first_parms_id()), 2.0**self.params.scale_bits
+        blobs = [self.ring.ciphertext_bytes(parms_id, sent_polys[0], sent_polys[1] if k1 else c1s[index], scale)
+                 for index, sent_polys in enumerate(polys)]
         return self.frame(self.key_id, vector_size, blobs)

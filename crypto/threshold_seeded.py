@@ -86,15 +86,13 @@ def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weigh
     attempt), in the job's wire format: the coordinator parses and folds it as any ciphertext."""
     if not context.key_id:
         raise InvalidValue("no collective public key yet: key generation has not finished")
-    ring = context.ring
-    parms_id = list(context.seal_context.first_parms_id())
-    scale = 2.0**context.params.scale_bits
-    blobs = []
-    for k, (plain, a) in enumerate(zip(context.encode(vector, weight), reference_polys(
-            context, upload, context.params.num_ciphertexts(int(np.asarray(vector).size))), strict=True)):
-        c0 = addmod(member.rlwe_sample(a, upload.label + _COUNTER.pack(k)), ring.read_plaintext_residues(plain, 1),
-                    ring.q64(1))
-        blobs.append(ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale))
+    ring, parms_id, scale = context.ring, list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits
+    plains = context.encode(vector, weight)
+    bases = np.stack(reference_polys(context, upload, len(plains)))
+    samples = member.rlwe_samples(bases, [upload.label + _COUNTER.pack(k) for k in range(len(plains))])
+    c0s = [addmod(sample, ring.read_plaintext_residues(plain, 1), ring.q64(1))
+           for sample, plain in zip(samples, plains, strict=True)]
+    blobs = [ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale) for k, c0 in enumerate(c0s)]
     return context.frame(context.key_id, int(np.asarray(vector).size), blobs)
 
 
