@@ -113,8 +113,28 @@ def shoup(w: np.ndarray, q: int) -> np.ndarray:
 
 def mulmod_shoup(a: np.ndarray, w: np.ndarray, w_shoup: np.ndarray, q: np.uint64) -> np.ndarray:
     """``a * w mod q`` for any ``uint64`` ``a`` and a fixed residue ``w`` with ``w_shoup = shoup(w, q)``."""
-    remainder = a * w - mul128(a, w_shoup)[0] * q  # in [0, 2q)
-    return np.minimum(remainder, remainder - q)
+    return _mulmod_shoup(a, w, w_shoup & _LOW, w_shoup >> _32, q)
+
+
+def _mulmod_shoup(a: np.ndarray, w: np.ndarray, shoup_low: np.ndarray, shoup_high: np.ndarray,
+                  q: np.uint64) -> np.ndarray:
+    """:func:`mulmod_shoup` with the companion split in 32-bit halves beforehand (the NTT's tables): only the
+    high word of ``a * w_shoup`` is formed, in place where numpy allows."""
+    a_low, high = a & _LOW, a >> _32
+    cross1, cross2 = a_low * shoup_high, high * shoup_low
+    middle = a_low * shoup_low
+    middle >>= _32
+    middle += cross1 & _LOW
+    middle += cross2 & _LOW
+    middle >>= _32
+    high *= shoup_high
+    high += cross1 >> _32
+    high += cross2 >> _32
+    high += middle  # floor(a w_shoup / 2^64)
+    high *= q
+    remainder = a * w
+    remainder -= high  # in [0, 2q)
+    return np.minimum(remainder, remainder - q, out=remainder)
 
 
 def bit_reversal(n: int) -> np.ndarray:
@@ -164,35 +184,42 @@ class Ntt:
         self.inverse_stages = self._stages(pow(psi * psi, -1, q), q)
 
     @staticmethod
-    def _pair(w: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
-        return w, shoup(w, q)
+    def _pair(w: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A table with its Shoup companion's low and high 32-bit halves."""
+        companion = shoup(w, q)
+        return w, companion & _LOW, companion >> _32
 
-    def _stages(self, omega: int, q: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _stages(self, omega: int, q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         out, m = [], 1
         while m < self.n:
             out.append(self._pair(_powers(pow(omega, self.n // (2 * m), q), m, q), q))
             m *= 2
         return out
 
-    def _cyclic(self, x: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _cyclic(self, x: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         """Cyclic transforms of the rows of ``x`` (``(..., N)``, all at once): bit-reversed input, natural-order
         output, butterflies ``(u + w v, u - w v)``."""
         x, q, lead = x[..., self.order], self.q, x.shape[:-1]
-        for w, w_shoup in stages:
-            blocks = x.reshape(*lead, -1, 2, len(w))
-            u, v = blocks[..., 0, :], mulmod_shoup(blocks[..., 1, :], w, w_shoup, q)
+        for table in stages:
+            blocks = x.reshape(*lead, -1, 2, len(table[0]))
+            u, v = blocks[..., 0, :], _mulmod_shoup(blocks[..., 1, :], *table, q)
             out = np.empty_like(blocks)
-            out[..., 0, :], out[..., 1, :] = addmod(u, v, q), submod(u, v, q)
+            total, difference = out[..., 0, :], out[..., 1, :]
+            np.add(u, v, out=total)
+            np.minimum(total, total - q, out=total)
+            np.subtract(u, v, out=difference)
+            difference += q
+            np.minimum(difference, difference - q, out=difference)
             x = out.reshape(*lead, self.n)
         return x
 
     def forward(self, coeffs: np.ndarray) -> np.ndarray:
         """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order."""
-        return self._cyclic(mulmod_shoup(coeffs, *self.twist, self.q), self.stages)[..., self.order]
+        return self._cyclic(_mulmod_shoup(coeffs, *self.twist, self.q), self.stages)[..., self.order]
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """SEAL's NTT order back to coefficients (``uint64`` residues, rows of ``(..., N)``)."""
-        return mulmod_shoup(self._cyclic(values[..., self.order], self.inverse_stages), *self.untwist, self.q)
+        return _mulmod_shoup(self._cyclic(values[..., self.order], self.inverse_stages), *self.untwist, self.q)
 
 
 @functools.lru_cache(maxsize=16)
