@@ -59,6 +59,7 @@ class Ring:
         self.data_limbs = len(first.parms().coeff_modulus())
         self.key_parms_id = list(key.parms_id())
         self._ntts = [ntt(q, self.n) for q in self.moduli]
+        self._evaluator = seal.Evaluator(seal_context)
         with _scratch() as path:
             seal.Plaintext().save(str(path))
             self._header = path.read_bytes()[: _HEADER.size]
@@ -159,6 +160,15 @@ class Ring:
         if not np.all(values < self.q64(limbs)):
             raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
         return list(values)
+
+    def read_coefficients(self, ct: seal.Ciphertext, count: int) -> list[np.ndarray]:
+        """The first ``count`` parts of an NTT-form ciphertext in coefficient form (``uint64``, ``(limbs, N)``
+        each): SEAL's inverse NTT (in C++, on ``ct`` itself, which is left in coefficient form), then its data
+        read one binding call per coefficient."""
+        self._evaluator.transform_from_ntt_inplace(ct)
+        values, size = ct.dyn_array(), ct.coeff_modulus_size() * self.n
+        return [np.fromiter(map(values.at, range(k * size, (k + 1) * size)), dtype=np.uint64, count=size)
+                .reshape(-1, self.n) for k in range(count)]
 
     def secret_key(self, poly: Poly) -> seal.SecretKey:
         return self._load(seal.SecretKey(), self._plaintext_bytes(self.key_parms_id, poly, 1.0))

@@ -415,9 +415,8 @@ class ThresholdContext(_Codec):
         without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
         k0, k1 = self.threshold.download_bits
         cts, sent, q = self.parse_sum(data, vector_size), (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
-        coeffs = self.ring.from_ntt_residues(np.stack([np.stack(self.ring.read_parts(ct, len(sent))) for ct in cts]))
-        parts = [pack_bits(switch_down(c, q, bits), bits) for chunk in coeffs
-                 for c, bits in zip(chunk, sent, strict=True)]
+        parts = [pack_bits(switch_down(c[0], q, bits), bits) for ct in cts
+                 for c, bits in zip(self.ring.read_coefficients(ct, len(sent)), sent, strict=True)]
         header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
         return header + b"".join(parts)
 
