@@ -218,6 +218,15 @@ class _Codec:
     def encode(self, vector: np.ndarray, weight: float) -> list[seal.Plaintext]:
         """``vector`` and ``weight`` (in the slot after it) as plaintexts, two reals per complex slot; values
         beyond what ``max_summands`` of them can sum to without wrapping around are refused."""
+        scale, plains = 2.0 ** self.params.scale_bits, []
+        for slots in self.slots(vector, weight):
+            plain = seal.Plaintext()
+            self.encoder.encode(slots.tolist(), scale, plain)
+            plains.append(plain)
+        return plains
+
+    def slots(self, vector: np.ndarray, weight: float) -> np.ndarray:
+        """The complex slots of :meth:`encode`'s plaintexts, ``(ciphertexts, N / 2)``, checked the same way."""
         reals = np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [float(weight)]])
         if not np.isfinite(reals).all():
             raise InvalidValue("cannot encrypt NaN or Inf")
@@ -228,14 +237,7 @@ class _Codec:
         per = self.params.reals_per_ciphertext
         padded = np.zeros(self.params.num_ciphertexts(len(reals) - 1) * per)
         padded[: len(reals)] = reals
-        scale = 2.0 ** self.params.scale_bits
-        plains = []
-        for start in range(0, len(padded), per):
-            chunk = padded[start : start + per]
-            plain = seal.Plaintext()
-            self.encoder.encode((chunk[0::2] + 1j * chunk[1::2]).tolist(), scale, plain)
-            plains.append(plain)
-        return plains
+        return padded.reshape(-1, per)[:, 0::2] + 1j * padded.reshape(-1, per)[:, 1::2]
 
     def decode(self, plains: list[seal.Plaintext]) -> np.ndarray:
         """The reals of decrypted plaintexts (real and imaginary part of each slot), in order."""

@@ -34,7 +34,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from fedprompt.crypto.ckks import _scratch
-from fedprompt.crypto.errors import InvalidCiphertext
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.modarith import bit_reversal, ntt, submod
 
 Poly = np.ndarray
@@ -60,6 +60,9 @@ class Ring:
         self.key_parms_id = list(key.parms_id())
         self._ntts = [ntt(q, self.n) for q in self.moduli]
         self._evaluator = seal.Evaluator(seal_context)
+        powers = np.array([pow(3, i, 2 * self.n) for i in range(self.n // 2)])  # slot i sits at psi^(3^i)
+        self._slot_index = ((powers - 1) // 2, (2 * self.n - powers - 1) // 2)
+        self._untwist = np.exp(-1j * math.pi * np.arange(self.n) / self.n)
         with _scratch() as path:
             seal.Plaintext().save(str(path))
             self._header = path.read_bytes()[: _HEADER.size]
@@ -110,16 +113,34 @@ class Ring:
             rows.append(got[: self.n].astype(object))
         return np.stack(rows)
 
-    def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1) -> np.ndarray:
-        """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller), optionally clipped at ``clip``, in NTT
-        form (``uint64`` residues, ``(count, limbs, N)``), transformed together."""
+    def encode_coefficients(self, slots: np.ndarray, scale: float) -> np.ndarray:
+        """The coefficients (``int64``, ``(..., N)``) of the CKKS plaintext holding the complex ``slots``
+        (``(..., N / 2)``) at ``scale``, as SEAL's ``CKKSEncoder`` lays them out: slot ``i`` is the value at
+        ``psi^(3^i)`` and its conjugate at ``psi^(-3^i)`` (``psi = exp(i pi / N)``), so the coefficients are
+        ``round(scale / N * psi^-k * DFT(v)[k])`` of the values ``v_j`` at ``psi^(2j + 1)``.  Computed with
+        numpy's FFT instead of SEAL's: a coefficient may differ from SEAL's by a unit of rounding (at ``scale``
+        2^45, 3e-14 of a value; ``tests/unit/test_rns_encoding.py``), far below the encryption noise."""
+        values = np.zeros((*slots.shape[:-1], self.n), dtype=np.complex128)
+        values[..., self._slot_index[0]] = slots
+        values[..., self._slot_index[1]] = np.conj(slots)
+        coeffs = np.rint((np.fft.fft(values) * self._untwist).real * (scale / self.n))
+        if np.abs(coeffs).max(initial=0.0) >= self.moduli[0] / 2:
+            raise InvalidValue("encoded values exceed what the data prime holds")
+        return coeffs.astype(np.int64)
+
+    def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1,
+                 plus: np.ndarray | None = None) -> np.ndarray:
+        """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller), optionally clipped at ``clip``, plus the
+        integer coefficients ``plus`` (``(count, N)``) if given, in NTT form (``uint64`` residues,
+        ``(count, limbs, N)``), transformed together."""
         words = np.frombuffer(os.urandom(16 * self.n * count), dtype=np.uint64).reshape(2, count, self.n)
         u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
         u2 = (words[1] >> np.uint64(11)).astype(np.float64) / 2.0**53
         values = sigma * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
         if clip is not None:
             values = np.clip(values, -clip, clip)
-        return self.to_ntt_residues(np.rint(values).astype(np.int64), limbs)
+        noise = np.rint(values).astype(np.int64)
+        return self.to_ntt_residues(noise if plus is None else noise + plus, limbs)
 
     # -- SEAL objects -----------------------------------------------------------------------------------
     def read_plaintext(self, plain: seal.Plaintext, limbs: int) -> Poly:

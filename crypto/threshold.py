@@ -201,15 +201,16 @@ class Member:
         persistent state must keep the record too.)"""
         return self.rlwe_samples(np.asarray(a)[None], [label])[0]
 
-    def rlwe_samples(self, a: np.ndarray, labels: Sequence[bytes]) -> np.ndarray:
-        """:meth:`rlwe_sample` of each ``(limbs, N)`` row of ``a``, one distinct label each, noise made together."""
+    def rlwe_samples(self, a: np.ndarray, labels: Sequence[bytes], plus: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`rlwe_sample` of each ``(limbs, N)`` row of ``a``, one distinct label each, noise made together;
+        ``plus``: integer coefficients added to each row's noise (a seeded upload's message, ``(rows, N)``)."""
         for label in labels:
             if label in self._sampled or labels.count(label) > 1:
                 raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
                                    "reusing it would reveal what it encrypts")
         self._sampled.update(labels)
         limbs = a.shape[1]
-        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels))
+        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels), plus=plus)
         return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
 
     def deal(self) -> dict[int, bytes]:

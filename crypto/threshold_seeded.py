@@ -37,7 +37,7 @@ import numpy as np
 
 from fedprompt.crypto import threshold
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
-from fedprompt.crypto.modarith import addmod, mulmod
+from fedprompt.crypto.modarith import mulmod
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext
 
@@ -87,11 +87,9 @@ def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weigh
     if not context.key_id:
         raise InvalidValue("no collective public key yet: key generation has not finished")
     ring, parms_id, scale = context.ring, list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits
-    plains = context.encode(vector, weight)
-    bases = np.stack(reference_polys(context, upload, len(plains)))
-    samples = member.rlwe_samples(bases, [upload.label + _COUNTER.pack(k) for k in range(len(plains))])
-    c0s = [addmod(sample, ring.read_plaintext_residues(plain, 1), ring.q64(1))
-           for sample, plain in zip(samples, plains, strict=True)]
+    messages = ring.encode_coefficients(context.slots(vector, weight), scale)
+    bases = np.stack(reference_polys(context, upload, len(messages)))
+    c0s = member.rlwe_samples(bases, [upload.label + _COUNTER.pack(k) for k in range(len(messages))], plus=messages)
     blobs = [ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale) for k, c0 in enumerate(c0s)]
     return context.frame(context.key_id, int(np.asarray(vector).size), blobs)
 
