@@ -136,9 +136,7 @@ def model_card(config: JobConfig, facts: CardFacts, task: dict[str, Any], base: 
         f"| base weights SHA-256 | `{weights_sha256(base)}` |",
         f"| backbone kind | {task['kind']} |",
         f"| method | {peft.method}: {knobs} |",
-        f"| task | classification: labels {', '.join(config.task.label_names)} |",
-        f"| label words | {', '.join(config.task.label_words)} |",
-        f"| template | `{config.task.template}` |",
+        *_task_rows(config, task),
         f"| rounds completed | {unknown if facts.rounds_completed is None else facts.rounds_completed} "
         f"of {config.job.rounds} |",
         f"| participants | {unknown if facts.participants is None else facts.participants} |",
@@ -149,23 +147,54 @@ def model_card(config: JobConfig, facts: CardFacts, task: dict[str, Any], base: 
         f"| exported | {when.strftime('%Y-%m-%d %H:%M:%S')} UTC |", "",
         "## Loading", "",
         "`adapter_config.json` and `adapter_model.safetensors` load with `PeftModel.from_pretrained(base, DIR)`. "
-        "`fedprompt_task.json` says how fedprompt reads label scores "
-        + ("(the label head is in `fedprompt_head.safetensors`: logits = normalize(mean hidden state) @ weight.T "
-           "+ bias)" if task["kind"] == "encoder" else "(the next-token logits of the label words' first tokens, "
-                                                      f"ids {task.get('label_token_ids')})")
-        + ("; the shallow prompt goes right after the first token ([CLS]), not before it as peft's own forward "
-           "puts it" if task["prompt_position"] == "after_first_token" else "")
-        + ". fedprompt's README (\"Loading an exported adapter\") has a snippet that reproduces its predictions.",
+        + (_generation_loading(task) if task["task"] == "generation" else _classification_loading(task)),
         "",
     ]
     return "\n".join(lines)
+
+
+def _task_rows(config: JobConfig, task: dict[str, Any]) -> list[str]:
+    """The card's task rows: the label names and words of a classifier; a generator's generation settings."""
+    if task["task"] != "generation":
+        return [f"| task | classification: labels {', '.join(config.task.label_names)} |",
+                f"| label words | {', '.join(config.task.label_words)} |",
+                f"| template | {_code(config.task.template)} |"]
+    prompt = ("chat messages rendered by the base tokenizer's chat template, assistant turn opened"
+              if task["chat"] else _code(config.task.template))
+    return ["| task | generation: a completion of each prompt |",
+            f"| prompt format | {prompt} (prompt cut to {config.model.max_length} tokens) |",
+            f"| max_new_tokens | {task['max_new_tokens']} |",
+            f"| decoding | {task['decoding']} |",
+            f"| stop rule | {task['stop']} |"]
+
+
+def _code(text: str) -> str:
+    """``text`` as a one-line code span in a table cell: a JSON string (newlines written ``\\n``), pipes escaped."""
+    return "`" + json.dumps(text, ensure_ascii=False).replace("|", "\\|") + "`"
+
+
+def _classification_loading(task: dict[str, Any]) -> str:
+    return ("`fedprompt_task.json` says how fedprompt reads label scores "
+            + ("(the label head is in `fedprompt_head.safetensors`: logits = normalize(mean hidden state) @ "
+               "weight.T + bias)" if task["kind"] == "encoder" else "(the next-token logits of the label words' "
+                                                                    f"first tokens, ids {task.get('label_token_ids')})")
+            + ("; the shallow prompt goes right after the first token ([CLS]), not before it as peft's own forward "
+               "puts it" if task["prompt_position"] == "after_first_token" else "")
+            + ". fedprompt's README (\"Loading an exported adapter\") has a snippet that reproduces its predictions.")
+
+
+def _generation_loading(task: dict[str, Any]) -> str:
+    return ("fedprompt writes a completion by filling the prompt format above, then decoding greedily "
+            f"(`generate(..., do_sample=False, max_new_tokens={task['max_new_tokens']})`) and stopping "
+            f"{task['stop']}; `fedprompt_task.json` records the same settings. The adapter's virtual tokens or "
+            "prefix go before the prompt, where peft's own forward puts them.")
 
 
 def export_peft(vector: np.ndarray, config_toml: str, out: Path, facts: CardFacts, version: str) -> Path:
     """Write ``vector`` (the exchanged parameters of the job ``config_toml`` describes) into ``out`` as a peft
     adapter directory with its task file and model card; written beside ``out`` and renamed into place.  The
     model is rebuilt on the CPU in float32: an adapter's weights do not depend on where it was trained."""
-    from fedprompt.models import build_classifier
+    from fedprompt.models import build_model
     from fedprompt.models.backbone import resolve_model_path
     from fedprompt.models.peft_export import save_adapter
 
@@ -175,7 +204,7 @@ def export_peft(vector: np.ndarray, config_toml: str, out: Path, facts: CardFact
                           "service; export it with --format prompt and use `fedprompt predict`")
     out = out_directory(out)
     base = resolve_model_path(config.model.path)
-    model = build_classifier(config)
+    model = build_model(config)
     model.set_vector(vector)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from fedprompt.errors import FedPromptError
+from fedprompt.config import sign_config
+from fedprompt.crypto.attest import KeySigner
+from fedprompt.crypto.pki import load_cert, load_key
+from fedprompt.errors import ConfigError, FedPromptError
 from fedprompt.promptfile import load_prompt, save_prompt
 from fedprompt.protocol import AuditView, FlagsView, JobView, ParticipantView
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc
@@ -20,9 +23,12 @@ __all__ = ["AdminClient", "load_prompt", "save_prompt"]
 
 
 class AdminClient:
-    """Admin calls; ``tls`` is the admin's certificate (``None``: plaintext to an ``--insecure`` coordinator)."""
+    """Admin calls; ``tls`` is the admin's certificate (``None``: plaintext to an ``--insecure`` coordinator).
+    With a certificate, every job config it submits is signed with its key (``config.signed``), so members can
+    tell the roster, t and HE parameters are the admin's and not the coordinator's."""
 
     def __init__(self, target: str, tls: ClientTls | None = None, timeout_s: float = 30.0) -> None:
+        self.signer = None if tls is None else KeySigner(load_cert(Path(tls.cert)), load_key(Path(tls.key)))
         self.channel = open_channel(target, tls)
         self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.timeout_s = timeout_s
@@ -37,7 +43,14 @@ class AdminClient:
             raise error_from_rpc(exc) from exc
 
     def create_job(self, config_toml: str) -> str:
-        return self._unary("CreateJob", admin_pb2.CreateJobRequest(config_toml=config_toml)).job_id  # type: ignore[attr-defined]
+        signature = b""
+        if self.signer is not None:
+            try:
+                signature = sign_config(self.signer, config_toml)
+            except ConfigError:  # unsigned: the coordinator refuses it naming the bad key, as it always did
+                signature = b""
+        request = admin_pb2.CreateJobRequest(config_toml=config_toml, config_signature=signature)
+        return self._unary("CreateJob", request).job_id  # type: ignore[attr-defined]
 
     def start(self, job_id: str) -> str:
         return self._unary("StartJob", admin_pb2.StartJobRequest(job_id=job_id)).state  # type: ignore[attr-defined]

@@ -12,7 +12,16 @@ import dataclasses
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.pki import RevocationList
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, ThresholdKeyState
+from fedprompt.protocol import (
+    JobDescription,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PrivacyReport,
+    Task,
+    ThresholdKeyState,
+    all_pages,
+)
 
 
 class LocalLink:
@@ -83,7 +92,8 @@ class LocalLink:
         if self.revocations is not None:
             self.revocations.refresh()
             crl = self.revocations.pem
-        return self.jobs.job(job_id).relay.threshold_keys(self.identity, crl)
+        relay = self.jobs.job(job_id).relay
+        return all_pages(lambda page: relay.threshold_keys(self.identity, crl, page))
 
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
         self.jobs.job(job_id).relay.publish_share(self.identity, share, attestation)
@@ -94,5 +104,5 @@ class LocalLink:
     def decryption(self, job_id: str, round_: int) -> Payload:
         return self.jobs.job(job_id).relay.decryption(self.identity, round_)
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, sealed)
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
+        self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, share)

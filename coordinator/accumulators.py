@@ -14,8 +14,8 @@ chosen when the job is created, which opens a ``Fold`` for every round attempt.
   matrix (two key holders decrypt its scalars), and only the accepted ciphertexts are summed.
 * **threshold** (``ThresholdAccumulator``, ``he.mode = "threshold"``): each seeded upload is checked against
   its round attempt and folded key-less (``coordinator.threshold.ThresholdRound``); at the close t members
-  make decryption shares sealed for the members, and the version stored is the compressed aggregate with
-  them (``fedprompt.wire.threshold``), which members combine.  The initial prompt is sealed under the members'
+  make decryption shares masked for the members, and the version stored is the aggregate plus those shares,
+  compressed key-less (``fedprompt.wire.threshold``), which only members unmask.  The initial prompt is sealed under the members'
   group key.
 * **levelled** (``coordinator.levels``): one of the above per prompt level.
 
@@ -315,7 +315,7 @@ class GramAccumulator(EncryptedAccumulator):
 
 
 class ThresholdFold(Fold):
-    """One threshold attempt: seeded uploads folded key-less, then (``threshold.decryption``) t sealed shares."""
+    """One threshold attempt: seeded uploads folded key-less, then (``threshold.decryption``) t masked shares."""
 
     def __init__(self, machine: ThresholdRound, missed: Callable[[tuple[str, ...]], None]) -> None:
         self.threshold = machine

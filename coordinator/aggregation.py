@@ -379,8 +379,9 @@ def job_aggregator(config: JobConfig) -> Aggregator:
                               f"{config.mode} job, got {aggregator.name!r}")
         if config.he.threshold_mode and aggregator.gram:
             raise ConfigError(f"he.mode: {aggregator.name!r} is a Gram defence, whose encrypted inner products "
-                              "need collective evaluation keys: built in crypto.threshold_evalkeys but not wired "
-                              "into rounds yet; use a linear aggregator or he.mode = 'single_key'")
+                              "need collective evaluation keys and threshold-decrypted Gram scalars: built in "
+                              "crypto.threshold_gram but not wired into rounds yet; use a linear aggregator or "
+                              "he.mode = 'single_key'")
         if config.levels.enabled and aggregator.gram:
             raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
                               "per level is not built); with levels and he.enabled use 'fedavg'")

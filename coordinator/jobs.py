@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from fedprompt.config import JobConfig, dump_toml, parse_toml
+from fedprompt.config import SIGNED_CONFIG, JobConfig, check_submitted, dump_toml, parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
 from fedprompt.coordinator.cohorts import CohortPlan
 from fedprompt.coordinator.events import RoundEvents
@@ -21,6 +21,7 @@ from fedprompt.coordinator.offload import Offload, inline
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.store import TERMINAL, JobState, Store
 from fedprompt.coordinator.views import participant_views
+from fedprompt.crypto.attest import Attestation
 from fedprompt.errors import AmbiguousName, ConfigError, Deposed, InvalidRequest, NotFound, PreconditionFailed, quoted
 from fedprompt.protocol import JobView, ParticipantView, new_job_id
 
@@ -48,9 +49,12 @@ class JobManager:
         self._failing: dict[tuple[str, str], str] = {}  # (job id, step) -> the failure already logged and handled
         self._unrecorded: set[str] = set()  # jobs paused in memory whose pause the store refused to record
 
-    def create_job(self, config_toml: str) -> str:
-        """Validate a job config (naming any bad key) and register the job; returns its id."""
+    def create_job(self, config_toml: str, signature: bytes = b"") -> str:
+        """Validate a job config (naming any bad key) and register the job; returns its id.  ``signature``: the
+        admin's signed statement of the config (``config.signed``), checked to be about it, kept and relayed."""
         config = parse_toml(config_toml, JobConfig, "job config")
+        if signature:
+            check_submitted(signature, config)
         if not config.job.allowed_participants:
             raise ConfigError('job.allowed_participants: empty admits nobody; list the participant identities that '
                               'may join (e.g. ["participant:hospital-a"]) or ["*"] for any certified participant')
@@ -61,10 +65,12 @@ class JobManager:
             job_id = new_job_id()
         canonical = dump_toml(config)
         self.store.add_job(job_id, config.job.name, canonical, JobState.CREATED.value)
+        if signature:
+            self.store.save_attestation(job_id, Attestation.from_bytes(signature).identity, SIGNED_CONFIG, signature)
         self.jobs[job_id] = JobRuntime(job_id, config, canonical, self.store, self.clock, self.offline_after_s,
                                        offload=self.offload, events=self.events)
         log.info("job created", job_id=job_id, name=config.job.name[:80], rounds=config.job.rounds,
-                 aggregator=config.job.aggregator)
+                 aggregator=config.job.aggregator, signed=bool(signature))
         return job_id
 
     def job(self, ref: str) -> JobRuntime:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.keys import JobKeys
-from fedprompt.coordinator.threshold import ThresholdKeyRelay
+from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdKeyRelay
 from fedprompt.errors import NotSelected, PreconditionFailed
 from fedprompt.protocol import KeyState, Payload, ThresholdKeyState
 from fedprompt.wire.threshold import ENCODING as THRESHOLD
@@ -50,8 +50,10 @@ class KeyDoor:
         return self._keys(participant_id).state_for(participant_id, lambda p: p in self.job.online())
 
     # ---- threshold keys ---------------------------------------------------------------------------
-    def threshold_keys(self, participant_id: str, crl: bytes = b"") -> ThresholdKeyState:
-        return self._threshold(participant_id).relay.state_for(participant_id, crl)
+    def threshold_keys(self, participant_id: str, crl: bytes = b"", page: int = 0,
+                       page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:
+        """Page ``page`` of the key relay as ``participant_id`` sees it (``ThresholdRelay.state_for``)."""
+        return self._threshold(participant_id).relay.state_for(participant_id, crl, page, page_bytes)
 
     def publish_share(self, participant_id: str, share: bytes, attestation: bytes = b"") -> None:
         self._threshold(participant_id).publish_share(participant_id, share, attestation)
@@ -63,20 +65,20 @@ class KeyDoor:
 
     # ---- threshold decryption ---------------------------------------------------------------------
     def decryption(self, participant_id: str, round_: int) -> Payload:
-        """What a decryptor of round ``round_`` makes its share of: the compressed aggregate, the round attempt,
-        its uploaders and decryptors (a ``wire.threshold`` version without shares)."""
+        """What a decryptor of round ``round_`` makes its share of: the round attempt, its uploaders and
+        decryptors (a ``wire.threshold`` request: a share needs the attempt's seeds, not the sum)."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if participant_id not in d.decryptors:
             raise NotSelected(f"{participant_id} is not a decryptor of round {round_}")
-        request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight, d.aggregate, ())
+        request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight)
         return Payload(self.job.job_id, round_, THRESHOLD, self.job.vector_size, pack_version(request))
 
-    def submit_share(self, participant_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        """A decryptor's sealed share of round ``round_``'s attempt ``attempt``; with the last, the version."""
+    def submit_share(self, participant_id: str, round_: int, attempt: int, masked: bytes) -> None:
+        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if attempt != d.attempt:
             raise PreconditionFailed(f"round {round_} decrypts attempt {d.attempt}, not {attempt}")
-        d.submit(participant_id, sealed)
+        d.submit(participant_id, masked)
         self.job.tick()

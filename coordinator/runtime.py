@@ -16,13 +16,12 @@ member rejected in ``robust.quarantine_after`` consecutive rounds is quarantined
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 
 import structlog
 
-from fedprompt.config import JobConfig, dump_toml
+from fedprompt.config import SIGNED_CONFIG, JobConfig, member_toml
 from fedprompt.coordinator import tasks, views
 from fedprompt.coordinator.accumulators import (
     Accumulator,
@@ -96,11 +95,7 @@ class JobRuntime:
         """``offload`` runs a round's costly homomorphic step (``coordinator.offload``): inline by default;
         ``events`` hears what the rounds do (``coordinator.events``, e.g. for metrics)."""
         self.job_id, self.config, self.config_toml, self.store, self.clock = job_id, config, config_toml, store, clock
-        # What participants see: the job without its allow-list, so no member learns who else may join; a
-        # threshold job's members must know each other (they deal key shares to exactly them), so it keeps it.
-        listed = config.job.allowed_participants if config.he.threshold_mode else ()
-        self.public_toml = dump_toml(dataclasses.replace(config, job=dataclasses.replace(
-            config.job, allowed_participants=listed), levels=dataclasses.replace(config.levels, cohorts=())))
+        self.public_toml = member_toml(config)  # what participants see, and what the admin signed
         rule = job_aggregator(config)
         self.aggregator = UniformWeights(rule, config.job.min_participants) if config.dp.participant_level else rule
         self.keys = job_keys(job_id, config, store, rule.gram)
@@ -161,7 +156,9 @@ class JobRuntime:
     # ---- participant calls -------------------------------------------------------------------------
     def describe(self, participant_id: str) -> JobDescription:
         self.roster.check_allowed(participant_id)
-        return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.aggregator.gram)
+        signed = self.store.attestations(self.job_id, SIGNED_CONFIG)
+        return JobDescription(self.job_id, self.config.job.name, self.public_toml, self.aggregator.gram,
+                              next(iter(signed.values()), b""))
 
     def join(self, participant_id: str, num_train: int, num_test: int, vector_size: int,
              exchange_public_key: bytes = b"", attestation: bytes = b"") -> JoinInfo:

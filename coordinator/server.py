@@ -180,7 +180,7 @@ class CoordinatorServer:
                 return 0
         self.server = grpc.aio.server(interceptors=[DecodeGuard()], options=self._options())
         gate = Gate(self.auth, self.limiter)
-        participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s)
+        participants = ParticipantService(self.jobs, gate, self.notifier, s.upload_timeout_s, s.max_message_bytes)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(participants, self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.jobs, gate, self.notifier, self.audit), self.server)

@@ -30,11 +30,13 @@ log = structlog.get_logger("coordinator.service")
 
 
 class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
-    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, upload_timeout_s: float) -> None:
+    def __init__(self, jobs: JobManager, gate: Gate, notifier: Notifier, upload_timeout_s: float,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self.jobs = jobs
         self.gate = gate
         self.notifier = notifier
         self.upload_timeout_s = upload_timeout_s
+        self.page_bytes = max_message_bytes // 2  # key material per GetThresholdKeys page, framing aside
 
     def announce(self, job: JobRuntime) -> None:
         """After a participant's call, and on every tick: wake the job's long-polls if their tasks may have changed
@@ -44,7 +46,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     @rpc_method("ParticipantService")
     async def DescribeJob(self, request: participant_pb2.DescribeJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.description_to_pb(self.jobs.job(request.job).describe(identity))
+        description = self.jobs.job(request.job).describe(identity)
+        return serde.description_to_pb(dataclasses.replace(description, crl=self.gate.crl()))
 
     @rpc_method("ParticipantService")
     async def Join(self, request: participant_pb2.JoinRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -154,8 +157,8 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def GetThresholdKeys(self, request: participant_pb2.GetThresholdKeysRequest,
                                context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
-        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(identity,
-                                                                                           self.gate.crl()))
+        return serde.threshold_keys_to_pb(self.jobs.job(request.job_id).relay.threshold_keys(
+            identity, self.gate.crl(), request.page, self.page_bytes))
 
     @rpc_method("ParticipantService")
     async def PublishShare(self, request: participant_pb2.PublishShareRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -185,7 +188,7 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
     async def SubmitShare(self, request: participant_pb2.SubmitShareRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         job = self.jobs.job(request.job_id)
-        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.sealed_share))
+        job.relay.submit_share(identity, request.round, request.attempt, bytes(request.masked_share))
         self.announce(job)
         return participant_pb2.SubmitShareResponse()
 
@@ -249,7 +252,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.admin(context)
         with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
-            entry.job_id = self.jobs.create_job(request.config_toml)
+            entry.job_id = self.jobs.create_job(request.config_toml, request.config_signature)
         return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 
     @rpc_method("AdminService")

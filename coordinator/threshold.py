@@ -3,11 +3,11 @@ decryptors, and the collection of their sealed decryption shares, with a new upl
 
 The coordinator holds no key and never a share of one.  It relays what members publish (exchange keys, public
 key shares, each with its owner's attestation, and Shamir sub-shares sealed to one recipient) and computes the
-collective public key from the public shares, as any member does, to frame and check ciphertexts and to
-compress aggregates (``ThresholdContext.compress``: ``c0`` only, key-less).  Decryption shares reach it sealed
-under the members' group key (``crypto.sealing.group_key``), which it never sees: it relays t of them and the
-compressed aggregate to the members, who combine; the coordinator cannot, since t shares in the clear decrypt
-the aggregate.  A member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
+collective public key from the public shares, as any member does, to frame and check ciphertexts.  Decryption
+shares reach it masked under the members' group key (``crypto.sealing.group_key``), which it never sees: it adds
+the t masked shares to the sum's ``c0`` and compresses the result key-less (``crypto.threshold_masked``), one
+small polynomial per chunk that only members can unmask; t shares in the clear would decrypt the aggregate.  A
+member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
 attempt (a fresh ``a_r``, re-uploaded by the members online), as ``crypto.threshold_seeded`` requires, since a
 member makes one decryption share per round attempt.
 """
@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
 
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
+from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.attest import Attestation, digest
 from fedprompt.crypto.ckks import EncryptedSum, PublicContext
+from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.sealing import PUBLIC_KEY_BYTES
 from fedprompt.crypto.threshold import ThresholdContext, ThresholdParams, crp
 from fedprompt.crypto.threshold_seeded import UploadRound, job_seed, reference_polys
@@ -41,7 +44,10 @@ from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
 log = structlog.get_logger("coordinator.threshold")
 
-#: The largest sealed sub-share or decryption share relayed (a share of 100,000 floats is ~800 KB).
+#: Key material per page of the key relay (``ThresholdRelay.state_for``): half the default 4 MiB gRPC message.
+PAGE_BYTES = 2 * 1024 * 1024
+_ITEM_OVERHEAD = 16  # protobuf framing of one relayed item, beyond its fields' bytes
+#: The largest sealed sub-share or masked decryption share relayed (a share of 100,000 floats is ~800 KB).
 MAX_SHARE_BYTES = 4 * 1024 * 1024
 
 
@@ -56,6 +62,8 @@ class ThresholdRelay:
         self.exchange: dict[str, tuple[bytes, bytes]] = {}
         self.shares: dict[str, tuple[bytes, bytes]] = {}
         self.dealt: dict[str, dict[str, bytes]] = {}
+        self.pending: dict[str, dict[str, bytes]] = {}  # dealings still coming in batches
+        self.arrivals: list[tuple[str, str]] = []  # (kind, member) of each item as it first came: pages' order
         self.public: PublicContext | None = None
         self.log = log.bind(job_id=job_id)
 
@@ -63,6 +71,11 @@ class ThresholdRelay:
         if who not in self.members:
             raise NotEnrolled(f"{quoted(who)} is not one of the {len(self.members)} members of threshold job "
                               f"{self.job_id}")
+
+    def index(self, who: str) -> int:
+        """A member's Shamir index: its place among the sorted members, from 1."""
+        self.check_member(who)
+        return self.members.index(who) + 1
 
     def _check(self, attestation: bytes, who: str, purpose: str, key: bytes) -> None:
         """A statement, if the member signs, must be about what it came with (members verify the signature)."""
@@ -76,8 +89,10 @@ class ThresholdRelay:
         if len(key) != PUBLIC_KEY_BYTES:
             raise InvalidUpdate(f"a threshold job needs a {PUBLIC_KEY_BYTES}-byte exchange key, got {len(key)}")
         self._check(attestation, who, "exchange", key)
-        if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or self.public):
+        if who in self.exchange and self.exchange[who][0] != key and (who in self.dealt or who in self.pending or self.public):
             raise InvalidUpdate(f"{who} already dealt in job {self.job_id} under another exchange key")
+        if who not in self.exchange:
+            self.arrivals.append(("exchange", who))
         self.exchange[who] = (key, attestation)
 
     def publish_share(self, who: str, share: bytes, attestation: bytes = b"") -> None:
@@ -89,6 +104,7 @@ class ThresholdRelay:
         if who in self.shares:
             raise DuplicateUpdate(f"{who} already published its key share of job {self.job_id}")
         self.shares[who] = (share, attestation)
+        self.arrivals.append(("share", who))
         if len(self.shares) == len(self.members):
             ring = self.context.ring
             polys = [np.frombuffer(self.shares[m][0], dtype=np.uint64).astype(object).reshape(-1, ring.n)
@@ -98,26 +114,48 @@ class ThresholdRelay:
             self.log.info("collective public key formed",
                           key_id=self.context.key_id.hex()[:16], **self.params.describe())
 
-    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
-        """A member's sealed sub-shares, one for every other member, all at once and once."""
+    def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> dict[str, bytes]:
+        """A member's sealed sub-shares for the other members, at once or in batches (a dealing at n = 100 is
+        6.5 MB, beyond a gRPC message); the dealing counts once every other member has one.  A recipient already
+        dealt to keeps its first blob (a restarted member seals its stored dealing afresh); a complete dealing is
+        refused.  Returns the blobs newly kept."""
         self.check_member(dealer)
         if dealer in self.dealt:
             raise DuplicateUpdate(f"{dealer} already dealt its sub-shares in job {self.job_id}")
-        others = sorted(m for m in self.members if m != dealer)
-        if sorted(sealed) != others:
-            raise InvalidUpdate(f"a dealing seals one sub-share for each of the {len(others)} other members")
+        others = {m for m in self.members if m != dealer}
+        if not sealed or not set(sealed) <= others:
+            raise InvalidUpdate(f"a dealing seals sub-shares for the {len(others)} other members only")
         if any(not blob or len(blob) > MAX_SHARE_BYTES for blob in sealed.values()):
             raise PayloadTooLarge(f"a sealed sub-share must be 1..{MAX_SHARE_BYTES} bytes")
-        self.dealt[dealer] = dict(sealed)
-        self.log.info("key sub-shares relayed", dealer=dealer)
+        pending = self.pending.setdefault(dealer, {})
+        new = {who: blob for who, blob in sealed.items() if who not in pending}
+        pending.update(new)
+        if len(pending) == len(others):
+            self.dealt[dealer] = self.pending.pop(dealer)
+            self.arrivals.append(("dealt", dealer))
+            self.log.info("key sub-shares relayed", dealer=dealer)
+        return new
 
-    def state_for(self, who: str, crl: bytes = b"") -> ThresholdKeyState:
+    def state_for(self, who: str, crl: bytes = b"", page: int = 0, page_bytes: int = PAGE_BYTES) -> ThresholdKeyState:
+        """Page ``page`` of what ``who`` sees (``protocol.all_pages`` joins them): exchange keys, public key shares
+        and the sub-shares dealt to ``who`` in the order they came, cut into pages of at most ``page_bytes`` of key
+        material (one item at least); the CRL rides on page 0.  A new item comes last, so pages already cut keep
+        their items."""
         self.check_member(who)
-        return ThresholdKeyState(
-            tuple((m, key, att) for m, (key, att) in sorted(self.exchange.items())),
-            tuple((m, share, att) for m, (share, att) in sorted(self.shares.items())),
-            tuple((d, blobs[who]) for d, blobs in sorted(self.dealt.items()) if who in blobs),
-            who in self.dealt, crl)
+        items: dict[str, Mapping[str, tuple[bytes, ...]]] = {"exchange": self.exchange, "share": self.shares,
+                 "dealt": {d: (blobs[who],) for d, blobs in self.dealt.items() if who in blobs}}
+        order = [(kind, m) for kind, m in self.arrivals if m in items[kind]]
+        cuts = _cuts([len(m) + sum(map(len, items[kind][m])) + _ITEM_OVERHEAD for kind, m in order], page_bytes)
+        if not 0 <= page < len(cuts) - 1:
+            raise InvalidUpdate(f"the key relay of job {self.job_id} has {len(cuts) - 1} pages for {quoted(who)}, "
+                                f"not page {page}")
+        chosen = order[cuts[page] : cuts[page + 1]]
+
+        def part(kind: str) -> tuple[Any, ...]:
+            return tuple((m, *items[kind][m]) for k, m in chosen if k == kind)
+
+        return ThresholdKeyState(part("exchange"), part("share"), part("dealt"), who in self.dealt,
+                                 crl if page == 0 else b"", page + 1 if page + 2 < len(cuts) else 0)
 
     @property
     def ready(self) -> bool:
@@ -128,6 +166,18 @@ class ThresholdRelay:
         if not self.ready or self.public is None:
             raise PreconditionFailed(f"threshold job {self.job_id} waits for its members' key setup")
         return self.public
+
+
+def _cuts(sizes: Sequence[int], budget: int) -> list[int]:
+    """Page boundaries over items of ``sizes``: greedy, a page closes before the item that would pass ``budget``
+    (an item larger than the budget has a page of its own); ``[0, ..., len(sizes)]``."""
+    cuts, used = [0], 0
+    for k, size in enumerate(sizes):
+        if used and used + size > budget:
+            cuts.append(k)
+            used = 0
+        used += size
+    return [*cuts, len(sizes)]
 
 
 def pick_decryptors(members: Sequence[str], online: Callable[[str], bool], t: int, round_: int,
@@ -144,24 +194,32 @@ def pick_decryptors(members: Sequence[str], online: Callable[[str], bool], t: in
 
 @dataclass
 class Decryption:
-    """One round attempt's aggregate waiting for its decryptors' sealed shares."""
+    """One round attempt's folded sum waiting for its decryptors' masked shares."""
 
     round: int
     attempt: int
     uploaders: tuple[str, ...]
     declared_weight: float
-    aggregate: bytes
+    total: bytes
     decryptors: tuple[str, ...]
+    relay: ThresholdRelay
+    vector_size: int
     shares: dict[str, bytes] = field(default_factory=dict)
 
-    def submit(self, who: str, sealed: bytes) -> None:
+    def submit(self, who: str, masked: bytes) -> None:
+        """A decryptor's masked share, checked for its member, size and residues before it is kept."""
         if who not in self.decryptors:
             raise NotSelected(f"{quoted(who)} is not a decryptor of round {self.round} attempt {self.attempt}")
         if who in self.shares:
             raise DuplicateUpdate(f"{who} already sent its decryption share of round {self.round}")
-        if not sealed or len(sealed) > MAX_SHARE_BYTES:
-            raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(sealed)}")
-        self.shares[who] = sealed
+        if not masked or len(masked) > MAX_SHARE_BYTES:
+            raise PayloadTooLarge(f"a decryption share must be 1..{MAX_SHARE_BYTES} bytes, got {len(masked)}")
+        try:
+            threshold_masked.parse_share(self.relay.context, masked, self.relay.index(who),
+                                         self.relay.params.ckks.num_ciphertexts(self.vector_size))
+        except InvalidCiphertext as exc:
+            raise InvalidUpdate(f"the decryption share of {who} is refused: {exc}") from exc
+        self.shares[who] = masked
 
     def awaiting(self, who: str) -> bool:
         """Whether ``who`` is named to decrypt and has not answered yet."""
@@ -176,13 +234,15 @@ class Decryption:
         return tuple(m for m in self.decryptors if m not in self.shares)
 
     def version(self) -> bytes:
-        """The global version to store once every share is in (``fedprompt.wire.threshold``): members combine it."""
+        """The global version to store once every share is in (``fedprompt.wire.threshold``): the sum's ``c0``
+        and the masked shares added and compressed, key-less; members unmask and decode it."""
         if not self.complete:
             raise PreconditionFailed(f"round {self.round} attempt {self.attempt} still waits for "
                                      f"{', '.join(self.missing)}")
+        combined = threshold_masked.combine(self.relay.context, self.total, self.vector_size,
+                                            {self.relay.index(m): self.shares[m] for m in self.decryptors})
         return pack_version(ThresholdVersion(self.round, self.attempt, self.uploaders, self.decryptors,
-                                             self.declared_weight, self.aggregate,
-                                             tuple(self.shares[m] for m in self.decryptors)))
+                                             self.declared_weight, combined))
 
 
 class ThresholdRound:
@@ -220,13 +280,13 @@ class ThresholdRound:
         self.weights[who] = float(num_examples)
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
-        """Compress the fold and name t online decryptors; None while fewer than t are online."""
+        """Close the fold and name t online decryptors; None while fewer than t are online."""
         decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, self.missed)
         if decryptors is None or not self.weights:
             return None
-        aggregate = self.relay.context.compress(self.sum.to_bytes(), self.vector_size)
         self.decryption = Decryption(self.round, self.attempt, tuple(sorted(self.weights)),
-                                     sum(self.weights.values()), aggregate, decryptors)
+                                     sum(self.weights.values()), self.sum.to_bytes(), decryptors, self.relay,
+                                     self.vector_size)
         self.relay.log.info("aggregate sent for threshold decryption", round=self.round, attempt=self.attempt,
                             uploaders=len(self.weights), decryptors=list(decryptors))
         return self.decryption
@@ -268,9 +328,8 @@ class ThresholdKeyRelay(JobKeys):
         self.store.save_attestation(self.job_id, who, "key-share", attestation)
 
     def deal(self, dealer: str, sealed: Mapping[str, bytes]) -> None:
-        """``ThresholdRelay.deal``, then stored for a restart."""
-        self.relay.deal(dealer, sealed)
-        for recipient, blob in sorted(sealed.items()):
+        """``ThresholdRelay.deal``, then what it kept stored for a restart."""
+        for recipient, blob in sorted(self.relay.deal(dealer, sealed).items()):
             self.store.save_relayed(self.job_id, "dealt", dealer, recipient, blob)
 
     def restore(self) -> None:

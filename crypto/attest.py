@@ -37,8 +37,13 @@ from fedprompt.crypto.pki import CLOCK_SKEW, cert_from_pem, cert_info, cert_pem,
 
 TAG = b"fedprompt-key-attestation-v1"
 #: What a key is for: a member's X25519 exchange key, the dealer's key id and public context (single-key jobs),
-#: or a member's public share of a threshold job's collective key (``crypto.threshold``).
-PURPOSES = ("exchange", "dealer", "key-share")
+#: a member's public share of a threshold job's collective key (``crypto.threshold``), its messages of the
+#: collective Gram evaluation keys (one statement per round over every message's digest) or its upload to a
+#: threshold Gram job (``crypto.threshold_gram``); and an admin's job config (``config.signed``), whose job field
+#: is the job's name.
+PURPOSES = ("exchange", "dealer", "key-share", "eval-key-round1", "eval-key-round2", "gram-upload", "job-config")
+#: Who may sign for a purpose: participants their keys, admins job configs.
+SIGNER_ROLE = {"job-config": "admin"}
 MAX_ATTESTATION_BYTES = 8192
 
 
@@ -172,7 +177,7 @@ class KeyTrust:
 
     def _certificate(self, att: Attestation) -> x509.Certificate:
         """The signer's certificate, checked: issued by the CA, in its validity window, not revoked, naming
-        a participant whose identity is the one claimed."""
+        the identity claimed, of the role that may sign for the purpose (``SIGNER_ROLE``)."""
         try:
             cert = cert_from_pem(att.certificate, "attesting certificate")
             cert.verify_directly_issued_by(self.ca)
@@ -186,7 +191,7 @@ class KeyTrust:
         if self.crl is not None and self.crl.get_revoked_certificate_by_serial_number(cert.serial_number):
             raise AttestationError(f"the certificate attesting {att.identity[:60]!r} is revoked "
                                    f"(serial {cert.serial_number:x})")
-        if str(info.identity) != att.identity or info.identity.role != "participant":
+        if str(info.identity) != att.identity or info.identity.role != SIGNER_ROLE.get(att.purpose, "participant"):
             raise AttestationError(f"the certificate of {info.identity} cannot attest keys of {att.identity[:60]!r}")
         return cert
 

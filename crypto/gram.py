@@ -100,9 +100,15 @@ def evaluation_keys(secret: SecretContext) -> bytes:
     if not secret.params.multiplicative:
         raise InvalidCiphertext("evaluation keys need a chain with a rescaling prime (gram_params)")
     keygen = seal.KeyGenerator(secret.seal_context, secret.secret_key)
-    relin = _saved(keygen.create_relin_keys().save)
-    galois = _saved(keygen.create_galois_keys(galois_elements(secret.params)).save)
-    return _KEYS_HEADER.pack(_KEYS_MAGIC, secret.key_id, len(relin), len(galois)) + relin + galois
+    return frame_evaluation_keys(secret.key_id, keygen.create_relin_keys(),
+                                 keygen.create_galois_keys(galois_elements(secret.params)))
+
+
+def frame_evaluation_keys(key_id: bytes, relin: seal.RelinKeys, galois: seal.GaloisKeys) -> bytes:
+    """SEAL's keys, serialised (zstd) and framed with the key id of the key they evaluate under: what
+    ``GramEvaluator`` loads, whether one dealer made them or the members collectively (``crypto.threshold_gram``)."""
+    relin_bytes, galois_bytes = _saved(relin.save), _saved(galois.save)
+    return _KEYS_HEADER.pack(_KEYS_MAGIC, key_id, len(relin_bytes), len(galois_bytes)) + relin_bytes + galois_bytes
 
 
 def _monomial(encoder: seal.CKKSEncoder, degree: int, j: int, parms_id: list[int]) -> seal.Plaintext:
@@ -263,27 +269,49 @@ def coefficients(slots: np.ndarray, degree: int) -> np.ndarray:
     return (np.fft.fft(values) / degree * np.exp(-1j * np.pi * np.arange(degree) / degree)).real
 
 
-def decrypt_gram(secret: SecretContext, data: bytes, n: int) -> np.ndarray:
-    """A key holder's answer: the ``n (n + 1) / 2`` Gram scalars ``<x_u, x_v>`` in ``pairs(n)`` order,
-    flooded and rounded (module docstring); refuses anything but packed Gram ciphertexts of ``n`` updates."""
-    params = secret.params
+def load_gram(codec: _Codec, data: bytes, n: int, key_id: bytes) -> list[seal.Ciphertext]:
+    """The packed Gram ciphertexts of ``n`` updates in ``data`` (``GramEvaluator.gram``'s framing), at the Gram
+    level and scale under ``key_id``; anything else is refused, so a decryptor never decrypts what is not shaped
+    like a Gram payload."""
     entries = len(pairs(n))
 
     def check(size: int, count: int) -> None:
-        if size != n or count != -(-entries // params.poly_modulus_degree):
+        if size != n or count != -(-entries // codec.params.poly_modulus_degree):
             raise InvalidCiphertext(f"a Gram payload for {n} updates must hold {entries} entries, got size {size} in "
                                     f"{count} ciphertexts")
 
-    blobs = secret.unframe(data, secret.key_id, check)
-    cts = secret.load(blobs, gram_level(secret), gram_scale(secret), "packed Gram")
+    blobs = codec.unframe(data, key_id, check)
+    return codec.load(blobs, gram_level(codec), gram_scale(codec), "packed Gram")
+
+
+def packed_values(codec: _Codec, plains: Sequence[seal.Plaintext]) -> np.ndarray:
+    """Every coefficient of decrypted packed plaintexts in entry order: twice the Gram scalars of ``pairs(n)``
+    first (coefficients ``j`` and ``j + N/2`` hold entries ``2j`` and ``2j + 1``, ``GramEvaluator.gram``), then
+    the positions no entry uses, which hold noise alone."""
+    degree = codec.params.poly_modulus_degree
+    half = degree // 2
     values = []
-    half = params.poly_modulus_degree // 2
-    for ct in cts:
+    for plain in plains:
+        coeffs = coefficients(np.asarray(codec.encoder.decode_complex(plain)), degree)
+        values.append(np.stack([coeffs[:half], coeffs[half:]], axis=1).reshape(-1))
+    return np.concatenate(values)
+
+
+def unpack_scalars(codec: _Codec, plains: Sequence[seal.Plaintext], n: int) -> np.ndarray:
+    """The ``n (n + 1) / 2`` raw Gram scalars ``<x_u, x_v>`` (``pairs(n)`` order) of decrypted packed plaintexts."""
+    return packed_values(codec, plains)[: len(pairs(n))] / 2.0
+
+
+def decrypt_gram(secret: SecretContext, data: bytes, n: int) -> np.ndarray:
+    """A key holder's answer: the ``n (n + 1) / 2`` Gram scalars ``<x_u, x_v>`` in ``pairs(n)`` order,
+    flooded and rounded (module docstring); refuses anything but packed Gram ciphertexts of ``n`` updates."""
+    plains = []
+    for ct in load_gram(secret, data, n, secret.key_id):
         plain = seal.Plaintext()
         secret.decryptor.decrypt(ct, plain)
-        coeffs = coefficients(np.asarray(secret.encoder.decode_complex(plain)), params.poly_modulus_degree)
-        values.append(np.stack([coeffs[:half], coeffs[half:]], axis=1).reshape(-1))  # entry pairs (2q, 2q + 1)
-    raw = np.concatenate(values)[:entries] / 2.0
+        plains.append(plain)
+    raw = unpack_scalars(secret, plains, n)
+    entries = raw.size
     grid = flood_grid(secret, float(np.abs(np.diag(to_matrix(raw, n))).max()))
     seed = hmac.new(secret.secret_bytes(), b"fedprompt-gram-flood\0" + hashlib.sha256(data).digest(),
                     hashlib.sha256).digest()

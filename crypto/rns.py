@@ -104,13 +104,17 @@ class Ring:
 
     def uniform(self, limbs: int, stream: Callable[[int], bytes]) -> Poly:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
+        return self.uniform_residues(limbs, stream).astype(object)
+
+    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes]) -> np.ndarray:
+        """:meth:`uniform` as ``uint64`` residues (the same draws)."""
         rows = []
         for q in self.moduli[:limbs]:
             mask, got = (1 << q.bit_length()) - 1, np.empty(0, dtype=np.uint64)
             while len(got) < self.n:
                 words = np.frombuffer(stream(16 * self.n), dtype=np.uint64) & np.uint64(mask)
                 got = np.concatenate([got, words[words < np.uint64(q)]])
-            rows.append(got[: self.n].astype(object))
+            rows.append(got[: self.n])
         return np.stack(rows)
 
     def encode_coefficients(self, slots: np.ndarray, scale: float) -> np.ndarray:
@@ -226,6 +230,10 @@ class Ring:
         slot_of = np.empty(2 * self.n, dtype=np.int64)
         slot_of[exponents] = np.arange(self.n)
         return slot_of[exponents * element % (2 * self.n)]
+
+    def ciphertext(self, c0: Poly, c1: Poly, parms_id: list[int], scale: float) -> seal.Ciphertext:
+        """A two-part NTT-form ciphertext at ``parms_id`` (SEAL's own ``save`` then compresses it)."""
+        return self._load(seal.Ciphertext(), self.ciphertext_bytes(parms_id, c0, c1, scale))
 
     def seeded_ciphertext_bytes(self, parms_id: list[int], c0: Poly, seed: bytes, scale: float) -> bytes:
         """SEAL's serialisation of a seeded ciphertext: ``c0`` and the 64-byte seed from which SEAL's loader

@@ -16,10 +16,9 @@ by Shamir sharing of the key (Asharov et al. 2012; Mouchet et al. 2022, "Efficie
    sealed for its recipient with ``crypto.sealing``); member ``j``'s key share is ``sigma_j = sum_i f_i(j)``,
    a Shamir share of ``s`` (:class:`KeyShare`, which keeps each ``f_i(j)`` for seeded sums over any subset);
    ``t - 1`` key shares are independent of ``s``.
-4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, picked among members online), member
-   ``j`` publishes ``d_j = c1 * lambda_j^T * sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.
-   decryption_share`); anyone adds ``c0 + sum d_j = Delta m + e + sum e_j`` and decodes (:func:`combine`).
-   A dropped member is replaced by picking another set: nothing stalls while t members answer.
+4. **Threshold decryption.** For a decryptor set ``T`` (``|T| >= t``, members online), member ``j`` makes
+   ``d_j = c1 lambda_j^T sigma_j + e_j`` with smudging noise ``e_j`` (:meth:`KeyShare.flooded`); ``c0 + sum d_j
+   = Delta m + e + sum e_j`` decodes (:func:`combine`).  Another set replaces a dropped member: nothing stalls.
 
 The smudging (noise flooding) width answers Li and Micciancio ("On the security of homomorphic encryption on
 approximate numbers", EUROCRYPT 2021): a decryption that reveals the ciphertext noise ``e`` exactly reveals
@@ -247,8 +246,7 @@ class KeyShare:
     def share_of(self, dealers: Iterable[int]) -> Poly:
         """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
         dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
-        limbs = len(self.ring.moduli)
-        q = self.ring.q64(limbs)
+        limbs, q = len(self.ring.moduli), self.ring.q64(len(self.ring.moduli))
         return functools.reduce(lambda total, i: addmod(total, self._dealt[i], q), dealers,
                                 np.zeros((limbs, self.ring.n), dtype=np.uint64))
 
@@ -269,9 +267,9 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes) -> bytes:
-        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of the key that decrypts
-        them), framed with ``digest`` for :func:`combine`; refused if a share was made for ``record`` before."""
+                record: bytes, sigma: float = 0.0) -> bytes:
+        """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -284,22 +282,31 @@ class KeyShare:
         self._issued.add(record)
         limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
         weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        noise = self.ring.gaussian(self.params.smudging_sigma, limbs, count=len(c1s))
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
         out = [addmod(mulmod(c1, weighted, moduli), e, self.ring.q64(limbs)) for c1, e in zip(c1s, noise, strict=True)]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
 
 
+def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, tuple[int, ...], bytes, list[Poly]]:
+    """A share's (member index, decryptor set, digest, ``count`` polynomials) from :meth:`KeyShare.flooded`."""
+    if len(data) < _SHARE.size:
+        raise InvalidCiphertext("decryption share is truncated")
+    magic, index, members, digest, got_limbs = _SHARE.unpack_from(data)
+    members_end = _SHARE.size + 2 * members
+    if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
+        raise InvalidCiphertext("not a decryption share of this job's format")
+    return (index, struct.unpack_from(f"<{members}H", data, _SHARE.size), digest,
+            ring.parse_residues(data, members_end, count, limbs))
+
+
 def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
             shares: Sequence[bytes], digest: bytes | None = None) -> list[seal.Plaintext]:
-    """``c0 + sum d_j`` per ciphertext as NTT plaintexts, from the decryption shares of one decryptor set;
-    ``digest``: what the shares must be bound to (default: the ``c1``s, as for public-key sums).
-
-    Refused (typed, nothing decrypted): fewer shares than the set or than t, shares for other ciphertexts or
-    another set, duplicates, malformed polynomials.  A well-formed but wrong share (a dishonest decryptor)
-    yields garbage, which :meth:`ThresholdContext.combine` refuses by the sum's weight slot.
-    """
+    """``c0 + sum d_j`` per ciphertext as NTT plaintexts from one decryptor set's shares, bound to ``digest``
+    (default: the ``c1``s, as for public-key sums).  Refused (typed, nothing decrypted): fewer shares than the
+    set or than t, shares for other ciphertexts or another set, duplicates, malformed polynomials.  A well-formed
+    but wrong share (a dishonest decryptor) yields garbage, which the sum's weight-slot check refuses."""
     polys = [ring.read_parts(ct, 1 if digest else 2) for ct in ciphertexts]
     digest = digest or _digest(*[parts[1] for parts in polys])
     return combine_parts(ring, params, [parts[0] for parts in polys], shares, digest,
@@ -313,18 +320,13 @@ def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shar
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
     for data in shares:
-        if len(data) < _SHARE.size:
-            raise InvalidCiphertext("decryption share is truncated")
-        magic, index, count, got_digest, got_limbs = _SHARE.unpack_from(data)
-        members_end = _SHARE.size + 2 * count
-        if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
-            raise InvalidCiphertext("not a decryption share of this job's format")
+        index, members, got_digest, share = share_polys(ring, data, len(c0s), limbs)
         if got_digest != digest:
             raise InvalidCiphertext(f"decryption share of member {index} was made for other ciphertexts")
         if index in parsed:
             raise InvalidCiphertext(f"two decryption shares from member {index}")
-        decryptors.add(struct.unpack_from(f"<{count}H", data, _SHARE.size))
-        parsed[index] = ring.parse_residues(data, members_end, len(c0s), limbs)
+        decryptors.add(members)
+        parsed[index] = share
     if len(decryptors) != 1:
         raise InvalidCiphertext("decryption shares were made for different decryptor sets")
     (members,) = decryptors
@@ -332,9 +334,8 @@ def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shar
         raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
                            f"{params.t}), got {sorted(parsed)}")
     q = ring.q64(limbs)
-    totals = [functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0)
-              for k, c0 in enumerate(c0s)]
-    return [ring.plaintext(total, parms_id, scale) for total in totals]
+    return [ring.plaintext(functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0),
+                           parms_id, scale) for k, c0 in enumerate(c0s)]
 
 
 class ThresholdContext(_Codec):
@@ -409,17 +410,16 @@ class ThresholdContext(_Codec):
     def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
         return self.parse(data, self.key_id, vector_size)
 
-    def compress(self, data: bytes, vector_size: int) -> bytes:
-        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient.
-
-        Modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator
-        without a key: ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
+    def compress(self, data: bytes | Sequence[seal.Ciphertext], vector_size: int) -> bytes:
+        """An aggregate (bytes, or :meth:`parse_sum`'s ciphertexts, left in coefficient form) for download: modulus
+        switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key, ``round(c 2^k / q)`` of
+        each coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits), bit-packed."""
         k0, k1 = self.threshold.download_bits
-        cts, sent, q = self.parse_sum(data, vector_size), (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
+        cts = self.parse_sum(data, vector_size) if isinstance(data, bytes) else data
+        sent, q = (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
         parts = [pack_bits(switch_down(c[0], q, bits), bits) for ct in cts
                  for c, bits in zip(self.ring.read_coefficients(ct, len(sent)), sent, strict=True)]
-        header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
-        return header + b"".join(parts)
+        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1) + b"".join(parts)
 
     def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted

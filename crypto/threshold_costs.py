@@ -1,13 +1,16 @@
 """What threshold CKKS costs for n members and a vector size: seconds, bytes and error of one aggregate.
 
 The crypto-level measurement behind ``fedprompt bench threshold``: every member encrypts an update (seeded,
-under its own secret, or under the collective public key), the coordinator folds the ciphertexts and compresses
-the sum for download, ``t`` members make decryption shares of the expanded download and one member combines
-them (errors are of that path).  Timings are wall-clock on this machine; the figures are per member unless named otherwise.
+under its own secret, or under the collective public key) and the coordinator folds the ciphertexts.  Seeded, as
+in the round path: ``t`` members make masked decryption shares, the coordinator adds them to the sum and
+compresses it for download, and one member unmasks it (``crypto.threshold_masked``).  Public-key sums: the
+coordinator compresses the sum, ``t`` members make decryption shares of the expanded download and one member
+combines them.  Errors are of that path.  Timings are wall-clock on this machine; the figures are per member unless named otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedprompt.crypto import threshold_seeded
+from fedprompt.crypto import threshold_masked, threshold_seeded
 from fedprompt.crypto.ckks import EncryptedSum, PublicContext
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
@@ -36,7 +39,11 @@ class Keyed:
     dealt: dict[int, dict[int, bytes]]  # dealer -> recipient -> dealt share (sealed for the recipient on the wire)
     keys: dict[int, KeyShare]
     keygen_s: float  # every member's key generation, one after another
-    coordinator: ThresholdContext  # key-less, made once per job as the coordinator's relay does, to compress sums
+
+    @functools.cached_property
+    def coordinator(self) -> ThresholdContext:
+        """Key-less, made once per job as the coordinator's relay holds it, to compress sums."""
+        return ThresholdContext(self.params, key_id=self.context.key_id)
 
 
 def keygen(params: ThresholdParams) -> Keyed:
@@ -51,9 +58,7 @@ def keygen(params: ThresholdParams) -> Keyed:
     context.set_public_key(a, public_shares)
     dealt = {m.index: m.deal() for m in parties}
     keys = {j: KeyShare(params, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
-    keygen_s = time.perf_counter() - start
-    return Keyed(params, context, job_seed, parties, public_shares, dealt, keys, keygen_s,
-                 ThresholdContext(params, key_id=context.key_id))
+    return Keyed(params, context, job_seed, parties, public_shares, dealt, keys, time.perf_counter() - start)
 
 
 def measure(members: int, vector_size: int, seed: int = 0, threshold: int = 0,
@@ -110,24 +115,33 @@ def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> 
     upload, encrypt_s, fold_s, expected, weight = (folded.upload, folded.encrypt_s, folded.fold_s,
                                                    folded.expected, folded.weight)
     summed = folded.total.to_bytes()
-    start = time.perf_counter()
-    download = keyed.coordinator.compress(summed, vector_size)
-    compress_s = time.perf_counter() - start
-    start = time.perf_counter()
-    expanded = (threshold_seeded.expand(context, download, vector_size, upload_round, uploaders) if seeded
-                else context.expand(download, vector_size))
-    expand_s = time.perf_counter() - start
-
     decryptors = list(range(1, params.t + 1))
-    start = time.perf_counter()
-    shares = [threshold_seeded.decryption_share(context, keys[j], expanded, vector_size, upload_round, uploaders,
-                                                decryptors) if seeded
-              else context.decryption_share(keys[j], expanded, vector_size, decryptors) for j in decryptors]
-    partial_decrypt_s = (time.perf_counter() - start) / len(decryptors)
-    start = time.perf_counter()
-    vector, got_weight = (threshold_seeded.combine(context, expanded, vector_size, shares, upload_round, uploaders)
-                          if seeded else context.combine(expanded, vector_size, shares))
-    combine_s = time.perf_counter() - start
+    coordinator = keyed.coordinator  # made before the clock starts
+    if seeded:  # the round path: masked shares, added and compressed by the coordinator, unmasked by a member
+        group = os.urandom(32)
+        start = time.perf_counter()
+        shares = [threshold_masked.masked_share(context, keys[j], group, vector_size, upload_round, uploaders,
+                                                decryptors) for j in decryptors]
+        partial_decrypt_s = (time.perf_counter() - start) / len(decryptors)
+        start = time.perf_counter()
+        download = threshold_masked.combine(coordinator, summed, vector_size, dict(zip(decryptors, shares, strict=True)))
+        compress_s, expand_s = time.perf_counter() - start, 0.0
+        start = time.perf_counter()
+        vector, got_weight = threshold_masked.open_sum(context, download, vector_size, group, upload_round, decryptors)
+        combine_s = time.perf_counter() - start
+    else:  # public-key sums: the compressed sum, expanded, t plain shares combined
+        start = time.perf_counter()
+        download = coordinator.compress(summed, vector_size)
+        compress_s = time.perf_counter() - start
+        start = time.perf_counter()
+        expanded = context.expand(download, vector_size)
+        expand_s = time.perf_counter() - start
+        start = time.perf_counter()
+        shares = [context.decryption_share(keys[j], expanded, vector_size, decryptors) for j in decryptors]
+        partial_decrypt_s = (time.perf_counter() - start) / len(decryptors)
+        start = time.perf_counter()
+        vector, got_weight = context.combine(expanded, vector_size, shares)
+        combine_s = time.perf_counter() - start
     plain = vector_size * FLOAT32_BYTES
     return {
         "members": members, "threshold": params.t, "seeded": seeded, "vector_size": vector_size,

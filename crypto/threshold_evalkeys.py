@@ -52,10 +52,19 @@ def _gadget(ring: Ring, j: int) -> np.ndarray:
 class RelinParty:
     """A member's part in RKG: it holds the ephemeral ``u_i`` between the two rounds."""
 
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, stored: bytes = b"") -> None:
+        """A fresh ternary ``u_i``, or ``stored`` (:meth:`ephemeral_bytes`) after a restart between the rounds."""
         self.member, self.ring = member, member.ring
-        secret = seal.KeyGenerator(self.ring.context).secret_key()  # a fresh ternary u_i
-        self._u = self.ring.read_plaintext(secret.data(), len(self.ring.moduli))
+        limbs = len(self.ring.moduli)
+        if stored:
+            self._u = self.ring.parse_residues(stored, 0, 1, limbs)[0].astype(object)
+        else:
+            secret = seal.KeyGenerator(self.ring.context).secret_key()  # held while read: data() refers into it
+            self._u = self.ring.read_plaintext(secret.data(), limbs)
+
+    def ephemeral_bytes(self) -> bytes:
+        """``u_i`` for the member's own state directory (owner-only) until round 2 is sent; never sent."""
+        return np.asarray(self._u, dtype=np.uint64).tobytes()
 
     def round1(self, crps: Sequence[Poly]) -> Pairs:
         """``(h0_i[j], h1_i[j])`` per data prime."""

@@ -116,7 +116,7 @@ def _bases(context: ThresholdContext, parts: Sequence[Sequence[Poly]], upload: U
     return bases, c0s
 
 
-def _read_sum(context: ThresholdContext, data: bytes, vector_size: int) -> list[list[Poly]]:
+def read_sum(context: ThresholdContext, data: bytes, vector_size: int) -> list[list[Poly]]:
     """``[c0, c1]`` (``uint64``) of each ciphertext of an encrypted sum: straight from the bytes when they are
     SEAL's uncompressed form (what ``ThresholdContext.expand`` writes), else loaded and read back through SEAL."""
     parms_id, scale, ring = list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits, context.ring
@@ -136,8 +136,14 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
                      uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
+    bases, _ = _bases(context, read_sum(context, data, vector_size), upload, _members(context, uploaders))
+    return round_share(context, key, bases, upload, uploaders, decryptors)
+
+
+def round_share(context: ThresholdContext, key: KeyShare, bases: Sequence[Poly], upload: UploadRound,
+                uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
+    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it."""
     members = _members(context, uploaders)
-    bases, _ = _bases(context, _read_sum(context, data, vector_size), upload, members)
     return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
 
 
@@ -145,7 +151,7 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Se
             uploaders: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a seeded sum from its decryption shares (refusals as ``threshold.combine``)."""
     members = _members(context, uploaders)
-    _, c0s = _bases(context, _read_sum(context, data, vector_size), upload, members)
+    _, c0s = _bases(context, read_sum(context, data, vector_size), upload, members)
     plains = threshold.combine_parts(context.ring, context.threshold, c0s, shares, _digest(upload, members),
                                      list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits)
     return context.checked(context.decode(plains), vector_size)

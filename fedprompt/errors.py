@@ -121,6 +121,12 @@ class CertificateRevoked(Unauthenticated):
     """The caller's certificate is on the federation's revocation list."""
 
 
+class RelayRefused(FedPromptError):
+    """A member refuses to act on what the coordinator relayed: a decryption request whose uploader set is smaller
+    than the job's minimum or names a non-member, or a job config its admin did not sign.  The member reports it
+    (``ReportKeyFault``), so the job pauses with the reason, and does nothing with it."""
+
+
 class InvalidQuery(InvalidRequest):
     """A model-service query is malformed: wrong prompt shape, non-finite values, unknown labels, empty texts."""
 

@@ -13,13 +13,14 @@ import enum
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from fedprompt.crypto.audit import Verdict
-from fedprompt.errors import InvalidRequest
+from fedprompt.errors import FedPromptError, InvalidRequest
 
 #: What a job id may be.  Both sides name files with it (the coordinator ``checkpoints/<job_id>.safetensors``; a
 #: site ``keys/<job_id>/``, ``dp/<job_id>.json``, ``personal/<job_id>.npy``), so it must be one harmless path
@@ -129,6 +130,8 @@ class JobDescription:
     job_name: str
     config_toml: str
     gram_defence: bool = False
+    config_signature: bytes = b""  # the admin's signed statement of ``config_toml`` (``config.signed``), if any
+    crl: bytes = b""  # the federation CRL the coordinator holds, as the CA signed it
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,62 @@ class ThresholdKeyState:
     """A threshold job's key relay as one member sees it (``coordinator.threshold``; all safe to relay): every
     member's exchange key and public key share published so far, each as (member, key, attestation); the
     Shamir sub-shares dealt to this member as (dealer, sealed blob), which only it opens; whether this member
-    has dealt; the federation's signed revocation list."""
+    has dealt; the federation's signed revocation list.  The relay serves it in pages (64 KB per share and
+    sub-share: 13 MB at n = 100, beyond a gRPC message); ``next_page`` names the next one, 0 after the last."""
 
     exchange: tuple[tuple[str, bytes, bytes], ...] = ()
     shares: tuple[tuple[str, bytes, bytes], ...] = ()
     dealt: tuple[tuple[str, bytes], ...] = ()
     dealt_by_caller: bool = False
     crl: bytes = b""
+    next_page: int = 0
+
+
+#: The most pages one look at a threshold job's key relay follows (a relay that never ends is refused).
+MAX_KEY_PAGES = 10_000
+#: Sealed sub-shares per ``DealShares`` call: half the default 4 MiB gRPC message (64 KB each at N = 4096).
+DEAL_BATCH_BYTES = 2 * 1024 * 1024
+
+
+def deal_batches(sealed: dict[str, bytes], budget: int = DEAL_BATCH_BYTES) -> list[dict[str, bytes]]:
+    """A dealing cut into batches of at most ``budget`` bytes of sealed blobs (one blob at least), by recipient:
+    the relay takes a dealing in batches and counts it once every other member has its blob."""
+    batches: list[dict[str, bytes]] = [{}]
+    for who, blob in sorted(sealed.items()):
+        if batches[-1] and sum(map(len, batches[-1].values())) + len(blob) > budget:
+            batches.append({})
+        batches[-1][who] = blob
+    return batches
+
+
+class _Page(Protocol):
+    @property
+    def next_page(self) -> int: ...
+
+
+Paged = TypeVar("Paged", bound=_Page)
+
+
+def _pages(page: Callable[[int], Paged]) -> list[Paged]:
+    """Every page from page 0 on, each naming the next (0 after the last); a relay that skips or never ends is
+    refused."""
+    pages = [page(0)]
+    while pages[-1].next_page:
+        if pages[-1].next_page != len(pages) or len(pages) >= MAX_KEY_PAGES:
+            raise FedPromptError(f"the key relay's page {len(pages) - 1} names page {pages[-1].next_page} next, "
+                                 f"not {len(pages)} (at most {MAX_KEY_PAGES} pages)")
+        pages.append(page(len(pages)))
+    return pages
+
+
+def all_pages(page: Callable[[int], ThresholdKeyState]) -> ThresholdKeyState:
+    """The whole relay state from its pages (``page(k)`` fetches page ``k``), for every link: the lists joined,
+    the CRL of page 0, whether the caller dealt as the last page says.  Pages are cut from the relay's state at
+    each call, so an item published meanwhile may come twice (members key everything by member) or only at the
+    next look."""
+    pages = _pages(page)
+    return ThresholdKeyState(tuple(x for p in pages for x in p.exchange), tuple(x for p in pages for x in p.shares),
+                             tuple(x for p in pages for x in p.dealt), pages[-1].dealt_by_caller, pages[0].crl)
 
 
 @dataclass(frozen=True)
@@ -336,7 +388,7 @@ class CoordinatorLink(Protocol):
 
     def decryption(self, job_id: str, round_: int) -> Payload: ...
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None: ...
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None: ...
 
 
 class ThresholdLink(Protocol):
@@ -347,3 +399,28 @@ class ThresholdLink(Protocol):
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None: ...
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GramKeyState:
+    """A threshold job's relayed Gram evaluation-key messages (``coordinator.threshold_gramkeys``): ``round1`` as
+    (member, element, message, attestation), ``round2`` as (member, message, attestation), in order of arrival,
+    served in pages (n x 11.8 MB in all); ``next_page`` names the next one, 0 after the last."""
+
+    round1: tuple[tuple[str, int, bytes, bytes], ...] = ()
+    round2: tuple[tuple[str, bytes, bytes], ...] = ()
+    next_page: int = 0
+
+
+def all_gram_pages(page: Callable[[int], GramKeyState]) -> GramKeyState:
+    """The whole Gram key relay from its pages (``coordinator.threshold_gramkeys``: a message is 0.8 to 1.6 MB)."""
+    pages = _pages(page)
+    return GramKeyState(tuple(x for p in pages for x in p.round1), tuple(x for p in pages for x in p.round2))
+
+
+class GramKeyLink(Protocol):
+    """A member's calls to the Gram evaluation-key relay of a threshold job."""
+
+    def gram_keys(self, job_id: str) -> GramKeyState: ...
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None: ...

@@ -102,8 +102,8 @@ class EncryptedPart(PartCodec):
 
 class ThresholdPart(PartCodec):
     """Threshold-CKKS vectors (``participant.threshold_keys``): a round's update is this member's seeded upload
-    of ``weight * vector`` for the task's attempt; a served version is the compressed aggregate with t sealed
-    decryption shares, combined here.  The initial prompt is sealed under the members' group key (AES-GCM),
+    of ``weight * vector`` for the task's attempt; a served version is one compressed polynomial per chunk, the
+    aggregate plus t decryption shares masked under the members' group key, unmasked here.  The initial prompt is sealed under the members' group key (AES-GCM),
     which the coordinator never holds, so no decryption share is spent on it."""
 
     encoding = THRESHOLD

@@ -13,6 +13,7 @@ may be repeated, on whichever replica is active.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,17 @@ import structlog
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
-from fedprompt.protocol import JobDescription, JoinInfo, KeyState, Payload, PrivacyReport, Task, ThresholdKeyState
+from fedprompt.protocol import (
+    JobDescription,
+    JoinInfo,
+    KeyState,
+    Payload,
+    PrivacyReport,
+    Task,
+    ThresholdKeyState,
+    all_pages,
+    deal_batches,
+)
 from fedprompt.v1 import participant_pb2, participant_pb2_grpc
 from fedprompt.wire import serde
 from fedprompt.wire.channel import ClientTls, open_channel
@@ -280,9 +291,12 @@ class GrpcLink:
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
     def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        request = participant_pb2.GetThresholdKeysRequest(job_id=job_id)
-        return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
-            request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+        def page(k: int) -> ThresholdKeyState:
+            request = participant_pb2.GetThresholdKeysRequest(job_id=job_id, page=k)
+            return serde.threshold_keys_from_pb(self._call("GetThresholdKeys", lambda: self.stub.GetThresholdKeys(
+                request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+        return all_pages(page)
 
     def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
         request = participant_pb2.PublishShareRequest(job_id=job_id, share=share, attestation=attestation)
@@ -290,16 +304,19 @@ class GrpcLink:
                                                                   timeout=self.rpc_timeout_s))
 
     def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        request = serde.dealing_to_pb(job_id, sealed)
-        self._call("DealShares", lambda: self.stub.DealShares(request, metadata=self.metadata,
-                                                              timeout=self.rpc_timeout_s))
+        """The dealing in batches that each fit a message (``protocol.deal_batches``); a batch resent after a lost
+        answer changes nothing (the relay keeps a recipient's first blob)."""
+        for batch in deal_batches(sealed):
+            request = serde.dealing_to_pb(job_id, batch)
+            self._call("DealShares", functools.partial(self.stub.DealShares, request, metadata=self.metadata,
+                                                       timeout=self.rpc_timeout_s))
 
     def decryption(self, job_id: str, round_: int) -> Payload:
         request = participant_pb2.DownloadDecryptionRequest(job_id=job_id, round=round_)
         return self._stream("DownloadDecryption", lambda: self.stub.DownloadDecryption(
             request, metadata=self.metadata, timeout=self.rpc_timeout_s))
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, sealed_share=sealed)
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
+        request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, masked_share=share)
         self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
                                                                 timeout=self.rpc_timeout_s))

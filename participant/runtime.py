@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import structlog
 
-from fedprompt.config import JobConfig, parse_toml
+from fedprompt.config import JobConfig, check_job_config, parse_toml
 from fedprompt.crypto.attest import KeyCredentials
 from fedprompt.crypto.errors import AttestationError
 from fedprompt.crypto.gram import decrypt_gram
@@ -56,6 +56,7 @@ from fedprompt.errors import (
     InvalidRequest,
     PermissionDenied,
     PreconditionFailed,
+    RelayRefused,
     clip,
 )
 from fedprompt.locations import LATEST_PROMPT
@@ -66,7 +67,7 @@ from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.promptfile import save_prompt
-from fedprompt.protocol import CoordinatorLink, JoinInfo, Task, TaskKind, checked_job_id
+from fedprompt.protocol import CoordinatorLink, JobDescription, JoinInfo, Task, TaskKind, checked_job_id
 from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.threshold import unpack_version
 
@@ -159,6 +160,7 @@ class ParticipantRuntime:
         checked_job_id(description.job_id, "job id from the coordinator")
         self.config = parse_toml(description.config_toml, JobConfig, "job config from coordinator")
         self.config_toml = description.config_toml
+        self._check_signed(description)
         self._labels("train")  # refuse to join with data whose labels the job does not know
         learner = self.learner_factory(self.config)
         self.learner = learner
@@ -179,7 +181,8 @@ class ParticipantRuntime:
             members = self.config.job.allowed_participants  # a threshold job names them (config validation)
             self.threshold = ThresholdKeys(info.job_id, members, info.participant_id,
                                            self.config.he.threshold_params(len(members)),
-                                           self.keys.exchange, self.state_dir, self.credentials)
+                                           self.keys.exchange, self.state_dir, self.credentials,
+                                           self.config.job.min_participants)
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
                           lambda version: self.link.download(info.job_id, version), self._keep_global,
@@ -197,6 +200,16 @@ class ParticipantRuntime:
             (self.state_dir / "participant.json").write_text(json.dumps(
                 {"job_id": info.job_id, "participant_id": info.participant_id}), encoding="utf-8")
         return info
+
+    def _check_signed(self, description: JobDescription) -> None:
+        """Trust the relayed config only as its admin signed it (``config.signed``; ``RelayRefused``, naming why,
+        if not: the site does not join, and its daemon exits with that one line)."""
+        assert self.config is not None
+        trust = self.credentials.trust if self.credentials is not None else None
+        admin = check_job_config(trust, description.config_signature, description.config_toml, self.config,
+                                 description.crl)
+        if admin:
+            self.log.info("job config signed by its admin", job_id=description.job_id, admin=admin)
 
     def _join_request(self, job_id: str) -> JoinInfo:
         """Join (or re-join) with this site's counts, prompt size and, for encrypted jobs, its exchange key; the
@@ -245,10 +258,17 @@ class ParticipantRuntime:
         try:
             keys.refresh(self.link)
         except AttestationError as exc:
-            reason = clip(str(exc), MAX_FAULT_BYTES)
-            self.log.error("relayed threshold key material refused: reporting it", reason=reason)
-            self.link.report_key_fault(keys.job_id, reason)
+            self._report_refusal(keys.job_id, "relayed threshold key material", exc)
             raise
+
+    def _report_refusal(self, job_id: str, what: str, exc: Exception) -> None:
+        """Report a refusal of what the coordinator relayed (the job pauses with the reason); the caller raises."""
+        reason = clip(str(exc), MAX_FAULT_BYTES)
+        self.log.error(f"{what} refused: reporting it", reason=reason)
+        try:
+            self.link.report_key_fault(job_id, reason)
+        except FedPromptError as failed:  # the refusal stands, reported or not
+            self.log.error("the refusal could not be reported", error=clip(str(failed), 300))
 
     def _threshold(self) -> ThresholdKeys:
         """This member's threshold keys, completed first if the relay is ready before we looked again (the
@@ -286,13 +306,17 @@ class ParticipantRuntime:
             self._share(task)
 
     def _share(self, task: Task) -> None:
-        """Threshold jobs: our flooded decryption share of the round attempt's aggregate, sealed for the members
-        (once per attempt: ``ThresholdKeys`` refuses a second)."""
+        """Threshold jobs: our flooded decryption share of the round attempt's sum, masked for the members (once
+        per attempt: ``ThresholdKeys`` refuses a second)."""
         assert self.info is not None
-        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, with_shares=False)
-        sealed = self._threshold().decryption_share(request.aggregate, self._learner().vector_size, request.round,
-                                                    request.attempt, request.uploaders, request.decryptors)
-        self.link.submit_share(self.info.job_id, request.round, request.attempt, sealed)
+        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, request=True)
+        try:
+            share = self._threshold().decryption_share(self._learner().vector_size, request.round, request.attempt,
+                                                       request.uploaders, request.decryptors)
+        except RelayRefused as exc:
+            self._report_refusal(self.info.job_id, "a decryption request", exc)
+            raise
+        self.link.submit_share(self.info.job_id, request.round, request.attempt, share)
         self.log.info("decryption share sent", round=request.round, attempt=request.attempt)
 
     def _decrypt_gram(self, task: Task) -> None:

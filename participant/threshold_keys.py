@@ -16,8 +16,15 @@ received sub-shares, and the one-use records: a member encrypts once per round a
 one ``a_r`` let a lattice reduction strip the flooding).  A record is written, flushed and synced before the
 upload or the share is returned.
 
-Decryption shares travel sealed under the group key, so only members combine them: the coordinator holds the
-aggregate and relays the shares, but t shares in the clear would let it decrypt the aggregate.
+A share is of the named uploaders' summed seeded ``c1``, and the coordinator adds it to a ``c0`` of its making;
+a coordinator that names one member as a round's only uploader would get that upload decrypted.  So, as secure
+aggregation requires a minimum surviving set (Bonawitz et al., CCS 2017), a member makes no share for a set
+of fewer than ``min_uploaders`` distinct members (``job.min_participants``, the coordinator's own rule for
+closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).
+
+Decryption shares travel masked under the group key (``crypto.threshold_masked``): the coordinator adds them
+to the sum's ``c0`` and compresses the result, which only members can unmask; t shares in the clear would let
+it decrypt the aggregate.
 """
 
 from __future__ import annotations
@@ -31,20 +38,13 @@ import numpy as np
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedprompt.crypto import threshold_seeded as seeded
+from fedprompt.crypto import threshold_masked, threshold_seeded
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
-from fedprompt.crypto.sealing import (
-    GROUP_CONTRIBUTION_BYTES,
-    group_key,
-    open_for_group,
-    seal,
-    seal_for_group,
-    unseal,
-)
+from fedprompt.crypto.sealing import GROUP_CONTRIBUTION_BYTES, group_key, seal, unseal
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
 from fedprompt.crypto.threshold_seeded import UploadRound, job_seed
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, RelayRefused
 from fedprompt.participant.keys import key_dir, write_private
 from fedprompt.protocol import ThresholdKeyState, ThresholdLink
 from fedprompt.wire.threshold import unpack_version
@@ -77,8 +77,9 @@ class ThresholdKeys:
 
     def __init__(self, job_id: str, members: Sequence[str], identity: str, params: ThresholdParams,
                  exchange: X25519PrivateKey, state_dir: Path | None = None,
-                 credentials: KeyCredentials | None = None) -> None:
+                 credentials: KeyCredentials | None = None, min_uploaders: int = 2) -> None:
         self.members = sorted(members)
+        self.min_uploaders = max(2, min_uploaders)
         if identity not in self.members or len(self.members) != params.members:
             raise FedPromptError(f"{identity} is not one of the {params.members} members of threshold job {job_id}")
         self.job_id, self.identity, self.params = job_id, identity, params
@@ -219,6 +220,17 @@ class ThresholdKeys:
             raise InvalidValue(f"{unknown[0][:60]!r} is not a member of threshold job {self.job_id}")
         return sorted(self.members.index(w) + 1 for w in who)
 
+    def _check_uploaders(self, round_: int, uploaders: Sequence[str]) -> None:
+        """``RelayRefused`` unless the named uploaders are ``min_uploaders`` or more distinct members."""
+        strangers = sorted(set(uploaders) - set(self.members))
+        if strangers:
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {strangers[0][:60]!r} as an "
+                               "uploader, and it is not a member: no decryption share made")
+        if len(set(uploaders)) != len(uploaders) or len(uploaders) < self.min_uploaders:
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {len(set(uploaders))} distinct "
+                               f"uploader(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
+                               "share of it could reveal a single member's update; none made")
+
     def _require(self) -> KeyShare:
         if self.key is None:
             raise FedPromptError(f"threshold job {self.job_id}: key setup has not finished")
@@ -228,42 +240,36 @@ class ThresholdKeys:
         """Our seeded upload for one round attempt (once)."""
         self._require()
         self._record(f"upload:{round_}:{attempt}")
-        return seeded.encrypt(self.context, self.member, vector, weight, UploadRound(self.seed, round_, attempt))
+        return threshold_seeded.encrypt(self.context, self.member, vector, weight,
+                                        UploadRound(self.seed, round_, attempt))
 
-    def decryption_share(self, aggregate: bytes, vector_size: int, round_: int, attempt: int,
-                         uploaders: Sequence[str], decryptors: Sequence[str]) -> bytes:
-        """Our flooded share of a round attempt's compressed aggregate (once), sealed for the members."""
+    def decryption_share(self, vector_size: int, round_: int, attempt: int, uploaders: Sequence[str],
+                         decryptors: Sequence[str]) -> bytes:
+        """Our flooded share of the uploaders' sum in a round attempt (once), masked under the group key."""
         key = self._require()
-        upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
-        data = seeded.expand(self.context, aggregate, vector_size, upload, users)
+        self._check_uploaders(round_, uploaders)
         chunks = self.params.ckks.num_ciphertexts(vector_size)
         spent = chunks * sum(label.startswith("share:") for label in self._used)
         if spent + chunks > self.params.max_decryptions:
             raise InvalidValue(f"member {self.identity} has made {spent} chunk decryptions with this key; "
                                f"{chunks} more would pass max_decryptions = {self.params.max_decryptions}, the "
                                "count its smudging noise is sized for: the job needs new keys")
-        self._record(f"share:{round_}:{attempt}")
-        share = seeded.decryption_share(self.context, key, data, vector_size, upload, users,
-                                        self._indices(decryptors))
-        return seal_for_group(share, self.group, self.job_id, str(round_), str(attempt), self.identity)
-
-    def combine(self, aggregate: bytes, vector_size: int, round_: int, attempt: int, uploaders: Sequence[str],
-                shares: Mapping[str, bytes], declared_weight: float) -> tuple[np.ndarray, float]:
-        """(sum, weight) of a round attempt from its compressed aggregate and the decryptors' sealed shares; the
-        weight slot must equal the uploaders' declared example counts (a forged share or sum fails it)."""
-        self._require()
         upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
-        data = seeded.expand(self.context, aggregate, vector_size, upload, users)
-        opened = [open_for_group(blob, self.group, self.job_id, str(round_), str(attempt), who)
-                  for who, blob in sorted(shares.items())]
-        vector, weight = seeded.combine(self.context, data, vector_size, opened, upload, users)
-        if abs(weight - declared_weight) > WEIGHT_TOLERANCE:
-            raise InvalidValue(f"the aggregate of round {round_} weighs {weight:.3f}, not the {declared_weight:g} "
-                               "examples its uploaders declared: a wrong sum or a forged decryption share")
-        return vector, weight
+        self._record(f"share:{round_}:{attempt}")
+        return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload, users,
+                                             self._indices(decryptors))
 
     def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
-        """(sum, weight) of a stored global version (``fedprompt.wire.threshold``), combined here."""
+        """(sum, weight) of a stored global version (``fedprompt.wire.threshold``): the combined download
+        unmasked and decoded here; the weight slot must equal the uploaders' declared example counts (a wrong
+        sum or a forged share fails it)."""
+        self._require()
         v = unpack_version(data)
-        return self.combine(v.aggregate, vector_size, v.round, v.attempt, v.uploaders, v.sealed_shares(),
-                            v.declared_weight)
+        self._indices(v.uploaders)
+        vector, weight = threshold_masked.open_sum(self.context, v.combined, vector_size, self.group,
+                                                   UploadRound(self.seed, v.round, v.attempt),
+                                                   self._indices(v.decryptors))
+        if abs(weight - v.declared_weight) > WEIGHT_TOLERANCE:
+            raise InvalidValue(f"the aggregate of round {v.round} weighs {weight:.3f}, not the {v.declared_weight:g} "
+                               "examples its uploaders declared: a wrong sum or a forged decryption share")
+        return vector, weight

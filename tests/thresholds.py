@@ -1,17 +1,23 @@
 """A threshold CKKS job as its members set it up, shared by the threshold tests: real SEAL keys, Shamir shares
-dealt and sealed member to member with ``crypto.sealing``, and the collective public context."""
+dealt and sealed member to member with ``crypto.sealing``, and the collective public context; and a member's
+door to the coordinator's key relay (``coordinator.threshold.ThresholdRelay``) without a network."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
+from fedprompt.coordinator.threshold import ThresholdRelay
 from fedprompt.crypto import sealing
+from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.ckks import PublicContext
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold_seeded import UploadRound
+from fedprompt.protocol import ThresholdKeyState
 
 SIZE = 4000  # one ciphertext: a few thousand floats
 
@@ -59,3 +65,29 @@ def job(members: int, seeded: bool = False) -> Job:
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation: how much of ``b`` an attacker's guess ``a`` recovers."""
     return float(np.corrcoef(a, b)[0, 1])
+
+
+class RelayDoor:
+    """One member's calls to the relay, with its identity, as the coordinator's servicer would make them."""
+
+    def __init__(self, relay: ThresholdRelay, who: str) -> None:
+        self.relay, self.who = relay, who
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        return self.relay.state_for(self.who)
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        self.relay.publish_share(self.who, share, attestation)
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        self.relay.deal(self.who, sealed)
+def uploads(j: Job, upload: UploadRound, uploaders: Sequence[int], seed: int = 0) -> tuple[bytes, np.ndarray, float]:
+    """The named members upload ``w_i * x_i`` and ``w_i`` for ``upload`` (seeded); the coordinator folds key-less."""
+    rng = np.random.default_rng(seed)
+    total, expected, weight = j.public.new_sum(SIZE), np.zeros(SIZE), 0.0
+    for member in j.members:
+        update, w = rng.normal(0, 0.1, SIZE), float(rng.integers(1, 20))
+        if member.index in uploaders:
+            total.add(total.parse(seeded.encrypt(j.context, member, update * w, w, upload)))
+            expected, weight = expected + update * w, weight + w
+    return total.to_bytes(), expected, weight

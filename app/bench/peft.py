@@ -39,6 +39,7 @@ from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt
 from fedprompt.app.report import fmt, table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection
+from fedprompt.config.job import MAX_DEADLINE_S
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.data.datasets import load_dataset, train_test_split
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
@@ -111,7 +112,10 @@ def base_job(name: str, size: Size, args: argparse.Namespace) -> JobConfig:
     kind = BACKBONES[name]
     config = demo_job(DemoOptions(participants=size.sites, rounds=size.rounds, seed=args.seed, he=False, dp=False,
                                   backbone=kind, steps=size.steps, batch_size=size.batch_size))
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, kind=kind))
+    # an accuracy bench, not a liveness one: a round may take as long as the cores need (the demo's 900 s
+    # deadline ended a run on 2 busy cores)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, kind=kind),
+                                 job=dataclasses.replace(config.job, round_deadline_s=MAX_DEADLINE_S))
     return on_tiny_model(config, kind) if args.smoke else config
 
 

@@ -66,8 +66,10 @@ TARGETS = {"asr_over_no_attack": 0.05, "accuracy_drop_points": 1.0, "recall": 0.
 @dataclass(frozen=True)
 class RobustSize:
     """How big a run is: the measured one, or the smoke one (``--smoke``: a tiny random model, small held-out
-    sets, one round, one seed, the Gram step timed on 7 and 10 updates, the fewest norm bounding and Krum
-    accept with f = 2).  ``test_size`` examples are dealt to the sites as their test splits (clean accuracy);
+    sets, one round, one seed, the Gram step timed on 7 updates alone, the fewest norm bounding and Krum decide
+    on with f = 2).  The smoke run keeps the scenario's 10 sites and 5 steps: with 7 to 9 sites every run of
+    the tiny model predicted one class, so no backdoor success rate was measured, and with 2 steps the
+    no-attack baseline's was not.  ``test_size`` examples are dealt to the sites as their test splits (clean accuracy);
     ``asr_extra`` more are held out for the backdoor alone, whose success rate is measured on every non-target
     example of both."""
 
@@ -79,7 +81,7 @@ class RobustSize:
 
 
 FULL = RobustSize(test_size=1000, asr_extra=2000, timing=(10, 20), seeds=3)
-SMOKE = RobustSize(test_size=60, asr_extra=40, timing=(7, 10), seeds=1, rounds=1)
+SMOKE = RobustSize(test_size=60, asr_extra=40, timing=(7,), seeds=1, rounds=1)
 
 
 def _variant(sim: SimulationFile, aggregator: str, he: bool = False, **attack: Any) -> SimulationFile:

@@ -35,6 +35,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.text and args.texts:
         raise FedPromptError("give texts as arguments or with --texts FILE, not both")
+    if not 1 <= args.batch_size <= 4096:
+        raise FedPromptError(f"--batch-size: must be in [1, 4096], got {args.batch_size}")
     vector, config_toml = load_prompt(Path(args.prompt))  # the inputs first: torch loads only for a valid call
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
     texts = _texts(args)
@@ -49,7 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         generator = build_model(config, placement=placement)
         assert isinstance(generator, PromptGenerator)
         generator.set_vector(vector)
-        for text, completion in zip(texts, generator.generate(texts), strict=True):
+        for text, completion in zip(texts, generator.generate(texts, args.batch_size), strict=True):
             print(json.dumps({"text": text, "completion": completion}))
         return 0
     if config.blackbox.enabled:  # the export is a search state: score p0 + A z on a local model host
@@ -60,7 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         model = build_classifier(config, placement=placement)
         model.set_vector(vector)
-        probabilities = model.predict_proba(texts)
+        probabilities = model.predict_proba(texts, args.batch_size)
     for text, probs in zip(texts, probabilities, strict=True):
         best = int(probs.argmax())
         print(json.dumps({"text": text, "label": config.task.label_names[best], "confidence": round(float(probs[best]), 4)}))
@@ -73,6 +75,9 @@ def register(sub: Subparsers) -> None:
                            'fedprompt predict --prompt prompt.safetensors "A moving, beautifully shot film."')
     predict.add_argument("--prompt", required=True, help="file written by `fedprompt admin export`")
     predict.add_argument("--texts", help="a UTF-8 file of texts to classify (or prompts to complete), one per line")
+    predict.add_argument("--batch-size", type=int, default=16,
+                         help="texts per forward pass, or prompts decoded together (greedy, left-padded: the same "
+                              "completions as one at a time); bounds memory only (default 16)")
     add_placement_args(predict)
     predict.add_argument("text", nargs="*", help="texts to classify (default: one per line of --texts or stdin)")
     predict.set_defaults(fn=cmd_predict)

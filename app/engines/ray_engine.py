@@ -153,8 +153,8 @@ class RayLink:
     def decryption(self, job_id: str, round_: int) -> Payload:
         return self._call("decryption", job_id, round_)
 
-    def submit_share(self, job_id: str, round_: int, attempt: int, sealed: bytes) -> None:
-        self._call("submit_share", job_id, round_, attempt, sealed)
+    def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
+        self._call("submit_share", job_id, round_, attempt, share)
 
 
 class SiteWorker:

@@ -12,6 +12,8 @@ the modules behind it are an implementation detail and may move.  What each hold
 - ``privacy``: the job's ``[dp]`` and ``[he]`` sections; ``levels``: ``[levels]`` and its cohorts;
   ``names``: ``IDENTITY``, the pattern of a caller's name that both schema modules check, and
   ``job_name_problem``, the rule for a job's name.
+- ``signed``: the job config as members see it (``member_toml``) and the admin's signature of it
+  (``sign_config`` at submission, ``check_submitted`` by the coordinator, ``check_job_config`` by a member).
 - ``process``: the coordinator's, a participant daemon's and a model service's own config files, and
   ``store_target``, how the coordinator's ``store`` URL is read (SQLite file or PostgreSQL server).
 """
@@ -58,6 +60,7 @@ from fedprompt.config.process import (
     ParticipantSection,
     store_target,
 )
+from fedprompt.config.signed import SIGNED_CONFIG, check_job_config, check_submitted, member_toml, sign_config
 
 __all__ = [
     "ACCOUNTANTS",
@@ -79,6 +82,7 @@ __all__ = [
     "MAX_TOML_BYTES",
     "MIN_HE_COHORT",
     "PEFT_METHODS",
+    "SIGNED_CONFIG",
     "TASK_KINDS",
     "AugmentSection",
     "BlackboxSection",
@@ -99,15 +103,19 @@ __all__ = [
     "RobustSection",
     "TaskSection",
     "TrainSection",
+    "check_job_config",
     "check_placement",
+    "check_submitted",
     "dump_toml",
     "from_mapping",
     "job_name_problem",
     "load_toml",
+    "member_toml",
     "parse_toml",
     "placement_key",
     "read_toml_text",
     "set_dotted",
+    "sign_config",
     "store_target",
     "toml_mapping",
 ]

@@ -283,18 +283,22 @@ class JobConfig:
 
     def _check_threshold(self, allowed: set[str]) -> None:
         """A threshold job deals key shares to a known set of n members and refuses what needs evaluation keys:
-        ``crypto.threshold_evalkeys`` builds collective relinearisation and Galois keys, but no round uses them
-        yet, so the Gram defences and levels (whose cohort discovery and per-level sums are not wired) wait."""
+        ``crypto.threshold_gram`` builds collective relinearisation and Galois keys and decrypts Gram scalars
+        through t shares, but no round uses them yet, so the Gram defences and levels (whose cohort discovery
+        and per-level sums are not wired) wait."""
         check(bool(allowed) and "*" not in allowed, "job.allowed_participants",
               'must name the enrolled members when he.mode = "threshold": the key is shared among exactly them '
               '(n), and t of n decrypt; use he.mode = "single_key" for a job open to any participant')
         n = len(allowed)
+        check(self.job.min_participants >= 2, "job.min_participants",
+              'must be >= 2 when he.mode = "threshold": members make no decryption share for fewer uploaders, '
+              "since a sum of one upload is that member's update")
         check(self.he.threshold <= n, "he.threshold",
               f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
         check(not self.levels.enabled, "levels.enabled",
               'prompt levels (per-level sums, encrypted cohort discovery) are not wired for he.mode = "threshold" '
-              'yet: the collective evaluation keys exist in crypto.threshold_evalkeys but no round uses them; '
-              'use he.mode = "single_key"')
+              'yet: the collective evaluation keys and the threshold Gram decryption exist in crypto.threshold_gram '
+              'but no round uses them; use he.mode = "single_key"')
         try:
             self.he.threshold_params(n).check("he")
         except ParameterError as exc:

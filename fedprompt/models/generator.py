@@ -15,6 +15,7 @@ after one space unless the prompt ends in whitespace.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from fedprompt.data.formats import Example, chat_messages
 from fedprompt.errors import ConfigError, clip
 from fedprompt.models.backbone import Backbone
 from fedprompt.models.classifier import AdaptedModel, cache_keyword
+from fedprompt.scoring import length_batches
 
 #: Labels of positions the loss ignores (the prompt, padding): PyTorch's and Hugging Face's convention.
 IGNORE = -100
@@ -65,6 +67,7 @@ class PromptGenerator(AdaptedModel):
         self.max_new_tokens = max_new_tokens
         self.chat = chat
         self.eos: list[int] = [] if self.tokenizer.eos_token_id is None else [int(self.tokenizer.eos_token_id)]
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.backbone.forward).parameters
         self.to(backbone.device)  # the trainable tensors join the backbone's device, in float32
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -105,9 +108,14 @@ class PromptGenerator(AdaptedModel):
                 "attention_mask": pad_sequence([torch.ones_like(r) for r in ids], batch_first=True),
                 "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE)}
 
-    def _run(self, embeds: torch.Tensor, attention_mask: torch.Tensor, past: Any = None) -> Any:
+    def _run(self, embeds: torch.Tensor, attention_mask: torch.Tensor, past: Any = None, last_only: bool = False) -> Any:
         """The frozen LM on ``embeds`` after the soft prompt (or prefix cache) of a fresh sequence, or after
-        ``past``, a cache this method returned."""
+        ``past``, a cache this method returned, with ``attention_mask`` then covering the whole cached history.
+
+        Positions count attended tokens only (``attention_mask``'s running sum, as Hugging Face's ``generate``
+        does for left padding): a left-padded row reads the same positions as alone, a shallow prompt's virtual
+        tokens and a prefix hold the first ones, and right padding (training) leaves the real tokens' positions
+        as they are.  ``last_only`` computes the LM head at the last position alone (decoding needs no more)."""
         batch = embeds.shape[0]
         lead = attention_mask[:, :0]
         if past is None:
@@ -118,9 +126,13 @@ class PromptGenerator(AdaptedModel):
             if prefix is not None:
                 past = prefix[0]
                 lead = torch.ones(batch, prefix[1], dtype=attention_mask.dtype, device=attention_mask.device)
-        cache = {} if past is None else {cache_keyword(self.backbone): past}
-        return self.backbone(inputs_embeds=embeds, attention_mask=torch.cat([lead, attention_mask], dim=1),
-                             use_cache=True, **cache)
+        mask = torch.cat([lead, attention_mask], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, mask.shape[1] - embeds.shape[1]:]
+        extra = {} if past is None else {cache_keyword(self.backbone): past}
+        if last_only and self._keeps_logits:
+            extra["logits_to_keep"] = 1
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **extra)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Float32 next-token logits ``(B, T, vocab)`` at the input's own positions (the soft prompt's dropped)."""
@@ -144,34 +156,55 @@ class PromptGenerator(AdaptedModel):
         return (nll.sum(1) / counts).sum()
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        """Greedy completions, one prompt at a time (no padding to reconcile with the soft prompt's positions),
-        stopping at end-of-sequence or after ``max_new_tokens``."""
+    def generate(self, prompts: Sequence[str], batch_size: int = 16) -> list[str]:
+        """Greedy completions of ``prompts``, in their order, decoded ``batch_size`` at a time (prompts of similar
+        token length together, ``fedprompt.scoring.length_batches``), each stopping at end-of-sequence or after
+        ``max_new_tokens``: the same completions as decoding each prompt alone."""
         self.eval()
-        embed = self.backbone.get_input_embeddings()
-        out = []
-        for prompt in prompts:
-            ids = torch.tensor([self.prompt_ids(prompt)], device=self.device)
-            result = self._run(embed(ids), torch.ones_like(ids))
-            written: list[int] = []
-            for _ in range(self.max_new_tokens):
-                token = int(result.logits[0, -1].argmax())
-                if token in self.eos:
-                    break
-                written.append(token)
-                seen = torch.ones(1, result.past_key_values.get_seq_length() + 1, dtype=ids.dtype, device=self.device)
-                result = self._run(embed(torch.tensor([[token]], device=self.device)), seen, result.past_key_values)
-            out.append(str(self.tokenizer.decode(written, skip_special_tokens=True)).strip())
+        ids = [self.prompt_ids(prompt) for prompt in prompts]
+        out = [""] * len(prompts)
+        for rows in length_batches([len(row) for row in ids], batch_size):
+            for i, written in zip(rows, self._decode([ids[i] for i in rows]), strict=True):
+                out[i] = str(self.tokenizer.decode(written, skip_special_tokens=True)).strip()
         return out
+
+    def _decode(self, rows: list[list[int]]) -> list[list[int]]:
+        """Greedy token ids written after each of ``rows`` (prompt token ids), decoded as one left-padded batch
+        with a key/value cache: every row's last prompt token is the batch's last position, padding is masked
+        and skipped by the positions (``_run``), and a row that wrote end-of-sequence is done (what it is fed
+        afterwards is discarded; rows never attend to each other)."""
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos or [0])[0]
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)
+        embed = self.backbone.get_input_embeddings()
+        result = self._run(embed(ids), mask, last_only=True)
+        # The cache's history: the steering (prompt or prefix positions, all attended) and then the padded rows.
+        cached = result.past_key_values.get_seq_length()
+        history = torch.cat([torch.ones(len(rows), cached - width, dtype=mask.dtype, device=self.device), mask], 1)
+        written: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        for step in range(self.max_new_tokens):
+            tokens = result.logits[:, -1].argmax(-1)
+            for row, token in enumerate(tokens.tolist()):
+                done[row] = done[row] or token in self.eos
+                if not done[row]:
+                    written[row].append(token)
+            if all(done) or step == self.max_new_tokens - 1:
+                break
+            history = torch.cat([history, torch.ones_like(history[:, :1])], 1)
+            result = self._run(embed(tokens[:, None]), history, result.past_key_values, last_only=True)
+        return written
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[Example], batch_size: int = 16) -> dict[str, float]:
-        """Per-token loss, exact match and ROUGE-L of greedy completions on ``examples``."""
+        """Per-token loss, exact match and ROUGE-L of greedy completions on ``examples``, ``batch_size`` examples
+        per forward pass and per decoded batch."""
         self.eval()
         total, tokens = 0.0, 0
         for start in range(0, len(examples), batch_size):
             batch = self.encode(examples[start : start + batch_size])
             total += float(self.token_nll(self, batch).sum())
             tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
-        metrics = text_metrics(self.generate([e.text for e in examples]), [e.label for e in examples])
+        metrics = text_metrics(self.generate([e.text for e in examples], batch_size), [e.label for e in examples])
         return {**metrics, "loss": total / max(1, tokens)}

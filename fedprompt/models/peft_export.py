@@ -1,8 +1,10 @@
-"""A trained classifier as a standard peft adapter directory that plain ``transformers`` + ``peft`` load.
+"""A trained classifier or generator as a standard peft adapter directory that plain ``transformers`` + ``peft`` load.
 
 ``adapter_config.json`` and ``adapter_model.safetensors`` are what ``PeftModel.from_pretrained`` reads; beside
-them ``fedprompt_task.json`` says how fedprompt turns the model's output into label scores, and encoders get
-their label head in ``fedprompt_head.safetensors``.  The scoring is ``prompted_features`` plus the head:
+them ``fedprompt_task.json`` says how fedprompt turns the model's output into label scores (or, for a
+generation job, how it writes a completion: template or chat format, greedy decoding of at most
+``max_new_tokens``, stopping at end-of-sequence, ``fedprompt.models.generator``), and encoders get their label
+head in ``fedprompt_head.safetensors``.  The scoring is ``prompted_features`` plus the head:
 
 - encoder: the unit-length mean of the last hidden states over the text's tokens (and a shallow prompt's
   virtual tokens), times ``weight`` (labels x hidden) plus ``bias``: the cosine head of
@@ -37,7 +39,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from fedprompt.models.classifier import PromptClassifier
+from fedprompt.models.classifier import AdaptedModel, PromptClassifier
+from fedprompt.models.generator import PromptGenerator
 
 #: The file beside a peft adapter that says how label scores are read (``FORMAT`` names its layout).
 TASK_FILE = "fedprompt_task.json"
@@ -46,7 +49,7 @@ HEAD_FILE = "fedprompt_head.safetensors"
 FORMAT = "fedprompt-peft-1"
 
 
-def _prompt_tuning_config(model: PromptClassifier, base: str, length: int) -> Any:
+def _prompt_tuning_config(model: AdaptedModel, base: str, length: int) -> Any:
     from peft import PromptTuningConfig, TaskType
 
     config = model.backbone.config
@@ -58,11 +61,11 @@ def _prompt_tuning_config(model: PromptClassifier, base: str, length: int) -> An
 
 
 @torch.no_grad()
-def save_adapter(model: PromptClassifier, out: Path, base: str, label_names: typing.Sequence[str],
+def save_adapter(model: AdaptedModel, out: Path, base: str, label_names: typing.Sequence[str],
                  label_words: typing.Sequence[str]) -> dict[str, Any]:
     """Write ``model``'s adapter (with its vector loaded) into the existing directory ``out`` as peft saves it,
     plus the task file and (encoders) the head; ``base`` is the base model's directory, recorded as
-    ``base_model_name_or_path``.  Returns the task file's content."""
+    ``base_model_name_or_path``.  Returns the task file's content (a generator's has no labels)."""
     if model.method == "prompt":
         shallow = typing.cast(torch.nn.Module, model.prompt)  # every level, as predict scores with them
         state = {"prompt_embeddings": shallow(1)[0]}
@@ -76,16 +79,30 @@ def save_adapter(model: PromptClassifier, out: Path, base: str, label_names: typ
               str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     task: dict[str, Any] = {
         "format": FORMAT, "kind": model.kind, "method": model.method, "template": model.template,
-        "max_length": model.max_length, "label_names": list(label_names), "label_words": list(label_words),
+        "max_length": model.max_length,
         "prompt_position": ("after_first_token" if model.method == "prompt" and model.kind == "encoder"
                             else "peft"),
-        "scoring": ("normalize(mean(last_hidden_state over tokens and prompt)) @ weight.T + bias"
-                    if model.kind == "encoder" else "next_token_logits[last token][label_token_ids]"),
     }
+    if isinstance(model, PromptGenerator):
+        task.update(generation_settings(model))
+    else:
+        task.update({"task": "classification", "label_names": list(label_names), "label_words": list(label_words),
+                     "scoring": ("normalize(mean(last_hidden_state over tokens and prompt)) @ weight.T + bias"
+                                 if model.kind == "encoder" else "next_token_logits[last token][label_token_ids]")})
     if model.head is not None:
         save_file({"weight": model.head.weight.detach().float().cpu().contiguous(),
                    "bias": model.head.bias.detach().float().cpu().contiguous()}, str(out / HEAD_FILE))
-    else:
+    elif isinstance(model, PromptClassifier):
         task["label_token_ids"] = [int(i) for i in model.label_token_ids.tolist()]
     (out / TASK_FILE).write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")
     return task
+
+
+def generation_settings(model: PromptGenerator) -> dict[str, Any]:
+    """How ``model`` writes a completion, as the task file and model card state it."""
+    return {"task": "generation", "chat": model.chat, "max_new_tokens": model.max_new_tokens, "decoding": "greedy",
+            "eos_token_ids": list(model.eos),
+            "stop": (f"at end-of-sequence (token ids {list(model.eos)}) or after {model.max_new_tokens} new tokens"
+                     if model.eos else f"after {model.max_new_tokens} new tokens (the tokenizer has no "
+                                       "end-of-sequence token)"),
+            "delimiter": "the completion follows the prompt after one space unless the prompt ends in whitespace"}

@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("config_toml",)
+    __slots__ = ("config_toml", "config_signature")
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     config_toml: str
-    def __init__(self, config_toml: _Optional[str] = ...) -> None: ...
+    config_signature: bytes
+    def __init__(self, config_toml: _Optional[str] = ..., config_signature: _Optional[bytes] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job_id",)

@@ -34,16 +34,20 @@ class DescribeJobRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ...) -> None: ...
 
 class DescribeJobResponse(_message.Message):
-    __slots__ = ("job_id", "job_name", "job_config_toml", "gram_defence")
+    __slots__ = ("job_id", "job_name", "job_config_toml", "gram_defence", "config_signature", "crl")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     JOB_CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     GRAM_DEFENCE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     job_config_toml: str
     gram_defence: bool
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ..., gram_defence: _Optional[bool] = ...) -> None: ...
+    config_signature: bytes
+    crl: bytes
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., job_config_toml: _Optional[str] = ..., gram_defence: _Optional[bool] = ..., config_signature: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("job", "num_train_examples", "num_test_examples", "vector_size", "exchange_public_key", "exchange_attestation")
@@ -329,10 +333,12 @@ class ReportCheckResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class GetThresholdKeysRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "page")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    page: int
+    def __init__(self, job_id: _Optional[str] = ..., page: _Optional[int] = ...) -> None: ...
 
 class DealtShare(_message.Message):
     __slots__ = ("participant_id", "sealed")
@@ -343,18 +349,20 @@ class DealtShare(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class GetThresholdKeysResponse(_message.Message):
-    __slots__ = ("exchange", "shares", "dealt", "dealt_by_caller", "crl")
+    __slots__ = ("exchange", "shares", "dealt", "dealt_by_caller", "crl", "next_page")
     EXCHANGE_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
     DEALT_FIELD_NUMBER: _ClassVar[int]
     DEALT_BY_CALLER_FIELD_NUMBER: _ClassVar[int]
     CRL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
     exchange: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
     shares: _containers.RepeatedCompositeFieldContainer[KeyRecipient]
     dealt: _containers.RepeatedCompositeFieldContainer[DealtShare]
     dealt_by_caller: bool
     crl: bytes
-    def __init__(self, exchange: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., shares: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., dealt: _Optional[_Iterable[_Union[DealtShare, _Mapping]]] = ..., dealt_by_caller: _Optional[bool] = ..., crl: _Optional[bytes] = ...) -> None: ...
+    next_page: int
+    def __init__(self, exchange: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., shares: _Optional[_Iterable[_Union[KeyRecipient, _Mapping]]] = ..., dealt: _Optional[_Iterable[_Union[DealtShare, _Mapping]]] = ..., dealt_by_caller: _Optional[bool] = ..., crl: _Optional[bytes] = ..., next_page: _Optional[int] = ...) -> None: ...
 
 class PublishShareRequest(_message.Message):
     __slots__ = ("job_id", "share", "attestation")
@@ -391,16 +399,16 @@ class DownloadDecryptionRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class SubmitShareRequest(_message.Message):
-    __slots__ = ("job_id", "round", "attempt", "sealed_share")
+    __slots__ = ("job_id", "round", "attempt", "masked_share")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    SEALED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MASKED_SHARE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     attempt: int
-    sealed_share: bytes
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., sealed_share: _Optional[bytes] = ...) -> None: ...
+    masked_share: bytes
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., masked_share: _Optional[bytes] = ...) -> None: ...
 
 class SubmitShareResponse(_message.Message):
     __slots__ = ()

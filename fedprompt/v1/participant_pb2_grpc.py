@@ -261,7 +261,8 @@ class ParticipantServiceServicer:
 
     def GetThresholdKeys(self, request, context):
         """Threshold jobs (he.mode = "threshold"): the key setup relay as the caller sees it: every member's attested
-        exchange key and public key share so far, the sub-shares dealt to the caller (sealed to it), and the CRL.
+        exchange key and public key share so far, the sub-shares dealt to the caller (sealed to it), and the CRL;
+        one page at a time (64 KB per share: 13 MB at n = 100), from page 0 until next_page is 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,17 +283,16 @@ class ParticipantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadDecryption(self, request, context):
-        """Threshold jobs: a named decryptor fetches round `round`'s aggregate to make its share of (after a SHARE
-        task; encoding "ckks-threshold-v1" without shares: the compressed aggregate, round attempt, uploaders and
-        decryptors) ...
+        """Threshold jobs: a named decryptor fetches what round `round` needs its share of (after a SHARE task;
+        encoding "ckks-threshold-v1" without the combined download: the round attempt, uploaders and decryptors) ...
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitShare(self, request, context):
-        """... and sends its flooded decryption share, sealed under the members' group key; with the last share of
-        the t the round attempt's version is stored, and every member combines it.
+        """... and sends its flooded decryption share, masked under the members' group key; with the last share of
+        the t the coordinator adds them to the aggregate and compresses it, and every member unmasks that version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,11 +87,12 @@ def task_from_pb(pb: participant_pb2.GetTaskResponse) -> Task:
 
 def description_to_pb(d: JobDescription) -> participant_pb2.DescribeJobResponse:
     return participant_pb2.DescribeJobResponse(job_id=d.job_id, job_name=d.job_name, job_config_toml=d.config_toml,
-                                               gram_defence=d.gram_defence)
+                                               gram_defence=d.gram_defence, config_signature=d.config_signature,
+                                               crl=d.crl)
 
 
 def description_from_pb(pb: participant_pb2.DescribeJobResponse) -> JobDescription:
-    return JobDescription(pb.job_id, pb.job_name, pb.job_config_toml, pb.gram_defence)
+    return JobDescription(pb.job_id, pb.job_name, pb.job_config_toml, pb.gram_defence, pb.config_signature, pb.crl)
 
 
 def join_to_pb(info: JoinInfo) -> participant_pb2.JoinResponse:
@@ -132,13 +133,13 @@ def threshold_keys_to_pb(k: ThresholdKeyState) -> participant_pb2.GetThresholdKe
     return participant_pb2.GetThresholdKeysResponse(
         exchange=_recipients(k.exchange), shares=_recipients(k.shares),
         dealt=[participant_pb2.DealtShare(participant_id=d, sealed=blob) for d, blob in k.dealt],
-        dealt_by_caller=k.dealt_by_caller, crl=k.crl)
+        dealt_by_caller=k.dealt_by_caller, crl=k.crl, next_page=k.next_page)
 
 
 def threshold_keys_from_pb(pb: participant_pb2.GetThresholdKeysResponse) -> ThresholdKeyState:
     return ThresholdKeyState(_from_recipients(pb.exchange), _from_recipients(pb.shares),
                              tuple((d.participant_id, bytes(d.sealed)) for d in pb.dealt), pb.dealt_by_caller,
-                             bytes(pb.crl))
+                             bytes(pb.crl), pb.next_page)
 
 
 def dealing_to_pb(job_id: str, sealed: dict[str, bytes]) -> participant_pb2.DealSharesRequest:

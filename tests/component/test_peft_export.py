@@ -22,10 +22,11 @@ from fedprompt.app.admin_client import AdminClient
 from fedprompt.app.cli import main
 from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt, readme_loader
 from fedprompt.app.simulate import simulate
-from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, dump_toml
+from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection, dump_toml
 from fedprompt.locations import LATEST_PROMPT
 from fedprompt.logs import configure
-from fedprompt.models import build_classifier
+from fedprompt.models import build_classifier, build_model
+from fedprompt.models.generator import PromptGenerator
 from fedprompt.participant.grpc_link import GrpcLink
 from fedprompt.promptfile import load_prompt
 from fedprompt.protocol import Payload
@@ -74,6 +75,58 @@ def test_a_levelled_prompt_exports_every_level(tiny_encoder_dir: Path, tmp_path:
     out = export_peft(vector, dump_toml(config), tmp_path / "adapter", CardFacts("job-1", 1, "a test"), "0.0-test")
     assert json.loads((out / "adapter_config.json").read_text())["num_virtual_tokens"] == 4
     assert max_diff_to_fedprompt(vector, config, tiny_encoder_dir, out, TEXTS) <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_a_generation_export_states_its_generation_settings_and_loads_in_peft(method: str, tiny_causal_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """A generation job's card and task file say how completions are written (template, max_new_tokens, greedy,
+    the stop rule) and name no labels; PeftModel on the export gives the generator's next-token logits."""
+    base = tiny_job(tiny_causal_dir)
+    config = dataclasses.replace(base, peft=PeftSection(method=method, lora_rank=4),
+                                 task=TaskSection(kind="generation", template="Q: {text}\nA:", max_new_tokens=7))
+    model = build_model(config)
+    assert isinstance(model, PromptGenerator)
+    vector = model.get_vector() + np.random.default_rng(7).normal(0, 0.05, model.vector_size).astype(np.float32)
+    out = export_peft(vector, dump_toml(config), tmp_path / "adapter", CardFacts("job-1", 3, "a test"), "0.0-test")
+    rows = card_rows(out)
+    assert rows["task"] == "generation: a completion of each prompt"
+    assert rows["prompt format"] == f'`"Q: {{text}}\\nA:"` (prompt cut to {config.model.max_length} tokens)'
+    assert rows["max_new_tokens"] == "7" and rows["decoding"] == "greedy"
+    assert rows["stop rule"] == "after 7 new tokens (the tokenizer has no end-of-sequence token)"
+    assert "label words" not in rows and "labels" not in rows["task"]
+    assert "do_sample=False, max_new_tokens=7" in (out / "README.md").read_text()
+    task = json.loads((out / "fedprompt_task.json").read_text())
+    assert task["task"] == "generation" and task["decoding"] == "greedy" and task["max_new_tokens"] == 7
+    assert task["chat"] is False and task["template"] == "Q: {text}\nA:" and "label_names" not in task
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model.set_vector(vector)
+    ids = torch.tensor([model.prompt_ids("colour of the sky")])
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_dir), out).eval()
+    with torch.no_grad():
+        ours = model(ids, torch.ones_like(ids))[0, -1]
+        theirs = loaded(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+    assert float((ours - theirs).abs().max()) <= TOLERANCE
+
+
+def test_a_chat_generation_card_names_the_chat_template(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    base = tiny_job(tiny_causal_dir)
+    config = dataclasses.replace(base, task=TaskSection(kind="generation", chat=True, max_new_tokens=5))
+    model_dir = tmp_path / "chat-model"
+    model_dir.mkdir()
+    for path in tiny_causal_dir.iterdir():
+        (model_dir / path.name).write_bytes(path.read_bytes())
+    tokenizer = json.loads((model_dir / "tokenizer_config.json").read_text())
+    tokenizer.update(chat_template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}", eos_token="[SEP]")
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=str(model_dir)))
+    out = export_peft(build_model(config).get_vector(), dump_toml(config), tmp_path / "adapter",
+                      CardFacts("job-1", 1, "a test"), "0.0-test")
+    rows = card_rows(out)
+    assert rows["prompt format"].startswith("chat messages rendered by the base tokenizer's chat template")
+    assert rows["stop rule"] == "at end-of-sequence (token ids [102]) or after 5 new tokens"
 
 
 def weights_digest(model_dir: Path) -> str:
@@ -169,7 +222,7 @@ def test_admin_exports_a_plaintext_jobs_global_as_a_peft_adapter(tiny_encoder_di
             assert rows["base model"] == f"`{tiny_encoder_dir.name}` (`{tiny_encoder_dir}`)"
             assert rows["base weights SHA-256"] == f"`{weights_digest(tiny_encoder_dir)}`"
             assert rows["method"].startswith("lora: rank 2, alpha 16")
-            assert rows["task"] == "classification: labels neg, pos" and rows["template"] == "`{text}`"
+            assert rows["task"] == "classification: labels neg, pos" and rows["template"] == '`"{text}"`'
             assert rows["rounds completed"] == "1 of 2" and rows["participants"] == "3"
             assert rows["record-level DP"] == "off" and rows["participant-level DP"] == "off"
             assert rows["homomorphic encryption"] == "off (plaintext aggregation)"

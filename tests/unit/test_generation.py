@@ -98,7 +98,7 @@ def test_predict_prints_the_exported_generators_completions(tmp_path: Path, tiny
     out = tmp_path / "generator.safetensors"
     simulate(config, [SiteData(toy(), toy()) for _ in range(3)], export=out)
     capsys.readouterr()
-    assert cli.main(["predict", "--prompt", str(out), "colour of snow", "colour of coal"]) == 0
+    assert cli.main(["predict", "--prompt", str(out), "--batch-size", "1", "colour of snow", "colour of coal"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     vector, _ = load_prompt(out)
     model = build_model(config)
@@ -107,6 +107,8 @@ def test_predict_prints_the_exported_generators_completions(tmp_path: Path, tiny
     assert lines == [{"text": t, "completion": c} for t, c in
                      zip(["colour of snow", "colour of coal"], model.generate(["colour of snow", "colour of coal"]),
                          strict=True)]
+    assert cli.main(["predict", "--prompt", str(out), "--batch-size", "0", "colour of snow"]) != 0
+    assert "--batch-size" in capsys.readouterr().err
 
 
 def test_dp_sgd_trains_a_generator(tiny_causal_dir: Path) -> None:
@@ -142,6 +144,32 @@ def test_greedy_generation_is_the_argmax_of_the_training_forward(method: str, ti
             expected.append(token)
     assert written == str(model.tokenizer.decode(expected, skip_special_tokens=True)).strip()
     assert len(expected) <= model.max_new_tokens
+
+
+PROMPTS = ["colour of the sky", "a much longer prompt about the colour of fresh green grass in spring", "snow",
+           "what colour is coal when it burns", "x"]
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+def test_batched_decoding_writes_what_decoding_one_prompt_at_a_time_writes(method: str, tiny_causal_dir: Path) -> None:
+    """Left-padded batches (prompts of 1 to 16 tokens, so most rows are padded) complete every prompt as decoding
+    it alone does, with a random adapter so that the soft prompt, prefix or LoRA steers the output; and with an
+    end-of-sequence token that some rows write first, those rows stop while the others go on."""
+    config = generation_job(tiny_causal_dir, method)
+    model = build_model(dataclasses.replace(config, task=dataclasses.replace(config.task, max_new_tokens=6)))
+    assert isinstance(model, PromptGenerator)
+    model.set_vector((model.get_vector() + np.random.default_rng(1).normal(0, 0.5, model.vector_size))
+                     .astype(np.float32))
+    alone = [model.generate([prompt], batch_size=1)[0] for prompt in PROMPTS]
+    assert model.generate(PROMPTS, batch_size=len(PROMPTS)) == alone
+    assert model.generate(PROMPTS, batch_size=2) == alone
+    assert all(alone)  # the tiny tokenizer has no end-of-sequence token: every row writes max_new_tokens
+    row = torch.tensor([model.prompt_ids(PROMPTS[0])])
+    with torch.no_grad():
+        model.eos = [int(model(row, torch.ones_like(row))[0, -1].argmax())]  # what the first prompt writes first
+    stopped = [model.generate([prompt], batch_size=1)[0] for prompt in PROMPTS]
+    assert stopped[0] == "" and any(stopped)
+    assert model.generate(PROMPTS, batch_size=len(PROMPTS)) == stopped
 
 
 @pytest.mark.parametrize("extra, key", [

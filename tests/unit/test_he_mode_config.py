@@ -32,6 +32,7 @@ def test_threshold_defaults_to_a_majority_of_the_enrolled_members() -> None:
     (THREE, "threshold = 4", "he.threshold"),
     ("allowed_participants = ['*']", "", "job.allowed_participants"),
     ("", "", "job.allowed_participants"),
+    (f"{THREE}\nmin_participants = 1", "", "job.min_participants"),
 ])
 def test_bad_threshold_settings_name_their_key(job: str, he: str, key: str) -> None:
     text = f"[job]\n{job}\n[he]\nenabled = true\nmode = 'threshold'\n{he}".replace("mode = 'threshold'\nmode",

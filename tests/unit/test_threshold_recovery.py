@@ -99,8 +99,7 @@ def test_a_threshold_job_resumes_with_its_relay_and_completes_the_interrupted_ro
     for who in decryption.decryptors:
         request = job.relay.decryption(who, 1)
         assert request.encoding == ENCODING
-        job.relay.submit_share(who, 1, 2, keys[who].decryption_share(
-            decryption.aggregate, SIZE, 1, 2, decryption.uploaders, decryption.decryptors))
+        job.relay.submit_share(who, 1, 2, keys[who].decryption_share(SIZE, 1, 2, decryption.uploaders, decryption.decryptors))
     assert job.state.value == "done"
     stored = job.store.prompt(job.job_id, 1)
     assert stored is not None and stored[0] == ENCODING

@@ -1,6 +1,6 @@
 """Threshold-CKKS jobs as domain objects, no network: three members (t = 2) set their keys up through the
 coordinator's relay with attested shares, run rounds with seeded uploads whose decryption shares only members
-can open, survive a member dropped after uploading and a decryptor that never answers, and reload after a
+can unmask, survive a member dropped after uploading and a decryptor that never answers, and reload after a
 restart with their one-use records intact.  Real certificates, real SEAL ciphertexts."""
 
 from __future__ import annotations
@@ -14,37 +14,26 @@ import numpy as np
 import pytest
 
 from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound, pick_decryptors
+from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
 from fedprompt.crypto.pki import CertificateAuthority
-from fedprompt.crypto.sealing import new_exchange_key, open_for_group, public_bytes
+from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.threshold import ThresholdParams
+from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotEnrolled, NotSelected, PreconditionFailed
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_keys import ThresholdKeys
-from fedprompt.protocol import ThresholdKeyState
-from fedprompt.wire.threshold import pack_version, unpack_version
+from fedprompt.protocol import Payload
+from fedprompt.v1 import participant_pb2
+from fedprompt.wire import serde
+from fedprompt.wire.threshold import ENCODING, pack_version, unpack_version
+from tests.thresholds import RelayDoor
 
 JOB = "job-th"
 MEMBERS = ("participant:a", "participant:b", "participant:c")
 SIZE = 300
 PARAMS = ThresholdParams(members=3)
-
-
-class Door:
-    """One member's calls to the relay, with its identity, as the coordinator's servicer would make them."""
-
-    def __init__(self, relay: ThresholdRelay, who: str) -> None:
-        self.relay, self.who = relay, who
-
-    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        return self.relay.state_for(self.who)
-
-    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
-        self.relay.publish_share(self.who, share, attestation)
-
-    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        self.relay.deal(self.who, sealed)
 
 
 class Site:
@@ -71,7 +60,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> tuple[ThresholdRelay
         exchange = public_bytes(sites[who].exchange)
         relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for _ in range(3):
-        done = [site.keys.refresh(Door(relay, who)) for who, site in sites.items()]
+        done = [site.keys.refresh(RelayDoor(relay, who)) for who, site in sites.items()]
     assert all(done) and relay.ready
     return relay, sites
 
@@ -107,29 +96,60 @@ def test_key_setup_gives_every_member_the_same_collective_key_and_keeps_its_shar
     assert all(sites[MEMBERS[0]].keys._dealing[0] not in blob for _, blob in state.dealt)
 
 
-def test_a_round_completes_with_one_member_dropped_after_uploading_and_only_members_combine(
+def test_a_round_completes_with_one_member_dropped_after_uploading_and_only_members_can_unmask(
         federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
-    """n = 3, t = 2: all three upload, c drops; a and b decrypt; every member (c on return too) combines."""
+    """n = 3, t = 2: all three upload, c drops; a and b decrypt; every member (c on return too) unmasks the
+    combined download; without the group key it does not decode."""
     relay, sites = federation
     machine, expected, weight = _round(relay, sites, 1, MEMBERS, np.random.default_rng(1))
     decryption = machine.close(_online("participant:c"))
     assert decryption is not None and decryption.decryptors == ("participant:a", "participant:b")
     for who in decryption.decryptors:
-        decryption.submit(who, sites[who].keys.decryption_share(
-            decryption.aggregate, SIZE, 1, 0, decryption.uploaders, decryption.decryptors))
+        decryption.submit(who, sites[who].keys.decryption_share(SIZE, 1, 0, decryption.uploaders, decryption.decryptors))
     assert decryption.complete
     stored = decryption.version()  # the global version every member downloads and combines itself
     for who in MEMBERS:
         total, got = sites[who].keys.open_version(stored, SIZE)
         assert got == pytest.approx(weight, abs=1e-3)
         assert np.abs(total - expected).max() <= 1e-4
-    with pytest.raises(InvalidUpdate, match="shares do not match"):
-        unpack_version(pack_version(dataclasses.replace(unpack_version(stored), decryptors=MEMBERS)))
-    # the coordinator holds the aggregate and t shares, but the shares are sealed under the members' group key
-    with pytest.raises(InvalidCiphertext, match="does not open"):
-        open_for_group(decryption.shares["participant:a"], bytes(32), JOB, "1", "0", "participant:a")
+    with pytest.raises(InvalidUpdate, match="combined download"):
+        unpack_version(pack_version(dataclasses.replace(unpack_version(stored), combined=b"")))
+    # the coordinator holds the sum, t masked shares and the combined download, but not the group key
+    version = unpack_version(stored)
+    with pytest.raises(InvalidCiphertext, match="weight"):
+        threshold_masked.open_sum(relay.context, version.combined, SIZE, bytes(32), UploadRound(relay.seed, 1, 0),
+                                  [1, 2])
     with pytest.raises(NotSelected):
         decryption.submit("participant:c", b"x")
+
+
+def test_a_served_version_of_the_demo_prompt_is_under_2_5x_its_float32_size(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """The bytes a member downloads for one version of the demo's 6,914-float prompt: the protobuf messages the
+    coordinator streams for it (``DownloadGlobal``), under 2.5x the float32 vector; the decryptors' masked
+    shares are checked on arrival."""
+    relay, sites = federation
+    size = 6914
+    machine = ThresholdRound(relay, 9, size)
+    for who in MEMBERS:
+        machine.add(who, 0, sites[who].keys.encrypt(np.full(size, 0.5), 10.0, 9, 0), 10.0)
+    decryption = machine.close(_online())
+    assert decryption is not None
+    first, second = decryption.decryptors
+    share = sites[first].keys.decryption_share(size, 9, 0, decryption.uploaders, decryption.decryptors)
+    with pytest.raises(InvalidUpdate, match="refused"):  # another member's share, a truncated one
+        decryption.submit(second, share)
+    with pytest.raises(InvalidUpdate, match="refused"):
+        decryption.submit(first, share[:-8])
+    decryption.submit(first, share)
+    decryption.submit(second, sites[second].keys.decryption_share(size, 9, 0, decryption.uploaders,
+                                                                  decryption.decryptors))
+    stored = decryption.version()
+    served = sum(m.ByteSize() for m in serde.payload_messages(Payload(JOB, 9, ENCODING, size, stored),
+                                                              participant_pb2.DownloadGlobalResponse))
+    assert served < 2.5 * 4 * size
+    total, weight = sites[MEMBERS[2]].keys.open_version(stored, size)
+    assert weight == pytest.approx(30.0, abs=1e-3) and np.abs(total - 1.5).max() <= 1e-4
 
 
 def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
@@ -142,7 +162,7 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
     late = first.missing[-1]
     for who in first.decryptors:
         if who != late:
-            first.submit(who, sites[who].keys.decryption_share(first.aggregate, SIZE, 2, 0, first.uploaders,
+            first.submit(who, sites[who].keys.decryption_share(SIZE, 2, 0, first.uploaders,
                                                                first.decryptors))
     assert machine.expire() == 1
     with pytest.raises(InvalidValue, match="already used"):  # one upload per member and round attempt...
@@ -154,10 +174,9 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
     retry = machine.close(_online(late))
     assert retry is not None and late not in retry.decryptors and retry.attempt == 1
     for who in retry.decryptors:
-        retry.submit(who, sites[who].keys.decryption_share(retry.aggregate, SIZE, 2, 1, retry.uploaders,
+        retry.submit(who, sites[who].keys.decryption_share(SIZE, 2, 1, retry.uploaders,
                                                            retry.decryptors))
-    total, got = sites[back[0]].keys.combine(retry.aggregate, SIZE, 2, 1, retry.uploaders, retry.shares,
-                                             retry.declared_weight)
+    total, got = sites[back[0]].keys.open_version(retry.version(), SIZE)
     assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
 
 
@@ -168,25 +187,25 @@ def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
     decryption = machine.close(_online())
     assert decryption is not None
     first = decryption.decryptors[0]
-    decryption.submit(first, sites[first].keys.decryption_share(decryption.aggregate, SIZE, 3, 0,
+    decryption.submit(first, sites[first].keys.decryption_share(SIZE, 3, 0,
                                                                 decryption.uploaders, decryption.decryptors))
     for site in sites.values():
         site.keys = site.start()  # a daemon restart: everything from the state directory
         assert site.keys.ready and site.keys.context.key_id == relay.context.key_id
     with pytest.raises(InvalidValue, match="already used"):  # the record of the share survived the restart
-        sites[first].keys.decryption_share(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
+        sites[first].keys.decryption_share(SIZE, 3, 0, decryption.uploaders,
                                            decryption.decryptors)
     with pytest.raises(InvalidValue, match="already used"):
         sites[first].keys.encrypt(np.zeros(SIZE), 1.0, 3, 0)
     for who in decryption.missing:
-        decryption.submit(who, sites[who].keys.decryption_share(decryption.aggregate, SIZE, 3, 0,
+        decryption.submit(who, sites[who].keys.decryption_share(SIZE, 3, 0,
                                                                 decryption.uploaders, decryption.decryptors))
-    total, got = sites[MEMBERS[2]].keys.combine(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
-                                                decryption.shares, decryption.declared_weight)
+    stored = decryption.version()
+    total, got = sites[MEMBERS[2]].keys.open_version(stored, SIZE)
     assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+    forged = dataclasses.replace(unpack_version(stored), declared_weight=decryption.declared_weight + 7)
     with pytest.raises(InvalidValue, match="examples its uploaders declared"):  # the weight-slot check
-        sites[MEMBERS[2]].keys.combine(decryption.aggregate, SIZE, 3, 0, decryption.uploaders,
-                                       decryption.shares, decryption.declared_weight + 7)
+        sites[MEMBERS[2]].keys.open_version(pack_version(forged), SIZE)
 
 
 def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path: Path) -> None:
@@ -200,11 +219,12 @@ def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path:
         exchange = public_bytes(sites[who].exchange)
         relay.register(who, exchange, sites[who].credentials.signer.sign(JOB, "exchange", (digest(exchange),)))
     for who in MEMBERS[1:]:
-        sites[who].keys.refresh(Door(relay, who))
+        sites[who].keys.refresh(RelayDoor(relay, who))
     forged = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key())
-    relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())
+    relay.shares[MEMBERS[0]] = (forged.public, sites[MEMBERS[0]].keys.attestation())  # served as if published
+    relay.arrivals.append(("share", MEMBERS[0]))
     with pytest.raises(AttestationError, match="not the key it signed"):
-        sites[MEMBERS[1]].keys.refresh(Door(relay, MEMBERS[1]))
+        sites[MEMBERS[1]].keys.refresh(RelayDoor(relay, MEMBERS[1]))
     assert not sites[MEMBERS[1]].keys.ready
 
 
@@ -217,7 +237,7 @@ def test_decryptors_are_t_online_members_rotating_with_the_round() -> None:
     assert pick_decryptors(members, _online("a", "b", "c"), 3, 0) is None
 
 
-def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
+def test_the_relay_refuses_strangers_repeats_and_waits_for_whole_dealings(
         federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
     relay, sites = federation
     share, attestation = relay.shares[MEMBERS[0]]
@@ -228,8 +248,13 @@ def test_the_relay_refuses_strangers_repeats_and_partial_dealings(
     with pytest.raises(InvalidUpdate, match="bytes"):
         relay.publish_share(MEMBERS[0], share[:-8])
     fresh = ThresholdRelay("job-other", MEMBERS, PARAMS)
-    with pytest.raises(InvalidUpdate, match="each of the 2 other members"):
-        fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})
+    with pytest.raises(InvalidUpdate, match="the 2 other members only"):
+        fresh.deal(MEMBERS[0], {MEMBERS[0]: b"sealed", MEMBERS[1]: b"sealed"})
+    fresh.deal(MEMBERS[0], {MEMBERS[1]: b"sealed"})  # a batch: the dealing is not complete yet
+    assert MEMBERS[0] not in fresh.dealt and not fresh.state_for(MEMBERS[0]).dealt_by_caller
+    fresh.register(MEMBERS[0], bytes(32))
+    with pytest.raises(InvalidUpdate, match="another exchange key"):  # no new exchange key mid-dealing
+        fresh.register(MEMBERS[0], bytes(range(32)))
     with pytest.raises(PreconditionFailed, match="key setup"):
         ThresholdRound(fresh, 1, SIZE)
 
@@ -245,7 +270,7 @@ def test_a_member_stops_decrypting_before_its_smudging_budget_is_spent(tmp_path:
         relay.register(who, public_bytes(exchange))
     for _ in range(2):
         for who in MEMBERS:
-            keys[who].refresh(Door(relay, who))
+            keys[who].refresh(RelayDoor(relay, who))
     pair, first = MEMBERS[:2], MEMBERS[0]
     for round_ in (1, 2, 3):
         machine = ThresholdRound(relay, round_, SIZE)
@@ -257,6 +282,6 @@ def test_a_member_stops_decrypting_before_its_smudging_budget_is_spent(tmp_path:
             keys[first] = ThresholdKeys(JOB, MEMBERS, first, params, new_exchange_key(),
                                         tmp_path / first.split(":")[1])  # restarted: the count survives
             with pytest.raises(InvalidValue, match="max_decryptions = 2"):
-                keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
+                keys[first].decryption_share(SIZE, round_, 0, decryption.uploaders, pair)
         else:
-            keys[first].decryption_share(decryption.aggregate, SIZE, round_, 0, decryption.uploaders, pair)
+            keys[first].decryption_share(SIZE, round_, 0, decryption.uploaders, pair)

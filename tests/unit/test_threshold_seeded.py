@@ -3,8 +3,6 @@ public polynomial, the coordinator folds them key-less, any t members decrypt th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
@@ -13,21 +11,9 @@ from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
 from fedprompt.crypto.threshold import ThresholdContext
 from fedprompt.crypto.threshold_seeded import UploadRound
-from tests.thresholds import SIZE, Job, correlation, job
+from tests.thresholds import SIZE, Job, correlation, job, uploads
 
 SEED = b"job-seed"
-
-
-def uploads(j: Job, upload: UploadRound, uploaders: Sequence[int], seed: int = 0) -> tuple[bytes, np.ndarray, float]:
-    """The named members upload ``w_i * x_i`` and ``w_i`` for ``upload``; the coordinator folds key-less."""
-    rng = np.random.default_rng(seed)
-    total, expected, weight = j.public.new_sum(SIZE), np.zeros(SIZE), 0.0
-    for member in j.members:
-        update, w = rng.normal(0, 0.1, SIZE), float(rng.integers(1, 20))
-        if member.index in uploaders:
-            total.add(total.parse(seeded.encrypt(j.context, member, update * w, w, upload)))
-            expected, weight = expected + update * w, weight + w
-    return total.to_bytes(), expected, weight
 
 
 def shares(j: Job, data: bytes, upload: UploadRound, uploaders: list[int], decryptors: list[int]) -> list[bytes]:
