@@ -27,10 +27,15 @@ because a coordinator without the key cannot tell it apart otherwise.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import itertools
 import math
+import os
+import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,16 +142,40 @@ class CkksParams:
                 "packing": "complex (2 reals per slot)", "encryption": "symmetric, seeded"}
 
 
+_SCRATCH: dict[int, Path] = {}  # process id -> its private scratch directory
+_SCRATCH_NAMES = itertools.count()
+
+
+def _scratch_directory() -> Path:
+    """This process's private (0700) scratch directory, made once and removed at exit: creating and removing a
+    directory per object cost ~4 ms on a loaded disk, more than the SEAL call it served.  Keyed by process id,
+    so a forked child makes its own and never removes its parent's."""
+    pid = os.getpid()
+    if pid not in _SCRATCH:
+        directory = Path(tempfile.mkdtemp(prefix="fedprompt-ckks-"))
+
+        def remove() -> None:
+            if os.getpid() == pid:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
+        _SCRATCH[pid] = directory
+    return _SCRATCH[pid]
+
+
 @contextmanager
 def _scratch() -> Iterator[Path]:
     """A private scratch file: SEAL's Python bindings (de)serialise through file paths only.
 
     Ciphertexts, key-less parameters, public keys and (in ``crypto.rns``) decrypted aggregates and the trivial
-    reader keys 0 and 1 pass through it, in a directory only this user can read; secret keys are serialised by
-    TenSEAL in memory.
+    reader keys 0 and 1 pass through it, in a directory only this user can read (one per process, a file name
+    per use and thread), removed after use; secret keys are serialised by TenSEAL in memory.
     """
-    with tempfile.TemporaryDirectory(prefix="fedprompt-ckks-") as directory:
-        yield Path(directory) / "obj"
+    path = _scratch_directory() / f"obj-{threading.get_ident()}-{next(_SCRATCH_NAMES)}"
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _saved(save: Callable[[str], None]) -> bytes:
@@ -189,6 +218,15 @@ class _Codec:
     def encode(self, vector: np.ndarray, weight: float) -> list[seal.Plaintext]:
         """``vector`` and ``weight`` (in the slot after it) as plaintexts, two reals per complex slot; values
         beyond what ``max_summands`` of them can sum to without wrapping around are refused."""
+        scale, plains = 2.0 ** self.params.scale_bits, []
+        for slots in self.slots(vector, weight):
+            plain = seal.Plaintext()
+            self.encoder.encode(slots.tolist(), scale, plain)
+            plains.append(plain)
+        return plains
+
+    def slots(self, vector: np.ndarray, weight: float) -> np.ndarray:
+        """The complex slots of :meth:`encode`'s plaintexts, ``(ciphertexts, N / 2)``, checked the same way."""
         reals = np.concatenate([np.asarray(vector, dtype=np.float64).reshape(-1), [float(weight)]])
         if not np.isfinite(reals).all():
             raise InvalidValue("cannot encrypt NaN or Inf")
@@ -199,14 +237,7 @@ class _Codec:
         per = self.params.reals_per_ciphertext
         padded = np.zeros(self.params.num_ciphertexts(len(reals) - 1) * per)
         padded[: len(reals)] = reals
-        scale = 2.0 ** self.params.scale_bits
-        plains = []
-        for start in range(0, len(padded), per):
-            chunk = padded[start : start + per]
-            plain = seal.Plaintext()
-            self.encoder.encode((chunk[0::2] + 1j * chunk[1::2]).tolist(), scale, plain)
-            plains.append(plain)
-        return plains
+        return padded.reshape(-1, per)[:, 0::2] + 1j * padded.reshape(-1, per)[:, 1::2]
 
     def decode(self, plains: list[seal.Plaintext]) -> np.ndarray:
         """The reals of decrypted plaintexts (real and imaginary part of each slot), in order."""
@@ -243,6 +274,11 @@ class _Codec:
 
     def parse(self, data: bytes, key_id: bytes, vector_size: int) -> list[seal.Ciphertext]:
         """Ciphertexts of an encrypted vector, each checked against this context; ``InvalidCiphertext`` if not."""
+        return self.load(self.blobs(data, key_id, vector_size), self.seal_context.first_parms_id(),
+                         2.0 ** self.params.scale_bits, "fresh")
+
+    def blobs(self, data: bytes, key_id: bytes, vector_size: int) -> list[bytes]:
+        """The serialised ciphertexts of an encrypted vector of ``vector_size`` values under ``key_id``."""
         def check(size: int, count: int) -> None:
             if size != vector_size:
                 raise InvalidCiphertext(f"encrypted vector has {size} parameters, expected {vector_size}")
@@ -250,8 +286,7 @@ class _Codec:
             if count != expected:
                 raise InvalidCiphertext(f"payload has {count} ciphertexts, a vector of {vector_size} needs {expected}")
 
-        blobs = self.unframe(data, key_id, check)
-        return self.load(blobs, self.seal_context.first_parms_id(), 2.0 ** self.params.scale_bits, "fresh")
+        return self.unframe(data, key_id, check)
 
     def unframe(self, data: bytes, key_id: bytes, check: Callable[[int, int], None]) -> list[bytes]:
         """The ciphertext blobs of a framed payload made under ``key_id``; ``check(size, count)`` vets the

@@ -13,9 +13,10 @@ plaintext's coefficients but not a ciphertext's, and can write neither, so this 
   at index ``k`` (``br`` = bit reversal, ``psi`` = the smallest primitive 2N-th root of unity mod the prime),
   which ``tests/unit/test_threshold_rns.py`` checks against SEAL's own transform.
 
-Polynomials are ``(limbs, N)`` arrays of Python ints (``dtype=object``): products of 60-bit residues overflow
-``uint64``, and at N = 4096 the object arithmetic costs milliseconds.  The NTT, with its ``N log N`` products,
-runs in ``uint64`` instead (``_mulmod``: 2x faster than object arithmetic at N = 8192, 4 primes).
+Public methods return ``(limbs, N)`` arrays of Python ints (``dtype=object``), whose products cannot
+overflow; the round path (uploads, compression, decryption shares, combining) works on the ``uint64``
+variants (``*_residues``) with ``crypto.modarith``'s exact modular products and NTT.  SEAL's expansion of a
+seeded ciphertext's ``c1`` is reproduced here (:meth:`Ring.expand_seed`) rather than read back from SEAL.
 Randomness for secrets and noise comes from the operating system's CSPRNG (``os.urandom``), public randomness
 from SHAKE-256 of a public seed.
 """
@@ -33,7 +34,8 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from fedprompt.crypto.ckks import _scratch
-from fedprompt.crypto.errors import InvalidCiphertext
+from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.modarith import bit_reversal, ntt, submod
 
 Poly = np.ndarray
 _SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.PublicKey, seal.Ciphertext,
@@ -43,77 +45,6 @@ _SEAL_MAGIC = 0xA15E
 _UNCOMPRESSED = 0
 _SHAKE256 = 2  # SEAL's prng_type::shake256
 SEED_BYTES = 64  # SEAL's prng_seed_byte_count
-
-
-def _bitrev(n: int) -> np.ndarray:
-    bits = n.bit_length() - 1
-    return np.array([int(format(k, f"0{bits}b")[::-1], 2) for k in range(n)])
-
-
-def _minimal_root(q: int, order: int) -> int:
-    """SEAL's choice: the smallest primitive ``order``-th root of unity mod ``q`` (``try_minimal_primitive_root``)."""
-    for candidate in range(2, q):
-        root = pow(candidate, (q - 1) // order, q)
-        if pow(root, order // 2, q) == q - 1:
-            step = root * root % q
-            return min(root * pow(step, j, q) % q for j in range(order // 2))
-    raise InvalidCiphertext(f"{q} has no primitive {order}-th root of unity")
-
-
-def _mulmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    """``a * b mod q`` for ``uint64`` arrays of residues below ``q < 2^61`` (broadcasting): the quotient from
-    80-bit floats (64-bit mantissa: off by at most one), the remainder exact in wrap-around ``uint64``
-    arithmetic (its true value lies in ``(-q, 2q)``), corrected by one ``q``."""
-    quotient = np.floor(a.astype(np.longdouble) * b.astype(np.longdouble) / q).astype(np.uint64)
-    r = (a * b - quotient * np.uint64(q)).view(np.int64)
-    r = np.where(r < 0, r + q, r)
-    return np.where(r >= q, r - q, r).astype(np.uint64)
-
-
-class _Limb:
-    """Negacyclic NTT tables for one prime, in SEAL's output order; the transforms run in ``uint64``."""
-
-    def __init__(self, q: int, n: int, order: np.ndarray) -> None:
-        if q >= 2**61 or np.finfo(np.longdouble).nmant < 63:
-            raise InvalidCiphertext("the NTT needs primes below 2^61 and 80-bit long doubles (x86-64)")
-        self.q = q
-        self.order = order
-        psi = _minimal_root(q, 2 * n)
-        psi_inv, n_inv = pow(psi, -1, q), pow(n, -1, q)
-        self.twist = np.array([pow(psi, i, q) for i in range(n)], dtype=np.uint64)
-        self.untwist = np.array([pow(psi_inv, i, q) * n_inv % q for i in range(n)], dtype=np.uint64)
-        self.stages = self._stages(psi * psi % q, n)
-        self.inverse_stages = self._stages(pow(psi * psi, -1, q), n)
-
-    def _stages(self, omega: int, n: int) -> list[np.ndarray]:
-        out, m = [], 1
-        while m < n:
-            w = pow(omega, n // (2 * m), self.q)
-            out.append(np.array([pow(w, j, self.q) for j in range(m)], dtype=np.uint64))
-            m *= 2
-        return out
-
-    def _cyclic(self, x: np.ndarray, stages: list[np.ndarray]) -> np.ndarray:
-        """Radix-2 decimation-in-time transform: bit-reversed input, natural-order output."""
-        x = x[self.order]
-        n, q = len(x), np.uint64(self.q)
-        for twiddles in stages:
-            m = len(twiddles)
-            blocks = x.reshape(n // (2 * m), 2 * m)
-            u, v = blocks[:, :m], _mulmod(blocks[:, m:], twiddles, self.q)
-            total, difference = u + v, u + (q - v)
-            x = np.concatenate([np.where(total >= q, total - q, total),
-                                np.where(difference >= q, difference - q, difference)], axis=1).reshape(n)
-        return x
-
-    def forward(self, coeffs: np.ndarray) -> np.ndarray:
-        """Residues (below ``q``, any integer dtype) to SEAL's NTT order, as Python ints."""
-        return self._cyclic(_mulmod(np.asarray(coeffs).astype(np.uint64), self.twist, self.q),
-                            self.stages)[self.order].astype(object)
-
-    def inverse(self, values: np.ndarray) -> np.ndarray:
-        transformed = self._cyclic(np.asarray(values).astype(np.uint64)[self.order], self.inverse_stages)
-        return _mulmod(transformed, self.untwist, self.q).astype(object)
 
 
 class Ring:
@@ -127,8 +58,11 @@ class Ring:
         self.moduli = [m.value() for m in key.parms().coeff_modulus()]
         self.data_limbs = len(first.parms().coeff_modulus())
         self.key_parms_id = list(key.parms_id())
-        order = _bitrev(self.n)
-        self._limbs = [_Limb(q, self.n, order) for q in self.moduli]
+        self._ntts = [ntt(q, self.n) for q in self.moduli]
+        self._evaluator = seal.Evaluator(seal_context)
+        powers = np.array([pow(3, i, 2 * self.n) for i in range(self.n // 2)])  # slot i sits at psi^(3^i)
+        self._slot_index = ((powers - 1) // 2, (2 * self.n - powers - 1) // 2)
+        self._untwist = np.exp(-1j * math.pi * np.arange(self.n) / self.n)
         with _scratch() as path:
             seal.Plaintext().save(str(path))
             self._header = path.read_bytes()[: _HEADER.size]
@@ -140,54 +74,126 @@ class Ring:
         """The first ``limbs`` primes as a column, to reduce ``(limbs, N)`` arrays with ``%``."""
         return np.array(self.moduli[:limbs], dtype=object).reshape(-1, 1)
 
+    def q64(self, limbs: int) -> np.ndarray:
+        """The first ``limbs`` primes as a ``uint64`` column (``crypto.modarith``'s reductions)."""
+        return np.array(self.moduli[:limbs], dtype=np.uint64).reshape(-1, 1)
+
     # -- transforms and sampling ------------------------------------------------------------------------
     def to_ntt(self, coeffs: np.ndarray, limbs: int) -> Poly:
         """Signed integer coefficients (length N) -> SEAL's NTT form over the first ``limbs`` primes."""
-        signed = np.asarray(coeffs).astype(object)
-        return np.stack([self._limbs[i].forward(signed % self.moduli[i]) for i in range(limbs)])
+        return self.to_ntt_residues(coeffs, limbs).astype(object)
+
+    def to_ntt_residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
+        """:meth:`to_ntt` as ``uint64`` residues (coefficients of magnitude below 2^63), for each row of
+        ``(..., N)`` coefficients at once: ``(..., limbs, N)``."""
+        signed = np.asarray(coeffs, dtype=np.int64)[..., None, :]
+        residues = np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
+        return np.stack([self._ntts[i].forward(residues[..., i, :]) for i in range(limbs)], axis=-2)
 
     def from_ntt(self, poly: Poly) -> np.ndarray:
-        """The centred coefficients (in ``(-q/2, q/2]``) of a polynomial given in NTT form over one prime."""
-        limb = self._limbs[0]
-        coeffs = limb.inverse(np.asarray(poly[0], dtype=object))
-        return np.where(coeffs > limb.q // 2, coeffs - limb.q, coeffs)
+        """The centred coefficients (in ``(-q/2, q/2]``, ``int64``) of a polynomial given in NTT form over one
+        prime."""
+        q = self.moduli[0]
+        coeffs = self.from_ntt_residues(poly).astype(np.int64)
+        return np.where(coeffs > q // 2, coeffs - q, coeffs)
+
+    def from_ntt_residues(self, poly: Poly) -> np.ndarray:
+        """The coefficients (``uint64`` residues) over the first prime of a polynomial given in NTT form
+        (``(limbs, N)``, or ``(..., limbs, N)`` for several at once: ``(..., N)``)."""
+        return self._ntts[0].inverse(np.asarray(poly, dtype=np.uint64)[..., 0, :])
 
     def uniform(self, limbs: int, stream: Callable[[int], bytes]) -> Poly:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
+        return self.uniform_residues(limbs, stream).astype(object)
+
+    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes]) -> np.ndarray:
+        """:meth:`uniform` as ``uint64`` residues (the same draws)."""
         rows = []
         for q in self.moduli[:limbs]:
             mask, got = (1 << q.bit_length()) - 1, np.empty(0, dtype=np.uint64)
             while len(got) < self.n:
                 words = np.frombuffer(stream(16 * self.n), dtype=np.uint64) & np.uint64(mask)
                 got = np.concatenate([got, words[words < np.uint64(q)]])
-            rows.append(got[: self.n].astype(object))
+            rows.append(got[: self.n])
         return np.stack(rows)
 
-    def gaussian(self, sigma: float, limbs: int, clip: float | None = None) -> Poly:
-        """A rounded Gaussian polynomial (CSPRNG Box-Muller), optionally clipped at ``clip``, in NTT form."""
-        words = np.frombuffer(os.urandom(16 * self.n), dtype=np.uint64) >> np.uint64(11)
-        u1 = (words[: self.n].astype(np.float64) + 1.0) / 2.0**53
-        u2 = words[self.n :].astype(np.float64) / 2.0**53
+    def encode_coefficients(self, slots: np.ndarray, scale: float) -> np.ndarray:
+        """The coefficients (``int64``, ``(..., N)``) of the CKKS plaintext holding the complex ``slots``
+        (``(..., N / 2)``) at ``scale``, as SEAL's ``CKKSEncoder`` lays them out: slot ``i`` is the value at
+        ``psi^(3^i)`` and its conjugate at ``psi^(-3^i)`` (``psi = exp(i pi / N)``), so the coefficients are
+        ``round(scale / N * psi^-k * DFT(v)[k])`` of the values ``v_j`` at ``psi^(2j + 1)``.  Computed with
+        numpy's FFT instead of SEAL's: a coefficient may differ from SEAL's by a unit of rounding (at ``scale``
+        2^45, 3e-14 of a value; ``tests/unit/test_rns_encoding.py``), far below the encryption noise."""
+        values = np.zeros((*slots.shape[:-1], self.n), dtype=np.complex128)
+        values[..., self._slot_index[0]] = slots
+        values[..., self._slot_index[1]] = np.conj(slots)
+        coeffs = np.rint((np.fft.fft(values) * self._untwist).real * (scale / self.n))
+        if np.abs(coeffs).max(initial=0.0) >= self.moduli[0] / 2:
+            raise InvalidValue("encoded values exceed what the data prime holds")
+        return coeffs.astype(np.int64)
+
+    def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1,
+                 plus: np.ndarray | None = None) -> np.ndarray:
+        """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller), optionally clipped at ``clip``, plus the
+        integer coefficients ``plus`` (``(count, N)``) if given, in NTT form (``uint64`` residues,
+        ``(count, limbs, N)``), transformed together."""
+        words = np.frombuffer(os.urandom(16 * self.n * count), dtype=np.uint64).reshape(2, count, self.n)
+        u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
+        u2 = (words[1] >> np.uint64(11)).astype(np.float64) / 2.0**53
         values = sigma * np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
         if clip is not None:
             values = np.clip(values, -clip, clip)
-        return self.to_ntt(np.rint(values).astype(np.int64), limbs)
+        noise = np.rint(values).astype(np.int64)
+        return self.to_ntt_residues(noise if plus is None else noise + plus, limbs)
 
     # -- SEAL objects -----------------------------------------------------------------------------------
     def read_plaintext(self, plain: seal.Plaintext, limbs: int) -> Poly:
-        values = np.array([plain.data(i) for i in range(limbs * self.n)], dtype=np.uint64)
-        return values.astype(object).reshape(limbs, self.n)
+        return self.read_plaintext_residues(plain, limbs).astype(object)
+
+    def read_plaintext_residues(self, plain: seal.Plaintext, limbs: int) -> np.ndarray:
+        """A plaintext's ``(limbs, N)`` coefficients as ``uint64`` (one binding call per coefficient: the
+        bindings expose no buffer)."""
+        count = limbs * self.n
+        return np.fromiter(map(plain.data, range(count)), dtype=np.uint64, count=count).reshape(limbs, self.n)
 
     def read_ciphertext(self, ct: seal.Ciphertext) -> tuple[Poly, Poly]:
         """``(c0, c1)`` of a two-part NTT-form ciphertext, through decryption under the keys 0 and 1."""
+        c0, c1 = self.read_parts(ct, 2)
+        return c0.astype(object), c1.astype(object)
+
+    def read_parts(self, ct: seal.Ciphertext, count: int) -> list[np.ndarray]:
+        """``[c0]`` (``count`` 1) or ``[c0, c1]`` (2) of a two-part NTT-form ciphertext as ``uint64`` residues:
+        SEAL decrypts it under the key 0 to ``c0`` and under the key 1 to ``c0 + c1``."""
         limbs = ct.coeff_modulus_size()
         parts = []
-        for reader in self._readers:
+        for reader in self._readers[:count]:
             plain = seal.Plaintext()
             reader.decrypt(ct, plain)
-            parts.append(self.read_plaintext(plain, limbs))
-        c0 = parts[0]
-        return c0, (parts[1] - c0) % self.q(limbs)
+            parts.append(self.read_plaintext_residues(plain, limbs))
+        if count == 2:
+            parts[1] = submod(parts[1], parts[0], self.q64(limbs))
+        return parts
+
+    def parse_residues(self, data: bytes, offset: int, count: int, limbs: int) -> list[np.ndarray]:
+        """``count`` polynomials of ``limbs`` limbs (``uint64``) from ``data[offset:]``, which they must fill
+        exactly, each residue below its prime (threshold key material and shares on the wire)."""
+        size = count * limbs * self.n * 8
+        if len(data) != offset + size:
+            raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, "
+                                    f"expected {size}")
+        values = np.frombuffer(data, dtype=np.uint64, offset=offset).reshape(count, limbs, self.n)
+        if not np.all(values < self.q64(limbs)):
+            raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
+        return list(values)
+
+    def read_coefficients(self, ct: seal.Ciphertext, count: int) -> list[np.ndarray]:
+        """The first ``count`` parts of an NTT-form ciphertext in coefficient form (``uint64``, ``(limbs, N)``
+        each): SEAL's inverse NTT (in C++, on ``ct`` itself, which is left in coefficient form), then its data
+        read one binding call per coefficient."""
+        self._evaluator.transform_from_ntt_inplace(ct)
+        values, size = ct.dyn_array(), ct.coeff_modulus_size() * self.n
+        return [np.fromiter(map(values.at, range(k * size, (k + 1) * size)), dtype=np.uint64, count=size)
+                .reshape(-1, self.n) for k in range(count)]
 
     def secret_key(self, poly: Poly) -> seal.SecretKey:
         return self._load(seal.SecretKey(), self._plaintext_bytes(self.key_parms_id, poly, 1.0))
@@ -197,13 +203,13 @@ class Ring:
         return self._load(seal.Plaintext(), self._plaintext_bytes(parms_id, poly, scale))
 
     def public_key(self, p0: Poly, p1: Poly) -> seal.PublicKey:
-        return self._load(seal.PublicKey(), self._ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
+        return self._load(seal.PublicKey(), self.ciphertext_bytes(self.key_parms_id, p0, p1, 1.0))
 
     def relin_keys(self, keys: list[tuple[Poly, Poly]]) -> seal.RelinKeys:
         """SEAL's relinearisation keys for ``s^2`` from one key-level pair per decomposition prime
         (``KSwitchKeys::save_members``: parms id, one key vector, its length, each ``PublicKey`` framed)."""
         body = struct.pack("<4QQQ", *self.key_parms_id, 1, len(keys)) + b"".join(
-            self._ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in keys)
+            self.ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in keys)
         return self._load(seal.RelinKeys(), self._framed(body))
 
     def galois_keys(self, keys: dict[int, list[tuple[Poly, Poly]]]) -> seal.GaloisKeys:
@@ -213,21 +219,21 @@ class Ring:
         slots = {(element - 1) >> 1: pairs for element, pairs in keys.items()}
         body = struct.pack("<4QQ", *self.key_parms_id, self.n) + b"".join(
             struct.pack("<Q", len(slots.get(k, ()))) + b"".join(
-                self._ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in slots.get(k, ()))
+                self.ciphertext_bytes(self.key_parms_id, k0, k1, 1.0) for k0, k1 in slots.get(k, ()))
             for k in range(self.n))
         return self._load(seal.GaloisKeys(), self._framed(body))
 
     def galois_permutation(self, element: int) -> np.ndarray:
         """``perm`` with ``p(X^element)[k] = p[perm[k]]`` in SEAL's NTT order: slot ``k`` holds ``p`` at
         ``psi^(2 br(k) + 1)``, so the automorphism moves the exponent ``e`` to ``e * element mod 2N``."""
-        exponents = 2 * _bitrev(self.n) + 1
+        exponents = 2 * bit_reversal(self.n) + 1
         slot_of = np.empty(2 * self.n, dtype=np.int64)
         slot_of[exponents] = np.arange(self.n)
         return slot_of[exponents * element % (2 * self.n)]
 
     def ciphertext(self, c0: Poly, c1: Poly, parms_id: list[int], scale: float) -> seal.Ciphertext:
-        """A two-part NTT-form ciphertext at ``parms_id``."""
-        return self._load(seal.Ciphertext(), self._ciphertext_bytes(parms_id, c0, c1, scale))
+        """A two-part NTT-form ciphertext at ``parms_id`` (SEAL's own ``save`` then compresses it)."""
+        return self._load(seal.Ciphertext(), self.ciphertext_bytes(parms_id, c0, c1, scale))
 
     def seeded_ciphertext_bytes(self, parms_id: list[int], c0: Poly, seed: bytes, scale: float) -> bytes:
         """SEAL's serialisation of a seeded ciphertext: ``c0`` and the 64-byte seed from which SEAL's loader
@@ -238,16 +244,39 @@ class Ring:
         members = self._ciphertext_members(parms_id, c0.shape[0], scale)
         return self._framed(members + self._dynarray(c0.reshape(-1)) + self._framed(bytes([_SHAKE256]) + seed))
 
-    def expand_seed(self, parms_id: list[int], seed: bytes, limbs: int) -> Poly:
-        """The ``c1`` SEAL expands from ``seed`` at ``parms_id`` (uniform over the first ``limbs`` primes)."""
-        zero = np.zeros((limbs, self.n), dtype=object)
-        return self.read_ciphertext(self._load(seal.Ciphertext(), self.seeded_ciphertext_bytes(parms_id, zero, seed,
-                                                                                               1.0)))[1]
+    def expand_seed(self, seed: bytes, limbs: int) -> np.ndarray:
+        """The ``c1`` SEAL's loader expands from a seeded ciphertext's ``seed`` (uniform over the first ``limbs``
+        primes, ``uint64``), computed as SEAL 4 does rather than read back: ``Shake256PRNG`` fills 4,096-byte
+        buffers with SHAKE-256 of the seed and a 64-bit block counter; ``sample_poly_uniform`` takes
+        ``limbs * N`` little-endian words, and each word at or above the largest multiple of the prime below
+        2^64 (less one) is replaced, in order, by the next acceptable word drawn after them; then reduces."""
+        stream = _Shake256Stream(seed)
+        words = stream.words(limbs * self.n).reshape(limbs, self.n)
+        for limb, q in enumerate(self.moduli[:limbs]):
+            stream.replace_rejected(words[limb], np.uint64(2**64 - 1 - (2**64 - 1) % q - 1))
+        return words % self.q64(limbs)
+
+    def parse_ciphertext(self, blob: bytes, parms_id: list[int], scale: float, limbs: int) -> list[np.ndarray] | None:
+        """``[c0, c1]`` (``uint64``) of a serialised two-part NTT-form ciphertext at ``parms_id`` and ``scale``
+        when ``blob`` is exactly SEAL's uncompressed form of one (every byte before the residues as
+        :meth:`ciphertext_bytes` writes them, every residue below its prime); None for any other blob, which
+        then needs SEAL's loader (compressed, or not such a ciphertext)."""
+        size = 2 * limbs * self.n * 8
+        zero = np.zeros((limbs, self.n), dtype=np.uint64)
+        prefix = self.ciphertext_bytes(parms_id, zero, zero, scale)[:-size]
+        if len(blob) != len(prefix) + size or not blob.startswith(prefix):
+            return None
+        values = np.frombuffer(blob, dtype=np.uint64, offset=len(prefix)).reshape(2, limbs, self.n)
+        if not np.all(values < self.q64(limbs)):
+            raise InvalidCiphertext("ciphertext holds a residue beyond its prime")
+        return [values[0], values[1]]
 
     def _ciphertext_members(self, parms_id: list[int], limbs: int, scale: float) -> bytes:
         return struct.pack("<4Q", *parms_id) + b"\x01" + struct.pack("<QQQdQ", 2, self.n, limbs, scale, 1)
 
-    def _ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
+    def ciphertext_bytes(self, parms_id: list[int], c0: Poly, c1: Poly, scale: float) -> bytes:
+        """SEAL's uncompressed serialisation of the two-part NTT-form ciphertext ``(c0, c1)`` at ``parms_id``
+        (what SEAL's ``Ciphertext.load`` reads)."""
         flat = np.concatenate([c0.reshape(-1), c1.reshape(-1)])
         return self._framed(self._ciphertext_members(parms_id, c0.shape[0], scale) + self._dynarray(flat))
 
@@ -280,12 +309,47 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """The inverse of :func:`pack_bits` for ``count`` integers, as Python ints (``dtype=object``)."""
+    """The inverse of :func:`pack_bits` for ``count`` integers (``uint64``)."""
     if len(data) != -(-count * bits // 8):
         raise InvalidCiphertext(f"packed polynomial has {len(data)} bytes, expected {-(-count * bits // 8)}")
     full = np.zeros((count, 64), dtype=np.uint8)
     full[:, 64 - bits :] = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
-    return np.packbits(full, axis=1).view(">u8").reshape(count).astype(np.uint64).astype(object)
+    return np.packbits(full, axis=1).view(">u8").reshape(count).astype(np.uint64)
+
+
+class _Shake256Stream:
+    """SEAL's ``Shake256PRNG`` as a stream of 64-bit words: buffer ``k`` is SHAKE-256 of the 64-byte seed
+    followed by ``k`` as a little-endian 64-bit integer, 4,096 bytes long."""
+
+    _BUFFER = 4096
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise InvalidCiphertext(f"a SEAL seed has {SEED_BYTES} bytes, got {len(seed)}")
+        self.seed, self.position = seed, 0  # position: words consumed
+
+    def _bytes(self, start: int, stop: int) -> bytes:
+        first, last = start // self._BUFFER, -(-stop // self._BUFFER)
+        data = b"".join(hashlib.shake_256(self.seed + k.to_bytes(8, "little")).digest(self._BUFFER)
+                        for k in range(first, last))
+        return data[start - first * self._BUFFER : stop - first * self._BUFFER]
+
+    def words(self, count: int) -> np.ndarray:
+        start = self.position * 8
+        self.position += count
+        return np.frombuffer(self._bytes(start, start + 8 * count), dtype=np.uint64).copy()
+
+    def replace_rejected(self, row: np.ndarray, ceiling: np.uint64) -> None:
+        """Replace each word of ``row`` at or above ``ceiling``, in order, by the next word drawn below it."""
+        rejected = np.flatnonzero(row >= ceiling)
+        while rejected.size:
+            extra = self.words(2 * rejected.size + 8)
+            accepted = np.flatnonzero(extra < ceiling)
+            take = min(accepted.size, rejected.size)
+            row[rejected[:take]] = extra[accepted[:take]]
+            if take == rejected.size:  # the words after the last one used stay in the stream
+                self.position -= extra.size - int(accepted[take - 1]) - 1
+            rejected = rejected[take:]
 
 
 def shake_stream(seed: bytes) -> Callable[[int], bytes]:

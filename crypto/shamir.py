@@ -54,8 +54,7 @@ def share(ring: Ring, secret: Poly, threshold: int, indices: Sequence[int]) -> d
     CSPRNG-uniform higher coefficients (per prime, per residue)."""
     limbs = secret.shape[0]
     coefficients = np.stack([np.asarray(secret, dtype=np.uint64)]
-                            + [np.asarray(ring.uniform(limbs, os.urandom), dtype=np.uint64)
-                               for _ in range(threshold - 1)])
+                            + [ring.uniform_residues(limbs, os.urandom) for _ in range(threshold - 1)])
     return {x: value.astype(object) for x, value in evaluate(coefficients, ring.moduli[:limbs], indices).items()}
 
 

@@ -34,6 +34,7 @@ the bounds, the parameters and what the tests prove.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import struct
@@ -47,6 +48,7 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import shamir
 from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
+from fedprompt.crypto.modarith import addmod, mulmod, submod, switch_down, switch_up
 from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
 
 KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
@@ -156,21 +158,17 @@ def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
     return ring.uniform(len(ring.moduli), shake_stream(b"fedprompt-crp-v1\0" + label + b"\0" + job_seed))
 
 
+@functools.lru_cache(maxsize=8)
+def _parameters(params: CkksParams) -> bytes:
+    """A key-less context's serialisation, made once per process: making a context generates keys (~10 ms)."""
+    return _public_bytes(_make_context(params))
+
+
 def _digest(*polys: Poly) -> bytes:
     h = hashlib.sha256(b"fedprompt-threshold-v1")
     for poly in polys:
         h.update(np.asarray(poly, dtype=np.uint64).tobytes())
     return h.digest()
-
-
-def _polys(data: bytes, offset: int, count: int, limbs: int, ring: Ring) -> list[Poly]:
-    size = count * limbs * ring.n * 8
-    if len(data) != offset + size:
-        raise InvalidCiphertext(f"threshold key material has {len(data) - offset} bytes of polynomials, not {size}")
-    values = np.frombuffer(data, dtype=np.uint64, offset=offset).astype(object).reshape(count, limbs, ring.n)
-    if not np.all(values < ring.q(limbs)):
-        raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
-    return list(values)
 
 
 class Member:
@@ -183,8 +181,9 @@ class Member:
             raise ParameterError(f"member index must be in [1, {params.members}], got {index}")
         self.params, self.ring, self.index = params, ring, index
         secret = seal.KeyGenerator(ring.context).secret_key()  # held while read: data() refers into it
-        self._secret = (_polys(stored, 0, 1, len(ring.moduli), ring)[0] if stored
+        self._secret = (ring.parse_residues(stored, 0, 1, len(ring.moduli))[0].astype(object) if stored
                         else ring.read_plaintext(secret.data(), len(ring.moduli)))
+        self._residues = np.asarray(self._secret, dtype=np.uint64)
         self._sampled: set[bytes] = set()
 
     def secret_bytes(self) -> bytes:
@@ -199,13 +198,19 @@ class Member:
         """``-a s_i + e_i`` over the primes of ``a``, at most once per ``label``: two samples on one ``a`` would
         differ by small noise alone, and a ``c0`` built on one would give its plaintext away.  (A member's
         persistent state must keep the record too.)"""
-        if label in self._sampled:
-            raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
-                               "reusing it would reveal what it encrypts")
-        self._sampled.add(label)
-        limbs = a.shape[0]
-        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA)
-        return (noise - a * self._secret[:limbs]) % self.ring.q(limbs)
+        return self.rlwe_samples(np.asarray(a)[None], [label])[0]
+
+    def rlwe_samples(self, a: np.ndarray, labels: Sequence[bytes], plus: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`rlwe_sample` of each ``(limbs, N)`` row of ``a``, one distinct label each, noise made together;
+        ``plus``: integer coefficients added to each row's noise (a seeded upload's message, ``(rows, N)``)."""
+        for label in labels:
+            if label in self._sampled or labels.count(label) > 1:
+                raise InvalidValue(f"member {self.index} already used this reference polynomial ({label[:48]!r}); "
+                                   "reusing it would reveal what it encrypts")
+        self._sampled.update(labels)
+        limbs = a.shape[1]
+        noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels), plus=plus)
+        return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
 
     def deal(self) -> dict[int, bytes]:
         """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
@@ -234,15 +239,16 @@ class KeyShare:
                                                                    params.members, limbs):
                 raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
                                         f"{params.t}-of-{params.members} job")
-            self._dealt[dealer] = _polys(data, _DEALT.size, 1, limbs, ring)[0]
+            self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
         self._share = self.share_of(range(1, params.members + 1))
         self._issued: set[bytes] = set()
 
     def share_of(self, dealers: Iterable[int]) -> Poly:
         """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
         dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
-        limbs = len(self.ring.moduli)
-        return sum((self._dealt[i] for i in dealers), np.zeros((limbs, self.ring.n), dtype=object)) % self.ring.q(limbs)
+        limbs, q = len(self.ring.moduli), self.ring.q64(len(self.ring.moduli))
+        return functools.reduce(lambda total, i: addmod(total, self._dealt[i], q), dealers,
+                                np.zeros((limbs, self.ring.n), dtype=np.uint64))
 
     def decryption_share(self, ciphertexts: Sequence[seal.Ciphertext], decryptors: Sequence[int]) -> bytes:
         """``c1 * lambda * sigma + e`` per ciphertext (a sum of public-key uploads), for the decryptor set
@@ -256,7 +262,7 @@ class KeyShare:
         smaller noise of seeded sums (``crypto.threshold_seeded``)."""
         if self.params.seeded_uploads:
             raise InvalidValue("this job's uploads are seeded: decrypt through crypto.threshold_seeded")
-        c1s = [self.ring.read_ciphertext(ct)[1] for ct in ciphertexts]
+        c1s = [self.ring.read_parts(ct, 2)[1] for ct in ciphertexts]
         digest = _digest(*c1s)
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
@@ -274,10 +280,10 @@ class KeyShare:
             raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
-        limbs = c1s[0].shape[0]
-        q = self.ring.q(limbs)
-        weighted = shamir.lagrange(self.ring, members, self.index, limbs) * secret[:limbs] % q
-        out = [(c1 * weighted + self.ring.gaussian(sigma or self.params.smudging_sigma, limbs)) % q for c1 in c1s]
+        limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
+        weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
+        out = [addmod(mulmod(c1, weighted, moduli), e, self.ring.q64(limbs)) for c1, e in zip(c1s, noise, strict=True)]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
@@ -292,7 +298,7 @@ def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, t
     if magic != _SHARE_MAGIC or len(data) < members_end or got_limbs != limbs:
         raise InvalidCiphertext("not a decryption share of this job's format")
     return (index, struct.unpack_from(f"<{members}H", data, _SHARE.size), digest,
-            _polys(data, members_end, count, limbs, ring))
+            ring.parse_residues(data, members_end, count, limbs))
 
 
 def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciphertext],
@@ -301,13 +307,20 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
     (default: the ``c1``s, as for public-key sums).  Refused (typed, nothing decrypted): fewer shares than the
     set or than t, shares for other ciphertexts or another set, duplicates, malformed polynomials.  A well-formed
     but wrong share (a dishonest decryptor) yields garbage, which the sum's weight-slot check refuses."""
-    polys = [ring.read_ciphertext(ct) for ct in ciphertexts]
-    limbs = polys[0][0].shape[0]
-    digest = digest or _digest(*[c1 for _, c1 in polys])
+    polys = [ring.read_parts(ct, 1 if digest else 2) for ct in ciphertexts]
+    digest = digest or _digest(*[parts[1] for parts in polys])
+    return combine_parts(ring, params, [parts[0] for parts in polys], shares, digest,
+                         list(ciphertexts[0].parms_id()), ciphertexts[0].scale)
+
+
+def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shares: Sequence[bytes], digest: bytes,
+                  parms_id: list[int], scale: float) -> list[seal.Plaintext]:
+    """:func:`combine` for ciphertexts at ``parms_id`` and ``scale`` whose ``c0`` (``uint64``) is read already."""
+    limbs = c0s[0].shape[0]
     parsed: dict[int, list[Poly]] = {}
     decryptors: set[tuple[int, ...]] = set()
     for data in shares:
-        index, members, got_digest, share = share_polys(ring, data, len(polys), limbs)
+        index, members, got_digest, share = share_polys(ring, data, len(c0s), limbs)
         if got_digest != digest:
             raise InvalidCiphertext(f"decryption share of member {index} was made for other ciphertexts")
         if index in parsed:
@@ -320,12 +333,9 @@ def combine(ring: Ring, params: ThresholdParams, ciphertexts: Sequence[seal.Ciph
     if len(members) < params.t or sorted(parsed) != list(members):
         raise InvalidValue(f"decryption needs the shares of every member of the set {list(members)} (at least "
                            f"{params.t}), got {sorted(parsed)}")
-    q = ring.q(limbs)
-    out = []
-    for k, (c0, _) in enumerate(polys):
-        total = (c0 + sum(parsed[j][k] for j in members)) % q
-        out.append(ring.plaintext(total, list(ciphertexts[k].parms_id()), ciphertexts[k].scale))
-    return out
+    q = ring.q64(limbs)
+    return [ring.plaintext(functools.reduce(lambda total, j: addmod(total, parsed[j][k], q), members, c0),
+                           parms_id, scale) for k, c0 in enumerate(c0s)]
 
 
 class ThresholdContext(_Codec):
@@ -339,7 +349,7 @@ class ThresholdContext(_Codec):
         """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members
         get theirs from :meth:`set_public_key`."""
         params.check()
-        super().__init__(ts.context_from(_public_bytes(_make_context(params.ckks))), params.ckks)
+        super().__init__(ts.context_from(_parameters(params.ckks)), params.ckks)
         self.threshold = params
         self.ring = Ring(self.seal_context)
         self.key_id = key_id
@@ -400,27 +410,22 @@ class ThresholdContext(_Codec):
     def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
         return self.parse(data, self.key_id, vector_size)
 
-    def compress(self, data: bytes, vector_size: int) -> bytes:
-        """An aggregate for download, rounded to :attr:`ThresholdParams.download_bits` per coefficient: modulus
-        switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) done by the coordinator without a
-        key, ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1``, bit-packed."""
+    def compress(self, data: bytes | Sequence[seal.Ciphertext], vector_size: int) -> bytes:
+        """An aggregate (bytes, or :meth:`parse_sum`'s ciphertexts, left in coefficient form) for download: modulus
+        switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key, ``round(c 2^k / q)`` of
+        each coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits), bit-packed."""
         k0, k1 = self.threshold.download_bits
-        parts = []
-        cts = self.parse_sum(data, vector_size)
-        for ct in cts:
-            for poly, bits in zip(self.ring.read_ciphertext(ct), (k0, k1)[: 1 + bool(k1)], strict=False):
-                coeffs = self.ring.from_ntt(poly) % self.ring.moduli[0]
-                parts.append(pack_bits(((coeffs << bits) + self.ring.moduli[0] // 2) // self.ring.moduli[0]
-                                       % (1 << bits), bits))
-        header = _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1)
-        return header + b"".join(parts)
+        cts = self.parse_sum(data, vector_size) if isinstance(data, bytes) else data
+        sent, q = (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
+        parts = [pack_bits(switch_down(c[0], q, bits), bits) for ct in cts
+                 for c, bits in zip(self.ring.read_coefficients(ct, len(sent)), sent, strict=True)]
+        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1) + b"".join(parts)
 
     def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
         back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect.  A seeded sum's ``c1``s
         were not sent: ``c1s`` gives them (``crypto.threshold_seeded.expand``)."""
-        k0, k1 = self.threshold.download_bits
-        q = self.ring.moduli[0]
+        (k0, k1), q = self.threshold.download_bits, self.ring.moduli[0]
         if len(blob) < _COMPRESSED.size:
             raise InvalidCiphertext("compressed aggregate is shorter than its header")
         magic, key_id, size, count, got0, got1 = _COMPRESSED.unpack_from(blob)
@@ -435,16 +440,11 @@ class ThresholdContext(_Codec):
         lengths = [-(-self.ring.n * bits // 8) for bits in sent]
         if len(blob) != _COMPRESSED.size + count * sum(lengths):
             raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
-        offset, blobs = _COMPRESSED.size, []
-        for index in range(count):
-            polys = []
-            for bits, length in zip(sent, lengths, strict=True):
-                rounded = unpack_bits(blob[offset : offset + length], bits, self.ring.n)
-                offset += length
-                polys.append(self.ring.to_ntt((rounded * q + (1 << (bits - 1))) >> bits, 1))
-            if not k1:
-                polys.append(c1s[index])
-            ct = self.ring.ciphertext(polys[0], polys[1], list(self.seal_context.first_parms_id()),
-                                      2.0**self.params.scale_bits)
-            blobs.append(_saved(ct.save))
+        offsets = np.cumsum([_COMPRESSED.size] + lengths * count)
+        lifted = [switch_up(unpack_bits(blob[start:end], bits, self.ring.n), q, bits)
+                  for start, end, bits in zip(offsets[:-1], offsets[1:], sent * count, strict=True)]
+        polys = self.ring.to_ntt_residues(np.stack(lifted).astype(np.int64), 1).reshape(count, len(sent), 1, -1)
+        parms_id, scale = list(self.seal_context.first_parms_id()), 2.0**self.params.scale_bits
+        blobs = [self.ring.ciphertext_bytes(parms_id, sent_polys[0], sent_polys[1] if k1 else c1s[index], scale)
+                 for index, sent_polys in enumerate(polys)]
         return self.frame(self.key_id, vector_size, blobs)

@@ -10,6 +10,7 @@ combines them.  Errors are of that path.  Timings are wall-clock on this machine
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,11 @@ class Keyed:
     dealt: dict[int, dict[int, bytes]]  # dealer -> recipient -> dealt share (sealed for the recipient on the wire)
     keys: dict[int, KeyShare]
     keygen_s: float  # every member's key generation, one after another
+
+    @functools.cached_property
+    def coordinator(self) -> ThresholdContext:
+        """Key-less, made once per job as the coordinator's relay holds it, to compress sums."""
+        return ThresholdContext(self.params, key_id=self.context.key_id)
 
 
 def keygen(params: ThresholdParams) -> Keyed:
@@ -110,7 +116,7 @@ def aggregate(keyed: Keyed, vector_size: int, seed: int = 0, round: int = 0) -> 
                                                    folded.expected, folded.weight)
     summed = folded.total.to_bytes()
     decryptors = list(range(1, params.t + 1))
-    coordinator = ThresholdContext(params, key_id=context.key_id)
+    coordinator = keyed.coordinator  # made before the clock starts
     if seeded:  # the round path: masked shares, added and compressed by the coordinator, unmasked by a member
         group = os.urandom(32)
         start = time.perf_counter()

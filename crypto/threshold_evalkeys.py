@@ -33,7 +33,7 @@ import tenseal.sealapi as seal
 
 from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.rns import Poly, Ring
-from fedprompt.crypto.threshold import Member, _polys, crp
+from fedprompt.crypto.threshold import Member, crp
 
 Pairs = list[tuple[Poly, Poly]]
 
@@ -57,7 +57,7 @@ class RelinParty:
         self.member, self.ring = member, member.ring
         limbs = len(self.ring.moduli)
         if stored:
-            self._u = _polys(stored, 0, 1, limbs, self.ring)[0]
+            self._u = self.ring.parse_residues(stored, 0, 1, limbs)[0].astype(object)
         else:
             secret = seal.KeyGenerator(self.ring.context).secret_key()  # held while read: data() refers into it
             self._u = self.ring.read_plaintext(secret.data(), limbs)

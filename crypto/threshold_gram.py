@@ -145,7 +145,7 @@ def _unpack(context: ThresholdContext, magic: bytes, index: int, element: int, d
     if len(data) < _MESSAGE.size or _MESSAGE.unpack_from(data) != (magic, index, element, count):
         raise InvalidCiphertext(f"evaluation-key message of member {index} is not the expected {magic!r} message "
                                 f"of {count} polynomials")
-    return threshold._polys(data, _MESSAGE.size, count, len(ring.moduli), ring)
+    return [poly.astype(object) for poly in ring.parse_residues(data, _MESSAGE.size, count, len(ring.moduli))]
 
 
 def _pairs_of(polys: Sequence[Poly]) -> threshold_evalkeys.Pairs:
@@ -250,7 +250,7 @@ def evaluation_keys(context: ThresholdContext, job_seed: bytes, relin1: Mapping[
 
 # -- threshold decryption of the Gram scalars ------------------------------------------------------------------
 def _c1s(context: ThresholdContext, payload: bytes, updates: int) -> list[Poly]:
-    return [context.ring.read_ciphertext(ct)[1] for ct in load_gram(context, payload, updates, context.key_id)]
+    return [context.ring.read_parts(ct, 2)[1] for ct in load_gram(context, payload, updates, context.key_id)]
 
 
 def decryption_share(context: ThresholdContext, key: KeyShare, evaluator: gram.GramEvaluator, uploads: Sequence[bytes],

@@ -32,13 +32,13 @@ import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from fedprompt.crypto.ckks import _saved
 from fedprompt.crypto.errors import InvalidCiphertext
+from fedprompt.crypto.modarith import addmod, submod
 from fedprompt.crypto.rns import Poly, shake_stream
 from fedprompt.crypto.threshold import KeyShare, ThresholdContext, share_polys
-from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, round_share
+from fedprompt.crypto.threshold_seeded import UploadRound, read_sum, reference_polys, round_share
 
 _MASKED = struct.Struct("<5sHI")
 _MAGIC = b"FPTM1"
@@ -49,11 +49,11 @@ _SUM_PURPOSE = b"public-key-sum\0"
 def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: int, chunks: int,
           limbs: int = 1, purpose: bytes = b"") -> list[Poly]:
     """``r_j`` of member ``member`` for each chunk of ``upload``: uniform mod each of the first ``limbs`` data
-    primes (one for a seeded sum), keyed by ``group``; ``purpose`` separates a public-key sum's masks
+    primes (one for a seeded sum; ``uint64``), keyed by ``group``; ``purpose`` separates a public-key sum's masks
     (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
     key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
     stream = shake_stream(key)
-    return [context.ring.uniform(limbs, stream) for _ in range(chunks)]
+    return [context.ring.uniform_residues(limbs, stream) for _ in range(chunks)]
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
@@ -67,17 +67,11 @@ def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_
 
 
 def parse_share(context: ThresholdContext, blob: bytes, member: int, chunks: int, limbs: int = 1) -> list[Poly]:
-    """A masked share's polynomials, checked for its member, its size and every residue below its prime."""
+    """A masked share's polynomials (``uint64``), checked for its member, its size and every residue below its
+    prime."""
     if len(blob) < _MASKED.size or _MASKED.unpack_from(blob) != (_MAGIC, member, chunks):
         raise InvalidCiphertext(f"not a masked decryption share of member {member} for {chunks} chunks")
-    ring = context.ring
-    expected = _MASKED.size + chunks * limbs * ring.n * 8
-    if len(blob) != expected:
-        raise InvalidCiphertext(f"a masked decryption share of {chunks} chunks has {expected} bytes, got {len(blob)}")
-    values = np.frombuffer(blob, dtype=np.uint64, offset=_MASKED.size).reshape(chunks, limbs, ring.n)
-    if not np.all(values < np.array(ring.moduli[:limbs], dtype=np.uint64).reshape(-1, 1)):
-        raise InvalidCiphertext("a masked decryption share holds a residue beyond its prime")
-    return list(values.astype(object))
+    return context.ring.parse_residues(blob, _MASKED.size, chunks, limbs)
 
 
 def _pack(member: int, polys: Sequence[Poly]) -> bytes:
@@ -86,10 +80,31 @@ def _pack(member: int, polys: Sequence[Poly]) -> bytes:
 
 def _mask(context: ThresholdContext, polys: Sequence[Poly], group: bytes, upload: UploadRound, member: int,
           sign: int, purpose: bytes = b"") -> list[Poly]:
+    """``polys`` plus (``sign`` 1) or less (-1) member ``member``'s masks, ``uint64``."""
     limbs = polys[0].shape[0]
-    q = context.ring.q(limbs)
+    q, op = context.ring.q64(limbs), addmod if sign > 0 else submod
     pads = masks(context, group, upload, member, len(polys), limbs, purpose)
-    return [(p + sign * r) % q for p, r in zip(polys, pads, strict=True)]
+    return [op(np.asarray(p, dtype=np.uint64), r, q) for p, r in zip(polys, pads, strict=True)]
+
+
+def _unmask(context: ThresholdContext, c0s: Sequence[Poly], vector_size: int, group: bytes, upload: UploadRound,
+            decryptors: Sequence[int], purpose: bytes = b"") -> tuple[np.ndarray, float]:
+    """(vector, weight) of a masked sum from its ``c0``s (``uint64``; its ``c1``s are zero, at the job's first
+    level and scale): every decryptor's masks taken off, decoded, the weight slot checked."""
+    for member in sorted(set(decryptors)):
+        c0s = _mask(context, c0s, group, upload, member, -1, purpose)
+    parms_id, scale = list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits
+    return context.checked(context.decode([context.ring.plaintext(c0, parms_id, scale) for c0 in c0s]), vector_size)
+
+
+def _add_shares(context: ThresholdContext, polys: list[Poly], shares: Mapping[int, bytes]) -> list[Poly]:
+    """``polys + sum_j (d_j + r_j)`` per chunk (``uint64``), the masked shares parsed by member index."""
+    limbs = polys[0].shape[0]
+    q = context.ring.q64(limbs)
+    for member, blob in sorted(shares.items()):
+        polys = [addmod(c, p, q) for c, p in zip(polys, parse_share(context, blob, member, len(polys), limbs),
+                                                  strict=True)]
+    return polys
 
 
 # -- a public-key sum (a Gram-defended job's accepted uploads, ``crypto.threshold_gram``) ---------------------
@@ -100,7 +115,7 @@ def masked_sum_share(context: ThresholdContext, key: KeyShare, group: bytes, tot
     masks (its round attempt), one share per ``c1`` as ``KeyShare.decryption_share`` enforces."""
     cts = context.parse_sum(total, vector_size)
     share = key.decryption_share(cts, decryptors)
-    _, _, _, polys = share_polys(context.ring, share, len(cts), context.ring.read_ciphertext(cts[0])[1].shape[0])
+    _, _, _, polys = share_polys(context.ring, share, len(cts), cts[0].coeff_modulus_size())
     return _pack(key.index, _mask(context, polys, group, upload, key.index, 1, _SUM_PURPOSE))
 
 
@@ -109,51 +124,32 @@ def combine_sum(context: ThresholdContext, total: bytes, vector_size: int, share
     ``c1`` is zero (not compressed: the Gram chain's sums span three primes).  Only members can read it."""
     cts = context.parse_sum(total, vector_size)
     ring, parms = context.ring, list(cts[0].parms_id())
-    limbs = ring.read_ciphertext(cts[0])[0].shape[0]
-    out = [ring.read_ciphertext(ct)[0] for ct in cts]
-    for member, blob in sorted(shares.items()):
-        out = [c + p for c, p in zip(out, parse_share(context, blob, member, len(cts), limbs), strict=True)]
-    q, zero = ring.q(limbs), np.zeros((limbs, ring.n), dtype=object)
-    blobs = [_saved(ring.ciphertext(c % q, zero, parms, ct.scale).save) for c, ct in zip(out, cts, strict=True)]
+    out = _add_shares(context, [ring.read_parts(ct, 1)[0] for ct in cts], shares)
+    zero = np.zeros_like(out[0])
+    blobs = [_saved(ring.ciphertext(c, zero, parms, ct.scale).save) for c, ct in zip(out, cts, strict=True)]
     return context.frame(context.key_id, vector_size, blobs)
 
 
 def open_combined_sum(context: ThresholdContext, data: bytes, vector_size: int, group: bytes, upload: UploadRound,
                       decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of :func:`combine_sum`'s download: its masks removed, decoded, the weight slot checked."""
-    cts = context.parse_sum(data, vector_size)
-    ring = context.ring
-    mask = [ring.read_ciphertext(ct)[0] for ct in cts]
-    for member in sorted(set(decryptors)):
-        mask = _mask(context, mask, group, upload, member, -1, _SUM_PURPOSE)
-    plains = [ring.plaintext(m, list(ct.parms_id()), ct.scale) for m, ct in zip(mask, cts, strict=True)]
-    return context.checked(context.decode(plains), vector_size)
+    c0s = [context.ring.read_parts(ct, 1)[0] for ct in context.parse_sum(data, vector_size)]
+    return _unmask(context, c0s, vector_size, group, upload, decryptors, _SUM_PURPOSE)
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:
     """The relay's download, key-less: the sum's ``c0`` plus every decryptor's masked share (by member index),
     compressed (``ThresholdContext.compress``).  Only members, who can strip the masks, can read it."""
     cts = context.parse_sum(data, vector_size)
-    total = [np.zeros((1, context.ring.n), dtype=object) for _ in cts]
-    for member, blob in sorted(shares.items()):
-        total = [t + p for t, p in zip(total, parse_share(context, blob, member, len(cts)), strict=True)]
-    q = context.ring.q(1)
-    for ct, masked in zip(cts, total, strict=True):
-        context.evaluator.add_plain_inplace(ct, context.ring.plaintext(masked % q, list(ct.parms_id()), ct.scale))
-    return context.compress(context.frame(context.key_id, vector_size, [_saved(ct.save) for ct in cts]),
-                            vector_size)
+    zero = [np.zeros((1, context.ring.n), dtype=np.uint64) for _ in cts]
+    for ct, masked in zip(cts, _add_shares(context, zero, shares), strict=True):
+        context.evaluator.add_plain_inplace(ct, context.ring.plaintext(masked, list(ct.parms_id()), ct.scale))
+    return context.compress(cts, vector_size)
 
 
 def open_sum(context: ThresholdContext, blob: bytes, vector_size: int, group: bytes, upload: UploadRound,
              decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked."""
-    ring, q = context.ring, context.ring.q(1)
-    chunks = context.params.num_ciphertexts(vector_size)
-    zeros = [np.zeros((1, ring.n), dtype=object)] * chunks
-    cts = context.parse_sum(context.expand(blob, vector_size, zeros), vector_size)
-    mask = [np.zeros((1, ring.n), dtype=object) for _ in cts]
-    for member in sorted(set(decryptors)):
-        mask = [m + r for m, r in zip(mask, masks(context, group, upload, member, chunks), strict=True)]
-    plains: list[seal.Plaintext] = [ring.plaintext((ring.read_ciphertext(ct)[0] - m) % q, list(ct.parms_id()),
-                                                   ct.scale) for ct, m in zip(cts, mask, strict=True)]
-    return context.checked(context.decode(plains), vector_size)
+    zeros = [np.zeros((1, context.ring.n), dtype=np.uint64)] * context.params.num_ciphertexts(vector_size)
+    c0s = [c0 for c0, _ in read_sum(context, context.expand(blob, vector_size, zeros), vector_size)]
+    return _unmask(context, c0s, vector_size, group, upload, decryptors)

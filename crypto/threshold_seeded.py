@@ -34,10 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as seal
 
 from fedprompt.crypto import threshold
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.modarith import mulmod
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext
 
@@ -76,9 +76,8 @@ class UploadRound:
 
 
 def reference_polys(context: ThresholdContext, upload: UploadRound, count: int) -> list[Poly]:
-    """``a_r`` of each of ``count`` chunks, as SEAL expands it when loading an upload."""
-    parms_id = list(context.seal_context.first_parms_id())
-    return [context.ring.expand_seed(parms_id, upload.seed(k), 1) for k in range(count)]
+    """``a_r`` of each of ``count`` chunks (``uint64`` residues), as SEAL expands it when loading an upload."""
+    return [context.ring.expand_seed(upload.seed(k), 1) for k in range(count)]
 
 
 def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weight: float,
@@ -87,14 +86,11 @@ def encrypt(context: ThresholdContext, member: Member, vector: np.ndarray, weigh
     attempt), in the job's wire format: the coordinator parses and folds it as any ciphertext."""
     if not context.key_id:
         raise InvalidValue("no collective public key yet: key generation has not finished")
-    ring = context.ring
-    parms_id = list(context.seal_context.first_parms_id())
-    scale = 2.0**context.params.scale_bits
-    blobs = []
-    for k, (plain, a) in enumerate(zip(context.encode(vector, weight), reference_polys(
-            context, upload, context.params.num_ciphertexts(int(np.asarray(vector).size))), strict=True)):
-        c0 = (member.rlwe_sample(a, upload.label + _COUNTER.pack(k)) + ring.read_plaintext(plain, 1)) % ring.q(1)
-        blobs.append(ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale))
+    ring, parms_id, scale = context.ring, list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits
+    messages = ring.encode_coefficients(context.slots(vector, weight), scale)
+    bases = np.stack(reference_polys(context, upload, len(messages)))
+    c0s = member.rlwe_samples(bases, [upload.label + _COUNTER.pack(k) for k in range(len(messages))], plus=messages)
+    blobs = [ring.seeded_ciphertext_bytes(parms_id, c0, upload.seed(k), scale) for k, c0 in enumerate(c0s)]
     return context.frame(context.key_id, int(np.asarray(vector).size), blobs)
 
 
@@ -106,16 +102,29 @@ def _members(context: ThresholdContext, uploaders: Sequence[int]) -> list[int]:
     return members
 
 
-def _bases(context: ThresholdContext, cts: Sequence[seal.Ciphertext], upload: UploadRound,
-           uploaders: Sequence[int]) -> list[Poly]:
-    """``a_r`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these uploaders' uploads."""
-    bases = reference_polys(context, upload, len(cts))
-    q = context.ring.q(1)
-    for ct, a in zip(cts, bases, strict=True):
-        if not np.array_equal(context.ring.read_ciphertext(ct)[1], a * len(uploaders) % q):
+def _bases(context: ThresholdContext, parts: Sequence[Sequence[Poly]], upload: UploadRound,
+           uploaders: Sequence[int]) -> tuple[list[Poly], list[Poly]]:
+    """``a_r`` and the sum's ``c0`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these
+    uploaders' uploads."""
+    bases = reference_polys(context, upload, len(parts))
+    c0s = []
+    for (c0, c1), a in zip(parts, bases, strict=True):
+        if not np.array_equal(c1, mulmod(a, np.uint64(len(uploaders)), context.ring.moduli[:1])):
             raise InvalidCiphertext(f"not a sum of {len(uploaders)} uploads of round {upload.round} attempt "
                                     f"{upload.attempt}")
-    return bases
+        c0s.append(c0)
+    return bases, c0s
+
+
+def read_sum(context: ThresholdContext, data: bytes, vector_size: int) -> list[list[Poly]]:
+    """``[c0, c1]`` (``uint64``) of each ciphertext of an encrypted sum: straight from the bytes when they are
+    SEAL's uncompressed form (what ``ThresholdContext.expand`` writes), else loaded and read back through SEAL."""
+    parms_id, scale, ring = list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits, context.ring
+    parsed = [ring.parse_ciphertext(blob, parms_id, scale, ring.data_limbs)
+              for blob in context.blobs(data, context.key_id, vector_size)]
+    if any(parts is None for parts in parsed):
+        return [ring.read_parts(ct, 2) for ct in context.parse_sum(data, vector_size)]
+    return [parts for parts in parsed if parts is not None]
 
 
 def _digest(upload: UploadRound, uploaders: Sequence[int]) -> bytes:
@@ -127,7 +136,7 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
                      uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
-    bases = _bases(context, context.parse_sum(data, vector_size), upload, _members(context, uploaders))
+    bases, _ = _bases(context, read_sum(context, data, vector_size), upload, _members(context, uploaders))
     return round_share(context, key, bases, upload, uploaders, decryptors)
 
 
@@ -142,9 +151,9 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Se
             uploaders: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a seeded sum from its decryption shares (refusals as ``threshold.combine``)."""
     members = _members(context, uploaders)
-    cts = context.parse_sum(data, vector_size)
-    _bases(context, cts, upload, members)
-    plains = threshold.combine(context.ring, context.threshold, cts, shares, _digest(upload, members))
+    _, c0s = _bases(context, read_sum(context, data, vector_size), upload, members)
+    plains = threshold.combine_parts(context.ring, context.threshold, c0s, shares, _digest(upload, members),
+                                     list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits)
     return context.checked(context.decode(plains), vector_size)
 
 
@@ -153,6 +162,6 @@ def expand(context: ThresholdContext, blob: bytes, vector_size: int, upload: Upl
     """The sum of a compressed seeded download (``ThresholdContext.compress`` sends ``c0`` only): its
     ``c1 = |U| a_r`` rebuilt from the round's seeds."""
     members = _members(context, uploaders)
-    q = context.ring.q(1)
     bases = reference_polys(context, upload, context.params.num_ciphertexts(vector_size))
-    return context.expand(blob, vector_size, [a * len(members) % q for a in bases])
+    return context.expand(blob, vector_size, [mulmod(a, np.uint64(len(members)), context.ring.moduli[:1])
+                                              for a in bases])

@@ -158,7 +158,7 @@ def _unmasked(keyed: Keyed, group: bytes, upload_round: seeded.UploadRound,
     for who, blob in shares.items():
         (share,) = masked.parse_share(context, blob, _index(who), 1)
         (mask,) = masked.masks(context, group, upload_round, _index(who), 1)
-        out[who] = (share - mask) % q
+        out[who] = (share.astype(object) - mask) % q  # uint64 residues; the attacks work in Python ints
     return out
 
 

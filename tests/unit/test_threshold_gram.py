@@ -122,12 +122,12 @@ def gram_noise(context: ThresholdContext, decryptor: seal.Decryptor, payload: by
     plain = seal.Plaintext()
     decryptor.decrypt(ct, plain)
     limbs = ct.coeff_modulus_size()
-    residues = ring.read_plaintext(plain, limbs)
+    residues = ring.read_plaintext_residues(plain, limbs)
     modulus = int(np.prod(np.array(ring.moduli[:limbs], dtype=object)))
     coeffs = np.zeros(ring.n, dtype=object)
     for i, q in enumerate(ring.moduli[:limbs]):
         basis = modulus // q * pow(modulus // q, -1, q)
-        coeffs = (coeffs + ring._limbs[i].inverse(residues[i]) * basis) % modulus
+        coeffs = (coeffs + ring._ntts[i].inverse(residues[i]).astype(object) * basis) % modulus
     coeffs = np.where(coeffs > modulus // 2, coeffs - modulus, coeffs)
     scale = Fraction(2 ** (2 * PARAMS.scale_bits), ring.moduli[limbs])  # the prime the product was rescaled by
     for k, (u, v) in enumerate(gram.pairs(len(xs))):
