@@ -332,6 +332,7 @@ class ThresholdContext(_Codec):
     Encrypts like ``SecretContext`` (same framing, so the coordinator's ``PublicContext``/``EncryptedSum``
     fold these ciphertexts unchanged) and decrypts only through ``t`` decryption shares.
     """
+    whole_weights = False  # weights are fractions: example counts in units of ``he.weight_unit``
 
     def __init__(self, params: ThresholdParams, key_id: bytes = b"") -> None:
         """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members

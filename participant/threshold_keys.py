@@ -54,7 +54,8 @@ log = structlog.get_logger("participant.threshold_keys")
 SECRET, PUBLIC, SHARES, DEALING, RECEIVED, USED = ("threshold.secret", "threshold.public", "threshold.shares",
                                                    "threshold.dealing", "threshold.received", "threshold.used")
 _PART = struct.Struct("<HI")
-#: How far the combined weight slot may stray from the declared example counts (the flooding errs by ~1e-5).
+#: How far the combined weight slot may stray from the declared weight, the uploaders' example counts in units of
+#: ``he.weight_unit`` (``JobConfig.summand_weight``); the flooding errs by ~5e-5 absolute.
 WEIGHT_TOLERANCE = 0.01
 
 
@@ -250,7 +251,8 @@ class ThresholdKeys:
     def combine(self, aggregate: bytes, vector_size: int, round_: int, attempt: int, uploaders: Sequence[str],
                 shares: Mapping[str, bytes], declared_weight: float) -> tuple[np.ndarray, float]:
         """(sum, weight) of a round attempt from its compressed aggregate and the decryptors' sealed shares; the
-        weight slot must equal the uploaders' declared example counts (a forged share or sum fails it)."""
+        weight slot must equal ``declared_weight``, the coordinator's sum of the uploaders' declared example counts
+        in the job's weight unit (``JobConfig.summand_weight``; a forged share or sum fails it)."""
         self._require()
         upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
         data = seeded.expand(self.context, aggregate, vector_size, upload, users)
@@ -258,8 +260,9 @@ class ThresholdKeys:
                   for who, blob in sorted(shares.items())]
         vector, weight = seeded.combine(self.context, data, vector_size, opened, upload, users)
         if abs(weight - declared_weight) > WEIGHT_TOLERANCE:
-            raise InvalidValue(f"the aggregate of round {round_} weighs {weight:.3f}, not the {declared_weight:g} "
-                               "examples its uploaders declared: a wrong sum or a forged decryption share")
+            raise InvalidValue(f"the aggregate of round {round_} weighs {weight:.4f}, not the {declared_weight:.4f} "
+                               "that the examples its uploaders declared come to (in units of he.weight_unit): a "
+                               "wrong sum or a forged decryption share")
         return vector, weight
 
     def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:

@@ -97,6 +97,12 @@ class HESection:
     consortia whose members trust each other).  Threshold jobs use the fixed parameters of
     ``crypto.threshold.ThresholdParams``; the ring numbers below are the single-key chain's.
 
+    ``weight_unit`` (threshold jobs): examples per unit of FedAvg weight.  The threshold parameters hold a
+    summand of magnitude at most 8192 / n (weight slot included), so a site encrypts its update and weight in
+    units of ``weight_unit`` examples, ``n_i / weight_unit``, not ``n_i`` (``JobConfig.summand_weight``); every
+    site uses the same unit, so the weighted mean is unchanged.  A larger unit fits larger sites, a smaller one
+    keeps the decrypted mean more precise (docs/he.md, "The weight unit").
+
     ``dealer`` names the participant that creates a single-key job's keys (default: the first to join).  The
     numbers' ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits
     within 128-bit security, ``scale_bits`` in [20, data prime - 12], ``max_summands`` in [1, 1000000].
@@ -110,12 +116,15 @@ class HESection:
     scale_bits: int = 30
     max_summands: int = 1000
     dealer: str = ""
+    weight_unit: float = 100.0
 
     def validate(self, prefix: str) -> None:
         check(self.mode in HE_MODES, f"{prefix}.mode", f"must be one of {list(HE_MODES)}, got {self.mode!r}")
         check(self.threshold == 0 or 2 <= self.threshold <= 1000, f"{prefix}.threshold",
               f"must be 0 (a majority of the members) or in [2, 1000] (1 would let any member decrypt alone), "
               f"got {self.threshold}")
+        check(self.weight_unit > 0 and math.isfinite(self.weight_unit), f"{prefix}.weight_unit",
+              f"must be a positive number of examples per unit of FedAvg weight, got {self.weight_unit}")
         try:
             self.params().check(prefix)
         except ParameterError as exc:

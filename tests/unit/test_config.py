@@ -43,6 +43,10 @@ def test_defaults_round_trip_through_toml() -> None:
         ("[mystery]\nx = 1", "mystery"),
         ("[job]\nallowed_participants = ['participant:a']\n[he]\nenabled = true", "job.allowed_participants"),
         ("job = 3", "job"),
+        ("[he]\nweight_unit = 0", "he.weight_unit"),
+        ("[he]\nweight_unit = -100.0", "he.weight_unit"),
+        ("[he]\nweight_unit = 'many'", "he.weight_unit"),
+        ("[he]\nweight_unit = inf", "he.weight_unit"),
     ],
 )
 def test_bad_values_name_their_key(text: str, key: str) -> None:
