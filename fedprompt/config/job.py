@@ -293,8 +293,8 @@ class JobConfig:
               f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
         check(not self.levels.enabled, "levels.enabled",
               'prompt levels (per-level sums, encrypted cohort discovery) are not wired for he.mode = "threshold" '
-              'yet: the collective evaluation keys exist in crypto.threshold_evalkeys but no round uses them; '
-              'use he.mode = "single_key"')
+              '(the default) yet: the collective evaluation keys exist in crypto.threshold_evalkeys but no round '
+              'uses them; set he.mode = "single_key"')
         try:
             self.he.threshold_params(n).check("he")
         except ParameterError as exc:

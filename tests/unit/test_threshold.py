@@ -105,7 +105,7 @@ def test_wrong_duplicate_or_foreign_shares_are_refused() -> None:
         j.context.combine(data, SIZE, [good[0], good[1][:-8]])
     forged = bytearray(good[1])
     forged[-8 * 4096 :] = np.random.default_rng(3).integers(0, 2**50, 4096, dtype=np.uint64).tobytes()
-    with pytest.raises(InvalidCiphertext, match="decrypted weight is not a positive number"):
+    with pytest.raises(InvalidCiphertext, match="decrypted (weight is not a positive number|values exceed what a sum can hold)"):
         j.context.combine(data, SIZE, [good[0], bytes(forged)])
     forged[-8:] = np.uint64(2**63).tobytes()
     with pytest.raises(InvalidCiphertext, match="beyond its prime"):
