@@ -209,6 +209,19 @@ def run_demo(options: DemoOptions) -> int:
         return _run(options, config, track)
 
 
+def he_report(config: JobConfig) -> dict[str, object]:
+    """The report's encryption keys: ``he`` ("threshold", "single_key", or False when off), ``he_params``, and
+    under threshold keys ``he_t`` of ``he_n`` members (any ``he_t`` of them decrypt an aggregate) and the
+    ``he_weight_unit`` the sites weigh their updates in."""
+    if not config.he.enabled:
+        return {"he": False, "he_params": None}
+    if config.he.threshold_mode:
+        params = config.he.threshold_params(len(config.job.allowed_participants))
+        return {"he": "threshold", "he_t": params.t, "he_n": params.members, "he_weight_unit": config.he.weight_unit,
+                "he_params": params.describe()}
+    return {"he": "single_key", "he_params": config.he_params(job_aggregator(config).gram).describe()}
+
+
 def _run(options: DemoOptions, config: JobConfig, track: Tracking) -> int:
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -216,8 +229,9 @@ def _run(options: DemoOptions, config: JobConfig, track: Tracking) -> int:
         work.mkdir(parents=True, exist_ok=True)
         print(f"[demo] preparing {DATASET} for {options.participants} sites in {work}")
         sites = prepare(DataPlan(DATASET, participants=options.participants, test_size=options.test_size, seed=options.seed), work / "data")
-        he_params = config.he_params(job_aggregator(config).gram).describe() if config.he.enabled else None
-        print(f"[demo] encrypted aggregation: {he_params}" if he_params else "[demo] encrypted aggregation off")
+        encryption = he_report(config)
+        print(f"[demo] encrypted aggregation ({encryption['he']}): {encryption['he_params']}" if config.he.enabled
+              else "[demo] encrypted aggregation off")
         test_labels = label_indices(read_jsonl(work / "data" / "test.jsonl"), config.task.label_names)
 
         port_file = work / "coordinator.port"
@@ -245,8 +259,8 @@ def _run(options: DemoOptions, config: JobConfig, track: Tracking) -> int:
         plm_params, vector_size = _model_sizes(config)
         report = build_report(view, majority_accuracy(test_labels), vector_size, plm_params,
                               test_examples=len(test_labels), seconds=round(time.perf_counter() - started, 1), participants=options.participants,
-                              backbone=config.model.path, dataset=DATASET, he=config.he.enabled,
-                              he_params=he_params, dp=options.dp, mtls=pki is not None, **privacy_spent(view))
+                              backbone=config.model.path, dataset=DATASET, **encryption,
+                              dp=options.dp, mtls=pki is not None, **privacy_spent(view))
     print(round_table(report))
     print(summary(report))
     if warning := majority_warning(report):

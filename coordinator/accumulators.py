@@ -315,15 +315,19 @@ class GramAccumulator(EncryptedAccumulator):
 
 
 class ThresholdFold(Fold):
-    """One threshold attempt: seeded uploads folded key-less, then (``threshold.decryption``) t masked shares."""
+    """One threshold attempt: seeded uploads folded key-less, then (``threshold.decryption``) t masked shares.
+    Each upload's declared weight is its example count in the job's weight unit (``weigh``:
+    ``JobConfig.summand_weight``, as the site encrypted it), so the members' check of the weight slot agrees."""
 
-    def __init__(self, machine: ThresholdRound, missed: Callable[[tuple[str, ...]], None]) -> None:
+    def __init__(self, machine: ThresholdRound, missed: Callable[[tuple[str, ...]], None],
+                 weigh: Callable[[int], float]) -> None:
         self.threshold = machine
         self.missed = missed
+        self.weigh = weigh
 
     def add(self, participant_id: str, payload: Payload) -> None:
         assert self.threshold is not None
-        self.threshold.add(participant_id, self.threshold.attempt, payload.data, payload.num_examples)
+        self.threshold.add(participant_id, self.threshold.attempt, payload.data, self.weigh(payload.num_examples))
 
     def close(self, postponed: str = "") -> Outcome:
         """The stored version once every decryptor answered; ``postponed``: the deadline passed without them
@@ -342,9 +346,11 @@ class ThresholdAccumulator(Accumulator):
 
     encoding = THRESHOLD
 
-    def __init__(self, keys: ThresholdKeyRelay, vector_size: Callable[[], int]) -> None:
+    def __init__(self, keys: ThresholdKeyRelay, vector_size: Callable[[], int], weigh: Callable[[int], float]) -> None:
+        """``weigh``: an update's declared weight from its example count (``JobConfig.summand_weight``)."""
         self.keys = keys  # its relay is replaced when a restarted coordinator restores it
         self.vector_size = vector_size
+        self.weigh = weigh
         self.missed: tuple[str, ...] = ()
 
     def max_bytes(self, vector_size: int) -> int:
@@ -358,7 +364,7 @@ class ThresholdAccumulator(Accumulator):
 
     def fold(self, number: int, attempt: int = 1) -> Fold:
         return ThresholdFold(ThresholdRound(self.keys.relay, number, self.vector_size(), attempt, self.missed),
-                             self._missed)
+                             self._missed, self.weigh)
 
     def _missed(self, who: tuple[str, ...]) -> None:
         self.missed = who

@@ -380,8 +380,8 @@ def job_aggregator(config: JobConfig) -> Aggregator:
         if config.he.threshold_mode and aggregator.gram:
             raise ConfigError(f"he.mode: {aggregator.name!r} is a Gram defence, whose encrypted inner products "
                               "need collective evaluation keys and threshold-decrypted Gram scalars: built in "
-                              "crypto.threshold_gram but not wired into rounds yet; use a linear aggregator or "
-                              "he.mode = 'single_key'")
+                              "crypto.threshold_gram but not wired into rounds yet, and he.mode is 'threshold' (the "
+                              "default); set he.mode = 'single_key' or use a linear aggregator")
         if config.levels.enabled and aggregator.gram:
             raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
                               "per level is not built); with levels and he.enabled use 'fedavg'")

@@ -67,7 +67,7 @@ def choose_accumulator(job_id: str, config: JobConfig, store: Store, keys: JobKe
     """The one way a job's updates are combined: levelled, plain, encrypted, or encrypted with a decision on
     their Gram matrix (``rule`` is the job's aggregator before any DP wrapper, ``aggregator`` after it)."""
     if isinstance(keys, ThresholdKeyRelay):
-        return ThresholdAccumulator(keys, vector_size)
+        return ThresholdAccumulator(keys, vector_size, config.summand_weight)
     if config.levels.enabled:
         return LevelledAccumulator(job_id, config, store, keys, aggregator)
     if keys is None:

@@ -263,8 +263,9 @@ class ThresholdRound:
         self.weights: dict[str, float] = {}
         self.decryption: Decryption | None = None
 
-    def add(self, who: str, attempt: int, ciphertext: bytes, num_examples: float) -> None:
-        """Fold one member's upload of this attempt (parsed under the collective key first)."""
+    def add(self, who: str, attempt: int, ciphertext: bytes, weight: float) -> None:
+        """Fold one member's upload of this attempt (parsed under the collective key first); ``weight``: the one
+        its header declares, in the job's weight unit (``JobConfig.summand_weight``)."""
         self.relay.check_member(who)
         if attempt != self.attempt or self.decryption is not None:
             raise PreconditionFailed(f"round {self.round} takes uploads of attempt {self.attempt} only, before "
@@ -277,7 +278,7 @@ class ThresholdRound:
         if any(not np.array_equal(ring.read_ciphertext(ct)[1], a) for ct, a in zip(parsed, bases, strict=True)):
             raise InvalidUpdate(f"the upload of {who} is not seeded for round {self.round} attempt {attempt}")
         self.sum.add(parsed)
-        self.weights[who] = float(num_examples)
+        self.weights[who] = float(weight)
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
         """Close the fold and name t online decryptors; None while fewer than t are online."""

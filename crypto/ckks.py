@@ -207,6 +207,9 @@ def _public_bytes(ctx: ts.Context) -> bytes:
 class _Codec:
     """What both sides share: the parameters, the SEAL context and how vectors map onto ciphertexts."""
 
+    #: Whether a decrypted sum's weight slot holds whole example counts (threshold jobs: fractions of a unit).
+    whole_weights = True
+
     def __init__(self, ctx: ts.Context, params: CkksParams) -> None:
         _check_matches(ctx, params)
         self.params = params
@@ -252,14 +255,18 @@ class _Codec:
 
         The weight slot holds a sum of integer example counts; one that decrypts far from an integer, or values
         beyond what a sum can hold without wrapping around, mean a wrong key (or decryption share) or a
-        corrupted sum, and are refused rather than silently used.
+        corrupted sum, and are refused rather than silently used.  Without ``whole_weights`` (threshold jobs
+        weigh in units of ``he.weight_unit`` examples) the weight must be positive, and its caller checks it
+        against the declared weights (``participant.threshold_keys``).
         """
         weight = float(reals[vector_size])
-        if not (math.isfinite(weight) and abs(weight - round(weight)) < 1e-3 and round(weight) >= 1):
-            raise InvalidCiphertext("decrypted weight is not a positive whole number: wrong key or corrupted data")
+        whole = abs(weight - round(weight)) < 1e-3 and round(weight) >= 1
+        if not (math.isfinite(weight) and (whole if self.whole_weights else weight > 0)):
+            kind = "whole number" if self.whole_weights else "number"
+            raise InvalidCiphertext(f"decrypted weight is not a positive {kind}: wrong key or corrupted data")
         if not np.all(np.abs(reals) <= self.params.sum_bound):
             raise InvalidCiphertext("decrypted values exceed what a sum can hold: wrong key or corrupted data")
-        return reals[:vector_size], float(round(weight))
+        return reals[:vector_size], float(round(weight)) if self.whole_weights else weight
 
     def expected_size(self, vector_size: int) -> int:
         """An upper bound on the wire size of an encrypted vector (unseeded ciphertexts, plus framing)."""

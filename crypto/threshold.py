@@ -341,9 +341,9 @@ def combine_parts(ring: Ring, params: ThresholdParams, c0s: Sequence[Poly], shar
 class ThresholdContext(_Codec):
     """What every member holds after key generation: the parameters, the ring and the collective public key.
 
-    Encrypts like ``SecretContext`` (same framing, so the coordinator's ``PublicContext``/``EncryptedSum``
-    fold these ciphertexts unchanged) and decrypts only through ``t`` decryption shares.
-    """
+    Encrypts like ``SecretContext`` (same framing: the coordinator's ``EncryptedSum`` folds them unchanged) and
+    decrypts only through ``t`` decryption shares."""
+    whole_weights = False  # weights are fractions: example counts in units of ``he.weight_unit``
 
     def __init__(self, params: ThresholdParams, key_id: bytes = b"") -> None:
         """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members

@@ -9,7 +9,8 @@ which kind of job it is in.  Two layers:
   are rebuilt here: ``prompt_v = prompt_{v-1} + sum_v / weight_v``).  With a Gram defence a round update
   encrypts 0 in the weight slot, since the coordinator adds the accepted weights itself
   (``coordinator.hegram``); the initial prompt still encrypts its weight 1.
-  ``ThresholdPart`` carries a threshold job's seeded uploads and combines its members' decryption shares.
+  ``ThresholdPart`` carries a threshold job's seeded uploads and combines its members' decryption shares; its
+  weight is the site's example count in units of ``he.weight_unit`` (``JobConfig.summand_weight``).
 * a **payload codec** frames the parts: ``VectorCodec`` sends the whole vector as one part,
   ``LevelledCodec`` one part per shared level in a level container (``fedprompt.wire.levels``); in an
   encrypted levelled version an empty part means that level did not change.
@@ -25,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
+import structlog
 
 from fedprompt.crypto.audit import Verdict, check
 from fedprompt.crypto.ckks import ENCODING as CKKS
@@ -42,6 +44,10 @@ from fedprompt.wire.threshold import ENCODING as THRESHOLD
 Download = Callable[[int], Payload]
 #: Receives each global version rebuilt here from encrypted aggregates.
 Keep = Callable[[int, np.ndarray], None]
+#: The FedAvg weight of an update of n examples in an encrypted sum, capped or not (``JobConfig.summand_weight``).
+Weigh = Callable[[int, bool], float]
+
+log = structlog.get_logger("participant.codec")
 
 
 class PartCodec(ABC):
@@ -102,21 +108,29 @@ class EncryptedPart(PartCodec):
 
 class ThresholdPart(PartCodec):
     """Threshold-CKKS vectors (``participant.threshold_keys``): a round's update is this member's seeded upload
-    of ``weight * vector`` for the task's attempt; a served version is one compressed polynomial per chunk, the
-    aggregate plus t decryption shares masked under the members' group key, unmasked here.  The initial prompt is sealed under the members' group key (AES-GCM),
-    which the coordinator never holds, so no decryption share is spent on it."""
+    of ``w * vector`` and ``w`` for the task's attempt, ``w = weigh(weight)`` the example count in units of
+    ``he.weight_unit`` (the threshold parameters' summands are small); a served version is one compressed
+    polynomial per chunk, the aggregate plus t decryption shares masked under the members' group key, unmasked
+    here.  The initial prompt is sealed under the members' group key (AES-GCM), which the coordinator never
+    holds, so no decryption share is spent on it."""
 
     encoding = THRESHOLD
     cumulative = True
 
-    def __init__(self, keys: Callable[[], ThresholdKeys]) -> None:
+    def __init__(self, keys: Callable[[], ThresholdKeys], weigh: Weigh) -> None:
         self.keys = keys
+        self.weigh = weigh
 
     def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
         keys = self.keys()
         if round_ == 0:
             return seal_for_group(encode_vector(vector), keys.group, keys.job_id, "initial")
-        return keys.encrypt(np.asarray(vector, dtype=np.float64) * weight, weight, round_, attempt)
+        summand, uncapped = self.weigh(weight, True), self.weigh(weight, False)
+        if summand < uncapped:
+            log.warning("update weight capped at the threshold parameters' summand bound; raise he.weight_unit so "
+                        "every site's count fits", job_id=keys.job_id, examples=weight, weight=uncapped,
+                        capped_to=summand)
+        return keys.encrypt(np.asarray(vector, dtype=np.float64) * summand, summand, round_, attempt)
 
     def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
         keys = self.keys()
@@ -263,12 +277,12 @@ class LevelledCodec(PayloadCodec):
 
 def job_codec(gram_defence: bool, job_id: str, vector_size: int, keys: KeyHolder | None,
               level_sizes: dict[str, int] | None, download: Download, keep: Keep,
-              threshold: Callable[[], ThresholdKeys] | None = None) -> PayloadCodec:
-    """The codec of a job: threshold parts when the job shares its key among its members (``threshold``
-    fetches this member's keys), encrypted parts when the site holds (or awaits) a key, plain otherwise;
+              threshold: tuple[Callable[[], ThresholdKeys], Weigh] | None = None) -> PayloadCodec:
+    """The codec of a job: threshold parts when the job shares its key among its members (``threshold``: what
+    fetches this member's keys, and the job's ``Weigh``), encrypted parts when the site holds (or awaits) a key, plain otherwise;
     levelled when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise.  Under a Gram
     defence (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot."""
-    part: PartCodec = (ThresholdPart(threshold) if threshold is not None
+    part: PartCodec = (ThresholdPart(*threshold) if threshold is not None
                        else EncryptedPart(keys.require, gram_defence) if keys is not None else PlainPart())
     if level_sizes is not None:
         return LevelledCodec(part, job_id, level_sizes, download, keep)

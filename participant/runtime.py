@@ -186,7 +186,7 @@ class ParticipantRuntime:
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
                           lambda version: self.link.download(info.job_id, version), self._keep_global,
-                          self._threshold if self.threshold is not None else None)
+                          (self._threshold, self.config.summand_weight) if self.threshold is not None else None)
         self.codec = codec
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,

@@ -54,7 +54,8 @@ log = structlog.get_logger("participant.threshold_keys")
 SECRET, PUBLIC, SHARES, DEALING, RECEIVED, USED = ("threshold.secret", "threshold.public", "threshold.shares",
                                                    "threshold.dealing", "threshold.received", "threshold.used")
 _PART = struct.Struct("<HI")
-#: How far the combined weight slot may stray from the declared example counts (the flooding errs by ~1e-5).
+#: How far the combined weight slot may stray from the declared weight, the uploaders' example counts in units of
+#: ``he.weight_unit`` (``JobConfig.summand_weight``); the flooding errs by ~5e-5 absolute.
 WEIGHT_TOLERANCE = 0.01
 
 
@@ -270,6 +271,7 @@ class ThresholdKeys:
                                                    UploadRound(self.seed, v.round, v.attempt),
                                                    self._indices(v.decryptors))
         if abs(weight - v.declared_weight) > WEIGHT_TOLERANCE:
-            raise InvalidValue(f"the aggregate of round {v.round} weighs {weight:.3f}, not the {v.declared_weight:g} "
-                               "examples its uploaders declared: a wrong sum or a forged decryption share")
+            raise InvalidValue(f"the aggregate of round {v.round} weighs {weight:.4f}, not the {v.declared_weight:.4f} "
+                               "that the examples its uploaders declared come to (in units of he.weight_unit): a "
+                               "wrong sum or a forged decryption share")
         return vector, weight

@@ -23,7 +23,7 @@ from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.gram import evaluation_keys
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.participant.codec import job_codec
-from fedprompt.protocol import CoordinatorLink, Payload, TaskKind
+from fedprompt.protocol import CoordinatorLink, Payload, TaskKind, ThresholdKeyState
 from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.levels import encoding, pack
 from fedprompt.wire.payload import FLOAT32, encode_vector
@@ -66,6 +66,22 @@ class Deferred:
         """Run the newest pending step and hand its result back."""
         work, done = self.pending.pop()
         done(work())
+
+
+class ThresholdDoor:
+    """One member's threshold key-setup calls on a job, as ``LocalLink`` or the servicers make them."""
+
+    def __init__(self, job: JobRuntime, who: str) -> None:
+        self.job, self.who = job, who
+
+    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
+        return self.job.relay.threshold_keys(self.who)
+
+    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
+        self.job.relay.publish_share(self.who, share, attestation)
+
+    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
+        self.job.relay.deal(self.who, sealed)
 
 
 def exchange_key() -> bytes:

@@ -110,7 +110,7 @@ def collusion_and_dropout(keyed: Keyed, vector_size: int, round: int, seed: int 
                                                 decryptors) for j in decryptors]
     vector, weight = threshold_seeded.combine(context, summed, vector_size, shares, upload_round, everyone)
     expected = sum(updates[i] * weights[i] for i in everyone)
-    completed = weight == sum(weights.values()) and float(np.abs(vector - expected).max()) <= 1e-4
+    completed = abs(weight - sum(weights.values())) <= 1e-4 and float(np.abs(vector - expected).max()) <= 1e-4
     honest, coalition = n, list(range(1, t))
     own = sum((updates[i] * weights[i] for i in coalition), np.zeros(vector_size))
     return {

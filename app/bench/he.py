@@ -46,7 +46,7 @@ SMOKE = Size(updates=10, sites=2, rounds=1, steps=2, test_size=40, threads=1)
 
 
 def _micro(seed: int, vector_size: int, updates: int) -> dict[str, Any]:
-    params = HESection(enabled=True).params()
+    params = HESection(enabled=True, mode="single_key").params()
     rng = np.random.default_rng(seed)
     deltas = rng.normal(0.0, 0.02, (updates, vector_size))
     weights = rng.integers(1, 200, updates)
@@ -92,7 +92,7 @@ def _rounds(base: JobConfig, backbone: Backbone, seed: int, size: Size) -> dict[
     train, test, names = load_split("rotten_tomatoes", size.test_size, seed, base.task.label_names)
     sites = split_sites(train, test, names, size.sites, PartitionSpec("iid"), seed)
     plain = simulate(dataclasses.replace(base, he=HESection(enabled=False)), sites, backbone)
-    secure = simulate(dataclasses.replace(base, he=HESection(enabled=True)), sites, backbone)
+    secure = simulate(dataclasses.replace(base, he=HESection(enabled=True, mode="single_key")), sites, backbone)
     return {"plain_round_s": _round_seconds(plain), "secure_round_s": _round_seconds(secure),
             "plain_final_accuracy": plain["final_accuracy"], "secure_final_accuracy": secure["final_accuracy"],
             "plain_bytes_up_per_round": plain["rounds"][-1]["bytes_up"],

@@ -221,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
     placement = resolve_placement(args.device, args.dtype, "")
     if args.smoke:
         torch.set_num_threads(1)  # the test suite's budget; a measured run keeps torch's own thread count
-    secret = SecretContext.create(HESection(enabled=True).params())
+    secret = SecretContext.create(HESection(enabled=True, mode="single_key").params())
     rows: list[dict[str, Any]] = []
     generation: list[dict[str, Any]] = []
     diffs: dict[str, float] = {}
@@ -253,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
                         "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
                         "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
                         "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
-                        "dp_epsilon": DP_EPSILON, "he_params": HESection(enabled=True).params().describe(),
+                        "dp_epsilon": DP_EPSILON, "he_params": HESection(enabled=True, mode="single_key").params().describe(),
                         "placement": str(placement), "seed": args.seed,
                         "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
                         "roundtrip_texts": TEXTS},

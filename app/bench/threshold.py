@@ -65,7 +65,7 @@ def _sealed_bytes(size: int) -> int:
 
 def single_key_row(members: int, vector_size: int, seed: int) -> dict[str, Any]:
     """Today's scheme on the updates ``threshold_costs.aggregate`` draws for the same seed."""
-    params = HESection(enabled=True).params()
+    params = HESection(enabled=True, mode="single_key").params()
     start = time.perf_counter()
     secret = SecretContext.create(params)
     keygen_s = time.perf_counter() - start
@@ -135,7 +135,7 @@ def _targets(rows: list[dict[str, Any]], ratio: float, security: int, smallest: 
 def main(args: argparse.Namespace) -> int:
     size = run_size(args, FULL, SMOKE)
     rows: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"single_key": HESection(enabled=True).params().describe(), "threshold": {}}
+    params: dict[str, Any] = {"single_key": HESection(enabled=True, mode="single_key").params().describe(), "threshold": {}}
     attacks: dict[str, Any] = {}
     substitution: dict[str, bool] = {}
     samples: dict[str, list[float]] = {"single_key": [], "threshold": []}

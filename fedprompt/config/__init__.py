@@ -50,7 +50,16 @@ from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, 
 from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
 from fedprompt.config.peft import PEFT_METHODS, PeftSection
 from fedprompt.config.placement import DTYPES, check_placement, placement_key
-from fedprompt.config.privacy import ACCOUNTANTS, HE_MODES, MAX_CLIP, MAX_EPSILON, MAX_NOISE, DPSection, HESection
+from fedprompt.config.privacy import (
+    ACCOUNTANTS,
+    HE_MODES,
+    MAX_CLIP,
+    MAX_EPSILON,
+    MAX_NOISE,
+    MAX_WEIGHT_UNIT,
+    DPSection,
+    HESection,
+)
 from fedprompt.config.process import (
     CoordinatorConfig,
     CoordinatorSection,
@@ -78,6 +87,7 @@ __all__ = [
     "MAX_DEADLINE_S",
     "MAX_EPSILON",
     "MAX_NOISE",
+    "MAX_WEIGHT_UNIT",
     "MAX_PER_ROUND",
     "MAX_TOML_BYTES",
     "MIN_HE_COHORT",

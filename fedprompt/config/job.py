@@ -297,8 +297,8 @@ class JobConfig:
               f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
         check(not self.levels.enabled, "levels.enabled",
               'prompt levels (per-level sums, encrypted cohort discovery) are not wired for he.mode = "threshold" '
-              'yet: the collective evaluation keys and the threshold Gram decryption exist in crypto.threshold_gram '
-              'but no round uses them; use he.mode = "single_key"')
+              '(the default) yet: the collective evaluation keys and the threshold Gram decryption exist in '
+              'crypto.threshold_gram but no round uses them; set he.mode = "single_key"')
         try:
             self.he.threshold_params(n).check("he")
         except ParameterError as exc:
@@ -320,6 +320,22 @@ class JobConfig:
         """Encrypted levelled job discovering its cohorts: the coordinator clusters an encrypted Gram matrix."""
         levels = self.levels
         return self.he.enabled and levels.enabled and levels.expert_tokens > 0 and levels.cohorts_from == "discover"
+
+    def summand_weight(self, num_examples: int, cap: bool = True) -> float:
+        """The FedAvg weight an update of ``num_examples`` examples carries in its encrypted sum: the factor on
+        its delta and the value of its weight slot.  A site encrypts it; the coordinator declares the sum of its
+        uploaders' for the members' check of the decrypted weight slot (``participant.threshold_keys``): both
+        call this, so the two sides agree.
+
+        Threshold jobs: ``num_examples / he.weight_unit``, capped (with ``cap``) at the largest summand the
+        threshold parameters hold (``ThresholdParams.ckks.value_bound``, 8192 / n).  Single-key jobs: the count
+        itself.  Participant-level DP sends ``num_examples`` 1 (each update counts once) and keeps weight 1."""
+        if not self.he.threshold_mode or self.dp.participant_level:
+            return float(num_examples)
+        weight = num_examples / self.he.weight_unit
+        if not cap:
+            return weight
+        return min(weight, self.he.threshold_params(len(self.job.allowed_participants)).ckks.value_bound)
 
     def he_params(self, gram_defence: bool) -> CkksParams:
         """The job's CKKS parameters: ``[he]``'s addition-only chain, or whenever the coordinator computes an

@@ -26,6 +26,8 @@ HE_MODES = ("threshold", "single_key")
 MAX_EPSILON = 1000.0
 #: The largest noise multiplier: a sigma of 1000 times the clip norm already drowns any update.
 MAX_NOISE = 1000.0
+#: The largest ``he.weight_unit``: a billion examples per unit of weight already shrinks any site's weight to nothing.
+MAX_WEIGHT_UNIT = 1e9
 #: The largest clip norm (per-example gradient or whole update); prompt updates have norms of order 1.
 MAX_CLIP = 1e6
 
@@ -90,12 +92,18 @@ class DPSection:
 class HESection:
     """Homomorphic-encrypted secure aggregation (CKKS): the coordinator only ever adds ciphertexts.
 
-    ``mode``: ``threshold`` (multiparty keys, ``crypto.threshold``: each member holds a share, any ``threshold``
+    ``mode`` (default ``threshold``): ``threshold`` (multiparty keys, ``crypto.threshold``: each member holds a share, any ``threshold``
     of the n = ``job.allowed_participants`` decrypt an aggregate, fewer learn nothing; ``threshold`` 0 means a
     majority, n // 2 + 1, and otherwise must lie in [2, n]) or ``single_key`` (one key, created by the dealer
     and held by every member: a coordinator colluding with any one member decrypts every update, so only for
     consortia whose members trust each other).  Threshold jobs use the fixed parameters of
     ``crypto.threshold.ThresholdParams``; the ring numbers below are the single-key chain's.
+
+    ``weight_unit`` (threshold jobs): examples per unit of FedAvg weight.  The threshold parameters hold a
+    summand of magnitude at most 8192 / n (weight slot included), so a site encrypts its update and weight in
+    units of ``weight_unit`` examples, ``n_i / weight_unit``, not ``n_i`` (``JobConfig.summand_weight``); every
+    site uses the same unit, so the weighted mean is unchanged.  A larger unit fits larger sites, a smaller one
+    keeps the decrypted mean more precise (docs/he.md, "The weight unit").
 
     ``dealer`` names the participant that creates a single-key job's keys (default: the first to join).  The
     numbers' ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits
@@ -103,19 +111,22 @@ class HESection:
     """
 
     enabled: bool = False
-    mode: str = "single_key"
+    mode: str = "threshold"
     threshold: int = 0
     poly_modulus_degree: int = 4096
     coeff_mod_bit_sizes: tuple[int, ...] = (59, 16)
     scale_bits: int = 30
     max_summands: int = 1000
     dealer: str = ""
+    weight_unit: float = 100.0
 
     def validate(self, prefix: str) -> None:
         check(self.mode in HE_MODES, f"{prefix}.mode", f"must be one of {list(HE_MODES)}, got {self.mode!r}")
         check(self.threshold == 0 or 2 <= self.threshold <= 1000, f"{prefix}.threshold",
               f"must be 0 (a majority of the members) or in [2, 1000] (1 would let any member decrypt alone), "
               f"got {self.threshold}")
+        check_range(self.weight_unit, f"{prefix}.weight_unit", 0.0, MAX_WEIGHT_UNIT, open_low=True,
+                    note="a positive number of examples per unit of FedAvg weight")
         try:
             self.params().check(prefix)
         except ParameterError as exc:

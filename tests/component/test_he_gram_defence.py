@@ -26,7 +26,7 @@ def test_encrypted_gram_defence_rejects_scaled_attacker_like_plaintext(tiny_enco
     config = dataclasses.replace(
         tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=SITES, min_participants=SITES,
                  aggregator=aggregator),
-        he=HESection(enabled=True), robust=robust)
+        he=HESection(enabled=True, mode="single_key"), robust=robust)
     attack = AttackSection(kind="backdoor", malicious_fraction=0.2, target_label="pos", scale=20.0)
     sites = toy_sites(SITES)
     report = simulate(config, sites, attack=attack, state_root=tmp_path)

@@ -32,7 +32,7 @@ def delta(name: str) -> np.ndarray:
 def test_encrypted_norm_bound_over_grpc(tmp_path: Path) -> None:
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound"),
-        he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+        he=HESection(enabled=True, mode="single_key"), robust=RobustSection(max_malicious=1))
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
         job_id = admin.create_job(dump_toml(config))
@@ -102,7 +102,7 @@ def test_a_dealer_that_stopped_before_its_evaluation_keys_uploads_them_when_it_c
     the Gram job becomes ready."""
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound"),
-        he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+        he=HESection(enabled=True, mode="single_key"), robust=RobustSection(max_malicious=1))
     params = config.he_params(gram_defence=True)
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)

@@ -29,7 +29,7 @@ from tests.fakes import answer_checks, check_over_links, encrypted_initial, encr
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts: a poisoner may spoil either
-HE = HESection(enabled=True)
+HE = HESection(enabled=True, mode="single_key")
 WEIGHTS = {"a": 7, "b": 11, "c": 5, "m": 9}
 
 

@@ -28,7 +28,7 @@ from tests.fakes import check_over_links
 from tests.support import LiveCoordinator, tiny_job, wait_for
 
 SIZE = 5000  # two ciphertexts (4096 reals each, weight slot included)
-HE = HESection(enabled=True)
+HE = HESection(enabled=True, mode="single_key")
 WEIGHTS = {"a": 7, "b": 11, "c": 5}
 
 

@@ -34,7 +34,7 @@ from fedprompt.wire.channel import ClientTls
 from tests.support import LiveCoordinator, ThrowawayPki, tiny_job
 
 SIZE = 8
-HE = HESection(enabled=True)
+HE = HESection(enabled=True, mode="single_key")
 A, B, C = "participant:a", "participant:b", "participant:c"
 Tamper = Callable[[KeyState], KeyState]
 

@@ -18,7 +18,7 @@ def _levels(**kwargs: object) -> LevelsSection:
 def test_encrypted_levelled_job_sums_each_cohort(tiny_encoder_dir: Path) -> None:
     cohorts = (CohortSpec("x", ("site-0", "site-1")), CohortSpec("y", ("site-2", "site-3")))
     config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=4, min_participants=4),
-                                 levels=_levels(cohorts=cohorts), he=HESection(enabled=True))
+                                 levels=_levels(cohorts=cohorts), he=HESection(enabled=True, mode="single_key"))
     report = simulate(config, toy_sites(4))
     assert report["state"] == "done" and len(report["final_by_participant"]) == 4
     assert all(r["expert_cohorts_updated"] == 2 and r["expert_cohorts_withheld"] == 0 for r in report["rounds"])
@@ -38,7 +38,7 @@ def test_encrypted_levelled_job_discovers_cohorts_like_plaintext(tiny_encoder_di
     clustered: the same cohorts as the plaintext run of the same sites, seeds and rounds."""
     plain = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=3, participants_per_round=4, min_participants=4),
                                 levels=_levels(cohorts_from="discover", num_cohorts=2, discover_round=1))
-    report = simulate(dataclasses.replace(plain, he=HESection(enabled=True)), toy_sites(4))
+    report = simulate(dataclasses.replace(plain, he=HESection(enabled=True, mode="single_key")), toy_sites(4))
     assert report["state"] == "done" and len(report["final_by_participant"]) == 4
     assert report["cohorts"] == simulate(plain, toy_sites(4))["cohorts"]
     assert len(set(report["cohorts"].values())) == 2

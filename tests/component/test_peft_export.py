@@ -249,7 +249,7 @@ def test_admin_exports_a_plaintext_jobs_global_as_a_peft_adapter(tiny_encoder_di
 
 def test_a_key_holder_exports_the_encrypted_jobs_global_it_decrypted(tiny_causal_dir: Path, tmp_path: Path,
                                                                      capfd: pytest.CaptureFixture[str]) -> None:
-    config = dataclasses.replace(tiny_job(tiny_causal_dir, rounds=1), he=HESection(enabled=True),
+    config = dataclasses.replace(tiny_job(tiny_causal_dir, rounds=1), he=HESection(enabled=True, mode="single_key"),
                                  dp=DPSection(enabled=True, epsilon=50.0, delta=1e-5),
                                  peft=PeftSection(method="prefix"))
     report = simulate(config, toy_sites(), state_root=tmp_path / "sites")

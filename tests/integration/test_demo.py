@@ -32,7 +32,8 @@ def test_demo_writes_report_and_plot(tmp_path: Path) -> None:
     assert data["test_examples"] > 0 and data["above_majority"] == (data["final_accuracy"] > data["majority_accuracy"])
     assert data["exchanged_params"] / data["plm_params"] <= 0.0005
     assert plot.stat().st_size > 10_000
-    assert data["dp"] and data["mtls"] and data["he"]
+    assert data["dp"] and data["mtls"] and data["he"] == "threshold"
+    assert (data["he_t"], data["he_n"]) == (data["he_params"]["threshold"], data["he_params"]["members"])
     assert 0 < data["epsilon"] <= 8.0 + 1e-6 and [r["record_epsilon_max"] > 0 for r in data["rounds"]] == [True, True]
     log = (tmp_path / "demo.log").read_text()
     assert all(f"round {r['round']}: accuracy {r['accuracy']:.4f}" in log for r in data["rounds"])  # as they finished

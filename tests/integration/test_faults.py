@@ -300,7 +300,7 @@ def test_coordinator_unreachable_30s_participants_reconnect_by_themselves(tmp_pa
 def test_encrypted_job_survives_a_coordinator_and_a_daemon_kill(tmp_path: Path, tiny_encoder_dir: Path) -> None:
     rounds = 3
     config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=rounds, participants_per_round=3,
-                                          min_participants=3, round_deadline_s=120.0), he=HESection(enabled=True))
+                                          min_participants=3, round_deadline_s=120.0), he=HESection(enabled=True, mode="single_key"))
     coordinator = CoordinatorProcess(tmp_path, free_port()).start()
     try:
         admin = AdminClient(coordinator.target)

@@ -67,7 +67,7 @@ def run_job(tmp_path: Path, config: JobConfig) -> tuple[list[Path], str]:
 @pytest.mark.slow
 def test_encrypted_job_across_processes(tmp_path: Path, tiny_encoder_dir: Path) -> None:
     config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=ROUNDS, participants_per_round=SITES,
-                                          min_participants=SITES), he=HESection(enabled=True))
+                                          min_participants=SITES), he=HESection(enabled=True, mode="single_key"))
     sites, job_id = run_job(tmp_path, config)
     state, coordinator_log = tmp_path / "coord", tmp_path / "coordinator.log"
     weights = [len(load_site(site).train) for site in sites]
@@ -105,7 +105,7 @@ def test_encrypted_gram_defence_across_processes(tmp_path: Path, tiny_encoder_di
     round is decided on an agreed Gram matrix, one decision per update."""
     config = dataclasses.replace(
         tiny_job(tiny_encoder_dir, rounds=ROUNDS, participants_per_round=SITES, min_participants=SITES,
-                 aggregator="norm_bound"), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+                 aggregator="norm_bound"), he=HESection(enabled=True, mode="single_key"), robust=RobustSection(max_malicious=1))
     _, job_id = run_job(tmp_path, config)
     log_text = (tmp_path / "coordinator.log").read_text(encoding="utf-8", errors="replace")
     assert log_text.count("encrypted Gram matrix computed") == ROUNDS

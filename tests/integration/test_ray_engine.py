@@ -89,7 +89,7 @@ def test_ray_runs_an_encrypted_job_to_the_in_process_result_within_ckks_noise(ti
     coordinator folds ciphertexts it cannot read, and each site rebuilds the global.  Encryption draws fresh
     randomness, so the global equals the in-process one to CKKS precision, not to the bit."""
     config = dataclasses.replace(tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=3),
-                                 he=HESection(enabled=True))
+                                 he=HESection(enabled=True, mode="single_key"))
     inprocess, ray = _both(config, tmp_path)
     assert ray["state"] == inprocess["state"] == "done"
     assert _updates_sent(tmp_path / "ray") == _updates_sent(tmp_path / "inprocess") != []

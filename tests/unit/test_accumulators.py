@@ -132,7 +132,7 @@ def test_a_plain_fold_refuses_an_aggregate_that_is_not_finite(store: Store) -> N
 
 # ---- encrypted ----------------------------------------------------------------------------------------------
 def he_config(tmp_path: Path) -> JobConfig:
-    return dataclasses.replace(tiny_job(tmp_path, aggregator="norm_bound"), he=HESection(enabled=True),
+    return dataclasses.replace(tiny_job(tmp_path, aggregator="norm_bound"), he=HESection(enabled=True, mode="single_key"),
                                robust=RobustSection(max_malicious=1))
 
 
@@ -262,7 +262,7 @@ class EncryptedLevels:
 def encrypted_levels(tmp_path: Path, store: Store) -> EncryptedLevels:
     """An encrypted levelled job with cohorts x = {a, b} and y = {c, d}; version 0 stored."""
     config = dataclasses.replace(levelled(tiny_job(tmp_path), ("x", ("a", "b")), ("y", ("c", "d"))),
-                                 he=HESection(enabled=True))
+                                 he=HESection(enabled=True, mode="single_key"))
     secret = SecretContext.create(config.he_params(gram_defence=False))
     keys = dealt_keys(store, JOB, secret, ("a", "b", "c", "d"))
     initial = encrypted_levels_update(secret, JOB, 0, np.zeros(G), np.zeros(E), 1)

@@ -96,7 +96,7 @@ def test_linear_variant_is_the_weighted_average_of_means_and_step_sizes() -> Non
     ({"blackbox": {"enabled": True}, "job": {"aggregator": "fedbpt"}}, "model.train_head"),
     ({"job": {"aggregator": "fedbpt_linear"}}, "job.aggregator"),
     ({"blackbox": {"enabled": True}, "job": {"aggregator": "fedbpt"}, "model": {"train_head": False},
-      "he": {"enabled": True}}, "job.aggregator"),
+      "he": {"enabled": True, "mode": "single_key"}}, "job.aggregator"),
     ({"blackbox": {"enabled": True}, "job": {"aggregator": "fedbpt"}, "model": {"train_head": False},
       "dp": {"enabled": True}}, "dp.enabled"),
     ({"blackbox": {"population": 1}}, "blackbox.population"),
@@ -162,7 +162,7 @@ def test_encrypted_linear_fedbpt_round_equals_the_plaintext_one(tiny_encoder_dir
     from fedprompt.config import HESection
 
     plain = blackbox_job(tiny_encoder_dir, aggregator="fedbpt_linear", rounds=1)
-    encrypted = dataclasses.replace(plain, he=HESection(enabled=True))
+    encrypted = dataclasses.replace(plain, he=HESection(enabled=True, mode="single_key"))
     reports = [simulate(config, toy_sites(3)) for config in (plain, encrypted)]
     for report in reports:
         assert report["state"] == "done" and report["mode"] == "blackbox" and report["rounds"][0]["updates"] == 3

@@ -43,6 +43,10 @@ def test_defaults_round_trip_through_toml() -> None:
         ("[mystery]\nx = 1", "mystery"),
         ("[job]\nallowed_participants = ['participant:a']\n[he]\nenabled = true", "job.allowed_participants"),
         ("job = 3", "job"),
+        ("[he]\nweight_unit = 0", "he.weight_unit"),
+        ("[he]\nweight_unit = -100.0", "he.weight_unit"),
+        ("[he]\nweight_unit = 'many'", "he.weight_unit"),
+        ("[he]\nweight_unit = inf", "he.weight_unit"),
     ],
 )
 def test_bad_values_name_their_key(text: str, key: str) -> None:
@@ -50,10 +54,19 @@ def test_bad_values_name_their_key(text: str, key: str) -> None:
         parse_toml(text, JobConfig)
 
 
-def test_an_encrypted_job_open_to_two_or_to_any_participants_loads() -> None:
+def test_an_encrypted_single_key_job_open_to_two_or_to_any_participants_loads() -> None:
     for allowed in ("['participant:a', 'participant:b']", "['*']"):
-        config = parse_toml(f"[job]\nallowed_participants = {allowed}\n[he]\nenabled = true", JobConfig)
-        assert config.he.enabled
+        config = parse_toml(f"[job]\nallowed_participants = {allowed}\n[he]\nenabled = true\nmode = 'single_key'",
+                            JobConfig)
+        assert config.he.enabled and not config.he.threshold_mode
+
+
+def test_encrypted_jobs_default_to_threshold_keys_among_their_named_members() -> None:
+    config = parse_toml("[job]\nallowed_participants = ['participant:a', 'participant:b', 'participant:c']\n[he]\n"
+                        "enabled = true", JobConfig)
+    assert config.he.threshold_mode and config.he.threshold_params(3).t == 2
+    with pytest.raises(ConfigError, match=r"job\.allowed_participants: must name the enrolled members"):
+        parse_toml("[job]\nallowed_participants = ['*']\n[he]\nenabled = true", JobConfig)
 
 
 def test_invalid_toml_names_the_source() -> None:

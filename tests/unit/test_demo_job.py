@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedprompt.app.cli import build_parser
-from fedprompt.app.demo import DemoOptions, demo_job, options_from_args
+from fedprompt.app.demo import DemoOptions, demo_job, he_report, options_from_args
 from fedprompt.errors import ConfigError
 
 
@@ -19,6 +19,14 @@ def test_demo_runs_dp_by_default_with_the_large_batch_recipe() -> None:
     assert config.dp.enabled and config.dp.epsilon == 8.0
     assert (config.train.batch_size, config.train.max_steps, config.train.lr) == (256, 4, 0.1)
     assert config.he.enabled
+
+
+def test_demo_runs_threshold_keys_by_default_and_reports_t_of_n() -> None:
+    config = job_from(["--participants", "5"])
+    assert config.he.threshold_mode and len(config.job.allowed_participants) == 5
+    report = he_report(config)
+    assert (report["he"], report["he_t"], report["he_n"], report["he_weight_unit"]) == ("threshold", 3, 5, 100)
+    assert he_report(job_from(["--no-he"]))["he"] is False
 
 
 def test_no_dp_uses_the_plain_recipe_and_the_causal_backbone_its_own() -> None:

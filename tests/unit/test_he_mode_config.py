@@ -54,3 +54,18 @@ def test_levels_and_gram_defences_are_refused_with_threshold_keys_by_name() -> N
     gram = _load(THREE + "\naggregator = 'multi_krum'\nmin_participants = 3\nparticipants_per_round = 3")
     with pytest.raises(ConfigError, match=r"he\.mode: 'multi_krum' is a Gram defence.*evaluation keys"):
         job_aggregator(gram)
+
+
+def test_a_gram_defence_or_levels_without_a_named_mode_are_refused_naming_single_key() -> None:
+    """Threshold keys are the default: a job that asks for what they cannot serve yet, without naming ``he.mode``,
+    is refused with the key to set, and loads once it says ``mode = 'single_key'``."""
+    gram = (f"[job]\n{THREE}\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3\n"
+            "[robust]\nmax_malicious = 1\n[he]\nenabled = true\n")
+    with pytest.raises(ConfigError, match=r"he\.mode is 'threshold' \(the default\); set he\.mode = 'single_key'"):
+        job_aggregator(parse_toml(gram, JobConfig))
+    assert job_aggregator(parse_toml(gram + "mode = 'single_key'\n", JobConfig)).gram
+    levels = (f"[job]\n{THREE}\n[levels]\nenabled = true\nglobal_tokens = 4\nexpert_tokens = 0\n"
+              "personal_tokens = 4\n[model]\nprompt_length = 8\n[he]\nenabled = true\n")
+    with pytest.raises(ConfigError, match=r'levels\.enabled: .*\(the default\).*set he\.mode = "single_key"'):
+        parse_toml(levels, JobConfig)
+    assert parse_toml(levels + "mode = 'single_key'\n", JobConfig).levels.enabled

@@ -74,7 +74,7 @@ def submit(job: JobRuntime, secret: SecretContext, name: str, weight_slot: bool 
 def test_encrypted_fedavg_job_resumes_with_its_key_relay(tmp_path: Path) -> None:
     clock = Clock()
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3,
-                                          round_deadline_s=30.0), he=HESection(enabled=True))
+                                          round_deadline_s=30.0), he=HESection(enabled=True, mode="single_key"))
     dealt = encrypted_job(tmp_path, config, clock)
     before, secret = dealt.job, dealt.secret
     submit(before, secret, "a")  # in flight at the crash: lost with the process, resubmitted below
@@ -104,7 +104,7 @@ def test_gram_defence_job_resumes_with_its_evaluation_keys(tmp_path: Path) -> No
     clock = Clock()
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
-                 aggregator="norm_bound"), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+                 aggregator="norm_bound"), he=HESection(enabled=True, mode="single_key"), robust=RobustSection(max_malicious=1))
     dealt = encrypted_job(tmp_path, config, clock)
     before, secret = dealt.job, dealt.secret
     job = restarted(tmp_path, clock, before.job_id)
@@ -124,7 +124,7 @@ def test_a_tampered_stored_context_pauses_its_job_and_nothing_is_added_under_it(
     that job with the reason (the coordinator starts, other jobs go on), and no round opens under it."""
     clock = Clock()
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3),
-                                 he=HESection(enabled=True))
+                                 he=HESection(enabled=True, mode="single_key"))
     dealt = encrypted_job(tmp_path, config, clock)
     before, secret = dealt.job, dealt.secret
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
@@ -143,7 +143,7 @@ def test_key_attestations_are_relayed_as_signed_after_a_restart(tmp_path: Path) 
     ca = CertificateAuthority.init(tmp_path / "ca")
     creds = {n: KeyCredentials.from_files(ca.ca_cert_path, *reversed(ca.issue(n, tmp_path / "sites")))
              for n in ("participant:a", "participant:b")}
-    config = dataclasses.replace(tiny_job(tmp_path, rounds=1), he=HESection(enabled=True))
+    config = dataclasses.replace(tiny_job(tmp_path, rounds=1), he=HESection(enabled=True, mode="single_key"))
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=Clock(), offline_after_s=60.0)
     job = jobs.job(jobs.create_job(dump_toml(config)))
     keys = {n: exchange_key() for n in creds}
@@ -167,7 +167,7 @@ def test_the_relay_refuses_a_statement_about_another_key_or_caller(tmp_path: Pat
     ca = CertificateAuthority.init(tmp_path / "ca")
     signer = KeyCredentials.from_files(ca.ca_cert_path, *reversed(ca.issue("participant:a", tmp_path))).signer
     jobs = JobManager(Store(tmp_path / "state.sqlite"), clock=Clock(), offline_after_s=60.0)
-    job = jobs.job(jobs.create_job(dump_toml(dataclasses.replace(tiny_job(tmp_path), he=HESection(enabled=True)))))
+    job = jobs.job(jobs.create_job(dump_toml(dataclasses.replace(tiny_job(tmp_path), he=HESection(enabled=True, mode="single_key")))))
     key = exchange_key()
     with pytest.raises(AttestationError, match="not the key it signed"):
         job.join("participant:a", 40, 5, SIZE, key, signer.sign(job.job_id, "exchange", (digest(exchange_key()),)))

@@ -67,7 +67,7 @@ def _job(tmp_path: Path, aggregator: str = "norm_bound", offload: Offload = inli
     jobs = JobManager(store, clock=clock, offload=offload, events=events)
     config = dataclasses.replace(
         tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, round_deadline_s=30.0,
-                 aggregator=aggregator), he=HESection(enabled=True), robust=RobustSection(max_malicious=1))
+                 aggregator=aggregator), he=HESection(enabled=True, mode="single_key"), robust=RobustSection(max_malicious=1))
     return GramJob(jobs.job(jobs.create_job(dump_toml(config))), store, clock)
 
 

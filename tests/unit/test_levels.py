@@ -43,8 +43,9 @@ def _parse(levels: str, extra: str = "") -> JobConfig:
     ("cohorts_from = 'magic'", "", "levels.cohorts_from"),
     ("cohorts_from = 'discover'\n[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "", "levels.cohorts:"),
     ("cohorts_from = 'discover'\ndiscover_round = 5", "[job]\nrounds = 5", "levels.discover_round"),
-    ("cohorts_from = 'discover'", "[he]\nenabled = true\n[job]\naggregator = 'norm_bound'", "job.aggregator"),
-    ("[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "[he]\nenabled = true", "levels.cohorts[0].members"),
+    ("cohorts_from = 'discover'", "[he]\nenabled = true\nmode = 'single_key'\n[job]\naggregator = 'norm_bound'", "job.aggregator"),
+    ("[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "[he]\nenabled = true\nmode = 'single_key'",
+     "levels.cohorts[0].members"),
     ("", "[dp]\nenabled = true\nnoise_multiplier = 1.0\nparticipant_noise_multiplier = 1.0",
      "dp.participant_noise_multiplier"),
     ("[[levels.cohorts]]\nname = 'x'\nmembers = ['a']", "[job]\nallowed_participants = ['b']",
@@ -180,7 +181,7 @@ def test_a_poisoned_expert_part_never_becomes_a_version_and_its_sender_is_quaran
     parts are checked alone, masked, and d is quarantined; the round then completes without it."""
     clock = Clock()
     config = dataclasses.replace(levelled(tiny_job(tmp_path, rounds=1, participants_per_round=4, min_participants=3),
-                                          ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
+                                          ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True, mode="single_key"))
     job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
     secret = SecretContext.create(config.he.params())
     job.relay.publish_context("a", secret.public_bytes(), secret.key_id)
@@ -213,7 +214,7 @@ def test_a_poisoned_expert_part_never_becomes_a_version_and_its_sender_is_quaran
 def test_encrypted_expert_level_is_summed_per_cohort_with_real_ciphertexts(tmp_path: Path) -> None:
     clock = Clock()
     config = dataclasses.replace(levelled(tiny_job(tmp_path, rounds=2, participants_per_round=4, min_participants=3),
-                                          ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True))
+                                          ("x", ("a", "b")), ("y", ("c", "d"))), he=HESection(enabled=True, mode="single_key"))
     job = _job(tmp_path, config, ("a", "b", "c", "d"), clock).job
     secret = SecretContext.create(config.he.params())  # every key holder has this key; the coordinator never does
     job.relay.publish_context("a", secret.public_bytes(), secret.key_id)

@@ -59,7 +59,7 @@ def _config(tmp_path: Path, he: bool, num_cohorts: int = 2, min_participants: in
                     round_deadline_s=30.0)
     levels = LevelsSection(enabled=True, global_tokens=2, expert_tokens=1, personal_tokens=1,
                            cohorts_from="discover", num_cohorts=num_cohorts, discover_round=1)
-    return dataclasses.replace(base, levels=levels, he=HESection(enabled=he))
+    return dataclasses.replace(base, levels=levels, he=HESection(enabled=he, mode="single_key"))
 
 
 def _plaintext_assignment(tmp_path: Path, deltas: dict[str, np.ndarray]) -> dict[str, str]:
@@ -274,7 +274,7 @@ def test_too_few_updates_postpone_discovery_before_any_gram_matrix(tmp_path: Pat
 
 
 def test_config_accepts_discovery_under_he_with_a_chain_for_evaluation_keys() -> None:
-    text = ("[model]\nprompt_length = 4\n[he]\nenabled = true\n[levels]\nenabled = true\nglobal_tokens = 2\n"
+    text = ("[model]\nprompt_length = 4\n[he]\nenabled = true\nmode = 'single_key'\n[levels]\nenabled = true\nglobal_tokens = 2\n"
             "expert_tokens = 1\npersonal_tokens = 1\ncohorts_from = 'discover'\n")
     config = parse_toml(text, JobConfig)
     assert config.encrypted_discovery

@@ -207,7 +207,7 @@ def test_a_shared_backbone_carries_one_adapter_and_bad_targets_are_named(tiny_ca
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("lora", {"he": HESection(enabled=True)}),
+    ("lora", {"he": HESection(enabled=True, mode="single_key")}),
     ("prefix", {"job": "median"}),
 ])
 def test_adapters_federate_through_the_same_secure_path(method: str, extra: dict[str, Any],

@@ -287,7 +287,7 @@ def gram_machine(tmp_path: Path, offload: Offload = inline, max_attempts: int = 
     """An encrypted job whose norm-bounding defence decides on the Gram matrix of all three members' updates."""
     settings: dict[str, object] = {"rounds": 1, "participants_per_round": 3, "min_participants": 3,
                                    "round_deadline_s": DEADLINE_S, "aggregator": "norm_bound", **job}
-    config = dataclasses.replace(tiny_job(tmp_path, **settings), he=HESection(enabled=True),
+    config = dataclasses.replace(tiny_job(tmp_path, **settings), he=HESection(enabled=True, mode="single_key"),
                                  robust=RobustSection(max_malicious=1))
     secret = SecretContext.create(config.he_params(gram_defence=True))
     store = Store(tmp_path / "state.sqlite")

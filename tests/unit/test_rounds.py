@@ -186,7 +186,7 @@ def test_encrypted_round_waits_briefly_for_a_key_in_flight(tmp_path: Path) -> No
     store = Store(tmp_path / "he.sqlite")
     jobs = JobManager(store, clock=clock)
     config = dataclasses.replace(tiny_job(tmp_path, rounds=1, participants_per_round=2, min_participants=1),
-                                 he=HESection(enabled=True))
+                                 he=HESection(enabled=True, mode="single_key"))
     job = jobs.job(jobs.create_job(dump_toml(config)))
     assert job.join("a", 10, 5, SIZE, exchange_key()).deal_keys
     secret = SecretContext.create(config.he.params())

@@ -60,7 +60,7 @@ def test_any_t_members_decrypt_the_aggregate_with_the_others_dropped(members: in
     j = job(members)
     data, expected, weight = aggregate(j)
     vector, got_weight = j.context.combine(data, SIZE, shares_of(j, data, decryptors))
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
 
 
@@ -76,7 +76,7 @@ def test_a_retry_after_a_dropout_decrypts_a_rerandomised_sum_and_never_the_same_
     (before,), (after,) = j.context.parse_sum(data, SIZE), j.context.parse_sum(retry, SIZE)
     assert not np.array_equal(j.context.ring.read_ciphertext(before)[1], j.context.ring.read_ciphertext(after)[1])
     vector, got_weight = j.context.combine(retry, SIZE, shares_of(j, retry, [1, 2, 4]))
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
 
 
@@ -105,7 +105,7 @@ def test_wrong_duplicate_or_foreign_shares_are_refused() -> None:
         j.context.combine(data, SIZE, [good[0], good[1][:-8]])
     forged = bytearray(good[1])
     forged[-8 * 4096 :] = np.random.default_rng(3).integers(0, 2**50, 4096, dtype=np.uint64).tobytes()
-    with pytest.raises(InvalidCiphertext, match="weight is not a positive whole number"):
+    with pytest.raises(InvalidCiphertext, match="decrypted (weight is not a positive number|values exceed what a sum can hold)"):
         j.context.combine(data, SIZE, [good[0], bytes(forged)])
     forged[-8:] = np.uint64(2**63).tobytes()
     with pytest.raises(InvalidCiphertext, match="beyond its prime"):
@@ -216,7 +216,7 @@ def test_coordinator_compresses_the_aggregate_without_a_key_and_it_still_decrypt
     full = j.context.expand(download, SIZE)
     decryptors = list(range(1, j.params.t + 1))
     vector, got_weight = j.context.combine(full, SIZE, shares_of(j, full, decryptors))
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
     with pytest.raises(InvalidCiphertext, match="truncated"):
         j.context.expand(download[:-1], SIZE)

@@ -22,9 +22,9 @@ from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.errors import DuplicateUpdate
 from fedprompt.participant.codec import ThresholdPart
 from fedprompt.participant.threshold_keys import ThresholdKeys
-from fedprompt.protocol import Payload, ThresholdKeyState
+from fedprompt.protocol import Payload
 from fedprompt.wire.threshold import ENCODING
-from tests.fakes import SIZE, Clock
+from tests.fakes import SIZE, Clock, ThresholdDoor
 from tests.support import tiny_job
 
 MEMBERS = ("a", "b", "c")
@@ -33,25 +33,9 @@ DELTAS = {"a": (np.array([0.1, 0.2, 0.0, -0.1, 0.05, 0.0]), 10),
           "c": (np.array([0.09, 0.21, -0.01, -0.11, 0.06, 0.02]), 30)}
 
 
-class Door:
-    """One member's relay calls, as ``LocalLink`` or the servicers make them."""
-
-    def __init__(self, job: JobRuntime, who: str) -> None:
-        self.job, self.who = job, who
-
-    def threshold_keys(self, job_id: str) -> ThresholdKeyState:
-        return self.job.relay.threshold_keys(self.who)
-
-    def publish_share(self, job_id: str, share: bytes, attestation: bytes) -> None:
-        self.job.relay.publish_share(self.who, share, attestation)
-
-    def deal(self, job_id: str, sealed: dict[str, bytes]) -> None:
-        self.job.relay.deal(self.who, sealed)
-
-
 def _upload(job: JobRuntime, keys: ThresholdKeys, round_: int, attempt: int) -> None:
     delta, n = DELTAS[keys.identity]
-    data = ThresholdPart(lambda: keys).encode(round_, delta, n, attempt)
+    data = ThresholdPart(lambda: keys, job.config.summand_weight).encode(round_, delta, n, attempt)
     job.submit(keys.identity, Payload(job.job_id, round_, ENCODING, SIZE, data, num_examples=n))
 
 
@@ -70,9 +54,9 @@ def test_a_threshold_job_resumes_with_its_relay_and_completes_the_interrupted_ro
         keys[who] = ThresholdKeys(job.job_id, MEMBERS, who, params, exchange, tmp_path / who)
     for _ in range(3):
         for who in MEMBERS:
-            keys[who].refresh(Door(job, who))
+            keys[who].refresh(ThresholdDoor(job, who))
     assert all(k.ready for k in keys.values())
-    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, ThresholdPart(lambda: keys["a"]).encode(0, np.zeros(SIZE), 1)))
+    job.submit("a", Payload(job.job_id, 0, ENCODING, SIZE, ThresholdPart(lambda: keys["a"], job.config.summand_weight).encode(0, np.zeros(SIZE), 1)))
     job.start()
     job.tick()
     assert job.open is not None and (job.open.number, job.open.attempt) == (1, 1)
@@ -87,7 +71,7 @@ def test_a_threshold_job_resumes_with_its_relay_and_completes_the_interrupted_ro
     for who in MEMBERS:  # the relay answers as before the restart: nothing is dealt or published again
         state = job.relay.threshold_keys(who)
         assert state.dealt_by_caller and len(state.shares) == 3 and len(state.dealt) == 2
-        assert keys[who].refresh(Door(job, who))
+        assert keys[who].refresh(ThresholdDoor(job, who))
     with pytest.raises(DuplicateUpdate):
         job.relay.publish_share("a", keys["a"].public, b"")
     job.tick()
@@ -103,7 +87,9 @@ def test_a_threshold_job_resumes_with_its_relay_and_completes_the_interrupted_ro
     assert job.state.value == "done"
     stored = job.store.prompt(job.job_id, 1)
     assert stored is not None and stored[0] == ENCODING
-    expected = sum(d * n for d, n in DELTAS.values())
+    unit = config.he.weight_unit  # 100 examples per unit of weight: the 60 examples weigh 0.6
+    expected = sum(d * n / unit for d, n in DELTAS.values())
     for who in MEMBERS:
         total, weight = keys[who].open_version(stored[1], SIZE)
-        assert weight == pytest.approx(60.0, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+        assert weight == pytest.approx(60 / unit, abs=1e-4) and np.abs(total - expected).max() <= 1e-4
+        assert np.abs(total / weight - sum(d * n for d, n in DELTAS.values()) / 60).max() <= 1e-3  # the same mean

@@ -31,7 +31,7 @@ def test_any_t_members_decrypt_the_sum_of_any_uploaders_with_the_others_dropped(
     data, expected, weight = uploads(j, upload, uploaders)
     vector, got_weight = seeded.combine(j.context, data, SIZE, shares(j, data, upload, uploaders, decryptors),
                                         upload, uploaders)
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
 
 
@@ -81,7 +81,7 @@ def test_one_share_per_member_and_round_attempt_and_a_retry_is_a_new_attempt() -
     data, expected, weight = uploads(j, retry, online, seed=4)
     vector, got_weight = seeded.combine(j.context, data, SIZE, shares(j, data, retry, online, [1, 2, 4]), retry,
                                         online)
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
 
 
@@ -159,7 +159,7 @@ def test_the_coordinator_sends_c0_alone_and_members_rebuild_c1_from_the_seed() -
     full = seeded.expand(j.context, download, SIZE, upload, uploaders)
     vector, got_weight = seeded.combine(j.context, full, SIZE, shares(j, full, upload, uploaders, [2, 3, 4]),
                                         upload, uploaders)
-    assert got_weight == weight
+    assert got_weight == pytest.approx(weight, abs=1e-4)  # weights are fractions under threshold keys: not rounded
     assert np.abs(vector - expected).max() <= 1e-4
     with pytest.raises(InvalidValue, match="c1 polynomials"):
         j.context.expand(download, SIZE)

@@ -246,7 +246,7 @@ def test_an_update_must_declare_between_one_and_the_joined_examples(joined: Gate
 # ---- encrypted jobs ---------------------------------------------------------------------------------------------
 def test_evaluation_keys_come_from_the_dealer_once_and_updates_are_bounded_by_the_ciphertext_size(
         tmp_path: Path) -> None:
-    config = dataclasses.replace(tiny_job(tmp_path, aggregator="norm_bound"), he=HESection(enabled=True))
+    config = dataclasses.replace(tiny_job(tmp_path, aggregator="norm_bound"), he=HESection(enabled=True, mode="single_key"))
     secret = SecretContext.create(config.he_params(gram_defence=True))
     store = Store(tmp_path / "state.sqlite")
     keys = dealt_keys(store, JOB, secret, ("a", "b", "c"))
