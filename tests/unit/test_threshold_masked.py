@@ -30,7 +30,7 @@ def test_members_unmask_the_combined_download_of_any_t_decryptors(
     blob = masked.combine(j.context, data, SIZE, shares)
     assert len(blob) == len(j.context.compress(data, SIZE))
     vector, got = masked.open_sum(j.context, blob, SIZE, GROUP, upload, decryptors)
-    assert got == weight and np.abs(vector - expected).max() <= 1e-4
+    assert abs(got - weight) <= 1e-4 and np.abs(vector - expected).max() <= 1e-4
 
 
 def test_without_the_group_key_or_with_a_wrong_share_the_download_is_garbage() -> None:
@@ -42,15 +42,15 @@ def test_without_the_group_key_or_with_a_wrong_share_the_download_is_garbage() -
     with pytest.raises(InvalidValue, match="already made a decryption share"):  # one mask use per attempt
         masked.masked_share(j.context, j.keys[1], GROUP, SIZE, upload, [1, 2, 3], decryptors)
     blob = masked.combine(j.context, data, SIZE, shares)
-    with pytest.raises(InvalidCiphertext, match="weight"):  # the coordinator's view: no group key
+    with pytest.raises(InvalidCiphertext, match="exceed what a sum can hold|weight"):  # coordinator's view: no group key
         masked.open_sum(j.context, blob, SIZE, os.urandom(32), upload, decryptors)
-    with pytest.raises(InvalidCiphertext, match="weight"):  # unmasked as another attempt's
+    with pytest.raises(InvalidCiphertext, match="exceed what a sum can hold|weight"):  # unmasked as another attempt's
         masked.open_sum(j.context, blob, SIZE, GROUP, UploadRound(SEED, round=7, attempt=1), decryptors)
     tampered = dict(shares)
     raw = bytearray(shares[2])
     raw[-8:] = bytes(8)
     tampered[2] = bytes(raw)
-    with pytest.raises(InvalidCiphertext, match="weight"):
+    with pytest.raises(InvalidCiphertext, match="exceed what a sum can hold|weight"):
         masked.open_sum(j.context, masked.combine(j.context, data, SIZE, tampered), SIZE, GROUP, upload, decryptors)
 
 

@@ -82,7 +82,7 @@ def _round(job: JobRuntime, keys: dict[str, ThresholdKeys], counts: dict[str, in
     decryption = job.rounds.decryption(1)
     for who in decryption.decryptors:
         job.relay.submit_share(who, 1, decryption.attempt, keys[who].decryption_share(
-            decryption.aggregate, SIZE, 1, decryption.attempt, decryption.uploaders, decryption.decryptors))
+            SIZE, 1, decryption.attempt, decryption.uploaders, decryption.decryptors))
     assert job.state.value == "done"
     stored = job.store.prompt(job.job_id, 1)
     assert stored is not None
