@@ -109,6 +109,12 @@ def site_identity(k: int, options: DemoOptions) -> str:
     return f"site-{k}" if options.insecure else f"participant:site-{k}"
 
 
+def min_participants(options: DemoOptions) -> int:
+    """One site may drop out of a round; an encrypted (threshold) round needs two uploaders at least, since members
+    make no decryption share for a sum of one upload (``job.min_participants``)."""
+    return min(options.participants, max(2 if options.he else 1, options.participants - 1))
+
+
 def demo_job(options: DemoOptions) -> JobConfig:
     """The demo's job: MiniLM (or SmolLM2) with a 16-token prompt, every site in every round (all enrolled);
     record-level DP-SGD at ``options.epsilon`` with ``options.dp`` (on by default, with ``default_recipe``'s large
@@ -121,7 +127,7 @@ def demo_job(options: DemoOptions) -> JobConfig:
     recipe = default_recipe(options)
     config = JobConfig(
         job=JobSection(name="demo", rounds=options.rounds, participants_per_round=options.participants,
-                       min_participants=max(1, options.participants - 1), round_deadline_s=900.0, seed=options.seed,
+                       min_participants=min_participants(options), round_deadline_s=900.0, seed=options.seed,
                        allowed_participants=tuple(site_identity(k, options) for k in range(options.participants))),
         model=ModelSection(path="builtin:smollm2" if causal else "builtin:minilm", prompt_length=16 if not causal else 8,
                            max_length=64),
