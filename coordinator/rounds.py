@@ -284,7 +284,8 @@ class RoundMachine:
         if r.fold.threshold is not None and r.state is RoundState.TRAINING:
             online = set(self.roster.online(self.clock()))
             if r.fold.threshold.close(online.__contains__) is None:
-                return self._fail(f"fewer than t = {r.fold.threshold.relay.params.t} members online to decrypt")
+                return self._fail(f"fewer than t = {r.fold.threshold.relay.params.t} online members may decrypt "
+                                  "these uploads (a member decrypts one uploader set per round)")
             r.state = RoundState.DECRYPTING
             self._renew_deadline(r)
             return None

@@ -233,6 +233,11 @@ class Decryption:
     def missing(self) -> tuple[str, ...]:
         return tuple(m for m in self.decryptors if m not in self.shares)
 
+    @property
+    def answered(self) -> dict[str, tuple[str, ...]]:
+        """Each decryptor that sent its share, bound to this attempt's uploaders for the rest of the round."""
+        return {m: self.uploaders for m in self.shares}
+
     def version(self) -> bytes:
         """The global version to store once every share is in (``fedprompt.wire.threshold``): the sum's ``c0``
         and the masked shares added and compressed, key-less; members unmask and decode it."""
@@ -250,12 +255,15 @@ class ThresholdRound:
     answer before the deadline makes the next attempt (fresh ``a_r``, the members online upload again)."""
 
     def __init__(self, relay: ThresholdRelay, round_: int, vector_size: int, attempt: int = 0,
-                 missed: Sequence[str] = ()) -> None:
+                 missed: Sequence[str] = (), bound: Mapping[str, tuple[str, ...]] | None = None) -> None:
         """``attempt``: the round machine's attempt number (never repeated within a round); ``missed``: the
-        decryptors that did not answer the last attempt, asked last."""
+        decryptors that did not answer the last attempt, asked last; ``bound``: the uploader set each member that
+        answered an earlier attempt of the round made its share for (a member decrypts no other set of the round:
+        ``participant.threshold_keys``), so it is not asked to decrypt another."""
         self.relay, self.round, self.vector_size = relay, round_, vector_size
         self.attempt = attempt
         self.missed: tuple[str, ...] = tuple(missed)
+        self.bound: dict[str, tuple[str, ...]] = dict(bound or {})
         self._open()
 
     def _open(self) -> None:
@@ -281,11 +289,14 @@ class ThresholdRound:
         self.weights[who] = float(weight)
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
-        """Close the fold and name t online decryptors; None while fewer than t are online."""
-        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, self.missed)
+        """Close the fold and name t online decryptors, none bound to another uploader set of the round; None
+        while fewer than t such members are online."""
+        uploaders = tuple(sorted(self.weights))
+        decryptors = pick_decryptors(self.relay.members, lambda who: online(who) and self.bound.get(
+            who, uploaders) == uploaders, self.relay.params.t, self.round, self.missed)
         if decryptors is None or not self.weights:
             return None
-        self.decryption = Decryption(self.round, self.attempt, tuple(sorted(self.weights)),
+        self.decryption = Decryption(self.round, self.attempt, uploaders,
                                      sum(self.weights.values()), self.sum.to_bytes(), decryptors, self.relay,
                                      self.vector_size)
         self.relay.log.info("aggregate sent for threshold decryption", round=self.round, attempt=self.attempt,
@@ -297,6 +308,7 @@ class ThresholdRound:
         if self.decryption is None or self.decryption.complete:
             raise PreconditionFailed(f"round {self.round} attempt {self.attempt} is not waiting for shares")
         self.missed = self.decryption.missing
+        self.bound.update(self.decryption.answered)
         self.relay.log.warning("decryptors missed the deadline: new upload attempt", round=self.round,
                                attempt=self.attempt + 1, missing=list(self.missed))
         self.attempt += 1

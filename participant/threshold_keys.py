@@ -232,6 +232,20 @@ class ThresholdKeys:
                                f"uploader(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
                                "share of it could reveal a single member's update; none made")
 
+    def _check_retry(self, round_: int, users: Sequence[int]) -> str:
+        """The record of the uploader set a share of round ``round_`` sums; ``RelayRefused`` if this member made a
+        share of the round (in any attempt) for another set.  Without DP a member's update is the same in every
+        attempt of a round, so two decrypted sums over sets U and U' give the coalition the sum over U minus the
+        sum over U' (one update when they differ by one member); over one set they are the same sum."""
+        label = f"set:{round_}:{','.join(map(str, users))}"
+        earlier = [used for used in self._used if used.startswith(f"set:{round_}:")]
+        if earlier and earlier != [label]:
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names uploaders {label.split(':')[2]} "
+                               f"(member indices), but this member made a decryption share of the round for "
+                               f"{earlier[0].split(':')[2]}: two sums of one round over different uploader sets "
+                               "could be subtracted to reveal what they do not share; no share made")
+        return label
+
     def _require(self) -> KeyShare:
         if self.key is None:
             raise FedPromptError(f"threshold job {self.job_id}: key setup has not finished")
@@ -256,6 +270,9 @@ class ThresholdKeys:
                                f"{chunks} more would pass max_decryptions = {self.params.max_decryptions}, the "
                                "count its smudging noise is sized for: the job needs new keys")
         upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
+        uploader_set = self._check_retry(round_, users)
+        if uploader_set not in self._used:
+            self._record(uploader_set)
         self._record(f"share:{round_}:{attempt}")
         return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload, users,
                                              self._indices(decryptors))

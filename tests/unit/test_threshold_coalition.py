@@ -317,6 +317,48 @@ def test_coordinator_and_k_sites_naming_a_minimum_uploader_set_learn_only_the_ot
     assert correlation(residue, coordinator.updates[3, HONEST]) < 0.8
 
 
+def test_an_active_coordinator_differencing_a_rounds_attempts_gets_no_second_uploader_set_decrypted(
+        federation: tuple[Coordinator, dict[str, Site]]) -> None:
+    """The cross-attempt attack (docs/he.md, "The uploader floor"): without DP a member uploads the same update in
+    every attempt of a round, so a coordinator colluding with member c that gets round 4 decrypted over
+    {b, c, d, e} and, in a retry, over {b, c, d} (both of at least ``MINIMUM``) learns e's update as the
+    difference.  The honest decryptors of the first attempt
+    (d, e) refuse a share of any other uploader set of the round, in that attempt or a later one, also after a
+    daemon restart (the record is on disk), and the refusal spends nothing; a retry over the same set (a late
+    decryptor, all uploads again) is decrypted, and gives the same sum."""
+    coordinator, sites = federation
+    colluder, rng = "participant:c", np.random.default_rng(4)
+    first = ("participant:b", colluder, "participant:d", HONEST)
+    smaller = first[:3]
+    updates = {who: rng.normal(0, 0.1, SIZE) * EXAMPLES[who] for who in MEMBERS}  # the same in every attempt
+    decryptors = (colluder, "participant:d", HONEST)
+    sums = []
+    for attempt in (0, 1):
+        uploads = {who: sites[who].keys.encrypt(updates[who], EXAMPLES[who], 4, attempt) for who in MEMBERS}
+        decryption = Decryption(4, attempt, first, sum(EXAMPLES[who] for who in first),
+                                _fold(coordinator, [uploads[who] for who in first]), decryptors, coordinator.relay,
+                                SIZE)
+        for who in ("participant:d", HONEST):
+            for uploaders in (smaller, ("participant:a", colluder, HONEST), MEMBERS):
+                if attempt:
+                    with pytest.raises(RelayRefused, match="made a decryption share of the round for 2,3,4,5"):
+                        sites[who].keys.decryption_share(SIZE, 4, attempt, uploaders, decryptors)
+        for who in decryptors:
+            decryption.submit(who, sites[who].keys.decryption_share(SIZE, 4, attempt, first, decryptors))
+        total, weight = sites[colluder].keys.open_version(decryption.version(), SIZE)
+        assert weight == pytest.approx(sum(EXAMPLES[who] for who in first), abs=1e-2)
+        sums.append(total)
+    assert np.abs(sums[0] - sums[1]).max() <= 1e-3  # the same set, the same sum: nothing new
+    assert np.abs(sums[0] - sum(updates[who] for who in first)).max() <= 1e-3
+    # attempt 2 asks the smaller set, which e's update would be the difference of: refused, also once restarted
+    for who in ("participant:d", HONEST):
+        site = sites[who]
+        site.keys = ThresholdKeys(JOB, MEMBERS, who, PARAMS, site.keys.exchange, site.state, site.keys.credentials,
+                                  MINIMUM)
+        with pytest.raises(RelayRefused, match="made a decryption share of the round for 2,3,4,5"):
+            site.keys.decryption_share(SIZE, 4, 2, smaller, decryptors)
+
+
 def test_single_key_coordinator_and_one_site_decrypt_every_individual_update(tmp_path: Path) -> None:
     """``he.mode = "single_key"``: the dealer seals the one job key to every member through the coordinator's
     relay (``JobKeys``, ``KeyHolder``); the coordinator, keeping member c's upload, and member b, holding the key
