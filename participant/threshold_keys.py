@@ -20,7 +20,9 @@ A share is of the named uploaders' summed seeded ``c1``, and the coordinator add
 a coordinator that names one member as a round's only uploader would get that upload decrypted.  So, as secure
 aggregation requires a minimum surviving set (Bonawitz et al., CCS 2017), a member makes no share for a set
 of fewer than ``min_uploaders`` distinct members (``job.min_participants``, the coordinator's own rule for
-closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).
+closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).  Nor does it
+make shares of one round for two uploader sets, in any attempts: without DP its update is the same in each, and
+two sums over different sets differ by the updates they do not share (the set is a one-use record too).
 
 Decryption shares travel masked under the group key (``crypto.threshold_masked``): the coordinator adds them
 to the sum's ``c0`` and compresses the result, which only members can unmask; t shares in the clear would let
