@@ -359,6 +359,39 @@ def test_an_active_coordinator_differencing_a_rounds_attempts_gets_no_second_upl
             site.keys.decryption_share(SIZE, 4, 2, smaller, decryptors)
 
 
+def test_the_residual_two_attempts_decrypted_by_disjoint_honest_groups_difference_to_one_update(
+        federation: tuple[Coordinator, dict[str, Site]]) -> None:
+    """What the rule per member leaves (docs/he.md, "The uploader floor"): n = 5, t = 3, k = 1 (c), so
+    2(t - k) = 4 = n - k and the four honest members split into two groups of t - k = 2.  Round 5 attempt 0 over
+    {b, c, d, e} is decrypted by c, d, e; attempt 1 names {b, c, d} to a and b, which made no share of round 5, so
+    they make theirs (c, which keeps no rule of its own, too), and the difference of the two decrypted sums is
+    e's update (correlation > 0.999).  With
+    t >= (n + k + 1)/2 = 4 the two groups would share an honest decryptor, which refuses the second set."""
+    coordinator, sites = federation
+    colluder, rng = "participant:c", np.random.default_rng(5)
+    sets = {0: ("participant:b", colluder, "participant:d", HONEST), 1: ("participant:b", colluder, "participant:d")}
+    groups = {0: (colluder, "participant:d", HONEST), 1: ("participant:a", "participant:b", colluder)}
+    updates = {who: rng.normal(0, 0.1, SIZE) * EXAMPLES[who] for who in MEMBERS}  # the same in both attempts
+    sums = []
+    for attempt in (0, 1):
+        uploads = [sites[who].keys.encrypt(updates[who], EXAMPLES[who], 5, attempt) for who in sets[attempt]]
+        decryption = Decryption(5, attempt, sets[attempt], sum(EXAMPLES[who] for who in sets[attempt]),
+                                _fold(coordinator, uploads), groups[attempt], coordinator.relay, SIZE)
+        for who in groups[attempt]:
+            if who == colluder and attempt:  # the colluder makes its share with its key, skipping its own rule
+                keys = sites[who].keys
+                share = masked.masked_share(keys.context, _key(sites, who), keys.group, SIZE,
+                                            seeded.UploadRound(coordinator.relay.seed, 5, attempt),
+                                            sorted(map(_index, sets[attempt])), sorted(map(_index, groups[attempt])))
+            else:
+                share = sites[who].keys.decryption_share(SIZE, 5, attempt, sets[attempt], groups[attempt])
+            decryption.submit(who, share)
+        sums.append(sites[colluder].keys.open_version(decryption.version(), SIZE)[0])
+    assert correlation(sums[0] - sums[1], updates[HONEST]) > 0.999
+    with pytest.raises(RelayRefused, match="made a decryption share of the round for 2,3,4,5"):
+        sites["participant:d"].keys.decryption_share(SIZE, 5, 1, sets[1], groups[1])
+
+
 def test_single_key_coordinator_and_one_site_decrypt_every_individual_update(tmp_path: Path) -> None:
     """``he.mode = "single_key"``: the dealer seals the one job key to every member through the coordinator's
     relay (``JobKeys``, ``KeyHolder``); the coordinator, keeping member c's upload, and member b, holding the key
