@@ -3,13 +3,15 @@ public polynomial, the coordinator folds them key-less, any t members decrypt th
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
 from fedprompt.crypto import shamir
 from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
-from fedprompt.crypto.threshold import ThresholdContext
+from fedprompt.crypto.threshold import ThresholdContext, share_polys
 from fedprompt.crypto.threshold_seeded import UploadRound
 from tests.thresholds import SIZE, Job, correlation, job, uploads
 
@@ -165,3 +167,69 @@ def test_the_coordinator_sends_c0_alone_and_members_rebuild_c1_from_the_seed() -
         j.context.expand(download, SIZE)
     with pytest.raises(InvalidCiphertext, match="truncated"):
         seeded.expand(j.context, download[:-1], SIZE, upload, uploaders)
+
+
+def _reduced(q: int, ratio: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A Lagrange-Gauss reduced basis of the lattice ``{(x, y): x = ratio * y mod q}`` (exact integers)."""
+    b1, b2 = (q, 0), (ratio, 1)
+    while True:
+        if b1[0] ** 2 + b1[1] ** 2 > b2[0] ** 2 + b2[1] ** 2:
+            b1, b2 = b2, b1
+        norm, dot = b1[0] ** 2 + b1[1] ** 2, b1[0] * b2[0] + b1[1] * b2[1]
+        mu = (2 * dot + norm) // (2 * norm)
+        if mu == 0:
+            return b1, b2
+        b2 = (b2[0] - mu * b1[0], b2[1] - mu * b1[1])
+
+
+def _short_solution(basis: tuple[tuple[int, int], tuple[int, int]], target: tuple[int, int]) -> tuple[int, int]:
+    """``target`` less its nearest lattice point (Babai's rounding in the reduced basis): the short solution."""
+    (a, b), (c, d) = basis
+    det = a * d - b * c
+    sign = 1 if det > 0 else -1
+    x = (2 * sign * (target[0] * d - target[1] * c) + abs(det)) // (2 * abs(det))
+    y = (2 * sign * (a * target[1] - b * target[0]) + abs(det)) // (2 * abs(det))
+    return target[0] - x * a - y * c, target[1] - x * b - y * d
+
+
+def test_two_shares_of_one_round_attempt_under_two_decryptor_sets_give_the_relay_alone_a_key_share() -> None:
+    """Why a member never re-shares a round attempt for a new decryptor set, even for the same uploaders (the
+    "re-pick the decryptors, keep the uploads" retry): its shares ``d = a_r lambda sigma + e`` and
+    ``d' = a_r lambda' sigma + e'`` give ``lambda' d - lambda d' = lambda' e - lambda e'`` mod q to anyone, and
+    for a set T' of the relay's choosing the 2-dimensional lattice of that equation has no vector near the
+    flooding's size, so rounding to it returns ``e`` itself: the relay alone, no member colluding, strips the
+    flooding and reads ``sigma``, the member's Shamir share of the collective secret, in every coefficient (t
+    such re-shares, over one or two rounds, give it the secret)."""
+    j = job(30, seeded=True)
+    ring, t, q = j.context.ring, j.params.t, j.context.ring.moduli[0]
+    member, picker = 2, random.Random(30)
+    others = [m for m in range(1, 31) if m != member]
+    first = sorted([member, *picker.sample(others, t - 1)])
+
+    def lagrange(decryptors: list[int]) -> int:
+        return int(shamir.lagrange(ring, decryptors, member, 1)[0, 0])
+
+    def shortest(decryptors: list[int]) -> int:
+        (x, y), _ = _reduced(q, lagrange(first) * pow(lagrange(decryptors), -1, q) % q)
+        return x * x + y * y
+
+    second = max((sorted([member, *picker.sample(others, t - 1)]) for _ in range(300)), key=shortest)
+    assert shortest(second) > (16 * j.params.smudging_sigma) ** 2  # the lattice has no vector near the flooding
+    upload, uploaders, key = UploadRound(SEED, round=45), list(range(1, 31)), j.keys[member]
+    bases = seeded.reference_polys(j.context, upload, 1)
+    secret = key.share_of(uploaders)
+    d = share_polys(ring, seeded.round_share(j.context, key, bases, upload, uploaders, first), 1, 1)[3][0]
+    with pytest.raises(InvalidValue, match="already made a decryption share"):
+        seeded.round_share(j.context, key, bases, upload, uploaders, second)
+    relaxed = key.flooded(bases, secret, second, b"\0" * 32, upload.label + bytes(second))  # a (round, T) record
+    d2 = share_polys(ring, relaxed, 1, 1)[3][0]
+    lam, lam2 = lagrange(first), lagrange(second)
+    combined = (lam2 * np.asarray(d, dtype=object) - lam * np.asarray(d2, dtype=object)) % q  # lam' e - lam e'
+    basis, inverse = _reduced(q, lam * pow(lam2, -1, q) % q), pow(lam2, -1, q)
+    flooding = [_short_solution(basis, (int(z) * inverse % q, 0))[0]
+                for z in ring.from_ntt_residues(combined.astype(np.uint64))]
+    stripped = (np.asarray(d, dtype=object) - ring.to_ntt(np.array(flooding), 1)) % q  # a_r lam sigma
+    recovered = [int(v) * pow(int(a) * lam % q, -1, q) % q for v, a in zip(stripped[0], bases[0][0], strict=True)]
+    assert recovered == [int(v) for v in np.asarray(secret)[0]]
+    naive = [int(v) * pow(int(a) * lam % q, -1, q) % q for v, a in zip(d[0], bases[0][0], strict=True)]
+    assert sum(a == b for a, b in zip(naive, recovered, strict=True)) < 10  # control: one share alone hides it
