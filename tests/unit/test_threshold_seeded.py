@@ -192,14 +192,14 @@ def _short_solution(basis: tuple[tuple[int, int], tuple[int, int]], target: tupl
     return target[0] - x * a - y * c, target[1] - x * b - y * d
 
 
-def test_two_shares_of_one_round_attempt_under_two_decryptor_sets_give_the_relay_alone_a_key_share() -> None:
+def test_two_shares_of_one_round_attempt_under_two_decryptor_sets_give_the_members_key_share_away() -> None:
     """Why a member never re-shares a round attempt for a new decryptor set, even for the same uploaders (the
     "re-pick the decryptors, keep the uploads" retry): its shares ``d = a_r lambda sigma + e`` and
     ``d' = a_r lambda' sigma + e'`` give ``lambda' d - lambda d' = lambda' e - lambda e'`` mod q to anyone, and
     for a set T' of the relay's choosing the 2-dimensional lattice of that equation has no vector near the
-    flooding's size, so rounding to it returns ``e`` itself: the relay alone, no member colluding, strips the
-    flooding and reads ``sigma``, the member's Shamir share of the collective secret, in every coefficient (t
-    such re-shares, over one or two rounds, give it the secret)."""
+    flooding's size, so rounding to it returns ``e`` itself: whoever sees both shares strips the flooding and reads
+    ``sigma``, the member's Shamir share of the uploaders' secret sum, in every coefficient (the relay alone for
+    unmasked shares; with one colluding member's group key for the round path's masked ones)."""
     j = job(30, seeded=True)
     ring, t, q = j.context.ring, j.params.t, j.context.ring.moduli[0]
     member, picker = 2, random.Random(30)
