@@ -81,8 +81,8 @@ def job_keys(job_id: str, config: JobConfig, store: Store, gram: bool) -> JobKey
     """An encrypted job's key relay: threshold (the n enrolled members' shared key) or single-key."""
     if config.he.threshold_mode:
         members = config.job.allowed_participants
-        return ThresholdKeyRelay(job_id, ThresholdRelay(job_id, members, config.he.threshold_params(len(members))),
-                                 store)
+        params = config.he.threshold_params(len(members), gram or config.encrypted_discovery)
+        return ThresholdKeyRelay(job_id, ThresholdRelay(job_id, members, params), store)
     return JobKeys(job_id, config.he_params(gram), config.he.dealer, store) if config.he.enabled else None
 
 

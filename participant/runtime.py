@@ -179,8 +179,9 @@ class ParticipantRuntime:
             self.levels = SiteLevels(learner, self.config.levels.expert_tokens, info.job_id, self.state_dir)
         if self.config.he.threshold_mode and self.keys is not None:
             members = self.config.job.allowed_participants  # a threshold job names them (config validation)
+            gram = description.gram_defence or self.config.encrypted_discovery
             self.threshold = ThresholdKeys(info.job_id, members, info.participant_id,
-                                           self.config.he.threshold_params(len(members)),
+                                           self.config.he.threshold_params(len(members), gram),
                                            self.keys.exchange, self.state_dir, self.credentials,
                                            self.config.job.min_participants)
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,

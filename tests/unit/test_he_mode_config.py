@@ -33,12 +33,25 @@ def test_threshold_defaults_to_a_majority_of_the_enrolled_members() -> None:
     ("allowed_participants = ['*']", "", "job.allowed_participants"),
     ("", "", "job.allowed_participants"),
     (f"{THREE}\nmin_participants = 1", "", "job.min_participants"),
+    (THREE, "gram_norm_bound = 0", "he.gram_norm_bound"),
+    (THREE, "gram_norm_bound = 1e9", "he.gram_norm_bound"),
+    (THREE, "gram_norm_bound = inf", "he.gram_norm_bound"),
 ])
 def test_bad_threshold_settings_name_their_key(job: str, he: str, key: str) -> None:
     text = f"[job]\n{job}\n[he]\nenabled = true\nmode = 'threshold'\n{he}".replace("mode = 'threshold'\nmode",
                                                                                     "mode")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_toml(text, JobConfig)
+
+
+def test_a_gram_job_takes_the_gram_chain_and_its_norm_bound() -> None:
+    """A threshold job whose coordinator computes a Gram matrix takes ``gram_threshold_params`` (N = 8192,
+    public-key uploads) with the same t; the norm bound R is read as given."""
+    config = _load(he="threshold = 3\ngram_norm_bound = 250.5")
+    plain, gram = config.he.threshold_params(3), config.he.threshold_params(3, gram=True)
+    assert config.he.gram_norm_bound == 250.5
+    assert plain.seeded_uploads and plain.poly_modulus_degree < gram.poly_modulus_degree
+    assert (gram.poly_modulus_degree, gram.seeded_uploads, gram.t) == (8192, False, 3)
 
 
 def test_single_key_mode_keeps_jobs_open_to_any_participant() -> None:
