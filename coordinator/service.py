@@ -17,6 +17,7 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.notifier import Notifier
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.tasks import dispatch_state
+from fedprompt.coordinator.threshold_gramjob import refuse_over_grpc
 from fedprompt.errors import InvalidUpdate, StaleRound
 from fedprompt.protocol import TaskKind
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
@@ -253,6 +254,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.admin(context)
         with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
+            refuse_over_grpc(request.config_toml)
             entry.job_id = self.jobs.create_job(request.config_toml, request.config_signature)
         return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 

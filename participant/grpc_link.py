@@ -24,8 +24,9 @@ import structlog
 
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, PreconditionFailed
 from fedprompt.protocol import (
+    GramKeyState,
     JobDescription,
     JoinInfo,
     KeyState,
@@ -320,3 +321,16 @@ class GrpcLink:
         request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, masked_share=share)
         self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
                                                                 timeout=self.rpc_timeout_s))
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        raise _no_gram_rpcs()
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
+        raise _no_gram_rpcs()
+
+
+def _no_gram_rpcs() -> PreconditionFailed:
+    """A Gram-defended threshold job's key and share calls are wired in-process only (``fedprompt simulate``):
+    the coordinator's servicer refuses such a job over gRPC, and so does this door."""
+    return PreconditionFailed('a Gram-defended job with he.mode = "threshold" runs in-process only for now (its '
+                              'Gram key relay has no gRPC calls yet); set he.mode = "single_key" for a networked job')

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedprompt.config import JobConfig
+from fedprompt.config import JobConfig, dump_toml
 from fedprompt.config.codec import parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
+from fedprompt.coordinator.threshold_gramjob import refuse_over_grpc
 from fedprompt.errors import ConfigError
 
 THREE = "allowed_participants = ['participant:a', 'participant:b', 'participant:c']"
@@ -59,14 +60,15 @@ def test_single_key_mode_keeps_jobs_open_to_any_participant() -> None:
     assert config.he.enabled and not config.he.threshold_mode
 
 
-def test_levels_and_gram_defences_are_refused_with_threshold_keys_by_name() -> None:
+def test_levels_are_refused_and_gram_defences_refused_over_grpc_with_threshold_keys_by_name() -> None:
     with pytest.raises(ConfigError, match=r"levels\.enabled.*not wired"):
         parse_toml(f"[job]\n{THREE}\n[he]\nenabled = true\nmode = 'threshold'\n[levels]\nenabled = true\n"
                    "global_tokens = 4\nexpert_tokens = 0\npersonal_tokens = 4\n[model]\nprompt_length = 8",
                    JobConfig)
-    gram = _load(THREE + "\naggregator = 'multi_krum'\nmin_participants = 3\nparticipants_per_round = 3")
-    with pytest.raises(ConfigError, match=r"he\.mode: 'multi_krum' is a Gram defence.*evaluation keys"):
-        job_aggregator(gram)
+    gram = _load(THREE + "\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3")
+    assert job_aggregator(gram).gram  # wired in-process (coordinator.threshold_gramjob); refused over gRPC:
+    with pytest.raises(ConfigError, match=r"he\.mode: 'norm_bound' is a Gram defence.*in-process only"):
+        refuse_over_grpc(dump_toml(gram))
 
 
 def test_a_gram_defence_or_levels_without_a_named_mode_are_refused_naming_single_key() -> None:
@@ -74,8 +76,8 @@ def test_a_gram_defence_or_levels_without_a_named_mode_are_refused_naming_single
     is refused with the key to set, and loads once it says ``mode = 'single_key'``."""
     gram = (f"[job]\n{THREE}\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3\n"
             "[robust]\nmax_malicious = 1\n[he]\nenabled = true\n")
-    with pytest.raises(ConfigError, match=r"he\.mode is 'threshold' \(the default\); set he\.mode = 'single_key'"):
-        job_aggregator(parse_toml(gram, JobConfig))
+    with pytest.raises(ConfigError, match=r'"threshold" \(the default\) runs in-process only.*set he\.mode = "single_key"'):
+        refuse_over_grpc(gram)
     assert job_aggregator(parse_toml(gram + "mode = 'single_key'\n", JobConfig)).gram
     levels = (f"[job]\n{THREE}\n[levels]\nenabled = true\nglobal_tokens = 4\nexpert_tokens = 0\n"
               "personal_tokens = 4\n[model]\nprompt_length = 8\n[he]\nenabled = true\n")

@@ -29,7 +29,7 @@ from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, Invalid
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed, RelayRefused
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
@@ -251,7 +251,7 @@ def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in
     with pytest.raises(InvalidValue, match="already used"):
         fed.gram[first].sum_share(1, 0, machine.request(first), accepted, SIZE, machine.decryptors)
     with pytest.raises(InvalidValue, match="some of its attested uploads"):  # a name the Gram did not cover
-        fed.gram[first].sum_share(1, 0, machine.request(first)[:1], accepted, SIZE, machine.decryptors)
+        fed.gram[first].sum_share(1, 0, machine.request(first)[1:], accepted, SIZE, machine.decryptors)
 
 
 def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_second_share(fed: Federation) -> None:
@@ -297,21 +297,28 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
 
 
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
-    """Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
+    """No member shares on the uploads of fewer than ``job.min_participants`` uploaders, nor on a sum of one
+    accepted upload (that member's update).  Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
     on disk: a restarted member (its keys reassembled from the relay) counts the same, and the share that would
     pass ``Q`` is refused by name."""
-    c = MEMBERS[2]
+    b, c = MEMBERS[1], MEMBERS[2]
     round_ = 100
-    def own(round_: int) -> list[tuple[str, bytes, bytes]]:
-        return [(c, *fed.gram[c].encrypt(np.zeros(SIZE), round_, 0, NORM_BOUND))]
+    both = {b: 1.0, c: 1.0}
 
+    def own(round_: int) -> list[tuple[str, bytes, bytes]]:
+        return [(who, *fed.gram[who].encrypt(np.zeros(SIZE), round_, 0, NORM_BOUND)) for who in (b, c)]
+
+    with pytest.raises(RelayRefused, match="fewer than the job's minimum of 2"):  # the uploader floor
+        fed.gram[c].sum_share(round_, 0, own(round_)[1:], {c: 1.0}, SIZE, MEMBERS[1:])
+    with pytest.raises(RelayRefused, match="accepted one upload"):  # a sum of one accepted update
+        fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
     while fed.gram[c].spent < PARAMS.max_decryptions:
         before = fed.gram[c].spent
-        fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
+        fed.gram[c].sum_share(round_, 0, own(round_), both, SIZE, MEMBERS[1:])
         assert fed.gram[c].spent == before + 1
         round_ += 1
     restarted = GramKeys(fed.start(c))
     assert restarted.refresh(GramDoor(fed.grams, c))  # reassembles its keys from its stored, relayed messages
     assert restarted.spent == PARAMS.max_decryptions
     with pytest.raises(InvalidValue, match="max_decryptions = 8"):
-        restarted.sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
+        restarted.sum_share(round_, 0, own(round_), both, SIZE, MEMBERS[1:])

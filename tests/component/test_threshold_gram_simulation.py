@@ -1,0 +1,52 @@
+"""A Gram defence under threshold keys (``he.mode = "threshold"``, ``coordinator.threshold_gramjob``) in the
+in-process simulation (``LocalLink``): the members set up the collective key and the collective Gram evaluation
+keys through the coordinator's relay, upload attested public-key ciphertexts, t of them decrypt the Gram scalars
+the coordinator computed (each recomputing it from the attested uploads), the defence rejects a scaled attacker as
+the plaintext defence does on the very updates that were encrypted, and t members decrypt the accepted sum, which
+every member opens itself.  Real SEAL ciphertexts, the real coordinator and participant code; no network."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprompt.app.attacks import AttackSection
+from fedprompt.app.simulate import simulate
+from fedprompt.config import HESection, RobustSection
+from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.robust import gram
+from tests.support import tiny_job, toy_sites
+
+SITES = 3
+
+
+@pytest.mark.slow
+def test_a_threshold_gram_defence_rejects_a_scaled_attacker_like_plaintext(tiny_encoder_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    robust = RobustSection(max_malicious=1, norm_factor=2.0)
+    config = dataclasses.replace(
+        tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=SITES, min_participants=SITES,
+                 aggregator="norm_bound"),
+        he=HESection(enabled=True, gram_norm_bound=10.0), robust=robust)
+    assert config.he.threshold_mode  # the default mode
+    attack = AttackSection(kind="backdoor", malicious_fraction=0.34, target_label="pos", scale=20.0)
+    report = simulate(config, toy_sites(SITES), attack=attack, state_root=tmp_path)
+    assert report["state"] == "done"
+    malicious = report["malicious"]
+    assert len(malicious) == 1
+    plain = make_aggregator("norm_bound", robust)
+    assert isinstance(plain, GramDefence)
+    names = [f"site-{k}" for k in range(SITES)]
+    for r in report["detection"]["rounds"]:
+        assert malicious[0] in r["rejected"], r
+        deltas = np.stack([np.load(tmp_path / name / "updates" / f"round-{r['round']:04d}.npy") for name in names])
+        expected = plain.decide(gram(deltas))
+        assert sorted(r["rejected"]) == sorted(names[i] for i in expected.rejected)
+    assert report["detection"]["recall"] == 1.0
+    for r in report["rounds"]:  # every site uploaded; the sum decrypted is the two accepted uploads'
+        assert r["accuracy"] is not None and (r["updates"], r["aggregated"]) == (SITES, SITES - 1)
+    finals = [np.load(tmp_path / name / "globals" / "version-0002.npy") for name in names]
+    assert all(np.array_equal(finals[0], f) for f in finals[1:]) and np.isfinite(finals[0]).all()
