@@ -25,7 +25,9 @@ from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import Decryption, ThresholdKeyRelay, ThresholdRelay, ThresholdRound
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
-from fedprompt.errors import ConfigError, FedPromptError, NotSelected, PreconditionFailed
+from fedprompt.crypto import threshold_masked
+from fedprompt.crypto.errors import InvalidCiphertext
+from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate, NotSelected, PreconditionFailed
 from fedprompt.protocol import Payload
 from fedprompt.wire.threshold import ThresholdVersion, pack_version
 from fedprompt.wire.threshold_gram import GRAM, REQUEST, SUM, GramRequest, pack_request, unpack_upload
@@ -67,6 +69,7 @@ class GramDecryption(Decryption):
         self.failure = ""
         self.decision: RoundDecision | None = None
         self.metrics: dict[str, float] = {}
+        self._shape = (0, 0)
 
     def request(self, who: str) -> GramRequest:
         if not self.awaiting(who):
@@ -80,6 +83,10 @@ class GramDecryption(Decryption):
         if not self.awaiting(who):
             raise NotSelected(f"{who} has no share to make for round {self.round} attempt {self.attempt}")
         if self.phase == SUM:
+            try:
+                threshold_masked.parse_share(self.relay.context, masked, self.relay.index(who), *self._shape)
+            except InvalidCiphertext as exc:
+                raise InvalidUpdate(f"the masked share of {who} of round {self.round}'s sum is refused: {exc}") from exc
             self.shares[who] = masked
             return
         self.machine.submit(who, masked)
@@ -99,6 +106,8 @@ class GramDecryption(Decryption):
         self.uploaders = tuple(sorted(verdict.accepted))
         self.declared_weight = float(sum(self.machine.weights[w] for w in self.uploaders))
         self.total = self.machine.fold(self.uploaders)
+        sums = self.relay.context.parse_sum(self.total, self.vector_size)
+        self._shape = (len(sums), sums[0].coeff_modulus_size())  # a share's chunks and primes
         self.phase = SUM
         self.relay.log.info("Gram scalars judged: accepted sum sent for threshold decryption", round=self.round,
                             attempt=self.attempt, accepted=list(self.uploaders), rejected=list(verdict.rejected),
@@ -159,7 +168,10 @@ class GramThresholdFold(ThresholdFold):
         decryption = self.threshold.decryption if self.threshold is not None else None
         if isinstance(decryption, GramDecryption) and decryption.failure:
             return Outcome(refusal=decryption.failure)
-        outcome = super().close(postponed)
+        try:
+            outcome = super().close(postponed)
+        except InvalidUpdate as exc:  # the sum's shares do not combine: the attempt fails, the job goes on
+            return Outcome(refusal=str(exc))
         if outcome.refusal or not isinstance(decryption, GramDecryption):
             return outcome
         return Outcome(outcome.data, decryption.metrics, decryption.decision, weight=outcome.weight)

@@ -21,6 +21,7 @@ from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdRelay
+from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay, GramThresholdRound
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_gram, threshold_masked
@@ -34,6 +35,7 @@ from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import GramKeyState, all_gram_pages
+from fedprompt.wire.threshold_gram import GRAM, SUM, pack_request, pack_upload, unpack_request
 from tests.thresholds import RelayDoor
 
 JOB = "job-gram"
@@ -294,6 +296,39 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
     assert isinstance(defence, GramDefence)
     verdict, _, breached = over.judge(defence)
     assert breached == (c,) and c in verdict.rejected
+
+
+def test_the_jobs_two_phase_decryption_stores_a_version_every_member_opens(fed: Federation) -> None:
+    """The job's hook (``coordinator.threshold_gramjob``) on the same keys: uploads in their payload container,
+    t decryptors answer the Gram request, then (after the verdict) the sum request; a malformed sum share is
+    refused on arrival; the stored version (``wire.threshold``) opens at every member to the accepted sum."""
+    a, b, c = MEMBERS
+    keys = GramThresholdKeyRelay(JOB, fed.relay, fed.store)
+    keys.grams = fed.grams
+    defence = make_aggregator("norm_bound", RobustSection(max_malicious=1, norm_factor=2.0))
+    assert isinstance(defence, GramDefence)
+    rng = np.random.default_rng(5)
+    deltas = {who: rng.normal(0, 1, SIZE) / np.sqrt(SIZE) for who in (a, b)}
+    deltas[c] = 30 * deltas[a]
+    machine = GramThresholdRound(keys, 200, SIZE, 0, (), NORM_BOUND, defence)
+    for who, delta in deltas.items():
+        machine.add(who, 0, pack_upload(*fed.gram[who].encrypt(delta, 200, 0, NORM_BOUND)), 1.0)
+    decryption = machine.close(lambda who: True)
+    assert isinstance(decryption, GramDecryption)
+    for phase in (GRAM, SUM):
+        for who in decryption.decryptors:
+            request = unpack_request(pack_request(decryption.request(who)))
+            assert request.phase == phase and [u for u, _, _ in request.uploads] == [a, b, c]
+            share = fed.gram[who].answer(request, SIZE, NORM_BOUND)
+            if phase == SUM and who == decryption.decryptors[0]:
+                with pytest.raises(InvalidUpdate, match="masked share"):
+                    decryption.submit(who, share[:-8])
+            decryption.submit(who, share)
+    assert decryption.complete and decryption.uploaders == (a, b) and decryption.declared_weight == 2.0
+    version = decryption.version()
+    for who in MEMBERS:
+        vector, weight = fed.gram[who].open_version(version, SIZE)
+        assert weight == pytest.approx(2.0, abs=1e-3) and np.abs(vector - deltas[a] - deltas[b]).max() <= 1e-3
 
 
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
