@@ -14,10 +14,18 @@ import numpy as np
 import pytest
 
 from fedprompt.app.attacks import AttackSection
+from fedprompt.app.local_link import LocalLink
 from fedprompt.app.simulate import simulate
-from fedprompt.config import HESection, RobustSection
+from fedprompt.config import HESection, RobustSection, dump_toml
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
+from fedprompt.coordinator.jobs import JobManager
+from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.robust import gram
+from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.threshold_gramjob import GramThresholdKeyRelay
+from fedprompt.models import load_backbone
+from fedprompt.participant.learners import local_learner
+from fedprompt.participant.runtime import ParticipantRuntime
 from tests.support import tiny_job, toy_sites
 
 SITES = 3
@@ -50,3 +58,30 @@ def test_a_threshold_gram_defence_rejects_a_scaled_attacker_like_plaintext(tiny_
         assert r["accuracy"] is not None and (r["updates"], r["aggregated"]) == (SITES, SITES - 1)
     finals = [np.load(tmp_path / name / "globals" / "version-0002.npy") for name in names]
     assert all(np.array_equal(finals[0], f) for f in finals[1:]) and np.isfinite(finals[0]).all()
+
+
+def test_a_restarted_coordinator_replays_the_gram_key_relay(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """Members set up the collective key and the Gram evaluation keys through a coordinator backed by a SQLite
+    file; a coordinator restarted from that file replays every relayed Gram key message, checked again, into its
+    own evaluator, so its members hold the job's keys there too."""
+    store = tmp_path / "state.sqlite"
+    jobs = JobManager(Store(store), offline_after_s=90.0)
+    names = tuple(f"site-{k}" for k in range(SITES))
+    config = tiny_job(tiny_encoder_dir, rounds=1, participants_per_round=SITES, min_participants=SITES,
+                      aggregator="norm_bound", allowed_participants=names)
+    job_id = jobs.create_job(dump_toml(dataclasses.replace(config, he=HESection(enabled=True))))
+    backbone = load_backbone(str(tiny_encoder_dir))
+    sites = [ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: local_learner(cfg, backbone),
+                                state_dir=tmp_path / name) for name, site in zip(names, toy_sites(SITES), strict=True)]
+    for site in sites:
+        site.join()
+    for _ in range(4):
+        for site in sites:
+            site.service_keys()
+    keys = jobs.job(job_id).keys
+    assert isinstance(keys, GramThresholdKeyRelay) and keys.ready() and all(s.gram and s.gram.evaluator for s in sites)
+    restarted = JobManager(Store(store), offline_after_s=90.0)
+    assert job_id in resume_jobs(restarted)
+    replayed = restarted.job(job_id).keys
+    assert isinstance(replayed, GramThresholdKeyRelay) and replayed.ready() and replayed.grams.evaluator is not None
+    assert all(replayed.holds(name) for name in names)
