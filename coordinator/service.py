@@ -17,7 +17,6 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.notifier import Notifier
 from fedprompt.coordinator.runtime import JobRuntime
 from fedprompt.coordinator.tasks import dispatch_state
-from fedprompt.coordinator.threshold_gramjob import refuse_over_grpc
 from fedprompt.errors import InvalidUpdate, StaleRound
 from fedprompt.protocol import TaskKind
 from fedprompt.v1 import admin_pb2, admin_pb2_grpc, participant_pb2, participant_pb2_grpc
@@ -195,6 +194,22 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         return participant_pb2.SubmitShareResponse()
 
     @rpc_method("ParticipantService")
+    async def GetGramKeys(self, request: participant_pb2.GetGramKeysRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.gram_keys_to_pb(self.jobs.job(request.job_id).relay.gram_keys(identity, request.page,
+                                                                                   self.page_bytes))
+
+    @rpc_method("ParticipantService")
+    async def PublishGramKey(self, request: participant_pb2.PublishGramKeyRequest,
+                             context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.publish_gram_key(identity, request.round, request.element, bytes(request.message),
+                                   bytes(request.attestation))
+        self.announce(job)
+        return participant_pb2.PublishGramKeyResponse()
+
+    @rpc_method("ParticipantService")
     async def GetGram(self, request: participant_pb2.GetGramRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         return serde.gram_to_pb(self.jobs.job(request.job_id).gram_payload(identity, request.round))
@@ -254,7 +269,6 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateJob(self, request: admin_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.admin(context)
         with self.audit.action(identity, "create", "", config_toml=request.config_toml) as entry:
-            refuse_over_grpc(request.config_toml)
             entry.job_id = self.jobs.create_job(request.config_toml, request.config_signature)
         return admin_pb2.CreateJobResponse(job_id=entry.job_id)
 

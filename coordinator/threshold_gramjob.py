@@ -18,16 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fedprompt.config import JobConfig, parse_toml
 from fedprompt.coordinator.accumulators import Fold, Outcome, ThresholdAccumulator, ThresholdFold
-from fedprompt.coordinator.aggregation import GramDefence, RoundDecision, job_aggregator
+from fedprompt.coordinator.aggregation import GramDefence, RoundDecision
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import Decryption, ThresholdKeyRelay, ThresholdRelay, ThresholdRound
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.errors import InvalidCiphertext
-from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate, NotSelected, PreconditionFailed
+from fedprompt.errors import FedPromptError, InvalidUpdate, NotSelected, PreconditionFailed
 from fedprompt.protocol import Payload
 from fedprompt.wire.threshold import ThresholdVersion, pack_version
 from fedprompt.wire.threshold_gram import GRAM, REQUEST, SUM, GramRequest, pack_request, unpack_upload
@@ -199,12 +198,3 @@ def request_payload(job_id: str, decryption: GramDecryption, who: str) -> Payloa
     data = pack_request(decryption.request(who))
     return Payload(job_id, decryption.round, REQUEST, decryption.vector_size, data)
 
-
-def refuse_over_grpc(config_toml: str) -> None:
-    """The network door's refusal of a Gram-defended threshold job (``ConfigError`` naming ``he.mode``): its Gram
-    key relay and decryption requests are wired in-process only (``fedprompt simulate``) so far."""
-    config = parse_toml(config_toml, JobConfig, "job config")
-    if config.he.threshold_mode and job_aggregator(config).gram:
-        raise ConfigError(f'he.mode: {config.job.aggregator!r} is a Gram defence, and a Gram-defended job with '
-                          'he.mode = "threshold" (the default) runs in-process only for now (fedprompt simulate): '
-                          'its Gram key relay has no gRPC calls yet; set he.mode = "single_key" for a networked job')

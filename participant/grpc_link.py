@@ -24,7 +24,7 @@ import structlog
 
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
-from fedprompt.errors import FedPromptError, PreconditionFailed
+from fedprompt.errors import FedPromptError
 from fedprompt.protocol import (
     GramKeyState,
     JobDescription,
@@ -34,6 +34,7 @@ from fedprompt.protocol import (
     PrivacyReport,
     Task,
     ThresholdKeyState,
+    all_gram_pages,
     all_pages,
     deal_batches,
 )
@@ -323,14 +324,15 @@ class GrpcLink:
                                                                 timeout=self.rpc_timeout_s))
 
     def gram_keys(self, job_id: str) -> GramKeyState:
-        raise _no_gram_rpcs()
+        def page(k: int) -> GramKeyState:
+            request = participant_pb2.GetGramKeysRequest(job_id=job_id, page=k)
+            return serde.gram_keys_from_pb(self._call("GetGramKeys", lambda: self.stub.GetGramKeys(
+                request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+        return all_gram_pages(page)
 
     def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
-        raise _no_gram_rpcs()
-
-
-def _no_gram_rpcs() -> PreconditionFailed:
-    """A Gram-defended threshold job's key and share calls are wired in-process only (``fedprompt simulate``):
-    the coordinator's servicer refuses such a job over gRPC, and so does this door."""
-    return PreconditionFailed('a Gram-defended job with he.mode = "threshold" runs in-process only for now (its '
-                              'Gram key relay has no gRPC calls yet); set he.mode = "single_key" for a networked job')
+        request = participant_pb2.PublishGramKeyRequest(job_id=job_id, round=round_, element=element, message=message,
+                                                        attestation=attestation)
+        self._call("PublishGramKey", lambda: self.stub.PublishGramKey(request, metadata=self.metadata,
+                                                                      timeout=self.rpc_timeout_s))

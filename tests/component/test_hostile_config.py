@@ -42,10 +42,6 @@ HOSTILE = [
     ("name-bell", VALID.replace("'hostile'", '"ding\\u0007"'), "job.name: "),
     ("name-path", VALID.replace("'hostile'", "'../../etc/cron.d/x'"), "job.name: "),
     ("name-long", VALID.replace("'hostile'", "'" + "é" * 65 + "'"), "job.name: must be at most 128 bytes"),
-    # valid in-process (coordinator.threshold_gramjob), but its Gram key relay has no gRPC calls yet
-    ("threshold-gram", "[job]\nallowed_participants = ['a', 'b', 'c']\naggregator = 'norm_bound'\nmin_participants = 3\n"
-     "participants_per_round = 3\n[robust]\nmax_malicious = 1\n[he]\nenabled = true\n",
-     "he.mode: 'norm_bound' is a Gram defence, and a Gram-defended job with he.mode = \"threshold\""),
 ]
 NAME = "é" * 60
 

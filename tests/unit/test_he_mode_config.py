@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedprompt.config import JobConfig, dump_toml
+from fedprompt.config import JobConfig
 from fedprompt.config.codec import parse_toml
 from fedprompt.coordinator.aggregation import job_aggregator
-from fedprompt.coordinator.threshold_gramjob import refuse_over_grpc
 from fedprompt.errors import ConfigError
 
 THREE = "allowed_participants = ['participant:a', 'participant:b', 'participant:c']"
@@ -60,24 +59,21 @@ def test_single_key_mode_keeps_jobs_open_to_any_participant() -> None:
     assert config.he.enabled and not config.he.threshold_mode
 
 
-def test_levels_are_refused_and_gram_defences_refused_over_grpc_with_threshold_keys_by_name() -> None:
+def test_levels_are_refused_with_threshold_keys_by_name_and_gram_defences_load() -> None:
     with pytest.raises(ConfigError, match=r"levels\.enabled.*not wired"):
         parse_toml(f"[job]\n{THREE}\n[he]\nenabled = true\nmode = 'threshold'\n[levels]\nenabled = true\n"
                    "global_tokens = 4\nexpert_tokens = 0\npersonal_tokens = 4\n[model]\nprompt_length = 8",
                    JobConfig)
     gram = _load(THREE + "\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3")
-    assert job_aggregator(gram).gram  # wired in-process (coordinator.threshold_gramjob); refused over gRPC:
-    with pytest.raises(ConfigError, match=r"he\.mode: 'norm_bound' is a Gram defence.*in-process only"):
-        refuse_over_grpc(dump_toml(gram))
+    assert job_aggregator(gram).gram  # a Gram defence under threshold keys (coordinator.threshold_gramjob)
 
 
-def test_a_gram_defence_or_levels_without_a_named_mode_are_refused_naming_single_key() -> None:
-    """Threshold keys are the default: a job that asks for what they cannot serve yet, without naming ``he.mode``,
-    is refused with the key to set, and loads once it says ``mode = 'single_key'``."""
+def test_a_gram_defence_loads_under_the_default_mode_and_levels_are_refused_naming_single_key() -> None:
+    """Threshold keys are the default: a Gram defence loads under them (its norm bound checked against the Gram
+    chain) as under a single key; levels, which they cannot serve yet, are refused with the key to set."""
     gram = (f"[job]\n{THREE}\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3\n"
             "[robust]\nmax_malicious = 1\n[he]\nenabled = true\n")
-    with pytest.raises(ConfigError, match=r'"threshold" \(the default\) runs in-process only.*set he\.mode = "single_key"'):
-        refuse_over_grpc(gram)
+    assert parse_toml(gram, JobConfig).he.threshold_mode and job_aggregator(parse_toml(gram, JobConfig)).gram
     assert job_aggregator(parse_toml(gram + "mode = 'single_key'\n", JobConfig)).gram
     levels = (f"[job]\n{THREE}\n[levels]\nenabled = true\nglobal_tokens = 4\nexpert_tokens = 0\n"
               "personal_tokens = 4\n[model]\nprompt_length = 8\n[he]\nenabled = true\n")
