@@ -105,10 +105,14 @@ class KeyDoor:
         return Payload(self.job.job_id, round_, THRESHOLD, self.job.vector_size, pack_version(request))
 
     def submit_share(self, participant_id: str, round_: int, attempt: int, masked: bytes) -> None:
-        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version."""
+        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version (a Gram
+        job's attempt: its Gram share, and with the last of those the sum's phase begins under a fresh deadline)."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if attempt != d.attempt:
             raise PreconditionFailed(f"round {round_} decrypts attempt {d.attempt}, not {attempt}")
+        phase = d.phase if isinstance(d, GramDecryption) else ""
         d.submit(participant_id, masked)
+        if isinstance(d, GramDecryption) and d.phase != phase and self.job.rounds.open is not None:
+            self.job.rounds.renew_deadline(self.job.rounds.open)  # the sum's phase gets a deadline of its own
         self.job.tick()

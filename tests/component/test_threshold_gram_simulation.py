@@ -21,11 +21,13 @@ from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.robust import gram
+from fedprompt.coordinator.rounds import RoundState
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold_gramjob import GramThresholdKeyRelay
+from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay
 from fedprompt.models import load_backbone
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
+from fedprompt.protocol import TaskKind
 from tests.support import tiny_job, toy_sites
 
 SITES = 3
@@ -85,3 +87,47 @@ def test_a_restarted_coordinator_replays_the_gram_key_relay(tiny_encoder_dir: Pa
     replayed = restarted.job(job_id).keys
     assert isinstance(replayed, GramThresholdKeyRelay) and replayed.ready() and replayed.grams.evaluator is not None
     assert all(replayed.holds(name) for name in names)
+
+
+def test_the_sum_phase_gets_a_deadline_of_its_own(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """The t decryptors answer the Gram phase late in the attempt's deadline: the verdict opens the sum's phase
+    with a fresh ``round_deadline_s``, and the round completes past the attempt's first deadline."""
+    now = [1000.0]
+    jobs = JobManager(Store(":memory:"), clock=lambda: now[0], offline_after_s=900.0)
+    names = tuple(f"site-{k}" for k in range(SITES))
+    config = tiny_job(tiny_encoder_dir, rounds=1, participants_per_round=SITES, min_participants=SITES,
+                      aggregator="norm_bound", allowed_participants=names, round_deadline_s=60.0)
+    job_id = jobs.create_job(dump_toml(dataclasses.replace(config, he=HESection(enabled=True, gram_norm_bound=10.0),
+                                                           robust=RobustSection(max_malicious=1, norm_factor=2.0))))
+    job = jobs.job(job_id)
+    backbone = load_backbone(str(tiny_encoder_dir))
+    sites = {name: ParticipantRuntime(LocalLink(jobs, name), site, job_id, lambda cfg: local_learner(cfg, backbone))
+             for name, site in zip(names, toy_sites(SITES), strict=True)}
+    for site in sites.values():
+        site.join()
+    job.start()
+
+    def decrypting() -> bool:
+        return job.open is not None and job.open.state is RoundState.DECRYPTING
+
+    for _ in range(20):
+        for site in sites.values():
+            if decrypting():
+                break
+            site.service_keys()
+            task = site.link.get_task(job_id, 0)
+            if task.kind is not TaskKind.WAIT:
+                site.handle(task)
+    r = job.open
+    assert r is not None and r.state is RoundState.DECRYPTING
+    decryption = job.rounds.decryption(1)
+    assert isinstance(decryption, GramDecryption) and decryption.phase == "gram"
+    now[0] = r.deadline - 5.0
+    for name in decryption.decryptors:
+        sites[name].handle(sites[name].link.get_task(job_id, 0))
+    assert decryption.phase == "sum" and r.deadline == now[0] + 60.0
+    now[0] += 30.0  # past the attempt's first deadline, within the sum's
+    for name in decryption.decryptors:
+        sites[name].handle(sites[name].link.get_task(job_id, 0))
+    assert job.latest_version() == 1 and decryption.decision is not None
+    assert decryption.uploaders == tuple(sorted(decryption.decision.accepted))
