@@ -152,8 +152,9 @@ class GramThresholdRound(ThresholdRound):
         self.machine.add(who, attempt, upload, weight, attestation)
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
-        """Freeze the uploads, name t online decryptors and compute the packed Gram ciphertext (inline)."""
-        decryptors = self.machine.close(online)
+        """Freeze the uploads, name t online decryptors (those that missed the last attempt last) and compute the
+        packed Gram ciphertext (inline)."""
+        decryptors = self.machine.close(online, self.missed)
         if decryptors is None:
             return None
         self.decryption = GramDecryption(self.machine, decryptors, self.defence)

@@ -72,10 +72,10 @@ class ThresholdGramRound:
         self.uploads[who] = (upload, attestation, parsed)
         self.weights[who] = float(weight)
 
-    def close(self, online: Callable[[str], bool]) -> tuple[str, ...] | None:
-        """Freeze the uploads, name t online decryptors and compute the packed Gram ciphertext; None while fewer
-        than t members are online (or nobody uploaded)."""
-        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round)
+    def close(self, online: Callable[[str], bool], avoid: Sequence[str] = ()) -> tuple[str, ...] | None:
+        """Freeze the uploads, name t online decryptors (``avoid``, who missed the last attempt, asked last) and
+        compute the packed Gram ciphertext; None while fewer than t members are online (or nobody uploaded)."""
+        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, avoid)
         if decryptors is None or not self.uploads:
             return None
         self.order, self.decryptors = tuple(sorted(self.uploads)), decryptors

@@ -10,18 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedprompt.app.admin_client import AdminClient
 from fedprompt.config import HESection, RobustSection, dump_toml
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
+from fedprompt.models import load_backbone
 from fedprompt.participant.codec import GramThresholdPart
 from fedprompt.participant.grpc_link import GrpcLink
+from fedprompt.participant.learners import local_learner
+from fedprompt.participant.runtime import ParticipantRuntime
 from fedprompt.participant.threshold_gramkeys import GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import Payload, TaskKind
 from fedprompt.wire.threshold import ENCODING
 from fedprompt.wire.threshold_gram import unpack_request
-from tests.support import LiveCoordinator, tiny_job, wait_for
+from tests.support import LiveCoordinator, tiny_job, toy_sites, wait_for
 
 SIZE = 300
 MEMBERS = ("a", "b", "c")
@@ -93,3 +97,41 @@ def test_threshold_norm_bound_over_grpc(tmp_path: Path) -> None:
         finally:
             for link in links.values():
                 link.close()
+
+
+@pytest.mark.slow
+def test_participant_runtimes_run_a_threshold_gram_job_over_grpc(tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """The daemon's code path: three ``ParticipantRuntime``s on ``GrpcLink``s set the keys up, train, share and
+    evaluate until the job is done, and end on the same global, each combined from the stored version itself."""
+    names = tuple(f"site-{k}" for k in range(3))
+    config = dataclasses.replace(
+        tiny_job(tiny_encoder_dir, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound",
+                 allowed_participants=names),
+        he=HESection(enabled=True, gram_norm_bound=NORM_BOUND), robust=RobustSection(max_malicious=1, norm_factor=2.0))
+    backbone = load_backbone(str(tiny_encoder_dir))
+    with LiveCoordinator(tmp_path / "coord") as coordinator:
+        admin = AdminClient(coordinator.target)
+        job_id = admin.create_job(dump_toml(config))
+        links = [GrpcLink(coordinator.target, name, give_up_after_s=5) for name in names]
+        sites = [ParticipantRuntime(link, site, job_id, lambda cfg: local_learner(cfg, backbone),
+                                    state_dir=tmp_path / name)
+                 for link, name, site in zip(links, names, toy_sites(3), strict=True)]
+        try:
+            for site in sites:
+                site.join()
+            admin.start(job_id)
+            for _ in range(100):
+                if admin.status(job_id).state == "done":
+                    break
+                for site in sites:
+                    site.service_keys()
+                    task = site.link.get_task(job_id, 0)
+                    if task.kind not in (TaskKind.WAIT, TaskKind.DONE):
+                        site.handle(task)
+            assert admin.status(job_id).state == "done"
+            finals = [site.global_vector(1) for site in sites]
+            assert all(np.array_equal(finals[0], f) for f in finals[1:]) and np.isfinite(finals[0]).all()
+        finally:
+            for link in links:
+                link.close()
+            admin.close()
