@@ -1,5 +1,6 @@
 """One round attempt of a Gram-defended threshold job on the coordinator (``docs/he.md``, "The encrypted-Gram
-defence under threshold keys", round path steps 3 to 5), as a domain object: not yet driven by ``JobRuntime``.
+defence under threshold keys", round path steps 3 to 5), as a domain object, driven by the job through
+``coordinator.threshold_gramjob``.
 
 1. Uploads are public-key encryptions under the collective key (``threshold_gram.encrypt``, norm-bounded), each
    with its uploader's attestation over the upload and its round attempt (``threshold_gram.upload_digests``,
