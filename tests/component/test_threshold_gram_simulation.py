@@ -23,6 +23,7 @@ from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.rounds import RoundState
 from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.tasks import dispatch_state
 from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay
 from fedprompt.models import load_backbone
 from fedprompt.participant.learners import local_learner
@@ -91,7 +92,8 @@ def test_a_restarted_coordinator_replays_the_gram_key_relay(tiny_encoder_dir: Pa
 
 def test_the_sum_phase_gets_a_deadline_of_its_own(tiny_encoder_dir: Path, tmp_path: Path) -> None:
     """The t decryptors answer the Gram phase late in the attempt's deadline: the verdict opens the sum's phase
-    with a fresh ``round_deadline_s``, and the round completes past the attempt's first deadline."""
+    with a fresh ``round_deadline_s`` (and wakes long-polls), and the round completes past the attempt's first
+    deadline."""
     now = [1000.0]
     jobs = JobManager(Store(":memory:"), clock=lambda: now[0], offline_after_s=900.0)
     names = tuple(f"site-{k}" for k in range(SITES))
@@ -123,9 +125,11 @@ def test_the_sum_phase_gets_a_deadline_of_its_own(tiny_encoder_dir: Path, tmp_pa
     decryption = job.rounds.decryption(1)
     assert isinstance(decryption, GramDecryption) and decryption.phase == "gram"
     now[0] = r.deadline - 5.0
+    before = dispatch_state(job)
     for name in decryption.decryptors:
         sites[name].handle(sites[name].link.get_task(job_id, 0))
     assert decryption.phase == "sum" and r.deadline == now[0] + 60.0
+    assert dispatch_state(job) != before  # waiting decryptors' long-polls wake for the sum's phase
     now[0] += 30.0  # past the attempt's first deadline, within the sum's
     for name in decryption.decryptors:
         sites[name].handle(sites[name].link.get_task(job_id, 0))
