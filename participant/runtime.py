@@ -247,7 +247,7 @@ class ParticipantRuntime:
             if not self.threshold.ready:
                 self._threshold_refresh(self.threshold)
             if self.gram is not None and self.threshold.ready:
-                self.gram.refresh(self.link)
+                self._threshold_refresh(self.gram)
         elif self.keys is not None and self.info is not None:
             self.keys.refresh()
         self._provide_initial()
@@ -260,8 +260,8 @@ class ParticipantRuntime:
             self._initial_due = False
             self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=codec.encoding)
 
-    def _threshold_refresh(self, keys: ThresholdKeys) -> None:
-        """One look at the threshold relay; a relayed key that does not verify is reported, then raised."""
+    def _threshold_refresh(self, keys: ThresholdKeys | GramKeys) -> None:
+        """One look at the threshold (or Gram key) relay; a relayed key that does not verify is reported, raised."""
         try:
             keys.refresh(self.link)
         except AttestationError as exc:

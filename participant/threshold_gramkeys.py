@@ -53,6 +53,10 @@ class GramKeys:
         self.evaluator: GramEvaluator | None = None
         self._party: EvaluationKeyParty | None = None
 
+    @property
+    def job_id(self) -> str:
+        return self.keys.job_id
+
     # -- persistence ----------------------------------------------------------------------------------------
     def _file(self, name: str) -> bytes:
         path = self.keys.dir / name if self.keys.dir is not None else None

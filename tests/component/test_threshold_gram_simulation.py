@@ -17,18 +17,22 @@ from fedprompt.app.attacks import AttackSection
 from fedprompt.app.local_link import LocalLink
 from fedprompt.app.simulate import simulate
 from fedprompt.config import HESection, RobustSection, dump_toml
+from fedprompt.config.signed import sign_config
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.jobs import JobManager
 from fedprompt.coordinator.recovery import resume_jobs
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.rounds import RoundState
-from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.store import JobState, Store
 from fedprompt.coordinator.tasks import dispatch_state
 from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay
+from fedprompt.crypto.attest import KeyCredentials
+from fedprompt.crypto.errors import AttestationError
+from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.models import load_backbone
 from fedprompt.participant.learners import local_learner
 from fedprompt.participant.runtime import ParticipantRuntime
-from fedprompt.protocol import TaskKind
+from fedprompt.protocol import GramKeyState, TaskKind
 from tests.support import tiny_job, toy_sites
 
 SITES = 3
@@ -135,3 +139,44 @@ def test_the_sum_phase_gets_a_deadline_of_its_own(tiny_encoder_dir: Path, tmp_pa
         sites[name].handle(sites[name].link.get_task(job_id, 0))
     assert job.latest_version() == 1 and decryption.decision is not None
     assert decryption.uploaders == tuple(sorted(decryption.decision.accepted))
+
+
+class SwappingLink(LocalLink):
+    """A relay that serves one member's first-round Gram messages in another's place."""
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        state = super().gram_keys(job_id)
+        first = {g: msg for who, g, msg, _ in state.round1 if who == "participant:site-1"}
+        return GramKeyState(tuple((who, g, first.get(g, msg) if who == "participant:site-2" else msg, att)
+                                  for who, g, msg, att in state.round1), state.round2, state.next_page)
+
+
+def test_a_member_refuses_a_swapped_gram_key_message_and_the_job_pauses(tiny_encoder_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """Members with certificates verify every relayed Gram key message: a relay that serves site-1's message in
+    site-2's place is refused by the member it serves (``AttestationError``), which reports it, and the job pauses
+    naming why."""
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    jobs = JobManager(Store(":memory:"), offline_after_s=900.0)
+    names = tuple(f"participant:site-{k}" for k in range(SITES))
+    config = tiny_job(tiny_encoder_dir, rounds=1, participants_per_round=SITES, min_participants=SITES,
+                      aggregator="norm_bound", allowed_participants=names)
+    toml = dump_toml(dataclasses.replace(config, he=HESection(enabled=True)))
+    admin_key, admin_cert = ca.issue("admin:alice", tmp_path / "certs" / "admin")
+    admin = KeyCredentials.from_files(ca.ca_cert_path, admin_cert, admin_key)
+    job_id = jobs.create_job(toml, sign_config(admin.signer, toml))
+    backbone = load_backbone(str(tiny_encoder_dir))
+    runtimes: list[ParticipantRuntime] = []
+    for k, (name, data) in enumerate(zip(names, toy_sites(SITES), strict=True)):
+        key, cert = ca.issue(name, tmp_path / "certs" / f"site-{k}")
+        link = (SwappingLink if k == 0 else LocalLink)(jobs, name)
+        runtimes.append(ParticipantRuntime(link, data, job_id, lambda cfg: local_learner(cfg, backbone),
+                                           credentials=KeyCredentials.from_files(ca.ca_cert_path, cert, key)))
+    for runtime in runtimes:
+        runtime.join()
+    with pytest.raises(AttestationError, match="not the key it signed"):
+        for _ in range(4):
+            for runtime in runtimes:
+                runtime.service_keys()
+    job = jobs.job(job_id)
+    assert job.state is JobState.PAUSED and "participant:site-0" in job.lifecycle.reason
