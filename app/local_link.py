@@ -13,6 +13,7 @@ from fedprompt.coordinator.jobs import JobManager
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.pki import RevocationList
 from fedprompt.protocol import (
+    GramKeyState,
     JobDescription,
     JoinInfo,
     KeyState,
@@ -20,6 +21,7 @@ from fedprompt.protocol import (
     PrivacyReport,
     Task,
     ThresholdKeyState,
+    all_gram_pages,
     all_pages,
 )
 
@@ -106,3 +108,10 @@ class LocalLink:
 
     def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
         self.jobs.job(job_id).relay.submit_share(self.identity, round_, attempt, share)
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        relay = self.jobs.job(job_id).relay
+        return all_gram_pages(lambda page: relay.gram_keys(self.identity, page))
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
+        self.jobs.job(job_id).relay.publish_gram_key(self.identity, round_, element, message, attestation)

@@ -36,6 +36,8 @@ from fedprompt.coordinator.robust import (
     similarity_filter,
     trimmed_mean,
 )
+from fedprompt.crypto import threshold_gram
+from fedprompt.crypto.errors import ParameterError
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.wire.payload import pack_search_state, search_state
 
@@ -378,10 +380,7 @@ def job_aggregator(config: JobConfig) -> Aggregator:
             raise ConfigError(f"job.aggregator: encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
                               f"{config.mode} job, got {aggregator.name!r}")
         if config.he.threshold_mode and aggregator.gram:
-            raise ConfigError(f"he.mode: {aggregator.name!r} is a Gram defence, whose encrypted inner products "
-                              "need collective evaluation keys and threshold-decrypted Gram scalars: built in "
-                              "crypto.threshold_gram but not wired into rounds yet, and he.mode is 'threshold' (the "
-                              "default); set he.mode = 'single_key' or use a linear aggregator")
+            _check_threshold_gram(config)
         if config.levels.enabled and aggregator.gram:
             raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
                               "per level is not built); with levels and he.enabled use 'fedavg'")
@@ -391,3 +390,13 @@ def job_aggregator(config: JobConfig) -> Aggregator:
                           f"{config.robust.max_malicious} needs at least {needed} updates per round, "
                           f"got min_participants={config.job.min_participants}")
     return aggregator
+
+
+def _check_threshold_gram(config: JobConfig) -> None:
+    """A Gram defence under threshold keys (``coordinator.threshold_gramjob``): its flooding, sized on
+    ``he.gram_norm_bound`` for one update per member, must fit the Gram chain (``crypto.threshold_gram.check``)."""
+    n = len(config.job.allowed_participants)
+    try:
+        threshold_gram.check(config.he.threshold_params(n, gram=True), n, config.he.gram_norm_bound)
+    except ParameterError as exc:
+        raise ConfigError(f"he.gram_norm_bound: {exc}") from exc

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdKeyRelay
+from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay, request_payload
 from fedprompt.errors import NotSelected, PreconditionFailed
-from fedprompt.protocol import KeyState, Payload, ThresholdKeyState
+from fedprompt.protocol import GramKeyState, KeyState, Payload, ThresholdKeyState
 from fedprompt.wire.threshold import ENCODING as THRESHOLD
 from fedprompt.wire.threshold import ThresholdVersion, pack_version
 
@@ -72,6 +73,24 @@ class KeyDoor:
         self._threshold(participant_id).deal(participant_id, sealed)
         self.job.tick()
 
+    def _grams(self, participant_id: str) -> GramThresholdKeyRelay:
+        keys = self._threshold(participant_id)
+        if not isinstance(keys, GramThresholdKeyRelay):
+            raise PreconditionFailed(f"job {self.job.job_id} has no Gram evaluation keys (its aggregator is not a "
+                                     "Gram defence)")
+        return keys
+
+    def gram_keys(self, participant_id: str, page: int = 0, page_bytes: int = PAGE_BYTES) -> GramKeyState:
+        """Page ``page`` of the Gram evaluation-key relay (``GramKeyRelay.state``), for members only."""
+        keys = self._grams(participant_id)
+        keys.relay.check_member(participant_id)
+        return keys.grams.state(page, page_bytes)
+
+    def publish_gram_key(self, participant_id: str, round_: int, element: int, message: bytes,
+                         attestation: bytes) -> None:
+        self._grams(participant_id).grams.publish(participant_id, round_, element, message, attestation)
+        self.job.tick()
+
     # ---- threshold decryption ---------------------------------------------------------------------
     def decryption(self, participant_id: str, round_: int) -> Payload:
         """What a decryptor of round ``round_`` makes its share of: the round attempt, its uploaders and
@@ -80,14 +99,20 @@ class KeyDoor:
         d = self.job.rounds.decryption(round_)
         if participant_id not in d.decryptors:
             raise NotSelected(f"{participant_id} is not a decryptor of round {round_}")
+        if isinstance(d, GramDecryption):
+            return request_payload(self.job.job_id, d, participant_id)
         request = ThresholdVersion(d.round, d.attempt, d.uploaders, d.decryptors, d.declared_weight)
         return Payload(self.job.job_id, round_, THRESHOLD, self.job.vector_size, pack_version(request))
 
     def submit_share(self, participant_id: str, round_: int, attempt: int, masked: bytes) -> None:
-        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version."""
+        """A decryptor's masked share of round ``round_``'s attempt ``attempt``; with the last, the version (a Gram
+        job's attempt: its Gram share, and with the last of those the sum's phase begins under a fresh deadline)."""
         self._threshold(participant_id)
         d = self.job.rounds.decryption(round_)
         if attempt != d.attempt:
             raise PreconditionFailed(f"round {round_} decrypts attempt {d.attempt}, not {attempt}")
+        phase = d.phase if isinstance(d, GramDecryption) else ""
         d.submit(participant_id, masked)
+        if isinstance(d, GramDecryption) and d.phase != phase and self.job.rounds.open is not None:
+            self.job.rounds.renew_deadline(self.job.rounds.open)  # the sum's phase gets a deadline of its own
         self.job.tick()

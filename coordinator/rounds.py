@@ -252,7 +252,7 @@ class RoundMachine:
             return str(exc)
         r.gram.begin(decryptors)
         r.state = RoundState.DECIDING
-        self._renew_deadline(r)
+        self.renew_deadline(r)
         self.offload(r.gram.compute, lambda outcome: self._gram_computed(r, outcome))
         return ""
 
@@ -267,12 +267,12 @@ class RoundMachine:
             r.gram.failure = f"the encrypted Gram matrix could not be computed: {outcome}"
         else:
             r.gram.payload = outcome
-            self._renew_deadline(r)
+            self.renew_deadline(r)
             self.events.gram_computed(self.job_id, r.gram.gram_seconds)
             self.log.info("encrypted Gram matrix computed", round=r.number, updates=len(r.gram.order),
                           seconds=round(r.gram.gram_seconds, 3), bytes=len(outcome), decryptors=list(r.gram.decryptors))
 
-    def _renew_deadline(self, r: OpenRound) -> None:
+    def renew_deadline(self, r: OpenRound) -> None:
         """A fresh ``round_deadline_s`` for the step the attempt waits on now."""
         r.deadline = self.clock() + self.config.job.round_deadline_s
         self.store.save_round(r.row(self.job_id))
@@ -287,7 +287,7 @@ class RoundMachine:
                 return self._fail(f"fewer than t = {r.fold.threshold.relay.params.t} online members may decrypt "
                                   "these uploads (a member decrypts one uploader set per round)")
             r.state = RoundState.DECRYPTING
-            self._renew_deadline(r)
+            self.renew_deadline(r)
             return None
         outcome = r.fold.close(postponed)
         if outcome.refusal:
@@ -308,7 +308,7 @@ class RoundMachine:
             return self._fail(f"the encrypted aggregate cannot be checked: {exc}")
         r.check = CheckRound(stage, pack_bundle(parts), expected, checkers, owners)
         r.state = RoundState.CHECKING
-        self._renew_deadline(r)
+        self.renew_deadline(r)
         self.log.info("round checking", round=r.number, stage=stage.value, parts=len(parts), checkers=list(checkers))
         return None
 

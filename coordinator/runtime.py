@@ -43,6 +43,7 @@ from fedprompt.coordinator.roster import Roster
 from fedprompt.coordinator.rounds import JobEnd, OpenRound, RoundMachine
 from fedprompt.coordinator.store import TERMINAL, JobState, MemberRow, MemberState, Store
 from fedprompt.coordinator.threshold import ThresholdKeyRelay, ThresholdRelay
+from fedprompt.coordinator.threshold_gramjob import GramThresholdAccumulator, GramThresholdKeyRelay
 from fedprompt.coordinator.uploads import Admission, UploadGate, UploadKind
 from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
@@ -66,6 +67,8 @@ def choose_accumulator(job_id: str, config: JobConfig, store: Store, keys: JobKe
                        aggregator: Aggregator, vector_size: Callable[[], int]) -> Accumulator:
     """The one way a job's updates are combined: levelled, plain, encrypted, or encrypted with a decision on
     their Gram matrix (``rule`` is the job's aggregator before any DP wrapper, ``aggregator`` after it)."""
+    if isinstance(keys, GramThresholdKeyRelay) and isinstance(rule, GramDefence):
+        return GramThresholdAccumulator(keys, vector_size, config.summand_weight, rule, config.he.gram_norm_bound)
     if isinstance(keys, ThresholdKeyRelay):
         return ThresholdAccumulator(keys, vector_size, config.summand_weight)
     if config.levels.enabled:
@@ -81,8 +84,9 @@ def job_keys(job_id: str, config: JobConfig, store: Store, gram: bool) -> JobKey
     """An encrypted job's key relay: threshold (the n enrolled members' shared key) or single-key."""
     if config.he.threshold_mode:
         members = config.job.allowed_participants
-        return ThresholdKeyRelay(job_id, ThresholdRelay(job_id, members, config.he.threshold_params(len(members))),
-                                 store)
+        params = config.he.threshold_params(len(members), gram)
+        relay = ThresholdRelay(job_id, members, params)
+        return GramThresholdKeyRelay(job_id, relay, store) if gram else ThresholdKeyRelay(job_id, relay, store)
     return JobKeys(job_id, config.he_params(gram), config.he.dealer, store) if config.he.enabled else None
 
 

@@ -194,6 +194,22 @@ class ParticipantService(participant_pb2_grpc.ParticipantServiceServicer):
         return participant_pb2.SubmitShareResponse()
 
     @rpc_method("ParticipantService")
+    async def GetGramKeys(self, request: participant_pb2.GetGramKeysRequest, context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        return serde.gram_keys_to_pb(self.jobs.job(request.job_id).relay.gram_keys(identity, request.page,
+                                                                                   self.page_bytes))
+
+    @rpc_method("ParticipantService")
+    async def PublishGramKey(self, request: participant_pb2.PublishGramKeyRequest,
+                             context: grpc.aio.ServicerContext) -> Any:
+        identity = self.gate.participant(context)
+        job = self.jobs.job(request.job_id)
+        job.relay.publish_gram_key(identity, request.round, request.element, bytes(request.message),
+                                   bytes(request.attestation))
+        self.announce(job)
+        return participant_pb2.PublishGramKeyResponse()
+
+    @rpc_method("ParticipantService")
     async def GetGram(self, request: participant_pb2.GetGramRequest, context: grpc.aio.ServicerContext) -> Any:
         identity = self.gate.participant(context)
         return serde.gram_to_pb(self.jobs.job(request.job_id).gram_payload(identity, request.round))

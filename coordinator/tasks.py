@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedprompt.coordinator.rounds import RoundState
 from fedprompt.coordinator.store import JobState, MemberState
+from fedprompt.coordinator.threshold_gramjob import GramDecryption
 from fedprompt.protocol import Task, TaskKind
 
 if TYPE_CHECKING:
@@ -53,13 +54,16 @@ def next_task(job: JobRuntime, participant_id: str) -> Task:
 
 def dispatch_state(job: JobRuntime) -> Hashable:
     """All that can turn a waiting member's next task into work, as one comparable value: the job's state, the
-    newest version, the open attempt and its step, and the key relay's progress (``coordinator.notifier`` wakes
+    newest version, the open attempt and its step (a Gram threshold job's decryption phase too), and the key
+    relay's progress (``coordinator.notifier`` wakes
     long-polls when it changes).  A member's own progress (its update, its reports) is left out: only its own
     calls change it.  What only admin calls, key relay and revocations change (a release, a member expelled) is
     left out too: those wake every long-poll themselves."""
     r = job.rounds.open
+    decryption = r.fold.threshold.decryption if r is not None and r.fold.threshold is not None else None
     attempt = None if r is None else (r.number, r.attempt, r.state, r.gram is not None and r.gram.computed,
-                                      None if r.check is None else r.check.stage)
+                                      None if r.check is None else r.check.stage,
+                                      decryption.phase if isinstance(decryption, GramDecryption) else None)
     keys = None if job.keys is None else job.keys.progress()
     return job.state, job.latest_version(), attempt, keys
 

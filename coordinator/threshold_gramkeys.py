@@ -68,12 +68,13 @@ class GramKeyRelay:
             raise InvalidUpdate(f"the round-{round_} Gram key messages of {who} must carry one attestation")
         try:
             threshold_gram.check_message(self.relay.context, round_, self.relay.index(who), element, message)
-            claims = Attestation.from_bytes(attestation)
-            position = self.elements.index(element) if round_ == 1 else 0
-            claims.check_claims(job_id=self.relay.job_id, identity=who, purpose=PURPOSES[round_],
-                                digests=claims.digests)
-            if len(claims.digests) != self._expected(round_) or claims.digests[position] != digest(message):
-                raise AttestationError(f"the round-{round_} Gram key message of {who} is not the one it signed")
+            if attestation:  # none in an unattested (--insecure) federation, as ``ThresholdRelay`` allows
+                claims = Attestation.from_bytes(attestation)
+                position = self.elements.index(element) if round_ == 1 else 0
+                claims.check_claims(job_id=self.relay.job_id, identity=who, purpose=PURPOSES[round_],
+                                    digests=claims.digests)
+                if len(claims.digests) != self._expected(round_) or claims.digests[position] != digest(message):
+                    raise AttestationError(f"the round-{round_} Gram key message of {who} is not the one it signed")
         except (InvalidCiphertext, AttestationError) as exc:
             raise InvalidUpdate(f"the Gram key message of {who} is refused: {exc}") from exc
         if round_ == 1:

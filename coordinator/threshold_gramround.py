@@ -1,5 +1,6 @@
 """One round attempt of a Gram-defended threshold job on the coordinator (``docs/he.md``, "The encrypted-Gram
-defence under threshold keys", round path steps 3 to 5), as a domain object: not yet driven by ``JobRuntime``.
+defence under threshold keys", round path steps 3 to 5), as a domain object, driven by the job through
+``coordinator.threshold_gramjob``.
 
 1. Uploads are public-key encryptions under the collective key (``threshold_gram.encrypt``, norm-bounded), each
    with its uploader's attestation over the upload and its round attempt (``threshold_gram.upload_digests``,
@@ -62,19 +63,20 @@ class ThresholdGramRound:
         if who in self.uploads:
             raise DuplicateUpdate(f"{who} already uploaded to round {self.round} attempt {attempt}")
         try:
-            Attestation.from_bytes(attestation).check_claims(
-                job_id=self.relay.job_id, identity=who, purpose=UPLOAD_PURPOSE,
-                digests=threshold_gram.upload_digests(upload, self.round, attempt))
+            if attestation:  # none in an unattested (--insecure) federation, whose members verify nothing
+                Attestation.from_bytes(attestation).check_claims(
+                    job_id=self.relay.job_id, identity=who, purpose=UPLOAD_PURPOSE,
+                    digests=threshold_gram.upload_digests(upload, self.round, attempt))
             parsed = self.evaluator.context.parse(upload, self.relay.context.key_id, self.vector_size)
         except (AttestationError, InvalidCiphertext) as exc:
             raise InvalidUpdate(f"the Gram upload of {who} is refused: {exc}") from exc
         self.uploads[who] = (upload, attestation, parsed)
         self.weights[who] = float(weight)
 
-    def close(self, online: Callable[[str], bool]) -> tuple[str, ...] | None:
-        """Freeze the uploads, name t online decryptors and compute the packed Gram ciphertext; None while fewer
-        than t members are online (or nobody uploaded)."""
-        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round)
+    def close(self, online: Callable[[str], bool], avoid: Sequence[str] = ()) -> tuple[str, ...] | None:
+        """Freeze the uploads, name t online decryptors (``avoid``, who missed the last attempt, asked last) and
+        compute the packed Gram ciphertext; None while fewer than t members are online (or nobody uploaded)."""
+        decryptors = pick_decryptors(self.relay.members, online, self.relay.params.t, self.round, avoid)
         if decryptors is None or not self.uploads:
             return None
         self.order, self.decryptors = tuple(sorted(self.uploads)), decryptors

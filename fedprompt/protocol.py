@@ -390,6 +390,10 @@ class CoordinatorLink(Protocol):
 
     def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None: ...
 
+    def gram_keys(self, job_id: str) -> GramKeyState: ...
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None: ...
+
 
 class ThresholdLink(Protocol):
     """A member's calls to the key relay of a threshold job (``coordinator.threshold.ThresholdRelay``)."""

@@ -34,11 +34,13 @@ from fedprompt.crypto.ckks import SecretContext
 from fedprompt.crypto.sealing import open_for_group, seal_for_group
 from fedprompt.errors import InvalidUpdate
 from fedprompt.participant.keys import KeyHolder
+from fedprompt.participant.threshold_gramkeys import GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import Payload
 from fedprompt.wire.levels import COHORTS_PART, EXPERT, GLOBAL, encoding, pack, shared_parts, unpack
 from fedprompt.wire.payload import FLOAT32, decode_vector, encode_vector
 from fedprompt.wire.threshold import ENCODING as THRESHOLD
+from fedprompt.wire.threshold_gram import pack_upload
 
 #: Fetches global version ``v`` as the coordinator serves it to this site.
 Download = Callable[[int], Payload]
@@ -121,15 +123,19 @@ class ThresholdPart(PartCodec):
         self.keys = keys
         self.weigh = weigh
 
+    def _summand(self, weight: int) -> float:
+        summand, uncapped = self.weigh(weight, True), self.weigh(weight, False)
+        if summand < uncapped:
+            log.warning("update weight capped at the threshold parameters' summand bound; raise he.weight_unit so "
+                        "every site's count fits", job_id=self.keys().job_id, examples=weight, weight=uncapped,
+                        capped_to=summand)
+        return summand
+
     def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
         keys = self.keys()
         if round_ == 0:
             return seal_for_group(encode_vector(vector), keys.group, keys.job_id, "initial")
-        summand, uncapped = self.weigh(weight, True), self.weigh(weight, False)
-        if summand < uncapped:
-            log.warning("update weight capped at the threshold parameters' summand bound; raise he.weight_unit so "
-                        "every site's count fits", job_id=keys.job_id, examples=weight, weight=uncapped,
-                        capped_to=summand)
+        summand = self._summand(weight)
         return keys.encrypt(np.asarray(vector, dtype=np.float64) * summand, summand, round_, attempt)
 
     def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
@@ -138,6 +144,36 @@ class ThresholdPart(PartCodec):
             opened = open_for_group(payload.data, keys.group, keys.job_id, "initial")
             return decode_vector(Payload(payload.job_id, 0, FLOAT32, size, opened), size)
         total, weight = keys.open_version(payload.data, size)
+        return previous.astype(np.float64) + total / weight
+
+
+class GramThresholdPart(ThresholdPart):
+    """A Gram-defended threshold job's vectors (``participant.threshold_gramkeys``): a round's update is the
+    public-key encryption of ``w * vector`` under the collective key with this member's attestation of it
+    (``fedprompt.wire.threshold_gram``), its weight slot 0 (the coordinator adds the accepted weights); a served
+    version is the accepted sum's download.  ``w * vector`` is scaled down to ``norm_bound``
+    (``he.gram_norm_bound``, the public bound the Gram decryptions' flooding is sized on) when it exceeds it."""
+
+    def __init__(self, keys: Callable[[], ThresholdKeys], weigh: Weigh, gram: Callable[[], GramKeys],
+                 norm_bound: float) -> None:
+        super().__init__(keys, weigh)
+        self.gram, self.norm_bound = gram, norm_bound
+
+    def encode(self, round_: int, vector: np.ndarray, weight: int, attempt: int = 0) -> bytes:
+        if round_ == 0:
+            return super().encode(round_, vector, weight, attempt)
+        summand = np.asarray(vector, dtype=np.float64) * self._summand(weight)
+        norm = float(np.linalg.norm(summand))
+        if norm > self.norm_bound:
+            log.warning("weighted update scaled down to he.gram_norm_bound", job_id=self.keys().job_id,
+                        norm=round(norm, 3), bound=self.norm_bound)
+            summand *= self.norm_bound / norm * (1 - 1e-9)
+        return pack_upload(*self.gram().encrypt(summand, round_, attempt, self.norm_bound))
+
+    def decode(self, payload: Payload, size: int, previous: np.ndarray | None) -> np.ndarray:
+        if previous is None:
+            return super().decode(payload, size, previous)
+        total, weight = self.gram().open_version(payload.data, size)
         return previous.astype(np.float64) + total / weight
 
 
@@ -277,12 +313,15 @@ class LevelledCodec(PayloadCodec):
 
 def job_codec(gram_defence: bool, job_id: str, vector_size: int, keys: KeyHolder | None,
               level_sizes: dict[str, int] | None, download: Download, keep: Keep,
-              threshold: tuple[Callable[[], ThresholdKeys], Weigh] | None = None) -> PayloadCodec:
+              threshold: tuple[Callable[[], ThresholdKeys], Weigh] | None = None,
+              gram: tuple[Callable[[], GramKeys], float] | None = None) -> PayloadCodec:
     """The codec of a job: threshold parts when the job shares its key among its members (``threshold``: what
     fetches this member's keys, and the job's ``Weigh``), encrypted parts when the site holds (or awaits) a key, plain otherwise;
     levelled when the job exchanges prompt levels (``level_sizes``), the whole vector otherwise.  Under a Gram
-    defence (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot."""
-    part: PartCodec = (ThresholdPart(*threshold) if threshold is not None
+    defence (``JobDescription.gram_defence``) an encrypted update carries 0 in its weight slot; a threshold job's
+    (``gram``: what fetches this member's Gram keys, and ``he.gram_norm_bound``) is an attested public-key upload."""
+    part: PartCodec = (GramThresholdPart(*threshold, *gram) if threshold is not None and gram is not None
+                       else ThresholdPart(*threshold) if threshold is not None
                        else EncryptedPart(keys.require, gram_defence) if keys is not None else PlainPart())
     if level_sizes is not None:
         return LevelledCodec(part, job_id, level_sizes, download, keep)

@@ -26,6 +26,7 @@ from fedprompt.crypto.audit import Verdict
 from fedprompt.crypto.gram import GRAM_ENCODING
 from fedprompt.errors import FedPromptError
 from fedprompt.protocol import (
+    GramKeyState,
     JobDescription,
     JoinInfo,
     KeyState,
@@ -33,6 +34,7 @@ from fedprompt.protocol import (
     PrivacyReport,
     Task,
     ThresholdKeyState,
+    all_gram_pages,
     all_pages,
     deal_batches,
 )
@@ -320,3 +322,17 @@ class GrpcLink:
         request = participant_pb2.SubmitShareRequest(job_id=job_id, round=round_, attempt=attempt, masked_share=share)
         self._call("SubmitShare", lambda: self.stub.SubmitShare(request, metadata=self.metadata,
                                                                 timeout=self.rpc_timeout_s))
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        def page(k: int) -> GramKeyState:
+            request = participant_pb2.GetGramKeysRequest(job_id=job_id, page=k)
+            return serde.gram_keys_from_pb(self._call("GetGramKeys", lambda: self.stub.GetGramKeys(
+                request, metadata=self.metadata, timeout=self.rpc_timeout_s)))
+
+        return all_gram_pages(page)
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
+        request = participant_pb2.PublishGramKeyRequest(job_id=job_id, round=round_, element=element, message=message,
+                                                        attestation=attestation)
+        self._call("PublishGramKey", lambda: self.stub.PublishGramKey(request, metadata=self.metadata,
+                                                                      timeout=self.rpc_timeout_s))

@@ -65,11 +65,13 @@ from fedprompt.participant.fewshot import PseudoLabeller
 from fedprompt.participant.keys import MAX_FAULT_BYTES, KeyHolder
 from fedprompt.participant.learner import Learner, ProgressFn, peak_rss_mb
 from fedprompt.participant.levels import SiteLevels
+from fedprompt.participant.threshold_gramkeys import GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.promptfile import save_prompt
 from fedprompt.protocol import CoordinatorLink, JobDescription, JoinInfo, Task, TaskKind, checked_job_id
 from fedprompt.wire.bundle import unpack_bundle
 from fedprompt.wire.threshold import unpack_version
+from fedprompt.wire.threshold_gram import GramRequest, unpack_request
 
 if TYPE_CHECKING:
     from fedprompt.participant.dp import SitePrivacy
@@ -144,6 +146,7 @@ class ParticipantRuntime:
         self._train_metrics: dict[str, float] = {}
         self.keys: KeyHolder | None = None
         self.threshold: ThresholdKeys | None = None  # a threshold job's key share (``participant.threshold_keys``)
+        self.gram: GramKeys | None = None  # and its Gram evaluation keys, under a Gram defence
         self._initial_due = False
         self.levels: SiteLevels | None = None
         self.codec: PayloadCodec | None = None
@@ -180,13 +183,15 @@ class ParticipantRuntime:
         if self.config.he.threshold_mode and self.keys is not None:
             members = self.config.job.allowed_participants  # a threshold job names them (config validation)
             self.threshold = ThresholdKeys(info.job_id, members, info.participant_id,
-                                           self.config.he.threshold_params(len(members)),
+                                           self.config.he.threshold_params(len(members), description.gram_defence),
                                            self.keys.exchange, self.state_dir, self.credentials,
                                            self.config.job.min_participants)
+            self.gram = GramKeys(self.threshold) if description.gram_defence else None
         codec = job_codec(description.gram_defence, info.job_id, learner.vector_size, self.keys,
                           self.levels.sizes if self.levels is not None else None,
                           lambda version: self.link.download(info.job_id, version), self._keep_global,
-                          (self._threshold, self.config.summand_weight) if self.threshold is not None else None)
+                          (self._threshold, self.config.summand_weight) if self.threshold is not None else None,
+                          (self._gram, self.config.he.gram_norm_bound) if self.gram is not None else None)
         self.codec = codec
         if self.config.augment.enabled:
             self.augmenter = PseudoLabeller(self.config.augment, self.site.unlabelled, self.config.task.label_names,
@@ -241,6 +246,8 @@ class ParticipantRuntime:
         if self.threshold is not None:
             if not self.threshold.ready:
                 self._threshold_refresh(self.threshold)
+            if self.gram is not None and self.threshold.ready:
+                self._threshold_refresh(self.gram)
         elif self.keys is not None and self.info is not None:
             self.keys.refresh()
         self._provide_initial()
@@ -253,8 +260,8 @@ class ParticipantRuntime:
             self._initial_due = False
             self.log.info("initial vector provided", vector_size=learner.vector_size, encoding=codec.encoding)
 
-    def _threshold_refresh(self, keys: ThresholdKeys) -> None:
-        """One look at the threshold relay; a relayed key that does not verify is reported, then raised."""
+    def _threshold_refresh(self, keys: ThresholdKeys | GramKeys) -> None:
+        """One look at the threshold (or Gram key) relay; a relayed key that does not verify is reported, raised."""
         try:
             keys.refresh(self.link)
         except AttestationError as exc:
@@ -278,6 +285,12 @@ class ParticipantRuntime:
         if self.threshold is None or not self.threshold.ready:
             raise FedPromptError("the job's threshold key setup has not finished")
         return self.threshold
+
+    def _gram(self) -> GramKeys:
+        """This member's Gram evaluation keys, assembled first if the relay completed since we last looked."""
+        if self.gram is None or not self._threshold() or not self.gram.refresh(self.link):
+            raise FedPromptError("the job's Gram evaluation keys are not assembled yet")
+        return self.gram
 
     def global_vector(self, version: int) -> np.ndarray:
         """Global ``version`` as this site knows it (downloaded, or decrypted and rebuilt in encrypted jobs)."""
@@ -307,13 +320,16 @@ class ParticipantRuntime:
 
     def _share(self, task: Task) -> None:
         """Threshold jobs: our flooded decryption share of the round attempt's sum, masked for the members (once
-        per attempt: ``ThresholdKeys`` refuses a second)."""
-        assert self.info is not None
-        request = unpack_version(self.link.decryption(self.info.job_id, task.round).data, request=True)
+        per attempt: ``ThresholdKeys`` refuses a second); in a Gram job, of its Gram matrix or accepted sum."""
+        assert self.info is not None and self.config is not None
+        data = self.link.decryption(self.info.job_id, task.round).data
+        request = unpack_request(data) if self.gram is not None else unpack_version(data, request=True)
         try:
-            share = self._threshold().decryption_share(self._learner().vector_size, request.round, request.attempt,
-                                                       request.uploaders, request.decryptors)
-        except RelayRefused as exc:
+            share = (self._gram().answer(request, self._learner().vector_size, self.config.he.gram_norm_bound)
+                     if isinstance(request, GramRequest) else self._threshold().decryption_share(
+                         self._learner().vector_size, request.round, request.attempt, request.uploaders,
+                         request.decryptors))
+        except (RelayRefused, AttestationError) as exc:
             self._report_refusal(self.info.job_id, "a decryption request", exc)
             raise
         self.link.submit_share(self.info.job_id, request.round, request.attempt, share)
@@ -407,7 +423,8 @@ class ParticipantRuntime:
         rejoined = False
         while not self.stop.is_set():
             self.service_keys()
-            waiting_for_key = (not self.threshold.ready if self.threshold is not None
+            waiting_for_key = (not self.threshold.ready or (self.gram is not None and self.gram.evaluator is None)
+                               if self.threshold is not None
                                else self.keys is not None and self.keys.secret is None)
             try:
                 task = self.link.get_task(self.info.job_id, 1.0 if waiting_for_key else poll_s)

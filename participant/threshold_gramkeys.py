@@ -30,10 +30,12 @@ from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.gram import GramEvaluator, add_weight
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, RelayRefused
 from fedprompt.participant.keys import write_private
-from fedprompt.participant.threshold_keys import ThresholdKeys
+from fedprompt.participant.threshold_keys import WEIGHT_TOLERANCE, ThresholdKeys
 from fedprompt.protocol import GramKeyLink, GramKeyState
+from fedprompt.wire.threshold import unpack_version
+from fedprompt.wire.threshold_gram import GRAM, GramRequest
 
 log = structlog.get_logger("participant.threshold_gramkeys")
 
@@ -50,6 +52,10 @@ class GramKeys:
         self.elements = threshold_gram.round1_elements(keys.params)
         self.evaluator: GramEvaluator | None = None
         self._party: EvaluationKeyParty | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.keys.job_id
 
     # -- persistence ----------------------------------------------------------------------------------------
     def _file(self, name: str) -> bytes:
@@ -174,8 +180,8 @@ class GramKeys:
         return upload, self.keys._sign(UPLOAD_PURPOSE, threshold_gram.upload_digests(upload, round_, attempt))
 
     def _attested(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]]) -> GramEvaluator:
-        """Our evaluator, once every upload is checked to be a distinct member's, attested by it for this round
-        attempt (a coordinator's own ciphertext among them would read coordinates of an honest update off the
+        """Our evaluator, once every upload is checked to be a distinct member's (``job.min_participants`` of them
+        at least, ``ThresholdKeys._check_uploaders``), attested by it for this round attempt (a coordinator's own ciphertext among them would read coordinates of an honest update off the
         scalars, or be decrypted as the sum)."""
         if self.evaluator is None:
             raise FedPromptError(f"threshold job {self.keys.job_id}: the Gram keys are not assembled yet")
@@ -183,6 +189,7 @@ class GramKeys:
         self.keys._indices(uploaders)
         if len(set(uploaders)) != len(uploaders):
             raise InvalidValue(f"a Gram matrix of round {round_} names an uploader twice")
+        self.keys._check_uploaders(round_, uploaders)  # the job's floor: no share for fewer than min_participants
         if self.keys.credentials is not None:
             for who, upload, att in uploads:
                 self.keys.credentials.trust.verify(att, job_id=self.keys.job_id, identity=who, purpose=UPLOAD_PURPOSE,
@@ -208,6 +215,9 @@ class GramKeys:
         of the coordinator's making; SEAL's additions are exact, so it is the coordinator's fold and the t
         masked shares combine on it (``threshold_masked.combine_sum``) into a download only members open."""
         public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
+        if len(set(accepted)) < 2:
+            raise RelayRefused(f"round {round_} of threshold job {self.keys.job_id} accepted one upload: its sum is "
+                               "that member's update; no decryption share made")
         held = {who: upload for who, upload, _ in uploads}
         if not accepted or not set(accepted) <= set(held):
             raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")
@@ -228,3 +238,23 @@ class GramKeys:
         return threshold_masked.open_combined_sum(self.keys.context, combined, vector_size, self.keys.group,
                                                   UploadRound(self.keys.seed, round_, attempt),
                                                   self.keys._indices(decryptors))
+
+    def answer(self, request: GramRequest, vector_size: int, norm_bound: float) -> bytes:
+        """Our share for a decryption request of a Gram round attempt (``fedprompt.wire.threshold_gram``): of its
+        Gram matrix, or of its accepted sum."""
+        if request.phase == GRAM:
+            return self.decryption_share(request.round, request.attempt, request.uploads, vector_size,
+                                         request.decryptors, norm_bound)
+        return self.sum_share(request.round, request.attempt, request.uploads, request.accepted, vector_size,
+                              request.decryptors)
+
+    def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
+        """(sum, weight) of a stored version of a Gram job (``fedprompt.wire.threshold``, its combined part the
+        accepted sum's download); the weight slot must equal the accepted uploaders' declared weights."""
+        v = unpack_version(data)
+        self.keys._indices(v.uploaders)
+        vector, weight = self.open_sum(v.round, v.attempt, v.combined, vector_size, v.decryptors)
+        if abs(weight - v.declared_weight) > WEIGHT_TOLERANCE:
+            raise InvalidValue(f"the accepted sum of round {v.round} weighs {weight:.4f}, not the "
+                               f"{v.declared_weight:.4f} its accepted uploaders declared: a wrong sum or a forged share")
+        return vector, weight

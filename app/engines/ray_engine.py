@@ -49,6 +49,7 @@ from fedprompt.crypto.audit import Verdict
 from fedprompt.data.shards import SiteData
 from fedprompt.errors import ConfigError, FedPromptError, clip, quoted
 from fedprompt.protocol import (
+    GramKeyState,
     JobDescription,
     JobView,
     JoinInfo,
@@ -155,6 +156,12 @@ class RayLink:
 
     def submit_share(self, job_id: str, round_: int, attempt: int, share: bytes) -> None:
         self._call("submit_share", job_id, round_, attempt, share)
+
+    def gram_keys(self, job_id: str) -> GramKeyState:
+        return self._call("gram_keys", job_id)
+
+    def publish_gram_key(self, job_id: str, round_: int, element: int, message: bytes, attestation: bytes) -> None:
+        self._call("publish_gram_key", job_id, round_, element, message, attestation)
 
 
 class SiteWorker:

@@ -282,10 +282,9 @@ class JobConfig:
               "pseudo-labelling needs the local model; a black-box participant only queries a model service")
 
     def _check_threshold(self, allowed: set[str]) -> None:
-        """A threshold job deals key shares to a known set of n members and refuses what needs evaluation keys:
-        ``crypto.threshold_gram`` builds collective relinearisation and Galois keys and decrypts Gram scalars
-        through t shares, but no round uses them yet, so the Gram defences and levels (whose cohort discovery
-        and per-level sums are not wired) wait."""
+        """A threshold job deals key shares to a known set of n members.  Its Gram defences run on collective
+        evaluation keys (``coordinator.threshold_gramjob``; their norm bound is checked with the aggregator,
+        ``coordinator.aggregation``); levels (whose cohort discovery and per-level sums are not wired) wait."""
         check(bool(allowed) and "*" not in allowed, "job.allowed_participants",
               'must name the enrolled members when he.mode = "threshold": the key is shared among exactly them '
               '(n), and t of n decrypt; use he.mode = "single_key" for a job open to any participant')
@@ -297,8 +296,8 @@ class JobConfig:
               f"must be in [2, {n}] (n = the {n} job.allowed_participants), got {self.he.threshold}")
         check(not self.levels.enabled, "levels.enabled",
               'prompt levels (per-level sums, encrypted cohort discovery) are not wired for he.mode = "threshold" '
-              '(the default) yet: the collective evaluation keys and the threshold Gram decryption exist in '
-              'crypto.threshold_gram but no round uses them; set he.mode = "single_key"')
+              '(the default) yet: the collective evaluation keys serve the Gram defences only; set he.mode = '
+              '"single_key"')
         try:
             self.he.threshold_params(n).check("he")
         except ParameterError as exc:

@@ -14,6 +14,7 @@ from fedprompt.config.codec import INF_ALLOWED, check, check_range
 from fedprompt.crypto.ckks import CkksParams
 from fedprompt.crypto.errors import ParameterError
 from fedprompt.crypto.threshold import ThresholdParams
+from fedprompt.crypto.threshold_gram import MAX_NORM_BOUND, gram_threshold_params
 from fedprompt.errors import ConfigError
 
 #: Privacy accountants ``dp.accountant`` may name.
@@ -105,6 +106,12 @@ class HESection:
     site uses the same unit, so the weighted mean is unchanged.  A larger unit fits larger sites, a smaller one
     keeps the decrypted mean more precise (docs/he.md, "The weight unit").
 
+    ``gram_norm_bound`` (threshold jobs with a Gram defence): R, the public l2 bound on each weighted upload
+    ``weight * delta`` (in ``weight_unit``s), in (0, 2^26].  A site's upload above it is refused, and the Gram
+    decryption shares' flooding is sized on it, so the decrypted scalars err by about R (docs/he.md, "Smudging
+    sized on the Gram noise"): pick it near the weighted updates' norms.  Such jobs use the fixed parameters of
+    ``crypto.threshold_gram.gram_threshold_params`` (N = 8192, public-key uploads).
+
     ``dealer`` names the participant that creates a single-key job's keys (default: the first to join).  The
     numbers' ranges are the crypto layer's (``CkksParams.check``): a degree of 4096-32768, primes of 16-60 bits
     within 128-bit security, ``scale_bits`` in [20, data prime - 12], ``max_summands`` in [1, 1000000].
@@ -119,6 +126,7 @@ class HESection:
     max_summands: int = 1000
     dealer: str = ""
     weight_unit: float = 100.0
+    gram_norm_bound: float = 1000.0
 
     def validate(self, prefix: str) -> None:
         check(self.mode in HE_MODES, f"{prefix}.mode", f"must be one of {list(HE_MODES)}, got {self.mode!r}")
@@ -127,6 +135,8 @@ class HESection:
               f"got {self.threshold}")
         check_range(self.weight_unit, f"{prefix}.weight_unit", 0.0, MAX_WEIGHT_UNIT, open_low=True,
                     note="a positive number of examples per unit of FedAvg weight")
+        check_range(self.gram_norm_bound, f"{prefix}.gram_norm_bound", 0.0, MAX_NORM_BOUND, open_low=True,
+                    note="the l2 bound on a weighted upload of a Gram-defended threshold job")
         try:
             self.params().check(prefix)
         except ParameterError as exc:
@@ -137,8 +147,12 @@ class HESection:
         """An encrypted job whose key is shared among its members (``mode = "threshold"``)."""
         return self.enabled and self.mode == "threshold"
 
-    def threshold_params(self, members: int) -> ThresholdParams:
-        """The threshold parameters for ``members`` enrolled members (``crypto.threshold.ThresholdParams``)."""
+    def threshold_params(self, members: int, gram: bool = False) -> ThresholdParams:
+        """The threshold parameters for ``members`` enrolled members (``crypto.threshold.ThresholdParams``); a
+        job whose coordinator computes an encrypted Gram matrix (``gram``) takes the Gram chain's
+        (``crypto.threshold_gram.gram_threshold_params``)."""
+        if gram:
+            return gram_threshold_params(members, self.threshold)
         return ThresholdParams(members=members, threshold=self.threshold)
 
     def params(self) -> CkksParams:

@@ -413,3 +413,51 @@ class SubmitShareRequest(_message.Message):
 class SubmitShareResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetGramKeysRequest(_message.Message):
+    __slots__ = ("job_id", "page")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    page: int
+    def __init__(self, job_id: _Optional[str] = ..., page: _Optional[int] = ...) -> None: ...
+
+class GramKeyMessage(_message.Message):
+    __slots__ = ("participant_id", "round", "element", "message", "attestation")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    round: int
+    element: int
+    message: bytes
+    attestation: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., element: _Optional[int] = ..., message: _Optional[bytes] = ..., attestation: _Optional[bytes] = ...) -> None: ...
+
+class GetGramKeysResponse(_message.Message):
+    __slots__ = ("messages", "next_page")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[GramKeyMessage]
+    next_page: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[GramKeyMessage, _Mapping]]] = ..., next_page: _Optional[int] = ...) -> None: ...
+
+class PublishGramKeyRequest(_message.Message):
+    __slots__ = ("job_id", "round", "element", "message", "attestation")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    round: int
+    element: int
+    message: bytes
+    attestation: bytes
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., element: _Optional[int] = ..., message: _Optional[bytes] = ..., attestation: _Optional[bytes] = ...) -> None: ...
+
+class PublishGramKeyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -139,6 +139,16 @@ class ParticipantServiceStub:
                 request_serializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.FromString,
                 _registered_method=True)
+        self.GetGramKeys = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/GetGramKeys',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.GetGramKeysRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetGramKeysResponse.FromString,
+                _registered_method=True)
+        self.PublishGramKey = channel.unary_unary(
+                '/fedprompt.v1.ParticipantService/PublishGramKey',
+                request_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ParticipantServiceServicer:
@@ -298,6 +308,23 @@ class ParticipantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGramKeys(self, request, context):
+        """Threshold jobs with a Gram defence: the collective Gram evaluation-key relay, every member's attested
+        messages of both rounds in order of arrival, one page at a time (messages of 0.8 to 1.6 MB; n x 11.8 MB in
+        all), from page 0 until next_page is 0 ...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishGramKey(self, request, context):
+        """... and the caller's message of round `round` (1: RKG's first round or one Galois element's share;
+        2: its answer, element 0), with its one attestation of that round (purposes "eval-key-round1"/"-round2").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParticipantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -405,6 +432,16 @@ def add_ParticipantServiceServicer_to_server(servicer, server):
                     servicer.SubmitShare,
                     request_deserializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.SerializeToString,
+            ),
+            'GetGramKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGramKeys,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.GetGramKeysRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.GetGramKeysResponse.SerializeToString,
+            ),
+            'PublishGramKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishGramKey,
+                    request_deserializer=fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -974,6 +1011,60 @@ class ParticipantService:
             '/fedprompt.v1.ParticipantService/SubmitShare',
             fedprompt_dot_v1_dot_participant__pb2.SubmitShareRequest.SerializeToString,
             fedprompt_dot_v1_dot_participant__pb2.SubmitShareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGramKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/GetGramKeys',
+            fedprompt_dot_v1_dot_participant__pb2.GetGramKeysRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.GetGramKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishGramKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.ParticipantService/PublishGramKey',
+            fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyRequest.SerializeToString,
+            fedprompt_dot_v1_dot_participant__pb2.PublishGramKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,7 @@ from fedprompt.protocol import (
     AuditView,
     FlagsView,
     FlagView,
+    GramKeyState,
     JobDescription,
     JobView,
     JoinInfo,
@@ -140,6 +141,24 @@ def threshold_keys_from_pb(pb: participant_pb2.GetThresholdKeysResponse) -> Thre
     return ThresholdKeyState(_from_recipients(pb.exchange), _from_recipients(pb.shares),
                              tuple((d.participant_id, bytes(d.sealed)) for d in pb.dealt), pb.dealt_by_caller,
                              bytes(pb.crl), pb.next_page)
+
+
+def gram_keys_to_pb(k: GramKeyState) -> participant_pb2.GetGramKeysResponse:
+    messages = [participant_pb2.GramKeyMessage(participant_id=who, round=1, element=g, message=m, attestation=a)
+                for who, g, m, a in k.round1]
+    messages += [participant_pb2.GramKeyMessage(participant_id=who, round=2, element=0, message=m, attestation=a)
+                 for who, m, a in k.round2]
+    return participant_pb2.GetGramKeysResponse(messages=messages, next_page=k.next_page)
+
+
+def gram_keys_from_pb(pb: participant_pb2.GetGramKeysResponse) -> GramKeyState:
+    """The page's messages by round (a round other than 1 or 2 is refused; members check the rest)."""
+    if any(m.round not in (1, 2) for m in pb.messages):
+        raise InvalidRequest("GetGramKeysResponse.messages holds a message of a round other than 1 or 2")
+    return GramKeyState(tuple((m.participant_id, m.element, bytes(m.message), bytes(m.attestation))
+                              for m in pb.messages if m.round == 1),
+                        tuple((m.participant_id, bytes(m.message), bytes(m.attestation))
+                              for m in pb.messages if m.round == 2), pb.next_page)
 
 
 def dealing_to_pb(job_id: str, sealed: dict[str, bytes]) -> participant_pb2.DealSharesRequest:

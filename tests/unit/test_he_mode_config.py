@@ -33,6 +33,9 @@ def test_threshold_defaults_to_a_majority_of_the_enrolled_members() -> None:
     ("allowed_participants = ['*']", "", "job.allowed_participants"),
     ("", "", "job.allowed_participants"),
     (f"{THREE}\nmin_participants = 1", "", "job.min_participants"),
+    (THREE, "gram_norm_bound = 0", "he.gram_norm_bound"),
+    (THREE, "gram_norm_bound = 1e9", "he.gram_norm_bound"),
+    (THREE, "gram_norm_bound = inf", "he.gram_norm_bound"),
 ])
 def test_bad_threshold_settings_name_their_key(job: str, he: str, key: str) -> None:
     text = f"[job]\n{job}\n[he]\nenabled = true\nmode = 'threshold'\n{he}".replace("mode = 'threshold'\nmode",
@@ -41,28 +44,36 @@ def test_bad_threshold_settings_name_their_key(job: str, he: str, key: str) -> N
         parse_toml(text, JobConfig)
 
 
+def test_a_gram_job_takes_the_gram_chain_and_its_norm_bound() -> None:
+    """A threshold job whose coordinator computes a Gram matrix takes ``gram_threshold_params`` (N = 8192,
+    public-key uploads) with the same t; the norm bound R is read as given."""
+    config = _load(he="threshold = 3\ngram_norm_bound = 250.5")
+    plain, gram = config.he.threshold_params(3), config.he.threshold_params(3, gram=True)
+    assert config.he.gram_norm_bound == 250.5
+    assert plain.seeded_uploads and plain.poly_modulus_degree < gram.poly_modulus_degree
+    assert (gram.poly_modulus_degree, gram.seeded_uploads, gram.t) == (8192, False, 3)
+
+
 def test_single_key_mode_keeps_jobs_open_to_any_participant() -> None:
     config = parse_toml("[job]\nallowed_participants = ['*']\n[he]\nenabled = true\nmode = 'single_key'", JobConfig)
     assert config.he.enabled and not config.he.threshold_mode
 
 
-def test_levels_and_gram_defences_are_refused_with_threshold_keys_by_name() -> None:
+def test_levels_are_refused_with_threshold_keys_by_name_and_gram_defences_load() -> None:
     with pytest.raises(ConfigError, match=r"levels\.enabled.*not wired"):
         parse_toml(f"[job]\n{THREE}\n[he]\nenabled = true\nmode = 'threshold'\n[levels]\nenabled = true\n"
                    "global_tokens = 4\nexpert_tokens = 0\npersonal_tokens = 4\n[model]\nprompt_length = 8",
                    JobConfig)
-    gram = _load(THREE + "\naggregator = 'multi_krum'\nmin_participants = 3\nparticipants_per_round = 3")
-    with pytest.raises(ConfigError, match=r"he\.mode: 'multi_krum' is a Gram defence.*evaluation keys"):
-        job_aggregator(gram)
+    gram = _load(THREE + "\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3")
+    assert job_aggregator(gram).gram  # a Gram defence under threshold keys (coordinator.threshold_gramjob)
 
 
-def test_a_gram_defence_or_levels_without_a_named_mode_are_refused_naming_single_key() -> None:
-    """Threshold keys are the default: a job that asks for what they cannot serve yet, without naming ``he.mode``,
-    is refused with the key to set, and loads once it says ``mode = 'single_key'``."""
+def test_a_gram_defence_loads_under_the_default_mode_and_levels_are_refused_naming_single_key() -> None:
+    """Threshold keys are the default: a Gram defence loads under them (its norm bound checked against the Gram
+    chain) as under a single key; levels, which they cannot serve yet, are refused with the key to set."""
     gram = (f"[job]\n{THREE}\naggregator = 'norm_bound'\nmin_participants = 3\nparticipants_per_round = 3\n"
             "[robust]\nmax_malicious = 1\n[he]\nenabled = true\n")
-    with pytest.raises(ConfigError, match=r"he\.mode is 'threshold' \(the default\); set he\.mode = 'single_key'"):
-        job_aggregator(parse_toml(gram, JobConfig))
+    assert parse_toml(gram, JobConfig).he.threshold_mode and job_aggregator(parse_toml(gram, JobConfig)).gram
     assert job_aggregator(parse_toml(gram + "mode = 'single_key'\n", JobConfig)).gram
     levels = (f"[job]\n{THREE}\n[levels]\nenabled = true\nglobal_tokens = 4\nexpert_tokens = 0\n"
               "personal_tokens = 4\n[model]\nprompt_length = 8\n[he]\nenabled = true\n")

@@ -21,6 +21,7 @@ from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdRelay
+from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay, GramThresholdRound
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_gram, threshold_masked
@@ -29,11 +30,12 @@ from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, Invalid
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed, RelayRefused
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
 from fedprompt.protocol import GramKeyState, all_gram_pages
+from fedprompt.wire.threshold_gram import GRAM, SUM, pack_request, pack_upload, unpack_request
 from tests.thresholds import RelayDoor
 
 JOB = "job-gram"
@@ -251,7 +253,7 @@ def test_a_poisoned_update_is_rejected_on_threshold_decrypted_gram_scalars_as_in
     with pytest.raises(InvalidValue, match="already used"):
         fed.gram[first].sum_share(1, 0, machine.request(first), accepted, SIZE, machine.decryptors)
     with pytest.raises(InvalidValue, match="some of its attested uploads"):  # a name the Gram did not cover
-        fed.gram[first].sum_share(1, 0, machine.request(first)[:1], accepted, SIZE, machine.decryptors)
+        fed.gram[first].sum_share(1, 0, machine.request(first)[1:], accepted, SIZE, machine.decryptors)
 
 
 def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_second_share(fed: Federation) -> None:
@@ -296,22 +298,62 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
     assert breached == (c,) and c in verdict.rejected
 
 
+def test_the_jobs_two_phase_decryption_stores_a_version_every_member_opens(fed: Federation) -> None:
+    """The job's hook (``coordinator.threshold_gramjob``) on the same keys: uploads in their payload container,
+    t decryptors answer the Gram request, then (after the verdict) the sum request; a malformed sum share is
+    refused on arrival; the stored version (``wire.threshold``) opens at every member to the accepted sum."""
+    a, b, c = MEMBERS
+    keys = GramThresholdKeyRelay(JOB, fed.relay, fed.store)
+    keys.grams = fed.grams
+    defence = make_aggregator("norm_bound", RobustSection(max_malicious=1, norm_factor=2.0))
+    assert isinstance(defence, GramDefence)
+    rng = np.random.default_rng(5)
+    deltas = {who: rng.normal(0, 1, SIZE) / np.sqrt(SIZE) for who in (a, b)}
+    deltas[c] = 30 * deltas[a]
+    machine = GramThresholdRound(keys, 200, SIZE, 0, (), NORM_BOUND, defence)
+    for who, delta in deltas.items():
+        machine.add(who, 0, pack_upload(*fed.gram[who].encrypt(delta, 200, 0, NORM_BOUND)), 1.0)
+    decryption = machine.close(lambda who: True)
+    assert isinstance(decryption, GramDecryption)
+    for phase in (GRAM, SUM):
+        for who in decryption.decryptors:
+            request = unpack_request(pack_request(decryption.request(who)))
+            assert request.phase == phase and [u for u, _, _ in request.uploads] == [a, b, c]
+            share = fed.gram[who].answer(request, SIZE, NORM_BOUND)
+            if phase == SUM and who == decryption.decryptors[0]:
+                with pytest.raises(InvalidUpdate, match="masked share"):
+                    decryption.submit(who, share[:-8])
+            decryption.submit(who, share)
+    assert decryption.complete and decryption.uploaders == (a, b) and decryption.declared_weight == 2.0
+    version = decryption.version()
+    for who in MEMBERS:
+        vector, weight = fed.gram[who].open_version(version, SIZE)
+        assert weight == pytest.approx(2.0, abs=1e-3) and np.abs(vector - deltas[a] - deltas[b]).max() <= 1e-3
+
+
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
-    """Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
+    """No member shares on the uploads of fewer than ``job.min_participants`` uploaders, nor on a sum of one
+    accepted upload (that member's update).  Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
     on disk: a restarted member (its keys reassembled from the relay) counts the same, and the share that would
     pass ``Q`` is refused by name."""
-    c = MEMBERS[2]
+    b, c = MEMBERS[1], MEMBERS[2]
     round_ = 100
-    def own(round_: int) -> list[tuple[str, bytes, bytes]]:
-        return [(c, *fed.gram[c].encrypt(np.zeros(SIZE), round_, 0, NORM_BOUND))]
+    both = {b: 1.0, c: 1.0}
 
+    def own(round_: int) -> list[tuple[str, bytes, bytes]]:
+        return [(who, *fed.gram[who].encrypt(np.zeros(SIZE), round_, 0, NORM_BOUND)) for who in (b, c)]
+
+    with pytest.raises(RelayRefused, match="fewer than the job's minimum of 2"):  # the uploader floor
+        fed.gram[c].sum_share(round_, 0, own(round_)[1:], {c: 1.0}, SIZE, MEMBERS[1:])
+    with pytest.raises(RelayRefused, match="accepted one upload"):  # a sum of one accepted update
+        fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
     while fed.gram[c].spent < PARAMS.max_decryptions:
         before = fed.gram[c].spent
-        fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
+        fed.gram[c].sum_share(round_, 0, own(round_), both, SIZE, MEMBERS[1:])
         assert fed.gram[c].spent == before + 1
         round_ += 1
     restarted = GramKeys(fed.start(c))
     assert restarted.refresh(GramDoor(fed.grams, c))  # reassembles its keys from its stored, relayed messages
     assert restarted.spent == PARAMS.max_decryptions
     with pytest.raises(InvalidValue, match="max_decryptions = 8"):
-        restarted.sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
+        restarted.sum_share(round_, 0, own(round_), both, SIZE, MEMBERS[1:])
