@@ -39,6 +39,17 @@ class Job:
         return sum((m._secret for m in self.members if m.index in indices), np.zeros_like(self.members[0]._secret)) % self.q
 
 
+def key_setup(params: ThresholdParams, seed: bytes) -> tuple[ThresholdContext, list[Member], dict[int, KeyShare]]:
+    """Collective key and Shamir key shares as members make them, dealt in the clear (the evaluation-key tests
+    need only the keys; :func:`job` seals the dealing)."""
+    context = ThresholdContext(params)
+    members = [Member(params, context.ring, i) for i in range(1, params.members + 1)]
+    a = crp(context.ring, seed)
+    context.set_public_key(a, [m.public_share(a) for m in members])
+    dealt = {m.index: m.deal() for m in members}
+    return context, members, {j: KeyShare(params, context.ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
+
+
 @cache
 def job(members: int, seeded: bool = False) -> Job:
     """Key generation as members run it: public-key shares on the job's CRP, and Shamir shares of each

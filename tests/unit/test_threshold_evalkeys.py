@@ -11,7 +11,8 @@ import tenseal.sealapi as seal
 
 from fedprompt.crypto import threshold, threshold_evalkeys
 from fedprompt.crypto.errors import InvalidValue
-from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams
+from tests.thresholds import key_setup
 
 # The Gram defence's one-multiplication chain (crypto.gram): N = 8192, primes 60 + 40 + 40 + 60, scale 2^40.
 PARAMS = ThresholdParams(members=3, poly_modulus_degree=8192, coeff_mod_bit_sizes=(60, 40, 40, 60), scale_bits=40,
@@ -21,13 +22,8 @@ SEED = b"relin-job"
 
 @cache
 def keys() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], seal.RelinKeys]:
-    context = ThresholdContext(PARAMS)
+    context, members, shares = key_setup(PARAMS, SEED)
     ring = context.ring
-    members = [Member(PARAMS, ring, i) for i in range(1, PARAMS.members + 1)]
-    a = crp(ring, SEED)
-    context.set_public_key(a, [m.public_share(a) for m in members])
-    dealt = {m.index: m.deal() for m in members}
-    shares = {j: KeyShare(PARAMS, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
     parties = [threshold_evalkeys.RelinParty(m) for m in members]
     crps = threshold_evalkeys.reference_polys(ring, SEED)
     first = threshold_evalkeys.aggregate(ring, [p.round1(crps) for p in parties], PARAMS.members)

@@ -17,7 +17,8 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import gram, threshold_gram
 from fedprompt.crypto.ckks import PublicContext
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
-from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams, crp
+from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams
+from tests.thresholds import key_setup
 
 PARAMS = threshold_gram.gram_threshold_params(members=3)  # t = 2
 SEED = b"gram-job"
@@ -29,13 +30,8 @@ NORM_BOUND = 1000.0
 def job() -> tuple[ThresholdContext, list[Member], dict[int, KeyShare], gram.GramEvaluator, gram.GramEvaluator]:
     """Key setup as the members run it: key shares, then the evaluation keys' two rounds through bytes; the
     coordinator's Gram evaluator and the members' own one, each from the assembled keys and no secret."""
-    context = ThresholdContext(PARAMS)
+    context, members, shares = key_setup(PARAMS, SEED)
     ring = context.ring
-    members = [Member(PARAMS, ring, i) for i in range(1, PARAMS.members + 1)]
-    a = crp(ring, SEED)
-    context.set_public_key(a, [m.public_share(a) for m in members])
-    dealt = {m.index: m.deal() for m in members}
-    shares = {j: KeyShare(PARAMS, ring, j, {i: dealt[i][j] for i in dealt}) for j in dealt}
     parties = {m.index: threshold_gram.EvaluationKeyParty(context, m, SEED) for m in members}
     first = {i: p.relin_round1() for i, p in parties.items()}
     galois = {g: {i: p.galois_share(g) for i, p in parties.items()} for g in gram.galois_elements(PARAMS.ckks)}
