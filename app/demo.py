@@ -34,6 +34,7 @@ from fedprompt.config import (
     JobConfig,
     JobSection,
     ModelSection,
+    PeftSection,
     TaskSection,
     TrainSection,
     dump_toml,
@@ -55,6 +56,7 @@ class DemoOptions:
     participants: int = 3
     rounds: int = 5
     backbone: str = "encoder"
+    method: str = "prompt"
     report: str = "reports/demo.json"
     plot: str = "reports/demo.png"
     workdir: str | None = None
@@ -79,6 +81,9 @@ class Recipe:
     lr: float
 
 
+# A method's learning rate relative to the prompt's (not tuned per method): a prompt's few vectors move far per
+# step, while a prefix in every layer and LoRA's low-rank product move every layer's output at once.
+LR_SCALE = {"prompt": 1.0, "prefix": 1 / 3, "lora": 1 / 15}
 PLAIN = Recipe(batch_size=16, steps=30, lr=0.01)
 PRIVATE = Recipe(batch_size=256, steps=4, lr=0.1)
 CAUSAL = Recipe(batch_size=8, steps=30, lr=0.003)
@@ -97,7 +102,7 @@ def default_recipe(options: DemoOptions) -> Recipe:
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
     """``fedprompt demo``'s command line as options."""
-    return DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone,
+    return DemoOptions(participants=args.participants, rounds=args.rounds, backbone=args.backbone, method=args.method,
                        report=args.report, plot=args.plot, workdir=args.workdir, steps=args.steps,
                        test_size=args.test_size, seed=args.seed, insecure=args.insecure, he=not args.no_he,
                        dp=args.dp, epsilon=args.epsilon, batch_size=args.batch_size, lr=args.lr,
@@ -136,7 +141,8 @@ def demo_job(options: DemoOptions) -> JobConfig:
                          template="Review: {text}\nSentiment:" if causal else "{text}"),
         train=TrainSection(local_epochs=1, max_steps=recipe.steps if options.steps is None else options.steps,
                            batch_size=recipe.batch_size if options.batch_size is None else options.batch_size,
-                           lr=recipe.lr if options.lr is None else options.lr),
+                           lr=recipe.lr * LR_SCALE.get(options.method, 1.0) if options.lr is None else options.lr),
+        peft=PeftSection(method=options.method),
         he=HESection(enabled=options.he),
         dp=DPSection(enabled=options.dp, epsilon=options.epsilon),
     )

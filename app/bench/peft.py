@@ -34,12 +34,13 @@ import numpy as np
 
 from fedprompt.app.adapter_export import CardFacts, export_peft
 from fedprompt.app.bench.smoke import on_tiny_model, run_size
-from fedprompt.app.demo import DemoOptions, demo_job
+from fedprompt.app.demo import LR_SCALE, PRIVATE, DemoOptions, demo_job
 from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt
 from fedprompt.app.report import fmt, table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection
 from fedprompt.config.job import MAX_DEADLINE_S
+from fedprompt.config.peft import PEFT_METHODS
 from fedprompt.crypto.ckks import SecretContext
 from fedprompt.data.datasets import load_dataset, train_test_split
 from fedprompt.data.shards import PartitionSpec, SiteData, load_split, split_sites
@@ -49,11 +50,14 @@ from fedprompt.models.backbone import resolve_model_path
 from fedprompt.models.placement import Placement
 from fedprompt.promptfile import load_prompt
 
-METHODS = ("prompt", "prefix", "lora")
+METHODS = PEFT_METHODS
 BACKBONES = {"smollm2": "causal", "minilm": "encoder"}
-# A starting learning rate per method (not tuned here): a prompt's few vectors move far per step, LoRA's
-# low-rank product moves every layer's output at once.
-LR = {"prompt": 0.03, "prefix": 0.01, "lora": 0.002}
+# A starting learning rate per method, the demo's ratios between methods (``LR_SCALE``; not tuned here).
+LR = {method: round(0.03 * scale, 6) for method, scale in LR_SCALE.items()}
+# The DP row trains as the demo does at epsilon 8 (``fedprompt.app.demo.PRIVATE``: few steps of a large expected
+# batch, which shrinks the noise's share of each step; README, "Differential privacy": 0.736-0.746 against 0.627
+# with the plain recipe), with the same ratios between methods.
+DP_LR = {method: round(PRIVATE.lr * scale, 6) for method, scale in LR_SCALE.items()}
 DP_EPSILON = 8.0
 TEXTS = ["A moving, beautifully shot film.", "dull", "Neither good nor bad, and far too long to sit through."]
 ROW_KEYS = ("backbone", "method", "task", "accuracy", "majority_accuracy", "zero_shot_accuracy", "exchanged_floats",
@@ -77,14 +81,16 @@ class Size:
     gen_train_size: int
     gen_test_size: int
     max_new_tokens: int
+    dp_batch_size: int  # the DP row's expected (Poisson) batch
+    dp_steps: int
     methods: tuple[str, ...] = METHODS
     backbones: tuple[str, ...] = tuple(BACKBONES)
 
 
 FULL = Size(sites=3, rounds=5, steps=30, batch_size=16, train_size=3000, test_size=1000, gen_train_size=600,
-            gen_test_size=100, max_new_tokens=16)
+            gen_test_size=100, max_new_tokens=16, dp_batch_size=PRIVATE.batch_size, dp_steps=PRIVATE.steps)
 SMOKE = Size(sites=2, rounds=1, steps=2, batch_size=4, train_size=24, test_size=12, gen_train_size=12,
-             gen_test_size=4, max_new_tokens=3)
+             gen_test_size=4, max_new_tokens=3, dp_batch_size=4, dp_steps=2)
 
 
 def parse_list(value: str | None, allowed: tuple[str, ...], flag: str) -> tuple[str, ...] | None:
@@ -119,9 +125,13 @@ def base_job(name: str, size: Size, args: argparse.Namespace) -> JobConfig:
     return on_tiny_model(config, kind) if args.smoke else config
 
 
-def with_method(config: JobConfig, method: str, epsilon: float | None) -> JobConfig:
-    return dataclasses.replace(config, peft=PeftSection(method=method),
-                               train=dataclasses.replace(config.train, lr=LR[method]),
+def with_method(config: JobConfig, method: str, epsilon: float | None, size: Size) -> JobConfig:
+    """``config`` tuning ``method``: the bench's plain recipe, or with ``epsilon`` record-level DP-SGD with the
+    demo's large-batch one (``DP_LR``)."""
+    train = (dataclasses.replace(config.train, lr=LR[method]) if epsilon is None else
+             dataclasses.replace(config.train, lr=DP_LR[method], batch_size=size.dp_batch_size,
+                                 max_steps=size.dp_steps))
+    return dataclasses.replace(config, peft=PeftSection(method=method), train=train,
                                dp=DPSection(enabled=epsilon is not None, epsilon=epsilon or DPSection.epsilon))
 
 
@@ -144,9 +154,9 @@ def fresh(config: JobConfig, placement: Placement) -> Backbone:
     return load_backbone(config.model.path, config.model.kind, placement=placement)
 
 
-def run_row(name: str, config: JobConfig, sites: list[SiteData], placement: Placement, work: Path,
-            secret: SecretContext, epsilon: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    job = with_method(config, config.peft.method, epsilon)
+def run_row(name: str, job: JobConfig, sites: list[SiteData], placement: Placement, work: Path,
+            secret: SecretContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    epsilon = job.dp.epsilon if job.dp.enabled else None
     export = work / f"{name}-{job.peft.method}-{epsilon}.safetensors"
     report = simulate(job, sites, fresh(job, placement), export=export)
     seconds = [r["seconds"] for r in report["rounds"]]
@@ -170,7 +180,7 @@ def generation_sites(size: Size, seed: int) -> list[SiteData]:
 def generation_row(name: str, config: JobConfig, method: str, size: Size, placement: Placement,
                    seed: int) -> dict[str, Any]:
     job = with_method(dataclasses.replace(config, task=TaskSection(
-        kind="generation", template="{text}\nHeadline:", max_new_tokens=size.max_new_tokens)), method, None)
+        kind="generation", template="{text}\nHeadline:", max_new_tokens=size.max_new_tokens)), method, None, size)
     report = simulate(job, generation_sites(size, seed), fresh(job, placement))
     final = report["rounds"][-1] if report["rounds"] else {}
     row = {"backbone": name, "method": method, "task": "generation",
@@ -232,14 +242,14 @@ def main(args: argparse.Namespace) -> int:
             train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
             sites = split_sites(train[:size.train_size], test, names, size.sites, PartitionSpec("iid"), args.seed)
             for method in size.methods:
-                config = with_method(base, method, None)
-                row, report = run_row(name, config, sites, placement, work, secret, None)
+                config = with_method(base, method, None, size)
+                row, report = run_row(name, config, sites, placement, work, secret)
                 rows.append(row)
                 diffs[f"{name}/{method}"] = roundtrip(report, config, work)
             top = best(rows, name)
             if top is not None:
-                rows.append(run_row(name, with_method(base, top["method"], DP_EPSILON), sites, placement, work,
-                                    secret, DP_EPSILON)[0])
+                rows.append(run_row(name, with_method(base, top["method"], DP_EPSILON, size), sites, placement,
+                                    work, secret)[0])
                 if BACKBONES[name] == "causal" and not args.skip_generation:
                     generation.append(generation_row(name, base, top["method"], size, placement, args.seed))
     diff = max(diffs.values()) if diffs else None
@@ -253,7 +263,8 @@ def main(args: argparse.Namespace) -> int:
                         "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
                         "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
                         "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
-                        "dp_epsilon": DP_EPSILON, "he_params": HESection(enabled=True, mode="single_key").params().describe(),
+                        "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size, "dp_steps_per_site_round": size.dp_steps,
+                        "dp_lr": DP_LR, "he_params": HESection(enabled=True, mode="single_key").params().describe(),
                         "placement": str(placement), "seed": args.seed,
                         "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
                         "roundtrip_texts": TEXTS},

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from fedprompt.app.cli.common import add_command, add_track_flag
+from fedprompt.config.peft import PEFT_METHODS
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -27,6 +28,9 @@ def register(sub: Subparsers) -> None:
                       help="local training steps per participant per round (default 4 with DP, 30 without; causal 30)")
     demo.add_argument("--backbone", choices=["encoder", "causal"], default="encoder",
                       help="encoder = all-MiniLM-L6-v2 (default, fast); causal = SmolLM2-135M-Instruct")
+    demo.add_argument("--method", choices=PEFT_METHODS, default="prompt",
+                      help="what the sites tune and exchange: a shallow soft prompt (default), deep prompts in every "
+                           "layer (prefix) or LoRA; learning rates scale with the method (README, methods)")
     demo.add_argument("--test-size", type=int, default=1000,
                       help="examples held out as the test split (default 1000)")
     demo.add_argument("--seed", type=int, default=0,

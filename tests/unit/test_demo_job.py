@@ -1,12 +1,12 @@
 """The demo's job config: DP on by default with its large-batch recipe, the plain recipe with --no-dp, and
---batch-size / --steps / --lr reaching it (validated at once)."""
+--method / --batch-size / --steps / --lr reaching it (validated at once)."""
 
 from __future__ import annotations
 
 import pytest
 
 from fedprompt.app.cli import build_parser
-from fedprompt.app.demo import DemoOptions, demo_job, he_report, options_from_args
+from fedprompt.app.demo import LR_SCALE, DemoOptions, demo_job, he_report, options_from_args
 from fedprompt.errors import ConfigError
 
 
@@ -43,7 +43,16 @@ def test_demo_batch_steps_and_lr_flags_reach_the_job() -> None:
     assert not config.dp.enabled
 
 
+def test_demo_method_flag_reaches_the_job_with_the_method_s_learning_rate() -> None:
+    for method in ("prompt", "prefix", "lora"):
+        config = job_from(["--method", method])
+        assert config.peft.method == method
+        assert config.train.lr == pytest.approx(0.1 * LR_SCALE[method])
+    assert job_from(["--method", "lora", "--lr", "0.02"]).train.lr == 0.02
+
+
 @pytest.mark.parametrize(("options", "key"), [(DemoOptions(batch_size=0), "train.batch_size"),
+                                              (DemoOptions(method="adapter"), "peft.method"),
                                               (DemoOptions(lr=0.0), "train.lr"),
                                               (DemoOptions(epsilon=-1.0), "dp.epsilon")])
 def test_demo_refuses_a_bad_option_naming_it(options: DemoOptions, key: str) -> None:
