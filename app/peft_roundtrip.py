@@ -4,6 +4,8 @@ the export is faithful.  One implementation for tests/component/test_peft_export
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,16 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def readme_loader(base: Path, adapter: Path) -> dict[str, Any]:
     """The README's "Loading an exported adapter" block, run as pasted with its two paths filled in; returns
-    its namespace (``load_exported``, ``label_logits``, and what the block's last lines computed)."""
+    its namespace (``load_exported``, ``label_logits``, and what the block's last lines computed).  What the
+    block prints (its example's label and score) is kept out of a caller's output."""
     text = README.read_text(encoding="utf-8")
     section = text[text.index("### Loading an exported adapter"):]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     if block.count("path/to/base-model") != 1 or block.count("path/to/adapter") != 1:
         raise ValueError("README's loader block must name path/to/base-model and path/to/adapter once each")
     namespace: dict[str, Any] = {}
-    exec(block.replace("path/to/base-model", str(base)).replace("path/to/adapter", str(adapter)), namespace)
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(block.replace("path/to/base-model", str(base)).replace("path/to/adapter", str(adapter)), namespace)
     return namespace
 
 
