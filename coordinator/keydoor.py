@@ -57,7 +57,7 @@ class KeyDoor:
         keys = self.job.keys
         if keys is None or isinstance(keys, ThresholdKeyRelay):
             return False
-        return bool(keys.state_for(participant_id, lambda p: p in self.job.online()).needs_key)
+        return next(keys.to_seal_for(participant_id, lambda p: p in self.job.online()), None) is not None
 
     # ---- threshold keys ---------------------------------------------------------------------------
     def threshold_keys(self, participant_id: str, crl: bytes = b"", page: int = 0,

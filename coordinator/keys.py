@@ -19,7 +19,7 @@ mistake is refused at upload); it takes no trust decision for the members, who d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -182,6 +182,15 @@ class JobKeys:
         self.store.save_sealed_key(self.job_id, recipient, sender, blob)
         self.log.info("sealed key relayed", sender=sender, recipient=recipient)
 
+    def to_seal_for(self, participant_id: str, online: Callable[[str], bool]) -> Iterator[str]:
+        """The members ``participant_id`` is to seal the job key for now, in order: those registered without it,
+        listed to the dealer while it is online, else to every key holder.  Lazy, so whether there is one
+        (``KeyDoor.has_members_to_seal_for``, on every long-poll wake) costs no ``KeyState``."""
+        if self.context is None or not self.holds(participant_id):
+            return
+        if participant_id == self.dealer or not online(self.dealer or ""):
+            yield from (p for p in sorted(self.exchange) if not self.holds(p))
+
     def state_for(self, participant_id: str, online: Callable[[str], bool]) -> KeyState:
         """What ``participant_id`` may see: the public context, its own sealed key, and whom it should serve.
 
@@ -193,9 +202,8 @@ class JobKeys:
         if self.context is None:
             return KeyState(dealer_id=self.dealer or "")
         sender, blob = self.sealed.get(participant_id, ("", b""))
-        serves = self.holds(participant_id) and (participant_id == self.dealer or not online(self.dealer or ""))
-        pending = tuple((p, key, self.attestations.get(p, b"")) for p, key in sorted(self.exchange.items())
-                        if serves and not self.holds(p))
+        pending = tuple((p, self.exchange[p], self.attestations.get(p, b""))
+                        for p in self.to_seal_for(participant_id, online))
         owes = participant_id == self.dealer and not self.ready()  # the context is in: only evaluation keys lack
         return KeyState(self.context.data, self.context.key_id, self.dealer or "", blob, sender,
                         self.exchange.get(sender, b""), pending, owes, self.dealer_attestation,

@@ -209,11 +209,13 @@ class GramKeys:
     def sum_share(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]],
                   accepted: Mapping[str, float], vector_size: int, decryptors: Sequence[str]) -> bytes:
         """Our flooded share of the round attempt's accepted sum, masked under the group key
-        (``threshold_masked.masked_sum_share``), once per round attempt.  The sum is recomputed here from the
-        attested ``uploads`` the coordinator accepted (uploader -> example count, added as a plaintext as the
-        coordinator does), so only a sum of this round attempt's uploads is ever decrypted, never a ciphertext
-        of the coordinator's making; SEAL's additions are exact, so it is the coordinator's fold and the t
-        masked shares combine on it (``threshold_masked.combine_sum``) into a download only members open."""
+        (``threshold_masked.masked_sum_share``), once per round attempt, and of one accepted set per round: a
+        later attempt's other set is refused (``ThresholdKeys._check_retry``, the plain rounds' rule and record,
+        kept on disk).  The sum is recomputed here from the attested ``uploads`` the coordinator accepted
+        (uploader -> example count, added as a plaintext as the coordinator does), so only a sum of this round
+        attempt's uploads is ever decrypted, never a ciphertext of the coordinator's making; SEAL's additions are
+        exact, so it is the coordinator's fold and the t masked shares combine on it
+        (``threshold_masked.combine_sum``) into a download only members open."""
         public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
         if len(set(accepted)) < 2:
             raise RelayRefused(f"round {round_} of threshold job {self.keys.job_id} accepted one upload: its sum is "
@@ -221,6 +223,7 @@ class GramKeys:
         held = {who: upload for who, upload, _ in uploads}
         if not accepted or not set(accepted) <= set(held):
             raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")
+        accepted_set = self.keys._check_retry(round_, self.keys._indices(list(accepted)), "accepted uploaders")
         total = public.new_sum(vector_size)
         for who in accepted:
             total.add(public.parse(held[who], self.keys.context.key_id, vector_size))
@@ -228,6 +231,8 @@ class GramKeys:
             raise InvalidValue(f"round {round_} has no accepted upload to sum")
         add_weight(public, total.total, vector_size, float(sum(accepted.values())))
         self._spend(f"gram-sum:{round_}:{attempt}", self.keys.params.ckks.num_ciphertexts(vector_size))
+        if accepted_set is not None:
+            self.keys._record(accepted_set)
         return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total.to_bytes(),
                                                  vector_size, UploadRound(self.keys.seed, round_, attempt),
                                                  self.keys._indices(decryptors))

@@ -22,7 +22,8 @@ aggregation requires a minimum surviving set (Bonawitz et al., CCS 2017), a memb
 of fewer than ``min_uploaders`` distinct members (``job.min_participants``, the coordinator's own rule for
 closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).  Nor does it
 make shares of one round for two uploader sets, in any attempts: without DP its update is the same in each, and
-two sums over different sets differ by the updates they do not share (the set is a one-use record too).
+two sums over different sets differ by the updates they do not share (the set is a one-use record too, and
+binds a Gram job's accepted sums alike: ``participant.threshold_gramkeys``).
 
 Decryption shares travel masked under the group key (``crypto.threshold_masked``): the coordinator adds them
 to the sum's ``c0`` and compresses the result, which only members can unmask; t shares in the clear would let
@@ -234,19 +235,29 @@ class ThresholdKeys:
                                f"uploader(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
                                "share of it could reveal a single member's update; none made")
 
-    def _check_retry(self, round_: int, users: Sequence[int]) -> str:
-        """The record of the uploader set a share of round ``round_`` sums; ``RelayRefused`` if this member made a
-        share of the round (in any attempt) for another set.  Without DP a member's update is the same in every
-        attempt of a round, so two decrypted sums over sets U and U' give the coalition the sum over U minus the
-        sum over U' (one update when they differ by one member); over one set they are the same sum."""
+    def _check_retry(self, round_: int, users: Sequence[int], named: str = "uploaders") -> str | None:
+        """The record to write of the uploader set a decryption share of round ``round_`` sums (None when it is on
+        record already); ``RelayRefused`` if this member made a share of the round (in any attempt) for another
+        set.  Without DP a member's update is the same in every attempt of a round, so two decrypted sums over
+        sets U and U' give the coalition the sum over U minus the sum over U' (one update when they differ by one
+        member); over one set they are the same sum.  The caller writes the record (``_record``, fsynced) before
+        the share leaves, so the rule holds across restarts.
+
+        One rule and one record per round serve both kinds of threshold job: a plain round decrypts the sum of
+        its uploaders (``decryption_share``), a Gram job's round the sum of the uploads its defence accepted
+        (``GramKeys.sum_share``, ``named`` "accepted uploaders"), and either is a sum of the round's updates, so
+        any two over different sets difference alike (a label per kind would let a pair of one of each through;
+        the records file is the job's own, so two jobs never share one).  A Gram job's matrix shares are bound to
+        no set: each entry is one pair's inner product, so two matrices over different sets reveal no more than
+        their entries (``docs/he.md``, "The uploader floor")."""
         label = f"set:{round_}:{','.join(map(str, users))}"
         earlier = [used for used in self._used if used.startswith(f"set:{round_}:")]
         if earlier and earlier != [label]:
-            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names uploaders {label.split(':')[2]} "
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {named} {label.split(':')[2]} "
                                f"(member indices), but this member made a decryption share of the round for "
                                f"{earlier[0].split(':')[2]}: two sums of one round over different uploader sets "
                                "could be subtracted to reveal what they do not share; no share made")
-        return label
+        return None if earlier else label
 
     def _require(self) -> KeyShare:
         if self.key is None:
@@ -273,7 +284,7 @@ class ThresholdKeys:
                                "count its smudging noise is sized for: the job needs new keys")
         upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
         uploader_set = self._check_retry(round_, users)
-        if uploader_set not in self._used:
+        if uploader_set is not None:
             self._record(uploader_set)
         self._record(f"share:{round_}:{attempt}")
         return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload, users,

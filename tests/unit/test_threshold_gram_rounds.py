@@ -9,6 +9,7 @@ the key rounds keeps its ephemeral secret, and a restarted coordinator replays w
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -201,12 +202,13 @@ def test_the_gram_key_relay_is_served_in_pages_under_the_message_limit(fed: Fede
 
 
 
-def _attempt(fed: Federation, round_: int, uploads: dict[str, tuple[np.ndarray, float]]) -> ThresholdGramRound:
+def _attempt(fed: Federation, round_: int, uploads: dict[str, tuple[np.ndarray, float]],
+             attempt: int = 0) -> ThresholdGramRound:
     """A round attempt to which members upload ``weight * delta`` with their attestations, closed all online."""
-    machine = ThresholdGramRound(fed.grams, round_, SIZE, NORM_BOUND)
+    machine = ThresholdGramRound(fed.grams, round_, SIZE, NORM_BOUND, attempt)
     for who, (delta, weight) in uploads.items():
-        upload, attestation = fed.gram[who].encrypt(delta * weight, round_, 0, NORM_BOUND)
-        machine.add(who, 0, upload, weight, attestation)
+        upload, attestation = fed.gram[who].encrypt(delta * weight, round_, attempt, NORM_BOUND)
+        machine.add(who, attempt, upload, weight, attestation)
     assert machine.close(lambda who: True) is not None
     return machine
 
@@ -329,6 +331,39 @@ def test_the_jobs_two_phase_decryption_stores_a_version_every_member_opens(fed: 
     for who in MEMBERS:
         vector, weight = fed.gram[who].open_version(version, SIZE)
         assert weight == pytest.approx(2.0, abs=1e-3) and np.abs(vector - deltas[a] - deltas[b]).max() <= 1e-3
+
+
+def test_a_member_decrypts_one_accepted_set_per_round_across_attempts_and_a_restart(fed: Federation) -> None:
+    """The cross-attempt differencing of ``docs/he.md``, "The uploader floor", on a Gram job's accepted sums:
+    without DP members upload the same deltas in every attempt, so a coordinator that had attempt 0's accepted
+    sum over {a, b, c} decrypted and asks attempt 1's over {a, b} would learn c's update as the difference.
+    Every decryptor refuses it, spending nothing, and so does one restarted from its state directory in attempt 2;
+    the same accepted set again is decrypted, to the same sum."""
+    a, b, c = MEMBERS
+    round_, rng = 400, np.random.default_rng(6)
+    deltas = {who: rng.normal(0, 1, SIZE) / np.sqrt(SIZE) for who in MEMBERS}
+    everyone, fewer = dict.fromkeys(MEMBERS, 1.0), {a: 1.0, b: 1.0}
+    refused = re.escape("names accepted uploaders 1,2 (member indices), but this member made a decryption share "
+                        "of the round for 1,2,3")
+    sums = []
+    for attempt in (0, 1):
+        machine = _attempt(fed, round_, {who: (deltas[who], 1.0) for who in MEMBERS}, attempt)
+        for who in machine.decryptors if attempt else ():
+            spent = fed.gram[who].spent
+            with pytest.raises(RelayRefused, match=refused):
+                fed.gram[who].sum_share(round_, attempt, machine.request(who), fewer, SIZE, machine.decryptors)
+            assert fed.gram[who].spent == spent
+        masked = {who: fed.gram[who].sum_share(round_, attempt, machine.request(who), everyone, SIZE,
+                                               machine.decryptors) for who in machine.decryptors}
+        combined = machine.download(machine.fold(MEMBERS), masked)
+        sums.append(fed.gram[c].open_sum(round_, attempt, combined, SIZE, machine.decryptors)[0])
+    assert np.abs(sums[0] - sums[1]).max() <= 1e-3 and np.abs(sums[0] - sum(deltas.values())).max() <= 1e-3
+    who = machine.decryptors[0]
+    restarted = GramKeys(fed.start(who))
+    assert restarted.refresh(GramDoor(fed.grams, who))
+    uploads = [(u, *fed.gram[u].encrypt(deltas[u], round_, 2, NORM_BOUND)) for u in MEMBERS]
+    with pytest.raises(RelayRefused, match=refused):
+        restarted.sum_share(round_, 2, uploads, fewer, SIZE, machine.decryptors)
 
 
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
