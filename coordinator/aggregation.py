@@ -151,6 +151,12 @@ class GramDefence(Aggregator):
     def decide(self, g: np.ndarray) -> Decision:
         """The decision for a round whose deltas have Gram matrix ``g`` (rows in contribution order)."""
 
+    def most_kept(self, n: int) -> tuple[int, str]:
+        """The most updates ``decide`` keeps of ``n``, and the setting that caps it below ``n`` ("" when none
+        does): under threshold keys members decrypt no accepted sum of fewer than ``job.min_participants``
+        (``participant.threshold_gramkeys``), so a rule that always keeps fewer can never aggregate there."""
+        return n, ""
+
     def judge(self, ids: Sequence[str], g: np.ndarray) -> tuple[RoundDecision, dict[str, float]]:
         """The round's verdict by participant id, and its metrics (update norms from ``sqrt(G_ii)``)."""
         decision = self.decide(g)
@@ -193,6 +199,9 @@ class Krum(GramDefence):
     def minimum_updates(self) -> int:
         return 2 * self.robust.max_malicious + 3
 
+    def most_kept(self, n: int) -> tuple[int, str]:
+        return 1, "job.aggregator"
+
     def decide(self, g: np.ndarray) -> Decision:
         return multi_krum(g, self.robust.max_malicious, 1)
 
@@ -206,6 +215,10 @@ class MultiKrum(Krum):
 
     def minimum_updates(self) -> int:
         return max(super().minimum_updates(), self.robust.multi_krum_keep + self.robust.max_malicious)
+
+    def most_kept(self, n: int) -> tuple[int, str]:
+        keep = self.robust.multi_krum_keep
+        return (keep, "robust.multi_krum_keep") if keep else (n - self.robust.max_malicious, "job.min_participants")
 
     def decide(self, g: np.ndarray) -> Decision:
         f = self.robust.max_malicious
@@ -379,8 +392,8 @@ def job_aggregator(config: JobConfig) -> Aggregator:
         if aggregator.name not in allowed:
             raise ConfigError(f"job.aggregator: encrypted aggregation (he.enabled) supports {', '.join(allowed)} in a "
                               f"{config.mode} job, got {aggregator.name!r}")
-        if config.he.threshold_mode and aggregator.gram:
-            _check_threshold_gram(config)
+        if config.he.threshold_mode and isinstance(aggregator, GramDefence):
+            _check_threshold_gram(config, aggregator)
         if config.levels.enabled and aggregator.gram:
             raise ConfigError("job.aggregator: an encrypted Gram defence cannot yet judge levelled updates (one Gram "
                               "per level is not built); with levels and he.enabled use 'fedavg'")
@@ -392,10 +405,18 @@ def job_aggregator(config: JobConfig) -> Aggregator:
     return aggregator
 
 
-def _check_threshold_gram(config: JobConfig) -> None:
-    """A Gram defence under threshold keys (``coordinator.threshold_gramjob``): its flooding, sized on
-    ``he.gram_norm_bound`` for one update per member, must fit the Gram chain (``crypto.threshold_gram.check``)."""
+def _check_threshold_gram(config: JobConfig, defence: GramDefence) -> None:
+    """A Gram defence under threshold keys (``coordinator.threshold_gramjob``): it must be able to keep
+    ``job.min_participants`` of a round's updates, the fewest whose sum members decrypt; and its flooding, sized
+    on ``he.gram_norm_bound`` for one update per member, must fit the Gram chain (``crypto.threshold_gram.check``)."""
     n = len(config.job.allowed_participants)
+    most, key = defence.most_kept(min(config.job.participants_per_round, n))
+    if most < config.job.min_participants:
+        raise ConfigError(f"{key or 'job.min_participants'}: {defence.name} keeps at most {most} of a round's "
+                          "updates here (job.participants_per_round, robust.max_malicious, robust.multi_krum_keep), "
+                          "and under threshold keys members decrypt no accepted sum of fewer than "
+                          f"job.min_participants = {config.job.min_participants} (a smaller one could reveal one "
+                          "member's update): no round could aggregate")
     try:
         threshold_gram.check(config.he.threshold_params(n, gram=True), n, config.he.gram_norm_bound)
     except ParameterError as exc:

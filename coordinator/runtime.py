@@ -68,7 +68,8 @@ def choose_accumulator(job_id: str, config: JobConfig, store: Store, keys: JobKe
     """The one way a job's updates are combined: levelled, plain, encrypted, or encrypted with a decision on
     their Gram matrix (``rule`` is the job's aggregator before any DP wrapper, ``aggregator`` after it)."""
     if isinstance(keys, GramThresholdKeyRelay) and isinstance(rule, GramDefence):
-        return GramThresholdAccumulator(keys, vector_size, config.summand_weight, rule, config.he.gram_norm_bound)
+        return GramThresholdAccumulator(keys, vector_size, config.summand_weight, rule, config.he.gram_norm_bound,
+                                        config.job.min_participants)
     if isinstance(keys, ThresholdKeyRelay):
         return ThresholdAccumulator(keys, vector_size, config.summand_weight)
     if config.levels.enabled:

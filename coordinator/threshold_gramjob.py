@@ -10,8 +10,10 @@ the same t decryptors: first each recomputes the Gram matrix of the attested upl
 the last one the coordinator reads the scalars and judges them with the job's ``GramDefence`` (an uploader past
 ``he.gram_norm_bound`` rejected whatever the verdict); then each decryptor sends its masked share of the accepted
 sum, which the coordinator adds key-less into the stored version (``fedprompt.wire.threshold``, its combined
-part ``threshold_masked.combine_sum``'s uncompressed download), which only members open.  The Gram matrix is
-computed inline at the close (0.3 s at n = 3, 3.1 s at n = 10).
+part ``threshold_masked.combine_sum``'s uncompressed download), which only members open.  A verdict that
+accepts fewer than ``job.min_participants`` updates fails the attempt instead, as a round short of them does
+(``coordinator.rounds``): members decrypt no sum of fewer (``ThresholdKeys._check_uploaders``), so the coordinator
+never asks.  The Gram matrix is computed inline at the close (0.3 s at n = 3, 3.1 s at n = 10).
 """
 
 from __future__ import annotations
@@ -60,10 +62,11 @@ class GramThresholdKeyRelay(ThresholdKeyRelay):
 class GramDecryption(Decryption):
     """The two-phase wait of a Gram round attempt on its t decryptors: Gram shares, the verdict, sum shares."""
 
-    def __init__(self, machine: ThresholdGramRound, decryptors: tuple[str, ...], defence: GramDefence) -> None:
+    def __init__(self, machine: ThresholdGramRound, decryptors: tuple[str, ...], defence: GramDefence,
+                 minimum: int) -> None:
         super().__init__(machine.round, machine.attempt, machine.order, 0.0, b"", decryptors, machine.relay,
                          machine.vector_size)
-        self.machine, self.defence = machine, defence
+        self.machine, self.defence, self.minimum = machine, defence, minimum
         self.phase = GRAM
         self.failure = ""
         self.decision: RoundDecision | None = None
@@ -98,8 +101,13 @@ class GramDecryption(Decryption):
         except FedPromptError as exc:
             self.failure = f"{self.defence.name} refused: {exc}"
             return
-        if not verdict.accepted:
-            self.failure = f"{self.defence.name} accepted no update of round {self.round}"
+        if len(verdict.accepted) < self.minimum:  # the members' floor (``ThresholdKeys._check_uploaders``)
+            self.failure = (f"{self.defence.name} accepted {len(verdict.accepted)} of the {len(self.machine.order)} "
+                            f"updates of round {self.round}, fewer than job.min_participants = {self.minimum}: "
+                            "members decrypt no smaller sum (it could reveal one member's update)")
+            self.relay.log.warning("Gram scalars judged: too few updates accepted to decrypt their sum",
+                                   round=self.round, attempt=self.attempt, accepted=list(verdict.accepted),
+                                   rejected=list(verdict.rejected), over_norm_bound=list(breached))
             return
         self.decision, self.metrics = verdict, {**metrics, "over_norm_bound": float(len(breached))}
         self.uploaders = tuple(sorted(verdict.accepted))
@@ -138,8 +146,8 @@ class GramThresholdRound(ThresholdRound):
     """A threshold attempt whose uploads are attested public-key ciphertexts kept for their Gram matrix."""
 
     def __init__(self, keys: GramThresholdKeyRelay, round_: int, vector_size: int, attempt: int,
-                 missed: tuple[str, ...], norm_bound: float, defence: GramDefence) -> None:
-        self.grams, self.norm_bound, self.defence = keys.grams, norm_bound, defence
+                 missed: tuple[str, ...], norm_bound: float, defence: GramDefence, minimum: int) -> None:
+        self.grams, self.norm_bound, self.defence, self.minimum = keys.grams, norm_bound, defence, minimum
         super().__init__(keys.relay, round_, vector_size, attempt, missed)
 
     def _open(self) -> None:
@@ -157,7 +165,7 @@ class GramThresholdRound(ThresholdRound):
         decryptors = self.machine.close(online, self.missed)
         if decryptors is None:
             return None
-        self.decryption = GramDecryption(self.machine, decryptors, self.defence)
+        self.decryption = GramDecryption(self.machine, decryptors, self.defence, self.minimum)
         self.relay.log.info("Gram matrix sent for threshold decryption", round=self.round, attempt=self.attempt,
                             uploaders=len(self.machine.order), decryptors=list(decryptors))
         return self.decryption
@@ -181,16 +189,16 @@ class GramThresholdAccumulator(ThresholdAccumulator):
     """Attested public-key threshold uploads judged on their threshold-decrypted Gram matrix, then summed."""
 
     def __init__(self, keys: GramThresholdKeyRelay, vector_size: Callable[[], int], weigh: Callable[[int], float],
-                 defence: GramDefence, norm_bound: float) -> None:
+                 defence: GramDefence, norm_bound: float, minimum: int) -> None:
         super().__init__(keys, vector_size, weigh)
-        self.gram_keys, self.defence, self.norm_bound = keys, defence, norm_bound
+        self.gram_keys, self.defence, self.norm_bound, self.minimum = keys, defence, norm_bound, minimum
 
     def max_bytes(self, vector_size: int) -> int:
         return 2 * self.keys.require_context().expected_size(vector_size) + _ATTESTATION_ROOM
 
     def fold(self, number: int, attempt: int = 1) -> Fold:
         machine = GramThresholdRound(self.gram_keys, number, self.vector_size(), attempt, self.missed,
-                                     self.norm_bound, self.defence)
+                                     self.norm_bound, self.defence, self.minimum)
         return GramThresholdFold(machine, self._missed, self.weigh)
 
 

@@ -30,7 +30,7 @@ from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.gram import GramEvaluator, add_weight
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import FedPromptError, RelayRefused
+from fedprompt.errors import FedPromptError
 from fedprompt.participant.keys import write_private
 from fedprompt.participant.threshold_keys import WEIGHT_TOLERANCE, ThresholdKeys
 from fedprompt.protocol import GramKeyLink, GramKeyState
@@ -181,8 +181,9 @@ class GramKeys:
 
     def _attested(self, round_: int, attempt: int, uploads: Sequence[tuple[str, bytes, bytes]]) -> GramEvaluator:
         """Our evaluator, once every upload is checked to be a distinct member's (``job.min_participants`` of them
-        at least, ``ThresholdKeys._check_uploaders``), attested by it for this round attempt (a coordinator's own ciphertext among them would read coordinates of an honest update off the
-        scalars, or be decrypted as the sum)."""
+        at least, ``ThresholdKeys._check_uploaders``), attested by it for this round attempt (a coordinator's own
+        ciphertext among them would read coordinates of an honest update off the scalars, or be decrypted as the
+        sum)."""
         if self.evaluator is None:
             raise FedPromptError(f"threshold job {self.keys.job_id}: the Gram keys are not assembled yet")
         uploaders = [who for who, _, _ in uploads]
@@ -211,15 +212,15 @@ class GramKeys:
         """Our flooded share of the round attempt's accepted sum, masked under the group key
         (``threshold_masked.masked_sum_share``), once per round attempt, and of one accepted set per round: a
         later attempt's other set is refused (``ThresholdKeys._check_retry``, the plain rounds' rule and record,
-        kept on disk).  The sum is recomputed here from the attested ``uploads`` the coordinator accepted
+        kept on disk).  The accepted set must hold ``job.min_participants`` distinct members as the uploads do
+        (``ThresholdKeys._check_uploaders``): the coordinator's verdict, which we cannot check, could otherwise
+        name one honest upload beside its colluders' and have it decrypted less their own.  The sum is recomputed here from the attested ``uploads`` the coordinator accepted
         (uploader -> example count, added as a plaintext as the coordinator does), so only a sum of this round
         attempt's uploads is ever decrypted, never a ciphertext of the coordinator's making; SEAL's additions are
         exact, so it is the coordinator's fold and the t masked shares combine on it
         (``threshold_masked.combine_sum``) into a download only members open."""
         public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
-        if len(set(accepted)) < 2:
-            raise RelayRefused(f"round {round_} of threshold job {self.keys.job_id} accepted one upload: its sum is "
-                               "that member's update; no decryption share made")
+        self.keys._check_uploaders(round_, list(accepted), "accepted uploader(s)")  # the job's floor on the sum
         held = {who: upload for who, upload, _ in uploads}
         if not accepted or not set(accepted) <= set(held):
             raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")

@@ -20,7 +20,8 @@ A share is of the named uploaders' summed seeded ``c1``, and the coordinator add
 a coordinator that names one member as a round's only uploader would get that upload decrypted.  So, as secure
 aggregation requires a minimum surviving set (Bonawitz et al., CCS 2017), a member makes no share for a set
 of fewer than ``min_uploaders`` distinct members (``job.min_participants``, the coordinator's own rule for
-closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it).  Nor does it
+closing a round) or one naming anyone outside the roster (``RelayRefused``: the caller reports it); the floor
+holds a Gram job's uploads and its accepted sums alike (``participant.threshold_gramkeys``).  Nor does it
 make shares of one round for two uploader sets, in any attempts: without DP its update is the same in each, and
 two sums over different sets differ by the updates they do not share (the set is a one-use record too, and
 binds a Gram job's accepted sums alike: ``participant.threshold_gramkeys``).
@@ -224,15 +225,17 @@ class ThresholdKeys:
             raise InvalidValue(f"{unknown[0][:60]!r} is not a member of threshold job {self.job_id}")
         return sorted(self.members.index(w) + 1 for w in who)
 
-    def _check_uploaders(self, round_: int, uploaders: Sequence[str]) -> None:
-        """``RelayRefused`` unless the named uploaders are ``min_uploaders`` or more distinct members."""
+    def _check_uploaders(self, round_: int, uploaders: Sequence[str], named: str = "uploader(s)") -> None:
+        """``RelayRefused`` unless the named uploaders are ``min_uploaders`` or more distinct members: the floor
+        on every sum a share decrypts, a plain round's uploaders and a Gram job's uploads (the matrix) and its
+        accepted uploaders (``named``) alike."""
         strangers = sorted(set(uploaders) - set(self.members))
         if strangers:
-            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {strangers[0][:60]!r} as an "
-                               "uploader, and it is not a member: no decryption share made")
+            raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {strangers[0][:60]!r} among its "
+                               f"{named}, and it is not a member: no decryption share made")
         if len(set(uploaders)) != len(uploaders) or len(uploaders) < self.min_uploaders:
             raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {len(set(uploaders))} distinct "
-                               f"uploader(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
+                               f"{named}, fewer than the job's minimum of {self.min_uploaders}: a decryption "
                                "share of it could reveal a single member's update; none made")
 
     def _check_retry(self, round_: int, users: Sequence[int], named: str = "uploaders") -> str | None:

@@ -43,10 +43,13 @@ def _part(keys: ThresholdKeys, grams: GramKeys, weigh: Callable[[int, bool], flo
 
 
 def test_threshold_norm_bound_over_grpc(tmp_path: Path) -> None:
+    """min_participants = 2: members decrypt no accepted sum of fewer (``docs/he.md``, "The uploader floor"), and
+    the two left once c is rejected are its sum; so max_malicious = 0 (norm bounding with f = 1 judges no fewer
+    than 2f + 1 = 3 updates, above that minimum), which still rejects by the norm factor."""
     config = dataclasses.replace(
-        tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=3, aggregator="norm_bound",
+        tiny_job(tmp_path, rounds=1, participants_per_round=3, min_participants=2, aggregator="norm_bound",
                  allowed_participants=MEMBERS),
-        he=HESection(enabled=True, gram_norm_bound=NORM_BOUND), robust=RobustSection(max_malicious=1))
+        he=HESection(enabled=True, gram_norm_bound=NORM_BOUND), robust=RobustSection(max_malicious=0))
     params = config.he.threshold_params(len(MEMBERS), gram=True)
     with LiveCoordinator(tmp_path / "coord") as coordinator:
         admin = AdminClient(coordinator.target)
@@ -57,7 +60,8 @@ def test_threshold_norm_bound_over_grpc(tmp_path: Path) -> None:
             for name, link in links.items():
                 exchange = new_exchange_key()
                 link.join(job_id, EXAMPLES[name], 4, SIZE, public_bytes(exchange))
-                keys[name] = ThresholdKeys(job_id, MEMBERS, name, params, exchange, tmp_path / name, None, 3)
+                keys[name] = ThresholdKeys(job_id, MEMBERS, name, params, exchange, tmp_path / name, None,
+                                           config.job.min_participants)
                 grams[name] = GramKeys(keys[name])
                 parts[name] = _part(keys[name], grams[name], config.summand_weight)
             for _ in range(3):

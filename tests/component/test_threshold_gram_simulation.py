@@ -41,9 +41,13 @@ SITES = 3
 @pytest.mark.slow
 def test_a_threshold_gram_defence_rejects_a_scaled_attacker_like_plaintext(tiny_encoder_dir: Path,
                                                                            tmp_path: Path) -> None:
-    robust = RobustSection(max_malicious=1, norm_factor=2.0)
+    """min_participants = SITES - 1: members decrypt no accepted sum of fewer (``docs/he.md``, "The uploader
+    floor"), and the honest sites left once the attacker is rejected are its sum; so max_malicious = 0 (norm
+    bounding with f = 1 judges no fewer than 2f + 1 = 3 updates, above that minimum), which still rejects by the
+    norm factor."""
+    robust = RobustSection(max_malicious=0, norm_factor=2.0)
     config = dataclasses.replace(
-        tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=SITES, min_participants=SITES,
+        tiny_job(tiny_encoder_dir, rounds=2, participants_per_round=SITES, min_participants=SITES - 1,
                  aggregator="norm_bound"),
         he=HESection(enabled=True, gram_norm_bound=10.0), robust=robust)
     assert config.he.threshold_mode  # the default mode

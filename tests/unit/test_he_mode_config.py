@@ -3,11 +3,13 @@ job kinds threshold keys cannot serve yet refused by name."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fedprompt.config import JobConfig
 from fedprompt.config.codec import parse_toml
-from fedprompt.coordinator.aggregation import job_aggregator
+from fedprompt.coordinator.aggregation import Aggregator, job_aggregator
 from fedprompt.errors import ConfigError
 
 THREE = "allowed_participants = ['participant:a', 'participant:b', 'participant:c']"
@@ -80,3 +82,29 @@ def test_a_gram_defence_loads_under_the_default_mode_and_levels_are_refused_nami
     with pytest.raises(ConfigError, match=r'levels\.enabled: .*\(the default\).*set he\.mode = "single_key"'):
         parse_toml(levels, JobConfig)
     assert parse_toml(levels + "mode = 'single_key'\n", JobConfig).levels.enabled
+
+
+
+def _members(n: int) -> str:
+    return "allowed_participants = [" + ", ".join(f"'participant:{k}'" for k in range(n)) + "]"
+
+
+def test_a_gram_defence_that_always_keeps_fewer_than_min_participants_is_refused_under_threshold_keys() -> None:
+    """Members decrypt no accepted sum of fewer than ``job.min_participants`` updates (``docs/he.md``, "The
+    uploader floor"), so a Gram defence that always keeps fewer could never aggregate under threshold keys: it is
+    refused at load naming the setting that caps it (Krum keeps one; Multi-Krum ``multi_krum_keep`` or n - f of
+    at most ``participants_per_round``).  Krum loads under a single key, Multi-Krum where it can keep enough."""
+    def load(job: str, robust: str = "", he: str = "") -> Aggregator:
+        return job_aggregator(parse_toml(f"[job]\n{job}\n[robust]\n{robust}\n[he]\nenabled = true\n{he}", JobConfig))
+
+    krum = f"{THREE}\nmin_participants = 3\naggregator = 'krum'"
+    multi = f"{THREE}\nmin_participants = 3\naggregator = 'multi_krum'"
+    five, six = (f"{_members(n)}\nparticipants_per_round = {n}\nmin_participants = 5\naggregator = 'multi_krum'"
+                 for n in (5, 6))
+    for job, robust, key in [(krum, "max_malicious = 0", "job.aggregator"),
+                             (multi, "max_malicious = 0\nmulti_krum_keep = 2", "robust.multi_krum_keep"),
+                             (five, "max_malicious = 1", "job.min_participants")]:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .*no round could aggregate"):
+            load(job, robust)
+    assert load(krum, "max_malicious = 0", "mode = 'single_key'").gram and load(multi, "max_malicious = 0").gram
+    assert load(six, "max_malicious = 1").gram

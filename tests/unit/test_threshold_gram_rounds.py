@@ -22,7 +22,12 @@ from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
 from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdRelay
-from fedprompt.coordinator.threshold_gramjob import GramDecryption, GramThresholdKeyRelay, GramThresholdRound
+from fedprompt.coordinator.threshold_gramjob import (
+    GramDecryption,
+    GramThresholdFold,
+    GramThresholdKeyRelay,
+    GramThresholdRound,
+)
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_gram, threshold_masked
@@ -31,7 +36,7 @@ from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, Invalid
 from fedprompt.crypto.pki import CertificateAuthority
 from fedprompt.crypto.sealing import new_exchange_key, public_bytes
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import DuplicateUpdate, InvalidUpdate, PreconditionFailed, RelayRefused
+from fedprompt.errors import DuplicateUpdate, InvalidUpdate, NotSelected, PreconditionFailed, RelayRefused
 from fedprompt.participant.keys import key_dir
 from fedprompt.participant.threshold_gramkeys import EPHEMERAL, GramKeys
 from fedprompt.participant.threshold_keys import ThresholdKeys
@@ -79,10 +84,11 @@ class Federation:
         assert all(done) and self.relay.ready
         self.gram = {who: GramKeys(keys) for who, keys in self.keys.items()}
 
-    def start(self, who: str) -> ThresholdKeys:
-        """A member's key material, from its state directory when it has one (a restart)."""
+    def start(self, who: str, min_uploaders: int = 2) -> ThresholdKeys:
+        """A member's key material, from its state directory when it has one (a restart); ``min_uploaders``: the
+        job's ``min_participants`` (2 in the fixture's job)."""
         return ThresholdKeys(JOB, MEMBERS, who, PARAMS, self.exchange[who], self.root / who.split(":")[1],
-                             self.credentials[who])
+                             self.credentials[who], min_uploaders)
 
 
 @pytest.fixture(scope="module")
@@ -300,23 +306,33 @@ def test_decryptors_refuse_a_coordinators_upload_a_repeated_uploader_and_a_secon
     assert breached == (c,) and c in verdict.rejected
 
 
-def test_the_jobs_two_phase_decryption_stores_a_version_every_member_opens(fed: Federation) -> None:
-    """The job's hook (``coordinator.threshold_gramjob``) on the same keys: uploads in their payload container,
-    t decryptors answer the Gram request, then (after the verdict) the sum request; a malformed sum share is
-    refused on arrival; the stored version (``wire.threshold``) opens at every member to the accepted sum."""
+def _job_attempt(fed: Federation, round_: int, minimum: int, seed: int
+                 ) -> tuple[GramThresholdRound, GramDecryption, dict[str, np.ndarray]]:
+    """A round attempt through the job's hook (``coordinator.threshold_gramjob``) of a job whose
+    ``min_participants`` is ``minimum``, judged by norm bounding: a and b upload honest deltas, c a boosted copy
+    of a's, each in its payload container; closed with every member online."""
     a, b, c = MEMBERS
     keys = GramThresholdKeyRelay(JOB, fed.relay, fed.store)
     keys.grams = fed.grams
     defence = make_aggregator("norm_bound", RobustSection(max_malicious=1, norm_factor=2.0))
     assert isinstance(defence, GramDefence)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     deltas = {who: rng.normal(0, 1, SIZE) / np.sqrt(SIZE) for who in (a, b)}
     deltas[c] = 30 * deltas[a]
-    machine = GramThresholdRound(keys, 200, SIZE, 0, (), NORM_BOUND, defence)
+    machine = GramThresholdRound(keys, round_, SIZE, 0, (), NORM_BOUND, defence, minimum)
     for who, delta in deltas.items():
-        machine.add(who, 0, pack_upload(*fed.gram[who].encrypt(delta, 200, 0, NORM_BOUND)), 1.0)
+        machine.add(who, 0, pack_upload(*fed.gram[who].encrypt(delta, round_, 0, NORM_BOUND)), 1.0)
     decryption = machine.close(lambda who: True)
     assert isinstance(decryption, GramDecryption)
+    return machine, decryption, deltas
+
+
+def test_the_jobs_two_phase_decryption_stores_a_version_every_member_opens(fed: Federation) -> None:
+    """The job's hook (``coordinator.threshold_gramjob``) on the same keys: uploads in their payload container,
+    t decryptors answer the Gram request, then (after the verdict) the sum request; a malformed sum share is
+    refused on arrival; the stored version (``wire.threshold``) opens at every member to the accepted sum."""
+    a, b, c = MEMBERS
+    _, decryption, deltas = _job_attempt(fed, 200, 2, 5)
     for phase in (GRAM, SUM):
         for who in decryption.decryptors:
             request = unpack_request(pack_request(decryption.request(who)))
@@ -366,11 +382,52 @@ def test_a_member_decrypts_one_accepted_set_per_round_across_attempts_and_a_rest
         restarted.sum_share(round_, 2, uploads, fewer, SIZE, machine.decryptors)
 
 
+def test_a_verdict_keeping_fewer_than_min_participants_fails_the_attempt_before_any_sum_share(
+        fed: Federation) -> None:
+    """The honest coordinator's side of the floor: in a job with ``job.min_participants`` = 3, norm bounding
+    rejects c of three uploads, and members decrypt no sum of the two left; so the verdict fails the attempt (the
+    fold's refusal, which the round machine turns into a failed attempt and a new one, as for a round short of
+    ``min_participants``, and pauses the job at ``max_attempts``) and no decryptor is asked for a sum share."""
+    machine, decryption, _ = _job_attempt(fed, 500, 3, 8)
+    for who in decryption.decryptors:
+        decryption.submit(who, fed.gram[who].answer(decryption.request(who), SIZE, NORM_BOUND))
+    assert decryption.complete and decryption.phase == GRAM and decryption.missing == ()
+    assert "norm_bound accepted 2 of the 3 updates of round 500, fewer than job.min_participants = 3" in \
+        decryption.failure
+    for who in decryption.decryptors:
+        with pytest.raises(NotSelected):
+            decryption.request(who)
+    outcome = GramThresholdFold(machine, lambda missed: None, float).close()
+    assert outcome.refusal == decryption.failure and outcome.data == b""
+
+
+def test_decryptors_refuse_an_accepted_set_below_the_floor_and_the_coalition_gets_no_share(
+        fed: Federation) -> None:
+    """The accepted sum holds the uploader floor too (``ThresholdKeys._check_uploaders``): in a job with
+    ``job.min_participants`` = 3 a coordinator colluding with c names {a, c} of three attested uploads as the
+    accepted set, whose decrypted sum less c's own update would be a's.  With t = 2 it needs an honest member's
+    share besides c's: b, restarted with the job's floor, refuses it (``RelayRefused``, which it reports),
+    spending nothing and recording no accepted set, so the coalition holds c's share alone.  The three accepted
+    uploads b shares on."""
+    a, b, c = MEMBERS
+    round_, rng = 600, np.random.default_rng(9)
+    uploads = [(u, *fed.gram[u].encrypt(rng.normal(0, 1, SIZE), round_, 0, NORM_BOUND)) for u in MEMBERS]
+    honest = GramKeys(fed.start(b, min_uploaders=3))
+    assert honest.refresh(GramDoor(fed.grams, b))
+    spent = honest.spent
+    with pytest.raises(RelayRefused, match=re.escape("names 2 distinct accepted uploader(s), fewer than the job's "
+                                                     "minimum of 3")):
+        honest.sum_share(round_, 0, uploads, {a: 1.0, c: 1.0}, SIZE, (b, c))
+    assert honest.spent == spent and not any(label.startswith(f"set:{round_}:") for label in honest.keys._used)
+    honest.sum_share(round_, 0, uploads, dict.fromkeys(MEMBERS, 1.0), SIZE, (b, c))
+    assert honest.spent == spent + 1
+
+
 def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed: Federation) -> None:
-    """No member shares on the uploads of fewer than ``job.min_participants`` uploaders, nor on a sum of one
-    accepted upload (that member's update).  Every Gram or sum share spends decryptions of the member's one budget ``Q`` (the flooding's sizing), kept
-    on disk: a restarted member (its keys reassembled from the relay) counts the same, and the share that would
-    pass ``Q`` is refused by name."""
+    """No member shares on the uploads of fewer than ``job.min_participants`` uploaders, nor on a sum of fewer
+    accepted ones (one: that member's update).  Every Gram or sum share spends decryptions of the member's one
+    budget ``Q`` (the flooding's sizing), kept on disk: a restarted member (its keys reassembled from the relay)
+    counts the same, and the share that would pass ``Q`` is refused by name."""
     b, c = MEMBERS[1], MEMBERS[2]
     round_ = 100
     both = {b: 1.0, c: 1.0}
@@ -380,7 +437,8 @@ def test_gram_and_sum_shares_count_against_max_decryptions_across_a_restart(fed:
 
     with pytest.raises(RelayRefused, match="fewer than the job's minimum of 2"):  # the uploader floor
         fed.gram[c].sum_share(round_, 0, own(round_)[1:], {c: 1.0}, SIZE, MEMBERS[1:])
-    with pytest.raises(RelayRefused, match="accepted one upload"):  # a sum of one accepted update
+    with pytest.raises(RelayRefused, match=re.escape("1 distinct accepted uploader(s), fewer than the job's minimum "
+                                                     "of 2")):  # a sum of one accepted update
         fed.gram[c].sum_share(round_, 0, own(round_), {c: 1.0}, SIZE, MEMBERS[1:])
     while fed.gram[c].spent < PARAMS.max_decryptions:
         before = fed.gram[c].spent
