@@ -135,6 +135,15 @@ class Ring:
             raise InvalidValue("encoded values exceed what the data prime holds")
         return coeffs.astype(np.int64)
 
+    def decode_coefficients(self, coeffs: np.ndarray, scale: float) -> np.ndarray:
+        """The reals (real and imaginary part of each slot, in order) of the plaintexts whose centred coefficients
+        are the rows of ``coeffs`` (``(chunks, N)``): :meth:`encode_coefficients` undone, ``v_j = c(psi^(2j + 1)) /
+        scale = N / scale * IDFT(c_k psi^k)[j]``, as SEAL's ``CKKSEncoder`` decodes (``tests/unit/
+        test_rns_encoding.py`` compares them), without loading plaintexts into SEAL."""
+        values = np.fft.ifft(np.asarray(coeffs, dtype=np.float64) * np.conj(self._untwist)) * (self.n / scale)
+        slots = values[..., self._slot_index[0]]
+        return np.stack([slots.real, slots.imag], axis=-1).reshape(-1)
+
     def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1,
                  plus: np.ndarray | None = None) -> np.ndarray:
         """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller, both outputs of each pair: independent

@@ -26,6 +26,7 @@ Why this keeps the guarantees (``docs/he.md``, "Masked decryption shares"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -38,7 +39,7 @@ from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.modarith import addmod, submod
 from fedprompt.crypto.rns import Poly, chacha_stream
 from fedprompt.crypto.threshold import KeyShare, ThresholdContext, share_polys
-from fedprompt.crypto.threshold_seeded import UploadRound, read_sum, reference_polys, round_share
+from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, round_share
 
 _MASKED = struct.Struct("<5sHI")
 _MAGIC = b"FPTM1"
@@ -149,7 +150,14 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Ma
 
 def open_sum(context: ThresholdContext, blob: bytes, vector_size: int, group: bytes, upload: UploadRound,
              decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
-    """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked."""
-    zeros = [np.zeros((1, context.ring.n), dtype=np.uint64)] * context.params.num_ciphertexts(vector_size)
-    c0s = [c0 for c0, _ in read_sum(context, context.expand(blob, vector_size, zeros), vector_size)]
-    return _unmask(context, c0s, vector_size, group, upload, decryptors)
+    """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked.  The
+    masks are uniform in the NTT domain and the download is in coefficients: their sum ``R`` per chunk is brought
+    to coefficients (one inverse transform per chunk, as lifting back to the NTT domain would cost) and decoded in
+    numpy, so nothing passes through SEAL's files."""
+    ring, q = context.ring, np.uint64(context.ring.moduli[0])
+    lifted = context.lift(blob, vector_size)[:, 0]
+    pads = [masks(context, group, upload, member, len(lifted)) for member in sorted(set(decryptors))]
+    total = functools.reduce(lambda acc, pad: addmod(acc, np.stack(pad), q), pads[1:], np.stack(pads[0]))
+    message = submod(lifted, ring.from_ntt_residues(total), q)
+    centred = np.where(message > q // np.uint64(2), message.astype(np.int64) - np.int64(q), message.astype(np.int64))
+    return context.checked(ring.decode_coefficients(centred, 2.0**context.params.scale_bits), vector_size)
