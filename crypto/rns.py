@@ -109,14 +109,15 @@ class Ring:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
         return self.uniform_residues(limbs, stream).astype(object)
 
-    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes]) -> np.ndarray:
-        """:meth:`uniform` as ``uint64`` residues (the same draws)."""
+    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes], words: int = 0) -> np.ndarray:
+        """:meth:`uniform` as ``uint64`` residues (the same draws); ``words``: 64-bit words read from ``stream`` at a
+        time (default 2N; with primes just below a power of two N almost always suffice, as for masks)."""
         rows = []
         for q in self.moduli[:limbs]:
             mask, got = (1 << q.bit_length()) - 1, np.empty(0, dtype=np.uint64)
             while len(got) < self.n:
-                words = np.frombuffer(stream(16 * self.n), dtype=np.uint64) & np.uint64(mask)
-                got = np.concatenate([got, words[words < np.uint64(q)]])
+                words_read = np.frombuffer(stream(8 * (words or 2 * self.n)), dtype=np.uint64) & np.uint64(mask)
+                got = np.concatenate([got, words_read[words_read < np.uint64(q)]])
             rows.append(got[: self.n])
         return np.stack(rows)
 

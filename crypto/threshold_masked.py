@@ -54,7 +54,7 @@ def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: 
     (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
     key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
     stream = chacha_stream(key)
-    return [context.ring.uniform_residues(limbs, stream) for _ in range(chunks)]
+    return [context.ring.uniform_residues(limbs, stream, context.ring.n) for _ in range(chunks)]
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
