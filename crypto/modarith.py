@@ -162,82 +162,79 @@ def minimal_root(q: int, order: int) -> int:
     raise ParameterError(f"{q} has no primitive {order}-th root of unity")
 
 
-def _powers(base: int, count: int, q: int, factor: int = 1) -> np.ndarray:
-    out, value = [], factor % q
-    for _ in range(count):
-        out.append(value)
-        value = value * base % q
-    return np.array(out, dtype=np.uint64)
-
-
 class Ntt:
-    """Negacyclic NTT tables for one prime in SEAL's order (index ``k`` holds ``a(psi^(2 br(k) + 1))``),
-    each twiddle with its Shoup companion.  Radix-2 decimation in time in Pease's constant geometry ("An
-    adaptation of the fast Fourier transform for parallel processing", J. ACM 1968): every stage pairs the
-    even and odd entries and writes the sums and differences as two contiguous halves, so each vectorised
-    step runs over N / 2 contiguous residues whatever the stage (the in-place order's short strided blocks cost
-    ~3x more in numpy).  Butterflies reduce lazily (Harvey 2014): values stay below ``4q`` between stages."""
+    """Negacyclic NTT tables for one prime in SEAL's order (index ``k`` holds ``a(psi^(2 br(k) + 1))``), each
+    twiddle with its Shoup companion.  SEAL's own transform (Cooley-Tukey, natural order in, SEAL's order out,
+    ``psi^br(m + i)`` merged into the butterflies, so no twist and no permutation; Gentleman-Sande back) laid out
+    in Pease's constant geometry ("An adaptation of the fast Fourier transform for parallel processing", J. ACM
+    1968): every stage takes the two contiguous halves and interleaves its sums and differences (the inverse the
+    other way round), so each vectorised step runs over N / 2 residues whatever the stage (the in-place order's
+    short strided blocks cost ~3x more in numpy).  Butterflies reduce lazily (Harvey 2014): values stay below
+    ``4q`` between stages."""
 
     def __init__(self, q: int, n: int) -> None:
         if q >= 2**61:
             raise ParameterError(f"the NTT needs primes below 2^61, got {q}")
         self.q, self.n = np.uint64(q), n
-        self.order = bit_reversal(n)
         psi = minimal_root(q, 2 * n)
-        psi_inv = pow(psi, -1, q)
-        self.twist = self._pair(_powers(psi, n, q), q)
-        self.untwist = self._pair(_powers(psi_inv, n, q, pow(n, -1, q)), q)
-        self.stages = self._stages(psi * psi % q, q)
-        self.inverse_stages = self._stages(pow(psi * psi, -1, q), q)
+        roots = [pow(psi, int(k), q) for k in bit_reversal(n)]  # psi^br(k), SEAL's table
+        self.stages = self._stages(roots, q)
+        self.inverse_stages = self._stages([pow(w, -1, q) for w in roots], q)[::-1]
+        self.scale = self._pair(np.array([pow(n, -1, q)], dtype=np.uint64), q)
 
     @staticmethod
     def _pair(w: np.ndarray, q: int, repeat: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A table with its Shoup companion's low and high 32-bit halves, each entry ``repeat`` times."""
+        """A table with its Shoup companion's low and high 32-bit halves, the whole table ``repeat`` times."""
         companion = shoup(w, q)
-        return np.repeat(w, repeat), np.repeat(companion & _LOW, repeat), np.repeat(companion >> _32, repeat)
+        return np.tile(w, repeat), np.tile(companion & _LOW, repeat), np.tile(companion >> _32, repeat)
 
-    def _stages(self, omega: int, q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The twiddles of stages 1, 2, ... (stage 0's are all 1): at stage ``s`` (``m = 2^s``) the pair ``i``
-        multiplies by ``omega_2m^(i >> (log2 N - 1 - s))``, ``omega_2m = omega^(N / 2m)``."""
-        out, m = [], 2
-        while m < self.n:
-            out.append(self._pair(_powers(pow(omega, self.n // (2 * m), q), m, q), q, self.n // (2 * m)))
-            m *= 2
-        return out
-
-    def _cyclic(self, x: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Cyclic transforms of the rows of ``x`` (``(..., N)``, residues below ``2q``): bit-reversed input,
-        natural-order output below ``4q``, butterflies ``(u + w v, u - w v)``.  Row by row: numpy runs the
-        halves of one row faster than the strided halves of several."""
-        q, half = self.q, self.n // 2
-        twice = q + q
-        rows = x[..., self.order].reshape(-1, self.n)
-        out = np.empty_like(rows)
-        for r, row in enumerate(rows):
-            u, v = row[0::2], row[1::2]
-            for table in [None, *stages]:
-                if table is not None:
-                    u = np.minimum(u, u - twice)
-                    v = _mulmod_lazy(v, *table, q)
-                step = np.empty(self.n, dtype=np.uint64)
-                np.add(u, v, out=step[:half])
-                difference = step[half:]
-                np.subtract(u, v, out=difference)
-                difference += twice
-                u, v = step[0::2], step[1::2]
-            out[r] = step
-        return out.reshape(x.shape)
+    def _stages(self, roots: list[int], q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The twiddles of stages ``m = 1, 2, 4, ...``: pair ``r`` of stage ``m`` multiplies by
+        ``roots[m + r mod m]``."""
+        return [self._pair(np.array(roots[m : 2 * m], dtype=np.uint64), q, self.n // (2 * m))
+                for m in (1 << s for s in range(self.n.bit_length() - 1))]
 
     def forward(self, coeffs: np.ndarray) -> np.ndarray:
-        """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order."""
-        values = self._cyclic(_mulmod_lazy(np.asarray(coeffs, dtype=np.uint64), *self.twist, self.q), self.stages)
-        values = np.minimum(values, values - (self.q + self.q), out=values)
-        return np.minimum(values, values - self.q, out=values)[..., self.order]
+        """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order.  Row by row: numpy runs
+        the halves of one row faster than the strided halves of several."""
+        q, half = self.q, self.n // 2
+        twice = q + q
+        rows = np.asarray(coeffs, dtype=np.uint64).reshape(-1, self.n)
+        out = np.empty_like(rows)
+        for r, row in enumerate(rows):
+            u, v, step = row[:half], row[half:], row
+            for stage, table in enumerate(self.stages):
+                if stage:
+                    u = np.minimum(u, u - twice)
+                v = _mulmod_lazy(v, *table, q)
+                step = np.empty(self.n, dtype=np.uint64)
+                np.add(u, v, out=step[0::2])
+                difference = step[1::2]
+                np.subtract(u, v, out=difference)
+                difference += twice
+                u, v = step[:half], step[half:]
+            step = np.minimum(step, step - twice, out=step)
+            out[r] = np.minimum(step, step - q, out=step)
+        return out.reshape(np.shape(coeffs))
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """SEAL's NTT order back to coefficients (``uint64`` residues, rows of ``(..., N)``)."""
-        coeffs = _mulmod_lazy(self._cyclic(values[..., self.order], self.inverse_stages), *self.untwist, self.q)
-        return np.minimum(coeffs, coeffs - self.q, out=coeffs)
+        q, half = self.q, self.n // 2
+        twice = q + q
+        rows = np.asarray(values, dtype=np.uint64).reshape(-1, self.n)
+        out = np.empty_like(rows)
+        for r, step in enumerate(rows):
+            for table in self.inverse_stages:
+                u, v = step[0::2], step[1::2]
+                step = np.empty(self.n, dtype=np.uint64)
+                total = np.add(u, v, out=step[:half])
+                np.minimum(total, total - twice, out=total)
+                difference = u - v
+                difference += twice
+                step[half:] = _mulmod_lazy(difference, *table, q)
+            scaled = _mulmod_lazy(step, *self.scale, q)
+            out[r] = np.minimum(scaled, scaled - q, out=scaled)
+        return out.reshape(np.shape(values))
 
 
 @functools.lru_cache(maxsize=16)
