@@ -11,7 +11,8 @@ run on the x87 unit; here every product is exact in ``uint64`` numpy, with no lo
   ``mu = floor(4^s / q)``, the quotient estimate ``floor(floor(x / 2^(s-1)) mu / 2^(s+1))`` of any
   ``x < 4^s`` is short by at most 2, so two conditional subtractions finish it;
 * :func:`mulmod_shoup` multiplies by a fixed factor ``w`` with its precomputed ``floor(w 2^64 / q)`` (Shoup,
-  as in NTL and SEAL's NTT): one high product, the remainder in ``[0, 2q)``, one conditional subtraction;
+  as in NTL and SEAL's NTT): the high product estimated from three of its four partial products, the
+  remainder in ``[0, 4q)``, two conditional subtractions (the NTT keeps the first only, between stages);
 * a residue in ``[0, 2q)`` is reduced as ``min(x, x - q)``: when ``x < q`` the difference wraps above it.
 
 :class:`Ntt` holds one prime's negacyclic transform tables in SEAL's NTT order (``crypto.rns``); tables are
@@ -113,28 +114,30 @@ def shoup(w: np.ndarray, q: int) -> np.ndarray:
 
 def mulmod_shoup(a: np.ndarray, w: np.ndarray, w_shoup: np.ndarray, q: np.uint64) -> np.ndarray:
     """``a * w mod q`` for any ``uint64`` ``a`` and a fixed residue ``w`` with ``w_shoup = shoup(w, q)``."""
-    return _mulmod_shoup(a, w, w_shoup & _LOW, w_shoup >> _32, q)
+    product = _mulmod_lazy(a, w, w_shoup & _LOW, w_shoup >> _32, q)
+    return np.minimum(product, product - q, out=product)
 
 
-def _mulmod_shoup(a: np.ndarray, w: np.ndarray, shoup_low: np.ndarray, shoup_high: np.ndarray,
-                  q: np.uint64) -> np.ndarray:
-    """:func:`mulmod_shoup` with the companion split in 32-bit halves beforehand (the NTT's tables): only the
-    high word of ``a * w_shoup`` is formed, in place where numpy allows."""
-    a_low, high = a & _LOW, a >> _32
-    cross1, cross2 = a_low * shoup_high, high * shoup_low
-    middle = a_low * shoup_low
-    middle >>= _32
-    middle += cross1 & _LOW
-    middle += cross2 & _LOW
-    middle >>= _32
+def _mulmod_lazy(a: np.ndarray, w: np.ndarray, shoup_low: np.ndarray, shoup_high: np.ndarray,
+                 q: np.uint64) -> np.ndarray:
+    """``a * w mod q`` up to one ``q`` (in ``[0, 2q)``; Harvey's lazy reduction, "Faster arithmetic for
+    number-theoretic transforms", J. Symb. Comp. 2014) for any ``uint64`` ``a``, the companion split in 32-bit
+    halves beforehand.  Shoup's quotient ``floor(a w_shoup / 2^64)`` is estimated without the low product and
+    the carries of the two cross products, so it is short by at most 2: the remainder lies in ``[0, 4q)``
+    (exact in ``uint64`` for ``q < 2^62``), and one conditional subtraction of ``2q`` brings it below ``2q``."""
+    low, high = a & _LOW, a >> _32
+    low *= shoup_high
+    low >>= _32
+    cross = high * shoup_low
+    cross >>= _32
     high *= shoup_high
-    high += cross1 >> _32
-    high += cross2 >> _32
-    high += middle  # floor(a w_shoup / 2^64)
+    high += low
+    high += cross  # floor(a w_shoup / 2^64), less at most 2
     high *= q
     remainder = a * w
-    remainder -= high  # in [0, 2q)
-    return np.minimum(remainder, remainder - q, out=remainder)
+    remainder -= high
+    twice = q + q
+    return np.minimum(remainder, remainder - twice, out=remainder)
 
 
 def bit_reversal(n: int) -> np.ndarray:
@@ -159,67 +162,79 @@ def minimal_root(q: int, order: int) -> int:
     raise ParameterError(f"{q} has no primitive {order}-th root of unity")
 
 
-def _powers(base: int, count: int, q: int, factor: int = 1) -> np.ndarray:
-    out, value = [], factor % q
-    for _ in range(count):
-        out.append(value)
-        value = value * base % q
-    return np.array(out, dtype=np.uint64)
-
-
 class Ntt:
-    """Negacyclic NTT tables for one prime in SEAL's order (index ``k`` holds ``a(psi^(2 br(k) + 1))``),
-    each twiddle with its Shoup companion; radix-2 decimation in time, one vectorised step per stage."""
+    """Negacyclic NTT tables for one prime in SEAL's order (index ``k`` holds ``a(psi^(2 br(k) + 1))``), each
+    twiddle with its Shoup companion.  SEAL's own transform (Cooley-Tukey, natural order in, SEAL's order out,
+    ``psi^br(m + i)`` merged into the butterflies, so no twist and no permutation; Gentleman-Sande back) laid out
+    in Pease's constant geometry ("An adaptation of the fast Fourier transform for parallel processing", J. ACM
+    1968): every stage takes the two contiguous halves and interleaves its sums and differences (the inverse the
+    other way round), so each vectorised step runs over N / 2 residues whatever the stage (the in-place order's
+    short strided blocks cost ~3x more in numpy).  Butterflies reduce lazily (Harvey 2014): values stay below
+    ``4q`` between stages."""
 
     def __init__(self, q: int, n: int) -> None:
         if q >= 2**61:
             raise ParameterError(f"the NTT needs primes below 2^61, got {q}")
         self.q, self.n = np.uint64(q), n
-        self.order = bit_reversal(n)
         psi = minimal_root(q, 2 * n)
-        psi_inv = pow(psi, -1, q)
-        self.twist = self._pair(_powers(psi, n, q), q)
-        self.untwist = self._pair(_powers(psi_inv, n, q, pow(n, -1, q)), q)
-        self.stages = self._stages(psi * psi % q, q)
-        self.inverse_stages = self._stages(pow(psi * psi, -1, q), q)
+        roots = [pow(psi, int(k), q) for k in bit_reversal(n)]  # psi^br(k), SEAL's table
+        self.stages = self._stages(roots, q)
+        self.inverse_stages = self._stages([pow(w, -1, q) for w in roots], q)[::-1]
+        self.scale = self._pair(np.array([pow(n, -1, q)], dtype=np.uint64), q)
 
     @staticmethod
-    def _pair(w: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A table with its Shoup companion's low and high 32-bit halves."""
+    def _pair(w: np.ndarray, q: int, repeat: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A table with its Shoup companion's low and high 32-bit halves, the whole table ``repeat`` times."""
         companion = shoup(w, q)
-        return w, companion & _LOW, companion >> _32
+        return np.tile(w, repeat), np.tile(companion & _LOW, repeat), np.tile(companion >> _32, repeat)
 
-    def _stages(self, omega: int, q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        out, m = [], 1
-        while m < self.n:
-            out.append(self._pair(_powers(pow(omega, self.n // (2 * m), q), m, q), q))
-            m *= 2
-        return out
-
-    def _cyclic(self, x: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Cyclic transforms of the rows of ``x`` (``(..., N)``, all at once): bit-reversed input, natural-order
-        output, butterflies ``(u + w v, u - w v)``."""
-        x, q, lead = x[..., self.order], self.q, x.shape[:-1]
-        for table in stages:
-            blocks = x.reshape(*lead, -1, 2, len(table[0]))
-            u, v = blocks[..., 0, :], _mulmod_shoup(blocks[..., 1, :], *table, q)
-            out = np.empty_like(blocks)
-            total, difference = out[..., 0, :], out[..., 1, :]
-            np.add(u, v, out=total)
-            np.minimum(total, total - q, out=total)
-            np.subtract(u, v, out=difference)
-            difference += q
-            np.minimum(difference, difference - q, out=difference)
-            x = out.reshape(*lead, self.n)
-        return x
+    def _stages(self, roots: list[int], q: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The twiddles of stages ``m = 1, 2, 4, ...``: pair ``r`` of stage ``m`` multiplies by
+        ``roots[m + r mod m]``."""
+        return [self._pair(np.array(roots[m : 2 * m], dtype=np.uint64), q, self.n // (2 * m))
+                for m in (1 << s for s in range(self.n.bit_length() - 1))]
 
     def forward(self, coeffs: np.ndarray) -> np.ndarray:
-        """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order."""
-        return self._cyclic(_mulmod_shoup(coeffs, *self.twist, self.q), self.stages)[..., self.order]
+        """Coefficients (``uint64`` residues, rows of ``(..., N)``) to SEAL's NTT order.  Row by row: numpy runs
+        the halves of one row faster than the strided halves of several."""
+        q, half = self.q, self.n // 2
+        twice = q + q
+        rows = np.asarray(coeffs, dtype=np.uint64).reshape(-1, self.n)
+        out = np.empty_like(rows)
+        for r, row in enumerate(rows):
+            u, v, step = row[:half], row[half:], row
+            for stage, table in enumerate(self.stages):
+                if stage:
+                    u = np.minimum(u, u - twice)
+                v = _mulmod_lazy(v, *table, q)
+                step = np.empty(self.n, dtype=np.uint64)
+                np.add(u, v, out=step[0::2])
+                difference = step[1::2]
+                np.subtract(u, v, out=difference)
+                difference += twice
+                u, v = step[:half], step[half:]
+            step = np.minimum(step, step - twice, out=step)
+            out[r] = np.minimum(step, step - q, out=step)
+        return out.reshape(np.shape(coeffs))
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """SEAL's NTT order back to coefficients (``uint64`` residues, rows of ``(..., N)``)."""
-        return _mulmod_shoup(self._cyclic(values[..., self.order], self.inverse_stages), *self.untwist, self.q)
+        q, half = self.q, self.n // 2
+        twice = q + q
+        rows = np.asarray(values, dtype=np.uint64).reshape(-1, self.n)
+        out = np.empty_like(rows)
+        for r, step in enumerate(rows):
+            for table in self.inverse_stages:
+                u, v = step[0::2], step[1::2]
+                step = np.empty(self.n, dtype=np.uint64)
+                total = np.add(u, v, out=step[:half])
+                np.minimum(total, total - twice, out=total)
+                difference = u - v
+                difference += twice
+                step[half:] = _mulmod_lazy(difference, *table, q)
+            scaled = _mulmod_lazy(step, *self.scale, q)
+            out[r] = np.minimum(scaled, scaled - q, out=scaled)
+        return out.reshape(np.shape(values))
 
 
 @functools.lru_cache(maxsize=16)

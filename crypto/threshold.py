@@ -148,9 +148,8 @@ class ThresholdParams:
     def describe(self) -> dict[str, object]:
         encryption = ("symmetric under each member's own secret, seeded per round" if self.seeded_uploads
                       else "public key (collective)")
-        return {**self.ckks.describe(), "encryption": encryption, "members": self.members,
-                "threshold": self.t, "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1),
-                "max_decryptions": self.max_decryptions}
+        return {**self.ckks.describe(), "encryption": encryption, "members": self.members, "threshold": self.t,
+                "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1), "max_decryptions": self.max_decryptions}
 
 
 def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
@@ -346,8 +345,7 @@ class ThresholdContext(_Codec):
     whole_weights = False  # weights are fractions: example counts in units of ``he.weight_unit``
 
     def __init__(self, params: ThresholdParams, key_id: bytes = b"") -> None:
-        """``key_id``: the published collective key's id, for a coordinator that compresses aggregates; members
-        get theirs from :meth:`set_public_key`."""
+        """``key_id``: the collective key's id, for a coordinator compressing sums (members: :meth:`set_public_key`)."""
         params.check()
         super().__init__(ts.context_from(_parameters(params.ckks)), params.ckks)
         self.threshold = params
@@ -374,9 +372,7 @@ class ThresholdContext(_Codec):
         zeros = self.encode(np.zeros(self.params.num_ciphertexts(vector_size) * self.params.reals_per_ciphertext
                                      - 1), 0.0)
         for ct, zero in zip(cts, zeros, strict=True):
-            fresh = seal.Ciphertext()
-            self.encryptor.encrypt(zero, fresh)
-            self.evaluator.add_inplace(ct, fresh)
+            self.evaluator.add_inplace(ct, self._encrypted(zero))
         return self.frame(self.key_id, vector_size, [_saved(ct.save) for ct in cts])
 
     def public_bytes(self) -> bytes:  # parameters only, for the coordinator's ``PublicContext``
@@ -392,12 +388,13 @@ class ThresholdContext(_Codec):
     def encrypt(self, vector: np.ndarray, weight: float) -> bytes:
         """A public-key upload under the collective key (jobs without ``seeded_uploads``)."""
         self._public_key_uploads()
-        blobs = []
-        for plain in self.encode(vector, weight):
-            ct = seal.Ciphertext()
-            self.encryptor.encrypt(plain, ct)
-            blobs.append(_saved(ct.save))
+        blobs = [_saved(self._encrypted(plain).save) for plain in self.encode(vector, weight)]
         return self.frame(self.key_id, int(np.asarray(vector).size), blobs)
+
+    def _encrypted(self, plain: seal.Plaintext) -> seal.Ciphertext:
+        ct = seal.Ciphertext()
+        self.encryptor.encrypt(plain, ct)
+        return ct
 
     def decryption_share(self, key: KeyShare, data: bytes, vector_size: int, decryptors: Sequence[int]) -> bytes:
         return key.decryption_share(self.parse_sum(data, vector_size), decryptors)
@@ -422,9 +419,20 @@ class ThresholdContext(_Codec):
         return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1) + b"".join(parts)
 
     def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
-        """The standard encrypted sum (``parse_sum``'s format) of a compressed download: each coefficient lifted
-        back to ``round(r q / 2^k)``, as decryption shares and :meth:`combine` expect.  A seeded sum's ``c1``s
-        were not sent: ``c1s`` gives them (``crypto.threshold_seeded.expand``)."""
+        """The standard encrypted sum (``parse_sum``'s format) of a compressed download, :meth:`lift`'s residues in
+        NTT form; a seeded sum's ``c1``s, not sent, come in ``c1s`` (``crypto.threshold_seeded.expand``)."""
+        lifted, k1 = self.lift(blob, vector_size), self.threshold.download_bits[1]
+        if not k1 and len(c1s) != len(lifted):
+            raise InvalidValue(f"a seeded download needs its {len(lifted)} c1 polynomials from the round's seeds")
+        polys = self.ring.to_ntt_residues(lifted.astype(np.int64), 1)  # (chunks, parts sent, 1, N)
+        parms_id, scale = list(self.seal_context.first_parms_id()), 2.0**self.params.scale_bits
+        blobs = [self.ring.ciphertext_bytes(parms_id, sent_polys[0], sent_polys[1] if k1 else c1s[index], scale)
+                 for index, sent_polys in enumerate(polys)]
+        return self.frame(self.key_id, vector_size, blobs)
+
+    def lift(self, blob: bytes, vector_size: int) -> np.ndarray:
+        """The coefficients (``uint64`` residues of the data prime, ``(chunks, parts sent, N)``) of a compressed
+        download (:meth:`compress`), each lifted back to ``round(r q / 2^k)``; header and sizes checked."""
         (k0, k1), q = self.threshold.download_bits, self.ring.moduli[0]
         if len(blob) < _COMPRESSED.size:
             raise InvalidCiphertext("compressed aggregate is shorter than its header")
@@ -432,19 +440,11 @@ class ThresholdContext(_Codec):
         if (magic, key_id, got0, got1) != (_COMPRESSED_MAGIC, self.key_id, k0, k1):
             raise InvalidCiphertext("not a compressed aggregate under this job's key and parameters")
         if size != vector_size or count != self.params.num_ciphertexts(vector_size):
-            raise InvalidCiphertext(f"compressed aggregate holds {size} values in {count} ciphertexts, expected "
-                                    f"{vector_size}")
-        if not k1 and len(c1s) != count:
-            raise InvalidValue(f"a seeded download needs its {count} c1 polynomials rebuilt from the round's seeds")
+            raise InvalidCiphertext(f"compressed aggregate has {size} values ({count} ciphertexts), expected {vector_size}")
         sent = (k0, k1)[: 1 + bool(k1)]
         lengths = [-(-self.ring.n * bits // 8) for bits in sent]
         if len(blob) != _COMPRESSED.size + count * sum(lengths):
             raise InvalidCiphertext("compressed aggregate is truncated or has extra bytes")
         offsets = np.cumsum([_COMPRESSED.size] + lengths * count)
-        lifted = [switch_up(unpack_bits(blob[start:end], bits, self.ring.n), q, bits)
-                  for start, end, bits in zip(offsets[:-1], offsets[1:], sent * count, strict=True)]
-        polys = self.ring.to_ntt_residues(np.stack(lifted).astype(np.int64), 1).reshape(count, len(sent), 1, -1)
-        parms_id, scale = list(self.seal_context.first_parms_id()), 2.0**self.params.scale_bits
-        blobs = [self.ring.ciphertext_bytes(parms_id, sent_polys[0], sent_polys[1] if k1 else c1s[index], scale)
-                 for index, sent_polys in enumerate(polys)]
-        return self.frame(self.key_id, vector_size, blobs)
+        return np.stack([switch_up(unpack_bits(blob[start:end], bits, self.ring.n), q, bits) for start, end, bits
+                         in zip(offsets[:-1], offsets[1:], sent * count, strict=True)]).reshape(count, len(sent), -1)

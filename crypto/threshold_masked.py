@@ -3,8 +3,8 @@ compressed polynomial per chunk instead of the compressed ``c0`` and t full-widt
 
 Decryptor ``j`` of a round attempt sends ``d_j + r_j`` per chunk, where ``d_j = a_r lambda_j^T sigma_{U,j} + e_j``
 is its flooded share (``crypto.threshold_seeded.round_share``) and ``r_j`` is uniform mod the data prime, drawn
-from SHAKE-256 under a key derived (HMAC-SHA-256) from the members' group key (``crypto.sealing.group_key``,
-which the relay never holds), the round attempt's label and ``j``.  The relay adds ``c0`` of the sum and every
+from ChaCha20's keystream (``crypto.rns.chacha_stream``) under a key derived (HMAC-SHA-256) from the members'
+group key (``crypto.sealing.group_key``, which the relay never holds), the round attempt's label and ``j``.  The relay adds ``c0`` of the sum and every
 masked share, ``y = c0 + sum_j (d_j + r_j) = Delta m + e + sum_j e_j + R``, and compresses ``y`` with the same
 key-less modulus switching as ``c0`` alone (``ThresholdContext.compress``, :attr:`ThresholdParams.
 download_bits`).  A member lifts the download, subtracts ``R = sum_j r_j`` and decodes.
@@ -26,6 +26,7 @@ Why this keeps the guarantees (``docs/he.md``, "Masked decryption shares"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -36,13 +37,13 @@ import numpy as np
 from fedprompt.crypto.ckks import _saved
 from fedprompt.crypto.errors import InvalidCiphertext
 from fedprompt.crypto.modarith import addmod, submod
-from fedprompt.crypto.rns import Poly, shake_stream
+from fedprompt.crypto.rns import Poly, chacha_stream
 from fedprompt.crypto.threshold import KeyShare, ThresholdContext, share_polys
-from fedprompt.crypto.threshold_seeded import UploadRound, read_sum, reference_polys, round_share
+from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, round_share
 
 _MASKED = struct.Struct("<5sHI")
 _MAGIC = b"FPTM1"
-_DOMAIN = b"fedprompt-share-mask-v1\0"
+_DOMAIN = b"fedprompt-share-mask-v2\0"  # v2: ChaCha20 pads (v1: SHAKE-256)
 _SUM_PURPOSE = b"public-key-sum\0"
 
 
@@ -52,8 +53,8 @@ def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: 
     primes (one for a seeded sum; ``uint64``), keyed by ``group``; ``purpose`` separates a public-key sum's masks
     (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
     key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
-    stream = shake_stream(key)
-    return [context.ring.uniform_residues(limbs, stream) for _ in range(chunks)]
+    stream = chacha_stream(key)
+    return [context.ring.uniform_residues(limbs, stream, context.ring.n) for _ in range(chunks)]
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
@@ -149,7 +150,14 @@ def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Ma
 
 def open_sum(context: ThresholdContext, blob: bytes, vector_size: int, group: bytes, upload: UploadRound,
              decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
-    """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked."""
-    zeros = [np.zeros((1, context.ring.n), dtype=np.uint64)] * context.params.num_ciphertexts(vector_size)
-    c0s = [c0 for c0, _ in read_sum(context, context.expand(blob, vector_size, zeros), vector_size)]
-    return _unmask(context, c0s, vector_size, group, upload, decryptors)
+    """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked.  The
+    masks are uniform in the NTT domain and the download is in coefficients: their sum ``R`` per chunk is brought
+    to coefficients (one inverse transform per chunk, as lifting back to the NTT domain would cost) and decoded in
+    numpy, so nothing passes through SEAL's files."""
+    ring, q = context.ring, np.uint64(context.ring.moduli[0])
+    lifted = context.lift(blob, vector_size)[:, 0]
+    pads = [masks(context, group, upload, member, len(lifted)) for member in sorted(set(decryptors))]
+    total = functools.reduce(lambda acc, pad: addmod(acc, np.stack(pad), q), pads[1:], np.stack(pads[0]))
+    message = submod(lifted, ring.from_ntt_residues(total), q)
+    centred = np.where(message > q // np.uint64(2), message.astype(np.int64) - np.int64(q), message.astype(np.int64))
+    return context.checked(ring.decode_coefficients(centred, 2.0**context.params.scale_bits), vector_size)

@@ -75,3 +75,16 @@ def test_vectorised_shamir_dealing_equals_python_integer_evaluation(ring: Ring) 
         for limb, q in enumerate(ring.moduli):
             expected = [sum(int(coefficients[k, limb, i]) * x**k for k in range(degree + 1)) % q for i in range(width)]
             assert got[x][limb].tolist() == expected
+
+
+def test_gaussian_noise_has_its_width_clip_and_independent_box_muller_halves(ring: Ring) -> None:
+    """Each Box-Muller pair gives two draws (the cosine half of the polynomials, the sine half): both have the
+    requested width and no bias, they are uncorrelated, and the clip holds."""
+    sigma, count = 1000.0, 8
+    coeffs = ring.from_ntt(ring.gaussian(sigma, 1, count=count)).astype(np.float64)  # (count, N)
+    cosines, sines = coeffs.reshape(2, -1)
+    for half in (cosines, sines):
+        assert abs(half.std() / sigma - 1) < 0.03 and abs(half.mean()) < 5 * sigma / np.sqrt(half.size)
+    assert abs(np.corrcoef(cosines, sines)[0, 1]) < 0.04
+    clipped = ring.from_ntt(ring.gaussian(3.2, 1, clip=6 * 3.2, count=count))
+    assert np.abs(clipped).max() <= 19 and 3.0 < clipped.std() < 3.4
