@@ -224,6 +224,30 @@ def targets(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diff: 
             "peft_roundtrip_max_abs_diff": target(diff, TARGETS["roundtrip"], float.__le__)}
 
 
+def report(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diffs: dict[str, float], size: Size,
+           args: argparse.Namespace, placement: Placement, complete: bool) -> dict[str, Any]:
+    """The JSON report of the rows measured so far (``complete`` once every row asked for is in)."""
+    diff = max(diffs.values()) if diffs else None
+    # one schema for every row: a classification row's generation keys and a generation row's are null
+    table_rows = [{k: r.get(k) for k in (*ROW_KEYS, "epsilon_spent", *GENERATION_KEYS)} for r in rows + generation]
+    return {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": diffs,
+            "targets": targets(rows, generation, diff), "complete": complete,
+            "settings": {"sites": size.sites, "rounds": size.rounds, "steps_per_site_round": size.steps,
+                         "batch_size": size.batch_size, "lr": LR, "train_size": size.train_size,
+                         "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
+                         "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
+                         "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
+                         "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size,
+                         "dp_steps_per_site_round": size.dp_steps, "dp_lr": DP_LR,
+                         "he_params": HESection(enabled=True, mode="single_key").params().describe(),
+                         "placement": str(placement), "seed": args.seed, "methods": size.methods,
+                         "backbones": size.backbones, "skipped": [part for part in ("classification", "dp", "generation")
+                                                                  if getattr(args, f"skip_{part}")],
+                         "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
+                         "roundtrip_texts": TEXTS},
+            "smoke": bool(args.smoke)}
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -235,40 +259,37 @@ def main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     generation: list[dict[str, Any]] = []
     diffs: dict[str, float] = {}
+    path = args.report or "reports/bench-peft.json"
+
+    def save(complete: bool = False) -> dict[str, Any]:
+        """Write the report as it stands: a run stopped after an hour's rows keeps them (``"complete": false``)."""
+        out = report(rows, generation, diffs, size, args, placement, complete)
+        write_json(out, path)
+        return out
+
     with tempfile.TemporaryDirectory(prefix="fedprompt-bench-peft-") as tmp:
         work = Path(tmp)
         for name in size.backbones:
             base = base_job(name, size, args)
             train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
             sites = split_sites(train[:size.train_size], test, names, size.sites, PartitionSpec("iid"), args.seed)
-            for method in size.methods:
+            for method in () if args.skip_classification else size.methods:
                 config = with_method(base, method, None, size)
-                row, report = run_row(name, config, sites, placement, work, secret)
+                row, result = run_row(name, config, sites, placement, work, secret)
                 rows.append(row)
-                diffs[f"{name}/{method}"] = roundtrip(report, config, work)
+                diffs[f"{name}/{method}"] = roundtrip(result, config, work)
+                save()
             top = best(rows, name)
-            if top is not None:
+            if top is not None and not args.skip_dp:
                 rows.append(run_row(name, with_method(base, top["method"], DP_EPSILON, size), sites, placement,
                                     work, secret)[0])
-                if BACKBONES[name] == "causal" and not args.skip_generation:
-                    generation.append(generation_row(name, base, top["method"], size, placement, args.seed))
-    diff = max(diffs.values()) if diffs else None
-    # one schema for every row: a classification row's generation keys and a generation row's are null
-    table_rows = [{k: r.get(k) for k in (*ROW_KEYS, "epsilon_spent", *GENERATION_KEYS)} for r in rows + generation]
-    goals = targets(rows, generation, diff)
-    out: dict[str, Any] = {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": diffs,
-           "targets": goals,
-           "settings": {"sites": size.sites, "rounds": size.rounds, "steps_per_site_round": size.steps,
-                        "batch_size": size.batch_size, "lr": LR, "train_size": size.train_size,
-                        "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
-                        "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
-                        "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
-                        "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size, "dp_steps_per_site_round": size.dp_steps,
-                        "dp_lr": DP_LR, "he_params": HESection(enabled=True, mode="single_key").params().describe(),
-                        "placement": str(placement), "seed": args.seed,
-                        "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
-                        "roundtrip_texts": TEXTS},
-           "smoke": bool(args.smoke)}
+                save()
+            if BACKBONES[name] == "causal" and not args.skip_generation:
+                # the best method, or without classification rows the first one named
+                generation.append(generation_row(name, base, top["method"] if top else size.methods[0], size,
+                                                 placement, args.seed))
+                save()
+    out = save(complete=True)
     print(table(["backbone", "method", "eps", "accuracy", "majority", "zero-shot", "floats", "over PLM", "HE bytes",
                  "s/round", "rss MB"],
                 [[r["backbone"], r["method"], r["dp_epsilon"], r["accuracy"], r["majority_accuracy"],
@@ -278,8 +299,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"generation {r['backbone']}/{r['method']}: exact match {fmt(r['exact_match_before'])} -> "
               f"{fmt(r['exact_match_after'])}, ROUGE-L {fmt(r['rouge_l_before'])} -> {fmt(r['rouge_l_after'])}, "
               f"loss {fmt(r['loss_before'])} -> {fmt(r['loss_after'])}")
-    print(f"peft round trip max |diff| {fmt(diff, 8)}; targets: "
+    print(f"peft round trip max |diff| {fmt(out['peft_roundtrip_max_abs_diff'], 8)}; targets: "
           + ", ".join(f"{k} {'met' if t['met'] else 'not met' if t['met'] is False else '-'}"
-                      for k, t in goals.items()))
-    write_json(out, args.report or "reports/bench-peft.json")
+                      for k, t in out["targets"].items()))
     return 0

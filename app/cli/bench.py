@@ -76,6 +76,10 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--backbones", help="peft: comma-separated subset of smollm2,minilm (default both)")
     bench.add_argument("--skip-generation", action="store_true",
                        help="peft: leave out the generation row (bbc_headlines on SmolLM2)")
+    bench.add_argument("--skip-classification", action="store_true",
+                       help="peft: leave out the Rotten Tomatoes rows (the generation row then tunes the first of "
+                            "--methods)")
+    bench.add_argument("--skip-dp", action="store_true", help="peft: leave out the best method's row at epsilon 8")
     add_placement_args(bench)
     add_track_flag(bench)
     bench.set_defaults(fn=cmd_bench)

@@ -31,7 +31,7 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
              "targets.best_smollm2_accuracy.met", "targets.best_smollm2_accuracy_dp_eps8.met",
              "targets.deep_or_lora_over_prompt_points.met", "targets.generation_rouge_l_gain.met",
              "targets.peft_roundtrip_max_abs_diff.met", "settings.sites", "settings.rounds",
-             "settings.steps_per_site_round", "settings.train_size", "settings.test_size"),
+             "settings.steps_per_site_round", "settings.train_size", "settings.test_size", "complete"),
     # issue 33's Must show: both engines on the same jobs, wall time, rounds, equal final metrics, Ray's speed-up
     "simulate-scale": ("runs[].name", "runs[].participants", "runs[].per_round", "runs[].rounds",
                        "runs[].inprocess_seconds", "runs[].ray_seconds", "runs[].ray_speedup", "runs[].ray_workers",
