@@ -50,7 +50,6 @@ from fedprompt.models.backbone import resolve_model_path
 from fedprompt.models.placement import Placement
 from fedprompt.promptfile import load_prompt
 
-METHODS = PEFT_METHODS
 BACKBONES = {"smollm2": "causal", "minilm": "encoder"}
 # A starting learning rate per method, the demo's ratios between methods (``LR_SCALE``; not tuned here).
 LR = {method: round(0.03 * scale, 6) for method, scale in LR_SCALE.items()}
@@ -83,7 +82,7 @@ class Size:
     max_new_tokens: int
     dp_batch_size: int  # the DP row's expected (Poisson) batch
     dp_steps: int
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = PEFT_METHODS
     backbones: tuple[str, ...] = tuple(BACKBONES)
 
 
@@ -108,7 +107,7 @@ def parse_list(value: str | None, allowed: tuple[str, ...], flag: str) -> tuple[
 
 def bench_size(args: argparse.Namespace) -> Size:
     size = run_size(args, FULL, SMOKE, "sites", "rounds", "steps", "train_size", "test_size")
-    methods = parse_list(args.methods, METHODS, "methods") or size.methods
+    methods = parse_list(args.methods, PEFT_METHODS, "methods") or size.methods
     backbones = parse_list(args.backbones, tuple(BACKBONES), "backbones") or size.backbones
     return dataclasses.replace(size, methods=methods, backbones=backbones)
 
@@ -199,6 +198,16 @@ def best(rows: list[dict[str, Any]], backbone: str) -> dict[str, Any] | None:
     return max(plain, key=lambda r: r["accuracy"]) if plain else None
 
 
+def dp_method_for(args: argparse.Namespace, top: dict[str, Any] | None) -> str | None:
+    """The method of the epsilon-8 row: ``--dp-method``, else the best plain one; None with ``--skip-dp`` or when
+    neither names one (no classification rows ran)."""
+    if args.skip_dp:
+        return None
+    if args.dp_method is not None:
+        return str(args.dp_method)
+    return top["method"] if top else None
+
+
 def targets(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diff: float | None) -> dict[str, Any]:
     """Issue 31's targets, each with the measured figure and ``met`` (None where the run did not measure it)."""
     top = best(rows, "smollm2")
@@ -280,8 +289,9 @@ def main(args: argparse.Namespace) -> int:
                 diffs[f"{name}/{method}"] = roundtrip(result, config, work)
                 save()
             top = best(rows, name)
-            if top is not None and not args.skip_dp:
-                rows.append(run_row(name, with_method(base, top["method"], DP_EPSILON, size), sites, placement,
+            dp_method = dp_method_for(args, top)
+            if dp_method is not None:
+                rows.append(run_row(name, with_method(base, dp_method, DP_EPSILON, size), sites, placement,
                                     work, secret)[0])
                 save()
             if BACKBONES[name] == "causal" and not args.skip_generation:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fedprompt.app.bench import BENCHES
 from fedprompt.app.cli.common import add_command, add_placement_args, add_track_flag
+from fedprompt.config.peft import PEFT_METHODS
 
 if TYPE_CHECKING:
     from fedprompt.app.cli.common import Subparsers
@@ -80,6 +81,9 @@ def register(sub: Subparsers) -> None:
                        help="peft: leave out the Rotten Tomatoes rows (the generation row then tunes the first of "
                             "--methods)")
     bench.add_argument("--skip-dp", action="store_true", help="peft: leave out the best method's row at epsilon 8")
+    bench.add_argument("--dp-method", choices=PEFT_METHODS,
+                       help="peft: the method of the epsilon 8 row (default the best one without DP; with "
+                            "--skip-classification the row runs only when this names one)")
     add_placement_args(bench)
     add_track_flag(bench)
     bench.set_defaults(fn=cmd_bench)

@@ -1,0 +1,24 @@
+"""Which method ``bench peft`` tunes at epsilon 8: the best plain row unless ``--dp-method`` names one."""
+from __future__ import annotations
+
+import argparse
+
+from fedprompt.app.bench.peft import dp_method_for
+
+
+def args(dp_method: str | None = None, skip_dp: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(dp_method=dp_method, skip_dp=skip_dp)
+
+
+def test_the_dp_row_tunes_the_best_plain_method_by_default() -> None:
+    assert dp_method_for(args(), {"method": "lora"}) == "lora"
+
+
+def test_dp_method_overrides_the_best_plain_method_and_runs_without_classification_rows() -> None:
+    assert dp_method_for(args("prompt"), {"method": "lora"}) == "prompt"
+    assert dp_method_for(args("prefix"), None) == "prefix"
+
+
+def test_no_dp_row_with_skip_dp_or_without_a_method() -> None:
+    assert dp_method_for(args("prompt", skip_dp=True), {"method": "lora"}) is None
+    assert dp_method_for(args(), None) is None
