@@ -62,9 +62,10 @@ class StallsSize:
 
 
 FULL = StallsSize(stalled=200, identities=20, idle=200, waves=2, timeout_s=10.0)
-#: ``--smoke``: several streams per identity (so ``max_concurrent_uploads`` is raised as in the full run), and a
-#: short timeout, since every wave waits for its streams to be cut off and its connections to be closed.
-SMOKE = StallsSize(stalled=6, identities=2, idle=4, waves=1, timeout_s=2.0)
+#: ``--smoke``: several streams per identity (so ``max_concurrent_uploads`` is raised as in the full run), two waves
+#: as in the full run (the second, on a fresh round, must find every slot the first held freed), and a short
+#: timeout, since every wave waits for its streams to be cut off and its connections to be closed.
+SMOKE = StallsSize(stalled=6, identities=2, idle=4, waves=2, timeout_s=2.0)
 
 
 @dataclass(frozen=True)

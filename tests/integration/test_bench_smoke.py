@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,24 @@ REPORT_KEYS: dict[str, tuple[str, ...]] = {
                  "settings.participant_processes", "settings.coordinator_processes", "settings.takeover"),
 }
 
+def stalls_figures(out: dict[str, Any]) -> None:
+    """What ``bench stalls``' smoke figures say (6 stalled streams and 4 idle connections from 2 identities, a 2 s
+    upload timeout, two waves): every stream cut off by the timeout in each wave, the honest round completed
+    while they stalled, and the second wave, on a fresh round, finding every slot and connection freed."""
+    assert (out["stalled_streams"], out["idle_connections"], out["identities"], out["waves"]) == (6, 4, 2, 2)
+    assert out["errors"] == 0, out["settings"]["error_messages"]
+    assert out["round_completed"] and out["round_completed_while_stalled"] and out["slots_freed"]
+    assert (out["streams_closed_by_timeout"], out["streams_refused"], out["connections_after"]) == (12, 0, 0)
+    assert out["close_after_s_min"] >= 2.0 and out["connections_peak"] >= 6 + 4
+    assert 0 < out["rss_mb_before"] <= out["rss_mb_peak"] and out["status_calls"] > 0
+    assert [w["streams_closed_by_timeout"] for w in out["per_wave"]] == [6, 6]
+    assert out["settings"]["max_concurrent_uploads"] == 3 and out["settings"]["connection_idle_s"] == 4.0
+
+
+#: What a bench's smoke figures must say, beyond its keys (for the benches whose smoke run is the one end-to-end
+#: check of their behaviour).
+FIGURES: dict[str, Callable[[dict[str, Any]], None]] = {"stalls": stalls_figures}
+
 #: Benches that need a PostgreSQL server (started from Debian's package): skipped, with the reason, where none can be.
 NEEDS_POSTGRES = frozenset({"failover"})
 
@@ -175,4 +194,6 @@ def test_bench_smoke_writes_every_named_key(name: str, tmp_path: Path) -> None:
             missing.append(str(exc))
     assert not missing, missing
     assert data["smoke"] is True
+    if name in FIGURES:
+        FIGURES[name](data)
     assert data["provenance"]["command"] == f"fedprompt bench {name} --smoke --report {report}"
