@@ -43,13 +43,12 @@ def one_torch_thread() -> None:
     _one_torch_thread()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cli_logs() -> Iterator[None]:
-    """``main`` run in this process points the logs at the stderr it finds (pytest's capture, closed after the
-    test): back to the real one once the capture is over (set up before ``capsys``, so torn down after it)."""
+    """``main`` run in this process points the logs at the stderr it finds (``capsys``'s, closed after the test):
+    back to the real one after every test (autouse, so set up before ``capsys`` and torn down after it), so a
+    test that runs ``main`` cannot leave the next one logging to a closed file, in whatever order they run."""
     yield
-    from fedprompt.logs import configure
-
     configure("warning")
 
 

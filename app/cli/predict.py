@@ -31,12 +31,13 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fedprompt.app.admin_client import load_prompt
-    from fedprompt.config import JobConfig, parse_toml
+    from fedprompt.config import JobConfig, check_placement, parse_toml
 
     if args.text and args.texts:
         raise FedPromptError("give texts as arguments or with --texts FILE, not both")
     if not 1 <= args.batch_size <= 4096:
         raise FedPromptError(f"--batch-size: must be in [1, 4096], got {args.batch_size}")
+    check_placement("", args.device, args.dtype)  # the spelling before loading torch; whether the GPU is there below
     vector, config_toml = load_prompt(Path(args.prompt))  # the inputs first: torch loads only for a valid call
     config = parse_toml(config_toml, JobConfig, str(args.prompt))
     texts = _texts(args)

@@ -33,12 +33,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     from fedprompt.app.simulate import load_simulation, parse_simulation, simulate
     from fedprompt.app.tracking import check_track, job_params, tracking
-    from fedprompt.config import dump_toml
+    from fedprompt.config import check_placement, dump_toml
     from fedprompt.errors import ConfigError
     from fedprompt.files import writable
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    check_placement("", args.device, args.dtype)  # the spelling before loading torch; whether the GPU is there below
     for path, flag in ((args.report, "--report"), (args.export, "--export"), (args.plot, "--plot")):
         if path:
             writable(path, flag)  # before the run, not after it

@@ -23,12 +23,6 @@ def test_an_exported_simulation_prompt_classifies_texts(tmp_path: Path, tiny_enc
     assert answer["text"] == "a lovely film" and answer["label"] in ("neg", "pos")
 
 
-def test_no_progress_hides_the_bar(tmp_path: Path, tiny_encoder_dir: Path) -> None:
-    _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
-    result = run_fedprompt(["simulate", "--config", str(job), "--no-progress", "--set", "job.rounds=1"], timeout=600)
-    assert result.returncode == 0 and "rounds:" not in result.stderr, result.stderr[-3000:]
-
-
 def test_a_threshold_simulation_enrols_its_sites_and_runs_from_the_command_line(
         tmp_path: Path, tiny_encoder_dir: Path) -> None:
     """A prepared job file names no members; ``simulate`` enrols its sites, so a threshold job (whose key is
@@ -54,10 +48,11 @@ def test_export_with_levels_is_refused_before_the_run(tmp_path: Path) -> None:
     assert "levels.enabled" in line and not (tmp_path / "out.safetensors").exists()
 
 
-def test_each_round_prints_a_line_as_it_finishes_before_the_table(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+def test_each_round_prints_a_line_as_it_finishes_before_the_table_and_no_progress_hides_the_bar(
+        tmp_path: Path, tiny_encoder_dir: Path) -> None:
     _, job, _ = toy_job(tmp_path, tiny_encoder_dir)
     result = run_fedprompt(["simulate", "--config", str(job), "--no-progress", "--set", "job.rounds=2"], timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0 and "rounds:" not in result.stderr, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     live = [k for k, line in enumerate(lines) if line.startswith("round ") and ":" in line]
     header = next(k for k, line in enumerate(lines) if line.split()[:2] == ["round", "accuracy"])

@@ -22,6 +22,7 @@ ML_STACK = ("torch", "transformers")
 
 #: Unit-test modules that load torch, and why.
 NEEDS_TORCH = {
+    "test_bench_peft": "the peft bench module loads backbones, so it imports torch",
     "test_blackbox": "black-box learners score candidates on a tiny model",
     "test_dp": "DP-SGD on a tiny model, with Opacus's own engine as the reference",
     "test_fewshot": "pseudo-labelling with a tiny model",
