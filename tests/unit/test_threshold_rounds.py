@@ -224,6 +224,36 @@ def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
         sites[MEMBERS[2]].keys.open_version(pack_version(forged), SIZE)
 
 
+def test_a_restarted_member_rebuilds_its_record_index_from_the_file_and_refuses_alike(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """The checks on every share look the one-use records up in an index (the set each round is bound to, the
+    shares spent) instead of scanning them; a restart rebuilds it from the records file, which keeps one label a
+    line as before: the restarted member refuses another uploader set of the round and a second share of the
+    attempt as it did, counts the same shares against ``max_decryptions``, and shares again for the bound set."""
+    relay, sites = federation
+    who, pair, round_ = MEMBERS[0], MEMBERS[:2], 12
+    site = sites[who]
+    site.keys.decryption_share(SIZE, round_, 0, MEMBERS, pair)
+    records = (key_dir(site.state, JOB) / "threshold.used").read_text().splitlines()
+    assert records[-2:] == [f"set:{round_}:1,2,3", f"share:{round_}:0"]
+
+    def refusals(keys: ThresholdKeys) -> list[str]:
+        refused = []
+        for attempt, uploaders in ((1, pair), (0, MEMBERS)):
+            with pytest.raises((RelayRefused, InvalidValue)) as caught:
+                keys.decryption_share(SIZE, round_, attempt, uploaders, pair)
+            refused.append(f"{type(caught.value).__name__}: {caught.value}")
+        return refused
+
+    before = refusals(site.keys)
+    assert "made a decryption share of the round for 1,2,3" in before[0] and "already used" in before[1]
+    site.keys = site.start()
+    assert refusals(site.keys) == before
+    assert site.keys._shares == sum(label.startswith("share:") for label in records)
+    assert site.keys._bound[round_] == f"set:{round_}:1,2,3"
+    site.keys.decryption_share(SIZE, round_, 1, MEMBERS, pair)  # the bound set, a new attempt
+
+
 def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path: Path) -> None:
     """An active relay that hands out a key share of its own making for a member: its signature fails."""
     ca = CertificateAuthority.init(tmp_path / "ca")
