@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound, pick_decryptors
+from fedprompt.coordinator.accumulators import Fold, ThresholdAccumulator
+from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.threshold import (
+    RoundMemory,
+    ThresholdKeyRelay,
+    ThresholdRelay,
+    ThresholdRound,
+    pick_decryptors,
+)
 from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
@@ -181,11 +189,11 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
     # the member that answered made its share of round 2 for all three uploads: a sum of the round over two would
     # give the late member's update away next to it, so it is not asked (it would refuse), and one is fewer than t
     (answered,) = (who for who in first.decryptors if who != late)
-    assert machine.bound == {answered: MEMBERS} and machine.close(_online(late)) is None
+    assert machine.memory.bound == {answered: MEMBERS} and machine.close(_online(late)) is None
     with pytest.raises(RelayRefused, match="made a decryption share of the round for 1,2,3"):
         sites[answered].keys.decryption_share(SIZE, 2, 1, back, back)
     # the late member is back: the next attempt sums all three again, and its decryptors decrypt it
-    machine = ThresholdRound(relay, 2, SIZE, 2, machine.missed, machine.bound)
+    machine = ThresholdRound(relay, 2, SIZE, 2, machine.memory)  # the next attempt reads what the last left
     machine, expected, weight = _round(relay, sites, 2, MEMBERS, rng, machine)
     retry = machine.close(_online())
     assert retry is not None and late not in retry.decryptors and answered in retry.decryptors
@@ -194,6 +202,38 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
                                                            retry.decryptors))
     total, got = sites[back[0]].keys.open_version(retry.version(), SIZE)
     assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+
+
+def test_the_accumulator_keeps_one_memory_of_a_rounds_attempts_that_each_attempt_reads(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """``ThresholdAccumulator`` (the job's path) holds the round's ``RoundMemory``; each attempt's ``ThresholdRound``
+    reads that same object.  A postponed attempt notes into it who missed and who answered for which uploaders,
+    so the next attempt over another uploader set names no bound member (here: too few left, it waits); a stored
+    version starts the next round with a fresh one."""
+    relay, sites = federation
+    accumulator = ThresholdAccumulator(ThresholdKeyRelay(JOB, relay, Store(":memory:")), lambda: SIZE, float)
+    round_ = 13
+
+    def attempt(number: int, uploaders: tuple[str, ...]) -> tuple[Fold, ThresholdRound]:
+        fold = accumulator.fold(round_, number)
+        for who in uploaders:
+            fold.add(who, Payload(JOB, round_, ENCODING, SIZE, sites[who].keys.encrypt(
+                np.zeros(SIZE), 1.0, round_, number), num_examples=1))
+        assert fold.threshold is not None and fold.threshold.memory is accumulator.memory
+        return fold, fold.threshold
+
+    fold, machine = attempt(1, MEMBERS)
+    decryption = machine.close(_online())
+    assert decryption is not None
+    answered, late = decryption.decryptors
+    decryption.submit(answered, sites[answered].keys.decryption_share(SIZE, round_, 1, MEMBERS,
+                                                                      decryption.decryptors))
+    assert fold.close("deadline passed").refusal == "deadline passed"
+    assert accumulator.memory.missed == (late,) and accumulator.memory.bound == {answered: MEMBERS}
+    back = tuple(m for m in MEMBERS if m != late)
+    assert attempt(2, back)[1].close(_online(late)) is None
+    accumulator.committed(b"")
+    assert accumulator.memory == RoundMemory() and attempt(3, back)[1].memory is accumulator.memory
 
 
 def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
