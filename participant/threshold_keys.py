@@ -151,16 +151,20 @@ class ThresholdKeys:
         long the job): the uploader set a round is bound to (``set:<round>:<indices>``), the plain rounds' shares
         (``share:<round>:<attempt>``) and a Gram job's shares with the decryptions each spent
         (``gram-share|gram-sum:<round>:<attempt>:<count>``)."""
-        self._used.add(label)
         kind, _, rest = label.partition(":")
-        if kind == "set":
-            self._bound[int(rest.split(":", 1)[0])] = label
-        elif kind == "share":
-            self._shares += 1
-        elif kind.startswith(GRAM_SPEND):
-            spend, _, count = label.rpartition(":")
-            self._gram_spends.add(spend)
-            self._gram_spent += int(count)
+        spend, _, count = label.rpartition(":")
+        try:
+            if kind == "set":
+                self._bound[int(rest.split(":", 1)[0])] = label
+            elif kind == "share":
+                self._shares += 1
+            elif kind.startswith(GRAM_SPEND):
+                self._gram_spent += int(count)
+                self._gram_spends.add(spend)
+        except ValueError:  # fail closed: a record we cannot read might be the one that refuses the next share
+            raise FedPromptError(f"the one-use records of threshold job {self.job_id} ({USED}) hold a malformed "
+                                 f"record {label[:60]!r}: the member stops rather than decrypt past it") from None
+        self._used.add(label)
 
     def _shares_file(self) -> list[bytes]:
         data = _unframe(self._read(SHARES))

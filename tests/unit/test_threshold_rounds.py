@@ -31,6 +31,7 @@ from fedprompt.crypto.threshold import ThresholdParams
 from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import (
     DuplicateUpdate,
+    FedPromptError,
     InvalidUpdate,
     NotEnrolled,
     NotSelected,
@@ -202,6 +203,17 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
                                                            retry.decryptors))
     total, got = sites[back[0]].keys.open_version(retry.version(), SIZE)
     assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+
+
+def test_a_malformed_one_use_record_stops_the_member_at_start(tmp_path: Path) -> None:
+    """The records file is read into the index at start: a record it cannot read (a torn write) is refused by
+    name there, rather than decrypting past the record that might have refused the share."""
+    keys = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key(), tmp_path)
+    keys._record("gram-sum:4:0:2")
+    with (key_dir(tmp_path, JOB) / "threshold.used").open("a") as records:
+        records.write("gram-sum:5:0:\n")
+    with pytest.raises(FedPromptError, match="malformed record 'gram-sum:5:0:'"):
+        ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key(), tmp_path)
 
 
 def test_the_accumulator_keeps_one_memory_of_a_rounds_attempts_that_each_attempt_reads(
