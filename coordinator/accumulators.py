@@ -39,7 +39,7 @@ from fedprompt.coordinator.aggregation import AggregateResult, Aggregator, Contr
 from fedprompt.coordinator.hegram import GramRound
 from fedprompt.coordinator.keys import JobKeys
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import Decryption, ThresholdKeyRelay, ThresholdRound
+from fedprompt.coordinator.threshold import RoundMemory, ThresholdKeyRelay, ThresholdRound
 from fedprompt.crypto.audit import mask
 from fedprompt.crypto.ckks import ENCODING as CKKS
 from fedprompt.crypto.ckks import EncryptedSum
@@ -319,10 +319,8 @@ class ThresholdFold(Fold):
     Each upload's declared weight is its example count in the job's weight unit (``weigh``:
     ``JobConfig.summand_weight``, as the site encrypted it), so the members' check of the weight slot agrees."""
 
-    def __init__(self, machine: ThresholdRound, missed: Callable[[Decryption], None],
-                 weigh: Callable[[int], float]) -> None:
+    def __init__(self, machine: ThresholdRound, weigh: Callable[[int], float]) -> None:
         self.threshold = machine
-        self.missed = missed
         self.weigh = weigh
 
     def add(self, participant_id: str, payload: Payload) -> None:
@@ -332,11 +330,12 @@ class ThresholdFold(Fold):
     def close(self, postponed: str = "") -> Outcome:
         """The stored version once every decryptor answered; ``postponed``: the deadline passed without them
         (they are asked last in the next attempt, and those that answered only for the same uploaders)."""
-        decryption = self.threshold.decryption if self.threshold is not None else None
-        if decryption is None:
+        machine = self.threshold
+        decryption = machine.decryption if machine is not None else None
+        if machine is None or decryption is None:
             return Outcome(refusal=postponed or "the aggregate was never sent for decryption")
         if postponed:
-            self.missed(decryption)
+            machine.memory.note(decryption)
             return Outcome(refusal=postponed)
         return Outcome(decryption.version(), weight=decryption.declared_weight)
 
@@ -351,8 +350,7 @@ class ThresholdAccumulator(Accumulator):
         self.keys = keys  # its relay is replaced when a restarted coordinator restores it
         self.vector_size = vector_size
         self.weigh = weigh
-        self.missed: tuple[str, ...] = ()
-        self.bound: dict[str, tuple[str, ...]] = {}  # who answered an attempt of the round, for which uploaders
+        self.memory = RoundMemory()  # the current round's, across its attempts
 
     def max_bytes(self, vector_size: int) -> int:
         return max(self.keys.require_context().expected_size(vector_size), 4 * vector_size + 1024)
@@ -364,14 +362,11 @@ class ThresholdAccumulator(Accumulator):
                                 f"for the members, not {len(payload.data)} bytes")
 
     def fold(self, number: int, attempt: int = 1) -> Fold:
-        return ThresholdFold(ThresholdRound(self.keys.relay, number, self.vector_size(), attempt, self.missed,
-                                            self.bound), self._missed, self.weigh)
-
-    def _missed(self, decryption: Decryption) -> None:
-        self.missed, self.bound = decryption.missing, {**self.bound, **decryption.answered}
+        return ThresholdFold(ThresholdRound(self.keys.relay, number, self.vector_size(), attempt, self.memory),
+                             self.weigh)
 
     def committed(self, data: bytes) -> None:
-        self.missed, self.bound = (), {}
+        self.memory = RoundMemory()
 
     def export_refusal(self, job_id: str) -> str:
         return (f"job {job_id} uses threshold keys: the coordinator holds no decrypted prompt; every member writes "

@@ -250,20 +250,38 @@ class Decryption:
                                              self.declared_weight, combined))
 
 
+@dataclass
+class RoundMemory:
+    """What a round's attempts remember of its earlier ones, one object for the whole round: the decryptors that
+    did not answer the last attempt (``missed``, asked last) and the uploader set each member that answered an
+    attempt made its share for (``bound``: a member decrypts no other set of the round,
+    ``participant.threshold_keys``, so it is not asked to).  The job's ``ThresholdAccumulator`` keeps it across the
+    round's attempts and starts a new one with each round; each attempt's ``ThresholdRound`` reads it and notes its
+    own missed deadline into it.  In memory only: after a coordinator restart a bound member refuses instead."""
+
+    missed: tuple[str, ...] = ()
+    bound: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def note(self, decryption: Decryption) -> None:
+        """An attempt's deadline passed: its silent decryptors go last, those that answered stay bound."""
+        self.missed = decryption.missing
+        self.bound.update(decryption.answered)
+
+    def may_decrypt(self, who: str, uploaders: tuple[str, ...]) -> bool:
+        return self.bound.get(who, uploaders) == uploaders
+
+
 class ThresholdRound:
     """One round of a threshold job: the attempt's key-less fold, then its decryption; a decryptor that does not
     answer before the deadline makes the next attempt (fresh ``a_r``, the members online upload again)."""
 
     def __init__(self, relay: ThresholdRelay, round_: int, vector_size: int, attempt: int = 0,
-                 missed: Sequence[str] = (), bound: Mapping[str, tuple[str, ...]] | None = None) -> None:
-        """``attempt``: the round machine's attempt number (never repeated within a round); ``missed``: the
-        decryptors that did not answer the last attempt, asked last; ``bound``: the uploader set each member that
-        answered an earlier attempt of the round made its share for (a member decrypts no other set of the round:
-        ``participant.threshold_keys``), so it is not asked to decrypt another."""
+                 memory: RoundMemory | None = None) -> None:
+        """``attempt``: the round machine's attempt number (never repeated within a round); ``memory``: the round's
+        earlier attempts (a fresh one for its first)."""
         self.relay, self.round, self.vector_size = relay, round_, vector_size
         self.attempt = attempt
-        self.missed: tuple[str, ...] = tuple(missed)
-        self.bound: dict[str, tuple[str, ...]] = dict(bound or {})
+        self.memory = memory if memory is not None else RoundMemory()
         self._open()
 
     def _open(self) -> None:
@@ -292,8 +310,8 @@ class ThresholdRound:
         """Close the fold and name t online decryptors, none bound to another uploader set of the round; None
         while fewer than t such members are online."""
         uploaders = tuple(sorted(self.weights))
-        decryptors = pick_decryptors(self.relay.members, lambda who: online(who) and self.bound.get(
-            who, uploaders) == uploaders, self.relay.params.t, self.round, self.missed)
+        decryptors = pick_decryptors(self.relay.members, lambda who: online(who) and self.memory.may_decrypt(
+            who, uploaders), self.relay.params.t, self.round, self.memory.missed)
         if decryptors is None or not self.weights:
             return None
         self.decryption = Decryption(self.round, self.attempt, uploaders,
@@ -307,10 +325,9 @@ class ThresholdRound:
         """The deadline passed with shares missing: the next attempt, whose uploads start afresh."""
         if self.decryption is None or self.decryption.complete:
             raise PreconditionFailed(f"round {self.round} attempt {self.attempt} is not waiting for shares")
-        self.missed = self.decryption.missing
-        self.bound.update(self.decryption.answered)
+        self.memory.note(self.decryption)
         self.relay.log.warning("decryptors missed the deadline: new upload attempt", round=self.round,
-                               attempt=self.attempt + 1, missing=list(self.missed))
+                               attempt=self.attempt + 1, missing=list(self.memory.missed))
         self.attempt += 1
         self._open()
         return self.attempt

@@ -23,7 +23,13 @@ from collections.abc import Callable
 from fedprompt.coordinator.accumulators import Fold, Outcome, ThresholdAccumulator, ThresholdFold
 from fedprompt.coordinator.aggregation import GramDefence, RoundDecision
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import Decryption, ThresholdKeyRelay, ThresholdRelay, ThresholdRound
+from fedprompt.coordinator.threshold import (
+    Decryption,
+    RoundMemory,
+    ThresholdKeyRelay,
+    ThresholdRelay,
+    ThresholdRound,
+)
 from fedprompt.coordinator.threshold_gramkeys import GramKeyRelay
 from fedprompt.coordinator.threshold_gramround import ThresholdGramRound
 from fedprompt.crypto import threshold_masked
@@ -146,9 +152,9 @@ class GramThresholdRound(ThresholdRound):
     """A threshold attempt whose uploads are attested public-key ciphertexts kept for their Gram matrix."""
 
     def __init__(self, keys: GramThresholdKeyRelay, round_: int, vector_size: int, attempt: int,
-                 missed: tuple[str, ...], norm_bound: float, defence: GramDefence, minimum: int) -> None:
+                 memory: RoundMemory, norm_bound: float, defence: GramDefence, minimum: int) -> None:
         self.grams, self.norm_bound, self.defence, self.minimum = keys.grams, norm_bound, defence, minimum
-        super().__init__(keys.relay, round_, vector_size, attempt, missed)
+        super().__init__(keys.relay, round_, vector_size, attempt, memory)
 
     def _open(self) -> None:
         self.machine = ThresholdGramRound(self.grams, self.round, self.vector_size, self.norm_bound, self.attempt)
@@ -161,8 +167,9 @@ class GramThresholdRound(ThresholdRound):
 
     def close(self, online: Callable[[str], bool]) -> Decryption | None:
         """Freeze the uploads, name t online decryptors (those that missed the last attempt last) and compute the
-        packed Gram ciphertext (inline)."""
-        decryptors = self.machine.close(online, self.missed)
+        packed Gram ciphertext (inline).  The round's ``bound`` is not consulted: the set a sum share is of is the
+        verdict's, known only after the decryptors are named (a bound member refuses another accepted set)."""
+        decryptors = self.machine.close(online, self.memory.missed)
         if decryptors is None:
             return None
         self.decryption = GramDecryption(self.machine, decryptors, self.defence, self.minimum)
@@ -197,9 +204,9 @@ class GramThresholdAccumulator(ThresholdAccumulator):
         return 2 * self.keys.require_context().expected_size(vector_size) + _ATTESTATION_ROOM
 
     def fold(self, number: int, attempt: int = 1) -> Fold:
-        machine = GramThresholdRound(self.gram_keys, number, self.vector_size(), attempt, self.missed,
+        machine = GramThresholdRound(self.gram_keys, number, self.vector_size(), attempt, self.memory,
                                      self.norm_bound, self.defence, self.minimum)
-        return GramThresholdFold(machine, self._missed, self.weigh)
+        return GramThresholdFold(machine, self.weigh)
 
 
 def request_payload(job_id: str, decryption: GramDecryption, who: str) -> Payload:

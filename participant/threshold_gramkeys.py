@@ -32,7 +32,7 @@ from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import FedPromptError
 from fedprompt.participant.keys import write_private
-from fedprompt.participant.threshold_keys import WEIGHT_TOLERANCE, ThresholdKeys
+from fedprompt.participant.threshold_keys import GRAM_SPEND, WEIGHT_TOLERANCE, ThresholdKeys
 from fedprompt.protocol import GramKeyLink, GramKeyState
 from fedprompt.wire.threshold import unpack_version
 from fedprompt.wire.threshold_gram import GRAM, GramRequest
@@ -160,18 +160,7 @@ class GramKeys:
     def spent(self) -> int:
         """Ciphertext decryptions this member made shares of in this job's Gram rounds (its one-use records on
         disk): the ``Q`` its flooding is sized for counts them all, Gram matrices and sums."""
-        return sum(int(label.rsplit(":", 1)[1]) for label in self.keys._used if label.startswith("gram-"))
-
-    def _spend(self, label: str, ciphertexts: int) -> None:
-        """Record a share of ``ciphertexts`` decryptions under ``label`` once, within ``max_decryptions``."""
-        if any(used.startswith(label + ":") for used in self.keys._used):
-            raise InvalidValue(f"member {self.keys.identity} already used {label[:40]}: one share per round attempt")
-        limit = self.keys.params.max_decryptions
-        if self.spent + ciphertexts > limit:
-            raise InvalidValue(f"member {self.keys.identity} has made {self.spent} decryptions with this key; "
-                               f"{ciphertexts} more would pass max_decryptions = {limit}, the count its smudging "
-                               "noise is sized for: the job needs new keys")
-        self.keys._record(f"{label}:{ciphertexts}")
+        return self.keys._gram_spent
 
     def encrypt(self, vector: np.ndarray, round_: int, attempt: int, norm_bound: float) -> tuple[bytes, bytes]:
         """Our upload to a Gram job's round attempt (``weight * delta``, at most ``norm_bound`` in l2) under the
@@ -202,8 +191,10 @@ class GramKeys:
         """Our flooded share of the Gram matrix of ``uploads`` ((uploader, upload, attestation) in the Gram's
         order), recomputed here with our own keys from the attested uploads, once per round attempt."""
         evaluator, key = self._attested(round_, attempt, uploads), self.keys._require()
-        self._spend(f"gram-share:{round_}:{attempt}", -(-len(threshold_gram.pairs(len(uploads)))
-                                                        // self.keys.params.poly_modulus_degree))
+        spend, ciphertexts = (f"{GRAM_SPEND}share:{round_}:{attempt}",
+                              -(-len(threshold_gram.pairs(len(uploads))) // self.keys.params.poly_modulus_degree))
+        self.keys._check_budget(spend, ciphertexts)  # a matrix is bound to no uploader set (``_check_retry``)
+        self.keys._record_spend(spend, ciphertexts)
         return threshold_gram.decryption_share(self.keys.context, key, evaluator, [u for _, u, _ in uploads],
                                                vector_size, self.keys._indices(decryptors), norm_bound)
 
@@ -211,7 +202,7 @@ class GramKeys:
                   accepted: Mapping[str, float], vector_size: int, decryptors: Sequence[str]) -> bytes:
         """Our flooded share of the round attempt's accepted sum, masked under the group key
         (``threshold_masked.masked_sum_share``), once per round attempt, and of one accepted set per round: a
-        later attempt's other set is refused (``ThresholdKeys._check_retry``, the plain rounds' rule and record,
+        later attempt's other set is refused (``ThresholdKeys._claim``, the plain rounds' checks and records,
         kept on disk).  The accepted set must hold ``job.min_participants`` distinct members as the uploads do
         (``ThresholdKeys._check_uploaders``): the coordinator's verdict, which we cannot check, could otherwise
         name one honest upload beside its colluders' and have it decrypted less their own.  The sum is recomputed here from the attested ``uploads`` the coordinator accepted
@@ -220,20 +211,19 @@ class GramKeys:
         exact, so it is the coordinator's fold and the t masked shares combine on it
         (``threshold_masked.combine_sum``) into a download only members open."""
         public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
-        self.keys._check_uploaders(round_, list(accepted), "accepted uploader(s)")  # the job's floor on the sum
+        # the job's floor on the sum first, as ``_claim`` checks it: a non-member named is the relay's fault
+        self.keys._check_uploaders(round_, list(accepted), "accepted uploader(s)")
         held = {who: upload for who, upload, _ in uploads}
         if not accepted or not set(accepted) <= set(held):
             raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")
-        accepted_set = self.keys._check_retry(round_, self.keys._indices(list(accepted)), "accepted uploaders")
         total = public.new_sum(vector_size)
         for who in accepted:
             total.add(public.parse(held[who], self.keys.context.key_id, vector_size))
         if total.total is None:
             raise InvalidValue(f"round {round_} has no accepted upload to sum")
         add_weight(public, total.total, vector_size, float(sum(accepted.values())))
-        self._spend(f"gram-sum:{round_}:{attempt}", self.keys.params.ckks.num_ciphertexts(vector_size))
-        if accepted_set is not None:
-            self.keys._record(accepted_set)
+        self.keys._claim(round_, list(accepted), "accepted uploaders", f"{GRAM_SPEND}sum:{round_}:{attempt}",
+                         self.keys.params.ckks.num_ciphertexts(vector_size))
         return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total.to_bytes(),
                                                  vector_size, UploadRound(self.keys.seed, round_, attempt),
                                                  self.keys._indices(decryptors))

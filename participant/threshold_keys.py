@@ -57,6 +57,8 @@ log = structlog.get_logger("participant.threshold_keys")
 
 SECRET, PUBLIC, SHARES, DEALING, RECEIVED, USED = ("threshold.secret", "threshold.public", "threshold.shares",
                                                    "threshold.dealing", "threshold.received", "threshold.used")
+#: The one-use records of a Gram job's shares (``participant.threshold_gramkeys``) begin so.
+GRAM_SPEND = "gram-"
 _PART = struct.Struct("<HI")
 #: How far the combined weight slot may stray from the declared weight, the uploaders' example counts in units of
 #: ``he.weight_unit`` (``JobConfig.summand_weight``); the flooding errs by ~5e-5 absolute.
@@ -102,7 +104,13 @@ class ThresholdKeys:
         dealing = self._read(DEALING) or self._keep(DEALING, _frame(
             {0: os.urandom(GROUP_CONTRIBUTION_BYTES), **self.member.deal()}))
         self._dealing = _unframe(dealing)
-        self._used = set(self._read(USED).decode().split())
+        self._used: set[str] = set()  # the one-use records, and their index (``_note``):
+        self._bound: dict[int, str] = {}  # round -> the record of the uploader set its shares are of
+        self._shares = 0  # plain rounds' share records
+        self._gram_spends: set[str] = set()  # Gram shares' records less their count
+        self._gram_spent = 0  # the decryptions those counted
+        for label in set(self._read(USED).decode().split()):
+            self._note(label)
         self.key: KeyShare | None = None
         self.group = b""
         received = self._read(RECEIVED)
@@ -129,7 +137,7 @@ class ThresholdKeys:
         if label in self._used:
             raise InvalidValue(f"member {self.identity} already used {label[:40]}: a second upload or decryption "
                                "share for one round attempt would reveal what it protects")
-        self._used.add(label)
+        self._note(label)
         if self.dir is not None:
             fd = os.open(self.dir / USED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
@@ -137,6 +145,26 @@ class ThresholdKeys:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _note(self, label: str) -> None:
+        """Hold one one-use record, indexed for the checks that consult it on every share (O(1) each, however
+        long the job): the uploader set a round is bound to (``set:<round>:<indices>``), the plain rounds' shares
+        (``share:<round>:<attempt>``) and a Gram job's shares with the decryptions each spent
+        (``gram-share|gram-sum:<round>:<attempt>:<count>``)."""
+        kind, _, rest = label.partition(":")
+        spend, _, count = label.rpartition(":")
+        try:
+            if kind == "set":
+                self._bound[int(rest.split(":", 1)[0])] = label
+            elif kind == "share":
+                self._shares += 1
+            elif kind.startswith(GRAM_SPEND):
+                self._gram_spent += int(count)
+                self._gram_spends.add(spend)
+        except ValueError:  # fail closed: a record we cannot read might be the one that refuses the next share
+            raise FedPromptError(f"the one-use records of threshold job {self.job_id} ({USED}) hold a malformed "
+                                 f"record {label[:60]!r}: the member stops rather than decrypt past it") from None
+        self._used.add(label)
 
     def _shares_file(self) -> list[bytes]:
         data = _unframe(self._read(SHARES))
@@ -238,12 +266,12 @@ class ThresholdKeys:
                                f"{named}, fewer than the job's minimum of {self.min_uploaders}: a decryption "
                                "share of it could reveal a single member's update; none made")
 
-    def _check_retry(self, round_: int, users: Sequence[int], named: str = "uploaders") -> str | None:
+    def _check_retry(self, round_: int, users: Sequence[int], named: str) -> str | None:
         """The record to write of the uploader set a decryption share of round ``round_`` sums (None when it is on
         record already); ``RelayRefused`` if this member made a share of the round (in any attempt) for another
         set.  Without DP a member's update is the same in every attempt of a round, so two decrypted sums over
         sets U and U' give the coalition the sum over U minus the sum over U' (one update when they differ by one
-        member); over one set they are the same sum.  The caller writes the record (``_record``, fsynced) before
+        member); over one set they are the same sum.  ``_claim`` writes the record (``_record``, fsynced) before
         the share leaves, so the rule holds across restarts.
 
         One rule and one record per round serve both kinds of threshold job: a plain round decrypts the sum of
@@ -254,13 +282,48 @@ class ThresholdKeys:
         no set: each entry is one pair's inner product, so two matrices over different sets reveal no more than
         their entries (``docs/he.md``, "The uploader floor")."""
         label = f"set:{round_}:{','.join(map(str, users))}"
-        earlier = [used for used in self._used if used.startswith(f"set:{round_}:")]
-        if earlier and earlier != [label]:
+        earlier = self._bound.get(round_)
+        if earlier is not None and earlier != label:
             raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {named} {label.split(':')[2]} "
                                f"(member indices), but this member made a decryption share of the round for "
-                               f"{earlier[0].split(':')[2]}: two sums of one round over different uploader sets "
+                               f"{earlier.split(':')[2]}: two sums of one round over different uploader sets "
                                "could be subtracted to reveal what they do not share; no share made")
         return None if earlier else label
+
+    def _check_budget(self, spend: str, ciphertexts: int) -> None:
+        """``InvalidValue`` if a share of ``ciphertexts`` decryptions recorded as ``spend`` would pass
+        ``max_decryptions``, the count the smudging noise is sized for.  A plain round's record
+        (``share:<round>:<attempt>``) carries no count: each decrypts the job's vector, so the spent count is
+        the records times the chunks of this one.  A Gram job's shares (``GRAM_SPEND``: matrices and accepted
+        sums) differ in size, so each record carries its count and a second of one round attempt is refused
+        here (a plain one by ``_record``)."""
+        if spend.startswith(GRAM_SPEND):
+            if spend in self._gram_spends:
+                raise InvalidValue(f"member {self.identity} already used {spend[:40]}: one share per round attempt")
+            spent, unit = self._gram_spent, "decryptions"
+        else:
+            spent, unit = ciphertexts * self._shares, "chunk decryptions"
+        if spent + ciphertexts > self.params.max_decryptions:
+            raise InvalidValue(f"member {self.identity} has made {spent} {unit} with this key; {ciphertexts} more "
+                               f"would pass max_decryptions = {self.params.max_decryptions}, the count its smudging "
+                               "noise is sized for: the job needs new keys")
+
+    def _record_spend(self, spend: str, ciphertexts: int) -> None:
+        self._record(f"{spend}:{ciphertexts}" if spend.startswith(GRAM_SPEND) else spend)
+
+    def _claim(self, round_: int, uploaders: Sequence[str], named: str, spend: str, ciphertexts: int) -> None:
+        """Everything a decryption share of a sum over ``uploaders`` must pass, then its records: the uploader floor
+        (``_check_uploaders``), the round's one uploader set (``_check_retry``) and the budget (``_check_budget``),
+        each refusing before anything is written; then the set's record (its first share of the round) and the
+        share's (``spend``), each fsynced before the caller makes the share, so both rules hold across restarts.
+        One sequence for a plain round's uploaders (``decryption_share``) and a Gram job's accepted uploaders
+        (``GramKeys.sum_share``, ``named`` "accepted uploaders")."""
+        self._check_uploaders(round_, uploaders, named.removesuffix("s") + "(s)")
+        uploader_set = self._check_retry(round_, self._indices(uploaders), named)
+        self._check_budget(spend, ciphertexts)
+        if uploader_set is not None:
+            self._record(uploader_set)
+        self._record_spend(spend, ciphertexts)
 
     def _require(self) -> KeyShare:
         if self.key is None:
@@ -277,21 +340,11 @@ class ThresholdKeys:
     def decryption_share(self, vector_size: int, round_: int, attempt: int, uploaders: Sequence[str],
                          decryptors: Sequence[str]) -> bytes:
         """Our flooded share of the uploaders' sum in a round attempt (once), masked under the group key."""
-        key = self._require()
-        self._check_uploaders(round_, uploaders)
-        chunks = self.params.ckks.num_ciphertexts(vector_size)
-        spent = chunks * sum(label.startswith("share:") for label in self._used)
-        if spent + chunks > self.params.max_decryptions:
-            raise InvalidValue(f"member {self.identity} has made {spent} chunk decryptions with this key; "
-                               f"{chunks} more would pass max_decryptions = {self.params.max_decryptions}, the "
-                               "count its smudging noise is sized for: the job needs new keys")
-        upload, users = UploadRound(self.seed, round_, attempt), self._indices(uploaders)
-        uploader_set = self._check_retry(round_, users)
-        if uploader_set is not None:
-            self._record(uploader_set)
-        self._record(f"share:{round_}:{attempt}")
-        return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload, users,
-                                             self._indices(decryptors))
+        key, upload = self._require(), UploadRound(self.seed, round_, attempt)
+        self._claim(round_, uploaders, "uploaders", f"share:{round_}:{attempt}",
+                    self.params.ckks.num_ciphertexts(vector_size))
+        return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload,
+                                             self._indices(uploaders), self._indices(decryptors))
 
     def open_version(self, data: bytes, vector_size: int) -> tuple[np.ndarray, float]:
         """(sum, weight) of a stored global version (``fedprompt.wire.threshold``): the combined download

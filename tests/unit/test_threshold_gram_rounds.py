@@ -21,7 +21,7 @@ from fedprompt.config import RobustSection
 from fedprompt.coordinator.aggregation import GramDefence, make_aggregator
 from fedprompt.coordinator.robust import gram
 from fedprompt.coordinator.store import Store
-from fedprompt.coordinator.threshold import PAGE_BYTES, ThresholdRelay
+from fedprompt.coordinator.threshold import PAGE_BYTES, RoundMemory, ThresholdRelay
 from fedprompt.coordinator.threshold_gramjob import (
     GramDecryption,
     GramThresholdFold,
@@ -319,7 +319,7 @@ def _job_attempt(fed: Federation, round_: int, minimum: int, seed: int
     rng = np.random.default_rng(seed)
     deltas = {who: rng.normal(0, 1, SIZE) / np.sqrt(SIZE) for who in (a, b)}
     deltas[c] = 30 * deltas[a]
-    machine = GramThresholdRound(keys, round_, SIZE, 0, (), NORM_BOUND, defence, minimum)
+    machine = GramThresholdRound(keys, round_, SIZE, 0, RoundMemory(), NORM_BOUND, defence, minimum)
     for who, delta in deltas.items():
         machine.add(who, 0, pack_upload(*fed.gram[who].encrypt(delta, round_, 0, NORM_BOUND)), 1.0)
     decryption = machine.close(lambda who: True)
@@ -397,7 +397,7 @@ def test_a_verdict_keeping_fewer_than_min_participants_fails_the_attempt_before_
     for who in decryption.decryptors:
         with pytest.raises(NotSelected):
             decryption.request(who)
-    outcome = GramThresholdFold(machine, lambda missed: None, float).close()
+    outcome = GramThresholdFold(machine, float).close()
     assert outcome.refusal == decryption.failure and outcome.data == b""
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt.coordinator.threshold import ThresholdRelay, ThresholdRound, pick_decryptors
+from fedprompt.coordinator.accumulators import Fold, ThresholdAccumulator
+from fedprompt.coordinator.store import Store
+from fedprompt.coordinator.threshold import (
+    RoundMemory,
+    ThresholdKeyRelay,
+    ThresholdRelay,
+    ThresholdRound,
+    pick_decryptors,
+)
 from fedprompt.crypto import threshold_masked
 from fedprompt.crypto.attest import KeyCredentials, digest
 from fedprompt.crypto.errors import AttestationError, InvalidCiphertext, InvalidValue
@@ -23,6 +31,7 @@ from fedprompt.crypto.threshold import ThresholdParams
 from fedprompt.crypto.threshold_seeded import UploadRound
 from fedprompt.errors import (
     DuplicateUpdate,
+    FedPromptError,
     InvalidUpdate,
     NotEnrolled,
     NotSelected,
@@ -181,11 +190,11 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
     # the member that answered made its share of round 2 for all three uploads: a sum of the round over two would
     # give the late member's update away next to it, so it is not asked (it would refuse), and one is fewer than t
     (answered,) = (who for who in first.decryptors if who != late)
-    assert machine.bound == {answered: MEMBERS} and machine.close(_online(late)) is None
+    assert machine.memory.bound == {answered: MEMBERS} and machine.close(_online(late)) is None
     with pytest.raises(RelayRefused, match="made a decryption share of the round for 1,2,3"):
         sites[answered].keys.decryption_share(SIZE, 2, 1, back, back)
     # the late member is back: the next attempt sums all three again, and its decryptors decrypt it
-    machine = ThresholdRound(relay, 2, SIZE, 2, machine.missed, machine.bound)
+    machine = ThresholdRound(relay, 2, SIZE, 2, machine.memory)  # the next attempt reads what the last left
     machine, expected, weight = _round(relay, sites, 2, MEMBERS, rng, machine)
     retry = machine.close(_online())
     assert retry is not None and late not in retry.decryptors and answered in retry.decryptors
@@ -194,6 +203,49 @@ def test_a_decryptor_that_never_answers_makes_a_new_attempt_with_fresh_uploads(
                                                            retry.decryptors))
     total, got = sites[back[0]].keys.open_version(retry.version(), SIZE)
     assert got == pytest.approx(weight, abs=1e-3) and np.abs(total - expected).max() <= 1e-4
+
+
+def test_a_malformed_one_use_record_stops_the_member_at_start(tmp_path: Path) -> None:
+    """The records file is read into the index at start: a record it cannot read (a torn write) is refused by
+    name there, rather than decrypting past the record that might have refused the share."""
+    keys = ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key(), tmp_path)
+    keys._record("gram-sum:4:0:2")
+    with (key_dir(tmp_path, JOB) / "threshold.used").open("a") as records:
+        records.write("gram-sum:5:0:\n")
+    with pytest.raises(FedPromptError, match="malformed record 'gram-sum:5:0:'"):
+        ThresholdKeys(JOB, MEMBERS, MEMBERS[0], PARAMS, new_exchange_key(), tmp_path)
+
+
+def test_the_accumulator_keeps_one_memory_of_a_rounds_attempts_that_each_attempt_reads(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """``ThresholdAccumulator`` (the job's path) holds the round's ``RoundMemory``; each attempt's ``ThresholdRound``
+    reads that same object.  A postponed attempt notes into it who missed and who answered for which uploaders,
+    so the next attempt over another uploader set names no bound member (here: too few left, it waits); a stored
+    version starts the next round with a fresh one."""
+    relay, sites = federation
+    accumulator = ThresholdAccumulator(ThresholdKeyRelay(JOB, relay, Store(":memory:")), lambda: SIZE, float)
+    round_ = 13
+
+    def attempt(number: int, uploaders: tuple[str, ...]) -> tuple[Fold, ThresholdRound]:
+        fold = accumulator.fold(round_, number)
+        for who in uploaders:
+            fold.add(who, Payload(JOB, round_, ENCODING, SIZE, sites[who].keys.encrypt(
+                np.zeros(SIZE), 1.0, round_, number), num_examples=1))
+        assert fold.threshold is not None and fold.threshold.memory is accumulator.memory
+        return fold, fold.threshold
+
+    fold, machine = attempt(1, MEMBERS)
+    decryption = machine.close(_online())
+    assert decryption is not None
+    answered, late = decryption.decryptors
+    decryption.submit(answered, sites[answered].keys.decryption_share(SIZE, round_, 1, MEMBERS,
+                                                                      decryption.decryptors))
+    assert fold.close("deadline passed").refusal == "deadline passed"
+    assert accumulator.memory.missed == (late,) and accumulator.memory.bound == {answered: MEMBERS}
+    back = tuple(m for m in MEMBERS if m != late)
+    assert attempt(2, back)[1].close(_online(late)) is None
+    accumulator.committed(b"")
+    assert accumulator.memory == RoundMemory() and attempt(3, back)[1].memory is accumulator.memory
 
 
 def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
@@ -222,6 +274,36 @@ def test_a_restarted_member_reloads_its_share_and_its_one_use_records(
     forged = dataclasses.replace(unpack_version(stored), declared_weight=decryption.declared_weight + 7)
     with pytest.raises(InvalidValue, match="examples its uploaders declared"):  # the weight-slot check
         sites[MEMBERS[2]].keys.open_version(pack_version(forged), SIZE)
+
+
+def test_a_restarted_member_rebuilds_its_record_index_from_the_file_and_refuses_alike(
+        federation: tuple[ThresholdRelay, dict[str, Site]]) -> None:
+    """The checks on every share look the one-use records up in an index (the set each round is bound to, the
+    shares spent) instead of scanning them; a restart rebuilds it from the records file, which keeps one label a
+    line as before: the restarted member refuses another uploader set of the round and a second share of the
+    attempt as it did, counts the same shares against ``max_decryptions``, and shares again for the bound set."""
+    relay, sites = federation
+    who, pair, round_ = MEMBERS[0], MEMBERS[:2], 12
+    site = sites[who]
+    site.keys.decryption_share(SIZE, round_, 0, MEMBERS, pair)
+    records = (key_dir(site.state, JOB) / "threshold.used").read_text().splitlines()
+    assert records[-2:] == [f"set:{round_}:1,2,3", f"share:{round_}:0"]
+
+    def refusals(keys: ThresholdKeys) -> list[str]:
+        refused = []
+        for attempt, uploaders in ((1, pair), (0, MEMBERS)):
+            with pytest.raises((RelayRefused, InvalidValue)) as caught:
+                keys.decryption_share(SIZE, round_, attempt, uploaders, pair)
+            refused.append(f"{type(caught.value).__name__}: {caught.value}")
+        return refused
+
+    before = refusals(site.keys)
+    assert "made a decryption share of the round for 1,2,3" in before[0] and "already used" in before[1]
+    site.keys = site.start()
+    assert refusals(site.keys) == before
+    assert site.keys._shares == sum(label.startswith("share:") for label in records)
+    assert site.keys._bound[round_] == f"set:{round_}:1,2,3"
+    site.keys.decryption_share(SIZE, round_, 1, MEMBERS, pair)  # the bound set, a new attempt
 
 
 def test_a_swapped_public_share_is_refused_before_anything_is_accepted(tmp_path: Path) -> None:
