@@ -30,11 +30,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: setup
 	$(BIN)/fedprompt demo
 
+# The whole suite on every core: the tests not marked slow spread over $(TEST_WORKERS) workers (pytest-xdist),
+# then the slow end-to-end ones (real daemons, outages, timed waits) one at a time.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) -m "not slow"
 
 # The benchmarks that take minutes, not hours, re-run into reports/ (each JSON names its command, commit and date).
 QUICK_BENCHES := he load stalls threshold
