@@ -94,9 +94,14 @@ class Ring:
     def to_ntt_residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
         """:meth:`to_ntt` as ``uint64`` residues (coefficients of magnitude below 2^63), for each row of
         ``(..., N)`` coefficients at once: ``(..., limbs, N)``."""
-        signed = np.asarray(coeffs, dtype=np.int64)[..., None, :]
-        residues = np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
+        residues = self.residues(coeffs, limbs)
         return np.stack([self._ntts[i].forward(residues[..., i, :]) for i in range(limbs)], axis=-2)
+
+    def residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
+        """Signed integer coefficients (rows of ``(..., N)``, magnitude below 2^63) as ``uint64`` residues mod each of
+        the first ``limbs`` primes, in coefficient form: ``(..., limbs, N)``."""
+        signed = np.asarray(coeffs, dtype=np.int64)[..., None, :]
+        return np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
 
     def from_ntt(self, poly: Poly) -> np.ndarray:
         """The centred coefficients (in ``(-q/2, q/2]``, ``int64``) of a polynomial given in NTT form over one
@@ -151,10 +156,11 @@ class Ring:
         return np.stack([slots.real, slots.imag], axis=-1).reshape(-1)
 
     def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1,
-                 plus: np.ndarray | None = None) -> np.ndarray:
+                 plus: np.ndarray | None = None, ntt: bool = True) -> np.ndarray:
         """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller, both outputs of each pair: independent
         standard normals), optionally clipped at ``clip``, plus the integer coefficients ``plus`` (``(count, N)``)
-        if given, in NTT form (``uint64`` residues, ``(count, limbs, N)``), transformed together."""
+        if given, in NTT form (``uint64`` residues, ``(count, limbs, N)``), transformed together; ``ntt`` False:
+        the residues of the coefficients themselves."""
         pairs = self.n * count // 2
         words = np.frombuffer(secret_bytes(16 * pairs), dtype=np.uint64).reshape(2, pairs)
         u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
@@ -164,7 +170,8 @@ class Ring:
         if clip is not None:
             values = np.clip(values, -clip, clip)
         noise = np.rint(values).astype(np.int64)
-        return self.to_ntt_residues(noise if plus is None else noise + plus, limbs)
+        coeffs = noise if plus is None else noise + plus
+        return self.to_ntt_residues(coeffs, limbs) if ntt else self.residues(coeffs, limbs)
 
     # -- SEAL objects -----------------------------------------------------------------------------------
     def read_plaintext(self, plain: seal.Plaintext, limbs: int) -> Poly:

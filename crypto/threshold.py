@@ -46,7 +46,7 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import shamir
 from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
-from fedprompt.crypto.modarith import addmod, mulmod, submod, switch_down, switch_up
+from fedprompt.crypto.modarith import addmod, mulmod, mulmod_shoup, shoup, submod, switch_down, switch_up
 from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
 from fedprompt.crypto.threshold_params import KEY_SIGMA, ThresholdParams
 
@@ -87,6 +87,8 @@ class Member:
         self._secret = (ring.parse_residues(stored, 0, 1, len(ring.moduli))[0].astype(object) if stored
                         else ring.read_plaintext(secret.data(), len(ring.moduli)))
         self._residues = np.asarray(self._secret, dtype=np.uint64)
+        # Shoup companions of s_i, once per member: every upload multiplies by it (``rlwe_samples``)
+        self._shoup = np.stack([shoup(row, q) for row, q in zip(self._residues, ring.moduli, strict=True)])
         self._sampled: set[bytes] = set()
 
     def secret_bytes(self) -> bytes:
@@ -113,7 +115,8 @@ class Member:
         self._sampled.update(labels)
         limbs = a.shape[1]
         noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels), plus=plus)
-        return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
+        q = self.ring.q64(limbs)
+        return submod(noise, mulmod_shoup(a, self._residues[:limbs], self._shoup[:limbs], q), q)
 
     def deal(self) -> dict[int, bytes]:
         """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
@@ -143,12 +146,17 @@ class KeyShare:
                 raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
                                         f"{params.t}-of-{params.members} job")
             self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
-        self._share = self.share_of(range(1, params.members + 1))
+        self._everyone = tuple(range(1, params.members + 1))
+        self._share = self._sum(self._everyone)
         self._issued: set[bytes] = set()
 
     def share_of(self, dealers: Iterable[int]) -> Poly:
         """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
-        dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
+        dealt it (all dealers: its share ``sigma_j`` of the collective secret, summed once)."""
+        dealers = tuple(dealers)
+        return self._share if dealers == self._everyone else self._sum(dealers)
+
+    def _sum(self, dealers: Iterable[int]) -> Poly:
         limbs, q = len(self.ring.moduli), self.ring.q64(len(self.ring.moduli))
         return functools.reduce(lambda total, i: addmod(total, self._dealt[i], q), dealers,
                                 np.zeros((limbs, self.ring.n), dtype=np.uint64))
@@ -170,9 +178,11 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes, sigma: float = 0.0) -> bytes:
+                record: bytes, sigma: float = 0.0, coefficients: bool = False) -> bytes:
         """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
-        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``).
+        ``coefficients``: the product brought to coefficient form (one prime) and ``e`` added there, untransformed
+        (the same share in the other domain: ``crypto.threshold_masked``'s)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -184,12 +194,16 @@ class KeyShare:
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
         limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
+        if coefficients and limbs != 1:
+            raise InvalidValue(f"shares in coefficient form are of one prime, got {limbs}")
         weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
-        out = [addmod(mulmod(c1, weighted, moduli), e, self.ring.q64(limbs)) for c1, e in zip(c1s, noise, strict=True)]
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s), ntt=not coefficients)
+        products = mulmod(np.stack(c1s), weighted, moduli)
+        if coefficients:
+            products = self.ring.from_ntt_residues(products)[:, None]
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
-                + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
+                + np.ascontiguousarray(addmod(products, noise, self.ring.q64(limbs)), dtype=np.uint64).tobytes())
 
 
 def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, tuple[int, ...], bytes, list[Poly]]:
@@ -322,15 +336,16 @@ class ThresholdContext(_Codec):
         return np.array(parsed)
 
     def compress(self, data: bytes | np.ndarray, vector_size: int) -> bytes:
-        """An aggregate (bytes, or :meth:`read_sum`'s residues of the parts sent) for download: modulus switching to
-        ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key, ``round(c 2^k / q)`` of each
-        coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits), bit-packed."""
+        """An aggregate (bytes, or the coefficients, ``uint64`` ``(chunks, parts sent, N)``, of the parts it sends)
+        for download: modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key,
+        ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits),
+        bit-packed."""
         k0, k1 = self.threshold.download_bits
         sent, q = (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
-        polys = self.read_sum(data, vector_size)[:, : len(sent)] if isinstance(data, bytes) else data
-        parts = [pack_bits(switch_down(c, q, bits), bits)
-                 for chunk in self.ring.from_ntt_residues(polys) for c, bits in zip(chunk, sent, strict=True)]
-        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(polys), k0, k1) + b"".join(parts)
+        coeffs = (self.ring.from_ntt_residues(self.read_sum(data, vector_size)[:, : len(sent)])
+                  if isinstance(data, bytes) else data)
+        parts = [pack_bits(switch_down(c, q, bits), bits) for chunk in coeffs for c, bits in zip(chunk, sent, strict=True)]
+        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(coeffs), k0, k1) + b"".join(parts)
 
     def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download, :meth:`lift`'s residues in
