@@ -115,7 +115,7 @@ def shoup(w: np.ndarray, q: int) -> np.ndarray:
 def mulmod_shoup(a: np.ndarray, w: np.ndarray, w_shoup: np.ndarray, q: Words) -> np.ndarray:
     """``a * w mod q`` for any ``uint64`` ``a`` and a fixed residue ``w`` with ``w_shoup = shoup(w, q)`` (``q`` one
     prime, or a column of them for rows of residues)."""
-    product = _mulmod_lazy(a, w, w_shoup & _LOW, w_shoup >> _32, q)
+    product = _mulmod_lazy(np.asarray(a, dtype=np.uint64), w, w_shoup & _LOW, w_shoup >> _32, q)
     return np.minimum(product, product - q, out=product)
 
 
