@@ -40,6 +40,7 @@ from typing import TypeVar
 import numpy as np
 import tenseal.sealapi as seal
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from numpy.lib.stride_tricks import sliding_window_view
 
 from fedprompt.crypto.ckks import _scratch
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
@@ -94,14 +95,9 @@ class Ring:
     def to_ntt_residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
         """:meth:`to_ntt` as ``uint64`` residues (coefficients of magnitude below 2^63), for each row of
         ``(..., N)`` coefficients at once: ``(..., limbs, N)``."""
-        residues = self.residues(coeffs, limbs)
-        return np.stack([self._ntts[i].forward(residues[..., i, :]) for i in range(limbs)], axis=-2)
-
-    def residues(self, coeffs: np.ndarray, limbs: int) -> np.ndarray:
-        """Signed integer coefficients (rows of ``(..., N)``, magnitude below 2^63) as ``uint64`` residues mod each of
-        the first ``limbs`` primes, in coefficient form: ``(..., limbs, N)``."""
         signed = np.asarray(coeffs, dtype=np.int64)[..., None, :]
-        return np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
+        residues = np.mod(signed, np.array(self.moduli[:limbs], dtype=np.int64).reshape(-1, 1)).astype(np.uint64)
+        return np.stack([self._ntts[i].forward(residues[..., i, :]) for i in range(limbs)], axis=-2)
 
     def from_ntt(self, poly: Poly) -> np.ndarray:
         """The centred coefficients (in ``(-q/2, q/2]``, ``int64``) of a polynomial given in NTT form over one
@@ -156,11 +152,10 @@ class Ring:
         return np.stack([slots.real, slots.imag], axis=-1).reshape(-1)
 
     def gaussian(self, sigma: float, limbs: int, clip: float | None = None, count: int = 1,
-                 plus: np.ndarray | None = None, ntt: bool = True) -> np.ndarray:
+                 plus: np.ndarray | None = None) -> np.ndarray:
         """``count`` rounded Gaussian polynomials (CSPRNG Box-Muller, both outputs of each pair: independent
         standard normals), optionally clipped at ``clip``, plus the integer coefficients ``plus`` (``(count, N)``)
-        if given, in NTT form (``uint64`` residues, ``(count, limbs, N)``), transformed together; ``ntt`` False:
-        the residues of the coefficients themselves."""
+        if given, in NTT form (``uint64`` residues, ``(count, limbs, N)``), transformed together."""
         pairs = self.n * count // 2
         words = np.frombuffer(secret_bytes(16 * pairs), dtype=np.uint64).reshape(2, pairs)
         u1 = ((words[0] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
@@ -170,8 +165,7 @@ class Ring:
         if clip is not None:
             values = np.clip(values, -clip, clip)
         noise = np.rint(values).astype(np.int64)
-        coeffs = noise if plus is None else noise + plus
-        return self.to_ntt_residues(coeffs, limbs) if ntt else self.residues(coeffs, limbs)
+        return self.to_ntt_residues(noise if plus is None else noise + plus, limbs)
 
     # -- SEAL objects -----------------------------------------------------------------------------------
     def read_plaintext(self, plain: seal.Plaintext, limbs: int) -> Poly:
@@ -351,18 +345,37 @@ def _zstd_decompress() -> Callable[..., int] | None:
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Integers below ``2**bits`` (``bits`` <= 64), each in exactly ``bits`` bits, big-endian, concatenated."""
-    words = np.asarray(values, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
-    return np.packbits(np.unpackbits(words, axis=1)[:, 64 - bits :].reshape(-1)).tobytes()
+    """Integers below ``2**bits`` (``bits`` <= 64), each in exactly ``bits`` bits, big-endian, concatenated: each
+    one ORed into the one or two 64-bit words its bits fall in (no array of single bits)."""
+    flat = np.asarray(values, dtype=np.uint64).reshape(-1)
+    word, offset = _bit_positions(flat.size, bits, 6)
+    aligned = flat << np.uint64(64 - bits)
+    words = np.zeros(-(-flat.size * bits // 64) + 1, dtype=np.uint64)
+    np.bitwise_or.at(words, word, aligned >> offset)
+    spill = offset > 0
+    np.bitwise_or.at(words, word[spill] + 1, aligned[spill] << (np.uint64(64) - offset[spill]))
+    return words.astype(">u8").tobytes()[: -(-flat.size * bits // 8)]
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """The inverse of :func:`pack_bits` for ``count`` integers (``uint64``)."""
+    """The inverse of :func:`pack_bits` for ``count`` integers (``uint64``): each read from the 9 bytes its bits
+    start in."""
     if len(data) != -(-count * bits // 8):
         raise InvalidCiphertext(f"packed polynomial has {len(data)} bytes, expected {-(-count * bits // 8)}")
-    full = np.zeros((count, 64), dtype=np.uint8)
-    full[:, 64 - bits :] = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
-    return np.packbits(full, axis=1).view(">u8").reshape(count).astype(np.uint64)
+    first, offset = _bit_positions(count, bits, 3)
+    window = sliding_window_view(np.frombuffer(data + bytes(9), dtype=np.uint8), 9)[first]
+    high = np.ascontiguousarray(window[:, :8]).view(">u8")[:, 0].astype(np.uint64)
+    return ((high << offset) | (window[:, 8].astype(np.uint64) >> (np.uint64(8) - offset))) >> np.uint64(64 - bits)
+
+
+@functools.lru_cache(maxsize=32)
+def _bit_positions(count: int, bits: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``count`` ``bits``-bit fields starts: its unit (byte for ``shift`` 3, 64-bit word for 6) and
+    its bit offset in that unit (``uint64``), read-only (cached)."""
+    starts = np.arange(count, dtype=np.int64) * bits
+    unit, offset = starts >> shift, (starts & ((1 << shift) - 1)).astype(np.uint64)
+    unit.flags.writeable = offset.flags.writeable = False
+    return unit, offset
 
 
 class _Shake256Stream:

@@ -178,11 +178,9 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes, sigma: float = 0.0, coefficients: bool = False) -> bytes:
+                record: bytes, sigma: float = 0.0) -> bytes:
         """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
-        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``).
-        ``coefficients``: the product brought to coefficient form (one prime) and ``e`` added there, untransformed
-        (the same share in the other domain: ``crypto.threshold_masked``'s)."""
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -194,13 +192,9 @@ class KeyShare:
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
         limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
-        if coefficients and limbs != 1:
-            raise InvalidValue(f"shares in coefficient form are of one prime, got {limbs}")
         weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s), ntt=not coefficients)
-        products = mulmod(np.stack(c1s), weighted, moduli)
-        if coefficients:
-            products = self.ring.from_ntt_residues(products)[:, None]
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
+        products = mulmod(np.stack(c1s), weighted, moduli)  # every c1 at once
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
                 + np.ascontiguousarray(addmod(products, noise, self.ring.q64(limbs)), dtype=np.uint64).tobytes())

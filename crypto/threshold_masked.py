@@ -4,15 +4,10 @@ compressed polynomial per chunk instead of the compressed ``c0`` and t full-widt
 Decryptor ``j`` of a round attempt sends ``d_j + r_j`` per chunk, where ``d_j = a_r lambda_j^T sigma_{U,j} + e_j``
 is its flooded share (``crypto.threshold_seeded.round_share``) and ``r_j`` is uniform mod the data prime, drawn
 from ChaCha20's keystream (``crypto.rns.chacha_stream``) under a key derived (HMAC-SHA-256) from the members'
-group key (``crypto.sealing.group_key``, which the relay never holds), the round attempt's label and ``j``.
-Both are in coefficient form (format 2; format 1 sent them in SEAL's NTT domain): the member brings its product
-``a_r lambda sigma`` out of the NTT domain and adds the Gaussian ``e_j`` there, untransformed.  The relay brings
-the sum's ``c0`` to coefficients, adds every masked share, ``y = c0 + sum_j (d_j + r_j) = Delta m + e + sum_j e_j
-+ R``, and compresses ``y`` with the same key-less modulus switching as ``c0`` alone (``ThresholdContext.
-compress``, :attr:`ThresholdParams.download_bits`).  A member lifts the download, subtracts ``R = sum_j r_j`` and
-decodes, with no transform: one inverse NTT per chunk in all, the relay's, where format 1 had the decoder
-transform ``R`` too.  The values are the same in either domain (the transform is a bijection; ``e_j`` was
-always drawn on the coefficients), so what follows holds for both.
+group key (``crypto.sealing.group_key``, which the relay never holds), the round attempt's label and ``j``.  The relay adds ``c0`` of the sum and every
+masked share, ``y = c0 + sum_j (d_j + r_j) = Delta m + e + sum_j e_j + R``, and compresses ``y`` with the same
+key-less modulus switching as ``c0`` alone (``ThresholdContext.compress``, :attr:`ThresholdParams.
+download_bits`).  A member lifts the download, subtracts ``R = sum_j r_j`` and decodes.
 
 Why this keeps the guarantees (``docs/he.md``, "Masked decryption shares"):
 
@@ -47,7 +42,7 @@ from fedprompt.crypto.threshold import KeyShare, ThresholdContext, share_polys
 from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, round_share
 
 _MASKED = struct.Struct("<5sHI")
-_MAGIC = b"FPTM2"  # 2: a seeded sum's masked shares in coefficient form
+_MAGIC = b"FPTM1"
 _DOMAIN = b"fedprompt-share-mask-v2\0"  # v2: ChaCha20 pads (v1: SHAKE-256)
 _SUM_PURPOSE = b"public-key-sum\0"
 
@@ -64,11 +59,10 @@ def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
                  uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
-    """``d_j + r_j`` per chunk, in coefficient form: ``key``'s flooded share of the uploaders' sum for the decryptor
-    set, masked for the relay (once per member and round attempt, as ``KeyShare.flooded`` enforces)."""
+    """``d_j + r_j`` per chunk: ``key``'s flooded share of the uploaders' sum for the decryptor set, masked for the
+    relay (once per member and round attempt, as ``KeyShare.flooded`` enforces)."""
     chunks = context.params.num_ciphertexts(vector_size)
-    share = round_share(context, key, reference_polys(context, upload, chunks), upload, uploaders, decryptors,
-                        coefficients=True)
+    share = round_share(context, key, reference_polys(context, upload, chunks), upload, uploaders, decryptors)
     _, _, _, polys = share_polys(context.ring, share, chunks, 1)
     return _pack(key.index, _mask(context, polys, group, upload, key.index, 1))
 
@@ -145,21 +139,23 @@ def open_combined_sum(context: ThresholdContext, data: bytes, vector_size: int, 
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:
-    """The relay's download, key-less: the sum's ``c0`` in coefficient form plus every decryptor's masked share (by
-    member index), compressed (``ThresholdContext.compress``).  Only members, who can strip the masks, can read it.
-    In numpy from the sum's bytes (``ThresholdContext.read_sum``): no SEAL object, no scratch file."""
-    c0s = context.ring.from_ntt_residues(context.read_sum(data, vector_size)[:, 0])
-    return context.compress(np.stack(_add_shares(context, list(c0s[:, None]), shares)), vector_size)
+    """The relay's download, key-less: the sum's ``c0`` plus every decryptor's masked share (by member index),
+    compressed (``ThresholdContext.compress``).  Only members, who can strip the masks, can read it.  In numpy
+    from the sum's bytes (``ThresholdContext.read_sum``): no SEAL object, no scratch file."""
+    masked = np.stack(_add_shares(context, list(context.read_sum(data, vector_size)[:, 0]), shares))
+    return context.compress(context.ring.from_ntt_residues(masked)[:, None], vector_size)
 
 
 def open_sum(context: ThresholdContext, blob: bytes, vector_size: int, group: bytes, upload: UploadRound,
              decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked.  The
-    masks are pads on the coefficients, as the download is, so the lifted download less their sum is the
-    plaintext's coefficients, decoded in numpy: no transform, nothing through SEAL's files."""
+    masks are uniform in the NTT domain and the download is in coefficients: their sum ``R`` per chunk is brought
+    to coefficients (one inverse transform per chunk, as lifting back to the NTT domain would cost) and decoded in
+    numpy, so nothing passes through SEAL's files."""
     ring, q = context.ring, np.uint64(context.ring.moduli[0])
     lifted = context.lift(blob, vector_size)[:, 0]
-    pads = [np.stack(masks(context, group, upload, member, len(lifted)))[:, 0] for member in sorted(set(decryptors))]
-    message = submod(lifted, functools.reduce(lambda total, pad: addmod(total, pad, q), pads), q)
+    pads = [masks(context, group, upload, member, len(lifted)) for member in sorted(set(decryptors))]
+    total = functools.reduce(lambda acc, pad: addmod(acc, np.stack(pad), q), pads[1:], np.stack(pads[0]))
+    message = submod(lifted, ring.from_ntt_residues(total), q)
     centred = np.where(message > q // np.uint64(2), message.astype(np.int64) - np.int64(q), message.astype(np.int64))
     return context.checked(ring.decode_coefficients(centred, 2.0**context.params.scale_bits), vector_size)

@@ -130,12 +130,10 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
 
 
 def round_share(context: ThresholdContext, key: KeyShare, bases: Sequence[Poly], upload: UploadRound,
-                uploaders: Sequence[int], decryptors: Sequence[int], coefficients: bool = False) -> bytes:
-    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it;
-    ``coefficients``: in coefficient form (``KeyShare.flooded``)."""
+                uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
+    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it."""
     members = _members(context, uploaders)
-    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label,
-                       coefficients=coefficients)
+    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Sequence[bytes], upload: UploadRound,
