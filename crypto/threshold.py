@@ -178,9 +178,11 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes, sigma: float = 0.0) -> bytes:
+                record: bytes, sigma: float = 0.0, plus: np.ndarray | None = None) -> bytes:
         """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
-        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``);
+        ``plus``: integer coefficients (``(len(c1s), N)``) added to ``e`` before its transform (a masked share's
+        pads, ``crypto.threshold_masked``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -193,7 +195,7 @@ class KeyShare:
         self._issued.add(record)
         limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
         weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s), plus=plus)
         products = mulmod(np.stack(c1s), weighted, moduli)  # every c1 at once
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)

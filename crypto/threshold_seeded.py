@@ -130,10 +130,11 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
 
 
 def round_share(context: ThresholdContext, key: KeyShare, bases: Sequence[Poly], upload: UploadRound,
-                uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
-    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it."""
+                uploaders: Sequence[int], decryptors: Sequence[int], plus: np.ndarray | None = None) -> bytes:
+    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it;
+    ``plus``: coefficients added to its noise before the transform (``KeyShare.flooded``)."""
     members = _members(context, uploaders)
-    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
+    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label, plus=plus)
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Sequence[bytes], upload: UploadRound,

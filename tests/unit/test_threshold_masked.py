@@ -70,8 +70,9 @@ def test_a_masked_share_is_checked_for_its_member_size_and_residues() -> None:
 
 
 def test_a_masked_share_is_the_flooded_share_in_the_ntt_domain() -> None:
-    """Unmasked, a decryptor's share is ``a_r lambda sigma_U`` plus the transform of noise of the smudging width
-    drawn on the coefficients: noise added in the NTT domain would look uniform on the coefficients here."""
+    """Less the transform of its pad, a decryptor's share is ``a_r lambda sigma_U`` plus the transform of noise of
+    the smudging width drawn on the coefficients (noise or a pad added in the NTT domain would look uniform on the
+    coefficients here)."""
     j = job(3, seeded=True)
     context, ring, q = j.context, j.context.ring, np.uint64(j.context.ring.moduli[0])
     upload, uploaders, decryptors = UploadRound(SEED, round=11), [1, 2, 3], [1, 3]
@@ -79,5 +80,6 @@ def test_a_masked_share_is_the_flooded_share_in_the_ntt_domain() -> None:
     weighted = mulmod(shamir.lagrange(ring, decryptors, 1, 1), j.keys[1].share_of(uploaders)[:1], ring.moduli[:1])
     for poly, pad, a in zip(masked.parse_share(context, share, 1, 1), masked.masks(context, GROUP, upload, 1, 1),
                             reference_polys(context, upload, 1), strict=True):
-        noise = ring.from_ntt(submod(submod(poly, pad, q), mulmod(a, weighted, ring.moduli[:1]), q))
+        unmasked = submod(poly, ring.to_ntt_residues(pad.astype(np.int64), 1)[0], q)
+        noise = ring.from_ntt(submod(unmasked, mulmod(a, weighted, ring.moduli[:1]), q))
         assert abs(noise.std() / j.params.smudging_sigma - 1) < 0.05 and abs(noise.mean()) < j.params.smudging_sigma
