@@ -115,16 +115,18 @@ class Ring:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
         return self.uniform_residues(limbs, stream).astype(object)
 
-    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes], words: int = 0) -> np.ndarray:
+    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes], words: int = 0,
+                         count: int = 1) -> np.ndarray:
         """:meth:`uniform` as ``uint64`` residues (the same draws); ``words``: 64-bit words read from ``stream`` at a
-        time (default 2N; with primes just below a power of two N almost always suffice, as for masks)."""
+        time (default 2N; with primes just below a power of two N almost always suffice, as for masks); ``count``
+        polynomials drawn as one sequence per prime, ``(limbs, count N)``."""
         rows = []
         for q in self.moduli[:limbs]:
             mask, got = (1 << q.bit_length()) - 1, np.empty(0, dtype=np.uint64)
-            while len(got) < self.n:
+            while len(got) < count * self.n:
                 words_read = np.frombuffer(stream(8 * (words or 2 * self.n)), dtype=np.uint64) & np.uint64(mask)
                 got = np.concatenate([got, words_read[words_read < np.uint64(q)]])
-            rows.append(got[: self.n])
+            rows.append(got[: count * self.n])
         return np.stack(rows)
 
     def encode_coefficients(self, slots: np.ndarray, scale: float) -> np.ndarray:

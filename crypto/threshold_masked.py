@@ -57,8 +57,9 @@ def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: 
     seeded sum; ``uint64``), keyed by ``group``; ``purpose`` separates a public-key sum's masks
     (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
     key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
-    stream = chacha_stream(key)
-    return [context.ring.uniform_residues(limbs, stream, context.ring.n) for _ in range(chunks)]
+    n = context.ring.n  # every chunk's pad drawn as one sequence (label v3; v2 drew them chunk by chunk)
+    pads = context.ring.uniform_residues(limbs, chacha_stream(key), chunks * n, count=chunks)
+    return list(pads.reshape(limbs, chunks, n).swapaxes(0, 1))
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
