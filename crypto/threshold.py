@@ -88,7 +88,7 @@ class Member:
                         else ring.read_plaintext(secret.data(), len(ring.moduli)))
         self._residues = np.asarray(self._secret, dtype=np.uint64)
         # Shoup companions of s_i, once per member: every upload multiplies by it (``rlwe_samples``)
-        self._shoup = np.stack([shoup(row, q) for row, q in zip(self._residues, ring.moduli, strict=True)])
+        self._shoup = _companions(self._residues, ring.moduli)
         self._sampled: set[bytes] = set()
 
     def secret_bytes(self) -> bytes:
@@ -148,6 +148,7 @@ class KeyShare:
             self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
         self._everyone = tuple(range(1, params.members + 1))
         self._share = self._sum(self._everyone)
+        self._share_shoup = _companions(self._share, ring.moduli)  # once per key share, as for a member's secret
         self._issued: set[bytes] = set()
 
     def share_of(self, dealers: Iterable[int]) -> Poly:
@@ -193,13 +194,21 @@ class KeyShare:
             raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
-        limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
-        weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
+        limbs, moduli, q = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]], self.ring.q64(c1s[0].shape[0])
         noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s), plus=plus)
-        products = mulmod(np.stack(c1s), weighted, moduli)  # every c1 at once
+        products = (mulmod_shoup(np.stack(c1s), self._share[:limbs], self._share_shoup[:limbs], q)
+                    if secret is self._share else mulmod(np.stack(c1s), np.asarray(secret)[:limbs], moduli))
+        weight = shamir.lagrange(self.ring, members, self.index, limbs)  # times the scalar lambda, per prime
+        products = mulmod_shoup(products, weight.astype(np.uint64), _companions(weight, moduli), q)
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
-                + np.ascontiguousarray(addmod(products, noise, self.ring.q64(limbs)), dtype=np.uint64).tobytes())
+                + np.ascontiguousarray(addmod(products, noise, q), dtype=np.uint64).tobytes())
+
+
+def _companions(rows: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
+    """Shoup's companions (``crypto.modarith.shoup``) of each row of residues by its prime, for a factor that many
+    products share."""
+    return np.stack([shoup(row, q) for row, q in zip(rows, moduli, strict=True)])
 
 
 def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, tuple[int, ...], bytes, list[Poly]]:
