@@ -148,6 +148,7 @@ class KeyShare:
             self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
         self._everyone = tuple(range(1, params.members + 1))
         self._share = self._sum(self._everyone)
+        self._share.flags.writeable = False  # share_of hands it out
         self._share_shoup = _companions(self._share, ring.moduli)  # once per key share, as for a member's secret
         self._issued: set[bytes] = set()
 
