@@ -112,14 +112,15 @@ def shoup(w: np.ndarray, q: int) -> np.ndarray:
     return ((np.asarray(w, dtype=np.uint64).astype(object) << 64) // q).astype(np.uint64)
 
 
-def mulmod_shoup(a: np.ndarray, w: np.ndarray, w_shoup: np.ndarray, q: np.uint64) -> np.ndarray:
-    """``a * w mod q`` for any ``uint64`` ``a`` and a fixed residue ``w`` with ``w_shoup = shoup(w, q)``."""
-    product = _mulmod_lazy(a, w, w_shoup & _LOW, w_shoup >> _32, q)
+def mulmod_shoup(a: np.ndarray, w: np.ndarray, w_shoup: np.ndarray, q: Words) -> np.ndarray:
+    """``a * w mod q`` for any ``uint64`` ``a`` and a fixed residue ``w`` with ``w_shoup = shoup(w, q)`` (``q`` one
+    prime, or a column of them for rows of residues)."""
+    product = _mulmod_lazy(np.asarray(a, dtype=np.uint64), w, w_shoup & _LOW, w_shoup >> _32, q)
     return np.minimum(product, product - q, out=product)
 
 
 def _mulmod_lazy(a: np.ndarray, w: np.ndarray, shoup_low: np.ndarray, shoup_high: np.ndarray,
-                 q: np.uint64) -> np.ndarray:
+                 q: Words) -> np.ndarray:
     """``a * w mod q`` up to one ``q`` (in ``[0, 2q)``; Harvey's lazy reduction, "Faster arithmetic for
     number-theoretic transforms", J. Symb. Comp. 2014) for any ``uint64`` ``a``, the companion split in 32-bit
     halves beforehand.  Shoup's quotient ``floor(a w_shoup / 2^64)`` is estimated without the low product and

@@ -4,8 +4,10 @@ Multiparty key generation and threshold decryption (``crypto.threshold``) are mo
 polynomials inside SEAL's secret keys, public keys and ciphertexts.  TenSEAL's ``sealapi`` can read a
 plaintext's coefficients but not a ciphertext's, and can write neither, so this module:
 
-* **reads** a ciphertext by decrypting it with the public, trivial secret keys 0 and 1 (SEAL's decryptor
-  returns ``c0`` and ``c0 + c1`` as NTT-form plaintexts, whose coefficients ``Plaintext.data(i)`` reads);
+* **reads** a serialised ciphertext from its bytes (SEAL's own zstd-compressed form inflated in memory by the
+  zstd inside SEAL's extension), or a SEAL ciphertext object by decrypting it with the public, trivial secret
+  keys 0 and 1 (SEAL's decryptor returns ``c0`` and ``c0 + c1`` as NTT-form plaintexts, whose coefficients
+  ``Plaintext.data(i)`` reads, one binding call each);
 * **writes** a plaintext, secret key or public key by building SEAL's uncompressed serialisation
   (``SEALHeader`` + members + a nested ``DynArray``; SEAL 4's ``Plaintext::save_members`` and
   ``Ciphertext::save_members``) and ``load``-ing it, so SEAL validates every value against the moduli;
@@ -25,7 +27,10 @@ SHAKE-256 of a public seed.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
+import importlib.util
 import math
 import os
 import struct
@@ -35,6 +40,7 @@ from typing import TypeVar
 import numpy as np
 import tenseal.sealapi as seal
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from numpy.lib.stride_tricks import sliding_window_view
 
 from fedprompt.crypto.ckks import _scratch
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
@@ -45,7 +51,7 @@ _SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.Public
                        seal.RelinKeys, seal.GaloisKeys)
 _HEADER = struct.Struct("<HBBBBHQ")
 _SEAL_MAGIC = 0xA15E
-_UNCOMPRESSED = 0
+_UNCOMPRESSED, _ZSTD = 0, 2  # SEAL's compr_mode_type
 _SHAKE256 = 2  # SEAL's prng_type::shake256
 SEED_BYTES = 64  # SEAL's prng_seed_byte_count
 
@@ -109,16 +115,18 @@ class Ring:
         """Uniform residues mod each prime by rejection sampling 64-bit words from ``stream(nbytes)``."""
         return self.uniform_residues(limbs, stream).astype(object)
 
-    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes], words: int = 0) -> np.ndarray:
+    def uniform_residues(self, limbs: int, stream: Callable[[int], bytes], words: int = 0,
+                         count: int = 1) -> np.ndarray:
         """:meth:`uniform` as ``uint64`` residues (the same draws); ``words``: 64-bit words read from ``stream`` at a
-        time (default 2N; with primes just below a power of two N almost always suffice, as for masks)."""
+        time (default 2N; with primes just below a power of two N almost always suffice, as for masks); ``count``
+        polynomials drawn as one sequence per prime, ``(limbs, count N)``."""
         rows = []
         for q in self.moduli[:limbs]:
             mask, got = (1 << q.bit_length()) - 1, np.empty(0, dtype=np.uint64)
-            while len(got) < self.n:
+            while len(got) < count * self.n:
                 words_read = np.frombuffer(stream(8 * (words or 2 * self.n)), dtype=np.uint64) & np.uint64(mask)
                 got = np.concatenate([got, words_read[words_read < np.uint64(q)]])
-            rows.append(got[: self.n])
+            rows.append(got[: count * self.n])
         return np.stack(rows)
 
     def encode_coefficients(self, slots: np.ndarray, scale: float) -> np.ndarray:
@@ -201,15 +209,6 @@ class Ring:
             raise InvalidCiphertext("threshold key material holds a residue beyond its prime")
         return list(values)
 
-    def read_coefficients(self, ct: seal.Ciphertext, count: int) -> list[np.ndarray]:
-        """The first ``count`` parts of an NTT-form ciphertext in coefficient form (``uint64``, ``(limbs, N)``
-        each): SEAL's inverse NTT (in C++, on ``ct`` itself, which is left in coefficient form), then its data
-        read one binding call per coefficient."""
-        self._evaluator.transform_from_ntt_inplace(ct)
-        values, size = ct.dyn_array(), ct.coeff_modulus_size() * self.n
-        return [np.fromiter(map(values.at, range(k * size, (k + 1) * size)), dtype=np.uint64, count=size)
-                .reshape(-1, self.n) for k in range(count)]
-
     def secret_key(self, poly: Poly) -> seal.SecretKey:
         return self._load(seal.SecretKey(), self._plaintext_bytes(self.key_parms_id, poly, 1.0))
 
@@ -274,17 +273,32 @@ class Ring:
     def parse_ciphertext(self, blob: bytes, parms_id: list[int], scale: float, limbs: int) -> list[np.ndarray] | None:
         """``[c0, c1]`` (``uint64``) of a serialised two-part NTT-form ciphertext at ``parms_id`` and ``scale``
         when ``blob`` is exactly SEAL's uncompressed form of one (every byte before the residues as
-        :meth:`ciphertext_bytes` writes them, every residue below its prime); None for any other blob, which
-        then needs SEAL's loader (compressed, or not such a ciphertext)."""
+        :meth:`ciphertext_bytes` writes them, every residue below its prime), or that form compressed by SEAL's
+        ``save`` (zstd, :meth:`_inflated`); None for any other blob, which then needs SEAL's loader."""
         size = 2 * limbs * self.n * 8
         zero = np.zeros((limbs, self.n), dtype=np.uint64)
         prefix = self.ciphertext_bytes(parms_id, zero, zero, scale)[:-size]
+        if len(blob) >= _HEADER.size and _HEADER.unpack_from(blob)[4] == _ZSTD:
+            blob = self._inflated(blob, len(prefix) + size) or b""
         if len(blob) != len(prefix) + size or not blob.startswith(prefix):
             return None
         values = np.frombuffer(blob, dtype=np.uint64, offset=len(prefix)).reshape(2, limbs, self.n)
         if not np.all(values < self.q64(limbs)):
             raise InvalidCiphertext("ciphertext holds a residue beyond its prime")
         return [values[0], values[1]]
+
+    def _inflated(self, blob: bytes, size: int) -> bytes | None:
+        """SEAL's zstd-compressed serialisation ``blob`` as its uncompressed form of exactly ``size`` bytes, inflated
+        in memory by the zstd that SEAL's own extension bundles (what its loader runs, without the file SEAL's
+        bindings read through); None if its header is not this SEAL's, or it inflates to anything else."""
+        inflate = _zstd_decompress()
+        magic, header_size, major, minor, _, _, total = _HEADER.unpack_from(self._header)
+        if inflate is None or len(blob) < _HEADER.size or _HEADER.unpack_from(blob) != (
+                magic, header_size, major, minor, _ZSTD, 0, len(blob)):
+            return None
+        body = ctypes.create_string_buffer(size - _HEADER.size)
+        got = inflate(body, len(body), blob[_HEADER.size:], len(blob) - _HEADER.size)
+        return self._framed(body.raw) if got == len(body) else None  # zstd's error codes are near 2^64
 
     def _ciphertext_members(self, parms_id: list[int], limbs: int, scale: float) -> bytes:
         return struct.pack("<4Q", *parms_id) + b"\x01" + struct.pack("<QQQdQ", 2, self.n, limbs, scale, 1)
@@ -317,19 +331,53 @@ class Ring:
         return obj
 
 
+@functools.lru_cache(maxsize=1)
+def _zstd_decompress() -> Callable[..., int] | None:
+    """``ZSTD_decompress`` of the zstd library linked into SEAL's Python extension, or None if it is not exported."""
+    spec = importlib.util.find_spec("_sealapi_cpp")  # the extension tenseal.sealapi re-exports
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        function = ctypes.CDLL(spec.origin).ZSTD_decompress
+    except (OSError, AttributeError):
+        return None
+    function.restype, function.argtypes = ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p,
+                                                           ctypes.c_size_t]
+    return function
+
+
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Integers below ``2**bits`` (``bits`` <= 64), each in exactly ``bits`` bits, big-endian, concatenated."""
-    words = np.asarray(values, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
-    return np.packbits(np.unpackbits(words, axis=1)[:, 64 - bits :].reshape(-1)).tobytes()
+    """Integers below ``2**bits`` (``bits`` <= 64), each in exactly ``bits`` bits, big-endian, concatenated: each
+    one ORed into the one or two 64-bit words its bits fall in (no array of single bits)."""
+    flat = np.asarray(values, dtype=np.uint64).reshape(-1)
+    word, offset = _bit_positions(flat.size, bits, 6)
+    aligned = flat << np.uint64(64 - bits)
+    words = np.zeros(-(-flat.size * bits // 64) + 1, dtype=np.uint64)
+    np.bitwise_or.at(words, word, aligned >> offset)
+    spill = offset > 0
+    np.bitwise_or.at(words, word[spill] + 1, aligned[spill] << (np.uint64(64) - offset[spill]))
+    return words.astype(">u8").tobytes()[: -(-flat.size * bits // 8)]
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """The inverse of :func:`pack_bits` for ``count`` integers (``uint64``)."""
+    """The inverse of :func:`pack_bits` for ``count`` integers (``uint64``): each read from the 9 bytes its bits
+    start in."""
     if len(data) != -(-count * bits // 8):
         raise InvalidCiphertext(f"packed polynomial has {len(data)} bytes, expected {-(-count * bits // 8)}")
-    full = np.zeros((count, 64), dtype=np.uint8)
-    full[:, 64 - bits :] = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[: count * bits].reshape(count, bits)
-    return np.packbits(full, axis=1).view(">u8").reshape(count).astype(np.uint64)
+    first, offset = _bit_positions(count, bits, 3)
+    window = sliding_window_view(np.frombuffer(data + bytes(9), dtype=np.uint8), 9)[first]
+    high = np.ascontiguousarray(window[:, :8]).view(">u8")[:, 0].astype(np.uint64)
+    return ((high << offset) | (window[:, 8].astype(np.uint64) >> (np.uint64(8) - offset))) >> np.uint64(64 - bits)
+
+
+@functools.lru_cache(maxsize=32)
+def _bit_positions(count: int, bits: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``count`` ``bits``-bit fields starts: its unit (byte for ``shift`` 3, 64-bit word for 6) and
+    its bit offset in that unit (``uint64``), read-only (cached)."""
+    starts = np.arange(count, dtype=np.int64) * bits
+    unit, offset = starts >> shift, (starts & ((1 << shift) - 1)).astype(np.uint64)
+    unit.flags.writeable = offset.flags.writeable = False
+    return unit, offset
 
 
 class _Shake256Stream:

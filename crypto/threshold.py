@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
@@ -48,108 +46,14 @@ import tenseal.sealapi as seal
 from fedprompt.crypto import shamir
 from fedprompt.crypto.ckks import CkksParams, _Codec, _make_context, _public_bytes, _saved
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterError
-from fedprompt.crypto.modarith import addmod, mulmod, submod, switch_down, switch_up
+from fedprompt.crypto.modarith import addmod, mulmod, mulmod_shoup, shoup, submod, switch_down, switch_up
 from fedprompt.crypto.rns import Poly, Ring, pack_bits, shake_stream, unpack_bits
+from fedprompt.crypto.threshold_params import KEY_SIGMA, ThresholdParams
 
-KEY_SIGMA = 3.2  # SEAL's error width, for the public-key shares
-_RENYI_ORDER = 128
-#: Largest expected error of a decrypted sum's value that parameters may have: beyond it, flooding swamps updates.
-_MAX_ERROR = 1e-2
 _DEALT = struct.Struct("<5sHHHHH")
 _SHARE = struct.Struct("<5sHH32sH")
 _COMPRESSED = struct.Struct("<5s32sIHBB")
 _DEALT_MAGIC, _SHARE_MAGIC, _COMPRESSED_MAGIC = b"FPTK1", b"FPTD1", b"FPTC1"
-
-
-@dataclass(frozen=True)
-class ThresholdParams:
-    """A threshold job: n members, any ``threshold`` of whom decrypt, on an addition-only CKKS chain.
-
-    Defaults: N = 4096 with primes of 60 + 49 bits (109 bits: exactly the Homomorphic Encryption Standard's
-    128-bit bound at N = 4096, ``CoeffModulus.MaxBitCount(4096, tc128)``); the 49-bit special prime divides
-    the public-key encryption noise down.  Scale 2^45: the smudging noise of the t decryption shares must stay
-    far below the scale, and the 60-bit data prime then leaves sums of magnitude up to 2^13 = 8192 (the
-    weight slot included).  ``threshold`` 0 means a majority of the members.  ``max_decryptions`` bounds the
-    chunk decryptions one key serves (the ``Q`` of the smudging argument).  ``seeded_uploads``: members
-    encrypt under their own secrets on per-round seeds (``crypto.threshold_seeded``, half the upload, 9.5-34x
-    less noise); False: under the collective public key (what a ciphertext product, the Gram defence, needs).
-    """
-
-    members: int
-    threshold: int = 0
-    poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 49)
-    scale_bits: int = 45
-    max_decryptions: int = 4096
-    seeded_uploads: bool = True
-
-    @property
-    def t(self) -> int:
-        return self.threshold or self.members // 2 + 1
-
-    @property
-    def ckks(self) -> CkksParams:
-        """The ring, scale and summand bound (one update per member) as ``crypto.ckks`` parameters."""
-        return CkksParams(self.poly_modulus_degree, self.coeff_mod_bit_sizes, self.scale_bits, self.members)
-
-    @property
-    def fresh_noise_sigma(self) -> float:
-        """Coefficient noise of a fresh upload.  Seeded: the member's own Gaussian ``e_i``.  Public key: after
-        SEAL divides by the special prime, the rounding of ``c0`` and ``c1 * s`` dominates, ``s`` having
-        variance 2n/3."""
-        if self.seeded_uploads:
-            return KEY_SIGMA
-        return math.sqrt((1 + self.poly_modulus_degree * 2 * self.members / 3) / 12 + KEY_SIGMA**2)
-
-    @property
-    def noise_bound(self) -> float:
-        """l2 bound (twice the expectation) on the noise of an aggregate: seeded, at most ``members`` uploads
-        (a retry is a fresh upload round); public key, ``members`` ciphertexts and one re-randomisation."""
-        summands = self.members if self.seeded_uploads else self.members + 1
-        return 2 * math.sqrt(self.poly_modulus_degree * summands) * self.fresh_noise_sigma
-
-    @property
-    def smudging_sigma(self) -> float:
-        """Each decryption share's flooding width: ``sqrt(alpha * Q / 2) * noise_bound`` (module docstring)."""
-        return math.sqrt(_RENYI_ORDER * self.max_decryptions / 2) * self.noise_bound
-
-    @property
-    def error_estimate(self) -> float:
-        """Expected largest error of one decrypted real of a sum: 5 standard deviations of t shares' flooding
-        through the decoding (each real sums N/2 coefficients' noise)."""
-        return 5 * math.sqrt(self.t * self.poly_modulus_degree / 2) * self.smudging_sigma / 2.0**self.scale_bits
-
-    @property
-    def download_bits(self) -> tuple[int, int]:
-        """Bits kept of each ``c0`` and ``c1`` coefficient when the coordinator compresses an aggregate: rounding
-        then adds at most half the decryption shares' flooding (std ``q 2^-k / sqrt 12``, for ``c1`` times
-        ``||s||_2 = sqrt(N 2n/3)``), so the compressed download errs by at most ~12 % more.  Seeded sums send
-        no ``c1`` (0 bits): it is ``|U| a_r``, rebuilt from the round's seed."""
-        allowed = math.sqrt(self.t) * self.smudging_sigma / 2 * math.sqrt(12)
-        amplification = math.sqrt(self.poly_modulus_degree * 2 * self.members / 3)
-        top = self.coeff_mod_bit_sizes[0]
-        c1_bits = 0 if self.seeded_uploads else min(top, math.ceil(top - math.log2(allowed / amplification)))
-        return min(top, math.ceil(top - math.log2(allowed))), c1_bits
-
-    def check(self, prefix: str = "threshold") -> None:
-        """Raise ``ParameterError`` naming the key if the parameters are unusable or below 128-bit security."""
-        self.ckks.check(prefix)
-        if not 2 <= self.members <= 1000:
-            raise ParameterError(f"{prefix}.members: must be in [2, 1000], got {self.members}")
-        if not (self.threshold == 0 or 2 <= self.threshold <= self.members):
-            raise ParameterError(f"{prefix}.threshold: must be in [2, {self.members}] (0: a majority; 1 would let "
-                                 f"any member decrypt alone), got {self.threshold}")
-        if not 1 <= self.max_decryptions <= 2**20:
-            raise ParameterError(f"{prefix}.max_decryptions: must be in [1, 1048576], got {self.max_decryptions}")
-        if self.error_estimate > _MAX_ERROR:
-            raise ParameterError(f"{prefix}.scale_bits: smudging noise for {self.members} members would err by "
-                                 f"~{self.error_estimate:.2g} per value; raise the scale or lower max_decryptions")
-
-    def describe(self) -> dict[str, object]:
-        encryption = ("symmetric under each member's own secret, seeded per round" if self.seeded_uploads
-                      else "public key (collective)")
-        return {**self.ckks.describe(), "encryption": encryption, "members": self.members, "threshold": self.t,
-                "smudging_sigma_bits": round(math.log2(self.smudging_sigma), 1), "max_decryptions": self.max_decryptions}
 
 
 def crp(ring: Ring, job_seed: bytes, label: bytes = b"public-key") -> Poly:
@@ -183,6 +87,8 @@ class Member:
         self._secret = (ring.parse_residues(stored, 0, 1, len(ring.moduli))[0].astype(object) if stored
                         else ring.read_plaintext(secret.data(), len(ring.moduli)))
         self._residues = np.asarray(self._secret, dtype=np.uint64)
+        # Shoup companions of s_i, once per member: every upload multiplies by it (``rlwe_samples``)
+        self._shoup = _companions(self._residues, ring.moduli)
         self._sampled: set[bytes] = set()
 
     def secret_bytes(self) -> bytes:
@@ -209,7 +115,8 @@ class Member:
         self._sampled.update(labels)
         limbs = a.shape[1]
         noise = self.ring.gaussian(KEY_SIGMA, limbs, clip=6 * KEY_SIGMA, count=len(labels), plus=plus)
-        return submod(noise, mulmod(a, self._residues[:limbs], self.ring.moduli[:limbs]), self.ring.q64(limbs))
+        q = self.ring.q64(limbs)
+        return submod(noise, mulmod_shoup(a, self._residues[:limbs], self._shoup[:limbs], q), q)
 
     def deal(self) -> dict[int, bytes]:
         """Shamir shares of ``s_i`` for members 1..n (this member's own included), each to be sealed for its
@@ -239,12 +146,19 @@ class KeyShare:
                 raise InvalidCiphertext(f"dealt share from member {dealer} is not for member {index} of this "
                                         f"{params.t}-of-{params.members} job")
             self._dealt[dealer] = ring.parse_residues(data, _DEALT.size, 1, limbs)[0]
-        self._share = self.share_of(range(1, params.members + 1))
+        self._everyone = tuple(range(1, params.members + 1))
+        self._share = self._sum(self._everyone)
+        self._share.flags.writeable = False  # share_of hands it out
+        self._share_shoup = _companions(self._share, ring.moduli)  # once per key share, as for a member's secret
         self._issued: set[bytes] = set()
 
     def share_of(self, dealers: Iterable[int]) -> Poly:
         """This member's Shamir share of ``s_U = sum_{i in U} s_i`` for the dealers ``U``: the sum of what they
-        dealt it (all dealers: its share ``sigma_j`` of the collective secret)."""
+        dealt it (all dealers: its share ``sigma_j`` of the collective secret, summed once)."""
+        dealers = tuple(dealers)
+        return self._share if dealers == self._everyone else self._sum(dealers)
+
+    def _sum(self, dealers: Iterable[int]) -> Poly:
         limbs, q = len(self.ring.moduli), self.ring.q64(len(self.ring.moduli))
         return functools.reduce(lambda total, i: addmod(total, self._dealt[i], q), dealers,
                                 np.zeros((limbs, self.ring.n), dtype=np.uint64))
@@ -266,9 +180,11 @@ class KeyShare:
         return self.flooded(c1s, self._share, decryptors, digest, digest)
 
     def flooded(self, c1s: Sequence[Poly], secret: Poly, decryptors: Sequence[int], digest: bytes,
-                record: bytes, sigma: float = 0.0) -> bytes:
+                record: bytes, sigma: float = 0.0, plus: np.ndarray | None = None) -> bytes:
         """``c1 * lambda_j^T * secret + e`` per ``c1`` (``secret``: a Shamir share of ``s``), framed with ``digest``
-        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``)."""
+        for :func:`combine`, once per ``record``; ``sigma`` (0: a sum's) floods other noise (``threshold_gram``);
+        ``plus``: integer coefficients (``(len(c1s), N)``) added to ``e`` before its transform (a masked share's
+        pads, ``crypto.threshold_masked``)."""
         members = sorted(set(decryptors))
         if len(members) != len(decryptors) or self.index not in members or len(members) < self.params.t:
             raise InvalidValue(f"decryptor set {sorted(decryptors)} must hold {self.params.t} or more distinct "
@@ -279,13 +195,21 @@ class KeyShare:
             raise InvalidValue("this member already made a decryption share for these ciphertexts; a retry needs a "
                                "fresh c1 (a re-randomised sum, or a new upload attempt when uploads are seeded)")
         self._issued.add(record)
-        limbs, moduli = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]]
-        weighted = mulmod(shamir.lagrange(self.ring, members, self.index, limbs), np.asarray(secret)[:limbs], moduli)
-        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s))
-        out = [addmod(mulmod(c1, weighted, moduli), e, self.ring.q64(limbs)) for c1, e in zip(c1s, noise, strict=True)]
+        limbs, moduli, q = c1s[0].shape[0], self.ring.moduli[: c1s[0].shape[0]], self.ring.q64(c1s[0].shape[0])
+        noise = self.ring.gaussian(sigma or self.params.smudging_sigma, limbs, count=len(c1s), plus=plus)
+        products = (mulmod_shoup(np.stack(c1s), self._share[:limbs], self._share_shoup[:limbs], q)
+                    if secret is self._share else mulmod(np.stack(c1s), np.asarray(secret)[:limbs], moduli))
+        weight = shamir.lagrange(self.ring, members, self.index, limbs)  # times the scalar lambda, per prime
+        products = mulmod_shoup(products, weight.astype(np.uint64), _companions(weight, moduli), q)
         header = _SHARE.pack(_SHARE_MAGIC, self.index, len(members), digest, limbs)
         return (header + struct.pack(f"<{len(members)}H", *members)
-                + b"".join(np.asarray(d, dtype=np.uint64).tobytes() for d in out))
+                + np.ascontiguousarray(addmod(products, noise, q), dtype=np.uint64).tobytes())
+
+
+def _companions(rows: np.ndarray, moduli: Sequence[int]) -> np.ndarray:
+    """Shoup's companions (``crypto.modarith.shoup``) of each row of residues by its prime, for a factor that many
+    products share."""
+    return np.stack([shoup(row, q) for row, q in zip(rows, moduli, strict=True)])
 
 
 def share_polys(ring: Ring, data: bytes, count: int, limbs: int) -> tuple[int, tuple[int, ...], bytes, list[Poly]]:
@@ -407,16 +331,27 @@ class ThresholdContext(_Codec):
     def parse_sum(self, data: bytes, vector_size: int) -> list[seal.Ciphertext]:
         return self.parse(data, self.key_id, vector_size)
 
-    def compress(self, data: bytes | Sequence[seal.Ciphertext], vector_size: int) -> bytes:
-        """An aggregate (bytes, or :meth:`parse_sum`'s ciphertexts, left in coefficient form) for download: modulus
-        switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key, ``round(c 2^k / q)`` of
-        each coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits), bit-packed."""
+    def read_sum(self, data: bytes, vector_size: int) -> np.ndarray:
+        """``[c0, c1]`` (``uint64``, NTT form, ``(chunks, 2, limbs, N)``) of an encrypted sum at the first level:
+        from the bytes (SEAL's form, ``Ring.parse_ciphertext``), through SEAL's loader only for another form."""
+        parms_id, scale = list(self.seal_context.first_parms_id()), 2.0**self.params.scale_bits
+        parsed = [self.ring.parse_ciphertext(blob, parms_id, scale, self.ring.data_limbs)
+                  for blob in self.blobs(data, self.key_id, vector_size)]
+        if any(parts is None for parts in parsed):
+            return np.array([self.ring.read_parts(ct, 2) for ct in self.parse_sum(data, vector_size)])
+        return np.array(parsed)
+
+    def compress(self, data: bytes | np.ndarray, vector_size: int) -> bytes:
+        """An aggregate (bytes, or the coefficients, ``uint64`` ``(chunks, parts sent, N)``, of the parts it sends)
+        for download: modulus switching to ``2^k`` (Brakerski, Gentry, Vaikuntanathan, ITCS 2012) without a key,
+        ``round(c 2^k / q)`` of each coefficient of ``c0`` and ``c1`` (:attr:`ThresholdParams.download_bits` bits),
+        bit-packed."""
         k0, k1 = self.threshold.download_bits
-        cts = self.parse_sum(data, vector_size) if isinstance(data, bytes) else data
         sent, q = (k0, k1)[: 1 + bool(k1)], self.ring.moduli[0]
-        parts = [pack_bits(switch_down(c[0], q, bits), bits) for ct in cts
-                 for c, bits in zip(self.ring.read_coefficients(ct, len(sent)), sent, strict=True)]
-        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(cts), k0, k1) + b"".join(parts)
+        coeffs = (self.ring.from_ntt_residues(self.read_sum(data, vector_size)[:, : len(sent)])
+                  if isinstance(data, bytes) else data)
+        parts = [pack_bits(switch_down(c, q, bits), bits) for chunk in coeffs for c, bits in zip(chunk, sent, strict=True)]
+        return _COMPRESSED.pack(_COMPRESSED_MAGIC, self.key_id, vector_size, len(coeffs), k0, k1) + b"".join(parts)
 
     def expand(self, blob: bytes, vector_size: int, c1s: Sequence[Poly] = ()) -> bytes:
         """The standard encrypted sum (``parse_sum``'s format) of a compressed download, :meth:`lift`'s residues in

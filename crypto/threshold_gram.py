@@ -49,6 +49,7 @@ from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue, ParameterEr
 from fedprompt.crypto.gram import GRAM_DEGREE, galois_elements, load_gram, pairs
 from fedprompt.crypto.rns import Poly
 from fedprompt.crypto.threshold import KeyShare, Member, ThresholdContext, ThresholdParams
+from fedprompt.crypto.threshold_params import RENYI_ORDER
 
 #: Measured per-entry l2 noise of a packed Gram entry, per member: an absolute floor and a slope in the norm bound,
 #: each with 2 bits of margin (module docstring).
@@ -80,7 +81,7 @@ def gram_noise_bound(params: ThresholdParams, updates: int, norm_bound: float) -
 
 def gram_smudging_sigma(params: ThresholdParams, updates: int, norm_bound: float) -> float:
     """Each Gram decryption share's flooding width: ``crypto.threshold``'s Renyi sizing on the Gram noise."""
-    return math.sqrt(threshold._RENYI_ORDER * params.max_decryptions / 2) * gram_noise_bound(params, updates,
+    return math.sqrt(RENYI_ORDER * params.max_decryptions / 2) * gram_noise_bound(params, updates,
                                                                                              norm_bound)
 
 

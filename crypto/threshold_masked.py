@@ -4,10 +4,13 @@ compressed polynomial per chunk instead of the compressed ``c0`` and t full-widt
 Decryptor ``j`` of a round attempt sends ``d_j + r_j`` per chunk, where ``d_j = a_r lambda_j^T sigma_{U,j} + e_j``
 is its flooded share (``crypto.threshold_seeded.round_share``) and ``r_j`` is uniform mod the data prime, drawn
 from ChaCha20's keystream (``crypto.rns.chacha_stream``) under a key derived (HMAC-SHA-256) from the members'
-group key (``crypto.sealing.group_key``, which the relay never holds), the round attempt's label and ``j``.  The relay adds ``c0`` of the sum and every
-masked share, ``y = c0 + sum_j (d_j + r_j) = Delta m + e + sum_j e_j + R``, and compresses ``y`` with the same
-key-less modulus switching as ``c0`` alone (``ThresholdContext.compress``, :attr:`ThresholdParams.
-download_bits`).  A member lifts the download, subtracts ``R = sum_j r_j`` and decodes.
+group key (``crypto.sealing.group_key``, which the relay never holds), the round attempt's label and ``j``.  In
+format 2 the pad is drawn on the coefficients, ``rho_j``, and ``r_j = NTT(rho_j)``: the member adds ``rho_j`` to
+its flooding noise before the one transform the noise needs anyway, so the share on the wire is in SEAL's NTT
+domain as before.  The relay adds ``c0`` of the sum and every masked share, ``y = c0 + sum_j (d_j + r_j) = Delta m
++ e + sum_j e_j + R``, brings ``y`` to coefficients and compresses it with the same key-less modulus switching as
+``c0`` alone (``ThresholdContext.compress``, :attr:`ThresholdParams.download_bits`).  A member lifts the download,
+subtracts ``sum_j rho_j`` (``R`` on the coefficients) and decodes, with no transform of its own.
 
 Why this keeps the guarantees (``docs/he.md``, "Masked decryption shares"):
 
@@ -42,29 +45,34 @@ from fedprompt.crypto.threshold import KeyShare, ThresholdContext, share_polys
 from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys, round_share
 
 _MASKED = struct.Struct("<5sHI")
-_MAGIC = b"FPTM1"
-_DOMAIN = b"fedprompt-share-mask-v2\0"  # v2: ChaCha20 pads (v1: SHAKE-256)
+_MAGIC = b"FPTM2"  # 2: a seeded sum's pads drawn on the coefficients, added through the share's transform
+_DOMAIN = b"fedprompt-share-mask-v3\0"  # v3: as format 2 uses them; v2: ChaCha20 pads; v1: SHAKE-256
 _SUM_PURPOSE = b"public-key-sum\0"
 
 
 def masks(context: ThresholdContext, group: bytes, upload: UploadRound, member: int, chunks: int,
           limbs: int = 1, purpose: bytes = b"") -> list[Poly]:
-    """``r_j`` of member ``member`` for each chunk of ``upload``: uniform mod each of the first ``limbs`` data
-    primes (one for a seeded sum; ``uint64``), keyed by ``group``; ``purpose`` separates a public-key sum's masks
+    """The pads of member ``member`` for each chunk of ``upload`` (a seeded sum's ``rho_j``, on the coefficients; a
+    public-key sum's ``r_j``, in the NTT domain): uniform mod each of the first ``limbs`` data primes (one for a
+    seeded sum; ``uint64``), keyed by ``group``; ``purpose`` separates a public-key sum's masks
     (:data:`_SUM_PURPOSE`) from a seeded sum's of the same round attempt, so no pad serves two shares."""
     key = hmac.new(group, _DOMAIN + purpose + upload.label + struct.pack("<H", member), hashlib.sha256).digest()
-    stream = chacha_stream(key)
-    return [context.ring.uniform_residues(limbs, stream, context.ring.n) for _ in range(chunks)]
+    n = context.ring.n  # every chunk's pad drawn as one sequence (label v3; v2 drew them chunk by chunk)
+    pads = context.ring.uniform_residues(limbs, chacha_stream(key), chunks * n, count=chunks)
+    return list(pads.reshape(limbs, chunks, n).swapaxes(0, 1))
 
 
 def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_size: int, upload: UploadRound,
                  uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
     """``d_j + r_j`` per chunk: ``key``'s flooded share of the uploaders' sum for the decryptor set, masked for the
-    relay (once per member and round attempt, as ``KeyShare.flooded`` enforces)."""
+    relay (once per member and round attempt, as ``KeyShare.flooded`` enforces).  The pad ``rho_j`` (:func:`masks`)
+    is drawn on the coefficients and added to the flooding noise before its transform, ``r_j = NTT(rho_j)``: the
+    share's one transform serves both, and whoever unmasks subtracts ``rho_j`` from the coefficients it holds."""
     chunks = context.params.num_ciphertexts(vector_size)
-    share = round_share(context, key, reference_polys(context, upload, chunks), upload, uploaders, decryptors)
+    pads = np.stack(masks(context, group, upload, key.index, chunks))[:, 0].astype(np.int64)
+    share = round_share(context, key, reference_polys(context, upload, chunks), upload, uploaders, decryptors, pads)
     _, _, _, polys = share_polys(context.ring, share, chunks, 1)
-    return _pack(key.index, _mask(context, polys, group, upload, key.index, 1))
+    return _pack(key.index, polys)
 
 
 def parse_share(context: ThresholdContext, blob: bytes, member: int, chunks: int, limbs: int = 1) -> list[Poly]:
@@ -140,24 +148,21 @@ def open_combined_sum(context: ThresholdContext, data: bytes, vector_size: int, 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Mapping[int, bytes]) -> bytes:
     """The relay's download, key-less: the sum's ``c0`` plus every decryptor's masked share (by member index),
-    compressed (``ThresholdContext.compress``).  Only members, who can strip the masks, can read it."""
-    cts = context.parse_sum(data, vector_size)
-    zero = [np.zeros((1, context.ring.n), dtype=np.uint64) for _ in cts]
-    for ct, masked in zip(cts, _add_shares(context, zero, shares), strict=True):
-        context.evaluator.add_plain_inplace(ct, context.ring.plaintext(masked, list(ct.parms_id()), ct.scale))
-    return context.compress(cts, vector_size)
+    compressed (``ThresholdContext.compress``).  Only members, who can strip the masks, can read it.  In numpy
+    from the sum's bytes (``ThresholdContext.read_sum``): no SEAL object, no scratch file."""
+    masked = np.stack(_add_shares(context, list(context.read_sum(data, vector_size)[:, 0]), shares))
+    return context.compress(context.ring.from_ntt_residues(masked)[:, None], vector_size)
 
 
 def open_sum(context: ThresholdContext, blob: bytes, vector_size: int, group: bytes, upload: UploadRound,
              decryptors: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a combined download: lifted, its masks removed, decoded, the weight slot checked.  The
-    masks are uniform in the NTT domain and the download is in coefficients: their sum ``R`` per chunk is brought
-    to coefficients (one inverse transform per chunk, as lifting back to the NTT domain would cost) and decoded in
-    numpy, so nothing passes through SEAL's files."""
+    relay's transform brought each ``r_j = NTT(rho_j)`` back to ``rho_j`` on the coefficients, as the download is,
+    so the lifted download less the pads' sum is the plaintext's coefficients, decoded in numpy: no transform,
+    nothing through SEAL's files."""
     ring, q = context.ring, np.uint64(context.ring.moduli[0])
     lifted = context.lift(blob, vector_size)[:, 0]
-    pads = [masks(context, group, upload, member, len(lifted)) for member in sorted(set(decryptors))]
-    total = functools.reduce(lambda acc, pad: addmod(acc, np.stack(pad), q), pads[1:], np.stack(pads[0]))
-    message = submod(lifted, ring.from_ntt_residues(total), q)
+    pads = [np.stack(masks(context, group, upload, member, len(lifted)))[:, 0] for member in sorted(set(decryptors))]
+    message = submod(lifted, functools.reduce(lambda total, pad: addmod(total, pad, q), pads), q)
     centred = np.where(message > q // np.uint64(2), message.astype(np.int64) - np.int64(q), message.astype(np.int64))
     return context.checked(ring.decode_coefficients(centred, 2.0**context.params.scale_bits), vector_size)

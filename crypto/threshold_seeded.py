@@ -102,10 +102,10 @@ def _members(context: ThresholdContext, uploaders: Sequence[int]) -> list[int]:
     return members
 
 
-def _bases(context: ThresholdContext, parts: Sequence[Sequence[Poly]], upload: UploadRound,
+def _bases(context: ThresholdContext, parts: np.ndarray, upload: UploadRound,
            uploaders: Sequence[int]) -> tuple[list[Poly], list[Poly]]:
-    """``a_r`` and the sum's ``c0`` per chunk, after checking the sum's ``c1`` is ``|U| a_r``: the sum of these
-    uploaders' uploads."""
+    """``a_r`` and the sum's ``c0`` per chunk (``parts``: ``ThresholdContext.read_sum``'s), after checking the
+    sum's ``c1`` is ``|U| a_r``: the sum of these uploaders' uploads."""
     bases = reference_polys(context, upload, len(parts))
     c0s = []
     for (c0, c1), a in zip(parts, bases, strict=True):
@@ -114,17 +114,6 @@ def _bases(context: ThresholdContext, parts: Sequence[Sequence[Poly]], upload: U
                                     f"{upload.attempt}")
         c0s.append(c0)
     return bases, c0s
-
-
-def read_sum(context: ThresholdContext, data: bytes, vector_size: int) -> list[list[Poly]]:
-    """``[c0, c1]`` (``uint64``) of each ciphertext of an encrypted sum: straight from the bytes when they are
-    SEAL's uncompressed form (what ``ThresholdContext.expand`` writes), else loaded and read back through SEAL."""
-    parms_id, scale, ring = list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits, context.ring
-    parsed = [ring.parse_ciphertext(blob, parms_id, scale, ring.data_limbs)
-              for blob in context.blobs(data, context.key_id, vector_size)]
-    if any(parts is None for parts in parsed):
-        return [ring.read_parts(ct, 2) for ct in context.parse_sum(data, vector_size)]
-    return [parts for parts in parsed if parts is not None]
 
 
 def _digest(upload: UploadRound, uploaders: Sequence[int]) -> bytes:
@@ -136,22 +125,23 @@ def decryption_share(context: ThresholdContext, key: KeyShare, data: bytes, vect
                      uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
     """``a_r lambda_j^T sigma_{U,j} + e_j`` per chunk: ``key``'s flooded share of the sum of ``uploaders``'
     uploads, for the decryptor set ``decryptors``; one per member and round attempt, whatever ``U`` and ``T``."""
-    bases, _ = _bases(context, read_sum(context, data, vector_size), upload, _members(context, uploaders))
+    bases, _ = _bases(context, context.read_sum(data, vector_size), upload, _members(context, uploaders))
     return round_share(context, key, bases, upload, uploaders, decryptors)
 
 
 def round_share(context: ThresholdContext, key: KeyShare, bases: Sequence[Poly], upload: UploadRound,
-                uploaders: Sequence[int], decryptors: Sequence[int]) -> bytes:
-    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it."""
+                uploaders: Sequence[int], decryptors: Sequence[int], plus: np.ndarray | None = None) -> bytes:
+    """The share on the round's ``a_r`` per chunk (``bases``, :func:`reference_polys`): ``c0`` never enters it;
+    ``plus``: coefficients added to its noise before the transform (``KeyShare.flooded``)."""
     members = _members(context, uploaders)
-    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label)
+    return key.flooded(bases, key.share_of(members), decryptors, _digest(upload, members), upload.label, plus=plus)
 
 
 def combine(context: ThresholdContext, data: bytes, vector_size: int, shares: Sequence[bytes], upload: UploadRound,
             uploaders: Sequence[int]) -> tuple[np.ndarray, float]:
     """(vector, weight) of a seeded sum from its decryption shares (refusals as ``threshold.combine``)."""
     members = _members(context, uploaders)
-    _, c0s = _bases(context, read_sum(context, data, vector_size), upload, members)
+    _, c0s = _bases(context, context.read_sum(data, vector_size), upload, members)
     plains = threshold.combine_parts(context.ring, context.threshold, c0s, shares, _digest(upload, members),
                                      list(context.seal_context.first_parms_id()), 2.0**context.params.scale_bits)
     return context.checked(context.decode(plains), vector_size)

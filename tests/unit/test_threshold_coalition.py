@@ -152,12 +152,13 @@ def _group_key(sites: dict[str, Site], colluders: Sequence[str]) -> bytes:
 def _unmasked(keyed: Keyed, group: bytes, upload_round: seeded.UploadRound,
               shares: dict[str, bytes]) -> dict[str, Poly]:
     """Each masked share the coordinator kept, its mask stripped with the group key: the decryptor's flooded share
-    ``d_j = a_r lambda_j sigma_{U,j} + e_j`` (one chunk)."""
+    ``d_j = a_r lambda_j sigma_{U,j} + e_j`` (one chunk): its mask is the transform of its pad ``rho_j``."""
     context, q = keyed.context, keyed.context.ring.q(1)
     out = {}
     for who, blob in shares.items():
         (share,) = masked.parse_share(context, blob, _index(who), 1)
-        (mask,) = masked.masks(context, group, upload_round, _index(who), 1)
+        (pad,) = masked.masks(context, group, upload_round, _index(who), 1)
+        mask = context.ring.to_ntt(pad[0].astype(np.int64), 1)
         out[who] = (share.astype(object) - mask) % q  # uint64 residues; the attacks work in Python ints
     return out
 

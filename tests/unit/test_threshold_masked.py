@@ -9,9 +9,11 @@ import os
 import numpy as np
 import pytest
 
+from fedprompt.crypto import shamir
 from fedprompt.crypto import threshold_masked as masked
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
-from fedprompt.crypto.threshold_seeded import UploadRound
+from fedprompt.crypto.modarith import mulmod, submod
+from fedprompt.crypto.threshold_seeded import UploadRound, reference_polys
 from tests.thresholds import SIZE, job, uploads
 
 SEED = b"job-seed-masked"
@@ -65,3 +67,19 @@ def test_a_masked_share_is_checked_for_its_member_size_and_residues() -> None:
         masked.parse_share(j.context, share[:-8], 1, 1)
     with pytest.raises(InvalidCiphertext, match="beyond its prime"):
         masked.parse_share(j.context, share[:-8] + b"\xff" * 8, 1, 1)
+
+
+def test_a_masked_share_is_the_flooded_share_in_the_ntt_domain() -> None:
+    """Less the transform of its pad, a decryptor's share is ``a_r lambda sigma_U`` plus the transform of noise of
+    the smudging width drawn on the coefficients (noise or a pad added in the NTT domain would look uniform on the
+    coefficients here)."""
+    j = job(3, seeded=True)
+    context, ring, q = j.context, j.context.ring, np.uint64(j.context.ring.moduli[0])
+    upload, uploaders, decryptors = UploadRound(SEED, round=11), [1, 2, 3], [1, 3]
+    share = masked.masked_share(context, j.keys[1], GROUP, SIZE, upload, uploaders, decryptors)
+    weighted = mulmod(shamir.lagrange(ring, decryptors, 1, 1), j.keys[1].share_of(uploaders)[:1], ring.moduli[:1])
+    for poly, pad, a in zip(masked.parse_share(context, share, 1, 1), masked.masks(context, GROUP, upload, 1, 1),
+                            reference_polys(context, upload, 1), strict=True):
+        unmasked = submod(poly, ring.to_ntt_residues(pad.astype(np.int64), 1)[0], q)
+        noise = ring.from_ntt(submod(unmasked, mulmod(a, weighted, ring.moduli[:1]), q))
+        assert abs(noise.std() / j.params.smudging_sigma - 1) < 0.05 and abs(noise.mean()) < j.params.smudging_sigma

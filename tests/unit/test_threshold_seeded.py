@@ -11,6 +11,7 @@ import pytest
 from fedprompt.crypto import shamir
 from fedprompt.crypto import threshold_seeded as seeded
 from fedprompt.crypto.errors import InvalidCiphertext, InvalidValue
+from fedprompt.crypto.modarith import switch_down, switch_up
 from fedprompt.crypto.threshold import ThresholdContext, share_polys
 from fedprompt.crypto.threshold_seeded import UploadRound
 from tests.thresholds import SIZE, Job, correlation, job, uploads
@@ -168,6 +169,27 @@ def test_the_coordinator_sends_c0_alone_and_members_rebuild_c1_from_the_seed() -
     with pytest.raises(InvalidCiphertext, match="truncated"):
         seeded.expand(j.context, download[:-1], SIZE, upload, uploaders)
 
+
+
+def test_the_sum_read_from_its_bytes_and_its_download_equal_what_seal_itself_reads_and_transforms() -> None:
+    """The relay reads a folded sum in memory (SEAL's zstd inflated, ``ThresholdContext.read_sum``) and transforms
+    it in numpy; SEAL's loader, its decryption under the keys 0 and 1 and its own inverse NTT give the same
+    residues, bit for bit, and the compressed download rounds exactly SEAL's coefficients."""
+    j = job(5, seeded=True)
+    data, _, _ = uploads(j, UploadRound(SEED, round=91), [1, 2, 3, 4, 5], seed=4)
+    coordinator = ThresholdContext(j.params, key_id=j.public.key_id)
+    cts = coordinator.parse_sum(data, SIZE)
+    read = coordinator.read_sum(data, SIZE)
+    assert read.shape == (len(cts), 2, 1, coordinator.ring.n)
+    for parts, ct in zip(read, cts, strict=True):
+        assert all(np.array_equal(got, want) for got, want in zip(parts, coordinator.ring.read_parts(ct, 2),
+                                                                  strict=True))
+    k0, q = j.params.download_bits[0], coordinator.ring.moduli[0]
+    lifted = coordinator.lift(coordinator.compress(data, SIZE), SIZE)[:, 0]
+    for got, ct in zip(lifted, cts, strict=True):
+        coordinator.evaluator.transform_from_ntt_inplace(ct)
+        coefficients = np.array([ct.dyn_array().at(i) for i in range(coordinator.ring.n)], dtype=np.uint64)
+        assert np.array_equal(got, switch_up(switch_down(coefficients, q, k0), q, k0))
 
 def _reduced(q: int, ratio: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """A Lagrange-Gauss reduced basis of the lattice ``{(x, y): x = ratio * y mod q}`` (exact integers)."""
