@@ -78,6 +78,9 @@ def masked_share(context: ThresholdContext, key: KeyShare, group: bytes, vector_
 def parse_share(context: ThresholdContext, blob: bytes, member: int, chunks: int, limbs: int = 1) -> list[Poly]:
     """A masked share's polynomials (``uint64``), checked for its member, its size and every residue below its
     prime."""
+    if len(blob) >= _MASKED.size and blob[:4] == _MAGIC[:4] and blob[:5] != _MAGIC:
+        raise InvalidCiphertext(f"masked decryption share of member {member} is in format {blob[:5]!r}, this "
+                                f"fedprompt reads {_MAGIC!r}: the member runs another fedprompt version")
     if len(blob) < _MASKED.size or _MASKED.unpack_from(blob) != (_MAGIC, member, chunks):
         raise InvalidCiphertext(f"not a masked decryption share of member {member} for {chunks} chunks")
     return context.ring.parse_residues(blob, _MASKED.size, chunks, limbs)

@@ -67,6 +67,8 @@ def test_a_masked_share_is_checked_for_its_member_size_and_residues() -> None:
         masked.parse_share(j.context, share[:-8], 1, 1)
     with pytest.raises(InvalidCiphertext, match="beyond its prime"):
         masked.parse_share(j.context, share[:-8] + b"\xff" * 8, 1, 1)
+    with pytest.raises(InvalidCiphertext, match="format b'FPTM1'.*another fedprompt version"):
+        masked.parse_share(j.context, b"FPTM1" + share[5:], 1, 1)  # what a member before format 2 sends
 
 
 def test_a_masked_share_is_the_flooded_share_in_the_ntt_domain() -> None:
