@@ -7,8 +7,9 @@ collective public key from the public shares, as any member does, to frame and c
 shares reach it masked under the members' group key (``crypto.sealing.group_key``), which it never sees: it adds
 the t masked shares to the sum's ``c0`` and compresses the result key-less (``crypto.threshold_masked``), one
 small polynomial per chunk that only members can unmask; t shares in the clear would decrypt the aggregate.  A
-member dropped before answering stalls nothing: :meth:`ThresholdRound.expire` opens a new
-attempt (a fresh ``a_r``, re-uploaded by the members online), as ``crypto.threshold_seeded`` requires, since a
+member dropped before answering stalls nothing: the round's deadline notes it in the round's ``RoundMemory``
+and the round machine opens a new attempt, a new ``ThresholdRound`` (a fresh ``a_r``, re-uploaded by the members
+online), as ``crypto.threshold_seeded`` requires, since a
 member makes one decryption share per round attempt.
 """
 
@@ -285,6 +286,7 @@ class ThresholdRound:
         self._open()
 
     def _open(self) -> None:
+        """The attempt's empty fold (a Gram job's round keeps its uploads instead: ``GramThresholdRound``)."""
         self.sum: EncryptedSum = self.relay.require().new_sum(self.vector_size)
         self.weights: dict[str, float] = {}
         self.decryption: Decryption | None = None
@@ -320,17 +322,6 @@ class ThresholdRound:
         self.relay.log.info("aggregate sent for threshold decryption", round=self.round, attempt=self.attempt,
                             uploaders=len(self.weights), decryptors=list(decryptors))
         return self.decryption
-
-    def expire(self) -> int:
-        """The deadline passed with shares missing: the next attempt, whose uploads start afresh."""
-        if self.decryption is None or self.decryption.complete:
-            raise PreconditionFailed(f"round {self.round} attempt {self.attempt} is not waiting for shares")
-        self.memory.note(self.decryption)
-        self.relay.log.warning("decryptors missed the deadline: new upload attempt", round=self.round,
-                               attempt=self.attempt + 1, missing=list(self.memory.missed))
-        self.attempt += 1
-        self._open()
-        return self.attempt
 
 
 class ThresholdKeyRelay(JobKeys):

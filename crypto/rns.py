@@ -50,7 +50,6 @@ Poly = np.ndarray
 _SealObject = TypeVar("_SealObject", seal.Plaintext, seal.SecretKey, seal.PublicKey, seal.Ciphertext,
                        seal.RelinKeys, seal.GaloisKeys)
 _HEADER = struct.Struct("<HBBBBHQ")
-_SEAL_MAGIC = 0xA15E
 _UNCOMPRESSED, _ZSTD = 0, 2  # SEAL's compr_mode_type
 _SHAKE256 = 2  # SEAL's prng_type::shake256
 SEED_BYTES = 64  # SEAL's prng_seed_byte_count
@@ -74,7 +73,8 @@ class Ring:
         self._untwist = np.exp(-1j * math.pi * np.arange(self.n) / self.n)
         with _scratch() as path:
             seal.Plaintext().save(str(path))
-            self._header = path.read_bytes()[: _HEADER.size]
+            # this SEAL's header fields (magic, header size, version), unpacked once: every frame repeats them
+            self._seal_header = _HEADER.unpack(path.read_bytes()[: _HEADER.size])[:4]
         self._readers = [seal.Decryptor(seal_context, self.secret_key(np.full((len(self.moduli), self.n), v,
                                                                                dtype=object)))
                          for v in (0, 1)]
@@ -292,9 +292,8 @@ class Ring:
         in memory by the zstd that SEAL's own extension bundles (what its loader runs, without the file SEAL's
         bindings read through); None if its header is not this SEAL's, or it inflates to anything else."""
         inflate = _zstd_decompress()
-        magic, header_size, major, minor, _, _, total = _HEADER.unpack_from(self._header)
         if inflate is None or len(blob) < _HEADER.size or _HEADER.unpack_from(blob) != (
-                magic, header_size, major, minor, _ZSTD, 0, len(blob)):
+                *self._seal_header, _ZSTD, 0, len(blob)):
             return None
         body = ctypes.create_string_buffer(size - _HEADER.size)
         got = inflate(body, len(body), blob[_HEADER.size:], len(blob) - _HEADER.size)
@@ -318,8 +317,7 @@ class Ring:
         return self._framed(struct.pack("<Q", len(values)) + np.asarray(values, dtype=np.uint64).tobytes())
 
     def _framed(self, body: bytes) -> bytes:
-        _, size, major, minor, _, _, _ = _HEADER.unpack(self._header)
-        return _HEADER.pack(_SEAL_MAGIC, size, major, minor, _UNCOMPRESSED, 0, _HEADER.size + len(body)) + body
+        return _HEADER.pack(*self._seal_header, _UNCOMPRESSED, 0, _HEADER.size + len(body)) + body
 
     def _load(self, obj: _SealObject, data: bytes) -> _SealObject:
         with _scratch() as path:

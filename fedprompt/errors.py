@@ -123,7 +123,8 @@ class CertificateRevoked(Unauthenticated):
 
 class RelayRefused(FedPromptError):
     """A member refuses to act on what the coordinator relayed: a decryption request whose uploader set is smaller
-    than the job's minimum or names a non-member, or a job config its admin did not sign.  The member reports it
+    than the job's minimum or names a non-member, a Gram round's accepted set outside its attested uploads, or a job
+    config its admin did not sign.  The member reports it
     (``ReportKeyFault``), so the job pauses with the reason, and does nothing with it."""
 
 

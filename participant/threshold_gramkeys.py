@@ -30,7 +30,7 @@ from fedprompt.crypto.errors import InvalidValue
 from fedprompt.crypto.gram import GramEvaluator, add_weight
 from fedprompt.crypto.threshold_gram import EvaluationKeyParty
 from fedprompt.crypto.threshold_seeded import UploadRound
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, RelayRefused
 from fedprompt.participant.keys import write_private
 from fedprompt.participant.threshold_keys import GRAM_SPEND, WEIGHT_TOLERANCE, ThresholdKeys
 from fedprompt.protocol import GramKeyLink, GramKeyState
@@ -211,18 +211,17 @@ class GramKeys:
         exact, so it is the coordinator's fold and the t masked shares combine on it
         (``threshold_masked.combine_sum``) into a download only members open."""
         public, key = self._attested(round_, attempt, uploads).context, self.keys._require()
-        # the job's floor on the sum first, as ``_claim`` checks it: a non-member named is the relay's fault
-        self.keys._check_uploaders(round_, list(accepted), "accepted uploader(s)")
         held = {who: upload for who, upload, _ in uploads}
         if not accepted or not set(accepted) <= set(held):
-            raise InvalidValue(f"the accepted uploads of round {round_} must be some of its attested uploads")
+            raise RelayRefused(f"the accepted uploads of round {round_} must be some of its attested uploads: "
+                               "no decryption share made")
         total = public.new_sum(vector_size)
         for who in accepted:
             total.add(public.parse(held[who], self.keys.context.key_id, vector_size))
         if total.total is None:
             raise InvalidValue(f"round {round_} has no accepted upload to sum")
         add_weight(public, total.total, vector_size, float(sum(accepted.values())))
-        self.keys._claim(round_, list(accepted), "accepted uploaders", f"{GRAM_SPEND}sum:{round_}:{attempt}",
+        self.keys._claim(round_, list(accepted), "accepted uploader", f"{GRAM_SPEND}sum:{round_}:{attempt}",
                          self.keys.params.ckks.num_ciphertexts(vector_size))
         return threshold_masked.masked_sum_share(self.keys.context, key, self.keys.group, total.to_bytes(),
                                                  vector_size, UploadRound(self.keys.seed, round_, attempt),

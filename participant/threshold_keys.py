@@ -253,17 +253,17 @@ class ThresholdKeys:
             raise InvalidValue(f"{unknown[0][:60]!r} is not a member of threshold job {self.job_id}")
         return sorted(self.members.index(w) + 1 for w in who)
 
-    def _check_uploaders(self, round_: int, uploaders: Sequence[str], named: str = "uploader(s)") -> None:
+    def _check_uploaders(self, round_: int, uploaders: Sequence[str], noun: str = "uploader") -> None:
         """``RelayRefused`` unless the named uploaders are ``min_uploaders`` or more distinct members: the floor
         on every sum a share decrypts, a plain round's uploaders and a Gram job's uploads (the matrix) and its
-        accepted uploaders (``named``) alike."""
+        accepted uploaders (``noun`` "accepted uploader") alike."""
         strangers = sorted(set(uploaders) - set(self.members))
         if strangers:
             raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {strangers[0][:60]!r} among its "
-                               f"{named}, and it is not a member: no decryption share made")
+                               f"{noun}s, and it is not a member: no decryption share made")
         if len(set(uploaders)) != len(uploaders) or len(uploaders) < self.min_uploaders:
             raise RelayRefused(f"round {round_} of threshold job {self.job_id} names {len(set(uploaders))} distinct "
-                               f"{named}, fewer than the job's minimum of {self.min_uploaders}: a decryption "
+                               f"{noun}(s), fewer than the job's minimum of {self.min_uploaders}: a decryption "
                                "share of it could reveal a single member's update; none made")
 
     def _check_retry(self, round_: int, users: Sequence[int], named: str) -> str | None:
@@ -311,15 +311,15 @@ class ThresholdKeys:
     def _record_spend(self, spend: str, ciphertexts: int) -> None:
         self._record(f"{spend}:{ciphertexts}" if spend.startswith(GRAM_SPEND) else spend)
 
-    def _claim(self, round_: int, uploaders: Sequence[str], named: str, spend: str, ciphertexts: int) -> None:
+    def _claim(self, round_: int, uploaders: Sequence[str], noun: str, spend: str, ciphertexts: int) -> None:
         """Everything a decryption share of a sum over ``uploaders`` must pass, then its records: the uploader floor
         (``_check_uploaders``), the round's one uploader set (``_check_retry``) and the budget (``_check_budget``),
         each refusing before anything is written; then the set's record (its first share of the round) and the
         share's (``spend``), each fsynced before the caller makes the share, so both rules hold across restarts.
         One sequence for a plain round's uploaders (``decryption_share``) and a Gram job's accepted uploaders
-        (``GramKeys.sum_share``, ``named`` "accepted uploaders")."""
-        self._check_uploaders(round_, uploaders, named.removesuffix("s") + "(s)")
-        uploader_set = self._check_retry(round_, self._indices(uploaders), named)
+        (``GramKeys.sum_share``, ``noun`` "accepted uploader")."""
+        self._check_uploaders(round_, uploaders, noun)
+        uploader_set = self._check_retry(round_, self._indices(uploaders), f"{noun}s")
         self._check_budget(spend, ciphertexts)
         if uploader_set is not None:
             self._record(uploader_set)
@@ -341,7 +341,7 @@ class ThresholdKeys:
                          decryptors: Sequence[str]) -> bytes:
         """Our flooded share of the uploaders' sum in a round attempt (once), masked under the group key."""
         key, upload = self._require(), UploadRound(self.seed, round_, attempt)
-        self._claim(round_, uploaders, "uploaders", f"share:{round_}:{attempt}",
+        self._claim(round_, uploaders, "uploader", f"share:{round_}:{attempt}",
                     self.params.ckks.num_ciphertexts(vector_size))
         return threshold_masked.masked_share(self.context, key, self.group, vector_size, upload,
                                              self._indices(uploaders), self._indices(decryptors))
