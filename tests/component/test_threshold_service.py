@@ -88,9 +88,13 @@ def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_globa
         tiny_encoder_dir: Path, tmp_path: Path) -> None:
     pki = ThrowawayPki(tmp_path / "federation")
     # a 512 KiB message limit: the key relay (~330 KB for three members) then comes in pages of 256 KiB
+    finals = [tmp_path / name.split(":")[1] / "globals" / "version-0002.npy" for name in NAMES]
     with LiveCoordinator(tmp_path / "coord", pki, max_message_bytes=512 * 1024) as coordinator:
+        # done once every member has opened the last global too: the job can be DONE a poll before the last
+        # member has fetched it
         job_id, links, errors, admin = _run_job(tiny_encoder_dir, tmp_path, coordinator, pki, GrpcLink,
-                                                lambda state: state is JobState.DONE)
+                                                lambda state: state is JobState.DONE
+                                                and all(path.exists() for path in finals))
         job = coordinator.call(lambda: coordinator.server.jobs.job(job_id))
         assert not errors and coordinator.call(lambda: job.state) is JobState.DONE
         store = coordinator.server.store
@@ -98,8 +102,8 @@ def test_a_threshold_job_runs_over_mtls_and_every_member_combines_the_same_globa
             encoding, data = store.prompt(job_id, version)
             stored = unpack_version(data)
             assert encoding == ENCODING and len(stored.decryptors) == 2 and len(stored.uploaders) == 3
-        finals = [np.load(tmp_path / name.split(":")[1] / "globals" / "version-0002.npy") for name in NAMES]
-        assert all(np.array_equal(finals[0], f) for f in finals[1:]) and np.isfinite(finals[0]).all()
+        vectors = [np.load(path) for path in finals]
+        assert all(np.array_equal(vectors[0], v) for v in vectors[1:]) and np.isfinite(vectors[0]).all()
         # the servicers refuse a share request from a non-decryptor and for a round that is not decrypting
         with pytest.raises(PreconditionFailed):
             links[NAMES[0]].decryption(job_id, 3)
