@@ -8,6 +8,7 @@ refuses ``save_pretrained``, so the model is rebuilt from its config and the sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def _smollm2_dir(gguf_path: Path) -> Path:
     """Convert the packaged GGUF once into a safetensors directory and return it."""
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        _drop_gguf_config(target / "config.json")  # a cache written before the conversion dropped it
         return target
     loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -63,8 +65,21 @@ def _smollm2_dir(gguf_path: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     rebuilt.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _drop_gguf_config(tmp / "config.json")
     tmp.rename(target)
     return target
+
+
+def _drop_gguf_config(config: Path) -> None:
+    """Remove the ``quantization_config`` the GGUF load leaves in the saved config: the safetensors hold the
+    weights dequantized (the packaged file is Q4_1, so they take its 4-bit values), and with it in place every
+    load attaches transformers' GGUF quantizer to plain ``nn.Linear`` layers and warns, in low precision, of
+    packed GGUF kernels that are not there."""
+    fields = json.loads(config.read_text(encoding="utf-8"))
+    if fields.pop("quantization_config", None) is not None:
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(config)
 
 
 def resolve_model_path(ref: str) -> Path:

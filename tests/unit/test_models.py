@@ -4,6 +4,7 @@ prompt (PLMM) splits into its global, expert and personal levels."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from fedprompt.config import ModelSection, TrainSection
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import InvalidUpdate
 from fedprompt.models import build_classifier
+from fedprompt.models.backbone import resolve_model_path
 from fedprompt.participant.train import evaluate, train_local
 from fedprompt.scoring import length_batches
 from tests.support import levelled, tiny_job, toy_examples
@@ -91,3 +93,23 @@ def test_prompt_levels_concatenate_in_the_prompt_and_split_the_vector(tiny_encod
     assert not np.array_equal(model.personal_vector(), personal)  # trained with the other levels
     model.set_personal_vector(personal)
     assert np.array_equal(model.personal_vector(), personal)
+
+
+def test_the_smollm2_cache_drops_the_gguf_quantization_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The converted SmolLM2 cache holds dequantized safetensors: a ``quantization_config`` left in its config (as
+    caches written before this fix have) would attach transformers' GGUF quantizer to plain linear layers and warn
+    of packed kernels in low precision.  Resolving the builtin drops it, keeps every other field, and is idempotent."""
+    monkeypatch.setenv("FEDPROMPT_CACHE", str(tmp_path))
+    cached = tmp_path / "smollm2-135m-instruct"
+    cached.mkdir()
+    (cached / "model.safetensors").write_bytes(b"")
+    fields = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576,
+              "quantization_config": {"quant_method": "gguf", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}}
+    (cached / "config.json").write_text(json.dumps(fields), encoding="utf-8")
+    assert resolve_model_path("builtin:smollm2") == cached
+    kept = json.loads((cached / "config.json").read_text(encoding="utf-8"))
+    assert kept == {k: v for k, v in fields.items() if k != "quantization_config"}
+    text = (cached / "config.json").read_text(encoding="utf-8")
+    assert resolve_model_path("builtin:smollm2") == cached
+    assert (cached / "config.json").read_text(encoding="utf-8") == text
