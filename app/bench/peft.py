@@ -86,7 +86,7 @@ class Size:
     backbones: tuple[str, ...] = tuple(BACKBONES)
 
 
-FULL = Size(sites=3, rounds=5, steps=30, batch_size=16, train_size=3000, test_size=1000, gen_train_size=600,
+FULL = Size(sites=3, rounds=5, steps=30, batch_size=16, train_size=8000, test_size=1000, gen_train_size=600,
             gen_test_size=100, max_new_tokens=16, dp_batch_size=PRIVATE.batch_size, dp_steps=PRIVATE.steps)
 SMOKE = Size(sites=2, rounds=1, steps=2, batch_size=4, train_size=24, test_size=12, gen_train_size=12,
              gen_test_size=4, max_new_tokens=3, dp_batch_size=4, dp_steps=2)

@@ -71,7 +71,7 @@ def register(sub: Subparsers) -> None:
                             "(an estimate from 3 timed steps per method, not a measured run)")
     bench.add_argument("--sites", type=int, help="peft: IID sites (default 3)")
     bench.add_argument("--train-size", type=int,
-                       help="peft: Rotten Tomatoes training examples dealt to the sites (default 3000)")
+                       help="peft: Rotten Tomatoes training examples dealt to the sites (default 8000)")
     bench.add_argument("--test-size", type=int, help="peft: held-out test examples (default 1000)")
     bench.add_argument("--methods", help="peft: comma-separated subset of prompt,prefix,lora (default all)")
     bench.add_argument("--backbones", help="peft: comma-separated subset of smollm2,minilm (default both)")
