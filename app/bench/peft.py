@@ -249,7 +249,7 @@ def report(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diffs: 
                          "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size,
                          "dp_steps_per_site_round": size.dp_steps, "dp_lr": DP_LR,
                          "he_params": HESection(enabled=True, mode="single_key").params().describe(),
-                         "placement": str(placement), "seed": args.seed, "methods": size.methods,
+                         "placement": placement.label, "seed": args.seed, "methods": size.methods,
                          "backbones": size.backbones, "skipped": [part for part in ("classification", "dp", "generation")
                                                                   if getattr(args, f"skip_{part}")],
                          "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
