@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import resource
 import tempfile
 from pathlib import Path
@@ -36,7 +37,7 @@ from fedprompt.app.adapter_export import CardFacts, export_peft
 from fedprompt.app.bench.smoke import on_tiny_model, run_size
 from fedprompt.app.demo import LR_SCALE, PRIVATE, DemoOptions, demo_job
 from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt
-from fedprompt.app.report import fmt, table, write_json
+from fedprompt.app.report import fmt, jsonable, provenance, table, write_json
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection
 from fedprompt.config.job import MAX_DEADLINE_S
@@ -233,28 +234,72 @@ def targets(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diff: 
             "peft_roundtrip_max_abs_diff": target(diff, TARGETS["roundtrip"], float.__le__)}
 
 
-def report(rows: list[dict[str, Any]], generation: list[dict[str, Any]], diffs: dict[str, float], size: Size,
-           args: argparse.Namespace, placement: Placement, complete: bool) -> dict[str, Any]:
+def settings(size: Size, args: argparse.Namespace, placement: Placement) -> dict[str, Any]:
+    """What a run measured under: ``--resume`` goes on only with a report of the same."""
+    return {"sites": size.sites, "rounds": size.rounds, "steps_per_site_round": size.steps,
+            "batch_size": size.batch_size, "lr": LR, "train_size": size.train_size,
+            "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
+            "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
+            "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
+            "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size,
+            "dp_steps_per_site_round": size.dp_steps, "dp_lr": DP_LR,
+            "he_params": HESection(enabled=True, mode="single_key").params().describe(),
+            "placement": placement.label, "seed": args.seed, "methods": size.methods,
+            "backbones": size.backbones, "skipped": [part for part in ("classification", "dp", "generation")
+                                                     if getattr(args, f"skip_{part}")],
+            "dp_method": args.dp_method,
+            "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
+            "roundtrip_texts": TEXTS}
+
+
+@dataclasses.dataclass
+class Run:
+    """The rows measured so far, by this process and (``--resume``) by the earlier ones of the same run, each
+    row naming the process that measured it (``run``: an index into ``runs``, their provenance)."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    generation: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    diffs: dict[str, float] = dataclasses.field(default_factory=dict)
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def measured(self, backbone: str, method: str, epsilon: float | None = None) -> bool:
+        return any((r["backbone"], r["method"], r["dp_epsilon"]) == (backbone, method, epsilon) for r in self.rows)
+
+    def add(self, row: dict[str, Any], generation: bool = False) -> None:
+        (self.generation if generation else self.rows).append({**row, "run": len(self.runs) - 1})
+
+
+def resumed(path: str, expected: dict[str, Any]) -> Run:
+    """The unfinished run in the report at ``path`` (``--resume``), to go on with: its rows are kept and only the
+    missing ones measured.  Its settings must be this run's (the same flags), so every row of the table still
+    comes from one configuration; a complete report, or one that cannot be read, is refused by name."""
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+        stored, rows = old["settings"], old["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--resume: cannot read an earlier bench peft report at {path} ({exc})") from exc
+    if old.get("complete"):
+        raise ConfigError(f"--resume: {path} is complete; nothing to go on with")
+    wanted = json.loads(json.dumps(jsonable(expected)))
+    differ = sorted(k for k in wanted.keys() | stored.keys() if wanted.get(k) != stored.get(k))
+    if differ:
+        raise ConfigError(f"--resume: {path} was measured with other settings ({', '.join(differ)}); "
+                          "resume with its flags, or start a new report")
+    runs = old.get("runs") or [old["provenance"]]
+    keep = [{**r, "run": r.get("run", 0)} for r in rows]
+    return Run([r for r in keep if r["task"] == "classification"], [r for r in keep if r["task"] == "generation"],
+               dict(old.get("peft_roundtrip") or {}), runs + [provenance()])
+
+
+def report(run: Run, size: Size, args: argparse.Namespace, placement: Placement, complete: bool) -> dict[str, Any]:
     """The JSON report of the rows measured so far (``complete`` once every row asked for is in)."""
-    diff = max(diffs.values()) if diffs else None
+    diff = max(run.diffs.values()) if run.diffs else None
     # one schema for every row: a classification row's generation keys and a generation row's are null
-    table_rows = [{k: r.get(k) for k in (*ROW_KEYS, "epsilon_spent", *GENERATION_KEYS)} for r in rows + generation]
-    return {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": diffs,
-            "targets": targets(rows, generation, diff), "complete": complete,
-            "settings": {"sites": size.sites, "rounds": size.rounds, "steps_per_site_round": size.steps,
-                         "batch_size": size.batch_size, "lr": LR, "train_size": size.train_size,
-                         "test_size": size.test_size, "partition": "iid", "dataset": "rotten_tomatoes",
-                         "generation_dataset": "bbc_headlines", "generation_train_size": size.gen_train_size,
-                         "generation_test_size": size.gen_test_size, "max_new_tokens": size.max_new_tokens,
-                         "dp_epsilon": DP_EPSILON, "dp_batch_size": size.dp_batch_size,
-                         "dp_steps_per_site_round": size.dp_steps, "dp_lr": DP_LR,
-                         "he_params": HESection(enabled=True, mode="single_key").params().describe(),
-                         "placement": placement.label, "seed": args.seed, "methods": size.methods,
-                         "backbones": size.backbones, "skipped": [part for part in ("classification", "dp", "generation")
-                                                                  if getattr(args, f"skip_{part}")],
-                         "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
-                         "roundtrip_texts": TEXTS},
-            "smoke": bool(args.smoke)}
+    table_rows = [{k: r.get(k) for k in (*ROW_KEYS, "epsilon_spent", *GENERATION_KEYS, "run")}
+                  for r in run.rows + run.generation]
+    return {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": run.diffs,
+            "targets": targets(run.rows, run.generation, diff), "complete": complete,
+            "settings": settings(size, args, placement), "runs": run.runs, "smoke": bool(args.smoke)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -265,14 +310,13 @@ def main(args: argparse.Namespace) -> int:
     if args.smoke:
         torch.set_num_threads(1)  # the test suite's budget; a measured run keeps torch's own thread count
     secret = SecretContext.create(HESection(enabled=True, mode="single_key").params())
-    rows: list[dict[str, Any]] = []
-    generation: list[dict[str, Any]] = []
-    diffs: dict[str, float] = {}
     path = args.report or "reports/bench-peft.json"
+    run = resumed(path, settings(size, args, placement)) if args.resume else Run(runs=[provenance()])
 
     def save(complete: bool = False) -> dict[str, Any]:
-        """Write the report as it stands: a run stopped after an hour's rows keeps them (``"complete": false``)."""
-        out = report(rows, generation, diffs, size, args, placement, complete)
+        """Write the report as it stands: a run stopped after an hour's rows keeps them (``"complete": false``),
+        and ``--resume`` goes on from there."""
+        out = report(run, size, args, placement, complete)
         write_json(out, path)
         return out
 
@@ -283,29 +327,32 @@ def main(args: argparse.Namespace) -> int:
             train, test, names = load_split("rotten_tomatoes", size.test_size, args.seed, base.task.label_names)
             sites = split_sites(train[:size.train_size], test, names, size.sites, PartitionSpec("iid"), args.seed)
             for method in () if args.skip_classification else size.methods:
+                if run.measured(name, method):
+                    continue
                 config = with_method(base, method, None, size)
                 row, result = run_row(name, config, sites, placement, work, secret)
-                rows.append(row)
-                diffs[f"{name}/{method}"] = roundtrip(result, config, work)
+                run.add(row)
+                run.diffs[f"{name}/{method}"] = roundtrip(result, config, work)
                 save()
-            top = best(rows, name)
+            top = best(run.rows, name)
             dp_method = dp_method_for(args, top)
-            if dp_method is not None:
-                rows.append(run_row(name, with_method(base, dp_method, DP_EPSILON, size), sites, placement,
-                                    work, secret)[0])
+            if dp_method is not None and not run.measured(name, dp_method, DP_EPSILON):
+                run.add(run_row(name, with_method(base, dp_method, DP_EPSILON, size), sites, placement, work,
+                                secret)[0])
                 save()
-            if BACKBONES[name] == "causal" and not args.skip_generation:
+            if (BACKBONES[name] == "causal" and not args.skip_generation
+                    and not any(r["backbone"] == name for r in run.generation)):
                 # the best method, or without classification rows the first one named
-                generation.append(generation_row(name, base, top["method"] if top else size.methods[0], size,
-                                                 placement, args.seed))
+                run.add(generation_row(name, base, top["method"] if top else size.methods[0], size, placement,
+                                       args.seed), generation=True)
                 save()
     out = save(complete=True)
     print(table(["backbone", "method", "eps", "accuracy", "majority", "zero-shot", "floats", "over PLM", "HE bytes",
                  "s/round", "rss MB"],
                 [[r["backbone"], r["method"], r["dp_epsilon"], r["accuracy"], r["majority_accuracy"],
                   r["zero_shot_accuracy"], r["exchanged_floats"], r["exchanged_over_plm"], r["upload_bytes_he"],
-                  r["seconds_per_round"], r["participant_peak_rss_mb"]] for r in rows]))
-    for r in generation:
+                  r["seconds_per_round"], r["participant_peak_rss_mb"]] for r in run.rows]))
+    for r in run.generation:
         print(f"generation {r['backbone']}/{r['method']}: exact match {fmt(r['exact_match_before'])} -> "
               f"{fmt(r['exact_match_after'])}, ROUGE-L {fmt(r['rouge_l_before'])} -> {fmt(r['rouge_l_after'])}, "
               f"loss {fmt(r['loss_before'])} -> {fmt(r['loss_after'])}")

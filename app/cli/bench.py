@@ -81,6 +81,10 @@ def register(sub: Subparsers) -> None:
                        help="peft: leave out the Rotten Tomatoes rows (the generation row then tunes the first of "
                             "--methods)")
     bench.add_argument("--skip-dp", action="store_true", help="peft: leave out the best method's row at epsilon 8")
+    bench.add_argument("--resume", action="store_true",
+                       help="peft: go on with the unfinished run whose report is --report (a run stopped midway, say at "
+                            "the end of a session): its rows are kept, each naming the run that measured it, and only the "
+                            "missing ones are measured; refused unless its settings are this command's")
     bench.add_argument("--dp-method", choices=PEFT_METHODS,
                        help="peft: the method of the epsilon 8 row (default the best one without DP; with "
                             "--skip-classification the row runs only when this names one)")
