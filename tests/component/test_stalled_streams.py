@@ -12,6 +12,7 @@ here are structural (slots, assemblers alive, connections held); the memory they
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -77,6 +78,13 @@ def assemblers_alive(job_id: str) -> int:
                for o in gc.get_objects())
 
 
+def wait_released(in_progress: Callable[[], int], job_id: str) -> None:
+    """Every cut stream's upload slot and buffer released: each handler thread releases them as it returns, which
+    can be just after its status reached the client."""
+    wait_for(lambda: in_progress() == 0 and assemblers_alive(job_id) == 0, 10,
+             what="the cut streams' slots and upload buffers to be released")
+
+
 @pytest.mark.parametrize("identities", [1, 8], ids=["one-identity", "eight-identities"])
 def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_completes(tmp_path: Path,
                                                                                   identities: int) -> None:
@@ -121,7 +129,7 @@ def test_stalled_uploads_and_idle_connections_are_cut_off_while_a_round_complete
             assert {o.details for o in cut} == {f"upload not completed within {TIMEOUT_S:g} s"}
             assert all(o.after_s >= TIMEOUT_S for o in cut)
             assert {o.details for o in refused} == {f"already {SLOTS} uploads in progress (at most {SLOTS})"}
-            assert in_progress() == 0 and assemblers_alive(target_job) == 0
+            wait_released(in_progress, target_job)
 
             # the slots are free again: each stalling identity's real update is admitted, and its round completes
             for who in stallers:
@@ -173,7 +181,7 @@ def test_uploads_beyond_the_coordinator_wide_cap_are_refused_until_the_stalls_ar
                 ["RESOURCE_EXHAUSTED"] * (2 * len(stallers) - cap)
             assert {o.details for o in outcomes if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED} == {
                 f"the coordinator already receives {cap} uploads (at most {cap} at once); retry later"}
-            assert in_progress() == 0 and assemblers_alive(target_job) == 0
+            wait_released(in_progress, target_job)
 
             for who, link in (*list(honest.items())[1:], *own.items()):
                 link.upload(vector(honest_job if who in honest else target_job, 1, 1.0))
