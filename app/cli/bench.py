@@ -68,7 +68,7 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--steps", type=int,
                        help="peft: local steps per site and round, every method (default 30).  `bench peft --report peft.json` "
                             "at its defaults: sized to finish in under an hour on one GPU; on 2 CPU cores with --dtype bfloat16 a "
-                            "SmolLM2 row took 18-44 min and the whole run more than a 3 h session (--resume goes on with it)")
+                            "SmolLM2 row took 18-31 min and the whole run more than a 3 h session (--resume goes on with it)")
     bench.add_argument("--sites", type=int, help="peft: IID sites (default 3)")
     bench.add_argument("--train-size", type=int,
                        help="peft: Rotten Tomatoes training examples dealt to the sites (default 8000)")
