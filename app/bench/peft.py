@@ -265,6 +265,9 @@ class Run:
     def measured(self, backbone: str, method: str, epsilon: float | None = None) -> bool:
         return any((r["backbone"], r["method"], r["dp_epsilon"]) == (backbone, method, epsilon) for r in self.rows)
 
+    def generated(self, backbone: str) -> bool:
+        return any(r["backbone"] == backbone for r in self.generation)
+
     def add(self, row: dict[str, Any], generation: bool = False) -> None:
         (self.generation if generation else self.rows).append({**row, "run": len(self.runs) - 1})
 
@@ -299,7 +302,8 @@ def report(run: Run, size: Size, args: argparse.Namespace, placement: Placement,
                   for r in run.rows + run.generation]
     return {"rows": table_rows, "peft_roundtrip_max_abs_diff": diff, "peft_roundtrip": run.diffs,
             "targets": targets(run.rows, run.generation, diff), "complete": complete,
-            "settings": settings(size, args, placement), "runs": run.runs, "smoke": bool(args.smoke)}
+            "settings": settings(size, args, placement), "runs": run.runs, "smoke": bool(args.smoke),
+            "provenance": run.runs[-1]}  # this process's, taken once at its start (``runs``' last)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -341,7 +345,7 @@ def main(args: argparse.Namespace) -> int:
                                 secret)[0])
                 save()
             if (BACKBONES[name] == "causal" and not args.skip_generation
-                    and not any(r["backbone"] == name for r in run.generation)):
+                    and not run.generated(name)):
                 # the best method, or without classification rows the first one named
                 run.add(generation_row(name, base, top["method"] if top else size.methods[0], size, placement,
                                        args.seed), generation=True)
