@@ -59,6 +59,14 @@ LR = {method: round(0.03 * scale, 6) for method, scale in LR_SCALE.items()}
 # with the plain recipe), with the same ratios between methods.
 DP_LR = {method: round(PRIVATE.lr * scale, 6) for method, scale in LR_SCALE.items()}
 DP_EPSILON = 8.0
+# LoRA on the causal backbone adapts all seven projections of every block at rank 4 (0.91 % of SmolLM2's
+# parameters) rather than peft's default q/v at rank 8 (0.34 %): adapting every linear layer matters more than the
+# rank (Dettmers et al., "QLoRA", 2023, section 4), and the MLP's projections are where a classifier's features
+# move.  The encoder keeps peft's default (query/value, rank 8), already 3 points over its prompt.
+LORA = {"causal": PeftSection(method="lora", lora_rank=4, lora_alpha=8,
+                              lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj")),
+        "encoder": PeftSection(method="lora")}
 TEXTS = ["A moving, beautifully shot film.", "dull", "Neither good nor bad, and far too long to sit through."]
 ROW_KEYS = ("backbone", "method", "task", "accuracy", "majority_accuracy", "zero_shot_accuracy", "exchanged_floats",
             "exchanged_over_plm", "upload_bytes_he", "seconds_per_round", "participant_peak_rss_mb", "dp_epsilon")
@@ -131,7 +139,8 @@ def with_method(config: JobConfig, method: str, epsilon: float | None, size: Siz
     train = (dataclasses.replace(config.train, lr=LR[method]) if epsilon is None else
              dataclasses.replace(config.train, lr=DP_LR[method], batch_size=size.dp_batch_size,
                                  max_steps=size.dp_steps))
-    return dataclasses.replace(config, peft=PeftSection(method=method), train=train,
+    peft = LORA[config.model.kind] if method == "lora" else PeftSection(method=method)
+    return dataclasses.replace(config, peft=peft, train=train,
                                dp=DPSection(enabled=epsilon is not None, epsilon=epsilon or DPSection.epsilon))
 
 
@@ -247,7 +256,7 @@ def settings(size: Size, args: argparse.Namespace, placement: Placement) -> dict
             "placement": placement.label, "seed": args.seed, "methods": size.methods,
             "backbones": size.backbones, "skipped": [part for part in ("classification", "dp", "generation")
                                                      if getattr(args, f"skip_{part}")],
-            "dp_method": args.dp_method,
+            "dp_method": args.dp_method, "lora": LORA,
             "peak_rss": "resource.getrusage(RUSAGE_SELF).ru_maxrss after the row (process high-water mark)",
             "roundtrip_texts": TEXTS}
 
