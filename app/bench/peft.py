@@ -292,7 +292,7 @@ def resumed(path: str, expected: dict[str, Any]) -> Run:
         raise ConfigError(f"--resume: cannot read an earlier bench peft report at {path} ({exc})") from exc
     if old.get("complete"):
         raise ConfigError(f"--resume: {path} is complete; nothing to go on with")
-    wanted = json.loads(json.dumps(jsonable(expected)))
+    wanted = jsonable(expected)  # the JSON data write_json stored: tuples as lists
     differ = sorted(k for k in wanted.keys() | stored.keys() if wanted.get(k) != stored.get(k))
     if differ:
         raise ConfigError(f"--resume: {path} was measured with other settings ({', '.join(differ)}); "
