@@ -315,6 +315,37 @@ def report(run: Run, size: Size, args: argparse.Namespace, placement: Placement,
             "provenance": run.runs[-1]}  # this process's, taken once at its start (``runs``' last)
 
 
+def _num(value: float | None, digits: int, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The report's rows as the README's Markdown tables, with where they come from: written beside the JSON
+    (``bench-peft.md``) at every save, so a README quotes the run rather than retyping it (a test holds the
+    README's table to the committed report's)."""
+    lines = ["| backbone | method | ε | accuracy | majority | zero-shot | exchanged floats | of the PLM | HE upload B "
+             "| s/round | peak RSS MB | run |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in (r for r in out["rows"] if r["task"] == "classification"):
+        eps = "—" if r["dp_epsilon"] is None else f"{r['dp_epsilon']:g} (spent {_num(r['epsilon_spent'], 3)})"
+        lines.append(f"| {r['backbone']} | {r['method']} | {eps} | {_num(r['accuracy'], 3)} | "
+                     f"{_num(r['majority_accuracy'], 3)} | {_num(r['zero_shot_accuracy'], 3)} | "
+                     f"{r['exchanged_floats']:,} | {_num(100 * r['exchanged_over_plm'], 3, ' %')} | "
+                     f"{r['upload_bytes_he']:,} | {_num(r['seconds_per_round'], 1)} | "
+                     f"{_num(r['participant_peak_rss_mb'], 0)} | {r['run']} |")
+    generation = [r for r in out["rows"] if r["task"] == "generation"]
+    if generation:
+        lines += ["", "| backbone | method | task | exact match | ROUGE-L | per-token loss | run |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['backbone']} | {r['method']} | generation | {_num(r['exact_match_before'], 2)} → "
+                  f"{_num(r['exact_match_after'], 2)} | {_num(r['rouge_l_before'], 3)} → {_num(r['rouge_l_after'], 3)}"
+                  f" | {_num(r['loss_before'], 2)} → {_num(r['loss_after'], 2)} | {r['run']} |" for r in generation]
+    lines += ["", f"Round trip through the exported peft adapters: max |diff| {out['peft_roundtrip_max_abs_diff']:.1e}"
+              if out["peft_roundtrip_max_abs_diff"] is not None else "Round trip: not measured yet.", ""]
+    lines += [f"- run {i}: `{p['command']}`, commit {p['commit']}{' (uncommitted changes)' if p['dirty'] else ''}, "
+              f"{p['date']}, {p['machine']['cpus']} CPUs" for i, p in enumerate(out["runs"])]
+    return "\n".join(lines) + "\n"
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -331,6 +362,7 @@ def main(args: argparse.Namespace) -> int:
         and ``--resume`` goes on from there."""
         out = report(run, size, args, placement, complete)
         write_json(out, path)
+        Path(path).with_suffix(".md").write_text(markdown(jsonable(out)), encoding="utf-8")
         return out
 
     with tempfile.TemporaryDirectory(prefix="fedprompt-bench-peft-") as tmp:
