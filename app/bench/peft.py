@@ -346,6 +346,13 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_path(report_path: str) -> Path:
+    """Where the Markdown goes: beside the report, its suffix ``.md`` (``--report x.md``: ``x.md.md``, not over
+    the JSON)."""
+    path = Path(report_path)
+    return path.with_name(f"{path.name}.md") if path.suffix == ".md" else path.with_suffix(".md")
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -362,7 +369,7 @@ def main(args: argparse.Namespace) -> int:
         and ``--resume`` goes on from there."""
         out = report(run, size, args, placement, complete)
         write_json(out, path)
-        Path(path).with_suffix(".md").write_text(markdown(jsonable(out)), encoding="utf-8")
+        markdown_path(path).write_text(markdown(jsonable(out)), encoding="utf-8")
         return out
 
     with tempfile.TemporaryDirectory(prefix="fedprompt-bench-peft-") as tmp:

@@ -1,9 +1,11 @@
-"""Which method ``bench peft`` tunes at epsilon 8: the best plain row unless ``--dp-method`` names one."""
+"""Which method ``bench peft`` tunes at epsilon 8 (the best plain row unless ``--dp-method`` names one), and where
+its Markdown tables go."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from fedprompt.app.bench.peft import dp_method_for
+from fedprompt.app.bench.peft import dp_method_for, markdown_path
 
 
 def args(dp_method: str | None = None, skip_dp: bool = False) -> argparse.Namespace:
@@ -22,3 +24,8 @@ def test_dp_method_overrides_the_best_plain_method_and_runs_without_classificati
 def test_no_dp_row_with_skip_dp_or_without_a_method() -> None:
     assert dp_method_for(args("prompt", skip_dp=True), {"method": "lora"}) is None
     assert dp_method_for(args(), None) is None
+
+
+def test_the_markdown_goes_beside_the_report_and_never_over_it() -> None:
+    assert markdown_path("reports/bench-peft.json") == Path("reports/bench-peft.md")
+    assert markdown_path("peft.md") == Path("peft.md.md")
