@@ -40,7 +40,8 @@ def register(sub: Subparsers) -> None:
     bench = add_command(sub, "bench", "benchmarks: print a table and write a JSON report",
                          "fedprompt bench federated --report reports/bench-federated.json")
     bench.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
-    bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json)")
+    bench.add_argument("--report", help="JSON report path (default reports/bench-NAME.json); peft also writes its "
+                                        "tables as Markdown beside it (suffix .md)")
     bench.add_argument("--smoke", action="store_true",
                        help="run the bench's code path on a tiny random model and a few examples in seconds: its "
                             "figures mean nothing, its report has every key (the test suite runs each bench so)")
@@ -73,7 +74,8 @@ def register(sub: Subparsers) -> None:
     bench.add_argument("--train-size", type=int,
                        help="peft: Rotten Tomatoes training examples dealt to the sites (default 8000)")
     bench.add_argument("--test-size", type=int, help="peft: held-out test examples (default 1000)")
-    bench.add_argument("--methods", help="peft: comma-separated subset of prompt,prefix,lora (default all)")
+    bench.add_argument("--methods", help="peft: comma-separated subset of prompt,prefix,lora, measured in that order (default "
+                            "all)")
     bench.add_argument("--backbones", help="peft: comma-separated subset of smollm2,minilm (default both)")
     bench.add_argument("--skip-generation", action="store_true",
                        help="peft: leave out the generation row (bbc_headlines on SmolLM2)")
