@@ -44,5 +44,6 @@ def test_resume_keeps_the_measured_rows_and_measures_only_the_missing_ones(
     lines = report.with_suffix(".md").read_text(encoding="utf-8").splitlines()
     rows = [line.split(" | ") for line in lines if line.startswith("| minilm")]
     assert [(r[1], r[-1]) for r in rows] == [("prompt", "0 |"), ("prefix", "1 |")]
-    assert lines[-2].startswith("- run 0: `fedprompt ") and lines[-1].startswith("- run 1: `fedprompt ")
+    assert [(line[:len("- run 0: `fedprompt")], ", commit " in line) for line in lines[-2:]] == [
+        ("- run 0: `fedprompt", True), ("- run 1: `fedprompt", True)]
     assert "Traceback" not in capsys.readouterr().err
