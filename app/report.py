@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import enum
@@ -202,13 +203,18 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip()
 
 
+#: The ``fedprompt`` command line being run, set by the CLI's ``main`` for the command's length: a command run
+#: in-process (tests, a notebook) records its own arguments, not the host process's ``sys.argv``.
+COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedprompt_command", default=None)
+
+
 def provenance(command: str | None = None) -> dict[str, Any]:
-    """Where a report's figures come from: the command (default: this process's ``fedprompt`` arguments), the
+    """Where a report's figures come from: the command (default: the ``fedprompt`` command being run), the
     commit of the source tree it ran from (``null`` outside a git checkout; ``dirty`` when the tree had
     uncommitted changes), the UTC date and the machine, so a README table can name all three."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "command": command or shlex.join(["fedprompt", *sys.argv[1:]]),
+        "command": command or COMMAND.get() or shlex.join(["fedprompt", *sys.argv[1:]]),
         "commit": _git("rev-parse", "--short=7", "HEAD"),
         "dirty": bool(status) if status is not None else None,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

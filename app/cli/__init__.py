@@ -5,6 +5,7 @@ group (coordinator, participant, model, admin with admin ca, predict, data, simu
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import textwrap
 
@@ -71,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``fedprompt`` command; a domain error prints ``fedprompt: error: ...`` and returns 2."""
+    from fedprompt.app.report import COMMAND
     from fedprompt.logs import configure
 
     args = build_parser().parse_args(argv)
     configure(args.log_level, args.json_logs)
+    token = COMMAND.set(shlex.join(["fedprompt", *(sys.argv[1:] if argv is None else argv)]))
     try:
         return int(args.fn(args))
     except ERRORS as exc:
@@ -82,3 +85,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        COMMAND.reset(token)

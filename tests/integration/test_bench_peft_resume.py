@@ -5,6 +5,7 @@ missing ones are measured, and a report of other settings, or a complete one, is
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def test_resume_keeps_the_measured_rows_and_measures_only_the_missing_ones(
     lines = report.with_suffix(".md").read_text(encoding="utf-8").splitlines()
     rows = [line.split(" | ") for line in lines if line.startswith("| minilm")]
     assert [(r[1], r[-1]) for r in rows] == [("prompt", "0 |"), ("prefix", "1 |")]
-    assert [(line[:len("- run 0: `fedprompt")], ", commit " in line) for line in lines[-2:]] == [
-        ("- run 0: `fedprompt", True), ("- run 1: `fedprompt", True)]
+    assert [line.split(", commit ")[0] for line in lines[-2:]] == [
+        f"- run 0: `{shlex.join(['fedprompt', *SMOKE, '--report', str(report)])}`",
+        f"- run 1: `{shlex.join(['fedprompt', *SMOKE, '--resume', '--report', str(report)])}`"]
     assert "Traceback" not in capsys.readouterr().err
