@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq docker-compose) >/dev/null 2>&1; } || \
 	  echo "note: docker-compose not installed; the compose validation test will be skipped"
+	@# zsh and fish (Debian): the completion tests check their scripts with them; optional, skipped saying why.
+	@{ command -v zsh && command -v fish; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq zsh fish || (apt-get update -qq && apt-get install -y -qq zsh fish)) >/dev/null 2>&1; } || \
+	  echo "note: zsh or fish not installed; their completion tests will be skipped"
 	@# PostgreSQL's server (Debian's postgresql): the store's tests start a throwaway one; optional, skipped saying why.
 	@{ command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
