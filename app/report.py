@@ -222,15 +222,22 @@ def provenance(command: str | None = None) -> dict[str, Any]:
     }
 
 
-def write_json(report: dict[str, Any], path: str | Path, command: str | None = None) -> None:
-    """Write a run report through :func:`jsonable`, with its :func:`provenance` under ``provenance`` (unless the
-    report brings its own); a path that cannot be written is a ``FileError`` naming it."""
-    data = jsonable({**report, "provenance": report.get("provenance") or provenance(command)})
+def write_report_text(text: str, path: str | Path) -> None:
+    """Write one report file (its folder made as needed); a path that cannot be written is a ``FileError``
+    naming it, so a run ends with one line rather than a traceback."""
     try:
         writable(path, "report").parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        Path(path).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise FileError(f"cannot write report {path}: {exc.strerror or exc}") from exc
+
+
+def write_json(report: dict[str, Any], path: str | Path, command: str | None = None) -> dict[str, Any]:
+    """Write a run report through :func:`jsonable`, with its :func:`provenance` under ``provenance`` (unless the
+    report brings its own), and return what was written (for a Markdown twin made from the same data)."""
+    data = jsonable({**report, "provenance": report.get("provenance") or provenance(command)})
+    write_report_text(json.dumps(data, indent=2), path)
+    return data
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from fedprompt.app.adapter_export import CardFacts, export_peft
 from fedprompt.app.bench.smoke import on_tiny_model, run_size
 from fedprompt.app.demo import LR_SCALE, PRIVATE, DemoOptions, demo_job
 from fedprompt.app.peft_roundtrip import max_diff_to_fedprompt
-from fedprompt.app.report import fmt, jsonable, provenance, table, write_json
+from fedprompt.app.report import fmt, jsonable, provenance, table, write_json, write_report_text
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TaskSection
 from fedprompt.config.job import MAX_DEADLINE_S
@@ -368,8 +368,7 @@ def main(args: argparse.Namespace) -> int:
         """Write the report as it stands: a run stopped after an hour's rows keeps them (``"complete": false``),
         and ``--resume`` goes on from there."""
         out = report(run, size, args, placement, complete)
-        write_json(out, path)
-        markdown_path(path).write_text(markdown(jsonable(out)), encoding="utf-8")
+        write_report_text(markdown(write_json(out, path)), markdown_path(path))
         return out
 
     with tempfile.TemporaryDirectory(prefix="fedprompt-bench-peft-") as tmp:

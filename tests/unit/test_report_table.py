@@ -1,11 +1,25 @@
 """The round table and the report: how many updates each round folded in, and accuracy not above the majority
-class flagged in the report, the table, the summary and one warning line."""
+class flagged in the report, the table, the summary and one warning line; report files written or refused with
+one ``FileError`` line."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from fedprompt.app.report import BELOW_MAJORITY_MARK, build_report, majority_warning, round_table, summary
+import pytest
+
+from fedprompt.app.report import (
+    BELOW_MAJORITY_MARK,
+    build_report,
+    majority_warning,
+    round_table,
+    summary,
+    write_json,
+    write_report_text,
+)
+from fedprompt.errors import FileError
 from fedprompt.protocol import JobView, RoundView
 
 
@@ -59,3 +73,17 @@ def test_a_final_accuracy_at_or_below_the_majority_class_is_flagged_everywhere()
 
 def test_a_table_with_no_round_below_the_majority_class_has_no_footnote() -> None:
     assert BELOW_MAJORITY_MARK not in round_table(report([0.7, 0.8]))
+
+
+def test_write_json_returns_what_it_wrote_with_provenance(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "r.json"
+    data = write_json({"rows": [(1, 2)]}, path, command="fedprompt bench x")
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    assert data["rows"] == [[1, 2]] and data["provenance"]["command"] == "fedprompt bench x"
+
+
+@pytest.mark.parametrize("write", [lambda path: write_json({}, path), lambda path: write_report_text("x", path)])
+def test_an_unwritable_report_path_is_one_file_error_naming_it(tmp_path: Path, write: Any) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileError, match=r"^report .*taken: is a directory"):
+        write(tmp_path / "taken")
