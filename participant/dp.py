@@ -107,13 +107,15 @@ def plan_record_dp(dp: DPSection, train: TrainSection, rounds: int, num_examples
                       dp.epsilon, dp.accountant)
 
 
-def stack_grad_samples(params: list[torch.nn.Parameter]) -> None:
-    """One Poisson batch computed in parts is one batch: Opacus scales and accounts per stacked part, so the
-    parts' per-example gradients are concatenated into a single tensor per parameter."""
-    for p in params:
-        parts = getattr(p, "grad_sample", None)
-        if isinstance(parts, list):
-            p.grad_sample = torch.cat(parts)  # type: ignore[attr-defined]
+def clip_part(optimiser: DPOptimizer) -> None:
+    """Clip one pass's per-example gradients into the batch's sum and free them, so a Poisson batch computed
+    in passes holds the per-example gradients of one pass (``train.physical_batch_size``), not of the whole
+    batch: Opacus's skipped step (the step ``BatchMemoryManager`` takes between its physical batches) clips and
+    accumulates without noise, without a parameter update and without stepping the accountant.  Clipping is per
+    example, so the sum is the same as the whole batch's."""
+    optimiser.signal_skip_step(do_skip=True)
+    optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
 
 
 def train_local_dp(
@@ -152,8 +154,7 @@ def train_local_dp(
                 optimiser.zero_grad(set_to_none=True)
                 if indices:
                     losses.append(backward_in_parts(model, wrapped, examples, y, indices, config.physical_batch_size,
-                                                    scale=1.0))
-                    stack_grad_samples(params)
+                                                    scale=1.0, between=lambda: clip_part(optimiser)))
                     used += len(indices)
                 else:
                     for p in params:

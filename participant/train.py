@@ -77,14 +77,17 @@ def _adam_steps(model: AdaptedModel, examples: list[Example], labels: list[int],
 
 
 def backward_in_parts(model: AdaptedModel, forward: Callable[..., torch.Tensor], examples: list[Example],
-                      y: torch.Tensor, indices: list[int], physical: int, scale: float) -> float:
+                      y: torch.Tensor, indices: list[int], physical: int, scale: float,
+                      between: Callable[[], None] | None = None) -> float:
     """Backward of ``scale`` x the summed loss (``summed_loss``: a classifier's cross-entropy, a generator's
     per-example completion loss) of ``examples[indices]`` through ``forward`` (the model,
-    or Opacus's wrapper of it), in passes of at most ``physical`` examples: one batch's gradient (and per-example
-    gradients, which Opacus stacks across passes) with the activation memory of a smaller one.  Returns the
-    batch's mean loss."""
+    or Opacus's wrapper of it), in passes of at most ``physical`` examples: one batch's gradient with the
+    activation memory of a smaller one.  ``between`` runs after every pass but the last (DP-SGD clips and
+    frees each pass's per-example gradients there).  Returns the batch's mean loss."""
     total = 0.0
     for start in range(0, len(indices), physical):
+        if start and between is not None:
+            between()
         part = indices[start : start + physical]
         loss = model.summed_loss(forward, examples, y, part)
         (loss * scale).backward()

@@ -15,6 +15,7 @@ from opacus import GradSampleModule, PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedprompt.config import DPSection, JobConfig, dump_toml, parse_toml
@@ -28,10 +29,10 @@ from fedprompt.errors import ConfigError, FedPromptError, InvalidUpdate
 from fedprompt.models import build_classifier
 from fedprompt.participant.dp import (
     RecordAccountant,
+    RecordPlan,
     SitePrivacy,
     noise_share,
     plan_record_dp,
-    stack_grad_samples,
     train_local_dp,
 )
 from fedprompt.participant.train import GradientLearner, backward_in_parts
@@ -139,8 +140,8 @@ def test_physical_batches_give_the_batch_gradient_and_the_same_per_example_gradi
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         backward_in_parts(model, wrapped, examples, y, indices, physical, scale=1.0)
-        stack_grad_samples(model.trainable_parameters())
-        stacked = [p.grad_sample for p in model.trainable_parameters()]  # type: ignore[attr-defined]
+        stacked = [torch.cat(g) if isinstance(g := p.grad_sample, list) else g  # type: ignore[attr-defined]
+                   for p in model.trainable_parameters()]  # Opacus keeps one tensor per pass
         wrapped._close()
         return stacked
 
@@ -154,6 +155,56 @@ def test_physical_batches_give_the_batch_gradient_and_the_same_per_example_gradi
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     for p_grad, g in zip(whole, one, strict=True):  # the per-example gradients add up to the batch's
         torch.testing.assert_close(g.sum(0) / len(indices), p_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_dp_sgd_in_passes_holds_one_pass_of_per_example_gradients_and_takes_the_batch_step(
+        tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Poisson batch of 10 in passes of 3 hands Adam the same clipped gradient sum as one pass, while Opacus
+    clips each pass as it ends (never more than 3 examples' gradients held) and the accountant steps once per
+    batch: ``train.physical_batch_size`` bounds the per-example gradients' memory and changes nothing else.
+    Noise-free (sigma 0) and every example in every batch (rate 1), so both runs must agree."""
+    config = dp_job(tiny_encoder_dir)
+    examples = toy_examples(10, seed=3)
+    labels = label_indices(examples, config.task.label_names)
+    plan = RecordPlan(noise_multiplier=0.0, max_grad_norm=0.05, sample_rate=1.0, expected_batch_size=10,
+                      steps_per_round=2, delta=1e-3, budget=100.0, accountant="rdp")
+    clipped_rows: list[int] = []
+    handed: list[list[torch.Tensor]] = []
+    clip, scale = DPOptimizer.clip_and_accumulate, DPOptimizer.scale_grad
+
+    def spy_clip(self: DPOptimizer) -> None:
+        clipped_rows.append(max(len(g) for g in self.grad_samples))
+        clip(self)
+
+    def spy_scale(self: DPOptimizer) -> None:
+        scale(self)
+        handed.append([p.grad.detach().clone() for p in self.params])
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy_clip)
+    monkeypatch.setattr(DPOptimizer, "scale_grad", spy_scale)
+
+    def run(physical: int) -> tuple[list[int], list[list[torch.Tensor]], list[tuple[float, float, int]]]:
+        clipped_rows.clear()
+        handed.clear()
+        model = build_classifier(config)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        accountant = RecordAccountant("rdp", None)
+        train_local_dp(model, examples, labels, dataclasses.replace(config.train, physical_batch_size=physical),
+                       plan, accountant)
+        return list(clipped_rows), list(handed), list(accountant.accountant.history)
+
+    whole_rows, whole, whole_history = run(64)
+    part_rows, parts, part_history = run(3)
+    assert whole_rows == [10, 10]
+    assert part_rows == [3, 3, 3, 1] * 2
+    assert whole_history == part_history == [(0.0, 1.0, 2)]
+    assert len(whole) == len(parts) == 2
+    for step_whole, step_parts in zip(whole, parts, strict=True):
+        assert any(g.abs().sum() > 0 for g in step_whole)
+        for a, b in zip(step_whole, step_parts, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_calibrated_noise_is_opacus_and_spends_the_budget_over_the_planned_rounds(tiny_encoder_dir: Path) -> None:
