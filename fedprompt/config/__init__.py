@@ -48,7 +48,7 @@ from fedprompt.config.job import (
 )
 from fedprompt.config.levels import COHORT_NAME, COHORT_SOURCES, MIN_HE_COHORT, CohortSpec, LevelsSection
 from fedprompt.config.names import IDENTITY, JOB_NAME_MAX_BYTES, JOB_NAME_SEPARATORS, job_name_problem
-from fedprompt.config.peft import PEFT_METHODS, PeftSection
+from fedprompt.config.peft import ALL_LINEAR, PEFT_METHODS, PeftSection
 from fedprompt.config.placement import DTYPES, check_placement, placement_key
 from fedprompt.config.privacy import (
     ACCOUNTANTS,
@@ -73,6 +73,7 @@ from fedprompt.config.signed import SIGNED_CONFIG, check_job_config, check_submi
 
 __all__ = [
     "ACCOUNTANTS",
+    "ALL_LINEAR",
     "COHORT_NAME",
     "COHORT_SOURCES",
     "DTYPES",

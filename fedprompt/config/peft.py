@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 #: linear layers (Hu et al., "LoRA", ICLR 2022).
 PEFT_METHODS = ("prompt", "prefix", "lora")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+#: peft's shorthand for every linear layer; fedprompt takes those of the model's repeated blocks
+#: (``fedprompt.models.adapters.block_linears``).
+ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class PeftSection:
     ``lora_rank`` r in [1, 1024], ``lora_alpha`` in [1, 10000] (updates are scaled by alpha / r),
     ``lora_dropout`` in [0, 1) on the adapter's input, and ``lora_target_modules``: names (or name suffixes) of
     the linear layers to adapt; empty takes peft's default for the architecture (e.g. ``query``/``value`` for
-    BERT, ``q_proj``/``v_proj`` for Llama).  Every knob is checked whichever method is chosen.
+    BERT, ``q_proj``/``v_proj`` for Llama), and ``["all-linear"]`` (alone) every linear layer of the model's
+    blocks, whatever their names.  Every knob is checked whichever method is chosen.
     """
 
     method: str = "prompt"
@@ -45,7 +49,11 @@ class PeftSection:
         check_range(self.lora_rank, f"{prefix}.lora_rank", 1, 1024)
         check_range(self.lora_alpha, f"{prefix}.lora_alpha", 1, 10_000)
         check(0 <= self.lora_dropout < 1, f"{prefix}.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_target_modules == (ALL_LINEAR,):
+            return
         for i, name in enumerate(self.lora_target_modules):
+            check(name != ALL_LINEAR, f"{prefix}.lora_target_modules[{i}]",
+                  f"{ALL_LINEAR!r} already takes every linear layer of the blocks: give it alone, or names only")
             check(bool(_MODULE_NAME.fullmatch(name)), f"{prefix}.lora_target_modules[{i}]",
                   f"{name[:40]!r} is not a module name (letters, digits, _ and ., at most 128)")
 

@@ -22,16 +22,37 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 
-from fedprompt.config import PeftSection
+from fedprompt.config import ALL_LINEAR, PeftSection
 from fedprompt.errors import ConfigError
 from fedprompt.models.backbone import Backbone
 
 
-def peft_config(section: PeftSection, kind: str, virtual_tokens: int) -> PeftConfig:
-    """The peft config of a job's ``[peft]`` method (``prefix`` or ``lora``); ``virtual_tokens`` is a prefix's length."""
+def block_linears(model: torch.nn.Module) -> list[str]:
+    """``lora_target_modules = ["all-linear"]`` resolved: every ``nn.Linear`` inside the model's repeated blocks
+    (a module path with a layer index), named by its path after the last index (``self_attn.q_proj``,
+    ``attention.output.dense``), which peft matches as a suffix in every block.  Not peft's own ``"all-linear"``:
+    that also adapts an encoder's pooler, which the classifier does not read, so its adapter would get no
+    gradient (and Opacus no per-example one) yet be exchanged every round."""
+    names: set[str] = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        indices = [i for i, part in enumerate(parts) if part.isdigit()]
+        if isinstance(module, torch.nn.Linear) and indices and indices[-1] < len(parts) - 1:
+            names.add(".".join(parts[indices[-1] + 1:]))
+    if not names:
+        raise ConfigError(f"peft.lora_target_modules: {ALL_LINEAR!r} found no linear layer in numbered blocks of "
+                          f"{type(model).__name__}; name the layers to adapt")
+    return sorted(names)
+
+
+def peft_config(section: PeftSection, kind: str, virtual_tokens: int, model: torch.nn.Module) -> PeftConfig:
+    """The peft config of a job's ``[peft]`` method (``prefix`` or ``lora``) for ``model`` (the frozen PLM);
+    ``virtual_tokens`` is a prefix's length."""
     if section.method == "lora":
+        targets = (block_linears(model) if section.lora_target_modules == (ALL_LINEAR,)
+                   else list(section.lora_target_modules) or None)
         return LoraConfig(r=section.lora_rank, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
-                          target_modules=list(section.lora_target_modules) or None, bias="none")
+                          target_modules=targets, bias="none")
     if section.method == "prefix":
         task = TaskType.CAUSAL_LM if kind == "causal" else TaskType.FEATURE_EXTRACTION
         return PrefixTuningConfig(task_type=task, num_virtual_tokens=virtual_tokens, prefix_projection=False)

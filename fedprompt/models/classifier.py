@@ -159,7 +159,7 @@ class AdaptedModel(nn.Module):
         if peft is not None and self.method != "prompt":
             from fedprompt.models.adapters import attach, peft_config
 
-            self._peft = (attach(backbone, peft_config(peft, self.kind, prompt_length), seed),)
+            self._peft = (attach(backbone, peft_config(peft, self.kind, prompt_length, backbone.model), seed),)
             if self.method == "prefix":
                 self.prefix_encoder = self._peft[0].prompt_encoder
 

@@ -47,12 +47,14 @@ def trained_like(config: JobConfig) -> np.ndarray:
     return vector + np.random.default_rng(7).normal(0, 0.05, vector.size).astype(np.float32)
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora"])
+@pytest.mark.parametrize("method, targets", [("prompt", ()), ("prefix", ()), ("lora", ()), ("lora", ("all-linear",))])
 @pytest.mark.parametrize("kind", ["encoder", "causal"])
-def test_peft_loads_the_export_and_scores_as_fedprompt(kind: str, method: str, tiny_encoder_dir: Path,
-                                                       tiny_causal_dir: Path, tmp_path: Path) -> None:
+def test_peft_loads_the_export_and_scores_as_fedprompt(kind: str, method: str, targets: tuple[str, ...],
+                                                       tiny_encoder_dir: Path, tiny_causal_dir: Path,
+                                                       tmp_path: Path) -> None:
     base = tiny_encoder_dir if kind == "encoder" else tiny_causal_dir
-    config = dataclasses.replace(tiny_job(base), peft=PeftSection(method=method, lora_rank=4))
+    config = dataclasses.replace(tiny_job(base), peft=PeftSection(method=method, lora_rank=4,
+                                                                  lora_target_modules=targets))
     vector = trained_like(config)
     out = export_peft(vector, dump_toml(config), tmp_path / "adapter", CardFacts("job-1", 3, "a test"), "0.0-test")
     names = {p.name for p in out.iterdir()}
@@ -63,6 +65,8 @@ def test_peft_loads_the_export_and_scores_as_fedprompt(kind: str, method: str, t
     assert adapter["base_model_name_or_path"] == str(base)
     if method != "lora":
         assert adapter["task_type"] == ("CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
+    if targets:  # the layers themselves, so the adapter needs fedprompt for nothing
+        assert len(adapter["target_modules"]) >= 4 and "all-linear" not in adapter["target_modules"]
     diff = max_diff_to_fedprompt(vector, config, base, out, TEXTS)
     assert diff <= TOLERANCE, f"{kind}/{method}: {diff}"
 

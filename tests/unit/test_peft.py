@@ -14,6 +14,7 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from peft import LoraConfig
 
 from fedprompt.app.simulate import simulate
 from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, TrainSection, dump_toml, parse_toml
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Optimal order is the largest al
     ("lora_alpha = 0", "peft.lora_alpha"),
     ("lora_dropout = 1.0", "peft.lora_dropout"),
     ("lora_target_modules = ['q_proj', '../x']", r"peft.lora_target_modules\[1\]"),
+    ("lora_target_modules = ['all-linear', 'q_proj']", r"peft.lora_target_modules\[0\]: 'all-linear' already takes every linear layer of the blocks"),
     ("lora_rank = 'eight'", "peft.lora_rank"),
 ])
 def test_bad_peft_config_fails_at_load_naming_the_key(lines: str, key: str) -> None:
@@ -177,6 +179,39 @@ def test_dp_sgd_on_adapters_spends_what_opacus_computes(method: str, tiny_encode
                                    orders=RDPAccountant.DEFAULT_ALPHAS)
     expected, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=plan.delta)
     assert accountant.epsilon(plan.delta) == pytest.approx(float(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "causal"])
+def test_all_linear_adapts_every_linear_layer_of_the_blocks_and_each_gets_per_example_gradients(
+        kind: str, tiny_encoder_dir: Path, tiny_causal_dir: Path) -> None:
+    """``lora_target_modules = ["all-linear"]``: LoRA beside every ``nn.Linear`` inside the numbered blocks, none
+    beside the causal LM's output head or the encoder's pooler (which the classifier does not read), so DP-SGD
+    finds a per-example gradient for every adapter tensor; the peft config names the layers, not the shorthand."""
+    config = dataclasses.replace(adapter_job(model_dir(kind, tiny_encoder_dir, tiny_causal_dir), "lora",
+                                             lora_target_modules=("all-linear",)),
+                                 dp=DPSection(enabled=True, noise_multiplier=1.0))
+    assert parse_toml(dump_toml(config), JobConfig).peft.lora_target_modules == ("all-linear",)
+    model = build_classifier(config)
+    modules = dict(model.peft_model.get_base_model().named_modules())
+    adapted = {name.removesuffix(".lora_A") for name in modules if name.endswith(".lora_A")}
+    plm_linears = {name.removesuffix(".base_layer") for name, module in modules.items()  # LoRA's own A, B aside
+                   if isinstance(module, torch.nn.Linear) and not name.endswith((".lora_A.default", ".lora_B.default"))}
+    in_blocks = {name for name in plm_linears if any(part.isdigit() for part in name.split("."))}
+    outside = plm_linears - in_blocks
+    assert adapted == in_blocks and len(adapted) >= 4
+    assert outside == ({"pooler.dense"} if kind == "encoder" else {"lm_head"})
+    lora = model.peft_model.peft_config["default"]
+    assert isinstance(lora, LoraConfig) and lora.target_modules is not None
+    targets = lora.target_modules
+    assert "all-linear" not in targets and all(not name.endswith(tuple(targets)) for name in outside)
+    examples = toy_examples(12, 0)
+    labels = label_indices(examples, config.task.label_names)
+    wrapped = GradSampleModule(model, loss_reduction="sum")
+    wrapped.train()
+    backward_in_parts(model, wrapped, examples, torch.tensor(labels), list(range(6)), 6, scale=1.0)
+    assert all(p.grad_sample is not None and p.grad_sample.shape[0] == 6  # type: ignore[attr-defined]
+               for p in model.trainable_parameters())
+    wrapped._close()
 
 
 @pytest.mark.parametrize("device", DEVICES)
