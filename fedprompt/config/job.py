@@ -132,8 +132,8 @@ class TrainSection:
     passes whose gradients add up to the batch's, and under DP-SGD each pass's per-example gradients are
     clipped and freed as it ends (measured: an expected batch of 256 in one pass peaked at 7.3 GB per MiniLM
     participant; SmolLM2 with LoRA at 4.5 GB in passes of 32, 2.0 GB in passes of 8).  It changes no result
-    beyond float rounding.  ``max_steps`` caps
-    the steps of a round, in [0, 1000000] (0: no cap beyond ``local_epochs``).
+    beyond float rounding.  ``max_steps`` caps the steps of a round, in [0, 1000000] (0: no cap beyond
+    ``local_epochs``).
     """
 
     local_epochs: int = 1

@@ -21,6 +21,7 @@ from fedprompt.config import DPSection, HESection, JobConfig, PeftSection, Train
 from fedprompt.data.datasets import label_indices
 from fedprompt.errors import ConfigError, InvalidUpdate
 from fedprompt.models import build_classifier, load_backbone, resolve_placement
+from fedprompt.models.adapters import block_linears
 from fedprompt.models.classifier import prompted_features
 from fedprompt.participant.dp import RecordAccountant, plan_record_dp, train_local_dp
 from fedprompt.participant.train import backward_in_parts, evaluate, train_local
@@ -212,6 +213,12 @@ def test_all_linear_adapts_every_linear_layer_of_the_blocks_and_each_gets_per_ex
     assert all(p.grad_sample is not None and p.grad_sample.shape[0] == 6  # type: ignore[attr-defined]
                for p in model.trainable_parameters())
     wrapped._close()
+
+
+def test_all_linear_on_a_model_without_numbered_blocks_asks_for_names() -> None:
+    with pytest.raises(ConfigError, match="^peft.lora_target_modules: 'all-linear' found no linear layer in "
+                                          "numbered blocks of Sequential; name the layers to adapt$"):
+        block_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
 @pytest.mark.parametrize("device", DEVICES)
