@@ -1,6 +1,8 @@
 """A refusal that says when to retry (``wire.rpc.RETRY_AFTER``, sent with ``RateLimited``) is retried no sooner
 than it says; the same status without it (an oversized payload) is not retried at all; and a hint beyond the
-caller's patience ends the call at once with the limit's own error."""
+caller's patience ends the call at once with the limit's own error.  The INTERNAL status grpc's asyncio client
+makes up for a write into an ended call (a coordinator killed mid-upload) is retried like UNAVAILABLE; an
+INTERNAL a server sent is not."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from fedprompt.errors import ResourceExhausted
+from fedprompt.errors import FedPromptError, ResourceExhausted
 from fedprompt.participant.grpc_link import CoordinatorUnreachable, call_with_retry
 from fedprompt.wire.rpc import RETRY_AFTER, retry_after
 
@@ -32,7 +34,7 @@ class Refused(grpc.RpcError):
         return self._trailing
 
 
-def refused_then_ok(refusals: list[Refused]) -> Callable[[], str]:
+def refused_then_ok(refusals: list[grpc.RpcError]) -> Callable[[], str]:
     def call() -> str:
         if refusals:
             raise refusals.pop(0)
@@ -68,3 +70,19 @@ def test_a_hint_beyond_the_callers_patience_ends_the_call_with_the_limits_error(
 @pytest.mark.parametrize(("hint", "seconds"), [("1500", 1.5), ("1", 0.001), ("999999999", 60.0), ("x", None)])
 def test_the_hint_is_read_in_milliseconds_and_capped(hint: str, seconds: float | None) -> None:
     assert retry_after(Refused("busy", hint)) == seconds
+
+
+def aio_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def test_the_asyncio_clients_internal_for_a_write_into_an_ended_call_is_retried() -> None:
+    failures: list[grpc.RpcError] = [aio_error(grpc.StatusCode.INTERNAL, "Internal error from Core")]
+    assert call(refused_then_ok(failures), patience=10) == "ok" and not failures
+
+
+def test_an_internal_status_with_a_servers_reason_is_not_retried() -> None:
+    fn = refused_then_ok([aio_error(grpc.StatusCode.INTERNAL, "state store failed")])
+    with pytest.raises(FedPromptError, match="^INTERNAL: state store failed$"):
+        call(fn, patience=10)
+    assert fn() == "ok"  # the one failure was consumed: no second attempt was made
