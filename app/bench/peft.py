@@ -339,8 +339,10 @@ def markdown(out: dict[str, Any]) -> str:
         lines += [f"| {r['backbone']} | {r['method']} | generation | {_num(r['exact_match_before'], 2)} → "
                   f"{_num(r['exact_match_after'], 2)} | {_num(r['rouge_l_before'], 3)} → {_num(r['rouge_l_after'], 3)}"
                   f" | {_num(r['loss_before'], 2)} → {_num(r['loss_after'], 2)} | {r['run']} |" for r in generation]
+    unmeasured = ("Round trip: not measured (it exports the plain classification rows' adapters; this run has none)."
+                  if out["complete"] else "Round trip: not measured yet.")
     lines += ["", f"Round trip through the exported peft adapters: max |diff| {out['peft_roundtrip_max_abs_diff']:.1e}"
-              if out["peft_roundtrip_max_abs_diff"] is not None else "Round trip: not measured yet.", ""]
+              if out["peft_roundtrip_max_abs_diff"] is not None else unmeasured, ""]
     lines += [f"- run {i}: `{p['command']}`, commit {p['commit']}{' (uncommitted changes)' if p['dirty'] else ''}, "
               f"{p['date']}, {p['machine']['cpus']} CPUs" for i, p in enumerate(out["runs"])]
     return "\n".join(lines) + "\n"
