@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedprompt.config import JobConfig, parse_toml
+from fedprompt.config import ALL_LINEAR, JobConfig, parse_toml
 from fedprompt.errors import ConfigError, FileError
 
 #: What ``--format`` takes: fedprompt's prompt file (``fedprompt predict --prompt``) or a peft adapter directory.
@@ -107,10 +107,12 @@ def model_card(config: JobConfig, facts: CardFacts, task: dict[str, Any], base: 
                when: datetime.datetime) -> str:
     """The adapter's ``README.md``: Hugging Face card metadata, then the facts a user needs to trust and load it."""
     peft = config.peft
+    targets = ("every linear layer of the model's blocks (all-linear; adapter_config.json names them)"
+               if peft.lora_target_modules == (ALL_LINEAR,) else ", ".join(peft.lora_target_modules) or "peft default")
     knobs = {"prompt": f"{config.model.prompt_length} virtual tokens (shallow prompt)",
              "prefix": f"{config.model.prompt_length} virtual tokens at every layer (prefix tuning, no projection)",
              "lora": f"rank {peft.lora_rank}, alpha {peft.lora_alpha}, dropout {peft.lora_dropout}, target modules "
-                     f"{', '.join(peft.lora_target_modules) or 'peft default'}"}[peft.method]
+                     f"{targets}"}[peft.method]
     he = "off (plaintext aggregation)"
     if config.he.threshold_mode:
         params = config.he.threshold_params(len(config.job.allowed_participants))

@@ -67,6 +67,7 @@ def test_peft_loads_the_export_and_scores_as_fedprompt(kind: str, method: str, t
         assert adapter["task_type"] == ("CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
     if targets:  # the layers themselves, so the adapter needs fedprompt for nothing
         assert len(adapter["target_modules"]) >= 4 and "all-linear" not in adapter["target_modules"]
+        assert "target modules every linear layer of the model's blocks" in (out / "README.md").read_text()
     diff = max_diff_to_fedprompt(vector, config, base, out, TEXTS)
     assert diff <= TOLERANCE, f"{kind}/{method}: {diff}"
 
