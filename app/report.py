@@ -208,13 +208,13 @@ def _git(*args: str) -> str | None:
 COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedprompt_command", default=None)
 
 
-def provenance(command: str | None = None) -> dict[str, Any]:
-    """Where a report's figures come from: the command (default: the ``fedprompt`` command being run), the
-    commit of the source tree it ran from (``null`` outside a git checkout; ``dirty`` when the tree had
-    uncommitted changes), the UTC date and the machine, so a README table can name all three."""
+def provenance() -> dict[str, Any]:
+    """Where a report's figures come from: the ``fedprompt`` command being run (``COMMAND``; outside the CLI, this
+    process's arguments), the commit of the source tree it ran from (``null`` outside a git checkout; ``dirty``
+    when the tree had uncommitted changes), the UTC date and the machine, so a README table can name all three."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "command": command or COMMAND.get() or shlex.join(["fedprompt", *sys.argv[1:]]),
+        "command": COMMAND.get() or shlex.join(["fedprompt", *sys.argv[1:]]),
         "commit": _git("rev-parse", "--short=7", "HEAD"),
         "dirty": bool(status) if status is not None else None,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -232,10 +232,10 @@ def write_report_text(text: str, path: str | Path) -> None:
         raise FileError(f"cannot write report {path}: {exc.strerror or exc}") from exc
 
 
-def write_json(report: dict[str, Any], path: str | Path, command: str | None = None) -> dict[str, Any]:
+def write_json(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """Write a run report through :func:`jsonable`, with its :func:`provenance` under ``provenance`` (unless the
     report brings its own), and return what was written (for a Markdown twin made from the same data)."""
-    data = jsonable({**report, "provenance": report.get("provenance") or provenance(command)})
+    data = jsonable({**report, "provenance": report.get("provenance") or provenance()})
     write_report_text(json.dumps(data, indent=2), path)
     return data
 

@@ -37,6 +37,22 @@ from fedprompt.wire.payload import FLOAT32, encode_vector
 log = structlog.get_logger("fedprompt.app.synthetic")
 T = TypeVar("T")
 
+#: What grpc's asyncio client reports when a streamed write fails because the call has already ended (the
+#: connection dropped with a coordinator killed mid-upload, or the server answered first): INTERNAL with this
+#: text, in place of the status the call ended with (grpc/grpc#36066; the blocking client reports that status).
+AIO_WRITE_FAILED = (grpc.StatusCode.INTERNAL, "Internal error from Core")
+
+
+def blocking_status(exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """``exc`` as the blocking stub would report it: the asyncio client's stand-in for a write into an ended call
+    becomes UNAVAILABLE, which ``GrpcLink`` retries (the retry gets the real answer: no server sends that text);
+    any other status is left as it is."""
+    if (exc.code(), exc.details()) != AIO_WRITE_FAILED:
+        return exc
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, exc.initial_metadata(), exc.trailing_metadata(),
+                                details=f"the call ended under a streamed write ({exc.details()})",
+                                debug_error_string=exc.debug_error_string())
+
 
 def _rng(*key: object) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(":".join(map(str, key)).encode()))
@@ -63,8 +79,8 @@ class LoopStub:
     A thread blocked in a call of gRPC's blocking stub wakes 10 times a second to check for interrupts, so 250
     participant threads per process were the most that did not starve each other of the GIL (10,000 of them,
     in 40 processes, put the machine's load average past 100).  Here a calling thread waits on a plain future
-    and the one loop thread does the work.  Errors are ``grpc.aio.AioRpcError``s, ``grpc.RpcError``s like the
-    blocking stub's, so ``GrpcLink``'s retries treat them alike.  Only for an ``--insecure`` coordinator: every
+    and the one loop thread does the work.  Errors are ``grpc.aio.AioRpcError``s, ``grpc.RpcError``s with the blocking
+    stub's statuses (``blocking_status``), so ``GrpcLink``'s retries treat them alike.  Only for an ``--insecure`` coordinator: every
     call names its caller in its metadata, over the one connection.
     """
 
@@ -83,7 +99,10 @@ class LoopStub:
         self.stub = participant_pb2_grpc.ParticipantServiceStub(self.channel)
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+        except grpc.aio.AioRpcError as exc:
+            raise blocking_status(exc) from exc
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.stub, name)

@@ -48,11 +48,6 @@ log = structlog.get_logger("participant.grpc_link")
 
 T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-#: What grpc's asyncio client reports when a streamed write fails because the call has already ended (the
-#: connection dropped with a coordinator killed mid-upload, or the server answered first): INTERNAL with this
-#: text, in place of the status the call ended with (grpc/grpc#36066; the blocking client reports that status).
-#: No server of ours sends it, and a retry gets the real answer.
-AIO_WRITE_FAILED = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024
 
 
@@ -65,15 +60,9 @@ def coordinator_addresses(target: str) -> list[str]:
     return [address.strip() for address in target.split(",") if address.strip()]
 
 
-def transient(exc: grpc.RpcError) -> bool:
-    """Whether a failed call may succeed as it is, later: the coordinator down or slow, or the asyncio client's
-    stand-in status for a write into a call that had ended (``AIO_WRITE_FAILED``)."""
-    return exc.code() in RETRYABLE or (exc.code(), exc.details()) == AIO_WRITE_FAILED
-
-
 def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str, retry_initial_s: float,
                     retry_max_s: float, give_up_after_s: float, unreachable: type[FedPromptError]) -> T:
-    """Call ``fn``, retrying a ``transient`` failure with exponential backoff and jitter, and a refusal
+    """Call ``fn``, retrying UNAVAILABLE / DEADLINE_EXCEEDED with exponential backoff and jitter, and a refusal
     that says when to retry (a rate or upload limit: ``rpc.retry_after``) no sooner than it says; any other
     status becomes its domain error, and ``unreachable`` is raised once ``give_up_after_s`` has passed (the
     limit's own error, if a busy coordinator kept refusing)."""
@@ -85,7 +74,7 @@ def call_with_retry(fn: Callable[[], T], *, what: str, service: str, target: str
             result = fn()
         except grpc.RpcError as exc:
             busy = retry_after(exc)
-            if not transient(exc) and busy is None:
+            if exc.code() not in RETRYABLE and busy is None:
                 if failures:  # it answered, if with a refusal (e.g. a retried report it already had)
                     log.info(f"{service} reachable again", target=target, call=what, failed_attempts=failures,
                              after_s=round(time.monotonic() - started, 1), status=exc.code().name)

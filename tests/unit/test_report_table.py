@@ -12,6 +12,7 @@ import pytest
 
 from fedprompt.app.report import (
     BELOW_MAJORITY_MARK,
+    COMMAND,
     build_report,
     majority_warning,
     round_table,
@@ -77,7 +78,11 @@ def test_a_table_with_no_round_below_the_majority_class_has_no_footnote() -> Non
 
 def test_write_json_returns_what_it_wrote_with_provenance(tmp_path: Path) -> None:
     path = tmp_path / "out" / "r.json"
-    data = write_json({"rows": [(1, 2)]}, path, command="fedprompt bench x")
+    token = COMMAND.set("fedprompt bench x")
+    try:
+        data = write_json({"rows": [(1, 2)]}, path)
+    finally:
+        COMMAND.reset(token)
     assert json.loads(path.read_text(encoding="utf-8")) == data
     assert data["rows"] == [[1, 2]] and data["provenance"]["command"] == "fedprompt bench x"
 

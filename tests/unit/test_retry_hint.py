@@ -1,8 +1,8 @@
 """A refusal that says when to retry (``wire.rpc.RETRY_AFTER``, sent with ``RateLimited``) is retried no sooner
 than it says; the same status without it (an oversized payload) is not retried at all; and a hint beyond the
 caller's patience ends the call at once with the limit's own error.  The INTERNAL status grpc's asyncio client
-makes up for a write into an ended call (a coordinator killed mid-upload) is retried like UNAVAILABLE; an
-INTERNAL a server sent is not."""
+makes up for a write into an ended call (a coordinator killed mid-upload) reaches the retries from the synthetic
+participants' asyncio stub as the blocking stub's UNAVAILABLE and is retried; an INTERNAL a server sent is not."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from fedprompt.app.synthetic import blocking_status
 from fedprompt.errors import FedPromptError, ResourceExhausted
 from fedprompt.participant.grpc_link import CoordinatorUnreachable, call_with_retry
 from fedprompt.wire.rpc import RETRY_AFTER, retry_after
@@ -73,7 +74,8 @@ def test_the_hint_is_read_in_milliseconds_and_capped(hint: str, seconds: float |
 
 
 def aio_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    """A failed call as ``LoopStub`` hands it to the retries."""
+    return blocking_status(grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details))
 
 
 def test_the_asyncio_clients_internal_for_a_write_into_an_ended_call_is_retried() -> None:
